@@ -1,0 +1,1 @@
+//! Sans-IO TLS ClientHello parser: SNI and ALPN, or not TLS, or need more bytes.

@@ -1,0 +1,2 @@
+#![forbid(unsafe_code)]
+//! TEST SERVER ONLY: a Kubernetes API server for tests.
