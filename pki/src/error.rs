@@ -1,0 +1,64 @@
+//! The error type of the `pki` crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while generating, loading or writing PKI material.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// Key generation failed in the crypto backend.
+    #[error("generating a {key_type} key failed: {source}")]
+    KeyGen {
+        key_type: crate::KeyType,
+        #[source]
+        source: rcgen::Error,
+    },
+    /// A private key could not be read.
+    #[error("invalid private key: {0}")]
+    InvalidKey(String),
+    /// A certificate could not be read.
+    #[error("invalid certificate: {0}")]
+    InvalidCert(String),
+    /// An option is out of range or malformed.
+    #[error("invalid {field}: {reason}")]
+    InvalidOption { field: &'static str, reason: String },
+    /// rcgen refused to build or sign a certificate.
+    #[error("signing the {what} certificate failed: {source}")]
+    Sign {
+        what: &'static str,
+        #[source]
+        source: rcgen::Error,
+    },
+    /// The private key does not belong to the certificate.
+    #[error("the private key does not match the public key of the {0} certificate")]
+    KeyMismatch(&'static str),
+    /// The certificate meant to sign is not a CA.
+    #[error("the {0} certificate is not a CA (basicConstraints CA:TRUE is missing)")]
+    NotCa(&'static str),
+    /// The issuer name written into a child does not equal its parent's subject byte for byte.
+    #[error(
+        "the issuer name of the new {0} certificate does not equal the subject name of its signer byte for byte \
+         (the CA subject has a form this tool cannot reproduce, e.g. a multi-valued RDN or a repeated attribute)"
+    )]
+    IssuerMismatch(&'static str),
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Output files exist and overwriting was not allowed. Nothing was written.
+    #[error("refusing to overwrite existing file(s): {}", list_paths(.0))]
+    Exists(Vec<PathBuf>),
+}
+
+fn list_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = PkiError> = std::result::Result<T, E>;

@@ -1,0 +1,469 @@
+//! Issuing certificates: root CA, per-cluster intermediate CA, workload certificates.
+//!
+//! Every child certificate is signed through an [`rcgen::Issuer`] loaded from the parent's
+//! own DER, never from retyped name fields, and the issuer name of each child is checked to
+//! equal the parent's subject byte for byte (Go's crypto/x509, hence istiod, compares raw bytes).
+
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+use crate::error::{PkiError, Result};
+use crate::{KeyType, first_cert_der, parse_x509, validate_dns_label};
+
+/// Certificates start this long before "now" to tolerate clock skew between machines.
+const BACKDATE: Duration = Duration::from_secs(5 * 60);
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Options for a new root CA.
+#[derive(Debug, Clone)]
+pub struct RootOptions {
+    /// Subject O (default `Istio`).
+    pub org: String,
+    /// Subject CN (default `Root CA`).
+    pub common_name: String,
+    /// Validity in days (default 3650).
+    pub days: u32,
+    pub key_type: KeyType,
+    /// Overrides the start of validity (default: now minus 5 minutes).
+    pub not_before: Option<OffsetDateTime>,
+    /// Overrides the end of validity (default: not_before + days).
+    pub not_after: Option<OffsetDateTime>,
+}
+
+impl Default for RootOptions {
+    fn default() -> Self {
+        RootOptions {
+            org: "Istio".into(),
+            common_name: "Root CA".into(),
+            days: 3650,
+            key_type: KeyType::default(),
+            not_before: None,
+            not_after: None,
+        }
+    }
+}
+
+/// Default validity of an intermediate CA, in days: shorter than the root's 3650.
+pub const DEFAULT_INTERMEDIATE_DAYS: u32 = 1825;
+
+/// Options for a per-cluster intermediate CA.
+#[derive(Debug, Clone)]
+pub struct IntermediateOptions {
+    /// Cluster name, a DNS-1123 label; written as the subject L (locality), like tools/certs.
+    pub cluster: String,
+    /// Subject O (default `Istio`).
+    pub org: String,
+    /// Subject CN (default `Intermediate CA`).
+    pub common_name: String,
+    /// Validity in days (default 1825); clamped to the root's notAfter.
+    pub days: u32,
+    pub key_type: KeyType,
+    /// DNS SANs (default `istiod.istio-system.svc`).
+    pub san_dns: Vec<String>,
+    pub not_before: Option<OffsetDateTime>,
+    /// Overrides the end of validity; still clamped to the root's notAfter.
+    pub not_after: Option<OffsetDateTime>,
+}
+
+impl IntermediateOptions {
+    pub fn new(cluster: impl Into<String>) -> Self {
+        IntermediateOptions {
+            cluster: cluster.into(),
+            org: "Istio".into(),
+            common_name: "Intermediate CA".into(),
+            days: DEFAULT_INTERMEDIATE_DAYS,
+            key_type: KeyType::default(),
+            san_dns: vec!["istiod.istio-system.svc".into()],
+            not_before: None,
+            not_after: None,
+        }
+    }
+}
+
+/// Options for a workload (leaf) certificate.
+#[derive(Debug, Clone)]
+pub struct WorkloadOptions {
+    /// SPIFFE trust domain (default `cluster.local`).
+    pub trust_domain: String,
+    pub namespace: String,
+    pub service_account: String,
+    /// Validity (default 24 h); clamped to the CA's notAfter.
+    pub validity: Duration,
+    pub key_type: KeyType,
+    /// Extra DNS SANs (default none; Istio workload certificates carry only the SPIFFE URI).
+    pub dns_names: Vec<String>,
+    pub not_before: Option<OffsetDateTime>,
+    pub not_after: Option<OffsetDateTime>,
+}
+
+impl WorkloadOptions {
+    pub fn new(namespace: impl Into<String>, service_account: impl Into<String>) -> Self {
+        WorkloadOptions {
+            trust_domain: "cluster.local".into(),
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+            validity: DAY,
+            key_type: KeyType::default(),
+            dns_names: Vec::new(),
+            not_before: None,
+            not_after: None,
+        }
+    }
+
+    /// `spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>`.
+    pub fn spiffe_id(&self) -> String {
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+}
+
+/// A root CA: certificate and private key.
+#[derive(Debug)]
+pub struct RootCa {
+    cert_pem: String,
+    key_pem: String,
+    cert_der: Vec<u8>,
+    key: KeyPair,
+}
+
+impl RootCa {
+    /// Generates a new self-signed root CA.
+    pub fn generate(opts: &RootOptions) -> Result<RootCa> {
+        let (not_before, not_after) =
+            validity(opts.not_before, opts.not_after, days(opts.days)?, None)?;
+        let key = opts.key_type.generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(&[
+            (DnType::OrganizationName, &opts.org),
+            (DnType::CommonName, &opts.common_name),
+        ]);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let cert = params.self_signed(&key).map_err(|source| PkiError::Sign {
+            what: "root",
+            source,
+        })?;
+        Ok(RootCa {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().to_vec(),
+            key,
+        })
+    }
+
+    /// Loads an existing root ("bring your own root"). The key may be PKCS#8, PKCS#1 or SEC1.
+    /// Checks that the certificate is a CA and that the key belongs to it.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<RootCa> {
+        let cert_der = first_cert_der(cert_pem).map_err(PkiError::InvalidCert)?;
+        let key = crate::keys::load_private_key_pem(key_pem)?;
+        check_ca_and_key(&cert_der, &key, "root")?;
+        Ok(RootCa {
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+            cert_der,
+            key,
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// Issues an intermediate CA for one cluster.
+    pub fn issue_intermediate(&self, opts: &IntermediateOptions) -> Result<IntermediateCa> {
+        validate_dns_label(&opts.cluster).map_err(|reason| PkiError::InvalidOption {
+            field: "cluster name",
+            reason,
+        })?;
+        let (not_before, not_after) = validity(
+            opts.not_before,
+            opts.not_after,
+            days(opts.days)?,
+            Some(not_after_of(&self.cert_der)?),
+        )?;
+        let key = opts.key_type.generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(&[
+            (DnType::OrganizationName, &opts.org),
+            (DnType::CommonName, &opts.common_name),
+            (DnType::LocalityName, &opts.cluster),
+        ]);
+        params.subject_alt_names = opts
+            .san_dns
+            .iter()
+            .map(|d| dns_san(d))
+            .collect::<Result<_>>()?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let cert_der = sign_child(params, &key, &self.cert_der, &self.key, "intermediate")?;
+        Ok(IntermediateCa {
+            cert_pem: der_to_pem(&cert_der),
+            key_pem: key.serialize_pem(),
+            root_pem: normalize_pem(&self.cert_pem),
+            cert_der,
+            key,
+        })
+    }
+}
+
+/// A per-cluster intermediate CA with its root: the contents of Istio's `cacerts` Secret.
+#[derive(Debug)]
+pub struct IntermediateCa {
+    cert_pem: String,
+    key_pem: String,
+    root_pem: String,
+    cert_der: Vec<u8>,
+    key: KeyPair,
+}
+
+impl IntermediateCa {
+    /// Builds an intermediate from its certificate, key and root (all PEM). Checks that the
+    /// certificate is a CA, that the key belongs to it, and that the root PEM holds a certificate.
+    pub fn from_pems(ca_cert: &str, ca_key: &str, root_cert: &str) -> Result<IntermediateCa> {
+        let cert_der = first_cert_der(ca_cert).map_err(PkiError::InvalidCert)?;
+        first_cert_der(root_cert).map_err(PkiError::InvalidCert)?;
+        let key = crate::keys::load_private_key_pem(ca_key)?;
+        check_ca_and_key(&cert_der, &key, "intermediate")?;
+        Ok(IntermediateCa {
+            cert_pem: normalize_pem(ca_cert),
+            key_pem: ca_key.to_string(),
+            root_pem: normalize_pem(root_cert),
+            cert_der,
+            key,
+        })
+    }
+
+    /// `ca-cert.pem`.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// `ca-key.pem`.
+    pub fn key_pem(&self) -> &str {
+        &self.key_pem
+    }
+
+    /// `root-cert.pem`.
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// `cert-chain.pem`: the intermediate followed by the root (`cat ca-cert.pem root-cert.pem`).
+    pub fn cert_chain_pem(&self) -> String {
+        format!("{}{}", self.cert_pem, self.root_pem)
+    }
+
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// Issues a workload certificate with a SPIFFE URI SAN.
+    pub fn issue_workload(&self, opts: &WorkloadOptions) -> Result<WorkloadCert> {
+        for (field, value) in [
+            ("trust domain", &opts.trust_domain),
+            ("namespace", &opts.namespace),
+            ("service account", &opts.service_account),
+        ] {
+            if value.is_empty() || value.contains(['/', ' ', '?', '#']) {
+                return Err(PkiError::InvalidOption {
+                    field,
+                    reason: format!("{value:?} cannot appear in a SPIFFE id path"),
+                });
+            }
+        }
+        let (not_before, not_after) = validity(
+            opts.not_before,
+            opts.not_after,
+            opts.validity,
+            Some(not_after_of(&self.cert_der)?),
+        )?;
+        let spiffe_id = opts.spiffe_id();
+        let key = opts.key_type.generate()?;
+        let mut params = CertificateParams::default();
+        // Istio workload certificates have an empty subject; rcgen then marks the SAN critical.
+        params.distinguished_name = DistinguishedName::new();
+        let uri = spiffe_id
+            .clone()
+            .try_into()
+            .map_err(|e| PkiError::InvalidOption {
+                field: "SPIFFE id",
+                reason: format!("{spiffe_id:?}: {e}"),
+            })?;
+        params.subject_alt_names = std::iter::once(Ok(SanType::URI(uri)))
+            .chain(opts.dns_names.iter().map(|d| dns_san(d)))
+            .collect::<Result<_>>()?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = if opts.key_type.is_rsa() {
+            vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ]
+        } else {
+            vec![KeyUsagePurpose::DigitalSignature]
+        };
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let der = sign_child(params, &key, &self.cert_der, &self.key, "workload")?;
+        let cert_pem = der_to_pem(&der);
+        Ok(WorkloadCert {
+            chain_pem: format!("{cert_pem}{}", self.cert_pem),
+            cert_pem,
+            key_pem: key.serialize_pem(),
+            root_pem: self.root_pem.clone(),
+            spiffe_id,
+        })
+    }
+}
+
+/// A workload certificate, its key, and what a TLS peer needs around it.
+#[derive(Debug, Clone)]
+pub struct WorkloadCert {
+    /// The leaf certificate alone.
+    pub cert_pem: String,
+    /// The leaf's private key (PKCS#8).
+    pub key_pem: String,
+    /// Leaf then intermediate: what a TLS peer sends.
+    pub chain_pem: String,
+    /// The trust anchor.
+    pub root_pem: String,
+    /// `spiffe://<td>/ns/<ns>/sa/<sa>`.
+    pub spiffe_id: String,
+}
+
+fn days(days: u32) -> Result<Duration> {
+    if days == 0 {
+        return Err(PkiError::InvalidOption {
+            field: "days",
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(DAY * days)
+}
+
+/// Computes (notBefore, notAfter): overrides win, notAfter is clamped to the parent's.
+fn validity(
+    not_before: Option<OffsetDateTime>,
+    not_after: Option<OffsetDateTime>,
+    length: Duration,
+    parent_not_after: Option<OffsetDateTime>,
+) -> Result<(OffsetDateTime, OffsetDateTime)> {
+    let now = OffsetDateTime::now_utc();
+    let nb = not_before.unwrap_or(now - BACKDATE);
+    let mut na = not_after.unwrap_or(now + length);
+    if let Some(parent) = parent_not_after {
+        na = na.min(parent);
+    }
+    if na <= nb {
+        return Err(PkiError::InvalidOption {
+            field: "validity",
+            reason: format!("notAfter {na} is not after notBefore {nb}"),
+        });
+    }
+    Ok((nb, na))
+}
+
+fn not_after_of(der: &[u8]) -> Result<OffsetDateTime> {
+    let cert = parse_x509(der).map_err(PkiError::InvalidCert)?;
+    Ok(cert.validity().not_after.to_datetime())
+}
+
+fn dn(parts: &[(DnType, &String)]) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    for (ty, value) in parts {
+        if !value.is_empty() {
+            dn.push(ty.clone(), value.as_str());
+        }
+    }
+    dn
+}
+
+fn dns_san(name: &str) -> Result<SanType> {
+    let ia5 = name
+        .to_string()
+        .try_into()
+        .map_err(|e| PkiError::InvalidOption {
+            field: "DNS name",
+            reason: format!("{name:?}: {e}"),
+        })?;
+    Ok(SanType::DnsName(ia5))
+}
+
+/// Checks that `der` is a CA certificate and that `key` is its private key.
+fn check_ca_and_key(der: &[u8], key: &KeyPair, what: &'static str) -> Result<()> {
+    let cert = parse_x509(der).map_err(PkiError::InvalidCert)?;
+    if !cert.is_ca() {
+        return Err(PkiError::NotCa(what));
+    }
+    if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err(PkiError::KeyMismatch(what));
+    }
+    Ok(())
+}
+
+/// Signs `params` with the CA loaded from its own DER, then checks issuer == CA subject bytes.
+fn sign_child(
+    params: CertificateParams,
+    subject_key: &KeyPair,
+    ca_der: &[u8],
+    ca_key: &KeyPair,
+    what: &'static str,
+) -> Result<Vec<u8>> {
+    let ca_cert_der = CertificateDer::from(ca_der);
+    let issuer = Issuer::from_ca_cert_der(&ca_cert_der, ca_key)
+        .map_err(|source| PkiError::Sign { what, source })?;
+    let cert = params
+        .signed_by(subject_key, &issuer)
+        .map_err(|source| PkiError::Sign { what, source })?;
+    let child = parse_x509(cert.der()).map_err(PkiError::InvalidCert)?;
+    let parent = parse_x509(ca_der).map_err(PkiError::InvalidCert)?;
+    if child.issuer().as_raw() != parent.subject().as_raw() {
+        return Err(PkiError::IssuerMismatch(what));
+    }
+    Ok(cert.der().to_vec())
+}
+
+pub(crate) fn der_to_pem(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+/// Ensures the PEM text ends with exactly one newline, so that concatenations stay valid PEM.
+fn normalize_pem(text: &str) -> String {
+    format!("{}\n", text.trim_end())
+}

@@ -1,0 +1,394 @@
+//! Verification of cluster bundles (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`,
+//! `cert-chain.pem`), with the checks istiod makes and the mistakes users make.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+
+use crate::files::{CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT};
+use crate::inspect::fingerprint;
+use crate::{cert_ders, parse_x509};
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// istiod would reject the bundle, or clusters would not trust each other.
+    Error,
+    /// Works today, but deserves attention (e.g. expires soon).
+    Warning,
+}
+
+/// One problem, naming the file it is about.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub severity: Severity,
+    pub file: PathBuf,
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let label = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{label}: {}: {}", self.file.display(), self.message)
+    }
+}
+
+/// Options for [`verify_bundles`].
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Warn when a certificate expires within this period (default 30 days).
+    pub warn_within: Duration,
+    /// The time to check validity against (default: now).
+    pub now: Option<OffsetDateTime>,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            warn_within: Duration::from_secs(30 * 24 * 60 * 60),
+            now: None,
+        }
+    }
+}
+
+/// The findings for a set of bundles.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The bundle directories checked, in order.
+    pub bundles: Vec<PathBuf>,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// True when there is no error (warnings allowed).
+    pub fn is_ok(&self) -> bool {
+        self.errors().next().is_none()
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+    }
+
+    pub fn warnings(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Warning)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for finding in &self.findings {
+            writeln!(f, "{finding}")?;
+        }
+        for dir in &self.bundles {
+            let errors = self.errors().filter(|x| x.file.starts_with(dir)).count();
+            let status = if errors == 0 {
+                "OK".to_string()
+            } else {
+                format!("FAILED ({errors} error(s))")
+            };
+            writeln!(f, "{}: {status}", dir.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// Verifies each bundle directory, then that all bundles share one root.
+pub fn verify_bundles(dirs: &[&Path], opts: &VerifyOptions) -> Report {
+    let now = opts.now.unwrap_or_else(OffsetDateTime::now_utc);
+    let mut report = Report::default();
+    let mut roots: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    for dir in dirs {
+        report.bundles.push(dir.to_path_buf());
+        let mut ctx = Ctx {
+            dir,
+            now,
+            opts,
+            out: &mut report.findings,
+        };
+        if let Some(root) = ctx.bundle() {
+            roots.push((dir.join(ROOT_CERT), root));
+        }
+    }
+    if let Some((first_path, first)) = roots.first() {
+        for (path, root) in &roots[1..] {
+            if root != first {
+                report.findings.push(Finding {
+                    severity: Severity::Error,
+                    file: path.clone(),
+                    message: format!(
+                        "differs from {} (SHA-256 {} vs {}): clusters with different roots \
+                         do not trust each other's workloads",
+                        first_path.display(),
+                        short_fp(root),
+                        short_fp(first)
+                    ),
+                });
+            }
+        }
+    }
+    report
+}
+
+fn short_fp(der: &[u8]) -> String {
+    fingerprint(der)[..23].to_string()
+}
+
+struct Ctx<'a> {
+    dir: &'a Path,
+    now: OffsetDateTime,
+    opts: &'a VerifyOptions,
+    out: &'a mut Vec<Finding>,
+}
+
+impl Ctx<'_> {
+    fn push(&mut self, severity: Severity, file: &str, message: impl Into<String>) {
+        self.out.push(Finding {
+            severity,
+            file: self.dir.join(file),
+            message: message.into(),
+        });
+    }
+
+    fn error(&mut self, file: &str, message: impl Into<String>) {
+        self.push(Severity::Error, file, message);
+    }
+
+    fn warn(&mut self, file: &str, message: impl Into<String>) {
+        self.push(Severity::Warning, file, message);
+    }
+
+    fn read(&mut self, file: &str) -> Option<String> {
+        let path = self.dir.join(file);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.error(
+                    file,
+                    "missing: a cluster bundle needs ca-cert.pem, ca-key.pem, root-cert.pem and \
+                     cert-chain.pem (istiod rejects an incomplete set)",
+                );
+                None
+            }
+            Err(e) => {
+                self.error(file, format!("cannot be read: {e}"));
+                None
+            }
+        }
+    }
+
+    fn certs(&mut self, file: &str) -> Option<Vec<Vec<u8>>> {
+        let text = self.read(file)?;
+        match cert_ders(&text) {
+            Ok(ders) => Some(ders),
+            Err(e) => {
+                self.error(file, e);
+                None
+            }
+        }
+    }
+
+    /// Checks one bundle; returns the root DER for the cross-bundle comparison.
+    fn bundle(&mut self) -> Option<Vec<u8>> {
+        let ca = self.certs(CA_CERT);
+        let root = self.certs(ROOT_CERT);
+        let chain = self.certs(CERT_CHAIN);
+        let key = self.read(CA_KEY).and_then(|text| {
+            crate::load_private_key_pem(&text)
+                .map_err(|e| self.error(CA_KEY, e.to_string()))
+                .ok()
+        });
+
+        let ca = ca.map(|mut v| {
+            if v.len() > 1 {
+                self.warn(
+                    CA_CERT,
+                    format!("holds {} certificates; only the first is used", v.len()),
+                );
+            }
+            v.swap_remove(0)
+        });
+        let root = root.map(|mut v| {
+            if v.len() > 1 {
+                self.warn(
+                    ROOT_CERT,
+                    format!(
+                        "holds {} certificates; only the first is checked as the root",
+                        v.len()
+                    ),
+                );
+            }
+            v.swap_remove(0)
+        });
+        // cert_ders already parsed these successfully.
+        let ca_x = ca.as_deref().and_then(|d| parse_x509(d).ok());
+        let root_x = root.as_deref().and_then(|d| parse_x509(d).ok());
+
+        if let Some(root_x) = &root_x {
+            self.root_checks(root_x);
+        }
+        if let Some(ca_x) = &ca_x {
+            self.ca_checks(ca_x);
+            if let Some(key) = &key
+                && ca_x.public_key().subject_public_key.data.as_ref() != key.public_key_raw()
+            {
+                self.error(
+                    CA_KEY,
+                    format!(
+                        "does not match the public key of {CA_CERT} (it belongs to another certificate)"
+                    ),
+                );
+            }
+        }
+        if let (Some(ca_x), Some(root_x)) = (&ca_x, &root_x) {
+            self.chains_to_root(ca_x, root_x);
+        }
+        if let (Some(chain), Some(ca), Some(root)) = (&chain, &ca, &root) {
+            self.chain_file(chain, ca, root);
+        }
+        root
+    }
+
+    fn root_checks(&mut self, root: &X509Certificate<'_>) {
+        if !root.is_ca() {
+            self.error(
+                ROOT_CERT,
+                "is not a CA certificate (basicConstraints CA:TRUE missing)",
+            );
+        }
+        if root.issuer().as_raw() != root.subject().as_raw() || root.verify_signature(None).is_err()
+        {
+            self.warn(
+                ROOT_CERT,
+                format!(
+                    "is not self-signed (issuer \"{}\"); make sure every cluster trusts the same anchor",
+                    root.issuer()
+                ),
+            );
+        }
+        self.validity(ROOT_CERT, root);
+    }
+
+    fn ca_checks(&mut self, ca: &X509Certificate<'_>) {
+        match ca.basic_constraints() {
+            Ok(Some(bc)) if bc.value.ca => {
+                if !bc.critical {
+                    self.warn(CA_CERT, "basicConstraints is not marked critical");
+                }
+                match bc.value.path_len_constraint {
+                    Some(0) => {}
+                    Some(n) => self.warn(
+                        CA_CERT,
+                        format!("pathlen is {n}; an intermediate that signs workloads should have pathlen:0"),
+                    ),
+                    None => self.warn(
+                        CA_CERT,
+                        "has no pathlen constraint; an intermediate that signs workloads should have pathlen:0",
+                    ),
+                }
+            }
+            Ok(_) => self.error(
+                CA_CERT,
+                "is not a CA certificate (basicConstraints CA:TRUE missing); istiod refuses to sign with it",
+            ),
+            Err(e) => self.error(CA_CERT, format!("invalid basicConstraints: {e}")),
+        }
+        match ca.key_usage() {
+            Ok(Some(ku)) => {
+                if !ku.value.key_cert_sign() {
+                    self.error(
+                        CA_CERT,
+                        "keyUsage lacks keyCertSign: certificates it signs will be rejected",
+                    );
+                }
+                if !ku.value.crl_sign() {
+                    self.warn(CA_CERT, "keyUsage lacks cRLSign");
+                }
+                if !ku.critical {
+                    self.warn(CA_CERT, "keyUsage is not marked critical");
+                }
+            }
+            Ok(None) => self.warn(
+                CA_CERT,
+                "has no keyUsage extension (expected keyCertSign, cRLSign)",
+            ),
+            Err(e) => self.error(CA_CERT, format!("invalid keyUsage: {e}")),
+        }
+        self.validity(CA_CERT, ca);
+    }
+
+    fn chains_to_root(&mut self, ca: &X509Certificate<'_>, root: &X509Certificate<'_>) {
+        if ca.issuer().as_raw() != root.subject().as_raw() {
+            self.error(
+                CA_CERT,
+                format!(
+                    "does not chain to {ROOT_CERT}: its issuer \"{}\" is not the root's subject \"{}\"",
+                    ca.issuer(),
+                    root.subject()
+                ),
+            );
+        } else if let Err(e) = ca.verify_signature(Some(root.public_key())) {
+            self.error(
+                CA_CERT,
+                format!(
+                    "does not chain to {ROOT_CERT}: the signature does not verify with the root's key \
+                     (signed by a different root with the same name): {e}"
+                ),
+            );
+        }
+        if ca.validity().not_after.to_datetime() > root.validity().not_after.to_datetime() {
+            self.warn(
+                CA_CERT,
+                format!(
+                    "outlives {ROOT_CERT} (notAfter {} > {})",
+                    ca.validity().not_after,
+                    root.validity().not_after
+                ),
+            );
+        }
+    }
+
+    fn validity(&mut self, file: &str, cert: &X509Certificate<'_>) {
+        let nb = cert.validity().not_before.to_datetime();
+        let na = cert.validity().not_after.to_datetime();
+        if self.now < nb {
+            self.error(file, format!("is not valid yet (notBefore {nb})"));
+        } else if self.now > na {
+            self.error(file, format!("expired on {na}"));
+        } else if na - self.now < self.opts.warn_within {
+            let days = (na - self.now).whole_days();
+            self.warn(file, format!("expires on {na} (in {days} day(s))"));
+        }
+    }
+
+    fn chain_file(&mut self, chain: &[Vec<u8>], ca: &[u8], root: &[u8]) {
+        let expect = format!("expected {CA_CERT} followed by {ROOT_CERT}");
+        if chain.len() != 2 {
+            self.error(
+                CERT_CHAIN,
+                format!("holds {} certificate(s); {expect}", chain.len()),
+            );
+        }
+        if chain[0] != ca {
+            self.error(
+                CERT_CHAIN,
+                format!("its first certificate is not {CA_CERT}; {expect}"),
+            );
+        }
+        if chain.len() >= 2 && chain[chain.len() - 1] != root {
+            self.error(
+                CERT_CHAIN,
+                format!("its last certificate is not {ROOT_CERT}; {expect}"),
+            );
+        }
+    }
+}
