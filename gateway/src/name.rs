@@ -1,1 +1,324 @@
 //! Istio SNI names (`outbound_.<port>_.<subset>_.<host>`) and host allow patterns.
+//!
+//! The layout is Istio's `BuildDNSSrvSubsetKey`; sidecars use it as the SNI of
+//! mTLS connections. Parsing is stricter than Istio's `ParseSubsetKey`, which
+//! never fails: here every field is validated, so a name that parses is
+//! canonical and formats back to the same string.
+
+use std::fmt;
+use std::str::FromStr;
+
+const SEP: &str = "_.";
+const OUTBOUND: &str = "outbound";
+
+/// ALPN values of Istio's AUTO_PASSTHROUGH filter chains (`allIstioMtlsALPNs`).
+pub const ISTIO_ALPNS: [&str; 5] = [
+    "istio",
+    "istio-peer-exchange",
+    "istio-http/1.0",
+    "istio-http/1.1",
+    "istio-h2",
+];
+
+/// Whether any offered ALPN protocol is one an Istio gateway chain matches.
+pub fn offers_istio_alpn<S: AsRef<str>>(offered: &[S]) -> bool {
+    offered.iter().any(|p| ISTIO_ALPNS.contains(&p.as_ref()))
+}
+
+/// A routable SNI name: service port, subset (`""` for none) and host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SniName {
+    pub port: u16,
+    pub subset: String,
+    pub host: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("not of the form outbound_.<port>_.<subset>_.<host>")]
+    Layout,
+    #[error("direction {0:?} is not routable (only \"outbound\")")]
+    Direction(String),
+    #[error("port {0:?} is not a decimal in 1..=65535 without leading zeros")]
+    Port(String),
+    #[error("subset {0:?} is not a DNS-1123 label")]
+    Subset(String),
+    #[error("host {host:?}: {reason}")]
+    Host { host: String, reason: &'static str },
+    #[error("host pattern {pattern:?}: {reason}")]
+    Pattern {
+        pattern: String,
+        reason: &'static str,
+    },
+}
+
+/// Parses `outbound_.<port>_.<subset>_.<host>`, lower-casing it first (SNI is
+/// case-insensitive).
+///
+/// The port is canonical decimal: `1..=65535`, digits only, no leading zero
+/// (Istio writes it with `strconv.Itoa`), so `080` is rejected rather than
+/// aliased to `80`.
+pub fn parse(sni: &str) -> Result<SniName, NameError> {
+    let sni = sni.to_ascii_lowercase();
+    let mut fields = sni.splitn(4, SEP);
+    let (Some(direction), Some(port), Some(subset), Some(host)) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return match sni.split_once(SEP) {
+            Some((dir, _)) if dir != OUTBOUND => Err(NameError::Direction(dir.to_string())),
+            _ => Err(NameError::Layout),
+        };
+    };
+    if direction != OUTBOUND {
+        return Err(NameError::Direction(direction.to_string()));
+    }
+    let port = parse_port(port).ok_or_else(|| NameError::Port(port.to_string()))?;
+    if !subset.is_empty() && !is_dns1123_label(subset) {
+        return Err(NameError::Subset(subset.to_string()));
+    }
+    if host.contains(SEP) {
+        // Istio's ParseSubsetKey yields an empty host for these.
+        return Err(host_error(host, "contains the separator \"_.\""));
+    }
+    check_host(host).map_err(|reason| host_error(host, reason))?;
+    Ok(SniName {
+        port,
+        subset: subset.to_string(),
+        host: host.to_string(),
+    })
+}
+
+impl FromStr for SniName {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse(s)
+    }
+}
+
+impl fmt::Display for SniName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { port, subset, host } = self;
+        write!(f, "{OUTBOUND}{SEP}{port}{SEP}{subset}{SEP}{host}")
+    }
+}
+
+fn host_error(host: &str, reason: &'static str) -> NameError {
+    NameError::Host {
+        host: host.to_string(),
+        reason,
+    }
+}
+
+fn parse_port(s: &str) -> Option<u16> {
+    let canonical = !s.is_empty()
+        && s.len() <= 5
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && !s.starts_with('0');
+    canonical.then(|| s.parse().ok()).flatten()
+}
+
+/// A DNS-1123 label: 1–63 of `[a-z0-9-]`, starting and ending alphanumeric.
+fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    (1..=63).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.first() != Some(&b'-')
+        && b.last() != Some(&b'-')
+}
+
+/// A lower-case DNS name: labels as above, at most 253 bytes, no trailing dot.
+fn check_host(host: &str) -> Result<(), &'static str> {
+    if host.is_empty() {
+        return Err("empty");
+    }
+    if host.len() > 253 {
+        return Err("longer than 253 bytes");
+    }
+    if host.split('.').all(is_dns1123_label) {
+        Ok(())
+    } else {
+        Err("not a DNS name (labels of 1-63 [a-z0-9-], not starting or ending with '-')")
+    }
+}
+
+/// A host allow pattern, as in the `hosts` of an Istio Gateway server:
+/// `*` (any host), `*.<suffix>` (at least one label before `.<suffix>`), or an
+/// exact DNS name. Matching ignores ASCII case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPattern(Kind);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Kind {
+    Any,
+    /// The suffix with its leading dot, e.g. `.local`.
+    Suffix(String),
+    Exact(String),
+}
+
+impl HostPattern {
+    pub fn parse(pattern: &str) -> Result<Self, NameError> {
+        let lower = pattern.to_ascii_lowercase();
+        let err = |reason| NameError::Pattern {
+            pattern: pattern.to_string(),
+            reason,
+        };
+        if lower == "*" {
+            return Ok(HostPattern(Kind::Any));
+        }
+        let (kind, name) = match lower.strip_prefix("*.") {
+            Some(suffix) => (Kind::Suffix(format!(".{suffix}")), suffix),
+            None => (Kind::Exact(lower.clone()), lower.as_str()),
+        };
+        check_host(name).map_err(err)?;
+        Ok(HostPattern(kind))
+    }
+
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host.as_bytes();
+        match &self.0 {
+            Kind::Any => true,
+            Kind::Exact(name) => host.eq_ignore_ascii_case(name.as_bytes()),
+            Kind::Suffix(suffix) => {
+                host.len() > suffix.len() && {
+                    let (head, tail) = host.split_at(host.len() - suffix.len());
+                    tail.eq_ignore_ascii_case(suffix.as_bytes()) && !head.ends_with(b".")
+                }
+            }
+        }
+    }
+}
+
+impl FromStr for HostPattern {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        HostPattern::parse(s)
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Kind::Any => f.write_str("*"),
+            Kind::Suffix(suffix) => write!(f, "*{suffix}"),
+            Kind::Exact(name) => f.write_str(name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CATALOG: &str = "catalog.istioinaction.svc.cluster.local";
+
+    fn name(port: u16, subset: &str, host: &str) -> SniName {
+        SniName {
+            port,
+            subset: subset.into(),
+            host: host.into(),
+        }
+    }
+
+    #[test]
+    fn parses_istio_names() {
+        let s = format!("outbound_.80_._.{CATALOG}");
+        assert_eq!(parse(&s), Ok(name(80, "", CATALOG)));
+        assert_eq!(parse(&s).unwrap().to_string(), s);
+        let v1 = format!("outbound_.80_.v1_.{CATALOG}");
+        assert_eq!(parse(&v1), Ok(name(80, "v1", CATALOG)));
+        assert_eq!(parse(&v1).unwrap().to_string(), v1);
+        assert_eq!(
+            parse("OUTBOUND_.8080_.V1_.Foo.Example.ORG"),
+            Ok(name(8080, "v1", "foo.example.org"))
+        );
+        assert_eq!(parse("outbound_.65535_._.a"), Ok(name(65535, "", "a")));
+        let longest = ["a"; 127].join(".");
+        assert_eq!(
+            parse(&format!("outbound_.1_._.{longest}")).unwrap().host,
+            longest
+        );
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        use NameError::*;
+        let bad = |s: &str| parse(s).unwrap_err();
+        assert_eq!(bad(CATALOG), Layout);
+        assert_eq!(bad("outbound_.80_.v1"), Layout);
+        assert_eq!(bad(""), Layout);
+        assert_eq!(bad("outbound|80||a.local"), Layout);
+        assert_eq!(bad("inbound_.80_._.a.local"), Direction("inbound".into()));
+        assert_eq!(bad("inbound_.80"), Direction("inbound".into()));
+        assert_eq!(bad("inbound-vip_.80_._.a"), Direction("inbound-vip".into()));
+        for port in [
+            "0", "080", "+80", "-80", "65536", "99999999", "", "8o", " 80",
+        ] {
+            assert_eq!(bad(&format!("outbound_.{port}_._.a")), Port(port.into()));
+        }
+        for subset in ["-v1", "v1-", "v_1", "v.1", &"a".repeat(64)] {
+            let s = format!("outbound_.80_.{subset}_.a.local");
+            assert!(matches!(bad(&s), Subset(_) | Host { .. }), "{s}");
+        }
+        for host in [
+            "",
+            "a.local.",
+            ".a",
+            "a..b",
+            "-a.local",
+            "a-.local",
+            "a_b.local",
+            "*.local",
+            "a_.b",
+            &"a".repeat(64),
+            &["a"; 128].join("."),
+        ] {
+            let s = format!("outbound_.80_._.{host}");
+            assert!(matches!(bad(&s), Host { .. }), "{s}");
+        }
+        assert!(
+            bad("outbound_.80_._.a_.b")
+                .to_string()
+                .contains("separator")
+        );
+    }
+
+    #[test]
+    fn host_patterns() {
+        let p = |s: &str| HostPattern::parse(s).unwrap();
+        assert!(p("*.local").matches(CATALOG));
+        assert!(p("*.LOCAL").matches("A.Local"));
+        assert!(!p("*.local").matches("local"));
+        assert!(!p("*.local").matches(".local"));
+        assert!(!p("*.local").matches("a.localhost"));
+        assert!(!p("*.local").matches("alocal"));
+        assert!(p("*.cluster.local").matches(CATALOG));
+        assert!(p(CATALOG).matches(&CATALOG.to_uppercase()));
+        assert!(!p(CATALOG).matches(&format!("x.{CATALOG}")));
+        assert!(p("*").matches("anything"));
+        for s in ["*.local", "*", CATALOG] {
+            assert_eq!(p(s).to_string(), s);
+            assert_eq!(s.parse::<HostPattern>(), Ok(p(s)));
+        }
+        for bad in [
+            "",
+            "*.",
+            "**.local",
+            "a.*.local",
+            "ns/*.local",
+            "*local",
+            "a..b",
+            "a.",
+        ] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn istio_alpn() {
+        assert!(offers_istio_alpn(&["istio-peer-exchange", "istio"]));
+        assert!(offers_istio_alpn(&["h2", "istio-h2"]));
+        assert!(!offers_istio_alpn(&["h2", "http/1.1"]));
+        assert!(!offers_istio_alpn::<&str>(&[]));
+    }
+}
