@@ -1,5 +1,22 @@
 #![forbid(unsafe_code)]
 //! East-west gateway library: SNI auto-passthrough on 15443.
+//!
+//! Data path: [`proxy`] accepts, [`sni`] reads the ClientHello, [`name`] decodes the Istio
+//! SNI name, [`routes`] maps it to endpoints, [`balance`] picks one, [`forward`] splices the
+//! bytes. [`discovery`] feeds the route table; [`admin`] serves health and metrics;
+//! [`drain`] handles SIGTERM; [`app::build`] wires it all.
 
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod clock;
+pub mod config;
+pub mod discovery;
+pub mod drain;
+pub mod forward;
+pub mod metrics;
 pub mod name;
+pub mod proxy;
+pub mod proxy_protocol;
+pub mod routes;
 pub mod sni;

@@ -1,0 +1,119 @@
+//! Admin listener: `/healthz/ready` (Istio's status-port path), `/healthz/live`, `/metrics`,
+//! `/debug/routes`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::drain::Drain;
+use crate::routes::Routes;
+
+pub struct Admin {
+    pub registry: Registry,
+    pub routes: Arc<Routes>,
+    pub drain: Arc<Drain>,
+    /// Extra readiness condition from the discovery source (e.g. first Kubernetes sync).
+    pub synced: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl Admin {
+    fn ready(&self) -> Result<(), &'static str> {
+        if self.drain.is_draining() {
+            return Err("draining");
+        }
+        if !self.routes.is_loaded() || !(self.synced)() {
+            return Err("no route table loaded yet");
+        }
+        Ok(())
+    }
+
+    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let text = |code: StatusCode, body: String| {
+            Response::builder()
+                .status(code)
+                .header("content-type", "text/plain; charset=utf-8")
+                .body(Full::new(Bytes::from(body)))
+                .expect("static response parts")
+        };
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+        }
+        match req.uri().path() {
+            "/healthz/ready" => match self.ready() {
+                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+            },
+            "/healthz/live" => text(StatusCode::OK, "live\n".into()),
+            "/metrics" => {
+                let mut out = String::with_capacity(8192);
+                if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+                    return text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n"));
+                }
+                Response::builder()
+                    .header(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
+                    .body(Full::new(Bytes::from(out)))
+                    .expect("static response parts")
+            }
+            "/debug/routes" => {
+                let body = match self.routes.load() {
+                    Some(t) => serde_json::to_string_pretty(&t.debug_view()),
+                    None => Ok("{\"generation\":0,\"routes\":[]}".to_string()),
+                };
+                match body {
+                    Ok(b) => Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(b + "\n")))
+                        .expect("static response parts"),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                }
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; try /healthz/ready, /metrics, /debug/routes\n".into(),
+            ),
+        }
+    }
+
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = stop.cancelled() => return,
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+            };
+            let this = self.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let resp = this.respond(&req);
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::select! {
+                    r = conn => if let Err(e) = r { tracing::debug!(error = %e, "admin connection error") },
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Wiring: `build(config)` binds every listener and starts every task, returning the real
+//! addresses, so tests run the whole gateway in process on `127.0.0.1:0`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Admin;
+use crate::config::{Config, Discovery};
+use crate::discovery::Publisher;
+use crate::discovery::file::{FileError, FileSource};
+use crate::drain::{self, Drain};
+use crate::metrics::{ProxyMetrics, RouteMetrics};
+use crate::proxy::{Proxy, Reject};
+use crate::routes::Routes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("binding {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("Kubernetes discovery: {0}")]
+    Kube(String),
+}
+
+/// A running gateway.
+pub struct Bound {
+    pub listen_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub routes: Arc<Routes>,
+    pub publisher: Publisher,
+    pub drain: Arc<Drain>,
+    cfg: Arc<Config>,
+    stop_background: CancellationToken,
+}
+
+pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
+    let cfg = Arc::new(cfg);
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| BuildError::Bind(cfg.listen, e))?;
+    let admin_listener = TcpListener::bind(cfg.admin)
+        .await
+        .map_err(|e| BuildError::Bind(cfg.admin, e))?;
+    let listen_addr = listener.local_addr().map_err(|e| BuildError::Bind(cfg.listen, e))?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| BuildError::Bind(cfg.admin, e))?;
+
+    let mut registry = Registry::with_prefix("gateway");
+    let reasons: Vec<&'static str> = Reject::ALL.iter().map(|r| r.as_str()).collect();
+    let proxy_metrics = ProxyMetrics::new(&mut registry, &reasons);
+    let route_metrics = RouteMetrics::new(registry.sub_registry_with_prefix("discovery"));
+    let routes = Arc::new(Routes::new());
+    let publisher = Publisher::new(routes.clone(), route_metrics);
+    let drain = Arc::new(Drain::new());
+    let stop_background = CancellationToken::new();
+
+    let synced: Arc<dyn Fn() -> bool + Send + Sync> = match &cfg.discovery {
+        Discovery::File(path) => {
+            let source = FileSource::start(path, publisher.clone())?;
+            tokio::spawn(source.run(stop_background.clone()));
+            Arc::new(|| true)
+        }
+        Discovery::Kubernetes(_) => {
+            return Err(BuildError::Kube(
+                "not available yet in this build; pass --endpoints FILE".into(),
+            ));
+        }
+    };
+
+    let proxy = Arc::new(Proxy::new(cfg.clone(), routes.clone(), proxy_metrics, drain.clone()));
+    tokio::spawn(proxy.serve(listener));
+    let admin = Arc::new(Admin {
+        registry,
+        routes: routes.clone(),
+        drain: drain.clone(),
+        synced,
+    });
+    tokio::spawn(admin.serve(admin_listener, stop_background.clone()));
+    tracing::info!(%listen_addr, %admin_addr, "gateway listening");
+    Ok(Bound {
+        listen_addr,
+        admin_addr,
+        routes,
+        publisher,
+        drain,
+        cfg,
+        stop_background,
+    })
+}
+
+impl Bound {
+    /// Drains with the configured grace and deadline, then stops the admin listener and
+    /// discovery.
+    pub async fn drain(self) -> drain::Outcome {
+        let out = self.drain.run(self.cfg.drain_grace, self.cfg.drain_timeout).await;
+        self.stop_background.cancel();
+        tracing::info!(open_at_stop = out.open_at_stop, forced = out.forced, "drained");
+        out
+    }
+
+    /// Waits for SIGTERM or SIGINT, then drains.
+    pub async fn wait_termination(self) -> std::io::Result<drain::Outcome> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        Ok(self.drain().await)
+    }
+}

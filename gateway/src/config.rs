@@ -1,0 +1,209 @@
+//! Gateway configuration: one flat struct, built from flags with environment fallbacks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Serialize;
+
+use crate::balance::Outlier;
+use crate::name::HostPattern;
+
+/// ALPN values Istio's AUTO_PASSTHROUGH filter chains match (`allIstioMtlsALPNs`).
+pub const ISTIO_ALPNS: &[&str] = &[
+    "istio",
+    "istio-peer-exchange",
+    "istio-http/1.0",
+    "istio-http/1.1",
+    "istio-h2",
+];
+
+#[derive(Debug, Clone)]
+pub enum Discovery {
+    /// `--endpoints FILE`: static YAML, reloaded on change and SIGHUP.
+    File(PathBuf),
+    /// Kubernetes EndpointSlices and Services.
+    Kubernetes(KubeOptions),
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KubeOptions {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    /// Empty means all namespaces.
+    pub namespaces: Vec<String>,
+    pub cluster_domain: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub discovery: Discovery,
+    pub allow_hosts: Vec<HostPattern>,
+    pub require_istio_alpn: bool,
+    /// Cap on the bytes buffered while looking for the ClientHello.
+    pub max_hello_bytes: usize,
+    pub detect_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Endpoints tried per connection before `connect_failed`.
+    pub connect_attempts: u32,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub proxy_protocol: bool,
+    pub outlier: Outlier,
+    /// After SIGTERM: readiness fails at once, the listener keeps accepting this long.
+    pub drain_grace: Duration,
+    /// Then open connections may finish until this deadline; the rest are closed.
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for everything but discovery; tests override fields directly.
+    pub fn new(discovery: Discovery) -> Config {
+        Config {
+            listen: ([0, 0, 0, 0], 15443).into(),
+            admin: ([0, 0, 0, 0], 15021).into(),
+            discovery,
+            allow_hosts: vec![HostPattern::parse("*.local").expect("valid default pattern")],
+            require_istio_alpn: true,
+            max_hello_bytes: 64 * 1024,
+            detect_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(1),
+            connect_attempts: 3,
+            idle_timeout: Duration::from_secs(3600),
+            max_connections: 65_536,
+            proxy_protocol: false,
+            outlier: Outlier::default(),
+            drain_grace: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 1h)"))
+}
+
+fn host_pattern(s: &str) -> Result<HostPattern, String> {
+    HostPattern::parse(s).map_err(|e| e.to_string())
+}
+
+/// Istio-compatible east-west gateway: routes mTLS connections by SNI
+/// (`outbound_.<port>_.<subset>_.<host>`) to local endpoints without terminating TLS.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version)]
+pub struct Args {
+    /// Address of the passthrough listener.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:15443")]
+    pub listen: SocketAddr,
+    /// Address of the admin listener (/healthz/ready, /metrics, /debug/routes).
+    #[arg(long, env = "GATEWAY_ADMIN", default_value = "0.0.0.0:15021")]
+    pub admin: SocketAddr,
+    /// Static endpoints YAML file. Without it, endpoints come from Kubernetes.
+    #[arg(long, env = "GATEWAY_ENDPOINTS")]
+    pub endpoints: Option<PathBuf>,
+    /// Kubeconfig for Kubernetes discovery (default: in-cluster, then KUBECONFIG).
+    #[arg(long, env = "KUBECONFIG_PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context.
+    #[arg(long, env = "GATEWAY_CONTEXT")]
+    pub context: Option<String>,
+    /// Namespace to watch (repeatable; default all).
+    #[arg(long = "namespace", env = "GATEWAY_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Cluster DNS domain of service hosts.
+    #[arg(long, env = "GATEWAY_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Host pattern an SNI host must match (repeatable), as the Gateway's `hosts`.
+    #[arg(long = "allow-host", env = "GATEWAY_ALLOW_HOSTS", value_delimiter = ',', default_value = "*.local", value_parser = host_pattern)]
+    pub allow_hosts: Vec<HostPattern>,
+    /// Accept only ClientHellos offering an Istio mTLS ALPN, like Istio's AUTO_PASSTHROUGH chains.
+    #[arg(long, env = "GATEWAY_REQUIRE_ISTIO_ALPN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub require_istio_alpn: bool,
+    /// Most bytes buffered while reading the ClientHello.
+    #[arg(long, env = "GATEWAY_MAX_HELLO_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(512..=1_048_576))]
+    pub max_hello_bytes: u32,
+    /// Time allowed for the PROXY header and ClientHello to arrive.
+    #[arg(long, env = "GATEWAY_DETECT_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub detect_timeout: Duration,
+    /// Upstream connect timeout, per attempt.
+    #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT", default_value = "1s", value_parser = duration)]
+    pub connect_timeout: Duration,
+    /// Endpoints tried before giving up on a connection.
+    #[arg(long, env = "GATEWAY_CONNECT_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub connect_attempts: u32,
+    /// Close a forwarded connection after this long without bytes either way.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value = "1h", value_parser = duration)]
+    pub idle_timeout: Duration,
+    /// Most concurrent connections; beyond it new ones are closed at once.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 65536)]
+    pub max_connections: usize,
+    /// Expect a PROXY protocol v2 header (a load balancer in front adds it).
+    #[arg(long, env = "GATEWAY_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+    /// Consecutive connect failures that eject an endpoint (0 disables).
+    #[arg(long, env = "GATEWAY_OUTLIER_FAILURES", default_value_t = 5)]
+    pub outlier_failures: u32,
+    /// First ejection time; repeated ejections last longer.
+    #[arg(long, env = "GATEWAY_OUTLIER_BASE_EJECTION", default_value = "30s", value_parser = duration)]
+    pub outlier_base_ejection: Duration,
+    /// Longest single ejection.
+    #[arg(long, env = "GATEWAY_OUTLIER_MAX_EJECTION", default_value = "5m", value_parser = duration)]
+    pub outlier_max_ejection: Duration,
+    /// Most endpoints of one service ejected at once, in percent (at least one).
+    #[arg(long, env = "GATEWAY_OUTLIER_MAX_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub outlier_max_percent: u8,
+    /// After SIGTERM, keep accepting this long while readiness fails.
+    #[arg(long, env = "GATEWAY_DRAIN_GRACE", default_value = "5s", value_parser = duration)]
+    pub drain_grace: Duration,
+    /// Then let open connections finish for up to this long.
+    #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration)]
+    pub drain_timeout: Duration,
+    /// Log format.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "plain")]
+    pub log_format: LogFormat,
+}
+
+impl Args {
+    pub fn into_config(self) -> Config {
+        let discovery = match self.endpoints {
+            Some(path) => Discovery::File(path),
+            None => Discovery::Kubernetes(KubeOptions {
+                kubeconfig: self.kubeconfig,
+                context: self.context,
+                namespaces: self.namespaces,
+                cluster_domain: self.cluster_domain,
+            }),
+        };
+        Config {
+            listen: self.listen,
+            admin: self.admin,
+            discovery,
+            allow_hosts: self.allow_hosts,
+            require_istio_alpn: self.require_istio_alpn,
+            max_hello_bytes: self.max_hello_bytes as usize,
+            detect_timeout: self.detect_timeout,
+            connect_timeout: self.connect_timeout,
+            connect_attempts: self.connect_attempts,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections.max(1),
+            proxy_protocol: self.proxy_protocol,
+            outlier: Outlier {
+                consecutive_failures: self.outlier_failures,
+                base_ejection: self.outlier_base_ejection,
+                max_ejection: self.outlier_max_ejection,
+                max_ejection_percent: self.outlier_max_percent,
+            },
+            drain_grace: self.drain_grace,
+            drain_timeout: self.drain_timeout,
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Discovery sources feed the route table through one [`Publisher`].
+
+pub mod file;
+
+use std::fmt::Display;
+use std::sync::Arc;
+
+use crate::metrics::RouteMetrics;
+use crate::routes::{RouteTable, Routes, ServiceSpec};
+
+/// The one interface every discovery source (file, Kubernetes) publishes through.
+#[derive(Clone)]
+pub struct Publisher {
+    routes: Arc<Routes>,
+    metrics: RouteMetrics,
+}
+
+impl Publisher {
+    pub fn new(routes: Arc<Routes>, metrics: RouteMetrics) -> Self {
+        Publisher { routes, metrics }
+    }
+
+    pub fn publish(&self, source: &str, specs: &[ServiceSpec]) -> Arc<RouteTable> {
+        let table = self.routes.publish(specs);
+        self.metrics.routes.set(table.len() as i64);
+        self.metrics.endpoints.set(table.endpoint_count() as i64);
+        self.metrics.generation.set(table.generation as i64);
+        self.metrics.reloads.inc();
+        self.metrics.last_reload_ok.set(1);
+        tracing::info!(
+            source,
+            generation = table.generation,
+            routes = table.len(),
+            endpoints = table.endpoint_count(),
+            "route table published"
+        );
+        table
+    }
+
+    /// A rejected update: the last good table keeps serving.
+    pub fn reject(&self, source: &str, error: &dyn Display) {
+        self.metrics.reload_errors.inc();
+        self.metrics.last_reload_ok.set(0);
+        let kept = self.routes.load().map(|t| t.generation);
+        tracing::error!(source, %error, kept_generation = ?kept, "route update rejected; keeping the last good table");
+    }
+
+    pub fn metrics(&self) -> &RouteMetrics {
+        &self.metrics
+    }
+}

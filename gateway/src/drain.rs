@@ -1,0 +1,57 @@
+//! Graceful drain: fail readiness, keep accepting for a grace period, stop accepting, let
+//! connections finish until a deadline, then close what is left.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, Default)]
+pub struct Drain {
+    draining: AtomicBool,
+    /// Cancelled when listeners must stop accepting.
+    pub stop_accepting: CancellationToken,
+    /// Cancelled when open connections must close now.
+    pub force_close: CancellationToken,
+    /// Every connection task runs on this tracker.
+    pub tasks: TaskTracker,
+}
+
+/// What a drain did, for the final log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub open_at_stop: usize,
+    pub forced: usize,
+}
+
+impl Drain {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub async fn run(&self, grace: Duration, deadline: Duration) -> Outcome {
+        self.draining.store(true, Ordering::Relaxed);
+        tracing::info!(?grace, ?deadline, "draining: readiness now fails, still accepting");
+        tokio::time::sleep(grace).await;
+        self.stop_accepting.cancel();
+        self.tasks.close();
+        let open_at_stop = self.tasks.len();
+        tracing::info!(open = open_at_stop, "draining: stopped accepting; waiting for open connections");
+        let forced = match tokio::time::timeout(deadline, self.tasks.wait()).await {
+            Ok(()) => 0,
+            Err(_) => {
+                let left = self.tasks.len();
+                tracing::warn!(open = left, "drain deadline passed; closing remaining connections");
+                self.force_close.cancel();
+                self.tasks.wait().await;
+                left
+            }
+        };
+        Outcome { open_at_stop, forced }
+    }
+}

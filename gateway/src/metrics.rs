@@ -1,0 +1,101 @@
+//! Prometheus metrics, registered per subsystem under the `gateway_` prefix.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels per routed SNI name. Only names that matched a route become labels, so a hostile
+/// client cannot grow the label set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SniLabels {
+    pub sni: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// Data-path metrics.
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    pub accepted: Counter,
+    pub opened: Family<SniLabels, Counter>,
+    pub closed: Family<SniLabels, Counter>,
+    pub active: Family<SniLabels, Gauge>,
+    pub sent_bytes: Family<SniLabels, Counter>,
+    pub received_bytes: Family<SniLabels, Counter>,
+    pub rejected: Family<ReasonLabels, Counter>,
+    pub connect_seconds: Histogram,
+    pub connect_failures: Counter,
+    pub ejections: Counter,
+}
+
+impl ProxyMetrics {
+    pub fn new(registry: &mut Registry, reasons: &[&'static str]) -> Self {
+        let m = ProxyMetrics {
+            accepted: Counter::default(),
+            opened: Family::default(),
+            closed: Family::default(),
+            active: Family::default(),
+            sent_bytes: Family::default(),
+            received_bytes: Family::default(),
+            rejected: Family::default(),
+            // 100 µs to ~3.3 s
+            connect_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            connect_failures: Counter::default(),
+            ejections: Counter::default(),
+        };
+        let r = registry;
+        r.register("tcp_connections_accepted", "TCP connections accepted on the gateway listener", m.accepted.clone());
+        r.register("connections_opened", "Connections forwarded to an upstream, per SNI", m.opened.clone());
+        r.register("connections_closed", "Forwarded connections that ended, per SNI", m.closed.clone());
+        r.register("connections_active", "Forwarded connections open now, per SNI", m.active.clone());
+        r.register("sent_bytes", "Bytes from downstream clients to upstreams, per SNI", m.sent_bytes.clone());
+        r.register("received_bytes", "Bytes from upstreams to downstream clients, per SNI", m.received_bytes.clone());
+        r.register("connections_rejected", "Connections closed without forwarding, by reason", m.rejected.clone());
+        r.register("upstream_connect_seconds", "Time to connect to an upstream endpoint", m.connect_seconds.clone());
+        r.register("upstream_connect_failures", "Failed upstream connect attempts (each retry counts)", m.connect_failures.clone());
+        r.register("endpoint_ejections", "Endpoints ejected by passive outlier detection", m.ejections.clone());
+        // Every reason appears from the start, so dashboards and tests see explicit zeros.
+        for &reason in reasons {
+            let _ = m.rejected.get_or_create(&ReasonLabels { reason });
+        }
+        m
+    }
+
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
+/// Route-table metrics, shared by every discovery source.
+#[derive(Clone, Default)]
+pub struct RouteMetrics {
+    pub routes: Gauge,
+    pub endpoints: Gauge,
+    pub generation: Gauge,
+    pub reloads: Counter,
+    pub reload_errors: Counter,
+    pub last_reload_ok: Gauge,
+    /// Seconds since the source last confirmed its view (Kubernetes: since the watch was healthy).
+    pub stale_seconds: Gauge,
+}
+
+impl RouteMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = RouteMetrics::default();
+        let r = registry;
+        r.register("route_table_routes", "(host, port) routes in the current table", m.routes.clone());
+        r.register("route_table_endpoints", "Endpoints in the current table", m.endpoints.clone());
+        r.register("route_table_generation", "Generation of the current table", m.generation.clone());
+        r.register("route_table_reloads", "Route tables published", m.reloads.clone());
+        r.register("route_table_reload_errors", "Reloads rejected; the last good table kept serving", m.reload_errors.clone());
+        r.register("route_table_last_reload_ok", "1 when the last reload succeeded, 0 when it failed", m.last_reload_ok.clone());
+        r.register("route_table_stale_seconds", "Seconds the discovery source has been unable to refresh", m.stale_seconds.clone());
+        m
+    }
+}

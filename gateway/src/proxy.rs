@@ -1,0 +1,309 @@
+//! The passthrough listener: accept, read the ClientHello, route by SNI, connect, forward.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::balance;
+use crate::config::{Config, ISTIO_ALPNS};
+use crate::drain::Drain;
+use crate::forward::{self, Progress};
+use crate::metrics::{ProxyMetrics, SniLabels};
+use crate::name;
+use crate::proxy_protocol;
+use crate::routes::{LookupError, Routes};
+use crate::sni::{self, Detect};
+
+/// Why a connection was closed without forwarding a byte: the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    Timeout,
+    NotTls,
+    NoSni,
+    BadName,
+    HostNotAllowed,
+    AlpnNotAllowed,
+    NoRoute,
+    NoHealthyEndpoint,
+    ConnectFailed,
+    /// Too many connections, or a ClientHello larger than the buffer cap.
+    OverLimit,
+    /// `--proxy-protocol` is on and the PROXY v2 header is missing or malformed.
+    BadProxyHeader,
+    /// The client closed or reset before its ClientHello was complete.
+    ClientClosed,
+}
+
+impl Reject {
+    pub const ALL: [Reject; 12] = [
+        Reject::Timeout,
+        Reject::NotTls,
+        Reject::NoSni,
+        Reject::BadName,
+        Reject::HostNotAllowed,
+        Reject::AlpnNotAllowed,
+        Reject::NoRoute,
+        Reject::NoHealthyEndpoint,
+        Reject::ConnectFailed,
+        Reject::OverLimit,
+        Reject::BadProxyHeader,
+        Reject::ClientClosed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::Timeout => "timeout",
+            Reject::NotTls => "not_tls",
+            Reject::NoSni => "no_sni",
+            Reject::BadName => "bad_name",
+            Reject::HostNotAllowed => "host_not_allowed",
+            Reject::AlpnNotAllowed => "alpn_not_allowed",
+            Reject::NoRoute => "no_route",
+            Reject::NoHealthyEndpoint => "no_healthy_endpoint",
+            Reject::ConnectFailed => "connect_failed",
+            Reject::OverLimit => "over_limit",
+            Reject::BadProxyHeader => "bad_proxy_header",
+            Reject::ClientClosed => "client_closed",
+        }
+    }
+}
+
+pub struct Proxy {
+    pub cfg: Arc<Config>,
+    pub routes: Arc<Routes>,
+    pub metrics: ProxyMetrics,
+    pub drain: Arc<Drain>,
+    permits: Arc<Semaphore>,
+    next_id: AtomicU64,
+}
+
+impl Proxy {
+    pub fn new(cfg: Arc<Config>, routes: Arc<Routes>, metrics: ProxyMetrics, drain: Arc<Drain>) -> Self {
+        Proxy {
+            permits: Arc::new(Semaphore::new(cfg.max_connections)),
+            cfg,
+            routes,
+            metrics,
+            drain,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Accepts until the drain stops accepting. Each connection runs as a tracked task.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.drain.stop_accepting.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            self.metrics.accepted.inc();
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                self.metrics.reject(Reject::OverLimit.as_str());
+                debug!(%peer, "connection limit reached; closing");
+                drop(stream);
+                continue;
+            };
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let span = tracing::info_span!("conn", id, %peer, client = tracing::field::Empty, sni = tracing::field::Empty, upstream = tracing::field::Empty);
+            let this = self.clone();
+            self.drain.tasks.spawn(
+                async move {
+                    let force = this.drain.force_close.clone();
+                    tokio::select! {
+                        _ = this.handle(stream, peer) => {}
+                        _ = force.cancelled() => debug!("closed by drain deadline"),
+                    }
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+        debug!("listener stopped accepting");
+    }
+
+    async fn handle(&self, mut client: TcpStream, peer: SocketAddr) {
+        let start = Instant::now();
+        let _ = client.set_nodelay(true);
+        let _ = SockRef::from(&client).set_tcp_keepalive(
+            &TcpKeepalive::new()
+                .with_time(std::time::Duration::from_secs(60))
+                .with_interval(std::time::Duration::from_secs(10)),
+        );
+        let mut buf = Vec::with_capacity(2048);
+        let detected = tokio::time::timeout(self.cfg.detect_timeout, self.read_preamble(&mut client, &mut buf)).await;
+        let (hello, client_addr) = match detected {
+            Err(_) => return self.reject(Reject::Timeout, start),
+            Ok(Err(r)) => return self.reject(r, start),
+            Ok(Ok(found)) => found,
+        };
+        let client_addr = client_addr.unwrap_or(peer);
+        tracing::Span::current().record("client", tracing::field::display(client_addr));
+
+        let Some(raw) = hello.sni else {
+            return self.reject(Reject::NoSni, start);
+        };
+        tracing::Span::current().record("sni", raw.as_str());
+        let Ok(target) = name::parse(&raw) else {
+            return self.reject(Reject::BadName, start);
+        };
+        if !self.cfg.allow_hosts.iter().any(|p| p.matches(&target.host)) {
+            return self.reject(Reject::HostNotAllowed, start);
+        }
+        if self.cfg.require_istio_alpn && !hello.alpn.iter().any(|a| ISTIO_ALPNS.contains(&a.as_str())) {
+            return self.reject(Reject::AlpnNotAllowed, start);
+        }
+        let Some(table) = self.routes.load() else {
+            return self.reject(Reject::NoRoute, start);
+        };
+        let Some(route) = table.lookup(&target.host, target.port) else {
+            return self.reject(Reject::NoRoute, start);
+        };
+        let candidates = match route.candidates(&target.subset) {
+            Ok(c) => c,
+            Err(LookupError::NoRoute) => return self.reject(Reject::NoRoute, start),
+            Err(LookupError::NoHealthyEndpoint) => return self.reject(Reject::NoHealthyEndpoint, start),
+        };
+
+        let mut tried = Vec::with_capacity(self.cfg.connect_attempts as usize);
+        let mut connected = None;
+        for _ in 0..self.cfg.connect_attempts {
+            let Some(ep) = balance::pick(&candidates, &tried) else { break };
+            tried.push(ep.addr);
+            let t = Instant::now();
+            match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(ep.addr)).await {
+                Ok(Ok(s)) => {
+                    self.metrics.connect_seconds.observe(t.elapsed().as_secs_f64());
+                    balance::on_success(&ep);
+                    connected = Some((s, ep));
+                    break;
+                }
+                Ok(Err(e)) => debug!(upstream = %ep.addr, error = %e, "connect failed"),
+                Err(_) => debug!(upstream = %ep.addr, "connect timed out"),
+            }
+            self.metrics.connect_failures.inc();
+            if let Some(d) = balance::on_failure(&ep, &route.endpoints, &self.cfg.outlier) {
+                self.metrics.ejections.inc();
+                warn!(upstream = %ep.addr, ejected_for = ?d, "endpoint ejected after consecutive connect failures");
+            }
+        }
+        let Some((upstream, ep)) = connected else {
+            let r = if tried.is_empty() { Reject::NoHealthyEndpoint } else { Reject::ConnectFailed };
+            return self.reject(r, start);
+        };
+        drop(table);
+        tracing::Span::current().record("upstream", tracing::field::display(ep.addr));
+        let _active_ep = ep.track();
+        let _ = upstream.set_nodelay(true);
+
+        let labels = SniLabels { sni: target.to_string() };
+        self.metrics.opened.get_or_create(&labels).inc();
+        let active = self.metrics.active.get_or_create(&labels).clone();
+        active.inc();
+        let progress = Progress::new(
+            self.metrics.sent_bytes.get_or_create(&labels).clone(),
+            self.metrics.received_bytes.get_or_create(&labels).clone(),
+        );
+        // Replay exactly what was read: the hello and anything the client sent after it.
+        let mut upstream = upstream;
+        let end = match upstream.write_all(&buf).await {
+            Ok(()) => {
+                progress.add_sent(buf.len() as u64);
+                drop(buf);
+                forward::run(&client, &upstream, self.cfg.idle_timeout, &progress).await
+            }
+            Err(e) => forward::End::Error(e),
+        };
+        active.dec();
+        self.metrics.closed.get_or_create(&labels).inc();
+        let (sent, received) = progress.totals();
+        if let forward::End::Error(e) = &end {
+            debug!(error = %e, "connection ended with an error");
+        }
+        info!(
+            target: "access",
+            client = %client_addr,
+            sni = %labels.sni,
+            upstream = %ep.addr,
+            sent,
+            received,
+            duration_ms = start.elapsed().as_millis() as u64,
+            outcome = end.as_str(),
+            "connection closed"
+        );
+    }
+
+    /// Reads an optional PROXY v2 header, then the ClientHello. Returns the hello and the
+    /// original client address; `buf` is left holding only bytes to replay upstream.
+    async fn read_preamble(
+        &self,
+        client: &mut TcpStream,
+        buf: &mut Vec<u8>,
+    ) -> Result<(sni::ClientHello, Option<SocketAddr>), Reject> {
+        let mut client_addr = None;
+        if self.cfg.proxy_protocol {
+            loop {
+                match proxy_protocol::parse(buf) {
+                    proxy_protocol::Parse::Done(proxy_protocol::Header::Proxied { source, len, .. }) => {
+                        client_addr = source;
+                        buf.drain(..len);
+                        break;
+                    }
+                    proxy_protocol::Parse::Invalid(why) => {
+                        debug!(why, "bad PROXY header");
+                        return Err(Reject::BadProxyHeader);
+                    }
+                    proxy_protocol::Parse::NeedMore => read_more(client, buf, proxy_protocol::MAX_HEADER).await?,
+                }
+            }
+        }
+        let max = self.cfg.max_hello_bytes;
+        loop {
+            match sni::detect(buf, max) {
+                Detect::Found(hello) => return Ok((hello, client_addr)),
+                Detect::NotTls(sni::NotTls::TooLarge) => return Err(Reject::OverLimit),
+                Detect::NotTls(why) => {
+                    debug!(?why, "not a TLS ClientHello");
+                    return Err(Reject::NotTls);
+                }
+                Detect::NeedMore if buf.len() >= max => return Err(Reject::OverLimit),
+                Detect::NeedMore => read_more(client, buf, max).await?,
+            }
+        }
+    }
+
+    fn reject(&self, reason: Reject, start: Instant) {
+        self.metrics.reject(reason.as_str());
+        // Expected on an open port: debug, not warn.
+        debug!(reason = reason.as_str(), duration_ms = start.elapsed().as_millis() as u64, "connection rejected");
+    }
+}
+
+/// Reads at least one more byte into `buf`, never past `max` bytes in total.
+async fn read_more(client: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> Result<(), Reject> {
+    let room = max.saturating_sub(buf.len());
+    if room == 0 {
+        return Err(Reject::OverLimit);
+    }
+    let mut limited = (&mut *client).take(room as u64);
+    match limited.read_buf(buf).await {
+        Ok(0) | Err(_) => Err(Reject::ClientClosed),
+        Ok(_) => Ok(()),
+    }
+}

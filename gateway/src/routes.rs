@@ -1,0 +1,404 @@
+//! The route table: an immutable snapshot from SNI (host, port) to endpoints, swapped atomically.
+//!
+//! Discovery sources (the endpoints file, Kubernetes) hand a list of [`ServiceSpec`] to
+//! [`Routes::publish`]. The data path loads the current [`RouteTable`] without locks.
+//! Per-endpoint state (active connections, failures, ejection) lives in [`EndpointState`],
+//! which is kept across publishes by address, so a reload neither resets health nor loses
+//! the connection counts that least-connections balancing relies on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use arc_swap::ArcSwapOption;
+use serde::Serialize;
+
+use crate::clock;
+
+pub type Labels = BTreeMap<String, String>;
+
+/// One service as a discovery source sees it, before validation into a [`RouteTable`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Fully qualified host, e.g. `catalog.istioinaction.svc.cluster.local`.
+    pub host: String,
+    /// The service ports that appear in SNI names.
+    pub ports: Vec<u16>,
+    /// Subset name to the labels an endpoint must carry.
+    pub subsets: BTreeMap<String, Labels>,
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub address: IpAddr,
+    /// Service port to the port dialed on this endpoint. A service port missing here is not
+    /// served by this endpoint (Kubernetes maps ports per EndpointSlice).
+    pub ports: BTreeMap<u16, u16>,
+    pub labels: Labels,
+    pub ready: bool,
+}
+
+/// Live, shared state of one upstream address.
+#[derive(Debug)]
+pub struct EndpointState {
+    pub addr: SocketAddr,
+    active: AtomicUsize,
+    consecutive_failures: AtomicU32,
+    ejections: AtomicU32,
+    /// Milliseconds on [`clock::now_ms`] until which the endpoint is ejected; 0 when not.
+    ejected_until_ms: AtomicU64,
+}
+
+impl EndpointState {
+    fn new(addr: SocketAddr) -> Self {
+        EndpointState {
+            addr,
+            active: AtomicUsize::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
+    /// Counts one connection against this endpoint until the guard drops.
+    pub fn track(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+
+    pub(crate) fn record_success(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        // A success after an ejection ends the streak that makes ejections grow.
+        if !self.is_ejected(clock::now_ms()) {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a failed connect; returns the new failure streak.
+    pub(crate) fn record_failure(&self) -> u32 {
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Ejects until `now + base * n` where n counts ejections without a success in between.
+    pub(crate) fn eject(&self, now_ms: u64, base_ms: u64, max_ms: u64) -> u64 {
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed) as u64 + 1;
+        let dur = base_ms.saturating_mul(n).min(max_ms.max(base_ms));
+        self.ejected_until_ms.store(now_ms + dur, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        dur
+    }
+
+    pub fn ejected_for_ms(&self, now_ms: u64) -> u64 {
+        self.ejected_until_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(now_ms)
+    }
+}
+
+pub struct ActiveGuard(Arc<EndpointState>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub state: Arc<EndpointState>,
+    pub labels: Labels,
+    pub ready: bool,
+}
+
+/// Everything reachable through one `(host, port)`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub host: String,
+    pub port: u16,
+    pub subsets: BTreeMap<String, Labels>,
+    /// All endpoints, ready or not (the debug view shows both).
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Why a route lookup found nothing to dial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupError {
+    NoRoute,
+    NoHealthyEndpoint,
+}
+
+impl Route {
+    /// Ready endpoints of `subset` ("" for all). An unknown subset is no route, as in Istio,
+    /// where a subset the gateway's cluster does not define has no filter chain.
+    pub fn candidates(&self, subset: &str) -> Result<Vec<&Endpoint>, LookupError> {
+        let want = if subset.is_empty() {
+            None
+        } else {
+            Some(self.subsets.get(subset).ok_or(LookupError::NoRoute)?)
+        };
+        let eps: Vec<&Endpoint> = self
+            .endpoints
+            .iter()
+            .filter(|e| e.ready)
+            .filter(|e| want.is_none_or(|w| w.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
+            .collect();
+        if eps.is_empty() {
+            return Err(LookupError::NoHealthyEndpoint);
+        }
+        Ok(eps)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    pub generation: u64,
+    /// Host, then port: nested so a lookup by `&str` needs no allocation.
+    routes: HashMap<String, HashMap<u16, Route>>,
+}
+
+impl RouteTable {
+    pub fn lookup(&self, host: &str, port: u16) -> Option<&Route> {
+        self.routes.get(host)?.get(&port)
+    }
+
+    /// Number of `(host, port)` routes.
+    pub fn len(&self) -> usize {
+        self.routes.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub fn endpoint_count(&self) -> usize {
+        self.routes().map(|r| r.endpoints.len()).sum()
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.routes.values().flat_map(HashMap::values)
+    }
+
+    /// The JSON served on `/debug/routes`, sorted for stable output.
+    pub fn debug_view(&self) -> DebugView {
+        let now = clock::now_ms();
+        let mut routes: Vec<DebugRoute> = self
+            .routes()
+            .map(|r| DebugRoute {
+                sni: format!("outbound_.{}_._.{}", r.port, r.host),
+                host: r.host.clone(),
+                port: r.port,
+                subsets: r.subsets.clone(),
+                endpoints: r
+                    .endpoints
+                    .iter()
+                    .map(|e| DebugEndpoint {
+                        address: e.state.addr.to_string(),
+                        ready: e.ready,
+                        labels: e.labels.clone(),
+                        active_connections: e.state.active(),
+                        consecutive_failures: e.state.consecutive_failures(),
+                        ejected: e.state.is_ejected(now),
+                        ejected_for_ms: e.state.ejected_for_ms(now),
+                    })
+                    .collect(),
+            })
+            .collect();
+        routes.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+        DebugView {
+            generation: self.generation,
+            routes,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct DebugView {
+    pub generation: u64,
+    pub routes: Vec<DebugRoute>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DebugRoute {
+    pub sni: String,
+    pub host: String,
+    pub port: u16,
+    pub subsets: BTreeMap<String, Labels>,
+    pub endpoints: Vec<DebugEndpoint>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DebugEndpoint {
+    pub address: String,
+    pub ready: bool,
+    pub labels: Labels,
+    pub active_connections: usize,
+    pub consecutive_failures: u32,
+    pub ejected: bool,
+    pub ejected_for_ms: u64,
+}
+
+/// The published table plus the registry that keeps endpoint state across publishes.
+#[derive(Default)]
+pub struct Routes {
+    current: ArcSwapOption<RouteTable>,
+    states: Mutex<HashMap<SocketAddr, Weak<EndpointState>>>,
+    generation: AtomicU64,
+}
+
+impl Routes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current table, or `None` before the first publish. Lock-free.
+    pub fn load(&self) -> Option<Arc<RouteTable>> {
+        self.current.load_full()
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// Builds and swaps in a new table. Specs are assumed validated by their source; a host
+    /// listed twice is merged (Kubernetes may list one service's endpoints in several slices).
+    pub fn publish(&self, specs: &[ServiceSpec]) -> Arc<RouteTable> {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routes: HashMap<String, HashMap<u16, Route>> = HashMap::new();
+        for spec in specs {
+            for &port in &spec.ports {
+                let route = routes
+                    .entry(spec.host.clone())
+                    .or_default()
+                    .entry(port)
+                    .or_insert_with(|| Route {
+                        host: spec.host.clone(),
+                        port,
+                        subsets: BTreeMap::new(),
+                        endpoints: Vec::new(),
+                    });
+                route
+                    .subsets
+                    .extend(spec.subsets.iter().map(|(k, v)| (k.clone(), v.clone())));
+                for ep in &spec.endpoints {
+                    let Some(&target) = ep.ports.get(&port) else {
+                        continue;
+                    };
+                    let addr = SocketAddr::new(ep.address, target);
+                    let state = states
+                        .get(&addr)
+                        .and_then(Weak::upgrade)
+                        .unwrap_or_else(|| Arc::new(EndpointState::new(addr)));
+                    states.insert(addr, Arc::downgrade(&state));
+                    route.endpoints.push(Endpoint {
+                        state,
+                        labels: ep.labels.clone(),
+                        ready: ep.ready,
+                    });
+                }
+            }
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let table = Arc::new(RouteTable { generation, routes });
+        self.current.store(Some(table.clone()));
+        // Forget addresses no table refers to any more (old tables still hold their Arcs).
+        states.retain(|_, w| w.strong_count() > 0);
+        table
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(host: &str, eps: &[(&str, bool, &[(&str, &str)])]) -> ServiceSpec {
+        ServiceSpec {
+            host: host.into(),
+            ports: vec![80],
+            subsets: [("v1".to_string(), Labels::from([("version".into(), "v1".into())]))].into(),
+            endpoints: eps
+                .iter()
+                .map(|(a, ready, labels)| EndpointSpec {
+                    address: a.parse().unwrap(),
+                    ports: [(80, 3000)].into(),
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ready: *ready,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn lookup_and_subsets() {
+        let routes = Routes::new();
+        assert!(routes.load().is_none());
+        let t = routes.publish(&[spec(
+            "a.ns.svc.cluster.local",
+            &[
+                ("10.0.0.1", true, &[("version", "v1")]),
+                ("10.0.0.2", true, &[("version", "v2")]),
+                ("10.0.0.3", false, &[("version", "v1")]),
+            ],
+        )]);
+        let r = t.lookup("a.ns.svc.cluster.local", 80).unwrap();
+        assert_eq!(r.candidates("").unwrap().len(), 2);
+        let v1 = r.candidates("v1").unwrap();
+        assert_eq!(v1.len(), 1);
+        assert_eq!(v1[0].state.addr, "10.0.0.1:3000".parse().unwrap());
+        assert_eq!(r.candidates("v9").unwrap_err(), LookupError::NoRoute);
+        assert!(t.lookup("a.ns.svc.cluster.local", 81).is_none());
+        assert!(t.lookup("b.ns.svc.cluster.local", 80).is_none());
+    }
+
+    #[test]
+    fn no_ready_endpoint() {
+        let routes = Routes::new();
+        let t = routes.publish(&[spec("a.local", &[("10.0.0.3", false, &[])])]);
+        let r = t.lookup("a.local", 80).unwrap();
+        assert_eq!(r.candidates("").unwrap_err(), LookupError::NoHealthyEndpoint);
+    }
+
+    #[test]
+    fn state_survives_republish() {
+        let routes = Routes::new();
+        let s = spec("a.local", &[("10.0.0.1", true, &[])]);
+        let t1 = routes.publish(std::slice::from_ref(&s));
+        let st1 = t1.lookup("a.local", 80).unwrap().endpoints[0].state.clone();
+        let _guard = st1.track();
+        let t2 = routes.publish(&[s]);
+        assert_eq!(t2.generation, t1.generation + 1);
+        let st2 = &t2.lookup("a.local", 80).unwrap().endpoints[0].state;
+        assert!(Arc::ptr_eq(&st1, st2));
+        assert_eq!(st2.active(), 1);
+    }
+
+    #[test]
+    fn ejection_grows_and_resets() {
+        let st = EndpointState::new("127.0.0.1:1".parse().unwrap());
+        assert_eq!(st.eject(1000, 100, 10_000), 100);
+        assert!(st.is_ejected(1050));
+        assert!(!st.is_ejected(1100));
+        assert_eq!(st.eject(2000, 100, 10_000), 200);
+        assert_eq!(st.eject(3000, 100, 250), 250);
+        // success after the ejection expired resets the multiplier
+        st.ejected_until_ms.store(0, Ordering::Relaxed);
+        st.record_success();
+        assert_eq!(st.eject(4000, 100, 10_000), 100);
+    }
+}

@@ -1,0 +1,275 @@
+//! Shared test harness: a mesh PKI, mTLS backends on loopback, the gateway in process, and
+//! small clients. Everything binds 127.0.0.0/8 addresses only.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use examples::mtls::{self, Identity};
+use gateway::app::{self, Bound};
+use gateway::config::{Config, Discovery};
+use rustls::ClientConfig;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
+
+pub const CATALOG: &str = "catalog.istioinaction.svc.cluster.local";
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn sni(port: u16, subset: &str, host: &str) -> String {
+    format!("outbound_.{port}_.{subset}_.{host}")
+}
+
+pub struct Mesh {
+    pub catalog: pki::WorkloadCert,
+    pub webapp: pki::WorkloadCert,
+}
+
+/// One root, an east and a west intermediate, catalog in east and webapp in west.
+pub fn mesh() -> &'static Mesh {
+    static MESH: OnceLock<Mesh> = OnceLock::new();
+    MESH.get_or_init(|| {
+        let root = pki::RootCa::generate(&pki::RootOptions::default()).unwrap();
+        let east = root.issue_intermediate(&pki::IntermediateOptions::new("east-cluster")).unwrap();
+        let west = root.issue_intermediate(&pki::IntermediateOptions::new("west-cluster")).unwrap();
+        Mesh {
+            catalog: east.issue_workload(&pki::WorkloadOptions::new("istioinaction", "catalog")).unwrap(),
+            webapp: west.issue_workload(&pki::WorkloadOptions::new("istioinaction", "webapp")).unwrap(),
+        }
+    })
+}
+
+pub fn init() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn client_config(versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
+    let id = Identity::from_workload(&mesh().webapp).unwrap();
+    mtls::client_config(&id, Some("spiffe://cluster.local/ns/istioinaction/sa/catalog"), versions).unwrap()
+}
+
+pub fn default_client() -> Arc<ClientConfig> {
+    client_config(rustls::DEFAULT_VERSIONS)
+}
+
+/// An mTLS backend standing in for the catalog sidecar. After the handshake it sends
+/// `<name> peer=<client spiffe id>\n`, echoes every byte, and on EOF writes
+/// `eof after <n> bytes\n` before closing: the last line proves half-close works.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(name: &str, ip: IpAddr, port: u16) -> std::io::Result<Backend> {
+        let listener = TcpListener::bind((ip, port)).await?;
+        let addr = listener.local_addr()?;
+        let id = Identity::from_workload(&mesh().catalog).unwrap();
+        let acceptor = TlsAcceptor::from(mtls::server_config(&id, rustls::ALL_VERSIONS).unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let name_owned = name.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                count.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                let name = name_owned.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let peer = mtls::peer_spiffe_id(tls.get_ref().1.peer_certificates()).unwrap_or_default();
+                    if tls.write_all(format!("{name} peer={peer}\n").as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let _ = tls.flush().await;
+                    let mut total = 0usize;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                total += n;
+                                if tls.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let _ = tls.write_all(format!("eof after {total} bytes\n").as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        Ok(Backend { name: name.into(), addr, accepted, task })
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts backends on 127.0.0.2, 127.0.0.3, … sharing one port, as pods of one service
+/// share a targetPort.
+pub async fn backends(names: &[&str]) -> (Vec<Backend>, u16) {
+    for _ in 0..20 {
+        let first = Backend::start(names[0], [127, 0, 0, 2].into(), 0).await.unwrap();
+        let port = first.addr.port();
+        let mut all = vec![first];
+        let mut ok = true;
+        for (i, n) in names.iter().enumerate().skip(1) {
+            match Backend::start(n, [127, 0, 0, 2 + i as u8].into(), port).await {
+                Ok(b) => all.push(b),
+                Err(_) => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            return (all, port);
+        }
+    }
+    panic!("could not find a free shared port on 127.0.0.x");
+}
+
+/// A port on `ip` that refuses connections (bound, then released).
+pub async fn refused_port(ip: IpAddr, port: u16) -> SocketAddr {
+    let l = std::net::TcpListener::bind((ip, port)).unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+pub struct Gw {
+    pub bound: Option<Bound>,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub path: std::path::PathBuf,
+}
+
+impl Gw {
+    pub fn bound(&self) -> &Bound {
+        self.bound.as_ref().unwrap()
+    }
+
+    /// Rewrites the endpoints file atomically (write then rename), as a ConfigMap update does.
+    pub fn write_endpoints(&self, yaml: &str) {
+        let tmp = self.dir.path().join(".tmp-endpoints");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+
+    pub async fn wait_generation(&self, want: u64) {
+        for _ in 0..200 {
+            if self.bound().routes.load().is_some_and(|t| t.generation >= want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("route table generation {want} not reached");
+    }
+}
+
+pub fn test_config(path: &std::path::Path) -> Config {
+    let mut cfg = Config::new(Discovery::File(path.to_path_buf()));
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin = "127.0.0.1:0".parse().unwrap();
+    cfg.drain_grace = Duration::from_millis(100);
+    cfg.drain_timeout = Duration::from_secs(2);
+    cfg
+}
+
+pub async fn gateway_with(yaml: &str, tweak: impl FnOnce(&mut Config)) -> Gw {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("endpoints.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut cfg = test_config(&path);
+    tweak(&mut cfg);
+    let bound = app::build(cfg).await.unwrap();
+    Gw { listen: bound.listen_addr, admin: bound.admin_addr, bound: Some(bound), dir, path }
+}
+
+pub async fn gateway(yaml: &str) -> Gw {
+    gateway_with(yaml, |_| {}).await
+}
+
+/// Endpoints YAML for one service on port 80 with the given (address, labels, ready).
+pub fn endpoints_yaml(host: &str, target_port: u16, eps: &[(IpAddr, &str, bool)]) -> String {
+    let mut y = format!(
+        "services:\n  - host: {host}\n    ports:\n      - port: 80\n        targetPort: {target_port}\n    subsets:\n      - name: v1\n        labels: {{version: v1}}\n      - name: v2\n        labels: {{version: v2}}\n    endpoints:\n"
+    );
+    for (a, version, ready) in eps {
+        y.push_str(&format!("      - address: {a}\n        labels: {{version: {version}}}\n        ready: {ready}\n"));
+    }
+    y
+}
+
+pub async fn connect(gw: SocketAddr, sni: &str, cfg: Arc<ClientConfig>) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(gw).await?;
+    let name = mtls::sni_server_name(sni).map_err(std::io::Error::other)?;
+    tokio::time::timeout(TIMEOUT, TlsConnector::from(cfg).connect(name, tcp))
+        .await
+        .map_err(|_| std::io::Error::other("handshake timed out"))?
+}
+
+/// One call: handshake through the gateway, read the backend's greeting line.
+pub async fn call(gw: SocketAddr, sni: &str) -> std::io::Result<String> {
+    let tls = connect(gw, sni, default_client()).await?;
+    let mut r = BufReader::new(tls);
+    let mut line = String::new();
+    tokio::time::timeout(TIMEOUT, r.read_line(&mut line))
+        .await
+        .map_err(|_| std::io::Error::other("no greeting"))??;
+    Ok(line.trim_end().to_string())
+}
+
+/// Plain HTTP/1.0 GET against the admin listener.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(TIMEOUT, s.read_to_string(&mut out)).await.unwrap().unwrap();
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+/// Value of one sample line in Prometheus text, e.g. `gateway_connections_rejected_total{reason="no_sni"}`.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().split(' ').next()?.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+pub async fn rejected(admin: SocketAddr, reason: &str) -> f64 {
+    let (_, body) = http_get(admin, "/metrics").await;
+    metric(&body, &format!("gateway_connections_rejected_total{{reason=\"{reason}\"}}"))
+}
+
+/// Waits until the server closes `s` (EOF or reset) and returns the bytes it sent first.
+pub async fn expect_closed(mut s: TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(TIMEOUT, s.read_to_end(&mut got)).await;
+    assert!(r.is_ok(), "connection was not closed by the gateway");
+    got
+}
