@@ -1,0 +1,311 @@
+//! `meshctl certs ...`: root, per-cluster intermediates, workload certificates, verify, inspect.
+//!
+//! Private keys are written 0600 and never printed. No file is overwritten without
+//! `--force`, and every target is checked before anything is written.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use pki::{
+    IntermediateCa, IntermediateOptions, KeyType, OutFile, PkiError, RootCa, RootOptions,
+    VerifyOptions, WorkloadOptions,
+};
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    #[command(subcommand)]
+    command: CertsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create a root CA and one intermediate CA per cluster (Istio tools/certs layout).
+    Init(InitArgs),
+    /// Create a root CA only (root-cert.pem, root-key.pem).
+    Root(RootArgs),
+    /// Create a cluster intermediate CA from an existing root.
+    Intermediate(IntermediateArgs),
+    /// Issue a workload certificate (cert.pem, key.pem, cert-chain.pem, root-cert.pem).
+    Workload(WorkloadArgs),
+    /// Check cluster bundles the way istiod does, and that they share one root.
+    Verify(VerifyArgs),
+    /// Show every certificate of a PEM file in readable form.
+    Inspect(InspectArgs),
+}
+
+/// Options shared by the commands that create keys.
+#[derive(Debug, Args)]
+struct KeyArgs {
+    /// Key algorithm: ec-p256, ec-p384, rsa-2048, rsa-3072, rsa-4096.
+    #[arg(long, default_value = "ec-p256", value_parser = parse_key_type)]
+    key_type: KeyType,
+    /// Overwrite existing files.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// Comma-separated cluster names (DNS-1123 labels), e.g. west-cluster,east-cluster.
+    #[arg(long, value_delimiter = ',', required = true, value_parser = parse_cluster)]
+    clusters: Vec<String>,
+    /// Output directory.
+    #[arg(long, default_value = "certs")]
+    out: PathBuf,
+    /// Root validity in days.
+    #[arg(long, default_value_t = 3650)]
+    root_days: u32,
+    /// Intermediate validity in days (never past the root's notAfter).
+    #[arg(long, default_value_t = pki::DEFAULT_INTERMEDIATE_DAYS)]
+    days: u32,
+    /// Subject O of the root and the intermediates.
+    #[arg(long, default_value = "Istio")]
+    org: String,
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+struct RootArgs {
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Validity in days.
+    #[arg(long, default_value_t = 3650)]
+    days: u32,
+    /// Subject O.
+    #[arg(long, default_value = "Istio")]
+    org: String,
+    /// Subject CN.
+    #[arg(long, default_value = "Root CA")]
+    common_name: String,
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+struct IntermediateArgs {
+    /// Root certificate (PEM).
+    #[arg(long)]
+    root_cert: PathBuf,
+    /// Root private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long)]
+    root_key: PathBuf,
+    /// Cluster name (DNS-1123 label), written as the subject L.
+    #[arg(long, value_parser = parse_cluster)]
+    cluster: String,
+    /// Output directory (e.g. certs/<cluster>).
+    #[arg(long)]
+    out: PathBuf,
+    /// Validity in days (never past the root's notAfter).
+    #[arg(long, default_value_t = pki::DEFAULT_INTERMEDIATE_DAYS)]
+    days: u32,
+    /// Subject O.
+    #[arg(long, default_value = "Istio")]
+    org: String,
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+struct WorkloadArgs {
+    /// Cluster bundle directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem).
+    #[arg(long)]
+    ca: PathBuf,
+    #[arg(long, short = 'n')]
+    namespace: String,
+    #[arg(long, short = 's')]
+    service_account: String,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// SPIFFE trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Validity in hours (never past the CA's notAfter).
+    #[arg(long, default_value_t = 24)]
+    hours: u32,
+    /// Extra DNS SAN (repeatable).
+    #[arg(long = "dns")]
+    dns_names: Vec<String>,
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// Cluster bundle directories; with several, their roots must be identical.
+    #[arg(required = true)]
+    dirs: Vec<PathBuf>,
+    /// Warn when a certificate expires within this many days.
+    #[arg(long, default_value_t = 30)]
+    warn_days: u32,
+}
+
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// PEM file with one or more certificates.
+    file: PathBuf,
+}
+
+fn parse_key_type(s: &str) -> Result<KeyType, PkiError> {
+    s.parse()
+}
+
+fn parse_cluster(s: &str) -> Result<String, String> {
+    pki::validate_dns_label(s).map(|()| s.to_string())
+}
+
+pub fn run(args: CertsArgs) -> Result<ExitCode> {
+    match args.command {
+        CertsCommand::Init(a) => init(a),
+        CertsCommand::Root(a) => root(a),
+        CertsCommand::Intermediate(a) => intermediate(a),
+        CertsCommand::Workload(a) => workload(a),
+        CertsCommand::Verify(a) => Ok(verify(a)),
+        CertsCommand::Inspect(a) => inspect(a),
+    }
+}
+
+fn init(a: InitArgs) -> Result<ExitCode> {
+    let mut seen = std::collections::BTreeSet::new();
+    for c in &a.clusters {
+        if !seen.insert(c) {
+            bail!("cluster {c:?} is listed twice");
+        }
+    }
+    let root = RootCa::generate(&RootOptions {
+        org: a.org.clone(),
+        days: a.root_days,
+        key_type: a.key.key_type,
+        ..Default::default()
+    })
+    .context("creating the root CA")?;
+    let mut files = root.files(&a.out);
+    for cluster in &a.clusters {
+        let ca = root
+            .issue_intermediate(&IntermediateOptions {
+                org: a.org.clone(),
+                days: a.days,
+                key_type: a.key.key_type,
+                ..IntermediateOptions::new(cluster)
+            })
+            .with_context(|| format!("creating the intermediate CA for {cluster}"))?;
+        files.extend(ca.files(&a.out.join(cluster)));
+    }
+    write(&files, a.key.force)?;
+    println!(
+        "Next: meshctl certs verify {}",
+        a.clusters
+            .iter()
+            .map(|c| a.out.join(c).display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn root(a: RootArgs) -> Result<ExitCode> {
+    let root = RootCa::generate(&RootOptions {
+        org: a.org,
+        common_name: a.common_name,
+        days: a.days,
+        key_type: a.key.key_type,
+        ..Default::default()
+    })
+    .context("creating the root CA")?;
+    write(&root.files(&a.out), a.key.force)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn intermediate(a: IntermediateArgs) -> Result<ExitCode> {
+    let root = RootCa::load_files(&a.root_cert, &a.root_key).with_context(|| {
+        format!(
+            "loading the root from {} and {}",
+            a.root_cert.display(),
+            a.root_key.display()
+        )
+    })?;
+    let ca = root
+        .issue_intermediate(&IntermediateOptions {
+            org: a.org,
+            days: a.days,
+            key_type: a.key.key_type,
+            ..IntermediateOptions::new(&a.cluster)
+        })
+        .with_context(|| format!("creating the intermediate CA for {}", a.cluster))?;
+    write(&ca.files(&a.out), a.key.force)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn workload(a: WorkloadArgs) -> Result<ExitCode> {
+    if a.hours == 0 {
+        bail!("--hours must be at least 1");
+    }
+    let ca = IntermediateCa::load_dir(&a.ca)
+        .with_context(|| format!("loading the cluster CA from {}", a.ca.display()))?;
+    let cert = ca
+        .issue_workload(&WorkloadOptions {
+            trust_domain: a.trust_domain,
+            validity: Duration::from_secs(u64::from(a.hours) * 3600),
+            key_type: a.key.key_type,
+            dns_names: a.dns_names,
+            ..WorkloadOptions::new(a.namespace, a.service_account)
+        })
+        .context("issuing the workload certificate")?;
+    write(&cert.files(&a.out), a.key.force)?;
+    println!("SPIFFE id: {}", cert.spiffe_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(a: VerifyArgs) -> ExitCode {
+    let dirs: Vec<&Path> = a.dirs.iter().map(PathBuf::as_path).collect();
+    let opts = VerifyOptions {
+        warn_within: Duration::from_secs(u64::from(a.warn_days) * 24 * 3600),
+        now: None,
+    };
+    let report = pki::verify_bundles(&dirs, &opts);
+    if report.is_ok() {
+        print!("{report}");
+        ExitCode::SUCCESS
+    } else {
+        eprint!("{report}");
+        ExitCode::FAILURE
+    }
+}
+
+fn inspect(a: InspectArgs) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
+    let certs = pki::inspect_pem(&text).with_context(|| a.file.display().to_string())?;
+    for (i, c) in certs.iter().enumerate() {
+        if certs.len() > 1 {
+            println!("Certificate {} of {}:", i + 1, certs.len());
+        }
+        println!("{c}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes all files (or none), then lists them. Keys are never printed.
+fn write(files: &[OutFile], force: bool) -> Result<()> {
+    match pki::write_files(files, force) {
+        Err(PkiError::Exists(paths)) => bail!(
+            "refusing to overwrite existing file(s) (nothing was written; pass --force to overwrite): {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other?,
+    }
+    for f in files {
+        let note = if f.secret { " (private key, 0600)" } else { "" };
+        println!("wrote {}{note}", f.path.display());
+    }
+    Ok(())
+}
