@@ -1,0 +1,531 @@
+//! `meshctl certs` and `meshctl cacerts`, run as the real binary. Broken bundles are made
+//! with the `pki` library (expired certificates) or with the `openssl` CLI (a non-CA
+//! intermediate), then `meshctl certs verify` must name the file and the problem.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
+
+fn meshctl(args: &[&str]) -> Output {
+    Command::new(MESHCTL)
+        .args(args)
+        .output()
+        .expect("run meshctl")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = meshctl(args);
+    assert!(
+        out.status.success(),
+        "meshctl {args:?} failed:\n{}",
+        text(&out)
+    );
+    text(&out)
+}
+
+/// Runs meshctl, expects exit code 1, returns the output.
+fn fails(args: &[&str]) -> String {
+    let out = meshctl(args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "meshctl {args:?}:\n{}",
+        text(&out)
+    );
+    text(&out)
+}
+
+fn openssl(args: &[&str], dir: &Path) -> String {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl CLI");
+    assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// `certs init` for the two demo clusters into `<dir>/certs`.
+fn init(dir: &Path) -> std::path::PathBuf {
+    let out = dir.join("certs");
+    ok(&[
+        "certs",
+        "init",
+        "--clusters",
+        "west-cluster,east-cluster",
+        "--out",
+        p(&out),
+    ]);
+    out
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn init_verify_workload_happy_path_checked_with_openssl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = init(tmp.path());
+    for f in ["root-cert.pem", "root-key.pem"] {
+        assert!(certs.join(f).is_file(), "{f}");
+    }
+    assert_eq!(mode(&certs.join("root-key.pem")), 0o600);
+    for c in ["west-cluster", "east-cluster"] {
+        let d = certs.join(c);
+        for f in [
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+            "root-cert.pem",
+        ] {
+            assert!(d.join(f).is_file(), "{c}/{f}");
+        }
+        assert_eq!(mode(&d.join("ca-key.pem")), 0o600);
+        assert_eq!(mode(&d.join("ca-cert.pem")), 0o644);
+    }
+    let west = certs.join("west-cluster");
+    let east = certs.join("east-cluster");
+    let out = ok(&["certs", "verify", p(&west), p(&east)]);
+    assert!(
+        out.contains("west-cluster: OK") && out.contains("east-cluster: OK"),
+        "{out}"
+    );
+    assert!(!out.contains("PRIVATE KEY"));
+
+    let wl = tmp.path().join("wl");
+    let out = ok(&[
+        "certs",
+        "workload",
+        "--ca",
+        p(&east),
+        "--namespace",
+        "istioinaction",
+        "--service-account",
+        "catalog",
+        "--out",
+        p(&wl),
+    ]);
+    assert!(
+        out.contains("spiffe://cluster.local/ns/istioinaction/sa/catalog"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("PRIVATE KEY"),
+        "keys are never printed: {out}"
+    );
+    assert_eq!(mode(&wl.join("key.pem")), 0o600);
+
+    // openssl itself: the chain verifies, the extensions are there, keys match certs.
+    fs::copy(east.join("ca-cert.pem"), wl.join("ca-cert.pem")).unwrap();
+    openssl(
+        &[
+            "verify",
+            "-CAfile",
+            "root-cert.pem",
+            "-untrusted",
+            "ca-cert.pem",
+            "cert.pem",
+        ],
+        &wl,
+    );
+    let t = openssl(&["x509", "-text", "-noout", "-in", "ca-cert.pem"], &east);
+    for needle in [
+        "CA:TRUE, pathlen:0",
+        "Certificate Sign, CRL Sign",
+        "DNS:istiod.istio-system.svc",
+    ] {
+        assert!(t.contains(needle), "{needle}: {t}");
+    }
+    let t = openssl(&["x509", "-text", "-noout", "-in", "cert.pem"], &wl);
+    for needle in [
+        "CA:FALSE",
+        "TLS Web Server Authentication, TLS Web Client Authentication",
+        "URI:spiffe://cluster.local/ns/istioinaction/sa/catalog",
+    ] {
+        assert!(t.contains(needle), "{needle}: {t}");
+    }
+    assert_eq!(
+        openssl(&["pkey", "-in", "ca-key.pem", "-pubout"], &east),
+        openssl(&["x509", "-in", "ca-cert.pem", "-noout", "-pubkey"], &east)
+    );
+    assert_eq!(
+        openssl(&["pkey", "-in", "root-key.pem", "-pubout"], &certs),
+        openssl(
+            &["x509", "-in", "root-cert.pem", "-noout", "-pubkey"],
+            &certs
+        )
+    );
+}
+
+#[test]
+fn existing_files_are_not_overwritten_without_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = init(tmp.path());
+    let before = fs::read(certs.join("root-cert.pem")).unwrap();
+    fs::remove_file(certs.join("east-cluster/cert-chain.pem")).unwrap();
+    let out = fails(&[
+        "certs",
+        "init",
+        "--clusters",
+        "west-cluster,east-cluster",
+        "--out",
+        p(&certs),
+    ]);
+    assert!(
+        out.contains("refusing to overwrite") && out.contains("--force"),
+        "{out}"
+    );
+    assert!(out.contains("root-key.pem"), "{out}");
+    // Nothing changed: the missing file stays missing, the others are untouched.
+    assert!(!certs.join("east-cluster/cert-chain.pem").exists());
+    assert_eq!(fs::read(certs.join("root-cert.pem")).unwrap(), before);
+
+    fs::set_permissions(
+        certs.join("root-key.pem"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    ok(&[
+        "certs",
+        "init",
+        "--clusters",
+        "west-cluster,east-cluster",
+        "--out",
+        p(&certs),
+        "--force",
+    ]);
+    assert_ne!(fs::read(certs.join("root-cert.pem")).unwrap(), before);
+    assert!(certs.join("east-cluster/cert-chain.pem").exists());
+    assert_eq!(mode(&certs.join("root-key.pem")), 0o600);
+    ok(&[
+        "certs",
+        "verify",
+        p(&certs.join("west-cluster")),
+        p(&certs.join("east-cluster")),
+    ]);
+}
+
+#[test]
+fn invalid_cluster_names_are_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = meshctl(&[
+        "certs",
+        "init",
+        "--clusters",
+        "west,East_1",
+        "--out",
+        p(tmp.path()),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("DNS-1123"), "{}", text(&out));
+    assert_eq!(
+        fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+    let out = fails(&["certs", "init", "--clusters", "a,a", "--out", p(tmp.path())]);
+    assert!(out.contains("listed twice"), "{out}");
+}
+
+#[test]
+fn byo_root_with_root_and_intermediate_commands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    ok(&[
+        "certs",
+        "root",
+        "--out",
+        p(&root),
+        "--org",
+        "Example",
+        "--key-type",
+        "ec-p384",
+    ]);
+    // An RSA PKCS#1 key from openssl as the bring-your-own root is covered in pki's tests;
+    // here the root made above is reused as an existing root.
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    for (dir, cluster) in [(&a, "cluster-a"), (&b, "cluster-b")] {
+        ok(&[
+            "certs",
+            "intermediate",
+            "--root-cert",
+            p(&root.join("root-cert.pem")),
+            "--root-key",
+            p(&root.join("root-key.pem")),
+            "--cluster",
+            cluster,
+            "--out",
+            p(dir),
+            "--days",
+            "30",
+        ]);
+    }
+    let out = ok(&["certs", "verify", p(&a), p(&b), "--warn-days", "10"]);
+    assert!(!out.contains("warning"), "{out}");
+    let t = ok(&["certs", "inspect", p(&a.join("ca-cert.pem"))]);
+    assert!(
+        t.contains("O=Istio, CN=Intermediate CA, L=cluster-a"),
+        "{t}"
+    );
+    assert!(
+        t.contains("O=Example, CN=Root CA") && t.contains("ECDSA P-256"),
+        "{t}"
+    );
+    let t = ok(&["certs", "inspect", p(&root.join("root-cert.pem"))]);
+    assert!(t.contains("ECDSA P-384"), "{t}");
+    // 30 days is within the default 30-day window: a warning, but still exit 0.
+    let out = ok(&["certs", "verify", p(&a)]);
+    assert!(
+        out.contains("warning:") && out.contains("ca-cert.pem: expires on"),
+        "{out}"
+    );
+    // A wrong root key is refused.
+    let out = fails(&[
+        "certs",
+        "intermediate",
+        "--root-cert",
+        p(&root.join("root-cert.pem")),
+        "--root-key",
+        p(&a.join("ca-key.pem")),
+        "--cluster",
+        "c",
+        "--out",
+        p(&tmp.path().join("c")),
+    ]);
+    assert!(out.contains("does not match"), "{out}");
+}
+
+#[test]
+fn verify_rejects_a_key_from_another_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = init(tmp.path());
+    let west = certs.join("west-cluster");
+    fs::copy(
+        certs.join("east-cluster/ca-key.pem"),
+        west.join("ca-key.pem"),
+    )
+    .unwrap();
+    let out = fails(&["certs", "verify", p(&west)]);
+    assert!(
+        out.contains("west-cluster/ca-key.pem: does not match the public key of ca-cert.pem"),
+        "{out}"
+    );
+}
+
+#[test]
+fn verify_rejects_a_chain_to_a_different_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = init(tmp.path());
+    let other = tempfile::tempdir().unwrap();
+    let other = init(other.path());
+    // Same root *name*, different root key: only the signature check can tell.
+    let west = certs.join("west-cluster");
+    let other_root = fs::read_to_string(other.join("root-cert.pem")).unwrap();
+    let ca = fs::read_to_string(west.join("ca-cert.pem")).unwrap();
+    fs::write(west.join("root-cert.pem"), &other_root).unwrap();
+    fs::write(west.join("cert-chain.pem"), format!("{ca}{other_root}")).unwrap();
+    let out = fails(&["certs", "verify", p(&west)]);
+    assert!(
+        out.contains("west-cluster/ca-cert.pem: does not chain to root-cert.pem"),
+        "{out}"
+    );
+    assert!(out.contains("signature does not verify"), "{out}");
+}
+
+#[test]
+fn verify_rejects_an_intermediate_without_ca_true() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = init(tmp.path());
+    let west = certs.join("west-cluster");
+    // Sign a non-CA "intermediate" with the real root, using openssl (no basicConstraints).
+    openssl(
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "ca-key.pem",
+        ],
+        &west,
+    );
+    openssl(
+        &[
+            "req",
+            "-new",
+            "-key",
+            "ca-key.pem",
+            "-subj",
+            "/O=Istio/CN=Intermediate CA/L=west-cluster",
+            "-out",
+            "ca.csr",
+        ],
+        &west,
+    );
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "ca.csr",
+            "-CA",
+            "../root-cert.pem",
+            "-CAkey",
+            "../root-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "365",
+            "-out",
+            "ca-cert.pem",
+        ],
+        &west,
+    );
+    let ca = fs::read_to_string(west.join("ca-cert.pem")).unwrap();
+    let root = fs::read_to_string(west.join("root-cert.pem")).unwrap();
+    fs::write(west.join("cert-chain.pem"), format!("{ca}{root}")).unwrap();
+    let out = fails(&["certs", "verify", p(&west)]);
+    assert!(
+        out.contains(
+            "west-cluster/ca-cert.pem: is not a CA certificate (basicConstraints CA:TRUE missing)"
+        ),
+        "{out}"
+    );
+    // And cacerts refuses to print such a bundle.
+    let out = fails(&["cacerts", p(&west)]);
+    assert!(
+        out.contains("not a valid cluster bundle") && !out.contains("kind: Secret"),
+        "{out}"
+    );
+}
+
+#[test]
+fn verify_rejects_an_expired_certificate() {
+    use pki::{IntermediateOptions, RootCa, RootOptions};
+    let root = RootCa::generate(&RootOptions::default()).unwrap();
+    let mut opts = IntermediateOptions::new("west-cluster");
+    let now = time::OffsetDateTime::now_utc();
+    opts.not_before = Some(now - time::Duration::days(10));
+    opts.not_after = Some(now - time::Duration::days(1));
+    let ca = root.issue_intermediate(&opts).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    ca.write_dir(tmp.path(), false).unwrap();
+    let out = fails(&["certs", "verify", p(tmp.path())]);
+    assert!(out.contains("ca-cert.pem: expired on"), "{out}");
+}
+
+#[test]
+fn verify_rejects_a_missing_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = init(tmp.path());
+    let east = certs.join("east-cluster");
+    fs::remove_file(east.join("cert-chain.pem")).unwrap();
+    let out = fails(&["certs", "verify", p(&east)]);
+    assert!(
+        out.contains("east-cluster/cert-chain.pem: missing"),
+        "{out}"
+    );
+    let out = fails(&["certs", "verify", p(&tmp.path().join("nope"))]);
+    assert!(out.contains("nope/ca-cert.pem: missing"), "{out}");
+}
+
+#[test]
+fn verify_rejects_garbage_pem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = init(tmp.path());
+    let east = certs.join("east-cluster");
+    fs::write(east.join("ca-cert.pem"), "this is not a certificate\n").unwrap();
+    fs::write(
+        east.join("ca-key.pem"),
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let out = fails(&["certs", "verify", p(&east)]);
+    assert!(
+        out.contains("east-cluster/ca-cert.pem: no PEM certificate found"),
+        "{out}"
+    );
+    assert!(
+        out.contains("east-cluster/ca-key.pem: invalid private key"),
+        "{out}"
+    );
+    let out = fails(&["certs", "inspect", p(&east.join("ca-cert.pem"))]);
+    assert!(out.contains("no PEM certificate found"), "{out}");
+}
+
+#[test]
+fn verify_rejects_a_wrong_cert_chain_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = init(tmp.path());
+    let east = certs.join("east-cluster");
+    let ca = fs::read_to_string(east.join("ca-cert.pem")).unwrap();
+    let root = fs::read_to_string(east.join("root-cert.pem")).unwrap();
+    fs::write(east.join("cert-chain.pem"), format!("{root}{ca}")).unwrap();
+    let out = fails(&["certs", "verify", p(&east)]);
+    assert!(
+        out.contains("cert-chain.pem: its first certificate is not ca-cert.pem"),
+        "{out}"
+    );
+}
+
+#[test]
+fn verify_rejects_clusters_with_different_roots() {
+    let t1 = tempfile::tempdir().unwrap();
+    let t2 = tempfile::tempdir().unwrap();
+    let west = init(t1.path()).join("west-cluster");
+    let east = init(t2.path()).join("east-cluster");
+    ok(&["certs", "verify", p(&west)]);
+    ok(&["certs", "verify", p(&east)]);
+    let out = fails(&["certs", "verify", p(&west), p(&east)]);
+    assert!(
+        out.contains("east-cluster/root-cert.pem: differs from"),
+        "{out}"
+    );
+    assert!(out.contains("do not trust each other"), "{out}");
+}
+
+#[test]
+fn cacerts_prints_the_secret_with_exact_file_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = init(tmp.path());
+    let east = certs.join("east-cluster");
+    let yaml = ok(&["cacerts", p(&east), "-n", "istio-system"]);
+    let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(v["apiVersion"], "v1");
+    assert_eq!(v["kind"], "Secret");
+    assert_eq!(v["type"], "Opaque");
+    assert_eq!(v["metadata"]["name"], "cacerts");
+    assert_eq!(v["metadata"]["namespace"], "istio-system");
+    for f in [
+        "ca-cert.pem",
+        "ca-key.pem",
+        "cert-chain.pem",
+        "root-cert.pem",
+    ] {
+        let b64 = v["data"][f].as_str().unwrap();
+        fs::write(tmp.path().join("b64"), b64).unwrap();
+        let decoded = openssl(&["base64", "-d", "-A", "-in", "b64"], tmp.path());
+        assert_eq!(decoded, fs::read_to_string(east.join(f)).unwrap(), "{f}");
+    }
+    let yaml = ok(&["cacerts", p(&east), "--namespace", "mesh-1"]);
+    assert!(yaml.contains("namespace: mesh-1"), "{yaml}");
+    let out = fails(&["cacerts", p(&east), "-n", "Bad_NS"]);
+    assert!(out.contains("DNS-1123"), "{out}");
+}
