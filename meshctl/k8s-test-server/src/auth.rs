@@ -1,0 +1,204 @@
+//! Bearer-token authentication: the admin token, legacy Secret tokens filled by the token
+//! controller, and TokenRequest tokens with an expiry. Tokens are shaped like the real
+//! JWTs (header.payload.signature, readable claims such as `exp` and `sub`), but the
+//! signature is random: this TEST SERVER recognises tokens by lookup, not by verification.
+
+use crate::error::ApiError;
+use crate::store::{ObjKey, Store};
+use crate::util;
+use serde_json::{Value, json};
+use std::time::{Duration, SystemTime};
+
+/// Who a request is from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+impl Identity {
+    /// The kubeconfig admin (member of `system:masters`).
+    pub fn admin() -> Identity {
+        Identity {
+            user: "kubernetes-admin".into(),
+            groups: vec!["system:masters".into(), "system:authenticated".into()],
+        }
+    }
+
+    pub fn service_account(ns: &str, name: &str) -> Identity {
+        Identity {
+            user: format!("system:serviceaccount:{ns}:{name}"),
+            groups: vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{ns}"),
+                "system:authenticated".into(),
+            ],
+        }
+    }
+}
+
+/// What a service-account token stands for.
+#[derive(Clone, Debug)]
+pub struct TokenRecord {
+    pub namespace: String,
+    pub service_account: String,
+    /// The token dies with the ServiceAccount it was issued for (a new SA of the same name
+    /// has another uid).
+    pub sa_uid: String,
+    pub expires: Option<SystemTime>,
+    /// The Secret holding a legacy token; the token dies with it.
+    pub secret: Option<String>,
+}
+
+fn jwt(claims: &Value) -> String {
+    let header = json!({"alg": "RS256", "kid": util::random_b64url(16)});
+    format!(
+        "{}.{}.{}",
+        util::b64url(header.to_string().as_bytes()),
+        util::b64url(claims.to_string().as_bytes()),
+        util::random_b64url(256)
+    )
+}
+
+/// A legacy (non-expiring) service-account token, as the token controller writes into
+/// `kubernetes.io/service-account-token` Secrets.
+pub fn legacy_token(ns: &str, sa: &str, sa_uid: &str, secret: &str) -> String {
+    jwt(&json!({
+        "iss": "kubernetes/serviceaccount",
+        "kubernetes.io/serviceaccount/namespace": ns,
+        "kubernetes.io/serviceaccount/secret.name": secret,
+        "kubernetes.io/serviceaccount/service-account.name": sa,
+        "kubernetes.io/serviceaccount/service-account.uid": sa_uid,
+        "sub": format!("system:serviceaccount:{ns}:{sa}"),
+    }))
+}
+
+pub(crate) fn authenticate(store: &Store, token: &str) -> Option<Identity> {
+    if token.is_empty() {
+        return None;
+    }
+    if token == store.admin_token() {
+        return Some(Identity::admin());
+    }
+    let now = store.clock().now();
+    let st = store.lock();
+    let rec = st.tokens.get(token)?;
+    if rec.expires.is_some_and(|e| e <= now) {
+        return None;
+    }
+    let sa_key = ObjKey {
+        group: String::new(),
+        resource: "serviceaccounts".into(),
+        namespace: rec.namespace.clone(),
+        name: rec.service_account.clone(),
+    };
+    let sa = st.objects.get(&sa_key)?;
+    if sa.pointer("/metadata/uid").and_then(Value::as_str) != Some(rec.sa_uid.as_str()) {
+        return None;
+    }
+    if let Some(secret) = &rec.secret {
+        let key = ObjKey {
+            group: String::new(),
+            resource: "secrets".into(),
+            namespace: rec.namespace.clone(),
+            name: secret.clone(),
+        };
+        let stored = st
+            .objects
+            .get(&key)?
+            .pointer("/data/token")
+            .and_then(Value::as_str)?;
+        if util::b64_decode(stored)? != token.as_bytes() {
+            return None;
+        }
+    }
+    Some(Identity::service_account(
+        &rec.namespace,
+        &rec.service_account,
+    ))
+}
+
+/// `POST .../serviceaccounts/<sa>/token`: issues a token that expires.
+pub(crate) fn token_request(
+    store: &Store,
+    ns: &str,
+    sa_name: &str,
+    body: &Value,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    let sa = store
+        .get("v1", "ServiceAccount", Some(ns), sa_name)
+        .ok_or_else(|| ApiError::not_found("", "serviceaccounts", sa_name))?;
+    let sa_uid = sa
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let secs = body
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(3600);
+    let min = store.config().min_token_expiration_seconds;
+    let invalid = |msg: &str| {
+        ApiError::invalid(
+            "authentication.k8s.io",
+            "TokenRequest",
+            sa_name,
+            "spec.expirationSeconds",
+            "FieldValueInvalid",
+            &format!("Invalid value: {secs}: {msg}"),
+        )
+    };
+    if secs < min {
+        return Err(invalid("may not specify a duration less than 10 minutes"));
+    }
+    if secs > 1 << 32 {
+        return Err(invalid(
+            "may not specify a duration larger than 2^32 seconds",
+        ));
+    }
+    let now = store.clock().now();
+    let exp = now + Duration::from_secs(secs as u64);
+    let audiences = body
+        .pointer("/spec/audiences")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+        .cloned()
+        .unwrap_or_else(|| vec![json!("https://kubernetes.default.svc.cluster.local")]);
+    let token = jwt(&json!({
+        "aud": audiences,
+        "exp": util::unix(exp),
+        "iat": util::unix(now),
+        "nbf": util::unix(now),
+        "iss": "https://kubernetes.default.svc.cluster.local",
+        "jti": util::uuid(),
+        "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa_name, "uid": sa_uid}},
+        "sub": format!("system:serviceaccount:{ns}:{sa_name}"),
+    }));
+    if !dry_run {
+        store.lock().tokens.insert(
+            token.clone(),
+            TokenRecord {
+                namespace: ns.into(),
+                service_account: sa_name.into(),
+                sa_uid,
+                expires: Some(exp),
+                secret: None,
+            },
+        );
+    }
+    Ok(json!({
+        "kind": "TokenRequest",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"name": sa_name, "namespace": ns, "creationTimestamp": util::rfc3339(now)},
+        "spec": {"audiences": audiences, "expirationSeconds": secs, "boundObjectRef": body.pointer("/spec/boundObjectRef").cloned().unwrap_or(Value::Null)},
+        "status": {"token": token, "expirationTimestamp": util::rfc3339(exp)},
+    }))
+}
+
+/// The bearer token of an `Authorization` header value.
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    let h = header?.trim();
+    let (scheme, token) = h.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}

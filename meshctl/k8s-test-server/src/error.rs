@@ -1,0 +1,183 @@
+//! Kubernetes `Status` errors, shaped like the real API server's.
+
+use serde_json::{Value, json};
+
+/// An API error that the server returns as a `Status` object.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code} {reason}: {message}")]
+pub struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+}
+
+fn details(group: &str, resource: &str, name: &str) -> Value {
+    let mut d = json!({ "kind": resource });
+    if !name.is_empty() {
+        d["name"] = json!(name);
+    }
+    if !group.is_empty() {
+        d["group"] = json!(group);
+    }
+    d
+}
+
+fn qualified(group: &str, resource: &str) -> String {
+    if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    }
+}
+
+impl ApiError {
+    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn not_found(group: &str, resource: &str, name: &str) -> Self {
+        ApiError {
+            details: Some(details(group, resource, name)),
+            ..Self::new(
+                404,
+                "NotFound",
+                format!("{} \"{name}\" not found", qualified(group, resource)),
+            )
+        }
+    }
+
+    /// The server does not serve this path (unknown group, version or resource).
+    pub fn path_not_found() -> Self {
+        ApiError {
+            details: Some(json!({})),
+            ..Self::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        }
+    }
+
+    pub fn already_exists(group: &str, resource: &str, name: &str) -> Self {
+        ApiError {
+            details: Some(details(group, resource, name)),
+            ..Self::new(
+                409,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", qualified(group, resource)),
+            )
+        }
+    }
+
+    pub fn conflict(group: &str, resource: &str, name: &str) -> Self {
+        ApiError {
+            details: Some(details(group, resource, name)),
+            ..Self::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                    qualified(group, resource)
+                ),
+            )
+        }
+    }
+
+    /// 422 Invalid with one cause, like field validation errors.
+    pub fn invalid(
+        group: &str,
+        kind: &str,
+        name: &str,
+        field: &str,
+        cause: &str,
+        msg: &str,
+    ) -> Self {
+        let mut d = json!({
+            "name": name, "kind": kind,
+            "causes": [{ "reason": cause, "message": msg, "field": field }],
+        });
+        if !group.is_empty() {
+            d["group"] = json!(group);
+        }
+        ApiError {
+            details: Some(d),
+            ..Self::new(
+                422,
+                "Invalid",
+                format!("{kind} \"{name}\" is invalid: {field}: {msg}"),
+            )
+        }
+    }
+
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", msg)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    pub fn method_not_allowed() -> Self {
+        ApiError {
+            details: Some(json!({})),
+            ..Self::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
+        }
+    }
+
+    pub fn unsupported_media_type(ct: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json; got {ct:?}"
+            ),
+        )
+    }
+
+    /// 410 Gone for a resourceVersion older than the compacted history.
+    pub fn expired(requested: u64, oldest: u64) -> Self {
+        Self::new(
+            410,
+            "Expired",
+            format!("too old resource version: {requested} ({oldest})"),
+        )
+    }
+
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Self::new(500, "InternalError", msg)
+    }
+
+    /// The `Status` object the server writes in the response body.
+    pub fn to_status(&self) -> Value {
+        let mut s = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        });
+        if let Some(d) = &self.details {
+            s["details"] = d.clone();
+        }
+        s
+    }
+}
+
+/// A `Status` of success, as returned by some DELETE calls.
+pub fn success_status(group: &str, resource: &str, name: &str, uid: &str) -> Value {
+    let mut d = details(group, resource, name);
+    d["uid"] = json!(uid);
+    json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": d })
+}
