@@ -69,7 +69,7 @@ fn rule_allows(rule: &Value, a: &Attributes) -> bool {
         return false;
     }
     let names = strs(rule, "resourceNames");
-    names.is_empty() || (!a.name.is_empty() && names.iter().any(|n| *n == a.name))
+    names.is_empty() || (!a.name.is_empty() && names.contains(&a.name))
 }
 
 fn subject_matches(subject: &Value, id: &Identity, binding_ns: &str) -> bool {

@@ -667,10 +667,11 @@ impl Store {
                 m.insert("generation".into(), json!(1));
             }
         }
-        if rt.status && !opts.raw {
-            if let Some(o) = obj.as_object_mut() {
-                o.remove("status");
-            }
+        if rt.status
+            && !opts.raw
+            && let Some(o) = obj.as_object_mut()
+        {
+            o.remove("status");
         }
         self.default_object(&mut st, rt, &mut obj, None)?;
         let op = if opts.raw {

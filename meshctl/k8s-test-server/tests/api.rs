@@ -493,8 +493,10 @@ async fn dry_run_changes_nothing() {
     .await
     .unwrap();
     let rv1 = server.store().resource_version();
-    let mut pp = PatchParams::default();
-    pp.dry_run = true;
+    let pp = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
     let p = cms
         .patch("d", &pp, &Patch::Merge(json!({"data": {"a": "2"}})))
         .await

@@ -1,0 +1,306 @@
+//! Service-account tokens, RBAC and SelfSubjectAccessReview against the TEST SERVER.
+
+mod common;
+
+use common::{admin_client, client_from_yaml, eventually, init, status_code};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_test_server::TestApiServer;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, Discovery};
+use serde_json::json;
+use std::time::Duration;
+
+fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).expect("valid object")
+}
+
+/// A ServiceAccount `reader` in `istio-system` with get/list/watch on services only.
+async fn reader_setup(admin: &Client) {
+    let pp = PostParams::default();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+        .create(&pp, &obj(json!({"metadata": {"name": "istio-system"}})))
+        .await
+        .unwrap();
+    Api::<ServiceAccount>::namespaced(admin.clone(), "istio-system")
+        .create(&pp, &obj(json!({"metadata": {"name": "reader"}})))
+        .await
+        .unwrap();
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&pp, &obj(json!({"metadata": {"name": "svc-reader"}, "rules": [{"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]}]})))
+        .await
+        .unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&pp, &obj(json!({"metadata": {"name": "svc-reader"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "svc-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": "istio-system"}]})))
+        .await
+        .unwrap();
+}
+
+async fn token_request(admin: &Client, secs: i64) -> TokenRequest {
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "istio-system");
+    let tr: TokenRequest = obj(
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"audiences": [], "expirationSeconds": secs}}),
+    );
+    sas.create_token_request("reader", &PostParams::default(), &tr)
+        .await
+        .unwrap()
+}
+
+async fn ssar(client: &Client, verb: &str, resource: &str, ns: &str) -> bool {
+    let review: SelfSubjectAccessReview = obj(
+        json!({"spec": {"resourceAttributes": {"verb": verb, "resource": resource, "namespace": ns, "group": if resource == "endpointslices" { "discovery.k8s.io" } else { "" }}}}),
+    );
+    let out = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap();
+    out.status.unwrap().allowed
+}
+
+#[tokio::test]
+async fn least_privilege_service_account_can_list_services_but_not_secrets() {
+    init();
+    let server = TestApiServer::start("rbac").await.unwrap();
+    let admin = admin_client(&server).await;
+    reader_setup(&admin).await;
+    let tr = token_request(&admin, 3600).await;
+    let token = tr.status.unwrap().token.unwrap();
+    let sa = client_from_yaml(&server.kubeconfig_with_token("rbac", &token)).await;
+
+    assert!(
+        Api::<Service>::all(sa.clone())
+            .list(&ListParams::default())
+            .await
+            .is_ok()
+    );
+    assert!(
+        Api::<Service>::namespaced(sa.clone(), "default")
+            .get_opt("x")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let err = Api::<Secret>::all(sa.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap_err();
+    let kube::Error::Api(s) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden"));
+    assert!(
+        s.message
+            .contains("system:serviceaccount:istio-system:reader"),
+        "{}",
+        s.message
+    );
+    assert!(
+        s.message.contains("cannot list resource \"secrets\""),
+        "{}",
+        s.message
+    );
+    let err = Api::<Service>::namespaced(sa.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "x"}})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&err), Some(403));
+
+    // discovery and version work for every authenticated identity
+    sa.apiserver_version().await.unwrap();
+    Discovery::new(sa.clone()).run().await.unwrap();
+
+    assert!(ssar(&sa, "list", "services", "default").await);
+    assert!(ssar(&sa, "watch", "services", "").await);
+    assert!(!ssar(&sa, "get", "secrets", "istio-system").await);
+    assert!(!ssar(&sa, "list", "endpointslices", "default").await);
+    assert!(ssar(&admin, "get", "secrets", "istio-system").await);
+
+    // namespaced grants through a RoleBinding to a Role
+    let pp = PostParams::default();
+    Api::<Role>::namespaced(admin.clone(), "istio-system")
+        .create(&pp, &obj(json!({"metadata": {"name": "one-secret"}, "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["cacerts"]}]})))
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), "istio-system")
+        .create(&pp, &obj(json!({"metadata": {"name": "one-secret"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "one-secret"},
+            "subjects": [{"kind": "ServiceAccount", "name": "reader"}]})))
+        .await
+        .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), "istio-system")
+        .create(&pp, &obj(json!({"metadata": {"name": "cacerts"}})))
+        .await
+        .unwrap();
+    let sa_secrets = Api::<Secret>::namespaced(sa.clone(), "istio-system");
+    assert!(sa_secrets.get("cacerts").await.is_ok());
+    assert_eq!(
+        status_code(&sa_secrets.get("other").await.unwrap_err()),
+        Some(403)
+    );
+    assert_eq!(
+        status_code(&sa_secrets.list(&ListParams::default()).await.unwrap_err()),
+        Some(403)
+    );
+    assert_eq!(
+        status_code(
+            &Api::<Secret>::namespaced(sa, "default")
+                .get("cacerts")
+                .await
+                .unwrap_err()
+        ),
+        Some(403)
+    );
+}
+
+#[tokio::test]
+async fn token_request_tokens_expire_on_the_server_clock() {
+    init();
+    let server = TestApiServer::start("ttl").await.unwrap();
+    let admin = admin_client(&server).await;
+    reader_setup(&admin).await;
+
+    // like a real API server, less than 10 minutes is refused
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "istio-system");
+    let tr: TokenRequest = obj(json!({"spec": {"audiences": [], "expirationSeconds": 2}}));
+    let err = sas
+        .create_token_request("reader", &PostParams::default(), &tr)
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&err), Some(422));
+
+    let tr = token_request(&admin, 600).await;
+    let status = tr.status.unwrap();
+    let exp = status.expiration_timestamp.clone().unwrap().0;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let secs = exp.duration_since(now).as_secs();
+    assert!((590..=610).contains(&secs), "expires in {secs}s");
+    // the token is JWT-shaped with readable claims
+    let token = status.token.clone().unwrap();
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3);
+
+    let sa = client_from_yaml(&server.kubeconfig_with_token("ttl", &token)).await;
+    let services = Api::<Service>::all(sa);
+    assert!(services.list(&ListParams::default()).await.is_ok());
+    server.clock().advance(Duration::from_secs(599));
+    assert!(services.list(&ListParams::default()).await.is_ok());
+    server.clock().advance(Duration::from_secs(2));
+    assert_eq!(
+        status_code(&services.list(&ListParams::default()).await.unwrap_err()),
+        Some(401)
+    );
+
+    // deleting the ServiceAccount revokes its tokens
+    let tr = token_request(&admin, 3600).await;
+    let sa =
+        client_from_yaml(&server.kubeconfig_with_token("ttl", &tr.status.unwrap().token.unwrap()))
+            .await;
+    assert!(
+        Api::<Service>::all(sa.clone())
+            .list(&ListParams::default())
+            .await
+            .is_ok()
+    );
+    sas.delete("reader", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        status_code(
+            &Api::<Service>::all(sa)
+                .list(&ListParams::default())
+                .await
+                .unwrap_err()
+        ),
+        Some(401)
+    );
+}
+
+#[tokio::test]
+async fn token_controller_fills_service_account_token_secrets() {
+    init();
+    let server = TestApiServer::start("legacy").await.unwrap();
+    let admin = admin_client(&server).await;
+    reader_setup(&admin).await;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "istio-system");
+    let created = secrets
+        .create(&PostParams::default(), &obj(json!({"metadata": {"name": "reader-token", "annotations": {"kubernetes.io/service-account.name": "reader"}}, "type": "kubernetes.io/service-account-token"})))
+        .await
+        .unwrap();
+    // filled asynchronously, like the real token controller
+    assert!(
+        created
+            .data
+            .as_ref()
+            .is_none_or(|d| !d.contains_key("token"))
+    );
+    let filled = eventually(5, || {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .get("reader-token")
+                .await
+                .ok()
+                .filter(|s| s.data.as_ref().is_some_and(|d| d.contains_key("token")))
+        }
+    })
+    .await;
+    let data = filled.data.unwrap();
+    assert_eq!(
+        String::from_utf8(data["ca.crt"].0.clone()).unwrap(),
+        server.ca_pem()
+    );
+    assert_eq!(data["namespace"].0, b"istio-system");
+    assert!(
+        filled
+            .metadata
+            .annotations
+            .unwrap()
+            .contains_key("kubernetes.io/service-account.uid")
+    );
+    let token = String::from_utf8(data["token"].0.clone()).unwrap();
+
+    let sa = client_from_yaml(&server.kubeconfig_with_token("legacy", &token)).await;
+    assert!(
+        Api::<Service>::all(sa.clone())
+            .list(&ListParams::default())
+            .await
+            .is_ok()
+    );
+    // the token lives as long as its Secret
+    secrets
+        .delete("reader-token", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        status_code(
+            &Api::<Service>::all(sa)
+                .list(&ListParams::default())
+                .await
+                .unwrap_err()
+        ),
+        Some(401)
+    );
+
+    // a token Secret for a missing ServiceAccount is removed by the controller
+    secrets
+        .create(&PostParams::default(), &obj(json!({"metadata": {"name": "orphan", "annotations": {"kubernetes.io/service-account.name": "nobody"}}, "type": "kubernetes.io/service-account-token"})))
+        .await
+        .unwrap();
+    eventually(5, || {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .get_opt("orphan")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+}
