@@ -29,6 +29,9 @@ pub struct ClientHello {
 }
 
 /// Outcome of [`detect`] on the bytes received so far.
+///
+/// Answers are final: once `Found`, every longer input gives the same `Found`;
+/// once `NotTls`, it stays `NotTls` (more bytes may give a more specific reason).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Detect {
     Found(ClientHello),
@@ -111,10 +114,10 @@ fn frame(buf: &[u8], max_len: usize) -> Result<Option<(usize, usize)>, NotTls> {
             if hs.next().is_some_and(|t| t != HANDSHAKE_CLIENT_HELLO) {
                 return Err(NotTls::NotClientHello);
             }
-            if let (Some(a), Some(b), Some(c)) = (hs.next(), hs.next(), hs.next()) {
-                if usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c) > max_len {
-                    return Err(NotTls::TooLarge);
-                }
+            if let (Some(a), Some(b), Some(c)) = (hs.next(), hs.next(), hs.next())
+                && usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c) > max_len
+            {
+                return Err(NotTls::TooLarge);
             }
         }
         let end = payload + rec_len;

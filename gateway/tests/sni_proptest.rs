@@ -56,8 +56,7 @@ proptest! {
         check_any(&buf, 64 * 1024);
     }
 
-    /// Flipped bytes in a real hello never panic, and an answer other than
-    /// NeedMore never changes as more bytes arrive.
+    /// Flipped bytes in a real hello never panic, and answers are final.
     #[test]
     fn mutated_hello_answers_are_final(
         hello in real_hello(),
@@ -72,8 +71,10 @@ proptest! {
         let n = cut.index(buf.len() + 1);
         let early = check_any(&buf[..n], 64 * 1024);
         let full = check_any(&buf, 64 * 1024);
-        if early != Detect::NeedMore {
-            prop_assert_eq!(early, full);
+        match early {
+            Detect::NeedMore => {}
+            Detect::NotTls(_) => prop_assert!(matches!(full, Detect::NotTls(_))),
+            found => prop_assert_eq!(found, full),
         }
     }
 
