@@ -9,6 +9,10 @@
 /// Largest record payload accepted (TLS plaintext limit plus expansion slack).
 pub const MAX_RECORD_LEN: usize = (1 << 14) + 2048;
 
+/// Most records a ClientHello may span. Real clients send one to a few; the
+/// cap bounds the work of re-running `detect` on every segment.
+pub const MAX_RECORDS: usize = 256;
+
 const RECORD_HEADER_LEN: usize = 5;
 const HANDSHAKE_HEADER_LEN: usize = 4;
 const CONTENT_HANDSHAKE: u8 = 0x16;
@@ -55,6 +59,8 @@ pub enum NotTls {
     NotClientHello,
     #[error("ClientHello does not fit in the detection buffer")]
     TooLarge,
+    #[error("ClientHello spans more than {MAX_RECORDS} records")]
+    TooManyRecords,
     #[error("malformed ClientHello: {0}")]
     Malformed(&'static str),
 }
@@ -82,7 +88,7 @@ fn frame(buf: &[u8], max_len: usize) -> Result<Option<(usize, usize)>, NotTls> {
     // Handshake bytes in the complete records seen so far.
     let mut have = 0;
     let mut msg_len = None;
-    loop {
+    for _ in 0..MAX_RECORDS {
         // Reject non-TLS on the first bytes, before the header is complete.
         let header = buf.get(pos..).unwrap_or_default();
         let mut fields = header.iter().copied();
@@ -152,6 +158,7 @@ fn frame(buf: &[u8], max_len: usize) -> Result<Option<(usize, usize)>, NotTls> {
             }
         }
     }
+    Err(NotTls::TooManyRecords)
 }
 
 type Offered = (Option<String>, Vec<String>);

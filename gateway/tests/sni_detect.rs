@@ -4,7 +4,7 @@
 #[path = "fixtures/hello.rs"]
 mod hello;
 
-use gateway::sni::{ClientHello, Detect, NotTls, detect};
+use gateway::sni::{ClientHello, Detect, MAX_RECORDS, NotTls, detect};
 use hello::{ALPN, FIXTURES, MAX, SNI};
 
 fn found(buf: &[u8]) -> ClientHello {
@@ -82,6 +82,10 @@ fn openssl_multi_record_fixture_spans_records() {
 
 #[test]
 fn hello_reframed_into_records() {
+    assert!(
+        hello::tls13().len() > 2 * MAX_RECORDS,
+        "a hello that can hit the cap"
+    );
     for hello in [hello::tls12(), hello::tls13()] {
         let want = found(&hello);
         let msg = hello::handshake_bytes(&hello);
@@ -94,8 +98,18 @@ fn hello_reframed_into_records() {
             assert_eq!((h.sni, h.alpn), (want.sni.clone(), want.alpn.clone()));
             assert_eq!(h.hello_len, framed.len());
         }
-        let every_byte: Vec<usize> = (1..n).collect();
-        assert_eq!(found(&hello::reframe(&msg, &every_byte)).sni, want.sni);
+        if n <= MAX_RECORDS {
+            continue; // The TLS 1.2 hello is too short to span that many records.
+        }
+        let most: Vec<usize> = (1..MAX_RECORDS).collect();
+        assert_eq!(found(&hello::reframe(&msg, &most)).sni, want.sni);
+        let too_many: Vec<usize> = (1..=MAX_RECORDS).collect();
+        let framed = hello::reframe(&msg, &too_many);
+        let tail = framed.len() - (n - MAX_RECORDS) - 5;
+        assert_eq!(
+            detect(&framed[..tail], MAX),
+            Detect::NotTls(NotTls::TooManyRecords)
+        );
     }
 }
 
