@@ -95,3 +95,50 @@ pub fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Opti
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
     )
 }
+
+/// Aggregated discovery (`Accept: application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList`):
+/// the core group for `/api` (`core == true`), every other group for `/apis`.
+pub fn aggregated(types: &[ResourceType], core: bool) -> Value {
+    let mut groups: BTreeMap<String, Vec<String>> = group_versions(types);
+    if core {
+        groups = BTreeMap::from([(String::new(), vec!["v1".to_string()])]);
+    }
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|(g, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|v| {
+                    let resources: Vec<Value> = types
+                        .iter()
+                        .filter(|t| t.group == *g && t.serves(v))
+                        .map(|t| {
+                            let kind = json!({"group": t.group, "version": v, "kind": t.kind});
+                            let mut subs = Vec::new();
+                            if t.status {
+                                subs.push(json!({"subresource": "status", "responseKind": kind, "verbs": ["get", "patch", "update"]}));
+                            }
+                            if t.group.is_empty() && t.plural == "serviceaccounts" {
+                                subs.push(json!({"subresource": "token", "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}, "verbs": ["create"]}));
+                            }
+                            let mut r = json!({
+                                "resource": t.plural, "responseKind": kind, "singularResource": t.singular,
+                                "scope": if t.namespaced { "Namespaced" } else { "Cluster" }, "verbs": t.verbs(),
+                            });
+                            if !t.short_names.is_empty() {
+                                r["shortNames"] = json!(t.short_names);
+                            }
+                            if !subs.is_empty() {
+                                r["subresources"] = json!(subs);
+                            }
+                            r
+                        })
+                        .collect();
+                    json!({"version": v, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": g}, "versions": versions})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}

@@ -254,6 +254,17 @@ fn dispatch(
     let types = || ctx.store.resource_types();
     match r {
         Route::Version if is_get => Ok(json_response(200, &discovery::version(&ctx.git_version))),
+        Route::Api | Route::Apis if is_get && accept.contains("as=APIGroupDiscoveryList") => {
+            let v = discovery::aggregated(&types(), matches!(r, Route::Api));
+            let mut resp = json_response(200, &v);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(
+                    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
+                ),
+            );
+            Ok(resp)
+        }
         Route::Api if is_get => Ok(json_response(
             200,
             &discovery::core_versions(&ctx.server_address),

@@ -60,6 +60,27 @@ async fn version_and_discovery() {
         .unwrap();
     assert_eq!(ar.plural, "deployments");
     assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
+
+    // aggregated discovery (one request per root) sees the same
+    let agg = Discovery::new(client.clone())
+        .run_aggregated()
+        .await
+        .unwrap();
+    let (ar, caps) = agg
+        .resolve_gvk(&GroupVersionKind::gvk("", "v1", "Namespace"))
+        .unwrap();
+    assert_eq!(
+        (ar.plural.as_str(), caps.scope),
+        ("namespaces", kube::discovery::Scope::Cluster)
+    );
+    assert!(
+        agg.resolve_gvk(&GroupVersionKind::gvk(
+            "discovery.k8s.io",
+            "v1",
+            "EndpointSlice"
+        ))
+        .is_some()
+    );
 }
 
 #[tokio::test]
@@ -346,6 +367,17 @@ async fn list_with_label_and_field_selectors() {
         .unwrap();
     assert_eq!(p2.items.len(), 1);
     assert!(p2.metadata.continue_.is_none());
+    // metadata-only clients get PartialObjectMetadata
+    let meta = all
+        .list_metadata(&ListParams::default().labels("app=x"))
+        .await
+        .unwrap();
+    assert_eq!(meta.items.len(), 2);
+    assert!(
+        meta.items
+            .iter()
+            .all(|m| m.metadata.labels.as_ref().unwrap()["app"] == "x")
+    );
     // a bad selector is a 400
     assert_eq!(
         status_code(
