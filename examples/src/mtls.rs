@@ -39,7 +39,11 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn from_pems(chain_pem: &str, key_pem: &str, root_pem: &str) -> Result<Identity, MtlsError> {
+    pub fn from_pems(
+        chain_pem: &str,
+        key_pem: &str,
+        root_pem: &str,
+    ) -> Result<Identity, MtlsError> {
         let pem_err = |what: &str, e: &dyn std::fmt::Display| MtlsError::Pem {
             what: what.into(),
             msg: e.to_string(),
@@ -50,7 +54,8 @@ impl Identity {
         if chain.is_empty() {
             return Err(pem_err("certificate chain", &"no certificate found"));
         }
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| pem_err("private key", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| pem_err("private key", &e))?;
         let mut roots = RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
             let c = c.map_err(|e| pem_err("root certificate", &e))?;
@@ -78,7 +83,11 @@ impl Identity {
                 msg: e.to_string(),
             })
         };
-        Identity::from_pems(&read("cert-chain.pem")?, &read("key.pem")?, &read("root-cert.pem")?)
+        Identity::from_pems(
+            &read("cert-chain.pem")?,
+            &read("key.pem")?,
+            &read("root-cert.pem")?,
+        )
     }
 }
 
@@ -87,7 +96,8 @@ pub fn server_config(
     id: &Identity,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<Arc<ServerConfig>, MtlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(id.roots.clone(), provider()).build()?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(id.roots.clone(), provider()).build()?;
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)?
         .with_client_cert_verifier(verifier)
@@ -130,7 +140,9 @@ pub fn spiffe_ids(cert: &CertificateDer<'_>) -> Vec<String> {
         .general_names
         .iter()
         .filter_map(|n| match n {
-            x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => Some(u.to_string()),
+            x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => {
+                Some(u.to_string())
+            }
             _ => None,
         })
         .collect()
@@ -138,7 +150,9 @@ pub fn spiffe_ids(cert: &CertificateDer<'_>) -> Vec<String> {
 
 /// The SPIFFE id of the peer's leaf certificate, if it presented one.
 pub fn peer_spiffe_id(peer_certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
-    peer_certs?.first().and_then(|c| spiffe_ids(c).into_iter().next())
+    peer_certs?
+        .first()
+        .and_then(|c| spiffe_ids(c).into_iter().next())
 }
 
 /// A server name for the client handshake: the Istio SNI routing key.

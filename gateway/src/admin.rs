@@ -49,13 +49,20 @@ impl Admin {
         match req.uri().path() {
             "/healthz/ready" => match self.ready() {
                 Ok(()) => text(StatusCode::OK, "ready\n".into()),
-                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                ),
             },
             "/healthz/live" => text(StatusCode::OK, "live\n".into()),
             "/metrics" => {
                 let mut out = String::with_capacity(8192);
-                if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
-                    return text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n"));
+                if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry)
+                {
+                    return text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("encoding metrics: {e}\n"),
+                    );
                 }
                 Response::builder()
                     .header(

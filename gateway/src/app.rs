@@ -46,8 +46,12 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
     let admin_listener = TcpListener::bind(cfg.admin)
         .await
         .map_err(|e| BuildError::Bind(cfg.admin, e))?;
-    let listen_addr = listener.local_addr().map_err(|e| BuildError::Bind(cfg.listen, e))?;
-    let admin_addr = admin_listener.local_addr().map_err(|e| BuildError::Bind(cfg.admin, e))?;
+    let listen_addr = listener
+        .local_addr()
+        .map_err(|e| BuildError::Bind(cfg.listen, e))?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|e| BuildError::Bind(cfg.admin, e))?;
 
     let mut registry = Registry::with_prefix("gateway");
     let reasons: Vec<&'static str> = Reject::ALL.iter().map(|r| r.as_str()).collect();
@@ -71,7 +75,12 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         }
     };
 
-    let proxy = Arc::new(Proxy::new(cfg.clone(), routes.clone(), proxy_metrics, drain.clone()));
+    let proxy = Arc::new(Proxy::new(
+        cfg.clone(),
+        routes.clone(),
+        proxy_metrics,
+        drain.clone(),
+    ));
     tokio::spawn(proxy.serve(listener));
     let admin = Arc::new(Admin {
         registry,
@@ -96,9 +105,16 @@ impl Bound {
     /// Drains with the configured grace and deadline, then stops the admin listener and
     /// discovery.
     pub async fn drain(self) -> drain::Outcome {
-        let out = self.drain.run(self.cfg.drain_grace, self.cfg.drain_timeout).await;
+        let out = self
+            .drain
+            .run(self.cfg.drain_grace, self.cfg.drain_timeout)
+            .await;
         self.stop_background.cancel();
-        tracing::info!(open_at_stop = out.open_at_stop, forced = out.forced, "drained");
+        tracing::info!(
+            open_at_stop = out.open_at_stop,
+            forced = out.forced,
+            "drained"
+        );
         out
     }
 

@@ -60,11 +60,7 @@ pub fn pick(candidates: &[&Endpoint], tried: &[SocketAddr]) -> Option<Arc<Endpoi
 
 /// Records a connect failure; ejects the endpoint when its streak reaches the threshold and
 /// the service's ejection budget allows. Returns the ejection time if it was ejected.
-pub fn on_failure(
-    state: &EndpointState,
-    service: &[Endpoint],
-    cfg: &Outlier,
-) -> Option<Duration> {
+pub fn on_failure(state: &EndpointState, service: &[Endpoint], cfg: &Outlier) -> Option<Duration> {
     let streak = state.record_failure();
     if cfg.consecutive_failures == 0 || streak < cfg.consecutive_failures {
         return None;
@@ -155,7 +151,10 @@ mod tests {
         };
         let eps = &r.endpoints;
         assert!(on_failure(&eps[0].state, eps, &cfg).is_none());
-        assert_eq!(on_failure(&eps[0].state, eps, &cfg), Some(Duration::from_secs(10)));
+        assert_eq!(
+            on_failure(&eps[0].state, eps, &cfg),
+            Some(Duration::from_secs(10))
+        );
         on_failure(&eps[1].state, eps, &cfg);
         assert!(on_failure(&eps[1].state, eps, &cfg).is_some());
         // 50% of 4 are ejected: the third stays in.

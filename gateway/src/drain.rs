@@ -36,22 +36,35 @@ impl Drain {
 
     pub async fn run(&self, grace: Duration, deadline: Duration) -> Outcome {
         self.draining.store(true, Ordering::Relaxed);
-        tracing::info!(?grace, ?deadline, "draining: readiness now fails, still accepting");
+        tracing::info!(
+            ?grace,
+            ?deadline,
+            "draining: readiness now fails, still accepting"
+        );
         tokio::time::sleep(grace).await;
         self.stop_accepting.cancel();
         self.tasks.close();
         let open_at_stop = self.tasks.len();
-        tracing::info!(open = open_at_stop, "draining: stopped accepting; waiting for open connections");
+        tracing::info!(
+            open = open_at_stop,
+            "draining: stopped accepting; waiting for open connections"
+        );
         let forced = match tokio::time::timeout(deadline, self.tasks.wait()).await {
             Ok(()) => 0,
             Err(_) => {
                 let left = self.tasks.len();
-                tracing::warn!(open = left, "drain deadline passed; closing remaining connections");
+                tracing::warn!(
+                    open = left,
+                    "drain deadline passed; closing remaining connections"
+                );
                 self.force_close.cancel();
                 self.tasks.wait().await;
                 left
             }
         };
-        Outcome { open_at_stop, forced }
+        Outcome {
+            open_at_stop,
+            forced,
+        }
     }
 }

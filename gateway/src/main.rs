@@ -1,6 +1,8 @@
 #![forbid(unsafe_code)]
 //! `gateway`: Istio-compatible east-west gateway.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use gateway::app;
 use gateway::config::{Args, LogFormat};
@@ -11,14 +13,19 @@ fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args = Args::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Plain => builder.init(),
     }
     let cfg = args.into_config();
     tracing::info!(config = ?cfg, "starting gateway");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let bound = app::build(cfg).await?;
         let outcome = bound.wait_termination().await?;

@@ -50,16 +50,56 @@ impl ProxyMetrics {
             ejections: Counter::default(),
         };
         let r = registry;
-        r.register("tcp_connections_accepted", "TCP connections accepted on the gateway listener", m.accepted.clone());
-        r.register("connections_opened", "Connections forwarded to an upstream, per SNI", m.opened.clone());
-        r.register("connections_closed", "Forwarded connections that ended, per SNI", m.closed.clone());
-        r.register("connections_active", "Forwarded connections open now, per SNI", m.active.clone());
-        r.register("sent_bytes", "Bytes from downstream clients to upstreams, per SNI", m.sent_bytes.clone());
-        r.register("received_bytes", "Bytes from upstreams to downstream clients, per SNI", m.received_bytes.clone());
-        r.register("connections_rejected", "Connections closed without forwarding, by reason", m.rejected.clone());
-        r.register("upstream_connect_seconds", "Time to connect to an upstream endpoint", m.connect_seconds.clone());
-        r.register("upstream_connect_failures", "Failed upstream connect attempts (each retry counts)", m.connect_failures.clone());
-        r.register("endpoint_ejections", "Endpoints ejected by passive outlier detection", m.ejections.clone());
+        r.register(
+            "tcp_connections_accepted",
+            "TCP connections accepted on the gateway listener",
+            m.accepted.clone(),
+        );
+        r.register(
+            "connections_opened",
+            "Connections forwarded to an upstream, per SNI",
+            m.opened.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Forwarded connections that ended, per SNI",
+            m.closed.clone(),
+        );
+        r.register(
+            "connections_active",
+            "Forwarded connections open now, per SNI",
+            m.active.clone(),
+        );
+        r.register(
+            "sent_bytes",
+            "Bytes from downstream clients to upstreams, per SNI",
+            m.sent_bytes.clone(),
+        );
+        r.register(
+            "received_bytes",
+            "Bytes from upstreams to downstream clients, per SNI",
+            m.received_bytes.clone(),
+        );
+        r.register(
+            "connections_rejected",
+            "Connections closed without forwarding, by reason",
+            m.rejected.clone(),
+        );
+        r.register(
+            "upstream_connect_seconds",
+            "Time to connect to an upstream endpoint",
+            m.connect_seconds.clone(),
+        );
+        r.register(
+            "upstream_connect_failures",
+            "Failed upstream connect attempts (each retry counts)",
+            m.connect_failures.clone(),
+        );
+        r.register(
+            "endpoint_ejections",
+            "Endpoints ejected by passive outlier detection",
+            m.ejections.clone(),
+        );
         // Every reason appears from the start, so dashboards and tests see explicit zeros.
         for &reason in reasons {
             let _ = m.rejected.get_or_create(&ReasonLabels { reason });
@@ -89,13 +129,41 @@ impl RouteMetrics {
     pub fn new(registry: &mut Registry) -> Self {
         let m = RouteMetrics::default();
         let r = registry;
-        r.register("route_table_routes", "(host, port) routes in the current table", m.routes.clone());
-        r.register("route_table_endpoints", "Endpoints in the current table", m.endpoints.clone());
-        r.register("route_table_generation", "Generation of the current table", m.generation.clone());
-        r.register("route_table_reloads", "Route tables published", m.reloads.clone());
-        r.register("route_table_reload_errors", "Reloads rejected; the last good table kept serving", m.reload_errors.clone());
-        r.register("route_table_last_reload_ok", "1 when the last reload succeeded, 0 when it failed", m.last_reload_ok.clone());
-        r.register("route_table_stale_seconds", "Seconds the discovery source has been unable to refresh", m.stale_seconds.clone());
+        r.register(
+            "route_table_routes",
+            "(host, port) routes in the current table",
+            m.routes.clone(),
+        );
+        r.register(
+            "route_table_endpoints",
+            "Endpoints in the current table",
+            m.endpoints.clone(),
+        );
+        r.register(
+            "route_table_generation",
+            "Generation of the current table",
+            m.generation.clone(),
+        );
+        r.register(
+            "route_table_reloads",
+            "Route tables published",
+            m.reloads.clone(),
+        );
+        r.register(
+            "route_table_reload_errors",
+            "Reloads rejected; the last good table kept serving",
+            m.reload_errors.clone(),
+        );
+        r.register(
+            "route_table_last_reload_ok",
+            "1 when the last reload succeeded, 0 when it failed",
+            m.last_reload_ok.clone(),
+        );
+        r.register(
+            "route_table_stale_seconds",
+            "Seconds the discovery source has been unable to refresh",
+            m.stale_seconds.clone(),
+        );
         m
     }
 }

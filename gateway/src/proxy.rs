@@ -86,7 +86,12 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(cfg: Arc<Config>, routes: Arc<Routes>, metrics: ProxyMetrics, drain: Arc<Drain>) -> Self {
+    pub fn new(
+        cfg: Arc<Config>,
+        routes: Arc<Routes>,
+        metrics: ProxyMetrics,
+        drain: Arc<Drain>,
+    ) -> Self {
         Proxy {
             permits: Arc::new(Semaphore::new(cfg.max_connections)),
             cfg,
@@ -147,7 +152,11 @@ impl Proxy {
                 .with_interval(std::time::Duration::from_secs(10)),
         );
         let mut buf = Vec::with_capacity(2048);
-        let detected = tokio::time::timeout(self.cfg.detect_timeout, self.read_preamble(&mut client, &mut buf)).await;
+        let detected = tokio::time::timeout(
+            self.cfg.detect_timeout,
+            self.read_preamble(&mut client, &mut buf),
+        )
+        .await;
         let (hello, client_addr) = match detected {
             Err(_) => return self.reject(Reject::Timeout, start),
             Ok(Err(r)) => return self.reject(r, start),
@@ -166,7 +175,9 @@ impl Proxy {
         if !self.cfg.allow_hosts.iter().any(|p| p.matches(&target.host)) {
             return self.reject(Reject::HostNotAllowed, start);
         }
-        if self.cfg.require_istio_alpn && !hello.alpn.iter().any(|a| ISTIO_ALPNS.contains(&a.as_str())) {
+        if self.cfg.require_istio_alpn
+            && !hello.alpn.iter().any(|a| ISTIO_ALPNS.contains(&a.as_str()))
+        {
             return self.reject(Reject::AlpnNotAllowed, start);
         }
         let Some(table) = self.routes.load() else {
@@ -178,18 +189,25 @@ impl Proxy {
         let candidates = match route.candidates(&target.subset) {
             Ok(c) => c,
             Err(LookupError::NoRoute) => return self.reject(Reject::NoRoute, start),
-            Err(LookupError::NoHealthyEndpoint) => return self.reject(Reject::NoHealthyEndpoint, start),
+            Err(LookupError::NoHealthyEndpoint) => {
+                return self.reject(Reject::NoHealthyEndpoint, start);
+            }
         };
 
         let mut tried = Vec::with_capacity(self.cfg.connect_attempts as usize);
         let mut connected = None;
         for _ in 0..self.cfg.connect_attempts {
-            let Some(ep) = balance::pick(&candidates, &tried) else { break };
+            let Some(ep) = balance::pick(&candidates, &tried) else {
+                break;
+            };
             tried.push(ep.addr);
             let t = Instant::now();
-            match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(ep.addr)).await {
+            match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(ep.addr)).await
+            {
                 Ok(Ok(s)) => {
-                    self.metrics.connect_seconds.observe(t.elapsed().as_secs_f64());
+                    self.metrics
+                        .connect_seconds
+                        .observe(t.elapsed().as_secs_f64());
                     balance::on_success(&ep);
                     connected = Some((s, ep));
                     break;
@@ -204,7 +222,11 @@ impl Proxy {
             }
         }
         let Some((upstream, ep)) = connected else {
-            let r = if tried.is_empty() { Reject::NoHealthyEndpoint } else { Reject::ConnectFailed };
+            let r = if tried.is_empty() {
+                Reject::NoHealthyEndpoint
+            } else {
+                Reject::ConnectFailed
+            };
             return self.reject(r, start);
         };
         drop(table);
@@ -212,7 +234,9 @@ impl Proxy {
         let _active_ep = ep.track();
         let _ = upstream.set_nodelay(true);
 
-        let labels = SniLabels { sni: target.to_string() };
+        let labels = SniLabels {
+            sni: target.to_string(),
+        };
         self.metrics.opened.get_or_create(&labels).inc();
         let active = self.metrics.active.get_or_create(&labels).clone();
         active.inc();
@@ -260,7 +284,11 @@ impl Proxy {
         if self.cfg.proxy_protocol {
             loop {
                 match proxy_protocol::parse(buf) {
-                    proxy_protocol::Parse::Done(proxy_protocol::Header::Proxied { source, len, .. }) => {
+                    proxy_protocol::Parse::Done(proxy_protocol::Header::Proxied {
+                        source,
+                        len,
+                        ..
+                    }) => {
                         client_addr = source;
                         buf.drain(..len);
                         break;
@@ -269,7 +297,9 @@ impl Proxy {
                         debug!(why, "bad PROXY header");
                         return Err(Reject::BadProxyHeader);
                     }
-                    proxy_protocol::Parse::NeedMore => read_more(client, buf, proxy_protocol::MAX_HEADER).await?,
+                    proxy_protocol::Parse::NeedMore => {
+                        read_more(client, buf, proxy_protocol::MAX_HEADER).await?
+                    }
                 }
             }
         }
@@ -291,7 +321,11 @@ impl Proxy {
     fn reject(&self, reason: Reject, start: Instant) {
         self.metrics.reject(reason.as_str());
         // Expected on an open port: debug, not warn.
-        debug!(reason = reason.as_str(), duration_ms = start.elapsed().as_millis() as u64, "connection rejected");
+        debug!(
+            reason = reason.as_str(),
+            duration_ms = start.elapsed().as_millis() as u64,
+            "connection rejected"
+        );
     }
 }
 

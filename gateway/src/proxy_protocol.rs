@@ -57,9 +57,19 @@ pub fn parse(buf: &[u8]) -> Parse {
             if body.len() < 12 {
                 return Parse::Invalid("PROXY IPv4 block too short");
             }
-            let ip = |o: usize| IpAddr::V4(Ipv4Addr::new(body[o], body[o + 1], body[o + 2], body[o + 3]));
+            let ip = |o: usize| {
+                IpAddr::V4(Ipv4Addr::new(
+                    body[o],
+                    body[o + 1],
+                    body[o + 2],
+                    body[o + 3],
+                ))
+            };
             let port = |o: usize| u16::from_be_bytes([body[o], body[o + 1]]);
-            (Some(SocketAddr::new(ip(0), port(8))), Some(SocketAddr::new(ip(4), port(10))))
+            (
+                Some(SocketAddr::new(ip(0), port(8))),
+                Some(SocketAddr::new(ip(4), port(10))),
+            )
         }
         (_, 0x21) => {
             if body.len() < 36 {
@@ -71,7 +81,10 @@ pub fn parse(buf: &[u8]) -> Parse {
                 IpAddr::V6(Ipv6Addr::from(a))
             };
             let port = |o: usize| u16::from_be_bytes([body[o], body[o + 1]]);
-            (Some(SocketAddr::new(ip(0), port(32))), Some(SocketAddr::new(ip(16), port(34))))
+            (
+                Some(SocketAddr::new(ip(0), port(32))),
+                Some(SocketAddr::new(ip(16), port(34))),
+            )
         }
         // UNSPEC, UNIX or UDP: accepted, but no address to report.
         _ => (None, None),
@@ -144,7 +157,14 @@ mod tests {
     fn local_and_garbage() {
         let mut local = SIGNATURE.to_vec();
         local.extend_from_slice(&[0x20, 0x00, 0, 0]);
-        assert!(matches!(parse(&local), Parse::Done(Header::Proxied { source: None, len: 16, .. })));
+        assert!(matches!(
+            parse(&local),
+            Parse::Done(Header::Proxied {
+                source: None,
+                len: 16,
+                ..
+            })
+        ));
         assert!(matches!(parse(b"\x16\x03\x01\x00"), Parse::Invalid(_)));
         assert!(matches!(parse(b"PROXY TCP4 1.2.3.4"), Parse::Invalid(_)));
         let mut long = SIGNATURE.to_vec();

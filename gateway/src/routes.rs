@@ -324,11 +324,18 @@ impl Routes {
 mod tests {
     use super::*;
 
-    fn spec(host: &str, eps: &[(&str, bool, &[(&str, &str)])]) -> ServiceSpec {
+    /// (address, ready, labels)
+    type Ep<'a> = (&'a str, bool, &'a [(&'a str, &'a str)]);
+
+    fn spec(host: &str, eps: &[Ep]) -> ServiceSpec {
         ServiceSpec {
             host: host.into(),
             ports: vec![80],
-            subsets: [("v1".to_string(), Labels::from([("version".into(), "v1".into())]))].into(),
+            subsets: [(
+                "v1".to_string(),
+                Labels::from([("version".into(), "v1".into())]),
+            )]
+            .into(),
             endpoints: eps
                 .iter()
                 .map(|(a, ready, labels)| EndpointSpec {
@@ -371,7 +378,10 @@ mod tests {
         let routes = Routes::new();
         let t = routes.publish(&[spec("a.local", &[("10.0.0.3", false, &[])])]);
         let r = t.lookup("a.local", 80).unwrap();
-        assert_eq!(r.candidates("").unwrap_err(), LookupError::NoHealthyEndpoint);
+        assert_eq!(
+            r.candidates("").unwrap_err(),
+            LookupError::NoHealthyEndpoint
+        );
     }
 
     #[test]

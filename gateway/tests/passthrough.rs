@@ -12,16 +12,28 @@ use tokio::net::TcpStream;
 #[tokio::test]
 async fn bytes_intact_both_ways_and_half_close() {
     let (b, port) = backends(&["catalog-1"]).await;
-    let gw = gateway(&endpoints_yaml(CATALOG, port, &[(b[0].addr.ip(), "v1", true)])).await;
-    let tls = connect(gw.listen, &sni(80, "", CATALOG), default_client()).await.unwrap();
+    let gw = gateway(&endpoints_yaml(
+        CATALOG,
+        port,
+        &[(b[0].addr.ip(), "v1", true)],
+    ))
+    .await;
+    let tls = connect(gw.listen, &sni(80, "", CATALOG), default_client())
+        .await
+        .unwrap();
     // The server's identity was checked by the client verifier; check what the server saw.
     let mut r = BufReader::new(tls);
     let mut line = String::new();
     r.read_line(&mut line).await.unwrap();
-    assert_eq!(line, "catalog-1 peer=spiffe://cluster.local/ns/istioinaction/sa/webapp\n");
+    assert_eq!(
+        line,
+        "catalog-1 peer=spiffe://cluster.local/ns/istioinaction/sa/webapp\n"
+    );
 
     // 1 MiB of patterned bytes, written while reading the echo.
-    let data: Vec<u8> = (0..1024 * 1024u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let data: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i * 7 + i / 251) as u8)
+        .collect();
     let (mut rd, mut wr) = tokio::io::split(r);
     let send = data.clone();
     let writer = tokio::spawn(async move {
@@ -30,20 +42,33 @@ async fn bytes_intact_both_ways_and_half_close() {
         wr.shutdown().await.unwrap();
     });
     let mut echoed = vec![0u8; data.len()];
-    tokio::time::timeout(TIMEOUT, rd.read_exact(&mut echoed)).await.unwrap().unwrap();
+    tokio::time::timeout(TIMEOUT, rd.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(echoed == data, "echoed bytes differ");
     writer.await.unwrap();
     let mut tail = String::new();
-    tokio::time::timeout(TIMEOUT, rd.read_to_string(&mut tail)).await.unwrap().unwrap();
+    tokio::time::timeout(TIMEOUT, rd.read_to_string(&mut tail))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(tail, format!("eof after {} bytes\n", data.len()));
 }
 
 #[tokio::test]
 async fn tls12_and_tls13() {
     let (b, port) = backends(&["catalog-1"]).await;
-    let gw = gateway(&endpoints_yaml(CATALOG, port, &[(b[0].addr.ip(), "v1", true)])).await;
+    let gw = gateway(&endpoints_yaml(
+        CATALOG,
+        port,
+        &[(b[0].addr.ip(), "v1", true)],
+    ))
+    .await;
     for v in [&rustls::version::TLS12, &rustls::version::TLS13] {
-        let tls = connect(gw.listen, &sni(80, "", CATALOG), client_config(&[v])).await.unwrap();
+        let tls = connect(gw.listen, &sni(80, "", CATALOG), client_config(&[v]))
+            .await
+            .unwrap();
         assert_eq!(tls.get_ref().1.protocol_version(), Some(v.version));
         let mut r = BufReader::new(tls);
         let mut line = String::new();
@@ -66,7 +91,12 @@ async fn hello_bytes() -> Vec<u8> {
 #[tokio::test]
 async fn hello_one_byte_at_a_time_and_split_records() {
     let (b, port) = backends(&["catalog-1"]).await;
-    let gw = gateway(&endpoints_yaml(CATALOG, port, &[(b[0].addr.ip(), "v1", true)])).await;
+    let gw = gateway(&endpoints_yaml(
+        CATALOG,
+        port,
+        &[(b[0].addr.ip(), "v1", true)],
+    ))
+    .await;
     let hello = hello_bytes().await;
     assert_eq!(hello[0], 22);
 
@@ -79,7 +109,10 @@ async fn hello_one_byte_at_a_time_and_split_records() {
     }
     // The backend got the hello and answers with a ServerHello record.
     let mut head = [0u8; 5];
-    tokio::time::timeout(TIMEOUT, s.read_exact(&mut head)).await.unwrap().unwrap();
+    tokio::time::timeout(TIMEOUT, s.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(head[0], 22, "expected a handshake record from the backend");
     assert_eq!(b[0].accepted(), 1);
 
@@ -95,7 +128,10 @@ async fn hello_one_byte_at_a_time_and_split_records() {
     let mut s = TcpStream::connect(gw.listen).await.unwrap();
     s.write_all(&framed).await.unwrap();
     // The backend's rustls accepts records split this way too; it answers.
-    tokio::time::timeout(TIMEOUT, s.read_exact(&mut head)).await.unwrap().unwrap();
+    tokio::time::timeout(TIMEOUT, s.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(head[0], 22);
     assert_eq!(b[0].accepted(), 2);
 }
@@ -106,7 +142,11 @@ async fn subset_routing_reaches_only_labelled_endpoints() {
     let gw = gateway(&endpoints_yaml(
         CATALOG,
         port,
-        &[(b[0].addr.ip(), "v1", true), (b[1].addr.ip(), "v2", true), (b[2].addr.ip(), "v1", true)],
+        &[
+            (b[0].addr.ip(), "v1", true),
+            (b[1].addr.ip(), "v2", true),
+            (b[2].addr.ip(), "v1", true),
+        ],
     ))
     .await;
     let mut seen = std::collections::BTreeSet::new();
@@ -117,12 +157,25 @@ async fn subset_routing_reaches_only_labelled_endpoints() {
     assert!(seen.iter().all(|n| n.starts_with("v1-")), "{seen:?}");
     assert_eq!(seen.len(), 2, "both v1 endpoints should serve: {seen:?}");
     for _ in 0..5 {
-        assert!(call(gw.listen, &sni(80, "v2", CATALOG)).await.unwrap().starts_with("v2-a "));
+        assert!(
+            call(gw.listen, &sni(80, "v2", CATALOG))
+                .await
+                .unwrap()
+                .starts_with("v2-a ")
+        );
     }
     // Without a subset every ready endpoint is eligible.
     let mut all = std::collections::BTreeSet::new();
     for _ in 0..40 {
-        all.insert(call(gw.listen, &sni(80, "", CATALOG)).await.unwrap().split(' ').next().unwrap().to_string());
+        all.insert(
+            call(gw.listen, &sni(80, "", CATALOG))
+                .await
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_string(),
+        );
     }
     assert_eq!(all.len(), 3, "{all:?}");
 }

@@ -107,7 +107,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
         let at = format!("services[{i}] ({})", svc.host);
         let host = svc.host.to_ascii_lowercase();
         if svc.ports.is_empty() {
-            return Err(invalid(format!("{at}: ports: at least one port is required")));
+            return Err(invalid(format!(
+                "{at}: ports: at least one port is required"
+            )));
         }
         let mut port_map = BTreeMap::new();
         for (j, p) in svc.ports.iter().enumerate() {
@@ -116,14 +118,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                 return Err(invalid(format!("{at}: ports[{j}]: ports must be 1-65535")));
             }
             if port_map.insert(p.port, target).is_some() {
-                return Err(invalid(format!("{at}: ports[{j}]: port {} listed twice", p.port)));
+                return Err(invalid(format!(
+                    "{at}: ports[{j}]: port {} listed twice",
+                    p.port
+                )));
             }
         }
         let first_port = svc.ports[0].port;
         // The host must be routable: it has to survive the same decoder the data path uses.
         let sni = format!("outbound_.{first_port}_._.{host}");
         if let Err(e) = name::parse(&sni) {
-            return Err(invalid(format!("{at}: host is not a valid service host name: {e}")));
+            return Err(invalid(format!(
+                "{at}: host is not a valid service host name: {e}"
+            )));
         }
         if !hosts.insert(host.clone()) {
             return Err(invalid(format!("{at}: host listed twice")));
@@ -138,17 +145,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                 )));
             }
             if subsets.insert(s.name.clone(), s.labels).is_some() {
-                return Err(invalid(format!("{at}: subsets[{j}]: subset {:?} listed twice", s.name)));
+                return Err(invalid(format!(
+                    "{at}: subsets[{j}]: subset {:?} listed twice",
+                    s.name
+                )));
             }
         }
         let mut seen = BTreeSet::new();
         let mut endpoints = Vec::with_capacity(svc.endpoints.len());
         for (j, e) in svc.endpoints.into_iter().enumerate() {
             let address: IpAddr = e.address.trim().parse().map_err(|_| {
-                invalid(format!("{at}: endpoints[{j}]: address {:?} is not an IP address", e.address))
+                invalid(format!(
+                    "{at}: endpoints[{j}]: address {:?} is not an IP address",
+                    e.address
+                ))
             })?;
             if !seen.insert(address) {
-                return Err(invalid(format!("{at}: endpoints[{j}]: address {address} listed twice")));
+                return Err(invalid(format!(
+                    "{at}: endpoints[{j}]: address {address} listed twice"
+                )));
             }
             endpoints.push(EndpointSpec {
                 address,
@@ -216,7 +231,8 @@ impl FileSource {
                 path: dir.clone(),
                 source,
             })?;
-        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
                     tracing::info!("SIGHUP: reloading endpoints file");
@@ -299,9 +315,18 @@ services:
     #[test]
     fn errors_name_the_entry() {
         let cases = [
-            ("services: [{host: a.local, ports: []}]", "services[0] (a.local): ports"),
-            ("services: [{host: a.local, ports: [{port: 0}]}]", "ports[0]"),
-            ("services: [{host: 'bad host', ports: [{port: 80}]}]", "services[0] (bad host): host"),
+            (
+                "services: [{host: a.local, ports: []}]",
+                "services[0] (a.local): ports",
+            ),
+            (
+                "services: [{host: a.local, ports: [{port: 0}]}]",
+                "ports[0]",
+            ),
+            (
+                "services: [{host: 'bad host', ports: [{port: 80}]}]",
+                "services[0] (bad host): host",
+            ),
             (
                 "services: [{host: a.local, ports: [{port: 80}], endpoints: [{address: nope}]}]",
                 "endpoints[0]: address \"nope\"",
@@ -314,7 +339,10 @@ services:
                 "services: [{host: a.local, ports: [{port: 80}], subsets: [{name: 'V_1'}]}]",
                 "subsets[0]",
             ),
-            ("services: [{host: a.local, prots: []}]", "unknown field `prots`"),
+            (
+                "services: [{host: a.local, prots: []}]",
+                "unknown field `prots`",
+            ),
             ("services: [", "not a valid endpoints file"),
         ];
         for (text, want) in cases {

@@ -32,11 +32,19 @@ pub fn mesh() -> &'static Mesh {
     static MESH: OnceLock<Mesh> = OnceLock::new();
     MESH.get_or_init(|| {
         let root = pki::RootCa::generate(&pki::RootOptions::default()).unwrap();
-        let east = root.issue_intermediate(&pki::IntermediateOptions::new("east-cluster")).unwrap();
-        let west = root.issue_intermediate(&pki::IntermediateOptions::new("west-cluster")).unwrap();
+        let east = root
+            .issue_intermediate(&pki::IntermediateOptions::new("east-cluster"))
+            .unwrap();
+        let west = root
+            .issue_intermediate(&pki::IntermediateOptions::new("west-cluster"))
+            .unwrap();
         Mesh {
-            catalog: east.issue_workload(&pki::WorkloadOptions::new("istioinaction", "catalog")).unwrap(),
-            webapp: west.issue_workload(&pki::WorkloadOptions::new("istioinaction", "webapp")).unwrap(),
+            catalog: east
+                .issue_workload(&pki::WorkloadOptions::new("istioinaction", "catalog"))
+                .unwrap(),
+            webapp: west
+                .issue_workload(&pki::WorkloadOptions::new("istioinaction", "webapp"))
+                .unwrap(),
         }
     })
 }
@@ -51,7 +59,12 @@ pub fn init() {
 
 pub fn client_config(versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
     let id = Identity::from_workload(&mesh().webapp).unwrap();
-    mtls::client_config(&id, Some("spiffe://cluster.local/ns/istioinaction/sa/catalog"), versions).unwrap()
+    mtls::client_config(
+        &id,
+        Some("spiffe://cluster.local/ns/istioinaction/sa/catalog"),
+        versions,
+    )
+    .unwrap()
 }
 
 pub fn default_client() -> Arc<ClientConfig> {
@@ -79,14 +92,23 @@ impl Backend {
         let name_owned = name.to_string();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 count.fetch_add(1, Ordering::SeqCst);
                 let acceptor = acceptor.clone();
                 let name = name_owned.clone();
                 tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
-                    let peer = mtls::peer_spiffe_id(tls.get_ref().1.peer_certificates()).unwrap_or_default();
-                    if tls.write_all(format!("{name} peer={peer}\n").as_bytes()).await.is_err() {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let peer = mtls::peer_spiffe_id(tls.get_ref().1.peer_certificates())
+                        .unwrap_or_default();
+                    if tls
+                        .write_all(format!("{name} peer={peer}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     let _ = tls.flush().await;
@@ -103,12 +125,19 @@ impl Backend {
                             }
                         }
                     }
-                    let _ = tls.write_all(format!("eof after {total} bytes\n").as_bytes()).await;
+                    let _ = tls
+                        .write_all(format!("eof after {total} bytes\n").as_bytes())
+                        .await;
                     let _ = tls.shutdown().await;
                 });
             }
         });
-        Ok(Backend { name: name.into(), addr, accepted, task })
+        Ok(Backend {
+            name: name.into(),
+            addr,
+            accepted,
+            task,
+        })
     }
 
     pub fn stop(&self) {
@@ -130,7 +159,9 @@ impl Drop for Backend {
 /// share a targetPort.
 pub async fn backends(names: &[&str]) -> (Vec<Backend>, u16) {
     for _ in 0..20 {
-        let first = Backend::start(names[0], [127, 0, 0, 2].into(), 0).await.unwrap();
+        let first = Backend::start(names[0], [127, 0, 0, 2].into(), 0)
+            .await
+            .unwrap();
         let port = first.addr.port();
         let mut all = vec![first];
         let mut ok = true;
@@ -180,7 +211,12 @@ impl Gw {
 
     pub async fn wait_generation(&self, want: u64) {
         for _ in 0..200 {
-            if self.bound().routes.load().is_some_and(|t| t.generation >= want) {
+            if self
+                .bound()
+                .routes
+                .load()
+                .is_some_and(|t| t.generation >= want)
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -206,7 +242,13 @@ pub async fn gateway_with(yaml: &str, tweak: impl FnOnce(&mut Config)) -> Gw {
     let mut cfg = test_config(&path);
     tweak(&mut cfg);
     let bound = app::build(cfg).await.unwrap();
-    Gw { listen: bound.listen_addr, admin: bound.admin_addr, bound: Some(bound), dir, path }
+    Gw {
+        listen: bound.listen_addr,
+        admin: bound.admin_addr,
+        bound: Some(bound),
+        dir,
+        path,
+    }
 }
 
 pub async fn gateway(yaml: &str) -> Gw {
@@ -219,12 +261,18 @@ pub fn endpoints_yaml(host: &str, target_port: u16, eps: &[(IpAddr, &str, bool)]
         "services:\n  - host: {host}\n    ports:\n      - port: 80\n        targetPort: {target_port}\n    subsets:\n      - name: v1\n        labels: {{version: v1}}\n      - name: v2\n        labels: {{version: v2}}\n    endpoints:\n"
     );
     for (a, version, ready) in eps {
-        y.push_str(&format!("      - address: {a}\n        labels: {{version: {version}}}\n        ready: {ready}\n"));
+        y.push_str(&format!(
+            "      - address: {a}\n        labels: {{version: {version}}}\n        ready: {ready}\n"
+        ));
     }
     y
 }
 
-pub async fn connect(gw: SocketAddr, sni: &str, cfg: Arc<ClientConfig>) -> std::io::Result<TlsStream<TcpStream>> {
+pub async fn connect(
+    gw: SocketAddr,
+    sni: &str,
+    cfg: Arc<ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(gw).await?;
     let name = mtls::sni_server_name(sni).map_err(std::io::Error::other)?;
     tokio::time::timeout(TIMEOUT, TlsConnector::from(cfg).connect(name, tcp))
@@ -246,24 +294,42 @@ pub async fn call(gw: SocketAddr, sni: &str) -> std::io::Result<String> {
 /// Plain HTTP/1.0 GET against the admin listener.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut out = String::new();
-    tokio::time::timeout(TIMEOUT, s.read_to_string(&mut out)).await.unwrap().unwrap();
-    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    tokio::time::timeout(TIMEOUT, s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (code, body)
 }
 
 /// Value of one sample line in Prometheus text, e.g. `gateway_connections_rejected_total{reason="no_sni"}`.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().split(' ').next()?.parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().split(' ').next()?.parse().ok())
+        })
         .unwrap_or(0.0)
 }
 
 pub async fn rejected(admin: SocketAddr, reason: &str) -> f64 {
     let (_, body) = http_get(admin, "/metrics").await;
-    metric(&body, &format!("gateway_connections_rejected_total{{reason=\"{reason}\"}}"))
+    metric(
+        &body,
+        &format!("gateway_connections_rejected_total{{reason=\"{reason}\"}}"),
+    )
 }
 
 /// Waits until the server closes `s` (EOF or reset) and returns the bytes it sent first.

@@ -1,0 +1,242 @@
+//! The built `gateway` binary as its own process, with `openssl s_client` as the sidecar and
+//! `openssl s_server` as the workload; SIGTERM drains and exits 0.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the gateway binary on 127.0.0.1:0 and reads the bound addresses from its log.
+fn start_gateway(endpoints: &std::path::Path, extra: &[&str]) -> (Proc, SocketAddr, SocketAddr) {
+    let mut child = Proc(
+        Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--endpoints",
+            ])
+            .arg(endpoints)
+            .args(["--drain-grace", "200ms", "--drain-timeout", "2s"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gateway"),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        if line.contains("gateway listening") {
+            let field = |k: &str| -> SocketAddr {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+            };
+            let (l, a) = (field("listen_addr="), field("admin_addr="));
+            // Keep draining stderr so the child never blocks on a full pipe.
+            std::thread::spawn(move || while rx.recv().is_ok() {});
+            return (child, l, a);
+        }
+    }
+    panic!("gateway did not report its addresses");
+}
+
+fn free_port(ip: [u8; 4]) -> u16 {
+    let ip = std::net::Ipv4Addr::from(ip);
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(addr: SocketAddr) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{addr} never listened");
+}
+
+#[test]
+fn openssl_client_through_binary_to_openssl_server_then_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mesh();
+    let east = dir.path().join("catalog");
+    let west = dir.path().join("webapp");
+    m.catalog.write_dir(&east, false).unwrap();
+    m.webapp.write_dir(&west, false).unwrap();
+
+    let port = free_port([127, 0, 0, 2]);
+    let backend = SocketAddr::from(([127, 0, 0, 2], port));
+    let server = Proc(
+        Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(backend.to_string())
+            .arg("-cert")
+            .arg(east.join("cert.pem"))
+            .arg("-key")
+            .arg(east.join("key.pem"))
+            .arg("-cert_chain")
+            .arg(east.join("cert-chain.pem"))
+            .arg("-CAfile")
+            .arg(east.join("root-cert.pem"))
+            .args(["-Verify", "2", "-verify_return_error", "-alpn", "istio"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server"),
+    );
+    wait_port(backend);
+
+    let eps = dir.path().join("endpoints.yaml");
+    std::fs::write(
+        &eps,
+        endpoints_yaml(CATALOG, port, &[(backend.ip(), "v1", true)]),
+    )
+    .unwrap();
+    let (mut gw, listen, admin) = start_gateway(&eps, &[]);
+
+    let run_client = |alpn: &str| {
+        let mut c = Command::new("openssl")
+            .args(["s_client", "-connect"])
+            .arg(listen.to_string())
+            .args(["-servername", &sni(80, "", CATALOG), "-alpn", alpn])
+            .arg("-cert")
+            .arg(west.join("cert.pem"))
+            .arg("-key")
+            .arg(west.join("key.pem"))
+            .arg("-cert_chain")
+            .arg(west.join("cert-chain.pem"))
+            .arg("-CAfile")
+            .arg(west.join("root-cert.pem"))
+            .args(["-verify_return_error", "-ign_eof"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("openssl s_client");
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(b"GET / HTTP/1.0\r\n\r\n")
+            .unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline && c.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let out = c.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let out = run_client("istio");
+    assert!(out.contains("HTTP/1.0 200 ok"), "s_client output:\n{out}");
+    assert!(out.contains("ALPN protocol: istio"), "{out}");
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+
+    // A non-Istio ALPN is refused by the gateway: no HTTP answer.
+    let out = run_client("h2");
+    assert!(!out.contains("HTTP/1.0 200 ok"), "{out}");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (code, m) = rt.block_on(http_get(admin, "/metrics"));
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                "gateway_connections_opened_total{{sni=\"{}\"}}",
+                sni(80, "", CATALOG)
+            )
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "gateway_connections_rejected_total{reason=\"alpn_not_allowed\"}"
+        ),
+        1.0
+    );
+
+    // SIGTERM: readiness flips to 503, then the process exits 0 after the drain.
+    let pid = gw.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(80));
+    assert_eq!(rt.block_on(http_get(admin, "/healthz/ready")).0, 503);
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(s) = gw.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    drop(server);
+}
+
+#[test]
+fn bad_flags_and_files_fail_clearly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--endpoints",
+            "/nonexistent/eps.yaml",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/eps.yaml"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--idle-timeout", "forever"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--idle-timeout"));
+}

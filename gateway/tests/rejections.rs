@@ -1,0 +1,215 @@
+//! Every rejection reason: the connection is closed, nothing reaches a backend, and the
+//! reason is counted in /metrics.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// The raw ClientHello a configured rustls client would send for `sni`.
+fn hello(cfg: Arc<rustls::ClientConfig>, name: &str) -> Vec<u8> {
+    let server = examples::mtls::sni_server_name(name).unwrap();
+    let mut conn = rustls::ClientConnection::new(cfg, server).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
+
+async fn send_and_expect_closed(gw: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(gw).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    expect_closed(s).await
+}
+
+#[tokio::test]
+async fn each_reason_is_closed_and_counted() {
+    let (b, port) = backends(&["catalog-1"]).await;
+    let dead = refused_port([127, 0, 0, 9].into(), port).await;
+    let yaml = format!(
+        "{}  - host: down.istioinaction.svc.cluster.local\n    ports: [{{port: 80, targetPort: {port}}}]\n    endpoints:\n      - address: 127.0.0.8\n        ready: false\n  - host: dead.istioinaction.svc.cluster.local\n    ports: [{{port: 80, targetPort: {}}}]\n    endpoints:\n      - address: {}\n",
+        endpoints_yaml(CATALOG, port, &[(b[0].addr.ip(), "v1", true)]),
+        dead.port(),
+        dead.ip()
+    );
+    let gw = gateway(&yaml).await;
+    let good = default_client();
+
+    // not_tls: an HTTP request.
+    let got = send_and_expect_closed(gw.listen, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(got.is_empty());
+    assert_eq!(rejected(gw.admin, "not_tls").await, 1.0);
+
+    // no_sni
+    let mut no_sni = (*good).clone();
+    no_sni.enable_sni = false;
+    send_and_expect_closed(gw.listen, &hello(Arc::new(no_sni), &sni(80, "", CATALOG))).await;
+    assert_eq!(rejected(gw.admin, "no_sni").await, 1.0);
+
+    // bad_name: a plain host name is not an Istio SNI routing key.
+    send_and_expect_closed(gw.listen, &hello(good.clone(), CATALOG)).await;
+    // bad_name: inbound direction, and a non-numeric port.
+    send_and_expect_closed(
+        gw.listen,
+        &hello(good.clone(), &format!("inbound_.80_._.{CATALOG}")),
+    )
+    .await;
+    send_and_expect_closed(
+        gw.listen,
+        &hello(good.clone(), &format!("outbound_.http_._.{CATALOG}")),
+    )
+    .await;
+    assert_eq!(rejected(gw.admin, "bad_name").await, 3.0);
+
+    // host_not_allowed: not under *.local.
+    send_and_expect_closed(
+        gw.listen,
+        &hello(good.clone(), &sni(80, "", "catalog.example.com")),
+    )
+    .await;
+    assert_eq!(rejected(gw.admin, "host_not_allowed").await, 1.0);
+
+    // alpn_not_allowed: h2 only, no Istio ALPN.
+    let mut h2 = (*good).clone();
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    send_and_expect_closed(gw.listen, &hello(Arc::new(h2), &sni(80, "", CATALOG))).await;
+    // No ALPN at all.
+    let mut none = (*good).clone();
+    none.alpn_protocols.clear();
+    send_and_expect_closed(gw.listen, &hello(Arc::new(none), &sni(80, "", CATALOG))).await;
+    assert_eq!(rejected(gw.admin, "alpn_not_allowed").await, 2.0);
+
+    // no_route: unknown host, unknown port, unknown subset.
+    send_and_expect_closed(
+        gw.listen,
+        &hello(
+            good.clone(),
+            &sni(80, "", "nope.istioinaction.svc.cluster.local"),
+        ),
+    )
+    .await;
+    send_and_expect_closed(gw.listen, &hello(good.clone(), &sni(81, "", CATALOG))).await;
+    send_and_expect_closed(gw.listen, &hello(good.clone(), &sni(80, "v9", CATALOG))).await;
+    assert_eq!(rejected(gw.admin, "no_route").await, 3.0);
+
+    // no_healthy_endpoint: every endpoint not ready.
+    send_and_expect_closed(
+        gw.listen,
+        &hello(
+            good.clone(),
+            &sni(80, "", "down.istioinaction.svc.cluster.local"),
+        ),
+    )
+    .await;
+    assert_eq!(rejected(gw.admin, "no_healthy_endpoint").await, 1.0);
+
+    // connect_failed: the only endpoint refuses.
+    send_and_expect_closed(
+        gw.listen,
+        &hello(
+            good.clone(),
+            &sni(80, "", "dead.istioinaction.svc.cluster.local"),
+        ),
+    )
+    .await;
+    assert_eq!(rejected(gw.admin, "connect_failed").await, 1.0);
+
+    // Garbage that looks like a record header with an absurd length.
+    send_and_expect_closed(gw.listen, &[22, 3, 1, 0xff, 0xff, 1, 0, 0]).await;
+    assert_eq!(rejected(gw.admin, "not_tls").await, 2.0);
+
+    // Nothing above reached the backend.
+    assert_eq!(b[0].accepted(), 0);
+    // And a good call still works.
+    assert!(
+        call(gw.listen, &sni(80, "", CATALOG))
+            .await
+            .unwrap()
+            .starts_with("catalog-1 ")
+    );
+}
+
+#[tokio::test]
+async fn istio_alpn_requirement_can_be_lifted() {
+    let (b, port) = backends(&["catalog-1"]).await;
+    let gw = gateway_with(
+        &endpoints_yaml(CATALOG, port, &[(b[0].addr.ip(), "v1", true)]),
+        |c| c.require_istio_alpn = false,
+    )
+    .await;
+    let mut h2 = (*default_client()).clone();
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    // The backend only speaks Istio ALPNs, so the handshake itself fails at the backend;
+    // what matters is that the gateway forwarded it.
+    let _ = connect(gw.listen, &sni(80, "", CATALOG), Arc::new(h2)).await;
+    assert_eq!(b[0].accepted(), 1);
+    assert_eq!(rejected(gw.admin, "alpn_not_allowed").await, 0.0);
+}
+
+#[tokio::test]
+async fn timeout_and_limits() {
+    let (b, port) = backends(&["catalog-1"]).await;
+    let gw = gateway_with(
+        &endpoints_yaml(CATALOG, port, &[(b[0].addr.ip(), "v1", true)]),
+        |c| {
+            c.detect_timeout = Duration::from_millis(300);
+            c.max_connections = 2;
+            c.max_hello_bytes = 1024;
+        },
+    )
+    .await;
+    // timeout: a client that sends half a record header and stops.
+    let mut slow = TcpStream::connect(gw.listen).await.unwrap();
+    slow.write_all(&[22, 3]).await.unwrap();
+    let t = std::time::Instant::now();
+    expect_closed(slow).await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "closed too early: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(rejected(gw.admin, "timeout").await, 1.0);
+
+    // over_limit: a ClientHello bigger than the 1 KiB cap (a long ALPN list pads it).
+    let mut big = (*default_client()).clone();
+    big.alpn_protocols = (0..40)
+        .map(|i| format!("istio-padding-{i:040}").into_bytes())
+        .collect();
+    let bytes = hello(Arc::new(big), &sni(80, "", CATALOG));
+    assert!(bytes.len() > 1024);
+    send_and_expect_closed(gw.listen, &bytes).await;
+    assert_eq!(rejected(gw.admin, "over_limit").await, 1.0);
+
+    // over_limit: two idle connections hold both permits; the third is closed at once.
+    let hold1 = TcpStream::connect(gw.listen).await.unwrap();
+    let hold2 = TcpStream::connect(gw.listen).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let third = TcpStream::connect(gw.listen).await.unwrap();
+    let t = std::time::Instant::now();
+    expect_closed(third).await;
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "third connection was not refused at once"
+    );
+    assert_eq!(rejected(gw.admin, "over_limit").await, 2.0);
+    drop((hold1, hold2));
+    assert_eq!(b[0].accepted(), 0);
+}
+
+#[tokio::test]
+async fn client_that_closes_mid_hello() {
+    let gw = gateway("services: []").await;
+    let mut s = TcpStream::connect(gw.listen).await.unwrap();
+    s.write_all(&[22, 3, 1, 0, 200, 1]).await.unwrap();
+    drop(s);
+    for _ in 0..100 {
+        if rejected(gw.admin, "client_closed").await == 1.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("client_closed not counted");
+}
