@@ -1,0 +1,357 @@
+//! `meshctl join` and `meshctl unjoin`.
+//!
+//! join, for every cluster: `cacerts`, the network label, the east-west gateway; then the
+//! remote secrets in every direction (N clusters give N×(N−1)). Every input is validated and
+//! every cluster is reached before the first change; all writes are server-side applies, so
+//! a second run changes nothing. unjoin deletes exactly what carries
+//! `app.kubernetes.io/managed-by=meshctl` and removes the namespace label and annotation.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Result, anyhow, bail};
+use clap::Args;
+use serde_json::{Value, json};
+
+use crate::cacerts;
+use crate::gateway_manifest::{self as gw, GatewayFlags};
+use crate::kube_client::{self as kc, Cluster, KubeconfigFile, Output};
+use crate::label::{self, CLUSTER_NAME_ANNOTATION, NETWORK_LABEL};
+use crate::remote_secret::{self as rs, SecretFlags, SecretOptions};
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Kubeconfig holding every context (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// A cluster to join (repeat for each; at least two).
+    #[arg(long = "context", required = true)]
+    contexts: Vec<String>,
+    /// Certificates directory: DIR/<cluster-name>/ holds each cluster's bundle.
+    #[arg(long)]
+    certs: PathBuf,
+    /// CONTEXT=NETWORK (default: <cluster-name>-network). Networks must differ.
+    #[arg(long = "network")]
+    networks: Vec<String>,
+    /// CONTEXT=NAME, the mesh's cluster ID (default: the context name).
+    #[arg(long = "cluster-name")]
+    cluster_names: Vec<String>,
+    /// CONTEXT=URL: the API server as the OTHER clusters reach it (kind: the control-plane
+    /// container's address, https://<ip>:6443). Default: the kubeconfig's server.
+    #[arg(long = "server")]
+    servers: Vec<String>,
+    /// istiod's namespace.
+    #[arg(long, short = 'n', default_value = "istio-system")]
+    namespace: String,
+    #[command(flatten)]
+    gateway: GatewayFlags,
+    #[command(flatten)]
+    secret: SecretFlags,
+    /// Replace a cacerts whose root differs.
+    #[arg(long)]
+    force: bool,
+    /// Print every object per cluster and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long, short = 'o', value_enum, default_value = "yaml")]
+    output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct UnjoinArgs {
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// A cluster to unjoin (repeatable).
+    #[arg(long = "context", required = true)]
+    contexts: Vec<String>,
+    #[arg(long, short = 'n', default_value = "istio-system")]
+    namespace: String,
+    /// Print what would be deleted and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long, short = 'o', value_enum, default_value = "yaml")]
+    output: Output,
+}
+
+/// One cluster's validated settings.
+struct Member {
+    context: String,
+    name: String,
+    network: String,
+    server: Option<String>,
+    cacerts: Value,
+}
+
+pub fn check_unique(contexts: &[String]) -> Result<()> {
+    for (i, c) in contexts.iter().enumerate() {
+        if contexts[..i].contains(c) {
+            bail!("--context {c:?} given twice");
+        }
+    }
+    Ok(())
+}
+
+fn members(a: &JoinArgs) -> Result<Vec<Member>> {
+    check_unique(&a.contexts)?;
+    if a.contexts.len() < 2 {
+        bail!("join needs at least two --context values");
+    }
+    pki::validate_dns_label(&a.namespace).map_err(|e| anyhow!("namespace {e}"))?;
+    let names = kc::parse_mapping("cluster-name", &a.cluster_names, &a.contexts)?;
+    let nets = kc::parse_mapping("network", &a.networks, &a.contexts)?;
+    let servers = kc::parse_mapping("server", &a.servers, &a.contexts)?;
+    let mut out: Vec<Member> = Vec::new();
+    for ctx in &a.contexts {
+        let name = kc::lookup(&names, ctx).unwrap_or(ctx).to_string();
+        pki::validate_dns_label(&name).map_err(|e| {
+            anyhow!("cluster name for context {ctx:?}: {e} (set --cluster-name {ctx}=NAME)")
+        })?;
+        let network = kc::lookup(&nets, ctx)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{name}-network"));
+        label::validate_label_value(&network)?;
+        if let Some(other) = out.iter().find(|m| m.name == name) {
+            bail!(
+                "contexts {:?} and {ctx:?} have the same cluster name {name:?}; cluster names must be unique",
+                other.context
+            );
+        }
+        if let Some(other) = out.iter().find(|m| m.network == network) {
+            bail!(
+                "contexts {:?} and {ctx:?} are both on network {network:?}; each cluster of a multi-network mesh needs its own network",
+                other.context
+            );
+        }
+        let server = kc::lookup(&servers, ctx).map(str::to_string);
+        if let Some(s) = &server
+            && !s.starts_with("https://")
+        {
+            bail!("--server {ctx}={s}: expected an https:// URL");
+        }
+        let dir = a.certs.join(&name);
+        if !dir.is_dir() {
+            bail!(
+                "no certificate bundle for cluster {name:?}: {} is not a directory (create it with meshctl certs init --clusters ... --out {})",
+                dir.display(),
+                a.certs.display()
+            );
+        }
+        let cacerts = cacerts::secret_object(&dir, &a.namespace)?;
+        out.push(Member {
+            context: ctx.clone(),
+            name,
+            network,
+            server,
+            cacerts,
+        });
+    }
+    let dirs: Vec<PathBuf> = out.iter().map(|m| a.certs.join(&m.name)).collect();
+    let refs: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
+    let report = pki::verify_bundles(&refs, &pki::VerifyOptions::default());
+    if !report.is_ok() {
+        eprint!("{report}");
+        bail!(
+            "the certificate bundles under {} do not share one valid root",
+            a.certs.display()
+        );
+    }
+    Ok(out)
+}
+
+/// Hides the CA private key in printed output.
+fn redact_key(mut secret: Value) -> Value {
+    if let Some(k) = secret["data"].get_mut(pki::CA_KEY) {
+        *k = json!("<redacted: the bundle's ca-key.pem>");
+    }
+    secret
+}
+
+pub fn run_join(a: JoinArgs) -> Result<ExitCode> {
+    let file = KubeconfigFile::load(a.kubeconfig.as_deref())?;
+    file.require_contexts(&a.contexts)?;
+    let members = members(&a)?;
+    let plan = kc::block_on(join(&a, &members, &file))?;
+    if a.dry_run {
+        print!("{}", kc::render_plan(&plan, a.output)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn join(
+    a: &JoinArgs,
+    members: &[Member],
+    file: &KubeconfigFile,
+) -> Result<Vec<(String, Vec<Value>)>> {
+    let ns = a.namespace.as_str();
+    // Phase 1: reach every cluster and check everything that could fail, before any change.
+    let mut clusters: Vec<Cluster> = Vec::new();
+    for m in members {
+        let c = file.connect(&m.context).await?;
+        let server = m.server.clone().unwrap_or_else(|| c.server.clone());
+        if !a.secret.allow_loopback_server && rs::is_loopback(&server) {
+            return Err(rs::loopback_error(
+                &server,
+                &m.context,
+                &format!("--server {}=", m.context),
+            )
+            .context(format!("the remote secret for cluster {:?}", m.name)));
+        }
+        cacerts::apply_secret(&c, &m.cacerts, a.force, true).await?;
+        if a.gateway.expose_services && !a.dry_run && !gw::gateway_crd_served(&c).await? {
+            bail!(
+                "--expose-services: context {:?} does not serve networking.istio.io/v1 Gateways \
+                 (CRD gateways.networking.istio.io missing): install Istio first, then run join \
+                 again with --expose-services. Nothing was changed",
+                m.context
+            );
+        }
+        clusters.push(c);
+    }
+    let mut plan: Vec<(String, Vec<Value>)> = members
+        .iter()
+        .map(|m| (m.context.clone(), Vec::new()))
+        .collect();
+    let mut restart = Vec::new();
+    // Phase 2: per cluster: cacerts, network label, gateway.
+    for (i, (m, c)) in members.iter().zip(&clusters).enumerate() {
+        let changed = cacerts::apply_secret(c, &m.cacerts, a.force, a.dry_run).await?;
+        let nsobj = label::label(c, ns, &m.network, Some(&m.name), a.dry_run).await?;
+        let objs = gw::objects(ns, &m.network, &a.gateway)?;
+        gw::install(c, ns, &objs, a.dry_run).await?;
+        if !a.dry_run {
+            let what = if changed { "applied" } else { "unchanged" };
+            println!(
+                "{}: cacerts {what}; namespace {ns} labelled {NETWORK_LABEL}={}; gateway applied ({} objects)",
+                m.context,
+                m.network,
+                objs.len()
+            );
+            if changed {
+                restart.push(m.context.clone());
+            }
+        }
+        plan[i].1.push(redact_key(m.cacerts.clone()));
+        plan[i].1.push(nsobj);
+        plan[i].1.extend(objs);
+    }
+    // Phase 3: each cluster's remote secret, applied in every other cluster.
+    for (i, (m, c)) in members.iter().zip(&clusters).enumerate() {
+        let opts = SecretOptions {
+            name: m.name.clone(),
+            namespace: ns.to_string(),
+            server: m.server.clone(),
+            flags: a.secret.clone(),
+        };
+        let built = rs::build(c, &opts, a.dry_run).await?;
+        plan[i].1.extend(built.source_objects);
+        for (j, other) in clusters.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            if !a.dry_run {
+                kc::apply(other, &built.secret).await?;
+                println!(
+                    "{}: remote secret {} (cluster {}) applied",
+                    other.context,
+                    rs::secret_name(&m.name),
+                    m.name
+                );
+            }
+            plan[j].1.push(rs::printable(&built.secret));
+        }
+    }
+    if !restart.is_empty() {
+        eprintln!(
+            "cacerts changed in {}. {}",
+            restart.join(", "),
+            cacerts::RESTART_HINT
+        );
+    }
+    Ok(plan)
+}
+
+/// Kinds `unjoin` deletes (in this order), when labelled managed-by=meshctl.
+const MANAGED_KINDS: &[(&str, &str)] = &[
+    ("networking.istio.io/v1", "Gateway"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("v1", "Service"),
+    ("apps/v1", "Deployment"),
+    ("v1", "Secret"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"),
+    ("v1", "ServiceAccount"),
+];
+
+/// What `unjoin` removes from one cluster: the managed objects (as stubs) and, if meshctl
+/// set them, the namespace's network label and cluster-name annotation.
+pub async fn unjoin_cluster(c: &Cluster, ns: &str, dry_run: bool) -> Result<Vec<Value>> {
+    let mut removed = Vec::new();
+    for (av, kind) in MANAGED_KINDS {
+        for o in kc::list(c, av, kind, None, kc::MANAGED_SELECTOR).await? {
+            let mut stub = json!({"apiVersion": av, "kind": kind, "metadata": {"name": o["metadata"]["name"]}});
+            if let Some(n) = o["metadata"]["namespace"].as_str() {
+                stub["metadata"]["namespace"] = json!(n);
+            }
+            if !dry_run {
+                kc::delete(c, &stub).await?;
+            }
+            removed.push(stub);
+        }
+    }
+    if let Some(n) = kc::get(c, "v1", "Namespace", None, ns).await? {
+        let meshctl_owned = n["metadata"]["managedFields"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|f| f["manager"] == kc::MANAGER));
+        let has = n["metadata"]["labels"].get(NETWORK_LABEL).is_some()
+            || n["metadata"]["annotations"]
+                .get(CLUSTER_NAME_ANNOTATION)
+                .is_some();
+        if meshctl_owned && has {
+            // Applying the namespace without the fields meshctl owned removes them.
+            // Empty maps (not absent ones) so only meshctl's keys go, whatever the server's
+            // apply implementation does with a map that disappears entirely.
+            let bare = json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": ns, "labels": {}, "annotations": {}}});
+            if !dry_run {
+                kc::apply(c, &bare).await?;
+            }
+            removed.push(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns,
+                "labels": {NETWORK_LABEL: null}, "annotations": {CLUSTER_NAME_ANNOTATION: null}}}),
+            );
+        }
+    }
+    Ok(removed)
+}
+
+pub fn run_unjoin(a: UnjoinArgs) -> Result<ExitCode> {
+    check_unique(&a.contexts)?;
+    pki::validate_dns_label(&a.namespace).map_err(|e| anyhow!("namespace {e}"))?;
+    let file = KubeconfigFile::load(a.kubeconfig.as_deref())?;
+    file.require_contexts(&a.contexts)?;
+    let plan = kc::block_on(async {
+        let mut clusters = Vec::new();
+        for ctx in &a.contexts {
+            clusters.push(file.connect(ctx).await?);
+        }
+        let mut plan = Vec::new();
+        for c in &clusters {
+            let removed = unjoin_cluster(c, &a.namespace, a.dry_run).await?;
+            if !a.dry_run {
+                println!(
+                    "{}: removed {} object(s) managed by meshctl",
+                    c.context,
+                    removed.len()
+                );
+            }
+            plan.push((c.context.clone(), removed));
+        }
+        Ok(plan)
+    })?;
+    if a.dry_run {
+        println!("# dry run: unjoin would delete (or, for the Namespace, unlabel) these objects");
+        print!("{}", kc::render_plan(&plan, a.output)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}

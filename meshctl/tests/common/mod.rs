@@ -1,0 +1,225 @@
+//! Shared helpers: two TEST API servers (west, east), one kubeconfig file with both
+//! contexts, a certificate tree from `meshctl certs init`, and the real meshctl binary.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use k8s_test_server::TestApiServer;
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_json::{Value, json};
+
+pub const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
+
+pub fn init() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+pub struct Mesh {
+    pub west: TestApiServer,
+    pub east: TestApiServer,
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    pub certs: PathBuf,
+}
+
+/// One kubeconfig with a context per server (context, cluster and user share the name).
+pub fn kubeconfig_yaml(servers: &[(&str, &TestApiServer)]) -> String {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let doc = json!({
+        "apiVersion": "v1", "kind": "Config", "preferences": {},
+        "current-context": servers[0].0,
+        "clusters": servers.iter().map(|(n, s)| json!({"name": n, "cluster": {"server": s.url(), "certificate-authority-data": b64(s.ca_pem())}})).collect::<Vec<_>>(),
+        "contexts": servers.iter().map(|(n, _)| json!({"name": n, "context": {"cluster": n, "user": n}})).collect::<Vec<_>>(),
+        "users": servers.iter().map(|(n, s)| json!({"name": n, "user": {"token": s.admin_token()}})).collect::<Vec<_>>(),
+    });
+    serde_yaml::to_string(&doc).unwrap()
+}
+
+pub async fn mesh() -> Mesh {
+    init();
+    let west = TestApiServer::start("west").await.unwrap();
+    let east = TestApiServer::start("east").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        kubeconfig_yaml(&[("west", &west), ("east", &east)]),
+    )
+    .unwrap();
+    let certs = dir.path().join("certs");
+    let mesh = Mesh {
+        west,
+        east,
+        dir,
+        kubeconfig,
+        certs,
+    };
+    mesh.ok(&[
+        "certs",
+        "init",
+        "--clusters",
+        "west,east",
+        "--out",
+        p(&mesh.certs),
+    ])
+    .await;
+    mesh
+}
+
+pub fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub async fn meshctl(args: &[&str]) -> Output {
+    tokio::process::Command::new(MESHCTL)
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .await
+        .expect("run meshctl")
+}
+
+impl Mesh {
+    pub fn kc(&self) -> &str {
+        p(&self.kubeconfig)
+    }
+
+    /// Runs meshctl; expects success; returns stdout.
+    pub async fn ok(&self, args: &[&str]) -> String {
+        let out = meshctl(args).await;
+        assert!(
+            out.status.success(),
+            "meshctl {args:?} failed:\n{}",
+            text(&out)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs meshctl; expects exit code 1; returns stdout+stderr.
+    pub async fn fails(&self, args: &[&str]) -> String {
+        let out = meshctl(args).await;
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "meshctl {args:?}:\n{}",
+            text(&out)
+        );
+        text(&out)
+    }
+
+    /// `meshctl join` of west and east (loopback test servers allowed) plus `extra` flags.
+    pub async fn join(&self, extra: &[&str]) -> String {
+        let mut args = vec![
+            "join",
+            "--kubeconfig",
+            self.kc(),
+            "--context",
+            "west",
+            "--context",
+            "east",
+            "--certs",
+            p(&self.certs),
+            "--network",
+            "west=west-network",
+            "--network",
+            "east=east-network",
+            "--allow-loopback-server",
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args).await
+    }
+
+    /// What a cloud controller and the kubelet would do: LB addresses and ready gateway pods.
+    pub fn make_gateways_ready(&self) {
+        for (s, ip) in [(&self.west, "172.18.0.10"), (&self.east, "172.18.0.20")] {
+            set_lb(s, Some(ip));
+            gateway_pod(s, "gw-1", true);
+        }
+    }
+}
+
+pub fn set_lb(s: &TestApiServer, ip: Option<&str>) {
+    let mut svc = s
+        .store()
+        .get(
+            "v1",
+            "Service",
+            Some("istio-system"),
+            "istio-eastwestgateway",
+        )
+        .expect("gateway Service");
+    svc["status"] = match ip {
+        Some(ip) => json!({"loadBalancer": {"ingress": [{"ip": ip}]}}),
+        None => json!({"loadBalancer": {}}),
+    };
+    s.store().apply(svc).unwrap();
+}
+
+pub fn gateway_pod(s: &TestApiServer, name: &str, ready: bool) {
+    let status = if ready { "True" } else { "False" };
+    s.store().apply(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "istio-system", "labels": {"app": "istio-eastwestgateway", "istio": "eastwestgateway"}},
+        "spec": {"containers": [{"name": "gateway", "image": "meshfed/gateway:dev"}]},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": status}]}})).unwrap();
+}
+
+pub async fn client_from_yaml(yaml: &str) -> Client {
+    init();
+    let kc = Kubeconfig::from_yaml(yaml).expect("kubeconfig parses");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("config");
+    Client::try_from(cfg).expect("client")
+}
+
+/// Every stored object, `kind ns/name` → resourceVersion.
+pub fn snapshot(s: &TestApiServer) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for rt in s.store().resource_types() {
+        let av = rt.api_version(rt.preferred_version());
+        for o in s.store().list(&av, &rt.kind, None) {
+            let ns = o["metadata"]["namespace"].as_str().unwrap_or("");
+            let name = o["metadata"]["name"].as_str().unwrap_or("");
+            let rv = o["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            out.insert(format!("{} {ns}/{name}", rt.kind), rv);
+        }
+    }
+    out
+}
+
+/// Keys present in `after` but not in `before`.
+pub fn added(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> Vec<String> {
+    after
+        .keys()
+        .filter(|k| !before.contains_key(*k))
+        .cloned()
+        .collect()
+}
+
+pub fn secret(s: &TestApiServer, name: &str) -> Option<Value> {
+    s.store().get("v1", "Secret", Some("istio-system"), name)
+}
+
+/// The kubeconfig stored in a remote secret (`data.<key>`).
+pub fn stored_kubeconfig(secret: &Value, key: &str) -> String {
+    use base64::Engine as _;
+    let b = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"][key].as_str().unwrap())
+        .unwrap();
+    String::from_utf8(b).unwrap()
+}
