@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -12,6 +13,7 @@ use crate::admin::Admin;
 use crate::config::{Config, Discovery};
 use crate::discovery::Publisher;
 use crate::discovery::file::{FileError, FileSource};
+use crate::discovery::kube::{KubeError, KubeSource};
 use crate::drain::{self, Drain};
 use crate::metrics::{ProxyMetrics, RouteMetrics};
 use crate::proxy::{Proxy, Reject};
@@ -24,7 +26,7 @@ pub enum BuildError {
     #[error(transparent)]
     File(#[from] FileError),
     #[error("Kubernetes discovery: {0}")]
-    Kube(String),
+    Kube(#[from] KubeError),
 }
 
 /// A running gateway.
@@ -68,10 +70,12 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
             tokio::spawn(source.run(stop_background.clone()));
             Arc::new(|| true)
         }
-        Discovery::Kubernetes(_) => {
-            return Err(BuildError::Kube(
-                "not available yet in this build; pass --endpoints FILE".into(),
-            ));
+        Discovery::Kubernetes(opts) => {
+            let source = KubeSource::start(opts, publisher.clone(), stop_background.clone())
+                .await
+                .inspect_err(|_| stop_background.cancel())?;
+            let synced = source.synced();
+            Arc::new(move || synced.load(Ordering::SeqCst))
         }
     };
 

@@ -27,13 +27,27 @@ pub enum Discovery {
     Kubernetes(KubeOptions),
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct KubeOptions {
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
     /// Empty means all namespaces.
     pub namespaces: Vec<String>,
     pub cluster_domain: String,
+    /// How often to look for the DestinationRule CRD while it is not served.
+    pub crd_recheck: Duration,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        KubeOptions {
+            kubeconfig: None,
+            context: None,
+            namespaces: Vec::new(),
+            cluster_domain: "cluster.local".into(),
+            crd_recheck: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -181,6 +195,7 @@ impl Args {
                 context: self.context,
                 namespaces: self.namespaces,
                 cluster_domain: self.cluster_domain,
+                ..KubeOptions::default()
             }),
         };
         Config {

@@ -1,6 +1,8 @@
 //! Discovery sources feed the route table through one [`Publisher`].
 
 pub mod file;
+pub mod kube;
+pub mod kube_model;
 
 use std::fmt::Display;
 use std::sync::Arc;

@@ -1,0 +1,725 @@
+//! Kubernetes discovery against the in-process Kubernetes API TEST SERVER: the gateway runs
+//! in process (`app::build` on 127.0.0.1:0) in Kubernetes mode, EndpointSlices point at
+//! mTLS test backends on 127.0.0.x, and calls go through real sockets.
+
+mod common;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use gateway::app::{self, Bound, BuildError};
+use gateway::config::{Config, Discovery, KubeOptions};
+use k8s_test_server::{Options, TestApiServer, namespace_json};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+
+const NS: &str = "istioinaction";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Polls `check` every 20 ms until it holds, at most `WAIT`.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out after {WAIT:?} waiting for: {what}");
+}
+
+async fn api_server(crd: bool) -> TestApiServer {
+    init();
+    let mut opts = Options::new("east");
+    opts.destination_rule_crd = crd;
+    let api = TestApiServer::start_with(opts).await.unwrap();
+    api.store().create(namespace_json(NS)).unwrap();
+    api
+}
+
+struct KubeGw {
+    bound: Bound,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+fn write_kubeconfig(yaml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, yaml).unwrap();
+    (dir, path)
+}
+
+fn kube_config(path: PathBuf, tweak: impl FnOnce(&mut KubeOptions)) -> Config {
+    let mut opts = KubeOptions {
+        kubeconfig: Some(path),
+        context: Some("east".into()),
+        ..KubeOptions::default()
+    };
+    tweak(&mut opts);
+    let mut cfg = Config::new(Discovery::Kubernetes(opts));
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin = "127.0.0.1:0".parse().unwrap();
+    cfg.drain_grace = Duration::from_millis(50);
+    cfg.drain_timeout = Duration::from_secs(1);
+    cfg
+}
+
+async fn gateway_for(
+    kubeconfig_yaml: &str,
+    tweak: impl FnOnce(&mut KubeOptions),
+) -> Result<KubeGw, BuildError> {
+    let (dir, path) = write_kubeconfig(kubeconfig_yaml);
+    let bound = app::build(kube_config(path, tweak)).await?;
+    Ok(KubeGw {
+        listen: bound.listen_addr,
+        admin: bound.admin_addr,
+        bound,
+        _dir: dir,
+    })
+}
+
+/// A gateway on `api`, returned once it reports ready.
+async fn kube_gateway(api: &TestApiServer, tweak: impl FnOnce(&mut KubeOptions)) -> KubeGw {
+    let gw = gateway_for(&api.kubeconfig("east"), tweak).await.unwrap();
+    let admin = gw.admin;
+    eventually("gateway ready", || async move {
+        http_get(admin, "/healthz/ready").await.0 == 200
+    })
+    .await;
+    gw
+}
+
+fn service(name: &str, ports: &[(&str, u16)]) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(n, p)| json!({"name": n, "port": p, "protocol": "TCP", "targetPort": 9080}))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": name, "namespace": NS},
+           "spec": {"ports": ports, "selector": {"app": name}}})
+}
+
+/// (address, ready, pod name)
+type Ep<'a> = (IpAddr, bool, &'a str);
+
+fn slice(name: &str, svc: &str, port_name: &str, target: u16, eps: &[Ep]) -> Value {
+    let eps: Vec<Value> = eps
+        .iter()
+        .map(|(ip, ready, pod)| {
+            json!({"addresses": [ip.to_string()], "conditions": {"ready": ready, "serving": ready},
+                   "targetRef": {"kind": "Pod", "name": pod, "namespace": NS}})
+        })
+        .collect();
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": name, "namespace": NS,
+                        "labels": {"kubernetes.io/service-name": svc, "endpointslice.kubernetes.io/managed-by": "test"}},
+           "addressType": "IPv4",
+           "ports": [{"name": port_name, "port": target, "protocol": "TCP"}],
+           "endpoints": eps})
+}
+
+fn pod(name: &str, version: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": NS, "labels": {"app": "catalog", "version": version}},
+           "spec": {"containers": [{"name": "app", "image": "catalog"}]}})
+}
+
+fn destination_rule(name: &str, host: &str, subsets: &[(&str, &str)]) -> Value {
+    let subsets: Vec<Value> = subsets
+        .iter()
+        .map(|(n, v)| json!({"name": n, "labels": {"version": v}}))
+        .collect();
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+           "metadata": {"name": name, "namespace": NS},
+           "spec": {"host": host, "subsets": subsets}})
+}
+
+/// Who answers a call through the gateway ("a", "b", …), or `None` when it is refused.
+async fn who(gw: SocketAddr, sni: &str) -> Option<String> {
+    let line = call(gw, sni).await.ok()?;
+    Some(line.split(' ').next()?.to_string())
+}
+
+/// Waits until `n` calls in a row are answered by exactly the backends in `want`.
+async fn eventually_served_by(gw: SocketAddr, sni: &str, want: &[&str]) {
+    let what = format!("{sni} served by {want:?}");
+    eventually(&what, || async move {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..(want.len() * 6).max(4) {
+            match who(gw, sni).await {
+                Some(b) if want.contains(&b.as_str()) => {
+                    seen.insert(b);
+                }
+                _ => return false,
+            }
+        }
+        seen.len() == want.len()
+    })
+    .await;
+}
+
+async fn eventually_refused(gw: &KubeGw, sni: &str, reason: &str) {
+    let (listen, admin) = (gw.listen, gw.admin);
+    let what = format!("{sni} refused with {reason}");
+    eventually(&what, || async move {
+        let before = rejected(admin, reason).await;
+        who(listen, sni).await.is_none() && rejected(admin, reason).await > before
+    })
+    .await;
+}
+
+async fn metrics(admin: SocketAddr) -> String {
+    http_get(admin, "/metrics").await.1
+}
+
+#[tokio::test]
+async fn routes_appear_when_a_service_and_its_slices_are_created() {
+    let api = api_server(false).await;
+    let gw = kube_gateway(&api, |_| {}).await;
+    let (b, port) = backends(&["a", "b"]).await;
+    let host = CATALOG;
+    assert!(who(gw.listen, &sni(80, "", host)).await.is_none());
+
+    api.store()
+        .create(service("catalog", &[("http", 80)]))
+        .unwrap();
+    api.store()
+        .create(slice(
+            "catalog-1",
+            "catalog",
+            "http",
+            port,
+            &[(b[0].addr.ip(), true, "catalog-a")],
+        ))
+        .unwrap();
+    // A second slice of the same service adds to it.
+    api.store()
+        .create(slice(
+            "catalog-2",
+            "catalog",
+            "http",
+            port,
+            &[(b[1].addr.ip(), true, "catalog-b")],
+        ))
+        .unwrap();
+    eventually_served_by(gw.listen, &sni(80, "", host), &["a", "b"]).await;
+
+    let m = metrics(gw.admin).await;
+    assert_eq!(metric(&m, "gateway_discovery_route_table_routes"), 1.0);
+    assert_eq!(metric(&m, "gateway_discovery_route_table_endpoints"), 2.0);
+    assert_eq!(
+        metric(&m, "gateway_discovery_route_table_stale_seconds"),
+        0.0
+    );
+    // Another port of the service is not an SNI the slices serve.
+    assert!(who(gw.listen, &sni(81, "", host)).await.is_none());
+}
+
+#[tokio::test]
+async fn service_ports_map_to_slice_ports_by_name() {
+    let api = api_server(false).await;
+    let (b, port) = backends(&["a"]).await;
+    let dead = refused_port([127, 0, 0, 9].into(), 0).await;
+    api.store()
+        .create(service("catalog", &[("http", 80), ("admin", 8080)]))
+        .unwrap();
+    let mut s = slice(
+        "catalog-1",
+        "catalog",
+        "http",
+        port,
+        &[(b[0].addr.ip(), true, "p")],
+    );
+    // "admin" maps to a port nothing listens on; an unnamed port matches neither.
+    s["ports"] = json!([{"name": "http", "port": port}, {"name": "admin", "port": dead.port()}, {"port": 1}]);
+    api.store().create(s).unwrap();
+    let gw = kube_gateway(&api, |_| {}).await;
+    eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["a"]).await;
+    let table = gw.bound.routes.load().unwrap();
+    let admin = table.lookup(CATALOG, 8080).unwrap();
+    assert_eq!(admin.endpoints[0].state.addr.port(), dead.port());
+    assert_eq!(
+        table.lookup(CATALOG, 80).unwrap().endpoints[0].state.addr,
+        b[0].addr
+    );
+}
+
+#[tokio::test]
+async fn endpoints_leave_when_not_ready_terminating_or_deleted() {
+    let api = api_server(false).await;
+    let (b, port) = backends(&["a", "b", "c"]).await;
+    api.store()
+        .create(service("catalog", &[("http", 80)]))
+        .unwrap();
+    let all: Vec<Ep> = vec![
+        (b[0].addr.ip(), true, "pa"),
+        (b[1].addr.ip(), true, "pb"),
+        (b[2].addr.ip(), true, "pc"),
+    ];
+    api.store()
+        .create(slice("catalog-1", "catalog", "http", port, &all))
+        .unwrap();
+    let gw = kube_gateway(&api, |_| {}).await;
+    let name = sni(80, "", CATALOG);
+    eventually_served_by(gw.listen, &name, &["a", "b", "c"]).await;
+
+    // b turns not ready.
+    let mut s = slice(
+        "catalog-1",
+        "catalog",
+        "http",
+        port,
+        &[all[0], (b[1].addr.ip(), false, "pb"), all[2]],
+    );
+    api.store().apply(s.clone()).unwrap();
+    eventually_served_by(gw.listen, &name, &["a", "c"]).await;
+
+    // c is terminating (still ready, as during a graceful shutdown).
+    s["endpoints"][2]["conditions"] = json!({"ready": true, "serving": true, "terminating": true});
+    api.store().apply(s).unwrap();
+    eventually_served_by(gw.listen, &name, &["a"]).await;
+
+    // The slice goes away: the route stays (the Service does) with nothing to dial.
+    api.store()
+        .delete(
+            "discovery.k8s.io/v1",
+            "EndpointSlice",
+            Some(NS),
+            "catalog-1",
+        )
+        .unwrap();
+    eventually_refused(&gw, &name, "no_healthy_endpoint").await;
+
+    // The Service goes away: no route at all.
+    api.store()
+        .delete("v1", "Service", Some(NS), "catalog")
+        .unwrap();
+    eventually_refused(&gw, &name, "no_route").await;
+    assert!(b[0].accepted() > 0);
+}
+
+#[tokio::test]
+async fn without_the_crd_only_the_empty_subset_routes() {
+    let api = api_server(false).await;
+    let (b, port) = backends(&["a"]).await;
+    api.store()
+        .create(service("catalog", &[("http", 80)]))
+        .unwrap();
+    api.store().create(pod("pa", "v1")).unwrap();
+    api.store()
+        .create(slice(
+            "catalog-1",
+            "catalog",
+            "http",
+            port,
+            &[(b[0].addr.ip(), true, "pa")],
+        ))
+        .unwrap();
+    let gw = kube_gateway(&api, |_| {}).await;
+    eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["a"]).await;
+    eventually_refused(&gw, &sni(80, "v1", CATALOG), "no_route").await;
+}
+
+#[tokio::test]
+async fn subsets_follow_destination_rules_and_pod_labels() {
+    let api = api_server(true).await;
+    let (b, port) = backends(&["a", "b"]).await;
+    let st = api.store();
+    st.create(service("catalog", &[("http", 80)])).unwrap();
+    st.create(pod("pa", "v1")).unwrap();
+    st.create(pod("pb", "v2")).unwrap();
+    st.create(slice(
+        "catalog-1",
+        "catalog",
+        "http",
+        port,
+        &[(b[0].addr.ip(), true, "pa"), (b[1].addr.ip(), true, "pb")],
+    ))
+    .unwrap();
+    // A short host, resolved in the rule's namespace.
+    st.create(destination_rule(
+        "catalog",
+        "catalog",
+        &[("v1", "v1"), ("v2", "v2")],
+    ))
+    .unwrap();
+    let gw = kube_gateway(&api, |_| {}).await;
+    // Ready means the rules were read: subsets route from the first table on.
+    assert_eq!(who(gw.listen, &sni(80, "v1", CATALOG)).await.unwrap(), "a");
+    eventually_served_by(gw.listen, &sni(80, "v1", CATALOG), &["a"]).await;
+    eventually_served_by(gw.listen, &sni(80, "v2", CATALOG), &["b"]).await;
+    eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["a", "b"]).await;
+
+    // Relabel pod b: subset v1 now has both, v2 none.
+    st.apply(pod("pb", "v1")).unwrap();
+    eventually_served_by(gw.listen, &sni(80, "v1", CATALOG), &["a", "b"]).await;
+    eventually_refused(&gw, &sni(80, "v2", CATALOG), "no_healthy_endpoint").await;
+
+    // The rule drops v2 and adds v3 (FQDN host form): v2 is no longer a route.
+    st.apply(destination_rule(
+        "catalog",
+        &format!("{CATALOG}."),
+        &[("v1", "v1"), ("v3", "v3")],
+    ))
+    .unwrap();
+    eventually_refused(&gw, &sni(80, "v2", CATALOG), "no_route").await;
+    eventually_refused(&gw, &sni(80, "v3", CATALOG), "no_healthy_endpoint").await;
+
+    // Deleting the rule removes every subset.
+    st.delete(
+        "networking.istio.io/v1",
+        "DestinationRule",
+        Some(NS),
+        "catalog",
+    )
+    .unwrap();
+    eventually_refused(&gw, &sni(80, "v1", CATALOG), "no_route").await;
+    eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["a", "b"]).await;
+}
+
+#[tokio::test]
+async fn destination_rule_crd_installed_later_is_picked_up() {
+    let api = api_server(false).await;
+    let (b, port) = backends(&["a"]).await;
+    let st = api.store();
+    st.create(service("catalog", &[("http", 80)])).unwrap();
+    st.create(pod("pa", "v1")).unwrap();
+    st.create(slice(
+        "catalog-1",
+        "catalog",
+        "http",
+        port,
+        &[(b[0].addr.ip(), true, "pa")],
+    ))
+    .unwrap();
+    let gw = kube_gateway(&api, |o| o.crd_recheck = Duration::from_millis(200)).await;
+    eventually_refused(&gw, &sni(80, "v1", CATALOG), "no_route").await;
+    api.install_destination_rule_crd();
+    st.create(destination_rule(
+        "catalog",
+        "catalog.istioinaction",
+        &[("v1", "v1")],
+    ))
+    .unwrap();
+    eventually_served_by(gw.listen, &sni(80, "v1", CATALOG), &["a"]).await;
+}
+
+#[tokio::test]
+async fn namespaces_limit_what_is_watched() {
+    let api = api_server(false).await;
+    api.store().create(namespace_json("other")).unwrap();
+    let (b, port) = backends(&["a"]).await;
+    let st = api.store();
+    for ns in [NS, "other"] {
+        let mut s = service("catalog", &[("http", 80)]);
+        s["metadata"]["namespace"] = json!(ns);
+        st.create(s).unwrap();
+        let mut sl = slice(
+            "catalog-1",
+            "catalog",
+            "http",
+            port,
+            &[(b[0].addr.ip(), true, "pa")],
+        );
+        sl["metadata"]["namespace"] = json!(ns);
+        st.create(sl).unwrap();
+    }
+    let gw = kube_gateway(&api, |o| o.namespaces = vec![NS.into()]).await;
+    eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["a"]).await;
+    let table = gw.bound.routes.load().unwrap();
+    assert_eq!(table.len(), 1);
+    assert!(
+        table
+            .lookup("catalog.other.svc.cluster.local", 80)
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_410_gone_is_survived_without_losing_the_table() {
+    let api = api_server(false).await;
+    let (b, port) = backends(&["a", "b"]).await;
+    let st = api.store();
+    st.create(service("catalog", &[("http", 80)])).unwrap();
+    st.create(slice(
+        "catalog-1",
+        "catalog",
+        "http",
+        port,
+        &[(b[0].addr.ip(), true, "pa")],
+    ))
+    .unwrap();
+    let gw = kube_gateway(&api, |_| {}).await;
+    let name = sni(80, "", CATALOG);
+    eventually_served_by(gw.listen, &name, &["a"]).await;
+    let generation = gw.bound.routes.load().unwrap().generation;
+
+    // Compact history and change things at once: every watch gets 410 and re-lists.
+    api.expire_watches();
+    st.apply(slice(
+        "catalog-1",
+        "catalog",
+        "http",
+        port,
+        &[(b[0].addr.ip(), true, "pa"), (b[1].addr.ip(), true, "pb")],
+    ))
+    .unwrap();
+    // The table keeps serving throughout.
+    for _ in 0..5 {
+        assert!(who(gw.listen, &name).await.is_some());
+    }
+    eventually_served_by(gw.listen, &name, &["a", "b"]).await;
+    // Again, with a deletion that only a re-list can see.
+    api.expire_watches();
+    st.apply(slice(
+        "catalog-1",
+        "catalog",
+        "http",
+        port,
+        &[(b[1].addr.ip(), true, "pb")],
+    ))
+    .unwrap();
+    eventually_served_by(gw.listen, &name, &["b"]).await;
+    assert!(gw.bound.routes.load().unwrap().generation > generation);
+    let (code, _) = http_get(gw.admin, "/healthz/ready").await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn a_restarted_api_server_is_survived() {
+    let api = api_server(false).await;
+    let (b, port) = backends(&["a", "b"]).await;
+    api.store()
+        .create(service("catalog", &[("http", 80)]))
+        .unwrap();
+    api.store()
+        .create(slice(
+            "catalog-1",
+            "catalog",
+            "http",
+            port,
+            &[(b[0].addr.ip(), true, "pa")],
+        ))
+        .unwrap();
+    let gw = kube_gateway(&api, |_| {}).await;
+    let name = sni(80, "", CATALOG);
+    eventually_served_by(gw.listen, &name, &["a"]).await;
+
+    // Down: the last table keeps serving, and staleness shows.
+    let stopped = api.stop().await;
+    let admin = gw.admin;
+    eventually(
+        "stale_seconds > 0 while the API server is down",
+        || async move {
+            metric(
+                &metrics(admin).await,
+                "gateway_discovery_route_table_stale_seconds",
+            ) >= 1.0
+        },
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(who(gw.listen, &name).await.as_deref(), Some("a"));
+    }
+    assert_eq!(http_get(gw.admin, "/healthz/ready").await.0, 200);
+
+    // Changed while down, then back on the same port: the change arrives, staleness clears.
+    stopped
+        .store()
+        .apply(slice(
+            "catalog-1",
+            "catalog",
+            "http",
+            port,
+            &[(b[1].addr.ip(), true, "pb")],
+        ))
+        .unwrap();
+    let api = stopped.restart().await.unwrap();
+    eventually_served_by(gw.listen, &name, &["b"]).await;
+    eventually("stale_seconds back to 0", || async move {
+        metric(
+            &metrics(admin).await,
+            "gateway_discovery_route_table_stale_seconds",
+        ) == 0.0
+    })
+    .await;
+
+    // Down and back with nothing changed: still serving, and healthy again.
+    let stopped = api.stop().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(who(gw.listen, &name).await.as_deref(), Some("b"));
+    let api = stopped.restart().await.unwrap();
+    eventually(
+        "stale_seconds back to 0 after a quiet restart",
+        || async move {
+            metric(
+                &metrics(admin).await,
+                "gateway_discovery_route_table_stale_seconds",
+            ) == 0.0
+        },
+    )
+    .await;
+    // And it still follows changes.
+    api.store()
+        .apply(slice(
+            "catalog-1",
+            "catalog",
+            "http",
+            port,
+            &[(b[0].addr.ip(), true, "pa")],
+        ))
+        .unwrap();
+    eventually_served_by(gw.listen, &name, &["a"]).await;
+}
+
+/// A TCP relay in front of the API server that forwards while open and, when closed, holds
+/// every byte (on open connections too) until opened again: a server gone slow.
+struct Gate {
+    addr: SocketAddr,
+    open: tokio::sync::watch::Sender<bool>,
+    held: Arc<AtomicUsize>,
+}
+
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut open: tokio::sync::watch::Receiver<bool>,
+    held: Arc<AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if !*open.borrow() {
+            held.fetch_add(1, Ordering::SeqCst);
+            if open.wait_for(|o| *o).await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+async fn gate(upstream: SocketAddr) -> Gate {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (open, rx) = tokio::sync::watch::channel(true);
+    let held = Arc::new(AtomicUsize::new(0));
+    let held2 = held.clone();
+    tokio::spawn(async move {
+        while let Ok((down, _)) = l.accept().await {
+            let Ok(up) = TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let (dr, dw) = down.into_split();
+            let (ur, uw) = up.into_split();
+            tokio::spawn(relay(dr, uw, rx.clone(), held2.clone()));
+            tokio::spawn(relay(ur, dw, rx.clone(), held2.clone()));
+        }
+    });
+    Gate { addr, open, held }
+}
+
+#[tokio::test]
+async fn not_ready_until_the_first_full_sync() {
+    let api = api_server(true).await;
+    let (b, port) = backends(&["a"]).await;
+    api.store()
+        .create(service("catalog", &[("http", 80)]))
+        .unwrap();
+    api.store()
+        .create(slice(
+            "catalog-1",
+            "catalog",
+            "http",
+            port,
+            &[(b[0].addr.ip(), true, "pa")],
+        ))
+        .unwrap();
+    let g = gate(api.addr()).await;
+    let kubeconfig = api
+        .kubeconfig("east")
+        .replace(&api.url(), &format!("https://{}", g.addr));
+    let gw = gateway_for(&kubeconfig, |_| {}).await.unwrap();
+    // The start-up checks passed. On this single-threaded test runtime the watch tasks
+    // have not run yet, so closing now holds every list they send.
+    g.open.send_replace(false);
+    let held = g.held.clone();
+    eventually("watch connections held at the gate", || {
+        let held = held.clone();
+        async move { held.load(Ordering::SeqCst) >= 1 }
+    })
+    .await;
+    // However long the lists take, the gateway stays unready and routes nothing.
+    for _ in 0..10 {
+        let (code, body) = http_get(gw.admin, "/healthz/ready").await;
+        assert_eq!(code, 503, "{body}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(gw.bound.routes.load().is_none());
+    assert!(who(gw.listen, &sni(80, "", CATALOG)).await.is_none());
+
+    g.open.send(true).unwrap();
+    let admin = gw.admin;
+    eventually("ready after the first sync", || async move {
+        http_get(admin, "/healthz/ready").await.0 == 200
+    })
+    .await;
+    assert_eq!(
+        who(gw.listen, &sni(80, "", CATALOG)).await.as_deref(),
+        Some("a")
+    );
+}
+
+#[tokio::test]
+async fn configuration_errors_fail_the_build_clearly() {
+    init();
+    let api = api_server(false).await;
+    let err = |e: Result<KubeGw, BuildError>| match e {
+        Ok(_) => panic!("build should fail"),
+        Err(e) => e.to_string(),
+    };
+
+    let missing = kube_config("/nonexistent/kubeconfig".into(), |_| {});
+    let e = app::build(missing)
+        .await
+        .err()
+        .expect("missing file")
+        .to_string();
+    assert!(e.contains("/nonexistent/kubeconfig"), "{e}");
+
+    let e = err(gateway_for(&api.kubeconfig("east"), |o| o.context = Some("west".into())).await);
+    assert!(
+        e.contains("no context \"west\"") && e.contains("east"),
+        "{e}"
+    );
+
+    let e = err(gateway_for("not: [valid", |_| {}).await);
+    assert!(e.contains("kubeconfig"), "{e}");
+
+    let kc = api.kubeconfig("east");
+    let url = api.url();
+    let _stopped = api.stop().await;
+    let e = err(gateway_for(&kc, |_| {}).await);
+    assert!(
+        e.contains("unreachable") && e.contains(url.trim_start_matches("https://")),
+        "{e}"
+    );
+}
