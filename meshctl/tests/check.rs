@@ -1,0 +1,401 @@
+//! `meshctl check` on a joined pair of TEST API servers, then on each broken setup: the
+//! failing item, its hint, and a non-zero exit.
+
+mod common;
+
+use base64::Engine as _;
+use common::*;
+use serde_json::{Value, json};
+
+/// A joined pair whose gateways have LB addresses and ready pods.
+async fn joined() -> Mesh {
+    let m = mesh().await;
+    m.join(&[]).await;
+    m.make_gateways_ready();
+    m
+}
+
+/// Runs `meshctl check -o json` (loopback test servers allowed unless `strict`).
+async fn check(m: &Mesh, extra: &[&str], strict: bool) -> (i32, Vec<Value>) {
+    let mut args = vec![
+        "check",
+        "--kubeconfig",
+        m.kc(),
+        "--context",
+        "west",
+        "--context",
+        "east",
+        "-o",
+        "json",
+    ];
+    if !strict {
+        args.push("--allow-loopback-server");
+    }
+    args.extend_from_slice(extra);
+    let out = meshctl(&args).await;
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(v["ok"], out.status.success());
+    (
+        out.status.code().unwrap(),
+        v["checks"].as_array().unwrap().clone(),
+    )
+}
+
+/// The one item with this scope and check name.
+fn item<'a>(items: &'a [Value], scope: &str, name: &str) -> &'a Value {
+    items
+        .iter()
+        .find(|i| i["scope"] == scope && i["check"] == name)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {scope:?}/{name:?} in {}",
+                serde_json::to_string_pretty(items).unwrap()
+            )
+        })
+}
+
+/// Asserts exit 1 and that exactly the named item failed with a hint containing `hint`.
+fn assert_fails(code: i32, items: &[Value], scope: &str, name: &str, hint: &str) -> String {
+    assert_eq!(code, 1, "{}", serde_json::to_string_pretty(items).unwrap());
+    let i = item(items, scope, name);
+    assert_eq!(i["status"], "fail", "{i}");
+    let h = i["hint"].as_str().unwrap_or_else(|| panic!("no hint: {i}"));
+    assert!(h.contains(hint), "hint {h:?} lacks {hint:?}");
+    i["detail"].as_str().unwrap().to_string()
+}
+
+fn edit_remote_token(s: &k8s_test_server::TestApiServer, name: &str, key: &str, token: &str) {
+    let mut sec = secret(s, name).unwrap();
+    let yaml = stored_kubeconfig(&sec, key);
+    let mut k: Value = serde_yaml::from_str(&yaml).unwrap();
+    k["users"][0]["user"]["token"] = json!(token);
+    sec["data"][key] =
+        json!(base64::engine::general_purpose::STANDARD.encode(serde_yaml::to_string(&k).unwrap()));
+    s.store().apply(sec).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_on_a_joined_pair() {
+    let m = joined().await;
+    let (code, items) = check(&m, &[], false).await;
+    let bad: Vec<&Value> = items.iter().filter(|i| i["status"] == "fail").collect();
+    assert_eq!(code, 0, "{bad:?}");
+    for scope in ["cluster west", "cluster east"] {
+        for name in [
+            "API server reachable",
+            "cacerts present and valid",
+            "network label",
+            "gateway Service has an external address",
+            "gateway pods ready",
+        ] {
+            assert_eq!(item(&items, scope, name)["status"], "pass");
+        }
+    }
+    for scope in ["secret for west in east", "secret for east in west"] {
+        for name in [
+            "remote secret present",
+            "no loopback server address",
+            "token expiry",
+            "kubeconfig works",
+        ] {
+            assert_eq!(
+                item(&items, scope, name)["status"],
+                "pass",
+                "{scope} {name}"
+            );
+        }
+    }
+    assert!(
+        item(&items, "secret for west in east", "kubeconfig works")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("endpointslices")
+    );
+    for name in [
+        "roots identical across clusters",
+        "network labels distinct",
+        "cluster names unique",
+    ] {
+        assert_eq!(item(&items, "mesh", name)["status"], "pass");
+    }
+    // The human checklist.
+    let out = m
+        .ok(&[
+            "check",
+            "--kubeconfig",
+            m.kc(),
+            "--context",
+            "west",
+            "--context",
+            "east",
+            "--allow-loopback-server",
+        ])
+        .await;
+    assert!(
+        out.contains("cluster west\n  ✔ API server reachable") && !out.contains('✘'),
+        "{out}"
+    );
+    assert!(out.contains("0 failed"), "{out}");
+    // The cluster names recorded by join are found without flags.
+    assert!(
+        item(&items, "mesh", "cluster names unique")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("west, east")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_missing_cacerts_and_different_roots() {
+    let m = joined().await;
+    m.east
+        .store()
+        .delete("v1", "Secret", Some("istio-system"), "cacerts")
+        .unwrap();
+    let (code, items) = check(&m, &[], false).await;
+    assert_fails(
+        code,
+        &items,
+        "cluster east",
+        "cacerts present and valid",
+        "meshctl cacerts apply certs/east --context east",
+    );
+    assert_fails(
+        code,
+        &items,
+        "mesh",
+        "roots identical across clusters",
+        "meshctl cacerts apply",
+    );
+    // A bundle from another root.
+    let other = m.dir.path().join("other");
+    m.ok(&["certs", "init", "--clusters", "east", "--out", p(&other)])
+        .await;
+    m.ok(&[
+        "cacerts",
+        "apply",
+        p(&other.join("east")),
+        "--kubeconfig",
+        m.kc(),
+        "--context",
+        "east",
+    ])
+    .await;
+    let (code, items) = check(&m, &[], false).await;
+    assert_eq!(
+        item(&items, "cluster east", "cacerts present and valid")["status"],
+        "pass"
+    );
+    let d = assert_fails(
+        code,
+        &items,
+        "mesh",
+        "roots identical across clusters",
+        "meshctl certs init",
+    );
+    assert!(d.contains("east"), "{d}");
+    // Text output marks it and carries the hint.
+    let out = meshctl(&[
+        "check",
+        "--kubeconfig",
+        m.kc(),
+        "--context",
+        "west",
+        "--context",
+        "east",
+        "--allow-loopback-server",
+    ])
+    .await;
+    let t = text(&out);
+    assert!(
+        t.contains("✘ roots identical across clusters") && t.contains("hint: "),
+        "{t}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_missing_and_duplicate_network_labels() {
+    let m = joined().await;
+    let mut ns = m
+        .east
+        .store()
+        .get("v1", "Namespace", None, "istio-system")
+        .unwrap();
+    ns["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("topology.istio.io/network");
+    m.east.store().apply(ns.clone()).unwrap();
+    let (code, items) = check(&m, &[], false).await;
+    assert_fails(
+        code,
+        &items,
+        "cluster east",
+        "network label",
+        "meshctl label-network",
+    );
+    ns["metadata"]["labels"]["topology.istio.io/network"] = json!("west-network");
+    m.east.store().apply(ns).unwrap();
+    let mut svc = m
+        .east
+        .store()
+        .get(
+            "v1",
+            "Service",
+            Some("istio-system"),
+            "istio-eastwestgateway",
+        )
+        .unwrap();
+    svc["metadata"]["labels"]["topology.istio.io/network"] = json!("west-network");
+    m.east.store().apply(svc).unwrap();
+    let (code, items) = check(&m, &[], false).await;
+    assert_eq!(
+        item(&items, "cluster east", "network label")["status"],
+        "pass"
+    );
+    assert_fails(
+        code,
+        &items,
+        "mesh",
+        "network labels distinct",
+        "its own network",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_a_pending_load_balancer_and_unready_gateway_pods() {
+    let m = joined().await;
+    set_lb(&m.east, None);
+    let (code, items) = check(&m, &[], false).await;
+    let d = assert_fails(
+        code,
+        &items,
+        "cluster east",
+        "gateway Service has an external address",
+        "MetalLB",
+    );
+    assert!(d.contains("pending"), "{d}");
+    set_lb(&m.east, Some("172.18.0.20"));
+    gateway_pod(&m.east, "gw-1", false);
+    let (code, items) = check(&m, &[], false).await;
+    let d = assert_fails(
+        code,
+        &items,
+        "cluster east",
+        "gateway pods ready",
+        "describe pods -l app=istio-eastwestgateway",
+    );
+    assert!(d.contains("0 of 1"), "{d}");
+    m.east
+        .store()
+        .delete("v1", "Pod", Some("istio-system"), "gw-1")
+        .unwrap();
+    let (code, items) = check(&m, &[], false).await;
+    assert_fails(
+        code,
+        &items,
+        "cluster east",
+        "gateway pods ready",
+        "kubectl",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_a_missing_remote_secret_and_a_bad_token() {
+    let m = joined().await;
+    edit_remote_token(
+        &m.west,
+        "istio-remote-secret-east",
+        "east",
+        "not-a-valid-token",
+    );
+    m.east
+        .store()
+        .delete(
+            "v1",
+            "Secret",
+            Some("istio-system"),
+            "istio-remote-secret-west",
+        )
+        .unwrap();
+    let (code, items) = check(&m, &[], false).await;
+    assert_fails(
+        code,
+        &items,
+        "secret for west in east",
+        "remote secret present",
+        "meshctl join",
+    );
+    let d = assert_fails(
+        code,
+        &items,
+        "secret for east in west",
+        "kubeconfig works",
+        "re-run meshctl join",
+    );
+    assert!(d.contains("401") || d.contains("Unauthorized"), "{d}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_loopback_servers_expired_tokens_and_duplicate_cluster_names() {
+    let m = joined().await;
+    let (code, items) = check(&m, &[], true).await;
+    assert_fails(
+        code,
+        &items,
+        "secret for west in east",
+        "no loopback server address",
+        "--server west=https://<control-plane-address>:6443",
+    );
+    // An expired JWT.
+    let b = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let expired = format!(
+        "{}.{}.sig",
+        b(r#"{"alg":"RS256"}"#),
+        b(
+            r#"{"exp":1000000000,"sub":"system:serviceaccount:istio-system:istio-reader-service-account"}"#
+        )
+    );
+    edit_remote_token(&m.east, "istio-remote-secret-west", "west", &expired);
+    let (code, items) = check(&m, &[], false).await;
+    let d = assert_fails(
+        code,
+        &items,
+        "secret for west in east",
+        "token expiry",
+        "issue a new token",
+    );
+    assert!(d.contains("expired"), "{d}");
+    // Same cluster name twice.
+    let (code, items) = check(&m, &["--cluster-name", "east=west"], false).await;
+    assert_fails(
+        code,
+        &items,
+        "mesh",
+        "cluster names unique",
+        "--cluster-name",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warns_of_a_token_request_token_that_expires_within_a_day() {
+    let m = mesh().await;
+    m.join(&["--token-ttl", "1h"]).await;
+    m.make_gateways_ready();
+    let (code, items) = check(&m, &[], false).await;
+    assert_eq!(code, 0);
+    let i = item(&items, "secret for west in east", "token expiry");
+    assert_eq!(i["status"], "warn", "{i}");
+    assert!(i["detail"].as_str().unwrap().contains("expires in"), "{i}");
+    // Past the expiry on the server's clock, the stored kubeconfig no longer works.
+    m.west.clock().advance(std::time::Duration::from_secs(3601));
+    let (code, items) = check(&m, &[], false).await;
+    assert_fails(
+        code,
+        &items,
+        "secret for west in east",
+        "kubeconfig works",
+        "meshctl join",
+    );
+}
