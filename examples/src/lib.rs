@@ -3,3 +3,4 @@
 //! (SPIFFE URIs in workload certificates) checked on both ends of a connection.
 
 pub mod mtls;
+pub mod workload;
