@@ -66,7 +66,25 @@ impl KubeconfigFile {
     pub fn load(path: Option<&Path>) -> Result<KubeconfigFile> {
         let path = match path {
             Some(p) => p.to_path_buf(),
-            None => default_path()?,
+            None => {
+                // KUBECONFIG=a:b merges the files, as kubectl does.
+                if let Some(v) = std::env::var_os("KUBECONFIG")
+                    && std::env::split_paths(&v)
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .count()
+                        > 1
+                {
+                    let config = Kubeconfig::from_env()
+                        .map_err(|e| anyhow!("{e}"))
+                        .context("reading the kubeconfig files in KUBECONFIG")?
+                        .unwrap_or_default();
+                    return Ok(KubeconfigFile {
+                        path: PathBuf::from(v),
+                        config,
+                    });
+                }
+                default_path()?
+            }
         };
         if !path.exists() {
             bail!(

@@ -161,7 +161,7 @@ pub fn loopback_error(server: &str, context: &str, flag: &str) -> anyhow::Error 
     anyhow!(
         "the API server address {server} (context {context:?}) is a loopback address: the \
          other clusters' istiod would connect to itself, not to this cluster. Pass the address \
-         the other clusters reach, e.g. {flag} https://<control-plane-address>:6443 (kind: \
+         the other clusters reach, e.g. {flag}https://<control-plane-address>:6443 (kind: \
          docker inspect -f '{{{{.NetworkSettings.Networks.kind.IPAddress}}}}' <cluster>-control-plane), \
          or --allow-loopback-server for a single-host test"
     )
@@ -202,7 +202,7 @@ pub async fn build(c: &Cluster, o: &SecretOptions, dry_run: bool) -> Result<Buil
     validate(o)?;
     let server = o.server.clone().unwrap_or_else(|| c.server.clone());
     if !o.flags.allow_loopback_server && is_loopback(&server) {
-        return Err(loopback_error(&server, &c.context, "--server"));
+        return Err(loopback_error(&server, &c.context, "--server "));
     }
     let (ns, sa) = (o.namespace.as_str(), o.flags.service_account.as_str());
     let mut source_objects = Vec::new();
