@@ -146,11 +146,7 @@ impl Proxy {
     async fn handle(&self, mut client: TcpStream, peer: SocketAddr) {
         let start = Instant::now();
         let _ = client.set_nodelay(true);
-        let _ = SockRef::from(&client).set_tcp_keepalive(
-            &TcpKeepalive::new()
-                .with_time(std::time::Duration::from_secs(60))
-                .with_interval(std::time::Duration::from_secs(10)),
-        );
+        let _ = SockRef::from(&client).set_tcp_keepalive(&keepalive());
         let mut buf = Vec::with_capacity(2048);
         let detected = tokio::time::timeout(
             self.cfg.detect_timeout,
@@ -233,6 +229,7 @@ impl Proxy {
         tracing::Span::current().record("upstream", tracing::field::display(ep.addr));
         let _active_ep = ep.track();
         let _ = upstream.set_nodelay(true);
+        let _ = SockRef::from(&upstream).set_tcp_keepalive(&keepalive());
 
         let labels = SniLabels {
             sni: target.to_string(),
@@ -327,6 +324,14 @@ impl Proxy {
             "connection rejected"
         );
     }
+}
+
+/// Keepalive on both legs: long-lived mesh connections cross NATs and load balancers that
+/// drop silent flows.
+fn keepalive() -> TcpKeepalive {
+    TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(60))
+        .with_interval(std::time::Duration::from_secs(10))
 }
 
 /// Reads at least one more byte into `buf`, never past `max` bytes in total.
