@@ -31,9 +31,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Publisher;
-use super::kube_model::{self as model, DrInfo, Model, ObjKey, SliceInfo, SvcInfo, Update};
+use super::kube_model::{
+    self as model, DrInfo, Model, ObjKey, PodLabels, SliceInfo, SvcInfo, Update,
+};
 use crate::config::KubeOptions;
-use crate::routes::Labels;
 
 /// Shortest time between two published tables under a burst of events.
 pub const MIN_REBUILD_INTERVAL: Duration = Duration::from_millis(100);
@@ -177,7 +178,7 @@ enum Kind {
 enum Msg {
     Service(usize, Update<SvcInfo>),
     Slice(usize, Update<SliceInfo>),
-    Pod(usize, Update<Labels>),
+    Pod(usize, Update<PodLabels>),
     Rule(usize, Update<DrInfo>),
     /// The DestinationRule CRD is served; its watches start after this message.
     RulesStarted(Vec<Probe>),
@@ -382,6 +383,7 @@ impl KubeSource {
                 stop.clone(),
             ));
         }
+        let interner = model::Interner::default();
         for (i, api) in apis::<PartialObjectMeta<Pod>>(&client, &namespaces)
             .into_iter()
             .enumerate()
@@ -391,7 +393,10 @@ impl KubeSource {
                 watcher::watcher(api, wc()),
                 Kind::Pod,
                 i,
-                model::project_pod,
+                {
+                    let interner = interner.clone();
+                    move |p: &PartialObjectMeta<Pod>| model::project_pod(p, &interner)
+                },
                 Msg::Pod,
                 tx.clone(),
                 stop.clone(),

@@ -5,8 +5,9 @@
 //! Nothing here keeps a whole object: no managedFields, annotations, status or unused spec
 //! fields, so memory grows with what the route table needs, not with object size.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -142,9 +143,53 @@ pub fn project_slice(slice: &EndpointSlice) -> Option<SliceInfo> {
     })
 }
 
+/// A Pod's labels, sorted by key, with interned strings: label keys and values repeat
+/// across the pods of a workload, so 50,000 pods share a few thousand strings.
+pub type PodLabels = Box<[(Arc<str>, Arc<str>)]>;
+
+/// Shares equal strings. Entries nothing else refers to are dropped as the set grows.
+#[derive(Clone, Default)]
+pub struct Interner(Arc<Mutex<InternSet>>);
+
+#[derive(Default)]
+struct InternSet {
+    set: HashSet<Arc<str>>,
+    prune_at: usize,
+}
+
+impl Interner {
+    pub fn intern(&self, s: &str) -> Arc<str> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = g.set.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        g.set.insert(a.clone());
+        if g.set.len() > g.prune_at {
+            g.set.retain(|a| Arc::strong_count(a) > 1);
+            g.prune_at = (g.set.len() * 2).max(4096);
+        }
+        a
+    }
+}
+
 /// A Pod's labels (from metadata only). Pods without labels are not kept.
-pub fn project_pod(pod: &PartialObjectMeta<Pod>) -> Option<Labels> {
-    pod.metadata.labels.clone().filter(|l| !l.is_empty())
+pub fn project_pod(pod: &PartialObjectMeta<Pod>, interner: &Interner) -> Option<PodLabels> {
+    let labels = pod.metadata.labels.as_ref().filter(|l| !l.is_empty())?;
+    // BTreeMap iteration is sorted by key.
+    Some(
+        labels
+            .iter()
+            .map(|(k, v)| (interner.intern(k), interner.intern(v)))
+            .collect(),
+    )
+}
+
+fn pod_label<'a>(labels: &'a PodLabels, key: &str) -> Option<&'a str> {
+    labels
+        .binary_search_by(|(k, _)| k.as_ref().cmp(key))
+        .ok()
+        .map(|i| labels[i].1.as_ref())
 }
 
 /// Resolves a DestinationRule host like Istio does for Kubernetes: a short name is relative
@@ -318,7 +363,7 @@ impl<T> Watched<T> {
 pub struct Model {
     pub services: Watched<SvcInfo>,
     pub slices: Watched<SliceInfo>,
-    pub pods: Watched<Labels>,
+    pub pods: Watched<PodLabels>,
     /// `None` while the DestinationRule CRD is not served.
     pub rules: Option<Watched<DrInfo>>,
 }
@@ -425,7 +470,7 @@ impl Model {
                             .map(|l| {
                                 wanted_keys
                                     .iter()
-                                    .filter_map(|k| Some(((*k).clone(), l.get(*k)?.clone())))
+                                    .filter_map(|k| Some(((*k).clone(), pod_label(l, k)?.into())))
                                     .collect()
                             })
                             .unwrap_or_default()
@@ -593,6 +638,7 @@ mod tests {
     }
 
     fn model_with(dr: bool) -> Model {
+        let interner = Interner::default();
         let mut m = Model::new(1);
         let s = project_service(&svc(
             json!([{"name": "http", "port": 80}, {"name": "grpc", "port": 90}]),
@@ -623,13 +669,14 @@ mod tests {
             .items
             .insert(k("shop", "catalog-def"), dup);
         for (p, v) in [("p1", "v1"), ("p2", "v2")] {
-            m.pods.streams[0].items.insert(
-                k("shop", p),
-                Labels::from([
-                    ("version".into(), v.into()),
-                    ("app".into(), "catalog".into()),
-                ]),
-            );
+            let meta: PartialObjectMeta<Pod> = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": p, "namespace": "shop",
+                             "labels": {"version": v, "app": "catalog"}}
+            }))
+            .unwrap();
+            let labels = project_pod(&meta, &interner).unwrap();
+            m.pods.streams[0].items.insert(k("shop", p), labels);
         }
         if dr {
             let mut w = Watched::new(1);
@@ -691,6 +738,22 @@ mod tests {
             "only selected keys are kept"
         );
         assert_eq!(s.endpoints[1].labels["version"], "v2");
+    }
+
+    #[test]
+    fn interner_shares_and_prunes() {
+        let i = Interner::default();
+        let a = i.intern("version");
+        let b = i.intern("version");
+        assert!(Arc::ptr_eq(&a, &b));
+        drop((a, b));
+        for n in 0..5000 {
+            i.intern(&format!("x{n}"));
+        }
+        assert!(
+            i.0.lock().unwrap().set.len() < 5000,
+            "unreferenced strings are pruned"
+        );
     }
 
     #[test]
