@@ -19,7 +19,7 @@ use crate::forward::{self, Progress};
 use crate::metrics::{ProxyMetrics, SniLabels};
 use crate::name;
 use crate::proxy_protocol;
-use crate::routes::{LookupError, Routes};
+use crate::routes::{EndpointState, LookupError, Routes};
 use crate::sni::{self, Detect};
 
 /// Why a connection was closed without forwarding a byte: the `reason` label.
@@ -161,33 +161,83 @@ impl Proxy {
         let client_addr = client_addr.unwrap_or(peer);
         tracing::Span::current().record("client", tracing::field::display(client_addr));
 
+        // Routing state (hello, name, candidates) lives in its own future, so none of it is
+        // kept for the life of the forwarded connection.
+        let (upstream, ep, labels) = match self.route_and_connect(hello).await {
+            Ok(found) => found,
+            Err(r) => return self.reject(r, start),
+        };
+        tracing::Span::current().record("upstream", tracing::field::display(ep.addr));
+        let _active_ep = ep.track();
+        let _ = upstream.set_nodelay(true);
+        let _ = SockRef::from(&upstream).set_tcp_keepalive(&keepalive());
+        self.metrics.opened.get_or_create(&labels).inc();
+        let active = self.metrics.active.get_or_create(&labels).clone();
+        active.inc();
+        let progress = Progress::new(
+            self.metrics.sent_bytes.get_or_create(&labels).clone(),
+            self.metrics.received_bytes.get_or_create(&labels).clone(),
+        );
+        // Replay exactly what was read: the hello and anything the client sent after it.
+        let mut upstream = upstream;
+        let end = match upstream.write_all(&buf).await {
+            Ok(()) => {
+                progress.add_sent(buf.len() as u64);
+                drop(buf);
+                forward::run(&client, &upstream, self.cfg.idle_timeout, &progress).await
+            }
+            Err(e) => forward::End::Error(e),
+        };
+        active.dec();
+        self.metrics.closed.get_or_create(&labels).inc();
+        let (sent, received) = progress.totals();
+        if let forward::End::Error(e) = &end {
+            debug!(error = %e, "connection ended with an error");
+        }
+        info!(
+            target: "access",
+            client = %client_addr,
+            sni = %labels.sni,
+            upstream = %ep.addr,
+            sent,
+            received,
+            duration_ms = start.elapsed().as_millis() as u64,
+            outcome = end.as_str(),
+            "connection closed"
+        );
+    }
+
+    /// Decodes and checks the SNI, finds the route and connects to an endpoint, retrying
+    /// others on failure (safe: nothing has been forwarded yet).
+    async fn route_and_connect(
+        &self,
+        hello: sni::ClientHello,
+    ) -> Result<(TcpStream, Arc<EndpointState>, SniLabels), Reject> {
         let Some(raw) = hello.sni else {
-            return self.reject(Reject::NoSni, start);
+            return Err(Reject::NoSni);
         };
         tracing::Span::current().record("sni", raw.as_str());
         let Ok(target) = name::parse(&raw) else {
-            return self.reject(Reject::BadName, start);
+            return Err(Reject::BadName);
         };
         if !self.cfg.allow_hosts.iter().any(|p| p.matches(&target.host)) {
-            return self.reject(Reject::HostNotAllowed, start);
+            return Err(Reject::HostNotAllowed);
         }
         if self.cfg.require_istio_alpn
             && !hello.alpn.iter().any(|a| ISTIO_ALPNS.contains(&a.as_str()))
         {
-            return self.reject(Reject::AlpnNotAllowed, start);
+            return Err(Reject::AlpnNotAllowed);
         }
         let Some(table) = self.routes.load() else {
-            return self.reject(Reject::NoRoute, start);
+            return Err(Reject::NoRoute);
         };
         let Some(route) = table.lookup(&target.host, target.port) else {
-            return self.reject(Reject::NoRoute, start);
+            return Err(Reject::NoRoute);
         };
         let candidates = match route.candidates(&target.subset) {
             Ok(c) => c,
-            Err(LookupError::NoRoute) => return self.reject(Reject::NoRoute, start),
-            Err(LookupError::NoHealthyEndpoint) => {
-                return self.reject(Reject::NoHealthyEndpoint, start);
-            }
+            Err(LookupError::NoRoute) => return Err(Reject::NoRoute),
+            Err(LookupError::NoHealthyEndpoint) => return Err(Reject::NoHealthyEndpoint),
         };
 
         let mut tried = Vec::with_capacity(self.cfg.connect_attempts as usize);
@@ -223,51 +273,13 @@ impl Proxy {
             } else {
                 Reject::ConnectFailed
             };
-            return self.reject(r, start);
+            return Err(r);
         };
-        drop(table);
-        tracing::Span::current().record("upstream", tracing::field::display(ep.addr));
-        let _active_ep = ep.track();
-        let _ = upstream.set_nodelay(true);
-        let _ = SockRef::from(&upstream).set_tcp_keepalive(&keepalive());
 
         let labels = SniLabels {
             sni: target.to_string(),
         };
-        self.metrics.opened.get_or_create(&labels).inc();
-        let active = self.metrics.active.get_or_create(&labels).clone();
-        active.inc();
-        let progress = Progress::new(
-            self.metrics.sent_bytes.get_or_create(&labels).clone(),
-            self.metrics.received_bytes.get_or_create(&labels).clone(),
-        );
-        // Replay exactly what was read: the hello and anything the client sent after it.
-        let mut upstream = upstream;
-        let end = match upstream.write_all(&buf).await {
-            Ok(()) => {
-                progress.add_sent(buf.len() as u64);
-                drop(buf);
-                forward::run(&client, &upstream, self.cfg.idle_timeout, &progress).await
-            }
-            Err(e) => forward::End::Error(e),
-        };
-        active.dec();
-        self.metrics.closed.get_or_create(&labels).inc();
-        let (sent, received) = progress.totals();
-        if let forward::End::Error(e) = &end {
-            debug!(error = %e, "connection ended with an error");
-        }
-        info!(
-            target: "access",
-            client = %client_addr,
-            sni = %labels.sni,
-            upstream = %ep.addr,
-            sent,
-            received,
-            duration_ms = start.elapsed().as_millis() as u64,
-            outcome = end.as_str(),
-            "connection closed"
-        );
+        Ok((upstream, ep, labels))
     }
 
     /// Reads an optional PROXY v2 header, then the ClientHello. Returns the hello and the
