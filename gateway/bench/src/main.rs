@@ -1,0 +1,112 @@
+//! `sni-bench`: load generator, TLS backend and forwarding experiment for comparing the
+//! gateway with HAProxy and nginx on loopback. See `gateway/bench/README.md`.
+//!
+//! Every client mode is bounded by a count and a time limit, and refuses targets outside
+//! 127.0.0.0/8. Results are printed as one JSON object on stdout; `report` turns a directory
+//! of them into the markdown table.
+
+mod backend;
+mod client;
+mod clock;
+mod dropin;
+mod forward;
+mod report;
+mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "SNI proxy benchmark: load generator, TLS backend, forwarders, report")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write a test PKI (cert-chain.pem, key.pem, root-cert.pem) into a directory.
+    Certs {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// TLS (and optionally plain TCP) backend speaking the bench protocol.
+    Backend(backend::BackendArgs),
+    /// New TLS connections per second: handshake, one small request/response, close.
+    Connrate(client::ConnrateArgs),
+    /// Paced request/response over persistent connections; latency percentiles.
+    Latency(client::LatencyArgs),
+    /// Bulk transfer, download then upload; MB/s.
+    Throughput(client::ThroughputArgs),
+    /// Open many idle connections and measure the proxy's resident memory per connection.
+    Idle(client::IdleArgs),
+    /// Plain TCP forwarder for the splice experiment (userspace copy or splice(2)).
+    Forward(forward::ForwardArgs),
+    /// Render result JSON files of one run as a markdown table.
+    Report(report::ReportArgs),
+}
+
+/// What every client mode needs to reach a target.
+#[derive(Args, Clone, Debug)]
+pub struct Target {
+    /// Address of the proxy (or of the backend for `direct`); must be in 127.0.0.0/8.
+    #[arg(long)]
+    pub target: SocketAddr,
+    /// SNI sent in the ClientHello.
+    #[arg(
+        long,
+        default_value = "outbound_.80_._.bench.default.svc.cluster.local"
+    )]
+    pub sni: String,
+    /// Directory written by `certs` (the client trusts its root).
+    #[arg(long)]
+    pub certs: PathBuf,
+    /// Plain TCP instead of TLS (splice experiment only).
+    #[arg(long)]
+    pub plain: bool,
+    /// Label stored in the result.
+    #[arg(long, default_value = "target")]
+    pub name: String,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+/// Refuses anything outside loopback: this tool must never send traffic off the machine.
+pub fn check_loopback(addr: &SocketAddr) -> Result<()> {
+    match addr {
+        SocketAddr::V4(a) if a.ip().octets()[0] == 127 => Ok(()),
+        _ => bail!("{addr} is not in 127.0.0.0/8; sni-bench only talks to loopback"),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Certs { dir } => tls::write_certs(&dir),
+        Cmd::Report(a) => report::run(&a),
+        Cmd::Backend(a) => runtime(a.threads)?.block_on(backend::run(a)),
+        Cmd::Forward(a) => runtime(a.threads)?.block_on(forward::run(a)),
+        Cmd::Connrate(a) => print(runtime(a.threads)?.block_on(client::connrate(a))?),
+        Cmd::Latency(a) => print(runtime(a.threads)?.block_on(client::latency(a))?),
+        Cmd::Throughput(a) => print(runtime(a.threads)?.block_on(client::throughput(a))?),
+        Cmd::Idle(a) => print(runtime(a.threads)?.block_on(client::idle(a))?),
+    }
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()?)
+}
+
+fn print(v: serde_json::Value) -> Result<()> {
+    println!("{v}");
+    Ok(())
+}
