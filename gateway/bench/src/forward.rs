@@ -1,12 +1,12 @@
 //! The splice experiment: a minimal plain TCP forwarder with two copy strategies.
 //!
-//! - `copy`: the loop of `gateway/src/forward.rs` (readiness, `try_read` into a 16 KiB stack
-//!   buffer, `try_write`, a heap tail only for what the peer could not take), without the
-//!   metrics and idle timer.
+//! - `copy`: `gateway::forward::copy_one_way` (readiness, `try_read` into a 16 KiB stack
+//!   buffer, `try_write`, a heap tail only for what the peer could not take).
 //! - `splice`: socket -> pipe -> socket with `splice(2)` (`SPLICE_F_MOVE | SPLICE_F_NONBLOCK`),
 //!   driven by tokio readiness through `try_io`; one pipe per direction.
 //!
-//! - `hybrid`: `dropin::forward_splice`, the proposal for the gateway.
+//! - `hybrid`: `gateway::forward::one_way`, what the gateway runs: copy, then splice after
+//!   256 KiB per direction.
 //!
 //! All half-close like the gateway: EOF one way becomes `shutdown(Write)` the other way.
 
@@ -21,11 +21,10 @@ use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::check_loopback;
-use crate::dropin::forward_splice;
+use gateway::forward;
 use prometheus_client::metrics::counter::Counter;
 use std::sync::atomic::AtomicU64;
 
-const CHUNK: usize = 16 * 1024;
 /// Pipe capacity for splice; the default (16 pages) is 64 KiB on 4 KiB pages.
 const PIPE: usize = 64 * 1024;
 
@@ -33,7 +32,7 @@ const PIPE: usize = 64 * 1024;
 pub enum Mode {
     Copy,
     Splice,
-    /// `dropin::forward_splice`: copy first, splice after 256 KiB per direction.
+    /// `gateway::forward::one_way`: copy first, splice after 256 KiB per direction.
     Hybrid,
 }
 
@@ -64,7 +63,13 @@ pub async fn run(a: ForwardArgs) -> Result<()> {
                 u.set_nodelay(true)?;
                 match mode {
                     Mode::Copy => {
-                        tokio::try_join!(copy_one_way(&c, &u), copy_one_way(&u, &c))?;
+                        let (last, sent, received) =
+                            (AtomicU64::new(0), Counter::default(), Counter::default());
+                        let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
+                        tokio::try_join!(
+                            forward::copy_one_way(&c, &u, &sent, &t1, &last),
+                            forward::copy_one_way(&u, &c, &received, &t2, &last)
+                        )?;
                     }
                     Mode::Splice => {
                         tokio::try_join!(splice_one_way(&c, &u), splice_one_way(&u, &c))?;
@@ -74,8 +79,8 @@ pub async fn run(a: ForwardArgs) -> Result<()> {
                             (AtomicU64::new(0), Counter::default(), Counter::default());
                         let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
                         tokio::try_join!(
-                            forward_splice(&c, &u, &sent, &t1, &last),
-                            forward_splice(&u, &c, &received, &t2, &last)
+                            forward::one_way(&c, &u, &sent, &t1, &last),
+                            forward::one_way(&u, &c, &received, &t2, &last)
                         )?;
                     }
                 }
@@ -92,49 +97,6 @@ fn shutdown_write(dst: &TcpStream) -> io::Result<()> {
     match rustix::net::shutdown(dst, rustix::net::Shutdown::Write) {
         Err(e) if io::Error::from(e).kind() == io::ErrorKind::NotConnected => Ok(()),
         r => r.map_err(io::Error::from),
-    }
-}
-
-/// The userspace copy of `gateway/src/forward.rs`, minus metrics.
-pub async fn copy_one_way(src: &TcpStream, dst: &TcpStream) -> io::Result<()> {
-    let mut pending: Vec<u8> = Vec::new();
-    loop {
-        src.readable().await?;
-        let got = {
-            let mut buf = [0u8; CHUNK];
-            match src.try_read(&mut buf) {
-                Ok(0) => None,
-                Ok(n) => {
-                    let written = match dst.try_write(&buf[..n]) {
-                        Ok(w) => w,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                        Err(e) => return Err(e),
-                    };
-                    if written < n {
-                        pending.extend_from_slice(&buf[written..n]);
-                    }
-                    Some(n)
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        };
-        if got.is_none() {
-            return shutdown_write(dst);
-        }
-        while !pending.is_empty() {
-            dst.writable().await?;
-            match dst.try_write(&pending) {
-                Ok(w) => {
-                    pending.drain(..w);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if pending.capacity() > CHUNK {
-            pending = Vec::new();
-        }
     }
 }
 

@@ -7,8 +7,6 @@
 
 mod backend;
 mod client;
-mod clock;
-mod dropin;
 mod forward;
 mod report;
 mod tls;
