@@ -84,10 +84,16 @@ impl Progress {
 /// an error occurs.
 pub async fn run(client: &TcpStream, upstream: &TcpStream, idle: Duration, p: &Progress) -> End {
     let last = AtomicU64::new(clock::now_ms());
-    let up = one_way(client, upstream, &p.sent, &p.sent_total, &last);
-    let down = one_way(upstream, client, &p.received, &p.received_total, &last);
+    // The direction futures are built inside the join, not bound to locals first: a moved
+    // local keeps its own slot in the task, which doubled this future's size (every idle
+    // connection pays for it).
     tokio::select! {
-        r = async { tokio::try_join!(up, down) } => match r {
+        r = async {
+            tokio::try_join!(
+                one_way(client, upstream, &p.sent, &p.sent_total, &last),
+                one_way(upstream, client, &p.received, &p.received_total, &last),
+            )
+        } => match r {
             Ok(_) => End::Done,
             Err(e) => End::Error(e),
         },
