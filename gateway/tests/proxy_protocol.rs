@@ -11,12 +11,7 @@ use tokio_rustls::TlsConnector;
 
 #[tokio::test]
 async fn header_is_stripped_and_required() {
-    let (b, port) = backends(&["catalog-1"]).await;
-    let gw = gateway_with(
-        &endpoints_yaml(CATALOG, port, &[(b[0].addr.ip(), "v1", true)]),
-        |c| c.proxy_protocol = true,
-    )
-    .await;
+    let (b, gw) = one_catalog(|c| c.proxy_protocol = true).await;
 
     // A load balancer's header, then a real mTLS handshake on the same stream: the backend's
     // TLS stack only completes if the header was not forwarded.

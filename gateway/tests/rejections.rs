@@ -134,12 +134,7 @@ async fn each_reason_is_closed_and_counted() {
 
 #[tokio::test]
 async fn istio_alpn_requirement_can_be_lifted() {
-    let (b, port) = backends(&["catalog-1"]).await;
-    let gw = gateway_with(
-        &endpoints_yaml(CATALOG, port, &[(b[0].addr.ip(), "v1", true)]),
-        |c| c.require_istio_alpn = false,
-    )
-    .await;
+    let (b, gw) = one_catalog(|c| c.require_istio_alpn = false).await;
     let mut h2 = (*default_client()).clone();
     h2.alpn_protocols = vec![b"h2".to_vec()];
     // The backend only speaks Istio ALPNs, so the handshake itself fails at the backend;
@@ -151,15 +146,11 @@ async fn istio_alpn_requirement_can_be_lifted() {
 
 #[tokio::test]
 async fn timeout_and_limits() {
-    let (b, port) = backends(&["catalog-1"]).await;
-    let gw = gateway_with(
-        &endpoints_yaml(CATALOG, port, &[(b[0].addr.ip(), "v1", true)]),
-        |c| {
-            c.detect_timeout = Duration::from_millis(300);
-            c.max_connections = 2;
-            c.max_hello_bytes = 1024;
-        },
-    )
+    let (b, gw) = one_catalog(|c| {
+        c.detect_timeout = Duration::from_millis(300);
+        c.max_connections = 2;
+        c.max_hello_bytes = 1024;
+    })
     .await;
     // timeout: a client that sends half a record header and stops.
     let mut slow = TcpStream::connect(gw.listen).await.unwrap();

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn failover_when_an_endpoint_refuses() {
@@ -118,12 +118,9 @@ async fn reload_keeps_open_connections_and_bad_reload_keeps_table() {
         &[(b[0].addr.ip(), "v1", true)],
     ))
     .await;
-    let tls = connect(gw.listen, &sni(80, "", CATALOG), default_client())
+    let (mut conn, line) = open(gw.listen, &sni(80, "", CATALOG), default_client())
         .await
         .unwrap();
-    let mut open = BufReader::new(tls);
-    let mut line = String::new();
-    open.read_line(&mut line).await.unwrap();
     assert!(line.starts_with("old "));
 
     // Replace the endpoints: only "new" remains.
@@ -140,9 +137,9 @@ async fn reload_keeps_open_connections_and_bad_reload_keeps_table() {
             .starts_with("new ")
     );
     // The connection opened before the reload still works both ways.
-    open.write_all(b"still here").await.unwrap();
+    conn.write_all(b"still here").await.unwrap();
     let mut buf = [0u8; 10];
-    tokio::time::timeout(TIMEOUT, open.read_exact(&mut buf))
+    tokio::time::timeout(TIMEOUT, conn.read_exact(&mut buf))
         .await
         .unwrap()
         .unwrap();
@@ -172,7 +169,7 @@ async fn reload_keeps_open_connections_and_bad_reload_keeps_table() {
             .starts_with("new ")
     );
 
-    // SIGHUP is a reload trigger too; unchanged content publishes nothing new.
+    // Writing the first content back reloads again.
     gw.write_endpoints(&endpoints_yaml(
         CATALOG,
         port,
@@ -208,12 +205,9 @@ async fn readiness_metrics_and_drain() {
             .unwrap()
             .starts_with("catalog-1 ")
     );
-    let tls = connect(gw.listen, &sni(80, "", CATALOG), default_client())
+    let (mut conn, _) = open(gw.listen, &sni(80, "", CATALOG), default_client())
         .await
         .unwrap();
-    let mut open = BufReader::new(tls);
-    let mut line = String::new();
-    open.read_line(&mut line).await.unwrap();
 
     let (_, m) = http_get(gw.admin, "/metrics").await;
     let s = format!("{{sni=\"{}\"}}", sni(80, "", CATALOG));
@@ -242,9 +236,9 @@ async fn readiness_metrics_and_drain() {
             .starts_with("catalog-1 ")
     );
     // The open connection keeps working during the drain.
-    open.write_all(b"ping").await.unwrap();
+    conn.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
-    open.read_exact(&mut buf).await.unwrap();
+    conn.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"ping");
     // After the grace the listener is closed.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -259,7 +253,7 @@ async fn readiness_metrics_and_drain() {
         .unwrap();
     assert_eq!(outcome.forced, 1);
     let mut rest = Vec::new();
-    let r = tokio::time::timeout(TIMEOUT, open.read_to_end(&mut rest))
+    let r = tokio::time::timeout(TIMEOUT, conn.read_to_end(&mut rest))
         .await
         .unwrap();
     assert!(

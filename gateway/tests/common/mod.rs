@@ -280,15 +280,34 @@ pub async fn connect(
         .map_err(|_| std::io::Error::other("handshake timed out"))?
 }
 
-/// One call: handshake through the gateway, read the backend's greeting line.
-pub async fn call(gw: SocketAddr, sni: &str) -> std::io::Result<String> {
-    let tls = connect(gw, sni, default_client()).await?;
-    let mut r = BufReader::new(tls);
+/// Handshake through the gateway and read the backend's greeting line; the stream stays open.
+pub async fn open(
+    gw: SocketAddr,
+    sni: &str,
+    cfg: Arc<ClientConfig>,
+) -> std::io::Result<(BufReader<TlsStream<TcpStream>>, String)> {
+    let mut r = BufReader::new(connect(gw, sni, cfg).await?);
     let mut line = String::new();
     tokio::time::timeout(TIMEOUT, r.read_line(&mut line))
         .await
         .map_err(|_| std::io::Error::other("no greeting"))??;
-    Ok(line.trim_end().to_string())
+    Ok((r, line.trim_end().to_string()))
+}
+
+/// One call: handshake through the gateway, read the backend's greeting line.
+pub async fn call(gw: SocketAddr, sni: &str) -> std::io::Result<String> {
+    Ok(open(gw, sni, default_client()).await?.1)
+}
+
+/// One `catalog-1` backend and a gateway routing the catalog service (subset v1) to it.
+pub async fn one_catalog(tweak: impl FnOnce(&mut Config)) -> (Vec<Backend>, Gw) {
+    let (b, port) = backends(&["catalog-1"]).await;
+    let gw = gateway_with(
+        &endpoints_yaml(CATALOG, port, &[(b[0].addr.ip(), "v1", true)]),
+        tweak,
+    )
+    .await;
+    (b, gw)
 }
 
 /// Plain HTTP/1.0 GET against the admin listener.
