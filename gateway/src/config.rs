@@ -102,8 +102,14 @@ impl Config {
     }
 }
 
+/// A positive duration of at most a year: zero would reject or cut every connection, and
+/// absurd values would overflow deadline arithmetic.
 fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 1h)"))
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 1h)"))?;
+    if d.is_zero() || d > Duration::from_secs(365 * 24 * 3600) {
+        return Err(format!("{s:?} must be more than 0 and at most 365 days"));
+    }
+    Ok(d)
 }
 
 fn host_pattern(s: &str) -> Result<HostPattern, String> {
@@ -158,8 +164,8 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value = "1h", value_parser = duration)]
     pub idle_timeout: Duration,
     /// Most concurrent connections; beyond it new ones are closed at once.
-    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 65536)]
-    pub max_connections: usize,
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_connections: u32,
     /// Expect a PROXY protocol v2 header (a load balancer in front adds it).
     #[arg(long, env = "GATEWAY_PROXY_PROTOCOL")]
     pub proxy_protocol: bool,
@@ -209,7 +215,7 @@ impl Args {
             connect_timeout: self.connect_timeout,
             connect_attempts: self.connect_attempts,
             idle_timeout: self.idle_timeout,
-            max_connections: self.max_connections.max(1),
+            max_connections: self.max_connections as usize,
             proxy_protocol: self.proxy_protocol,
             outlier: Outlier {
                 consecutive_failures: self.outlier_failures,

@@ -244,7 +244,7 @@ fn shutdown_write(dst: &TcpStream) -> io::Result<()> {
 async fn idle_watch(last: &AtomicU64, idle: Duration) {
     let idle_ms = idle.as_millis().max(1) as u64;
     loop {
-        let deadline = last.load(Ordering::Relaxed) + idle_ms;
+        let deadline = last.load(Ordering::Relaxed).saturating_add(idle_ms);
         let now = clock::now_ms();
         if now >= deadline {
             return;

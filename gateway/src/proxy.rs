@@ -93,7 +93,10 @@ impl Proxy {
         drain: Arc<Drain>,
     ) -> Self {
         Proxy {
-            permits: Arc::new(Semaphore::new(cfg.max_connections)),
+            // Clamped: Semaphore panics above MAX_PERMITS (tests and library users set this directly).
+            permits: Arc::new(Semaphore::new(
+                cfg.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             cfg,
             routes,
             metrics,

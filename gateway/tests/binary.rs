@@ -240,3 +240,24 @@ fn bad_flags_and_files_fail_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--idle-timeout"));
 }
+
+#[test]
+fn out_of_range_values_are_refused_without_panicking() {
+    for args in [
+        &["--max-connections", "0"][..],
+        &["--max-connections", "99999999999999999999"],
+        &["--idle-timeout", "0s"],
+        &["--detect-timeout", "100000years"],
+        &["--allow-host", "bad host"],
+        &["--max-hello-bytes", "10"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(args[0]), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -271,7 +271,7 @@ pub fn run(a: &ReportArgs) -> Result<()> {
             ("userspace copy", "splice-copy"),
             ("splice(2)", "splice-splice"),
             (
-                "copy, then splice after 256 KiB (proposed)",
+                "copy, then splice after 256 KiB (the gateway's)",
                 "splice-hybrid",
             ),
         ] {
