@@ -261,3 +261,55 @@ fn out_of_range_values_are_refused_without_panicking() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// SIGHUP reloads even when no file event is seen: the endpoints file is a symlink into
+/// another directory, so writing the target makes no event in the watched parent.
+#[test]
+fn sighup_reloads_the_endpoints_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (watched, elsewhere) = (dir.path().join("watched"), dir.path().join("elsewhere"));
+    std::fs::create_dir_all(&watched).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let target = elsewhere.join("real.yaml");
+    std::fs::write(&target, "services: []\n").unwrap();
+    let link = watched.join("endpoints.yaml");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (gw, _listen, admin) = start_gateway(&link, &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let generation = || {
+        let (_, m) = rt.block_on(http_get(admin, "/metrics"));
+        metric(&m, "gateway_discovery_route_table_generation")
+    };
+    assert_eq!(generation(), 1.0);
+
+    std::fs::write(
+        &target,
+        endpoints_yaml(CATALOG, 3000, &[([127, 0, 0, 2].into(), "v1", true)]),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        generation(),
+        1.0,
+        "no file event should have reached the watcher"
+    );
+
+    let pid = gw.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while generation() < 2.0 {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload the file");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, routes) = rt.block_on(http_get(admin, "/debug/routes"));
+    assert!(routes.contains(CATALOG), "{routes}");
+}
