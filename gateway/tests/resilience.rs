@@ -309,3 +309,42 @@ async fn port_conflict_fails_loudly() {
         .expect("bind must fail");
     assert!(err.to_string().contains(&gw.listen.to_string()), "{err}");
 }
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let (_backends, gw) = one_catalog(|c| c.idle_timeout = Duration::from_millis(400)).await;
+    let (mut conn, _) = open(gw.listen, &sni(80, "", CATALOG), default_client())
+        .await
+        .unwrap();
+    // Activity resets the timer: an exchange at 250 ms keeps the connection.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    conn.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    conn.read_exact(&mut buf).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    conn.write_all(b"pong").await.unwrap();
+    conn.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"pong");
+    // Then silence: the gateway closes it.
+    let t = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(TIMEOUT, conn.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(
+        r.is_err() || rest.is_empty(),
+        "expected a close, got {rest:?}"
+    );
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "closed too early: {waited:?}"
+    );
+    let (_, m) = http_get(gw.admin, "/metrics").await;
+    let s = format!("{{sni=\"{}\"}}", sni(80, "", CATALOG));
+    assert_eq!(
+        metric(&m, &format!("gateway_connections_closed_total{s}")),
+        1.0
+    );
+    assert_eq!(metric(&m, &format!("gateway_connections_active{s}")), 0.0);
+}
