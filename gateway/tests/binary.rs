@@ -313,3 +313,96 @@ fn sighup_reloads_the_endpoints_file() {
     let (_, routes) = rt.block_on(http_get(admin, "/debug/routes"));
     assert!(routes.contains(CATALOG), "{routes}");
 }
+
+/// `--log-format json`: the effective configuration at start, and one access-log line per
+/// forwarded connection with SNI, upstream, bytes each way and outcome.
+#[test]
+fn json_logs_carry_config_and_access_log() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (backends, port) = rt.block_on(backends(&["catalog-1"]));
+    let dir = tempfile::tempdir().unwrap();
+    let eps = dir.path().join("endpoints.yaml");
+    std::fs::write(
+        &eps,
+        endpoints_yaml(CATALOG, port, &[(backends[0].addr.ip(), "v1", true)]),
+    )
+    .unwrap();
+    let mut child = Proc(
+        Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--endpoints",
+            ])
+            .arg(&eps)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = lines.clone();
+    let stderr = child.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            sink.lock().unwrap().push(v);
+        }
+    });
+    let find = |pred: &dyn Fn(&serde_json::Value) -> bool| -> serde_json::Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(v) = lines.lock().unwrap().iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such log line in {:?}",
+                lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let start = find(&|v| v["message"] == "starting gateway");
+    assert!(
+        start["config"]
+            .as_str()
+            .unwrap()
+            .contains("require_istio_alpn: true"),
+        "{start}"
+    );
+    let listening = find(&|v| v["message"] == "gateway listening");
+    let listen: SocketAddr = listening["listen_addr"].as_str().unwrap().parse().unwrap();
+
+    // A graceful client: close_notify and FIN, then read to the backend's own close.
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut conn, greeting) = open(listen, &sni(80, "", CATALOG), default_client())
+            .await
+            .unwrap();
+        assert!(greeting.starts_with("catalog-1 "));
+        conn.shutdown().await.unwrap();
+        let mut rest = String::new();
+        conn.read_to_string(&mut rest).await.unwrap();
+        assert_eq!(rest, "eof after 0 bytes\n");
+    });
+    let access = find(&|v| v["target"] == "access");
+    assert_eq!(access["sni"], sni(80, "", CATALOG));
+    assert_eq!(access["upstream"], backends[0].addr.to_string());
+    assert_eq!(access["outcome"], "ok");
+    assert!(
+        access["sent"].as_u64().unwrap() > 100 && access["received"].as_u64().unwrap() > 100,
+        "{access}"
+    );
+    drop(child);
+}
