@@ -18,6 +18,9 @@ use crate::clock;
 
 pub type Labels = BTreeMap<String, String>;
 
+/// Subset name to the labels an endpoint must carry.
+pub type Subsets = BTreeMap<String, Labels>;
+
 /// One service as a discovery source sees it, before validation into a [`RouteTable`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSpec {
@@ -25,8 +28,9 @@ pub struct ServiceSpec {
     pub host: String,
     /// The service ports that appear in SNI names.
     pub ports: Vec<u16>,
-    /// Subset name to the labels an endpoint must carry.
-    pub subsets: BTreeMap<String, Labels>,
+    /// Subset name to the labels an endpoint must carry. Shared: the table keeps this
+    /// allocation, and sources may hand the same map to many services.
+    pub subsets: Arc<Subsets>,
     pub endpoints: Vec<EndpointSpec>,
 }
 
@@ -36,7 +40,9 @@ pub struct EndpointSpec {
     /// Service port to the port dialed on this endpoint. A service port missing here is not
     /// served by this endpoint (Kubernetes maps ports per EndpointSlice).
     pub ports: BTreeMap<u16, u16>,
-    pub labels: Labels,
+    /// Shared: the table keeps this allocation, and sources may hand the same map to every
+    /// endpoint with equal labels.
+    pub labels: Arc<Labels>,
     pub ready: bool,
 }
 
@@ -120,7 +126,7 @@ impl Drop for ActiveGuard {
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub state: Arc<EndpointState>,
-    pub labels: Labels,
+    pub labels: Arc<Labels>,
     pub ready: bool,
 }
 
@@ -129,7 +135,7 @@ pub struct Endpoint {
 pub struct Route {
     pub host: String,
     pub port: u16,
-    pub subsets: BTreeMap<String, Labels>,
+    pub subsets: Arc<Subsets>,
     /// All endpoints, ready or not (the debug view shows both).
     pub endpoints: Vec<Endpoint>,
 }
@@ -201,14 +207,14 @@ impl RouteTable {
                 sni: format!("outbound_.{}_._.{}", r.port, r.host),
                 host: r.host.clone(),
                 port: r.port,
-                subsets: r.subsets.clone(),
+                subsets: (*r.subsets).clone(),
                 endpoints: r
                     .endpoints
                     .iter()
                     .map(|e| DebugEndpoint {
                         address: e.state.addr.to_string(),
                         ready: e.ready,
-                        labels: e.labels.clone(),
+                        labels: (*e.labels).clone(),
                         active_connections: e.state.active(),
                         consecutive_failures: e.state.consecutive_failures(),
                         ejected: e.state.is_ejected(now),
@@ -287,12 +293,16 @@ impl Routes {
                     .or_insert_with(|| Route {
                         host: spec.host.clone(),
                         port,
-                        subsets: BTreeMap::new(),
+                        subsets: Arc::default(),
                         endpoints: Vec::new(),
                     });
-                route
-                    .subsets
-                    .extend(spec.subsets.iter().map(|(k, v)| (k.clone(), v.clone())));
+                // Share the spec's map; copy only to merge a host listed twice.
+                if route.subsets.is_empty() {
+                    route.subsets = spec.subsets.clone();
+                } else if !spec.subsets.is_empty() && !Arc::ptr_eq(&route.subsets, &spec.subsets) {
+                    Arc::make_mut(&mut route.subsets)
+                        .extend(spec.subsets.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
                 for ep in &spec.endpoints {
                     let Some(&target) = ep.ports.get(&port) else {
                         continue;
@@ -331,20 +341,21 @@ mod tests {
         ServiceSpec {
             host: host.into(),
             ports: vec![80],
-            subsets: [(
+            subsets: Arc::new(Subsets::from([(
                 "v1".to_string(),
                 Labels::from([("version".into(), "v1".into())]),
-            )]
-            .into(),
+            )])),
             endpoints: eps
                 .iter()
                 .map(|(a, ready, labels)| EndpointSpec {
                     address: a.parse().unwrap(),
                     ports: [(80, 3000)].into(),
-                    labels: labels
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
+                    labels: Arc::new(
+                        labels
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    ),
                     ready: *ready,
                 })
                 .collect(),

@@ -352,4 +352,13 @@ async fn kube_discovery_benchmark() {
         "RSS after 10 updates at 50,000 endpoints: {:.1} MiB",
         rss_after as f64 / 1024.0
     );
+    // Growth that levels off is allocator high water (each rebuild briefly holds two
+    // tables); growth that keeps going would be retention.
+    for n in [20, 30] {
+        update_latency(&api, &gw, &b, port, 10).await;
+        println!(
+            "RSS after {n} updates at 50,000 endpoints: {:.1} MiB",
+            gw.status_kb("VmRSS:") as f64 / 1024.0
+        );
+    }
 }

@@ -3,9 +3,10 @@
 //! The parent directory is watched, not the file: Kubernetes mounts ConfigMaps through a
 //! `..data` symlink that is swapped atomically, which a watch on the file itself misses.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -102,6 +103,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
         msg,
     };
     let mut hosts = BTreeSet::new();
+    // Endpoints with equal labels share one map in the table.
+    let mut shared: HashMap<Labels, Arc<Labels>> = HashMap::new();
     let mut out = Vec::with_capacity(doc.services.len());
     for (i, svc) in doc.services.into_iter().enumerate() {
         let at = format!("services[{i}] ({})", svc.host);
@@ -151,6 +154,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                 )));
             }
         }
+        let subsets = Arc::new(subsets);
         let mut seen = BTreeSet::new();
         let mut endpoints = Vec::with_capacity(svc.endpoints.len());
         for (j, e) in svc.endpoints.into_iter().enumerate() {
@@ -168,7 +172,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
             endpoints.push(EndpointSpec {
                 address,
                 ports: port_map.clone(),
-                labels: e.labels,
+                labels: shared
+                    .entry(e.labels)
+                    .or_insert_with_key(|l| Arc::new(l.clone()))
+                    .clone(),
                 ready: e.ready,
             });
         }

@@ -16,7 +16,7 @@ use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
 
 use crate::name;
-use crate::routes::{EndpointSpec, Labels, ServiceSpec};
+use crate::routes::{EndpointSpec, Labels, ServiceSpec, Subsets};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -388,13 +388,14 @@ impl Model {
 
     /// Subsets per resolved host: rules for one host merge, the oldest rule winning a subset
     /// name defined twice. Subset names that cannot appear in an SNI name are dropped.
-    fn subsets_by_host(&self) -> HashMap<&str, BTreeMap<String, Labels>> {
+    /// Hosts with equal subsets share one map (rules are often copies of each other).
+    fn subsets_by_host(&self) -> HashMap<&str, Arc<Subsets>> {
         let Some(rules) = &self.rules else {
             return HashMap::new();
         };
         let mut sorted: Vec<&DrInfo> = rules.iter().map(|(_, r)| r).collect();
         sorted.sort_by(|a, b| a.order.cmp(&b.order));
-        let mut out: HashMap<&str, BTreeMap<String, Labels>> = HashMap::new();
+        let mut out: HashMap<&str, Subsets> = HashMap::new();
         for r in sorted {
             let entry = out.entry(r.host.as_str()).or_default();
             for (name, labels) in &r.subsets {
@@ -405,7 +406,16 @@ impl Model {
                 entry.entry(name.clone()).or_insert_with(|| labels.clone());
             }
         }
-        out
+        let mut shared: HashMap<Subsets, Arc<Subsets>> = HashMap::new();
+        out.into_iter()
+            .map(|(host, subs)| {
+                let subs = shared
+                    .entry(subs)
+                    .or_insert_with_key(|s| Arc::new(s.clone()))
+                    .clone();
+                (host, subs)
+            })
+            .collect()
     }
 
     /// The route table's input: one spec per Service with at least one TCP port.
@@ -413,7 +423,8 @@ impl Model {
     /// An endpoint serves a Service port when its slice has a port with the same name
     /// (both empty for an unnamed port). An address listed in several slices of one
     /// Service counts once, ready if any listing is ready. Pod labels are attached only
-    /// for the label keys the Service's subsets select on.
+    /// for the label keys the Service's subsets select on; endpoints with equal labels
+    /// share one map, so the table holds a few maps rather than one per endpoint.
     pub fn specs(&self, domain: &str) -> Vec<ServiceSpec> {
         let mut slices_by_svc: HashMap<(&str, &str), Vec<&SliceInfo>> = HashMap::new();
         for ((ns, _), s) in self.slices.iter() {
@@ -423,6 +434,10 @@ impl Model {
                 .push(s);
         }
         let subsets = self.subsets_by_host();
+        let no_subsets: Arc<Subsets> = Arc::default();
+        let no_labels: Arc<Labels> = Arc::default();
+        let mut label_sets: HashMap<Vec<(&str, &str)>, Arc<Labels>> = HashMap::new();
+        let mut label_key: Vec<(&str, &str)> = Vec::new();
         let mut out = Vec::with_capacity(self.services.len());
         for ((ns, svc_name), svc) in self.services.iter() {
             if svc.ports.is_empty() {
@@ -436,9 +451,12 @@ impl Model {
                 tracing::debug!(%host, "service host is not routable; skipped");
                 continue;
             }
-            let subs = subsets.get(host.as_str()).cloned().unwrap_or_default();
-            let wanted_keys: Vec<&String> = {
-                let mut k: Vec<&String> = subs.values().flat_map(|l| l.keys()).collect();
+            let subs = subsets.get(host.as_str()).unwrap_or(&no_subsets);
+            let wanted_keys: Vec<&str> = {
+                let mut k: Vec<&str> = subs
+                    .values()
+                    .flat_map(|l| l.keys().map(String::as_str))
+                    .collect();
                 k.sort();
                 k.dedup();
                 k
@@ -461,24 +479,39 @@ impl Model {
                     continue;
                 }
                 for e in &slice.endpoints {
-                    let labels = if wanted_keys.is_empty() {
-                        Labels::new()
-                    } else {
-                        e.pod
-                            .as_ref()
-                            .and_then(|p| self.pods.get(&(ns.clone(), p.clone())))
-                            .map(|l| {
+                    let pod = e
+                        .pod
+                        .as_ref()
+                        .filter(|_| !wanted_keys.is_empty())
+                        .and_then(|p| self.pods.get(&(ns.clone(), p.clone())));
+                    let labels = match pod {
+                        None => no_labels.clone(),
+                        Some(l) => {
+                            label_key.clear();
+                            label_key.extend(
                                 wanted_keys
                                     .iter()
-                                    .filter_map(|k| Some(((*k).clone(), pod_label(l, k)?.into())))
-                                    .collect()
-                            })
-                            .unwrap_or_default()
+                                    .filter_map(|&k| Some((k, pod_label(l, k)?))),
+                            );
+                            match label_sets.get(label_key.as_slice()) {
+                                Some(shared) => shared.clone(),
+                                None => {
+                                    let new: Arc<Labels> = Arc::new(
+                                        label_key
+                                            .iter()
+                                            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+                                            .collect(),
+                                    );
+                                    label_sets.insert(label_key.clone(), new.clone());
+                                    new
+                                }
+                            }
+                        }
                     };
                     let spec = eps.entry(e.address).or_insert_with(|| EndpointSpec {
                         address: e.address,
                         ports: BTreeMap::new(),
-                        labels: Labels::new(),
+                        labels: no_labels.clone(),
                         ready: false,
                     });
                     if e.ready && !spec.ready {
@@ -494,7 +527,7 @@ impl Model {
             out.push(ServiceSpec {
                 host,
                 ports,
-                subsets: subs,
+                subsets: subs.clone(),
                 endpoints: eps.into_values().collect(),
             });
         }
@@ -733,11 +766,51 @@ mod tests {
         assert_eq!(s.subsets["v1"]["version"], "v1", "the oldest rule wins");
         assert_eq!(s.subsets["v2"]["version"], "v2");
         assert_eq!(
-            s.endpoints[0].labels,
+            *s.endpoints[0].labels,
             Labels::from([("version".into(), "v1".into())]),
             "only selected keys are kept"
         );
         assert_eq!(s.endpoints[1].labels["version"], "v2");
+    }
+
+    #[test]
+    fn equal_labels_and_subsets_share_one_map() {
+        let mut m = model_with(true);
+        let sl = project_slice(&slice(
+            "catalog",
+            json!([{"name": "http", "port": 3000}]),
+            json!([{"addresses": ["10.0.0.4"], "targetRef": {"kind": "Pod", "name": "p4"}}]),
+        ))
+        .unwrap();
+        m.slices.streams[0]
+            .items
+            .insert(k("shop", "catalog-ghi"), sl);
+        // Differs from p1 only in a label no subset selects on.
+        let meta: PartialObjectMeta<Pod> = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "p4", "namespace": "shop",
+                         "labels": {"version": "v1", "app": "other"}}
+        }))
+        .unwrap();
+        let labels = project_pod(&meta, &Interner::default()).unwrap();
+        m.pods.streams[0].items.insert(k("shop", "p4"), labels);
+        let specs = m.specs("cluster.local");
+        let eps = &specs[0].endpoints;
+        let addr = |a: &str| {
+            eps.iter()
+                .find(|e| e.address == a.parse::<IpAddr>().unwrap())
+        };
+        let (e1, e2, e4) = (addr("10.0.0.1"), addr("10.0.0.2"), addr("10.0.0.4"));
+        assert!(Arc::ptr_eq(&e1.unwrap().labels, &e4.unwrap().labels));
+        assert!(!Arc::ptr_eq(&e1.unwrap().labels, &e2.unwrap().labels));
+        assert_eq!(e4.unwrap().labels["version"], "v1");
+        // Published tables keep the shared maps.
+        let routes = crate::routes::Routes::new();
+        let t = routes.publish(&specs);
+        let r = t.lookup("catalog.shop.svc.cluster.local", 80).unwrap();
+        assert!(Arc::ptr_eq(&r.subsets, &specs[0].subsets));
+        assert!(Arc::ptr_eq(&r.endpoints[0].labels, &e1.unwrap().labels));
+        assert_eq!(r.candidates("v1").unwrap().len(), 2);
     }
 
     #[test]
