@@ -299,6 +299,12 @@ pub async fn call(gw: SocketAddr, sni: &str) -> std::io::Result<String> {
     Ok(open(gw, sni, default_client()).await?.1)
 }
 
+/// The name of the backend that answered one call (the first word of its greeting).
+pub async fn served_by(gw: SocketAddr, sni: &str) -> String {
+    let greeting = call(gw, sni).await.unwrap();
+    greeting.split(' ').next().unwrap_or_default().to_string()
+}
+
 /// One `catalog-1` backend and a gateway routing the catalog service (subset v1) to it.
 pub async fn one_catalog(tweak: impl FnOnce(&mut Config)) -> (Vec<Backend>, Gw) {
     let (b, port) = backends(&["catalog-1"]).await;
