@@ -131,6 +131,30 @@ pub async fn one_way(
         total.fetch_add(n as u64, Ordering::Relaxed);
         copied += n as u64;
     };
+    splice_phase(src, dst, (r, w, cap), counter, total, last).await
+}
+
+/// splice(2) from the first byte, for comparison in the benchmark (the gateway itself only
+/// splices directions that have proven to be bulk, see [`one_way`]).
+pub async fn splice_one_way(
+    src: &TcpStream,
+    dst: &TcpStream,
+    counter: &Counter,
+    total: &AtomicU64,
+    last: &AtomicU64,
+) -> io::Result<()> {
+    splice_phase(src, dst, new_pipe()?, counter, total, last).await
+}
+
+/// `src -> pipe -> dst` until EOF or an error.
+async fn splice_phase(
+    src: &TcpStream,
+    dst: &TcpStream,
+    (r, w, cap): (OwnedFd, OwnedFd, usize),
+    counter: &Counter,
+    total: &AtomicU64,
+    last: &AtomicU64,
+) -> io::Result<()> {
     // src -> pipe -> dst. The pipe is drained before the next splice in, so EAGAIN on the way
     // in always means "src not readable" and on the way out "dst not writable".
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;

@@ -2,8 +2,8 @@
 //!
 //! - `copy`: `gateway::forward::copy_one_way` (readiness, `try_read` into a 16 KiB stack
 //!   buffer, `try_write`, a heap tail only for what the peer could not take).
-//! - `splice`: socket -> pipe -> socket with `splice(2)` (`SPLICE_F_MOVE | SPLICE_F_NONBLOCK`),
-//!   driven by tokio readiness through `try_io`; one pipe per direction.
+//! - `splice`: `gateway::forward::splice_one_way`, socket -> pipe -> socket with `splice(2)`
+//!   from the first byte, driven by tokio readiness through `try_io`; one pipe per direction.
 //!
 //! - `hybrid`: `gateway::forward::one_way`, what the gateway runs: copy, then splice after
 //!   256 KiB per direction.
@@ -12,21 +12,15 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use rustix::pipe::{PipeFlags, SpliceFlags};
-use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::check_loopback;
 use gateway::forward;
 use prometheus_client::metrics::counter::Counter;
 use std::sync::atomic::AtomicU64;
-
-/// Pipe capacity for splice; the default (16 pages) is 64 KiB on 4 KiB pages.
-const PIPE: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Mode {
@@ -61,73 +55,29 @@ pub async fn run(a: ForwardArgs) -> Result<()> {
                 c.set_nodelay(true)?;
                 let u = TcpStream::connect(up).await?;
                 u.set_nodelay(true)?;
+                // Counters the gateway's forwarders update; unused here beyond that.
+                let (last, up_total, down_total) =
+                    (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+                let (sent, received) = (Counter::default(), Counter::default());
                 match mode {
-                    Mode::Copy => {
-                        let (last, sent, received) =
-                            (AtomicU64::new(0), Counter::default(), Counter::default());
-                        let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
-                        tokio::try_join!(
-                            forward::copy_one_way(&c, &u, &sent, &t1, &last),
-                            forward::copy_one_way(&u, &c, &received, &t2, &last)
-                        )?;
-                    }
-                    Mode::Splice => {
-                        tokio::try_join!(splice_one_way(&c, &u), splice_one_way(&u, &c))?;
-                    }
-                    Mode::Hybrid => {
-                        let (last, sent, received) =
-                            (AtomicU64::new(0), Counter::default(), Counter::default());
-                        let (t1, t2) = (AtomicU64::new(0), AtomicU64::new(0));
-                        tokio::try_join!(
-                            forward::one_way(&c, &u, &sent, &t1, &last),
-                            forward::one_way(&u, &c, &received, &t2, &last)
-                        )?;
-                    }
-                }
+                    Mode::Copy => tokio::try_join!(
+                        forward::copy_one_way(&c, &u, &sent, &up_total, &last),
+                        forward::copy_one_way(&u, &c, &received, &down_total, &last)
+                    )?,
+                    Mode::Splice => tokio::try_join!(
+                        forward::splice_one_way(&c, &u, &sent, &up_total, &last),
+                        forward::splice_one_way(&u, &c, &received, &down_total, &last)
+                    )?,
+                    Mode::Hybrid => tokio::try_join!(
+                        forward::one_way(&c, &u, &sent, &up_total, &last),
+                        forward::one_way(&u, &c, &received, &down_total, &last)
+                    )?,
+                };
                 io::Result::Ok(())
             };
             if let Err(e) = r.await {
                 eprintln!("forward: {e}");
             }
         });
-    }
-}
-
-fn shutdown_write(dst: &TcpStream) -> io::Result<()> {
-    match rustix::net::shutdown(dst, rustix::net::Shutdown::Write) {
-        Err(e) if io::Error::from(e).kind() == io::ErrorKind::NotConnected => Ok(()),
-        r => r.map_err(io::Error::from),
-    }
-}
-
-/// `src -> pipe -> dst` with splice(2). The pipe is drained completely before the next
-/// splice in, so `EAGAIN` from the splice in always means "socket not readable" and from the
-/// splice out "socket not writable"; the bytes in flight live in the kernel pipe.
-pub async fn splice_one_way(src: &TcpStream, dst: &TcpStream) -> io::Result<()> {
-    let (r, w): (OwnedFd, OwnedFd) =
-        rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-    let cap = rustix::pipe::fcntl_setpipe_size(&w, PIPE).unwrap_or(PIPE);
-    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
-    loop {
-        src.readable().await?;
-        let n = match src.try_io(Interest::READABLE, || {
-            rustix::pipe::splice(src, None, &w, None, cap, flags).map_err(io::Error::from)
-        }) {
-            Ok(0) => return shutdown_write(dst),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
-        let mut left = n;
-        while left > 0 {
-            match dst.try_io(Interest::WRITABLE, || {
-                rustix::pipe::splice(&r, None, dst, None, left, flags).map_err(io::Error::from)
-            }) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(m) => left -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
-                Err(e) => return Err(e),
-            }
-        }
     }
 }
