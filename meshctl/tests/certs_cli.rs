@@ -549,10 +549,19 @@ fn key_directories_are_0700_and_keys_0600_whatever_the_umask() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("new/certs");
     let out = meshctl_umask_000(&[
-        "certs", "init", "--clusters", "west-cluster", "--out", p(&out_dir),
+        "certs",
+        "init",
+        "--clusters",
+        "west-cluster",
+        "--out",
+        p(&out_dir),
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    for d in [tmp.path().join("new"), out_dir.clone(), out_dir.join("west-cluster")] {
+    for d in [
+        tmp.path().join("new"),
+        out_dir.clone(),
+        out_dir.join("west-cluster"),
+    ] {
         assert_eq!(mode(&d), 0o700, "{}", d.display());
     }
     assert_eq!(mode(&out_dir.join("root-key.pem")), 0o600);
@@ -560,8 +569,16 @@ fn key_directories_are_0700_and_keys_0600_whatever_the_umask() {
     assert_eq!(mode(&out_dir.join("west-cluster/ca-cert.pem")), 0o644);
     let wl = tmp.path().join("wl/a");
     let out = meshctl_umask_000(&[
-        "certs", "workload", "--ca", p(&out_dir.join("west-cluster")), "-n", "ns", "-s", "sa",
-        "--out", p(&wl),
+        "certs",
+        "workload",
+        "--ca",
+        p(&out_dir.join("west-cluster")),
+        "-n",
+        "ns",
+        "-s",
+        "sa",
+        "--out",
+        p(&wl),
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(mode(&tmp.path().join("wl")), 0o700);
@@ -581,22 +598,42 @@ fn force_replaces_a_symlink_at_a_key_path_and_never_writes_through_it() {
     let victim = tmp.path().join("victim.txt");
     fs::write(&victim, "precious").unwrap();
     fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
-    let keys = [certs.join("root-key.pem"), certs.join("west-cluster/ca-key.pem")];
+    let keys = [
+        certs.join("root-key.pem"),
+        certs.join("west-cluster/ca-key.pem"),
+    ];
     for k in &keys {
         fs::remove_file(k).unwrap();
         std::os::unix::fs::symlink(&victim, k).unwrap();
     }
     // Without --force a symlink counts as an existing file.
-    let out = fails(&["certs", "init", "--clusters", "west-cluster,east-cluster", "--out", p(&certs)]);
+    let out = fails(&[
+        "certs",
+        "init",
+        "--clusters",
+        "west-cluster,east-cluster",
+        "--out",
+        p(&certs),
+    ]);
     assert!(out.contains("refusing to overwrite"), "{out}");
     ok(&[
-        "certs", "init", "--clusters", "west-cluster,east-cluster", "--out", p(&certs), "--force",
+        "certs",
+        "init",
+        "--clusters",
+        "west-cluster,east-cluster",
+        "--out",
+        p(&certs),
+        "--force",
     ]);
     assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
     assert_eq!(mode(&victim), 0o644);
     for k in &keys {
         let meta = fs::symlink_metadata(k).unwrap();
-        assert!(meta.file_type().is_file(), "{} is still a symlink", k.display());
+        assert!(
+            meta.file_type().is_file(),
+            "{} is still a symlink",
+            k.display()
+        );
         assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", k.display());
         assert!(fs::read_to_string(k).unwrap().contains("PRIVATE KEY"));
     }
@@ -604,8 +641,17 @@ fn force_replaces_a_symlink_at_a_key_path_and_never_writes_through_it() {
     for d in [certs.clone(), certs.join("west-cluster")] {
         for e in fs::read_dir(&d).unwrap() {
             let name = e.unwrap().file_name();
-            assert!(!name.to_string_lossy().contains(".tmp"), "{name:?} left in {}", d.display());
+            assert!(
+                !name.to_string_lossy().contains(".tmp"),
+                "{name:?} left in {}",
+                d.display()
+            );
         }
     }
-    ok(&["certs", "verify", p(&certs.join("west-cluster")), p(&certs.join("east-cluster"))]);
+    ok(&[
+        "certs",
+        "verify",
+        p(&certs.join("west-cluster")),
+        p(&certs.join("east-cluster")),
+    ]);
 }
