@@ -11,9 +11,9 @@ use serde_json::Value;
 
 const PLACEHOLDER_TOKEN: &str = "<dry-run: token issued on apply>";
 
-/// Byte strings that must never be printed: each cluster's and the root's private key (PEM
-/// body and the base64 of the whole file, as in a Secret's `data`) and each reader token
-/// (raw and base64).
+/// Byte strings that must never be printed: each cluster's and the root's private key (each
+/// PEM body line, and the base64 of the whole file as in a Secret's `data`) and each reader
+/// token (raw and base64).
 fn secrets(m: &Mesh) -> Vec<(String, String)> {
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let mut out = Vec::new();
@@ -23,8 +23,13 @@ fn secrets(m: &Mesh) -> Vec<(String, String)> {
         m.certs.join("east/ca-key.pem"),
     ] {
         let pem = std::fs::read_to_string(&key).unwrap();
-        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        out.push((format!("{} (PEM body)", key.display()), body));
+        // Each full base64 line of the PEM body, whatever the printed form joins them with.
+        for (i, line) in pem.lines().filter(|l| l.len() >= 40).enumerate() {
+            out.push((
+                format!("{} (PEM line {i})", key.display()),
+                line.to_string(),
+            ));
+        }
         out.push((format!("{} (base64)", key.display()), b64(pem.as_bytes())));
     }
     for (name, s) in [("west", &m.west), ("east", &m.east)] {

@@ -148,7 +148,7 @@ impl IntermediateCa {
             &read(&dir.join(ROOT_CERT))?,
         )?;
         let chain_path = dir.join(CERT_CHAIN);
-        let chain = crate::cert_ders(&read(&chain_path)?)
+        let chain = crate::pem::cert_ders(&read(&chain_path)?)
             .map_err(|e| PkiError::InvalidCert(format!("{}: {e}", chain_path.display())))?;
         if chain[0] != ca.cert_der() {
             return Err(PkiError::InvalidCert(format!(

@@ -16,12 +16,10 @@ mod keys;
 mod pem;
 mod verify;
 
-pub(crate) use self::pem::{cert_ders, first_cert_der, parse_x509};
 pub use error::{PkiError, Result};
-pub use files::verify_bundles;
 pub use files::{
     CA_CERT, CA_KEY, CERT_CHAIN, OutFile, ROOT_CERT, ROOT_KEY, WORKLOAD_CERT, WORKLOAD_CHAIN,
-    WORKLOAD_KEY, WORKLOAD_ROOT, write_files,
+    WORKLOAD_KEY, WORKLOAD_ROOT, verify_bundles, write_files,
 };
 pub use inspect::{CertSummary, inspect_pem};
 pub use issue::{

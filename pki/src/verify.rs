@@ -13,7 +13,7 @@ use x509_parser::certificate::X509Certificate;
 
 use crate::files::{CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT};
 use crate::inspect::fingerprint;
-use crate::{cert_ders, parse_x509};
+use crate::pem::{cert_ders, parse_x509};
 
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
