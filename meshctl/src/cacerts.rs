@@ -14,6 +14,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use crate::kube_client::{self as kc, Cluster, KubeArgs, KubeconfigFile, Output};
+use crate::redact::Secrets;
 
 /// `meshctl cacerts DIR` prints; `meshctl cacerts apply DIR` applies.
 #[derive(Debug, Args)]
@@ -46,9 +47,12 @@ struct ApplyArgs {
     /// Replace a `cacerts` whose root differs (workloads signed by the old root stop being trusted).
     #[arg(long)]
     force: bool,
-    /// Print the Secret and change nothing.
+    /// Print the Secret and change nothing (`ca-key.pem` redacted).
     #[arg(long)]
     dry_run: bool,
+    /// Print `ca-key.pem` in the --dry-run output instead of a placeholder.
+    #[arg(long)]
+    show_secrets: bool,
     #[arg(long, short = 'o', value_enum, default_value = "yaml")]
     output: Output,
 }
@@ -193,7 +197,11 @@ fn apply_cmd(a: ApplyArgs) -> Result<ExitCode> {
     })
     .map_err(|e| anyhow!("{e:#}"))?;
     if a.dry_run {
-        print!("{}", kc::render_plan(&[(ctx, vec![secret])], a.output)?);
+        let secrets = Secrets::from_flag(a.show_secrets);
+        print!(
+            "{}",
+            kc::render_plan_with(&[(ctx, vec![secret])], a.output, secrets)?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     if changed {

@@ -1,7 +1,8 @@
 //! `meshctl certs ...`: root, per-cluster intermediates, workload certificates, verify, inspect.
 //!
-//! Private keys are written 0600 and never printed. No file is overwritten without
-//! `--force`, and every target is checked before anything is written.
+//! Private keys are written 0600 in 0700 directories (`pki::write_files`), replaced by a
+//! rename so a symlink at a key path is never followed, and never printed. No file is
+//! overwritten without `--force`, and every target is checked before anything is written.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

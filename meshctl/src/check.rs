@@ -325,19 +325,25 @@ async fn check_cluster(
     })
 }
 
-/// Writes the Secret's files to a private temporary directory and runs the bundle checks.
+/// Runs the bundle checks on the Secret's files in memory (the CA key never touches the disk).
 fn verify_cacerts(s: &Value) -> std::result::Result<(), String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    for f in [pki::CA_CERT, pki::CA_KEY, pki::ROOT_CERT, pki::CERT_CHAIN] {
+    let text = |f: &str| -> std::result::Result<String, String> {
         let Some(b64) = s["data"][f].as_str() else {
             return Err(format!("key {f} missing (istiod needs all four files)"));
         };
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map_err(|e| format!("{f}: {e}"))?;
-        std::fs::write(dir.path().join(f), bytes).map_err(|e| e.to_string())?;
-    }
-    let report = pki::verify_bundles(&[dir.path()], &pki::VerifyOptions::default());
+        String::from_utf8(bytes).map_err(|_| format!("{f}: not PEM text"))
+    };
+    let bundle = pki::Bundle {
+        source: PathBuf::from("cacerts"),
+        ca_cert: text(pki::CA_CERT)?,
+        ca_key: text(pki::CA_KEY)?,
+        root_cert: text(pki::ROOT_CERT)?,
+        cert_chain: text(pki::CERT_CHAIN)?,
+    };
+    let report = pki::verify(&[bundle], &pki::VerifyOptions::default());
     if report.is_ok() {
         return Ok(());
     }

@@ -17,6 +17,7 @@ use crate::cacerts;
 use crate::gateway_manifest::{self as gw, GatewayFlags};
 use crate::kube_client::{self as kc, Cluster, KubeconfigFile, Output};
 use crate::label::{self, CLUSTER_NAME_ANNOTATION, NETWORK_LABEL};
+use crate::redact::Secrets;
 use crate::remote_secret::{self as rs, SecretFlags, SecretOptions};
 
 #[derive(Debug, Args)]
@@ -50,9 +51,13 @@ pub struct JoinArgs {
     /// Replace a cacerts whose root differs.
     #[arg(long)]
     force: bool,
-    /// Print every object per cluster and change nothing.
+    /// Print every object per cluster and change nothing (tokens are placeholders,
+    /// `ca-key.pem` is redacted).
     #[arg(long)]
     dry_run: bool,
+    /// Print `ca-key.pem` in the --dry-run output instead of a placeholder.
+    #[arg(long)]
+    show_secrets: bool,
     #[arg(long, short = 'o', value_enum, default_value = "yaml")]
     output: Output,
 }
@@ -158,21 +163,14 @@ fn members(a: &JoinArgs) -> Result<Vec<Member>> {
     Ok(out)
 }
 
-/// Hides the CA private key in printed output.
-fn redact_key(mut secret: Value) -> Value {
-    if let Some(k) = secret["data"].get_mut(pki::CA_KEY) {
-        *k = json!("<redacted: the bundle's ca-key.pem>");
-    }
-    secret
-}
-
 pub fn run_join(a: JoinArgs) -> Result<ExitCode> {
     let file = KubeconfigFile::load(a.kubeconfig.as_deref())?;
     file.require_contexts(&a.contexts)?;
     let members = members(&a)?;
     let plan = kc::block_on(join(&a, &members, &file))?;
     if a.dry_run {
-        print!("{}", kc::render_plan(&plan, a.output)?);
+        let secrets = Secrets::from_flag(a.show_secrets);
+        print!("{}", kc::render_plan_with(&plan, a.output, secrets)?);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -230,7 +228,7 @@ async fn join(
                 restart.push(m.context.clone());
             }
         }
-        plan[i].1.push(redact_key(m.cacerts.clone()));
+        plan[i].1.push(m.cacerts.clone());
         plan[i].1.push(nsobj);
         plan[i].1.extend(objs);
     }

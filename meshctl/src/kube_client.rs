@@ -14,6 +14,8 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, Config};
 use serde_json::{Value, json};
 
+use crate::redact::{Secrets, redact};
+
 /// Field manager of every server-side apply.
 pub const MANAGER: &str = "meshctl";
 /// Label on everything meshctl creates; `unjoin` deletes exactly what carries it.
@@ -427,8 +429,13 @@ pub fn managed_labels() -> serde_json::Map<String, Value> {
     m
 }
 
-/// Renders objects as a YAML stream (`---` separated) or a JSON `List`.
+/// Renders objects as a YAML stream (`---` separated) or a JSON `List`, private keys
+/// redacted.
 pub fn render(objs: &[Value], out: Output) -> Result<String> {
+    render_objects(&redact(objs, Secrets::Redact), out)
+}
+
+fn render_objects(objs: &[Value], out: Output) -> Result<String> {
     match out {
         Output::Yaml => {
             let mut s = String::new();
@@ -446,8 +453,17 @@ pub fn render(objs: &[Value], out: Output) -> Result<String> {
 }
 
 /// What `--dry-run` prints: each cluster's objects under a header comment (YAML), or one
-/// JSON document `{"clusters": [{"context", "objects"}]}`.
+/// JSON document `{"clusters": [{"context", "objects"}]}`. Private keys are redacted.
 pub fn render_plan(plan: &[(String, Vec<Value>)], out: Output) -> Result<String> {
+    render_plan_with(plan, out, Secrets::Redact)
+}
+
+/// [`render_plan`], printing private keys only with [`Secrets::Show`] (`--show-secrets`).
+pub fn render_plan_with(
+    plan: &[(String, Vec<Value>)],
+    out: Output,
+    secrets: Secrets,
+) -> Result<String> {
     match out {
         Output::Yaml => {
             let mut s = String::new();
@@ -456,14 +472,14 @@ pub fn render_plan(plan: &[(String, Vec<Value>)], out: Output) -> Result<String>
                     "# context {context}: {} object(s) (dry run: nothing applied)\n",
                     objs.len()
                 ));
-                s.push_str(&render(objs, Output::Yaml)?);
+                s.push_str(&render_objects(&redact(objs, secrets), Output::Yaml)?);
             }
             Ok(s)
         }
         Output::Json => {
             let clusters: Vec<Value> = plan
                 .iter()
-                .map(|(c, objs)| json!({"context": c, "objects": objs}))
+                .map(|(c, objs)| json!({"context": c, "objects": redact(objs, secrets)}))
                 .collect();
             Ok(format!(
                 "{}\n",

@@ -335,6 +335,16 @@ async fn secret_token(
             n
         }
     };
+    if dry_run {
+        // A dry run never reads the token, not even an existing one: it prints the
+        // placeholder. The CA (public) comes from the Secret when it has one.
+        let ca = kc::get(c, "v1", "Secret", Some(ns), &name)
+            .await?
+            .and_then(|s| secret_field(&s, "ca.crt"))
+            .or_else(|| c.ca_pem.clone())
+            .unwrap_or_default();
+        return Ok((DRY_RUN_TOKEN.into(), ca, created));
+    }
     // Bounded: 50 polls, 100 ms apart (the token controller is asynchronous).
     for _ in 0..50 {
         if let Some(s) = kc::get(c, "v1", "Secret", Some(ns), &name).await?
@@ -343,17 +353,7 @@ async fn secret_token(
             let token = String::from_utf8(t).context("token is not UTF-8")?;
             return Ok((token, ca, created));
         }
-        if dry_run {
-            break;
-        }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if dry_run {
-        return Ok((
-            DRY_RUN_TOKEN.into(),
-            c.ca_pem.clone().unwrap_or_default(),
-            created,
-        ));
     }
     bail!(
         "Secret {ns}/{name} in context {:?} got no token and ca.crt within 5s; is the token \

@@ -442,8 +442,11 @@ fn verify_rejects_a_missing_file() {
         out.contains("east-cluster/cert-chain.pem: missing"),
         "{out}"
     );
+    // A directory that does not exist is one clear finding, not four missing files.
     let out = fails(&["certs", "verify", p(&tmp.path().join("nope"))]);
-    assert!(out.contains("nope/ca-cert.pem: missing"), "{out}");
+    assert!(out.contains("nope: directory does not exist"), "{out}");
+    assert!(!out.contains("missing"), "{out}");
+    assert_eq!(out.matches("error:").count(), 1, "{out}");
 }
 
 #[test]
@@ -528,4 +531,127 @@ fn cacerts_prints_the_secret_with_exact_file_bytes() {
     assert!(yaml.contains("namespace: mesh-1"), "{yaml}");
     let out = fails(&["cacerts", p(&east), "-n", "Bad_NS"]);
     assert!(out.contains("DNS-1123"), "{out}");
+}
+
+/// Runs meshctl under `umask 000` (through sh, so the umask is the process's own).
+fn meshctl_umask_000(args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg("umask 000; exec \"$0\" \"$@\"")
+        .arg(MESHCTL)
+        .args(args)
+        .output()
+        .expect("run sh")
+}
+
+#[test]
+fn key_directories_are_0700_and_keys_0600_whatever_the_umask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("new/certs");
+    let out = meshctl_umask_000(&[
+        "certs",
+        "init",
+        "--clusters",
+        "west-cluster",
+        "--out",
+        p(&out_dir),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    for d in [
+        tmp.path().join("new"),
+        out_dir.clone(),
+        out_dir.join("west-cluster"),
+    ] {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+    }
+    assert_eq!(mode(&out_dir.join("root-key.pem")), 0o600);
+    assert_eq!(mode(&out_dir.join("west-cluster/ca-key.pem")), 0o600);
+    assert_eq!(mode(&out_dir.join("west-cluster/ca-cert.pem")), 0o644);
+    let wl = tmp.path().join("wl/a");
+    let out = meshctl_umask_000(&[
+        "certs",
+        "workload",
+        "--ca",
+        p(&out_dir.join("west-cluster")),
+        "-n",
+        "ns",
+        "-s",
+        "sa",
+        "--out",
+        p(&wl),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(mode(&tmp.path().join("wl")), 0o700);
+    assert_eq!(mode(&wl), 0o700);
+    assert_eq!(mode(&wl.join("key.pem")), 0o600);
+    // An existing directory keeps its mode: meshctl only sets what it creates.
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let out = meshctl_umask_000(&["certs", "root", "--out", p(tmp.path()), "--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(mode(tmp.path()), 0o755);
+}
+
+#[test]
+fn force_replaces_a_symlink_at_a_key_path_and_never_writes_through_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = init(tmp.path());
+    let victim = tmp.path().join("victim.txt");
+    fs::write(&victim, "precious").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
+    let keys = [
+        certs.join("root-key.pem"),
+        certs.join("west-cluster/ca-key.pem"),
+    ];
+    for k in &keys {
+        fs::remove_file(k).unwrap();
+        std::os::unix::fs::symlink(&victim, k).unwrap();
+    }
+    // Without --force a symlink counts as an existing file.
+    let out = fails(&[
+        "certs",
+        "init",
+        "--clusters",
+        "west-cluster,east-cluster",
+        "--out",
+        p(&certs),
+    ]);
+    assert!(out.contains("refusing to overwrite"), "{out}");
+    ok(&[
+        "certs",
+        "init",
+        "--clusters",
+        "west-cluster,east-cluster",
+        "--out",
+        p(&certs),
+        "--force",
+    ]);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+    assert_eq!(mode(&victim), 0o644);
+    for k in &keys {
+        let meta = fs::symlink_metadata(k).unwrap();
+        assert!(
+            meta.file_type().is_file(),
+            "{} is still a symlink",
+            k.display()
+        );
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", k.display());
+        assert!(fs::read_to_string(k).unwrap().contains("PRIVATE KEY"));
+    }
+    // No temporary files are left beside the targets.
+    for d in [certs.clone(), certs.join("west-cluster")] {
+        for e in fs::read_dir(&d).unwrap() {
+            let name = e.unwrap().file_name();
+            assert!(
+                !name.to_string_lossy().contains(".tmp"),
+                "{name:?} left in {}",
+                d.display()
+            );
+        }
+    }
+    ok(&[
+        "certs",
+        "verify",
+        p(&certs.join("west-cluster")),
+        p(&certs.join("east-cluster")),
+    ]);
 }

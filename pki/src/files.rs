@@ -1,11 +1,16 @@
 //! The only file I/O of this crate: reading and writing the standard file layouts.
 //!
 //! Writers check every target before writing anything, so a refusal changes nothing.
-//! Private keys are created with mode 0600.
+//! Every file is written to a new file beside its target, then renamed over it: a symlink at
+//! the target is replaced, never followed. Private keys are 0600; directories created for
+//! them are 0700, whatever the umask.
+
+mod atomic_write;
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{PkiError, Result};
+use crate::verify::{Bundle, Finding, Report, Severity, VerifyOptions, compare_roots, verify_one};
 use crate::{IntermediateCa, RootCa, WorkloadCert};
 
 pub const ROOT_CERT: &str = "root-cert.pem";
@@ -37,7 +42,7 @@ impl OutFile {
     }
 }
 
-/// Writes all files, creating parent directories. Without `force`, fails with
+/// Writes all files, creating parent directories (0700). Without `force`, fails with
 /// [`PkiError::Exists`] listing every existing target, before writing anything.
 pub fn write_files(files: &[OutFile], force: bool) -> Result<()> {
     if !force {
@@ -52,42 +57,45 @@ pub fn write_files(files: &[OutFile], force: bool) -> Result<()> {
     }
     for f in files {
         if let Some(parent) = f.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| PkiError::Io {
+            create_private_dirs(parent).map_err(|source| PkiError::Io {
                 path: parent.to_path_buf(),
                 source,
             })?;
         }
-        write_one(f, force).map_err(|source| PkiError::Io {
-            path: f.path.clone(),
-            source,
-        })?;
+        atomic_write::write_atomic(&f.path, f.contents.as_bytes(), f.secret, force).map_err(
+            |source| PkiError::Io {
+                path: f.path.clone(),
+                source,
+            },
+        )?;
     }
     Ok(())
 }
 
-fn write_one(f: &OutFile, force: bool) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true);
-    if force {
-        opts.create(true).truncate(true);
-    } else {
-        opts.create_new(true);
+/// Creates `dir` and its missing ancestors with mode 0700. Only directories created here
+/// are chmod-ed (mkdir's mode is filtered by the umask); existing ones are left as they are.
+fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && d.symlink_metadata().is_err())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
     }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(if f.secret { 0o600 } else { 0o644 });
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
     }
-    let mut file = opts.open(&f.path)?;
+    builder.create(dir)?;
     #[cfg(unix)]
-    if f.secret {
-        // The mode above only applies to new files; an overwritten key must not stay readable.
+    for d in missing {
         use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
     }
-    file.write_all(f.contents.as_bytes())?;
-    file.sync_all()
+    Ok(())
 }
 
 fn read(path: &Path) -> Result<String> {
@@ -140,7 +148,7 @@ impl IntermediateCa {
             &read(&dir.join(ROOT_CERT))?,
         )?;
         let chain_path = dir.join(CERT_CHAIN);
-        let chain = crate::cert_ders(&read(&chain_path)?)
+        let chain = crate::pem::cert_ders(&read(&chain_path)?)
             .map_err(|e| PkiError::InvalidCert(format!("{}: {e}", chain_path.display())))?;
         if chain[0] != ca.cert_der() {
             return Err(PkiError::InvalidCert(format!(
@@ -166,4 +174,93 @@ impl WorkloadCert {
     pub fn write_dir(&self, dir: &Path, force: bool) -> Result<()> {
         write_files(&self.files(dir), force)
     }
+}
+
+impl Bundle {
+    /// Reads a cluster bundle directory. Each missing or unreadable file is a finding naming
+    /// it; a directory that does not exist is one finding.
+    pub fn load_dir(dir: &Path) -> std::result::Result<Bundle, Vec<Finding>> {
+        let (texts, findings) = read_bundle(dir);
+        match texts {
+            Some(
+                [
+                    Some(ca_cert),
+                    Some(ca_key),
+                    Some(root_cert),
+                    Some(cert_chain),
+                ],
+            ) if findings.is_empty() => Ok(Bundle {
+                source: dir.to_path_buf(),
+                ca_cert,
+                ca_key,
+                root_cert,
+                cert_chain,
+            }),
+            _ => Err(findings),
+        }
+    }
+}
+
+/// The four files of a bundle directory (`None` for each one that could not be read), and
+/// a finding per problem. No texts at all when the directory itself is unusable.
+fn read_bundle(dir: &Path) -> (Option<[Option<String>; 4]>, Vec<Finding>) {
+    let error = |file: PathBuf, message: String| Finding {
+        severity: Severity::Error,
+        file,
+        message,
+    };
+    let problem = match dir.metadata() {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some("is not a directory (expected a cluster bundle directory)".to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(
+            "directory does not exist (expected a cluster bundle: ca-cert.pem, ca-key.pem, \
+             root-cert.pem, cert-chain.pem)"
+                .to_string(),
+        ),
+        Err(e) => Some(format!("cannot be read: {e}")),
+    };
+    if let Some(message) = problem {
+        return (None, vec![error(dir.to_path_buf(), message)]);
+    }
+    let mut findings = Vec::new();
+    let texts = [CA_CERT, CA_KEY, ROOT_CERT, CERT_CHAIN].map(|name| {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                findings.push(error(
+                    path,
+                    "missing: a cluster bundle needs ca-cert.pem, ca-key.pem, root-cert.pem and \
+                     cert-chain.pem (istiod rejects an incomplete set)"
+                        .into(),
+                ));
+                None
+            }
+            Err(e) => {
+                findings.push(error(path, format!("cannot be read: {e}")));
+                None
+            }
+        }
+    });
+    (Some(texts), findings)
+}
+
+/// [`crate::verify`] on bundle directories. Files that cannot be read are findings; the
+/// others are still checked.
+pub fn verify_bundles(dirs: &[&Path], opts: &VerifyOptions) -> Report {
+    let mut report = Report::default();
+    let mut roots = Vec::new();
+    for dir in dirs {
+        let (texts, findings) = read_bundle(dir);
+        report.findings.extend(findings);
+        match texts {
+            Some(texts) => {
+                let texts = [0, 1, 2, 3].map(|i| texts[i].as_deref());
+                roots.extend(verify_one(dir, texts, opts, &mut report));
+            }
+            None => report.bundles.push(dir.to_path_buf()),
+        }
+    }
+    compare_roots(&roots, &mut report);
+    report
 }

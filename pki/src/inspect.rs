@@ -8,7 +8,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::public_key::PublicKey;
 
 use crate::error::{PkiError, Result};
-use crate::{cert_ders, parse_x509};
+use crate::pem::{cert_ders, parse_x509};
 
 /// The essentials of one certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,7 +14,8 @@ use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use crate::error::{PkiError, Result};
-use crate::{KeyType, first_cert_der, parse_x509, validate_dns_label};
+use crate::pem::{first_cert_der, parse_x509};
+use crate::{KeyType, validate_dns_label};
 
 /// Certificates start this long before "now" to tolerate clock skew between machines.
 const BACKDATE: Duration = Duration::from_secs(5 * 60);

@@ -5,19 +5,21 @@
 //! and short-lived workload certificates with SPIFFE ids. Also verification of cluster
 //! bundles with a precise reason per problem, and a readable certificate dump.
 //!
-//! The crate does no I/O except in the small helpers of [`files`] (`*_dir` / `write_files`).
+//! The crate does no I/O except in the small helpers of [`files`] (`*_dir`, `write_files`,
+//! `Bundle::load_dir`): verification works on [`Bundle`]s in memory.
 
 mod error;
 pub mod files;
 mod inspect;
 mod issue;
 mod keys;
+mod pem;
 mod verify;
 
 pub use error::{PkiError, Result};
 pub use files::{
     CA_CERT, CA_KEY, CERT_CHAIN, OutFile, ROOT_CERT, ROOT_KEY, WORKLOAD_CERT, WORKLOAD_CHAIN,
-    WORKLOAD_KEY, WORKLOAD_ROOT, write_files,
+    WORKLOAD_KEY, WORKLOAD_ROOT, verify_bundles, write_files,
 };
 pub use inspect::{CertSummary, inspect_pem};
 pub use issue::{
@@ -25,9 +27,7 @@ pub use issue::{
     WorkloadCert, WorkloadOptions,
 };
 pub use keys::{KeyType, load_private_key_pem};
-pub use verify::{Finding, Report, Severity, VerifyOptions, verify_bundles};
-
-use x509_parser::certificate::X509Certificate;
+pub use verify::{Bundle, Finding, Report, Severity, VerifyOptions, verify};
 
 /// Checks that `name` is a DNS-1123 label (lowercase alphanumerics and '-', 1..=63 chars,
 /// starting and ending with an alphanumeric). Cluster names become directory names,
@@ -49,43 +49,6 @@ pub fn validate_dns_label(name: &str) -> std::result::Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// All `CERTIFICATE` blocks of a PEM text, as DER. Errors say what was wrong.
-pub(crate) fn cert_ders(text: &str) -> std::result::Result<Vec<Vec<u8>>, String> {
-    let blocks = pem::parse_many(text).map_err(|e| format!("not valid PEM: {e}"))?;
-    let mut ders = Vec::new();
-    let mut other = Vec::new();
-    for b in blocks {
-        if b.tag() == "CERTIFICATE" {
-            ders.push(b.into_contents());
-        } else {
-            other.push(b.tag().to_string());
-        }
-    }
-    if ders.is_empty() {
-        return Err(if other.is_empty() {
-            "no PEM certificate found (expected -----BEGIN CERTIFICATE-----)".into()
-        } else {
-            format!("no CERTIFICATE block found (saw: {})", other.join(", "))
-        });
-    }
-    for (i, der) in ders.iter().enumerate() {
-        parse_x509(der).map_err(|e| format!("certificate #{}: {e}", i + 1))?;
-    }
-    Ok(ders)
-}
-
-pub(crate) fn first_cert_der(text: &str) -> std::result::Result<Vec<u8>, String> {
-    Ok(cert_ders(text)?.swap_remove(0))
-}
-
-pub(crate) fn parse_x509(der: &[u8]) -> std::result::Result<X509Certificate<'_>, String> {
-    match x509_parser::parse_x509_certificate(der) {
-        Ok(([], cert)) => Ok(cert),
-        Ok(_) => Err("trailing bytes after the DER certificate".into()),
-        Err(e) => Err(format!("not a valid X.509 certificate: {e}")),
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
 //! Verification of cluster bundles (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`,
 //! `cert-chain.pem`), with the checks istiod makes and the mistakes users make.
+//!
+//! Pure: a [`Bundle`] holds the four texts, wherever they came from (a directory, see
+//! [`Bundle::load_dir`](crate::files), or a Secret's `data`), so no key touches the disk.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -10,7 +13,7 @@ use x509_parser::certificate::X509Certificate;
 
 use crate::files::{CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT};
 use crate::inspect::fingerprint;
-use crate::{cert_ders, parse_x509};
+use crate::pem::{cert_ders, parse_x509};
 
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +42,32 @@ impl fmt::Display for Finding {
     }
 }
 
-/// Options for [`verify_bundles`].
+/// One cluster bundle in memory: the four files of Istio's `cacerts`.
+#[derive(Clone)]
+pub struct Bundle {
+    /// Where the bundle came from (a directory, or e.g. `cacerts` of a cluster); findings
+    /// name `source/<file>`.
+    pub source: PathBuf,
+    pub ca_cert: String,
+    pub ca_key: String,
+    pub root_cert: String,
+    pub cert_chain: String,
+}
+
+impl fmt::Debug for Bundle {
+    // Never print the CA key, not even in a debug dump.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bundle")
+            .field("source", &self.source)
+            .field("ca_cert", &self.ca_cert)
+            .field("ca_key", &"<redacted>")
+            .field("root_cert", &self.root_cert)
+            .field("cert_chain", &self.cert_chain)
+            .finish()
+    }
+}
+
+/// Options for [`verify`].
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
     /// Warn when a certificate expires within this period (default 30 days).
@@ -60,7 +88,7 @@ impl Default for VerifyOptions {
 /// The findings for a set of bundles.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
-    /// The bundle directories checked, in order.
+    /// The bundles checked (their sources), in order.
     pub bundles: Vec<PathBuf>,
     pub findings: Vec<Finding>,
 }
@@ -102,23 +130,40 @@ impl fmt::Display for Report {
     }
 }
 
-/// Verifies each bundle directory, then that all bundles share one root.
-pub fn verify_bundles(dirs: &[&Path], opts: &VerifyOptions) -> Report {
-    let now = opts.now.unwrap_or_else(OffsetDateTime::now_utc);
+/// Verifies each bundle, then that all bundles share one root.
+pub fn verify(bundles: &[Bundle], opts: &VerifyOptions) -> Report {
     let mut report = Report::default();
-    let mut roots: Vec<(PathBuf, Vec<u8>)> = Vec::new();
-    for dir in dirs {
-        report.bundles.push(dir.to_path_buf());
-        let mut ctx = Ctx {
-            dir,
-            now,
-            opts,
-            out: &mut report.findings,
-        };
-        if let Some(root) = ctx.bundle() {
-            roots.push((dir.join(ROOT_CERT), root));
-        }
+    let mut roots = Vec::new();
+    for b in bundles {
+        let texts = [&b.ca_cert, &b.ca_key, &b.root_cert, &b.cert_chain].map(|t| Some(t.as_str()));
+        roots.extend(verify_one(&b.source, texts, opts, &mut report));
     }
+    compare_roots(&roots, &mut report);
+    report
+}
+
+/// Checks one bundle into `report`: `texts` are ca-cert, ca-key, root-cert and cert-chain,
+/// `None` for a file the loader could not provide (and already reported). Returns the root
+/// (path, DER) for the cross-bundle comparison.
+pub(crate) fn verify_one(
+    source: &Path,
+    texts: [Option<&str>; 4],
+    opts: &VerifyOptions,
+    report: &mut Report,
+) -> Option<(PathBuf, Vec<u8>)> {
+    report.bundles.push(source.to_path_buf());
+    let mut ctx = Ctx {
+        source,
+        texts,
+        now: opts.now.unwrap_or_else(OffsetDateTime::now_utc),
+        opts,
+        out: &mut report.findings,
+    };
+    ctx.bundle().map(|root| (source.join(ROOT_CERT), root))
+}
+
+/// Every root must equal the first one.
+pub(crate) fn compare_roots(roots: &[(PathBuf, Vec<u8>)], report: &mut Report) {
     if let Some((first_path, first)) = roots.first() {
         for (path, root) in &roots[1..] {
             if root != first {
@@ -136,7 +181,6 @@ pub fn verify_bundles(dirs: &[&Path], opts: &VerifyOptions) -> Report {
             }
         }
     }
-    report
 }
 
 fn short_fp(der: &[u8]) -> String {
@@ -144,17 +188,18 @@ fn short_fp(der: &[u8]) -> String {
 }
 
 struct Ctx<'a> {
-    dir: &'a Path,
+    source: &'a Path,
+    texts: [Option<&'a str>; 4],
     now: OffsetDateTime,
     opts: &'a VerifyOptions,
     out: &'a mut Vec<Finding>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
     fn push(&mut self, severity: Severity, file: &str, message: impl Into<String>) {
         self.out.push(Finding {
             severity,
-            file: self.dir.join(file),
+            file: self.source.join(file),
             message: message.into(),
         });
     }
@@ -167,28 +212,17 @@ impl Ctx<'_> {
         self.push(Severity::Warning, file, message);
     }
 
-    fn read(&mut self, file: &str) -> Option<String> {
-        let path = self.dir.join(file);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Some(text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.error(
-                    file,
-                    "missing: a cluster bundle needs ca-cert.pem, ca-key.pem, root-cert.pem and \
-                     cert-chain.pem (istiod rejects an incomplete set)",
-                );
-                None
-            }
-            Err(e) => {
-                self.error(file, format!("cannot be read: {e}"));
-                None
-            }
+    fn text(&self, file: &str) -> Option<&'a str> {
+        match file {
+            CA_CERT => self.texts[0],
+            CA_KEY => self.texts[1],
+            ROOT_CERT => self.texts[2],
+            _ => self.texts[3],
         }
     }
 
     fn certs(&mut self, file: &str) -> Option<Vec<Vec<u8>>> {
-        let text = self.read(file)?;
-        match cert_ders(&text) {
+        match cert_ders(self.text(file)?) {
             Ok(ders) => Some(ders),
             Err(e) => {
                 self.error(file, e);
@@ -202,8 +236,8 @@ impl Ctx<'_> {
         let ca = self.certs(CA_CERT);
         let root = self.certs(ROOT_CERT);
         let chain = self.certs(CERT_CHAIN);
-        let key = self.read(CA_KEY).and_then(|text| {
-            crate::load_private_key_pem(&text)
+        let key = self.text(CA_KEY).and_then(|text| {
+            crate::load_private_key_pem(text)
                 .map_err(|e| self.error(CA_KEY, e.to_string()))
                 .ok()
         });

@@ -94,3 +94,45 @@ fn every_finding_names_its_file_and_display_summarises() {
     );
     assert!(text.contains("c1: FAILED (3 error(s))"), "{text}");
 }
+
+#[test]
+fn bundles_verify_from_memory_with_the_same_findings_as_from_a_directory() {
+    let root = RootCa::generate(&RootOptions::default()).unwrap();
+    let other = RootCa::generate(&RootOptions::default()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    bundle(&root, tmp.path(), "west");
+    bundle(&other, tmp.path(), "east");
+    let west = pki::Bundle::load_dir(&tmp.path().join("west")).unwrap();
+    let mut east = pki::Bundle::load_dir(&tmp.path().join("east")).unwrap();
+    assert!(pki::verify(std::slice::from_ref(&west), &VerifyOptions::default()).is_ok());
+    // From memory: a key of another bundle, and a different root across bundles.
+    east.ca_key = west.ca_key.clone();
+    east.source = "cacerts of east".into();
+    let report = pki::verify(&[west.clone(), east], &VerifyOptions::default());
+    let text = report.to_string();
+    assert!(
+        text.contains("cacerts of east/ca-key.pem: does not match the public key"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cacerts of east/root-cert.pem: differs from"),
+        "{text}"
+    );
+    // The debug form never shows the key.
+    assert!(!format!("{west:?}").contains("PRIVATE KEY"));
+}
+
+#[test]
+fn a_missing_directory_is_one_finding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("nope");
+    let findings = pki::Bundle::load_dir(&dir).unwrap_err();
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(findings[0].message.contains("directory does not exist"));
+    let report = verify_bundles(&[&dir], &VerifyOptions::default());
+    assert_eq!(report.findings.len(), 1, "{report}");
+    assert!(
+        report.to_string().contains("nope: FAILED (1 error(s))"),
+        "{report}"
+    );
+}
