@@ -28,6 +28,9 @@ pub struct CacertsArgs {
     /// Namespace of the Secret (istiod's namespace).
     #[arg(long, short = 'n', default_value = "istio-system")]
     namespace: String,
+    /// Required: the printed Secret holds the CA private key (`ca-key.pem`).
+    #[arg(long)]
+    show_secrets: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,11 +86,24 @@ pub const RESTART_HINT: &str = "istiod reads cacerts only when it starts: restar
 pub fn run(a: CacertsArgs) -> Result<ExitCode> {
     match a.cmd {
         Some(CacertsCmd::Apply(args)) => apply_cmd(args),
-        None => print_cmd(a.dir.expect("clap requires DIR"), a.namespace),
+        None => print_cmd(
+            a.dir.expect("clap requires DIR"),
+            a.namespace,
+            a.show_secrets,
+        ),
     }
 }
 
-fn print_cmd(dir: PathBuf, namespace: String) -> Result<ExitCode> {
+fn print_cmd(dir: PathBuf, namespace: String, show_secrets: bool) -> Result<ExitCode> {
+    // A redacted Secret piped into `kubectl apply` would break istiod, so refuse instead.
+    if !show_secrets {
+        bail!(
+            "`meshctl cacerts DIR` prints the CA private key (ca-key.pem); pass --show-secrets to print it \
+             (for example to pipe into kubectl apply), or apply it without printing: \
+             meshctl cacerts apply {} --context CTX",
+            dir.display()
+        );
+    }
     let data = verified_data(&dir, &namespace)?;
     let secret = Secret {
         api_version: "v1",

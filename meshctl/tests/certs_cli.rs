@@ -409,7 +409,7 @@ fn verify_rejects_an_intermediate_without_ca_true() {
         "{out}"
     );
     // And cacerts refuses to print such a bundle.
-    let out = fails(&["cacerts", p(&west)]);
+    let out = fails(&["cacerts", p(&west), "--show-secrets"]);
     assert!(
         out.contains("not a valid cluster bundle") && !out.contains("kind: Secret"),
         "{out}"
@@ -509,7 +509,12 @@ fn cacerts_prints_the_secret_with_exact_file_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let certs = init(tmp.path());
     let east = certs.join("east-cluster");
-    let yaml = ok(&["cacerts", p(&east), "-n", "istio-system"]);
+    let out = fails(&["cacerts", p(&east), "-n", "istio-system"]);
+    assert!(out.contains("--show-secrets"), "{out}");
+    assert!(!out.contains("PRIVATE KEY"), "{out}");
+    let key_b64 = fs::read_to_string(east.join("ca-key.pem")).unwrap();
+    assert!(!out.contains(key_b64.lines().nth(1).unwrap()), "{out}");
+    let yaml = ok(&["cacerts", p(&east), "-n", "istio-system", "--show-secrets"]);
     let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
     assert_eq!(v["apiVersion"], "v1");
     assert_eq!(v["kind"], "Secret");
@@ -527,9 +532,15 @@ fn cacerts_prints_the_secret_with_exact_file_bytes() {
         let decoded = openssl(&["base64", "-d", "-A", "-in", "b64"], tmp.path());
         assert_eq!(decoded, fs::read_to_string(east.join(f)).unwrap(), "{f}");
     }
-    let yaml = ok(&["cacerts", p(&east), "--namespace", "mesh-1"]);
+    let yaml = ok(&[
+        "cacerts",
+        p(&east),
+        "--namespace",
+        "mesh-1",
+        "--show-secrets",
+    ]);
     assert!(yaml.contains("namespace: mesh-1"), "{yaml}");
-    let out = fails(&["cacerts", p(&east), "-n", "Bad_NS"]);
+    let out = fails(&["cacerts", p(&east), "-n", "Bad_NS", "--show-secrets"]);
     assert!(out.contains("DNS-1123"), "{out}");
 }
 
