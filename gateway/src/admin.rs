@@ -84,14 +84,16 @@ impl Admin {
                         Some(t) => t.debug_view(&filter),
                         None => RouteTable::default().debug_view(&filter),
                     };
-                    serde_json::to_string_pretty(&view).map_err(|e| e.to_string())
+                    let mut body = serde_json::to_vec_pretty(&view).map_err(|e| e.to_string())?;
+                    body.push(b'\n');
+                    Ok(Bytes::from(body))
                 })
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()));
                 match body {
                     Ok(b) => Response::builder()
                         .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from(b + "\n")))
+                        .body(Full::new(b))
                         .expect("static response parts"),
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
                 }

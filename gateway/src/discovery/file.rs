@@ -7,16 +7,17 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Publisher;
-use super::file_watch::{Change, Names, Settle};
+use super::file_watch::{Names, Settle};
 use crate::name;
 use crate::routes::{EndpointSpec, Labels, ServiceSpec};
 
@@ -205,12 +206,23 @@ pub struct FileSource {
     reader: Reader,
     // Held for its Drop: dropping the watcher stops the OS watch.
     _watcher: notify::RecommendedWatcher,
-    events: mpsc::Receiver<Trigger>,
+    pending: Arc<Pending>,
+    /// `None` when the handler could not be installed (then only file events reload).
+    hangup: Option<Signal>,
 }
 
-enum Trigger {
-    File(Change),
-    Hangup,
+/// Changes seen by the watcher thread and not read yet. Recording into one debounce state
+/// (rather than queueing events) loses nothing, however many events a large write makes.
+#[derive(Default)]
+struct Pending {
+    settle: Mutex<Settle>,
+    wake: Notify,
+}
+
+impl Pending {
+    fn settle(&self) -> std::sync::MutexGuard<'_, Settle> {
+        self.settle.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Reads, compares and publishes; runs on the blocking pool, away from the data path.
@@ -224,10 +236,6 @@ struct Reader {
     names: Arc<RwLock<Names>>,
 }
 
-/// Relevant events buffered between the watcher thread and the reload task. When full, the
-/// event is dropped: at worst a reload waits for [`file_watch::STALLED_WRITER`].
-const EVENT_BUFFER: usize = 256;
-
 impl FileSource {
     /// Loads the file (an error here fails start-up) and starts watching it.
     pub fn start(path: &Path, publisher: Publisher) -> Result<FileSource, FileError> {
@@ -239,14 +247,17 @@ impl FileSource {
         };
         let path = dir.join(path.file_name().unwrap_or(path.as_os_str()));
         let names = Arc::new(RwLock::new(Names::new(&dir, &path)));
-        let (tx, events) = mpsc::channel(EVENT_BUFFER);
-        let watch_tx = tx.clone();
-        let watch_names = names.clone();
+        let pending = Arc::new(Pending::default());
+        let (watch_names, watch_pending) = (names.clone(), pending.clone());
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let Ok(event) = res else { return };
-            let names = watch_names.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(change) = names.classify(&event) {
-                let _ = watch_tx.try_send(Trigger::File(change));
+            let change = watch_names
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .classify(&event);
+            if let Some(change) = change {
+                watch_pending.settle().record(change, Instant::now());
+                watch_pending.wake.notify_one();
             }
         })
         .map_err(|source| FileError::Watch {
@@ -259,17 +270,9 @@ impl FileSource {
                 path: dir.clone(),
                 source,
             })?;
-        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    tracing::info!("SIGHUP: reloading endpoints file");
-                    if tx.send(Trigger::Hangup).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        let hangup = signal(SignalKind::hangup())
+            .inspect_err(|e| tracing::warn!(error = %e, "no SIGHUP reload"))
+            .ok();
         Ok(FileSource {
             reader: Reader {
                 path: path.into(),
@@ -279,35 +282,36 @@ impl FileSource {
                 names,
             },
             _watcher: watcher,
-            events,
+            pending,
+            hangup,
         })
     }
 
     pub async fn run(mut self, stop: CancellationToken) {
-        let mut settle = Settle::default();
         loop {
-            let due = settle.due();
-            let wake = async {
+            let due = self.pending.settle().due();
+            let settled = async {
                 match due {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
+            let hup = async {
+                match self.hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = stop.cancelled() => return,
-                ev = self.events.recv() => match ev {
-                    None => return,
-                    Some(Trigger::File(change)) => settle.record(change, Instant::now()),
-                    Some(Trigger::Hangup) => {
-                        settle.clear();
-                        self.reload().await;
-                    }
-                },
-                _ = wake => {
-                    settle.clear();
-                    self.reload().await;
-                }
+                // A new event moves the deadline: compute it again.
+                _ = self.pending.wake.notified() => continue,
+                _ = hup => tracing::info!("SIGHUP: reloading endpoints file"),
+                _ = settled => {}
             }
+            // Everything recorded so far happened before this read, which covers it.
+            self.pending.settle().clear();
+            self.reload().await;
         }
     }
 
