@@ -1,5 +1,5 @@
 //! Admin listener: `/healthz/ready` (Istio's status-port path), `/healthz/live`, `/metrics`,
-//! `/debug/routes`.
+//! `/debug/routes` (filtered by `?host=` and `?limit=`, serialized on the blocking pool).
 
 use std::convert::Infallible;
 use std::sync::Arc;
