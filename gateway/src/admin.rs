@@ -1,5 +1,5 @@
 //! Admin listener: `/healthz/ready` (Istio's status-port path), `/healthz/live`, `/metrics`,
-//! `/debug/routes`.
+//! `/debug/routes` (filtered by `?host=` and `?limit=`, serialized on the blocking pool).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::drain::Drain;
-use crate::routes::Routes;
+use crate::routes::{DebugFilter, RouteTable, Routes};
 
 pub struct Admin {
     pub registry: Registry,
@@ -35,7 +35,7 @@ impl Admin {
         Ok(())
     }
 
-    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let text = |code: StatusCode, body: String| {
             Response::builder()
                 .status(code)
@@ -73,14 +73,27 @@ impl Admin {
                     .expect("static response parts")
             }
             "/debug/routes" => {
-                let body = match self.routes.load() {
-                    Some(t) => serde_json::to_string_pretty(&t.debug_view()),
-                    None => Ok("{\"generation\":0,\"routes\":[]}".to_string()),
+                let filter = match debug_filter(req.uri().query()) {
+                    Ok(f) => f,
+                    Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
                 };
+                // A large table takes long to serialize: keep it off the data path's threads.
+                let routes = self.routes.clone();
+                let body = tokio::task::spawn_blocking(move || {
+                    let view = match routes.load() {
+                        Some(t) => t.debug_view(&filter),
+                        None => RouteTable::default().debug_view(&filter),
+                    };
+                    let mut body = serde_json::to_vec_pretty(&view).map_err(|e| e.to_string())?;
+                    body.push(b'\n');
+                    Ok(Bytes::from(body))
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
                 match body {
                     Ok(b) => Response::builder()
                         .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from(b + "\n")))
+                        .body(Full::new(b))
                         .expect("static response parts"),
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
                 }
@@ -109,8 +122,8 @@ impl Admin {
             let stop = stop.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
-                    let resp = this.respond(&req);
-                    async move { Ok::<_, Infallible>(resp) }
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.respond(req).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -123,4 +136,44 @@ impl Admin {
             });
         }
     }
+}
+
+/// Parses the `/debug/routes` query: `host=` (a substring of the host, any case) and
+/// `limit=N`, each at most once.
+fn debug_filter(query: Option<&str>) -> Result<DebugFilter, String> {
+    let mut filter = DebugFilter::default();
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "host" if filter.host.is_none() => {
+                let ok = !value.is_empty()
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+                if !ok {
+                    return Err(format!(
+                        "host={value:?}: give part of a host name (letters, digits, '.', '-')"
+                    ));
+                }
+                filter.host = Some(value.to_ascii_lowercase());
+            }
+            "limit" if filter.limit.is_none() => {
+                let n = value.parse().map_err(|_| {
+                    format!("limit={value:?}: give the number of routes to show, e.g. limit=10")
+                })?;
+                filter.limit = Some(n);
+            }
+            "host" | "limit" => return Err(format!("{key}= given twice; give it once")),
+            _ => {
+                return Err(format!(
+                    "unknown parameter {key:?}; /debug/routes takes host= and limit="
+                ));
+            }
+        }
+    }
+    Ok(filter)
 }

@@ -198,11 +198,24 @@ impl RouteTable {
         self.routes.values().flat_map(HashMap::values)
     }
 
-    /// The JSON served on `/debug/routes`, sorted for stable output.
-    pub fn debug_view(&self) -> DebugView {
+    /// The JSON served on `/debug/routes`: the routes that pass `filter`, sorted for stable
+    /// output. Filtering comes before building, so a narrow query on a large table is cheap.
+    pub fn debug_view(&self, filter: &DebugFilter) -> DebugView {
         let now = clock::now_ms();
-        let mut routes: Vec<DebugRoute> = self
+        let mut matched: Vec<&Route> = self
             .routes()
+            .filter(|r| {
+                filter
+                    .host
+                    .as_ref()
+                    .is_none_or(|h| r.host.contains(h.as_str()))
+            })
+            .collect();
+        matched.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+        let matched_routes = matched.len();
+        matched.truncate(filter.limit.unwrap_or(usize::MAX));
+        let routes = matched
+            .into_iter()
             .map(|r| DebugRoute {
                 sni: format!("outbound_.{}_._.{}", r.port, r.host),
                 host: r.host.clone(),
@@ -222,18 +235,35 @@ impl RouteTable {
                     })
                     .collect(),
             })
-            .collect();
-        routes.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+            .collect::<Vec<_>>();
         DebugView {
             generation: self.generation,
+            total_routes: self.len(),
+            matched_routes,
+            truncated: routes.len() < matched_routes,
             routes,
         }
     }
 }
 
+/// Which routes `/debug/routes` shows.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DebugFilter {
+    /// Keep routes whose host contains this (lowercase) text.
+    pub host: Option<String>,
+    /// Keep at most this many routes, the first in (host, port) order.
+    pub limit: Option<usize>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct DebugView {
     pub generation: u64,
+    /// Routes in the table.
+    pub total_routes: usize,
+    /// Routes that passed the host filter.
+    pub matched_routes: usize,
+    /// True when `limit` left some matched routes out.
+    pub truncated: bool,
     pub routes: Vec<DebugRoute>,
 }
 

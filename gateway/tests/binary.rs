@@ -19,54 +19,6 @@ impl Drop for Proc {
     }
 }
 
-/// Starts the gateway binary on 127.0.0.1:0 and reads the bound addresses from its log.
-fn start_gateway(endpoints: &std::path::Path, extra: &[&str]) -> (Proc, SocketAddr, SocketAddr) {
-    let mut child = Proc(
-        Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-                "--endpoints",
-            ])
-            .arg(endpoints)
-            .args(["--drain-grace", "200ms", "--drain-timeout", "2s"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn gateway"),
-    );
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
-            continue;
-        };
-        if line.contains("gateway listening") {
-            let field = |k: &str| -> SocketAddr {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(k))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| panic!("no {k} in {line:?}"))
-            };
-            let (l, a) = (field("listen_addr="), field("admin_addr="));
-            // Keep draining stderr so the child never blocks on a full pipe.
-            std::thread::spawn(move || while rx.recv().is_ok() {});
-            return (child, l, a);
-        }
-    }
-    panic!("gateway did not report its addresses");
-}
-
 fn free_port(ip: [u8; 4]) -> u16 {
     let ip = std::net::Ipv4Addr::from(ip);
     std::net::TcpListener::bind((ip, 0))
@@ -123,7 +75,8 @@ fn openssl_client_through_binary_to_openssl_server_then_sigterm() {
         endpoints_yaml(CATALOG, port, &[(backend.ip(), "v1", true)]),
     )
     .unwrap();
-    let (mut gw, listen, admin) = start_gateway(&eps, &[]);
+    let mut gw = GatewayProcess::start(&eps, &[], "info");
+    let (listen, admin) = (gw.listen, gw.admin);
 
     let run_client = |alpn: &str| {
         let mut c = Command::new("openssl")
@@ -191,19 +144,12 @@ fn openssl_client_through_binary_to_openssl_server_then_sigterm() {
     );
 
     // SIGTERM: readiness flips to 503, then the process exits 0 after the drain.
-    let pid = gw.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    gw.signal("TERM");
     std::thread::sleep(Duration::from_millis(80));
     assert_eq!(rt.block_on(http_get(admin, "/healthz/ready")).0, 503);
     let deadline = Instant::now() + TIMEOUT;
     let status = loop {
-        if let Some(s) = gw.0.try_wait().unwrap() {
+        if let Some(s) = gw.child.try_wait().unwrap() {
             break s;
         }
         assert!(
@@ -274,7 +220,8 @@ fn sighup_reloads_the_endpoints_file() {
     std::fs::write(&target, "services: []\n").unwrap();
     let link = watched.join("endpoints.yaml");
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    let (gw, _listen, admin) = start_gateway(&link, &[]);
+    let gw = GatewayProcess::start(&link, &[], "info");
+    let admin = gw.admin;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -297,14 +244,7 @@ fn sighup_reloads_the_endpoints_file() {
         "no file event should have reached the watcher"
     );
 
-    let pid = gw.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    gw.signal("HUP");
     let deadline = Instant::now() + TIMEOUT;
     while generation() < 2.0 {
         assert!(Instant::now() < deadline, "SIGHUP did not reload the file");

@@ -2,19 +2,22 @@
 //!
 //! The parent directory is watched, not the file: Kubernetes mounts ConfigMaps through a
 //! `..data` symlink that is swapped atomically, which a watch on the file itself misses.
+//! [`super::file_watch`] decides which of its events matter and when a change has settled.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
 
 use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Publisher;
+use super::file_watch::{Names, Settle};
 use crate::name;
 use crate::routes::{EndpointSpec, Labels, ServiceSpec};
 
@@ -200,86 +203,148 @@ pub fn load(path: &Path) -> Result<Vec<ServiceSpec>, FileError> {
 /// Watches `path` (through its parent directory) and SIGHUP, republishing on every change
 /// of content. Runs until `stop` is cancelled. A bad file keeps the last good table.
 pub struct FileSource {
-    path: PathBuf,
-    publisher: Publisher,
-    last: Vec<ServiceSpec>,
+    reader: Reader,
     // Held for its Drop: dropping the watcher stops the OS watch.
     _watcher: notify::RecommendedWatcher,
-    events: mpsc::Receiver<()>,
+    pending: Arc<Pending>,
+    /// `None` when the handler could not be installed (then only file events reload).
+    hangup: Option<Signal>,
 }
 
-/// How long to wait for a burst of file events (editors, symlink swaps) to settle.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Changes seen by the watcher thread and not read yet. Recording into one debounce state
+/// (rather than queueing events) loses nothing, however many events a large write makes.
+#[derive(Default)]
+struct Pending {
+    settle: Mutex<Settle>,
+    wake: Notify,
+}
+
+impl Pending {
+    fn settle(&self) -> std::sync::MutexGuard<'_, Settle> {
+        self.settle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Reads, compares and publishes; runs on the blocking pool, away from the data path.
+#[derive(Clone)]
+struct Reader {
+    path: Arc<Path>,
+    dir: Arc<Path>,
+    publisher: Publisher,
+    last: Arc<Vec<ServiceSpec>>,
+    /// Shared with the watcher callback; refreshed after each read, as links may have moved.
+    names: Arc<RwLock<Names>>,
+}
 
 impl FileSource {
     /// Loads the file (an error here fails start-up) and starts watching it.
     pub fn start(path: &Path, publisher: Publisher) -> Result<FileSource, FileError> {
         let specs = load(path)?;
         publisher.publish("file", &specs);
-        let (tx, events) = mpsc::channel(1);
-        let watch_tx = tx.clone();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                // Full channel means a reload is already pending; that one will read the file.
-                let _ = watch_tx.try_send(());
-            }
-        })
-        .map_err(|source| FileError::Watch {
-            path: path.into(),
-            source,
-        })?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        let path = dir.join(path.file_name().unwrap_or(path.as_os_str()));
+        let names = Arc::new(RwLock::new(Names::new(&dir, &path)));
+        let pending = Arc::new(Pending::default());
+        let (watch_names, watch_pending) = (names.clone(), pending.clone());
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let Ok(event) = res else { return };
+            let change = watch_names
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .classify(&event);
+            if let Some(change) = change {
+                watch_pending.settle().record(change, Instant::now());
+                watch_pending.wake.notify_one();
+            }
+        })
+        .map_err(|source| FileError::Watch {
+            path: path.clone(),
+            source,
+        })?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(|source| FileError::Watch {
                 path: dir.clone(),
                 source,
             })?;
-        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    tracing::info!("SIGHUP: reloading endpoints file");
-                    if tx.send(()).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        let hangup = signal(SignalKind::hangup())
+            .inspect_err(|e| tracing::warn!(error = %e, "no SIGHUP reload"))
+            .ok();
         Ok(FileSource {
-            path: path.into(),
-            publisher,
-            last: specs,
+            reader: Reader {
+                path: path.into(),
+                dir: dir.into(),
+                publisher,
+                last: Arc::new(specs),
+                names,
+            },
             _watcher: watcher,
-            events,
+            pending,
+            hangup,
         })
     }
 
     pub async fn run(mut self, stop: CancellationToken) {
         loop {
+            let due = self.pending.settle().due();
+            let settled = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let hup = async {
+                match self.hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = stop.cancelled() => return,
-                ev = self.events.recv() => if ev.is_none() { return },
+                // A new event moves the deadline: compute it again.
+                _ = self.pending.wake.notified() => continue,
+                _ = hup => tracing::info!("SIGHUP: reloading endpoints file"),
+                _ = settled => {}
             }
-            tokio::time::sleep(DEBOUNCE).await;
-            while self.events.try_recv().is_ok() {}
-            self.reload();
+            // Everything recorded so far happened before this read, which covers it.
+            self.pending.settle().clear();
+            self.reload().await;
         }
     }
 
-    fn reload(&mut self) {
-        match load(&self.path) {
-            Ok(specs) if specs == self.last => {
+    /// Parsing a large file takes long enough to delay connections: do it off the runtime.
+    async fn reload(&mut self) {
+        let reader = self.reader.clone();
+        match tokio::task::spawn_blocking(move || reader.reload()).await {
+            Ok(Some(last)) => self.reader.last = last,
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "endpoints file reload task failed"),
+        }
+    }
+}
+
+impl Reader {
+    /// Returns the new table's specs when one was published.
+    fn reload(&self) -> Option<Arc<Vec<ServiceSpec>>> {
+        let result = load(&self.path);
+        *self.names.write().unwrap_or_else(|e| e.into_inner()) = Names::new(&self.dir, &self.path);
+        match result {
+            Ok(specs) if specs == *self.last => {
                 tracing::debug!(path = %self.path.display(), "endpoints file unchanged");
+                self.publisher.confirm("file");
+                None
             }
             Ok(specs) => {
                 self.publisher.publish("file", &specs);
-                self.last = specs;
+                Some(Arc::new(specs))
             }
-            Err(e) => self.publisher.reject("file", &e),
+            Err(e) => {
+                self.publisher.reject("file", &e);
+                None
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Discovery sources feed the route table through one [`Publisher`].
 
 pub mod file;
+pub mod file_watch;
 pub mod kube;
 pub mod kube_model;
 
@@ -37,6 +38,13 @@ impl Publisher {
             "route table published"
         );
         table
+    }
+
+    /// A good read that yields the table already serving: nothing to publish, but the source
+    /// is healthy again (after a failed reload, restoring the old content must say so).
+    pub fn confirm(&self, source: &str) {
+        self.metrics.last_reload_ok.set(1);
+        tracing::debug!(source, "route update matches the current table");
     }
 
     /// A rejected update: the last good table keeps serving.

@@ -364,3 +364,177 @@ pub async fn expect_closed(mut s: TcpStream) -> Vec<u8> {
     assert!(r.is_ok(), "connection was not closed by the gateway");
     got
 }
+
+/// The built `gateway` binary as a child process on 127.0.0.1:0, killed on drop. Every stderr
+/// line is kept so tests can count log lines.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl GatewayProcess {
+    /// Starts the binary with `--endpoints path` and waits for it to report its addresses.
+    pub fn start(endpoints: &std::path::Path, extra: &[&str], rust_log: &str) -> GatewayProcess {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .arg("--endpoints")
+            .arg(endpoints)
+            .args(["--drain-grace", "200ms", "--drain-timeout", "2s"])
+            .args(extra)
+            .env("RUST_LOG", rust_log)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gateway");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut gw = GatewayProcess {
+            child,
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin: SocketAddr::from(([0, 0, 0, 0], 0)),
+            log,
+        };
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let line = gw
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains("gateway listening"))
+                .cloned();
+            if let Some(line) = line {
+                let field = |k: &str| -> SocketAddr {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(k))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+                };
+                gw.listen = field("listen_addr=");
+                gw.admin = field("admin_addr=");
+                return gw;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gateway did not report its addresses: {:?}",
+                gw.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How many log lines so far contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// One metric sample from `/metrics`, fetched without an async runtime.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (code, body) = admin_get(self.admin, "/metrics");
+        assert_eq!(code, 200, "{body}");
+        metric(&body, series)
+    }
+
+    /// Polls `series` until it equals `want`, bounded by [`TIMEOUT`].
+    pub fn wait_metric(&self, series: &str, want: f64) {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let got = self.metric(series);
+            if got == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{series} stayed {got}, want {want}; log: {:?}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Blocking HTTP/1.0 GET against the admin listener, for tests that run no async runtime (or
+/// must not block the one under test).
+pub fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let out = String::from_utf8_lossy(&out);
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// An endpoints file with `services` services (`svc-<i>.big.local`, port 80), each with
+/// `per_service` endpoints on distinct 10.x addresses.
+pub fn big_endpoints_yaml(services: usize, per_service: usize) -> String {
+    let mut y = String::from("services:\n");
+    for s in 0..services {
+        y.push_str(&service_yaml(s, per_service));
+    }
+    y
+}
+
+/// One service entry of [`big_endpoints_yaml`].
+pub fn service_yaml(s: usize, per_service: usize) -> String {
+    let mut y =
+        format!("  - host: svc-{s}.big.local\n    ports:\n      - port: 80\n    endpoints:\n");
+    for e in 0..per_service {
+        let n = s * per_service + e;
+        y.push_str(&format!(
+            "      - address: 10.{}.{}.{}\n        labels: {{version: v1}}\n",
+            (n >> 16) & 0xff,
+            (n >> 8) & 0xff,
+            n & 0xff
+        ));
+    }
+    y
+}
