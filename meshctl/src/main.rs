@@ -13,6 +13,7 @@ mod gateway_manifest;
 mod join;
 mod kube_client;
 mod label;
+mod reader_rules;
 mod remote_secret;
 
 #[derive(Debug, Parser)]
