@@ -21,6 +21,7 @@ use crate::gateway_manifest::{self as gw, NAME as GATEWAY};
 use crate::join::check_unique;
 use crate::kube_client::{self as kc, Cluster, KubeconfigFile, Output};
 use crate::label::{CLUSTER_NAME_ANNOTATION, NETWORK_LABEL};
+use crate::reader_rules::{READER_RULES, permission_name};
 use crate::remote_secret::{self as rs, MULTICLUSTER_LABEL};
 
 #[derive(Debug, Args)]
@@ -49,6 +50,8 @@ pub enum Status {
     Pass,
     Warn,
     Fail,
+    /// Not run: it needs data from a cluster meshctl cannot read (the detail says why).
+    Skip,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,6 +98,9 @@ impl Report {
     ) {
         self.add(scope, check, Status::Fail, detail, Some(hint.into()));
     }
+    fn skip(&mut self, scope: &str, check: &str, reason: impl Into<String>) {
+        self.add(scope, check, Status::Skip, reason, None);
+    }
     fn warn(
         &mut self,
         scope: &str,
@@ -136,7 +142,7 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
     })
 }
 
-/// The human checklist: ✔ pass, ! warning, ✘ failure (with its hint).
+/// The human checklist: ✔ pass, ! warning, ✘ failure (with its hint), - skipped (with why).
 pub fn render_text(items: &[Item]) -> String {
     let mut out = String::new();
     let mut scope = "";
@@ -149,6 +155,7 @@ pub fn render_text(items: &[Item]) -> String {
             Status::Pass => "✔",
             Status::Warn => "!",
             Status::Fail => "✘",
+            Status::Skip => "-",
         };
         if i.detail.is_empty() {
             out.push_str(&format!("  {mark} {}\n", i.check));
@@ -161,11 +168,12 @@ pub fn render_text(items: &[Item]) -> String {
     }
     let count = |s| items.iter().filter(|i| i.status == s).count();
     out.push_str(&format!(
-        "{} checks: {} passed, {} warnings, {} failed\n",
+        "{} checks: {} passed, {} warnings, {} failed, {} skipped\n",
         items.len(),
         count(Status::Pass),
         count(Status::Warn),
-        count(Status::Fail)
+        count(Status::Fail),
+        count(Status::Skip)
     ));
     out
 }
@@ -566,15 +574,25 @@ async fn check_pair(
         .as_str()
         .map(str::to_string);
     token_expiry(r, &scope, token.as_deref(), &rejoin);
-    // the kubeconfig really works
+    // the kubeconfig really works, with every permission istiod needs
     match try_kubeconfig(kc_parsed).await {
-        Ok(detail) => r.pass(&scope, "kubeconfig works", detail),
-        Err(e) => r.fail(
-            &scope,
-            "kubeconfig works",
-            format!("{e:#}"),
-            format!("the token, CA or address is wrong, expired or unreachable: {rejoin}"),
-        ),
+        Ok((client, detail)) => {
+            r.pass(&scope, "kubeconfig works", detail);
+            reader_permissions(r, &scope, &client, &rejoin).await;
+        }
+        Err(e) => {
+            r.fail(
+                &scope,
+                "kubeconfig works",
+                format!("{e:#}"),
+                format!("the token, CA or address is wrong, expired or unreachable: {rejoin}"),
+            );
+            r.skip(
+                &scope,
+                "reader permissions",
+                "the stored kubeconfig does not work",
+            );
+        }
     }
     Ok(())
 }
@@ -630,9 +648,8 @@ fn human(secs: u64) -> String {
     humantime::format_duration(Duration::from_secs(secs)).to_string()
 }
 
-/// Lists services with the stored kubeconfig and asks (SSAR) for get/list/watch on
-/// endpointslices, as istiod will.
-async fn try_kubeconfig(k: Kubeconfig) -> Result<String> {
+/// Lists services with the stored kubeconfig: its address, CA and token work.
+async fn try_kubeconfig(k: Kubeconfig) -> Result<(kube::Client, String)> {
     let mut cfg = kube::Config::from_custom_kubeconfig(k, &KubeConfigOptions::default())
         .await
         .map_err(|e| anyhow!("{e}"))?;
@@ -645,28 +662,52 @@ async fn try_kubeconfig(k: Kubeconfig) -> Result<String> {
         .map_err(|e| anyhow!("listing services: {}", kc::error_text(&e)))?
         .items
         .len();
-    let mut denied = Vec::new();
-    for verb in ["get", "list", "watch"] {
-        let review: SelfSubjectAccessReview =
-            serde_json::from_value(json!({"spec": {"resourceAttributes": {
-            "verb": verb, "group": "discovery.k8s.io", "resource": "endpointslices"}}}))?;
-        let out = Api::<SelfSubjectAccessReview>::all(client.clone())
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| anyhow!("SelfSubjectAccessReview: {}", kc::error_text(&e)))?;
-        if !out.status.is_some_and(|s| s.allowed) {
-            denied.push(verb);
+    Ok((client, format!("listed {n} services")))
+}
+
+/// The reader permissions (`reader_rules`) the stored account lacks, asked with one
+/// cluster-wide SelfSubjectAccessReview per rule and verb, as istiod's informers need them.
+async fn missing_reader_permissions(client: &kube::Client) -> Result<Vec<String>> {
+    let mut missing = Vec::new();
+    for rule in READER_RULES {
+        for verb in rule.verbs {
+            let review: SelfSubjectAccessReview =
+                serde_json::from_value(json!({"spec": {"resourceAttributes": {
+                "verb": verb, "group": rule.group, "resource": rule.resource}}}))?;
+            let out = Api::<SelfSubjectAccessReview>::all(client.clone())
+                .create(&PostParams::default(), &review)
+                .await
+                .map_err(|e| anyhow!("SelfSubjectAccessReview: {}", kc::error_text(&e)))?;
+            if !out.status.is_some_and(|s| s.allowed) {
+                missing.push(permission_name(rule.group, rule.resource, verb));
+            }
         }
     }
-    if !denied.is_empty() {
-        return Err(anyhow!(
-            "listed {n} services, but may not {} endpointslices",
-            denied.join("/")
-        ));
+    Ok(missing)
+}
+
+/// "reader permissions": every permission istiod's remote-cluster registry uses.
+async fn reader_permissions(r: &mut Report, scope: &str, client: &kube::Client, rejoin: &str) {
+    let check = "reader permissions";
+    match missing_reader_permissions(client).await {
+        Ok(missing) if missing.is_empty() => {
+            let names: Vec<String> = READER_RULES
+                .iter()
+                .map(|r| permission_name(r.group, r.resource, &r.verbs.join("/")))
+                .collect();
+            r.pass(scope, check, names.join(", "));
+        }
+        Ok(missing) => r.fail(
+            scope,
+            check,
+            format!(
+                "the account may not {}: istiod cannot sync this cluster",
+                missing.join(", ")
+            ),
+            format!("restore the reader role: {rejoin}"),
+        ),
+        Err(e) => r.fail(scope, check, format!("{e:#}"), rejoin.to_string()),
     }
-    Ok(format!(
-        "listed {n} services; may get/list/watch endpointslices"
-    ))
 }
 
 #[cfg(test)]

@@ -98,6 +98,7 @@ async fn passes_on_a_joined_pair() {
             "no loopback server address",
             "token expiry",
             "kubeconfig works",
+            "reader permissions",
         ] {
             assert_eq!(
                 item(&items, scope, name)["status"],
@@ -106,11 +107,13 @@ async fn passes_on_a_joined_pair() {
             );
         }
     }
+    let d = item(&items, "secret for west in east", "reader permissions")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(
-        item(&items, "secret for west in east", "kubeconfig works")["detail"]
-            .as_str()
-            .unwrap()
-            .contains("endpointslices")
+        d.contains("list/watch") && d.contains("gateways.gateway.networking.k8s.io"),
+        "{d}"
     );
     for name in [
         "roots identical across clusters",
@@ -397,5 +400,57 @@ async fn warns_of_a_token_request_token_that_expires_within_a_day() {
         "secret for west in east",
         "kubeconfig works",
         "meshctl join",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_a_reader_role_without_a_permission_istiod_needs() {
+    let m = joined().await;
+    // Someone trims east's reader role: no Gateway API gateways, no watch on pods.
+    let mut role = m
+        .east
+        .store()
+        .get(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRole",
+            None,
+            "meshctl-istio-reader-istio-system",
+        )
+        .unwrap();
+    let rules: Vec<Value> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["apiGroups"][0] != "gateway.networking.k8s.io")
+        .map(|r| {
+            let mut r = r.clone();
+            if r["resources"][0] == "pods" {
+                r["verbs"] = json!(["list"]);
+            }
+            r
+        })
+        .collect();
+    role["rules"] = json!(rules);
+    m.east.store().apply(role).unwrap();
+    let (code, items) = check(&m, &[], false).await;
+    let d = assert_fails(
+        code,
+        &items,
+        "secret for east in west",
+        "reader permissions",
+        "re-run meshctl join",
+    );
+    for missing in [
+        "list gateways.gateway.networking.k8s.io",
+        "watch gateways.gateway.networking.k8s.io",
+        "watch pods",
+    ] {
+        assert!(d.contains(missing), "{missing} not in {d}");
+    }
+    assert!(!d.contains("list pods"), "{d}");
+    // West's reader is untouched.
+    assert_eq!(
+        item(&items, "secret for west in east", "reader permissions")["status"],
+        "pass"
     );
 }
