@@ -139,7 +139,11 @@ mod tests {
         let names = |allow| {
             reader_rules(allow)
                 .iter()
-                .flat_map(|r| r.verbs.iter().map(move |v| permission_name(r.group, r.resource, v)))
+                .flat_map(|r| {
+                    r.verbs
+                        .iter()
+                        .map(move |v| permission_name(r.group, r.resource, v))
+                })
                 .collect::<Vec<_>>()
         };
         assert!(!names(false).iter().any(|n| n.contains("secrets")));

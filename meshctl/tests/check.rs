@@ -17,10 +17,14 @@ async fn joined() -> Mesh {
 
 /// Runs `meshctl check -o json` (loopback test servers allowed unless `strict`).
 async fn check(m: &Mesh, extra: &[&str], strict: bool) -> (i32, Vec<Value>) {
+    check_with(m.kc(), extra, strict).await
+}
+
+async fn check_with(kubeconfig: &str, extra: &[&str], strict: bool) -> (i32, Vec<Value>) {
     let mut args = vec![
         "check",
         "--kubeconfig",
-        m.kc(),
+        kubeconfig,
         "--context",
         "west",
         "--context",
@@ -452,5 +456,97 @@ async fn flags_a_reader_role_without_a_permission_istiod_needs() {
     assert_eq!(
         item(&items, "secret for west in east", "reader permissions")["status"],
         "pass"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_fails_once_and_skips_what_needs_its_data() {
+    let m = mesh().await;
+    for c in ["west", "east"] {
+        std::fs::rename(m.certs.join(c), m.certs.join(format!("{c}-cluster"))).unwrap();
+    }
+    m.join(&[
+        "--cluster-name",
+        "west=west-cluster",
+        "--cluster-name",
+        "east=east-cluster",
+    ])
+    .await;
+    m.make_gateways_ready();
+    let Mesh {
+        west,
+        east,
+        dir: _dir,
+        kubeconfig,
+        ..
+    } = m;
+    let _stopped = east.stop().await;
+    let (code, items) = check_with(p(&kubeconfig), &[], false).await;
+    assert_eq!(code, 1);
+    let failed: Vec<&Value> = items.iter().filter(|i| i["status"] == "fail").collect();
+    assert_eq!(failed.len(), 1, "only the reachability fails: {failed:#?}");
+    assert_eq!(failed[0]["scope"], "cluster east");
+    assert_eq!(failed[0]["check"], "API server reachable");
+    // Nothing suggests registering east again (its secret exists under its real ID).
+    let all = serde_json::to_string(&items).unwrap();
+    assert!(
+        !all.contains("create-remote-secret --context east"),
+        "{all}"
+    );
+    assert!(secret(&west, "istio-remote-secret-east-cluster").is_some());
+    for (scope, check) in [
+        ("mesh", "roots identical across clusters"),
+        ("mesh", "network labels distinct"),
+        ("mesh", "cluster names unique"),
+        ("secret for east in west", "remote secret present"),
+        ("secret for west-cluster in east", "remote secret present"),
+    ] {
+        let i = item(&items, scope, check);
+        assert_eq!(i["status"], "skip", "{i}");
+        assert!(i.get("hint").is_none(), "a skipped check has no hint: {i}");
+        assert!(
+            i["detail"].as_str().unwrap().contains("unreachable"),
+            "the reason: {i}"
+        );
+    }
+    // West's own checks still run.
+    assert_eq!(
+        item(&items, "cluster west", "cacerts present and valid")["status"],
+        "pass"
+    );
+    // With east's cluster ID given, the secret in west is checked; what needs east is skipped.
+    let (code, items) = check_with(
+        p(&kubeconfig),
+        &["--cluster-name", "east=east-cluster"],
+        false,
+    )
+    .await;
+    assert_eq!(code, 1);
+    let scope = "secret for east-cluster in west";
+    assert_eq!(
+        item(&items, scope, "remote secret present")["status"],
+        "pass"
+    );
+    assert_eq!(item(&items, scope, "token expiry")["status"], "pass");
+    for check in ["kubeconfig works", "reader permissions"] {
+        let i = item(&items, scope, check);
+        assert_eq!(i["status"], "skip", "{i}");
+    }
+    // The text checklist marks skips and counts them.
+    let out = meshctl(&[
+        "check",
+        "--kubeconfig",
+        p(&kubeconfig),
+        "--context",
+        "west",
+        "--context",
+        "east",
+        "--allow-loopback-server",
+    ])
+    .await;
+    let t = text(&out);
+    assert!(
+        t.contains("  - roots identical across clusters: ") && t.contains(" skipped\n"),
+        "{t}"
     );
 }
