@@ -122,8 +122,9 @@ struct Seen {
     name: String,
     /// False when the cluster could not be read and no `--cluster-name` gave its ID.
     name_known: bool,
-    /// The API server answered; otherwise the fields below are empty.
-    reachable: bool,
+    /// Why meshctl could not read the cluster ("unreachable", ...); then the fields below
+    /// are empty.
+    unread: Option<&'static str>,
     network: Option<String>,
     root: Option<Vec<Vec<u8>>>,
     client: Option<Cluster>,
@@ -202,17 +203,34 @@ async fn check(
                 c
             }
             Err(e) => {
-                r.fail(
-                    &scope,
-                    "API server reachable",
-                    format!("{e:#}"),
-                    "check the kubeconfig context and that the cluster is running",
-                );
+                let unread = match e.downcast_ref::<kc::ConnectError>() {
+                    Some(kc::ConnectError::CredentialRefused { server, user, .. }) => {
+                        r.pass(&scope, "API server reachable", server.clone());
+                        r.fail(
+                            &scope,
+                            "credential accepted",
+                            format!("{e:#}"),
+                            format!(
+                                "put new credentials for kubeconfig user {user:?} (its token or client certificate was refused)"
+                            ),
+                        );
+                        "refusing meshctl's credential"
+                    }
+                    _ => {
+                        r.fail(
+                            &scope,
+                            "API server reachable",
+                            format!("{e:#}"),
+                            "check the kubeconfig context and that the cluster is running",
+                        );
+                        "unreachable"
+                    }
+                };
                 seen.push(Seen {
                     context: ctx.clone(),
                     name: kc::lookup(names, ctx).unwrap_or(ctx).into(),
                     name_known: kc::lookup(names, ctx).is_some(),
-                    reachable: false,
+                    unread: Some(unread),
                     network: None,
                     root: None,
                     client: None,
@@ -351,7 +369,7 @@ async fn check_cluster(
         context: ctx.into(),
         name,
         name_known: true,
-        reachable: true,
+        unread: None,
         network,
         root,
         client: Some(c.clone()),
@@ -550,13 +568,13 @@ async fn check_pair(
             r.pass(&scope, "kubeconfig works", detail);
             reader_permissions(r, &scope, &client, &rejoin).await;
         }
-        Err(e) => {
-            r.fail(
-                &scope,
-                "kubeconfig works",
-                format!("{e:#}"),
-                format!("the token, CA or address is wrong, expired or unreachable: {rejoin}"),
-            );
+        Err((failure, detail)) => {
+            let hint = if failure == kc::Failure::CredentialRefused {
+                format!("issue a new token: {rejoin}")
+            } else {
+                format!("the token, CA or address is wrong, expired or unreachable: {rejoin}")
+            };
+            r.fail(&scope, "kubeconfig works", detail, hint);
             r.skip(
                 &scope,
                 "reader permissions",
@@ -618,21 +636,40 @@ fn human(secs: u64) -> String {
     humantime::format_duration(Duration::from_secs(secs)).to_string()
 }
 
-/// Lists services with the stored kubeconfig: its address, CA and token work.
-async fn try_kubeconfig(k: Kubeconfig) -> Result<(kube::Client, String)> {
+/// Lists services with the stored kubeconfig: its address, CA and token work. The error
+/// says whether the token was refused (401), for the hint.
+async fn try_kubeconfig(
+    k: Kubeconfig,
+) -> std::result::Result<(kube::Client, String), (kc::Failure, String)> {
+    let other = |e: String| (kc::Failure::Answered, e);
     let mut cfg = kube::Config::from_custom_kubeconfig(k, &KubeConfigOptions::default())
         .await
-        .map_err(|e| anyhow!("{e}"))?;
+        .map_err(|e| other(e.to_string()))?;
     cfg.connect_timeout = Some(Duration::from_secs(5));
     cfg.read_timeout = Some(Duration::from_secs(15));
-    let client = kube::Client::try_from(cfg).map_err(|e| anyhow!("{e}"))?;
-    let n = Api::<Service>::all(client.clone())
+    let server = cfg.cluster_url.to_string();
+    let client = kube::Client::try_from(cfg).map_err(|e| other(e.to_string()))?;
+    let list = Api::<Service>::all(client.clone())
         .list(&ListParams::default().limit(500))
-        .await
-        .map_err(|e| anyhow!("listing services: {}", kc::error_text(&e)))?
-        .items
-        .len();
-    Ok((client, format!("listed {n} services")))
+        .await;
+    match list {
+        Ok(l) => Ok((client, format!("listed {} services", l.items.len()))),
+        Err(e) => Err(match kc::classify(&e) {
+            kc::Failure::CredentialRefused => (
+                kc::Failure::CredentialRefused,
+                format!(
+                    "the API server at {server} refused the stored token ({}): it is wrong, \
+                     expired or revoked (e.g. its token Secret was deleted)",
+                    kc::error_text(&e)
+                ),
+            ),
+            kc::Failure::Unreachable => (
+                kc::Failure::Unreachable,
+                format!("cannot reach {server}: {}", kc::error_text(&e)),
+            ),
+            f => (f, format!("listing services: {}", kc::error_text(&e))),
+        }),
+    }
 }
 
 /// The reader permissions (`reader_rules`) the stored account lacks, asked with one

@@ -163,12 +163,10 @@ impl KubeconfigFile {
         let client = Client::try_from(cfg)
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("building a client for context {context:?}"))?;
-        client.apiserver_version().await.map_err(|e| {
-            anyhow!(
-                "cannot reach the API server of context {context:?} at {server}: {}",
-                error_text(&e)
-            )
-        })?;
+        if let Err(e) = client.apiserver_version().await {
+            let user = self.user_of(context).unwrap_or_default();
+            return Err(ConnectError::new(&e, context, &server, &user, &self.path).into());
+        }
         Ok(Cluster {
             context: context.to_string(),
             client,
@@ -176,6 +174,16 @@ impl KubeconfigFile {
             ca_pem,
             tls_server_name,
         })
+    }
+
+    /// The kubeconfig user (credential entry) of a context.
+    fn user_of(&self, context: &str) -> Option<String> {
+        self.config
+            .contexts
+            .iter()
+            .find(|c| c.name == context)
+            .and_then(|c| c.context.as_ref())
+            .and_then(|c| c.user.clone())
     }
 
     /// The PEM CA of the context's cluster, from `certificate-authority-data` or the file.
@@ -224,7 +232,8 @@ fn default_path() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".kube").join("config"))
 }
 
-/// The message of a kube error without kube's nesting noise.
+/// The message of a kube error without kube's nesting noise: the cause chain joined by
+/// ": ", each cause once (kube and hyper errors repeat their source in their own text).
 pub fn error_text(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
@@ -232,11 +241,92 @@ pub fn error_text(e: &kube::Error) -> String {
             let mut text = other.to_string();
             let mut src = std::error::Error::source(other);
             while let Some(s) = src {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
+                let part = s.to_string();
+                if !text.contains(&part) {
+                    text.push_str(": ");
+                    text.push_str(&part);
+                }
                 src = s.source();
             }
             text
+        }
+    }
+}
+
+/// What a failed request means for the fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// 401: the server answered and did not accept the token or client certificate.
+    CredentialRefused,
+    /// Any other answer from the API server (403, 404, 500, ...).
+    Answered,
+    /// No answer: connection, TLS or timeout.
+    Unreachable,
+}
+
+pub fn classify(e: &kube::Error) -> Failure {
+    match e {
+        kube::Error::Api(s) if s.code == 401 => Failure::CredentialRefused,
+        kube::Error::Api(_) => Failure::Answered,
+        _ => Failure::Unreachable,
+    }
+}
+
+/// Why `connect` could not use a context, with the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "the API server of context {context:?} at {server} refused the credential of \
+         kubeconfig user {user:?} ({detail}): its token or client certificate is wrong, expired \
+         or revoked. Put new credentials for user {user:?} in {kubeconfig} (kind: kind export \
+         kubeconfig --name <cluster>; a cloud: its get-credentials command; a service-account \
+         token: mint a new one) and retry"
+    )]
+    CredentialRefused {
+        context: String,
+        server: String,
+        user: String,
+        kubeconfig: String,
+        detail: String,
+    },
+    #[error("the API server of context {context:?} at {server} answered: {detail}")]
+    Answered {
+        context: String,
+        server: String,
+        detail: String,
+    },
+    #[error("cannot reach the API server of context {context:?} at {server}: {detail}")]
+    Unreachable {
+        context: String,
+        server: String,
+        detail: String,
+    },
+}
+
+impl ConnectError {
+    fn new(e: &kube::Error, context: &str, server: &str, user: &str, path: &Path) -> Self {
+        let (context, server, detail) = (context.to_string(), server.to_string(), error_text(e));
+        match classify(e) {
+            Failure::CredentialRefused => ConnectError::CredentialRefused {
+                context,
+                server,
+                user: user.to_string(),
+                kubeconfig: path.display().to_string(),
+                detail: match e {
+                    kube::Error::Api(s) => format!("{} {}", s.code, s.reason),
+                    _ => detail,
+                },
+            },
+            Failure::Answered => ConnectError::Answered {
+                context,
+                server,
+                detail,
+            },
+            Failure::Unreachable => ConnectError::Unreachable {
+                context,
+                server,
+                detail,
+            },
         }
     }
 }

@@ -16,33 +16,29 @@ pub enum PairPlan {
 }
 
 pub fn pair_plan(source: &Seen, target: &Seen) -> PairPlan {
-    if !target.reachable {
+    if let Some(why) = target.unread {
         return PairPlan::Skip(format!(
-            "cluster {} is unreachable, so its Secrets cannot be read",
+            "cluster {} is {why}, so its Secrets cannot be read",
             target.context
         ));
     }
-    if source.reachable {
+    let Some(why) = source.unread else {
         return PairPlan::All;
-    }
+    };
     if source.name_known {
-        return PairPlan::TargetOnly(format!(
-            "cluster {} is unreachable from here",
-            source.context
-        ));
+        return PairPlan::TargetOnly(format!("cluster {} is {why}", source.context));
     }
     PairPlan::Skip(format!(
-        "cluster {ctx} is unreachable, so its cluster ID (which join records on its namespace) \
-         is unknown; to check this Secret anyway pass --cluster-name {ctx}=<cluster-id>",
+        "cluster {ctx} is {why}, so its cluster ID (which join records on its namespace) is \
+         unknown; to check this Secret anyway pass --cluster-name {ctx}=<cluster-id>",
         ctx = source.context
     ))
 }
 
-/// The contexts meshctl could not read, for skip reasons ("" when all were read).
+/// The clusters meshctl could not read and why, for skip reasons ("" when all were read).
 fn unreachable(seen: &[Seen]) -> String {
     seen.iter()
-        .filter(|s| !s.reachable)
-        .map(|s| s.context.as_str())
+        .filter_map(|s| s.unread.map(|why| format!("{} ({why})", s.context)))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -56,7 +52,7 @@ pub fn mesh_checks(r: &mut Report, seen: &[Seen]) {
 
 fn roots(r: &mut Report, seen: &[Seen], down: &str) {
     let (scope, check) = ("mesh", "roots identical across clusters");
-    let read: Vec<&Seen> = seen.iter().filter(|s| s.reachable).collect();
+    let read: Vec<&Seen> = seen.iter().filter(|s| s.unread.is_none()).collect();
     let missing: Vec<&str> = read
         .iter()
         .filter(|s| s.root.is_none())
@@ -80,11 +76,7 @@ fn roots(r: &mut Report, seen: &[Seen], down: &str) {
             format!("{} has a different root than {}", differing.join(", "), with_root[0].context),
             "all bundles must come from one root (meshctl certs init); apply them with meshctl cacerts apply ... --force and restart istiod in each cluster");
     } else if !down.is_empty() {
-        r.skip(
-            scope,
-            check,
-            format!("cannot compare with {down} (unreachable)"),
-        );
+        r.skip(scope, check, format!("cannot compare with {down}"));
     } else {
         r.pass(scope, check, "");
     }
@@ -104,11 +96,7 @@ fn networks(r: &mut Report, seen: &[Seen], down: &str) {
         r.fail(scope, check, dup.join("; "),
             "each cluster needs its own network: meshctl label-network <unique-network> --context <ctx> (and re-run meshctl join)");
     } else if !down.is_empty() {
-        r.skip(
-            scope,
-            check,
-            format!("the network of {down} is unknown (unreachable)"),
-        );
+        r.skip(scope, check, format!("the network of {down} is unknown"));
     } else {
         r.pass(scope, check, "");
     }
@@ -126,10 +114,10 @@ fn names(r: &mut Report, seen: &[Seen]) {
             ));
         }
     }
-    let unknown: Vec<&str> = seen
+    let unknown: Vec<String> = seen
         .iter()
         .filter(|s| !s.name_known)
-        .map(|s| s.context.as_str())
+        .map(|s| format!("{} ({})", s.context, s.unread.unwrap_or("not read")))
         .collect();
     if !dup.is_empty() {
         r.fail(scope, check, dup.join("; "),
@@ -139,7 +127,7 @@ fn names(r: &mut Report, seen: &[Seen]) {
             scope,
             check,
             format!(
-                "the cluster ID of {} is unknown (unreachable; --cluster-name CONTEXT=ID gives it)",
+                "the cluster ID of {} is unknown; --cluster-name CONTEXT=ID gives it",
                 unknown.join(", ")
             ),
         );
@@ -163,7 +151,7 @@ mod tests {
             network: reachable.then(|| format!("{ctx}-net")),
             root: reachable.then(|| vec![b"root".to_vec()]),
             client: None,
-            reachable,
+            unread: (!reachable).then_some("unreachable"),
         }
     }
 
