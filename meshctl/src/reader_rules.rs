@@ -19,9 +19,9 @@
 //!   `PILOT_ENABLE_CROSS_CLUSTER_WORKLOAD_ENTRY` (default on).
 //!
 //! Informers only list and watch (reads come from their cache), so the verbs are list and watch.
-//! Left out on purpose (see README "The reader role"): TokenReviews/SubjectAccessReviews (used
-//! only when a remote cluster's workloads talk to this istiod, i.e. primary-remote; meshctl
-//! joins primaries), MCS ServiceExports/Imports (`PILOT_ENABLE_MCS_SERVICE_DISCOVERY`, default
+//! Left out on purpose (see README "The reader role"): TokenReviews (created only when a remote
+//! cluster's workloads talk to this istiod, i.e. primary-remote; meshctl joins primaries),
+//! Secrets and the SubjectAccessReviews that go with them (`--reader-allow-secrets`), MCS ServiceExports/Imports (`PILOT_ENABLE_MCS_SERVICE_DISCOVERY`, default
 //! off), Endpoints and ReplicaSets (no informer reads them any more).
 
 use serde_json::{Value, json};
@@ -96,19 +96,30 @@ pub const READER_RULES: &[ReaderRule] = &[
     },
 ];
 
-/// `--reader-allow-secrets`: the remote cluster's `credentialName` Secrets (gateway TLS).
-pub const SECRET_RULE: ReaderRule = ReaderRule {
-    group: "",
-    resource: "secrets",
-    verbs: &["get", "list", "watch"],
-    source: "pilot/pkg/credentials/kube/secrets.go",
-};
+/// `--reader-allow-secrets`: the remote cluster's `credentialName` Secrets (gateway TLS), read
+/// by istiod's credentials controller, which also asks the cluster (SubjectAccessReview) whether
+/// the gateway's service account may list Secrets before serving one
+/// (`pilot/pkg/credentials/kube/secrets.go`, `Authorize`).
+pub const SECRET_RULES: &[ReaderRule] = &[
+    ReaderRule {
+        group: "",
+        resource: "secrets",
+        verbs: &["get", "list", "watch"],
+        source: "pilot/pkg/credentials/kube/secrets.go (NewCredentialsController)",
+    },
+    ReaderRule {
+        group: "authorization.k8s.io",
+        resource: "subjectaccessreviews",
+        verbs: &["create"],
+        source: "pilot/pkg/credentials/kube/secrets.go (Authorize)",
+    },
+];
 
 /// The rules of the reader role.
 pub fn reader_rules(allow_secrets: bool) -> Vec<ReaderRule> {
     let mut rules = READER_RULES.to_vec();
     if allow_secrets {
-        rules.push(SECRET_RULE);
+        rules.extend_from_slice(SECRET_RULES);
     }
     rules
 }
@@ -150,7 +161,11 @@ mod tests {
         assert!(names(true).contains(&"get secrets".to_string()));
         for n in names(true) {
             let verb = n.split(' ').next().unwrap();
-            assert!(["get", "list", "watch"].contains(&verb), "{n}");
+            assert!(
+                ["get", "list", "watch"].contains(&verb)
+                    || n == "create subjectaccessreviews.authorization.k8s.io",
+                "{n}"
+            );
         }
         assert!(names(false).contains(&"watch gateways.gateway.networking.k8s.io".to_string()));
     }

@@ -315,7 +315,8 @@ async fn reader_allow_secrets_adds_secret_reads_and_nothing_else() {
         expected_triples(&[
             ("", "secrets", "get"),
             ("", "secrets", "list"),
-            ("", "secrets", "watch")
+            ("", "secrets", "watch"),
+            ("authorization.k8s.io", "subjectaccessreviews", "create"),
         ])
     );
     let client = client_from_yaml(s["stringData"]["west-cluster"].as_str().unwrap()).await;
