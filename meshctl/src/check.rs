@@ -224,6 +224,9 @@ async fn check(
                         "unreachable"
                     }
                 };
+                for check in CLUSTER_CHECKS {
+                    r.skip(&scope, check, format!("cluster {ctx} is {unread}"));
+                }
                 seen.push(Seen {
                     context: ctx.clone(),
                     name: kc::lookup(names, ctx).unwrap_or(ctx).into(),
@@ -263,6 +266,14 @@ async fn check(
     }
     Ok(r.items)
 }
+
+/// The checks `check_cluster` makes on a cluster's own data (skipped when it cannot be read).
+const CLUSTER_CHECKS: [&str; 4] = [
+    "cacerts present and valid",
+    "network label",
+    "gateway Service has an external address",
+    "gateway pods ready",
+];
 
 async fn check_cluster(
     r: &mut Report,

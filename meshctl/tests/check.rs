@@ -500,6 +500,10 @@ async fn an_unreachable_cluster_fails_once_and_skips_what_needs_its_data() {
         ("mesh", "cluster names unique"),
         ("secret for east in west", "remote secret present"),
         ("secret for west-cluster in east", "remote secret present"),
+        ("cluster east", "cacerts present and valid"),
+        ("cluster east", "network label"),
+        ("cluster east", "gateway Service has an external address"),
+        ("cluster east", "gateway pods ready"),
     ] {
         let i = item(&items, scope, check);
         assert_eq!(i["status"], "skip", "{i}");
