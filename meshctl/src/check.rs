@@ -120,6 +120,8 @@ struct Seen {
     name: String,
     /// False when the cluster could not be read and no `--cluster-name` gave its ID.
     name_known: bool,
+    /// The name is the context's, for want of a flag or a recorded ID.
+    name_guessed: bool,
     /// Why meshctl could not read the cluster ("unreachable", ...); then the fields below
     /// are empty.
     unread: Option<&'static str>,
@@ -231,6 +233,7 @@ async fn check(
                     context: ctx.clone(),
                     name: kc::lookup(names, ctx).unwrap_or(ctx).into(),
                     name_known: kc::lookup(names, ctx).is_some(),
+                    name_guessed: kc::lookup(names, ctx).is_none(),
                     unread: Some(unread),
                     network: None,
                     root: None,
@@ -288,6 +291,7 @@ async fn check_cluster(
         .as_ref()
         .and_then(|n| n["metadata"]["annotations"][CLUSTER_NAME_ANNOTATION].as_str());
     let name = name_flag.or(recorded).unwrap_or(ctx).to_string();
+    let name_guessed = name_flag.is_none() && recorded.is_none();
     // cacerts
     let cacerts = if nsobj.is_some() {
         kc::get(c, "v1", "Secret", Some(ns), "cacerts").await?
@@ -378,6 +382,7 @@ async fn check_cluster(
         context: ctx.into(),
         name,
         name_known: true,
+        name_guessed,
         unread: None,
         network,
         root,
@@ -498,6 +503,18 @@ async fn check_pair(
         .filter(|(k, _)| *k == source.name)
         .collect();
     let Some((_, kubeconfig)) = found.first() else {
+        // A guessed ID may be wrong: registering again under it would register the cluster twice.
+        let hint = if source.name_guessed {
+            format!(
+                "{ctx} records no cluster ID (join writes it on the {ns} namespace), so {} is a \
+                 guess: if {ctx} is registered under another ID, pass --cluster-name {ctx}=<that ID>; \
+                 otherwise {rejoin}",
+                source.name,
+                ctx = source.context
+            )
+        } else {
+            rejoin
+        };
         r.fail(
             &scope,
             "remote secret present",
@@ -505,7 +522,7 @@ async fn check_pair(
                 "no Secret labelled {MULTICLUSTER_LABEL}=true in {ns} holds cluster {}",
                 source.name
             ),
-            rejoin,
+            hint,
         );
         return Ok(());
     };

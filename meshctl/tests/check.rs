@@ -554,3 +554,43 @@ async fn an_unreachable_cluster_fails_once_and_skips_what_needs_its_data() {
         "{t}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guessed_cluster_id_does_not_send_the_user_to_register_the_cluster_again() {
+    let m = mesh().await;
+    for c in ["west", "east"] {
+        std::fs::rename(m.certs.join(c), m.certs.join(format!("{c}-cluster"))).unwrap();
+    }
+    m.join(&[
+        "--cluster-name",
+        "west=west-cluster",
+        "--cluster-name",
+        "east=east-cluster",
+    ])
+    .await;
+    m.make_gateways_ready();
+    // East was registered under its ID, but its namespace no longer records it (e.g. the
+    // namespace was recreated): check can only guess the context name.
+    let mut ns = m
+        .east
+        .store()
+        .get("v1", "Namespace", None, "istio-system")
+        .unwrap();
+    ns["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .retain(|k, _| !k.contains("cluster"));
+    m.east.store().apply(ns).unwrap();
+    let (code, items) = check(&m, &[], false).await;
+    let i = item(&items, "secret for east in west", "remote secret present");
+    assert_eq!(code, 1);
+    assert_eq!(i["status"], "fail", "{i}");
+    let hint = i["hint"].as_str().unwrap();
+    assert!(
+        hint.starts_with("east records no cluster ID") && hint.contains("--cluster-name east=<"),
+        "{hint}"
+    );
+    // With the ID given, all is well.
+    let (code, _) = check(&m, &["--cluster-name", "east=east-cluster"], false).await;
+    assert_eq!(code, 0);
+}

@@ -148,6 +148,7 @@ mod tests {
             context: ctx.into(),
             name: name.unwrap_or(ctx).into(),
             name_known: reachable || name.is_some(),
+            name_guessed: name.is_none(),
             network: reachable.then(|| format!("{ctx}-net")),
             root: reachable.then(|| vec![b"root".to_vec()]),
             client: None,
