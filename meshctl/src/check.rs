@@ -6,13 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use base64::Engine as _;
 use clap::Args;
-use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::Kubeconfig;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -22,6 +19,8 @@ use crate::join::check_unique;
 use crate::kube_client::{self as kc, Cluster, KubeconfigFile, Output};
 use crate::label::{CLUSTER_NAME_ANNOTATION, NETWORK_LABEL};
 use crate::remote_secret::{self as rs, MULTICLUSTER_LABEL};
+use access::{reader_permissions, try_kubeconfig};
+use mesh::PairPlan;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -49,6 +48,8 @@ pub enum Status {
     Pass,
     Warn,
     Fail,
+    /// Not run: it needs data from a cluster meshctl cannot read (the detail says why).
+    Skip,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,6 +96,9 @@ impl Report {
     ) {
         self.add(scope, check, Status::Fail, detail, Some(hint.into()));
     }
+    fn skip(&mut self, scope: &str, check: &str, reason: impl Into<String>) {
+        self.add(scope, check, Status::Skip, reason, None);
+    }
     fn warn(
         &mut self,
         scope: &str,
@@ -106,10 +110,21 @@ impl Report {
     }
 }
 
-/// What check learned about one reachable cluster.
+mod access;
+mod mesh;
+
+/// What check learned about one cluster.
 struct Seen {
     context: String,
+    /// The cluster ID: `--cluster-name`, else what join recorded, else the context.
     name: String,
+    /// False when the cluster could not be read and no `--cluster-name` gave its ID.
+    name_known: bool,
+    /// The name is the context's, for want of a flag or a recorded ID.
+    name_guessed: bool,
+    /// Why meshctl could not read the cluster ("unreachable", ...); then the fields below
+    /// are empty.
+    unread: Option<&'static str>,
     network: Option<String>,
     root: Option<Vec<Vec<u8>>>,
     client: Option<Cluster>,
@@ -136,7 +151,7 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
     })
 }
 
-/// The human checklist: ✔ pass, ! warning, ✘ failure (with its hint).
+/// The human checklist: ✔ pass, ! warning, ✘ failure (with its hint), - skipped (with why).
 pub fn render_text(items: &[Item]) -> String {
     let mut out = String::new();
     let mut scope = "";
@@ -149,6 +164,7 @@ pub fn render_text(items: &[Item]) -> String {
             Status::Pass => "✔",
             Status::Warn => "!",
             Status::Fail => "✘",
+            Status::Skip => "-",
         };
         if i.detail.is_empty() {
             out.push_str(&format!("  {mark} {}\n", i.check));
@@ -161,11 +177,12 @@ pub fn render_text(items: &[Item]) -> String {
     }
     let count = |s| items.iter().filter(|i| i.status == s).count();
     out.push_str(&format!(
-        "{} checks: {} passed, {} warnings, {} failed\n",
+        "{} checks: {} passed, {} warnings, {} failed, {} skipped\n",
         items.len(),
         count(Status::Pass),
         count(Status::Warn),
-        count(Status::Fail)
+        count(Status::Fail),
+        count(Status::Skip)
     ));
     out
 }
@@ -186,15 +203,38 @@ async fn check(
                 c
             }
             Err(e) => {
-                r.fail(
-                    &scope,
-                    "API server reachable",
-                    format!("{e:#}"),
-                    "check the kubeconfig context and that the cluster is running",
-                );
+                let unread = match e.downcast_ref::<kc::ConnectError>() {
+                    Some(kc::ConnectError::CredentialRefused { server, user, .. }) => {
+                        r.pass(&scope, "API server reachable", server.clone());
+                        r.fail(
+                            &scope,
+                            "credential accepted",
+                            format!("{e:#}"),
+                            format!(
+                                "put new credentials for kubeconfig user {user:?} (its token or client certificate was refused)"
+                            ),
+                        );
+                        "refusing meshctl's credential"
+                    }
+                    _ => {
+                        r.fail(
+                            &scope,
+                            "API server reachable",
+                            format!("{e:#}"),
+                            "check the kubeconfig context and that the cluster is running",
+                        );
+                        "unreachable"
+                    }
+                };
+                for check in CLUSTER_CHECKS {
+                    r.skip(&scope, check, format!("cluster {ctx} is {unread}"));
+                }
                 seen.push(Seen {
                     context: ctx.clone(),
                     name: kc::lookup(names, ctx).unwrap_or(ctx).into(),
+                    name_known: kc::lookup(names, ctx).is_some(),
+                    name_guessed: kc::lookup(names, ctx).is_none(),
+                    unread: Some(unread),
                     network: None,
                     root: None,
                     client: None,
@@ -204,18 +244,39 @@ async fn check(
         };
         seen.push(check_cluster(&mut r, &scope, &client, ns, kc::lookup(names, ctx)).await?);
     }
-    mesh_checks(&mut r, &seen);
+    mesh::mesh_checks(&mut r, &seen);
     for source in &seen {
         for target in &seen {
-            if source.context != target.context
-                && let Some(tc) = &target.client
-            {
-                check_pair(&mut r, a, source, target, tc, ns).await?;
+            if source.context == target.context {
+                continue;
+            }
+            let scope = pair_scope(source, target);
+            match (mesh::pair_plan(source, target), &target.client) {
+                (PairPlan::All, Some(tc)) => {
+                    check_pair(&mut r, a, source, target, tc, ns, None).await?
+                }
+                (PairPlan::TargetOnly(why), Some(tc)) => {
+                    check_pair(&mut r, a, source, target, tc, ns, Some(why)).await?
+                }
+                (PairPlan::Skip(why), _) => r.skip(&scope, "remote secret present", why),
+                (_, None) => r.skip(
+                    &scope,
+                    "remote secret present",
+                    format!("cluster {} is unreachable", target.context),
+                ),
             }
         }
     }
     Ok(r.items)
 }
+
+/// The checks `check_cluster` makes on a cluster's own data (skipped when it cannot be read).
+const CLUSTER_CHECKS: [&str; 4] = [
+    "cacerts present and valid",
+    "network label",
+    "gateway Service has an external address",
+    "gateway pods ready",
+];
 
 async fn check_cluster(
     r: &mut Report,
@@ -230,6 +291,7 @@ async fn check_cluster(
         .as_ref()
         .and_then(|n| n["metadata"]["annotations"][CLUSTER_NAME_ANNOTATION].as_str());
     let name = name_flag.or(recorded).unwrap_or(ctx).to_string();
+    let name_guessed = name_flag.is_none() && recorded.is_none();
     // cacerts
     let cacerts = if nsobj.is_some() {
         kc::get(c, "v1", "Secret", Some(ns), "cacerts").await?
@@ -319,6 +381,9 @@ async fn check_cluster(
     Ok(Seen {
         context: ctx.into(),
         name,
+        name_known: true,
+        name_guessed,
+        unread: None,
         network,
         root,
         client: Some(c.clone()),
@@ -409,74 +474,13 @@ fn pod_ready(p: &Value) -> bool {
     })
 }
 
-fn mesh_checks(r: &mut Report, seen: &[Seen]) {
-    let scope = "mesh";
-    // roots
-    let with_root: Vec<&Seen> = seen.iter().filter(|s| s.root.is_some()).collect();
-    let differing: Vec<&str> = with_root
-        .iter()
-        .filter(|s| s.root != with_root[0].root)
-        .map(|s| s.context.as_str())
-        .collect();
-    if with_root.len() < seen.len() {
-        let missing: Vec<&str> = seen
-            .iter()
-            .filter(|s| s.root.is_none())
-            .map(|s| s.context.as_str())
-            .collect();
-        r.fail(
-            scope,
-            "roots identical across clusters",
-            format!("no cacerts root in {}", missing.join(", ")),
-            "apply each cluster's bundle: meshctl cacerts apply certs/<cluster> --context <ctx>",
-        );
-    } else if differing.is_empty() {
-        r.pass(scope, "roots identical across clusters", "");
-    } else {
-        r.fail(scope, "roots identical across clusters",
-            format!("{} has a different root than {}", differing.join(", "), with_root[0].context),
-            "all bundles must come from one root (meshctl certs init); apply them with meshctl cacerts apply ... --force and restart istiod in each cluster");
-    }
-    // networks
-    let mut dup = Vec::new();
-    for (i, s) in seen.iter().enumerate() {
-        if let Some(n) = &s.network
-            && let Some(o) = seen[..i].iter().find(|o| o.network.as_ref() == Some(n))
-        {
-            dup.push(format!("{} and {} are both on {n}", o.context, s.context));
-        }
-    }
-    if dup.is_empty() {
-        r.pass(scope, "network labels distinct", "");
-    } else {
-        r.fail(scope, "network labels distinct", dup.join("; "),
-            "each cluster needs its own network: meshctl label-network <unique-network> --context <ctx> (and re-run meshctl join)");
-    }
-    // cluster names
-    let mut dup = Vec::new();
-    for (i, s) in seen.iter().enumerate() {
-        if let Some(o) = seen[..i].iter().find(|o| o.name == s.name) {
-            dup.push(format!(
-                "{} and {} are both named {}",
-                o.context, s.context, s.name
-            ));
-        }
-    }
-    if dup.is_empty() {
-        r.pass(
-            scope,
-            "cluster names unique",
-            seen.iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
-    } else {
-        r.fail(scope, "cluster names unique", dup.join("; "),
-            "istiod ignores a second remote secret for a known cluster ID: re-run meshctl join with distinct --cluster-name CONTEXT=NAME");
-    }
+/// "secret for A in B": the Secret B's istiod uses to watch A.
+fn pair_scope(source: &Seen, target: &Seen) -> String {
+    format!("secret for {} in {}", source.name, target.context)
 }
 
+/// The checks of one stored remote secret. `skip_live` (the reason) skips those that need
+/// to reach the source cluster.
 async fn check_pair(
     r: &mut Report,
     a: &CheckArgs,
@@ -484,8 +488,9 @@ async fn check_pair(
     target: &Seen,
     tc: &Cluster,
     ns: &str,
+    skip_live: Option<String>,
 ) -> Result<()> {
-    let scope = format!("secret for {} in {}", source.name, target.context);
+    let scope = pair_scope(source, target);
     let rejoin = format!(
         "re-run meshctl join (or meshctl create-remote-secret --context {} --name {} --server https://<address>:6443 | kubectl --context {} apply -f -)",
         source.context, source.name, target.context
@@ -504,6 +509,18 @@ async fn check_pair(
         .filter(|(k, _)| *k == source.name)
         .collect();
     let Some((_, kubeconfig)) = found.first() else {
+        // A guessed ID may be wrong: registering again under it would register the cluster twice.
+        let hint = if source.name_guessed {
+            format!(
+                "{ctx} records no cluster ID (join writes it on the {ns} namespace), so {} is a \
+                 guess: if {ctx} is registered under another ID, pass --cluster-name {ctx}=<that ID>; \
+                 otherwise {rejoin}",
+                source.name,
+                ctx = source.context
+            )
+        } else {
+            rejoin
+        };
         r.fail(
             &scope,
             "remote secret present",
@@ -511,7 +528,7 @@ async fn check_pair(
                 "no Secret labelled {MULTICLUSTER_LABEL}=true in {ns} holds cluster {}",
                 source.name
             ),
-            rejoin,
+            hint,
         );
         return Ok(());
     };
@@ -572,15 +589,30 @@ async fn check_pair(
         .as_str()
         .map(str::to_string);
     token_expiry(r, &scope, token.as_deref(), &rejoin);
-    // the kubeconfig really works
+    // the kubeconfig really works, with every permission istiod needs
+    if let Some(why) = skip_live {
+        r.skip(&scope, "kubeconfig works", why.clone());
+        r.skip(&scope, "reader permissions", why);
+        return Ok(());
+    }
     match try_kubeconfig(kc_parsed).await {
-        Ok(detail) => r.pass(&scope, "kubeconfig works", detail),
-        Err(e) => r.fail(
-            &scope,
-            "kubeconfig works",
-            format!("{e:#}"),
-            format!("the token, CA or address is wrong, expired or unreachable: {rejoin}"),
-        ),
+        Ok((client, detail)) => {
+            r.pass(&scope, "kubeconfig works", detail);
+            reader_permissions(r, &scope, &client, &rejoin).await;
+        }
+        Err((failure, detail)) => {
+            let hint = if failure == kc::Failure::CredentialRefused {
+                format!("issue a new token: {rejoin}")
+            } else {
+                format!("the token, CA or address is wrong, expired or unreachable: {rejoin}")
+            };
+            r.fail(&scope, "kubeconfig works", detail, hint);
+            r.skip(
+                &scope,
+                "reader permissions",
+                "the stored kubeconfig does not work",
+            );
+        }
     }
     Ok(())
 }
@@ -634,45 +666,6 @@ fn token_expiry(r: &mut Report, scope: &str, token: Option<&str>, rejoin: &str) 
 
 fn human(secs: u64) -> String {
     humantime::format_duration(Duration::from_secs(secs)).to_string()
-}
-
-/// Lists services with the stored kubeconfig and asks (SSAR) for get/list/watch on
-/// endpointslices, as istiod will.
-async fn try_kubeconfig(k: Kubeconfig) -> Result<String> {
-    let mut cfg = kube::Config::from_custom_kubeconfig(k, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
-    cfg.connect_timeout = Some(Duration::from_secs(5));
-    cfg.read_timeout = Some(Duration::from_secs(15));
-    let client = kube::Client::try_from(cfg).map_err(|e| anyhow!("{e}"))?;
-    let n = Api::<Service>::all(client.clone())
-        .list(&ListParams::default().limit(500))
-        .await
-        .map_err(|e| anyhow!("listing services: {}", kc::error_text(&e)))?
-        .items
-        .len();
-    let mut denied = Vec::new();
-    for verb in ["get", "list", "watch"] {
-        let review: SelfSubjectAccessReview =
-            serde_json::from_value(json!({"spec": {"resourceAttributes": {
-            "verb": verb, "group": "discovery.k8s.io", "resource": "endpointslices"}}}))?;
-        let out = Api::<SelfSubjectAccessReview>::all(client.clone())
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| anyhow!("SelfSubjectAccessReview: {}", kc::error_text(&e)))?;
-        if !out.status.is_some_and(|s| s.allowed) {
-            denied.push(verb);
-        }
-    }
-    if !denied.is_empty() {
-        return Err(anyhow!(
-            "listed {n} services, but may not {} endpointslices",
-            denied.join("/")
-        ));
-    }
-    Ok(format!(
-        "listed {n} services; may get/list/watch endpointslices"
-    ))
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use kube::{Client, Config};
 use serde_json::{Value, json};
 
 use crate::redact::{Secrets, redact};
+mod errors;
+pub use errors::{ConnectError, Failure, classify, error_text};
 
 /// Field manager of every server-side apply.
 pub const MANAGER: &str = "meshctl";
@@ -165,12 +167,10 @@ impl KubeconfigFile {
         let client = Client::try_from(cfg)
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("building a client for context {context:?}"))?;
-        client.apiserver_version().await.map_err(|e| {
-            anyhow!(
-                "cannot reach the API server of context {context:?} at {server}: {}",
-                error_text(&e)
-            )
-        })?;
+        if let Err(e) = client.apiserver_version().await {
+            let user = self.user_of(context).unwrap_or_default();
+            return Err(ConnectError::new(&e, context, &server, &user, &self.path).into());
+        }
         Ok(Cluster {
             context: context.to_string(),
             client,
@@ -178,6 +178,16 @@ impl KubeconfigFile {
             ca_pem,
             tls_server_name,
         })
+    }
+
+    /// The kubeconfig user (credential entry) of a context.
+    fn user_of(&self, context: &str) -> Option<String> {
+        self.config
+            .contexts
+            .iter()
+            .find(|c| c.name == context)
+            .and_then(|c| c.context.as_ref())
+            .and_then(|c| c.user.clone())
     }
 
     /// The PEM CA of the context's cluster, from `certificate-authority-data` or the file.
@@ -224,23 +234,6 @@ fn default_path() -> Result<PathBuf> {
     let home = std::env::var_os("HOME")
         .ok_or_else(|| anyhow!("no kubeconfig: pass --kubeconfig FILE (HOME is not set)"))?;
     Ok(PathBuf::from(home).join(".kube").join("config"))
-}
-
-/// The message of a kube error without kube's nesting noise.
-pub fn error_text(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
-        other => {
-            let mut text = other.to_string();
-            let mut src = std::error::Error::source(other);
-            while let Some(s) = src {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                src = s.source();
-            }
-            text
-        }
-    }
 }
 
 pub fn status_code(e: &kube::Error) -> Option<u16> {

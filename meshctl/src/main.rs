@@ -14,6 +14,7 @@ mod join;
 mod kube_client;
 mod label;
 mod redact;
+mod reader_rules;
 mod remote_secret;
 
 #[derive(Debug, Parser)]

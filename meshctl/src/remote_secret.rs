@@ -1,7 +1,8 @@
 //! `meshctl create-remote-secret`: the Secret another cluster's istiod uses to watch this
 //! cluster, in the shape `istioctl create-remote-secret` prints (so it drops into existing
-//! Istio installs), with three differences: the reader role cannot read Secrets, a loopback
-//! API server address is refused, and `--token-ttl` gives an expiring TokenRequest token.
+//! Istio installs), with three differences: the reader role grants exactly what istiod reads
+//! in a remote cluster and no Secrets (see `reader_rules`), a loopback API server address is
+//! refused, and `--token-ttl` gives an expiring TokenRequest token.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
 use crate::kube_client::{self as kc, Cluster, KubeArgs, KubeconfigFile, Output};
+use crate::reader_rules;
 
 pub const SA_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
 pub const SA_NAME_ANNOTATION: &str = "kubernetes.io/service-account.name";
@@ -69,6 +71,10 @@ pub struct SecretFlags {
     /// `tls-server-name` for the generated kubeconfig.
     #[arg(long)]
     pub tls_server_name: Option<String>,
+    /// Also let the reader get/list/watch Secrets, so the other clusters' istiod can serve
+    /// this cluster's `credentialName` Secrets; the token then reads every Secret here.
+    #[arg(long)]
+    pub reader_allow_secrets: bool,
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
@@ -167,21 +173,21 @@ pub fn loopback_error(server: &str, context: &str, flag: &str) -> anyhow::Error 
     )
 }
 
-/// The reader service account, its ClusterRole and binding: get/list/watch on what
-/// istiod's remote discovery reads. No Secrets, no ConfigMaps, no writes.
-pub fn reader_rbac(ns: &str, sa: &str) -> Vec<Value> {
-    let role = format!("meshctl-istio-reader-{ns}");
-    let verbs = json!(["get", "list", "watch"]);
+/// The name of the reader ClusterRole (and its binding).
+pub fn reader_role_name(ns: &str) -> String {
+    format!("meshctl-istio-reader-{ns}")
+}
+
+/// The reader service account, its ClusterRole and binding: list/watch on exactly what
+/// istiod reads in a remote cluster (`reader_rules`); Secrets only with `allow_secrets`.
+pub fn reader_rbac(ns: &str, sa: &str, allow_secrets: bool) -> Vec<Value> {
+    let role = reader_role_name(ns);
     vec![
         json!({"apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": {"name": sa, "namespace": ns, "labels": kc::managed_labels()}}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
         "metadata": {"name": role, "labels": kc::managed_labels()},
-        "rules": [
-            {"apiGroups": [""], "resources": ["services", "pods", "namespaces", "nodes"], "verbs": verbs},
-            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": verbs},
-            {"apiGroups": ["networking.istio.io"], "resources": ["*"], "verbs": verbs},
-        ]}),
+        "rules": reader_rules::role_rules(allow_secrets)}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": role, "labels": kc::managed_labels()},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
@@ -207,7 +213,7 @@ pub async fn build(c: &Cluster, o: &SecretOptions, dry_run: bool) -> Result<Buil
     let (ns, sa) = (o.namespace.as_str(), o.flags.service_account.as_str());
     let mut source_objects = Vec::new();
     if o.flags.create_service_account {
-        source_objects.extend(reader_rbac(ns, sa));
+        source_objects.extend(reader_rbac(ns, sa, o.flags.reader_allow_secrets));
         if !dry_run {
             kc::ensure_namespace(c, ns).await?;
             kc::apply_all(c, &source_objects).await?;

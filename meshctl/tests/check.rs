@@ -17,10 +17,14 @@ async fn joined() -> Mesh {
 
 /// Runs `meshctl check -o json` (loopback test servers allowed unless `strict`).
 async fn check(m: &Mesh, extra: &[&str], strict: bool) -> (i32, Vec<Value>) {
+    check_with(m.kc(), extra, strict).await
+}
+
+async fn check_with(kubeconfig: &str, extra: &[&str], strict: bool) -> (i32, Vec<Value>) {
     let mut args = vec![
         "check",
         "--kubeconfig",
-        m.kc(),
+        kubeconfig,
         "--context",
         "west",
         "--context",
@@ -98,6 +102,7 @@ async fn passes_on_a_joined_pair() {
             "no loopback server address",
             "token expiry",
             "kubeconfig works",
+            "reader permissions",
         ] {
             assert_eq!(
                 item(&items, scope, name)["status"],
@@ -106,11 +111,13 @@ async fn passes_on_a_joined_pair() {
             );
         }
     }
+    let d = item(&items, "secret for west in east", "reader permissions")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(
-        item(&items, "secret for west in east", "kubeconfig works")["detail"]
-            .as_str()
-            .unwrap()
-            .contains("endpointslices")
+        d.contains("list/watch") && d.contains("gateways.gateway.networking.k8s.io"),
+        "{d}"
     );
     for name in [
         "roots identical across clusters",
@@ -398,4 +405,192 @@ async fn warns_of_a_token_request_token_that_expires_within_a_day() {
         "kubeconfig works",
         "meshctl join",
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_a_reader_role_without_a_permission_istiod_needs() {
+    let m = joined().await;
+    // Someone trims east's reader role: no Gateway API gateways, no watch on pods.
+    let mut role = m
+        .east
+        .store()
+        .get(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRole",
+            None,
+            "meshctl-istio-reader-istio-system",
+        )
+        .unwrap();
+    let rules: Vec<Value> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["apiGroups"][0] != "gateway.networking.k8s.io")
+        .map(|r| {
+            let mut r = r.clone();
+            if r["resources"][0] == "pods" {
+                r["verbs"] = json!(["list"]);
+            }
+            r
+        })
+        .collect();
+    role["rules"] = json!(rules);
+    m.east.store().apply(role).unwrap();
+    let (code, items) = check(&m, &[], false).await;
+    let d = assert_fails(
+        code,
+        &items,
+        "secret for east in west",
+        "reader permissions",
+        "re-run meshctl join",
+    );
+    for missing in [
+        "list gateways.gateway.networking.k8s.io",
+        "watch gateways.gateway.networking.k8s.io",
+        "watch pods",
+    ] {
+        assert!(d.contains(missing), "{missing} not in {d}");
+    }
+    assert!(!d.contains("list pods"), "{d}");
+    // West's reader is untouched.
+    assert_eq!(
+        item(&items, "secret for west in east", "reader permissions")["status"],
+        "pass"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_fails_once_and_skips_what_needs_its_data() {
+    let m = mesh().await;
+    for c in ["west", "east"] {
+        std::fs::rename(m.certs.join(c), m.certs.join(format!("{c}-cluster"))).unwrap();
+    }
+    m.join(&[
+        "--cluster-name",
+        "west=west-cluster",
+        "--cluster-name",
+        "east=east-cluster",
+    ])
+    .await;
+    m.make_gateways_ready();
+    let Mesh {
+        west,
+        east,
+        dir: _dir,
+        kubeconfig,
+        ..
+    } = m;
+    let _stopped = east.stop().await;
+    let (code, items) = check_with(p(&kubeconfig), &[], false).await;
+    assert_eq!(code, 1);
+    let failed: Vec<&Value> = items.iter().filter(|i| i["status"] == "fail").collect();
+    assert_eq!(failed.len(), 1, "only the reachability fails: {failed:#?}");
+    assert_eq!(failed[0]["scope"], "cluster east");
+    assert_eq!(failed[0]["check"], "API server reachable");
+    // Nothing suggests registering east again (its secret exists under its real ID).
+    let all = serde_json::to_string(&items).unwrap();
+    assert!(
+        !all.contains("create-remote-secret --context east"),
+        "{all}"
+    );
+    assert!(secret(&west, "istio-remote-secret-east-cluster").is_some());
+    for (scope, check) in [
+        ("mesh", "roots identical across clusters"),
+        ("mesh", "network labels distinct"),
+        ("mesh", "cluster names unique"),
+        ("secret for east in west", "remote secret present"),
+        ("secret for west-cluster in east", "remote secret present"),
+        ("cluster east", "cacerts present and valid"),
+        ("cluster east", "network label"),
+        ("cluster east", "gateway Service has an external address"),
+        ("cluster east", "gateway pods ready"),
+    ] {
+        let i = item(&items, scope, check);
+        assert_eq!(i["status"], "skip", "{i}");
+        assert!(i.get("hint").is_none(), "a skipped check has no hint: {i}");
+        assert!(
+            i["detail"].as_str().unwrap().contains("unreachable"),
+            "the reason: {i}"
+        );
+    }
+    // West's own checks still run.
+    assert_eq!(
+        item(&items, "cluster west", "cacerts present and valid")["status"],
+        "pass"
+    );
+    // With east's cluster ID given, the secret in west is checked; what needs east is skipped.
+    let (code, items) = check_with(
+        p(&kubeconfig),
+        &["--cluster-name", "east=east-cluster"],
+        false,
+    )
+    .await;
+    assert_eq!(code, 1);
+    let scope = "secret for east-cluster in west";
+    assert_eq!(
+        item(&items, scope, "remote secret present")["status"],
+        "pass"
+    );
+    assert_eq!(item(&items, scope, "token expiry")["status"], "pass");
+    for check in ["kubeconfig works", "reader permissions"] {
+        let i = item(&items, scope, check);
+        assert_eq!(i["status"], "skip", "{i}");
+    }
+    // The text checklist marks skips and counts them.
+    let out = meshctl(&[
+        "check",
+        "--kubeconfig",
+        p(&kubeconfig),
+        "--context",
+        "west",
+        "--context",
+        "east",
+        "--allow-loopback-server",
+    ])
+    .await;
+    let t = text(&out);
+    assert!(
+        t.contains("  - roots identical across clusters: ") && t.contains(" skipped\n"),
+        "{t}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guessed_cluster_id_does_not_send_the_user_to_register_the_cluster_again() {
+    let m = mesh().await;
+    for c in ["west", "east"] {
+        std::fs::rename(m.certs.join(c), m.certs.join(format!("{c}-cluster"))).unwrap();
+    }
+    m.join(&[
+        "--cluster-name",
+        "west=west-cluster",
+        "--cluster-name",
+        "east=east-cluster",
+    ])
+    .await;
+    m.make_gateways_ready();
+    // East was registered under its ID, but its namespace no longer records it (e.g. the
+    // namespace was recreated): check can only guess the context name.
+    let mut ns = m
+        .east
+        .store()
+        .get("v1", "Namespace", None, "istio-system")
+        .unwrap();
+    ns["metadata"]["annotations"]
+        .as_object_mut()
+        .unwrap()
+        .retain(|k, _| !k.contains("cluster"));
+    m.east.store().apply(ns).unwrap();
+    let (code, items) = check(&m, &[], false).await;
+    let i = item(&items, "secret for east in west", "remote secret present");
+    assert_eq!(code, 1);
+    assert_eq!(i["status"], "fail", "{i}");
+    let hint = i["hint"].as_str().unwrap();
+    assert!(
+        hint.starts_with("east records no cluster ID") && hint.contains("--cluster-name east=<"),
+        "{hint}"
+    );
+    // With the ID given, all is well.
+    let (code, _) = check(&m, &["--cluster-name", "east=east-cluster"], false).await;
+    assert_eq!(code, 0);
 }

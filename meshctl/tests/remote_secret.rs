@@ -199,34 +199,89 @@ async fn token_ttl_gives_an_expiring_token_request_token() {
     );
 }
 
+/// istiod's remote-cluster reads (see src/reader_rules.rs for the istio/istio sources), written
+/// out again here so that a change to the role must change this test too.
+const ISTIOD_REMOTE_READS: &[(&str, &str)] = &[
+    ("", "namespaces"),
+    ("", "services"),
+    ("", "pods"),
+    ("", "nodes"),
+    ("", "configmaps"),
+    ("discovery.k8s.io", "endpointslices"),
+    ("gateway.networking.k8s.io", "gateways"),
+    ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("networking.istio.io", "workloadentries"),
+];
+
+/// The stored reader ClusterRole's rules as sorted `(group, resource, verb)` triples.
+fn role_triples(s: &k8s_test_server::TestApiServer) -> Vec<(String, String, String)> {
+    let role = s
+        .store()
+        .get(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRole",
+            None,
+            "meshctl-istio-reader-istio-system",
+        )
+        .expect("reader ClusterRole");
+    let strs = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut out = Vec::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for g in strs(&rule["apiGroups"]) {
+            for r in strs(&rule["resources"]) {
+                for v in strs(&rule["verbs"]) {
+                    out.push((g.clone(), r.clone(), v));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn expected_triples(extra: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+    let mut out: Vec<(String, String, String)> = ISTIOD_REMOTE_READS
+        .iter()
+        .flat_map(|(g, r)| ["list", "watch"].map(|v| (g.to_string(), r.to_string(), v.to_string())))
+        .chain(
+            extra
+                .iter()
+                .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string())),
+        )
+        .collect();
+    out.sort();
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_reader_role_grants_nothing_on_secrets() {
+async fn the_reader_role_is_exactly_istiods_remote_reads_and_grants_nothing_on_secrets() {
     let m = mesh().await;
     let s = parse(&m.ok(&args(&m, &["--allow-loopback-server"])).await);
+    assert_eq!(role_triples(&m.west), expected_triples(&[]));
     let client = client_from_yaml(s["stringData"]["west-cluster"].as_str().unwrap()).await;
     for verb in ["get", "list", "watch", "create"] {
         assert!(!ssar(&client, verb, "", "secrets").await, "{verb} secrets");
     }
-    for (group, resource) in [
-        ("", "services"),
-        ("", "pods"),
-        ("", "namespaces"),
-        ("", "nodes"),
-        ("discovery.k8s.io", "endpointslices"),
-        ("networking.istio.io", "destinationrules"),
-    ] {
-        for verb in ["get", "list", "watch"] {
+    for (group, resource) in ISTIOD_REMOTE_READS {
+        for verb in ["list", "watch"] {
             assert!(
                 ssar(&client, verb, group, resource).await,
                 "{verb} {resource}"
             );
         }
-        assert!(
-            !ssar(&client, "create", group, resource).await,
-            "create {resource}"
-        );
+        for verb in ["create", "update", "delete"] {
+            assert!(
+                !ssar(&client, verb, group, resource).await,
+                "{verb} {resource}"
+            );
+        }
     }
-    assert!(!ssar(&client, "list", "", "configmaps").await);
     let err = Api::<Secret>::namespaced(client.clone(), "istio-system")
         .get("cacerts")
         .await
@@ -243,6 +298,39 @@ async fn the_reader_role_grants_nothing_on_secrets() {
         matches!(err, kube::Error::Api(ref s) if s.code == 403),
         "{err:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reader_allow_secrets_adds_secret_reads_and_nothing_else() {
+    let m = mesh().await;
+    let s = parse(
+        &m.ok(&args(
+            &m,
+            &["--allow-loopback-server", "--reader-allow-secrets"],
+        ))
+        .await,
+    );
+    assert_eq!(
+        role_triples(&m.west),
+        expected_triples(&[
+            ("", "secrets", "get"),
+            ("", "secrets", "list"),
+            ("", "secrets", "watch"),
+            ("authorization.k8s.io", "subjectaccessreviews", "create"),
+        ])
+    );
+    let client = client_from_yaml(s["stringData"]["west-cluster"].as_str().unwrap()).await;
+    for verb in ["get", "list", "watch"] {
+        assert!(ssar(&client, verb, "", "secrets").await, "{verb} secrets");
+    }
+    assert!(!ssar(&client, "create", "", "secrets").await);
+    Api::<Secret>::all(client)
+        .list(&ListParams::default())
+        .await
+        .expect("the reader lists Secrets");
+    // Running again without the flag takes the permission back.
+    m.ok(&args(&m, &["--allow-loopback-server"])).await;
+    assert_eq!(role_triples(&m.west), expected_triples(&[]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
