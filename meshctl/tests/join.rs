@@ -508,7 +508,7 @@ async fn cacerts_apply_creates_the_namespace_and_refuses_another_root_without_fo
     );
     assert_ne!(snapshot(&m.west), before);
     // The printing form still works.
-    let yaml = m.ok(&["cacerts", p(&west_bundle)]).await;
+    let yaml = m.ok(&["cacerts", p(&west_bundle), "--show-secrets"]).await;
     assert!(
         yaml.contains("kind: Secret") && yaml.contains("name: cacerts"),
         "{yaml}"
