@@ -41,6 +41,8 @@ async fn api_server(crd: bool) -> TestApiServer {
     init();
     let mut opts = Options::new("east");
     opts.destination_rule_crd = crd;
+    // The backends listen on 127.0.0.x; a real API server would refuse these slices.
+    opts.store.allow_loopback_endpoint_addresses = true;
     let api = TestApiServer::start_with(opts).await.unwrap();
     api.store().create(namespace_json(NS)).unwrap();
     api
