@@ -1144,10 +1144,9 @@ impl Store {
                 obj,
                 self.shared.config.allow_loopback_endpoint_addresses,
             )?,
-            ("", "endpoints") => validation::endpoints(
-                obj,
-                self.shared.config.allow_loopback_endpoint_addresses,
-            )?,
+            ("", "endpoints") => {
+                validation::endpoints(obj, self.shared.config.allow_loopback_endpoint_addresses)?
+            }
             ("apiextensions.k8s.io", "customresourcedefinitions") => {
                 let Some(crt) = resources::from_crd(obj) else {
                     return Err(ApiError::invalid(

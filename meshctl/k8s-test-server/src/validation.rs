@@ -200,7 +200,11 @@ mod tests {
     #[test]
     fn several_errors_are_aggregated() {
         let e = endpoint_slice(&slice(&["127.0.0.1", "0.0.0.0"]), false).unwrap_err();
-        assert!(e.message.contains(": [endpoints[0].addresses[0]: "), "{}", e.message);
+        assert!(
+            e.message.contains(": [endpoints[0].addresses[0]: "),
+            "{}",
+            e.message
+        );
         assert_eq!(e.details.unwrap()["causes"].as_array().unwrap().len(), 2);
     }
 }

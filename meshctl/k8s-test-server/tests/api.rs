@@ -4,6 +4,7 @@
 mod common;
 
 use common::{admin_client, client_from_yaml, init, status_code};
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
@@ -14,7 +15,6 @@ use k8s_test_server::{Options, TestApiServer};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::Discovery;
-use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use std::time::Duration;
 
@@ -655,8 +655,10 @@ async fn deleting_a_crd_deletes_its_objects_and_ends_their_watches() {
     let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", "DestinationRule");
     let ar = ApiResource::from_gvk_with_plural(&gvk, "destinationrules");
     let drs: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
-    let dr: DynamicObject = serde_json::from_value(json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-        "metadata": {"name": "reviews"}, "spec": {"host": "reviews"}}))
+    let dr: DynamicObject = serde_json::from_value(
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "reviews"}, "spec": {"host": "reviews"}}),
+    )
     .unwrap();
     drs.create(&PostParams::default(), &dr).await.unwrap();
     let rv = server.store().resource_version().to_string();
@@ -671,9 +673,12 @@ async fn deleting_a_crd_deletes_its_objects_and_ends_their_watches() {
         "customresourcedefinitions",
     );
     let crds: Api<DynamicObject> = Api::all_with(client.clone(), &crd_ar);
-    crds.delete("destinationrules.networking.istio.io", &DeleteParams::default())
-        .await
-        .unwrap();
+    crds.delete(
+        "destinationrules.networking.istio.io",
+        &DeleteParams::default(),
+    )
+    .await
+    .unwrap();
     // The objects go first (DELETED), then the watch ends.
     let mut seen = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), async {
@@ -693,7 +698,13 @@ async fn deleting_a_crd_deletes_its_objects_and_ends_their_watches() {
     );
     // Back again: the old objects did not survive.
     server.install_destination_rule_crd();
-    assert!(drs.list(&ListParams::default()).await.unwrap().items.is_empty());
+    assert!(
+        drs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 #[tokio::test]

@@ -294,7 +294,11 @@ async fn a_restarted_server_answers_an_old_resource_version_with_410() {
         .unwrap();
     let current = server.store().resource_version().to_string();
     // Before the restart the history still covers `old`: the resume works.
-    let mut s = api.watch(&WatchParams::default(), &old).await.unwrap().boxed();
+    let mut s = api
+        .watch(&WatchParams::default(), &old)
+        .await
+        .unwrap()
+        .boxed();
     let ev = tokio::time::timeout(Duration::from_secs(5), s.try_next())
         .await
         .unwrap()
@@ -306,7 +310,11 @@ async fn a_restarted_server_answers_an_old_resource_version_with_410() {
     let server = server.stop().await.restart().await.unwrap();
     // The watch cache starts at the current resourceVersion: older ones are too old, as
     // an ERROR event with a 410 Expired Status in a 200 response (the cacher's path).
-    let mut s = api.watch(&WatchParams::default(), &old).await.unwrap().boxed();
+    let mut s = api
+        .watch(&WatchParams::default(), &old)
+        .await
+        .unwrap()
+        .boxed();
     let ev = tokio::time::timeout(Duration::from_secs(5), s.try_next())
         .await
         .unwrap()
