@@ -827,7 +827,10 @@ async fn stale_seconds_clears_only_when_every_watch_has_relisted() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    println!("stale_seconds cleared {cleared:?}, change routed {routed:?}");
+    println!(
+        "stale_seconds read 0 {:?} before the change was routed",
+        cleared.map(|c| routed.saturating_duration_since(c))
+    );
     if let Some(cleared) = cleared {
         let early = routed.duration_since(cleared);
         assert!(
@@ -907,8 +910,11 @@ async fn a_refused_credential_is_named_with_its_fix_and_each_cause_once() {
         Err(e) => e,
     };
     let text = e.to_string();
+    println!("{text}");
     assert!(
-        text.contains("refused the credential (401 Unauthorized)") && text.contains("fix:"),
+        text.contains("refused the credential (401 Unauthorized)")
+            && text.contains("context \"east\" in kubeconfig")
+            && text.contains("fix: renew that user's token"),
         "{text}"
     );
     assert!(!text.contains("unreachable"), "{text}");

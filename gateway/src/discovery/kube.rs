@@ -76,9 +76,13 @@ pub enum KubeError {
     #[error("Kubernetes discovery: Kubernetes API server {url} is unreachable: {reason}")]
     Unreachable { url: String, reason: String },
     #[error(
-        "Kubernetes discovery: the Kubernetes API server {url} refused the credential (401 Unauthorized) of {credential}: fix: give the gateway a valid credential (renew the token or client certificate of that user, or recreate the kubeconfig)"
+        "Kubernetes discovery: the Kubernetes API server {url} refused the credential (401 Unauthorized) of {credential}: fix: {fix}"
     )]
-    CredentialRefused { url: String, credential: String },
+    CredentialRefused {
+        url: String,
+        credential: String,
+        fix: &'static str,
+    },
 }
 
 /// Builds the client from `--kubeconfig`/`--context`, else in-cluster, else `KUBECONFIG`
@@ -128,9 +132,11 @@ pub async fn client(opts: &KubeOptions) -> Result<Client, KubeError> {
             tracing::info!(%url, version = %v.git_version, "Kubernetes API server reachable")
         }
         Ok(Err(::kube::Error::Api(s))) if s.code == 401 => {
+            let (credential, fix) = credential_source(opts);
             return Err(KubeError::CredentialRefused {
                 url,
-                credential: credential_source(opts),
+                credential,
+                fix,
             });
         }
         Ok(Err(e)) => {
@@ -149,20 +155,28 @@ pub async fn client(opts: &KubeOptions) -> Result<Client, KubeError> {
     Ok(client)
 }
 
-/// Where the refused credential came from, for the fix.
-fn credential_source(opts: &KubeOptions) -> String {
+/// Where the refused credential came from, and how to fix it.
+fn credential_source(opts: &KubeOptions) -> (String, &'static str) {
     let context = opts
         .context
         .as_deref()
-        .map_or("its current context".to_string(), |c| {
+        .map_or("the current context".to_string(), |c| {
             format!("context {c:?}")
         });
+    let in_kubeconfig = "renew that user's token or client certificate in the kubeconfig, or pass --kubeconfig/--context for a user the cluster accepts";
     match &opts.kubeconfig {
-        Some(path) => format!("the user of {context} in kubeconfig {}", path.display()),
-        None if opts.context.is_some() => {
-            format!("the user of {context} in KUBECONFIG (or ~/.kube/config)")
-        }
-        None => "the in-cluster service account token, or else the user of the current context in KUBECONFIG (or ~/.kube/config)".into(),
+        Some(path) => (
+            format!("the user of {context} in kubeconfig {}", path.display()),
+            in_kubeconfig,
+        ),
+        None if opts.context.is_some() => (
+            format!("the user of {context} in KUBECONFIG (or ~/.kube/config)"),
+            in_kubeconfig,
+        ),
+        None => (
+            "the in-cluster ServiceAccount token (or the current context of KUBECONFIG)".into(),
+            "check that the pod's ServiceAccount still exists and its token (/var/run/secrets/kubernetes.io/serviceaccount/token) is current, or pass --kubeconfig",
+        ),
     }
 }
 
