@@ -42,13 +42,8 @@ pub fn classify(e: &watcher::Error) -> Failure {
 }
 
 /// The back-off of one watch.
+#[derive(Default)]
 pub struct Backoff(DefaultBackoff);
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff(DefaultBackoff::default())
-    }
-}
 
 impl Backoff {
     /// The watch delivered something: the next failure starts from the shortest delay.
