@@ -232,6 +232,8 @@ pub(super) enum Msg {
     /// The DestinationRule CRD is no longer served.
     RulesGone(u64),
     WatchError(Kind, usize),
+    /// A failed watch retries after its back-off (a resume, or a list).
+    Retrying(Kind, usize),
 }
 
 /// A cheap `list?limit=1` on a watched type: tells when a failing watch can work again.
@@ -339,11 +341,15 @@ where
                     tracing::info!(error = %error_chain(&e), "DestinationRule CRD no longer served; its watch stops");
                     return Ended::NotServed;
                 }
+                // Registered before the task hears of the error, so no wake-up is missed.
+                let mut woken = std::pin::pin!(wake.notified());
+                woken.as_mut().enable();
                 if tx.send(Msg::WatchError(kind, stream)).await.is_err() {
                     return Ended::Stopped;
                 }
                 match backoff.delay(failure) {
                     None => {
+                        // The watcher re-lists on its next poll; the list shows its health.
                         tracing::info!(?kind, stream, error = %error_chain(&e), "resourceVersion too old (410 Gone); re-listing now");
                     }
                     Some(delay) => {
@@ -351,7 +357,10 @@ where
                         tokio::select! {
                             _ = stop.cancelled() => return Ended::Stopped,
                             _ = tokio::time::sleep(delay) => {}
-                            _ = wake.notified() => {}
+                            _ = woken => {}
+                        }
+                        if tx.send(Msg::Retrying(kind, stream)).await.is_err() {
+                            return Ended::Stopped;
                         }
                     }
                 }
@@ -611,6 +620,10 @@ impl ModelTask {
             Msg::RulesGone(generation) => return self.rules_gone(generation),
             Msg::WatchError(kind, stream) => {
                 self.health.failed((kind, stream), Instant::now());
+                return false;
+            }
+            Msg::Retrying(kind, stream) => {
+                self.health.retried((kind, stream), Instant::now());
                 return false;
             }
         };

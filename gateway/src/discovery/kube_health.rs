@@ -3,12 +3,12 @@
 //!
 //! A watch that failed is current again only when it has completed a fresh list, delivered
 //! a live event, or resumed: a resumed watch reports nothing until the next change, so a
-//! resume counts once the API server answered a probe for that type and the watch then
-//! reported no error for [`RESUME_GRACE`]. The API server refuses a too-old resume (410) as
-//! the first event of the watch, well within that grace. Reconnecting alone proves nothing:
-//! the re-list after a 410 may still be running.
+//! resume counts once the API server answered a probe for that type, the watch retried, and
+//! from the later of the two it reported no error for [`RESUME_GRACE`]. The API server
+//! refuses a too-old resume (410) as the first event of the watch, well within that grace.
+//! Reconnecting alone proves nothing: the re-list after a 410 may still be running.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
@@ -24,8 +24,10 @@ pub struct Health<W> {
     since: Option<Instant>,
     /// Watches between `Init` and `InitDone` of a (re-)list.
     listing: HashSet<W>,
-    /// Failing watches whose API answered a probe: current at the instant, if no error first.
-    resuming: Vec<(W, Instant)>,
+    /// Failing watches whose API answered a probe since their last error, and when.
+    answered: HashMap<W, Instant>,
+    /// Failing watches that retried since their last error, and when.
+    retried: HashMap<W, Instant>,
 }
 
 impl<W> Default for Health<W> {
@@ -34,7 +36,8 @@ impl<W> Default for Health<W> {
             failing: Vec::new(),
             since: None,
             listing: HashSet::new(),
-            resuming: Vec::new(),
+            answered: HashMap::new(),
+            retried: HashMap::new(),
         }
     }
 }
@@ -49,7 +52,8 @@ impl<W: Copy + Eq + Hash> Health<W> {
         if !self.failing.contains(&w) {
             self.failing.push(w);
         }
-        self.resuming.retain(|(r, _)| *r != w);
+        self.answered.remove(&w);
+        self.retried.remove(&w);
         self.since.get_or_insert(now);
     }
 
@@ -74,18 +78,29 @@ impl<W: Copy + Eq + Hash> Health<W> {
 
     /// A probe of a failing watch's type succeeded: the API server answers again.
     pub fn answered(&mut self, w: W, now: Instant) {
-        if self.failing.contains(&w) && !self.resuming.iter().any(|(r, _)| *r == w) {
-            self.resuming.push((w, now + RESUME_GRACE));
+        if self.failing.contains(&w) {
+            self.answered.entry(w).or_insert(now);
+        }
+    }
+
+    /// A failing watch retries (after its back-off, or woken because the server answers).
+    pub fn retried(&mut self, w: W, now: Instant) {
+        if self.failing.contains(&w) {
+            self.retried.insert(w, now);
         }
     }
 
     /// Resumes that stayed free of errors for the grace period count as current.
     pub fn tick(&mut self, now: Instant) -> Recovered {
         let due: Vec<W> = self
-            .resuming
+            .failing
             .iter()
-            .filter(|(w, at)| *at <= now && !self.listing.contains(w))
-            .map(|(w, _)| *w)
+            .filter(|w| !self.listing.contains(w))
+            .filter(|w| match (self.answered.get(w), self.retried.get(w)) {
+                (Some(a), Some(r)) => (*a).max(*r) + RESUME_GRACE <= now,
+                _ => false,
+            })
+            .copied()
             .collect();
         let mut recovered = Recovered(false);
         for w in due {
@@ -99,17 +114,18 @@ impl<W: Copy + Eq + Hash> Health<W> {
     /// The watch no longer exists (its CRD is gone): it neither fails nor lists.
     pub fn forget(&mut self, keep: impl Fn(&W) -> bool) -> Recovered {
         self.listing.retain(&keep);
-        self.resuming.retain(|(w, _)| keep(w));
+        self.answered.retain(|w, _| keep(w));
+        self.retried.retain(|w, _| keep(w));
         let was_failing = !self.failing.is_empty();
         self.failing.retain(&keep);
         Recovered(was_failing && self.settle())
     }
 
-    /// Failing watches not already waiting out a resume: those worth probing.
+    /// Failing watches whose API server has not answered since their last error.
     pub fn to_probe(&self) -> Vec<W> {
         self.failing
             .iter()
-            .filter(|w| !self.resuming.iter().any(|(r, _)| r == *w))
+            .filter(|w| !self.answered.contains_key(w))
             .copied()
             .collect()
     }
@@ -120,7 +136,8 @@ impl<W: Copy + Eq + Hash> Health<W> {
     }
 
     fn current(&mut self, w: W) -> Recovered {
-        self.resuming.retain(|(r, _)| *r != w);
+        self.answered.remove(&w);
+        self.retried.remove(&w);
         let before = self.failing.len();
         self.failing.retain(|f| *f != w);
         Recovered(self.failing.len() < before && self.settle())
@@ -143,16 +160,18 @@ mod tests {
         h.failed(1, t0);
         h.failed(2, t0);
         assert_eq!(h.stale_seconds(t0 + Duration::from_secs(3)), 3);
-        // The server answers; watch 1 is told 410 and re-lists.
+        // The server answers; both retry: 2 resumes quietly, 1 is told 410 and re-lists.
         h.answered(1, t0);
         h.answered(2, t0);
+        h.retried(1, t0);
+        h.retried(2, t0);
         h.failed(1, t0);
         h.list_started(1);
         assert_eq!(h.delivered(1), Recovered(false), "a list in progress");
         assert_eq!(
             h.tick(t0 + RESUME_GRACE),
             Recovered(false),
-            "1 still listing"
+            "2 resumed, 1 still listing"
         );
         assert_eq!(h.stale_seconds(t0 + Duration::from_secs(4)), 4);
         assert_eq!(h.listed(1), Recovered(true));
@@ -162,17 +181,24 @@ mod tests {
     #[test]
     fn a_quiet_resume_counts_after_the_grace_unless_it_errs() {
         let t0 = Instant::now();
+        let g = RESUME_GRACE;
         let mut h = Health::default();
         h.failed("svc", t0);
         h.answered("svc", t0);
         assert!(h.to_probe().is_empty());
-        assert_eq!(h.tick(t0 + RESUME_GRACE / 2), Recovered(false));
-        h.failed("svc", t0 + RESUME_GRACE / 2);
-        assert_eq!(h.tick(t0 + RESUME_GRACE * 2), Recovered(false));
+        // The server answers, but the watch has not retried yet: not current.
+        assert_eq!(h.tick(t0 + g * 2), Recovered(false));
+        h.retried("svc", t0 + g * 2);
+        assert_eq!(h.tick(t0 + g * 2 + g / 2), Recovered(false));
+        h.failed("svc", t0 + g * 2 + g / 2);
+        assert_eq!(h.tick(t0 + g * 4), Recovered(false));
         assert_eq!(h.to_probe(), vec!["svc"]);
-        h.answered("svc", t0 + RESUME_GRACE * 2);
-        assert_eq!(h.tick(t0 + RESUME_GRACE * 3), Recovered(true));
-        assert_eq!(h.stale_seconds(t0 + RESUME_GRACE * 3), 0);
+        // A retry before the answer counts from the answer.
+        h.retried("svc", t0 + g * 4);
+        h.answered("svc", t0 + g * 5);
+        assert_eq!(h.tick(t0 + g * 5 + g / 2), Recovered(false));
+        assert_eq!(h.tick(t0 + g * 6), Recovered(true));
+        assert_eq!(h.stale_seconds(t0 + g * 6), 0);
     }
 
     #[test]
