@@ -582,19 +582,17 @@ impl ModelTask {
 
     /// Applies one message; returns whether the table may need rebuilding.
     fn apply(&mut self, msg: Msg) -> bool {
-        let m = &mut self.model;
-        let (watch, health, changed) = match msg {
+        let (m, h) = (&mut self.model, &mut self.health);
+        let (recovered, changed) = match msg {
             Msg::Service(i, u) => (
-                (Kind::Service, i),
-                Signal::of(&u),
+                h.observed((Kind::Service, i), &u),
                 apply_to(&mut m.services, i, u),
             ),
             Msg::Slice(i, u) => (
-                (Kind::EndpointSlice, i),
-                Signal::of(&u),
+                h.observed((Kind::EndpointSlice, i), &u),
                 apply_to(&mut m.slices, i, u),
             ),
-            Msg::Pod(i, u) => ((Kind::Pod, i), Signal::of(&u), apply_to(&mut m.pods, i, u)),
+            Msg::Pod(i, u) => (h.observed((Kind::Pod, i), &u), apply_to(&mut m.pods, i, u)),
             Msg::Rule(generation, i, u) => {
                 // Late messages from the watches of a deleted CRD are dropped.
                 let Some(rules) = m
@@ -605,8 +603,7 @@ impl ModelTask {
                     return false;
                 };
                 (
-                    (Kind::DestinationRule, i),
-                    Signal::of(&u),
+                    h.observed((Kind::DestinationRule, i), &u),
                     apply_to(rules, i, u),
                 )
             }
@@ -619,22 +616,13 @@ impl ModelTask {
             }
             Msg::RulesGone(generation) => return self.rules_gone(generation),
             Msg::WatchError(kind, stream) => {
-                self.health.failed((kind, stream), Instant::now());
+                h.failed((kind, stream), Instant::now());
                 return false;
             }
             Msg::Retrying(kind, stream) => {
-                self.health.retried((kind, stream), Instant::now());
+                h.retried((kind, stream), Instant::now());
                 return false;
             }
-        };
-        let recovered = match health {
-            Signal::ListStarted => {
-                self.health.list_started(watch);
-                Recovered(false)
-            }
-            Signal::Listing => Recovered(false),
-            Signal::Listed => self.health.listed(watch),
-            Signal::Live => self.health.delivered(watch),
         };
         self.on_recovered(recovered);
         changed
@@ -717,25 +705,6 @@ impl ModelTask {
                 destination_rules = self.model.rules.as_ref().map(|r| r.len()),
                 "first Kubernetes sync complete; ready"
             );
-        }
-    }
-}
-
-/// What an update says about its watch's health.
-enum Signal {
-    ListStarted,
-    Listing,
-    Listed,
-    Live,
-}
-
-impl Signal {
-    fn of<T>(u: &Update<T>) -> Signal {
-        match u {
-            Update::Init => Signal::ListStarted,
-            Update::Apply { initial: true, .. } => Signal::Listing,
-            Update::InitDone => Signal::Listed,
-            Update::Apply { .. } | Update::Delete(_) => Signal::Live,
         }
     }
 }

@@ -12,6 +12,8 @@ use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
+use super::kube_model::Update;
+
 /// How long a resumed watch must stay free of errors after a successful probe.
 pub const RESUME_GRACE: Duration = Duration::from_millis(500);
 
@@ -55,6 +57,19 @@ impl<W: Copy + Eq + Hash> Health<W> {
         self.answered.remove(&w);
         self.retried.remove(&w);
         self.since.get_or_insert(now);
+    }
+
+    /// What an update of watch `w` says about its health.
+    pub fn observed<T>(&mut self, w: W, update: &Update<T>) -> Recovered {
+        match update {
+            Update::Init => {
+                self.list_started(w);
+                Recovered(false)
+            }
+            Update::Apply { initial: true, .. } => Recovered(false),
+            Update::InitDone => self.listed(w),
+            Update::Apply { .. } | Update::Delete(_) => self.delivered(w),
+        }
     }
 
     /// A (re-)list started: the watch is not current until it completes.
