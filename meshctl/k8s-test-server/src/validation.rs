@@ -81,13 +81,27 @@ fn items(v: &Value) -> impl Iterator<Item = (usize, &Value)> {
     v.as_array().into_iter().flatten().enumerate()
 }
 
-/// Checks an EndpointSlice's addresses (IP address types only; FQDN slices are not IPs).
+/// Checks an EndpointSlice's addresses (IP address types only; FQDN slices are not IPs):
+/// the slice's family, then the special ranges, as `validateEndpoints` does.
 pub(crate) fn endpoint_slice(obj: &Value, allow_loopback: bool) -> Result<(), ApiError> {
     let mut errs = Vec::new();
-    if matches!(obj["addressType"].as_str(), Some("IPv4" | "IPv6")) {
+    let family = obj["addressType"].as_str();
+    if matches!(family, Some("IPv4" | "IPv6")) {
         for (i, ep) in items(&obj["endpoints"]) {
             for (j, a) in strings(&ep["addresses"]) {
                 let field = format!("endpoints[{i}].addresses[{j}]");
+                let ok = match family {
+                    Some("IPv4") => a.parse::<std::net::Ipv4Addr>().is_ok(),
+                    _ => a.parse::<std::net::Ipv6Addr>().is_ok(),
+                };
+                if !ok {
+                    let family = family.unwrap_or_default();
+                    errs.push(FieldError {
+                        field: field.clone(),
+                        value: a.to_string(),
+                        detail: format!("must be a valid {family} address"),
+                    });
+                }
                 non_special_ip(a, &field, allow_loopback, &mut errs);
             }
         }
@@ -180,6 +194,12 @@ mod tests {
             assert!(e.message.contains(msg), "{a}: {}", e.message);
         }
         assert!(endpoint_slice(&slice(&["10.1.2.3", "192.168.0.1"]), false).is_ok());
+        let e = endpoint_slice(&slice(&["fd00::1"]), false).unwrap_err();
+        assert!(
+            e.message.contains("must be a valid IPv4 address"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
