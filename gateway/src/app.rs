@@ -25,7 +25,8 @@ pub enum BuildError {
     Bind(SocketAddr, std::io::Error),
     #[error(transparent)]
     File(#[from] FileError),
-    #[error("Kubernetes discovery: {0}")]
+    /// KubeError's messages name Kubernetes discovery and carry their causes themselves.
+    #[error(transparent)]
     Kube(#[from] KubeError),
 }
 

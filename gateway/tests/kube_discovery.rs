@@ -41,6 +41,8 @@ async fn api_server(crd: bool) -> TestApiServer {
     init();
     let mut opts = Options::new("east");
     opts.destination_rule_crd = crd;
+    // The backends listen on 127.0.0.x; a real API server would refuse these slices.
+    opts.store.allow_loopback_endpoint_addresses = true;
     let api = TestApiServer::start_with(opts).await.unwrap();
     api.store().create(namespace_json(NS)).unwrap();
     api
@@ -698,11 +700,9 @@ async fn configuration_errors_fail_the_build_clearly() {
     };
 
     let missing = kube_config("/nonexistent/kubeconfig".into(), |_| {});
-    let e = app::build(missing)
-        .await
-        .err()
-        .expect("missing file")
-        .to_string();
+    let e = app::build(missing).await.err().expect("missing file");
+    assert_each_cause_once(&e);
+    let e = e.to_string();
     assert!(e.contains("/nonexistent/kubeconfig"), "{e}");
 
     let e = err(gateway_for(&api.kubeconfig("east"), |o| o.context = Some("west".into())).await);
@@ -722,4 +722,218 @@ async fn configuration_errors_fail_the_build_clearly() {
         e.contains("unreachable") && e.contains(url.trim_start_matches("https://")),
         "{e}"
     );
+}
+
+const STALE: &str = "gateway_discovery_route_table_stale_seconds";
+
+/// Whether the catalog route's endpoints are exactly `ip`.
+fn routed_to(gw: &KubeGw, ip: IpAddr) -> bool {
+    gw.bound.routes.load().is_some_and(|t| {
+        t.lookup(CATALOG, 80).is_some_and(|r| {
+            !r.endpoints.is_empty() && r.endpoints.iter().all(|e| e.state.addr.ip() == ip)
+        })
+    })
+}
+
+/// A gateway serving catalog from backend "a", its backends, and the slice to change it by.
+async fn catalog_on_a(api: &TestApiServer) -> (KubeGw, Vec<Backend>, u16) {
+    let (b, port) = backends(&["a", "b"]).await;
+    api.store()
+        .create(service("catalog", &[("http", 80)]))
+        .unwrap();
+    api.store()
+        .create(slice(
+            "catalog-1",
+            "catalog",
+            "http",
+            port,
+            &[(b[0].addr.ip(), true, "pa")],
+        ))
+        .unwrap();
+    let gw = kube_gateway(api, |_| {}).await;
+    eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["a"]).await;
+    (gw, b, port)
+}
+
+/// Stops the API server until staleness shows (watches are failing and backing off), moves
+/// catalog to backend "b" while it is down, and restarts it on the same port.
+async fn outage_with_a_change(
+    api: TestApiServer,
+    gw: &KubeGw,
+    b: &[Backend],
+    port: u16,
+) -> (TestApiServer, Instant) {
+    let stopped = api.stop().await;
+    let admin = gw.admin;
+    eventually(
+        "stale_seconds >= 2 while the API server is down",
+        || async move { metric(&metrics(admin).await, STALE) >= 2.0 },
+    )
+    .await;
+    stopped
+        .store()
+        .apply(slice(
+            "catalog-1",
+            "catalog",
+            "http",
+            port,
+            &[(b[1].addr.ip(), true, "pb")],
+        ))
+        .unwrap();
+    let api = stopped.restart().await.unwrap();
+    (api, Instant::now())
+}
+
+#[tokio::test]
+async fn after_a_restart_410_means_relist_now_not_back_off() {
+    let api = api_server(false).await;
+    let (gw, b, port) = catalog_on_a(&api).await;
+    let (api, restarted) = outage_with_a_change(api, &gw, &b, port).await;
+    eventually("the change made during the outage is routed", || {
+        let ok = routed_to(&gw, b[1].addr.ip());
+        async move { ok }
+    })
+    .await;
+    let took = restarted.elapsed();
+    println!("change routed {took:?} after the restart");
+    assert!(
+        took < Duration::from_secs(2),
+        "routed {took:?} after the API server came back"
+    );
+    // The watches resumed with their old resourceVersions and were told 410.
+    assert!(api.store().expired_watch_answers() >= 1);
+    eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["b"]).await;
+}
+
+#[tokio::test]
+async fn stale_seconds_clears_only_when_every_watch_has_relisted() {
+    let api = api_server(false).await;
+    let (gw, b, port) = catalog_on_a(&api).await;
+    let (_api, _) = outage_with_a_change(api, &gw, &b, port).await;
+    // Sample until the change is routed: staleness may read 0 only once the re-lists are
+    // done, i.e. at most one table rebuild before the change shows.
+    let deadline = Instant::now() + WAIT;
+    let mut cleared: Option<Instant> = None;
+    let routed = loop {
+        assert!(Instant::now() < deadline, "change never routed");
+        let stale = metric(&metrics(gw.admin).await, STALE);
+        if stale == 0.0 && cleared.is_none() {
+            cleared = Some(Instant::now());
+        }
+        if routed_to(&gw, b[1].addr.ip()) {
+            break Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!(
+        "stale_seconds read 0 {:?} before the change was routed",
+        cleared.map(|c| routed.saturating_duration_since(c))
+    );
+    if let Some(cleared) = cleared {
+        let early = routed.duration_since(cleared);
+        assert!(
+            early < Duration::from_millis(500),
+            "stale_seconds read 0 {early:?} before the re-listed table was routed"
+        );
+    }
+    let admin = gw.admin;
+    eventually("stale_seconds back to 0", || async move {
+        metric(&metrics(admin).await, STALE) == 0.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deleted_destination_rule_crd_stops_its_watch_and_its_return_is_noticed() {
+    let api = api_server(true).await;
+    let (b, port) = backends(&["a"]).await;
+    let st = api.store();
+    st.create(service("catalog", &[("http", 80)])).unwrap();
+    st.create(pod("pa", "v1")).unwrap();
+    st.create(slice(
+        "catalog-1",
+        "catalog",
+        "http",
+        port,
+        &[(b[0].addr.ip(), true, "pa")],
+    ))
+    .unwrap();
+    st.create(destination_rule("catalog", "catalog", &[("v1", "v1")]))
+        .unwrap();
+    let recheck = Duration::from_millis(300);
+    let gw = kube_gateway(&api, |o| o.crd_recheck = recheck).await;
+    let v1 = sni(80, "v1", CATALOG);
+    eventually_served_by(gw.listen, &v1, &["a"]).await;
+
+    st.delete(
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        None,
+        "destinationrules.networking.istio.io",
+    )
+    .unwrap();
+    eventually_refused(&gw, &v1, "no_route").await;
+    // Services and slices are healthy: a missing CRD is not staleness. Watch it for a few
+    // health ticks (a failing watch would show 1 s after its first error).
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        assert_eq!(metric(&metrics(gw.admin).await, STALE), 0.0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        who(gw.listen, &sni(80, "", CATALOG)).await.as_deref(),
+        Some("a")
+    );
+
+    api.install_destination_rule_crd();
+    st.create(destination_rule("catalog", "catalog", &[("v1", "v1")]))
+        .unwrap();
+    let back = Instant::now();
+    eventually_served_by(gw.listen, &v1, &["a"]).await;
+    let took = back.elapsed();
+    println!("subsets routed {took:?} after the CRD came back");
+    assert!(
+        took < recheck + Duration::from_secs(2),
+        "subsets routed {took:?} after the CRD came back"
+    );
+    assert_eq!(metric(&metrics(gw.admin).await, STALE), 0.0);
+}
+
+#[tokio::test]
+async fn a_refused_credential_is_named_with_its_fix_and_each_cause_once() {
+    let api = api_server(false).await;
+    let bad = api.kubeconfig_with_token("east", "not-a-valid-token");
+    let e = match gateway_for(&bad, |_| {}).await {
+        Ok(_) => panic!("build should fail with a refused credential"),
+        Err(e) => e,
+    };
+    let text = e.to_string();
+    println!("{text}");
+    assert!(
+        text.contains("refused the credential (401 Unauthorized)")
+            && text.contains("context \"east\" in kubeconfig")
+            && text.contains("fix: renew that user's token"),
+        "{text}"
+    );
+    assert!(!text.contains("unreachable"), "{text}");
+    assert_each_cause_once(&e);
+}
+
+/// What `main` prints is the message, then each cause under "Caused by:". No cause may
+/// repeat what an earlier line already said.
+fn assert_each_cause_once(e: &dyn std::error::Error) {
+    let mut lines = vec![e.to_string()];
+    let mut src = e.source();
+    while let Some(s) = src {
+        lines.push(s.to_string());
+        src = s.source();
+    }
+    for (i, l) in lines.iter().enumerate().skip(1) {
+        assert!(
+            !lines[..i]
+                .iter()
+                .any(|earlier| earlier.contains(l.as_str())),
+            "cause {l:?} repeats an earlier line: {lines:#?}"
+        );
+    }
 }

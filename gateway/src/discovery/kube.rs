@@ -1,14 +1,15 @@
 //! Discovery from the Kubernetes API: Services, EndpointSlices, Pod labels (metadata only)
 //! and, when Istio's CRD is served, DestinationRules.
 //!
-//! One kube-runtime watcher per type (per namespace with `--namespace`), each with
-//! `default_backoff`, projects objects to the routing fields as they arrive
-//! ([`kube_model`](super::kube_model)) and sends them to one task that owns the model. That
-//! task rebuilds the route table at most every [`MIN_REBUILD_INTERVAL`] and publishes it.
-//! The first table is published only after every watch has listed once, and only then does
-//! the gateway report ready. Watch errors back off and re-list; meanwhile the last table keeps
-//! serving and `gateway_discovery_route_table_stale_seconds` counts the seconds since the
-//! watches were last known healthy.
+//! One kube-runtime watcher per type (per namespace with `--namespace`) projects objects to
+//! the routing fields as they arrive ([`kube_model`](super::kube_model)) and sends them to one
+//! task that owns the model. That task rebuilds the route table at most every
+//! [`MIN_REBUILD_INTERVAL`] and publishes it. The first table is published only after every
+//! watch has listed once, and only then does the gateway report ready. Failed watches retry
+//! as [`kube_retry`](super::kube_retry) says (a 410 re-lists at once); meanwhile the last
+//! table keeps serving and `gateway_discovery_route_table_stale_seconds` counts the seconds
+//! until every watch is current again ([`kube_health`](super::kube_health)). The
+//! DestinationRule CRD may come and go ([`kube_crd`](super::kube_crd)).
 
 use std::fmt::Debug;
 use std::path::PathBuf;
@@ -17,9 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ::kube::api::{Api, ApiResource, DynamicObject, ListParams};
-use ::kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
+use ::kube::config::{KubeConfigOptions, Kubeconfig};
 use ::kube::core::PartialObjectMeta;
-use ::kube::runtime::WatchStreamExt;
 use ::kube::runtime::watcher::{self, Event};
 use ::kube::{Client, Resource};
 use futures::future::BoxFuture;
@@ -27,13 +27,16 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::Publisher;
+use super::kube_crd::{self, Rules};
+use super::kube_health::{Health, Recovered};
 use super::kube_model::{
     self as model, DrInfo, Model, ObjKey, PodLabels, SliceInfo, SvcInfo, Update,
 };
+use super::kube_retry::{self, Failure};
 use crate::config::KubeOptions;
 
 /// Shortest time between two published tables under a burst of events.
@@ -43,34 +46,43 @@ const SETTLE: Duration = Duration::from_millis(5);
 /// How often staleness is updated and failing watches are probed.
 const HEALTH_TICK: Duration = Duration::from_secs(1);
 /// Bound on the start-up reachability check and on each probe.
-const REACH_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const REACH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why Kubernetes discovery could not start. Each message carries its whole cause chain
+/// (deduplicated), so no variant has a `source`: printed with its causes, nothing repeats.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("kubeconfig {path}: {source}")]
-    Kubeconfig {
-        path: PathBuf,
-        source: KubeconfigError,
-    },
-    #[error("kubeconfig {path}: no context {context:?} (contexts: {available})")]
+    #[error("Kubernetes discovery: kubeconfig {path}: {reason}")]
+    Kubeconfig { path: PathBuf, reason: String },
+    #[error(
+        "Kubernetes discovery: kubeconfig {path}: no context {context:?} (contexts: {available})"
+    )]
     NoContext {
         path: String,
         context: String,
         available: String,
     },
-    #[error("kubeconfig (KUBECONFIG or ~/.kube/config): {0}")]
-    DefaultKubeconfig(KubeconfigError),
+    #[error("Kubernetes discovery: kubeconfig (KUBECONFIG or ~/.kube/config): {0}")]
+    DefaultKubeconfig(String),
     #[error(
-        "no Kubernetes configuration: not in a cluster ({in_cluster}) and no kubeconfig ({kubeconfig}); pass --kubeconfig or --endpoints"
+        "Kubernetes discovery: no Kubernetes configuration: not in a cluster ({in_cluster}) and no kubeconfig ({kubeconfig}); pass --kubeconfig or --endpoints"
     )]
     NoConfig {
         in_cluster: String,
-        kubeconfig: KubeconfigError,
+        kubeconfig: String,
     },
-    #[error("creating the Kubernetes client: {0}")]
-    Client(#[source] ::kube::Error),
-    #[error("Kubernetes API server {url} is unreachable: {reason}")]
+    #[error("Kubernetes discovery: creating the Kubernetes client: {0}")]
+    Client(String),
+    #[error("Kubernetes discovery: Kubernetes API server {url} is unreachable: {reason}")]
     Unreachable { url: String, reason: String },
+    #[error(
+        "Kubernetes discovery: the Kubernetes API server {url} refused the credential (401 Unauthorized) of {credential}: fix: {fix}"
+    )]
+    CredentialRefused {
+        url: String,
+        credential: String,
+        fix: &'static str,
+    },
 }
 
 /// Builds the client from `--kubeconfig`/`--context`, else in-cluster, else `KUBECONFIG`
@@ -80,45 +92,52 @@ pub async fn client(opts: &KubeOptions) -> Result<Client, KubeError> {
         context: opts.context.clone(),
         ..Default::default()
     };
-    let config = match &opts.kubeconfig {
-        Some(path) => {
-            let kc = Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
-                path: path.clone(),
-                source,
-            })?;
-            check_context(&kc, opts.context.as_deref(), &path.display().to_string())?;
-            ::kube::Config::from_custom_kubeconfig(kc, &kco)
-                .await
-                .map_err(|source| KubeError::Kubeconfig {
+    let config =
+        match &opts.kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path).map_err(|e| KubeError::Kubeconfig {
                     path: path.clone(),
-                    source,
-                })?
-        }
-        None if opts.context.is_some() => {
-            if let Ok(kc) = Kubeconfig::read() {
-                check_context(&kc, opts.context.as_deref(), "KUBECONFIG")?;
-            }
-            ::kube::Config::from_kubeconfig(&kco)
-                .await
-                .map_err(KubeError::DefaultKubeconfig)?
-        }
-        None => match ::kube::Config::incluster() {
-            Ok(c) => c,
-            Err(in_cluster) => {
-                ::kube::Config::from_kubeconfig(&kco)
+                    reason: error_chain(&e),
+                })?;
+                check_context(&kc, opts.context.as_deref(), &path.display().to_string())?;
+                ::kube::Config::from_custom_kubeconfig(kc, &kco)
                     .await
-                    .map_err(|kubeconfig| KubeError::NoConfig {
-                        in_cluster: in_cluster.to_string(),
-                        kubeconfig,
+                    .map_err(|e| KubeError::Kubeconfig {
+                        path: path.clone(),
+                        reason: error_chain(&e),
                     })?
             }
-        },
-    };
+            None if opts.context.is_some() => {
+                if let Ok(kc) = Kubeconfig::read() {
+                    check_context(&kc, opts.context.as_deref(), "KUBECONFIG")?;
+                }
+                ::kube::Config::from_kubeconfig(&kco)
+                    .await
+                    .map_err(|e| KubeError::DefaultKubeconfig(error_chain(&e)))?
+            }
+            None => match ::kube::Config::incluster() {
+                Ok(c) => c,
+                Err(in_cluster) => ::kube::Config::from_kubeconfig(&kco).await.map_err(|e| {
+                    KubeError::NoConfig {
+                        in_cluster: error_chain(&in_cluster),
+                        kubeconfig: error_chain(&e),
+                    }
+                })?,
+            },
+        };
     let url = config.cluster_url.to_string();
-    let client = Client::try_from(config).map_err(KubeError::Client)?;
+    let client = Client::try_from(config).map_err(|e| KubeError::Client(error_chain(&e)))?;
     match tokio::time::timeout(REACH_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(v)) => {
             tracing::info!(%url, version = %v.git_version, "Kubernetes API server reachable")
+        }
+        Ok(Err(::kube::Error::Api(s))) if s.code == 401 => {
+            let (credential, fix) = credential_source(opts);
+            return Err(KubeError::CredentialRefused {
+                url,
+                credential,
+                fix,
+            });
         }
         Ok(Err(e)) => {
             return Err(KubeError::Unreachable {
@@ -134,6 +153,31 @@ pub async fn client(opts: &KubeOptions) -> Result<Client, KubeError> {
         }
     }
     Ok(client)
+}
+
+/// Where the refused credential came from, and how to fix it.
+fn credential_source(opts: &KubeOptions) -> (String, &'static str) {
+    let context = opts
+        .context
+        .as_deref()
+        .map_or("the current context".to_string(), |c| {
+            format!("context {c:?}")
+        });
+    let in_kubeconfig = "renew that user's token or client certificate in the kubeconfig, or pass --kubeconfig/--context for a user the cluster accepts";
+    match &opts.kubeconfig {
+        Some(path) => (
+            format!("the user of {context} in kubeconfig {}", path.display()),
+            in_kubeconfig,
+        ),
+        None if opts.context.is_some() => (
+            format!("the user of {context} in KUBECONFIG (or ~/.kube/config)"),
+            in_kubeconfig,
+        ),
+        None => (
+            "the in-cluster ServiceAccount token (or the current context of KUBECONFIG)".into(),
+            "check that the pod's ServiceAccount still exists and its token (/var/run/secrets/kubernetes.io/serviceaccount/token) is current, or pass --kubeconfig",
+        ),
+    }
 }
 
 fn check_context(kc: &Kubeconfig, context: Option<&str>, path: &str) -> Result<(), KubeError> {
@@ -153,7 +197,9 @@ fn check_context(kc: &Kubeconfig, context: Option<&str>, path: &str) -> Result<(
     })
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its causes on one line, each cause once (kube's errors often repeat their
+/// source in their own message).
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {
@@ -168,32 +214,37 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Kind {
+pub(super) enum Kind {
     Service,
     EndpointSlice,
     Pod,
     DestinationRule,
 }
 
-enum Msg {
+pub(super) enum Msg {
     Service(usize, Update<SvcInfo>),
     Slice(usize, Update<SliceInfo>),
     Pod(usize, Update<PodLabels>),
-    Rule(usize, Update<DrInfo>),
+    /// An update of the rules of one generation (see [`kube_crd`]).
+    Rule(u64, usize, Update<DrInfo>),
     /// The DestinationRule CRD is served; its watches start after this message.
-    RulesStarted(Vec<Probe>),
+    RulesStarted(u64, Vec<Probe>),
+    /// The DestinationRule CRD is no longer served.
+    RulesGone(u64),
     WatchError(Kind, usize),
+    /// A failed watch retries after its back-off (a resume, or a list).
+    Retrying(Kind, usize),
 }
 
 /// A cheap `list?limit=1` on a watched type: tells when a failing watch can work again.
 #[derive(Clone)]
-struct Probe {
+pub(super) struct Probe {
     kind: Kind,
     stream: usize,
     run: Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>,
 }
 
-fn probe<K>(kind: Kind, stream: usize, api: Api<K>) -> Probe
+pub(super) fn probe<K>(kind: Kind, stream: usize, api: Api<K>) -> Probe
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -228,7 +279,11 @@ where
     }
 }
 
-fn dyn_apis(client: &Client, namespaces: &[String], ar: &ApiResource) -> Vec<Api<DynamicObject>> {
+pub(super) fn dyn_apis(
+    client: &Client,
+    namespaces: &[String],
+    ar: &ApiResource,
+) -> Vec<Api<DynamicObject>> {
     if namespaces.is_empty() {
         vec![Api::all_with(client.clone(), ar)]
     } else {
@@ -244,64 +299,101 @@ fn obj_key<K: Resource>(o: &K) -> Option<ObjKey> {
     model::key(m.namespace.as_deref(), m.name.as_deref())
 }
 
-enum EvKind {
-    Initial,
-    Live,
+/// Why a watch's pump returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ended {
+    Stopped,
+    /// The type is not served (404): only DestinationRules, whose CRD may be deleted.
+    NotServed,
 }
 
-/// Drives one watch: backs off on errors, projects every object, forwards to the model task.
+/// Drives one watch: projects every object and forwards it to the model task; on errors,
+/// tells the task and retries as [`kube_retry`] says, waking early when `wake` is notified
+/// (a probe found the API server answering again).
 #[allow(clippy::too_many_arguments)]
-async fn pump<K, T, S>(
+pub(super) async fn pump<K, T, S>(
     events: S,
     kind: Kind,
     stream: usize,
     project: impl Fn(&K) -> Option<T> + Send,
-    wrap: fn(usize, Update<T>) -> Msg,
+    wrap: impl Fn(usize, Update<T>) -> Msg + Send,
     tx: mpsc::Sender<Msg>,
+    wake: Arc<Notify>,
     stop: CancellationToken,
-) where
+) -> Ended
+where
     K: Resource + Send,
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
 {
-    let mut events = std::pin::pin!(events.default_backoff());
+    let mut events = std::pin::pin!(events);
+    let mut backoff = kube_retry::Backoff::default();
     loop {
         let next = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return Ended::Stopped,
             n = events.next() => n,
         };
-        let msg = match next {
-            None => return,
+        let ev = match next {
+            None => return Ended::Stopped,
+            Some(Ok(ev)) => ev,
             Some(Err(e)) => {
-                tracing::warn!(?kind, stream, error = %error_chain(&e), "watch failed; backing off and retrying");
-                Msg::WatchError(kind, stream)
-            }
-            Some(Ok(ev)) => {
-                let ev_kind = match ev {
-                    Event::InitApply(_) => EvKind::Initial,
-                    _ => EvKind::Live,
-                };
-                let update = match ev {
-                    Event::Init => Update::Init,
-                    Event::InitDone => Update::InitDone,
-                    Event::InitApply(o) | Event::Apply(o) => {
-                        let initial = matches!(ev_kind, EvKind::Initial);
-                        let Some(key) = obj_key(&o) else { continue };
-                        Update::Apply {
-                            obj: project(&o),
-                            key,
-                            initial,
+                let failure = kube_retry::classify(&e);
+                if failure == Failure::NotServed && kind == Kind::DestinationRule {
+                    tracing::info!(error = %error_chain(&e), "DestinationRule CRD no longer served; its watch stops");
+                    return Ended::NotServed;
+                }
+                // Registered before the task hears of the error, so no wake-up is missed.
+                let mut woken = std::pin::pin!(wake.notified());
+                woken.as_mut().enable();
+                if tx.send(Msg::WatchError(kind, stream)).await.is_err() {
+                    return Ended::Stopped;
+                }
+                match backoff.delay(failure) {
+                    None => {
+                        // The watcher re-lists on its next poll; the list shows its health.
+                        tracing::info!(?kind, stream, error = %error_chain(&e), "resourceVersion too old (410 Gone); re-listing now");
+                    }
+                    Some(delay) => {
+                        tracing::warn!(?kind, stream, error = %error_chain(&e), ?delay, "watch failed; retrying after the delay or as soon as the API server answers");
+                        tokio::select! {
+                            _ = stop.cancelled() => return Ended::Stopped,
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = woken => {}
+                        }
+                        if tx.send(Msg::Retrying(kind, stream)).await.is_err() {
+                            return Ended::Stopped;
                         }
                     }
-                    Event::Delete(o) => {
-                        let Some(key) = obj_key(&o) else { continue };
-                        Update::Delete(key)
-                    }
-                };
-                wrap(stream, update)
+                }
+                continue;
             }
         };
-        if tx.send(msg).await.is_err() {
-            return;
+        backoff.reset();
+        let update = match ev {
+            Event::Init => Update::Init,
+            Event::InitDone => Update::InitDone,
+            Event::InitApply(o) => {
+                let Some(key) = obj_key(&o) else { continue };
+                Update::Apply {
+                    obj: project(&o),
+                    key,
+                    initial: true,
+                }
+            }
+            Event::Apply(o) => {
+                let Some(key) = obj_key(&o) else { continue };
+                Update::Apply {
+                    obj: project(&o),
+                    key,
+                    initial: false,
+                }
+            }
+            Event::Delete(o) => {
+                let Some(key) = obj_key(&o) else { continue };
+                Update::Delete(key)
+            }
+        };
+        if tx.send(wrap(stream, update)).await.is_err() {
+            return Ended::Stopped;
         }
     }
 }
@@ -324,35 +416,37 @@ impl KubeSource {
         let streams = namespaces.len().max(1);
         let domain = opts.cluster_domain.clone();
         let (tx, rx) = mpsc::channel(1024);
+        let wake = Arc::new(Notify::new());
         let mut probes = Vec::new();
         let wc = || watcher::Config::default().any_semantic();
+        let rules = Rules {
+            client: client.clone(),
+            namespaces: namespaces.clone(),
+            domain: domain.clone(),
+            recheck: opts.crd_recheck,
+            tx: tx.clone(),
+            wake: wake.clone(),
+            stop: stop.clone(),
+        };
 
         let mut model = Model::new(streams);
         // The CRD check comes first (on the connection the reachability check opened), and
         // the first table waits for the rules, so a cluster with Istio never publishes a
         // table without its subsets.
-        let rules = match destination_rule_resource(&client).await {
+        match kube_crd::destination_rule_resource(&client).await {
             Some(ar) => {
-                let (p, m) = start_rules(&client, &namespaces, &ar, &domain, &tx, &stop);
+                let p = rules.start(&ar, 0);
+                model.rules = Some(model::Watched::new(p.len()));
                 probes.extend(p);
-                m
             }
             None => {
                 tracing::info!(
                     recheck = ?opts.crd_recheck,
                     "DestinationRule CRD (networking.istio.io) not served: only the empty subset routes"
                 );
-                tokio::spawn(recheck_crd(
-                    client.clone(),
-                    namespaces.clone(),
-                    domain.clone(),
-                    opts.crd_recheck,
-                    tx.clone(),
-                    stop.clone(),
-                ));
-                None
+                tokio::spawn(rules.clone().poll(0));
             }
-        };
+        }
         for (i, api) in apis::<Service>(&client, &namespaces)
             .into_iter()
             .enumerate()
@@ -365,6 +459,7 @@ impl KubeSource {
                 model::project_service,
                 Msg::Service,
                 tx.clone(),
+                wake.clone(),
                 stop.clone(),
             ));
         }
@@ -380,6 +475,7 @@ impl KubeSource {
                 model::project_slice,
                 Msg::Slice,
                 tx.clone(),
+                wake.clone(),
                 stop.clone(),
             ));
         }
@@ -399,24 +495,23 @@ impl KubeSource {
                 },
                 Msg::Pod,
                 tx.clone(),
+                wake.clone(),
                 stop.clone(),
             ));
         }
-
-        model.rules = rules;
         drop(tx);
 
         let synced = Arc::new(AtomicBool::new(false));
         let task = ModelTask {
             model,
             domain,
-            streams,
             publisher,
             synced: synced.clone(),
             probes,
-            unhealthy: Vec::new(),
-            unhealthy_since: None,
+            health: Health::default(),
             probing: false,
+            rules,
+            rules_generation: 0,
         };
         tokio::spawn(task.run(rx, stop));
         Ok(KubeSource { synced })
@@ -428,98 +523,18 @@ impl KubeSource {
     }
 }
 
-/// The served DestinationRule resource (preferred version), or `None` without the CRD.
-async fn destination_rule_resource(client: &Client) -> Option<ApiResource> {
-    let group = match tokio::time::timeout(
-        REACH_TIMEOUT,
-        ::kube::discovery::group(client, "networking.istio.io"),
-    )
-    .await
-    {
-        Ok(Ok(g)) => g,
-        Ok(Err(::kube::Error::Discovery(_))) => return None,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %error_chain(&e), "checking for the DestinationRule CRD failed; will retry");
-            return None;
-        }
-        Err(_) => return None,
-    };
-    group.recommended_kind("DestinationRule").map(|(ar, _)| ar)
-}
-
-/// Starts the DestinationRule watches; returns their probes and (for the start-up path)
-/// the model part to install.
-fn start_rules(
-    client: &Client,
-    namespaces: &[String],
-    ar: &ApiResource,
-    domain: &str,
-    tx: &mpsc::Sender<Msg>,
-    stop: &CancellationToken,
-) -> (Vec<Probe>, Option<model::Watched<DrInfo>>) {
-    tracing::info!(version = %ar.version, "watching DestinationRules for subsets");
-    let apis = dyn_apis(client, namespaces, ar);
-    let mut probes = Vec::new();
-    for (i, api) in apis.iter().enumerate() {
-        probes.push(probe(Kind::DestinationRule, i, api.clone()));
-        let domain = domain.to_string();
-        tokio::spawn(pump(
-            watcher::watcher(api.clone(), watcher::Config::default().any_semantic()),
-            Kind::DestinationRule,
-            i,
-            move |dr: &DynamicObject| model::project_destination_rule(dr, &domain),
-            Msg::Rule,
-            tx.clone(),
-            stop.clone(),
-        ));
-    }
-    (probes, Some(model::Watched::new(apis.len())))
-}
-
-/// Looks for the DestinationRule CRD every `every` until it is served (Istio installed
-/// after the gateway started), then starts its watches.
-async fn recheck_crd(
-    client: Client,
-    namespaces: Vec<String>,
-    domain: String,
-    every: Duration,
-    tx: mpsc::Sender<Msg>,
-    stop: CancellationToken,
-) {
-    let every = every.max(Duration::from_millis(100));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        if let Some(ar) = destination_rule_resource(&client).await {
-            // The model learns about the rules before their first event arrives.
-            let probes: Vec<Probe> = dyn_apis(&client, &namespaces, &ar)
-                .into_iter()
-                .enumerate()
-                .map(|(i, api)| probe(Kind::DestinationRule, i, api))
-                .collect();
-            if tx.send(Msg::RulesStarted(probes)).await.is_err() {
-                return;
-            }
-            start_rules(&client, &namespaces, &ar, &domain, &tx, &stop);
-            return;
-        }
-    }
-}
-
 struct ModelTask {
     model: Model,
     domain: String,
-    /// Watches per type: one per namespace, or one for all.
-    streams: usize,
     publisher: Publisher,
     synced: Arc<AtomicBool>,
     probes: Vec<Probe>,
-    /// (kind, stream) whose last word was an error.
-    unhealthy: Vec<(Kind, usize)>,
-    unhealthy_since: Option<Instant>,
+    health: Health<(Kind, usize)>,
     probing: bool,
+    /// Restarts the CRD poll when the DestinationRule CRD goes away.
+    rules: Rules,
+    /// The generation of the rules in the model (or being polled for).
+    rules_generation: u64,
 }
 
 impl ModelTask {
@@ -534,7 +549,7 @@ impl ModelTask {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 msg = rx.recv() => {
-                    // All senders gone only when every watch ended (stop): nothing more to do.
+                    // The task holds a sender (for the CRD poll): this ends only at stop.
                     let Some(msg) = msg else { return };
                     if self.apply(msg) && self.model.synced() && rebuild_at.is_none() {
                         let now = tokio::time::Instant::now();
@@ -550,8 +565,15 @@ impl ModelTask {
                 _ = tick.tick() => self.health_tick(&probe_tx),
                 ok = probe_rx.recv() => {
                     self.probing = false;
-                    for (kind, stream) in ok.into_iter().flatten() {
-                        self.mark_healthy(kind, stream);
+                    let ok = ok.unwrap_or_default();
+                    if !ok.is_empty() {
+                        // The API server answers: failing watches retry now, not after
+                        // their back-off.
+                        self.rules.wake.notify_waiters();
+                    }
+                    let now = Instant::now();
+                    for w in ok {
+                        self.health.answered(w, now);
                     }
                 }
             }
@@ -560,54 +582,94 @@ impl ModelTask {
 
     /// Applies one message; returns whether the table may need rebuilding.
     fn apply(&mut self, msg: Msg) -> bool {
-        let m = &mut self.model;
-        let (kind, stream, changed) = match msg {
-            Msg::Service(i, u) => (Kind::Service, i, apply_to(&mut m.services, i, u)),
-            Msg::Slice(i, u) => (Kind::EndpointSlice, i, apply_to(&mut m.slices, i, u)),
-            Msg::Pod(i, u) => (Kind::Pod, i, apply_to(&mut m.pods, i, u)),
-            Msg::Rule(i, u) => {
-                let rules = m
+        let (m, h) = (&mut self.model, &mut self.health);
+        let (recovered, changed) = match msg {
+            Msg::Service(i, u) => (
+                h.observed((Kind::Service, i), &u),
+                apply_to(&mut m.services, i, u),
+            ),
+            Msg::Slice(i, u) => (
+                h.observed((Kind::EndpointSlice, i), &u),
+                apply_to(&mut m.slices, i, u),
+            ),
+            Msg::Pod(i, u) => (h.observed((Kind::Pod, i), &u), apply_to(&mut m.pods, i, u)),
+            Msg::Rule(generation, i, u) => {
+                // Late messages from the watches of a deleted CRD are dropped.
+                let Some(rules) = m
                     .rules
-                    .get_or_insert_with(|| model::Watched::new(self.streams));
-                (Kind::DestinationRule, i, apply_to(rules, i, u))
+                    .as_mut()
+                    .filter(|_| generation == self.rules_generation)
+                else {
+                    return false;
+                };
+                (
+                    h.observed((Kind::DestinationRule, i), &u),
+                    apply_to(rules, i, u),
+                )
             }
-            Msg::RulesStarted(probes) => {
-                m.rules = Some(model::Watched::new(probes.len()));
-                self.probes.extend(probes);
+            Msg::RulesStarted(generation, probes) => {
+                if generation == self.rules_generation {
+                    m.rules = Some(model::Watched::new(probes.len()));
+                    self.probes.extend(probes);
+                }
                 return false;
             }
+            Msg::RulesGone(generation) => return self.rules_gone(generation),
             Msg::WatchError(kind, stream) => {
-                if !self.unhealthy.contains(&(kind, stream)) {
-                    self.unhealthy.push((kind, stream));
-                }
-                self.unhealthy_since.get_or_insert_with(Instant::now);
+                h.failed((kind, stream), Instant::now());
+                return false;
+            }
+            Msg::Retrying(kind, stream) => {
+                h.retried((kind, stream), Instant::now());
                 return false;
             }
         };
-        self.mark_healthy(kind, stream);
+        self.on_recovered(recovered);
         changed
     }
 
-    fn mark_healthy(&mut self, kind: Kind, stream: usize) {
-        self.unhealthy.retain(|&u| u != (kind, stream));
-        if self.unhealthy.is_empty() && self.unhealthy_since.take().is_some() {
+    /// The DestinationRule CRD was deleted: its subsets go, its watches no longer count
+    /// for staleness, and the CRD poll starts again for the next generation.
+    fn rules_gone(&mut self, generation: u64) -> bool {
+        if generation != self.rules_generation || self.model.rules.is_none() {
+            return false;
+        }
+        self.model.rules = None;
+        self.probes.retain(|p| p.kind != Kind::DestinationRule);
+        let recovered = self.health.forget(|w| w.0 != Kind::DestinationRule);
+        self.on_recovered(recovered);
+        self.rules_generation += 1;
+        tracing::info!(
+            recheck = ?self.rules.recheck,
+            "DestinationRule CRD deleted: subset routes removed; polling for its return"
+        );
+        tokio::spawn(self.rules.clone().poll(self.rules_generation));
+        true
+    }
+
+    fn on_recovered(&self, recovered: Recovered) {
+        if recovered.0 {
             self.publisher.metrics().stale_seconds.set(0);
-            tracing::info!("Kubernetes watches healthy again");
+            tracing::info!("Kubernetes watches current again");
         }
     }
 
     fn health_tick(&mut self, probe_tx: &mpsc::Sender<Vec<(Kind, usize)>>) {
-        let stale = self.unhealthy_since.map_or(0, |t| t.elapsed().as_secs());
+        let now = Instant::now();
+        let recovered = self.health.tick(now);
+        self.on_recovered(recovered);
+        let stale = self.health.stale_seconds(now);
         self.publisher.metrics().stale_seconds.set(stale as i64);
-        if self.unhealthy.is_empty() || self.probing {
+        let failing = self.health.to_probe();
+        if failing.is_empty() || self.probing {
             return;
         }
-        // A watch resumed from its last resourceVersion reports nothing until the next
-        // change, so recovery is confirmed by listing the failing types.
+        // Probing tells when the API server answers again: failing watches are woken
+        // to retry, and a watch that resumed without an error is current again.
         let probes: Vec<Probe> = self
             .probes
             .iter()
-            .filter(|p| self.unhealthy.contains(&(p.kind, p.stream)))
+            .filter(|p| failing.contains(&(p.kind, p.stream)))
             .cloned()
             .collect();
         self.probing = true;

@@ -28,6 +28,7 @@ mod selectors;
 mod store;
 mod tls;
 mod util;
+mod validation;
 mod watch;
 
 pub use auth::Identity;
@@ -102,8 +103,11 @@ impl StoppedServer {
         &self.store
     }
 
-    /// Serves the same state with the same CA and tokens on the same address again.
+    /// Serves the same state with the same CA and tokens on the same address again. Like a
+    /// restarted real API server, its watch cache starts at the current resourceVersion:
+    /// a watch resumed from an older one gets 410 Gone and must re-list.
     pub async fn restart(self) -> anyhow::Result<TestApiServer> {
+        self.store.restart_watch_cache();
         let mut opts = self.opts;
         opts.port = self.addr.port();
         serve(opts, self.tls, self.store).await

@@ -23,6 +23,10 @@ struct Args {
     /// `gitVersion` reported by /version.
     #[arg(long, default_value = "v1.31.0")]
     k8s_version: String,
+    /// Accept loopback addresses in EndpointSlices and Endpoints (a real API server refuses
+    /// them): for tests whose backends listen on 127.0.0.x.
+    #[arg(long)]
+    allow_loopback_endpoint_addresses: bool,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     exit_after_secs: Option<u64>,
@@ -38,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         let mut opts = Options::new(name);
         opts.git_version = args.k8s_version.clone();
         opts.destination_rule_crd = args.istio_crds;
+        opts.store.allow_loopback_endpoint_addresses = args.allow_loopback_endpoint_addresses;
         let s = TestApiServer::start_with(opts).await?;
         if args.istio_crds {
             s.install_istio_gateway_crd();

@@ -9,6 +9,7 @@ use crate::patch;
 use crate::resources::{self, ResourceType};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::util;
+use crate::validation;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -72,6 +73,9 @@ pub struct StoreConfig {
     pub controller_delay: Duration,
     /// Smallest `spec.expirationSeconds` a TokenRequest may ask for (real: 600).
     pub min_token_expiration_seconds: i64,
+    /// Accept loopback addresses (127.0.0.0/8, ::1) in EndpointSlices and Endpoints. A real
+    /// API server refuses them; only tests whose backends listen on loopback set this.
+    pub allow_loopback_endpoint_addresses: bool,
 }
 
 impl Default for StoreConfig {
@@ -80,6 +84,7 @@ impl Default for StoreConfig {
             history_limit: 100_000,
             controller_delay: Duration::from_millis(50),
             min_token_expiration_seconds: 600,
+            allow_loopback_endpoint_addresses: false,
         }
     }
 }
@@ -90,6 +95,8 @@ pub(crate) struct State {
     pub history: VecDeque<Arc<HistEvent>>,
     /// Watches from a resourceVersion below this get 410 Gone.
     pub compacted: u64,
+    /// Watches answered with 410 Gone (too old resourceVersion), for tests to assert on.
+    pub expired_answers: u64,
     pub epoch: u64,
     pub tokens: HashMap<String, TokenRecord>,
     applied: HashMap<(ObjKey, String), Value>,
@@ -186,6 +193,7 @@ impl Store {
                     rv: 0,
                     history: VecDeque::new(),
                     compacted: 0,
+                    expired_answers: 0,
                     epoch: 0,
                     tokens: HashMap::new(),
                     applied: HashMap::new(),
@@ -465,6 +473,23 @@ impl Store {
             rv: st.rv,
             epoch: st.epoch,
         });
+    }
+
+    /// What a restarted API server's watch cache looks like: it starts from a fresh list at
+    /// the current resourceVersion, so every watch resumed from an older one gets 410 Gone.
+    pub(crate) fn restart_watch_cache(&self) {
+        let mut st = self.lock();
+        st.history.clear();
+        st.compacted = st.rv;
+        self.shared.signal.send_replace(Signal {
+            rv: st.rv,
+            epoch: st.epoch,
+        });
+    }
+
+    /// How many watches were answered with 410 Gone (a too old resourceVersion).
+    pub fn expired_watch_answers(&self) -> u64 {
+        self.lock().expired_answers
     }
 
     fn record_manager(
@@ -1031,6 +1056,19 @@ impl Store {
                 .map(|(k, _)| k.clone())
                 .collect();
         }
+        // A CRD's `customresourcecleanup` finalizer deletes its objects before the CRD goes
+        // (watchers see DELETED for each); open watches of the type then end (watch.rs).
+        if rt.group == "apiextensions.k8s.io"
+            && rt.plural == "customresourcedefinitions"
+            && let Some(crt) = resources::from_crd(&old)
+        {
+            cascade = st
+                .objects
+                .keys()
+                .filter(|k| k.group == crt.group && k.resource == crt.plural)
+                .cloned()
+                .collect();
+        }
         for k in cascade {
             if let Some(o) = st.objects.get(&k).cloned() {
                 self.commit(&mut st, EventType::Deleted, k, o.clone(), Some(o));
@@ -1102,6 +1140,13 @@ impl Store {
                 obj["status"] = json!({"phase": "Pending"});
             }
             ("", "services") => self.default_service(st, obj, old),
+            ("discovery.k8s.io", "endpointslices") => validation::endpoint_slice(
+                obj,
+                self.shared.config.allow_loopback_endpoint_addresses,
+            )?,
+            ("", "endpoints") => {
+                validation::endpoints(obj, self.shared.config.allow_loopback_endpoint_addresses)?
+            }
             ("apiextensions.k8s.io", "customresourcedefinitions") => {
                 let Some(crt) = resources::from_crd(obj) else {
                     return Err(ApiError::invalid(

@@ -117,7 +117,7 @@ pub(crate) fn start(
         );
         // Initial state, under one lock, so nothing is missed between snapshot and stream.
         let (mut cursor, epoch, initial) = {
-            let st = store.lock();
+            let mut st = store.lock();
             let mut out = Vec::new();
             match req.resource_version {
                 None => {
@@ -134,6 +134,7 @@ pub(crate) fn start(
                     }
                 }
                 Some(rv) if rv < st.compacted => {
+                    st.expired_answers += 1;
                     out.push(error_line(&ApiError::expired(rv, st.compacted)))
                 }
                 Some(_) => {}
@@ -151,8 +152,9 @@ pub(crate) fn start(
         }
         loop {
             let (events, gone): (Vec<Arc<HistEvent>>, Option<ApiError>) = {
-                let st = store.lock();
+                let mut st = store.lock();
                 if st.epoch != epoch || cursor < st.compacted {
+                    st.expired_answers += 1;
                     (Vec::new(), Some(ApiError::expired(cursor, st.compacted)))
                 } else {
                     let start = st.history.partition_point(|e| e.rv <= cursor);
@@ -164,6 +166,12 @@ pub(crate) fn start(
                 let _ = tx.send(error_line(&e)).await;
                 return;
             }
+            // A deleted CRD takes its storage with it: the type's open watches end.
+            let crd_deleted = events.iter().any(|e| {
+                e.etype == EventType::Deleted
+                    && e.key.group == "apiextensions.k8s.io"
+                    && e.key.resource == "customresourcedefinitions"
+            });
             for ev in events {
                 cursor = ev.rv;
                 if let Some(line) = req.translate(&ev)
@@ -171,6 +179,13 @@ pub(crate) fn start(
                 {
                     return;
                 }
+            }
+            if crd_deleted
+                && store
+                    .resolve(&req.rt.group, &req.version, &req.rt.plural)
+                    .is_none()
+            {
+                return;
             }
             tokio::select! {
                 changed = signal.changed() => if changed.is_err() { return },

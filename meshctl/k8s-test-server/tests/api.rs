@@ -4,6 +4,7 @@
 mod common;
 
 use common::{admin_client, client_from_yaml, init, status_code};
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
@@ -15,6 +16,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::Discovery;
 use serde_json::json;
+use std::time::Duration;
 
 fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).expect("valid object")
@@ -642,4 +644,115 @@ async fn several_clusters_are_independent() {
         ),
         Some(401)
     );
+}
+
+#[tokio::test]
+async fn deleting_a_crd_deletes_its_objects_and_ends_their_watches() {
+    init();
+    let server = TestApiServer::start("crd-gone").await.unwrap();
+    server.install_destination_rule_crd();
+    let client = admin_client(&server).await;
+    let gvk = GroupVersionKind::gvk("networking.istio.io", "v1", "DestinationRule");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "destinationrules");
+    let drs: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let dr: DynamicObject = serde_json::from_value(
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "reviews"}, "spec": {"host": "reviews"}}),
+    )
+    .unwrap();
+    drs.create(&PostParams::default(), &dr).await.unwrap();
+    let rv = server.store().resource_version().to_string();
+    let mut watch = drs
+        .watch(&kube::api::WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+
+    let crd_ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+        "customresourcedefinitions",
+    );
+    let crds: Api<DynamicObject> = Api::all_with(client.clone(), &crd_ar);
+    crds.delete(
+        "destinationrules.networking.istio.io",
+        &DeleteParams::default(),
+    )
+    .await
+    .unwrap();
+    // The objects go first (DELETED), then the watch ends.
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(ev) = watch.try_next().await.unwrap() {
+            seen.push(ev);
+        }
+    })
+    .await
+    .expect("the watch ends when its CRD is deleted");
+    assert!(
+        matches!(seen.as_slice(), [kube::api::WatchEvent::Deleted(o)] if o.metadata.name.as_deref() == Some("reviews")),
+        "{seen:?}"
+    );
+    assert_eq!(
+        status_code(&drs.list(&ListParams::default()).await.unwrap_err()),
+        Some(404)
+    );
+    // Back again: the old objects did not survive.
+    server.install_destination_rule_crd();
+    assert!(
+        drs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn loopback_endpoint_addresses_are_refused_unless_the_test_opts_in() {
+    init();
+    let server = TestApiServer::start("loop").await.unwrap();
+    let client = admin_client(&server).await;
+    let slice = |addr: &str| -> EndpointSlice {
+        serde_json::from_value(json!({"metadata": {"name": "s", "namespace": "default"},
+            "addressType": "IPv4", "endpoints": [{"addresses": [addr]}]}))
+        .unwrap()
+    };
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let e = slices
+        .create(&PostParams::default(), &slice("127.0.0.1"))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(s) = e else {
+        panic!("expected a Status, got {e:?}")
+    };
+    assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+    assert_eq!(
+        s.message,
+        "EndpointSlice.discovery.k8s.io \"s\" is invalid: endpoints[0].addresses[0]: Invalid value: \"127.0.0.1\": may not be in the loopback range (127.0.0.0/8, ::1/128)"
+    );
+    // Direct store writes are checked too, and so are Endpoints.
+    let e = server
+        .store()
+        .create(json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "e", "namespace": "default"},
+            "subsets": [{"addresses": [{"ip": "127.0.0.2"}]}]}))
+        .unwrap_err();
+    assert_eq!(e.code, 422);
+    assert!(e.message.contains("subsets[0].addresses[0].ip"), "{e}");
+    slices
+        .create(&PostParams::default(), &slice("10.1.0.1"))
+        .await
+        .unwrap();
+
+    let mut opts = Options::new("loop-ok");
+    opts.store.allow_loopback_endpoint_addresses = true;
+    let allowing = TestApiServer::start_with(opts).await.unwrap();
+    let slices: Api<EndpointSlice> = Api::namespaced(admin_client(&allowing).await, "default");
+    slices
+        .create(&PostParams::default(), &slice("127.0.0.1"))
+        .await
+        .unwrap();
+    // Only loopback is allowed: link-local stays refused.
+    let mut s = slice("169.254.169.254");
+    s.metadata.name = Some("t".into());
+    assert!(slices.create(&PostParams::default(), &s).await.is_err());
 }

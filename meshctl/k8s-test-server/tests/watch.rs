@@ -276,3 +276,68 @@ async fn reflector_survives_a_restart_on_the_same_port() {
     .await;
     task.abort();
 }
+
+#[tokio::test]
+async fn a_restarted_server_answers_an_old_resource_version_with_410() {
+    init();
+    let server = TestApiServer::start("w5").await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(admin_client(&server).await, "default");
+    let old = api
+        .create(&PostParams::default(), &cm("a", "1"))
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    api.create(&PostParams::default(), &cm("b", "1"))
+        .await
+        .unwrap();
+    let current = server.store().resource_version().to_string();
+    // Before the restart the history still covers `old`: the resume works.
+    let mut s = api
+        .watch(&WatchParams::default(), &old)
+        .await
+        .unwrap()
+        .boxed();
+    let ev = tokio::time::timeout(Duration::from_secs(5), s.try_next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(ev, Some(WatchEvent::Added(_))), "got {ev:?}");
+    drop(s);
+    assert_eq!(server.store().expired_watch_answers(), 0);
+
+    let server = server.stop().await.restart().await.unwrap();
+    // The watch cache starts at the current resourceVersion: older ones are too old, as
+    // an ERROR event with a 410 Expired Status in a 200 response (the cacher's path).
+    let mut s = api
+        .watch(&WatchParams::default(), &old)
+        .await
+        .unwrap()
+        .boxed();
+    let ev = tokio::time::timeout(Duration::from_secs(5), s.try_next())
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(WatchEvent::Error(e)) = ev else {
+        panic!("expected a 410 ERROR event, got {ev:?}")
+    };
+    assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
+    assert_eq!(
+        e.message,
+        format!("too old resource version: {old} ({current})")
+    );
+    assert_eq!(server.store().expired_watch_answers(), 1);
+    // The current resourceVersion itself is not too old: that resume waits for changes.
+    let wp = WatchParams::default().timeout(1);
+    let mut s = api.watch(&wp, &current).await.unwrap().boxed();
+    api.create(&PostParams::default(), &cm("c", "1"))
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), s.try_next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(ev, Some(WatchEvent::Added(_))), "got {ev:?}");
+    assert_eq!(server.store().expired_watch_answers(), 1);
+}
