@@ -40,10 +40,13 @@ pub enum Reject {
     BadProxyHeader,
     /// The client closed or reset before its ClientHello was complete.
     ClientClosed,
+    /// A TLS ClientHello with invalid contents (two SNI names, a NUL in the name, an empty
+    /// ALPN list): a broken or hostile TLS client rather than another protocol.
+    MalformedHello,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 12] = [
+    pub const ALL: [Reject; 13] = [
         Reject::Timeout,
         Reject::NotTls,
         Reject::NoSni,
@@ -56,6 +59,7 @@ impl Reject {
         Reject::OverLimit,
         Reject::BadProxyHeader,
         Reject::ClientClosed,
+        Reject::MalformedHello,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +76,7 @@ impl Reject {
             Reject::OverLimit => "over_limit",
             Reject::BadProxyHeader => "bad_proxy_header",
             Reject::ClientClosed => "client_closed",
+            Reject::MalformedHello => "malformed_hello",
         }
     }
 }
@@ -227,7 +232,10 @@ impl Proxy {
             return Err(Reject::HostNotAllowed);
         }
         if self.cfg.require_istio_alpn
-            && !hello.alpn.iter().any(|a| ISTIO_ALPNS.contains(&a.as_str()))
+            && !hello
+                .alpn
+                .iter()
+                .any(|a| ISTIO_ALPNS.iter().any(|i| i.as_bytes() == a))
         {
             return Err(Reject::AlpnNotAllowed);
         }
@@ -323,6 +331,10 @@ impl Proxy {
                 Detect::NotTls(why) => {
                     debug!(?why, "not a TLS ClientHello");
                     return Err(Reject::NotTls);
+                }
+                Detect::Malformed(why) => {
+                    debug!(why, "malformed ClientHello");
+                    return Err(Reject::MalformedHello);
                 }
                 Detect::NeedMore if buf.len() >= max => return Err(Reject::OverLimit),
                 Detect::NeedMore => read_more(client, buf, max).await?,

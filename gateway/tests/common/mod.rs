@@ -364,3 +364,120 @@ pub async fn expect_closed(mut s: TcpStream) -> Vec<u8> {
     assert!(r.is_ok(), "connection was not closed by the gateway");
     got
 }
+
+/// The built `gateway` binary with JSON logs, its bound addresses and every log line so far.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub lines: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl GatewayProcess {
+    /// Starts the binary on 127.0.0.1:0 with `--log-format json`. With `max_fds`, the process
+    /// runs under that descriptor limit (`ulimit -n` in a shell that then execs it).
+    pub fn start(endpoints: &std::path::Path, extra: &[&str], max_fds: Option<u32>) -> Self {
+        use std::io::BufRead;
+        let bin = env!("CARGO_BIN_EXE_gateway");
+        let mut cmd = match max_fds {
+            Some(n) => {
+                let mut c = std::process::Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+                c
+            }
+            None => std::process::Command::new(bin),
+        };
+        cmd.args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--log-format", "json", "--endpoints"])
+            .arg(endpoints)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn gateway");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let v: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "raw": line }));
+                sink.lock().unwrap().push(v);
+            }
+        });
+        let mut p = GatewayProcess {
+            child,
+            listen: ([0, 0, 0, 0], 0).into(),
+            admin: ([0, 0, 0, 0], 0).into(),
+            lines,
+        };
+        let up = p.wait_line(&|v| v["message"] == "gateway listening");
+        let addr = |k: &str| up[k].as_str().unwrap().parse().unwrap();
+        p.listen = addr("listen_addr");
+        p.admin = addr("admin_addr");
+        p
+    }
+
+    /// The first log line matching `pred`, waiting up to [`TIMEOUT`].
+    pub fn wait_line(&self, pred: &dyn Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            if let Some(v) = self.lines.lock().unwrap().iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no such log line in {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How many log lines so far match `pred`.
+    pub fn count_lines(&self, pred: &dyn Fn(&serde_json::Value) -> bool) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| pred(v))
+            .count()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill -TERM {pid}");
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.success();
+            }
+            assert!(std::time::Instant::now() < deadline, "gateway did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The raw ClientHello a configured rustls client would send for `sni`.
+pub fn rustls_hello(cfg: Arc<ClientConfig>, name: &str) -> Vec<u8> {
+    let server = mtls::sni_server_name(name).unwrap();
+    let mut conn = rustls::ClientConnection::new(cfg, server).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
