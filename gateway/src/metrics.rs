@@ -14,6 +14,13 @@ pub struct SniLabels {
     pub sni: String,
 }
 
+/// A routed SNI name and how its connection ended (`forward::End::as_str`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    pub sni: String,
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
@@ -24,7 +31,7 @@ pub struct ReasonLabels {
 pub struct ProxyMetrics {
     pub accepted: Counter,
     pub opened: Family<SniLabels, Counter>,
-    pub closed: Family<SniLabels, Counter>,
+    pub closed: Family<CloseLabels, Counter>,
     pub active: Family<SniLabels, Gauge>,
     pub sent_bytes: Family<SniLabels, Counter>,
     pub received_bytes: Family<SniLabels, Counter>,
@@ -62,7 +69,7 @@ impl ProxyMetrics {
         );
         r.register(
             "connections_closed",
-            "Forwarded connections that ended, per SNI",
+            "Forwarded connections that ended, per SNI and outcome",
             m.closed.clone(),
         );
         r.register(

@@ -16,7 +16,7 @@ use crate::balance;
 use crate::config::{Config, ISTIO_ALPNS};
 use crate::drain::Drain;
 use crate::forward::{self, Progress};
-use crate::metrics::{ProxyMetrics, SniLabels};
+use crate::metrics::{CloseLabels, ProxyMetrics, SniLabels};
 use crate::name;
 use crate::proxy_protocol;
 use crate::routes::{EndpointState, LookupError, Routes};
@@ -43,10 +43,12 @@ pub enum Reject {
     /// A TLS ClientHello with invalid contents (two SNI names, a NUL in the name, an empty
     /// ALPN list): a broken or hostile TLS client rather than another protocol.
     MalformedHello,
+    /// The drain deadline passed before the connection was forwarded.
+    DrainDeadline,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 13] = [
+    pub const ALL: [Reject; 14] = [
         Reject::Timeout,
         Reject::NotTls,
         Reject::NoSni,
@@ -60,6 +62,7 @@ impl Reject {
         Reject::BadProxyHeader,
         Reject::ClientClosed,
         Reject::MalformedHello,
+        Reject::DrainDeadline,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +80,7 @@ impl Reject {
             Reject::BadProxyHeader => "bad_proxy_header",
             Reject::ClientClosed => "client_closed",
             Reject::MalformedHello => "malformed_hello",
+            Reject::DrainDeadline => "drain_deadline",
         }
     }
 }
@@ -138,11 +142,9 @@ impl Proxy {
             let this = self.clone();
             self.drain.tasks.spawn(
                 async move {
-                    let force = this.drain.force_close.clone();
-                    tokio::select! {
-                        _ = this.handle(stream, peer) => {}
-                        _ = force.cancelled() => debug!("closed by drain deadline"),
-                    }
+                    // The drain deadline is watched inside `handle`, so a forced close is
+                    // logged and counted like any other.
+                    this.handle(stream, peer).await;
                     drop(permit);
                 }
                 .instrument(span),
@@ -156,22 +158,12 @@ impl Proxy {
         let _ = client.set_nodelay(true);
         let _ = SockRef::from(&client).set_tcp_keepalive(&keepalive());
         let mut buf = Vec::with_capacity(2048);
-        let detected = tokio::time::timeout(
-            self.cfg.detect_timeout,
-            self.read_preamble(&mut client, &mut buf),
-        )
-        .await;
-        let (hello, client_addr) = match detected {
-            Err(_) => return self.reject(Reject::Timeout, start),
-            Ok(Err(r)) => return self.reject(r, start),
-            Ok(Ok(found)) => found,
+        let force = &self.drain.force_close;
+        let decided = tokio::select! {
+            d = self.decide(&mut client, peer, &mut buf) => d,
+            _ = force.cancelled() => Err(Reject::DrainDeadline),
         };
-        let client_addr = client_addr.unwrap_or(peer);
-        tracing::Span::current().record("client", tracing::field::display(client_addr));
-
-        // Routing state (hello, name, candidates) lives in its own future, so none of it is
-        // kept for the life of the forwarded connection.
-        let (upstream, ep, labels) = match self.route_and_connect(hello).await {
+        let (upstream, ep, labels, client_addr) = match decided {
             Ok(found) => found,
             Err(r) => return self.reject(r, start),
         };
@@ -192,12 +184,22 @@ impl Proxy {
             Ok(()) => {
                 progress.add_sent(buf.len() as u64);
                 drop(buf);
-                forward::run(&client, &upstream, self.cfg.idle_timeout, &progress).await
+                tokio::select! {
+                    end = forward::run(&client, &upstream, self.cfg.idle_timeout, &progress) => end,
+                    _ = force.cancelled() => forward::End::DrainDeadline,
+                }
             }
-            Err(e) => forward::End::Error(e),
+            Err(e) => forward::End::from_error(e, true),
         };
         active.dec();
-        self.metrics.closed.get_or_create(&labels).inc();
+        let outcome = end.as_str();
+        self.metrics
+            .closed
+            .get_or_create(&CloseLabels {
+                sni: labels.sni.clone(),
+                outcome,
+            })
+            .inc();
         let (sent, received) = progress.totals();
         if let forward::End::Error(e) = &end {
             debug!(error = %e, "connection ended with an error");
@@ -210,9 +212,30 @@ impl Proxy {
             sent,
             received,
             duration_ms = start.elapsed().as_millis() as u64,
-            outcome = end.as_str(),
+            outcome,
             "connection closed"
         );
+    }
+
+    /// Reads the preamble under the detect timeout, then routes and connects. Routing state
+    /// (hello, name, candidates) lives in this future, so none of it is kept for the life of
+    /// the forwarded connection.
+    async fn decide(
+        &self,
+        client: &mut TcpStream,
+        peer: SocketAddr,
+        buf: &mut Vec<u8>,
+    ) -> Result<(TcpStream, Arc<EndpointState>, SniLabels, SocketAddr), Reject> {
+        let detected =
+            tokio::time::timeout(self.cfg.detect_timeout, self.read_preamble(client, buf)).await;
+        let (hello, client_addr) = match detected {
+            Err(_) => return Err(Reject::Timeout),
+            Ok(r) => r?,
+        };
+        let client_addr = client_addr.unwrap_or(peer);
+        tracing::Span::current().record("client", tracing::field::display(client_addr));
+        let (upstream, ep, labels) = self.route_and_connect(hello).await?;
+        Ok((upstream, ep, labels, client_addr))
     }
 
     /// Decodes and checks the SNI, finds the route and connects to an endpoint, retrying
