@@ -6,6 +6,7 @@
 //! bytes. [`discovery`] feeds the route table; [`admin`] serves health and metrics;
 //! [`drain`] handles SIGTERM; [`app::build`] wires it all.
 
+pub mod accept_errors;
 pub mod admin;
 pub mod app;
 pub mod balance;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod discovery;
 pub mod drain;
 pub mod forward;
+pub mod local_error;
 pub mod metrics;
 pub mod name;
 pub mod proxy;

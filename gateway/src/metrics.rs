@@ -21,6 +21,12 @@ pub struct CloseLabels {
     pub outcome: &'static str,
 }
 
+/// What ran out, for accept failures (`local_error::Exhausted::as_str`, or `other`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
@@ -30,6 +36,7 @@ pub struct ReasonLabels {
 #[derive(Clone)]
 pub struct ProxyMetrics {
     pub accepted: Counter,
+    pub accept_errors: Family<KindLabels, Counter>,
     pub opened: Family<SniLabels, Counter>,
     pub closed: Family<CloseLabels, Counter>,
     pub active: Family<SniLabels, Gauge>,
@@ -45,6 +52,7 @@ impl ProxyMetrics {
     pub fn new(registry: &mut Registry, reasons: &[&'static str]) -> Self {
         let m = ProxyMetrics {
             accepted: Counter::default(),
+            accept_errors: Family::default(),
             opened: Family::default(),
             closed: Family::default(),
             active: Family::default(),
@@ -61,6 +69,11 @@ impl ProxyMetrics {
             "tcp_connections_accepted",
             "TCP connections accepted on the gateway listener",
             m.accepted.clone(),
+        );
+        r.register(
+            "accept_errors",
+            "Failed accepts on the gateway listener, by what ran out",
+            m.accept_errors.clone(),
         );
         r.register(
             "connections_opened",
@@ -107,6 +120,11 @@ impl ProxyMetrics {
             "Endpoints ejected by passive outlier detection",
             m.ejections.clone(),
         );
+        for kind in crate::local_error::Exhausted::ALL {
+            let _ = m.accept_errors.get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            });
+        }
         // Every reason appears from the start, so dashboards and tests see explicit zeros.
         for &reason in reasons {
             let _ = m.rejected.get_or_create(&ReasonLabels { reason });

@@ -12,10 +12,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::accept_errors::AcceptErrors;
 use crate::balance;
 use crate::config::{Config, ISTIO_ALPNS};
 use crate::drain::Drain;
 use crate::forward::{self, Progress};
+use crate::local_error;
 use crate::metrics::{CloseLabels, ProxyMetrics, SniLabels};
 use crate::name;
 use crate::proxy_protocol;
@@ -40,6 +42,9 @@ pub enum Reject {
     BadProxyHeader,
     /// The client closed or reset before its ClientHello was complete.
     ClientClosed,
+    /// The upstream socket failed for a local reason (out of descriptors, buffers or local
+    /// ports): the gateway's problem, not the endpoint's, so it never counts toward ejection.
+    LocalResource,
     /// A TLS ClientHello with invalid contents (two SNI names, a NUL in the name, an empty
     /// ALPN list): a broken or hostile TLS client rather than another protocol.
     MalformedHello,
@@ -48,7 +53,7 @@ pub enum Reject {
 }
 
 impl Reject {
-    pub const ALL: [Reject; 14] = [
+    pub const ALL: [Reject; 15] = [
         Reject::Timeout,
         Reject::NotTls,
         Reject::NoSni,
@@ -61,6 +66,7 @@ impl Reject {
         Reject::OverLimit,
         Reject::BadProxyHeader,
         Reject::ClientClosed,
+        Reject::LocalResource,
         Reject::MalformedHello,
         Reject::DrainDeadline,
     ];
@@ -79,6 +85,7 @@ impl Reject {
             Reject::OverLimit => "over_limit",
             Reject::BadProxyHeader => "bad_proxy_header",
             Reject::ClientClosed => "client_closed",
+            Reject::LocalResource => "local_resource",
             Reject::MalformedHello => "malformed_hello",
             Reject::DrainDeadline => "drain_deadline",
         }
@@ -116,6 +123,7 @@ impl Proxy {
 
     /// Accepts until the drain stops accepting. Each connection runs as a tracked task.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut errors = AcceptErrors::new(self.metrics.accept_errors.clone());
         loop {
             let accepted = tokio::select! {
                 _ = self.drain.stop_accepting.cancelled() => break,
@@ -125,11 +133,12 @@ impl Proxy {
                 Ok(a) => a,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
-                    warn!(error = %e, "accept failed");
+                    errors.failed(&e);
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     continue;
                 }
             };
+            errors.succeeded();
             self.metrics.accepted.inc();
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 self.metrics.reject(Reject::OverLimit.as_str());
@@ -276,6 +285,7 @@ impl Proxy {
 
         let mut tried = Vec::with_capacity(self.cfg.connect_attempts as usize);
         let mut connected = None;
+        let mut local = false;
         for _ in 0..self.cfg.connect_attempts {
             let Some(ep) = balance::pick(&candidates, &tried) else {
                 break;
@@ -292,6 +302,13 @@ impl Proxy {
                     connected = Some((s, ep));
                     break;
                 }
+                Ok(Err(e)) if local_error::classify(&e).is_some() => {
+                    // Not the endpoint's fault: no failure streak, no ejection. Debug only:
+                    // under exhaustion this happens on every connection.
+                    debug!(upstream = %ep.addr, error = %e, "connect failed locally");
+                    local = true;
+                    continue;
+                }
                 Ok(Err(e)) => debug!(upstream = %ep.addr, error = %e, "connect failed"),
                 Err(_) => debug!(upstream = %ep.addr, "connect timed out"),
             }
@@ -302,7 +319,9 @@ impl Proxy {
             }
         }
         let Some((upstream, ep)) = connected else {
-            let r = if tried.is_empty() {
+            let r = if local {
+                Reject::LocalResource
+            } else if tried.is_empty() {
                 Reject::NoHealthyEndpoint
             } else {
                 Reject::ConnectFailed
