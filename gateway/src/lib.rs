@@ -22,3 +22,4 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod routes;
 pub mod sni;
+pub mod undecided;

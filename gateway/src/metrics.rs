@@ -37,6 +37,8 @@ pub struct ReasonLabels {
 pub struct ProxyMetrics {
     pub accepted: Counter,
     pub accept_errors: Family<KindLabels, Counter>,
+    pub undecided: Gauge,
+    pub undecided_bytes: Gauge,
     pub opened: Family<SniLabels, Counter>,
     pub closed: Family<CloseLabels, Counter>,
     pub active: Family<SniLabels, Gauge>,
@@ -53,6 +55,8 @@ impl ProxyMetrics {
         let m = ProxyMetrics {
             accepted: Counter::default(),
             accept_errors: Family::default(),
+            undecided: Gauge::default(),
+            undecided_bytes: Gauge::default(),
             opened: Family::default(),
             closed: Family::default(),
             active: Family::default(),
@@ -74,6 +78,16 @@ impl ProxyMetrics {
             "accept_errors",
             "Failed accepts on the gateway listener, by what ran out",
             m.accept_errors.clone(),
+        );
+        r.register(
+            "undecided_connections",
+            "Connections still sending their PROXY header or ClientHello",
+            m.undecided.clone(),
+        );
+        r.register(
+            "undecided_hello_bytes",
+            "Bytes buffered by connections still sending their ClientHello",
+            m.undecided_bytes.clone(),
         );
         r.register(
             "connections_opened",

@@ -23,6 +23,32 @@ use crate::name;
 use crate::proxy_protocol;
 use crate::routes::{EndpointState, LookupError, Routes};
 use crate::sni::{self, Detect};
+use crate::undecided::{Ticket, Undecided};
+
+/// A decided, connected connection: upstream, endpoint, labels, original client, permit.
+type Decided<'a> = (
+    TcpStream,
+    Arc<EndpointState>,
+    SniLabels,
+    SocketAddr,
+    Permit<'a>,
+);
+
+/// One `--max-connections` place, given back on drop. One word (a `SemaphorePermit` is two).
+struct Permit<'a>(&'a Semaphore);
+
+impl<'a> Permit<'a> {
+    fn try_new(s: &'a Semaphore) -> Option<Self> {
+        s.try_acquire().ok()?.forget();
+        Some(Permit(s))
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
+    }
+}
 
 /// Why a connection was closed without forwarding a byte: the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +62,7 @@ pub enum Reject {
     NoRoute,
     NoHealthyEndpoint,
     ConnectFailed,
-    /// Too many connections, or a ClientHello larger than the buffer cap.
+    /// Too many decided connections, or a ClientHello larger than the buffer cap.
     OverLimit,
     /// `--proxy-protocol` is on and the PROXY v2 header is missing or malformed.
     BadProxyHeader,
@@ -50,10 +76,12 @@ pub enum Reject {
     MalformedHello,
     /// The drain deadline passed before the connection was forwarded.
     DrainDeadline,
+    /// Still sending its hello when the undecided budget was full: the oldest is shed.
+    Shed,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 15] = [
+    pub const ALL: [Reject; 16] = [
         Reject::Timeout,
         Reject::NotTls,
         Reject::NoSni,
@@ -69,6 +97,7 @@ impl Reject {
         Reject::LocalResource,
         Reject::MalformedHello,
         Reject::DrainDeadline,
+        Reject::Shed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -88,6 +117,7 @@ impl Reject {
             Reject::LocalResource => "local_resource",
             Reject::MalformedHello => "malformed_hello",
             Reject::DrainDeadline => "drain_deadline",
+            Reject::Shed => "shed",
         }
     }
 }
@@ -97,7 +127,9 @@ pub struct Proxy {
     pub routes: Arc<Routes>,
     pub metrics: ProxyMetrics,
     pub drain: Arc<Drain>,
-    permits: Arc<Semaphore>,
+    /// `--max-connections`: taken once a connection is decided.
+    permits: Semaphore,
+    undecided: Arc<Undecided>,
     next_id: AtomicU64,
 }
 
@@ -110,8 +142,12 @@ impl Proxy {
     ) -> Self {
         Proxy {
             // Clamped: Semaphore panics above MAX_PERMITS (tests and library users set this directly).
-            permits: Arc::new(Semaphore::new(
-                cfg.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            permits: Semaphore::new(cfg.max_connections.clamp(1, Semaphore::MAX_PERMITS)),
+            undecided: Arc::new(Undecided::new(
+                cfg.max_undecided,
+                cfg.max_undecided_bytes,
+                metrics.undecided.clone(),
+                metrics.undecided_bytes.clone(),
             )),
             cfg,
             routes,
@@ -140,12 +176,8 @@ impl Proxy {
             };
             errors.succeeded();
             self.metrics.accepted.inc();
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                self.metrics.reject(Reject::OverLimit.as_str());
-                debug!(%peer, "connection limit reached; closing");
-                drop(stream);
-                continue;
-            };
+            // Admitted here, in accept order, so "oldest" means what it says.
+            let ticket = self.undecided.admit();
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let span = tracing::info_span!("conn", id, %peer, client = tracing::field::Empty, sni = tracing::field::Empty, upstream = tracing::field::Empty);
             let this = self.clone();
@@ -153,8 +185,7 @@ impl Proxy {
                 async move {
                     // The drain deadline is watched inside `handle`, so a forced close is
                     // logged and counted like any other.
-                    this.handle(stream, peer).await;
-                    drop(permit);
+                    this.handle(stream, ticket).await;
                 }
                 .instrument(span),
             );
@@ -162,17 +193,17 @@ impl Proxy {
         debug!("listener stopped accepting");
     }
 
-    async fn handle(&self, mut client: TcpStream, peer: SocketAddr) {
+    async fn handle(&self, mut client: TcpStream, ticket: Ticket) {
         let start = Instant::now();
         let _ = client.set_nodelay(true);
         let _ = SockRef::from(&client).set_tcp_keepalive(&keepalive());
         let mut buf = Vec::with_capacity(2048);
         let force = &self.drain.force_close;
         let decided = tokio::select! {
-            d = self.decide(&mut client, peer, &mut buf) => d,
+            d = self.decide(&mut client, &mut buf, ticket) => d,
             _ = force.cancelled() => Err(Reject::DrainDeadline),
         };
-        let (upstream, ep, labels, client_addr) = match decided {
+        let (upstream, ep, labels, client_addr, _permit) = match decided {
             Ok(found) => found,
             Err(r) => return self.reject(r, start),
         };
@@ -226,25 +257,40 @@ impl Proxy {
         );
     }
 
-    /// Reads the preamble under the detect timeout, then routes and connects. Routing state
-    /// (hello, name, candidates) lives in this future, so none of it is kept for the life of
-    /// the forwarded connection.
+    /// Reads the preamble under the detect timeout and the undecided budget, then takes a
+    /// `--max-connections` permit, routes and connects. Routing state (hello, name,
+    /// candidates) lives in this future, so none of it is kept for the life of the forwarded
+    /// connection.
     async fn decide(
         &self,
         client: &mut TcpStream,
-        peer: SocketAddr,
         buf: &mut Vec<u8>,
-    ) -> Result<(TcpStream, Arc<EndpointState>, SniLabels, SocketAddr), Reject> {
-        let detected =
-            tokio::time::timeout(self.cfg.detect_timeout, self.read_preamble(client, buf)).await;
+        ticket: Ticket,
+    ) -> Result<Decided<'_>, Reject> {
+        let detected = tokio::select! {
+            d = tokio::time::timeout(
+                self.cfg.detect_timeout,
+                self.read_preamble(client, buf, &ticket),
+            ) => d,
+            _ = ticket.shed() => return Err(Reject::Shed),
+        };
         let (hello, client_addr) = match detected {
             Err(_) => return Err(Reject::Timeout),
             Ok(r) => r?,
         };
-        let client_addr = client_addr.unwrap_or(peer);
+        drop(ticket);
+        let Some(permit) = Permit::try_new(&self.permits) else {
+            debug!("connection limit reached; closing");
+            return Err(Reject::OverLimit);
+        };
+        // The peer is read back here rather than carried: every byte held across the
+        // connection's awaits is paid by every idle connection.
+        let Some(client_addr) = client_addr.or_else(|| client.peer_addr().ok()) else {
+            return Err(Reject::ClientClosed);
+        };
         tracing::Span::current().record("client", tracing::field::display(client_addr));
         let (upstream, ep, labels) = self.route_and_connect(hello).await?;
-        Ok((upstream, ep, labels, client_addr))
+        Ok((upstream, ep, labels, client_addr, permit))
     }
 
     /// Decodes and checks the SNI, finds the route and connects to an endpoint, retrying
@@ -341,6 +387,7 @@ impl Proxy {
         &self,
         client: &mut TcpStream,
         buf: &mut Vec<u8>,
+        ticket: &Ticket,
     ) -> Result<(sni::ClientHello, Option<SocketAddr>), Reject> {
         let mut client_addr = None;
         if self.cfg.proxy_protocol {
@@ -360,7 +407,7 @@ impl Proxy {
                         return Err(Reject::BadProxyHeader);
                     }
                     proxy_protocol::Parse::NeedMore => {
-                        read_more(client, buf, proxy_protocol::MAX_HEADER).await?
+                        read_more(client, buf, proxy_protocol::MAX_HEADER, ticket).await?
                     }
                 }
             }
@@ -379,7 +426,7 @@ impl Proxy {
                     return Err(Reject::MalformedHello);
                 }
                 Detect::NeedMore if buf.len() >= max => return Err(Reject::OverLimit),
-                Detect::NeedMore => read_more(client, buf, max).await?,
+                Detect::NeedMore => read_more(client, buf, max, ticket).await?,
             }
         }
     }
@@ -403,8 +450,14 @@ fn keepalive() -> TcpKeepalive {
         .with_interval(std::time::Duration::from_secs(10))
 }
 
-/// Reads at least one more byte into `buf`, never past `max` bytes in total.
-async fn read_more(client: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> Result<(), Reject> {
+/// Reads at least one more byte into `buf`, never past `max` bytes in total, and charges
+/// the buffered bytes to the undecided budget.
+async fn read_more(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+    ticket: &Ticket,
+) -> Result<(), Reject> {
     let room = max.saturating_sub(buf.len());
     if room == 0 {
         return Err(Reject::OverLimit);
@@ -412,6 +465,7 @@ async fn read_more(client: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> Res
     let mut limited = (&mut *client).take(room as u64);
     match limited.read_buf(buf).await {
         Ok(0) | Err(_) => Err(Reject::ClientClosed),
+        Ok(_) if !ticket.buffered(buf.len()) => Err(Reject::Shed),
         Ok(_) => Ok(()),
     }
 }
@@ -435,13 +489,14 @@ mod tests {
         );
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (b, peer) = l.accept().await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
         let progress = Progress::new(Default::default(), Default::default());
         let run = forward::run(&b, &b, std::time::Duration::from_secs(1), &progress);
         let run_size = std::mem::size_of_val(&run);
         drop(run);
-        let handle = p.handle(a, peer);
+        let handle = p.handle(a, p.undecided.admit());
         let handle_size = std::mem::size_of_val(&handle);
+        eprintln!("SIZES run={run_size} handle={handle_size}");
         assert!(run_size <= 1200, "forward::run future is {run_size} bytes");
         assert!(handle_size <= 1800, "handle future is {handle_size} bytes");
     }
