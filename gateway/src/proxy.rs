@@ -496,7 +496,6 @@ mod tests {
         drop(run);
         let handle = p.handle(a, p.undecided.admit());
         let handle_size = std::mem::size_of_val(&handle);
-        eprintln!("SIZES run={run_size} handle={handle_size}");
         assert!(run_size <= 1200, "forward::run future is {run_size} bytes");
         assert!(handle_size <= 1800, "handle future is {handle_size} bytes");
     }
