@@ -90,7 +90,32 @@ async fn slowloris_flood_sheds_oldest_and_good_clients_get_through() {
     // decided and gave its place back before the next one came.
     assert_eq!(metric(&m, SHED), 251.0);
     assert_eq!(metric(&m, "gateway_undecided_connections"), 49.0);
-    drop(slow);
+
+    // Now good calls while 300 more stalled connections arrive at the same time. A good
+    // call is shed only if 50 newer connections arrive before its hello is read.
+    let more = tokio::spawn({
+        let partial = partial.to_vec();
+        let listen = gw.listen;
+        async move { flood(listen, &partial, 300).await }
+    });
+    let mut ok = 0;
+    for _ in 0..50 {
+        if call(gw.listen, &sni(80, "", CATALOG)).await.is_ok() {
+            ok += 1;
+        }
+    }
+    let more = more.await.unwrap();
+    assert!(ok >= 48, "good calls during a concurrent flood: {ok} of 50");
+    let m = metrics(gw.admin).await;
+    assert!(metric(&m, "gateway_undecided_connections") <= 50.0);
+    assert_eq!(
+        metric(
+            &m,
+            "gateway_connections_rejected_total{reason=\"over_limit\"}"
+        ),
+        0.0
+    );
+    drop((slow, more));
 }
 
 /// The byte budget sheds too: 2,000-byte stalled prefixes against 64 KiB of buffer.
