@@ -209,6 +209,18 @@ pub struct Args {
 }
 
 impl Args {
+    /// Checks between flags that clap cannot express per flag; the message names the fix.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_undecided_bytes < u64::from(self.max_hello_bytes) {
+            return Err(format!(
+                "--max-undecided-bytes ({}) must be at least --max-hello-bytes ({}): a hello \
+                 that may be that large must fit in the budget",
+                self.max_undecided_bytes, self.max_hello_bytes
+            ));
+        }
+        Ok(())
+    }
+
     pub fn into_config(self) -> Config {
         let discovery = match self.endpoints {
             Some(path) => Discovery::File(path),

@@ -152,6 +152,12 @@ fn budget_flags_are_range_checked() {
         &["--max-undecided", "1000001"],
         &["--max-undecided-bytes", "1000"],
         &["--max-undecided-bytes", "99999999999999"],
+        &[
+            "--max-undecided-bytes",
+            "65536",
+            "--max-hello-bytes",
+            "65537",
+        ],
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args(args)
