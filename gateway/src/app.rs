@@ -37,6 +37,8 @@ pub struct Bound {
     pub routes: Arc<Routes>,
     pub publisher: Publisher,
     pub drain: Arc<Drain>,
+    /// The data path's counters (shared with the proxy), readable after a drain.
+    pub metrics: ProxyMetrics,
     cfg: Arc<Config>,
     stop_background: CancellationToken,
 }
@@ -83,7 +85,7 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
     let proxy = Arc::new(Proxy::new(
         cfg.clone(),
         routes.clone(),
-        proxy_metrics,
+        proxy_metrics.clone(),
         drain.clone(),
     ));
     tokio::spawn(proxy.serve(listener));
@@ -101,6 +103,7 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         routes,
         publisher,
         drain,
+        metrics: proxy_metrics,
         cfg,
         stop_background,
     })

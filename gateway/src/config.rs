@@ -70,7 +70,13 @@ pub struct Config {
     /// Endpoints tried per connection before `connect_failed`.
     pub connect_attempts: u32,
     pub idle_timeout: Duration,
+    /// Most decided connections (connecting or forwarding); undecided ones do not count.
     pub max_connections: usize,
+    /// Most connections still sending their PROXY header or ClientHello; beyond it the
+    /// oldest is shed.
+    pub max_undecided: usize,
+    /// Most bytes those undecided connections buffer in total; beyond it the oldest is shed.
+    pub max_undecided_bytes: usize,
     pub proxy_protocol: bool,
     pub outlier: Outlier,
     /// After SIGTERM: readiness fails at once, the listener keeps accepting this long.
@@ -94,6 +100,8 @@ impl Config {
             connect_attempts: 3,
             idle_timeout: Duration::from_secs(3600),
             max_connections: 65_536,
+            max_undecided: 1024,
+            max_undecided_bytes: 16 << 20,
             proxy_protocol: false,
             outlier: Outlier::default(),
             drain_grace: Duration::from_secs(5),
@@ -163,9 +171,17 @@ pub struct Args {
     /// Close a forwarded connection after this long without bytes either way.
     #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value = "1h", value_parser = duration)]
     pub idle_timeout: Duration,
-    /// Most concurrent connections; beyond it new ones are closed at once.
+    /// Most concurrent decided connections (hello read; connecting or forwarding); beyond it
+    /// a newly decided one is closed at once.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub max_connections: u32,
+    /// Most connections still sending their ClientHello; beyond it the oldest is shed.
+    #[arg(long, env = "GATEWAY_MAX_UNDECIDED", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_undecided: u32,
+    /// Most bytes buffered by connections still sending their ClientHello, in total; beyond
+    /// it the oldest is shed.
+    #[arg(long, env = "GATEWAY_MAX_UNDECIDED_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(65_536..=(1 << 32)))]
+    pub max_undecided_bytes: u64,
     /// Expect a PROXY protocol v2 header (a load balancer in front adds it).
     #[arg(long, env = "GATEWAY_PROXY_PROTOCOL")]
     pub proxy_protocol: bool,
@@ -193,6 +209,18 @@ pub struct Args {
 }
 
 impl Args {
+    /// Checks between flags that clap cannot express per flag; the message names the fix.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_undecided_bytes < u64::from(self.max_hello_bytes) {
+            return Err(format!(
+                "--max-undecided-bytes ({}) must be at least --max-hello-bytes ({}): a hello \
+                 that may be that large must fit in the budget",
+                self.max_undecided_bytes, self.max_hello_bytes
+            ));
+        }
+        Ok(())
+    }
+
     pub fn into_config(self) -> Config {
         let discovery = match self.endpoints {
             Some(path) => Discovery::File(path),
@@ -216,6 +244,8 @@ impl Args {
             connect_attempts: self.connect_attempts,
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections as usize,
+            max_undecided: self.max_undecided as usize,
+            max_undecided_bytes: self.max_undecided_bytes as usize,
             proxy_protocol: self.proxy_protocol,
             outlier: Outlier {
                 consecutive_failures: self.outlier_failures,

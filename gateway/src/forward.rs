@@ -22,28 +22,88 @@ use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use futures::TryFutureExt;
+
 use crate::clock;
 
 const CHUNK: usize = 16 * 1024;
 
-/// How forwarding ended.
+/// How forwarding ended: the `outcome` of the access log and the close count.
 #[derive(Debug)]
 pub enum End {
     /// Both directions saw EOF and were shut down in turn.
     Done,
     /// No byte either way for the idle timeout.
     Idle,
-    /// A socket error (reset, broken pipe) on either side; both were closed.
+    /// The upstream reset the connection (a crashed or killed backend).
+    UpstreamReset,
+    /// The client reset the connection.
+    ClientReset,
+    /// Any other socket error; both sides were closed.
     Error(io::Error),
+    /// Cut by the drain deadline (the caller decides this, not the forwarder).
+    DrainDeadline,
 }
 
 impl End {
+    pub const OUTCOMES: [&'static str; 6] = [
+        "ok",
+        "idle_timeout",
+        "upstream_reset",
+        "client_reset",
+        "error",
+        "drain_deadline",
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             End::Done => "ok",
             End::Idle => "idle_timeout",
+            End::UpstreamReset => "upstream_reset",
+            End::ClientReset => "client_reset",
             End::Error(_) => "error",
+            End::DrainDeadline => "drain_deadline",
         }
+    }
+
+    /// An error on the upstream socket (`upstream: true`) or the client socket. A reset, or
+    /// a broken pipe from writing after one, is that side's reset.
+    pub fn from_error(e: io::Error, upstream: bool) -> End {
+        match e.kind() {
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe if upstream => {
+                End::UpstreamReset
+            }
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => End::ClientReset,
+            _ => End::Error(e),
+        }
+    }
+}
+
+/// An error of one direction, with the socket it came from.
+#[derive(Debug)]
+pub struct DirError {
+    /// From the destination socket (a write), not the source (a read).
+    pub at_dst: bool,
+    pub error: io::Error,
+}
+
+fn at_src(error: io::Error) -> DirError {
+    DirError {
+        at_dst: false,
+        error,
+    }
+}
+
+fn at_dst(error: io::Error) -> DirError {
+    DirError {
+        at_dst: true,
+        error,
+    }
+}
+
+impl From<DirError> for io::Error {
+    fn from(e: DirError) -> Self {
+        e.error
     }
 }
 
@@ -89,13 +149,16 @@ pub async fn run(client: &TcpStream, upstream: &TcpStream, idle: Duration, p: &P
     // connection pays for it).
     tokio::select! {
         r = async {
+            // Errors become (from the upstream socket?, error); `map_err` adds no state.
             tokio::try_join!(
-                one_way(client, upstream, &p.sent, &p.sent_total, &last),
-                one_way(upstream, client, &p.received, &p.received_total, &last),
+                hybrid(client, upstream, &p.sent, &p.sent_total, &last)
+                    .map_err(|e| (e.at_dst, e.error)),
+                hybrid(upstream, client, &p.received, &p.received_total, &last)
+                    .map_err(|e| (!e.at_dst, e.error)),
             )
         } => match r {
             Ok(_) => End::Done,
-            Err(e) => End::Error(e),
+            Err((upstream, e)) => End::from_error(e, upstream),
         },
         _ = idle_watch(&last, idle) => End::Idle,
     }
@@ -115,6 +178,17 @@ pub async fn one_way(
     total: &AtomicU64,
     last: &AtomicU64,
 ) -> io::Result<()> {
+    Ok(hybrid(src, dst, counter, total, last).await?)
+}
+
+/// [`one_way`], saying which socket an error came from.
+async fn hybrid(
+    src: &TcpStream,
+    dst: &TcpStream,
+    counter: &Counter,
+    total: &AtomicU64,
+    last: &AtomicU64,
+) -> Result<(), DirError> {
     let mut pending: Vec<u8> = Vec::new();
     let mut copied = 0u64;
     let (r, w, cap) = loop {
@@ -125,7 +199,7 @@ pub async fn one_way(
             }
         }
         let Some(n) = copy_step(src, dst, &mut pending, last).await? else {
-            return shutdown_write(dst);
+            return shutdown_write(dst).map_err(at_dst);
         };
         counter.inc_by(n as u64);
         total.fetch_add(n as u64, Ordering::Relaxed);
@@ -143,7 +217,7 @@ pub async fn splice_one_way(
     total: &AtomicU64,
     last: &AtomicU64,
 ) -> io::Result<()> {
-    splice_phase(src, dst, new_pipe()?, counter, total, last).await
+    Ok(splice_phase(src, dst, new_pipe()?, counter, total, last).await?)
 }
 
 /// `src -> pipe -> dst` until EOF or an error.
@@ -154,19 +228,19 @@ async fn splice_phase(
     counter: &Counter,
     total: &AtomicU64,
     last: &AtomicU64,
-) -> io::Result<()> {
+) -> Result<(), DirError> {
     // src -> pipe -> dst. The pipe is drained before the next splice in, so EAGAIN on the way
     // in always means "src not readable" and on the way out "dst not writable".
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     loop {
-        src.readable().await?;
+        src.readable().await.map_err(at_src)?;
         let n = match src.try_io(Interest::READABLE, || {
             rustix::pipe::splice(src, None, &w, None, cap, flags).map_err(io::Error::from)
         }) {
-            Ok(0) => return shutdown_write(dst),
+            Ok(0) => return shutdown_write(dst).map_err(at_dst),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(at_src(e)),
         };
         last.store(clock::now_ms(), Ordering::Relaxed);
         counter.inc_by(n as u64);
@@ -176,13 +250,15 @@ async fn splice_phase(
             match dst.try_io(Interest::WRITABLE, || {
                 rustix::pipe::splice(&r, None, dst, None, left, flags).map_err(io::Error::from)
             }) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(0) => return Err(at_dst(io::ErrorKind::WriteZero.into())),
                 Ok(m) => {
                     left -= m;
                     last.store(clock::now_ms(), Ordering::Relaxed);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    dst.writable().await.map_err(at_dst)?
+                }
+                Err(e) => return Err(at_dst(e)),
             }
         }
     }
@@ -216,9 +292,9 @@ async fn copy_step(
     dst: &TcpStream,
     pending: &mut Vec<u8>,
     last: &AtomicU64,
-) -> io::Result<Option<usize>> {
+) -> Result<Option<usize>, DirError> {
     let n = loop {
-        src.readable().await?;
+        src.readable().await.map_err(at_src)?;
         // The buffer lives only between awaits, so it is not part of the task's state.
         let mut buf = [0u8; CHUNK];
         match src.try_read(&mut buf) {
@@ -227,7 +303,7 @@ async fn copy_step(
                 let written = match dst.try_write(&buf[..n]) {
                     Ok(w) => w,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(at_dst(e)),
                 };
                 if written < n {
                     pending.extend_from_slice(&buf[written..n]);
@@ -235,19 +311,19 @@ async fn copy_step(
                 break n;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(at_src(e)),
         }
     };
     last.store(clock::now_ms(), Ordering::Relaxed);
     while !pending.is_empty() {
-        dst.writable().await?;
+        dst.writable().await.map_err(at_dst)?;
         match dst.try_write(pending) {
             Ok(w) => {
                 pending.drain(..w);
                 last.store(clock::now_ms(), Ordering::Relaxed);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(at_dst(e)),
         }
     }
     if pending.capacity() > CHUNK {

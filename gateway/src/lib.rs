@@ -4,8 +4,11 @@
 //! Data path: [`proxy`] accepts, [`sni`] reads the ClientHello, [`name`] decodes the Istio
 //! SNI name, [`routes`] maps it to endpoints, [`balance`] picks one, [`forward`] splices the
 //! bytes. [`discovery`] feeds the route table; [`admin`] serves health and metrics;
-//! [`drain`] handles SIGTERM; [`app::build`] wires it all.
+//! [`drain`] handles SIGTERM; [`app::build`] wires it all. [`undecided`] bounds the
+//! connections still sending their hello; [`local_error`] and [`accept_errors`] keep the
+//! gateway's own resource exhaustion apart from endpoint health.
 
+pub mod accept_errors;
 pub mod admin;
 pub mod app;
 pub mod balance;
@@ -14,9 +17,11 @@ pub mod config;
 pub mod discovery;
 pub mod drain;
 pub mod forward;
+pub mod local_error;
 pub mod metrics;
 pub mod name;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod routes;
 pub mod sni;
+pub mod undecided;

@@ -12,6 +12,12 @@ fn main() -> anyhow::Result<()> {
     // One crypto provider per process, chosen here (kube's client has none by itself).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args = Args::parse();
+    if let Err(msg) = args.check() {
+        use clap::CommandFactory;
+        Args::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, msg)
+            .exit();
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

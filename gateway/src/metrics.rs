@@ -14,6 +14,19 @@ pub struct SniLabels {
     pub sni: String,
 }
 
+/// A routed SNI name and how its connection ended (`forward::End::as_str`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    pub sni: String,
+    pub outcome: &'static str,
+}
+
+/// What ran out, for accept failures (`local_error::Exhausted::as_str`, or `other`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
@@ -23,8 +36,11 @@ pub struct ReasonLabels {
 #[derive(Clone)]
 pub struct ProxyMetrics {
     pub accepted: Counter,
+    pub accept_errors: Family<KindLabels, Counter>,
+    pub undecided: Gauge,
+    pub undecided_bytes: Gauge,
     pub opened: Family<SniLabels, Counter>,
-    pub closed: Family<SniLabels, Counter>,
+    pub closed: Family<CloseLabels, Counter>,
     pub active: Family<SniLabels, Gauge>,
     pub sent_bytes: Family<SniLabels, Counter>,
     pub received_bytes: Family<SniLabels, Counter>,
@@ -38,6 +54,9 @@ impl ProxyMetrics {
     pub fn new(registry: &mut Registry, reasons: &[&'static str]) -> Self {
         let m = ProxyMetrics {
             accepted: Counter::default(),
+            accept_errors: Family::default(),
+            undecided: Gauge::default(),
+            undecided_bytes: Gauge::default(),
             opened: Family::default(),
             closed: Family::default(),
             active: Family::default(),
@@ -56,13 +75,28 @@ impl ProxyMetrics {
             m.accepted.clone(),
         );
         r.register(
+            "accept_errors",
+            "Failed accepts on the gateway listener, by what ran out",
+            m.accept_errors.clone(),
+        );
+        r.register(
+            "undecided_connections",
+            "Connections still sending their PROXY header or ClientHello",
+            m.undecided.clone(),
+        );
+        r.register(
+            "undecided_hello_bytes",
+            "Bytes buffered by connections still sending their ClientHello",
+            m.undecided_bytes.clone(),
+        );
+        r.register(
             "connections_opened",
             "Connections forwarded to an upstream, per SNI",
             m.opened.clone(),
         );
         r.register(
             "connections_closed",
-            "Forwarded connections that ended, per SNI",
+            "Forwarded connections that ended, per SNI and outcome",
             m.closed.clone(),
         );
         r.register(
@@ -100,6 +134,11 @@ impl ProxyMetrics {
             "Endpoints ejected by passive outlier detection",
             m.ejections.clone(),
         );
+        for kind in crate::local_error::Exhausted::ALL {
+            let _ = m.accept_errors.get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            });
+        }
         // Every reason appears from the start, so dashboards and tests see explicit zeros.
         for &reason in reasons {
             let _ = m.rejected.get_or_create(&ReasonLabels { reason });

@@ -12,15 +12,43 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::accept_errors::AcceptErrors;
 use crate::balance;
 use crate::config::{Config, ISTIO_ALPNS};
 use crate::drain::Drain;
 use crate::forward::{self, Progress};
-use crate::metrics::{ProxyMetrics, SniLabels};
+use crate::local_error;
+use crate::metrics::{CloseLabels, ProxyMetrics, SniLabels};
 use crate::name;
 use crate::proxy_protocol;
 use crate::routes::{EndpointState, LookupError, Routes};
 use crate::sni::{self, Detect};
+use crate::undecided::{Ticket, Undecided};
+
+/// A decided, connected connection: upstream, endpoint, labels, original client, permit.
+type Decided<'a> = (
+    TcpStream,
+    Arc<EndpointState>,
+    SniLabels,
+    SocketAddr,
+    Permit<'a>,
+);
+
+/// One `--max-connections` place, given back on drop. One word (a `SemaphorePermit` is two).
+struct Permit<'a>(&'a Semaphore);
+
+impl<'a> Permit<'a> {
+    fn try_new(s: &'a Semaphore) -> Option<Self> {
+        s.try_acquire().ok()?.forget();
+        Some(Permit(s))
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
+    }
+}
 
 /// Why a connection was closed without forwarding a byte: the `reason` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,16 +62,26 @@ pub enum Reject {
     NoRoute,
     NoHealthyEndpoint,
     ConnectFailed,
-    /// Too many connections, or a ClientHello larger than the buffer cap.
+    /// Too many decided connections, or a ClientHello larger than the buffer cap.
     OverLimit,
     /// `--proxy-protocol` is on and the PROXY v2 header is missing or malformed.
     BadProxyHeader,
     /// The client closed or reset before its ClientHello was complete.
     ClientClosed,
+    /// The upstream socket failed for a local reason (out of descriptors, buffers or local
+    /// ports): the gateway's problem, not the endpoint's, so it never counts toward ejection.
+    LocalResource,
+    /// A TLS ClientHello with invalid contents (two SNI names, a NUL in the name, an empty
+    /// ALPN list): a broken or hostile TLS client rather than another protocol.
+    MalformedHello,
+    /// The drain deadline passed before the connection was forwarded.
+    DrainDeadline,
+    /// Still sending its hello when the undecided budget was full: the oldest is shed.
+    Shed,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 12] = [
+    pub const ALL: [Reject; 16] = [
         Reject::Timeout,
         Reject::NotTls,
         Reject::NoSni,
@@ -56,6 +94,10 @@ impl Reject {
         Reject::OverLimit,
         Reject::BadProxyHeader,
         Reject::ClientClosed,
+        Reject::LocalResource,
+        Reject::MalformedHello,
+        Reject::DrainDeadline,
+        Reject::Shed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +114,10 @@ impl Reject {
             Reject::OverLimit => "over_limit",
             Reject::BadProxyHeader => "bad_proxy_header",
             Reject::ClientClosed => "client_closed",
+            Reject::LocalResource => "local_resource",
+            Reject::MalformedHello => "malformed_hello",
+            Reject::DrainDeadline => "drain_deadline",
+            Reject::Shed => "shed",
         }
     }
 }
@@ -81,7 +127,9 @@ pub struct Proxy {
     pub routes: Arc<Routes>,
     pub metrics: ProxyMetrics,
     pub drain: Arc<Drain>,
-    permits: Arc<Semaphore>,
+    /// `--max-connections`: taken once a connection is decided.
+    permits: Semaphore,
+    undecided: Arc<Undecided>,
     next_id: AtomicU64,
 }
 
@@ -94,8 +142,12 @@ impl Proxy {
     ) -> Self {
         Proxy {
             // Clamped: Semaphore panics above MAX_PERMITS (tests and library users set this directly).
-            permits: Arc::new(Semaphore::new(
-                cfg.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            permits: Semaphore::new(cfg.max_connections.clamp(1, Semaphore::MAX_PERMITS)),
+            undecided: Arc::new(Undecided::new(
+                cfg.max_undecided,
+                cfg.max_undecided_bytes,
+                metrics.undecided.clone(),
+                metrics.undecided_bytes.clone(),
             )),
             cfg,
             routes,
@@ -107,6 +159,7 @@ impl Proxy {
 
     /// Accepts until the drain stops accepting. Each connection runs as a tracked task.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut errors = AcceptErrors::new(self.metrics.accept_errors.clone());
         loop {
             let accepted = tokio::select! {
                 _ = self.drain.stop_accepting.cancelled() => break,
@@ -116,29 +169,23 @@ impl Proxy {
                 Ok(a) => a,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
-                    warn!(error = %e, "accept failed");
+                    errors.failed(&e);
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     continue;
                 }
             };
+            errors.succeeded();
             self.metrics.accepted.inc();
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                self.metrics.reject(Reject::OverLimit.as_str());
-                debug!(%peer, "connection limit reached; closing");
-                drop(stream);
-                continue;
-            };
+            // Admitted here, in accept order, so "oldest" means what it says.
+            let ticket = self.undecided.admit();
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let span = tracing::info_span!("conn", id, %peer, client = tracing::field::Empty, sni = tracing::field::Empty, upstream = tracing::field::Empty);
             let this = self.clone();
             self.drain.tasks.spawn(
                 async move {
-                    let force = this.drain.force_close.clone();
-                    tokio::select! {
-                        _ = this.handle(stream, peer) => {}
-                        _ = force.cancelled() => debug!("closed by drain deadline"),
-                    }
-                    drop(permit);
+                    // The drain deadline is watched inside `handle`, so a forced close is
+                    // logged and counted like any other.
+                    this.handle(stream, ticket).await;
                 }
                 .instrument(span),
             );
@@ -146,27 +193,17 @@ impl Proxy {
         debug!("listener stopped accepting");
     }
 
-    async fn handle(&self, mut client: TcpStream, peer: SocketAddr) {
+    async fn handle(&self, mut client: TcpStream, ticket: Ticket) {
         let start = Instant::now();
         let _ = client.set_nodelay(true);
         let _ = SockRef::from(&client).set_tcp_keepalive(&keepalive());
         let mut buf = Vec::with_capacity(2048);
-        let detected = tokio::time::timeout(
-            self.cfg.detect_timeout,
-            self.read_preamble(&mut client, &mut buf),
-        )
-        .await;
-        let (hello, client_addr) = match detected {
-            Err(_) => return self.reject(Reject::Timeout, start),
-            Ok(Err(r)) => return self.reject(r, start),
-            Ok(Ok(found)) => found,
+        let force = &self.drain.force_close;
+        let decided = tokio::select! {
+            d = self.decide(&mut client, &mut buf, ticket) => d,
+            _ = force.cancelled() => Err(Reject::DrainDeadline),
         };
-        let client_addr = client_addr.unwrap_or(peer);
-        tracing::Span::current().record("client", tracing::field::display(client_addr));
-
-        // Routing state (hello, name, candidates) lives in its own future, so none of it is
-        // kept for the life of the forwarded connection.
-        let (upstream, ep, labels) = match self.route_and_connect(hello).await {
+        let (upstream, ep, labels, client_addr, _permit) = match decided {
             Ok(found) => found,
             Err(r) => return self.reject(r, start),
         };
@@ -187,12 +224,22 @@ impl Proxy {
             Ok(()) => {
                 progress.add_sent(buf.len() as u64);
                 drop(buf);
-                forward::run(&client, &upstream, self.cfg.idle_timeout, &progress).await
+                tokio::select! {
+                    end = forward::run(&client, &upstream, self.cfg.idle_timeout, &progress) => end,
+                    _ = force.cancelled() => forward::End::DrainDeadline,
+                }
             }
-            Err(e) => forward::End::Error(e),
+            Err(e) => forward::End::from_error(e, true),
         };
         active.dec();
-        self.metrics.closed.get_or_create(&labels).inc();
+        let outcome = end.as_str();
+        self.metrics
+            .closed
+            .get_or_create(&CloseLabels {
+                sni: labels.sni.clone(),
+                outcome,
+            })
+            .inc();
         let (sent, received) = progress.totals();
         if let forward::End::Error(e) = &end {
             debug!(error = %e, "connection ended with an error");
@@ -205,9 +252,45 @@ impl Proxy {
             sent,
             received,
             duration_ms = start.elapsed().as_millis() as u64,
-            outcome = end.as_str(),
+            outcome,
             "connection closed"
         );
+    }
+
+    /// Reads the preamble under the detect timeout and the undecided budget, then takes a
+    /// `--max-connections` permit, routes and connects. Routing state (hello, name,
+    /// candidates) lives in this future, so none of it is kept for the life of the forwarded
+    /// connection.
+    async fn decide(
+        &self,
+        client: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        ticket: Ticket,
+    ) -> Result<Decided<'_>, Reject> {
+        let detected = tokio::select! {
+            d = tokio::time::timeout(
+                self.cfg.detect_timeout,
+                self.read_preamble(client, buf, &ticket),
+            ) => d,
+            _ = ticket.shed() => return Err(Reject::Shed),
+        };
+        let (hello, client_addr) = match detected {
+            Err(_) => return Err(Reject::Timeout),
+            Ok(r) => r?,
+        };
+        drop(ticket);
+        let Some(permit) = Permit::try_new(&self.permits) else {
+            debug!("connection limit reached; closing");
+            return Err(Reject::OverLimit);
+        };
+        // The peer is read back here rather than carried: every byte held across the
+        // connection's awaits is paid by every idle connection.
+        let Some(client_addr) = client_addr.or_else(|| client.peer_addr().ok()) else {
+            return Err(Reject::ClientClosed);
+        };
+        tracing::Span::current().record("client", tracing::field::display(client_addr));
+        let (upstream, ep, labels) = self.route_and_connect(hello).await?;
+        Ok((upstream, ep, labels, client_addr, permit))
     }
 
     /// Decodes and checks the SNI, finds the route and connects to an endpoint, retrying
@@ -227,7 +310,10 @@ impl Proxy {
             return Err(Reject::HostNotAllowed);
         }
         if self.cfg.require_istio_alpn
-            && !hello.alpn.iter().any(|a| ISTIO_ALPNS.contains(&a.as_str()))
+            && !hello
+                .alpn
+                .iter()
+                .any(|a| ISTIO_ALPNS.iter().any(|i| i.as_bytes() == a))
         {
             return Err(Reject::AlpnNotAllowed);
         }
@@ -245,6 +331,7 @@ impl Proxy {
 
         let mut tried = Vec::with_capacity(self.cfg.connect_attempts as usize);
         let mut connected = None;
+        let mut local = false;
         for _ in 0..self.cfg.connect_attempts {
             let Some(ep) = balance::pick(&candidates, &tried) else {
                 break;
@@ -261,6 +348,13 @@ impl Proxy {
                     connected = Some((s, ep));
                     break;
                 }
+                Ok(Err(e)) if local_error::classify(&e).is_some() => {
+                    // Not the endpoint's fault: no failure streak, no ejection. Debug only:
+                    // under exhaustion this happens on every connection.
+                    debug!(upstream = %ep.addr, error = %e, "connect failed locally");
+                    local = true;
+                    continue;
+                }
                 Ok(Err(e)) => debug!(upstream = %ep.addr, error = %e, "connect failed"),
                 Err(_) => debug!(upstream = %ep.addr, "connect timed out"),
             }
@@ -271,7 +365,9 @@ impl Proxy {
             }
         }
         let Some((upstream, ep)) = connected else {
-            let r = if tried.is_empty() {
+            let r = if local {
+                Reject::LocalResource
+            } else if tried.is_empty() {
                 Reject::NoHealthyEndpoint
             } else {
                 Reject::ConnectFailed
@@ -291,6 +387,7 @@ impl Proxy {
         &self,
         client: &mut TcpStream,
         buf: &mut Vec<u8>,
+        ticket: &Ticket,
     ) -> Result<(sni::ClientHello, Option<SocketAddr>), Reject> {
         let mut client_addr = None;
         if self.cfg.proxy_protocol {
@@ -310,7 +407,7 @@ impl Proxy {
                         return Err(Reject::BadProxyHeader);
                     }
                     proxy_protocol::Parse::NeedMore => {
-                        read_more(client, buf, proxy_protocol::MAX_HEADER).await?
+                        read_more(client, buf, proxy_protocol::MAX_HEADER, ticket).await?
                     }
                 }
             }
@@ -324,8 +421,12 @@ impl Proxy {
                     debug!(?why, "not a TLS ClientHello");
                     return Err(Reject::NotTls);
                 }
+                Detect::Malformed(why) => {
+                    debug!(why, "malformed ClientHello");
+                    return Err(Reject::MalformedHello);
+                }
                 Detect::NeedMore if buf.len() >= max => return Err(Reject::OverLimit),
-                Detect::NeedMore => read_more(client, buf, max).await?,
+                Detect::NeedMore => read_more(client, buf, max, ticket).await?,
             }
         }
     }
@@ -349,8 +450,14 @@ fn keepalive() -> TcpKeepalive {
         .with_interval(std::time::Duration::from_secs(10))
 }
 
-/// Reads at least one more byte into `buf`, never past `max` bytes in total.
-async fn read_more(client: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> Result<(), Reject> {
+/// Reads at least one more byte into `buf`, never past `max` bytes in total, and charges
+/// the buffered bytes to the undecided budget.
+async fn read_more(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+    ticket: &Ticket,
+) -> Result<(), Reject> {
     let room = max.saturating_sub(buf.len());
     if room == 0 {
         return Err(Reject::OverLimit);
@@ -358,6 +465,7 @@ async fn read_more(client: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> Res
     let mut limited = (&mut *client).take(room as u64);
     match limited.read_buf(buf).await {
         Ok(0) | Err(_) => Err(Reject::ClientClosed),
+        Ok(_) if !ticket.buffered(buf.len()) => Err(Reject::Shed),
         Ok(_) => Ok(()),
     }
 }
@@ -381,12 +489,12 @@ mod tests {
         );
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (b, peer) = l.accept().await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
         let progress = Progress::new(Default::default(), Default::default());
         let run = forward::run(&b, &b, std::time::Duration::from_secs(1), &progress);
         let run_size = std::mem::size_of_val(&run);
         drop(run);
-        let handle = p.handle(a, peer);
+        let handle = p.handle(a, p.undecided.admit());
         let handle_size = std::mem::size_of_val(&handle);
         assert!(run_size <= 1200, "forward::run future is {run_size} bytes");
         assert!(handle_size <= 1800, "handle future is {handle_size} bytes");

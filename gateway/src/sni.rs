@@ -5,6 +5,11 @@
 //! consecutive handshake records), then parses it. Nothing is copied: the
 //! handshake bytes are read in place across record headers, and only the
 //! result (SNI, ALPN) is allocated. Every length read is capped.
+//!
+//! Two kinds of refusal: [`Detect::NotTls`] when the bytes are not a TLS ClientHello at all
+//! (a scanner, plain HTTP), and [`Detect::Malformed`] when they are one whose contents break
+//! the RFCs (two SNI names, a NUL in the name, an empty ALPN list): a broken or hostile TLS
+//! client, worth counting apart.
 
 /// Largest record payload accepted (TLS plaintext limit plus expansion slack).
 pub const MAX_RECORD_LEN: usize = (1 << 14) + 2048;
@@ -25,8 +30,9 @@ const EXT_ALPN: u16 = 16;
 pub struct ClientHello {
     /// The `host_name` of the server_name extension, lower-cased.
     pub sni: Option<String>,
-    /// ALPN protocol names in the client's order (empty when not offered).
-    pub alpn: Vec<String>,
+    /// ALPN protocol names in the client's order (empty when not offered). Opaque bytes
+    /// (RFC 7301): clients send non-UTF-8 GREASE values (RFC 8701) such as `[0xDA, 0xDA]`.
+    pub alpn: Vec<Vec<u8>>,
     /// Bytes of the stream holding the complete ClientHello, all its records
     /// included. Bytes after it are the client's next records.
     pub hello_len: usize,
@@ -35,7 +41,8 @@ pub struct ClientHello {
 /// Outcome of [`detect`] on the bytes received so far.
 ///
 /// Answers are final: once `Found`, every longer input gives the same `Found`;
-/// once `NotTls`, it stays `NotTls` (more bytes may give a more specific reason).
+/// once `NotTls`, it stays `NotTls` (more bytes may give a more specific reason), and
+/// once `Malformed`, it stays `Malformed`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Detect {
     Found(ClientHello),
@@ -44,6 +51,8 @@ pub enum Detect {
     /// always gets a definite answer.
     NeedMore,
     NotTls(NotTls),
+    /// A framed TLS ClientHello whose contents are invalid; the reason is for debug logs.
+    Malformed(&'static str),
 }
 
 /// Why the bytes are not a ClientHello we accept (for debug logs).
@@ -61,8 +70,28 @@ pub enum NotTls {
     TooLarge,
     #[error("ClientHello spans more than {MAX_RECORDS} records")]
     TooManyRecords,
-    #[error("malformed ClientHello: {0}")]
+}
+
+/// Internal refusal: not TLS, or a malformed hello.
+#[derive(Debug)]
+enum Refusal {
+    NotTls(NotTls),
     Malformed(&'static str),
+}
+
+impl From<NotTls> for Refusal {
+    fn from(e: NotTls) -> Self {
+        Refusal::NotTls(e)
+    }
+}
+
+impl From<Refusal> for Detect {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::NotTls(e) => Detect::NotTls(e),
+            Refusal::Malformed(why) => Detect::Malformed(why),
+        }
+    }
 }
 
 /// Detects a ClientHello at the start of `buf`, buffering at most `max_len` bytes.
@@ -74,16 +103,16 @@ pub fn detect(buf: &[u8], max_len: usize) -> Detect {
                 alpn,
                 hello_len,
             }),
-            Err(e) => Detect::NotTls(e),
+            Err(e) => e.into(),
         },
         Ok(None) => Detect::NeedMore,
-        Err(e) => Detect::NotTls(e),
+        Err(e) => e.into(),
     }
 }
 
 /// Walks the handshake records. Returns the end of the record holding the last
 /// byte of the ClientHello and the message body length, or `None` for more.
-fn frame(buf: &[u8], max_len: usize) -> Result<Option<(usize, usize)>, NotTls> {
+fn frame(buf: &[u8], max_len: usize) -> Result<Option<(usize, usize)>, Refusal> {
     let mut pos = 0;
     // Handshake bytes in the complete records seen so far.
     let mut have = 0;
@@ -93,17 +122,17 @@ fn frame(buf: &[u8], max_len: usize) -> Result<Option<(usize, usize)>, NotTls> {
         let header = buf.get(pos..).unwrap_or_default();
         let mut fields = header.iter().copied();
         if fields.next().is_some_and(|t| t != CONTENT_HANDSHAKE) {
-            return Err(NotTls::NotHandshakeRecord);
+            return Err(NotTls::NotHandshakeRecord.into());
         }
         if fields.next().is_some_and(|major| major != 3) {
-            return Err(NotTls::BadVersion);
+            return Err(NotTls::BadVersion.into());
         }
         if fields.next().is_some_and(|minor| minor > 4) {
-            return Err(NotTls::BadVersion);
+            return Err(NotTls::BadVersion.into());
         }
         let payload = pos + RECORD_HEADER_LEN;
         if payload > max_len {
-            return Err(NotTls::TooLarge);
+            return Err(NotTls::TooLarge.into());
         }
         let (Some(hi), Some(lo)) = (fields.next(), fields.next()) else {
             return Ok(None);
@@ -111,24 +140,24 @@ fn frame(buf: &[u8], max_len: usize) -> Result<Option<(usize, usize)>, NotTls> {
         // Zero-length handshake fragments are forbidden (RFC 5246 6.2.1, RFC 8446 5.1).
         let rec_len = usize::from(u16::from_be_bytes([hi, lo]));
         if rec_len == 0 || rec_len > MAX_RECORD_LEN {
-            return Err(NotTls::BadLength);
+            return Err(NotTls::BadLength.into());
         }
         if pos == 0 {
             // Check the handshake header early too, when the first record holds it.
             let first = buf.get(payload..).unwrap_or_default().iter().take(rec_len);
             let mut hs = first.copied();
             if hs.next().is_some_and(|t| t != HANDSHAKE_CLIENT_HELLO) {
-                return Err(NotTls::NotClientHello);
+                return Err(NotTls::NotClientHello.into());
             }
             if let (Some(a), Some(b), Some(c)) = (hs.next(), hs.next(), hs.next())
                 && usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c) > max_len
             {
-                return Err(NotTls::TooLarge);
+                return Err(NotTls::TooLarge.into());
             }
         }
         let end = payload + rec_len;
         if end > max_len {
-            return Err(NotTls::TooLarge);
+            return Err(NotTls::TooLarge.into());
         }
         if end > buf.len() {
             return Ok(None);
@@ -138,12 +167,12 @@ fn frame(buf: &[u8], max_len: usize) -> Result<Option<(usize, usize)>, NotTls> {
 
         if msg_len.is_none() && have >= HANDSHAKE_HEADER_LEN {
             let mut r = Reader::new(buf, HANDSHAKE_HEADER_LEN);
-            let (typ, len) = r.u8().zip(r.u24()).ok_or(NotTls::Malformed("header"))?;
+            let (typ, len) = r.u8().zip(r.u24()).ok_or(Refusal::Malformed("header"))?;
             if typ != HANDSHAKE_CLIENT_HELLO {
-                return Err(NotTls::NotClientHello);
+                return Err(NotTls::NotClientHello.into());
             }
             if len > max_len {
-                return Err(NotTls::TooLarge);
+                return Err(NotTls::TooLarge.into());
             }
             msg_len = Some(len);
         }
@@ -151,21 +180,21 @@ fn frame(buf: &[u8], max_len: usize) -> Result<Option<(usize, usize)>, NotTls> {
             let total = HANDSHAKE_HEADER_LEN + len;
             if have > total {
                 // Nothing may follow the ClientHello in the client's first flight.
-                return Err(NotTls::Malformed("data after ClientHello in its record"));
+                return Err(Refusal::Malformed("data after ClientHello in its record"));
             }
             if have == total {
                 return Ok(Some((pos, len)));
             }
         }
     }
-    Err(NotTls::TooManyRecords)
+    Err(NotTls::TooManyRecords.into())
 }
 
-type Offered = (Option<String>, Vec<String>);
+type Offered = (Option<String>, Vec<Vec<u8>>);
 
 /// Parses a framed ClientHello whose body is `msg_len` bytes long.
-fn parse(buf: &[u8], msg_len: usize) -> Result<Offered, NotTls> {
-    use NotTls::Malformed as M;
+fn parse(buf: &[u8], msg_len: usize) -> Result<Offered, Refusal> {
+    use Refusal::Malformed as M;
     let mut r = Reader::new(buf, HANDSHAKE_HEADER_LEN + msg_len);
     r.skip(HANDSHAKE_HEADER_LEN).ok_or(M("header"))?;
     let version = r.u16().ok_or(M("version"))?;
@@ -214,8 +243,8 @@ fn parse(buf: &[u8], msg_len: usize) -> Result<Offered, NotTls> {
 }
 
 /// RFC 6066 3: a server_name_list holding exactly one host_name.
-fn server_name(mut ext: Reader<'_>) -> Result<String, NotTls> {
-    use NotTls::Malformed as M;
+fn server_name(mut ext: Reader<'_>) -> Result<String, Refusal> {
+    use Refusal::Malformed as M;
     let list_len = usize::from(ext.u16().ok_or(M("server_name list"))?);
     if list_len != ext.left {
         return Err(M("server_name list length"));
@@ -244,9 +273,9 @@ fn server_name(mut ext: Reader<'_>) -> Result<String, NotTls> {
     Ok(host)
 }
 
-/// RFC 7301 3.1: a non-empty list of non-empty protocol names.
-fn protocols(mut ext: Reader<'_>) -> Result<Vec<String>, NotTls> {
-    use NotTls::Malformed as M;
+/// RFC 7301 3.1: a non-empty list of non-empty protocol names, kept as bytes.
+fn protocols(mut ext: Reader<'_>) -> Result<Vec<Vec<u8>>, Refusal> {
+    use Refusal::Malformed as M;
     let list_len = usize::from(ext.u16().ok_or(M("ALPN list"))?);
     if list_len != ext.left || list_len == 0 {
         return Err(M("ALPN list length"));
@@ -260,7 +289,7 @@ fn protocols(mut ext: Reader<'_>) -> Result<Vec<String>, NotTls> {
         }
         let mut bytes = Vec::with_capacity(len);
         name.chunks().for_each(|c| bytes.extend_from_slice(c));
-        out.push(String::from_utf8(bytes).map_err(|_| M("ALPN name is not UTF-8"))?);
+        out.push(bytes);
     }
     Ok(out)
 }
@@ -403,7 +432,7 @@ mod tests {
 
     fn malformed(buf: &[u8]) -> &'static str {
         match detect(buf, 1 << 16) {
-            Detect::NotTls(NotTls::Malformed(why)) => why,
+            Detect::Malformed(why) => why,
             other => panic!("expected Malformed, got {other:?}"),
         }
     }
@@ -416,7 +445,7 @@ mod tests {
         ]);
         let want = ClientHello {
             sni: Some("outbound_.80_._.a.local".into()),
-            alpn: vec!["istio".into(), "h2".into()],
+            alpn: vec![b"istio".to_vec(), b"h2".to_vec()],
             hello_len: h.len(),
         };
         for n in 0..h.len() {
@@ -438,7 +467,7 @@ mod tests {
         let Detect::Found(h) = detect(&hello(&[alpn_ext(&[b"istio"])]), 1 << 16) else {
             panic!("not found")
         };
-        assert_eq!((h.sni, h.alpn), (None, vec!["istio".to_string()]));
+        assert_eq!((h.sni, h.alpn), (None, vec![b"istio".to_vec()]));
     }
 
     #[test]
@@ -473,7 +502,6 @@ mod tests {
             "ALPN list length"
         );
         assert_eq!(malformed(&hello(&[alpn_ext(&[b""])])), "empty ALPN name");
-        assert!(malformed(&hello(&[alpn_ext(&[b"\xff"])])).contains("UTF-8"));
         let exts = Some(&[][..]);
         assert_eq!(
             malformed(&hello_with(33, &[0, 1], &[0], exts)),
@@ -491,6 +519,16 @@ mod tests {
             malformed(&hello_with(0, &[0, 1], &[], exts)),
             "compression methods length"
         );
+    }
+
+    #[test]
+    fn alpn_names_are_opaque_bytes() {
+        // RFC 8701 GREASE and arbitrary non-UTF-8 names are valid ALPN protocol names.
+        let h = hello(&[alpn_ext(&[&[0xda, 0xda], b"istio", b"\xff\xfe"])]);
+        let Detect::Found(found) = detect(&h, 1 << 16) else {
+            panic!("not found")
+        };
+        assert_eq!(found.alpn, [&[0xda, 0xda][..], b"istio", b"\xff\xfe"]);
     }
 
     #[test]

@@ -306,7 +306,13 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     let (_, m) = http_get(gw.admin, "/metrics").await;
     let s = format!("{{sni=\"{}\"}}", sni(80, "", CATALOG));
     assert_eq!(
-        metric(&m, &format!("gateway_connections_closed_total{s}")),
+        metric(
+            &m,
+            &format!(
+                "gateway_connections_closed_total{{sni=\"{}\",outcome=\"idle_timeout\"}}",
+                sni(80, "", CATALOG)
+            )
+        ),
         1.0
     );
     assert_eq!(metric(&m, &format!("gateway_connections_active{s}")), 0.0);

@@ -29,7 +29,7 @@ fn check_any(buf: &[u8], max_len: usize) -> Detect {
     match &d {
         Detect::NeedMore => assert!(buf.len() < max_len),
         Detect::Found(h) => assert!(h.hello_len <= buf.len() && h.hello_len <= max_len),
-        Detect::NotTls(_) => {}
+        Detect::NotTls(_) | Detect::Malformed(_) => {}
     }
     d
 }
@@ -74,6 +74,7 @@ proptest! {
         match early {
             Detect::NeedMore => {}
             Detect::NotTls(_) => prop_assert!(matches!(full, Detect::NotTls(_))),
+            Detect::Malformed(_) => prop_assert!(matches!(full, Detect::Malformed(_))),
             found => prop_assert_eq!(found, full),
         }
     }

@@ -14,13 +14,14 @@ fuzz_target!(|data: &[u8]| {
     match &full {
         Detect::NeedMore => assert!(buf.len() < max),
         Detect::Found(h) => assert!(h.hello_len <= buf.len() && h.hello_len <= max),
-        Detect::NotTls(_) => {}
+        Detect::NotTls(_) | Detect::Malformed(_) => {}
     }
     // Answers are final: Found stays the same; NotTls stays NotTls, though
-    // more bytes may give a more specific reason.
+    // more bytes may give a more specific reason; Malformed stays Malformed.
     match detect(&buf[..buf.len() / 2], max) {
         Detect::NeedMore => {}
         Detect::NotTls(_) => assert!(matches!(full, Detect::NotTls(_))),
+        Detect::Malformed(_) => assert!(matches!(full, Detect::Malformed(_))),
         found => assert_eq!(found, full),
     }
 });

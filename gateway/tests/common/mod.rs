@@ -365,86 +365,107 @@ pub async fn expect_closed(mut s: TcpStream) -> Vec<u8> {
     got
 }
 
-/// The built `gateway` binary as a child process on 127.0.0.1:0, killed on drop. Every stderr
-/// line is kept so tests can count log lines.
+/// The built `gateway` binary as a child process on 127.0.0.1:0 with JSON logs, killed on drop.
+/// Every stderr line is kept (parsed as JSON; `{"raw": line}` otherwise) so tests can count them.
 pub struct GatewayProcess {
     pub child: std::process::Child,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
-    log: Arc<std::sync::Mutex<Vec<String>>>,
+    pub lines: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
 }
 
 impl GatewayProcess {
     /// Starts the binary with `--endpoints path` and waits for it to report its addresses.
-    pub fn start(endpoints: &std::path::Path, extra: &[&str], rust_log: &str) -> GatewayProcess {
+    pub fn start(endpoints: &std::path::Path, extra: &[&str], rust_log: &str) -> Self {
+        Self::start_limited(endpoints, extra, rust_log, None)
+    }
+
+    /// As [`GatewayProcess::start`]; with `max_fds`, the process runs under that descriptor
+    /// limit (`ulimit -n` in a shell that then execs it). Short drain settings are added unless
+    /// `extra` sets its own.
+    pub fn start_limited(
+        endpoints: &std::path::Path,
+        extra: &[&str],
+        rust_log: &str,
+        max_fds: Option<u32>,
+    ) -> Self {
         use std::io::BufRead;
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .arg("--endpoints")
-            .arg(endpoints)
-            .args(["--drain-grace", "200ms", "--drain-timeout", "2s"])
-            .args(extra)
+        let bin = env!("CARGO_BIN_EXE_gateway");
+        let mut cmd = match max_fds {
+            Some(n) => {
+                let mut c = std::process::Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+                c
+            }
+            None => std::process::Command::new(bin),
+        };
+        cmd.args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--log-format", "json", "--endpoints"])
+            .arg(endpoints);
+        if !extra.iter().any(|a| a.starts_with("--drain-")) {
+            cmd.args(["--drain-grace", "200ms", "--drain-timeout", "2s"]);
+        }
+        cmd.args(extra)
             .env("RUST_LOG", rust_log)
             .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn gateway");
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn gateway");
         let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = log.clone();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
             {
-                sink.lock().unwrap().push(line);
+                let v: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "raw": line }));
+                sink.lock().unwrap().push(v);
             }
         });
-        let mut gw = GatewayProcess {
+        let mut p = GatewayProcess {
             child,
-            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
-            admin: SocketAddr::from(([0, 0, 0, 0], 0)),
-            log,
+            listen: ([0, 0, 0, 0], 0).into(),
+            admin: ([0, 0, 0, 0], 0).into(),
+            lines,
         };
+        let up = p.wait_line(&|v| v["message"] == "gateway listening");
+        let addr = |k: &str| up[k].as_str().unwrap().parse().unwrap();
+        p.listen = addr("listen_addr");
+        p.admin = addr("admin_addr");
+        p
+    }
+
+    /// The first log line matching `pred`, waiting up to [`TIMEOUT`].
+    pub fn wait_line(&self, pred: &dyn Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let deadline = std::time::Instant::now() + TIMEOUT;
         loop {
-            let line = gw
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains("gateway listening"))
-                .cloned();
-            if let Some(line) = line {
-                let field = |k: &str| -> SocketAddr {
-                    line.split_whitespace()
-                        .find_map(|w| w.strip_prefix(k))
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or_else(|| panic!("no {k} in {line:?}"))
-                };
-                gw.listen = field("listen_addr=");
-                gw.admin = field("admin_addr=");
-                return gw;
+            if let Some(v) = self.lines.lock().unwrap().iter().find(|v| pred(v)) {
+                return v.clone();
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "gateway did not report its addresses: {:?}",
-                gw.log.lock().unwrap()
+                "no such log line in {:?}",
+                self.lines.lock().unwrap()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// How many log lines so far contain `needle`.
-    pub fn log_count(&self, needle: &str) -> usize {
-        self.log
+    /// How many log lines so far match `pred`.
+    pub fn count_lines(&self, pred: &dyn Fn(&serde_json::Value) -> bool) -> usize {
+        self.lines
             .lock()
             .unwrap()
             .iter()
-            .filter(|l| l.contains(needle))
+            .filter(|v| pred(v))
             .count()
+    }
+
+    /// How many log lines so far contain `needle` anywhere (message or field).
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.count_lines(&|v| v.to_string().contains(needle))
     }
 
     /// Sends a signal by name (`HUP`, `TERM`) with kill(1).
@@ -456,6 +477,19 @@ impl GatewayProcess {
             .unwrap()
             .success();
         assert!(ok, "kill -{name} failed");
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        self.signal("TERM");
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.success();
+            }
+            assert!(std::time::Instant::now() < deadline, "gateway did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// One metric sample from `/metrics`, fetched without an async runtime.
@@ -476,7 +510,7 @@ impl GatewayProcess {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{series} stayed {got}, want {want}; log: {:?}",
-                self.log.lock().unwrap()
+                self.lines.lock().unwrap()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -537,4 +571,13 @@ pub fn service_yaml(s: usize, per_service: usize) -> String {
         ));
     }
     y
+}
+
+/// The raw ClientHello a configured rustls client would send for `sni`.
+pub fn rustls_hello(cfg: Arc<ClientConfig>, name: &str) -> Vec<u8> {
+    let server = mtls::sni_server_name(name).unwrap();
+    let mut conn = rustls::ClientConnection::new(cfg, server).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
 }

@@ -1,0 +1,91 @@
+//! Accept failures, counted and logged without flooding: when descriptors run out, the
+//! accept loop retries every few milliseconds and each retry fails the same way. The first
+//! failure is logged at once, then at most one summary per [`SUMMARY_EVERY`], and one line
+//! when accepting works again.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tracing::{info, warn};
+
+use crate::local_error;
+use crate::metrics::KindLabels;
+
+pub const SUMMARY_EVERY: Duration = Duration::from_secs(5);
+
+/// The accept loop's failure streak. Owned by the loop, so no locking.
+pub struct AcceptErrors {
+    counter: Family<KindLabels, Counter>,
+    /// Start of the current streak of failures, and its length.
+    streak: Option<(Instant, u64)>,
+    last_log: Instant,
+    since_log: u64,
+}
+
+impl AcceptErrors {
+    pub fn new(counter: Family<KindLabels, Counter>) -> Self {
+        AcceptErrors {
+            counter,
+            streak: None,
+            last_log: Instant::now(),
+            since_log: 0,
+        }
+    }
+
+    pub fn failed(&mut self, e: &io::Error) {
+        let kind = local_error::classify(e).map_or("other", |k| k.as_str());
+        self.counter.get_or_create(&KindLabels { kind }).inc();
+        let now = Instant::now();
+        match &mut self.streak {
+            None => {
+                self.streak = Some((now, 1));
+                self.last_log = now;
+                self.since_log = 0;
+                warn!(error = %e, kind, "accept failed; retrying, further failures are summarized");
+            }
+            Some((_, n)) => {
+                *n += 1;
+                self.since_log += 1;
+                if now.duration_since(self.last_log) >= SUMMARY_EVERY {
+                    warn!(error = %e, kind, errors = self.since_log, total = *n, "accept still failing");
+                    self.last_log = now;
+                    self.since_log = 0;
+                }
+            }
+        }
+    }
+
+    pub fn succeeded(&mut self) {
+        if let Some((since, n)) = self.streak.take() {
+            info!(
+                errors = n,
+                failing_ms = since.elapsed().as_millis() as u64,
+                "accept recovered"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_every_failure_by_kind_and_resets_on_success() {
+        let family = Family::<KindLabels, Counter>::default();
+        let mut errs = AcceptErrors::new(family.clone());
+        let emfile = io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
+        for _ in 0..100 {
+            errs.failed(&emfile);
+        }
+        errs.failed(&io::ErrorKind::ConnectionAborted.into());
+        let count = |kind| family.get_or_create(&KindLabels { kind }).get();
+        assert_eq!(count("out_of_descriptors"), 100);
+        assert_eq!(count("other"), 1);
+        assert_eq!(errs.streak.map(|(_, n)| n), Some(101));
+        errs.succeeded();
+        assert!(errs.streak.is_none());
+    }
+}

@@ -1,0 +1,213 @@
+//! The budget of undecided connections: accepted, still sending their PROXY header or
+//! ClientHello. They are cheap to open and slow to finish (slowloris), so they get their own
+//! limits, in count and in buffered bytes, apart from `--max-connections`. When a limit is
+//! reached the *oldest* undecided connection is shed: a flood then only evicts itself, while
+//! a client that sends its whole hello at once is decided long before its turn comes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio_util::sync::CancellationToken;
+
+pub struct Undecided {
+    max_count: usize,
+    max_bytes: usize,
+    count: Gauge,
+    bytes: Gauge,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// By admission order: the first entry is the oldest.
+    waiting: BTreeMap<u64, Entry>,
+    bytes: usize,
+    next: u64,
+}
+
+struct Entry {
+    bytes: usize,
+    shed: CancellationToken,
+}
+
+impl State {
+    /// Sheds the oldest connection: it leaves the budget now, and its task closes it.
+    fn shed_oldest(&mut self) {
+        if let Some((_, e)) = self.waiting.pop_first() {
+            self.bytes -= e.bytes;
+            e.shed.cancel();
+        }
+    }
+}
+
+impl Undecided {
+    /// `count` and `bytes` are the gauges this budget keeps current.
+    pub fn new(max_count: usize, max_bytes: usize, count: Gauge, bytes: Gauge) -> Self {
+        Undecided {
+            max_count: max_count.max(1),
+            max_bytes,
+            count,
+            bytes,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Admits a new connection, shedding the oldest ones if the count is at its limit.
+    pub fn admit(self: &Arc<Self>) -> Ticket {
+        let shed = CancellationToken::new();
+        let mut s = self.lock();
+        while s.waiting.len() >= self.max_count {
+            s.shed_oldest();
+        }
+        let id = s.next;
+        s.next += 1;
+        s.waiting.insert(
+            id,
+            Entry {
+                bytes: 0,
+                shed: shed.clone(),
+            },
+        );
+        self.publish(&s);
+        Ticket {
+            id,
+            budget: self.clone(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent under every early exit, so a poisoned lock is usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, s: &State) {
+        self.count.set(s.waiting.len() as i64);
+        self.bytes.set(s.bytes as i64);
+    }
+}
+
+/// One undecided connection's place in the budget; dropping it (once decided or closed)
+/// gives the place back. Two words: it sits in every connection task.
+pub struct Ticket {
+    id: u64,
+    budget: Arc<Undecided>,
+}
+
+impl Ticket {
+    /// Completes when this connection has been shed (at once if it already was).
+    pub async fn shed(&self) {
+        let token = self
+            .budget
+            .lock()
+            .waiting
+            .get(&self.id)
+            .map(|e| e.shed.clone());
+        if let Some(token) = token {
+            token.cancelled_owned().await;
+        }
+    }
+
+    /// Records that the connection now buffers `n` bytes, shedding the oldest connections
+    /// (this one included, if it is the oldest) while the total is over the limit. Returns
+    /// false when this connection has been shed.
+    pub fn buffered(&self, n: usize) -> bool {
+        let b = &self.budget;
+        let mut s = b.lock();
+        let Some(e) = s.waiting.get_mut(&self.id) else {
+            return false;
+        };
+        let old = std::mem::replace(&mut e.bytes, n);
+        s.bytes = s.bytes - old + n;
+        while s.bytes > b.max_bytes {
+            s.shed_oldest();
+        }
+        b.publish(&s);
+        s.waiting.contains_key(&self.id)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let b = &self.budget;
+        let mut s = b.lock();
+        if let Some(e) = s.waiting.remove(&self.id) {
+            s.bytes -= e.bytes;
+            b.publish(&s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(count: usize, bytes: usize) -> Arc<Undecided> {
+        Arc::new(Undecided::new(
+            count,
+            bytes,
+            Gauge::default(),
+            Gauge::default(),
+        ))
+    }
+
+    fn is_shed(t: &Ticket) -> bool {
+        !t.budget.lock().waiting.contains_key(&t.id)
+    }
+
+    #[test]
+    fn full_count_sheds_the_oldest() {
+        let b = budget(3, 1 << 20);
+        let t: Vec<Ticket> = (0..5).map(|_| b.admit()).collect();
+        let shed: Vec<bool> = t.iter().map(is_shed).collect();
+        assert_eq!(shed, [true, true, false, false, false]);
+        // Shed ones are told so.
+        let now = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(now);
+        assert!(
+            std::pin::pin!(t[0].shed())
+                .as_mut()
+                .poll(&mut cx)
+                .is_ready()
+        );
+        assert!(
+            std::pin::pin!(t[4].shed())
+                .as_mut()
+                .poll(&mut cx)
+                .is_pending()
+        );
+        assert_eq!(b.count.get(), 3);
+        // A shed ticket no longer counts, and cannot come back by buffering.
+        assert!(!t[0].buffered(10));
+        assert_eq!(b.bytes.get(), 0);
+    }
+
+    #[test]
+    fn byte_limit_sheds_the_oldest_even_the_caller() {
+        let b = budget(100, 1000);
+        let t: Vec<Ticket> = (0..3).map(|_| b.admit()).collect();
+        assert!(t[0].buffered(400));
+        assert!(t[1].buffered(400));
+        // 1,100 bytes: the oldest goes.
+        assert!(t[2].buffered(300));
+        assert!(is_shed(&t[0]) && !is_shed(&t[1]));
+        assert_eq!(b.bytes.get(), 700);
+        // The oldest left growing past the limit sheds itself.
+        assert!(!t[1].buffered(800));
+        assert_eq!((b.count.get(), b.bytes.get()), (1, 300));
+    }
+
+    #[test]
+    fn dropping_gives_the_place_back() {
+        let b = budget(2, 1000);
+        let t1 = b.admit();
+        assert!(t1.buffered(500));
+        let t2 = b.admit();
+        drop(t1);
+        assert_eq!((b.count.get(), b.bytes.get()), (1, 0));
+        let t3 = b.admit();
+        assert!(!is_shed(&t2) && !is_shed(&t3));
+        drop((t2, t3));
+        assert_eq!(b.count.get(), 0);
+    }
+}

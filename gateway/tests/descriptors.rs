@@ -1,0 +1,137 @@
+//! The built binary under a tight descriptor limit (`ulimit -n`): running out of descriptors
+//! is the gateway's own problem, not the endpoint's, and it is logged without flooding.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::net::TcpStream;
+
+const FD_LIMIT: u32 = 64;
+
+struct Starved {
+    gw: GatewayProcess,
+    _backends: Vec<Backend>,
+    /// Idle connections that hold all but one of the gateway's descriptors.
+    idle: Vec<TcpStream>,
+}
+
+/// Starts the binary with [`FD_LIMIT`] descriptors and opens idle connections (no bytes, a
+/// long detect timeout) until the gateway is one descriptor short: it can accept a call but
+/// not dial the upstream. The first failed call proves it.
+async fn one_descriptor_short() -> Starved {
+    let (backends, port) = backends(&["catalog-1"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let eps = dir.path().join("endpoints.yaml");
+    std::fs::write(
+        &eps,
+        endpoints_yaml(CATALOG, port, &[(backends[0].addr.ip(), "v1", true)]),
+    )
+    .unwrap();
+    let gw =
+        GatewayProcess::start_limited(&eps, &["--detect-timeout", "60s"], "info", Some(FD_LIMIT));
+    let mut idle = Vec::new();
+    let access = |v: &serde_json::Value| v["target"] == "access";
+    for calls in 1..=FD_LIMIT as usize {
+        if call(gw.listen, &sni(80, "", CATALOG)).await.is_err() {
+            return Starved {
+                gw,
+                _backends: backends,
+                idle,
+            };
+        }
+        // The call's two descriptors are free again once its access-log line is out.
+        for _ in 0..250 {
+            if gw.count_lines(&access) >= calls {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(gw.count_lines(&access), calls, "call {calls} never closed");
+        idle.push(TcpStream::connect(gw.listen).await.unwrap());
+    }
+    panic!("{FD_LIMIT} idle connections never exhausted the gateway's descriptors");
+}
+
+impl Starved {
+    /// Closes the idle connections and waits until the gateway has closed its side of each.
+    async fn release(&mut self) {
+        let n = self.idle.len() as f64;
+        self.idle.clear();
+        for _ in 0..250 {
+            if rejected(self.gw.admin, "client_closed").await >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the gateway did not see the idle connections close");
+    }
+}
+
+/// EMFILE on the upstream socket is a local error: it is its own rejection reason, it is not
+/// a connect failure, and it never ejects the service's only endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_descriptor_exhaustion_does_not_eject_the_endpoint() {
+    let mut s = one_descriptor_short().await;
+    // Five more local failures: before, these ejected the only endpoint.
+    for _ in 0..5 {
+        assert!(call(s.gw.listen, &sni(80, "", CATALOG)).await.is_err());
+    }
+    s.release().await;
+    let mut ok = 0;
+    for _ in 0..50 {
+        if call(s.gw.listen, &sni(80, "", CATALOG)).await.is_ok() {
+            ok += 1;
+        }
+    }
+    let (_, m) = http_get(s.gw.admin, "/metrics").await;
+    assert_eq!(ok, 50, "calls after descriptors were freed");
+    assert_eq!(metric(&m, "gateway_endpoint_ejections_total"), 0.0);
+    assert_eq!(metric(&m, "gateway_upstream_connect_failures_total"), 0.0);
+    let local = "gateway_connections_rejected_total{reason=\"local_resource\"}";
+    assert_eq!(metric(&m, local), 6.0);
+    assert_eq!(
+        metric(
+            &m,
+            "gateway_connections_rejected_total{reason=\"no_healthy_endpoint\"}"
+        ),
+        0.0
+    );
+}
+
+/// With no descriptor left, accept fails every retry; the log gets the first failure and
+/// then summaries, not one line per retry, and the failures are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_failures_are_logged_once_then_summarized() {
+    let mut s = one_descriptor_short().await;
+    let warn = |v: &serde_json::Value| {
+        v["level"] == "WARN" && v["message"].as_str().is_some_and(|m| m.contains("accept"))
+    };
+    let before = s.gw.count_lines(&warn);
+    // The last descriptor, then one connection the gateway cannot accept.
+    s.idle.push(TcpStream::connect(s.gw.listen).await.unwrap());
+    let stuck = TcpStream::connect(s.gw.listen).await.unwrap();
+    // A 2-second window: retries run every 20 ms, about 100 of them.
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let warned = s.gw.count_lines(&warn) - before;
+    assert!(
+        (1..=2).contains(&warned),
+        "{warned} accept warnings in {:?}",
+        window.elapsed()
+    );
+    s.release().await;
+    drop(stuck);
+    // The streak of this window: ~100 retries in one line.
+    let recovered = s.gw.wait_line(&|v| {
+        v["message"] == "accept recovered" && v["errors"].as_u64().is_some_and(|n| n >= 20)
+    });
+    let errors = recovered["errors"].as_u64().unwrap();
+    let (_, m) = http_get(s.gw.admin, "/metrics").await;
+    let counted = metric(
+        &m,
+        "gateway_accept_errors_total{kind=\"out_of_descriptors\"}",
+    );
+    assert!(counted >= errors as f64, "{counted} < {errors}");
+}
