@@ -6,16 +6,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod cacerts;
-mod certs;
-mod check;
-mod gateway_manifest;
-mod join;
-mod kube_client;
-mod label;
-mod redact;
-mod reader_rules;
-mod remote_secret;
+mod cli;
+mod cmd;
+mod istio;
+mod kube;
+mod mesh;
+
+use cmd::{cacerts, certs, check, gateway, join, label, remote_secret};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,7 +36,7 @@ enum Command {
     /// Label istiod's namespace with the cluster's network (topology.istio.io/network).
     LabelNetwork(label::LabelNetworkArgs),
     /// Print or install the east-west gateway.
-    Gateway(gateway_manifest::GatewayArgs),
+    Gateway(gateway::GatewayArgs),
     /// Join clusters into one multi-network mesh: cacerts, networks, gateways, remote secrets.
     Join(join::JoinArgs),
     /// Remove everything `join` created (objects labelled app.kubernetes.io/managed-by=meshctl).
@@ -49,14 +46,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    kube_client::init_crypto();
+    kube::init_crypto();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Certs(args) => certs::run(args),
         Command::Cacerts(args) => cacerts::run(args),
         Command::CreateRemoteSecret(args) => remote_secret::run(args),
         Command::LabelNetwork(args) => label::run(args),
-        Command::Gateway(args) => gateway_manifest::run(args),
+        Command::Gateway(args) => gateway::run(args),
         Command::Join(args) => join::run_join(args),
         Command::Unjoin(args) => join::run_unjoin(args),
         Command::Check(args) => check::run(args),

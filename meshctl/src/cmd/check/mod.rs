@@ -13,12 +13,14 @@ use kube::config::Kubeconfig;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::cacerts::{pem_ders, root_of};
-use crate::gateway_manifest::{self as gw, NAME as GATEWAY};
-use crate::join::check_unique;
-use crate::kube_client::{self as kc, Cluster, KubeconfigFile, Output};
-use crate::label::{CLUSTER_NAME_ANNOTATION, NETWORK_LABEL};
-use crate::remote_secret::{self as rs, MULTICLUSTER_LABEL};
+use crate::cli::{check_unique, lookup, parse_mapping};
+use crate::istio::{
+    CLUSTER_NAME_ANNOTATION, GATEWAY_NAME as GATEWAY, MULTICLUSTER_LABEL, NETWORK_LABEL, TLS_PORT,
+    remote_secret_name,
+};
+use crate::kube::{self as kc, Cluster, KubeconfigFile, Output};
+use crate::mesh::cacerts::{pem_ders, root_of};
+use crate::mesh::remote_secret::{is_loopback, stored_kubeconfig};
 use access::{reader_permissions, try_kubeconfig};
 use mesh::PairPlan;
 
@@ -132,7 +134,7 @@ struct Seen {
 
 pub fn run(a: CheckArgs) -> Result<ExitCode> {
     check_unique(&a.contexts)?;
-    let names = kc::parse_mapping("cluster-name", &a.cluster_names, &a.contexts)?;
+    let names = parse_mapping("cluster-name", &a.cluster_names, &a.contexts)?;
     let file = KubeconfigFile::load(a.kubeconfig.as_deref())?;
     file.require_contexts(&a.contexts)?;
     let items = kc::block_on(check(&a, &names, &file))?;
@@ -231,9 +233,9 @@ async fn check(
                 }
                 seen.push(Seen {
                     context: ctx.clone(),
-                    name: kc::lookup(names, ctx).unwrap_or(ctx).into(),
-                    name_known: kc::lookup(names, ctx).is_some(),
-                    name_guessed: kc::lookup(names, ctx).is_none(),
+                    name: lookup(names, ctx).unwrap_or(ctx).into(),
+                    name_known: lookup(names, ctx).is_some(),
+                    name_guessed: lookup(names, ctx).is_none(),
                     unread: Some(unread),
                     network: None,
                     root: None,
@@ -242,7 +244,7 @@ async fn check(
                 continue;
             }
         };
-        seen.push(check_cluster(&mut r, &scope, &client, ns, kc::lookup(names, ctx)).await?);
+        seen.push(check_cluster(&mut r, &scope, &client, ns, lookup(names, ctx)).await?);
     }
     mesh::mesh_checks(&mut r, &seen);
     for source in &seen {
@@ -351,13 +353,12 @@ async fn check_cluster(
         },
     }
     // gateway pods
-    let pods = kc::list(c, "v1", "Pod", Some(ns), &format!("app={}", gw::NAME)).await?;
+    let pods = kc::list(c, "v1", "Pod", Some(ns), &format!("app={}", GATEWAY)).await?;
     let ready = pods.iter().filter(|p| pod_ready(p)).count();
     let check = "gateway pods ready";
     let hint = format!(
         "kubectl --context {ctx} -n {ns} describe pods -l app={}; kubectl --context {ctx} -n {ns} logs deploy/{}",
-        gw::NAME,
-        gw::NAME
+        GATEWAY, GATEWAY
     );
     if pods.is_empty() {
         r.fail(
@@ -456,7 +457,7 @@ pub fn gateway_address(svc: &Value) -> std::result::Result<String, String> {
     if svc["spec"]["type"] == "NodePort" {
         let tls = svc["spec"]["ports"]
             .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["port"] == gw::TLS_PORT).cloned());
+            .and_then(|ps| ps.iter().find(|p| p["port"] == TLS_PORT).cloned());
         return match tls.and_then(|p| p["nodePort"].as_u64()) {
             Some(np) => Ok(format!(
                 "NodePort {np} for 15443 (istiod uses the nodes' addresses)"
@@ -505,7 +506,7 @@ async fn check_pair(
     .await?;
     let found: Vec<(String, String)> = secrets
         .iter()
-        .filter_map(rs::stored_kubeconfig)
+        .filter_map(stored_kubeconfig)
         .filter(|(k, _)| *k == source.name)
         .collect();
     let Some((_, kubeconfig)) = found.first() else {
@@ -547,7 +548,7 @@ async fn check_pair(
         r.pass(
             &scope,
             "remote secret present",
-            rs::secret_name(&source.name),
+            remote_secret_name(&source.name),
         );
     }
     let kc_parsed = match Kubeconfig::from_yaml(kubeconfig) {
@@ -569,7 +570,7 @@ async fn check_pair(
         .and_then(|c| c.cluster.as_ref())
         .and_then(|c| c.server.clone())
         .unwrap_or_default();
-    if rs::is_loopback(&server) {
+    if is_loopback(&server) {
         if a.allow_loopback_server {
             r.pass(
                 &scope,

@@ -12,8 +12,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
 
 use super::Report;
-use crate::kube_client as kc;
-use crate::reader_rules::{READER_RULES, permission_name};
+use crate::kube as kc;
+use crate::mesh::reader_rules::{READER_RULES, permission_name};
 
 /// Lists services with the stored kubeconfig: its address, CA and token work. The error
 /// says whether the token was refused (401), for the hint.
