@@ -9,6 +9,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::config::KubeConfigOptions;
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, Config};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::config::{KubeconfigFile, init_crypto};
@@ -191,6 +192,41 @@ pub async fn list(
             error_text(&e)
         )),
     }
+}
+
+/// [`get`], decoded as a typed object (for reading fields a check depends on).
+pub async fn get_as<K: DeserializeOwned>(
+    c: &Cluster,
+    api_version: &str,
+    kind: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Option<K>> {
+    get(c, api_version, kind, ns, name)
+        .await?
+        .map(|v| decode(c, kind, v))
+        .transpose()
+}
+
+/// [`list`], decoded as typed objects.
+pub async fn list_as<K: DeserializeOwned>(
+    c: &Cluster,
+    api_version: &str,
+    kind: &str,
+    ns: Option<&str>,
+    selector: &str,
+) -> Result<Vec<K>> {
+    list(c, api_version, kind, ns, selector)
+        .await?
+        .into_iter()
+        .map(|v| decode(c, kind, v))
+        .collect()
+}
+
+fn decode<K: DeserializeOwned>(c: &Cluster, kind: &str, v: Value) -> Result<K> {
+    let what = describe(&v);
+    serde_json::from_value(v)
+        .with_context(|| format!("decoding {what} from context {:?} as a {kind}", c.context))
 }
 
 /// Deletes an object; `false` when it was already gone.

@@ -8,7 +8,9 @@ mod errors;
 mod redact;
 mod render;
 
-pub use api::{Cluster, apply, apply_all, block_on, delete, ensure_namespace, get, list};
+pub use api::{
+    Cluster, apply, apply_all, block_on, delete, ensure_namespace, get, get_as, list, list_as,
+};
 pub use config::{KubeconfigFile, init_crypto};
 pub use errors::{ConnectError, Failure, classify, error_text};
 pub use redact::Secrets;
