@@ -1,6 +1,7 @@
 //! Kubernetes plumbing shared by every cluster command, and nothing about Istio or meshes:
 //! kubeconfig reading (`config`), requests to one cluster (`api`), what a failed request
 //! means (`errors`), and printing objects (`render`, with private keys hidden by `redact`).
+//! The one meshctl name used here is its field manager (`istio::MANAGER`).
 
 mod api;
 mod config;

@@ -4,8 +4,8 @@
 
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 
-use crate::cmd::check::facts::{ClusterFacts, Seen, Unread};
-use crate::cmd::check::report::Report;
+use super::super::facts::{ClusterFacts, Seen, Unread};
+use super::super::report::Report;
 use crate::istio::{APP_LABEL, CLUSTER_NAME_ANNOTATION, GATEWAY_NAME, NETWORK_LABEL, TLS_PORT};
 use crate::mesh::cacerts::pem_ders;
 

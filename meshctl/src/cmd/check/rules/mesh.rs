@@ -3,8 +3,8 @@
 //! (with the reason), never failed with a hint: a guessed cluster ID would send the user to
 //! register the same cluster twice.
 
-use crate::cmd::check::facts::Seen;
-use crate::cmd::check::report::Report;
+use super::super::facts::Seen;
+use super::super::report::Report;
 
 /// Which checks of "the secret for `source` stored in `target`" can run.
 #[derive(Debug, PartialEq, Eq)]
@@ -140,8 +140,8 @@ fn names(r: &mut Report, seen: &[Seen]) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::report::{Item, Status};
     use super::*;
-    use crate::cmd::check::report::{Item, Status};
 
     /// A cluster as `check` sees it; `None` network/root for an unreachable one.
     fn seen(ctx: &str, reachable: bool, name: Option<&str>) -> Seen {

@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::config::Kubeconfig;
 use serde_json::Value;
 
-use crate::cmd::check::facts::Seen;
-use crate::cmd::check::report::Report;
+use super::super::facts::Seen;
+use super::super::report::Report;
 use crate::istio::{MULTICLUSTER_LABEL, remote_secret_name};
 use crate::kube::Failure;
 use crate::mesh::reader_rules::{READER_RULES, permission_name};

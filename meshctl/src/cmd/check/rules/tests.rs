@@ -7,10 +7,10 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use serde_json::{Value, json};
 
+use super::super::facts::{ClusterFacts, Seen, Unread};
+use super::super::report::{Item, Report, Status};
 use super::cluster::{gateway_address, read_cluster, unread_cluster};
 use super::pair::{jwt_exp, live, stored_secret, token_expiry};
-use crate::cmd::check::facts::{ClusterFacts, Seen, Unread};
-use crate::cmd::check::report::{Item, Report, Status};
 use crate::istio::{CLUSTER_NAME_ANNOTATION, NETWORK_LABEL};
 use crate::kube::Failure;
 use crate::mesh::remote_secret::{remote_kubeconfig, remote_secret};
