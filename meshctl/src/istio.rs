@@ -48,8 +48,16 @@ pub const STATUS_PORT: u16 = 15021;
 pub const TLS_PORT: u16 = 15443;
 /// Istio's Gateway exposing `*.local` on 15443 (`--expose-services`).
 pub const EXPOSE_GATEWAY: &str = "cross-network-gateway";
+/// The API version of Istio's `Gateway` (and its group, for RBAC rules).
+pub const ISTIO_NETWORKING_V1: &str = "networking.istio.io/v1";
+pub const ISTIO_NETWORKING_GROUP: &str = "networking.istio.io";
 /// The CRD that must be served (version v1) before an Istio `Gateway` can be applied.
 pub const GATEWAY_CRD: &str = "gateways.networking.istio.io";
+
+/// The gateway's ClusterRole (and its binding) in namespace `ns`.
+pub fn gateway_role_name(ns: &str) -> String {
+    format!("meshctl-eastwestgateway-{ns}")
+}
 
 /// Field manager of every server-side apply.
 pub const MANAGER: &str = "meshctl";

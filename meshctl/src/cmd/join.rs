@@ -18,7 +18,8 @@ use crate::cli::{
     lookup, parse_mapping,
 };
 use crate::istio::{
-    CLUSTER_NAME_ANNOTATION, MANAGED_SELECTOR, MANAGER, NETWORK_LABEL, remote_secret_name,
+    CLUSTER_NAME_ANNOTATION, ISTIO_NETWORKING_V1, MANAGED_SELECTOR, MANAGER, NETWORK_LABEL,
+    remote_secret_name,
 };
 use crate::kube::{self as kc, Cluster, KubeconfigFile};
 use crate::mesh::reader::{self, SecretOptions};
@@ -248,7 +249,7 @@ async fn join(
 
 /// Kinds `unjoin` deletes (in this order), when labelled managed-by=meshctl.
 const MANAGED_KINDS: &[(&str, &str)] = &[
-    ("networking.istio.io/v1", "Gateway"),
+    (ISTIO_NETWORKING_V1, "Gateway"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
     ("v1", "Service"),

@@ -8,8 +8,9 @@ use serde_json::{Value, json};
 use super::namespace::validate_label_value;
 use crate::cli::{GatewayFlags, ServiceType};
 use crate::istio::{
-    APP_LABEL, EXPOSE_GATEWAY, GATEWAY_CRD, GATEWAY_NAME, ISTIO_LABEL, ISTIO_VALUE, NETWORK_LABEL,
-    STATUS_PORT, TLS_PORT, managed_labels,
+    APP_LABEL, EXPOSE_GATEWAY, GATEWAY_CRD, GATEWAY_NAME, ISTIO_LABEL, ISTIO_NETWORKING_GROUP,
+    ISTIO_NETWORKING_V1, ISTIO_VALUE, NETWORK_LABEL, STATUS_PORT, TLS_PORT, gateway_role_name,
+    managed_labels,
 };
 use crate::kube::{self as kc, Cluster};
 
@@ -81,7 +82,7 @@ pub fn objects(ns: &str, network: &str, f: &GatewayFlags) -> Result<Vec<Value>> 
     labels.insert(ISTIO_LABEL.into(), json!(ISTIO_VALUE));
     labels.insert(NETWORK_LABEL.into(), json!(network));
     let selector = json!({APP_LABEL: GATEWAY_NAME, ISTIO_LABEL: ISTIO_VALUE});
-    let role = format!("meshctl-eastwestgateway-{ns}");
+    let role = gateway_role_name(ns);
     let verbs = json!(["get", "list", "watch"]);
     let meta = |name: &str, namespaced: bool| {
         let mut m = json!({"name": name, "labels": labels});
@@ -104,7 +105,7 @@ pub fn objects(ns: &str, network: &str, f: &GatewayFlags) -> Result<Vec<Value>> 
         "rules": [
             {"apiGroups": [""], "resources": ["services", "pods", "namespaces"], "verbs": verbs},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": verbs},
-            {"apiGroups": ["networking.istio.io"], "resources": ["destinationrules"], "verbs": verbs},
+            {"apiGroups": [ISTIO_NETWORKING_GROUP], "resources": ["destinationrules"], "verbs": verbs},
             {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": verbs},
         ]}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": meta(&role, false),
@@ -154,14 +155,12 @@ pub fn objects(ns: &str, network: &str, f: &GatewayFlags) -> Result<Vec<Value>> 
                     "target": {"type": "Utilization", "averageUtilization": 80}}}]}}),
     ];
     if f.expose_services {
-        out.push(
-            json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+        out.push(json!({"apiVersion": ISTIO_NETWORKING_V1, "kind": "Gateway",
             "metadata": {"name": EXPOSE_GATEWAY, "namespace": ns, "labels": managed},
             "spec": {"selector": {ISTIO_LABEL: ISTIO_VALUE}, "servers": [{
                 "port": {"number": TLS_PORT, "name": "tls", "protocol": "TLS"},
                 "tls": {"mode": "AUTO_PASSTHROUGH"},
-                "hosts": ["*.local"]}]}}),
-        );
+                "hosts": ["*.local"]}]}}));
     }
     Ok(out)
 }
