@@ -124,3 +124,38 @@ pub fn render_text(items: &[Item]) -> String {
     ));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_only_on_what_did_not_pass_and_the_summary_counts() {
+        let mut r = Report::default();
+        r.pass("cluster west", "network label", "west-net");
+        r.fail(
+            "cluster west",
+            "gateway pods ready",
+            "0 of 1 ready",
+            "describe",
+        );
+        r.warn("mesh", "token expiry", "expires in 2h", "renew");
+        r.skip("mesh", "roots identical across clusters", "cannot compare");
+        assert_eq!(r.failed(), 1);
+        let text = render_text(&r.items);
+        assert_eq!(
+            text,
+            "cluster west\n  ✔ network label: west-net\n  ✘ gateway pods ready: 0 of 1 ready\n      \
+             hint: describe\nmesh\n  ! token expiry: expires in 2h\n      hint: renew\n  - roots \
+             identical across clusters: cannot compare\n4 checks: 1 passed, 1 warnings, 1 failed, \
+             1 skipped\n"
+        );
+        let v: serde_json::Value = serde_json::from_str(&render_json(&r.items).unwrap()).unwrap();
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["checks"][1]["status"], "fail");
+        assert!(v["checks"][0].get("hint").is_none());
+        r.items.remove(1);
+        let v: serde_json::Value = serde_json::from_str(&render_json(&r.items).unwrap()).unwrap();
+        assert_eq!(v["ok"], true);
+    }
+}
