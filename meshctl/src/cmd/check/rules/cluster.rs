@@ -71,7 +71,7 @@ pub fn read_cluster(
 ) -> Seen {
     let (scope, ctx) = (format!("cluster {}", f.context), f.context.as_str());
     r.pass(&scope, "API server reachable", server);
-    let recorded = namespace_meta(f, |m| m.annotations.as_ref(), CLUSTER_NAME_ANNOTATION);
+    let recorded = ns_annotation(f, CLUSTER_NAME_ANNOTATION);
     let name = name_flag.or(recorded.as_deref()).unwrap_or(ctx).to_string();
     let name_guessed = name_flag.is_none() && recorded.is_none();
     let root = cacerts(r, &scope, f, &name);
@@ -89,17 +89,15 @@ pub fn read_cluster(
     }
 }
 
-/// A label or annotation of istiod's namespace.
-fn namespace_meta(
-    f: &ClusterFacts,
-    map: impl Fn(
-        &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    ) -> Option<&std::collections::BTreeMap<String, String>>,
-    key: &str,
-) -> Option<String> {
-    f.namespace
-        .as_ref()
-        .and_then(|n| map(&n.metadata)?.get(key).cloned())
+/// An annotation and a label of istiod's namespace (none when it does not exist).
+fn ns_annotation(f: &ClusterFacts, key: &str) -> Option<String> {
+    let meta = &f.namespace.as_ref()?.metadata;
+    meta.annotations.as_ref()?.get(key).cloned()
+}
+
+fn ns_label(f: &ClusterFacts, key: &str) -> Option<String> {
+    let meta = &f.namespace.as_ref()?.metadata;
+    meta.labels.as_ref()?.get(key).cloned()
 }
 
 /// "cacerts present and valid"; returns the root's DER certificates (for the mesh check).
@@ -158,7 +156,7 @@ pub fn verify_cacerts(s: &Secret) -> Result<(), String> {
 /// "network label", on the namespace and on the gateway Service; returns the network.
 fn network_label(r: &mut Report, scope: &str, f: &ClusterFacts) -> Option<String> {
     let (ctx, ns, check) = (&f.context, &f.ns, "network label");
-    let network = namespace_meta(f, |m| m.labels.as_ref(), NETWORK_LABEL);
+    let network = ns_label(f, NETWORK_LABEL);
     let svc_net = f
         .gateway
         .as_ref()
