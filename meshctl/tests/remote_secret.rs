@@ -199,7 +199,7 @@ async fn token_ttl_gives_an_expiring_token_request_token() {
     );
 }
 
-/// istiod's remote-cluster reads (see src/reader_rules.rs for the istio/istio sources), written
+/// istiod's remote-cluster reads (see src/mesh/reader_rules.rs for the istio/istio sources), written
 /// out again here so that a change to the role must change this test too.
 const ISTIOD_REMOTE_READS: &[(&str, &str)] = &[
     ("", "namespaces"),

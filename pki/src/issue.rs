@@ -21,6 +21,13 @@ use crate::{KeyType, validate_dns_label};
 const BACKDATE: Duration = Duration::from_secs(5 * 60);
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Default subject O of the root and the intermediates (Istio's `tools/certs` value).
+pub const DEFAULT_ORG: &str = "Istio";
+/// Default subject CN of the root.
+pub const DEFAULT_ROOT_CN: &str = "Root CA";
+/// Default validity of the root CA, in days.
+pub const DEFAULT_ROOT_DAYS: u32 = 3650;
+
 /// Options for a new root CA.
 #[derive(Debug, Clone)]
 pub struct RootOptions {
@@ -40,9 +47,9 @@ pub struct RootOptions {
 impl Default for RootOptions {
     fn default() -> Self {
         RootOptions {
-            org: "Istio".into(),
-            common_name: "Root CA".into(),
-            days: 3650,
+            org: DEFAULT_ORG.into(),
+            common_name: DEFAULT_ROOT_CN.into(),
+            days: DEFAULT_ROOT_DAYS,
             key_type: KeyType::default(),
             not_before: None,
             not_after: None,
@@ -76,7 +83,7 @@ impl IntermediateOptions {
     pub fn new(cluster: impl Into<String>) -> Self {
         IntermediateOptions {
             cluster: cluster.into(),
-            org: "Istio".into(),
+            org: DEFAULT_ORG.into(),
             common_name: "Intermediate CA".into(),
             days: DEFAULT_INTERMEDIATE_DAYS,
             key_type: KeyType::default(),

@@ -1,23 +1,67 @@
-//! Does a stored remote-secret kubeconfig work, and does its account hold every permission
-//! istiod's remote-cluster registry uses (`reader_rules`)? One SelfSubjectAccessReview per
-//! rule and verb, made with the stored token.
+//! `check`'s API calls, and nothing else: a readable cluster's objects ([`ClusterFacts`]),
+//! why a cluster cannot be read ([`Unread`]), the remote secrets stored in a cluster, and
+//! whether a stored kubeconfig works and which reader permissions (`reader_rules`) its
+//! account lacks (one SelfSubjectAccessReview per rule and verb, made with the stored token).
+//! The judging is in `rules/`.
 
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
 
-use super::Report;
-use crate::kube_client as kc;
-use crate::reader_rules::{READER_RULES, permission_name};
+use super::facts::{ClusterFacts, Unread};
+use crate::istio::{APP_LABEL, CACERTS_SECRET, GATEWAY_NAME, MULTICLUSTER_LABEL};
+use crate::kube::{self as kc, Cluster, ConnectError};
+use crate::mesh::reader_rules::{READER_RULES, permission_name};
+
+/// What a failed `connect` says about the cluster.
+pub fn unread(e: &anyhow::Error) -> Unread {
+    match e.downcast_ref::<ConnectError>() {
+        Some(ConnectError::CredentialRefused { server, user, .. }) => Unread::Refused {
+            server: server.clone(),
+            user: user.clone(),
+            error: format!("{e:#}"),
+        },
+        _ => Unread::Unreachable {
+            error: format!("{e:#}"),
+        },
+    }
+}
+
+/// The namespace, cacerts, gateway Service and gateway pods of a reachable cluster.
+pub async fn cluster(c: &Cluster, ns: &str) -> Result<ClusterFacts> {
+    let namespace = kc::get_as(c, "v1", "Namespace", None, ns).await?;
+    let cacerts = if namespace.is_some() {
+        kc::get_as(c, "v1", "Secret", Some(ns), CACERTS_SECRET).await?
+    } else {
+        None
+    };
+    let gateway = kc::get_as(c, "v1", "Service", Some(ns), GATEWAY_NAME).await?;
+    let selector = format!("{APP_LABEL}={GATEWAY_NAME}");
+    let pods = kc::list_as(c, "v1", "Pod", Some(ns), &selector).await?;
+    Ok(ClusterFacts {
+        context: c.context.clone(),
+        ns: ns.to_string(),
+        namespace,
+        cacerts,
+        gateway,
+        pods,
+    })
+}
+
+/// The Secrets labelled `istio/multiCluster=true` in `ns`: the remote secrets istiod watches.
+pub async fn remote_secrets(c: &Cluster, ns: &str) -> Result<Vec<Secret>> {
+    let selector = format!("{MULTICLUSTER_LABEL}=true");
+    kc::list_as(c, "v1", "Secret", Some(ns), &selector).await
+}
 
 /// Lists services with the stored kubeconfig: its address, CA and token work. The error
 /// says whether the token was refused (401), for the hint.
-pub(super) async fn try_kubeconfig(
+pub async fn try_kubeconfig(
     k: Kubeconfig,
 ) -> std::result::Result<(kube::Client, String), (kc::Failure, String)> {
     let other = |e: String| (kc::Failure::Answered, e);
@@ -53,7 +97,7 @@ pub(super) async fn try_kubeconfig(
 
 /// The reader permissions (`reader_rules`) the stored account lacks, asked with one
 /// cluster-wide SelfSubjectAccessReview per rule and verb, as istiod's informers need them.
-async fn missing_reader_permissions(client: &kube::Client) -> Result<Vec<String>> {
+pub async fn missing_reader_permissions(client: &kube::Client) -> Result<Vec<String>> {
     let mut missing = Vec::new();
     for rule in READER_RULES {
         for verb in rule.verbs {
@@ -70,33 +114,4 @@ async fn missing_reader_permissions(client: &kube::Client) -> Result<Vec<String>
         }
     }
     Ok(missing)
-}
-
-/// "reader permissions": every permission istiod's remote-cluster registry uses.
-pub(super) async fn reader_permissions(
-    r: &mut Report,
-    scope: &str,
-    client: &kube::Client,
-    rejoin: &str,
-) {
-    let check = "reader permissions";
-    match missing_reader_permissions(client).await {
-        Ok(missing) if missing.is_empty() => {
-            let names: Vec<String> = READER_RULES
-                .iter()
-                .map(|r| permission_name(r.group, r.resource, &r.verbs.join("/")))
-                .collect();
-            r.pass(scope, check, names.join(", "));
-        }
-        Ok(missing) => r.fail(
-            scope,
-            check,
-            format!(
-                "the account may not {}: istiod cannot sync this cluster",
-                missing.join(", ")
-            ),
-            format!("restore the reader role: {rejoin}"),
-        ),
-        Err(e) => r.fail(scope, check, format!("{e:#}"), rejoin.to_string()),
-    }
 }

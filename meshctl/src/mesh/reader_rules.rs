@@ -26,6 +26,8 @@
 
 use serde_json::{Value, json};
 
+use crate::istio::ISTIO_NETWORKING_GROUP;
+
 /// One permission: `verbs` on `resource` in API group `group` ("" is the core group).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReaderRule {
@@ -89,7 +91,7 @@ pub const READER_RULES: &[ReaderRule] = &[
         source: "pkg/kube/kclient/crdwatcher.go (newCrdWatcher)",
     },
     ReaderRule {
-        group: "networking.istio.io",
+        group: ISTIO_NETWORKING_GROUP,
         resource: "workloadentries",
         verbs: LIST_WATCH,
         source: "pilot/pkg/serviceregistry/kube/controller/multicluster.go (createWleConfigStore)",

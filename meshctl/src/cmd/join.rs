@@ -13,21 +13,23 @@ use anyhow::{Result, anyhow, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::cacerts;
-use crate::gateway_manifest::{self as gw, GatewayFlags};
-use crate::kube_client::{self as kc, Cluster, KubeconfigFile, Output};
-use crate::label::{self, CLUSTER_NAME_ANNOTATION, NETWORK_LABEL};
-use crate::redact::Secrets;
-use crate::remote_secret::{self as rs, SecretFlags, SecretOptions};
+use crate::cli::{
+    CacertsFlags, ClustersArgs, GatewayFlags, MutateArgs, NamespaceArg, SecretFlags, check_unique,
+    lookup, parse_mapping,
+};
+use crate::istio::{
+    CLUSTER_NAME_ANNOTATION, ISTIO_NETWORKING_V1, MANAGED_SELECTOR, MANAGER, NETWORK_LABEL,
+    remote_secret_name,
+};
+use crate::kube::{self as kc, Cluster, KubeconfigFile};
+use crate::mesh::reader::{self, SecretOptions};
+use crate::mesh::remote_secret::{is_loopback, loopback_error, printable};
+use crate::mesh::{cacerts, gateway as gw, namespace};
 
 #[derive(Debug, Args)]
 pub struct JoinArgs {
-    /// Kubeconfig holding every context (default: $KUBECONFIG, then ~/.kube/config).
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    /// A cluster to join (repeat for each; at least two).
-    #[arg(long = "context", required = true)]
-    contexts: Vec<String>,
+    #[command(flatten)]
+    clusters: ClustersArgs,
     /// Certificates directory: DIR/<cluster-name>/ holds each cluster's bundle.
     #[arg(long)]
     certs: PathBuf,
@@ -41,41 +43,26 @@ pub struct JoinArgs {
     /// container's address, https://<ip>:6443). Default: the kubeconfig's server.
     #[arg(long = "server")]
     servers: Vec<String>,
-    /// istiod's namespace.
-    #[arg(long, short = 'n', default_value = "istio-system")]
-    namespace: String,
+    #[command(flatten)]
+    ns: NamespaceArg,
     #[command(flatten)]
     gateway: GatewayFlags,
     #[command(flatten)]
     secret: SecretFlags,
-    /// Replace a cacerts whose root differs.
-    #[arg(long)]
-    force: bool,
-    /// Print every object per cluster and change nothing (tokens are placeholders,
-    /// `ca-key.pem` is redacted).
-    #[arg(long)]
-    dry_run: bool,
-    /// Print `ca-key.pem` in the --dry-run output instead of a placeholder.
-    #[arg(long)]
-    show_secrets: bool,
-    #[arg(long, short = 'o', value_enum, default_value = "yaml")]
-    output: Output,
+    #[command(flatten)]
+    cacerts: CacertsFlags,
+    #[command(flatten)]
+    mutate: MutateArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct UnjoinArgs {
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    /// A cluster to unjoin (repeatable).
-    #[arg(long = "context", required = true)]
-    contexts: Vec<String>,
-    #[arg(long, short = 'n', default_value = "istio-system")]
-    namespace: String,
-    /// Print what would be deleted and change nothing.
-    #[arg(long)]
-    dry_run: bool,
-    #[arg(long, short = 'o', value_enum, default_value = "yaml")]
-    output: Output,
+    #[command(flatten)]
+    clusters: ClustersArgs,
+    #[command(flatten)]
+    ns: NamespaceArg,
+    #[command(flatten)]
+    mutate: MutateArgs,
 }
 
 /// One cluster's validated settings.
@@ -87,34 +74,25 @@ struct Member {
     cacerts: Value,
 }
 
-pub fn check_unique(contexts: &[String]) -> Result<()> {
-    for (i, c) in contexts.iter().enumerate() {
-        if contexts[..i].contains(c) {
-            bail!("--context {c:?} given twice");
-        }
-    }
-    Ok(())
-}
-
 fn members(a: &JoinArgs) -> Result<Vec<Member>> {
-    check_unique(&a.contexts)?;
-    if a.contexts.len() < 2 {
+    check_unique(&a.clusters.contexts)?;
+    if a.clusters.contexts.len() < 2 {
         bail!("join needs at least two --context values");
     }
-    pki::validate_dns_label(&a.namespace).map_err(|e| anyhow!("namespace {e}"))?;
-    let names = kc::parse_mapping("cluster-name", &a.cluster_names, &a.contexts)?;
-    let nets = kc::parse_mapping("network", &a.networks, &a.contexts)?;
-    let servers = kc::parse_mapping("server", &a.servers, &a.contexts)?;
+    pki::validate_dns_label(&a.ns.namespace).map_err(|e| anyhow!("namespace {e}"))?;
+    let names = parse_mapping("cluster-name", &a.cluster_names, &a.clusters.contexts)?;
+    let nets = parse_mapping("network", &a.networks, &a.clusters.contexts)?;
+    let servers = parse_mapping("server", &a.servers, &a.clusters.contexts)?;
     let mut out: Vec<Member> = Vec::new();
-    for ctx in &a.contexts {
-        let name = kc::lookup(&names, ctx).unwrap_or(ctx).to_string();
+    for ctx in &a.clusters.contexts {
+        let name = lookup(&names, ctx).unwrap_or(ctx).to_string();
         pki::validate_dns_label(&name).map_err(|e| {
             anyhow!("cluster name for context {ctx:?}: {e} (set --cluster-name {ctx}=NAME)")
         })?;
-        let network = kc::lookup(&nets, ctx)
+        let network = lookup(&nets, ctx)
             .map(str::to_string)
             .unwrap_or_else(|| format!("{name}-network"));
-        label::validate_label_value(&network)?;
+        namespace::validate_label_value(&network)?;
         if let Some(other) = out.iter().find(|m| m.name == name) {
             bail!(
                 "contexts {:?} and {ctx:?} have the same cluster name {name:?}; cluster names must be unique",
@@ -127,7 +105,7 @@ fn members(a: &JoinArgs) -> Result<Vec<Member>> {
                 other.context
             );
         }
-        let server = kc::lookup(&servers, ctx).map(str::to_string);
+        let server = lookup(&servers, ctx).map(str::to_string);
         if let Some(s) = &server
             && !s.starts_with("https://")
         {
@@ -141,7 +119,7 @@ fn members(a: &JoinArgs) -> Result<Vec<Member>> {
                 a.certs.display()
             );
         }
-        let cacerts = cacerts::secret_object(&dir, &a.namespace)?;
+        let cacerts = cacerts::secret_object(&dir, &a.ns.namespace)?;
         out.push(Member {
             context: ctx.clone(),
             name,
@@ -164,13 +142,15 @@ fn members(a: &JoinArgs) -> Result<Vec<Member>> {
 }
 
 pub fn run_join(a: JoinArgs) -> Result<ExitCode> {
-    let file = KubeconfigFile::load(a.kubeconfig.as_deref())?;
-    file.require_contexts(&a.contexts)?;
+    let file = KubeconfigFile::load(a.clusters.kubeconfig.as_deref())?;
+    file.require_contexts(&a.clusters.contexts)?;
     let members = members(&a)?;
     let plan = kc::block_on(join(&a, &members, &file))?;
-    if a.dry_run {
-        let secrets = Secrets::from_flag(a.show_secrets);
-        print!("{}", kc::render_plan_with(&plan, a.output, secrets)?);
+    if a.mutate.dry_run {
+        print!(
+            "{}",
+            kc::render_plan_with(&plan, a.mutate.output(), a.cacerts.secrets())?
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -180,22 +160,21 @@ async fn join(
     members: &[Member],
     file: &KubeconfigFile,
 ) -> Result<Vec<(String, Vec<Value>)>> {
-    let ns = a.namespace.as_str();
+    let ns = a.ns.namespace.as_str();
+    let dry_run = a.mutate.dry_run;
     // Phase 1: reach every cluster and check everything that could fail, before any change.
     let mut clusters: Vec<Cluster> = Vec::new();
     for m in members {
         let c = file.connect(&m.context).await?;
         let server = m.server.clone().unwrap_or_else(|| c.server.clone());
-        if !a.secret.allow_loopback_server && rs::is_loopback(&server) {
-            return Err(rs::loopback_error(
-                &server,
-                &m.context,
-                &format!("--server {}=", m.context),
-            )
-            .context(format!("the remote secret for cluster {:?}", m.name)));
+        if !a.secret.allow_loopback_server && is_loopback(&server) {
+            return Err(
+                loopback_error(&server, &m.context, &format!("--server {}=", m.context))
+                    .context(format!("the remote secret for cluster {:?}", m.name)),
+            );
         }
-        cacerts::apply_secret(&c, &m.cacerts, a.force, true).await?;
-        if a.gateway.expose_services && !a.dry_run && !gw::gateway_crd_served(&c).await? {
+        cacerts::apply_secret(&c, &m.cacerts, a.cacerts.force, true).await?;
+        if a.gateway.expose_services && !dry_run && !gw::gateway_crd_served(&c).await? {
             bail!(
                 "--expose-services: context {:?} does not serve networking.istio.io/v1 Gateways \
                  (CRD gateways.networking.istio.io missing): install Istio first, then run join \
@@ -212,11 +191,11 @@ async fn join(
     let mut restart = Vec::new();
     // Phase 2: per cluster: cacerts, network label, gateway.
     for (i, (m, c)) in members.iter().zip(&clusters).enumerate() {
-        let changed = cacerts::apply_secret(c, &m.cacerts, a.force, a.dry_run).await?;
-        let nsobj = label::label(c, ns, &m.network, Some(&m.name), a.dry_run).await?;
+        let changed = cacerts::apply_secret(c, &m.cacerts, a.cacerts.force, dry_run).await?;
+        let nsobj = namespace::label(c, ns, &m.network, Some(&m.name), dry_run).await?;
         let objs = gw::objects(ns, &m.network, &a.gateway)?;
-        gw::install(c, ns, &objs, a.dry_run).await?;
-        if !a.dry_run {
+        gw::install(c, ns, &objs, dry_run).await?;
+        if !dry_run {
             let what = if changed { "applied" } else { "unchanged" };
             println!(
                 "{}: cacerts {what}; namespace {ns} labelled {NETWORK_LABEL}={}; gateway applied ({} objects)",
@@ -240,22 +219,22 @@ async fn join(
             server: m.server.clone(),
             flags: a.secret.clone(),
         };
-        let built = rs::build(c, &opts, a.dry_run).await?;
+        let built = reader::build(c, &opts, dry_run).await?;
         plan[i].1.extend(built.source_objects);
         for (j, other) in clusters.iter().enumerate() {
             if i == j {
                 continue;
             }
-            if !a.dry_run {
+            if !dry_run {
                 kc::apply(other, &built.secret).await?;
                 println!(
                     "{}: remote secret {} (cluster {}) applied",
                     other.context,
-                    rs::secret_name(&m.name),
+                    remote_secret_name(&m.name),
                     m.name
                 );
             }
-            plan[j].1.push(rs::printable(&built.secret));
+            plan[j].1.push(printable(&built.secret));
         }
     }
     if !restart.is_empty() {
@@ -270,7 +249,7 @@ async fn join(
 
 /// Kinds `unjoin` deletes (in this order), when labelled managed-by=meshctl.
 const MANAGED_KINDS: &[(&str, &str)] = &[
-    ("networking.istio.io/v1", "Gateway"),
+    (ISTIO_NETWORKING_V1, "Gateway"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
     ("v1", "Service"),
@@ -286,7 +265,7 @@ const MANAGED_KINDS: &[(&str, &str)] = &[
 pub async fn unjoin_cluster(c: &Cluster, ns: &str, dry_run: bool) -> Result<Vec<Value>> {
     let mut removed = Vec::new();
     for (av, kind) in MANAGED_KINDS {
-        for o in kc::list(c, av, kind, None, kc::MANAGED_SELECTOR).await? {
+        for o in kc::list(c, av, kind, None, MANAGED_SELECTOR).await? {
             let mut stub = json!({"apiVersion": av, "kind": kind, "metadata": {"name": o["metadata"]["name"]}});
             if let Some(n) = o["metadata"]["namespace"].as_str() {
                 stub["metadata"]["namespace"] = json!(n);
@@ -300,7 +279,7 @@ pub async fn unjoin_cluster(c: &Cluster, ns: &str, dry_run: bool) -> Result<Vec<
     if let Some(n) = kc::get(c, "v1", "Namespace", None, ns).await? {
         let meshctl_owned = n["metadata"]["managedFields"]
             .as_array()
-            .is_some_and(|m| m.iter().any(|f| f["manager"] == kc::MANAGER));
+            .is_some_and(|m| m.iter().any(|f| f["manager"] == MANAGER));
         let has = n["metadata"]["labels"].get(NETWORK_LABEL).is_some()
             || n["metadata"]["annotations"]
                 .get(CLUSTER_NAME_ANNOTATION)
@@ -324,19 +303,20 @@ pub async fn unjoin_cluster(c: &Cluster, ns: &str, dry_run: bool) -> Result<Vec<
 }
 
 pub fn run_unjoin(a: UnjoinArgs) -> Result<ExitCode> {
-    check_unique(&a.contexts)?;
-    pki::validate_dns_label(&a.namespace).map_err(|e| anyhow!("namespace {e}"))?;
-    let file = KubeconfigFile::load(a.kubeconfig.as_deref())?;
-    file.require_contexts(&a.contexts)?;
+    check_unique(&a.clusters.contexts)?;
+    pki::validate_dns_label(&a.ns.namespace).map_err(|e| anyhow!("namespace {e}"))?;
+    let file = KubeconfigFile::load(a.clusters.kubeconfig.as_deref())?;
+    file.require_contexts(&a.clusters.contexts)?;
+    let (ns, dry_run) = (&a.ns.namespace, a.mutate.dry_run);
     let plan = kc::block_on(async {
         let mut clusters = Vec::new();
-        for ctx in &a.contexts {
+        for ctx in &a.clusters.contexts {
             clusters.push(file.connect(ctx).await?);
         }
         let mut plan = Vec::new();
         for c in &clusters {
-            let removed = unjoin_cluster(c, &a.namespace, a.dry_run).await?;
-            if !a.dry_run {
+            let removed = unjoin_cluster(c, ns, dry_run).await?;
+            if !dry_run {
                 println!(
                     "{}: removed {} object(s) managed by meshctl",
                     c.context,
@@ -347,9 +327,9 @@ pub fn run_unjoin(a: UnjoinArgs) -> Result<ExitCode> {
         }
         Ok(plan)
     })?;
-    if a.dry_run {
+    if dry_run {
         println!("# dry run: unjoin would delete (or, for the Namespace, unlabel) these objects");
-        print!("{}", kc::render_plan(&plan, a.output)?);
+        print!("{}", kc::render_plan(&plan, a.mutate.output())?);
     }
     Ok(ExitCode::SUCCESS)
 }

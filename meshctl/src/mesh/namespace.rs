@@ -1,33 +1,11 @@
-//! `meshctl label-network NETWORK`: labels istiod's namespace
-//! `topology.istio.io/network=<network>` (istiod's fallback network for workloads),
-//! creating the namespace if it is missing.
+//! istiod's namespace as meshctl shapes it: the network label and the cluster-name annotation
+//! (`join` records the cluster ID there for `check`), and how a label value is validated.
 
-use std::process::ExitCode;
-
-use anyhow::{Result, anyhow, bail};
-use clap::Args;
+use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
-use crate::kube_client::{self as kc, Cluster, KubeArgs, KubeconfigFile, Output};
-
-pub const NETWORK_LABEL: &str = "topology.istio.io/network";
-/// The cluster name `join` used for this cluster (read back by `check`).
-pub const CLUSTER_NAME_ANNOTATION: &str = "meshctl.io/cluster-name";
-
-#[derive(Debug, Args)]
-pub struct LabelNetworkArgs {
-    /// Network name, e.g. west-network (a label value).
-    network: String,
-    #[arg(long, short = 'n', default_value = "istio-system")]
-    namespace: String,
-    #[command(flatten)]
-    kube: KubeArgs,
-    /// Print the change and apply nothing.
-    #[arg(long)]
-    dry_run: bool,
-    #[arg(long, short = 'o', value_enum, default_value = "yaml")]
-    output: Output,
-}
+use crate::istio::{CLUSTER_NAME_ANNOTATION, NETWORK_LABEL};
+use crate::kube::{self as kc, Cluster};
 
 /// Label values: at most 63 characters, alphanumerics plus `-_.` inside.
 pub fn validate_label_value(v: &str) -> Result<()> {
@@ -79,25 +57,4 @@ pub async fn label(
         kc::apply(c, &obj).await?;
     }
     Ok(obj)
-}
-
-pub fn run(a: LabelNetworkArgs) -> Result<ExitCode> {
-    validate_label_value(&a.network)?;
-    pki::validate_dns_label(&a.namespace).map_err(|e| anyhow!("namespace {e}"))?;
-    let file = KubeconfigFile::load(a.kube.kubeconfig.as_deref())?;
-    let ctx = file.context_name(a.kube.context.as_deref())?;
-    file.require_contexts(std::slice::from_ref(&ctx))?;
-    let obj = kc::block_on(async {
-        let c = file.connect(&ctx).await?;
-        label(&c, &a.namespace, &a.network, None, a.dry_run).await
-    })?;
-    if a.dry_run {
-        print!("{}", kc::render_plan(&[(ctx, vec![obj])], a.output)?);
-    } else {
-        println!(
-            "namespace {} in context {ctx:?} labelled {NETWORK_LABEL}={}",
-            a.namespace, a.network
-        );
-    }
-    Ok(ExitCode::SUCCESS)
 }

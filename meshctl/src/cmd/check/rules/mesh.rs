@@ -3,7 +3,8 @@
 //! (with the reason), never failed with a hint: a guessed cluster ID would send the user to
 //! register the same cluster twice.
 
-use super::{Report, Seen};
+use super::super::facts::Seen;
+use super::super::report::Report;
 
 /// Which checks of "the secret for `source` stored in `target`" can run.
 #[derive(Debug, PartialEq, Eq)]
@@ -139,7 +140,7 @@ fn names(r: &mut Report, seen: &[Seen]) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Item, Status};
+    use super::super::super::report::{Item, Status};
     use super::*;
 
     /// A cluster as `check` sees it; `None` network/root for an unreachable one.
@@ -151,13 +152,12 @@ mod tests {
             name_guessed: name.is_none(),
             network: reachable.then(|| format!("{ctx}-net")),
             root: reachable.then(|| vec![b"root".to_vec()]),
-            client: None,
             unread: (!reachable).then_some("unreachable"),
         }
     }
 
     fn run(seen: &[Seen]) -> Vec<Item> {
-        let mut r = Report { items: Vec::new() };
+        let mut r = Report::default();
         mesh_checks(&mut r, seen);
         r.items
     }

@@ -1,4 +1,5 @@
-//! `meshctl certs ...`: root, per-cluster intermediates, workload certificates, verify, inspect.
+//! `meshctl certs ...`: root, per-cluster intermediates, workload certificates, verify, inspect
+//! (the certificates themselves are `pki`'s, and so are the defaults of the flags).
 //!
 //! Private keys are written 0600 in 0700 directories (`pki::write_files`), replaced by a
 //! rename so a symlink at a key path is never followed, and never printed. No file is
@@ -57,13 +58,13 @@ struct InitArgs {
     #[arg(long, default_value = "certs")]
     out: PathBuf,
     /// Root validity in days.
-    #[arg(long, default_value_t = 3650)]
+    #[arg(long, default_value_t = pki::DEFAULT_ROOT_DAYS)]
     root_days: u32,
     /// Intermediate validity in days (never past the root's notAfter).
     #[arg(long, default_value_t = pki::DEFAULT_INTERMEDIATE_DAYS)]
     days: u32,
     /// Subject O of the root and the intermediates.
-    #[arg(long, default_value = "Istio")]
+    #[arg(long, default_value = pki::DEFAULT_ORG)]
     org: String,
     #[command(flatten)]
     key: KeyArgs,
@@ -75,13 +76,13 @@ struct RootArgs {
     #[arg(long)]
     out: PathBuf,
     /// Validity in days.
-    #[arg(long, default_value_t = 3650)]
+    #[arg(long, default_value_t = pki::DEFAULT_ROOT_DAYS)]
     days: u32,
     /// Subject O.
-    #[arg(long, default_value = "Istio")]
+    #[arg(long, default_value = pki::DEFAULT_ORG)]
     org: String,
     /// Subject CN.
-    #[arg(long, default_value = "Root CA")]
+    #[arg(long, default_value = pki::DEFAULT_ROOT_CN)]
     common_name: String,
     #[command(flatten)]
     key: KeyArgs,
@@ -105,7 +106,7 @@ struct IntermediateArgs {
     #[arg(long, default_value_t = pki::DEFAULT_INTERMEDIATE_DAYS)]
     days: u32,
     /// Subject O.
-    #[arg(long, default_value = "Istio")]
+    #[arg(long, default_value = pki::DEFAULT_ORG)]
     org: String,
     #[command(flatten)]
     key: KeyArgs,
@@ -309,4 +310,42 @@ fn write(files: &[OutFile], force: bool) -> Result<()> {
         println!("wrote {}{note}", f.path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: CertsCommand,
+    }
+
+    /// The flags' defaults are pki's, not retyped: `certs root` with no options makes the
+    /// same root as `RootOptions::default()`.
+    #[test]
+    fn root_defaults_are_pkis() {
+        let d = RootOptions::default();
+        let Ok(Cli {
+            command: CertsCommand::Root(a),
+        }) = Cli::try_parse_from(["certs", "root", "--out", "x"])
+        else {
+            panic!("certs root --out x parses")
+        };
+        assert_eq!(
+            (a.org, a.common_name, a.days),
+            (d.org.clone(), d.common_name, d.days)
+        );
+        let Ok(Cli {
+            command: CertsCommand::Init(i),
+        }) = Cli::try_parse_from(["certs", "init", "--clusters", "a"])
+        else {
+            panic!("certs init parses")
+        };
+        assert_eq!((i.org, i.root_days), (d.org, d.days));
+        assert_eq!(i.days, IntermediateOptions::new("a").days);
+    }
 }

@@ -1,0 +1,205 @@
+//! Flags shared by several commands, declared once and flattened into each command's `Args`:
+//! the cluster(s) to act on, istiod's namespace, `--dry-run`/`-o`, the cacerts flags, the
+//! gateway and remote-secret flag groups; and `CONTEXT=VALUE` mappings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use clap::{Args, ValueEnum};
+
+use crate::istio::{DEFAULT_NAMESPACE, DEFAULT_READER_SA};
+use crate::kube::{Output, Secrets};
+
+/// `--kubeconfig` and one `--context` (commands that act on one cluster).
+#[derive(Debug, Clone, Args)]
+pub struct KubeArgs {
+    /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Context in the kubeconfig (default: its current context).
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
+/// `--kubeconfig` and a repeated `--context` (commands that act on several clusters).
+#[derive(Debug, Clone, Args)]
+pub struct ClustersArgs {
+    /// Kubeconfig holding every context (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// A cluster (repeat for each).
+    #[arg(long = "context", required = true)]
+    pub contexts: Vec<String>,
+}
+
+/// `-n`: istiod's namespace.
+#[derive(Debug, Clone, Args)]
+pub struct NamespaceArg {
+    /// istiod's namespace.
+    #[arg(long, short = 'n', default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+}
+
+/// `-o yaml|json`.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArg {
+    /// Output format (`check`: yaml is the human checklist, json is machine-readable).
+    #[arg(long, short = 'o', value_enum, default_value = "yaml")]
+    pub output: Output,
+}
+
+/// `--dry-run` and `-o`, on every command that changes a cluster.
+#[derive(Debug, Clone, Args)]
+pub struct MutateArgs {
+    /// Print what would be applied or deleted and change nothing (private keys redacted,
+    /// tokens are placeholders).
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub out: OutputArg,
+}
+
+impl MutateArgs {
+    pub fn output(&self) -> Output {
+        self.out.output
+    }
+}
+
+/// `--force` and `--show-secrets`, on the commands that apply a `cacerts` Secret.
+#[derive(Debug, Clone, Args)]
+pub struct CacertsFlags {
+    /// Replace a `cacerts` whose root differs (workloads signed by the old root stop being trusted).
+    #[arg(long)]
+    pub force: bool,
+    /// Print `ca-key.pem` in the --dry-run output instead of a placeholder.
+    #[arg(long)]
+    pub show_secrets: bool,
+}
+
+impl CacertsFlags {
+    pub fn secrets(&self) -> Secrets {
+        Secrets::from_flag(self.show_secrets)
+    }
+}
+
+/// Gateway Service type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServiceType {
+    LoadBalancer,
+    NodePort,
+}
+
+/// Default gateway image (the one `kind-e2e` builds).
+pub const DEFAULT_IMAGE: &str = "meshfed/gateway:dev";
+
+/// Gateway flags shared by `gateway manifest|install` and `join`.
+#[derive(Debug, Args, Clone)]
+pub struct GatewayFlags {
+    /// Gateway container image.
+    #[arg(long = "gateway-image", default_value = DEFAULT_IMAGE)]
+    pub image: String,
+    /// Minimum replicas (the HorizontalPodAutoscaler's floor).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub replicas: u32,
+    /// HorizontalPodAutoscaler ceiling.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_replicas: u32,
+    /// Service type of the gateway.
+    #[arg(long, value_enum, default_value = "load-balancer")]
+    pub service_type: ServiceType,
+    /// Service annotation KEY=VALUE (repeatable), e.g. for a cloud load balancer.
+    #[arg(long = "service-annotation")]
+    pub annotations: Vec<String>,
+    /// Also apply Istio's `cross-network-gateway` Gateway (AUTO_PASSTHROUGH on 15443, `*.local`).
+    #[arg(long)]
+    pub expose_services: bool,
+}
+
+/// Remote-secret flags shared by `create-remote-secret` and `join`.
+#[derive(Debug, Args, Clone)]
+pub struct SecretFlags {
+    /// Service account whose token the Secret carries.
+    #[arg(long, default_value = DEFAULT_READER_SA)]
+    pub service_account: String,
+    /// Create the service account and its read-only ClusterRole/Binding if missing.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub create_service_account: bool,
+    /// Use this existing `kubernetes.io/service-account-token` Secret for the token.
+    #[arg(long)]
+    pub secret_name: Option<String>,
+    /// Expiring token from the TokenRequest API (e.g. 24h, min 10m) instead of a
+    /// never-expiring service-account-token Secret. Re-run before it expires.
+    #[arg(long, value_parser = parse_ttl)]
+    pub token_ttl: Option<Duration>,
+    /// Accept a loopback API server address (127.0.0.1, localhost, ::1) in the Secret.
+    #[arg(long)]
+    pub allow_loopback_server: bool,
+    /// `tls-server-name` for the generated kubeconfig.
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
+    /// Also let the reader get/list/watch Secrets, so the other clusters' istiod can serve
+    /// this cluster's `credentialName` Secrets; the token then reads every Secret here.
+    #[arg(long)]
+    pub reader_allow_secrets: bool,
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d < Duration::from_secs(600) {
+        return Err(format!(
+            "{s:?} is shorter than 10m, the minimum the TokenRequest API accepts"
+        ));
+    }
+    Ok(d)
+}
+
+/// Refuses a `--context` given twice (before anything is read or changed).
+pub fn check_unique(contexts: &[String]) -> Result<()> {
+    for (i, c) in contexts.iter().enumerate() {
+        if contexts[..i].contains(c) {
+            bail!("--context {c:?} given twice");
+        }
+    }
+    Ok(())
+}
+
+/// Parses `ctx=value` flags into pairs, rejecting unknown contexts and duplicates.
+pub fn parse_mapping(
+    flag: &str,
+    items: &[String],
+    contexts: &[String],
+) -> Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for item in items {
+        let (ctx, val) = item
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--{flag} {item:?}: expected CONTEXT=VALUE"))?;
+        if !contexts.iter().any(|c| c == ctx) {
+            bail!(
+                "--{flag} {item:?}: context {ctx:?} is not one of the --context values ({})",
+                contexts.join(", ")
+            );
+        }
+        if out.iter().any(|(c, _)| c == ctx) {
+            bail!("--{flag}: context {ctx:?} given twice");
+        }
+        out.push((ctx.to_string(), val.to_string()));
+    }
+    Ok(out)
+}
+
+pub fn lookup<'a>(map: &'a [(String, String)], ctx: &str) -> Option<&'a str> {
+    map.iter().find(|(c, _)| c == ctx).map(|(_, v)| v.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_minimum() {
+        assert!(parse_ttl("5m").is_err());
+        assert_eq!(parse_ttl("24h").unwrap(), Duration::from_secs(86400));
+    }
+}

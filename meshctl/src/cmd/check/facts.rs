@@ -1,0 +1,49 @@
+//! What `check` gathers and what its rules conclude about each cluster: plain data, typed
+//! with k8s_openapi where a rule reads a field. `gather.rs` fills these, `rules/` reads them.
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+
+/// One readable cluster's objects that the cluster checks look at.
+#[derive(Debug, Default)]
+pub struct ClusterFacts {
+    pub context: String,
+    /// istiod's namespace (name), and the object if it exists.
+    pub ns: String,
+    pub namespace: Option<Namespace>,
+    /// `<ns>/cacerts` (only looked up when the namespace exists).
+    pub cacerts: Option<Secret>,
+    /// The east-west gateway's Service and pods.
+    pub gateway: Option<Service>,
+    pub pods: Vec<Pod>,
+}
+
+/// Why a cluster could not be read.
+#[derive(Debug, Clone)]
+pub enum Unread {
+    /// The API server answered 401 to the kubeconfig's credential.
+    Refused {
+        server: String,
+        user: String,
+        error: String,
+    },
+    /// No answer, or any other failure to connect.
+    Unreachable { error: String },
+}
+
+/// What check concluded about one cluster, for the pair and mesh checks.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub context: String,
+    /// The cluster ID: `--cluster-name`, else what join recorded, else the context.
+    pub name: String,
+    /// False when the cluster could not be read and no `--cluster-name` gave its ID.
+    pub name_known: bool,
+    /// The name is the context's, for want of a flag or a recorded ID.
+    pub name_guessed: bool,
+    /// Why meshctl could not read the cluster ("unreachable", ...); then the fields below
+    /// are empty.
+    pub unread: Option<&'static str>,
+    pub network: Option<String>,
+    /// The DER certificates of the cacerts root.
+    pub root: Option<Vec<Vec<u8>>>,
+}

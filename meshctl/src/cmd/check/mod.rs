@@ -1,0 +1,150 @@
+//! `meshctl check`: is the mesh really joined? A checklist per cluster, per ordered pair
+//! (the secret for cluster A stored in cluster B) and for the mesh as a whole, with a hint
+//! per failure and a non-zero exit on any failure.
+//!
+//! Gather, then decide: `gather` makes the API calls and returns plain `facts`; `rules`
+//! judges them with pure functions into a `report`, which is printed at the end. This
+//! function only sequences the two (a pair's live checks need the stored kubeconfig that
+//! the rules accepted, so gathering and judging alternate per pair).
+
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::cli::{ClustersArgs, NamespaceArg, OutputArg, check_unique, lookup, parse_mapping};
+use crate::kube::{self as kc, Cluster, KubeconfigFile, Output};
+use facts::Seen;
+use report::Report;
+use rules::mesh::PairPlan;
+use rules::{cluster, mesh, pair};
+
+mod facts;
+mod gather;
+mod report;
+mod rules;
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    clusters: ClustersArgs,
+    /// CONTEXT=NAME (default: the name `join` recorded on the namespace, else the context).
+    #[arg(long = "cluster-name")]
+    cluster_names: Vec<String>,
+    #[command(flatten)]
+    ns: NamespaceArg,
+    /// Accept loopback API server addresses in remote secrets (single-host tests only).
+    #[arg(long)]
+    allow_loopback_server: bool,
+    #[command(flatten)]
+    out: OutputArg,
+}
+
+pub fn run(a: CheckArgs) -> Result<ExitCode> {
+    let contexts = &a.clusters.contexts;
+    check_unique(contexts)?;
+    let names = parse_mapping("cluster-name", &a.cluster_names, contexts)?;
+    let file = KubeconfigFile::load(a.clusters.kubeconfig.as_deref())?;
+    file.require_contexts(contexts)?;
+    let r = kc::block_on(check(&a, &names, &file))?;
+    match a.out.output {
+        Output::Json => println!("{}", report::render_json(&r.items)?),
+        Output::Yaml => print!("{}", report::render_text(&r.items)),
+    }
+    Ok(if r.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile) -> Result<Report> {
+    let ns = a.ns.namespace.as_str();
+    let mut r = Report::default();
+    let mut seen = Vec::new();
+    let mut clients: Vec<Option<Cluster>> = Vec::new();
+    for ctx in &a.clusters.contexts {
+        let name_flag = lookup(names, ctx);
+        match file.connect(ctx).await {
+            Ok(c) => {
+                let facts = gather::cluster(&c, ns).await?;
+                seen.push(cluster::read_cluster(&mut r, &facts, &c.server, name_flag));
+                clients.push(Some(c));
+            }
+            Err(e) => {
+                let why = gather::unread(&e);
+                seen.push(cluster::unread_cluster(&mut r, ctx, name_flag, &why));
+                clients.push(None);
+            }
+        }
+    }
+    mesh::mesh_checks(&mut r, &seen);
+    for source in &seen {
+        for (target, tc) in seen.iter().zip(&clients) {
+            if source.context == target.context {
+                continue;
+            }
+            let skip_live = match (mesh::pair_plan(source, target), tc) {
+                (PairPlan::All, Some(tc)) => (None, tc),
+                (PairPlan::TargetOnly(why), Some(tc)) => (Some(why), tc),
+                (PairPlan::Skip(why), _) => {
+                    r.skip(
+                        &pair::pair_scope(source, target),
+                        "remote secret present",
+                        why,
+                    );
+                    continue;
+                }
+                (_, None) => {
+                    let why = format!("cluster {} is unreachable", target.context);
+                    r.skip(
+                        &pair::pair_scope(source, target),
+                        "remote secret present",
+                        why,
+                    );
+                    continue;
+                }
+            };
+            check_pair(&mut r, a, (source, target), skip_live).await?;
+        }
+    }
+    Ok(r)
+}
+
+/// The checks of one stored remote secret. With a reason in `skip_live`, those that need to
+/// reach the source cluster are skipped.
+async fn check_pair(
+    r: &mut Report,
+    a: &CheckArgs,
+    (source, target): (&Seen, &Seen),
+    (skip_live, tc): (Option<String>, &Cluster),
+) -> Result<()> {
+    let ns = a.ns.namespace.as_str();
+    let secrets = gather::remote_secrets(tc, ns).await?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let pair = (source, target);
+    let Some(kubeconfig) = pair::stored_secret(r, pair, ns, &secrets, a.allow_loopback_server, now)
+    else {
+        return Ok(());
+    };
+    let scope = pair::pair_scope(source, target);
+    if let Some(why) = skip_live {
+        pair::live_skipped(r, &scope, &why);
+        return Ok(());
+    }
+    let rejoin = pair::rejoin_hint(source, target);
+    match gather::try_kubeconfig(kubeconfig).await {
+        Ok((client, detail)) => {
+            let missing = gather::missing_reader_permissions(&client)
+                .await
+                .map_err(|e| format!("{e:#}"));
+            pair::live(r, &scope, Ok(&detail), Some(missing), &rejoin);
+        }
+        Err((failure, detail)) => pair::live(r, &scope, Err((failure, &detail)), None, &rejoin),
+    }
+    Ok(())
+}

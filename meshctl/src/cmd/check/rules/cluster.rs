@@ -1,0 +1,269 @@
+//! The checks of one cluster, judged from its [`ClusterFacts`] (or from why it could not be
+//! read): cacerts present and valid, the network label, the gateway's address and pods.
+//! Each returns what the pair and mesh checks need as a [`Seen`].
+
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+
+use super::super::facts::{ClusterFacts, Seen, Unread};
+use super::super::report::Report;
+use crate::istio::{APP_LABEL, CLUSTER_NAME_ANNOTATION, GATEWAY_NAME, NETWORK_LABEL, TLS_PORT};
+use crate::mesh::cacerts::pem_ders;
+
+/// The checks made on a cluster's own data (skipped when it cannot be read).
+pub const CLUSTER_CHECKS: [&str; 4] = [
+    "cacerts present and valid",
+    "network label",
+    "gateway Service has an external address",
+    "gateway pods ready",
+];
+
+/// A cluster meshctl could not read: reachability (and the credential) fail once, the checks
+/// that need its data are skipped with the reason. `name_flag` is its `--cluster-name`.
+pub fn unread_cluster(r: &mut Report, ctx: &str, name_flag: Option<&str>, why: &Unread) -> Seen {
+    let scope = format!("cluster {ctx}");
+    let unread = match why {
+        Unread::Refused {
+            server,
+            user,
+            error,
+        } => {
+            r.pass(&scope, "API server reachable", server.clone());
+            r.fail(
+                &scope,
+                "credential accepted",
+                error.clone(),
+                format!(
+                    "put new credentials for kubeconfig user {user:?} (its token or client certificate was refused)"
+                ),
+            );
+            "refusing meshctl's credential"
+        }
+        Unread::Unreachable { error } => {
+            r.fail(
+                &scope,
+                "API server reachable",
+                error.clone(),
+                "check the kubeconfig context and that the cluster is running",
+            );
+            "unreachable"
+        }
+    };
+    for check in CLUSTER_CHECKS {
+        r.skip(&scope, check, format!("cluster {ctx} is {unread}"));
+    }
+    Seen {
+        context: ctx.to_string(),
+        name: name_flag.unwrap_or(ctx).into(),
+        name_known: name_flag.is_some(),
+        name_guessed: name_flag.is_none(),
+        unread: Some(unread),
+        network: None,
+        root: None,
+    }
+}
+
+/// Every check of a cluster meshctl could read (reached at `server`).
+pub fn read_cluster(
+    r: &mut Report,
+    f: &ClusterFacts,
+    server: &str,
+    name_flag: Option<&str>,
+) -> Seen {
+    let (scope, ctx) = (format!("cluster {}", f.context), f.context.as_str());
+    r.pass(&scope, "API server reachable", server);
+    let recorded = ns_annotation(f, CLUSTER_NAME_ANNOTATION);
+    let name = name_flag.or(recorded.as_deref()).unwrap_or(ctx).to_string();
+    let name_guessed = name_flag.is_none() && recorded.is_none();
+    let root = cacerts(r, &scope, f, &name);
+    let network = network_label(r, &scope, f);
+    gateway_service(r, &scope, f);
+    gateway_pods(r, &scope, f);
+    Seen {
+        context: ctx.into(),
+        name,
+        name_known: true,
+        name_guessed,
+        unread: None,
+        network,
+        root,
+    }
+}
+
+/// An annotation and a label of istiod's namespace (none when it does not exist).
+fn ns_annotation(f: &ClusterFacts, key: &str) -> Option<String> {
+    let meta = &f.namespace.as_ref()?.metadata;
+    meta.annotations.as_ref()?.get(key).cloned()
+}
+
+fn ns_label(f: &ClusterFacts, key: &str) -> Option<String> {
+    let meta = &f.namespace.as_ref()?.metadata;
+    meta.labels.as_ref()?.get(key).cloned()
+}
+
+/// "cacerts present and valid"; returns the root's DER certificates (for the mesh check).
+fn cacerts(r: &mut Report, scope: &str, f: &ClusterFacts, name: &str) -> Option<Vec<Vec<u8>>> {
+    let (ctx, ns, check) = (&f.context, &f.ns, "cacerts present and valid");
+    let Some(s) = &f.cacerts else {
+        r.fail(scope, check, format!("no Secret {ns}/cacerts"),
+            format!("meshctl cacerts apply certs/{name} --context {ctx}, then restart istiod (kubectl -n {ns} rollout restart deploy/istiod)"));
+        return None;
+    };
+    match verify_cacerts(s) {
+        Ok(()) => r.pass(scope, check, ""),
+        Err(e) => r.fail(scope, check, e,
+            format!("regenerate the bundle (meshctl certs intermediate ...) and meshctl cacerts apply certs/{name} --context {ctx} --force")),
+    }
+    secret_bytes(s, pki::ROOT_CERT).map(pem_ders)
+}
+
+fn secret_bytes<'a>(s: &'a Secret, key: &str) -> Option<&'a [u8]> {
+    s.data.as_ref()?.get(key).map(|b| b.0.as_slice())
+}
+
+/// Runs the bundle checks on the Secret's files in memory (the CA key never touches the disk).
+pub fn verify_cacerts(s: &Secret) -> Result<(), String> {
+    let text = |f: &str| -> Result<String, String> {
+        let Some(bytes) = secret_bytes(s, f) else {
+            return Err(format!("key {f} missing (istiod needs all four files)"));
+        };
+        String::from_utf8(bytes.to_vec()).map_err(|_| format!("{f}: not PEM text"))
+    };
+    let bundle = pki::Bundle {
+        source: std::path::PathBuf::from("cacerts"),
+        ca_cert: text(pki::CA_CERT)?,
+        ca_key: text(pki::CA_KEY)?,
+        root_cert: text(pki::ROOT_CERT)?,
+        cert_chain: text(pki::CERT_CHAIN)?,
+    };
+    let report = pki::verify(&[bundle], &pki::VerifyOptions::default());
+    if report.is_ok() {
+        return Ok(());
+    }
+    let errors: Vec<String> = report
+        .errors()
+        .map(|f| {
+            let file = f
+                .file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            format!("{file}: {}", f.message)
+        })
+        .collect();
+    Err(errors.join("; "))
+}
+
+/// "network label", on the namespace and on the gateway Service; returns the network.
+fn network_label(r: &mut Report, scope: &str, f: &ClusterFacts) -> Option<String> {
+    let (ctx, ns, check) = (&f.context, &f.ns, "network label");
+    let network = ns_label(f, NETWORK_LABEL);
+    let svc_net = f
+        .gateway
+        .as_ref()
+        .and_then(|s| s.metadata.labels.as_ref()?.get(NETWORK_LABEL));
+    match (&network, svc_net) {
+        (None, _) => r.fail(
+            scope,
+            check,
+            format!("namespace {ns} has no {NETWORK_LABEL} label"),
+            format!("meshctl label-network <network> --context {ctx}"),
+        ),
+        (Some(n), Some(s)) if n != s => r.fail(
+            scope,
+            check,
+            format!("namespace says {n}, gateway Service says {s}"),
+            format!(
+                "re-run meshctl join (or meshctl gateway install --network {n} --context {ctx})"
+            ),
+        ),
+        (Some(n), _) => r.pass(scope, check, n.clone()),
+    }
+    network
+}
+
+/// "gateway Service has an external address".
+fn gateway_service(r: &mut Report, scope: &str, f: &ClusterFacts) {
+    let (ctx, ns, check) = (&f.context, &f.ns, "gateway Service has an external address");
+    match &f.gateway {
+        None => r.fail(scope, check, format!("no Service {ns}/{GATEWAY_NAME}"),
+            format!("meshctl gateway install --network <network> --context {ctx}")),
+        Some(s) => match gateway_address(s) {
+            Ok(detail) => r.pass(scope, check, detail),
+            Err(detail) => r.fail(scope, check, detail,
+                "no load-balancer controller assigned an address: install one (kind: MetalLB or cloud-provider-kind; check its pods and address pool) or use --service-type NodePort"),
+        },
+    }
+}
+
+/// `Ok(description)` when istiod can find an address for the gateway.
+pub fn gateway_address(svc: &Service) -> Result<String, String> {
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_deref())
+        .unwrap_or_default();
+    let ips: Vec<&str> = ingress.iter().filter_map(|i| i.ip.as_deref()).collect();
+    let hosts: Vec<&str> = ingress
+        .iter()
+        .filter_map(|i| i.hostname.as_deref())
+        .collect();
+    let spec = svc.spec.clone().unwrap_or_default();
+    let external = spec.external_ips.unwrap_or_default();
+    if !ips.is_empty() {
+        return Ok(ips.join(", "));
+    }
+    if !hosts.is_empty() {
+        return Ok(format!(
+            "{} (hostname: istiod resolves it with RESOLVE_HOSTNAME_GATEWAYS, the default)",
+            hosts.join(", ")
+        ));
+    }
+    if !external.is_empty() {
+        return Ok(format!("externalIPs {}", external.join(", ")));
+    }
+    if spec.type_.as_deref() == Some("NodePort") {
+        let tls = spec
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| p.port == i32::from(TLS_PORT));
+        return match tls.and_then(|p| p.node_port) {
+            Some(np) => Ok(format!(
+                "NodePort {np} for 15443 (istiod uses the nodes' addresses)"
+            )),
+            None => Err("NodePort Service without a nodePort for 15443".into()),
+        };
+    }
+    Err("pending: status.loadBalancer.ingress is empty".into())
+}
+
+/// "gateway pods ready".
+fn gateway_pods(r: &mut Report, scope: &str, f: &ClusterFacts) {
+    let (ctx, ns, check) = (&f.context, &f.ns, "gateway pods ready");
+    let (pods, ready) = (f.pods.len(), f.pods.iter().filter(|p| pod_ready(p)).count());
+    let hint = format!(
+        "kubectl --context {ctx} -n {ns} describe pods -l {APP_LABEL}={GATEWAY_NAME}; kubectl --context {ctx} -n {ns} logs deploy/{GATEWAY_NAME}"
+    );
+    if pods == 0 {
+        r.fail(
+            scope,
+            check,
+            format!("no pods with label {APP_LABEL}={GATEWAY_NAME}"),
+            hint,
+        );
+    } else if ready == 0 {
+        r.fail(scope, check, format!("0 of {pods} ready"), hint);
+    } else if ready < pods {
+        r.warn(scope, check, format!("{ready} of {pods} ready"), hint);
+    } else {
+        r.pass(scope, check, format!("{ready} of {pods} ready"));
+    }
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}

@@ -1,0 +1,11 @@
+//! `check`'s rules: pure functions from gathered facts to report items, each failure with
+//! a hint. No I/O and no `async` here, so the unit tests call them with hand-built facts.
+//! `cluster`: one cluster's own checks; `pair`: one stored remote secret; `mesh`: the mesh
+//! as a whole, and which pair checks can run at all.
+
+pub mod cluster;
+pub mod mesh;
+pub mod pair;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,235 @@
+//! The checks of one stored remote secret ("the secret for A in B"), judged from the Secrets
+//! found in B and from what the live calls with its kubeconfig returned: present, parses,
+//! no loopback server, token expiry, kubeconfig works, reader permissions.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::Secret;
+use kube::config::Kubeconfig;
+use serde_json::Value;
+
+use super::super::facts::Seen;
+use super::super::report::Report;
+use crate::istio::{MULTICLUSTER_LABEL, remote_secret_name};
+use crate::kube::Failure;
+use crate::mesh::reader_rules::{READER_RULES, permission_name};
+use crate::mesh::remote_secret::is_loopback;
+
+/// "secret for A in B": the Secret B's istiod uses to watch A.
+pub fn pair_scope(source: &Seen, target: &Seen) -> String {
+    format!("secret for {} in {}", source.name, target.context)
+}
+
+/// The fix for a missing or broken remote secret.
+pub fn rejoin_hint(source: &Seen, target: &Seen) -> String {
+    format!(
+        "re-run meshctl join (or meshctl create-remote-secret --context {} --name {} --server https://<address>:6443 | kubectl --context {} apply -f -)",
+        source.context, source.name, target.context
+    )
+}
+
+/// The kubeconfig stored in a remote Secret (`data` or `stringData`), with its cluster key.
+pub fn stored_kubeconfig(secret: &Secret) -> Option<(String, String)> {
+    if let Some((k, v)) = secret.data.as_ref().and_then(|m| m.iter().next()) {
+        return Some((k.clone(), String::from_utf8(v.0.clone()).ok()?));
+    }
+    let (k, v) = secret.string_data.as_ref()?.iter().next()?;
+    Some((k.clone(), v.clone()))
+}
+
+/// What can be judged without calling the source cluster: "remote secret present", that
+/// its kubeconfig parses, "no loopback server address" and "token expiry" (at `now`, in Unix
+/// seconds). Returns the stored kubeconfig when the live checks can go on.
+pub fn stored_secret(
+    r: &mut Report,
+    (source, target): (&Seen, &Seen),
+    ns: &str,
+    secrets: &[Secret],
+    allow_loopback_server: bool,
+    now: u64,
+) -> Option<Kubeconfig> {
+    let scope = pair_scope(source, target);
+    let rejoin = rejoin_hint(source, target);
+    let found: Vec<(String, String)> = secrets
+        .iter()
+        .filter_map(stored_kubeconfig)
+        .filter(|(k, _)| *k == source.name)
+        .collect();
+    let Some((_, kubeconfig)) = found.first() else {
+        // A guessed ID may be wrong: registering again under it would register the cluster twice.
+        let hint = if source.name_guessed {
+            format!(
+                "{ctx} records no cluster ID (join writes it on the {ns} namespace), so {} is a \
+                 guess: if {ctx} is registered under another ID, pass --cluster-name {ctx}=<that ID>; \
+                 otherwise {rejoin}",
+                source.name,
+                ctx = source.context
+            )
+        } else {
+            rejoin
+        };
+        r.fail(
+            &scope,
+            "remote secret present",
+            format!(
+                "no Secret labelled {MULTICLUSTER_LABEL}=true in {ns} holds cluster {}",
+                source.name
+            ),
+            hint,
+        );
+        return None;
+    };
+    if found.len() > 1 {
+        r.warn(
+            &scope,
+            "remote secret present",
+            format!(
+                "{} Secrets hold cluster {}; istiod uses one of them",
+                found.len(),
+                source.name
+            ),
+            "delete the stale one",
+        );
+    } else {
+        r.pass(
+            &scope,
+            "remote secret present",
+            remote_secret_name(&source.name),
+        );
+    }
+    let parsed = match Kubeconfig::from_yaml(kubeconfig) {
+        Ok(k) => k,
+        Err(e) => {
+            r.fail(
+                &scope,
+                "kubeconfig works",
+                format!("the stored kubeconfig does not parse: {e}"),
+                rejoin,
+            );
+            return None;
+        }
+    };
+    let server = parsed
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.server.clone())
+        .unwrap_or_default();
+    let check = "no loopback server address";
+    if !is_loopback(&server) {
+        r.pass(&scope, check, server.clone());
+    } else if allow_loopback_server {
+        r.pass(
+            &scope,
+            check,
+            format!("{server} (allowed by --allow-loopback-server)"),
+        );
+    } else {
+        r.fail(&scope, check, format!("{server}: {}'s istiod would connect to itself", target.context),
+            format!("re-run meshctl join with --server {}=https://<control-plane-address>:6443 (kind: docker inspect -f '{{{{.NetworkSettings.Networks.kind.IPAddress}}}}' <cluster>-control-plane)", source.context));
+    }
+    // kube's parsed kubeconfig keeps the token secret-wrapped; the raw YAML gives it plainly.
+    let raw: Value = serde_yaml::from_str(kubeconfig).unwrap_or(Value::Null);
+    let token = raw["users"][0]["user"]["token"].as_str();
+    token_expiry(r, &scope, token, &rejoin, now);
+    Some(parsed)
+}
+
+/// The live checks are not run (the source cluster cannot be read): both are skipped.
+pub fn live_skipped(r: &mut Report, scope: &str, why: &str) {
+    r.skip(scope, "kubeconfig works", why);
+    r.skip(scope, "reader permissions", why);
+}
+
+/// "kubeconfig works", from listing Services with it (`Ok(detail)` or the failure), and
+/// "reader permissions" from the permissions its account lacks (`None` when the kubeconfig
+/// did not work, so there was nothing to ask).
+pub fn live(
+    r: &mut Report,
+    scope: &str,
+    works: Result<&str, (Failure, &str)>,
+    missing: Option<Result<Vec<String>, String>>,
+    rejoin: &str,
+) {
+    match works {
+        Ok(detail) => r.pass(scope, "kubeconfig works", detail),
+        Err((failure, detail)) => {
+            let hint = if failure == Failure::CredentialRefused {
+                format!("issue a new token: {rejoin}")
+            } else {
+                format!("the token, CA or address is wrong, expired or unreachable: {rejoin}")
+            };
+            r.fail(scope, "kubeconfig works", detail, hint);
+        }
+    }
+    let check = "reader permissions";
+    match missing {
+        None => r.skip(scope, check, "the stored kubeconfig does not work"),
+        Some(Ok(missing)) if missing.is_empty() => {
+            let names: Vec<String> = READER_RULES
+                .iter()
+                .map(|r| permission_name(r.group, r.resource, &r.verbs.join("/")))
+                .collect();
+            r.pass(scope, check, names.join(", "));
+        }
+        Some(Ok(missing)) => r.fail(
+            scope,
+            check,
+            format!(
+                "the account may not {}: istiod cannot sync this cluster",
+                missing.join(", ")
+            ),
+            format!("restore the reader role: {rejoin}"),
+        ),
+        Some(Err(e)) => r.fail(scope, check, e, rejoin.to_string()),
+    }
+}
+
+/// The `exp` claim of a JWT (no signature check).
+pub fn jwt_exp(token: &str) -> Option<u64> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v["exp"].as_u64()
+}
+
+/// "token expiry" at `now` (Unix seconds): a day's warning before it expires.
+pub fn token_expiry(r: &mut Report, scope: &str, token: Option<&str>, rejoin: &str, now: u64) {
+    let check = "token expiry";
+    let Some(token) = token else {
+        r.fail(
+            scope,
+            check,
+            "the kubeconfig has no bearer token",
+            rejoin.to_string(),
+        );
+        return;
+    };
+    match jwt_exp(token) {
+        None => r.pass(
+            scope,
+            check,
+            "never expires (service-account-token Secret); --token-ttl gives expiring tokens",
+        ),
+        Some(exp) if exp <= now => r.fail(
+            scope,
+            check,
+            format!("expired {} ago", human(now - exp)),
+            format!("issue a new token: {rejoin}"),
+        ),
+        Some(exp) if exp - now < 24 * 3600 => r.warn(
+            scope,
+            check,
+            format!("expires in {}", human(exp - now)),
+            format!("renew it before then: {rejoin}"),
+        ),
+        Some(exp) => r.pass(scope, check, format!("expires in {}", human(exp - now))),
+    }
+}
+
+fn human(secs: u64) -> String {
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}

@@ -1,0 +1,418 @@
+//! The rules called with hand-built facts: no server, no files.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use serde_json::{Value, json};
+
+use super::super::facts::{ClusterFacts, Seen, Unread};
+use super::super::report::{Item, Report, Status};
+use super::cluster::{gateway_address, read_cluster, unread_cluster};
+use super::pair::{jwt_exp, live, stored_secret, token_expiry};
+use crate::istio::{CLUSTER_NAME_ANNOTATION, NETWORK_LABEL};
+use crate::kube::Failure;
+use crate::mesh::remote_secret::{remote_kubeconfig, remote_secret};
+
+fn typed<K: serde::de::DeserializeOwned>(v: Value) -> K {
+    serde_json::from_value(v).unwrap()
+}
+
+fn find<'a>(items: &'a [Item], check: &str) -> &'a Item {
+    items
+        .iter()
+        .find(|i| i.check == check)
+        .unwrap_or_else(|| panic!("no {check:?} in {items:?}"))
+}
+
+/// A valid cluster bundle as the cacerts Secret carries it (generated in memory).
+fn cacerts_secret() -> Secret {
+    let root = pki::RootCa::generate(&pki::RootOptions::default()).unwrap();
+    let ca = root
+        .issue_intermediate(&pki::IntermediateOptions::new("west"))
+        .unwrap();
+    let data: BTreeMap<String, ByteString> = ca
+        .files(std::path::Path::new("b"))
+        .into_iter()
+        .map(|f| {
+            let name = f.path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, ByteString(f.contents.into_bytes()))
+        })
+        .collect();
+    Secret {
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+fn pod(ready: bool) -> Pod {
+    let status = if ready { "True" } else { "False" };
+    typed(json!({"status": {"conditions": [{"type": "Ready", "status": status}]}}))
+}
+
+/// A cluster where every check passes.
+fn healthy() -> ClusterFacts {
+    ClusterFacts {
+        context: "west".into(),
+        ns: "istio-system".into(),
+        namespace: Some(typed(json!({"metadata": {"name": "istio-system",
+            "labels": {NETWORK_LABEL: "west-net"},
+            "annotations": {CLUSTER_NAME_ANNOTATION: "west-cluster"}}}))),
+        cacerts: Some(cacerts_secret()),
+        gateway: Some(typed(
+            json!({"metadata": {"labels": {NETWORK_LABEL: "west-net"}},
+            "spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "172.18.0.10"}]}}}),
+        )),
+        pods: vec![pod(true), pod(true)],
+    }
+}
+
+fn judge(f: &ClusterFacts, flag: Option<&str>) -> (Vec<Item>, Seen) {
+    let mut r = Report::default();
+    let seen = read_cluster(&mut r, f, "https://172.18.0.2:6443", flag);
+    (r.items, seen)
+}
+
+#[test]
+fn a_healthy_cluster_passes_and_yields_its_name_network_and_root() {
+    let (items, seen) = judge(&healthy(), None);
+    assert_eq!(items.len(), 5, "{items:?}");
+    assert!(items.iter().all(|i| i.status == Status::Pass), "{items:?}");
+    assert_eq!(find(&items, "gateway pods ready").detail, "2 of 2 ready");
+    assert_eq!(seen.name, "west-cluster");
+    assert!(!seen.name_guessed && seen.name_known && seen.unread.is_none());
+    assert_eq!(seen.network.as_deref(), Some("west-net"));
+    assert_eq!(seen.root.as_ref().map(Vec::len), Some(1));
+    // --cluster-name wins over the recorded name; without either the context is a guess.
+    assert_eq!(judge(&healthy(), Some("flagged")).1.name, "flagged");
+    let mut f = healthy();
+    f.namespace = Some(typed(json!({"metadata": {"name": "istio-system"}})));
+    let seen = judge(&f, None).1;
+    assert!(seen.name == "west" && seen.name_guessed);
+}
+
+#[test]
+fn cacerts_missing_or_broken_fails_with_the_apply_hint() {
+    let mut f = healthy();
+    f.cacerts = None;
+    let (items, seen) = judge(&f, None);
+    let i = find(&items, "cacerts present and valid");
+    assert_eq!(i.status, Status::Fail);
+    assert!(i.detail.contains("no Secret istio-system/cacerts"), "{i:?}");
+    let hint = i.hint.as_deref().unwrap();
+    assert!(
+        hint.contains("meshctl cacerts apply certs/west-cluster --context west"),
+        "{hint}"
+    );
+    assert!(seen.root.is_none());
+
+    let mut s = cacerts_secret();
+    s.data.as_mut().unwrap().remove(pki::CA_KEY);
+    f.cacerts = Some(s);
+    let (items, _) = judge(&f, None);
+    let i = find(&items, "cacerts present and valid");
+    assert_eq!(i.status, Status::Fail);
+    assert!(i.detail.contains("key ca-key.pem missing"), "{i:?}");
+    assert!(i.hint.as_deref().unwrap().contains("--force"));
+}
+
+#[test]
+fn network_labels_must_exist_and_agree() {
+    let mut f = healthy();
+    f.gateway.as_mut().unwrap().metadata.labels =
+        Some([(NETWORK_LABEL.to_string(), "other-net".to_string())].into());
+    let i = find(&judge(&f, None).0, "network label").clone();
+    assert_eq!(i.status, Status::Fail);
+    assert!(
+        i.detail.contains("west-net") && i.detail.contains("other-net"),
+        "{i:?}"
+    );
+    f.namespace = Some(typed(json!({"metadata": {"name": "istio-system"}})));
+    let (items, seen) = judge(&f, None);
+    let i = find(&items, "network label");
+    assert!(i.status == Status::Fail && i.hint.as_deref().unwrap().contains("label-network"));
+    assert!(seen.network.is_none());
+}
+
+#[test]
+fn gateway_pods_none_some_or_all_ready() {
+    let check = "gateway pods ready";
+    for (pods, status, detail) in [
+        (
+            vec![],
+            Status::Fail,
+            "no pods with label app=istio-eastwestgateway",
+        ),
+        (vec![pod(false)], Status::Fail, "0 of 1 ready"),
+        (vec![pod(true), pod(false)], Status::Warn, "1 of 2 ready"),
+    ] {
+        let mut f = healthy();
+        f.pods = pods;
+        let (items, _) = judge(&f, None);
+        let i = find(&items, check);
+        assert_eq!((i.status, i.detail.as_str()), (status, detail));
+        assert!(
+            i.hint
+                .as_deref()
+                .unwrap()
+                .contains("describe pods -l app=istio-eastwestgateway")
+        );
+    }
+    let mut f = healthy();
+    f.gateway = None;
+    let i = find(
+        &judge(&f, None).0,
+        "gateway Service has an external address",
+    )
+    .clone();
+    assert!(i.status == Status::Fail && i.hint.unwrap().contains("meshctl gateway install"));
+}
+
+#[test]
+fn gateway_address_cases() {
+    let lb = |status: Value| -> Service {
+        typed(json!({"spec": {"type": "LoadBalancer"}, "status": status}))
+    };
+    assert!(
+        gateway_address(&lb(json!({})))
+            .unwrap_err()
+            .contains("pending")
+    );
+    assert_eq!(
+        gateway_address(&lb(
+            json!({"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}})
+        ))
+        .unwrap(),
+        "1.2.3.4"
+    );
+    let np: Service =
+        typed(json!({"spec": {"type": "NodePort", "ports": [{"port": 15443, "nodePort": 31443}]}}));
+    assert!(gateway_address(&np).unwrap().contains("31443"));
+    let host = lb(json!({"loadBalancer": {"ingress": [{"hostname": "gw.example.com"}]}}));
+    assert!(
+        gateway_address(&host)
+            .unwrap()
+            .contains("RESOLVE_HOSTNAME_GATEWAYS")
+    );
+    let bare: Service =
+        typed(json!({"spec": {"type": "NodePort", "ports": [{"port": 15021, "nodePort": 31021}]}}));
+    assert!(
+        gateway_address(&bare)
+            .unwrap_err()
+            .contains("without a nodePort")
+    );
+}
+
+#[test]
+fn an_unread_cluster_fails_once_and_skips_its_checks() {
+    let mut r = Report::default();
+    let why = Unread::Refused {
+        server: "https://10.0.0.1:6443".into(),
+        user: "admin".into(),
+        error: "401".into(),
+    };
+    let seen = unread_cluster(&mut r, "east", None, &why);
+    let statuses: Vec<Status> = r.items.iter().map(|i| i.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            Status::Pass,
+            Status::Fail,
+            Status::Skip,
+            Status::Skip,
+            Status::Skip,
+            Status::Skip
+        ]
+    );
+    assert!(
+        find(&r.items, "credential accepted")
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("\"admin\"")
+    );
+    assert_eq!(seen.unread, Some("refusing meshctl's credential"));
+    assert!(!seen.name_known && seen.name_guessed);
+    let mut r = Report::default();
+    let why = Unread::Unreachable {
+        error: "timed out".into(),
+    };
+    let seen = unread_cluster(&mut r, "east", Some("east-cluster"), &why);
+    assert_eq!(r.items[0].status, Status::Fail);
+    assert!(
+        r.items[1..]
+            .iter()
+            .all(|i| i.status == Status::Skip && i.detail == "cluster east is unreachable")
+    );
+    assert!(seen.name_known && seen.name == "east-cluster");
+}
+
+fn seen(ctx: &str, name: &str, guessed: bool) -> Seen {
+    Seen {
+        context: ctx.into(),
+        name: name.into(),
+        name_known: true,
+        name_guessed: guessed,
+        unread: None,
+        network: None,
+        root: None,
+    }
+}
+
+fn jwt(claims: &str) -> String {
+    let b = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    format!("{}.{}.sig", b("{}"), b(claims))
+}
+
+/// The remote secret for `cluster` as `join` applies it, then as the API server returns it.
+fn stored(cluster: &str, server: &str, token: &str) -> Secret {
+    let kc = remote_kubeconfig(cluster, server, b"CA", token, None);
+    typed(remote_secret(cluster, "istio-system", &kc))
+}
+
+fn judge_pair(source: &Seen, secrets: &[Secret], allow: bool, now: u64) -> (Vec<Item>, bool) {
+    let mut r = Report::default();
+    let target = seen("west", "west-cluster", false);
+    let k = stored_secret(
+        &mut r,
+        (source, &target),
+        "istio-system",
+        secrets,
+        allow,
+        now,
+    );
+    (r.items, k.is_some())
+}
+
+#[test]
+fn jwt_exp_reads_the_claim() {
+    let b = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let t = format!("{}.{}.sig", b("{}"), b(r#"{"exp":1700000000,"sub":"x"}"#));
+    assert_eq!(jwt_exp(&t), Some(1_700_000_000));
+    assert_eq!(jwt_exp(&format!("{}.{}.sig", b("{}"), b("{}"))), None);
+    assert_eq!(jwt_exp("not-a-jwt"), None);
+}
+
+#[test]
+fn a_missing_secret_fails_and_a_guessed_id_says_so() {
+    let other = [stored("north", "https://10.0.0.3:6443", "t")];
+    let (items, live) = judge_pair(&seen("east", "east-cluster", false), &other, false, 0);
+    assert!(!live);
+    let i = find(&items, "remote secret present");
+    assert_eq!(i.status, Status::Fail);
+    assert!(
+        i.hint
+            .as_deref()
+            .unwrap()
+            .starts_with("re-run meshctl join")
+    );
+    let (items, _) = judge_pair(&seen("east", "east", true), &other, false, 0);
+    let hint = find(&items, "remote secret present").hint.clone().unwrap();
+    assert!(
+        hint.contains("is a guess") && hint.contains("--cluster-name east=<that ID>"),
+        "{hint}"
+    );
+}
+
+#[test]
+fn a_stored_secret_is_judged_without_calling_its_cluster() {
+    let now = 1_700_000_000;
+    let east = seen("east", "east-cluster", false);
+    let good = stored(
+        "east-cluster",
+        "https://10.0.0.2:6443",
+        &jwt(r#"{"exp":1800000000}"#),
+    );
+    let (items, live) = judge_pair(&east, std::slice::from_ref(&good), false, now);
+    assert!(live);
+    assert!(items.iter().all(|i| i.status == Status::Pass), "{items:?}");
+    assert_eq!(
+        find(&items, "remote secret present").detail,
+        "istio-remote-secret-east-cluster"
+    );
+    // Two Secrets for one cluster: a warning.
+    let (items, _) = judge_pair(&east, &[good.clone(), good], false, now);
+    assert_eq!(find(&items, "remote secret present").status, Status::Warn);
+    // Loopback: refused unless allowed.
+    let lo = [stored("east-cluster", "https://127.0.0.1:6443", "t")];
+    let i = find(
+        &judge_pair(&east, &lo, false, now).0,
+        "no loopback server address",
+    )
+    .clone();
+    assert!(i.status == Status::Fail && i.hint.unwrap().contains("--server east="));
+    let i = find(
+        &judge_pair(&east, &lo, true, now).0,
+        "no loopback server address",
+    )
+    .clone();
+    assert!(i.status == Status::Pass && i.detail.contains("allowed by --allow-loopback-server"));
+}
+
+#[test]
+fn token_expiry_at_a_given_time() {
+    let now = 1_700_000_000;
+    let at = |token: Option<&str>| {
+        let mut r = Report::default();
+        token_expiry(&mut r, "s", token, "rejoin", now);
+        r.items.remove(0)
+    };
+    let expired = at(Some(&jwt(&format!(r#"{{"exp":{}}}"#, now - 3600))));
+    assert_eq!(
+        (expired.status, expired.detail.as_str()),
+        (Status::Fail, "expired 1h ago")
+    );
+    let soon = at(Some(&jwt(&format!(r#"{{"exp":{}}}"#, now + 7200))));
+    assert_eq!(
+        (soon.status, soon.detail.as_str()),
+        (Status::Warn, "expires in 2h")
+    );
+    let later = at(Some(&jwt(&format!(r#"{{"exp":{}}}"#, now + 3 * 86400))));
+    assert_eq!(
+        (later.status, later.detail.as_str()),
+        (Status::Pass, "expires in 3days")
+    );
+    assert!(at(Some("legacy-token")).detail.starts_with("never expires"));
+    assert_eq!(at(None).status, Status::Fail);
+}
+
+#[test]
+fn live_results_name_the_fix() {
+    let run = |works: Result<&str, (Failure, &str)>, missing| {
+        let mut r = Report::default();
+        live(&mut r, "s", works, missing, "REJOIN");
+        r.items
+    };
+    let items = run(Err((Failure::CredentialRefused, "401")), None);
+    assert!(
+        items[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .starts_with("issue a new token: REJOIN")
+    );
+    assert_eq!(
+        (items[1].status, items[1].detail.as_str()),
+        (Status::Skip, "the stored kubeconfig does not work")
+    );
+    let items = run(Err((Failure::Unreachable, "timeout")), None);
+    assert!(
+        items[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("wrong, expired or unreachable")
+    );
+    let items = run(Ok("listed 3 services"), Some(Ok(vec!["list pods".into()])));
+    assert_eq!(items[0].status, Status::Pass);
+    assert!(items[1].status == Status::Fail && items[1].detail.contains("may not list pods"));
+    let items = run(Ok("listed 3 services"), Some(Ok(vec![])));
+    assert_eq!(items[1].status, Status::Pass);
+    assert!(
+        items[1].detail.contains("list/watch"),
+        "{}",
+        items[1].detail
+    );
+}

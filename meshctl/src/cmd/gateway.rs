@@ -1,0 +1,87 @@
+//! `meshctl gateway manifest|install`: print the east-west gateway's objects, or apply them
+//! to a cluster (the objects themselves are built in `mesh::gateway`).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use crate::cli::{GatewayFlags, KubeArgs, MutateArgs, NamespaceArg, OutputArg};
+use crate::istio::GATEWAY_NAME;
+use crate::kube::{self as kc, KubeconfigFile};
+use crate::mesh::gateway::{install, objects};
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    #[command(subcommand)]
+    cmd: GatewayCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum GatewayCmd {
+    /// Print the gateway's objects.
+    Manifest(ManifestArgs),
+    /// Apply the gateway's objects to a cluster (server-side apply).
+    Install(InstallArgs),
+}
+
+/// What the objects depend on (both subcommands).
+#[derive(Debug, Args)]
+struct GatewaySpec {
+    /// This cluster's network (label value), e.g. west-network.
+    #[arg(long)]
+    network: String,
+    #[command(flatten)]
+    ns: NamespaceArg,
+    #[command(flatten)]
+    gw: GatewayFlags,
+}
+
+#[derive(Debug, Args)]
+struct ManifestArgs {
+    #[command(flatten)]
+    spec: GatewaySpec,
+    #[command(flatten)]
+    out: OutputArg,
+}
+
+#[derive(Debug, Args)]
+struct InstallArgs {
+    #[command(flatten)]
+    spec: GatewaySpec,
+    #[command(flatten)]
+    kube: KubeArgs,
+    #[command(flatten)]
+    mutate: MutateArgs,
+}
+
+pub fn run(a: GatewayArgs) -> Result<ExitCode> {
+    match a.cmd {
+        GatewayCmd::Manifest(m) => {
+            let objs = objects(&m.spec.ns.namespace, &m.spec.network, &m.spec.gw)?;
+            print!("{}", kc::render(&objs, m.out.output)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        GatewayCmd::Install(i) => {
+            let ns = &i.spec.ns.namespace;
+            let objs = objects(ns, &i.spec.network, &i.spec.gw)?;
+            let file = KubeconfigFile::load(i.kube.kubeconfig.as_deref())?;
+            let ctx = file.context_name(i.kube.context.as_deref())?;
+            file.require_contexts(std::slice::from_ref(&ctx))?;
+            let dry_run = i.mutate.dry_run;
+            kc::block_on(async {
+                let c = file.connect(&ctx).await?;
+                install(&c, ns, &objs, dry_run).await
+            })?;
+            if dry_run {
+                print!("{}", kc::render_plan(&[(ctx, objs)], i.mutate.output())?);
+            } else {
+                println!(
+                    "gateway {GATEWAY_NAME} applied in context {ctx:?} ({} objects)",
+                    objs.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

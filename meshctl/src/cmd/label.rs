@@ -1,0 +1,50 @@
+//! `meshctl label-network NETWORK`: labels istiod's namespace
+//! `topology.istio.io/network=<network>` (istiod's fallback network for workloads),
+//! creating the namespace if it is missing.
+
+use std::process::ExitCode;
+
+use anyhow::{Result, anyhow};
+use clap::Args;
+
+use crate::cli::{KubeArgs, MutateArgs, NamespaceArg};
+use crate::istio::NETWORK_LABEL;
+use crate::kube::{self as kc, KubeconfigFile};
+use crate::mesh::namespace::{label, validate_label_value};
+
+#[derive(Debug, Args)]
+pub struct LabelNetworkArgs {
+    /// Network name, e.g. west-network (a label value).
+    network: String,
+    #[command(flatten)]
+    ns: NamespaceArg,
+    #[command(flatten)]
+    kube: KubeArgs,
+    #[command(flatten)]
+    mutate: MutateArgs,
+}
+
+pub fn run(a: LabelNetworkArgs) -> Result<ExitCode> {
+    let ns = &a.ns.namespace;
+    validate_label_value(&a.network)?;
+    pki::validate_dns_label(ns).map_err(|e| anyhow!("namespace {e}"))?;
+    let file = KubeconfigFile::load(a.kube.kubeconfig.as_deref())?;
+    let ctx = file.context_name(a.kube.context.as_deref())?;
+    file.require_contexts(std::slice::from_ref(&ctx))?;
+    let obj = kc::block_on(async {
+        let c = file.connect(&ctx).await?;
+        label(&c, ns, &a.network, None, a.mutate.dry_run).await
+    })?;
+    if a.mutate.dry_run {
+        print!(
+            "{}",
+            kc::render_plan(&[(ctx, vec![obj])], a.mutate.output())?
+        );
+    } else {
+        println!(
+            "namespace {ns} in context {ctx:?} labelled {NETWORK_LABEL}={}",
+            a.network
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

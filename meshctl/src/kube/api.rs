@@ -1,0 +1,268 @@
+//! Talking to one cluster: `connect` (checks that the API server answers and names the
+//! failure), and get/list/server-side apply/delete of objects as JSON, with messages that
+//! name the object and the context.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::config::KubeConfigOptions;
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Client, Config};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::config::{KubeconfigFile, init_crypto};
+use super::errors::{ConnectError, error_text};
+use super::render::{describe, meta};
+use crate::istio::MANAGER;
+
+/// Runs an async command on a fresh runtime (the CLI is otherwise synchronous).
+pub fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    init_crypto();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(f)
+}
+
+impl KubeconfigFile {
+    /// A client for `context`, after checking that its API server answers.
+    pub async fn connect(&self, context: &str) -> Result<Cluster> {
+        self.require_contexts(&[context.to_string()])?;
+        let opts = KubeConfigOptions {
+            context: Some(context.to_string()),
+            ..Default::default()
+        };
+        let mut cfg = Config::from_custom_kubeconfig(self.config.clone(), &opts)
+            .await
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(|| format!("context {context:?} in {}", self.path.display()))?;
+        cfg.connect_timeout = Some(Duration::from_secs(5));
+        cfg.read_timeout = Some(Duration::from_secs(30));
+        let server = cfg
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_string();
+        let ca_pem = self.ca_pem(context)?;
+        let tls_server_name = cfg.tls_server_name.clone();
+        let client = Client::try_from(cfg)
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(|| format!("building a client for context {context:?}"))?;
+        if let Err(e) = client.apiserver_version().await {
+            let user = self.user_of(context).unwrap_or_default();
+            return Err(ConnectError::new(&e, context, &server, &user, &self.path).into());
+        }
+        Ok(Cluster {
+            context: context.to_string(),
+            client,
+            server,
+            ca_pem,
+            tls_server_name,
+        })
+    }
+}
+
+fn status_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// One cluster, reached through one kubeconfig context.
+#[derive(Clone)]
+pub struct Cluster {
+    pub context: String,
+    pub client: Client,
+    /// API server URL as the kubeconfig states it.
+    pub server: String,
+    /// The API server CA (PEM) from the kubeconfig, if it names one.
+    pub ca_pem: Option<Vec<u8>>,
+    pub tls_server_name: Option<String>,
+}
+
+/// Plural and scope of the kinds meshctl writes.
+fn resource_of(api_version: &str, kind: &str) -> Result<(ApiResource, bool)> {
+    let (plural, namespaced) = match kind {
+        "Namespace" => ("namespaces", false),
+        "Secret" => ("secrets", true),
+        "ServiceAccount" => ("serviceaccounts", true),
+        "Service" => ("services", true),
+        "Pod" => ("pods", true),
+        "ClusterRole" => ("clusterroles", false),
+        "ClusterRoleBinding" => ("clusterrolebindings", false),
+        "Deployment" => ("deployments", true),
+        "PodDisruptionBudget" => ("poddisruptionbudgets", true),
+        "HorizontalPodAutoscaler" => ("horizontalpodautoscalers", true),
+        "Gateway" => ("gateways", true),
+        "CustomResourceDefinition" => ("customresourcedefinitions", false),
+        other => bail!("meshctl does not manage objects of kind {other}"),
+    };
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    Ok((ApiResource::from_gvk_with_plural(&gvk, plural), namespaced))
+}
+
+fn api_for(
+    c: &Cluster,
+    api_version: &str,
+    kind: &str,
+    ns: Option<&str>,
+) -> Result<Api<DynamicObject>> {
+    let (ar, namespaced) = resource_of(api_version, kind)?;
+    Ok(match (namespaced, ns) {
+        (true, Some(ns)) => Api::namespaced_with(c.client.clone(), ns, &ar),
+        (true, None) => Api::all_with(c.client.clone(), &ar),
+        (false, _) => Api::all_with(c.client.clone(), &ar),
+    })
+}
+
+/// Server-side apply of a rendered object (field manager `meshctl`, forced).
+pub async fn apply(c: &Cluster, obj: &Value) -> Result<Value> {
+    let av = obj["apiVersion"].as_str().unwrap_or_default();
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let name = meta(obj, "name").ok_or_else(|| anyhow!("object without a name"))?;
+    let api = api_for(c, av, kind, meta(obj, "namespace"))?;
+    let pp = PatchParams::apply(MANAGER).force();
+    let out = api
+        .patch(name, &pp, &Patch::Apply(obj))
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "applying {} in context {:?}: {}",
+                describe(obj),
+                c.context,
+                error_text(&e)
+            )
+        })?;
+    Ok(serde_json::to_value(out)?)
+}
+
+/// Applies objects in order.
+pub async fn apply_all(c: &Cluster, objs: &[Value]) -> Result<()> {
+    for o in objs {
+        apply(c, o).await?;
+    }
+    Ok(())
+}
+
+/// One object as JSON, or `None` when it does not exist.
+pub async fn get(
+    c: &Cluster,
+    api_version: &str,
+    kind: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Option<Value>> {
+    let api = api_for(c, api_version, kind, ns)?;
+    match api.get_opt(name).await {
+        Ok(o) => Ok(o.map(|o| serde_json::to_value(o).unwrap_or(Value::Null))),
+        Err(e) => Err(anyhow!(
+            "reading {kind} {name} in context {:?}: {}",
+            c.context,
+            error_text(&e)
+        )),
+    }
+}
+
+/// Objects of a kind matching a label selector (all namespaces when `ns` is `None`).
+pub async fn list(
+    c: &Cluster,
+    api_version: &str,
+    kind: &str,
+    ns: Option<&str>,
+    selector: &str,
+) -> Result<Vec<Value>> {
+    let api = api_for(c, api_version, kind, ns)?;
+    let lp = ListParams::default().labels(selector);
+    match api.list(&lp).await {
+        Ok(l) => Ok(l
+            .items
+            .into_iter()
+            .map(|o| serde_json::to_value(o).unwrap_or(Value::Null))
+            .collect()),
+        Err(e) if status_code(&e) == Some(404) => Ok(Vec::new()),
+        Err(e) => Err(anyhow!(
+            "listing {kind} in context {:?}: {}",
+            c.context,
+            error_text(&e)
+        )),
+    }
+}
+
+/// [`get`], decoded as a typed object (for reading fields a check depends on).
+pub async fn get_as<K: DeserializeOwned>(
+    c: &Cluster,
+    api_version: &str,
+    kind: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Option<K>> {
+    get(c, api_version, kind, ns, name)
+        .await?
+        .map(|v| decode(c, kind, v))
+        .transpose()
+}
+
+/// [`list`], decoded as typed objects.
+pub async fn list_as<K: DeserializeOwned>(
+    c: &Cluster,
+    api_version: &str,
+    kind: &str,
+    ns: Option<&str>,
+    selector: &str,
+) -> Result<Vec<K>> {
+    list(c, api_version, kind, ns, selector)
+        .await?
+        .into_iter()
+        .map(|v| decode(c, kind, v))
+        .collect()
+}
+
+fn decode<K: DeserializeOwned>(c: &Cluster, kind: &str, v: Value) -> Result<K> {
+    let what = describe(&v);
+    serde_json::from_value(v)
+        .with_context(|| format!("decoding {what} from context {:?} as a {kind}", c.context))
+}
+
+/// Deletes an object; `false` when it was already gone.
+pub async fn delete(c: &Cluster, obj: &Value) -> Result<bool> {
+    let av = obj["apiVersion"].as_str().unwrap_or_default();
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let name = meta(obj, "name").unwrap_or_default();
+    let api = api_for(c, av, kind, meta(obj, "namespace"))?;
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(e) if status_code(&e) == Some(404) => Ok(false),
+        Err(e) => Err(anyhow!(
+            "deleting {} in context {:?}: {}",
+            describe(obj),
+            c.context,
+            error_text(&e)
+        )),
+    }
+}
+
+/// Creates namespace `ns` if it is missing (plain create, not labelled: the namespace is
+/// shared with Istio, so `unjoin` never deletes it). Returns true when it was created.
+pub async fn ensure_namespace(c: &Cluster, ns: &str) -> Result<bool> {
+    if get(c, "v1", "Namespace", None, ns).await?.is_some() {
+        return Ok(false);
+    }
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c.client.clone());
+    let obj: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+    match api.create(&Default::default(), &obj).await {
+        Ok(_) => Ok(true),
+        Err(e) if status_code(&e) == Some(409) => Ok(false),
+        Err(e) => Err(anyhow!(
+            "creating namespace {ns} in context {:?}: {}",
+            c.context,
+            error_text(&e)
+        )),
+    }
+}

@@ -1,0 +1,154 @@
+//! Reading kubeconfig files: which file (`--kubeconfig`, `KUBECONFIG`, `~/.kube/config`),
+//! which context, and the context's user and CA, each with an error that says the fix.
+//! No network here: `api.rs` connects.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use kube::config::Kubeconfig;
+
+/// kube 5 with rustls compiles in no crypto provider: install aws-lc-rs once per process.
+pub fn init_crypto() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// A loaded kubeconfig and where it came from (for error messages).
+pub struct KubeconfigFile {
+    pub path: PathBuf,
+    pub config: Kubeconfig,
+}
+
+impl KubeconfigFile {
+    pub fn load(path: Option<&Path>) -> Result<KubeconfigFile> {
+        let path = match path {
+            Some(p) => p.to_path_buf(),
+            None => {
+                // KUBECONFIG=a:b merges the files, as kubectl does.
+                if let Some(v) = std::env::var_os("KUBECONFIG")
+                    && std::env::split_paths(&v)
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .count()
+                        > 1
+                {
+                    let config = Kubeconfig::from_env()
+                        .map_err(|e| anyhow!("{e}"))
+                        .context("reading the kubeconfig files in KUBECONFIG")?
+                        .unwrap_or_default();
+                    return Ok(KubeconfigFile {
+                        path: PathBuf::from(v),
+                        config,
+                    });
+                }
+                default_path()?
+            }
+        };
+        if !path.exists() {
+            bail!(
+                "kubeconfig {} not found; pass --kubeconfig FILE or set KUBECONFIG",
+                path.display()
+            );
+        }
+        let config = Kubeconfig::read_from(&path)
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+        Ok(KubeconfigFile { path, config })
+    }
+
+    /// The context to use: `wanted`, else the current context.
+    pub fn context_name(&self, wanted: Option<&str>) -> Result<String> {
+        match wanted {
+            Some(c) => Ok(c.to_string()),
+            None => self.config.current_context.clone().ok_or_else(|| {
+                anyhow!(
+                    "{} has no current-context; pass --context (available: {})",
+                    self.path.display(),
+                    self.available()
+                )
+            }),
+        }
+    }
+
+    fn available(&self) -> String {
+        let names: Vec<&str> = self
+            .config
+            .contexts
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
+    }
+
+    /// Checks that every context exists before anything is changed.
+    pub fn require_contexts(&self, contexts: &[String]) -> Result<()> {
+        for c in contexts {
+            if !self.config.contexts.iter().any(|n| &n.name == c) {
+                bail!(
+                    "context {c:?} not found in {}; available: {}",
+                    self.path.display(),
+                    self.available()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The kubeconfig user (credential entry) of a context.
+    pub(super) fn user_of(&self, context: &str) -> Option<String> {
+        self.config
+            .contexts
+            .iter()
+            .find(|c| c.name == context)
+            .and_then(|c| c.context.as_ref())
+            .and_then(|c| c.user.clone())
+    }
+
+    /// The PEM CA of the context's cluster, from `certificate-authority-data` or the file.
+    pub(super) fn ca_pem(&self, context: &str) -> Result<Option<Vec<u8>>> {
+        let Some(cluster_name) = self
+            .config
+            .contexts
+            .iter()
+            .find(|c| c.name == context)
+            .and_then(|c| c.context.as_ref())
+            .map(|c| c.cluster.clone())
+        else {
+            return Ok(None);
+        };
+        let Some(cluster) = self
+            .config
+            .clusters
+            .iter()
+            .find(|c| c.name == cluster_name)
+            .and_then(|c| c.cluster.as_ref())
+        else {
+            return Ok(None);
+        };
+        if let Some(data) = &cluster.certificate_authority_data {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .context("certificate-authority-data is not base64")?;
+            return Ok(Some(bytes));
+        }
+        if let Some(file) = &cluster.certificate_authority {
+            let bytes = std::fs::read(file).with_context(|| format!("reading CA file {file}"))?;
+            return Ok(Some(bytes));
+        }
+        Ok(None)
+    }
+}
+
+fn default_path() -> Result<PathBuf> {
+    if let Some(v) = std::env::var_os("KUBECONFIG")
+        && let Some(first) = std::env::split_paths(&v).find(|p| !p.as_os_str().is_empty())
+    {
+        return Ok(first);
+    }
+    let home = std::env::var_os("HOME")
+        .ok_or_else(|| anyhow!("no kubeconfig: pass --kubeconfig FILE (HOME is not set)"))?;
+    Ok(PathBuf::from(home).join(".kube").join("config"))
+}

@@ -1,0 +1,212 @@
+//! Preparing the reader in the source cluster and minting its credential: the service
+//! account and its role (`reader_rules`), then a TokenRequest token (`--token-ttl`) or a
+//! service-account-token Secret, following istioctl's order. Returns the remote Secret.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+
+use super::remote_secret::{
+    is_loopback, loopback_error, reader_rbac, remote_kubeconfig, remote_secret, token_secret,
+};
+use crate::cli::SecretFlags;
+use crate::istio::{SA_NAME_ANNOTATION, SA_TOKEN_TYPE};
+use crate::kube::{self as kc, Cluster};
+
+/// Placeholder for credentials in `--dry-run` output (no token is minted).
+pub const DRY_RUN_TOKEN: &str = "<dry-run: token issued on apply>";
+
+/// Everything needed to make one cluster's remote secret.
+#[derive(Debug, Clone)]
+pub struct SecretOptions {
+    pub name: String,
+    pub namespace: String,
+    /// API server address as the other clusters reach it (default: the kubeconfig's).
+    pub server: Option<String>,
+    pub flags: SecretFlags,
+}
+
+/// What `build` made: objects it applied (or would apply) in the source cluster, and the
+/// remote Secret (with `data`, ready to apply in the other clusters).
+pub struct Built {
+    pub source_objects: Vec<Value>,
+    pub secret: Value,
+}
+
+/// Name and namespace must be DNS-1123 labels.
+pub fn validate(o: &SecretOptions) -> Result<()> {
+    pki::validate_dns_label(&o.name).map_err(|e| anyhow!("--name {e}"))?;
+    pki::validate_dns_label(&o.namespace).map_err(|e| anyhow!("namespace {e}"))?;
+    Ok(())
+}
+
+/// Prepares the reader in `c` and returns the remote Secret for it. With `dry_run` nothing is
+/// written and the token is a placeholder.
+pub async fn build(c: &Cluster, o: &SecretOptions, dry_run: bool) -> Result<Built> {
+    validate(o)?;
+    let server = o.server.clone().unwrap_or_else(|| c.server.clone());
+    if !o.flags.allow_loopback_server && is_loopback(&server) {
+        return Err(loopback_error(&server, &c.context, "--server "));
+    }
+    let (ns, sa) = (o.namespace.as_str(), o.flags.service_account.as_str());
+    let mut source_objects = Vec::new();
+    if o.flags.create_service_account {
+        source_objects.extend(reader_rbac(ns, sa, o.flags.reader_allow_secrets));
+        if !dry_run {
+            kc::ensure_namespace(c, ns).await?;
+            kc::apply_all(c, &source_objects).await?;
+        }
+    } else if kc::get(c, "v1", "ServiceAccount", Some(ns), sa)
+        .await?
+        .is_none()
+        && !dry_run
+    {
+        bail!(
+            "service account {ns}/{sa} not found in context {:?}; create it or drop \
+             --create-service-account=false",
+            c.context
+        );
+    }
+    let (token, ca) = if let Some(ttl) = o.flags.token_ttl {
+        let ca = c.ca_pem.clone().ok_or_else(|| {
+            anyhow!(
+                "context {:?} has no certificate-authority data in the kubeconfig; --token-ttl \
+                 takes the API server CA from there",
+                c.context
+            )
+        })?;
+        let token = if dry_run {
+            DRY_RUN_TOKEN.to_string()
+        } else {
+            request_token(c, ns, sa, ttl).await?
+        };
+        (token, ca)
+    } else {
+        let (token, ca, created) =
+            secret_token(c, ns, sa, o.flags.secret_name.as_deref(), dry_run).await?;
+        if let Some(obj) = created {
+            source_objects.push(obj);
+        }
+        (token, ca)
+    };
+    let tls_name = o
+        .flags
+        .tls_server_name
+        .as_deref()
+        .or(c.tls_server_name.as_deref());
+    let kubeconfig = remote_kubeconfig(&o.name, &server, &ca, &token, tls_name);
+    Ok(Built {
+        source_objects,
+        secret: remote_secret(&o.name, ns, &kubeconfig),
+    })
+}
+
+async fn request_token(c: &Cluster, ns: &str, sa: &str, ttl: Duration) -> Result<String> {
+    let api: Api<ServiceAccount> = Api::namespaced(c.client.clone(), ns);
+    let tr: TokenRequest = serde_json::from_value(json!({
+        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"audiences": [], "expirationSeconds": ttl.as_secs()}}))?;
+    let out = api
+        .create_token_request(sa, &PostParams::default(), &tr)
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "TokenRequest for {ns}/{sa} in context {:?}: {}",
+                c.context,
+                kc::error_text(&e)
+            )
+        })?;
+    out.status
+        .and_then(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| anyhow!("TokenRequest for {ns}/{sa} returned no token"))
+}
+
+fn secret_field(s: &Value, key: &str) -> Option<Vec<u8>> {
+    let b64 = s.get("data")?.get(key)?.as_str()?;
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+/// istioctl's order: `--secret-name`; any service-account-token Secret of the SA; else create
+/// `<sa>-istio-remote-secret-token` and poll (bounded) until the token controller fills it.
+/// Returns (token, CA PEM, the Secret object if meshctl creates it).
+async fn secret_token(
+    c: &Cluster,
+    ns: &str,
+    sa: &str,
+    secret_name: Option<&str>,
+    dry_run: bool,
+) -> Result<(String, Vec<u8>, Option<Value>)> {
+    let mut name = None;
+    if let Some(n) = secret_name {
+        let s = kc::get(c, "v1", "Secret", Some(ns), n)
+            .await?
+            .ok_or_else(|| {
+                anyhow!(
+                    "--secret-name: Secret {ns}/{n} not found in context {:?}",
+                    c.context
+                )
+            })?;
+        if s["type"] != SA_TOKEN_TYPE || s["metadata"]["annotations"][SA_NAME_ANNOTATION] != sa {
+            bail!(
+                "--secret-name: Secret {ns}/{n} is not a {SA_TOKEN_TYPE} Secret of service account {sa}"
+            );
+        }
+        name = Some(n.to_string());
+    } else {
+        let all = kc::list(c, "v1", "Secret", Some(ns), "").await?;
+        if let Some(s) = all.iter().find(|s| {
+            s["type"] == SA_TOKEN_TYPE && s["metadata"]["annotations"][SA_NAME_ANNOTATION] == sa
+        }) {
+            name = s["metadata"]["name"].as_str().map(str::to_string);
+        }
+    }
+    let mut created = None;
+    let name = match name {
+        Some(n) => n,
+        None => {
+            let obj = token_secret(ns, sa);
+            let n = obj["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if dry_run {
+                let ca = c.ca_pem.clone().unwrap_or_default();
+                return Ok((DRY_RUN_TOKEN.into(), ca, Some(obj)));
+            }
+            kc::apply(c, &obj).await?;
+            created = Some(obj);
+            n
+        }
+    };
+    if dry_run {
+        // A dry run never reads the token, not even an existing one: it prints the
+        // placeholder. The CA (public) comes from the Secret when it has one.
+        let ca = kc::get(c, "v1", "Secret", Some(ns), &name)
+            .await?
+            .and_then(|s| secret_field(&s, "ca.crt"))
+            .or_else(|| c.ca_pem.clone())
+            .unwrap_or_default();
+        return Ok((DRY_RUN_TOKEN.into(), ca, created));
+    }
+    // Bounded: 50 polls, 100 ms apart (the token controller is asynchronous).
+    for _ in 0..50 {
+        if let Some(s) = kc::get(c, "v1", "Secret", Some(ns), &name).await?
+            && let (Some(t), Some(ca)) = (secret_field(&s, "token"), secret_field(&s, "ca.crt"))
+        {
+            let token = String::from_utf8(t).context("token is not UTF-8")?;
+            return Ok((token, ca, created));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "Secret {ns}/{name} in context {:?} got no token and ca.crt within 5s; is the token \
+         controller running (kube-controller-manager)? Or use --token-ttl",
+        c.context
+    )
+}
