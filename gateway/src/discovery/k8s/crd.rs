@@ -14,8 +14,9 @@ use kube::runtime::watcher;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::kube::{Ended, Kind, Msg, Probe, REACH_TIMEOUT, dyn_apis, error_chain, probe, pump};
-use super::kube_model as model;
+use super::client::{REACH_TIMEOUT, error_chain};
+use super::project;
+use super::watch::{Ended, Kind, Msg, Probe, dyn_apis, probe, pump};
 
 /// The served DestinationRule resource (preferred version), or `None` without the CRD.
 pub(super) async fn destination_rule_resource(client: &Client) -> Option<ApiResource> {
@@ -74,7 +75,7 @@ impl Rules {
                     watcher::watcher(api, watcher::Config::default().any_semantic()),
                     Kind::DestinationRule,
                     i,
-                    move |dr: &DynamicObject| model::project_destination_rule(dr, &domain),
+                    move |dr: &DynamicObject| project::project_destination_rule(dr, &domain),
                     move |stream, update| Msg::Rule(generation, stream, update),
                     tx.clone(),
                     wake,

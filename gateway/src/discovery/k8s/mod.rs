@@ -1,0 +1,160 @@
+//! Discovery from the Kubernetes API: Services, EndpointSlices, Pod labels (metadata only)
+//! and, when Istio's CRD is served, DestinationRules.
+//!
+//! One kube-runtime watcher per type (per namespace with `--namespace`) projects objects to
+//! the routing fields as they arrive ([`project`]) and sends them to one
+//! task that owns the model. That task rebuilds the route table at most every
+//! [`MIN_REBUILD_INTERVAL`] and publishes it. The first table is published only after every
+//! watch has listed once, and only then does the gateway report ready. Failed watches retry
+//! as [`retry`] says (a 410 re-lists at once); meanwhile the last
+//! table keeps serving and `gateway_discovery_route_table_stale_seconds` counts the seconds
+//! until every watch is current again ([`health`]). The
+//! DestinationRule CRD may come and go ([`crd`]).
+
+mod cache;
+mod client;
+mod crd;
+mod health;
+mod project;
+mod retry;
+mod specs;
+mod task;
+mod watch;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::PartialObjectMeta;
+use kube::runtime::watcher;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+pub use client::KubeError;
+pub use project::SERVICE_NAME_LABEL;
+pub use task::MIN_REBUILD_INTERVAL;
+
+use super::Publisher;
+use crate::config::KubeOptions;
+use cache::Watched;
+use client::client;
+use crd::Rules;
+use specs::Model;
+use task::ModelTask;
+use watch::{Kind, Msg, apis, probe, pump};
+
+/// A running Kubernetes source. Its tasks stop when `stop` is cancelled.
+pub struct KubeSource {
+    synced: Arc<AtomicBool>,
+}
+
+impl KubeSource {
+    /// Connects (failing on configuration errors or an unreachable server) and starts the
+    /// watches. The table is published once every watch has listed.
+    pub async fn start(
+        opts: &KubeOptions,
+        publisher: Publisher,
+        stop: CancellationToken,
+    ) -> Result<KubeSource, KubeError> {
+        let client = client(opts).await?;
+        let namespaces = opts.namespaces.clone();
+        let streams = namespaces.len().max(1);
+        let domain = opts.cluster_domain.clone();
+        let (tx, rx) = mpsc::channel(1024);
+        let wake = Arc::new(Notify::new());
+        let mut probes = Vec::new();
+        let wc = || watcher::Config::default().any_semantic();
+        let rules = Rules {
+            client: client.clone(),
+            namespaces: namespaces.clone(),
+            domain: domain.clone(),
+            recheck: opts.crd_recheck,
+            tx: tx.clone(),
+            wake: wake.clone(),
+            stop: stop.clone(),
+        };
+
+        let mut model = Model::new(streams);
+        // The CRD check comes first (on the connection the reachability check opened), and
+        // the first table waits for the rules, so a cluster with Istio never publishes a
+        // table without its subsets.
+        match crd::destination_rule_resource(&client).await {
+            Some(ar) => {
+                let p = rules.start(&ar, 0);
+                model.rules = Some(Watched::new(p.len()));
+                probes.extend(p);
+            }
+            None => {
+                tracing::info!(
+                    recheck = ?opts.crd_recheck,
+                    "DestinationRule CRD (networking.istio.io) not served: only the empty subset routes"
+                );
+                tokio::spawn(rules.clone().poll(0));
+            }
+        }
+        for (i, api) in apis::<Service>(&client, &namespaces)
+            .into_iter()
+            .enumerate()
+        {
+            probes.push(probe(Kind::Service, i, api.clone()));
+            tokio::spawn(pump(
+                watcher::watcher(api, wc()),
+                Kind::Service,
+                i,
+                project::project_service,
+                Msg::Service,
+                tx.clone(),
+                wake.clone(),
+                stop.clone(),
+            ));
+        }
+        for (i, api) in apis::<EndpointSlice>(&client, &namespaces)
+            .into_iter()
+            .enumerate()
+        {
+            probes.push(probe(Kind::EndpointSlice, i, api.clone()));
+            tokio::spawn(pump(
+                watcher::watcher(api, wc()),
+                Kind::EndpointSlice,
+                i,
+                project::project_slice,
+                Msg::Slice,
+                tx.clone(),
+                wake.clone(),
+                stop.clone(),
+            ));
+        }
+        let interner = project::Interner::default();
+        for (i, api) in apis::<PartialObjectMeta<Pod>>(&client, &namespaces)
+            .into_iter()
+            .enumerate()
+        {
+            probes.push(probe(Kind::Pod, i, api.clone()));
+            tokio::spawn(pump(
+                watcher::watcher(api, wc()),
+                Kind::Pod,
+                i,
+                {
+                    let interner = interner.clone();
+                    move |p: &PartialObjectMeta<Pod>| project::project_pod(p, &interner)
+                },
+                Msg::Pod,
+                tx.clone(),
+                wake.clone(),
+                stop.clone(),
+            ));
+        }
+        drop(tx);
+
+        let task = ModelTask::new(model, domain, publisher, probes, rules);
+        let synced = task.synced();
+        tokio::spawn(task.run(rx, stop));
+        Ok(KubeSource { synced })
+    }
+
+    /// True once the first full table has been published.
+    pub fn synced(&self) -> Arc<AtomicBool> {
+        self.synced.clone()
+    }
+}
