@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::project::ObjKey;
 
 /// One watch's update, already projected.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Update<T> {
     /// A (re-)list starts: buffer until [`Update::InitDone`].
     Init,

@@ -27,7 +27,6 @@ use std::sync::atomic::AtomicBool;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::PartialObjectMeta;
-use kube::runtime::watcher;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +41,7 @@ use client::client;
 use crd::Rules;
 use specs::Model;
 use task::ModelTask;
-use watch::{Kind, Msg, apis, probe, pump};
+use watch::{Kind, Msg, Watches, apis, spawn_watches};
 
 /// A running Kubernetes source. Its tasks stop when `stop` is cancelled.
 pub struct KubeSource {
@@ -62,17 +61,18 @@ impl KubeSource {
         let streams = namespaces.len().max(1);
         let domain = opts.cluster_domain.clone();
         let (tx, rx) = mpsc::channel(1024);
-        let wake = Arc::new(Notify::new());
+        let watches = Watches {
+            tx,
+            wake: Arc::new(Notify::new()),
+            stop: stop.clone(),
+        };
         let mut probes = Vec::new();
-        let wc = || watcher::Config::default().any_semantic();
         let rules = Rules {
             client: client.clone(),
             namespaces: namespaces.clone(),
             domain: domain.clone(),
             recheck: opts.crd_recheck,
-            tx: tx.clone(),
-            wake: wake.clone(),
-            stop: stop.clone(),
+            watches: watches.clone(),
         };
 
         let mut model = Model::new(streams);
@@ -93,59 +93,38 @@ impl KubeSource {
                 tokio::spawn(rules.clone().poll(0));
             }
         }
-        for (i, api) in apis::<Service>(&client, &namespaces)
-            .into_iter()
-            .enumerate()
-        {
-            probes.push(probe(Kind::Service, i, api.clone()));
-            tokio::spawn(pump(
-                watcher::watcher(api, wc()),
-                Kind::Service,
-                i,
-                project::project_service,
-                Msg::Service,
-                tx.clone(),
-                wake.clone(),
-                stop.clone(),
-            ));
-        }
-        for (i, api) in apis::<EndpointSlice>(&client, &namespaces)
-            .into_iter()
-            .enumerate()
-        {
-            probes.push(probe(Kind::EndpointSlice, i, api.clone()));
-            tokio::spawn(pump(
-                watcher::watcher(api, wc()),
-                Kind::EndpointSlice,
-                i,
-                project::project_slice,
-                Msg::Slice,
-                tx.clone(),
-                wake.clone(),
-                stop.clone(),
-            ));
-        }
+        let services = apis::<Service>(&client, &namespaces);
+        probes.extend(watch::probes(Kind::Service, &services));
+        spawn_watches(
+            &watches,
+            Kind::Service,
+            services,
+            project::project_service,
+            Msg::Service,
+            None,
+        );
+        let slices = apis::<EndpointSlice>(&client, &namespaces);
+        probes.extend(watch::probes(Kind::EndpointSlice, &slices));
+        spawn_watches(
+            &watches,
+            Kind::EndpointSlice,
+            slices,
+            project::project_slice,
+            Msg::Slice,
+            None,
+        );
+        let pods = apis::<PartialObjectMeta<Pod>>(&client, &namespaces);
+        probes.extend(watch::probes(Kind::Pod, &pods));
         let interner = project::Interner::default();
-        for (i, api) in apis::<PartialObjectMeta<Pod>>(&client, &namespaces)
-            .into_iter()
-            .enumerate()
-        {
-            probes.push(probe(Kind::Pod, i, api.clone()));
-            tokio::spawn(pump(
-                watcher::watcher(api, wc()),
-                Kind::Pod,
-                i,
-                {
-                    let interner = interner.clone();
-                    move |p: &PartialObjectMeta<Pod>| project::project_pod(p, &interner)
-                },
-                Msg::Pod,
-                tx.clone(),
-                wake.clone(),
-                stop.clone(),
-            ));
-        }
-        drop(tx);
+        spawn_watches(
+            &watches,
+            Kind::Pod,
+            pods,
+            move |p: &PartialObjectMeta<Pod>| project::project_pod(p, &interner),
+            Msg::Pod,
+            None,
+        );
+        drop(watches);
 
         let task = ModelTask::new(model, domain, publisher, probes, rules);
         let synced = task.synced();

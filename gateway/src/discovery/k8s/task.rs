@@ -93,7 +93,7 @@ impl ModelTask {
                     if !ok.is_empty() {
                         // The API server answers: failing watches retry now, not after
                         // their back-off.
-                        self.rules.wake.notify_waiters();
+                        self.rules.watches.wake.notify_waiters();
                     }
                     let now = Instant::now();
                     for w in ok {

@@ -26,6 +26,7 @@ pub(super) enum Kind {
     DestinationRule,
 }
 
+#[derive(Clone)]
 pub(super) enum Msg {
     Service(usize, Update<SvcInfo>),
     Slice(usize, Update<SliceInfo>),
@@ -49,7 +50,7 @@ pub(super) struct Probe {
     pub run: Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>,
 }
 
-pub(super) fn probe<K>(kind: Kind, stream: usize, api: Api<K>) -> Probe
+fn probe<K>(kind: Kind, stream: usize, api: Api<K>) -> Probe
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -104,32 +105,88 @@ fn obj_key<K: Resource>(o: &K) -> Option<ObjKey> {
     project::key(m.namespace.as_deref(), m.name.as_deref())
 }
 
+/// What every watch shares with the model task: its inbox, the wake-up a successful probe
+/// sends, and the stop.
+#[derive(Clone)]
+pub(super) struct Watches {
+    pub tx: mpsc::Sender<Msg>,
+    pub wake: Arc<Notify>,
+    pub stop: CancellationToken,
+}
+
+/// Probes for the watches of `apis`, numbered as [`spawn_watches`] numbers them.
+pub(super) fn probes<K>(kind: Kind, apis: &[Api<K>]) -> Vec<Probe>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    apis.iter()
+        .enumerate()
+        .map(|(stream, api)| probe(kind, stream, api.clone()))
+        .collect()
+}
+
+/// Starts one watch per `Api` (one per namespace, or one for all), numbered from 0. Each
+/// projects its objects with `project` and sends them as `wrap(stream, update)`.
+///
+/// A type that may stop being served (a CRD) passes `gone`: when one of its watches gets a
+/// 404, every watch of this call stops and the task is sent `gone`.
+pub(super) fn spawn_watches<K, T, P, W>(
+    to: &Watches,
+    kind: Kind,
+    apis: Vec<Api<K>>,
+    project: P,
+    wrap: W,
+    gone: Option<Msg>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    T: Send + 'static,
+    P: Fn(&K) -> Option<T> + Clone + Send + 'static,
+    W: Fn(usize, Update<T>) -> Msg + Clone + Send + 'static,
+{
+    // Ends every watch of this call when one finds its type gone.
+    let these = Watches {
+        stop: to.stop.child_token(),
+        ..to.clone()
+    };
+    for (stream, api) in apis.into_iter().enumerate() {
+        let events = watcher::watcher(api, watcher::Config::default().any_semantic());
+        let (to, project, wrap, gone) =
+            (these.clone(), project.clone(), wrap.clone(), gone.clone());
+        tokio::spawn(async move {
+            let ended = pump(events, kind, stream, project, wrap, gone.is_some(), &to).await;
+            if let (Ended::NotServed, Some(gone)) = (ended, gone) {
+                to.stop.cancel();
+                let _ = to.tx.send(gone).await;
+            }
+        });
+    }
+}
+
 /// Why a watch's pump returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Ended {
+enum Ended {
     Stopped,
-    /// The type is not served (404): only DestinationRules, whose CRD may be deleted.
+    /// The type is not served (404), and `may_go` said it may stop being served.
     NotServed,
 }
 
 /// Drives one watch: projects every object and forwards it to the model task; on errors,
 /// tells the task and retries as [`retry`] says, waking early when `wake` is notified
 /// (a probe found the API server answering again).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn pump<K, T, S>(
+async fn pump<K, T, S>(
     events: S,
     kind: Kind,
     stream: usize,
     project: impl Fn(&K) -> Option<T> + Send,
     wrap: impl Fn(usize, Update<T>) -> Msg + Send,
-    tx: mpsc::Sender<Msg>,
-    wake: Arc<Notify>,
-    stop: CancellationToken,
+    may_go: bool,
+    to: &Watches,
 ) -> Ended
 where
     K: Resource + Send,
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
 {
+    let Watches { tx, wake, stop } = to;
     let mut events = std::pin::pin!(events);
     let mut backoff = retry::Backoff::default();
     loop {
@@ -142,8 +199,8 @@ where
             Some(Ok(ev)) => ev,
             Some(Err(e)) => {
                 let failure = retry::classify(&e);
-                if failure == Failure::NotServed && kind == Kind::DestinationRule {
-                    tracing::info!(error = %error_chain(&e), "DestinationRule CRD no longer served; its watch stops");
+                if failure == Failure::NotServed && may_go {
+                    tracing::info!(?kind, error = %error_chain(&e), "type no longer served (404; a deleted CRD); its watches stop");
                     return Ended::NotServed;
                 }
                 // Registered before the task hears of the error, so no wake-up is missed.
