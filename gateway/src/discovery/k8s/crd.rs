@@ -11,8 +11,9 @@ use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject};
 
 use super::client::{REACH_TIMEOUT, error_chain};
+use super::probe::{Probe, probes};
 use super::project;
-use super::watch::{Kind, Msg, Probe, Watches, dyn_apis, probes, spawn_watches};
+use super::watch::{Msg, Watches, dyn_apis, spawn_watches};
 
 /// The served DestinationRule resource (preferred version), or `None` without the CRD.
 pub(super) async fn destination_rule_resource(client: &Client) -> Option<ApiResource> {
@@ -48,7 +49,7 @@ impl Rules {
     /// Starts generation `generation` of the DestinationRule watches; returns their probes.
     pub fn start(&self, ar: &ApiResource, generation: u64) -> Vec<Probe> {
         let apis = dyn_apis(&self.client, &self.namespaces, ar);
-        let probes = probes(Kind::DestinationRule, &apis);
+        let probes = probes(&apis);
         self.spawn(ar, apis, generation);
         probes
     }
@@ -58,7 +59,6 @@ impl Rules {
         let domain = self.domain.clone();
         spawn_watches(
             &self.watches,
-            Kind::DestinationRule,
             apis,
             move |dr: &DynamicObject| project::project_destination_rule(dr, &domain),
             move |stream, update| Msg::Rule(generation, stream, update),
@@ -78,7 +78,7 @@ impl Rules {
             if let Some(ar) = destination_rule_resource(&self.client).await {
                 // The model learns about the rules before their first event arrives.
                 let apis = dyn_apis(&self.client, &self.namespaces, &ar);
-                let started = Msg::RulesStarted(generation, probes(Kind::DestinationRule, &apis));
+                let started = Msg::RulesStarted(generation, probes(&apis));
                 if self.watches.tx.send(started).await.is_err() {
                     return;
                 }

@@ -15,6 +15,7 @@ mod cache;
 mod client;
 mod crd;
 mod health;
+mod probe;
 mod project;
 mod retry;
 mod specs;
@@ -41,7 +42,7 @@ use client::client;
 use crd::Rules;
 use specs::Model;
 use task::ModelTask;
-use watch::{Kind, Msg, Watches, apis, spawn_watches};
+use watch::{Msg, Watches, apis, spawn_watches};
 
 /// A running Kubernetes source. Its tasks stop when `stop` is cancelled.
 pub struct KubeSource {
@@ -94,31 +95,22 @@ impl KubeSource {
             }
         }
         let services = apis::<Service>(&client, &namespaces);
-        probes.extend(watch::probes(Kind::Service, &services));
+        probes.extend(probe::probes(&services));
         spawn_watches(
             &watches,
-            Kind::Service,
             services,
             project::project_service,
             Msg::Service,
             None,
         );
         let slices = apis::<EndpointSlice>(&client, &namespaces);
-        probes.extend(watch::probes(Kind::EndpointSlice, &slices));
-        spawn_watches(
-            &watches,
-            Kind::EndpointSlice,
-            slices,
-            project::project_slice,
-            Msg::Slice,
-            None,
-        );
+        probes.extend(probe::probes(&slices));
+        spawn_watches(&watches, slices, project::project_slice, Msg::Slice, None);
         let pods = apis::<PartialObjectMeta<Pod>>(&client, &namespaces);
-        probes.extend(watch::probes(Kind::Pod, &pods));
+        probes.extend(probe::probes(&pods));
         let interner = project::Interner::default();
         spawn_watches(
             &watches,
-            Kind::Pod,
             pods,
             move |p: &PartialObjectMeta<Pod>| project::project_pod(p, &interner),
             Msg::Pod,

@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 use super::cache::{Update, Watched};
 use super::crd::Rules;
 use super::health::{Health, Recovered};
+use super::probe::{Kind, Probe};
 use super::specs::Model;
-use super::watch::{Kind, Msg, Probe};
+use super::watch::Msg;
 use crate::discovery::Publisher;
 
 /// Shortest time between two published tables under a burst of events.
@@ -159,7 +160,7 @@ impl ModelTask {
             return false;
         }
         self.model.rules = None;
-        self.probes.retain(|p| p.kind != Kind::DestinationRule);
+        self.probes.retain(|p| p.kind() != Kind::DestinationRule);
         let recovered = self.health.forget(|w| w.0 != Kind::DestinationRule);
         self.on_recovered(recovered);
         self.rules_generation += 1;
@@ -193,7 +194,7 @@ impl ModelTask {
         let probes: Vec<Probe> = self
             .probes
             .iter()
-            .filter(|p| failing.contains(&(p.kind, p.stream)))
+            .filter(|p| failing.contains(&(p.kind(), p.stream)))
             .cloned()
             .collect();
         self.probing = true;
@@ -201,8 +202,8 @@ impl ModelTask {
         tokio::spawn(async move {
             let mut ok = Vec::new();
             for p in probes {
-                if (p.run)().await {
-                    ok.push((p.kind, p.stream));
+                if p.answers().await {
+                    ok.push((p.kind(), p.stream));
                 }
             }
             let _ = tx.send(ok).await;

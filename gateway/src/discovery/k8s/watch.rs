@@ -4,9 +4,8 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
@@ -14,17 +13,10 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::cache::Update;
-use super::client::{REACH_TIMEOUT, error_chain};
+use super::client::error_chain;
+use super::probe::{Kind, Probe, WatchedApi};
 use super::project::{self, DrInfo, ObjKey, PodLabels, SliceInfo, SvcInfo};
 use super::retry::{self, Failure};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) enum Kind {
-    Service,
-    EndpointSlice,
-    Pod,
-    DestinationRule,
-}
 
 #[derive(Clone)]
 pub(super) enum Msg {
@@ -40,34 +32,6 @@ pub(super) enum Msg {
     WatchError(Kind, usize),
     /// A failed watch retries after its back-off (a resume, or a list).
     Retrying(Kind, usize),
-}
-
-/// A cheap `list?limit=1` on a watched type: tells when a failing watch can work again.
-#[derive(Clone)]
-pub(super) struct Probe {
-    pub kind: Kind,
-    pub stream: usize,
-    pub run: Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>,
-}
-
-fn probe<K>(kind: Kind, stream: usize, api: Api<K>) -> Probe
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    Probe {
-        kind,
-        stream,
-        run: Arc::new(move || {
-            let api = api.clone();
-            Box::pin(async move {
-                let lp = ListParams::default().limit(1);
-                matches!(
-                    tokio::time::timeout(REACH_TIMEOUT, api.list_metadata(&lp)).await,
-                    Ok(Ok(_))
-                )
-            })
-        }),
-    }
 }
 
 pub(super) fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
@@ -114,31 +78,21 @@ pub(super) struct Watches {
     pub stop: CancellationToken,
 }
 
-/// Probes for the watches of `apis`, numbered as [`spawn_watches`] numbers them.
-pub(super) fn probes<K>(kind: Kind, apis: &[Api<K>]) -> Vec<Probe>
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    apis.iter()
-        .enumerate()
-        .map(|(stream, api)| probe(kind, stream, api.clone()))
-        .collect()
-}
-
-/// Starts one watch per `Api` (one per namespace, or one for all), numbered from 0. Each
+/// Starts one watch per `Api` (one per namespace, or one for all), numbered from 0 as
+/// [`probes`](super::probe::probes) numbers their probes. Each
 /// projects its objects with `project` and sends them as `wrap(stream, update)`.
 ///
 /// A type that may stop being served (a CRD) passes `gone`: when one of its watches gets a
 /// 404, every watch of this call stops and the task is sent `gone`.
 pub(super) fn spawn_watches<K, T, P, W>(
     to: &Watches,
-    kind: Kind,
     apis: Vec<Api<K>>,
     project: P,
     wrap: W,
     gone: Option<Msg>,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    Api<K>: Into<WatchedApi>,
     T: Send + 'static,
     P: Fn(&K) -> Option<T> + Clone + Send + 'static,
     W: Fn(usize, Update<T>) -> Msg + Clone + Send + 'static,
@@ -149,6 +103,7 @@ pub(super) fn spawn_watches<K, T, P, W>(
         ..to.clone()
     };
     for (stream, api) in apis.into_iter().enumerate() {
+        let kind = api.clone().into().kind();
         let events = watcher::watcher(api, watcher::Config::default().any_semantic());
         let (to, project, wrap, gone) =
             (these.clone(), project.clone(), wrap.clone(), gone.clone());
