@@ -1,5 +1,10 @@
 //! A reflector store of projections: each watch's projected objects, with list/re-list
 //! semantics (a re-list replaces the contents atomically at its end).
+//!
+//! This is kube-runtime's `Writer::apply_watcher_event` (buffer on `Init`, swap on
+//! `InitDone`), but kube-runtime's `Store<K>` keeps whole objects (`Arc<K>`), and at 50,000
+//! endpoints and Pods those are most of the memory; here only projections are kept, and an
+//! update says whether the visible contents changed, so an unchanged re-list rebuilds nothing.
 
 use std::collections::HashMap;
 

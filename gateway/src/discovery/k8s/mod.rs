@@ -1,15 +1,27 @@
-//! Discovery from the Kubernetes API: Services, EndpointSlices, Pod labels (metadata only)
-//! and, when Istio's CRD is served, DestinationRules.
+//! Kubernetes discovery, wired: [`KubeSource::start`] connects, starts the watches and the
+//! rebuild task. Sources: Services, EndpointSlices, Pod labels (metadata only) and, when
+//! Istio's CRD is served, DestinationRules.
 //!
 //! One kube-runtime watcher per type (per namespace with `--namespace`) projects objects to
-//! the routing fields as they arrive ([`project`]) and sends them to one
-//! task that owns the model. That task rebuilds the route table at most every
+//! the routing fields as they arrive (`project`) and sends them to one task that owns the
+//! model (`task`). That task rebuilds the route table at most every
 //! [`MIN_REBUILD_INTERVAL`] and publishes it. The first table is published only after every
 //! watch has listed once, and only then does the gateway report ready. Failed watches retry
-//! as [`retry`] says (a 410 re-lists at once); meanwhile the last
-//! table keeps serving and `gateway_discovery_route_table_stale_seconds` counts the seconds
-//! until every watch is current again ([`health`]). The
-//! DestinationRule CRD may come and go ([`crd`]).
+//! as `retry` says (a 410 re-lists at once); meanwhile the last table keeps serving and
+//! `gateway_discovery_route_table_stale_seconds` counts the seconds until every watch is
+//! current again (`health`). The DestinationRule CRD may come and go (`crd`).
+//!
+//! One concern per file, imports flowing down this list (no cycles):
+//! - `client`: kubeconfig and context loading, the reachability check, [`KubeError`];
+//! - `probe`: the watched `Kind`s and a cheap list per watch, which tells when a failing
+//!   watch can work again (the design review put probes in `watch`; on their own they keep
+//!   `watch` to the watch plumbing and under ~250 lines);
+//! - `project`: objects reduced to routing fields; `cache`: a reflector store of them;
+//! - `retry`, `health`: what a failing watch does next, and when the table is stale;
+//! - `watch`: `spawn_watches::<K>`, one generic helper for every watched type;
+//! - `crd`: finding, watching and losing the DestinationRule CRD (its detection and
+//!   re-polling stay here rather than in `watch`: one file for the CRD's whole life);
+//! - `specs`: the model turned into route specs; `task`: the rebuild task.
 
 mod cache;
 mod client;
