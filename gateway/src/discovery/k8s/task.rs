@@ -63,6 +63,8 @@ impl ModelTask {
         self.synced.clone()
     }
 
+    /// Until `stop`: applies the watches' messages, publishes at most every
+    /// [`MIN_REBUILD_INTERVAL`], and every [`HEALTH_TICK`] updates staleness and probes.
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Msg>, stop: CancellationToken) {
         let (probe_tx, mut probe_rx) = mpsc::channel::<Vec<(Kind, usize)>>(1);
         let mut rebuild_at: Option<tokio::time::Instant> = None;

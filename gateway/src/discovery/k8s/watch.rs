@@ -1,5 +1,5 @@
 //! The watches: one kube-runtime watcher per type and namespace, pumped into the model
-//! task as projected [`Update`]s, and the probes that tell when a failing watch can work.
+//! task as projected [`Update`]s and retried as [`retry`] says.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use super::probe::{Kind, Probe, WatchedApi};
 use super::project::{self, DrInfo, ObjKey, PodLabels, SliceInfo, SvcInfo};
 use super::retry::{self, Failure};
 
+/// What the watches (and the CRD poll) tell the rebuild task.
 #[derive(Clone)]
 pub(super) enum Msg {
     Service(usize, Update<SvcInfo>),
@@ -34,6 +35,7 @@ pub(super) enum Msg {
     Retrying(Kind, usize),
 }
 
+/// One `Api` per `--namespace`, or one for all namespaces.
 pub(super) fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
@@ -49,6 +51,7 @@ where
     }
 }
 
+/// [`apis`] for a type known at run time (the DestinationRule CRD).
 pub(super) fn dyn_apis(
     client: &Client,
     namespaces: &[String],
@@ -79,8 +82,8 @@ pub(super) struct Watches {
 }
 
 /// Starts one watch per `Api` (one per namespace, or one for all), numbered from 0 as
-/// [`probes`](super::probe::probes) numbers their probes. Each
-/// projects its objects with `project` and sends them as `wrap(stream, update)`.
+/// [`probes`](super::probe::probes) numbers their probes. Each projects its objects with
+/// `project` and sends them as `wrap(stream, update)`.
 ///
 /// A type that may stop being served (a CRD) passes `gone`: when one of its watches gets a
 /// 404, every watch of this call stops and the task is sent `gone`.
