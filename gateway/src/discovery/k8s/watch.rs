@@ -24,7 +24,7 @@ pub(super) enum Msg {
     Service(usize, Update<SvcInfo>),
     Slice(usize, Update<SliceInfo>),
     Pod(usize, Update<PodLabels>),
-    /// An update of the rules of one generation (see [`crd`](super::crd)).
+    /// An update of the rules of one generation (generations: see the `crd` module).
     Rule(u64, usize, Update<DrInfo>),
     /// The DestinationRule CRD is served; its watches start after this message.
     RulesStarted(u64, Vec<Probe>),
