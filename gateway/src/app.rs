@@ -13,7 +13,7 @@ use crate::admin::Admin;
 use crate::config::{Config, Discovery};
 use crate::discovery::Publisher;
 use crate::discovery::file::{FileError, FileSource};
-use crate::discovery::kube::{KubeError, KubeSource};
+use crate::discovery::k8s::{KubeError, KubeSource};
 use crate::drain::{self, Drain};
 use crate::metrics::{ProxyMetrics, RouteMetrics};
 use crate::proxy::{Proxy, Reject};

@@ -3,7 +3,8 @@
 //!
 //! Data path: [`proxy`] accepts, [`sni`] reads the ClientHello, [`name`] decodes the Istio
 //! SNI name, [`routes`] maps it to endpoints, [`balance`] picks one, [`forward`] splices the
-//! bytes. [`discovery`] feeds the route table; [`admin`] serves health and metrics;
+//! bytes. [`discovery`] feeds the route table (from a file, [`discovery::file`], or the
+//! Kubernetes API, [`discovery::k8s`]); [`admin`] serves health and metrics;
 //! [`drain`] handles SIGTERM; [`app::build`] wires it all. [`undecided`] bounds the
 //! connections still sending their hello; [`local_error`] and [`accept_errors`] keep the
 //! gateway's own resource exhaustion apart from endpoint health.

@@ -13,7 +13,7 @@
 //!    subsets each); compared with its RSS on an empty cluster; plus the time to the first
 //!    full sync and the update latency at that size.
 //!
-//! `BENCH_GATEWAY_LOG=warn,gateway::discovery::kube=debug` shows each rebuild's cost.
+//! `BENCH_GATEWAY_LOG=warn,gateway::discovery::k8s=debug` shows each rebuild's cost.
 
 mod common;
 

@@ -2,11 +2,7 @@
 
 pub mod file;
 pub mod file_watch;
-pub mod kube;
-mod kube_crd;
-mod kube_health;
-pub mod kube_model;
-mod kube_retry;
+pub mod k8s;
 
 use std::fmt::Display;
 use std::sync::Arc;

@@ -5,17 +5,15 @@
 //! Each time the rules are (re)started they get a new generation, so messages from the
 //! watches of a deleted CRD can never touch the rules of its successor.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
-use kube::api::{ApiResource, DynamicObject};
-use kube::runtime::watcher;
-use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
+use kube::api::{Api, ApiResource, DynamicObject};
 
-use super::kube::{Ended, Kind, Msg, Probe, REACH_TIMEOUT, dyn_apis, error_chain, probe, pump};
-use super::kube_model as model;
+use super::client::{REACH_TIMEOUT, error_chain};
+use super::probe::{Probe, probes};
+use super::project;
+use super::watch::{Msg, Watches, dyn_apis, spawn_watches};
 
 /// The served DestinationRule resource (preferred version), or `None` without the CRD.
 pub(super) async fn destination_rule_resource(client: &Client) -> Option<ApiResource> {
@@ -44,50 +42,28 @@ pub(super) struct Rules {
     pub namespaces: Vec<String>,
     pub domain: String,
     pub recheck: Duration,
-    pub tx: mpsc::Sender<Msg>,
-    pub wake: Arc<Notify>,
-    pub stop: CancellationToken,
+    pub watches: Watches,
 }
 
 impl Rules {
-    fn probes(&self, ar: &ApiResource) -> Vec<Probe> {
-        dyn_apis(&self.client, &self.namespaces, ar)
-            .into_iter()
-            .enumerate()
-            .map(|(i, api)| probe(Kind::DestinationRule, i, api))
-            .collect()
-    }
-
     /// Starts generation `generation` of the DestinationRule watches; returns their probes.
     pub fn start(&self, ar: &ApiResource, generation: u64) -> Vec<Probe> {
+        let apis = dyn_apis(&self.client, &self.namespaces, ar);
+        let probes = probes(&apis);
+        self.spawn(ar, apis, generation);
+        probes
+    }
+
+    fn spawn(&self, ar: &ApiResource, apis: Vec<Api<DynamicObject>>, generation: u64) {
         tracing::info!(version = %ar.version, "watching DestinationRules for subsets");
-        // Ends every watch of this generation when one finds the CRD gone.
-        let generation_stop = self.stop.child_token();
-        for (i, api) in dyn_apis(&self.client, &self.namespaces, ar)
-            .into_iter()
-            .enumerate()
-        {
-            let domain = self.domain.clone();
-            let (tx, wake, stop) = (self.tx.clone(), self.wake.clone(), generation_stop.clone());
-            tokio::spawn(async move {
-                let ended = pump(
-                    watcher::watcher(api, watcher::Config::default().any_semantic()),
-                    Kind::DestinationRule,
-                    i,
-                    move |dr: &DynamicObject| model::project_destination_rule(dr, &domain),
-                    move |stream, update| Msg::Rule(generation, stream, update),
-                    tx.clone(),
-                    wake,
-                    stop.clone(),
-                )
-                .await;
-                if ended == Ended::NotServed {
-                    stop.cancel();
-                    let _ = tx.send(Msg::RulesGone(generation)).await;
-                }
-            });
-        }
-        self.probes(ar)
+        let domain = self.domain.clone();
+        spawn_watches(
+            &self.watches,
+            apis,
+            move |dr: &DynamicObject| project::project_destination_rule(dr, &domain),
+            move |stream, update| Msg::Rule(generation, stream, update),
+            Some(Msg::RulesGone(generation)),
+        );
     }
 
     /// Looks for the CRD every `recheck` until it is served (Istio installed, or the CRD
@@ -96,21 +72,17 @@ impl Rules {
         let every = self.recheck.max(Duration::from_millis(100));
         loop {
             tokio::select! {
-                _ = self.stop.cancelled() => return,
+                _ = self.watches.stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
             if let Some(ar) = destination_rule_resource(&self.client).await {
                 // The model learns about the rules before their first event arrives.
-                let probes = self.probes(&ar);
-                if self
-                    .tx
-                    .send(Msg::RulesStarted(generation, probes))
-                    .await
-                    .is_err()
-                {
+                let apis = dyn_apis(&self.client, &self.namespaces, &ar);
+                let started = Msg::RulesStarted(generation, probes(&apis));
+                if self.watches.tx.send(started).await.is_err() {
                     return;
                 }
-                self.start(&ar, generation);
+                self.spawn(&ar, apis, generation);
                 return;
             }
         }

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-use super::kube_model::Update;
+use super::cache::Update;
 
 /// How long a resumed watch must stay free of errors after a successful probe.
 pub const RESUME_GRACE: Duration = Duration::from_millis(500);

@@ -1,0 +1,117 @@
+//! Probes: a cheap `list?limit=1` on a failing watch's type tells when it can work again.
+//!
+//! [`Kind`] names the watched types, and [`WatchedApi`] holds a typed `Api` for each, so a
+//! probe is plain data: the task matches on the type instead of calling a boxed closure.
+
+use std::fmt::Debug;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Resource;
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::core::PartialObjectMeta;
+use serde::de::DeserializeOwned;
+
+use super::client::REACH_TIMEOUT;
+
+/// A watched type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Kind {
+    Service,
+    EndpointSlice,
+    Pod,
+    DestinationRule,
+}
+
+/// The `Api` of one watch (one type, in one namespace or in all).
+#[derive(Clone)]
+pub(super) enum WatchedApi {
+    Service(Api<Service>),
+    EndpointSlice(Api<EndpointSlice>),
+    Pod(Api<PartialObjectMeta<Pod>>),
+    DestinationRule(Api<DynamicObject>),
+}
+
+impl From<Api<Service>> for WatchedApi {
+    fn from(api: Api<Service>) -> Self {
+        WatchedApi::Service(api)
+    }
+}
+
+impl From<Api<EndpointSlice>> for WatchedApi {
+    fn from(api: Api<EndpointSlice>) -> Self {
+        WatchedApi::EndpointSlice(api)
+    }
+}
+
+impl From<Api<PartialObjectMeta<Pod>>> for WatchedApi {
+    fn from(api: Api<PartialObjectMeta<Pod>>) -> Self {
+        WatchedApi::Pod(api)
+    }
+}
+
+impl From<Api<DynamicObject>> for WatchedApi {
+    fn from(api: Api<DynamicObject>) -> Self {
+        WatchedApi::DestinationRule(api)
+    }
+}
+
+impl WatchedApi {
+    pub fn kind(&self) -> Kind {
+        match self {
+            WatchedApi::Service(_) => Kind::Service,
+            WatchedApi::EndpointSlice(_) => Kind::EndpointSlice,
+            WatchedApi::Pod(_) => Kind::Pod,
+            WatchedApi::DestinationRule(_) => Kind::DestinationRule,
+        }
+    }
+}
+
+/// The probe of watch number `stream` of its type.
+#[derive(Clone)]
+pub(super) struct Probe {
+    pub stream: usize,
+    api: WatchedApi,
+}
+
+impl Probe {
+    pub fn kind(&self) -> Kind {
+        self.api.kind()
+    }
+
+    /// Whether the API server answers a one-item list of this watch's type within
+    /// [`REACH_TIMEOUT`].
+    pub async fn answers(&self) -> bool {
+        match &self.api {
+            WatchedApi::Service(api) => lists(api).await,
+            WatchedApi::EndpointSlice(api) => lists(api).await,
+            WatchedApi::Pod(api) => lists(api).await,
+            WatchedApi::DestinationRule(api) => lists(api).await,
+        }
+    }
+}
+
+/// One probe per watch, numbered as the watches are.
+pub(super) fn probes<K>(apis: &[Api<K>]) -> Vec<Probe>
+where
+    Api<K>: Into<WatchedApi> + Clone,
+{
+    apis.iter()
+        .enumerate()
+        .map(|(stream, api)| Probe {
+            stream,
+            api: api.clone().into(),
+        })
+        .collect()
+}
+
+async fn lists<K>(api: &Api<K>) -> bool
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let lp = ListParams::default().limit(1);
+    matches!(
+        tokio::time::timeout(REACH_TIMEOUT, api.list_metadata(&lp)).await,
+        Ok(Ok(_))
+    )
+}

@@ -1,0 +1,357 @@
+//! Projections: each watched object reduced, as it arrives, to the few fields routing needs.
+//!
+//! Nothing here keeps a whole object: no managedFields, annotations, status or unused spec
+//! fields, so memory grows with what the route table needs, not with object size.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::DynamicObject;
+use kube::core::PartialObjectMeta;
+
+use crate::routes::Labels;
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// `(namespace, name)` of an object.
+pub type ObjKey = (Box<str>, Box<str>);
+
+/// What a Service contributes: its TCP ports (name, port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SvcInfo {
+    pub ports: Vec<(Option<Box<str>>, u16)>,
+}
+
+/// What an EndpointSlice contributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceInfo {
+    pub service: Box<str>,
+    /// (port name, endpoint port) of TCP ports.
+    pub ports: Vec<(Option<Box<str>>, u16)>,
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    pub address: IpAddr,
+    pub ready: bool,
+    /// Name of the Pod in the slice's namespace (from `targetRef`).
+    pub pod: Option<Box<str>>,
+}
+
+/// What a DestinationRule contributes: the resolved host and its subsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrInfo {
+    pub host: String,
+    /// `(creationTimestamp, namespace/name)`: the oldest rule wins a conflict, as in Istio.
+    pub order: (Option<Time>, String),
+    pub subsets: Vec<(String, Labels)>,
+}
+
+fn nonempty(s: &Option<String>) -> Option<Box<str>> {
+    s.as_deref().filter(|s| !s.is_empty()).map(Box::from)
+}
+
+fn is_tcp(protocol: &Option<String>) -> bool {
+    protocol.as_deref().is_none_or(|p| p == "TCP")
+}
+
+fn port_u16(p: i32) -> Option<u16> {
+    u16::try_from(p).ok().filter(|&p| p != 0)
+}
+
+/// Object key from metadata; objects without a name are ignored by the caller.
+pub fn key(ns: Option<&str>, name: Option<&str>) -> Option<ObjKey> {
+    Some((
+        ns.unwrap_or("").into(),
+        name.filter(|n| !n.is_empty())?.into(),
+    ))
+}
+
+/// A Service's routable ports. ExternalName services have no endpoints and are skipped.
+pub fn project_service(svc: &Service) -> Option<SvcInfo> {
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    let ports: Vec<_> = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| is_tcp(&p.protocol))
+        .filter_map(|p| Some((nonempty(&p.name), port_u16(p.port)?)))
+        .collect();
+    Some(SvcInfo { ports })
+}
+
+/// An EndpointSlice's TCP ports and IP endpoints. Not ready (`ready: false`) and terminating
+/// endpoints are kept with `ready: false`, so they stay visible but are never chosen;
+/// `ready` unset counts as ready, as the API documents.
+pub fn project_slice(slice: &EndpointSlice) -> Option<SliceInfo> {
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(SERVICE_NAME_LABEL)
+        .filter(|s| !s.is_empty())?;
+    if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+        return None;
+    }
+    let ns = slice.metadata.namespace.as_deref().unwrap_or("");
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| is_tcp(&p.protocol))
+        .filter_map(|p| Some((nonempty(&p.name), port_u16(p.port?)?)))
+        .collect();
+    let endpoints = slice
+        .endpoints
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            // Addresses are fungible; consumers may use the first (API docs).
+            let address: IpAddr = e.addresses.first()?.trim().parse().ok()?;
+            let c = e.conditions.as_ref();
+            let ready = c.and_then(|c| c.ready) != Some(false)
+                && c.and_then(|c| c.terminating) != Some(true);
+            let pod = e
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .filter(|r| r.namespace.as_deref().is_none_or(|n| n == ns))
+                .and_then(|r| nonempty(&r.name));
+            Some(SliceEndpoint {
+                address,
+                ready,
+                pod,
+            })
+        })
+        .collect();
+    Some(SliceInfo {
+        service: service.as_str().into(),
+        ports,
+        endpoints,
+    })
+}
+
+/// A Pod's labels, sorted by key, with interned strings: label keys and values repeat
+/// across the pods of a workload, so 50,000 pods share a few thousand strings.
+pub type PodLabels = Box<[(Arc<str>, Arc<str>)]>;
+
+/// Shares equal strings. Entries nothing else refers to are dropped as the set grows.
+#[derive(Clone, Default)]
+pub struct Interner(Arc<Mutex<InternSet>>);
+
+#[derive(Default)]
+struct InternSet {
+    set: HashSet<Arc<str>>,
+    prune_at: usize,
+}
+
+impl Interner {
+    pub fn intern(&self, s: &str) -> Arc<str> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = g.set.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        g.set.insert(a.clone());
+        if g.set.len() > g.prune_at {
+            g.set.retain(|a| Arc::strong_count(a) > 1);
+            g.prune_at = (g.set.len() * 2).max(4096);
+        }
+        a
+    }
+}
+
+/// A Pod's labels (from metadata only). Pods without labels are not kept.
+pub fn project_pod(pod: &PartialObjectMeta<Pod>, interner: &Interner) -> Option<PodLabels> {
+    let labels = pod.metadata.labels.as_ref().filter(|l| !l.is_empty())?;
+    // BTreeMap iteration is sorted by key.
+    Some(
+        labels
+            .iter()
+            .map(|(k, v)| (interner.intern(k), interner.intern(v)))
+            .collect(),
+    )
+}
+
+pub(super) fn pod_label<'a>(labels: &'a PodLabels, key: &str) -> Option<&'a str> {
+    labels
+        .binary_search_by(|(k, _)| k.as_ref().cmp(key))
+        .ok()
+        .map(|i| labels[i].1.as_ref())
+}
+
+/// Resolves a DestinationRule host like Istio does for Kubernetes: a short name is relative
+/// to the rule's namespace; `name.ns` and `name.ns.svc` are completed with the cluster
+/// domain (Kubernetes DNS search semantics); anything longer is taken as a FQDN.
+pub fn resolve_host(host: &str, rule_ns: &str, domain: &str) -> String {
+    let h = host.trim().trim_end_matches('.').to_ascii_lowercase();
+    let dots = h.matches('.').count();
+    if dots == 0 {
+        format!("{h}.{rule_ns}.svc.{domain}")
+    } else if dots == 1 {
+        format!("{h}.svc.{domain}")
+    } else if dots == 2 && h.ends_with(".svc") {
+        format!("{h}.{domain}")
+    } else {
+        h
+    }
+}
+
+/// A DestinationRule's host and subsets (`spec.host`, `spec.subsets[].{name,labels}`).
+pub fn project_destination_rule(dr: &DynamicObject, domain: &str) -> Option<DrInfo> {
+    let spec = dr.data.get("spec")?;
+    let host = spec.get("host")?.as_str()?;
+    if host.contains('*') {
+        // Wildcard hosts are not supported; the rule is ignored.
+        return None;
+    }
+    let ns = dr.metadata.namespace.as_deref().unwrap_or("");
+    let subsets = spec
+        .get("subsets")
+        .and_then(|s| s.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let name = s.get("name")?.as_str()?.to_string();
+            let labels: Labels = s
+                .get("labels")
+                .and_then(|l| l.as_object())
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some((name, labels))
+        })
+        .collect();
+    Some(DrInfo {
+        host: resolve_host(host, ns, domain),
+        order: (
+            dr.metadata.creation_timestamp.clone(),
+            format!("{ns}/{}", dr.metadata.name.as_deref().unwrap_or("")),
+        ),
+        subsets,
+    })
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use serde_json::json;
+
+    pub(crate) fn svc(ports: serde_json::Value) -> Service {
+        serde_json::from_value(
+            json!({"metadata": {"name": "catalog", "namespace": "shop"}, "spec": {"ports": ports}}),
+        )
+        .unwrap()
+    }
+
+    pub(crate) fn slice(
+        svc: &str,
+        ports: serde_json::Value,
+        eps: serde_json::Value,
+    ) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("{svc}-abc"), "namespace": "shop",
+                         "labels": {SERVICE_NAME_LABEL: svc}},
+            "addressType": "IPv4", "ports": ports, "endpoints": eps
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn projections_keep_only_routing_fields() {
+        let s = project_service(&svc(json!([
+            {"name": "http", "port": 80},
+            {"name": "dns", "port": 53, "protocol": "UDP"},
+            {"port": 8080, "protocol": "TCP"}
+        ])))
+        .unwrap();
+        assert_eq!(s.ports, vec![(Some("http".into()), 80), (None, 8080)]);
+
+        let sl = project_slice(&slice(
+            "catalog",
+            json!([{"name": "http", "port": 3000}, {"name": "x"}]),
+            json!([
+                {"addresses": ["10.0.0.1"], "conditions": {"ready": true},
+                 "targetRef": {"kind": "Pod", "name": "p1", "namespace": "shop"}},
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": false}},
+                {"addresses": ["10.0.0.3"], "conditions": {"ready": true, "terminating": true}},
+                {"addresses": ["10.0.0.4"]},
+                {"addresses": ["not-an-ip"]}
+            ]),
+        ))
+        .unwrap();
+        assert_eq!(&*sl.service, "catalog");
+        assert_eq!(sl.ports, vec![(Some("http".into()), 3000)]);
+        let ready: Vec<bool> = sl.endpoints.iter().map(|e| e.ready).collect();
+        assert_eq!(ready, vec![true, false, false, true]);
+        assert_eq!(sl.endpoints[0].pod.as_deref(), Some("p1"));
+
+        let mut no_label = slice("catalog", json!([]), json!([]));
+        no_label.metadata.labels = None;
+        assert!(project_slice(&no_label).is_none());
+        let mut fqdn = slice("catalog", json!([]), json!([]));
+        fqdn.address_type = "FQDN".into();
+        assert!(project_slice(&fqdn).is_none());
+    }
+
+    #[test]
+    fn destination_rule_hosts_resolve_like_istio() {
+        let d = "cluster.local";
+        assert_eq!(
+            resolve_host("catalog", "shop", d),
+            "catalog.shop.svc.cluster.local"
+        );
+        assert_eq!(
+            resolve_host("catalog.other", "shop", d),
+            "catalog.other.svc.cluster.local"
+        );
+        assert_eq!(
+            resolve_host("catalog.other.svc", "shop", d),
+            "catalog.other.svc.cluster.local"
+        );
+        assert_eq!(
+            resolve_host("Catalog.Other.svc.cluster.local.", "shop", d),
+            "catalog.other.svc.cluster.local"
+        );
+        let dr: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "c", "namespace": "shop", "managedFields": [{"manager": "x"}]},
+            "spec": {"host": "catalog", "subsets": [
+                {"name": "v1", "labels": {"version": "v1"}}, {"name": "all"}]}
+        }))
+        .unwrap();
+        let info = project_destination_rule(&dr, d).unwrap();
+        assert_eq!(info.host, "catalog.shop.svc.cluster.local");
+        assert_eq!(info.subsets.len(), 2);
+        assert_eq!(info.subsets[0].1["version"], "v1");
+        assert!(info.subsets[1].1.is_empty());
+    }
+
+    #[test]
+    fn interner_shares_and_prunes() {
+        let i = Interner::default();
+        let a = i.intern("version");
+        let b = i.intern("version");
+        assert!(Arc::ptr_eq(&a, &b));
+        drop((a, b));
+        for n in 0..5000 {
+            i.intern(&format!("x{n}"));
+        }
+        assert!(
+            i.0.lock().unwrap().set.len() < 5000,
+            "unreferenced strings are pruned"
+        );
+    }
+}

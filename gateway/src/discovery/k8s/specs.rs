@@ -1,0 +1,358 @@
+//! The route-spec builder: the projected model turned into [`ServiceSpec`]s on demand.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::cache::Watched;
+use super::project::{DrInfo, PodLabels, SliceInfo, SvcInfo, pod_label};
+use crate::name;
+use crate::routes::{EndpointSpec, Labels, ServiceSpec, Subsets};
+
+/// Everything discovery knows, projected.
+#[derive(Debug)]
+pub struct Model {
+    pub services: Watched<SvcInfo>,
+    pub slices: Watched<SliceInfo>,
+    pub pods: Watched<PodLabels>,
+    /// `None` while the DestinationRule CRD is not served.
+    pub rules: Option<Watched<DrInfo>>,
+}
+
+impl Model {
+    pub fn new(streams: usize) -> Self {
+        Model {
+            services: Watched::new(streams),
+            slices: Watched::new(streams),
+            pods: Watched::new(streams),
+            rules: None,
+        }
+    }
+
+    /// Every watched type has completed its first list.
+    pub fn synced(&self) -> bool {
+        self.services.synced()
+            && self.slices.synced()
+            && self.pods.synced()
+            && self.rules.as_ref().is_none_or(Watched::synced)
+    }
+
+    /// Subsets per resolved host: rules for one host merge, the oldest rule winning a subset
+    /// name defined twice. Subset names that cannot appear in an SNI name are dropped.
+    /// Hosts with equal subsets share one map (rules are often copies of each other).
+    fn subsets_by_host(&self) -> HashMap<&str, Arc<Subsets>> {
+        let Some(rules) = &self.rules else {
+            return HashMap::new();
+        };
+        let mut sorted: Vec<&DrInfo> = rules.iter().map(|(_, r)| r).collect();
+        sorted.sort_by(|a, b| a.order.cmp(&b.order));
+        let mut out: HashMap<&str, Subsets> = HashMap::new();
+        for r in sorted {
+            let entry = out.entry(r.host.as_str()).or_default();
+            for (name, labels) in &r.subsets {
+                if name::parse(&format!("outbound_.1_.{name}_.a")).is_err() {
+                    tracing::debug!(host = %r.host, subset = %name, "subset name is not routable; skipped");
+                    continue;
+                }
+                entry.entry(name.clone()).or_insert_with(|| labels.clone());
+            }
+        }
+        let mut shared: HashMap<Subsets, Arc<Subsets>> = HashMap::new();
+        out.into_iter()
+            .map(|(host, subs)| {
+                let subs = shared
+                    .entry(subs)
+                    .or_insert_with_key(|s| Arc::new(s.clone()))
+                    .clone();
+                (host, subs)
+            })
+            .collect()
+    }
+
+    /// The route table's input: one spec per Service with at least one TCP port.
+    ///
+    /// An endpoint serves a Service port when its slice has a port with the same name
+    /// (both empty for an unnamed port). An address listed in several slices of one
+    /// Service counts once, ready if any listing is ready. Pod labels are attached only
+    /// for the label keys the Service's subsets select on; endpoints with equal labels
+    /// share one map, so the table holds a few maps rather than one per endpoint.
+    pub fn specs(&self, domain: &str) -> Vec<ServiceSpec> {
+        let mut slices_by_svc: HashMap<(&str, &str), Vec<&SliceInfo>> = HashMap::new();
+        for ((ns, _), s) in self.slices.iter() {
+            slices_by_svc
+                .entry((ns.as_ref(), s.service.as_ref()))
+                .or_default()
+                .push(s);
+        }
+        let subsets = self.subsets_by_host();
+        let no_subsets: Arc<Subsets> = Arc::default();
+        let no_labels: Arc<Labels> = Arc::default();
+        let mut label_sets: HashMap<Vec<(&str, &str)>, Arc<Labels>> = HashMap::new();
+        let mut label_key: Vec<(&str, &str)> = Vec::new();
+        let mut out = Vec::with_capacity(self.services.len());
+        for ((ns, svc_name), svc) in self.services.iter() {
+            if svc.ports.is_empty() {
+                continue;
+            }
+            let host = format!("{svc_name}.{ns}.svc.{domain}").to_ascii_lowercase();
+            let mut ports: Vec<u16> = svc.ports.iter().map(|(_, p)| *p).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            if name::parse(&format!("outbound_.{}_._.{host}", ports[0])).is_err() {
+                tracing::debug!(%host, "service host is not routable; skipped");
+                continue;
+            }
+            let subs = subsets.get(host.as_str()).unwrap_or(&no_subsets);
+            let wanted_keys: Vec<&str> = {
+                let mut k: Vec<&str> = subs
+                    .values()
+                    .flat_map(|l| l.keys().map(String::as_str))
+                    .collect();
+                k.sort();
+                k.dedup();
+                k
+            };
+            let mut eps: BTreeMap<IpAddr, EndpointSpec> = BTreeMap::new();
+            for slice in slices_by_svc
+                .get(&(ns.as_ref(), svc_name.as_ref()))
+                .into_iter()
+                .flatten()
+            {
+                let port_map: BTreeMap<u16, u16> = svc
+                    .ports
+                    .iter()
+                    .filter_map(|(pname, port)| {
+                        let target = slice.ports.iter().find(|(n, _)| n == pname)?.1;
+                        Some((*port, target))
+                    })
+                    .collect();
+                if port_map.is_empty() {
+                    continue;
+                }
+                for e in &slice.endpoints {
+                    let pod = e
+                        .pod
+                        .as_ref()
+                        .filter(|_| !wanted_keys.is_empty())
+                        .and_then(|p| self.pods.get(&(ns.clone(), p.clone())));
+                    let labels = match pod {
+                        None => no_labels.clone(),
+                        Some(l) => {
+                            label_key.clear();
+                            label_key.extend(
+                                wanted_keys
+                                    .iter()
+                                    .filter_map(|&k| Some((k, pod_label(l, k)?))),
+                            );
+                            match label_sets.get(label_key.as_slice()) {
+                                Some(shared) => shared.clone(),
+                                None => {
+                                    let new: Arc<Labels> = Arc::new(
+                                        label_key
+                                            .iter()
+                                            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+                                            .collect(),
+                                    );
+                                    label_sets.insert(label_key.clone(), new.clone());
+                                    new
+                                }
+                            }
+                        }
+                    };
+                    let spec = eps.entry(e.address).or_insert_with(|| EndpointSpec {
+                        address: e.address,
+                        ports: BTreeMap::new(),
+                        labels: no_labels.clone(),
+                        ready: false,
+                    });
+                    if e.ready && !spec.ready {
+                        spec.ready = true;
+                        spec.labels = labels;
+                        spec.ports = port_map.clone();
+                    } else if spec.ports.is_empty() {
+                        spec.labels = labels;
+                        spec.ports = port_map.clone();
+                    }
+                }
+            }
+            out.push(ServiceSpec {
+                host,
+                ports,
+                subsets: subs.clone(),
+                endpoints: eps.into_values().collect(),
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::project::tests::{slice, svc};
+    use super::super::project::{Interner, ObjKey, project_pod, project_service, project_slice};
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::core::PartialObjectMeta;
+    use serde_json::json;
+
+    fn k(ns: &str, n: &str) -> ObjKey {
+        (ns.into(), n.into())
+    }
+
+    fn model_with(dr: bool) -> Model {
+        let interner = Interner::default();
+        let mut m = Model::new(1);
+        let s = project_service(&svc(
+            json!([{"name": "http", "port": 80}, {"name": "grpc", "port": 90}]),
+        ))
+        .unwrap();
+        m.services.streams[0].items.insert(k("shop", "catalog"), s);
+        let sl = project_slice(&slice(
+            "catalog",
+            json!([{"name": "http", "port": 3000}]),
+            json!([
+                {"addresses": ["10.0.0.1"], "targetRef": {"kind": "Pod", "name": "p1"}},
+                {"addresses": ["10.0.0.2"], "targetRef": {"kind": "Pod", "name": "p2"}},
+                {"addresses": ["10.0.0.3"], "conditions": {"ready": false}}
+            ]),
+        ))
+        .unwrap();
+        m.slices.streams[0]
+            .items
+            .insert(k("shop", "catalog-abc"), sl);
+        // The same address in a second slice, not ready there: still counted once, ready.
+        let dup = project_slice(&slice(
+            "catalog",
+            json!([{"name": "http", "port": 3000}]),
+            json!([{"addresses": ["10.0.0.1"], "conditions": {"ready": false}}]),
+        ))
+        .unwrap();
+        m.slices.streams[0]
+            .items
+            .insert(k("shop", "catalog-def"), dup);
+        for (p, v) in [("p1", "v1"), ("p2", "v2")] {
+            let meta: PartialObjectMeta<Pod> = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": p, "namespace": "shop",
+                             "labels": {"version": v, "app": "catalog"}}
+            }))
+            .unwrap();
+            let labels = project_pod(&meta, &interner).unwrap();
+            m.pods.streams[0].items.insert(k("shop", p), labels);
+        }
+        if dr {
+            let mut w = Watched::new(1);
+            w.streams[0].items.insert(
+                k("shop", "old"),
+                DrInfo {
+                    host: "catalog.shop.svc.cluster.local".into(),
+                    order: (None, "shop/old".into()),
+                    subsets: vec![("v1".into(), Labels::from([("version".into(), "v1".into())]))],
+                },
+            );
+            w.streams[0].items.insert(
+                k("shop", "new"),
+                DrInfo {
+                    host: "catalog.shop.svc.cluster.local".into(),
+                    order: (Some(Time(Default::default())), "shop/new".into()),
+                    subsets: vec![
+                        ("v1".into(), Labels::from([("version".into(), "v9".into())])),
+                        ("v2".into(), Labels::from([("version".into(), "v2".into())])),
+                        ("Bad_Name".into(), Labels::new()),
+                    ],
+                },
+            );
+            m.rules = Some(w);
+        }
+        m
+    }
+
+    #[test]
+    fn specs_map_ports_by_name_and_merge_slices() {
+        let specs = model_with(false).specs("cluster.local");
+        assert_eq!(specs.len(), 1);
+        let s = &specs[0];
+        assert_eq!(s.host, "catalog.shop.svc.cluster.local");
+        assert_eq!(s.ports, vec![80, 90]);
+        assert!(s.subsets.is_empty());
+        assert_eq!(s.endpoints.len(), 3);
+        let e1 = &s.endpoints[0];
+        assert!(e1.ready);
+        assert_eq!(
+            e1.ports,
+            BTreeMap::from([(80, 3000)]),
+            "grpc has no slice port"
+        );
+        assert!(e1.labels.is_empty(), "labels only when subsets need them");
+        assert!(!s.endpoints[2].ready);
+    }
+
+    #[test]
+    fn subsets_from_rules_and_pod_labels() {
+        let specs = model_with(true).specs("cluster.local");
+        let s = &specs[0];
+        assert_eq!(s.subsets.len(), 2, "bad subset names are dropped");
+        assert_eq!(s.subsets["v1"]["version"], "v1", "the oldest rule wins");
+        assert_eq!(s.subsets["v2"]["version"], "v2");
+        assert_eq!(
+            *s.endpoints[0].labels,
+            Labels::from([("version".into(), "v1".into())]),
+            "only selected keys are kept"
+        );
+        assert_eq!(s.endpoints[1].labels["version"], "v2");
+    }
+
+    #[test]
+    fn equal_labels_and_subsets_share_one_map() {
+        let mut m = model_with(true);
+        let sl = project_slice(&slice(
+            "catalog",
+            json!([{"name": "http", "port": 3000}]),
+            json!([{"addresses": ["10.0.0.4"], "targetRef": {"kind": "Pod", "name": "p4"}}]),
+        ))
+        .unwrap();
+        m.slices.streams[0]
+            .items
+            .insert(k("shop", "catalog-ghi"), sl);
+        // Differs from p1 only in a label no subset selects on.
+        let meta: PartialObjectMeta<Pod> = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "p4", "namespace": "shop",
+                         "labels": {"version": "v1", "app": "other"}}
+        }))
+        .unwrap();
+        let labels = project_pod(&meta, &Interner::default()).unwrap();
+        m.pods.streams[0].items.insert(k("shop", "p4"), labels);
+        let specs = m.specs("cluster.local");
+        let eps = &specs[0].endpoints;
+        let addr = |a: &str| {
+            eps.iter()
+                .find(|e| e.address == a.parse::<IpAddr>().unwrap())
+        };
+        let (e1, e2, e4) = (addr("10.0.0.1"), addr("10.0.0.2"), addr("10.0.0.4"));
+        assert!(Arc::ptr_eq(&e1.unwrap().labels, &e4.unwrap().labels));
+        assert!(!Arc::ptr_eq(&e1.unwrap().labels, &e2.unwrap().labels));
+        assert_eq!(e4.unwrap().labels["version"], "v1");
+        // Published tables keep the shared maps.
+        let routes = crate::routes::Routes::new();
+        let t = routes.publish(&specs);
+        let r = t.lookup("catalog.shop.svc.cluster.local", 80).unwrap();
+        assert!(Arc::ptr_eq(&r.subsets, &specs[0].subsets));
+        assert!(Arc::ptr_eq(&r.endpoints[0].labels, &e1.unwrap().labels));
+        assert_eq!(r.candidates("v1").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn readiness_needs_every_watch() {
+        let mut m = Model::new(2);
+        m.services.streams.iter_mut().for_each(|c| c.synced = true);
+        m.slices.streams.iter_mut().for_each(|c| c.synced = true);
+        m.pods.streams[0].synced = true;
+        assert!(!m.synced());
+        m.pods.streams[1].synced = true;
+        assert!(m.synced());
+        m.rules = Some(Watched::new(2));
+        assert!(!m.synced());
+    }
+}

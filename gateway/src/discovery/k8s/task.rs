@@ -1,0 +1,244 @@
+//! The rebuild task: owns the model, applies the watches' updates, rebuilds and publishes
+//! the table (debounced), tracks staleness and probes failing watches.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::cache::{Update, Watched};
+use super::crd::Rules;
+use super::health::{Health, Recovered};
+use super::probe::{Kind, Probe};
+use super::specs::Model;
+use super::watch::Msg;
+use crate::discovery::Publisher;
+
+/// Shortest time between two published tables under a burst of events.
+pub const MIN_REBUILD_INTERVAL: Duration = Duration::from_millis(100);
+/// Wait after the first event of a burst so that events sent together build one table.
+const SETTLE: Duration = Duration::from_millis(5);
+/// How often staleness is updated and failing watches are probed.
+const HEALTH_TICK: Duration = Duration::from_secs(1);
+
+pub(super) struct ModelTask {
+    model: Model,
+    domain: String,
+    publisher: Publisher,
+    synced: Arc<AtomicBool>,
+    probes: Vec<Probe>,
+    health: Health<(Kind, usize)>,
+    probing: bool,
+    /// Restarts the CRD poll when the DestinationRule CRD goes away.
+    rules: Rules,
+    /// The generation of the rules in the model (or being polled for).
+    rules_generation: u64,
+}
+
+impl ModelTask {
+    pub(super) fn new(
+        model: Model,
+        domain: String,
+        publisher: Publisher,
+        probes: Vec<Probe>,
+        rules: Rules,
+    ) -> Self {
+        ModelTask {
+            model,
+            domain,
+            publisher,
+            synced: Arc::new(AtomicBool::new(false)),
+            probes,
+            health: Health::default(),
+            probing: false,
+            rules,
+            rules_generation: 0,
+        }
+    }
+
+    /// True once the first full table has been published.
+    pub(super) fn synced(&self) -> Arc<AtomicBool> {
+        self.synced.clone()
+    }
+
+    /// Until `stop`: applies the watches' messages, publishes at most every
+    /// [`MIN_REBUILD_INTERVAL`], and every [`HEALTH_TICK`] updates staleness and probes.
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Msg>, stop: CancellationToken) {
+        let (probe_tx, mut probe_rx) = mpsc::channel::<Vec<(Kind, usize)>>(1);
+        let mut rebuild_at: Option<tokio::time::Instant> = None;
+        let mut last_publish: Option<tokio::time::Instant> = None;
+        let mut tick = tokio::time::interval(HEALTH_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let sleep_until = rebuild_at;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                msg = rx.recv() => {
+                    // The task holds a sender (for the CRD poll): this ends only at stop.
+                    let Some(msg) = msg else { return };
+                    if self.apply(msg) && self.model.synced() && rebuild_at.is_none() {
+                        let now = tokio::time::Instant::now();
+                        let earliest = last_publish.map_or(now, |t| t + MIN_REBUILD_INTERVAL);
+                        rebuild_at = Some(earliest.max(now + SETTLE));
+                    }
+                }
+                _ = async { tokio::time::sleep_until(sleep_until.expect("guarded")).await }, if sleep_until.is_some() => {
+                    rebuild_at = None;
+                    last_publish = Some(tokio::time::Instant::now());
+                    self.publish();
+                }
+                _ = tick.tick() => self.health_tick(&probe_tx),
+                ok = probe_rx.recv() => {
+                    self.probing = false;
+                    let ok = ok.unwrap_or_default();
+                    if !ok.is_empty() {
+                        // The API server answers: failing watches retry now, not after
+                        // their back-off.
+                        self.rules.watches.wake.notify_waiters();
+                    }
+                    let now = Instant::now();
+                    for w in ok {
+                        self.health.answered(w, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies one message; returns whether the table may need rebuilding.
+    fn apply(&mut self, msg: Msg) -> bool {
+        let (m, h) = (&mut self.model, &mut self.health);
+        let (recovered, changed) = match msg {
+            Msg::Service(i, u) => (
+                h.observed((Kind::Service, i), &u),
+                apply_to(&mut m.services, i, u),
+            ),
+            Msg::Slice(i, u) => (
+                h.observed((Kind::EndpointSlice, i), &u),
+                apply_to(&mut m.slices, i, u),
+            ),
+            Msg::Pod(i, u) => (h.observed((Kind::Pod, i), &u), apply_to(&mut m.pods, i, u)),
+            Msg::Rule(generation, i, u) => {
+                // Late messages from the watches of a deleted CRD are dropped.
+                let Some(rules) = m
+                    .rules
+                    .as_mut()
+                    .filter(|_| generation == self.rules_generation)
+                else {
+                    return false;
+                };
+                (
+                    h.observed((Kind::DestinationRule, i), &u),
+                    apply_to(rules, i, u),
+                )
+            }
+            Msg::RulesStarted(generation, probes) => {
+                if generation == self.rules_generation {
+                    m.rules = Some(Watched::new(probes.len()));
+                    self.probes.extend(probes);
+                }
+                return false;
+            }
+            Msg::RulesGone(generation) => return self.rules_gone(generation),
+            Msg::WatchError(kind, stream) => {
+                h.failed((kind, stream), Instant::now());
+                return false;
+            }
+            Msg::Retrying(kind, stream) => {
+                h.retried((kind, stream), Instant::now());
+                return false;
+            }
+        };
+        self.on_recovered(recovered);
+        changed
+    }
+
+    /// The DestinationRule CRD was deleted: its subsets go, its watches no longer count
+    /// for staleness, and the CRD poll starts again for the next generation.
+    fn rules_gone(&mut self, generation: u64) -> bool {
+        if generation != self.rules_generation || self.model.rules.is_none() {
+            return false;
+        }
+        self.model.rules = None;
+        self.probes.retain(|p| p.kind() != Kind::DestinationRule);
+        let recovered = self.health.forget(|w| w.0 != Kind::DestinationRule);
+        self.on_recovered(recovered);
+        self.rules_generation += 1;
+        tracing::info!(
+            recheck = ?self.rules.recheck,
+            "DestinationRule CRD deleted: subset routes removed; polling for its return"
+        );
+        tokio::spawn(self.rules.clone().poll(self.rules_generation));
+        true
+    }
+
+    fn on_recovered(&self, recovered: Recovered) {
+        if recovered.0 {
+            self.publisher.metrics().stale_seconds.set(0);
+            tracing::info!("Kubernetes watches current again");
+        }
+    }
+
+    fn health_tick(&mut self, probe_tx: &mpsc::Sender<Vec<(Kind, usize)>>) {
+        let now = Instant::now();
+        let recovered = self.health.tick(now);
+        self.on_recovered(recovered);
+        let stale = self.health.stale_seconds(now);
+        self.publisher.metrics().stale_seconds.set(stale as i64);
+        let failing = self.health.to_probe();
+        if failing.is_empty() || self.probing {
+            return;
+        }
+        // Probing tells when the API server answers again: failing watches are woken
+        // to retry, and a watch that resumed without an error is current again.
+        let probes: Vec<Probe> = self
+            .probes
+            .iter()
+            .filter(|p| failing.contains(&(p.kind(), p.stream)))
+            .cloned()
+            .collect();
+        self.probing = true;
+        let tx = probe_tx.clone();
+        tokio::spawn(async move {
+            let mut ok = Vec::new();
+            for p in probes {
+                if p.answers().await {
+                    ok.push((p.kind(), p.stream));
+                }
+            }
+            let _ = tx.send(ok).await;
+        });
+    }
+
+    fn publish(&mut self) {
+        let started = Instant::now();
+        let specs = self.model.specs(&self.domain);
+        let built = started.elapsed();
+        let table = self.publisher.publish("kubernetes", &specs);
+        tracing::debug!(
+            generation = table.generation,
+            services = specs.len(),
+            build_ms = built.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "kubernetes route table rebuilt"
+        );
+        if !self.synced.swap(true, Ordering::SeqCst) {
+            tracing::info!(
+                services = self.model.services.len(),
+                slices = self.model.slices.len(),
+                pods = self.model.pods.len(),
+                destination_rules = self.model.rules.as_ref().map(|r| r.len()),
+                "first Kubernetes sync complete; ready"
+            );
+        }
+    }
+}
+
+fn apply_to<T: PartialEq>(w: &mut Watched<T>, stream: usize, u: Update<T>) -> bool {
+    match w.streams.get_mut(stream) {
+        Some(c) => c.apply(u),
+        None => false,
+    }
+}

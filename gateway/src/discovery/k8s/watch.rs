@@ -1,0 +1,219 @@
+//! The watches: one kube-runtime watcher per type and namespace, pumped into the model
+//! task as projected [`Update`]s and retried as [`retry`] says.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::cache::Update;
+use super::client::error_chain;
+use super::probe::{Kind, Probe, WatchedApi};
+use super::project::{self, DrInfo, ObjKey, PodLabels, SliceInfo, SvcInfo};
+use super::retry::{self, Failure};
+
+/// What the watches (and the CRD poll) tell the rebuild task.
+#[derive(Clone)]
+pub(super) enum Msg {
+    Service(usize, Update<SvcInfo>),
+    Slice(usize, Update<SliceInfo>),
+    Pod(usize, Update<PodLabels>),
+    /// An update of the rules of one generation (generations: see the `crd` module).
+    Rule(u64, usize, Update<DrInfo>),
+    /// The DestinationRule CRD is served; its watches start after this message.
+    RulesStarted(u64, Vec<Probe>),
+    /// The DestinationRule CRD is no longer served.
+    RulesGone(u64),
+    WatchError(Kind, usize),
+    /// A failed watch retries after its back-off (a resume, or a list).
+    Retrying(Kind, usize),
+}
+
+/// One `Api` per `--namespace`, or one for all namespaces.
+pub(super) fn apis<K>(client: &Client, namespaces: &[String]) -> Vec<Api<K>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    }
+}
+
+/// [`apis`] for a type known at run time (the DestinationRule CRD).
+pub(super) fn dyn_apis(
+    client: &Client,
+    namespaces: &[String],
+    ar: &ApiResource,
+) -> Vec<Api<DynamicObject>> {
+    if namespaces.is_empty() {
+        vec![Api::all_with(client.clone(), ar)]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced_with(client.clone(), ns, ar))
+            .collect()
+    }
+}
+
+fn obj_key<K: Resource>(o: &K) -> Option<ObjKey> {
+    let m = o.meta();
+    project::key(m.namespace.as_deref(), m.name.as_deref())
+}
+
+/// What every watch shares with the model task: its inbox, the wake-up a successful probe
+/// sends, and the stop.
+#[derive(Clone)]
+pub(super) struct Watches {
+    pub tx: mpsc::Sender<Msg>,
+    pub wake: Arc<Notify>,
+    pub stop: CancellationToken,
+}
+
+/// Starts one watch per `Api` (one per namespace, or one for all), numbered from 0 as
+/// [`probes`](super::probe::probes) numbers their probes. Each projects its objects with
+/// `project` and sends them as `wrap(stream, update)`.
+///
+/// A type that may stop being served (a CRD) passes `gone`: when one of its watches gets a
+/// 404, every watch of this call stops and the task is sent `gone`.
+pub(super) fn spawn_watches<K, T, P, W>(
+    to: &Watches,
+    apis: Vec<Api<K>>,
+    project: P,
+    wrap: W,
+    gone: Option<Msg>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    Api<K>: Into<WatchedApi>,
+    T: Send + 'static,
+    P: Fn(&K) -> Option<T> + Clone + Send + 'static,
+    W: Fn(usize, Update<T>) -> Msg + Clone + Send + 'static,
+{
+    // Ends every watch of this call when one finds its type gone.
+    let these = Watches {
+        stop: to.stop.child_token(),
+        ..to.clone()
+    };
+    for (stream, api) in apis.into_iter().enumerate() {
+        let kind = api.clone().into().kind();
+        let events = watcher::watcher(api, watcher::Config::default().any_semantic());
+        let (to, project, wrap, gone) =
+            (these.clone(), project.clone(), wrap.clone(), gone.clone());
+        tokio::spawn(async move {
+            let ended = pump(events, kind, stream, project, wrap, gone.is_some(), &to).await;
+            if let (Ended::NotServed, Some(gone)) = (ended, gone) {
+                to.stop.cancel();
+                let _ = to.tx.send(gone).await;
+            }
+        });
+    }
+}
+
+/// Why a watch's pump returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Stopped,
+    /// The type is not served (404), and `may_go` said it may stop being served.
+    NotServed,
+}
+
+/// Drives one watch: projects every object and forwards it to the model task; on errors,
+/// tells the task and retries as [`retry`] says, waking early when `wake` is notified
+/// (a probe found the API server answering again).
+async fn pump<K, T, S>(
+    events: S,
+    kind: Kind,
+    stream: usize,
+    project: impl Fn(&K) -> Option<T> + Send,
+    wrap: impl Fn(usize, Update<T>) -> Msg + Send,
+    may_go: bool,
+    to: &Watches,
+) -> Ended
+where
+    K: Resource + Send,
+    S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
+{
+    let Watches { tx, wake, stop } = to;
+    let mut events = std::pin::pin!(events);
+    let mut backoff = retry::Backoff::default();
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return Ended::Stopped,
+            n = events.next() => n,
+        };
+        let ev = match next {
+            None => return Ended::Stopped,
+            Some(Ok(ev)) => ev,
+            Some(Err(e)) => {
+                let failure = retry::classify(&e);
+                if failure == Failure::NotServed && may_go {
+                    tracing::info!(?kind, error = %error_chain(&e), "type no longer served (404; a deleted CRD); its watches stop");
+                    return Ended::NotServed;
+                }
+                // Registered before the task hears of the error, so no wake-up is missed.
+                let mut woken = std::pin::pin!(wake.notified());
+                woken.as_mut().enable();
+                if tx.send(Msg::WatchError(kind, stream)).await.is_err() {
+                    return Ended::Stopped;
+                }
+                match backoff.delay(failure) {
+                    None => {
+                        // The watcher re-lists on its next poll; the list shows its health.
+                        tracing::info!(?kind, stream, error = %error_chain(&e), "resourceVersion too old (410 Gone); re-listing now");
+                    }
+                    Some(delay) => {
+                        tracing::warn!(?kind, stream, error = %error_chain(&e), ?delay, "watch failed; retrying after the delay or as soon as the API server answers");
+                        tokio::select! {
+                            _ = stop.cancelled() => return Ended::Stopped,
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = woken => {}
+                        }
+                        if tx.send(Msg::Retrying(kind, stream)).await.is_err() {
+                            return Ended::Stopped;
+                        }
+                    }
+                }
+                continue;
+            }
+        };
+        backoff.reset();
+        let update = match ev {
+            Event::Init => Update::Init,
+            Event::InitDone => Update::InitDone,
+            Event::InitApply(o) => {
+                let Some(key) = obj_key(&o) else { continue };
+                Update::Apply {
+                    obj: project(&o),
+                    key,
+                    initial: true,
+                }
+            }
+            Event::Apply(o) => {
+                let Some(key) = obj_key(&o) else { continue };
+                Update::Apply {
+                    obj: project(&o),
+                    key,
+                    initial: false,
+                }
+            }
+            Event::Delete(o) => {
+                let Some(key) = obj_key(&o) else { continue };
+                Update::Delete(key)
+            }
+        };
+        if tx.send(wrap(stream, update)).await.is_err() {
+            return Ended::Stopped;
+        }
+    }
+}
