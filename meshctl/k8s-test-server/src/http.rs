@@ -6,9 +6,10 @@ use crate::error::{ApiError, success_status};
 use crate::rbac::{self, Attributes};
 use crate::resources::{Handling, ResourceType};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::store::{PatchKind, Store, WriteOpts};
+use crate::store::Store;
 use crate::util;
 use crate::watch::{self, WatchRequest};
+use crate::write::{PatchKind, WriteOpts};
 use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -26,6 +27,7 @@ const MAX_BODY: usize = 64 << 20;
 /// What every request handler needs.
 pub(crate) struct Ctx {
     pub store: Store,
+    pub tokens: auth::Tokens,
     pub git_version: String,
     pub server_address: String,
     pub bookmark_interval: Duration,
@@ -192,7 +194,7 @@ pub(crate) async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> 
             .get(header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok()),
     );
-    let Some(id) = token.and_then(|t| ctx.store.authenticate(t)) else {
+    let Some(id) = token.and_then(|t| auth::authenticate(&ctx.store, &ctx.tokens, t)) else {
         tracing::debug!(%method, %path, "k8s-test-server: 401 unauthorized");
         return error_response(&ApiError::unauthorized());
     };
@@ -385,8 +387,14 @@ fn resource(
             &store.create_obj(&rt, v, ns, parse_json(body)?, &opts)?,
         )),
         (Method::POST, Some(name)) if p.sub.as_deref() == Some("token") => {
-            let out =
-                auth::token_request(store, ns.unwrap_or(""), name, &parse_json(body)?, dry_run)?;
+            let out = auth::token_request(
+                store,
+                &ctx.tokens,
+                ns.unwrap_or(""),
+                name,
+                &parse_json(body)?,
+                dry_run,
+            )?;
             Ok(json_response(201, &out))
         }
         (Method::PUT, Some(name)) => Ok(json_response(
@@ -395,19 +403,19 @@ fn resource(
         )),
         (Method::PATCH, Some(name)) => {
             let ct = content_type.split(';').next().unwrap_or("").trim();
-            let (kind, patch) = match ct {
+            let patch = |kind| store.patch_obj(&rt, v, ns, name, kind, parse_json(body)?, &opts);
+            let (out, created) = match ct {
                 "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-                    (PatchKind::Merge, parse_json(body)?)
+                    (patch(PatchKind::Merge)?, false)
                 }
-                "application/json-patch+json" => (PatchKind::Json, parse_json(body)?),
+                "application/json-patch+json" => (patch(PatchKind::Json)?, false),
                 "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
-                    let v: Value = serde_yaml::from_slice(body)
+                    let applied: Value = serde_yaml::from_slice(body)
                         .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
-                    (PatchKind::Apply, v)
+                    store.server_side_apply(&rt, v, ns, name, applied, &opts)?
                 }
                 other => return Err(ApiError::unsupported_media_type(other)),
             };
-            let (out, created) = store.patch_obj(&rt, v, ns, name, kind, patch, &opts)?;
             Ok(json_response(if created { 201 } else { 200 }, &out))
         }
         (Method::DELETE, name) => {

@@ -26,7 +26,10 @@ pub fn b64url(input: &[u8]) -> String {
 /// Decodes base64 as the API server decodes a `[]byte` field such as `Secret.data`
 /// (Go's `base64.StdEncoding`: padding required, CR and LF skipped). `None` when malformed.
 pub fn b64_decode(input: &str) -> Option<Vec<u8>> {
-    let compact: String = input.chars().filter(|c| !matches!(c, '\r' | '\n')).collect();
+    let compact: String = input
+        .chars()
+        .filter(|c| !matches!(c, '\r' | '\n'))
+        .collect();
     GO_STD.decode(compact).ok()
 }
 
@@ -139,7 +142,10 @@ mod tests {
         assert_eq!(b64_decode("Zm9v\r\nYmFy").unwrap(), b"foobar");
         assert_eq!(b64_decode("").unwrap(), b"");
         assert!(b64_decode("Zm8").is_none(), "padding is required");
-        assert!(b64_decode("-_-_").is_none(), "URL-safe alphabet is not base64.StdEncoding");
+        assert!(
+            b64_decode("-_-_").is_none(),
+            "URL-safe alphabet is not base64.StdEncoding"
+        );
         assert!(b64_decode("Zm8=Zm8=").is_none(), "data after padding");
         assert!(b64_decode("Zm 8=").is_none());
     }
