@@ -24,12 +24,15 @@ mod defaults;
 mod delete;
 mod discovery;
 mod error;
+mod handlers;
 mod http;
 mod kubeconfig;
 mod patch;
 mod rbac;
 mod read;
 mod resources;
+mod respond;
+mod route;
 mod selectors;
 mod store;
 mod tls;
@@ -294,7 +297,7 @@ async fn serve(
     let addr = listener.local_addr()?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&tls)?);
     let (shutdown, shutdown_rx) = tokio_watch::channel(false);
-    let ctx = Arc::new(http::Ctx {
+    let ctx = Arc::new(respond::Ctx {
         store: store.clone(),
         tokens: tokens.clone(),
         git_version: opts.git_version.clone(),
@@ -319,7 +322,7 @@ async fn serve(
 async fn accept_loop(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
-    ctx: Arc<http::Ctx>,
+    ctx: Arc<respond::Ctx>,
     mut shutdown: tokio_watch::Receiver<bool>,
     cluster: String,
 ) {
