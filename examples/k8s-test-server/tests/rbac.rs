@@ -304,3 +304,59 @@ async fn token_controller_fills_service_account_token_secrets() {
     })
     .await;
 }
+
+/// The controllers follow the store's change feed like an informer: when the history is
+/// compacted before they read it, they re-list and still fill the Secret and the namespace.
+#[tokio::test]
+async fn controllers_relist_when_the_history_is_compacted_under_them() {
+    init();
+    let mut opts = k8s_test_server::Options::new("relist");
+    opts.store.controller_delay = Duration::from_millis(300);
+    let server = TestApiServer::start_with(opts).await.unwrap();
+    let store = server.store();
+    store
+        .create(k8s_test_server::namespace_json("late"))
+        .unwrap();
+    store
+        .create(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader", "namespace": "late"}}))
+        .unwrap();
+    store
+        .create(json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+            "metadata": {"name": "reader-token", "namespace": "late", "annotations": {"kubernetes.io/service-account.name": "reader"}}}))
+        .unwrap();
+    let secret = || {
+        store
+            .get("v1", "Secret", Some("late"), "reader-token")
+            .unwrap()
+    };
+    assert!(
+        secret().pointer("/data/token").is_none(),
+        "not filled inside the write"
+    );
+    server.expire_watches();
+
+    let token = eventually(5, || async {
+        secret()
+            .pointer("/data/token")
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+    })
+    .await;
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .unwrap();
+    let id = server
+        .authenticate(std::str::from_utf8(&token).unwrap())
+        .expect("the filled token authenticates");
+    assert_eq!(id.user, "system:serviceaccount:late:reader");
+    for (kind, name) in [
+        ("ServiceAccount", "default"),
+        ("ConfigMap", "kube-root-ca.crt"),
+    ] {
+        assert!(
+            store.get("v1", kind, Some("late"), name).is_some(),
+            "namespace controller made {kind} {name}"
+        );
+    }
+}

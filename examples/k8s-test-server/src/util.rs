@@ -1,67 +1,36 @@
 //! Small helpers: base64, random ids, timestamps, URL query decoding.
 
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
 use rand::Rng;
 use std::time::SystemTime;
 
-const STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-fn encode(input: &[u8], table: &[u8; 64], pad: bool) -> String {
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let chars = chunk.len() + 1;
-        for i in 0..4 {
-            if i < chars {
-                out.push(table[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else if pad {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
+/// Go's `base64.StdEncoding`, which lets non-zero trailing bits through.
+const GO_STD: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
 
 /// Standard base64 with padding (what Kubernetes uses for `Secret.data`).
 pub fn b64(input: &[u8]) -> String {
-    encode(input, STD, true)
+    STANDARD.encode(input)
 }
 
 /// URL-safe base64 without padding (JWT segments).
 pub fn b64url(input: &[u8]) -> String {
-    encode(input, URL, false)
+    URL_SAFE_NO_PAD.encode(input)
 }
 
-/// Decodes standard (or URL-safe) base64; padding optional. `None` when malformed.
+/// Decodes base64 as the API server decodes a `[]byte` field such as `Secret.data`
+/// (Go's `base64.StdEncoding`: padding required, CR and LF skipped). `None` when malformed.
 pub fn b64_decode(input: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(input.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for c in input.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            b'=' => break,
-            b'\n' | b'\r' => continue,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    let compact: String = input
+        .chars()
+        .filter(|c| !matches!(c, '\r' | '\n'))
+        .collect();
+    GO_STD.decode(compact).ok()
 }
 
 /// A random RFC 4122 version-4 UUID string.
@@ -163,6 +132,22 @@ mod tests {
         assert_eq!(b64(b"foobar"), "Zm9vYmFy");
         assert_eq!(b64(b"fo"), "Zm8=");
         assert_eq!(b64url(b"fo"), "Zm8");
+    }
+
+    /// The API server decodes `Secret.data` as Go's `encoding/json` decodes `[]byte`:
+    /// `base64.StdEncoding`, padding required, standard alphabet, CR and LF skipped.
+    #[test]
+    fn decodes_like_go_std_encoding() {
+        assert_eq!(b64_decode("Zm8=").unwrap(), b"fo");
+        assert_eq!(b64_decode("Zm9v\r\nYmFy").unwrap(), b"foobar");
+        assert_eq!(b64_decode("").unwrap(), b"");
+        assert!(b64_decode("Zm8").is_none(), "padding is required");
+        assert!(
+            b64_decode("-_-_").is_none(),
+            "URL-safe alphabet is not base64.StdEncoding"
+        );
+        assert!(b64_decode("Zm8=Zm8=").is_none(), "data after padding");
+        assert!(b64_decode("Zm 8=").is_none());
     }
 
     #[test]

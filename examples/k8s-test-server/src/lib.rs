@@ -15,21 +15,31 @@
 //! # let _ = kubeconfig_yaml; Ok(()) }
 //! ```
 
+mod apply;
 mod auth;
+mod bootstrap;
 mod clock;
+mod controllers;
+mod defaults;
+mod delete;
 mod discovery;
 mod error;
+mod handlers;
 mod http;
 mod kubeconfig;
 mod patch;
 mod rbac;
+mod read;
 mod resources;
+mod respond;
+mod route;
 mod selectors;
 mod store;
 mod tls;
 mod util;
 mod validation;
 mod watch;
+mod write;
 
 pub use auth::Identity;
 pub use clock::Clock;
@@ -82,6 +92,7 @@ pub struct TestApiServer {
     opts: Options,
     tls: tls::TlsMaterial,
     store: Store,
+    tokens: auth::Tokens,
     shutdown: tokio_watch::Sender<bool>,
     accept: Option<tokio::task::JoinHandle<()>>,
 }
@@ -92,6 +103,7 @@ pub struct StoppedServer {
     opts: Options,
     tls: tls::TlsMaterial,
     store: Store,
+    tokens: auth::Tokens,
 }
 
 impl StoppedServer {
@@ -110,7 +122,7 @@ impl StoppedServer {
         self.store.restart_watch_cache();
         let mut opts = self.opts;
         opts.port = self.addr.port();
-        serve(opts, self.tls, self.store).await
+        serve(opts, self.tls, self.store, self.tokens).await
     }
 }
 
@@ -148,7 +160,10 @@ impl TestApiServer {
         let tls = tls::generate(&opts.cluster_name)?;
         let admin = format!("k8s-test-server-admin.{}", util::random_b64url(32));
         let store = Store::new(tls.ca_pem.clone(), admin, opts.store.clone());
-        let server = serve(opts, tls, store).await?;
+        bootstrap::seed(&store);
+        let tokens = auth::Tokens::default();
+        controllers::start(&store, tokens.clone());
+        let server = serve(opts, tls, store, tokens).await?;
         if server.opts.destination_rule_crd {
             server.install_destination_rule_crd();
         }
@@ -191,6 +206,12 @@ impl TestApiServer {
     /// Direct access to the objects, without HTTP.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The identity of a bearer token (admin, Secret token or TokenRequest token), as
+    /// requests are authenticated.
+    pub fn authenticate(&self, token: &str) -> Option<Identity> {
+        auth::authenticate(&self.store, &self.tokens, token)
     }
 
     /// The server clock; advance it to expire TokenRequest tokens without sleeping.
@@ -238,6 +259,7 @@ impl TestApiServer {
             opts: self.opts.clone(),
             tls: self.tls.clone(),
             store: self.store.clone(),
+            tokens: self.tokens.clone(),
         }
     }
 }
@@ -269,13 +291,15 @@ async fn serve(
     opts: Options,
     tls: tls::TlsMaterial,
     store: Store,
+    tokens: auth::Tokens,
 ) -> anyhow::Result<TestApiServer> {
     let listener = bind(opts.port).await?;
     let addr = listener.local_addr()?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&tls)?);
     let (shutdown, shutdown_rx) = tokio_watch::channel(false);
-    let ctx = Arc::new(http::Ctx {
+    let ctx = Arc::new(respond::Ctx {
         store: store.clone(),
+        tokens: tokens.clone(),
         git_version: opts.git_version.clone(),
         server_address: addr.to_string(),
         bookmark_interval: opts.bookmark_interval,
@@ -289,6 +313,7 @@ async fn serve(
         opts,
         tls,
         store,
+        tokens,
         shutdown,
         accept: Some(accept),
     })
@@ -297,7 +322,7 @@ async fn serve(
 async fn accept_loop(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
-    ctx: Arc<http::Ctx>,
+    ctx: Arc<respond::Ctx>,
     mut shutdown: tokio_watch::Receiver<bool>,
     cluster: String,
 ) {

@@ -7,6 +7,8 @@ use crate::error::ApiError;
 use crate::store::{ObjKey, Store};
 use crate::util;
 use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// Who a request is from.
@@ -50,6 +52,25 @@ pub struct TokenRecord {
     pub secret: Option<String>,
 }
 
+/// The service-account tokens this server issued (by the token controller and TokenRequest),
+/// by token. Shared; it outlives a stop and restart like the store does.
+#[derive(Clone, Default)]
+pub(crate) struct Tokens(Arc<Mutex<HashMap<String, TokenRecord>>>);
+
+impl Tokens {
+    pub fn insert(&self, token: String, record: TokenRecord) {
+        self.lock().insert(token, record);
+    }
+
+    fn get(&self, token: &str) -> Option<TokenRecord> {
+        self.lock().get(token).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TokenRecord>> {
+        self.0.lock().expect("token table lock poisoned")
+    }
+}
+
 fn jwt(claims: &Value) -> String {
     let header = json!({"alg": "RS256", "kid": util::random_b64url(16)});
     format!(
@@ -73,7 +94,9 @@ pub fn legacy_token(ns: &str, sa: &str, sa_uid: &str, secret: &str) -> String {
     }))
 }
 
-pub(crate) fn authenticate(store: &Store, token: &str) -> Option<Identity> {
+/// The identity of a bearer token: the admin, or a service account whose token is known,
+/// unexpired, and whose ServiceAccount (same uid) and token Secret still exist.
+pub(crate) fn authenticate(store: &Store, tokens: &Tokens, token: &str) -> Option<Identity> {
     if token.is_empty() {
         return None;
     }
@@ -81,8 +104,8 @@ pub(crate) fn authenticate(store: &Store, token: &str) -> Option<Identity> {
         return Some(Identity::admin());
     }
     let now = store.clock().now();
+    let rec = tokens.get(token)?;
     let st = store.lock();
-    let rec = st.tokens.get(token)?;
     if rec.expires.is_some_and(|e| e <= now) {
         return None;
     }
@@ -121,6 +144,7 @@ pub(crate) fn authenticate(store: &Store, token: &str) -> Option<Identity> {
 /// `POST .../serviceaccounts/<sa>/token`: issues a token that expires.
 pub(crate) fn token_request(
     store: &Store,
+    tokens: &Tokens,
     ns: &str,
     sa_name: &str,
     body: &Value,
@@ -176,7 +200,7 @@ pub(crate) fn token_request(
         "sub": format!("system:serviceaccount:{ns}:{sa_name}"),
     }));
     if !dry_run {
-        store.lock().tokens.insert(
+        tokens.insert(
             token.clone(),
             TokenRecord {
                 namespace: ns.into(),

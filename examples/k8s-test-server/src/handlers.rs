@@ -1,0 +1,311 @@
+//! Resource requests: get, list, watch, create, update, patch, delete and deletecollection,
+//! the `token` subresource and SelfSubjectAccessReview, answered from the store.
+
+use crate::auth::{self, Identity};
+use crate::error::{ApiError, success_status};
+use crate::rbac::{self, Attributes};
+use crate::resources::{Handling, ResourceType};
+use crate::respond::{Body, Ctx, json_response};
+use crate::route::{Query, ResPath};
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::store::Store;
+use crate::util;
+use crate::watch::{self, WatchRequest};
+use crate::write::{PatchKind, WriteOpts};
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::{Method, Response, header};
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::time::Duration;
+
+fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
+    })
+}
+
+fn wants_meta_only(accept: &str) -> bool {
+    accept.contains("as=PartialObjectMetadata")
+}
+
+fn partial(obj: &Value) -> Value {
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": obj["metadata"].clone()})
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn resource(
+    ctx: &Ctx,
+    id: &Identity,
+    method: &Method,
+    p: ResPath,
+    q: &Query,
+    accept: &str,
+    content_type: &str,
+    body: &Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let store = &ctx.store;
+    let rt = store
+        .resolve(&p.group, &p.version, &p.resource)
+        .ok_or_else(ApiError::path_not_found)?;
+    if p.namespace.is_some() && !rt.namespaced {
+        return Err(ApiError::path_not_found());
+    }
+    let status_sub = match p.sub.as_deref() {
+        None => false,
+        Some("status") if rt.status => true,
+        Some("token") if rt.group.is_empty() && rt.plural == "serviceaccounts" => false,
+        Some(_) => return Err(ApiError::path_not_found()),
+    };
+    let ns = p.namespace.as_deref();
+    let v = p.version.as_str();
+    let meta_only = wants_meta_only(accept);
+    let dry_run = q.dry_run()?;
+    let manager = q
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .map(str::to_string);
+    let opts = WriteOpts {
+        dry_run,
+        manager,
+        status: status_sub,
+        raw: false,
+    };
+    let render_one = |o: Value| if meta_only { partial(&o) } else { o };
+
+    if rt.handling == Handling::SelfSubjectAccessReview {
+        if *method != Method::POST || p.name.is_some() {
+            return Err(ApiError::method_not_allowed());
+        }
+        return Ok(json_response(
+            201,
+            &self_subject_access_review(store, id, &parse_json(body)?),
+        ));
+    }
+
+    match (method.clone(), p.name.as_deref()) {
+        (Method::GET | Method::HEAD, Some(name)) => Ok(json_response(
+            200,
+            &render_one(store.get_obj(&rt, v, ns, name)?),
+        )),
+        (Method::GET | Method::HEAD, None) => {
+            let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))?;
+            let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))?;
+            if q.flag("watch") {
+                return Ok(watch_response(
+                    ctx, &rt, v, ns, labels, fields, q, meta_only,
+                ));
+            }
+            let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok());
+            let page = store.list_objs(&rt, v, ns, &labels, &fields, limit, q.get("continue"))?;
+            let mut meta = json!({"resourceVersion": page.resource_version.to_string()});
+            if let Some(c) = page.continue_token {
+                meta["continue"] = json!(c);
+                meta["remainingItemCount"] = json!(page.remaining);
+            }
+            let (api_version, kind) = if meta_only {
+                (
+                    "meta.k8s.io/v1".to_string(),
+                    "PartialObjectMetadataList".to_string(),
+                )
+            } else {
+                (rt.api_version(v), format!("{}List", rt.kind))
+            };
+            let items: Vec<Value> = page.items.into_iter().map(render_one).collect();
+            Ok(json_response(
+                200,
+                &json!({"kind": kind, "apiVersion": api_version, "metadata": meta, "items": items}),
+            ))
+        }
+        (Method::POST, None) => Ok(json_response(
+            201,
+            &store.create_obj(&rt, v, ns, parse_json(body)?, &opts)?,
+        )),
+        (Method::POST, Some(name)) if p.sub.as_deref() == Some("token") => {
+            let out = auth::token_request(
+                store,
+                &ctx.tokens,
+                ns.unwrap_or(""),
+                name,
+                &parse_json(body)?,
+                dry_run,
+            )?;
+            Ok(json_response(201, &out))
+        }
+        (Method::PUT, Some(name)) => Ok(json_response(
+            200,
+            &store.update_obj(&rt, v, ns, name, parse_json(body)?, &opts)?,
+        )),
+        (Method::PATCH, Some(name)) => {
+            let ct = content_type.split(';').next().unwrap_or("").trim();
+            let patch = |kind| store.patch_obj(&rt, v, ns, name, kind, parse_json(body)?, &opts);
+            let (out, created) = match ct {
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    (patch(PatchKind::Merge)?, false)
+                }
+                "application/json-patch+json" => (patch(PatchKind::Json)?, false),
+                "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+                    let applied: Value = serde_yaml::from_slice(body)
+                        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+                    store.server_side_apply(&rt, v, ns, name, applied, &opts)?
+                }
+                other => return Err(ApiError::unsupported_media_type(other)),
+            };
+            Ok(json_response(if created { 201 } else { 200 }, &out))
+        }
+        (Method::DELETE, name) => {
+            let del = if body.is_empty() {
+                json!({})
+            } else {
+                parse_json(body)?
+            };
+            let dry = dry_run
+                || del
+                    .get("dryRun")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| a.iter().any(|x| x == "All"));
+            let opts = WriteOpts {
+                dry_run: dry,
+                ..opts
+            };
+            let pre_rv = del
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str);
+            let pre_uid = del.pointer("/preconditions/uid").and_then(Value::as_str);
+            match name {
+                Some(name) => {
+                    let gone = store.delete_obj(&rt, v, ns, name, &opts, pre_rv, pre_uid)?;
+                    if rt.group.is_empty() && matches!(rt.plural.as_str(), "namespaces" | "pods") {
+                        Ok(json_response(200, &gone))
+                    } else {
+                        let uid = gone
+                            .pointer("/metadata/uid")
+                            .and_then(Value::as_str)
+                            .unwrap_or("");
+                        Ok(json_response(
+                            200,
+                            &success_status(&rt.group, &rt.plural, name, uid),
+                        ))
+                    }
+                }
+                None => {
+                    let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))?;
+                    let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))?;
+                    let page = store.list_objs(&rt, v, ns, &labels, &fields, None, None)?;
+                    let mut items = Vec::new();
+                    for o in page.items {
+                        let n = o
+                            .pointer("/metadata/name")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string();
+                        let ons = o
+                            .pointer("/metadata/namespace")
+                            .and_then(Value::as_str)
+                            .map(str::to_string);
+                        match store.delete_obj(&rt, v, ons.as_deref(), &n, &opts, None, None) {
+                            Ok(g) => items.push(g),
+                            Err(e) if e.code == 404 => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    let rv = store.resource_version().to_string();
+                    Ok(json_response(
+                        200,
+                        &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(v), "metadata": {"resourceVersion": rv}, "items": items}),
+                    ))
+                }
+            }
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn watch_response(
+    ctx: &Ctx,
+    rt: &ResourceType,
+    version: &str,
+    ns: Option<&str>,
+    labels: LabelSelector,
+    fields: FieldSelector,
+    q: &Query,
+    meta_only: bool,
+) -> Response<Body> {
+    let rv = q
+        .get("resourceVersion")
+        .filter(|r| !r.is_empty() && *r != "0")
+        .and_then(|r| r.parse::<u64>().ok());
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .filter(|t| *t > 0)
+        .unwrap_or(1800);
+    let req = WatchRequest {
+        rt: rt.clone(),
+        version: version.into(),
+        namespace: if rt.namespaced {
+            ns.map(str::to_string)
+        } else {
+            None
+        },
+        labels,
+        fields,
+        resource_version: rv,
+        send_initial_events: q.flag("sendInitialEvents"),
+        bookmarks: q.flag("allowWatchBookmarks"),
+        timeout: Duration::from_secs(timeout),
+        bookmark_interval: ctx.bookmark_interval,
+        meta_only,
+    };
+    let rx = watch::start(ctx.store.clone(), req, ctx.shutdown.clone());
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
+            .map(|b| Ok::<_, Infallible>(Frame::data(b)));
+    Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("Audit-Id", util::uuid())
+        .body(BodyExt::boxed_unsync(StreamBody::new(stream)))
+        .expect("valid response")
+}
+
+fn self_subject_access_review(store: &Store, id: &Identity, body: &Value) -> Value {
+    let s = |p: &str| {
+        body.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let attrs = if body.pointer("/spec/nonResourceAttributes").is_some() {
+        Attributes {
+            verb: s("/spec/nonResourceAttributes/verb"),
+            path: Some(s("/spec/nonResourceAttributes/path")),
+            ..Default::default()
+        }
+    } else {
+        Attributes {
+            verb: s("/spec/resourceAttributes/verb"),
+            group: s("/spec/resourceAttributes/group"),
+            resource: s("/spec/resourceAttributes/resource"),
+            subresource: s("/spec/resourceAttributes/subresource"),
+            namespace: s("/spec/resourceAttributes/namespace"),
+            name: s("/spec/resourceAttributes/name"),
+            path: None,
+        }
+    };
+    let d = rbac::authorize(store, id, &attrs);
+    let mut status = json!({"allowed": d.allowed});
+    if !d.reason.is_empty() {
+        status["reason"] = json!(d.reason);
+    }
+    json!({
+        "kind": "SelfSubjectAccessReview",
+        "apiVersion": "authorization.k8s.io/v1",
+        "metadata": {"creationTimestamp": null},
+        "spec": body.get("spec").cloned().unwrap_or(json!({})),
+        "status": status,
+    })
+}

@@ -1,0 +1,38 @@
+//! What request handlers share: the server context and JSON responses.
+
+use crate::auth;
+use crate::error::ApiError;
+use crate::store::Store;
+use crate::util;
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::{Response, StatusCode, header};
+use serde_json::Value;
+use std::convert::Infallible;
+use std::time::Duration;
+
+pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// What every request handler needs.
+pub(crate) struct Ctx {
+    pub store: Store,
+    pub tokens: auth::Tokens,
+    pub git_version: String,
+    pub server_address: String,
+    pub bookmark_interval: Duration,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+pub(crate) fn json_response(code: u16, v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("Audit-Id", util::uuid())
+        .body(Full::new(Bytes::from(v.to_string())).boxed_unsync())
+        .expect("valid response")
+}
+
+pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
+    json_response(e.code, &e.to_status())
+}

@@ -1,0 +1,376 @@
+//! Writes: create, update, patch (merge, JSON; server-side apply is in `apply.rs`) and delete,
+//! each ending in one [`Store::commit`], with the field managers recorded in `managedFields`.
+//! Defaulting is in `defaults.rs`; controllers react to the committed events on their own
+//! (`controllers.rs`).
+
+use crate::defaults;
+use crate::error::ApiError;
+use crate::patch;
+use crate::resources::ResourceType;
+use crate::store::{EventType, ObjKey, State, Store, meta_mut, meta_str};
+use crate::util;
+use serde_json::{Value, json};
+
+/// Options of one write.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WriteOpts {
+    pub dry_run: bool,
+    pub manager: Option<String>,
+    /// Write to the `status` subresource.
+    pub status: bool,
+    /// Direct store access: keep status as given, no resourceVersion precondition.
+    pub raw: bool,
+}
+
+/// How a PATCH body other than server-side apply (`apply.rs`) is interpreted.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PatchKind {
+    /// JSON merge patch, also used for strategic merge patch (README).
+    Merge,
+    Json,
+}
+
+/// The object without the fields that change on every write (for no-op detection).
+pub(crate) fn comparable(obj: &Value) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+        m.remove("managedFields");
+    }
+    o
+}
+
+/// Everything except metadata and status: changes here bump `metadata.generation`.
+fn spec_part(obj: &Value) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o.as_object_mut() {
+        for k in ["metadata", "status", "apiVersion", "kind"] {
+            m.remove(k);
+        }
+    }
+    o
+}
+
+impl Store {
+    // ---- direct (non-HTTP) writes for tests ------------------------------------------------
+
+    /// Creates an object as the API would (defaulting, status rules, controllers).
+    pub fn create(&self, obj: Value) -> Result<Value, ApiError> {
+        let (rt, v) = self.resolve_obj(&obj)?;
+        let ns = meta_str(&obj, "namespace").map(str::to_string);
+        self.create_obj(&rt, &v, ns.as_deref(), obj, &WriteOpts::default())
+    }
+
+    /// Creates or replaces an object verbatim, status included (test setup: e.g. a Service's
+    /// load-balancer address or a Deployment's ready replicas).
+    pub fn apply(&self, obj: Value) -> Result<Value, ApiError> {
+        let (rt, v) = self.resolve_obj(&obj)?;
+        let ns = meta_str(&obj, "namespace").map(str::to_string);
+        let name = meta_str(&obj, "name").unwrap_or_default().to_string();
+        let raw = WriteOpts {
+            raw: true,
+            ..Default::default()
+        };
+        if self.get_obj(&rt, &v, ns.as_deref(), &name).is_ok() {
+            self.update_obj(&rt, &v, ns.as_deref(), &name, obj, &raw)
+        } else {
+            self.create_obj(&rt, &v, ns.as_deref(), obj, &raw)
+        }
+    }
+
+    pub(crate) fn record_manager(
+        &self,
+        obj: &mut Value,
+        manager: Option<&str>,
+        operation: &str,
+        api_version: &str,
+        subresource: bool,
+    ) {
+        let Some(manager) = manager else { return };
+        let entry = {
+            let mut e = json!({"manager": manager, "operation": operation, "apiVersion": api_version,
+                "time": self.now(), "fieldsType": "FieldsV1", "fieldsV1": {}});
+            if subresource {
+                e["subresource"] = json!("status");
+            }
+            e
+        };
+        let m = meta_mut(obj);
+        let list = m.entry("managedFields").or_insert_with(|| json!([]));
+        if let Some(a) = list.as_array_mut() {
+            a.retain(|e| !(e["manager"] == manager && e["operation"] == operation));
+            a.push(entry);
+        }
+    }
+
+    pub(crate) fn create_obj(
+        &self,
+        rt: &ResourceType,
+        version: &str,
+        ns: Option<&str>,
+        mut obj: Value,
+        opts: &WriteOpts,
+    ) -> Result<Value, ApiError> {
+        if !obj.is_object() {
+            return Err(ApiError::bad_request(
+                "the body of the request must be a JSON object",
+            ));
+        }
+        if let Some(k) = obj.get("kind").and_then(Value::as_str)
+            && !k.is_empty()
+            && k != rt.kind
+        {
+            return Err(ApiError::bad_request(format!(
+                "the kind of the object ({k}) does not match the resource ({})",
+                rt.kind
+            )));
+        }
+        let body_ns = meta_str(&obj, "namespace").map(str::to_string);
+        let ns = if rt.namespaced {
+            let ns = ns
+                .map(str::to_string)
+                .or(body_ns.clone())
+                .unwrap_or_else(|| "default".into());
+            if body_ns.as_ref().is_some_and(|b| *b != ns) {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            meta_mut(&mut obj).insert("namespace".into(), json!(ns));
+            Some(ns)
+        } else {
+            meta_mut(&mut obj).remove("namespace");
+            None
+        };
+        let name = match meta_str(&obj, "name") {
+            Some(n) => n.to_string(),
+            None => match meta_str(&obj, "generateName") {
+                Some(g) => format!("{g}{}", util::random_suffix(5)),
+                None => {
+                    return Err(ApiError::invalid(
+                        &rt.group,
+                        &rt.kind,
+                        "",
+                        "metadata.name",
+                        "FieldValueRequired",
+                        "Required value: name or generateName is required",
+                    ));
+                }
+            },
+        };
+        let mut st = self.lock();
+        if let Some(ns) = &ns
+            && !st.objects.contains_key(&ObjKey {
+                group: String::new(),
+                resource: "namespaces".into(),
+                namespace: String::new(),
+                name: ns.clone(),
+            })
+        {
+            return Err(ApiError::not_found("", "namespaces", ns));
+        }
+        let key = ObjKey::new(rt, ns.as_deref(), &name);
+        if st.objects.contains_key(&key) {
+            return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
+        }
+        obj["apiVersion"] = json!(rt.api_version(version));
+        obj["kind"] = json!(rt.kind);
+        {
+            let now = self.now();
+            let has_spec = obj.get("spec").is_some();
+            let m = meta_mut(&mut obj);
+            m.insert("name".into(), json!(name));
+            m.insert("uid".into(), json!(util::uuid()));
+            m.insert("creationTimestamp".into(), json!(now));
+            m.remove("resourceVersion");
+            m.remove("deletionTimestamp");
+            if has_spec || rt.custom {
+                m.insert("generation".into(), json!(1));
+            }
+        }
+        if rt.status
+            && !opts.raw
+            && let Some(o) = obj.as_object_mut()
+        {
+            o.remove("status");
+        }
+        defaults::default_object(self, &mut st, rt, &mut obj, None)?;
+        let op = if opts.raw {
+            None
+        } else {
+            opts.manager.as_deref()
+        };
+        self.record_manager(&mut obj, op, "Update", &rt.api_version(version), false);
+        if opts.dry_run {
+            return Ok(obj);
+        }
+        Ok(self.commit(&mut st, EventType::Added, key, obj, None))
+    }
+
+    pub(crate) fn update_obj(
+        &self,
+        rt: &ResourceType,
+        version: &str,
+        ns: Option<&str>,
+        name: &str,
+        body: Value,
+        opts: &WriteOpts,
+    ) -> Result<Value, ApiError> {
+        if !body.is_object() {
+            return Err(ApiError::bad_request(
+                "the body of the request must be a JSON object",
+            ));
+        }
+        if let Some(n) = meta_str(&body, "name")
+            && n != name
+        {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
+        }
+        if rt.namespaced
+            && let (Some(b), Some(u)) = (meta_str(&body, "namespace"), ns)
+            && b != u
+        {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        let mut st = self.lock();
+        let key = ObjKey::new(rt, ns, name);
+        let old = st
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
+        if !opts.raw
+            && let Some(want) = meta_str(&body, "resourceVersion")
+            && Some(want) != meta_str(&old, "resourceVersion")
+        {
+            return Err(ApiError::conflict(&rt.group, &rt.plural, name));
+        }
+        let new = self.merge_update(&mut st, rt, version, &old, body, opts)?;
+        if comparable(&new) == comparable(&old) {
+            return Ok(Store::render(rt, version, &old));
+        }
+        if opts.dry_run {
+            return Ok(new);
+        }
+        Ok(self.commit(&mut st, EventType::Modified, key, new, Some(old)))
+    }
+
+    /// Builds the object an update stores: immutable metadata kept, status rules applied,
+    /// generation bumped on spec changes, type defaults.
+    pub(crate) fn merge_update(
+        &self,
+        st: &mut State,
+        rt: &ResourceType,
+        version: &str,
+        old: &Value,
+        body: Value,
+        opts: &WriteOpts,
+    ) -> Result<Value, ApiError> {
+        let mut new = if opts.status && rt.status {
+            let mut n = old.clone();
+            n["status"] = body.get("status").cloned().unwrap_or(Value::Null);
+            if n["status"].is_null() {
+                n.as_object_mut().expect("object").remove("status");
+            }
+            n
+        } else {
+            let mut n = body;
+            if rt.status && !opts.raw {
+                match old.get("status") {
+                    Some(s) => n["status"] = s.clone(),
+                    None => {
+                        n.as_object_mut().expect("object").remove("status");
+                    }
+                }
+            }
+            n
+        };
+        new["apiVersion"] = json!(rt.api_version(version));
+        new["kind"] = json!(rt.kind);
+        let old_meta = old.get("metadata").cloned().unwrap_or(json!({}));
+        {
+            let m = meta_mut(&mut new);
+            for k in [
+                "name",
+                "namespace",
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+            ] {
+                match old_meta.get(k) {
+                    Some(v) => m.insert(k.into(), v.clone()),
+                    None => m.remove(k),
+                };
+            }
+            m.insert(
+                "resourceVersion".into(),
+                old_meta
+                    .get("resourceVersion")
+                    .cloned()
+                    .unwrap_or(json!("")),
+            );
+            if !m.contains_key("managedFields")
+                && let Some(mf) = old_meta.get("managedFields")
+            {
+                m.insert("managedFields".into(), mf.clone());
+            }
+            match old_meta.get("generation") {
+                Some(g) => m.insert("generation".into(), g.clone()),
+                None => m.remove("generation"),
+            };
+        }
+        defaults::default_object(self, st, rt, &mut new, Some(old))?;
+        if spec_part(&new) != spec_part(old)
+            && let Some(g) = old_meta.get("generation").and_then(Value::as_i64)
+        {
+            meta_mut(&mut new).insert("generation".into(), json!(g + 1));
+        }
+        if comparable(&new) != comparable(old) {
+            let op = if opts.raw {
+                None
+            } else {
+                opts.manager.as_deref()
+            };
+            self.record_manager(
+                &mut new,
+                op,
+                "Update",
+                &rt.api_version(version),
+                opts.status,
+            );
+        }
+        Ok(new)
+    }
+
+    /// A merge or JSON PATCH of an existing object.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn patch_obj(
+        &self,
+        rt: &ResourceType,
+        version: &str,
+        ns: Option<&str>,
+        name: &str,
+        kind: PatchKind,
+        patch_body: Value,
+        opts: &WriteOpts,
+    ) -> Result<Value, ApiError> {
+        let mut doc = self.get_obj(rt, version, ns, name)?;
+        let rv_before = meta_str(&doc, "resourceVersion").map(str::to_string);
+        match kind {
+            PatchKind::Json => patch::json_patch(&mut doc, &patch_body)?,
+            PatchKind::Merge => patch::merge_patch(&mut doc, &patch_body),
+        }
+        // A resourceVersion in the patch is a precondition; otherwise the patch applies
+        // to whatever is current.
+        if meta_str(&doc, "resourceVersion").map(str::to_string) == rv_before
+            && let Some(m) = doc.get_mut("metadata").and_then(Value::as_object_mut)
+        {
+            m.remove("resourceVersion");
+        }
+        self.update_obj(rt, version, ns, name, doc, opts)
+    }
+}
