@@ -13,8 +13,8 @@ mod gateway_manifest;
 mod join;
 mod kube_client;
 mod label;
-mod reader_rules;
 mod redact;
+mod reader_rules;
 mod remote_secret;
 
 #[derive(Debug, Parser)]
