@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::mtls::{self, Identity};
+use testkit::mtls::{self, Identity};
 
 /// Server settings: who it is and which callers it admits.
 #[derive(Debug, Clone)]

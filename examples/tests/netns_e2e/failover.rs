@@ -1,0 +1,126 @@
+//! Step 4: a dead endpoint is failed over and ejected; locality failover through the gateway.
+
+use testkit::mesh::{CATALOG, SIMPLE_BACKEND, WEBAPP, spiffe_id};
+use testkit::prom::series_value;
+
+use crate::caller::{Call, Caller};
+use crate::fixture::Mesh;
+use crate::{
+    ADMIN_PORT, EAST_GW, EAST2_ADMIN_IP, EGW, WEST_BACKEND, WPOD, backend_sni, catalog_sni,
+};
+
+pub fn step4_endpoint_failure_and_failover(m: &mut Mesh) {
+    println!("== step 4: endpoint failure and failover");
+    let webapp = m.caller(WPOD, "west", "webapp");
+    let failures_metric = "gateway_upstream_connect_failures_total";
+    let ejections_metric = "gateway_endpoint_ejections_total";
+    let text = m.metrics(EGW, EAST2_ADMIN_IP);
+    let (fail0, eject0) = (
+        series_value(&text, failures_metric),
+        series_value(&text, ejections_metric),
+    );
+
+    m.proc_mut("catalog-b").kill();
+    println!("   killed catalog-b (10.20.0.18:3000); catalog-a (10.20.0.8:3000) remains");
+    let mut calls = 0;
+    let (mut fails, mut ejects) = (fail0, eject0);
+    for i in 0..40 {
+        let c = webapp.call(
+            EAST_GW,
+            &catalog_sni(),
+            &spiffe_id(CATALOG),
+            &format!("after-kill-{i}"),
+        );
+        assert!(
+            c.ok,
+            "calls must keep succeeding after an endpoint died: {}",
+            c.describe()
+        );
+        let reply = c.reply.unwrap_or_default();
+        assert!(
+            reply.starts_with("catalog-a:"),
+            "only catalog-a is alive: {reply:?}"
+        );
+        calls += 1;
+        let text = m.metrics(EGW, EAST2_ADMIN_IP);
+        (fails, ejects) = (
+            series_value(&text, failures_metric),
+            series_value(&text, ejections_metric),
+        );
+        if calls >= 10 && ejects > eject0 {
+            break;
+        }
+    }
+    println!(
+        "   {calls} calls, all answered by catalog-a; {failures_metric} {fail0} -> {fails}, {ejections_metric} {eject0} -> {ejects}"
+    );
+    assert!(
+        fails > fail0,
+        "the gateway should have counted connect failures to the dead endpoint"
+    );
+    assert!(
+        ejects > eject0,
+        "the dead endpoint should have been ejected (--outlier-failures 2)"
+    );
+    let routes = m
+        .http_get(EGW, EAST2_ADMIN_IP, ADMIN_PORT, "/debug/routes")
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    assert!(
+        routes.contains("10.20.0.18"),
+        "/debug/routes should list the dead endpoint: {routes}"
+    );
+
+    // Locality failover, as a sidecar does it: the local simple-backend first, then the
+    // remote cluster through its east-west gateway.
+    let (path, c) = call_backend_with_locality_failover(&webapp);
+    assert_eq!(path, "local", "{}", c.describe());
+    let reply = c.reply.unwrap_or_default();
+    assert!(reply.starts_with("simple-backend-west:"), "{reply:?}");
+    println!("   before: webapp -> {WEST_BACKEND} (local): {reply}");
+
+    m.proc_mut("simple-backend-west").kill();
+    println!("   killed west's simple-backend");
+    let opened = format!(
+        "gateway_connections_opened_total{{sni=\"{}\"}}",
+        backend_sni()
+    );
+    let before = series_value(&m.metrics(EGW, EAST2_ADMIN_IP), &opened);
+    for i in 0..5 {
+        let (path, c) = call_backend_with_locality_failover(&webapp);
+        assert!(c.ok, "failover call {i} failed: {}", c.describe());
+        assert_eq!(path, "east gateway", "{}", c.describe());
+        assert_eq!(
+            c.server_id.as_deref(),
+            Some(spiffe_id(SIMPLE_BACKEND).as_str())
+        );
+        let reply = c.reply.unwrap_or_default();
+        assert!(
+            reply.starts_with("simple-backend-east:") && reply.contains(&spiffe_id(WEBAPP)),
+            "{reply:?}"
+        );
+        if i == 0 {
+            println!("   after: webapp -> local failed -> {EAST_GW}: {reply}");
+        }
+    }
+    let after = series_value(&m.metrics(EGW, EAST2_ADMIN_IP), &opened);
+    assert_eq!(
+        after - before,
+        5.0,
+        "east gateway should count the 5 failover calls under {opened}"
+    );
+    println!("   east gateway metric {opened}: {before} -> {after}");
+}
+
+/// Tries west's simple-backend directly, then east's through the east gateway.
+pub fn call_backend_with_locality_failover(webapp: &Caller) -> (&'static str, Call) {
+    let id = spiffe_id(SIMPLE_BACKEND);
+    let local = webapp.call(WEST_BACKEND, &backend_sni(), &id, "GET /data");
+    if local.ok {
+        return ("local", local);
+    }
+    (
+        "east gateway",
+        webapp.call(EAST_GW, &backend_sni(), &id, "GET /data"),
+    )
+}
