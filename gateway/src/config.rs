@@ -8,16 +8,7 @@ use clap::Parser;
 use serde::Serialize;
 
 use crate::balance::Outlier;
-use crate::name::HostPattern;
-
-/// ALPN values Istio's AUTO_PASSTHROUGH filter chains match (`allIstioMtlsALPNs`).
-pub const ISTIO_ALPNS: &[&str] = &[
-    "istio",
-    "istio-peer-exchange",
-    "istio-http/1.0",
-    "istio-http/1.1",
-    "istio-h2",
-];
+use crate::sni_name::HostPattern;
 
 #[derive(Debug, Clone)]
 pub enum Discovery {

@@ -12,6 +12,7 @@ pub mod accept_errors;
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod client_hello;
 pub mod clock;
 pub mod config;
 pub mod discovery;
@@ -19,9 +20,13 @@ pub mod drain;
 pub mod forward;
 pub mod local_error;
 pub mod metrics;
-pub mod name;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod routes;
-pub mod sni;
+pub mod sni_name;
 pub mod undecided;
+
+/// The old name of [`sni_name`], kept only until the Kubernetes discovery split (which still
+/// imports `crate::name`) is merged and moved over.
+#[doc(hidden)]
+pub use sni_name as name;

@@ -14,15 +14,15 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::accept_errors::AcceptErrors;
 use crate::balance;
-use crate::config::{Config, ISTIO_ALPNS};
+use crate::client_hello::{self, ClientHello, Detect};
+use crate::config::Config;
 use crate::drain::Drain;
 use crate::forward::{self, Progress};
 use crate::local_error;
 use crate::metrics::{CloseLabels, ProxyMetrics, SniLabels};
-use crate::name;
 use crate::proxy_protocol;
 use crate::routes::{EndpointState, LookupError, Routes};
-use crate::sni::{self, Detect};
+use crate::sni_name;
 use crate::undecided::{Ticket, Undecided};
 
 /// A decided, connected connection: upstream, endpoint, labels, original client, permit.
@@ -297,24 +297,19 @@ impl Proxy {
     /// others on failure (safe: nothing has been forwarded yet).
     async fn route_and_connect(
         &self,
-        hello: sni::ClientHello,
+        hello: ClientHello,
     ) -> Result<(TcpStream, Arc<EndpointState>, SniLabels), Reject> {
         let Some(raw) = hello.sni else {
             return Err(Reject::NoSni);
         };
         tracing::Span::current().record("sni", raw.as_str());
-        let Ok(target) = name::parse(&raw) else {
+        let Ok(target) = sni_name::parse(&raw) else {
             return Err(Reject::BadName);
         };
         if !self.cfg.allow_hosts.iter().any(|p| p.matches(&target.host)) {
             return Err(Reject::HostNotAllowed);
         }
-        if self.cfg.require_istio_alpn
-            && !hello
-                .alpn
-                .iter()
-                .any(|a| ISTIO_ALPNS.iter().any(|i| i.as_bytes() == a))
-        {
+        if self.cfg.require_istio_alpn && !sni_name::offers_istio_alpn(&hello.alpn) {
             return Err(Reject::AlpnNotAllowed);
         }
         let Some(table) = self.routes.load() else {
@@ -388,7 +383,7 @@ impl Proxy {
         client: &mut TcpStream,
         buf: &mut Vec<u8>,
         ticket: &Ticket,
-    ) -> Result<(sni::ClientHello, Option<SocketAddr>), Reject> {
+    ) -> Result<(ClientHello, Option<SocketAddr>), Reject> {
         let mut client_addr = None;
         if self.cfg.proxy_protocol {
             loop {
@@ -414,9 +409,9 @@ impl Proxy {
         }
         let max = self.cfg.max_hello_bytes;
         loop {
-            match sni::detect(buf, max) {
+            match client_hello::detect(buf, max) {
                 Detect::Found(hello) => return Ok((hello, client_addr)),
-                Detect::NotTls(sni::NotTls::TooLarge) => return Err(Reject::OverLimit),
+                Detect::NotTls(client_hello::NotTls::TooLarge) => return Err(Reject::OverLimit),
                 Detect::NotTls(why) => {
                     debug!(?why, "not a TLS ClientHello");
                     return Err(Reject::NotTls);
@@ -496,6 +491,7 @@ mod tests {
         drop(run);
         let handle = p.handle(a, p.undecided.admit());
         let handle_size = std::mem::size_of_val(&handle);
+        eprintln!("future sizes: forward::run {run_size} B, handle {handle_size} B");
         assert!(run_size <= 1200, "forward::run future is {run_size} bytes");
         assert!(handle_size <= 1800, "handle future is {handle_size} bytes");
     }
