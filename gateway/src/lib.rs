@@ -22,6 +22,7 @@ pub mod local_error;
 pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod reject;
 pub mod routes;
 pub mod sni_name;
 pub mod undecided;

@@ -21,6 +21,7 @@ use crate::forward::{self, Progress};
 use crate::local_error;
 use crate::metrics::{CloseLabels, ProxyMetrics, SniLabels};
 use crate::proxy_protocol;
+use crate::reject::Reject;
 use crate::routes::{EndpointState, LookupError, Routes};
 use crate::sni_name;
 use crate::undecided::{Ticket, Undecided};
@@ -47,78 +48,6 @@ impl<'a> Permit<'a> {
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         self.0.add_permits(1);
-    }
-}
-
-/// Why a connection was closed without forwarding a byte: the `reason` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reject {
-    Timeout,
-    NotTls,
-    NoSni,
-    BadName,
-    HostNotAllowed,
-    AlpnNotAllowed,
-    NoRoute,
-    NoHealthyEndpoint,
-    ConnectFailed,
-    /// Too many decided connections, or a ClientHello larger than the buffer cap.
-    OverLimit,
-    /// `--proxy-protocol` is on and the PROXY v2 header is missing or malformed.
-    BadProxyHeader,
-    /// The client closed or reset before its ClientHello was complete.
-    ClientClosed,
-    /// The upstream socket failed for a local reason (out of descriptors, buffers or local
-    /// ports): the gateway's problem, not the endpoint's, so it never counts toward ejection.
-    LocalResource,
-    /// A TLS ClientHello with invalid contents (two SNI names, a NUL in the name, an empty
-    /// ALPN list): a broken or hostile TLS client rather than another protocol.
-    MalformedHello,
-    /// The drain deadline passed before the connection was forwarded.
-    DrainDeadline,
-    /// Still sending its hello when the undecided budget was full: the oldest is shed.
-    Shed,
-}
-
-impl Reject {
-    pub const ALL: [Reject; 16] = [
-        Reject::Timeout,
-        Reject::NotTls,
-        Reject::NoSni,
-        Reject::BadName,
-        Reject::HostNotAllowed,
-        Reject::AlpnNotAllowed,
-        Reject::NoRoute,
-        Reject::NoHealthyEndpoint,
-        Reject::ConnectFailed,
-        Reject::OverLimit,
-        Reject::BadProxyHeader,
-        Reject::ClientClosed,
-        Reject::LocalResource,
-        Reject::MalformedHello,
-        Reject::DrainDeadline,
-        Reject::Shed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reject::Timeout => "timeout",
-            Reject::NotTls => "not_tls",
-            Reject::NoSni => "no_sni",
-            Reject::BadName => "bad_name",
-            Reject::HostNotAllowed => "host_not_allowed",
-            Reject::AlpnNotAllowed => "alpn_not_allowed",
-            Reject::NoRoute => "no_route",
-            Reject::NoHealthyEndpoint => "no_healthy_endpoint",
-            Reject::ConnectFailed => "connect_failed",
-            Reject::OverLimit => "over_limit",
-            Reject::BadProxyHeader => "bad_proxy_header",
-            Reject::ClientClosed => "client_closed",
-            Reject::LocalResource => "local_resource",
-            Reject::MalformedHello => "malformed_hello",
-            Reject::DrainDeadline => "drain_deadline",
-            Reject::Shed => "shed",
-        }
     }
 }
 
@@ -427,7 +356,7 @@ impl Proxy {
     }
 
     fn reject(&self, reason: Reject, start: Instant) {
-        self.metrics.reject(reason.as_str());
+        self.metrics.reject(reason);
         // Expected on an open port: debug, not warn.
         debug!(
             reason = reason.as_str(),
@@ -479,7 +408,7 @@ mod tests {
         let p = Proxy::new(
             cfg,
             Arc::new(Routes::new()),
-            ProxyMetrics::new(&mut reg, &[]),
+            ProxyMetrics::new(&mut reg),
             Arc::new(Drain::new()),
         );
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
