@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Serialize;
 
-use crate::balance::Outlier;
+use crate::outlier::Outlier;
 use crate::sni_name::HostPattern;
 
 #[derive(Debug, Clone)]

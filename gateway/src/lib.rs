@@ -11,21 +11,23 @@
 pub mod accept_errors;
 pub mod admin;
 pub mod app;
-pub mod balance;
 pub mod client_hello;
 pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod drain;
+pub mod endpoint;
 pub mod forward;
 pub mod local_error;
 pub mod metrics;
+pub mod outlier;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reject;
 pub mod routes;
 pub mod sni_name;
 pub mod undecided;
+pub mod upstream;
 
 /// The old name of [`sni_name`], kept only until the Kubernetes discovery split (which still
 /// imports `crate::name`) is merged and moved over.

@@ -10,21 +10,21 @@ use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, info};
 
 use crate::accept_errors::AcceptErrors;
-use crate::balance;
 use crate::client_hello::{self, ClientHello, Detect};
 use crate::config::Config;
 use crate::drain::Drain;
+use crate::endpoint::EndpointState;
 use crate::forward::{self, Progress};
-use crate::local_error;
 use crate::metrics::{CloseLabels, ProxyMetrics, SniLabels};
 use crate::proxy_protocol;
 use crate::reject::Reject;
-use crate::routes::{EndpointState, LookupError, Routes};
+use crate::routes::Routes;
 use crate::sni_name;
 use crate::undecided::{Ticket, Undecided};
+use crate::upstream;
 
 /// A decided, connected connection: upstream, endpoint, labels, original client, permit.
 type Decided<'a> = (
@@ -222,8 +222,8 @@ impl Proxy {
         Ok((upstream, ep, labels, client_addr, permit))
     }
 
-    /// Decodes and checks the SNI, finds the route and connects to an endpoint, retrying
-    /// others on failure (safe: nothing has been forwarded yet).
+    /// Decodes and checks the SNI (policy: allowed host, Istio ALPN), finds the route and
+    /// connects to one of its endpoints.
     async fn route_and_connect(
         &self,
         hello: ClientHello,
@@ -247,58 +247,8 @@ impl Proxy {
         let Some(route) = table.lookup(&target.host, target.port) else {
             return Err(Reject::NoRoute);
         };
-        let candidates = match route.candidates(&target.subset) {
-            Ok(c) => c,
-            Err(LookupError::NoRoute) => return Err(Reject::NoRoute),
-            Err(LookupError::NoHealthyEndpoint) => return Err(Reject::NoHealthyEndpoint),
-        };
-
-        let mut tried = Vec::with_capacity(self.cfg.connect_attempts as usize);
-        let mut connected = None;
-        let mut local = false;
-        for _ in 0..self.cfg.connect_attempts {
-            let Some(ep) = balance::pick(&candidates, &tried) else {
-                break;
-            };
-            tried.push(ep.addr);
-            let t = Instant::now();
-            match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(ep.addr)).await
-            {
-                Ok(Ok(s)) => {
-                    self.metrics
-                        .connect_seconds
-                        .observe(t.elapsed().as_secs_f64());
-                    balance::on_success(&ep);
-                    connected = Some((s, ep));
-                    break;
-                }
-                Ok(Err(e)) if local_error::classify(&e).is_some() => {
-                    // Not the endpoint's fault: no failure streak, no ejection. Debug only:
-                    // under exhaustion this happens on every connection.
-                    debug!(upstream = %ep.addr, error = %e, "connect failed locally");
-                    local = true;
-                    continue;
-                }
-                Ok(Err(e)) => debug!(upstream = %ep.addr, error = %e, "connect failed"),
-                Err(_) => debug!(upstream = %ep.addr, "connect timed out"),
-            }
-            self.metrics.connect_failures.inc();
-            if let Some(d) = balance::on_failure(&ep, &route.endpoints, &self.cfg.outlier) {
-                self.metrics.ejections.inc();
-                warn!(upstream = %ep.addr, ejected_for = ?d, "endpoint ejected after consecutive connect failures");
-            }
-        }
-        let Some((upstream, ep)) = connected else {
-            let r = if local {
-                Reject::LocalResource
-            } else if tried.is_empty() {
-                Reject::NoHealthyEndpoint
-            } else {
-                Reject::ConnectFailed
-            };
-            return Err(r);
-        };
-
+        let (upstream, ep) =
+            upstream::connect(route, &target.subset, &self.cfg, &self.metrics).await?;
         let labels = SniLabels {
             sni: target.to_string(),
         };

@@ -1,20 +1,21 @@
 //! The route table: an immutable snapshot from SNI (host, port) to endpoints, swapped atomically.
 //!
 //! Discovery sources (the endpoints file, Kubernetes) hand a list of [`ServiceSpec`] to
-//! [`Routes::publish`]. The data path loads the current [`RouteTable`] without locks.
-//! Per-endpoint state (active connections, failures, ejection) lives in [`EndpointState`],
-//! which is kept across publishes by address, so a reload neither resets health nor loses
-//! the connection counts that least-connections balancing relies on.
+//! [`Routes::publish`], which also resolves every subset to its ready endpoints, so a
+//! connection does a lookup rather than a label scan. The data path loads the current
+//! [`RouteTable`] without locks. Per-endpoint live state ([`EndpointState`]) is kept across
+//! publishes by address, so a reload neither resets health nor loses connection counts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
 
 use crate::clock;
+use crate::endpoint::EndpointState;
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -46,83 +47,6 @@ pub struct EndpointSpec {
     pub ready: bool,
 }
 
-/// Live, shared state of one upstream address.
-#[derive(Debug)]
-pub struct EndpointState {
-    pub addr: SocketAddr,
-    active: AtomicUsize,
-    consecutive_failures: AtomicU32,
-    ejections: AtomicU32,
-    /// Milliseconds on [`clock::now_ms`] until which the endpoint is ejected; 0 when not.
-    ejected_until_ms: AtomicU64,
-}
-
-impl EndpointState {
-    fn new(addr: SocketAddr) -> Self {
-        EndpointState {
-            addr,
-            active: AtomicUsize::new(0),
-            consecutive_failures: AtomicU32::new(0),
-            ejections: AtomicU32::new(0),
-            ejected_until_ms: AtomicU64::new(0),
-        }
-    }
-
-    pub fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
-    }
-
-    pub fn is_ejected(&self, now_ms: u64) -> bool {
-        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
-    }
-
-    pub fn consecutive_failures(&self) -> u32 {
-        self.consecutive_failures.load(Ordering::Relaxed)
-    }
-
-    /// Counts one connection against this endpoint until the guard drops.
-    pub fn track(self: &Arc<Self>) -> ActiveGuard {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(self.clone())
-    }
-
-    pub(crate) fn record_success(&self) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        // A success after an ejection ends the streak that makes ejections grow.
-        if !self.is_ejected(clock::now_ms()) {
-            self.ejections.store(0, Ordering::Relaxed);
-        }
-    }
-
-    /// Records a failed connect; returns the new failure streak.
-    pub(crate) fn record_failure(&self) -> u32 {
-        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Ejects until `now + base * n` where n counts ejections without a success in between.
-    pub(crate) fn eject(&self, now_ms: u64, base_ms: u64, max_ms: u64) -> u64 {
-        let n = self.ejections.fetch_add(1, Ordering::Relaxed) as u64 + 1;
-        let dur = base_ms.saturating_mul(n).min(max_ms.max(base_ms));
-        self.ejected_until_ms.store(now_ms + dur, Ordering::Relaxed);
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        dur
-    }
-
-    pub fn ejected_for_ms(&self, now_ms: u64) -> u64 {
-        self.ejected_until_ms
-            .load(Ordering::Relaxed)
-            .saturating_sub(now_ms)
-    }
-}
-
-pub struct ActiveGuard(Arc<EndpointState>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub state: Arc<EndpointState>,
@@ -138,6 +62,9 @@ pub struct Route {
     pub subsets: Arc<Subsets>,
     /// All endpoints, ready or not (the debug view shows both).
     pub endpoints: Vec<Endpoint>,
+    /// Indices into `endpoints` of the ready ones, for the whole route (`""`) and for each
+    /// subset; resolved at publish.
+    by_subset: HashMap<String, Box<[usize]>>,
 }
 
 /// Why a route lookup found nothing to dial.
@@ -148,24 +75,34 @@ pub enum LookupError {
 }
 
 impl Route {
-    /// Ready endpoints of `subset` ("" for all). An unknown subset is no route, as in Istio,
-    /// where a subset the gateway's cluster does not define has no filter chain.
-    pub fn candidates(&self, subset: &str) -> Result<Vec<&Endpoint>, LookupError> {
-        let want = if subset.is_empty() {
-            None
-        } else {
-            Some(self.subsets.get(subset).ok_or(LookupError::NoRoute)?)
-        };
-        let eps: Vec<&Endpoint> = self
-            .endpoints
-            .iter()
-            .filter(|e| e.ready)
-            .filter(|e| want.is_none_or(|w| w.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
-            .collect();
-        if eps.is_empty() {
-            return Err(LookupError::NoHealthyEndpoint);
+    /// Indices into `endpoints` of the ready endpoints of `subset` ("" for all). An unknown
+    /// subset is no route, as in Istio, where a subset the gateway's cluster does not define
+    /// has no filter chain.
+    pub fn candidates(&self, subset: &str) -> Result<&[usize], LookupError> {
+        match self.by_subset.get(subset) {
+            None => Err(LookupError::NoRoute),
+            Some(c) if c.is_empty() => Err(LookupError::NoHealthyEndpoint),
+            Some(c) => Ok(c),
         }
-        Ok(eps)
+    }
+
+    /// Resolves `""` and every subset to the indices of its ready endpoints.
+    fn resolve_subsets(&mut self) {
+        let ready = |want: Option<&Labels>| -> Box<[usize]> {
+            let matches = |e: &Endpoint| {
+                want.is_none_or(|w| w.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            };
+            let eps = self.endpoints.iter().enumerate();
+            eps.filter(|(_, e)| e.ready && matches(e))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let mut by_subset = HashMap::with_capacity(self.subsets.len() + 1);
+        by_subset.insert(String::new(), ready(None));
+        for (name, labels) in self.subsets.iter() {
+            by_subset.insert(name.clone(), ready(Some(labels)));
+        }
+        self.by_subset = by_subset;
     }
 }
 
@@ -229,9 +166,9 @@ impl RouteTable {
                         ready: e.ready,
                         labels: (*e.labels).clone(),
                         active_connections: e.state.active(),
-                        consecutive_failures: e.state.consecutive_failures(),
-                        ejected: e.state.is_ejected(now),
-                        ejected_for_ms: e.state.ejected_for_ms(now),
+                        consecutive_failures: e.state.health.consecutive_failures(),
+                        ejected: e.state.health.is_ejected(now),
+                        ejected_for_ms: e.state.health.ejected_for_ms(now),
                     })
                     .collect(),
             })
@@ -325,6 +262,7 @@ impl Routes {
                         port,
                         subsets: Arc::default(),
                         endpoints: Vec::new(),
+                        by_subset: HashMap::new(),
                     });
                 // Share the spec's map; copy only to merge a host listed twice.
                 if route.subsets.is_empty() {
@@ -350,6 +288,9 @@ impl Routes {
                     });
                 }
             }
+        }
+        for route in routes.values_mut().flat_map(HashMap::values_mut) {
+            route.resolve_subsets();
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let table = Arc::new(RouteTable { generation, routes });
@@ -408,7 +349,10 @@ mod tests {
         assert_eq!(r.candidates("").unwrap().len(), 2);
         let v1 = r.candidates("v1").unwrap();
         assert_eq!(v1.len(), 1);
-        assert_eq!(v1[0].state.addr, "10.0.0.1:3000".parse().unwrap());
+        assert_eq!(
+            r.endpoints[v1[0]].state.addr,
+            "10.0.0.1:3000".parse().unwrap()
+        );
         assert_eq!(r.candidates("v9").unwrap_err(), LookupError::NoRoute);
         assert!(t.lookup("a.ns.svc.cluster.local", 81).is_none());
         assert!(t.lookup("b.ns.svc.cluster.local", 80).is_none());
@@ -437,19 +381,5 @@ mod tests {
         let st2 = &t2.lookup("a.local", 80).unwrap().endpoints[0].state;
         assert!(Arc::ptr_eq(&st1, st2));
         assert_eq!(st2.active(), 1);
-    }
-
-    #[test]
-    fn ejection_grows_and_resets() {
-        let st = EndpointState::new("127.0.0.1:1".parse().unwrap());
-        assert_eq!(st.eject(1000, 100, 10_000), 100);
-        assert!(st.is_ejected(1050));
-        assert!(!st.is_ejected(1100));
-        assert_eq!(st.eject(2000, 100, 10_000), 200);
-        assert_eq!(st.eject(3000, 100, 250), 250);
-        // success after the ejection expired resets the multiplier
-        st.ejected_until_ms.store(0, Ordering::Relaxed);
-        st.record_success();
-        assert_eq!(st.eject(4000, 100, 10_000), 100);
     }
 }
