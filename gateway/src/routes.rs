@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwapOption;
-use serde::Serialize;
 
-use crate::clock;
 use crate::endpoint::EndpointState;
 
 pub type Labels = BTreeMap<String, String>;
@@ -134,94 +132,6 @@ impl RouteTable {
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
         self.routes.values().flat_map(HashMap::values)
     }
-
-    /// The JSON served on `/debug/routes`: the routes that pass `filter`, sorted for stable
-    /// output. Filtering comes before building, so a narrow query on a large table is cheap.
-    pub fn debug_view(&self, filter: &DebugFilter) -> DebugView {
-        let now = clock::now_ms();
-        let mut matched: Vec<&Route> = self
-            .routes()
-            .filter(|r| {
-                filter
-                    .host
-                    .as_ref()
-                    .is_none_or(|h| r.host.contains(h.as_str()))
-            })
-            .collect();
-        matched.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
-        let matched_routes = matched.len();
-        matched.truncate(filter.limit.unwrap_or(usize::MAX));
-        let routes = matched
-            .into_iter()
-            .map(|r| DebugRoute {
-                sni: format!("outbound_.{}_._.{}", r.port, r.host),
-                host: r.host.clone(),
-                port: r.port,
-                subsets: (*r.subsets).clone(),
-                endpoints: r
-                    .endpoints
-                    .iter()
-                    .map(|e| DebugEndpoint {
-                        address: e.state.addr.to_string(),
-                        ready: e.ready,
-                        labels: (*e.labels).clone(),
-                        active_connections: e.state.active(),
-                        consecutive_failures: e.state.health.consecutive_failures(),
-                        ejected: e.state.health.is_ejected(now),
-                        ejected_for_ms: e.state.health.ejected_for_ms(now),
-                    })
-                    .collect(),
-            })
-            .collect::<Vec<_>>();
-        DebugView {
-            generation: self.generation,
-            total_routes: self.len(),
-            matched_routes,
-            truncated: routes.len() < matched_routes,
-            routes,
-        }
-    }
-}
-
-/// Which routes `/debug/routes` shows.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct DebugFilter {
-    /// Keep routes whose host contains this (lowercase) text.
-    pub host: Option<String>,
-    /// Keep at most this many routes, the first in (host, port) order.
-    pub limit: Option<usize>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DebugView {
-    pub generation: u64,
-    /// Routes in the table.
-    pub total_routes: usize,
-    /// Routes that passed the host filter.
-    pub matched_routes: usize,
-    /// True when `limit` left some matched routes out.
-    pub truncated: bool,
-    pub routes: Vec<DebugRoute>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DebugRoute {
-    pub sni: String,
-    pub host: String,
-    pub port: u16,
-    pub subsets: BTreeMap<String, Labels>,
-    pub endpoints: Vec<DebugEndpoint>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DebugEndpoint {
-    pub address: String,
-    pub ready: bool,
-    pub labels: Labels,
-    pub active_connections: usize,
-    pub consecutive_failures: u32,
-    pub ejected: bool,
-    pub ejected_for_ms: u64,
 }
 
 /// The published table plus the registry that keeps endpoint state across publishes.
