@@ -1,4 +1,5 @@
-//! The passthrough listener: accept, read the ClientHello, route by SNI, connect, forward.
+//! The passthrough listener: accept, read the preamble, decide (SNI policy and route), then
+//! forward. Connecting and endpoint health live in `upstream`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
