@@ -268,6 +268,38 @@ mod tests {
         assert!(t.lookup("b.ns.svc.cluster.local", 80).is_none());
     }
 
+    /// A host listed twice (several EndpointSlices) is merged before its subsets are
+    /// resolved, so a subset sees the endpoints of every listing.
+    #[test]
+    fn subsets_resolve_after_merging() {
+        let mut second = spec("a.local", &[("10.0.0.2", true, &[("version", "v2")])]);
+        second.subsets = Arc::new(Subsets::from([(
+            "v2".to_string(),
+            Labels::from([("version".into(), "v2".into())]),
+        )]));
+        let first = spec(
+            "a.local",
+            &[
+                ("10.0.0.1", true, &[("version", "v1")]),
+                ("10.0.0.3", true, &[("version", "v2")]),
+            ],
+        );
+        let t = Routes::new().publish(&[first, second]);
+        let r = t.lookup("a.local", 80).unwrap();
+        let addrs = |subset| -> Vec<String> {
+            let c = r.candidates(subset).unwrap();
+            c.iter()
+                .map(|&i| r.endpoints[i].state.addr.to_string())
+                .collect()
+        };
+        assert_eq!(
+            addrs(""),
+            ["10.0.0.1:3000", "10.0.0.3:3000", "10.0.0.2:3000"]
+        );
+        assert_eq!(addrs("v1"), ["10.0.0.1:3000"]);
+        assert_eq!(addrs("v2"), ["10.0.0.3:3000", "10.0.0.2:3000"]);
+    }
+
     #[test]
     fn no_ready_endpoint() {
         let routes = Routes::new();
