@@ -16,7 +16,7 @@ use crate::discovery::file::{FileError, FileSource};
 use crate::discovery::k8s::{KubeError, KubeSource};
 use crate::drain::{self, Drain};
 use crate::metrics::{ProxyMetrics, RouteMetrics};
-use crate::proxy::{Proxy, Reject};
+use crate::proxy::Proxy;
 use crate::routes::Routes;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +59,7 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         .map_err(|e| BuildError::Bind(cfg.admin, e))?;
 
     let mut registry = Registry::with_prefix("gateway");
-    let reasons: Vec<&'static str> = Reject::ALL.iter().map(|r| r.as_str()).collect();
-    let proxy_metrics = ProxyMetrics::new(&mut registry, &reasons);
+    let proxy_metrics = ProxyMetrics::new(&mut registry);
     let route_metrics = RouteMetrics::new(registry.sub_registry_with_prefix("discovery"));
     let routes = Arc::new(Routes::new());
     let publisher = Publisher::new(routes.clone(), route_metrics);

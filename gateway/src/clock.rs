@@ -1,4 +1,5 @@
-//! A monotonic millisecond clock, so ejection deadlines fit in an atomic.
+//! A monotonic millisecond clock, so ejection and idle deadlines fit in an atomic. Its own
+//! module (not merged into `endpoint`) because `forward` uses it too.
 
 use std::sync::OnceLock;
 use std::time::Instant;

@@ -1,4 +1,5 @@
-//! Gateway configuration: one flat struct, built from flags with environment fallbacks.
+//! Gateway configuration: one flat struct whose `Default` is the one source of defaults,
+//! built from flags with environment fallbacks (a test keeps the flags' defaults equal to it).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,19 +8,10 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Serialize;
 
-use crate::balance::Outlier;
-use crate::name::HostPattern;
+use crate::outlier::Outlier;
+use crate::sni_name::HostPattern;
 
-/// ALPN values Istio's AUTO_PASSTHROUGH filter chains match (`allIstioMtlsALPNs`).
-pub const ISTIO_ALPNS: &[&str] = &[
-    "istio",
-    "istio-peer-exchange",
-    "istio-http/1.0",
-    "istio-http/1.1",
-    "istio-h2",
-];
-
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discovery {
     /// `--endpoints FILE`: static YAML, reloaded on change and SIGHUP.
     File(PathBuf),
@@ -27,7 +19,7 @@ pub enum Discovery {
     Kubernetes(KubeOptions),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KubeOptions {
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
@@ -56,7 +48,14 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone)]
+/// Without `--endpoints`, endpoints come from Kubernetes.
+impl Default for Discovery {
+    fn default() -> Self {
+        Discovery::Kubernetes(KubeOptions::default())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
@@ -89,9 +88,21 @@ impl Config {
     /// Defaults for everything but discovery; tests override fields directly.
     pub fn new(discovery: Discovery) -> Config {
         Config {
+            discovery,
+            ..Config::default()
+        }
+    }
+}
+
+/// The defaults. The flags in [`Args`] repeat them as text (clap shows them in `--help`, and
+/// durations are given in humantime's syntax); `flag_defaults_are_config_defaults` keeps the
+/// two equal.
+impl Default for Config {
+    fn default() -> Config {
+        Config {
             listen: ([0, 0, 0, 0], 15443).into(),
             admin: ([0, 0, 0, 0], 15021).into(),
-            discovery,
+            discovery: Discovery::default(),
             allow_hosts: vec![HostPattern::parse("*.local").expect("valid default pattern")],
             require_istio_alpn: true,
             max_hello_bytes: 64 * 1024,
@@ -256,5 +267,31 @@ impl Args {
             drain_grace: self.drain_grace,
             drain_timeout: self.drain_timeout,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags' defaults and `Config::default()` cannot drift apart.
+    #[test]
+    fn flag_defaults_are_config_defaults() {
+        let from_flags = |argv: &[&str]| {
+            let args = Args::try_parse_from(argv).expect("defaults parse");
+            args.check().expect("defaults are consistent");
+            args.into_config()
+        };
+        assert_eq!(
+            from_flags(&["gateway", "--endpoints", "x.yaml"]),
+            Config::new(Discovery::File("x.yaml".into()))
+        );
+        assert_eq!(
+            from_flags(&["gateway", "--kubeconfig", "k"]),
+            Config::new(Discovery::Kubernetes(KubeOptions {
+                kubeconfig: Some("k".into()),
+                ..KubeOptions::default()
+            }))
+        );
     }
 }

@@ -107,36 +107,54 @@ impl From<DirError> for io::Error {
     }
 }
 
-/// Live byte counts of one connection, updated as bytes move.
+/// One direction's byte counts, updated as bytes move: the metric, and this connection's
+/// total for the access log.
+pub struct Direction {
+    pub counter: Counter,
+    total: AtomicU64,
+}
+
+impl Direction {
+    pub fn new(counter: Counter) -> Self {
+        Direction {
+            counter,
+            total: AtomicU64::new(0),
+        }
+    }
+
+    fn add(&self, n: u64) {
+        self.counter.inc_by(n);
+        self.total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes moved so far.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+/// Live byte counts of one connection: client to upstream (`sent`) and back (`received`).
 pub struct Progress {
-    pub sent: Counter,
-    pub received: Counter,
-    sent_total: AtomicU64,
-    received_total: AtomicU64,
+    pub sent: Direction,
+    pub received: Direction,
 }
 
 impl Progress {
     pub fn new(sent: Counter, received: Counter) -> Self {
         Progress {
-            sent,
-            received,
-            sent_total: AtomicU64::new(0),
-            received_total: AtomicU64::new(0),
+            sent: Direction::new(sent),
+            received: Direction::new(received),
         }
     }
 
     /// Counts bytes sent upstream outside the copy loop (the replayed ClientHello).
     pub fn add_sent(&self, n: u64) {
-        self.sent.inc_by(n);
-        self.sent_total.fetch_add(n, Ordering::Relaxed);
+        self.sent.add(n);
     }
 
     /// (client to upstream, upstream to client) so far.
     pub fn totals(&self) -> (u64, u64) {
-        (
-            self.sent_total.load(Ordering::Relaxed),
-            self.received_total.load(Ordering::Relaxed),
-        )
+        (self.sent.total(), self.received.total())
     }
 }
 
@@ -151,9 +169,9 @@ pub async fn run(client: &TcpStream, upstream: &TcpStream, idle: Duration, p: &P
         r = async {
             // Errors become (from the upstream socket?, error); `map_err` adds no state.
             tokio::try_join!(
-                hybrid(client, upstream, &p.sent, &p.sent_total, &last)
+                hybrid(client, upstream, &p.sent, &last, SPLICE_AFTER)
                     .map_err(|e| (e.at_dst, e.error)),
-                hybrid(upstream, client, &p.received, &p.received_total, &last)
+                hybrid(upstream, client, &p.received, &last, SPLICE_AFTER)
                     .map_err(|e| (!e.at_dst, e.error)),
             )
         } => match r {
@@ -169,30 +187,33 @@ pub const SPLICE_AFTER: u64 = 256 * 1024;
 /// Pipe capacity asked for (the kernel default is 16 pages).
 const PIPE: usize = 64 * 1024;
 
-/// One direction: copy, then splice once the direction proves to be bulk. If no pipe can be
-/// had (out of descriptors), it keeps copying.
+/// One direction, `src` to `dst`, until EOF (passed on as a write shutdown) or an error:
+/// copy, then splice once `splice_after` bytes have moved. The gateway passes
+/// [`SPLICE_AFTER`]; `u64::MAX` copies only and 0 splices from the first byte (the
+/// benchmark compares the three). If no pipe can be had (out of descriptors), it keeps
+/// copying. `last` is stamped with [`clock::now_ms`] whenever bytes move.
 pub async fn one_way(
     src: &TcpStream,
     dst: &TcpStream,
-    counter: &Counter,
-    total: &AtomicU64,
+    dir: &Direction,
     last: &AtomicU64,
+    splice_after: u64,
 ) -> io::Result<()> {
-    Ok(hybrid(src, dst, counter, total, last).await?)
+    Ok(hybrid(src, dst, dir, last, splice_after).await?)
 }
 
 /// [`one_way`], saying which socket an error came from.
 async fn hybrid(
     src: &TcpStream,
     dst: &TcpStream,
-    counter: &Counter,
-    total: &AtomicU64,
+    dir: &Direction,
     last: &AtomicU64,
+    splice_after: u64,
 ) -> Result<(), DirError> {
     let mut pending: Vec<u8> = Vec::new();
     let mut copied = 0u64;
     let (r, w, cap) = loop {
-        if copied >= SPLICE_AFTER {
+        if copied >= splice_after {
             match new_pipe() {
                 Ok(p) => break p,
                 Err(_) => copied = 0,
@@ -201,23 +222,10 @@ async fn hybrid(
         let Some(n) = copy_step(src, dst, &mut pending, last).await? else {
             return shutdown_write(dst).map_err(at_dst);
         };
-        counter.inc_by(n as u64);
-        total.fetch_add(n as u64, Ordering::Relaxed);
+        dir.add(n as u64);
         copied += n as u64;
     };
-    splice_phase(src, dst, (r, w, cap), counter, total, last).await
-}
-
-/// splice(2) from the first byte, for comparison in the benchmark (the gateway itself only
-/// splices directions that have proven to be bulk, see [`one_way`]).
-pub async fn splice_one_way(
-    src: &TcpStream,
-    dst: &TcpStream,
-    counter: &Counter,
-    total: &AtomicU64,
-    last: &AtomicU64,
-) -> io::Result<()> {
-    Ok(splice_phase(src, dst, new_pipe()?, counter, total, last).await?)
+    splice_phase(src, dst, (r, w, cap), dir, last).await
 }
 
 /// `src -> pipe -> dst` until EOF or an error.
@@ -225,8 +233,7 @@ async fn splice_phase(
     src: &TcpStream,
     dst: &TcpStream,
     (r, w, cap): (OwnedFd, OwnedFd, usize),
-    counter: &Counter,
-    total: &AtomicU64,
+    dir: &Direction,
     last: &AtomicU64,
 ) -> Result<(), DirError> {
     // src -> pipe -> dst. The pipe is drained before the next splice in, so EAGAIN on the way
@@ -243,8 +250,7 @@ async fn splice_phase(
             Err(e) => return Err(at_src(e)),
         };
         last.store(clock::now_ms(), Ordering::Relaxed);
-        counter.inc_by(n as u64);
-        total.fetch_add(n as u64, Ordering::Relaxed);
+        dir.add(n as u64);
         let mut left = n;
         while left > 0 {
             match dst.try_io(Interest::WRITABLE, || {
@@ -262,22 +268,6 @@ async fn splice_phase(
             }
         }
     }
-}
-
-/// The userspace copy alone (no splice), for comparison in the benchmark.
-pub async fn copy_one_way(
-    src: &TcpStream,
-    dst: &TcpStream,
-    counter: &Counter,
-    total: &AtomicU64,
-    last: &AtomicU64,
-) -> io::Result<()> {
-    let mut pending: Vec<u8> = Vec::new();
-    while let Some(n) = copy_step(src, dst, &mut pending, last).await? {
-        counter.inc_by(n as u64);
-        total.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    shutdown_write(dst)
 }
 
 fn new_pipe() -> io::Result<(OwnedFd, OwnedFd, usize)> {
@@ -367,18 +357,25 @@ mod tests {
     }
 
     /// Far past the splice threshold, with a slow reader so both the copy and the splice
-    /// phase meet backpressure; every byte arrives in order and the EOF is passed on.
+    /// phase meet backpressure; every byte arrives in order and the EOF is passed on. The
+    /// same for copy only and splice only, the benchmark's other two modes.
     #[tokio::test]
     async fn bulk_switches_to_splice_and_stays_intact() {
+        for splice_after in [SPLICE_AFTER, u64::MAX, 0] {
+            bulk_stays_intact(splice_after).await;
+        }
+    }
+
+    async fn bulk_stays_intact(splice_after: u64) {
         let (mut client, client_side) = pair().await;
         let (upstream_side, mut upstream) = pair().await;
         let data: Vec<u8> = (0..6 * 1024 * 1024u32)
             .map(|i| (i ^ (i >> 11)) as u8)
             .collect();
         let expect = data.clone();
-        let (counter, total, last) = (Counter::default(), AtomicU64::new(0), AtomicU64::new(0));
+        let (dir, last) = (Direction::new(Counter::default()), AtomicU64::new(0));
         let fwd = async {
-            one_way(&client_side, &upstream_side, &counter, &total, &last)
+            one_way(&client_side, &upstream_side, &dir, &last, splice_after)
                 .await
                 .unwrap();
         };
@@ -406,9 +403,9 @@ mod tests {
         })
         .await
         .expect("forwarding finished");
-        assert_eq!(got.len(), expect.len());
-        assert!(got == expect, "bytes differ");
-        assert_eq!(total.load(Ordering::Relaxed), expect.len() as u64);
-        assert_eq!(counter.get(), expect.len() as u64);
+        assert_eq!(got.len(), expect.len(), "splice_after {splice_after}");
+        assert!(got == expect, "bytes differ (splice_after {splice_after})");
+        assert_eq!(dir.total(), expect.len() as u64);
+        assert_eq!(dir.counter.get(), expect.len() as u64);
     }
 }

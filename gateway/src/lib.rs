@@ -1,28 +1,41 @@
 #![forbid(unsafe_code)]
 //! East-west gateway library: SNI auto-passthrough on 15443.
 //!
-//! Data path: [`proxy`] accepts, [`sni`] reads the ClientHello, [`name`] decodes the Istio
-//! SNI name, [`routes`] maps it to endpoints, [`balance`] picks one, [`forward`] splices the
-//! bytes. [`discovery`] feeds the route table (from a file, [`discovery::file`], or the
-//! Kubernetes API, [`discovery::k8s`]); [`admin`] serves health and metrics;
-//! [`drain`] handles SIGTERM; [`app::build`] wires it all. [`undecided`] bounds the
-//! connections still sending their hello; [`local_error`] and [`accept_errors`] keep the
-//! gateway's own resource exhaustion apart from endpoint health.
+//! One connection, top to bottom:
+//! - [`proxy`] accepts, budgets undecided connections ([`undecided`]), decides, forwards;
+//! - [`proxy_protocol`] and [`client_hello`] parse the preamble (sans-IO);
+//! - [`sni_name`] decodes the Istio SNI name and holds Istio's contract (layout, ALPN values);
+//! - [`routes`] is the published table: (host, port) to endpoints, subsets resolved at publish;
+//! - [`upstream`] picks an endpoint and connects, retrying others;
+//! - [`endpoint`] (live connection count) and [`outlier`] (failure streak, ejection) keep each
+//!   endpoint's state across publishes;
+//! - [`forward`] copies, then splices, both directions;
+//! - [`reject`] names why a connection was refused; [`metrics`] counts it all.
+//!
+//! Around it: [`discovery`] feeds the table (from a file, [`discovery::file`], or the
+//! Kubernetes API, [`discovery::k8s`]); [`admin`] serves health, metrics and
+//! `/debug/routes`; [`drain`] handles SIGTERM; [`config`] holds the settings and their
+//! defaults; [`app::build`] wires it all. [`local_error`] and [`accept_errors`] keep the
+//! gateway's own resource exhaustion apart from endpoint health; [`clock`] is the
+//! millisecond clock behind ejection and idle deadlines.
 
 pub mod accept_errors;
 pub mod admin;
 pub mod app;
-pub mod balance;
+pub mod client_hello;
 pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod drain;
+pub mod endpoint;
 pub mod forward;
 pub mod local_error;
 pub mod metrics;
-pub mod name;
+pub mod outlier;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod reject;
 pub mod routes;
-pub mod sni;
+pub mod sni_name;
 pub mod undecided;
+pub mod upstream;

@@ -7,6 +7,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::reject::Reject;
+
 /// Labels per routed SNI name. Only names that matched a route become labels, so a hostile
 /// client cannot grow the label set.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,7 +31,7 @@ pub struct KindLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    pub reason: &'static str,
+    pub reason: Reject,
 }
 
 /// Data-path metrics.
@@ -51,7 +53,7 @@ pub struct ProxyMetrics {
 }
 
 impl ProxyMetrics {
-    pub fn new(registry: &mut Registry, reasons: &[&'static str]) -> Self {
+    pub fn new(registry: &mut Registry) -> Self {
         let m = ProxyMetrics {
             accepted: Counter::default(),
             accept_errors: Family::default(),
@@ -140,13 +142,13 @@ impl ProxyMetrics {
             });
         }
         // Every reason appears from the start, so dashboards and tests see explicit zeros.
-        for &reason in reasons {
+        for reason in Reject::ALL {
             let _ = m.rejected.get_or_create(&ReasonLabels { reason });
         }
         m
     }
 
-    pub fn reject(&self, reason: &'static str) {
+    pub fn reject(&self, reason: Reject) {
         self.rejected.get_or_create(&ReasonLabels { reason }).inc();
     }
 }

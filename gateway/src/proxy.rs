@@ -1,4 +1,5 @@
-//! The passthrough listener: accept, read the ClientHello, route by SNI, connect, forward.
+//! The passthrough listener: accept, read the preamble, decide (SNI policy and route), then
+//! forward. Connecting and endpoint health live in `upstream`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,20 +11,21 @@ use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, info};
 
 use crate::accept_errors::AcceptErrors;
-use crate::balance;
-use crate::config::{Config, ISTIO_ALPNS};
+use crate::client_hello::{self, ClientHello, Detect};
+use crate::config::Config;
 use crate::drain::Drain;
+use crate::endpoint::EndpointState;
 use crate::forward::{self, Progress};
-use crate::local_error;
 use crate::metrics::{CloseLabels, ProxyMetrics, SniLabels};
-use crate::name;
 use crate::proxy_protocol;
-use crate::routes::{EndpointState, LookupError, Routes};
-use crate::sni::{self, Detect};
+use crate::reject::Reject;
+use crate::routes::Routes;
+use crate::sni_name;
 use crate::undecided::{Ticket, Undecided};
+use crate::upstream;
 
 /// A decided, connected connection: upstream, endpoint, labels, original client, permit.
 type Decided<'a> = (
@@ -47,78 +49,6 @@ impl<'a> Permit<'a> {
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         self.0.add_permits(1);
-    }
-}
-
-/// Why a connection was closed without forwarding a byte: the `reason` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reject {
-    Timeout,
-    NotTls,
-    NoSni,
-    BadName,
-    HostNotAllowed,
-    AlpnNotAllowed,
-    NoRoute,
-    NoHealthyEndpoint,
-    ConnectFailed,
-    /// Too many decided connections, or a ClientHello larger than the buffer cap.
-    OverLimit,
-    /// `--proxy-protocol` is on and the PROXY v2 header is missing or malformed.
-    BadProxyHeader,
-    /// The client closed or reset before its ClientHello was complete.
-    ClientClosed,
-    /// The upstream socket failed for a local reason (out of descriptors, buffers or local
-    /// ports): the gateway's problem, not the endpoint's, so it never counts toward ejection.
-    LocalResource,
-    /// A TLS ClientHello with invalid contents (two SNI names, a NUL in the name, an empty
-    /// ALPN list): a broken or hostile TLS client rather than another protocol.
-    MalformedHello,
-    /// The drain deadline passed before the connection was forwarded.
-    DrainDeadline,
-    /// Still sending its hello when the undecided budget was full: the oldest is shed.
-    Shed,
-}
-
-impl Reject {
-    pub const ALL: [Reject; 16] = [
-        Reject::Timeout,
-        Reject::NotTls,
-        Reject::NoSni,
-        Reject::BadName,
-        Reject::HostNotAllowed,
-        Reject::AlpnNotAllowed,
-        Reject::NoRoute,
-        Reject::NoHealthyEndpoint,
-        Reject::ConnectFailed,
-        Reject::OverLimit,
-        Reject::BadProxyHeader,
-        Reject::ClientClosed,
-        Reject::LocalResource,
-        Reject::MalformedHello,
-        Reject::DrainDeadline,
-        Reject::Shed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reject::Timeout => "timeout",
-            Reject::NotTls => "not_tls",
-            Reject::NoSni => "no_sni",
-            Reject::BadName => "bad_name",
-            Reject::HostNotAllowed => "host_not_allowed",
-            Reject::AlpnNotAllowed => "alpn_not_allowed",
-            Reject::NoRoute => "no_route",
-            Reject::NoHealthyEndpoint => "no_healthy_endpoint",
-            Reject::ConnectFailed => "connect_failed",
-            Reject::OverLimit => "over_limit",
-            Reject::BadProxyHeader => "bad_proxy_header",
-            Reject::ClientClosed => "client_closed",
-            Reject::LocalResource => "local_resource",
-            Reject::MalformedHello => "malformed_hello",
-            Reject::DrainDeadline => "drain_deadline",
-            Reject::Shed => "shed",
-        }
     }
 }
 
@@ -293,28 +223,23 @@ impl Proxy {
         Ok((upstream, ep, labels, client_addr, permit))
     }
 
-    /// Decodes and checks the SNI, finds the route and connects to an endpoint, retrying
-    /// others on failure (safe: nothing has been forwarded yet).
+    /// Decodes and checks the SNI (policy: allowed host, Istio ALPN), finds the route and
+    /// connects to one of its endpoints.
     async fn route_and_connect(
         &self,
-        hello: sni::ClientHello,
+        hello: ClientHello,
     ) -> Result<(TcpStream, Arc<EndpointState>, SniLabels), Reject> {
         let Some(raw) = hello.sni else {
             return Err(Reject::NoSni);
         };
         tracing::Span::current().record("sni", raw.as_str());
-        let Ok(target) = name::parse(&raw) else {
+        let Ok(target) = sni_name::parse(&raw) else {
             return Err(Reject::BadName);
         };
         if !self.cfg.allow_hosts.iter().any(|p| p.matches(&target.host)) {
             return Err(Reject::HostNotAllowed);
         }
-        if self.cfg.require_istio_alpn
-            && !hello
-                .alpn
-                .iter()
-                .any(|a| ISTIO_ALPNS.iter().any(|i| i.as_bytes() == a))
-        {
+        if self.cfg.require_istio_alpn && !sni_name::offers_istio_alpn(&hello.alpn) {
             return Err(Reject::AlpnNotAllowed);
         }
         let Some(table) = self.routes.load() else {
@@ -323,58 +248,8 @@ impl Proxy {
         let Some(route) = table.lookup(&target.host, target.port) else {
             return Err(Reject::NoRoute);
         };
-        let candidates = match route.candidates(&target.subset) {
-            Ok(c) => c,
-            Err(LookupError::NoRoute) => return Err(Reject::NoRoute),
-            Err(LookupError::NoHealthyEndpoint) => return Err(Reject::NoHealthyEndpoint),
-        };
-
-        let mut tried = Vec::with_capacity(self.cfg.connect_attempts as usize);
-        let mut connected = None;
-        let mut local = false;
-        for _ in 0..self.cfg.connect_attempts {
-            let Some(ep) = balance::pick(&candidates, &tried) else {
-                break;
-            };
-            tried.push(ep.addr);
-            let t = Instant::now();
-            match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(ep.addr)).await
-            {
-                Ok(Ok(s)) => {
-                    self.metrics
-                        .connect_seconds
-                        .observe(t.elapsed().as_secs_f64());
-                    balance::on_success(&ep);
-                    connected = Some((s, ep));
-                    break;
-                }
-                Ok(Err(e)) if local_error::classify(&e).is_some() => {
-                    // Not the endpoint's fault: no failure streak, no ejection. Debug only:
-                    // under exhaustion this happens on every connection.
-                    debug!(upstream = %ep.addr, error = %e, "connect failed locally");
-                    local = true;
-                    continue;
-                }
-                Ok(Err(e)) => debug!(upstream = %ep.addr, error = %e, "connect failed"),
-                Err(_) => debug!(upstream = %ep.addr, "connect timed out"),
-            }
-            self.metrics.connect_failures.inc();
-            if let Some(d) = balance::on_failure(&ep, &route.endpoints, &self.cfg.outlier) {
-                self.metrics.ejections.inc();
-                warn!(upstream = %ep.addr, ejected_for = ?d, "endpoint ejected after consecutive connect failures");
-            }
-        }
-        let Some((upstream, ep)) = connected else {
-            let r = if local {
-                Reject::LocalResource
-            } else if tried.is_empty() {
-                Reject::NoHealthyEndpoint
-            } else {
-                Reject::ConnectFailed
-            };
-            return Err(r);
-        };
-
+        let (upstream, ep) =
+            upstream::connect(route, &target.subset, &self.cfg, &self.metrics).await?;
         let labels = SniLabels {
             sni: target.to_string(),
         };
@@ -388,7 +263,7 @@ impl Proxy {
         client: &mut TcpStream,
         buf: &mut Vec<u8>,
         ticket: &Ticket,
-    ) -> Result<(sni::ClientHello, Option<SocketAddr>), Reject> {
+    ) -> Result<(ClientHello, Option<SocketAddr>), Reject> {
         let mut client_addr = None;
         if self.cfg.proxy_protocol {
             loop {
@@ -414,9 +289,9 @@ impl Proxy {
         }
         let max = self.cfg.max_hello_bytes;
         loop {
-            match sni::detect(buf, max) {
+            match client_hello::detect(buf, max) {
                 Detect::Found(hello) => return Ok((hello, client_addr)),
-                Detect::NotTls(sni::NotTls::TooLarge) => return Err(Reject::OverLimit),
+                Detect::NotTls(client_hello::NotTls::TooLarge) => return Err(Reject::OverLimit),
                 Detect::NotTls(why) => {
                     debug!(?why, "not a TLS ClientHello");
                     return Err(Reject::NotTls);
@@ -432,7 +307,7 @@ impl Proxy {
     }
 
     fn reject(&self, reason: Reject, start: Instant) {
-        self.metrics.reject(reason.as_str());
+        self.metrics.reject(reason);
         // Expected on an open port: debug, not warn.
         debug!(
             reason = reason.as_str(),
@@ -484,7 +359,7 @@ mod tests {
         let p = Proxy::new(
             cfg,
             Arc::new(Routes::new()),
-            ProxyMetrics::new(&mut reg, &[]),
+            ProxyMetrics::new(&mut reg),
             Arc::new(Drain::new()),
         );
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -496,6 +371,7 @@ mod tests {
         drop(run);
         let handle = p.handle(a, p.undecided.admit());
         let handle_size = std::mem::size_of_val(&handle);
+        eprintln!("future sizes: forward::run {run_size} B, handle {handle_size} B");
         assert!(run_size <= 1200, "forward::run future is {run_size} bytes");
         assert!(handle_size <= 1800, "handle future is {handle_size} bytes");
     }

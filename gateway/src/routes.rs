@@ -1,20 +1,19 @@
 //! The route table: an immutable snapshot from SNI (host, port) to endpoints, swapped atomically.
 //!
 //! Discovery sources (the endpoints file, Kubernetes) hand a list of [`ServiceSpec`] to
-//! [`Routes::publish`]. The data path loads the current [`RouteTable`] without locks.
-//! Per-endpoint state (active connections, failures, ejection) lives in [`EndpointState`],
-//! which is kept across publishes by address, so a reload neither resets health nor loses
-//! the connection counts that least-connections balancing relies on.
+//! [`Routes::publish`], which also resolves every subset to its ready endpoints, so a
+//! connection does a lookup rather than a label scan. The data path loads the current
+//! [`RouteTable`] without locks. Per-endpoint live state ([`EndpointState`]) is kept across
+//! publishes by address, so a reload neither resets health nor loses connection counts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwapOption;
-use serde::Serialize;
 
-use crate::clock;
+use crate::endpoint::EndpointState;
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -46,83 +45,6 @@ pub struct EndpointSpec {
     pub ready: bool,
 }
 
-/// Live, shared state of one upstream address.
-#[derive(Debug)]
-pub struct EndpointState {
-    pub addr: SocketAddr,
-    active: AtomicUsize,
-    consecutive_failures: AtomicU32,
-    ejections: AtomicU32,
-    /// Milliseconds on [`clock::now_ms`] until which the endpoint is ejected; 0 when not.
-    ejected_until_ms: AtomicU64,
-}
-
-impl EndpointState {
-    fn new(addr: SocketAddr) -> Self {
-        EndpointState {
-            addr,
-            active: AtomicUsize::new(0),
-            consecutive_failures: AtomicU32::new(0),
-            ejections: AtomicU32::new(0),
-            ejected_until_ms: AtomicU64::new(0),
-        }
-    }
-
-    pub fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
-    }
-
-    pub fn is_ejected(&self, now_ms: u64) -> bool {
-        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
-    }
-
-    pub fn consecutive_failures(&self) -> u32 {
-        self.consecutive_failures.load(Ordering::Relaxed)
-    }
-
-    /// Counts one connection against this endpoint until the guard drops.
-    pub fn track(self: &Arc<Self>) -> ActiveGuard {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(self.clone())
-    }
-
-    pub(crate) fn record_success(&self) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        // A success after an ejection ends the streak that makes ejections grow.
-        if !self.is_ejected(clock::now_ms()) {
-            self.ejections.store(0, Ordering::Relaxed);
-        }
-    }
-
-    /// Records a failed connect; returns the new failure streak.
-    pub(crate) fn record_failure(&self) -> u32 {
-        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Ejects until `now + base * n` where n counts ejections without a success in between.
-    pub(crate) fn eject(&self, now_ms: u64, base_ms: u64, max_ms: u64) -> u64 {
-        let n = self.ejections.fetch_add(1, Ordering::Relaxed) as u64 + 1;
-        let dur = base_ms.saturating_mul(n).min(max_ms.max(base_ms));
-        self.ejected_until_ms.store(now_ms + dur, Ordering::Relaxed);
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        dur
-    }
-
-    pub fn ejected_for_ms(&self, now_ms: u64) -> u64 {
-        self.ejected_until_ms
-            .load(Ordering::Relaxed)
-            .saturating_sub(now_ms)
-    }
-}
-
-pub struct ActiveGuard(Arc<EndpointState>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub state: Arc<EndpointState>,
@@ -138,6 +60,9 @@ pub struct Route {
     pub subsets: Arc<Subsets>,
     /// All endpoints, ready or not (the debug view shows both).
     pub endpoints: Vec<Endpoint>,
+    /// Indices into `endpoints` of the ready ones, for the whole route (`""`) and for each
+    /// subset; resolved at publish.
+    by_subset: HashMap<String, Box<[usize]>>,
 }
 
 /// Why a route lookup found nothing to dial.
@@ -148,24 +73,34 @@ pub enum LookupError {
 }
 
 impl Route {
-    /// Ready endpoints of `subset` ("" for all). An unknown subset is no route, as in Istio,
-    /// where a subset the gateway's cluster does not define has no filter chain.
-    pub fn candidates(&self, subset: &str) -> Result<Vec<&Endpoint>, LookupError> {
-        let want = if subset.is_empty() {
-            None
-        } else {
-            Some(self.subsets.get(subset).ok_or(LookupError::NoRoute)?)
-        };
-        let eps: Vec<&Endpoint> = self
-            .endpoints
-            .iter()
-            .filter(|e| e.ready)
-            .filter(|e| want.is_none_or(|w| w.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
-            .collect();
-        if eps.is_empty() {
-            return Err(LookupError::NoHealthyEndpoint);
+    /// Indices into `endpoints` of the ready endpoints of `subset` ("" for all). An unknown
+    /// subset is no route, as in Istio, where a subset the gateway's cluster does not define
+    /// has no filter chain.
+    pub fn candidates(&self, subset: &str) -> Result<&[usize], LookupError> {
+        match self.by_subset.get(subset) {
+            None => Err(LookupError::NoRoute),
+            Some(c) if c.is_empty() => Err(LookupError::NoHealthyEndpoint),
+            Some(c) => Ok(c),
         }
-        Ok(eps)
+    }
+
+    /// Resolves `""` and every subset to the indices of its ready endpoints.
+    fn resolve_subsets(&mut self) {
+        let ready = |want: Option<&Labels>| -> Box<[usize]> {
+            let matches = |e: &Endpoint| {
+                want.is_none_or(|w| w.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            };
+            let eps = self.endpoints.iter().enumerate();
+            eps.filter(|(_, e)| e.ready && matches(e))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let mut by_subset = HashMap::with_capacity(self.subsets.len() + 1);
+        by_subset.insert(String::new(), ready(None));
+        for (name, labels) in self.subsets.iter() {
+            by_subset.insert(name.clone(), ready(Some(labels)));
+        }
+        self.by_subset = by_subset;
     }
 }
 
@@ -197,94 +132,6 @@ impl RouteTable {
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
         self.routes.values().flat_map(HashMap::values)
     }
-
-    /// The JSON served on `/debug/routes`: the routes that pass `filter`, sorted for stable
-    /// output. Filtering comes before building, so a narrow query on a large table is cheap.
-    pub fn debug_view(&self, filter: &DebugFilter) -> DebugView {
-        let now = clock::now_ms();
-        let mut matched: Vec<&Route> = self
-            .routes()
-            .filter(|r| {
-                filter
-                    .host
-                    .as_ref()
-                    .is_none_or(|h| r.host.contains(h.as_str()))
-            })
-            .collect();
-        matched.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
-        let matched_routes = matched.len();
-        matched.truncate(filter.limit.unwrap_or(usize::MAX));
-        let routes = matched
-            .into_iter()
-            .map(|r| DebugRoute {
-                sni: format!("outbound_.{}_._.{}", r.port, r.host),
-                host: r.host.clone(),
-                port: r.port,
-                subsets: (*r.subsets).clone(),
-                endpoints: r
-                    .endpoints
-                    .iter()
-                    .map(|e| DebugEndpoint {
-                        address: e.state.addr.to_string(),
-                        ready: e.ready,
-                        labels: (*e.labels).clone(),
-                        active_connections: e.state.active(),
-                        consecutive_failures: e.state.consecutive_failures(),
-                        ejected: e.state.is_ejected(now),
-                        ejected_for_ms: e.state.ejected_for_ms(now),
-                    })
-                    .collect(),
-            })
-            .collect::<Vec<_>>();
-        DebugView {
-            generation: self.generation,
-            total_routes: self.len(),
-            matched_routes,
-            truncated: routes.len() < matched_routes,
-            routes,
-        }
-    }
-}
-
-/// Which routes `/debug/routes` shows.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct DebugFilter {
-    /// Keep routes whose host contains this (lowercase) text.
-    pub host: Option<String>,
-    /// Keep at most this many routes, the first in (host, port) order.
-    pub limit: Option<usize>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DebugView {
-    pub generation: u64,
-    /// Routes in the table.
-    pub total_routes: usize,
-    /// Routes that passed the host filter.
-    pub matched_routes: usize,
-    /// True when `limit` left some matched routes out.
-    pub truncated: bool,
-    pub routes: Vec<DebugRoute>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DebugRoute {
-    pub sni: String,
-    pub host: String,
-    pub port: u16,
-    pub subsets: BTreeMap<String, Labels>,
-    pub endpoints: Vec<DebugEndpoint>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct DebugEndpoint {
-    pub address: String,
-    pub ready: bool,
-    pub labels: Labels,
-    pub active_connections: usize,
-    pub consecutive_failures: u32,
-    pub ejected: bool,
-    pub ejected_for_ms: u64,
 }
 
 /// The published table plus the registry that keeps endpoint state across publishes.
@@ -325,6 +172,7 @@ impl Routes {
                         port,
                         subsets: Arc::default(),
                         endpoints: Vec::new(),
+                        by_subset: HashMap::new(),
                     });
                 // Share the spec's map; copy only to merge a host listed twice.
                 if route.subsets.is_empty() {
@@ -350,6 +198,9 @@ impl Routes {
                     });
                 }
             }
+        }
+        for route in routes.values_mut().flat_map(HashMap::values_mut) {
+            route.resolve_subsets();
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let table = Arc::new(RouteTable { generation, routes });
@@ -408,10 +259,45 @@ mod tests {
         assert_eq!(r.candidates("").unwrap().len(), 2);
         let v1 = r.candidates("v1").unwrap();
         assert_eq!(v1.len(), 1);
-        assert_eq!(v1[0].state.addr, "10.0.0.1:3000".parse().unwrap());
+        assert_eq!(
+            r.endpoints[v1[0]].state.addr,
+            "10.0.0.1:3000".parse().unwrap()
+        );
         assert_eq!(r.candidates("v9").unwrap_err(), LookupError::NoRoute);
         assert!(t.lookup("a.ns.svc.cluster.local", 81).is_none());
         assert!(t.lookup("b.ns.svc.cluster.local", 80).is_none());
+    }
+
+    /// A host listed twice (several EndpointSlices) is merged before its subsets are
+    /// resolved, so a subset sees the endpoints of every listing.
+    #[test]
+    fn subsets_resolve_after_merging() {
+        let mut second = spec("a.local", &[("10.0.0.2", true, &[("version", "v2")])]);
+        second.subsets = Arc::new(Subsets::from([(
+            "v2".to_string(),
+            Labels::from([("version".into(), "v2".into())]),
+        )]));
+        let first = spec(
+            "a.local",
+            &[
+                ("10.0.0.1", true, &[("version", "v1")]),
+                ("10.0.0.3", true, &[("version", "v2")]),
+            ],
+        );
+        let t = Routes::new().publish(&[first, second]);
+        let r = t.lookup("a.local", 80).unwrap();
+        let addrs = |subset| -> Vec<String> {
+            let c = r.candidates(subset).unwrap();
+            c.iter()
+                .map(|&i| r.endpoints[i].state.addr.to_string())
+                .collect()
+        };
+        assert_eq!(
+            addrs(""),
+            ["10.0.0.1:3000", "10.0.0.3:3000", "10.0.0.2:3000"]
+        );
+        assert_eq!(addrs("v1"), ["10.0.0.1:3000"]);
+        assert_eq!(addrs("v2"), ["10.0.0.3:3000", "10.0.0.2:3000"]);
     }
 
     #[test]
@@ -437,19 +323,5 @@ mod tests {
         let st2 = &t2.lookup("a.local", 80).unwrap().endpoints[0].state;
         assert!(Arc::ptr_eq(&st1, st2));
         assert_eq!(st2.active(), 1);
-    }
-
-    #[test]
-    fn ejection_grows_and_resets() {
-        let st = EndpointState::new("127.0.0.1:1".parse().unwrap());
-        assert_eq!(st.eject(1000, 100, 10_000), 100);
-        assert!(st.is_ejected(1050));
-        assert!(!st.is_ejected(1100));
-        assert_eq!(st.eject(2000, 100, 10_000), 200);
-        assert_eq!(st.eject(3000, 100, 250), 250);
-        // success after the ejection expired resets the multiplier
-        st.ejected_until_ms.store(0, Ordering::Relaxed);
-        st.record_success();
-        assert_eq!(st.eject(4000, 100, 10_000), 100);
     }
 }

@@ -1,6 +1,6 @@
 //! Property tests for Istio SNI names and host patterns.
 
-use gateway::name::{HostPattern, SniName, parse};
+use gateway::sni_name::{HostPattern, SniName, parse};
 use proptest::prelude::*;
 
 const LABEL: &str = "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?";

@@ -4,7 +4,7 @@
 #[path = "fixtures/hello.rs"]
 mod hello;
 
-use gateway::sni::{ClientHello, Detect, MAX_RECORDS, NotTls, detect};
+use gateway::client_hello::{ClientHello, Detect, MAX_RECORDS, NotTls, detect};
 use hello::{ALPN, FIXTURES, MAX, SNI};
 
 fn found(buf: &[u8]) -> ClientHello {

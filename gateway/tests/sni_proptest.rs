@@ -6,7 +6,7 @@ mod hello;
 
 use std::sync::LazyLock;
 
-use gateway::sni::{Detect, detect};
+use gateway::client_hello::{Detect, detect};
 use proptest::prelude::*;
 
 static TLS12: LazyLock<Vec<u8>> = LazyLock::new(hello::tls12);

@@ -1,11 +1,11 @@
-//! The splice experiment: a minimal plain TCP forwarder with two copy strategies.
+//! The splice experiment: a minimal plain TCP forwarder over `gateway::forward::one_way`,
+//! with three settings of its `splice_after`:
 //!
-//! - `copy`: `gateway::forward::copy_one_way` (readiness, `try_read` into a 16 KiB stack
-//!   buffer, `try_write`, a heap tail only for what the peer could not take).
-//! - `splice`: `gateway::forward::splice_one_way`, socket -> pipe -> socket with `splice(2)`
-//!   from the first byte, driven by tokio readiness through `try_io`; one pipe per direction.
-//!
-//! - `hybrid`: `gateway::forward::one_way`, what the gateway runs: copy, then splice after
+//! - `copy` (`u64::MAX`): readiness, `try_read` into a 16 KiB stack buffer, `try_write`, a
+//!   heap tail only for what the peer could not take.
+//! - `splice` (0): socket -> pipe -> socket with `splice(2)` from the first byte, driven by
+//!   tokio readiness through `try_io`; one pipe per direction.
+//! - `hybrid` (`forward::SPLICE_AFTER`): what the gateway runs: copy, then splice after
 //!   256 KiB per direction.
 //!
 //! All half-close like the gateway: EOF one way becomes `shutdown(Write)` the other way.
@@ -56,23 +56,17 @@ pub async fn run(a: ForwardArgs) -> Result<()> {
                 let u = TcpStream::connect(up).await?;
                 u.set_nodelay(true)?;
                 // Counters the gateway's forwarders update; unused here beyond that.
-                let (last, up_total, down_total) =
-                    (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
-                let (sent, received) = (Counter::default(), Counter::default());
-                match mode {
-                    Mode::Copy => tokio::try_join!(
-                        forward::copy_one_way(&c, &u, &sent, &up_total, &last),
-                        forward::copy_one_way(&u, &c, &received, &down_total, &last)
-                    )?,
-                    Mode::Splice => tokio::try_join!(
-                        forward::splice_one_way(&c, &u, &sent, &up_total, &last),
-                        forward::splice_one_way(&u, &c, &received, &down_total, &last)
-                    )?,
-                    Mode::Hybrid => tokio::try_join!(
-                        forward::one_way(&c, &u, &sent, &up_total, &last),
-                        forward::one_way(&u, &c, &received, &down_total, &last)
-                    )?,
+                let last = AtomicU64::new(0);
+                let p = forward::Progress::new(Counter::default(), Counter::default());
+                let splice_after = match mode {
+                    Mode::Copy => u64::MAX,
+                    Mode::Splice => 0,
+                    Mode::Hybrid => forward::SPLICE_AFTER,
                 };
+                tokio::try_join!(
+                    forward::one_way(&c, &u, &p.sent, &last, splice_after),
+                    forward::one_way(&u, &c, &p.received, &last, splice_after)
+                )?;
                 io::Result::Ok(())
             };
             if let Err(e) = r.await {

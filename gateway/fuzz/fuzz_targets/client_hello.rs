@@ -1,7 +1,7 @@
 //! Any bytes: `detect` must not panic, and its answer must be final.
 #![no_main]
 
-use gateway::sni::{Detect, detect};
+use gateway::client_hello::{Detect, detect};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! parses formats back to the same (lower-cased) text.
 #![no_main]
 
-use gateway::name::{HostPattern, parse};
+use gateway::sni_name::{HostPattern, parse};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|s: &str| {

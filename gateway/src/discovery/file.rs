@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Publisher;
 use super::file_watch::{Names, Settle};
-use crate::name;
 use crate::routes::{EndpointSpec, Labels, ServiceSpec};
+use crate::sni_name;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -130,10 +130,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                 )));
             }
         }
-        let first_port = svc.ports[0].port;
-        // The host must be routable: it has to survive the same decoder the data path uses.
-        let sni = format!("outbound_.{first_port}_._.{host}");
-        if let Err(e) = name::parse(&sni) {
+        // The host must be routable: the data path's decoder checks it the same way.
+        if let Err(e) = sni_name::validate_host(&host) {
             return Err(invalid(format!(
                 "{at}: host is not a valid service host name: {e}"
             )));
@@ -143,8 +141,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
         }
         let mut subsets = BTreeMap::new();
         for (j, s) in svc.subsets.into_iter().enumerate() {
-            let sni = format!("outbound_.{first_port}_.{}_.{host}", s.name);
-            if s.name.is_empty() || name::parse(&sni).is_err() {
+            if sni_name::validate_subset(&s.name).is_err() {
                 return Err(invalid(format!(
                     "{at}: subsets[{j}]: {:?} is not a valid subset name (a DNS-1123 label)",
                     s.name

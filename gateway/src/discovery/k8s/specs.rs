@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::cache::Watched;
 use super::project::{DrInfo, PodLabels, SliceInfo, SvcInfo, pod_label};
-use crate::name;
 use crate::routes::{EndpointSpec, Labels, ServiceSpec, Subsets};
+use crate::sni_name::{validate_host, validate_subset};
 
 /// Everything discovery knows, projected.
 #[derive(Debug)]
@@ -50,7 +50,7 @@ impl Model {
         for r in sorted {
             let entry = out.entry(r.host.as_str()).or_default();
             for (name, labels) in &r.subsets {
-                if name::parse(&format!("outbound_.1_.{name}_.a")).is_err() {
+                if validate_subset(name).is_err() {
                     tracing::debug!(host = %r.host, subset = %name, "subset name is not routable; skipped");
                     continue;
                 }
@@ -98,7 +98,7 @@ impl Model {
             let mut ports: Vec<u16> = svc.ports.iter().map(|(_, p)| *p).collect();
             ports.sort_unstable();
             ports.dedup();
-            if name::parse(&format!("outbound_.{}_._.{host}", ports[0])).is_err() {
+            if validate_host(&host).is_err() {
                 tracing::debug!(%host, "service host is not routable; skipped");
                 continue;
             }

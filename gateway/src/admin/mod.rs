@@ -1,5 +1,6 @@
 //! Admin listener: `/healthz/ready` (Istio's status-port path), `/healthz/live`, `/metrics`,
-//! `/debug/routes` (filtered by `?host=` and `?limit=`, serialized on the blocking pool).
+//! `/debug/routes` (filtered by `?host=` and `?limit=`, serialized on the blocking pool; the
+//! view itself is in `routes_view`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,7 +15,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::drain::Drain;
-use crate::routes::{DebugFilter, RouteTable, Routes};
+use crate::routes::{RouteTable, Routes};
+
+mod routes_view;
+use routes_view::debug_filter;
 
 pub struct Admin {
     pub registry: Registry,
@@ -81,8 +85,8 @@ impl Admin {
                 let routes = self.routes.clone();
                 let body = tokio::task::spawn_blocking(move || {
                     let view = match routes.load() {
-                        Some(t) => t.debug_view(&filter),
-                        None => RouteTable::default().debug_view(&filter),
+                        Some(t) => routes_view::view(&t, &filter),
+                        None => routes_view::view(&RouteTable::default(), &filter),
                     };
                     let mut body = serde_json::to_vec_pretty(&view).map_err(|e| e.to_string())?;
                     body.push(b'\n');
@@ -136,44 +140,4 @@ impl Admin {
             });
         }
     }
-}
-
-/// Parses the `/debug/routes` query: `host=` (a substring of the host, any case) and
-/// `limit=N`, each at most once.
-fn debug_filter(query: Option<&str>) -> Result<DebugFilter, String> {
-    let mut filter = DebugFilter::default();
-    for pair in query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "host" if filter.host.is_none() => {
-                let ok = !value.is_empty()
-                    && value
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
-                if !ok {
-                    return Err(format!(
-                        "host={value:?}: give part of a host name (letters, digits, '.', '-')"
-                    ));
-                }
-                filter.host = Some(value.to_ascii_lowercase());
-            }
-            "limit" if filter.limit.is_none() => {
-                let n = value.parse().map_err(|_| {
-                    format!("limit={value:?}: give the number of routes to show, e.g. limit=10")
-                })?;
-                filter.limit = Some(n);
-            }
-            "host" | "limit" => return Err(format!("{key}= given twice; give it once")),
-            _ => {
-                return Err(format!(
-                    "unknown parameter {key:?}; /debug/routes takes host= and limit="
-                ));
-            }
-        }
-    }
-    Ok(filter)
 }

@@ -1,9 +1,11 @@
-//! Istio SNI names (`outbound_.<port>_.<subset>_.<host>`) and host allow patterns.
+//! Istio's passthrough contract, defined once: the SNI name layout
+//! (`outbound_.<port>_.<subset>_.<host>`), the mTLS ALPN values, and host allow patterns.
 //!
 //! The layout is Istio's `BuildDNSSrvSubsetKey`; sidecars use it as the SNI of
 //! mTLS connections. Parsing is stricter than Istio's `ParseSubsetKey`, which
 //! never fails: here every field is validated, so a name that parses is
-//! canonical and formats back to the same string.
+//! canonical and formats back to the same string. Discovery validates hosts and
+//! subsets with [`validate_host`] and [`validate_subset`], the same checks the parse makes.
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,16 +14,17 @@ const SEP: &str = "_.";
 const OUTBOUND: &str = "outbound";
 
 /// ALPN values of Istio's AUTO_PASSTHROUGH filter chains (`allIstioMtlsALPNs`).
-pub const ISTIO_ALPNS: [&str; 5] = [
-    "istio",
-    "istio-peer-exchange",
-    "istio-http/1.0",
-    "istio-http/1.1",
-    "istio-h2",
+pub const ISTIO_ALPNS: [&[u8]; 5] = [
+    b"istio",
+    b"istio-peer-exchange",
+    b"istio-http/1.0",
+    b"istio-http/1.1",
+    b"istio-h2",
 ];
 
-/// Whether any offered ALPN protocol is one an Istio gateway chain matches.
-pub fn offers_istio_alpn<S: AsRef<str>>(offered: &[S]) -> bool {
+/// Whether any offered ALPN protocol is one an Istio gateway chain matches. ALPN names are
+/// opaque bytes (GREASE values are not UTF-8), compared exactly.
+pub fn offers_istio_alpn<A: AsRef<[u8]>>(offered: &[A]) -> bool {
     offered.iter().any(|p| ISTIO_ALPNS.contains(&p.as_ref()))
 }
 
@@ -76,16 +79,48 @@ pub fn parse(sni: &str) -> Result<SniName, NameError> {
     if !subset.is_empty() && !is_dns1123_label(subset) {
         return Err(NameError::Subset(subset.to_string()));
     }
-    if host.contains(SEP) {
-        // Istio's ParseSubsetKey yields an empty host for these.
-        return Err(host_error(host, "contains the separator \"_.\""));
-    }
-    check_host(host).map_err(|reason| host_error(host, reason))?;
+    check_host_field(host)?;
     Ok(SniName {
         port,
         subset: subset.to_string(),
         host: host.to_string(),
     })
+}
+
+impl SniName {
+    /// A name from parts already known to be valid (a route's host and port).
+    pub fn new(port: u16, subset: impl Into<String>, host: impl Into<String>) -> Self {
+        SniName {
+            port,
+            subset: subset.into(),
+            host: host.into(),
+        }
+    }
+}
+
+/// Checks that `host` can appear in an SNI name, as [`parse`] checks it (case is ignored,
+/// as in SNI). Discovery calls this so that every host it publishes is routable.
+pub fn validate_host(host: &str) -> Result<(), NameError> {
+    check_host_field(&host.to_ascii_lowercase())
+}
+
+/// The host field of a lower-cased name.
+fn check_host_field(host: &str) -> Result<(), NameError> {
+    if host.contains(SEP) {
+        // Istio's ParseSubsetKey yields an empty host for these.
+        return Err(host_error(host, "contains the separator \"_.\""));
+    }
+    check_host(host).map_err(|reason| host_error(host, reason))
+}
+
+/// Checks that `subset` is a non-empty subset name an SNI name can carry: a DNS-1123 label,
+/// case ignored as in [`parse`].
+pub fn validate_subset(subset: &str) -> Result<(), NameError> {
+    if is_dns1123_label(&subset.to_ascii_lowercase()) {
+        Ok(())
+    } else {
+        Err(NameError::Subset(subset.to_string()))
+    }
 }
 
 impl FromStr for SniName {
@@ -98,7 +133,8 @@ impl FromStr for SniName {
 impl fmt::Display for SniName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Self { port, subset, host } = self;
-        write!(f, "{OUTBOUND}{SEP}{port}{SEP}{subset}{SEP}{host}")
+        // The one place the layout is written out; `parse` reads it through `SEP`.
+        write!(f, "outbound_.{port}_.{subset}_.{host}")
     }
 }
 
@@ -254,7 +290,8 @@ mod tests {
         for port in [
             "0", "080", "+80", "-80", "65536", "99999999", "", "8o", " 80",
         ] {
-            assert_eq!(bad(&format!("outbound_.{port}_._.a")), Port(port.into()));
+            let s = [OUTBOUND, port, "", "a"].join(SEP);
+            assert_eq!(bad(&s), Port(port.into()));
         }
         for subset in ["-v1", "v1-", "v_1", "v.1", &"a".repeat(64)] {
             let s = format!("outbound_.80_.{subset}_.a.local");
@@ -316,9 +353,37 @@ mod tests {
 
     #[test]
     fn istio_alpn() {
-        assert!(offers_istio_alpn(&["istio-peer-exchange", "istio"]));
-        assert!(offers_istio_alpn(&["h2", "istio-h2"]));
-        assert!(!offers_istio_alpn(&["h2", "http/1.1"]));
-        assert!(!offers_istio_alpn::<&str>(&[]));
+        assert!(offers_istio_alpn(&[&b"istio-peer-exchange"[..], b"istio"]));
+        let h2 = ISTIO_ALPNS[4].to_vec();
+        assert!(offers_istio_alpn(&[b"h2".to_vec(), h2.clone()]));
+        assert!(!offers_istio_alpn(&[b"h2".as_slice(), b"http/1.1"]));
+        assert!(!offers_istio_alpn::<&[u8]>(&[]));
+        // Opaque bytes: a GREASE value is simply not Istio's, and a prefix does not match.
+        assert!(!offers_istio_alpn(&[&[0xda, 0xda][..], b"isti"]));
+        assert!(!offers_istio_alpn(&[h2[..h2.len() - 1].to_vec()]));
+    }
+
+    #[test]
+    fn validate_agrees_with_parse() {
+        let hosts = [
+            CATALOG, "A.Local", "", "a..b", "a_.b", "-a.local", "*.local", "a",
+        ];
+        for host in hosts {
+            let full = [OUTBOUND, "80", "", host].join(SEP);
+            assert_eq!(
+                validate_host(host).is_ok(),
+                parse(&full).is_ok(),
+                "{host:?}"
+            );
+        }
+        assert!(matches!(validate_host("a_.b"), Err(NameError::Host { .. })));
+        for subset in ["v1", "V1", "", "-v1", "v_1", "v.1", "a_.b", &"a".repeat(64)] {
+            let full = [OUTBOUND, "80", subset, "a.local"].join(SEP);
+            let parses = !subset.is_empty() && parse(&full).is_ok();
+            assert_eq!(validate_subset(subset).is_ok(), parses, "{subset:?}");
+        }
+        assert_eq!(validate_subset("v.1"), Err(NameError::Subset("v.1".into())));
+        let n = SniName::new(80, "v1", CATALOG);
+        assert_eq!(n.to_string().parse::<SniName>(), Ok(n));
     }
 }

@@ -1,0 +1,187 @@
+//! The `/debug/routes` view: its query (`host=`, `limit=`) and the JSON it shows of a route
+//! table and its endpoints' live state.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::clock;
+use crate::routes::{Labels, Route, RouteTable};
+use crate::sni_name::SniName;
+
+/// The JSON served on `/debug/routes`: the routes of `table` that pass `filter`, sorted for stable
+/// output. Filtering comes before building, so a narrow query on a large table is cheap.
+pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
+    let now = clock::now_ms();
+    let mut matched: Vec<&Route> = table
+        .routes()
+        .filter(|r| {
+            filter
+                .host
+                .as_ref()
+                .is_none_or(|h| r.host.contains(h.as_str()))
+        })
+        .collect();
+    matched.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+    let matched_routes = matched.len();
+    matched.truncate(filter.limit.unwrap_or(usize::MAX));
+    let routes = matched
+        .into_iter()
+        .map(|r| DebugRoute {
+            sni: SniName::new(r.port, "", r.host.as_str()).to_string(),
+            host: r.host.clone(),
+            port: r.port,
+            subsets: (*r.subsets).clone(),
+            endpoints: r
+                .endpoints
+                .iter()
+                .map(|e| DebugEndpoint {
+                    address: e.state.addr.to_string(),
+                    ready: e.ready,
+                    labels: (*e.labels).clone(),
+                    active_connections: e.state.active(),
+                    consecutive_failures: e.state.health.consecutive_failures(),
+                    ejected: e.state.health.is_ejected(now),
+                    ejected_for_ms: e.state.health.ejected_for_ms(now),
+                })
+                .collect(),
+        })
+        .collect::<Vec<_>>();
+    DebugView {
+        generation: table.generation,
+        total_routes: table.len(),
+        matched_routes,
+        truncated: routes.len() < matched_routes,
+        routes,
+    }
+}
+
+/// Which routes `/debug/routes` shows.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DebugFilter {
+    /// Keep routes whose host contains this (lowercase) text.
+    pub host: Option<String>,
+    /// Keep at most this many routes, the first in (host, port) order.
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DebugView {
+    pub generation: u64,
+    /// Routes in the table.
+    pub total_routes: usize,
+    /// Routes that passed the host filter.
+    pub matched_routes: usize,
+    /// True when `limit` left some matched routes out.
+    pub truncated: bool,
+    pub routes: Vec<DebugRoute>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DebugRoute {
+    pub sni: String,
+    pub host: String,
+    pub port: u16,
+    pub subsets: BTreeMap<String, Labels>,
+    pub endpoints: Vec<DebugEndpoint>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DebugEndpoint {
+    pub address: String,
+    pub ready: bool,
+    pub labels: Labels,
+    pub active_connections: usize,
+    pub consecutive_failures: u32,
+    pub ejected: bool,
+    pub ejected_for_ms: u64,
+}
+
+/// Parses the `/debug/routes` query: `host=` (a substring of the host, any case) and
+/// `limit=N`, each at most once.
+pub(super) fn debug_filter(query: Option<&str>) -> Result<DebugFilter, String> {
+    let mut filter = DebugFilter::default();
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "host" if filter.host.is_none() => {
+                let ok = !value.is_empty()
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+                if !ok {
+                    return Err(format!(
+                        "host={value:?}: give part of a host name (letters, digits, '.', '-')"
+                    ));
+                }
+                filter.host = Some(value.to_ascii_lowercase());
+            }
+            "limit" if filter.limit.is_none() => {
+                let n = value.parse().map_err(|_| {
+                    format!("limit={value:?}: give the number of routes to show, e.g. limit=10")
+                })?;
+                filter.limit = Some(n);
+            }
+            "host" | "limit" => return Err(format!("{key}= given twice; give it once")),
+            _ => {
+                return Err(format!(
+                    "unknown parameter {key:?}; /debug/routes takes host= and limit="
+                ));
+            }
+        }
+    }
+    Ok(filter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::{EndpointSpec, Routes, ServiceSpec};
+    use crate::sni_name;
+
+    #[test]
+    fn names_parse_back_and_the_filter_applies() {
+        let spec = |host: &str| ServiceSpec {
+            host: host.into(),
+            ports: vec![80, 9080],
+            subsets: Default::default(),
+            endpoints: vec![EndpointSpec {
+                address: "10.0.0.1".parse().unwrap(),
+                ports: [(80, 8080)].into(),
+                labels: Default::default(),
+                ready: true,
+            }],
+        };
+        let t = Routes::new().publish(&[spec("b.local"), spec("a.local")]);
+        let v = view(&t, &DebugFilter::default());
+        let names: Vec<&str> = v.routes.iter().map(|r| r.sni.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "outbound_.80_._.a.local",
+                "outbound_.9080_._.a.local",
+                "outbound_.80_._.b.local",
+                "outbound_.9080_._.b.local"
+            ]
+        );
+        for r in &v.routes {
+            let name = sni_name::parse(&r.sni).unwrap();
+            assert_eq!((name.port, name.host.as_str()), (r.port, r.host.as_str()));
+        }
+        assert_eq!(v.routes[0].endpoints[0].address, "10.0.0.1:8080");
+        let filter = debug_filter(Some("host=B.&limit=1")).unwrap();
+        let v = view(&t, &filter);
+        let shown: Vec<&str> = v.routes.iter().map(|r| r.sni.as_str()).collect();
+        assert_eq!(shown, ["outbound_.80_._.b.local"]);
+        assert_eq!(
+            (v.total_routes, v.matched_routes, v.truncated),
+            (4, 2, true)
+        );
+        assert!(debug_filter(Some("limit=x")).is_err());
+        assert!(debug_filter(Some("host=a&host=b")).is_err());
+    }
+}

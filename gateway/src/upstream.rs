@@ -1,0 +1,161 @@
+//! Choosing and connecting to an upstream endpoint: least connections by power of two
+//! choices, retries across endpoints, and the connect outcomes fed to outlier detection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::Rng;
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use crate::clock;
+use crate::config::Config;
+use crate::endpoint::EndpointState;
+use crate::local_error;
+use crate::metrics::ProxyMetrics;
+use crate::outlier;
+use crate::reject::Reject;
+use crate::routes::{LookupError, Route};
+
+/// Connects to a ready endpoint of `route`'s `subset`, trying up to `connect_attempts`
+/// different endpoints (safe: nothing has been forwarded yet). Each attempt's outcome feeds
+/// outlier detection, except failures of the gateway's own resources, which say nothing
+/// about the endpoint.
+pub async fn connect(
+    route: &Route,
+    subset: &str,
+    cfg: &Config,
+    metrics: &ProxyMetrics,
+) -> Result<(TcpStream, Arc<EndpointState>), Reject> {
+    let candidates = match route.candidates(subset) {
+        Ok(c) => c,
+        Err(LookupError::NoRoute) => return Err(Reject::NoRoute),
+        Err(LookupError::NoHealthyEndpoint) => return Err(Reject::NoHealthyEndpoint),
+    };
+    let mut tried = Vec::with_capacity(cfg.connect_attempts as usize);
+    let mut local = false;
+    for _ in 0..cfg.connect_attempts {
+        let Some(ep) = pick(route, candidates, &tried) else {
+            break;
+        };
+        tried.push(ep.addr);
+        let t = Instant::now();
+        match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(ep.addr)).await {
+            Ok(Ok(s)) => {
+                metrics.connect_seconds.observe(t.elapsed().as_secs_f64());
+                ep.health.on_success();
+                return Ok((s, ep));
+            }
+            Ok(Err(e)) if local_error::classify(&e).is_some() => {
+                // Not the endpoint's fault: no failure streak, no ejection. Debug only:
+                // under exhaustion this happens on every connection.
+                debug!(upstream = %ep.addr, error = %e, "connect failed locally");
+                local = true;
+                continue;
+            }
+            Ok(Err(e)) => debug!(upstream = %ep.addr, error = %e, "connect failed"),
+            Err(_) => debug!(upstream = %ep.addr, "connect timed out"),
+        }
+        metrics.connect_failures.inc();
+        let service = route.endpoints.iter().map(|e| &e.state.health);
+        if let Some(d) = outlier::on_failure(&ep.health, service, &cfg.outlier) {
+            metrics.ejections.inc();
+            warn!(upstream = %ep.addr, ejected_for = ?d, "endpoint ejected after consecutive connect failures");
+        }
+    }
+    Err(if local {
+        Reject::LocalResource
+    } else if tried.is_empty() {
+        Reject::NoHealthyEndpoint
+    } else {
+        Reject::ConnectFailed
+    })
+}
+
+/// Picks among `candidates` (indices into `route.endpoints`) one neither ejected nor in
+/// `tried`, by two random choices and the fewer active connections. `None` means every
+/// candidate is ejected or tried. Allocates nothing: the usable ones are counted, then the
+/// chosen ones found by position.
+pub fn pick(
+    route: &Route,
+    candidates: &[usize],
+    tried: &[SocketAddr],
+) -> Option<Arc<EndpointState>> {
+    let now = clock::now_ms();
+    let usable = || {
+        candidates
+            .iter()
+            .map(|&i| &route.endpoints[i].state)
+            .filter(move |s| !s.health.is_ejected(now) && !tried.contains(&s.addr))
+    };
+    let nth = |n: usize| usable().nth(n).expect("n < count of usable");
+    match usable().count() {
+        0 => None,
+        1 => Some(nth(0).clone()),
+        n => {
+            let mut rng = rand::rng();
+            let a = rng.random_range(0..n);
+            let mut b = rng.random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (x, y) = (nth(a), nth(b));
+            Some(if y.active() < x.active() { y } else { x }.clone())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::{EndpointSpec, Routes, ServiceSpec};
+
+    fn table(n: u8) -> Arc<crate::routes::RouteTable> {
+        let routes = Routes::new();
+        routes.publish(&[ServiceSpec {
+            host: "a.local".into(),
+            ports: vec![80],
+            subsets: Default::default(),
+            endpoints: (1..=n)
+                .map(|i| EndpointSpec {
+                    address: format!("10.0.0.{i}").parse().unwrap(),
+                    ports: [(80, 80)].into(),
+                    labels: Default::default(),
+                    ready: true,
+                })
+                .collect(),
+        }])
+    }
+
+    #[test]
+    fn p2c_prefers_fewer_connections() {
+        let t = table(2);
+        let r = t.lookup("a.local", 80).unwrap();
+        let c = r.candidates("").unwrap();
+        let st = |i: usize| &r.endpoints[c[i]].state;
+        let busy: Vec<_> = (0..10).map(|_| st(0).track()).collect();
+        // With two candidates both are always sampled, so the idle one always wins.
+        for _ in 0..50 {
+            assert_eq!(pick(r, c, &[]).unwrap().addr, st(1).addr);
+        }
+        drop(busy);
+    }
+
+    #[test]
+    fn pick_skips_tried_and_ejected() {
+        let t = table(3);
+        let r = t.lookup("a.local", 80).unwrap();
+        let c = r.candidates("").unwrap();
+        let st = |i: usize| &r.endpoints[c[i]].state;
+        let tried = [st(0).addr];
+        for _ in 0..20 {
+            assert_ne!(pick(r, c, &tried).unwrap().addr, st(0).addr);
+        }
+        st(1).health.eject(clock::now_ms(), 60_000, 60_000);
+        for _ in 0..20 {
+            assert_eq!(pick(r, c, &tried).unwrap().addr, st(2).addr);
+        }
+        assert!(pick(r, c, &[st(0).addr, st(2).addr]).is_none());
+    }
+}
