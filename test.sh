@@ -8,5 +8,5 @@ if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
   cargo build --locked -q -p gateway -p meshctl -p examples   # the test runs these binaries
   cargo test --locked -p examples --test netns_e2e -- --ignored
 else
-  echo "SKIPPED: examples/tests/netns_e2e.rs needs root and iproute2 (network namespaces); it was not run"
+  echo "SKIPPED: examples/tests/netns_e2e/ needs root and iproute2 (network namespaces); it was not run"
 fi
