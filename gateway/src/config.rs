@@ -1,6 +1,7 @@
 //! Gateway configuration: one flat struct whose `Default` is the one source of defaults,
 //! built from flags with environment fallbacks (a test keeps the flags' defaults equal to it).
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,6 +40,30 @@ impl Default for KubeOptions {
             cluster_domain: "cluster.local".into(),
             crd_recheck: Duration::from_secs(30),
         }
+    }
+}
+
+/// Where Kubernetes credentials come from without `--kubeconfig`. As with kubectl, a set
+/// `KUBECONFIG` (one file or a `:`-separated list, merged) is used; otherwise the in-cluster
+/// ServiceAccount, then `~/.kube/config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultCredentials {
+    KubeconfigEnv,
+    InClusterThenHome,
+}
+
+impl DefaultCredentials {
+    /// Decides from the value of `KUBECONFIG` (passed in: the environment is process-global).
+    /// Empty counts as unset, as for kubectl.
+    pub fn from_kubeconfig_env(value: Option<&OsStr>) -> DefaultCredentials {
+        match value {
+            Some(v) if !v.is_empty() => DefaultCredentials::KubeconfigEnv,
+            _ => DefaultCredentials::InClusterThenHome,
+        }
+    }
+
+    pub fn from_env() -> DefaultCredentials {
+        Self::from_kubeconfig_env(std::env::var_os("KUBECONFIG").as_deref())
     }
 }
 
@@ -149,8 +174,9 @@ pub struct Args {
     /// Static endpoints YAML file. Without it, endpoints come from Kubernetes.
     #[arg(long, env = "GATEWAY_ENDPOINTS")]
     pub endpoints: Option<PathBuf>,
-    /// Kubeconfig for Kubernetes discovery (default: in-cluster, then KUBECONFIG).
-    #[arg(long, env = "KUBECONFIG_PATH")]
+    /// Kubeconfig file for Kubernetes discovery. Without it: $KUBECONFIG when set (a
+    /// `:`-separated list is merged, as kubectl does), else in-cluster, else ~/.kube/config.
+    #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     /// Kubeconfig context.
     #[arg(long, env = "GATEWAY_CONTEXT")]
@@ -273,6 +299,7 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     /// The flags' defaults and `Config::default()` cannot drift apart.
     #[test]
@@ -293,5 +320,20 @@ mod tests {
                 ..KubeOptions::default()
             }))
         );
+    }
+
+    /// `KUBECONFIG`, as every Kubernetes tool reads it, decides the credentials when no
+    /// `--kubeconfig` is given; `KUBECONFIG_PATH` is no longer a fallback of the flag.
+    #[test]
+    fn kubeconfig_env_is_kubectls() {
+        use DefaultCredentials::*;
+        let decide = |v: Option<&str>| DefaultCredentials::from_kubeconfig_env(v.map(OsStr::new));
+        assert_eq!(decide(Some("/a/config")), KubeconfigEnv);
+        assert_eq!(decide(Some("/a/config:/b/config")), KubeconfigEnv);
+        assert_eq!(decide(Some("")), InClusterThenHome);
+        assert_eq!(decide(None), InClusterThenHome);
+        let help = Args::command().render_long_help().to_string();
+        assert!(!help.contains("KUBECONFIG_PATH"), "{help}");
+        assert!(help.contains("$KUBECONFIG"), "{help}");
     }
 }

@@ -1,7 +1,6 @@
 //! Discovery sources feed the route table through one [`Publisher`].
 
 pub mod file;
-pub mod file_watch;
 pub mod k8s;
 
 use std::fmt::Display;

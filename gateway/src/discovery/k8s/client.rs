@@ -7,7 +7,7 @@ use std::time::Duration;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::config::KubeOptions;
+use crate::config::{DefaultCredentials, KubeOptions};
 
 /// Bound on the start-up reachability check and on each probe.
 pub(super) const REACH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,8 +49,8 @@ pub enum KubeError {
     },
 }
 
-/// Builds the client from `--kubeconfig`/`--context`, else in-cluster, else `KUBECONFIG`
-/// (or `~/.kube/config`), and checks that the API server answers.
+/// Builds the client from `--kubeconfig`/`--context`, else a set `KUBECONFIG`, else
+/// in-cluster, else `~/.kube/config`, and checks that the API server answers.
 pub async fn client(opts: &KubeOptions) -> Result<Client, KubeError> {
     let kco = KubeConfigOptions {
         context: opts.context.clone(),
@@ -70,7 +70,10 @@ pub async fn client(opts: &KubeOptions) -> Result<Client, KubeError> {
                     reason: error_chain(&e),
                 })?
         }
-        None if opts.context.is_some() => {
+        // A set KUBECONFIG wins over in-cluster credentials, as for kubectl.
+        None if opts.context.is_some()
+            || DefaultCredentials::from_env() == DefaultCredentials::KubeconfigEnv =>
+        {
             if let Ok(kc) = Kubeconfig::read() {
                 check_context(&kc, opts.context.as_deref(), "KUBECONFIG")?;
             }

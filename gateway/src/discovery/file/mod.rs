@@ -1,0 +1,194 @@
+//! The file discovery source: loads the endpoints file, then watches it and SIGHUP and
+//! republishes on every change of content.
+//!
+//! The parent directory is watched, not the file: Kubernetes mounts ConfigMaps through a
+//! `..data` symlink that is swapped atomically, which a watch on the file itself misses.
+//! [`watch`] decides which of its events matter and when a change has settled; [`format`]
+//! reads the file's content.
+
+pub mod format;
+pub mod watch;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use notify::{RecursiveMode, Watcher};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Publisher;
+use crate::routes::ServiceSpec;
+pub use format::{load, parse};
+use watch::{Names, Settle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid endpoints file: {source}")]
+    Yaml {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("{path}: {msg}")]
+    Invalid { path: PathBuf, msg: String },
+    #[error("watching {path}: {source}")]
+    Watch {
+        path: PathBuf,
+        source: notify::Error,
+    },
+}
+
+/// Watches `path` (through its parent directory) and SIGHUP, republishing on every change
+/// of content. Runs until `stop` is cancelled. A bad file keeps the last good table.
+pub struct FileSource {
+    reader: Reader,
+    // Held for its Drop: dropping the watcher stops the OS watch.
+    _watcher: notify::RecommendedWatcher,
+    pending: Arc<Pending>,
+    /// `None` when the handler could not be installed (then only file events reload).
+    hangup: Option<Signal>,
+}
+
+/// Changes seen by the watcher thread and not read yet. Recording into one debounce state
+/// (rather than queueing events) loses nothing, however many events a large write makes.
+#[derive(Default)]
+struct Pending {
+    settle: Mutex<Settle>,
+    wake: Notify,
+}
+
+impl Pending {
+    fn settle(&self) -> std::sync::MutexGuard<'_, Settle> {
+        self.settle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Reads, compares and publishes; runs on the blocking pool, away from the data path.
+#[derive(Clone)]
+struct Reader {
+    path: Arc<Path>,
+    dir: Arc<Path>,
+    publisher: Publisher,
+    last: Arc<Vec<ServiceSpec>>,
+    /// Shared with the watcher callback; refreshed after each read, as links may have moved.
+    names: Arc<RwLock<Names>>,
+}
+
+impl FileSource {
+    /// Loads the file (an error here fails start-up) and starts watching it.
+    pub fn start(path: &Path, publisher: Publisher) -> Result<FileSource, FileError> {
+        let specs = load(path)?;
+        publisher.publish("file", &specs);
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let path = dir.join(path.file_name().unwrap_or(path.as_os_str()));
+        let names = Arc::new(RwLock::new(Names::new(&dir, &path)));
+        let pending = Arc::new(Pending::default());
+        let (watch_names, watch_pending) = (names.clone(), pending.clone());
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let Ok(event) = res else { return };
+            let change = watch_names
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .classify(&event);
+            if let Some(change) = change {
+                watch_pending.settle().record(change, Instant::now());
+                watch_pending.wake.notify_one();
+            }
+        })
+        .map_err(|source| FileError::Watch {
+            path: path.clone(),
+            source,
+        })?;
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(|source| FileError::Watch {
+                path: dir.clone(),
+                source,
+            })?;
+        let hangup = signal(SignalKind::hangup())
+            .inspect_err(|e| tracing::warn!(error = %e, "no SIGHUP reload"))
+            .ok();
+        Ok(FileSource {
+            reader: Reader {
+                path: path.into(),
+                dir: dir.into(),
+                publisher,
+                last: Arc::new(specs),
+                names,
+            },
+            _watcher: watcher,
+            pending,
+            hangup,
+        })
+    }
+
+    pub async fn run(mut self, stop: CancellationToken) {
+        loop {
+            let due = self.pending.settle().due();
+            let settled = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let hup = async {
+                match self.hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                // A new event moves the deadline: compute it again.
+                _ = self.pending.wake.notified() => continue,
+                _ = hup => tracing::info!("SIGHUP: reloading endpoints file"),
+                _ = settled => {}
+            }
+            // Everything recorded so far happened before this read, which covers it.
+            self.pending.settle().clear();
+            self.reload().await;
+        }
+    }
+
+    /// Parsing a large file takes long enough to delay connections: do it off the runtime.
+    async fn reload(&mut self) {
+        let reader = self.reader.clone();
+        match tokio::task::spawn_blocking(move || reader.reload()).await {
+            Ok(Some(last)) => self.reader.last = last,
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "endpoints file reload task failed"),
+        }
+    }
+}
+
+impl Reader {
+    /// Returns the new table's specs when one was published.
+    fn reload(&self) -> Option<Arc<Vec<ServiceSpec>>> {
+        let result = load(&self.path);
+        *self.names.write().unwrap_or_else(|e| e.into_inner()) = Names::new(&self.dir, &self.path);
+        match result {
+            Ok(specs) if specs == *self.last => {
+                tracing::debug!(path = %self.path.display(), "endpoints file unchanged");
+                self.publisher.confirm("file");
+                None
+            }
+            Ok(specs) => {
+                self.publisher.publish("file", &specs);
+                Some(Arc::new(specs))
+            }
+            Err(e) => {
+                self.publisher.reject("file", &e);
+                None
+            }
+        }
+    }
+}
