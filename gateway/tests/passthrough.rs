@@ -66,7 +66,7 @@ async fn tls12_and_tls13() {
 /// and TLS records.
 async fn hello_bytes() -> Vec<u8> {
     let cfg = default_client();
-    let name = examples::mtls::sni_server_name(&sni(80, "", CATALOG)).unwrap();
+    let name = testkit::mtls::sni_server_name(&sni(80, "", CATALOG)).unwrap();
     let mut conn = rustls::ClientConnection::new(cfg, name).unwrap();
     let mut out = Vec::new();
     conn.write_tls(&mut out).unwrap();

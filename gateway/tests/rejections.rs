@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 /// The raw ClientHello a configured rustls client would send for `sni`.
 fn hello(cfg: Arc<rustls::ClientConfig>, name: &str) -> Vec<u8> {
-    let server = examples::mtls::sni_server_name(name).unwrap();
+    let server = testkit::mtls::sni_server_name(name).unwrap();
     let mut conn = rustls::ClientConnection::new(cfg, server).unwrap();
     let mut out = Vec::new();
     conn.write_tls(&mut out).unwrap();

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use examples::mtls::{self, Identity};
 use gateway::app::{self, Bound};
 use gateway::config::{Config, Discovery};
 use rustls::ClientConfig;
+use testkit::mtls::{self, Identity};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
