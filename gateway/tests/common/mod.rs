@@ -339,14 +339,11 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (code, body)
 }
 
-/// Value of one sample line in Prometheus text, e.g. `gateway_connections_rejected_total{reason="no_sni"}`.
+/// Value of one series in Prometheus text, written as exposed, e.g.
+/// `gateway_connections_rejected_total{reason="no_sni"}`; 0 when absent. Parsed by
+/// `testkit::prom` (exact name and labels).
 pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().split(' ').next()?.parse().ok())
-        })
-        .unwrap_or(0.0)
+    testkit::prom::series_value(text, series)
 }
 
 pub async fn rejected(admin: SocketAddr, reason: &str) -> f64 {
