@@ -18,32 +18,25 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use k8s_test_server::{Options, TestApiServer, namespace_json};
 use serde_json::{Value, json};
+use testkit::proc::ChildGuard;
 
 const NS: &str = "istioinaction";
 
 fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    testkit::net::free_addr(std::net::Ipv4Addr::LOCALHOST).unwrap()
 }
 
 struct GwProc {
-    child: Child,
+    child: ChildGuard,
     listen: SocketAddr,
     admin: SocketAddr,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for GwProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl GwProc {
@@ -80,7 +73,7 @@ async fn start_gateway(api: &TestApiServer) -> (GwProc, Duration) {
         .spawn()
         .unwrap();
     let gw = GwProc {
-        child,
+        child: ChildGuard::new(child),
         listen,
         admin,
         _dir: dir,

@@ -365,7 +365,8 @@ pub async fn expect_closed(mut s: TcpStream) -> Vec<u8> {
 /// The built `gateway` binary as a child process on 127.0.0.1:0 with JSON logs, killed on drop.
 /// Every stderr line is kept (parsed as JSON; `{"raw": line}` otherwise) so tests can count them.
 pub struct GatewayProcess {
-    pub child: std::process::Child,
+    /// Killed and reaped when the `GatewayProcess` is dropped.
+    pub child: testkit::proc::ChildGuard,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub lines: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
@@ -407,7 +408,7 @@ impl GatewayProcess {
             .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn gateway");
+        let mut child = testkit::proc::ChildGuard::spawn(&mut cmd).expect("spawn gateway");
         let stderr = child.stderr.take().unwrap();
         let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = lines.clone();
@@ -467,26 +468,16 @@ impl GatewayProcess {
 
     /// Sends a signal by name (`HUP`, `TERM`) with kill(1).
     pub fn signal(&self, name: &str) {
-        let ok = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{name} failed");
+        assert!(self.child.signal(name), "kill -{name} failed");
     }
 
     /// Sends SIGTERM and waits (bounded) for the process to exit; returns whether it exited 0.
     pub fn terminate(&mut self) -> bool {
         self.signal("TERM");
-        let deadline = std::time::Instant::now() + TIMEOUT;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.success();
-            }
-            assert!(std::time::Instant::now() < deadline, "gateway did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.child
+            .wait_exit(TIMEOUT)
+            .expect("gateway did not exit")
+            .success()
     }
 
     /// One metric sample from `/metrics`, fetched without an async runtime.
@@ -511,13 +502,6 @@ impl GatewayProcess {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
