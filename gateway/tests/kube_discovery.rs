@@ -15,6 +15,7 @@ use gateway::app::{self, Bound, BuildError};
 use gateway::config::{Config, Discovery, KubeOptions};
 use k8s_test_server::{Options, TestApiServer, namespace_json};
 use serde_json::{Value, json};
+use testkit::k8s;
 use testkit::wait::eventually;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -86,49 +87,48 @@ async fn kube_gateway(api: &TestApiServer, tweak: impl FnOnce(&mut KubeOptions))
     gw
 }
 
+/// A Service in `NS` whose ports all target 9080.
 fn service(name: &str, ports: &[(&str, u16)]) -> Value {
-    let ports: Vec<Value> = ports
+    let ports: Vec<k8s::ServicePort> = ports
         .iter()
-        .map(|(n, p)| json!({"name": n, "port": p, "protocol": "TCP", "targetPort": 9080}))
+        .map(|&(name, port)| k8s::ServicePort {
+            name,
+            port,
+            target_port: 9080,
+        })
         .collect();
-    json!({"apiVersion": "v1", "kind": "Service",
-           "metadata": {"name": name, "namespace": NS},
-           "spec": {"ports": ports, "selector": {"app": name}}})
+    k8s::service(NS, name, &ports)
 }
 
 /// (address, ready, pod name)
 type Ep<'a> = (IpAddr, bool, &'a str);
 
 fn slice(name: &str, svc: &str, port_name: &str, target: u16, eps: &[Ep]) -> Value {
-    let eps: Vec<Value> = eps
+    let eps: Vec<k8s::Endpoint> = eps
         .iter()
-        .map(|(ip, ready, pod)| {
-            json!({"addresses": [ip.to_string()], "conditions": {"ready": ready, "serving": ready},
-                   "targetRef": {"kind": "Pod", "name": pod, "namespace": NS}})
+        .map(|&(address, ready, pod)| k8s::Endpoint {
+            address,
+            ready,
+            pod,
         })
         .collect();
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-           "metadata": {"name": name, "namespace": NS,
-                        "labels": {"kubernetes.io/service-name": svc, "endpointslice.kubernetes.io/managed-by": "test"}},
-           "addressType": "IPv4",
-           "ports": [{"name": port_name, "port": target, "protocol": "TCP"}],
-           "endpoints": eps})
+    k8s::endpoint_slice(NS, name, svc, (port_name, target), "test", &eps)
 }
 
+/// A catalog Pod of this version.
 fn pod(name: &str, version: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "namespace": NS, "labels": {"app": "catalog", "version": version}},
-           "spec": {"containers": [{"name": "app", "image": "catalog"}]}})
+    k8s::pod(NS, name, &[("app", "catalog"), ("version", version)])
 }
 
+/// A DestinationRule whose subsets select by `version`: (subset name, version).
 fn destination_rule(name: &str, host: &str, subsets: &[(&str, &str)]) -> Value {
-    let subsets: Vec<Value> = subsets
+    let labels: Vec<[(&str, &str); 1]> = subsets.iter().map(|&(_, v)| [("version", v)]).collect();
+    let subsets: Vec<(&str, &[(&str, &str)])> = subsets
         .iter()
-        .map(|(n, v)| json!({"name": n, "labels": {"version": v}}))
+        .zip(&labels)
+        .map(|(&(n, _), l)| (n, &l[..]))
         .collect();
-    json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-           "metadata": {"name": name, "namespace": NS},
-           "spec": {"host": host, "subsets": subsets}})
+    k8s::destination_rule(NS, name, host, &subsets)
 }
 
 /// Who answers a call through the gateway ("a", "b", …), or `None` when it is refused.
