@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use testkit::k8s;
 use testkit::proc::ChildGuard;
 
-const NS: &str = "istioinaction";
+const NS: &str = testkit::mesh::NAMESPACE;
 
 fn free_port() -> SocketAddr {
     testkit::net::free_addr(std::net::Ipv4Addr::LOCALHOST).unwrap()

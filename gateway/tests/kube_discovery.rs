@@ -19,7 +19,7 @@ use testkit::k8s;
 use testkit::wait::eventually;
 use tokio::net::{TcpListener, TcpStream};
 
-const NS: &str = "istioinaction";
+const NS: &str = testkit::mesh::NAMESPACE;
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn api_server(crd: bool) -> TestApiServer {

@@ -18,7 +18,10 @@ async fn bytes_intact_both_ways_and_half_close() {
         .unwrap();
     assert_eq!(
         line,
-        "catalog-1 peer=spiffe://cluster.local/ns/istioinaction/sa/webapp"
+        format!(
+            "catalog-1 peer={}",
+            testkit::mesh::spiffe_id(testkit::mesh::WEBAPP)
+        )
     );
 
     // 1 MiB of patterned bytes, written while reading the echo.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use gateway::app::{self, Bound};
 use gateway::config::{Config, Discovery};
 use rustls::ClientConfig;
+use testkit::mesh;
 use testkit::mtls::{self, Identity};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,9 +19,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 pub const CATALOG: &str = "catalog.istioinaction.svc.cluster.local";
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn sni(port: u16, subset: &str, host: &str) -> String {
-    format!("outbound_.{port}_.{subset}_.{host}")
-}
+/// Istio's SNI routing key, `outbound_.<port>_.<subset>_.<host>`.
+#[allow(unused_imports)] // not every test binary sends an SNI
+pub use testkit::mesh::sni;
 
 pub struct Mesh {
     pub catalog: pki::WorkloadCert,
@@ -33,17 +34,17 @@ pub fn mesh() -> &'static Mesh {
     MESH.get_or_init(|| {
         let root = pki::RootCa::generate(&pki::RootOptions::default()).unwrap();
         let east = root
-            .issue_intermediate(&pki::IntermediateOptions::new("east-cluster"))
+            .issue_intermediate(&pki::IntermediateOptions::new(mesh::EAST_CLUSTER))
             .unwrap();
         let west = root
-            .issue_intermediate(&pki::IntermediateOptions::new("west-cluster"))
+            .issue_intermediate(&pki::IntermediateOptions::new(mesh::WEST_CLUSTER))
             .unwrap();
         Mesh {
             catalog: east
-                .issue_workload(&pki::WorkloadOptions::new("istioinaction", "catalog"))
+                .issue_workload(&pki::WorkloadOptions::new(mesh::NAMESPACE, mesh::CATALOG))
                 .unwrap(),
             webapp: west
-                .issue_workload(&pki::WorkloadOptions::new("istioinaction", "webapp"))
+                .issue_workload(&pki::WorkloadOptions::new(mesh::NAMESPACE, mesh::WEBAPP))
                 .unwrap(),
         }
     })
@@ -59,12 +60,7 @@ pub fn init() {
 
 pub fn client_config(versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
     let id = Identity::from_workload(&mesh().webapp).unwrap();
-    mtls::client_config(
-        &id,
-        Some("spiffe://cluster.local/ns/istioinaction/sa/catalog"),
-        versions,
-    )
-    .unwrap()
+    mtls::client_config(&id, Some(&mesh::spiffe_id(mesh::CATALOG)), versions).unwrap()
 }
 
 pub fn default_client() -> Arc<ClientConfig> {
