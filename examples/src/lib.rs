@@ -3,6 +3,4 @@
 //! with Istio-style identities (SPIFFE URIs in workload certificates) checked on both ends.
 //! The mTLS plumbing itself lives in the test-support crate `testkit`.
 
-// Kept until gateway's tests move to testkit.
-pub use testkit::mtls;
 pub mod workload;

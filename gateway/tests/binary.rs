@@ -5,27 +5,14 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use testkit::proc::ChildGuard;
 
 fn free_port(ip: [u8; 4]) -> u16 {
-    let ip = std::net::Ipv4Addr::from(ip);
-    std::net::TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    testkit::net::free_port(ip.into()).unwrap()
 }
 
 fn wait_port(addr: SocketAddr) {
@@ -49,7 +36,7 @@ fn openssl_client_through_binary_to_openssl_server_then_sigterm() {
 
     let port = free_port([127, 0, 0, 2]);
     let backend = SocketAddr::from(([127, 0, 0, 2], port));
-    let server = Proc(
+    let server = ChildGuard::new(
         Command::new("openssl")
             .args(["s_server", "-quiet", "-www", "-accept"])
             .arg(backend.to_string())
@@ -271,7 +258,7 @@ fn json_logs_carry_config_and_access_log() {
         endpoints_yaml(CATALOG, port, &[(backends[0].addr.ip(), "v1", true)]),
     )
     .unwrap();
-    let mut child = Proc(
+    let mut child = ChildGuard::new(
         Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args([
                 "--listen",
@@ -291,7 +278,7 @@ fn json_logs_carry_config_and_access_log() {
     );
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
     let sink = lines.clone();
-    let stderr = child.0.stderr.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let v: serde_json::Value =

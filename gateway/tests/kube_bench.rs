@@ -18,32 +18,26 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use k8s_test_server::{Options, TestApiServer, namespace_json};
 use serde_json::{Value, json};
+use testkit::k8s;
+use testkit::proc::ChildGuard;
 
-const NS: &str = "istioinaction";
+const NS: &str = testkit::mesh::NAMESPACE;
 
 fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    testkit::net::free_addr(std::net::Ipv4Addr::LOCALHOST).unwrap()
 }
 
 struct GwProc {
-    child: Child,
+    child: ChildGuard,
     listen: SocketAddr,
     admin: SocketAddr,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for GwProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl GwProc {
@@ -80,7 +74,7 @@ async fn start_gateway(api: &TestApiServer) -> (GwProc, Duration) {
         .spawn()
         .unwrap();
     let gw = GwProc {
-        child,
+        child: ChildGuard::new(child),
         listen,
         admin,
         _dir: dir,
@@ -98,31 +92,50 @@ async fn start_gateway(api: &TestApiServer) -> (GwProc, Duration) {
     (gw, started.elapsed())
 }
 
+/// A slice as the real controller writes it, with the fields discovery does not read too,
+/// so the memory figure includes them.
 fn slice(name: &str, svc: &str, port: u16, eps: &[(IpAddr, &str)]) -> Value {
-    let eps: Vec<Value> = eps
+    let endpoints: Vec<k8s::Endpoint> = eps
         .iter()
-        .map(|(ip, pod)| {
-            json!({"addresses": [ip.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false},
-                   "nodeName": "node-1", "zone": "zone-a",
-                   "targetRef": {"kind": "Pod", "name": pod, "namespace": NS, "uid": "0f0e0d0c-0b0a-0908-0706-050403020100"}})
+        .map(|&(address, pod)| k8s::Endpoint {
+            address,
+            ready: true,
+            pod,
         })
         .collect();
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-           "metadata": {"name": name, "namespace": NS,
-                        "labels": {"kubernetes.io/service-name": svc,
-                                   "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
-                        "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": "2025-01-01T00:00:00Z"}},
-           "addressType": "IPv4",
-           "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-           "endpoints": eps})
+    let mut v = k8s::endpoint_slice(
+        NS,
+        name,
+        svc,
+        ("http", port),
+        "endpointslice-controller.k8s.io",
+        &endpoints,
+    );
+    v["metadata"]["annotations"] =
+        json!({"endpoints.kubernetes.io/last-change-trigger-time": "2025-01-01T00:00:00Z"});
+    for e in v["endpoints"].as_array_mut().unwrap() {
+        e["conditions"]["terminating"] = json!(false);
+        e["nodeName"] = json!("node-1");
+        e["zone"] = json!("zone-a");
+        e["targetRef"]["uid"] = json!("0f0e0d0c-0b0a-0908-0706-050403020100");
+    }
+    v
 }
 
+/// A Service (port 80 → 9080) with the label and annotation `kubectl apply` leaves.
 fn service(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
-           "metadata": {"name": name, "namespace": NS, "labels": {"app": name},
-                        "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{\"apiVersion\":\"v1\",\"kind\":\"Service\"}"}},
-           "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 9080}],
-                    "selector": {"app": name}}})
+    let mut v = k8s::service(
+        NS,
+        name,
+        &[k8s::ServicePort {
+            name: "http",
+            port: 80,
+            target_port: 9080,
+        }],
+    );
+    v["metadata"]["labels"] = json!({"app": name});
+    v["metadata"]["annotations"] = json!({"kubectl.kubernetes.io/last-applied-configuration": "{\"apiVersion\":\"v1\",\"kind\":\"Service\"}"});
+    v
 }
 
 fn fake_ip(i: usize) -> IpAddr {
@@ -144,20 +157,18 @@ fn populate(api: &TestApiServer, services: usize, per: usize, istio: bool) {
             .unwrap();
         if istio {
             for (e, (_, pod)) in eps.iter().enumerate() {
-                st.create(json!({"apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": pod, "namespace": NS,
-                                 "labels": {"app": name, "version": format!("v{}", e % 2 + 1), "pod-template-hash": "5d4f8c7b9"}},
-                    "spec": {"containers": [{"name": "app", "image": "registry.example/app:1.0"}]}}))
-                    .unwrap();
+                let version = format!("v{}", e % 2 + 1);
+                let labels = [
+                    ("app", name.as_str()),
+                    ("version", version.as_str()),
+                    ("pod-template-hash", "5d4f8c7b9"),
+                ];
+                st.create(k8s::pod(NS, pod, &labels)).unwrap();
             }
-            st.create(
-                json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-                "metadata": {"name": name, "namespace": NS},
-                "spec": {"host": name, "subsets": [
-                    {"name": "v1", "labels": {"version": "v1"}},
-                    {"name": "v2", "labels": {"version": "v2"}}]}}),
-            )
-            .unwrap();
+            let subsets: [(&str, &[(&str, &str)]); 2] =
+                [("v1", &[("version", "v1")]), ("v2", &[("version", "v2")])];
+            st.create(k8s::destination_rule(NS, &name, &name, &subsets))
+                .unwrap();
         }
     }
 }

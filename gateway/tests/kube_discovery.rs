@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,26 +15,12 @@ use gateway::app::{self, Bound, BuildError};
 use gateway::config::{Config, Discovery, KubeOptions};
 use k8s_test_server::{Options, TestApiServer, namespace_json};
 use serde_json::{Value, json};
+use testkit::k8s;
+use testkit::wait::eventually;
 use tokio::net::{TcpListener, TcpStream};
 
-const NS: &str = "istioinaction";
+const NS: &str = testkit::mesh::NAMESPACE;
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Polls `check` every 20 ms until it holds, at most `WAIT`.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out after {WAIT:?} waiting for: {what}");
-}
 
 async fn api_server(crd: bool) -> TestApiServer {
     init();
@@ -95,56 +80,55 @@ async fn gateway_for(
 async fn kube_gateway(api: &TestApiServer, tweak: impl FnOnce(&mut KubeOptions)) -> KubeGw {
     let gw = gateway_for(&api.kubeconfig("east"), tweak).await.unwrap();
     let admin = gw.admin;
-    eventually("gateway ready", || async move {
+    eventually("gateway ready", WAIT, || async move {
         http_get(admin, "/healthz/ready").await.0 == 200
     })
     .await;
     gw
 }
 
+/// A Service in `NS` whose ports all target 9080.
 fn service(name: &str, ports: &[(&str, u16)]) -> Value {
-    let ports: Vec<Value> = ports
+    let ports: Vec<k8s::ServicePort> = ports
         .iter()
-        .map(|(n, p)| json!({"name": n, "port": p, "protocol": "TCP", "targetPort": 9080}))
+        .map(|&(name, port)| k8s::ServicePort {
+            name,
+            port,
+            target_port: 9080,
+        })
         .collect();
-    json!({"apiVersion": "v1", "kind": "Service",
-           "metadata": {"name": name, "namespace": NS},
-           "spec": {"ports": ports, "selector": {"app": name}}})
+    k8s::service(NS, name, &ports)
 }
 
 /// (address, ready, pod name)
 type Ep<'a> = (IpAddr, bool, &'a str);
 
 fn slice(name: &str, svc: &str, port_name: &str, target: u16, eps: &[Ep]) -> Value {
-    let eps: Vec<Value> = eps
+    let eps: Vec<k8s::Endpoint> = eps
         .iter()
-        .map(|(ip, ready, pod)| {
-            json!({"addresses": [ip.to_string()], "conditions": {"ready": ready, "serving": ready},
-                   "targetRef": {"kind": "Pod", "name": pod, "namespace": NS}})
+        .map(|&(address, ready, pod)| k8s::Endpoint {
+            address,
+            ready,
+            pod,
         })
         .collect();
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-           "metadata": {"name": name, "namespace": NS,
-                        "labels": {"kubernetes.io/service-name": svc, "endpointslice.kubernetes.io/managed-by": "test"}},
-           "addressType": "IPv4",
-           "ports": [{"name": port_name, "port": target, "protocol": "TCP"}],
-           "endpoints": eps})
+    k8s::endpoint_slice(NS, name, svc, (port_name, target), "test", &eps)
 }
 
+/// A catalog Pod of this version.
 fn pod(name: &str, version: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "namespace": NS, "labels": {"app": "catalog", "version": version}},
-           "spec": {"containers": [{"name": "app", "image": "catalog"}]}})
+    k8s::pod(NS, name, &[("app", "catalog"), ("version", version)])
 }
 
+/// A DestinationRule whose subsets select by `version`: (subset name, version).
 fn destination_rule(name: &str, host: &str, subsets: &[(&str, &str)]) -> Value {
-    let subsets: Vec<Value> = subsets
+    let labels: Vec<[(&str, &str); 1]> = subsets.iter().map(|&(_, v)| [("version", v)]).collect();
+    let subsets: Vec<(&str, &[(&str, &str)])> = subsets
         .iter()
-        .map(|(n, v)| json!({"name": n, "labels": {"version": v}}))
+        .zip(&labels)
+        .map(|(&(n, _), l)| (n, &l[..]))
         .collect();
-    json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-           "metadata": {"name": name, "namespace": NS},
-           "spec": {"host": host, "subsets": subsets}})
+    k8s::destination_rule(NS, name, host, &subsets)
 }
 
 /// Who answers a call through the gateway ("a", "b", …), or `None` when it is refused.
@@ -156,7 +140,7 @@ async fn who(gw: SocketAddr, sni: &str) -> Option<String> {
 /// Waits until `n` calls in a row are answered by exactly the backends in `want`.
 async fn eventually_served_by(gw: SocketAddr, sni: &str, want: &[&str]) {
     let what = format!("{sni} served by {want:?}");
-    eventually(&what, || async move {
+    eventually(&what, WAIT, || async move {
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..(want.len() * 6).max(4) {
             match who(gw, sni).await {
@@ -174,7 +158,7 @@ async fn eventually_served_by(gw: SocketAddr, sni: &str, want: &[&str]) {
 async fn eventually_refused(gw: &KubeGw, sni: &str, reason: &str) {
     let (listen, admin) = (gw.listen, gw.admin);
     let what = format!("{sni} refused with {reason}");
-    eventually(&what, || async move {
+    eventually(&what, WAIT, || async move {
         let before = rejected(admin, reason).await;
         who(listen, sni).await.is_none() && rejected(admin, reason).await > before
     })
@@ -523,6 +507,7 @@ async fn a_restarted_api_server_is_survived() {
     let admin = gw.admin;
     eventually(
         "stale_seconds > 0 while the API server is down",
+        WAIT,
         || async move {
             metric(
                 &metrics(admin).await,
@@ -549,7 +534,7 @@ async fn a_restarted_api_server_is_survived() {
         .unwrap();
     let api = stopped.restart().await.unwrap();
     eventually_served_by(gw.listen, &name, &["b"]).await;
-    eventually("stale_seconds back to 0", || async move {
+    eventually("stale_seconds back to 0", WAIT, || async move {
         metric(
             &metrics(admin).await,
             "gateway_discovery_route_table_stale_seconds",
@@ -564,6 +549,7 @@ async fn a_restarted_api_server_is_survived() {
     let api = stopped.restart().await.unwrap();
     eventually(
         "stale_seconds back to 0 after a quiet restart",
+        WAIT,
         || async move {
             metric(
                 &metrics(admin).await,
@@ -664,7 +650,7 @@ async fn not_ready_until_the_first_full_sync() {
     // have not run yet, so closing now holds every list they send.
     g.open.send_replace(false);
     let held = g.held.clone();
-    eventually("watch connections held at the gate", || {
+    eventually("watch connections held at the gate", WAIT, || {
         let held = held.clone();
         async move { held.load(Ordering::SeqCst) >= 1 }
     })
@@ -680,7 +666,7 @@ async fn not_ready_until_the_first_full_sync() {
 
     g.open.send(true).unwrap();
     let admin = gw.admin;
-    eventually("ready after the first sync", || async move {
+    eventually("ready after the first sync", WAIT, || async move {
         http_get(admin, "/healthz/ready").await.0 == 200
     })
     .await;
@@ -767,6 +753,7 @@ async fn outage_with_a_change(
     let admin = gw.admin;
     eventually(
         "stale_seconds >= 2 while the API server is down",
+        WAIT,
         || async move { metric(&metrics(admin).await, STALE) >= 2.0 },
     )
     .await;
@@ -789,7 +776,7 @@ async fn after_a_restart_410_means_relist_now_not_back_off() {
     let api = api_server(false).await;
     let (gw, b, port) = catalog_on_a(&api).await;
     let (api, restarted) = outage_with_a_change(api, &gw, &b, port).await;
-    eventually("the change made during the outage is routed", || {
+    eventually("the change made during the outage is routed", WAIT, || {
         let ok = routed_to(&gw, b[1].addr.ip());
         async move { ok }
     })
@@ -837,7 +824,7 @@ async fn stale_seconds_clears_only_when_every_watch_has_relisted() {
         );
     }
     let admin = gw.admin;
-    eventually("stale_seconds back to 0", || async move {
+    eventually("stale_seconds back to 0", WAIT, || async move {
         metric(&metrics(admin).await, STALE) == 0.0
     })
     .await;

@@ -18,7 +18,10 @@ async fn bytes_intact_both_ways_and_half_close() {
         .unwrap();
     assert_eq!(
         line,
-        "catalog-1 peer=spiffe://cluster.local/ns/istioinaction/sa/webapp"
+        format!(
+            "catalog-1 peer={}",
+            testkit::mesh::spiffe_id(testkit::mesh::WEBAPP)
+        )
     );
 
     // 1 MiB of patterned bytes, written while reading the echo.
@@ -66,7 +69,7 @@ async fn tls12_and_tls13() {
 /// and TLS records.
 async fn hello_bytes() -> Vec<u8> {
     let cfg = default_client();
-    let name = examples::mtls::sni_server_name(&sni(80, "", CATALOG)).unwrap();
+    let name = testkit::mtls::sni_server_name(&sni(80, "", CATALOG)).unwrap();
     let mut conn = rustls::ClientConnection::new(cfg, name).unwrap();
     let mut out = Vec::new();
     conn.write_tls(&mut out).unwrap();

@@ -18,7 +18,7 @@ async fn header_is_stripped_and_required() {
     let mut tcp = TcpStream::connect(gw.listen).await.unwrap();
     let header = proxy_protocol::encode("198.51.100.7:40000".parse().unwrap(), gw.listen);
     tcp.write_all(&header).await.unwrap();
-    let name = examples::mtls::sni_server_name(&sni(80, "", CATALOG)).unwrap();
+    let name = testkit::mtls::sni_server_name(&sni(80, "", CATALOG)).unwrap();
     let tls = TlsConnector::from(default_client())
         .connect(name, tcp)
         .await

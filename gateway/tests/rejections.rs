@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 /// The raw ClientHello a configured rustls client would send for `sni`.
 fn hello(cfg: Arc<rustls::ClientConfig>, name: &str) -> Vec<u8> {
-    let server = examples::mtls::sni_server_name(name).unwrap();
+    let server = testkit::mtls::sni_server_name(name).unwrap();
     let mut conn = rustls::ClientConnection::new(cfg, server).unwrap();
     let mut out = Vec::new();
     conn.write_tls(&mut out).unwrap();
@@ -85,10 +85,7 @@ async fn each_reason_is_closed_and_counted() {
     // no_route: unknown host, unknown port, unknown subset.
     send_and_expect_closed(
         gw.listen,
-        &hello(
-            good.clone(),
-            &sni(80, "", "nope.istioinaction.svc.cluster.local"),
-        ),
+        &hello(good.clone(), &sni(80, "", &testkit::mesh::host("nope"))),
     )
     .await;
     send_and_expect_closed(gw.listen, &hello(good.clone(), &sni(81, "", CATALOG))).await;
@@ -98,10 +95,7 @@ async fn each_reason_is_closed_and_counted() {
     // no_healthy_endpoint: every endpoint not ready.
     send_and_expect_closed(
         gw.listen,
-        &hello(
-            good.clone(),
-            &sni(80, "", "down.istioinaction.svc.cluster.local"),
-        ),
+        &hello(good.clone(), &sni(80, "", &testkit::mesh::host("down"))),
     )
     .await;
     assert_eq!(rejected(gw.admin, "no_healthy_endpoint").await, 1.0);
@@ -109,10 +103,7 @@ async fn each_reason_is_closed_and_counted() {
     // connect_failed: the only endpoint refuses.
     send_and_expect_closed(
         gw.listen,
-        &hello(
-            good.clone(),
-            &sni(80, "", "dead.istioinaction.svc.cluster.local"),
-        ),
+        &hello(good.clone(), &sni(80, "", &testkit::mesh::host("dead"))),
     )
     .await;
     assert_eq!(rejected(gw.admin, "connect_failed").await, 1.0);

@@ -17,6 +17,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::Discovery;
 use serde_json::json;
 use std::time::Duration;
+use testkit::wait::eventually_some;
 
 fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).expect("valid object")
@@ -194,10 +195,14 @@ async fn typed_crud_for_every_served_kind() {
         .await
         .unwrap();
     // the namespace controller adds the default ServiceAccount
-    common::eventually(5, || {
-        let sas = sas.clone();
-        async move { sas.get_opt("default").await.unwrap() }
-    })
+    eventually_some(
+        "the default ServiceAccount in the new namespace",
+        Duration::from_secs(5),
+        || {
+            let sas = sas.clone();
+            async move { sas.get_opt("default").await.unwrap() }
+        },
+    )
     .await;
 
     let crs: Api<ClusterRole> = Api::all(client.clone());

@@ -9,27 +9,29 @@ use kube::api::{Api, ListParams};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use testkit::proc::ChildGuard;
 
 #[tokio::test]
 async fn binary_serves_one_test_server_per_cluster() {
     init();
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_k8s-test-server"))
-        .args([
-            "--cluster",
-            "west",
-            "--cluster",
-            "east",
-            "--istio-crds",
-            "--exit-after-secs",
-            "60",
-            "--kubeconfig-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::spawn(
+        Command::new(env!("CARGO_BIN_EXE_k8s-test-server"))
+            .args([
+                "--cluster",
+                "west",
+                "--cluster",
+                "east",
+                "--istio-crds",
+                "--exit-after-secs",
+                "60",
+                "--kubeconfig-dir",
+            ])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
     let stdout = child.stdout.take().unwrap();
     let lines = tokio::task::spawn_blocking(move || {
         let start = Instant::now();
@@ -70,6 +72,5 @@ async fn binary_serves_one_test_server_per_cluster() {
         let d = kube::Discovery::new(client).run().await.unwrap();
         assert!(d.has_group("networking.istio.io"));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 }

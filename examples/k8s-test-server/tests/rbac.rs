@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{admin_client, client_from_yaml, eventually, init, status_code};
+use common::{admin_client, client_from_yaml, init, status_code};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
@@ -12,6 +12,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, Discovery};
 use serde_json::json;
 use std::time::Duration;
+use testkit::wait::eventually_some;
 
 fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).expect("valid object")
@@ -238,16 +239,20 @@ async fn token_controller_fills_service_account_token_secrets() {
             .as_ref()
             .is_none_or(|d| !d.contains_key("token"))
     );
-    let filled = eventually(5, || {
-        let secrets = secrets.clone();
-        async move {
-            secrets
-                .get("reader-token")
-                .await
-                .ok()
-                .filter(|s| s.data.as_ref().is_some_and(|d| d.contains_key("token")))
-        }
-    })
+    let filled = eventually_some(
+        "the token controller to fill reader-token",
+        Duration::from_secs(5),
+        || {
+            let secrets = secrets.clone();
+            async move {
+                secrets
+                    .get("reader-token")
+                    .await
+                    .ok()
+                    .filter(|s| s.data.as_ref().is_some_and(|d| d.contains_key("token")))
+            }
+        },
+    )
     .await;
     let data = filled.data.unwrap();
     assert_eq!(
@@ -291,17 +296,21 @@ async fn token_controller_fills_service_account_token_secrets() {
         .create(&PostParams::default(), &obj(json!({"metadata": {"name": "orphan", "annotations": {"kubernetes.io/service-account.name": "nobody"}}, "type": "kubernetes.io/service-account-token"})))
         .await
         .unwrap();
-    eventually(5, || {
-        let secrets = secrets.clone();
-        async move {
-            secrets
-                .get_opt("orphan")
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(())
-        }
-    })
+    eventually_some(
+        "the orphan token Secret to be removed",
+        Duration::from_secs(5),
+        || {
+            let secrets = secrets.clone();
+            async move {
+                secrets
+                    .get_opt("orphan")
+                    .await
+                    .unwrap()
+                    .is_none()
+                    .then_some(())
+            }
+        },
+    )
     .await;
 }
 
@@ -335,12 +344,16 @@ async fn controllers_relist_when_the_history_is_compacted_under_them() {
     );
     server.expire_watches();
 
-    let token = eventually(5, || async {
-        secret()
-            .pointer("/data/token")
-            .and_then(|t| t.as_str())
-            .map(str::to_string)
-    })
+    let token = eventually_some(
+        "the delayed token controller to fill the Secret",
+        Duration::from_secs(5),
+        || async {
+            secret()
+                .pointer("/data/token")
+                .and_then(|t| t.as_str())
+                .map(str::to_string)
+        },
+    )
     .await;
     use base64::Engine as _;
     let token = base64::engine::general_purpose::STANDARD

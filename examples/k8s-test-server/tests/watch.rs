@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{admin_client, eventually, init};
+use common::{admin_client, init};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_test_server::{Options, TestApiServer};
@@ -12,6 +12,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
+use testkit::wait::eventually_some;
 
 fn cm(name: &str, v: &str) -> ConfigMap {
     serde_json::from_value(
@@ -217,11 +218,15 @@ async fn expire_watches_forces_a_relist_and_loses_nothing() {
             .await
             .unwrap();
         let want = server_names(server.store());
-        eventually(10, || {
-            let got = names(&reader);
-            let want = want.clone();
-            async move { (got == want).then_some(()) }
-        })
+        eventually_some(
+            "the reflector to match the store",
+            Duration::from_secs(10),
+            || {
+                let got = names(&reader);
+                let want = want.clone();
+                async move { (got == want).then_some(()) }
+            },
+        )
         .await;
     }
     assert!(
@@ -268,11 +273,15 @@ async fn reflector_survives_a_restart_on_the_same_port() {
         .await
         .unwrap();
     let want: BTreeSet<String> = ["cm-b".to_string(), "cm-c".to_string()].into();
-    eventually(20, || {
-        let got = names(&reader);
-        let want = want.clone();
-        async move { (got == want).then_some(()) }
-    })
+    eventually_some(
+        "the reflector to see cm-b and cm-c",
+        Duration::from_secs(20),
+        || {
+            let got = names(&reader);
+            let want = want.clone();
+            async move { (got == want).then_some(()) }
+        },
+    )
     .await;
     task.abort();
 }

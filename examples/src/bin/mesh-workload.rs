@@ -8,8 +8,8 @@ use std::sync::atomic::AtomicUsize;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use examples::mtls::Identity;
 use examples::workload::{self, ServeOptions};
+use testkit::mtls::Identity;
 
 #[derive(Parser)]
 #[command(

@@ -39,7 +39,7 @@ impl Dialer {
         Ok(Dialer {
             t: t.clone(),
             tls,
-            name: examples::mtls::sni_server_name(&t.sni)?,
+            name: testkit::mtls::sni_server_name(&t.sni)?,
         })
     }
 

@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use examples::mtls::{self, ISTIO_ALPN, Identity};
 use rustls::client::Resumption;
 use rustls::{ClientConfig, ServerConfig};
+use testkit::mtls::{self, ISTIO_ALPN, Identity};
 
 pub fn write_certs(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use examples::mtls::{self, Identity};
 use gateway::app::{self, Bound};
 use gateway::config::{Config, Discovery};
 use rustls::ClientConfig;
+use testkit::mesh;
+use testkit::mtls::{self, Identity};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
@@ -18,9 +19,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 pub const CATALOG: &str = "catalog.istioinaction.svc.cluster.local";
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn sni(port: u16, subset: &str, host: &str) -> String {
-    format!("outbound_.{port}_.{subset}_.{host}")
-}
+/// Istio's SNI routing key, `outbound_.<port>_.<subset>_.<host>`.
+#[allow(unused_imports)] // not every test binary sends an SNI
+pub use testkit::mesh::sni;
 
 pub struct Mesh {
     pub catalog: pki::WorkloadCert,
@@ -33,17 +34,17 @@ pub fn mesh() -> &'static Mesh {
     MESH.get_or_init(|| {
         let root = pki::RootCa::generate(&pki::RootOptions::default()).unwrap();
         let east = root
-            .issue_intermediate(&pki::IntermediateOptions::new("east-cluster"))
+            .issue_intermediate(&pki::IntermediateOptions::new(mesh::EAST_CLUSTER))
             .unwrap();
         let west = root
-            .issue_intermediate(&pki::IntermediateOptions::new("west-cluster"))
+            .issue_intermediate(&pki::IntermediateOptions::new(mesh::WEST_CLUSTER))
             .unwrap();
         Mesh {
             catalog: east
-                .issue_workload(&pki::WorkloadOptions::new("istioinaction", "catalog"))
+                .issue_workload(&pki::WorkloadOptions::new(mesh::NAMESPACE, mesh::CATALOG))
                 .unwrap(),
             webapp: west
-                .issue_workload(&pki::WorkloadOptions::new("istioinaction", "webapp"))
+                .issue_workload(&pki::WorkloadOptions::new(mesh::NAMESPACE, mesh::WEBAPP))
                 .unwrap(),
         }
     })
@@ -59,12 +60,7 @@ pub fn init() {
 
 pub fn client_config(versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
     let id = Identity::from_workload(&mesh().webapp).unwrap();
-    mtls::client_config(
-        &id,
-        Some("spiffe://cluster.local/ns/istioinaction/sa/catalog"),
-        versions,
-    )
-    .unwrap()
+    mtls::client_config(&id, Some(&mesh::spiffe_id(mesh::CATALOG)), versions).unwrap()
 }
 
 pub fn default_client() -> Arc<ClientConfig> {
@@ -339,14 +335,11 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (code, body)
 }
 
-/// Value of one sample line in Prometheus text, e.g. `gateway_connections_rejected_total{reason="no_sni"}`.
+/// Value of one series in Prometheus text, written as exposed, e.g.
+/// `gateway_connections_rejected_total{reason="no_sni"}`; 0 when absent. Parsed by
+/// `testkit::prom` (exact name and labels).
 pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().split(' ').next()?.parse().ok())
-        })
-        .unwrap_or(0.0)
+    testkit::prom::series_value(text, series)
 }
 
 pub async fn rejected(admin: SocketAddr, reason: &str) -> f64 {
@@ -368,7 +361,8 @@ pub async fn expect_closed(mut s: TcpStream) -> Vec<u8> {
 /// The built `gateway` binary as a child process on 127.0.0.1:0 with JSON logs, killed on drop.
 /// Every stderr line is kept (parsed as JSON; `{"raw": line}` otherwise) so tests can count them.
 pub struct GatewayProcess {
-    pub child: std::process::Child,
+    /// Killed and reaped when the `GatewayProcess` is dropped.
+    pub child: testkit::proc::ChildGuard,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub lines: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
@@ -410,7 +404,7 @@ impl GatewayProcess {
             .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn gateway");
+        let mut child = testkit::proc::ChildGuard::spawn(&mut cmd).expect("spawn gateway");
         let stderr = child.stderr.take().unwrap();
         let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = lines.clone();
@@ -470,26 +464,16 @@ impl GatewayProcess {
 
     /// Sends a signal by name (`HUP`, `TERM`) with kill(1).
     pub fn signal(&self, name: &str) {
-        let ok = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{name} failed");
+        assert!(self.child.signal(name), "kill -{name} failed");
     }
 
     /// Sends SIGTERM and waits (bounded) for the process to exit; returns whether it exited 0.
     pub fn terminate(&mut self) -> bool {
         self.signal("TERM");
-        let deadline = std::time::Instant::now() + TIMEOUT;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.success();
-            }
-            assert!(std::time::Instant::now() < deadline, "gateway did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.child
+            .wait_exit(TIMEOUT)
+            .expect("gateway did not exit")
+            .success()
     }
 
     /// One metric sample from `/metrics`, fetched without an async runtime.
@@ -514,13 +498,6 @@ impl GatewayProcess {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -4,8 +4,6 @@
 use k8s_test_server::TestApiServer;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use std::future::Future;
-use std::time::Duration;
 
 /// kube with rustls has no automatic crypto provider: install one per test process.
 pub fn init() {
@@ -22,25 +20,6 @@ pub async fn client_from_yaml(yaml: &str) -> Client {
 
 pub async fn admin_client(server: &TestApiServer) -> Client {
     client_from_yaml(&server.kubeconfig(server.cluster_name())).await
-}
-
-/// Polls `f` every 20 ms until it returns `Some`, for at most `secs` seconds.
-pub async fn eventually<T, F, Fut>(secs: u64, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {secs}s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The HTTP status code of a kube API error.
