@@ -38,7 +38,7 @@ pub struct CheckArgs {
     #[arg(long)]
     allow_loopback_server: bool,
     /// Warn about remote credentials, intermediates and roots that expire within this.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30d")]
+    #[arg(long, value_parser = humantime::parse_duration, default_value = expiry::DEFAULT_WARN_BEFORE)]
     warn_before: Duration,
     #[command(flatten)]
     out: OutputArg,

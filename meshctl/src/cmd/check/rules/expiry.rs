@@ -12,7 +12,7 @@ use crate::mesh::cacerts::pem_ders;
 use crate::mesh::credentials::{Credential, Method, human, rfc3339};
 
 /// `--warn-before`'s default.
-pub const DEFAULT_WARN_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const DEFAULT_WARN_BEFORE: &str = "30d";
 
 /// The check name, shared with the pair rules (which judge it without a horizon).
 pub const TOKEN_EXPIRY: &str = "token expiry";
@@ -175,6 +175,10 @@ mod tests {
 
     const DAY: u64 = 24 * 3600;
 
+    fn horizon() -> Duration {
+        humantime::parse_duration(DEFAULT_WARN_BEFORE).unwrap()
+    }
+
     fn find<'a>(items: &'a [Item], check: &str) -> &'a Item {
         items
             .iter()
@@ -192,7 +196,7 @@ mod tests {
     fn judge(c: &Credential, now: u64) -> Item {
         let mut r = Report::default();
         let hints = ("meshctl credentials refresh", "meshctl join");
-        credential(&mut r, "s", c, hints, now, DEFAULT_WARN_BEFORE);
+        credential(&mut r, "s", c, hints, now, horizon());
         r.items.remove(0)
     }
 
@@ -252,7 +256,7 @@ mod tests {
             Some(s),
             ("west", "west"),
             now,
-            DEFAULT_WARN_BEFORE,
+            horizon(),
         );
         r.items
     }
@@ -275,7 +279,7 @@ mod tests {
         assert_eq!(find(&items, "intermediate expiry").status, Status::Pass);
         // No cacerts: nothing here (the cluster rules fail it).
         let mut r = Report::default();
-        cacerts(&mut r, "c", None, ("w", "w"), 0, DEFAULT_WARN_BEFORE);
+        cacerts(&mut r, "c", None, ("w", "w"), 0, horizon());
         assert!(r.items.is_empty());
     }
 
@@ -284,7 +288,7 @@ mod tests {
         let s = cacerts_ending_in(10);
         let mut r = Report::default();
         let now = crate::mesh::credentials::unix_now() + 11 * DAY;
-        cacerts(&mut r, "c", Some(&s), ("w", "w"), now, DEFAULT_WARN_BEFORE);
+        cacerts(&mut r, "c", Some(&s), ("w", "w"), now, horizon());
         assert_eq!(find(&r.items, "intermediate expiry").status, Status::Fail);
     }
 }
