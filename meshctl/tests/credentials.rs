@@ -121,7 +121,10 @@ async fn refresh_reissues_a_token_under_the_threshold_and_leaves_a_fresh_one_alo
     assert_eq!(e["reads_context"], "west");
     assert_eq!(e["server"], m.west.url());
     let left = e["remaining"].as_str().unwrap();
-    assert!(left.starts_with("9m ") && left.ends_with(" left"), "{e}");
+    assert!(
+        (left.starts_with("9m ") && left.ends_with(" left")) || left == "10m left",
+        "{e}"
+    );
     assert!(!all.contains(&old_token), "status printed a token");
 
     // 10m left of 1h: under a third of its lifetime. east's fresh token: above.
@@ -460,4 +463,37 @@ async fn cronjob_prints_a_job_that_runs_refresh_and_no_secret() {
         ])
         .await;
     assert!(t.contains("expected five cron fields"), "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_secret_does_not_stop_the_others_and_exits_1() {
+    let m = mesh().await;
+    let age = Duration::from_secs(50 * MIN);
+    m.west.clock().rewind(age);
+    m.east.clock().rewind(age);
+    m.join(&["--token-ttl", "1h"]).await;
+    m.west.clock().advance(age);
+    m.east.clock().advance(age);
+    // west's reader is gone: no token can be issued for it.
+    m.west
+        .store()
+        .delete(
+            "v1",
+            "ServiceAccount",
+            Some("istio-system"),
+            "istio-reader-service-account",
+        )
+        .unwrap();
+    let (code, v, all) = run_json(&m, &["credentials", "refresh"], &[]).await;
+    assert_eq!(code, 1, "{all}");
+    let failed = entry(&v["secrets"], "east", "west");
+    assert_eq!(failed["action"], "failed", "{failed}");
+    let why = failed["reason"].as_str().unwrap();
+    assert!(
+        why.contains(
+            "TokenRequest for istio-system/istio-reader-service-account in context \"west\""
+        ),
+        "{why}"
+    );
+    assert_eq!(entry(&v["secrets"], "west", "east")["action"], "refreshed");
 }

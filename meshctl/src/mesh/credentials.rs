@@ -430,6 +430,34 @@ mod tests {
     }
 
     #[test]
+    fn a_client_certificate_expires_at_its_not_after_and_exec_is_unknown() {
+        let root = pki::RootCa::generate(&pki::RootOptions::default()).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(root.cert_pem());
+        let kc = |user: Value| {
+            serde_yaml::to_string(&json!({"current-context": "c",
+                "clusters": [{"name": "c", "cluster": {"server": "https://c:6443"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "users": [{"name": "u", "user": user}]}))
+            .unwrap()
+        };
+        let (_, c) = read_kubeconfig(&kc(
+            json!({"client-certificate-data": b64, "client-key-data": "x"}),
+        ))
+        .unwrap();
+        assert_eq!(c.method, Method::ClientCertificate);
+        let years = (c.expires.unwrap() - unix_now()) / (365 * 24 * 3600);
+        assert_eq!(years, 9, "the root's ten years, less a day or so");
+        assert!(
+            matches!(decide(&c, 0, None), Decision::Keep(r) if r.contains("client certificate"))
+        );
+        let (_, c) =
+            read_kubeconfig(&kc(json!({"exec": {"command": "gke-gcloud-auth-plugin"}}))).unwrap();
+        assert_eq!(c.expires, None);
+        assert_eq!(remaining(&c, 0), "unknown");
+        assert!(read_kubeconfig("current-context: c\n").is_err());
+    }
+
+    #[test]
     fn istio_versions_from_image_tags() {
         assert_eq!(
             istio_version("docker.io/istio/pilot:1.30.3"),
