@@ -497,3 +497,38 @@ async fn one_failing_secret_does_not_stop_the_others_and_exits_1() {
     );
     assert_eq!(entry(&v["secrets"], "west", "east")["action"], "refreshed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_warns_on_a_credential_within_the_horizon_only() {
+    let m = mesh().await;
+    m.join(&["--token-ttl", "1000h"]).await; // about 41 days
+    m.make_gateways_ready();
+    let judge = |v: &Value| {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["scope"] == "secret for west in east" && i["check"] == "token expiry")
+            .unwrap()
+            .clone()
+    };
+    let (code, v, all) = run_json(&m, &["check"], &["--allow-loopback-server"]).await;
+    assert_eq!(code, 0, "{all}");
+    assert_eq!(judge(&v)["status"], "pass", "{}", judge(&v));
+    let (code, v, all) = run_json(
+        &m,
+        &["check"],
+        &["--allow-loopback-server", "--warn-before", "50d"],
+    )
+    .await;
+    assert_eq!(code, 0, "{all}");
+    let i = judge(&v);
+    assert_eq!(i["status"], "warn", "{i}");
+    assert!(
+        i["hint"]
+            .as_str()
+            .unwrap()
+            .contains("meshctl credentials cronjob"),
+        "{i}"
+    );
+}

@@ -326,6 +326,12 @@ pub fn istio_version(image: &str) -> Option<(u32, u32, u32)> {
     ))
 }
 
+/// `ROTATION_FIXED_IN` as text.
+pub fn rotation_fixed_in() -> String {
+    let (a, b, c) = ROTATION_FIXED_IN;
+    format!("{a}.{b}.{c}")
+}
+
 /// Whether istiod of that version reloads a rewritten remote secret by itself.
 pub fn picks_up_rotation(version: (u32, u32, u32)) -> bool {
     version >= ROTATION_FIXED_IN

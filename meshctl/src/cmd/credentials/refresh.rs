@@ -130,7 +130,12 @@ async fn refresh_all(a: &RefreshArgs, peers: &[Peer]) -> Result<(Vec<Outcome>, V
         // The Secret's latest resourceVersion, so a second key of the same Secret patches
         // on top of the first (each patch is conditional on it).
         let mut versions: HashMap<String, Option<String>> = HashMap::new();
-        for s in stored_in(&p.cluster, ns).await? {
+        // One cluster that cannot be listed does not stop the others (unattended runs).
+        let stored = match stored_in(&p.cluster, ns).await {
+            Ok(s) => s,
+            Err(e) => vec![Err(format!("listing the remote secrets in {ns}: {e:#}"))],
+        };
+        for s in stored {
             let s = match s {
                 Ok(s) => s,
                 Err(e) => {
@@ -168,7 +173,19 @@ async fn refresh_all(a: &RefreshArgs, peers: &[Peer]) -> Result<(Vec<Outcome>, V
             });
         }
         if touched {
-            notes.push(istiod_note(&p.cluster, ns, a.dry_run).await?);
+            notes.push(match istiod_note(&p.cluster, ns, a.dry_run).await {
+                Ok(n) => n,
+                Err(e) => IstiodNote {
+                    context: ctx.clone(),
+                    versions: Vec::new(),
+                    restart_needed: None,
+                    advice: format!(
+                        "{ctx}: cannot read istiod's Deployments ({e:#}); istiod before {} \
+                         keeps using the old token until restarted (istio/istio#60612)",
+                        cred::rotation_fixed_in()
+                    ),
+                },
+            });
         }
     }
     Ok((outcomes, notes))
@@ -285,8 +302,7 @@ async fn istiod_note(c: &Cluster, ns: &str, dry_run: bool) -> Result<IstiodNote>
             None => format!("{n} ({i})"),
         })
         .collect();
-    let (fa, fb, fc) = cred::ROTATION_FIXED_IN;
-    let fixed = format!("{fa}.{fb}.{fc}");
+    let fixed = cred::rotation_fixed_in();
     let when = if dry_run { "after a refresh, " } else { "" };
     let restart = |names: Vec<&str>| {
         names
