@@ -213,6 +213,11 @@ pub(crate) fn token_request(
             "may not specify a duration larger than 2^32 seconds",
         ));
     }
+    // Shortened, not refused, as the real server does past validation.
+    let secs = match store.config().max_token_expiration_seconds {
+        Some(max) if max > 0 && secs > max => max,
+        _ => secs,
+    };
     let now = store.clock().now();
     let exp = now + Duration::from_secs(secs as u64);
     let audiences = body

@@ -417,3 +417,23 @@ async fn token_request_refuses_a_mismatched_name_and_tokens_for_another_audience
             .is_ok()
     );
 }
+
+#[tokio::test]
+async fn a_max_token_expiration_shortens_longer_requests() {
+    init();
+    let mut opts = k8s_test_server::Options::new("max");
+    opts.store.max_token_expiration_seconds = Some(3600);
+    let server = TestApiServer::start_with(opts).await.unwrap();
+    let admin = admin_client(&server).await;
+    reader_setup(&admin).await;
+    let tr = token_request(&admin, 7200).await;
+    assert_eq!(tr.spec.as_ref().unwrap().expiration_seconds, Some(3600));
+    let exp = tr.status.unwrap().expiration_timestamp.unwrap().0;
+    let secs = exp
+        .duration_since(k8s_openapi::jiff::Timestamp::now())
+        .as_secs();
+    assert!((3590..=3600).contains(&secs), "expires in {secs}s");
+    // Below the cap: as asked.
+    let tr = token_request(&admin, 1200).await;
+    assert_eq!(tr.spec.as_ref().unwrap().expiration_seconds, Some(1200));
+}
