@@ -144,7 +144,8 @@ pub struct SecretFlags {
     pub reader_allow_secrets: bool,
 }
 
-fn parse_ttl(s: &str) -> Result<Duration, String> {
+/// A token lifetime (`--token-ttl`): a duration of at least 10m, TokenRequest's minimum.
+pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
     if d < Duration::from_secs(600) {
         return Err(format!(

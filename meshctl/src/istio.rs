@@ -26,6 +26,11 @@ pub const DEFAULT_READER_SA: &str = "istio-reader-service-account";
 pub const SA_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
 pub const SA_NAME_ANNOTATION: &str = "kubernetes.io/service-account.name";
 
+/// Selects istiod's Deployments (`istiod`, and `istiod-<revision>` of revisioned installs);
+/// the version is in the image tag of its `discovery` container.
+pub const ISTIOD_SELECTOR: &str = "app=istiod";
+pub const ISTIOD_CONTAINER: &str = "discovery";
+
 /// The remote secret of cluster `cluster` (istioctl's name).
 pub fn remote_secret_name(cluster: &str) -> String {
     format!("istio-remote-secret-{cluster}")

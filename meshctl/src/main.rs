@@ -14,6 +14,8 @@
 //! - `cli.rs`: flags declared once and flattened into commands (`--kubeconfig`/`--context`,
 //!   `-n`, `--dry-run`/`-o`, `--force`/`--show-secrets`, the gateway and remote-secret groups)
 //!   and `CONTEXT=VALUE` parsing.
+//! - `cmd/credentials/`: `status`, `refresh` and `cronjob` for the remote secrets'
+//!   credentials (reading them is `mesh/credentials.rs`).
 //! - `istio.rs`: every Istio and Kubernetes name meshctl depends on (labels, annotations,
 //!   Secret names, gateway names and ports, managed-by), defined once.
 //! - `kube/`: plumbing with no mesh knowledge: kubeconfig reading (`config.rs`), one cluster's
@@ -39,7 +41,7 @@ mod istio;
 mod kube;
 mod mesh;
 
-use cmd::{cacerts, certs, check, gateway, join, label, remote_secret};
+use cmd::{cacerts, certs, check, credentials, gateway, join, label, remote_secret};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,6 +72,8 @@ enum Command {
     Unjoin(join::UnjoinArgs),
     /// Check that clusters are joined: per cluster and per pair, with a hint per failure.
     Check(check::CheckArgs),
+    /// Remote secrets' credentials: status (expiry), refresh (re-issue expiring tokens), cronjob.
+    Credentials(credentials::CredentialsArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Command::Join(args) => join::run_join(args),
         Command::Unjoin(args) => join::run_unjoin(args),
         Command::Check(args) => check::run(args),
+        Command::Credentials(args) => credentials::run(args),
     };
     match result {
         Ok(code) => code,

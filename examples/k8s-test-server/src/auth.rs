@@ -50,7 +50,16 @@ pub struct TokenRecord {
     pub expires: Option<SystemTime>,
     /// The Secret holding a legacy token; the token dies with it.
     pub secret: Option<String>,
+    /// The `aud` claim of a TokenRequest token (empty for legacy tokens, which have none).
+    /// Like the real authenticator, a token none of whose audiences is the API server's is
+    /// refused (401): a token minted for another audience cannot call this server.
+    pub audiences: Vec<String>,
 }
+
+/// The API server's audience: what TokenRequest defaults `spec.audiences` to, and what a
+/// token's `aud` must include to authenticate here (`--api-audiences`, which defaults to the
+/// issuer).
+pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// The service-account tokens this server issued (by the token controller and TokenRequest),
 /// by token. Shared; it outlives a stop and restart like the store does.
@@ -109,6 +118,9 @@ pub(crate) fn authenticate(store: &Store, tokens: &Tokens, token: &str) -> Optio
     if rec.expires.is_some_and(|e| e <= now) {
         return None;
     }
+    if !rec.audiences.is_empty() && !rec.audiences.iter().any(|a| a == API_AUDIENCE) {
+        return None;
+    }
     let sa_key = ObjKey {
         group: String::new(),
         resource: "serviceaccounts".into(),
@@ -150,6 +162,26 @@ pub(crate) fn token_request(
     body: &Value,
     dry_run: bool,
 ) -> Result<Value, ApiError> {
+    // The real server requires a name or namespace in the body to match the URL's.
+    for (field, want) in [("name", sa_name), ("namespace", ns)] {
+        if let Some(got) = body
+            .pointer(&format!("/metadata/{field}"))
+            .and_then(Value::as_str)
+            && !got.is_empty()
+            && got != want
+        {
+            return Err(ApiError::invalid(
+                "authentication.k8s.io",
+                "TokenRequest",
+                sa_name,
+                &format!("metadata.{field}"),
+                "FieldValueInvalid",
+                &format!(
+                    "Invalid value: {got:?}: must match the service account {field} if specified"
+                ),
+            ));
+        }
+    }
     let sa = store
         .get("v1", "ServiceAccount", Some(ns), sa_name)
         .ok_or_else(|| ApiError::not_found("", "serviceaccounts", sa_name))?;
@@ -181,6 +213,11 @@ pub(crate) fn token_request(
             "may not specify a duration larger than 2^32 seconds",
         ));
     }
+    // Shortened, not refused, as the real server does past validation.
+    let secs = match store.config().max_token_expiration_seconds {
+        Some(max) if max > 0 && secs > max => max,
+        _ => secs,
+    };
     let now = store.clock().now();
     let exp = now + Duration::from_secs(secs as u64);
     let audiences = body
@@ -188,7 +225,7 @@ pub(crate) fn token_request(
         .and_then(Value::as_array)
         .filter(|a| !a.is_empty())
         .cloned()
-        .unwrap_or_else(|| vec![json!("https://kubernetes.default.svc.cluster.local")]);
+        .unwrap_or_else(|| vec![json!(API_AUDIENCE)]);
     let token = jwt(&json!({
         "aud": audiences,
         "exp": util::unix(exp),
@@ -208,6 +245,10 @@ pub(crate) fn token_request(
                 sa_uid,
                 expires: Some(exp),
                 secret: None,
+                audiences: audiences
+                    .iter()
+                    .filter_map(|a| a.as_str().map(str::to_string))
+                    .collect(),
             },
         );
     }

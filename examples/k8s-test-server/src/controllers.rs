@@ -154,6 +154,7 @@ fn fill_token_secret(store: &Store, tokens: &Tokens, ns: &str, name: &str) {
             sa_uid: sa_uid.clone(),
             expires: None,
             secret: Some(name.into()),
+            audiences: Vec::new(),
         },
     );
     let mut new = secret.clone();

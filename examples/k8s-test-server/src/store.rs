@@ -71,6 +71,10 @@ pub struct StoreConfig {
     pub controller_delay: Duration,
     /// Smallest `spec.expirationSeconds` a TokenRequest may ask for (real: 600).
     pub min_token_expiration_seconds: i64,
+    /// `--service-account-max-token-expiration`: a TokenRequest asking for longer gets this
+    /// lifetime instead (the real server also sends a Warning header, not modelled). `None`:
+    /// no cap, the real default.
+    pub max_token_expiration_seconds: Option<i64>,
     /// Accept loopback addresses (127.0.0.0/8, ::1) in EndpointSlices and Endpoints. A real
     /// API server refuses them; only tests whose backends listen on loopback set this.
     pub allow_loopback_endpoint_addresses: bool,
@@ -82,6 +86,7 @@ impl Default for StoreConfig {
             history_limit: 100_000,
             controller_delay: Duration::from_millis(50),
             min_token_expiration_seconds: 600,
+            max_token_expiration_seconds: None,
             allow_loopback_endpoint_addresses: false,
         }
     }

@@ -373,3 +373,67 @@ async fn controllers_relist_when_the_history_is_compacted_under_them() {
         );
     }
 }
+
+#[tokio::test]
+async fn token_request_refuses_a_mismatched_name_and_tokens_for_another_audience() {
+    init();
+    let server = TestApiServer::start("aud").await.unwrap();
+    let admin = admin_client(&server).await;
+    reader_setup(&admin).await;
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "istio-system");
+    // Like the real server: a name or namespace in the body must match the URL's.
+    for meta in [json!({"name": "other"}), json!({"namespace": "default"})] {
+        let tr: TokenRequest = obj(json!({"metadata": meta, "spec": {"audiences": []}}));
+        let err = sas
+            .create_token_request("reader", &PostParams::default(), &tr)
+            .await
+            .unwrap_err();
+        assert_eq!(status_code(&err), Some(422), "{meta}");
+    }
+    // A token for another audience is issued, but this API server refuses it (401).
+    let tr: TokenRequest = obj(json!({"spec": {"audiences": ["istio-ca"]}}));
+    let token = sas
+        .create_token_request("reader", &PostParams::default(), &tr)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+        .unwrap();
+    let other = client_from_yaml(&server.kubeconfig_with_token("aud", &token)).await;
+    let err = Api::<Service>::all(other)
+        .list(&ListParams::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&err), Some(401));
+    // The default audience (the API server's) authenticates.
+    let tr = token_request(&admin, 3600).await;
+    let token = tr.status.unwrap().token.unwrap();
+    let ok = client_from_yaml(&server.kubeconfig_with_token("aud", &token)).await;
+    assert!(
+        Api::<Service>::all(ok)
+            .list(&ListParams::default())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_max_token_expiration_shortens_longer_requests() {
+    init();
+    let mut opts = k8s_test_server::Options::new("max");
+    opts.store.max_token_expiration_seconds = Some(3600);
+    let server = TestApiServer::start_with(opts).await.unwrap();
+    let admin = admin_client(&server).await;
+    reader_setup(&admin).await;
+    let tr = token_request(&admin, 7200).await;
+    assert_eq!(tr.spec.as_ref().unwrap().expiration_seconds, Some(3600));
+    let exp = tr.status.unwrap().expiration_timestamp.unwrap().0;
+    let secs = exp
+        .duration_since(k8s_openapi::jiff::Timestamp::now())
+        .as_secs();
+    assert!((3590..=3600).contains(&secs), "expires in {secs}s");
+    // Below the cap: as asked.
+    let tr = token_request(&admin, 1200).await;
+    assert_eq!(tr.spec.as_ref().unwrap().expiration_seconds, Some(1200));
+}

@@ -5,6 +5,7 @@
 pub mod cacerts;
 pub mod certs;
 pub mod check;
+pub mod credentials;
 pub mod gateway;
 pub mod join;
 pub mod label;

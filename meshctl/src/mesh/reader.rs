@@ -106,7 +106,8 @@ pub async fn build(c: &Cluster, o: &SecretOptions, dry_run: bool) -> Result<Buil
     })
 }
 
-async fn request_token(c: &Cluster, ns: &str, sa: &str, ttl: Duration) -> Result<String> {
+/// A TokenRequest token for `ns/sa` in `c`, valid for `ttl` (the API server's audience).
+pub async fn request_token(c: &Cluster, ns: &str, sa: &str, ttl: Duration) -> Result<String> {
     let api: Api<ServiceAccount> = Api::namespaced(c.client.clone(), ns);
     let tr: TokenRequest = serde_json::from_value(json!({
         "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",

@@ -8,7 +8,7 @@
 //! the rules accepted, so gathering and judging alternate per pair).
 
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use clap::Args;
@@ -18,7 +18,7 @@ use crate::kube::{self as kc, Cluster, KubeconfigFile, Output};
 use facts::Seen;
 use report::Report;
 use rules::mesh::PairPlan;
-use rules::{cluster, mesh, pair};
+use rules::{cluster, expiry, mesh, pair};
 
 mod facts;
 mod gather;
@@ -37,6 +37,9 @@ pub struct CheckArgs {
     /// Accept loopback API server addresses in remote secrets (single-host tests only).
     #[arg(long)]
     allow_loopback_server: bool,
+    /// Warn about remote credentials, intermediates and roots that expire within this.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = expiry::DEFAULT_WARN_BEFORE)]
+    warn_before: Duration,
     #[command(flatten)]
     out: OutputArg,
 }
@@ -69,7 +72,12 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
         match file.connect(ctx).await {
             Ok(c) => {
                 let facts = gather::cluster(&c, ns).await?;
-                seen.push(cluster::read_cluster(&mut r, &facts, &c.server, name_flag));
+                let s = cluster::read_cluster(&mut r, &facts, &c.server, name_flag);
+                let ids = (ctx.as_str(), s.name.as_str());
+                let scope = format!("cluster {ctx}");
+                let (now, warn) = (unix_now(), a.warn_before);
+                expiry::cacerts(&mut r, &scope, facts.cacerts.as_ref(), ids, now, warn);
+                seen.push(s);
                 clients.push(Some(c));
             }
             Err(e) => {
@@ -122,16 +130,14 @@ async fn check_pair(
 ) -> Result<()> {
     let ns = a.ns.namespace.as_str();
     let secrets = gather::remote_secrets(tc, ns).await?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let now = unix_now();
     let pair = (source, target);
     let Some(kubeconfig) = pair::stored_secret(r, pair, ns, &secrets, a.allow_loopback_server, now)
     else {
         return Ok(());
     };
     let scope = pair::pair_scope(source, target);
+    credential_expiry(r, a, (source, target), &secrets, now);
     if let Some(why) = skip_live {
         pair::live_skipped(r, &scope, &why);
         return Ok(());
@@ -147,4 +153,39 @@ async fn check_pair(
         Err((failure, detail)) => pair::live(r, &scope, Err((failure, &detail)), None, &rejoin),
     }
     Ok(())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// "token expiry" against `--warn-before`, in place of the pair rules' one-day judgement
+/// (which knows no horizon): the credential of the first stored kubeconfig for `source`.
+fn credential_expiry(
+    r: &mut Report,
+    a: &CheckArgs,
+    (source, target): (&Seen, &Seen),
+    secrets: &[k8s_openapi::api::core::v1::Secret],
+    now: u64,
+) {
+    let Some(stored) = secrets
+        .iter()
+        .flat_map(crate::mesh::credentials::read_secret)
+        .flatten()
+        .find(|s| s.cluster == source.name)
+    else {
+        return;
+    };
+    let scope = pair::pair_scope(source, target);
+    r.drop_check(&scope, expiry::TOKEN_EXPIRY);
+    let refresh = format!(
+        "meshctl credentials refresh --context {} --context {}",
+        source.context, target.context
+    );
+    let rejoin = pair::rejoin_hint(source, target);
+    let hints = (refresh.as_str(), rejoin.as_str());
+    expiry::credential(r, &scope, &stored.credential, hints, now, a.warn_before);
 }

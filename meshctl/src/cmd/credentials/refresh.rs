@@ -1,0 +1,369 @@
+//! `meshctl credentials refresh`: for every remote secret stored in the given clusters,
+//! re-issue its TokenRequest token through the TokenRequest API of the cluster it reads
+//! (same service account, same lifetime unless `--token-ttl`) and rewrite that one key of
+//! the Secret, when the remaining lifetime is under the threshold. Everything else is left
+//! alone, with the reason. Idempotent: a fresh token is above the threshold on the next run.
+//! Then it says, per cluster, whether its istiod picks the new token up by itself.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use base64::Engine as _;
+use clap::Args;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use serde::Serialize;
+use serde_json::json;
+
+use super::{Format, Peer, Targets, connect_all, stored_in, table};
+use crate::cli::{check_unique, parse_ttl};
+use crate::istio::{ISTIOD_CONTAINER, ISTIOD_SELECTOR};
+use crate::kube::{self as kc, Cluster, KubeconfigFile};
+use crate::mesh::credentials::{self as cred, Decision, Method, Stored};
+use crate::mesh::reader::request_token;
+
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    #[command(flatten)]
+    targets: Targets,
+    /// Refresh a token whose remaining lifetime is under this (e.g. 24h). Default: a third
+    /// of the token's lifetime, so a job that runs every sixth of it refreshes in time.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    threshold: Option<Duration>,
+    /// Lifetime of the new tokens (min 10m). Default: the old token's lifetime.
+    #[arg(long, value_parser = parse_ttl)]
+    token_ttl: Option<Duration>,
+    /// Say what would be refreshed and change nothing (no token is minted or printed).
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Refreshed,
+    WouldRefresh,
+    LeftAlone,
+    Failed,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Refreshed => "refreshed",
+            Action::WouldRefresh => "would refresh",
+            Action::LeftAlone => "left alone",
+            Action::Failed => "FAILED",
+        })
+    }
+}
+
+/// What happened to one stored kubeconfig (never its token).
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub stored_in: String,
+    pub secret: String,
+    pub cluster: String,
+    pub action: Action,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_expiry: Option<String>,
+}
+
+/// Whether one cluster's istiod picks up the rewritten secrets by itself.
+#[derive(Debug, Serialize)]
+pub struct IstiodNote {
+    pub context: String,
+    pub versions: Vec<String>,
+    /// `None` when the version cannot be told.
+    pub restart_needed: Option<bool>,
+    pub advice: String,
+}
+
+pub fn run(a: RefreshArgs) -> Result<ExitCode> {
+    let t = &a.targets;
+    check_unique(&t.clusters.contexts)?;
+    let file = KubeconfigFile::load(t.clusters.kubeconfig.as_deref())?;
+    file.require_contexts(&t.clusters.contexts)?;
+    let (outcomes, notes, errors) = kc::block_on(async {
+        let (peers, errors) = connect_all(t, &file).await?;
+        let (outcomes, notes) = refresh_all(&a, &peers).await?;
+        Ok((outcomes, notes, errors))
+    })?;
+    match t.output {
+        Format::Table => {
+            print!("{}", table::refresh(&outcomes));
+            for n in &notes {
+                println!("{}", n.advice);
+            }
+        }
+        Format::Yaml | Format::Json => {
+            let doc = json!({"dryRun": a.dry_run, "secrets": outcomes, "istiod": notes, "errors": errors});
+            if t.output == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print!("{}", serde_yaml::to_string(&doc)?);
+            }
+        }
+    }
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    let failed = outcomes.iter().any(|o| o.action == Action::Failed);
+    Ok(if failed || !errors.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn refresh_all(a: &RefreshArgs, peers: &[Peer]) -> Result<(Vec<Outcome>, Vec<IstiodNote>)> {
+    let ns = a.targets.ns.namespace.as_str();
+    let now = cred::unix_now();
+    let (mut outcomes, mut notes) = (Vec::new(), Vec::new());
+    for p in peers {
+        let ctx = &p.cluster.context;
+        let mut touched = false;
+        // The Secret's latest resourceVersion, so a second key of the same Secret patches
+        // on top of the first (each patch is conditional on it).
+        let mut versions: HashMap<String, Option<String>> = HashMap::new();
+        // One cluster that cannot be listed does not stop the others (unattended runs).
+        let stored = match stored_in(&p.cluster, ns).await {
+            Ok(s) => s,
+            Err(e) => vec![Err(format!("listing the remote secrets in {ns}: {e:#}"))],
+        };
+        for s in stored {
+            let s = match s {
+                Ok(s) => s,
+                Err(e) => {
+                    outcomes.push(Outcome {
+                        stored_in: ctx.clone(),
+                        secret: String::new(),
+                        cluster: String::new(),
+                        action: Action::Failed,
+                        reason: e,
+                        new_expiry: None,
+                    });
+                    continue;
+                }
+            };
+            let rv = versions
+                .entry(s.secret.clone())
+                .or_insert_with(|| s.resource_version.clone());
+            let (action, reason, new_expiry) = match cred::decide(&s.credential, now, a.threshold) {
+                Decision::Keep(why) => (Action::LeftAlone, why, None),
+                Decision::Refresh(why) => match refresh_one(a, p, peers, &s, rv).await {
+                    Ok((action, how, exp)) => {
+                        touched = true;
+                        (action, format!("{why}; {how}"), exp)
+                    }
+                    Err(e) => (Action::Failed, format!("{why}; {e:#}"), None),
+                },
+            };
+            outcomes.push(Outcome {
+                stored_in: ctx.clone(),
+                secret: format!("{}/{}", s.namespace, s.secret),
+                cluster: s.cluster.clone(),
+                action,
+                reason,
+                new_expiry,
+            });
+        }
+        if touched {
+            notes.push(match istiod_note(&p.cluster, ns, a.dry_run).await {
+                Ok(n) => n,
+                Err(e) => IstiodNote {
+                    context: ctx.clone(),
+                    versions: Vec::new(),
+                    restart_needed: None,
+                    advice: format!(
+                        "{ctx}: cannot read istiod's Deployments ({e:#}); istiod before {} \
+                         keeps using the old token until restarted (istio/istio#60612)",
+                        cred::rotation_fixed_in()
+                    ),
+                },
+            });
+        }
+    }
+    Ok((outcomes, notes))
+}
+
+/// Mints the new token in the cluster the secret reads and rewrites the secret's key.
+async fn refresh_one(
+    a: &RefreshArgs,
+    peer: &Peer,
+    peers: &[Peer],
+    s: &Stored,
+    rv: &mut Option<String>,
+) -> Result<(Action, String, Option<String>)> {
+    let Method::TokenRequest {
+        service_account,
+        namespace,
+        ..
+    } = &s.credential.method
+    else {
+        return Err(anyhow!("not a TokenRequest token"));
+    };
+    let source = peers.iter().find(|p| p.id == s.cluster).ok_or_else(|| {
+        anyhow!(
+            "cluster {} is not one of the --context clusters, and its token can only be \
+             issued there: add its --context (and --cluster-name CONTEXT={} if the ID differs)",
+            s.cluster,
+            s.cluster
+        )
+    })?;
+    let ttl = match (a.token_ttl, s.credential.ttl()) {
+        (Some(t), _) => t,
+        (None, Some(secs)) => Duration::from_secs(secs.max(600)),
+        (None, None) => return Err(anyhow!("the token's lifetime is unknown; pass --token-ttl")),
+    };
+    let sa = format!("{namespace}/{service_account}");
+    let from = &source.cluster.context;
+    if a.dry_run {
+        let how = format!(
+            "would request a {} token for {sa} from context {from} and rewrite key {} in context {}",
+            cred::human(ttl.as_secs()),
+            s.cluster,
+            peer.cluster.context
+        );
+        return Ok((Action::WouldRefresh, how, None));
+    }
+    let token = request_token(&source.cluster, namespace, service_account, ttl).await?;
+    let kubeconfig = cred::with_token(&s.kubeconfig, &token)?;
+    *rv = write_key(&peer.cluster, s, &kubeconfig, rv.as_deref()).await?;
+    let expiry = cred::credential_of_token(&token).expires.map(cred::rfc3339);
+    let how = format!(
+        "new {} token for {sa} from context {from}",
+        cred::human(ttl.as_secs())
+    );
+    Ok((Action::Refreshed, how, expiry))
+}
+
+/// Rewrites one key of the remote secret (a merge patch of that key only, conditional on
+/// the resourceVersion read); returns the new resourceVersion.
+async fn write_key(
+    c: &Cluster,
+    s: &Stored,
+    kubeconfig: &str,
+    rv: Option<&str>,
+) -> Result<Option<String>> {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(kubeconfig);
+    let mut patch = json!({"data": {s.cluster.as_str(): b64}});
+    if let Some(rv) = rv {
+        patch["metadata"] = json!({"resourceVersion": rv});
+    }
+    let api: Api<Secret> = Api::namespaced(c.client.clone(), &s.namespace);
+    let out = api
+        .patch(&s.secret, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "updating Secret {}/{} in context {:?}: {} (a new token was issued but not \
+                 stored; it expires unused)",
+                s.namespace,
+                s.secret,
+                c.context,
+                kc::error_text(&e)
+            )
+        })?;
+    Ok(out.metadata.resource_version)
+}
+
+/// Whether `c`'s istiod reloads a rewritten remote secret without a restart (1.30.3+).
+async fn istiod_note(c: &Cluster, ns: &str, dry_run: bool) -> Result<IstiodNote> {
+    let ctx = &c.context;
+    let deployments = kc::list(c, "apps/v1", "Deployment", Some(ns), ISTIOD_SELECTOR).await?;
+    let mut found = Vec::new();
+    for d in &deployments {
+        let name = d["metadata"]["name"]
+            .as_str()
+            .unwrap_or("istiod")
+            .to_string();
+        let containers = d["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let image = containers
+            .iter()
+            .find(|c| c["name"] == ISTIOD_CONTAINER)
+            .or(containers.first())
+            .and_then(|c| c["image"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        found.push((name, image.clone(), cred::istio_version(&image)));
+    }
+    let versions: Vec<String> = found
+        .iter()
+        .map(|(n, i, v)| match v {
+            Some((a, b, c)) => format!("{n} {a}.{b}.{c}"),
+            None => format!("{n} ({i})"),
+        })
+        .collect();
+    let fixed = cred::rotation_fixed_in();
+    let when = if dry_run { "after a refresh, " } else { "" };
+    let restart = |names: Vec<&str>| {
+        names
+            .iter()
+            .map(|n| format!("kubectl --context {ctx} -n {ns} rollout restart deployment/{n}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let known: Option<Vec<bool>> = found
+        .iter()
+        .map(|(_, _, v)| v.map(cred::picks_up_rotation))
+        .collect();
+    let (restart_needed, advice) = match known {
+        Some(ok) if !ok.is_empty() && ok.iter().all(|b| *b) => (
+            Some(false),
+            format!(
+                "{ctx}: {when}istiod ({}) picks up the rewritten remote secrets by itself \
+                 (istio/istio#60612 is fixed in {fixed}); no restart needed",
+                versions.join(", ")
+            ),
+        ),
+        Some(ok) if !ok.is_empty() => {
+            let old: Vec<&str> = found
+                .iter()
+                .zip(&ok)
+                .filter(|(_, fixed)| !**fixed)
+                .map(|((n, _, _), _)| n.as_str())
+                .collect();
+            (
+                Some(true),
+                format!(
+                    "{ctx}: {when}istiod ({}) is older than {fixed} and keeps using the old \
+                     token until restarted (istio/istio#60612): {}; or upgrade to {fixed}+",
+                    versions.join(", "),
+                    restart(old)
+                ),
+            )
+        }
+        _ => (
+            None,
+            format!(
+                "{ctx}: {when}cannot tell istiod's version (no Deployment labelled {ISTIOD_SELECTOR} \
+                 in {ns} with a versioned image{}): istiod before {fixed} keeps using the old \
+                 token until restarted (istio/istio#60612): {}",
+                if versions.is_empty() {
+                    String::new()
+                } else {
+                    format!("; found {}", versions.join(", "))
+                },
+                restart(if found.is_empty() {
+                    vec!["istiod"]
+                } else {
+                    found.iter().map(|(n, _, _)| n.as_str()).collect()
+                })
+            ),
+        ),
+    };
+    Ok(IstiodNote {
+        context: ctx.clone(),
+        versions,
+        restart_needed,
+        advice,
+    })
+}

@@ -1,0 +1,486 @@
+//! The credential inside a remote secret, read without ever exposing it: which cluster and
+//! server the stored kubeconfig reads, how it authenticates, when that expires, whether it
+//! is due for a refresh, and the kubeconfig with a new token. Pure: `cmd/credentials.rs`
+//! talks to the clusters (minting through `reader::request_token`).
+//!
+//! The expiry comes from the token itself: the `exp` and `iat` claims of the JWT, decoded
+//! without verifying the signature. That is the expiry the API server enforces, it is in
+//! every TokenRequest token (whoever minted it: `join --token-ttl`, `kubectl create token`,
+//! another tool), and it cannot go stale the way an annotation written at mint time can when
+//! someone else rewrites the Secret. Not verifying is safe here: the claims only schedule a
+//! refresh, they never grant anything.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::Secret;
+use serde::Serialize;
+use serde_json::Value;
+
+/// How a stored kubeconfig authenticates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Method {
+    /// A bound token from the TokenRequest API: it expires (`exp`) and was issued at `iat`.
+    TokenRequest {
+        service_account: String,
+        namespace: String,
+        issued: u64,
+    },
+    /// A legacy `kubernetes.io/service-account-token` Secret token: no expiry.
+    LegacySecretToken { service_account: Option<String> },
+    /// A bearer token that is not a service-account JWT (expiry unknown to meshctl).
+    OpaqueToken,
+    /// A client certificate (`client-certificate-data`), valid until its notAfter.
+    ClientCertificate,
+    /// An exec plugin or auth provider mints the credential at use (expiry unknown).
+    Plugin { command: String },
+    /// No credential in the kubeconfig.
+    None,
+}
+
+impl Method {
+    pub fn describe(&self) -> String {
+        match self {
+            Method::TokenRequest {
+                service_account,
+                namespace,
+                ..
+            } => format!("TokenRequest token of {namespace}/{service_account}"),
+            Method::LegacySecretToken {
+                service_account: Some(sa),
+            } => format!("legacy long-lived Secret token of {sa}"),
+            Method::LegacySecretToken { .. } => "legacy long-lived Secret token".into(),
+            Method::OpaqueToken => "bearer token (not a service-account JWT)".into(),
+            Method::ClientCertificate => "client certificate".into(),
+            Method::Plugin { command } => format!("exec/auth plugin {command}"),
+            Method::None => "no credential".into(),
+        }
+    }
+}
+
+/// The credential of one stored kubeconfig; `expires` in Unix seconds when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub method: Method,
+    pub expires: Option<u64>,
+}
+
+impl Credential {
+    /// The token's lifetime as issued (`exp - iat`), for TokenRequest tokens.
+    pub fn ttl(&self) -> Option<u64> {
+        match (&self.method, self.expires) {
+            (Method::TokenRequest { issued, .. }, Some(exp)) => Some(exp.saturating_sub(*issued)),
+            _ => None,
+        }
+    }
+}
+
+/// One kubeconfig stored in a remote secret (a Secret may hold several, one per data key).
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The Secret's name and namespace, in the cluster that stores it.
+    pub secret: String,
+    pub namespace: String,
+    pub resource_version: Option<String>,
+    /// The data key: the cluster ID istiod registers it under.
+    pub cluster: String,
+    /// The API server the kubeconfig reads.
+    pub server: String,
+    /// The kubeconfig as stored (holds the token: never printed).
+    pub kubeconfig: String,
+    pub credential: Credential,
+}
+
+/// Every kubeconfig in a remote secret (`data`, else `stringData`). Keys that are not a
+/// kubeconfig come back as errors naming the key, so one bad key does not hide the others.
+pub fn read_secret(s: &Secret) -> Vec<std::result::Result<Stored, String>> {
+    let name = s.metadata.name.clone().unwrap_or_default();
+    let namespace = s.metadata.namespace.clone().unwrap_or_default();
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    if let Some(d) = &s.data {
+        entries.extend(d.iter().map(|(k, v)| (k.clone(), v.0.clone())));
+    } else if let Some(d) = &s.string_data {
+        entries.extend(d.iter().map(|(k, v)| (k.clone(), v.clone().into_bytes())));
+    }
+    entries
+        .into_iter()
+        .map(|(key, bytes)| {
+            let yaml = String::from_utf8(bytes)
+                .map_err(|_| format!("{namespace}/{name} key {key}: not UTF-8 text"))?;
+            let (server, credential) = read_kubeconfig(&yaml)
+                .map_err(|e| format!("{namespace}/{name} key {key}: {e:#}"))?;
+            Ok(Stored {
+                secret: name.clone(),
+                namespace: namespace.clone(),
+                resource_version: s.metadata.resource_version.clone(),
+                cluster: key,
+                server,
+                kubeconfig: yaml,
+                credential,
+            })
+        })
+        .collect()
+}
+
+/// The current context's cluster and user of a kubeconfig.
+fn current<'a>(doc: &'a Value, list: &str, field: &str) -> Option<&'a Value> {
+    let ctx_name = doc["current-context"].as_str();
+    let contexts = doc["contexts"].as_array()?;
+    let ctx = match ctx_name {
+        Some(n) => contexts.iter().find(|c| c["name"] == n)?,
+        None => contexts.first()?,
+    };
+    let wanted = ctx["context"][field].as_str()?;
+    doc[list].as_array()?.iter().find(|e| e["name"] == wanted)
+}
+
+/// The server and credential of a kubeconfig (its current context).
+pub fn read_kubeconfig(yaml: &str) -> Result<(String, Credential)> {
+    let doc: Value = serde_yaml::from_str(yaml).context("the kubeconfig does not parse")?;
+    let cluster = current(&doc, "clusters", "cluster")
+        .ok_or_else(|| anyhow!("the kubeconfig's current context names no cluster"))?;
+    let server = cluster["cluster"]["server"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the kubeconfig's cluster has no server"))?
+        .to_string();
+    let user = current(&doc, "users", "user").map(|u| &u["user"]);
+    Ok((server, user.map_or_else(no_credential, credential_of_user)))
+}
+
+fn no_credential() -> Credential {
+    Credential {
+        method: Method::None,
+        expires: None,
+    }
+}
+
+fn credential_of_user(user: &Value) -> Credential {
+    if let Some(token) = user["token"].as_str() {
+        return credential_of_token(token);
+    }
+    if let Some(b64) = user["client-certificate-data"].as_str() {
+        let expires = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .and_then(|pem| cert_not_after(&pem));
+        return Credential {
+            method: Method::ClientCertificate,
+            expires,
+        };
+    }
+    if let Some(cmd) = user["exec"]["command"].as_str() {
+        return Credential {
+            method: Method::Plugin {
+                command: cmd.to_string(),
+            },
+            expires: None,
+        };
+    }
+    if let Some(name) = user["auth-provider"]["name"].as_str() {
+        return Credential {
+            method: Method::Plugin {
+                command: name.to_string(),
+            },
+            expires: None,
+        };
+    }
+    no_credential()
+}
+
+/// The claims of a JWT, decoded without verifying its signature.
+pub fn jwt_claims(token: &str) -> Option<Value> {
+    let mut parts = token.split('.');
+    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// What a bearer token is: a TokenRequest token (with `exp`), a legacy Secret token, or
+/// something else.
+pub fn credential_of_token(token: &str) -> Credential {
+    let Some(claims) = jwt_claims(token) else {
+        return Credential {
+            method: Method::OpaqueToken,
+            expires: None,
+        };
+    };
+    let sub = claims["sub"].as_str().unwrap_or_default();
+    let sa = sub
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|r| r.split_once(':'));
+    match (claims["exp"].as_u64(), sa) {
+        (Some(exp), Some((ns, name))) => Credential {
+            method: Method::TokenRequest {
+                service_account: name.to_string(),
+                namespace: ns.to_string(),
+                issued: claims["iat"].as_u64().unwrap_or(exp),
+            },
+            expires: Some(exp),
+        },
+        (None, Some((ns, name))) => Credential {
+            method: Method::LegacySecretToken {
+                service_account: Some(format!("{ns}/{name}")),
+            },
+            expires: None,
+        },
+        (exp, None) => Credential {
+            method: Method::OpaqueToken,
+            expires: exp,
+        },
+    }
+}
+
+/// The notAfter (Unix seconds) of the first certificate in a PEM text.
+pub fn cert_not_after(pem_text: &[u8]) -> Option<u64> {
+    let der = super::cacerts::pem_ders(pem_text).into_iter().next()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    u64::try_from(cert.validity().not_after.timestamp()).ok()
+}
+
+/// The default refresh threshold when `--threshold` is not given: a third of the token's
+/// lifetime (so a job running every sixth of it refreshes about twice before expiry).
+pub const DEFAULT_THRESHOLD_FRACTION: u64 = 3;
+
+/// Whether a stored credential is refreshed, and why (said per secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Refresh(String),
+    Keep(String),
+}
+
+/// `refresh`'s decision at `now` (Unix seconds): TokenRequest tokens whose remaining
+/// lifetime is under `threshold` (default: a third of their lifetime) are refreshed;
+/// everything else is left alone, with the reason.
+pub fn decide(c: &Credential, now: u64, threshold: Option<Duration>) -> Decision {
+    let Method::TokenRequest { .. } = &c.method else {
+        return Decision::Keep(format!(
+            "{}: refresh only re-issues TokenRequest tokens (meshctl join --token-ttl makes them)",
+            c.method.describe()
+        ));
+    };
+    let (Some(exp), Some(ttl)) = (c.expires, c.ttl()) else {
+        return Decision::Keep("the token has no expiry".into());
+    };
+    let threshold = threshold.map_or(ttl / DEFAULT_THRESHOLD_FRACTION, |t| t.as_secs());
+    if exp <= now {
+        return Decision::Refresh(format!("expired {} ago", human(now - exp)));
+    }
+    let left = exp - now;
+    if left < threshold {
+        Decision::Refresh(format!(
+            "expires in {}, under the threshold {}",
+            human(left),
+            human(threshold)
+        ))
+    } else {
+        Decision::Keep(format!(
+            "expires in {}, not under the threshold {}",
+            human(left),
+            human(threshold)
+        ))
+    }
+}
+
+/// The kubeconfig with the current user's token replaced (everything else kept as stored).
+pub fn with_token(yaml: &str, token: &str) -> Result<String> {
+    let mut doc: Value = serde_yaml::from_str(yaml).context("the kubeconfig does not parse")?;
+    let user = current(&doc, "users", "user")
+        .and_then(|u| u["name"].as_str())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("the kubeconfig's current context names no user"))?;
+    let users = doc["users"]
+        .as_array_mut()
+        .ok_or_else(|| anyhow!("the kubeconfig has no users"))?;
+    let Some(u) = users.iter_mut().find(|u| u["name"] == user.as_str()) else {
+        bail!("the kubeconfig has no user {user:?}");
+    };
+    if !u["user"]["token"].is_string() {
+        bail!("the kubeconfig's user {user:?} has no bearer token to replace");
+    }
+    u["user"]["token"] = Value::String(token.to_string());
+    Ok(serde_yaml::to_string(&doc)?)
+}
+
+/// The first Istio release that picks up a rewritten remote secret without an istiod
+/// restart: 1.30.3 fixed istio/istio#60612 ("istiod did not pick up updated remote cluster
+/// secrets ... until restarted"; the 1.30.3 release notes, istio/istio.io#17482).
+pub const ROTATION_FIXED_IN: (u32, u32, u32) = (1, 30, 3);
+
+/// The Istio version in an istiod image reference (`docker.io/istio/pilot:1.30.3`,
+/// `...:1.29.6-distroless`, `...@sha256:..` has none).
+pub fn istio_version(image: &str) -> Option<(u32, u32, u32)> {
+    let tag = image.split('@').next()?.rsplit_once(':')?.1;
+    if tag.contains('/') {
+        return None; // a registry port, not a tag
+    }
+    let core = tag.split(['-', '+']).next()?;
+    let mut nums = core.split('.').map(|n| n.parse::<u32>().ok());
+    Some((
+        nums.next()??,
+        nums.next()??,
+        nums.next().flatten().unwrap_or(0),
+    ))
+}
+
+/// `ROTATION_FIXED_IN` as text.
+pub fn rotation_fixed_in() -> String {
+    let (a, b, c) = ROTATION_FIXED_IN;
+    format!("{a}.{b}.{c}")
+}
+
+/// Whether istiod of that version reloads a rewritten remote secret by itself.
+pub fn picks_up_rotation(version: (u32, u32, u32)) -> bool {
+    version >= ROTATION_FIXED_IN
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// RFC 3339 (seconds) of a Unix time.
+pub fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+pub fn human(secs: u64) -> String {
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// "expires in 3h" / "expired 2m ago" / "never" / "unknown".
+pub fn remaining(c: &Credential, now: u64) -> String {
+    match (c.expires, &c.method) {
+        (Some(e), _) if e <= now => format!("expired {} ago", human(now - e)),
+        (Some(e), _) => format!("{} left", human(e - now)),
+        (None, Method::LegacySecretToken { .. }) => "never expires".into(),
+        (None, _) => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn jwt(claims: Value) -> String {
+        let b = |v: &Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+        };
+        format!("{}.{}.sig", b(&json!({"alg": "RS256"})), b(&claims))
+    }
+
+    fn token_request(iat: u64, exp: u64) -> Credential {
+        credential_of_token(&jwt(json!({"iat": iat, "exp": exp,
+            "sub": "system:serviceaccount:istio-system:istio-reader-service-account"})))
+    }
+
+    #[test]
+    fn tells_token_request_legacy_and_opaque_tokens_apart() {
+        let c = token_request(1000, 4600);
+        assert_eq!(c.expires, Some(4600));
+        assert_eq!(c.ttl(), Some(3600));
+        assert_eq!(
+            c.method,
+            Method::TokenRequest {
+                service_account: "istio-reader-service-account".into(),
+                namespace: "istio-system".into(),
+                issued: 1000
+            }
+        );
+        let legacy = credential_of_token(&jwt(json!({"sub": "system:serviceaccount:a:b"})));
+        assert_eq!(
+            legacy.method,
+            Method::LegacySecretToken {
+                service_account: Some("a/b".into())
+            }
+        );
+        assert_eq!(legacy.expires, None);
+        assert_eq!(credential_of_token("not-a-jwt").method, Method::OpaqueToken);
+    }
+
+    #[test]
+    fn refreshes_under_the_threshold_only() {
+        let c = token_request(0, 3600);
+        // Default threshold: a third of the lifetime (1200 s).
+        assert!(matches!(decide(&c, 2300, None), Decision::Keep(_)));
+        assert!(matches!(decide(&c, 2500, None), Decision::Refresh(_)));
+        assert!(matches!(decide(&c, 4000, None), Decision::Refresh(r) if r.contains("expired")));
+        let t = Some(Duration::from_secs(600));
+        assert!(matches!(decide(&c, 2500, t), Decision::Keep(_)));
+        assert!(matches!(decide(&c, 3100, t), Decision::Refresh(_)));
+        let legacy = credential_of_token(&jwt(json!({"sub": "system:serviceaccount:a:b"})));
+        assert!(matches!(decide(&legacy, 0, t), Decision::Keep(r) if r.contains("legacy")));
+    }
+
+    #[test]
+    fn replaces_only_the_current_users_token() {
+        let yaml = serde_yaml::to_string(&json!({"apiVersion": "v1", "kind": "Config",
+            "current-context": "west",
+            "clusters": [{"name": "west", "cluster": {"server": "https://w:6443", "certificate-authority-data": "Q0E="}}],
+            "contexts": [{"name": "west", "context": {"cluster": "west", "user": "west"}}],
+            "users": [{"name": "other", "user": {"token": "keep"}}, {"name": "west", "user": {"token": "old"}}]}))
+        .unwrap();
+        let out = with_token(&yaml, "new").unwrap();
+        let doc: Value = serde_yaml::from_str(&out).unwrap();
+        assert_eq!(doc["users"][1]["user"]["token"], "new");
+        assert_eq!(doc["users"][0]["user"]["token"], "keep");
+        assert_eq!(doc["clusters"][0]["cluster"]["server"], "https://w:6443");
+        let (server, _) = read_kubeconfig(&out).unwrap();
+        assert_eq!(server, "https://w:6443");
+    }
+
+    #[test]
+    fn a_client_certificate_expires_at_its_not_after_and_exec_is_unknown() {
+        let root = pki::RootCa::generate(&pki::RootOptions::default()).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(root.cert_pem());
+        let kc = |user: Value| {
+            serde_yaml::to_string(&json!({"current-context": "c",
+                "clusters": [{"name": "c", "cluster": {"server": "https://c:6443"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "users": [{"name": "u", "user": user}]}))
+            .unwrap()
+        };
+        let (_, c) = read_kubeconfig(&kc(
+            json!({"client-certificate-data": b64, "client-key-data": "x"}),
+        ))
+        .unwrap();
+        assert_eq!(c.method, Method::ClientCertificate);
+        // The root's validity (pki::DEFAULT_ROOT_DAYS from now), to within a day.
+        let days = (c.expires.unwrap() - unix_now()) as f64 / (24.0 * 3600.0);
+        let want = f64::from(pki::DEFAULT_ROOT_DAYS);
+        assert!((days - want).abs() < 1.0, "{days} days");
+        assert!(
+            matches!(decide(&c, 0, None), Decision::Keep(r) if r.contains("client certificate"))
+        );
+        let (_, c) =
+            read_kubeconfig(&kc(json!({"exec": {"command": "gke-gcloud-auth-plugin"}}))).unwrap();
+        assert_eq!(c.expires, None);
+        assert_eq!(remaining(&c, 0), "unknown");
+        assert!(read_kubeconfig("current-context: c\n").is_err());
+    }
+
+    #[test]
+    fn istio_versions_from_image_tags() {
+        assert_eq!(
+            istio_version("docker.io/istio/pilot:1.30.3"),
+            Some((1, 30, 3))
+        );
+        assert_eq!(
+            istio_version("gcr.io/istio-release/pilot:1.29.6-distroless"),
+            Some((1, 29, 6))
+        );
+        assert_eq!(istio_version("localhost:5000/pilot"), None);
+        assert_eq!(istio_version("istio/pilot@sha256:abc"), None);
+        assert_eq!(istio_version("istio/pilot:latest"), None);
+        assert!(picks_up_rotation((1, 30, 3)));
+        assert!(picks_up_rotation((1, 31, 0)));
+        assert!(!picks_up_rotation((1, 30, 2)));
+        assert!(!picks_up_rotation((1, 29, 9)));
+    }
+}
