@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
+# The $(common ...) and $(cost ...) expansions are flag lists: word splitting is meant.
+# shellcheck disable=SC2046
 # Side-by-side SNI proxy benchmark on loopback: the gateway, HAProxy (mode tcp, req.ssl_sni)
-# and nginx (stream, ssl_preread), each routing the same SNI to the same TLS backend, plus a
-# direct connection. Prints one markdown table; the full run also writes RESULTS.md.
+# and nginx (stream, ssl_preread), each routing the same SNI to the same TLS backend.
+# Each proxy runs one worker pinned to CPU 0; the load generator and the backend run on
+# CPU 1. A proxy's cost is CPU 0's busy time (/proc/stat) per connection, request or GB.
+# Every run restarts the proxies; the report gives the median of the runs and their range.
 #
-#   gateway/bench/run.sh            # full run (~3-4 minutes after the build), writes RESULTS.md
-#   gateway/bench/run.sh --quick    # harness check (~30 s), numbers meaningless
+#   gateway/bench/run.sh            # full run: 3 runs (~6 minutes after the build); writes RESULTS.md
+#   gateway/bench/run.sh --quick    # harness check (~40 s, one run), numbers meaningless
 #
-# Env: BENCH_PORT_BASE (default 27000), BENCH_OUT (default: a temp dir, kept), SKIP_BUILD=1.
+# Env: BENCH_RUNS (default 3), BENCH_PORT_BASE (default 27000), BENCH_OUT (default: a temp
+# dir, kept), SKIP_BUILD=1, BENCH_GATEWAY (another gateway binary, e.g. an older build to
+# compare against; RESULTS.md is then left alone).
 set -euo pipefail
 
 QUICK=0
@@ -17,23 +23,20 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 cd "$ROOT"
 
 if [[ "$QUICK" == 1 ]]; then
-  CONNRATE_DUR=500ms LAT_DUR=500ms LAT_WARM=100ms TP_DUR=500ms IDLE_N=300 SETTLE=300ms SPLICE_DUR=500ms PAUSE=0.2
+  DUR=500ms WARM=200ms TP_DUR=500ms IDLE_N=300 SETTLE=300ms PAUSE=0.2 RUNS=${BENCH_RUNS:-1}
 else
-  CONNRATE_DUR=5s LAT_DUR=5s LAT_WARM=1s TP_DUR=4s IDLE_N=10000 SETTLE=2s SPLICE_DUR=4s PAUSE=1
+  DUR=5s WARM=1s TP_DUR=4s IDLE_N=4000 SETTLE=2s PAUSE=1 RUNS=${BENCH_RUNS:-3}
 fi
 CONNRATE_CONC=32
-LAT_CONNS=16
-LAT_RATE=4000
-TP_CONNS=1
-CLIENT_THREADS=2
-PROXY_THREADS=2
+RR_CONNS=32
+BULK_CONNS=4
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   cargo build --release -p gateway -p sni-bench
 fi
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
 TARGET_DIR="${TARGET_DIR:-$ROOT/target}"
-GW="$TARGET_DIR/release/gateway"
+GW="${BENCH_GATEWAY:-$TARGET_DIR/release/gateway}"
 SB="$TARGET_DIR/release/sni-bench"
 HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
@@ -41,27 +44,28 @@ NGINX_STREAM_MOD="${NGINX_STREAM_MOD:-/usr/lib/nginx/modules/ngx_stream_module.s
 for b in "$GW" "$SB" "$HAPROXY" "$NGINX" "$NGINX_STREAM_MOD"; do
   [[ -e "$b" ]] || { echo "missing $b (apt-get install -y haproxy nginx-light libnginx-mod-stream)" >&2; exit 1; }
 done
+command -v taskset >/dev/null || { echo "missing taskset (apt-get install -y util-linux)" >&2; exit 1; }
 
-# File descriptors: each proxied idle connection costs the proxy two. Raise the soft limit to
-# the hard limit (root may raise the hard limit too, unless the container forbids it).
+# Proxy on CPU 0, everything else on CPU 1. With one CPU, all share it (numbers then say less).
+if (( $(nproc) >= 2 )); then PROXY_CPU=0 LOAD_CPU=1; else PROXY_CPU=0 LOAD_CPU=0; fi
+ON_PROXY=(taskset -c "$PROXY_CPU")
+ON_LOAD=(taskset -c "$LOAD_CPU")
+
+# File descriptors: each proxied idle connection costs the proxy two.
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 NOFILE="$(ulimit -n)"
 MAX_IDLE=$(( (NOFILE - 200) / 2 ))
 if (( IDLE_N > MAX_IDLE )); then
-  echo "RLIMIT_NOFILE is $NOFILE (hard limit); idle test uses $MAX_IDLE connections instead of $IDLE_N" >&2
+  echo "RLIMIT_NOFILE is $NOFILE; idle test uses $MAX_IDLE connections instead of $IDLE_N" >&2
   IDLE_N=$MAX_IDLE
 fi
 
 P="${BENCH_PORT_BASE:-27000}"
 BACKEND="127.0.0.2:$((P + 443))"
-BACKEND_PLAIN="127.0.0.2:$((P + 444))"
 GW_ADDR="127.0.0.1:$((P + 1))"
 GW_ADMIN="127.0.0.1:$((P + 21))"
 HA_ADDR="127.0.0.1:$((P + 2))"
 NG_ADDR="127.0.0.1:$((P + 3))"
-FWD_COPY="127.0.0.1:$((P + 11))"
-FWD_SPLICE="127.0.0.1:$((P + 12))"
-FWD_HYBRID="127.0.0.1:$((P + 13))"
 HOST=bench.default.svc.cluster.local
 SNI="outbound_.80_._.$HOST"
 
@@ -85,27 +89,20 @@ wait_port() { # host:port
 
 "$SB" certs --dir "$CERTS"
 
-# --- backend ------------------------------------------------------------------------------
-"$SB" backend --listen "$BACKEND" --plain-listen "$BACKEND_PLAIN" --certs "$CERTS" --threads 2 \
-  2>"$OUT/backend.log" &
+# --- backend (CPU 1, for the whole benchmark) ----------------------------------------------
+"${ON_LOAD[@]}" "$SB" backend --listen "$BACKEND" --certs "$CERTS" --threads 1 2>"$OUT/backend.log" &
 PIDS+=($!)
 
-# --- gateway ------------------------------------------------------------------------------
-cat >"$OUT/endpoints.yaml" <<EOF
+# --- proxy configurations --------------------------------------------------------------------
+cat >"$OUT/endpoints.yaml" <<EOT
 services:
   - host: $HOST
     ports: [{port: 80, targetPort: $((P + 443))}]
     endpoints: [{address: 127.0.0.2}]
-EOF
-RUST_LOG=warn TOKIO_WORKER_THREADS=$PROXY_THREADS "$GW" --listen "$GW_ADDR" --admin "$GW_ADMIN" \
-  --endpoints "$OUT/endpoints.yaml" --max-connections 100000 2>"$OUT/gateway.log" &
-GW_PID=$!
-PIDS+=($GW_PID)
-
-# --- haproxy ------------------------------------------------------------------------------
-cat >"$OUT/haproxy.cfg" <<EOF
+EOT
+cat >"$OUT/haproxy.cfg" <<EOT
 global
-    nbthread $PROXY_THREADS
+    nbthread 1
     # maxconn is left to HAProxy: it derives it from RLIMIT_NOFILE.
 defaults
     mode tcp
@@ -120,17 +117,14 @@ frontend sni
     use_backend bench if { req.ssl_sni -m str $SNI }
 backend bench
     server b1 $BACKEND
-EOF
-"$HAPROXY" -db -f "$OUT/haproxy.cfg" 2>"$OUT/haproxy.log" &
-HA_PID=$!
-PIDS+=($HA_PID)
-
-# --- nginx --------------------------------------------------------------------------------
-cat >"$OUT/nginx/nginx.conf" <<EOF
+EOT
+# map_hash_bucket_size: Istio's SNI names are long; with nginx's default (one cache line)
+# nginx refuses the map ("could not build map_hash, you should increase map_hash_bucket_size").
+cat >"$OUT/nginx/nginx.conf" <<EOT
 load_module $NGINX_STREAM_MOD;
 daemon off;
 master_process on;
-worker_processes $PROXY_THREADS;
+worker_processes 1;
 worker_rlimit_nofile $NOFILE;
 pid $OUT/nginx/nginx.pid;
 error_log $OUT/nginx/logs/error.log warn;
@@ -154,68 +148,87 @@ stream {
         tcp_nodelay on;
     }
 }
-EOF
-"$NGINX" -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -e "$OUT/nginx/logs/error.log" 2>"$OUT/nginx.log" &
-NG_PID=$!
-PIDS+=($NG_PID)
+EOT
 
-# --- splice experiment forwarders ---------------------------------------------------------
-"$SB" forward --mode copy --listen "$FWD_COPY" --upstream "$BACKEND_PLAIN" --threads 2 2>"$OUT/fwd-copy.log" &
-FC_PID=$!
-PIDS+=($FC_PID)
-"$SB" forward --mode splice --listen "$FWD_SPLICE" --upstream "$BACKEND_PLAIN" --threads 2 2>"$OUT/fwd-splice.log" &
-FS_PID=$!
-PIDS+=($FS_PID)
-"$SB" forward --mode hybrid --listen "$FWD_HYBRID" --upstream "$BACKEND_PLAIN" --threads 2 2>"$OUT/fwd-hybrid.log" &
-FH_PID=$!
-PIDS+=($FH_PID)
-
-for a in "$BACKEND" "$BACKEND_PLAIN" "$GW_ADDR" "$HA_ADDR" "$NG_ADDR" "$FWD_COPY" "$FWD_SPLICE" "$FWD_HYBRID"; do wait_port "$a"; done
-sleep 0.5
-NG_WORKERS="$(pgrep -P "$NG_PID" | paste -sd, -)"
-[[ -n "$NG_WORKERS" ]] || { echo "nginx has no workers" >&2; cat "$OUT/nginx/logs/error.log" >&2; exit 1; }
+# --- proxies (CPU 0, restarted for every run) -------------------------------------------------
+start_proxies() { # run
+  RUST_LOG=warn TOKIO_WORKER_THREADS=1 "${ON_PROXY[@]}" "$GW" --listen "$GW_ADDR" --admin "$GW_ADMIN" \
+    --endpoints "$OUT/endpoints.yaml" --max-connections 100000 2>>"$OUT/gateway.log" &
+  GW_PID=$!
+  "${ON_PROXY[@]}" "$HAPROXY" -db -f "$OUT/haproxy.cfg" 2>>"$OUT/haproxy.log" &
+  HA_PID=$!
+  "${ON_PROXY[@]}" "$NGINX" -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -e "$OUT/nginx/logs/error.log" 2>>"$OUT/nginx.log" &
+  NG_PID=$!
+  RUN_PIDS=("$GW_PID" "$HA_PID" "$NG_PID")
+  for a in "$BACKEND" "$GW_ADDR" "$HA_ADDR" "$NG_ADDR"; do wait_port "$a"; done
+  sleep 0.5
+  NG_WORKERS="$(pgrep -P "$NG_PID" | paste -sd, -)"
+  [[ -n "$NG_WORKERS" ]] || { echo "nginx has no workers" >&2; cat "$OUT/nginx/logs/error.log" >&2; exit 1; }
+}
+stop_proxies() {
+  for p in "${RUN_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${RUN_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+}
 
 addr_of() { case "$1" in direct) echo "$BACKEND" ;; gateway) echo "$GW_ADDR" ;; haproxy) echo "$HA_ADDR" ;; nginx) echo "$NG_ADDR" ;; esac; }
 pids_of() { case "$1" in gateway) echo "$GW_PID" ;; haproxy) echo "$HA_PID" ;; nginx) echo "$NG_PID,$NG_WORKERS" ;; direct) echo "" ;; esac; }
-common() { echo --target "$(addr_of "$1")" --sni "$SNI" --certs "$CERTS" --name "$1" --threads "$CLIENT_THREADS"; }
+common() { echo --target "$(addr_of "$1")" --sni "$SNI" --certs "$CERTS" --name "$1" --threads 1; }
+cost() { # target
+  local pids; pids="$(pids_of "$1")"
+  [[ -n "$pids" ]] && echo --proxy-core "$PROXY_CPU" --cpu-pid "$pids"
+  return 0
+}
 
-run() { # scenario target args...
-  local s="$1" t="$2"; shift 2
-  echo "== $s / $t" >&2
-  "$SB" "$s" $(common "$t") "$@" >"$OUT/res/$s-$t.json"
-  cat "$OUT/res/$s-$t.json" >&2
+run() { # run-dir scenario-name mode target args...
+  local dir="$1" name="$2" mode="$3" t="$4"; shift 4
+  echo "== $(basename "$dir") $name / $t" >&2
+  "${ON_LOAD[@]}" "$SB" "$mode" $(common "$t") "$@" >"$dir/$name-$t.json"
+  cat "$dir/$name-$t.json" >&2
+}
+
+# Busy share of the proxy core over one second with the proxies idle: other load on CPU 0
+# would be counted as the proxy's.
+quiet_core() {
+  local a b
+  read -r -a a < <(grep "^cpu$PROXY_CPU " /proc/stat); sleep 1; read -r -a b < <(grep "^cpu$PROXY_CPU " /proc/stat)
+  local busy=$(( (b[1]+b[2]+b[3]+b[6]+b[7]+b[8]) - (a[1]+a[2]+a[3]+a[6]+a[7]+a[8]) ))
+  local all=$(( busy + (b[4]+b[5]) - (a[4]+a[5]) ))
+  echo $(( all > 0 ? busy * 100 / all : 0 ))
 }
 
 START=$(date +%s)
-# Warm-up: a few connections through each target (page-in, allocator, first handshakes).
-for t in direct gateway haproxy nginx; do
-  "$SB" connrate $(common "$t") --concurrency 4 --duration 300ms >/dev/null
+NOISE=()
+ORDERS=("haproxy nginx gateway" "nginx gateway haproxy" "gateway haproxy nginx")
+for r in $(seq 1 "$RUNS"); do
+  D="$OUT/res/r$r"
+  mkdir -p "$D"
+  start_proxies
+  NOISE+=("$(quiet_core)")
+  (( ${NOISE[-1]} <= 5 )) || echo "warning: CPU $PROXY_CPU was ${NOISE[-1]}% busy with the proxies idle; figures include that load" >&2
+  # Rotate the order, so no proxy always goes first or last.
+  read -r -a ORDER <<<"${ORDERS[$(( (r - 1) % 3 ))]}"
+  for t in "${ORDER[@]}"; do # warm-up: page-in, allocator, first handshakes
+    "${ON_LOAD[@]}" "$SB" connrate $(common "$t") --concurrency 4 --duration 300ms >/dev/null
+  done
+  for t in "${ORDER[@]}"; do
+    run "$D" connrate connrate "$t" --concurrency "$CONNRATE_CONC" --duration "$DUR" $(cost "$t")
+    sleep "$PAUSE"
+  done
+  for t in "${ORDER[@]}"; do
+    run "$D" rr32 rr "$t" --connections "$RR_CONNS" --size 64 --duration "$DUR" --warmup "$WARM" $(cost "$t")
+  done
+  for t in "${ORDER[@]}"; do
+    run "$D" bulk throughput "$t" --connections "$BULK_CONNS" --duration "$TP_DUR" $(cost "$t")
+  done
+  for t in direct "${ORDER[@]}"; do
+    run "$D" rr1 rr "$t" --connections 1 --size 64 --duration "$DUR" --warmup "$WARM" $(cost "$t")
+  done
+  for t in "${ORDER[@]}"; do
+    run "$D" idle idle "$t" --connections "$IDLE_N" --pid "$(pids_of "$t")" --settle "$SETTLE"
+    sleep "$PAUSE"
+  done
+  stop_proxies
 done
-
-for t in direct gateway haproxy nginx; do
-  run connrate "$t" --concurrency "$CONNRATE_CONC" --duration "$CONNRATE_DUR"
-  sleep "$PAUSE"
-done
-for t in direct gateway haproxy nginx; do
-  run latency "$t" --connections "$LAT_CONNS" --rate "$LAT_RATE" --duration "$LAT_DUR" --warmup "$LAT_WARM"
-done
-for t in direct gateway haproxy nginx; do
-  pids="$(pids_of "$t")"
-  run throughput "$t" --connections "$TP_CONNS" --duration "$TP_DUR" ${pids:+--cpu-pid "$pids"}
-done
-for t in gateway haproxy nginx; do
-  run idle "$t" --connections "$IDLE_N" --pid "$(pids_of "$t")" --settle "$SETTLE"
-  sleep "$PAUSE"; sleep "$PAUSE"
-done
-
-# Splice experiment: plain TCP, so the forwarder is not hidden behind TLS cost.
-plain() { echo --sni "$SNI" --certs "$CERTS" --plain --threads "$CLIENT_THREADS"; }
-echo "== splice experiment" >&2
-"$SB" throughput $(plain) --target "$BACKEND_PLAIN" --name splice-direct --duration "$SPLICE_DUR" >"$OUT/res/splice-direct.json"
-"$SB" throughput $(plain) --target "$FWD_COPY" --name splice-copy --duration "$SPLICE_DUR" --cpu-pid "$FC_PID" >"$OUT/res/splice-copy.json"
-"$SB" throughput $(plain) --target "$FWD_SPLICE" --name splice-splice --duration "$SPLICE_DUR" --cpu-pid "$FS_PID" >"$OUT/res/splice-splice.json"
-"$SB" throughput $(plain) --target "$FWD_HYBRID" --name splice-hybrid --duration "$SPLICE_DUR" --cpu-pid "$FH_PID" >"$OUT/res/splice-hybrid.json"
-cat "$OUT"/res/splice-*.json >&2
 ELAPSED=$(( $(date +%s) - START ))
 
 # --- report -------------------------------------------------------------------------------
@@ -224,12 +237,12 @@ CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
   echo "## Run of $(date -u +'%Y-%m-%d %H:%M UTC')$([[ $QUICK == 1 ]] && echo ' (--quick: harness check, numbers meaningless)')"
   echo
   echo "Machine: $(nproc) CPUs ($CPU_MODEL), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, Linux $(uname -r);"
-  echo "$("$HAPROXY" -v | head -1 | cut -d' ' -f1-3), $("$NGINX" -v 2>&1 | sed 's/.*: //'), gateway $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet -- gateway/src || echo '+dirty'), $(rustc --version | cut -d' ' -f1-2)."
-  echo "Load generator, backend and proxy share these $(nproc) CPUs; each proxy runs $PROXY_THREADS worker threads/processes."
-  echo "Scenario time ${ELAPSED}s. RLIMIT_NOFILE $NOFILE, idle connections requested: $IDLE_N."
+  echo "$("$HAPROXY" -v | head -1 | cut -d' ' -f1-3), $("$NGINX" -v 2>&1 | sed 's/.*: //'), gateway ${BENCH_GATEWAY:-$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet -- gateway/src || echo '+dirty')}, $(rustc --version | cut -d' ' -f1-2)."
+  echo "Each proxy: one worker (HAProxy nbthread 1, nginx worker_processes 1, gateway TOKIO_WORKER_THREADS=1) pinned to CPU $PROXY_CPU; load generator and TLS backend on CPU $LOAD_CPU."
+  echo "$RUNS run(s), proxies restarted for each, order rotated; ${ELAPSED}s in all. CPU $PROXY_CPU busy with the proxies idle before each run: ${NOISE[*]} %. Idle connections: $IDLE_N."
 } >"$OUT/machine.md"
 "$SB" report --dir "$OUT/res" --machine "$OUT/machine.md" | tee "$OUT/report.md"
-if [[ "$QUICK" == 0 ]]; then
+if [[ "$QUICK" == 0 && -z "${BENCH_GATEWAY:-}" ]]; then
   {
     echo "# Benchmark results"
     echo

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
 use crate::backend::{OP_DOWN, OP_ECHO, OP_UP};
+use crate::cost::{Cost, CostArgs, Meter, process_ticks};
 use crate::{Target, check_loopback, parse_duration};
 
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -125,6 +126,8 @@ pub struct ConnrateArgs {
     pub max_conns: u64,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    #[command(flatten)]
+    pub cost: CostArgs,
 }
 
 /// Each connection: TCP connect, TLS handshake through the proxy, 64-byte request echoed
@@ -134,6 +137,7 @@ pub async fn connrate(a: ConnrateArgs) -> Result<Value> {
     let started = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(Errors::default());
     let t0 = Instant::now();
+    let meter = Meter::start(&a.cost);
     let deadline = t0 + a.duration;
     let mut tasks = Vec::new();
     for _ in 0..a.concurrency.max(1) {
@@ -168,11 +172,13 @@ pub async fn connrate(a: ConnrateArgs) -> Result<Value> {
         h.add(th).ok();
     }
     let secs = t0.elapsed().as_secs_f64();
+    let cost = meter.stop();
     let mut v = json!({
         "mode": "connrate", "name": a.t.name, "concurrency": a.concurrency,
         "seconds": secs, "connections": ok, "conn_per_s": ok as f64 / secs,
         "conn_time": pcts(&h),
     });
+    merge(&mut v, cost.json("", "us_per_conn", ok as f64, 1e6));
     merge(&mut v, errors.json());
     Ok(v)
 }
@@ -193,59 +199,59 @@ async fn one_conn(d: &Dialer) -> io::Result<()> {
 // ---------------------------------------------------------------------------------------
 
 #[derive(Args, Debug)]
-pub struct LatencyArgs {
+pub struct RrArgs {
     #[command(flatten)]
     pub t: Target,
-    /// Persistent connections.
-    #[arg(long, default_value_t = 16)]
+    /// Persistent connections, each a closed loop: send, wait for the echo, send again.
+    #[arg(long, default_value_t = 32)]
     pub connections: usize,
-    /// Total requests per second over all connections (paced, open loop per connection).
-    #[arg(long, default_value_t = 4000)]
-    pub rate: u64,
     /// Request and response size in bytes.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 64)]
     pub size: usize,
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Not recorded: lets caches, allocators and CPU frequency settle.
+    /// Not measured: lets caches, allocators and CPU frequency settle.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub warmup: Duration,
+    /// Upper bound on requests over all connections, whatever the duration.
+    #[arg(long, default_value_t = 50_000_000)]
+    pub max_requests: u64,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    #[command(flatten)]
+    pub cost: CostArgs,
 }
 
-/// Each connection sends a request every `connections / rate` seconds and waits for the
-/// echo. Latency runs from the *scheduled* send time to the end of the response, so a stall
-/// counts against every request it delays (no coordinated omission).
-pub async fn latency(a: LatencyArgs) -> Result<Value> {
+/// Request/response on persistent connections as fast as each connection's round trip
+/// allows. Counts requests and the proxy's cost in the measured window (after the warm-up)
+/// and records each measured request's round trip.
+pub async fn rr(a: RrArgs) -> Result<Value> {
     let d = Arc::new(Dialer::new(&a.t)?);
     let n = a.connections.max(1);
-    let period = Duration::from_secs_f64(n as f64 / a.rate.max(1) as f64);
     let mut conns = Vec::new();
     for _ in 0..n {
         conns.push(d.open(OP_ECHO, 0).await.context("connect")?);
     }
     let errors = Arc::new(Errors::default());
-    let t0 = Instant::now();
-    let record_from = t0 + a.warmup;
-    let deadline = record_from + a.duration;
+    let done = Arc::new(AtomicU64::new(0));
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for (i, mut s) in conns.into_iter().enumerate() {
-        let errors = errors.clone();
-        let size = a.size;
+    for mut s in conns {
+        let (errors, done, measuring, stop) = (
+            errors.clone(),
+            done.clone(),
+            measuring.clone(),
+            stop.clone(),
+        );
+        let (size, max) = (a.size, a.max_requests);
         tasks.push(tokio::spawn(async move {
             let mut h = hist();
             let msg = vec![1u8; size];
             let mut back = vec![0u8; size];
-            // Spread the connections over one period.
-            let start = tokio::time::Instant::now() + period.mul_f64(i as f64 / n as f64);
-            let mut tick = tokio::time::interval_at(start, period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            loop {
-                let planned = tick.tick().await.into_std();
-                if planned >= deadline {
-                    break;
-                }
+            while !stop.load(Ordering::Relaxed) && done.load(Ordering::Relaxed) < max {
+                let t0 = Instant::now();
+                let counted = measuring.load(Ordering::Relaxed);
                 let r = async {
                     s.write_all(&msg).await?;
                     s.read_exact(&mut back).await?;
@@ -253,8 +259,9 @@ pub async fn latency(a: LatencyArgs) -> Result<Value> {
                 };
                 match tokio::time::timeout(Duration::from_secs(10), r).await {
                     Ok(Ok(())) => {
-                        if planned >= record_from {
-                            let _ = h.record(us(planned.elapsed()));
+                        done.fetch_add(1, Ordering::Relaxed);
+                        if counted {
+                            let _ = h.record(us(t0.elapsed()));
                         }
                     }
                     Ok(Err(e)) => {
@@ -271,16 +278,27 @@ pub async fn latency(a: LatencyArgs) -> Result<Value> {
             h
         }));
     }
+    tokio::time::sleep(a.warmup).await;
+    let n0 = done.load(Ordering::Relaxed);
+    let meter = Meter::start(&a.cost);
+    let t0 = Instant::now();
+    measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(a.duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let requests = done.load(Ordering::Relaxed) - n0;
+    let cost = meter.stop();
+    let secs = t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
     let mut h = hist();
     for t in tasks {
         h.add(t.await?).ok();
     }
     let mut v = json!({
-        "mode": "latency", "name": a.t.name, "connections": n, "rate": a.rate,
-        "size": a.size, "seconds": a.duration.as_secs_f64(),
-        "achieved_rps": h.len() as f64 / a.duration.as_secs_f64(),
+        "mode": "rr", "name": a.t.name, "connections": n, "size": a.size,
+        "seconds": secs, "requests": requests, "rps": requests as f64 / secs,
         "latency": pcts(&h),
     });
+    merge(&mut v, cost.json("", "us_per_req", requests as f64, 1e6));
     merge(&mut v, errors.json());
     Ok(v)
 }
@@ -299,24 +317,28 @@ pub struct ThroughputArgs {
     /// Upper bound per connection and direction.
     #[arg(long, default_value_t = 64 << 30)]
     pub bytes: u64,
-    /// Processes whose CPU time (utime+stime) to report per GB moved (e.g. the proxy).
-    #[arg(long, value_delimiter = ',')]
-    pub cpu_pid: Vec<u32>,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    #[command(flatten)]
+    pub cost: CostArgs,
 }
 
 /// Download (backend to client) for `duration`, then upload for `duration`.
 pub async fn throughput(a: ThroughputArgs) -> Result<Value> {
     let d = Arc::new(Dialer::new(&a.t)?);
     let mut v = json!({"mode": "throughput", "name": a.t.name, "connections": a.connections});
+    let mut total = Cost {
+        core_s: Some(0.0),
+        proc_s: Some(0.0),
+    };
+    let mut total_bytes = 0u64;
     for (label, op) in [("down", OP_DOWN), ("up", OP_UP)] {
         let mut conns = Vec::new();
         for _ in 0..a.connections.max(1) {
             conns.push(d.open(op, a.bytes).await.context("connect")?);
         }
-        let cpu0 = cpu_ticks(&a.cpu_pid);
-        let self0 = cpu_ticks(&[std::process::id()]);
+        let meter = Meter::start(&a.cost);
+        let self0 = process_ticks(&[std::process::id()]);
         let t0 = Instant::now();
         let deadline = t0 + a.duration;
         let mut tasks = Vec::new();
@@ -347,38 +369,34 @@ pub async fn throughput(a: ThroughputArgs) -> Result<Value> {
             moved += t.await?;
         }
         let secs = t0.elapsed().as_secs_f64();
-        let cpu = (cpu_ticks(&a.cpu_pid) - cpu0) as f64 / TICKS;
-        let me = (cpu_ticks(&[std::process::id()]) - self0) as f64 / TICKS;
-        let gb = moved as f64 / 1e9;
+        let cost = meter.stop();
+        let me = process_ticks(&[std::process::id()]).saturating_sub(self0) as f64 / 100.0;
         merge(
             &mut v,
             json!({
                 format!("{label}_bytes"): moved,
                 format!("{label}_seconds"): secs,
                 format!("{label}_mb_per_s"): moved as f64 / 1e6 / secs,
-                format!("{label}_proxy_cpu_s"): cpu,
-                format!("{label}_proxy_cpu_s_per_gb"): if gb > 0.0 { cpu / gb } else { 0.0 },
                 format!("{label}_client_cpu_s"): me,
             }),
         );
+        merge(
+            &mut v,
+            cost.json(&format!("{label}_"), "s_per_gb", moved as f64 / 1e9, 1.0),
+        );
+        total_bytes += moved;
+        total.core_s = sum(total.core_s, cost.core_s);
+        total.proc_s = sum(total.proc_s, cost.proc_s);
     }
+    merge(
+        &mut v,
+        total.json("", "s_per_gb", total_bytes as f64 / 1e9, 1.0),
+    );
     Ok(v)
 }
 
-/// USER_HZ: 100 on every Linux architecture this runs on.
-const TICKS: f64 = 100.0;
-
-/// utime + stime of the processes, in clock ticks (all threads).
-fn cpu_ticks(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|s| {
-            let rest = s.rsplit_once(") ")?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // Fields 14 and 15 of stat(5); `rest` starts at field 3.
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .sum()
+fn sum(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(a? + b?)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
 
 mod backend;
 mod client;
-mod forward;
+mod cost;
 mod report;
 mod tls;
 
@@ -36,14 +36,12 @@ enum Cmd {
     Backend(backend::BackendArgs),
     /// New TLS connections per second: handshake, one small request/response, close.
     Connrate(client::ConnrateArgs),
-    /// Paced request/response over persistent connections; latency percentiles.
-    Latency(client::LatencyArgs),
+    /// Closed-loop request/response over persistent connections: requests, proxy cost, latency.
+    Rr(client::RrArgs),
     /// Bulk transfer, download then upload; MB/s.
     Throughput(client::ThroughputArgs),
     /// Open many idle connections and measure the proxy's resident memory per connection.
     Idle(client::IdleArgs),
-    /// Plain TCP forwarder for the splice experiment (userspace copy or splice(2)).
-    Forward(forward::ForwardArgs),
     /// Render result JSON files of one run as a markdown table.
     Report(report::ReportArgs),
 }
@@ -89,9 +87,8 @@ fn main() -> Result<()> {
         Cmd::Certs { dir } => tls::write_certs(&dir),
         Cmd::Report(a) => report::run(&a),
         Cmd::Backend(a) => runtime(a.threads)?.block_on(backend::run(a)),
-        Cmd::Forward(a) => runtime(a.threads)?.block_on(forward::run(a)),
         Cmd::Connrate(a) => print(runtime(a.threads)?.block_on(client::connrate(a))?),
-        Cmd::Latency(a) => print(runtime(a.threads)?.block_on(client::latency(a))?),
+        Cmd::Rr(a) => print(runtime(a.threads)?.block_on(client::rr(a))?),
         Cmd::Throughput(a) => print(runtime(a.threads)?.block_on(client::throughput(a))?),
         Cmd::Idle(a) => print(runtime(a.threads)?.block_on(client::idle(a))?),
     }

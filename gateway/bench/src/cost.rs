@@ -1,0 +1,126 @@
+//! What a scenario cost the proxy, read from the kernel around the measured window: busy time
+//! of the core the proxy is pinned to (`/proc/stat`: everything but idle and iowait, so the
+//! kernel's TCP work done on that core counts too) and the CPU time of the proxy's processes
+//! (`/proc/<pid>/stat`, all threads). The first is the figure compared; the second is a
+//! cross-check that stays right when something else ran on the core.
+
+use clap::Args;
+use serde_json::{Value, json};
+
+/// USER_HZ: 100 on every Linux architecture this runs on.
+const TICKS: f64 = 100.0;
+
+#[derive(Args, Clone, Debug, Default)]
+pub struct CostArgs {
+    /// The core the proxy is pinned to (taskset); its busy time is the proxy's cost.
+    #[arg(long)]
+    pub proxy_core: Option<usize>,
+    /// The proxy's processes (comma-separated); their CPU time is reported too.
+    #[arg(long, value_delimiter = ',')]
+    pub cpu_pid: Vec<u32>,
+}
+
+/// Readings at the start of a window.
+pub struct Meter {
+    core: Option<usize>,
+    pids: Vec<u32>,
+    core0: Option<u64>,
+    pid0: u64,
+}
+
+/// Seconds spent in the window.
+#[derive(Clone, Copy, Debug)]
+pub struct Cost {
+    pub core_s: Option<f64>,
+    pub proc_s: Option<f64>,
+}
+
+impl Meter {
+    pub fn start(a: &CostArgs) -> Meter {
+        Meter {
+            core: a.proxy_core,
+            pids: a.cpu_pid.clone(),
+            core0: a.proxy_core.and_then(core_busy_ticks),
+            pid0: process_ticks(&a.cpu_pid),
+        }
+    }
+
+    pub fn stop(&self) -> Cost {
+        let core_s = match (self.core.and_then(core_busy_ticks), self.core0) {
+            (Some(b), Some(a)) => Some(b.saturating_sub(a) as f64 / TICKS),
+            _ => None,
+        };
+        let proc_s = if self.pids.is_empty() {
+            None
+        } else {
+            Some(process_ticks(&self.pids).saturating_sub(self.pid0) as f64 / TICKS)
+        };
+        Cost { core_s, proc_s }
+    }
+}
+
+impl Cost {
+    /// `{prefix}core_s`, `{prefix}cpu_s` and, per `units` of work scaled by `scale`
+    /// (1e6 for µs per unit), `{prefix}core_{per}` and `{prefix}cpu_{per}`.
+    pub fn json(&self, prefix: &str, per: &str, units: f64, scale: f64) -> Value {
+        let per_unit = |s: Option<f64>| s.filter(|_| units > 0.0).map(|s| s * scale / units);
+        json!({
+            format!("{prefix}core_s"): self.core_s,
+            format!("{prefix}cpu_s"): self.proc_s,
+            format!("{prefix}core_{per}"): per_unit(self.core_s),
+            format!("{prefix}cpu_{per}"): per_unit(self.proc_s),
+        })
+    }
+}
+
+/// Busy ticks of one core: user + nice + system + irq + softirq + steal (guest time is
+/// already inside user).
+fn core_busy_ticks(core: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let name = format!("cpu{core}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    parse_busy(line)
+}
+
+fn parse_busy(line: &str) -> Option<u64> {
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    Some(f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + f.get(7).unwrap_or(&0))
+}
+
+/// utime + stime of the processes, in clock ticks (all threads).
+pub fn process_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| {
+            let rest = s.rsplit_once(") ")?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // Fields 14 and 15 of stat(5); `rest` starts at field 3.
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_excludes_idle_and_iowait() {
+        let l = "cpu0 10 1 5 1000 50 2 3 4 0 0";
+        assert_eq!(parse_busy(l), Some(10 + 1 + 5 + 2 + 3 + 4));
+        assert_eq!(parse_busy("cpu0 1 2"), None);
+    }
+
+    #[test]
+    fn this_machine_has_core_zero() {
+        assert!(core_busy_ticks(0).is_some());
+        assert!(core_busy_ticks(100_000).is_none());
+    }
+}
