@@ -103,7 +103,7 @@ impl Errors {
     }
 }
 
-fn merge(into: &mut Value, from: Value) {
+pub(crate) fn merge(into: &mut Value, from: Value) {
     if let (Some(a), Value::Object(b)) = (into.as_object_mut(), from) {
         a.extend(b);
     }
@@ -131,20 +131,46 @@ pub struct ConnrateArgs {
 /// back, close_notify + FIN. Counts completed connections per second.
 pub async fn connrate(a: ConnrateArgs) -> Result<Value> {
     let d = Arc::new(Dialer::new(&a.t)?);
+    let one: OneConn = Arc::new(move || {
+        let d = d.clone();
+        Box::pin(async move { one_conn(&d).await })
+    });
+    let mut v = json!({"mode": "connrate", "name": a.t.name});
+    merge(
+        &mut v,
+        conn_loop(a.concurrency, a.duration, a.max_conns, one).await?,
+    );
+    Ok(v)
+}
+
+/// One complete connection (or tunnel) of a connection-rate scenario.
+pub(crate) type OneConn = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Runs `one` from `concurrency` tasks until `duration` or `max` attempts; the count, rate
+/// and time of completed ones, and errors.
+pub(crate) async fn conn_loop(
+    concurrency: usize,
+    duration: Duration,
+    max: u64,
+    one: OneConn,
+) -> Result<Value> {
     let started = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(Errors::default());
     let t0 = Instant::now();
-    let deadline = t0 + a.duration;
+    let deadline = t0 + duration;
     let mut tasks = Vec::new();
-    for _ in 0..a.concurrency.max(1) {
-        let (d, started, errors) = (d.clone(), started.clone(), errors.clone());
-        let max = a.max_conns;
+    for _ in 0..concurrency.max(1) {
+        let (one, started, errors) = (one.clone(), started.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let mut h = hist();
             let mut ok = 0u64;
             while Instant::now() < deadline && started.fetch_add(1, Ordering::Relaxed) < max {
                 let c0 = Instant::now();
-                match tokio::time::timeout(Duration::from_secs(10), one_conn(&d)).await {
+                match tokio::time::timeout(Duration::from_secs(10), one()).await {
                     Ok(Ok(())) => {
                         ok += 1;
                         let _ = h.record(us(c0.elapsed()));
@@ -169,7 +195,7 @@ pub async fn connrate(a: ConnrateArgs) -> Result<Value> {
     }
     let secs = t0.elapsed().as_secs_f64();
     let mut v = json!({
-        "mode": "connrate", "name": a.t.name, "concurrency": a.concurrency,
+        "concurrency": concurrency,
         "seconds": secs, "connections": ok, "conn_per_s": ok as f64 / secs,
         "conn_time": pcts(&h),
     });
@@ -178,7 +204,11 @@ pub async fn connrate(a: ConnrateArgs) -> Result<Value> {
 }
 
 async fn one_conn(d: &Dialer) -> io::Result<()> {
-    let mut s = d.open(OP_ECHO, 0).await?;
+    echo_64(d.open(OP_ECHO, 0).await?).await
+}
+
+/// 64 bytes echoed back, then a write shutdown.
+pub(crate) async fn echo_64(mut s: Box<dyn Io>) -> io::Result<()> {
     let msg = [7u8; 64];
     s.write_all(&msg).await?;
     let mut back = [0u8; 64];
@@ -219,20 +249,35 @@ pub struct LatencyArgs {
 /// counts against every request it delays (no coordinated omission).
 pub async fn latency(a: LatencyArgs) -> Result<Value> {
     let d = Arc::new(Dialer::new(&a.t)?);
-    let n = a.connections.max(1);
-    let period = Duration::from_secs_f64(n as f64 / a.rate.max(1) as f64);
     let mut conns = Vec::new();
-    for _ in 0..n {
+    for _ in 0..a.connections.max(1) {
         conns.push(d.open(OP_ECHO, 0).await.context("connect")?);
     }
+    let mut v = json!({"mode": "latency", "name": a.t.name});
+    merge(
+        &mut v,
+        paced_echo(conns, a.rate, a.size, a.duration, a.warmup).await?,
+    );
+    Ok(v)
+}
+
+/// The paced request/response loop of [`latency`] over streams already opened in echo mode.
+pub(crate) async fn paced_echo(
+    conns: Vec<Box<dyn Io>>,
+    rate: u64,
+    size: usize,
+    duration: Duration,
+    warmup: Duration,
+) -> Result<Value> {
+    let n = conns.len().max(1);
+    let period = Duration::from_secs_f64(n as f64 / rate.max(1) as f64);
     let errors = Arc::new(Errors::default());
     let t0 = Instant::now();
-    let record_from = t0 + a.warmup;
-    let deadline = record_from + a.duration;
+    let record_from = t0 + warmup;
+    let deadline = record_from + duration;
     let mut tasks = Vec::new();
     for (i, mut s) in conns.into_iter().enumerate() {
         let errors = errors.clone();
-        let size = a.size;
         tasks.push(tokio::spawn(async move {
             let mut h = hist();
             let msg = vec![1u8; size];
@@ -276,9 +321,9 @@ pub async fn latency(a: LatencyArgs) -> Result<Value> {
         h.add(t.await?).ok();
     }
     let mut v = json!({
-        "mode": "latency", "name": a.t.name, "connections": n, "rate": a.rate,
-        "size": a.size, "seconds": a.duration.as_secs_f64(),
-        "achieved_rps": h.len() as f64 / a.duration.as_secs_f64(),
+        "connections": n, "rate": rate,
+        "size": size, "seconds": duration.as_secs_f64(),
+        "achieved_rps": h.len() as f64 / duration.as_secs_f64(),
         "latency": pcts(&h),
     });
     merge(&mut v, errors.json());
@@ -310,59 +355,72 @@ pub struct ThroughputArgs {
 pub async fn throughput(a: ThroughputArgs) -> Result<Value> {
     let d = Arc::new(Dialer::new(&a.t)?);
     let mut v = json!({"mode": "throughput", "name": a.t.name, "connections": a.connections});
-    for (label, op) in [("down", OP_DOWN), ("up", OP_UP)] {
+    for op in [OP_DOWN, OP_UP] {
         let mut conns = Vec::new();
         for _ in 0..a.connections.max(1) {
             conns.push(d.open(op, a.bytes).await.context("connect")?);
         }
-        let cpu0 = cpu_ticks(&a.cpu_pid);
-        let self0 = cpu_ticks(&[std::process::id()]);
-        let t0 = Instant::now();
-        let deadline = t0 + a.duration;
-        let mut tasks = Vec::new();
-        for mut s in conns {
-            let limit = a.bytes;
-            tasks.push(tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut moved = 0u64;
-                while moved < limit {
-                    let step = async {
-                        if op == OP_DOWN {
-                            s.read(&mut buf).await
-                        } else {
-                            let k = (limit - moved).min(buf.len() as u64) as usize;
-                            s.write(&buf[..k]).await
-                        }
-                    };
-                    match tokio::time::timeout_at(deadline.into(), step).await {
-                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                        Ok(Ok(k)) => moved += k as u64,
-                    }
-                }
-                moved
-            }));
-        }
-        let mut moved = 0u64;
-        for t in tasks {
-            moved += t.await?;
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        let cpu = (cpu_ticks(&a.cpu_pid) - cpu0) as f64 / TICKS;
-        let me = (cpu_ticks(&[std::process::id()]) - self0) as f64 / TICKS;
-        let gb = moved as f64 / 1e9;
         merge(
             &mut v,
-            json!({
-                format!("{label}_bytes"): moved,
-                format!("{label}_seconds"): secs,
-                format!("{label}_mb_per_s"): moved as f64 / 1e6 / secs,
-                format!("{label}_proxy_cpu_s"): cpu,
-                format!("{label}_proxy_cpu_s_per_gb"): if gb > 0.0 { cpu / gb } else { 0.0 },
-                format!("{label}_client_cpu_s"): me,
-            }),
+            bulk(op, conns, a.duration, a.bytes, &a.cpu_pid).await?,
         );
     }
     Ok(v)
+}
+
+/// One direction of [`throughput`] over streams already opened with `op` (`OP_DOWN` or
+/// `OP_UP`): bytes, MB/s, and CPU of `cpu_pid` per GB, keyed `down_*` or `up_*`.
+pub(crate) async fn bulk(
+    op: u8,
+    conns: Vec<Box<dyn Io>>,
+    duration: Duration,
+    bytes: u64,
+    cpu_pid: &[u32],
+) -> Result<Value> {
+    let label = if op == OP_DOWN { "down" } else { "up" };
+    let cpu0 = cpu_ticks(cpu_pid);
+    let self0 = cpu_ticks(&[std::process::id()]);
+    let t0 = Instant::now();
+    let deadline = t0 + duration;
+    let mut tasks = Vec::new();
+    for mut s in conns {
+        let limit = bytes;
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut moved = 0u64;
+            while moved < limit {
+                let step = async {
+                    if op == OP_DOWN {
+                        s.read(&mut buf).await
+                    } else {
+                        let k = (limit - moved).min(buf.len() as u64) as usize;
+                        s.write(&buf[..k]).await
+                    }
+                };
+                match tokio::time::timeout_at(deadline.into(), step).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(k)) => moved += k as u64,
+                }
+            }
+            moved
+        }));
+    }
+    let mut moved = 0u64;
+    for t in tasks {
+        moved += t.await?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(cpu_pid) - cpu0) as f64 / TICKS;
+    let me = (cpu_ticks(&[std::process::id()]) - self0) as f64 / TICKS;
+    let gb = moved as f64 / 1e9;
+    Ok(json!({
+        format!("{label}_bytes"): moved,
+        format!("{label}_seconds"): secs,
+        format!("{label}_mb_per_s"): moved as f64 / 1e6 / secs,
+        format!("{label}_proxy_cpu_s"): cpu,
+        format!("{label}_proxy_cpu_s_per_gb"): if gb > 0.0 { cpu / gb } else { 0.0 },
+        format!("{label}_client_cpu_s"): me,
+    }))
 }
 
 /// USER_HZ: 100 on every Linux architecture this runs on.

@@ -23,6 +23,9 @@ use crate::mtls::{Identity, peer_spiffe_id};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Request heads, connections and refusals kept for inspection; later requests are only
+/// counted, so a benchmark can run millions of tunnels through it.
+pub const MAX_RECORDED: usize = 10_000;
 
 /// One CONNECT (or other request) the destination saw.
 #[derive(Debug, Clone)]
@@ -53,6 +56,7 @@ pub enum StreamEnd {
 #[derive(Default)]
 struct Record {
     seen: Mutex<Vec<Seen>>,
+    requests: std::sync::atomic::AtomicU64,
     refused_handshakes: Mutex<Vec<String>>,
     connections: Mutex<Vec<Option<String>>>,
 }
@@ -107,6 +111,13 @@ impl DestinationZtunnel {
         lock(&self.record.seen).clone()
     }
 
+    /// How many requests arrived, recorded or not.
+    pub fn requests(&self) -> u64 {
+        self.record
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The authorities of every request so far.
     pub fn authorities(&self) -> Vec<String> {
         self.seen()
@@ -140,11 +151,11 @@ async fn serve_connection(
 ) {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return lock(&rec.refused_handshakes).push(e.to_string()),
-        Err(_) => return lock(&rec.refused_handshakes).push("handshake timed out".into()),
+        Ok(Err(e)) => return bounded_push(&rec.refused_handshakes, e.to_string()),
+        Err(_) => return bounded_push(&rec.refused_handshakes, "handshake timed out".into()),
     };
     let peer = peer_spiffe_id(tls.get_ref().1.peer_certificates());
-    lock(&rec.connections).push(peer.clone());
+    bounded_push(&rec.connections, peer.clone());
     let conn = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -191,16 +202,13 @@ async fn serve_stream(
         None
     };
     let Some(mut upstream) = upstream else {
-        lock(&rec.seen).push(seen.clone());
-        let _ = respond.send_response(status(seen.status), true);
+        let answer = seen.status;
+        rec.push(seen);
+        let _ = respond.send_response(status(answer), true);
         return;
     };
     seen.status = StatusCode::OK;
-    let idx = {
-        let mut s = lock(&rec.seen);
-        s.push(seen);
-        s.len() - 1
-    };
+    let idx = rec.push(seen);
     let end = match respond.send_response(status(StatusCode::OK), false) {
         Ok(send) => {
             let mut tunnel = Tunnel::new(send, body, parts.headers);
@@ -222,7 +230,29 @@ async fn serve_stream(
         }
         Err(e) => StreamEnd::Error(e.to_string()),
     };
-    lock(&rec.seen)[idx].end = Some(end);
+    if let Some(i) = idx {
+        lock(&rec.seen)[i].end = Some(end);
+    }
+}
+
+impl Record {
+    /// Keeps `seen` if there is room; its index then.
+    fn push(&self, seen: Seen) -> Option<usize> {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut s = lock(&self.seen);
+        (s.len() < MAX_RECORDED).then(|| {
+            s.push(seen);
+            s.len() - 1
+        })
+    }
+}
+
+fn bounded_push<T>(v: &Mutex<Vec<T>>, item: T) {
+    let mut v = lock(v);
+    if v.len() < MAX_RECORDED {
+        v.push(item);
+    }
 }
 
 fn status(s: StatusCode) -> Response<()> {
