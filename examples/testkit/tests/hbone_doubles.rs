@@ -179,10 +179,13 @@ async fn single_hbone_through_a_relay_carries_bytes_intact() {
             );
         }
         let seen = dest.seen();
-        assert!(seen.iter().all(|s| s.peer.as_deref()
-            == Some(mesh::spiffe_id(mesh::WEBAPP).as_str())
-            && s.authority.as_deref() == Some(catalog_authority().as_str())
-            && s.headers.contains_key("traceparent")));
+        assert!(seen.iter().all(|s| {
+            s.peer.as_deref() == Some(mesh::spiffe_id(mesh::WEBAPP).as_str())
+                && s.authority.as_deref() == Some(catalog_authority().as_str())
+                && ["baggage", "forwarded", "traceparent"]
+                    .iter()
+                    .all(|h| s.headers.contains_key(*h))
+        }));
         assert_eq!(dest.connections().len(), 1, "one pooled outer connection");
         drop(outer);
         // TLS and h2 framing on top of 2 × (1 B + 64 KiB + 8 MiB) of payload.
