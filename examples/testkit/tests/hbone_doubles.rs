@@ -336,8 +336,9 @@ async fn cancel_resets_the_stream_at_the_destination_and_spares_the_connection()
             app.conns().first().is_some_and(|c| c.ended.is_some())
         })
         .await;
-        // The outer connection lives on.
-        let t = outer.connect_tunnel(&catalog_authority()).await.unwrap();
+        // The outer connection lives on; an `ip:port` authority with the pod's own IP is fine.
+        let own = format!("{}:8080", dest.addr().ip());
+        let t = outer.connect_tunnel(&own).await.unwrap();
         assert_eq!(round_trip(t, b"again").await.unwrap(), b"again");
         assert_eq!(dest.connections().len(), 1);
     })
@@ -411,9 +412,16 @@ async fn refused_connects_report_their_status() {
             .expect("authority without a port refused");
         assert_eq!(e.refused_status(), Some(400), "{e}");
 
+        let e = outer
+            .connect_tunnel("10.9.9.9:80")
+            .await
+            .err()
+            .expect("another pod's IP refused");
+        assert_eq!(e.refused_status(), Some(400), "{e}");
+
         let statuses: Vec<u16> = dest.seen().iter().map(|s| s.status.as_u16()).collect();
-        assert_eq!(statuses, [503, 400, 400]);
-        // Still one healthy connection after three refusals.
+        assert_eq!(statuses, [503, 400, 400, 400]);
+        // Still one healthy connection after four refusals.
         assert_eq!(dest.connections().len(), 1);
     })
     .await

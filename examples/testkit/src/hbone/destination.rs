@@ -1,11 +1,11 @@
 //! The destination ztunnel double: the mTLS HTTP/2 CONNECT server on a pod's `:15008`
 //! (zt:`src/proxy/inbound.rs`, `src/proxy/h2/server.rs`). It accepts only CONNECT with a
-//! `host:port` authority (else 400), dials its app and answers 200 only once that dial is
+//! `host:port` authority whose host, if an IP, is its own address (else 400), dials its app and answers 200 only once that dial is
 //! up (503 if it fails), then splices bytes with half-close both ways. It records each
 //! peer's SPIFFE id, every request head and how each tunnel ended. It serves the outer hop
 //! as well as the inner one: a test can route a gateway (or a client ztunnel) at it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -154,7 +154,9 @@ async fn serve_connection(
         Ok(Err(e)) => return bounded_push(&rec.refused_handshakes, e.to_string()),
         Err(_) => return bounded_push(&rec.refused_handshakes, "handshake timed out".into()),
     };
-    let peer = peer_spiffe_id(tls.get_ref().1.peer_certificates());
+    let (tcp, session) = tls.get_ref();
+    let peer = peer_spiffe_id(session.peer_certificates());
+    let Ok(local) = tcp.local_addr() else { return };
     bounded_push(&rec.connections, peer.clone());
     let conn = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
@@ -168,7 +170,7 @@ async fn serve_connection(
     // Accepting drives the connection (and answers PINGs); each stream runs in its own task.
     while let Some(Ok((req, respond))) = conn.accept().await {
         let (rec, peer) = (rec.clone(), peer.clone());
-        tokio::spawn(serve_stream(req, respond, rec, peer, app));
+        tokio::spawn(serve_stream(req, respond, rec, peer, local.ip(), app));
     }
 }
 
@@ -177,6 +179,7 @@ async fn serve_stream(
     mut respond: SendResponse<Bytes>,
     rec: Arc<Record>,
     peer: Option<String>,
+    local_ip: IpAddr,
     app: SocketAddr,
 ) {
     let (parts, body) = req.into_parts();
@@ -189,7 +192,12 @@ async fn serve_stream(
         status: StatusCode::BAD_REQUEST,
         end: None,
     };
-    let valid = parts.method == Method::CONNECT && authority.as_deref().is_some_and(host_port);
+    // ztunnel answers 400 to another method, a bad authority, or an `ip:port` whose IP is not
+    // the address the connection arrived on (zt:`build_inbound_request`, `validate_destination`).
+    let valid = parts.method == Method::CONNECT
+        && authority
+            .as_deref()
+            .is_some_and(|a| host_port(a) && ip_is_local(a, local_ip));
     let upstream = if valid {
         match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(app)).await {
             Ok(Ok(tcp)) => Some(tcp),
@@ -269,9 +277,22 @@ fn host_port(authority: &str) -> bool {
     }
 }
 
+/// A host that is an IP literal must be `local`; a hostname is fine (a service name).
+fn ip_is_local(authority: &str, local: IpAddr) -> bool {
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        Ok(ip) => ip == local,
+        Err(_) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::host_port;
+    use super::{host_port, ip_is_local};
 
     #[test]
     fn authority_must_be_host_and_port() {
@@ -282,5 +303,17 @@ mod tests {
         assert!(!host_port("catalog:0"));
         assert!(!host_port("catalog:http"));
         assert!(!host_port("catalog:70000"));
+    }
+
+    #[test]
+    fn an_ip_authority_must_be_the_local_address() {
+        let local = "127.0.0.1".parse().unwrap();
+        assert!(ip_is_local("127.0.0.1:80", local));
+        assert!(ip_is_local(
+            "catalog.istioinaction.svc.cluster.local:80",
+            local
+        ));
+        assert!(!ip_is_local("10.0.0.9:80", local));
+        assert!(!ip_is_local("[::1]:80", local));
     }
 }
