@@ -527,3 +527,46 @@ async fn client_hello_has_ztunnels_shape() {
     })
     .await
 }
+
+#[tokio::test]
+async fn drain_sends_goaway_and_lets_an_open_tunnel_finish() {
+    within(async {
+        let app = TestApp::echo().await.unwrap();
+        let dest = DestinationZtunnel::start(&pki().catalog, app.addr())
+            .await
+            .unwrap();
+        let outer = webapp_client(&mesh::spiffe_id(mesh::CATALOG))
+            .connect(dest.addr())
+            .await
+            .unwrap();
+        let mut t = outer.connect_tunnel(&catalog_authority()).await.unwrap();
+        t.write_all(b"before").await.unwrap();
+        let mut buf = [0u8; 6];
+        t.read_exact(&mut buf).await.unwrap();
+
+        dest.drain();
+        // The open tunnel still carries bytes both ways after the GOAWAY...
+        let late = payload(100_000);
+        t.write_all(&late).await.unwrap();
+        let mut back = vec![0u8; late.len()];
+        t.read_exact(&mut back).await.unwrap();
+        assert!(back == late);
+        assert!(!outer.is_closed(), "closed while a tunnel was open");
+        // ...and once it ends, the connection closes cleanly and takes no new tunnel.
+        t.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        t.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        drop(t);
+        assert_eq!(outer.closed().await, Ok(()));
+        assert!(outer.connect_tunnel(&catalog_authority()).await.is_err());
+        assert_eq!(
+            eventually_end(&dest, 0).await,
+            StreamEnd::Closed {
+                to_app: 6 + late.len() as u64,
+                from_app: 6 + late.len() as u64
+            }
+        );
+    })
+    .await
+}

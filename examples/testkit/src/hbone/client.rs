@@ -14,7 +14,7 @@ use http::{HeaderName, HeaderValue, Method, Request};
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 use super::tls::dummy_server_name;
 use super::{
@@ -83,14 +83,18 @@ impl ClientZtunnel {
             .handshake::<_, Bytes>(tls)
             .await?;
         let ping = conn.ping_pong();
-        // The connection ends (GOAWAY) once every handle and stream on it is dropped.
+        // The connection ends (GOAWAY) once every handle and stream on it is dropped, or when
+        // the server closes it; `closed()` reports how.
+        let (ended, closed) = watch::channel(None);
         tokio::spawn(async move {
-            let _ = conn.await;
+            let how = conn.await.map_err(|e| e.to_string());
+            let _ = ended.send(Some(how));
         });
         Ok(OuterConn {
             send,
             ping: Arc::new(Mutex::new(ping)),
             peer,
+            closed,
         })
     }
 }
@@ -101,12 +105,28 @@ pub struct OuterConn {
     send: SendRequest<Bytes>,
     ping: Arc<Mutex<Option<h2::PingPong>>>,
     peer: Option<String>,
+    closed: watch::Receiver<Option<Result<(), String>>>,
 }
 
 impl OuterConn {
     /// The server's SPIFFE id from its certificate.
     pub fn peer_identity(&self) -> Option<&str> {
         self.peer.as_deref()
+    }
+
+    /// Waits until the HTTP/2 connection has ended: `Ok` after a graceful close (the server's
+    /// GOAWAY once its streams finished), `Err` with the h2 error otherwise.
+    pub async fn closed(&self) -> Result<(), String> {
+        let mut rx = self.closed.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().unwrap_or(Ok(())),
+            Err(_) => Err("the connection task is gone".into()),
+        }
+    }
+
+    /// Whether the connection has ended (see [`OuterConn::closed`]).
+    pub fn is_closed(&self) -> bool {
+        self.closed.borrow().is_some()
     }
 
     /// A tunnel to `authority` (`<service FQDN>:<port>`) with the headers ztunnel sends.

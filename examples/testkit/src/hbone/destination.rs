@@ -68,6 +68,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct DestinationZtunnel {
     addr: SocketAddr,
     record: Arc<Record>,
+    drain: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -90,20 +91,32 @@ impl DestinationZtunnel {
         let record: Arc<Record> = Arc::default();
         let rec = record.clone();
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let (drain, draining) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, rec) = (acceptor.clone(), rec.clone());
+                let (acceptor, rec, draining) = (acceptor.clone(), rec.clone(), draining.clone());
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
-                    serve_connection(acceptor, tcp, rec, app).await;
+                    serve_connection(acceptor, tcp, rec, app, draining).await;
                 });
             }
         });
-        Ok(DestinationZtunnel { addr, record, task })
+        Ok(DestinationZtunnel {
+            addr,
+            record,
+            drain,
+            task,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Drains as ztunnel does: a graceful GOAWAY on every connection; open tunnels may
+    /// finish, new streams are refused, each connection closes after its last stream.
+    pub fn drain(&self) {
+        let _ = self.drain.send(true);
     }
 
     /// Every request head so far, in arrival order.
@@ -148,6 +161,7 @@ async fn serve_connection(
     tcp: TcpStream,
     rec: Arc<Record>,
     app: SocketAddr,
+    mut draining: tokio::sync::watch::Receiver<bool>,
 ) {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
@@ -168,7 +182,19 @@ async fn serve_connection(
         .await;
     let Ok(mut conn) = conn else { return };
     // Accepting drives the connection (and answers PINGs); each stream runs in its own task.
-    while let Some(Ok((req, respond))) = conn.accept().await {
+    let mut goaway_sent = false;
+    loop {
+        let next = tokio::select! {
+            next = conn.accept() => next,
+            _ = draining.wait_for(|d| *d), if !goaway_sent => {
+                conn.graceful_shutdown();
+                goaway_sent = true;
+                continue;
+            }
+        };
+        let Some(Ok((req, respond))) = next else {
+            break;
+        };
         let (rec, peer) = (rec.clone(), peer.clone());
         tokio::spawn(serve_stream(req, respond, rec, peer, local.ip(), app));
     }
