@@ -19,6 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Pki {
+    /// The webapp workload's PEMs (for `openssl s_client`) and its identity.
+    webapp_pems: pki::WorkloadCert,
     webapp: Identity,
     catalog: Identity,
     gateway: Identity,
@@ -48,11 +50,12 @@ fn pki() -> &'static Pki {
             .issue_intermediate(&pki::IntermediateOptions::new(mesh::WEST_CLUSTER))
             .unwrap();
         let root_trust = id(&west, pki::WorkloadOptions::new(mesh::NAMESPACE, "x")).roots;
+        let webapp_pems = west
+            .issue_workload(&pki::WorkloadOptions::new(mesh::NAMESPACE, mesh::WEBAPP))
+            .unwrap();
         Pki {
-            webapp: id(
-                &west,
-                pki::WorkloadOptions::new(mesh::NAMESPACE, mesh::WEBAPP),
-            ),
+            webapp: Identity::from_workload(&webapp_pems).unwrap(),
+            webapp_pems,
             catalog: id(
                 &east,
                 pki::WorkloadOptions::new(mesh::NAMESPACE, mesh::CATALOG),
@@ -569,4 +572,91 @@ async fn drain_sends_goaway_and_lets_an_open_tunnel_finish() {
         );
     })
     .await
+}
+
+/// `openssl s_client` with the webapp certificate and the given extra flags; its stdout and
+/// stderr once it exits (stdin is closed, so it leaves right after the handshake).
+fn s_client(addr: SocketAddr, flags: &[&str]) -> String {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap(); // 0700
+    let w = &pki().webapp_pems;
+    std::fs::write(dir.path().join("cert-chain.pem"), &w.chain_pem).unwrap();
+    std::fs::write(dir.path().join("root-cert.pem"), &w.root_pem).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.path().join("key.pem"))
+        .unwrap()
+        .write_all(w.key_pem.as_bytes())
+        .unwrap();
+    let mut c = Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .arg("-cert")
+        .arg(dir.path().join("cert-chain.pem"))
+        .arg("-cert_chain")
+        .arg(dir.path().join("cert-chain.pem"))
+        .arg("-key")
+        .arg(dir.path().join("key.pem"))
+        .arg("-CAfile")
+        .arg(dir.path().join("root-cert.pem"))
+        .arg("-verify_return_error")
+        .args(flags)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline && c.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let out = c.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The destination's TLS as a foreign client sees it: TLS 1.3 with ALPN h2 and AES-GCM is
+/// accepted; TLS 1.2, or no h2 in the ALPN offer, is refused.
+#[tokio::test]
+async fn destination_speaks_only_tls13_with_h2_to_openssl() {
+    let app = TestApp::echo().await.unwrap();
+    let dest = DestinationZtunnel::start(&pki().catalog, app.addr())
+        .await
+        .unwrap();
+    let addr = dest.addr();
+    let run =
+        |flags: &'static [&'static str]| tokio::task::spawn_blocking(move || s_client(addr, flags));
+    let ok = run(&["-alpn", "h2"]).await.unwrap();
+    assert!(ok.contains("ALPN protocol: h2"), "{ok}");
+    assert!(ok.contains("TLSv1.3"), "{ok}");
+    assert!(ok.contains("Verify return code: 0 (ok)"), "{ok}");
+    assert!(
+        ok.contains("TLS_AES_256_GCM_SHA384") || ok.contains("TLS_AES_128_GCM_SHA256"),
+        "{ok}"
+    );
+    let tls12 = run(&["-alpn", "h2", "-tls1_2"]).await.unwrap();
+    assert!(!tls12.contains("ALPN protocol: h2"), "{tls12}");
+    let chacha = run(&[
+        "-alpn",
+        "h2",
+        "-ciphersuites",
+        "TLS_CHACHA20_POLY1305_SHA256",
+    ])
+    .await
+    .unwrap();
+    assert!(!chacha.contains("ALPN protocol: h2"), "{chacha}");
+    let http11 = run(&["-alpn", "http/1.1"]).await.unwrap();
+    assert!(!http11.contains("ALPN protocol"), "{http11}");
+    let refused = dest.refused_handshakes();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert_eq!(dest.connections().len(), 1);
 }
