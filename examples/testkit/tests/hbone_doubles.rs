@@ -343,6 +343,15 @@ async fn cancel_resets_the_stream_at_the_destination_and_spares_the_connection()
         let own = format!("{}:8080", dest.addr().ip());
         let t = outer.connect_tunnel(&own).await.unwrap();
         assert_eq!(round_trip(t, b"again").await.unwrap(), b"again");
+        // Dropping a tunnel that is still open resets it the same way.
+        let mut t = outer.connect_tunnel(&catalog_authority()).await.unwrap();
+        t.write_all(b"drop").await.unwrap();
+        t.read_exact(&mut buf).await.unwrap();
+        drop(t);
+        assert_eq!(
+            eventually_end(&dest, 2).await,
+            StreamEnd::Reset(h2::Reason::CANCEL)
+        );
         assert_eq!(dest.connections().len(), 1);
     })
     .await
