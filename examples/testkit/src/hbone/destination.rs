@@ -16,8 +16,8 @@ use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{
-    CONNECTION_WINDOW, HboneError, MAX_FRAME_SIZE, SERVER_MAX_HEADER_LIST, SERVER_MAX_STREAMS,
-    STREAM_WINDOW, Tunnel, reset_reason,
+    CONNECTION_WINDOW, HboneError, MAX_FRAME_SIZE, SERVER_MAX_HEADER_LIST, SERVER_MAX_SEND_BUFFER,
+    SERVER_MAX_STREAMS, STREAM_WINDOW, Tunnel, reset_reason,
 };
 use crate::mtls::{Identity, peer_spiffe_id};
 
@@ -178,6 +178,7 @@ async fn serve_connection(
         .max_frame_size(MAX_FRAME_SIZE)
         .max_header_list_size(SERVER_MAX_HEADER_LIST)
         .max_concurrent_streams(SERVER_MAX_STREAMS)
+        .max_send_buffer_size(SERVER_MAX_SEND_BUFFER)
         .handshake::<_, Bytes>(tls)
         .await;
     let Ok(mut conn) = conn else { return };
