@@ -34,6 +34,8 @@ pub const CLIENT_MAX_STREAMS: usize = 100;
 /// Server side (the inbound listener): concurrent streams and header list limit.
 pub const SERVER_MAX_STREAMS: u32 = 200;
 pub const SERVER_MAX_HEADER_LIST: u32 = 64 * 1024;
+/// Server side: bytes h2 buffers per stream before a write waits (hyper's default, 400 KiB).
+pub const SERVER_MAX_SEND_BUFFER: usize = 400 * 1024;
 
 /// What can go wrong on an HBONE hop, as the client double reports it.
 #[derive(Debug, thiserror::Error)]

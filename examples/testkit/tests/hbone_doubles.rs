@@ -19,6 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Pki {
+    /// The webapp workload's PEMs (for `openssl s_client`) and its identity.
+    webapp_pems: pki::WorkloadCert,
     webapp: Identity,
     catalog: Identity,
     gateway: Identity,
@@ -48,11 +50,12 @@ fn pki() -> &'static Pki {
             .issue_intermediate(&pki::IntermediateOptions::new(mesh::WEST_CLUSTER))
             .unwrap();
         let root_trust = id(&west, pki::WorkloadOptions::new(mesh::NAMESPACE, "x")).roots;
+        let webapp_pems = west
+            .issue_workload(&pki::WorkloadOptions::new(mesh::NAMESPACE, mesh::WEBAPP))
+            .unwrap();
         Pki {
-            webapp: id(
-                &west,
-                pki::WorkloadOptions::new(mesh::NAMESPACE, mesh::WEBAPP),
-            ),
+            webapp: Identity::from_workload(&webapp_pems).unwrap(),
+            webapp_pems,
             catalog: id(
                 &east,
                 pki::WorkloadOptions::new(mesh::NAMESPACE, mesh::CATALOG),
@@ -179,10 +182,13 @@ async fn single_hbone_through_a_relay_carries_bytes_intact() {
             );
         }
         let seen = dest.seen();
-        assert!(seen.iter().all(|s| s.peer.as_deref()
-            == Some(mesh::spiffe_id(mesh::WEBAPP).as_str())
-            && s.authority.as_deref() == Some(catalog_authority().as_str())
-            && s.headers.contains_key("traceparent")));
+        assert!(seen.iter().all(|s| {
+            s.peer.as_deref() == Some(mesh::spiffe_id(mesh::WEBAPP).as_str())
+                && s.authority.as_deref() == Some(catalog_authority().as_str())
+                && ["baggage", "forwarded", "traceparent"]
+                    .iter()
+                    .all(|h| s.headers.contains_key(*h))
+        }));
         assert_eq!(dest.connections().len(), 1, "one pooled outer connection");
         drop(outer);
         // TLS and h2 framing on top of 2 × (1 B + 64 KiB + 8 MiB) of payload.
@@ -333,9 +339,19 @@ async fn cancel_resets_the_stream_at_the_destination_and_spares_the_connection()
             app.conns().first().is_some_and(|c| c.ended.is_some())
         })
         .await;
-        // The outer connection lives on.
-        let t = outer.connect_tunnel(&catalog_authority()).await.unwrap();
+        // The outer connection lives on; an `ip:port` authority with the pod's own IP is fine.
+        let own = format!("{}:8080", dest.addr().ip());
+        let t = outer.connect_tunnel(&own).await.unwrap();
         assert_eq!(round_trip(t, b"again").await.unwrap(), b"again");
+        // Dropping a tunnel that is still open resets it the same way.
+        let mut t = outer.connect_tunnel(&catalog_authority()).await.unwrap();
+        t.write_all(b"drop").await.unwrap();
+        t.read_exact(&mut buf).await.unwrap();
+        drop(t);
+        assert_eq!(
+            eventually_end(&dest, 2).await,
+            StreamEnd::Reset(h2::Reason::CANCEL)
+        );
         assert_eq!(dest.connections().len(), 1);
     })
     .await
@@ -408,9 +424,16 @@ async fn refused_connects_report_their_status() {
             .expect("authority without a port refused");
         assert_eq!(e.refused_status(), Some(400), "{e}");
 
+        let e = outer
+            .connect_tunnel("10.9.9.9:80")
+            .await
+            .err()
+            .expect("another pod's IP refused");
+        assert_eq!(e.refused_status(), Some(400), "{e}");
+
         let statuses: Vec<u16> = dest.seen().iter().map(|s| s.status.as_u16()).collect();
-        assert_eq!(statuses, [503, 400, 400]);
-        // Still one healthy connection after three refusals.
+        assert_eq!(statuses, [503, 400, 400, 400]);
+        // Still one healthy connection after four refusals.
         assert_eq!(dest.connections().len(), 1);
     })
     .await
@@ -515,4 +538,134 @@ async fn client_hello_has_ztunnels_shape() {
         );
     })
     .await
+}
+
+#[tokio::test]
+async fn drain_sends_goaway_and_lets_an_open_tunnel_finish() {
+    within(async {
+        let app = TestApp::echo().await.unwrap();
+        let dest = DestinationZtunnel::start(&pki().catalog, app.addr())
+            .await
+            .unwrap();
+        let outer = webapp_client(&mesh::spiffe_id(mesh::CATALOG))
+            .connect(dest.addr())
+            .await
+            .unwrap();
+        let mut t = outer.connect_tunnel(&catalog_authority()).await.unwrap();
+        t.write_all(b"before").await.unwrap();
+        let mut buf = [0u8; 6];
+        t.read_exact(&mut buf).await.unwrap();
+
+        dest.drain();
+        // The open tunnel still carries bytes both ways after the GOAWAY...
+        let late = payload(100_000);
+        t.write_all(&late).await.unwrap();
+        let mut back = vec![0u8; late.len()];
+        t.read_exact(&mut back).await.unwrap();
+        assert!(back == late);
+        assert!(!outer.is_closed(), "closed while a tunnel was open");
+        // ...and once it ends, the connection closes cleanly and takes no new tunnel.
+        t.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        t.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        drop(t);
+        assert_eq!(outer.closed().await, Ok(()));
+        assert!(outer.connect_tunnel(&catalog_authority()).await.is_err());
+        assert_eq!(
+            eventually_end(&dest, 0).await,
+            StreamEnd::Closed {
+                to_app: 6 + late.len() as u64,
+                from_app: 6 + late.len() as u64
+            }
+        );
+    })
+    .await
+}
+
+/// `openssl s_client` with the webapp certificate and the given extra flags; its stdout and
+/// stderr once it exits (stdin is closed, so it leaves right after the handshake).
+fn s_client(addr: SocketAddr, flags: &[&str]) -> String {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap(); // 0700
+    let w = &pki().webapp_pems;
+    std::fs::write(dir.path().join("cert-chain.pem"), &w.chain_pem).unwrap();
+    std::fs::write(dir.path().join("root-cert.pem"), &w.root_pem).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.path().join("key.pem"))
+        .unwrap()
+        .write_all(w.key_pem.as_bytes())
+        .unwrap();
+    let mut c = Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .arg("-cert")
+        .arg(dir.path().join("cert-chain.pem"))
+        .arg("-cert_chain")
+        .arg(dir.path().join("cert-chain.pem"))
+        .arg("-key")
+        .arg(dir.path().join("key.pem"))
+        .arg("-CAfile")
+        .arg(dir.path().join("root-cert.pem"))
+        .arg("-verify_return_error")
+        .args(flags)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline && c.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let out = c.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The destination's TLS as a foreign client sees it: TLS 1.3 with ALPN h2 and AES-GCM is
+/// accepted; TLS 1.2, or no h2 in the ALPN offer, is refused.
+#[tokio::test]
+async fn destination_speaks_only_tls13_with_h2_to_openssl() {
+    let app = TestApp::echo().await.unwrap();
+    let dest = DestinationZtunnel::start(&pki().catalog, app.addr())
+        .await
+        .unwrap();
+    let addr = dest.addr();
+    let run =
+        |flags: &'static [&'static str]| tokio::task::spawn_blocking(move || s_client(addr, flags));
+    let ok = run(&["-alpn", "h2"]).await.unwrap();
+    assert!(ok.contains("ALPN protocol: h2"), "{ok}");
+    assert!(ok.contains("TLSv1.3"), "{ok}");
+    assert!(ok.contains("Verify return code: 0 (ok)"), "{ok}");
+    assert!(
+        ok.contains("TLS_AES_256_GCM_SHA384") || ok.contains("TLS_AES_128_GCM_SHA256"),
+        "{ok}"
+    );
+    let tls12 = run(&["-alpn", "h2", "-tls1_2"]).await.unwrap();
+    assert!(!tls12.contains("ALPN protocol: h2"), "{tls12}");
+    let chacha = run(&[
+        "-alpn",
+        "h2",
+        "-ciphersuites",
+        "TLS_CHACHA20_POLY1305_SHA256",
+    ])
+    .await
+    .unwrap();
+    assert!(!chacha.contains("ALPN protocol: h2"), "{chacha}");
+    let http11 = run(&["-alpn", "http/1.1"]).await.unwrap();
+    assert!(!http11.contains("ALPN protocol"), "{http11}");
+    let refused = dest.refused_handshakes();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert_eq!(dest.connections().len(), 1);
 }

@@ -104,7 +104,7 @@ impl Errors {
     }
 }
 
-fn merge(into: &mut Value, from: Value) {
+pub(crate) fn merge(into: &mut Value, from: Value) {
     if let (Some(a), Value::Object(b)) = (into.as_object_mut(), from) {
         a.extend(b);
     }
@@ -134,21 +134,48 @@ pub struct ConnrateArgs {
 /// back, close_notify + FIN. Counts completed connections per second.
 pub async fn connrate(a: ConnrateArgs) -> Result<Value> {
     let d = Arc::new(Dialer::new(&a.t)?);
+    let one: OneConn = Arc::new(move || {
+        let d = d.clone();
+        Box::pin(async move { echo_64(d.open(OP_ECHO, 0).await?).await })
+    });
+    let mut v = json!({"mode": "connrate", "name": a.t.name});
+    merge(
+        &mut v,
+        conn_loop(a.concurrency, a.duration, a.max_conns, one, &a.cost).await?,
+    );
+    Ok(v)
+}
+
+/// One complete connection (or tunnel) of a connection-rate scenario.
+pub(crate) type OneConn = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Runs `one` from `concurrency` tasks until `duration` or `max` attempts: the count, rate
+/// and time of completed ones, the proxy's cost per completed one, and errors.
+pub(crate) async fn conn_loop(
+    concurrency: usize,
+    duration: Duration,
+    max: u64,
+    one: OneConn,
+    cost: &CostArgs,
+) -> Result<Value> {
     let started = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(Errors::default());
     let t0 = Instant::now();
-    let meter = Meter::start(&a.cost);
-    let deadline = t0 + a.duration;
+    let meter = Meter::start(cost);
+    let deadline = t0 + duration;
     let mut tasks = Vec::new();
-    for _ in 0..a.concurrency.max(1) {
-        let (d, started, errors) = (d.clone(), started.clone(), errors.clone());
-        let max = a.max_conns;
+    for _ in 0..concurrency.max(1) {
+        let (one, started, errors) = (one.clone(), started.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let mut h = hist();
             let mut ok = 0u64;
             while Instant::now() < deadline && started.fetch_add(1, Ordering::Relaxed) < max {
                 let c0 = Instant::now();
-                match tokio::time::timeout(Duration::from_secs(10), one_conn(&d)).await {
+                match tokio::time::timeout(Duration::from_secs(10), one()).await {
                     Ok(Ok(())) => {
                         ok += 1;
                         let _ = h.record(us(c0.elapsed()));
@@ -172,19 +199,19 @@ pub async fn connrate(a: ConnrateArgs) -> Result<Value> {
         h.add(th).ok();
     }
     let secs = t0.elapsed().as_secs_f64();
-    let cost = meter.stop();
+    let spent = meter.stop();
     let mut v = json!({
-        "mode": "connrate", "name": a.t.name, "concurrency": a.concurrency,
+        "concurrency": concurrency,
         "seconds": secs, "connections": ok, "conn_per_s": ok as f64 / secs,
         "conn_time": pcts(&h),
     });
-    merge(&mut v, cost.json("", "us_per_conn", ok as f64, 1e6));
+    merge(&mut v, spent.json("", "us_per_conn", ok as f64, 1e6));
     merge(&mut v, errors.json());
     Ok(v)
 }
 
-async fn one_conn(d: &Dialer) -> io::Result<()> {
-    let mut s = d.open(OP_ECHO, 0).await?;
+/// 64 bytes echoed back, then a write shutdown.
+pub(crate) async fn echo_64(mut s: Box<dyn Io>) -> io::Result<()> {
     let msg = [7u8; 64];
     s.write_all(&msg).await?;
     let mut back = [0u8; 64];
@@ -227,11 +254,33 @@ pub struct RrArgs {
 /// and records each measured request's round trip.
 pub async fn rr(a: RrArgs) -> Result<Value> {
     let d = Arc::new(Dialer::new(&a.t)?);
-    let n = a.connections.max(1);
     let mut conns = Vec::new();
-    for _ in 0..n {
+    for _ in 0..a.connections.max(1) {
         conns.push(d.open(OP_ECHO, 0).await.context("connect")?);
     }
+    let mut v = json!({"mode": "rr", "name": a.t.name});
+    let window = Window {
+        size: a.size,
+        duration: a.duration,
+        warmup: a.warmup,
+        max_requests: a.max_requests,
+    };
+    merge(&mut v, rr_loop(conns, &window, &a.cost).await?);
+    Ok(v)
+}
+
+/// The measured part of an `rr` scenario.
+pub(crate) struct Window {
+    pub size: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub max_requests: u64,
+}
+
+/// Closed-loop echo of `w.size` bytes on every stream in `conns` (connections or tunnels)
+/// through the warm-up and the measured window.
+pub(crate) async fn rr_loop(conns: Vec<Box<dyn Io>>, w: &Window, cost: &CostArgs) -> Result<Value> {
+    let n = conns.len();
     let errors = Arc::new(Errors::default());
     let done = Arc::new(AtomicU64::new(0));
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -244,7 +293,7 @@ pub async fn rr(a: RrArgs) -> Result<Value> {
             measuring.clone(),
             stop.clone(),
         );
-        let (size, max) = (a.size, a.max_requests);
+        let (size, max) = (w.size, w.max_requests);
         tasks.push(tokio::spawn(async move {
             let mut h = hist();
             let msg = vec![1u8; size];
@@ -278,15 +327,15 @@ pub async fn rr(a: RrArgs) -> Result<Value> {
             h
         }));
     }
-    tokio::time::sleep(a.warmup).await;
+    tokio::time::sleep(w.warmup).await;
     let n0 = done.load(Ordering::Relaxed);
-    let meter = Meter::start(&a.cost);
+    let meter = Meter::start(cost);
     let t0 = Instant::now();
     measuring.store(true, Ordering::Relaxed);
-    tokio::time::sleep(a.duration).await;
+    tokio::time::sleep(w.duration).await;
     measuring.store(false, Ordering::Relaxed);
     let requests = done.load(Ordering::Relaxed) - n0;
-    let cost = meter.stop();
+    let spent = meter.stop();
     let secs = t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let mut h = hist();
@@ -294,11 +343,11 @@ pub async fn rr(a: RrArgs) -> Result<Value> {
         h.add(t.await?).ok();
     }
     let mut v = json!({
-        "mode": "rr", "name": a.t.name, "connections": n, "size": a.size,
+        "connections": n, "size": w.size,
         "seconds": secs, "requests": requests, "rps": requests as f64 / secs,
         "latency": pcts(&h),
     });
-    merge(&mut v, cost.json("", "us_per_req", requests as f64, 1e6));
+    merge(&mut v, spent.json("", "us_per_req", requests as f64, 1e6));
     merge(&mut v, errors.json());
     Ok(v)
 }
@@ -327,76 +376,108 @@ pub struct ThroughputArgs {
 pub async fn throughput(a: ThroughputArgs) -> Result<Value> {
     let d = Arc::new(Dialer::new(&a.t)?);
     let mut v = json!({"mode": "throughput", "name": a.t.name, "connections": a.connections});
-    let mut total = Cost {
-        core_s: Some(0.0),
-        proc_s: Some(0.0),
-    };
-    let mut total_bytes = 0u64;
-    for (label, op) in [("down", OP_DOWN), ("up", OP_UP)] {
+    let mut total = BulkTotal::default();
+    for op in [OP_DOWN, OP_UP] {
         let mut conns = Vec::new();
         for _ in 0..a.connections.max(1) {
             conns.push(d.open(op, a.bytes).await.context("connect")?);
         }
-        let meter = Meter::start(&a.cost);
-        let self0 = process_ticks(&[std::process::id()]);
-        let t0 = Instant::now();
-        let deadline = t0 + a.duration;
-        let mut tasks = Vec::new();
-        for mut s in conns {
-            let limit = a.bytes;
-            tasks.push(tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut moved = 0u64;
-                while moved < limit {
-                    let step = async {
-                        if op == OP_DOWN {
-                            s.read(&mut buf).await
-                        } else {
-                            let k = (limit - moved).min(buf.len() as u64) as usize;
-                            s.write(&buf[..k]).await
-                        }
-                    };
-                    match tokio::time::timeout_at(deadline.into(), step).await {
-                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                        Ok(Ok(k)) => moved += k as u64,
-                    }
-                }
-                moved
-            }));
-        }
-        let mut moved = 0u64;
-        for t in tasks {
-            moved += t.await?;
-        }
-        let secs = t0.elapsed().as_secs_f64();
-        let cost = meter.stop();
-        let me = process_ticks(&[std::process::id()]).saturating_sub(self0) as f64 / 100.0;
-        merge(
-            &mut v,
-            json!({
-                format!("{label}_bytes"): moved,
-                format!("{label}_seconds"): secs,
-                format!("{label}_mb_per_s"): moved as f64 / 1e6 / secs,
-                format!("{label}_client_cpu_s"): me,
-            }),
-        );
-        merge(
-            &mut v,
-            cost.json(&format!("{label}_"), "s_per_gb", moved as f64 / 1e9, 1.0),
-        );
-        total_bytes += moved;
-        total.core_s = sum(total.core_s, cost.core_s);
-        total.proc_s = sum(total.proc_s, cost.proc_s);
+        let one = bulk(op, conns, a.duration, a.bytes, &a.cost).await?;
+        merge(&mut v, total.add(one));
     }
-    merge(
-        &mut v,
-        total.json("", "s_per_gb", total_bytes as f64 / 1e9, 1.0),
-    );
+    merge(&mut v, total.json());
     Ok(v)
 }
 
-fn sum(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    Some(a? + b?)
+/// One direction of a bulk scenario.
+pub(crate) struct Bulk {
+    json: Value,
+    moved: u64,
+    spent: Cost,
+}
+
+/// Both directions together: the proxy's cost per GB over everything moved.
+#[derive(Default)]
+pub(crate) struct BulkTotal {
+    bytes: u64,
+    core_s: Option<f64>,
+    proc_s: Option<f64>,
+}
+
+impl BulkTotal {
+    pub(crate) fn add(&mut self, b: Bulk) -> Value {
+        let first = self.bytes == 0 && self.core_s.is_none() && self.proc_s.is_none();
+        let plus = |t: Option<f64>, x: Option<f64>| if first { x } else { Some(t? + x?) };
+        self.core_s = plus(self.core_s, b.spent.core_s);
+        self.proc_s = plus(self.proc_s, b.spent.proc_s);
+        self.bytes += b.moved;
+        b.json
+    }
+
+    pub(crate) fn json(&self) -> Value {
+        let total = Cost {
+            core_s: self.core_s,
+            proc_s: self.proc_s,
+        };
+        total.json("", "s_per_gb", self.bytes as f64 / 1e9, 1.0)
+    }
+}
+
+/// One direction over streams already opened with `op` (`OP_DOWN` or `OP_UP`): bytes, MB/s
+/// and the proxy's cost per GB, keyed `down_*` or `up_*`.
+pub(crate) async fn bulk(
+    op: u8,
+    conns: Vec<Box<dyn Io>>,
+    duration: Duration,
+    bytes: u64,
+    cost: &CostArgs,
+) -> Result<Bulk> {
+    let label = if op == OP_DOWN { "down" } else { "up" };
+    let meter = Meter::start(cost);
+    let self0 = process_ticks(&[std::process::id()]);
+    let t0 = Instant::now();
+    let deadline = t0 + duration;
+    let mut tasks = Vec::new();
+    for mut s in conns {
+        let limit = bytes;
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut moved = 0u64;
+            while moved < limit {
+                let step = async {
+                    if op == OP_DOWN {
+                        s.read(&mut buf).await
+                    } else {
+                        let k = (limit - moved).min(buf.len() as u64) as usize;
+                        s.write(&buf[..k]).await
+                    }
+                };
+                match tokio::time::timeout_at(deadline.into(), step).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(k)) => moved += k as u64,
+                }
+            }
+            moved
+        }));
+    }
+    let mut moved = 0u64;
+    for t in tasks {
+        moved += t.await?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let spent = meter.stop();
+    let me = process_ticks(&[std::process::id()]).saturating_sub(self0) as f64 / 100.0;
+    let mut json = json!({
+        format!("{label}_bytes"): moved,
+        format!("{label}_seconds"): secs,
+        format!("{label}_mb_per_s"): moved as f64 / 1e6 / secs,
+        format!("{label}_client_cpu_s"): me,
+    });
+    merge(
+        &mut json,
+        spent.json(&format!("{label}_"), "s_per_gb", moved as f64 / 1e9, 1.0),
+    );
+    Ok(Bulk { json, moved, spent })
 }
 
 // ---------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 mod backend;
 mod client;
 mod cost;
+mod hbone;
 mod report;
 mod tls;
 
@@ -42,6 +43,16 @@ enum Cmd {
     Throughput(client::ThroughputArgs),
     /// Open many idle connections and measure the proxy's resident memory per connection.
     Idle(client::IdleArgs),
+    /// HBONE: a new outer connection (mTLS + h2) and tunnel per attempt, 64 B echoed.
+    HboneConnrate(hbone::ConnrateArgs),
+    /// HBONE: a new tunnel on a pooled outer connection per attempt, 64 B echoed.
+    HbonePooled(hbone::ConnrateArgs),
+    /// HBONE: closed-loop 64 B request/response inside long-lived tunnels.
+    HboneRr(hbone::RrArgs),
+    /// HBONE: bulk inside tunnels, download then upload; MB/s.
+    HboneThroughput(hbone::ThroughputArgs),
+    /// A destination ztunnel (HBONE server on a pod's 15008) in front of a plain backend.
+    HboneDestination(hbone::DestinationArgs),
     /// Render result JSON files of one run as a markdown table.
     Report(report::ReportArgs),
 }
@@ -91,6 +102,11 @@ fn main() -> Result<()> {
         Cmd::Rr(a) => print(runtime(a.threads)?.block_on(client::rr(a))?),
         Cmd::Throughput(a) => print(runtime(a.threads)?.block_on(client::throughput(a))?),
         Cmd::Idle(a) => print(runtime(a.threads)?.block_on(client::idle(a))?),
+        Cmd::HboneConnrate(a) => print(runtime(a.threads)?.block_on(hbone::connrate(a))?),
+        Cmd::HbonePooled(a) => print(runtime(a.threads)?.block_on(hbone::pooled(a))?),
+        Cmd::HboneRr(a) => print(runtime(a.threads)?.block_on(hbone::rr(a))?),
+        Cmd::HboneThroughput(a) => print(runtime(a.threads)?.block_on(hbone::throughput(a))?),
+        Cmd::HboneDestination(a) => runtime(a.threads)?.block_on(hbone::destination(a)),
     }
 }
 

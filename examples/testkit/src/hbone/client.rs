@@ -14,13 +14,14 @@ use http::{HeaderName, HeaderValue, Method, Request};
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 use super::tls::dummy_server_name;
 use super::{
     ALPN_H2, CLIENT_MAX_HEADER_LIST, CLIENT_MAX_STREAMS, CONNECTION_WINDOW, HboneError,
     MAX_FRAME_SIZE, STREAM_WINDOW, Tunnel,
 };
+use crate::mesh;
 use crate::mtls::{Identity, peer_spiffe_id};
 
 /// A remote ztunnel: a workload identity and the TLS config built from it.
@@ -82,14 +83,18 @@ impl ClientZtunnel {
             .handshake::<_, Bytes>(tls)
             .await?;
         let ping = conn.ping_pong();
-        // The connection ends (GOAWAY) once every handle and stream on it is dropped.
+        // The connection ends (GOAWAY) once every handle and stream on it is dropped, or when
+        // the server closes it; `closed()` reports how.
+        let (ended, closed) = watch::channel(None);
         tokio::spawn(async move {
-            let _ = conn.await;
+            let how = conn.await.map_err(|e| e.to_string());
+            let _ = ended.send(Some(how));
         });
         Ok(OuterConn {
             send,
             ping: Arc::new(Mutex::new(ping)),
             peer,
+            closed,
         })
     }
 }
@@ -100,12 +105,28 @@ pub struct OuterConn {
     send: SendRequest<Bytes>,
     ping: Arc<Mutex<Option<h2::PingPong>>>,
     peer: Option<String>,
+    closed: watch::Receiver<Option<Result<(), String>>>,
 }
 
 impl OuterConn {
     /// The server's SPIFFE id from its certificate.
     pub fn peer_identity(&self) -> Option<&str> {
         self.peer.as_deref()
+    }
+
+    /// Waits until the HTTP/2 connection has ended: `Ok` after a graceful close (the server's
+    /// GOAWAY once its streams finished), `Err` with the h2 error otherwise.
+    pub async fn closed(&self) -> Result<(), String> {
+        let mut rx = self.closed.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().unwrap_or(Ok(())),
+            Err(_) => Err("the connection task is gone".into()),
+        }
+    }
+
+    /// Whether the connection has ended (see [`OuterConn::closed`]).
+    pub fn is_closed(&self) -> bool {
+        self.closed.borrow().is_some()
     }
 
     /// A tunnel to `authority` (`<service FQDN>:<port>`) with the headers ztunnel sends.
@@ -149,8 +170,9 @@ impl OuterConn {
 }
 
 /// The head of a CONNECT as ztunnel builds it: `:method CONNECT`, `:authority` only (no
-/// `:scheme`, no `:path`), `traceparent`, and `forwarded`/`baggage`/`x-forwarded-network`
-/// when set (zt:`src/proxy/outbound.rs`, `src/baggage.rs`).
+/// `:scheme`, no `:path`), then `baggage`, `forwarded` and `traceparent`, and on the inner leg
+/// of double HBONE `x-forwarded-network` (zt:`src/proxy/outbound.rs` `create_hbone_request`,
+/// `build_forwarded`; `src/baggage.rs`).
 #[derive(Debug, Clone)]
 pub struct ConnectRequest {
     authority: String,
@@ -158,12 +180,23 @@ pub struct ConnectRequest {
 }
 
 impl ConnectRequest {
-    /// CONNECT to `authority` with a fresh `traceparent`.
+    /// CONNECT to `authority` from the demo's `webapp` in the west cluster: its baggage, a
+    /// loopback app address in `forwarded`, a fresh `traceparent`. Each can be replaced.
     pub fn new(authority: &str) -> Self {
+        let (trace, n) = fresh_traceparent();
+        let app = SocketAddr::from(([127, 0, 0, 1], 49152 + (n % 16384) as u16));
         ConnectRequest {
             authority: authority.to_owned(),
-            headers: vec![("traceparent".into(), fresh_traceparent())],
+            headers: vec![],
         }
+        .baggage(&format!(
+            "k8s.cluster.name={},k8s.namespace.name={},k8s.deployment.name={w},service.name={w},service.version=v1",
+            mesh::WEST_CLUSTER,
+            mesh::NAMESPACE,
+            w = mesh::WEBAPP
+        ))
+        .forwarded_for(app)
+        .traceparent(&trace)
     }
 
     /// The same trace on both legs of double HBONE, as ztunnel sends it.
@@ -197,9 +230,13 @@ impl ConnectRequest {
         self
     }
 
+    /// Replaces `name` where it is, or appends it: ztunnel's header order stays.
     fn set(mut self, name: &str, value: &str) -> Self {
-        self.headers.retain(|(n, _)| n != name);
-        self.header(name, value)
+        match self.headers.iter_mut().find(|(n, _)| n == name) {
+            Some(h) => h.1 = value.to_owned(),
+            None => self.headers.push((name.to_owned(), value.to_owned())),
+        }
+        self
     }
 
     pub fn build(&self) -> Result<Request<()>, HboneError> {
@@ -218,17 +255,19 @@ impl ConnectRequest {
     }
 }
 
-/// `00-<32 hex trace id>-<16 hex span id>-00`, distinct per call (not cryptographic).
-fn fresh_traceparent() -> String {
+/// `00-<32 hex trace id>-<16 hex span id>-00`, distinct per call (not cryptographic), and
+/// the call's sequence number.
+fn fresh_traceparent() -> (String, u64) {
     static N: AtomicU64 = AtomicU64::new(1);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    format!(
+    let id = format!(
         "00-{t:016x}{n:016x}-{:016x}-00",
         (t ^ n.rotate_left(32)) | 1
-    )
+    );
+    (id, n)
 }
 
 #[cfg(test)]
@@ -253,6 +292,16 @@ mod tests {
             "for=\"10.0.0.7:4321\";host=catalog.istioinaction.svc.cluster.local"
         );
         assert_eq!(req.headers()["x-forwarded-network"], "west-network");
+        assert_eq!(
+            req.headers()["baggage"],
+            "k8s.cluster.name=west-cluster,k8s.namespace.name=istioinaction,\
+             k8s.deployment.name=webapp,service.name=webapp,service.version=v1"
+        );
+        let names: Vec<_> = req.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["baggage", "forwarded", "traceparent", "x-forwarded-network"]
+        );
         let tp = req.headers()["traceparent"].to_str().unwrap();
         let parts: Vec<_> = tp.split('-').collect();
         assert_eq!(

@@ -1,11 +1,11 @@
 //! The destination ztunnel double: the mTLS HTTP/2 CONNECT server on a pod's `:15008`
 //! (zt:`src/proxy/inbound.rs`, `src/proxy/h2/server.rs`). It accepts only CONNECT with a
-//! `host:port` authority (else 400), dials its app and answers 200 only once that dial is
+//! `host:port` authority whose host, if an IP, is its own address (else 400), dials its app and answers 200 only once that dial is
 //! up (503 if it fails), then splices bytes with half-close both ways. It records each
 //! peer's SPIFFE id, every request head and how each tunnel ended. It serves the outer hop
 //! as well as the inner one: a test can route a gateway (or a client ztunnel) at it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,13 +16,16 @@ use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{
-    CONNECTION_WINDOW, HboneError, MAX_FRAME_SIZE, SERVER_MAX_HEADER_LIST, SERVER_MAX_STREAMS,
-    STREAM_WINDOW, Tunnel, reset_reason,
+    CONNECTION_WINDOW, HboneError, MAX_FRAME_SIZE, SERVER_MAX_HEADER_LIST, SERVER_MAX_SEND_BUFFER,
+    SERVER_MAX_STREAMS, STREAM_WINDOW, Tunnel, reset_reason,
 };
 use crate::mtls::{Identity, peer_spiffe_id};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Request heads, connections and refusals kept for inspection; later requests are only
+/// counted, so a benchmark can run millions of tunnels through it.
+pub const MAX_RECORDED: usize = 10_000;
 
 /// One CONNECT (or other request) the destination saw.
 #[derive(Debug, Clone)]
@@ -53,6 +56,7 @@ pub enum StreamEnd {
 #[derive(Default)]
 struct Record {
     seen: Mutex<Vec<Seen>>,
+    requests: std::sync::atomic::AtomicU64,
     refused_handshakes: Mutex<Vec<String>>,
     connections: Mutex<Vec<Option<String>>>,
 }
@@ -64,6 +68,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct DestinationZtunnel {
     addr: SocketAddr,
     record: Arc<Record>,
+    drain: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -86,25 +91,44 @@ impl DestinationZtunnel {
         let record: Arc<Record> = Arc::default();
         let rec = record.clone();
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let (drain, draining) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, rec) = (acceptor.clone(), rec.clone());
+                let (acceptor, rec, draining) = (acceptor.clone(), rec.clone(), draining.clone());
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
-                    serve_connection(acceptor, tcp, rec, app).await;
+                    serve_connection(acceptor, tcp, rec, app, draining).await;
                 });
             }
         });
-        Ok(DestinationZtunnel { addr, record, task })
+        Ok(DestinationZtunnel {
+            addr,
+            record,
+            drain,
+            task,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// Drains as ztunnel does: a graceful GOAWAY on every connection; open tunnels may
+    /// finish, new streams are refused, each connection closes after its last stream.
+    pub fn drain(&self) {
+        let _ = self.drain.send(true);
+    }
+
     /// Every request head so far, in arrival order.
     pub fn seen(&self) -> Vec<Seen> {
         lock(&self.record.seen).clone()
+    }
+
+    /// How many requests arrived, recorded or not.
+    pub fn requests(&self) -> u64 {
+        self.record
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The authorities of every request so far.
@@ -137,27 +161,43 @@ async fn serve_connection(
     tcp: TcpStream,
     rec: Arc<Record>,
     app: SocketAddr,
+    mut draining: tokio::sync::watch::Receiver<bool>,
 ) {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return lock(&rec.refused_handshakes).push(e.to_string()),
-        Err(_) => return lock(&rec.refused_handshakes).push("handshake timed out".into()),
+        Ok(Err(e)) => return bounded_push(&rec.refused_handshakes, e.to_string()),
+        Err(_) => return bounded_push(&rec.refused_handshakes, "handshake timed out".into()),
     };
-    let peer = peer_spiffe_id(tls.get_ref().1.peer_certificates());
-    lock(&rec.connections).push(peer.clone());
+    let (tcp, session) = tls.get_ref();
+    let peer = peer_spiffe_id(session.peer_certificates());
+    let Ok(local) = tcp.local_addr() else { return };
+    bounded_push(&rec.connections, peer.clone());
     let conn = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
         .max_header_list_size(SERVER_MAX_HEADER_LIST)
         .max_concurrent_streams(SERVER_MAX_STREAMS)
+        .max_send_buffer_size(SERVER_MAX_SEND_BUFFER)
         .handshake::<_, Bytes>(tls)
         .await;
     let Ok(mut conn) = conn else { return };
     // Accepting drives the connection (and answers PINGs); each stream runs in its own task.
-    while let Some(Ok((req, respond))) = conn.accept().await {
+    let mut goaway_sent = false;
+    loop {
+        let next = tokio::select! {
+            next = conn.accept() => next,
+            _ = draining.wait_for(|d| *d), if !goaway_sent => {
+                conn.graceful_shutdown();
+                goaway_sent = true;
+                continue;
+            }
+        };
+        let Some(Ok((req, respond))) = next else {
+            break;
+        };
         let (rec, peer) = (rec.clone(), peer.clone());
-        tokio::spawn(serve_stream(req, respond, rec, peer, app));
+        tokio::spawn(serve_stream(req, respond, rec, peer, local.ip(), app));
     }
 }
 
@@ -166,6 +206,7 @@ async fn serve_stream(
     mut respond: SendResponse<Bytes>,
     rec: Arc<Record>,
     peer: Option<String>,
+    local_ip: IpAddr,
     app: SocketAddr,
 ) {
     let (parts, body) = req.into_parts();
@@ -178,7 +219,12 @@ async fn serve_stream(
         status: StatusCode::BAD_REQUEST,
         end: None,
     };
-    let valid = parts.method == Method::CONNECT && authority.as_deref().is_some_and(host_port);
+    // ztunnel answers 400 to another method, a bad authority, or an `ip:port` whose IP is not
+    // the address the connection arrived on (zt:`build_inbound_request`, `validate_destination`).
+    let valid = parts.method == Method::CONNECT
+        && authority
+            .as_deref()
+            .is_some_and(|a| host_port(a) && ip_is_local(a, local_ip));
     let upstream = if valid {
         match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(app)).await {
             Ok(Ok(tcp)) => Some(tcp),
@@ -191,16 +237,13 @@ async fn serve_stream(
         None
     };
     let Some(mut upstream) = upstream else {
-        lock(&rec.seen).push(seen.clone());
-        let _ = respond.send_response(status(seen.status), true);
+        let answer = seen.status;
+        rec.push(seen);
+        let _ = respond.send_response(status(answer), true);
         return;
     };
     seen.status = StatusCode::OK;
-    let idx = {
-        let mut s = lock(&rec.seen);
-        s.push(seen);
-        s.len() - 1
-    };
+    let idx = rec.push(seen);
     let end = match respond.send_response(status(StatusCode::OK), false) {
         Ok(send) => {
             let mut tunnel = Tunnel::new(send, body, parts.headers);
@@ -222,7 +265,29 @@ async fn serve_stream(
         }
         Err(e) => StreamEnd::Error(e.to_string()),
     };
-    lock(&rec.seen)[idx].end = Some(end);
+    if let Some(i) = idx {
+        lock(&rec.seen)[i].end = Some(end);
+    }
+}
+
+impl Record {
+    /// Keeps `seen` if there is room; its index then.
+    fn push(&self, seen: Seen) -> Option<usize> {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut s = lock(&self.seen);
+        (s.len() < MAX_RECORDED).then(|| {
+            s.push(seen);
+            s.len() - 1
+        })
+    }
+}
+
+fn bounded_push<T>(v: &Mutex<Vec<T>>, item: T) {
+    let mut v = lock(v);
+    if v.len() < MAX_RECORDED {
+        v.push(item);
+    }
 }
 
 fn status(s: StatusCode) -> Response<()> {
@@ -239,9 +304,22 @@ fn host_port(authority: &str) -> bool {
     }
 }
 
+/// A host that is an IP literal must be `local`; a hostname is fine (a service name).
+fn ip_is_local(authority: &str, local: IpAddr) -> bool {
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        Ok(ip) => ip == local,
+        Err(_) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::host_port;
+    use super::{host_port, ip_is_local};
 
     #[test]
     fn authority_must_be_host_and_port() {
@@ -252,5 +330,17 @@ mod tests {
         assert!(!host_port("catalog:0"));
         assert!(!host_port("catalog:http"));
         assert!(!host_port("catalog:70000"));
+    }
+
+    #[test]
+    fn an_ip_authority_must_be_the_local_address() {
+        let local = "127.0.0.1".parse().unwrap();
+        assert!(ip_is_local("127.0.0.1:80", local));
+        assert!(ip_is_local(
+            "catalog.istioinaction.svc.cluster.local:80",
+            local
+        ));
+        assert!(!ip_is_local("10.0.0.9:80", local));
+        assert!(!ip_is_local("[::1]:80", local));
     }
 }

@@ -2,7 +2,8 @@
 //! ztunnel's `H2Stream` does it (zt:`src/proxy/h2.rs`): received DATA gives its flow-control
 //! capacity back at once, a write waits for send capacity, `shutdown` sends END_STREAM (a
 //! half-close), the peer's END_STREAM reads as EOF, and [`Tunnel::cancel`] resets the stream
-//! with CANCEL, which is how ztunnel ends a tunnel early.
+//! with CANCEL, which is how ztunnel ends a tunnel early. Dropping a tunnel before both
+//! directions have ended resets it with CANCEL too (h2 does that for an abandoned stream).
 
 use std::io;
 use std::pin::Pin;
