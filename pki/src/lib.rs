@@ -27,7 +27,7 @@ pub use issue::{
     IntermediateOptions, RootCa, RootOptions, WorkloadCert, WorkloadOptions,
 };
 pub use keys::{KeyType, load_private_key_pem};
-pub use verify::{Bundle, Finding, Report, Severity, VerifyOptions, verify};
+pub use verify::{Bundle, Finding, Report, Severity, VerifyOptions, signing_root, verify};
 
 /// Checks that `name` is a DNS-1123 label (lowercase alphanumerics and '-', 1..=63 chars,
 /// starting and ending with an alphanumeric). Cluster names become directory names,
