@@ -39,7 +39,7 @@ mod istio;
 mod kube;
 mod mesh;
 
-use cmd::{cacerts, certs, check, gateway, join, label, remote_secret};
+use cmd::{cacerts, certs, check, gateway, join, label, remote_secret, rotate};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -68,6 +68,8 @@ enum Command {
     Join(join::JoinArgs),
     /// Remove everything `join` created (objects labelled app.kubernetes.io/managed-by=meshctl).
     Unjoin(join::UnjoinArgs),
+    /// Rotate the root of every cluster in three steps: prepare, activate, finish.
+    Rotate(rotate::RotateArgs),
     /// Check that clusters are joined: per cluster and per pair, with a hint per failure.
     Check(check::CheckArgs),
 }
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => gateway::run(args),
         Command::Join(args) => join::run_join(args),
         Command::Unjoin(args) => join::run_unjoin(args),
+        Command::Rotate(args) => rotate::run(args),
         Command::Check(args) => check::run(args),
     };
     match result {

@@ -9,3 +9,4 @@ pub mod gateway;
 pub mod join;
 pub mod label;
 pub mod remote_secret;
+pub mod rotate;

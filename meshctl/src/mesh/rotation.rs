@@ -47,3 +47,118 @@ pub fn cacerts_secret(
         json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": metadata, "data": data}),
     )
 }
+
+/// How far a cluster is in a root rotation, read from its `cacerts` (contents and
+/// annotations together, so a hand-edited Secret is not mistaken for a stage).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stage {
+    /// No rotation recorded (or a finished one): one root, and the CA chains to it.
+    Stable,
+    /// Trusts old + new, still signs with the old root.
+    Prepared,
+    /// Trusts old + new, signs with the new root since `activated_at` (RFC 3339).
+    Activated { activated_at: String },
+    /// Trusts the new root only (after `finish`).
+    Finished,
+    /// The annotations and the contents disagree; why.
+    Inconsistent(String),
+}
+
+impl Stage {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Stage::Stable => "none",
+            Stage::Prepared => "prepared",
+            Stage::Activated { .. } => "activated",
+            Stage::Finished => "finished",
+            Stage::Inconsistent(_) => "inconsistent",
+        }
+    }
+}
+
+/// What a cluster's `cacerts` says about trust: its roots, the root its CA signs under,
+/// the rotation recorded on it, and the stage that follows.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// The roots of root-cert.pem (DER), in file order.
+    pub roots: Vec<Vec<u8>>,
+    /// The root ca-cert.pem chains to, when the bundle is well-formed.
+    pub signing: Option<Vec<u8>>,
+    /// Fingerprints recorded by a rotation (`old`, `new`), when one was.
+    pub old_fp: Option<String>,
+    pub new_fp: Option<String>,
+    pub stage: Stage,
+}
+
+/// Lowercase hex SHA-256 of a DER certificate (what the rotation annotations hold).
+pub fn fingerprint(der: &[u8]) -> String {
+    let pem = pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()));
+    pki::inspect_pem(&pem)
+        .ok()
+        .and_then(|s| s.into_iter().next())
+        .map(|s| s.sha256_fingerprint.replace(':', "").to_lowercase())
+        .unwrap_or_default()
+}
+
+/// PEM of one DER certificate, LF line endings.
+pub fn der_pem(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+/// Reads the trust state from a `cacerts` Secret's files and annotations.
+pub fn trust_of(files: &BundleTexts, annotations: &BTreeMap<String, String>) -> Trust {
+    let get = |f: &str| files.get(f).map(String::as_str).unwrap_or_default();
+    let roots = crate::mesh::cacerts::pem_ders(get(pki::ROOT_CERT).as_bytes());
+    let signing = pki::signing_root(get(pki::CA_CERT), get(pki::CERT_CHAIN), get(pki::ROOT_CERT));
+    let ann = |k: &str| annotations.get(k).cloned();
+    use crate::istio::{
+        ROTATION_ACTIVATED_AT_ANNOTATION as AT, ROTATION_NEW_ROOT_ANNOTATION as NEW,
+        ROTATION_OLD_ROOT_ANNOTATION as OLD, ROTATION_STAGE_ANNOTATION as STAGE,
+    };
+    let (old_fp, new_fp) = (ann(OLD), ann(NEW));
+    let fps: Vec<String> = roots.iter().map(|r| fingerprint(r)).collect();
+    let signing_fp = signing.as_deref().map(fingerprint);
+    let both = |o: &String, n: &String| fps.len() == 2 && fps[0] == *o && fps[1] == *n;
+    let stage = match (ann(STAGE).as_deref(), &old_fp, &new_fp) {
+        (None, _, _) if roots.len() == 1 => Stage::Stable,
+        (None, _, _) => Stage::Inconsistent(format!(
+            "root-cert.pem holds {} roots but no rotation is recorded",
+            roots.len()
+        )),
+        (Some("prepared"), Some(o), Some(n)) if both(o, n) && signing_fp.as_ref() == Some(o) => {
+            Stage::Prepared
+        }
+        (Some("activated"), Some(o), Some(n)) if both(o, n) && signing_fp.as_ref() == Some(n) => {
+            Stage::Activated {
+                activated_at: ann(AT).unwrap_or_default(),
+            }
+        }
+        (Some("finished"), _, Some(n)) if fps == [n.clone()] && signing_fp.as_ref() == Some(n) => {
+            Stage::Finished
+        }
+        (Some(s), _, _) => Stage::Inconsistent(format!(
+            "recorded stage {s:?} does not match the Secret: root-cert.pem holds {} root(s), \
+             the CA signs under {}",
+            roots.len(),
+            signing_fp.map_or("no root of root-cert.pem".to_string(), |f| format!(
+                "root {}",
+                short(&f)
+            ))
+        )),
+    };
+    Trust {
+        roots,
+        signing,
+        old_fp,
+        new_fp,
+        stage,
+    }
+}
+
+/// The first 16 hex digits of a fingerprint, for messages.
+pub fn short(fp: &str) -> &str {
+    &fp[..fp.len().min(16)]
+}

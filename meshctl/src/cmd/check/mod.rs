@@ -18,7 +18,7 @@ use crate::kube::{self as kc, Cluster, KubeconfigFile, Output};
 use facts::Seen;
 use report::Report;
 use rules::mesh::PairPlan;
-use rules::{cluster, mesh, pair};
+use rules::{cluster, mesh, pair, rotation};
 
 mod facts;
 mod gather;
@@ -64,11 +64,16 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
     let mut r = Report::default();
     let mut seen = Vec::new();
     let mut clients: Vec<Option<Cluster>> = Vec::new();
+    let mut trusts = Vec::new();
     for ctx in &a.clusters.contexts {
         let name_flag = lookup(names, ctx);
         match file.connect(ctx).await {
             Ok(c) => {
                 let facts = gather::cluster(&c, ns).await?;
+                trusts.push((
+                    ctx.as_str(),
+                    facts.cacerts.as_ref().map(rotation::trust_of_secret),
+                ));
                 seen.push(cluster::read_cluster(&mut r, &facts, &c.server, name_flag));
                 clients.push(Some(c));
             }
@@ -80,6 +85,11 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
         }
     }
     mesh::mesh_checks(&mut r, &seen);
+    let trusts: Vec<_> = trusts
+        .into_iter()
+        .map(|(context, trust)| rotation::ClusterTrust { context, trust })
+        .collect();
+    rotation::rotation_checks(&mut r, &trusts);
     for source in &seen {
         for (target, tc) in seen.iter().zip(&clients) {
             if source.context == target.context {

@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod mesh;
 pub mod pair;
+pub mod rotation;
 
 #[cfg(test)]
 mod tests;
