@@ -87,7 +87,11 @@ async fn renew_issues_a_new_key_under_the_same_root_and_applies_it() {
     {
         assert_eq!(&read(&west.join(f)), old, "{f} changed by --dry-run");
     }
-    assert_eq!(secret(&m.west, "cacerts").unwrap(), before, "--dry-run changed cacerts");
+    assert_eq!(
+        secret(&m.west, "cacerts").unwrap(),
+        before,
+        "--dry-run changed cacerts"
+    );
 
     // A symlink at ca-key.pem is replaced, never followed.
     let target = m.dir.path().join("elsewhere.pem");
