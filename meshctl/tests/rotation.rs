@@ -522,8 +522,29 @@ async fn an_interrupted_step_resumes_and_check_flags_a_broken_mix() {
         (stage(&prepared[0]), stage(&prepared[1])),
         ("prepared", "prepared")
     );
-    m.step("activate", &[]).await;
+
+    // activate interrupted after west: west signs with the new root, east trusts it, so
+    // trust holds; the resumed run applies the intermediate the first run kept for east.
+    let a = m.args(p(&limited_path), "activate", &[]);
+    let out = run_fails(&a.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(out.contains("interrupted: updated 1 of 2"), "{out}");
+    let half = m.cacerts();
+    assert_eq!(
+        (stage(&half[0]), stage(&half[1])),
+        ("activated", "prepared")
+    );
+    let (_, items) = m.check().await;
+    trust_checks_pass(&items);
+    let kept =
+        std::fs::read_to_string(Path::new(&m.rotation_dir()).join("east/ca-cert.pem")).unwrap();
+    let out = m.step("activate", &[]).await;
+    assert!(
+        out.contains("context \"west\" is already activated"),
+        "{out}"
+    );
     let active = m.cacerts();
+    assert_eq!(active[0], half[0]);
+    assert_eq!(file(&active[1], "ca-cert.pem"), kept);
 
     // A broken mix: east's bundle put back to the old root alone while west signs with the new.
     let mut east = active[1].clone();
