@@ -372,6 +372,13 @@ async fn a_rotation_across_three_clusters_stage_by_stage() {
         assert_eq!(o.subject, n.subject);
     }
     assert_eq!(mode(&dir.join("west/ca-key.pem")), 0o600);
+    run_ok(&[
+        "certs",
+        "verify",
+        p(&dir.join("west")),
+        p(&dir.join("east")),
+    ])
+    .await;
     let out = m.step("activate", &[]).await;
     assert!(out.contains("is already activated"), "{out}");
     assert_eq!(m.cacerts(), active);

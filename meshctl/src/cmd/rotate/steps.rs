@@ -208,9 +208,9 @@ pub fn activate(a: &ActivateArgs, clusters: &[Current]) -> Result<Plan> {
                 &annotations("activated", &old, &new_fp, Some(&now)),
             )?,
         ));
-        let mut out = ca.files(&dir);
-        out.retain(|f| !f.path.ends_with(pki::ROOT_CERT));
-        files.extend(out);
+        // A complete bundle (root-cert.pem: the new root, as after finish), so that
+        // `certs verify` and `certs workload --ca` work on it.
+        files.extend(ca.files(&dir));
     }
     Ok(Plan {
         secrets,
