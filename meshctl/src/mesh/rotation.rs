@@ -162,3 +162,73 @@ pub fn trust_of(files: &BundleTexts, annotations: &BTreeMap<String, String>) -> 
 pub fn short(fp: &str) -> &str {
     &fp[..fp.len().min(16)]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::istio::{
+        ROTATION_NEW_ROOT_ANNOTATION, ROTATION_OLD_ROOT_ANNOTATION, ROTATION_STAGE_ANNOTATION,
+    };
+
+    fn bundle(signer: &pki::RootCa, roots: &str) -> BundleTexts {
+        let ca = signer
+            .issue_intermediate(&pki::IntermediateOptions::new("west"))
+            .unwrap();
+        BundleTexts::from([
+            (pki::CA_CERT, ca.cert_pem().to_string()),
+            (pki::CA_KEY, ca.key_pem().to_string()),
+            (pki::CERT_CHAIN, ca.cert_chain_pem()),
+            (pki::ROOT_CERT, roots.to_string()),
+        ])
+    }
+
+    fn ann(stage: &str, old: &pki::RootCa, new: &pki::RootCa) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (ROTATION_STAGE_ANNOTATION.to_string(), stage.to_string()),
+            (
+                ROTATION_OLD_ROOT_ANNOTATION.to_string(),
+                fingerprint(old.cert_der()),
+            ),
+            (
+                ROTATION_NEW_ROOT_ANNOTATION.to_string(),
+                fingerprint(new.cert_der()),
+            ),
+        ])
+    }
+
+    /// The stage comes from the annotations *and* the contents: a Secret edited by hand
+    /// after a step is inconsistent, not silently taken for the recorded stage.
+    #[test]
+    fn stages_follow_contents_and_annotations() {
+        let old = pki::RootCa::generate(&pki::RootOptions::default()).unwrap();
+        let new = pki::RootCa::generate(&pki::RootOptions::default()).unwrap();
+        let both = format!("{}{}", old.cert_pem(), new.cert_pem());
+        let none = BTreeMap::new();
+        assert_eq!(
+            trust_of(&bundle(&old, old.cert_pem()), &none).stage,
+            Stage::Stable
+        );
+        let t = trust_of(&bundle(&old, &both), &ann("prepared", &old, &new));
+        assert_eq!(t.stage, Stage::Prepared);
+        assert_eq!(t.signing.as_deref(), Some(old.cert_der()));
+        let t = trust_of(&bundle(&new, &both), &ann("activated", &old, &new));
+        assert!(matches!(t.stage, Stage::Activated { .. }), "{:?}", t.stage);
+        assert_eq!(
+            trust_of(&bundle(&new, new.cert_pem()), &ann("finished", &old, &new)).stage,
+            Stage::Finished
+        );
+        // Recorded "activated" but the CA still signs under the old root; two roots unrecorded.
+        assert!(matches!(
+            trust_of(&bundle(&old, &both), &ann("activated", &old, &new)).stage,
+            Stage::Inconsistent(_)
+        ));
+        assert!(matches!(
+            trust_of(&bundle(&old, &both), &none).stage,
+            Stage::Inconsistent(_)
+        ));
+        assert!(matches!(
+            trust_of(&bundle(&old, old.cert_pem()), &ann("prepared", &old, &new)).stage,
+            Stage::Inconsistent(_)
+        ));
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
 use pki::{IntermediateCa, IntermediateOptions, RootCa, RootOptions};
@@ -29,6 +29,17 @@ fn annotations(stage: &str, old: &str, new: &str, at: Option<&str>) -> BTreeMap<
         m.insert(AT.to_string(), at.to_string());
     }
     m
+}
+
+/// A file of the cluster's `cacerts` (the stage checks made sure it is there).
+fn text<'c>(c: &'c Current, file: &str) -> Result<&'c str> {
+    match c.files.get(file) {
+        Some(t) => Ok(t),
+        None => bail!(
+            "context {:?}: cacerts has no {file}; nothing was changed",
+            c.ctx
+        ),
+    }
 }
 
 fn list(cs: &[&Current]) -> String {
@@ -115,7 +126,7 @@ pub fn prepare(a: &PrepareArgs, clusters: &[Current]) -> Result<Plan> {
         let mut files = c.files.clone();
         let bundle = format!(
             "{}\n{}",
-            c.files[pki::ROOT_CERT].trim_end(),
+            text(c, pki::ROOT_CERT)?.trim_end(),
             root.cert_pem().trim_end()
         );
         files.insert(pki::ROOT_CERT, format!("{bundle}\n"));
@@ -193,12 +204,12 @@ pub fn activate(a: &ActivateArgs, clusters: &[Current]) -> Result<Plan> {
             continue;
         }
         let dir = a.dir.join(&c.ctx);
-        let ca = new_intermediate(&root, &dir, &c.files[pki::CA_CERT])?;
+        let ca = new_intermediate(&root, &dir, text(c, pki::CA_CERT)?)?;
         let mut texts = BundleTexts::new();
         texts.insert(pki::CA_CERT, ca.cert_pem().to_string());
         texts.insert(pki::CA_KEY, ca.key_pem().to_string());
         texts.insert(pki::CERT_CHAIN, ca.cert_chain_pem());
-        texts.insert(pki::ROOT_CERT, c.files[pki::ROOT_CERT].clone());
+        texts.insert(pki::ROOT_CERT, text(c, pki::ROOT_CERT)?.to_string());
         let old = c.trust.old_fp.clone().unwrap_or_default();
         secrets.push((
             i,
@@ -274,28 +285,35 @@ pub fn finish(a: &FinishArgs, clusters: &[Current]) -> Result<Plan> {
                 .join(", ")
         );
     }
-    let latest = clusters
-        .iter()
-        .filter_map(|c| match &c.trust.stage {
-            Stage::Activated { activated_at } => Some(
-                humantime::parse_rfc3339(activated_at)
-                    .unwrap_or(SystemTime::UNIX_EPOCH + Duration::MAX / 4),
-            ),
-            _ => None,
-        })
-        .max();
-    if let Some(latest) = latest
-        && !a.confirm
-    {
-        let safe = latest + a.workload_lifetime;
-        if SystemTime::now() < safe {
-            bail!(
-                "workload certificates from the old root may still be valid until {} (last activation \
-                 + --workload-lifetime {}); finish then, or pass --confirm once no workload holds one; \
-                 nothing was changed",
-                humantime::format_rfc3339_seconds(safe),
-                humantime::format_duration(a.workload_lifetime)
-            );
+    if !a.confirm {
+        let mut latest = None;
+        for c in clusters {
+            let Stage::Activated { activated_at } = &c.trust.stage else {
+                continue;
+            };
+            let Ok(at) = humantime::parse_rfc3339(activated_at) else {
+                bail!(
+                    "context {:?}: annotation {AT} {activated_at:?} is not an RFC 3339 time, so \
+                     meshctl cannot tell when old workload certificates expire; pass --confirm \
+                     once no workload holds one; nothing was changed",
+                    c.ctx
+                );
+            };
+            latest = latest.max(Some(at));
+        }
+        if let Some(latest) = latest {
+            let safe = latest.checked_add(a.workload_lifetime);
+            if safe.is_none_or(|safe| SystemTime::now() < safe) {
+                bail!(
+                    "workload certificates from the old root may still be valid until {} (last \
+                     activation + --workload-lifetime {}); finish then, or pass --confirm once no \
+                     workload holds one; nothing was changed",
+                    safe.map_or("the far future".to_string(), |s| {
+                        humantime::format_rfc3339_seconds(s).to_string()
+                    }),
+                    humantime::format_duration(a.workload_lifetime)
+                );
+            }
         }
     }
     let mut secrets = Vec::new();
