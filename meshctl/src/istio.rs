@@ -16,6 +16,14 @@ pub const CLUSTER_NAME_ANNOTATION: &str = "meshctl.io/cluster-name";
 /// The Secret istiod reads its CA from (plugged-in CA); its keys are `pki::CA_CERT` etc.
 pub const CACERTS_SECRET: &str = "cacerts";
 
+/// A root rotation's state, on `cacerts` (so that any machine can resume it): the stage
+/// this cluster reached (`prepared`, `activated`, `finished`), the SHA-256 of the old and
+/// the new root, and when the cluster's new intermediate was applied (RFC 3339).
+pub const ROTATION_STAGE_ANNOTATION: &str = "meshctl.io/rotation-stage";
+pub const ROTATION_OLD_ROOT_ANNOTATION: &str = "meshctl.io/rotation-old-root";
+pub const ROTATION_NEW_ROOT_ANNOTATION: &str = "meshctl.io/rotation-new-root";
+pub const ROTATION_ACTIVATED_AT_ANNOTATION: &str = "meshctl.io/rotation-activated-at";
+
 /// Marks a remote secret for istiod's multicluster controller.
 pub const MULTICLUSTER_LABEL: &str = "istio/multiCluster";
 /// The cluster ID a remote secret holds (istioctl sets it).

@@ -41,7 +41,9 @@ mod istio;
 mod kube;
 mod mesh;
 
-use cmd::{cacerts, certs, check, credentials, gateway, join, label, remote_secret};
+use cmd::{
+    cacerts, certs, check, credentials, gateway, join, label, remote_secret, rotate,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,6 +72,8 @@ enum Command {
     Join(join::JoinArgs),
     /// Remove everything `join` created (objects labelled app.kubernetes.io/managed-by=meshctl).
     Unjoin(join::UnjoinArgs),
+    /// Rotate the root of every cluster in three steps: prepare, activate, finish.
+    Rotate(rotate::RotateArgs),
     /// Check that clusters are joined: per cluster and per pair, with a hint per failure.
     Check(check::CheckArgs),
     /// Remote secrets' credentials: status (expiry), refresh (re-issue expiring tokens), cronjob.
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => gateway::run(args),
         Command::Join(args) => join::run_join(args),
         Command::Unjoin(args) => join::run_unjoin(args),
+        Command::Rotate(args) => rotate::run(args),
         Command::Check(args) => check::run(args),
         Command::Credentials(args) => credentials::run(args),
     };

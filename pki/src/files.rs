@@ -156,7 +156,13 @@ impl IntermediateCa {
                 chain_path.display()
             )));
         }
-        Ok(ca)
+        // Between ca-cert.pem and the root: the CAs a workload's chain must carry too.
+        let parents = if chain.len() > 2 {
+            &chain[1..chain.len() - 1]
+        } else {
+            &[]
+        };
+        Ok(ca.with_parents(parents))
     }
 }
 

@@ -77,6 +77,9 @@ pub struct IntermediateOptions {
     pub not_before: Option<OffsetDateTime>,
     /// Overrides the end of validity; still clamped to the root's notAfter.
     pub not_after: Option<OffsetDateTime>,
+    /// How many CA levels may sit below this one (default 0: it signs workloads only; an
+    /// offline intermediate that signs the cluster CAs needs 1).
+    pub path_len: u8,
 }
 
 impl IntermediateOptions {
@@ -90,6 +93,7 @@ impl IntermediateOptions {
             san_dns: vec!["istiod.istio-system.svc".into()],
             not_before: None,
             not_after: None,
+            path_len: 0,
         }
     }
 }
@@ -199,43 +203,14 @@ impl RootCa {
         &self.cert_der
     }
 
-    /// Issues an intermediate CA for one cluster.
+    /// Issues an intermediate CA for one cluster (or, with `path_len` 1, an offline
+    /// intermediate that signs the cluster CAs).
     pub fn issue_intermediate(&self, opts: &IntermediateOptions) -> Result<IntermediateCa> {
-        validate_dns_label(&opts.cluster).map_err(|reason| PkiError::InvalidOption {
-            field: "cluster name",
-            reason,
-        })?;
-        let (not_before, not_after) = validity(
-            opts.not_before,
-            opts.not_after,
-            days(opts.days)?,
-            Some(not_after_of(&self.cert_der)?),
-        )?;
-        let key = opts.key_type.generate()?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(&[
-            (DnType::OrganizationName, &opts.org),
-            (DnType::CommonName, &opts.common_name),
-            (DnType::LocalityName, &opts.cluster),
-        ]);
-        params.subject_alt_names = opts
-            .san_dns
-            .iter()
-            .map(|d| dns_san(d))
-            .collect::<Result<_>>()?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = not_before;
-        params.not_after = not_after;
-        let cert_der = sign_child(params, &key, &self.cert_der, &self.key, "intermediate")?;
+        let (cert_der, key) = issue_ca(opts, &self.cert_der, &self.key)?;
         Ok(IntermediateCa {
             cert_pem: der_to_pem(&cert_der),
             key_pem: key.serialize_pem(),
+            parents_pem: String::new(),
             root_pem: normalize_pem(&self.cert_pem),
             cert_der,
             key,
@@ -243,11 +218,70 @@ impl RootCa {
     }
 }
 
+/// Signs a CA certificate for `opts` with the parent's key: subject O, CN, L=cluster.
+fn issue_ca(
+    opts: &IntermediateOptions,
+    parent_der: &[u8],
+    parent_key: &KeyPair,
+) -> Result<(Vec<u8>, KeyPair)> {
+    validate_dns_label(&opts.cluster).map_err(|reason| PkiError::InvalidOption {
+        field: "cluster name",
+        reason,
+    })?;
+    let parent = parse_x509(parent_der).map_err(PkiError::InvalidCert)?;
+    if let Ok(Some(bc)) = parent.basic_constraints()
+        && let Some(n) = bc.value.path_len_constraint
+        && n <= u32::from(opts.path_len)
+    {
+        return Err(PkiError::InvalidOption {
+            field: "parent",
+            reason: format!(
+                "\"{}\" has pathlen {n}, so it cannot sign a CA with pathlen {} \
+                 (issue the parent with a larger pathlen)",
+                parent.subject(),
+                opts.path_len
+            ),
+        });
+    }
+    let (not_before, not_after) = validity(
+        opts.not_before,
+        opts.not_after,
+        days(opts.days)?,
+        Some(not_after_of(parent_der)?),
+    )?;
+    let key = opts.key_type.generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(&[
+        (DnType::OrganizationName, &opts.org),
+        (DnType::CommonName, &opts.common_name),
+        (DnType::LocalityName, &opts.cluster),
+    ]);
+    params.subject_alt_names = opts
+        .san_dns
+        .iter()
+        .map(|d| dns_san(d))
+        .collect::<Result<_>>()?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(opts.path_len));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let cert_der = sign_child(params, &key, parent_der, parent_key, "intermediate")?;
+    Ok((cert_der, key))
+}
+
 /// A per-cluster intermediate CA with its root: the contents of Istio's `cacerts` Secret.
 #[derive(Debug)]
 pub struct IntermediateCa {
     cert_pem: String,
     key_pem: String,
+    /// The intermediate CAs between this one and the root (PEM, lowest first), e.g. an
+    /// offline intermediate; empty when the root signed this CA.
+    parents_pem: String,
     root_pem: String,
     cert_der: Vec<u8>,
     key: KeyPair,
@@ -264,7 +298,29 @@ impl IntermediateCa {
         Ok(IntermediateCa {
             cert_pem: normalize_pem(ca_cert),
             key_pem: ca_key.to_string(),
+            parents_pem: String::new(),
             root_pem: normalize_pem(root_cert),
+            cert_der,
+            key,
+        })
+    }
+
+    /// Like [`IntermediateCa::from_pems`], with the CAs between this one and the root
+    /// (`cert-chain.pem` minus its first and last certificate).
+    pub fn with_parents(mut self, parents: &[Vec<u8>]) -> IntermediateCa {
+        self.parents_pem = parents.iter().map(|d| der_to_pem(d)).collect();
+        self
+    }
+
+    /// Issues a CA below this one (this one needs pathlen ≥ 1): its `cert-chain.pem` is the
+    /// new CA, this CA and its parents, then the root.
+    pub fn issue_intermediate(&self, opts: &IntermediateOptions) -> Result<IntermediateCa> {
+        let (cert_der, key) = issue_ca(opts, &self.cert_der, &self.key)?;
+        Ok(IntermediateCa {
+            cert_pem: der_to_pem(&cert_der),
+            key_pem: key.serialize_pem(),
+            parents_pem: format!("{}{}", self.cert_pem, self.parents_pem),
+            root_pem: self.root_pem.clone(),
             cert_der,
             key,
         })
@@ -285,9 +341,10 @@ impl IntermediateCa {
         &self.root_pem
     }
 
-    /// `cert-chain.pem`: the intermediate followed by the root (`cat ca-cert.pem root-cert.pem`).
+    /// `cert-chain.pem`: the intermediate, any CAs above it, then the root
+    /// (`cat ca-cert.pem root-cert.pem` for one level).
     pub fn cert_chain_pem(&self) -> String {
-        format!("{}{}", self.cert_pem, self.root_pem)
+        format!("{}{}{}", self.cert_pem, self.parents_pem, self.root_pem)
     }
 
     pub fn cert_der(&self) -> &[u8] {
@@ -348,7 +405,7 @@ impl IntermediateCa {
         let der = sign_child(params, &key, &self.cert_der, &self.key, "workload")?;
         let cert_pem = der_to_pem(&der);
         Ok(WorkloadCert {
-            chain_pem: format!("{cert_pem}{}", self.cert_pem),
+            chain_pem: format!("{cert_pem}{}{}", self.cert_pem, self.parents_pem),
             cert_pem,
             key_pem: key.serialize_pem(),
             root_pem: self.root_pem.clone(),
@@ -364,7 +421,7 @@ pub struct WorkloadCert {
     pub cert_pem: String,
     /// The leaf's private key (PKCS#8).
     pub key_pem: String,
-    /// Leaf then intermediate: what a TLS peer sends.
+    /// Leaf then intermediate(s): what a TLS peer sends.
     pub chain_pem: String,
     /// The trust anchor.
     pub root_pem: String,

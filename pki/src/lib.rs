@@ -14,6 +14,7 @@ mod inspect;
 mod issue;
 mod keys;
 mod pem;
+mod renew;
 mod verify;
 
 pub use error::{PkiError, Result};
@@ -27,7 +28,8 @@ pub use issue::{
     IntermediateOptions, RootCa, RootOptions, WorkloadCert, WorkloadOptions,
 };
 pub use keys::{KeyType, load_private_key_pem};
-pub use verify::{Bundle, Finding, Report, Severity, VerifyOptions, verify};
+pub use renew::same_subject;
+pub use verify::{Bundle, Finding, Report, Severity, VerifyOptions, signing_root, verify};
 
 /// Checks that `name` is a DNS-1123 label (lowercase alphanumerics and '-', 1..=63 chars,
 /// starting and ending with an alphanumeric). Cluster names become directory names,

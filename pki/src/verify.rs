@@ -15,6 +15,10 @@ use crate::files::{CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT};
 use crate::inspect::fingerprint;
 use crate::pem::{cert_ders, parse_x509};
 
+mod chain;
+
+pub use chain::signing_root;
+
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -42,7 +46,9 @@ impl fmt::Display for Finding {
     }
 }
 
-/// One cluster bundle in memory: the four files of Istio's `cacerts`.
+/// One cluster bundle in memory: the four files of Istio's `cacerts`. `root-cert.pem` may
+/// hold several roots (during a root rotation); `cert-chain.pem` is `ca-cert.pem`, any
+/// intermediate CAs above it (e.g. an offline intermediate), then the root it chains to.
 #[derive(Clone)]
 pub struct Bundle {
     /// Where the bundle came from (a directory, or e.g. `cacerts` of a cluster); findings
@@ -143,14 +149,14 @@ pub fn verify(bundles: &[Bundle], opts: &VerifyOptions) -> Report {
 }
 
 /// Checks one bundle into `report`: `texts` are ca-cert, ca-key, root-cert and cert-chain,
-/// `None` for a file the loader could not provide (and already reported). Returns the root
-/// (path, DER) for the cross-bundle comparison.
+/// `None` for a file the loader could not provide (and already reported). Returns the roots
+/// (path, DERs) for the cross-bundle comparison.
 pub(crate) fn verify_one(
     source: &Path,
     texts: [Option<&str>; 4],
     opts: &VerifyOptions,
     report: &mut Report,
-) -> Option<(PathBuf, Vec<u8>)> {
+) -> Option<(PathBuf, Vec<Vec<u8>>)> {
     report.bundles.push(source.to_path_buf());
     let mut ctx = Ctx {
         source,
@@ -162,8 +168,8 @@ pub(crate) fn verify_one(
     ctx.bundle().map(|root| (source.join(ROOT_CERT), root))
 }
 
-/// Every root must equal the first one.
-pub(crate) fn compare_roots(roots: &[(PathBuf, Vec<u8>)], report: &mut Report) {
+/// Every trust bundle (the roots of `root-cert.pem`) must equal the first one.
+pub(crate) fn compare_roots(roots: &[(PathBuf, Vec<Vec<u8>>)], report: &mut Report) {
     if let Some((first_path, first)) = roots.first() {
         for (path, root) in &roots[1..] {
             if root != first {
@@ -183,8 +189,11 @@ pub(crate) fn compare_roots(roots: &[(PathBuf, Vec<u8>)], report: &mut Report) {
     }
 }
 
-fn short_fp(der: &[u8]) -> String {
-    fingerprint(der)[..23].to_string()
+fn short_fp(ders: &[Vec<u8>]) -> String {
+    ders.iter()
+        .map(|der| fingerprint(der)[..23].to_string())
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
 struct Ctx<'a> {
@@ -231,10 +240,10 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Checks one bundle; returns the root DER for the cross-bundle comparison.
-    fn bundle(&mut self) -> Option<Vec<u8>> {
+    /// Checks one bundle; returns the roots' DERs for the cross-bundle comparison.
+    fn bundle(&mut self) -> Option<Vec<Vec<u8>>> {
         let ca = self.certs(CA_CERT);
-        let root = self.certs(ROOT_CERT);
+        let roots = self.certs(ROOT_CERT);
         let chain = self.certs(CERT_CHAIN);
         let key = self.text(CA_KEY).and_then(|text| {
             crate::load_private_key_pem(text)
@@ -251,24 +260,14 @@ impl<'a> Ctx<'a> {
             }
             v.swap_remove(0)
         });
-        let root = root.map(|mut v| {
-            if v.len() > 1 {
-                self.warn(
-                    ROOT_CERT,
-                    format!(
-                        "holds {} certificates; only the first is checked as the root",
-                        v.len()
-                    ),
-                );
-            }
-            v.swap_remove(0)
-        });
         // cert_ders already parsed these successfully.
         let ca_x = ca.as_deref().and_then(|d| parse_x509(d).ok());
-        let root_x = root.as_deref().and_then(|d| parse_x509(d).ok());
-
-        if let Some(root_x) = &root_x {
-            self.root_checks(root_x);
+        if let Some(roots) = &roots {
+            for (i, der) in roots.iter().enumerate() {
+                if let Ok(root_x) = parse_x509(der) {
+                    self.root_checks(&root_x, (roots.len() > 1).then_some(i + 1));
+                }
+            }
         }
         if let Some(ca_x) = &ca_x {
             self.ca_checks(ca_x);
@@ -283,28 +282,26 @@ impl<'a> Ctx<'a> {
                 );
             }
         }
-        if let (Some(ca_x), Some(root_x)) = (&ca_x, &root_x) {
-            self.chains_to_root(ca_x, root_x);
+        if let (Some(ca), Some(roots)) = (&ca, &roots) {
+            self.chain(ca, chain.as_deref(), roots);
         }
-        if let (Some(chain), Some(ca), Some(root)) = (&chain, &ca, &root) {
-            self.chain_file(chain, ca, root);
-        }
-        root
+        roots
     }
 
-    fn root_checks(&mut self, root: &X509Certificate<'_>) {
+    /// `nth`: the root's position (1-based) when `root-cert.pem` holds several.
+    fn root_checks(&mut self, root: &X509Certificate<'_>, nth: Option<usize>) {
+        let which = nth.map(|n| format!("certificate {n} ")).unwrap_or_default();
         if !root.is_ca() {
             self.error(
                 ROOT_CERT,
-                "is not a CA certificate (basicConstraints CA:TRUE missing)",
+                format!("{which}is not a CA certificate (basicConstraints CA:TRUE missing)"),
             );
         }
-        if root.issuer().as_raw() != root.subject().as_raw() || root.verify_signature(None).is_err()
-        {
+        if !chain::self_signed(root) {
             self.warn(
                 ROOT_CERT,
                 format!(
-                    "is not self-signed (issuer \"{}\"); make sure every cluster trusts the same anchor",
+                    "{which}is not self-signed (issuer \"{}\"); make sure every cluster trusts the same anchor",
                     root.issuer()
                 ),
             );
@@ -360,37 +357,6 @@ impl<'a> Ctx<'a> {
         self.validity(CA_CERT, ca);
     }
 
-    fn chains_to_root(&mut self, ca: &X509Certificate<'_>, root: &X509Certificate<'_>) {
-        if ca.issuer().as_raw() != root.subject().as_raw() {
-            self.error(
-                CA_CERT,
-                format!(
-                    "does not chain to {ROOT_CERT}: its issuer \"{}\" is not the root's subject \"{}\"",
-                    ca.issuer(),
-                    root.subject()
-                ),
-            );
-        } else if let Err(e) = ca.verify_signature(Some(root.public_key())) {
-            self.error(
-                CA_CERT,
-                format!(
-                    "does not chain to {ROOT_CERT}: the signature does not verify with the root's key \
-                     (signed by a different root with the same name): {e}"
-                ),
-            );
-        }
-        if ca.validity().not_after.to_datetime() > root.validity().not_after.to_datetime() {
-            self.warn(
-                CA_CERT,
-                format!(
-                    "outlives {ROOT_CERT} (notAfter {} > {})",
-                    ca.validity().not_after,
-                    root.validity().not_after
-                ),
-            );
-        }
-    }
-
     fn validity(&mut self, file: &str, cert: &X509Certificate<'_>) {
         let nb = cert.validity().not_before.to_datetime();
         let na = cert.validity().not_after.to_datetime();
@@ -401,28 +367,6 @@ impl<'a> Ctx<'a> {
         } else if na - self.now < self.opts.warn_within {
             let days = (na - self.now).whole_days();
             self.warn(file, format!("expires on {na} (in {days} day(s))"));
-        }
-    }
-
-    fn chain_file(&mut self, chain: &[Vec<u8>], ca: &[u8], root: &[u8]) {
-        let expect = format!("expected {CA_CERT} followed by {ROOT_CERT}");
-        if chain.len() != 2 {
-            self.error(
-                CERT_CHAIN,
-                format!("holds {} certificate(s); {expect}", chain.len()),
-            );
-        }
-        if chain[0] != ca {
-            self.error(
-                CERT_CHAIN,
-                format!("its first certificate is not {CA_CERT}; {expect}"),
-            );
-        }
-        if chain.len() >= 2 && chain[chain.len() - 1] != root {
-            self.error(
-                CERT_CHAIN,
-                format!("its last certificate is not {ROOT_CERT}; {expect}"),
-            );
         }
     }
 }

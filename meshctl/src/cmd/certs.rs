@@ -9,8 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::cli::{KubeArgs, MutateArgs, NamespaceArg};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+
+mod renew;
+
 use pki::{
     IntermediateCa, IntermediateOptions, KeyType, OutFile, PkiError, RootCa, RootOptions,
     VerifyOptions, WorkloadOptions,
@@ -30,6 +34,9 @@ enum CertsCommand {
     Root(RootArgs),
     /// Create a cluster intermediate CA from an existing root.
     Intermediate(IntermediateArgs),
+    /// Renew a cluster's intermediate CA: same root and subject, new key; writes it in place
+    /// and, with --apply, applies it as `cacerts` (like `cacerts apply`).
+    Renew(RenewArgs),
     /// Issue a workload certificate (cert.pem, key.pem, cert-chain.pem, root-cert.pem).
     Workload(WorkloadArgs),
     /// Check cluster bundles the way istiod does, and that they share one root.
@@ -88,17 +95,36 @@ struct RootArgs {
     key: KeyArgs,
 }
 
+/// The CA that signs a new intermediate: a root, or (`--parent`) an intermediate directory.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+struct SignerArgs {
+    /// Root certificate (PEM).
+    #[arg(long, requires = "root_key", conflicts_with = "parent")]
+    root_cert: Option<PathBuf>,
+    /// Root private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "root_cert", conflicts_with = "parent")]
+    root_key: Option<PathBuf>,
+    /// An intermediate directory (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem) with
+    /// pathlen ≥ 1, e.g. an offline intermediate, to sign with instead of the root.
+    #[arg(long)]
+    parent: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 struct IntermediateArgs {
-    /// Root certificate (PEM).
-    #[arg(long)]
-    root_cert: PathBuf,
-    /// Root private key (PEM: PKCS#8, PKCS#1 or SEC1).
-    #[arg(long)]
-    root_key: PathBuf,
+    #[command(flatten)]
+    signer: SignerArgs,
     /// Cluster name (DNS-1123 label), written as the subject L.
     #[arg(long, value_parser = parse_cluster)]
     cluster: String,
+    /// CA levels allowed below this one: 0 for a cluster CA (signs workloads), 1 for an
+    /// offline intermediate that signs cluster CAs (`--parent`).
+    #[arg(long, default_value_t = 0)]
+    path_len: u8,
+    /// Subject CN.
+    #[arg(long, default_value = "Intermediate CA")]
+    common_name: String,
     /// Output directory (e.g. certs/<cluster>).
     #[arg(long)]
     out: PathBuf,
@@ -110,6 +136,33 @@ struct IntermediateArgs {
     org: String,
     #[command(flatten)]
     key: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+struct RenewArgs {
+    /// The cluster bundle directory to renew (e.g. certs/west-cluster); rewritten in place.
+    #[arg(long)]
+    ca: PathBuf,
+    #[command(flatten)]
+    signer: SignerArgs,
+    /// Validity in days (default: the old CA's; never past the root's notAfter).
+    #[arg(long)]
+    days: Option<u32>,
+    /// Key algorithm of the new CA key.
+    #[arg(long, default_value = "ec-p256", value_parser = parse_key_type)]
+    key_type: KeyType,
+    /// Also apply the renewed bundle as the `cacerts` Secret of --context.
+    #[arg(long)]
+    apply: bool,
+    #[command(flatten)]
+    kube: KubeArgs,
+    #[command(flatten)]
+    ns: NamespaceArg,
+    /// Print ca-key.pem in the --dry-run output instead of a placeholder.
+    #[arg(long)]
+    show_secrets: bool,
+    #[command(flatten)]
+    mutate: MutateArgs,
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +219,7 @@ pub fn run(args: CertsArgs) -> Result<ExitCode> {
         CertsCommand::Init(a) => init(a),
         CertsCommand::Root(a) => root(a),
         CertsCommand::Intermediate(a) => intermediate(a),
+        CertsCommand::Renew(a) => renew::run(a),
         CertsCommand::Workload(a) => workload(a),
         CertsCommand::Verify(a) => Ok(verify(a)),
         CertsCommand::Inspect(a) => inspect(a),
@@ -223,19 +277,57 @@ fn root(a: RootArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A root, or an intermediate that signs CAs below it.
+enum Signer {
+    Root(RootCa),
+    Parent(IntermediateCa),
+}
+
+impl Signer {
+    fn load(a: &SignerArgs) -> Result<Signer> {
+        match (&a.root_cert, &a.root_key, &a.parent) {
+            (_, _, Some(dir)) => Ok(Signer::Parent(
+                IntermediateCa::load_dir(dir)
+                    .with_context(|| format!("loading the parent CA from {}", dir.display()))?,
+            )),
+            (Some(cert), Some(key), None) => Ok(Signer::Root(
+                RootCa::load_files(cert, key).with_context(|| {
+                    format!(
+                        "loading the root from {} and {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?,
+            )),
+            _ => bail!("pass --root-cert and --root-key, or --parent DIR"),
+        }
+    }
+
+    /// The root this signer chains to (PEM).
+    fn root_pem(&self) -> &str {
+        match self {
+            Signer::Root(r) => r.cert_pem(),
+            Signer::Parent(p) => p.root_pem(),
+        }
+    }
+
+    fn issue(&self, opts: &IntermediateOptions) -> pki::Result<IntermediateCa> {
+        match self {
+            Signer::Root(r) => r.issue_intermediate(opts),
+            Signer::Parent(p) => p.issue_intermediate(opts),
+        }
+    }
+}
+
 fn intermediate(a: IntermediateArgs) -> Result<ExitCode> {
-    let root = RootCa::load_files(&a.root_cert, &a.root_key).with_context(|| {
-        format!(
-            "loading the root from {} and {}",
-            a.root_cert.display(),
-            a.root_key.display()
-        )
-    })?;
-    let ca = root
-        .issue_intermediate(&IntermediateOptions {
+    let signer = Signer::load(&a.signer)?;
+    let ca = signer
+        .issue(&IntermediateOptions {
             org: a.org,
             days: a.days,
             key_type: a.key.key_type,
+            path_len: a.path_len,
+            common_name: a.common_name,
             ..IntermediateOptions::new(&a.cluster)
         })
         .with_context(|| format!("creating the intermediate CA for {}", a.cluster))?;
@@ -293,7 +385,7 @@ fn inspect(a: InspectArgs) -> Result<ExitCode> {
 }
 
 /// Writes all files (or none), then lists them. Keys are never printed.
-fn write(files: &[OutFile], force: bool) -> Result<()> {
+pub(super) fn write(files: &[OutFile], force: bool) -> Result<()> {
     match pki::write_files(files, force) {
         Err(PkiError::Exists(paths)) => bail!(
             "refusing to overwrite existing file(s) (nothing was written; pass --force to overwrite): {}",

@@ -10,3 +10,4 @@ pub mod gateway;
 pub mod join;
 pub mod label;
 pub mod remote_secret;
+pub mod rotate;

@@ -11,3 +11,4 @@ pub mod namespace;
 pub mod reader;
 pub mod reader_rules;
 pub mod remote_secret;
+pub mod rotation;

@@ -18,7 +18,7 @@ use crate::kube::{self as kc, Cluster, KubeconfigFile, Output};
 use facts::Seen;
 use report::Report;
 use rules::mesh::PairPlan;
-use rules::{cluster, expiry, mesh, pair};
+use rules::{cluster, expiry, mesh, pair, rotation};
 
 mod facts;
 mod gather;
@@ -67,11 +67,16 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
     let mut r = Report::default();
     let mut seen = Vec::new();
     let mut clients: Vec<Option<Cluster>> = Vec::new();
+    let mut trusts = Vec::new();
     for ctx in &a.clusters.contexts {
         let name_flag = lookup(names, ctx);
         match file.connect(ctx).await {
             Ok(c) => {
                 let facts = gather::cluster(&c, ns).await?;
+                trusts.push((
+                    ctx.as_str(),
+                    facts.cacerts.as_ref().map(rotation::trust_of_secret),
+                ));
                 let s = cluster::read_cluster(&mut r, &facts, &c.server, name_flag);
                 let ids = (ctx.as_str(), s.name.as_str());
                 let scope = format!("cluster {ctx}");
@@ -88,6 +93,11 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
         }
     }
     mesh::mesh_checks(&mut r, &seen);
+    let trusts: Vec<_> = trusts
+        .into_iter()
+        .map(|(context, trust)| rotation::ClusterTrust { context, trust })
+        .collect();
+    rotation::rotation_checks(&mut r, &trusts);
     for source in &seen {
         for (target, tc) in seen.iter().zip(&clients) {
             if source.context == target.context {

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod expiry;
 pub mod mesh;
 pub mod pair;
+pub mod rotation;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,111 @@
+//! `meshctl certs renew`: a new intermediate for one cluster from the same root (same
+//! subject, new key), written in place like every `certs` file and, with `--apply`, applied
+//! as `cacerts` the way `cacerts apply` does. `--dry-run` writes and applies nothing.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use super::{RenewArgs, Signer, write};
+use crate::kube::{self as kc, KubeconfigFile, Secrets};
+use crate::mesh::cacerts::{RESTART_HINT, apply_secret, pem_ders};
+use crate::mesh::rotation::{BundleTexts, cacerts_secret};
+
+pub fn run(a: RenewArgs) -> Result<ExitCode> {
+    let read = |f: &str| {
+        let path = a.ca.join(f);
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let (old_ca, old_roots) = (read(pki::CA_CERT)?, read(pki::ROOT_CERT)?);
+    let signer = Signer::load(&a.signer)?;
+    let signer_root = pem_ders(signer.root_pem().as_bytes());
+    let trusted = pem_ders(old_roots.as_bytes());
+    if signer_root.first().is_none_or(|r| !trusted.contains(r)) {
+        bail!(
+            "the signing CA does not chain to a root of {}: renew keeps the root (to change the \
+             root of every cluster, use meshctl rotate prepare|activate|finish)",
+            a.ca.join(pki::ROOT_CERT).display()
+        );
+    }
+    let mut opts = pki::IntermediateOptions::renewing(&old_ca)
+        .with_context(|| format!("reading {}", a.ca.join(pki::CA_CERT).display()))?;
+    opts.key_type = a.key_type;
+    if let Some(days) = a.days {
+        opts.days = days;
+    }
+    let cluster = opts.cluster.clone();
+    let ca = signer
+        .issue(&opts)
+        .with_context(|| format!("renewing the intermediate CA of {cluster}"))?;
+    if !pki::same_subject(ca.cert_pem(), &old_ca)? {
+        bail!(
+            "{} has a subject meshctl cannot reproduce byte for byte (attributes other than O, \
+             CN and L); nothing was written",
+            a.ca.join(pki::CA_CERT).display()
+        );
+    }
+    // root-cert.pem stays as it is (it may hold two roots during a rotation).
+    let mut files = ca.files(&a.ca);
+    let mut texts = BundleTexts::new();
+    for f in &mut files {
+        let name = [pki::CA_CERT, pki::CA_KEY, pki::CERT_CHAIN, pki::ROOT_CERT]
+            .into_iter()
+            .find(|n| f.path.ends_with(n))
+            .ok_or_else(|| anyhow!("unexpected bundle file {}", f.path.display()))?;
+        if name == pki::ROOT_CERT {
+            f.contents = old_roots.clone();
+        }
+        texts.insert(name, f.contents.clone());
+    }
+    let ns = a.ns.namespace.as_str();
+    // Verified in memory before anything is written or applied.
+    let secret = cacerts_secret(&texts, ns, &BTreeMap::new())?;
+    if a.mutate.dry_run {
+        if a.apply {
+            let ctx = context(&a)?.1;
+            print!(
+                "{}",
+                kc::render_plan_with(
+                    &[(ctx, vec![secret])],
+                    a.mutate.output(),
+                    Secrets::from_flag(a.show_secrets)
+                )?
+            );
+        }
+        for f in &files {
+            let note = if f.secret { " (private key, 0600)" } else { "" };
+            println!("# dry run: would write {}{note}", f.path.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    write(&files, true)?;
+    println!("renewed the intermediate CA of {cluster} (new key, same subject and root)");
+    if !a.apply {
+        println!(
+            "Next: meshctl certs renew ... --apply --context CTX, or meshctl cacerts apply {} --context CTX",
+            a.ca.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (file, ctx) = context(&a)?;
+    let changed = kc::block_on(async {
+        let c = file.connect(&ctx).await?;
+        apply_secret(&c, &secret, false, false).await
+    })
+    .map_err(|e| anyhow!("{e:#}"))?;
+    if changed {
+        println!("cacerts applied in context {ctx:?} (namespace {ns})");
+        eprintln!("{RESTART_HINT}");
+    } else {
+        println!("cacerts in context {ctx:?} is up to date");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn context(a: &RenewArgs) -> Result<(KubeconfigFile, String)> {
+    let file = KubeconfigFile::load(a.kube.kubeconfig.as_deref())?;
+    let ctx = file.context_name(a.kube.context.as_deref())?;
+    file.require_contexts(std::slice::from_ref(&ctx))?;
+    Ok((file, ctx))
+}

@@ -1,0 +1,255 @@
+//! `meshctl rotate prepare|activate|finish`: a staged root rotation across clusters.
+//!
+//! - prepare: a new root (kept in `--dir`, 0700, key 0600); every cluster's root-cert.pem
+//!   becomes old + new while the old intermediate keeps signing.
+//! - activate: only once every cluster trusts both roots; each gets a new intermediate from
+//!   the new root (also kept in `--dir/<context>/`), the bundle still old + new.
+//! - finish: only once no workload certificate from the old root can still be valid
+//!   (`--workload-lifetime` since the last activation, or `--confirm`); the old root leaves
+//!   every bundle.
+//!
+//! The state is on each cluster's `cacerts` (annotations, `mesh::rotation`), so any machine
+//! can resume; every step reads all clusters first, refuses before changing anything, skips
+//! clusters already done, and `--dry-run` changes nothing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use crate::cli::{ClustersArgs, MutateArgs, NamespaceArg, check_unique};
+use crate::istio::CACERTS_SECRET;
+use crate::kube::{self as kc, Cluster, KubeconfigFile, Secrets};
+use crate::mesh::rotation::{BundleTexts, Trust, trust_of};
+
+mod steps;
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    #[command(subcommand)]
+    cmd: RotateCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum RotateCmd {
+    /// Step 1: a new root in --dir; every cluster trusts old + new, the old CA keeps signing.
+    Prepare(PrepareArgs),
+    /// Step 2 (every cluster prepared): each cluster signs with a new intermediate from the new root.
+    Activate(ActivateArgs),
+    /// Step 3 (every cluster activated, old workload certificates expired): drop the old root.
+    Finish(FinishArgs),
+}
+
+/// Flags of every step.
+#[derive(Debug, Args)]
+struct Common {
+    #[command(flatten)]
+    clusters: ClustersArgs,
+    #[command(flatten)]
+    ns: NamespaceArg,
+    #[command(flatten)]
+    mutate: MutateArgs,
+    /// Print ca-key.pem in the --dry-run output instead of a placeholder.
+    #[arg(long)]
+    show_secrets: bool,
+}
+
+#[derive(Debug, Args)]
+struct PrepareArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Where the new root (root-cert.pem, root-key.pem) and the new intermediates are kept
+    /// between the steps (created 0700; keys 0600). Reused when it already holds the root.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Subject CN of the new root.
+    #[arg(long, default_value = pki::DEFAULT_ROOT_CN)]
+    common_name: String,
+    /// Validity of the new root in days.
+    #[arg(long, default_value_t = pki::DEFAULT_ROOT_DAYS)]
+    root_days: u32,
+}
+
+#[derive(Debug, Args)]
+struct ActivateArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The directory `rotate prepare` wrote the new root to.
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct FinishArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The longest validity of a workload certificate (Istio's default is 24h): finish waits
+    /// this long after the last cluster was activated.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    workload_lifetime: Duration,
+    /// Finish now: you confirmed that no workload still holds a certificate from the old root.
+    #[arg(long)]
+    confirm: bool,
+}
+
+/// One cluster as a step sees it.
+pub(super) struct Current {
+    pub ctx: String,
+    pub client: Cluster,
+    pub files: BundleTexts,
+    pub trust: Trust,
+}
+
+pub fn run(a: RotateArgs) -> Result<ExitCode> {
+    let common = match &a.cmd {
+        RotateCmd::Prepare(p) => &p.common,
+        RotateCmd::Activate(p) => &p.common,
+        RotateCmd::Finish(p) => &p.common,
+    };
+    check_unique(&common.clusters.contexts)?;
+    let file = KubeconfigFile::load(common.clusters.kubeconfig.as_deref())?;
+    file.require_contexts(&common.clusters.contexts)?;
+    kc::block_on(async {
+        let clusters = read_all(&file, common).await?;
+        let plan = match &a.cmd {
+            RotateCmd::Prepare(p) => steps::prepare(p, &clusters)?,
+            RotateCmd::Activate(p) => steps::activate(p, &clusters)?,
+            RotateCmd::Finish(p) => steps::finish(p, &clusters)?,
+        };
+        apply(common, &clusters, plan).await
+    })
+}
+
+/// Connects to every cluster and reads its `cacerts`; any failure refuses the step.
+async fn read_all(file: &KubeconfigFile, common: &Common) -> Result<Vec<Current>> {
+    let ns = common.ns.namespace.as_str();
+    let mut out = Vec::new();
+    for ctx in &common.clusters.contexts {
+        let client = file.connect(ctx).await.map_err(|e| {
+            anyhow!(
+                "{e:#}\nnothing was changed: every cluster must be reachable for a rotation step"
+            )
+        })?;
+        let Some(secret) = kc::get(&client, "v1", "Secret", Some(ns), CACERTS_SECRET).await? else {
+            bail!(
+                "context {ctx:?} has no Secret {ns}/{CACERTS_SECRET}: a rotation starts from \
+                 clusters that share a root (meshctl cacerts apply); nothing was changed"
+            );
+        };
+        let (files, annotations) = secret_files(&secret);
+        let trust = trust_of(&files, &annotations);
+        out.push(Current {
+            ctx: ctx.clone(),
+            client,
+            files,
+            trust,
+        });
+    }
+    Ok(out)
+}
+
+/// The four bundle files and the annotations of a `cacerts` Secret.
+fn secret_files(secret: &Value) -> (BundleTexts, BTreeMap<String, String>) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut files = BundleTexts::new();
+    for name in [pki::CA_CERT, pki::CA_KEY, pki::ROOT_CERT, pki::CERT_CHAIN] {
+        if let Some(text) = secret["data"][name]
+            .as_str()
+            .and_then(|s| b64.decode(s).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+        {
+            files.insert(name, text);
+        }
+    }
+    let annotations = secret["metadata"]["annotations"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    (files, annotations)
+}
+
+/// What a step decided: the Secret per cluster that changes (by index), files to write
+/// first, and what to tell the user afterwards.
+pub(super) struct Plan {
+    pub secrets: Vec<(usize, Value)>,
+    pub files: Vec<pki::OutFile>,
+    pub done: String,
+    pub next: String,
+}
+
+async fn apply(common: &Common, clusters: &[Current], plan: Plan) -> Result<ExitCode> {
+    if common.mutate.dry_run {
+        let objs: Vec<(String, Vec<Value>)> = plan
+            .secrets
+            .iter()
+            .map(|(i, s)| (clusters[*i].ctx.clone(), vec![s.clone()]))
+            .collect();
+        print!(
+            "{}",
+            kc::render_plan_with(
+                &objs,
+                common.mutate.output(),
+                Secrets::from_flag(common.show_secrets)
+            )?
+        );
+        for f in plan
+            .files
+            .iter()
+            .filter(|f| f.path.symlink_metadata().is_err())
+        {
+            let note = if f.secret { " (private key, 0600)" } else { "" };
+            println!("# dry run: would write {}{note}", f.path.display());
+        }
+        if plan.secrets.is_empty() {
+            println!("# dry run: every cluster is already at this step");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Files already there are the same root or CA being resumed: never overwritten.
+    let new: Vec<pki::OutFile> = plan
+        .files
+        .into_iter()
+        .filter(|f| f.path.symlink_metadata().is_err())
+        .collect();
+    pki::write_files(&new, false)?;
+    for f in &new {
+        let note = if f.secret { " (private key, 0600)" } else { "" };
+        println!("wrote {}{note}", f.path.display());
+    }
+    let mut done = Vec::new();
+    for (i, secret) in &plan.secrets {
+        let c = &clusters[*i];
+        if let Err(e) = kc::apply(&c.client, secret).await {
+            bail!(
+                "{e:#}\ninterrupted: updated {} of {} cluster(s) that needed it ({}); re-run the \
+                 same command to resume (clusters already done are skipped)",
+                done.len(),
+                plan.secrets.len(),
+                if done.is_empty() {
+                    "none".to_string()
+                } else {
+                    done.join(", ")
+                }
+            );
+        }
+        println!("cacerts updated in context {:?}", c.ctx);
+        done.push(c.ctx.clone());
+    }
+    for c in clusters {
+        if !plan.secrets.iter().any(|(i, _)| clusters[*i].ctx == c.ctx) {
+            println!("context {:?} is already {}", c.ctx, c.trust.stage.name());
+        }
+    }
+    println!("{}", plan.done);
+    println!("Next: {}", plan.next);
+    Ok(ExitCode::SUCCESS)
+}

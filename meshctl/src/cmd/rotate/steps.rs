@@ -1,0 +1,350 @@
+//! The three steps' decisions: from every cluster's trust state to the Secrets to apply,
+//! refusing (before anything changes) when a cluster is not ready for the step.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result, bail};
+use pki::{IntermediateCa, IntermediateOptions, RootCa, RootOptions};
+
+use super::{ActivateArgs, Current, FinishArgs, Plan, PrepareArgs};
+use crate::istio::{
+    ROTATION_ACTIVATED_AT_ANNOTATION as AT, ROTATION_NEW_ROOT_ANNOTATION as NEW,
+    ROTATION_OLD_ROOT_ANNOTATION as OLD, ROTATION_STAGE_ANNOTATION as STAGE,
+};
+use crate::mesh::rotation::{BundleTexts, Stage, cacerts_secret, der_pem, fingerprint, short};
+
+const ISTIOD_HINT: &str = "restart istiod in each cluster so it loads the new cacerts \
+     (kubectl -n istio-system rollout restart deploy/istiod; with AUTO_RELOAD_PLUGIN_CERTS=true \
+     on istiod it reloads by itself), then confirm with meshctl check";
+
+fn annotations(stage: &str, old: &str, new: &str, at: Option<&str>) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::from([
+        (STAGE.to_string(), stage.to_string()),
+        (OLD.to_string(), old.to_string()),
+        (NEW.to_string(), new.to_string()),
+    ]);
+    if let Some(at) = at {
+        m.insert(AT.to_string(), at.to_string());
+    }
+    m
+}
+
+/// A file of the cluster's `cacerts` (the stage checks made sure it is there).
+fn text<'c>(c: &'c Current, file: &str) -> Result<&'c str> {
+    match c.files.get(file) {
+        Some(t) => Ok(t),
+        None => bail!(
+            "context {:?}: cacerts has no {file}; nothing was changed",
+            c.ctx
+        ),
+    }
+}
+
+fn list(cs: &[&Current]) -> String {
+    cs.iter()
+        .map(|c| c.ctx.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The new root in `dir`, if `prepare` wrote one there.
+fn load_root(dir: &Path) -> Result<Option<RootCa>> {
+    let cert = dir.join(pki::ROOT_CERT);
+    if cert.symlink_metadata().is_err() {
+        return Ok(None);
+    }
+    RootCa::load_files(&cert, &dir.join(pki::ROOT_KEY))
+        .with_context(|| format!("loading the new root from {}", dir.display()))
+        .map(Some)
+}
+
+pub fn prepare(a: &PrepareArgs, clusters: &[Current]) -> Result<Plan> {
+    let ns = a.common.ns.namespace.as_str();
+    let existing = load_root(&a.dir)?;
+    let root = match &existing {
+        Some(r) => r,
+        None => &RootCa::generate(&RootOptions {
+            common_name: a.common_name.clone(),
+            days: a.root_days,
+            ..Default::default()
+        })?,
+    };
+    let new_fp = fingerprint(root.cert_der());
+    // Who is where: a cluster of another rotation, or past prepare, stops the step.
+    let mut old_fp: Option<String> = None;
+    let mut todo = Vec::new();
+    for (i, c) in clusters.iter().enumerate() {
+        let t = &c.trust;
+        match &t.stage {
+            Stage::Stable | Stage::Finished => {
+                let fp = t.roots.first().map(|r| fingerprint(r)).unwrap_or_default();
+                if t.signing.is_none() {
+                    bail!(
+                        "context {:?}: cacerts does not chain to its root; fix it (meshctl check) before rotating; nothing was changed",
+                        c.ctx
+                    );
+                }
+                if fp == new_fp {
+                    bail!(
+                        "context {:?} already uses the root in {} as its only root; nothing was changed",
+                        c.ctx,
+                        a.dir.display()
+                    );
+                }
+                todo.push(i);
+                check_same_old(&mut old_fp, &fp, c)?;
+            }
+            Stage::Prepared | Stage::Activated { .. } if t.new_fp.as_deref() != Some(&new_fp) => {
+                bail!(
+                    "context {:?} is in a rotation to another root ({}): resume it with the --dir \
+                     that rotation used{}; nothing was changed",
+                    c.ctx,
+                    short(t.new_fp.as_deref().unwrap_or_default()),
+                    if existing.is_none() {
+                        " (this --dir holds no root yet)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Stage::Prepared => {
+                check_same_old(&mut old_fp, t.old_fp.as_deref().unwrap_or_default(), c)?
+            }
+            Stage::Activated { .. } => bail!(
+                "context {:?} is already activated: prepare is over (next: meshctl rotate activate, then finish); nothing was changed",
+                c.ctx
+            ),
+            Stage::Inconsistent(why) => bail!("context {:?}: {why}; nothing was changed", c.ctx),
+        }
+    }
+    let old = old_fp.unwrap_or_default();
+    let mut secrets = Vec::new();
+    for i in todo {
+        let c = &clusters[i];
+        let mut files = c.files.clone();
+        let bundle = format!(
+            "{}\n{}",
+            text(c, pki::ROOT_CERT)?.trim_end(),
+            root.cert_pem().trim_end()
+        );
+        files.insert(pki::ROOT_CERT, format!("{bundle}\n"));
+        secrets.push((
+            i,
+            cacerts_secret(&files, ns, &annotations("prepared", &old, &new_fp, None))?,
+        ));
+    }
+    Ok(Plan {
+        secrets,
+        files: root.files(&a.dir),
+        done: format!(
+            "Prepared: every cluster trusts the old root {} and the new root {}; the old intermediates still sign.",
+            short(&old),
+            short(&new_fp)
+        ),
+        next: format!(
+            "{ISTIOD_HINT} (istiod then publishes both roots in the istio-ca-root-cert ConfigMap and to the proxies); \
+             when meshctl check shows every cluster \"prepared\": meshctl rotate activate --dir {} --context ...",
+            a.dir.display()
+        ),
+    })
+}
+
+fn check_same_old(old: &mut Option<String>, fp: &str, c: &Current) -> Result<()> {
+    match old {
+        Some(o) if o != fp => bail!(
+            "context {:?} has root {} but another cluster has {}: the clusters must share one root \
+             before a rotation (meshctl check); nothing was changed",
+            c.ctx,
+            short(fp),
+            short(o)
+        ),
+        _ => {
+            *old = Some(fp.to_string());
+            Ok(())
+        }
+    }
+}
+
+pub fn activate(a: &ActivateArgs, clusters: &[Current]) -> Result<Plan> {
+    let ns = a.common.ns.namespace.as_str();
+    let Some(root) = load_root(&a.dir)? else {
+        bail!(
+            "{} holds no new root: run meshctl rotate prepare --dir {} first; nothing was changed",
+            a.dir.display(),
+            a.dir.display()
+        );
+    };
+    let new_fp = fingerprint(root.cert_der());
+    let not_ready: Vec<&Current> = clusters
+        .iter()
+        .filter(|c| {
+            !matches!(c.trust.stage, Stage::Prepared | Stage::Activated { .. })
+                || c.trust.new_fp.as_deref() != Some(&new_fp)
+        })
+        .collect();
+    if !not_ready.is_empty() {
+        bail!(
+            "not every cluster trusts both roots yet: {} (stage {}); run meshctl rotate prepare --dir {} \
+             for every cluster first; nothing was changed",
+            list(&not_ready),
+            not_ready
+                .iter()
+                .map(|c| c.trust.stage.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+            a.dir.display()
+        );
+    }
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let (mut secrets, mut files) = (Vec::new(), Vec::new());
+    for (i, c) in clusters.iter().enumerate() {
+        if !matches!(c.trust.stage, Stage::Prepared) {
+            continue;
+        }
+        let dir = a.dir.join(&c.ctx);
+        let ca = new_intermediate(&root, &dir, text(c, pki::CA_CERT)?)?;
+        let mut texts = BundleTexts::new();
+        texts.insert(pki::CA_CERT, ca.cert_pem().to_string());
+        texts.insert(pki::CA_KEY, ca.key_pem().to_string());
+        texts.insert(pki::CERT_CHAIN, ca.cert_chain_pem());
+        texts.insert(pki::ROOT_CERT, text(c, pki::ROOT_CERT)?.to_string());
+        let old = c.trust.old_fp.clone().unwrap_or_default();
+        secrets.push((
+            i,
+            cacerts_secret(
+                &texts,
+                ns,
+                &annotations("activated", &old, &new_fp, Some(&now)),
+            )?,
+        ));
+        // A complete bundle (root-cert.pem: the new root, as after finish), so that
+        // `certs verify` and `certs workload --ca` work on it.
+        files.extend(ca.files(&dir));
+    }
+    Ok(Plan {
+        secrets,
+        files,
+        done: format!(
+            "Activated: every cluster signs with an intermediate of the new root {}; both roots are still trusted.",
+            short(&new_fp)
+        ),
+        next: format!(
+            "{ISTIOD_HINT}; workloads get certificates from the new intermediate as theirs are renewed \
+             (restart them to hurry it). After the longest workload certificate lifetime (Istio: 24h): \
+             meshctl rotate finish --context ... (or --confirm once you checked)"
+        ),
+    })
+}
+
+/// The new intermediate of one cluster: the one in `dir` if an interrupted run left it
+/// there (and it chains to `root`), else a new one with the old CA's subject.
+fn new_intermediate(root: &RootCa, dir: &Path, old_ca: &str) -> Result<IntermediateCa> {
+    if dir.join(pki::CA_CERT).symlink_metadata().is_ok() {
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .with_context(|| format!("reading {}", dir.join(f).display()))
+        };
+        let ca =
+            IntermediateCa::from_pems(&read(pki::CA_CERT)?, &read(pki::CA_KEY)?, root.cert_pem())?;
+        if pki::signing_root(ca.cert_pem(), &ca.cert_chain_pem(), root.cert_pem()).is_none() {
+            bail!(
+                "{} holds an intermediate that does not chain to the new root; move it away; nothing was changed",
+                dir.display()
+            );
+        }
+        return Ok(ca);
+    }
+    let opts = IntermediateOptions::renewing(old_ca)?;
+    Ok(root.issue_intermediate(&opts)?)
+}
+
+pub fn finish(a: &FinishArgs, clusters: &[Current]) -> Result<Plan> {
+    let ns = a.common.ns.namespace.as_str();
+    let new_fps: Vec<&str> = clusters
+        .iter()
+        .filter_map(|c| c.trust.new_fp.as_deref())
+        .collect();
+    let not_ready: Vec<&Current> = clusters
+        .iter()
+        .filter(|c| {
+            !matches!(c.trust.stage, Stage::Activated { .. } | Stage::Finished)
+                || c.trust.new_fp.as_deref() != new_fps.first().copied()
+        })
+        .collect();
+    if !not_ready.is_empty() {
+        bail!(
+            "not every cluster signs with the new root yet: {} (stage {}); run meshctl rotate activate \
+             for every cluster first; nothing was changed",
+            list(&not_ready),
+            not_ready
+                .iter()
+                .map(|c| c.trust.stage.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !a.confirm {
+        let mut latest = None;
+        for c in clusters {
+            let Stage::Activated { activated_at } = &c.trust.stage else {
+                continue;
+            };
+            let Ok(at) = humantime::parse_rfc3339(activated_at) else {
+                bail!(
+                    "context {:?}: annotation {AT} {activated_at:?} is not an RFC 3339 time, so \
+                     meshctl cannot tell when old workload certificates expire; pass --confirm \
+                     once no workload holds one; nothing was changed",
+                    c.ctx
+                );
+            };
+            latest = latest.max(Some(at));
+        }
+        if let Some(latest) = latest {
+            let safe = latest.checked_add(a.workload_lifetime);
+            if safe.is_none_or(|safe| SystemTime::now() < safe) {
+                bail!(
+                    "workload certificates from the old root may still be valid until {} (last \
+                     activation + --workload-lifetime {}); finish then, or pass --confirm once no \
+                     workload holds one; nothing was changed",
+                    safe.map_or("the far future".to_string(), |s| {
+                        humantime::format_rfc3339_seconds(s).to_string()
+                    }),
+                    humantime::format_duration(a.workload_lifetime)
+                );
+            }
+        }
+    }
+    let mut secrets = Vec::new();
+    for (i, c) in clusters.iter().enumerate() {
+        let Stage::Activated { activated_at } = &c.trust.stage else {
+            continue;
+        };
+        let Some(signing) = &c.trust.signing else {
+            continue;
+        };
+        let mut files = c.files.clone();
+        files.insert(pki::ROOT_CERT, der_pem(signing));
+        let (old, new) = (
+            c.trust.old_fp.clone().unwrap_or_default(),
+            fingerprint(signing),
+        );
+        secrets.push((
+            i,
+            cacerts_secret(
+                &files,
+                ns,
+                &annotations("finished", &old, &new, Some(activated_at)),
+            )?,
+        ));
+    }
+    Ok(Plan {
+        secrets,
+        files: Vec::new(),
+        done: "Finished: every cluster trusts the new root only.".into(),
+        next: format!(
+            "{ISTIOD_HINT}. Keep the new root's key in --dir offline (or delete it once every cluster's intermediate is in place)."
+        ),
+    })
+}
