@@ -11,10 +11,12 @@
 //! - [`wait`]: `eventually` / `wait_until`, polling a condition, bounded in time.
 //! - [`k8s`]: Kubernetes object builders (Service, EndpointSlice, Pod, DestinationRule).
 //! - [`net`]: free loopback ports.
+//! - [`kube_client`]: a kube-rs `Client` from a kubeconfig's YAML.
 //!
 //! Nothing here is used by a product binary.
 
 pub mod k8s;
+pub mod kube_client;
 pub mod mesh;
 pub mod mtls;
 pub mod net;

@@ -7,14 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use k8s_test_server::TestApiServer;
-use kube::Client;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
+pub use testkit::kube_client::client_from_yaml;
 
 pub const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
 
 pub fn init() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    testkit::kube_client::install_crypto_provider();
 }
 
 pub struct Mesh {
@@ -173,15 +172,6 @@ pub fn gateway_pod(s: &TestApiServer, name: &str, ready: bool) {
         "metadata": {"name": name, "namespace": "istio-system", "labels": {"app": "istio-eastwestgateway", "istio": "eastwestgateway"}},
         "spec": {"containers": [{"name": "gateway", "image": "meshfed/gateway:dev"}]},
         "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": status}]}})).unwrap();
-}
-
-pub async fn client_from_yaml(yaml: &str) -> Client {
-    init();
-    let kc = Kubeconfig::from_yaml(yaml).expect("kubeconfig parses");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("config");
-    Client::try_from(cfg).expect("client")
 }
 
 /// Every stored object, `kind ns/name` → resourceVersion.
