@@ -181,7 +181,11 @@ mod tests {
         ] {
             let stored = b64.decode(&data[name]).unwrap();
             assert_eq!(stored, verified.as_bytes(), "{name}");
-            assert_ne!(stored, std::fs::read(dir.path().join(name)).unwrap(), "{name}");
+            assert_ne!(
+                stored,
+                std::fs::read(dir.path().join(name)).unwrap(),
+                "{name}"
+            );
         }
     }
 
@@ -203,7 +207,9 @@ mod tests {
     fn a_missing_file_is_refused() {
         let dir = bundle_dir();
         std::fs::remove_file(dir.path().join(pki::CERT_CHAIN)).unwrap();
-        let e = verified_data(dir.path(), "istio-system").unwrap_err().to_string();
+        let e = verified_data(dir.path(), "istio-system")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is not a valid cluster bundle"), "{e}");
     }
 }
