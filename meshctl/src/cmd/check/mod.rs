@@ -137,7 +137,7 @@ async fn check_pair(
         return Ok(());
     }
     let rejoin = pair::rejoin_hint(source, target);
-    match gather::try_kubeconfig(kubeconfig).await {
+    match gather::try_kubeconfig(kubeconfig.clone()).await {
         Ok((client, detail)) => {
             let missing = gather::missing_reader_permissions(&client)
                 .await
