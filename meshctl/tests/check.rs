@@ -9,8 +9,25 @@ use serde_json::{Value, json};
 
 /// A joined pair whose gateways have LB addresses and ready pods.
 async fn joined() -> Mesh {
+    let m = joined_mesh().await;
+    m.make_gateways_ready();
+    m
+}
+
+/// A mesh joined under cluster IDs `west-cluster` and `east-cluster` (bundle directories
+/// named for them), gateways ready.
+async fn joined_with_cluster_ids() -> Mesh {
     let m = mesh().await;
-    m.join(&[]).await;
+    for c in ["west", "east"] {
+        std::fs::rename(m.certs.join(c), m.certs.join(format!("{c}-cluster"))).unwrap();
+    }
+    m.join(&[
+        "--cluster-name",
+        "west=west-cluster",
+        "--cluster-name",
+        "east=east-cluster",
+    ])
+    .await;
     m.make_gateways_ready();
     m
 }
@@ -127,18 +144,7 @@ async fn passes_on_a_joined_pair() {
         assert_eq!(item(&items, "mesh", name)["status"], "pass");
     }
     // The human checklist.
-    let out = m
-        .ok(&[
-            "check",
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--allow-loopback-server",
-        ])
-        .await;
+    let out = m.ok(&check_args(m.kc(), &[])).await;
     assert!(
         out.contains("cluster west\n  ✔ API server reachable") && !out.contains('✘'),
         "{out}"
@@ -203,17 +209,7 @@ async fn flags_missing_cacerts_and_different_roots() {
     );
     assert!(d.contains("east"), "{d}");
     // Text output marks it and carries the hint.
-    let out = meshctl(&[
-        "check",
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-        "--context",
-        "east",
-        "--allow-loopback-server",
-    ])
-    .await;
+    let out = meshctl(&check_args(m.kc(), &[])).await;
     let t = text(&out);
     assert!(
         t.contains("✘ roots identical across clusters") && t.contains("hint: "),
@@ -461,18 +457,7 @@ async fn flags_a_reader_role_without_a_permission_istiod_needs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_cluster_fails_once_and_skips_what_needs_its_data() {
-    let m = mesh().await;
-    for c in ["west", "east"] {
-        std::fs::rename(m.certs.join(c), m.certs.join(format!("{c}-cluster"))).unwrap();
-    }
-    m.join(&[
-        "--cluster-name",
-        "west=west-cluster",
-        "--cluster-name",
-        "east=east-cluster",
-    ])
-    .await;
-    m.make_gateways_ready();
+    let m = joined_with_cluster_ids().await;
     let Mesh {
         west,
         east,
@@ -537,17 +522,7 @@ async fn an_unreachable_cluster_fails_once_and_skips_what_needs_its_data() {
         assert_eq!(i["status"], "skip", "{i}");
     }
     // The text checklist marks skips and counts them.
-    let out = meshctl(&[
-        "check",
-        "--kubeconfig",
-        p(&kubeconfig),
-        "--context",
-        "west",
-        "--context",
-        "east",
-        "--allow-loopback-server",
-    ])
-    .await;
+    let out = meshctl(&check_args(p(&kubeconfig), &[])).await;
     let t = text(&out);
     assert!(
         t.contains("  - roots identical across clusters: ") && t.contains(" skipped\n"),
@@ -557,18 +532,7 @@ async fn an_unreachable_cluster_fails_once_and_skips_what_needs_its_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guessed_cluster_id_does_not_send_the_user_to_register_the_cluster_again() {
-    let m = mesh().await;
-    for c in ["west", "east"] {
-        std::fs::rename(m.certs.join(c), m.certs.join(format!("{c}-cluster"))).unwrap();
-    }
-    m.join(&[
-        "--cluster-name",
-        "west=west-cluster",
-        "--cluster-name",
-        "east=east-cluster",
-    ])
-    .await;
-    m.make_gateways_ready();
+    let m = joined_with_cluster_ids().await;
     // East was registered under its ID, but its namespace no longer records it (e.g. the
     // namespace was recreated): check can only guess the context name.
     let mut ns = m

@@ -8,6 +8,7 @@ use std::process::Output;
 
 use k8s_test_server::TestApiServer;
 use serde_json::{Value, json};
+#[allow(unused_imports)] // not every test file calls it
 pub use testkit::kube_client::client_from_yaml;
 
 pub const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
@@ -69,6 +70,30 @@ pub async fn mesh() -> Mesh {
     mesh
 }
 
+/// A mesh that `meshctl join` has joined (token Secrets and cacerts exist in both clusters).
+pub async fn joined_mesh() -> Mesh {
+    let m = mesh().await;
+    m.join(&[]).await;
+    m
+}
+
+/// `meshctl check` of west and east with this kubeconfig (loopback test servers allowed),
+/// plus `extra` flags.
+pub fn check_args<'a>(kubeconfig: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "check",
+        "--kubeconfig",
+        kubeconfig,
+        "--context",
+        "west",
+        "--context",
+        "east",
+        "--allow-loopback-server",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -118,8 +143,9 @@ impl Mesh {
         text(&out)
     }
 
-    /// `meshctl join` of west and east (loopback test servers allowed) plus `extra` flags.
-    pub async fn join(&self, extra: &[&str]) -> String {
+    /// The arguments of `meshctl join` of west and east (loopback test servers allowed)
+    /// plus `extra` flags.
+    pub fn join_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
         let mut args = vec![
             "join",
             "--kubeconfig",
@@ -137,7 +163,12 @@ impl Mesh {
             "--allow-loopback-server",
         ];
         args.extend_from_slice(extra);
-        self.ok(&args).await
+        args
+    }
+
+    /// Runs `meshctl join` of west and east plus `extra` flags ([`Mesh::join_args`]).
+    pub async fn join(&self, extra: &[&str]) -> String {
+        self.ok(&self.join_args(extra)).await
     }
 
     /// What a cloud controller and the kubelet would do: LB addresses and ready gateway pods.

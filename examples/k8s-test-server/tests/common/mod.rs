@@ -3,6 +3,7 @@
 
 use k8s_test_server::TestApiServer;
 use kube::Client;
+#[allow(unused_imports)] // not every test file calls it
 pub use testkit::kube_client::client_from_yaml;
 
 /// kube with rustls has no automatic crypto provider: install one per test process.
