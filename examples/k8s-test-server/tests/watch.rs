@@ -180,6 +180,29 @@ fn server_names(server_store: &k8s_test_server::Store) -> BTreeSet<String> {
         .collect()
 }
 
+/// Waits (5 s at most) until the reflector has listed once.
+async fn wait_ready(reader: &reflector::Store<ConfigMap>) {
+    tokio::time::timeout(Duration::from_secs(5), reader.wait_until_ready())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Waits (`timeout` at most) until the reflector's `cm-` names are exactly `want`.
+async fn eventually_reflects(
+    what: &str,
+    timeout: Duration,
+    reader: &reflector::Store<ConfigMap>,
+    want: BTreeSet<String>,
+) {
+    eventually_some(what, timeout, || {
+        let got = names(reader);
+        let want = want.clone();
+        async move { (got == want).then_some(()) }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn expire_watches_forces_a_relist_and_loses_nothing() {
     init();
@@ -203,10 +226,7 @@ async fn expire_watches_forces_a_relist_and_loses_nothing() {
         .reflect(writer)
         .for_each(|_| async {});
     let task = tokio::spawn(stream);
-    tokio::time::timeout(Duration::from_secs(5), reader.wait_until_ready())
-        .await
-        .unwrap()
-        .unwrap();
+    wait_ready(&reader).await;
     assert_eq!(names(&reader).len(), 3);
 
     for round in 0..3 {
@@ -217,15 +237,11 @@ async fn expire_watches_forces_a_relist_and_loses_nothing() {
         api.delete(&format!("cm-{round}"), &DeleteParams::default())
             .await
             .unwrap();
-        let want = server_names(server.store());
-        eventually_some(
+        eventually_reflects(
             "the reflector to match the store",
             Duration::from_secs(10),
-            || {
-                let got = names(&reader);
-                let want = want.clone();
-                async move { (got == want).then_some(()) }
-            },
+            &reader,
+            server_names(server.store()),
         )
         .await;
     }
@@ -252,10 +268,7 @@ async fn reflector_survives_a_restart_on_the_same_port() {
             .reflect(writer)
             .for_each(|_| async {}),
     );
-    tokio::time::timeout(Duration::from_secs(5), reader.wait_until_ready())
-        .await
-        .unwrap()
-        .unwrap();
+    wait_ready(&reader).await;
 
     let stopped = server.stop().await;
     assert_eq!(stopped.addr(), addr);
@@ -272,15 +285,11 @@ async fn reflector_survives_a_restart_on_the_same_port() {
     api.create(&PostParams::default(), &cm("cm-c", "1"))
         .await
         .unwrap();
-    let want: BTreeSet<String> = ["cm-b".to_string(), "cm-c".to_string()].into();
-    eventually_some(
+    eventually_reflects(
         "the reflector to see cm-b and cm-c",
         Duration::from_secs(20),
-        || {
-            let got = names(&reader);
-            let want = want.clone();
-            async move { (got == want).then_some(()) }
-        },
+        &reader,
+        ["cm-b".to_string(), "cm-c".to_string()].into(),
     )
     .await;
     task.abort();
