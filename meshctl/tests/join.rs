@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::*;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams};
@@ -287,114 +289,67 @@ async fn expose_services_needs_the_gateway_crd_and_changes_nothing_without_it() 
     }
 }
 
+/// `meshctl join` of `contexts` with this kubeconfig, the mesh's certificates and `extra`
+/// flags: refused (exit 1); returns the output.
+async fn join_refused(m: &Mesh, kubeconfig: &Path, contexts: [&str; 2], extra: &[&str]) -> String {
+    let mut args = vec![
+        "join",
+        "--kubeconfig",
+        p(kubeconfig),
+        "--certs",
+        p(&m.certs),
+        "--context",
+        contexts[0],
+        "--context",
+        contexts[1],
+    ];
+    args.extend_from_slice(extra);
+    m.fails(&args).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_before_any_change() {
     let m = mesh().await;
     let (w0, e0) = (snapshot(&m.west), snapshot(&m.east));
-    let base = [
-        "join",
-        "--kubeconfig",
-        m.kc(),
-        "--certs",
-        p(&m.certs),
-        "--allow-loopback-server",
+    let both = ["west", "east"];
+    // (contexts, flags besides --allow-loopback-server, what the refusal says)
+    let cases: [([&str; 2], &[&str], &[&str]); 4] = [
+        (
+            ["west", "nope"],
+            &[],
+            &["context \"nope\" not found in", "available: west, east"],
+        ),
+        (
+            both,
+            &["--network", "west=n1", "--network", "east=n1"],
+            &["both on network"],
+        ),
+        (
+            both,
+            &["--cluster-name", "east=west"],
+            &["same cluster name"],
+        ),
+        (both, &["--cluster-name", "east=East_1"], &["DNS-1123"]),
     ];
-    let run = |extra: &'static [&'static str]| {
-        let mut v: Vec<&str> = base.to_vec();
-        v.extend_from_slice(extra);
-        v
-    };
-    let out = m
-        .fails(&run(&["--context", "west", "--context", "nope"]))
-        .await;
-    assert!(
-        out.contains("context \"nope\" not found in") && out.contains("available: west, east"),
-        "{out}"
-    );
-    let out = m
-        .fails(&run(&[
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--network",
-            "west=n1",
-            "--network",
-            "east=n1",
-        ]))
-        .await;
-    assert!(out.contains("both on network"), "{out}");
-    let out = m
-        .fails(&run(&[
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--cluster-name",
-            "east=west",
-        ]))
-        .await;
-    assert!(out.contains("same cluster name"), "{out}");
-    let out = m
-        .fails(&run(&[
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--cluster-name",
-            "east=East_1",
-        ]))
-        .await;
-    assert!(out.contains("DNS-1123"), "{out}");
+    for (contexts, extra, want) in cases {
+        let extra = [&["--allow-loopback-server"], extra].concat();
+        let out = join_refused(&m, &m.kubeconfig, contexts, &extra).await;
+        for w in want {
+            assert!(out.contains(w), "{w}: {out}");
+        }
+    }
     // Loopback server without --allow-loopback-server: refused, with the fix.
-    let out = m
-        .fails(&[
-            "join",
-            "--kubeconfig",
-            m.kc(),
-            "--certs",
-            p(&m.certs),
-            "--context",
-            "west",
-            "--context",
-            "east",
-        ])
-        .await;
+    let out = join_refused(&m, &m.kubeconfig, both, &[]).await;
     assert!(
         out.contains("loopback") && out.contains("--server west=") && out.contains(":6443"),
         "{out}"
     );
     // Missing kubeconfig, broken kubeconfig, unreachable server.
-    let missing = m.dir.path().join("missing");
-    let out = m
-        .fails(&[
-            "join",
-            "--kubeconfig",
-            p(&missing),
-            "--certs",
-            p(&m.certs),
-            "--context",
-            "west",
-            "--context",
-            "east",
-        ])
-        .await;
+    let out = join_refused(&m, &m.dir.path().join("missing"), both, &[]).await;
     assert!(out.contains("not found"), "{out}");
     let broken = m.dir.path().join("broken");
     std::fs::write(&broken, "clusters: [this is: not: yaml").unwrap();
-    let out = m
-        .fails(&[
-            "join",
-            "--kubeconfig",
-            p(&broken),
-            "--certs",
-            p(&m.certs),
-            "--context",
-            "west",
-            "--context",
-            "east",
-        ])
-        .await;
+    let out = join_refused(&m, &broken, both, &[]).await;
     assert!(out.contains("reading kubeconfig"), "{out}");
     assert_eq!(
         (snapshot(&m.west), snapshot(&m.east)),
@@ -404,20 +359,7 @@ async fn bad_input_is_refused_before_any_change() {
     let yaml = kubeconfig_yaml(&[("west", &m.west), ("east", &m.east)])
         .replace(&m.east.url(), "https://127.0.0.1:1");
     std::fs::write(&dead, yaml).unwrap();
-    let out = m
-        .fails(&[
-            "join",
-            "--kubeconfig",
-            p(&dead),
-            "--certs",
-            p(&m.certs),
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--allow-loopback-server",
-        ])
-        .await;
+    let out = join_refused(&m, &dead, both, &["--allow-loopback-server"]).await;
     assert!(
         out.contains("cannot reach the API server of context \"east\" at https://127.0.0.1:1"),
         "{out}"
