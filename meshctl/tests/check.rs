@@ -220,11 +220,7 @@ async fn flags_missing_cacerts_and_different_roots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_missing_and_duplicate_network_labels() {
     let m = joined().await;
-    let mut ns = m
-        .east
-        .store()
-        .get("v1", "Namespace", None, "istio-system")
-        .unwrap();
+    let mut ns = istio_namespace(&m.east);
     ns["metadata"]["labels"]
         .as_object_mut()
         .unwrap()
@@ -407,16 +403,7 @@ async fn warns_of_a_token_request_token_that_expires_within_a_day() {
 async fn flags_a_reader_role_without_a_permission_istiod_needs() {
     let m = joined().await;
     // Someone trims east's reader role: no Gateway API gateways, no watch on pods.
-    let mut role = m
-        .east
-        .store()
-        .get(
-            "rbac.authorization.k8s.io/v1",
-            "ClusterRole",
-            None,
-            "meshctl-istio-reader-istio-system",
-        )
-        .unwrap();
+    let mut role = reader_role(&m.east);
     let rules: Vec<Value> = role["rules"]
         .as_array()
         .unwrap()
@@ -535,11 +522,7 @@ async fn a_guessed_cluster_id_does_not_send_the_user_to_register_the_cluster_aga
     let m = joined_with_cluster_ids().await;
     // East was registered under its ID, but its namespace no longer records it (e.g. the
     // namespace was recreated): check can only guess the context name.
-    let mut ns = m
-        .east
-        .store()
-        .get("v1", "Namespace", None, "istio-system")
-        .unwrap();
+    let mut ns = istio_namespace(&m.east);
     ns["metadata"]["annotations"]
         .as_object_mut()
         .unwrap()

@@ -73,10 +73,7 @@ async fn join_creates_exactly_the_expected_objects_and_a_second_run_changes_noth
             rs["metadata"]["labels"]["app.kubernetes.io/managed-by"],
             "meshctl"
         );
-        let ns = s
-            .store()
-            .get("v1", "Namespace", None, "istio-system")
-            .unwrap();
+        let ns = istio_namespace(s);
         assert!(
             ns["metadata"]["labels"]["topology.istio.io/network"]
                 .as_str()
@@ -214,10 +211,7 @@ async fn unjoin_leaves_nothing_behind_and_keeps_unrelated_objects() {
         ] {
             assert!(after.contains_key(k), "{k} was deleted");
         }
-        let ns = s
-            .store()
-            .get("v1", "Namespace", None, "istio-system")
-            .unwrap();
+        let ns = istio_namespace(s);
         assert_eq!(ns["metadata"]["labels"]["team"], "mesh");
         assert!(
             ns["metadata"]["labels"]
@@ -483,11 +477,7 @@ async fn label_network_and_gateway_install() {
         "east",
     ])
     .await;
-    let ns = m
-        .east
-        .store()
-        .get("v1", "Namespace", None, "istio-system")
-        .unwrap();
+    let ns = istio_namespace(&m.east);
     assert_eq!(
         ns["metadata"]["labels"]["topology.istio.io/network"],
         "east-net"

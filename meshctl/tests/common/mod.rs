@@ -232,6 +232,25 @@ pub fn added(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>
         .collect()
 }
 
+/// The `istio-system` Namespace as stored.
+pub fn istio_namespace(s: &TestApiServer) -> Value {
+    s.store()
+        .get("v1", "Namespace", None, "istio-system")
+        .expect("istio-system Namespace")
+}
+
+/// The reader ClusterRole that join grants (for `istio-system`), as stored.
+pub fn reader_role(s: &TestApiServer) -> Value {
+    s.store()
+        .get(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRole",
+            None,
+            "meshctl-istio-reader-istio-system",
+        )
+        .expect("reader ClusterRole")
+}
+
 pub fn secret(s: &TestApiServer, name: &str) -> Option<Value> {
     s.store().get("v1", "Secret", Some("istio-system"), name)
 }
