@@ -7,13 +7,6 @@ use base64::Engine as _;
 use common::*;
 use serde_json::{Value, json};
 
-/// A joined pair whose gateways have LB addresses and ready pods.
-async fn joined() -> Mesh {
-    let m = joined_mesh().await;
-    m.make_gateways_ready();
-    m
-}
-
 /// A mesh joined under cluster IDs `west-cluster` and `east-cluster` (bundle directories
 /// named for them), gateways ready.
 async fn joined_with_cluster_ids() -> Mesh {
@@ -38,19 +31,9 @@ async fn check(m: &Mesh, extra: &[&str], strict: bool) -> (i32, Vec<Value>) {
 }
 
 async fn check_with(kubeconfig: &str, extra: &[&str], strict: bool) -> (i32, Vec<Value>) {
-    let mut args = vec![
-        "check",
-        "--kubeconfig",
-        kubeconfig,
-        "--context",
-        "west",
-        "--context",
-        "east",
-        "-o",
-        "json",
-    ];
-    if !strict {
-        args.push("--allow-loopback-server");
+    let mut args = check_args(kubeconfig, &["-o", "json"]);
+    if strict {
+        args.retain(|a| *a != "--allow-loopback-server");
     }
     args.extend_from_slice(extra);
     let out = meshctl(&args).await;
@@ -98,7 +81,7 @@ fn edit_remote_token(s: &k8s_test_server::TestApiServer, name: &str, key: &str, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passes_on_a_joined_pair() {
-    let m = joined().await;
+    let m = joined_ready_mesh().await;
     let (code, items) = check(&m, &[], false).await;
     let bad: Vec<&Value> = items.iter().filter(|i| i["status"] == "fail").collect();
     assert_eq!(code, 0, "{bad:?}");
@@ -161,7 +144,7 @@ async fn passes_on_a_joined_pair() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_missing_cacerts_and_different_roots() {
-    let m = joined().await;
+    let m = joined_ready_mesh().await;
     m.east
         .store()
         .delete("v1", "Secret", Some("istio-system"), "cacerts")
@@ -219,7 +202,7 @@ async fn flags_missing_cacerts_and_different_roots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_missing_and_duplicate_network_labels() {
-    let m = joined().await;
+    let m = joined_ready_mesh().await;
     let mut ns = istio_namespace(&m.east);
     ns["metadata"]["labels"]
         .as_object_mut()
@@ -264,7 +247,7 @@ async fn flags_missing_and_duplicate_network_labels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_a_pending_load_balancer_and_unready_gateway_pods() {
-    let m = joined().await;
+    let m = joined_ready_mesh().await;
     set_lb(&m.east, None);
     let (code, items) = check(&m, &[], false).await;
     let d = assert_fails(
@@ -302,7 +285,7 @@ async fn flags_a_pending_load_balancer_and_unready_gateway_pods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_a_missing_remote_secret_and_a_bad_token() {
-    let m = joined().await;
+    let m = joined_ready_mesh().await;
     edit_remote_token(
         &m.west,
         "istio-remote-secret-east",
@@ -338,7 +321,7 @@ async fn flags_a_missing_remote_secret_and_a_bad_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_loopback_servers_expired_tokens_and_duplicate_cluster_names() {
-    let m = joined().await;
+    let m = joined_ready_mesh().await;
     let (code, items) = check(&m, &[], true).await;
     assert_fails(
         code,
@@ -401,7 +384,7 @@ async fn warns_of_a_token_request_token_that_expires_within_a_day() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_a_reader_role_without_a_permission_istiod_needs() {
-    let m = joined().await;
+    let m = joined_ready_mesh().await;
     // Someone trims east's reader role: no Gateway API gateways, no watch on pods.
     let mut role = reader_role(&m.east);
     let rules: Vec<Value> = role["rules"]

@@ -77,6 +77,13 @@ pub async fn joined_mesh() -> Mesh {
     m
 }
 
+/// A joined mesh whose gateways have LB addresses and ready pods (what `check` passes on).
+pub async fn joined_ready_mesh() -> Mesh {
+    let m = joined_mesh().await;
+    m.make_gateways_ready();
+    m
+}
+
 /// `meshctl check` of west and east with this kubeconfig (loopback test servers allowed),
 /// plus `extra` flags.
 pub fn check_args<'a>(kubeconfig: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -88,6 +95,23 @@ pub fn check_args<'a>(kubeconfig: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         "west",
         "--context",
         "east",
+        "--allow-loopback-server",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `meshctl create-remote-secret` for context west (named west) with this kubeconfig,
+/// loopback test servers allowed, plus `extra` flags.
+pub fn remote_secret_args<'a>(kubeconfig: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "create-remote-secret",
+        "--kubeconfig",
+        kubeconfig,
+        "--context",
+        "west",
+        "--name",
+        "west",
         "--allow-loopback-server",
     ];
     args.extend_from_slice(extra);
