@@ -142,16 +142,10 @@ fn connections_cut_at_the_drain_deadline_are_logged() {
         .enable_all()
         .build()
         .unwrap();
-    let (backends, port) = rt.block_on(backends(&["catalog-1"]));
-    let dir = tempfile::tempdir().unwrap();
-    let eps = dir.path().join("endpoints.yaml");
-    std::fs::write(
-        &eps,
-        endpoints_yaml(CATALOG, port, &[(backends[0].addr.ip(), "v1", true)]),
-    )
-    .unwrap();
+    let catalog = rt.block_on(catalog_endpoints_file());
+    let eps = &catalog.path;
     let mut gw = GatewayProcess::start(
-        &eps,
+        eps,
         &["--drain-grace", "100ms", "--drain-timeout", "500ms"],
         "info",
     );
