@@ -219,16 +219,7 @@ async fn flags_missing_and_duplicate_network_labels() {
     );
     ns["metadata"]["labels"]["topology.istio.io/network"] = json!("west-network");
     m.east.store().apply(ns).unwrap();
-    let mut svc = m
-        .east
-        .store()
-        .get(
-            "v1",
-            "Service",
-            Some("istio-system"),
-            "istio-eastwestgateway",
-        )
-        .unwrap();
+    let mut svc = gateway_service(&m.east);
     svc["metadata"]["labels"]["topology.istio.io/network"] = json!("west-network");
     m.east.store().apply(svc).unwrap();
     let (code, items) = check(&m, &[], false).await;

@@ -141,18 +141,7 @@ async fn dry_run_prints_every_object_per_cluster_and_changes_nothing() {
     m.join(&["--dry-run", "--token-ttl", "1h"]).await;
     assert_eq!((snapshot(&m.west), snapshot(&m.east)), (w1, e1));
     // unjoin --dry-run too.
-    let out = m
-        .ok(&[
-            "unjoin",
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--dry-run",
-        ])
-        .await;
+    let out = m.ok(&m.unjoin_args(&["--dry-run"])).await;
     assert!(out.contains("istio-eastwestgateway"), "{out}");
     assert!(
         m.west
@@ -188,17 +177,7 @@ async fn unjoin_leaves_nothing_behind_and_keeps_unrelated_objects() {
     }
     let (w0, e0) = (snapshot(&m.west), snapshot(&m.east));
     m.join(&[]).await;
-    let out = m
-        .ok(&[
-            "unjoin",
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-            "--context",
-            "east",
-        ])
-        .await;
+    let out = m.ok(&m.unjoin_args(&[])).await;
     assert!(out.contains("west: removed"), "{out}");
     for (s, before) in [(&m.west, &w0), (&m.east, &e0)] {
         let after = snapshot(s);
@@ -509,16 +488,7 @@ async fn label_network_and_gateway_install() {
         "east",
     ])
     .await;
-    let svc = m
-        .east
-        .store()
-        .get(
-            "v1",
-            "Service",
-            Some("istio-system"),
-            "istio-eastwestgateway",
-        )
-        .unwrap();
+    let svc = gateway_service(&m.east);
     assert_eq!(svc["spec"]["type"], "NodePort");
     assert_eq!(svc["metadata"]["annotations"]["a"], "b");
     assert_eq!(

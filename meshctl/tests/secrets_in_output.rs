@@ -91,16 +91,7 @@ fn every_output_form(m: &Mesh) -> Vec<Vec<String>> {
         remote_secret_args(&kc, &["--dry-run"]),
         remote_secret_args(&kc, &["--dry-run", "--token-ttl", "1h"]),
         m.join_args(&["--dry-run"]),
-        vec![
-            "unjoin",
-            "--kubeconfig",
-            &kc,
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--dry-run",
-        ],
+        m.unjoin_args(&["--dry-run"]),
         vec!["gateway", "manifest", "--network", "west-network"],
         vec![
             "gateway",

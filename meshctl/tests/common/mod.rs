@@ -190,6 +190,21 @@ impl Mesh {
         args
     }
 
+    /// The arguments of `meshctl unjoin` of west and east plus `extra` flags.
+    pub fn unjoin_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "unjoin",
+            "--kubeconfig",
+            self.kc(),
+            "--context",
+            "west",
+            "--context",
+            "east",
+        ];
+        args.extend_from_slice(extra);
+        args
+    }
+
     /// Runs `meshctl join` of west and east plus `extra` flags ([`Mesh::join_args`]).
     pub async fn join(&self, extra: &[&str]) -> String {
         self.ok(&self.join_args(extra)).await
@@ -204,16 +219,20 @@ impl Mesh {
     }
 }
 
-pub fn set_lb(s: &TestApiServer, ip: Option<&str>) {
-    let mut svc = s
-        .store()
+/// The east-west gateway's Service, as stored.
+pub fn gateway_service(s: &TestApiServer) -> Value {
+    s.store()
         .get(
             "v1",
             "Service",
             Some("istio-system"),
             "istio-eastwestgateway",
         )
-        .expect("gateway Service");
+        .expect("gateway Service")
+}
+
+pub fn set_lb(s: &TestApiServer, ip: Option<&str>) {
+    let mut svc = gateway_service(s);
     svc["status"] = match ip {
         Some(ip) => json!({"loadBalancer": {"ingress": [{"ip": ip}]}}),
         None => json!({"loadBalancer": {}}),
