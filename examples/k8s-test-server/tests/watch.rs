@@ -36,6 +36,20 @@ where
     }
 }
 
+/// Opens a watch from `rv` and returns its first event (`None` when it ends first), within
+/// 5 s.
+async fn first_watch_event(
+    api: &Api<ConfigMap>,
+    wp: &WatchParams,
+    rv: &str,
+) -> Option<WatchEvent<ConfigMap>> {
+    let mut s = api.watch(wp, rv).await.unwrap().boxed();
+    tokio::time::timeout(Duration::from_secs(5), s.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn watcher_sees_added_modified_deleted() {
     init();
@@ -134,15 +148,7 @@ async fn raw_watch_gets_bookmarks_and_410_for_compacted_versions() {
     assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
 
     // a new watch from the old resourceVersion is told 410 Gone right away
-    let mut s = api
-        .watch(&WatchParams::default(), &rv)
-        .await
-        .unwrap()
-        .boxed();
-    let ev = tokio::time::timeout(Duration::from_secs(5), s.try_next())
-        .await
-        .unwrap()
-        .unwrap();
+    let ev = first_watch_event(&api, &WatchParams::default(), &rv).await;
     assert!(
         matches!(ev, Some(WatchEvent::Error(ref e)) if e.code == 410),
         "got {ev:?}"
@@ -312,31 +318,14 @@ async fn a_restarted_server_answers_an_old_resource_version_with_410() {
         .unwrap();
     let current = server.store().resource_version().to_string();
     // Before the restart the history still covers `old`: the resume works.
-    let mut s = api
-        .watch(&WatchParams::default(), &old)
-        .await
-        .unwrap()
-        .boxed();
-    let ev = tokio::time::timeout(Duration::from_secs(5), s.try_next())
-        .await
-        .unwrap()
-        .unwrap();
+    let ev = first_watch_event(&api, &WatchParams::default(), &old).await;
     assert!(matches!(ev, Some(WatchEvent::Added(_))), "got {ev:?}");
-    drop(s);
     assert_eq!(server.store().expired_watch_answers(), 0);
 
     let server = server.stop().await.restart().await.unwrap();
     // The watch cache starts at the current resourceVersion: older ones are too old, as
     // an ERROR event with a 410 Expired Status in a 200 response (the cacher's path).
-    let mut s = api
-        .watch(&WatchParams::default(), &old)
-        .await
-        .unwrap()
-        .boxed();
-    let ev = tokio::time::timeout(Duration::from_secs(5), s.try_next())
-        .await
-        .unwrap()
-        .unwrap();
+    let ev = first_watch_event(&api, &WatchParams::default(), &old).await;
     let Some(WatchEvent::Error(e)) = ev else {
         panic!("expected a 410 ERROR event, got {ev:?}")
     };
