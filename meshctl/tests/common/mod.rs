@@ -84,19 +84,24 @@ pub async fn joined_ready_mesh() -> Mesh {
     m
 }
 
-/// `meshctl check` of west and east with this kubeconfig (loopback test servers allowed),
-/// plus `extra` flags.
-pub fn check_args<'a>(kubeconfig: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "check",
+/// `meshctl <command> --kubeconfig <kubeconfig> --context west --context east`.
+pub fn both_contexts<'a>(command: &'a str, kubeconfig: &'a str) -> Vec<&'a str> {
+    vec![
+        command,
         "--kubeconfig",
         kubeconfig,
         "--context",
         "west",
         "--context",
         "east",
-        "--allow-loopback-server",
-    ];
+    ]
+}
+
+/// `meshctl check` of west and east with this kubeconfig (loopback test servers allowed),
+/// plus `extra` flags.
+pub fn check_args<'a>(kubeconfig: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = both_contexts("check", kubeconfig);
+    args.push("--allow-loopback-server");
     args.extend_from_slice(extra);
     args
 }
@@ -170,14 +175,8 @@ impl Mesh {
     /// The arguments of `meshctl join` of west and east (loopback test servers allowed)
     /// plus `extra` flags.
     pub fn join_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
-        let mut args = vec![
-            "join",
-            "--kubeconfig",
-            self.kc(),
-            "--context",
-            "west",
-            "--context",
-            "east",
+        let mut args = both_contexts("join", self.kc());
+        args.extend([
             "--certs",
             p(&self.certs),
             "--network",
@@ -185,22 +184,14 @@ impl Mesh {
             "--network",
             "east=east-network",
             "--allow-loopback-server",
-        ];
+        ]);
         args.extend_from_slice(extra);
         args
     }
 
     /// The arguments of `meshctl unjoin` of west and east plus `extra` flags.
     pub fn unjoin_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
-        let mut args = vec![
-            "unjoin",
-            "--kubeconfig",
-            self.kc(),
-            "--context",
-            "west",
-            "--context",
-            "east",
-        ];
+        let mut args = both_contexts("unjoin", self.kc());
         args.extend_from_slice(extra);
         args
     }

@@ -311,34 +311,31 @@ fn a_stored_kubeconfig_is_parsed_once_by_gather() {
 
     let east = seen("east", "east-cluster", false);
     let target = seen("west", "west-cluster", false);
-    let mut r = Report::default();
-    let k = stored_secret(
-        &mut r,
-        (&east, &target),
-        "istio-system",
-        std::slice::from_ref(&parsed),
-        false,
-        now,
-    );
-    assert!(k.is_some());
+    let judge = |stored: &StoredRemote| {
+        let mut r = Report::default();
+        let live = stored_secret(
+            &mut r,
+            (&east, &target),
+            "istio-system",
+            std::slice::from_ref(stored),
+            false,
+            now,
+        )
+        .is_some();
+        (r.items, live)
+    };
+    let (items, live) = judge(&parsed);
+    assert!(live);
     // The token's expiry (10 minutes away) came from the parsed kubeconfig.
-    let i = find(&r.items, "token expiry");
+    let i = find(&items, "token expiry");
     assert_eq!(
         (i.status, i.detail.as_str()),
         (Status::Warn, "expires in 10m")
     );
 
-    let mut r = Report::default();
-    let k = stored_secret(
-        &mut r,
-        (&east, &target),
-        "istio-system",
-        std::slice::from_ref(&broken),
-        false,
-        now,
-    );
-    assert!(k.is_none());
-    let i = find(&r.items, "kubeconfig works");
+    let (items, live) = judge(&broken);
+    assert!(!live);
+    let i = find(&items, "kubeconfig works");
     assert_eq!(i.status, Status::Fail);
     assert!(
         i.detail.contains("does not parse: it is not UTF-8 text"),
