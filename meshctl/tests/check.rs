@@ -46,6 +46,11 @@ async fn check_with(kubeconfig: &str, extra: &[&str], strict: bool) -> (i32, Vec
     )
 }
 
+/// The text checklist of `meshctl check` (stdout and stderr), whatever its exit code.
+async fn check_text(kubeconfig: &str) -> String {
+    text(&meshctl(&check_args(kubeconfig, &[])).await)
+}
+
 /// The one item with this scope and check name.
 fn item<'a>(items: &'a [Value], scope: &str, name: &str) -> &'a Value {
     items
@@ -192,8 +197,7 @@ async fn flags_missing_cacerts_and_different_roots() {
     );
     assert!(d.contains("east"), "{d}");
     // Text output marks it and carries the hint.
-    let out = meshctl(&check_args(m.kc(), &[])).await;
-    let t = text(&out);
+    let t = check_text(m.kc()).await;
     assert!(
         t.contains("✘ roots identical across clusters") && t.contains("hint: "),
         "{t}"
@@ -483,8 +487,7 @@ async fn an_unreachable_cluster_fails_once_and_skips_what_needs_its_data() {
         assert_eq!(i["status"], "skip", "{i}");
     }
     // The text checklist marks skips and counts them.
-    let out = meshctl(&check_args(p(&kubeconfig), &[])).await;
-    let t = text(&out);
+    let t = check_text(p(&kubeconfig)).await;
     assert!(
         t.contains("  - roots identical across clusters: ") && t.contains(" skipped\n"),
         "{t}"

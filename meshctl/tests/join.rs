@@ -343,21 +343,26 @@ async fn bad_input_is_refused_before_any_change() {
     );
 }
 
+/// `meshctl cacerts apply <bundle>` in context west, plus `extra` flags.
+fn cacerts_apply_args<'a>(m: &'a Mesh, bundle: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "cacerts",
+        "apply",
+        bundle,
+        "--kubeconfig",
+        m.kc(),
+        "--context",
+        "west",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cacerts_apply_creates_the_namespace_and_refuses_another_root_without_force() {
     let m = mesh().await;
     let west_bundle = m.certs.join("west");
-    let out = m
-        .ok(&[
-            "cacerts",
-            "apply",
-            p(&west_bundle),
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-        ])
-        .await;
+    let out = m.ok(&cacerts_apply_args(&m, p(&west_bundle), &[])).await;
     assert!(out.contains("cacerts applied"), "{out}");
     let s = secret(&m.west, "cacerts").expect("cacerts");
     assert_eq!(
@@ -372,16 +377,7 @@ async fn cacerts_apply_creates_the_namespace_and_refuses_another_root_without_fo
     ] {
         assert!(s["data"][f].is_string(), "{f}");
     }
-    let out = meshctl(&[
-        "cacerts",
-        "apply",
-        p(&west_bundle),
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-    ])
-    .await;
+    let out = meshctl(&cacerts_apply_args(&m, p(&west_bundle), &[])).await;
     assert!(text(&out).contains("up to date"), "{}", text(&out));
     // A bundle from another root is refused without --force.
     let other = m.dir.path().join("other");
@@ -389,31 +385,18 @@ async fn cacerts_apply_creates_the_namespace_and_refuses_another_root_without_fo
         .await;
     let before = snapshot(&m.west);
     let out = m
-        .fails(&[
-            "cacerts",
-            "apply",
-            p(&other.join("west")),
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-        ])
+        .fails(&cacerts_apply_args(&m, p(&other.join("west")), &[]))
         .await;
     assert!(
         out.contains("different root") && out.contains("--force"),
         "{out}"
     );
     assert_eq!(snapshot(&m.west), before);
-    let out = meshctl(&[
-        "cacerts",
-        "apply",
+    let out = meshctl(&cacerts_apply_args(
+        &m,
         p(&other.join("west")),
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-        "--force",
-    ])
+        &["--force"],
+    ))
     .await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
