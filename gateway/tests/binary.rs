@@ -250,14 +250,8 @@ fn json_logs_carry_config_and_access_log() {
         .enable_all()
         .build()
         .unwrap();
-    let (backends, port) = rt.block_on(backends(&["catalog-1"]));
-    let dir = tempfile::tempdir().unwrap();
-    let eps = dir.path().join("endpoints.yaml");
-    std::fs::write(
-        &eps,
-        endpoints_yaml(CATALOG, port, &[(backends[0].addr.ip(), "v1", true)]),
-    )
-    .unwrap();
+    let catalog = rt.block_on(catalog_endpoints_file());
+    let (backends, eps) = (&catalog.backends, &catalog.path);
     let mut child = ChildGuard::new(
         Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args([
@@ -269,7 +263,7 @@ fn json_logs_carry_config_and_access_log() {
                 "json",
                 "--endpoints",
             ])
-            .arg(&eps)
+            .arg(eps)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -62,9 +62,16 @@ async fn raw_backend(rst: bool) -> (SocketAddr, tokio::sync::mpsc::Receiver<Opti
     (addr, rx)
 }
 
-#[tokio::test]
-async fn backend_crash_is_counted_as_upstream_reset() {
-    let (addr, mut rx) = raw_backend(true).await;
+/// A gateway routing catalog to a [`raw_backend`], and a client that has sent it a
+/// ClientHello for catalog (forwarded to the backend once the gateway has dialled it).
+async fn hello_to_raw_backend(
+    rst: bool,
+) -> (
+    Gw,
+    TcpStream,
+    tokio::sync::mpsc::Receiver<Option<TcpStream>>,
+) {
+    let (addr, rx) = raw_backend(rst).await;
     let gw = gateway(&endpoints_yaml(
         CATALOG,
         addr.port(),
@@ -76,32 +83,30 @@ async fn backend_crash_is_counted_as_upstream_reset() {
         .write_all(&rustls_hello(default_client(), &sni(80, "", CATALOG)))
         .await
         .unwrap();
+    (gw, client, rx)
+}
+
+/// The connection was counted once under `outcome` and under none of `not`.
+async fn assert_counted_as(admin: SocketAddr, outcome: &str, not: [&str; 2]) {
+    assert_eq!(wait_metric(admin, &closed_series(outcome), 1.0).await, 1.0);
+    let (_, m) = http_get(admin, "/metrics").await;
+    for other in not {
+        assert_eq!(metric(&m, &closed_series(other)), 0.0, "{other}");
+    }
+}
+
+#[tokio::test]
+async fn backend_crash_is_counted_as_upstream_reset() {
+    let (gw, client, mut rx) = hello_to_raw_backend(true).await;
     // The backend saw the hello and reset.
     tokio::time::timeout(TIMEOUT, rx.recv()).await.unwrap();
     expect_closed(client).await;
-    assert_eq!(
-        wait_metric(gw.admin, &closed_series("upstream_reset"), 1.0).await,
-        1.0
-    );
-    let (_, m) = http_get(gw.admin, "/metrics").await;
-    assert_eq!(metric(&m, &closed_series("error")), 0.0);
-    assert_eq!(metric(&m, &closed_series("client_reset")), 0.0);
+    assert_counted_as(gw.admin, "upstream_reset", ["error", "client_reset"]).await;
 }
 
 #[tokio::test]
 async fn client_reset_is_counted_as_client_reset() {
-    let (addr, mut rx) = raw_backend(false).await;
-    let gw = gateway(&endpoints_yaml(
-        CATALOG,
-        addr.port(),
-        &[(addr.ip(), "v1", true)],
-    ))
-    .await;
-    let mut client = TcpStream::connect(gw.listen).await.unwrap();
-    client
-        .write_all(&rustls_hello(default_client(), &sni(80, "", CATALOG)))
-        .await
-        .unwrap();
+    let (gw, client, mut rx) = hello_to_raw_backend(false).await;
     let mut upstream = tokio::time::timeout(TIMEOUT, rx.recv())
         .await
         .unwrap()
@@ -113,13 +118,7 @@ async fn client_reset_is_counted_as_client_reset() {
     let _ = tokio::time::timeout(TIMEOUT, upstream.read_to_end(&mut rest))
         .await
         .unwrap();
-    assert_eq!(
-        wait_metric(gw.admin, &closed_series("client_reset"), 1.0).await,
-        1.0
-    );
-    let (_, m) = http_get(gw.admin, "/metrics").await;
-    assert_eq!(metric(&m, &closed_series("error")), 0.0);
-    assert_eq!(metric(&m, &closed_series("upstream_reset")), 0.0);
+    assert_counted_as(gw.admin, "client_reset", ["error", "upstream_reset"]).await;
 }
 
 #[tokio::test]
@@ -143,16 +142,10 @@ fn connections_cut_at_the_drain_deadline_are_logged() {
         .enable_all()
         .build()
         .unwrap();
-    let (backends, port) = rt.block_on(backends(&["catalog-1"]));
-    let dir = tempfile::tempdir().unwrap();
-    let eps = dir.path().join("endpoints.yaml");
-    std::fs::write(
-        &eps,
-        endpoints_yaml(CATALOG, port, &[(backends[0].addr.ip(), "v1", true)]),
-    )
-    .unwrap();
+    let catalog = rt.block_on(catalog_endpoints_file());
+    let eps = &catalog.path;
     let mut gw = GatewayProcess::start(
-        &eps,
+        eps,
         &["--drain-grace", "100ms", "--drain-timeout", "500ms"],
         "info",
     );

@@ -12,7 +12,7 @@ const FD_LIMIT: u32 = 64;
 
 struct Starved {
     gw: GatewayProcess,
-    _backends: Vec<Backend>,
+    _catalog: CatalogFile,
     /// Idle connections that hold all but one of the gateway's descriptors.
     idle: Vec<TcpStream>,
 }
@@ -21,23 +21,20 @@ struct Starved {
 /// long detect timeout) until the gateway is one descriptor short: it can accept a call but
 /// not dial the upstream. The first failed call proves it.
 async fn one_descriptor_short() -> Starved {
-    let (backends, port) = backends(&["catalog-1"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let eps = dir.path().join("endpoints.yaml");
-    std::fs::write(
-        &eps,
-        endpoints_yaml(CATALOG, port, &[(backends[0].addr.ip(), "v1", true)]),
-    )
-    .unwrap();
-    let gw =
-        GatewayProcess::start_limited(&eps, &["--detect-timeout", "60s"], "info", Some(FD_LIMIT));
+    let catalog = catalog_endpoints_file().await;
+    let gw = GatewayProcess::start_limited(
+        &catalog.path,
+        &["--detect-timeout", "60s"],
+        "info",
+        Some(FD_LIMIT),
+    );
     let mut idle = Vec::new();
     let access = |v: &serde_json::Value| v["target"] == "access";
     for calls in 1..=FD_LIMIT as usize {
         if call(gw.listen, &sni(80, "", CATALOG)).await.is_err() {
             return Starved {
                 gw,
-                _backends: backends,
+                _catalog: catalog,
                 idle,
             };
         }

@@ -120,6 +120,22 @@ fn pod(name: &str, version: &str) -> Value {
     k8s::pod(NS, name, &[("app", "catalog"), ("version", version)])
 }
 
+/// The catalog's slice `catalog-1` (port `http` on `port`) with these endpoints.
+fn catalog_slice(port: u16, eps: &[Ep]) -> Value {
+    slice("catalog-1", "catalog", "http", port, eps)
+}
+
+/// Seeds the catalog: its Service (port `http` 80), a Pod per (name, version) and slice
+/// `catalog-1` with these endpoints.
+fn seed_catalog(api: &TestApiServer, port: u16, pods: &[(&str, &str)], eps: &[Ep]) {
+    let st = api.store();
+    st.create(service("catalog", &[("http", 80)])).unwrap();
+    for &(name, version) in pods {
+        st.create(pod(name, version)).unwrap();
+    }
+    st.create(catalog_slice(port, eps)).unwrap();
+}
+
 /// A DestinationRule whose subsets select by `version`: (subset name, version).
 fn destination_rule(name: &str, host: &str, subsets: &[(&str, &str)]) -> Value {
     let labels: Vec<[(&str, &str); 1]> = subsets.iter().map(|&(_, v)| [("version", v)]).collect();
@@ -181,13 +197,7 @@ async fn routes_appear_when_a_service_and_its_slices_are_created() {
         .create(service("catalog", &[("http", 80)]))
         .unwrap();
     api.store()
-        .create(slice(
-            "catalog-1",
-            "catalog",
-            "http",
-            port,
-            &[(b[0].addr.ip(), true, "catalog-a")],
-        ))
+        .create(catalog_slice(port, &[(b[0].addr.ip(), true, "catalog-a")]))
         .unwrap();
     // A second slice of the same service adds to it.
     api.store()
@@ -220,13 +230,7 @@ async fn service_ports_map_to_slice_ports_by_name() {
     api.store()
         .create(service("catalog", &[("http", 80), ("admin", 8080)]))
         .unwrap();
-    let mut s = slice(
-        "catalog-1",
-        "catalog",
-        "http",
-        port,
-        &[(b[0].addr.ip(), true, "p")],
-    );
+    let mut s = catalog_slice(port, &[(b[0].addr.ip(), true, "p")]);
     // "admin" maps to a port nothing listens on; an unnamed port matches neither.
     s["ports"] = json!([{"name": "http", "port": port}, {"name": "admin", "port": dead.port()}, {"port": 1}]);
     api.store().create(s).unwrap();
@@ -253,21 +257,13 @@ async fn endpoints_leave_when_not_ready_terminating_or_deleted() {
         (b[1].addr.ip(), true, "pb"),
         (b[2].addr.ip(), true, "pc"),
     ];
-    api.store()
-        .create(slice("catalog-1", "catalog", "http", port, &all))
-        .unwrap();
+    api.store().create(catalog_slice(port, &all)).unwrap();
     let gw = kube_gateway(&api, |_| {}).await;
     let name = sni(80, "", CATALOG);
     eventually_served_by(gw.listen, &name, &["a", "b", "c"]).await;
 
     // b turns not ready.
-    let mut s = slice(
-        "catalog-1",
-        "catalog",
-        "http",
-        port,
-        &[all[0], (b[1].addr.ip(), false, "pb"), all[2]],
-    );
+    let mut s = catalog_slice(port, &[all[0], (b[1].addr.ip(), false, "pb"), all[2]]);
     api.store().apply(s.clone()).unwrap();
     eventually_served_by(gw.listen, &name, &["a", "c"]).await;
 
@@ -299,19 +295,7 @@ async fn endpoints_leave_when_not_ready_terminating_or_deleted() {
 async fn without_the_crd_only_the_empty_subset_routes() {
     let api = api_server(false).await;
     let (b, port) = backends(&["a"]).await;
-    api.store()
-        .create(service("catalog", &[("http", 80)]))
-        .unwrap();
-    api.store().create(pod("pa", "v1")).unwrap();
-    api.store()
-        .create(slice(
-            "catalog-1",
-            "catalog",
-            "http",
-            port,
-            &[(b[0].addr.ip(), true, "pa")],
-        ))
-        .unwrap();
+    seed_catalog(&api, port, &[("pa", "v1")], &[(b[0].addr.ip(), true, "pa")]);
     let gw = kube_gateway(&api, |_| {}).await;
     eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["a"]).await;
     eventually_refused(&gw, &sni(80, "v1", CATALOG), "no_route").await;
@@ -321,18 +305,13 @@ async fn without_the_crd_only_the_empty_subset_routes() {
 async fn subsets_follow_destination_rules_and_pod_labels() {
     let api = api_server(true).await;
     let (b, port) = backends(&["a", "b"]).await;
-    let st = api.store();
-    st.create(service("catalog", &[("http", 80)])).unwrap();
-    st.create(pod("pa", "v1")).unwrap();
-    st.create(pod("pb", "v2")).unwrap();
-    st.create(slice(
-        "catalog-1",
-        "catalog",
-        "http",
+    seed_catalog(
+        &api,
         port,
+        &[("pa", "v1"), ("pb", "v2")],
         &[(b[0].addr.ip(), true, "pa"), (b[1].addr.ip(), true, "pb")],
-    ))
-    .unwrap();
+    );
+    let st = api.store();
     // A short host, resolved in the rule's namespace.
     st.create(destination_rule(
         "catalog",
@@ -378,17 +357,8 @@ async fn subsets_follow_destination_rules_and_pod_labels() {
 async fn destination_rule_crd_installed_later_is_picked_up() {
     let api = api_server(false).await;
     let (b, port) = backends(&["a"]).await;
+    seed_catalog(&api, port, &[("pa", "v1")], &[(b[0].addr.ip(), true, "pa")]);
     let st = api.store();
-    st.create(service("catalog", &[("http", 80)])).unwrap();
-    st.create(pod("pa", "v1")).unwrap();
-    st.create(slice(
-        "catalog-1",
-        "catalog",
-        "http",
-        port,
-        &[(b[0].addr.ip(), true, "pa")],
-    ))
-    .unwrap();
     let gw = kube_gateway(&api, |o| o.crd_recheck = Duration::from_millis(200)).await;
     eventually_refused(&gw, &sni(80, "v1", CATALOG), "no_route").await;
     api.install_destination_rule_crd();
@@ -411,13 +381,7 @@ async fn namespaces_limit_what_is_watched() {
         let mut s = service("catalog", &[("http", 80)]);
         s["metadata"]["namespace"] = json!(ns);
         st.create(s).unwrap();
-        let mut sl = slice(
-            "catalog-1",
-            "catalog",
-            "http",
-            port,
-            &[(b[0].addr.ip(), true, "pa")],
-        );
+        let mut sl = catalog_slice(port, &[(b[0].addr.ip(), true, "pa")]);
         sl["metadata"]["namespace"] = json!(ns);
         st.create(sl).unwrap();
     }
@@ -436,16 +400,8 @@ async fn namespaces_limit_what_is_watched() {
 async fn a_410_gone_is_survived_without_losing_the_table() {
     let api = api_server(false).await;
     let (b, port) = backends(&["a", "b"]).await;
+    seed_catalog(&api, port, &[], &[(b[0].addr.ip(), true, "pa")]);
     let st = api.store();
-    st.create(service("catalog", &[("http", 80)])).unwrap();
-    st.create(slice(
-        "catalog-1",
-        "catalog",
-        "http",
-        port,
-        &[(b[0].addr.ip(), true, "pa")],
-    ))
-    .unwrap();
     let gw = kube_gateway(&api, |_| {}).await;
     let name = sni(80, "", CATALOG);
     eventually_served_by(gw.listen, &name, &["a"]).await;
@@ -453,10 +409,7 @@ async fn a_410_gone_is_survived_without_losing_the_table() {
 
     // Compact history and change things at once: every watch gets 410 and re-lists.
     api.expire_watches();
-    st.apply(slice(
-        "catalog-1",
-        "catalog",
-        "http",
+    st.apply(catalog_slice(
         port,
         &[(b[0].addr.ip(), true, "pa"), (b[1].addr.ip(), true, "pb")],
     ))
@@ -468,14 +421,8 @@ async fn a_410_gone_is_survived_without_losing_the_table() {
     eventually_served_by(gw.listen, &name, &["a", "b"]).await;
     // Again, with a deletion that only a re-list can see.
     api.expire_watches();
-    st.apply(slice(
-        "catalog-1",
-        "catalog",
-        "http",
-        port,
-        &[(b[1].addr.ip(), true, "pb")],
-    ))
-    .unwrap();
+    st.apply(catalog_slice(port, &[(b[1].addr.ip(), true, "pb")]))
+        .unwrap();
     eventually_served_by(gw.listen, &name, &["b"]).await;
     assert!(gw.bound.routes.load().unwrap().generation > generation);
     let (code, _) = http_get(gw.admin, "/healthz/ready").await;
@@ -486,18 +433,7 @@ async fn a_410_gone_is_survived_without_losing_the_table() {
 async fn a_restarted_api_server_is_survived() {
     let api = api_server(false).await;
     let (b, port) = backends(&["a", "b"]).await;
-    api.store()
-        .create(service("catalog", &[("http", 80)]))
-        .unwrap();
-    api.store()
-        .create(slice(
-            "catalog-1",
-            "catalog",
-            "http",
-            port,
-            &[(b[0].addr.ip(), true, "pa")],
-        ))
-        .unwrap();
+    seed_catalog(&api, port, &[], &[(b[0].addr.ip(), true, "pa")]);
     let gw = kube_gateway(&api, |_| {}).await;
     let name = sni(80, "", CATALOG);
     eventually_served_by(gw.listen, &name, &["a"]).await;
@@ -524,13 +460,7 @@ async fn a_restarted_api_server_is_survived() {
     // Changed while down, then back on the same port: the change arrives, staleness clears.
     stopped
         .store()
-        .apply(slice(
-            "catalog-1",
-            "catalog",
-            "http",
-            port,
-            &[(b[1].addr.ip(), true, "pb")],
-        ))
+        .apply(catalog_slice(port, &[(b[1].addr.ip(), true, "pb")]))
         .unwrap();
     let api = stopped.restart().await.unwrap();
     eventually_served_by(gw.listen, &name, &["b"]).await;
@@ -560,13 +490,7 @@ async fn a_restarted_api_server_is_survived() {
     .await;
     // And it still follows changes.
     api.store()
-        .apply(slice(
-            "catalog-1",
-            "catalog",
-            "http",
-            port,
-            &[(b[0].addr.ip(), true, "pa")],
-        ))
+        .apply(catalog_slice(port, &[(b[0].addr.ip(), true, "pa")]))
         .unwrap();
     eventually_served_by(gw.listen, &name, &["a"]).await;
 }
@@ -629,18 +553,7 @@ async fn gate(upstream: SocketAddr) -> Gate {
 async fn not_ready_until_the_first_full_sync() {
     let api = api_server(true).await;
     let (b, port) = backends(&["a"]).await;
-    api.store()
-        .create(service("catalog", &[("http", 80)]))
-        .unwrap();
-    api.store()
-        .create(slice(
-            "catalog-1",
-            "catalog",
-            "http",
-            port,
-            &[(b[0].addr.ip(), true, "pa")],
-        ))
-        .unwrap();
+    seed_catalog(&api, port, &[], &[(b[0].addr.ip(), true, "pa")]);
     let g = gate(api.addr()).await;
     let kubeconfig = api
         .kubeconfig("east")
@@ -724,18 +637,7 @@ fn routed_to(gw: &KubeGw, ip: IpAddr) -> bool {
 /// A gateway serving catalog from backend "a", its backends, and the slice to change it by.
 async fn catalog_on_a(api: &TestApiServer) -> (KubeGw, Vec<Backend>, u16) {
     let (b, port) = backends(&["a", "b"]).await;
-    api.store()
-        .create(service("catalog", &[("http", 80)]))
-        .unwrap();
-    api.store()
-        .create(slice(
-            "catalog-1",
-            "catalog",
-            "http",
-            port,
-            &[(b[0].addr.ip(), true, "pa")],
-        ))
-        .unwrap();
+    seed_catalog(api, port, &[], &[(b[0].addr.ip(), true, "pa")]);
     let gw = kube_gateway(api, |_| {}).await;
     eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["a"]).await;
     (gw, b, port)
@@ -759,13 +661,7 @@ async fn outage_with_a_change(
     .await;
     stopped
         .store()
-        .apply(slice(
-            "catalog-1",
-            "catalog",
-            "http",
-            port,
-            &[(b[1].addr.ip(), true, "pb")],
-        ))
+        .apply(catalog_slice(port, &[(b[1].addr.ip(), true, "pb")]))
         .unwrap();
     let api = stopped.restart().await.unwrap();
     (api, Instant::now())
@@ -834,17 +730,8 @@ async fn stale_seconds_clears_only_when_every_watch_has_relisted() {
 async fn a_deleted_destination_rule_crd_stops_its_watch_and_its_return_is_noticed() {
     let api = api_server(true).await;
     let (b, port) = backends(&["a"]).await;
+    seed_catalog(&api, port, &[("pa", "v1")], &[(b[0].addr.ip(), true, "pa")]);
     let st = api.store();
-    st.create(service("catalog", &[("http", 80)])).unwrap();
-    st.create(pod("pa", "v1")).unwrap();
-    st.create(slice(
-        "catalog-1",
-        "catalog",
-        "http",
-        port,
-        &[(b[0].addr.ip(), true, "pa")],
-    ))
-    .unwrap();
     st.create(destination_rule("catalog", "catalog", &[("v1", "v1")]))
         .unwrap();
     let recheck = Duration::from_millis(300);

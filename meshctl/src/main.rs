@@ -41,9 +41,7 @@ mod istio;
 mod kube;
 mod mesh;
 
-use cmd::{
-    cacerts, certs, check, credentials, gateway, join, label, remote_secret, rotate,
-};
+use cmd::{cacerts, certs, check, credentials, gateway, join, label, remote_secret, rotate};
 
 #[derive(Debug, Parser)]
 #[command(

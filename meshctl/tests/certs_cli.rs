@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
@@ -60,18 +60,62 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// `certs init` for the two demo clusters into `<dir>/certs`.
-fn init(dir: &Path) -> std::path::PathBuf {
-    let out = dir.join("certs");
-    ok(&[
+/// The arguments of `certs init` for the two demo clusters into `out`, plus `extra`.
+fn init_args<'a>(out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
         "certs",
         "init",
         "--clusters",
         "west-cluster,east-cluster",
         "--out",
-        p(&out),
-    ]);
+        p(out),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `certs init` for the two demo clusters into `<dir>/certs`.
+fn init(dir: &Path) -> PathBuf {
+    let out = dir.join("certs");
+    ok(&init_args(&out, &[]));
     out
+}
+
+/// A fresh `certs init` in a temporary directory: the directory (kept alive), the certs
+/// directory and `cluster`'s bundle in it.
+fn init_bundle(cluster: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = init(tmp.path());
+    let bundle = certs.join(cluster);
+    (tmp, certs, bundle)
+}
+
+/// `certs verify` of both demo clusters passes.
+fn verify_both(certs: &Path) {
+    ok(&[
+        "certs",
+        "verify",
+        p(&certs.join("west-cluster")),
+        p(&certs.join("east-cluster")),
+    ]);
+}
+
+/// `certs verify` of `bundle` fails and its output says each of `want`; returns it.
+fn verify_fails_with(bundle: &Path, want: &[&str]) -> String {
+    let out = fails(&["certs", "verify", p(bundle)]);
+    for w in want {
+        assert!(out.contains(w), "{w}: {out}");
+    }
+    out
+}
+
+/// Writes `cert-chain.pem` of `bundle` as these of its files, in this order.
+fn write_chain(bundle: &Path, files: [&str; 2]) {
+    let chain: String = files
+        .iter()
+        .map(|f| fs::read_to_string(bundle.join(f)).unwrap())
+        .collect();
+    fs::write(bundle.join("cert-chain.pem"), chain).unwrap();
 }
 
 fn mode(path: &Path) -> u32 {
@@ -179,14 +223,7 @@ fn existing_files_are_not_overwritten_without_force() {
     let certs = init(tmp.path());
     let before = fs::read(certs.join("root-cert.pem")).unwrap();
     fs::remove_file(certs.join("east-cluster/cert-chain.pem")).unwrap();
-    let out = fails(&[
-        "certs",
-        "init",
-        "--clusters",
-        "west-cluster,east-cluster",
-        "--out",
-        p(&certs),
-    ]);
+    let out = fails(&init_args(&certs, &[]));
     assert!(
         out.contains("refusing to overwrite") && out.contains("--force"),
         "{out}"
@@ -201,24 +238,11 @@ fn existing_files_are_not_overwritten_without_force() {
         fs::Permissions::from_mode(0o644),
     )
     .unwrap();
-    ok(&[
-        "certs",
-        "init",
-        "--clusters",
-        "west-cluster,east-cluster",
-        "--out",
-        p(&certs),
-        "--force",
-    ]);
+    ok(&init_args(&certs, &["--force"]));
     assert_ne!(fs::read(certs.join("root-cert.pem")).unwrap(), before);
     assert!(certs.join("east-cluster/cert-chain.pem").exists());
     assert_eq!(mode(&certs.join("root-key.pem")), 0o600);
-    ok(&[
-        "certs",
-        "verify",
-        p(&certs.join("west-cluster")),
-        p(&certs.join("east-cluster")),
-    ]);
+    verify_both(&certs);
 }
 
 #[test]
@@ -314,46 +338,37 @@ fn byo_root_with_root_and_intermediate_commands() {
 
 #[test]
 fn verify_rejects_a_key_from_another_certificate() {
-    let tmp = tempfile::tempdir().unwrap();
-    let certs = init(tmp.path());
-    let west = certs.join("west-cluster");
+    let (_tmp, certs, west) = init_bundle("west-cluster");
     fs::copy(
         certs.join("east-cluster/ca-key.pem"),
         west.join("ca-key.pem"),
     )
     .unwrap();
-    let out = fails(&["certs", "verify", p(&west)]);
-    assert!(
-        out.contains("west-cluster/ca-key.pem: does not match the public key of ca-cert.pem"),
-        "{out}"
+    verify_fails_with(
+        &west,
+        &["west-cluster/ca-key.pem: does not match the public key of ca-cert.pem"],
     );
 }
 
 #[test]
 fn verify_rejects_a_chain_to_a_different_root() {
-    let tmp = tempfile::tempdir().unwrap();
-    let certs = init(tmp.path());
-    let other = tempfile::tempdir().unwrap();
-    let other = init(other.path());
+    let (_tmp, _, west) = init_bundle("west-cluster");
+    let (_other_tmp, other, _) = init_bundle("west-cluster");
     // Same root *name*, different root key: only the signature check can tell.
-    let west = certs.join("west-cluster");
-    let other_root = fs::read_to_string(other.join("root-cert.pem")).unwrap();
-    let ca = fs::read_to_string(west.join("ca-cert.pem")).unwrap();
-    fs::write(west.join("root-cert.pem"), &other_root).unwrap();
-    fs::write(west.join("cert-chain.pem"), format!("{ca}{other_root}")).unwrap();
-    let out = fails(&["certs", "verify", p(&west)]);
-    assert!(
-        out.contains("west-cluster/ca-cert.pem: does not chain to root-cert.pem"),
-        "{out}"
+    fs::copy(other.join("root-cert.pem"), west.join("root-cert.pem")).unwrap();
+    write_chain(&west, ["ca-cert.pem", "root-cert.pem"]);
+    verify_fails_with(
+        &west,
+        &[
+            "west-cluster/ca-cert.pem: does not chain to root-cert.pem",
+            "signature does not verify",
+        ],
     );
-    assert!(out.contains("signature does not verify"), "{out}");
 }
 
 #[test]
 fn verify_rejects_an_intermediate_without_ca_true() {
-    let tmp = tempfile::tempdir().unwrap();
-    let certs = init(tmp.path());
-    let west = certs.join("west-cluster");
+    let (_tmp, _, west) = init_bundle("west-cluster");
     // Sign a non-CA "intermediate" with the real root, using openssl (no basicConstraints).
     openssl(
         &[
@@ -398,15 +413,10 @@ fn verify_rejects_an_intermediate_without_ca_true() {
         ],
         &west,
     );
-    let ca = fs::read_to_string(west.join("ca-cert.pem")).unwrap();
-    let root = fs::read_to_string(west.join("root-cert.pem")).unwrap();
-    fs::write(west.join("cert-chain.pem"), format!("{ca}{root}")).unwrap();
-    let out = fails(&["certs", "verify", p(&west)]);
-    assert!(
-        out.contains(
-            "west-cluster/ca-cert.pem: is not a CA certificate (basicConstraints CA:TRUE missing)"
-        ),
-        "{out}"
+    write_chain(&west, ["ca-cert.pem", "root-cert.pem"]);
+    verify_fails_with(
+        &west,
+        &["west-cluster/ca-cert.pem: is not a CA certificate (basicConstraints CA:TRUE missing)"],
     );
     // And cacerts refuses to print such a bundle.
     let out = fails(&["cacerts", p(&west), "--show-secrets"]);
@@ -433,15 +443,9 @@ fn verify_rejects_an_expired_certificate() {
 
 #[test]
 fn verify_rejects_a_missing_file() {
-    let tmp = tempfile::tempdir().unwrap();
-    let certs = init(tmp.path());
-    let east = certs.join("east-cluster");
+    let (tmp, _, east) = init_bundle("east-cluster");
     fs::remove_file(east.join("cert-chain.pem")).unwrap();
-    let out = fails(&["certs", "verify", p(&east)]);
-    assert!(
-        out.contains("east-cluster/cert-chain.pem: missing"),
-        "{out}"
-    );
+    verify_fails_with(&east, &["east-cluster/cert-chain.pem: missing"]);
     // A directory that does not exist is one clear finding, not four missing files.
     let out = fails(&["certs", "verify", p(&tmp.path().join("nope"))]);
     assert!(out.contains("nope: directory does not exist"), "{out}");
@@ -451,23 +455,19 @@ fn verify_rejects_a_missing_file() {
 
 #[test]
 fn verify_rejects_garbage_pem() {
-    let tmp = tempfile::tempdir().unwrap();
-    let certs = init(tmp.path());
-    let east = certs.join("east-cluster");
+    let (_tmp, _, east) = init_bundle("east-cluster");
     fs::write(east.join("ca-cert.pem"), "this is not a certificate\n").unwrap();
     fs::write(
         east.join("ca-key.pem"),
         "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
     )
     .unwrap();
-    let out = fails(&["certs", "verify", p(&east)]);
-    assert!(
-        out.contains("east-cluster/ca-cert.pem: no PEM certificate found"),
-        "{out}"
-    );
-    assert!(
-        out.contains("east-cluster/ca-key.pem: invalid private key"),
-        "{out}"
+    verify_fails_with(
+        &east,
+        &[
+            "east-cluster/ca-cert.pem: no PEM certificate found",
+            "east-cluster/ca-key.pem: invalid private key",
+        ],
     );
     let out = fails(&["certs", "inspect", p(&east.join("ca-cert.pem"))]);
     assert!(out.contains("no PEM certificate found"), "{out}");
@@ -475,16 +475,11 @@ fn verify_rejects_garbage_pem() {
 
 #[test]
 fn verify_rejects_a_wrong_cert_chain_order() {
-    let tmp = tempfile::tempdir().unwrap();
-    let certs = init(tmp.path());
-    let east = certs.join("east-cluster");
-    let ca = fs::read_to_string(east.join("ca-cert.pem")).unwrap();
-    let root = fs::read_to_string(east.join("root-cert.pem")).unwrap();
-    fs::write(east.join("cert-chain.pem"), format!("{root}{ca}")).unwrap();
-    let out = fails(&["certs", "verify", p(&east)]);
-    assert!(
-        out.contains("cert-chain.pem: its first certificate is not ca-cert.pem"),
-        "{out}"
+    let (_tmp, _, east) = init_bundle("east-cluster");
+    write_chain(&east, ["root-cert.pem", "ca-cert.pem"]);
+    verify_fails_with(
+        &east,
+        &["cert-chain.pem: its first certificate is not ca-cert.pem"],
     );
 }
 
@@ -506,9 +501,7 @@ fn verify_rejects_clusters_with_different_roots() {
 
 #[test]
 fn cacerts_prints_the_secret_with_exact_file_bytes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let certs = init(tmp.path());
-    let east = certs.join("east-cluster");
+    let (tmp, _, east) = init_bundle("east-cluster");
     let out = fails(&["cacerts", p(&east), "-n", "istio-system"]);
     assert!(out.contains("--show-secrets"), "{out}");
     assert!(!out.contains("PRIVATE KEY"), "{out}");
@@ -618,24 +611,9 @@ fn force_replaces_a_symlink_at_a_key_path_and_never_writes_through_it() {
         std::os::unix::fs::symlink(&victim, k).unwrap();
     }
     // Without --force a symlink counts as an existing file.
-    let out = fails(&[
-        "certs",
-        "init",
-        "--clusters",
-        "west-cluster,east-cluster",
-        "--out",
-        p(&certs),
-    ]);
+    let out = fails(&init_args(&certs, &[]));
     assert!(out.contains("refusing to overwrite"), "{out}");
-    ok(&[
-        "certs",
-        "init",
-        "--clusters",
-        "west-cluster,east-cluster",
-        "--out",
-        p(&certs),
-        "--force",
-    ]);
+    ok(&init_args(&certs, &["--force"]));
     assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
     assert_eq!(mode(&victim), 0o644);
     for k in &keys {
@@ -659,10 +637,5 @@ fn force_replaces_a_symlink_at_a_key_path_and_never_writes_through_it() {
             );
         }
     }
-    ok(&[
-        "certs",
-        "verify",
-        p(&certs.join("west-cluster")),
-        p(&certs.join("east-cluster")),
-    ]);
+    verify_both(&certs);
 }

@@ -7,10 +7,20 @@ use base64::Engine as _;
 use common::*;
 use serde_json::{Value, json};
 
-/// A joined pair whose gateways have LB addresses and ready pods.
-async fn joined() -> Mesh {
+/// A mesh joined under cluster IDs `west-cluster` and `east-cluster` (bundle directories
+/// named for them), gateways ready.
+async fn joined_with_cluster_ids() -> Mesh {
     let m = mesh().await;
-    m.join(&[]).await;
+    for c in ["west", "east"] {
+        std::fs::rename(m.certs.join(c), m.certs.join(format!("{c}-cluster"))).unwrap();
+    }
+    m.join(&[
+        "--cluster-name",
+        "west=west-cluster",
+        "--cluster-name",
+        "east=east-cluster",
+    ])
+    .await;
     m.make_gateways_ready();
     m
 }
@@ -21,19 +31,9 @@ async fn check(m: &Mesh, extra: &[&str], strict: bool) -> (i32, Vec<Value>) {
 }
 
 async fn check_with(kubeconfig: &str, extra: &[&str], strict: bool) -> (i32, Vec<Value>) {
-    let mut args = vec![
-        "check",
-        "--kubeconfig",
-        kubeconfig,
-        "--context",
-        "west",
-        "--context",
-        "east",
-        "-o",
-        "json",
-    ];
-    if !strict {
-        args.push("--allow-loopback-server");
+    let mut args = check_args(kubeconfig, &["-o", "json"]);
+    if strict {
+        args.retain(|a| *a != "--allow-loopback-server");
     }
     args.extend_from_slice(extra);
     let out = meshctl(&args).await;
@@ -44,6 +44,11 @@ async fn check_with(kubeconfig: &str, extra: &[&str], strict: bool) -> (i32, Vec
         out.status.code().unwrap(),
         v["checks"].as_array().unwrap().clone(),
     )
+}
+
+/// The text checklist of `meshctl check` (stdout and stderr), whatever its exit code.
+async fn check_text(kubeconfig: &str) -> String {
+    text(&meshctl(&check_args(kubeconfig, &[])).await)
 }
 
 /// The one item with this scope and check name.
@@ -81,7 +86,7 @@ fn edit_remote_token(s: &k8s_test_server::TestApiServer, name: &str, key: &str, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passes_on_a_joined_pair() {
-    let m = joined().await;
+    let m = joined_ready_mesh().await;
     let (code, items) = check(&m, &[], false).await;
     let bad: Vec<&Value> = items.iter().filter(|i| i["status"] == "fail").collect();
     assert_eq!(code, 0, "{bad:?}");
@@ -127,18 +132,7 @@ async fn passes_on_a_joined_pair() {
         assert_eq!(item(&items, "mesh", name)["status"], "pass");
     }
     // The human checklist.
-    let out = m
-        .ok(&[
-            "check",
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--allow-loopback-server",
-        ])
-        .await;
+    let out = m.ok(&check_args(m.kc(), &[])).await;
     assert!(
         out.contains("cluster west\n  ✔ API server reachable") && !out.contains('✘'),
         "{out}"
@@ -155,7 +149,7 @@ async fn passes_on_a_joined_pair() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_missing_cacerts_and_different_roots() {
-    let m = joined().await;
+    let m = joined_ready_mesh().await;
     m.east
         .store()
         .delete("v1", "Secret", Some("istio-system"), "cacerts")
@@ -203,18 +197,7 @@ async fn flags_missing_cacerts_and_different_roots() {
     );
     assert!(d.contains("east"), "{d}");
     // Text output marks it and carries the hint.
-    let out = meshctl(&[
-        "check",
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-        "--context",
-        "east",
-        "--allow-loopback-server",
-    ])
-    .await;
-    let t = text(&out);
+    let t = check_text(m.kc()).await;
     assert!(
         t.contains("✘ roots identical across clusters") && t.contains("hint: "),
         "{t}"
@@ -223,12 +206,8 @@ async fn flags_missing_cacerts_and_different_roots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_missing_and_duplicate_network_labels() {
-    let m = joined().await;
-    let mut ns = m
-        .east
-        .store()
-        .get("v1", "Namespace", None, "istio-system")
-        .unwrap();
+    let m = joined_ready_mesh().await;
+    let mut ns = istio_namespace(&m.east);
     ns["metadata"]["labels"]
         .as_object_mut()
         .unwrap()
@@ -244,16 +223,7 @@ async fn flags_missing_and_duplicate_network_labels() {
     );
     ns["metadata"]["labels"]["topology.istio.io/network"] = json!("west-network");
     m.east.store().apply(ns).unwrap();
-    let mut svc = m
-        .east
-        .store()
-        .get(
-            "v1",
-            "Service",
-            Some("istio-system"),
-            "istio-eastwestgateway",
-        )
-        .unwrap();
+    let mut svc = gateway_service(&m.east);
     svc["metadata"]["labels"]["topology.istio.io/network"] = json!("west-network");
     m.east.store().apply(svc).unwrap();
     let (code, items) = check(&m, &[], false).await;
@@ -272,7 +242,7 @@ async fn flags_missing_and_duplicate_network_labels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_a_pending_load_balancer_and_unready_gateway_pods() {
-    let m = joined().await;
+    let m = joined_ready_mesh().await;
     set_lb(&m.east, None);
     let (code, items) = check(&m, &[], false).await;
     let d = assert_fails(
@@ -310,7 +280,7 @@ async fn flags_a_pending_load_balancer_and_unready_gateway_pods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_a_missing_remote_secret_and_a_bad_token() {
-    let m = joined().await;
+    let m = joined_ready_mesh().await;
     edit_remote_token(
         &m.west,
         "istio-remote-secret-east",
@@ -346,7 +316,7 @@ async fn flags_a_missing_remote_secret_and_a_bad_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_loopback_servers_expired_tokens_and_duplicate_cluster_names() {
-    let m = joined().await;
+    let m = joined_ready_mesh().await;
     let (code, items) = check(&m, &[], true).await;
     assert_fails(
         code,
@@ -409,18 +379,9 @@ async fn warns_of_a_token_request_token_that_expires_within_a_day() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_a_reader_role_without_a_permission_istiod_needs() {
-    let m = joined().await;
+    let m = joined_ready_mesh().await;
     // Someone trims east's reader role: no Gateway API gateways, no watch on pods.
-    let mut role = m
-        .east
-        .store()
-        .get(
-            "rbac.authorization.k8s.io/v1",
-            "ClusterRole",
-            None,
-            "meshctl-istio-reader-istio-system",
-        )
-        .unwrap();
+    let mut role = reader_role(&m.east);
     let rules: Vec<Value> = role["rules"]
         .as_array()
         .unwrap()
@@ -461,18 +422,7 @@ async fn flags_a_reader_role_without_a_permission_istiod_needs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_cluster_fails_once_and_skips_what_needs_its_data() {
-    let m = mesh().await;
-    for c in ["west", "east"] {
-        std::fs::rename(m.certs.join(c), m.certs.join(format!("{c}-cluster"))).unwrap();
-    }
-    m.join(&[
-        "--cluster-name",
-        "west=west-cluster",
-        "--cluster-name",
-        "east=east-cluster",
-    ])
-    .await;
-    m.make_gateways_ready();
+    let m = joined_with_cluster_ids().await;
     let Mesh {
         west,
         east,
@@ -537,18 +487,7 @@ async fn an_unreachable_cluster_fails_once_and_skips_what_needs_its_data() {
         assert_eq!(i["status"], "skip", "{i}");
     }
     // The text checklist marks skips and counts them.
-    let out = meshctl(&[
-        "check",
-        "--kubeconfig",
-        p(&kubeconfig),
-        "--context",
-        "west",
-        "--context",
-        "east",
-        "--allow-loopback-server",
-    ])
-    .await;
-    let t = text(&out);
+    let t = check_text(p(&kubeconfig)).await;
     assert!(
         t.contains("  - roots identical across clusters: ") && t.contains(" skipped\n"),
         "{t}"
@@ -557,25 +496,10 @@ async fn an_unreachable_cluster_fails_once_and_skips_what_needs_its_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guessed_cluster_id_does_not_send_the_user_to_register_the_cluster_again() {
-    let m = mesh().await;
-    for c in ["west", "east"] {
-        std::fs::rename(m.certs.join(c), m.certs.join(format!("{c}-cluster"))).unwrap();
-    }
-    m.join(&[
-        "--cluster-name",
-        "west=west-cluster",
-        "--cluster-name",
-        "east=east-cluster",
-    ])
-    .await;
-    m.make_gateways_ready();
+    let m = joined_with_cluster_ids().await;
     // East was registered under its ID, but its namespace no longer records it (e.g. the
     // namespace was recreated): check can only guess the context name.
-    let mut ns = m
-        .east
-        .store()
-        .get("v1", "Namespace", None, "istio-system")
-        .unwrap();
+    let mut ns = istio_namespace(&m.east);
     ns["metadata"]["annotations"]
         .as_object_mut()
         .unwrap()

@@ -38,17 +38,7 @@ async fn stderr_of(args: &[&str]) -> String {
 async fn a_refused_credential_is_named_with_the_fix() {
     let m = mesh().await;
     let kc = kubeconfig_with_west_token(&m, "revoked-or-wrong-token");
-    let err = stderr_of(&[
-        "create-remote-secret",
-        "--kubeconfig",
-        p(&kc),
-        "--context",
-        "west",
-        "--name",
-        "west",
-        "--allow-loopback-server",
-    ])
-    .await;
+    let err = stderr_of(&remote_secret_args(p(&kc), &[])).await;
     assert!(!err.contains("cannot reach"), "{err}");
     assert!(
         err.contains("refused the credential") && err.contains("401"),
@@ -96,9 +86,7 @@ async fn a_refused_credential_is_named_with_the_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_remote_secret_token_is_named_with_the_fix() {
-    let m = mesh().await;
-    m.join(&[]).await;
-    m.make_gateways_ready();
+    let m = joined_ready_mesh().await;
     // Deleting the token Secret revokes the long-lived token the remote secret in west holds.
     m.east
         .store()
@@ -109,19 +97,7 @@ async fn a_revoked_remote_secret_token_is_named_with_the_fix() {
             "istio-reader-service-account-istio-remote-secret-token",
         )
         .unwrap();
-    let out = meshctl(&[
-        "check",
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-        "--context",
-        "east",
-        "--allow-loopback-server",
-        "-o",
-        "json",
-    ])
-    .await;
+    let out = meshctl(&check_args(m.kc(), &["-o", "json"])).await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let i = v["checks"]
         .as_array()
@@ -152,17 +128,7 @@ async fn an_unreachable_server_says_so_and_prints_each_cause_once() {
         ..
     } = m;
     let _stopped = west.stop().await;
-    let err = stderr_of(&[
-        "create-remote-secret",
-        "--kubeconfig",
-        p(&kubeconfig),
-        "--context",
-        "west",
-        "--name",
-        "west",
-        "--allow-loopback-server",
-    ])
-    .await;
+    let err = stderr_of(&remote_secret_args(p(&kubeconfig), &[])).await;
     assert!(err.contains("cannot reach the API server"), "{err}");
     assert!(!err.contains("refused the credential"), "{err}");
     assert_each_cause_once(&err);

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::*;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams};
@@ -71,10 +73,7 @@ async fn join_creates_exactly_the_expected_objects_and_a_second_run_changes_noth
             rs["metadata"]["labels"]["app.kubernetes.io/managed-by"],
             "meshctl"
         );
-        let ns = s
-            .store()
-            .get("v1", "Namespace", None, "istio-system")
-            .unwrap();
+        let ns = istio_namespace(s);
         assert!(
             ns["metadata"]["labels"]["topology.istio.io/network"]
                 .as_str()
@@ -142,18 +141,7 @@ async fn dry_run_prints_every_object_per_cluster_and_changes_nothing() {
     m.join(&["--dry-run", "--token-ttl", "1h"]).await;
     assert_eq!((snapshot(&m.west), snapshot(&m.east)), (w1, e1));
     // unjoin --dry-run too.
-    let out = m
-        .ok(&[
-            "unjoin",
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--dry-run",
-        ])
-        .await;
+    let out = m.ok(&m.unjoin_args(&["--dry-run"])).await;
     assert!(out.contains("istio-eastwestgateway"), "{out}");
     assert!(
         m.west
@@ -189,17 +177,7 @@ async fn unjoin_leaves_nothing_behind_and_keeps_unrelated_objects() {
     }
     let (w0, e0) = (snapshot(&m.west), snapshot(&m.east));
     m.join(&[]).await;
-    let out = m
-        .ok(&[
-            "unjoin",
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-            "--context",
-            "east",
-        ])
-        .await;
+    let out = m.ok(&m.unjoin_args(&[])).await;
     assert!(out.contains("west: removed"), "{out}");
     for (s, before) in [(&m.west, &w0), (&m.east, &e0)] {
         let after = snapshot(s);
@@ -212,10 +190,7 @@ async fn unjoin_leaves_nothing_behind_and_keeps_unrelated_objects() {
         ] {
             assert!(after.contains_key(k), "{k} was deleted");
         }
-        let ns = s
-            .store()
-            .get("v1", "Namespace", None, "istio-system")
-            .unwrap();
+        let ns = istio_namespace(s);
         assert_eq!(ns["metadata"]["labels"]["team"], "mesh");
         assert!(
             ns["metadata"]["labels"]
@@ -287,114 +262,67 @@ async fn expose_services_needs_the_gateway_crd_and_changes_nothing_without_it() 
     }
 }
 
+/// `meshctl join` of `contexts` with this kubeconfig, the mesh's certificates and `extra`
+/// flags: refused (exit 1); returns the output.
+async fn join_refused(m: &Mesh, kubeconfig: &Path, contexts: [&str; 2], extra: &[&str]) -> String {
+    let mut args = vec![
+        "join",
+        "--kubeconfig",
+        p(kubeconfig),
+        "--certs",
+        p(&m.certs),
+        "--context",
+        contexts[0],
+        "--context",
+        contexts[1],
+    ];
+    args.extend_from_slice(extra);
+    m.fails(&args).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_before_any_change() {
     let m = mesh().await;
     let (w0, e0) = (snapshot(&m.west), snapshot(&m.east));
-    let base = [
-        "join",
-        "--kubeconfig",
-        m.kc(),
-        "--certs",
-        p(&m.certs),
-        "--allow-loopback-server",
+    let both = ["west", "east"];
+    // (contexts, flags besides --allow-loopback-server, what the refusal says)
+    let cases: [([&str; 2], &[&str], &[&str]); 4] = [
+        (
+            ["west", "nope"],
+            &[],
+            &["context \"nope\" not found in", "available: west, east"],
+        ),
+        (
+            both,
+            &["--network", "west=n1", "--network", "east=n1"],
+            &["both on network"],
+        ),
+        (
+            both,
+            &["--cluster-name", "east=west"],
+            &["same cluster name"],
+        ),
+        (both, &["--cluster-name", "east=East_1"], &["DNS-1123"]),
     ];
-    let run = |extra: &'static [&'static str]| {
-        let mut v: Vec<&str> = base.to_vec();
-        v.extend_from_slice(extra);
-        v
-    };
-    let out = m
-        .fails(&run(&["--context", "west", "--context", "nope"]))
-        .await;
-    assert!(
-        out.contains("context \"nope\" not found in") && out.contains("available: west, east"),
-        "{out}"
-    );
-    let out = m
-        .fails(&run(&[
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--network",
-            "west=n1",
-            "--network",
-            "east=n1",
-        ]))
-        .await;
-    assert!(out.contains("both on network"), "{out}");
-    let out = m
-        .fails(&run(&[
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--cluster-name",
-            "east=west",
-        ]))
-        .await;
-    assert!(out.contains("same cluster name"), "{out}");
-    let out = m
-        .fails(&run(&[
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--cluster-name",
-            "east=East_1",
-        ]))
-        .await;
-    assert!(out.contains("DNS-1123"), "{out}");
+    for (contexts, extra, want) in cases {
+        let extra = [&["--allow-loopback-server"], extra].concat();
+        let out = join_refused(&m, &m.kubeconfig, contexts, &extra).await;
+        for w in want {
+            assert!(out.contains(w), "{w}: {out}");
+        }
+    }
     // Loopback server without --allow-loopback-server: refused, with the fix.
-    let out = m
-        .fails(&[
-            "join",
-            "--kubeconfig",
-            m.kc(),
-            "--certs",
-            p(&m.certs),
-            "--context",
-            "west",
-            "--context",
-            "east",
-        ])
-        .await;
+    let out = join_refused(&m, &m.kubeconfig, both, &[]).await;
     assert!(
         out.contains("loopback") && out.contains("--server west=") && out.contains(":6443"),
         "{out}"
     );
     // Missing kubeconfig, broken kubeconfig, unreachable server.
-    let missing = m.dir.path().join("missing");
-    let out = m
-        .fails(&[
-            "join",
-            "--kubeconfig",
-            p(&missing),
-            "--certs",
-            p(&m.certs),
-            "--context",
-            "west",
-            "--context",
-            "east",
-        ])
-        .await;
+    let out = join_refused(&m, &m.dir.path().join("missing"), both, &[]).await;
     assert!(out.contains("not found"), "{out}");
     let broken = m.dir.path().join("broken");
     std::fs::write(&broken, "clusters: [this is: not: yaml").unwrap();
-    let out = m
-        .fails(&[
-            "join",
-            "--kubeconfig",
-            p(&broken),
-            "--certs",
-            p(&m.certs),
-            "--context",
-            "west",
-            "--context",
-            "east",
-        ])
-        .await;
+    let out = join_refused(&m, &broken, both, &[]).await;
     assert!(out.contains("reading kubeconfig"), "{out}");
     assert_eq!(
         (snapshot(&m.west), snapshot(&m.east)),
@@ -404,20 +332,7 @@ async fn bad_input_is_refused_before_any_change() {
     let yaml = kubeconfig_yaml(&[("west", &m.west), ("east", &m.east)])
         .replace(&m.east.url(), "https://127.0.0.1:1");
     std::fs::write(&dead, yaml).unwrap();
-    let out = m
-        .fails(&[
-            "join",
-            "--kubeconfig",
-            p(&dead),
-            "--certs",
-            p(&m.certs),
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--allow-loopback-server",
-        ])
-        .await;
+    let out = join_refused(&m, &dead, both, &["--allow-loopback-server"]).await;
     assert!(
         out.contains("cannot reach the API server of context \"east\" at https://127.0.0.1:1"),
         "{out}"
@@ -428,21 +343,26 @@ async fn bad_input_is_refused_before_any_change() {
     );
 }
 
+/// `meshctl cacerts apply <bundle>` in context west, plus `extra` flags.
+fn cacerts_apply_args<'a>(m: &'a Mesh, bundle: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "cacerts",
+        "apply",
+        bundle,
+        "--kubeconfig",
+        m.kc(),
+        "--context",
+        "west",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cacerts_apply_creates_the_namespace_and_refuses_another_root_without_force() {
     let m = mesh().await;
     let west_bundle = m.certs.join("west");
-    let out = m
-        .ok(&[
-            "cacerts",
-            "apply",
-            p(&west_bundle),
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-        ])
-        .await;
+    let out = m.ok(&cacerts_apply_args(&m, p(&west_bundle), &[])).await;
     assert!(out.contains("cacerts applied"), "{out}");
     let s = secret(&m.west, "cacerts").expect("cacerts");
     assert_eq!(
@@ -457,16 +377,7 @@ async fn cacerts_apply_creates_the_namespace_and_refuses_another_root_without_fo
     ] {
         assert!(s["data"][f].is_string(), "{f}");
     }
-    let out = meshctl(&[
-        "cacerts",
-        "apply",
-        p(&west_bundle),
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-    ])
-    .await;
+    let out = meshctl(&cacerts_apply_args(&m, p(&west_bundle), &[])).await;
     assert!(text(&out).contains("up to date"), "{}", text(&out));
     // A bundle from another root is refused without --force.
     let other = m.dir.path().join("other");
@@ -474,31 +385,18 @@ async fn cacerts_apply_creates_the_namespace_and_refuses_another_root_without_fo
         .await;
     let before = snapshot(&m.west);
     let out = m
-        .fails(&[
-            "cacerts",
-            "apply",
-            p(&other.join("west")),
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-        ])
+        .fails(&cacerts_apply_args(&m, p(&other.join("west")), &[]))
         .await;
     assert!(
         out.contains("different root") && out.contains("--force"),
         "{out}"
     );
     assert_eq!(snapshot(&m.west), before);
-    let out = meshctl(&[
-        "cacerts",
-        "apply",
+    let out = meshctl(&cacerts_apply_args(
+        &m,
         p(&other.join("west")),
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-        "--force",
-    ])
+        &["--force"],
+    ))
     .await;
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -541,11 +439,7 @@ async fn label_network_and_gateway_install() {
         "east",
     ])
     .await;
-    let ns = m
-        .east
-        .store()
-        .get("v1", "Namespace", None, "istio-system")
-        .unwrap();
+    let ns = istio_namespace(&m.east);
     assert_eq!(
         ns["metadata"]["labels"]["topology.istio.io/network"],
         "east-net"
@@ -577,16 +471,7 @@ async fn label_network_and_gateway_install() {
         "east",
     ])
     .await;
-    let svc = m
-        .east
-        .store()
-        .get(
-            "v1",
-            "Service",
-            Some("istio-system"),
-            "istio-eastwestgateway",
-        )
-        .unwrap();
+    let svc = gateway_service(&m.east);
     assert_eq!(svc["spec"]["type"], "NodePort");
     assert_eq!(svc["metadata"]["annotations"]["a"], "b");
     assert_eq!(

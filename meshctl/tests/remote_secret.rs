@@ -215,15 +215,7 @@ const ISTIOD_REMOTE_READS: &[(&str, &str)] = &[
 
 /// The stored reader ClusterRole's rules as sorted `(group, resource, verb)` triples.
 fn role_triples(s: &k8s_test_server::TestApiServer) -> Vec<(String, String, String)> {
-    let role = s
-        .store()
-        .get(
-            "rbac.authorization.k8s.io/v1",
-            "ClusterRole",
-            None,
-            "meshctl-istio-reader-istio-system",
-        )
-        .expect("reader ClusterRole");
+    let role = reader_role(s);
     let strs = |v: &Value| -> Vec<String> {
         v.as_array()
             .unwrap()

@@ -61,8 +61,7 @@ fn assert_no_secret(what: &str, out: &str, secrets: &[(String, String)]) {
 
 /// A joined pair (token Secrets and cacerts exist in both clusters).
 async fn joined() -> (Mesh, Vec<(String, String)>) {
-    let m = mesh().await;
-    m.join(&[]).await;
+    let m = joined_mesh().await;
     let s = secrets(&m);
     (m, s)
 }
@@ -78,7 +77,6 @@ async fn run(args: &[&str]) -> String {
 fn every_output_form(m: &Mesh) -> Vec<Vec<String>> {
     let kc = m.kc().to_string();
     let west = m.certs.join("west").display().to_string();
-    let certs = p(&m.certs).to_string();
     let base: Vec<Vec<&str>> = vec![
         vec![
             "cacerts",
@@ -90,57 +88,10 @@ fn every_output_form(m: &Mesh) -> Vec<Vec<String>> {
             "west",
             "--dry-run",
         ],
-        vec![
-            "create-remote-secret",
-            "--kubeconfig",
-            &kc,
-            "--context",
-            "west",
-            "--name",
-            "west",
-            "--allow-loopback-server",
-            "--dry-run",
-        ],
-        vec![
-            "create-remote-secret",
-            "--kubeconfig",
-            &kc,
-            "--context",
-            "west",
-            "--name",
-            "west",
-            "--allow-loopback-server",
-            "--dry-run",
-            "--token-ttl",
-            "1h",
-        ],
-        vec![
-            "join",
-            "--kubeconfig",
-            &kc,
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--certs",
-            &certs,
-            "--network",
-            "west=west-network",
-            "--network",
-            "east=east-network",
-            "--allow-loopback-server",
-            "--dry-run",
-        ],
-        vec![
-            "unjoin",
-            "--kubeconfig",
-            &kc,
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--dry-run",
-        ],
+        remote_secret_args(&kc, &["--dry-run"]),
+        remote_secret_args(&kc, &["--dry-run", "--token-ttl", "1h"]),
+        m.join_args(&["--dry-run"]),
+        m.unjoin_args(&["--dry-run"]),
         vec!["gateway", "manifest", "--network", "west-network"],
         vec![
             "gateway",
@@ -185,18 +136,7 @@ async fn no_dry_run_or_output_form_prints_a_private_key_or_a_real_token() {
     // check (text and JSON) reads the live cacerts, key included, and must not echo it.
     m.make_gateways_ready();
     for o in ["yaml", "json"] {
-        let args = [
-            "check",
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--allow-loopback-server",
-            "-o",
-            o,
-        ];
+        let args = check_args(m.kc(), &["-o", o]);
         let out = run(&args).await;
         assert_no_secret(&format!("meshctl {args:?}"), &out, &secrets);
     }
@@ -223,26 +163,7 @@ async fn dry_runs_print_the_placeholder_token_even_when_a_token_secret_exists() 
         .filter(|(n, _)| n.contains("token"))
         .cloned()
         .collect();
-    let kc = m.kc();
-    let out = run(&[
-        "join",
-        "--kubeconfig",
-        kc,
-        "--context",
-        "west",
-        "--context",
-        "east",
-        "--certs",
-        p(&m.certs),
-        "--network",
-        "west=west-network",
-        "--network",
-        "east=east-network",
-        "--allow-loopback-server",
-        "--dry-run",
-        "--show-secrets",
-    ])
-    .await;
+    let out = run(&m.join_args(&["--dry-run", "--show-secrets"])).await;
     let tokenless: Vec<_> = secrets
         .iter()
         .filter(|(n, _)| !n.contains("token"))
@@ -304,18 +225,7 @@ async fn check_verifies_cacerts_without_writing_the_key_to_disk() {
     let missing = m.dir.path().join("tmp-missing");
     for tmp in [&empty, &missing] {
         let out = tokio::process::Command::new(MESHCTL)
-            .args([
-                "check",
-                "--kubeconfig",
-                m.kc(),
-                "--context",
-                "west",
-                "--context",
-                "east",
-                "--allow-loopback-server",
-                "-o",
-                "json",
-            ])
+            .args(check_args(m.kc(), &["-o", "json"]))
             .env("TMPDIR", tmp)
             .output()
             .await

@@ -10,7 +10,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use k8s_test_server::TestApiServer;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, Discovery};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::time::Duration;
 use testkit::wait::eventually_some;
 
@@ -29,15 +29,60 @@ async fn reader_setup(admin: &Client) {
         .create(&pp, &obj(json!({"metadata": {"name": "reader"}})))
         .await
         .unwrap();
-    Api::<ClusterRole>::all(admin.clone())
-        .create(&pp, &obj(json!({"metadata": {"name": "svc-reader"}, "rules": [{"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]}]})))
+    grant(
+        admin,
+        None,
+        "svc-reader",
+        json!({"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]}),
+        json!({"kind": "ServiceAccount", "name": "reader", "namespace": "istio-system"}),
+    )
+    .await;
+}
+
+/// Grants `subject` one `rule` named `name`: a ClusterRole and its ClusterRoleBinding, or
+/// with a `namespace` a Role and its RoleBinding there.
+async fn grant(admin: &Client, namespace: Option<&str>, name: &str, rule: Value, subject: Value) {
+    let pp = PostParams::default();
+    let role = json!({"metadata": {"name": name}, "rules": [rule]});
+    let kind = if namespace.is_some() {
+        "Role"
+    } else {
+        "ClusterRole"
+    };
+    let binding = json!({"metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
+        "subjects": [subject]});
+    match namespace {
+        None => {
+            Api::<ClusterRole>::all(admin.clone())
+                .create(&pp, &obj(role))
+                .await
+                .unwrap();
+            Api::<ClusterRoleBinding>::all(admin.clone())
+                .create(&pp, &obj(binding))
+                .await
+                .unwrap();
+        }
+        Some(ns) => {
+            Api::<Role>::namespaced(admin.clone(), ns)
+                .create(&pp, &obj(role))
+                .await
+                .unwrap();
+            Api::<RoleBinding>::namespaced(admin.clone(), ns)
+                .create(&pp, &obj(binding))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Lists Services cluster-wide as `client`: `Ok` or the error's HTTP status.
+async fn list_services(client: &Client) -> Result<(), Option<u16>> {
+    Api::<Service>::all(client.clone())
+        .list(&ListParams::default())
         .await
-        .unwrap();
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .create(&pp, &obj(json!({"metadata": {"name": "svc-reader"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "svc-reader"},
-            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": "istio-system"}]})))
-        .await
-        .unwrap();
+        .map(drop)
+        .map_err(|e| status_code(&e))
 }
 
 async fn token_request(admin: &Client, secs: i64) -> TokenRequest {
@@ -71,12 +116,7 @@ async fn least_privilege_service_account_can_list_services_but_not_secrets() {
     let token = tr.status.unwrap().token.unwrap();
     let sa = client_from_yaml(&server.kubeconfig_with_token("rbac", &token)).await;
 
-    assert!(
-        Api::<Service>::all(sa.clone())
-            .list(&ListParams::default())
-            .await
-            .is_ok()
-    );
+    assert_eq!(list_services(&sa).await, Ok(()));
     assert!(
         Api::<Service>::namespaced(sa.clone(), "default")
             .get_opt("x")
@@ -123,18 +163,19 @@ async fn least_privilege_service_account_can_list_services_but_not_secrets() {
     assert!(ssar(&admin, "get", "secrets", "istio-system").await);
 
     // namespaced grants through a RoleBinding to a Role
-    let pp = PostParams::default();
-    Api::<Role>::namespaced(admin.clone(), "istio-system")
-        .create(&pp, &obj(json!({"metadata": {"name": "one-secret"}, "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["cacerts"]}]})))
-        .await
-        .unwrap();
-    Api::<RoleBinding>::namespaced(admin.clone(), "istio-system")
-        .create(&pp, &obj(json!({"metadata": {"name": "one-secret"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "one-secret"},
-            "subjects": [{"kind": "ServiceAccount", "name": "reader"}]})))
-        .await
-        .unwrap();
+    grant(
+        &admin,
+        Some("istio-system"),
+        "one-secret",
+        json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["cacerts"]}),
+        json!({"kind": "ServiceAccount", "name": "reader"}),
+    )
+    .await;
     Api::<Secret>::namespaced(admin.clone(), "istio-system")
-        .create(&pp, &obj(json!({"metadata": {"name": "cacerts"}})))
+        .create(
+            &PostParams::default(),
+            &obj(json!({"metadata": {"name": "cacerts"}})),
+        )
         .await
         .unwrap();
     let sa_secrets = Api::<Secret>::namespaced(sa.clone(), "istio-system");
@@ -201,24 +242,11 @@ async fn token_request_tokens_expire_on_the_server_clock() {
     let sa =
         client_from_yaml(&server.kubeconfig_with_token("ttl", &tr.status.unwrap().token.unwrap()))
             .await;
-    assert!(
-        Api::<Service>::all(sa.clone())
-            .list(&ListParams::default())
-            .await
-            .is_ok()
-    );
+    assert_eq!(list_services(&sa).await, Ok(()));
     sas.delete("reader", &DeleteParams::default())
         .await
         .unwrap();
-    assert_eq!(
-        status_code(
-            &Api::<Service>::all(sa)
-                .list(&ListParams::default())
-                .await
-                .unwrap_err()
-        ),
-        Some(401)
-    );
+    assert_eq!(list_services(&sa).await, Err(Some(401)));
 }
 
 #[tokio::test]
@@ -270,26 +298,13 @@ async fn token_controller_fills_service_account_token_secrets() {
     let token = String::from_utf8(data["token"].0.clone()).unwrap();
 
     let sa = client_from_yaml(&server.kubeconfig_with_token("legacy", &token)).await;
-    assert!(
-        Api::<Service>::all(sa.clone())
-            .list(&ListParams::default())
-            .await
-            .is_ok()
-    );
+    assert_eq!(list_services(&sa).await, Ok(()));
     // the token lives as long as its Secret
     secrets
         .delete("reader-token", &DeleteParams::default())
         .await
         .unwrap();
-    assert_eq!(
-        status_code(
-            &Api::<Service>::all(sa)
-                .list(&ListParams::default())
-                .await
-                .unwrap_err()
-        ),
-        Some(401)
-    );
+    assert_eq!(list_services(&sa).await, Err(Some(401)));
 
     // a token Secret for a missing ServiceAccount is removed by the controller
     secrets

@@ -36,6 +36,20 @@ where
     }
 }
 
+/// Opens a watch from `rv` and returns its first event (`None` when it ends first), within
+/// 5 s.
+async fn first_watch_event(
+    api: &Api<ConfigMap>,
+    wp: &WatchParams,
+    rv: &str,
+) -> Option<WatchEvent<ConfigMap>> {
+    let mut s = api.watch(wp, rv).await.unwrap().boxed();
+    tokio::time::timeout(Duration::from_secs(5), s.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn watcher_sees_added_modified_deleted() {
     init();
@@ -134,15 +148,7 @@ async fn raw_watch_gets_bookmarks_and_410_for_compacted_versions() {
     assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
 
     // a new watch from the old resourceVersion is told 410 Gone right away
-    let mut s = api
-        .watch(&WatchParams::default(), &rv)
-        .await
-        .unwrap()
-        .boxed();
-    let ev = tokio::time::timeout(Duration::from_secs(5), s.try_next())
-        .await
-        .unwrap()
-        .unwrap();
+    let ev = first_watch_event(&api, &WatchParams::default(), &rv).await;
     assert!(
         matches!(ev, Some(WatchEvent::Error(ref e)) if e.code == 410),
         "got {ev:?}"
@@ -180,6 +186,29 @@ fn server_names(server_store: &k8s_test_server::Store) -> BTreeSet<String> {
         .collect()
 }
 
+/// Waits (5 s at most) until the reflector has listed once.
+async fn wait_ready(reader: &reflector::Store<ConfigMap>) {
+    tokio::time::timeout(Duration::from_secs(5), reader.wait_until_ready())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Waits (`timeout` at most) until the reflector's `cm-` names are exactly `want`.
+async fn eventually_reflects(
+    what: &str,
+    timeout: Duration,
+    reader: &reflector::Store<ConfigMap>,
+    want: BTreeSet<String>,
+) {
+    eventually_some(what, timeout, || {
+        let got = names(reader);
+        let want = want.clone();
+        async move { (got == want).then_some(()) }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn expire_watches_forces_a_relist_and_loses_nothing() {
     init();
@@ -203,10 +232,7 @@ async fn expire_watches_forces_a_relist_and_loses_nothing() {
         .reflect(writer)
         .for_each(|_| async {});
     let task = tokio::spawn(stream);
-    tokio::time::timeout(Duration::from_secs(5), reader.wait_until_ready())
-        .await
-        .unwrap()
-        .unwrap();
+    wait_ready(&reader).await;
     assert_eq!(names(&reader).len(), 3);
 
     for round in 0..3 {
@@ -217,15 +243,11 @@ async fn expire_watches_forces_a_relist_and_loses_nothing() {
         api.delete(&format!("cm-{round}"), &DeleteParams::default())
             .await
             .unwrap();
-        let want = server_names(server.store());
-        eventually_some(
+        eventually_reflects(
             "the reflector to match the store",
             Duration::from_secs(10),
-            || {
-                let got = names(&reader);
-                let want = want.clone();
-                async move { (got == want).then_some(()) }
-            },
+            &reader,
+            server_names(server.store()),
         )
         .await;
     }
@@ -252,10 +274,7 @@ async fn reflector_survives_a_restart_on_the_same_port() {
             .reflect(writer)
             .for_each(|_| async {}),
     );
-    tokio::time::timeout(Duration::from_secs(5), reader.wait_until_ready())
-        .await
-        .unwrap()
-        .unwrap();
+    wait_ready(&reader).await;
 
     let stopped = server.stop().await;
     assert_eq!(stopped.addr(), addr);
@@ -272,15 +291,11 @@ async fn reflector_survives_a_restart_on_the_same_port() {
     api.create(&PostParams::default(), &cm("cm-c", "1"))
         .await
         .unwrap();
-    let want: BTreeSet<String> = ["cm-b".to_string(), "cm-c".to_string()].into();
-    eventually_some(
+    eventually_reflects(
         "the reflector to see cm-b and cm-c",
         Duration::from_secs(20),
-        || {
-            let got = names(&reader);
-            let want = want.clone();
-            async move { (got == want).then_some(()) }
-        },
+        &reader,
+        ["cm-b".to_string(), "cm-c".to_string()].into(),
     )
     .await;
     task.abort();
@@ -303,31 +318,14 @@ async fn a_restarted_server_answers_an_old_resource_version_with_410() {
         .unwrap();
     let current = server.store().resource_version().to_string();
     // Before the restart the history still covers `old`: the resume works.
-    let mut s = api
-        .watch(&WatchParams::default(), &old)
-        .await
-        .unwrap()
-        .boxed();
-    let ev = tokio::time::timeout(Duration::from_secs(5), s.try_next())
-        .await
-        .unwrap()
-        .unwrap();
+    let ev = first_watch_event(&api, &WatchParams::default(), &old).await;
     assert!(matches!(ev, Some(WatchEvent::Added(_))), "got {ev:?}");
-    drop(s);
     assert_eq!(server.store().expired_watch_answers(), 0);
 
     let server = server.stop().await.restart().await.unwrap();
     // The watch cache starts at the current resourceVersion: older ones are too old, as
     // an ERROR event with a 410 Expired Status in a 200 response (the cacher's path).
-    let mut s = api
-        .watch(&WatchParams::default(), &old)
-        .await
-        .unwrap()
-        .boxed();
-    let ev = tokio::time::timeout(Duration::from_secs(5), s.try_next())
-        .await
-        .unwrap()
-        .unwrap();
+    let ev = first_watch_event(&api, &WatchParams::default(), &old).await;
     let Some(WatchEvent::Error(e)) = ev else {
         panic!("expected a 410 ERROR event, got {ev:?}")
     };

@@ -151,6 +151,31 @@ impl Drop for Backend {
     }
 }
 
+/// One backend, `catalog-1`, and an endpoints file routing catalog (port 80, subset v1) to
+/// it, for the built binary ([`GatewayProcess`]). The backend runs and the file exists as
+/// long as this lives.
+pub struct CatalogFile {
+    pub backends: Vec<Backend>,
+    pub path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn catalog_endpoints_file() -> CatalogFile {
+    let (backends, port) = backends(&["catalog-1"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("endpoints.yaml");
+    std::fs::write(
+        &path,
+        endpoints_yaml(CATALOG, port, &[(backends[0].addr.ip(), "v1", true)]),
+    )
+    .unwrap();
+    CatalogFile {
+        backends,
+        path,
+        _dir: dir,
+    }
+}
+
 /// Starts backends on 127.0.0.2, 127.0.0.3, … sharing one port, as pods of one service
 /// share a targetPort.
 pub async fn backends(names: &[&str]) -> (Vec<Backend>, u16) {
@@ -323,12 +348,17 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .await
         .unwrap()
         .unwrap();
-    let code = out
+    status_and_body(&out)
+}
+
+/// The status code (0 when there is none) and the body of an HTTP/1 response.
+fn status_and_body(response: &str) -> (u16, String) {
+    let code = response
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out
+    let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
@@ -511,17 +541,7 @@ pub fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).unwrap();
-    let out = String::from_utf8_lossy(&out);
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    status_and_body(&String::from_utf8_lossy(&out))
 }
 
 /// An endpoints file with `services` services (`svc-<i>.big.local`, port 80), each with

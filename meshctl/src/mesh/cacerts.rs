@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
@@ -19,30 +19,48 @@ use crate::kube::{self as kc, Cluster};
 pub const RESTART_HINT: &str = "istiod reads cacerts only when it starts: restart it to use the new CA: \
      kubectl -n istio-system rollout restart deploy/istiod";
 
-/// Verifies the bundle and returns its files, base64-encoded.
+/// Reads the bundle directory once, verifies what was read and returns those same bytes,
+/// base64-encoded: the Secret holds exactly the files that were verified, even if one
+/// changes on disk meanwhile.
 pub fn verified_data(dir: &Path, namespace: &str) -> Result<BTreeMap<&'static str, String>> {
     pki::validate_dns_label(namespace).map_err(|e| anyhow!("namespace {e}"))?;
-    let report = pki::verify_bundles(&[dir], &pki::VerifyOptions::default());
+    match pki::Bundle::load_dir(dir) {
+        Ok(bundle) => bundle_data(&bundle),
+        Err(findings) => refuse(
+            dir,
+            &pki::Report {
+                bundles: vec![dir.to_path_buf()],
+                findings,
+            },
+        ),
+    }
+}
+
+/// Verifies an in-memory bundle; returns its four files, base64-encoded.
+fn bundle_data(bundle: &pki::Bundle) -> Result<BTreeMap<&'static str, String>> {
+    let report = pki::verify(std::slice::from_ref(bundle), &pki::VerifyOptions::default());
     for w in report.warnings() {
         eprintln!("{w}");
     }
     if !report.is_ok() {
-        eprint!("{report}");
-        bail!(
-            "{} is not a valid cluster bundle; fix it before installing it as cacerts",
-            dir.display()
-        );
+        return refuse(&bundle.source, &report);
     }
-    let mut data = BTreeMap::new();
-    for name in [pki::CA_CERT, pki::CA_KEY, pki::ROOT_CERT, pki::CERT_CHAIN] {
-        let path = dir.join(name);
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        data.insert(
-            name,
-            base64::engine::general_purpose::STANDARD.encode(&bytes),
-        );
-    }
-    Ok(data)
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    Ok(BTreeMap::from([
+        (pki::CA_CERT, b64(&bundle.ca_cert)),
+        (pki::CA_KEY, b64(&bundle.ca_key)),
+        (pki::ROOT_CERT, b64(&bundle.root_cert)),
+        (pki::CERT_CHAIN, b64(&bundle.cert_chain)),
+    ]))
+}
+
+/// Prints the report's findings and refuses the bundle.
+fn refuse<T>(dir: &Path, report: &pki::Report) -> Result<T> {
+    eprint!("{report}");
+    bail!(
+        "{} is not a valid cluster bundle; fix it before installing it as cacerts",
+        dir.display()
+    )
 }
 
 /// The `cacerts` Secret for a verified bundle, labelled as managed by meshctl.
@@ -112,12 +130,7 @@ mod tests {
     /// --from-file` stores), and its root compares by DER, not by PEM text.
     #[test]
     fn secret_data_is_each_files_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = pki::RootCa::generate(&pki::RootOptions::default()).unwrap();
-        let ca = root
-            .issue_intermediate(&pki::IntermediateOptions::new("west"))
-            .unwrap();
-        pki::write_files(&ca.files(dir.path()), false).unwrap();
+        let dir = bundle_dir();
         let s = secret_object(dir.path(), "istio-system").unwrap();
         let b64 = base64::engine::general_purpose::STANDARD;
         for name in [pki::CA_CERT, pki::CA_KEY, pki::ROOT_CERT, pki::CERT_CHAIN] {
@@ -135,5 +148,68 @@ mod tests {
         assert_eq!(root_of(&s).map(|r| pem_ders(&r)), Some(pem_ders(&root_pem)));
         assert_eq!(pem_ders(reformatted.as_bytes()), pem_ders(&root_pem));
         assert_eq!(pem_ders(&root_pem).len(), 1);
+    }
+
+    fn bundle_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let root = pki::RootCa::generate(&pki::RootOptions::default()).unwrap();
+        let ca = root
+            .issue_intermediate(&pki::IntermediateOptions::new("west"))
+            .unwrap();
+        pki::write_files(&ca.files(dir.path()), false).unwrap();
+        dir
+    }
+
+    /// The Secret is built from the bytes that were verified, not from a second read: after
+    /// loading, the files on disk are replaced by another valid bundle and the data still
+    /// holds the first one.
+    #[test]
+    fn secret_data_is_the_verified_bytes_even_if_a_file_changes() {
+        let dir = bundle_dir();
+        let bundle = pki::Bundle::load_dir(dir.path()).unwrap();
+        let other = bundle_dir();
+        for name in [pki::CA_CERT, pki::CA_KEY, pki::ROOT_CERT, pki::CERT_CHAIN] {
+            std::fs::copy(other.path().join(name), dir.path().join(name)).unwrap();
+        }
+        let data = bundle_data(&bundle).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for (name, verified) in [
+            (pki::CA_CERT, &bundle.ca_cert),
+            (pki::CA_KEY, &bundle.ca_key),
+            (pki::ROOT_CERT, &bundle.root_cert),
+            (pki::CERT_CHAIN, &bundle.cert_chain),
+        ] {
+            let stored = b64.decode(&data[name]).unwrap();
+            assert_eq!(stored, verified.as_bytes(), "{name}");
+            assert_ne!(
+                stored,
+                std::fs::read(dir.path().join(name)).unwrap(),
+                "{name}"
+            );
+        }
+    }
+
+    /// Verification judges the same in-memory bytes: a bundle whose CA certificate no longer
+    /// matches its key is refused although the files on disk are still a valid bundle.
+    #[test]
+    fn the_bytes_verified_are_the_bytes_installed() {
+        let dir = bundle_dir();
+        let mut bundle = pki::Bundle::load_dir(dir.path()).unwrap();
+        let other = pki::Bundle::load_dir(bundle_dir().path()).unwrap();
+        bundle.ca_cert = other.ca_cert;
+        let e = bundle_data(&bundle).unwrap_err().to_string();
+        assert!(e.contains("is not a valid cluster bundle"), "{e}");
+        assert!(verified_data(dir.path(), "istio-system").is_ok());
+    }
+
+    /// A missing file is refused with the loader's finding, before anything is encoded.
+    #[test]
+    fn a_missing_file_is_refused() {
+        let dir = bundle_dir();
+        std::fs::remove_file(dir.path().join(pki::CERT_CHAIN)).unwrap();
+        let e = verified_data(dir.path(), "istio-system")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a valid cluster bundle"), "{e}");
     }
 }

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use k8s_test_server::TestApiServer;
-use kube::Client;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
+#[allow(unused_imports)] // not every test file calls it
+pub use testkit::kube_client::client_from_yaml;
 
 pub const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
 
 pub fn init() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    testkit::kube_client::install_crypto_provider();
 }
 
 pub struct Mesh {
@@ -70,6 +70,59 @@ pub async fn mesh() -> Mesh {
     mesh
 }
 
+/// A mesh that `meshctl join` has joined (token Secrets and cacerts exist in both clusters).
+pub async fn joined_mesh() -> Mesh {
+    let m = mesh().await;
+    m.join(&[]).await;
+    m
+}
+
+/// A joined mesh whose gateways have LB addresses and ready pods (what `check` passes on).
+pub async fn joined_ready_mesh() -> Mesh {
+    let m = joined_mesh().await;
+    m.make_gateways_ready();
+    m
+}
+
+/// `meshctl <command> --kubeconfig <kubeconfig> --context west --context east`.
+pub fn both_contexts<'a>(command: &'a str, kubeconfig: &'a str) -> Vec<&'a str> {
+    vec![
+        command,
+        "--kubeconfig",
+        kubeconfig,
+        "--context",
+        "west",
+        "--context",
+        "east",
+    ]
+}
+
+/// `meshctl check` of west and east with this kubeconfig (loopback test servers allowed),
+/// plus `extra` flags.
+pub fn check_args<'a>(kubeconfig: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = both_contexts("check", kubeconfig);
+    args.push("--allow-loopback-server");
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `meshctl create-remote-secret` for context west (named west) with this kubeconfig,
+/// loopback test servers allowed, plus `extra` flags.
+pub fn remote_secret_args<'a>(kubeconfig: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "create-remote-secret",
+        "--kubeconfig",
+        kubeconfig,
+        "--context",
+        "west",
+        "--name",
+        "west",
+        "--allow-loopback-server",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -119,16 +172,11 @@ impl Mesh {
         text(&out)
     }
 
-    /// `meshctl join` of west and east (loopback test servers allowed) plus `extra` flags.
-    pub async fn join(&self, extra: &[&str]) -> String {
-        let mut args = vec![
-            "join",
-            "--kubeconfig",
-            self.kc(),
-            "--context",
-            "west",
-            "--context",
-            "east",
+    /// The arguments of `meshctl join` of west and east (loopback test servers allowed)
+    /// plus `extra` flags.
+    pub fn join_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = both_contexts("join", self.kc());
+        args.extend([
             "--certs",
             p(&self.certs),
             "--network",
@@ -136,9 +184,21 @@ impl Mesh {
             "--network",
             "east=east-network",
             "--allow-loopback-server",
-        ];
+        ]);
         args.extend_from_slice(extra);
-        self.ok(&args).await
+        args
+    }
+
+    /// The arguments of `meshctl unjoin` of west and east plus `extra` flags.
+    pub fn unjoin_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = both_contexts("unjoin", self.kc());
+        args.extend_from_slice(extra);
+        args
+    }
+
+    /// Runs `meshctl join` of west and east plus `extra` flags ([`Mesh::join_args`]).
+    pub async fn join(&self, extra: &[&str]) -> String {
+        self.ok(&self.join_args(extra)).await
     }
 
     /// What a cloud controller and the kubelet would do: LB addresses and ready gateway pods.
@@ -150,16 +210,20 @@ impl Mesh {
     }
 }
 
-pub fn set_lb(s: &TestApiServer, ip: Option<&str>) {
-    let mut svc = s
-        .store()
+/// The east-west gateway's Service, as stored.
+pub fn gateway_service(s: &TestApiServer) -> Value {
+    s.store()
         .get(
             "v1",
             "Service",
             Some("istio-system"),
             "istio-eastwestgateway",
         )
-        .expect("gateway Service");
+        .expect("gateway Service")
+}
+
+pub fn set_lb(s: &TestApiServer, ip: Option<&str>) {
+    let mut svc = gateway_service(s);
     svc["status"] = match ip {
         Some(ip) => json!({"loadBalancer": {"ingress": [{"ip": ip}]}}),
         None => json!({"loadBalancer": {}}),
@@ -173,15 +237,6 @@ pub fn gateway_pod(s: &TestApiServer, name: &str, ready: bool) {
         "metadata": {"name": name, "namespace": "istio-system", "labels": {"app": "istio-eastwestgateway", "istio": "eastwestgateway"}},
         "spec": {"containers": [{"name": "gateway", "image": "meshfed/gateway:dev"}]},
         "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": status}]}})).unwrap();
-}
-
-pub async fn client_from_yaml(yaml: &str) -> Client {
-    init();
-    let kc = Kubeconfig::from_yaml(yaml).expect("kubeconfig parses");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("config");
-    Client::try_from(cfg).expect("client")
 }
 
 /// Every stored object, `kind ns/name` → resourceVersion.
@@ -209,6 +264,25 @@ pub fn added(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>
         .filter(|k| !before.contains_key(*k))
         .cloned()
         .collect()
+}
+
+/// The `istio-system` Namespace as stored.
+pub fn istio_namespace(s: &TestApiServer) -> Value {
+    s.store()
+        .get("v1", "Namespace", None, "istio-system")
+        .expect("istio-system Namespace")
+}
+
+/// The reader ClusterRole that join grants (for `istio-system`), as stored.
+pub fn reader_role(s: &TestApiServer) -> Value {
+    s.store()
+        .get(
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRole",
+            None,
+            "meshctl-istio-reader-istio-system",
+        )
+        .expect("reader ClusterRole")
 }
 
 pub fn secret(s: &TestApiServer, name: &str) -> Option<Value> {

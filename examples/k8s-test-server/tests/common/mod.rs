@@ -3,19 +3,12 @@
 
 use k8s_test_server::TestApiServer;
 use kube::Client;
-use kube::config::{KubeConfigOptions, Kubeconfig};
+#[allow(unused_imports)] // not every test file calls it
+pub use testkit::kube_client::client_from_yaml;
 
 /// kube with rustls has no automatic crypto provider: install one per test process.
 pub fn init() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-pub async fn client_from_yaml(yaml: &str) -> Client {
-    let kc = Kubeconfig::from_yaml(yaml).expect("kubeconfig parses");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("kube config");
-    Client::try_from(cfg).expect("client")
+    testkit::kube_client::install_crypto_provider();
 }
 
 pub async fn admin_client(server: &TestApiServer) -> Client {

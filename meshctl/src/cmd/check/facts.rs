@@ -2,6 +2,7 @@
 //! with k8s_openapi where a rule reads a field. `gather.rs` fills these, `rules/` reads them.
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use kube::config::Kubeconfig;
 
 /// One readable cluster's objects that the cluster checks look at.
 #[derive(Debug, Default)]
@@ -15,6 +16,14 @@ pub struct ClusterFacts {
     /// The east-west gateway's Service and pods.
     pub gateway: Option<Service>,
     pub pods: Vec<Pod>,
+}
+
+/// A remote secret stored in a cluster: the cluster ID it is keyed by, and its kubeconfig,
+/// parsed once by `gather` (the error text when it does not parse).
+#[derive(Debug, Clone)]
+pub struct StoredRemote {
+    pub cluster: String,
+    pub kubeconfig: Result<Kubeconfig, String>,
 }
 
 /// Why a cluster could not be read.

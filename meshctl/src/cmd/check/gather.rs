@@ -13,7 +13,7 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
 
-use super::facts::{ClusterFacts, Unread};
+use super::facts::{ClusterFacts, StoredRemote, Unread};
 use crate::istio::{APP_LABEL, CACERTS_SECRET, GATEWAY_NAME, MULTICLUSTER_LABEL};
 use crate::kube::{self as kc, Cluster, ConnectError};
 use crate::mesh::reader_rules::{READER_RULES, permission_name};
@@ -53,10 +53,31 @@ pub async fn cluster(c: &Cluster, ns: &str) -> Result<ClusterFacts> {
     })
 }
 
-/// The Secrets labelled `istio/multiCluster=true` in `ns`: the remote secrets istiod watches.
+/// The Secrets labelled `istio/multiCluster=true` in `ns` (the remote secrets istiod
+/// watches); [`stored_remote`] parses each one's kubeconfig.
 pub async fn remote_secrets(c: &Cluster, ns: &str) -> Result<Vec<Secret>> {
     let selector = format!("{MULTICLUSTER_LABEL}=true");
     kc::list_as(c, "v1", "Secret", Some(ns), &selector).await
+}
+
+/// The cluster key and parsed kubeconfig of a remote Secret (`data` or `stringData`, its
+/// first key, as istiod reads it); `None` when it holds no key.
+pub fn stored_remote(secret: &Secret) -> Option<StoredRemote> {
+    let (cluster, text) = match secret.data.as_ref().and_then(|m| m.iter().next()) {
+        Some((k, v)) => (
+            k,
+            String::from_utf8(v.0.clone()).map_err(|_| "it is not UTF-8 text".to_string()),
+        ),
+        None => {
+            let (k, v) = secret.string_data.as_ref()?.iter().next()?;
+            (k, Ok(v.clone()))
+        }
+    };
+    let kubeconfig = text.and_then(|t| Kubeconfig::from_yaml(&t).map_err(|e| e.to_string()));
+    Some(StoredRemote {
+        cluster: cluster.clone(),
+        kubeconfig,
+    })
 }
 
 /// Lists services with the stored kubeconfig: its address, CA and token work. The error

@@ -140,9 +140,10 @@ async fn check_pair(
 ) -> Result<()> {
     let ns = a.ns.namespace.as_str();
     let secrets = gather::remote_secrets(tc, ns).await?;
+    let stored: Vec<_> = secrets.iter().filter_map(gather::stored_remote).collect();
     let now = unix_now();
     let pair = (source, target);
-    let Some(kubeconfig) = pair::stored_secret(r, pair, ns, &secrets, a.allow_loopback_server, now)
+    let Some(kubeconfig) = pair::stored_secret(r, pair, ns, &stored, a.allow_loopback_server, now)
     else {
         return Ok(());
     };
@@ -153,7 +154,7 @@ async fn check_pair(
         return Ok(());
     }
     let rejoin = pair::rejoin_hint(source, target);
-    match gather::try_kubeconfig(kubeconfig).await {
+    match gather::try_kubeconfig(kubeconfig.clone()).await {
         Ok((client, detail)) => {
             let missing = gather::missing_reader_permissions(&client)
                 .await

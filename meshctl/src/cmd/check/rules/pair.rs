@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::Secret;
 use kube::config::Kubeconfig;
+use secrecy::ExposeSecret;
 use serde_json::Value;
 
-use super::super::facts::Seen;
+use super::super::facts::{Seen, StoredRemote};
 use super::super::report::Report;
 use crate::istio::{MULTICLUSTER_LABEL, remote_secret_name};
 use crate::kube::Failure;
@@ -29,34 +29,22 @@ pub fn rejoin_hint(source: &Seen, target: &Seen) -> String {
     )
 }
 
-/// The kubeconfig stored in a remote Secret (`data` or `stringData`), with its cluster key.
-pub fn stored_kubeconfig(secret: &Secret) -> Option<(String, String)> {
-    if let Some((k, v)) = secret.data.as_ref().and_then(|m| m.iter().next()) {
-        return Some((k.clone(), String::from_utf8(v.0.clone()).ok()?));
-    }
-    let (k, v) = secret.string_data.as_ref()?.iter().next()?;
-    Some((k.clone(), v.clone()))
-}
-
 /// What can be judged without calling the source cluster: "remote secret present", that
 /// its kubeconfig parses, "no loopback server address" and "token expiry" (at `now`, in Unix
-/// seconds). Returns the stored kubeconfig when the live checks can go on.
-pub fn stored_secret(
+/// seconds), from the remote secrets found in the target (kubeconfigs parsed by gather).
+/// Returns the stored kubeconfig when the live checks can go on.
+pub fn stored_secret<'a>(
     r: &mut Report,
     (source, target): (&Seen, &Seen),
     ns: &str,
-    secrets: &[Secret],
+    stored: &'a [StoredRemote],
     allow_loopback_server: bool,
     now: u64,
-) -> Option<Kubeconfig> {
+) -> Option<&'a Kubeconfig> {
     let scope = pair_scope(source, target);
     let rejoin = rejoin_hint(source, target);
-    let found: Vec<(String, String)> = secrets
-        .iter()
-        .filter_map(stored_kubeconfig)
-        .filter(|(k, _)| *k == source.name)
-        .collect();
-    let Some((_, kubeconfig)) = found.first() else {
+    let found: Vec<&StoredRemote> = stored.iter().filter(|s| s.cluster == source.name).collect();
+    let Some(first) = found.first() else {
         // A guessed ID may be wrong: registering again under it would register the cluster twice.
         let hint = if source.name_guessed {
             format!(
@@ -98,7 +86,7 @@ pub fn stored_secret(
             remote_secret_name(&source.name),
         );
     }
-    let parsed = match Kubeconfig::from_yaml(kubeconfig) {
+    let parsed = match &first.kubeconfig {
         Ok(k) => k,
         Err(e) => {
             r.fail(
@@ -129,9 +117,12 @@ pub fn stored_secret(
         r.fail(&scope, check, format!("{server}: {}'s istiod would connect to itself", target.context),
             format!("re-run meshctl join with --server {}=https://<control-plane-address>:6443 (kind: docker inspect -f '{{{{.NetworkSettings.Networks.kind.IPAddress}}}}' <cluster>-control-plane)", source.context));
     }
-    // kube's parsed kubeconfig keeps the token secret-wrapped; the raw YAML gives it plainly.
-    let raw: Value = serde_yaml::from_str(kubeconfig).unwrap_or(Value::Null);
-    let token = raw["users"][0]["user"]["token"].as_str();
+    let token = parsed
+        .auth_infos
+        .first()
+        .and_then(|u| u.auth_info.as_ref())
+        .and_then(|u| u.token.as_ref())
+        .map(|t| t.expose_secret());
     token_expiry(r, &scope, token, &rejoin, now);
     Some(parsed)
 }

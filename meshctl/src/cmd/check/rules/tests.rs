@@ -7,7 +7,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use serde_json::{Value, json};
 
-use super::super::facts::{ClusterFacts, Seen, Unread};
+use super::super::facts::{ClusterFacts, Seen, StoredRemote, Unread};
+use super::super::gather::stored_remote;
 use super::super::report::{Item, Report, Status};
 use super::cluster::{gateway_address, read_cluster, unread_cluster};
 use super::pair::{jwt_exp, live, stored_secret, token_expiry};
@@ -275,15 +276,72 @@ fn stored(cluster: &str, server: &str, token: &str) -> Secret {
 fn judge_pair(source: &Seen, secrets: &[Secret], allow: bool, now: u64) -> (Vec<Item>, bool) {
     let mut r = Report::default();
     let target = seen("west", "west-cluster", false);
+    let stored: Vec<StoredRemote> = secrets.iter().filter_map(stored_remote).collect();
     let k = stored_secret(
         &mut r,
         (source, &target),
         "istio-system",
-        secrets,
+        &stored,
         allow,
         now,
     );
     (r.items, k.is_some())
+}
+
+/// gather parses each kubeconfig once; the rule judges the parsed form (or the parse error)
+/// and reads the token from it.
+#[test]
+fn a_stored_kubeconfig_is_parsed_once_by_gather() {
+    let now = 1_700_000_000;
+    let good = stored(
+        "east-cluster",
+        "https://10.0.0.2:6443",
+        &jwt(r#"{"exp":1700000600}"#),
+    );
+    let parsed = stored_remote(&good).unwrap();
+    assert_eq!(parsed.cluster, "east-cluster");
+    assert!(parsed.kubeconfig.is_ok(), "{parsed:?}");
+    let mut not_utf8 = good.clone();
+    not_utf8.data = Some(BTreeMap::from([(
+        "east-cluster".to_string(),
+        ByteString(vec![0xff, 0xfe]),
+    )]));
+    let broken = stored_remote(&not_utf8).unwrap();
+    assert!(broken.kubeconfig.is_err());
+
+    let east = seen("east", "east-cluster", false);
+    let target = seen("west", "west-cluster", false);
+    let judge = |stored: &StoredRemote| {
+        let mut r = Report::default();
+        let live = stored_secret(
+            &mut r,
+            (&east, &target),
+            "istio-system",
+            std::slice::from_ref(stored),
+            false,
+            now,
+        )
+        .is_some();
+        (r.items, live)
+    };
+    let (items, live) = judge(&parsed);
+    assert!(live);
+    // The token's expiry (10 minutes away) came from the parsed kubeconfig.
+    let i = find(&items, "token expiry");
+    assert_eq!(
+        (i.status, i.detail.as_str()),
+        (Status::Warn, "expires in 10m")
+    );
+
+    let (items, live) = judge(&broken);
+    assert!(!live);
+    let i = find(&items, "kubeconfig works");
+    assert_eq!(i.status, Status::Fail);
+    assert!(
+        i.detail.contains("does not parse: it is not UTF-8 text"),
+        "{}",
+        i.detail
+    );
 }
 
 #[test]
