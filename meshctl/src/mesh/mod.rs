@@ -4,6 +4,7 @@
 //! that credential) and the reader role.
 //! Commands in `cmd/` call these; nothing here imports a command.
 
+pub mod ambient;
 pub mod cacerts;
 pub mod credentials;
 pub mod gateway;
