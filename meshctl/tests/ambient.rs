@@ -348,3 +348,183 @@ async fn gateway_manifest_protocols() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("--trust-domain"), "{}", text(&out));
 }
+
+/// istiod as Istio's chart deploys it, with the multi-network ambient setting `on`.
+fn istiod(s: &TestApiServer, on: &str) {
+    s.store().apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "istiod", "namespace": "istio-system", "labels": {"app": "istiod"}},
+        "spec": {"selector": {"matchLabels": {"app": "istiod"}},
+            "template": {"metadata": {"labels": {"app": "istiod"}},
+                "spec": {"containers": [{"name": "discovery", "image": "docker.io/istio/pilot:1.28.0",
+                    "env": [{"name": "AMBIENT_ENABLE_MULTI_NETWORK", "value": on}]}]}}}})).unwrap();
+}
+
+/// The gateway's HBONE Secret, issued by `meshctl certs workload` from `cluster`'s CA for
+/// service account `sa`.
+async fn hbone_secret(m: &Mesh, s: &TestApiServer, cluster: &str, sa: &str) {
+    use base64::Engine as _;
+    let out = m.dir.path().join(format!("hbone-{cluster}-{sa}"));
+    m.ok(&[
+        "certs",
+        "workload",
+        "--ca",
+        p(&m.certs.join(cluster)),
+        "-n",
+        "istio-system",
+        "-s",
+        sa,
+        "--out",
+        p(&out),
+        "--force",
+    ])
+    .await;
+    let b64 = |f: &str| {
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(out.join(f)).unwrap())
+    };
+    s.store()
+        .apply(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "istio-eastwestgateway-hbone-certs", "namespace": "istio-system"},
+            "data": {"cert-chain.pem": b64("cert-chain.pem"), "key.pem": b64("key.pem"), "root-cert.pem": b64("root-cert.pem")}}))
+        .unwrap();
+}
+
+fn global_service(s: &TestApiServer, name: &str) {
+    s.store()
+        .apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "labels": {"istio.io/global": "true"}},
+        "spec": {"ports": [{"port": 80}]}}))
+        .unwrap();
+}
+
+async fn check(m: &Mesh) -> (i32, Vec<Value>) {
+    let out = meshctl(&[
+        "check",
+        "--kubeconfig",
+        m.kc(),
+        "--context",
+        "west",
+        "--context",
+        "east",
+        "--allow-loopback-server",
+        "-o",
+        "json",
+    ])
+    .await;
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    (
+        out.status.code().unwrap(),
+        v["checks"].as_array().unwrap().clone(),
+    )
+}
+
+fn item<'a>(items: &'a [Value], scope: &str, name: &str) -> &'a Value {
+    items
+        .iter()
+        .find(|i| i["scope"] == scope && i["check"] == name)
+        .unwrap_or_else(|| panic!("no {scope:?}/{name:?} in {items:#?}"))
+}
+
+const AMBIENT_CHECKS: [&str; 3] = [
+    "istiod ambient multi-network",
+    "gateway HBONE identity",
+    "peer networks announced",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_on_a_good_ambient_setup_and_names_each_broken_item() {
+    let m = ambient_mesh().await;
+    m.join(&["--ambient"]).await;
+    m.make_gateways_ready();
+    m.join(&["--ambient"]).await;
+    for (s, c) in [(&m.west, "west"), (&m.east, "east")] {
+        istiod(s, "true");
+        hbone_secret(&m, s, c, "istio-eastwestgateway").await;
+        global_service(s, "catalog");
+    }
+    let (code, items) = check(&m).await;
+    let bad: Vec<&Value> = items.iter().filter(|i| i["status"] != "pass").collect();
+    assert_eq!(code, 0, "{bad:#?}");
+    assert!(bad.is_empty(), "{bad:#?}");
+    for scope in ["cluster west", "cluster east"] {
+        for name in AMBIENT_CHECKS {
+            assert_eq!(
+                item(&items, scope, name)["status"],
+                "pass",
+                "{scope} {name}"
+            );
+        }
+    }
+    assert_eq!(
+        item(&items, "cluster west", "peer networks announced")["detail"],
+        "east-network at 172.18.0.20"
+    );
+    assert_eq!(
+        item(&items, "cluster east", "gateway HBONE identity")["detail"],
+        "spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway"
+    );
+
+    // Broken, one item each.
+    istiod(&m.east, "false");
+    hbone_secret(&m, &m.west, "west", "someone-else").await;
+    global_service(&m.west, "webapp");
+    let mut gw = announce(&m.east, "west-network").unwrap();
+    gw["metadata"]["annotations"]["gateway.istio.io/service-account"] = json!("other-sa");
+    m.east.store().apply(gw).unwrap();
+    let mut gw = announce(&m.west, "east-network").unwrap();
+    gw["status"] = json!({});
+    m.west.store().apply(gw).unwrap();
+
+    let (code, items) = check(&m).await;
+    assert_eq!(code, 1);
+    let failing = |scope: &str, name: &str| {
+        let i = item(&items, scope, name);
+        assert_eq!(i["status"], "fail", "{i}");
+        assert!(i["hint"].as_str().is_some_and(|h| !h.is_empty()), "{i}");
+        i["detail"].as_str().unwrap().to_string()
+    };
+    let d = failing("cluster east", "istiod ambient multi-network");
+    assert!(
+        d.contains("AMBIENT_ENABLE_MULTI_NETWORK is not true on istiod"),
+        "{d}"
+    );
+    assert_eq!(
+        item(&items, "cluster west", "istiod ambient multi-network")["status"],
+        "pass"
+    );
+    let d = failing("cluster west", "gateway HBONE identity");
+    assert!(
+        d.contains("peers expect spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway")
+            && d.contains("sa/someone-else"),
+        "{d}"
+    );
+    let d = failing("cluster east", "peer networks announced");
+    assert!(
+        d.contains("network west-network") && d.contains("sa/other-sa"),
+        "{d}"
+    );
+    let d = failing("cluster west", "peer networks announced");
+    assert!(d.contains("has no status.addresses"), "{d}");
+    let w = item(&items, "mesh", "global services on every side");
+    assert_eq!(w["status"], "warn");
+    assert_eq!(
+        w["detail"],
+        "global on one side only: default/webapp (missing in east)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_adds_no_ambient_items_to_a_classic_mesh() {
+    let m = mesh().await;
+    m.join(&[]).await;
+    m.make_gateways_ready();
+    let (code, items) = check(&m).await;
+    assert_eq!(code, 0, "{items:#?}");
+    for i in &items {
+        let name = i["check"].as_str().unwrap();
+        assert!(
+            !AMBIENT_CHECKS.contains(&name) && name != "global services on every side",
+            "{i}"
+        );
+    }
+}

@@ -18,7 +18,7 @@ use crate::kube::{self as kc, Cluster, KubeconfigFile, Output};
 use facts::Seen;
 use report::Report;
 use rules::mesh::PairPlan;
-use rules::{cluster, expiry, mesh, pair};
+use rules::{ambient, cluster, expiry, mesh, pair};
 
 mod facts;
 mod gather;
@@ -67,6 +67,7 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
     let mut r = Report::default();
     let mut seen = Vec::new();
     let mut clients: Vec<Option<Cluster>> = Vec::new();
+    let mut ambient_facts = Vec::new();
     for ctx in &a.clusters.contexts {
         let name_flag = lookup(names, ctx);
         match file.connect(ctx).await {
@@ -77,6 +78,7 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
                 let scope = format!("cluster {ctx}");
                 let (now, warn) = (unix_now(), a.warn_before);
                 expiry::cacerts(&mut r, &scope, facts.cacerts.as_ref(), ids, now, warn);
+                ambient_facts.push((seen.len(), gather::ambient(&c, ns).await?));
                 seen.push(s);
                 clients.push(Some(c));
             }
@@ -88,6 +90,8 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
         }
     }
     mesh::mesh_checks(&mut r, &seen);
+    let readable: Vec<_> = ambient_facts.iter().map(|(i, f)| (&seen[*i], f)).collect();
+    ambient::checks(&mut r, &readable);
     for source in &seen {
         for (target, tc) in seen.iter().zip(&clients) {
             if source.context == target.context {
