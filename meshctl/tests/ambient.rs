@@ -293,6 +293,24 @@ async fn join_ambient_refuses_without_the_gateway_api_and_changes_nothing() {
         out.contains("expected an IP address or a DNS name"),
         "{out}"
     );
+    let out = m
+        .fails(&[
+            "join",
+            "--kubeconfig",
+            m.kc(),
+            "--context",
+            "west",
+            "--context",
+            "east",
+            "--certs",
+            p(&m.certs),
+            "--gateway-address",
+            "east=10.0.0.1",
+        ])
+        .await;
+    assert!(out.contains("add --ambient"), "{out}");
+    assert_eq!(snapshot(&m.west), w0);
+    assert_eq!(snapshot(&m.east), e0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
