@@ -90,6 +90,26 @@ pub enum ServiceType {
     NodePort,
 }
 
+/// Which protocols the gateway serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocols {
+    /// 15443 only (sidecars, SNI auto-passthrough): needs no workload certificate.
+    Classic,
+    /// 15443 and 15008 (HBONE): a mesh mixing sidecars and ambient.
+    Both,
+    /// 15008 only.
+    Ambient,
+}
+
+impl Protocols {
+    pub fn classic(self) -> bool {
+        self != Protocols::Ambient
+    }
+    pub fn hbone(self) -> bool {
+        self != Protocols::Classic
+    }
+}
+
 /// Default gateway image (the one `kind-e2e` builds).
 pub const DEFAULT_IMAGE: &str = "meshfed/gateway:dev";
 
@@ -114,6 +134,25 @@ pub struct GatewayFlags {
     /// Also apply Istio's `cross-network-gateway` Gateway (AUTO_PASSTHROUGH on 15443, `*.local`).
     #[arg(long)]
     pub expose_services: bool,
+    /// Protocols served: classic (15443), both (15443 + HBONE 15008), ambient (15008).
+    /// HBONE needs the workload certificate Secret istio-eastwestgateway-hbone-certs.
+    /// `join --ambient` makes it `both` unless given.
+    #[arg(long, value_enum)]
+    pub protocols: Option<Protocols>,
+    /// The mesh's SPIFFE trust domain (the gateway's identity and the clients it accepts).
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+}
+
+impl GatewayFlags {
+    /// `--protocols`, else `both` when ambient is asked for, else `classic`.
+    pub fn protocols(&self, ambient: bool) -> Protocols {
+        self.protocols.unwrap_or(if ambient {
+            Protocols::Both
+        } else {
+            Protocols::Classic
+        })
+    }
 }
 
 /// Remote-secret flags shared by `create-remote-secret` and `join`.

@@ -72,6 +72,44 @@ pub fn gateway_role_name(ns: &str) -> String {
     format!("meshctl-eastwestgateway-{ns}")
 }
 
+/// The HBONE (ambient) port: istiod pairs it with 15443 on the network-labelled Service
+/// (`network.go` `getGatewayDetails`), and peers' ztunnels dial it.
+pub const HBONE_PORT: u16 = 15008;
+/// The Service port name and appProtocol of Istio's own ambient east-west gateway.
+pub const HBONE_PORT_NAME: &str = "mesh";
+pub const HBONE_APP_PROTOCOL: &str = "hbone";
+/// The Secret holding the gateway's workload certificate in Istio's file-mounted layout
+/// (`cert-chain.pem`, `key.pem`, `root-cert.pem`), mounted at [`HBONE_CERTS_DIR`].
+pub const HBONE_CERTS_SECRET: &str = "istio-eastwestgateway-hbone-certs";
+pub const HBONE_CERTS_DIR: &str = "/etc/istio/hbone-certs";
+pub const HBONE_CERT_KEYS: [&str; 3] = ["cert-chain.pem", "key.pem", "root-cert.pem"];
+/// The projected service-account token for istiod's CA (audience `istio-ca`), where Istio's
+/// gateway template mounts it.
+pub const ISTIO_TOKEN_DIR: &str = "/var/run/secrets/tokens";
+pub const ISTIO_CA_AUDIENCE: &str = "istio-ca";
+
+/// Kubernetes Gateway API `Gateway` (how ztunnels learn network gateways), and its CRD.
+pub const GATEWAY_API_V1: &str = "gateway.networking.k8s.io/v1";
+pub const GATEWAY_API_CRD: &str = "gateways.gateway.networking.k8s.io";
+/// The class of a Gateway that announces a gateway Istio did not deploy.
+pub const REMOTE_GATEWAY_CLASS: &str = "istio-remote";
+/// Names the service account of an announced gateway (its expected SPIFFE identity).
+pub const GATEWAY_SA_ANNOTATION: &str = "gateway.istio.io/service-account";
+/// Marks a Service as global (exported to the other networks) in Istio's ambient profile.
+pub const GLOBAL_SERVICE_LABEL: &str = "istio.io/global";
+/// istiod's switch for ambient multi-network.
+pub const AMBIENT_MULTI_NETWORK_ENV: &str = "AMBIENT_ENABLE_MULTI_NETWORK";
+
+/// The `istio-remote` Gateway in one cluster announcing network `network`'s gateway.
+pub fn announce_gateway_name(network: &str) -> String {
+    format!("meshctl-remote-{network}")
+}
+
+/// `spiffe://<td>/ns/<ns>/sa/<sa>`: what peers expect the gateway to present.
+pub fn spiffe_id(trust_domain: &str, ns: &str, sa: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{ns}/sa/{sa}")
+}
+
 /// Field manager of every server-side apply.
 pub const MANAGER: &str = "meshctl";
 /// Label on everything meshctl creates; `unjoin` deletes exactly what carries it.

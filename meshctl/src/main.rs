@@ -10,7 +10,8 @@
 //!   two and prints the report.
 //! - `mesh/`: the mesh's objects and the steps that apply them, shared by several commands:
 //!   the `cacerts` Secret, istiod's namespace, the east-west gateway, the remote secret (its
-//!   shape in `remote_secret.rs`, minting its credential in `reader.rs`) and the reader role.
+//!   shape in `remote_secret.rs`, minting its credential in `reader.rs`), the reader role and
+//!   the `istio-remote` Gateways that announce peer networks to ztunnels (`ambient.rs`).
 //! - `cli.rs`: flags declared once and flattened into commands (`--kubeconfig`/`--context`,
 //!   `-n`, `--dry-run`/`-o`, `--force`/`--show-secrets`, the gateway and remote-secret groups)
 //!   and `CONTEXT=VALUE` parsing.

@@ -248,8 +248,16 @@ fn hbone(runs: &Runs, n: usize) -> String {
     );
     let ms = |s: Option<Stat>| s.map(|s| s.median / 1000.0);
     for (label, file, istio) in [
-        ("new tunnel on a new outer connection, c=1: p50 ms", "hb-new1", 2.2),
-        ("new tunnel on a pooled outer connection, c=1: p50 ms", "hb-pooled1", 0.13),
+        (
+            "new tunnel on a new outer connection, c=1: p50 ms",
+            "hb-new1",
+            2.2,
+        ),
+        (
+            "new tunnel on a pooled outer connection, c=1: p50 ms",
+            "hb-pooled1",
+            0.13,
+        ),
     ] {
         let g = st(file, "/conn_time/p50_us");
         let d = direct(file, "/conn_time/p50_us");
@@ -264,12 +272,34 @@ fn hbone(runs: &Runs, n: usize) -> String {
             ms(d).map(|x| format!("{x:.2}")).unwrap_or("–".into()),
         );
     }
-    out.push_str("\n| HBONE cost through the gateway | proxy core | proxy process CPU |\n|---|---:|---:|\n");
+    out.push_str(
+        "\n| HBONE cost through the gateway | proxy core | proxy process CPU |\n|---|---:|---:|\n",
+    );
     for (label, file, core, cpu) in [
-        ("new outer connection + tunnel (c=32): µs", "hb-new32", "/core_us_per_conn", "/cpu_us_per_conn"),
-        ("new tunnel on a pooled outer connection (c=32): µs", "hb-pooled32", "/core_us_per_conn", "/cpu_us_per_conn"),
-        ("64 B request/response inside 32 tunnels: µs per request", "hb-rr32", "/core_us_per_req", "/cpu_us_per_req"),
-        ("bulk inside 4 tunnels: s per GB", "hb-bulk", "/core_s_per_gb", "/cpu_s_per_gb"),
+        (
+            "new outer connection + tunnel (c=32): µs",
+            "hb-new32",
+            "/core_us_per_conn",
+            "/cpu_us_per_conn",
+        ),
+        (
+            "new tunnel on a pooled outer connection (c=32): µs",
+            "hb-pooled32",
+            "/core_us_per_conn",
+            "/cpu_us_per_conn",
+        ),
+        (
+            "64 B request/response inside 32 tunnels: µs per request",
+            "hb-rr32",
+            "/core_us_per_req",
+            "/cpu_us_per_req",
+        ),
+        (
+            "bulk inside 4 tunnels: s per GB",
+            "hb-bulk",
+            "/core_s_per_gb",
+            "/cpu_s_per_gb",
+        ),
     ] {
         let _ = writeln!(
             out,

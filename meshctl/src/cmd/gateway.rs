@@ -58,13 +58,14 @@ struct InstallArgs {
 pub fn run(a: GatewayArgs) -> Result<ExitCode> {
     match a.cmd {
         GatewayCmd::Manifest(m) => {
-            let objs = objects(&m.spec.ns.namespace, &m.spec.network, &m.spec.gw)?;
+            let p = m.spec.gw.protocols(false);
+            let objs = objects(&m.spec.ns.namespace, &m.spec.network, &m.spec.gw, p)?;
             print!("{}", kc::render(&objs, m.out.output)?);
             Ok(ExitCode::SUCCESS)
         }
         GatewayCmd::Install(i) => {
             let ns = &i.spec.ns.namespace;
-            let objs = objects(ns, &i.spec.network, &i.spec.gw)?;
+            let objs = objects(ns, &i.spec.network, &i.spec.gw, i.spec.gw.protocols(false))?;
             let file = KubeconfigFile::load(i.kube.kubeconfig.as_deref())?;
             let ctx = file.context_name(i.kube.context.as_deref())?;
             file.require_contexts(std::slice::from_ref(&ctx))?;

@@ -18,13 +18,13 @@ use crate::cli::{
     lookup, parse_mapping,
 };
 use crate::istio::{
-    CLUSTER_NAME_ANNOTATION, ISTIO_NETWORKING_V1, MANAGED_SELECTOR, MANAGER, NETWORK_LABEL,
-    remote_secret_name,
+    CLUSTER_NAME_ANNOTATION, GATEWAY_API_V1, GATEWAY_NAME, HBONE_PORT, ISTIO_NETWORKING_V1,
+    MANAGED_SELECTOR, MANAGER, NETWORK_LABEL, remote_secret_name,
 };
 use crate::kube::{self as kc, Cluster, KubeconfigFile};
 use crate::mesh::reader::{self, SecretOptions};
 use crate::mesh::remote_secret::{is_loopback, loopback_error, printable};
-use crate::mesh::{cacerts, gateway as gw, namespace};
+use crate::mesh::{ambient, cacerts, gateway as gw, namespace};
 
 #[derive(Debug, Args)]
 pub struct JoinArgs {
@@ -43,6 +43,14 @@ pub struct JoinArgs {
     /// container's address, https://<ip>:6443). Default: the kubeconfig's server.
     #[arg(long = "server")]
     servers: Vec<String>,
+    /// Ambient multi-network: the gateway also serves HBONE (15008), and each cluster gets
+    /// an `istio-remote` Gateway per peer network announcing the peer's gateway to ztunnels.
+    #[arg(long)]
+    ambient: bool,
+    /// CONTEXT=ADDRESS: the gateway address the OTHER clusters' ztunnels dial (IP or DNS
+    /// name; --ambient). Default: the gateway Service's load-balancer address.
+    #[arg(long = "gateway-address")]
+    gateway_addresses: Vec<String>,
     #[command(flatten)]
     ns: NamespaceArg,
     #[command(flatten)]
@@ -71,6 +79,8 @@ struct Member {
     name: String,
     network: String,
     server: Option<String>,
+    /// `--gateway-address`, validated.
+    gateway_address: Option<String>,
     cacerts: Value,
 }
 
@@ -83,6 +93,14 @@ fn members(a: &JoinArgs) -> Result<Vec<Member>> {
     let names = parse_mapping("cluster-name", &a.cluster_names, &a.clusters.contexts)?;
     let nets = parse_mapping("network", &a.networks, &a.clusters.contexts)?;
     let servers = parse_mapping("server", &a.servers, &a.clusters.contexts)?;
+    let addrs = parse_mapping(
+        "gateway-address",
+        &a.gateway_addresses,
+        &a.clusters.contexts,
+    )?;
+    if !addrs.is_empty() && !a.ambient {
+        bail!("--gateway-address is for ambient: add --ambient, or drop --gateway-address");
+    }
     let mut out: Vec<Member> = Vec::new();
     for ctx in &a.clusters.contexts {
         let name = lookup(&names, ctx).unwrap_or(ctx).to_string();
@@ -111,6 +129,10 @@ fn members(a: &JoinArgs) -> Result<Vec<Member>> {
         {
             bail!("--server {ctx}={s}: expected an https:// URL");
         }
+        let gateway_address = lookup(&addrs, ctx).map(str::to_string);
+        if let Some(addr) = &gateway_address {
+            ambient::address_type(addr).map_err(|e| anyhow!("--gateway-address {ctx}=…: {e}"))?;
+        }
         let dir = a.certs.join(&name);
         if !dir.is_dir() {
             bail!(
@@ -125,6 +147,7 @@ fn members(a: &JoinArgs) -> Result<Vec<Member>> {
             name,
             network,
             server,
+            gateway_address,
             cacerts,
         });
     }
@@ -182,6 +205,14 @@ async fn join(
                 m.context
             );
         }
+        if a.ambient && !dry_run && !ambient::gateway_api_served(&c).await? {
+            bail!(
+                "--ambient: context {:?} does not serve gateway.networking.k8s.io/v1 Gateways \
+                 (CRD gateways.gateway.networking.k8s.io missing): install the Gateway API CRDs \
+                 (Istio's ambient profile needs them too), then run join again. Nothing was changed",
+                m.context
+            );
+        }
         clusters.push(c);
     }
     let mut plan: Vec<(String, Vec<Value>)> = members
@@ -193,7 +224,7 @@ async fn join(
     for (i, (m, c)) in members.iter().zip(&clusters).enumerate() {
         let changed = cacerts::apply_secret(c, &m.cacerts, a.cacerts.force, dry_run).await?;
         let nsobj = namespace::label(c, ns, &m.network, Some(&m.name), dry_run).await?;
-        let objs = gw::objects(ns, &m.network, &a.gateway)?;
+        let objs = gw::objects(ns, &m.network, &a.gateway, a.gateway.protocols(a.ambient))?;
         gw::install(c, ns, &objs, dry_run).await?;
         if !dry_run {
             let what = if changed { "applied" } else { "unchanged" };
@@ -237,6 +268,9 @@ async fn join(
             plan[j].1.push(printable(&built.secret));
         }
     }
+    if a.ambient {
+        announce(members, &clusters, ns, dry_run, &mut plan).await?;
+    }
     if !restart.is_empty() {
         eprintln!(
             "cacerts changed in {}. {}",
@@ -247,9 +281,58 @@ async fn join(
     Ok(plan)
 }
 
+/// Phase 4 (`--ambient`): in each cluster, an `istio-remote` Gateway per peer network with
+/// the peer gateway's address (`--gateway-address`, else its Service's load balancer).
+async fn announce(
+    members: &[Member],
+    clusters: &[Cluster],
+    ns: &str,
+    dry_run: bool,
+    plan: &mut [(String, Vec<Value>)],
+) -> Result<()> {
+    let mut addresses = Vec::new();
+    for (m, c) in members.iter().zip(clusters) {
+        let addr = match &m.gateway_address {
+            Some(a) => Some(a.clone()),
+            None => kc::get(c, "v1", "Service", Some(ns), GATEWAY_NAME)
+                .await?
+                .as_ref()
+                .and_then(ambient::service_address),
+        };
+        addresses.push(addr);
+    }
+    for (i, c) in clusters.iter().enumerate() {
+        for (j, peer) in members.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let Some(addr) = &addresses[j] else {
+                eprintln!(
+                    "{}: network {} not announced: gateway {GATEWAY_NAME} in context {:?} has no \
+                     load-balancer address yet; run join again once it has one, or pass \
+                     --gateway-address {}=ADDRESS",
+                    c.context, peer.network, peer.context, peer.context
+                );
+                continue;
+            };
+            let obj = ambient::announce_object(ns, &peer.network, addr)?;
+            if !dry_run {
+                ambient::apply_announce(c, &obj).await?;
+                println!(
+                    "{}: network {} announced to ztunnels at {addr}:{HBONE_PORT}",
+                    c.context, peer.network
+                );
+            }
+            plan[i].1.push(obj);
+        }
+    }
+    Ok(())
+}
+
 /// Kinds `unjoin` deletes (in this order), when labelled managed-by=meshctl.
 const MANAGED_KINDS: &[(&str, &str)] = &[
     (ISTIO_NETWORKING_V1, "Gateway"),
+    (GATEWAY_API_V1, "Gateway"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("policy/v1", "PodDisruptionBudget"),
     ("v1", "Service"),

@@ -6,11 +6,12 @@ use anyhow::{Result, anyhow, bail};
 use serde_json::{Value, json};
 
 use super::namespace::validate_label_value;
-use crate::cli::{GatewayFlags, ServiceType};
+use crate::cli::{GatewayFlags, Protocols, ServiceType};
 use crate::istio::{
-    APP_LABEL, EXPOSE_GATEWAY, GATEWAY_CRD, GATEWAY_NAME, ISTIO_LABEL, ISTIO_NETWORKING_GROUP,
-    ISTIO_NETWORKING_V1, ISTIO_VALUE, NETWORK_LABEL, STATUS_PORT, TLS_PORT, gateway_role_name,
-    managed_labels,
+    APP_LABEL, EXPOSE_GATEWAY, GATEWAY_CRD, GATEWAY_NAME, HBONE_APP_PROTOCOL, HBONE_CERTS_DIR,
+    HBONE_CERTS_SECRET, HBONE_PORT, HBONE_PORT_NAME, ISTIO_CA_AUDIENCE, ISTIO_LABEL,
+    ISTIO_NETWORKING_GROUP, ISTIO_NETWORKING_V1, ISTIO_TOKEN_DIR, ISTIO_VALUE, NETWORK_LABEL,
+    STATUS_PORT, TLS_PORT, gateway_role_name, managed_labels,
 };
 use crate::kube::{self as kc, Cluster};
 
@@ -53,6 +54,21 @@ pub async fn install(c: &Cluster, ns: &str, objs: &[Value], dry_run: bool) -> Re
     Ok(())
 }
 
+/// A SPIFFE trust domain: DNS-like labels (lower case, digits, `-`, `.`, `_`).
+pub fn validate_trust_domain(td: &str) -> Result<()> {
+    let ok = !td.is_empty()
+        && td.len() <= 255
+        && td
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c));
+    if !ok {
+        bail!(
+            "--trust-domain {td:?}: expected a SPIFFE trust domain such as cluster.local (lower-case letters, digits, '-', '.', '_')"
+        );
+    }
+    Ok(())
+}
+
 fn parse_annotations(items: &[String]) -> Result<serde_json::Map<String, Value>> {
     let mut m = serde_json::Map::new();
     for a in items {
@@ -64,9 +80,77 @@ fn parse_annotations(items: &[String]) -> Result<serde_json::Map<String, Value>>
     Ok(m)
 }
 
+/// The gateway's listeners as container args, container ports and Service ports.
+/// Classic: 15443 (SNI passthrough). HBONE: 15008 with the workload certificate read from
+/// the mounted Secret (Istio's file layout) and clients of `trust_domain` accepted.
+fn listeners(p: Protocols, trust_domain: &str) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
+    let mut args = Vec::new();
+    let mut container_ports = Vec::new();
+    let mut service_ports = vec![
+        json!({"name": "status-port", "port": STATUS_PORT, "targetPort": STATUS_PORT, "protocol": "TCP"}),
+    ];
+    if p.classic() {
+        args.extend([json!("--listen"), json!(format!("0.0.0.0:{TLS_PORT}"))]);
+        container_ports.push(json!({"name": "tls", "containerPort": TLS_PORT, "protocol": "TCP"}));
+        service_ports.push(
+            json!({"name": "tls", "port": TLS_PORT, "targetPort": TLS_PORT, "protocol": "TCP"}),
+        );
+    }
+    args.extend([json!("--admin"), json!(format!("0.0.0.0:{STATUS_PORT}"))]);
+    container_ports
+        .push(json!({"name": "status-port", "containerPort": STATUS_PORT, "protocol": "TCP"}));
+    if p.hbone() {
+        args.extend([
+            json!("--hbone-listen"),
+            json!(format!("0.0.0.0:{HBONE_PORT}")),
+            json!("--hbone-certs"),
+            json!(HBONE_CERTS_DIR),
+            json!("--trust-domain"),
+            json!(trust_domain),
+        ]);
+        container_ports
+            .push(json!({"name": HBONE_PORT_NAME, "containerPort": HBONE_PORT, "protocol": "TCP"}));
+        service_ports.push(
+            json!({"name": HBONE_PORT_NAME, "port": HBONE_PORT, "targetPort": HBONE_PORT,
+            "protocol": "TCP", "appProtocol": HBONE_APP_PROTOCOL}),
+        );
+    }
+    args.extend(
+        [
+            "--cluster-domain",
+            "cluster.local",
+            "--allow-host",
+            "*.local",
+            "--log-format",
+            "json",
+        ]
+        .map(|a| json!(a)),
+    );
+    (args, container_ports, service_ports)
+}
+
+/// The volumes an HBONE gateway mounts: its certificate Secret (read now) and the projected
+/// `istio-ca` token (for requesting certificates from istiod, mounted where Istio's gateway
+/// template puts it).
+fn hbone_volumes() -> (Value, Value) {
+    let volumes = json!([
+        {"name": "hbone-certs", "secret": {"secretName": HBONE_CERTS_SECRET, "defaultMode": 0o400}},
+        {"name": "istio-token", "projected": {"sources": [{"serviceAccountToken":
+            {"audience": ISTIO_CA_AUDIENCE, "expirationSeconds": 43200, "path": "istio-token"}}]}},
+    ]);
+    let mounts = json!([
+        {"name": "hbone-certs", "mountPath": HBONE_CERTS_DIR, "readOnly": true},
+        {"name": "istio-token", "mountPath": ISTIO_TOKEN_DIR, "readOnly": true},
+    ]);
+    (volumes, mounts)
+}
+
 /// All gateway objects for one cluster, in apply order.
-pub fn objects(ns: &str, network: &str, f: &GatewayFlags) -> Result<Vec<Value>> {
+pub fn objects(ns: &str, network: &str, f: &GatewayFlags, p: Protocols) -> Result<Vec<Value>> {
     validate_label_value(network)?;
+    if p.hbone() {
+        validate_trust_domain(&f.trust_domain)?;
+    }
     pki::validate_dns_label(ns).map_err(|e| anyhow!("namespace {e}"))?;
     if f.max_replicas < f.replicas {
         bail!(
@@ -99,6 +183,7 @@ pub fn objects(ns: &str, network: &str, f: &GatewayFlags) -> Result<Vec<Value>> 
         ServiceType::LoadBalancer => "LoadBalancer",
         ServiceType::NodePort => "NodePort",
     };
+    let (args, container_ports, service_ports) = listeners(p, &f.trust_domain);
     let mut out = vec![
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(GATEWAY_NAME, true)}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": meta(&role, false),
@@ -125,11 +210,8 @@ pub fn objects(ns: &str, network: &str, f: &GatewayFlags) -> Result<Vec<Value>> 
                     "containers": [{
                         "name": "gateway",
                         "image": f.image,
-                        "args": ["--listen", format!("0.0.0.0:{TLS_PORT}"), "--admin", format!("0.0.0.0:{STATUS_PORT}"),
-                            "--cluster-domain", "cluster.local", "--allow-host", "*.local", "--log-format", "json"],
-                        "ports": [
-                            {"name": "tls", "containerPort": TLS_PORT, "protocol": "TCP"},
-                            {"name": "status-port", "containerPort": STATUS_PORT, "protocol": "TCP"}],
+                        "args": args,
+                        "ports": container_ports,
                         "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": STATUS_PORT},
                             "periodSeconds": 2, "failureThreshold": 3, "timeoutSeconds": 1},
                         "livenessProbe": {"httpGet": {"path": "/healthz/live", "port": STATUS_PORT},
@@ -143,9 +225,7 @@ pub fn objects(ns: &str, network: &str, f: &GatewayFlags) -> Result<Vec<Value>> 
             },
         }}),
         json!({"apiVersion": "v1", "kind": "Service", "metadata": service_meta,
-            "spec": {"type": service_type, "selector": selector, "ports": [
-                {"name": "status-port", "port": STATUS_PORT, "targetPort": STATUS_PORT, "protocol": "TCP"},
-                {"name": "tls", "port": TLS_PORT, "targetPort": TLS_PORT, "protocol": "TCP"}]}}),
+            "spec": {"type": service_type, "selector": selector, "ports": service_ports}}),
         json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta(GATEWAY_NAME, true),
             "spec": {"minAvailable": 1, "selector": {"matchLabels": selector}}}),
         json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta(GATEWAY_NAME, true),
@@ -154,6 +234,14 @@ pub fn objects(ns: &str, network: &str, f: &GatewayFlags) -> Result<Vec<Value>> 
                 "metrics": [{"type": "Resource", "resource": {"name": "cpu",
                     "target": {"type": "Utilization", "averageUtilization": 80}}}]}}),
     ];
+    if p.hbone() {
+        let (volumes, mounts) = hbone_volumes();
+        if let Some(d) = out.iter_mut().find(|o| o["kind"] == "Deployment") {
+            let pod = &mut d["spec"]["template"]["spec"];
+            pod["volumes"] = volumes;
+            pod["containers"][0]["volumeMounts"] = mounts;
+        }
+    }
     if f.expose_services {
         out.push(json!({"apiVersion": ISTIO_NETWORKING_V1, "kind": "Gateway",
             "metadata": {"name": EXPOSE_GATEWAY, "namespace": ns, "labels": managed},

@@ -1,9 +1,10 @@
 //! The mesh's objects and the steps that apply them, shared by the commands: the `cacerts`
 //! Secret, istiod's namespace (network label, cluster name), the east-west gateway, the
 //! remote secret (its shape, the reader that mints its credential, and reading and renewing
-//! that credential) and the reader role.
+//! that credential), the reader role, and the ambient announcements of peer gateways.
 //! Commands in `cmd/` call these; nothing here imports a command.
 
+pub mod ambient;
 pub mod cacerts;
 pub mod credentials;
 pub mod gateway;

@@ -56,3 +56,18 @@ pub struct Seen {
     /// The DER certificates of the cacerts root.
     pub root: Option<Vec<Vec<u8>>>,
 }
+
+/// One readable cluster's ambient objects (read only when the cluster could be read).
+#[derive(Debug, Default)]
+pub struct AmbientFacts {
+    /// istiod's Deployments (`app=istiod`).
+    pub istiods: Vec<k8s_openapi::api::apps::v1::Deployment>,
+    /// The east-west gateway's Deployment.
+    pub gateway: Option<k8s_openapi::api::apps::v1::Deployment>,
+    /// The gateway's HBONE certificate Secret.
+    pub hbone_secret: Option<Secret>,
+    /// Gateway API Gateways of class `istio-remote` (JSON: not a k8s_openapi type).
+    pub remote_gateways: Vec<serde_json::Value>,
+    /// Services labelled `istio.io/global=true`, as `namespace/name`.
+    pub global_services: Vec<String>,
+}

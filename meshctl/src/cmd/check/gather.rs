@@ -13,7 +13,7 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
 
-use super::facts::{ClusterFacts, StoredRemote, Unread};
+use super::facts::{AmbientFacts, ClusterFacts, StoredRemote, Unread};
 use crate::istio::{APP_LABEL, CACERTS_SECRET, GATEWAY_NAME, MULTICLUSTER_LABEL};
 use crate::kube::{self as kc, Cluster, ConnectError};
 use crate::mesh::reader_rules::{READER_RULES, permission_name};
@@ -135,4 +135,40 @@ pub async fn missing_reader_permissions(client: &kube::Client) -> Result<Vec<Str
         }
     }
     Ok(missing)
+}
+
+/// The ambient objects of a readable cluster: istiod's Deployments, the gateway's Deployment
+/// and certificate Secret, the `istio-remote` Gateways and the global Services.
+pub async fn ambient(c: &Cluster, ns: &str) -> Result<AmbientFacts> {
+    use crate::istio::{
+        GATEWAY_API_V1, GLOBAL_SERVICE_LABEL, HBONE_CERTS_SECRET, ISTIOD_SELECTOR,
+        REMOTE_GATEWAY_CLASS,
+    };
+    let istiods = kc::list_as(c, "apps/v1", "Deployment", None, ISTIOD_SELECTOR).await?;
+    let gateway = kc::get_as(c, "apps/v1", "Deployment", Some(ns), GATEWAY_NAME).await?;
+    let hbone_secret = kc::get_as(c, "v1", "Secret", Some(ns), HBONE_CERTS_SECRET).await?;
+    let remote_gateways = kc::list(c, GATEWAY_API_V1, "Gateway", None, "")
+        .await?
+        .into_iter()
+        .filter(|g| g["spec"]["gatewayClassName"] == REMOTE_GATEWAY_CLASS)
+        .collect();
+    let selector = format!("{GLOBAL_SERVICE_LABEL}=true");
+    let global_services = kc::list(c, "v1", "Service", None, &selector)
+        .await?
+        .iter()
+        .map(|s| {
+            format!(
+                "{}/{}",
+                s["metadata"]["namespace"].as_str().unwrap_or_default(),
+                s["metadata"]["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    Ok(AmbientFacts {
+        istiods,
+        gateway,
+        hbone_secret,
+        remote_gateways,
+        global_services,
+    })
 }

@@ -18,7 +18,7 @@ use crate::kube::{self as kc, Cluster, KubeconfigFile, Output};
 use facts::Seen;
 use report::Report;
 use rules::mesh::PairPlan;
-use rules::{cluster, expiry, mesh, pair, rotation};
+use rules::{ambient, cluster, expiry, mesh, pair, rotation};
 
 mod facts;
 mod gather;
@@ -68,6 +68,7 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
     let mut seen = Vec::new();
     let mut clients: Vec<Option<Cluster>> = Vec::new();
     let mut trusts = Vec::new();
+    let mut ambient_facts = Vec::new();
     for ctx in &a.clusters.contexts {
         let name_flag = lookup(names, ctx);
         match file.connect(ctx).await {
@@ -82,6 +83,7 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
                 let scope = format!("cluster {ctx}");
                 let (now, warn) = (unix_now(), a.warn_before);
                 expiry::cacerts(&mut r, &scope, facts.cacerts.as_ref(), ids, now, warn);
+                ambient_facts.push((seen.len(), gather::ambient(&c, ns).await?));
                 seen.push(s);
                 clients.push(Some(c));
             }
@@ -98,6 +100,8 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
         .map(|(context, trust)| rotation::ClusterTrust { context, trust })
         .collect();
     rotation::rotation_checks(&mut r, &trusts);
+    let readable: Vec<_> = ambient_facts.iter().map(|(i, f)| (&seen[*i], f)).collect();
+    ambient::checks(&mut r, &readable);
     for source in &seen {
         for (target, tc) in seen.iter().zip(&clients) {
             if source.context == target.context {

@@ -2,8 +2,9 @@
 //! a hint. No I/O and no `async` here, so the unit tests call them with hand-built facts.
 //! `cluster`: one cluster's own checks; `pair`: one stored remote secret; `mesh`: the mesh
 //! as a whole, and which pair checks can run at all; `expiry`: credentials and CA
-//! certificates against the `--warn-before` horizon.
+//! certificates against the `--warn-before` horizon; `ambient`: ambient multi-network.
 
+pub mod ambient;
 pub mod cluster;
 pub mod expiry;
 pub mod mesh;

@@ -1,0 +1,177 @@
+//! Announcing each network's east-west gateway to the other clusters' ztunnels (ambient).
+//!
+//! ztunnels learn network gateways only from Gateway API objects, never from the
+//! network-labelled Service that sidecars use. For a gateway Istio did not deploy, istiod
+//! reads a local `Gateway` of class `istio-remote` labelled `topology.istio.io/network`:
+//! every address of it with an `HBONE` listener becomes that network's gateway, dialled on
+//! the listener's port, with the identity of `gateway.istio.io/service-account` in the
+//! Gateway's namespace (istio/istio `pilot/pkg/serviceregistry/kube/controller/ambient/
+//! networks.go` `localK8sGatewayToNetworkGateways`; `pilot/pkg/serviceregistry/kube/
+//! conversion.go` `GatewaySA`). Recent istiod reads the addresses from `status.addresses`,
+//! older ones from `spec.addresses`, so meshctl writes both; `status` is a subresource, so
+//! it is applied separately (a real API server drops `status` from a create or apply of
+//! the object itself).
+
+use std::net::IpAddr;
+
+use anyhow::{Result, anyhow, bail};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+
+use crate::istio::{
+    GATEWAY_API_CRD, GATEWAY_API_V1, GATEWAY_NAME, GATEWAY_SA_ANNOTATION, HBONE_PORT, MANAGER,
+    NETWORK_LABEL, REMOTE_GATEWAY_CLASS, announce_gateway_name, managed_labels,
+};
+use crate::kube::{self as kc, Cluster};
+
+/// A gateway address as the Gateway API types it.
+pub fn address_type(addr: &str) -> Result<&'static str> {
+    if addr.parse::<IpAddr>().is_ok() {
+        return Ok("IPAddress");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if addr.len() <= 253 && addr.split('.').all(label_ok) && addr.contains('.') {
+        return Ok("Hostname");
+    }
+    bail!("gateway address {addr:?}: expected an IP address or a DNS name (e.g. gw.example.com)")
+}
+
+/// The address a peer dials: the gateway Service's first load-balancer ingress (IP, else
+/// hostname), if the cloud has assigned one.
+pub fn service_address(svc: &Value) -> Option<String> {
+    let ingress = svc["status"]["loadBalancer"]["ingress"].as_array()?;
+    ingress.iter().find_map(|i| {
+        i["ip"]
+            .as_str()
+            .or_else(|| i["hostname"].as_str())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    })
+}
+
+/// The `istio-remote` Gateway (in the gateway's namespace `ns`) that makes one cluster's
+/// ztunnels reach network `peer_network` through `addr`:15008, expecting the identity
+/// `spiffe://<td>/ns/<ns>/sa/istio-eastwestgateway`.
+pub fn announce_object(ns: &str, peer_network: &str, addr: &str) -> Result<Value> {
+    let ty = address_type(addr)?;
+    let mut labels = managed_labels();
+    labels.insert(NETWORK_LABEL.into(), json!(peer_network));
+    let addresses = json!([{"type": ty, "value": addr}]);
+    Ok(json!({
+        "apiVersion": GATEWAY_API_V1, "kind": "Gateway",
+        "metadata": {"name": announce_gateway_name(peer_network), "namespace": ns,
+            "labels": labels, "annotations": {GATEWAY_SA_ANNOTATION: GATEWAY_NAME}},
+        "spec": {
+            "gatewayClassName": REMOTE_GATEWAY_CLASS,
+            "addresses": addresses,
+            "listeners": [{"name": "mesh", "port": HBONE_PORT, "protocol": "HBONE",
+                "tls": {"mode": "Terminate",
+                    "options": {"gateway.istio.io/tls-terminate-mode": "ISTIO_MUTUAL"}}}],
+        },
+        "status": {"addresses": addresses},
+    }))
+}
+
+/// Is the Gateway API's `Gateway` served at v1?
+pub async fn gateway_api_served(c: &Cluster) -> Result<bool> {
+    let crd = kc::get(
+        c,
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        None,
+        GATEWAY_API_CRD,
+    )
+    .await?;
+    Ok(crd.is_some_and(|crd| {
+        crd["spec"]["versions"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|v| v["name"] == "v1" && v["served"] == true))
+    }))
+}
+
+/// Applies an announcing Gateway: the object, then its `status` through the subresource.
+pub async fn apply_announce(c: &Cluster, obj: &Value) -> Result<()> {
+    let mut spec_only = obj.clone();
+    if let Some(m) = spec_only.as_object_mut() {
+        m.remove("status");
+    }
+    kc::apply(c, &spec_only).await?;
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
+    let (group, version) = GATEWAY_API_V1
+        .split_once('/')
+        .ok_or_else(|| anyhow!("bad apiVersion"))?;
+    let gvk = GroupVersionKind::gvk(group, version, "Gateway");
+    let ar = ApiResource::from_gvk_with_plural(&gvk, "gateways");
+    let api: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), ns, &ar);
+    let status = json!({"apiVersion": GATEWAY_API_V1, "kind": "Gateway",
+        "metadata": {"name": name, "namespace": ns}, "status": obj["status"]});
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&status),
+    )
+    .await
+    .map_err(|e| {
+        anyhow!(
+            "writing status.addresses of Gateway {ns}/{name} in context {:?}: {}",
+            c.context,
+            kc::error_text(&e)
+        )
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_types() {
+        assert_eq!(address_type("172.18.0.20").unwrap(), "IPAddress");
+        assert_eq!(address_type("fd00::1").unwrap(), "IPAddress");
+        assert_eq!(address_type("gw.example.com").unwrap(), "Hostname");
+        for bad in [
+            "",
+            "gw",
+            "a..b",
+            "-a.b",
+            "1.2.3.4:15008",
+            "gw.example.com/x",
+        ] {
+            assert!(address_type(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn service_address_prefers_the_first_ingress() {
+        let svc = json!({"status": {"loadBalancer": {"ingress": [{"hostname": "lb.example.com"}, {"ip": "1.2.3.4"}]}}});
+        assert_eq!(service_address(&svc).as_deref(), Some("lb.example.com"));
+        assert_eq!(
+            service_address(&json!({"status": {"loadBalancer": {}}})),
+            None
+        );
+    }
+
+    #[test]
+    fn announce_object_is_what_istiod_reads() {
+        let o = announce_object("istio-system", "east-network", "172.18.0.20").unwrap();
+        assert_eq!(o["spec"]["gatewayClassName"], "istio-remote");
+        assert_eq!(o["metadata"]["labels"][NETWORK_LABEL], "east-network");
+        assert_eq!(
+            o["metadata"]["annotations"][GATEWAY_SA_ANNOTATION],
+            GATEWAY_NAME
+        );
+        assert_eq!(o["spec"]["listeners"][0]["protocol"], "HBONE");
+        assert_eq!(o["spec"]["listeners"][0]["port"], 15008);
+        assert_eq!(o["status"]["addresses"][0]["value"], "172.18.0.20");
+        assert_eq!(o["spec"]["addresses"], o["status"]["addresses"]);
+    }
+}

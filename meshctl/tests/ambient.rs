@@ -1,0 +1,548 @@
+//! `meshctl join --ambient` / `unjoin` / `gateway manifest --protocols` against two TEST API
+//! servers, through the real binary: the HBONE port and certificate volumes on the gateway,
+//! and the `istio-remote` Gateways that announce each peer network to ztunnels.
+
+mod common;
+
+use common::*;
+use k8s_test_server::TestApiServer;
+use serde_json::{Value, json};
+
+/// The Gateway API `Gateway` CRD (v1 served, status subresource), as its release installs it.
+fn install_gateway_api(s: &TestApiServer) {
+    s.store()
+        .create(json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "gateways.gateway.networking.k8s.io"},
+            "spec": {"group": "gateway.networking.k8s.io", "scope": "Namespaced",
+                "names": {"plural": "gateways", "singular": "gateway", "kind": "Gateway", "listKind": "GatewayList", "shortNames": ["gtw"]},
+                "versions": [
+                    {"name": "v1", "served": true, "storage": true, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+                    {"name": "v1beta1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}
+                ]}}))
+        .unwrap();
+}
+
+async fn ambient_mesh() -> Mesh {
+    let m = mesh().await;
+    install_gateway_api(&m.west);
+    install_gateway_api(&m.east);
+    m
+}
+
+fn announce(s: &TestApiServer, network: &str) -> Option<Value> {
+    s.store().get(
+        "gateway.networking.k8s.io/v1",
+        "Gateway",
+        Some("istio-system"),
+        &format!("meshctl-remote-{network}"),
+    )
+}
+
+fn remote_gateways(s: &TestApiServer) -> Vec<Value> {
+    s.store()
+        .list("gateway.networking.k8s.io/v1", "Gateway", None)
+        .into_iter()
+        .collect()
+}
+
+fn expected_announce(network: &str, ty: &str, addr: &str) -> Value {
+    json!({
+        "labels": {"app.kubernetes.io/managed-by": "meshctl", "topology.istio.io/network": network},
+        "annotations": {"gateway.istio.io/service-account": "istio-eastwestgateway"},
+        "spec": {"gatewayClassName": "istio-remote",
+            "addresses": [{"type": ty, "value": addr}],
+            "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE",
+                "tls": {"mode": "Terminate", "options": {"gateway.istio.io/tls-terminate-mode": "ISTIO_MUTUAL"}}}]},
+        "status": {"addresses": [{"type": ty, "value": addr}]},
+    })
+}
+
+fn shape(o: &Value) -> Value {
+    json!({"labels": o["metadata"]["labels"], "annotations": o["metadata"]["annotations"],
+        "spec": o["spec"], "status": o["status"]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_ambient_announces_each_peer_network_and_unjoin_removes_it() {
+    let m = ambient_mesh().await;
+    let out = m
+        .join(&[
+            "--ambient",
+            "--gateway-address",
+            "west=172.18.0.10",
+            "--gateway-address",
+            "east=gw-east.example.com",
+        ])
+        .await;
+    assert!(out.contains("network east-network announced"), "{out}");
+    // Each cluster announces exactly the other network, with the address in spec and in
+    // status (written through the status subresource).
+    assert_eq!(remote_gateways(&m.west).len(), 1);
+    assert_eq!(remote_gateways(&m.east).len(), 1);
+    let w = announce(&m.west, "east-network").expect("west announces east");
+    assert_eq!(
+        shape(&w),
+        expected_announce("east-network", "Hostname", "gw-east.example.com")
+    );
+    let e = announce(&m.east, "west-network").expect("east announces west");
+    assert_eq!(
+        shape(&e),
+        expected_announce("west-network", "IPAddress", "172.18.0.10")
+    );
+
+    // The gateway serves both protocols: Service 15443 and 15008, the HBONE args and volumes.
+    for s in [&m.west, &m.east] {
+        let svc = s
+            .store()
+            .get(
+                "v1",
+                "Service",
+                Some("istio-system"),
+                "istio-eastwestgateway",
+            )
+            .unwrap();
+        let ports: Vec<(String, u64, Value)> = svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_string(),
+                    p["port"].as_u64().unwrap(),
+                    p["appProtocol"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                ("status-port".into(), 15021, Value::Null),
+                ("tls".into(), 15443, Value::Null),
+                ("mesh".into(), 15008, json!("hbone")),
+            ]
+        );
+        let d = s
+            .store()
+            .get(
+                "apps/v1",
+                "Deployment",
+                Some("istio-system"),
+                "istio-eastwestgateway",
+            )
+            .unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        let args: Vec<&str> = pod["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("--listen 0.0.0.0:15443"), "{joined}");
+        assert!(
+            joined.contains(
+                "--hbone-listen 0.0.0.0:15008 --hbone-certs /etc/istio/hbone-certs --trust-domain cluster.local"
+            ),
+            "{joined}"
+        );
+        assert_eq!(
+            pod["volumes"][0]["secret"]["secretName"],
+            "istio-eastwestgateway-hbone-certs"
+        );
+        assert_eq!(
+            pod["volumes"][1]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+            "istio-ca"
+        );
+        assert_eq!(
+            pod["containers"][0]["volumeMounts"][1]["mountPath"],
+            "/var/run/secrets/tokens"
+        );
+    }
+
+    // A second run changes nothing.
+    let (w1, e1) = (snapshot(&m.west), snapshot(&m.east));
+    m.join(&[
+        "--ambient",
+        "--gateway-address",
+        "west=172.18.0.10",
+        "--gateway-address",
+        "east=gw-east.example.com",
+    ])
+    .await;
+    assert_eq!(snapshot(&m.west), w1);
+    assert_eq!(snapshot(&m.east), e1);
+
+    m.ok(&[
+        "unjoin",
+        "--kubeconfig",
+        m.kc(),
+        "--context",
+        "west",
+        "--context",
+        "east",
+    ])
+    .await;
+    assert!(remote_gateways(&m.west).is_empty());
+    assert!(remote_gateways(&m.east).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_ambient_uses_the_load_balancer_address_once_there_is_one() {
+    let m = ambient_mesh().await;
+    let out = meshctl(&[
+        "join",
+        "--kubeconfig",
+        m.kc(),
+        "--context",
+        "west",
+        "--context",
+        "east",
+        "--certs",
+        p(&m.certs),
+        "--network",
+        "west=west-network",
+        "--network",
+        "east=east-network",
+        "--allow-loopback-server",
+        "--ambient",
+    ])
+    .await;
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("network east-network not announced") && t.contains("--gateway-address east="),
+        "{t}"
+    );
+    assert!(remote_gateways(&m.west).is_empty());
+    m.make_gateways_ready();
+    m.join(&["--ambient"]).await;
+    let w = announce(&m.west, "east-network").expect("announced");
+    assert_eq!(
+        shape(&w),
+        expected_announce("east-network", "IPAddress", "172.18.0.20")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_ambient_dry_run_shows_the_announcements_and_changes_nothing() {
+    let m = ambient_mesh().await;
+    let (w0, e0) = (snapshot(&m.west), snapshot(&m.east));
+    let out = m
+        .join(&[
+            "--ambient",
+            "--dry-run",
+            "--gateway-address",
+            "west=172.18.0.10",
+            "--gateway-address",
+            "east=172.18.0.20",
+        ])
+        .await;
+    assert!(out.contains("name: meshctl-remote-east-network"), "{out}");
+    assert!(out.contains("name: meshctl-remote-west-network"), "{out}");
+    assert!(out.contains("gatewayClassName: istio-remote"), "{out}");
+    assert!(!out.contains("BEGIN PRIVATE KEY"), "{out}");
+    assert_eq!(snapshot(&m.west), w0);
+    assert_eq!(snapshot(&m.east), e0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_ambient_refuses_without_the_gateway_api_and_changes_nothing() {
+    let m = mesh().await;
+    install_gateway_api(&m.west);
+    let (w0, e0) = (snapshot(&m.west), snapshot(&m.east));
+    let out = m
+        .fails(&[
+            "join",
+            "--kubeconfig",
+            m.kc(),
+            "--context",
+            "west",
+            "--context",
+            "east",
+            "--certs",
+            p(&m.certs),
+            "--allow-loopback-server",
+            "--ambient",
+        ])
+        .await;
+    assert!(
+        out.contains("gateways.gateway.networking.k8s.io") && out.contains("\"east\""),
+        "{out}"
+    );
+    assert_eq!(snapshot(&m.west), w0);
+    assert_eq!(snapshot(&m.east), e0);
+    // A bad address is refused before anything is read.
+    let out = m
+        .fails(&[
+            "join",
+            "--kubeconfig",
+            m.kc(),
+            "--context",
+            "west",
+            "--context",
+            "east",
+            "--certs",
+            p(&m.certs),
+            "--ambient",
+            "--gateway-address",
+            "east=10.0.0.1:15008",
+        ])
+        .await;
+    assert!(
+        out.contains("expected an IP address or a DNS name"),
+        "{out}"
+    );
+    let out = m
+        .fails(&[
+            "join",
+            "--kubeconfig",
+            m.kc(),
+            "--context",
+            "west",
+            "--context",
+            "east",
+            "--certs",
+            p(&m.certs),
+            "--gateway-address",
+            "east=10.0.0.1",
+        ])
+        .await;
+    assert!(out.contains("add --ambient"), "{out}");
+    assert_eq!(snapshot(&m.west), w0);
+    assert_eq!(snapshot(&m.east), e0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_manifest_protocols() {
+    async fn ports(proto: &str) -> Vec<u64> {
+        let out = meshctl(&[
+            "gateway",
+            "manifest",
+            "--network",
+            "n1",
+            "--protocols",
+            proto,
+            "-o",
+            "json",
+        ])
+        .await;
+        assert!(out.status.success(), "{}", text(&out));
+        let objs: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let items = objs
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| objs["items"].as_array().unwrap().clone());
+        let svc = items
+            .iter()
+            .find(|o| o["kind"] == "Service")
+            .unwrap()
+            .clone();
+        svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    }
+    assert_eq!(ports("classic").await, [15021, 15443]);
+    assert_eq!(ports("both").await, [15021, 15443, 15008]);
+    assert_eq!(ports("ambient").await, [15021, 15008]);
+    // The default stays classic: no certificate Secret is needed.
+    let out = meshctl(&["gateway", "manifest", "--network", "n1"]).await;
+    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!t.contains("15008") && !t.contains("hbone"), "{t}");
+    let out = meshctl(&[
+        "gateway",
+        "manifest",
+        "--network",
+        "n1",
+        "--protocols",
+        "both",
+        "--trust-domain",
+        "Bad Domain",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("--trust-domain"), "{}", text(&out));
+}
+
+/// istiod as Istio's chart deploys it, with the multi-network ambient setting `on`.
+fn istiod(s: &TestApiServer, on: &str) {
+    s.store().apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "istiod", "namespace": "istio-system", "labels": {"app": "istiod"}},
+        "spec": {"selector": {"matchLabels": {"app": "istiod"}},
+            "template": {"metadata": {"labels": {"app": "istiod"}},
+                "spec": {"containers": [{"name": "discovery", "image": "docker.io/istio/pilot:1.28.0",
+                    "env": [{"name": "AMBIENT_ENABLE_MULTI_NETWORK", "value": on}]}]}}}})).unwrap();
+}
+
+/// The gateway's HBONE Secret, issued by `meshctl certs workload` from `cluster`'s CA for
+/// service account `sa`.
+async fn hbone_secret(m: &Mesh, s: &TestApiServer, cluster: &str, sa: &str) {
+    use base64::Engine as _;
+    let out = m.dir.path().join(format!("hbone-{cluster}-{sa}"));
+    m.ok(&[
+        "certs",
+        "workload",
+        "--ca",
+        p(&m.certs.join(cluster)),
+        "-n",
+        "istio-system",
+        "-s",
+        sa,
+        "--out",
+        p(&out),
+        "--force",
+    ])
+    .await;
+    let b64 = |f: &str| {
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(out.join(f)).unwrap())
+    };
+    s.store()
+        .apply(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "istio-eastwestgateway-hbone-certs", "namespace": "istio-system"},
+            "data": {"cert-chain.pem": b64("cert-chain.pem"), "key.pem": b64("key.pem"), "root-cert.pem": b64("root-cert.pem")}}))
+        .unwrap();
+}
+
+fn global_service(s: &TestApiServer, name: &str) {
+    s.store()
+        .apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "labels": {"istio.io/global": "true"}},
+        "spec": {"ports": [{"port": 80}]}}))
+        .unwrap();
+}
+
+async fn check(m: &Mesh) -> (i32, Vec<Value>) {
+    let out = meshctl(&[
+        "check",
+        "--kubeconfig",
+        m.kc(),
+        "--context",
+        "west",
+        "--context",
+        "east",
+        "--allow-loopback-server",
+        "-o",
+        "json",
+    ])
+    .await;
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    (
+        out.status.code().unwrap(),
+        v["checks"].as_array().unwrap().clone(),
+    )
+}
+
+fn item<'a>(items: &'a [Value], scope: &str, name: &str) -> &'a Value {
+    items
+        .iter()
+        .find(|i| i["scope"] == scope && i["check"] == name)
+        .unwrap_or_else(|| panic!("no {scope:?}/{name:?} in {items:#?}"))
+}
+
+const AMBIENT_CHECKS: [&str; 3] = [
+    "istiod ambient multi-network",
+    "gateway HBONE identity",
+    "peer networks announced",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_on_a_good_ambient_setup_and_names_each_broken_item() {
+    let m = ambient_mesh().await;
+    m.join(&["--ambient"]).await;
+    m.make_gateways_ready();
+    m.join(&["--ambient"]).await;
+    for (s, c) in [(&m.west, "west"), (&m.east, "east")] {
+        istiod(s, "true");
+        hbone_secret(&m, s, c, "istio-eastwestgateway").await;
+        global_service(s, "catalog");
+    }
+    let (code, items) = check(&m).await;
+    let bad: Vec<&Value> = items.iter().filter(|i| i["status"] != "pass").collect();
+    assert_eq!(code, 0, "{bad:#?}");
+    assert!(bad.is_empty(), "{bad:#?}");
+    for scope in ["cluster west", "cluster east"] {
+        for name in AMBIENT_CHECKS {
+            assert_eq!(
+                item(&items, scope, name)["status"],
+                "pass",
+                "{scope} {name}"
+            );
+        }
+    }
+    assert_eq!(
+        item(&items, "cluster west", "peer networks announced")["detail"],
+        "east-network at 172.18.0.20"
+    );
+    assert_eq!(
+        item(&items, "cluster east", "gateway HBONE identity")["detail"],
+        "spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway"
+    );
+
+    // Broken, one item each.
+    istiod(&m.east, "false");
+    hbone_secret(&m, &m.west, "west", "someone-else").await;
+    global_service(&m.west, "webapp");
+    let mut gw = announce(&m.east, "west-network").unwrap();
+    gw["metadata"]["annotations"]["gateway.istio.io/service-account"] = json!("other-sa");
+    m.east.store().apply(gw).unwrap();
+    let mut gw = announce(&m.west, "east-network").unwrap();
+    gw["status"] = json!({});
+    m.west.store().apply(gw).unwrap();
+
+    let (code, items) = check(&m).await;
+    assert_eq!(code, 1);
+    let failing = |scope: &str, name: &str| {
+        let i = item(&items, scope, name);
+        assert_eq!(i["status"], "fail", "{i}");
+        assert!(i["hint"].as_str().is_some_and(|h| !h.is_empty()), "{i}");
+        i["detail"].as_str().unwrap().to_string()
+    };
+    let d = failing("cluster east", "istiod ambient multi-network");
+    assert!(
+        d.contains("AMBIENT_ENABLE_MULTI_NETWORK is not true on istiod"),
+        "{d}"
+    );
+    assert_eq!(
+        item(&items, "cluster west", "istiod ambient multi-network")["status"],
+        "pass"
+    );
+    let d = failing("cluster west", "gateway HBONE identity");
+    assert!(
+        d.contains("peers expect spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway")
+            && d.contains("sa/someone-else"),
+        "{d}"
+    );
+    let d = failing("cluster east", "peer networks announced");
+    assert!(
+        d.contains("network west-network") && d.contains("sa/other-sa"),
+        "{d}"
+    );
+    let d = failing("cluster west", "peer networks announced");
+    assert!(d.contains("has no status.addresses"), "{d}");
+    let w = item(&items, "mesh", "global services on every side");
+    assert_eq!(w["status"], "warn");
+    assert_eq!(
+        w["detail"],
+        "global on one side only: default/webapp (missing in east)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_adds_no_ambient_items_to_a_classic_mesh() {
+    let m = mesh().await;
+    m.join(&[]).await;
+    m.make_gateways_ready();
+    let (code, items) = check(&m).await;
+    assert_eq!(code, 0, "{items:#?}");
+    for i in &items {
+        let name = i["check"].as_str().unwrap();
+        assert!(
+            !AMBIENT_CHECKS.contains(&name) && name != "global services on every side",
+            "{i}"
+        );
+    }
+}
