@@ -1,5 +1,7 @@
 //! Prometheus metrics, registered per subsystem under the `gateway_` prefix.
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -7,6 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::forward::End;
 use crate::reject::Reject;
 
 /// Labels per routed SNI name. Only names that matched a route become labels, so a hostile
@@ -150,6 +153,53 @@ impl ProxyMetrics {
 
     pub fn reject(&self, reason: Reject) {
         self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// The handles of one routed SNI name. A family lookup hashes the label under a lock,
+    /// so routes resolve this once per table and subset ([`crate::routes::Subset`]), not
+    /// once per connection.
+    pub fn for_sni(&self, sni: String) -> ConnMetrics {
+        let labels = SniLabels { sni };
+        ConnMetrics {
+            opened: self.opened.get_or_create(&labels).clone(),
+            active: self.active.get_or_create(&labels).clone(),
+            sent: self.sent_bytes.get_or_create(&labels).clone(),
+            received: self.received_bytes.get_or_create(&labels).clone(),
+            closed_family: self.closed.clone(),
+            closed: Default::default(),
+            sni: labels.sni,
+        }
+    }
+}
+
+/// The per-SNI metric handles a forwarded connection updates, and the label itself (for the
+/// access log). A `connections_closed` series appears only once a connection ends that
+/// way, as before.
+#[derive(Debug)]
+pub struct ConnMetrics {
+    pub sni: String,
+    pub opened: Counter,
+    pub active: Gauge,
+    pub sent: Counter,
+    pub received: Counter,
+    closed_family: Family<CloseLabels, Counter>,
+    /// By position in [`End::OUTCOMES`], filled on first use.
+    closed: [OnceLock<Counter>; End::OUTCOMES.len()],
+}
+
+impl ConnMetrics {
+    /// Counts one connection that ended with `outcome` ([`End::as_str`]).
+    pub fn closed(&self, outcome: &'static str) {
+        let labels = || CloseLabels {
+            sni: self.sni.clone(),
+            outcome,
+        };
+        match End::OUTCOMES.iter().position(|o| *o == outcome) {
+            Some(i) => self.closed[i]
+                .get_or_init(|| self.closed_family.get_or_create(&labels()).clone())
+                .inc(),
+            None => self.closed_family.get_or_create(&labels()).inc(),
+        };
     }
 }
 

@@ -9,11 +9,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use arc_swap::ArcSwapOption;
 
 use crate::endpoint::EndpointState;
+use crate::metrics::{ConnMetrics, ProxyMetrics};
+use crate::sni_name::SniName;
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -60,9 +62,18 @@ pub struct Route {
     pub subsets: Arc<Subsets>,
     /// All endpoints, ready or not (the debug view shows both).
     pub endpoints: Vec<Endpoint>,
-    /// Indices into `endpoints` of the ready ones, for the whole route (`""`) and for each
-    /// subset; resolved at publish.
-    by_subset: HashMap<String, Box<[usize]>>,
+    /// The whole route (`""`) and each subset; resolved at publish.
+    by_subset: HashMap<String, Subset>,
+}
+
+/// What a connection to one `(host, port, subset)` needs: the ready endpoints, resolved at
+/// publish, and the metric handles of its SNI name, resolved by the first connection to
+/// use this table (metrics are not known to discovery).
+#[derive(Debug, Clone, Default)]
+pub struct Subset {
+    /// Indices into the route's `endpoints` of the ready ones.
+    ready: Box<[usize]>,
+    metrics: OnceLock<Arc<ConnMetrics>>,
 }
 
 /// Why a route lookup found nothing to dial.
@@ -79,9 +90,21 @@ impl Route {
     pub fn candidates(&self, subset: &str) -> Result<&[usize], LookupError> {
         match self.by_subset.get(subset) {
             None => Err(LookupError::NoRoute),
-            Some(c) if c.is_empty() => Err(LookupError::NoHealthyEndpoint),
-            Some(c) => Ok(c),
+            Some(c) if c.ready.is_empty() => Err(LookupError::NoHealthyEndpoint),
+            Some(c) => Ok(&c.ready),
         }
+    }
+
+    /// The metric handles of `subset` ("" for none), labelled with its SNI name
+    /// (`outbound_.<port>_.<subset>_.<host>`); `None` for an unknown subset. Created on
+    /// first use, then shared by every connection routed through this table.
+    pub fn metrics(&self, subset: &str, m: &ProxyMetrics) -> Option<Arc<ConnMetrics>> {
+        let s = self.by_subset.get(subset)?;
+        let handles = s.metrics.get_or_init(|| {
+            let sni = SniName::new(self.port, subset, self.host.as_str()).to_string();
+            Arc::new(m.for_sni(sni))
+        });
+        Some(handles.clone())
     }
 
     /// Resolves `""` and every subset to the indices of its ready endpoints.
@@ -96,9 +119,13 @@ impl Route {
                 .collect()
         };
         let mut by_subset = HashMap::with_capacity(self.subsets.len() + 1);
-        by_subset.insert(String::new(), ready(None));
+        let subset = |ready| Subset {
+            ready,
+            metrics: OnceLock::new(),
+        };
+        by_subset.insert(String::new(), subset(ready(None)));
         for (name, labels) in self.subsets.iter() {
-            by_subset.insert(name.clone(), ready(Some(labels)));
+            by_subset.insert(name.clone(), subset(ready(Some(labels))));
         }
         self.by_subset = by_subset;
     }
@@ -298,6 +325,49 @@ mod tests {
         );
         assert_eq!(addrs("v1"), ["10.0.0.1:3000"]);
         assert_eq!(addrs("v2"), ["10.0.0.3:3000", "10.0.0.2:3000"]);
+    }
+
+    /// A subset's metric handles are made once per table and carry the SNI label Istio's
+    /// name layout gives; a new table makes new handles onto the same series.
+    #[test]
+    fn metric_handles_once_per_table_and_subset() {
+        let mut reg = prometheus_client::registry::Registry::default();
+        let m = ProxyMetrics::new(&mut reg);
+        let routes = Routes::new();
+        let s = spec(
+            "a.ns.svc.cluster.local",
+            &[("10.0.0.1", true, &[("version", "v1")])],
+        );
+        let t1 = routes.publish(std::slice::from_ref(&s));
+        let r1 = t1.lookup("a.ns.svc.cluster.local", 80).unwrap();
+        let v1 = r1.metrics("v1", &m).unwrap();
+        assert!(Arc::ptr_eq(&v1, &r1.metrics("v1", &m).unwrap()));
+        assert_eq!(v1.sni, "outbound_.80_.v1_.a.ns.svc.cluster.local");
+        assert_eq!(
+            r1.metrics("", &m).unwrap().sni,
+            "outbound_.80_._.a.ns.svc.cluster.local"
+        );
+        assert!(r1.metrics("v9", &m).is_none());
+        v1.opened.inc();
+        v1.closed("ok");
+        let t2 = routes.publish(&[s]);
+        let v1b = t2
+            .lookup("a.ns.svc.cluster.local", 80)
+            .unwrap()
+            .metrics("v1", &m)
+            .unwrap();
+        assert!(!Arc::ptr_eq(&v1, &v1b));
+        v1b.opened.inc();
+        v1b.closed("ok");
+        let labels = crate::metrics::SniLabels {
+            sni: v1.sni.clone(),
+        };
+        assert_eq!(m.opened.get_or_create(&labels).get(), 2);
+        let closed = crate::metrics::CloseLabels {
+            sni: v1.sni.clone(),
+            outcome: "ok",
+        };
+        assert_eq!(m.closed.get_or_create(&closed).get(), 2);
     }
 
     #[test]

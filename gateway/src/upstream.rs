@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rand::Rng;
+use smallvec::SmallVec;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
@@ -33,7 +34,8 @@ pub async fn connect(
         Err(LookupError::NoRoute) => return Err(Reject::NoRoute),
         Err(LookupError::NoHealthyEndpoint) => return Err(Reject::NoHealthyEndpoint),
     };
-    let mut tried = Vec::with_capacity(cfg.connect_attempts as usize);
+    // On the stack for the usual few attempts: no allocation per connection.
+    let mut tried: SmallVec<[SocketAddr; 4]> = SmallVec::new();
     let mut local = false;
     for _ in 0..cfg.connect_attempts {
         let Some(ep) = pick(route, candidates, &tried) else {
