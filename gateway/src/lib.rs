@@ -1,5 +1,5 @@
 #![forbid(unsafe_code)]
-//! East-west gateway library: SNI auto-passthrough on 15443.
+//! East-west gateway library: SNI auto-passthrough on 15443 and HBONE on 15008 ([`hbone`]).
 //!
 //! One connection, top to bottom:
 //! - [`proxy`] accepts, budgets undecided connections ([`undecided`]), decides, forwards;
@@ -29,6 +29,7 @@ pub mod discovery;
 pub mod drain;
 pub mod endpoint;
 pub mod forward;
+pub mod hbone;
 pub mod local_error;
 pub mod metrics;
 pub mod outlier;

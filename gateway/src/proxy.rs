@@ -87,6 +87,11 @@ impl Proxy {
         }
     }
 
+    /// The undecided-connection budget, shared with the HBONE listener's TLS handshakes.
+    pub fn undecided(&self) -> Arc<Undecided> {
+        self.undecided.clone()
+    }
+
     /// Accepts until the drain stops accepting. Each connection runs as a tracked task.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let mut errors = AcceptErrors::new(self.metrics.accept_errors.clone());

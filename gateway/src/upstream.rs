@@ -123,6 +123,7 @@ mod tests {
                     ports: [(80, 80)].into(),
                     labels: Default::default(),
                     ready: true,
+                    hbone_port: None,
                 })
                 .collect(),
         }])

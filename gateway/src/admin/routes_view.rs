@@ -154,6 +154,7 @@ mod tests {
                 ports: [(80, 8080)].into(),
                 labels: Default::default(),
                 ready: true,
+                hbone_port: None,
             }],
         };
         let t = Routes::new().publish(&[spec("b.local"), spec("a.local")]);
