@@ -29,8 +29,13 @@ pub struct Pki {
     pub client: pki::WorkloadCert,
     /// Same root, trust domain `other.td`.
     pub other_td: pki::WorkloadCert,
-    /// Another root altogether.
+    /// Another root altogether; its `root_pem` is the mesh root, so this client trusts the
+    /// gateway (and the gateway should not trust it).
     pub other_root: pki::WorkloadCert,
+    /// A second gateway certificate from the first root (another service account), for reloads.
+    pub gateway_b: pki::WorkloadCert,
+    /// The other root's certificate.
+    pub other_root_ca: String,
 }
 
 pub fn pki() -> &'static Pki {
@@ -50,7 +55,12 @@ pub fn pki() -> &'static Pki {
             gateway: issue(&root, "cluster.local", "istio-system", GATEWAY_SA),
             client: issue(&root, "cluster.local", "istioinaction", "webapp"),
             other_td: issue(&root, "other.td", "istioinaction", "webapp"),
-            other_root: issue(&other, "cluster.local", "istioinaction", "webapp"),
+            other_root: pki::WorkloadCert {
+                root_pem: root.cert_pem().to_string(),
+                ..issue(&other, "cluster.local", "istioinaction", "webapp")
+            },
+            other_root_ca: other.cert_pem().to_string(),
+            gateway_b: issue(&root, "cluster.local", "istio-system", "gateway-b"),
         }
     })
 }
@@ -64,12 +74,11 @@ pub fn gateway_certs() -> tempfile::TempDir {
 
 /// TLS as ztunnel's client: TLS 1.3, ALPN h2, its workload certificate (if any), server
 /// checked against the root and the gateway's SPIFFE id.
-pub fn client_tls(cert: Option<&pki::WorkloadCert>) -> Arc<rustls::ClientConfig> {
-    let expect = pki().gateway.spiffe_id.clone();
+pub fn client_tls(cert: Option<&pki::WorkloadCert>, expect: &str) -> Arc<rustls::ClientConfig> {
     let mut cfg = match cert {
         Some(c) => {
             let id = Identity::from_workload(c).unwrap();
-            (*mtls::client_config(&id, Some(&expect), &[&rustls::version::TLS13]).unwrap()).clone()
+            (*mtls::client_config(&id, Some(expect), &[&rustls::version::TLS13]).unwrap()).clone()
         }
         None => {
             // No client certificate: the server is still checked against the mesh root.
@@ -96,11 +105,20 @@ pub struct Outer {
 /// mTLS to the gateway's 15008 and the HTTP/2 handshake, with ztunnel's windows. ztunnel
 /// sends no SNI (a dummy IP server name).
 pub async fn outer(addr: SocketAddr, cert: Option<&pki::WorkloadCert>) -> Result<Outer, String> {
+    outer_expecting(addr, cert, &pki().gateway.spiffe_id).await
+}
+
+/// As [`outer`], checking that the gateway presents `expect`.
+pub async fn outer_expecting(
+    addr: SocketAddr,
+    cert: Option<&pki::WorkloadCert>,
+    expect: &str,
+) -> Result<Outer, String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = ServerName::IpAddress(IpAddr::from([127, 0, 0, 1]).into());
     let tls = tokio::time::timeout(
         TIMEOUT,
-        TlsConnector::from(client_tls(cert)).connect(name, tcp),
+        TlsConnector::from(client_tls(cert, expect)).connect(name, tcp),
     )
     .await
     .map_err(|_| "TLS handshake timed out".to_string())?
