@@ -130,7 +130,11 @@ impl Hbone {
                         );
                     }
                     Some(Err(e)) => {
-                        if !(e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)) && !e.is_io() {
+                        // The peer going away (GOAWAY NO_ERROR, or its socket closing)
+                        // is an end, not a protocol error.
+                        let clean_goaway =
+                            e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR);
+                        if !(clean_goaway || e.is_io()) {
                             self.metrics.refuse(Refusal::H2Error);
                         }
                         debug!(error = %e, "HBONE connection ended with an error");
