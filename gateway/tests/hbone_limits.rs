@@ -183,3 +183,109 @@ async fn undecided_budget_covers_hbone_handshakes() {
     gw.wait_metric("gateway_hbone_refused_total{reason=\"over_limit\"}", 1.0)
         .await;
 }
+
+/// The real binary: every tunnel gets one access line naming the client's SPIFFE id, the
+/// authority, the endpoint, bytes each way, duration and outcome; on SIGTERM a tunnel still
+/// open finishes, is logged, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_logs_each_tunnel_and_exits_zero_after_drain() {
+    let a = App::start("catalog-1", [127, 0, 0, 60].into(), 0, AppMode::Echo)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("endpoints.yaml");
+    std::fs::write(&path, hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])])).unwrap();
+    let certs = hbone_support::gateway_certs();
+    let certs_arg = certs.path().to_str().unwrap().to_string();
+    let p = tokio::task::spawn_blocking(move || {
+        let extra = [
+            "--hbone-listen",
+            "127.0.0.1:0",
+            "--hbone-certs",
+            &certs_arg,
+            "--drain-grace",
+            "200ms",
+            "--drain-timeout",
+            "10s",
+        ];
+        common::GatewayProcess::start(&path, &extra, "info")
+    })
+    .await
+    .unwrap();
+    let p = std::sync::Arc::new(std::sync::Mutex::new(p));
+    let line = |pred: fn(&serde_json::Value) -> bool| {
+        let p = p.clone();
+        async move {
+            tokio::task::spawn_blocking(move || p.lock().unwrap().wait_line(&pred))
+                .await
+                .unwrap()
+        }
+    };
+    let on = line(|v| v["message"] == "HBONE listener on").await;
+    let hbone: std::net::SocketAddr = on["hbone_addr"].as_str().unwrap().parse().unwrap();
+
+    let mut o = outer(hbone, Some(&pki().client)).await.unwrap();
+    let (_, io) = connect(&mut o, &format!("{SVC}:80")).await.unwrap();
+    let (mut tx, mut rx) = io.unwrap();
+    read_n(&mut rx, 10).await;
+    send_all(&mut tx, Bytes::from_static(b"12345"), true).await;
+    read_to_end(&mut rx, usize::MAX).await.unwrap();
+    let first = line(|v| v["message"] == "HBONE tunnel closed").await;
+    assert_eq!(
+        first["client_id"],
+        pki().client.spiffe_id.as_str(),
+        "{first}"
+    );
+    assert_eq!(first["authority"], format!("{SVC}:80"));
+    assert_eq!(first["upstream"], a.addr.to_string());
+    assert_eq!(first["sent"], 5);
+    assert_eq!(first["received"], 10 + 5 + "eof after 5 bytes\n".len());
+    assert_eq!(first["outcome"], "closed");
+    assert!(first["duration_ms"].is_u64());
+
+    // A second tunnel, open across SIGTERM.
+    let (_, io) = connect(&mut o, &format!("{SVC}:80")).await.unwrap();
+    let (mut tx, mut rx) = io.unwrap();
+    read_n(&mut rx, 10).await;
+    p.lock().unwrap().signal("TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send_all(&mut tx, Bytes::from_static(b"bye"), true).await;
+    read_to_end(&mut rx, usize::MAX).await.unwrap();
+    let exited = {
+        let p = p.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut p = p.lock().unwrap();
+            p.child.wait_exit(TIMEOUT).expect("gateway exited")
+        })
+        .await
+        .unwrap()
+    };
+    assert!(exited.success(), "{exited:?}");
+    let n = p
+        .lock()
+        .unwrap()
+        .count_lines(&|v| v["message"] == "HBONE tunnel closed" && v["outcome"] == "closed");
+    assert_eq!(n, 2);
+}
+
+/// A client that completes mTLS but does not speak HTTP/2 is counted `h2_error`.
+#[tokio::test]
+async fn not_http2_is_an_h2_error() {
+    use tokio::io::AsyncWriteExt;
+    let gw = hbone_support::gateway(&hbone_yaml(&[]), |_| {}).await;
+    let tcp = tokio::net::TcpStream::connect(gw.hbone).await.unwrap();
+    let name =
+        rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+    let cfg = hbone_support::client_tls(Some(&pki().client), &pki().gateway.spiffe_id);
+    let mut tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(TIMEOUT, tls.read_to_end(&mut buf)).await;
+    gw.wait_metric("gateway_hbone_refused_total{reason=\"h2_error\"}", 1.0)
+        .await;
+}
