@@ -289,3 +289,36 @@ async fn not_http2_is_an_h2_error() {
     gw.wait_metric("gateway_hbone_refused_total{reason=\"h2_error\"}", 1.0)
         .await;
 }
+
+/// An outer connection with no tunnel for `--hbone-idle-timeout` gets GOAWAY and closes;
+/// one carrying a tunnel does not.
+#[tokio::test]
+async fn idle_outer_connection_is_closed() {
+    let a = App::start("catalog-1", [127, 0, 0, 53].into(), 0, AppMode::Echo)
+        .await
+        .unwrap();
+    let gw = hbone_support::gateway(
+        &hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])]),
+        |c| c.hbone_idle_timeout = Duration::from_millis(300),
+    )
+    .await;
+    let busy = {
+        let mut o = outer(gw.hbone, Some(&pki().client)).await.unwrap();
+        let (_, io) = connect(&mut o, &format!("{SVC}:80")).await.unwrap();
+        (o, io.unwrap())
+    };
+    let idle = outer(gw.hbone, Some(&pki().client)).await.unwrap();
+    tokio::time::timeout(TIMEOUT, idle.conn)
+        .await
+        .expect("idle connection closed by the gateway")
+        .unwrap()
+        .unwrap();
+    let (mut o, (mut tx, mut rx)) = busy;
+    assert!(!o.conn.is_finished(), "the busy connection stays open");
+    read_n(&mut rx, 10).await;
+    send_all(&mut tx, Bytes::from_static(b"x"), false).await;
+    assert_eq!(read_n(&mut rx, 1).await, b"x");
+    let _ = &mut o;
+    gw.wait_metric("gateway_hbone_connections_active", 1.0)
+        .await;
+}
