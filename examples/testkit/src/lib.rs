@@ -11,9 +11,11 @@
 //! - [`wait`]: `eventually` / `wait_until`, polling a condition, bounded in time.
 //! - [`k8s`]: Kubernetes object builders (Service, EndpointSlice, Pod, DestinationRule).
 //! - [`net`]: free loopback ports.
+//! - [`hbone`]: HBONE doubles: a client ztunnel, a destination ztunnel and its app.
 //!
 //! Nothing here is used by a product binary.
 
+pub mod hbone;
 pub mod k8s;
 pub mod mesh;
 pub mod mtls;
