@@ -36,6 +36,8 @@ pub struct Pki {
     pub gateway_b: pki::WorkloadCert,
     /// The other root's certificate.
     pub other_root_ca: String,
+    /// A destination pod's workload (catalog), same root: what a destination ztunnel presents.
+    pub destination: pki::WorkloadCert,
 }
 
 pub fn pki() -> &'static Pki {
@@ -61,6 +63,7 @@ pub fn pki() -> &'static Pki {
             },
             other_root_ca: other.cert_pem().to_string(),
             gateway_b: issue(&root, "cluster.local", "istio-system", "gateway-b"),
+            destination: issue(&root, "cluster.local", "istioinaction", "catalog"),
         }
     })
 }
