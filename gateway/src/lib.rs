@@ -12,6 +12,9 @@
 //! - [`forward`] copies, then splices, both directions;
 //! - [`reject`] names why a connection was refused; [`metrics`] counts it all.
 //!
+//! Beside it, [`hbone`] serves ambient's HBONE (mTLS + HTTP/2 CONNECT) on 15008 from the same
+//! table, endpoint state, metrics and drain.
+//!
 //! Around it: [`discovery`] feeds the table (from a file, [`discovery::file`], or the
 //! Kubernetes API, [`discovery::k8s`]); [`admin`] serves health, metrics and
 //! `/debug/routes`; [`drain`] handles SIGTERM; [`config`] holds the settings and their
