@@ -15,6 +15,9 @@ use crate::discovery::Publisher;
 use crate::discovery::file::{FileError, FileSource};
 use crate::discovery::k8s::{KubeError, KubeSource};
 use crate::drain::{self, Drain};
+use crate::hbone::Hbone;
+use crate::hbone::identity::{Identity, IdentityError};
+use crate::hbone::metrics::HboneMetrics;
 use crate::metrics::{ProxyMetrics, RouteMetrics};
 use crate::proxy::Proxy;
 use crate::routes::Routes;
@@ -28,12 +31,18 @@ pub enum BuildError {
     /// KubeError's messages name Kubernetes discovery and carry their causes themselves.
     #[error(transparent)]
     Kube(#[from] KubeError),
+    #[error("HBONE certificates: {0}")]
+    HboneIdentity(#[from] IdentityError),
+    #[error("HBONE TLS configuration: {0}")]
+    HboneTls(#[from] rustls::Error),
 }
 
 /// A running gateway.
 pub struct Bound {
     pub listen_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The HBONE listener's address, when it runs.
+    pub hbone_addr: Option<SocketAddr>,
     pub routes: Arc<Routes>,
     pub publisher: Publisher,
     pub drain: Arc<Drain>,
@@ -58,8 +67,27 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         .local_addr()
         .map_err(|e| BuildError::Bind(cfg.admin, e))?;
 
+    // Loaded before anything starts, so bad certificate files fail the start with their cause.
+    let hbone_setup = match (cfg.hbone_listen, &cfg.hbone_certs) {
+        (Some(addr), Some(dir)) => {
+            let identity = Identity::load(dir, cfg.trust_domains.clone())?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| BuildError::Bind(addr, e))?;
+            Some((identity, listener))
+        }
+        (Some(_), None) => {
+            tracing::info!("HBONE listener off: no --hbone-certs given (classic 15443 only)");
+            None
+        }
+        (None, _) => None,
+    };
+
     let mut registry = Registry::with_prefix("gateway");
     let proxy_metrics = ProxyMetrics::new(&mut registry);
+    let hbone_metrics = hbone_setup
+        .as_ref()
+        .map(|_| HboneMetrics::new(registry.sub_registry_with_prefix("hbone")));
     let route_metrics = RouteMetrics::new(registry.sub_registry_with_prefix("discovery"));
     let routes = Arc::new(Routes::new());
     let publisher = Publisher::new(routes.clone(), route_metrics);
@@ -87,6 +115,34 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         proxy_metrics.clone(),
         drain.clone(),
     ));
+    let mut hbone_addr = None;
+    if let (Some((identity, hbone_listener)), Some(metrics)) = (hbone_setup, hbone_metrics) {
+        let addr = hbone_listener
+            .local_addr()
+            .map_err(|e| BuildError::Bind(cfg.listen, e))?;
+        tracing::info!(
+            hbone_addr = %addr,
+            spiffe_id = ?identity.spiffe_id(),
+            trust_domains = ?cfg.trust_domains,
+            "HBONE listener on"
+        );
+        tokio::spawn(
+            identity
+                .clone()
+                .watch(cfg.hbone_cert_poll, stop_background.clone()),
+        );
+        let hbone = Arc::new(Hbone::new(
+            cfg.clone(),
+            routes.clone(),
+            proxy_metrics.clone(),
+            metrics,
+            drain.clone(),
+            identity,
+            proxy.undecided(),
+        )?);
+        tokio::spawn(hbone.serve(hbone_listener));
+        hbone_addr = Some(addr);
+    }
     tokio::spawn(proxy.serve(listener));
     let admin = Arc::new(Admin {
         registry,
@@ -95,10 +151,11 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         synced,
     });
     tokio::spawn(admin.serve(admin_listener, stop_background.clone()));
-    tracing::info!(%listen_addr, %admin_addr, "gateway listening");
+    tracing::info!(%listen_addr, %admin_addr, hbone_addr = ?hbone_addr, "gateway listening");
     Ok(Bound {
         listen_addr,
         admin_addr,
+        hbone_addr,
         routes,
         publisher,
         drain,

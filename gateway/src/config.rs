@@ -107,6 +107,21 @@ pub struct Config {
     pub drain_grace: Duration,
     /// Then open connections may finish until this deadline; the rest are closed.
     pub drain_timeout: Duration,
+    /// The HBONE listener (15008); `None` turns it off.
+    pub hbone_listen: Option<SocketAddr>,
+    /// Directory with the gateway's workload certificate in Istio's file-mounted layout
+    /// (`cert-chain.pem`, `key.pem`, `root-cert.pem`). Without it, HBONE is off.
+    pub hbone_certs: Option<PathBuf>,
+    /// SPIFFE trust domains a client certificate may belong to.
+    pub trust_domains: Vec<String>,
+    /// HTTP/2 MAX_CONCURRENT_STREAMS on 15008: tunnels per outer connection.
+    pub hbone_max_streams: u32,
+    /// Most open HBONE tunnels in total; beyond it a CONNECT is answered 503.
+    pub hbone_max_tunnels: usize,
+    /// An outer connection without a tunnel for this long gets GOAWAY.
+    pub hbone_idle_timeout: Duration,
+    /// How often the certificate files are checked for a change.
+    pub hbone_cert_poll: Duration,
 }
 
 impl Config {
@@ -142,6 +157,13 @@ impl Default for Config {
             outlier: Outlier::default(),
             drain_grace: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(20),
+            hbone_listen: Some(([0, 0, 0, 0], 15008).into()),
+            hbone_certs: None,
+            trust_domains: vec!["cluster.local".into()],
+            hbone_max_streams: 100,
+            hbone_max_tunnels: 65_536,
+            hbone_idle_timeout: Duration::from_secs(600),
+            hbone_cert_poll: Duration::from_secs(5),
         }
     }
 }
@@ -154,6 +176,35 @@ fn duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} must be more than 0 and at most 365 days"));
     }
     Ok(d)
+}
+
+/// An address, or `off`.
+fn listen_or_off(s: &str) -> Result<ListenOrOff, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(ListenOrOff(None));
+    }
+    s.parse()
+        .map(|a| ListenOrOff(Some(a)))
+        .map_err(|e| format!("{s:?}: {e}; give ip:port (e.g. 0.0.0.0:15008) or off"))
+}
+
+/// `--hbone-listen`: an address or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenOrOff(pub Option<SocketAddr>);
+
+/// A SPIFFE trust domain: a lower-case DNS-like name, as in `spiffe://<td>/`.
+fn trust_domain(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a SPIFFE trust domain (lower-case letters, digits, '-', '.', '_'; e.g. cluster.local)"
+        ))
+    }
 }
 
 fn host_pattern(s: &str) -> Result<HostPattern, String> {
@@ -240,6 +291,29 @@ pub struct Args {
     /// Then let open connections finish for up to this long.
     #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration)]
     pub drain_timeout: Duration,
+    /// Address of the HBONE listener (ambient east-west, mTLS + HTTP/2 CONNECT), or `off`.
+    /// It also needs --hbone-certs.
+    #[arg(long, env = "GATEWAY_HBONE_LISTEN", default_value = "0.0.0.0:15008", value_parser = listen_or_off)]
+    pub hbone_listen: ListenOrOff,
+    /// Directory holding the gateway's workload certificate as Istio mounts it:
+    /// cert-chain.pem, key.pem, root-cert.pem (reloaded on change). Without it, HBONE is off.
+    #[arg(long, env = "GATEWAY_HBONE_CERTS")]
+    pub hbone_certs: Option<PathBuf>,
+    /// SPIFFE trust domain a client on 15008 may belong to (repeatable).
+    #[arg(long = "trust-domain", env = "GATEWAY_TRUST_DOMAINS", value_delimiter = ',', default_value = "cluster.local", value_parser = trust_domain)]
+    pub trust_domains: Vec<String>,
+    /// Most tunnels (HTTP/2 streams) per HBONE connection.
+    #[arg(long, env = "GATEWAY_HBONE_MAX_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub hbone_max_streams: u32,
+    /// Most open HBONE tunnels in total; beyond it a CONNECT is answered 503.
+    #[arg(long, env = "GATEWAY_HBONE_MAX_TUNNELS", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub hbone_max_tunnels: u32,
+    /// Send GOAWAY on an HBONE connection that has carried no tunnel this long.
+    #[arg(long, env = "GATEWAY_HBONE_IDLE_TIMEOUT", default_value = "10m", value_parser = duration)]
+    pub hbone_idle_timeout: Duration,
+    /// How often the HBONE certificate files are checked for a change.
+    #[arg(long, env = "GATEWAY_HBONE_CERT_POLL", default_value = "5s", value_parser = duration)]
+    pub hbone_cert_poll: Duration,
     /// Log format.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "plain")]
     pub log_format: LogFormat,
@@ -292,6 +366,13 @@ impl Args {
             },
             drain_grace: self.drain_grace,
             drain_timeout: self.drain_timeout,
+            hbone_listen: self.hbone_listen.0,
+            hbone_certs: self.hbone_certs,
+            trust_domains: self.trust_domains,
+            hbone_max_streams: self.hbone_max_streams,
+            hbone_max_tunnels: self.hbone_max_tunnels as usize,
+            hbone_idle_timeout: self.hbone_idle_timeout,
+            hbone_cert_poll: self.hbone_cert_poll,
         }
     }
 }
@@ -320,6 +401,39 @@ mod tests {
                 ..KubeOptions::default()
             }))
         );
+    }
+
+    #[test]
+    fn hbone_flags() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["gateway", "--endpoints", "x.yaml"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).map(Args::into_config)
+        };
+        let off = parse(&["--hbone-listen", "off"]).unwrap();
+        assert_eq!(off.hbone_listen, None);
+        let c = parse(&[
+            "--hbone-listen",
+            "127.0.0.1:9",
+            "--trust-domain",
+            "a.td",
+            "--trust-domain",
+            "b.td",
+            "--hbone-certs",
+            "/certs",
+        ])
+        .unwrap();
+        assert_eq!(c.hbone_listen, Some("127.0.0.1:9".parse().unwrap()));
+        assert_eq!(c.trust_domains, ["a.td", "b.td"]);
+        assert_eq!(c.hbone_certs, Some("/certs".into()));
+        let e = parse(&["--hbone-listen", "nowhere"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("or off"), "{e}");
+        let e = parse(&["--trust-domain", "Bad/TD"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a SPIFFE trust domain"), "{e}");
     }
 
     /// `KUBECONFIG`, as every Kubernetes tool reads it, decides the credentials when no

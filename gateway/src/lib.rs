@@ -1,5 +1,5 @@
 #![forbid(unsafe_code)]
-//! East-west gateway library: SNI auto-passthrough on 15443.
+//! East-west gateway library: SNI auto-passthrough on 15443 and HBONE on 15008 ([`hbone`]).
 //!
 //! One connection, top to bottom:
 //! - [`proxy`] accepts, budgets undecided connections ([`undecided`]), decides, forwards;
@@ -11,6 +11,9 @@
 //!   endpoint's state across publishes;
 //! - [`forward`] copies, then splices, both directions;
 //! - [`reject`] names why a connection was refused; [`metrics`] counts it all.
+//!
+//! Beside it, [`hbone`] serves ambient's HBONE (mTLS + HTTP/2 CONNECT) on 15008 from the same
+//! table, endpoint state, metrics and drain.
 //!
 //! Around it: [`discovery`] feeds the table (from a file, [`discovery::file`], or the
 //! Kubernetes API, [`discovery::k8s`]); [`admin`] serves health, metrics and
@@ -29,6 +32,7 @@ pub mod discovery;
 pub mod drain;
 pub mod endpoint;
 pub mod forward;
+pub mod hbone;
 pub mod local_error;
 pub mod metrics;
 pub mod outlier;

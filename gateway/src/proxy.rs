@@ -88,6 +88,11 @@ impl Proxy {
         }
     }
 
+    /// The undecided-connection budget, shared with the HBONE listener's TLS handshakes.
+    pub fn undecided(&self) -> Arc<Undecided> {
+        self.undecided.clone()
+    }
+
     /// Accepts until the drain stops accepting. Each connection runs as a tracked task.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         // Accepted sockets inherit these from the listener (Linux copies the socket), which

@@ -45,6 +45,9 @@ pub struct EndpointSpec {
     /// endpoint with equal labels.
     pub labels: Arc<Labels>,
     pub ready: bool,
+    /// The port of this endpoint's HBONE listener (its node's ztunnel, 15008) when it is
+    /// reached over HBONE from 15008; `None` for a classic endpoint.
+    pub hbone_port: Option<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +139,9 @@ pub struct RouteTable {
     pub generation: u64,
     /// Host, then port: nested so a lookup by `&str` needs no allocation.
     routes: HashMap<String, HashMap<u16, Route>>,
+    /// The same keys, for HBONE: only endpoints with an HBONE port, each addressed
+    /// `ip:hbone_port` (its own health and load state). A service without any is absent.
+    hbone: HashMap<String, HashMap<u16, Route>>,
 }
 
 impl RouteTable {
@@ -158,6 +164,11 @@ impl RouteTable {
 
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
         self.routes.values().flat_map(HashMap::values)
+    }
+
+    /// The route an HBONE CONNECT to `host:port` takes: endpoints dialed on their HBONE port.
+    pub fn lookup_hbone(&self, host: &str, port: u16) -> Option<&Route> {
+        self.hbone.get(host)?.get(&port)
     }
 }
 
@@ -188,6 +199,7 @@ impl Routes {
     pub fn publish(&self, specs: &[ServiceSpec]) -> Arc<RouteTable> {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         let mut routes: HashMap<String, HashMap<u16, Route>> = HashMap::new();
+        let mut hbone: HashMap<String, HashMap<u16, Route>> = HashMap::new();
         for spec in specs {
             for &port in &spec.ports {
                 let route = routes
@@ -223,14 +235,43 @@ impl Routes {
                         labels: ep.labels.clone(),
                         ready: ep.ready,
                     });
+                    if let Some(hp) = ep.hbone_port {
+                        let addr = SocketAddr::new(ep.address, hp);
+                        let state = states
+                            .get(&addr)
+                            .and_then(Weak::upgrade)
+                            .unwrap_or_else(|| Arc::new(EndpointState::new(addr)));
+                        states.insert(addr, Arc::downgrade(&state));
+                        hbone
+                            .entry(spec.host.clone())
+                            .or_default()
+                            .entry(port)
+                            .or_insert_with(|| Route {
+                                host: spec.host.clone(),
+                                port,
+                                subsets: Arc::default(),
+                                endpoints: Vec::new(),
+                                by_subset: HashMap::new(),
+                            })
+                            .endpoints
+                            .push(Endpoint {
+                                state,
+                                labels: ep.labels.clone(),
+                                ready: ep.ready,
+                            });
+                    }
                 }
             }
         }
-        for route in routes.values_mut().flat_map(HashMap::values_mut) {
-            route.resolve_subsets();
+        for route in routes.values_mut().chain(hbone.values_mut()) {
+            route.values_mut().for_each(Route::resolve_subsets);
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let table = Arc::new(RouteTable { generation, routes });
+        let table = Arc::new(RouteTable {
+            generation,
+            routes,
+            hbone,
+        });
         self.current.store(Some(table.clone()));
         // Forget addresses no table refers to any more (old tables still hold their Arcs).
         states.retain(|_, w| w.strong_count() > 0);
@@ -265,6 +306,7 @@ mod tests {
                             .collect(),
                     ),
                     ready: *ready,
+                    hbone_port: None,
                 })
                 .collect(),
         }
@@ -393,5 +435,25 @@ mod tests {
         let st2 = &t2.lookup("a.local", 80).unwrap().endpoints[0].state;
         assert!(Arc::ptr_eq(&st1, st2));
         assert_eq!(st2.active(), 1);
+    }
+
+    /// HBONE endpoints get their own route keyed like the SNI one, dialed on the HBONE port,
+    /// with state apart from the classic address; a classic-only service has no HBONE route.
+    #[test]
+    fn hbone_routes_dial_the_hbone_port() {
+        let mut s = spec(
+            "a.local",
+            &[("10.0.0.1", true, &[]), ("10.0.0.2", true, &[])],
+        );
+        s.endpoints[0].hbone_port = Some(15008);
+        let t = Routes::new().publish(&[s, spec("b.local", &[("10.0.0.3", true, &[])])]);
+        let h = t.lookup_hbone("a.local", 80).unwrap();
+        assert_eq!(h.endpoints.len(), 1);
+        assert_eq!(h.endpoints[0].state.addr, "10.0.0.1:15008".parse().unwrap());
+        assert_eq!(h.candidates("").unwrap(), &[0]);
+        assert_eq!(t.lookup("a.local", 80).unwrap().endpoints.len(), 2);
+        assert!(t.lookup_hbone("a.local", 81).is_none());
+        assert!(t.lookup_hbone("b.local", 80).is_none());
+        assert!(t.lookup("b.local", 80).is_some());
     }
 }

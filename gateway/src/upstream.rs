@@ -125,6 +125,7 @@ mod tests {
                     ports: [(80, 80)].into(),
                     labels: Default::default(),
                     ready: true,
+                    hbone_port: None,
                 })
                 .collect(),
         }])

@@ -25,26 +25,27 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
     matched.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
     let matched_routes = matched.len();
     matched.truncate(filter.limit.unwrap_or(usize::MAX));
+    let endpoint = |e: &crate::routes::Endpoint| DebugEndpoint {
+        address: e.state.addr.to_string(),
+        ready: e.ready,
+        labels: (*e.labels).clone(),
+        active_connections: e.state.active(),
+        consecutive_failures: e.state.health.consecutive_failures(),
+        ejected: e.state.health.is_ejected(now),
+        ejected_for_ms: e.state.health.ejected_for_ms(now),
+    };
     let routes = matched
         .into_iter()
         .map(|r| DebugRoute {
+            hbone_endpoints: table
+                .lookup_hbone(&r.host, r.port)
+                .map(|h| h.endpoints.iter().map(endpoint).collect())
+                .unwrap_or_default(),
             sni: SniName::new(r.port, "", r.host.as_str()).to_string(),
             host: r.host.clone(),
             port: r.port,
             subsets: (*r.subsets).clone(),
-            endpoints: r
-                .endpoints
-                .iter()
-                .map(|e| DebugEndpoint {
-                    address: e.state.addr.to_string(),
-                    ready: e.ready,
-                    labels: (*e.labels).clone(),
-                    active_connections: e.state.active(),
-                    consecutive_failures: e.state.health.consecutive_failures(),
-                    ejected: e.state.health.is_ejected(now),
-                    ejected_for_ms: e.state.health.ejected_for_ms(now),
-                })
-                .collect(),
+            endpoints: r.endpoints.iter().map(endpoint).collect(),
         })
         .collect::<Vec<_>>();
     DebugView {
@@ -84,6 +85,9 @@ pub struct DebugRoute {
     pub port: u16,
     pub subsets: BTreeMap<String, Labels>,
     pub endpoints: Vec<DebugEndpoint>,
+    /// The endpoints an HBONE CONNECT to `host:port` dials (`ip:hbone port`); empty when
+    /// the route is not reachable over HBONE.
+    pub hbone_endpoints: Vec<DebugEndpoint>,
 }
 
 #[derive(Debug, Serialize)]
@@ -154,6 +158,7 @@ mod tests {
                 ports: [(80, 8080)].into(),
                 labels: Default::default(),
                 ready: true,
+                hbone_port: None,
             }],
         };
         let t = Routes::new().publish(&[spec("b.local"), spec("a.local")]);

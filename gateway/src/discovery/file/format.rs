@@ -28,6 +28,41 @@ struct FileService {
     subsets: Vec<FileSubset>,
     #[serde(default)]
     endpoints: Vec<FileEndpoint>,
+    /// Reach every endpoint over HBONE (ambient): `hbone: true` (port 15008),
+    /// `hbone: {port: N}`; endpoints may override it.
+    hbone: Option<FileHbone>,
+}
+
+/// `true` (the default port), `false` (classic), or `{port: N}`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+enum FileHbone {
+    Enabled(bool),
+    Port(FileHbonePort),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHbonePort {
+    #[serde(default = "hbone_default_port")]
+    port: u16,
+}
+
+/// The port ztunnel's inbound HBONE listener uses, and Istio's gateway dials.
+pub const HBONE_DEFAULT_PORT: u16 = 15008;
+
+fn hbone_default_port() -> u16 {
+    HBONE_DEFAULT_PORT
+}
+
+impl FileHbone {
+    fn port(self) -> Option<u16> {
+        match self {
+            FileHbone::Enabled(false) => None,
+            FileHbone::Enabled(true) => Some(HBONE_DEFAULT_PORT),
+            FileHbone::Port(p) => Some(p.port),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +89,8 @@ struct FileEndpoint {
     labels: Labels,
     #[serde(default = "yes")]
     ready: bool,
+    /// Overrides the service's `hbone` for this endpoint.
+    hbone: Option<FileHbone>,
 }
 
 fn yes() -> bool {
@@ -134,6 +171,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                     e.address
                 ))
             })?;
+            let hbone_port = e.hbone.or(svc.hbone).and_then(FileHbone::port);
+            if hbone_port == Some(0) {
+                return Err(invalid(format!(
+                    "{at}: endpoints[{j}]: hbone port must be 1-65535"
+                )));
+            }
             if !seen.insert(address) {
                 return Err(invalid(format!(
                     "{at}: endpoints[{j}]: address {address} listed twice"
@@ -147,6 +190,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                     .or_insert_with_key(|l| Arc::new(l.clone()))
                     .clone(),
                 ready: e.ready,
+                hbone_port,
             });
         }
         out.push(ServiceSpec {
@@ -239,6 +283,41 @@ services:
             let err = p(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: got {err:?}, want {want:?}");
         }
+    }
+
+    /// Classic and ambient services side by side; the endpoint's setting wins.
+    #[test]
+    fn hbone_per_service_and_per_endpoint() {
+        let specs = p(r#"
+services:
+  - host: classic.ns.svc.cluster.local
+    ports: [{port: 80, targetPort: 8080}]
+    endpoints:
+      - address: 10.0.0.1
+      - address: 10.0.0.2
+        hbone: {port: 15009}
+  - host: ambient.ns.svc.cluster.local
+    ports: [{port: 80}]
+    hbone: true
+    endpoints:
+      - address: 10.0.1.1
+      - address: 10.0.1.2
+        hbone: false
+      - address: 10.0.1.3
+        hbone: {}
+"#)
+        .unwrap();
+        let ports = |s: &ServiceSpec| s.endpoints.iter().map(|e| e.hbone_port).collect::<Vec<_>>();
+        assert_eq!(ports(&specs[0]), [None, Some(15009)]);
+        assert_eq!(ports(&specs[1]), [Some(15008), None, Some(15008)]);
+        let err = p("services: [{host: a.local, ports: [{port: 80}], hbone: {port: 0}, endpoints: [{address: 10.0.0.1}]}]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hbone port must be 1-65535"), "{err}");
+        let err = p("services: [{host: a.local, ports: [{port: 80}], hbone: yes-please}]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("services"), "{err}");
     }
 
     #[test]

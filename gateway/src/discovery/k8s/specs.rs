@@ -164,6 +164,7 @@ impl Model {
                         ports: BTreeMap::new(),
                         labels: no_labels.clone(),
                         ready: false,
+                        hbone_port: None,
                     });
                     if e.ready && !spec.ready {
                         spec.ready = true;

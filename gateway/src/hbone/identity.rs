@@ -1,0 +1,412 @@
+//! The gateway's workload identity on 15008 and who may connect to it.
+//!
+//! Files are in Istio's file-mounted layout (`FILE_MOUNTED_CERTS`, as `meshctl certs workload`
+//! writes them): `cert-chain.pem` (leaf first), `key.pem`, `root-cert.pem` (one or more roots,
+//! so a root can rotate). The rustls config is built once; the certificate and the client
+//! verifier behind it are swapped through `ArcSwap` when the files change, so new handshakes
+//! use the new files while open connections stay up.
+//!
+//! A client must present a certificate chaining to a root and carrying a SPIFFE URI SAN in an
+//! allowed trust domain: Istio's gateway matches the prefix `spiffe://<td>/`, so any identity
+//! of the mesh is accepted (no authorization policy on this hop).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+use tokio_util::sync::CancellationToken;
+
+pub const CERT_CHAIN: &str = "cert-chain.pem";
+pub const KEY: &str = "key.pem";
+pub const ROOT_CERT: &str = "root-cert.pem";
+
+/// ALPN on 15008: HTTP/2 only, as ztunnel offers it.
+pub const ALPN_H2: &[u8] = b"h2";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(
+        "reading {path}: {source} (give --hbone-certs a directory holding {CERT_CHAIN}, {KEY} and {ROOT_CERT})"
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {msg}")]
+    Invalid { path: PathBuf, msg: String },
+}
+
+/// What one read of the three files produced.
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    verifier: Arc<dyn ClientCertVerifier>,
+    /// The gateway's own SPIFFE id, for logs.
+    spiffe_id: Option<String>,
+    /// The files' contents, to notice a change.
+    contents: [Vec<u8>; 3],
+}
+
+/// The gateway's identity and its client policy, reloadable.
+pub struct Identity {
+    dir: PathBuf,
+    trust_domains: Vec<String>,
+    provider: Arc<CryptoProvider>,
+    current: ArcSwap<Loaded>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("dir", &self.dir)
+            .field("trust_domains", &self.trust_domains)
+            .field("spiffe_id", &self.current.load().spiffe_id)
+            .finish()
+    }
+}
+
+/// The crypto ztunnel offers: TLS 1.3 AES-GCM suites; X25519, P-256, P-384 and the
+/// X25519+ML-KEM-768 hybrid.
+pub fn provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::{self as aws, cipher_suite, kx_group};
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+        ],
+        kx_groups: vec![
+            kx_group::X25519MLKEM768,
+            kx_group::X25519,
+            kx_group::SECP256R1,
+            kx_group::SECP384R1,
+        ],
+        ..aws::default_provider()
+    })
+}
+
+impl Identity {
+    /// Loads the files in `dir`; errors name the file and the fix.
+    pub fn load(dir: &Path, trust_domains: Vec<String>) -> Result<Arc<Identity>, IdentityError> {
+        let provider = provider();
+        let loaded = load_files(dir, &provider)?;
+        Ok(Arc::new(Identity {
+            dir: dir.to_path_buf(),
+            trust_domains,
+            provider,
+            current: ArcSwap::from_pointee(loaded),
+        }))
+    }
+
+    pub fn spiffe_id(&self) -> Option<String> {
+        self.current.load().spiffe_id.clone()
+    }
+
+    /// TLS 1.3 only, ALPN `h2`, client certificate required; no session resumption (ztunnel
+    /// uses none).
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let mut cfg = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(Arc::new(Verifier(self.clone())))
+            .with_cert_resolver(Arc::new(Resolver(self.clone())));
+        cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
+        Ok(Arc::new(cfg))
+    }
+
+    /// Rereads the files; swaps them in when they changed and are valid. Returns whether a
+    /// new identity is now served.
+    pub fn reload(&self) -> Result<bool, IdentityError> {
+        let contents = read_all(&self.dir)?;
+        if contents == self.current.load().contents {
+            return Ok(false);
+        }
+        let loaded = parse(&self.dir, contents, &self.provider)?;
+        self.current.store(Arc::new(loaded));
+        Ok(true)
+    }
+
+    /// Polls the files every `every` until `stop`. Polling, not inotify: Kubernetes swaps
+    /// mounted secrets through a `..data` symlink, which file events report unreliably.
+    pub async fn watch(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            match self.reload() {
+                Ok(true) => {
+                    tracing::info!(dir = %self.dir.display(), spiffe_id = ?self.spiffe_id(), "HBONE certificates reloaded")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "HBONE certificates not reloaded; still serving the previous ones")
+                }
+            }
+        }
+    }
+
+    /// Whether `cert` names a SPIFFE identity in an allowed trust domain.
+    fn trust_domain_allowed(&self, cert: &CertificateDer<'_>) -> bool {
+        spiffe_ids(cert).iter().any(|id| {
+            self.trust_domains.iter().any(|td| {
+                id.strip_prefix("spiffe://")
+                    .and_then(|rest| rest.strip_prefix(td.as_str()))
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+        })
+    }
+}
+
+fn read_all(dir: &Path) -> Result<[Vec<u8>; 3], IdentityError> {
+    let read = |f: &str| {
+        let path = dir.join(f);
+        std::fs::read(&path).map_err(|source| IdentityError::Read { path, source })
+    };
+    Ok([read(CERT_CHAIN)?, read(KEY)?, read(ROOT_CERT)?])
+}
+
+fn load_files(dir: &Path, provider: &Arc<CryptoProvider>) -> Result<Loaded, IdentityError> {
+    parse(dir, read_all(dir)?, provider)
+}
+
+fn parse(
+    dir: &Path,
+    contents: [Vec<u8>; 3],
+    provider: &Arc<CryptoProvider>,
+) -> Result<Loaded, IdentityError> {
+    let invalid = |f: &str, msg: String| IdentityError::Invalid {
+        path: dir.join(f),
+        msg,
+    };
+    let chain = CertificateDer::pem_slice_iter(&contents[0])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(CERT_CHAIN, format!("not PEM certificates: {e}")))?;
+    if chain.is_empty() {
+        return Err(invalid(CERT_CHAIN, "no certificate found".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&contents[1])
+        // Never echo key material: the error names the file only.
+        .map_err(|_| invalid(KEY, "no PEM private key found".into()))?;
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&contents[2]) {
+        let c = c.map_err(|e| invalid(ROOT_CERT, format!("not PEM certificates: {e}")))?;
+        roots
+            .add(c)
+            .map_err(|e| invalid(ROOT_CERT, format!("not a usable root: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid(ROOT_CERT, "no certificate found".into()));
+    }
+    let spiffe_id = spiffe_ids(&chain[0]).into_iter().next();
+    let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        invalid(
+            KEY,
+            format!("does not match the leaf of {CERT_CHAIN} or is unusable: {e}"),
+        )
+    })?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| invalid(ROOT_CERT, e.to_string()))?;
+    Ok(Loaded {
+        key: Arc::new(key),
+        verifier,
+        spiffe_id,
+        contents,
+    })
+}
+
+/// SPIFFE URIs in a certificate's subjectAltName; none for an unparsable certificate.
+pub fn spiffe_ids(cert: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, x)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return vec![];
+    };
+    let Ok(Some(san)) = x.subject_alternative_name() else {
+        return vec![];
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => {
+                Some(u.to_string())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[derive(Debug)]
+struct Resolver(Arc<Identity>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current.load().key.clone())
+    }
+}
+
+/// Chain check by the current roots (webpki), then the trust-domain check. A trust-domain
+/// refusal is `ApplicationVerificationFailure`, which webpki never returns, so the listener
+/// can count the two apart.
+#[derive(Debug)]
+struct Verifier(Arc<Identity>);
+
+impl ClientCertVerifier for Verifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No hints: ztunnel sends its one certificate regardless.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let current = self.0.current.load();
+        current
+            .verifier
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if !self.0.trust_domain_allowed(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .current
+            .load()
+            .verifier
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .current
+            .load()
+            .verifier
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.current.load().verifier.supported_verify_schemes()
+    }
+}
+
+/// Why a handshake on 15008 failed, from the error tokio-rustls returned.
+pub fn classify_handshake_error(e: &std::io::Error) -> HandshakeFailure {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::ApplicationVerificationFailure,
+        )) => HandshakeFailure::TrustDomain,
+        Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_)) => {
+            HandshakeFailure::BadClientCert
+        }
+        _ => HandshakeFailure::Other,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    BadClientCert,
+    TrustDomain,
+    /// Anything else: a protocol error, no common ALPN or version, the client left.
+    Other,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, w: &pki::WorkloadCert) {
+        std::fs::write(dir.join(CERT_CHAIN), &w.chain_pem).unwrap();
+        std::fs::write(dir.join(KEY), &w.key_pem).unwrap();
+        std::fs::write(dir.join(ROOT_CERT), &w.root_pem).unwrap();
+    }
+
+    fn workload(td: &str) -> pki::WorkloadCert {
+        let root = pki::RootCa::generate(&pki::RootOptions::default()).unwrap();
+        let ca = root
+            .issue_intermediate(&pki::IntermediateOptions::new("east"))
+            .unwrap();
+        let mut o = pki::WorkloadOptions::new("istio-system", "istio-eastwestgateway");
+        o.trust_domain = td.into();
+        ca.issue_workload(&o).unwrap()
+    }
+
+    #[test]
+    fn loads_reloads_and_keeps_the_old_identity_on_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = workload("cluster.local");
+        write(dir.path(), &a);
+        let id = Identity::load(dir.path(), vec!["cluster.local".into()]).unwrap();
+        assert_eq!(id.spiffe_id().as_deref(), Some(a.spiffe_id.as_str()));
+        id.server_config().unwrap();
+        assert!(!id.reload().unwrap(), "unchanged files are not a reload");
+        let b = workload("other.td");
+        write(dir.path(), &b);
+        assert!(id.reload().unwrap());
+        assert_eq!(id.spiffe_id().as_deref(), Some(b.spiffe_id.as_str()));
+        // A key that does not match the chain is refused; the previous identity stays.
+        std::fs::write(dir.path().join(KEY), &a.key_pem).unwrap();
+        let e = id.reload().unwrap_err().to_string();
+        assert!(e.contains("key.pem") && e.contains("does not match"), "{e}");
+        assert!(!e.contains("PRIVATE KEY"), "{e}");
+        assert_eq!(id.spiffe_id().as_deref(), Some(b.spiffe_id.as_str()));
+    }
+
+    #[test]
+    fn missing_files_name_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Identity::load(dir.path(), vec![]).unwrap_err().to_string();
+        assert!(
+            e.contains("cert-chain.pem") && e.contains("--hbone-certs"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn trust_domain_is_a_whole_path_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = workload("cluster.local");
+        write(dir.path(), &w);
+        let leaf = CertificateDer::from_pem_slice(w.cert_pem.as_bytes()).unwrap();
+        let allowed = |tds: &[&str]| {
+            let id =
+                Identity::load(dir.path(), tds.iter().map(|s| s.to_string()).collect()).unwrap();
+            id.trust_domain_allowed(&leaf)
+        };
+        assert!(allowed(&["cluster.local"]));
+        assert!(allowed(&["other", "cluster.local"]));
+        assert!(
+            !allowed(&["cluster"]),
+            "a prefix of the domain is not the domain"
+        );
+        assert!(!allowed(&["cluster.local.evil"]));
+        assert!(!allowed(&[]));
+    }
+}

@@ -1,0 +1,184 @@
+//! Accepting on 15008: TLS handshake (counted in the undecided budget, bounded by
+//! `--detect-timeout`), then one HTTP/2 server connection whose CONNECT streams each run as
+//! a tracked task. The connection sends GOAWAY when the drain stops accepting or after
+//! `--hbone-idle-timeout` without a tunnel, and keeps serving its open tunnels until they end.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{Instrument, debug, info};
+
+use super::Hbone;
+use super::identity::{self, HandshakeFailure};
+use super::metrics::Refusal;
+use crate::accept_errors::AcceptErrors;
+use crate::undecided::Ticket;
+
+impl Hbone {
+    /// Accepts until the drain stops accepting. Each connection runs as a tracked task.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut errors = AcceptErrors::new(self.proxy_metrics.accept_errors.clone());
+        loop {
+            let accepted = tokio::select! {
+                _ = self.drain.stop_accepting.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    errors.failed(&e);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            errors.succeeded();
+            let ticket = self.undecided.admit();
+            let id = self
+                .next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let span = tracing::info_span!("hbone", id, %peer, client_id = tracing::field::Empty);
+            let this = self.clone();
+            self.drain
+                .tasks
+                .spawn(this.connection(stream, peer, ticket).instrument(span));
+        }
+        debug!("HBONE listener stopped accepting");
+    }
+
+    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, ticket: Ticket) {
+        let _ = tcp.set_nodelay(true);
+        let force = &self.drain.force_close;
+        let handshake = tokio::time::timeout(self.cfg.detect_timeout, self.acceptor.accept(tcp));
+        let tls = tokio::select! {
+            r = handshake => match r {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    let reason = match identity::classify_handshake_error(&e) {
+                        HandshakeFailure::BadClientCert => Refusal::BadClientCert,
+                        HandshakeFailure::TrustDomain => Refusal::TrustDomainNotAllowed,
+                        HandshakeFailure::Other => Refusal::HandshakeFailed,
+                    };
+                    return self.refuse_connection(reason, &e.to_string());
+                }
+                Err(_) => return self.refuse_connection(Refusal::Timeout, "handshake timed out"),
+            },
+            _ = ticket.shed() => return self.refuse_connection(Refusal::OverLimit, "shed from the undecided budget"),
+            _ = force.cancelled() => return,
+        };
+        drop(ticket);
+        let client_id: Arc<str> = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| identity::spiffe_ids(c).into_iter().next())
+            .unwrap_or_default()
+            .into();
+        tracing::Span::current().record("client_id", &*client_id);
+        let builder = h2_builder(self.cfg.hbone_max_streams);
+        let mut conn = tokio::select! {
+            r = tokio::time::timeout(self.cfg.detect_timeout, builder.handshake(tls)) => match r {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return self.refuse_connection(Refusal::H2Error, &e.to_string()),
+                Err(_) => return self.refuse_connection(Refusal::Timeout, "no HTTP/2 preface"),
+            },
+            _ = force.cancelled() => return,
+        };
+        let m = &self.metrics;
+        m.connections_opened.inc();
+        m.connections_active.inc();
+        let open = Arc::new(AtomicUsize::new(0));
+        let mut streams = 0u64;
+        let mut goaway = false;
+        let mut last_active = Instant::now();
+        let idle = self.cfg.hbone_idle_timeout;
+        let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
+        loop {
+            tokio::select! {
+                _ = force.cancelled() => break,
+                _ = self.drain.stop_accepting.cancelled(), if !goaway => {
+                    debug!("draining: GOAWAY");
+                    conn.graceful_shutdown();
+                    goaway = true;
+                }
+                _ = tick.tick(), if !goaway => {
+                    if open.load(Ordering::Relaxed) > 0 {
+                        last_active = Instant::now();
+                    } else if last_active.elapsed() >= idle {
+                        debug!("idle: GOAWAY");
+                        conn.graceful_shutdown();
+                        goaway = true;
+                    }
+                }
+                next = conn.accept() => match next {
+                    None => break,
+                    Some(Ok((req, respond))) => {
+                        streams += 1;
+                        last_active = Instant::now();
+                        let guard = OpenGuard::new(&open);
+                        let this = self.clone();
+                        let client_id = client_id.clone();
+                        self.drain.tasks.spawn(
+                            async move {
+                                this.stream(req, respond, &client_id, peer).await;
+                                drop(guard);
+                            }
+                            .in_current_span(),
+                        );
+                    }
+                    Some(Err(e)) => {
+                        // The peer going away (GOAWAY NO_ERROR, or its socket closing)
+                        // is an end, not a protocol error.
+                        let clean_goaway =
+                            e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR);
+                        if !(clean_goaway || e.is_io()) {
+                            self.metrics.refuse(Refusal::H2Error);
+                        }
+                        debug!(error = %e, "HBONE connection ended with an error");
+                        break;
+                    }
+                },
+            }
+        }
+        m.streams_per_connection.observe(streams as f64);
+        m.connections_active.dec();
+        info!(target: "access", client_id = &*client_id, client = %peer, streams, "HBONE connection closed");
+    }
+
+    fn refuse_connection(&self, reason: Refusal, why: &str) {
+        self.metrics.refuse(reason);
+        // Expected on an open port: debug, not warn.
+        debug!(reason = reason.as_str(), why, "HBONE connection refused");
+    }
+}
+
+/// ztunnel's settings (windows, frame size) and the stream cap; h2 answers PINGs itself.
+fn h2_builder(max_streams: u32) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(super::STREAM_WINDOW)
+        .initial_connection_window_size(super::CONNECTION_WINDOW)
+        .max_frame_size(super::MAX_FRAME)
+        .max_header_list_size(super::MAX_HEADER_LIST)
+        .max_concurrent_streams(max_streams)
+        .max_send_buffer_size(1 << 20);
+    b
+}
+
+/// One open tunnel on a connection, for the idle timeout.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(open.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,179 @@
+//! One CONNECT stream: check the request, look the authority up in the route table, dial an
+//! HBONE endpoint (P2C, outlier detection, retry on another endpoint), answer 200 only once
+//! that connection is up, then splice. Every refusal answers a status and dials nothing more.
+//!
+//! Statuses: 400 for a method other than CONNECT or a malformed authority (as ztunnel's
+//! inbound answers them, `build_inbound_request`); 503 for no healthy endpoint, every
+//! attempt failed, too many tunnels, and for no route: Istio's gateway sends an unmatched
+//! authority to a blackhole chain (hbone.md §3, `buildWaypointInternal`), so the client's
+//! CONNECT fails without reaching any endpoint; 503 is what ztunnel itself answers when it
+//! has nothing to dial (`find_inbound_upstream`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::{Method, Request, Response, StatusCode};
+use tracing::{debug, info};
+
+use super::Hbone;
+use super::authority::{self, Authority};
+use super::metrics::{AuthorityLabels, Refusal, TunnelCloseLabels};
+use super::splice::{self, End, Progress};
+use crate::endpoint::EndpointState;
+use crate::reject::Reject;
+use crate::upstream;
+
+/// A `--hbone-max-tunnels` place, given back on drop.
+struct Permit<'a>(&'a tokio::sync::Semaphore);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
+    }
+}
+
+impl Hbone {
+    pub(super) async fn stream(
+        &self,
+        req: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+        client_id: &str,
+        client: SocketAddr,
+    ) {
+        let start = Instant::now();
+        let force = &self.drain.force_close;
+        let decided = tokio::select! {
+            d = self.decide(&req) => d,
+            _ = force.cancelled() => return respond.send_reset(h2::Reason::CANCEL),
+        };
+        let (auth, upstream, ep, _permit) = match decided {
+            Ok(d) => d,
+            Err((reason, status, authority)) => {
+                self.metrics.refuse(reason);
+                let _ = respond.send_response(status_only(status), true);
+                debug!(
+                    client_id,
+                    authority,
+                    reason = reason.as_str(),
+                    status = status.as_u16(),
+                    "HBONE tunnel refused"
+                );
+                return;
+            }
+        };
+        let send = match respond.send_response(status_only(StatusCode::OK), false) {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(error = %e, "client left before the 200");
+                return;
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        let _active_ep = ep.track();
+        let labels = AuthorityLabels {
+            authority: auth.to_string(),
+        };
+        let m = &self.metrics;
+        m.tunnels_opened.get_or_create(&labels).inc();
+        let active = m.tunnels_active.get_or_create(&labels).clone();
+        active.inc();
+        let progress = Progress::new(
+            m.sent_bytes.get_or_create(&labels).clone(),
+            m.received_bytes.get_or_create(&labels).clone(),
+        );
+        let recv = req.into_body();
+        let end = tokio::select! {
+            e = splice::run(recv, send, upstream, self.cfg.idle_timeout, &progress) => e,
+            _ = force.cancelled() => End::DrainDeadline,
+        };
+        active.dec();
+        let outcome = end.as_str();
+        m.tunnels_closed
+            .get_or_create(&TunnelCloseLabels {
+                authority: labels.authority,
+                outcome,
+            })
+            .inc();
+        match &end {
+            End::ClientError(e) => debug!(error = %e, "tunnel ended by a client error"),
+            End::UpstreamError(e) => debug!(error = %e, "tunnel ended by an upstream error"),
+            _ => {}
+        }
+        let (sent, received) = progress.totals();
+        info!(
+            target: "access",
+            client_id,
+            client = %client,
+            authority = %auth,
+            upstream = %ep.addr,
+            sent,
+            received,
+            duration_ms = start.elapsed().as_millis() as u64,
+            outcome,
+            "HBONE tunnel closed"
+        );
+    }
+
+    /// Checks the request, takes a tunnel place, routes and connects. On refusal: the
+    /// reason, the status to answer and the authority as received (for the log).
+    #[allow(clippy::type_complexity)]
+    async fn decide(
+        &self,
+        req: &Request<RecvStream>,
+    ) -> Result<
+        (
+            Authority,
+            tokio::net::TcpStream,
+            Arc<EndpointState>,
+            Permit<'_>,
+        ),
+        (Refusal, StatusCode, String),
+    > {
+        let raw = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default();
+        let bad = |raw: &str| (Refusal::BadRequest, StatusCode::BAD_REQUEST, raw.to_owned());
+        if req.method() != Method::CONNECT {
+            return Err(bad(&raw));
+        }
+        let auth = authority::parse(raw.as_bytes()).map_err(|e| {
+            debug!(error = %e, "malformed authority");
+            bad(&raw)
+        })?;
+        let unavailable = |r: Refusal| (r, StatusCode::SERVICE_UNAVAILABLE, raw.clone());
+        if self.tunnels.try_acquire().map(|p| p.forget()).is_err() {
+            return Err(unavailable(Refusal::OverLimit));
+        }
+        let permit = Permit(&self.tunnels);
+        let table = self
+            .routes
+            .load()
+            .ok_or_else(|| unavailable(Refusal::NoRoute))?;
+        let route = table
+            .lookup_hbone(&auth.host, auth.port)
+            .ok_or_else(|| unavailable(Refusal::NoRoute))?;
+        let (upstream, ep) = upstream::connect(route, "", &self.cfg, &self.proxy_metrics)
+            .await
+            .map_err(|r| {
+                unavailable(match r {
+                    Reject::NoRoute => Refusal::NoRoute,
+                    Reject::NoHealthyEndpoint => Refusal::NoHealthyEndpoint,
+                    Reject::LocalResource => Refusal::LocalResource,
+                    _ => Refusal::ConnectFailed,
+                })
+            })?;
+        Ok((auth, upstream, ep, permit))
+    }
+}
+
+fn status_only(status: StatusCode) -> Response<()> {
+    let mut r = Response::new(());
+    *r.status_mut() = status;
+    r
+}
