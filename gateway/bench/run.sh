@@ -23,9 +23,9 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 cd "$ROOT"
 
 if [[ "$QUICK" == 1 ]]; then
-  DUR=500ms WARM=200ms TP_DUR=500ms IDLE_N=300 SETTLE=300ms PAUSE=0.2 RUNS=${BENCH_RUNS:-1}
+  DUR=500ms WARM=200ms TP_DUR=500ms IDLE_N=300 SETTLE=300ms PAUSE=0.2 HB_DUR=300ms RUNS=${BENCH_RUNS:-1}
 else
-  DUR=5s WARM=1s TP_DUR=4s IDLE_N=4000 SETTLE=2s PAUSE=1 RUNS=${BENCH_RUNS:-3}
+  DUR=5s WARM=1s TP_DUR=4s IDLE_N=4000 SETTLE=2s PAUSE=1 HB_DUR=3s RUNS=${BENCH_RUNS:-3}
 fi
 CONNRATE_CONC=32
 RR_CONNS=32
@@ -62,6 +62,12 @@ fi
 
 P="${BENCH_PORT_BASE:-27000}"
 BACKEND="127.0.0.2:$((P + 443))"
+BACKEND_PLAIN="127.0.0.2:$((P + 444))"
+# HBONE: the gateway's 15008 and, behind it, a destination ztunnel double on "podIP:15008".
+GW_HBONE="127.0.0.1:$((P + 8))"
+HB_DEST="127.0.0.3:$((P + 508))"
+HB_HOST=hbone.default.svc.cluster.local
+HB_AUTH="$HB_HOST:80"
 GW_ADDR="127.0.0.1:$((P + 1))"
 GW_ADMIN="127.0.0.1:$((P + 21))"
 HA_ADDR="127.0.0.1:$((P + 2))"
@@ -90,8 +96,20 @@ wait_port() { # host:port
 "$SB" certs --dir "$CERTS"
 
 # --- backend (CPU 1, for the whole benchmark) ----------------------------------------------
-"${ON_LOAD[@]}" "$SB" backend --listen "$BACKEND" --certs "$CERTS" --threads 1 2>"$OUT/backend.log" &
+"${ON_LOAD[@]}" "$SB" backend --listen "$BACKEND" --plain-listen "$BACKEND_PLAIN" --certs "$CERTS" \
+  --threads 1 2>"$OUT/backend.log" &
 PIDS+=($!)
+# An older gateway (BENCH_GATEWAY) may have no HBONE listener: then the HBONE part is skipped.
+HBONE=0
+if "$GW" --help 2>/dev/null | grep -q -- --hbone-listen; then
+  HBONE=1
+  "${ON_LOAD[@]}" "$SB" hbone-destination --listen "$HB_DEST" --certs "$CERTS" --app "$BACKEND_PLAIN" \
+    --threads 1 2>"$OUT/hbone-destination.log" &
+  PIDS+=($!)
+  GW_HBONE_ARGS=(--hbone-listen "$GW_HBONE" --hbone-certs "$CERTS")
+else
+  GW_HBONE_ARGS=()
+fi
 
 # --- proxy configurations --------------------------------------------------------------------
 cat >"$OUT/endpoints.yaml" <<EOT
@@ -99,6 +117,10 @@ services:
   - host: $HOST
     ports: [{port: 80, targetPort: $((P + 443))}]
     endpoints: [{address: 127.0.0.2}]
+  - host: $HB_HOST
+    ports: [{port: 80, targetPort: 80}]
+    hbone: {port: $((P + 508))}
+    endpoints: [{address: 127.0.0.3}]
 EOT
 cat >"$OUT/haproxy.cfg" <<EOT
 global
@@ -153,7 +175,7 @@ EOT
 # --- proxies (CPU 0, restarted for every run) -------------------------------------------------
 start_proxies() { # run
   RUST_LOG=warn TOKIO_WORKER_THREADS=1 "${ON_PROXY[@]}" "$GW" --listen "$GW_ADDR" --admin "$GW_ADMIN" \
-    --endpoints "$OUT/endpoints.yaml" --max-connections 100000 2>>"$OUT/gateway.log" &
+    --endpoints "$OUT/endpoints.yaml" --max-connections 100000 "${GW_HBONE_ARGS[@]}" 2>>"$OUT/gateway.log" &
   GW_PID=$!
   "${ON_PROXY[@]}" "$HAPROXY" -db -f "$OUT/haproxy.cfg" 2>>"$OUT/haproxy.log" &
   HA_PID=$!
@@ -161,6 +183,7 @@ start_proxies() { # run
   NG_PID=$!
   RUN_PIDS=("$GW_PID" "$HA_PID" "$NG_PID")
   for a in "$BACKEND" "$GW_ADDR" "$HA_ADDR" "$NG_ADDR"; do wait_port "$a"; done
+  if [[ "$HBONE" == 1 ]]; then wait_port "$GW_HBONE"; wait_port "$HB_DEST"; fi
   sleep 0.5
   NG_WORKERS="$(pgrep -P "$NG_PID" | paste -sd, -)"
   [[ -n "$NG_WORKERS" ]] || { echo "nginx has no workers" >&2; cat "$OUT/nginx/logs/error.log" >&2; exit 1; }
@@ -184,6 +207,16 @@ run() { # run-dir scenario-name mode target args...
   echo "== $(basename "$dir") $name / $t" >&2
   "${ON_LOAD[@]}" "$SB" "$mode" $(common "$t") "$@" >"$dir/$name-$t.json"
   cat "$dir/$name-$t.json" >&2
+}
+
+hb() { # run-dir scenario-name mode direct|gateway args...
+  local dir="$1" name="$2" mode="$3" k="$4"; shift 4
+  local to=(--target "$HB_DEST")
+  [[ "$k" == gateway ]] && to=(--target "$GW_HBONE" --double)
+  echo "== $(basename "$dir") $name / $k" >&2
+  "${ON_LOAD[@]}" "$SB" "$mode" "${to[@]}" --authority "$HB_AUTH" --certs "$CERTS" --name "$k" --threads 1 "$@" \
+    >"$dir/$name-$k.json"
+  cat "$dir/$name-$k.json" >&2
 }
 
 # Busy share of the proxy core over one second with the proxies idle: other load on CPU 0
@@ -227,6 +260,19 @@ for r in $(seq 1 "$RUNS"); do
     run "$D" idle idle "$t" --connections "$IDLE_N" --pid "$(pids_of "$t")" --settle "$SETTLE"
     sleep "$PAUSE"
   done
+  if [[ "$HBONE" == 1 ]]; then
+    # Latency at c=1: double HBONE through the gateway against single HBONE straight to the
+    # destination (what the gateway adds); cost at c=32 and in bulk.
+    for k in direct gateway; do
+      hb "$D" hb-new1 hbone-connrate "$k" --concurrency 1 --duration "$HB_DUR"
+      hb "$D" hb-pooled1 hbone-pooled "$k" --concurrency 1 --duration "$HB_DUR"
+      hb "$D" hb-rr1 hbone-rr "$k" --tunnels 1 --duration "$HB_DUR" --warmup "$WARM"
+    done
+    hb "$D" hb-new32 hbone-connrate gateway --concurrency 32 --duration "$HB_DUR" $(cost gateway)
+    hb "$D" hb-pooled32 hbone-pooled gateway --concurrency 32 --duration "$HB_DUR" $(cost gateway)
+    hb "$D" hb-rr32 hbone-rr gateway --tunnels 32 --duration "$HB_DUR" --warmup "$WARM" $(cost gateway)
+    hb "$D" hb-bulk hbone-throughput gateway --tunnels 4 --duration "$TP_DUR" $(cost gateway)
+  fi
   stop_proxies
 done
 ELAPSED=$(( $(date +%s) - START ))
