@@ -224,8 +224,8 @@ hb() { # run-dir scenario-name mode direct|gateway args...
 quiet_core() {
   local a b
   read -r -a a < <(grep "^cpu$PROXY_CPU " /proc/stat); sleep 1; read -r -a b < <(grep "^cpu$PROXY_CPU " /proc/stat)
-  local busy=$(( (b[1]+b[2]+b[3]+b[6]+b[7]+b[8]) - (a[1]+a[2]+a[3]+a[6]+a[7]+a[8]) ))
-  local all=$(( busy + (b[4]+b[5]) - (a[4]+a[5]) ))
+  local busy=$(( (b[1]+b[2]+b[3]+b[6]+b[7]) - (a[1]+a[2]+a[3]+a[6]+a[7]) ))
+  local all=$(( busy + (b[4]+b[5]+b[8]) - (a[4]+a[5]+a[8]) ))
   echo $(( all > 0 ? busy * 100 / all : 0 ))
 }
 

@@ -25,6 +25,7 @@ pub struct Meter {
     core: Option<usize>,
     pids: Vec<u32>,
     core0: Option<u64>,
+    steal0: Option<u64>,
     pid0: u64,
 }
 
@@ -33,6 +34,8 @@ pub struct Meter {
 pub struct Cost {
     pub core_s: Option<f64>,
     pub proc_s: Option<f64>,
+    /// Time the hypervisor ran another guest on the proxy's core: a disturbed window.
+    pub steal_s: Option<f64>,
 }
 
 impl Meter {
@@ -41,6 +44,7 @@ impl Meter {
             core: a.proxy_core,
             pids: a.cpu_pid.clone(),
             core0: a.proxy_core.and_then(core_busy_ticks),
+            steal0: a.proxy_core.and_then(core_steal_ticks),
             pid0: process_ticks(&a.cpu_pid),
         }
     }
@@ -50,12 +54,20 @@ impl Meter {
             (Some(b), Some(a)) => Some(b.saturating_sub(a) as f64 / TICKS),
             _ => None,
         };
+        let steal_s = match (self.core.and_then(core_steal_ticks), self.steal0) {
+            (Some(b), Some(a)) => Some(b.saturating_sub(a) as f64 / TICKS),
+            _ => None,
+        };
         let proc_s = if self.pids.is_empty() {
             None
         } else {
             Some(process_ticks(&self.pids).saturating_sub(self.pid0) as f64 / TICKS)
         };
-        Cost { core_s, proc_s }
+        Cost {
+            core_s,
+            proc_s,
+            steal_s,
+        }
     }
 }
 
@@ -69,12 +81,13 @@ impl Cost {
             format!("{prefix}cpu_s"): self.proc_s,
             format!("{prefix}core_{per}"): per_unit(self.core_s),
             format!("{prefix}cpu_{per}"): per_unit(self.proc_s),
+            format!("{prefix}steal_s"): self.steal_s,
         })
     }
 }
 
-/// Busy ticks of one core: user + nice + system + irq + softirq + steal (guest time is
-/// already inside user).
+/// Busy ticks of one core: user + nice + system + irq + softirq (guest time is already
+/// inside user). Steal, time the hypervisor gave to another guest, is not the proxy's.
 fn core_busy_ticks(core: usize) -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let name = format!("cpu{core}");
@@ -84,6 +97,16 @@ fn core_busy_ticks(core: usize) -> Option<u64> {
     parse_busy(line)
 }
 
+/// Steal ticks of one core.
+fn core_steal_ticks(core: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let name = format!("cpu{core}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    line.split_whitespace().nth(8)?.parse().ok()
+}
+
 fn parse_busy(line: &str) -> Option<u64> {
     let f: Vec<u64> = line
         .split_whitespace()
@@ -91,7 +114,7 @@ fn parse_busy(line: &str) -> Option<u64> {
         .map(|x| x.parse().ok())
         .collect::<Option<_>>()?;
     // user nice system idle iowait irq softirq steal ...
-    Some(f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + f.get(7).unwrap_or(&0))
+    Some(f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?)
 }
 
 /// utime + stime of the processes, in clock ticks (all threads).
@@ -112,9 +135,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn busy_excludes_idle_and_iowait() {
+    fn busy_excludes_idle_iowait_and_steal() {
         let l = "cpu0 10 1 5 1000 50 2 3 4 0 0";
-        assert_eq!(parse_busy(l), Some(10 + 1 + 5 + 2 + 3 + 4));
+        assert_eq!(parse_busy(l), Some(10 + 1 + 5 + 2 + 3));
         assert_eq!(parse_busy("cpu0 1 2"), None);
     }
 

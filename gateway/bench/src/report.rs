@@ -364,6 +364,28 @@ fn notes(runs: &Runs) -> String {
             }
         }
     }
+    for (i, d) in runs.dirs.iter().enumerate() {
+        let (mut steal, mut measured) = (0.0, 0.0);
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(v) = name.strip_suffix(".json").and_then(|f| Runs::load(d, f)) else {
+                continue;
+            };
+            for (k, x) in v.as_object().into_iter().flatten() {
+                if k.ends_with("steal_s") {
+                    steal += x.as_f64().unwrap_or(0.0);
+                }
+            }
+            measured += v["seconds"].as_f64().unwrap_or(0.0);
+        }
+        if steal > 0.0 {
+            let _ = writeln!(
+                notes,
+                "- run {}: the hypervisor stole {steal:.1} s of the proxy core during about {measured:.0} s of measured windows (a disturbed run moves every proxy's figures)",
+                i + 1
+            );
+        }
+    }
     if let Some(v) = runs
         .dirs
         .first()
