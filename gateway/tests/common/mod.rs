@@ -79,10 +79,22 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(name: &str, ip: IpAddr, port: u16) -> std::io::Result<Backend> {
+        let id = Identity::from_workload(&mesh().catalog).unwrap();
+        let tls = mtls::server_config(&id, rustls::ALL_VERSIONS).unwrap();
+        Backend::start_with(name, ip, port, tls).await
+    }
+
+    /// As [`Backend::start`], with the caller's TLS server configuration (its own
+    /// certificate and the roots it trusts for client certificates).
+    pub async fn start_with(
+        name: &str,
+        ip: IpAddr,
+        port: u16,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<Backend> {
         let listener = TcpListener::bind((ip, port)).await?;
         let addr = listener.local_addr()?;
-        let id = Identity::from_workload(&mesh().catalog).unwrap();
-        let acceptor = TlsAcceptor::from(mtls::server_config(&id, rustls::ALL_VERSIONS).unwrap());
+        let acceptor = TlsAcceptor::from(tls);
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
         let name_owned = name.to_string();
