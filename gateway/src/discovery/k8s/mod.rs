@@ -16,6 +16,7 @@
 //! - `probe`: the watched `Kind`s and a cheap list per watch, which tells when a failing
 //!   watch can work again (the design review put probes in `watch`; on their own they keep
 //!   `watch` to the watch plumbing and under ~250 lines);
+//! - `ambient`: Istio's rules for which endpoints are reached over HBONE (pure functions);
 //! - `project`: objects reduced to routing fields; `cache`: a reflector store of them;
 //! - `retry`, `health`: what a failing watch does next, and when the table is stale;
 //! - `watch`: `spawn_watches::<K>`, one generic helper for every watched type;
@@ -23,6 +24,7 @@
 //!   re-polling stay here rather than in `watch`: one file for the CRD's whole life);
 //! - `specs`: the model turned into route specs; `task`: the rebuild task.
 
+mod ambient;
 mod cache;
 mod client;
 mod crd;

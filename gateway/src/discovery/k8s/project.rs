@@ -21,10 +21,12 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// `(namespace, name)` of an object.
 pub type ObjKey = (Box<str>, Box<str>);
 
-/// What a Service contributes: its TCP ports (name, port).
+/// What a Service contributes: its TCP ports (name, port) and whether its ambient
+/// endpoints are exposed over HBONE (see `ambient`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SvcInfo {
     pub ports: Vec<(Option<Box<str>>, u16)>,
+    pub hbone: bool,
 }
 
 /// What an EndpointSlice contributes.
@@ -86,7 +88,8 @@ pub fn project_service(svc: &Service) -> Option<SvcInfo> {
         .filter(|p| is_tcp(&p.protocol))
         .filter_map(|p| Some((nonempty(&p.name), port_u16(p.port)?)))
         .collect();
-    Some(SvcInfo { ports })
+    let hbone = super::ambient::service_exposed_over_hbone(svc.metadata.labels.as_ref());
+    Some(SvcInfo { ports, hbone })
 }
 
 /// An EndpointSlice's TCP ports and IP endpoints. Not ready (`ready: false`) and terminating

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::ambient;
 use super::cache::Watched;
 use super::project::{DrInfo, PodLabels, SliceInfo, SvcInfo, pod_label};
 use crate::routes::{EndpointSpec, Labels, ServiceSpec, Subsets};
@@ -133,8 +134,12 @@ impl Model {
                     let pod = e
                         .pod
                         .as_ref()
-                        .filter(|_| !wanted_keys.is_empty())
+                        .filter(|_| !wanted_keys.is_empty() || svc.hbone)
                         .and_then(|p| self.pods.get(&(ns.clone(), p.clone())));
+                    let hbone_port = pod
+                        .filter(|l| svc.hbone && ambient::pod_captured(l))
+                        .map(|_| ambient::HBONE_PORT);
+                    let pod = pod.filter(|_| !wanted_keys.is_empty());
                     let labels = match pod {
                         None => no_labels.clone(),
                         Some(l) => {
@@ -170,9 +175,11 @@ impl Model {
                         spec.ready = true;
                         spec.labels = labels;
                         spec.ports = port_map.clone();
+                        spec.hbone_port = hbone_port;
                     } else if spec.ports.is_empty() {
                         spec.labels = labels;
                         spec.ports = port_map.clone();
+                        spec.hbone_port = hbone_port;
                     }
                 }
             }
@@ -342,6 +349,47 @@ mod tests {
         assert!(Arc::ptr_eq(&r.subsets, &specs[0].subsets));
         assert!(Arc::ptr_eq(&r.endpoints[0].labels, &e1.unwrap().labels));
         assert_eq!(r.candidates("v1").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn hbone_only_for_captured_pods_of_global_services() {
+        let mut m = model_with(false);
+        let meta: PartialObjectMeta<Pod> = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "p1", "namespace": "shop",
+                         "labels": {"version": "v1", "istio.io/dataplane-mode": "ambient"}}
+        }))
+        .unwrap();
+        let labels = project_pod(&meta, &Interner::default()).unwrap();
+        m.pods.streams[0].items.insert(k("shop", "p1"), labels);
+        let hbone = |m: &Model| -> Vec<Option<u16>> {
+            m.specs("cluster.local")[0]
+                .endpoints
+                .iter()
+                .map(|e| e.hbone_port)
+                .collect()
+        };
+        assert_eq!(hbone(&m), [None, None, None], "not a global service");
+        m.services.streams[0]
+            .items
+            .get_mut(&k("shop", "catalog"))
+            .unwrap()
+            .hbone = true;
+        assert_eq!(
+            hbone(&m),
+            [Some(15008), None, None],
+            "p2 is not ambient, 10.0.0.3 has no pod"
+        );
+        let e1 = &m.specs("cluster.local")[0].endpoints[0];
+        assert_eq!(
+            e1.ports,
+            BTreeMap::from([(80, 3000)]),
+            "classic route unchanged"
+        );
+        assert!(
+            e1.labels.is_empty(),
+            "labels still only when subsets need them"
+        );
     }
 
     #[test]

@@ -1,0 +1,290 @@
+//! Kubernetes discovery of ambient services, against the in-process Kubernetes API TEST
+//! SERVER: a global Service's endpoints whose pods are ambient are reached over HBONE on
+//! `podIP:15008` (real rustls, real h2 CONNECT on the gateway's 15008, a plain TCP app on
+//! the pod's 15008 standing in for its ztunnel); the classic 15443 route is unchanged.
+
+mod common;
+mod hbone_support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use common::*;
+use gateway::app;
+use gateway::config::{Config, Discovery, KubeOptions};
+use hbone_support::{App, AppMode, Outer, connect, outer, read_n};
+use http::StatusCode;
+use k8s_test_server::{Options, TestApiServer, namespace_json};
+use serde_json::{Value, json};
+use testkit::k8s;
+use testkit::wait::eventually;
+
+const NS: &str = testkit::mesh::NAMESPACE;
+const WAIT: Duration = Duration::from_secs(10);
+const HBONE_PORT: u16 = 15008;
+
+/// Pod addresses of this file only (other test files use 127.0.0.x).
+fn pod_ip(last: u8) -> IpAddr {
+    [127, 0, 13, last].into()
+}
+
+struct KubeHboneGw {
+    _bound: app::Bound,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    hbone: SocketAddr,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn setup() -> (TestApiServer, KubeHboneGw) {
+    init();
+    let mut opts = Options::new("east");
+    // The pods listen on 127.0.13.x; a real API server would refuse these slices.
+    opts.store.allow_loopback_endpoint_addresses = true;
+    let api = TestApiServer::start_with(opts).await.unwrap();
+    api.store().create(namespace_json(NS)).unwrap();
+
+    let kdir = tempfile::tempdir().unwrap();
+    let path = kdir.path().join("kubeconfig");
+    std::fs::write(&path, api.kubeconfig("east")).unwrap();
+    let certs = hbone_support::gateway_certs();
+    let mut cfg = Config::new(Discovery::Kubernetes(KubeOptions {
+        kubeconfig: Some(path),
+        context: Some("east".into()),
+        ..KubeOptions::default()
+    }));
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin = "127.0.0.1:0".parse().unwrap();
+    cfg.hbone_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.hbone_certs = Some(certs.path().to_path_buf());
+    cfg.connect_timeout = Duration::from_millis(500);
+    cfg.drain_grace = Duration::from_millis(50);
+    cfg.drain_timeout = Duration::from_secs(1);
+    let bound = app::build(cfg).await.unwrap();
+    let gw = KubeHboneGw {
+        listen: bound.listen_addr,
+        admin: bound.admin_addr,
+        hbone: bound.hbone_addr.expect("HBONE listener on"),
+        _bound: bound,
+        _dirs: (kdir, certs),
+    };
+    let admin = gw.admin;
+    eventually("gateway ready", WAIT, || async move {
+        http_get(admin, "/healthz/ready").await.0 == 200
+    })
+    .await;
+    (api, gw)
+}
+
+/// A Service `name` in `NS` (port `http` 80 → 9080) with these labels.
+fn service(name: &str, labels: &[(&str, &str)]) -> Value {
+    let mut s = k8s::service(
+        NS,
+        name,
+        &[k8s::ServicePort {
+            name: "http",
+            port: 80,
+            target_port: 9080,
+        }],
+    );
+    let labels: serde_json::Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    s["metadata"]["labels"] = Value::Object(labels);
+    s
+}
+
+/// The slice `<svc>-1` of `svc`: port `http` on `port`, one ready endpoint per (ip, pod).
+fn slice(svc: &str, port: u16, eps: &[(IpAddr, &str)]) -> Value {
+    let eps: Vec<k8s::Endpoint> = eps
+        .iter()
+        .map(|&(address, pod)| k8s::Endpoint {
+            address,
+            ready: true,
+            pod,
+        })
+        .collect();
+    k8s::endpoint_slice(NS, &format!("{svc}-1"), svc, ("http", port), "test", &eps)
+}
+
+const GLOBAL: (&str, &str) = ("istio.io/global", "true");
+const AMBIENT: (&str, &str) = ("istio.io/dataplane-mode", "ambient");
+
+/// `hbone_endpoints` of `host:80` in `/debug/routes` (addresses, sorted).
+async fn hbone_endpoints(admin: SocketAddr, host: &str) -> Vec<String> {
+    let (_, body) = http_get(admin, &format!("/debug/routes?host={host}")).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let mut out: Vec<String> = v["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["host"] == host && r["port"] == 80)
+        .flat_map(|r| r["hbone_endpoints"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["address"].as_str().unwrap_or_default().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+async fn eventually_hbone_endpoints(admin: SocketAddr, host: &str, want: &[String]) {
+    let what = format!("{host}:80 hbone endpoints {want:?}");
+    eventually(&what, WAIT, || async move {
+        hbone_endpoints(admin, host).await == want
+    })
+    .await;
+}
+
+/// Classic calls through 15443 reach exactly the backends in `want`, within a bound.
+async fn eventually_classic(gw: SocketAddr, host: &str, want: &[&str]) {
+    let sni = sni(80, "", host);
+    let what = format!("{sni} served by {want:?}");
+    eventually(&what, WAIT, || {
+        let sni = sni.clone();
+        async move {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..(want.len() * 6) {
+                match call(gw, &sni).await {
+                    Ok(line) => {
+                        let who = line.split(' ').next().unwrap_or_default().to_string();
+                        if !want.contains(&who.as_str()) {
+                            return false;
+                        }
+                        seen.insert(who);
+                    }
+                    Err(_) => return false,
+                }
+            }
+            seen.len() == want.len()
+        }
+    })
+    .await;
+}
+
+/// One CONNECT to `host:80`: the status and, when 200, the greeting of the app reached.
+async fn tunnel(o: &mut Outer, host: &str, greeting_len: usize) -> (StatusCode, Vec<u8>) {
+    let (status, io) = connect(o, &format!("{host}:80")).await.unwrap();
+    match io {
+        Some((_tx, mut rx)) => (status, read_n(&mut rx, greeting_len).await),
+        None => (status, Vec::new()),
+    }
+}
+
+/// Classic backends "a" and "b" on pod addresses `first` and `first + 1` sharing one port.
+/// Each test uses its own addresses: the pods' 15008 is a fixed port.
+async fn classic_backends(first: u8) -> (Vec<Backend>, u16) {
+    for _ in 0..20 {
+        let a = Backend::start("a", pod_ip(first), 0).await.unwrap();
+        let port = a.addr.port();
+        if let Ok(b) = Backend::start("b", pod_ip(first + 1), port).await {
+            return (vec![a, b], port);
+        }
+    }
+    panic!("no free shared port on 127.0.13.x");
+}
+
+#[tokio::test]
+async fn global_service_with_ambient_pods_is_reached_over_hbone_on_15008() {
+    let (api, gw) = setup().await;
+    let (_classic, port) = classic_backends(1).await;
+    // Each pod's "ztunnel" on podIP:15008; pod b is not ambient, so its must stay unused.
+    let zt_a = App::start("ztunnel-a", pod_ip(1), HBONE_PORT, AppMode::Echo)
+        .await
+        .unwrap();
+    let zt_b = App::start("ztunnel-b", pod_ip(2), HBONE_PORT, AppMode::Echo)
+        .await
+        .unwrap();
+    let st = api.store();
+    st.create(service("catalog", &[GLOBAL])).unwrap();
+    st.create(k8s::pod(NS, "catalog-a", &[("app", "catalog"), AMBIENT]))
+        .unwrap();
+    st.create(k8s::pod(NS, "catalog-b", &[("app", "catalog")]))
+        .unwrap();
+    st.create(slice(
+        "catalog",
+        port,
+        &[(pod_ip(1), "catalog-a"), (pod_ip(2), "catalog-b")],
+    ))
+    .unwrap();
+
+    eventually_hbone_endpoints(gw.admin, CATALOG, &[format!("{}:15008", pod_ip(1))]).await;
+    let mut o = outer(gw.hbone, Some(&hbone_support::pki().client))
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        let (status, greeting) = tunnel(&mut o, CATALOG, 10).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(greeting, b"ztunnel-a\n");
+    }
+    assert_eq!(zt_a.accepted(), 6);
+    assert_eq!(
+        zt_b.accepted(),
+        0,
+        "a pod that is not ambient is never dialed"
+    );
+    // The classic route still reaches both pods on their target port.
+    eventually_classic(gw.listen, CATALOG, &["a", "b"]).await;
+
+    // Pod b opts in: it joins the HBONE endpoints; opting out again removes it.
+    st.apply(k8s::pod(NS, "catalog-b", &[("app", "catalog"), AMBIENT]))
+        .unwrap();
+    let both = [
+        format!("{}:15008", pod_ip(1)),
+        format!("{}:15008", pod_ip(2)),
+    ];
+    eventually_hbone_endpoints(gw.admin, CATALOG, &both).await;
+    st.apply(k8s::pod(
+        NS,
+        "catalog-b",
+        &[("app", "catalog"), ("istio.io/dataplane-mode", "none")],
+    ))
+    .unwrap();
+    eventually_hbone_endpoints(gw.admin, CATALOG, &both[..1]).await;
+}
+
+#[tokio::test]
+async fn services_not_global_or_bound_to_a_waypoint_have_no_hbone_endpoints() {
+    let (api, gw) = setup().await;
+    let (_classic, port) = classic_backends(11).await;
+    let zt = App::start("ztunnel-a", pod_ip(11), HBONE_PORT, AppMode::Echo)
+        .await
+        .unwrap();
+    let st = api.store();
+    st.create(k8s::pod(NS, "catalog-a", &[("app", "catalog"), AMBIENT]))
+        .unwrap();
+    st.create(service("catalog", &[])).unwrap();
+    st.create(slice("catalog", port, &[(pod_ip(11), "catalog-a")]))
+        .unwrap();
+    eventually_classic(gw.listen, CATALOG, &["a"]).await;
+    assert!(hbone_endpoints(gw.admin, CATALOG).await.is_empty());
+    let mut o = outer(gw.hbone, Some(&hbone_support::pki().client))
+        .await
+        .unwrap();
+    let (status, _) = tunnel(&mut o, CATALOG, 0).await;
+    assert_ne!(
+        status,
+        StatusCode::OK,
+        "not global: not reachable over HBONE"
+    );
+
+    // Global and bound to a waypoint: Istio's gateway would dial the waypoint; this one
+    // keeps the service classic-only.
+    st.apply(service(
+        "catalog",
+        &[GLOBAL, ("istio.io/use-waypoint", "waypoint")],
+    ))
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(hbone_endpoints(gw.admin, CATALOG).await.is_empty());
+    // The label flipped to global alone: the same pod becomes reachable over HBONE.
+    st.apply(service("catalog", &[GLOBAL])).unwrap();
+    eventually_hbone_endpoints(gw.admin, CATALOG, &[format!("{}:15008", pod_ip(11))]).await;
+    let mut o = outer(gw.hbone, Some(&hbone_support::pki().client))
+        .await
+        .unwrap();
+    let (status, greeting) = tunnel(&mut o, CATALOG, 10).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(greeting, b"ztunnel-a\n");
+    assert_eq!(zt.accepted(), 1);
+    eventually_classic(gw.listen, CATALOG, &["a"]).await;
+}
