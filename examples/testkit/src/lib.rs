@@ -12,12 +12,13 @@
 //! - [`k8s`]: Kubernetes object builders (Service, EndpointSlice, Pod, DestinationRule).
 //! - [`net`]: free loopback ports.
 //! - [`hbone`]: HBONE doubles: a client ztunnel, a destination ztunnel and its app.
-//! - [`kube_client`]: a kube-rs `Client` from a kubeconfig's YAML.
+//! - `kube_client` (feature `kube`): a kube-rs `Client` from a kubeconfig's YAML.
 //!
 //! Nothing here is used by a product binary.
 
 pub mod hbone;
 pub mod k8s;
+#[cfg(feature = "kube")]
 pub mod kube_client;
 pub mod mesh;
 pub mod mtls;
