@@ -232,17 +232,8 @@ pub struct RrArgs {
     /// Persistent connections, each a closed loop: send, wait for the echo, send again.
     #[arg(long, default_value_t = 32)]
     pub connections: usize,
-    /// Request and response size in bytes.
-    #[arg(long, default_value_t = 64)]
-    pub size: usize,
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Not measured: lets caches, allocators and CPU frequency settle.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub warmup: Duration,
-    /// Upper bound on requests over all connections, whatever the duration.
-    #[arg(long, default_value_t = 50_000_000)]
-    pub max_requests: u64,
+    #[command(flatten)]
+    pub window: Window,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     #[command(flatten)]
@@ -259,21 +250,23 @@ pub async fn rr(a: RrArgs) -> Result<Value> {
         conns.push(d.open(OP_ECHO, 0).await.context("connect")?);
     }
     let mut v = json!({"mode": "rr", "name": a.t.name});
-    let window = Window {
-        size: a.size,
-        duration: a.duration,
-        warmup: a.warmup,
-        max_requests: a.max_requests,
-    };
-    merge(&mut v, rr_loop(conns, &window, &a.cost).await?);
+    merge(&mut v, rr_loop(conns, &a.window, &a.cost).await?);
     Ok(v)
 }
 
-/// The measured part of an `rr` scenario.
-pub(crate) struct Window {
+/// The measured part of an `rr` scenario (plain and HBONE).
+#[derive(Args, Debug)]
+pub struct Window {
+    /// Request and response size in bytes.
+    #[arg(long, default_value_t = 64)]
     pub size: usize,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub duration: Duration,
+    /// Not measured: lets caches, allocators and CPU frequency settle.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub warmup: Duration,
+    /// Upper bound on requests over all streams, whatever the duration.
+    #[arg(long, default_value_t = 50_000_000)]
     pub max_requests: u64,
 }
 

@@ -190,17 +190,8 @@ pub struct RrArgs {
     /// Long-lived tunnels, spread over the pooled outer connections; each a closed loop.
     #[arg(long, default_value_t = 32)]
     pub tunnels: usize,
-    /// Request and response size in bytes.
-    #[arg(long, default_value_t = 64)]
-    pub size: usize,
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Not measured: lets caches, allocators and CPU frequency settle.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    pub warmup: Duration,
-    /// Upper bound on requests over all tunnels, whatever the duration.
-    #[arg(long, default_value_t = 50_000_000)]
-    pub max_requests: u64,
+    #[command(flatten)]
+    pub window: Window,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     #[command(flatten)]
@@ -218,13 +209,7 @@ pub async fn rr(a: RrArgs) -> Result<Value> {
     }
     let mut v = d.describe("hbone-rr");
     merge(&mut v, json!({"outer_connections": pool.len()}));
-    let window = Window {
-        size: a.size,
-        duration: a.duration,
-        warmup: a.warmup,
-        max_requests: a.max_requests,
-    };
-    merge(&mut v, rr_loop(tunnels, &window, &a.cost).await?);
+    merge(&mut v, rr_loop(tunnels, &a.window, &a.cost).await?);
     Ok(v)
 }
 
@@ -360,10 +345,12 @@ mod tests {
             let l = rr(RrArgs {
                 t: t.clone(),
                 tunnels: 3,
-                size: 64,
-                duration: short,
-                warmup: Duration::ZERO,
-                max_requests: 10_000,
+                window: Window {
+                    size: 64,
+                    duration: short,
+                    warmup: Duration::ZERO,
+                    max_requests: 10_000,
+                },
                 threads: 1,
                 cost: CostArgs::default(),
             })
