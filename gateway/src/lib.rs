@@ -18,11 +18,11 @@
 //! Around it: [`discovery`] feeds the table (from a file, [`discovery::file`], or the
 //! Kubernetes API, [`discovery::k8s`]); [`admin`] serves health, metrics and
 //! `/debug/routes`; [`drain`] handles SIGTERM; [`config`] holds the settings and their
-//! defaults; [`app::build`] wires it all. [`local_error`] and [`accept_errors`] keep the
+//! defaults; [`app::build`] wires it all. [`local_error`] and [`accept`] keep the
 //! gateway's own resource exhaustion apart from endpoint health; [`clock`] is the
 //! millisecond clock behind ejection and idle deadlines.
 
-pub mod accept_errors;
+pub mod accept;
 pub mod admin;
 pub mod app;
 pub mod client_hello;

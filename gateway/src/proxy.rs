@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info};
 
-use crate::accept_errors::AcceptErrors;
+use crate::accept;
 use crate::client_hello::{self, ClientHello, Detect};
 use crate::config::Config;
 use crate::drain::Drain;
@@ -98,22 +98,8 @@ impl Proxy {
         // Accepted sockets inherit these from the listener (Linux copies the socket), which
         // saves four setsockopt calls per connection.
         set_socket_options(&listener);
-        let mut errors = AcceptErrors::new(self.metrics.accept_errors.clone());
-        loop {
-            let accepted = tokio::select! {
-                _ = self.drain.stop_accepting.cancelled() => break,
-                a = listener.accept() => a,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    errors.failed(&e);
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    continue;
-                }
-            };
-            errors.succeeded();
+        let errors = self.metrics.accept_errors.clone();
+        accept::accept_until(&listener, &self.drain.stop_accepting, errors, |stream, peer| {
             self.metrics.accepted.inc();
             // Admitted here, in accept order, so "oldest" means what it says.
             let ticket = self.undecided.admit();
@@ -129,7 +115,8 @@ impl Proxy {
             } else {
                 self.drain.tasks.spawn(conn.instrument(span));
             }
-        }
+        })
+        .await;
         debug!("listener stopped accepting");
     }
 

@@ -14,37 +14,29 @@ use tracing::{Instrument, debug, info};
 use super::Hbone;
 use super::identity::{self, HandshakeFailure};
 use super::metrics::Refusal;
-use crate::accept_errors::AcceptErrors;
+use crate::accept;
 use crate::undecided::Ticket;
 
 impl Hbone {
     /// Accepts until the drain stops accepting. Each connection runs as a tracked task.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        let mut errors = AcceptErrors::new(self.proxy_metrics.accept_errors.clone());
-        loop {
-            let accepted = tokio::select! {
-                _ = self.drain.stop_accepting.cancelled() => break,
-                a = listener.accept() => a,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    errors.failed(&e);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            };
-            errors.succeeded();
-            let ticket = self.undecided.admit();
-            let id = self
-                .next_id
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let span = tracing::info_span!("hbone", id, %peer, client_id = tracing::field::Empty);
-            let this = self.clone();
-            self.drain
-                .tasks
-                .spawn(this.connection(stream, peer, ticket).instrument(span));
-        }
+        let errors = self.proxy_metrics.accept_errors.clone();
+        accept::accept_until(
+            &listener,
+            &self.drain.stop_accepting,
+            errors,
+            |stream, peer| {
+                let ticket = self.undecided.admit();
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let span =
+                    tracing::info_span!("hbone", id, %peer, client_id = tracing::field::Empty);
+                let this = self.clone();
+                self.drain
+                    .tasks
+                    .spawn(this.connection(stream, peer, ticket).instrument(span));
+            },
+        )
+        .await;
         debug!("HBONE listener stopped accepting");
     }
 

@@ -1,13 +1,16 @@
-//! Accept failures, counted and logged without flooding: when descriptors run out, the
-//! accept loop retries every few milliseconds and each retry fails the same way. The first
-//! failure is logged at once, then at most one summary per [`SUMMARY_EVERY`], and one line
-//! when accepting works again.
+//! The accept loop both listeners (15443 and 15008) run, and its failures, counted and
+//! logged without flooding: when descriptors run out, the loop retries every few
+//! milliseconds and each retry fails the same way. The first failure is logged at once, then
+//! at most one summary per [`SUMMARY_EVERY`], and one line when accepting works again.
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::local_error;
@@ -15,8 +18,38 @@ use crate::metrics::KindLabels;
 
 pub const SUMMARY_EVERY: Duration = Duration::from_secs(5);
 
+/// Pause after a failed accept (EMFILE and friends) instead of spinning on it.
+const RETRY_AFTER: Duration = Duration::from_millis(20);
+
+/// Accepts on `listener` until `stop` is cancelled and hands each connection to `on_accept`,
+/// which must not block (it spawns). Failures are counted in `errors` by kind.
+pub async fn accept_until(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    errors: Family<KindLabels, Counter>,
+    mut on_accept: impl FnMut(TcpStream, SocketAddr),
+) {
+    let mut errors = AcceptErrors::new(errors);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                errors.succeeded();
+                on_accept(stream, peer);
+            }
+            Err(e) => {
+                errors.failed(&e);
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+        }
+    }
+}
+
 /// The accept loop's failure streak. Owned by the loop, so no locking.
-pub struct AcceptErrors {
+struct AcceptErrors {
     counter: Family<KindLabels, Counter>,
     /// Start of the current streak of failures, and its length.
     streak: Option<(Instant, u64)>,
@@ -25,7 +58,7 @@ pub struct AcceptErrors {
 }
 
 impl AcceptErrors {
-    pub fn new(counter: Family<KindLabels, Counter>) -> Self {
+    fn new(counter: Family<KindLabels, Counter>) -> Self {
         AcceptErrors {
             counter,
             streak: None,
@@ -34,7 +67,7 @@ impl AcceptErrors {
         }
     }
 
-    pub fn failed(&mut self, e: &io::Error) {
+    fn failed(&mut self, e: &io::Error) {
         let kind = local_error::classify(e).map_or("other", |k| k.as_str());
         self.counter.get_or_create(&KindLabels { kind }).inc();
         let now = Instant::now();
@@ -57,7 +90,7 @@ impl AcceptErrors {
         }
     }
 
-    pub fn succeeded(&mut self) {
+    fn succeeded(&mut self) {
         if let Some((since, n)) = self.streak.take() {
             info!(
                 errors = n,
