@@ -15,6 +15,7 @@ use std::mem::MaybeUninit;
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -23,7 +24,8 @@ use socket2::SockRef;
 use tokio::io::{Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-use futures::TryFutureExt;
+use futures::ready;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock;
 
@@ -159,28 +161,69 @@ impl Progress {
     }
 }
 
-/// Copies `client <-> upstream` until both directions are done, the idle timeout passes, or
-/// an error occurs.
-pub async fn run(client: &TcpStream, upstream: &TcpStream, idle: Duration, p: &Progress) -> End {
-    let last = AtomicU64::new(clock::now_ms());
-    // The direction futures are built inside the join, not bound to locals first: a moved
-    // local keeps its own slot in the task, which doubled this future's size (every idle
-    // connection pays for it).
-    tokio::select! {
-        r = async {
-            // Errors become (from the upstream socket?, error); `map_err` adds no state.
-            tokio::try_join!(
-                hybrid(client, upstream, &p.sent, &last, SPLICE_AFTER)
-                    .map_err(|e| (e.at_dst, e.error)),
-                hybrid(upstream, client, &p.received, &last, SPLICE_AFTER)
-                    .map_err(|e| (!e.at_dst, e.error)),
-            )
-        } => match r {
-            Ok(_) => End::Done,
-            Err((upstream, e)) => End::from_error(e, upstream),
-        },
-        _ = idle_watch(&last, idle) => End::Idle,
-    }
+/// Copies `client <-> upstream` until both directions are done, the idle timeout passes, an
+/// error occurs, or `force` (the drain deadline) is cancelled.
+pub async fn run(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    idle: Duration,
+    p: &Progress,
+    force: &CancellationToken,
+) -> End {
+    run_with(client, upstream, idle, p, force, SPLICE_AFTER).await
+}
+
+/// [`run`] with the splice threshold as a parameter: `u64::MAX` copies only and 0 splices
+/// from the first byte (the tests cover all three).
+///
+/// One hand-written poll loop instead of nested `select!`/`try_join!` futures: the state
+/// every idle connection keeps is two small direction states, the idle timer and the drain
+/// waiter (about a third of the nested futures' size), and a wakeup polls no combinators.
+async fn run_with(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    idle: Duration,
+    p: &Progress,
+    force: &CancellationToken,
+    splice_after: u64,
+) -> End {
+    let idle_ms = idle.as_millis().max(1) as u64;
+    let mut last = clock::now_ms();
+    let (mut up, mut down) = (Phase::new(), Phase::new());
+    let sleep = tokio::time::sleep(idle);
+    tokio::pin!(sleep);
+    let forced = force.cancelled();
+    tokio::pin!(forced);
+    std::future::poll_fn(|cx| {
+        if forced.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(End::DrainDeadline);
+        }
+        let a = up.poll(cx, client, upstream, &p.sent, &mut last, splice_after);
+        if let Poll::Ready(Err(e)) = a {
+            return Poll::Ready(End::from_error(e.error, e.at_dst));
+        }
+        let b = down.poll(cx, upstream, client, &p.received, &mut last, splice_after);
+        if let Poll::Ready(Err(e)) = b {
+            return Poll::Ready(End::from_error(e.error, !e.at_dst));
+        }
+        if a.is_ready() && b.is_ready() {
+            return Poll::Ready(End::Done);
+        }
+        // The timer is armed for `last + idle` only when it fires, not on every byte.
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let deadline = last.saturating_add(idle_ms);
+            let now = clock::now_ms();
+            if now >= deadline {
+                return Poll::Ready(End::Idle);
+            }
+            let wait = Duration::from_millis(deadline - now);
+            sleep.as_mut().reset(tokio::time::Instant::now() + wait);
+        }
+    })
+    .await
 }
 
 /// Bytes one direction copies in userspace before it switches to splice.
@@ -188,86 +231,147 @@ pub const SPLICE_AFTER: u64 = 256 * 1024;
 /// Pipe capacity asked for (the kernel default is 16 pages).
 const PIPE: usize = 64 * 1024;
 
-/// One direction, `src` to `dst`, until EOF (passed on as a write shutdown) or an error:
-/// copy, then splice once `splice_after` bytes have moved. The gateway passes
-/// [`SPLICE_AFTER`]; `u64::MAX` copies only and 0 splices from the first byte (the
-/// benchmark compares the three). If no pipe can be had (out of descriptors), it keeps
-/// copying. `last` is stamped with [`clock::now_ms`] whenever bytes move.
-pub async fn one_way(
-    src: &TcpStream,
-    dst: &TcpStream,
-    dir: &Direction,
-    last: &AtomicU64,
-    splice_after: u64,
-) -> io::Result<()> {
-    Ok(hybrid(src, dst, dir, last, splice_after).await?)
+/// One direction's state. It copies through a stack buffer until `splice_after` bytes have
+/// moved, then splices through a pipe (if no pipe can be had, out of descriptors, it keeps
+/// copying). Only bytes the destination could not take yet are kept, on the heap.
+enum Phase {
+    Copy {
+        pending: Vec<u8>,
+        copied: u64,
+    },
+    /// `src -> pipe -> dst`. The pipe is drained before the next splice in, so EAGAIN on
+    /// the way in always means "src not readable" and on the way out "dst not writable".
+    Splice {
+        r: OwnedFd,
+        w: OwnedFd,
+        cap: usize,
+        /// Bytes in the pipe not yet written to `dst`.
+        left: usize,
+    },
+    /// EOF seen and passed on as a write shutdown.
+    Done,
 }
 
-/// [`one_way`], saying which socket an error came from.
-async fn hybrid(
-    src: &TcpStream,
-    dst: &TcpStream,
-    dir: &Direction,
-    last: &AtomicU64,
-    splice_after: u64,
-) -> Result<(), DirError> {
-    let mut pending: Vec<u8> = Vec::new();
-    let mut copied = 0u64;
-    let (r, w, cap) = loop {
-        if copied >= splice_after {
-            match new_pipe() {
-                Ok(p) => break p,
-                Err(_) => copied = 0,
-            }
+impl Phase {
+    fn new() -> Self {
+        Phase::Copy {
+            pending: Vec::new(),
+            copied: 0,
         }
-        let Some(n) = copy_step(src, dst, &mut pending, last).await? else {
-            return shutdown_write(dst).map_err(at_dst);
-        };
-        dir.add(n as u64);
-        copied += n as u64;
-    };
-    splice_phase(src, dst, (r, w, cap), dir, last).await
-}
+    }
 
-/// `src -> pipe -> dst` until EOF or an error.
-async fn splice_phase(
-    src: &TcpStream,
-    dst: &TcpStream,
-    (r, w, cap): (OwnedFd, OwnedFd, usize),
-    dir: &Direction,
-    last: &AtomicU64,
-) -> Result<(), DirError> {
-    // src -> pipe -> dst. The pipe is drained before the next splice in, so EAGAIN on the way
-    // in always means "src not readable" and on the way out "dst not writable".
-    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
-    loop {
-        readable(src).await.map_err(at_src)?;
-        let n = match src.try_io(Interest::READABLE, || {
-            rustix::pipe::splice(src, None, &w, None, cap, flags).map_err(io::Error::from)
-        }) {
-            Ok(0) => return shutdown_write(dst).map_err(at_dst),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(at_src(e)),
-        };
-        last.store(clock::now_ms(), Ordering::Relaxed);
-        dir.add(n as u64);
-        let mut left = n;
-        while left > 0 {
-            match dst.try_io(Interest::WRITABLE, || {
-                rustix::pipe::splice(&r, None, dst, None, left, flags).map_err(io::Error::from)
-            }) {
-                Ok(0) => return Err(at_dst(io::ErrorKind::WriteZero.into())),
-                Ok(m) => {
-                    left -= m;
-                    last.store(clock::now_ms(), Ordering::Relaxed);
+    /// Moves what can be moved now. `Ready(Ok)` once EOF was passed on; `Pending` with
+    /// the waker registered on the socket it waits for. `last` is stamped with
+    /// [`clock::now_ms`] whenever bytes move.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+        dir: &Direction,
+        last: &mut u64,
+        splice_after: u64,
+    ) -> Poll<Result<(), DirError>> {
+        loop {
+            match self {
+                Phase::Done => return Poll::Ready(Ok(())),
+                Phase::Copy { pending, copied } => {
+                    if !pending.is_empty() {
+                        ready!(dst.poll_write_ready(cx)).map_err(at_dst)?;
+                        match dst.try_write(pending) {
+                            Ok(w) => {
+                                pending.drain(..w);
+                                *last = clock::now_ms();
+                                if pending.is_empty() && pending.capacity() > CHUNK {
+                                    *pending = Vec::new();
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Poll::Ready(Err(at_dst(e))),
+                        }
+                        continue;
+                    }
+                    if *copied >= splice_after {
+                        match new_pipe() {
+                            Ok((r, w, cap)) => {
+                                *self = Phase::Splice { r, w, cap, left: 0 };
+                                continue;
+                            }
+                            Err(_) => *copied = 0,
+                        }
+                    }
+                    ready!(src.poll_read_ready(cx)).map_err(at_src)?;
+                    // The buffer lives only within this poll, so it is not part of the
+                    // connection's state. Left uninitialised: zeroing 16 KiB per read was
+                    // most of a small request's cost.
+                    let mut raw = [MaybeUninit::<u8>::uninit(); CHUNK];
+                    let mut buf = ReadBuf::uninit(&mut raw);
+                    match read_some(src, &mut buf) {
+                        Ok(0) => return self.finish(dst),
+                        Ok(n) => {
+                            let data = &buf.filled()[..n];
+                            let written = match dst.try_write(data) {
+                                Ok(w) => w,
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                                Err(e) => return Poll::Ready(Err(at_dst(e))),
+                            };
+                            if written < n {
+                                pending.extend_from_slice(&data[written..]);
+                            }
+                            *last = clock::now_ms();
+                            dir.add(n as u64);
+                            *copied += n as u64;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Poll::Ready(Err(at_src(e))),
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    writable(dst).await.map_err(at_dst)?
+                Phase::Splice { r, w, cap, left } => {
+                    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+                    if *left > 0 {
+                        let n = *left;
+                        match dst.try_io(Interest::WRITABLE, || {
+                            rustix::pipe::splice(&*r, None, dst, None, n, flags)
+                                .map_err(io::Error::from)
+                        }) {
+                            Ok(0) => {
+                                return Poll::Ready(Err(at_dst(io::ErrorKind::WriteZero.into())));
+                            }
+                            Ok(m) => {
+                                *left -= m;
+                                *last = clock::now_ms();
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                ready!(dst.poll_write_ready(cx)).map_err(at_dst)?;
+                            }
+                            Err(e) => return Poll::Ready(Err(at_dst(e))),
+                        }
+                        continue;
+                    }
+                    ready!(src.poll_read_ready(cx)).map_err(at_src)?;
+                    let cap = *cap;
+                    match src.try_io(Interest::READABLE, || {
+                        rustix::pipe::splice(src, None, &*w, None, cap, flags)
+                            .map_err(io::Error::from)
+                    }) {
+                        Ok(0) => return self.finish(dst),
+                        Ok(n) => {
+                            *left = n;
+                            *last = clock::now_ms();
+                            dir.add(n as u64);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Poll::Ready(Err(at_src(e))),
+                    }
                 }
-                Err(e) => return Err(at_dst(e)),
             }
         }
+    }
+
+    /// EOF from `src`: passed on as a write shutdown of `dst`, once.
+    fn finish(&mut self, dst: &TcpStream) -> Poll<Result<(), DirError>> {
+        *self = Phase::Done;
+        Poll::Ready(shutdown_write(dst).map_err(at_dst))
     }
 }
 
@@ -293,73 +397,10 @@ fn read_some(src: &TcpStream, buf: &mut ReadBuf<'_>) -> io::Result<usize> {
     }
 }
 
-/// Waits until `s` is readable. Unlike `TcpStream::readable`, whose future holds a waiter
-/// node (and locks the socket's waiter list to add and to remove it on every wait), a poll
-/// function keeps only the reference in the task: the wakeup goes to the socket's one
-/// reader slot. Each socket here has one reader and one writer, all in one task, which is
-/// what that slot supports.
-fn readable(s: &TcpStream) -> impl Future<Output = io::Result<()>> + '_ {
-    std::future::poll_fn(move |cx| s.poll_read_ready(cx))
-}
-
-/// Waits until `s` is writable; see [`readable`].
-fn writable(s: &TcpStream) -> impl Future<Output = io::Result<()>> + '_ {
-    std::future::poll_fn(move |cx| s.poll_write_ready(cx))
-}
-
 fn new_pipe() -> io::Result<(OwnedFd, OwnedFd, usize)> {
     let (r, w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
     let cap = rustix::pipe::fcntl_setpipe_size(&w, PIPE).unwrap_or(16 * 4096);
     Ok((r, w, cap))
-}
-
-/// One read from `src`, and all of it written to `dst`. `None` is EOF.
-async fn copy_step(
-    src: &TcpStream,
-    dst: &TcpStream,
-    pending: &mut Vec<u8>,
-    last: &AtomicU64,
-) -> Result<Option<usize>, DirError> {
-    let n = loop {
-        readable(src).await.map_err(at_src)?;
-        // The buffer lives only between awaits, so it is not part of the task's state. Left
-        // uninitialised: zeroing 16 KiB per read was most of a small request's cost.
-        let mut raw = [MaybeUninit::<u8>::uninit(); CHUNK];
-        let mut buf = ReadBuf::uninit(&mut raw);
-        match read_some(src, &mut buf) {
-            Ok(0) => return Ok(None),
-            Ok(n) => {
-                let buf = buf.filled();
-                let written = match dst.try_write(&buf[..n]) {
-                    Ok(w) => w,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                    Err(e) => return Err(at_dst(e)),
-                };
-                if written < n {
-                    pending.extend_from_slice(&buf[written..n]);
-                }
-                break n;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(at_src(e)),
-        }
-    };
-    last.store(clock::now_ms(), Ordering::Relaxed);
-    while !pending.is_empty() {
-        writable(dst).await.map_err(at_dst)?;
-        match dst.try_write(pending) {
-            Ok(w) => {
-                pending.drain(..w);
-                last.store(clock::now_ms(), Ordering::Relaxed);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(at_dst(e)),
-        }
-    }
-    if pending.capacity() > CHUNK {
-        *pending = Vec::new();
-    }
-    Ok(Some(n))
 }
 
 /// Passes an EOF on as a write shutdown; the peer having gone already is not an error.
@@ -368,18 +409,6 @@ fn shutdown_write(dst: &TcpStream) -> io::Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
         Err(e) => Err(e),
-    }
-}
-
-async fn idle_watch(last: &AtomicU64, idle: Duration) {
-    let idle_ms = idle.as_millis().max(1) as u64;
-    loop {
-        let deadline = last.load(Ordering::Relaxed).saturating_add(idle_ms);
-        let now = clock::now_ms();
-        if now >= deadline {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(deadline - now)).await;
     }
 }
 
@@ -398,7 +427,7 @@ mod tests {
 
     /// Far past the splice threshold, with a slow reader so both the copy and the splice
     /// phase meet backpressure; every byte arrives in order and the EOF is passed on. The
-    /// same for copy only and splice only, the benchmark's other two modes.
+    /// same for copy only and splice only.
     #[tokio::test]
     async fn bulk_switches_to_splice_and_stays_intact() {
         for splice_after in [SPLICE_AFTER, u64::MAX, 0] {
@@ -413,11 +442,19 @@ mod tests {
             .map(|i| (i ^ (i >> 11)) as u8)
             .collect();
         let expect = data.clone();
-        let (dir, last) = (Direction::new(Counter::default()), AtomicU64::new(0));
+        let progress = Progress::new(Counter::default(), Counter::default());
+        let force = CancellationToken::new();
         let fwd = async {
-            one_way(&client_side, &upstream_side, &dir, &last, splice_after)
-                .await
-                .unwrap();
+            let idle = std::time::Duration::from_secs(30);
+            run_with(
+                &client_side,
+                &upstream_side,
+                idle,
+                &progress,
+                &force,
+                splice_after,
+            )
+            .await
         };
         let send = async {
             client.write_all(&data).await.unwrap();
@@ -436,16 +473,25 @@ mod tests {
                     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 }
             }
+            // The reverse direction ends too, so forwarding is done.
+            upstream.shutdown().await.unwrap();
             got
         };
-        let (_, _, got) = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let (end, _, got) = tokio::time::timeout(std::time::Duration::from_secs(20), async {
             tokio::join!(fwd, send, recv)
         })
         .await
         .expect("forwarding finished");
+        assert!(
+            matches!(end, End::Done),
+            "{end:?} (splice_after {splice_after})"
+        );
         assert_eq!(got.len(), expect.len(), "splice_after {splice_after}");
         assert!(got == expect, "bytes differ (splice_after {splice_after})");
-        assert_eq!(dir.total(), expect.len() as u64);
-        assert_eq!(dir.counter.get(), expect.len() as u64);
+        assert_eq!(progress.totals(), (expect.len() as u64, 0));
+        assert_eq!(progress.sent.counter.get(), expect.len() as u64);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "the reverse EOF is passed on");
     }
 }

@@ -27,15 +27,18 @@ use crate::sni_name;
 use crate::undecided::{Ticket, Undecided};
 use crate::upstream;
 
-/// A decided, connected connection: upstream, endpoint, metric handles, original client,
-/// permit.
-type Decided<'a> = (
-    TcpStream,
-    Arc<EndpointState>,
-    Arc<ConnMetrics>,
-    SocketAddr,
-    Permit<'a>,
-);
+/// A decided, connected connection. Its fields are read in place, never moved out: the
+/// forwarding future keeps this one copy for the connection's life.
+struct Decided<'a> {
+    upstream: TcpStream,
+    ep: Arc<EndpointState>,
+    metrics: Arc<ConnMetrics>,
+    /// The original client (from a PROXY header, or the peer).
+    client_addr: SocketAddr,
+    /// What was read before deciding (the hello and anything after it), to replay.
+    replay: Vec<u8>,
+    _permit: Permit<'a>,
+}
 
 /// One `--max-connections` place, given back on drop. One word (a `SemaphorePermit` is two).
 struct Permit<'a>(&'a Semaphore);
@@ -105,11 +108,10 @@ impl Proxy {
             let ticket = self.undecided.admit();
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let span = tracing::info_span!("conn", id, %peer, client = tracing::field::Empty, sni = tracing::field::Empty, upstream = tracing::field::Empty);
-            let this = self.clone();
-            // The drain deadline is watched inside `handle`, so a forced close is logged and
-            // counted like any other. A span filtered out by the log level is not carried:
-            // every idle connection would pay for it.
-            let conn = async move { this.handle(stream, ticket).await };
+            // The task's future is `handle` itself, not a block around it that would keep
+            // its own copy of the arguments. A span filtered out by the log level is not
+            // carried: every idle connection would pay for it.
+            let conn = Self::handle(self.clone(), stream, ticket);
             if span.is_disabled() {
                 self.drain.tasks.spawn(conn);
             } else {
@@ -120,39 +122,45 @@ impl Proxy {
         debug!("listener stopped accepting");
     }
 
-    async fn handle(&self, mut client: TcpStream, ticket: Ticket) {
+    async fn handle(self: Arc<Self>, mut client: TcpStream, ticket: Ticket) {
         let start = Instant::now();
-        let mut buf = Vec::with_capacity(2048);
-        let force = &self.drain.force_close;
         // Boxed: routing state (hello, name, candidates, connect timers) is freed once
         // decided instead of sizing the future every forwarded connection keeps.
-        let decided = tokio::select! {
-            d = Box::pin(self.decide(&mut client, &mut buf, ticket)) => d,
-            _ = force.cancelled() => Err(Reject::DrainDeadline),
+        let conn = {
+            let decided = tokio::select! {
+                d = Box::pin(self.decide(&mut client, ticket)) => d,
+                _ = self.drain.force_close.cancelled() => Err(Reject::DrainDeadline),
+            };
+            match decided {
+                Ok(conn) => conn,
+                Err(r) => return self.reject(r, start),
+            }
         };
-        let (upstream, ep, metrics, client_addr, _permit) = match decided {
-            Ok(found) => found,
-            Err(r) => return self.reject(r, start),
-        };
-        tracing::Span::current().record("upstream", tracing::field::display(ep.addr));
-        let _active_ep = ep.track();
-        set_socket_options(&upstream);
+        self.forward(&client, conn, start).await;
+    }
+
+    /// Replays what was read, forwards until the end and logs it. The drain deadline is
+    /// watched inside `forward::run`, so a forced close is logged and counted like any other.
+    async fn forward(&self, client: &TcpStream, mut conn: Decided<'_>, start: Instant) {
+        tracing::Span::current().record("upstream", tracing::field::display(conn.ep.addr));
+        let _active_ep = conn.ep.track();
+        set_socket_options(&conn.upstream);
+        let metrics = &conn.metrics;
         metrics.opened.inc();
         metrics.active.inc();
         let progress = Progress::new(metrics.sent.clone(), metrics.received.clone());
         // Replay exactly what was read: the hello and anything the client sent after it.
-        let mut upstream = upstream;
-        let end = match upstream.write_all(&buf).await {
+        let replay = std::mem::take(&mut conn.replay);
+        let end = match conn.upstream.write_all(&replay).await {
             Ok(()) => {
-                progress.add_sent(buf.len() as u64);
-                drop(buf);
-                tokio::select! {
-                    end = forward::run(&client, &upstream, self.cfg.idle_timeout, &progress) => end,
-                    _ = force.cancelled() => forward::End::DrainDeadline,
-                }
+                progress.add_sent(replay.len() as u64);
+                drop(replay);
+                let (idle, force) = (self.cfg.idle_timeout, &self.drain.force_close);
+                forward::run(client, &conn.upstream, idle, &progress, force).await
             }
             Err(e) => forward::End::from_error(e, true),
         };
+        let metrics = &conn.metrics;
         metrics.active.dec();
         let outcome = end.as_str();
         metrics.closed(outcome);
@@ -162,9 +170,9 @@ impl Proxy {
         }
         info!(
             target: "access",
-            client = %client_addr,
+            client = %conn.client_addr,
             sni = %metrics.sni,
-            upstream = %ep.addr,
+            upstream = %conn.ep.addr,
             sent,
             received,
             duration_ms = start.elapsed().as_millis() as u64,
@@ -177,16 +185,12 @@ impl Proxy {
     /// `--max-connections` permit, routes and connects. Routing state (hello, name,
     /// candidates) lives in this future, so none of it is kept for the life of the forwarded
     /// connection.
-    async fn decide(
-        &self,
-        client: &mut TcpStream,
-        buf: &mut Vec<u8>,
-        ticket: Ticket,
-    ) -> Result<Decided<'_>, Reject> {
+    async fn decide(&self, client: &mut TcpStream, ticket: Ticket) -> Result<Decided<'_>, Reject> {
+        let mut buf = Vec::with_capacity(2048);
         let detected = tokio::select! {
             d = tokio::time::timeout(
                 self.cfg.detect_timeout,
-                self.read_preamble(client, buf, &ticket),
+                self.read_preamble(client, &mut buf, &ticket),
             ) => d,
             _ = ticket.shed() => return Err(Reject::Shed),
         };
@@ -205,8 +209,15 @@ impl Proxy {
             return Err(Reject::ClientClosed);
         };
         tracing::Span::current().record("client", tracing::field::display(client_addr));
-        let (upstream, ep, labels) = self.route_and_connect(hello).await?;
-        Ok((upstream, ep, labels, client_addr, permit))
+        let (upstream, ep, metrics) = self.route_and_connect(hello).await?;
+        Ok(Decided {
+            upstream,
+            ep,
+            metrics,
+            client_addr,
+            replay: buf,
+            _permit: permit,
+        })
     }
 
     /// Decodes and checks the SNI (policy: allowed host, Istio ALPN), finds the route and
@@ -340,12 +351,6 @@ async fn read_more(
 mod tests {
     use super::*;
 
-    /// Every idle forwarded connection keeps its task's future allocated, so its size is
-    /// most of the gateway's per-connection memory (the benchmark's idle scenario). Bounds
-    /// with little headroom (debug build: 864 and 1408 bytes; the bounds were 1200 and 1800
-    /// before issue 11): a regression such as binding the direction futures to locals first
-    /// (which once took `forward::run` from 1056 to 1760 bytes), waiting with `readable()`
-    /// futures, or keeping the routing state unboxed fails here.
     /// The client leg's options are set once on the listener: accepted sockets must carry
     /// them (Linux copies them), or the client leg would lose keepalive and no-delay.
     #[tokio::test]
@@ -361,6 +366,12 @@ mod tests {
         assert_eq!(s.tcp_keepalive_interval().unwrap().as_secs(), 10);
     }
 
+    /// Every idle forwarded connection keeps its task's future allocated, so its size is
+    /// most of the gateway's per-connection memory (the benchmark's idle scenario). Bounds
+    /// with little headroom (debug build: 504 and 1024 bytes; 864 and 1408 with nested
+    /// `select!`/`try_join!` direction futures, and the bounds were 1200 and 1800 before
+    /// issue 11): a regression such as nesting combinators again, moving `Decided` apart
+    /// into locals, or keeping the routing state unboxed fails here.
     #[tokio::test]
     async fn connection_futures_stay_small() {
         let cfg = Arc::new(Config::new(crate::config::Discovery::File("unused".into())));
@@ -375,13 +386,15 @@ mod tests {
         let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (b, _) = l.accept().await.unwrap();
         let progress = Progress::new(Default::default(), Default::default());
-        let run = forward::run(&b, &b, std::time::Duration::from_secs(1), &progress);
+        let force = tokio_util::sync::CancellationToken::new();
+        let run = forward::run(&b, &b, std::time::Duration::from_secs(1), &progress, &force);
         let run_size = std::mem::size_of_val(&run);
         drop(run);
-        let handle = p.handle(a, p.undecided.admit());
+        let p = Arc::new(p);
+        let handle = Proxy::handle(p.clone(), a, p.undecided.admit());
         let handle_size = std::mem::size_of_val(&handle);
         eprintln!("future sizes: forward::run {run_size} B, handle {handle_size} B");
-        assert!(run_size <= 900, "forward::run future is {run_size} bytes");
-        assert!(handle_size <= 1450, "handle future is {handle_size} bytes");
+        assert!(run_size <= 540, "forward::run future is {run_size} bytes");
+        assert!(handle_size <= 1080, "handle future is {handle_size} bytes");
     }
 }
