@@ -448,3 +448,45 @@ async fn a_wrong_ca_root_is_a_clear_error_naming_the_flag() {
         "{e}"
     );
 }
+
+/// The test server refuses what istiod refuses (no token, another cluster's id) with
+/// UNAUTHENTICATED, and signs for the token's service account, not the CSR's SAN.
+#[tokio::test]
+async fn the_test_server_answers_as_istiod_does() {
+    use gateway::hbone::ca::{CaClient, CaError, csr};
+    let env = env().await;
+    let token = env.token(&["istio-ca"]).await;
+    let call = |cfg: CaConfig, token: String| async move {
+        let (client, _) = CaClient::new(&cfg).unwrap();
+        let k = csr::generate("spiffe://cluster.local/ns/evil/sa/admin").unwrap();
+        client.create_certificate(k.csr_pem, &token).await
+    };
+    let chain = call(env.ca_config(), token.clone()).await.unwrap();
+    assert_eq!(
+        testkit::mtls::spiffe_ids(&chain[0]),
+        [gw_spiffe()],
+        "the SAN comes from the token"
+    );
+    assert_eq!(chain.len(), 3, "leaf, intermediate, root");
+
+    let e = call(env.ca_config(), String::new()).await.unwrap_err();
+    assert!(matches!(e, CaError::Unauthenticated { .. }), "{e}");
+    let other_cluster = CaConfig {
+        cluster_id: "west".into(),
+        ..env.ca_config()
+    };
+    let e = call(other_cluster, token).await.unwrap_err();
+    assert!(
+        matches!(&e, CaError::Unauthenticated { message, .. } if message.contains("west")),
+        "{e}"
+    );
+    env.ca.fail_next(1);
+    let e = call(env.ca_config(), env.token(&["istio-ca"]).await)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CaError::Call { code, .. } if *code == tonic::Code::Unavailable),
+        "{e}"
+    );
+    assert_eq!(env.ca.issued(), 1);
+}

@@ -276,7 +276,11 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
 /// (audience-agnostic tokens, the admin's and legacy ones, only for the API server's, as
 /// `WrapAudienceAgnosticToken` does). A refusal is `authenticated: false` with an `error`,
 /// never an HTTP error.
-pub(crate) fn token_review(store: &Store, tokens: &Tokens, body: &Value) -> Result<Value, ApiError> {
+pub(crate) fn token_review(
+    store: &Store,
+    tokens: &Tokens,
+    body: &Value,
+) -> Result<Value, ApiError> {
     let token = body
         .pointer("/spec/token")
         .and_then(Value::as_str)
