@@ -16,6 +16,7 @@ use crate::discovery::file::{FileError, FileSource};
 use crate::discovery::k8s::{KubeError, KubeSource};
 use crate::drain::{self, Drain};
 use crate::hbone::Hbone;
+use crate::hbone::ca::{CaClient, CaError, Renewer};
 use crate::hbone::identity::{Identity, IdentityError};
 use crate::hbone::metrics::HboneMetrics;
 use crate::metrics::{ProxyMetrics, RouteMetrics};
@@ -35,6 +36,12 @@ pub enum BuildError {
     HboneIdentity(#[from] IdentityError),
     #[error("HBONE TLS configuration: {0}")]
     HboneTls(#[from] rustls::Error),
+    #[error("HBONE certificate from istiod: {0}")]
+    Ca(#[from] CaError),
+    #[error("--ca-root: {0}")]
+    CaRoot(IdentityError),
+    #[error("both --hbone-certs and --ca-root are set: give one source of the HBONE certificate")]
+    TwoCertSources,
 }
 
 /// A running gateway.
@@ -68,19 +75,33 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         .map_err(|e| BuildError::Bind(cfg.admin, e))?;
 
     // Loaded before anything starts, so bad certificate files fail the start with their cause.
-    let hbone_setup = match (cfg.hbone_listen, &cfg.hbone_certs) {
-        (Some(addr), Some(dir)) => {
+    // The identity's source: files with --hbone-certs, istiod with --ca-root. With istiod the
+    // port is bound now but refuses handshakes until the first certificate arrives.
+    let hbone_setup = match (cfg.hbone_listen, &cfg.hbone_certs, &cfg.hbone_ca) {
+        (Some(_), Some(_), Some(_)) => return Err(BuildError::TwoCertSources),
+        (Some(addr), Some(dir), None) => {
             let identity = Identity::load(dir, cfg.trust_domains.clone())?;
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|e| BuildError::Bind(addr, e))?;
-            Some((identity, listener))
+            Some((identity, listener, None))
         }
-        (Some(_), None) => {
-            tracing::info!("HBONE listener off: no --hbone-certs given (classic 15443 only)");
+        (Some(addr), None, Some(ca)) => {
+            let (client, roots_pem) = CaClient::new(ca)?;
+            let identity = Identity::from_istiod(&ca.root, &roots_pem, cfg.trust_domains.clone())
+                .map_err(BuildError::CaRoot)?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| BuildError::Bind(addr, e))?;
+            Some((identity, listener, Some((client, ca))))
+        }
+        (Some(_), None, None) => {
+            tracing::info!(
+                "HBONE listener off: neither --hbone-certs nor --ca-root given (classic 15443 only)"
+            );
             None
         }
-        (None, _) => None,
+        (None, _, _) => None,
     };
 
     let mut registry = Registry::with_prefix("gateway");
@@ -116,7 +137,8 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         drain.clone(),
     ));
     let mut hbone_addr = None;
-    if let (Some((identity, hbone_listener)), Some(metrics)) = (hbone_setup, hbone_metrics) {
+    let mut hbone_identity = None;
+    if let (Some((identity, hbone_listener, ca)), Some(metrics)) = (hbone_setup, hbone_metrics) {
         let addr = hbone_listener
             .local_addr()
             .map_err(|e| BuildError::Bind(cfg.listen, e))?;
@@ -126,11 +148,25 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
             trust_domains = ?cfg.trust_domains,
             "HBONE listener on"
         );
-        tokio::spawn(
-            identity
-                .clone()
-                .watch(cfg.hbone_cert_poll, stop_background.clone()),
-        );
+        match ca {
+            Some((client, ca)) => {
+                let td = cfg
+                    .trust_domains
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "cluster.local".into());
+                let renewer = Renewer::new(client, identity.clone(), td, ca, metrics.clone());
+                tokio::spawn(renewer.run(stop_background.clone()));
+            }
+            None => {
+                tokio::spawn(
+                    identity
+                        .clone()
+                        .watch(cfg.hbone_cert_poll, stop_background.clone()),
+                );
+            }
+        }
+        hbone_identity = Some(identity.clone());
         let hbone = Arc::new(Hbone::new(
             cfg.clone(),
             routes.clone(),
@@ -149,6 +185,7 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         routes: routes.clone(),
         drain: drain.clone(),
         synced,
+        hbone_identity,
     });
     tokio::spawn(admin.serve(admin_listener, stop_background.clone()));
     tracing::info!(%listen_addr, %admin_addr, hbone_addr = ?hbone_addr, "gateway listening");

@@ -80,6 +80,52 @@ impl Default for Discovery {
     }
 }
 
+/// Where the HBONE certificate comes from when it is istiod (`--ca-root` given, no
+/// `--hbone-certs`). Defaults are ztunnel's (`src/config.rs`: `CA_ADDRESS`, `CLUSTER_ID`
+/// `Kubernetes`, `SECRET_TTL` 24h, the token at `/var/run/secrets/tokens/istio-token`), which
+/// are istio-agent's too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaConfig {
+    /// `host:port` of istiod's gRPC port; the host is also the TLS server name.
+    pub address: String,
+    /// PEM root(s) that istiod's TLS certificate chains to: the mesh root (the
+    /// `istio-ca-root-cert` ConfigMap's `root-cert.pem`). It also checks issued chains and
+    /// the clients on 15008.
+    pub root: PathBuf,
+    /// The projected service-account token (audience `istio-ca`), re-read for every request
+    /// because the kubelet rotates it.
+    pub token: PathBuf,
+    /// The `clusterid` header: which cluster's API server istiod asks to review the token.
+    pub cluster_id: String,
+    /// The validity asked for (istiod may cap it).
+    pub cert_lifetime: Duration,
+    /// First retry delay after a failed request; doubled per failure up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// Bound on one request, connection included.
+    pub request_timeout: Duration,
+}
+
+impl CaConfig {
+    pub const DEFAULT_ADDRESS: &str = "istiod.istio-system.svc:15012";
+    pub const DEFAULT_TOKEN: &str = "/var/run/secrets/tokens/istio-token";
+    pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+
+    /// Defaults for everything but the root.
+    pub fn new(root: PathBuf) -> CaConfig {
+        CaConfig {
+            address: Self::DEFAULT_ADDRESS.into(),
+            root,
+            token: Self::DEFAULT_TOKEN.into(),
+            cluster_id: Self::DEFAULT_CLUSTER_ID.into(),
+            cert_lifetime: Duration::from_secs(24 * 3600),
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -110,7 +156,7 @@ pub struct Config {
     /// The HBONE listener (15008); `None` turns it off.
     pub hbone_listen: Option<SocketAddr>,
     /// Directory with the gateway's workload certificate in Istio's file-mounted layout
-    /// (`cert-chain.pem`, `key.pem`, `root-cert.pem`). Without it, HBONE is off.
+    /// (`cert-chain.pem`, `key.pem`, `root-cert.pem`). Without it or `hbone_ca`, HBONE is off.
     pub hbone_certs: Option<PathBuf>,
     /// SPIFFE trust domains a client certificate may belong to.
     pub trust_domains: Vec<String>,
@@ -122,6 +168,8 @@ pub struct Config {
     pub hbone_idle_timeout: Duration,
     /// How often the certificate files are checked for a change.
     pub hbone_cert_poll: Duration,
+    /// The HBONE certificate from istiod instead of `hbone_certs` files.
+    pub hbone_ca: Option<CaConfig>,
 }
 
 impl Config {
@@ -164,6 +212,7 @@ impl Default for Config {
             hbone_max_tunnels: 65_536,
             hbone_idle_timeout: Duration::from_secs(600),
             hbone_cert_poll: Duration::from_secs(5),
+            hbone_ca: None,
         }
     }
 }
@@ -186,6 +235,20 @@ fn listen_or_off(s: &str) -> Result<ListenOrOff, String> {
     s.parse()
         .map(|a| ListenOrOff(Some(a)))
         .map_err(|e| format!("{s:?}: {e}; give ip:port (e.g. 0.0.0.0:15008) or off"))
+}
+
+/// `--ca-address`: `host:port`.
+fn host_port(s: &str) -> Result<String, String> {
+    let ok = s
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok());
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not host:port (e.g. istiod.istio-system.svc:15012)"
+        ))
+    }
 }
 
 /// `--hbone-listen`: an address or `off`.
@@ -292,11 +355,11 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration)]
     pub drain_timeout: Duration,
     /// Address of the HBONE listener (ambient east-west, mTLS + HTTP/2 CONNECT), or `off`.
-    /// It also needs --hbone-certs.
+    /// It also needs a certificate: --hbone-certs or --ca-root.
     #[arg(long, env = "GATEWAY_HBONE_LISTEN", default_value = "0.0.0.0:15008", value_parser = listen_or_off)]
     pub hbone_listen: ListenOrOff,
     /// Directory holding the gateway's workload certificate as Istio mounts it:
-    /// cert-chain.pem, key.pem, root-cert.pem (reloaded on change). Without it, HBONE is off.
+    /// cert-chain.pem, key.pem, root-cert.pem (reloaded on change). Without it or --ca-root, HBONE is off.
     #[arg(long, env = "GATEWAY_HBONE_CERTS")]
     pub hbone_certs: Option<PathBuf>,
     /// SPIFFE trust domain a client on 15008 may belong to (repeatable).
@@ -314,6 +377,23 @@ pub struct Args {
     /// How often the HBONE certificate files are checked for a change.
     #[arg(long, env = "GATEWAY_HBONE_CERT_POLL", default_value = "5s", value_parser = duration)]
     pub hbone_cert_poll: Duration,
+    /// Get the HBONE certificate from istiod, trusting the root(s) in this PEM file for
+    /// istiod's TLS (the istio-ca-root-cert ConfigMap's root-cert.pem); also the roots that
+    /// clients on 15008 must chain to. Not with --hbone-certs.
+    #[arg(long, env = "GATEWAY_CA_ROOT")]
+    pub ca_root: Option<PathBuf>,
+    /// istiod's certificate service (gRPC over TLS), host:port; the host is the TLS name.
+    #[arg(long, env = "GATEWAY_CA_ADDRESS", default_value = CaConfig::DEFAULT_ADDRESS, value_parser = host_port)]
+    pub ca_address: String,
+    /// Service-account token (audience istio-ca) sent to istiod; re-read for every request.
+    #[arg(long, env = "GATEWAY_CA_TOKEN", default_value = CaConfig::DEFAULT_TOKEN)]
+    pub ca_token: PathBuf,
+    /// The cluster istiod checks the token against (its `clusterid` header).
+    #[arg(long, env = "GATEWAY_CLUSTER_ID", default_value = CaConfig::DEFAULT_CLUSTER_ID)]
+    pub cluster_id: String,
+    /// Validity asked of istiod for the HBONE certificate; renewed at half its lifetime.
+    #[arg(long, env = "GATEWAY_HBONE_CERT_LIFETIME", default_value = "24h", value_parser = duration)]
+    pub hbone_cert_lifetime: Duration,
     /// Log format.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "plain")]
     pub log_format: LogFormat,
@@ -328,6 +408,13 @@ impl Args {
                  that may be that large must fit in the budget",
                 self.max_undecided_bytes, self.max_hello_bytes
             ));
+        }
+        if self.hbone_certs.is_some() && self.ca_root.is_some() {
+            return Err(
+                "--hbone-certs and --ca-root both name a source of the HBONE certificate: give \
+                 --hbone-certs for files, or --ca-root (with --ca-address) for istiod"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -373,6 +460,13 @@ impl Args {
             hbone_max_tunnels: self.hbone_max_tunnels as usize,
             hbone_idle_timeout: self.hbone_idle_timeout,
             hbone_cert_poll: self.hbone_cert_poll,
+            hbone_ca: self.ca_root.map(|root| CaConfig {
+                address: self.ca_address,
+                token: self.ca_token,
+                cluster_id: self.cluster_id,
+                cert_lifetime: self.hbone_cert_lifetime,
+                ..CaConfig::new(root)
+            }),
         }
     }
 }
@@ -430,6 +524,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("or off"), "{e}");
+        let c = parse(&["--ca-root", "/r.pem"]).unwrap();
+        assert_eq!(c.hbone_ca, Some(CaConfig::new("/r.pem".into())));
+        let c = parse(&[
+            "--ca-root",
+            "/r.pem",
+            "--ca-address",
+            "127.0.0.1:15012",
+            "--cluster-id",
+            "east",
+            "--hbone-cert-lifetime",
+            "1h",
+        ])
+        .unwrap();
+        let ca = c.hbone_ca.unwrap();
+        assert_eq!(
+            (
+                ca.address.as_str(),
+                ca.cluster_id.as_str(),
+                ca.cert_lifetime
+            ),
+            ("127.0.0.1:15012", "east", Duration::from_secs(3600))
+        );
+        let e = parse(&["--ca-address", "istiod"]).unwrap_err().to_string();
+        assert!(e.contains("host:port"), "{e}");
+        let both = Args::try_parse_from([
+            "gateway",
+            "--endpoints",
+            "x.yaml",
+            "--hbone-certs",
+            "/c",
+            "--ca-root",
+            "/r.pem",
+        ])
+        .unwrap();
+        let e = both.check().unwrap_err();
+        assert!(
+            e.contains("--hbone-certs") && e.contains("--ca-root"),
+            "{e}"
+        );
         let e = parse(&["--trust-domain", "Bad/TD"])
             .unwrap_err()
             .to_string();

@@ -110,6 +110,17 @@ impl Protocols {
     }
 }
 
+/// Where an HBONE gateway's workload certificate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HboneCerts {
+    /// A CSR to istiod with the pod's projected istio-ca token, renewed at half its lifetime
+    /// (as Istio's own gateways and ztunnel get theirs).
+    Istiod,
+    /// The Secret istio-eastwestgateway-hbone-certs in Istio's file layout (no istiod CA,
+    /// e.g. a CA outside the cluster); reloaded when it changes.
+    Files,
+}
+
 /// Default gateway image (the one `kind-e2e` builds).
 pub const DEFAULT_IMAGE: &str = "meshfed/gateway:dev";
 
@@ -135,13 +146,17 @@ pub struct GatewayFlags {
     #[arg(long)]
     pub expose_services: bool,
     /// Protocols served: classic (15443), both (15443 + HBONE 15008), ambient (15008).
-    /// HBONE needs the workload certificate Secret istio-eastwestgateway-hbone-certs.
+    /// HBONE needs a workload certificate: from istiod, or the Secret (--hbone-certs files).
     /// `join --ambient` makes it `both` unless given.
     #[arg(long, value_enum)]
     pub protocols: Option<Protocols>,
     /// The mesh's SPIFFE trust domain (the gateway's identity and the clients it accepts).
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
+    /// Where the HBONE certificate comes from: istiod, or files from the Secret
+    /// istio-eastwestgateway-hbone-certs.
+    #[arg(long, value_enum, default_value = "istiod")]
+    pub hbone_certs: HboneCerts,
 }
 
 impl GatewayFlags {

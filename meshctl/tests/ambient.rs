@@ -91,8 +91,9 @@ async fn join_ambient_announces_each_peer_network_and_unjoin_removes_it() {
         expected_announce("west-network", "IPAddress", "172.18.0.10")
     );
 
-    // The gateway serves both protocols: Service 15443 and 15008, the HBONE args and volumes.
-    for s in [&m.west, &m.east] {
+    // The gateway serves both protocols: Service 15443 and 15008, the HBONE args and volumes
+    // (its certificate from istiod, which knows the cluster by its name).
+    for (s, cluster) in [(&m.west, "west"), (&m.east, "east")] {
         let svc = s
             .store()
             .get(
@@ -141,14 +142,21 @@ async fn join_ambient_announces_each_peer_network_and_unjoin_removes_it() {
         let joined = args.join(" ");
         assert!(joined.contains("--listen 0.0.0.0:15443"), "{joined}");
         assert!(
-            joined.contains(
-                "--hbone-listen 0.0.0.0:15008 --hbone-certs /etc/istio/hbone-certs --trust-domain cluster.local"
-            ),
+            joined.contains(&format!(
+                "--hbone-listen 0.0.0.0:15008 --ca-address istiod.istio-system.svc:15012 \
+                 --ca-root /var/run/secrets/istio/root-cert.pem \
+                 --ca-token /var/run/secrets/tokens/istio-token --cluster-id {cluster} \
+                 --trust-domain cluster.local"
+            )),
             "{joined}"
         );
         assert_eq!(
-            pod["volumes"][0]["secret"]["secretName"],
-            "istio-eastwestgateway-hbone-certs"
+            pod["volumes"][0]["configMap"]["name"], "istio-ca-root-cert",
+            "istiod's root, as Istio's gateway template mounts it"
+        );
+        assert_eq!(
+            pod["containers"][0]["volumeMounts"][0]["mountPath"],
+            "/var/run/secrets/istio"
         );
         assert_eq!(
             pod["volumes"][1]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
@@ -365,6 +373,61 @@ async fn gateway_manifest_protocols() {
     .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("--trust-domain"), "{}", text(&out));
+
+    // HBONE certificates: from istiod by default, files from the Secret when asked.
+    let pod_of = |out: &std::process::Output| {
+        assert!(out.status.success(), "{}", text(out));
+        let objs: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let items = objs
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| objs["items"].as_array().unwrap().clone());
+        let d = items.iter().find(|o| o["kind"] == "Deployment").unwrap();
+        d["spec"]["template"]["spec"].clone()
+    };
+    let manifest = |extra: &[&str]| {
+        let mut argv = vec![
+            "gateway",
+            "manifest",
+            "--network",
+            "n1",
+            "--protocols",
+            "ambient",
+        ];
+        argv.extend_from_slice(extra);
+        argv.extend(["-o", "json"]);
+        argv.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let args_of = |pod: &Value| {
+        pod["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let argv = manifest(&["--cluster-id", "east"]);
+    let pod = pod_of(&meshctl(&argv.iter().map(String::as_str).collect::<Vec<_>>()).await);
+    let args = args_of(&pod);
+    assert!(
+        args.contains("--ca-root /var/run/secrets/istio/root-cert.pem")
+            && args.contains("--cluster-id east")
+            && !args.contains("--hbone-certs"),
+        "{args}"
+    );
+    assert_eq!(pod["volumes"][0]["configMap"]["name"], "istio-ca-root-cert");
+    let argv = manifest(&["--hbone-certs", "files"]);
+    let pod = pod_of(&meshctl(&argv.iter().map(String::as_str).collect::<Vec<_>>()).await);
+    let args = args_of(&pod);
+    assert!(
+        args.contains("--hbone-certs /etc/istio/hbone-certs") && !args.contains("--ca-root"),
+        "{args}"
+    );
+    assert_eq!(
+        pod["volumes"][0]["secret"]["secretName"],
+        "istio-eastwestgateway-hbone-certs"
+    );
 }
 
 /// istiod as Istio's chart deploys it, with the multi-network ambient setting `on`.
@@ -452,9 +515,10 @@ const AMBIENT_CHECKS: [&str; 3] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_passes_on_a_good_ambient_setup_and_names_each_broken_item() {
     let m = ambient_mesh().await;
-    m.join(&["--ambient"]).await;
+    // File certificates: the check reads the Secret (with istiod it has nothing to read).
+    m.join(&["--ambient", "--hbone-certs", "files"]).await;
     m.make_gateways_ready();
-    m.join(&["--ambient"]).await;
+    m.join(&["--ambient", "--hbone-certs", "files"]).await;
     for (s, c) in [(&m.west, "west"), (&m.east, "east")] {
         istiod(s, "true");
         hbone_secret(&m, s, c, "istio-eastwestgateway").await;

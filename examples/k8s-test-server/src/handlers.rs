@@ -1,5 +1,5 @@
 //! Resource requests: get, list, watch, create, update, patch, delete and deletecollection,
-//! the `token` subresource and SelfSubjectAccessReview, answered from the store.
+//! the `token` subresource, SelfSubjectAccessReview and TokenReview, answered from the store.
 
 use crate::auth::{self, Identity};
 use crate::error::{ApiError, success_status};
@@ -82,6 +82,16 @@ pub(crate) fn resource(
         return Ok(json_response(
             201,
             &self_subject_access_review(store, id, &parse_json(body)?),
+        ));
+    }
+
+    if rt.handling == Handling::TokenReview {
+        if *method != Method::POST || p.name.is_some() {
+            return Err(ApiError::method_not_allowed());
+        }
+        return Ok(json_response(
+            201,
+            &auth::token_review(store, &ctx.tokens, &parse_json(body)?)?,
         ));
     }
 

@@ -23,6 +23,8 @@ pub enum Handling {
     Stored,
     /// `selfsubjectaccessreviews`: create-only, answered and never stored.
     SelfSubjectAccessReview,
+    /// `tokenreviews`: create-only, answered and never stored.
+    TokenReview,
 }
 
 /// One served resource type.
@@ -64,7 +66,7 @@ impl ResourceType {
     pub fn verbs(&self) -> Vec<&'static str> {
         match self.handling {
             Handling::Stored => STD_VERBS.to_vec(),
-            Handling::SelfSubjectAccessReview => vec!["create"],
+            Handling::SelfSubjectAccessReview | Handling::TokenReview => vec!["create"],
         }
     }
 }
@@ -205,6 +207,17 @@ pub fn builtins() -> Vec<ResourceType> {
     );
     ssar.handling = Handling::SelfSubjectAccessReview;
     v.push(ssar);
+    let mut token_review = rt(
+        "authentication.k8s.io",
+        "v1",
+        "tokenreviews",
+        "TokenReview",
+        false,
+        &[],
+        false,
+    );
+    token_review.handling = Handling::TokenReview;
+    v.push(token_review);
     v
 }
 

@@ -452,3 +452,60 @@ async fn a_max_token_expiration_shortens_longer_requests() {
     let tr = token_request(&admin, 1200).await;
     assert_eq!(tr.spec.as_ref().unwrap().expiration_seconds, Some(1200));
 }
+
+async fn token_review(admin: &Client, token: &str, audiences: &[&str]) -> Value {
+    let review: k8s_openapi::api::authentication::v1::TokenReview =
+        obj(json!({"spec": {"token": token, "audiences": audiences}}));
+    let out = Api::<k8s_openapi::api::authentication::v1::TokenReview>::all(admin.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap();
+    serde_json::to_value(out.status.unwrap()).unwrap()
+}
+
+/// TokenReview as istiod uses it (audience `istio-ca`): the user and the accepted audiences
+/// for a good token; `authenticated: false` for another audience, an unknown token, an
+/// expired one; 400 for an empty token, as kubernetes' tokenreview storage answers.
+#[tokio::test]
+async fn token_review_checks_audience_expiry_and_existence() {
+    init();
+    let server = TestApiServer::start("review").await.unwrap();
+    let admin = admin_client(&server).await;
+    reader_setup(&admin).await;
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "istio-system");
+    let tr: TokenRequest =
+        obj(json!({"spec": {"audiences": ["istio-ca"], "expirationSeconds": 600}}));
+    let token = sas
+        .create_token_request("reader", &PostParams::default(), &tr)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+        .unwrap();
+
+    let ok = token_review(&admin, &token, &["istio-ca"]).await;
+    assert_eq!(ok["authenticated"], json!(true), "{ok}");
+    assert_eq!(
+        ok["user"]["username"],
+        json!("system:serviceaccount:istio-system:reader")
+    );
+    assert_eq!(ok["audiences"], json!(["istio-ca"]));
+    // default audiences are the API server's, which this token is not for
+    let other = token_review(&admin, &token, &[]).await;
+    assert_eq!(other["authenticated"], json!(false), "{other}");
+    assert!(other["error"].as_str().is_some_and(|e| !e.is_empty()));
+    let unknown = token_review(&admin, "a.b.c", &["istio-ca"]).await;
+    assert_eq!(unknown["authenticated"], json!(false), "{unknown}");
+    server.clock().advance(Duration::from_secs(601));
+    let expired = token_review(&admin, &token, &["istio-ca"]).await;
+    assert_eq!(expired["authenticated"], json!(false), "{expired}");
+
+    let review: k8s_openapi::api::authentication::v1::TokenReview =
+        obj(json!({"spec": {"token": ""}}));
+    let err = Api::<k8s_openapi::api::authentication::v1::TokenReview>::all(admin.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&err), Some(400));
+}

@@ -11,11 +11,13 @@
 //! - [`wait`]: `eventually` / `wait_until`, polling a condition, bounded in time.
 //! - [`k8s`]: Kubernetes object builders (Service, EndpointSlice, Pod, DestinationRule).
 //! - [`net`]: free loopback ports.
+//! - [`ca`]: a certificate-service test server standing in for istiod's CA.
 //! - [`hbone`]: HBONE doubles: a client ztunnel, a destination ztunnel and its app.
 //! - `kube_client` (feature `kube`): a kube-rs `Client` from a kubeconfig's YAML.
 //!
 //! Nothing here is used by a product binary.
 
+pub mod ca;
 pub mod hbone;
 pub mod k8s;
 #[cfg(feature = "kube")]

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::drain::Drain;
+use crate::hbone::identity::Identity;
 use crate::routes::{RouteTable, Routes};
 
 mod routes_view;
@@ -26,15 +27,21 @@ pub struct Admin {
     pub drain: Arc<Drain>,
     /// Extra readiness condition from the discovery source (e.g. first Kubernetes sync).
     pub synced: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// The HBONE identity, when 15008 is on: not ready until it has a certificate (istiod's
+    /// first answer).
+    pub hbone_identity: Option<Arc<Identity>>,
 }
 
 impl Admin {
-    fn ready(&self) -> Result<(), &'static str> {
+    fn ready(&self) -> Result<(), String> {
         if self.drain.is_draining() {
-            return Err("draining");
+            return Err("draining".into());
         }
         if !self.routes.is_loaded() || !(self.synced)() {
-            return Err("no route table loaded yet");
+            return Err("no route table loaded yet".into());
+        }
+        if let Some(id) = &self.hbone_identity {
+            id.readiness()?;
         }
         Ok(())
     }

@@ -1,20 +1,26 @@
 //! The gateway's workload identity on 15008 and who may connect to it.
 //!
-//! Files are in Istio's file-mounted layout (`FILE_MOUNTED_CERTS`, as `meshctl certs workload`
-//! writes them): `cert-chain.pem` (leaf first), `key.pem`, `root-cert.pem` (one or more roots,
-//! so a root can rotate). The rustls config is built once; the certificate and the client
-//! verifier behind it are swapped through `ArcSwap` when the files change, so new handshakes
-//! use the new files while open connections stay up.
+//! It comes from one of two sources:
+//! - files in Istio's file-mounted layout (`FILE_MOUNTED_CERTS`, as `meshctl certs workload`
+//!   writes them): `cert-chain.pem` (leaf first), `key.pem`, `root-cert.pem` (one or more
+//!   roots, so a root can rotate), reloaded when they change;
+//! - istiod ([`super::ca`]): a key made in memory and the chain istiod signed for it, checked
+//!   against the `--ca-root` roots before use ([`Identity::install`]).
+//!
+//! The rustls config is built once; the certificate and the client verifier behind it are
+//! swapped through `ArcSwap` (one swap path for both sources), so new handshakes use the new
+//! identity while open connections stay up. Until istiod's first certificate arrives there is
+//! none: handshakes are refused (no certificate to offer) and readiness says why.
 //!
 //! A client must present a certificate chaining to a root and carrying a SPIFFE URI SAN in an
 //! allowed trust domain: Istio's gateway matches the prefix `spiffe://<td>/`, so any identity
 //! of the mesh is accepted (no authorization policy on this hop).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -46,32 +52,51 @@ pub enum IdentityError {
     },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
+    /// A chain from istiod that cannot be served; the current identity stays.
+    #[error("the certificate from istiod is not usable: {0}")]
+    Issued(String),
 }
 
-/// What one read of the three files produced.
+/// What is served: from one read of the three files, or from one answer of istiod.
 struct Loaded {
     key: Arc<CertifiedKey>,
     verifier: Arc<dyn ClientCertVerifier>,
     /// The gateway's own SPIFFE id, for logs.
     spiffe_id: Option<String>,
-    /// The files' contents, to notice a change.
+    /// The files' contents, to notice a change (empty for istiod's certificates).
     contents: [Vec<u8>; 3],
+}
+
+/// Where the identity comes from.
+enum Source {
+    /// `--hbone-certs DIR`.
+    Files(PathBuf),
+    /// istiod: the client verifier of the `--ca-root` roots, which also check istiod's chains.
+    Istiod {
+        roots: Arc<dyn ClientCertVerifier>,
+        /// Why there is no certificate yet (or the last renewal error), for readiness.
+        waiting: Mutex<String>,
+    },
 }
 
 /// The gateway's identity and its client policy, reloadable.
 pub struct Identity {
-    dir: PathBuf,
+    source: Source,
     trust_domains: Vec<String>,
     provider: Arc<CryptoProvider>,
-    current: ArcSwap<Loaded>,
+    current: ArcSwapOption<Loaded>,
 }
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match &self.source {
+            Source::Files(dir) => format!("files in {}", dir.display()),
+            Source::Istiod { .. } => "istiod".into(),
+        };
         f.debug_struct("Identity")
-            .field("dir", &self.dir)
+            .field("source", &source)
             .field("trust_domains", &self.trust_domains)
-            .field("spiffe_id", &self.current.load().spiffe_id)
+            .field("spiffe_id", &self.spiffe_id())
             .finish()
     }
 }
@@ -101,15 +126,98 @@ impl Identity {
         let provider = provider();
         let loaded = load_files(dir, &provider)?;
         Ok(Arc::new(Identity {
-            dir: dir.to_path_buf(),
+            source: Source::Files(dir.to_path_buf()),
             trust_domains,
             provider,
-            current: ArcSwap::from_pointee(loaded),
+            current: ArcSwapOption::from_pointee(loaded),
+        }))
+    }
+
+    /// An identity that istiod will fill: no certificate yet. `roots_pem` (read from
+    /// `roots_path`, the `--ca-root` file) holds the mesh root(s): they check istiod's chains
+    /// and the clients on 15008.
+    pub fn from_istiod(
+        roots_path: &Path,
+        roots_pem: &[u8],
+        trust_domains: Vec<String>,
+    ) -> Result<Arc<Identity>, IdentityError> {
+        let provider = provider();
+        let roots = verifier_of(roots_path, roots_pem, &provider)?;
+        Ok(Arc::new(Identity {
+            source: Source::Istiod {
+                roots,
+                waiting: Mutex::new("no certificate requested yet".into()),
+            },
+            trust_domains,
+            provider,
+            current: ArcSwapOption::empty(),
         }))
     }
 
     pub fn spiffe_id(&self) -> Option<String> {
-        self.current.load().spiffe_id.clone()
+        self.current
+            .load()
+            .as_ref()
+            .and_then(|l| l.spiffe_id.clone())
+    }
+
+    /// `Ok` once a certificate is served; otherwise why not (for the readiness endpoint).
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.current.load().is_some() {
+            return Ok(());
+        }
+        match &self.source {
+            Source::Istiod { waiting, .. } => Err(format!(
+                "no HBONE certificate from istiod yet: {}",
+                waiting.lock().map(|w| w.clone()).unwrap_or_default()
+            )),
+            Source::Files(_) => Err("no HBONE certificate loaded".into()),
+        }
+    }
+
+    /// Records why istiod's certificate is not there yet (shown by readiness until the first
+    /// certificate; later failures leave the current certificate in use).
+    pub fn set_waiting(&self, why: String) {
+        if let Source::Istiod { waiting, .. } = &self.source
+            && let Ok(mut w) = waiting.lock()
+        {
+            *w = why;
+        }
+    }
+
+    /// Serves `chain` (leaf first, as istiod answers) with `key`, after checking that the
+    /// chain leads to a `--ca-root` root, is valid now, names a SPIFFE id, and that `key` is
+    /// the leaf's. On any failure the current identity stays. Only for the istiod source.
+    pub fn install(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), IdentityError> {
+        let Source::Istiod { roots, .. } = &self.source else {
+            return Err(IdentityError::Issued(
+                "this identity is read from --hbone-certs files".into(),
+            ));
+        };
+        let issued = |m: String| IdentityError::Issued(m);
+        let Some((leaf, rest)) = chain.split_first() else {
+            return Err(issued("an empty certificate chain".into()));
+        };
+        roots
+            .verify_client_cert(leaf, rest, UnixTime::now())
+            .map_err(|e| issued(format!("it does not chain to a --ca-root root: {e}")))?;
+        let spiffe_id = spiffe_ids(leaf).into_iter().next();
+        if spiffe_id.is_none() {
+            return Err(issued("the leaf has no SPIFFE URI SAN".into()));
+        }
+        let key = CertifiedKey::from_der(chain, key, &self.provider)
+            .map_err(|e| issued(format!("the leaf is not for our key: {e}")))?;
+        self.current.store(Some(Arc::new(Loaded {
+            key: Arc::new(key),
+            verifier: roots.clone(),
+            spiffe_id,
+            contents: Default::default(),
+        })));
+        Ok(())
     }
 
     /// TLS 1.3 only, ALPN `h2`, client certificate required; no session resumption (ztunnel
@@ -128,12 +236,20 @@ impl Identity {
     /// Rereads the files; swaps them in when they changed and are valid. Returns whether a
     /// new identity is now served.
     pub fn reload(&self) -> Result<bool, IdentityError> {
-        let contents = read_all(&self.dir)?;
-        if contents == self.current.load().contents {
+        let Source::Files(dir) = &self.source else {
+            return Ok(false);
+        };
+        let contents = read_all(dir)?;
+        if self
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|l| l.contents == contents)
+        {
             return Ok(false);
         }
-        let loaded = parse(&self.dir, contents, &self.provider)?;
-        self.current.store(Arc::new(loaded));
+        let loaded = parse(dir, contents, &self.provider)?;
+        self.current.store(Some(Arc::new(loaded)));
         Ok(true)
     }
 
@@ -147,7 +263,7 @@ impl Identity {
             }
             match self.reload() {
                 Ok(true) => {
-                    tracing::info!(dir = %self.dir.display(), spiffe_id = ?self.spiffe_id(), "HBONE certificates reloaded")
+                    tracing::info!(source = ?self, "HBONE certificates reloaded")
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -155,6 +271,15 @@ impl Identity {
                 }
             }
         }
+    }
+
+    /// The current client verifier; none before the first certificate.
+    fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+        self.current
+            .load()
+            .as_ref()
+            .map(|l| l.verifier.clone())
+            .ok_or_else(|| rustls::Error::General("no HBONE certificate yet".into()))
     }
 
     /// Whether `cert` names a SPIFFE identity in an allowed trust domain.
@@ -199,16 +324,7 @@ fn parse(
     let key = PrivateKeyDer::from_pem_slice(&contents[1])
         // Never echo key material: the error names the file only.
         .map_err(|_| invalid(KEY, "no PEM private key found".into()))?;
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&contents[2]) {
-        let c = c.map_err(|e| invalid(ROOT_CERT, format!("not PEM certificates: {e}")))?;
-        roots
-            .add(c)
-            .map_err(|e| invalid(ROOT_CERT, format!("not a usable root: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(invalid(ROOT_CERT, "no certificate found".into()));
-    }
+    let verifier = verifier_of(&dir.join(ROOT_CERT), &contents[2], provider)?;
     let spiffe_id = spiffe_ids(&chain[0]).into_iter().next();
     let key = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
         invalid(
@@ -216,15 +332,37 @@ fn parse(
             format!("does not match the leaf of {CERT_CHAIN} or is unusable: {e}"),
         )
     })?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| invalid(ROOT_CERT, e.to_string()))?;
     Ok(Loaded {
         key: Arc::new(key),
         verifier,
         spiffe_id,
         contents,
     })
+}
+
+/// The client verifier of the roots in `pem` (one or more certificates), read from `path`.
+fn verifier_of(
+    path: &Path,
+    pem: &[u8],
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, IdentityError> {
+    let invalid = |msg: String| IdentityError::Invalid {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pem) {
+        let c = c.map_err(|e| invalid(format!("not PEM certificates: {e}")))?;
+        roots
+            .add(c)
+            .map_err(|e| invalid(format!("not a usable root: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid("no certificate found".into()));
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| invalid(e.to_string()))
 }
 
 /// SPIFFE URIs in a certificate's subjectAltName; none for an unparsable certificate.
@@ -251,8 +389,9 @@ pub fn spiffe_ids(cert: &CertificateDer<'_>) -> Vec<String> {
 struct Resolver(Arc<Identity>);
 
 impl ResolvesServerCert for Resolver {
+    /// `None` before istiod's first certificate: rustls then refuses the handshake.
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.current.load().key.clone())
+        self.0.current.load().as_ref().map(|l| l.key.clone())
     }
 }
 
@@ -274,9 +413,8 @@ impl ClientCertVerifier for Verifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let current = self.0.current.load();
-        current
-            .verifier
+        self.0
+            .verifier()?
             .verify_client_cert(end_entity, intermediates, now)?;
         if !self.0.trust_domain_allowed(end_entity) {
             return Err(rustls::Error::InvalidCertificate(
@@ -293,9 +431,7 @@ impl ClientCertVerifier for Verifier {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.0
-            .current
-            .load()
-            .verifier
+            .verifier()?
             .verify_tls12_signature(message, cert, dss)
     }
 
@@ -306,14 +442,15 @@ impl ClientCertVerifier for Verifier {
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.0
-            .current
-            .load()
-            .verifier
+            .verifier()?
             .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.current.load().verifier.supported_verify_schemes()
+        self.0
+            .provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -408,5 +545,53 @@ mod tests {
         );
         assert!(!allowed(&["cluster.local.evil"]));
         assert!(!allowed(&[]));
+    }
+
+    /// istiod's chain is served only if it leads to a `--ca-root` root and is for our key;
+    /// until then there is no certificate and readiness says why.
+    #[test]
+    fn istiod_chain_is_checked_before_use() {
+        let pem_chain = |w: &pki::WorkloadCert| {
+            let mut c: Vec<_> = CertificateDer::pem_slice_iter(w.chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+            c.push(CertificateDer::from_pem_slice(w.root_pem.as_bytes()).unwrap());
+            c
+        };
+        let key =
+            |w: &pki::WorkloadCert| PrivateKeyDer::from_pem_slice(w.key_pem.as_bytes()).unwrap();
+        let ours = workload("cluster.local");
+        let other = workload("cluster.local");
+        let id = Identity::from_istiod(
+            Path::new("/r.pem"),
+            ours.root_pem.as_bytes(),
+            vec!["cluster.local".into()],
+        )
+        .unwrap();
+        id.set_waiting("istiod unreachable".into());
+        let e = id.readiness().unwrap_err();
+        assert!(e.contains("istiod unreachable"), "{e}");
+        assert!(id.server_config().is_ok());
+
+        let e = id
+            .install(pem_chain(&other), key(&other))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--ca-root"), "{e}");
+        let e = id
+            .install(pem_chain(&ours), key(&other))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not for our key"), "{e}");
+        assert!(!e.contains("PRIVATE KEY"), "{e}");
+        assert!(id.readiness().is_err() && id.spiffe_id().is_none());
+        id.install(pem_chain(&ours), key(&ours)).unwrap();
+        assert!(id.readiness().is_ok());
+        assert_eq!(id.spiffe_id().as_deref(), Some(ours.spiffe_id.as_str()));
+        // A file identity cannot take istiod's chain.
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &ours);
+        let files = Identity::load(dir.path(), vec![]).unwrap();
+        assert!(files.install(pem_chain(&ours), key(&ours)).is_err());
     }
 }

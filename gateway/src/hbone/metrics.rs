@@ -1,5 +1,6 @@
 //! HBONE metrics, registered on the gateway's registry under `gateway_hbone_`: tunnels per
-//! authority, outer connections, streams per connection, refusals by reason. The upstream
+//! authority, outer connections, streams per connection, refusals by reason, and the
+//! certificate from istiod (renewals, failures, expiry). The upstream
 //! connect histogram and failure counters are the classic listener's (`ProxyMetrics`), shared.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -101,6 +102,12 @@ pub struct HboneMetrics {
     pub sent_bytes: Family<AuthorityLabels, Counter>,
     pub received_bytes: Family<AuthorityLabels, Counter>,
     pub refused: Family<RefusalLabels, Counter>,
+    /// Certificates from istiod put in use (the first one included).
+    pub cert_renewals: Counter,
+    /// Failed requests to istiod (each retried with back-off).
+    pub cert_renewal_failures: Counter,
+    /// notAfter of the certificate from istiod in use, in Unix seconds (0 before the first).
+    pub cert_expiry_seconds: Gauge,
 }
 
 impl HboneMetrics {
@@ -117,6 +124,9 @@ impl HboneMetrics {
             sent_bytes: Family::default(),
             received_bytes: Family::default(),
             refused: Family::default(),
+            cert_renewals: Counter::default(),
+            cert_renewal_failures: Counter::default(),
+            cert_expiry_seconds: Gauge::default(),
         };
         let r = registry;
         r.register(
@@ -163,6 +173,21 @@ impl HboneMetrics {
             "refused",
             "Connections or tunnels on 15008 refused, by reason",
             m.refused.clone(),
+        );
+        r.register(
+            "cert_renewals",
+            "HBONE certificates from istiod put in use, the first included",
+            m.cert_renewals.clone(),
+        );
+        r.register(
+            "cert_renewal_failures",
+            "Failed HBONE certificate requests to istiod (retried with back-off)",
+            m.cert_renewal_failures.clone(),
+        );
+        r.register(
+            "cert_expiry_seconds",
+            "notAfter of the HBONE certificate from istiod in use, Unix seconds",
+            m.cert_expiry_seconds.clone(),
         );
         for reason in Refusal::ALL {
             let _ = m.refused.get_or_create(&RefusalLabels { reason });

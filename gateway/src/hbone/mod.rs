@@ -7,11 +7,13 @@
 //! end-to-end TLS + CONNECT) through untouched.
 //!
 //! - [`identity`] holds the gateway's certificate and who may connect (reloadable);
+//! - [`ca`] gets that certificate from istiod and renews it (instead of files);
 //! - [`listener`] accepts, handshakes (under the undecided budget) and serves HTTP/2;
 //! - [`stream`] answers one CONNECT: parse ([`authority`]), route, dial, 200 or an error;
 //! - [`splice`] moves the bytes; [`metrics`] counts it all.
 
 pub mod authority;
+pub mod ca;
 pub mod identity;
 pub mod listener;
 pub mod metrics;

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use crate::cli::{GatewayFlags, KubeArgs, MutateArgs, NamespaceArg, OutputArg};
 use crate::istio::GATEWAY_NAME;
 use crate::kube::{self as kc, KubeconfigFile};
-use crate::mesh::gateway::{install, objects};
+use crate::mesh::gateway::{DEFAULT_CLUSTER_ID, install, objects};
 
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
@@ -31,6 +31,10 @@ struct GatewaySpec {
     /// This cluster's network (label value), e.g. west-network.
     #[arg(long)]
     network: String,
+    /// The cluster ID istiod knows this cluster by (Istio's `clusterName`; its default is
+    /// Kubernetes): the gateway sends it to istiod with its certificate request.
+    #[arg(long, default_value = DEFAULT_CLUSTER_ID)]
+    cluster_id: String,
     #[command(flatten)]
     ns: NamespaceArg,
     #[command(flatten)]
@@ -59,13 +63,25 @@ pub fn run(a: GatewayArgs) -> Result<ExitCode> {
     match a.cmd {
         GatewayCmd::Manifest(m) => {
             let p = m.spec.gw.protocols(false);
-            let objs = objects(&m.spec.ns.namespace, &m.spec.network, &m.spec.gw, p)?;
+            let objs = objects(
+                &m.spec.ns.namespace,
+                &m.spec.network,
+                &m.spec.cluster_id,
+                &m.spec.gw,
+                p,
+            )?;
             print!("{}", kc::render(&objs, m.out.output)?);
             Ok(ExitCode::SUCCESS)
         }
         GatewayCmd::Install(i) => {
             let ns = &i.spec.ns.namespace;
-            let objs = objects(ns, &i.spec.network, &i.spec.gw, i.spec.gw.protocols(false))?;
+            let objs = objects(
+                ns,
+                &i.spec.network,
+                &i.spec.cluster_id,
+                &i.spec.gw,
+                i.spec.gw.protocols(false),
+            )?;
             let file = KubeconfigFile::load(i.kube.kubeconfig.as_deref())?;
             let ctx = file.context_name(i.kube.context.as_deref())?;
             file.require_contexts(std::slice::from_ref(&ctx))?;

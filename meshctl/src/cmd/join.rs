@@ -224,7 +224,8 @@ async fn join(
     for (i, (m, c)) in members.iter().zip(&clusters).enumerate() {
         let changed = cacerts::apply_secret(c, &m.cacerts, a.cacerts.force, dry_run).await?;
         let nsobj = namespace::label(c, ns, &m.network, Some(&m.name), dry_run).await?;
-        let objs = gw::objects(ns, &m.network, &a.gateway, a.gateway.protocols(a.ambient))?;
+        let protocols = a.gateway.protocols(a.ambient);
+        let objs = gw::objects(ns, &m.network, &m.name, &a.gateway, protocols)?;
         gw::install(c, ns, &objs, dry_run).await?;
         if !dry_run {
             let what = if changed { "applied" } else { "unchanged" };

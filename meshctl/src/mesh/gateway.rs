@@ -6,7 +6,7 @@ use anyhow::{Result, anyhow, bail};
 use serde_json::{Value, json};
 
 use super::namespace::validate_label_value;
-use crate::cli::{GatewayFlags, Protocols, ServiceType};
+use crate::cli::{GatewayFlags, HboneCerts, Protocols, ServiceType};
 use crate::istio::{
     APP_LABEL, EXPOSE_GATEWAY, GATEWAY_CRD, GATEWAY_NAME, HBONE_APP_PROTOCOL, HBONE_CERTS_DIR,
     HBONE_CERTS_SECRET, HBONE_PORT, HBONE_PORT_NAME, ISTIO_CA_AUDIENCE, ISTIO_LABEL,
@@ -14,6 +14,15 @@ use crate::istio::{
     STATUS_PORT, TLS_PORT, gateway_role_name, managed_labels,
 };
 use crate::kube::{self as kc, Cluster};
+
+/// Where Istio's gateway template mounts the `istio-ca-root-cert` ConfigMap (the mesh root,
+/// which istiod's serving certificate chains to): volume `istiod-ca-cert`, this directory.
+pub const ISTIO_ROOT_CONFIGMAP: &str = "istio-ca-root-cert";
+pub const ISTIO_ROOT_DIR: &str = "/var/run/secrets/istio";
+/// istiod's certificate service, as ztunnel and istio-agent dial it.
+pub const ISTIOD_CA_ADDRESS: &str = "istiod.istio-system.svc:15012";
+/// Istio's cluster ID when `clusterName` is not set.
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 
 /// SIGTERM to exit: the gateway's drain grace (5 s) plus drain timeout (20 s) must fit.
 pub const TERMINATION_GRACE_SECONDS: u32 = 30;
@@ -81,9 +90,15 @@ fn parse_annotations(items: &[String]) -> Result<serde_json::Map<String, Value>>
 }
 
 /// The gateway's listeners as container args, container ports and Service ports.
-/// Classic: 15443 (SNI passthrough). HBONE: 15008 with the workload certificate read from
-/// the mounted Secret (Istio's file layout) and clients of `trust_domain` accepted.
-fn listeners(p: Protocols, trust_domain: &str) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
+/// Classic: 15443 (SNI passthrough). HBONE: 15008 with the workload certificate from istiod
+/// (a CSR with the projected token, `cluster_id` in its `clusterid` header, istiod's TLS
+/// checked against the mounted `istio-ca-root-cert`) or read from the mounted Secret
+/// (Istio's file layout), and clients of `f.trust_domain` accepted.
+fn listeners(
+    p: Protocols,
+    f: &GatewayFlags,
+    cluster_id: &str,
+) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
     let mut args = Vec::new();
     let mut container_ports = Vec::new();
     let mut service_ports = vec![
@@ -103,11 +118,21 @@ fn listeners(p: Protocols, trust_domain: &str) -> (Vec<Value>, Vec<Value>, Vec<V
         args.extend([
             json!("--hbone-listen"),
             json!(format!("0.0.0.0:{HBONE_PORT}")),
-            json!("--hbone-certs"),
-            json!(HBONE_CERTS_DIR),
-            json!("--trust-domain"),
-            json!(trust_domain),
         ]);
+        match f.hbone_certs {
+            HboneCerts::Istiod => args.extend([
+                json!("--ca-address"),
+                json!(ISTIOD_CA_ADDRESS),
+                json!("--ca-root"),
+                json!(format!("{ISTIO_ROOT_DIR}/root-cert.pem")),
+                json!("--ca-token"),
+                json!(format!("{ISTIO_TOKEN_DIR}/istio-token")),
+                json!("--cluster-id"),
+                json!(cluster_id),
+            ]),
+            HboneCerts::Files => args.extend([json!("--hbone-certs"), json!(HBONE_CERTS_DIR)]),
+        }
+        args.extend([json!("--trust-domain"), json!(f.trust_domain)]);
         container_ports
             .push(json!({"name": HBONE_PORT_NAME, "containerPort": HBONE_PORT, "protocol": "TCP"}));
         service_ports.push(
@@ -129,25 +154,46 @@ fn listeners(p: Protocols, trust_domain: &str) -> (Vec<Value>, Vec<Value>, Vec<V
     (args, container_ports, service_ports)
 }
 
-/// The volumes an HBONE gateway mounts: its certificate Secret (read now) and the projected
-/// `istio-ca` token (for requesting certificates from istiod, mounted where Istio's gateway
-/// template puts it).
-fn hbone_volumes() -> (Value, Value) {
+/// The volumes an HBONE gateway mounts, where Istio's gateway template puts them: the
+/// certificate source (the `istio-ca-root-cert` ConfigMap for istiod, or the certificate
+/// Secret for files) and the projected `istio-ca` token (is:`kube-gateway.yaml`: audience
+/// istio-ca, 43200 s).
+fn hbone_volumes(certs: HboneCerts) -> (Value, Value) {
+    let (source, source_mount) = match certs {
+        HboneCerts::Istiod => (
+            json!({"name": "istiod-ca-cert", "configMap": {"name": ISTIO_ROOT_CONFIGMAP}}),
+            json!({"name": "istiod-ca-cert", "mountPath": ISTIO_ROOT_DIR, "readOnly": true}),
+        ),
+        HboneCerts::Files => (
+            json!({"name": "hbone-certs", "secret": {"secretName": HBONE_CERTS_SECRET, "defaultMode": 0o400}}),
+            json!({"name": "hbone-certs", "mountPath": HBONE_CERTS_DIR, "readOnly": true}),
+        ),
+    };
     let volumes = json!([
-        {"name": "hbone-certs", "secret": {"secretName": HBONE_CERTS_SECRET, "defaultMode": 0o400}},
+        source,
         {"name": "istio-token", "projected": {"sources": [{"serviceAccountToken":
             {"audience": ISTIO_CA_AUDIENCE, "expirationSeconds": 43200, "path": "istio-token"}}]}},
     ]);
     let mounts = json!([
-        {"name": "hbone-certs", "mountPath": HBONE_CERTS_DIR, "readOnly": true},
+        source_mount,
         {"name": "istio-token", "mountPath": ISTIO_TOKEN_DIR, "readOnly": true},
     ]);
     (volumes, mounts)
 }
 
-/// All gateway objects for one cluster, in apply order.
-pub fn objects(ns: &str, network: &str, f: &GatewayFlags, p: Protocols) -> Result<Vec<Value>> {
+/// All gateway objects for one cluster, in apply order. `cluster_id` is the cluster's name in
+/// the mesh (what istiod knows it by).
+pub fn objects(
+    ns: &str,
+    network: &str,
+    cluster_id: &str,
+    f: &GatewayFlags,
+    p: Protocols,
+) -> Result<Vec<Value>> {
     validate_label_value(network)?;
+    if cluster_id.is_empty() || cluster_id.chars().any(|c| c.is_control() || c == ' ') {
+        bail!("--cluster-id {cluster_id:?}: expected a cluster name such as Kubernetes or east");
+    }
     if p.hbone() {
         validate_trust_domain(&f.trust_domain)?;
     }
@@ -183,7 +229,7 @@ pub fn objects(ns: &str, network: &str, f: &GatewayFlags, p: Protocols) -> Resul
         ServiceType::LoadBalancer => "LoadBalancer",
         ServiceType::NodePort => "NodePort",
     };
-    let (args, container_ports, service_ports) = listeners(p, &f.trust_domain);
+    let (args, container_ports, service_ports) = listeners(p, f, cluster_id);
     let mut out = vec![
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(GATEWAY_NAME, true)}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": meta(&role, false),
@@ -235,7 +281,7 @@ pub fn objects(ns: &str, network: &str, f: &GatewayFlags, p: Protocols) -> Resul
                     "target": {"type": "Utilization", "averageUtilization": 80}}}]}}),
     ];
     if p.hbone() {
-        let (volumes, mounts) = hbone_volumes();
+        let (volumes, mounts) = hbone_volumes(f.hbone_certs);
         if let Some(d) = out.iter_mut().find(|o| o["kind"] == "Deployment") {
             let pod = &mut d["spec"]["template"]["spec"];
             pod["volumes"] = volumes;

@@ -127,6 +127,12 @@ fn hbone_certificate(r: &mut Report, scope: &str, f: &AmbientFacts) {
         return;
     };
     let want = gateway_identity(d);
+    // With --ca-root the certificate comes from istiod, which names the pod's service account
+    // (from its token), so the gateway presents `want` by construction: no Secret to read.
+    if arg_value(&gateway_args(d), "--ca-root").is_some() {
+        r.pass(scope, check, format!("{want} (issued by istiod)"));
+        return;
+    }
     let ns = d.metadata.namespace.clone().unwrap_or_default();
     let hint = format!(
         "issue it with meshctl certs workload --ca certs/<cluster> --namespace {ns} \
@@ -439,5 +445,28 @@ mod tests {
             i.detail,
             "global on one side only: default/b (missing in east)"
         );
+    }
+
+    /// A gateway whose certificate comes from istiod needs no Secret: it presents its pod's
+    /// service account.
+    #[test]
+    fn an_istiod_certificate_needs_no_secret() {
+        let w = seen("west", "w");
+        let d = deployment(
+            json!({"metadata": {"name": GATEWAY_NAME, "namespace": "istio-system"},
+            "spec": {"selector": {}, "template": {"spec": {"serviceAccountName": GATEWAY_NAME, "containers": [{"name": "gateway",
+                "args": ["--hbone-listen", "0.0.0.0:15008", "--ca-root", "/var/run/secrets/istio/root-cert.pem"]}]}}}}),
+        );
+        let f = AmbientFacts {
+            istiods: vec![istiod(Some("true"))],
+            gateway: Some(d),
+            ..Default::default()
+        };
+        let mut r = Report::default();
+        checks(&mut r, &[(&w, &f)]);
+        use crate::cmd::check::report::Status;
+        let i = status_of(&r, "cluster west", "gateway HBONE identity");
+        assert_eq!(i.status, Status::Pass, "{}", i.detail);
+        assert!(i.detail.contains("issued by istiod"), "{}", i.detail);
     }
 }
