@@ -15,6 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use testkit::mesh::{CATALOG, NAMESPACE, WEBAPP, spiffe_id};
+use testkit::prom::series_value;
 use testkit::wait::wait_until;
 
 use crate::caller::Caller;
@@ -107,6 +108,28 @@ pub fn step8_root_rotation_under_traffic(m: &mut Mesh) {
         c.error_line()
     );
     println!("     catalog-a: {why}");
+
+    // The same certificate from west's ztunnel: east's gateway (HBONE terminates the outer
+    // TLS) refuses the handshake, before any endpoint.
+    let refused = "gateway_hbone_refused_total{reason=\"bad_client_cert\"}";
+    let before = series_value(&m.metrics(EGW, EAST2_ADMIN_IP), refused);
+    let t = m
+        .tunnel_client()
+        .tunnel(EAST_HBONE, "too early", Some(&early));
+    assert!(
+        !t.ok,
+        "a new-root ztunnel must fail against the gateway trusting only the old root: {}",
+        t.describe()
+    );
+    wait_until(
+        "the gateway counts the refusal",
+        Duration::from_secs(5),
+        || series_value(&m.metrics(EGW, EAST2_ADMIN_IP), refused) > before,
+    );
+    println!(
+        "   new-root webapp's ztunnel -> east gateway 15008: refused, counted under {refused}: {}",
+        t.stderr.lines().last().unwrap_or_default()
+    );
 
     // prepare: every bundle old + new; the old intermediates keep signing.
     let t = reissue(m, &["west", "east"], |m| {

@@ -17,8 +17,8 @@ pub struct Exchange {
 }
 
 pub enum TunnelError {
-    /// The outer connection is going away (GOAWAY, or closed): the CONNECT was never sent
-    /// on it; ztunnel would open it on another connection.
+    /// The outer connection is going away (a graceful GOAWAY): the CONNECT was not taken on
+    /// it; ztunnel would open it on another connection.
     NotStarted(String),
     Failed(String),
 }
@@ -44,7 +44,9 @@ pub async fn exchange(
     let fail = |what: &str, e: &dyn std::fmt::Display| TunnelError::Failed(format!("{what}: {e}"));
     let outer_tunnel = match conn.open(ConnectRequest::new(&args.authority)).await {
         Ok(t) => t,
-        Err(HboneError::H2(e)) if e.is_go_away() || conn.is_closed() => {
+        // A graceful GOAWAY (NO_ERROR): the server refused nothing, it closes the connection
+        // to new streams; any other error is a failed tunnel.
+        Err(HboneError::H2(e)) if e.is_go_away() && e.reason().map(u32::from) == Some(0) => {
             return Err(TunnelError::NotStarted(format!("outer CONNECT: {e}")));
         }
         Err(e) => return Err(fail("outer CONNECT", &e)),
