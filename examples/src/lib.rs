@@ -3,4 +3,5 @@
 //! with Istio-style identities (SPIFFE URIs in workload certificates) checked on both ends.
 //! The mTLS plumbing itself lives in the test-support crate `testkit`.
 
+pub mod cert_reload;
 pub mod workload;

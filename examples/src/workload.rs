@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use testkit::mtls::{self, Identity};
@@ -30,13 +31,24 @@ pub async fn serve(
     opts: ServeOptions,
     failed: Arc<AtomicUsize>,
 ) -> std::io::Result<()> {
-    let acceptor = TlsAcceptor::from(
-        mtls::server_config(id, rustls::DEFAULT_VERSIONS).map_err(std::io::Error::other)?,
-    );
+    let config =
+        mtls::server_config(id, rustls::DEFAULT_VERSIONS).map_err(std::io::Error::other)?;
+    let (_fixed, configs) = watch::channel(config);
+    serve_configs(listener, configs, opts, failed).await
+}
+
+/// As [`serve`], with each new connection handshaking with the latest configuration in
+/// `configs` (see [`crate::cert_reload`]); open connections keep the one they started with.
+pub async fn serve_configs(
+    listener: TcpListener,
+    configs: watch::Receiver<Arc<rustls::ServerConfig>>,
+    opts: ServeOptions,
+    failed: Arc<AtomicUsize>,
+) -> std::io::Result<()> {
     let opts = Arc::new(opts);
     loop {
         let (tcp, peer) = listener.accept().await?;
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(configs.borrow().clone());
         let opts = opts.clone();
         let failed = failed.clone();
         tokio::spawn(async move {

@@ -5,9 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use examples::cert_reload;
 use examples::workload::{self, ServeOptions};
 use testkit::mtls::Identity;
 
@@ -37,6 +39,10 @@ enum Cmd {
         /// Admit only these caller SPIFFE ids (repeatable); default any chained to the root.
         #[arg(long = "allow-peer")]
         allow_peers: Vec<String>,
+        /// How often (milliseconds) the certificate files are checked for a change; a changed
+        /// set that loads serves new connections (a root rotation); 0 never checks.
+        #[arg(long, default_value_t = 1000)]
+        cert_poll_ms: u64,
     },
     /// Call a workload (directly or through an east-west gateway) and check its identity.
     Call {
@@ -67,16 +73,28 @@ fn main() -> anyhow::Result<()> {
                 listen,
                 name,
                 allow_peers,
+                cert_poll_ms,
             } => {
-                let id = Identity::load_dir(&certs)
-                    .with_context(|| format!("loading {}", certs.display()))?;
+                let loaded = cert_reload::load(&certs)
+                    .map_err(|e| anyhow::anyhow!("loading the certificates: {e}"))?;
+                let (tx, configs) = tokio::sync::watch::channel(loaded.config.clone());
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("binding {listen}"))?;
                 eprintln!("[{name}] serving mTLS on {}", listener.local_addr()?);
-                workload::serve(
+                if cert_poll_ms > 0 {
+                    let tag = name.clone();
+                    tokio::spawn(cert_reload::watch(
+                        certs,
+                        loaded,
+                        Duration::from_millis(cert_poll_ms),
+                        tx,
+                        move |msg| eprintln!("[{tag}] {msg}"),
+                    ));
+                }
+                workload::serve_configs(
                     listener,
-                    &id,
+                    configs,
                     ServeOptions { name, allow_peers },
                     Arc::new(AtomicUsize::new(0)),
                 )

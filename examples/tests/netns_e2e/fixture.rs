@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use testkit::mesh::{EAST_CLUSTER, NAMESPACE, WEST_CLUSTER};
-
 use crate::ADMIN_PORT;
 use crate::caller::Caller;
 use crate::preflight::Bins;
@@ -21,6 +19,8 @@ pub struct Mesh {
     pub dir: tempfile::TempDir,
     pub bins: Arc<Bins>,
     pub prefix: String,
+    /// The last `..v<n>` issued into the workload directories (see `certs.rs`).
+    pub cert_version: u32,
 }
 
 impl Drop for Mesh {
@@ -45,42 +45,18 @@ impl Mesh {
                 .expect("create temp dir"),
             bins: Arc::new(bins),
             prefix,
+            cert_version: 0,
         };
         m.build_topology();
         m.write_pki();
         m.start_workloads();
+        m.start_destination_ztunnels();
         m.start_gateways();
         m
     }
 
     pub fn ns(&self, role: &str) -> String {
         format!("{}-{role}", self.prefix)
-    }
-
-    pub fn write_pki(&self) {
-        use pki::{IntermediateOptions, RootCa, RootOptions, WorkloadOptions};
-        let root = RootCa::generate(&RootOptions::default()).expect("root CA");
-        let west = root
-            .issue_intermediate(&IntermediateOptions::new(WEST_CLUSTER))
-            .expect("west CA");
-        let east = root
-            .issue_intermediate(&IntermediateOptions::new(EAST_CLUSTER))
-            .expect("east CA");
-        for (ca, cluster, sa) in [
-            (&west, "west", "webapp"),
-            (&west, "west", "simple-backend"),
-            (&east, "east", "catalog"),
-            (&east, "east", "simple-backend"),
-        ] {
-            let w = ca
-                .issue_workload(&WorkloadOptions::new(NAMESPACE, sa))
-                .expect("workload certificate");
-            w.write_dir(&self.certs(cluster, sa), false)
-                .expect("writing workload certificate");
-        }
-        // openssl s_client sends its leaf plus this intermediate.
-        std::fs::write(self.dir.path().join("west-ca-cert.pem"), west.cert_pem())
-            .expect("write west CA");
     }
 
     pub fn certs(&self, cluster: &str, sa: &str) -> PathBuf {

@@ -1,7 +1,8 @@
-//! Multi-network end-to-end test (issue 6, point 2): two "clusters" on two pod networks that
-//! do not route to each other, joined only by their east-west gateways' load-balancer
-//! addresses. Every process is a real binary (`gateway`, `mesh-workload`, `openssl s_client`)
-//! started inside a network namespace with `ip netns exec`.
+//! Multi-network end-to-end test (issue 6, point 2; ambient: issue 13 part 5; rotation: issue
+//! 14): two "clusters" on two pod networks that do not route to each other, joined only by
+//! their east-west gateways' load-balancer addresses. Every process is a real binary
+//! (`gateway`, `meshctl`, `mesh-workload`, `ztunnel-double`, `openssl s_client`) started
+//! inside a network namespace with `ip netns exec`.
 //!
 //! Needs root (it creates network namespaces). It is `#[ignore]`d; CI runs it as root with
 //! `cargo test -p examples --test netns_e2e -- --ignored`. Run without root, it fails on
@@ -14,16 +15,17 @@
 //!   | (west node, the   | +----------------+ | +----------------+ | (east node, the   |
 //!   |  pods' SNAT addr) | | <p>-wgw        | | | <p>-egw        | |  pods' SNAT addr) |
 //!   |                   | | west gateway   | | | east gateway   | |                   |
-//!   |                   | | :15443 :15021  | | | :15443 :15021  | |                   |
+//!   |                   | | :15443 :15021  | | | :15443 :15008  | |                   |
+//!   |                   | |                | | | :15021         | |                   |
 //!   |                   | +----------------+ | +----------------+ |                   |
 //!   |                   | pods0 10.10.0.1    | pods0 10.20.0.1    |                   |
 //!   |                   | admin 10.10.0.2    | admin .2 (.3 new)  |                   |
 //!   |                   |        |           |        |           |                   |
 //!  +-----------------------------+---+      +---------+-------------------------------+
 //!  | <p>-wpod  eth0 10.10.0.0/16     |      | <p>-epod  eth0 10.20.0.0/16             |
-//!  |  webapp          10.10.0.5      |      |  catalog-a       10.20.0.8:3000         |
-//!  |  simple-backend  10.10.0.9:3000 |      |  catalog-b       10.20.0.18:3000        |
-//!  |                                 |      |  simple-backend  10.20.0.9:3000         |
+//!  |  webapp          10.10.0.5      |      |  catalog-a       10.20.0.8:3000 :15008  |
+//!  |  simple-backend  10.10.0.9:3000 |      |  catalog-b       10.20.0.18:3000 :15008 |
+//!  |  (webapp's ztunnel double)      |      |  simple-backend  10.20.0.9:3000         |
 //!  +---------------------------------+      +-----------------------------------------+
 //! ```
 //!
@@ -39,14 +41,37 @@
 //! restarted under traffic: SIGTERM, readiness 503, an in-flight connection finishes during the
 //! drain, a new instance takes over the address, the old one exits 0; (4) a catalog endpoint
 //! dies and the gateway fails over and ejects it; west's simple-backend dies and the caller
-//! fails over to east through the gateway.
+//! fails over to east through the gateway; (5) ambient: west's client-ztunnel double
+//! (`ztunnel-double call`, webapp's certificate) opens mutual TLS + HTTP/2 CONNECT
+//! `catalog.istioinaction.svc.cluster.local:80` to east's gateway on 15008, and inside that
+//! tunnel a second TLS + CONNECT to a catalog pod's destination-ztunnel double on
+//! `<pod IP>:15008` (the endpoints file marks catalog `hbone: true`): both identities checked,
+//! the destination records webapp (not the gateway) as its peer, the pods' 15008 unreachable
+//! from west; (6) a destination ztunnel dies: every tunnel still succeeds, on the other one,
+//! and the gateway ejects the dead one; (7) SIGTERM to the east gateway under a tunnel load
+//! (`ztunnel-double load`, one tunnel every 50 ms on one outer connection): no tunnel fails,
+//! those open at GOAWAY finish during the drain, the gateway exits 0 with none forced;
+//! (8) a new east gateway, then a root rotation of both clusters under continuous
+//! west -> east traffic (classic calls and tunnels alternating), with zero failed calls.
+//! The rotation uses `meshctl certs` on files (`meshctl rotate` does the same stages on the
+//! clusters' `cacerts` and needs Kubernetes): new root; every bundle old + new; new
+//! intermediates and re-issued workload certificates; the old root removed; then
+//! `meshctl certs renew` of east's intermediate. Workload directories are swapped through a
+//! `..data` symlink as the kubelet does, and every server polls them (`mesh-workload serve
+//! --cert-poll-ms`, the gateway's `--hbone-cert-poll`, the destination double). Outside the
+//! stream, a new-root certificate fails against catalog while it trusts only the old root,
+//! and an old-root one fails after the old root is gone.
 //!
 //! Layout: `topology.rs` builds the namespaces and links, `fixture.rs` holds the running mesh
-//! (PKI, processes, admin requests), `start.rs` starts its workloads and gateways,
-//! `procs.rs` the processes and commands, `caller.rs` the calls; each step has its own file:
-//! `isolation.rs`, `cross_cluster.rs`, `restart.rs`, `failover.rs`.
+//! (processes, admin requests), `certs.rs` its certificates (`meshctl certs`), `start.rs`
+//! starts its workloads, ztunnels and gateways, `procs.rs` the processes and commands,
+//! `caller.rs` the classic calls, `ztunnel.rs` the tunnels; each step has its own file:
+//! `isolation.rs`, `cross_cluster.rs`, `restart.rs`, `failover.rs`, `ambient.rs` (5-7),
+//! `rotation.rs` (8).
 
+mod ambient;
 mod caller;
+mod certs;
 mod cross_cluster;
 mod failover;
 mod fixture;
@@ -54,8 +79,10 @@ mod isolation;
 mod preflight;
 mod procs;
 mod restart;
+mod rotation;
 mod start;
 mod topology;
+mod ztunnel;
 
 use std::time::{Duration, Instant};
 
@@ -74,6 +101,9 @@ const WEST_ADMIN_IP: &str = "10.10.0.2";
 const EAST_ADMIN_IP: &str = "10.20.0.2";
 const EAST2_ADMIN_IP: &str = "10.20.0.3";
 const WEST_BACKEND: &str = "10.10.0.9:3000";
+const EAST_HBONE: &str = "172.31.0.20:15008";
+/// How often workloads and the gateway's `--hbone-certs` look at their certificate files.
+const CERT_POLL: Duration = Duration::from_millis(200);
 
 /// East gateway drain settings: the grace is long enough to see readiness fail while calls
 /// still succeed; the deadline is far beyond the in-flight connection we keep open.
@@ -120,6 +150,10 @@ fn west_reaches_east_only_through_gateway_survives_restart_and_endpoint_failure(
     cross_cluster::step2_west_calls_catalog_through_east_gateway(&mesh);
     restart::step3_gateway_restart_and_drain_under_traffic(&mut mesh);
     failover::step4_endpoint_failure_and_failover(&mut mesh);
+    ambient::step5_ambient_path_through_east_gateway(&mesh);
+    ambient::step6_ambient_failover(&mut mesh);
+    ambient::step7_ambient_drain_under_tunnel_load(&mut mesh);
+    rotation::step8_root_rotation_under_traffic(&mut mesh);
 
     println!("== all steps passed in {:?}", started.elapsed());
 }

@@ -6,6 +6,8 @@ use std::process::{Command, Stdio};
 pub struct Bins {
     pub workload: PathBuf,
     pub gateway: PathBuf,
+    pub ztunnel: PathBuf,
+    pub meshctl: PathBuf,
 }
 
 pub fn effective_uid() -> Option<u32> {
@@ -43,17 +45,30 @@ pub fn preflight() -> Bins {
         );
     }
     let workload = PathBuf::from(env!("CARGO_BIN_EXE_mesh-workload"));
-    let gateway = workload.with_file_name("gateway");
-    assert!(
-        gateway.is_file(),
-        "{} is missing: build it first with `cargo build --workspace` (or -p gateway); \
-         `cargo test --workspace` builds it too",
-        gateway.display()
+    let ztunnel = PathBuf::from(env!("CARGO_BIN_EXE_ztunnel-double"));
+    let (gateway, meshctl) = (
+        workload.with_file_name("gateway"),
+        workload.with_file_name("meshctl"),
     );
+    for (bin, pkg) in [(&gateway, "gateway"), (&meshctl, "meshctl")] {
+        assert!(
+            bin.is_file(),
+            "{} is missing: build it first with `cargo build --workspace` (or -p {pkg}); \
+             `cargo test --workspace` builds it too",
+            bin.display()
+        );
+    }
     println!(
-        "== binaries: {} and {}",
+        "== binaries: {}, {}, {} and {}",
         gateway.display(),
-        workload.display()
+        meshctl.display(),
+        workload.display(),
+        ztunnel.display()
     );
-    Bins { workload, gateway }
+    Bins {
+        workload,
+        gateway,
+        ztunnel,
+        meshctl,
+    }
 }

@@ -238,6 +238,10 @@ pub fn signed_ms(t: Instant, origin: Instant) -> i128 {
 pub struct StopOnDrop(Arc<AtomicBool>, Option<thread::JoinHandle<()>>);
 
 impl StopOnDrop {
+    pub fn new(stop: Arc<AtomicBool>, thread: thread::JoinHandle<()>) -> StopOnDrop {
+        StopOnDrop(stop, Some(thread))
+    }
+
     pub fn stop(&mut self) {
         self.0.store(true, Ordering::SeqCst);
         if let Some(t) = self.1.take() {

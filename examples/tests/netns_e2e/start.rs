@@ -1,4 +1,5 @@
-//! Starting the mesh's processes in their namespaces: four workloads and two gateways.
+//! Starting the mesh's processes in their namespaces: four workloads, catalog's two
+//! destination ztunnels and two gateways (east's also on HBONE 15008).
 
 use std::path::Path;
 use std::thread;
@@ -7,11 +8,12 @@ use std::time::{Duration, Instant};
 use testkit::mesh::{self, CATALOG, SIMPLE_BACKEND, WEBAPP, spiffe_id};
 use testkit::wait::wait_until;
 
+use crate::certs::GATEWAY_SA;
 use crate::fixture::Mesh;
 use crate::procs::Proc;
 use crate::{
-    ADMIN_PORT, DRAIN_GRACE, DRAIN_TIMEOUT, EAST_ADMIN_IP, EAST_GW, EAST_LB_IP, EAST2_ADMIN_IP,
-    EGW, EPOD, WEST_ADMIN_IP, WEST_BACKEND, WEST_LB_IP, WGW, WPOD,
+    ADMIN_PORT, CERT_POLL, DRAIN_GRACE, DRAIN_TIMEOUT, EAST_ADMIN_IP, EAST_GW, EAST_LB_IP,
+    EAST2_ADMIN_IP, EGW, EPOD, WEST_ADMIN_IP, WEST_BACKEND, WEST_LB_IP, WGW, WPOD,
 };
 
 impl Mesh {
@@ -59,12 +61,37 @@ impl Mesh {
                 listen.into(),
                 "--name".into(),
                 label.into(),
+                "--cert-poll-ms".into(),
+                CERT_POLL.as_millis().to_string(),
             ];
             if let Some(peer) = allow {
                 args.extend(["--allow-peer".into(), peer.clone()]);
             }
             let mut p = Proc::spawn(label, &self.ns(role), &self.bins.workload, &args);
             p.wait_for("serving mTLS on", Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("{label} did not start: {e}"));
+            self.procs.push(p);
+        }
+    }
+
+    /// The destination ztunnels of catalog's two pods, on `<pod IP>:15008`, presenting
+    /// catalog's identity as ztunnel does for its pods.
+    pub fn start_destination_ztunnels(&mut self) {
+        for (label, addr) in [
+            ("ztunnel-a", "10.20.0.8:15008"),
+            ("ztunnel-b", "10.20.0.18:15008"),
+        ] {
+            let args = [
+                "destination".to_string(),
+                "--certs".into(),
+                self.certs("east", CATALOG).display().to_string(),
+                "--listen".into(),
+                addr.into(),
+                "--name".into(),
+                label.into(),
+            ];
+            let mut p = Proc::spawn(label, &self.ns(EPOD), &self.bins.ztunnel, &args);
+            p.wait_for("destination ztunnel listening", Duration::from_secs(10))
                 .unwrap_or_else(|e| panic!("{label} did not start: {e}"));
             self.procs.push(p);
         }
@@ -79,6 +106,7 @@ impl Mesh {
                 "services:\n\
                  - host: {catalog}\n  \
                    ports: [{{port: 80, targetPort: 3000}}]\n  \
+                   hbone: true\n  \
                    endpoints: [{{address: 10.20.0.8}}, {{address: 10.20.0.18}}]\n\
                  - host: {backend}\n  \
                    ports: [{{port: 80, targetPort: 3000}}]\n  \
@@ -98,11 +126,11 @@ impl Mesh {
         )
         .expect("write west endpoints");
         let p = self
-            .start_gateway("west-gateway", WGW, WEST_LB_IP, WEST_ADMIN_IP, &west)
+            .start_gateway("west-gateway", WGW, WEST_LB_IP, WEST_ADMIN_IP, &west, false)
             .unwrap_or_else(|e| panic!("west gateway did not start: {e}"));
         self.procs.push(p);
         let p = self
-            .start_gateway("east-gateway", EGW, EAST_LB_IP, EAST_ADMIN_IP, &east)
+            .start_gateway("east-gateway", EGW, EAST_LB_IP, EAST_ADMIN_IP, &east, true)
             .unwrap_or_else(|e| panic!("east gateway did not start: {e}"));
         self.procs.push(p);
         for (role, ip) in [(WGW, WEST_ADMIN_IP), (EGW, EAST_ADMIN_IP)] {
@@ -112,8 +140,8 @@ impl Mesh {
         }
     }
 
-    /// Starts a gateway on `<lb_ip>:15443`, admin on `<admin_ip>:15021`, waiting for its
-    /// listening line.
+    /// Starts a gateway on `<lb_ip>:15443`, admin on `<admin_ip>:15021`, and with `hbone`
+    /// also on `<lb_ip>:15008` with the east gateway's identity; waits for its listening line.
     pub fn start_gateway(
         &self,
         label: &str,
@@ -121,8 +149,9 @@ impl Mesh {
         lb_ip: &str,
         admin_ip: &str,
         endpoints: &Path,
+        hbone: bool,
     ) -> Result<Proc, String> {
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--listen",
             &format!("{lb_ip}:15443"),
             "--admin",
@@ -141,6 +170,16 @@ impl Mesh {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if hbone {
+            args.extend([
+                "--hbone-listen".into(),
+                format!("{lb_ip}:15008"),
+                "--hbone-certs".into(),
+                self.certs("east", GATEWAY_SA).display().to_string(),
+                "--hbone-cert-poll".into(),
+                format!("{}ms", CERT_POLL.as_millis()),
+            ]);
+        }
         let mut p = Proc::spawn(label, &self.ns(role), &self.bins.gateway, &args);
         p.wait_for("gateway listening", Duration::from_secs(15))?;
         Ok(p)
@@ -152,7 +191,7 @@ impl Mesh {
         let endpoints = self.dir.path().join("east-endpoints.yaml");
         let mut last = String::new();
         for _ in 0..50 {
-            match self.start_gateway(label, EGW, EAST_LB_IP, EAST2_ADMIN_IP, &endpoints) {
+            match self.start_gateway(label, EGW, EAST_LB_IP, EAST2_ADMIN_IP, &endpoints, true) {
                 Ok(p) => {
                     let at = p
                         .find("gateway listening")
