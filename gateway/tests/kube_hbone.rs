@@ -2,6 +2,9 @@
 //! SERVER: a global Service's endpoints whose pods are ambient are reached over HBONE on
 //! `podIP:15008` (real rustls, real h2 CONNECT on the gateway's 15008, a plain TCP app on
 //! the pod's 15008 standing in for its ztunnel); the classic 15443 route is unchanged.
+//! Capture follows istio-cni: the Namespace's or the Pod's `istio.io/dataplane-mode=ambient`,
+//! a Pod's `none` opts out, injected sidecars never; a Namespace's `istio.io/use-waypoint`
+//! binds its Services. Relabels take effect without a restart.
 
 mod common;
 mod hbone_support;
@@ -37,6 +40,10 @@ struct KubeHboneGw {
 }
 
 async fn setup() -> (TestApiServer, KubeHboneGw) {
+    setup_with(|_| {}).await
+}
+
+async fn setup_with(kube: impl FnOnce(&mut KubeOptions)) -> (TestApiServer, KubeHboneGw) {
     init();
     let mut opts = Options::new("east");
     // The pods listen on 127.0.13.x; a real API server would refuse these slices.
@@ -48,11 +55,13 @@ async fn setup() -> (TestApiServer, KubeHboneGw) {
     let path = kdir.path().join("kubeconfig");
     std::fs::write(&path, api.kubeconfig("east")).unwrap();
     let certs = hbone_support::gateway_certs();
-    let mut cfg = Config::new(Discovery::Kubernetes(KubeOptions {
+    let mut kube_opts = KubeOptions {
         kubeconfig: Some(path),
         context: Some("east".into()),
         ..KubeOptions::default()
-    }));
+    };
+    kube(&mut kube_opts);
+    let mut cfg = Config::new(Discovery::Kubernetes(kube_opts));
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.admin = "127.0.0.1:0".parse().unwrap();
     cfg.hbone_listen = Some("127.0.0.1:0".parse().unwrap());
@@ -286,5 +295,172 @@ async fn services_not_global_or_bound_to_a_waypoint_have_no_hbone_endpoints() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(greeting, b"ztunnel-a\n");
     assert_eq!(zt.accepted(), 1);
+    eventually_classic(gw.listen, CATALOG, &["a"]).await;
+}
+
+/// The test namespace with these labels (applied: created or relabelled).
+fn namespace(labels: &[(&str, &str)]) -> Value {
+    let mut ns = namespace_json(NS);
+    ns["metadata"]["labels"] = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    ns
+}
+
+#[tokio::test]
+async fn the_namespace_label_captures_its_pods_unless_they_opt_out_and_relabels_are_followed() {
+    let (api, gw) = setup().await;
+    let (_classic, port) = classic_backends(21).await;
+    let zt_a = App::start("ztunnel-a", pod_ip(21), HBONE_PORT, AppMode::Echo)
+        .await
+        .unwrap();
+    let zt_b = App::start("ztunnel-b", pod_ip(22), HBONE_PORT, AppMode::Echo)
+        .await
+        .unwrap();
+    let st = api.store();
+    st.apply(namespace(&[AMBIENT])).unwrap();
+    st.create(service("catalog", &[GLOBAL])).unwrap();
+    // Pod a has no dataplane label (its namespace's applies); pod b opts out with `none`.
+    st.create(k8s::pod(NS, "catalog-a", &[("app", "catalog")]))
+        .unwrap();
+    st.create(k8s::pod(
+        NS,
+        "catalog-b",
+        &[("app", "catalog"), ("istio.io/dataplane-mode", "none")],
+    ))
+    .unwrap();
+    st.create(slice(
+        "catalog",
+        port,
+        &[(pod_ip(21), "catalog-a"), (pod_ip(22), "catalog-b")],
+    ))
+    .unwrap();
+
+    let a = [format!("{}:15008", pod_ip(21))];
+    eventually_hbone_endpoints(gw.admin, CATALOG, &a).await;
+    let mut o = outer(gw.hbone, Some(&hbone_support::pki().client))
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        let (status, greeting) = tunnel(&mut o, CATALOG, 10).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(greeting, b"ztunnel-a\n");
+    }
+    assert_eq!(zt_a.accepted(), 4);
+    assert_eq!(zt_b.accepted(), 0, "a pod labelled none is never dialed");
+    eventually_classic(gw.listen, CATALOG, &["a", "b"]).await;
+
+    // The namespace loses its label at run time: no pod is ambient any more.
+    st.apply(namespace(&[])).unwrap();
+    eventually_hbone_endpoints(gw.admin, CATALOG, &[]).await;
+    let (status, _) = tunnel(&mut o, CATALOG, 0).await;
+    assert_ne!(status, StatusCode::OK, "no ambient endpoint left");
+    eventually_classic(gw.listen, CATALOG, &["a", "b"]).await;
+    // And gets it back: pod a follows, pod b still opts out.
+    st.apply(namespace(&[AMBIENT])).unwrap();
+    eventually_hbone_endpoints(gw.admin, CATALOG, &a).await;
+    let (status, greeting) = tunnel(&mut o, CATALOG, 10).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(greeting, b"ztunnel-a\n");
+    assert_eq!(zt_b.accepted(), 0);
+    eventually_classic(gw.listen, CATALOG, &["a", "b"]).await;
+}
+
+#[tokio::test]
+async fn pods_with_an_injected_sidecar_are_not_ambient() {
+    let (api, gw) = setup().await;
+    let (_classic, port) = classic_backends(31).await;
+    let zt = App::start("ztunnel-a", pod_ip(31), HBONE_PORT, AppMode::Echo)
+        .await
+        .unwrap();
+    let st = api.store();
+    st.apply(namespace(&[AMBIENT])).unwrap();
+    st.create(service("catalog", &[GLOBAL])).unwrap();
+    // Labelled ambient, in an ambient namespace, but the injector annotated it.
+    let mut pod = k8s::pod(NS, "catalog-a", &[("app", "catalog"), AMBIENT]);
+    pod["metadata"]["annotations"] =
+        json!({"sidecar.istio.io/status": "{\"containers\":[\"istio-proxy\"]}"});
+    st.create(pod).unwrap();
+    st.create(k8s::pod(NS, "catalog-b", &[("app", "catalog")]))
+        .unwrap();
+    st.create(slice(
+        "catalog",
+        port,
+        &[(pod_ip(31), "catalog-a"), (pod_ip(32), "catalog-b")],
+    ))
+    .unwrap();
+    // Pod b (no sidecar) is ambient through its namespace; pod a never is.
+    eventually_hbone_endpoints(gw.admin, CATALOG, &[format!("{}:15008", pod_ip(32))]).await;
+    eventually_classic(gw.listen, CATALOG, &["a", "b"]).await;
+
+    // Without its sidecar annotation (a re-created pod), pod a is ambient again.
+    st.apply(k8s::pod(NS, "catalog-a", &[("app", "catalog"), AMBIENT]))
+        .unwrap();
+    let both = [
+        format!("{}:15008", pod_ip(31)),
+        format!("{}:15008", pod_ip(32)),
+    ];
+    eventually_hbone_endpoints(gw.admin, CATALOG, &both).await;
+    assert_eq!(zt.accepted(), 0);
+}
+
+#[tokio::test]
+async fn a_namespace_waypoint_binds_its_services_unless_a_service_opts_out() {
+    let (api, gw) = setup().await;
+    let (_classic, port) = classic_backends(41).await;
+    let st = api.store();
+    st.apply(namespace(&[AMBIENT, ("istio.io/use-waypoint", "waypoint")]))
+        .unwrap();
+    st.create(service("catalog", &[GLOBAL])).unwrap();
+    st.create(k8s::pod(NS, "catalog-a", &[("app", "catalog")]))
+        .unwrap();
+    st.create(slice("catalog", port, &[(pod_ip(41), "catalog-a")]))
+        .unwrap();
+    eventually_classic(gw.listen, CATALOG, &["a"]).await;
+    // Bound through its namespace: classic only (Istio's gateway would dial the waypoint).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(hbone_endpoints(gw.admin, CATALOG).await.is_empty());
+    // The Service's own `none` overrides its namespace's waypoint.
+    st.apply(service(
+        "catalog",
+        &[GLOBAL, ("istio.io/use-waypoint", "none")],
+    ))
+    .unwrap();
+    let a = [format!("{}:15008", pod_ip(41))];
+    eventually_hbone_endpoints(gw.admin, CATALOG, &a).await;
+    // Unlabelled again, then the namespace drops its waypoint: reachable over HBONE.
+    st.apply(service("catalog", &[GLOBAL])).unwrap();
+    eventually_hbone_endpoints(gw.admin, CATALOG, &[]).await;
+    st.apply(namespace(&[AMBIENT])).unwrap();
+    eventually_hbone_endpoints(gw.admin, CATALOG, &a).await;
+    eventually_classic(gw.listen, CATALOG, &["a"]).await;
+}
+
+#[tokio::test]
+async fn with_namespace_the_watched_namespaces_labels_are_followed() {
+    let (api, gw) = setup_with(|o| o.namespaces = vec![NS.into()]).await;
+    let (_classic, port) = classic_backends(51).await;
+    let st = api.store();
+    // Another namespace's labels change nothing here.
+    st.create(namespace_json("elsewhere")).unwrap();
+    st.create(service("catalog", &[GLOBAL])).unwrap();
+    st.create(k8s::pod(NS, "catalog-a", &[("app", "catalog")]))
+        .unwrap();
+    st.create(slice("catalog", port, &[(pod_ip(51), "catalog-a")]))
+        .unwrap();
+    eventually_classic(gw.listen, CATALOG, &["a"]).await;
+    assert!(hbone_endpoints(gw.admin, CATALOG).await.is_empty());
+    st.apply(namespace(&[AMBIENT])).unwrap();
+    let a = [format!("{}:15008", pod_ip(51))];
+    eventually_hbone_endpoints(gw.admin, CATALOG, &a).await;
+    let mut other = namespace_json("elsewhere");
+    other["metadata"]["labels"] = json!({"istio.io/use-waypoint": "wp"});
+    st.apply(other).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hbone_endpoints(gw.admin, CATALOG).await, a);
+    st.apply(namespace(&[])).unwrap();
+    eventually_hbone_endpoints(gw.admin, CATALOG, &[]).await;
     eventually_classic(gw.listen, CATALOG, &["a"]).await;
 }
