@@ -60,7 +60,7 @@ where
 pub(super) fn namespace_watches(
     client: &Client,
     namespaces: &[String],
-) -> Vec<(Api<PartialObjectMeta<Namespace>>, Option<String>)> {
+) -> Vec<Selected<PartialObjectMeta<Namespace>>> {
     let all = Api::all(client.clone());
     if namespaces.is_empty() {
         vec![(all, None)]
@@ -102,7 +102,16 @@ pub(super) struct Watches {
     pub stop: CancellationToken,
 }
 
-/// Starts one watch per `Api` (one per namespace, or one for all), numbered from 0 as
+/// One watch: its `Api` and, for a cluster-scoped type watched for some names only, a field
+/// selector (`metadata.name=<ns>`).
+pub(super) type Selected<K> = (Api<K>, Option<String>);
+
+/// A watch of every object of each `Api`.
+pub(super) fn every<K: Clone>(apis: &[Api<K>]) -> Vec<Selected<K>> {
+    apis.iter().map(|api| (api.clone(), None)).collect()
+}
+
+/// Starts one watch per entry (one per namespace, or one for all), numbered from 0 as
 /// [`probes`](super::probe::probes) numbers their probes. Each projects its objects with
 /// `project` and sends them as `wrap(stream, update)`.
 ///
@@ -110,26 +119,7 @@ pub(super) struct Watches {
 /// 404, every watch of this call stops and the task is sent `gone`.
 pub(super) fn spawn_watches<K, T, P, W>(
     to: &Watches,
-    apis: Vec<Api<K>>,
-    project: P,
-    wrap: W,
-    gone: Option<Msg>,
-) where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    Api<K>: Into<WatchedApi>,
-    T: Send + 'static,
-    P: Fn(&K) -> Option<T> + Clone + Send + 'static,
-    W: Fn(usize, Update<T>) -> Msg + Clone + Send + 'static,
-{
-    let watches = apis.into_iter().map(|api| (api, None)).collect();
-    spawn_selected_watches(to, watches, project, wrap, gone);
-}
-
-/// [`spawn_watches`] where a watch may carry a field selector (a cluster-scoped type watched
-/// for some names only: `metadata.name=<ns>`).
-pub(super) fn spawn_selected_watches<K, T, P, W>(
-    to: &Watches,
-    watches: Vec<(Api<K>, Option<String>)>,
+    watches: Vec<Selected<K>>,
     project: P,
     wrap: W,
     gone: Option<Msg>,
