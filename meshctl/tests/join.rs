@@ -211,19 +211,7 @@ async fn unjoin_leaves_nothing_behind_and_keeps_unrelated_objects() {
 async fn expose_services_needs_the_gateway_crd_and_changes_nothing_without_it() {
     let m = mesh().await;
     let (w0, e0) = (snapshot(&m.west), snapshot(&m.east));
-    let mut args = vec![
-        "join",
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-        "--context",
-        "east",
-        "--certs",
-        p(&m.certs),
-        "--allow-loopback-server",
-        "--expose-services",
-    ];
+    let mut args = m.join_certs_args(&["--allow-loopback-server", "--expose-services"]);
     let out = m.fails(&args).await;
     assert!(
         out.contains("gateways.networking.istio.io") && out.contains("install Istio"),
@@ -343,26 +331,13 @@ async fn bad_input_is_refused_before_any_change() {
     );
 }
 
-/// `meshctl cacerts apply <bundle>` in context west, plus `extra` flags.
-fn cacerts_apply_args<'a>(m: &'a Mesh, bundle: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "cacerts",
-        "apply",
-        bundle,
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cacerts_apply_creates_the_namespace_and_refuses_another_root_without_force() {
     let m = mesh().await;
     let west_bundle = m.certs.join("west");
-    let out = m.ok(&cacerts_apply_args(&m, p(&west_bundle), &[])).await;
+    let out = m
+        .ok(&cacerts_apply_args(m.kc(), p(&west_bundle), "west", &[]))
+        .await;
     assert!(out.contains("cacerts applied"), "{out}");
     let s = secret(&m.west, "cacerts").expect("cacerts");
     assert_eq!(
@@ -377,7 +352,7 @@ async fn cacerts_apply_creates_the_namespace_and_refuses_another_root_without_fo
     ] {
         assert!(s["data"][f].is_string(), "{f}");
     }
-    let out = meshctl(&cacerts_apply_args(&m, p(&west_bundle), &[])).await;
+    let out = meshctl(&cacerts_apply_args(m.kc(), p(&west_bundle), "west", &[])).await;
     assert!(text(&out).contains("up to date"), "{}", text(&out));
     // A bundle from another root is refused without --force.
     let other = m.dir.path().join("other");
@@ -385,7 +360,12 @@ async fn cacerts_apply_creates_the_namespace_and_refuses_another_root_without_fo
         .await;
     let before = snapshot(&m.west);
     let out = m
-        .fails(&cacerts_apply_args(&m, p(&other.join("west")), &[]))
+        .fails(&cacerts_apply_args(
+            m.kc(),
+            p(&other.join("west")),
+            "west",
+            &[],
+        ))
         .await;
     assert!(
         out.contains("different root") && out.contains("--force"),
@@ -393,8 +373,9 @@ async fn cacerts_apply_creates_the_namespace_and_refuses_another_root_without_fo
     );
     assert_eq!(snapshot(&m.west), before);
     let out = meshctl(&cacerts_apply_args(
-        &m,
+        m.kc(),
         p(&other.join("west")),
+        "west",
         &["--force"],
     ))
     .await;
