@@ -122,15 +122,7 @@ async fn join_ambient_announces_each_peer_network_and_unjoin_removes_it() {
                 ("mesh".into(), 15008, json!("hbone")),
             ]
         );
-        let d = s
-            .store()
-            .get(
-                "apps/v1",
-                "Deployment",
-                Some("istio-system"),
-                "istio-eastwestgateway",
-            )
-            .unwrap();
+        let d = gateway_deployment(s);
         let pod = &d["spec"]["template"]["spec"];
         let args: Vec<&str> = pod["containers"][0]["args"]
             .as_array()

@@ -55,15 +55,7 @@ async fn join_creates_exactly_the_expected_objects_and_a_second_run_changes_noth
     assert_eq!(got, expected("west"));
     // Everything but the namespace (shared with Istio) and its defaults is labelled.
     for (s, other) in [(&m.west, "east"), (&m.east, "west")] {
-        let gw = s
-            .store()
-            .get(
-                "apps/v1",
-                "Deployment",
-                Some("istio-system"),
-                "istio-eastwestgateway",
-            )
-            .unwrap();
+        let gw = gateway_deployment(s);
         assert_eq!(
             gw["metadata"]["labels"]["app.kubernetes.io/managed-by"],
             "meshctl"
@@ -479,16 +471,7 @@ async fn label_network_and_gateway_install() {
             ("tls".to_string(), 15443)
         ]
     );
-    let d = m
-        .east
-        .store()
-        .get(
-            "apps/v1",
-            "Deployment",
-            Some("istio-system"),
-            "istio-eastwestgateway",
-        )
-        .unwrap();
+    let d = gateway_deployment(&m.east);
     let pod = &d["spec"]["template"]["spec"];
     assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() >= 30);
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);

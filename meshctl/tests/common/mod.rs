@@ -228,6 +228,18 @@ pub fn gateway_service(s: &TestApiServer) -> Value {
         .expect("gateway Service")
 }
 
+/// The east-west gateway's Deployment, as stored.
+pub fn gateway_deployment(s: &TestApiServer) -> Value {
+    s.store()
+        .get(
+            "apps/v1",
+            "Deployment",
+            Some("istio-system"),
+            "istio-eastwestgateway",
+        )
+        .expect("gateway Deployment")
+}
+
 pub fn set_lb(s: &TestApiServer, ip: Option<&str>) {
     let mut svc = gateway_service(s);
     svc["status"] = match ip {
