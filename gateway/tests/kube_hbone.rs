@@ -2,6 +2,9 @@
 //! SERVER: a global Service's endpoints whose pods are ambient are reached over HBONE on
 //! `podIP:15008` (real rustls, real h2 CONNECT on the gateway's 15008, a plain TCP app on
 //! the pod's 15008 standing in for its ztunnel); the classic 15443 route is unchanged.
+//! Capture follows istio-cni: the Namespace's or the Pod's `istio.io/dataplane-mode=ambient`,
+//! a Pod's `none` opts out, injected sidecars never; a Namespace's `istio.io/use-waypoint`
+//! binds its Services. Relabels take effect without a restart.
 
 mod common;
 mod hbone_support;
@@ -37,6 +40,10 @@ struct KubeHboneGw {
 }
 
 async fn setup() -> (TestApiServer, KubeHboneGw) {
+    setup_with(|_| {}).await
+}
+
+async fn setup_with(kube: impl FnOnce(&mut KubeOptions)) -> (TestApiServer, KubeHboneGw) {
     init();
     let mut opts = Options::new("east");
     // The pods listen on 127.0.13.x; a real API server would refuse these slices.
@@ -48,11 +55,13 @@ async fn setup() -> (TestApiServer, KubeHboneGw) {
     let path = kdir.path().join("kubeconfig");
     std::fs::write(&path, api.kubeconfig("east")).unwrap();
     let certs = hbone_support::gateway_certs();
-    let mut cfg = Config::new(Discovery::Kubernetes(KubeOptions {
+    let mut kube_opts = KubeOptions {
         kubeconfig: Some(path),
         context: Some("east".into()),
         ..KubeOptions::default()
-    }));
+    };
+    kube(&mut kube_opts);
+    let mut cfg = Config::new(Discovery::Kubernetes(kube_opts));
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.admin = "127.0.0.1:0".parse().unwrap();
     cfg.hbone_listen = Some("127.0.0.1:0".parse().unwrap());
@@ -93,6 +102,20 @@ fn service(name: &str, labels: &[(&str, &str)]) -> Value {
         .collect();
     s["metadata"]["labels"] = Value::Object(labels);
     s
+}
+
+/// The slice of `catalog`: pods `catalog-a` on `pod_ip(first)` and `catalog-b` on the next.
+fn slice_a_b(port: u16, first: u8) -> Value {
+    let eps = [
+        (pod_ip(first), "catalog-a"),
+        (pod_ip(first + 1), "catalog-b"),
+    ];
+    slice("catalog", port, &eps)
+}
+
+/// Pod `last`'s HBONE address, as `/debug/routes` shows it.
+fn hbone_at(last: u8) -> String {
+    format!("{}:15008", pod_ip(last))
 }
 
 /// The slice `<svc>-1` of `svc`: port `http` on `port`, one ready endpoint per (ip, pod).
@@ -161,6 +184,22 @@ async fn eventually_classic(gw: SocketAddr, host: &str, want: &[&str]) {
     .await;
 }
 
+/// An outer HBONE connection to the gateway with the test client's mesh identity.
+async fn hbone_client(gw: &KubeHboneGw) -> Outer {
+    outer(gw.hbone, Some(&hbone_support::pki().client))
+        .await
+        .unwrap()
+}
+
+/// `n` tunnels to catalog:80, each answered with `greeting`.
+async fn tunnels_reach(o: &mut Outer, n: usize, greeting: &[u8]) {
+    for _ in 0..n {
+        let (status, got) = tunnel(o, CATALOG, greeting.len()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(got, greeting);
+    }
+}
+
 /// One CONNECT to `host:80`: the status and, when 200, the greeting of the app reached.
 async fn tunnel(o: &mut Outer, host: &str, greeting_len: usize) -> (StatusCode, Vec<u8>) {
     let (status, io) = connect(o, &format!("{host}:80")).await.unwrap();
@@ -188,34 +227,19 @@ async fn global_service_with_ambient_pods_is_reached_over_hbone_on_15008() {
     let (api, gw) = setup().await;
     let (_classic, port) = classic_backends(1).await;
     // Each pod's "ztunnel" on podIP:15008; pod b is not ambient, so its must stay unused.
-    let zt_a = App::start("ztunnel-a", pod_ip(1), HBONE_PORT, AppMode::Echo)
-        .await
-        .unwrap();
-    let zt_b = App::start("ztunnel-b", pod_ip(2), HBONE_PORT, AppMode::Echo)
-        .await
-        .unwrap();
+    let zt_a = ztunnel("ztunnel-a", 1).await;
+    let zt_b = ztunnel("ztunnel-b", 2).await;
     let st = api.store();
     st.create(service("catalog", &[GLOBAL])).unwrap();
     st.create(k8s::pod(NS, "catalog-a", &[("app", "catalog"), AMBIENT]))
         .unwrap();
     st.create(k8s::pod(NS, "catalog-b", &[("app", "catalog")]))
         .unwrap();
-    st.create(slice(
-        "catalog",
-        port,
-        &[(pod_ip(1), "catalog-a"), (pod_ip(2), "catalog-b")],
-    ))
-    .unwrap();
+    st.create(slice_a_b(port, 1)).unwrap();
 
-    eventually_hbone_endpoints(gw.admin, CATALOG, &[format!("{}:15008", pod_ip(1))]).await;
-    let mut o = outer(gw.hbone, Some(&hbone_support::pki().client))
-        .await
-        .unwrap();
-    for _ in 0..6 {
-        let (status, greeting) = tunnel(&mut o, CATALOG, 10).await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(greeting, b"ztunnel-a\n");
-    }
+    eventually_hbone_endpoints(gw.admin, CATALOG, &[hbone_at(1)]).await;
+    let mut o = hbone_client(&gw).await;
+    tunnels_reach(&mut o, 6, b"ztunnel-a\n").await;
     assert_eq!(zt_a.accepted(), 6);
     assert_eq!(
         zt_b.accepted(),
@@ -228,10 +252,7 @@ async fn global_service_with_ambient_pods_is_reached_over_hbone_on_15008() {
     // Pod b opts in: it joins the HBONE endpoints; opting out again removes it.
     st.apply(k8s::pod(NS, "catalog-b", &[("app", "catalog"), AMBIENT]))
         .unwrap();
-    let both = [
-        format!("{}:15008", pod_ip(1)),
-        format!("{}:15008", pod_ip(2)),
-    ];
+    let both = [hbone_at(1), hbone_at(2)];
     eventually_hbone_endpoints(gw.admin, CATALOG, &both).await;
     st.apply(k8s::pod(
         NS,
@@ -246,9 +267,7 @@ async fn global_service_with_ambient_pods_is_reached_over_hbone_on_15008() {
 async fn services_not_global_or_bound_to_a_waypoint_have_no_hbone_endpoints() {
     let (api, gw) = setup().await;
     let (_classic, port) = classic_backends(11).await;
-    let zt = App::start("ztunnel-a", pod_ip(11), HBONE_PORT, AppMode::Echo)
-        .await
-        .unwrap();
+    let zt = ztunnel("ztunnel-a", 11).await;
     let st = api.store();
     st.create(k8s::pod(NS, "catalog-a", &[("app", "catalog"), AMBIENT]))
         .unwrap();
@@ -257,9 +276,7 @@ async fn services_not_global_or_bound_to_a_waypoint_have_no_hbone_endpoints() {
         .unwrap();
     eventually_classic(gw.listen, CATALOG, &["a"]).await;
     assert!(hbone_endpoints(gw.admin, CATALOG).await.is_empty());
-    let mut o = outer(gw.hbone, Some(&hbone_support::pki().client))
-        .await
-        .unwrap();
+    let mut o = hbone_client(&gw).await;
     let (status, _) = tunnel(&mut o, CATALOG, 0).await;
     assert_ne!(
         status,
@@ -278,13 +295,162 @@ async fn services_not_global_or_bound_to_a_waypoint_have_no_hbone_endpoints() {
     assert!(hbone_endpoints(gw.admin, CATALOG).await.is_empty());
     // The label flipped to global alone: the same pod becomes reachable over HBONE.
     st.apply(service("catalog", &[GLOBAL])).unwrap();
-    eventually_hbone_endpoints(gw.admin, CATALOG, &[format!("{}:15008", pod_ip(11))]).await;
-    let mut o = outer(gw.hbone, Some(&hbone_support::pki().client))
-        .await
-        .unwrap();
+    eventually_hbone_endpoints(gw.admin, CATALOG, &[hbone_at(11)]).await;
+    let mut o = hbone_client(&gw).await;
     let (status, greeting) = tunnel(&mut o, CATALOG, 10).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(greeting, b"ztunnel-a\n");
     assert_eq!(zt.accepted(), 1);
+    eventually_classic(gw.listen, CATALOG, &["a"]).await;
+}
+
+/// Pod `last`'s "ztunnel": an echo app on `pod_ip(last)`:15008.
+async fn ztunnel(name: &str, last: u8) -> App {
+    App::start(name, pod_ip(last), HBONE_PORT, AppMode::Echo)
+        .await
+        .unwrap()
+}
+
+/// The test namespace labelled `ns_labels`, holding the global Service `catalog`.
+fn global_catalog_in(st: &k8s_test_server::Store, ns_labels: &[(&str, &str)]) {
+    st.apply(namespace(ns_labels)).unwrap();
+    st.create(service("catalog", &[GLOBAL])).unwrap();
+}
+
+/// The test namespace with these labels (applied: created or relabelled).
+fn namespace(labels: &[(&str, &str)]) -> Value {
+    let mut ns = namespace_json(NS);
+    ns["metadata"]["labels"] = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    ns
+}
+
+#[tokio::test]
+async fn the_namespace_label_captures_its_pods_unless_they_opt_out_and_relabels_are_followed() {
+    let (api, gw) = setup().await;
+    let (_classic, port) = classic_backends(21).await;
+    let zt_a = ztunnel("ztunnel-a", 21).await;
+    let zt_b = ztunnel("ztunnel-b", 22).await;
+    let st = api.store();
+    global_catalog_in(st, &[AMBIENT]);
+    // Pod a has no dataplane label (its namespace's applies); pod b opts out with `none`.
+    st.create(k8s::pod(NS, "catalog-a", &[("app", "catalog")]))
+        .unwrap();
+    st.create(k8s::pod(
+        NS,
+        "catalog-b",
+        &[("app", "catalog"), ("istio.io/dataplane-mode", "none")],
+    ))
+    .unwrap();
+    st.create(slice_a_b(port, 21)).unwrap();
+
+    let a = [hbone_at(21)];
+    eventually_hbone_endpoints(gw.admin, CATALOG, &a).await;
+    let mut o = hbone_client(&gw).await;
+    tunnels_reach(&mut o, 4, b"ztunnel-a\n").await;
+    assert_eq!(zt_a.accepted(), 4);
+    assert_eq!(zt_b.accepted(), 0, "a pod labelled none is never dialed");
+    eventually_classic(gw.listen, CATALOG, &["a", "b"]).await;
+
+    // The namespace loses its label at run time: no pod is ambient any more.
+    st.apply(namespace(&[])).unwrap();
+    eventually_hbone_endpoints(gw.admin, CATALOG, &[]).await;
+    let (status, _) = tunnel(&mut o, CATALOG, 0).await;
+    assert_ne!(status, StatusCode::OK, "no ambient endpoint left");
+    eventually_classic(gw.listen, CATALOG, &["a", "b"]).await;
+    // And gets it back: pod a follows, pod b still opts out.
+    st.apply(namespace(&[AMBIENT])).unwrap();
+    eventually_hbone_endpoints(gw.admin, CATALOG, &a).await;
+    let (status, greeting) = tunnel(&mut o, CATALOG, 10).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(greeting, b"ztunnel-a\n");
+    assert_eq!(zt_b.accepted(), 0);
+    eventually_classic(gw.listen, CATALOG, &["a", "b"]).await;
+}
+
+#[tokio::test]
+async fn pods_with_an_injected_sidecar_are_not_ambient() {
+    let (api, gw) = setup().await;
+    let (_classic, port) = classic_backends(31).await;
+    let zt = ztunnel("ztunnel-a", 31).await;
+    let st = api.store();
+    global_catalog_in(st, &[AMBIENT]);
+    // Labelled ambient, in an ambient namespace, but the injector annotated it.
+    let mut pod = k8s::pod(NS, "catalog-a", &[("app", "catalog"), AMBIENT]);
+    pod["metadata"]["annotations"] =
+        json!({"sidecar.istio.io/status": "{\"containers\":[\"istio-proxy\"]}"});
+    st.create(pod).unwrap();
+    st.create(k8s::pod(NS, "catalog-b", &[("app", "catalog")]))
+        .unwrap();
+    st.create(slice_a_b(port, 31)).unwrap();
+    // Pod b (no sidecar) is ambient through its namespace; pod a never is.
+    eventually_hbone_endpoints(gw.admin, CATALOG, &[hbone_at(32)]).await;
+    eventually_classic(gw.listen, CATALOG, &["a", "b"]).await;
+
+    // Without its sidecar annotation (a re-created pod), pod a is ambient again.
+    st.apply(k8s::pod(NS, "catalog-a", &[("app", "catalog"), AMBIENT]))
+        .unwrap();
+    let both = [hbone_at(31), hbone_at(32)];
+    eventually_hbone_endpoints(gw.admin, CATALOG, &both).await;
+    assert_eq!(zt.accepted(), 0);
+}
+
+#[tokio::test]
+async fn a_namespace_waypoint_binds_its_services_unless_a_service_opts_out() {
+    let (api, gw) = setup().await;
+    let (_classic, port) = classic_backends(41).await;
+    let st = api.store();
+    global_catalog_in(st, &[AMBIENT, ("istio.io/use-waypoint", "waypoint")]);
+    st.create(k8s::pod(NS, "catalog-a", &[("app", "catalog")]))
+        .unwrap();
+    st.create(slice("catalog", port, &[(pod_ip(41), "catalog-a")]))
+        .unwrap();
+    eventually_classic(gw.listen, CATALOG, &["a"]).await;
+    // Bound through its namespace: classic only (Istio's gateway would dial the waypoint).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(hbone_endpoints(gw.admin, CATALOG).await.is_empty());
+    // The Service's own `none` overrides its namespace's waypoint.
+    st.apply(service(
+        "catalog",
+        &[GLOBAL, ("istio.io/use-waypoint", "none")],
+    ))
+    .unwrap();
+    let a = [hbone_at(41)];
+    eventually_hbone_endpoints(gw.admin, CATALOG, &a).await;
+    // Unlabelled again, then the namespace drops its waypoint: reachable over HBONE.
+    st.apply(service("catalog", &[GLOBAL])).unwrap();
+    eventually_hbone_endpoints(gw.admin, CATALOG, &[]).await;
+    st.apply(namespace(&[AMBIENT])).unwrap();
+    eventually_hbone_endpoints(gw.admin, CATALOG, &a).await;
+    eventually_classic(gw.listen, CATALOG, &["a"]).await;
+}
+
+#[tokio::test]
+async fn with_namespace_the_watched_namespaces_labels_are_followed() {
+    let (api, gw) = setup_with(|o| o.namespaces = vec![NS.into()]).await;
+    let (_classic, port) = classic_backends(51).await;
+    let st = api.store();
+    // Another namespace's labels change nothing here.
+    st.create(namespace_json("elsewhere")).unwrap();
+    st.create(service("catalog", &[GLOBAL])).unwrap();
+    st.create(k8s::pod(NS, "catalog-a", &[("app", "catalog")]))
+        .unwrap();
+    st.create(slice("catalog", port, &[(pod_ip(51), "catalog-a")]))
+        .unwrap();
+    eventually_classic(gw.listen, CATALOG, &["a"]).await;
+    assert!(hbone_endpoints(gw.admin, CATALOG).await.is_empty());
+    st.apply(namespace(&[AMBIENT])).unwrap();
+    let a = [hbone_at(51)];
+    eventually_hbone_endpoints(gw.admin, CATALOG, &a).await;
+    let mut other = namespace_json("elsewhere");
+    other["metadata"]["labels"] = json!({"istio.io/use-waypoint": "wp"});
+    st.apply(other).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hbone_endpoints(gw.admin, CATALOG).await, a);
+    st.apply(namespace(&[])).unwrap();
+    eventually_hbone_endpoints(gw.admin, CATALOG, &[]).await;
     eventually_classic(gw.listen, CATALOG, &["a"]).await;
 }

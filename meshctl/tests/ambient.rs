@@ -123,15 +123,7 @@ async fn join_ambient_announces_each_peer_network_and_unjoin_removes_it() {
                 ("mesh".into(), 15008, json!("hbone")),
             ]
         );
-        let d = s
-            .store()
-            .get(
-                "apps/v1",
-                "Deployment",
-                Some("istio-system"),
-                "istio-eastwestgateway",
-            )
-            .unwrap();
+        let d = gateway_deployment(s);
         let pod = &d["spec"]["template"]["spec"];
         let args: Vec<&str> = pod["containers"][0]["args"]
             .as_array()
@@ -198,24 +190,7 @@ async fn join_ambient_announces_each_peer_network_and_unjoin_removes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_ambient_uses_the_load_balancer_address_once_there_is_one() {
     let m = ambient_mesh().await;
-    let out = meshctl(&[
-        "join",
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-        "--context",
-        "east",
-        "--certs",
-        p(&m.certs),
-        "--network",
-        "west=west-network",
-        "--network",
-        "east=east-network",
-        "--allow-loopback-server",
-        "--ambient",
-    ])
-    .await;
+    let out = meshctl(&m.join_args(&["--ambient"])).await;
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(
@@ -260,19 +235,7 @@ async fn join_ambient_refuses_without_the_gateway_api_and_changes_nothing() {
     install_gateway_api(&m.west);
     let (w0, e0) = (snapshot(&m.west), snapshot(&m.east));
     let out = m
-        .fails(&[
-            "join",
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--certs",
-            p(&m.certs),
-            "--allow-loopback-server",
-            "--ambient",
-        ])
+        .fails(&m.join_certs_args(&["--allow-loopback-server", "--ambient"]))
         .await;
     assert!(
         out.contains("gateways.gateway.networking.k8s.io") && out.contains("\"east\""),
@@ -282,39 +245,14 @@ async fn join_ambient_refuses_without_the_gateway_api_and_changes_nothing() {
     assert_eq!(snapshot(&m.east), e0);
     // A bad address is refused before anything is read.
     let out = m
-        .fails(&[
-            "join",
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--certs",
-            p(&m.certs),
-            "--ambient",
-            "--gateway-address",
-            "east=10.0.0.1:15008",
-        ])
+        .fails(&m.join_certs_args(&["--ambient", "--gateway-address", "east=10.0.0.1:15008"]))
         .await;
     assert!(
         out.contains("expected an IP address or a DNS name"),
         "{out}"
     );
     let out = m
-        .fails(&[
-            "join",
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--certs",
-            p(&m.certs),
-            "--gateway-address",
-            "east=10.0.0.1",
-        ])
+        .fails(&m.join_certs_args(&["--gateway-address", "east=10.0.0.1"]))
         .await;
     assert!(out.contains("add --ambient"), "{out}");
     assert_eq!(snapshot(&m.west), w0);
@@ -497,13 +435,6 @@ async fn check(m: &Mesh) -> (i32, Vec<Value>) {
         out.status.code().unwrap(),
         v["checks"].as_array().unwrap().clone(),
     )
-}
-
-fn item<'a>(items: &'a [Value], scope: &str, name: &str) -> &'a Value {
-    items
-        .iter()
-        .find(|i| i["scope"] == scope && i["check"] == name)
-        .unwrap_or_else(|| panic!("no {scope:?}/{name:?} in {items:#?}"))
 }
 
 const AMBIENT_CHECKS: [&str; 3] = [

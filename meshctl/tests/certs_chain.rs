@@ -6,19 +6,18 @@ mod common;
 
 use common::*;
 use serde_json::Value;
+use std::path::Path;
 
-/// root/, offline/ (pathlen 1), west/ and east/ signed by offline/.
-async fn two_levels(m: &Mesh) -> std::path::PathBuf {
-    let d = m.dir.path().join("pki2");
-    let (root, off) = (d.join("root"), d.join("offline"));
-    m.ok(&["certs", "root", "--out", p(&root)]).await;
+/// An offline intermediate "Offline CA" (pathlen 1) signed by the root in `root`, into `out`.
+async fn offline_ca(m: &Mesh, root: &Path, out: &Path) {
+    let (cert, key) = (root.join("root-cert.pem"), root.join("root-key.pem"));
     m.ok(&[
         "certs",
         "intermediate",
         "--root-cert",
-        p(&root.join("root-cert.pem")),
+        p(&cert),
         "--root-key",
-        p(&root.join("root-key.pem")),
+        p(&key),
         "--cluster",
         "offline",
         "--path-len",
@@ -26,9 +25,17 @@ async fn two_levels(m: &Mesh) -> std::path::PathBuf {
         "--common-name",
         "Offline CA",
         "--out",
-        p(&off),
+        p(out),
     ])
     .await;
+}
+
+/// root/, offline/ (pathlen 1), west/ and east/ signed by offline/.
+async fn two_levels(m: &Mesh) -> std::path::PathBuf {
+    let d = m.dir.path().join("pki2");
+    let (root, off) = (d.join("root"), d.join("offline"));
+    m.ok(&["certs", "root", "--out", p(&root)]).await;
+    offline_ca(m, &root, &off).await;
     for c in ["west", "east"] {
         m.ok(&[
             "certs",
@@ -135,25 +142,11 @@ async fn check_accepts_a_two_level_cacerts_and_names_a_broken_link() {
     let m = mesh().await;
     let d = two_levels(&m).await;
     let west = d.join("west");
-    m.ok(&[
-        "cacerts",
-        "apply",
-        p(&west),
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-    ])
-    .await;
+    m.ok(&cacerts_apply_args(m.kc(), p(&west), "west", &[]))
+        .await;
     let cacerts_item = |out: &str| -> Value {
         let v: Value = serde_json::from_str(out).unwrap();
-        v["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["scope"] == "cluster west" && i["check"] == "cacerts present and valid")
-            .cloned()
-            .unwrap()
+        check_item(&v, "cluster west", "cacerts present and valid")
     };
     let out = meshctl(&[
         "check",
@@ -169,23 +162,7 @@ async fn check_accepts_a_two_level_cacerts_and_names_a_broken_link() {
     assert_eq!(item["status"], "pass", "{item}");
 
     // The offline CA in the Secret's chain replaced by a same-named impostor.
-    m.ok(&[
-        "certs",
-        "intermediate",
-        "--root-cert",
-        p(&d.join("root/root-cert.pem")),
-        "--root-key",
-        p(&d.join("root/root-key.pem")),
-        "--cluster",
-        "offline",
-        "--path-len",
-        "1",
-        "--common-name",
-        "Offline CA",
-        "--out",
-        p(&d.join("impostor")),
-    ])
-    .await;
+    offline_ca(&m, &d.join("root"), &d.join("impostor")).await;
     let mut s = secret(&m.west, "cacerts").unwrap();
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;

@@ -7,21 +7,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
+mod common;
 
+use common::{MESHCTL, p, text};
+
+/// Runs meshctl (synchronously: these tests need no API server).
 fn meshctl(args: &[&str]) -> Output {
     Command::new(MESHCTL)
         .args(args)
         .output()
         .expect("run meshctl")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn ok(args: &[&str]) -> String {
@@ -54,10 +49,6 @@ fn openssl(args: &[&str], dir: &Path) -> String {
         .expect("openssl CLI");
     assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 /// The arguments of `certs init` for the two demo clusters into `out`, plus `extra`.

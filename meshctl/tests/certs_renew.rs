@@ -21,21 +21,36 @@ fn secret_file(m: &Mesh, f: &str) -> String {
     String::from_utf8(b).unwrap()
 }
 
-#[tokio::test]
-async fn renew_issues_a_new_key_under_the_same_root_and_applies_it() {
-    let m = mesh().await;
+/// `meshctl certs renew` of west's bundle with the root in `root`, applied in west, plus
+/// `extra`.
+fn renew_args(m: &Mesh, root: &std::path::Path, extra: &[&str]) -> Vec<String> {
     let west = m.certs.join("west");
-    let (root_cert, root_key) = (m.certs.join("root-cert.pem"), m.certs.join("root-key.pem"));
-    m.ok(&[
-        "cacerts",
-        "apply",
+    let (cert, key) = (root.join("root-cert.pem"), root.join("root-key.pem"));
+    let mut args = vec![
+        "certs",
+        "renew",
+        "--ca",
         p(&west),
+        "--root-cert",
+        p(&cert),
+        "--root-key",
+        p(&key),
         "--kubeconfig",
         m.kc(),
         "--context",
         "west",
-    ])
-    .await;
+        "--apply",
+    ];
+    args.extend_from_slice(extra);
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn renew_issues_a_new_key_under_the_same_root_and_applies_it() {
+    let m = mesh().await;
+    let west = m.certs.join("west");
+    m.ok(&cacerts_apply_args(m.kc(), p(&west), "west", &[]))
+        .await;
     let before_files: Vec<String> = [
         "ca-cert.pem",
         "ca-key.pem",
@@ -46,25 +61,7 @@ async fn renew_issues_a_new_key_under_the_same_root_and_applies_it() {
     .map(|f| read(&west.join(f)))
     .collect();
     let before = secret(&m.west, "cacerts").unwrap();
-    let renew = |extra: &'static [&'static str]| {
-        let mut args = vec![
-            "certs",
-            "renew",
-            "--ca",
-            p(&west),
-            "--root-cert",
-            p(&root_cert),
-            "--root-key",
-            p(&root_key),
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-            "--apply",
-        ];
-        args.extend_from_slice(extra);
-        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
-    };
+    let renew = |extra: &'static [&'static str]| renew_args(&m, &m.certs, extra);
 
     // Dry run: the Secret is shown with the key redacted; no file, no object changes.
     let args = renew(&["--dry-run"]);
@@ -136,22 +133,9 @@ async fn renew_issues_a_new_key_under_the_same_root_and_applies_it() {
     let other = m.dir.path().join("other");
     m.ok(&["certs", "root", "--out", p(&other)]).await;
     let before = secret(&m.west, "cacerts").unwrap();
+    let args = renew_args(&m, &other, &[]);
     let out = m
-        .fails(&[
-            "certs",
-            "renew",
-            "--ca",
-            p(&west),
-            "--root-cert",
-            p(&other.join("root-cert.pem")),
-            "--root-key",
-            p(&other.join("root-key.pem")),
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-            "--apply",
-        ])
+        .fails(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .await;
     assert!(
         out.contains("renew keeps the root") && out.contains("meshctl rotate"),

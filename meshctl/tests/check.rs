@@ -51,19 +51,6 @@ async fn check_text(kubeconfig: &str) -> String {
     text(&meshctl(&check_args(kubeconfig, &[])).await)
 }
 
-/// The one item with this scope and check name.
-fn item<'a>(items: &'a [Value], scope: &str, name: &str) -> &'a Value {
-    items
-        .iter()
-        .find(|i| i["scope"] == scope && i["check"] == name)
-        .unwrap_or_else(|| {
-            panic!(
-                "no {scope:?}/{name:?} in {}",
-                serde_json::to_string_pretty(items).unwrap()
-            )
-        })
-}
-
 /// Asserts exit 1 and that exactly the named item failed with a hint containing `hint`.
 fn assert_fails(code: i32, items: &[Value], scope: &str, name: &str, hint: &str) -> String {
     assert_eq!(code, 1, "{}", serde_json::to_string_pretty(items).unwrap());
@@ -173,15 +160,12 @@ async fn flags_missing_cacerts_and_different_roots() {
     let other = m.dir.path().join("other");
     m.ok(&["certs", "init", "--clusters", "east", "--out", p(&other)])
         .await;
-    m.ok(&[
-        "cacerts",
-        "apply",
-        p(&other.join("east")),
-        "--kubeconfig",
+    m.ok(&cacerts_apply_args(
         m.kc(),
-        "--context",
+        p(&other.join("east")),
         "east",
-    ])
+        &[],
+    ))
     .await;
     let (code, items) = check(&m, &[], false).await;
     assert_eq!(

@@ -24,20 +24,11 @@ async fn joined_with_west_token_aged(age: Duration) -> Mesh {
     m
 }
 
+/// `cmd` (its words) of west and east ([`both_contexts`]).
 fn two(m: &Mesh, cmd: &[&'static str]) -> Vec<String> {
-    let mut args: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
-    args.extend(
-        [
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-            "--context",
-            "east",
-        ]
-        .map(String::from),
-    );
-    args
+    let (last, first) = cmd.split_last().expect("a command");
+    let rest = both_contexts(last, m.kc());
+    first.iter().chain(&rest).map(|s| s.to_string()).collect()
 }
 
 async fn run_json(m: &Mesh, cmd: &[&'static str], extra: &[&str]) -> (i32, Value, String) {
@@ -213,12 +204,7 @@ async fn an_expired_credential_is_reported_fails_check_and_refresh_revives_it() 
     );
     let (code, v, _) = run_json(&m, &["check"], &["--allow-loopback-server"]).await;
     assert_eq!(code, 1);
-    let i = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["scope"] == "secret for west in east" && i["check"] == "token expiry")
-        .unwrap();
+    let i = check_item(&v, "secret for west in east", "token expiry");
     assert_eq!(i["status"], "fail", "{i}");
     assert!(
         i["hint"].as_str().unwrap().contains(
@@ -353,14 +339,7 @@ async fn check_warns_on_a_soon_expiring_intermediate() {
     m.make_gateways_ready();
     let (code, v, all) = run_json(&m, &["check"], &["--allow-loopback-server"]).await;
     assert_eq!(code, 0, "{all}");
-    let checks = v["checks"].as_array().unwrap();
-    let find = |scope: &str, name: &str| {
-        checks
-            .iter()
-            .find(|i| i["scope"] == scope && i["check"] == name)
-            .unwrap_or_else(|| panic!("no {scope}/{name}: {all}"))
-            .clone()
-    };
+    let find = |scope: &str, name: &str| check_item(&v, scope, name);
     for ctx in ["west", "east"] {
         let i = find(&format!("cluster {ctx}"), "intermediate expiry");
         assert_eq!(i["status"], "warn", "{i}");
@@ -382,13 +361,7 @@ async fn check_warns_on_a_soon_expiring_intermediate() {
         &["--allow-loopback-server", "--warn-before", "5d"],
     )
     .await;
-    let i = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["scope"] == "cluster west" && i["check"] == "intermediate expiry")
-        .unwrap()
-        .clone();
+    let i = check_item(&v, "cluster west", "intermediate expiry");
     assert_eq!(i["status"], "pass", "{i}");
 }
 
@@ -503,15 +476,7 @@ async fn check_warns_on_a_credential_within_the_horizon_only() {
     let m = mesh().await;
     m.join(&["--token-ttl", "1000h"]).await; // about 41 days
     m.make_gateways_ready();
-    let judge = |v: &Value| {
-        v["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["scope"] == "secret for west in east" && i["check"] == "token expiry")
-            .unwrap()
-            .clone()
-    };
+    let judge = |v: &Value| check_item(v, "secret for west in east", "token expiry");
     let (code, v, all) = run_json(&m, &["check"], &["--allow-loopback-server"]).await;
     assert_eq!(code, 0, "{all}");
     assert_eq!(judge(&v)["status"], "pass", "{}", judge(&v));

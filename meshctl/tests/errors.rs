@@ -66,14 +66,7 @@ async fn a_refused_credential_is_named_with_the_fix() {
     ])
     .await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let items = v["checks"].as_array().unwrap();
-    let find = |name: &str| {
-        items
-            .iter()
-            .find(|i| i["scope"] == "cluster west" && i["check"] == name)
-            .unwrap_or_else(|| panic!("no {name}: {v:#}"))
-            .clone()
-    };
+    let find = |name: &str| check_item(&v, "cluster west", name);
     assert_eq!(find("API server reachable")["status"], "pass");
     let cred = find("credential accepted");
     assert_eq!(cred["status"], "fail");
@@ -99,13 +92,7 @@ async fn a_revoked_remote_secret_token_is_named_with_the_fix() {
         .unwrap();
     let out = meshctl(&check_args(m.kc(), &["-o", "json"])).await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let i = v["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["scope"] == "secret for east in west" && i["check"] == "kubeconfig works")
-        .unwrap()
-        .clone();
+    let i = check_item(&v, "secret for east in west", "kubeconfig works");
     assert_eq!(i["status"], "fail", "{i}");
     let d = i["detail"].as_str().unwrap();
     assert!(

@@ -55,15 +55,7 @@ async fn join_creates_exactly_the_expected_objects_and_a_second_run_changes_noth
     assert_eq!(got, expected("west"));
     // Everything but the namespace (shared with Istio) and its defaults is labelled.
     for (s, other) in [(&m.west, "east"), (&m.east, "west")] {
-        let gw = s
-            .store()
-            .get(
-                "apps/v1",
-                "Deployment",
-                Some("istio-system"),
-                "istio-eastwestgateway",
-            )
-            .unwrap();
+        let gw = gateway_deployment(s);
         assert_eq!(
             gw["metadata"]["labels"]["app.kubernetes.io/managed-by"],
             "meshctl"
@@ -211,19 +203,7 @@ async fn unjoin_leaves_nothing_behind_and_keeps_unrelated_objects() {
 async fn expose_services_needs_the_gateway_crd_and_changes_nothing_without_it() {
     let m = mesh().await;
     let (w0, e0) = (snapshot(&m.west), snapshot(&m.east));
-    let mut args = vec![
-        "join",
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-        "--context",
-        "east",
-        "--certs",
-        p(&m.certs),
-        "--allow-loopback-server",
-        "--expose-services",
-    ];
+    let mut args = m.join_certs_args(&["--allow-loopback-server", "--expose-services"]);
     let out = m.fails(&args).await;
     assert!(
         out.contains("gateways.networking.istio.io") && out.contains("install Istio"),
@@ -343,26 +323,13 @@ async fn bad_input_is_refused_before_any_change() {
     );
 }
 
-/// `meshctl cacerts apply <bundle>` in context west, plus `extra` flags.
-fn cacerts_apply_args<'a>(m: &'a Mesh, bundle: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "cacerts",
-        "apply",
-        bundle,
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cacerts_apply_creates_the_namespace_and_refuses_another_root_without_force() {
     let m = mesh().await;
     let west_bundle = m.certs.join("west");
-    let out = m.ok(&cacerts_apply_args(&m, p(&west_bundle), &[])).await;
+    let out = m
+        .ok(&cacerts_apply_args(m.kc(), p(&west_bundle), "west", &[]))
+        .await;
     assert!(out.contains("cacerts applied"), "{out}");
     let s = secret(&m.west, "cacerts").expect("cacerts");
     assert_eq!(
@@ -377,7 +344,7 @@ async fn cacerts_apply_creates_the_namespace_and_refuses_another_root_without_fo
     ] {
         assert!(s["data"][f].is_string(), "{f}");
     }
-    let out = meshctl(&cacerts_apply_args(&m, p(&west_bundle), &[])).await;
+    let out = meshctl(&cacerts_apply_args(m.kc(), p(&west_bundle), "west", &[])).await;
     assert!(text(&out).contains("up to date"), "{}", text(&out));
     // A bundle from another root is refused without --force.
     let other = m.dir.path().join("other");
@@ -385,7 +352,12 @@ async fn cacerts_apply_creates_the_namespace_and_refuses_another_root_without_fo
         .await;
     let before = snapshot(&m.west);
     let out = m
-        .fails(&cacerts_apply_args(&m, p(&other.join("west")), &[]))
+        .fails(&cacerts_apply_args(
+            m.kc(),
+            p(&other.join("west")),
+            "west",
+            &[],
+        ))
         .await;
     assert!(
         out.contains("different root") && out.contains("--force"),
@@ -393,8 +365,9 @@ async fn cacerts_apply_creates_the_namespace_and_refuses_another_root_without_fo
     );
     assert_eq!(snapshot(&m.west), before);
     let out = meshctl(&cacerts_apply_args(
-        &m,
+        m.kc(),
         p(&other.join("west")),
+        "west",
         &["--force"],
     ))
     .await;
@@ -498,16 +471,7 @@ async fn label_network_and_gateway_install() {
             ("tls".to_string(), 15443)
         ]
     );
-    let d = m
-        .east
-        .store()
-        .get(
-            "apps/v1",
-            "Deployment",
-            Some("istio-system"),
-            "istio-eastwestgateway",
-        )
-        .unwrap();
+    let d = gateway_deployment(&m.east);
     let pod = &d["spec"]["template"]["spec"];
     assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() >= 30);
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);

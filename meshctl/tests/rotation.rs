@@ -46,16 +46,7 @@ async fn clusters(n: usize) -> Clusters {
     ])
     .await;
     for name in names {
-        run_ok(&[
-            "cacerts",
-            "apply",
-            p(&certs.join(name)),
-            "--kubeconfig",
-            p(&kc),
-            "--context",
-            name,
-        ])
-        .await;
+        run_ok(&cacerts_apply_args(p(&kc), p(&certs.join(name)), name, &[])).await;
     }
     Clusters {
         servers,
@@ -159,13 +150,6 @@ fn stage(secret: &Value) -> &str {
     secret["metadata"]["annotations"]["meshctl.io/rotation-stage"]
         .as_str()
         .unwrap_or("none")
-}
-
-fn item<'a>(items: &'a [Value], scope: &str, check: &str) -> &'a Value {
-    items
-        .iter()
-        .find(|i| i["scope"] == scope && i["check"] == check)
-        .unwrap_or_else(|| panic!("no {scope}/{check}"))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -78,16 +78,7 @@ fn every_output_form(m: &Mesh) -> Vec<Vec<String>> {
     let kc = m.kc().to_string();
     let west = m.certs.join("west").display().to_string();
     let base: Vec<Vec<&str>> = vec![
-        vec![
-            "cacerts",
-            "apply",
-            &west,
-            "--kubeconfig",
-            &kc,
-            "--context",
-            "west",
-            "--dry-run",
-        ],
+        cacerts_apply_args(&kc, &west, "west", &["--dry-run"]),
         remote_secret_args(&kc, &["--dry-run"]),
         remote_secret_args(&kc, &["--dry-run", "--token-ttl", "1h"]),
         m.join_args(&["--dry-run"]),
@@ -192,18 +183,7 @@ async fn cacerts_apply_dry_run_shows_the_key_only_with_show_secrets() {
         .encode(std::fs::read(m.certs.join("west/ca-key.pem")).unwrap());
     let west = m.certs.join("west");
     for o in ["yaml", "json"] {
-        let base = [
-            "cacerts",
-            "apply",
-            p(&west),
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-            "--dry-run",
-            "-o",
-            o,
-        ];
+        let base = cacerts_apply_args(m.kc(), p(&west), "west", &["--dry-run", "-o", o]);
         let out = run(&base).await;
         assert_no_secret("cacerts apply --dry-run", &out, &secrets);
         assert!(out.contains("<redacted"), "{out}");
@@ -233,12 +213,7 @@ async fn check_verifies_cacerts_without_writing_the_key_to_disk() {
         let v: Value =
             serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
         for scope in ["cluster west", "cluster east"] {
-            let item = v["checks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|i| i["scope"] == scope && i["check"] == "cacerts present and valid")
-                .unwrap_or_else(|| panic!("no cacerts item for {scope}: {v}"));
+            let item = check_item(&v, scope, "cacerts present and valid");
             assert_eq!(item["status"], "pass", "TMPDIR={}: {item}", tmp.display());
         }
     }

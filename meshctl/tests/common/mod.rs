@@ -172,13 +172,19 @@ impl Mesh {
         text(&out)
     }
 
+    /// `meshctl join` of west and east with the mesh's certificates, plus `extra` flags only.
+    pub fn join_certs_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = both_contexts("join", self.kc());
+        args.extend(["--certs", p(&self.certs)]);
+        args.extend_from_slice(extra);
+        args
+    }
+
     /// The arguments of `meshctl join` of west and east (loopback test servers allowed)
     /// plus `extra` flags.
     pub fn join_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
-        let mut args = both_contexts("join", self.kc());
+        let mut args = self.join_certs_args(&[]);
         args.extend([
-            "--certs",
-            p(&self.certs),
             "--network",
             "west=west-network",
             "--network",
@@ -220,6 +226,18 @@ pub fn gateway_service(s: &TestApiServer) -> Value {
             "istio-eastwestgateway",
         )
         .expect("gateway Service")
+}
+
+/// The east-west gateway's Deployment, as stored.
+pub fn gateway_deployment(s: &TestApiServer) -> Value {
+    s.store()
+        .get(
+            "apps/v1",
+            "Deployment",
+            Some("istio-system"),
+            "istio-eastwestgateway",
+        )
+        .expect("gateway Deployment")
 }
 
 pub fn set_lb(s: &TestApiServer, ip: Option<&str>) {
@@ -296,4 +314,45 @@ pub fn stored_kubeconfig(secret: &Value, key: &str) -> String {
         .decode(secret["data"][key].as_str().unwrap())
         .unwrap();
     String::from_utf8(b).unwrap()
+}
+
+/// The one item of a `check -o json` checklist with this scope and check name.
+pub fn item<'a>(items: &'a [Value], scope: &str, check: &str) -> &'a Value {
+    items
+        .iter()
+        .find(|i| i["scope"] == scope && i["check"] == check)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {scope:?}/{check:?} in {}",
+                serde_json::to_string_pretty(items).unwrap()
+            )
+        })
+}
+
+/// [`item`] of a whole `check -o json` report (`{"ok": .., "checks": [..]}`), cloned.
+pub fn check_item(report: &Value, scope: &str, check: &str) -> Value {
+    let items = report["checks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a check report: {report:#}"));
+    item(items, scope, check).clone()
+}
+
+/// `meshctl cacerts apply <bundle> --kubeconfig <kubeconfig> --context <context>` plus `extra`.
+pub fn cacerts_apply_args<'a>(
+    kubeconfig: &'a str,
+    bundle: &'a str,
+    context: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "cacerts",
+        "apply",
+        bundle,
+        "--kubeconfig",
+        kubeconfig,
+        "--context",
+        context,
+    ];
+    args.extend_from_slice(extra);
+    args
 }

@@ -1,102 +1,180 @@
-//! Which Kubernetes endpoints the gateway reaches over HBONE, as Istio's own east-west
-//! gateway decides (pure functions of labels; `specs` applies them).
+//! Which Kubernetes endpoints the gateway reaches over HBONE, as Istio decides (pure
+//! functions of projected labels; `project` reads them, `specs` applies them).
 //!
 //! - The Service is global: label `istio.io/global: "true"`, the scope the ambient profile's
 //!   `meshConfig.serviceScopeConfigs` selects (istio/istio
 //!   `manifests/charts/base/files/profile-ambient.yaml`; matched in
 //!   `pilot/pkg/serviceregistry/ambient/services.go` `matchServiceScope`). Only global
 //!   services are exposed (`ambientindex.go` `AllLocalNetworkGlobalServices`).
-//! - The Service is not bound to a waypoint (`istio.io/use-waypoint` absent or `none`):
-//!   Istio's gateway would dial the waypoint instead (`listener_waypoint.go`
-//!   `buildWaypointInternal`); this gateway does not yet, so such services stay classic-only.
-//! - The endpoint's Pod is captured by ambient: its label `istio.io/dataplane-mode` is
-//!   `ambient` (istio/istio `cni/pkg/util/podutil.go` `PodRedirectionEnabled`: the pod or its
-//!   namespace matches, and a pod labelled otherwise, e.g. `none`, opts out). Namespaces are
-//!   not watched yet, so a pod captured only through its namespace's label is classic-only.
+//! - The Service is not bound to a waypoint. Istio reads `istio.io/use-waypoint` on the
+//!   Service first (`none` opts out, even of its namespace's waypoint), then on its Namespace,
+//!   which binds every Service in it (`pilot/pkg/serviceregistry/kube/controller/ambient/
+//!   waypoints.go` `fetchWaypointForTarget`, `getUseWaypoint`). Istio's gateway dials a bound
+//!   Service's waypoint (`listener_waypoint.go` `buildWaypointInternal`); this gateway does
+//!   not, so bound services stay classic-only.
+//! - The endpoint's Pod is captured by ztunnel, as istio-cni decides
+//!   (`cni/pkg/util/podutil.go` `PodRedirectionEnabled`): its Namespace or the Pod itself is
+//!   labelled `istio.io/dataplane-mode=ambient`; a Pod labelled `none` opts out; a Pod with an
+//!   injected sidecar (annotation `sidecar.istio.io/status`, `podHasSidecar`) is never
+//!   captured and stays reachable through 15443 only.
 //!
 //! Such an endpoint is dialed on `podIP:15008`, the port Istio's gateway overrides every
 //! ambient endpoint to (`cluster_waypoint.go` `buildForwardInnerConnect`).
 
 use std::collections::BTreeMap;
 
-use super::project::{PodLabels, pod_label};
 pub use crate::discovery::file::format::HBONE_DEFAULT_PORT as HBONE_PORT;
 
 pub const GLOBAL_LABEL: &str = "istio.io/global";
 pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+/// Set by Istio's sidecar injector on every Pod it injected.
+pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
 
-/// A Service's labels say its ambient endpoints are exposed over HBONE.
-pub fn service_exposed_over_hbone(labels: Option<&BTreeMap<String, String>>) -> bool {
-    let Some(labels) = labels else {
-        return false;
-    };
-    let global = labels.get(GLOBAL_LABEL).map(String::as_str) == Some("true");
-    let waypoint = labels
-        .get(USE_WAYPOINT_LABEL)
-        .is_some_and(|w| !w.is_empty() && w != "none");
-    if global && waypoint {
-        tracing::debug!("global service bound to a waypoint: classic only (waypoints not dialed)");
-    }
-    global && !waypoint
+type Labels = BTreeMap<String, String>;
+
+/// What an object's `istio.io/use-waypoint` label says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UseWaypoint {
+    /// No label: the namespace's label decides (for a Service).
+    #[default]
+    Unset,
+    /// `none`: no waypoint, whatever the namespace says.
+    OptedOut,
+    /// Any other value names a waypoint.
+    Bound,
 }
 
-/// A Pod's labels say ztunnel captures it.
-pub fn pod_captured(labels: &PodLabels) -> bool {
-    pod_label(labels, DATAPLANE_MODE_LABEL) == Some("ambient")
+impl UseWaypoint {
+    pub fn of(labels: Option<&Labels>) -> Self {
+        match labels
+            .and_then(|l| l.get(USE_WAYPOINT_LABEL))
+            .map(String::as_str)
+        {
+            None => UseWaypoint::Unset,
+            Some("none") => UseWaypoint::OptedOut,
+            Some(_) => UseWaypoint::Bound,
+        }
+    }
+}
+
+/// A Service's ambient fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServiceScope {
+    pub global: bool,
+    pub waypoint: UseWaypoint,
+}
+
+impl ServiceScope {
+    pub fn of(labels: Option<&Labels>) -> Self {
+        ServiceScope {
+            global: labels.and_then(|l| l.get(GLOBAL_LABEL)).map(String::as_str) == Some("true"),
+            waypoint: UseWaypoint::of(labels),
+        }
+    }
+}
+
+/// A Namespace's ambient fields: its `dataplane-mode` enables capture, its `use-waypoint`
+/// binds its Services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NamespaceScope {
+    pub ambient: bool,
+    pub waypoint: UseWaypoint,
+}
+
+impl NamespaceScope {
+    pub fn of(labels: Option<&Labels>) -> Self {
+        NamespaceScope {
+            ambient: labels
+                .and_then(|l| l.get(DATAPLANE_MODE_LABEL))
+                .map(String::as_str)
+                == Some("ambient"),
+            waypoint: UseWaypoint::of(labels),
+        }
+    }
+}
+
+/// Whether a Service's ambient endpoints are exposed over HBONE (`ns`: its Namespace, `None`
+/// when not seen, as Istio treats a namespace it does not know).
+pub fn service_exposed_over_hbone(svc: ServiceScope, ns: Option<&NamespaceScope>) -> bool {
+    let bound = match svc.waypoint {
+        UseWaypoint::Bound => true,
+        UseWaypoint::OptedOut => false,
+        UseWaypoint::Unset => ns.is_some_and(|n| n.waypoint == UseWaypoint::Bound),
+    };
+    if svc.global && bound {
+        tracing::debug!("global service bound to a waypoint: classic only (waypoints not dialed)");
+    }
+    svc.global && !bound
+}
+
+/// Whether ztunnel captures a Pod with this `istio.io/dataplane-mode` label, with or without
+/// an injected sidecar (`ns`: its Namespace, `None` when not seen).
+pub fn pod_captured(mode: Option<&str>, sidecar: bool, ns: Option<&NamespaceScope>) -> bool {
+    let enabled = mode == Some("ambient") || ns.is_some_and(|n| n.ambient);
+    enabled && !sidecar && mode != Some("none")
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::project::{Interner, project_pod};
     use super::*;
-    use k8s_openapi::api::core::v1::Pod;
-    use kube::core::PartialObjectMeta;
-    use serde_json::json;
 
-    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn labels(kv: &[(&str, &str)]) -> Labels {
         kv.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     }
 
-    #[test]
-    fn only_global_services_without_a_waypoint() {
-        let yes = |kv: &[(&str, &str)]| service_exposed_over_hbone(Some(&labels(kv)));
-        assert!(yes(&[("istio.io/global", "true")]));
-        assert!(yes(&[
-            ("istio.io/global", "true"),
-            ("istio.io/use-waypoint", "none")
-        ]));
-        assert!(
-            !yes(&[("istio.io/global", "True")]),
-            "the profile selects exactly \"true\""
-        );
-        assert!(!yes(&[("istio.io/global", "false")]));
-        assert!(!yes(&[("app", "catalog")]));
-        assert!(!yes(&[
-            ("istio.io/global", "true"),
-            ("istio.io/use-waypoint", "wp")
-        ]));
-        assert!(!service_exposed_over_hbone(None));
+    fn ns(kv: &[(&str, &str)]) -> NamespaceScope {
+        NamespaceScope::of(Some(&labels(kv)))
     }
 
     #[test]
-    fn pods_captured_by_their_dataplane_mode_label() {
-        let captured = |kv: &[(&str, &str)]| {
-            let meta: PartialObjectMeta<Pod> = serde_json::from_value(json!({
-                "apiVersion": "v1", "kind": "PartialObjectMetadata",
-                "metadata": {"name": "p", "namespace": "shop", "labels": labels(kv)}
-            }))
-            .unwrap();
-            project_pod(&meta, &Interner::default()).is_some_and(|l| pod_captured(&l))
+    fn only_global_services_without_a_waypoint() {
+        let yes = |kv: &[(&str, &str)], n: Option<&NamespaceScope>| {
+            service_exposed_over_hbone(ServiceScope::of(Some(&labels(kv))), n)
         };
-        assert!(captured(&[
-            ("istio.io/dataplane-mode", "ambient"),
-            ("app", "a")
-        ]));
-        assert!(!captured(&[("istio.io/dataplane-mode", "none")]));
-        assert!(!captured(&[("app", "a")]));
-        assert!(!captured(&[]));
+        let g = ("istio.io/global", "true");
+        assert!(yes(&[g], None));
+        assert!(yes(&[g, ("istio.io/use-waypoint", "none")], None));
+        assert!(
+            !yes(&[("istio.io/global", "True")], None),
+            "the profile selects exactly \"true\""
+        );
+        assert!(!yes(&[("istio.io/global", "false")], None));
+        assert!(!yes(&[("app", "catalog")], None));
+        assert!(!yes(&[g, ("istio.io/use-waypoint", "wp")], None));
+        assert!(!service_exposed_over_hbone(ServiceScope::of(None), None));
+        // The namespace's waypoint binds its services; a service's `none` overrides it.
+        let wp = ns(&[("istio.io/use-waypoint", "wp")]);
+        assert!(!yes(&[g], Some(&wp)));
+        assert!(yes(&[g, ("istio.io/use-waypoint", "none")], Some(&wp)));
+        assert!(yes(&[g], Some(&ns(&[("istio.io/use-waypoint", "none")]))));
+    }
+
+    #[test]
+    fn pods_captured_as_istio_cni_decides() {
+        let (amb, none) = (Some("ambient"), Some("none"));
+        let ambient_ns = ns(&[("istio.io/dataplane-mode", "ambient")]);
+        assert!(pod_captured(amb, false, None));
+        assert!(!pod_captured(none, false, None));
+        assert!(!pod_captured(Some("Ambient"), false, None));
+        assert!(!pod_captured(None, false, None));
+        assert!(
+            pod_captured(None, false, Some(&ambient_ns)),
+            "the namespace enables"
+        );
+        assert!(
+            !pod_captured(none, false, Some(&ambient_ns)),
+            "none opts out"
+        );
+        assert!(!pod_captured(amb, true, None), "sidecar pods never");
+        assert!(!pod_captured(None, true, Some(&ambient_ns)));
+        let none_ns = ns(&[("istio.io/dataplane-mode", "none")]);
+        assert!(!pod_captured(None, false, Some(&none_ns)));
+        assert!(
+            pod_captured(amb, false, Some(&none_ns)),
+            "the pod's own label enables"
+        );
     }
 }

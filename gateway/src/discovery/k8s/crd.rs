@@ -13,7 +13,7 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use super::client::{REACH_TIMEOUT, error_chain};
 use super::probe::{Probe, probes};
 use super::project;
-use super::watch::{Msg, Watches, dyn_apis, spawn_watches};
+use super::watch::{self, Msg, Watches, dyn_apis, spawn_watches};
 
 /// The served DestinationRule resource (preferred version), or `None` without the CRD.
 pub(super) async fn destination_rule_resource(client: &Client) -> Option<ApiResource> {
@@ -59,7 +59,7 @@ impl Rules {
         let domain = self.domain.clone();
         spawn_watches(
             &self.watches,
-            apis,
+            watch::every(&apis),
             move |dr: &DynamicObject| project::project_destination_rule(dr, &domain),
             move |stream, update| Msg::Rule(generation, stream, update),
             Some(Msg::RulesGone(generation)),

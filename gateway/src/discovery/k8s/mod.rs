@@ -1,6 +1,7 @@
 //! Kubernetes discovery, wired: [`KubeSource::start`] connects, starts the watches and the
-//! rebuild task. Sources: Services, EndpointSlices, Pod labels (metadata only) and, when
-//! Istio's CRD is served, DestinationRules.
+//! rebuild task. Sources: Services, EndpointSlices, Pod and Namespace metadata (labels, and
+//! the sidecar annotation; `ambient` says why) and, when Istio's CRD is served,
+//! DestinationRules.
 //!
 //! One kube-runtime watcher per type (per namespace with `--namespace`) projects objects to
 //! the routing fields as they arrive (`project`) and sends them to one task that owns the
@@ -56,7 +57,7 @@ use client::client;
 use crd::Rules;
 use specs::Model;
 use task::ModelTask;
-use watch::{Msg, Watches, apis, spawn_watches};
+use watch::{Msg, Watches, apis, every, spawn_watches};
 
 /// A running Kubernetes source. Its tasks stop when `stop` is cancelled.
 pub struct KubeSource {
@@ -112,22 +113,33 @@ impl KubeSource {
         probes.extend(probe::probes(&services));
         spawn_watches(
             &watches,
-            services,
+            every(&services),
             project::project_service,
             Msg::Service,
             None,
         );
         let slices = apis::<EndpointSlice>(&client, &namespaces);
         probes.extend(probe::probes(&slices));
+        let slices = every(&slices);
         spawn_watches(&watches, slices, project::project_slice, Msg::Slice, None);
         let pods = apis::<PartialObjectMeta<Pod>>(&client, &namespaces);
         probes.extend(probe::probes(&pods));
         let interner = project::Interner::default();
         spawn_watches(
             &watches,
-            pods,
+            every(&pods),
             move |p: &PartialObjectMeta<Pod>| project::project_pod(p, &interner),
             Msg::Pod,
+            None,
+        );
+        let namespace_watches = watch::namespace_watches(&client, &namespaces);
+        let apis: Vec<_> = namespace_watches.iter().map(|(a, _)| a.clone()).collect();
+        probes.extend(probe::probes(&apis));
+        spawn_watches(
+            &watches,
+            namespace_watches,
+            project::project_namespace,
+            Msg::Namespace,
             None,
         );
         drop(watches);

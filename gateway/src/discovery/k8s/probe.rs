@@ -5,7 +5,7 @@
 
 use std::fmt::Debug;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
 use kube::api::{Api, DynamicObject, ListParams};
@@ -20,6 +20,7 @@ pub(super) enum Kind {
     Service,
     EndpointSlice,
     Pod,
+    Namespace,
     DestinationRule,
 }
 
@@ -29,6 +30,7 @@ pub(super) enum WatchedApi {
     Service(Api<Service>),
     EndpointSlice(Api<EndpointSlice>),
     Pod(Api<PartialObjectMeta<Pod>>),
+    Namespace(Api<PartialObjectMeta<Namespace>>),
     DestinationRule(Api<DynamicObject>),
 }
 
@@ -50,6 +52,12 @@ impl From<Api<PartialObjectMeta<Pod>>> for WatchedApi {
     }
 }
 
+impl From<Api<PartialObjectMeta<Namespace>>> for WatchedApi {
+    fn from(api: Api<PartialObjectMeta<Namespace>>) -> Self {
+        WatchedApi::Namespace(api)
+    }
+}
+
 impl From<Api<DynamicObject>> for WatchedApi {
     fn from(api: Api<DynamicObject>) -> Self {
         WatchedApi::DestinationRule(api)
@@ -62,6 +70,7 @@ impl WatchedApi {
             WatchedApi::Service(_) => Kind::Service,
             WatchedApi::EndpointSlice(_) => Kind::EndpointSlice,
             WatchedApi::Pod(_) => Kind::Pod,
+            WatchedApi::Namespace(_) => Kind::Namespace,
             WatchedApi::DestinationRule(_) => Kind::DestinationRule,
         }
     }
@@ -86,6 +95,7 @@ impl Probe {
             WatchedApi::Service(api) => lists(api).await,
             WatchedApi::EndpointSlice(api) => lists(api).await,
             WatchedApi::Pod(api) => lists(api).await,
+            WatchedApi::Namespace(api) => lists(api).await,
             WatchedApi::DestinationRule(api) => lists(api).await,
         }
     }

@@ -7,12 +7,13 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
 
+use super::ambient::{NamespaceScope, SIDECAR_STATUS_ANNOTATION, ServiceScope};
 use crate::routes::Labels;
 
 /// The label that ties an EndpointSlice to its Service.
@@ -21,12 +22,12 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// `(namespace, name)` of an object.
 pub type ObjKey = (Box<str>, Box<str>);
 
-/// What a Service contributes: its TCP ports (name, port) and whether its ambient
-/// endpoints are exposed over HBONE (see `ambient`).
+/// What a Service contributes: its TCP ports (name, port) and the labels that decide whether
+/// its ambient endpoints are exposed over HBONE (see `ambient`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SvcInfo {
     pub ports: Vec<(Option<Box<str>>, u16)>,
-    pub hbone: bool,
+    pub scope: ServiceScope,
 }
 
 /// What an EndpointSlice contributes.
@@ -88,8 +89,8 @@ pub fn project_service(svc: &Service) -> Option<SvcInfo> {
         .filter(|p| is_tcp(&p.protocol))
         .filter_map(|p| Some((nonempty(&p.name), port_u16(p.port)?)))
         .collect();
-    let hbone = super::ambient::service_exposed_over_hbone(svc.metadata.labels.as_ref());
-    Some(SvcInfo { ports, hbone })
+    let scope = ServiceScope::of(svc.metadata.labels.as_ref());
+    Some(SvcInfo { ports, scope })
 }
 
 /// An EndpointSlice's TCP ports and IP endpoints. Not ready (`ready: false`) and terminating
@@ -173,16 +174,34 @@ impl Interner {
     }
 }
 
-/// A Pod's labels (from metadata only). Pods without labels are not kept.
-pub fn project_pod(pod: &PartialObjectMeta<Pod>, interner: &Interner) -> Option<PodLabels> {
-    let labels = pod.metadata.labels.as_ref().filter(|l| !l.is_empty())?;
+/// What a Pod contributes: its labels and whether Istio injected a sidecar into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub labels: PodLabels,
+    pub sidecar: bool,
+}
+
+/// A Pod's labels and sidecar annotation (from metadata only). Every Pod is kept, labelled or
+/// not: its namespace may make it ambient.
+pub fn project_pod(pod: &PartialObjectMeta<Pod>, interner: &Interner) -> Option<PodInfo> {
+    let m = &pod.metadata;
     // BTreeMap iteration is sorted by key.
-    Some(
-        labels
-            .iter()
-            .map(|(k, v)| (interner.intern(k), interner.intern(v)))
-            .collect(),
-    )
+    let labels = m
+        .labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| (interner.intern(k), interner.intern(v)))
+        .collect();
+    let sidecar = m
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(SIDECAR_STATUS_ANNOTATION));
+    Some(PodInfo { labels, sidecar })
+}
+
+/// A Namespace's ambient labels (from metadata only).
+pub fn project_namespace(ns: &PartialObjectMeta<Namespace>) -> Option<NamespaceScope> {
+    Some(NamespaceScope::of(ns.metadata.labels.as_ref()))
 }
 
 pub(super) fn pod_label<'a>(labels: &'a PodLabels, key: &str) -> Option<&'a str> {
@@ -340,6 +359,30 @@ pub(super) mod tests {
         assert_eq!(info.subsets.len(), 2);
         assert_eq!(info.subsets[0].1["version"], "v1");
         assert!(info.subsets[1].1.is_empty());
+    }
+
+    #[test]
+    fn pods_keep_labels_and_the_sidecar_annotation_only() {
+        let pod = |meta: serde_json::Value| {
+            let p: PartialObjectMeta<Pod> = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "PartialObjectMetadata", "metadata": meta
+            }))
+            .unwrap();
+            project_pod(&p, &Interner::default()).expect("every pod is kept")
+        };
+        let bare = pod(json!({"name": "p", "namespace": "shop"}));
+        assert!(bare.labels.is_empty() && !bare.sidecar);
+        let injected = pod(json!({"name": "p", "namespace": "shop",
+            "labels": {"b": "2", "a": "1"},
+            "annotations": {"sidecar.istio.io/status": "{}", "other": "x"}}));
+        assert!(injected.sidecar);
+        assert_eq!(pod_label(&injected.labels, "a"), Some("1"));
+        assert_eq!(pod_label(&injected.labels, "b"), Some("2"));
+        let other = pod(json!({"name": "p", "annotations": {"sidecar.istio.io/inject": "false"}}));
+        assert!(
+            !other.sidecar,
+            "only the injector's status annotation counts"
+        );
     }
 
     #[test]

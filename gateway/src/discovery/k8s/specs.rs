@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::ambient;
+use super::ambient::{self, NamespaceScope};
 use super::cache::Watched;
-use super::project::{DrInfo, PodLabels, SliceInfo, SvcInfo, pod_label};
+use super::project::{DrInfo, ObjKey, PodInfo, SliceInfo, SvcInfo, pod_label};
 use crate::routes::{EndpointSpec, Labels, ServiceSpec, Subsets};
 use crate::sni_name::{validate_host, validate_subset};
 
@@ -15,7 +15,9 @@ use crate::sni_name::{validate_host, validate_subset};
 pub struct Model {
     pub services: Watched<SvcInfo>,
     pub slices: Watched<SliceInfo>,
-    pub pods: Watched<PodLabels>,
+    pub pods: Watched<PodInfo>,
+    /// Cluster-scoped: keyed `("", name)`.
+    pub namespaces: Watched<NamespaceScope>,
     /// `None` while the DestinationRule CRD is not served.
     pub rules: Option<Watched<DrInfo>>,
 }
@@ -26,6 +28,7 @@ impl Model {
             services: Watched::new(streams),
             slices: Watched::new(streams),
             pods: Watched::new(streams),
+            namespaces: Watched::new(streams),
             rules: None,
         }
     }
@@ -35,6 +38,7 @@ impl Model {
         self.services.synced()
             && self.slices.synced()
             && self.pods.synced()
+            && self.namespaces.synced()
             && self.rules.as_ref().is_none_or(Watched::synced)
     }
 
@@ -95,6 +99,8 @@ impl Model {
             if svc.ports.is_empty() {
                 continue;
             }
+            let namespace = self.namespaces.get(&namespace_key(ns));
+            let hbone = ambient::service_exposed_over_hbone(svc.scope, namespace);
             let host = format!("{svc_name}.{ns}.svc.{domain}").to_ascii_lowercase();
             let mut ports: Vec<u16> = svc.ports.iter().map(|(_, p)| *p).collect();
             ports.sort_unstable();
@@ -134,12 +140,15 @@ impl Model {
                     let pod = e
                         .pod
                         .as_ref()
-                        .filter(|_| !wanted_keys.is_empty() || svc.hbone)
+                        .filter(|_| !wanted_keys.is_empty() || hbone)
                         .and_then(|p| self.pods.get(&(ns.clone(), p.clone())));
                     let hbone_port = pod
-                        .filter(|l| svc.hbone && ambient::pod_captured(l))
+                        .filter(|p| {
+                            let mode = pod_label(&p.labels, ambient::DATAPLANE_MODE_LABEL);
+                            hbone && ambient::pod_captured(mode, p.sidecar, namespace)
+                        })
                         .map(|_| ambient::HBONE_PORT);
-                    let pod = pod.filter(|_| !wanted_keys.is_empty());
+                    let pod = pod.map(|p| &p.labels).filter(|_| !wanted_keys.is_empty());
                     let labels = match pod {
                         None => no_labels.clone(),
                         Some(l) => {
@@ -194,12 +203,19 @@ impl Model {
     }
 }
 
+/// The key of a Namespace (cluster-scoped) in [`Model::namespaces`].
+fn namespace_key(name: &str) -> ObjKey {
+    ("".into(), name.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::project::tests::{slice, svc};
-    use super::super::project::{Interner, ObjKey, project_pod, project_service, project_slice};
+    use super::super::project::{
+        Interner, project_namespace, project_pod, project_service, project_slice,
+    };
     use super::*;
-    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use kube::core::PartialObjectMeta;
     use serde_json::json;
@@ -374,11 +390,37 @@ mod tests {
             .items
             .get_mut(&k("shop", "catalog"))
             .unwrap()
-            .hbone = true;
+            .scope
+            .global = true;
         assert_eq!(
             hbone(&m),
             [Some(15008), None, None],
             "p2 is not ambient, 10.0.0.3 has no pod"
+        );
+        // The namespace's label captures p2 too; its waypoint binds the service.
+        let shop = |kv: serde_json::Value| {
+            let meta: PartialObjectMeta<Namespace> = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": "shop", "labels": kv}
+            }))
+            .unwrap();
+            project_namespace(&meta).unwrap()
+        };
+        let ns = &mut m.namespaces.streams[0].items;
+        ns.insert(
+            k("", "shop"),
+            shop(json!({"istio.io/dataplane-mode": "ambient"})),
+        );
+        assert_eq!(hbone(&m), [Some(15008), Some(15008), None]);
+        let ns = &mut m.namespaces.streams[0].items;
+        ns.insert(
+            k("", "shop"),
+            shop(json!({"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "wp"})),
+        );
+        assert_eq!(
+            hbone(&m),
+            [None, None, None],
+            "bound to the namespace's waypoint"
         );
         let e1 = &m.specs("cluster.local")[0].endpoints[0];
         assert_eq!(
@@ -398,8 +440,11 @@ mod tests {
         m.services.streams.iter_mut().for_each(|c| c.synced = true);
         m.slices.streams.iter_mut().for_each(|c| c.synced = true);
         m.pods.streams[0].synced = true;
+        m.namespaces.streams[1].synced = true;
         assert!(!m.synced());
         m.pods.streams[1].synced = true;
+        assert!(!m.synced(), "namespaces too");
+        m.namespaces.streams[0].synced = true;
         assert!(m.synced());
         m.rules = Some(Watched::new(2));
         assert!(!m.synced());

@@ -120,6 +120,10 @@ impl ModelTask {
                 apply_to(&mut m.slices, i, u),
             ),
             Msg::Pod(i, u) => (h.observed((Kind::Pod, i), &u), apply_to(&mut m.pods, i, u)),
+            Msg::Namespace(i, u) => (
+                h.observed((Kind::Namespace, i), &u),
+                apply_to(&mut m.namespaces, i, u),
+            ),
             Msg::Rule(generation, i, u) => {
                 // Late messages from the watches of a deleted CRD are dropped.
                 let Some(rules) = m

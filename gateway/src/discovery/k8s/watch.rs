@@ -5,17 +5,20 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ApiResource, DynamicObject};
+use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::ambient::NamespaceScope;
 use super::cache::Update;
 use super::client::error_chain;
 use super::probe::{Kind, Probe, WatchedApi};
-use super::project::{self, DrInfo, ObjKey, PodLabels, SliceInfo, SvcInfo};
+use super::project::{self, DrInfo, ObjKey, PodInfo, SliceInfo, SvcInfo};
 use super::retry::{self, Failure};
 
 /// What the watches (and the CRD poll) tell the rebuild task.
@@ -23,7 +26,8 @@ use super::retry::{self, Failure};
 pub(super) enum Msg {
     Service(usize, Update<SvcInfo>),
     Slice(usize, Update<SliceInfo>),
-    Pod(usize, Update<PodLabels>),
+    Pod(usize, Update<PodInfo>),
+    Namespace(usize, Update<NamespaceScope>),
     /// An update of the rules of one generation (generations: see the `crd` module).
     Rule(u64, usize, Update<DrInfo>),
     /// The DestinationRule CRD is served; its watches start after this message.
@@ -47,6 +51,23 @@ where
         namespaces
             .iter()
             .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    }
+}
+
+/// The Namespace watches: one per `--namespace`, each selecting that Namespace by name, or
+/// one for all. Namespaces are cluster-scoped, so every watch uses the cluster-wide `Api`.
+pub(super) fn namespace_watches(
+    client: &Client,
+    namespaces: &[String],
+) -> Vec<Selected<PartialObjectMeta<Namespace>>> {
+    let all = Api::all(client.clone());
+    if namespaces.is_empty() {
+        vec![(all, None)]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| (all.clone(), Some(format!("metadata.name={ns}"))))
             .collect()
     }
 }
@@ -81,7 +102,16 @@ pub(super) struct Watches {
     pub stop: CancellationToken,
 }
 
-/// Starts one watch per `Api` (one per namespace, or one for all), numbered from 0 as
+/// One watch: its `Api` and, for a cluster-scoped type watched for some names only, a field
+/// selector (`metadata.name=<ns>`).
+pub(super) type Selected<K> = (Api<K>, Option<String>);
+
+/// A watch of every object of each `Api`.
+pub(super) fn every<K: Clone>(apis: &[Api<K>]) -> Vec<Selected<K>> {
+    apis.iter().map(|api| (api.clone(), None)).collect()
+}
+
+/// Starts one watch per entry (one per namespace, or one for all), numbered from 0 as
 /// [`probes`](super::probe::probes) numbers their probes. Each projects its objects with
 /// `project` and sends them as `wrap(stream, update)`.
 ///
@@ -89,7 +119,7 @@ pub(super) struct Watches {
 /// 404, every watch of this call stops and the task is sent `gone`.
 pub(super) fn spawn_watches<K, T, P, W>(
     to: &Watches,
-    apis: Vec<Api<K>>,
+    watches: Vec<Selected<K>>,
     project: P,
     wrap: W,
     gone: Option<Msg>,
@@ -105,9 +135,13 @@ pub(super) fn spawn_watches<K, T, P, W>(
         stop: to.stop.child_token(),
         ..to.clone()
     };
-    for (stream, api) in apis.into_iter().enumerate() {
+    for (stream, (api, fields)) in watches.into_iter().enumerate() {
         let kind = api.clone().into().kind();
-        let events = watcher::watcher(api, watcher::Config::default().any_semantic());
+        let mut config = watcher::Config::default().any_semantic();
+        if let Some(fields) = &fields {
+            config = config.fields(fields);
+        }
+        let events = watcher::watcher(api, config);
         let (to, project, wrap, gone) =
             (these.clone(), project.clone(), wrap.clone(), gone.clone());
         tokio::spawn(async move {

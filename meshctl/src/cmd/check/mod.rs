@@ -147,7 +147,7 @@ async fn check_pair(
     let stored: Vec<_> = secrets.iter().filter_map(gather::stored_remote).collect();
     let now = unix_now();
     let pair = (source, target);
-    let Some(kubeconfig) = pair::stored_secret(r, pair, ns, &stored, a.allow_loopback_server, now)
+    let Some(kubeconfig) = pair::stored_secret(r, pair, ns, &stored, a.allow_loopback_server)
     else {
         return Ok(());
     };
@@ -177,8 +177,7 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// "token expiry" against `--warn-before`, in place of the pair rules' one-day judgement
-/// (which knows no horizon): the credential of the first stored kubeconfig for `source`.
+/// "token expiry" against `--warn-before`: the credential stored for `source` in `target`.
 fn credential_expiry(
     r: &mut Report,
     a: &CheckArgs,
@@ -186,21 +185,13 @@ fn credential_expiry(
     secrets: &[k8s_openapi::api::core::v1::Secret],
     now: u64,
 ) {
-    let Some(stored) = secrets
-        .iter()
-        .flat_map(crate::mesh::credentials::read_secret)
-        .flatten()
-        .find(|s| s.cluster == source.name)
-    else {
-        return;
-    };
     let scope = pair::pair_scope(source, target);
-    r.drop_check(&scope, expiry::TOKEN_EXPIRY);
     let refresh = format!(
         "meshctl credentials refresh --context {} --context {}",
         source.context, target.context
     );
     let rejoin = pair::rejoin_hint(source, target);
     let hints = (refresh.as_str(), rejoin.as_str());
-    expiry::credential(r, &scope, &stored.credential, hints, now, a.warn_before);
+    let stored = (secrets, source.name.as_str());
+    expiry::stored_credential(r, &scope, stored, hints, now, a.warn_before);
 }

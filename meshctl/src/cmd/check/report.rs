@@ -73,11 +73,6 @@ impl Report {
     ) {
         self.add(scope, check, Status::Warn, detail, Some(hint.into()));
     }
-    /// Removes the items of one check in one scope (a later rule judges it again).
-    pub fn drop_check(&mut self, scope: &str, check: &str) {
-        self.items
-            .retain(|i| !(i.scope == scope && i.check == check));
-    }
     pub fn failed(&self) -> usize {
         self.items
             .iter()

@@ -9,13 +9,44 @@ use k8s_openapi::api::core::v1::Secret;
 
 use super::super::report::Report;
 use crate::mesh::cacerts::pem_ders;
-use crate::mesh::credentials::{Credential, Method, human, rfc3339};
+use crate::mesh::credentials::{Credential, Method, human, read_secret, rfc3339};
 
 /// `--warn-before`'s default.
 pub const DEFAULT_WARN_BEFORE: &str = "30d";
 
-/// The check name, shared with the pair rules (which judge it without a horizon).
+/// The check name: the expiry of a remote secret's credential, judged here only.
 pub const TOKEN_EXPIRY: &str = "token expiry";
+
+/// "token expiry" of the credential stored for `cluster` among a target's remote secrets
+/// (the first Secret entry for it, as istiod uses one): judged by [`credential`]; an entry
+/// whose credential cannot be read fails with the reason.
+pub fn stored_credential(
+    r: &mut Report,
+    scope: &str,
+    (secrets, cluster): (&[Secret], &str),
+    hints: (&str, &str),
+    now: u64,
+    warn_before: Duration,
+) {
+    let entries: Vec<_> = secrets.iter().flat_map(read_secret).collect();
+    if let Some(stored) = entries.iter().flatten().find(|s| s.cluster == cluster) {
+        credential(r, scope, &stored.credential, hints, now, warn_before);
+        return;
+    }
+    let key = format!(" key {cluster}: ");
+    if let Some(e) = entries
+        .iter()
+        .filter_map(|e| e.as_ref().err())
+        .find(|e| e.contains(&key))
+    {
+        r.fail(
+            scope,
+            TOKEN_EXPIRY,
+            format!("the stored credential cannot be read: {e}"),
+            hints.1.to_string(),
+        );
+    }
+}
 
 /// "token expiry" of a stored kubeconfig's credential at `now` (Unix seconds). `refresh`
 /// is the command that renews it (`meshctl credentials refresh ...`), `rejoin` the fallback.

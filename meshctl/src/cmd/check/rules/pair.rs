@@ -1,13 +1,9 @@
 //! The checks of one stored remote secret ("the secret for A in B"), judged from the Secrets
 //! found in B and from what the live calls with its kubeconfig returned: present, parses,
-//! no loopback server, token expiry, kubeconfig works, reader permissions.
+//! no loopback server, kubeconfig works, reader permissions. The credential's expiry is the
+//! expiry rule's (`expiry::stored_credential`, against `--warn-before`).
 
-use std::time::Duration;
-
-use base64::Engine as _;
 use kube::config::Kubeconfig;
-use secrecy::ExposeSecret;
-use serde_json::Value;
 
 use super::super::facts::{Seen, StoredRemote};
 use super::super::report::Report;
@@ -30,16 +26,15 @@ pub fn rejoin_hint(source: &Seen, target: &Seen) -> String {
 }
 
 /// What can be judged without calling the source cluster: "remote secret present", that
-/// its kubeconfig parses, "no loopback server address" and "token expiry" (at `now`, in Unix
-/// seconds), from the remote secrets found in the target (kubeconfigs parsed by gather).
-/// Returns the stored kubeconfig when the live checks can go on.
+/// its kubeconfig parses and "no loopback server address", from the remote secrets found in
+/// the target (kubeconfigs parsed by gather). Returns the stored kubeconfig when the live
+/// checks can go on.
 pub fn stored_secret<'a>(
     r: &mut Report,
     (source, target): (&Seen, &Seen),
     ns: &str,
     stored: &'a [StoredRemote],
     allow_loopback_server: bool,
-    now: u64,
 ) -> Option<&'a Kubeconfig> {
     let scope = pair_scope(source, target);
     let rejoin = rejoin_hint(source, target);
@@ -117,13 +112,6 @@ pub fn stored_secret<'a>(
         r.fail(&scope, check, format!("{server}: {}'s istiod would connect to itself", target.context),
             format!("re-run meshctl join with --server {}=https://<control-plane-address>:6443 (kind: docker inspect -f '{{{{.NetworkSettings.Networks.kind.IPAddress}}}}' <cluster>-control-plane)", source.context));
     }
-    let token = parsed
-        .auth_infos
-        .first()
-        .and_then(|u| u.auth_info.as_ref())
-        .and_then(|u| u.token.as_ref())
-        .map(|t| t.expose_secret());
-    token_expiry(r, &scope, token, &rejoin, now);
     Some(parsed)
 }
 
@@ -175,52 +163,4 @@ pub fn live(
         ),
         Some(Err(e)) => r.fail(scope, check, e, rejoin.to_string()),
     }
-}
-
-/// The `exp` claim of a JWT (no signature check).
-pub fn jwt_exp(token: &str) -> Option<u64> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
-    v["exp"].as_u64()
-}
-
-/// "token expiry" at `now` (Unix seconds): a day's warning before it expires.
-pub fn token_expiry(r: &mut Report, scope: &str, token: Option<&str>, rejoin: &str, now: u64) {
-    let check = "token expiry";
-    let Some(token) = token else {
-        r.fail(
-            scope,
-            check,
-            "the kubeconfig has no bearer token",
-            rejoin.to_string(),
-        );
-        return;
-    };
-    match jwt_exp(token) {
-        None => r.pass(
-            scope,
-            check,
-            "never expires (service-account-token Secret); --token-ttl gives expiring tokens",
-        ),
-        Some(exp) if exp <= now => r.fail(
-            scope,
-            check,
-            format!("expired {} ago", human(now - exp)),
-            format!("issue a new token: {rejoin}"),
-        ),
-        Some(exp) if exp - now < 24 * 3600 => r.warn(
-            scope,
-            check,
-            format!("expires in {}", human(exp - now)),
-            format!("renew it before then: {rejoin}"),
-        ),
-        Some(exp) => r.pass(scope, check, format!("expires in {}", human(exp - now))),
-    }
-}
-
-fn human(secs: u64) -> String {
-    humantime::format_duration(Duration::from_secs(secs)).to_string()
 }

@@ -11,9 +11,11 @@ use super::super::facts::{ClusterFacts, Seen, StoredRemote, Unread};
 use super::super::gather::stored_remote;
 use super::super::report::{Item, Report, Status};
 use super::cluster::{gateway_address, read_cluster, unread_cluster};
-use super::pair::{jwt_exp, live, stored_secret, token_expiry};
+use super::expiry::{DEFAULT_WARN_BEFORE, stored_credential};
+use super::pair::{live, stored_secret};
 use crate::istio::{CLUSTER_NAME_ANNOTATION, NETWORK_LABEL};
 use crate::kube::Failure;
+use crate::mesh::credentials::credential_of_token;
 use crate::mesh::remote_secret::{remote_kubeconfig, remote_secret};
 
 fn typed<K: serde::de::DeserializeOwned>(v: Value) -> K {
@@ -273,23 +275,28 @@ fn stored(cluster: &str, server: &str, token: &str) -> Secret {
     typed(remote_secret(cluster, "istio-system", &kc))
 }
 
+/// "token expiry" as `check` judges it: the expiry rule, with this horizon.
+fn judge_expiry(r: &mut Report, source: &Seen, secrets: &[Secret], now: u64, horizon: &str) {
+    let horizon = humantime::parse_duration(horizon).unwrap();
+    let stored = (secrets, source.name.as_str());
+    stored_credential(r, "s", stored, ("refresh", "rejoin"), now, horizon);
+}
+
+/// The stored-secret checks of one pair as `check` runs them: the pair rules, then the
+/// expiry rule's "token expiry" when the pair rules accepted the secret.
 fn judge_pair(source: &Seen, secrets: &[Secret], allow: bool, now: u64) -> (Vec<Item>, bool) {
     let mut r = Report::default();
     let target = seen("west", "west-cluster", false);
     let stored: Vec<StoredRemote> = secrets.iter().filter_map(stored_remote).collect();
-    let k = stored_secret(
-        &mut r,
-        (source, &target),
-        "istio-system",
-        &stored,
-        allow,
-        now,
-    );
+    let k = stored_secret(&mut r, (source, &target), "istio-system", &stored, allow);
+    if k.is_some() {
+        judge_expiry(&mut r, source, secrets, now, DEFAULT_WARN_BEFORE);
+    }
     (r.items, k.is_some())
 }
 
-/// gather parses each kubeconfig once; the rule judges the parsed form (or the parse error)
-/// and reads the token from it.
+/// gather parses each kubeconfig once; the pair rules judge the parsed form (or the parse
+/// error); the expiry rule judges the token of the same Secret.
 #[test]
 fn a_stored_kubeconfig_is_parsed_once_by_gather() {
     let now = 1_700_000_000;
@@ -319,18 +326,21 @@ fn a_stored_kubeconfig_is_parsed_once_by_gather() {
             "istio-system",
             std::slice::from_ref(stored),
             false,
-            now,
         )
         .is_some();
         (r.items, live)
     };
     let (items, live) = judge(&parsed);
     assert!(live);
-    // The token's expiry (10 minutes away) came from the parsed kubeconfig.
-    let i = find(&items, "token expiry");
-    assert_eq!(
-        (i.status, i.detail.as_str()),
-        (Status::Warn, "expires in 10m")
+    // The token's expiry (10 minutes away) is the expiry rule's finding, from the same Secret.
+    let mut r = Report::default();
+    judge_expiry(&mut r, &east, std::slice::from_ref(&good), now, "1d");
+    let i = find(&r.items, "token expiry");
+    assert_eq!(i.status, Status::Warn);
+    assert!(i.detail.contains("expires in 10m"), "{}", i.detail);
+    assert!(
+        !items.iter().any(|i| i.check == "token expiry"),
+        "judged once, by the expiry rule: {items:?}"
     );
 
     let (items, live) = judge(&broken);
@@ -347,10 +357,11 @@ fn a_stored_kubeconfig_is_parsed_once_by_gather() {
 #[test]
 fn jwt_exp_reads_the_claim() {
     let b = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let exp = |t: &str| credential_of_token(t).expires;
     let t = format!("{}.{}.sig", b("{}"), b(r#"{"exp":1700000000,"sub":"x"}"#));
-    assert_eq!(jwt_exp(&t), Some(1_700_000_000));
-    assert_eq!(jwt_exp(&format!("{}.{}.sig", b("{}"), b("{}"))), None);
-    assert_eq!(jwt_exp("not-a-jwt"), None);
+    assert_eq!(exp(&t), Some(1_700_000_000));
+    assert_eq!(exp(&format!("{}.{}.sig", b("{}"), b("{}"))), None);
+    assert_eq!(exp("not-a-jwt"), None);
 }
 
 #[test]
@@ -409,31 +420,46 @@ fn a_stored_secret_is_judged_without_calling_its_cluster() {
     assert!(i.status == Status::Pass && i.detail.contains("allowed by --allow-loopback-server"));
 }
 
+/// Every case the pair rules' own one-day "token expiry" judged, now judged by the expiry
+/// rule from the stored Secret (a one-day `--warn-before` for the same boundaries).
 #[test]
 fn token_expiry_at_a_given_time() {
     let now = 1_700_000_000;
-    let at = |token: Option<&str>| {
+    let east = seen("east", "east-cluster", false);
+    let judge = |secret: Secret| {
         let mut r = Report::default();
-        token_expiry(&mut r, "s", token, "rejoin", now);
+        judge_expiry(&mut r, &east, &[secret], now, "1d");
         r.items.remove(0)
     };
-    let expired = at(Some(&jwt(&format!(r#"{{"exp":{}}}"#, now - 3600))));
-    assert_eq!(
-        (expired.status, expired.detail.as_str()),
-        (Status::Fail, "expired 1h ago")
-    );
-    let soon = at(Some(&jwt(&format!(r#"{{"exp":{}}}"#, now + 7200))));
-    assert_eq!(
-        (soon.status, soon.detail.as_str()),
-        (Status::Warn, "expires in 2h")
-    );
-    let later = at(Some(&jwt(&format!(r#"{{"exp":{}}}"#, now + 3 * 86400))));
-    assert_eq!(
-        (later.status, later.detail.as_str()),
-        (Status::Pass, "expires in 3days")
-    );
-    assert!(at(Some("legacy-token")).detail.starts_with("never expires"));
-    assert_eq!(at(None).status, Status::Fail);
+    let at = |token: &str| judge(stored("east-cluster", "https://10.0.0.2:6443", token));
+    let expired = at(&jwt(&format!(r#"{{"exp":{}}}"#, now - 3600)));
+    assert_eq!(expired.status, Status::Fail);
+    assert!(expired.detail.contains("expired 1h ago"), "{expired:?}");
+    let soon = at(&jwt(&format!(r#"{{"exp":{}}}"#, now + 7200)));
+    assert_eq!(soon.status, Status::Warn);
+    assert!(soon.detail.contains("expires in 2h"), "{soon:?}");
+    let later = at(&jwt(&format!(r#"{{"exp":{}}}"#, now + 3 * 86400)));
+    assert_eq!(later.status, Status::Pass);
+    assert!(later.detail.contains("expires in 3days"), "{later:?}");
+    let legacy = at(&jwt(
+        r#"{"sub":"system:serviceaccount:istio-system:reader"}"#,
+    ));
+    assert!(legacy.detail.contains("never expires"), "{legacy:?}");
+    assert_eq!(at("opaque-token").status, Status::Pass);
+    // No credential at all.
+    let kc = remote_kubeconfig("east-cluster", "https://10.0.0.2:6443", b"CA", "t", None);
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&kc).unwrap();
+    doc["users"][0]["user"] = serde_yaml::Value::Mapping(Default::default());
+    let kc = serde_yaml::to_string(&doc).unwrap();
+    let none = judge(typed(remote_secret("east-cluster", "istio-system", &kc)));
+    assert_eq!(none.status, Status::Fail);
+    // A credential that cannot be read (no server) fails with the reason.
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&kc).unwrap();
+    doc["clusters"][0]["cluster"]["server"] = serde_yaml::Value::Null;
+    let kc = serde_yaml::to_string(&doc).unwrap();
+    let unreadable = judge(typed(remote_secret("east-cluster", "istio-system", &kc)));
+    assert_eq!(unreadable.status, Status::Fail);
+    assert!(unreadable.detail.contains("no server"), "{unreadable:?}");
 }
 
 #[test]
