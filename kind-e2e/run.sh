@@ -555,7 +555,9 @@ step_ambient_deploy() {
 
 step_ambient_verify() {
   step ambient-verify "Assert: sleep (west, ambient) reaches catalog (east) over HBONE through OUR gateway's 15008" \
-    "east's gateway must list catalog's HBONE endpoint (podIP:15008), the call must succeed, and the gateway's HBONE tunnel counter for $AUTHORITY_CATALOG must increase"
+    "meshctl check must pass with the global service in place, east's gateway must list catalog's HBONE endpoint (podIP:15008), the call must succeed, and the gateway's HBONE tunnel counter for $AUTHORITY_CATALOG must increase"
+  retry 10 3 "$MESHCTL" check --kubeconfig "$E2E_KUBECONFIG" "${CONTEXT_ARGS[@]}" ||
+    die "meshctl check failed" "read its hints above; kind-e2e/README.md, section Debugging"
   retry_match "$TRIES" "$DELAY" ROUTES '"hbone_endpoints":\[\{"address":"[0-9.]+:15008"' \
     kubectl --context kind-east get --raw \
     "/api/v1/namespaces/istio-system/services/$GW:15021/proxy/debug/routes?host=catalog.$NS" ||
