@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # kind-e2e/ci-check.sh: what CI runs for kind-e2e (no Docker, kind or cluster needed).
 #  1. shellcheck on every script (config: kind-e2e/.shellcheckrc);
-#  2. the three dry runs must exit 0, print the key commands, and call none of
+#  2. the dry runs must exit 0, print the key commands, and call none of
 #     docker, kind, kubectl, istioctl, cargo or meshctl: stubs that record any
 #     call and fail are put first on PATH.
 set -euo pipefail
@@ -52,6 +52,18 @@ dry_run "run.sh --dry-run --mode plain" \
   'certs workload --ca kind-e2e/.work/certs/east-cluster' 'create secret generic catalog-certs' \
   'apply -f kind-e2e/manifests/plain/west/' 'kind delete cluster --name west' \
   -- kind-e2e/run.sh --dry-run --mode plain
+dry_run "run.sh --dry-run --mode ambient" \
+  'gateway-api/releases/download/v1.4.0/standard-install.yaml' \
+  'certs workload --ca kind-e2e/.work/certs/east-cluster --namespace istio-system --service-account istio-eastwestgateway' \
+  '--ambient --protocols both' 'create secret generic istio-eastwestgateway-hbone-certs' \
+  'istioctl install -y --context kind-east -f kind-e2e/istio/ambient-east.yaml' \
+  'rollout status daemonset/ztunnel' 'get gateways.gateway.networking.k8s.io' 'meshctl check' \
+  'apply -f kind-e2e/manifests/ambient/east/' 'gateway_hbone_tunnels_opened_total' \
+  'kind delete cluster --name east' \
+  -- kind-e2e/run.sh --dry-run --mode ambient
+dry_run "run.sh --dry-run --mode ambient --from ambient-verify" \
+  'skipping step ambient-join (--from ambient-verify)' 'hbone_endpoints' \
+  -- kind-e2e/run.sh --dry-run --mode ambient --from ambient-verify
 dry_run "run.sh --dry-run --keep (no teardown)" 'dry run complete' \
   -- kind-e2e/run.sh --dry-run --keep
 dry_run "teardown.sh --dry-run" 'kind delete cluster --name west' 'kind delete cluster --name east' \

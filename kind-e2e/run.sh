@@ -3,10 +3,12 @@
 # network, joined into one Istio mesh through the meshfed east-west gateway; then
 # assert that a call from west reaches east through that gateway, and failover.
 #
-# Usage: kind-e2e/run.sh [--dry-run] [--mode istio|plain] [--keep] [--from STEP]
+# Usage: kind-e2e/run.sh [--dry-run] [--mode istio|plain|ambient] [--keep] [--from STEP]
 #   --dry-run       print every command (pasteable into bash) and run nothing
 #   --mode istio    (default) Istio in both clusters; webapp -> catalog; failover
 #   --mode plain    no Istio; mesh-workload pods call each other through the gateway
+#   --mode ambient  Istio's ambient profile, multi-network; sleep (west) -> catalog
+#                   (east) over HBONE through the gateway's 15008
 #   --keep          keep the clusters afterwards (default: delete them on success)
 #   --from STEP     resume at STEP after a failure (clusters already exist)
 #
@@ -20,13 +22,13 @@ MODE=istio
 KEEP=0
 FROM=""
 
-usage() { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while (($# > 0)); do
   case $1 in
     --dry-run) DRY_RUN=1 ;;
     --mode)
-      (($# >= 2)) || die "--mode needs a value: istio or plain"
+      (($# >= 2)) || die "--mode needs a value: istio, plain or ambient"
       MODE=$2
       shift
       ;;
@@ -46,7 +48,8 @@ while (($# > 0)); do
   esac
   shift
 done
-[[ $MODE == istio || $MODE == plain ]] || die "--mode must be istio or plain, not '$MODE'"
+[[ $MODE == istio || $MODE == plain || $MODE == ambient ]] ||
+  die "--mode must be istio, plain or ambient, not '$MODE'"
 
 # ---------------------------------------------------------------- settings
 # The manifests in kind-e2e/manifests/plain name this image, so it is fixed.
@@ -62,8 +65,18 @@ TRIES=${TRIES:-30}
 DELAY=${DELAY:-2}
 WAIT_TIMEOUT=${WAIT_TIMEOUT:-180s}
 
+# Gateway API CRDs (ambient mode): Istio's ambient install guide applies this release's
+# standard-install.yaml; meshctl join --ambient refuses to run without the Gateway CRD.
+GATEWAY_API_VERSION=${GATEWAY_API_VERSION:-v1.4.0}
+GATEWAY_API_MANIFEST=https://github.com/kubernetes-sigs/gateway-api/releases/download/${GATEWAY_API_VERSION}/standard-install.yaml
+
 NS=istioinaction
 GW=istio-eastwestgateway
+# Ambient: the Secret holding the gateway's HBONE certificate (meshctl gateway install
+# mounts it), the certificates' directory, and the authority ztunnels send for catalog.
+HBONE_SECRET=istio-eastwestgateway-hbone-certs
+HBONE_CERTS=$WORK_REL/hbone
+AUTHORITY_CATALOG=catalog.$NS.svc.cluster.local:80
 CERTS=$WORK_REL/certs
 SNI_CATALOG=outbound_.80_._.catalog.$NS.svc.cluster.local
 SNI_BACKEND=outbound_.80_._.simple-backend.$NS.svc.cluster.local
@@ -109,11 +122,12 @@ gateway_ip() {
       "kubectl --context $(ctx "$1") -n metallb-system get ipaddresspools,pods"
 }
 
-# sum_counter TEXT METRIC SNI: sum of METRIC{...sni="SNI"...} samples in Prometheus text.
+# sum_counter TEXT METRIC SNI [LABEL]: sum of METRIC{...LABEL="SNI"...} samples in
+# Prometheus text (LABEL defaults to sni).
 sum_counter() {
-  local line rest value total=0
+  local line rest value total=0 label=${4:-sni}
   while IFS= read -r line; do
-    [[ $line == "$2{"* && $line == *"sni=\"$3\""* ]] || continue
+    [[ $line == "$2{"* && $line == *"$label=\"$3\""* ]] || continue
     rest=${line#*\} }
     value=${rest%% *}
     value=${value%%.*}
@@ -122,11 +136,11 @@ sum_counter() {
   printf '%s' "$total"
 }
 
-# gateway_count CLUSTER SNI: SNI_COUNT = gateway_connections_opened_total{sni=SNI}
-# summed over that cluster's gateway pods, read through the API server's pod proxy
-# (the image has no shell or curl, and this needs no port-forward).
+# gateway_count CLUSTER SNI [METRIC LABEL]: SNI_COUNT = gateway_connections_opened_total{sni=SNI}
+# (or METRIC{LABEL=SNI}) summed over that cluster's gateway pods, read through the API
+# server's pod proxy (the image has no shell or curl, and this needs no port-forward).
 gateway_count() {
-  local c=$1 sni=$2 pod pods=()
+  local c=$1 sni=$2 metric=${3:-gateway_connections_opened_total} label=${4:-sni} pod pods=()
   capture GW_PODS kubectl --context "$(ctx "$c")" -n istio-system get pods -l app=$GW \
     -o 'jsonpath={.items[*].metadata.name}'
   read -ra pods <<<"$GW_PODS"
@@ -137,12 +151,12 @@ gateway_count() {
       "/api/v1/namespaces/istio-system/pods/${pod}:15021/proxy/metrics"
     [[ $DRY_RUN == 1 ]] && continue
     GW_METRICS_ALL+=$GW_METRICS$'\n'
-    SNI_COUNT=$((SNI_COUNT + $(sum_counter "$GW_METRICS" gateway_connections_opened_total "$sni")))
+    SNI_COUNT=$((SNI_COUNT + $(sum_counter "$GW_METRICS" "$metric" "$sni" "$label")))
   done
   if [[ $DRY_RUN == 1 ]]; then
-    note "read by hand: grep -F 'gateway_connections_opened_total{sni=\"$sni\"}' <<<\"\$GW_METRICS\"   (one metrics read per gateway pod; the run sums them)"
+    note "read by hand: grep -F '$metric{$label=\"$sni\"}' <<<\"\$GW_METRICS\"   (one metrics read per gateway pod; the run sums them)"
   else
-    note "$c gateway: gateway_connections_opened_total{sni=\"$sni\"} = $SNI_COUNT (sum over pods: ${pods[*]})"
+    note "$c gateway: $metric{$label=\"$sni\"} = $SNI_COUNT (sum over pods: ${pods[*]})"
   fi
 }
 
@@ -150,7 +164,9 @@ gateway_count() {
 show_rejections() {
   local line
   while IFS= read -r line; do
-    if [[ $line == gateway_connections_rejected_total* ]]; then printf '#   %s\n' "$line"; fi
+    if [[ $line == gateway_connections_rejected_total* || $line == gateway_hbone_refused_total* ]]; then
+      printf '#   %s\n' "$line"
+    fi
   done <<<"${GW_METRICS_ALL:-}"
   return 0
 }
@@ -166,14 +182,14 @@ step_preflight() {
   step preflight "Check tools; use a dedicated kubeconfig" \
     "fail early with a clear message; never touch ~/.kube/config"
   local tools=(docker kind kubectl cargo)
-  [[ $MODE == istio ]] && tools+=(istioctl)
+  [[ $MODE != plain ]] && tools+=(istioctl)
   need "${tools[@]}"
   enter_repo
   run docker version --format 'docker client {{.Client.Version}}, engine {{.Server.Version}}' ||
     die "the docker engine is not reachable" "is docker running? docker info"
   run kind version
   run kubectl version --client
-  if [[ $MODE == istio ]]; then run istioctl version --remote=false; fi
+  if [[ $MODE != plain ]]; then run istioctl version --remote=false; fi
 }
 
 step_clusters() {
@@ -287,6 +303,14 @@ step_certs() {
     run "$MESHCTL" certs workload --ca "$CERTS/west-cluster" --namespace "$NS" \
       --service-account webapp --out "$WORK_REL/workload/webapp"
   fi
+  if [[ $MODE == ambient ]]; then
+    note "ambient mode: each gateway's HBONE certificate, spiffe://cluster.local/ns/istio-system/sa/$GW (what peers' ztunnels expect), from its cluster's CA"
+    local c
+    for c in "${CLUSTERS[@]}"; do
+      run "$MESHCTL" certs workload --ca "$CERTS/$c-cluster" --namespace istio-system \
+        --service-account "$GW" --out "$HBONE_CERTS/$c"
+    done
+  fi
 }
 
 step_join() {
@@ -312,12 +336,21 @@ step_join() {
 }
 
 step_istio() {
-  step istio "Install Istio in both clusters (istioctl, IstioOperator files)" \
-    "meshID usmesh, clusterName west-cluster/east-cluster, network west-network/east-network, as in the walkthrough; istiod picks up cacerts and the remote secrets that join created"
-  local c
+  local c file=""
+  if [[ $MODE == ambient ]]; then
+    file=ambient-
+    step istio "Install Istio's ambient profile in both clusters, multi-network (istioctl, IstioOperator files)" \
+      "istiod with AMBIENT_ENABLE_MULTI_NETWORK=true builds the cross-network workloads ztunnels dial through a gateway; ztunnel gets its NETWORK from values.global.network; istiod picks up cacerts and the remote secrets that join created"
+  else
+    step istio "Install Istio in both clusters (istioctl, IstioOperator files)" \
+      "meshID usmesh, clusterName west-cluster/east-cluster, network west-network/east-network, as in the walkthrough; istiod picks up cacerts and the remote secrets that join created"
+  fi
   for c in "${CLUSTERS[@]}"; do
-    run istioctl install -y --context "$(ctx "$c")" -f "kind-e2e/istio/$c.yaml"
+    run istioctl install -y --context "$(ctx "$c")" -f "kind-e2e/istio/$file$c.yaml"
     run kubectl --context "$(ctx "$c")" -n istio-system rollout status deployment/istiod --timeout="$WAIT_TIMEOUT"
+    if [[ $MODE == ambient ]]; then
+      run kubectl --context "$(ctx "$c")" -n istio-system rollout status daemonset/ztunnel --timeout="$WAIT_TIMEOUT"
+    fi
   done
 }
 
@@ -457,6 +490,98 @@ step_plain_verify() {
   fi
 }
 
+step_gateway_api() {
+  step gateway-api "Install the Kubernetes Gateway API CRDs ($GATEWAY_API_VERSION) in both clusters" \
+    "ztunnels learn network gateways only from Gateway API objects, so meshctl join --ambient announces each peer's gateway as a Gateway of class istio-remote, and refuses to run before the CRD is served; Istio's ambient profile needs these CRDs too"
+  local c
+  for c in "${CLUSTERS[@]}"; do
+    run kubectl --context "$(ctx "$c")" apply --server-side -f "$GATEWAY_API_MANIFEST"
+    run kubectl --context "$(ctx "$c")" wait --for condition=Established \
+      crd/gateways.gateway.networking.k8s.io --timeout="$WAIT_TIMEOUT"
+  done
+}
+
+# ambient_join: meshctl join --ambient with both protocols on the gateway (15443 for sidecars,
+# 15008 HBONE for ztunnels); idempotent, so it runs before Istio (cacerts first) and again after.
+ambient_join() {
+  control_plane_ips
+  run "$MESHCTL" join "${JOIN_ARGS[@]}" \
+    --server "kind-west=https://${WEST_CP_IP}:6443" --server "kind-east=https://${EAST_CP_IP}:6443" \
+    --ambient --protocols both
+}
+
+step_ambient_join() {
+  step ambient-join "meshctl join --ambient --protocols both; the gateways' HBONE certificates as Secrets" \
+    "cacerts must exist before istiod starts; the gateway (meshctl gateway install --protocols both) mounts its HBONE certificate from the Secret $HBONE_SECRET, so its pods start once that Secret exists; the first join cannot announce the peers yet (no load-balancer address), the step ambient-announce does"
+  ambient_join
+  local c ip_var
+  for c in "${CLUSTERS[@]}"; do
+    local k=(kubectl --context "$(ctx "$c")" -n istio-system)
+    run "${k[@]}" delete secret "$HBONE_SECRET" --ignore-not-found
+    run "${k[@]}" create secret generic "$HBONE_SECRET" \
+      --from-file="$HBONE_CERTS/$c/cert-chain.pem" --from-file="$HBONE_CERTS/$c/key.pem" \
+      --from-file="$HBONE_CERTS/$c/root-cert.pem"
+    run "${k[@]}" rollout status "deployment/$GW" --timeout="$WAIT_TIMEOUT"
+    ip_var="GW_IP_$c"
+    gateway_ip "$c" "$ip_var"
+    if [[ $DRY_RUN == 0 ]]; then note "$c gateway address: ${!ip_var}"; fi
+  done
+}
+
+step_ambient_announce() {
+  step ambient-announce "meshctl join --ambient again: announce each peer's gateway; meshctl check" \
+    "now that both gateways have load-balancer addresses, join applies in each cluster a Gateway of class istio-remote per peer network (status.addresses = the peer gateway's address, HBONE listener 15008), from which istiod tells ztunnels where the other network's gateway is; check verifies istiod's multi-network setting, the gateway identity and the announcements"
+  ambient_join
+  local c
+  for c in "${CLUSTERS[@]}"; do
+    run kubectl --context "$(ctx "$c")" -n istio-system get gateways.gateway.networking.k8s.io -o wide
+  done
+  retry 10 3 "$MESHCTL" check --kubeconfig "$E2E_KUBECONFIG" "${CONTEXT_ARGS[@]}" ||
+    die "meshctl check failed" "read its hints above; kind-e2e/README.md, section Debugging"
+}
+
+step_ambient_deploy() {
+  step ambient-deploy "Ambient sample: catalog in east (global Service, ambient pods), sleep in west" \
+    "the namespace and the catalog Service carry istio.io/global=true (the ambient profile's global scope: only global services cross networks) and the pods istio.io/dataplane-mode=ambient (captured by ztunnel; our gateway's discovery reads the pod label); west has the catalog Service without pods so the name resolves"
+  local c
+  for c in "${CLUSTERS[@]}"; do
+    run kubectl --context "$(ctx "$c")" apply -f kind-e2e/manifests/ambient/common/
+  done
+  run kubectl --context kind-east apply -f kind-e2e/manifests/ambient/east/
+  run kubectl --context kind-west apply -f kind-e2e/manifests/ambient/west/
+  run kubectl --context kind-east -n "$NS" rollout status deployment/catalog --timeout="$WAIT_TIMEOUT"
+  run kubectl --context kind-west -n "$NS" rollout status deployment/sleep --timeout="$WAIT_TIMEOUT"
+}
+
+step_ambient_verify() {
+  step ambient-verify "Assert: sleep (west, ambient) reaches catalog (east) over HBONE through OUR gateway's 15008" \
+    "meshctl check must pass with the global service in place, east's gateway must list catalog's HBONE endpoint (podIP:15008), the call must succeed, and the gateway's HBONE tunnel counter for $AUTHORITY_CATALOG must increase"
+  retry 10 3 "$MESHCTL" check --kubeconfig "$E2E_KUBECONFIG" "${CONTEXT_ARGS[@]}" ||
+    die "meshctl check failed" "read its hints above; kind-e2e/README.md, section Debugging"
+  retry_match "$TRIES" "$DELAY" ROUTES '"hbone_endpoints":\[\{"address":"[0-9.]+:15008"' \
+    kubectl --context kind-east get --raw \
+    "/api/v1/namespaces/istio-system/services/$GW:15021/proxy/debug/routes?host=catalog.$NS" ||
+    die "east's gateway has no HBONE endpoint for catalog" \
+      "kubectl --context kind-east -n $NS get svc catalog --show-labels   (istio.io/global=true?)" \
+      "kubectl --context kind-east -n $NS get pods -l app=catalog --show-labels   (istio.io/dataplane-mode=ambient?)" \
+      "kubectl --context kind-east -n istio-system logs deploy/$GW --tail=50"
+  gateway_count east "$AUTHORITY_CATALOG" gateway_hbone_tunnels_opened_total authority
+  local before=$SNI_COUNT
+  retry "$TRIES" "$DELAY" "${SLEEP_CURL[@]}" "http://catalog.$NS.svc.cluster.local/items" ||
+    die "sleep (west) could not call catalog (east) over ambient" \
+      "istioctl --context kind-west ztunnel-config services | grep catalog   (is catalog global, with east's endpoints?)" \
+      "istioctl --context kind-west ztunnel-config workloads | grep -i -e catalog -e NetworkGateway" \
+      "kubectl --context kind-west -n istio-system logs ds/ztunnel --tail=50" \
+      "kubectl --context kind-east -n istio-system logs deploy/$GW --tail=50"
+  gateway_count east "$AUTHORITY_CATALOG" gateway_hbone_tunnels_opened_total authority
+  if ! assert_gt "$SNI_COUNT" "$before" "east gateway's HBONE tunnels for $AUTHORITY_CATALOG"; then
+    note "east gateway's HBONE refusals:"
+    show_rejections
+    die "the call succeeded but east's gateway did not count a tunnel: traffic did not go through our gateway's 15008" \
+      "istioctl --context kind-west ztunnel-config workloads | grep NetworkGateway   (east's gateway address and port 15008?)"
+  fi
+}
+
 step_teardown() {
   step teardown "Delete both clusters" "leave nothing running (use --keep to keep them)"
   delete_clusters
@@ -464,11 +589,14 @@ step_teardown() {
 
 # ---------------------------------------------------------------- main
 
-if [[ $MODE == istio ]]; then
-  STEPS=(preflight clusters metallb image certs join istio expose deploy verify failover)
-else
-  STEPS=(preflight clusters metallb image certs join plain-deploy plain-verify)
-fi
+case $MODE in
+  istio) STEPS=(preflight clusters metallb image certs join istio expose deploy verify failover) ;;
+  plain) STEPS=(preflight clusters metallb image certs join plain-deploy plain-verify) ;;
+  ambient)
+    STEPS=(preflight clusters metallb image certs gateway-api ambient-join istio
+      ambient-announce ambient-deploy ambient-verify)
+    ;;
+esac
 ((KEEP == 1)) || STEPS+=(teardown)
 
 if [[ -n $FROM && " ${STEPS[*]} " != *" $FROM "* ]]; then

@@ -1,15 +1,17 @@
 #![forbid(unsafe_code)]
 //! The local two-cluster demo: west's webapp calls east's catalog through east's east-west
-//! gateway, with mutual TLS end to end and identities checked on both sides. Then failover
-//! and a trust failure. Loopback only; no Kubernetes, no root. Exits 0 only if every check
-//! behaved as expected.
+//! gateway, with mutual TLS end to end and identities checked on both sides. Then failover,
+//! a trust failure, a refusal, ambient (HBONE on 15008 of the same gateway process) and a
+//! drain. Loopback only; no Kubernetes, no root. Exits 0 only if every check behaved as
+//! expected.
 //!
 //! Addresses stand for the two networks: 127.0.10.x is west's pod network, 127.0.20.x is
 //! east's, and 127.0.100.20 is east gateway's load-balancer address.
 //!
 //! `harness.rs` runs the binaries and records checks; `scenes.rs` holds one function per
-//! scene, called in order by [`run`].
+//! scene, called in order by [`run`]; `ambient.rs` is the HBONE scene.
 
+mod ambient;
 mod harness;
 mod scenes;
 
@@ -24,6 +26,14 @@ const EAST_GW_ADMIN: &str = "127.0.100.20:15021";
 const CATALOG_POD: &str = "127.0.20.8:3000";
 const BACKEND_EAST_POD: &str = "127.0.20.9:8080";
 const BACKEND_WEST_POD: &str = "127.0.10.9:8080";
+/// The gateway's HBONE listener on the same address, and catalog's pod address on Istio's
+/// HBONE port, where its node's ztunnel listens.
+const EAST_GW_HBONE: &str = "127.0.100.20:15008";
+const CATALOG_HBONE: &str = "127.0.20.8:15008";
+/// The gateway's identity: `spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway`,
+/// as ztunnels expect of a gateway named by `meshctl join --ambient`.
+const GATEWAY_NS: &str = "istio-system";
+const GATEWAY_SA: &str = "istio-eastwestgateway";
 
 async fn run(d: &mut Demo) -> Result<()> {
     scenes::trust(d)?;
@@ -33,6 +43,8 @@ async fn run(d: &mut Demo) -> Result<()> {
     scenes::failover(d, &webapp, &mut east.backend_west).await?;
     scenes::foreign_root(d, &east.catalog).await?;
     scenes::refusal(d, &webapp).await?;
+    let gateway_log = east.gateway.log.clone();
+    ambient::ambient(d, &webapp, &gateway_log).await?;
     scenes::drain(d, &mut east.gateway).await?;
     Ok(())
 }

@@ -11,7 +11,10 @@ use testkit::mesh::{self, CATALOG, SIMPLE_BACKEND, WEBAPP};
 use testkit::mtls::Identity;
 
 use crate::harness::{Demo, Proc, header, http_get, metric, metrics, opened, wait_listening};
-use crate::{BACKEND_EAST_POD, BACKEND_WEST_POD, CATALOG_POD, EAST_GW, EAST_GW_ADMIN};
+use crate::{
+    BACKEND_EAST_POD, BACKEND_WEST_POD, CATALOG_POD, EAST_GW, EAST_GW_ADMIN, EAST_GW_HBONE,
+    GATEWAY_NS, GATEWAY_SA,
+};
 
 /// East's long-running processes; killed when dropped.
 pub struct East {
@@ -23,7 +26,7 @@ pub struct East {
 }
 
 /// Scene 1: Common trust: `meshctl certs` makes one root and a CA per cluster, then workload
-/// certificates; plus a rogue root for scene 5.
+/// certificates (and east gateway's own, for HBONE); plus a rogue root for scene 5.
 pub fn trust(d: &mut Demo) -> Result<()> {
     let w = d.work.clone();
     let p = |rel: &str| w.join(rel).to_string_lossy().into_owned();
@@ -78,6 +81,22 @@ pub fn trust(d: &mut Demo) -> Result<()> {
             ],
         )?;
     }
+    // The gateway terminates HBONE's outer mTLS: it needs its own workload certificate.
+    d.run(
+        "meshctl",
+        &[
+            "certs",
+            "workload",
+            "--ca",
+            &p(&format!("certs/{}", mesh::EAST_CLUSTER)),
+            "-n",
+            GATEWAY_NS,
+            "-s",
+            GATEWAY_SA,
+            "--out",
+            &p("east/istio-eastwestgateway"),
+        ],
+    )?;
     // Mallory's certificate comes from a different root: same names, no shared trust.
     d.run(
         "meshctl",
@@ -109,7 +128,8 @@ pub fn trust(d: &mut Demo) -> Result<()> {
 }
 
 /// Scene 2: East: the workloads on east's pod network (and west's simple-backend), then east's
-/// gateway with a file route table, awaited until ready.
+/// gateway with a file route table (catalog's endpoint also speaks HBONE), serving 15443 and
+/// 15008, awaited until ready.
 pub async fn start_east(d: &mut Demo) -> Result<East> {
     let w = d.work.clone();
     let p = |rel: &str| w.join(rel).to_string_lossy().into_owned();
@@ -168,7 +188,7 @@ pub async fn start_east(d: &mut Demo) -> Result<East> {
     println!("  simple-backend-west  {BACKEND_WEST_POD}  ({backend_id}, west-cluster CA)");
     let (catalog_host, backend_host) = (mesh::host(CATALOG), mesh::host(SIMPLE_BACKEND));
     let eps = format!(
-        "services:\n  - host: {catalog_host}\n    ports: [{{port: 80, targetPort: 3000}}]\n    endpoints: [{{address: 127.0.20.8}}]\n  - host: {backend_host}\n    ports: [{{port: 80, targetPort: 8080}}]\n    endpoints: [{{address: 127.0.20.9}}]\n"
+        "services:\n  - host: {catalog_host}\n    ports: [{{port: 80, targetPort: 3000}}]\n    endpoints: [{{address: 127.0.20.8, hbone: true}}]\n  - host: {backend_host}\n    ports: [{{port: 80, targetPort: 8080}}]\n    endpoints: [{{address: 127.0.20.9}}]\n"
     );
     std::fs::write(d.work.join("east-endpoints.yaml"), &eps)?;
     println!("  east gateway route table (east-endpoints.yaml):");
@@ -185,6 +205,10 @@ pub async fn start_east(d: &mut Demo) -> Result<East> {
             EAST_GW_ADMIN,
             "--endpoints",
             &p("east-endpoints.yaml"),
+            "--hbone-listen",
+            EAST_GW_HBONE,
+            "--hbone-certs",
+            &p("east/istio-eastwestgateway"),
             "--drain-grace",
             "200ms",
             "--drain-timeout",
@@ -205,7 +229,7 @@ pub async fn start_east(d: &mut Demo) -> Result<East> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!(
-        "  $ gateway --listen {EAST_GW} --admin {EAST_GW_ADMIN} --endpoints east-endpoints.yaml"
+        "  $ gateway --listen {EAST_GW} --admin {EAST_GW_ADMIN} --endpoints east-endpoints.yaml \\\n      --hbone-listen {EAST_GW_HBONE} --hbone-certs east/istio-eastwestgateway"
     );
     d.check(
         &format!("east gateway ready (GET {EAST_GW_ADMIN}/healthz/ready -> {ready})"),
@@ -439,9 +463,9 @@ pub async fn refusal(d: &mut Demo, webapp: &Identity) -> Result<()> {
     Ok(())
 }
 
-/// Scene 7: SIGTERM: readiness fails during the drain grace, then the gateway exits 0.
+/// Scene 8: SIGTERM: readiness fails during the drain grace, then the gateway exits 0.
 pub async fn drain(d: &mut Demo, gateway: &mut Proc) -> Result<()> {
-    header(7, "Graceful stop: SIGTERM drains the gateway");
+    header(8, "Graceful stop: SIGTERM drains the gateway");
     let pid = gateway.child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status()?;
     tokio::time::sleep(Duration::from_millis(60)).await;
