@@ -153,7 +153,7 @@ impl EastGateway {
             println!(
                 "      got {}; webapp said: {}",
                 got.map_or("another failure", Outcome::text),
-                out.stderr.trim()
+                out.stderr.lines().next().unwrap_or("").trim()
             );
         }
         if !forwarded {
