@@ -121,6 +121,28 @@ impl Rotation {
         Ok(())
     }
 
+    /// istiod reloads a changed `root-cert.pem` without a restart only when one bundle holds
+    /// the other byte for byte (and `ISTIO_MULTIROOT_MESH=true`): istio/istio
+    /// `pilot/pkg/bootstrap/istio_ca.go` `handleEvent`. Checks that the two stages' bundles
+    /// (as istiod would read them) qualify, in both clusters.
+    fn bundle_contains(&self, d: &mut Demo, outer: &str, inner: &str) -> Result<()> {
+        let mut ok = true;
+        for cluster in ["west", "east"] {
+            let read = |stage: &str| {
+                std::fs::read_to_string(
+                    d.work
+                        .join(format!("istiod/{stage}/{cluster}/root-cert.pem")),
+                )
+            };
+            ok &= read(outer)?.contains(&read(inner)?);
+        }
+        d.check(
+            &format!("the {outer} root-cert.pem holds the {inner} one byte for byte (istiod's hot reload needs it)"),
+            ok,
+        );
+        Ok(())
+    }
+
     fn call(&self, d: &mut Demo, client: &str, server: &str, want: Outcome) -> Result<()> {
         let (c, s) = (
             d.path(&format!("workloads/{client}/{WEBAPP}")),
@@ -309,6 +331,7 @@ impl Rotation {
             roots == [2, 2, 2],
         );
         self.issue(d, "prepared")?;
+        self.bundle_contains(d, "prepared", "before")?;
         self.call(d, "prepared", "prepared", Outcome::Called)?;
         // A workload that has not picked up the two-root bundle yet still talks both ways.
         self.call(d, "before", "prepared", Outcome::Called)
@@ -359,6 +382,7 @@ impl Rotation {
             roots == [1, 1, 1],
         );
         self.issue(d, "finished")?;
+        self.bundle_contains(d, "prepared", "finished")?;
         self.call(d, "finished", "finished", Outcome::Called)?;
         self.call(d, "prepared", "finished", Outcome::CatalogRefuses)?;
         self.call(d, "finished", "prepared", Outcome::WebappRefuses)
