@@ -48,6 +48,9 @@ fn rotation_demo_runs_every_stage_and_every_check_passes() {
         "root rotation stage: west activated · east activated · north activated",
         "root rotation stage: west finished · east finished · north finished",
         "may still be valid until",
+        // Each step says what istiod does with it (istio/istio pilot/pkg/bootstrap/istio_ca.go).
+        "istiod reloads a changed root-cert.pem by itself only with ISTIO_MULTIROOT_MESH=true",
+        "istiod 1.18+ loads the new intermediate from its mounted cacerts by itself",
         "[new cert, trusts old+new] → gateway → catalog [old cert, trusts old]: refused by catalog",
         "[new cert, trusts new] → gateway → catalog [new cert, trusts new]: called",
     ] {
