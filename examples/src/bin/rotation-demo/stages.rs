@@ -229,7 +229,7 @@ impl Rotation {
         println!("  (east through a credential that may read Secrets but not change them)");
         let kubeconfig = d
             .kubeconfig
-            .replace(&format!("east.kubeconfig"), "east-read-only.kubeconfig");
+            .replace("/east.kubeconfig", "/east-read-only.kubeconfig");
         let out = d.meshctl_with(&kubeconfig, &refs(&step_args(d, "prepare", &[])))?;
         d.show(&format!("{}{}", out.stdout, out.stderr));
         d.check(
