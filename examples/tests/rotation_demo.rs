@@ -3,9 +3,12 @@
 //! that each stage and the refused steps are in its output. It needs `gateway` and `meshctl`
 //! built next to it (`cargo build -p gateway -p meshctl`; `cargo test --workspace` does).
 
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use testkit::proc::ChildGuard;
 
 #[test]
 fn rotation_demo_runs_every_stage_and_every_check_passes() {
@@ -18,16 +21,36 @@ fn rotation_demo_runs_every_stage_and_every_check_passes() {
             p.display()
         );
     }
+    // About 12 s on an idle machine; the bound only stops a hang.
     let started = Instant::now();
-    let out = Command::new(&demo).output().unwrap();
+    let mut child = ChildGuard::spawn(
+        Command::new(&demo)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let status = child.wait_exit(Duration::from_secs(180));
+    if status.is_none() {
+        child.kill();
+    }
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
     let took = started.elapsed();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let status = status.unwrap_or_else(|| panic!("rotation-demo hung ({took:?}):\n{stdout}"));
     assert!(
-        out.status.success(),
+        status.success(),
         "rotation-demo failed:\n{stdout}\n{stderr}"
     );
-    assert!(took < Duration::from_secs(60), "took {took:?}");
+    println!("rotation-demo took {took:?}");
     assert!(!stdout.contains('✘'), "{stdout}");
     // Every check line passed, and there are as many as the demo makes.
     let passed = stdout
