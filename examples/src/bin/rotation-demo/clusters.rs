@@ -15,10 +15,10 @@ pub const NAMES: [&str; 3] = ["west", "east", "north"];
 pub const ISTIO_NS: &str = "istio-system";
 /// The four files of `cacerts`, as istiod mounts them at /etc/cacerts.
 const CACERTS_FILES: [(&str, bool); 4] = [
-    ("ca-cert.pem", false),
-    ("ca-key.pem", true),
-    ("cert-chain.pem", false),
-    ("root-cert.pem", false),
+    (pki::CA_CERT, false),
+    (pki::CA_KEY, true),
+    (pki::CERT_CHAIN, false),
+    (pki::ROOT_CERT, false),
 ];
 
 pub struct Clusters {
@@ -126,7 +126,7 @@ impl Clusters {
     /// The number of roots in a cluster's `root-cert.pem` (what istiod publishes to proxies).
     pub fn roots(&self, name: &str) -> Result<usize> {
         Ok(self
-            .cacerts_file(name, "root-cert.pem")?
+            .cacerts_file(name, pki::ROOT_CERT)?
             .matches("-----BEGIN CERTIFICATE-----")
             .count())
     }

@@ -131,7 +131,8 @@ impl Rotation {
             let read = |stage: &str| {
                 std::fs::read_to_string(
                     d.work
-                        .join(format!("istiod/{stage}/{cluster}/root-cert.pem")),
+                        .join(format!("istiod/{stage}/{cluster}"))
+                        .join(pki::ROOT_CERT),
                 )
             };
             ok &= read(outer)?.contains(&read(inner)?);
@@ -215,7 +216,7 @@ impl Rotation {
         d.check(
             "dry run changed no cluster and wrote no key",
             self.clusters.all_cacerts()? == before
-                && !d.work.join("rotation/root-key.pem").exists(),
+                && !d.work.join("rotation").join(pki::ROOT_KEY).exists(),
         );
         Ok(())
     }
@@ -261,8 +262,8 @@ impl Rotation {
         let ca = d.work.join("istiod/too-early");
         private_dir(&ca)?;
         let (root, key) = (
-            d.path("rotation/root-cert.pem"),
-            d.path("rotation/root-key.pem"),
+            d.path(&format!("rotation/{}", pki::ROOT_CERT)),
+            d.path(&format!("rotation/{}", pki::ROOT_KEY)),
         );
         d.meshctl_ok(&[
             "certs",
@@ -280,16 +281,16 @@ impl Rotation {
         let west = ca.join("west");
         private_dir(&west)?;
         for (f, secret) in [
-            ("ca-cert.pem", false),
-            ("ca-key.pem", true),
-            ("cert-chain.pem", false),
+            (pki::CA_CERT, false),
+            (pki::CA_KEY, true),
+            (pki::CERT_CHAIN, false),
         ] {
             let text = std::fs::read_to_string(ca.join("west-new-ca").join(f))?;
             crate::harness::write_new(&west.join(f), &text, secret)?;
         }
         crate::harness::write_new(
-            &west.join("root-cert.pem"),
-            &self.clusters.cacerts_file("west", "root-cert.pem")?,
+            &west.join(pki::ROOT_CERT),
+            &self.clusters.cacerts_file("west", pki::ROOT_CERT)?,
             false,
         )?;
         d.meshctl_ok(&[
