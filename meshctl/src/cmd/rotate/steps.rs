@@ -17,7 +17,7 @@ use crate::mesh::rotation::{BundleTexts, Stage, cacerts_secret, der_pem, fingerp
 
 /// What istiod does with a changed `root-cert.pem` (prepare, finish): istio/istio
 /// `pilot/pkg/bootstrap/istio_ca.go` `handleEvent` reloads it only with `ISTIO_MULTIROOT_MESH`
-/// (default false, `pilot/pkg/features/pilot.go`) and one bundle holding the other.
+/// (default false, package `pilot/pkg/features`) and one bundle holding the other.
 fn roots_changed(ns: &str) -> String {
     format!(
         "istiod reloads a changed root-cert.pem by itself only with ISTIO_MULTIROOT_MESH=true \
