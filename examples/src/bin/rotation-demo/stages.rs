@@ -100,6 +100,9 @@ impl Rotation {
     /// `cacerts`, catalog from east's, each trusting its cluster's `root-cert.pem`.
     fn issue(&self, d: &Demo, stage: &str) -> Result<()> {
         private_dir(&d.work.join("istiod").join(stage))?;
+        println!(
+            "  workloads issued as istiod would: from each cluster's cacerts (read from its test\n   server into $WORK/istiod/{stage}/<cluster>), trusting its root-cert.pem"
+        );
         for (cluster, sa) in [("west", WEBAPP), ("east", CATALOG)] {
             let ca = d.path(&format!("istiod/{stage}/{cluster}"));
             self.clusters
