@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 cargo build --release --locked -q -p gateway -p meshctl -p examples
+if [ "${1:-}" = --rotation ]; then exec target/release/rotation-demo "${@:2}"; fi  # README "Rotating trust"
 exec target/release/demo "$@"

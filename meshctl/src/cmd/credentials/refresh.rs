@@ -181,7 +181,7 @@ async fn refresh_all(a: &RefreshArgs, peers: &[Peer]) -> Result<(Vec<Outcome>, V
                     restart_needed: None,
                     advice: format!(
                         "{ctx}: cannot read istiod's Deployments ({e:#}); istiod before {} \
-                         keeps using the old token until restarted (istio/istio#60612)",
+                         may keep using the old token until restarted (istio/istio#60612)",
                         cred::rotation_fixed_in()
                     ),
                 },
@@ -334,7 +334,7 @@ async fn istiod_note(c: &Cluster, ns: &str, dry_run: bool) -> Result<IstiodNote>
             (
                 Some(true),
                 format!(
-                    "{ctx}: {when}istiod ({}) is older than {fixed} and keeps using the old \
+                    "{ctx}: {when}istiod ({}) is older than {fixed} and may keep using the old \
                      token until restarted (istio/istio#60612): {}; or upgrade to {fixed}+",
                     versions.join(", "),
                     restart(old)
@@ -345,7 +345,7 @@ async fn istiod_note(c: &Cluster, ns: &str, dry_run: bool) -> Result<IstiodNote>
             None,
             format!(
                 "{ctx}: {when}cannot tell istiod's version (no Deployment labelled {ISTIOD_SELECTOR} \
-                 in {ns} with a versioned image{}): istiod before {fixed} keeps using the old \
+                 in {ns} with a versioned image{}): istiod before {fixed} may keep using the old \
                  token until restarted (istio/istio#60612): {}",
                 if versions.is_empty() {
                     String::new()

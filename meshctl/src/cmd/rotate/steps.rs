@@ -15,9 +15,33 @@ use crate::istio::{
 };
 use crate::mesh::rotation::{BundleTexts, Stage, cacerts_secret, der_pem, fingerprint, short};
 
-const ISTIOD_HINT: &str = "restart istiod in each cluster so it loads the new cacerts \
-     (kubectl -n istio-system rollout restart deploy/istiod; with AUTO_RELOAD_PLUGIN_CERTS=true \
-     on istiod it reloads by itself), then confirm with meshctl check";
+/// What istiod does with a changed `root-cert.pem` (prepare, finish): istio/istio
+/// `pilot/pkg/bootstrap/istio_ca.go` `handleEvent` reloads it only with `ISTIO_MULTIROOT_MESH`
+/// (default false, package `pilot/pkg/features`) and one bundle holding the other.
+fn roots_changed(ns: &str) -> String {
+    format!(
+        "istiod reloads a changed root-cert.pem by itself only with ISTIO_MULTIROOT_MESH=true \
+         (default false); otherwise it logs \"Multi root is disabled, updating new ROOT-CA not \
+         supported\" and keeps its old CA, so restart istiod in each cluster: kubectl -n {ns} \
+         rollout restart deploy/istiod"
+    )
+}
+
+/// How the roots reach workloads: the namespace controller's `istio-ca-root-cert`
+/// ConfigMaps, and the roots returned with every workload certificate (SDS `ROOTCA`).
+const ROOTS_PUBLISHED: &str = "istiod then writes root-cert.pem into the istio-ca-root-cert \
+     ConfigMap of every namespace and gives it to each proxy with its next workload certificate \
+     (restart workloads to hurry it)";
+
+/// A new intermediate under an unchanged `root-cert.pem` (activate): the `cacerts` file watch
+/// (istio/istio PR #31522, on by default since Istio 1.18).
+fn intermediate_changed(ns: &str) -> String {
+    format!(
+        "istiod 1.18+ loads the new intermediate from its mounted cacerts by itself (it logs \
+         \"Istiod has detected the newly added intermediate CA\"); restart an older istiod \
+         without AUTO_RELOAD_PLUGIN_CERTS=true: kubectl -n {ns} rollout restart deploy/istiod"
+    )
+}
 
 fn annotations(stage: &str, old: &str, new: &str, at: Option<&str>) -> BTreeMap<String, String> {
     let mut m = BTreeMap::from([
@@ -144,8 +168,10 @@ pub fn prepare(a: &PrepareArgs, clusters: &[Current]) -> Result<Plan> {
             short(&new_fp)
         ),
         next: format!(
-            "{ISTIOD_HINT} (istiod then publishes both roots in the istio-ca-root-cert ConfigMap and to the proxies); \
-             when meshctl check shows every cluster \"prepared\": meshctl rotate activate --dir {} --context ...",
+            "{}. {ROOTS_PUBLISHED}; confirm that kubectl -n <app namespace> get configmap \
+             istio-ca-root-cert shows two certificates and meshctl check shows every cluster \
+             \"prepared\", then: meshctl rotate activate --dir {} --context ...",
+            roots_changed(ns),
             a.dir.display()
         ),
     })
@@ -231,9 +257,10 @@ pub fn activate(a: &ActivateArgs, clusters: &[Current]) -> Result<Plan> {
             short(&new_fp)
         ),
         next: format!(
-            "{ISTIOD_HINT}; workloads get certificates from the new intermediate as theirs are renewed \
+            "{}; workloads get certificates from the new intermediate as theirs are renewed \
              (restart them to hurry it). After the longest workload certificate lifetime (Istio: 24h): \
-             meshctl rotate finish --context ... (or --confirm once you checked)"
+             meshctl rotate finish --context ... (or --confirm once you checked)",
+            intermediate_changed(ns)
         ),
     })
 }
@@ -344,7 +371,10 @@ pub fn finish(a: &FinishArgs, clusters: &[Current]) -> Result<Plan> {
         files: Vec::new(),
         done: "Finished: every cluster trusts the new root only.".into(),
         next: format!(
-            "{ISTIOD_HINT}. Keep the new root's key in --dir offline (or delete it once every cluster's intermediate is in place)."
+            "{}. {ROOTS_PUBLISHED}; confirm that istio-ca-root-cert shows one certificate. Keep \
+             the new root's key in --dir offline (or delete it once every cluster's intermediate \
+             is in place).",
+            roots_changed(ns)
         ),
     })
 }
