@@ -14,6 +14,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,7 +26,8 @@ use tokio::io::{Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use futures::ready;
-use tokio_util::sync::CancellationToken;
+use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::clock;
 
@@ -163,67 +165,103 @@ impl Progress {
 
 /// Copies `client <-> upstream` until both directions are done, the idle timeout passes, an
 /// error occurs, or `force` (the drain deadline) is cancelled.
-pub async fn run(
-    client: &TcpStream,
-    upstream: &TcpStream,
+pub fn run<'a>(
+    client: &'a TcpStream,
+    upstream: &'a TcpStream,
     idle: Duration,
-    p: &Progress,
-    force: &CancellationToken,
-) -> End {
-    run_with(client, upstream, idle, p, force, SPLICE_AFTER).await
+    p: &'a Progress,
+    force: &'a CancellationToken,
+) -> Run<'a> {
+    run_with(client, upstream, idle, p, force, SPLICE_AFTER)
 }
 
 /// [`run`] with the splice threshold as a parameter: `u64::MAX` copies only and 0 splices
 /// from the first byte (the tests cover all three).
-///
-/// One hand-written poll loop instead of nested `select!`/`try_join!` futures: the state
-/// every idle connection keeps is two small direction states, the idle timer and the drain
-/// waiter (about a third of the nested futures' size), and a wakeup polls no combinators.
-async fn run_with(
-    client: &TcpStream,
-    upstream: &TcpStream,
+fn run_with<'a>(
+    client: &'a TcpStream,
+    upstream: &'a TcpStream,
     idle: Duration,
-    p: &Progress,
-    force: &CancellationToken,
+    p: &'a Progress,
+    force: &'a CancellationToken,
     splice_after: u64,
-) -> End {
-    let idle_ms = idle.as_millis().max(1) as u64;
-    let mut last = clock::now_ms();
-    let (mut up, mut down) = (Phase::new(), Phase::new());
-    let sleep = tokio::time::sleep(idle);
-    tokio::pin!(sleep);
-    let forced = force.cancelled();
-    tokio::pin!(forced);
-    std::future::poll_fn(|cx| {
-        if forced.as_mut().poll(cx).is_ready() {
+) -> Run<'a> {
+    Run {
+        client,
+        upstream,
+        p,
+        up: Phase::new(),
+        down: Phase::new(),
+        last: clock::now_ms(),
+        idle_ms: idle.as_millis().max(1) as u64,
+        splice_after,
+        sleep: tokio::time::sleep(idle),
+        forced: force.cancelled(),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Forwarding as one hand-written future rather than nested `select!`/`try_join!`
+    /// futures: the state every idle connection keeps is two small direction states, the
+    /// idle timer and the drain waiter (a third of the nested futures' size), and a wakeup
+    /// polls no combinators.
+    pub struct Run<'a> {
+        client: &'a TcpStream,
+        upstream: &'a TcpStream,
+        p: &'a Progress,
+        up: Phase,
+        down: Phase,
+        // When bytes last moved (clock::now_ms).
+        last: u64,
+        idle_ms: u64,
+        splice_after: u64,
+        // Armed for `last + idle` only when it fires, not on every byte.
+        #[pin]
+        sleep: Sleep,
+        #[pin]
+        forced: WaitForCancellationFuture<'a>,
+    }
+}
+
+impl Future for Run<'_> {
+    type Output = End;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
+        let mut this = self.project();
+        if this.forced.poll(cx).is_ready() {
             return Poll::Ready(End::DrainDeadline);
         }
-        let a = up.poll(cx, client, upstream, &p.sent, &mut last, splice_after);
+        let (client, upstream, p, after) =
+            (*this.client, *this.upstream, *this.p, *this.splice_after);
+        let a = this
+            .up
+            .poll(cx, client, upstream, &p.sent, this.last, after);
         if let Poll::Ready(Err(e)) = a {
             return Poll::Ready(End::from_error(e.error, e.at_dst));
         }
-        let b = down.poll(cx, upstream, client, &p.received, &mut last, splice_after);
+        let b = this
+            .down
+            .poll(cx, upstream, client, &p.received, this.last, after);
         if let Poll::Ready(Err(e)) = b {
             return Poll::Ready(End::from_error(e.error, !e.at_dst));
         }
         if a.is_ready() && b.is_ready() {
             return Poll::Ready(End::Done);
         }
-        // The timer is armed for `last + idle` only when it fires, not on every byte.
         loop {
-            if sleep.as_mut().poll(cx).is_pending() {
+            if this.sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let deadline = last.saturating_add(idle_ms);
+            let deadline = this.last.saturating_add(*this.idle_ms);
             let now = clock::now_ms();
             if now >= deadline {
                 return Poll::Ready(End::Idle);
             }
             let wait = Duration::from_millis(deadline - now);
-            sleep.as_mut().reset(tokio::time::Instant::now() + wait);
+            this.sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + wait);
         }
-    })
-    .await
+    }
 }
 
 /// Bytes one direction copies in userspace before it switches to splice.
