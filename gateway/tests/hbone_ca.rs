@@ -490,3 +490,32 @@ async fn the_test_server_answers_as_istiod_does() {
     );
     assert_eq!(env.ca.issued(), 1);
 }
+
+/// istiod's certificate must name the host of --ca-address: a mismatch says so and how to fix
+/// it, rather than blaming --ca-root. (The test server's certificate names
+/// istiod.istio-system.svc and 127.0.0.1, not `localhost`.) Seen failing before: "presented a
+/// TLS certificate that --ca-root ... does not trust".
+#[tokio::test]
+async fn a_ca_address_that_istiods_certificate_does_not_name_is_a_clear_error() {
+    use gateway::hbone::ca::{CaClient, CaError, csr};
+    let env = env().await;
+    let port = env.ca.address().rsplit_once(':').unwrap().1.to_string();
+    let cfg = CaConfig {
+        address: format!("localhost:{port}"),
+        ..env.ca_config()
+    };
+    let (client, _) = CaClient::new(&cfg).unwrap();
+    let k = csr::generate(&gw_spiffe()).unwrap();
+    let e = client
+        .create_certificate(k.csr_pem, &env.token(&["istio-ca"]).await)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CaError::WrongName { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("--ca-address localhost:")
+            && text.contains("istiod.<istiod's namespace>.svc:15012"),
+        "{text}"
+    );
+    assert_eq!(env.ca.issued(), 0);
+}

@@ -42,6 +42,10 @@ pub enum CaError {
         detail: String,
     },
     #[error(
+        "istiod's TLS certificate does not name the host of --ca-address {address} ({detail}); give the name it carries, as Istio's proxies do: istiod.<istiod's namespace>.svc:15012"
+    )]
+    WrongName { address: String, detail: String },
+    #[error(
         "istiod at --ca-address {address} refused the token from --ca-token {token} ({message}); it must be a service-account token for audience istio-ca of cluster --cluster-id {cluster_id:?}"
     )]
     Unauthenticated {
@@ -161,6 +165,13 @@ impl CaClient {
 
     fn classify(&self, status: tonic::Status) -> CaError {
         let detail = chain_text(&status);
+        // rustls: CertificateError::NotValidForName(Context) says "not valid for name".
+        if detail.contains("not valid for name") || detail.contains("NotValidForName") {
+            return CaError::WrongName {
+                address: self.cfg.address.clone(),
+                detail,
+            };
+        }
         if detail.contains("invalid peer certificate") || detail.contains("UnknownIssuer") {
             return CaError::Untrusted {
                 address: self.cfg.address.clone(),
