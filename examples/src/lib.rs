@@ -4,4 +4,5 @@
 //! The mTLS plumbing itself lives in the test-support crate `testkit`.
 
 pub mod cert_reload;
+pub mod stage;
 pub mod workload;

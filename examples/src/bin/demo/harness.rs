@@ -1,10 +1,9 @@
 //! The demo's stage: run the CLIs as a user would (echoing each command), start the
 //! long-running binaries with their logs in the work dir, and record each check's outcome.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use testkit::proc::ChildGuard;
@@ -12,12 +11,7 @@ use testkit::{mesh, prom};
 
 use crate::EAST_GW_ADMIN;
 
-/// A started binary, killed when dropped; its stderr goes to `log`.
-pub struct Proc {
-    pub name: String,
-    pub child: ChildGuard,
-    pub log: PathBuf,
-}
+pub use examples::stage::{Proc, header, wait_listening};
 
 pub struct Demo {
     pub bin: PathBuf,
@@ -73,34 +67,6 @@ impl Demo {
         println!("  {} {what}", if ok { "✔" } else { "✘" });
         self.checks.push((what.into(), ok));
     }
-}
-
-pub fn header(n: u32, title: &str) {
-    println!("\n━━ {n}. {title}");
-}
-
-/// Waits until `addr` accepts TCP, or the process dies, or 10 s pass.
-pub fn wait_listening(p: &mut Proc, addr: &str) -> Result<()> {
-    let addr: SocketAddr = addr.parse()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Some(status) = p.child.try_wait()? {
-            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
-            bail!(
-                "{} exited ({status}) before listening on {addr}:\n{log}",
-                p.name
-            );
-        }
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!(
-        "{} did not listen on {addr} within 10 s (log: {})",
-        p.name,
-        p.log.display()
-    )
 }
 
 pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {

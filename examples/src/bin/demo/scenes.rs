@@ -180,9 +180,9 @@ pub async fn start_east(d: &mut Demo) -> Result<East> {
             "simple-backend-west",
         ],
     )?;
-    wait_listening(&mut catalog, CATALOG_POD)?;
-    wait_listening(&mut backend_east, BACKEND_EAST_POD)?;
-    wait_listening(&mut backend_west, BACKEND_WEST_POD)?;
+    wait_listening(&mut catalog, CATALOG_POD.parse()?)?;
+    wait_listening(&mut backend_east, BACKEND_EAST_POD.parse()?)?;
+    wait_listening(&mut backend_west, BACKEND_WEST_POD.parse()?)?;
     println!("  catalog              {CATALOG_POD}  ({catalog_id}, east-cluster CA)");
     println!("  simple-backend-east  {BACKEND_EAST_POD}  ({backend_id}, east-cluster CA)");
     println!("  simple-backend-west  {BACKEND_WEST_POD}  ({backend_id}, west-cluster CA)");
@@ -216,7 +216,7 @@ pub async fn start_east(d: &mut Demo) -> Result<East> {
         ],
     )?;
     // Probe the admin port, not 15443: a bare TCP probe there would count as a rejection.
-    wait_listening(&mut gateway, EAST_GW_ADMIN)?;
+    wait_listening(&mut gateway, EAST_GW_ADMIN.parse()?)?;
     let mut ready = 0;
     for _ in 0..100 {
         ready = http_get(EAST_GW_ADMIN, "/healthz/ready")

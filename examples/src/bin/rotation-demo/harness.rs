@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use testkit::proc::ChildGuard;
@@ -16,12 +16,7 @@ pub struct Out {
     pub stderr: String,
 }
 
-/// A started binary, killed when dropped; its stderr goes to `log`.
-pub struct Proc {
-    pub name: String,
-    pub child: ChildGuard,
-    pub log: PathBuf,
-}
+pub use examples::stage::{Proc, header, wait_listening};
 
 pub struct Demo {
     pub bin: PathBuf,
@@ -128,33 +123,6 @@ impl Demo {
         println!("  {} {what}", if ok { "✔" } else { "✘" });
         self.checks.push((what.into(), ok));
     }
-}
-
-pub fn header(n: u32, title: &str) {
-    println!("\n━━ {n}. {title}");
-}
-
-/// Waits until `addr` accepts TCP, or the process dies, or 10 s pass.
-pub fn wait_listening(p: &mut Proc, addr: SocketAddr) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Some(status) = p.child.try_wait()? {
-            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
-            bail!(
-                "{} exited ({status}) before listening on {addr}:\n{log}",
-                p.name
-            );
-        }
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!(
-        "{} did not listen on {addr} within 10 s (log: {})",
-        p.name,
-        p.log.display()
-    )
 }
 
 /// A plain HTTP/1.0 GET (the gateway's admin port); the body.

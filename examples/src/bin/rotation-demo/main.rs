@@ -14,7 +14,7 @@ mod clusters;
 mod harness;
 mod stages;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use clusters::{Clusters, NAMES};
 use harness::{Demo, private_dir};
@@ -70,28 +70,5 @@ fn main() -> Result<()> {
     // Multi-threaded: the test servers answer on worker threads while a meshctl process runs.
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(run(&mut demo));
-    let failed: Vec<_> = demo
-        .checks
-        .iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(w, _)| w.clone())
-        .collect();
-    println!(
-        "\n━━ Result: {} of {} checks passed",
-        demo.checks.len() - failed.len(),
-        demo.checks.len()
-    );
-    if !keep && result.is_ok() && failed.is_empty() {
-        let _ = std::fs::remove_dir_all(&work);
-    } else {
-        println!(
-            "work dir kept for inspection: {} (logs: *.log)",
-            work.display()
-        );
-    }
-    result?;
-    if !failed.is_empty() {
-        bail!("{} check(s) failed: {}", failed.len(), failed.join("; "));
-    }
-    Ok(())
+    examples::stage::conclude(&demo.checks, result, &work, keep)
 }
