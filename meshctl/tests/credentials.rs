@@ -233,7 +233,10 @@ async fn dry_run_changes_nothing_and_prints_no_token() {
         token_of(&stored_kubeconfig(&remote(&m, "east", "west"), "west")),
         token_of(&stored_kubeconfig(&remote(&m, "west", "east"), "east")),
     ];
-    let (before_w, before_e) = (snapshot(&m.west), snapshot(&m.east));
+    let (before_w, before_e) = (
+        settled_snapshot(&m.west).await,
+        settled_snapshot(&m.east).await,
+    );
     let (code, v, all) = run_json(&m, &["credentials", "refresh"], &["--dry-run"]).await;
     assert_eq!(code, 0, "{all}");
     let e = entry(&v["secrets"], "east", "west");

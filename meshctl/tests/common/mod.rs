@@ -356,3 +356,25 @@ pub fn cacerts_apply_args<'a>(
     args.extend_from_slice(extra);
     args
 }
+
+/// [`snapshot`] once the test server's controllers have caught up: every Namespace has its
+/// `default` ServiceAccount and `kube-root-ca.crt` ConfigMap (they are created in the
+/// background, as controller-manager does, and would otherwise appear between a "before" and
+/// an "after" snapshot). Bounded: 5 s.
+pub async fn settled_snapshot(s: &TestApiServer) -> BTreeMap<String, String> {
+    for _ in 0..100 {
+        let snap = snapshot(s);
+        let settled = snap
+            .keys()
+            .filter_map(|k| k.strip_prefix("Namespace /"))
+            .all(|ns| {
+                snap.contains_key(&format!("ConfigMap {ns}/kube-root-ca.crt"))
+                    && snap.contains_key(&format!("ServiceAccount {ns}/default"))
+            });
+        if settled {
+            return snap;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the test server's controllers did not settle within 5 s");
+}
