@@ -161,7 +161,10 @@ async fn join_ambient_announces_each_peer_network_and_unjoin_removes_it() {
     }
 
     // A second run changes nothing.
-    let (w1, e1) = (snapshot(&m.west), snapshot(&m.east));
+    let (w1, e1) = (
+        settled_snapshot(&m.west).await,
+        settled_snapshot(&m.east).await,
+    );
     m.join(&[
         "--ambient",
         "--gateway-address",
@@ -210,7 +213,10 @@ async fn join_ambient_uses_the_load_balancer_address_once_there_is_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_ambient_dry_run_shows_the_announcements_and_changes_nothing() {
     let m = ambient_mesh().await;
-    let (w0, e0) = (snapshot(&m.west), snapshot(&m.east));
+    let (w0, e0) = (
+        settled_snapshot(&m.west).await,
+        settled_snapshot(&m.east).await,
+    );
     let out = m
         .join(&[
             "--ambient",
@@ -233,7 +239,10 @@ async fn join_ambient_dry_run_shows_the_announcements_and_changes_nothing() {
 async fn join_ambient_refuses_without_the_gateway_api_and_changes_nothing() {
     let m = mesh().await;
     install_gateway_api(&m.west);
-    let (w0, e0) = (snapshot(&m.west), snapshot(&m.east));
+    let (w0, e0) = (
+        settled_snapshot(&m.west).await,
+        settled_snapshot(&m.east).await,
+    );
     let out = m
         .fails(&m.join_certs_args(&["--allow-loopback-server", "--ambient"]))
         .await;

@@ -170,7 +170,10 @@ async fn refresh_reissues_a_token_under_the_threshold_and_leaves_a_fresh_one_alo
         .expect("the refreshed kubeconfig lists namespaces");
 
     // Idempotent: a second run changes nothing.
-    let (before_w, before_e) = (snapshot(&m.west), snapshot(&m.east));
+    let (before_w, before_e) = (
+        settled_snapshot(&m.west).await,
+        settled_snapshot(&m.east).await,
+    );
     let (code, v, all) = run_json(&m, &["credentials", "refresh"], &[]).await;
     assert_eq!(code, 0, "{all}");
     for e in v["secrets"].as_array().unwrap() {
@@ -288,7 +291,7 @@ async fn legacy_tokens_are_listed_and_left_alone() {
     assert!(table.starts_with("STORED IN"), "{table}");
     assert!(table.contains("legacy long-lived Secret token"), "{table}");
     assert!(table.contains("never expires"), "{table}");
-    let before = snapshot(&m.east);
+    let before = settled_snapshot(&m.east).await;
     let (code, v, all) = run_json(&m, &["credentials", "refresh"], &["--threshold", "1000d"]).await;
     assert_eq!(code, 0, "{all}");
     for e in v["secrets"].as_array().unwrap() {

@@ -40,13 +40,19 @@ fn expected(other: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_creates_exactly_the_expected_objects_and_a_second_run_changes_nothing() {
     let m = mesh().await;
-    let (w0, e0) = (snapshot(&m.west), snapshot(&m.east));
+    let (w0, e0) = (
+        settled_snapshot(&m.west).await,
+        settled_snapshot(&m.east).await,
+    );
     let out = m.join(&[]).await;
     assert!(
         out.contains("remote secret istio-remote-secret-west"),
         "{out}"
     );
-    let (w1, e1) = (snapshot(&m.west), snapshot(&m.east));
+    let (w1, e1) = (
+        settled_snapshot(&m.west).await,
+        settled_snapshot(&m.east).await,
+    );
     let mut got = added(&w0, &w1);
     got.sort();
     assert_eq!(got, expected("east"));
@@ -103,7 +109,10 @@ async fn remote_secret_in_east_authenticates_against_west_and_lists_its_services
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_prints_every_object_per_cluster_and_changes_nothing() {
     let m = mesh().await;
-    let (w0, e0) = (snapshot(&m.west), snapshot(&m.east));
+    let (w0, e0) = (
+        settled_snapshot(&m.west).await,
+        settled_snapshot(&m.east).await,
+    );
     let out = m.join(&["--dry-run"]).await;
     assert_eq!(snapshot(&m.west), w0);
     assert_eq!(snapshot(&m.east), e0);
@@ -129,7 +138,10 @@ async fn dry_run_prints_every_object_per_cluster_and_changes_nothing() {
     let v: serde_json::Value = serde_json::from_str(&json_out).unwrap();
     assert_eq!(v["clusters"].as_array().unwrap().len(), 2);
     m.join(&[]).await;
-    let (w1, e1) = (snapshot(&m.west), snapshot(&m.east));
+    let (w1, e1) = (
+        settled_snapshot(&m.west).await,
+        settled_snapshot(&m.east).await,
+    );
     m.join(&["--dry-run", "--token-ttl", "1h"]).await;
     assert_eq!((snapshot(&m.west), snapshot(&m.east)), (w1, e1));
     // unjoin --dry-run too.
@@ -167,7 +179,10 @@ async fn unjoin_leaves_nothing_behind_and_keeps_unrelated_objects() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
-    let (w0, e0) = (snapshot(&m.west), snapshot(&m.east));
+    let (w0, e0) = (
+        settled_snapshot(&m.west).await,
+        settled_snapshot(&m.east).await,
+    );
     m.join(&[]).await;
     let out = m.ok(&m.unjoin_args(&[])).await;
     assert!(out.contains("west: removed"), "{out}");
@@ -202,7 +217,10 @@ async fn unjoin_leaves_nothing_behind_and_keeps_unrelated_objects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expose_services_needs_the_gateway_crd_and_changes_nothing_without_it() {
     let m = mesh().await;
-    let (w0, e0) = (snapshot(&m.west), snapshot(&m.east));
+    let (w0, e0) = (
+        settled_snapshot(&m.west).await,
+        settled_snapshot(&m.east).await,
+    );
     let mut args = m.join_certs_args(&["--allow-loopback-server", "--expose-services"]);
     let out = m.fails(&args).await;
     assert!(
@@ -263,7 +281,10 @@ async fn join_refused(m: &Mesh, kubeconfig: &Path, contexts: [&str; 2], extra: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_before_any_change() {
     let m = mesh().await;
-    let (w0, e0) = (snapshot(&m.west), snapshot(&m.east));
+    let (w0, e0) = (
+        settled_snapshot(&m.west).await,
+        settled_snapshot(&m.east).await,
+    );
     let both = ["west", "east"];
     // (contexts, flags besides --allow-loopback-server, what the refusal says)
     let cases: [([&str; 2], &[&str], &[&str]); 4] = [
@@ -389,7 +410,7 @@ async fn cacerts_apply_creates_the_namespace_and_refuses_another_root_without_fo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_network_and_gateway_install() {
     let m = mesh().await;
-    let before = snapshot(&m.east);
+    let before = settled_snapshot(&m.east).await;
     let out = m
         .ok(&[
             "label-network",
