@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
 #[derive(Debug, Default)]
@@ -13,9 +13,39 @@ pub struct Drain {
     /// Cancelled when listeners must stop accepting.
     pub stop_accepting: CancellationToken,
     /// Cancelled when open connections must close now.
-    pub force_close: CancellationToken,
+    pub force_close: ForceClose,
     /// Every connection task runs on this tracker.
     pub tasks: TaskTracker,
+}
+
+/// The drain deadline as connections watch it: a token, plus a flag read without locking.
+/// Forwarding checks it on every wakeup of every connection, and a `CancellationToken`'s
+/// own check (or re-polling its waiter) takes a lock each time.
+#[derive(Debug, Default)]
+pub struct ForceClose {
+    fired: AtomicBool,
+    token: CancellationToken,
+}
+
+impl ForceClose {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the flag, then wakes every waiter: a waiter woken sees the flag set.
+    pub fn cancel(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    /// Completes once [`ForceClose::cancel`] was called.
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
 }
 
 /// What a drain did, for the final log line.

@@ -16,7 +16,7 @@ use std::net::Shutdown;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -27,9 +27,10 @@ use tokio::net::TcpStream;
 
 use futures::ready;
 use tokio::time::Sleep;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::clock;
+use crate::drain::ForceClose;
 
 const CHUNK: usize = 16 * 1024;
 
@@ -170,7 +171,7 @@ pub fn run<'a>(
     upstream: &'a TcpStream,
     idle: Duration,
     p: &'a Progress,
-    force: &'a CancellationToken,
+    force: &'a ForceClose,
 ) -> Run<'a> {
     run_with(client, upstream, idle, p, force, SPLICE_AFTER)
 }
@@ -182,13 +183,15 @@ fn run_with<'a>(
     upstream: &'a TcpStream,
     idle: Duration,
     p: &'a Progress,
-    force: &'a CancellationToken,
+    force: &'a ForceClose,
     splice_after: u64,
 ) -> Run<'a> {
     Run {
         client,
         upstream,
         p,
+        force,
+        registered: None,
         up: Phase::new(),
         down: Phase::new(),
         last: clock::now_ms(),
@@ -208,6 +211,11 @@ pin_project_lite::pin_project! {
         client: &'a TcpStream,
         upstream: &'a TcpStream,
         p: &'a Progress,
+        force: &'a ForceClose,
+        // The waker the idle timer and the drain waiter hold. While a wakeup brings the same
+        // one, they are not polled again: re-polling the waiter takes a lock shared by every
+        // connection and the timer re-registers its waker, on every request.
+        registered: Option<Waker>,
         up: Phase,
         down: Phase,
         // When bytes last moved (clock::now_ms).
@@ -227,7 +235,16 @@ impl Future for Run<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
         let mut this = self.project();
-        if this.forced.poll(cx).is_ready() {
+        let fresh = !this
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        if fresh {
+            *this.registered = Some(cx.waker().clone());
+            if this.forced.poll(cx).is_ready() {
+                return Poll::Ready(End::DrainDeadline);
+            }
+        } else if this.force.is_cancelled() {
             return Poll::Ready(End::DrainDeadline);
         }
         let (client, upstream, p, after) =
@@ -246,6 +263,11 @@ impl Future for Run<'_> {
         }
         if a.is_ready() && b.is_ready() {
             return Poll::Ready(End::Done);
+        }
+        // Fired (or reset and not yet registered with this waker): see whether the
+        // connection was idle for the whole timeout, else re-arm for the rest of it.
+        if !fresh && !this.sleep.is_elapsed() {
+            return Poll::Pending;
         }
         loop {
             if this.sleep.as_mut().poll(cx).is_pending() {
@@ -481,7 +503,7 @@ mod tests {
             .collect();
         let expect = data.clone();
         let progress = Progress::new(Counter::default(), Counter::default());
-        let force = CancellationToken::new();
+        let force = ForceClose::new();
         let fwd = async {
             let idle = std::time::Duration::from_secs(30);
             run_with(
@@ -531,5 +553,91 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty(), "the reverse EOF is passed on");
+    }
+
+    /// Request/response through `run` with an echoing upstream: `rounds` exchanges, one
+    /// every `every`. Each wakes the forwarder with the waker its timer and drain waiter
+    /// already hold, the path where those are not polled again.
+    async fn talk(client: &mut TcpStream, rounds: usize, every: std::time::Duration) {
+        let mut buf = [0u8; 5];
+        for i in 0..rounds {
+            client.write_all(b"ping!").await.unwrap();
+            client.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"ping!", "round {i}");
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    async fn echo(mut s: TcpStream) {
+        let mut buf = [0u8; 64];
+        for _ in 0..10_000 {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn drain_deadline_cuts_a_connection_after_it_has_talked() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, upstream) = pair().await;
+        tokio::spawn(echo(upstream));
+        let progress = Progress::new(Counter::default(), Counter::default());
+        let force = ForceClose::new();
+        let idle = std::time::Duration::from_secs(60);
+        let mut fwd = std::pin::pin!(run(&client_side, &upstream_side, idle, &progress, &force));
+        let talked = async {
+            talk(&mut client, 20, std::time::Duration::from_millis(5)).await;
+            force.cancel();
+        };
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            tokio::select! {
+                end = &mut fwd => panic!("ended before the deadline: {end:?}"),
+                () = talked => {}
+            }
+            fwd.await
+        })
+        .await
+        .expect("the drain deadline ends forwarding");
+        assert!(matches!(end, End::DrainDeadline), "{end:?}");
+        assert_eq!(progress.totals(), (100, 100));
+    }
+
+    #[tokio::test]
+    async fn idle_timeout_counts_from_the_last_byte_after_talking() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, upstream) = pair().await;
+        tokio::spawn(echo(upstream));
+        let progress = Progress::new(Counter::default(), Counter::default());
+        let force = ForceClose::new();
+        let idle = std::time::Duration::from_millis(300);
+        let mut fwd = std::pin::pin!(run(&client_side, &upstream_side, idle, &progress, &force));
+        // Talking for about three idle timeouts: the timer fires and is re-armed meanwhile.
+        let talked = talk(&mut client, 9, std::time::Duration::from_millis(100));
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            tokio::select! {
+                end = &mut fwd => panic!("ended while talking: {end:?}"),
+                () = talked => {}
+            }
+        })
+        .await
+        .expect("the exchanges finish");
+        let quiet = std::time::Instant::now();
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), fwd)
+            .await
+            .expect("the idle timeout ends forwarding");
+        assert!(matches!(end, End::Idle), "{end:?}");
+        // The last byte moved at most ~100 ms before `quiet`; the clock is in milliseconds.
+        assert!(
+            quiet.elapsed() >= std::time::Duration::from_millis(150),
+            "{:?}",
+            quiet.elapsed()
+        );
+        assert_eq!(progress.totals(), (45, 45));
     }
 }

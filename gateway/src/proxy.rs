@@ -416,7 +416,7 @@ mod tests {
         let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (b, _) = l.accept().await.unwrap();
         let progress = Progress::new(Default::default(), Default::default());
-        let force = tokio_util::sync::CancellationToken::new();
+        let force = crate::drain::ForceClose::new();
         let run = forward::run(&b, &b, std::time::Duration::from_secs(1), &progress, &force);
         let run_size = std::mem::size_of_val(&run);
         drop(run);

@@ -411,6 +411,7 @@ impl BulkTotal {
         let total = Cost {
             core_s: self.core_s,
             proc_s: self.proc_s,
+            user_s: None,
             steal_s: None,
         };
         total.json("", "s_per_gb", self.bytes as f64 / 1e9, 1.0)

@@ -27,6 +27,7 @@ pub struct Meter {
     core0: Option<u64>,
     steal0: Option<u64>,
     pid0: u64,
+    user0: u64,
 }
 
 /// Seconds spent in the window.
@@ -34,6 +35,9 @@ pub struct Meter {
 pub struct Cost {
     pub core_s: Option<f64>,
     pub proc_s: Option<f64>,
+    /// The user-mode part of `proc_s`: the proxy's own code, as against the kernel's
+    /// socket and TCP work done for it (the rest).
+    pub user_s: Option<f64>,
     /// Time the hypervisor ran another guest on the proxy's core: a disturbed window.
     pub steal_s: Option<f64>,
 }
@@ -46,6 +50,7 @@ impl Meter {
             core0: a.proxy_core.and_then(core_busy_ticks),
             steal0: a.proxy_core.and_then(core_steal_ticks),
             pid0: process_ticks(&a.cpu_pid),
+            user0: process_user_ticks(&a.cpu_pid),
         }
     }
 
@@ -58,22 +63,26 @@ impl Meter {
             (Some(b), Some(a)) => Some(b.saturating_sub(a) as f64 / TICKS),
             _ => None,
         };
-        let proc_s = if self.pids.is_empty() {
-            None
+        let (proc_s, user_s) = if self.pids.is_empty() {
+            (None, None)
         } else {
-            Some(process_ticks(&self.pids).saturating_sub(self.pid0) as f64 / TICKS)
+            let all = process_ticks(&self.pids).saturating_sub(self.pid0);
+            let user = process_user_ticks(&self.pids).saturating_sub(self.user0);
+            (Some(all as f64 / TICKS), Some(user as f64 / TICKS))
         };
         Cost {
             core_s,
             proc_s,
+            user_s,
             steal_s,
         }
     }
 }
 
 impl Cost {
-    /// `{prefix}core_s`, `{prefix}cpu_s` and, per `units` of work scaled by `scale`
-    /// (1e6 for µs per unit), `{prefix}core_{per}` and `{prefix}cpu_{per}`.
+    /// `{prefix}core_s`, `{prefix}cpu_s`, `{prefix}user_s` and, per `units` of work scaled
+    /// by `scale` (1e6 for µs per unit), `{prefix}core_{per}`, `{prefix}cpu_{per}` and
+    /// `{prefix}user_{per}`.
     pub fn json(&self, prefix: &str, per: &str, units: f64, scale: f64) -> Value {
         let per_unit = |s: Option<f64>| s.filter(|_| units > 0.0).map(|s| s * scale / units);
         json!({
@@ -81,6 +90,8 @@ impl Cost {
             format!("{prefix}cpu_s"): self.proc_s,
             format!("{prefix}core_{per}"): per_unit(self.core_s),
             format!("{prefix}cpu_{per}"): per_unit(self.proc_s),
+            format!("{prefix}user_s"): self.user_s,
+            format!("{prefix}user_{per}"): per_unit(self.user_s),
             format!("{prefix}steal_s"): self.steal_s,
         })
     }
@@ -121,13 +132,25 @@ fn parse_busy(line: &str) -> Option<u64> {
 pub fn process_ticks(pids: &[u32]) -> u64 {
     pids.iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|s| {
-            let rest = s.rsplit_once(") ")?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // Fields 14 and 15 of stat(5); `rest` starts at field 3.
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
+        .filter_map(|s| parse_times(&s).map(|(u, s)| u + s))
         .sum()
+}
+
+/// utime of the processes, in clock ticks (all threads).
+fn process_user_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| parse_times(&s).map(|(u, _)| u))
+        .sum()
+}
+
+/// (utime, stime) of one `/proc/<pid>/stat` line.
+fn parse_times(stat: &str) -> Option<(u64, u64)> {
+    // The command name may hold spaces and parentheses; the fields start after the last ")".
+    let rest = stat.rsplit_once(") ")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `rest` starts at field 3.
+    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -139,6 +162,13 @@ mod tests {
         let l = "cpu0 10 1 5 1000 50 2 3 4 0 0";
         assert_eq!(parse_busy(l), Some(10 + 1 + 5 + 2 + 3));
         assert_eq!(parse_busy("cpu0 1 2"), None);
+    }
+
+    #[test]
+    fn times_are_read_after_a_command_name_with_spaces_and_parentheses() {
+        let line = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 5";
+        assert_eq!(parse_times(line), Some((7, 3)));
+        assert_eq!(parse_times("42 (x) S 1"), None);
     }
 
     #[test]

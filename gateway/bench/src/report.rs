@@ -99,6 +99,16 @@ const ROWS: &[Row] = &[
         "bulk",
         "/cpu_s_per_gb",
     ),
+    row(
+        "of which user mode (the proxy's own code; the rest is kernel work for it): µs per new connection",
+        "connrate",
+        "/user_us_per_conn",
+    ),
+    row(
+        "of which user mode: µs per 64 B request (c=32)",
+        "rr32",
+        "/user_us_per_req",
+    ),
 ];
 
 struct Runs {

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The gateway's userspace instructions per new connection and per 64 B request, counted by
+# valgrind's callgrind. Unlike the benchmark's CPU time these repeat to within a few
+# instructions while other work loads the machine, so they tell a small code change from
+# noise; they leave out the kernel's work (measure that with the benchmark).
+#
+#   gateway/bench/callgrind.sh               # prints instructions per connection and per request
+#   GATEWAY=path/to/gateway gateway/bench/callgrind.sh   # another build (e.g. before a change)
+#   KEEP=1 ...                               # keep the callgrind dumps (for callgrind_annotate)
+#
+# Differences cancel start-up, warm-up and timers: per connection = (Ir of 1000 connections -
+# Ir of 200) / 800; per request = (Ir of 20,000 requests - Ir of 4,000) / 16,000, each phase
+# on 16 new persistent connections held for the same 8 s.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$ROOT"
+command -v valgrind >/dev/null || { echo "missing valgrind (apt-get install -y valgrind)" >&2; exit 1; }
+
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+  cargo build --release -q -p gateway -p sni-bench
+fi
+TARGET_DIR="$(cargo metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+TARGET_DIR="${TARGET_DIR:-$ROOT/target}"
+GW="${GATEWAY:-$TARGET_DIR/release/gateway}"
+SB="$TARGET_DIR/release/sni-bench"
+
+P="${CALLGRIND_PORT_BASE:-28000}"
+BACKEND="127.0.0.2:$((P + 443))"
+GW_ADDR="127.0.0.1:$((P + 1))"
+HOST=bench.default.svc.cluster.local
+OUT="$(mktemp -d /tmp/gw-callgrind.XXXXXX)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [[ "${KEEP:-0}" == 1 ]] && echo "dumps kept in $OUT" >&2 || rm -rf "$OUT"
+}
+trap cleanup EXIT
+
+wait_port() { # host:port seconds
+  for _ in $(seq 1 $(($2 * 10))); do
+    if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listening on $1 after $2 s" >&2; exit 1
+}
+
+"$SB" certs --dir "$OUT/certs" >/dev/null
+"$SB" backend --listen "$BACKEND" --plain-listen "127.0.0.2:$((P + 444))" --certs "$OUT/certs" \
+  --threads 1 2>"$OUT/backend.log" &
+PIDS+=($!)
+cat >"$OUT/endpoints.yaml" <<EOT
+services:
+  - host: $HOST
+    ports: [{port: 80, targetPort: $((P + 443))}]
+    endpoints: [{address: 127.0.0.2}]
+EOT
+RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind -q \
+  --callgrind-out-file="$OUT/cg.out" "$GW" --listen "$GW_ADDR" --admin "127.0.0.1:$((P + 21))" \
+  --endpoints "$OUT/endpoints.yaml" 2>"$OUT/gateway.log" &
+GW_PID=$!
+PIDS+=("$GW_PID")
+wait_port "$BACKEND" 10
+wait_port "$GW_ADDR" 60
+# Something else on these ports (a run not yet ended) would be measured instead.
+for p in "${PIDS[@]}"; do
+  kill -0 "$p" 2>/dev/null || { echo "a process did not start; logs in $OUT" >&2; KEEP=1; exit 1; }
+done
+
+client() { "$SB" "$@" --target "$GW_ADDR" --certs "$OUT/certs" --threads 1; }
+# Ir of the gateway's process since the last zeroing: dumps, then reads the dump's total.
+counted() { # phase-name command...
+  local name="$1"; shift
+  callgrind_control -z "$GW_PID" >/dev/null
+  "$@" >"$OUT/$name.json"
+  grep -q '"errors":0,' "$OUT/$name.json" || { echo "errors in $name: $(cat "$OUT/$name.json")" >&2; KEEP=1; exit 1; }
+  callgrind_control -d "$name" "$GW_PID" >/dev/null
+  local f; f="$(ls -t "$OUT"/cg.out.* | head -1)"
+  sed -n 's/^totals: *//p; s/^summary: *//p' "$f" | head -1 | cut -d' ' -f1
+}
+json_num() { sed -n "s/.*\"$2\": *\([0-9.]*\).*/\1/p" "$OUT/$1.json" | head -1; }
+
+client connrate --concurrency 8 --max-conns 50 --duration 60s >/dev/null   # warm-up
+c200=$(counted c200 client connrate --concurrency 8 --max-conns 200 --duration 120s)
+c1000=$(counted c1000 client connrate --concurrency 8 --max-conns 1000 --duration 600s)
+n200=$(json_num c200 connections)
+n1000=$(json_num c1000 connections)
+# rr stops sending at --max-requests but holds its connections for the whole duration: the
+# same duration for both phases, so the idle time cancels too.
+r1=$(counted r1 client rr --connections 16 --max-requests 4000 --duration 8s --warmup 0s)
+r2=$(counted r2 client rr --connections 16 --max-requests 20000 --duration 8s --warmup 0s)
+q1=$(json_num r1 requests)
+q2=$(json_num r2 requests)
+
+for v in c200 c1000 n200 n1000 r1 r2 q1 q2; do
+  [[ -n "${!v}" ]] || { echo "no figure for $v; logs in $OUT" >&2; KEEP=1; exit 1; }
+done
+echo "gateway: $GW"
+echo "instructions per new connection: $(( (c1000 - c200) / (n1000 - n200) )) (connections $n200 and $n1000)"
+echo "instructions per 64 B request:   $(( (r2 - r1) / (${q2%.*} - ${q1%.*}) )) (requests $q1 and $q2)"
