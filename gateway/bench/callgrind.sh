@@ -15,13 +15,14 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
+# shellcheck source=gateway/bench/common.sh
+source "$ROOT/gateway/bench/common.sh"
 command -v valgrind >/dev/null || { echo "missing valgrind (apt-get install -y valgrind)" >&2; exit 1; }
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   cargo build --release -q -p gateway -p sni-bench
 fi
-TARGET_DIR="$(cargo metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-TARGET_DIR="${TARGET_DIR:-$ROOT/target}"
+TARGET_DIR="$(target_dir "$ROOT")"
 GW="${GATEWAY:-$TARGET_DIR/release/gateway}"
 SB="$TARGET_DIR/release/sni-bench"
 
@@ -38,13 +39,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() { # host:port seconds
-  for _ in $(seq 1 $(($2 * 10))); do
-    if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listening on $1 after $2 s" >&2; exit 1
-}
 
 "$SB" certs --dir "$OUT/certs" >/dev/null
 "$SB" backend --listen "$BACKEND" --plain-listen "127.0.0.2:$((P + 444))" --certs "$OUT/certs" \

@@ -21,6 +21,8 @@ QUICK=0
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 cd "$ROOT"
+# shellcheck source=gateway/bench/common.sh
+source "$HERE/common.sh"
 
 if [[ "$QUICK" == 1 ]]; then
   DUR=500ms WARM=200ms TP_DUR=500ms IDLE_N=300 SETTLE=300ms PAUSE=0.2 HB_DUR=300ms RUNS=${BENCH_RUNS:-1}
@@ -34,8 +36,7 @@ BULK_CONNS=4
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   cargo build --release -p gateway -p sni-bench
 fi
-TARGET_DIR="$(cargo metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
-TARGET_DIR="${TARGET_DIR:-$ROOT/target}"
+TARGET_DIR="$(target_dir "$ROOT")"
 GW="${BENCH_GATEWAY:-$TARGET_DIR/release/gateway}"
 SB="$TARGET_DIR/release/sni-bench"
 HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
@@ -85,13 +86,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() { # host:port
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listening on $1" >&2; exit 1
-}
 
 "$SB" certs --dir "$CERTS"
 

@@ -1,0 +1,19 @@
+# shellcheck shell=bash
+# Shared by run.sh and callgrind.sh (sourced, not run).
+
+# Where cargo puts binaries: CARGO_TARGET_DIR or the workspace's target/.
+target_dir() { # root
+  local d
+  d="$(cargo metadata --format-version 1 --no-deps 2>/dev/null | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+  echo "${d:-$1/target}"
+}
+
+# Waits until something accepts on host:port, at most `seconds` (default 10); exits otherwise.
+wait_port() { # host:port [seconds]
+  local secs="${2:-10}"
+  for _ in $(seq 1 $((secs * 10))); do
+    if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listening on $1 after $secs s" >&2; exit 1
+}
