@@ -26,8 +26,8 @@ pub struct Meter {
     pids: Vec<u32>,
     core0: Option<u64>,
     steal0: Option<u64>,
-    pid0: u64,
-    user0: u64,
+    /// (utime, stime) of the processes at the start.
+    pid0: (u64, u64),
 }
 
 /// Seconds spent in the window.
@@ -49,8 +49,7 @@ impl Meter {
             pids: a.cpu_pid.clone(),
             core0: a.proxy_core.and_then(core_busy_ticks),
             steal0: a.proxy_core.and_then(core_steal_ticks),
-            pid0: process_ticks(&a.cpu_pid),
-            user0: process_user_ticks(&a.cpu_pid),
+            pid0: process_times(&a.cpu_pid),
         }
     }
 
@@ -66,8 +65,11 @@ impl Meter {
         let (proc_s, user_s) = if self.pids.is_empty() {
             (None, None)
         } else {
-            let all = process_ticks(&self.pids).saturating_sub(self.pid0);
-            let user = process_user_ticks(&self.pids).saturating_sub(self.user0);
+            // One read of each process's stat for both figures, so they cover the same instant.
+            let (u1, s1) = process_times(&self.pids);
+            let (u0, s0) = self.pid0;
+            let user = u1.saturating_sub(u0);
+            let all = (u1 + s1).saturating_sub(u0 + s0);
             (Some(all as f64 / TICKS), Some(user as f64 / TICKS))
         };
         Cost {
@@ -130,18 +132,16 @@ fn parse_busy(line: &str) -> Option<u64> {
 
 /// utime + stime of the processes, in clock ticks (all threads).
 pub fn process_ticks(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|s| parse_times(&s).map(|(u, s)| u + s))
-        .sum()
+    let (user, system) = process_times(pids);
+    user + system
 }
 
-/// utime of the processes, in clock ticks (all threads).
-fn process_user_ticks(pids: &[u32]) -> u64 {
+/// (utime, stime) of the processes, summed, in clock ticks (all threads).
+fn process_times(pids: &[u32]) -> (u64, u64) {
     pids.iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|s| parse_times(&s).map(|(u, _)| u))
-        .sum()
+        .filter_map(|s| parse_times(&s))
+        .fold((0, 0), |(u, s), (pu, ps)| (u + pu, s + ps))
 }
 
 /// (utime, stime) of one `/proc/<pid>/stat` line.
