@@ -19,11 +19,15 @@ cd "$ROOT"
 source "$ROOT/gateway/bench/common.sh"
 command -v valgrind >/dev/null || { echo "missing valgrind (apt-get install -y valgrind)" >&2; exit 1; }
 
+# The gateway as deployed and benchmarked: the `production` profile (PROFILE=release for
+# the faster build).
+PROFILE="${PROFILE:-production}"
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-  cargo build --release -q -p gateway -p sni-bench
+  cargo build --profile "$PROFILE" -q -p gateway
+  cargo build --release -q -p sni-bench
 fi
 TARGET_DIR="$(target_dir "$ROOT")"
-GW="${GATEWAY:-$TARGET_DIR/release/gateway}"
+GW="${GATEWAY:-$TARGET_DIR/$PROFILE/gateway}"
 SB="$TARGET_DIR/release/sni-bench"
 
 P="${CALLGRIND_PORT_BASE:-28000}"

@@ -11,7 +11,8 @@
 #   gateway/bench/run.sh --quick    # harness check (~40 s, one run), numbers meaningless
 #
 # Env: BENCH_RUNS (default 3), BENCH_PORT_BASE (default 27000), BENCH_OUT (default: a temp
-# dir, kept), SKIP_BUILD=1, BENCH_GATEWAY (another gateway binary, e.g. an older build to
+# dir, kept), SKIP_BUILD=1, BENCH_PROFILE (the gateway's cargo profile: production, or
+# release with --quick), BENCH_GATEWAY (another gateway binary, e.g. an older build to
 # compare against; RESULTS.md is then left alone).
 set -euo pipefail
 
@@ -33,11 +34,15 @@ CONNRATE_CONC=32
 RR_CONNS=32
 BULK_CONNS=4
 
+# The gateway as deployed (the `production` profile: fat LTO, several minutes to build); the
+# quick harness check takes the release build, as its numbers mean nothing anyway.
+if [[ "$QUICK" == 1 ]]; then GW_PROFILE="${BENCH_PROFILE:-release}"; else GW_PROFILE="${BENCH_PROFILE:-production}"; fi
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-  cargo build --release -p gateway -p sni-bench
+  cargo build --profile "$GW_PROFILE" -p gateway
+  cargo build --release -p sni-bench
 fi
 TARGET_DIR="$(target_dir "$ROOT")"
-GW="${BENCH_GATEWAY:-$TARGET_DIR/release/gateway}"
+GW="${BENCH_GATEWAY:-$TARGET_DIR/$GW_PROFILE/gateway}"
 SB="$TARGET_DIR/release/sni-bench"
 HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"

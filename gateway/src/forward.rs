@@ -37,7 +37,8 @@ const CHUNK: usize = 16 * 1024;
 /// How forwarding ended: the `outcome` of the access log and the close count.
 #[derive(Debug)]
 pub enum End {
-    /// Both directions saw EOF and were shut down in turn.
+    /// Both directions saw EOF; the first was passed on as a write shutdown, the second by
+    /// the close that follows.
     Done,
     /// No byte either way for the idle timeout.
     Idle,
@@ -165,7 +166,8 @@ impl Progress {
 }
 
 /// Copies `client <-> upstream` until both directions are done, the idle timeout passes, an
-/// error occurs, or `force` (the drain deadline) is cancelled.
+/// error occurs, or `force` (the drain deadline) is cancelled. The caller closes both sockets
+/// when it returns: the second EOF is passed on by that close, not by a shutdown.
 pub fn run<'a>(
     client: &'a TcpStream,
     upstream: &'a TcpStream,
@@ -249,15 +251,17 @@ impl Future for Run<'_> {
         }
         let (client, upstream, p, after) =
             (*this.client, *this.upstream, *this.p, *this.splice_after);
+        let down_done = matches!(this.down, Phase::Done);
         let a = this
             .up
-            .poll(cx, client, upstream, &p.sent, this.last, after);
+            .poll(cx, client, upstream, &p.sent, this.last, after, down_done);
         if let Poll::Ready(Err(e)) = a {
             return Poll::Ready(End::from_error(e.error, e.at_dst));
         }
+        let up_done = matches!(this.up, Phase::Done);
         let b = this
             .down
-            .poll(cx, upstream, client, &p.received, this.last, after);
+            .poll(cx, upstream, client, &p.received, this.last, after, up_done);
         if let Poll::Ready(Err(e)) = b {
             return Poll::Ready(End::from_error(e.error, !e.at_dst));
         }
@@ -322,7 +326,9 @@ impl Phase {
 
     /// Moves what can be moved now. `Ready(Ok)` once EOF was passed on; `Pending` with
     /// the waker registered on the socket it waits for. `last` is stamped with
-    /// [`clock::now_ms`] whenever bytes move.
+    /// [`clock::now_ms`] whenever bytes move. `other_done`: the reverse direction has
+    /// ended, so this one's EOF ends the connection.
+    #[allow(clippy::too_many_arguments)]
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -331,6 +337,7 @@ impl Phase {
         dir: &Direction,
         last: &mut u64,
         splice_after: u64,
+        other_done: bool,
     ) -> Poll<Result<(), DirError>> {
         loop {
             match self {
@@ -367,7 +374,7 @@ impl Phase {
                     let mut raw = [MaybeUninit::<u8>::uninit(); CHUNK];
                     let mut buf = ReadBuf::uninit(&mut raw);
                     match read_some(src, &mut buf) {
-                        Ok(0) => return self.finish(dst),
+                        Ok(0) => return self.finish(dst, other_done),
                         Ok(n) => {
                             let data = &buf.filled()[..n];
                             let written = match dst.try_write(data) {
@@ -414,7 +421,7 @@ impl Phase {
                         rustix::pipe::splice(src, None, &*w, None, cap, flags)
                             .map_err(io::Error::from)
                     }) {
-                        Ok(0) => return self.finish(dst),
+                        Ok(0) => return self.finish(dst, other_done),
                         Ok(n) => {
                             *left = n;
                             *last = clock::now_ms();
@@ -428,9 +435,15 @@ impl Phase {
         }
     }
 
-    /// EOF from `src`: passed on as a write shutdown of `dst`, once.
-    fn finish(&mut self, dst: &TcpStream) -> Poll<Result<(), DirError>> {
+    /// EOF from `src`: passed on as a write shutdown of `dst`, once. Not when the reverse
+    /// direction has ended too: `run` then returns and its caller closes both sockets at
+    /// once, and the close sends the FIN (the receive queue is empty, having been read to
+    /// EOF), so a shutdown would be one syscall more per connection for nothing.
+    fn finish(&mut self, dst: &TcpStream, other_done: bool) -> Poll<Result<(), DirError>> {
         *self = Phase::Done;
+        if other_done {
+            return Poll::Ready(Ok(()));
+        }
         Poll::Ready(shutdown_write(dst).map_err(at_dst))
     }
 }
@@ -506,7 +519,7 @@ mod tests {
         let force = ForceClose::new();
         let fwd = async {
             let idle = std::time::Duration::from_secs(30);
-            run_with(
+            let end = run_with(
                 &client_side,
                 &upstream_side,
                 idle,
@@ -514,7 +527,10 @@ mod tests {
                 &force,
                 splice_after,
             )
-            .await
+            .await;
+            // As the proxy does: both sockets are closed as soon as forwarding ends.
+            drop((client_side, upstream_side));
+            end
         };
         let send = async {
             client.write_all(&data).await.unwrap();
@@ -551,8 +567,12 @@ mod tests {
         assert_eq!(progress.totals(), (expect.len() as u64, 0));
         assert_eq!(progress.sent.counter.get(), expect.len() as u64);
         let mut rest = Vec::new();
-        client.read_to_end(&mut rest).await.unwrap();
-        assert!(rest.is_empty(), "the reverse EOF is passed on");
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_to_end(&mut rest),
+        );
+        read.await.expect("the reverse EOF is passed on").unwrap();
+        assert!(rest.is_empty(), "nothing after the EOF");
     }
 
     /// Request/response through `run` with an echoing upstream: `rounds` exchanges, one
