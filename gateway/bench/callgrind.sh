@@ -23,8 +23,7 @@ command -v valgrind >/dev/null || { echo "missing valgrind (apt-get install -y v
 # the faster build).
 PROFILE="${PROFILE:-production}"
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-  cargo build --profile "$PROFILE" -q -p gateway
-  cargo build --release -q -p sni-bench
+  build_binaries "$PROFILE" -q
 fi
 TARGET_DIR="$(target_dir "$ROOT")"
 GW="${GATEWAY:-$TARGET_DIR/$PROFILE/gateway}"

@@ -17,3 +17,10 @@ wait_port() { # host:port [seconds]
   done
   echo "nothing listening on $1 after $secs s" >&2; exit 1
 }
+
+# Builds the gateway with cargo profile `profile` (the bench measures `production`, the build
+# to deploy) and the sni-bench load generator with `release`. Extra arguments go to cargo.
+build_binaries() { # profile [cargo flags...]
+  cargo build --profile "$1" "${@:2}" -p gateway
+  cargo build --release "${@:2}" -p sni-bench
+}

@@ -38,8 +38,7 @@ BULK_CONNS=4
 # quick harness check takes the release build, as its numbers mean nothing anyway.
 if [[ "$QUICK" == 1 ]]; then GW_PROFILE="${BENCH_PROFILE:-release}"; else GW_PROFILE="${BENCH_PROFILE:-production}"; fi
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-  cargo build --profile "$GW_PROFILE" -p gateway
-  cargo build --release -p sni-bench
+  build_binaries "$GW_PROFILE"
 fi
 TARGET_DIR="$(target_dir "$ROOT")"
 GW="${BENCH_GATEWAY:-$TARGET_DIR/$GW_PROFILE/gateway}"
