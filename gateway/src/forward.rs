@@ -23,9 +23,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
+use rustix::net::{RecvFlags, SendFlags};
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use socket2::SockRef;
-use tokio::io::{Interest, ReadBuf};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use futures::ready;
@@ -318,9 +319,11 @@ enum Phase {
     Splice {
         r: OwnedFd,
         w: OwnedFd,
-        cap: usize,
+        // u32, as the pipe's size is (fcntl's int): the variant then fits beside `Copy`'s
+        // niche and the enum stays 32 bytes.
+        cap: u32,
         /// Bytes in the pipe not yet written to `dst`.
-        left: usize,
+        left: u32,
         /// Small splices in from `src` in a row.
         small: u8,
     },
@@ -357,7 +360,7 @@ impl Phase {
                 Phase::Copy { pending, streamed } => {
                     if !pending.is_empty() {
                         ready!(dst.poll_write_ready(cx)).map_err(at_dst)?;
-                        match dst.try_write(pending) {
+                        match send(dst, pending) {
                             Ok(w) => {
                                 pending.drain(..w);
                                 *last = clock::now_ms();
@@ -390,12 +393,11 @@ impl Phase {
                     // connection's state. Left uninitialised: zeroing 16 KiB per read was
                     // most of a small request's cost.
                     let mut raw = [MaybeUninit::<u8>::uninit(); CHUNK];
-                    let mut buf = ReadBuf::uninit(&mut raw);
-                    match read_some(src, &mut buf) {
-                        Ok(0) => return self.finish(dst, other_done),
-                        Ok(n) => {
-                            let data = &buf.filled()[..n];
-                            let written = match dst.try_write(data) {
+                    match read_some(src, &mut raw) {
+                        Ok([]) => return self.finish(dst, other_done),
+                        Ok(data) => {
+                            let n = data.len();
+                            let written = match send(dst, data) {
                                 Ok(w) => w,
                                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                                 Err(e) => return Poll::Ready(Err(at_dst(e))),
@@ -422,7 +424,7 @@ impl Phase {
                 } => {
                     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
                     if *left > 0 {
-                        let n = *left;
+                        let n = *left as usize;
                         match dst.try_io(Interest::WRITABLE, || {
                             rustix::pipe::splice(&*r, None, dst, None, n, flags)
                                 .map_err(io::Error::from)
@@ -431,7 +433,7 @@ impl Phase {
                                 return Poll::Ready(Err(at_dst(io::ErrorKind::WriteZero.into())));
                             }
                             Ok(m) => {
-                                *left -= m;
+                                *left -= m as u32;
                                 *last = clock::now_ms();
                             }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -447,14 +449,14 @@ impl Phase {
                         continue;
                     }
                     ready!(src.poll_read_ready(cx)).map_err(at_src)?;
-                    let cap = *cap;
+                    let cap = *cap as usize;
                     match src.try_io(Interest::READABLE, || {
                         rustix::pipe::splice(src, None, &*w, None, cap, flags)
                             .map_err(io::Error::from)
                     }) {
                         Ok(0) => return self.finish(dst, other_done),
                         Ok(n) => {
-                            *left = n;
+                            *left = n as u32;
                             *small = if n < SMALL_SPLICE {
                                 small.saturating_add(1)
                             } else {
@@ -484,32 +486,46 @@ impl Phase {
     }
 }
 
-/// One read from `src` into `buf`. A short read (the buffer had room left) also clears
-/// `src`'s readiness, as tokio's own `poll_read` does: it emptied the receive queue, so the
-/// next read would only return EAGAIN. That saves one `recvfrom` per burst of data (per
-/// request, on a request/response connection). Data arriving meanwhile is not missed: it
-/// raises a new readiness event, which a clear of the older one leaves in place.
-fn read_some(src: &TcpStream, buf: &mut ReadBuf<'_>) -> io::Result<usize> {
+/// One read from `src` into `buf`: the bytes read, none at EOF. A short read (the buffer had
+/// room left) also clears `src`'s readiness, as tokio's own `poll_read` does: it emptied the
+/// receive queue, so the next read would only return EAGAIN. That saves one `recvfrom` per
+/// burst of data (per request, on a request/response connection). Data arriving meanwhile is
+/// not missed: it raises a new readiness event, which a clear of the older one leaves in place.
+///
+/// `recv` and [`send`] are rustix's direct syscalls rather than tokio's `try_read`/`try_write`,
+/// which go through std and libc: libc's wrappers switch the thread's cancellation state
+/// twice per call (two atomic updates), and tokio's read nests a second readiness check.
+fn read_some<'b>(src: &TcpStream, buf: &'b mut [MaybeUninit<u8>]) -> io::Result<&'b mut [u8]> {
+    let room = buf.len();
     let mut short = None;
-    let r = src.try_io(Interest::READABLE, || {
-        let n = src.try_read_buf(buf)?;
-        if n > 0 && buf.remaining() > 0 {
-            short = Some(n);
-            // Makes `try_io` clear the readiness it saw; the count is returned below.
+    let short_read = &mut short;
+    let r = src.try_io(Interest::READABLE, move || {
+        let ((data, _), _) = rustix::net::recv(src, buf, RecvFlags::empty())?;
+        if !data.is_empty() && data.len() < room {
+            *short_read = Some(data);
+            // Makes `try_io` clear the readiness it saw; the bytes are returned below.
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        Ok(n)
+        Ok(data)
     });
     match (r, short) {
-        (Err(_), Some(n)) => Ok(n),
+        (Err(_), Some(data)) => Ok(data),
         (r, _) => r,
     }
 }
 
-fn new_pipe() -> io::Result<(OwnedFd, OwnedFd, usize)> {
+/// One write of `data` to `dst` (`MSG_NOSIGNAL`, as std's own); `WouldBlock` clears its
+/// write readiness.
+fn send(dst: &TcpStream, data: &[u8]) -> io::Result<usize> {
+    dst.try_io(Interest::WRITABLE, || {
+        rustix::net::send(dst, data, SendFlags::NOSIGNAL).map_err(io::Error::from)
+    })
+}
+
+fn new_pipe() -> io::Result<(OwnedFd, OwnedFd, u32)> {
     let (r, w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
     let cap = rustix::pipe::fcntl_setpipe_size(&w, PIPE).unwrap_or(16 * 4096);
-    Ok((r, w, cap))
+    Ok((r, w, u32::try_from(cap).unwrap_or(u32::MAX)))
 }
 
 /// Passes an EOF on as a write shutdown; the peer having gone already is not an error.
