@@ -179,6 +179,10 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         tokio::spawn(hbone.serve(hbone_listener));
         hbone_addr = Some(addr);
     }
+    tokio::spawn(keep_timers_due(
+        cfg.connect_timeout.min(cfg.detect_timeout) / 2,
+        stop_background.clone(),
+    ));
     tokio::spawn(proxy.serve(listener));
     let admin = Arc::new(Admin {
         registry,
@@ -229,5 +233,20 @@ impl Bound {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
         Ok(self.drain().await)
+    }
+}
+
+/// Keeps a timer due within `every`, shorter than any per-connection timeout. Tokio wakes its
+/// I/O driver (an `eventfd` write) whenever a new timer is due before the driver's next
+/// planned wake; with only the forwarded connections' idle timers (an hour) pending, that was
+/// most new connections' detect or connect timer (0.87 writes per connection, strace).
+async fn keep_timers_due(every: std::time::Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
     }
 }
