@@ -724,6 +724,27 @@ mod tests {
         bounded.await.expect("bounded")
     }
 
+    /// What a forwarder borrows besides the sockets: its counters and the drain flag.
+    struct Borrowed {
+        progress: Progress,
+        force: ForceClose,
+    }
+
+    impl Borrowed {
+        fn new() -> Self {
+            Borrowed {
+                progress: Progress::new(Counter::default(), Counter::default()),
+                force: ForceClose::new(),
+            }
+        }
+
+        /// `run_with` with a one-minute idle timeout.
+        fn run<'a>(&'a self, client: &'a TcpStream, up: &'a TcpStream, after: u64) -> Run<'a> {
+            let idle = std::time::Duration::from_secs(60);
+            run_with(client, up, idle, &self.progress, &self.force, after)
+        }
+    }
+
     fn splicing(fwd: &Pin<&mut Run<'_>>) -> (bool, bool) {
         let run = fwd.as_ref().get_ref();
         let s = |p: &Phase| matches!(p, Phase::Splice { .. });
@@ -738,24 +759,15 @@ mod tests {
         let (mut client, client_side) = pair().await;
         let (upstream_side, upstream) = pair().await;
         tokio::spawn(echo(upstream));
-        let progress = Progress::new(Counter::default(), Counter::default());
-        let force = ForceClose::new();
-        let idle = std::time::Duration::from_secs(60);
-        let mut fwd = std::pin::pin!(run_with(
-            &client_side,
-            &upstream_side,
-            idle,
-            &progress,
-            &force,
-            1024
-        ));
+        let b = Borrowed::new();
+        let mut fwd = std::pin::pin!(b.run(&client_side, &upstream_side, 1024));
         // Past the threshold by a few messages, fewer than would send a spliced direction
         // back to copying: splicing by the total would show here.
         let rounds = 1024 / 5 + 1 + usize::from(BACK_TO_COPY_AFTER) / 2;
         let zero = std::time::Duration::ZERO;
         beside(fwd.as_mut(), talk(&mut client, rounds, zero)).await;
         let total = 5 * rounds as u64;
-        assert_eq!(progress.totals(), (total, total));
+        assert_eq!(b.progress.totals(), (total, total));
         assert_eq!(splicing(&fwd), (false, false));
     }
 
@@ -782,17 +794,8 @@ mod tests {
             }
             all
         });
-        let progress = Progress::new(Counter::default(), Counter::default());
-        let force = ForceClose::new();
-        let idle = std::time::Duration::from_secs(60);
-        let mut fwd = std::pin::pin!(run_with(
-            &client_side,
-            &upstream_side,
-            idle,
-            &progress,
-            &force,
-            64 * 1024
-        ));
+        let b = Borrowed::new();
+        let mut fwd = std::pin::pin!(b.run(&client_side, &upstream_side, 64 * 1024));
         let bulk: Vec<u8> = (0..1024 * 1024u32).map(|i| (i ^ (i >> 9)) as u8).collect();
         let mut expect = Vec::new();
         let arrived = |n: usize| {
