@@ -1,12 +1,40 @@
 //! Free ports on loopback addresses, for processes that must be told their address before
 //! they bind (the built binaries). In-process servers bind `:0` and report their address.
 
+use std::hash::{BuildHasher, RandomState};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+
+/// Ports below the kernel's ephemeral range this far are tried first.
+const BELOW_EPHEMERAL: u16 = 8192;
 
 /// A port that was free on `ip` a moment ago (the listener is closed on return, so another
 /// process may take it; good enough for tests on a private loopback address).
+///
+/// Taken below the ephemeral range where it can: a port from `bind(:0)` is an ephemeral
+/// one, which the next outgoing connection of any test running alongside may take as its
+/// local port before the caller binds it (seen in CI as `EADDRINUSE`).
 pub fn free_port(ip: Ipv4Addr) -> std::io::Result<u16> {
+    if let Some(low) = ephemeral_low() {
+        let base = low.saturating_sub(BELOW_EPHEMERAL).max(1024);
+        let span = low.saturating_sub(base);
+        let random = RandomState::new();
+        for i in 0..64u64 {
+            if span == 0 {
+                break;
+            }
+            let port = base + (random.hash_one(i) % u64::from(span)) as u16;
+            if let Ok(l) = TcpListener::bind((ip, port)) {
+                return Ok(l.local_addr()?.port());
+            }
+        }
+    }
     Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+/// The first port of `net.ipv4.ip_local_port_range`, if readable.
+fn ephemeral_low() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 /// `ip:port` with a port from [`free_port`].
@@ -23,5 +51,20 @@ mod tests {
         let addr = free_addr(Ipv4Addr::LOCALHOST).unwrap();
         assert_ne!(addr.port(), 0);
         TcpListener::bind(addr).unwrap();
+    }
+
+    #[test]
+    fn free_ports_avoid_the_ephemeral_range() {
+        let Some(low) = ephemeral_low() else { return };
+        if low <= 1024 {
+            return;
+        }
+        for _ in 0..20 {
+            let port = free_port(Ipv4Addr::LOCALHOST).unwrap();
+            assert!(
+                port < low,
+                "port {port} is in the ephemeral range from {low}"
+            );
+        }
     }
 }
