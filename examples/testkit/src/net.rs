@@ -14,21 +14,25 @@ const BELOW_EPHEMERAL: u16 = 8192;
 /// one, which the next outgoing connection of any test running alongside may take as its
 /// local port before the caller binds it (seen in CI as `EADDRINUSE`).
 pub fn free_port(ip: Ipv4Addr) -> std::io::Result<u16> {
-    if let Some(low) = ephemeral_low() {
-        let base = low.saturating_sub(BELOW_EPHEMERAL).max(1024);
-        let span = low.saturating_sub(base);
+    if let Some((base, span)) = below_ephemeral() {
         let random = RandomState::new();
         for i in 0..64u64 {
-            if span == 0 {
-                break;
-            }
             let port = base + (random.hash_one(i) % u64::from(span)) as u16;
-            if let Ok(l) = TcpListener::bind((ip, port)) {
-                return Ok(l.local_addr()?.port());
+            if TcpListener::bind((ip, port)).is_ok() {
+                return Ok(port);
             }
         }
     }
     Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+/// The ports tried first, as (first, count): up to [`BELOW_EPHEMERAL`] ports just below the
+/// ephemeral range, none under 1024; `None` when there are none or the range is unreadable.
+fn below_ephemeral() -> Option<(u16, u16)> {
+    let low = ephemeral_low()?;
+    let base = low.saturating_sub(BELOW_EPHEMERAL).max(1024);
+    let span = low.checked_sub(base).filter(|&n| n > 0)?;
+    Some((base, span))
 }
 
 /// The first port of `net.ipv4.ip_local_port_range`, if readable.
