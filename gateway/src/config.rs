@@ -394,6 +394,10 @@ pub struct Args {
     /// Validity asked of istiod for the HBONE certificate; renewed at half its lifetime.
     #[arg(long, env = "GATEWAY_HBONE_CERT_LIFETIME", default_value = "24h", value_parser = duration)]
     pub hbone_cert_lifetime: Duration,
+    /// Worker threads. Default: $TOKIO_WORKER_THREADS when set, else the CPUs this process
+    /// may use (a cgroup CPU quota counts). One worker runs the single-threaded scheduler.
+    #[arg(long, env = "GATEWAY_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
     /// Log format.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value = "plain")]
     pub log_format: LogFormat,

@@ -20,7 +20,7 @@
 //! `/debug/routes`; [`drain`] handles SIGTERM; [`config`] holds the settings and their
 //! defaults; [`app::build`] wires it all. [`local_error`] and [`accept`] keep the
 //! gateway's own resource exhaustion apart from endpoint health; [`clock`] is the
-//! millisecond clock behind ejection and idle deadlines.
+//! millisecond clock behind ejection and idle deadlines; [`runtime`] sizes the workers.
 
 pub mod accept;
 pub mod admin;
@@ -40,6 +40,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod reject;
 pub mod routes;
+pub mod runtime;
 pub mod sni_name;
 pub mod undecided;
 pub mod upstream;

@@ -4,8 +4,8 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
-use gateway::app;
 use gateway::config::{Args, LogFormat};
+use gateway::{app, runtime};
 use tracing_subscriber::EnvFilter;
 
 // tokio allocates every task cell and I/O registration 128-byte aligned, which
@@ -33,11 +33,12 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Plain => builder.init(),
     }
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let tokio_env = std::env::var("TOKIO_WORKER_THREADS").ok();
+    let workers = runtime::workers(args.workers, tokio_env.as_deref(), available);
     let cfg = args.into_config();
-    tracing::info!(config = ?cfg, "starting gateway");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    tracing::info!(config = ?cfg, workers, "starting gateway");
+    let rt = runtime::build(workers)?;
     rt.block_on(async {
         let bound = app::build(cfg).await?;
         let outcome = bound.wait_termination().await?;
