@@ -257,16 +257,23 @@ impl Future for Run<'_> {
         let (client, upstream, p, after) =
             (*this.client, *this.upstream, *this.p, *this.splice_after);
         let down_done = matches!(this.down, Phase::Done);
-        let a = this
-            .up
-            .poll(cx, client, upstream, &p.sent, this.last, after, down_done);
+        let a = this.up.poll(
+            cx, fresh, client, upstream, &p.sent, this.last, after, down_done,
+        );
         if let Poll::Ready(Err(e)) = a {
             return Poll::Ready(End::from_error(e.error, e.at_dst));
         }
         let up_done = matches!(this.up, Phase::Done);
-        let b = this
-            .down
-            .poll(cx, upstream, client, &p.received, this.last, after, up_done);
+        let b = this.down.poll(
+            cx,
+            fresh,
+            upstream,
+            client,
+            &p.received,
+            this.last,
+            after,
+            up_done,
+        );
         if let Poll::Ready(Err(e)) = b {
             return Poll::Ready(End::from_error(e.error, !e.at_dst));
         }
@@ -311,8 +318,12 @@ const PIPE: usize = 64 * 1024;
 enum Phase {
     Copy {
         pending: Vec<u8>,
-        /// Bytes moved by reads that filled the whole buffer.
-        streamed: u64,
+        /// Bytes moved by reads that filled the whole buffer (saturating: the threshold is
+        /// far below `u32::MAX`, and `u64::MAX` means never).
+        streamed: u32,
+        /// The last poll ended waiting for `src` to turn readable, and its waker is
+        /// registered there still (see [`Read::Empty`]).
+        waiting: bool,
     },
     /// `src -> pipe -> dst`. The pipe is drained before the next splice in, so EAGAIN on
     /// the way in always means "src not readable" and on the way out "dst not writable".
@@ -336,17 +347,19 @@ impl Phase {
         Phase::Copy {
             pending: Vec::new(),
             streamed: 0,
+            waiting: false,
         }
     }
 
     /// Moves what can be moved now. `Ready(Ok)` once EOF was passed on; `Pending` with
-    /// the waker registered on the socket it waits for. `last` is stamped with
-    /// [`clock::now_ms`] whenever bytes move. `other_done`: the reverse direction has
-    /// ended, so this one's EOF ends the connection.
+    /// the waker registered on the socket it waits for. `fresh`: `cx`'s waker is not the one
+    /// of the previous poll. `last` is stamped with [`clock::now_ms`] whenever bytes move.
+    /// `other_done`: the reverse direction has ended, so this one's EOF ends the connection.
     #[allow(clippy::too_many_arguments)]
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
+        fresh: bool,
         src: &TcpStream,
         dst: &TcpStream,
         dir: &Direction,
@@ -357,7 +370,11 @@ impl Phase {
         loop {
             match self {
                 Phase::Done => return Poll::Ready(Ok(())),
-                Phase::Copy { pending, streamed } => {
+                Phase::Copy {
+                    pending,
+                    streamed,
+                    waiting,
+                } => {
                     if !pending.is_empty() {
                         ready!(dst.poll_write_ready(cx)).map_err(at_dst)?;
                         match send(dst, pending) {
@@ -373,7 +390,7 @@ impl Phase {
                         }
                         continue;
                     }
-                    if *streamed >= splice_after {
+                    if u64::from(*streamed) >= splice_after {
                         match new_pipe() {
                             Ok((r, w, cap)) => {
                                 *self = Phase::Splice {
@@ -388,14 +405,14 @@ impl Phase {
                             Err(_) => *streamed = 0,
                         }
                     }
-                    ready!(src.poll_read_ready(cx)).map_err(at_src)?;
                     // The buffer lives only within this poll, so it is not part of the
                     // connection's state. Left uninitialised: zeroing 16 KiB per read was
                     // most of a small request's cost.
                     let mut raw = [MaybeUninit::<u8>::uninit(); CHUNK];
                     match read_some(src, &mut raw) {
-                        Ok([]) => return self.finish(dst, other_done),
-                        Ok(data) => {
+                        Read::Eof => return self.finish(dst, other_done),
+                        Read::Data(data) => {
+                            *waiting = false;
                             let n = data.len();
                             let written = match send(dst, data) {
                                 Ok(w) => w,
@@ -408,11 +425,24 @@ impl Phase {
                             *last = clock::now_ms();
                             dir.add(n as u64);
                             if n == CHUNK {
-                                *streamed += n as u64;
+                                *streamed = streamed.saturating_add(CHUNK as u32);
+                            }
+                            // Reads no longer pass through `poll_read_ready`, which spent
+                            // the task's budget: spent here instead, so a connection that
+                            // always has bytes still yields to the others.
+                            ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
+                        }
+                        Read::Empty { tried } => {
+                            if *waiting && !tried && !fresh {
+                                return Poll::Pending;
+                            }
+                            *waiting = false;
+                            if src.poll_read_ready(cx).map_err(at_src)?.is_pending() {
+                                *waiting = true;
+                                return Poll::Pending;
                             }
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Poll::Ready(Err(at_src(e))),
+                        Read::Failed(e) => return Poll::Ready(Err(at_src(e))),
                     }
                 }
                 Phase::Splice {
@@ -495,11 +525,13 @@ impl Phase {
 /// `recv` and [`send`] are rustix's direct syscalls rather than tokio's `try_read`/`try_write`,
 /// which go through std and libc: libc's wrappers switch the thread's cancellation state
 /// twice per call (two atomic updates), and tokio's read nests a second readiness check.
-fn read_some<'b>(src: &TcpStream, buf: &'b mut [MaybeUninit<u8>]) -> io::Result<&'b mut [u8]> {
+fn read_some<'b>(src: &TcpStream, buf: &'b mut [MaybeUninit<u8>]) -> Read<'b> {
     let room = buf.len();
     let mut short = None;
-    let short_read = &mut short;
+    let mut tried = false;
+    let (short_read, tried_recv) = (&mut short, &mut tried);
     let r = src.try_io(Interest::READABLE, move || {
+        *tried_recv = true;
         let ((data, _), _) = rustix::net::recv(src, buf, RecvFlags::empty())?;
         if !data.is_empty() && data.len() < room {
             *short_read = Some(data);
@@ -509,9 +541,29 @@ fn read_some<'b>(src: &TcpStream, buf: &'b mut [MaybeUninit<u8>]) -> io::Result<
         Ok(data)
     });
     match (r, short) {
-        (Err(_), Some(data)) => Ok(data),
-        (r, _) => r,
+        (Err(_), Some(data)) => Read::Data(data),
+        (Ok([]), _) => Read::Eof,
+        (Ok(data), _) => Read::Data(data),
+        (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => Read::Empty { tried },
+        (Err(e), None) => Read::Failed(e),
     }
+}
+
+/// What [`read_some`] found.
+enum Read<'b> {
+    Data(&'b mut [u8]),
+    Eof,
+    /// Nothing to read. `tried`: tokio's readiness said there might be, so a `recv` was made
+    /// (and found nothing, which cleared that readiness). When not tried, readiness is as
+    /// the last poll left it: the waker that poll registered with `poll_read_ready` is still
+    /// there, as only a readiness event takes it and an event leaves readiness set until a
+    /// read finds the queue empty. So a direction that waited, and whose poll sees the same
+    /// waker, goes on waiting without registering again (a lock and a waker comparison on
+    /// each wakeup of the connection, for the direction that did not wake it).
+    Empty {
+        tried: bool,
+    },
+    Failed(io::Error),
 }
 
 /// One write of `data` to `dst` (`MSG_NOSIGNAL`, as std's own); `WouldBlock` clears its
@@ -548,6 +600,134 @@ mod tests {
         let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (b, _) = l.accept().await.unwrap();
         (a, b)
+    }
+
+    /// Waits (bounded) until `s` has at least `n` bytes queued to read.
+    async fn queued(s: &TcpStream, n: usize) {
+        let mut buf = vec![0u8; n];
+        for _ in 0..500 {
+            if s.peek(&mut buf).await.unwrap() >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{n} bytes never arrived");
+    }
+
+    /// Reads that find bytes do not pass through `poll_read_ready`, which spends the task's
+    /// budget; the forwarder spends it per read itself. With the budget used up, a poll
+    /// moves one read's worth and yields, though more bytes wait: a connection whose source
+    /// never runs dry still lets the runtime's other connections run.
+    #[tokio::test]
+    async fn each_read_spends_the_task_budget() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, _upstream) = pair().await;
+        client.write_all(&[7u8; 4 * CHUNK]).await.unwrap();
+        queued(&client_side, 4 * CHUNK).await;
+        let progress = Progress::new(Counter::default(), Counter::default());
+        let force = ForceClose::new();
+        let idle = std::time::Duration::from_secs(30);
+        let mut fwd = std::pin::pin!(run_with(
+            &client_side,
+            &upstream_side,
+            idle,
+            &progress,
+            &force,
+            u64::MAX
+        ));
+        std::future::poll_fn(|cx| {
+            let mut spent = 0;
+            while let Poll::Ready(r) = tokio::task::coop::poll_proceed(cx) {
+                r.made_progress();
+                spent += 1;
+                assert!(spent < 100_000, "the budget never ran out");
+            }
+            assert!(fwd.as_mut().poll(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        assert_eq!(
+            progress.totals(),
+            (CHUNK as u64, 0),
+            "one read, then a yield"
+        );
+        // With a new budget, the rest.
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            for _ in 0..1000 {
+                if progress.totals().0 == 4 * CHUNK as u64 {
+                    return;
+                }
+                tokio::select! {
+                    end = fwd.as_mut() => panic!("ended: {end:?}"),
+                    () = tokio::task::yield_now() => {}
+                }
+            }
+            panic!("stuck at {:?}", progress.totals());
+        })
+        .await
+        .unwrap();
+    }
+
+    #[derive(Default)]
+    struct Wakes(AtomicU64);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A direction that waits keeps the waker it registered and, while the task's waker is
+    /// the same, does not register it again; polled with another waker, both directions
+    /// register the new one, so bytes either way wake it and not the old one.
+    #[tokio::test]
+    async fn a_new_waker_is_registered_for_both_directions() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, mut upstream) = pair().await;
+        let progress = Progress::new(Counter::default(), Counter::default());
+        let force = ForceClose::new();
+        let idle = std::time::Duration::from_secs(30);
+        let mut fwd = std::pin::pin!(run(&client_side, &upstream_side, idle, &progress, &force));
+        let (old, new) = (
+            std::sync::Arc::new(Wakes::default()),
+            std::sync::Arc::new(Wakes::default()),
+        );
+        let new_waker = Waker::from(new.clone());
+        for w in [Waker::from(old.clone()), new_waker.clone()] {
+            assert!(fwd.as_mut().poll(&mut Context::from_waker(&w)).is_pending());
+        }
+        let woken = |n: u64| {
+            let new = new.clone();
+            async move {
+                for _ in 0..500 {
+                    if new.0.load(Ordering::SeqCst) >= n {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                panic!("the new waker was not woken (wakes: {n} expected)");
+            }
+        };
+        let mut buf = [0u8; 4];
+        client.write_all(b"up!!").await.unwrap();
+        woken(1).await;
+        assert!(
+            fwd.as_mut()
+                .poll(&mut Context::from_waker(&new_waker))
+                .is_pending()
+        );
+        upstream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"up!!");
+        upstream.write_all(b"down").await.unwrap();
+        woken(2).await;
+        assert!(
+            fwd.as_mut()
+                .poll(&mut Context::from_waker(&new_waker))
+                .is_pending()
+        );
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"down");
+        assert_eq!(old.0.load(Ordering::SeqCst), 0, "the old waker was woken");
     }
 
     /// Far past the splice threshold, with a slow reader so both the copy and the splice
