@@ -260,17 +260,16 @@ fn server_name(mut ext: Reader<'_>) -> Result<String, Refusal> {
     if !ext.is_empty() {
         return Err(M("more than one server_name"));
     }
-    let mut host = String::with_capacity(len);
+    let mut host = Vec::with_capacity(len);
     for chunk in name.chunks() {
-        for &b in chunk {
-            // Printable ASCII without space: what a DNS name (or Istio key) can hold.
-            if !b.is_ascii_graphic() {
-                return Err(M("host_name is not printable ASCII"));
-            }
-            host.push(char::from(b.to_ascii_lowercase()));
+        // Printable ASCII without space: what a DNS name (or Istio key) can hold.
+        if !chunk.iter().all(u8::is_ascii_graphic) {
+            return Err(M("host_name is not printable ASCII"));
         }
+        host.extend_from_slice(chunk);
     }
-    Ok(host)
+    host.make_ascii_lowercase();
+    String::from_utf8(host).map_err(|_| M("host_name is not printable ASCII"))
 }
 
 /// RFC 7301 3.1: a non-empty list of non-empty protocol names, kept as bytes.
@@ -350,6 +349,13 @@ impl<'a> Reader<'a> {
         if n > self.left {
             return None;
         }
+        // Within the current record, as nearly always: no walk across records.
+        if n <= self.in_record && self.pos + n <= self.buf.len() {
+            self.pos += n;
+            self.in_record -= n;
+            self.left -= n;
+            return Some(());
+        }
         while n > 0 {
             n -= self.chunk(n)?.len();
         }
@@ -373,6 +379,16 @@ impl<'a> Reader<'a> {
     }
 
     fn u16(&mut self) -> Option<u16> {
+        // Both bytes in the current record, as nearly always: no walk across records.
+        if self.in_record >= 2 && self.left >= 2 {
+            let &[hi, lo] = self.buf.get(self.pos..self.pos + 2)? else {
+                return None;
+            };
+            self.pos += 2;
+            self.in_record -= 2;
+            self.left -= 2;
+            return Some(u16::from_be_bytes([hi, lo]));
+        }
         Some(u16::from_be_bytes([self.u8()?, self.u8()?]))
     }
 

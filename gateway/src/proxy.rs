@@ -259,7 +259,7 @@ impl Proxy {
             return Err(Reject::NoSni);
         };
         tracing::Span::current().record("sni", raw.as_str());
-        let Ok(target) = sni_name::parse(&raw) else {
+        let Ok(target) = sni_name::parse_owned(raw) else {
             return Err(Reject::BadName);
         };
         if !self.cfg.allow_hosts.iter().any(|p| p.matches(&target.host)) {

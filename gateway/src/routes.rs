@@ -19,6 +19,12 @@ use crate::sni_name::SniName;
 
 pub type Labels = BTreeMap<String, String>;
 
+/// The table's maps hash with foldhash, not std's SipHash: a connection makes four lookups
+/// (host, port, and its subset twice) and SipHash was about 700 instructions of them. The
+/// keys are the discovered services' (a client's name is only looked up, never inserted), so
+/// no client can fill a map with colliding keys; the seed is random per process all the same.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Subset name to the labels an endpoint must carry.
 pub type Subsets = BTreeMap<String, Labels>;
 
@@ -66,7 +72,7 @@ pub struct Route {
     /// All endpoints, ready or not (the debug view shows both).
     pub endpoints: Vec<Endpoint>,
     /// The whole route (`""`) and each subset; resolved at publish.
-    by_subset: HashMap<String, Subset>,
+    by_subset: Map<String, Subset>,
 }
 
 /// What a connection to one `(host, port, subset)` needs: the ready endpoints, resolved at
@@ -121,7 +127,8 @@ impl Route {
                 .map(|(i, _)| i)
                 .collect()
         };
-        let mut by_subset = HashMap::with_capacity(self.subsets.len() + 1);
+        let mut by_subset =
+            Map::with_capacity_and_hasher(self.subsets.len() + 1, Default::default());
         let subset = |ready| Subset {
             ready,
             metrics: OnceLock::new(),
@@ -138,10 +145,10 @@ impl Route {
 pub struct RouteTable {
     pub generation: u64,
     /// Host, then port: nested so a lookup by `&str` needs no allocation.
-    routes: HashMap<String, HashMap<u16, Route>>,
+    routes: Map<String, Map<u16, Route>>,
     /// The same keys, for HBONE: only endpoints with an HBONE port, each addressed
     /// `ip:hbone_port` (its own health and load state). A service without any is absent.
-    hbone: HashMap<String, HashMap<u16, Route>>,
+    hbone: Map<String, Map<u16, Route>>,
 }
 
 impl RouteTable {
@@ -198,8 +205,8 @@ impl Routes {
     /// listed twice is merged (Kubernetes may list one service's endpoints in several slices).
     pub fn publish(&self, specs: &[ServiceSpec]) -> Arc<RouteTable> {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        let mut routes: HashMap<String, HashMap<u16, Route>> = HashMap::new();
-        let mut hbone: HashMap<String, HashMap<u16, Route>> = HashMap::new();
+        let mut routes: Map<String, Map<u16, Route>> = Map::default();
+        let mut hbone: Map<String, Map<u16, Route>> = Map::default();
         for spec in specs {
             for &port in &spec.ports {
                 let route = routes
@@ -211,7 +218,7 @@ impl Routes {
                         port,
                         subsets: Arc::default(),
                         endpoints: Vec::new(),
-                        by_subset: HashMap::new(),
+                        by_subset: Map::default(),
                     });
                 // Share the spec's map; copy only to merge a host listed twice.
                 if route.subsets.is_empty() {
@@ -251,7 +258,7 @@ impl Routes {
                                 port,
                                 subsets: Arc::default(),
                                 endpoints: Vec::new(),
-                                by_subset: HashMap::new(),
+                                by_subset: Map::default(),
                             })
                             .endpoints
                             .push(Endpoint {

@@ -62,12 +62,20 @@ pub enum NameError {
 /// (Istio writes it with `strconv.Itoa`), so `080` is rejected rather than
 /// aliased to `80`.
 pub fn parse(sni: &str) -> Result<SniName, NameError> {
-    let sni = sni.to_ascii_lowercase();
-    let mut fields = sni.splitn(4, SEP);
-    let (Some(direction), Some(port), Some(subset), Some(host)) =
-        (fields.next(), fields.next(), fields.next(), fields.next())
-    else {
-        return match sni.split_once(SEP) {
+    parse_owned(sni.to_string())
+}
+
+/// [`parse`] of a name the caller owns: lower-cased in place, and its allocation becomes
+/// the host (no copy of the name when it is already lower case, as a decoded SNI is).
+pub fn parse_owned(mut lower: String) -> Result<SniName, NameError> {
+    lower.make_ascii_lowercase();
+    let fields = split_sep(&lower).and_then(|(direction, rest)| {
+        let (port, rest) = split_sep(rest)?;
+        let (subset, host) = split_sep(rest)?;
+        Some((direction, port, subset, host))
+    });
+    let Some((direction, port, subset, host)) = fields else {
+        return match split_sep(&lower) {
             Some((dir, _)) if dir != OUTBOUND => Err(NameError::Direction(dir.to_string())),
             _ => Err(NameError::Layout),
         };
@@ -80,11 +88,38 @@ pub fn parse(sni: &str) -> Result<SniName, NameError> {
         return Err(NameError::Subset(subset.to_string()));
     }
     check_host_field(host)?;
+    let subset = subset.to_string();
+    // The host is the name's tail: the lower-cased copy becomes it, one allocation fewer.
+    let host_at = lower.len() - host.len();
+    lower.drain(..host_at);
     Ok(SniName {
         port,
-        subset: subset.to_string(),
-        host: host.to_string(),
+        subset,
+        host: lower,
     })
+}
+
+/// `s` split at the first [`SEP`]. A byte scan: std's substring search sets up a two-way
+/// searcher on every call, which was most of the cost of parsing a name.
+fn split_sep(s: &str) -> Option<(&str, &str)> {
+    let i = find_sep(s)?;
+    Some((&s[..i], &s[i + SEP.len()..]))
+}
+
+fn find_sep(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let &[first, second] = SEP.as_bytes() else {
+        unreachable!("SEP is two bytes")
+    };
+    let mut from = 0;
+    while let Some(i) = b[from..].iter().position(|&c| c == first) {
+        let at = from + i;
+        if b.get(at + 1) == Some(&second) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 impl SniName {
@@ -106,11 +141,13 @@ pub fn validate_host(host: &str) -> Result<(), NameError> {
 
 /// The host field of a lower-cased name.
 fn check_host_field(host: &str) -> Result<(), NameError> {
-    if host.contains(SEP) {
+    // A DNS name has no `_`, so only a refused host needs the look for the separator that
+    // picks the message.
+    check_host(host).map_err(|reason| match find_sep(host) {
         // Istio's ParseSubsetKey yields an empty host for these.
-        return Err(host_error(host, "contains the separator \"_.\""));
-    }
-    check_host(host).map_err(|reason| host_error(host, reason))
+        Some(_) => host_error(host, "contains the separator \"_.\""),
+        None => host_error(host, reason),
+    })
 }
 
 /// Checks that `subset` is a non-empty subset name an SNI name can carry: a DNS-1123 label,
@@ -155,13 +192,47 @@ fn parse_port(s: &str) -> Option<u16> {
 
 /// A DNS-1123 label: 1–63 of `[a-z0-9-]`, starting and ending alphanumeric.
 fn is_dns1123_label(s: &str) -> bool {
-    let b = s.as_bytes();
+    is_label(s.as_bytes())
+}
+
+fn is_label(b: &[u8]) -> bool {
     (1..=63).contains(&b.len())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|&c| LABEL_BYTE[usize::from(c)])
         && b.first() != Some(&b'-')
         && b.last() != Some(&b'-')
 }
+
+/// Labels as [`is_label`] joined by single dots, in one pass over the bytes.
+fn is_dns_name(b: &[u8]) -> bool {
+    let (mut label, mut prev) = (0usize, b'.');
+    for &c in b {
+        if c == b'.' {
+            if label == 0 || prev == b'-' {
+                return false;
+            }
+            label = 0;
+        } else {
+            if !LABEL_BYTE[usize::from(c)] || (label == 0 && c == b'-') || label == 63 {
+                return false;
+            }
+            label += 1;
+        }
+        prev = c;
+    }
+    label > 0 && prev != b'-'
+}
+
+/// `[a-z0-9-]` as a table: one load per byte of every name a connection sends.
+static LABEL_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+        c += 1;
+    }
+    t
+};
 
 /// A lower-case DNS name: labels as above, at most 253 bytes, no trailing dot.
 fn check_host(host: &str) -> Result<(), &'static str> {
@@ -171,7 +242,7 @@ fn check_host(host: &str) -> Result<(), &'static str> {
     if host.len() > 253 {
         return Err("longer than 253 bytes");
     }
-    if host.split('.').all(is_dns1123_label) {
+    if is_dns_name(host.as_bytes()) {
         Ok(())
     } else {
         Err("not a DNS name (labels of 1-63 [a-z0-9-], not starting or ending with '-')")
@@ -318,6 +389,39 @@ mod tests {
                 .to_string()
                 .contains("separator")
         );
+    }
+
+    /// The one-pass check is the definition: labels split at dots, each a DNS-1123 label.
+    #[test]
+    fn one_pass_name_check_is_the_split_definition() {
+        let by_split = |b: &[u8]| b.split(|&c| c == b'.').all(is_label);
+        let long = |n: usize| "a".repeat(n);
+        let edges = [
+            String::new(),
+            ".".into(),
+            "a".into(),
+            "a.".into(),
+            ".a".into(),
+            "a..b".into(),
+            "-a".into(),
+            "a-".into(),
+            "a-b.c".into(),
+            "a.-b".into(),
+            "a.b-".into(),
+            "0.9".into(),
+            long(63),
+            long(64),
+            format!("{}.b", long(63)),
+            format!("{}.b", long(64)),
+            format!("b.{}", long(64)),
+        ];
+        for e in &edges {
+            assert_eq!(is_dns_name(e.as_bytes()), by_split(e.as_bytes()), "{e:?}");
+        }
+        use proptest::prelude::*;
+        proptest!(ProptestConfig::with_cases(4000), |(name in "[a-c0-9._A-]{0,12}|[a.-]{60,70}")| {
+            prop_assert_eq!(is_dns_name(name.as_bytes()), by_split(name.as_bytes()), "{:?}", name);
+        });
     }
 
     #[test]
