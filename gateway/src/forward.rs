@@ -257,23 +257,22 @@ impl Future for Run<'_> {
         let (client, upstream, p, after) =
             (*this.client, *this.upstream, *this.p, *this.splice_after);
         let down_done = matches!(this.down, Phase::Done);
-        let a = this.up.poll(
-            cx, fresh, client, upstream, &p.sent, this.last, after, down_done,
-        );
+        let up = Leg {
+            src: client,
+            dst: upstream,
+            dir: &p.sent,
+        };
+        let a = this.up.poll(cx, fresh, up, this.last, after, down_done);
         if let Poll::Ready(Err(e)) = a {
             return Poll::Ready(End::from_error(e.error, e.at_dst));
         }
         let up_done = matches!(this.up, Phase::Done);
-        let b = this.down.poll(
-            cx,
-            fresh,
-            upstream,
-            client,
-            &p.received,
-            this.last,
-            after,
-            up_done,
-        );
+        let down = Leg {
+            src: upstream,
+            dst: client,
+            dir: &p.received,
+        };
+        let b = this.down.poll(cx, fresh, down, this.last, after, up_done);
         if let Poll::Ready(Err(e)) = b {
             return Poll::Ready(End::from_error(e.error, !e.at_dst));
         }
@@ -300,6 +299,13 @@ impl Future for Run<'_> {
                 .reset(tokio::time::Instant::now() + wait);
         }
     }
+}
+
+/// One direction's ends and byte count, as [`Run`] polls it.
+struct Leg<'a> {
+    src: &'a TcpStream,
+    dst: &'a TcpStream,
+    dir: &'a Direction,
 }
 
 /// Bytes one direction moves in full reads ([`CHUNK`]) before it switches to splice.
@@ -355,18 +361,16 @@ impl Phase {
     /// the waker registered on the socket it waits for. `fresh`: `cx`'s waker is not the one
     /// of the previous poll. `last` is stamped with [`clock::now_ms`] whenever bytes move.
     /// `other_done`: the reverse direction has ended, so this one's EOF ends the connection.
-    #[allow(clippy::too_many_arguments)]
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
         fresh: bool,
-        src: &TcpStream,
-        dst: &TcpStream,
-        dir: &Direction,
+        leg: Leg<'_>,
         last: &mut u64,
         splice_after: u64,
         other_done: bool,
     ) -> Poll<Result<(), DirError>> {
+        let Leg { src, dst, dir } = leg;
         loop {
             match self {
                 Phase::Done => return Poll::Ready(Ok(())),
