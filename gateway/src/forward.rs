@@ -713,24 +713,19 @@ mod tests {
             }
         };
         let mut buf = [0u8; 4];
-        client.write_all(b"up!!").await.unwrap();
-        woken(1).await;
-        assert!(
-            fwd.as_mut()
-                .poll(&mut Context::from_waker(&new_waker))
-                .is_pending()
-        );
-        upstream.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"up!!");
-        upstream.write_all(b"down").await.unwrap();
-        woken(2).await;
-        assert!(
-            fwd.as_mut()
-                .poll(&mut Context::from_waker(&new_waker))
-                .is_pending()
-        );
-        client.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"down");
+        for (wakes, msg) in [(1, b"up!!"), (2, b"down")] {
+            let (from, to) = if wakes == 1 {
+                (&mut client, &mut upstream)
+            } else {
+                (&mut upstream, &mut client)
+            };
+            from.write_all(msg).await.unwrap();
+            woken(wakes).await;
+            let mut cx = Context::from_waker(&new_waker);
+            assert!(fwd.as_mut().poll(&mut cx).is_pending());
+            to.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, msg);
+        }
         assert_eq!(old.0.load(Ordering::SeqCst), 0, "the old waker was woken");
     }
 
