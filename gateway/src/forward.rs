@@ -440,9 +440,12 @@ impl Phase {
                             if *waiting && !tried && !fresh {
                                 return Poll::Pending;
                             }
-                            *waiting = false;
+                            // With the task's budget spent, `poll_read_ready` returns
+                            // `Pending` before registering anything (the task is woken to
+                            // go on instead): only a `Pending` with budget left registered.
+                            let budget = tokio::task::coop::has_budget_remaining();
                             if src.poll_read_ready(cx).map_err(at_src)?.is_pending() {
-                                *waiting = true;
+                                *waiting = budget;
                                 return Poll::Pending;
                             }
                         }
@@ -618,6 +621,17 @@ mod tests {
         panic!("{n} bytes never arrived");
     }
 
+    /// Spends the current task's budget, as a task does that has polled many ready resources.
+    fn spend_budget(cx: &mut Context<'_>) {
+        for _ in 0..100_000 {
+            match tokio::task::coop::poll_proceed(cx) {
+                Poll::Ready(r) => r.made_progress(),
+                Poll::Pending => return,
+            }
+        }
+        panic!("the budget never ran out");
+    }
+
     /// Reads that find bytes do not pass through `poll_read_ready`, which spends the task's
     /// budget; the forwarder spends it per read itself. With the budget used up, a poll
     /// moves one read's worth and yields, though more bytes wait: a connection whose source
@@ -640,12 +654,7 @@ mod tests {
             u64::MAX
         ));
         std::future::poll_fn(|cx| {
-            let mut spent = 0;
-            while let Poll::Ready(r) = tokio::task::coop::poll_proceed(cx) {
-                r.made_progress();
-                spent += 1;
-                assert!(spent < 100_000, "the budget never ran out");
-            }
+            spend_budget(cx);
             assert!(fwd.as_mut().poll(cx).is_pending());
             Poll::Ready(())
         })
@@ -670,6 +679,70 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    /// A poll whose budget runs out moves one read up and leaves the idle direction down
+    /// unregistered (tokio's `poll_read_ready` yields before registering); that direction
+    /// must register on a later poll, or bytes the upstream sends next wake nothing until
+    /// the idle timer.
+    #[tokio::test]
+    async fn a_direction_cut_short_by_the_budget_registers_later() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, mut upstream) = pair().await;
+        client.write_all(&[7u8; 2 * CHUNK]).await.unwrap();
+        queued(&client_side, 2 * CHUNK).await;
+        let progress = Progress::new(Counter::default(), Counter::default());
+        let force = ForceClose::new();
+        let idle = std::time::Duration::from_secs(30);
+        let mut fwd = std::pin::pin!(run_with(
+            &client_side,
+            &upstream_side,
+            idle,
+            &progress,
+            &force,
+            u64::MAX
+        ));
+        let wakes = std::sync::Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut spend = true;
+        for _ in 0..100 {
+            if progress.totals().0 == 2 * CHUNK as u64 {
+                break;
+            }
+            std::future::poll_fn(|_| {
+                let mut cx = Context::from_waker(&waker);
+                if spend {
+                    spend_budget(&mut cx);
+                    spend = false;
+                }
+                assert!(fwd.as_mut().poll(&mut cx).is_pending());
+                Poll::Ready(())
+            })
+            .await;
+            // A new budget for the next poll.
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(progress.totals(), (2 * CHUNK as u64, 0));
+        let before = wakes.0.load(Ordering::SeqCst);
+        upstream.write_all(b"down").await.unwrap();
+        for _ in 0..500 {
+            if wakes.0.load(Ordering::SeqCst) > before {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(
+            wakes.0.load(Ordering::SeqCst) > before,
+            "bytes from the upstream woke nothing"
+        );
+        assert!(
+            fwd.as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        let mut buf = [0u8; 4];
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"down");
     }
 
     #[derive(Default)]
