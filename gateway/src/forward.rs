@@ -1,8 +1,8 @@
 //! Byte forwarding between the client and the upstream, both directions, until both end.
 //!
-//! Each direction waits for readiness and reads into a stack buffer, so an idle connection
-//! holds no userspace buffer at all; only bytes the peer cannot take yet are kept on the
-//! heap. A FIN one way becomes a write shutdown the other way and the reverse direction goes
+//! Each direction reads into a stack buffer, so an idle connection holds no userspace buffer
+//! at all; only bytes the peer cannot take yet are kept on the heap. It tries the read first
+//! and registers for readiness only when there was nothing, once per wait ([`Read::Empty`]). A FIN one way becomes a write shutdown the other way and the reverse direction goes
 //! on (half-close), which TLS close_notify and request/response protocols rely on.
 //!
 //! Bulk transfers switch to `splice(2)`: once a direction has moved [`SPLICE_AFTER`] bytes in
