@@ -33,6 +33,7 @@ P="${CALLGRIND_PORT_BASE:-28000}"
 BACKEND="127.0.0.2:$((P + 443))"
 GW_ADDR="127.0.0.1:$((P + 1))"
 HOST=bench.default.svc.cluster.local
+ports_free "$BACKEND" "127.0.0.2:$((P + 444))" "$GW_ADDR" "127.0.0.1:$((P + 21))"
 OUT="$(mktemp -d /tmp/gw-callgrind.XXXXXX)"
 PIDS=()
 cleanup() {

@@ -80,12 +80,17 @@ NG_ADDR="127.0.0.1:$((P + 3))"
 HOST=bench.default.svc.cluster.local
 SNI="outbound_.80_._.$HOST"
 
+ports_free "$BACKEND" "$BACKEND_PLAIN" "$GW_HBONE" "$HB_DEST" "$GW_ADDR" "$GW_ADMIN" "$HA_ADDR" "$NG_ADDR"
+
 OUT="${BENCH_OUT:-$(mktemp -d /tmp/sni-bench.XXXXXX)}"
 mkdir -p "$OUT/res" "$OUT/nginx/logs"
 CERTS="$OUT/certs"
 PIDS=()
+RUN_PIDS=()
+# The proxies of the current run too: a run that stops on an error (a client that cannot
+# connect) would otherwise wait here for them for ever.
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}" "${RUN_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
