@@ -621,6 +621,27 @@ mod tests {
         panic!("{n} bytes never arrived");
     }
 
+    /// A client and an upstream pair, `n` bytes queued for the forwarder to read from the
+    /// client: (client, its forwarder side, the upstream's forwarder side, upstream).
+    async fn with_queued(n: usize) -> (TcpStream, TcpStream, TcpStream, TcpStream) {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, upstream) = pair().await;
+        client.write_all(&vec![7u8; n]).await.unwrap();
+        queued(&client_side, n).await;
+        (client, client_side, upstream_side, upstream)
+    }
+
+    /// `run` that never splices, with a long idle timeout.
+    fn copy_only<'a>(
+        client_side: &'a TcpStream,
+        upstream_side: &'a TcpStream,
+        progress: &'a Progress,
+        force: &'a ForceClose,
+    ) -> Run<'a> {
+        let idle = std::time::Duration::from_secs(30);
+        run_with(client_side, upstream_side, idle, progress, force, u64::MAX)
+    }
+
     /// Spends the current task's budget, as a task does that has polled many ready resources.
     fn spend_budget(cx: &mut Context<'_>) {
         for _ in 0..100_000 {
@@ -638,21 +659,12 @@ mod tests {
     /// never runs dry still lets the runtime's other connections run.
     #[tokio::test]
     async fn each_read_spends_the_task_budget() {
-        let (mut client, client_side) = pair().await;
-        let (upstream_side, _upstream) = pair().await;
-        client.write_all(&[7u8; 4 * CHUNK]).await.unwrap();
-        queued(&client_side, 4 * CHUNK).await;
-        let progress = Progress::new(Counter::default(), Counter::default());
-        let force = ForceClose::new();
-        let idle = std::time::Duration::from_secs(30);
-        let mut fwd = std::pin::pin!(run_with(
-            &client_side,
-            &upstream_side,
-            idle,
-            &progress,
-            &force,
-            u64::MAX
-        ));
+        let (_client, client_side, upstream_side, _upstream) = with_queued(4 * CHUNK).await;
+        let (progress, force) = (
+            Progress::new(Counter::default(), Counter::default()),
+            ForceClose::new(),
+        );
+        let mut fwd = std::pin::pin!(copy_only(&client_side, &upstream_side, &progress, &force));
         std::future::poll_fn(|cx| {
             spend_budget(cx);
             assert!(fwd.as_mut().poll(cx).is_pending());
@@ -687,21 +699,12 @@ mod tests {
     /// the idle timer.
     #[tokio::test]
     async fn a_direction_cut_short_by_the_budget_registers_later() {
-        let (mut client, client_side) = pair().await;
-        let (upstream_side, mut upstream) = pair().await;
-        client.write_all(&[7u8; 2 * CHUNK]).await.unwrap();
-        queued(&client_side, 2 * CHUNK).await;
-        let progress = Progress::new(Counter::default(), Counter::default());
-        let force = ForceClose::new();
-        let idle = std::time::Duration::from_secs(30);
-        let mut fwd = std::pin::pin!(run_with(
-            &client_side,
-            &upstream_side,
-            idle,
-            &progress,
-            &force,
-            u64::MAX
-        ));
+        let (mut client, client_side, upstream_side, mut upstream) = with_queued(2 * CHUNK).await;
+        let (progress, force) = (
+            Progress::new(Counter::default(), Counter::default()),
+            ForceClose::new(),
+        );
+        let mut fwd = std::pin::pin!(copy_only(&client_side, &upstream_side, &progress, &force));
         let wakes = std::sync::Arc::new(Wakes::default());
         let waker = Waker::from(wakes.clone());
         let mut spend = true;
