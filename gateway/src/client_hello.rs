@@ -339,10 +339,15 @@ impl<'a> Reader<'a> {
         }
         let n = max.min(self.in_record).min(self.left);
         let out = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
+        self.advance(n);
+        Some(out)
+    }
+
+    /// Moves past `n` bytes of the current record (`n` at most `in_record` and `left`).
+    fn advance(&mut self, n: usize) {
         self.pos += n;
         self.in_record -= n;
         self.left -= n;
-        Some(out)
     }
 
     fn skip(&mut self, mut n: usize) -> Option<()> {
@@ -351,9 +356,7 @@ impl<'a> Reader<'a> {
         }
         // Within the current record, as nearly always: no walk across records.
         if n <= self.in_record && self.pos + n <= self.buf.len() {
-            self.pos += n;
-            self.in_record -= n;
-            self.left -= n;
+            self.advance(n);
             return Some(());
         }
         while n > 0 {
@@ -384,9 +387,7 @@ impl<'a> Reader<'a> {
             let &[hi, lo] = self.buf.get(self.pos..self.pos + 2)? else {
                 return None;
             };
-            self.pos += 2;
-            self.in_record -= 2;
-            self.left -= 2;
+            self.advance(2);
             return Some(u16::from_be_bytes([hi, lo]));
         }
         Some(u16::from_be_bytes([self.u8()?, self.u8()?]))

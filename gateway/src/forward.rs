@@ -2,8 +2,9 @@
 //!
 //! Each direction reads into a stack buffer, so an idle connection holds no userspace buffer
 //! at all; only bytes the peer cannot take yet are kept on the heap. It tries the read first
-//! and registers for readiness only when there was nothing, once per wait ([`Read::Empty`]). A FIN one way becomes a write shutdown the other way and the reverse direction goes
-//! on (half-close), which TLS close_notify and request/response protocols rely on.
+//! and registers for readiness only when there was nothing, once per wait ([`Read::Empty`]).
+//! A FIN one way becomes a write shutdown the other way and the reverse direction goes on
+//! (half-close), which TLS close_notify and request/response protocols rely on.
 //!
 //! Bulk transfers switch to `splice(2)`: once a direction has moved [`SPLICE_AFTER`] bytes in
 //! reads that filled the whole buffer (a stream, not messages) it gets a pipe and the kernel
