@@ -41,7 +41,14 @@ pub struct Health {
 
 impl Health {
     pub fn is_ejected(&self, now_ms: u64) -> bool {
-        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+        self.is_ejected_at(|| now_ms)
+    }
+
+    /// [`Health::is_ejected`] reading the time only for an endpoint ejected at some point:
+    /// a connection's pick and success then read no clock while all is well.
+    pub fn is_ejected_at(&self, now_ms: impl FnOnce() -> u64) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0 && until > now_ms()
     }
 
     pub fn consecutive_failures(&self) -> u32 {
@@ -58,7 +65,7 @@ impl Health {
     pub fn on_success(&self) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
         // A success after an ejection ends the streak that makes ejections grow.
-        if !self.is_ejected(clock::now_ms()) {
+        if self.ejections.load(Ordering::Relaxed) != 0 && !self.is_ejected(clock::now_ms()) {
             self.ejections.store(0, Ordering::Relaxed);
         }
     }

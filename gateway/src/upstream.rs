@@ -84,12 +84,13 @@ pub fn pick(
     candidates: &[usize],
     tried: &[SocketAddr],
 ) -> Option<Arc<EndpointState>> {
-    let now = clock::now_ms();
+    let now = std::cell::OnceCell::new();
+    let now = || *now.get_or_init(clock::now_ms);
     let usable = || {
         candidates
             .iter()
             .map(|&i| &route.endpoints[i].state)
-            .filter(move |s| !s.health.is_ejected(now) && !tried.contains(&s.addr))
+            .filter(move |s| !s.health.is_ejected_at(now) && !tried.contains(&s.addr))
     };
     let nth = |n: usize| usable().nth(n).expect("n < count of usable");
     match usable().count() {
