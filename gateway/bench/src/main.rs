@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -55,6 +55,9 @@ enum Cmd {
     HboneDestination(hbone::DestinationArgs),
     /// Render result JSON files of one run as a markdown table.
     Report(report::ReportArgs),
+    /// Print the share of a result's measured window the hypervisor stole from the proxy's
+    /// core (0 to 1; 0 when the result has no steal figure).
+    StealShare { file: PathBuf },
 }
 
 /// What every client mode needs to reach a target.
@@ -97,6 +100,14 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Certs { dir } => tls::write_certs(&dir),
         Cmd::Report(a) => report::run(&a),
+        Cmd::StealShare { file } => {
+            let read = std::fs::read(&file).map_err(anyhow::Error::from);
+            let v: serde_json::Value = read
+                .and_then(|b| Ok(serde_json::from_slice(&b)?))
+                .with_context(|| format!("{}: not a result file", file.display()))?;
+            println!("{:.4}", report::steal_share(&v));
+            Ok(())
+        }
         Cmd::Backend(a) => runtime(a.threads)?.block_on(backend::run(a)),
         Cmd::Connrate(a) => print(runtime(a.threads)?.block_on(client::connrate(a))?),
         Cmd::Rr(a) => print(runtime(a.threads)?.block_on(client::rr(a))?),

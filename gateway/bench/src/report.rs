@@ -205,6 +205,35 @@ fn fmt_ratio(r: Option<f64>) -> String {
     r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "–".into())
 }
 
+/// run.sh measures a window again when steal took more than this share of it (the same
+/// figure is in run.sh).
+const STEAL_RETRY_PCT: u32 = 2;
+
+/// Seconds the hypervisor stole from the proxy's core in one result (all its windows).
+fn stolen_s(v: &Value) -> f64 {
+    v.as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.ends_with("steal_s"))
+        .filter_map(|(_, x)| x.as_f64())
+        .sum()
+}
+
+/// Seconds of measured window in one result: `seconds`, or a bulk result's two directions.
+fn window_s(v: &Value) -> f64 {
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    match v["seconds"].as_f64() {
+        Some(s) => s,
+        None => f("down_seconds") + f("up_seconds"),
+    }
+}
+
+/// The share of a result's measured window that was stolen (0 without a window).
+pub fn steal_share(v: &Value) -> f64 {
+    let w = window_s(v);
+    if w > 0.0 { stolen_s(v) / w } else { 0.0 }
+}
+
 pub fn run(a: &ReportArgs) -> Result<()> {
     let runs = Runs::open(&a.dir)?;
     let n = runs.dirs.len();
@@ -381,12 +410,8 @@ fn notes(runs: &Runs) -> String {
             let Some(v) = name.strip_suffix(".json").and_then(|f| Runs::load(d, f)) else {
                 continue;
             };
-            for (k, x) in v.as_object().into_iter().flatten() {
-                if k.ends_with("steal_s") {
-                    steal += x.as_f64().unwrap_or(0.0);
-                }
-            }
-            measured += v["seconds"].as_f64().unwrap_or(0.0);
+            steal += stolen_s(&v);
+            measured += window_s(&v);
         }
         if steal > 0.0 {
             let _ = writeln!(
@@ -394,6 +419,18 @@ fn notes(runs: &Runs) -> String {
                 "- run {}: the hypervisor stole {steal:.1} s of the proxy core during about {measured:.0} s of measured windows (a disturbed run moves every proxy's figures)",
                 i + 1
             );
+        }
+        // Written by run.sh: windows measured again because steal took too much of them.
+        if let Ok(again) = std::fs::read_to_string(d.join("retried")) {
+            let again: Vec<&str> = again.lines().filter(|l| !l.is_empty()).collect();
+            if !again.is_empty() {
+                let _ = writeln!(
+                    notes,
+                    "- run {}: measured again after the hypervisor took over {STEAL_RETRY_PCT} % of the window: {}",
+                    i + 1,
+                    again.join(", ")
+                );
+            }
         }
     }
     if let Some(v) = runs
@@ -530,5 +567,20 @@ mod tests {
             "{t}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn steal_share_of_a_window_and_of_both_bulk_directions() {
+        let rr = serde_json::json!({"seconds": 5.0, "steal_s": 0.5, "core_s": 3.0});
+        assert!((steal_share(&rr) - 0.1).abs() < 1e-9);
+        let bulk = serde_json::json!({
+            "down_seconds": 4.0, "up_seconds": 4.0, "down_steal_s": 0.1, "up_steal_s": 0.3,
+            "steal_s": null
+        });
+        assert!((steal_share(&bulk) - 0.05).abs() < 1e-9);
+        assert_eq!(
+            steal_share(&serde_json::json!({"bytes_per_conn": 1400.0})),
+            0.0
+        );
     }
 }
