@@ -36,6 +36,7 @@ use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::clock;
 use crate::drain::ForceClose;
+use crate::idle::{self, Next, Quiet};
 
 const CHUNK: usize = 16 * 1024;
 
@@ -203,11 +204,11 @@ fn run_with<'a>(
         up: Phase::new(),
         down: Phase::new(),
         moved: false,
-        quiet_since: 0,
+        quiet: Quiet::default(),
         idle_ms: idle.as_millis().max(1) as u64,
         // u32, so the flag above fits beside it; u32::MAX means never.
         splice_after: u32::try_from(splice_after).unwrap_or(u32::MAX),
-        sleep: tokio::time::sleep(idle_check(idle)),
+        sleep: tokio::time::sleep(idle::first_check(idle)),
         forced: force.cancelled(),
     }
 }
@@ -230,12 +231,10 @@ pin_project_lite::pin_project! {
         down: Phase,
         // Bytes moved since the idle timer last fired: a flag, not a clock read per byte.
         moved: bool,
-        // A time (clock::now_ms) no earlier than the last byte moved: the timer's latest
-        // firing that found `moved`. 0 until the first firing.
-        quiet_since: u64,
+        quiet: Quiet,
         idle_ms: u64,
         splice_after: u32,
-        // Fires every idle/IDLE_CHECKS while bytes move, then at `quiet_since + idle`.
+        // Fires as `idle::Quiet` says.
         #[pin]
         sleep: Sleep,
         #[pin]
@@ -294,33 +293,16 @@ impl Future for Run<'_> {
             if this.sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let now = clock::now_ms();
-            let check = (*this.idle_ms / IDLE_CHECKS).max(1);
-            if std::mem::take(this.moved) {
-                *this.quiet_since = now;
-            } else if *this.quiet_since == 0 {
-                // The first firing, nothing moved: forwarding began at least one check ago.
-                *this.quiet_since = now.saturating_sub(check).max(1);
+            let moved = std::mem::take(this.moved);
+            match this.quiet.fired(clock::now_ms(), moved, *this.idle_ms) {
+                Next::Idle => return Poll::Ready(End::Idle),
+                Next::CheckIn(ms) => {
+                    let at = tokio::time::Instant::now() + Duration::from_millis(ms);
+                    this.sleep.as_mut().reset(at);
+                }
             }
-            let deadline = this.quiet_since.saturating_add(*this.idle_ms);
-            if now >= deadline {
-                return Poll::Ready(End::Idle);
-            }
-            let wait = Duration::from_millis((deadline - now).min(check));
-            this.sleep
-                .as_mut()
-                .reset(tokio::time::Instant::now() + wait);
         }
     }
-}
-
-/// The idle timer checks this many times per idle timeout whether bytes moved, so it ends a
-/// connection at least the timeout after its last byte and at most an eighth of it later.
-/// Stamping the time on every read instead cost two clock reads per request.
-const IDLE_CHECKS: u64 = 8;
-
-fn idle_check(idle: Duration) -> Duration {
-    (idle / IDLE_CHECKS as u32).max(Duration::from_millis(1))
 }
 
 /// One direction's ends and byte count, as [`Run`] polls it.

@@ -20,7 +20,8 @@
 //! `/debug/routes`; [`drain`] handles SIGTERM; [`config`] holds the settings and their
 //! defaults; [`app::build`] wires it all. [`local_error`] and [`accept`] keep the
 //! gateway's own resource exhaustion apart from endpoint health; [`clock`] is the
-//! millisecond clock behind ejection and idle deadlines; [`runtime`] sizes the workers.
+//! millisecond clock behind ejection and idle deadlines, and [`idle`] the idle timeout's rule;
+//! [`runtime`] sizes the workers.
 
 pub mod accept;
 pub mod admin;
@@ -33,6 +34,7 @@ pub mod drain;
 pub mod endpoint;
 pub mod forward;
 pub mod hbone;
+pub mod idle;
 pub mod local_error;
 pub mod metrics;
 pub mod outlier;

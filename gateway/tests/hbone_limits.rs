@@ -322,3 +322,41 @@ async fn idle_outer_connection_is_closed() {
     gw.wait_metric("gateway_hbone_connections_active", 1.0)
         .await;
 }
+
+/// A tunnel that talked for longer than `--idle-timeout` and then fell quiet ends no sooner
+/// than the timeout after its last byte and at most an eighth later, as `idle_timeout`.
+#[tokio::test]
+async fn quiet_tunnel_ends_after_the_idle_timeout() {
+    let a = App::start("catalog-1", [127, 0, 0, 54].into(), 0, AppMode::Echo)
+        .await
+        .unwrap();
+    let gw = hbone_support::gateway(
+        &hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])]),
+        |c| c.idle_timeout = Duration::from_millis(600),
+    )
+    .await;
+    let mut o = outer(gw.hbone, Some(&pki().client)).await.unwrap();
+    let (_, io) = connect(&mut o, &format!("{SVC}:80")).await.unwrap();
+    let (mut tx, mut rx) = io.unwrap();
+    read_n(&mut rx, 10).await;
+    for _ in 0..9 {
+        send_all(&mut tx, Bytes::from_static(b"x"), false).await;
+        assert_eq!(read_n(&mut rx, 1).await, b"x");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The last byte moved ~100 ms before this: the end is due 500 to 575 ms from here.
+    let quiet = std::time::Instant::now();
+    let _ = tokio::time::timeout(TIMEOUT, read_to_end(&mut rx, 1))
+        .await
+        .expect("the gateway ends the quiet tunnel");
+    let waited = quiet.elapsed();
+    assert!(waited >= Duration::from_millis(450), "{waited:?}");
+    assert!(waited <= Duration::from_millis(1_000), "{waited:?}");
+    gw.wait_metric(
+        &format!(
+            "gateway_hbone_tunnels_closed_total{{authority=\"{SVC}:80\",outcome=\"idle_timeout\"}}"
+        ),
+        1.0,
+    )
+    .await;
+}

@@ -4,7 +4,7 @@
 //! written upstream, and upstream is read only as fast as the client's window opens.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::clock;
+use crate::idle::{self, Next, Quiet};
 
 /// Largest read from upstream per DATA frame batch.
 const READ_CHUNK: usize = 64 * 1024;
@@ -51,13 +52,14 @@ impl End {
     }
 }
 
-/// Bytes each way so far (for the access log) and the last activity (for the idle timeout).
+/// Bytes each way so far (for the access log), and whether any moved since the idle timer
+/// last fired ([`crate::idle`]: a flag, not a clock reading per chunk).
 pub struct Progress {
     sent: Counter,
     received: Counter,
     sent_total: AtomicU64,
     received_total: AtomicU64,
-    last_ms: AtomicU64,
+    moved: AtomicBool,
 }
 
 impl Progress {
@@ -67,20 +69,20 @@ impl Progress {
             received,
             sent_total: AtomicU64::new(0),
             received_total: AtomicU64::new(0),
-            last_ms: AtomicU64::new(clock::now_ms()),
+            moved: AtomicBool::new(false),
         }
     }
 
     fn add_sent(&self, n: usize) {
         self.sent.inc_by(n as u64);
         self.sent_total.fetch_add(n as u64, Ordering::Relaxed);
-        self.last_ms.store(clock::now_ms(), Ordering::Relaxed);
+        self.moved.store(true, Ordering::Relaxed);
     }
 
     fn add_received(&self, n: usize) {
         self.received.inc_by(n as u64);
         self.received_total.fetch_add(n as u64, Ordering::Relaxed);
-        self.last_ms.store(clock::now_ms(), Ordering::Relaxed);
+        self.moved.store(true, Ordering::Relaxed);
     }
 
     /// (client to upstream, upstream to client)
@@ -92,13 +94,17 @@ impl Progress {
     }
 
     async fn idle(&self, idle: Duration) {
-        let idle_ms = idle.as_millis() as u64;
+        let idle_ms = idle.as_millis().max(1) as u64;
+        let mut quiet = Quiet::default();
+        let mut wait = idle::first_check(idle);
+        // Bounded by the timeout itself: at most CHECKS firings without bytes moving.
         loop {
-            let since = clock::now_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed));
-            if since >= idle_ms {
-                return;
+            tokio::time::sleep(wait).await;
+            let moved = self.moved.swap(false, Ordering::Relaxed);
+            match quiet.fired(clock::now_ms(), moved, idle_ms) {
+                Next::Idle => return,
+                Next::CheckIn(ms) => wait = Duration::from_millis(ms),
             }
-            tokio::time::sleep(Duration::from_millis(idle_ms - since)).await;
         }
     }
 }
