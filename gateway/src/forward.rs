@@ -322,9 +322,10 @@ const BACK_TO_COPY_AFTER: u8 = 8;
 const PIPE: usize = 64 * 1024;
 
 /// One direction's state. It copies through a stack buffer until `splice_after` bytes have
-/// moved in reads that filled the buffer, then splices through a pipe (if no pipe can be had,
-/// out of descriptors, it keeps copying) until [`BACK_TO_COPY_AFTER`] splices in a row were
-/// small. Only bytes the destination could not take yet are kept, on the heap.
+/// moved in reads that filled the buffer, then splices through a pipe (if no pipe worth it can
+/// be had, out of descriptors or of the user's pipe budget, it copies for the rest of the
+/// connection) until [`BACK_TO_COPY_AFTER`] splices in a row were small. Only bytes the
+/// destination could not take yet are kept, on the heap.
 enum Phase {
     Copy {
         pending: Vec<u8>,
@@ -334,6 +335,9 @@ enum Phase {
         /// The last poll ended waiting for `src` to turn readable, and its waker is
         /// registered there still (see [`Read::Empty`]).
         waiting: bool,
+        /// No pipe could be had: trying again for every 256 KiB would cost more syscalls
+        /// than the copy saves.
+        no_pipe: bool,
     },
     /// `src -> pipe -> dst`. The pipe is drained before the next splice in, so EAGAIN on
     /// the way in always means "src not readable" and on the way out "dst not writable".
@@ -358,6 +362,7 @@ impl Phase {
             pending: Vec::new(),
             streamed: 0,
             waiting: false,
+            no_pipe: false,
         }
     }
 
@@ -382,6 +387,7 @@ impl Phase {
                     pending,
                     streamed,
                     waiting,
+                    no_pipe,
                 } => {
                     if !pending.is_empty() {
                         ready!(dst.poll_write_ready(cx)).map_err(at_dst)?;
@@ -398,7 +404,7 @@ impl Phase {
                         }
                         continue;
                     }
-                    if *streamed >= splice_after && splice_after != u32::MAX {
+                    if *streamed >= splice_after && splice_after != u32::MAX && !*no_pipe {
                         match new_pipe() {
                             Ok((r, w, cap)) => {
                                 *self = Phase::Splice {
@@ -410,7 +416,7 @@ impl Phase {
                                 };
                                 continue;
                             }
-                            Err(_) => *streamed = 0,
+                            Err(_) => *no_pipe = true,
                         }
                     }
                     // The buffer lives only within this poll, so it is not part of the
@@ -601,8 +607,23 @@ fn send(dst: &TcpStream, data: &[u8]) -> io::Result<usize> {
 
 fn new_pipe() -> io::Result<(OwnedFd, OwnedFd, u32)> {
     let (r, w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-    let cap = rustix::pipe::fcntl_setpipe_size(&w, PIPE).unwrap_or(16 * 4096);
-    Ok((r, w, u32::try_from(cap).unwrap_or(u32::MAX)))
+    let cap = match rustix::pipe::fcntl_setpipe_size(&w, PIPE) {
+        Ok(cap) => cap,
+        Err(_) => rustix::pipe::fcntl_getpipe_size(&w)?,
+    };
+    splice_capacity(cap).map(|cap| (r, w, cap))
+}
+
+/// A pipe worth splicing through. Past the user's pipe budget (`fs.pipe-user-pages-soft`,
+/// 64 MiB), Linux gives an unprivileged process 8 KiB pipes it may not grow, and a splice
+/// through those moves less than one copy does: the direction keeps copying instead.
+fn splice_capacity(cap: usize) -> io::Result<u32> {
+    if cap < PIPE {
+        return Err(io::Error::other(format!(
+            "a {cap}-byte pipe: the user's pipe budget is spent"
+        )));
+    }
+    Ok(u32::try_from(cap).unwrap_or(u32::MAX))
 }
 
 /// Passes an EOF on as a write shutdown; the peer having gone already is not an error.
@@ -647,6 +668,14 @@ mod tests {
         client.write_all(&vec![7u8; n]).await.unwrap();
         queued(&client_side, n).await;
         (client, client_side, upstream_side, upstream)
+    }
+
+    #[test]
+    fn small_pipes_are_not_spliced_through() {
+        assert!(splice_capacity(8 * 1024).is_err());
+        assert!(splice_capacity(PIPE - 1).is_err());
+        assert_eq!(splice_capacity(PIPE).unwrap(), PIPE as u32);
+        assert_eq!(splice_capacity(1 << 20).unwrap(), 1 << 20);
     }
 
     /// `run` that never splices, with a long idle timeout.
