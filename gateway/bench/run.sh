@@ -7,7 +7,7 @@
 # CPU 1. A proxy's cost is CPU 0's busy time (/proc/stat) per connection, request or GB.
 # Every run restarts the proxies; the report gives the median of the runs and their range.
 #
-#   gateway/bench/run.sh            # full run: 3 runs (~6 minutes after the build); writes RESULTS.md
+#   gateway/bench/run.sh            # full run: 3 runs (~8–10 minutes after the build); writes RESULTS.md
 #   gateway/bench/run.sh --quick    # harness check (~40 s, one run), numbers meaningless
 #
 # Env: BENCH_RUNS (default 3), BENCH_PORT_BASE (default 27000), BENCH_OUT (default: a temp
