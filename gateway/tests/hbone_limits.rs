@@ -10,7 +10,8 @@ use http::StatusCode;
 use tokio::io::AsyncReadExt;
 
 use hbone_support::{
-    App, AppMode, TIMEOUT, connect, hbone_yaml, outer, pki, read_n, read_to_end, send_all,
+    App, AppMode, TIMEOUT, catalog_behind_gateway, connect, greeted_tunnel, hbone_yaml, outer, pki,
+    read_n, read_to_end, send_all,
 };
 
 const SVC: &str = common::CATALOG;
@@ -55,21 +56,12 @@ async fn classic_and_hbone_to_the_same_service() {
 /// HBONE connection gets GOAWAY (no new tunnel); the open tunnel finishes; exit is clean.
 #[tokio::test]
 async fn drain_sends_goaway_and_lets_the_tunnel_finish() {
-    let a = App::start("catalog-1", [127, 0, 0, 50].into(), 0, AppMode::Echo)
-        .await
-        .unwrap();
-    let mut gw = hbone_support::gateway(
-        &hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])]),
-        |c| {
-            c.drain_grace = Duration::from_millis(300);
-            c.drain_timeout = Duration::from_secs(10);
-        },
-    )
+    let (_a, mut gw) = catalog_behind_gateway([127, 0, 0, 50], |c| {
+        c.drain_grace = Duration::from_millis(300);
+        c.drain_timeout = Duration::from_secs(10);
+    })
     .await;
-    let mut o = outer(gw.hbone, Some(&pki().client)).await.unwrap();
-    let (_, io) = connect(&mut o, &format!("{SVC}:80")).await.unwrap();
-    let (mut tx, mut rx) = io.unwrap();
-    read_n(&mut rx, 10).await;
+    let (mut o, mut tx, mut rx) = greeted_tunnel(gw.hbone).await;
 
     let bound = gw.gw.bound.take().unwrap();
     let drain = tokio::spawn(bound.drain());
@@ -105,21 +97,12 @@ async fn drain_sends_goaway_and_lets_the_tunnel_finish() {
 /// A tunnel still open at the drain deadline is closed and counted `drain_deadline`.
 #[tokio::test]
 async fn drain_deadline_closes_open_tunnels() {
-    let a = App::start("catalog-1", [127, 0, 0, 51].into(), 0, AppMode::Echo)
-        .await
-        .unwrap();
-    let mut gw = hbone_support::gateway(
-        &hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])]),
-        |c| {
-            c.drain_grace = Duration::from_millis(100);
-            c.drain_timeout = Duration::from_millis(300);
-        },
-    )
+    let (a, mut gw) = catalog_behind_gateway([127, 0, 0, 51], |c| {
+        c.drain_grace = Duration::from_millis(100);
+        c.drain_timeout = Duration::from_millis(300);
+    })
     .await;
-    let mut o = outer(gw.hbone, Some(&pki().client)).await.unwrap();
-    let (_, io) = connect(&mut o, &format!("{SVC}:80")).await.unwrap();
-    let (_tx, mut rx) = io.unwrap();
-    read_n(&mut rx, 10).await;
+    let (_o, _tx, _rx) = greeted_tunnel(gw.hbone).await;
     let bound = gw.gw.bound.take().unwrap();
     let metrics_admin = gw.gw.admin;
     let out = tokio::time::timeout(TIMEOUT, bound.drain()).await.unwrap();
@@ -294,28 +277,19 @@ async fn not_http2_is_an_h2_error() {
 /// one carrying a tunnel does not.
 #[tokio::test]
 async fn idle_outer_connection_is_closed() {
-    let a = App::start("catalog-1", [127, 0, 0, 53].into(), 0, AppMode::Echo)
-        .await
-        .unwrap();
-    let gw = hbone_support::gateway(
-        &hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])]),
-        |c| c.hbone_idle_timeout = Duration::from_millis(300),
-    )
+    let (_a, gw) = catalog_behind_gateway([127, 0, 0, 53], |c| {
+        c.hbone_idle_timeout = Duration::from_millis(300)
+    })
     .await;
-    let busy = {
-        let mut o = outer(gw.hbone, Some(&pki().client)).await.unwrap();
-        let (_, io) = connect(&mut o, &format!("{SVC}:80")).await.unwrap();
-        (o, io.unwrap())
-    };
+    let busy = greeted_tunnel(gw.hbone).await;
     let idle = outer(gw.hbone, Some(&pki().client)).await.unwrap();
     tokio::time::timeout(TIMEOUT, idle.conn)
         .await
         .expect("idle connection closed by the gateway")
         .unwrap()
         .unwrap();
-    let (mut o, (mut tx, mut rx)) = busy;
+    let (mut o, mut tx, mut rx) = busy;
     assert!(!o.conn.is_finished(), "the busy connection stays open");
-    read_n(&mut rx, 10).await;
     send_all(&mut tx, Bytes::from_static(b"x"), false).await;
     assert_eq!(read_n(&mut rx, 1).await, b"x");
     let _ = &mut o;
@@ -327,18 +301,11 @@ async fn idle_outer_connection_is_closed() {
 /// than the timeout after its last byte and at most an eighth later, as `idle_timeout`.
 #[tokio::test]
 async fn quiet_tunnel_ends_after_the_idle_timeout() {
-    let a = App::start("catalog-1", [127, 0, 0, 54].into(), 0, AppMode::Echo)
-        .await
-        .unwrap();
-    let gw = hbone_support::gateway(
-        &hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])]),
-        |c| c.idle_timeout = Duration::from_millis(600),
-    )
+    let (_a, gw) = catalog_behind_gateway([127, 0, 0, 54], |c| {
+        c.idle_timeout = Duration::from_millis(600)
+    })
     .await;
-    let mut o = outer(gw.hbone, Some(&pki().client)).await.unwrap();
-    let (_, io) = connect(&mut o, &format!("{SVC}:80")).await.unwrap();
-    let (mut tx, mut rx) = io.unwrap();
-    read_n(&mut rx, 10).await;
+    let (_o, mut tx, mut rx) = greeted_tunnel(gw.hbone).await;
     for _ in 0..9 {
         send_all(&mut tx, Bytes::from_static(b"x"), false).await;
         assert_eq!(read_n(&mut rx, 1).await, b"x");

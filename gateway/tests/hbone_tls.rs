@@ -97,18 +97,11 @@ async fn tls12_is_refused() {
 /// bundle with two roots accepts clients of both (rotation).
 #[tokio::test]
 async fn certificates_reload_without_dropping_connections() {
-    let a = App::start("catalog-1", [127, 0, 0, 41].into(), 0, AppMode::Echo)
-        .await
-        .unwrap();
-    let gw = hbone_support::gateway(
-        &hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])]),
-        |c| c.hbone_cert_poll = Duration::from_millis(50),
-    )
+    let (_a, gw) = hbone_support::catalog_behind_gateway([127, 0, 0, 41], |c| {
+        c.hbone_cert_poll = Duration::from_millis(50)
+    })
     .await;
-    let mut o = outer(gw.hbone, Some(&pki().client)).await.unwrap();
-    let (_, io) = connect(&mut o, &format!("{SVC}:80")).await.unwrap();
-    let (mut tx, mut rx) = io.unwrap();
-    read_n(&mut rx, 10).await;
+    let (_o, mut tx, mut rx) = hbone_support::greeted_tunnel(gw.hbone).await;
 
     let b = &pki().gateway_b;
     let dir = gw.certs.path();

@@ -327,6 +327,35 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     panic!("not reached in time: {what}");
 }
 
+/// A greeting echo app ("catalog-1") on `ip` and a gateway routing the catalog service
+/// (`common::CATALOG`) to it.
+pub async fn catalog_behind_gateway(
+    ip: [u8; 4],
+    tweak: impl FnOnce(&mut gateway::config::Config),
+) -> (App, HboneGw) {
+    let a = App::start("catalog-1", ip.into(), 0, AppMode::Echo)
+        .await
+        .unwrap();
+    let svc = crate::common::CATALOG;
+    let gw = gateway(
+        &hbone_yaml(&[(svc, &[(a.addr.ip(), a.addr.port())])]),
+        tweak,
+    )
+    .await;
+    (a, gw)
+}
+
+/// A tunnel to the catalog service's port 80 through `hbone` with the client identity, the
+/// app's greeting read.
+pub async fn greeted_tunnel(hbone: SocketAddr) -> (Outer, SendStream<Bytes>, RecvStream) {
+    let mut o = outer(hbone, Some(&pki().client)).await.unwrap();
+    let authority = format!("{}:80", crate::common::CATALOG);
+    let (_, io) = connect(&mut o, &authority).await.unwrap();
+    let (tx, mut rx) = io.expect("tunnel answered 200");
+    read_n(&mut rx, 10).await;
+    (o, tx, rx)
+}
+
 /// A gateway in process with HBONE on `127.0.0.1:0`, its certificate directory kept alive.
 pub struct HboneGw {
     pub gw: crate::common::Gw,
