@@ -36,7 +36,7 @@ use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::clock;
 use crate::drain::ForceClose;
-use crate::idle::{self, Next, Quiet};
+use crate::idle::{Next, Quiet};
 
 const CHUNK: usize = 16 * 1024;
 
@@ -195,6 +195,7 @@ fn run_with<'a>(
     force: &'a ForceClose,
     splice_after: u64,
 ) -> Run<'a> {
+    let quiet = Quiet::new(idle);
     Run {
         client,
         upstream,
@@ -204,11 +205,10 @@ fn run_with<'a>(
         up: Phase::new(),
         down: Phase::new(),
         moved: false,
-        quiet: Quiet::default(),
-        idle_ms: idle.as_millis().max(1) as u64,
+        quiet,
         // u32, so the flag above fits beside it; u32::MAX means never.
         splice_after: u32::try_from(splice_after).unwrap_or(u32::MAX),
-        sleep: tokio::time::sleep(idle::first_check(idle)),
+        sleep: tokio::time::sleep(quiet.first_check()),
         forced: force.cancelled(),
     }
 }
@@ -232,7 +232,6 @@ pin_project_lite::pin_project! {
         // Bytes moved since the idle timer last fired: a flag, not a clock read per byte.
         moved: bool,
         quiet: Quiet,
-        idle_ms: u64,
         splice_after: u32,
         // Fires as `idle::Quiet` says.
         #[pin]
@@ -294,7 +293,7 @@ impl Future for Run<'_> {
                 return Poll::Pending;
             }
             let moved = std::mem::take(this.moved);
-            match this.quiet.fired(clock::now_ms(), moved, *this.idle_ms) {
+            match this.quiet.fired(clock::now_ms(), moved) {
                 Next::Idle => return Poll::Ready(End::Idle),
                 Next::CheckIn(ms) => {
                     let at = tokio::time::Instant::now() + Duration::from_millis(ms);

@@ -13,11 +13,6 @@ use std::time::Duration;
 /// one costs a timer firing every eighth of it (7.5 minutes with the default hour).
 pub const CHECKS: u32 = 8;
 
-/// The timer's first wait for a timeout of `idle`.
-pub fn first_check(idle: Duration) -> Duration {
-    (idle / CHECKS).max(Duration::from_millis(1))
-}
-
 /// What the timer does after a firing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -27,18 +22,34 @@ pub enum Next {
     CheckIn(u64),
 }
 
-/// The idle state between firings: when the quiet began, in [`crate::clock::now_ms`]
-/// milliseconds (no earlier than the last byte; 0 before the first firing).
-#[derive(Debug, Default, Clone, Copy)]
+/// One connection's idle timeout and the state between firings.
+#[derive(Debug, Clone, Copy)]
 pub struct Quiet {
+    idle_ms: u64,
+    /// When the quiet began, in [`crate::clock::now_ms`] milliseconds (no earlier than the
+    /// last byte; 0 before the first firing).
     since: u64,
 }
 
 impl Quiet {
+    pub fn new(idle: Duration) -> Self {
+        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1);
+        Quiet { idle_ms, since: 0 }
+    }
+
+    fn check_ms(&self) -> u64 {
+        (self.idle_ms / u64::from(CHECKS)).max(1)
+    }
+
+    /// The timer's first wait.
+    pub fn first_check(&self) -> Duration {
+        Duration::from_millis(self.check_ms())
+    }
+
     /// A firing at `now` (ms); `moved`: bytes moved since the previous firing (or since the
     /// start, for the first).
-    pub fn fired(&mut self, now: u64, moved: bool, idle_ms: u64) -> Next {
-        let check = (idle_ms / u64::from(CHECKS)).max(1);
+    pub fn fired(&mut self, now: u64, moved: bool) -> Next {
+        let (idle_ms, check) = (self.idle_ms, self.check_ms());
         if moved {
             self.since = now;
         } else if self.since == 0 {
@@ -63,14 +74,14 @@ mod tests {
     /// as the forwarder does: the first firing one check after the start. Returns when it
     /// ended.
     fn ends_at(start: u64, moves: &[u64], idle_ms: u64) -> u64 {
-        let mut q = Quiet::default();
-        let mut now = start + first_check(Duration::from_millis(idle_ms)).as_millis() as u64;
+        let mut q = Quiet::new(Duration::from_millis(idle_ms));
+        let mut now = start + q.first_check().as_millis() as u64;
         let mut seen = 0;
         for _ in 0..100_000 {
             let before = moves.iter().filter(|&&m| start + m <= now).count();
             let moved = before > seen;
             seen = before;
-            match q.fired(now, moved, idle_ms) {
+            match q.fired(now, moved) {
                 Next::Idle => return now,
                 Next::CheckIn(ms) => now += ms,
             }
@@ -86,11 +97,11 @@ mod tests {
 
     #[test]
     fn a_firing_with_bytes_restarts_the_quiet() {
-        let mut q = Quiet::default();
-        assert_eq!(q.fired(1_100, true, 800), Next::CheckIn(100));
-        assert_eq!(q.fired(1_200, false, 800), Next::CheckIn(100));
-        assert_eq!(q.fired(1_850, false, 800), Next::CheckIn(50));
-        assert_eq!(q.fired(1_900, false, 800), Next::Idle);
+        let mut q = Quiet::new(Duration::from_millis(800));
+        assert_eq!(q.fired(1_100, true), Next::CheckIn(100));
+        assert_eq!(q.fired(1_200, false), Next::CheckIn(100));
+        assert_eq!(q.fired(1_850, false), Next::CheckIn(50));
+        assert_eq!(q.fired(1_900, false), Next::Idle);
     }
 
     proptest! {

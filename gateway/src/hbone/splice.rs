@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::clock;
-use crate::idle::{self, Next, Quiet};
+use crate::idle::{Next, Quiet};
 
 /// Largest read from upstream per DATA frame batch.
 const READ_CHUNK: usize = 64 * 1024;
@@ -94,14 +94,13 @@ impl Progress {
     }
 
     async fn idle(&self, idle: Duration) {
-        let idle_ms = idle.as_millis().max(1) as u64;
-        let mut quiet = Quiet::default();
-        let mut wait = idle::first_check(idle);
+        let mut quiet = Quiet::new(idle);
+        let mut wait = quiet.first_check();
         // Bounded by the timeout itself: at most CHECKS firings without bytes moving.
         loop {
             tokio::time::sleep(wait).await;
             let moved = self.moved.swap(false, Ordering::Relaxed);
-            match quiet.fired(clock::now_ms(), moved, idle_ms) {
+            match quiet.fired(clock::now_ms(), moved) {
                 Next::Idle => return,
                 Next::CheckIn(ms) => wait = Duration::from_millis(ms),
             }
