@@ -30,8 +30,7 @@ if [[ "$QUICK" == 1 ]]; then
 else
   DUR=5s WARM=1s TP_DUR=4s IDLE_N=4000 SETTLE=2s PAUSE=1 HB_DUR=3s RUNS=${BENCH_RUNS:-3}
 fi
-# Same figure as report.rs's STEAL_RETRY_PCT. The quick check measures nothing again.
-STEAL_RETRY_PCT=2
+# The quick check measures nothing again.
 if [[ "$QUICK" == 1 ]]; then RETRIES=0; else RETRIES=2; fi
 CONNRATE_CONC=32
 RR_CONNS=32
@@ -208,21 +207,23 @@ cost() { # target
   return 0
 }
 
-# A window of which the hypervisor stole more than STEAL_RETRY_PCT % from the proxy's core is
-# measured again, at most RETRIES times (the last measurement counts), so one disturbed window
-# does not decide a proxy's figure; the report names the windows measured again.
+# A window of which the hypervisor stole more than 2 % from the proxy's core (`sni-bench
+# steal-share` says `retry`) is measured again, at most RETRIES times (the last measurement
+# counts), so one disturbed window does not decide a proxy's figure; the report names the
+# windows measured again.
 run() { # run-dir scenario-name mode target args...
   local dir="$1" name="$2" mode="$3" t="$4"; shift 4
-  local f="$dir/$name-$t.json" try share
+  local f="$dir/$name-$t.json" try steal pct verdict
   for try in $(seq 0 "$RETRIES"); do
     echo "== $(basename "$dir") $name / $t" >&2
     "${ON_LOAD[@]}" "$SB" "$mode" $(common "$t") "$@" >"$f"
     cat "$f" >&2
-    share="$("$SB" steal-share "$f")"
-    if (( try == RETRIES )) || ! awk -v s="$share" -v p="$STEAL_RETRY_PCT" 'BEGIN { exit !(s * 100 > p) }'; then
+    steal="$("$SB" steal-share "$f")"
+    read -r pct verdict <<<"$steal"
+    if (( try == RETRIES )) || [[ "$verdict" != retry ]]; then
       break
     fi
-    echo "   steal took $(awk -v s="$share" 'BEGIN { printf "%.1f", s * 100 }') % of the window: measuring again" >&2
+    echo "   steal took $pct % of the window: measuring again" >&2
     echo "$name/$t" >>"$dir/retried"
   done
 }

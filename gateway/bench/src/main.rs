@@ -55,8 +55,9 @@ enum Cmd {
     HboneDestination(hbone::DestinationArgs),
     /// Render result JSON files of one run as a markdown table.
     Report(report::ReportArgs),
-    /// Print the share of a result's measured window the hypervisor stole from the proxy's
-    /// core (0 to 1; 0 when the result has no steal figure).
+    /// Print the percentage of a result's measured window the hypervisor stole from the
+    /// proxy's core (0 when the result has no steal figure), then `retry` when that is over
+    /// the limit above which run.sh measures the window again, else `ok`.
     StealShare { file: PathBuf },
 }
 
@@ -105,7 +106,9 @@ fn main() -> Result<()> {
             let v: serde_json::Value = read
                 .and_then(|b| Ok(serde_json::from_slice(&b)?))
                 .with_context(|| format!("{}: not a result file", file.display()))?;
-            println!("{:.4}", report::steal_share(&v));
+            let pct = report::steal_share(&v) * 100.0;
+            let verdict = if report::disturbed(&v) { "retry" } else { "ok" };
+            println!("{pct:.1} {verdict}");
             Ok(())
         }
         Cmd::Backend(a) => runtime(a.threads)?.block_on(backend::run(a)),

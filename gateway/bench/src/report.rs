@@ -205,8 +205,8 @@ fn fmt_ratio(r: Option<f64>) -> String {
     r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "–".into())
 }
 
-/// run.sh measures a window again when steal took more than this share of it (the same
-/// figure is in run.sh).
+/// run.sh measures a window again when steal took more than this share of it (it asks
+/// `sni-bench steal-share`, which says so by [`disturbed`]).
 const STEAL_RETRY_PCT: u32 = 2;
 
 /// Seconds the hypervisor stole from the proxy's core in one result (all its windows).
@@ -232,6 +232,15 @@ fn window_s(v: &Value) -> f64 {
 pub fn steal_share(v: &Value) -> f64 {
     let w = window_s(v);
     if w > 0.0 { stolen_s(v) / w } else { 0.0 }
+}
+
+/// Steal took more than [`STEAL_RETRY_PCT`] of the result's window.
+pub fn disturbed(v: &Value) -> bool {
+    over_retry_limit(steal_share(v))
+}
+
+fn over_retry_limit(share: f64) -> bool {
+    share * 100.0 > f64::from(STEAL_RETRY_PCT)
 }
 
 pub fn run(a: &ReportArgs) -> Result<()> {
@@ -525,7 +534,7 @@ fn targets(runs: &Runs) -> String {
             fmt_ratio(v)
         );
     }
-    if let Some((_, run, steal)) = worst.filter(|w| w.2 * 100.0 > f64::from(STEAL_RETRY_PCT)) {
+    if let Some((_, run, steal)) = worst.filter(|w| over_retry_limit(w.2)) {
         let _ = writeln!(
             out,
             "\nThe worst c=1 p99 ratio is run {run}'s, whose window still had {:.0} % steal after the retries.",
@@ -585,6 +594,10 @@ mod tests {
             "steal_s": null
         });
         assert!((steal_share(&bulk) - 0.05).abs() < 1e-9);
+        assert!(disturbed(&rr) && disturbed(&bulk));
+        assert!(!disturbed(
+            &serde_json::json!({"seconds": 5.0, "steal_s": 0.1})
+        ));
         assert_eq!(
             steal_share(&serde_json::json!({"bytes_per_conn": 1400.0})),
             0.0
