@@ -30,9 +30,14 @@ pub async fn accept_until(
     mut on_accept: impl FnMut(TcpStream, SocketAddr),
 ) {
     let mut errors = AcceptErrors::new(errors);
+    // One stop waiter for the whole loop: a new `cancelled()` per accept would add and
+    // remove a waiter, two locks, per connection.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
+            biased;
+            _ = &mut stopped => return,
             a = listener.accept() => a,
         };
         match accepted {
