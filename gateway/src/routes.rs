@@ -209,17 +209,7 @@ impl Routes {
         let mut hbone: Map<String, Map<u16, Route>> = Map::default();
         for spec in specs {
             for &port in &spec.ports {
-                let route = routes
-                    .entry(spec.host.clone())
-                    .or_default()
-                    .entry(port)
-                    .or_insert_with(|| Route {
-                        host: spec.host.clone(),
-                        port,
-                        subsets: Arc::default(),
-                        endpoints: Vec::new(),
-                        by_subset: Map::default(),
-                    });
+                let route = route_at(&mut routes, &spec.host, port);
                 // Share the spec's map; copy only to merge a host listed twice.
                 if route.subsets.is_empty() {
                     route.subsets = spec.subsets.clone();
@@ -231,41 +221,19 @@ impl Routes {
                     let Some(&target) = ep.ports.get(&port) else {
                         continue;
                     };
-                    let addr = SocketAddr::new(ep.address, target);
-                    let state = states
-                        .get(&addr)
-                        .and_then(Weak::upgrade)
-                        .unwrap_or_else(|| Arc::new(EndpointState::new(addr)));
-                    states.insert(addr, Arc::downgrade(&state));
-                    route.endpoints.push(Endpoint {
-                        state,
+                    let mut endpoint = |addr| Endpoint {
+                        state: shared_state(&mut states, addr),
                         labels: ep.labels.clone(),
                         ready: ep.ready,
-                    });
+                    };
+                    route
+                        .endpoints
+                        .push(endpoint(SocketAddr::new(ep.address, target)));
                     if let Some(hp) = ep.hbone_port {
-                        let addr = SocketAddr::new(ep.address, hp);
-                        let state = states
-                            .get(&addr)
-                            .and_then(Weak::upgrade)
-                            .unwrap_or_else(|| Arc::new(EndpointState::new(addr)));
-                        states.insert(addr, Arc::downgrade(&state));
-                        hbone
-                            .entry(spec.host.clone())
-                            .or_default()
-                            .entry(port)
-                            .or_insert_with(|| Route {
-                                host: spec.host.clone(),
-                                port,
-                                subsets: Arc::default(),
-                                endpoints: Vec::new(),
-                                by_subset: Map::default(),
-                            })
+                        let tunnelled = endpoint(SocketAddr::new(ep.address, hp));
+                        route_at(&mut hbone, &spec.host, port)
                             .endpoints
-                            .push(Endpoint {
-                                state,
-                                labels: ep.labels.clone(),
-                                ready: ep.ready,
-                            });
+                            .push(tunnelled);
                     }
                 }
             }
@@ -284,6 +252,33 @@ impl Routes {
         states.retain(|_, w| w.strong_count() > 0);
         table
     }
+}
+
+/// The route for `host:port` in `map`, made empty on first use.
+fn route_at<'m>(map: &'m mut Map<String, Map<u16, Route>>, host: &str, port: u16) -> &'m mut Route {
+    map.entry(host.to_owned())
+        .or_default()
+        .entry(port)
+        .or_insert_with(|| Route {
+            host: host.to_owned(),
+            port,
+            subsets: Arc::default(),
+            endpoints: Vec::new(),
+            by_subset: Map::default(),
+        })
+}
+
+/// The one health state of `addr` that every table shares while any holds it.
+fn shared_state(
+    states: &mut HashMap<SocketAddr, Weak<EndpointState>>,
+    addr: SocketAddr,
+) -> Arc<EndpointState> {
+    let state = states
+        .get(&addr)
+        .and_then(Weak::upgrade)
+        .unwrap_or_else(|| Arc::new(EndpointState::new(addr)));
+    states.insert(addr, Arc::downgrade(&state));
+    state
 }
 
 #[cfg(test)]
