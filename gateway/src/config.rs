@@ -140,6 +140,9 @@ pub struct Config {
     /// Endpoints tried per connection before `connect_failed`.
     pub connect_attempts: u32,
     pub idle_timeout: Duration,
+    /// Bulk streams move by `splice(2)` (no copy through userspace); off, every byte is
+    /// copied.
+    pub splice: bool,
     /// Most decided connections (connecting or forwarding); undecided ones do not count.
     pub max_connections: usize,
     /// Most connections still sending their PROXY header or ClientHello; beyond it the
@@ -198,6 +201,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(1),
             connect_attempts: 3,
             idle_timeout: Duration::from_secs(3600),
+            splice: true,
             max_connections: 65_536,
             max_undecided: 1024,
             max_undecided_bytes: 16 << 20,
@@ -322,6 +326,11 @@ pub struct Args {
     /// Close a forwarded connection after this long without bytes either way.
     #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value = "1h", value_parser = duration)]
     pub idle_timeout: Duration,
+    /// Move bulk streams with splice(2), without copying them through the gateway. `false`
+    /// copies every byte: splicing holds the sender's pages until the receiver has read
+    /// them, which costs peers on the same host more kernel work per GB (PERFORMANCE.md).
+    #[arg(long, env = "GATEWAY_SPLICE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub splice: bool,
     /// Most concurrent decided connections (hello read; connecting or forwarding); beyond it
     /// a newly decided one is closed at once.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
@@ -445,6 +454,7 @@ impl Args {
             connect_timeout: self.connect_timeout,
             connect_attempts: self.connect_attempts,
             idle_timeout: self.idle_timeout,
+            splice: self.splice,
             max_connections: self.max_connections as usize,
             max_undecided: self.max_undecided as usize,
             max_undecided_bytes: self.max_undecided_bytes as usize,

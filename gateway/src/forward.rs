@@ -173,15 +173,18 @@ impl Progress {
 
 /// Copies `client <-> upstream` until both directions are done, the idle timeout passes, an
 /// error occurs, or `force` (the drain deadline) is cancelled. The caller closes both sockets
-/// when it returns: the second EOF is passed on by that close, not by a shutdown.
+/// when it returns: the second EOF is passed on by that close, not by a shutdown. Without
+/// `splice` every byte is copied (`--splice false`).
 pub fn run<'a>(
     client: &'a TcpStream,
     upstream: &'a TcpStream,
     idle: Duration,
+    splice: bool,
     p: &'a Progress,
     force: &'a ForceClose,
 ) -> Run<'a> {
-    run_with(client, upstream, idle, p, force, SPLICE_AFTER)
+    let after = if splice { SPLICE_AFTER } else { u64::MAX };
+    run_with(client, upstream, idle, p, force, after)
 }
 
 /// [`run`] with the splice threshold as a parameter: `u64::MAX` copies only and 0 splices
@@ -813,7 +816,14 @@ mod tests {
         let progress = Progress::new(Counter::default(), Counter::default());
         let force = ForceClose::new();
         let idle = std::time::Duration::from_secs(30);
-        let mut fwd = std::pin::pin!(run(&client_side, &upstream_side, idle, &progress, &force));
+        let mut fwd = std::pin::pin!(run(
+            &client_side,
+            &upstream_side,
+            idle,
+            true,
+            &progress,
+            &force
+        ));
         let (old, new) = (
             std::sync::Arc::new(Wakes::default()),
             std::sync::Arc::new(Wakes::default()),
@@ -963,7 +973,14 @@ mod tests {
         let progress = Progress::new(Counter::default(), Counter::default());
         let force = ForceClose::new();
         let idle = std::time::Duration::from_secs(60);
-        let mut fwd = std::pin::pin!(run(&client_side, &upstream_side, idle, &progress, &force));
+        let mut fwd = std::pin::pin!(run(
+            &client_side,
+            &upstream_side,
+            idle,
+            true,
+            &progress,
+            &force
+        ));
         let talked = async {
             talk(&mut client, 20, std::time::Duration::from_millis(5)).await;
             force.cancel();
@@ -989,7 +1006,14 @@ mod tests {
         let progress = Progress::new(Counter::default(), Counter::default());
         let force = ForceClose::new();
         let idle = std::time::Duration::from_millis(600);
-        let mut fwd = std::pin::pin!(run(&client_side, &upstream_side, idle, &progress, &force));
+        let mut fwd = std::pin::pin!(run(
+            &client_side,
+            &upstream_side,
+            idle,
+            true,
+            &progress,
+            &force
+        ));
         // Talking for about two and a half idle timeouts: the timer checks every 75 ms meanwhile.
         let talked = talk(&mut client, 15, std::time::Duration::from_millis(100));
         tokio::time::timeout(std::time::Duration::from_secs(20), async {

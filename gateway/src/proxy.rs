@@ -183,8 +183,9 @@ impl Proxy {
             let end = match replayed {
                 Ok(n) => {
                     progress.add_sent(n);
-                    let (idle, force) = (self.cfg.idle_timeout, &self.drain.force_close);
-                    forward::run(client, &conn.upstream, idle, &progress, force).await
+                    let (idle, splice) = (self.cfg.idle_timeout, self.cfg.splice);
+                    let force = &self.drain.force_close;
+                    forward::run(client, &conn.upstream, idle, splice, &progress, force).await
                 }
                 Err(e) => forward::End::from_error(e, true),
             };
@@ -417,7 +418,14 @@ mod tests {
         let (b, _) = l.accept().await.unwrap();
         let progress = Progress::new(Default::default(), Default::default());
         let force = crate::drain::ForceClose::new();
-        let run = forward::run(&b, &b, std::time::Duration::from_secs(1), &progress, &force);
+        let run = forward::run(
+            &b,
+            &b,
+            std::time::Duration::from_secs(1),
+            true,
+            &progress,
+            &force,
+        );
         let run_size = std::mem::size_of_val(&run);
         drop(run);
         let p = Arc::new(p);

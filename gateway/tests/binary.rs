@@ -327,3 +327,88 @@ fn json_logs_carry_config_and_access_log() {
     );
     drop(child);
 }
+
+/// Pipes the gateway process holds now (`/proc/<pid>/fd`).
+fn pipes_open(pid: u32) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("pipe:"))
+        .count()
+}
+
+/// `--splice false` copies every byte: a bulk stream through it never opens a pipe, where
+/// the default splices the same stream through pipes (so the check can fail).
+#[test]
+fn splice_false_moves_bulk_without_a_pipe() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let catalog = rt.block_on(catalog_endpoints_file());
+    const BULK: usize = 4 << 20;
+    for (splice, expect_pipes) in [("true", true), ("false", false)] {
+        let gw = GatewayProcess::start(&catalog.path, &["--splice", splice], "info");
+        let pid = gw.child.id();
+        // Its stderr is a pipe to this test, and it may hold others of its own.
+        let before = pipes_open(pid);
+        let got = std::sync::atomic::AtomicUsize::new(0);
+        let most_pipes = rt.block_on(async {
+            let (stream, greeting) = open(gw.listen, &sni(80, "v1", CATALOG), default_client())
+                .await
+                .unwrap();
+            assert!(greeting.starts_with("catalog-1"), "{greeting}");
+            let (mut rd, mut wr) = tokio::io::split(stream);
+            let seen = &got;
+            // The backend echoes: write and read at once, and look at the gateway's
+            // descriptors while the bytes flow.
+            let write = async {
+                let chunk = vec![7u8; 64 * 1024];
+                for _ in 0..BULK / chunk.len() {
+                    wr.write_all(&chunk).await.unwrap();
+                }
+                wr.flush().await.unwrap();
+                wr
+            };
+            let read = async {
+                let mut buf = vec![0u8; 64 * 1024];
+                let (mut got, mut most) = (0, 0);
+                while got < BULK {
+                    let n = rd.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "closed after {got} bytes");
+                    assert!(buf[..n].iter().all(|&b| b == 7), "bytes changed");
+                    got += n;
+                    seen.store(got, std::sync::atomic::Ordering::Relaxed);
+                    most = most.max(pipes_open(pid).saturating_sub(before));
+                }
+                most
+            };
+            let (most, _wr) = tokio::time::timeout(TIMEOUT, async {
+                let (wr, most) = tokio::join!(write, read);
+                (most, wr)
+            })
+            .await
+            .unwrap_or_else(|_| {
+                let ss = Command::new("ss")
+                    .args(["-tnio", "state", "established"])
+                    .output()
+                    .unwrap();
+                panic!(
+                    "--splice {splice}: bulk echo timed out; got {}\n{}",
+                    got.load(std::sync::atomic::Ordering::Relaxed),
+                    String::from_utf8_lossy(&ss.stdout)
+                )
+            });
+            most
+        });
+        assert_eq!(
+            most_pipes > 0,
+            expect_pipes,
+            "--splice {splice}: at most {most_pipes} pipes opened during the transfer"
+        );
+    }
+}

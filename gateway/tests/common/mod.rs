@@ -127,7 +127,11 @@ impl Backend {
                             Ok(0) | Err(_) => break,
                             Ok(n) => {
                                 total += n;
-                                if tls.write_all(&buf[..n]).await.is_err() {
+                                // Flushed: rustls may keep the last records of a write
+                                // that met a full socket, and this loop then waits to
+                                // read while the client waits for them.
+                                let echoed = tls.write_all(&buf[..n]).await;
+                                if echoed.is_err() || tls.flush().await.is_err() {
                                     return;
                                 }
                             }
