@@ -203,7 +203,10 @@ pids_of() { case "$1" in gateway) echo "$GW_PID" ;; haproxy) echo "$HA_PID" ;; n
 common() { echo --target "$(addr_of "$1")" --sni "$SNI" --certs "$CERTS" --name "$1" --threads 1; }
 cost() { # target
   local pids; pids="$(pids_of "$1")"
-  [[ -n "$pids" ]] && echo --proxy-core "$PROXY_CPU" --cpu-pid "$pids"
+  [[ -n "$pids" ]] || return 0
+  echo --proxy-core "$PROXY_CPU" --cpu-pid "$pids"
+  # What the traffic costs the client and backend's core: a proxy can shift work there.
+  [[ "$LOAD_CPU" != "$PROXY_CPU" ]] && echo --load-core "$LOAD_CPU"
   return 0
 }
 

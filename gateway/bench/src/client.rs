@@ -386,6 +386,7 @@ pub async fn throughput(a: ThroughputArgs) -> Result<Value> {
 pub(crate) struct Bulk {
     json: Value,
     moved: u64,
+    secs: f64,
     spent: Cost,
 }
 
@@ -393,8 +394,10 @@ pub(crate) struct Bulk {
 #[derive(Default)]
 pub(crate) struct BulkTotal {
     bytes: u64,
+    secs: f64,
     core_s: Option<f64>,
     proc_s: Option<f64>,
+    load_s: Option<f64>,
 }
 
 impl BulkTotal {
@@ -403,7 +406,9 @@ impl BulkTotal {
         let plus = |t: Option<f64>, x: Option<f64>| if first { x } else { Some(t? + x?) };
         self.core_s = plus(self.core_s, b.spent.core_s);
         self.proc_s = plus(self.proc_s, b.spent.proc_s);
+        self.load_s = plus(self.load_s, b.spent.load_s);
         self.bytes += b.moved;
+        self.secs += b.secs;
         b.json
     }
 
@@ -413,8 +418,12 @@ impl BulkTotal {
             proc_s: self.proc_s,
             user_s: None,
             steal_s: None,
+            load_s: self.load_s,
         };
-        total.json("", "s_per_gb", self.bytes as f64 / 1e9, 1.0)
+        let mut v = total.json("", "s_per_gb", self.bytes as f64 / 1e9, 1.0);
+        let rate = (self.secs > 0.0).then(|| self.bytes as f64 / 1e6 / self.secs);
+        merge(&mut v, json!({ "mb_per_s": rate }));
+        v
     }
 }
 
@@ -474,7 +483,12 @@ pub(crate) async fn bulk(
         &mut json,
         spent.json(&format!("{label}_"), "s_per_gb", moved as f64 / 1e9, 1.0),
     );
-    Ok(Bulk { json, moved, spent })
+    Ok(Bulk {
+        json,
+        moved,
+        secs,
+        spent,
+    })
 }
 
 // ---------------------------------------------------------------------------------------

@@ -15,6 +15,10 @@ pub struct CostArgs {
     /// The core the proxy is pinned to (taskset); its busy time is the proxy's cost.
     #[arg(long)]
     pub proxy_core: Option<usize>,
+    /// The core the client and backend run on: its busy time is what the traffic costs the
+    /// rest of the machine, which a proxy can shift there (bulk through `splice`).
+    #[arg(long)]
+    pub load_core: Option<usize>,
     /// The proxy's processes (comma-separated); their CPU time is reported too.
     #[arg(long, value_delimiter = ',')]
     pub cpu_pid: Vec<u32>,
@@ -25,6 +29,8 @@ pub struct Meter {
     core: Option<usize>,
     pids: Vec<u32>,
     core0: Option<u64>,
+    load: Option<usize>,
+    load0: Option<u64>,
     steal0: Option<u64>,
     /// (utime, stime) of the processes at the start.
     pid0: (u64, u64),
@@ -40,6 +46,8 @@ pub struct Cost {
     pub user_s: Option<f64>,
     /// Time the hypervisor ran another guest on the proxy's core: a disturbed window.
     pub steal_s: Option<f64>,
+    /// Busy time of the load generator's core (client and backend).
+    pub load_s: Option<f64>,
 }
 
 impl Meter {
@@ -48,6 +56,8 @@ impl Meter {
             core: a.proxy_core,
             pids: a.cpu_pid.clone(),
             core0: a.proxy_core.and_then(core_busy_ticks),
+            load: a.load_core,
+            load0: a.load_core.and_then(core_busy_ticks),
             steal0: a.proxy_core.and_then(core_steal_ticks),
             pid0: process_times(&a.cpu_pid),
         }
@@ -55,6 +65,10 @@ impl Meter {
 
     pub fn stop(&self) -> Cost {
         let core_s = match (self.core.and_then(core_busy_ticks), self.core0) {
+            (Some(b), Some(a)) => Some(b.saturating_sub(a) as f64 / TICKS),
+            _ => None,
+        };
+        let load_s = match (self.load.and_then(core_busy_ticks), self.load0) {
             (Some(b), Some(a)) => Some(b.saturating_sub(a) as f64 / TICKS),
             _ => None,
         };
@@ -77,6 +91,7 @@ impl Meter {
             proc_s,
             user_s,
             steal_s,
+            load_s,
         }
     }
 }
@@ -95,6 +110,8 @@ impl Cost {
             format!("{prefix}user_s"): self.user_s,
             format!("{prefix}user_{per}"): per_unit(self.user_s),
             format!("{prefix}steal_s"): self.steal_s,
+            format!("{prefix}load_s"): self.load_s,
+            format!("{prefix}load_{per}"): per_unit(self.load_s),
         })
     }
 }

@@ -100,6 +100,16 @@ const ROWS: &[Row] = &[
         "/cpu_s_per_gb",
     ),
     row(
+        "bulk: MB/s moved (4 connections, down then up)",
+        "bulk",
+        "/mb_per_s",
+    ),
+    row(
+        "cross-check, load side (client and backend's core): s per GB of bulk",
+        "bulk",
+        "/load_s_per_gb",
+    ),
+    row(
         "of which user mode (the proxy's own code; the rest is kernel work for it): µs per new connection",
         "connrate",
         "/user_us_per_conn",
