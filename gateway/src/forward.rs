@@ -640,6 +640,17 @@ fn shutdown_write(dst: &TcpStream) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `run` as the proxy calls it by default (`--splice true`).
+    fn run_default<'a>(
+        client: &'a TcpStream,
+        upstream: &'a TcpStream,
+        idle: Duration,
+        p: &'a Progress,
+        force: &'a ForceClose,
+    ) -> Run<'a> {
+        run(client, upstream, idle, true, p, force)
+    }
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -816,14 +827,8 @@ mod tests {
         let progress = Progress::new(Counter::default(), Counter::default());
         let force = ForceClose::new();
         let idle = std::time::Duration::from_secs(30);
-        let mut fwd = std::pin::pin!(run(
-            &client_side,
-            &upstream_side,
-            idle,
-            true,
-            &progress,
-            &force
-        ));
+        let fwd = run_default(&client_side, &upstream_side, idle, &progress, &force);
+        let mut fwd = std::pin::pin!(fwd);
         let (old, new) = (
             std::sync::Arc::new(Wakes::default()),
             std::sync::Arc::new(Wakes::default()),
@@ -973,14 +978,8 @@ mod tests {
         let progress = Progress::new(Counter::default(), Counter::default());
         let force = ForceClose::new();
         let idle = std::time::Duration::from_secs(60);
-        let mut fwd = std::pin::pin!(run(
-            &client_side,
-            &upstream_side,
-            idle,
-            true,
-            &progress,
-            &force
-        ));
+        let fwd = run_default(&client_side, &upstream_side, idle, &progress, &force);
+        let mut fwd = std::pin::pin!(fwd);
         let talked = async {
             talk(&mut client, 20, std::time::Duration::from_millis(5)).await;
             force.cancel();
@@ -1006,14 +1005,8 @@ mod tests {
         let progress = Progress::new(Counter::default(), Counter::default());
         let force = ForceClose::new();
         let idle = std::time::Duration::from_millis(600);
-        let mut fwd = std::pin::pin!(run(
-            &client_side,
-            &upstream_side,
-            idle,
-            true,
-            &progress,
-            &force
-        ));
+        let fwd = run_default(&client_side, &upstream_side, idle, &progress, &force);
+        let mut fwd = std::pin::pin!(fwd);
         // Talking for about two and a half idle timeouts: the timer checks every 75 ms meanwhile.
         let talked = talk(&mut client, 15, std::time::Duration::from_millis(100));
         tokio::time::timeout(std::time::Duration::from_secs(20), async {

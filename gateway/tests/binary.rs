@@ -245,11 +245,7 @@ fn sighup_reloads_the_endpoints_file() {
 /// forwarded connection with SNI, upstream, bytes each way and outcome.
 #[test]
 fn json_logs_carry_config_and_access_log() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread_runtime(1);
     let catalog = rt.block_on(catalog_endpoints_file());
     let (backends, eps) = (&catalog.backends, &catalog.path);
     let mut child = ChildGuard::new(
@@ -344,11 +340,7 @@ fn pipes_open(pid: u32) -> usize {
 #[test]
 fn splice_false_moves_bulk_without_a_pipe() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread_runtime(2);
     let catalog = rt.block_on(catalog_endpoints_file());
     const BULK: usize = 4 << 20;
     for (splice, expect_pipes) in [("true", true), ("false", false)] {

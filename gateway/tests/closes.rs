@@ -137,11 +137,7 @@ async fn graceful_close_is_counted_as_ok() {
 /// `drain_deadline`, and the built binary still exits 0.
 #[test]
 fn connections_cut_at_the_drain_deadline_are_logged() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread_runtime(2);
     let catalog = rt.block_on(catalog_endpoints_file());
     let eps = &catalog.path;
     let mut gw = GatewayProcess::start(

@@ -176,6 +176,15 @@ pub struct CatalogFile {
     _dir: tempfile::TempDir,
 }
 
+/// A runtime for a test that drives the built binary from a plain `#[test]`.
+pub fn multi_thread_runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 pub async fn catalog_endpoints_file() -> CatalogFile {
     let (backends, port) = backends(&["catalog-1"]).await;
     let dir = tempfile::tempdir().unwrap();
