@@ -8,8 +8,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use testkit::hbone::{
-    AppMode, ClientZtunnel, ConnectRequest, DestinationZtunnel, HboneError, StreamEnd, TestApp,
-    Tunnel,
+    AppMode, ClientZtunnel, ConnectRequest, DestinationZtunnel, HboneError, OuterConn, StreamEnd,
+    TestApp, Tunnel,
 };
 use testkit::mesh;
 use testkit::mtls::Identity;
@@ -82,6 +82,19 @@ fn catalog_authority() -> String {
 
 fn webapp_client(server_id: &str) -> ClientZtunnel {
     ClientZtunnel::from_identity(&pki().webapp, &[server_id.to_owned()]).unwrap()
+}
+
+/// A catalog destination ztunnel in front of `app`, and the webapp client's outer
+/// connection to it.
+async fn catalog_outer(app: SocketAddr) -> (DestinationZtunnel, OuterConn) {
+    let dest = DestinationZtunnel::start(&pki().catalog, app)
+        .await
+        .unwrap();
+    let outer = webapp_client(&mesh::spiffe_id(mesh::CATALOG))
+        .connect(dest.addr())
+        .await
+        .unwrap();
+    (dest, outer)
 }
 
 async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -319,13 +332,7 @@ async fn half_close_works_in_each_direction_on_its_own() {
 async fn cancel_resets_the_stream_at_the_destination_and_spares_the_connection() {
     within(async {
         let app = TestApp::echo().await.unwrap();
-        let dest = DestinationZtunnel::start(&pki().catalog, app.addr())
-            .await
-            .unwrap();
-        let outer = webapp_client(&mesh::spiffe_id(mesh::CATALOG))
-            .connect(dest.addr())
-            .await
-            .unwrap();
+        let (dest, outer) = catalog_outer(app.addr()).await;
         let mut t = outer.connect_tunnel(&catalog_authority()).await.unwrap();
         t.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
@@ -361,13 +368,7 @@ async fn cancel_resets_the_stream_at_the_destination_and_spares_the_connection()
 async fn three_tunnels_share_one_outer_connection_concurrently() {
     within(async {
         let app = TestApp::echo().await.unwrap();
-        let dest = DestinationZtunnel::start(&pki().catalog, app.addr())
-            .await
-            .unwrap();
-        let outer = webapp_client(&mesh::spiffe_id(mesh::CATALOG))
-            .connect(dest.addr())
-            .await
-            .unwrap();
+        let (dest, outer) = catalog_outer(app.addr()).await;
         let tunnels = (0..3u8).map(|i| {
             let outer = outer.clone();
             tokio::spawn(async move {
@@ -398,13 +399,7 @@ async fn three_tunnels_share_one_outer_connection_concurrently() {
 async fn refused_connects_report_their_status() {
     within(async {
         let down = closed_port().await;
-        let dest = DestinationZtunnel::start(&pki().catalog, down)
-            .await
-            .unwrap();
-        let outer = webapp_client(&mesh::spiffe_id(mesh::CATALOG))
-            .connect(dest.addr())
-            .await
-            .unwrap();
+        let (dest, outer) = catalog_outer(down).await;
         let e = outer
             .connect_tunnel(&catalog_authority())
             .await
@@ -544,13 +539,7 @@ async fn client_hello_has_ztunnels_shape() {
 async fn drain_sends_goaway_and_lets_an_open_tunnel_finish() {
     within(async {
         let app = TestApp::echo().await.unwrap();
-        let dest = DestinationZtunnel::start(&pki().catalog, app.addr())
-            .await
-            .unwrap();
-        let outer = webapp_client(&mesh::spiffe_id(mesh::CATALOG))
-            .connect(dest.addr())
-            .await
-            .unwrap();
+        let (dest, outer) = catalog_outer(app.addr()).await;
         let mut t = outer.connect_tunnel(&catalog_authority()).await.unwrap();
         t.write_all(b"before").await.unwrap();
         let mut buf = [0u8; 6];
