@@ -5,10 +5,11 @@
 //! a client that sends its whole hello at once is decided long before its turn comes.
 
 use std::collections::BTreeMap;
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
 
 use prometheus_client::metrics::gauge::Gauge;
-use tokio_util::sync::CancellationToken;
 
 pub struct Undecided {
     max_count: usize,
@@ -26,9 +27,11 @@ struct State {
     next: u64,
 }
 
+/// A connection still in the budget. Being shed is leaving the map; the task waiting in
+/// [`Ticket::shed`] is woken through `waker` (no token or waiter list per connection).
 struct Entry {
     bytes: usize,
-    shed: CancellationToken,
+    waker: Option<Waker>,
 }
 
 impl State {
@@ -36,7 +39,9 @@ impl State {
     fn shed_oldest(&mut self) {
         if let Some((_, e)) = self.waiting.pop_first() {
             self.bytes -= e.bytes;
-            e.shed.cancel();
+            if let Some(w) = e.waker {
+                w.wake();
+            }
         }
     }
 }
@@ -55,7 +60,6 @@ impl Undecided {
 
     /// Admits a new connection, shedding the oldest ones if the count is at its limit.
     pub fn admit(self: &Arc<Self>) -> Ticket {
-        let shed = CancellationToken::new();
         let mut s = self.lock();
         while s.waiting.len() >= self.max_count {
             s.shed_oldest();
@@ -66,7 +70,7 @@ impl Undecided {
             id,
             Entry {
                 bytes: 0,
-                shed: shed.clone(),
+                waker: None,
             },
         );
         self.publish(&s);
@@ -97,15 +101,18 @@ pub struct Ticket {
 impl Ticket {
     /// Completes when this connection has been shed (at once if it already was).
     pub async fn shed(&self) {
-        let token = self
-            .budget
-            .lock()
-            .waiting
-            .get(&self.id)
-            .map(|e| e.shed.clone());
-        if let Some(token) = token {
-            token.cancelled_owned().await;
-        }
+        poll_fn(|cx| {
+            let mut s = self.budget.lock();
+            let Some(e) = s.waiting.get_mut(&self.id) else {
+                return Poll::Ready(());
+            };
+            match &mut e.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Records that the connection now buffers `n` bytes, shedding the oldest connections
@@ -180,6 +187,41 @@ mod tests {
         // A shed ticket no longer counts, and cannot come back by buffering.
         assert!(!t[0].buffered(10));
         assert_eq!(b.bytes.get(), 0);
+    }
+
+    /// A task waiting in `shed` is woken when it is shed, by count or by bytes, and only then.
+    #[test]
+    fn a_waiting_task_is_woken_when_shed() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        #[derive(Default)]
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        for by_bytes in [false, true] {
+            let b = budget(2, 1000);
+            let first = b.admit();
+            assert!(first.buffered(600));
+            let woken = Arc::new(Count::default());
+            let waker = std::task::Waker::from(woken.clone());
+            let mut cx = std::task::Context::from_waker(&waker);
+            let mut shed = std::pin::pin!(first.shed());
+            assert!(shed.as_mut().poll(&mut cx).is_pending());
+            let second = b.admit();
+            assert!(second.buffered(300));
+            assert_eq!(woken.0.load(Ordering::SeqCst), 0, "woken before being shed");
+            // Over the byte limit, or a third connection over the count: the first goes.
+            let _third = if by_bytes {
+                assert!(second.buffered(500));
+                None
+            } else {
+                Some(b.admit())
+            };
+            assert_eq!(woken.0.load(Ordering::SeqCst), 1, "by bytes: {by_bytes}");
+            assert!(shed.as_mut().poll(&mut cx).is_ready());
+        }
     }
 
     #[test]
