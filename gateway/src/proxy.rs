@@ -105,7 +105,7 @@ impl Proxy {
         accept::accept_until(&listener, &self.drain.stop_accepting, errors, |stream, peer| {
             self.metrics.accepted.inc();
             // Admitted here, in accept order, so "oldest" means what it says.
-            let ticket = self.undecided.admit();
+            let ticket = self.undecided.admit_from(Some(peer));
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let span = tracing::info_span!("conn", id, %peer, client = tracing::field::Empty, sni = tracing::field::Empty, upstream = tracing::field::Empty);
             // The task's future is `handle` itself, not a block around it that would keep
@@ -224,17 +224,18 @@ impl Proxy {
             ) => d,
             _ = ticket.shed() => return Err(Reject::Shed),
         };
-        let (hello, client_addr) = match detected {
+        let (hello, proxied) = match detected {
             Err(_) => return Err(Reject::Timeout),
             Ok(r) => r?,
         };
+        let client_addr = proxied.or_else(|| ticket.peer());
         drop(ticket);
         let Some(permit) = Permit::try_new(&self.permits) else {
             debug!("connection limit reached; closing");
             return Err(Reject::OverLimit);
         };
-        // The peer is read back here rather than carried: every byte held across the
-        // connection's awaits is paid by every idle connection.
+        // The peer from `accept` waited in the ticket, not in this future: every byte held
+        // across the connection's awaits is paid by every idle connection.
         let Some(client_addr) = client_addr.or_else(|| client.peer_addr().ok()) else {
             return Err(Reject::ClientClosed);
         };

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
@@ -32,6 +33,9 @@ struct State {
 struct Entry {
     bytes: usize,
     waker: Option<Waker>,
+    /// The peer `accept` returned, kept here rather than in the connection's future (which
+    /// every forwarded connection keeps) or asked again with `getpeername`.
+    peer: Option<SocketAddr>,
 }
 
 impl State {
@@ -60,6 +64,11 @@ impl Undecided {
 
     /// Admits a new connection, shedding the oldest ones if the count is at its limit.
     pub fn admit(self: &Arc<Self>) -> Ticket {
+        self.admit_from(None)
+    }
+
+    /// [`Undecided::admit`], keeping the peer's address for [`Ticket::peer`].
+    pub fn admit_from(self: &Arc<Self>, peer: Option<SocketAddr>) -> Ticket {
         let mut s = self.lock();
         while s.waiting.len() >= self.max_count {
             s.shed_oldest();
@@ -71,6 +80,7 @@ impl Undecided {
             Entry {
                 bytes: 0,
                 waker: None,
+                peer,
             },
         );
         self.publish(&s);
@@ -113,6 +123,11 @@ impl Ticket {
             Poll::Pending
         })
         .await
+    }
+
+    /// The peer given to [`Undecided::admit_from`]; `None` once shed.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.budget.lock().waiting.get(&self.id)?.peer
     }
 
     /// Records that the connection now buffers `n` bytes, shedding the oldest connections
@@ -222,6 +237,17 @@ mod tests {
             assert_eq!(woken.0.load(Ordering::SeqCst), 1, "by bytes: {by_bytes}");
             assert!(shed.as_mut().poll(&mut cx).is_ready());
         }
+    }
+
+    /// The peer from `accept` is kept while the connection is undecided, and gone once shed.
+    #[test]
+    fn the_peer_waits_in_the_ticket() {
+        let b = budget(1, 1000);
+        let peer: SocketAddr = "127.0.0.9:4242".parse().unwrap();
+        let t = b.admit_from(Some(peer));
+        assert_eq!(t.peer(), Some(peer));
+        let _next = b.admit();
+        assert_eq!(t.peer(), None, "shed");
     }
 
     #[test]

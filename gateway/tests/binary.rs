@@ -302,18 +302,21 @@ fn json_logs_carry_config_and_access_log() {
     let listen: SocketAddr = listening["listen_addr"].as_str().unwrap().parse().unwrap();
 
     // A graceful client: close_notify and FIN, then read to the backend's own close.
-    rt.block_on(async {
+    let client = rt.block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut conn, greeting) = open(listen, &sni(80, "", CATALOG), default_client())
             .await
             .unwrap();
+        let client = conn.get_ref().get_ref().0.local_addr().unwrap();
         assert!(greeting.starts_with("catalog-1 "));
         conn.shutdown().await.unwrap();
         let mut rest = String::new();
         conn.read_to_string(&mut rest).await.unwrap();
         assert_eq!(rest, "eof after 0 bytes\n");
+        client
     });
     let access = find(&|v| v["target"] == "access");
+    assert_eq!(access["client"], client.to_string(), "{access}");
     assert_eq!(access["sni"], sni(80, "", CATALOG));
     assert_eq!(access["upstream"], backends[0].addr.to_string());
     assert_eq!(access["outcome"], "ok");
