@@ -27,11 +27,10 @@ pub struct CostArgs {
 /// Readings at the start of a window.
 pub struct Meter {
     core: Option<usize>,
-    pids: Vec<u32>,
-    core0: Option<u64>,
     load: Option<usize>,
-    load0: Option<u64>,
-    steal0: Option<u64>,
+    pids: Vec<u32>,
+    /// The cores' ticks at the start.
+    ticks0: CoreTicks,
     /// (utime, stime) of the processes at the start.
     pid0: (u64, u64),
 }
@@ -54,28 +53,19 @@ impl Meter {
     pub fn start(a: &CostArgs) -> Meter {
         Meter {
             core: a.proxy_core,
-            pids: a.cpu_pid.clone(),
-            core0: a.proxy_core.and_then(core_busy_ticks),
             load: a.load_core,
-            load0: a.load_core.and_then(core_busy_ticks),
-            steal0: a.proxy_core.and_then(core_steal_ticks),
+            pids: a.cpu_pid.clone(),
+            ticks0: CoreTicks::read(a.proxy_core, a.load_core),
             pid0: process_times(&a.cpu_pid),
         }
     }
 
     pub fn stop(&self) -> Cost {
-        let core_s = match (self.core.and_then(core_busy_ticks), self.core0) {
-            (Some(b), Some(a)) => Some(b.saturating_sub(a) as f64 / TICKS),
-            _ => None,
-        };
-        let load_s = match (self.load.and_then(core_busy_ticks), self.load0) {
-            (Some(b), Some(a)) => Some(b.saturating_sub(a) as f64 / TICKS),
-            _ => None,
-        };
-        let steal_s = match (self.core.and_then(core_steal_ticks), self.steal0) {
-            (Some(b), Some(a)) => Some(b.saturating_sub(a) as f64 / TICKS),
-            _ => None,
-        };
+        let (now, then) = (CoreTicks::read(self.core, self.load), &self.ticks0);
+        let secs = |b: Option<u64>, a: Option<u64>| Some(b?.saturating_sub(a?) as f64 / TICKS);
+        let core_s = secs(now.busy, then.busy);
+        let load_s = secs(now.load, then.load);
+        let steal_s = secs(now.steal, then.steal);
         let (proc_s, user_s) = if self.pids.is_empty() {
             (None, None)
         } else {
@@ -116,27 +106,34 @@ impl Cost {
     }
 }
 
-/// Busy ticks of one core: user + nice + system + irq + softirq (guest time is already
-/// inside user). Steal, time the hypervisor gave to another guest, is not the proxy's.
-fn core_busy_ticks(core: usize) -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let name = format!("cpu{core}");
-    let line = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
-    parse_busy(line)
+/// The proxy core's busy and steal ticks and the load core's busy ticks, from one read of
+/// `/proc/stat`, so all three cover the same instant.
+struct CoreTicks {
+    busy: Option<u64>,
+    steal: Option<u64>,
+    load: Option<u64>,
 }
 
-/// Steal ticks of one core.
-fn core_steal_ticks(core: usize) -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let name = format!("cpu{core}");
-    let line = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
-    line.split_whitespace().nth(8)?.parse().ok()
+impl CoreTicks {
+    fn read(core: Option<usize>, load: Option<usize>) -> CoreTicks {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let line = |core: Option<usize>| {
+            let name = format!("cpu{}", core?);
+            stat.lines()
+                .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        };
+        let proxy = line(core);
+        CoreTicks {
+            busy: proxy.and_then(parse_busy),
+            steal: proxy.and_then(|l| l.split_whitespace().nth(8)?.parse().ok()),
+            load: line(load).and_then(parse_busy),
+        }
+    }
 }
 
+/// Busy ticks of one `/proc/stat` core line: user + nice + system + irq + softirq (guest
+/// time is already inside user). Steal, time the hypervisor gave to another guest, is not
+/// the proxy's.
 fn parse_busy(line: &str) -> Option<u64> {
     let f: Vec<u64> = line
         .split_whitespace()
@@ -190,7 +187,8 @@ mod tests {
 
     #[test]
     fn this_machine_has_core_zero() {
-        assert!(core_busy_ticks(0).is_some());
-        assert!(core_busy_ticks(100_000).is_none());
+        let t = CoreTicks::read(Some(0), Some(100_000));
+        assert!(t.busy.is_some() && t.steal.is_some());
+        assert!(t.load.is_none());
     }
 }
