@@ -640,6 +640,8 @@ fn shutdown_write(dst: &TcpStream) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
     /// `run` as the proxy calls it by default (`--splice true`).
     fn run_default<'a>(
@@ -651,8 +653,6 @@ mod tests {
     ) -> Run<'a> {
         run(client, upstream, idle, true, p, force)
     }
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
 
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
