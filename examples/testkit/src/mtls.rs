@@ -114,11 +114,8 @@ pub fn client_config(
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<Arc<ClientConfig>, MtlsError> {
     let p = provider();
-    let verifier = Arc::new(SpiffeServerVerifier {
-        roots: id.roots.clone(),
-        algs: p.signature_verification_algorithms,
-        expect: expect_peer.map(str::to_owned),
-    });
+    let allowed: Vec<String> = expect_peer.into_iter().map(str::to_owned).collect();
+    let verifier = SpiffeServerVerifier::new(id.roots.clone(), &p, &allowed);
     let mut cfg = ClientConfig::builder_with_provider(p)
         .with_protocol_versions(versions)?
         .dangerous()
@@ -163,11 +160,27 @@ pub fn sni_server_name(sni: &str) -> Result<ServerName<'static>, MtlsError> {
     })
 }
 
+/// Checks a server's chain to `roots` (and EKU serverAuth, not a DNS name: Istio's peers
+/// have none) and that one of its SPIFFE URIs is `allowed` (any, when `allowed` is empty).
 #[derive(Debug)]
-struct SpiffeServerVerifier {
+pub(crate) struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
     algs: WebPkiSupportedAlgorithms,
-    expect: Option<String>,
+    allowed: Vec<String>,
+}
+
+impl SpiffeServerVerifier {
+    pub(crate) fn new(
+        roots: Arc<RootCertStore>,
+        provider: &CryptoProvider,
+        allowed: &[String],
+    ) -> Arc<Self> {
+        Arc::new(SpiffeServerVerifier {
+            roots,
+            algs: provider.signature_verification_algorithms,
+            allowed: allowed.to_vec(),
+        })
+    }
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -187,13 +200,12 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.algs.all,
         )?;
-        if let Some(want) = &self.expect {
-            let got = spiffe_ids(end_entity);
-            if !got.iter().any(|g| g == want) {
-                return Err(rustls::Error::General(format!(
-                    "server identity {got:?} is not the expected {want}"
-                )));
-            }
+        let got = spiffe_ids(end_entity);
+        if !self.allowed.is_empty() && !got.iter().any(|g| self.allowed.contains(g)) {
+            return Err(rustls::Error::General(format!(
+                "server identity {got:?} is none of {:?}",
+                self.allowed
+            )));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -218,5 +230,55 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a handshake between the two configs in memory (real rustls on both sides).
+    fn handshake(client: Arc<ClientConfig>, server: Arc<ServerConfig>) -> Result<(), String> {
+        let name = sni_server_name("outbound_.80_._.catalog.ns.svc.cluster.local").unwrap();
+        let mut c = rustls::ClientConnection::new(client, name).map_err(|e| e.to_string())?;
+        let mut s = rustls::ServerConnection::new(server).map_err(|e| e.to_string())?;
+        for _ in 0..10 {
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(());
+            }
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut buf.as_slice()).unwrap();
+            s.process_new_packets().map_err(|e| e.to_string())?;
+            let mut buf = Vec::new();
+            s.write_tls(&mut buf).unwrap();
+            c.read_tls(&mut buf.as_slice()).unwrap();
+            c.process_new_packets().map_err(|e| e.to_string())?;
+        }
+        Err("handshake did not finish".into())
+    }
+
+    /// A sidecar client expecting the catalog's identity completes the handshake with the
+    /// catalog and refuses a server with another identity of the same mesh.
+    #[test]
+    fn client_checks_the_expected_peer_identity() {
+        let root = pki::RootCa::generate(&pki::RootOptions::default()).unwrap();
+        let ca = root
+            .issue_intermediate(&pki::IntermediateOptions::new("east"))
+            .unwrap();
+        let id = |sa: &str| {
+            let w = ca.issue_workload(&pki::WorkloadOptions::new("ns", sa));
+            Identity::from_workload(&w.unwrap()).unwrap()
+        };
+        let (catalog, webapp) = (id("catalog"), id("webapp"));
+        let versions = rustls::DEFAULT_VERSIONS;
+        let server = server_config(&catalog, versions).unwrap();
+        let want = "spiffe://cluster.local/ns/ns/sa/catalog";
+        let client = client_config(&webapp, Some(want), versions).unwrap();
+        handshake(client, server.clone()).unwrap();
+        let other = "spiffe://cluster.local/ns/ns/sa/other";
+        let client = client_config(&webapp, Some(other), versions).unwrap();
+        let e = handshake(client, server).unwrap_err();
+        assert!(e.contains("is none of") && e.contains(other), "{e}");
     }
 }

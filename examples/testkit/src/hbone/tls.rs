@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, aws_lc_rs};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{CryptoProvider, aws_lc_rs};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -18,7 +18,7 @@ use rustls::{
 };
 
 use super::ALPN_H2;
-use crate::mtls::{Identity, MtlsError, spiffe_ids};
+use crate::mtls::{Identity, MtlsError, SpiffeServerVerifier, spiffe_ids};
 
 /// The crypto provider cut down to what ztunnel offers.
 pub fn ztunnel_provider() -> Arc<CryptoProvider> {
@@ -68,11 +68,7 @@ fn client_builder(
     server_ids: &[String],
 ) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, MtlsError> {
     let p = ztunnel_provider();
-    let verifier = Arc::new(SpiffeServerVerifier {
-        roots,
-        algs: p.signature_verification_algorithms,
-        allowed: server_ids.to_vec(),
-    });
+    let verifier = SpiffeServerVerifier::new(roots, &p, server_ids);
     Ok(ClientConfig::builder_with_provider(p)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -118,64 +114,6 @@ pub fn server_config_for_trust_domain(
         .with_single_cert(id.chain.clone(), id.key.clone_key())?;
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(cfg))
-}
-
-#[derive(Debug)]
-struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
-    algs: WebPkiSupportedAlgorithms,
-    allowed: Vec<String>,
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        // Checks the chain and EKU serverAuth, not the name (there is none).
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.algs.all,
-        )?;
-        let got = spiffe_ids(end_entity);
-        if !self.allowed.is_empty() && !got.iter().any(|g| self.allowed.contains(g)) {
-            return Err(rustls::Error::General(format!(
-                "server identity {got:?} is none of {:?}",
-                self.allowed
-            )));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
 }
 
 #[derive(Debug)]
