@@ -11,7 +11,8 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 
 use hbone_support::{
-    App, AppMode, TIMEOUT, connect, hbone_yaml, outer, read_n, read_to_end, send_all,
+    App, AppMode, HboneGw, Outer, TIMEOUT, connect, hbone_yaml, outer, read_n, read_to_end,
+    send_all,
 };
 
 const SVC: &str = "catalog.istioinaction.svc.cluster.local";
@@ -24,18 +25,21 @@ async fn app(name: &str, last: u8) -> App {
     App::start(name, ip(last), 0, AppMode::Echo).await.unwrap()
 }
 
+/// A gateway routing `SVC` to `a`, and a client ztunnel's outer connection to it.
+async fn gateway_to(a: &App) -> (HboneGw, Outer) {
+    let yaml = hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])]);
+    let gw = hbone_support::gateway(&yaml, |_| {}).await;
+    let o = outer(gw.hbone, Some(&hbone_support::pki().client))
+        .await
+        .unwrap();
+    (gw, o)
+}
+
 /// A tunnel through the gateway carries `n` bytes to the echo app and back intact, and the
 /// client's END_STREAM reaches the app as EOF.
 async fn echo_through(n: usize) {
     let a = app("catalog-1", 20).await;
-    let gw = hbone_support::gateway(
-        &hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])]),
-        |_| {},
-    )
-    .await;
-    let mut o = outer(gw.hbone, Some(&hbone_support::pki().client))
-        .await
-        .unwrap();
+    let (gw, mut o) = gateway_to(&a).await;
     let (status, io) = connect(&mut o, &format!("{SVC}:80")).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     let (mut tx, mut rx) = io.unwrap();
@@ -216,14 +220,7 @@ async fn unavailable_and_unrouted() {
 #[tokio::test]
 async fn bad_requests_are_400() {
     let a = app("catalog-1", 28).await;
-    let gw = hbone_support::gateway(
-        &hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])]),
-        |_| {},
-    )
-    .await;
-    let mut o = outer(gw.hbone, Some(&hbone_support::pki().client))
-        .await
-        .unwrap();
+    let (gw, mut o) = gateway_to(&a).await;
     let (status, _) = hbone_support::request(&mut o, Method::GET, &format!("{SVC}:80"))
         .await
         .unwrap();
@@ -248,14 +245,7 @@ async fn bad_requests_are_400() {
 #[tokio::test]
 async fn cancel_closes_upstream_as_normal() {
     let a = app("catalog-1", 29).await;
-    let gw = hbone_support::gateway(
-        &hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])]),
-        |_| {},
-    )
-    .await;
-    let mut o = outer(gw.hbone, Some(&hbone_support::pki().client))
-        .await
-        .unwrap();
+    let (gw, mut o) = gateway_to(&a).await;
     let (_, io) = connect(&mut o, &format!("{SVC}:80")).await.unwrap();
     let (mut tx, mut rx) = io.unwrap();
     read_n(&mut rx, 10).await;
@@ -284,14 +274,7 @@ async fn half_close_both_ways() {
     let a = App::start("x", ip(30), 0, AppMode::CloseFirst)
         .await
         .unwrap();
-    let gw = hbone_support::gateway(
-        &hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])]),
-        |_| {},
-    )
-    .await;
-    let mut o = outer(gw.hbone, Some(&hbone_support::pki().client))
-        .await
-        .unwrap();
+    let (gw, mut o) = gateway_to(&a).await;
     let (_, io) = connect(&mut o, &format!("{SVC}:80")).await.unwrap();
     let (mut tx, mut rx) = io.unwrap();
     let got = tokio::time::timeout(TIMEOUT, read_to_end(&mut rx, usize::MAX))

@@ -5,7 +5,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use pki::{IntermediateOptions, KeyType, RootCa, RootOptions, WorkloadOptions};
+use pki::{
+    IntermediateCa, IntermediateOptions, KeyType, RootCa, RootOptions, WorkloadCert,
+    WorkloadOptions,
+};
 use x509_parser::prelude::*;
 
 fn der(pem_text: &str) -> Vec<u8> {
@@ -27,8 +30,9 @@ fn openssl(args: &[&str], dir: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-#[test]
-fn root_intermediate_workload_extensions_and_names() {
+/// The walkthrough's chain: a default root, `east-cluster`'s intermediate and the
+/// `istioinaction/catalog` workload.
+fn east_chain() -> (RootCa, IntermediateCa, WorkloadCert) {
     let root = RootCa::generate(&RootOptions::default()).unwrap();
     let ca = root
         .issue_intermediate(&IntermediateOptions::new("east-cluster"))
@@ -36,6 +40,12 @@ fn root_intermediate_workload_extensions_and_names() {
     let wl = ca
         .issue_workload(&WorkloadOptions::new("istioinaction", "catalog"))
         .unwrap();
+    (root, ca, wl)
+}
+
+#[test]
+fn root_intermediate_workload_extensions_and_names() {
+    let (root, ca, wl) = east_chain();
 
     let root_der = der(root.cert_pem());
     let ca_der = der(ca.cert_pem());
@@ -225,13 +235,7 @@ fn rsa4096_root() {
 
 #[test]
 fn openssl_verifies_chain_and_shows_extensions() {
-    let root = RootCa::generate(&RootOptions::default()).unwrap();
-    let ca = root
-        .issue_intermediate(&IntermediateOptions::new("east-cluster"))
-        .unwrap();
-    let wl = ca
-        .issue_workload(&WorkloadOptions::new("istioinaction", "catalog"))
-        .unwrap();
+    let (_, ca, wl) = east_chain();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     ca.write_dir(d, false).unwrap();

@@ -18,7 +18,17 @@ fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
     serde_json::from_value(v).expect("valid object")
 }
 
-/// A ServiceAccount `reader` in `istio-system` with get/list/watch on services only.
+/// A test server `name` and its admin client, with a ServiceAccount `reader` in
+/// `istio-system` that may get/list/watch services only.
+async fn with_reader(name: &str) -> (TestApiServer, Client) {
+    init();
+    let server = TestApiServer::start(name).await.unwrap();
+    let admin = admin_client(&server).await;
+    reader_setup(&admin).await;
+    (server, admin)
+}
+
+/// The ServiceAccount `reader` of [`with_reader`].
 async fn reader_setup(admin: &Client) {
     let pp = PostParams::default();
     Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
@@ -108,10 +118,7 @@ async fn ssar(client: &Client, verb: &str, resource: &str, ns: &str) -> bool {
 
 #[tokio::test]
 async fn least_privilege_service_account_can_list_services_but_not_secrets() {
-    init();
-    let server = TestApiServer::start("rbac").await.unwrap();
-    let admin = admin_client(&server).await;
-    reader_setup(&admin).await;
+    let (server, admin) = with_reader("rbac").await;
     let tr = token_request(&admin, 3600).await;
     let token = tr.status.unwrap().token.unwrap();
     let sa = client_from_yaml(&server.kubeconfig_with_token("rbac", &token)).await;
@@ -201,10 +208,7 @@ async fn least_privilege_service_account_can_list_services_but_not_secrets() {
 
 #[tokio::test]
 async fn token_request_tokens_expire_on_the_server_clock() {
-    init();
-    let server = TestApiServer::start("ttl").await.unwrap();
-    let admin = admin_client(&server).await;
-    reader_setup(&admin).await;
+    let (server, admin) = with_reader("ttl").await;
 
     // like a real API server, less than 10 minutes is refused
     let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "istio-system");
@@ -251,10 +255,7 @@ async fn token_request_tokens_expire_on_the_server_clock() {
 
 #[tokio::test]
 async fn token_controller_fills_service_account_token_secrets() {
-    init();
-    let server = TestApiServer::start("legacy").await.unwrap();
-    let admin = admin_client(&server).await;
-    reader_setup(&admin).await;
+    let (server, admin) = with_reader("legacy").await;
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), "istio-system");
     let created = secrets
         .create(&PostParams::default(), &obj(json!({"metadata": {"name": "reader-token", "annotations": {"kubernetes.io/service-account.name": "reader"}}, "type": "kubernetes.io/service-account-token"})))
@@ -391,10 +392,7 @@ async fn controllers_relist_when_the_history_is_compacted_under_them() {
 
 #[tokio::test]
 async fn token_request_refuses_a_mismatched_name_and_tokens_for_another_audience() {
-    init();
-    let server = TestApiServer::start("aud").await.unwrap();
-    let admin = admin_client(&server).await;
-    reader_setup(&admin).await;
+    let (server, admin) = with_reader("aud").await;
     let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "istio-system");
     // Like the real server: a name or namespace in the body must match the URL's.
     for meta in [json!({"name": "other"}), json!({"namespace": "default"})] {
@@ -468,10 +466,7 @@ async fn token_review(admin: &Client, token: &str, audiences: &[&str]) -> Value 
 /// expired one; 400 for an empty token, as kubernetes' tokenreview storage answers.
 #[tokio::test]
 async fn token_review_checks_audience_expiry_and_existence() {
-    init();
-    let server = TestApiServer::start("review").await.unwrap();
-    let admin = admin_client(&server).await;
-    reader_setup(&admin).await;
+    let (server, admin) = with_reader("review").await;
     let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "istio-system");
     let tr: TokenRequest =
         obj(json!({"spec": {"audiences": ["istio-ca"], "expirationSeconds": 600}}));
