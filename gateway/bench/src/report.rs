@@ -149,25 +149,52 @@ impl Runs {
         serde_json::from_str(s.lines().last()?).ok()
     }
 
-    /// One value per run that has it.
-    fn values(&self, scenario: &str, target: &str, ptr: &str, scale: f64) -> Vec<f64> {
-        self.dirs
+    /// One value per run that has it, leaving out the runs whose window the hypervisor
+    /// still took too much of after run.sh's retries ([`disturbed`]) unless every run's was:
+    /// such a window measures the host, not the proxy.
+    fn values(&self, scenario: &str, target: &str, ptr: &str, scale: f64) -> Sample {
+        let all: Vec<(f64, bool)> = self
+            .dirs
             .iter()
             .filter_map(|d| Self::load(d, &format!("{scenario}-{target}")))
-            .filter_map(|v| v.pointer(ptr)?.as_f64())
-            .map(|x| x * scale)
-            .collect()
+            .filter_map(|v| Some((v.pointer(ptr)?.as_f64()? * scale, disturbed(&v))))
+            .collect();
+        let clean: Vec<f64> = all.iter().filter(|x| !x.1).map(|x| x.0).collect();
+        let runs = all.len();
+        if clean.is_empty() {
+            Sample {
+                values: all.into_iter().map(|x| x.0).collect(),
+                runs,
+            }
+        } else {
+            Sample {
+                values: clean,
+                runs,
+            }
+        }
     }
 }
 
-/// Median and range ((max - min) / median) of the runs' values.
+/// The values a cell is made of, and how many runs had one.
+struct Sample {
+    values: Vec<f64>,
+    runs: usize,
+}
+
+/// Median and range ((max - min) / median) of the runs' values; `counted` of `runs` runs.
 #[derive(Clone, Copy)]
 struct Stat {
     median: f64,
     range: f64,
+    counted: usize,
+    runs: usize,
 }
 
-fn stat(mut v: Vec<f64>) -> Option<Stat> {
+fn stat(sample: Sample) -> Option<Stat> {
+    let Sample {
+        values: mut v,
+        runs,
+    } = sample;
     if v.is_empty() {
         return None;
     }
@@ -183,7 +210,12 @@ fn stat(mut v: Vec<f64>) -> Option<Stat> {
     } else {
         0.0
     };
-    Some(Stat { median, range })
+    Some(Stat {
+        median,
+        range,
+        counted: n,
+        runs,
+    })
 }
 
 fn num(x: f64) -> String {
@@ -199,6 +231,13 @@ fn num(x: f64) -> String {
 fn cell(s: Option<Stat>, runs: usize) -> String {
     match s {
         None => "–".into(),
+        Some(s) if s.counted < s.runs => format!(
+            "{} ({:.0} %; {} of {} runs)",
+            num(s.median),
+            s.range * 100.0,
+            s.counted,
+            s.runs
+        ),
         Some(s) if runs > 1 => format!("{} ({:.0} %)", num(s.median), s.range * 100.0),
         Some(s) => num(s.median),
     }
@@ -263,7 +302,7 @@ pub fn run(a: &ReportArgs) -> Result<()> {
     }
     let _ = writeln!(
         out,
-        "Each cell: median of {n} run(s), in brackets the run-to-run range ((max − min) / median). Ratios are of the medians.\n"
+        "Each cell: median of {n} run(s), in brackets the run-to-run range ((max − min) / median). A window of which the hypervisor still took over {STEAL_RETRY_PCT} % after the retries measures the host, not the proxy: it is left out (the cell then says how many runs counted) unless every run's window was. Ratios are of the medians.\n"
     );
     out.push_str(
         "| scenario | HAProxy | nginx | gateway | direct | gateway / HAProxy | gateway / nginx |\n",
@@ -487,7 +526,23 @@ fn targets(runs: &Runs) -> String {
             Some((p99(&g)? / p99(&h)?, i + 1, steal))
         })
         .collect();
-    let worst = per_run_p99
+    // As for the medians: disturbed runs do not count while a clean one does.
+    let clean: Vec<(f64, usize, f64)> = per_run_p99
+        .iter()
+        .copied()
+        .filter(|w| !over_retry_limit(w.2))
+        .collect();
+    let left_out: Vec<usize> = if clean.is_empty() {
+        vec![]
+    } else {
+        per_run_p99
+            .iter()
+            .filter(|w| over_retry_limit(w.2))
+            .map(|w| w.1)
+            .collect()
+    };
+    let counted = if clean.is_empty() { per_run_p99 } else { clean };
+    let worst = counted
         .iter()
         .copied()
         .reduce(|a, b| if b.0 > a.0 { b } else { a });
@@ -544,6 +599,14 @@ fn targets(runs: &Runs) -> String {
             fmt_ratio(v)
         );
     }
+    if !left_out.is_empty() {
+        let runs: Vec<String> = left_out.iter().map(|r| r.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "\nThe c=1 p99 of run(s) {} does not count: a window still had over {STEAL_RETRY_PCT} % steal after the retries.",
+            runs.join(", ")
+        );
+    }
     if let Some((_, run, steal)) = worst.filter(|w| over_retry_limit(w.2)) {
         let _ = writeln!(
             out,
@@ -560,12 +623,57 @@ mod tests {
 
     #[test]
     fn median_and_range() {
-        let s = stat(vec![3.0, 1.0, 2.0]).unwrap();
+        let sample = |values: Vec<f64>| Sample {
+            runs: values.len(),
+            values,
+        };
+        let s = stat(sample(vec![3.0, 1.0, 2.0])).unwrap();
         assert_eq!(s.median, 2.0);
         assert_eq!(s.range, 1.0);
-        let s = stat(vec![4.0, 2.0]).unwrap();
+        let s = stat(sample(vec![4.0, 2.0])).unwrap();
         assert_eq!(s.median, 3.0);
-        assert!(stat(vec![]).is_none());
+        assert!(stat(sample(vec![])).is_none());
+    }
+
+    /// A window the hypervisor took too much of is left out of the median while another
+    /// run's is clean, and the cell says so; when every run's was, all count.
+    #[test]
+    fn disturbed_windows_are_left_out_while_a_clean_one_counts() {
+        let dir = std::env::temp_dir().join(format!("sni-bench-steal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (run, g, g_steal, h_steal) in [
+            ("r1", 500.0, 1.5, 0.5),
+            ("r2", 60.0, 0.0, 0.5),
+            ("r3", 70.0, 0.05, 0.5),
+        ] {
+            let d = dir.join(run);
+            std::fs::create_dir_all(&d).unwrap();
+            // HAProxy's c=1 windows are clean: the p99 rule looks at both windows of a run.
+            for (t, v, steal, rr1_steal) in [
+                ("gateway", g, g_steal, g_steal),
+                ("haproxy", 100.0 + g, h_steal, 0.0),
+            ] {
+                let j = |steal: f64| {
+                    serde_json::json!({"core_us_per_conn": v, "seconds": 5.0,
+                        "steal_s": steal, "latency": {"p99_us": v}, "errors": 0})
+                    .to_string()
+                };
+                std::fs::write(d.join(format!("connrate-{t}.json")), j(steal)).unwrap();
+                std::fs::write(d.join(format!("rr1-{t}.json")), j(rr1_steal)).unwrap();
+            }
+        }
+        let runs = Runs::open(&dir).unwrap();
+        let g = stat(runs.values("connrate", "gateway", "/core_us_per_conn", 1.0)).unwrap();
+        assert_eq!((g.median, g.counted, g.runs), (65.0, 2, 3));
+        assert_eq!(cell(Some(g), 3), "65.0 (15 %; 2 of 3 runs)");
+        // Every HAProxy window had 10 % steal: all three count.
+        let h = stat(runs.values("connrate", "haproxy", "/core_us_per_conn", 1.0)).unwrap();
+        assert_eq!((h.median, h.counted), (170.0, 3));
+        assert_eq!(cell(Some(h), 3), "170 (259 %)");
+        // The p99 rule skips the same run: its gateway window was the disturbed one.
+        let t = targets(&runs);
+        assert!(t.contains("The c=1 p99 of run(s) 1 does not count"), "{t}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
