@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use testkit::mesh::{CATALOG, WEBAPP, spiffe_id};
 use testkit::prom::series_value;
 
+use crate::failover::{failover_counts, until_ejected};
 use crate::fixture::Mesh;
 use crate::isolation::tcp_probe;
 use crate::ztunnel::{catalog_authority, gateway_id, load_lines};
@@ -112,47 +113,28 @@ pub fn step5_ambient_path_through_east_gateway(m: &Mesh) {
 
 pub fn step6_ambient_failover(m: &mut Mesh) {
     println!("== step 6: ambient failover: a destination ztunnel dies");
-    let failures_metric = "gateway_upstream_connect_failures_total";
-    let ejections_metric = "gateway_endpoint_ejections_total";
-    let text = m.metrics(EGW, EAST2_ADMIN_IP);
-    let (fail0, eject0) = (
-        series_value(&text, failures_metric),
-        series_value(&text, ejections_metric),
-    );
+    let before = failover_counts(m);
     m.proc_mut("ztunnel-b").kill();
     println!("   killed ztunnel-b (10.20.0.18:15008); ztunnel-a (10.20.0.8:15008) remains");
-    let (mut tunnels, mut fails, mut ejects) = (0, fail0, eject0);
-    for i in 0..40 {
-        let t = m.tunnel(EAST_HBONE, &format!("after-kill-{i}"));
-        assert!(
-            t.ok,
-            "tunnels must keep succeeding after a destination died: {}",
-            t.describe()
-        );
-        assert_eq!(
-            t.endpoint(),
-            "ztunnel-a",
-            "only ztunnel-a is alive: {}",
-            t.describe()
-        );
-        tunnels += 1;
-        let text = m.metrics(EGW, EAST2_ADMIN_IP);
-        (fails, ejects) = (
-            series_value(&text, failures_metric),
-            series_value(&text, ejections_metric),
-        );
-        if tunnels >= 10 && ejects > eject0 {
-            break;
-        }
-    }
-    println!(
-        "   {tunnels} tunnels, none failed, all answered by ztunnel-a; {failures_metric} {fail0} -> {fails}, {ejections_metric} {eject0} -> {ejects}"
+    until_ejected(
+        m,
+        before,
+        "tunnels, none failed, all answered by ztunnel-a",
+        |i| {
+            let t = m.tunnel(EAST_HBONE, &format!("after-kill-{i}"));
+            assert!(
+                t.ok,
+                "tunnels must keep succeeding after a destination died: {}",
+                t.describe()
+            );
+            assert_eq!(
+                t.endpoint(),
+                "ztunnel-a",
+                "only ztunnel-a is alive: {}",
+                t.describe()
+            );
+        },
     );
-    assert!(
-        fails > fail0,
-        "the gateway should have counted connect failures to ztunnel-b"
-    );
-    assert!(ejects > eject0, "the gateway should have ejected ztunnel-b");
 }
 
 pub fn step7_ambient_drain_under_tunnel_load(m: &mut Mesh) {

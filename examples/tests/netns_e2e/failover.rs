@@ -12,19 +12,10 @@ use crate::{
 pub fn step4_endpoint_failure_and_failover(m: &mut Mesh) {
     println!("== step 4: endpoint failure and failover");
     let webapp = m.caller(WPOD, "west", "webapp");
-    let failures_metric = "gateway_upstream_connect_failures_total";
-    let ejections_metric = "gateway_endpoint_ejections_total";
-    let text = m.metrics(EGW, EAST2_ADMIN_IP);
-    let (fail0, eject0) = (
-        series_value(&text, failures_metric),
-        series_value(&text, ejections_metric),
-    );
-
+    let before = failover_counts(m);
     m.proc_mut("catalog-b").kill();
     println!("   killed catalog-b (10.20.0.18:3000); catalog-a (10.20.0.8:3000) remains");
-    let mut calls = 0;
-    let (mut fails, mut ejects) = (fail0, eject0);
-    for i in 0..40 {
+    until_ejected(m, before, "calls, all answered by catalog-a", |i| {
         let c = webapp.call(
             EAST_GW,
             &catalog_sni(),
@@ -41,27 +32,7 @@ pub fn step4_endpoint_failure_and_failover(m: &mut Mesh) {
             reply.starts_with("catalog-a:"),
             "only catalog-a is alive: {reply:?}"
         );
-        calls += 1;
-        let text = m.metrics(EGW, EAST2_ADMIN_IP);
-        (fails, ejects) = (
-            series_value(&text, failures_metric),
-            series_value(&text, ejections_metric),
-        );
-        if calls >= 10 && ejects > eject0 {
-            break;
-        }
-    }
-    println!(
-        "   {calls} calls, all answered by catalog-a; {failures_metric} {fail0} -> {fails}, {ejections_metric} {eject0} -> {ejects}"
-    );
-    assert!(
-        fails > fail0,
-        "the gateway should have counted connect failures to the dead endpoint"
-    );
-    assert!(
-        ejects > eject0,
-        "the dead endpoint should have been ejected (--outlier-failures 2)"
-    );
+    });
     let routes = m
         .http_get(EGW, EAST2_ADMIN_IP, ADMIN_PORT, "/debug/routes")
         .map(|(_, body)| body)
@@ -123,4 +94,42 @@ pub fn call_backend_with_locality_failover(webapp: &Caller) -> (&'static str, Ca
         "east gateway",
         webapp.call(EAST_GW, &backend_sni(), &id, "GET /data"),
     )
+}
+
+const FAILURES: &str = "gateway_upstream_connect_failures_total";
+const EJECTIONS: &str = "gateway_endpoint_ejections_total";
+
+/// The east gateway's connect failures and endpoint ejections so far.
+pub fn failover_counts(m: &Mesh) -> (f64, f64) {
+    let text = m.metrics(EGW, EAST2_ADMIN_IP);
+    (
+        series_value(&text, FAILURES),
+        series_value(&text, EJECTIONS),
+    )
+}
+
+/// After an endpoint died (`before`: [`failover_counts`] before it did): runs `one(i)`, a call
+/// or tunnel that must succeed through the east gateway, until at least 10 ran and the
+/// gateway ejected an endpoint (at most 40), then checks that it counted connect failures and
+/// an ejection (`--outlier-failures 2`).
+pub fn until_ejected(m: &Mesh, before: (f64, f64), what: &str, mut one: impl FnMut(usize)) {
+    let (fail0, eject0) = before;
+    let (mut n, mut fails, mut ejects) = (0, fail0, eject0);
+    for i in 0..40 {
+        one(i);
+        n += 1;
+        (fails, ejects) = failover_counts(m);
+        if n >= 10 && ejects > eject0 {
+            break;
+        }
+    }
+    println!("   {n} {what}; {FAILURES} {fail0} -> {fails}, {EJECTIONS} {eject0} -> {ejects}");
+    assert!(
+        fails > fail0,
+        "the gateway should have counted connect failures to the dead endpoint"
+    );
+    assert!(
+        ejects > eject0,
+        "the dead endpoint should have been ejected (--outlier-failures 2)"
+    );
 }
