@@ -13,7 +13,7 @@ use testkit::proc::ChildGuard;
 
 use crate::fixture::Mesh;
 use crate::preflight::Bins;
-use crate::procs::run;
+use crate::procs::one_shot;
 use crate::{EAST_GW, WPOD, catalog_sni};
 
 /// A workload identity in a namespace, calling with `mesh-workload call`.
@@ -59,42 +59,29 @@ impl Call {
 impl Caller {
     pub fn call(&self, connect: &str, sni: &str, expect_peer: &str, request: &str) -> Call {
         let started = Instant::now();
-        let out = run(
-            Command::new("ip")
-                .args(["netns", "exec", &self.ns])
-                .arg(&self.bins.workload)
-                .arg("call")
-                .arg("--certs")
-                .arg(&self.certs)
-                .args([
-                    "--connect",
-                    connect,
-                    "--sni",
-                    sni,
-                    "--expect-peer",
-                    expect_peer,
-                ])
-                .args(["--request", request])
-                // The error, not a backtrace, is the last line of stderr.
-                .env("RUST_BACKTRACE", "0")
-                .env("RUST_LIB_BACKTRACE", "0"),
-            Duration::from_secs(20),
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let field = |k: &str| {
-            stdout
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .map(|v| v.trim().to_string())
-        };
+        let mut args: Vec<String> = vec!["call".into(), "--certs".into()];
+        args.push(self.certs.display().to_string());
+        for a in [
+            "--connect",
+            connect,
+            "--sni",
+            sni,
+            "--expect-peer",
+            expect_peer,
+            "--request",
+            request,
+        ] {
+            args.push(a.into());
+        }
+        let out = one_shot(&self.ns, &self.bins.workload, &args);
         Call {
-            ok: out.status.success(),
+            ok: out.ok,
             started,
             took: started.elapsed(),
-            server_id: field("server identity:"),
-            reply: field("reply:"),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            stdout,
+            server_id: out.field("server identity:"),
+            reply: out.field("reply:"),
+            stderr: out.stderr,
+            stdout: out.stdout,
         }
     }
 }

@@ -149,6 +149,43 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
     out.unwrap_or_else(|e| panic!("wait {what}: {e}"))
 }
 
+/// What a one-shot client (`mesh-workload call`, `ztunnel-double call`) run in a namespace
+/// did: its exit status, its output, and the `key: value` lines it prints.
+pub struct OneShot {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl OneShot {
+    /// The value of the first stdout line starting with `key` (e.g. `"reply:"`).
+    pub fn field(&self, key: &str) -> Option<String> {
+        self.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_string())
+    }
+}
+
+/// Runs `bin args...` in namespace `ns` (at most 20 s), its last stderr line the error, not a
+/// backtrace.
+pub fn one_shot(ns: &str, bin: &Path, args: &[String]) -> OneShot {
+    let out = run(
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bin)
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0"),
+        Duration::from_secs(20),
+    );
+    OneShot {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// Runs `ip` with whitespace-separated arguments; panics with its error.
 pub fn ip(args: &str) {
     let out = run(

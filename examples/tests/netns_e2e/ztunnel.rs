@@ -2,16 +2,15 @@
 //! tunnel load (`ztunnel-double load`) as a process in west's pod namespace.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use testkit::mesh::{self, CATALOG, WEBAPP, spiffe_id_in};
 
 use crate::certs::{GATEWAY_NS, GATEWAY_SA};
 use crate::fixture::Mesh;
 use crate::preflight::Bins;
-use crate::procs::{Proc, run};
+use crate::procs::{Proc, one_shot};
 use crate::{EAST_HBONE, WPOD};
 
 /// The authority a ztunnel sends for catalog's port 80, on both legs.
@@ -81,31 +80,17 @@ impl ZtunnelClient {
     /// certificates or those in `certs`.
     pub fn tunnel(&self, gateway: &str, request: &str, certs: Option<&Path>) -> Tunnel {
         let started = Instant::now();
-        let out = run(
-            Command::new("ip")
-                .args(["netns", "exec", &self.ns])
-                .arg(&self.bins.ztunnel)
-                .arg("call")
-                .args(self.args(gateway, certs))
-                .args(["--request", request])
-                .env("RUST_BACKTRACE", "0")
-                .env("RUST_LIB_BACKTRACE", "0"),
-            Duration::from_secs(20),
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let field = |k: &str| {
-            stdout
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .map(|v| v.trim().to_string())
-        };
+        let mut args = vec!["call".to_string()];
+        args.extend(self.args(gateway, certs));
+        args.extend(["--request".to_string(), request.to_string()]);
+        let out = one_shot(&self.ns, &self.bins.ztunnel, &args);
         Tunnel {
-            ok: out.status.success(),
+            ok: out.ok,
             started,
-            gateway_id: field("gateway identity:"),
-            destination_id: field("destination identity:"),
-            reply: field("reply:"),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            gateway_id: out.field("gateway identity:"),
+            destination_id: out.field("destination identity:"),
+            reply: out.field("reply:"),
+            stderr: out.stderr,
         }
     }
 }
