@@ -112,20 +112,27 @@ pub(crate) fn merge(into: &mut Value, from: Value) {
 
 // ---------------------------------------------------------------------------------------
 
-#[derive(Args, Debug)]
-pub struct ConnrateArgs {
-    #[command(flatten)]
-    pub t: Target,
-    /// Connections in flight at once.
+/// How a connection-rate scenario runs: how many at once, for how long, at most how many.
+#[derive(Args, Debug, Clone)]
+pub struct Pace {
+    /// Connections (HBONE: attempts, each a new tunnel) in flight at once.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Upper bound on connections, whatever the duration.
+    /// Upper bound on connections (attempts), whatever the duration.
     #[arg(long, default_value_t = 2_000_000)]
     pub max_conns: u64,
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ConnrateArgs {
+    #[command(flatten)]
+    pub t: Target,
+    #[command(flatten)]
+    pub pace: Pace,
     #[command(flatten)]
     pub cost: CostArgs,
 }
@@ -139,10 +146,7 @@ pub async fn connrate(a: ConnrateArgs) -> Result<Value> {
         Box::pin(async move { echo_64(d.open(OP_ECHO, 0).await?).await })
     });
     let mut v = json!({"mode": "connrate", "name": a.t.name});
-    merge(
-        &mut v,
-        conn_loop(a.concurrency, a.duration, a.max_conns, one, &a.cost).await?,
-    );
+    merge(&mut v, conn_loop(&a.pace, one, &a.cost).await?);
     Ok(v)
 }
 
@@ -153,15 +157,10 @@ pub(crate) type OneConn = Arc<
         + Sync,
 >;
 
-/// Runs `one` from `concurrency` tasks until `duration` or `max` attempts: the count, rate
-/// and time of completed ones, the proxy's cost per completed one, and errors.
-pub(crate) async fn conn_loop(
-    concurrency: usize,
-    duration: Duration,
-    max: u64,
-    one: OneConn,
-    cost: &CostArgs,
-) -> Result<Value> {
+/// Runs `one` from `concurrency` tasks until `duration` or `max_conns` attempts: the count,
+/// rate and time of completed ones, the proxy's cost per completed one, and errors.
+pub(crate) async fn conn_loop(pace: &Pace, one: OneConn, cost: &CostArgs) -> Result<Value> {
+    let (concurrency, duration, max) = (pace.concurrency, pace.duration, pace.max_conns);
     let started = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(Errors::default());
     let t0 = Instant::now();

@@ -23,7 +23,9 @@ use testkit::mtls::Identity;
 use tokio::io::AsyncWriteExt;
 
 use crate::backend::{OP_DOWN, OP_ECHO, OP_UP};
-use crate::client::{BulkTotal, Io, OneConn, Window, bulk, conn_loop, echo_64, merge, rr_loop};
+use crate::client::{
+    BulkTotal, Io, OneConn, Pace, Window, bulk, conn_loop, echo_64, merge, rr_loop,
+};
 use crate::cost::CostArgs;
 use crate::{check_loopback, parse_duration};
 
@@ -128,16 +130,8 @@ impl Dialer {
 pub struct ConnrateArgs {
     #[command(flatten)]
     pub t: HboneTarget,
-    /// Attempts in flight at once.
-    #[arg(long, default_value_t = 32)]
-    pub concurrency: usize,
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Upper bound on attempts, whatever the duration.
-    #[arg(long, default_value_t = 2_000_000)]
-    pub max_conns: u64,
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub pace: Pace,
     #[command(flatten)]
     pub cost: CostArgs,
 }
@@ -154,10 +148,7 @@ pub async fn connrate(a: ConnrateArgs) -> Result<Value> {
         })
     });
     let mut v = d.describe("hbone-connrate");
-    merge(
-        &mut v,
-        conn_loop(a.concurrency, a.duration, a.max_conns, one, &a.cost).await?,
-    );
+    merge(&mut v, conn_loop(&a.pace, one, &a.cost).await?);
     Ok(v)
 }
 
@@ -176,10 +167,7 @@ pub async fn pooled(a: ConnrateArgs) -> Result<Value> {
     });
     let mut v = d.describe("hbone-pooled");
     merge(&mut v, json!({"outer_connections": a.t.outer.max(1)}));
-    merge(
-        &mut v,
-        conn_loop(a.concurrency, a.duration, a.max_conns, one, &a.cost).await?,
-    );
+    merge(&mut v, conn_loop(&a.pace, one, &a.cost).await?);
     Ok(v)
 }
 
@@ -320,26 +308,20 @@ mod tests {
                 name: "test".into(),
             };
             let short = Duration::from_millis(300);
-            let rate = ConnrateArgs {
+            let rate = || ConnrateArgs {
                 t: t.clone(),
-                concurrency: 2,
-                duration: short,
-                max_conns: 50,
-                threads: 1,
+                pace: Pace {
+                    concurrency: 2,
+                    duration: short,
+                    max_conns: 50,
+                    threads: 1,
+                },
                 cost: CostArgs::default(),
             };
-            let c = connrate(rate).await.unwrap();
+            let c = connrate(rate()).await.unwrap();
             assert!(c["connections"].as_u64().unwrap() > 0, "{c}");
             assert_eq!(c["errors"], 0, "{c}");
-            let rate = ConnrateArgs {
-                t: t.clone(),
-                concurrency: 2,
-                duration: short,
-                max_conns: 50,
-                threads: 1,
-                cost: CostArgs::default(),
-            };
-            let p = pooled(rate).await.unwrap();
+            let p = pooled(rate()).await.unwrap();
             assert!(p["connections"].as_u64().unwrap() > 0, "{p}");
             assert_eq!(p["errors"], 0, "{p}");
             let l = rr(RrArgs {

@@ -112,12 +112,12 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Backend(a) => runtime(a.threads)?.block_on(backend::run(a)),
-        Cmd::Connrate(a) => print(runtime(a.threads)?.block_on(client::connrate(a))?),
+        Cmd::Connrate(a) => print(runtime(a.pace.threads)?.block_on(client::connrate(a))?),
         Cmd::Rr(a) => print(runtime(a.threads)?.block_on(client::rr(a))?),
         Cmd::Throughput(a) => print(runtime(a.threads)?.block_on(client::throughput(a))?),
         Cmd::Idle(a) => print(runtime(a.threads)?.block_on(client::idle(a))?),
-        Cmd::HboneConnrate(a) => print(runtime(a.threads)?.block_on(hbone::connrate(a))?),
-        Cmd::HbonePooled(a) => print(runtime(a.threads)?.block_on(hbone::pooled(a))?),
+        Cmd::HboneConnrate(a) => print(runtime(a.pace.threads)?.block_on(hbone::connrate(a))?),
+        Cmd::HbonePooled(a) => print(runtime(a.pace.threads)?.block_on(hbone::pooled(a))?),
         Cmd::HboneRr(a) => print(runtime(a.threads)?.block_on(hbone::rr(a))?),
         Cmd::HboneThroughput(a) => print(runtime(a.threads)?.block_on(hbone::throughput(a))?),
         Cmd::HboneDestination(a) => runtime(a.threads)?.block_on(hbone::destination(a)),
