@@ -30,6 +30,20 @@ fn openssl(args: &[&str], dir: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `openssl verify` accepts the workload in `dir/wl` against `dir`'s root and intermediate
+/// (as `write_dir` lays them out).
+fn openssl_verifies_workload(dir: &Path) {
+    let args = [
+        "verify",
+        "-CAfile",
+        "root-cert.pem",
+        "-untrusted",
+        "ca-cert.pem",
+        "wl/cert.pem",
+    ];
+    openssl(&args, dir);
+}
+
 /// The walkthrough's chain: a default root, `east-cluster`'s intermediate and the
 /// `istioinaction/catalog` workload.
 fn east_chain() -> (RootCa, IntermediateCa, WorkloadCert) {
@@ -241,17 +255,7 @@ fn openssl_verifies_chain_and_shows_extensions() {
     ca.write_dir(d, false).unwrap();
     wl.write_dir(&d.join("wl"), false).unwrap();
 
-    openssl(
-        &[
-            "verify",
-            "-CAfile",
-            "root-cert.pem",
-            "-untrusted",
-            "ca-cert.pem",
-            "wl/cert.pem",
-        ],
-        d,
-    );
+    openssl_verifies_workload(d);
     // The workload chain file is what a peer sends: leaf then intermediate.
     openssl(
         &[
@@ -389,17 +393,7 @@ fn byo_root_with_pkcs8_pkcs1_and_sec1_keys() {
         let sub = d.join(name);
         ca.write_dir(&sub, false).unwrap();
         wl.write_dir(&sub.join("wl"), false).unwrap();
-        openssl(
-            &[
-                "verify",
-                "-CAfile",
-                "root-cert.pem",
-                "-untrusted",
-                "ca-cert.pem",
-                "wl/cert.pem",
-            ],
-            &sub,
-        );
+        openssl_verifies_workload(&sub);
         let report = pki::verify_bundles(&[&sub], &Default::default());
         assert!(report.is_ok(), "{name}: {report}");
     }
