@@ -159,19 +159,23 @@ impl Runs {
             .filter_map(|d| Self::load(d, &format!("{scenario}-{target}")))
             .filter_map(|v| Some((v.pointer(ptr)?.as_f64()? * scale, disturbed(&v))))
             .collect();
-        let clean: Vec<f64> = all.iter().filter(|x| !x.1).map(|x| x.0).collect();
         let runs = all.len();
-        if clean.is_empty() {
-            Sample {
-                values: all.into_iter().map(|x| x.0).collect(),
-                runs,
-            }
-        } else {
-            Sample {
-                values: clean,
-                runs,
-            }
+        let (counted, _) = clean_unless_none(all, |x| x.1);
+        Sample {
+            values: counted.into_iter().map(|x| x.0).collect(),
+            runs,
         }
+    }
+}
+
+/// Splits `all` into what counts and what is left out: the undisturbed ones, unless none is
+/// (then all count). The one rule for medians and for the per-run p99 check.
+fn clean_unless_none<T>(all: Vec<T>, disturbed: impl Fn(&T) -> bool) -> (Vec<T>, Vec<T>) {
+    let (left_out, clean): (Vec<T>, Vec<T>) = all.into_iter().partition(|x| disturbed(x));
+    if clean.is_empty() {
+        (left_out, clean)
+    } else {
+        (clean, left_out)
     }
 }
 
@@ -527,21 +531,7 @@ fn targets(runs: &Runs) -> String {
         })
         .collect();
     // As for the medians: disturbed runs do not count while a clean one does.
-    let clean: Vec<(f64, usize, f64)> = per_run_p99
-        .iter()
-        .copied()
-        .filter(|w| !over_retry_limit(w.2))
-        .collect();
-    let left_out: Vec<usize> = if clean.is_empty() {
-        vec![]
-    } else {
-        per_run_p99
-            .iter()
-            .filter(|w| over_retry_limit(w.2))
-            .map(|w| w.1)
-            .collect()
-    };
-    let counted = if clean.is_empty() { per_run_p99 } else { clean };
+    let (counted, left_out) = clean_unless_none(per_run_p99, |w| over_retry_limit(w.2));
     let worst = counted
         .iter()
         .copied()
@@ -600,7 +590,7 @@ fn targets(runs: &Runs) -> String {
         );
     }
     if !left_out.is_empty() {
-        let runs: Vec<String> = left_out.iter().map(|r| r.to_string()).collect();
+        let runs: Vec<String> = left_out.iter().map(|w| w.1.to_string()).collect();
         let _ = writeln!(
             out,
             "\nThe c=1 p99 of run(s) {} does not count: a window still had over {STEAL_RETRY_PCT} % steal after the retries.",
