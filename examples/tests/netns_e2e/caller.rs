@@ -1,6 +1,7 @@
 //! Calls from a workload's namespace: one `mesh-workload call` per request, or a long-lived
 //! `openssl s_client` connection.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{ChildStdin, Command, ExitStatus, Stdio};
@@ -59,9 +60,7 @@ impl Call {
 impl Caller {
     pub fn call(&self, connect: &str, sni: &str, expect_peer: &str, request: &str) -> Call {
         let started = Instant::now();
-        let mut args: Vec<String> = vec!["call".into(), "--certs".into()];
-        args.push(self.certs.display().to_string());
-        for a in [
+        let flags = [
             "--connect",
             connect,
             "--sni",
@@ -70,10 +69,15 @@ impl Caller {
             expect_peer,
             "--request",
             request,
-        ] {
-            args.push(a.into());
-        }
-        let out = one_shot(&self.ns, &self.bins.workload, &args);
+        ];
+        let args = [
+            OsStr::new("call"),
+            OsStr::new("--certs"),
+            self.certs.as_os_str(),
+        ]
+        .into_iter()
+        .chain(flags.map(OsStr::new));
+        let out = one_shot(&self.ns, &self.bins.workload, args);
         Call {
             ok: out.ok,
             started,

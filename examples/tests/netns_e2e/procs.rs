@@ -1,5 +1,6 @@
 //! Processes inside namespaces, and commands run to completion with a time limit.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Output, Stdio};
@@ -169,7 +170,11 @@ impl OneShot {
 
 /// Runs `bin args...` in namespace `ns` (at most 20 s), its last stderr line the error, not a
 /// backtrace.
-pub fn one_shot(ns: &str, bin: &Path, args: &[String]) -> OneShot {
+pub fn one_shot<S: AsRef<OsStr>>(
+    ns: &str,
+    bin: &Path,
+    args: impl IntoIterator<Item = S>,
+) -> OneShot {
     let out = run(
         Command::new("ip")
             .args(["netns", "exec", ns])

@@ -83,7 +83,7 @@ impl ZtunnelClient {
         let mut args = vec!["call".to_string()];
         args.extend(self.args(gateway, certs));
         args.extend(["--request".to_string(), request.to_string()]);
-        let out = one_shot(&self.ns, &self.bins.ztunnel, &args);
+        let out = one_shot(&self.ns, &self.bins.ztunnel, args);
         Tunnel {
             ok: out.ok,
             started,
