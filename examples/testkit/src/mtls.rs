@@ -114,8 +114,8 @@ pub fn client_config(
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<Arc<ClientConfig>, MtlsError> {
     let p = provider();
-    let allowed: Vec<String> = expect_peer.into_iter().map(str::to_owned).collect();
-    let verifier = SpiffeServerVerifier::new(id.roots.clone(), &p, &allowed);
+    let allowed = expect_peer.into_iter().map(str::to_owned).collect();
+    let verifier = SpiffeServerVerifier::new(id.roots.clone(), &p, allowed);
     let mut cfg = ClientConfig::builder_with_provider(p)
         .with_protocol_versions(versions)?
         .dangerous()
@@ -173,12 +173,12 @@ impl SpiffeServerVerifier {
     pub(crate) fn new(
         roots: Arc<RootCertStore>,
         provider: &CryptoProvider,
-        allowed: &[String],
+        allowed: Vec<String>,
     ) -> Arc<Self> {
         Arc::new(SpiffeServerVerifier {
             roots,
             algs: provider.signature_verification_algorithms,
-            allowed: allowed.to_vec(),
+            allowed,
         })
     }
 }

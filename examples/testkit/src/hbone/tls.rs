@@ -68,7 +68,7 @@ fn client_builder(
     server_ids: &[String],
 ) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, MtlsError> {
     let p = ztunnel_provider();
-    let verifier = SpiffeServerVerifier::new(roots, &p, server_ids);
+    let verifier = SpiffeServerVerifier::new(roots, &p, server_ids.to_vec());
     Ok(ClientConfig::builder_with_provider(p)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
