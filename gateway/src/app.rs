@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::accept;
 use crate::admin::Admin;
 use crate::config::{Config, Discovery};
 use crate::discovery::Publisher;
@@ -61,12 +61,8 @@ pub struct Bound {
 
 pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
     let cfg = Arc::new(cfg);
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| BuildError::Bind(cfg.listen, e))?;
-    let admin_listener = TcpListener::bind(cfg.admin)
-        .await
-        .map_err(|e| BuildError::Bind(cfg.admin, e))?;
+    let listener = accept::bind(cfg.listen).map_err(|e| BuildError::Bind(cfg.listen, e))?;
+    let admin_listener = accept::bind(cfg.admin).map_err(|e| BuildError::Bind(cfg.admin, e))?;
     let listen_addr = listener
         .local_addr()
         .map_err(|e| BuildError::Bind(cfg.listen, e))?;
@@ -81,18 +77,14 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         (Some(_), Some(_), Some(_)) => return Err(BuildError::TwoCertSources),
         (Some(addr), Some(dir), None) => {
             let identity = Identity::load(dir, cfg.trust_domains.clone())?;
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| BuildError::Bind(addr, e))?;
+            let listener = accept::bind(addr).map_err(|e| BuildError::Bind(addr, e))?;
             Some((identity, listener, None))
         }
         (Some(addr), None, Some(ca)) => {
             let (client, roots_pem) = CaClient::new(ca)?;
             let identity = Identity::from_istiod(&ca.root, &roots_pem, cfg.trust_domains.clone())
                 .map_err(BuildError::CaRoot)?;
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| BuildError::Bind(addr, e))?;
+            let listener = accept::bind(addr).map_err(|e| BuildError::Bind(addr, e))?;
             Some((identity, listener, Some((client, ca))))
         }
         (Some(_), None, None) => {
