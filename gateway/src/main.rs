@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 use clap::Parser;
 use gateway::config::{Args, LogFormat};
-use gateway::{app, runtime};
+use gateway::{app, fd_limit, runtime};
 use tracing_subscriber::EnvFilter;
 
 // tokio allocates every task cell and I/O registration 128-byte aligned, which
@@ -38,6 +38,19 @@ fn main() -> anyhow::Result<()> {
     let workers = runtime::workers(args.workers, tokio_env.as_deref(), available);
     let cfg = args.into_config();
     tracing::info!(config = ?cfg, workers, "starting gateway");
+    let limit = fd_limit::raise();
+    match limit {
+        fd_limit::Raised::Already(_) => {}
+        fd_limit::Raised::To { from, to } => {
+            tracing::info!(from, to, "descriptor limit raised to the hard limit")
+        }
+        fd_limit::Raised::Refused { soft, wanted } => {
+            tracing::warn!(soft, wanted, "could not raise the descriptor limit")
+        }
+    }
+    if let Some(msg) = fd_limit::shortfall(limit.soft(), cfg.max_connections, cfg.max_undecided) {
+        tracing::warn!("{msg}");
+    }
     let rt = runtime::build(workers)?;
     rt.block_on(async {
         let bound = app::build(cfg).await?;

@@ -26,7 +26,7 @@ async fn one_descriptor_short() -> Starved {
         &catalog.path,
         &["--detect-timeout", "60s"],
         "info",
-        Some(FD_LIMIT),
+        Some((FD_LIMIT, FD_LIMIT)),
     );
     let mut idle = Vec::new();
     let access = |v: &serde_json::Value| v["target"] == "access";
@@ -64,6 +64,38 @@ impl Starved {
         }
         panic!("the gateway did not see the idle connections close");
     }
+}
+
+/// Container runtimes and systemd start services with a soft limit far under the hard one;
+/// the gateway raises it at start, and names a limit that cannot hold its connection limits
+/// in a warning with the fix. Limits that fit get no warning.
+#[tokio::test]
+async fn soft_limit_is_raised_and_a_short_one_is_named() {
+    let catalog = catalog_endpoints_file().await;
+    let gw = GatewayProcess::start_limited(&catalog.path, &[], "info", Some((64, 4096)));
+    let raised = gw.wait_line(&|v| v["message"] == "descriptor limit raised to the hard limit");
+    assert_eq!(
+        (raised["from"].as_u64(), raised["to"].as_u64()),
+        (Some(64), Some(4096))
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gw.child.id())).unwrap();
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files"));
+    let values: Vec<_> = open_files.unwrap().split_whitespace().collect();
+    assert_eq!(values[3..5], ["4096", "4096"], "{limits}");
+    let short = |v: &serde_json::Value| {
+        v["level"] == "WARN"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("descriptor limit 4096 is below"))
+    };
+    let warning = gw.wait_line(&short);
+    assert!(warning["message"].as_str().unwrap().contains("LimitNOFILE"));
+
+    let fits = ["--max-connections", "1000", "--max-undecided", "100"];
+    let gw = GatewayProcess::start_limited(&catalog.path, &fits, "info", Some((64, 4096)));
+    // The check is logged before the listeners are bound, and start waits for those.
+    assert_eq!(gw.count_lines(&short), 0);
+    assert!(call(gw.listen, &sni(80, "", CATALOG)).await.is_ok());
 }
 
 /// EMFILE on the upstream socket is a local error: it is its own rejection reason, it is not

@@ -429,21 +429,22 @@ impl GatewayProcess {
         Self::start_limited(endpoints, extra, rust_log, None)
     }
 
-    /// As [`GatewayProcess::start`]; with `max_fds`, the process runs under that descriptor
-    /// limit (`ulimit -n` in a shell that then execs it). Short drain settings are added unless
-    /// `extra` sets its own.
+    /// As [`GatewayProcess::start`]; with `fds` (soft, hard), the process starts under that
+    /// descriptor limit (`ulimit` in a shell that then execs it). Short drain settings are added
+    /// unless `extra` sets its own.
     pub fn start_limited(
         endpoints: &std::path::Path,
         extra: &[&str],
         rust_log: &str,
-        max_fds: Option<u32>,
+        fds: Option<(u32, u32)>,
     ) -> Self {
         use std::io::BufRead;
         let bin = env!("CARGO_BIN_EXE_gateway");
-        let mut cmd = match max_fds {
-            Some(n) => {
+        let mut cmd = match fds {
+            Some((soft, hard)) => {
                 let mut c = std::process::Command::new("sh");
-                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+                let limit = format!("ulimit -S -n {soft} && ulimit -H -n {hard}");
+                c.args(["-c", &format!("{limit} && exec \"$0\" \"$@\""), bin]);
                 c
             }
             None => std::process::Command::new(bin),
