@@ -57,7 +57,7 @@ pub fn raise() -> Raised {
 }
 
 /// The descriptors the connection limits can take at once: two per decided connection, one
-/// per undecided one, and [`RESERVE`].
+/// per undecided one, and a reserve of 64 for the rest.
 pub fn needed(max_connections: usize, max_undecided: usize) -> u64 {
     2 * max_connections as u64 + max_undecided as u64 + RESERVE
 }

@@ -18,8 +18,9 @@
 //! Around it: [`discovery`] feeds the table (from a file, [`discovery::file`], or the
 //! Kubernetes API, [`discovery::k8s`]); [`admin`] serves health, metrics and
 //! `/debug/routes`; [`drain`] handles SIGTERM; [`config`] holds the settings and their
-//! defaults; [`app::build`] wires it all. [`local_error`], [`accept`] and [`fd_limit`] keep the
-//! gateway's own resource exhaustion apart from endpoint health; [`clock`] is the
+//! defaults; [`app::build`] wires it all. [`local_error`] and [`accept`] keep the
+//! gateway's own resource exhaustion apart from endpoint health, and [`fd_limit`] makes room
+//! for it at start; [`clock`] is the
 //! millisecond clock behind ejection and idle deadlines, and [`idle`] the idle timeout's rule;
 //! [`runtime`] sizes the workers.
 
