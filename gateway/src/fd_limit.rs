@@ -43,9 +43,11 @@ pub fn raise() -> Raised {
     if soft >= hard {
         return Raised::Already(soft);
     }
+    // The hard limit is passed as read (or as the ceiling, where it read as unlimited: Linux
+    // refuses an unlimited descriptor limit).
     let raised = Rlimit {
         current: Some(hard),
-        maximum: limit.maximum,
+        maximum: Some(hard),
     };
     match setrlimit(Resource::Nofile, raised) {
         Ok(()) => Raised::To {
