@@ -2,7 +2,6 @@
 //! logged without flooding: when descriptors run out, the loop retries every few
 //! milliseconds and each retry fails the same way. The first failure is logged at once, then
 //! at most one summary per [`SUMMARY_EVERY`], and one line when accepting works again.
-//! Also how the listeners are bound, so a burst of connections waits in the kernel's queue.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -22,24 +20,6 @@ pub const SUMMARY_EVERY: Duration = Duration::from_secs(5);
 
 /// Pause after a failed accept (EMFILE and friends) instead of spinning on it.
 const RETRY_AFTER: Duration = Duration::from_millis(20);
-
-/// Asked of `listen(2)` for every listener; Linux caps it at `net.core.somaxconn` (4096 by
-/// default since 5.4, and namespaced, so a pod's `sysctls` can raise it), as Envoy and
-/// HAProxy leave it. Tokio's `bind` asks for 128: a burst of sidecars reconnecting after a
-/// failover overflows that while the worker is busy, and Linux drops the SYNs past it, so
-/// each such client waits a second or more for its SYN to be sent again.
-pub const BACKLOG: i32 = 65_535;
-
-/// Binds a listener as tokio's `bind` does (address reuse, close-on-exec, non-blocking) but
-/// with [`BACKLOG`]. Needs a runtime, like `TcpListener::bind`.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
-}
 
 /// Accepts on `listener` until `stop` is cancelled and hands each connection to `on_accept`,
 /// which must not block (it spawns). Failures are counted in `errors` by kind.
@@ -145,36 +125,5 @@ mod tests {
         assert_eq!(errs.streak.map(|(_, n)| n), Some(101));
         errs.succeeded();
         assert!(errs.streak.is_none());
-    }
-
-    /// Tokio's `bind` queues 128 connections; past that Linux drops the SYNs and the
-    /// clients' connects hang until a retransmission finds room. With nothing accepting,
-    /// every one of a burst of 300 must still complete its handshake (fewer where the
-    /// machine's `somaxconn` caps the queue below that).
-    #[tokio::test]
-    async fn a_burst_past_tokios_backlog_is_queued() {
-        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(128);
-        let burst = somaxconn.min(300);
-        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let connects = (0..burst)
-            .map(|_| tokio::time::timeout(Duration::from_millis(1500), TcpStream::connect(addr)));
-        let results = futures::future::join_all(connects).await;
-        let queued = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
-        assert_eq!(
-            queued, burst,
-            "only {queued} of {burst} connections were queued"
-        );
-        drop(listener);
-    }
-
-    #[tokio::test]
-    async fn binding_a_taken_port_fails_with_the_kernels_error() {
-        let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let err = bind(first.local_addr().unwrap()).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 }

@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::accept;
 use crate::admin::Admin;
 use crate::config::{Config, Discovery};
 use crate::discovery::Publisher;
@@ -22,6 +21,7 @@ use crate::hbone::metrics::HboneMetrics;
 use crate::metrics::{ProxyMetrics, RouteMetrics};
 use crate::proxy::Proxy;
 use crate::routes::Routes;
+use crate::sockets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -61,8 +61,8 @@ pub struct Bound {
 
 pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
     let cfg = Arc::new(cfg);
-    let listener = accept::bind(cfg.listen).map_err(|e| BuildError::Bind(cfg.listen, e))?;
-    let admin_listener = accept::bind(cfg.admin).map_err(|e| BuildError::Bind(cfg.admin, e))?;
+    let listener = sockets::bind(cfg.listen).map_err(|e| BuildError::Bind(cfg.listen, e))?;
+    let admin_listener = sockets::bind(cfg.admin).map_err(|e| BuildError::Bind(cfg.admin, e))?;
     let listen_addr = listener
         .local_addr()
         .map_err(|e| BuildError::Bind(cfg.listen, e))?;
@@ -77,14 +77,14 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         (Some(_), Some(_), Some(_)) => return Err(BuildError::TwoCertSources),
         (Some(addr), Some(dir), None) => {
             let identity = Identity::load(dir, cfg.trust_domains.clone())?;
-            let listener = accept::bind(addr).map_err(|e| BuildError::Bind(addr, e))?;
+            let listener = sockets::bind(addr).map_err(|e| BuildError::Bind(addr, e))?;
             Some((identity, listener, None))
         }
         (Some(addr), None, Some(ca)) => {
             let (client, roots_pem) = CaClient::new(ca)?;
             let identity = Identity::from_istiod(&ca.root, &roots_pem, cfg.trust_domains.clone())
                 .map_err(BuildError::CaRoot)?;
-            let listener = accept::bind(addr).map_err(|e| BuildError::Bind(addr, e))?;
+            let listener = sockets::bind(addr).map_err(|e| BuildError::Bind(addr, e))?;
             Some((identity, listener, Some((client, ca))))
         }
         (Some(_), None, None) => {

@@ -22,7 +22,8 @@
 //! gateway's own resource exhaustion apart from endpoint health, and [`fd_limit`] makes room
 //! for it at start; [`clock`] is the
 //! millisecond clock behind ejection and idle deadlines, and [`idle`] the idle timeout's rule;
-//! [`runtime`] sizes the workers.
+//! [`runtime`] sizes the workers; [`sockets`] binds the listeners and sets every leg's
+//! options.
 
 pub mod accept;
 pub mod admin;
@@ -46,5 +47,6 @@ pub mod reject;
 pub mod routes;
 pub mod runtime;
 pub mod sni_name;
+pub mod sockets;
 pub mod undecided;
 pub mod upstream;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -24,6 +23,7 @@ use crate::proxy_protocol;
 use crate::reject::Reject;
 use crate::routes::Routes;
 use crate::sni_name;
+use crate::sockets;
 use crate::undecided::{Ticket, Undecided};
 use crate::upstream;
 
@@ -98,9 +98,6 @@ impl Proxy {
 
     /// Accepts until the drain stops accepting. Each connection runs as a tracked task.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
-        // Accepted sockets inherit these from the listener (Linux copies the socket), which
-        // saves four setsockopt calls per connection.
-        set_socket_options(&listener);
         let errors = self.metrics.accept_errors.clone();
         accept::accept_until(&listener, &self.drain.stop_accepting, errors, |stream, peer| {
             self.metrics.accepted.inc();
@@ -169,7 +166,7 @@ impl Proxy {
             let _permit = &conn._permit;
             tracing::Span::current().record("upstream", tracing::field::display(conn.ep.addr));
             let _active_ep = conn.ep.track();
-            set_socket_options(&conn.upstream);
+            sockets::set_options(&conn.upstream);
             conn.metrics.opened.inc();
             conn.metrics.active.inc();
             let progress = Progress::new(conn.metrics.sent.clone(), conn.metrics.received.clone());
@@ -347,18 +344,6 @@ impl Proxy {
     }
 }
 
-/// No Nagle delay, and keepalive on both legs: long-lived mesh connections cross NATs and
-/// load balancers that drop silent flows. Best effort, as a failure changes no behaviour
-/// a peer relies on.
-fn set_socket_options<S: std::os::fd::AsFd>(socket: &S) {
-    let s = SockRef::from(socket);
-    let _ = s.set_tcp_nodelay(true);
-    let keepalive = TcpKeepalive::new()
-        .with_time(std::time::Duration::from_secs(60))
-        .with_interval(std::time::Duration::from_secs(10));
-    let _ = s.set_tcp_keepalive(&keepalive);
-}
-
 /// Reads at least one more byte into `buf`, never past `max` bytes in total, and charges
 /// the buffered bytes to the undecided budget.
 async fn read_more(
@@ -381,21 +366,6 @@ async fn read_more(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The client leg's options are set once on the listener: accepted sockets must carry
-    /// them (Linux copies them), or the client leg would lose keepalive and no-delay.
-    #[tokio::test]
-    async fn accepted_sockets_inherit_the_listeners_options() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        set_socket_options(&l);
-        let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (a, _) = l.accept().await.unwrap();
-        let s = SockRef::from(&a);
-        assert!(s.tcp_nodelay().unwrap());
-        assert!(s.keepalive().unwrap());
-        assert_eq!(s.tcp_keepalive_time().unwrap().as_secs(), 60);
-        assert_eq!(s.tcp_keepalive_interval().unwrap().as_secs(), 10);
-    }
 
     /// Every idle forwarded connection keeps its task's future allocated, so its size is
     /// most of the gateway's per-connection memory (the benchmark's idle scenario). Bounds

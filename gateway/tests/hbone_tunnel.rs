@@ -79,6 +79,20 @@ async fn echo_through(n: usize) {
     );
 }
 
+/// Both legs of a tunnel run TCP keepalive, as on 15443: the outer connection from the
+/// client ztunnel (pooled, idle between tunnels) and the dial to the endpoint.
+#[tokio::test]
+async fn both_legs_keep_alive() {
+    let a = app("catalog-1", 21).await;
+    let (gw, mut o) = gateway_to(&a).await;
+    let (status, io) = connect(&mut o, &format!("{SVC}:80")).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let (_tx, mut rx) = io.unwrap();
+    assert_eq!(read_n(&mut rx, 10).await, b"catalog-1\n");
+    common::wait_keepalive("outer connection", &|local, _| local == gw.hbone, 1).await;
+    common::wait_keepalive("endpoint dial", &|_, remote| remote == a.addr, 1).await;
+}
+
 #[tokio::test]
 async fn one_byte_intact() {
     echo_through(1).await;

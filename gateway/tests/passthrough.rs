@@ -50,6 +50,19 @@ async fn bytes_intact_both_ways_and_half_close() {
     assert_eq!(tail, format!("eof after {} bytes\n", data.len()));
 }
 
+/// Both legs of a forwarded connection run TCP keepalive: the client leg inherits it from
+/// the listener, the upstream leg gets it after the connect.
+#[tokio::test]
+async fn both_legs_keep_alive() {
+    let (b, gw) = one_catalog(|_| {}).await;
+    let (_open, greeting) = open(gw.listen, &sni(80, "", CATALOG), default_client())
+        .await
+        .unwrap();
+    assert!(greeting.starts_with("catalog-1"), "{greeting}");
+    wait_keepalive("client leg", &|local, _| local == gw.listen, 1).await;
+    wait_keepalive("upstream leg", &|_, remote| remote == b[0].addr, 1).await;
+}
+
 #[tokio::test]
 async fn tls12_and_tls13() {
     let (_backends, gw) = one_catalog(|_| {}).await;

@@ -41,7 +41,6 @@ impl Hbone {
     }
 
     async fn connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, ticket: Ticket) {
-        let _ = tcp.set_nodelay(true);
         let force = &self.drain.force_close;
         let handshake = tokio::time::timeout(self.cfg.detect_timeout, self.acceptor.accept(tcp));
         let tls = tokio::select! {

@@ -72,7 +72,7 @@ impl Hbone {
                 return;
             }
         };
-        let _ = upstream.set_nodelay(true);
+        crate::sockets::set_options(&upstream);
         let _active_ep = ep.track();
         let labels = AuthorityLabels {
             authority: auth.to_string(),

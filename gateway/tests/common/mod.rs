@@ -604,3 +604,49 @@ pub fn rustls_hello(cfg: Arc<ClientConfig>, name: &str) -> Vec<u8> {
     conn.write_tls(&mut out).unwrap();
     out
 }
+
+/// Established IPv4 sockets of this network namespace whose (local, remote) addresses `pick`
+/// accepts, with their timer column (`tr` in /proc/net/tcp; 2 is the keepalive timer).
+pub fn tcp_timers(
+    pick: &dyn Fn(SocketAddr, SocketAddr) -> bool,
+) -> Vec<(SocketAddr, SocketAddr, u8)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    // Addresses are hex: the IPv4 address as the kernel stores it, printed as a native u32.
+    let addr = |hex: &str| {
+        let (ip, port) = hex.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?.to_le_bytes();
+        Some(SocketAddr::from((ip, u16::from_str_radix(port, 16).ok()?)))
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote) = (addr(f.get(1)?)?, addr(f.get(2)?)?);
+            let established = *f.get(3)? == "01";
+            let timer = u8::from_str_radix(f.get(5)?.split(':').next()?, 16).ok()?;
+            (established && pick(local, remote)).then_some((local, remote, timer))
+        })
+        .collect()
+}
+
+/// Waits (at most 2 s) until `want` established sockets match `pick` and each runs its
+/// keepalive timer. Right after bytes moved a socket may show its retransmission timer
+/// instead, hence the wait.
+pub async fn wait_keepalive(
+    what: &str,
+    pick: &dyn Fn(SocketAddr, SocketAddr) -> bool,
+    want: usize,
+) {
+    let mut last = Vec::new();
+    for _ in 0..100 {
+        last = tcp_timers(pick);
+        if last.len() == want && last.iter().all(|&(_, _, timer)| timer == 2) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "{what}: want {want} socket(s) with keepalive running, have (local, remote, timer) {last:?}"
+    );
+}
