@@ -102,7 +102,8 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         .as_ref()
         .map(|_| HboneMetrics::new(registry.sub_registry_with_prefix("hbone")));
     let route_metrics = RouteMetrics::new(registry.sub_registry_with_prefix("discovery"));
-    let routes = Arc::new(Routes::new());
+    // Never dial our own passthrough port (nor Istio's): see `routes`.
+    let routes = Arc::new(Routes::refusing(&[listen_addr.port()]));
     let publisher = Publisher::new(routes.clone(), route_metrics);
     let drain = Arc::new(Drain::new());
     let stop_background = CancellationToken::new();

@@ -208,6 +208,7 @@ impl ConnMetrics {
 pub struct RouteMetrics {
     pub routes: Gauge,
     pub endpoints: Gauge,
+    pub left_out: Gauge,
     pub generation: Gauge,
     pub reloads: Counter,
     pub reload_errors: Counter,
@@ -229,6 +230,12 @@ impl RouteMetrics {
             "route_table_endpoints",
             "Endpoints in the current table",
             m.endpoints.clone(),
+        );
+        r.register(
+            "route_table_endpoints_left_out",
+            "Endpoints at a passthrough port (15443 or the gateway's own), never dialed: a \
+             client could make the gateways connect to each other without end",
+            m.left_out.clone(),
         );
         r.register(
             "route_table_generation",

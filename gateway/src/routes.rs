@@ -5,6 +5,11 @@
 //! connection does a lookup rather than a label scan. The data path loads the current
 //! [`RouteTable`] without locks. Per-endpoint live state ([`EndpointState`]) is kept across
 //! publishes by address, so a reload neither resets health nor loses connection counts.
+//!
+//! Endpoints at a passthrough port (15443, or the gateway's own) are left out of the classic
+//! table: the gateway replays a client's ClientHello unchanged, so a hello naming a service
+//! whose endpoint is a gateway's passthrough listener (the east-west gateway's own Service is
+//! one) would make the gateways connect to each other, hop after hop, from one packet.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -144,6 +149,9 @@ impl Route {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     pub generation: u64,
+    /// Classic endpoints not in the table because they are at a passthrough port, in
+    /// publish order.
+    pub left_out: Vec<LeftOut>,
     /// Host, then port: nested so a lookup by `&str` needs no allocation.
     routes: Map<String, Map<u16, Route>>,
     /// The same keys, for HBONE: only endpoints with an HBONE port, each addressed
@@ -179,17 +187,49 @@ impl RouteTable {
     }
 }
 
+/// A classic endpoint left out of the table: dialing it would reach a passthrough port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftOut {
+    pub host: String,
+    pub port: u16,
+    pub endpoint: SocketAddr,
+}
+
 /// The published table plus the registry that keeps endpoint state across publishes.
-#[derive(Default)]
 pub struct Routes {
     current: ArcSwapOption<RouteTable>,
     states: Mutex<HashMap<SocketAddr, Weak<EndpointState>>>,
     generation: AtomicU64,
+    /// Ports never dialed on the classic path.
+    passthrough_ports: Vec<u16>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self::refusing(&[])
+    }
 }
 
 impl Routes {
+    /// Leaves out endpoints at Istio's passthrough port, 15443.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Leaves out endpoints at 15443 and at each of `ports` (the gateway's own `--listen`).
+    pub fn refusing(ports: &[u16]) -> Self {
+        let mut passthrough_ports = vec![crate::sni_name::PASSTHROUGH_PORT];
+        for &p in ports {
+            if !passthrough_ports.contains(&p) {
+                passthrough_ports.push(p);
+            }
+        }
+        Routes {
+            current: ArcSwapOption::default(),
+            states: Mutex::default(),
+            generation: AtomicU64::default(),
+            passthrough_ports,
+        }
     }
 
     /// The current table, or `None` before the first publish. Lock-free.
@@ -207,6 +247,7 @@ impl Routes {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         let mut routes: Map<String, Map<u16, Route>> = Map::default();
         let mut hbone: Map<String, Map<u16, Route>> = Map::default();
+        let mut left_out = Vec::new();
         for spec in specs {
             for &port in &spec.ports {
                 let route = route_at(&mut routes, &spec.host, port);
@@ -226,9 +267,17 @@ impl Routes {
                         labels: ep.labels.clone(),
                         ready: ep.ready,
                     };
-                    route
-                        .endpoints
-                        .push(endpoint(SocketAddr::new(ep.address, target)));
+                    let classic = SocketAddr::new(ep.address, target);
+                    if self.passthrough_ports.contains(&target) {
+                        left_out.push(LeftOut {
+                            host: spec.host.clone(),
+                            port,
+                            endpoint: classic,
+                        });
+                    } else {
+                        route.endpoints.push(endpoint(classic));
+                    }
+                    // HBONE replays nothing: each hop terminates one TLS layer the client built.
                     if let Some(hp) = ep.hbone_port {
                         let tunnelled = endpoint(SocketAddr::new(ep.address, hp));
                         route_at(&mut hbone, &spec.host, port)
@@ -238,12 +287,27 @@ impl Routes {
                 }
             }
         }
+        // A route all of whose endpoints were left out is no route at all.
+        for gone in &left_out {
+            if let Some(by_port) = routes.get_mut(&gone.host) {
+                if by_port
+                    .get(&gone.port)
+                    .is_some_and(|r| r.endpoints.is_empty())
+                {
+                    by_port.remove(&gone.port);
+                }
+                if by_port.is_empty() {
+                    routes.remove(&gone.host);
+                }
+            }
+        }
         for route in routes.values_mut().chain(hbone.values_mut()) {
             route.values_mut().for_each(Route::resolve_subsets);
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let table = Arc::new(RouteTable {
             generation,
+            left_out,
             routes,
             hbone,
         });
@@ -284,6 +348,7 @@ fn shared_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sni_name::PASSTHROUGH_PORT;
 
     /// (address, ready, labels)
     type Ep<'a> = (&'a str, bool, &'a [(&'a str, &'a str)]);
@@ -457,5 +522,59 @@ mod tests {
         assert!(t.lookup_hbone("a.local", 81).is_none());
         assert!(t.lookup_hbone("b.local", 80).is_none());
         assert!(t.lookup("b.local", 80).is_some());
+    }
+
+    /// Endpoints at 15443 or the gateway's own port are left out of the classic table (and
+    /// listed); a route left with none is no route; the HBONE side and other ports stay.
+    #[test]
+    fn passthrough_ports_are_never_dialed() {
+        let mut gw = spec(
+            "gw.istio-system.svc.cluster.local",
+            &[("10.0.0.9", true, &[])],
+        );
+        gw.ports = vec![15443, 15021];
+        gw.endpoints[0].ports = [(15443, 15443), (15021, 15021)].into();
+        gw.endpoints[0].hbone_port = Some(15008);
+        let mut own = spec(
+            "other.local",
+            &[("10.0.0.7", true, &[]), ("10.0.0.8", true, &[])],
+        );
+        own.endpoints[0].ports = [(80, 16443)].into();
+        let t = Routes::refusing(&[16443]).publish(&[gw, own]);
+        let dialed = |host, port| {
+            t.lookup(host, port).map(|r| {
+                r.endpoints
+                    .iter()
+                    .map(|e| e.state.addr.to_string())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(dialed("gw.istio-system.svc.cluster.local", 15443), None);
+        assert_eq!(
+            dialed("gw.istio-system.svc.cluster.local", 15021),
+            Some(vec!["10.0.0.9:15021".to_string()])
+        );
+        assert_eq!(
+            dialed("other.local", 80),
+            Some(vec!["10.0.0.8:3000".to_string()])
+        );
+        let hbone = t
+            .lookup_hbone("gw.istio-system.svc.cluster.local", 15443)
+            .unwrap();
+        assert_eq!(hbone.endpoints[0].state.addr.to_string(), "10.0.0.9:15008");
+        let left: Vec<_> = t
+            .left_out
+            .iter()
+            .map(|l| (l.port, l.endpoint.to_string()))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                (15443, "10.0.0.9:15443".to_string()),
+                (80, "10.0.0.7:16443".to_string())
+            ]
+        );
+        // Istio's port is refused by default too.
+        assert_eq!(Routes::new().passthrough_ports, [PASSTHROUGH_PORT]);
     }
 }

@@ -13,6 +13,10 @@ use std::str::FromStr;
 const SEP: &str = "_.";
 const OUTBOUND: &str = "outbound";
 
+/// The port of Istio's SNI passthrough listener on east-west gateways (`tls` on
+/// `istio-eastwestgateway`, 15443), the port this gateway listens on by default.
+pub const PASSTHROUGH_PORT: u16 = 15443;
+
 /// ALPN values of Istio's AUTO_PASSTHROUGH filter chains (`allIstioMtlsALPNs`).
 pub const ISTIO_ALPNS: [&[u8]; 5] = [
     b"istio",

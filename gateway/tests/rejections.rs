@@ -287,3 +287,35 @@ async fn malformed_hellos_are_counted_apart_from_not_tls() {
     assert_eq!(rejected(gw.admin, "not_tls").await, 1.0);
     assert_eq!(b[0].accepted(), 0);
 }
+
+/// A service whose endpoint is the gateway's own passthrough port (the east-west gateway's
+/// Service is one) is never dialed: the replayed hello would come back to the gateway and
+/// be forwarded again, hop after hop, until descriptors ran out (one hello opened 9,991
+/// connections before this rule). The route is left out, and shown so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_back_to_the_gateway_is_no_route() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let host = "gw.istio-system.svc.cluster.local";
+    let yaml = format!(
+        "services:\n  - host: {host}\n    ports:\n      - port: 15443\n        targetPort: {port}\n    endpoints:\n      - address: 127.0.0.1\n"
+    );
+    let gw = gateway_with(&yaml, |c| {
+        c.listen = ([127, 0, 0, 1], port).into();
+    })
+    .await;
+    let sni = sni(15443, "", host);
+    let r = tokio::time::timeout(Duration::from_secs(5), call(gw.listen, &sni)).await;
+    assert!(matches!(r, Ok(Err(_))), "the call must be refused: {r:?}");
+    let (_, m) = http_get(gw.admin, "/metrics").await;
+    assert_eq!(metric(&m, "gateway_tcp_connections_accepted_total"), 1.0);
+    assert_eq!(rejected(gw.admin, "no_route").await, 1.0);
+    assert_eq!(metric(&m, "gateway_discovery_route_table_endpoints_left_out"), 1.0);
+    let (_, routes) = http_get(gw.admin, "/debug/routes").await;
+    let v: serde_json::Value = serde_json::from_str(&routes).unwrap();
+    assert_eq!(v["left_out"][0]["sni"], sni.as_str());
+    assert_eq!(v["left_out"][0]["endpoint"], format!("127.0.0.1:{port}"));
+}

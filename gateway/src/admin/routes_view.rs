@@ -48,12 +48,27 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
             endpoints: r.endpoints.iter().map(endpoint).collect(),
         })
         .collect::<Vec<_>>();
+    let left_out = table
+        .left_out
+        .iter()
+        .filter(|l| {
+            filter
+                .host
+                .as_ref()
+                .is_none_or(|h| l.host.contains(h.as_str()))
+        })
+        .map(|l| DebugLeftOut {
+            sni: SniName::new(l.port, "", l.host.as_str()).to_string(),
+            endpoint: l.endpoint.to_string(),
+        })
+        .collect();
     DebugView {
         generation: table.generation,
         total_routes: table.len(),
         matched_routes,
         truncated: routes.len() < matched_routes,
         routes,
+        left_out,
     }
 }
 
@@ -76,6 +91,15 @@ pub struct DebugView {
     /// True when `limit` left some matched routes out.
     pub truncated: bool,
     pub routes: Vec<DebugRoute>,
+    /// Endpoints never dialed on 15443 because they are at a passthrough port (matching the
+    /// host filter; not limited).
+    pub left_out: Vec<DebugLeftOut>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DebugLeftOut {
+    pub sni: String,
+    pub endpoint: String,
 }
 
 #[derive(Debug, Serialize)]

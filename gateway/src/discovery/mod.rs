@@ -22,9 +22,22 @@ impl Publisher {
     }
 
     pub fn publish(&self, source: &str, specs: &[ServiceSpec]) -> Arc<RouteTable> {
+        let before = self.routes.load();
         let table = self.routes.publish(specs);
         self.metrics.routes.set(table.len() as i64);
         self.metrics.endpoints.set(table.endpoint_count() as i64);
+        self.metrics.left_out.set(table.left_out.len() as i64);
+        let known = before.is_some_and(|b| b.left_out == table.left_out);
+        if !known && !table.left_out.is_empty() {
+            // Expected once per start in a cluster: the east-west gateway's own Service.
+            let first = &table.left_out[0];
+            tracing::info!(
+                source,
+                count = table.left_out.len(),
+                first = %format_args!("{}:{} -> {}", first.host, first.port, first.endpoint),
+                "endpoints at a passthrough port left out (dialing one would loop through the gateways)"
+            );
+        }
         self.metrics.generation.set(table.generation as i64);
         self.metrics.reloads.inc();
         self.metrics.last_reload_ok.set(1);
