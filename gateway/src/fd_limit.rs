@@ -70,7 +70,8 @@ pub fn shortfall(soft: u64, max_connections: usize, max_undecided: usize) -> Opt
     if soft >= need {
         return None;
     }
-    let fits = soft.saturating_sub(RESERVE + max_undecided as u64) / 2;
+    // With no connection undecided, which is when the most can be forwarded.
+    let fits = soft.saturating_sub(RESERVE) / 2;
     Some(format!(
         "descriptor limit {soft} is below the {need} that --max-connections {max_connections} \
          and --max-undecided {max_undecided} can take: past about {fits} forwarded connections, \
@@ -98,8 +99,10 @@ mod tests {
             msg.contains("descriptor limit 20000 is below the 132160"),
             "{msg}"
         );
-        assert!(msg.contains("about 9456 forwarded connections"), "{msg}");
+        assert!(msg.contains("about 9968 forwarded connections"), "{msg}");
         assert!(msg.contains("LimitNOFILE") && msg.contains("lower --max-connections"));
+        // containerd 2's soft limit, had it not been raised.
+        assert!(shortfall(1024, 65_536, 1024).unwrap().contains("about 480 forwarded"));
         // A limit under the reserve fits none, without underflow.
         assert!(shortfall(10, 1, 1).unwrap().contains("about 0 forwarded"));
     }
