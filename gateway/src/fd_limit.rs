@@ -102,7 +102,11 @@ mod tests {
         assert!(msg.contains("about 9968 forwarded connections"), "{msg}");
         assert!(msg.contains("LimitNOFILE") && msg.contains("lower --max-connections"));
         // containerd 2's soft limit, had it not been raised.
-        assert!(shortfall(1024, 65_536, 1024).unwrap().contains("about 480 forwarded"));
+        assert!(
+            shortfall(1024, 65_536, 1024)
+                .unwrap()
+                .contains("about 480 forwarded")
+        );
         // A limit under the reserve fits none, without underflow.
         assert!(shortfall(10, 1, 1).unwrap().contains("about 0 forwarded"));
     }

@@ -313,7 +313,10 @@ async fn a_route_back_to_the_gateway_is_no_route() {
     let (_, m) = http_get(gw.admin, "/metrics").await;
     assert_eq!(metric(&m, "gateway_tcp_connections_accepted_total"), 1.0);
     assert_eq!(rejected(gw.admin, "no_route").await, 1.0);
-    assert_eq!(metric(&m, "gateway_discovery_route_table_endpoints_left_out"), 1.0);
+    assert_eq!(
+        metric(&m, "gateway_discovery_route_table_endpoints_left_out"),
+        1.0
+    );
     let (_, routes) = http_get(gw.admin, "/debug/routes").await;
     let v: serde_json::Value = serde_json::from_str(&routes).unwrap();
     assert_eq!(v["left_out"][0]["sni"], sni.as_str());
