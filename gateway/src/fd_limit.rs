@@ -75,9 +75,9 @@ pub fn shortfall(soft: u64, max_connections: usize, max_undecided: usize) -> Opt
     Some(format!(
         "descriptor limit {soft} is below the {need} that --max-connections {max_connections} \
          and --max-undecided {max_undecided} can take: past about {fits} forwarded connections, \
-         accepts fail (gateway_accept_errors_total) and upstream dials \
-         are refused as local_resource before --max-connections refuses anything; raise the hard limit (LimitNOFILE=, ulimit -Hn, \
-         the container runtime's default) or lower --max-connections"
+         accepts fail (gateway_accept_errors_total) and upstream dials are refused as \
+         local_resource before --max-connections refuses anything; raise the hard limit \
+         (LimitNOFILE=, ulimit -Hn, the container runtime's default) or lower --max-connections"
     ))
 }
 

@@ -218,12 +218,10 @@ impl Routes {
 
     /// Leaves out endpoints at 15443 and at each of `ports` (the gateway's own `--listen`).
     pub fn refusing(ports: &[u16]) -> Self {
-        let mut passthrough_ports = vec![crate::sni_name::PASSTHROUGH_PORT];
-        for &p in ports {
-            if !passthrough_ports.contains(&p) {
-                passthrough_ports.push(p);
-            }
-        }
+        // A port listed twice is harmless: the list is only searched.
+        let passthrough_ports = std::iter::once(crate::sni_name::PASSTHROUGH_PORT)
+            .chain(ports.iter().copied())
+            .collect();
         Routes {
             current: ArcSwapOption::default(),
             states: Mutex::default(),

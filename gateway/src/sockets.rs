@@ -17,7 +17,8 @@ use tokio::net::TcpListener;
 pub const BACKLOG: i32 = 65_535;
 
 /// Binds a listener as tokio's `bind` does (address reuse, close-on-exec, non-blocking) but
-/// with [`BACKLOG`] and [`set_options`] for the sockets it accepts. Needs a runtime, like `TcpListener::bind`.
+/// with [`BACKLOG`] and [`set_options`] for the sockets it accepts. Needs a runtime, like
+/// `TcpListener::bind`.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -33,8 +34,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// No Nagle delay, and keepalive: long-lived mesh connections (and ztunnel's pooled HBONE
 /// connections, idle between tunnels) cross NATs and load balancers that drop silent flows,
 /// and a peer that vanished is found within about 150 s (60 + 9 probes × 10) instead of
-/// the idle timeout.
-/// Best effort, as a failure changes no behaviour a peer relies on.
+/// the idle timeout. Best effort, as a failure changes no behaviour a peer relies on.
 pub fn set_options<S: AsFd>(socket: &S) {
     let s = SockRef::from(socket);
     let _ = s.set_tcp_nodelay(true);
