@@ -102,8 +102,7 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         .as_ref()
         .map(|_| HboneMetrics::new(registry.sub_registry_with_prefix("hbone")));
     let route_metrics = RouteMetrics::new(registry.sub_registry_with_prefix("discovery"));
-    // Never dial our own passthrough port (nor Istio's): see `routes`.
-    let routes = Arc::new(Routes::refusing(&[listen_addr.port()]));
+    let routes = Arc::new(Routes::new());
     let publisher = Publisher::new(routes.clone(), route_metrics);
     let drain = Arc::new(Drain::new());
     let stop_background = CancellationToken::new();

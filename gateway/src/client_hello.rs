@@ -1,4 +1,5 @@
-//! Sans-IO TLS ClientHello parser: SNI and ALPN, or not TLS, or need more bytes.
+//! Sans-IO TLS ClientHello parser: SNI, ALPN and the client random, or not TLS, or need
+//! more bytes.
 //!
 //! [`detect`] looks at the bytes a connection has delivered so far. It first
 //! frames the ClientHello (one handshake message, possibly spread over several
@@ -33,6 +34,9 @@ pub struct ClientHello {
     /// ALPN protocol names in the client's order (empty when not offered). Opaque bytes
     /// (RFC 7301): clients send non-UTF-8 GREASE values (RFC 8701) such as `[0xDA, 0xDA]`.
     pub alpn: Vec<Vec<u8>>,
+    /// The client random: fresh for every connection a TLS client opens, so the same
+    /// random arriving twice at once means one hello went round a routing loop.
+    pub random: [u8; 32],
     /// Bytes of the stream holding the complete ClientHello, all its records
     /// included. Bytes after it are the client's next records.
     pub hello_len: usize,
@@ -98,9 +102,10 @@ impl From<Refusal> for Detect {
 pub fn detect(buf: &[u8], max_len: usize) -> Detect {
     match frame(buf, max_len) {
         Ok(Some((hello_len, msg_len))) => match parse(buf, msg_len) {
-            Ok((sni, alpn)) => Detect::Found(ClientHello {
+            Ok((random, sni, alpn)) => Detect::Found(ClientHello {
                 sni,
                 alpn,
+                random,
                 hello_len,
             }),
             Err(e) => e.into(),
@@ -190,7 +195,7 @@ fn frame(buf: &[u8], max_len: usize) -> Result<Option<(usize, usize)>, Refusal> 
     Err(NotTls::TooManyRecords.into())
 }
 
-type Offered = (Option<String>, Vec<Vec<u8>>);
+type Offered = ([u8; 32], Option<String>, Vec<Vec<u8>>);
 
 /// Parses a framed ClientHello whose body is `msg_len` bytes long.
 fn parse(buf: &[u8], msg_len: usize) -> Result<Offered, Refusal> {
@@ -201,7 +206,12 @@ fn parse(buf: &[u8], msg_len: usize) -> Result<Offered, Refusal> {
     if version >> 8 != 3 {
         return Err(M("client version"));
     }
-    r.skip(32).ok_or(M("random"))?;
+    let mut random = [0; 32];
+    let mut at = 0;
+    for chunk in r.take(32).ok_or(M("random"))?.chunks() {
+        random[at..at + chunk.len()].copy_from_slice(chunk);
+        at += chunk.len();
+    }
     let session_id = usize::from(r.u8().ok_or(M("session id"))?);
     if session_id > 32 {
         return Err(M("session id length"));
@@ -221,7 +231,7 @@ fn parse(buf: &[u8], msg_len: usize) -> Result<Offered, Refusal> {
     let (mut sni, mut alpn) = (None, None);
     if r.is_empty() {
         // SSLv3-style hello without extensions.
-        return Ok((None, Vec::new()));
+        return Ok((random, None, Vec::new()));
     }
     let ext_len = usize::from(r.u16().ok_or(M("extensions"))?);
     if ext_len != r.left {
@@ -239,7 +249,7 @@ fn parse(buf: &[u8], msg_len: usize) -> Result<Offered, Refusal> {
             _ => {}
         }
     }
-    Ok((sni, alpn.unwrap_or_default()))
+    Ok((random, sni, alpn.unwrap_or_default()))
 }
 
 /// RFC 6066 3: a server_name_list holding exactly one host_name.
@@ -427,7 +437,7 @@ mod tests {
     /// A one-record ClientHello around `exts` (`None`: no extension block).
     fn hello_with(session_id: u8, suites: &[u8], comp: &[u8], exts: Option<&[u8]>) -> Vec<u8> {
         let mut body = vec![3, 3];
-        body.extend([7; 32]);
+        body.extend(RANDOM);
         body.push(session_id);
         body.extend(vec![0; usize::from(session_id)]);
         body.extend(u16be(suites.len()));
@@ -442,6 +452,17 @@ mod tests {
         let msg = [&[HANDSHAKE_CLIENT_HELLO, len[1], len[2], len[3]][..], &body].concat();
         [&[CONTENT_HANDSHAKE, 3, 1][..], &u16be(msg.len()), &msg].concat()
     }
+
+    /// The client random of the hellos built here: distinct bytes, so an offset error shows.
+    const RANDOM: [u8; 32] = {
+        let mut r = [0; 32];
+        let mut i = 0;
+        while i < 32 {
+            r[i] = 0xa0 + i as u8;
+            i += 1;
+        }
+        r
+    };
 
     fn hello(exts: &[Vec<u8>]) -> Vec<u8> {
         hello_with(0, &[0x13, 0x01], &[0], Some(&exts.concat()))
@@ -463,6 +484,7 @@ mod tests {
         let want = ClientHello {
             sni: Some("outbound_.80_._.a.local".into()),
             alpn: vec![b"istio".to_vec(), b"h2".to_vec()],
+            random: RANDOM,
             hello_len: h.len(),
         };
         for n in 0..h.len() {
@@ -481,6 +503,7 @@ mod tests {
             panic!("not found")
         };
         assert_eq!((h.sni, h.alpn.len(), h.hello_len), (None, 0, bare.len()));
+        assert_eq!(h.random, RANDOM);
         let Detect::Found(h) = detect(&hello(&[alpn_ext(&[b"istio"])]), 1 << 16) else {
             panic!("not found")
         };
@@ -498,6 +521,8 @@ mod tests {
             panic!("not found")
         };
         assert_eq!(found.sni.as_deref(), Some("a.local"));
+        // The random spans 32 one-byte records.
+        assert_eq!(found.random, RANDOM);
         assert_eq!(found.hello_len, split.len());
     }
 

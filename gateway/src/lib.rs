@@ -39,6 +39,7 @@ pub mod forward;
 pub mod hbone;
 pub mod idle;
 pub mod local_error;
+pub mod loop_guard;
 pub mod metrics;
 pub mod outlier;
 pub mod proxy;

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::drain::Drain;
 use crate::endpoint::EndpointState;
 use crate::forward::{self, Progress};
+use crate::loop_guard::InFlight;
 use crate::metrics::{ConnMetrics, ProxyMetrics};
 use crate::proxy_protocol;
 use crate::reject::Reject;
@@ -40,19 +41,32 @@ struct Decided<'a> {
     _permit: Permit<'a>,
 }
 
-/// One `--max-connections` place, given back on drop. One word (a `SemaphorePermit` is two).
-struct Permit<'a>(&'a Semaphore);
+/// One `--max-connections` place and the mark of the connection's hello among those in
+/// flight (`loop_guard`), both given back on drop. Two words: every idle connection keeps it.
+struct Permit<'a> {
+    proxy: &'a Proxy,
+    hello: u64,
+}
 
 impl<'a> Permit<'a> {
-    fn try_new(s: &'a Semaphore) -> Option<Self> {
-        s.try_acquire().ok()?.forget();
-        Some(Permit(s))
+    fn try_new(proxy: &'a Proxy, random: &[u8; 32]) -> Result<Self, Reject> {
+        let Ok(place) = proxy.permits.try_acquire() else {
+            debug!("connection limit reached; closing");
+            return Err(Reject::OverLimit);
+        };
+        let Some(hello) = proxy.in_flight.enter(random) else {
+            // Within the limit: the place is given back as `place` drops.
+            return Err(Reject::Loop);
+        };
+        place.forget();
+        Ok(Permit { proxy, hello })
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        self.0.add_permits(1);
+        self.proxy.in_flight.leave(self.hello);
+        self.proxy.permits.add_permits(1);
     }
 }
 
@@ -63,6 +77,8 @@ pub struct Proxy {
     pub drain: Arc<Drain>,
     /// `--max-connections`: taken once a connection is decided.
     permits: Semaphore,
+    /// The hellos of the connections taking a place: one seen twice went round a loop.
+    in_flight: InFlight,
     undecided: Arc<Undecided>,
     next_id: AtomicU64,
 }
@@ -77,6 +93,7 @@ impl Proxy {
         Proxy {
             // Clamped: Semaphore panics above MAX_PERMITS (tests and library users set this directly).
             permits: Semaphore::new(cfg.max_connections.clamp(1, Semaphore::MAX_PERMITS)),
+            in_flight: InFlight::default(),
             undecided: Arc::new(Undecided::new(
                 cfg.max_undecided,
                 cfg.max_undecided_bytes,
@@ -227,10 +244,7 @@ impl Proxy {
         };
         let client_addr = proxied.or_else(|| ticket.peer());
         drop(ticket);
-        let Some(permit) = Permit::try_new(&self.permits) else {
-            debug!("connection limit reached; closing");
-            return Err(Reject::OverLimit);
-        };
+        let permit = Permit::try_new(self, &hello.random)?;
         // The peer from `accept` waited in the ticket, not in this future: every byte held
         // across the connection's awaits is paid by every idle connection.
         let Some(client_addr) = client_addr.or_else(|| client.peer_addr().ok()) else {

@@ -31,10 +31,13 @@ pub enum Reject {
     DrainDeadline,
     /// Still sending its hello when the undecided budget was full: the oldest is shed.
     Shed,
+    /// The ClientHello of a connection this process is forwarding arrived again: it went
+    /// round a routing loop through gateways (`loop_guard`).
+    Loop,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 16] = [
+    pub const ALL: [Reject; 17] = [
         Reject::Timeout,
         Reject::NotTls,
         Reject::NoSni,
@@ -51,6 +54,7 @@ impl Reject {
         Reject::MalformedHello,
         Reject::DrainDeadline,
         Reject::Shed,
+        Reject::Loop,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +75,7 @@ impl Reject {
             Reject::MalformedHello => "malformed_hello",
             Reject::DrainDeadline => "drain_deadline",
             Reject::Shed => "shed",
+            Reject::Loop => "loop",
         }
     }
 }

@@ -6,10 +6,11 @@
 //! [`RouteTable`] without locks. Per-endpoint live state ([`EndpointState`]) is kept across
 //! publishes by address, so a reload neither resets health nor loses connection counts.
 //!
-//! Endpoints at a passthrough port (15443, or the gateway's own) are left out of the classic
-//! table: the gateway replays a client's ClientHello unchanged, so a hello naming a service
-//! whose endpoint is a gateway's passthrough listener (the east-west gateway's own Service is
-//! one) would make the gateways connect to each other, hop after hop, from one packet.
+//! Endpoints at Istio's passthrough port, 15443, are left out of the classic table: the
+//! gateway replays a client's ClientHello unchanged, so a hello naming a service whose
+//! endpoint is a gateway's passthrough listener (the east-west gateway's own Service is one)
+//! would make the gateways connect to each other, hop after hop. Loops through other ports
+//! are caught per connection (`loop_guard`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -20,7 +21,7 @@ use arc_swap::ArcSwapOption;
 
 use crate::endpoint::EndpointState;
 use crate::metrics::{ConnMetrics, ProxyMetrics};
-use crate::sni_name::SniName;
+use crate::sni_name::{PASSTHROUGH_PORT, SniName};
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -196,38 +197,16 @@ pub struct LeftOut {
 }
 
 /// The published table plus the registry that keeps endpoint state across publishes.
+#[derive(Default)]
 pub struct Routes {
     current: ArcSwapOption<RouteTable>,
     states: Mutex<HashMap<SocketAddr, Weak<EndpointState>>>,
     generation: AtomicU64,
-    /// Ports never dialed on the classic path.
-    passthrough_ports: Vec<u16>,
-}
-
-impl Default for Routes {
-    fn default() -> Self {
-        Self::refusing(&[])
-    }
 }
 
 impl Routes {
-    /// Leaves out endpoints at Istio's passthrough port, 15443.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Leaves out endpoints at 15443 and at each of `ports` (the gateway's own `--listen`).
-    pub fn refusing(ports: &[u16]) -> Self {
-        // A port listed twice is harmless: the list is only searched.
-        let passthrough_ports = std::iter::once(crate::sni_name::PASSTHROUGH_PORT)
-            .chain(ports.iter().copied())
-            .collect();
-        Routes {
-            current: ArcSwapOption::default(),
-            states: Mutex::default(),
-            generation: AtomicU64::default(),
-            passthrough_ports,
-        }
     }
 
     /// The current table, or `None` before the first publish. Lock-free.
@@ -266,7 +245,7 @@ impl Routes {
                         ready: ep.ready,
                     };
                     let classic = SocketAddr::new(ep.address, target);
-                    if self.passthrough_ports.contains(&target) {
+                    if target == PASSTHROUGH_PORT {
                         left_out.push(LeftOut {
                             host: spec.host.clone(),
                             port,
@@ -346,7 +325,6 @@ fn shared_state(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sni_name::PASSTHROUGH_PORT;
 
     /// (address, ready, labels)
     type Ep<'a> = (&'a str, bool, &'a [(&'a str, &'a str)]);
@@ -522,8 +500,8 @@ mod tests {
         assert!(t.lookup("b.local", 80).is_some());
     }
 
-    /// Endpoints at 15443 or the gateway's own port are left out of the classic table (and
-    /// listed); a route left with none is no route; the HBONE side and other ports stay.
+    /// Endpoints at 15443 are left out of the classic table (and listed); a route left with
+    /// none is no route; the HBONE side, other ports and other endpoints stay.
     #[test]
     fn passthrough_ports_are_never_dialed() {
         let mut gw = spec(
@@ -537,8 +515,8 @@ mod tests {
             "other.local",
             &[("10.0.0.7", true, &[]), ("10.0.0.8", true, &[])],
         );
-        own.endpoints[0].ports = [(80, 16443)].into();
-        let t = Routes::refusing(&[16443]).publish(&[gw, own]);
+        own.endpoints[0].ports = [(80, 15443)].into();
+        let t = Routes::new().publish(&[gw, own]);
         let dialed = |host, port| {
             t.lookup(host, port).map(|r| {
                 r.endpoints
@@ -569,10 +547,8 @@ mod tests {
             left,
             [
                 (15443, "10.0.0.9:15443".to_string()),
-                (80, "10.0.0.7:16443".to_string())
+                (80, "10.0.0.7:15443".to_string())
             ]
         );
-        // Istio's port is refused by default too.
-        assert_eq!(Routes::new().passthrough_ports, [PASSTHROUGH_PORT]);
     }
 }

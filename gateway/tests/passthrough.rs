@@ -111,7 +111,9 @@ async fn hello_one_byte_at_a_time_and_split_records() {
     assert_eq!(head[0], 22, "expected a handshake record from the backend");
     assert_eq!(b[0].accepted(), 1);
 
-    // The same hello re-framed into three records of the handshake message.
+    // A second hello (its own client random: a replayed one would be refused as a loop
+    // while the first connection is open) re-framed into three records.
+    let hello = hello_bytes().await;
     let body = &hello[5..];
     let cuts = [0, 7, body.len() / 2, body.len()];
     let mut framed = Vec::new();
