@@ -186,6 +186,15 @@ impl RouteTable {
     pub fn lookup_hbone(&self, host: &str, port: u16) -> Option<&Route> {
         self.hbone.get(host)?.get(&port)
     }
+
+    /// HBONE routes without a classic route of the same name: every classic endpoint was
+    /// left out (at 15443), as with the east-west gateway's own Service in ambient.
+    pub fn hbone_only_routes(&self) -> impl Iterator<Item = &Route> {
+        self.hbone
+            .values()
+            .flat_map(HashMap::values)
+            .filter(|r| self.lookup(&r.host, r.port).is_none())
+    }
 }
 
 /// A classic endpoint left out of the table: dialing it would reach a passthrough port.

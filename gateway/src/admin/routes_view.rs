@@ -13,16 +13,20 @@ use crate::sni_name::SniName;
 /// output. Filtering comes before building, so a narrow query on a large table is cheap.
 pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
     let now = clock::now_ms();
-    let mut matched: Vec<&Route> = table
+    let wanted = |r: &&Route| {
+        filter
+            .host
+            .as_ref()
+            .is_none_or(|h| r.host.contains(h.as_str()))
+    };
+    // (route, classic): a route reached only over HBONE shows no classic endpoints.
+    let mut matched: Vec<(&Route, bool)> = table
         .routes()
-        .filter(|r| {
-            filter
-                .host
-                .as_ref()
-                .is_none_or(|h| r.host.contains(h.as_str()))
-        })
+        .filter(wanted)
+        .map(|r| (r, true))
+        .chain(table.hbone_only_routes().filter(wanted).map(|r| (r, false)))
         .collect();
-    matched.sort_by(|a, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+    matched.sort_by(|(a, _), (b, _)| (&a.host, a.port).cmp(&(&b.host, b.port)));
     let matched_routes = matched.len();
     matched.truncate(filter.limit.unwrap_or(usize::MAX));
     let endpoint = |e: &crate::routes::Endpoint| DebugEndpoint {
@@ -36,7 +40,7 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
     };
     let routes = matched
         .into_iter()
-        .map(|r| DebugRoute {
+        .map(|(r, classic)| DebugRoute {
             hbone_endpoints: table
                 .lookup_hbone(&r.host, r.port)
                 .map(|h| h.endpoints.iter().map(endpoint).collect())
@@ -45,7 +49,11 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
             host: r.host.clone(),
             port: r.port,
             subsets: (*r.subsets).clone(),
-            endpoints: r.endpoints.iter().map(endpoint).collect(),
+            endpoints: if classic {
+                r.endpoints.iter().map(endpoint).collect()
+            } else {
+                Vec::new()
+            },
         })
         .collect::<Vec<_>>();
     let left_out = table
@@ -64,7 +72,7 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
         .collect();
     DebugView {
         generation: table.generation,
-        total_routes: table.len(),
+        total_routes: table.len() + table.hbone_only_routes().count(),
         matched_routes,
         truncated: routes.len() < matched_routes,
         routes,
@@ -84,7 +92,7 @@ pub struct DebugFilter {
 #[derive(Debug, Serialize)]
 pub struct DebugView {
     pub generation: u64,
-    /// Routes in the table.
+    /// Routes in the table (classic, and HBONE-only ones).
     pub total_routes: usize,
     /// Routes that passed the host filter.
     pub matched_routes: usize,
@@ -211,6 +219,20 @@ mod tests {
             (4, 2, true)
         );
         assert!(debug_filter(Some("limit=x")).is_err());
+        // A route whose classic endpoints were all left out (at 15443) is still shown with
+        // its HBONE endpoints, and no classic ones.
+        let mut gw = spec("gw.local");
+        gw.ports = vec![15443];
+        gw.endpoints[0].ports = [(15443, 15443)].into();
+        gw.endpoints[0].hbone_port = Some(15008);
+        let t = Routes::new().publish(&[gw, spec("a.local")]);
+        let v = view(&t, &debug_filter(Some("host=gw")).unwrap());
+        assert_eq!((v.total_routes, v.matched_routes), (3, 1));
+        let r = &v.routes[0];
+        assert_eq!(r.sni, "outbound_.15443_._.gw.local");
+        assert!(r.endpoints.is_empty());
+        assert_eq!(r.hbone_endpoints[0].address, "10.0.0.1:15008");
+        assert_eq!(v.left_out[0].endpoint, "10.0.0.1:15443");
         assert!(debug_filter(Some("host=a&host=b")).is_err());
     }
 }
