@@ -8,6 +8,10 @@
 #   gateway/bench/callgrind.sh               # prints instructions per connection and per request
 #   GATEWAY=path/to/gateway gateway/bench/callgrind.sh   # another build (e.g. before a change)
 #   KEEP=1 ...                               # keep the callgrind dumps (for callgrind_annotate)
+#   PROXY=haproxy|nginx gateway/bench/callgrind.sh   # the same count for HAProxy or nginx,
+#                                            # configured as the benchmark runs them
+#   SIM=1 ...                                # also simulate caches and branch prediction:
+#                                            # misses and mispredictions per connection
 #
 # Differences cancel start-up, warm-up and timers: per connection = (Ir of 1000 connections -
 # Ir of 200) / 800; per request = (Ir of 20,000 requests - Ir of 4,000) / 16,000, each phase
@@ -54,9 +58,64 @@ services:
     ports: [{port: 80, targetPort: $((P + 443))}]
     endpoints: [{address: 127.0.0.2}]
 EOT
-RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind -q \
-  --callgrind-out-file="$OUT/cg.out" "$GW" --listen "$GW_ADDR" --admin "127.0.0.1:$((P + 21))" \
-  --endpoints "$OUT/endpoints.yaml" 2>"$OUT/gateway.log" &
+SNI="outbound_.80_._.$HOST"
+PROXY="${PROXY:-gateway}"
+case "$PROXY" in
+  gateway) CMD=("$GW" --listen "$GW_ADDR" --admin "127.0.0.1:$((P + 21))" --endpoints "$OUT/endpoints.yaml") ;;
+  haproxy)
+    # run.sh's configuration.
+    cat >"$OUT/haproxy.cfg" <<EOT
+global
+    nbthread 1
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 1h
+    timeout server 1h
+frontend sni
+    bind $GW_ADDR
+    tcp-request inspect-delay 10s
+    tcp-request content accept if { req.ssl_hello_type 1 }
+    use_backend bench if { req.ssl_sni -m str $SNI }
+backend bench
+    server b1 $BACKEND
+EOT
+    CMD=("$(command -v haproxy || echo /usr/sbin/haproxy)" -db -f "$OUT/haproxy.cfg") ;;
+  nginx)
+    # run.sh's configuration, but no master process: the counted process is the worker.
+    mkdir -p "$OUT/nginx/logs"
+    cat >"$OUT/nginx/nginx.conf" <<EOT
+load_module ${NGINX_STREAM_MOD:-/usr/lib/nginx/modules/ngx_stream_module.so};
+daemon off;
+master_process off;
+pid $OUT/nginx/nginx.pid;
+error_log $OUT/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+stream {
+    access_log off;
+    map_hash_bucket_size 128;
+    map \$ssl_preread_server_name \$upstream {
+        $SNI $BACKEND;
+        default 127.0.0.1:1;
+    }
+    server {
+        listen $GW_ADDR;
+        ssl_preread on;
+        preread_timeout 10s;
+        proxy_pass \$upstream;
+        proxy_connect_timeout 1s;
+        proxy_timeout 1h;
+        tcp_nodelay on;
+    }
+}
+EOT
+    CMD=("$(command -v nginx || echo /usr/sbin/nginx)" -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -e "$OUT/nginx/logs/error.log") ;;
+  *) echo "PROXY must be gateway, haproxy or nginx" >&2; exit 1 ;;
+esac
+SIM_ARGS=()
+if [[ "${SIM:-0}" == 1 ]]; then SIM_ARGS=(--cache-sim=yes --branch-sim=yes); fi
+RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind -q "${SIM_ARGS[@]}" \
+  --callgrind-out-file="$OUT/cg.out" "${CMD[@]}" 2>"$OUT/proxy.log" &
 GW_PID=$!
 PIDS+=("$GW_PID")
 wait_port "$BACKEND" 10
@@ -68,15 +127,17 @@ done
 
 client() { "$SB" "$@" --target "$GW_ADDR" --certs "$OUT/certs" --threads 1; }
 # Ir of the gateway's process since the last zeroing: dumps, then reads the dump's total.
+# With SIM=1 the dump's other totals go to $OUT/<phase>.events (names, then counts).
 counted() { # phase-name command...
   local name="$1"; shift
-  callgrind_control -z "$GW_PID" >/dev/null
+  callgrind_control -z "$GW_PID" >/dev/null 2>&1 || { echo "callgrind_control could not zero $GW_PID" >&2; exit 1; }
   "$@" >"$OUT/$name.json"
   grep -q '"errors":0,' "$OUT/$name.json" || { echo "errors in $name: $(cat "$OUT/$name.json")" >&2; KEEP=1; exit 1; }
-  callgrind_control -d "$name" "$GW_PID" >/dev/null
+  callgrind_control -d "$name" "$GW_PID" >/dev/null 2>&1 || { echo "callgrind_control could not dump $GW_PID" >&2; exit 1; }
   # callgrind numbers its dumps 1, 2, ...: the newest is the count (this runs in a subshell).
   local f; f="$OUT/cg.out.$(find "$OUT" -name 'cg.out.*' | wc -l)"
-  sed -n 's/^totals: *//p; s/^summary: *//p' "$f" | head -1 | cut -d' ' -f1
+  sed -n 's/^events: *//p' "$f" | head -1 >"$OUT/$name.events"
+  sed -n 's/^totals: *//p; s/^summary: *//p' "$f" | head -1 | tee -a "$OUT/$name.events" | cut -d' ' -f1
 }
 json_num() { sed -n "s/.*\"$2\": *\([0-9.]*\).*/\1/p" "$OUT/$1.json" | head -1; }
 
@@ -95,6 +156,17 @@ q2=$(json_num r2 requests)
 for v in c200 c1000 n200 n1000 r1 r2 q1 q2; do
   [[ -n "${!v}" ]] || { echo "no figure for $v; logs in $OUT" >&2; KEEP=1; exit 1; }
 done
-echo "gateway: $GW"
+if [[ "$PROXY" == gateway ]]; then echo "gateway: $GW"; else echo "proxy: $PROXY (${CMD[0]})"; fi
 echo "instructions per new connection: $(( (c1000 - c200) / (n1000 - n200) )) (connections $n200 and $n1000)"
 echo "instructions per 64 B request:   $(( (r2 - r1) / (${q2%.*} - ${q1%.*}) )) (requests $q1 and $q2)"
+if [[ "${SIM:-0}" == 1 ]]; then
+  # Per connection, from the same two phases. callgrind's cycle estimate weighs a first-level
+  # miss 10, a last-level miss 100 and a misprediction 10 instructions: a guide, not a clock.
+  awk -v n=$((n1000 - n200)) 'NR == FNR { if (FNR == 1) k = split($0, name); else split($0, a); next }
+    FNR == 2 { for (i = 1; i <= k; i++) d[name[i]] = ($i - a[i]) / n }
+    END {
+      printf "per connection: I1 misses %.0f, D1 misses %.0f, last-level misses %.1f, branch mispredictions %.0f\n",
+        d["I1mr"], d["D1mr"] + d["D1mw"], d["ILmr"] + d["DLmr"] + d["DLmw"], d["Bcm"] + d["Bim"]
+      printf "per connection: estimated cycles %.0f\n", d["Ir"] + 10 * (d["I1mr"] + d["D1mr"] + d["D1mw"] + d["Bcm"] + d["Bim"]) + 100 * (d["ILmr"] + d["DLmr"] + d["DLmw"])
+    }' "$OUT/c200.events" "$OUT/c1000.events"
+fi
