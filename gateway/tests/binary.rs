@@ -242,7 +242,8 @@ fn sighup_reloads_the_endpoints_file() {
 }
 
 /// `--log-format json`: the effective configuration at start, and one access-log line per
-/// forwarded connection with SNI, upstream, bytes each way and outcome.
+/// forwarded connection with SNI, upstream, bytes each way and outcome, inside the
+/// connection's span with the same fields.
 #[test]
 fn json_logs_carry_config_and_access_log() {
     let rt = multi_thread_runtime(1);
@@ -320,6 +321,12 @@ fn json_logs_carry_config_and_access_log() {
     assert_eq!(access["sni"], sni(80, "", CATALOG));
     assert_eq!(access["upstream"], backends[0].addr.to_string());
     assert_eq!(access["outcome"], "ok");
+    // The connection's span carries what was learnt while deciding (`record_on_conn_span`).
+    let span = &access["span"];
+    assert_eq!(span["name"], "conn", "{access}");
+    assert_eq!(span["client"], client.to_string(), "{access}");
+    assert_eq!(span["sni"], sni(80, "", CATALOG), "{access}");
+    assert_eq!(span["upstream"], backends[0].addr.to_string(), "{access}");
     assert!(
         access["sent"].as_u64().unwrap() > 100 && access["received"].as_u64().unwrap() > 100,
         "{access}"
