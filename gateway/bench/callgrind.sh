@@ -63,52 +63,10 @@ PROXY="${PROXY:-gateway}"
 case "$PROXY" in
   gateway) CMD=("$GW" --listen "$GW_ADDR" --admin "127.0.0.1:$((P + 21))" --endpoints "$OUT/endpoints.yaml") ;;
   haproxy)
-    # run.sh's configuration.
-    cat >"$OUT/haproxy.cfg" <<EOT
-global
-    nbthread 1
-defaults
-    mode tcp
-    timeout connect 1s
-    timeout client 1h
-    timeout server 1h
-frontend sni
-    bind $GW_ADDR
-    tcp-request inspect-delay 10s
-    tcp-request content accept if { req.ssl_hello_type 1 }
-    use_backend bench if { req.ssl_sni -m str $SNI }
-backend bench
-    server b1 $BACKEND
-EOT
+    write_haproxy_cfg "$OUT/haproxy.cfg" "$GW_ADDR" "$SNI" "$BACKEND"
     CMD=("$(command -v haproxy || echo /usr/sbin/haproxy)" -db -f "$OUT/haproxy.cfg") ;;
   nginx)
-    # run.sh's configuration, but no master process: the counted process is the worker.
-    mkdir -p "$OUT/nginx/logs"
-    cat >"$OUT/nginx/nginx.conf" <<EOT
-load_module ${NGINX_STREAM_MOD:-/usr/lib/nginx/modules/ngx_stream_module.so};
-daemon off;
-master_process off;
-pid $OUT/nginx/nginx.pid;
-error_log $OUT/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-stream {
-    access_log off;
-    map_hash_bucket_size 128;
-    map \$ssl_preread_server_name \$upstream {
-        $SNI $BACKEND;
-        default 127.0.0.1:1;
-    }
-    server {
-        listen $GW_ADDR;
-        ssl_preread on;
-        preread_timeout 10s;
-        proxy_pass \$upstream;
-        proxy_connect_timeout 1s;
-        proxy_timeout 1h;
-        tcp_nodelay on;
-    }
-}
-EOT
+    write_nginx_conf "$OUT/nginx" "$GW_ADDR" "$SNI" "$BACKEND" 4096 off
     CMD=("$(command -v nginx || echo /usr/sbin/nginx)" -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -e "$OUT/nginx/logs/error.log") ;;
   *) echo "PROXY must be gateway, haproxy or nginx" >&2; exit 1 ;;
 esac

@@ -38,3 +38,63 @@ build_binaries() { # profile [cargo flags...]
   cargo build --profile "$1" "${@:2}" -p gateway
   cargo build --release "${@:2}" -p sni-bench
 }
+
+# HAProxy as the benchmark runs it: one thread, `mode tcp`, routing the SNI by
+# `req.ssl_sni`, no logging. maxconn is left to HAProxy: it derives it from RLIMIT_NOFILE.
+write_haproxy_cfg() { # file listen sni backend
+  cat >"$1" <<EOT
+global
+    nbthread 1
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 1h
+    timeout server 1h
+    # no 'log' line: no per-connection logging
+frontend sni
+    bind $2
+    tcp-request inspect-delay 10s
+    tcp-request content accept if { req.ssl_hello_type 1 }
+    use_backend bench if { req.ssl_sni -m str $3 }
+backend bench
+    server b1 $4
+EOT
+}
+
+# nginx as the benchmark runs it: one worker, `stream` with `ssl_preread`, no access log,
+# under the directory `prefix` (its pid file and logs/). `master` is on for the benchmark;
+# callgrind.sh turns it off so that the process it counts is the worker.
+# map_hash_bucket_size: Istio's SNI names are long; with nginx's default (one cache line)
+# nginx refuses the map ("could not build map_hash, you should increase map_hash_bucket_size").
+write_nginx_conf() { # prefix listen sni backend nofile master(on|off)
+  mkdir -p "$1/logs"
+  cat >"$1/nginx.conf" <<EOT
+load_module ${NGINX_STREAM_MOD:-/usr/lib/nginx/modules/ngx_stream_module.so};
+daemon off;
+master_process $6;
+worker_processes 1;
+worker_rlimit_nofile $5;
+pid $1/nginx.pid;
+error_log $1/logs/error.log warn;
+events {
+    worker_connections $5;
+}
+stream {
+    access_log off;
+    map_hash_bucket_size 128;
+    map \$ssl_preread_server_name \$upstream {
+        $3 $4;
+        default 127.0.0.1:1;
+    }
+    server {
+        listen $2 reuseport;
+        ssl_preread on;
+        preread_timeout 10s;
+        proxy_pass \$upstream;
+        proxy_connect_timeout 1s;
+        proxy_timeout 1h;
+        tcp_nodelay on;
+    }
+}
+EOT
+}

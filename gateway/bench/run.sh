@@ -127,55 +127,8 @@ services:
     hbone: {port: $((P + 508))}
     endpoints: [{address: 127.0.0.3}]
 EOT
-cat >"$OUT/haproxy.cfg" <<EOT
-global
-    nbthread 1
-    # maxconn is left to HAProxy: it derives it from RLIMIT_NOFILE.
-defaults
-    mode tcp
-    timeout connect 1s
-    timeout client 1h
-    timeout server 1h
-    # no 'log' line: no per-connection logging
-frontend sni
-    bind $HA_ADDR
-    tcp-request inspect-delay 10s
-    tcp-request content accept if { req.ssl_hello_type 1 }
-    use_backend bench if { req.ssl_sni -m str $SNI }
-backend bench
-    server b1 $BACKEND
-EOT
-# map_hash_bucket_size: Istio's SNI names are long; with nginx's default (one cache line)
-# nginx refuses the map ("could not build map_hash, you should increase map_hash_bucket_size").
-cat >"$OUT/nginx/nginx.conf" <<EOT
-load_module $NGINX_STREAM_MOD;
-daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile $NOFILE;
-pid $OUT/nginx/nginx.pid;
-error_log $OUT/nginx/logs/error.log warn;
-events {
-    worker_connections $NOFILE;
-}
-stream {
-    access_log off;
-    map_hash_bucket_size 128;
-    map \$ssl_preread_server_name \$upstream {
-        $SNI $BACKEND;
-        default 127.0.0.1:1;
-    }
-    server {
-        listen $NG_ADDR reuseport;
-        ssl_preread on;
-        preread_timeout 10s;
-        proxy_pass \$upstream;
-        proxy_connect_timeout 1s;
-        proxy_timeout 1h;
-        tcp_nodelay on;
-    }
-}
-EOT
+write_haproxy_cfg "$OUT/haproxy.cfg" "$HA_ADDR" "$SNI" "$BACKEND"
+write_nginx_conf "$OUT/nginx" "$NG_ADDR" "$SNI" "$BACKEND" "$NOFILE" on
 
 # --- proxies (CPU 0, restarted for every run) -------------------------------------------------
 start_proxies() { # run

@@ -303,15 +303,20 @@ fn gateway_service(host: &str, target: u16) -> String {
 
 const GW_HOST: &str = "gw.istio-system.svc.cluster.local";
 
+/// Calls `sni` through `gw`, which must refuse or fail it within 5 s; returns its /metrics.
+async fn failed_call_metrics(gw: &Gw, sni: &str) -> String {
+    let r = tokio::time::timeout(Duration::from_secs(5), call(gw.listen, sni)).await;
+    assert!(matches!(r, Ok(Err(_))), "the call must fail: {r:?}");
+    http_get(gw.admin, "/metrics").await.1
+}
+
 /// A service whose endpoint is at Istio's passthrough port (the east-west gateway's Service
 /// is one) is never dialed: the route is left out, and shown so.
 #[tokio::test]
 async fn a_route_to_port_15443_is_no_route() {
     let gw = gateway(&gateway_service(GW_HOST, 15443)).await;
     let sni = sni(15443, "", GW_HOST);
-    let r = tokio::time::timeout(Duration::from_secs(5), call(gw.listen, &sni)).await;
-    assert!(matches!(r, Ok(Err(_))), "the call must be refused: {r:?}");
-    let (_, m) = http_get(gw.admin, "/metrics").await;
+    let m = failed_call_metrics(&gw, &sni).await;
     assert_eq!(metric(&m, "gateway_tcp_connections_accepted_total"), 1.0);
     assert_eq!(rejected(gw.admin, "no_route").await, 1.0);
     assert_eq!(
@@ -334,10 +339,7 @@ async fn a_hello_that_comes_back_is_refused_as_a_loop() {
         c.listen = ([127, 0, 0, 1], port).into();
     })
     .await;
-    let sni = sni(15443, "", GW_HOST);
-    let r = tokio::time::timeout(Duration::from_secs(5), call(gw.listen, &sni)).await;
-    assert!(matches!(r, Ok(Err(_))), "the call must fail: {r:?}");
-    let (_, m) = http_get(gw.admin, "/metrics").await;
+    let m = failed_call_metrics(&gw, &sni(15443, "", GW_HOST)).await;
     // The client's connection and its one return.
     assert_eq!(metric(&m, "gateway_tcp_connections_accepted_total"), 2.0);
     assert_eq!(rejected(gw.admin, "loop").await, 1.0);
@@ -360,11 +362,8 @@ async fn a_loop_through_two_gateways_ends_at_the_first_return() {
         c.listen = ([127, 0, 0, 1], pb).into();
     })
     .await;
-    let sni = sni(15443, "", GW_HOST);
-    let r = tokio::time::timeout(Duration::from_secs(5), call(a.listen, &sni)).await;
-    assert!(matches!(r, Ok(Err(_))), "the call must fail: {r:?}");
+    let ma = failed_call_metrics(&a, &sni(15443, "", GW_HOST)).await;
     let accepted = |m: &str| metric(m, "gateway_tcp_connections_accepted_total");
-    let (_, ma) = http_get(a.admin, "/metrics").await;
     let (_, mb) = http_get(b.admin, "/metrics").await;
     assert_eq!((accepted(&ma), accepted(&mb)), (2.0, 1.0));
     assert_eq!(rejected(a.admin, "loop").await, 1.0);
