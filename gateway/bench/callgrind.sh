@@ -85,7 +85,7 @@ done
 
 client() { "$SB" "$@" --target "$GW_ADDR" --certs "$OUT/certs" --threads 1; }
 # Ir of the gateway's process since the last zeroing: dumps, then reads the dump's total.
-# With SIM=1 the dump's other totals go to $OUT/<phase>.events (names, then counts).
+# The dump's event names and all its totals also go to $OUT/<phase>.events (SIM=1 reads them).
 counted() { # phase-name command...
   local name="$1"; shift
   callgrind_control -z "$GW_PID" >/dev/null 2>&1 || { echo "callgrind_control could not zero $GW_PID" >&2; exit 1; }

@@ -358,8 +358,6 @@ impl Proxy {
     }
 }
 
-/// Reads at least one more byte into `buf`, never past `max` bytes in total, and charges
-/// the buffered bytes to the undecided budget.
 /// Fills a field of the connection's span (`serve` makes it at INFO). When nothing takes INFO
 /// anywhere, that span was never made, and finding the current span (the dispatcher's and the
 /// registry's lookups, some 80 instructions and their code's cache lines) is skipped.
@@ -370,6 +368,8 @@ fn record_on_conn_span(field: &str, value: impl tracing::Value) {
     }
 }
 
+/// Reads at least one more byte into `buf`, never past `max` bytes in total, and charges
+/// the buffered bytes to the undecided budget.
 async fn read_more(
     client: &mut TcpStream,
     buf: &mut Vec<u8>,
