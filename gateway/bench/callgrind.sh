@@ -23,14 +23,15 @@ cd "$ROOT"
 source "$ROOT/gateway/bench/common.sh"
 command -v valgrind >/dev/null || { echo "missing valgrind (apt-get install -y valgrind)" >&2; exit 1; }
 
-# The gateway as deployed and benchmarked: the `production` profile (PROFILE=release for
-# the faster build).
+# The `production` profile: fat LTO, as deployed but without profile-guided optimisation, so
+# that two versions of the code compare without two trainings in between. PROFILE=pgo for the
+# build to deploy (pgo.sh), PROFILE=release for the faster build.
 PROFILE="${PROFILE:-production}"
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   build_binaries "$PROFILE" -q
 fi
 TARGET_DIR="$(target_dir "$ROOT")"
-GW="${GATEWAY:-$TARGET_DIR/$PROFILE/gateway}"
+GW="${GATEWAY:-$(gateway_binary "$TARGET_DIR" "$PROFILE")}"
 SB="$TARGET_DIR/release/sni-bench"
 
 P="${CALLGRIND_PORT_BASE:-28000}"

@@ -32,11 +32,21 @@ ports_free() { # host:port...
   done
 }
 
-# Builds the gateway with cargo profile `profile` (the bench measures `production`, the build
-# to deploy) and the sni-bench load generator with `release`. Extra arguments go to cargo.
+# Builds the gateway with cargo profile `profile`, or `pgo` for the build to deploy
+# (`production` with profile-guided optimisation, by pgo.sh), and the sni-bench load generator
+# with `release`. Extra arguments go to cargo.
 build_binaries() { # profile [cargo flags...]
-  cargo build --profile "$1" "${@:2}" -p gateway
+  if [[ "$1" == pgo ]]; then
+    bash "$(dirname "${BASH_SOURCE[0]}")/pgo.sh" >/dev/null
+  else
+    cargo build --profile "$1" "${@:2}" -p gateway
+  fi
   cargo build --release "${@:2}" -p sni-bench
+}
+
+# Where build_binaries puts the gateway of `profile`.
+gateway_binary() { # target-dir profile
+  if [[ "$2" == pgo ]]; then echo "$1/pgo/production/gateway"; else echo "$1/$2/gateway"; fi
 }
 
 # HAProxy as the benchmark runs it: one thread, `mode tcp`, routing the SNI by

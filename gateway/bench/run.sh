@@ -11,8 +11,9 @@
 #   gateway/bench/run.sh --quick    # harness check (~40 s, one run), numbers meaningless
 #
 # Env: BENCH_RUNS (default 3), BENCH_PORT_BASE (default 27000), BENCH_OUT (default: a temp
-# dir, kept), SKIP_BUILD=1, BENCH_PROFILE (the gateway's cargo profile: production, or
-# release with --quick), BENCH_GATEWAY (another gateway binary, e.g. an older build to
+# dir, kept), SKIP_BUILD=1, BENCH_PROFILE (the gateway's build: pgo, the build to deploy:
+# production with profile-guided optimisation, by pgo.sh; or a cargo profile such as
+# production; release with --quick), BENCH_GATEWAY (another gateway binary, e.g. an older build to
 # compare against; RESULTS.md is then left alone).
 set -euo pipefail
 
@@ -36,14 +37,15 @@ CONNRATE_CONC=32
 RR_CONNS=32
 BULK_CONNS=4
 
-# The gateway as deployed (the `production` profile: fat LTO, several minutes to build); the
-# quick harness check takes the release build, as its numbers mean nothing anyway.
-if [[ "$QUICK" == 1 ]]; then GW_PROFILE="${BENCH_PROFILE:-release}"; else GW_PROFILE="${BENCH_PROFILE:-production}"; fi
+# The gateway as deployed (`pgo`: the `production` profile, fat LTO, built again with the
+# counts of a training load; about ten minutes to build); the quick harness check takes the
+# release build, as its numbers mean nothing anyway.
+if [[ "$QUICK" == 1 ]]; then GW_PROFILE="${BENCH_PROFILE:-release}"; else GW_PROFILE="${BENCH_PROFILE:-pgo}"; fi
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   build_binaries "$GW_PROFILE"
 fi
 TARGET_DIR="$(target_dir "$ROOT")"
-GW="${BENCH_GATEWAY:-$TARGET_DIR/$GW_PROFILE/gateway}"
+GW="${BENCH_GATEWAY:-$(gateway_binary "$TARGET_DIR" "$GW_PROFILE")}"
 SB="$TARGET_DIR/release/sni-bench"
 HAPROXY="$(command -v haproxy || echo /usr/sbin/haproxy)"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
@@ -259,7 +261,7 @@ CPU_MODEL="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
   echo "## Run of $(date -u +'%Y-%m-%d %H:%M UTC')$([[ $QUICK == 1 ]] && echo ' (--quick: harness check, numbers meaningless)')"
   echo
   echo "Machine: $(nproc) CPUs ($CPU_MODEL), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, Linux $(uname -r);"
-  echo "$("$HAPROXY" -v | head -1 | cut -d' ' -f1-3), $("$NGINX" -v 2>&1 | sed 's/.*: //'), gateway ${BENCH_GATEWAY:-$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet -- gateway/src || echo '+dirty')}, $(rustc --version | cut -d' ' -f1-2)."
+  echo "$("$HAPROXY" -v | head -1 | cut -d' ' -f1-3), $("$NGINX" -v 2>&1 | sed 's/.*: //'), gateway ${BENCH_GATEWAY:-$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet -- gateway/src || echo '+dirty') ($GW_PROFILE build)}, $(rustc --version | cut -d' ' -f1-2)."
   echo "Each proxy: one worker (HAProxy nbthread 1, nginx worker_processes 1, gateway TOKIO_WORKER_THREADS=1) pinned to CPU $PROXY_CPU; load generator and TLS backend on CPU $LOAD_CPU."
   echo "$RUNS run(s), proxies restarted for each, order rotated; ${ELAPSED}s in all. CPU $PROXY_CPU busy with the proxies idle before each run: ${NOISE[*]} %. Idle connections: $IDLE_N."
 } >"$OUT/machine.md"
