@@ -3,7 +3,7 @@
 # build runs a training load on loopback, and the build to deploy is compiled again with the
 # counts, so LLVM lays hot code together and optimises the paths connections take. Callgrind
 # (gateway/PERFORMANCE.md, change 30): about 16 % fewer userspace instructions per new
-# connection, 29 % fewer per request and half the instruction-cache misses.
+# connection, 30 % fewer per request and about 40 % fewer instruction-cache misses.
 #
 #   gateway/bench/pgo.sh                       # writes target/pgo/production/gateway
 #   PGO_PROFILE=release gateway/bench/pgo.sh   # writes target/pgo/release/gateway: minutes
