@@ -33,9 +33,21 @@ GEN_DIR="$TARGET_DIR/pgo-generate"
 USE_DIR="$TARGET_DIR/pgo"
 RAW="$GEN_DIR/profiles-$PROFILE"
 PROFILE_DATA="$GEN_DIR/gateway-$PROFILE.profdata"
-# Own target directories: other RUSTFLAGS would rebuild every crate in target/ each time.
+# The user's flags (CARGO_ENCODED_RUSTFLAGS, else RUSTFLAGS) plus one, as cargo's encoded
+# form: RUSTFLAGS splits at spaces, which a checkout path may hold.
+rustflags_with() { # flag
+  local words=() w out=""
+  if [[ -n "${CARGO_ENCODED_RUSTFLAGS:-}" ]]; then
+    IFS=$'\x1f' read -r -a words <<<"$CARGO_ENCODED_RUSTFLAGS"
+  else
+    read -r -a words <<<"${RUSTFLAGS:-}"
+  fi
+  for w in "${words[@]}"; do out+="$w"$'\x1f'; done
+  printf '%s' "$out$1"
+}
+# Own target directories: other flags would rebuild every crate in target/ each time.
 echo "== instrumented build ($PROFILE)" >&2
-CARGO_TARGET_DIR="$GEN_DIR" RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$RAW" \
+CARGO_TARGET_DIR="$GEN_DIR" CARGO_ENCODED_RUSTFLAGS="$(rustflags_with "-Cprofile-generate=$RAW")" \
   cargo build --locked --profile "$PROFILE" -p gateway
 cargo build --locked --release -p sni-bench
 GEN_GW="$GEN_DIR/$PROFILE/gateway"
@@ -150,7 +162,7 @@ compgen -G "$RAW/*.profraw" >/dev/null || { echo "the instrumented gateway wrote
 "$PROFDATA" merge -o "$PROFILE_DATA" "$RAW"
 
 echo "== optimised build ($PROFILE)" >&2
-CARGO_TARGET_DIR="$USE_DIR" RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$PROFILE_DATA" \
+CARGO_TARGET_DIR="$USE_DIR" CARGO_ENCODED_RUSTFLAGS="$(rustflags_with "-Cprofile-use=$PROFILE_DATA")" \
   cargo build --locked --profile "$PROFILE" -p gateway
 GW="$USE_DIR/$PROFILE/gateway"
 
