@@ -34,11 +34,8 @@ TARGET_DIR="$(target_dir "$ROOT")"
 GW="${GATEWAY:-$(gateway_binary "$TARGET_DIR" "$PROFILE")}"
 SB="$TARGET_DIR/release/sni-bench"
 
-P="${CALLGRIND_PORT_BASE:-28000}"
-BACKEND="127.0.0.2:$((P + 443))"
-GW_ADDR="127.0.0.1:$((P + 1))"
-HOST=bench.default.svc.cluster.local
-ports_free "$BACKEND" "127.0.0.2:$((P + 444))" "$GW_ADDR" "127.0.0.1:$((P + 21))"
+bench_addresses "${CALLGRIND_PORT_BASE:-28000}"
+ports_free "$BACKEND" "$BACKEND_PLAIN" "$GW_ADDR" "$GW_ADMIN"
 OUT="$(mktemp -d /tmp/gw-callgrind.XXXXXX)"
 PIDS=()
 cleanup() {
@@ -50,19 +47,13 @@ trap cleanup EXIT
 
 
 "$SB" certs --dir "$OUT/certs" >/dev/null
-"$SB" backend --listen "$BACKEND" --plain-listen "127.0.0.2:$((P + 444))" --certs "$OUT/certs" \
+"$SB" backend --listen "$BACKEND" --plain-listen "$BACKEND_PLAIN" --certs "$OUT/certs" \
   --threads 1 2>"$OUT/backend.log" &
 PIDS+=($!)
-cat >"$OUT/endpoints.yaml" <<EOT
-services:
-  - host: $HOST
-    ports: [{port: 80, targetPort: $((P + 443))}]
-    endpoints: [{address: 127.0.0.2}]
-EOT
-SNI="outbound_.80_._.$HOST"
+write_endpoints "$OUT/endpoints.yaml"
 PROXY="${PROXY:-gateway}"
 case "$PROXY" in
-  gateway) CMD=("$GW" --listen "$GW_ADDR" --admin "127.0.0.1:$((P + 21))" --endpoints "$OUT/endpoints.yaml") ;;
+  gateway) CMD=("$GW" --listen "$GW_ADDR" --admin "$GW_ADMIN" --endpoints "$OUT/endpoints.yaml") ;;
   haproxy)
     write_haproxy_cfg "$OUT/haproxy.cfg" "$GW_ADDR" "$SNI" "$BACKEND"
     CMD=("$(command -v haproxy || echo /usr/sbin/haproxy)" -db -f "$OUT/haproxy.cfg") ;;

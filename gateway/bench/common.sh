@@ -32,6 +32,41 @@ ports_free() { # host:port...
   done
 }
 
+# The loopback addresses of a run from its port base (globals): the TLS backend and its plain
+# port (the app behind the HBONE destination), the destination ztunnel double on
+# "podIP:15008", the gateway's passthrough, HBONE and admin listeners, and the names routed.
+# shellcheck disable=SC2034  # used by the scripts that source this file
+bench_addresses() { # port-base
+  local p="$1"
+  BACKEND="127.0.0.2:$((p + 443))"
+  BACKEND_PLAIN="127.0.0.2:$((p + 444))"
+  HB_DEST="127.0.0.3:$((p + 508))"
+  GW_ADDR="127.0.0.1:$((p + 1))"
+  GW_HBONE="127.0.0.1:$((p + 8))"
+  GW_ADMIN="127.0.0.1:$((p + 21))"
+  HOST=bench.default.svc.cluster.local
+  HB_HOST=hbone.default.svc.cluster.local
+  HB_AUTH="$HB_HOST:80"
+  SNI="outbound_.80_._.$HOST"
+}
+
+# The gateway's endpoints file for bench_addresses' layout: $HOST on the TLS backend and,
+# with `hbone`, $HB_HOST behind the destination ztunnel double.
+write_endpoints() { # file [hbone]
+  {
+    echo "services:"
+    echo "  - host: $HOST"
+    echo "    ports: [{port: 80, targetPort: ${BACKEND##*:}}]"
+    echo "    endpoints: [{address: ${BACKEND%:*}}]"
+    if [[ "${2:-}" == hbone ]]; then
+      echo "  - host: $HB_HOST"
+      echo "    ports: [{port: 80, targetPort: 80}]"
+      echo "    hbone: {port: ${HB_DEST##*:}}"
+      echo "    endpoints: [{address: ${HB_DEST%:*}}]"
+    fi
+  } >"$1"
+}
+
 # Builds the gateway with cargo profile `profile`, or `pgo` for the build to deploy
 # (`production` with profile-guided optimisation, by pgo.sh), and the sni-bench load generator
 # with `release`. Extra arguments go to cargo.

@@ -53,16 +53,7 @@ cargo build --locked --release -p sni-bench
 GEN_GW="$GEN_DIR/$PROFILE/gateway"
 SB="$TARGET_DIR/release/sni-bench"
 
-P="${PGO_PORT_BASE:-29000}"
-BACKEND="127.0.0.2:$((P + 443))"
-BACKEND_PLAIN="127.0.0.2:$((P + 444))"
-HB_DEST="127.0.0.3:$((P + 508))"
-GW_ADDR="127.0.0.1:$((P + 1))"
-GW_HBONE="127.0.0.1:$((P + 8))"
-GW_ADMIN="127.0.0.1:$((P + 21))"
-HOST=bench.default.svc.cluster.local
-HB_AUTH=hbone.default.svc.cluster.local:80
-SNI="outbound_.80_._.$HOST"
+bench_addresses "${PGO_PORT_BASE:-29000}"
 ports_free "$BACKEND" "$BACKEND_PLAIN" "$HB_DEST" "$GW_ADDR" "$GW_HBONE" "$GW_ADMIN"
 
 OUT="$(mktemp -d /tmp/gw-pgo.XXXXXX)"
@@ -82,16 +73,7 @@ PIDS+=($!)
 "$SB" hbone-destination --listen "$HB_DEST" --certs "$OUT/certs" --app "$BACKEND_PLAIN" \
   --threads 1 2>"$OUT/hbone-destination.log" &
 PIDS+=($!)
-cat >"$OUT/endpoints.yaml" <<EOT
-services:
-  - host: $HOST
-    ports: [{port: 80, targetPort: $((P + 443))}]
-    endpoints: [{address: 127.0.0.2}]
-  - host: ${HB_AUTH%:*}
-    ports: [{port: 80, targetPort: 80}]
-    hbone: {port: $((P + 508))}
-    endpoints: [{address: 127.0.0.3}]
-EOT
+write_endpoints "$OUT/endpoints.yaml" hbone
 wait_port "$BACKEND"
 wait_port "$HB_DEST"
 

@@ -70,19 +70,9 @@ if (( IDLE_N > MAX_IDLE )); then
 fi
 
 P="${BENCH_PORT_BASE:-27000}"
-BACKEND="127.0.0.2:$((P + 443))"
-BACKEND_PLAIN="127.0.0.2:$((P + 444))"
-# HBONE: the gateway's 15008 and, behind it, a destination ztunnel double on "podIP:15008".
-GW_HBONE="127.0.0.1:$((P + 8))"
-HB_DEST="127.0.0.3:$((P + 508))"
-HB_HOST=hbone.default.svc.cluster.local
-HB_AUTH="$HB_HOST:80"
-GW_ADDR="127.0.0.1:$((P + 1))"
-GW_ADMIN="127.0.0.1:$((P + 21))"
+bench_addresses "$P"
 HA_ADDR="127.0.0.1:$((P + 2))"
 NG_ADDR="127.0.0.1:$((P + 3))"
-HOST=bench.default.svc.cluster.local
-SNI="outbound_.80_._.$HOST"
 
 ports_free "$BACKEND" "$BACKEND_PLAIN" "$GW_HBONE" "$HB_DEST" "$GW_ADDR" "$GW_ADMIN" "$HA_ADDR" "$NG_ADDR"
 
@@ -119,16 +109,7 @@ else
 fi
 
 # --- proxy configurations --------------------------------------------------------------------
-cat >"$OUT/endpoints.yaml" <<EOT
-services:
-  - host: $HOST
-    ports: [{port: 80, targetPort: $((P + 443))}]
-    endpoints: [{address: 127.0.0.2}]
-  - host: $HB_HOST
-    ports: [{port: 80, targetPort: 80}]
-    hbone: {port: $((P + 508))}
-    endpoints: [{address: 127.0.0.3}]
-EOT
+write_endpoints "$OUT/endpoints.yaml" hbone
 write_haproxy_cfg "$OUT/haproxy.cfg" "$HA_ADDR" "$SNI" "$BACKEND"
 write_nginx_conf "$OUT/nginx" "$NG_ADDR" "$SNI" "$BACKEND" "$NOFILE" on
 
