@@ -121,8 +121,7 @@ train() { # duration-of-each-scenario
   hbone hb-pooled hbone-pooled --concurrency 32 --duration "$d"
   hbone hb-rr hbone-rr --tunnels 32 --duration "$d" --warmup 200ms
   hbone hb-bulk hbone-throughput --tunnels 4 --duration "$d"
-  "$SB" idle --target "$GW_ADDR" --sni "$SNI" --certs "$OUT/certs" --name gateway --threads 1 \
-    --connections 500 --pid "$GW_PID" --settle 500ms >"$OUT/idle.json"
+  tls idle idle --connections 500 --pid "$GW_PID" --settle 500ms
   scrape
 }
 
