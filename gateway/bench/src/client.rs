@@ -23,14 +23,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// How a client reaches its target: TCP connect, TCP_NODELAY, then TLS unless `--plain`.
 #[derive(Clone)]
-struct Dialer {
+pub(crate) struct Dialer {
     t: Target,
     tls: Option<TlsConnector>,
     name: rustls_pki_types::ServerName<'static>,
 }
 
 impl Dialer {
-    fn new(t: &Target) -> Result<Dialer> {
+    pub(crate) fn new(t: &Target) -> Result<Dialer> {
         check_loopback(&t.target)?;
         let tls = if t.plain {
             None
@@ -54,7 +54,7 @@ impl Dialer {
     }
 
     /// Dial and send the protocol header.
-    async fn open(&self, op: u8, n: u64) -> io::Result<Box<dyn Io>> {
+    pub(crate) async fn open(&self, op: u8, n: u64) -> io::Result<Box<dyn Io>> {
         let mut s = self.dial().await?;
         let mut hdr = [0u8; 9];
         hdr[0] = op;
@@ -64,16 +64,16 @@ impl Dialer {
     }
 }
 
-fn hist() -> Histogram<u64> {
+pub(crate) fn hist() -> Histogram<u64> {
     // 1 µs .. 60 s, 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap())
 }
 
-fn us(d: Duration) -> u64 {
+pub(crate) fn us(d: Duration) -> u64 {
     d.as_micros().clamp(1, 60_000_000) as u64
 }
 
-fn pcts(h: &Histogram<u64>) -> Value {
+pub(crate) fn pcts(h: &Histogram<u64>) -> Value {
     json!({
         "count": h.len(),
         "p50_us": h.value_at_quantile(0.50),

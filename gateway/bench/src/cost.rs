@@ -87,6 +87,18 @@ impl Meter {
 }
 
 impl Cost {
+    /// Two windows' costs as one (a figure missing from either is missing from the sum).
+    pub fn plus(&self, o: &Cost) -> Cost {
+        let add = |a: Option<f64>, b: Option<f64>| Some(a? + b?);
+        Cost {
+            core_s: add(self.core_s, o.core_s),
+            proc_s: add(self.proc_s, o.proc_s),
+            user_s: add(self.user_s, o.user_s),
+            steal_s: add(self.steal_s, o.steal_s),
+            load_s: add(self.load_s, o.load_s),
+        }
+    }
+
     /// `{prefix}core_s`, `{prefix}cpu_s`, `{prefix}user_s` and, per `units` of work scaled
     /// by `scale` (1e6 for µs per unit), `{prefix}core_{per}`, `{prefix}cpu_{per}` and
     /// `{prefix}user_{per}`.
