@@ -167,21 +167,26 @@ run() { # run-dir scenario-name mode target args...
   done
 }
 
-# Latency at c=1: every proxy and `direct` in turns of 100 ms over the same seconds
-# (`sni-bench rr-interleaved`), since the host's idle-core wakeup flips between two modes
-# over seconds and would otherwise decide whichever window it fell in. A target whose turns
-# had over 2 % steal has all measured again, as `run` does.
-rr1() { # run-dir
-  local dir="$1" try t again ats=()
-  for t in direct "${ORDER[@]}"; do ats+=(--at "$t=$(addr_of "$t")"); done
+# New connections, requests on 32 connections and latency at c=1 are measured in turns
+# (`sni-bench interleaved`): every target takes turns of `slice`, round after round, over the
+# same seconds, since the host's state drifts over seconds (README: "Targets take turns") and
+# would otherwise decide whichever window it fell in. A target whose turns had over 2 % steal
+# has all measured again, as `run` does.
+turns() { # run-dir scenario-name slice "targets" interleaved-args...
+  local dir="$1" name="$2" slice="$3" targets="$4" try t again ats=() pids=()
+  shift 4
+  for t in $targets; do
+    ats+=(--at "$t=$(addr_of "$t")")
+    [[ -n "$(pids_of "$t")" ]] && pids+=(--pids "$t=$(pids_of "$t")")
+  done
   for try in $(seq 0 "$RETRIES"); do
-    echo "== $(basename "$dir") rr1 / direct ${ORDER[*]} in turns" >&2
-    "${ON_LOAD[@]}" "$SB" rr-interleaved "${ats[@]}" --sni "$SNI" --certs "$CERTS" --size 64 \
-      --duration "$DUR" --warmup "$WARM" --proxy-core "$PROXY_CPU" --out-dir "$dir" --prefix rr1 >/dev/null
+    echo "== $(basename "$dir") $name / $targets in turns of $slice" >&2
+    "${ON_LOAD[@]}" "$SB" interleaved "${ats[@]}" "${pids[@]}" --sni "$SNI" --certs "$CERTS" \
+      --slice "$slice" --proxy-core "$PROXY_CPU" --out-dir "$dir" --prefix "$name" "$@" >/dev/null
     again=()
-    for t in direct "${ORDER[@]}"; do
-      cat "$dir/rr1-$t.json" >&2
-      [[ "$t" != direct && "$("$SB" steal-share "$dir/rr1-$t.json")" == *retry ]] && again+=("rr1/$t")
+    for t in $targets; do
+      cat "$dir/$name-$t.json" >&2
+      [[ "$t" != direct && "$("$SB" steal-share "$dir/$name-$t.json")" == *retry ]] && again+=("$name/$t")
     done
     if (( try == RETRIES )) || (( ${#again[@]} == 0 )); then
       break
@@ -226,17 +231,15 @@ for r in $(seq 1 "$RUNS"); do
   for t in "${ORDER[@]}"; do # warm-up: page-in, allocator, first handshakes
     "${ON_LOAD[@]}" "$SB" connrate $(common "$t") --concurrency 4 --duration 300ms >/dev/null
   done
-  for t in "${ORDER[@]}"; do
-    run "$D" connrate connrate "$t" --concurrency "$CONNRATE_CONC" --duration "$DUR" $(cost "$t")
-    sleep "$PAUSE"
-  done
-  for t in "${ORDER[@]}"; do
-    run "$D" rr32 rr "$t" --connections "$RR_CONNS" --size 64 --duration "$DUR" --warmup "$WARM" $(cost "$t")
-  done
+  turns "$D" connrate 250ms "${ORDER[*]}" --scenario connrate --concurrency "$CONNRATE_CONC" \
+    --duration "$DUR" --warmup 0s
+  turns "$D" rr32 250ms "${ORDER[*]}" --scenario rr --connections "$RR_CONNS" --size 64 \
+    --duration "$DUR" --warmup "$WARM"
   for t in "${ORDER[@]}"; do
     run "$D" bulk throughput "$t" --connections "$BULK_CONNS" --duration "$TP_DUR" $(cost "$t")
   done
-  rr1 "$D"
+  turns "$D" rr1 100ms "direct ${ORDER[*]}" --scenario rr --connections 1 --size 64 \
+    --duration "$DUR" --warmup "$WARM"
   for t in "${ORDER[@]}"; do
     run "$D" idle idle "$t" --connections "$IDLE_N" --pid "$(pids_of "$t")" --settle "$SETTLE"
     sleep "$PAUSE"

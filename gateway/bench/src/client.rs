@@ -85,20 +85,20 @@ pub(crate) fn pcts(h: &Histogram<u64>) -> Value {
 
 /// Counts errors and keeps the first message for the result.
 #[derive(Default)]
-struct Errors {
+pub(crate) struct Errors {
     n: AtomicU64,
     first: std::sync::Mutex<Option<String>>,
 }
 
 impl Errors {
-    fn add(&self, e: &dyn std::fmt::Display) {
+    pub(crate) fn add(&self, e: &dyn std::fmt::Display) {
         if self.n.fetch_add(1, Ordering::Relaxed) == 0
             && let Ok(mut f) = self.first.lock()
         {
             *f = Some(e.to_string());
         }
     }
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         let first = self.first.lock().ok().and_then(|f| f.clone());
         json!({"errors": self.n.load(Ordering::Relaxed), "first_error": first})
     }
@@ -160,9 +160,36 @@ pub(crate) type OneConn = Arc<
 /// Runs `one` from `concurrency` tasks until `duration` or `max_conns` attempts: the count,
 /// rate and time of completed ones, the proxy's cost per completed one, and errors.
 pub(crate) async fn conn_loop(pace: &Pace, one: OneConn, cost: &CostArgs) -> Result<Value> {
+    let errors = Arc::new(Errors::default());
+    let t = conn_turn(pace, one, cost, &errors).await?;
+    let mut v = json!({
+        "concurrency": pace.concurrency,
+        "seconds": t.secs, "connections": t.ok, "conn_per_s": t.ok as f64 / t.secs,
+        "conn_time": pcts(&t.hist),
+    });
+    merge(&mut v, t.cost.json("", "us_per_conn", t.ok as f64, 1e6));
+    merge(&mut v, errors.json());
+    Ok(v)
+}
+
+/// What one run of [`conn_turn`] did.
+pub(crate) struct ConnTurn {
+    pub ok: u64,
+    pub hist: Histogram<u64>,
+    pub secs: f64,
+    pub cost: Cost,
+}
+
+/// The work of [`conn_loop`], with errors counted into `errors`. The cost is read after the
+/// last connection has ended, so none of this turn's work falls into a later window.
+pub(crate) async fn conn_turn(
+    pace: &Pace,
+    one: OneConn,
+    cost: &CostArgs,
+    errors: &Arc<Errors>,
+) -> Result<ConnTurn> {
     let (concurrency, duration, max) = (pace.concurrency, pace.duration, pace.max_conns);
     let started = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(Errors::default());
     let t0 = Instant::now();
     let meter = Meter::start(cost);
     let deadline = t0 + duration;
@@ -198,15 +225,12 @@ pub(crate) async fn conn_loop(pace: &Pace, one: OneConn, cost: &CostArgs) -> Res
         h.add(th).ok();
     }
     let secs = t0.elapsed().as_secs_f64();
-    let spent = meter.stop();
-    let mut v = json!({
-        "concurrency": concurrency,
-        "seconds": secs, "connections": ok, "conn_per_s": ok as f64 / secs,
-        "conn_time": pcts(&h),
-    });
-    merge(&mut v, spent.json("", "us_per_conn", ok as f64, 1e6));
-    merge(&mut v, errors.json());
-    Ok(v)
+    Ok(ConnTurn {
+        ok,
+        hist: h,
+        secs,
+        cost: meter.stop(),
+    })
 }
 
 /// 64 bytes echoed back, then a write shutdown.

@@ -1,33 +1,47 @@
-//! `rr-interleaved`: c=1 request/response through several targets in turn, in short slices.
+//! `interleaved`: the targets (proxies, and `direct` at c=1) take turns, round after round,
+//! instead of one window each.
 //!
-//! An idle core's wakeup on this kind of VM has two modes (round trips of about 15 or 36 µs
-//! through any of the proxies) that flip over seconds and after bulk load. Measured one after
-//! the other, each target's window gets whichever mode the host was in; in turns of 100 ms,
-//! every target gets the same mix, so a ratio of their tails compares the proxies, not the
-//! moments they were measured in.
+//! The host's state drifts over seconds: at c=1 an idle core wakes in about 15 or about
+//! 36 µs depending on the moment, and the proxy core's cost of the same new connection moved
+//! from 29 to 58 µs within a minute for nginx alone (gateway/bench/README.md). Measured one
+//! after the other, each target's figure carries whatever the host did in its window; in
+//! turns, every target meets the same mix, so their ratio compares the proxies.
 
-use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::backend::OP_ECHO;
-use crate::client::{Dialer, Io, hist, merge, pcts, us};
+use crate::client::{Dialer, Errors, Io, OneConn, Pace, conn_turn, echo_64, hist, merge, pcts, us};
 use crate::cost::{Cost, CostArgs, Meter};
 use crate::{Target, parse_duration};
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Scenario {
+    /// Closed-loop request/response on `--connections` persistent connections per target.
+    Rr,
+    /// New connections (as `connrate`), `--concurrency` in flight, in each turn.
+    Connrate,
+}
+
 #[derive(Args, Debug)]
 pub struct InterleavedArgs {
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
     /// A target as `name=address` (address in 127.0.0.0/8); two or more, names unique
     /// (letters, digits, `-`: they name the result files).
     #[arg(long = "at", value_parser = parse_at, required = true)]
     pub at: Vec<(String, SocketAddr)>,
+    /// A target's processes as `name=pid,pid`: their CPU time in its turns is reported too.
+    #[arg(long = "pids", value_parser = parse_pids)]
+    pub pids: Vec<(String, Vec<u32>)>,
     /// SNI sent in every ClientHello.
     #[arg(
         long,
@@ -37,10 +51,16 @@ pub struct InterleavedArgs {
     /// Directory written by `certs` (the client trusts its root).
     #[arg(long)]
     pub certs: PathBuf,
-    /// Request and response size in bytes.
+    /// `rr`: request and response size in bytes.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    /// Measured time per target (in turns of `--slice`).
+    /// `rr`: persistent connections per target.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// `connrate`: connections in flight.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Measured time per target, in turns of `--slice`.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Warm-up per target, in turns too; not measured.
@@ -49,33 +69,49 @@ pub struct InterleavedArgs {
     /// One target's turn.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub slice: Duration,
-    /// Upper bound on requests over all targets, whatever the duration.
+    /// Upper bound on requests or connections over all targets, whatever the duration.
     #[arg(long, default_value_t = 50_000_000)]
-    pub max_requests: u64,
+    pub max_work: u64,
     /// The core the proxies are pinned to: its busy and steal time in each target's turns.
     #[arg(long)]
     pub proxy_core: Option<usize>,
-    /// Each target's result goes to `<out-dir>/<prefix>-<name>.json`, in `rr`'s shape.
+    /// Each target's result goes to `<out-dir>/<prefix>-<name>.json`, in the shape of the
+    /// scenario's own mode (`rr` or `connrate`).
     #[arg(long)]
     pub out_dir: PathBuf,
-    #[arg(long, default_value = "rr1")]
+    #[arg(long)]
     pub prefix: String,
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
 }
 
-fn parse_at(s: &str) -> Result<(String, SocketAddr), String> {
-    let (name, addr) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected name=address, e.g. gateway=127.0.0.1:27001"))?;
+fn parse_name(name: &str) -> Result<String, String> {
     let ok = |c: char| c.is_ascii_alphanumeric() || c == '-';
     if name.is_empty() || !name.chars().all(ok) {
         return Err(format!(
             "{name:?}: a target's name is letters, digits and '-'"
         ));
     }
+    Ok(name.to_string())
+}
+
+fn parse_at(s: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected name=address, e.g. gateway=127.0.0.1:27001"))?;
     let addr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
-    Ok((name.to_string(), addr))
+    Ok((parse_name(name)?, addr))
+}
+
+fn parse_pids(s: &str) -> Result<(String, Vec<u32>), String> {
+    let (name, pids) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected name=pid,pid, e.g. nginx=41,42"))?;
+    let pids = pids
+        .split(',')
+        .map(|p| p.parse().map_err(|e| format!("{p:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    Ok((parse_name(name)?, pids))
 }
 
 /// Which target each turn goes to: round `r` starts at target `r % n`, so no target always
@@ -89,97 +125,163 @@ fn rounds(d: Duration, slice: Duration) -> usize {
     d.as_nanos().div_ceil(slice.as_nanos().max(1)) as usize
 }
 
-/// One target's connection and what its measured turns gathered.
+/// What a target does in its turns.
+pub enum Work {
+    /// Persistent connections, each a closed loop.
+    Rr(Vec<Box<dyn Io>>),
+    /// One new connection after another, from `concurrency` tasks.
+    Connrate { one: OneConn, concurrency: usize },
+}
+
+/// One target and what its measured turns gathered.
 pub struct Lane {
-    pub stream: Box<dyn Io>,
+    pub work: Work,
+    pub cost_args: CostArgs,
     pub hist: Histogram<u64>,
-    pub requests: u64,
+    /// Requests or connections completed in measured turns.
+    pub done: u64,
     pub busy: Duration,
     pub cost: Option<Cost>,
-    pub error: Option<String>,
+    pub errors: Arc<Errors>,
+    /// An `rr` connection failed: the lane takes no more turns.
+    pub broken: bool,
 }
 
 impl Lane {
-    pub fn new(stream: Box<dyn Io>) -> Lane {
+    pub fn new(work: Work, cost_args: CostArgs) -> Lane {
         Lane {
-            stream,
+            work,
+            cost_args,
             hist: hist(),
-            requests: 0,
+            done: 0,
             busy: Duration::ZERO,
             cost: None,
-            error: None,
+            errors: Arc::default(),
+            broken: false,
         }
     }
 }
 
-/// Closed-loop echo on the lanes in turns: warm-up rounds, then measured ones. The first
-/// round trip of a measured turn is not recorded (it pays for the caches the previous target
-/// used). A lane that fails stops taking turns; its error is kept.
+/// The lanes in turns of `slice`: `warm` rounds not counted, then `measured` rounds. In an
+/// `rr` turn the first round trip of each connection is not recorded (it pays for the caches
+/// the previous target used); a connection that fails stops its lane.
 pub async fn interleave(
     lanes: &mut [Lane],
     size: usize,
     slice: Duration,
     (warm, measured): (usize, usize),
-    max_requests: u64,
-    cost: &CostArgs,
-) {
-    let msg = vec![1u8; size];
-    let mut back = vec![0u8; size];
+    max_work: u64,
+) -> Result<()> {
     let mut done = 0u64;
     let n = lanes.len();
     for (k, i) in turns(n, warm + measured).enumerate() {
         let counted = k >= warm * n;
         let lane = &mut lanes[i];
-        if lane.error.is_some() || done >= max_requests {
+        if lane.broken || done >= max_work {
             continue;
         }
-        let meter = counted.then(|| Meter::start(cost));
-        let t0 = Instant::now();
-        let until = t0 + slice;
-        let mut first = true;
-        while Instant::now() < until && done < max_requests {
-            let r0 = Instant::now();
-            let rt = async {
-                lane.stream.write_all(&msg).await?;
-                lane.stream.read_exact(&mut back).await?;
-                io::Result::Ok(())
-            };
-            match tokio::time::timeout(Duration::from_secs(10), rt).await {
-                Ok(Ok(())) => {
-                    done += 1;
-                    if counted {
-                        lane.requests += 1;
-                        if !first {
-                            let _ = lane.hist.record(us(r0.elapsed()));
-                        }
-                    }
-                    first = false;
-                }
-                Ok(Err(e)) => {
-                    lane.error = Some(e.to_string());
-                    break;
-                }
-                Err(e) => {
-                    lane.error = Some(e.to_string());
-                    break;
-                }
+        let (n_done, h, secs, cost) = match &mut lane.work {
+            Work::Rr(conns) => {
+                let meter = Meter::start(&lane.cost_args);
+                let t0 = Instant::now();
+                let streams = std::mem::take(conns);
+                let (back, n_done, h, broken) =
+                    rr_turn(streams, size, t0 + slice, &lane.errors).await?;
+                *conns = back;
+                lane.broken = broken;
+                (n_done, h, t0.elapsed(), meter.stop())
             }
-        }
-        if let Some(m) = meter {
-            lane.busy += t0.elapsed();
-            let c = m.stop();
-            lane.cost = Some(lane.cost.map_or(c, |sum| sum.plus(&c)));
+            Work::Connrate { one, concurrency } => {
+                let pace = Pace {
+                    concurrency: *concurrency,
+                    duration: slice,
+                    max_conns: max_work - done,
+                    threads: 1,
+                };
+                let t = conn_turn(&pace, one.clone(), &lane.cost_args, &lane.errors).await?;
+                (t.ok, t.hist, Duration::from_secs_f64(t.secs), t.cost)
+            }
+        };
+        done += n_done;
+        if counted {
+            lane.done += n_done;
+            lane.hist.add(h).ok();
+            lane.busy += secs;
+            lane.cost = Some(lane.cost.map_or(cost, |sum| sum.plus(&cost)));
         }
     }
+    Ok(())
+}
+
+/// One `rr` turn: every connection in a closed loop until `until`. Returns the connections,
+/// the round trips completed, their times (each connection's first left out) and whether
+/// one failed (its error counted; the failed one is dropped).
+async fn rr_turn(
+    conns: Vec<Box<dyn Io>>,
+    size: usize,
+    until: Instant,
+    errors: &Arc<Errors>,
+) -> Result<(Vec<Box<dyn Io>>, u64, Histogram<u64>, bool)> {
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|mut s| {
+            let errors = errors.clone();
+            tokio::spawn(async move {
+                let (msg, mut back) = (vec![1u8; size], vec![0u8; size]);
+                let (mut h, mut n) = (hist(), 0u64);
+                while Instant::now() < until {
+                    let r0 = Instant::now();
+                    let rt = async {
+                        s.write_all(&msg).await?;
+                        s.read_exact(&mut back).await?;
+                        std::io::Result::Ok(())
+                    };
+                    match tokio::time::timeout(Duration::from_secs(10), rt).await {
+                        Ok(Ok(())) => {
+                            if n > 0 {
+                                let _ = h.record(us(r0.elapsed()));
+                            }
+                            n += 1;
+                        }
+                        Ok(Err(e)) => {
+                            errors.add(&e);
+                            return (None, n, h);
+                        }
+                        Err(e) => {
+                            errors.add(&e);
+                            return (None, n, h);
+                        }
+                    }
+                }
+                (Some(s), n, h)
+            })
+        })
+        .collect();
+    let (mut back, mut total, mut all, mut broken) = (Vec::new(), 0, hist(), false);
+    for t in tasks {
+        let (s, n, h) = t.await?;
+        total += n;
+        all.add(h).ok();
+        match s {
+            Some(s) => back.push(s),
+            None => broken = true,
+        }
+    }
+    Ok((back, total, all, broken))
 }
 
 pub async fn run(a: InterleavedArgs) -> Result<Value> {
     if a.at.len() < 2 {
-        bail!("rr-interleaved needs two targets or more (--at name=address, repeated)");
+        bail!("interleaved needs two targets or more (--at name=address, repeated)");
     }
     for (i, (name, _)) in a.at.iter().enumerate() {
         if a.at[..i].iter().any(|(other, _)| other == name) {
             bail!("target name {name:?} is given twice");
+        }
+    }
+    for (name, _) in &a.pids {
+        if !a.at.iter().any(|(t, _)| t == name) {
+            bail!("--pids names {name:?}, which no --at names");
         }
     }
     if a.slice.is_zero() || a.slice > a.duration {
@@ -194,39 +296,83 @@ pub async fn run(a: InterleavedArgs) -> Result<Value> {
             plain: false,
             name: name.clone(),
         };
-        let d = Dialer::new(&t)?;
-        let s = d
-            .open(OP_ECHO, 0)
-            .await
-            .with_context(|| format!("connect to {name} ({addr})"))?;
-        lanes.push(Lane::new(s));
+        let d = Arc::new(Dialer::new(&t)?);
+        let work = match a.scenario {
+            Scenario::Rr => {
+                let mut conns = Vec::new();
+                for _ in 0..a.connections.max(1) {
+                    let s = d.open(OP_ECHO, 0).await;
+                    conns.push(s.with_context(|| format!("connect to {name} ({addr})"))?);
+                }
+                Work::Rr(conns)
+            }
+            Scenario::Connrate => {
+                let one: OneConn = Arc::new(move || {
+                    let d = d.clone();
+                    Box::pin(async move { echo_64(d.open(OP_ECHO, 0).await?).await })
+                });
+                Work::Connrate {
+                    one,
+                    concurrency: a.concurrency.max(1),
+                }
+            }
+        };
+        let cpu_pid = a
+            .pids
+            .iter()
+            .filter(|(t, _)| t == name)
+            .flat_map(|(_, p)| p.iter().copied())
+            .collect();
+        let cost = CostArgs {
+            proxy_core: a.proxy_core,
+            load_core: None,
+            cpu_pid,
+        };
+        lanes.push(Lane::new(work, cost));
     }
-    let cost = CostArgs {
-        proxy_core: a.proxy_core,
-        ..CostArgs::default()
-    };
     let plan = (rounds(a.warmup, a.slice), rounds(a.duration, a.slice));
-    interleave(&mut lanes, a.size, a.slice, plan, a.max_requests, &cost).await;
+    interleave(&mut lanes, a.size, a.slice, plan, a.max_work).await?;
     let mut files = Vec::new();
-    for ((name, _), mut lane) in a.at.iter().zip(lanes) {
-        let _ = lane.stream.shutdown().await;
+    for ((name, _), lane) in a.at.iter().zip(lanes) {
         let secs = lane.busy.as_secs_f64();
-        let mut v = json!({
-            "mode": "rr", "name": name, "interleaved": {"slice_ms": a.slice.as_millis(), "turns": plan.1},
-            "connections": 1, "size": a.size,
-            "seconds": secs, "requests": lane.requests,
-            "rps": if secs > 0.0 { lane.requests as f64 / secs } else { 0.0 },
-            "latency": pcts(&lane.hist),
-            "errors": u64::from(lane.error.is_some()), "first_error": lane.error,
-        });
+        let rate = if secs > 0.0 {
+            lane.done as f64 / secs
+        } else {
+            0.0
+        };
+        let turns = json!({"slice_ms": a.slice.as_millis(), "turns": plan.1});
+        let (mut v, per) = match lane.work {
+            Work::Rr(conns) => {
+                for mut s in conns {
+                    let _ = s.shutdown().await;
+                }
+                let v = json!({
+                    "mode": "rr", "name": name, "interleaved": turns,
+                    "connections": a.connections.max(1), "size": a.size,
+                    "seconds": secs, "requests": lane.done, "rps": rate,
+                    "latency": pcts(&lane.hist),
+                });
+                (v, "us_per_req")
+            }
+            Work::Connrate { concurrency, .. } => {
+                let v = json!({
+                    "mode": "connrate", "name": name, "interleaved": turns,
+                    "concurrency": concurrency,
+                    "seconds": secs, "connections": lane.done, "conn_per_s": rate,
+                    "conn_time": pcts(&lane.hist),
+                });
+                (v, "us_per_conn")
+            }
+        };
         if let Some(c) = lane.cost {
-            merge(&mut v, c.json("", "us_per_req", lane.requests as f64, 1e6));
+            merge(&mut v, c.json("", per, lane.done as f64, 1e6));
         }
+        merge(&mut v, lane.errors.json());
         let f = a.out_dir.join(format!("{}-{name}.json", a.prefix));
         std::fs::write(&f, format!("{v}\n")).with_context(|| format!("write {}", f.display()))?;
         files.push(f.display().to_string());
     }
-    Ok(json!({"mode": "rr-interleaved", "files": files}))
+    Ok(json!({"mode": "interleaved", "files": files}))
 }
 
 #[cfg(test)]
@@ -255,6 +401,8 @@ mod tests {
         assert!(parse_at("gateway").is_err());
         assert!(parse_at("=127.0.0.1:1").is_err());
         assert!(parse_at("g=nowhere").is_err());
+        assert_eq!(parse_pids("nginx=4,5"), Ok(("nginx".into(), vec![4, 5])));
+        assert!(parse_pids("nginx=4,x").is_err());
     }
 
     /// An echo peer that waits `delay` before each answer.
@@ -275,30 +423,29 @@ mod tests {
         Box::new(a)
     }
 
+    fn rr(streams: Vec<Box<dyn Io>>) -> Lane {
+        Lane::new(Work::Rr(streams), CostArgs::default())
+    }
+
     /// Each target's round trips land in its own lane, every lane gets the same measured
     /// time, and a failing target stops without stopping the others.
     #[tokio::test]
-    async fn turns_keep_targets_apart() {
+    async fn rr_turns_keep_targets_apart() {
         let (dead, peer) = duplex(64);
         drop(peer);
         let mut lanes = vec![
-            Lane::new(echo(Duration::ZERO)),
-            Lane::new(echo(Duration::from_millis(3))),
-            Lane::new(Box::new(dead)),
+            rr(vec![echo(Duration::ZERO), echo(Duration::ZERO)]),
+            rr(vec![echo(Duration::from_millis(3))]),
+            rr(vec![Box::new(dead)]),
         ];
         let slice = Duration::from_millis(20);
-        interleave(
-            &mut lanes,
-            64,
-            slice,
-            (4, 2),
-            1_000_000,
-            &CostArgs::default(),
-        )
-        .await;
+        interleave(&mut lanes, 64, slice, (4, 2), 1_000_000)
+            .await
+            .unwrap();
         let (fast, slow, failed) = (&lanes[0], &lanes[1], &lanes[2]);
-        assert!(fast.error.is_none() && slow.error.is_none());
-        assert!(failed.error.is_some() && failed.requests == 0);
+        assert!(!fast.broken && !slow.broken);
+        assert!(failed.broken && failed.done == 0);
+        assert_eq!(failed.errors.json()["errors"], 1);
         // Two measured turns of 20 ms each (the four warm-up rounds, 80 ms more, not counted).
         for l in [fast, slow] {
             let ms = l.busy.as_millis();
@@ -306,9 +453,45 @@ mod tests {
         }
         assert!(slow.hist.value_at_quantile(0.5) >= 3_000);
         assert!(fast.hist.value_at_quantile(0.5) < 3_000);
-        assert!(fast.requests > slow.requests);
-        // Per turn the first round trip is counted but not recorded.
-        assert_eq!(slow.hist.len() + 2, slow.requests);
-        assert_eq!(fast.hist.len() + 2, fast.requests);
+        assert!(fast.done > slow.done);
+        // Per turn each connection's first round trip is counted but not recorded.
+        assert_eq!(slow.hist.len() + 2, slow.done);
+        assert_eq!(fast.hist.len() + 2 * 2, fast.done);
+        let Work::Rr(kept) = &fast.work else { panic!() };
+        assert_eq!(kept.len(), 2, "the connections stay open between turns");
+    }
+
+    /// A connection-rate lane: one "connection" per `ms`, two at a time.
+    fn conns(ms: u64) -> Lane {
+        let one: OneConn = Arc::new(move || {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(())
+            })
+        });
+        Lane::new(
+            Work::Connrate {
+                one,
+                concurrency: 2,
+            },
+            CostArgs::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn connrate_turns_keep_targets_apart() {
+        let mut lanes = vec![conns(1), conns(4)];
+        interleave(&mut lanes, 64, Duration::from_millis(20), (1, 3), 1_000_000)
+            .await
+            .unwrap();
+        let (fast, slow) = (&lanes[0], &lanes[1]);
+        assert!(slow.hist.value_at_quantile(0.5) >= 4_000);
+        assert!(fast.hist.value_at_quantile(0.5) < 4_000);
+        assert!(fast.done > slow.done && slow.done >= 6);
+        assert_eq!(slow.hist.len(), slow.done);
+        for l in [fast, slow] {
+            let ms = l.busy.as_millis();
+            assert!((60..150).contains(&ms), "{ms} ms measured");
+        }
     }
 }

@@ -40,9 +40,9 @@ enum Cmd {
     Connrate(client::ConnrateArgs),
     /// Closed-loop request/response over persistent connections: requests, proxy cost, latency.
     Rr(client::RrArgs),
-    /// Closed-loop request/response at c=1 through several targets in turns of 100 ms, so a
-    /// change of the host's state falls on all alike; one `rr` result file per target.
-    RrInterleaved(interleaved::InterleavedArgs),
+    /// `rr` or `connrate` through several targets in turns, so that a change of the host's
+    /// state falls on all alike; one result file per target, in that mode's shape.
+    Interleaved(interleaved::InterleavedArgs),
     /// Bulk transfer, download then upload; MB/s.
     Throughput(client::ThroughputArgs),
     /// Open many idle connections and measure the proxy's resident memory per connection.
@@ -118,7 +118,7 @@ fn main() -> Result<()> {
         Cmd::Backend(a) => runtime(a.threads)?.block_on(backend::run(a)),
         Cmd::Connrate(a) => print(runtime(a.pace.threads)?.block_on(client::connrate(a))?),
         Cmd::Rr(a) => print(runtime(a.threads)?.block_on(client::rr(a))?),
-        Cmd::RrInterleaved(a) => print(runtime(a.threads)?.block_on(interleaved::run(a))?),
+        Cmd::Interleaved(a) => print(runtime(a.threads)?.block_on(interleaved::run(a))?),
         Cmd::Throughput(a) => print(runtime(a.threads)?.block_on(client::throughput(a))?),
         Cmd::Idle(a) => print(runtime(a.threads)?.block_on(client::idle(a))?),
         Cmd::HboneConnrate(a) => print(runtime(a.pace.threads)?.block_on(hbone::connrate(a))?),
