@@ -35,12 +35,12 @@ impl Dialer {
         let tls = if t.plain {
             None
         } else {
-            Some(TlsConnector::from(crate::tls::client_config(&t.certs)?))
+            Some(TlsConnector::from(crate::tls::client_config(&t.tls.certs)?))
         };
         Ok(Dialer {
             t: t.clone(),
             tls,
-            name: testkit::mtls::sni_server_name(&t.sni)?,
+            name: testkit::mtls::sni_server_name(&t.tls.sni)?,
         })
     }
 

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::backend::OP_ECHO;
 use crate::client::{Dialer, Errors, Io, OneConn, Pace, conn_turn, echo_64, hist, merge, pcts, us};
 use crate::cost::{Cost, CostArgs, Meter};
-use crate::{Target, parse_duration};
+use crate::{Target, Tls, parse_duration};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Scenario {
@@ -42,15 +42,8 @@ pub struct InterleavedArgs {
     /// A target's processes as `name=pid,pid`: their CPU time in its turns is reported too.
     #[arg(long = "pids", value_parser = parse_pids)]
     pub pids: Vec<(String, Vec<u32>)>,
-    /// SNI sent in every ClientHello.
-    #[arg(
-        long,
-        default_value = "outbound_.80_._.bench.default.svc.cluster.local"
-    )]
-    pub sni: String,
-    /// Directory written by `certs` (the client trusts its root).
-    #[arg(long)]
-    pub certs: PathBuf,
+    #[command(flatten)]
+    pub tls: Tls,
     /// `rr`: request and response size in bytes.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
@@ -291,8 +284,7 @@ pub async fn run(a: InterleavedArgs) -> Result<Value> {
     for (name, addr) in &a.at {
         let t = Target {
             target: *addr,
-            sni: a.sni.clone(),
-            certs: a.certs.clone(),
+            tls: a.tls.clone(),
             plain: false,
             name: name.clone(),
         };

@@ -65,12 +65,9 @@ enum Cmd {
     StealShare { file: PathBuf },
 }
 
-/// What every client mode needs to reach a target.
+/// What a client's TLS needs: the name it asks for and the root it trusts.
 #[derive(Args, Clone, Debug)]
-pub struct Target {
-    /// Address of the proxy (or of the backend for `direct`); must be in 127.0.0.0/8.
-    #[arg(long)]
-    pub target: SocketAddr,
+pub struct Tls {
     /// SNI sent in the ClientHello.
     #[arg(
         long,
@@ -80,6 +77,16 @@ pub struct Target {
     /// Directory written by `certs` (the client trusts its root).
     #[arg(long)]
     pub certs: PathBuf,
+}
+
+/// What every client mode needs to reach a target.
+#[derive(Args, Clone, Debug)]
+pub struct Target {
+    /// Address of the proxy (or of the backend for `direct`); must be in 127.0.0.0/8.
+    #[arg(long)]
+    pub target: SocketAddr,
+    #[command(flatten)]
+    pub tls: Tls,
     /// Plain TCP instead of TLS (splice experiment only).
     #[arg(long)]
     pub plain: bool,
