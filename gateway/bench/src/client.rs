@@ -162,14 +162,76 @@ pub(crate) type OneConn = Arc<
 pub(crate) async fn conn_loop(pace: &Pace, one: OneConn, cost: &CostArgs) -> Result<Value> {
     let errors = Arc::new(Errors::default());
     let t = conn_turn(pace, one, cost, &errors).await?;
+    Ok(conn_result(
+        pace.concurrency,
+        t.secs,
+        t.ok,
+        &t.hist,
+        Some(&t.cost),
+        &errors,
+    ))
+}
+
+/// Per second, 0 for an empty window.
+fn per_s(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 { n as f64 / secs } else { 0.0 }
+}
+
+/// A connection-rate result's fields: `ok` connections completed in `secs`, their times,
+/// the proxy's cost (if read) per connection, and the errors.
+pub(crate) fn conn_result(
+    concurrency: usize,
+    secs: f64,
+    ok: u64,
+    h: &Histogram<u64>,
+    cost: Option<&Cost>,
+    errors: &Errors,
+) -> Value {
     let mut v = json!({
-        "concurrency": pace.concurrency,
-        "seconds": t.secs, "connections": t.ok, "conn_per_s": t.ok as f64 / t.secs,
-        "conn_time": pcts(&t.hist),
+        "concurrency": concurrency,
+        "seconds": secs, "connections": ok, "conn_per_s": per_s(ok, secs),
+        "conn_time": pcts(h),
     });
-    merge(&mut v, t.cost.json("", "us_per_conn", t.ok as f64, 1e6));
+    if let Some(c) = cost {
+        merge(&mut v, c.json("", "us_per_conn", ok as f64, 1e6));
+    }
     merge(&mut v, errors.json());
-    Ok(v)
+    v
+}
+
+/// A closed-loop result's fields: `requests` round trips on `connections` streams of
+/// `size`-byte requests in `secs`, their times, the proxy's cost (if read) per request, and
+/// the errors.
+pub(crate) fn rr_result(
+    (connections, size): (usize, usize),
+    secs: f64,
+    requests: u64,
+    h: &Histogram<u64>,
+    cost: Option<&Cost>,
+    errors: &Errors,
+) -> Value {
+    let mut v = json!({
+        "connections": connections, "size": size,
+        "seconds": secs, "requests": requests, "rps": per_s(requests, secs),
+        "latency": pcts(h),
+    });
+    if let Some(c) = cost {
+        merge(&mut v, c.json("", "us_per_req", requests as f64, 1e6));
+    }
+    merge(&mut v, errors.json());
+    v
+}
+
+/// One closed-loop round trip: `msg` out and as many bytes back, within 10 s.
+pub(crate) async fn round_trip(s: &mut Box<dyn Io>, msg: &[u8], back: &mut [u8]) -> io::Result<()> {
+    let rt = async {
+        s.write_all(msg).await?;
+        s.read_exact(back).await?;
+        io::Result::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), rt)
+        .await
+        .map_err(|e| io::Error::new(io::ErrorKind::TimedOut, e))?
 }
 
 /// What one run of [`conn_turn`] did.
@@ -317,26 +379,13 @@ pub(crate) async fn rr_loop(conns: Vec<Box<dyn Io>>, w: &Window, cost: &CostArgs
             while !stop.load(Ordering::Relaxed) && done.load(Ordering::Relaxed) < max {
                 let t0 = Instant::now();
                 let counted = measuring.load(Ordering::Relaxed);
-                let r = async {
-                    s.write_all(&msg).await?;
-                    s.read_exact(&mut back).await?;
-                    io::Result::Ok(())
-                };
-                match tokio::time::timeout(Duration::from_secs(10), r).await {
-                    Ok(Ok(())) => {
-                        done.fetch_add(1, Ordering::Relaxed);
-                        if counted {
-                            let _ = h.record(us(t0.elapsed()));
-                        }
-                    }
-                    Ok(Err(e)) => {
-                        errors.add(&e);
-                        break;
-                    }
-                    Err(e) => {
-                        errors.add(&e);
-                        break;
-                    }
+                if let Err(e) = round_trip(&mut s, &msg, &mut back).await {
+                    errors.add(&e);
+                    break;
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+                if counted {
+                    let _ = h.record(us(t0.elapsed()));
                 }
             }
             let _ = s.shutdown().await;
@@ -358,14 +407,14 @@ pub(crate) async fn rr_loop(conns: Vec<Box<dyn Io>>, w: &Window, cost: &CostArgs
     for t in tasks {
         h.add(t.await?).ok();
     }
-    let mut v = json!({
-        "connections": n, "size": w.size,
-        "seconds": secs, "requests": requests, "rps": requests as f64 / secs,
-        "latency": pcts(&h),
-    });
-    merge(&mut v, spent.json("", "us_per_req", requests as f64, 1e6));
-    merge(&mut v, errors.json());
-    Ok(v)
+    Ok(rr_result(
+        (n, w.size),
+        secs,
+        requests,
+        &h,
+        Some(&spent),
+        &errors,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------

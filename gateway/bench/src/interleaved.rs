@@ -16,10 +16,13 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::backend::OP_ECHO;
-use crate::client::{Dialer, Errors, Io, OneConn, Pace, conn_turn, echo_64, hist, merge, pcts, us};
+use crate::client::{
+    Dialer, Errors, Io, OneConn, Pace, conn_result, conn_turn, echo_64, hist, merge, round_trip,
+    rr_result, us,
+};
 use crate::cost::{Cost, CostArgs, Meter};
 use crate::{Target, Tls, parse_duration};
 
@@ -224,27 +227,14 @@ async fn rr_turn(
                 let (mut h, mut n) = (hist(), 0u64);
                 while Instant::now() < until {
                     let r0 = Instant::now();
-                    let rt = async {
-                        s.write_all(&msg).await?;
-                        s.read_exact(&mut back).await?;
-                        std::io::Result::Ok(())
-                    };
-                    match tokio::time::timeout(Duration::from_secs(10), rt).await {
-                        Ok(Ok(())) => {
-                            if n > 0 {
-                                let _ = h.record(us(r0.elapsed()));
-                            }
-                            n += 1;
-                        }
-                        Ok(Err(e)) => {
-                            errors.add(&e);
-                            return (None, n, h);
-                        }
-                        Err(e) => {
-                            errors.add(&e);
-                            return (None, n, h);
-                        }
+                    if let Err(e) = round_trip(&mut s, &msg, &mut back).await {
+                        errors.add(&e);
+                        return (None, n, h);
                     }
+                    if n > 0 {
+                        let _ = h.record(us(r0.elapsed()));
+                    }
+                    n += 1;
                 }
                 (Some(s), n, h)
             })
@@ -327,39 +317,23 @@ pub async fn run(a: InterleavedArgs) -> Result<Value> {
     let mut files = Vec::new();
     for ((name, _), lane) in a.at.iter().zip(lanes) {
         let secs = lane.busy.as_secs_f64();
-        let rate = if secs > 0.0 {
-            lane.done as f64 / secs
-        } else {
-            0.0
-        };
-        let turns = json!({"slice_ms": a.slice.as_millis(), "turns": plan.1});
-        let (mut v, per) = match lane.work {
+        let (h, cost, errors) = (&lane.hist, lane.cost.as_ref(), &lane.errors);
+        let (mode, result) = match lane.work {
             Work::Rr(conns) => {
                 for mut s in conns {
                     let _ = s.shutdown().await;
                 }
-                let v = json!({
-                    "mode": "rr", "name": name, "interleaved": turns,
-                    "connections": a.connections.max(1), "size": a.size,
-                    "seconds": secs, "requests": lane.done, "rps": rate,
-                    "latency": pcts(&lane.hist),
-                });
-                (v, "us_per_req")
+                let shape = (a.connections.max(1), a.size);
+                ("rr", rr_result(shape, secs, lane.done, h, cost, errors))
             }
             Work::Connrate { concurrency, .. } => {
-                let v = json!({
-                    "mode": "connrate", "name": name, "interleaved": turns,
-                    "concurrency": concurrency,
-                    "seconds": secs, "connections": lane.done, "conn_per_s": rate,
-                    "conn_time": pcts(&lane.hist),
-                });
-                (v, "us_per_conn")
+                let r = conn_result(concurrency, secs, lane.done, h, cost, errors);
+                ("connrate", r)
             }
         };
-        if let Some(c) = lane.cost {
-            merge(&mut v, c.json("", per, lane.done as f64, 1e6));
-        }
-        merge(&mut v, lane.errors.json());
+        let turns = json!({"slice_ms": a.slice.as_millis(), "turns": plan.1});
+        let mut v = json!({"mode": mode, "name": name, "interleaved": turns});
+        merge(&mut v, result);
         let f = a.out_dir.join(format!("{}-{name}.json", a.prefix));
         std::fs::write(&f, format!("{v}\n")).with_context(|| format!("write {}", f.display()))?;
         files.push(f.display().to_string());
@@ -370,7 +344,7 @@ pub async fn run(a: InterleavedArgs) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::duplex;
+    use tokio::io::{AsyncReadExt, duplex};
 
     #[test]
     fn each_round_starts_one_target_later() {
