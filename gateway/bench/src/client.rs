@@ -490,6 +490,7 @@ impl BulkTotal {
             proc_s: self.proc_s,
             user_s: None,
             steal_s: None,
+            core_sampled_s: None,
             load_s: self.load_s,
         };
         let mut v = total.json("", "s_per_gb", self.bytes as f64 / 1e9, 1.0);

@@ -1,11 +1,18 @@
 //! What a scenario cost the proxy, read from the kernel around the measured window: busy time
-//! of the core the proxy is pinned to (`/proc/stat`: everything but idle and iowait, so the
-//! kernel's TCP work done on that core counts too) and the CPU time of the proxy's processes
-//! (`/proc/<pid>/stat`, all threads). The first is the figure compared; the second is a
-//! cross-check that stays right when something else ran on the core.
+//! of the core the proxy is pinned to (the window's length less the core's idle, iowait and
+//! steal time from `/proc/stat`, so the kernel's TCP work done on that core counts too) and
+//! the CPU time of the proxy's processes (`/proc/<pid>/stat`, all threads). The first is the
+//! figure compared; the second is a cross-check that stays right when something else ran on
+//! the core.
+//!
+//! Why length less idle rather than the sum of the busy fields: with tick-based CPU
+//! accounting the kernel samples user, system, irq and softirq at its tick (250 Hz here), but
+//! it measures idle exactly on a tickless kernel (`get_cpu_idle_time_us`, stamped at every
+//! idle entry and exit). The busy fields' sum is kept as `core_sampled_s` for comparison.
 
 use clap::Args;
 use serde_json::{Value, json};
+use std::time::Instant;
 
 /// USER_HZ: 100 on every Linux architecture this runs on.
 const TICKS: f64 = 100.0;
@@ -45,6 +52,9 @@ pub struct Cost {
     pub user_s: Option<f64>,
     /// Time the hypervisor ran another guest on the proxy's core: a disturbed window.
     pub steal_s: Option<f64>,
+    /// The proxy core's busy time as the kernel's tick sampled it (user + nice + system +
+    /// irq + softirq): the figure `core_s` was before, for comparison.
+    pub core_sampled_s: Option<f64>,
     /// Busy time of the load generator's core (client and backend).
     pub load_s: Option<f64>,
 }
@@ -63,9 +73,11 @@ impl Meter {
     pub fn stop(&self) -> Cost {
         let (now, then) = (CoreTicks::read(self.core, self.load), &self.ticks0);
         let secs = |b: Option<u64>, a: Option<u64>| Some(b?.saturating_sub(a?) as f64 / TICKS);
-        let core_s = secs(now.busy, then.busy);
-        let load_s = secs(now.load, then.load);
+        let window = now.at.saturating_duration_since(then.at).as_secs_f64();
+        let core_s = secs(now.proxy_away, then.proxy_away).map(|away| busy(window, away));
+        let load_s = secs(now.load_away, then.load_away).map(|away| busy(window, away));
         let steal_s = secs(now.steal, then.steal);
+        let core_sampled_s = secs(now.busy, then.busy);
         let (proc_s, user_s) = if self.pids.is_empty() {
             (None, None)
         } else {
@@ -81,9 +93,17 @@ impl Meter {
             proc_s,
             user_s,
             steal_s,
+            core_sampled_s,
             load_s,
         }
     }
+}
+
+/// A core's busy time in a window of `window` seconds of which it spent `away` idle, waiting
+/// for I/O or stolen. `/proc/stat` counts in whole hundredths, so a window's figure is good to
+/// 10 ms; over many windows those errors average out.
+fn busy(window: f64, away: f64) -> f64 {
+    (window - away).max(0.0)
 }
 
 impl Cost {
@@ -95,6 +115,7 @@ impl Cost {
             proc_s: add(self.proc_s, o.proc_s),
             user_s: add(self.user_s, o.user_s),
             steal_s: add(self.steal_s, o.steal_s),
+            core_sampled_s: add(self.core_sampled_s, o.core_sampled_s),
             load_s: add(self.load_s, o.load_s),
         }
     }
@@ -112,22 +133,27 @@ impl Cost {
             format!("{prefix}user_s"): self.user_s,
             format!("{prefix}user_{per}"): per_unit(self.user_s),
             format!("{prefix}steal_s"): self.steal_s,
+            format!("{prefix}core_sampled_s"): self.core_sampled_s,
             format!("{prefix}load_s"): self.load_s,
             format!("{prefix}load_{per}"): per_unit(self.load_s),
         })
     }
 }
 
-/// The proxy core's busy and steal ticks and the load core's busy ticks, from one read of
-/// `/proc/stat`, so all three cover the same instant.
+/// The proxy core's and the load core's ticks away from work (idle, iowait, steal), the proxy
+/// core's steal and sampled busy ticks, from one read of `/proc/stat` taken at `at`, so all
+/// cover the same instant.
 struct CoreTicks {
+    at: Instant,
+    proxy_away: Option<u64>,
     busy: Option<u64>,
     steal: Option<u64>,
-    load: Option<u64>,
+    load_away: Option<u64>,
 }
 
 impl CoreTicks {
     fn read(core: Option<usize>, load: Option<usize>) -> CoreTicks {
+        let at = Instant::now();
         let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
         let line = |core: Option<usize>| {
             let name = format!("cpu{}", core?);
@@ -136,24 +162,37 @@ impl CoreTicks {
         };
         let proxy = line(core);
         CoreTicks {
+            at,
+            proxy_away: proxy.and_then(parse_away),
             busy: proxy.and_then(parse_busy),
             steal: proxy.and_then(|l| l.split_whitespace().nth(8)?.parse().ok()),
-            load: line(load).and_then(parse_busy),
+            load_away: line(load).and_then(parse_away),
         }
     }
+}
+
+/// Ticks of one `/proc/stat` core line the core did not work: idle + iowait + steal.
+fn parse_away(line: &str) -> Option<u64> {
+    let f = fields(line)?;
+    // user nice system idle iowait irq softirq steal ...
+    Some(f.get(3)? + f.get(4)? + f.get(7)?)
 }
 
 /// Busy ticks of one `/proc/stat` core line: user + nice + system + irq + softirq (guest
 /// time is already inside user). Steal, time the hypervisor gave to another guest, is not
 /// the proxy's.
 fn parse_busy(line: &str) -> Option<u64> {
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
+    let f = fields(line)?;
     // user nice system idle iowait irq softirq steal ...
     Some(f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?)
+}
+
+/// The numbers of one `/proc/stat` core line, after its name.
+fn fields(line: &str) -> Option<Vec<u64>> {
+    line.split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().ok())
+        .collect()
 }
 
 /// utime + stime of the processes, in clock ticks (all threads).
@@ -187,7 +226,13 @@ mod tests {
     fn busy_excludes_idle_iowait_and_steal() {
         let l = "cpu0 10 1 5 1000 50 2 3 4 0 0";
         assert_eq!(parse_busy(l), Some(10 + 1 + 5 + 2 + 3));
+        assert_eq!(parse_away(l), Some(1000 + 50 + 4));
         assert_eq!(parse_busy("cpu0 1 2"), None);
+        assert_eq!(parse_away("cpu0 1 2 3 4 5 6 7"), None);
+        assert_eq!(parse_away("cpu0 1 2 3 x 5 6 7 8"), None);
+        assert!((busy(1.0, 0.7) - 0.3).abs() < 1e-9);
+        // Whole hundredths can put `away` past a short window: never below zero.
+        assert_eq!(busy(0.004, 0.01), 0.0);
     }
 
     #[test]
@@ -200,7 +245,7 @@ mod tests {
     #[test]
     fn this_machine_has_core_zero() {
         let t = CoreTicks::read(Some(0), Some(100_000));
-        assert!(t.busy.is_some() && t.steal.is_some());
-        assert!(t.load.is_none());
+        assert!(t.busy.is_some() && t.steal.is_some() && t.proxy_away.is_some());
+        assert!(t.load_away.is_none());
     }
 }
