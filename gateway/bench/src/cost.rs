@@ -242,6 +242,38 @@ mod tests {
         assert_eq!(parse_times("42 (x) S 1"), None);
     }
 
+    /// On the real kernel: a process spinning on core 0 keeps the core busy for at least its
+    /// own CPU time, and for no longer than the window.
+    #[test]
+    fn a_spinning_process_is_busy_time_of_its_core() {
+        let mut spin = std::process::Command::new("taskset")
+            .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+            .spawn()
+            .expect("taskset (util-linux) starts");
+        // taskset sets the affinity and execs the shell, keeping its pid.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let args = CostArgs {
+            proxy_core: Some(0),
+            load_core: None,
+            cpu_pid: vec![spin.id()],
+        };
+        let began = Instant::now();
+        let meter = Meter::start(&args);
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        let cost = meter.stop();
+        let window = began.elapsed().as_secs_f64();
+        let _ = spin.kill();
+        let _ = spin.wait();
+        let (core, cpu) = (cost.core_s.unwrap(), cost.proc_s.unwrap());
+        assert!(cpu > 0.1, "the spinner ran: {cpu} s");
+        // `/proc/stat` and `/proc/<pid>/stat` count in hundredths: 20 ms of rounding each.
+        assert!(core + 0.025 >= cpu, "core {core} s < the spinner's {cpu} s");
+        assert!(
+            core <= window + 0.025,
+            "core {core} s > the window's {window} s"
+        );
+    }
+
     #[test]
     fn this_machine_has_core_zero() {
         let t = CoreTicks::read(Some(0), Some(100_000));
