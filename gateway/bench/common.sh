@@ -111,7 +111,10 @@ EOT
 # callgrind.sh turns it off so that the process it counts is the worker.
 # map_hash_bucket_size: Istio's SNI names are long; with nginx's default (one cache line)
 # nginx refuses the map ("could not build map_hash, you should increase map_hash_bucket_size").
-write_nginx_conf() { # prefix listen sni backend nofile master(on|off)
+# half_close (on|off, default off, nginx's default): `proxy_half_close on` (nginx 1.21.4+)
+# passes a FIN on as a write shutdown and waits for the other side's, as HAProxy and the
+# gateway do; off, nginx ends the session at the first FIN and closes both sides.
+write_nginx_conf() { # prefix listen sni backend nofile master(on|off) [half_close(on|off)]
   mkdir -p "$1/logs"
   cat >"$1/nginx.conf" <<EOT
 load_module ${NGINX_STREAM_MOD:-/usr/lib/nginx/modules/ngx_stream_module.so};
@@ -139,6 +142,7 @@ stream {
         proxy_connect_timeout 1s;
         proxy_timeout 1h;
         tcp_nodelay on;
+$([[ "${7:-off}" == on ]] && echo "        proxy_half_close on;")
     }
 }
 EOT

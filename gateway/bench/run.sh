@@ -73,11 +73,12 @@ P="${BENCH_PORT_BASE:-27000}"
 bench_addresses "$P"
 HA_ADDR="127.0.0.1:$((P + 2))"
 NG_ADDR="127.0.0.1:$((P + 3))"
+NGHC_ADDR="127.0.0.1:$((P + 4))"
 
-ports_free "$BACKEND" "$BACKEND_PLAIN" "$GW_HBONE" "$HB_DEST" "$GW_ADDR" "$GW_ADMIN" "$HA_ADDR" "$NG_ADDR"
+ports_free "$BACKEND" "$BACKEND_PLAIN" "$GW_HBONE" "$HB_DEST" "$GW_ADDR" "$GW_ADMIN" "$HA_ADDR" "$NG_ADDR" "$NGHC_ADDR"
 
 OUT="${BENCH_OUT:-$(mktemp -d /tmp/sni-bench.XXXXXX)}"
-mkdir -p "$OUT/res" "$OUT/nginx/logs"
+mkdir -p "$OUT/res" "$OUT/nginx/logs" "$OUT/nginx-hc/logs"
 CERTS="$OUT/certs"
 PIDS=()
 RUN_PIDS=()
@@ -112,6 +113,9 @@ fi
 write_endpoints "$OUT/endpoints.yaml" hbone
 write_haproxy_cfg "$OUT/haproxy.cfg" "$HA_ADDR" "$SNI" "$BACKEND"
 write_nginx_conf "$OUT/nginx" "$NG_ADDR" "$SNI" "$BACKEND" "$NOFILE" on
+# A second nginx that passes half-closes on (`proxy_half_close on`), as HAProxy and the
+# gateway do: measured beside the others for new connections only (README: "Half-close").
+write_nginx_conf "$OUT/nginx-hc" "$NGHC_ADDR" "$SNI" "$BACKEND" "$NOFILE" on on
 
 # --- proxies (CPU 0, restarted for every run) -------------------------------------------------
 start_proxies() { # run
@@ -122,20 +126,24 @@ start_proxies() { # run
   HA_PID=$!
   "${ON_PROXY[@]}" "$NGINX" -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -e "$OUT/nginx/logs/error.log" 2>>"$OUT/nginx.log" &
   NG_PID=$!
-  RUN_PIDS=("$GW_PID" "$HA_PID" "$NG_PID")
-  for a in "$BACKEND" "$GW_ADDR" "$HA_ADDR" "$NG_ADDR"; do wait_port "$a"; done
+  "${ON_PROXY[@]}" "$NGINX" -p "$OUT/nginx-hc" -c "$OUT/nginx-hc/nginx.conf" -e "$OUT/nginx-hc/logs/error.log" 2>>"$OUT/nginx-hc.log" &
+  NGHC_PID=$!
+  RUN_PIDS=("$GW_PID" "$HA_PID" "$NG_PID" "$NGHC_PID")
+  for a in "$BACKEND" "$GW_ADDR" "$HA_ADDR" "$NG_ADDR" "$NGHC_ADDR"; do wait_port "$a"; done
   if [[ "$HBONE" == 1 ]]; then wait_port "$GW_HBONE"; wait_port "$HB_DEST"; fi
   sleep 0.5
   NG_WORKERS="$(pgrep -P "$NG_PID" | paste -sd, -)"
   [[ -n "$NG_WORKERS" ]] || { echo "nginx has no workers" >&2; cat "$OUT/nginx/logs/error.log" >&2; exit 1; }
+  NGHC_WORKERS="$(pgrep -P "$NGHC_PID" | paste -sd, -)"
+  [[ -n "$NGHC_WORKERS" ]] || { echo "nginx (half-close) has no workers" >&2; cat "$OUT/nginx-hc/logs/error.log" >&2; exit 1; }
 }
 stop_proxies() {
   for p in "${RUN_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${RUN_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 }
 
-addr_of() { case "$1" in direct) echo "$BACKEND" ;; gateway) echo "$GW_ADDR" ;; haproxy) echo "$HA_ADDR" ;; nginx) echo "$NG_ADDR" ;; esac; }
-pids_of() { case "$1" in gateway) echo "$GW_PID" ;; haproxy) echo "$HA_PID" ;; nginx) echo "$NG_PID,$NG_WORKERS" ;; direct) echo "" ;; esac; }
+addr_of() { case "$1" in direct) echo "$BACKEND" ;; gateway) echo "$GW_ADDR" ;; haproxy) echo "$HA_ADDR" ;; nginx) echo "$NG_ADDR" ;; nginx-hc) echo "$NGHC_ADDR" ;; esac; }
+pids_of() { case "$1" in gateway) echo "$GW_PID" ;; haproxy) echo "$HA_PID" ;; nginx) echo "$NG_PID,$NG_WORKERS" ;; nginx-hc) echo "$NGHC_PID,$NGHC_WORKERS" ;; direct) echo "" ;; esac; }
 common() { echo --target "$(addr_of "$1")" --sni "$SNI" --certs "$CERTS" --name "$1" --threads 1; }
 cost() { # target
   local pids; pids="$(pids_of "$1")"
@@ -228,10 +236,10 @@ for r in $(seq 1 "$RUNS"); do
   (( ${NOISE[-1]} <= 5 )) || echo "warning: CPU $PROXY_CPU was ${NOISE[-1]}% busy with the proxies idle; figures include that load" >&2
   # Rotate the order, so no proxy always goes first or last.
   read -r -a ORDER <<<"${ORDERS[$(( (r - 1) % 3 ))]}"
-  for t in "${ORDER[@]}"; do # warm-up: page-in, allocator, first handshakes
+  for t in "${ORDER[@]}" nginx-hc; do # warm-up: page-in, allocator, first handshakes
     "${ON_LOAD[@]}" "$SB" connrate $(common "$t") --concurrency 4 --duration 300ms >/dev/null
   done
-  turns "$D" connrate 250ms "${ORDER[*]}" --scenario connrate --concurrency "$CONNRATE_CONC" \
+  turns "$D" connrate 250ms "${ORDER[*]} nginx-hc" --scenario connrate --concurrency "$CONNRATE_CONC" \
     --duration "$DUR" --warmup 0s
   turns "$D" rr32 250ms "${ORDER[*]}" --scenario rr --connections "$RR_CONNS" --size 64 \
     --duration "$DUR" --warmup "$WARM"
