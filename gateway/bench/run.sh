@@ -215,13 +215,17 @@ hb() { # run-dir scenario-name mode direct|gateway args...
 }
 
 # Busy share of the proxy core over one second with the proxies idle: other load on CPU 0
-# would be counted as the proxy's.
+# would be counted as the proxy's. Busy as sni-bench counts it: the window less the core's
+# idle, iowait and steal time (in hundredths of a second).
 quiet_core() {
-  local a b
-  read -r -a a < <(grep "^cpu$PROXY_CPU " /proc/stat); sleep 1; read -r -a b < <(grep "^cpu$PROXY_CPU " /proc/stat)
-  local busy=$(( (b[1]+b[2]+b[3]+b[6]+b[7]) - (a[1]+a[2]+a[3]+a[6]+a[7]) ))
-  local all=$(( busy + (b[4]+b[5]+b[8]) - (a[4]+a[5]+a[8]) ))
-  echo $(( all > 0 ? busy * 100 / all : 0 ))
+  local a b t0 t1
+  t0=$(date +%s%N); read -r -a a < <(grep "^cpu$PROXY_CPU " /proc/stat)
+  sleep 1
+  t1=$(date +%s%N); read -r -a b < <(grep "^cpu$PROXY_CPU " /proc/stat)
+  local window=$(( (t1 - t0) / 10000000 ))
+  local away=$(( (b[4]+b[5]+b[8]) - (a[4]+a[5]+a[8]) ))
+  local busy=$(( window > away ? window - away : 0 ))
+  echo $(( window > 0 ? busy * 100 / window : 0 ))
 }
 
 START=$(date +%s)
