@@ -126,17 +126,26 @@ else
 fi
 
 # --- proxies (CPU 0, restarted for every run) -------------------------------------------------
+start_nginx() { # prefix log: one nginx from its directory; $! is its master
+  "${ON_PROXY[@]}" "$NGINX" -p "$1" -c "$1/nginx.conf" -e "$1/logs/error.log" 2>>"$2" &
+}
+nginx_workers() { # master-pid prefix: its workers' pids, comma-separated
+  local w
+  w="$(pgrep -P "$1" | paste -sd, -)"
+  [[ -n "$w" ]] || { echo "nginx ($2) has no workers" >&2; cat "$2/logs/error.log" >&2; return 1; }
+  echo "$w"
+}
 start_proxies() { # run
   RUST_LOG=warn TOKIO_WORKER_THREADS=1 "${ON_PROXY[@]}" "$GW" --listen "$GW_ADDR" --admin "$GW_ADMIN" \
     --endpoints "$OUT/endpoints.yaml" --max-connections 100000 "${GW_HBONE_ARGS[@]}" 2>>"$OUT/gateway.log" &
   GW_PID=$!
   "${ON_PROXY[@]}" "$HAPROXY" -db -f "$OUT/haproxy.cfg" 2>>"$OUT/haproxy.log" &
   HA_PID=$!
-  "${ON_PROXY[@]}" "$NGINX" -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -e "$OUT/nginx/logs/error.log" 2>>"$OUT/nginx.log" &
+  start_nginx "$OUT/nginx" "$OUT/nginx.log"
   NG_PID=$!
   RUN_PIDS=("$GW_PID" "$HA_PID" "$NG_PID")
   if (( ${#NGHC[@]} )); then
-    "${ON_PROXY[@]}" "$NGINX" -p "$OUT/nginx-hc" -c "$OUT/nginx-hc/nginx.conf" -e "$OUT/nginx-hc/logs/error.log" 2>>"$OUT/nginx-hc.log" &
+    start_nginx "$OUT/nginx-hc" "$OUT/nginx-hc.log"
     NGHC_PID=$!
     RUN_PIDS+=("$NGHC_PID")
     wait_port "$NGHC_ADDR"
@@ -144,12 +153,8 @@ start_proxies() { # run
   for a in "$BACKEND" "$GW_ADDR" "$HA_ADDR" "$NG_ADDR"; do wait_port "$a"; done
   if [[ "$HBONE" == 1 ]]; then wait_port "$GW_HBONE"; wait_port "$HB_DEST"; fi
   sleep 0.5
-  NG_WORKERS="$(pgrep -P "$NG_PID" | paste -sd, -)"
-  [[ -n "$NG_WORKERS" ]] || { echo "nginx has no workers" >&2; cat "$OUT/nginx/logs/error.log" >&2; exit 1; }
-  if (( ${#NGHC[@]} )); then
-    NGHC_WORKERS="$(pgrep -P "$NGHC_PID" | paste -sd, -)"
-    [[ -n "$NGHC_WORKERS" ]] || { echo "nginx (half-close) has no workers" >&2; cat "$OUT/nginx-hc/logs/error.log" >&2; exit 1; }
-  fi
+  NG_WORKERS="$(nginx_workers "$NG_PID" "$OUT/nginx")"
+  if (( ${#NGHC[@]} )); then NGHC_WORKERS="$(nginx_workers "$NGHC_PID" "$OUT/nginx-hc")"; fi
 }
 stop_proxies() {
   for p in "${RUN_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -228,19 +233,9 @@ hb() { # run-dir scenario-name mode direct|gateway args...
   cat "$dir/$name-$k.json" >&2
 }
 
-# Busy share of the proxy core over one second with the proxies idle: other load on CPU 0
-# would be counted as the proxy's. Busy as sni-bench counts it: the window less the core's
-# idle, iowait and steal time (in hundredths of a second).
-quiet_core() {
-  local a b t0 t1
-  t0=$(date +%s%N); read -r -a a < <(grep "^cpu$PROXY_CPU " /proc/stat)
-  sleep 1
-  t1=$(date +%s%N); read -r -a b < <(grep "^cpu$PROXY_CPU " /proc/stat)
-  local window=$(( (t1 - t0) / 10000000 ))
-  local away=$(( (b[4]+b[5]+b[8]) - (a[4]+a[5]+a[8]) ))
-  local busy=$(( window > away ? window - away : 0 ))
-  echo $(( window > 0 ? busy * 100 / window : 0 ))
-}
+# Busy share (%) of the proxy core over one second with the proxies idle: other load on
+# CPU 0 would be counted as the proxy's.
+quiet_core() { "$SB" core-busy --core "$PROXY_CPU" --window 1s; }
 
 START=$(date +%s)
 NOISE=()

@@ -12,7 +12,7 @@
 
 use clap::Args;
 use serde_json::{Value, json};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// USER_HZ: 100 on every Linux architecture this runs on.
 const TICKS: f64 = 100.0;
@@ -99,6 +99,20 @@ impl Meter {
     }
 }
 
+/// Share of `window` (0 to 1) that `core` was busy, counted as every cost window is: for
+/// run.sh's check that the proxy core is quiet before a run. `None` without such a core.
+pub fn busy_share(core: usize, window: Duration) -> Option<f64> {
+    let args = CostArgs {
+        proxy_core: Some(core),
+        ..CostArgs::default()
+    };
+    let began = Instant::now();
+    let meter = Meter::start(&args);
+    std::thread::sleep(window);
+    let busy = meter.stop().core_s?;
+    Some(busy / began.elapsed().as_secs_f64())
+}
+
 /// A core's busy time in a window of `window` seconds of which it spent `away` idle, waiting
 /// for I/O or stolen. `/proc/stat` counts in whole hundredths, so a window's figure is good to
 /// 10 ms; over many windows those errors average out.
@@ -155,39 +169,40 @@ impl CoreTicks {
     fn read(core: Option<usize>, load: Option<usize>) -> CoreTicks {
         let at = Instant::now();
         let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let line = |core: Option<usize>| {
+        // The numbers of a core's line, parsed once for every figure taken from it.
+        let fields = |core: Option<usize>| {
             let name = format!("cpu{}", core?);
             stat.lines()
                 .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+                .and_then(fields)
         };
-        let proxy = line(core);
+        let proxy = fields(core);
+        let proxy = proxy.as_deref();
         CoreTicks {
             at,
-            proxy_away: proxy.and_then(parse_away),
-            busy: proxy.and_then(parse_busy),
-            steal: proxy.and_then(|l| l.split_whitespace().nth(8)?.parse().ok()),
-            load_away: line(load).and_then(parse_away),
+            proxy_away: proxy.and_then(away),
+            busy: proxy.and_then(busy_ticks),
+            steal: proxy.and_then(|f| f.get(7).copied()),
+            load_away: fields(load).as_deref().and_then(away),
         }
     }
 }
 
-/// Ticks of one `/proc/stat` core line the core did not work: idle + iowait + steal.
-fn parse_away(line: &str) -> Option<u64> {
-    let f = fields(line)?;
-    // user nice system idle iowait irq softirq steal ...
+// The fields of a `/proc/stat` core line after its name:
+// user nice system idle iowait irq softirq steal ...
+
+/// Ticks the core did not work: idle + iowait + steal.
+fn away(f: &[u64]) -> Option<u64> {
     Some(f.get(3)? + f.get(4)? + f.get(7)?)
 }
 
-/// Busy ticks of one `/proc/stat` core line: user + nice + system + irq + softirq (guest
-/// time is already inside user). Steal, time the hypervisor gave to another guest, is not
-/// the proxy's.
-fn parse_busy(line: &str) -> Option<u64> {
-    let f = fields(line)?;
-    // user nice system idle iowait irq softirq steal ...
+/// Busy ticks as the tick samples them: user + nice + system + irq + softirq (guest time is
+/// already inside user). Steal, time the hypervisor gave to another guest, is not the proxy's.
+fn busy_ticks(f: &[u64]) -> Option<u64> {
     Some(f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?)
 }
 
-/// The numbers of one `/proc/stat` core line, after its name.
+/// The numbers of one `/proc/stat` core line, after its name; none if any is not a number.
 fn fields(line: &str) -> Option<Vec<u64>> {
     line.split_whitespace()
         .skip(1)
@@ -224,12 +239,12 @@ mod tests {
 
     #[test]
     fn busy_excludes_idle_iowait_and_steal() {
-        let l = "cpu0 10 1 5 1000 50 2 3 4 0 0";
-        assert_eq!(parse_busy(l), Some(10 + 1 + 5 + 2 + 3));
-        assert_eq!(parse_away(l), Some(1000 + 50 + 4));
-        assert_eq!(parse_busy("cpu0 1 2"), None);
-        assert_eq!(parse_away("cpu0 1 2 3 4 5 6 7"), None);
-        assert_eq!(parse_away("cpu0 1 2 3 x 5 6 7 8"), None);
+        let l = fields("cpu0 10 1 5 1000 50 2 3 4 0 0").unwrap();
+        assert_eq!(busy_ticks(&l), Some(10 + 1 + 5 + 2 + 3));
+        assert_eq!(away(&l), Some(1000 + 50 + 4));
+        assert_eq!(busy_ticks(&fields("cpu0 1 2").unwrap()), None);
+        assert_eq!(away(&fields("cpu0 1 2 3 4 5 6 7").unwrap()), None);
+        assert_eq!(fields("cpu0 1 2 3 x 5 6 7 8"), None);
         assert!((busy(1.0, 0.7) - 0.3).abs() < 1e-9);
         // Whole hundredths can put `away` past a short window: never below zero.
         assert_eq!(busy(0.004, 0.01), 0.0);

@@ -63,6 +63,14 @@ enum Cmd {
     /// proxy's core (0 when the result has no steal figure), then `retry` when that is over
     /// the limit above which run.sh measures the window again, else `ok`.
     StealShare { file: PathBuf },
+    /// Print the percentage of `--window` that core `--core` was busy, counted as the cost
+    /// figures are (the window less the core's idle, iowait and steal time).
+    CoreBusy {
+        #[arg(long)]
+        core: usize,
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        window: Duration,
+    },
 }
 
 /// What a client's TLS needs: the name it asks for and the root it trusts.
@@ -120,6 +128,12 @@ fn main() -> Result<()> {
             let pct = report::steal_share(&v) * 100.0;
             let verdict = if report::disturbed(&v) { "retry" } else { "ok" };
             println!("{pct:.1} {verdict}");
+            Ok(())
+        }
+        Cmd::CoreBusy { core, window } => {
+            let share = cost::busy_share(core, window)
+                .with_context(|| format!("/proc/stat has no line for cpu{core}"))?;
+            println!("{:.0}", share * 100.0);
             Ok(())
         }
         Cmd::Backend(a) => runtime(a.threads)?.block_on(backend::run(a)),

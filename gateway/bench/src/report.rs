@@ -19,8 +19,6 @@ pub struct ReportArgs {
     pub machine: Option<PathBuf>,
 }
 
-const PROXIES: [&str; 3] = ["haproxy", "nginx", "gateway"];
-
 struct Row {
     label: &'static str,
     scenario: &'static str,
@@ -347,7 +345,7 @@ fn table(runs: &Runs, n: usize) -> String {
     out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
     let st = |r: &Row, t: &str| stat(runs.values(r.scenario, t, r.ptr, r.scale));
     for r in ROWS {
-        let [h, g_n, g] = PROXIES.map(|t| st(r, if t == "nginx" { r.nginx } else { t }));
+        let [h, g_n, g] = ["haproxy", r.nginx, "gateway"].map(|t| st(r, t));
         let direct = if r.direct { st(r, "direct") } else { None };
         let _ = writeln!(
             out,
@@ -566,8 +564,8 @@ fn targets(runs: &Runs) -> String {
         .reduce(|a, b| if b.0 > a.0 { b } else { a });
     let worst_p99 = worst.map(|w| w.0);
     // (target, value, process-CPU cross-check, op, goal). The verdict is the figure,
-    // the proxy core's; the cross-check is the processes' own CPU time, which the kernel
-    // keeps exactly where the core's busy time is sampled at its tick (bench README).
+    // the proxy core's; the cross-check is the processes' own CPU time, which leaves out
+    // other work on the core (bench README, "How precise").
     type Check<'a> = (&'a str, Option<f64>, Option<f64>, &'a str, f64);
     let checks: [Check; 6] = [
         (
