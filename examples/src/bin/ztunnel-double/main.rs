@@ -130,17 +130,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Runs a destination double on `listen` with its app on a loopback port, printing each
-/// request head it records (peer identity, authority, status) as it arrives. The double
-/// takes its certificate at start; ztunnel gets a new one from istiod when trust rotates, so
-/// when the files change (polled) this restarts the double on the same address with them.
-/// Tunnels already open keep running; a connect in the moment between the two listeners is
-/// refused (the gateway retries another endpoint).
+/// request head it records (peer identity, authority, status) as it arrives. ztunnel gets a
+/// new certificate from istiod when trust rotates and keeps its listener; so when the files
+/// change (polled), new connections get the new certificate and tunnels already open keep
+/// running.
 async fn destination(certs: &Path, listen: SocketAddr, name: String) -> anyhow::Result<()> {
     let app = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let app_addr = app.local_addr()?;
     tokio::spawn(named_app(app, name.clone()));
     let mut files = read_certs(certs)?;
-    let mut dest = start_destination(certs, listen, app_addr).await?;
+    let dest = DestinationZtunnel::start_with(server_config(certs)?, listen, app_addr)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
     eprintln!(
         "[{name}] destination ztunnel listening on {} (app {app_addr})",
         dest.addr()
@@ -165,18 +166,16 @@ async fn destination(certs: &Path, listen: SocketAddr, name: String) -> anyhow::
         if tick % 2 == 1 {
             match read_certs(certs) {
                 Ok(now) if now != files => {
-                    if let Err(e) = Identity::load_dir(certs) {
-                        eprintln!(
-                            "[{name}] certificates not reloaded ({e}); still serving the previous ones"
-                        );
-                        files = now;
-                        continue;
-                    }
-                    drop(dest);
-                    dest = start_destination(certs, listen, app_addr).await?;
-                    printed = 0;
                     files = now;
-                    eprintln!("[{name}] certificates reloaded from {}", certs.display());
+                    match server_config(certs) {
+                        Ok(config) => {
+                            dest.set_config(config);
+                            eprintln!("[{name}] certificates reloaded from {}", certs.display());
+                        }
+                        Err(e) => eprintln!(
+                            "[{name}] certificates not reloaded ({e}); still serving the previous ones"
+                        ),
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => eprintln!("[{name}] certificates not reloaded ({e})"),
@@ -195,27 +194,10 @@ fn read_certs(dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-/// Starts the double, retrying the bind for a moment while a previous instance's listener
-/// is being closed.
-async fn start_destination(
-    certs: &Path,
-    listen: SocketAddr,
-    app: SocketAddr,
-) -> anyhow::Result<DestinationZtunnel> {
+/// The TLS config of the identity in `certs`.
+fn server_config(certs: &Path) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
     let id = Identity::load_dir(certs).with_context(|| format!("loading {}", certs.display()))?;
-    let config = testkit::hbone::tls::server_config(&id)?;
-    let mut last = None;
-    for _ in 0..200 {
-        match DestinationZtunnel::start_with(config.clone(), listen, app).await {
-            Ok(d) => return Ok(d),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Err(anyhow::anyhow!(
-        "listening on {listen}: {}",
-        last.map(|e| e.to_string()).unwrap_or_default()
-    ))
+    Ok(testkit::hbone::tls::server_config(&id)?)
 }
 
 /// The app behind the destination: one reply line `<name>: <line>` per line, FIN after the

@@ -69,6 +69,8 @@ pub struct DestinationZtunnel {
     addr: SocketAddr,
     record: Arc<Record>,
     drain: tokio::sync::watch::Sender<bool>,
+    /// The TLS config new connections get ([`DestinationZtunnel::set_config`]).
+    config: tokio::sync::watch::Sender<Arc<ServerConfig>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -90,11 +92,12 @@ impl DestinationZtunnel {
         let addr = listener.local_addr()?;
         let record: Arc<Record> = Arc::default();
         let rec = record.clone();
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let (config, configured) = tokio::sync::watch::channel(config);
         let (drain, draining) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, rec, draining) = (acceptor.clone(), rec.clone(), draining.clone());
+                let acceptor = tokio_rustls::TlsAcceptor::from(configured.borrow().clone());
+                let (rec, draining) = (rec.clone(), draining.clone());
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
                     serve_connection(acceptor, tcp, rec, app, draining).await;
@@ -105,8 +108,15 @@ impl DestinationZtunnel {
             addr,
             record,
             drain,
+            config,
             task,
         })
+    }
+
+    /// New connections get `config` from now on; open ones keep theirs. As ztunnel does when
+    /// istiod issues it a new certificate: the listener stays, so no connect is refused.
+    pub fn set_config(&self, config: Arc<ServerConfig>) {
+        self.config.send_replace(config);
     }
 
     pub fn addr(&self) -> SocketAddr {
