@@ -1,15 +1,15 @@
-//! Admission defaulting and the few validations the real API server does synchronously on
-//! every create and update (Secret data, Service addresses and ports, Namespace phase, Pod
-//! phase, CRD status, endpoint addresses).
+//! Admission defaulting the real API server does on every create and update (Secret data and
+//! type, Service addresses and ports, Namespace phase, Pod phase, CRD status), with the checks
+//! defaulting itself needs (Secret base64, CRD names). Field validation follows it
+//! (`validation.rs`).
 
 use crate::error::ApiError;
 use crate::resources::{self, ResourceType};
 use crate::store::{State, Store, meta_mut, meta_str};
 use crate::util;
-use crate::validation;
 use serde_json::{Value, json};
 
-/// Per-type defaulting and validation that the real API server does synchronously.
+/// Per-type defaulting that the real API server does synchronously (validation follows).
 pub(crate) fn default_object(
     store: &Store,
     st: &mut State,
@@ -39,22 +39,12 @@ pub(crate) fn default_object(
                     }
                 }
             }
-            if obj.get("type").is_none() {
-                obj["type"] = json!("Opaque");
-            }
-            if obj["type"] == "kubernetes.io/service-account-token"
-                && obj
-                    .pointer("/metadata/annotations/kubernetes.io~1service-account.name")
-                    .is_none()
+            if obj
+                .get("type")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
             {
-                return Err(ApiError::invalid(
-                    "",
-                    "Secret",
-                    &name,
-                    "metadata.annotations[kubernetes.io/service-account.name]",
-                    "FieldValueRequired",
-                    "Required value",
-                ));
+                obj["type"] = json!("Opaque");
             }
         }
         ("", "namespaces") => {
@@ -69,12 +59,6 @@ pub(crate) fn default_object(
             obj["status"] = json!({"phase": "Pending"});
         }
         ("", "services") => default_service(st, obj, old),
-        ("discovery.k8s.io", "endpointslices") => {
-            validation::endpoint_slice(obj, store.config().allow_loopback_endpoint_addresses)?
-        }
-        ("", "endpoints") => {
-            validation::endpoints(obj, store.config().allow_loopback_endpoint_addresses)?
-        }
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             let Some(crt) = resources::from_crd(obj) else {
                 return Err(ApiError::invalid(
@@ -164,7 +148,11 @@ fn default_service(st: &mut State, obj: &mut Value, old: Option<&Value>) {
             if p.get("protocol").is_none() {
                 p["protocol"] = json!("TCP");
             }
-            if p.get("targetPort").is_none() {
+            // An absent, zero or empty targetPort is the port (`SetDefaults_Service`).
+            if matches!(p.get("targetPort"), None | Some(Value::Null))
+                || p["targetPort"] == 0
+                || p["targetPort"] == ""
+            {
                 p["targetPort"] = p["port"].clone();
             }
             if node_ports && p.get("nodePort").is_none() {

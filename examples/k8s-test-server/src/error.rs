@@ -110,7 +110,10 @@ impl ApiError {
             ..Self::new(
                 422,
                 "Invalid",
-                format!("{kind} \"{name}\" is invalid: {field}: {msg}"),
+                format!(
+                    "{} \"{name}\" is invalid: {field}: {msg}",
+                    qualified(group, kind)
+                ),
             )
         }
     }

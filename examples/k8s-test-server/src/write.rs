@@ -9,6 +9,7 @@ use crate::patch;
 use crate::resources::ResourceType;
 use crate::store::{EventType, ObjKey, State, Store, meta_mut, meta_str};
 use crate::util;
+use crate::validation;
 use serde_json::{Value, json};
 
 /// Options of one write.
@@ -40,6 +41,16 @@ pub(crate) fn comparable(obj: &Value) -> Value {
     o
 }
 
+/// `generateName` plus 5 random characters, the prefix cut to 58 bytes so that a valid
+/// prefix gives a name within 63 (apiserver `SimpleNameGenerator`).
+fn generate_name(prefix: &str) -> String {
+    let mut cut = prefix.len().min(58);
+    while !prefix.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{}", &prefix[..cut], util::random_suffix(5))
+}
+
 /// Everything except metadata and status: changes here bump `metadata.generation`.
 fn spec_part(obj: &Value) -> Value {
     let mut o = obj.clone();
@@ -54,7 +65,7 @@ fn spec_part(obj: &Value) -> Value {
 impl Store {
     // ---- direct (non-HTTP) writes for tests ------------------------------------------------
 
-    /// Creates an object as the API would (defaulting, status rules, controllers).
+    /// Creates an object as the API would (defaulting, validation, status rules, controllers).
     pub fn create(&self, obj: Value) -> Result<Value, ApiError> {
         let (rt, v) = self.resolve_obj(&obj)?;
         let ns = meta_str(&obj, "namespace").map(str::to_string);
@@ -62,7 +73,9 @@ impl Store {
     }
 
     /// Creates or replaces an object verbatim, status included (test setup: e.g. a Service's
-    /// load-balancer address or a Deployment's ready replicas).
+    /// load-balancer address or a Deployment's ready replicas). Still defaulted and validated
+    /// as a create: a real cluster never holds an invalid object; only update-only rules
+    /// (immutable fields) are skipped.
     pub fn apply(&self, obj: Value) -> Result<Value, ApiError> {
         let (rt, v) = self.resolve_obj(&obj)?;
         let ns = meta_str(&obj, "namespace").map(str::to_string);
@@ -142,21 +155,11 @@ impl Store {
             meta_mut(&mut obj).remove("namespace");
             None
         };
-        let name = match meta_str(&obj, "name") {
-            Some(n) => n.to_string(),
-            None => match meta_str(&obj, "generateName") {
-                Some(g) => format!("{g}{}", util::random_suffix(5)),
-                None => {
-                    return Err(ApiError::invalid(
-                        &rt.group,
-                        &rt.kind,
-                        "",
-                        "metadata.name",
-                        "FieldValueRequired",
-                        "Required value: name or generateName is required",
-                    ));
-                }
-            },
+        // No name: validation refuses it with the other errors, as the real server does.
+        let name = match (meta_str(&obj, "name"), meta_str(&obj, "generateName")) {
+            (Some(n), _) => n.to_string(),
+            (None, Some(g)) => generate_name(g),
+            (None, None) => String::new(),
         };
         let mut st = self.lock();
         if let Some(ns) = &ns
@@ -168,10 +171,6 @@ impl Store {
             })
         {
             return Err(ApiError::not_found("", "namespaces", ns));
-        }
-        let key = ObjKey::new(rt, ns.as_deref(), &name);
-        if st.objects.contains_key(&key) {
-            return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
         }
         obj["apiVersion"] = json!(rt.api_version(version));
         obj["kind"] = json!(rt.kind);
@@ -195,6 +194,13 @@ impl Store {
             o.remove("status");
         }
         defaults::default_object(self, &mut st, rt, &mut obj, None)?;
+        let loopback = self.config().allow_loopback_endpoint_addresses;
+        validation::validate(rt, &obj, None, loopback)?;
+        // The real server validates before its storage finds the name taken.
+        let key = ObjKey::new(rt, ns.as_deref(), &name);
+        if st.objects.contains_key(&key) {
+            return Err(ApiError::already_exists(&rt.group, &rt.plural, &name));
+        }
         let op = if opts.raw {
             None
         } else {
@@ -324,6 +330,11 @@ impl Store {
             };
         }
         defaults::default_object(self, st, rt, &mut new, Some(old))?;
+        // A raw replace (test setup) need only be an object a cluster could hold: it is
+        // validated as a create, without the update-only (immutability) rules.
+        let transition = if opts.raw { None } else { Some(old) };
+        let loopback = self.config().allow_loopback_endpoint_addresses;
+        validation::validate(rt, &new, transition, loopback)?;
         if spec_part(&new) != spec_part(old)
             && let Some(g) = old_meta.get("generation").and_then(Value::as_i64)
         {
