@@ -72,6 +72,7 @@ GATEWAY_API_MANIFEST=https://github.com/kubernetes-sigs/gateway-api/releases/dow
 
 NS=istioinaction
 GW=istio-eastwestgateway
+GW_ADMIN_PORT=15020   # the gateway pod's --admin (meshctl's manifest); 15021 serves health only
 # Ambient: the Secret holding the gateway's HBONE certificate (meshctl gateway install
 # mounts it), the certificates' directory, and the authority ztunnels send for catalog.
 HBONE_SECRET=istio-eastwestgateway-hbone-certs
@@ -136,6 +137,17 @@ sum_counter() {
   printf '%s' "$total"
 }
 
+# gateway_routes CONTEXT [QUERY]: the gateway's /debug/routes from its first pod's admin port,
+# through the API server's pod proxy. The gateway's Service exposes only the status port
+# (health), as Istio's does; the admin port (metrics, the route table) is the pod's.
+gateway_routes() {
+  local pod
+  pod=$(kubectl --context "$1" -n istio-system get pods -l app=$GW \
+    -o 'jsonpath={.items[0].metadata.name}') && [[ -n $pod ]] || return 1
+  kubectl --context "$1" get --raw \
+    "/api/v1/namespaces/istio-system/pods/${pod}:$GW_ADMIN_PORT/proxy/debug/routes${2:-}"
+}
+
 # gateway_count CLUSTER SNI [METRIC LABEL]: SNI_COUNT = gateway_connections_opened_total{sni=SNI}
 # (or METRIC{LABEL=SNI}) summed over that cluster's gateway pods, read through the API
 # server's pod proxy (the image has no shell or curl, and this needs no port-forward).
@@ -148,7 +160,7 @@ gateway_count() {
   GW_METRICS_ALL=""
   for pod in "${pods[@]}"; do
     capture GW_METRICS kubectl --context "$(ctx "$c")" get --raw \
-      "/api/v1/namespaces/istio-system/pods/${pod}:15021/proxy/metrics"
+      "/api/v1/namespaces/istio-system/pods/${pod}:$GW_ADMIN_PORT/proxy/metrics"
     [[ $DRY_RUN == 1 ]] && continue
     GW_METRICS_ALL+=$GW_METRICS$'\n'
     SNI_COUNT=$((SNI_COUNT + $(sum_counter "$GW_METRICS" "$metric" "$sni" "$label")))
@@ -409,10 +421,10 @@ step_verify() {
     note "east gateway's rejection counters:"
     show_rejections
     die "the call succeeded but east's gateway did not count it: traffic did not go through our gateway" \
-      "kubectl --context kind-east get --raw /api/v1/namespaces/istio-system/services/$GW:15021/proxy/debug/routes"
+      "kubectl --context kind-east -n istio-system port-forward deploy/$GW $GW_ADMIN_PORT   (then: curl -s localhost:$GW_ADMIN_PORT/debug/routes)"
   fi
   note "routes that east's gateway serves (for the record):"
-  run kubectl --context kind-east get --raw "/api/v1/namespaces/istio-system/services/$GW:15021/proxy/debug/routes"
+  run gateway_routes kind-east
 }
 
 step_failover() {
@@ -462,7 +474,7 @@ step_plain_verify() {
   step plain-verify "Plain mode: a Job in west calls catalog in east through east's gateway" \
     "proves SNI routing and end-to-end mTLS without Istio: the Job succeeds only if catalog's identity checks out, and east's gateway must count the connection"
   retry_match "$TRIES" "$DELAY" ROUTES 'catalog\.istioinaction' \
-    kubectl --context kind-east get --raw "/api/v1/namespaces/istio-system/services/$GW:15021/proxy/debug/routes" ||
+    gateway_routes kind-east ||
     die "east's gateway has no route for catalog" \
       "kubectl --context kind-east -n $NS get endpointslices -l kubernetes.io/service-name=catalog" \
       "kubectl --context kind-east -n istio-system logs deploy/$GW --tail=50"
@@ -559,8 +571,7 @@ step_ambient_verify() {
   retry 10 3 "$MESHCTL" check --kubeconfig "$E2E_KUBECONFIG" "${CONTEXT_ARGS[@]}" ||
     die "meshctl check failed" "read its hints above; kind-e2e/README.md, section Debugging"
   retry_match "$TRIES" "$DELAY" ROUTES '"hbone_endpoints":\[\{"address":"[0-9.]+:15008"' \
-    kubectl --context kind-east get --raw \
-    "/api/v1/namespaces/istio-system/services/$GW:15021/proxy/debug/routes?host=catalog.$NS" ||
+    gateway_routes kind-east "?host=catalog.$NS" ||
     die "east's gateway has no HBONE endpoint for catalog" \
       "kubectl --context kind-east -n $NS get svc catalog --show-labels   (istio.io/global=true?)" \
       "kubectl --context kind-east -n $NS get pods -l app=catalog --show-labels   (istio.io/dataplane-mode=ambient?)" \

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, Scope};
 use crate::config::{Config, Discovery};
 use crate::discovery::Publisher;
 use crate::discovery::file::{FileError, FileSource};
@@ -48,6 +48,8 @@ pub enum BuildError {
 pub struct Bound {
     pub listen_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The status listener's address, when it runs.
+    pub status_addr: Option<SocketAddr>,
     /// The HBONE listener's address, when it runs.
     pub hbone_addr: Option<SocketAddr>,
     pub routes: Arc<Routes>,
@@ -69,6 +71,15 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
     let admin_addr = admin_listener
         .local_addr()
         .map_err(|e| BuildError::Bind(cfg.admin, e))?;
+    let status_listener = match cfg.status_listen {
+        Some(addr) => {
+            let l = sockets::bind(addr).map_err(|e| BuildError::Bind(addr, e))?;
+            let bound = l.local_addr().map_err(|e| BuildError::Bind(addr, e))?;
+            Some((l, bound))
+        }
+        None => None,
+    };
+    let status_addr = status_listener.as_ref().map(|(_, a)| *a);
 
     // Loaded before anything starts, so bad certificate files fail the start with their cause.
     // The identity's source: files with --hbone-certs, istiod with --ca-root. With istiod the
@@ -176,18 +187,26 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         stop_background.clone(),
     ));
     tokio::spawn(proxy.serve(listener));
-    let admin = Arc::new(Admin {
+    let admin = Arc::new(Admin::new(
         registry,
-        routes: routes.clone(),
-        drain: drain.clone(),
+        routes.clone(),
+        drain.clone(),
         synced,
         hbone_identity,
-    });
-    tokio::spawn(admin.serve(admin_listener, stop_background.clone()));
-    tracing::info!(%listen_addr, %admin_addr, hbone_addr = ?hbone_addr, "gateway listening");
+    ));
+    if let Some((l, _)) = status_listener {
+        tokio::spawn(
+            admin
+                .clone()
+                .serve(l, Scope::Status, stop_background.clone()),
+        );
+    }
+    tokio::spawn(admin.serve(admin_listener, Scope::Admin, stop_background.clone()));
+    tracing::info!(%listen_addr, %admin_addr, status_addr = ?status_addr, hbone_addr = ?hbone_addr, "gateway listening");
     Ok(Bound {
         listen_addr,
         admin_addr,
+        status_addr,
         hbone_addr,
         routes,
         publisher,

@@ -130,6 +130,9 @@ impl CaConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// A listener serving only the health paths (the port a load balancer may expose);
+    /// `None`: none.
+    pub status_listen: Option<SocketAddr>,
     pub discovery: Discovery,
     pub allow_hosts: Vec<HostPattern>,
     pub require_istio_alpn: bool,
@@ -193,6 +196,7 @@ impl Default for Config {
         Config {
             listen: ([0, 0, 0, 0], 15443).into(),
             admin: ([0, 0, 0, 0], 15021).into(),
+            status_listen: None,
             discovery: Discovery::default(),
             allow_hosts: vec![HostPattern::parse("*.local").expect("valid default pattern")],
             require_istio_alpn: true,
@@ -289,6 +293,11 @@ pub struct Args {
     /// Address of the admin listener (/healthz/ready, /metrics, /debug/routes).
     #[arg(long, env = "GATEWAY_ADMIN", default_value = "0.0.0.0:15021")]
     pub admin: SocketAddr,
+    /// Address of a listener serving only /healthz/ready and /healthz/live: the one to expose
+    /// on a load balancer (as Istio's status port 15021), while --admin, which also serves
+    /// /metrics and /debug/routes (every endpoint's address), stays inside the cluster.
+    #[arg(long, env = "GATEWAY_STATUS_LISTEN")]
+    pub status_listen: Option<SocketAddr>,
     /// Static endpoints YAML file. Without it, endpoints come from Kubernetes.
     #[arg(long, env = "GATEWAY_ENDPOINTS")]
     pub endpoints: Option<PathBuf>,
@@ -446,6 +455,7 @@ impl Args {
         Config {
             listen: self.listen,
             admin: self.admin,
+            status_listen: self.status_listen,
             discovery,
             allow_hosts: self.allow_hosts,
             require_istio_alpn: self.require_istio_alpn,

@@ -56,7 +56,11 @@ pub const APP_LABEL: &str = "app";
 /// `istio: eastwestgateway` is what Istio's `cross-network-gateway` Gateway selects.
 pub const ISTIO_LABEL: &str = "istio";
 pub const ISTIO_VALUE: &str = "eastwestgateway";
+/// The gateway's status port: health only (`--status-listen`), exposed by its Service.
 pub const STATUS_PORT: u16 = 15021;
+/// The gateway's admin port (`--admin`: metrics, the route table): the pod's, not the
+/// Service's; 15020 is where Istio's proxies serve their merged metrics.
+pub const ADMIN_PORT: u16 = 15020;
 /// The port istiod advertises for cross-network traffic (AUTO_PASSTHROUGH, SNI routing).
 pub const TLS_PORT: u16 = 15443;
 /// Istio's Gateway exposing `*.local` on 15443 (`--expose-services`).

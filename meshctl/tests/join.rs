@@ -499,6 +499,20 @@ async fn label_network_and_gateway_install() {
     let c = &pod["containers"][0];
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz/ready");
     assert_eq!(c["readinessProbe"]["httpGet"]["port"], 15021);
+    // The Service exposes the status port (health only); the admin port (metrics, the route
+    // table) is the pod's, for Prometheus.
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let after = |flag: &str| args[args.iter().position(|a| *a == flag).unwrap() + 1];
+    assert_eq!(after("--status-listen"), "0.0.0.0:15021");
+    assert_eq!(after("--admin"), "0.0.0.0:15020");
+    assert!(ports.iter().all(|(_, p)| *p != 15020), "{ports:?}");
+    let pod_meta = &d["spec"]["template"]["metadata"];
+    assert_eq!(pod_meta["annotations"]["prometheus.io/port"], "15020");
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert!(
         c["resources"]["requests"]["cpu"].is_string()

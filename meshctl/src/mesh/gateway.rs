@@ -8,10 +8,10 @@ use serde_json::{Value, json};
 use super::namespace::validate_label_value;
 use crate::cli::{GatewayFlags, HboneCerts, Protocols, ServiceType};
 use crate::istio::{
-    APP_LABEL, EXPOSE_GATEWAY, GATEWAY_CRD, GATEWAY_NAME, HBONE_APP_PROTOCOL, HBONE_CERTS_DIR,
-    HBONE_CERTS_SECRET, HBONE_PORT, HBONE_PORT_NAME, ISTIO_CA_AUDIENCE, ISTIO_LABEL,
-    ISTIO_NETWORKING_GROUP, ISTIO_NETWORKING_V1, ISTIO_TOKEN_DIR, ISTIO_VALUE, NETWORK_LABEL,
-    STATUS_PORT, TLS_PORT, gateway_role_name, managed_labels,
+    ADMIN_PORT, APP_LABEL, EXPOSE_GATEWAY, GATEWAY_CRD, GATEWAY_NAME, HBONE_APP_PROTOCOL,
+    HBONE_CERTS_DIR, HBONE_CERTS_SECRET, HBONE_PORT, HBONE_PORT_NAME, ISTIO_CA_AUDIENCE,
+    ISTIO_LABEL, ISTIO_NETWORKING_GROUP, ISTIO_NETWORKING_V1, ISTIO_TOKEN_DIR, ISTIO_VALUE,
+    NETWORK_LABEL, STATUS_PORT, TLS_PORT, gateway_role_name, managed_labels,
 };
 use crate::kube::{self as kc, Cluster};
 
@@ -111,9 +111,19 @@ fn listeners(
             json!({"name": "tls", "port": TLS_PORT, "targetPort": TLS_PORT, "protocol": "TCP"}),
         );
     }
-    args.extend([json!("--admin"), json!(format!("0.0.0.0:{STATUS_PORT}"))]);
-    container_ports
-        .push(json!({"name": "status-port", "containerPort": STATUS_PORT, "protocol": "TCP"}));
+    // The Service (a load balancer) exposes the status port, which serves only health, as
+    // Istio's 15021; the admin port (metrics, the route table with every endpoint's address)
+    // is the pod's alone, for Prometheus and `kubectl port-forward`.
+    args.extend([
+        json!("--status-listen"),
+        json!(format!("0.0.0.0:{STATUS_PORT}")),
+        json!("--admin"),
+        json!(format!("0.0.0.0:{ADMIN_PORT}")),
+    ]);
+    container_ports.extend([
+        json!({"name": "status-port", "containerPort": STATUS_PORT, "protocol": "TCP"}),
+        json!({"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}),
+    ]);
     if p.hbone() {
         args.extend([
             json!("--hbone-listen"),
@@ -247,7 +257,8 @@ pub fn objects(
         "spec": {
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": {"labels": labels, "annotations": {"prometheus.io/scrape": "true",
+                    "prometheus.io/port": ADMIN_PORT.to_string(), "prometheus.io/path": "/metrics"}},
                 "spec": {
                     "serviceAccountName": GATEWAY_NAME,
                     "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
