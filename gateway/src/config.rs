@@ -351,8 +351,10 @@ pub struct Args {
     /// it the oldest is shed.
     #[arg(long, env = "GATEWAY_MAX_UNDECIDED_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(65_536..=(1 << 32)))]
     pub max_undecided_bytes: u64,
-    /// Expect a PROXY protocol v2 header (a load balancer in front adds it).
-    #[arg(long, env = "GATEWAY_PROXY_PROTOCOL")]
+    /// Expect a PROXY protocol v2 header (a load balancer in front adds it). `--proxy-protocol`
+    /// alone is `true`; `--proxy-protocol=false` is accepted too, as `--splice false` is.
+    #[arg(long, env = "GATEWAY_PROXY_PROTOCOL", default_value_t = false, num_args = 0..=1,
+        default_missing_value = "true", action = clap::ArgAction::Set)]
     pub proxy_protocol: bool,
     /// Consecutive connect failures that eject an endpoint (0 disables).
     #[arg(long, env = "GATEWAY_OUTLIER_FAILURES", default_value_t = 5)]
@@ -501,6 +503,21 @@ mod tests {
     use clap::CommandFactory;
 
     /// The flags' defaults and `Config::default()` cannot drift apart.
+    #[test]
+    fn boolean_flags_take_an_optional_value() {
+        let pp = |argv: &[&str]| {
+            let mut a = vec!["gateway", "--endpoints", "x.yaml"];
+            a.extend_from_slice(argv);
+            Args::try_parse_from(a).map(|a| a.proxy_protocol)
+        };
+        assert!(!pp(&[]).unwrap());
+        assert!(pp(&["--proxy-protocol"]).unwrap());
+        assert!(pp(&["--proxy-protocol=true"]).unwrap());
+        assert!(!pp(&["--proxy-protocol=false"]).unwrap());
+        assert!(pp(&["--proxy-protocol", "--splice", "false"]).unwrap());
+        assert!(pp(&["--proxy-protocol=maybe"]).is_err());
+    }
+
     #[test]
     fn flag_defaults_are_config_defaults() {
         let from_flags = |argv: &[&str]| {
