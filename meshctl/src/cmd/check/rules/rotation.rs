@@ -66,6 +66,19 @@ fn cross_trust(r: &mut Report, clusters: &[ClusterTrust<'_>]) {
             "clusters are in rotations to different new roots",
             "resume one rotation with the --dir it used, in every cluster",
         );
+    } else if read.len() < clusters.len().max(2) {
+        // Trust between clusters holds only when every cluster's roots were read.
+        let unread: Vec<&str> = clusters
+            .iter()
+            .filter(|c| c.trust.is_none())
+            .map(|c| c.context)
+            .collect();
+        let why = if unread.is_empty() {
+            "needs two clusters".to_string()
+        } else {
+            format!("no cacerts read from {}", unread.join(", "))
+        };
+        r.skip(scope, check, why);
     } else {
         r.pass(scope, check, "");
     }
@@ -181,5 +194,20 @@ mod tests {
             .find(|i| i.check == "root rotation stage")
             .unwrap();
         assert_eq!(i.status, Status::Fail);
+    }
+
+    #[test]
+    fn an_unread_cluster_is_skipped_not_passed() {
+        let r = run(vec![
+            ("west", t(&[b"a"], b"a", Stage::Stable)),
+            ("east", None),
+        ]);
+        assert_eq!(mesh_status(&r), Status::Skip);
+        let i = r.items.iter().find(|i| i.scope == "mesh").unwrap();
+        assert!(i.detail.contains("east"), "{}", i.detail);
+        let r = run(vec![("west", t(&[b"a"], b"a", Stage::Stable))]);
+        assert_eq!(mesh_status(&r), Status::Skip);
+        let r = run(vec![("west", None), ("east", None)]);
+        assert_eq!(mesh_status(&r), Status::Skip);
     }
 }
