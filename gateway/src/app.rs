@@ -162,11 +162,11 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
                 tokio::spawn(renewer.run(stop_background.clone()));
             }
             None => {
-                tokio::spawn(
-                    identity
-                        .clone()
-                        .watch(cfg.hbone_cert_poll, stop_background.clone()),
-                );
+                tokio::spawn(identity.clone().watch(
+                    cfg.hbone_cert_poll,
+                    stop_background.clone(),
+                    metrics.cert_reload_failures.clone(),
+                ));
             }
         }
         hbone_identity = Some(identity.clone());

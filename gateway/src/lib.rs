@@ -28,6 +28,7 @@
 pub mod accept;
 pub mod admin;
 pub mod app;
+pub mod bounded_read;
 pub mod client_hello;
 pub mod clock;
 pub mod config;

@@ -35,7 +35,13 @@ fn main() -> anyhow::Result<()> {
     }
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
     let tokio_env = std::env::var("TOKIO_WORKER_THREADS").ok();
-    let workers = runtime::workers(args.workers, tokio_env.as_deref(), available);
+    let workers = runtime::checked_workers(args.workers, tokio_env.as_deref(), available)
+        .unwrap_or_else(|msg| {
+            use clap::CommandFactory;
+            Args::command()
+                .error(clap::error::ErrorKind::InvalidValue, msg)
+                .exit()
+        });
     let cfg = args.into_config();
     tracing::info!(config = ?cfg, workers, "starting gateway");
     let limit = fd_limit::raise();

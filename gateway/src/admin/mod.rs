@@ -82,17 +82,9 @@ impl Admin {
         Ok(())
     }
 
-    /// A permit for a large response, or the 503 that says to retry.
-    fn large_permit(&self) -> Result<OwnedSemaphorePermit, Response<AdminBody>> {
-        self.large.clone().try_acquire_owned().map_err(|_| {
-            let mut r = text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("{LARGE_RESPONSES} large responses are being sent already; retry\n"),
-            );
-            r.headers_mut()
-                .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
-            r
-        })
+    /// A permit for a large response, if one is free.
+    fn large_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.large.clone().try_acquire_owned().ok()
     }
 
     async fn respond(&self, req: Request<Incoming>, scope: Scope) -> Response<AdminBody> {
@@ -115,9 +107,8 @@ impl Admin {
                     .into(),
             ),
             (Scope::Admin, "/metrics") => {
-                let permit = match self.large_permit() {
-                    Ok(p) => p,
-                    Err(busy) => return busy,
+                let Some(permit) = self.large_permit() else {
+                    return busy();
                 };
                 let mut out = String::with_capacity(8192);
                 if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -140,9 +131,8 @@ impl Admin {
                     Ok(f) => f,
                     Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
                 };
-                let permit = match self.large_permit() {
-                    Ok(p) => p,
-                    Err(busy) => return busy,
+                let Some(permit) = self.large_permit() else {
+                    return busy();
                 };
                 // A large table takes long to serialize: keep it off the data path's threads.
                 let routes = self.routes.clone();
@@ -216,4 +206,15 @@ fn text(code: StatusCode, body: String) -> Response<AdminBody> {
         .header("content-type", "text/plain; charset=utf-8")
         .body(AdminBody::new(Bytes::from(body)))
         .expect("static response parts")
+}
+
+/// The answer when every large-response permit is taken: retry shortly.
+fn busy() -> Response<AdminBody> {
+    let mut r = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{LARGE_RESPONSES} large responses are being sent already; retry\n"),
+    );
+    r.headers_mut()
+        .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+    r
 }

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use prometheus_client::metrics::counter::Counter;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -37,6 +38,9 @@ use tokio_util::sync::CancellationToken;
 pub const CERT_CHAIN: &str = "cert-chain.pem";
 pub const KEY: &str = "key.pem";
 pub const ROOT_CERT: &str = "root-cert.pem";
+
+/// The largest certificate or key file read: far above a chain, a key or a bundle of roots.
+pub const MAX_CERT_FILE_BYTES: u64 = 4 << 20;
 
 /// ALPN on 15008: HTTP/2 only, as ztunnel offers it.
 pub const ALPN_H2: &[u8] = b"h2";
@@ -253,9 +257,16 @@ impl Identity {
         Ok(true)
     }
 
-    /// Polls the files every `every` until `stop`. Polling, not inotify: Kubernetes swaps
-    /// mounted secrets through a `..data` symlink, which file events report unreliably.
-    pub async fn watch(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+    /// Polls the files every `every` until `stop`, counting each refused reread (a bad,
+    /// expired or unreadable file; the previous certificate stays) in `failures`. Polling, not
+    /// inotify: Kubernetes swaps mounted secrets through a `..data` symlink, which file events
+    /// report unreliably.
+    pub async fn watch(
+        self: Arc<Self>,
+        every: Duration,
+        stop: CancellationToken,
+        failures: Counter,
+    ) {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -267,6 +278,7 @@ impl Identity {
                 }
                 Ok(false) => {}
                 Err(e) => {
+                    failures.inc();
                     tracing::warn!(error = %e, "HBONE certificates not reloaded; still serving the previous ones")
                 }
             }
@@ -294,10 +306,27 @@ impl Identity {
     }
 }
 
+/// Reads the three files; each must be a regular file (or a symlink to one, as in a mounted
+/// Secret) of at most [`MAX_CERT_FILE_BYTES`]: the poll runs on the runtime, and a FIFO or a
+/// device must neither block it nor fill the memory.
 fn read_all(dir: &Path) -> Result<[Vec<u8>; 3], IdentityError> {
+    use crate::bounded_read::{ReadRefused, read_regular};
     let read = |f: &str| {
         let path = dir.join(f);
-        std::fs::read(&path).map_err(|source| IdentityError::Read { path, source })
+        read_regular(&path, MAX_CERT_FILE_BYTES).map_err(|e| match e {
+            ReadRefused::Io(source) => IdentityError::Read { path, source },
+            ReadRefused::NotRegular(what) => IdentityError::Invalid {
+                path,
+                msg: format!("it is {what}, not a regular file"),
+            },
+            ReadRefused::TooLarge => IdentityError::Invalid {
+                path,
+                msg: format!(
+                    "larger than {} MiB: not a certificate or key file",
+                    MAX_CERT_FILE_BYTES >> 20
+                ),
+            },
+        })
     };
     Ok([read(CERT_CHAIN)?, read(KEY)?, read(ROOT_CERT)?])
 }
@@ -321,6 +350,7 @@ fn parse(
     if chain.is_empty() {
         return Err(invalid(CERT_CHAIN, "no certificate found".into()));
     }
+    check_validity(&chain, UnixTime::now()).map_err(|msg| invalid(CERT_CHAIN, msg))?;
     let key = PrivateKeyDer::from_pem_slice(&contents[1])
         // Never echo key material: the error names the file only.
         .map_err(|_| invalid(KEY, "no PEM private key found".into()))?;
@@ -338,6 +368,39 @@ fn parse(
         spiffe_id,
         contents,
     })
+}
+
+/// Refuses a chain to serve with a certificate outside its validity at `now`: ztunnel would
+/// refuse every handshake with it, and the gateway would look healthy meanwhile. The message
+/// names the certificate, its date and the fix.
+fn check_validity(chain: &[CertificateDer<'_>], now: UnixTime) -> Result<(), String> {
+    let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    for (i, der) in chain.iter().enumerate() {
+        let which = if i == 0 {
+            "the leaf certificate".to_string()
+        } else {
+            format!("certificate {} of the chain (an intermediate CA)", i + 1)
+        };
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| format!("{which} is not a valid X.509 certificate: {e}"))?;
+        let validity = cert.validity();
+        let renew = "issue a new one (`meshctl certs workload --ca DIR -n NAMESPACE -s \
+                     SERVICE_ACCOUNT --out DIR`, into the --hbone-certs directory)";
+        if validity.not_after.timestamp() < now {
+            return Err(format!(
+                "{which} expired: notAfter {}; {renew}",
+                validity.not_after
+            ));
+        }
+        if validity.not_before.timestamp() > now {
+            return Err(format!(
+                "{which} is not valid yet: notBefore {} is in the future (check this host's \
+                 clock); {renew}",
+                validity.not_before
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The client verifier of the roots in `pem` (one or more certificates), read from `path`.
@@ -593,5 +656,108 @@ mod tests {
         write(dir.path(), &ours);
         let files = Identity::load(dir.path(), vec![]).unwrap();
         assert!(files.install(pem_chain(&ours), key(&ours)).is_err());
+    }
+
+    /// A workload certificate valid from `nb` to `na` (days from now), under a CA that is
+    /// valid now.
+    fn workload_dated(nb: i64, na: i64) -> pki::WorkloadCert {
+        let now = UnixTime::now().as_secs() as i64;
+        let day = |d: i64| {
+            let secs = u64::try_from(now + d * 86_400).unwrap();
+            rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(secs)
+        };
+        let root = pki::RootCa::generate(&pki::RootOptions {
+            not_before: Some(day(-2000)),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut io = pki::IntermediateOptions::new("east");
+        io.not_before = Some(day(-1000));
+        let ca = root.issue_intermediate(&io).unwrap();
+        let mut o = pki::WorkloadOptions::new("istio-system", "istio-eastwestgateway");
+        o.not_before = Some(day(nb));
+        o.not_after = Some(day(na));
+        ca.issue_workload(&o).unwrap()
+    }
+
+    /// An expired or not yet valid certificate is refused at start with the file, the date and
+    /// the fix; on reload it is refused and the previous identity stays.
+    #[test]
+    fn a_certificate_outside_its_validity_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let expired = workload_dated(-400, -365);
+        write(dir.path(), &expired);
+        let e = Identity::load(dir.path(), vec![]).unwrap_err().to_string();
+        assert!(
+            e.contains("cert-chain.pem")
+                && e.contains("the leaf certificate expired: notAfter ")
+                && e.contains("meshctl certs workload"),
+            "{e}"
+        );
+        write(dir.path(), &workload_dated(30, 60));
+        let e = Identity::load(dir.path(), vec![]).unwrap_err().to_string();
+        assert!(e.contains("not valid yet: notBefore "), "{e}");
+
+        let good = workload("cluster.local");
+        write(dir.path(), &good);
+        let id = Identity::load(dir.path(), vec![]).unwrap();
+        write(dir.path(), &workload_dated(-400, -365));
+        let e = id.reload().unwrap_err().to_string();
+        assert!(e.contains("expired"), "{e}");
+        assert_eq!(id.spiffe_id().as_deref(), Some(good.spiffe_id.as_str()));
+        assert!(id.readiness().is_ok());
+    }
+
+    /// A certificate file that is a FIFO or a device is refused without blocking the poll.
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &workload("cluster.local"));
+        let id = Identity::load(dir.path(), vec![]).unwrap();
+        std::fs::remove_file(dir.path().join(KEY)).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.path().join(KEY))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = id.reload().unwrap_err().to_string();
+        assert!(
+            e.contains("key.pem: it is a FIFO, not a regular file"),
+            "{e}"
+        );
+        std::fs::remove_file(dir.path().join(KEY)).unwrap();
+        write(dir.path(), &workload("cluster.local"));
+        std::fs::remove_file(dir.path().join(ROOT_CERT)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join(ROOT_CERT)).unwrap();
+        let e = Identity::load(dir.path(), vec![]).unwrap_err().to_string();
+        assert!(e.contains("root-cert.pem: it is a character device"), "{e}");
+    }
+
+    /// The poll counts each refused reread and keeps serving the previous certificate.
+    #[tokio::test]
+    async fn the_poll_counts_refused_rereads() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = workload("cluster.local");
+        write(dir.path(), &good);
+        let id = Identity::load(dir.path(), vec![]).unwrap();
+        write(dir.path(), &workload_dated(-400, -365));
+        let failures = Counter::default();
+        let stop = CancellationToken::new();
+        let poll = tokio::spawn(id.clone().watch(
+            Duration::from_millis(20),
+            stop.clone(),
+            failures.clone(),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while failures.get() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no refused reread counted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        poll.await.unwrap();
+        assert_eq!(id.spiffe_id().as_deref(), Some(good.spiffe_id.as_str()));
     }
 }

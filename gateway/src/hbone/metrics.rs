@@ -108,6 +108,8 @@ pub struct HboneMetrics {
     pub cert_renewal_failures: Counter,
     /// notAfter of the certificate from istiod in use, in Unix seconds (0 before the first).
     pub cert_expiry_seconds: Gauge,
+    /// Rereads of the --hbone-certs files refused (the previous certificate stays).
+    pub cert_reload_failures: Counter,
 }
 
 impl HboneMetrics {
@@ -127,6 +129,7 @@ impl HboneMetrics {
             cert_renewals: Counter::default(),
             cert_renewal_failures: Counter::default(),
             cert_expiry_seconds: Gauge::default(),
+            cert_reload_failures: Counter::default(),
         };
         let r = registry;
         r.register(
@@ -168,6 +171,11 @@ impl HboneMetrics {
             "received_bytes",
             "Bytes from endpoints to HBONE clients, per authority",
             m.received_bytes.clone(),
+        );
+        r.register(
+            "cert_reload_failures",
+            "Rereads of the --hbone-certs files refused (unreadable, invalid, expired); the previous certificate stays",
+            m.cert_reload_failures.clone(),
         );
         r.register(
             "refused",

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::FileError;
+use super::{FileError, MAX_FILE_BYTES};
+use crate::bounded_read::{ReadRefused, read_regular};
 use crate::routes::{EndpointSpec, Labels, ServiceSpec};
 use crate::sni_name;
 
@@ -97,8 +98,58 @@ fn yes() -> bool {
     true
 }
 
+/// Flow collections (`[`, `{`) nested deeper than this are refused before the YAML parser
+/// sees them. serde_yaml refuses more than 128 levels anyway, but only after libyaml has
+/// scanned the whole document, which is slow on deep flow nesting: 100 KB of `[` took 1.2 s in
+/// a debug build (19.6 s in an audit), a 64 MiB file of them would take minutes. The schema
+/// itself needs 5 levels.
+pub const MAX_FLOW_DEPTH: usize = 128;
+
+/// The position of the first flow bracket nested deeper than [`MAX_FLOW_DEPTH`], if any.
+///
+/// A linear scan that skips comments and counts every other bracket, quoted or not: a bracket
+/// inside a string can only make the count err by the number of such brackets, and a valid
+/// endpoints file has no string holding over a hundred of them (hosts, subset names and
+/// addresses cannot hold one; labels are Kubernetes label values).
+fn too_deep(text: &str) -> Option<(usize, usize)> {
+    let (mut depth, mut line, mut column) = (0usize, 1usize, 0usize);
+    let mut comment = false;
+    let mut after_space = true;
+    for b in text.bytes() {
+        column += 1;
+        match b {
+            b'\n' => {
+                (line, column) = (line + 1, 0);
+                comment = false;
+            }
+            _ if comment => {}
+            b'#' if after_space => comment = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some((line, column));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        after_space = matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    }
+    None
+}
+
 /// Parses and validates an endpoints document. Errors name the entry at fault.
 pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
+    let invalid = |msg: String| FileError::Invalid {
+        path: path.into(),
+        msg,
+    };
+    if let Some((line, column)) = too_deep(text) {
+        return Err(invalid(format!(
+            "not a valid endpoints file: `[` or `{{` nested deeper than {MAX_FLOW_DEPTH} \
+             levels at line {line} column {column} (an endpoints file needs 5)"
+        )));
+    }
     // An empty file is an empty table, not a YAML error.
     let doc: FileDoc = if text.trim().is_empty() {
         FileDoc { services: vec![] }
@@ -107,10 +158,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
             path: path.into(),
             source,
         })?
-    };
-    let invalid = |msg: String| FileError::Invalid {
-        path: path.into(),
-        msg,
     };
     let mut hosts = BTreeSet::new();
     // Endpoints with equal labels share one map in the table.
@@ -203,10 +250,25 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
     Ok(out)
 }
 
+/// Reads (a regular file of at most [`MAX_FILE_BYTES`], never blocking) and parses `path`.
 pub fn load(path: &Path) -> Result<Vec<ServiceSpec>, FileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
+    let read = |source| FileError::Read {
         path: path.into(),
         source,
+    };
+    let bytes = read_regular(path, MAX_FILE_BYTES).map_err(|e| match e {
+        ReadRefused::Io(source) => read(source),
+        ReadRefused::NotRegular(what) => FileError::NotRegular {
+            path: path.into(),
+            what,
+        },
+        ReadRefused::TooLarge => FileError::TooLarge { path: path.into() },
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        read(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        ))
     })?;
     parse(path, &text)
 }
@@ -324,5 +386,88 @@ services:
     fn empty_file_is_empty_table() {
         assert!(p("").unwrap().is_empty());
         assert!(p("services: []").unwrap().is_empty());
+    }
+
+    /// 100 KB of `[` took seconds in libyaml's scanner; the depth check refuses it at once,
+    /// with the position. Anything serde_yaml accepts (at most 128 levels) still parses as before.
+    #[test]
+    fn deep_flow_nesting_is_refused_before_the_parser() {
+        for open in ["[", "{", "services: ["] {
+            let text = open.repeat(100_000);
+            let t0 = std::time::Instant::now();
+            let err = p(&text).unwrap_err().to_string();
+            assert!(t0.elapsed() < std::time::Duration::from_secs(1), "{open:?}");
+            assert!(
+                err.contains("nested deeper than 128 levels at line 1"),
+                "{open:?}: {err}"
+            );
+        }
+        // Within the limit, the parser's own verdict; brackets in comments do not count.
+        let ok = format!(
+            "# {}\nservices: [{{host: a.local, ports: [{{port: 80}}]}}]\n",
+            "[".repeat(500)
+        );
+        assert_eq!(p(&ok).unwrap().len(), 1);
+        let err = p(&"[".repeat(128)).unwrap_err().to_string();
+        assert!(!err.contains("nested deeper"), "{err}");
+    }
+
+    /// Block nesting (indentation) is not where libyaml is slow: a deep block document is
+    /// refused by serde_yaml's recursion limit quickly.
+    #[test]
+    fn deep_block_nesting_is_refused_quickly() {
+        let text = "- ".repeat(50_000) + "x\n";
+        let t0 = std::time::Instant::now();
+        let err = p(&text).unwrap_err().to_string();
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(err.contains("not a valid endpoints file"), "{err}");
+    }
+
+    /// A FIFO (no writer), a device and a directory are refused without blocking; an
+    /// oversized file is refused without being read whole.
+    #[test]
+    fn only_bounded_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.yaml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let err = load(&fifo).unwrap_err().to_string();
+        assert!(err.contains("is a FIFO, not a regular file"), "{err}");
+        let zero = dir.path().join("zero.yaml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let err = load(&zero).unwrap_err().to_string();
+        assert!(
+            err.contains("is a character device, not a regular file"),
+            "{err}"
+        );
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("is a directory"), "{err}");
+        let big = dir.path().join("big.yaml");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_FILE_BYTES + 1).unwrap();
+        let err = load(&big).unwrap_err().to_string();
+        assert!(err.contains("larger than 64 MiB"), "{err}");
+        // The window itself: a file that reports no size is still cut at the cap.
+        let small = dir.path().join("small.yaml");
+        std::fs::write(&small, "0123456789").unwrap();
+        assert!(matches!(
+            read_regular(&small, 9),
+            Err(ReadRefused::TooLarge)
+        ));
+        assert_eq!(read_regular(&small, 10).unwrap(), b"0123456789");
+        assert!(matches!(
+            read_regular(Path::new("/proc/self/status"), 16),
+            Err(ReadRefused::TooLarge)
+        ));
+        std::fs::write(&small, [0xff, 0xfe]).unwrap();
+        let err = load(&small).unwrap_err().to_string();
+        assert!(err.contains("not UTF-8"), "{err}");
     }
 }

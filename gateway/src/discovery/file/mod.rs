@@ -5,6 +5,10 @@
 //! `..data` symlink that is swapped atomically, which a watch on the file itself misses.
 //! [`watch`] decides which of its events matter and when a change has settled; [`format`]
 //! reads the file's content.
+//!
+//! Every read goes through [`read_regular`](crate::bounded_read::read_regular): whatever the
+//! path names (a FIFO, a device, a huge file), a read never blocks and never takes more than a
+//! bounded amount of memory.
 
 pub mod format;
 pub mod watch;
@@ -37,12 +41,26 @@ pub enum FileError {
     },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
+    #[error(
+        "{path} is {what}, not a regular file: --endpoints must name a regular file (or a \
+         symlink to one)"
+    )]
+    NotRegular { path: PathBuf, what: &'static str },
+    #[error(
+        "{path} is larger than {} MiB, the limit of an endpoints file (20,000 routes take \
+         about 3 MB): check that --endpoints names the right file",
+        MAX_FILE_BYTES >> 20
+    )]
+    TooLarge { path: PathBuf },
     #[error("watching {path}: {source}")]
     Watch {
         path: PathBuf,
         source: notify::Error,
     },
 }
+
+/// The largest endpoints file read: 64 MiB, over 20 times a 20,000-route file (2.9 MB).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// Watches `path` (through its parent directory) and SIGHUP, republishing on every change
 /// of content. Runs until `stop` is cancelled. A bad file keeps the last good table.
@@ -83,6 +101,14 @@ struct Reader {
 impl FileSource {
     /// Loads the file (an error here fails start-up) and starts watching it.
     pub fn start(path: &Path, publisher: Publisher) -> Result<FileSource, FileError> {
+        // Absolute once, as notify makes the watched directory (the current directory joined,
+        // no symlink resolved: a ConfigMap's links are watched by their names): events name
+        // absolute paths, which a relative directory never matched, so a relative --endpoints
+        // was only ever reloaded by SIGHUP.
+        let path = &std::path::absolute(path).map_err(|source| FileError::Read {
+            path: path.into(),
+            source,
+        })?;
         let specs = load(path)?;
         publisher.publish("file", &specs);
         let dir = match path.parent() {

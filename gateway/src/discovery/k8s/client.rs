@@ -1,11 +1,11 @@
 //! Connecting to the Kubernetes API: kubeconfig and context loading, the start-up
 //! reachability check, and errors that name their cause and fix.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kube::Client;
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 
 use crate::config::{DefaultCredentials, KubeOptions};
 
@@ -58,9 +58,9 @@ pub async fn client(opts: &KubeOptions) -> Result<Client, KubeError> {
     };
     let config = match &opts.kubeconfig {
         Some(path) => {
-            let kc = Kubeconfig::read_from(path).map_err(|e| KubeError::Kubeconfig {
+            let kc = read_kubeconfig(path).map_err(|reason| KubeError::Kubeconfig {
                 path: path.clone(),
-                reason: error_chain(&e),
+                reason,
             })?;
             check_context(&kc, opts.context.as_deref(), &path.display().to_string())?;
             kube::Config::from_custom_kubeconfig(kc, &kco)
@@ -74,22 +74,23 @@ pub async fn client(opts: &KubeOptions) -> Result<Client, KubeError> {
         None if opts.context.is_some()
             || DefaultCredentials::from_env() == DefaultCredentials::KubeconfigEnv =>
         {
-            if let Ok(kc) = Kubeconfig::read() {
-                check_context(&kc, opts.context.as_deref(), "KUBECONFIG")?;
-            }
-            kube::Config::from_kubeconfig(&kco)
+            let kc = default_kubeconfig().map_err(KubeError::DefaultKubeconfig)?;
+            check_context(&kc, opts.context.as_deref(), "KUBECONFIG")?;
+            kube::Config::from_custom_kubeconfig(kc, &kco)
                 .await
                 .map_err(|e| KubeError::DefaultKubeconfig(error_chain(&e)))?
         }
         None => match kube::Config::incluster() {
             Ok(c) => c,
             Err(in_cluster) => {
-                kube::Config::from_kubeconfig(&kco)
+                let no_config = |kubeconfig| KubeError::NoConfig {
+                    in_cluster: error_chain(&in_cluster),
+                    kubeconfig,
+                };
+                let kc = default_kubeconfig().map_err(no_config)?;
+                kube::Config::from_custom_kubeconfig(kc, &kco)
                     .await
-                    .map_err(|e| KubeError::NoConfig {
-                        in_cluster: error_chain(&in_cluster),
-                        kubeconfig: error_chain(&e),
-                    })?
+                    .map_err(|e| no_config(error_chain(&e)))?
             }
         },
     };
@@ -165,6 +166,123 @@ fn check_context(kc: &Kubeconfig, context: Option<&str>, path: &str) -> Result<(
     })
 }
 
+/// The largest kubeconfig read (4 MiB): a device or a huge file is refused, not read.
+const MAX_KUBECONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The kubeconfig of `KUBECONFIG` (its files merged, as kubectl does), else `~/.kube/config`,
+/// each read by [`read_kubeconfig`].
+fn default_kubeconfig() -> Result<Kubeconfig, String> {
+    let paths: Vec<PathBuf> = std::env::var_os("KUBECONFIG")
+        .map(|v| {
+            std::env::split_paths(&v)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if paths.is_empty() {
+        let home = std::env::home_dir().ok_or("no KUBECONFIG and no home directory")?;
+        let path = home.join(".kube").join("config");
+        return read_kubeconfig(&path).map_err(|e| format!("{}: {e}", path.display()));
+    }
+    paths
+        .iter()
+        .try_fold(Kubeconfig::default(), |merged, path| {
+            let next = read_kubeconfig(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            merged.merge(next).map_err(|e| e.to_string())
+        })
+}
+
+/// Reads a kubeconfig as kube's `Kubeconfig::read_from` does (all documents merged, relative
+/// file paths made relative to its directory), but bounded (a regular file of at most
+/// [`MAX_KUBECONFIG_BYTES`]) and with parse errors that quote none of its text: the YAML
+/// parser's own message shows the lines around the fault, tokens included, and would reach
+/// the pod logs.
+pub(super) fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, String> {
+    use crate::bounded_read::{ReadRefused, read_regular};
+    let bytes = read_regular(path, MAX_KUBECONFIG_BYTES).map_err(|e| match e {
+        ReadRefused::Io(e) => e.to_string(),
+        ReadRefused::NotRegular(what) => {
+            format!("{what}, not a regular file: pass the kubeconfig file")
+        }
+        ReadRefused::TooLarge => {
+            "larger than 4 MiB, the limit for a kubeconfig: pass the kubeconfig file".into()
+        }
+    })?;
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+    let mut kc = Kubeconfig::from_yaml(text).map_err(|e| kubeconfig_error(&e))?;
+    if let Some(dir) = path.parent() {
+        let abs = |p: &mut Option<String>| {
+            if let Some(s) = p.as_deref()
+                && Path::new(s).is_relative()
+                && let Some(joined) = dir.join(s).to_str()
+            {
+                *p = Some(joined.to_string());
+            }
+        };
+        for c in kc.clusters.iter_mut().filter_map(|c| c.cluster.as_mut()) {
+            abs(&mut c.certificate_authority);
+        }
+        for a in kc
+            .auth_infos
+            .iter_mut()
+            .filter_map(|a| a.auth_info.as_mut())
+        {
+            abs(&mut a.client_certificate);
+            abs(&mut a.client_key);
+            abs(&mut a.token_file);
+            if let Some(exec) = a.exec.as_mut()
+                && exec
+                    .command
+                    .as_deref()
+                    .is_some_and(|c| c.contains(std::path::MAIN_SEPARATOR))
+            {
+                abs(&mut exec.command);
+            }
+        }
+    }
+    Ok(kc)
+}
+
+/// A kubeconfig parse error as its location and the parser's short reason: no snippet, and
+/// no quoted value (serde's "invalid type: string \"…\"" quotes the scalar).
+fn kubeconfig_error(e: &KubeconfigError) -> String {
+    let KubeconfigError::Parse(inner) = e else {
+        return e.to_string();
+    };
+    let plain = inner.without_snippet().to_string();
+    let first = plain.lines().next().unwrap_or_default().trim();
+    let first = first.strip_prefix("error:").unwrap_or(first).trim();
+    let mut reason = String::new();
+    let mut quote = None;
+    for c in first.chars() {
+        match quote {
+            Some(q) if c == q => {
+                reason.push('…');
+                reason.push(c);
+                quote = None;
+            }
+            Some(_) => {}
+            None if c == '"' || c == '`' => {
+                reason.push(c);
+                quote = Some(c);
+            }
+            None => reason.push(c),
+        }
+    }
+    if quote.is_some() {
+        reason.push('…');
+    }
+    match inner.location() {
+        Some(l) if !reason.contains("line ") => format!(
+            "failed to parse kubeconfig YAML: {reason} at line {}, column {}",
+            l.line(),
+            l.column()
+        ),
+        _ => format!("failed to parse kubeconfig YAML: {reason}"),
+    }
+}
+
 /// An error and its causes on one line, each cause once (kube's errors often repeat their
 /// source in their own message).
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
@@ -179,4 +297,37 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SENTINEL: &str = "tok-SENTINEL-0123456789";
+
+    #[test]
+    fn kubeconfig_parse_errors_quote_no_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let head = "apiVersion: v1\nkind: Config\nusers:\n- name: u\n";
+        for (body, line) in [
+            (
+                format!("  user:\n    token: {SENTINEL}\n    bogus: [\n"),
+                "line 7",
+            ),
+            (format!("  user:\n    token: [{SENTINEL}]\n"), "line 6"),
+            (format!("  user: \"{SENTINEL}\"\n"), "line 5"),
+        ] {
+            let path = dir.path().join("kc");
+            std::fs::write(&path, format!("{head}{body}")).unwrap();
+            let e = read_kubeconfig(&path).unwrap_err();
+            assert!(!e.contains("SENTINEL"), "{e}");
+            assert!(e.contains(line), "{e}");
+        }
+        #[cfg(unix)]
+        assert!(
+            read_kubeconfig(Path::new("/dev/zero"))
+                .unwrap_err()
+                .contains("not a regular file")
+        );
+    }
 }
