@@ -7,7 +7,6 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -66,36 +65,6 @@ fn start_fails(mut cmd: Command) -> String {
     text
 }
 
-/// Runs `cmd` and waits for it to listen, as [`GatewayProcess::start`] does.
-fn start(mut cmd: Command) -> GatewayProcess {
-    use std::io::BufRead;
-    let mut child = testkit::proc::ChildGuard::spawn(&mut cmd).unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let v =
-                serde_json::from_str(&line).unwrap_or_else(|_| serde_json::json!({ "raw": line }));
-            sink.lock().unwrap().push(v);
-        }
-    });
-    let mut p = GatewayProcess {
-        child,
-        listen: ([0, 0, 0, 0], 0).into(),
-        admin: ([0, 0, 0, 0], 0).into(),
-        lines,
-    };
-    let up = p.wait_line(&|v| v["message"] == "gateway listening");
-    let addr = |k: &str| up[k].as_str().unwrap().parse().unwrap();
-    p.listen = addr("listen_addr");
-    p.admin = addr("admin_addr");
-    p
-}
-
 /// Defect 1: the file replaced by a FIFO with no writer was opened blocking: the reload
 /// thread hung, later changes and SIGHUP were ignored and SIGTERM did not end the process.
 #[test]
@@ -103,7 +72,7 @@ fn a_fifo_is_refused_and_later_changes_still_reload() {
     let dir = tempfile::tempdir().unwrap();
     let eps = dir.path().join("endpoints.yaml");
     std::fs::write(&eps, yaml(3000)).unwrap();
-    let mut gw = start(command(
+    let mut gw = GatewayProcess::spawn(command(
         dir.path(),
         &["--endpoints", eps.to_str().unwrap()],
         &[],
@@ -138,7 +107,7 @@ fn a_link_to_a_device_is_refused_without_reading_it() {
     let dir = tempfile::tempdir().unwrap();
     let eps = dir.path().join("endpoints.yaml");
     std::fs::write(&eps, yaml(3000)).unwrap();
-    let gw = start(command(
+    let gw = GatewayProcess::spawn(command(
         dir.path(),
         &["--endpoints", eps.to_str().unwrap()],
         &[],
@@ -169,7 +138,7 @@ fn a_relative_path_is_reloaded_on_change() {
     let eps = dir.path().join("conf/endpoints.yaml");
     std::fs::write(&eps, yaml(3000)).unwrap();
     for arg in ["conf/endpoints.yaml", "./conf/../conf/endpoints.yaml"] {
-        let gw = start(command(dir.path(), &["--endpoints", arg], &[]));
+        let gw = GatewayProcess::spawn(command(dir.path(), &["--endpoints", arg], &[]));
         let base = gw.metric(GENERATION);
         // In place.
         std::fs::write(&eps, yaml(3001)).unwrap();
@@ -200,11 +169,11 @@ fn tokio_worker_threads_is_bounded_like_workers() {
         );
     }
     // A valid one is used; --workers wins over it.
-    let gw = start(command(dir.path(), &args, &[("TOKIO_WORKER_THREADS", "3")]));
+    let gw = GatewayProcess::spawn(command(dir.path(), &args, &[("TOKIO_WORKER_THREADS", "3")]));
     assert_eq!(gw.count_lines(&|v| v["workers"] == 3), 1);
     let mut with_flag = args.to_vec();
     with_flag.extend(["--workers", "2"]);
-    let gw = start(command(
+    let gw = GatewayProcess::spawn(command(
         dir.path(),
         &with_flag,
         &[("TOKIO_WORKER_THREADS", "100000")],

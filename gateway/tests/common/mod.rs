@@ -438,7 +438,6 @@ impl GatewayProcess {
         rust_log: &str,
         fds: Option<(u32, u32)>,
     ) -> Self {
-        use std::io::BufRead;
         let bin = env!("CARGO_BIN_EXE_gateway");
         let mut cmd = match fds {
             Some((soft, hard)) => {
@@ -460,6 +459,13 @@ impl GatewayProcess {
             .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
+        Self::spawn(cmd)
+    }
+
+    /// Runs `cmd` (a gateway with `--log-format json` and stderr piped) and waits for it to
+    /// report its addresses.
+    pub fn spawn(mut cmd: std::process::Command) -> Self {
+        use std::io::BufRead;
         let mut child = testkit::proc::ChildGuard::spawn(&mut cmd).expect("spawn gateway");
         let stderr = child.stderr.take().unwrap();
         let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
