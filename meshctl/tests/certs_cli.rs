@@ -254,8 +254,9 @@ fn invalid_cluster_names_are_rejected() {
         0,
         "nothing written"
     );
-    let out = fails(&["certs", "init", "--clusters", "a,a", "--out", p(tmp.path())]);
-    assert!(out.contains("listed twice"), "{out}");
+    let out = meshctl(&["certs", "init", "--clusters", "a,a", "--out", p(tmp.path())]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("listed twice"), "{}", text(&out));
 }
 
 #[test]

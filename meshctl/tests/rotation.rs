@@ -390,7 +390,7 @@ async fn a_rotation_across_three_clusters_stage_by_stage() {
     assert_eq!(m.cacerts(), active);
     m.step("finish", &["--dry-run", "--confirm"]).await;
     assert_eq!(m.cacerts(), active);
-    m.step("finish", &["--workload-lifetime", "0s"]).await;
+    m.step("finish", &["--confirm"]).await;
     let done = m.cacerts();
     for (before, after) in active.iter().zip(&done) {
         assert_eq!(stage(after), "finished");

@@ -3,9 +3,17 @@
 //! Writers check every target before writing anything, so a refusal changes nothing.
 //! Every file is written to a new file beside its target, then renamed over it: a symlink at
 //! the target is replaced, never followed. Private keys are 0600; directories created for
-//! them are 0700, whatever the umask.
+//! them are 0700, whatever the umask. A private key is never written into, or read for reuse
+//! from, a symlinked directory or one other users may write (see `guard` for the rules).
+//!
+//! Every input file is read through [`read_input`]: regular files only, at most
+//! [`MAX_INPUT_BYTES`].
 
 mod atomic_write;
+mod guard;
+mod input;
+
+pub use input::{MAX_INPUT_BYTES, read_input, read_input_string};
 
 use std::path::{Path, PathBuf};
 
@@ -43,8 +51,13 @@ impl OutFile {
 }
 
 /// Writes all files, creating parent directories (0700). Without `force`, fails with
-/// [`PkiError::Exists`] listing every existing target, before writing anything.
+/// [`PkiError::Exists`] listing every existing target, before writing anything. A private
+/// key's directory is checked first (`guard`): a symlinked directory, or one that other
+/// users may write, is refused before anything is written.
 pub fn write_files(files: &[OutFile], force: bool) -> Result<()> {
+    for f in files.iter().filter(|f| f.secret) {
+        check_key_dir(f.path.parent().unwrap_or(Path::new("")))?;
+    }
     if !force {
         let existing: Vec<PathBuf> = files
             .iter()
@@ -98,11 +111,24 @@ fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A private key's directory may hold one (`guard`), else [`PkiError::Io`] naming it.
+fn check_key_dir(dir: &Path) -> Result<()> {
+    guard::check_key_dir(dir).map_err(|(path, source)| PkiError::Io { path, source })
+}
+
+/// An input file, bounded ([`read_input_string`]).
 fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| PkiError::Io {
+    read_input_string(path).map_err(|source| PkiError::Io {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// A private key to reuse: its directory is checked like a writer's, then it is read
+/// (bounded, as [`read_input_string`]).
+pub fn read_key(path: &Path) -> Result<String> {
+    check_key_dir(path.parent().unwrap_or(Path::new("")))?;
+    read(path)
 }
 
 impl RootCa {
@@ -120,7 +146,7 @@ impl RootCa {
 
     /// Loads a root from a certificate file and a key file.
     pub fn load_files(cert: &Path, key: &Path) -> Result<RootCa> {
-        RootCa::from_pem(&read(cert)?, &read(key)?)
+        RootCa::from_pem(&read(cert)?, &read_key(key)?)
     }
 }
 
@@ -144,7 +170,7 @@ impl IntermediateCa {
     pub fn load_dir(dir: &Path) -> Result<IntermediateCa> {
         let ca = IntermediateCa::from_pems(
             &read(&dir.join(CA_CERT))?,
-            &read(&dir.join(CA_KEY))?,
+            &read_key(&dir.join(CA_KEY))?,
             &read(&dir.join(ROOT_CERT))?,
         )?;
         let chain_path = dir.join(CERT_CHAIN);
@@ -184,8 +210,18 @@ impl WorkloadCert {
 
 impl Bundle {
     /// Reads a cluster bundle directory. Each missing or unreadable file is a finding naming
-    /// it; a directory that does not exist is one finding.
+    /// it; a directory that does not exist is one finding, and so is one that may not hold a
+    /// private key (a symlink, or writable by other users: see `guard`).
     pub fn load_dir(dir: &Path) -> std::result::Result<Bundle, Vec<Finding>> {
+        if dir.is_dir()
+            && let Err((file, e)) = guard::check_key_dir(dir)
+        {
+            return Err(vec![Finding {
+                severity: Severity::Error,
+                file,
+                message: e.to_string(),
+            }]);
+        }
         let (texts, findings) = read_bundle(dir);
         match texts {
             Some(
@@ -231,7 +267,7 @@ fn read_bundle(dir: &Path) -> (Option<[Option<String>; 4]>, Vec<Finding>) {
     let mut findings = Vec::new();
     let texts = [CA_CERT, CA_KEY, ROOT_CERT, CERT_CHAIN].map(|name| {
         let path = dir.join(name);
-        match std::fs::read_to_string(&path) {
+        match read_input_string(&path) {
             Ok(text) => Some(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 findings.push(error(

@@ -27,6 +27,9 @@ pub const DEFAULT_ORG: &str = "Istio";
 pub const DEFAULT_ROOT_CN: &str = "Root CA";
 /// Default validity of the root CA, in days.
 pub const DEFAULT_ROOT_DAYS: u32 = 3650;
+/// Unix time of 9999-12-31T23:59:59Z, the latest notAfter X.509 can express
+/// (GeneralizedTime has four year digits, RFC 5280 §4.1.2.5).
+const MAX_NOT_AFTER_UNIX: i64 = 253_402_300_799;
 
 /// Options for a new root CA.
 #[derive(Debug, Clone)]
@@ -247,7 +250,7 @@ fn issue_ca(
         opts.not_before,
         opts.not_after,
         days(opts.days)?,
-        Some(not_after_of(parent_der)?),
+        Some(parent_of(parent_der)?),
     )?;
     let key = opts.key_type.generate()?;
     let mut params = CertificateParams::default();
@@ -369,7 +372,7 @@ impl IntermediateCa {
             opts.not_before,
             opts.not_after,
             opts.validity,
-            Some(not_after_of(&self.cert_der)?),
+            Some(parent_of(&self.cert_der)?),
         )?;
         let spiffe_id = opts.spiffe_id();
         let key = opts.key_type.generate()?;
@@ -439,18 +442,78 @@ fn days(days: u32) -> Result<Duration> {
     Ok(DAY * days)
 }
 
+/// The signer as [`validity`] needs it: its notAfter, and how to name it when it expired.
+struct Parent {
+    not_after: OffsetDateTime,
+    /// `the root CA "O=Istio, CN=Root CA"` or `the CA "..."`.
+    name: String,
+}
+
+fn parent_of(der: &[u8]) -> Result<Parent> {
+    let cert = parse_x509(der).map_err(PkiError::InvalidCert)?;
+    let root = cert.subject().as_raw() == cert.issuer().as_raw();
+    Ok(Parent {
+        not_after: cert.validity().not_after.to_datetime(),
+        name: format!(
+            "the {} \"{}\"",
+            if root { "root CA" } else { "CA" },
+            cert.subject()
+        ),
+    })
+}
+
+/// The latest notAfter X.509 can express: 9999-12-31T23:59:59Z.
+fn max_not_after() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(MAX_NOT_AFTER_UNIX).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
 /// Computes (notBefore, notAfter): overrides win, notAfter is clamped to the parent's.
+/// Refuses (never panics on) a validity that ends after 9999-12-31, and a parent that has
+/// already expired (it cannot sign anything valid).
 fn validity(
     not_before: Option<OffsetDateTime>,
     not_after: Option<OffsetDateTime>,
     length: Duration,
-    parent_not_after: Option<OffsetDateTime>,
+    parent: Option<Parent>,
 ) -> Result<(OffsetDateTime, OffsetDateTime)> {
     let now = OffsetDateTime::now_utc();
+    let max = max_not_after();
     let nb = not_before.unwrap_or(now - BACKDATE);
-    let mut na = not_after.unwrap_or(now + length);
-    if let Some(parent) = parent_not_after {
-        na = na.min(parent);
+    let mut na = match not_after {
+        Some(na) => na,
+        None => time::Duration::try_from(length)
+            .ok()
+            .and_then(|l| now.checked_add(l))
+            .filter(|na| *na <= max)
+            .ok_or_else(|| PkiError::InvalidOption {
+                field: "validity",
+                reason: format!(
+                    "{} from now ends after 9999-12-31T23:59:59Z, the latest date a certificate \
+                     can hold; choose a shorter validity",
+                    describe_length(length)
+                ),
+            })?,
+    };
+    if na > max {
+        return Err(PkiError::InvalidOption {
+            field: "validity",
+            reason: format!(
+                "notAfter {na} is after 9999-12-31T23:59:59Z, the latest date a certificate can hold"
+            ),
+        });
+    }
+    if let Some(parent) = parent {
+        if parent.not_after <= now {
+            return Err(PkiError::InvalidOption {
+                field: "signing CA",
+                reason: format!(
+                    "{} expired on {}, so it cannot sign a certificate that is valid now: \
+                     renew or replace it first",
+                    parent.name, parent.not_after
+                ),
+            });
+        }
+        na = na.min(parent.not_after);
     }
     if na <= nb {
         return Err(PkiError::InvalidOption {
@@ -461,9 +524,16 @@ fn validity(
     Ok((nb, na))
 }
 
-fn not_after_of(der: &[u8]) -> Result<OffsetDateTime> {
-    let cert = parse_x509(der).map_err(PkiError::InvalidCert)?;
-    Ok(cert.validity().not_after.to_datetime())
+/// "3650 days" / "36 hours" / "90 seconds", for messages.
+fn describe_length(d: Duration) -> String {
+    let s = d.as_secs();
+    if s.is_multiple_of(DAY.as_secs()) {
+        format!("{} days", s / DAY.as_secs())
+    } else if s.is_multiple_of(3600) {
+        format!("{} hours", s / 3600)
+    } else {
+        format!("{s} seconds")
+    }
 }
 
 fn dn(parts: &[(DnType, &String)]) -> DistinguishedName {

@@ -64,11 +64,11 @@ struct InitArgs {
     /// Output directory.
     #[arg(long, default_value = "certs")]
     out: PathBuf,
-    /// Root validity in days.
-    #[arg(long, default_value_t = pki::DEFAULT_ROOT_DAYS)]
+    /// Root validity in days (1 to 36500, i.e. at most 100 years).
+    #[arg(long, default_value_t = pki::DEFAULT_ROOT_DAYS, value_parser = days_parser())]
     root_days: u32,
-    /// Intermediate validity in days (never past the root's notAfter).
-    #[arg(long, default_value_t = pki::DEFAULT_INTERMEDIATE_DAYS)]
+    /// Intermediate validity in days (1 to 36500; never past the root's notAfter).
+    #[arg(long, default_value_t = pki::DEFAULT_INTERMEDIATE_DAYS, value_parser = days_parser())]
     days: u32,
     /// Subject O of the root and the intermediates.
     #[arg(long, default_value = pki::DEFAULT_ORG)]
@@ -82,8 +82,8 @@ struct RootArgs {
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
-    /// Validity in days.
-    #[arg(long, default_value_t = pki::DEFAULT_ROOT_DAYS)]
+    /// Validity in days (1 to 36500, i.e. at most 100 years).
+    #[arg(long, default_value_t = pki::DEFAULT_ROOT_DAYS, value_parser = days_parser())]
     days: u32,
     /// Subject O.
     #[arg(long, default_value = pki::DEFAULT_ORG)]
@@ -128,8 +128,8 @@ struct IntermediateArgs {
     /// Output directory (e.g. certs/<cluster>).
     #[arg(long)]
     out: PathBuf,
-    /// Validity in days (never past the root's notAfter).
-    #[arg(long, default_value_t = pki::DEFAULT_INTERMEDIATE_DAYS)]
+    /// Validity in days (1 to 36500; never past the root's notAfter).
+    #[arg(long, default_value_t = pki::DEFAULT_INTERMEDIATE_DAYS, value_parser = days_parser())]
     days: u32,
     /// Subject O.
     #[arg(long, default_value = pki::DEFAULT_ORG)]
@@ -145,8 +145,8 @@ struct RenewArgs {
     ca: PathBuf,
     #[command(flatten)]
     signer: SignerArgs,
-    /// Validity in days (default: the old CA's; never past the root's notAfter).
-    #[arg(long)]
+    /// Validity in days, 1 to 36500 (default: the old CA's; never past the root's notAfter).
+    #[arg(long, value_parser = days_parser())]
     days: Option<u32>,
     /// Key algorithm of the new CA key.
     #[arg(long, default_value = "ec-p256", value_parser = parse_key_type)]
@@ -180,8 +180,8 @@ struct WorkloadArgs {
     /// SPIFFE trust domain.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
-    /// Validity in hours (never past the CA's notAfter).
-    #[arg(long, default_value_t = 24)]
+    /// Validity in hours, 1 to 87600 (10 years; never past the CA's notAfter).
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=MAX_HOURS))]
     hours: u32,
     /// Extra DNS SAN (repeatable).
     #[arg(long = "dns")]
@@ -204,6 +204,23 @@ struct VerifyArgs {
 struct InspectArgs {
     /// PEM file with one or more certificates.
     file: PathBuf,
+}
+
+/// The longest `--days`/`--root-days` accepted: 100 years (a notAfter far before X.509's
+/// 9999-12-31 limit, from any start date this tool can see).
+pub(crate) const MAX_DAYS: i64 = 36_500;
+/// The longest `certs workload --hours`: 10 years.
+const MAX_HOURS: i64 = 87_600;
+
+/// `--days` and `--root-days`: 1 to [`MAX_DAYS`] (clap refuses others with a usage error).
+pub(crate) fn days_parser() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=MAX_DAYS)
+}
+
+/// A usage error found after parsing (same exit code as clap's, 2), printed like clap's.
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
 }
 
 fn parse_key_type(s: &str) -> Result<KeyType, PkiError> {
@@ -230,7 +247,9 @@ fn init(a: InitArgs) -> Result<ExitCode> {
     let mut seen = std::collections::BTreeSet::new();
     for c in &a.clusters {
         if !seen.insert(c) {
-            bail!("cluster {c:?} is listed twice");
+            return Ok(usage_error(&format!(
+                "--clusters: cluster {c:?} is listed twice; list each cluster once"
+            )));
         }
     }
     let root = RootCa::generate(&RootOptions {
@@ -311,6 +330,35 @@ impl Signer {
         }
     }
 
+    /// Refuses a signer that has expired, saying how to replace it (pki would only say that
+    /// it cannot sign).
+    fn check_not_expired(&self, a: &SignerArgs) -> Result<()> {
+        match (self, &a.root_cert, &a.parent) {
+            (Signer::Root(r), Some(cert), _) => {
+                if let Some(when) = expired_on(r.cert_pem()) {
+                    bail!(
+                        "the root in {} expired on {when}: a root cannot be renewed in place; create \
+                         a new one (meshctl certs init or certs root) and, for clusters that use \
+                         the old one, move them with meshctl rotate prepare|activate|finish",
+                        cert.display()
+                    );
+                }
+            }
+            (Signer::Parent(p), _, Some(dir)) => {
+                if let Some(when) = expired_on(p.cert_pem()) {
+                    bail!(
+                        "the parent CA in {} expired on {when}: renew it with meshctl certs renew \
+                         --ca {} --root-cert ROOT --root-key KEY",
+                        dir.display(),
+                        dir.display()
+                    );
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn issue(&self, opts: &IntermediateOptions) -> pki::Result<IntermediateCa> {
         match self {
             Signer::Root(r) => r.issue_intermediate(opts),
@@ -319,8 +367,57 @@ impl Signer {
     }
 }
 
+/// When the first certificate of `pem` has expired: its notAfter, else `None`.
+pub(super) fn expired_on(pem: &str) -> Option<String> {
+    let der = crate::mesh::cacerts::pem_ders(pem.as_bytes())
+        .into_iter()
+        .next()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let not_after = cert.validity().not_after;
+    (not_after.timestamp()
+        <= i64::try_from(crate::mesh::credentials::unix_now()).unwrap_or(i64::MAX))
+    .then(|| not_after.to_string())
+}
+
+/// Checks that `write` can create every file: no existing ancestor that is not a directory,
+/// no target that is a directory. `pki::write_files` checks for existing files before it
+/// writes; this catches the rest before the first file is written, so a refusal writes nothing.
+pub(super) fn check_targets(files: &[OutFile]) -> Result<()> {
+    let mut problems = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for f in files {
+        if f.path.is_dir() {
+            problems.push(format!("{} is a directory", f.path.display()));
+        }
+        for dir in f.path.ancestors().skip(1) {
+            if dir.as_os_str().is_empty() || !seen.insert(dir.to_path_buf()) {
+                continue;
+            }
+            // metadata follows symlinks: a symlink to a directory is a directory.
+            if let Ok(m) = dir.metadata()
+                && !m.is_dir()
+            {
+                problems.push(format!(
+                    "{} exists and is not a directory (needed to write {})",
+                    dir.display(),
+                    f.path.display()
+                ));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "cannot write the output (nothing was written; choose another --out or move these \
+             away): {}",
+            problems.join("; ")
+        );
+    }
+    Ok(())
+}
+
 fn intermediate(a: IntermediateArgs) -> Result<ExitCode> {
     let signer = Signer::load(&a.signer)?;
+    signer.check_not_expired(&a.signer)?;
     let ca = signer
         .issue(&IntermediateOptions {
             org: a.org,
@@ -336,11 +433,16 @@ fn intermediate(a: IntermediateArgs) -> Result<ExitCode> {
 }
 
 fn workload(a: WorkloadArgs) -> Result<ExitCode> {
-    if a.hours == 0 {
-        bail!("--hours must be at least 1");
-    }
     let ca = IntermediateCa::load_dir(&a.ca)
         .with_context(|| format!("loading the cluster CA from {}", a.ca.display()))?;
+    if let Some(when) = expired_on(ca.cert_pem()) {
+        bail!(
+            "the cluster CA in {} expired on {when}: renew it with meshctl certs renew --ca {} \
+             --root-cert ROOT --root-key KEY",
+            a.ca.display(),
+            a.ca.display()
+        );
+    }
     let cert = ca
         .issue_workload(&WorkloadOptions {
             trust_domain: a.trust_domain,
@@ -372,7 +474,7 @@ fn verify(a: VerifyArgs) -> ExitCode {
 }
 
 fn inspect(a: InspectArgs) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(&a.file)
+    let text = pki::files::read_input_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
     let certs = pki::inspect_pem(&text).with_context(|| a.file.display().to_string())?;
     for (i, c) in certs.iter().enumerate() {
@@ -386,6 +488,7 @@ fn inspect(a: InspectArgs) -> Result<ExitCode> {
 
 /// Writes all files (or none), then lists them. Keys are never printed.
 pub(super) fn write(files: &[OutFile], force: bool) -> Result<()> {
+    check_targets(files)?;
     match pki::write_files(files, force) {
         Err(PkiError::Exists(paths)) => bail!(
             "refusing to overwrite existing file(s) (nothing was written; pass --force to overwrite): {}",

@@ -19,11 +19,12 @@ use crate::cli::{
 };
 use crate::istio::{
     CLUSTER_NAME_ANNOTATION, GATEWAY_API_V1, GATEWAY_NAME, HBONE_PORT, ISTIO_NETWORKING_V1,
-    MANAGED_SELECTOR, MANAGER, NETWORK_LABEL, remote_secret_name,
+    MANAGED_SELECTOR, MANAGER, NETWORK_LABEL, SA_NAME_ANNOTATION, SA_TOKEN_TYPE,
+    remote_secret_name,
 };
 use crate::kube::{self as kc, Cluster, KubeconfigFile};
 use crate::mesh::reader::{self, SecretOptions};
-use crate::mesh::remote_secret::{is_loopback, loopback_error, printable};
+use crate::mesh::remote_secret::{is_loopback, loopback_error, printable, reader_rbac};
 use crate::mesh::{ambient, cacerts, gateway as gw, namespace};
 
 #[derive(Debug, Args)]
@@ -82,6 +83,10 @@ struct Member {
     /// `--gateway-address`, validated.
     gateway_address: Option<String>,
     cacerts: Value,
+    /// The gateway's objects, built (so validated) before anything is written.
+    gateway: Vec<Value>,
+    /// What `reader::build` gets for this cluster's remote secret (validated too).
+    secret: SecretOptions,
 }
 
 fn members(a: &JoinArgs) -> Result<Vec<Member>> {
@@ -142,6 +147,20 @@ fn members(a: &JoinArgs) -> Result<Vec<Member>> {
             );
         }
         let cacerts = cacerts::secret_object(&dir, &a.ns.namespace)?;
+        let gateway = gw::objects(
+            &a.ns.namespace,
+            &network,
+            &name,
+            &a.gateway,
+            a.gateway.protocols(a.ambient),
+        )?;
+        let secret = SecretOptions {
+            name: name.clone(),
+            namespace: a.ns.namespace.clone(),
+            server: server.clone(),
+            flags: a.secret.clone(),
+        };
+        reader::validate(&secret)?;
         out.push(Member {
             context: ctx.clone(),
             name,
@@ -149,6 +168,8 @@ fn members(a: &JoinArgs) -> Result<Vec<Member>> {
             server,
             gateway_address,
             cacerts,
+            gateway,
+            secret,
         });
     }
     let dirs: Vec<PathBuf> = out.iter().map(|m| a.certs.join(&m.name)).collect();
@@ -213,20 +234,221 @@ async fn join(
                 m.context
             );
         }
+        preflight_secret(a, &c, ns).await?;
+        if !dry_run {
+            let denied = missing_permissions(&c, &writes(a, m, ns)).await;
+            if !denied.is_empty() {
+                bail!(
+                    "context {:?} may not make the changes join makes (SelfSubjectAccessReview): \
+                     {}; use a context with those rights (e.g. cluster-admin). Nothing was changed",
+                    m.context,
+                    denied.join(", ")
+                );
+            }
+        }
         clusters.push(c);
     }
+    let mut done: Vec<String> = Vec::new();
+    match write_all(a, members, &clusters, &mut done).await {
+        Ok(plan) => Ok(plan),
+        Err(e) if dry_run || done.is_empty() => Err(e),
+        Err(e) => Err(anyhow!(
+            "{e:#}\ninterrupted after these changes: {}; re-run the same command to resume \
+             (every change is a server-side apply: what is already in place stays as it is)",
+            done.join("; ")
+        )),
+    }
+}
+
+/// Phase 1, `--secret-name` and `--create-service-account=false` and `--token-ttl`: what
+/// `reader::build` would refuse only after other clusters were changed.
+async fn preflight_secret(a: &JoinArgs, c: &Cluster, ns: &str) -> Result<()> {
+    let sa = a.secret.service_account.as_str();
+    if a.secret.token_ttl.is_some() {
+        if c.ca_pem.is_none() {
+            bail!(
+                "context {:?} has no certificate-authority data in the kubeconfig; --token-ttl \
+                 takes the API server CA from there. Nothing was changed",
+                c.context
+            );
+        }
+    } else if let Some(n) = &a.secret.secret_name {
+        let Some(s) = kc::get(c, "v1", "Secret", Some(ns), n).await? else {
+            bail!(
+                "--secret-name: Secret {ns}/{n} not found in context {:?} (create it, or drop \
+                 --secret-name to let join find or create the token Secret). Nothing was changed",
+                c.context
+            );
+        };
+        if s["type"] != SA_TOKEN_TYPE || s["metadata"]["annotations"][SA_NAME_ANNOTATION] != sa {
+            bail!(
+                "--secret-name: Secret {ns}/{n} in context {:?} is not a {SA_TOKEN_TYPE} Secret of \
+                 service account {sa}. Nothing was changed",
+                c.context
+            );
+        }
+    }
+    if !a.secret.create_service_account
+        && !a.mutate.dry_run
+        && kc::get(c, "v1", "ServiceAccount", Some(ns), sa)
+            .await?
+            .is_none()
+    {
+        bail!(
+            "service account {ns}/{sa} not found in context {:?}; create it or drop \
+             --create-service-account=false. Nothing was changed",
+            c.context
+        );
+    }
+    Ok(())
+}
+
+/// One permission join needs: verb, API group, resource (with `/subresource`), namespace.
+type Access = (&'static str, String, String, Option<String>);
+
+/// Every write join makes in one cluster, as permissions: the objects it applies (server-side
+/// apply creates or patches), and the token it requests.
+fn writes(a: &JoinArgs, m: &Member, ns: &str) -> Vec<Access> {
+    let mut objs: Vec<Value> = vec![
+        m.cacerts.clone(),
+        namespace::namespace_object(ns, Some(&m.network), Some(&m.name)),
+    ];
+    objs.extend(m.gateway.iter().cloned());
+    if a.secret.create_service_account {
+        objs.extend(reader_rbac(
+            ns,
+            &a.secret.service_account,
+            a.secret.reader_allow_secrets,
+        ));
+    }
+    let mut out: Vec<Access> = Vec::new();
+    let mut add = |verb: &'static str, group: &str, resource: &str, namespace: Option<&str>| {
+        let access = (
+            verb,
+            group.to_string(),
+            resource.to_string(),
+            namespace.map(str::to_string),
+        );
+        if !out.contains(&access) {
+            out.push(access);
+        }
+    };
+    for o in &objs {
+        let group = o["apiVersion"]
+            .as_str()
+            .and_then(|av| av.rsplit_once('/'))
+            .map_or("", |(g, _)| g);
+        let Some((resource, namespaced)) = plural(o["kind"].as_str().unwrap_or_default()) else {
+            continue;
+        };
+        let namespace = namespaced.then_some(ns);
+        add("create", group, resource, namespace);
+        add("patch", group, resource, namespace);
+    }
+    if a.ambient {
+        let group = GATEWAY_API_V1.split_once('/').map_or("", |(g, _)| g);
+        for (verb, resource) in [
+            ("create", "gateways"),
+            ("patch", "gateways"),
+            ("patch", "gateways/status"),
+        ] {
+            add(verb, group, resource, Some(ns));
+        }
+    }
+    if a.secret.token_ttl.is_some() {
+        add("create", "", "serviceaccounts/token", Some(ns));
+    }
+    out
+}
+
+/// The resource name and scope of the kinds join writes.
+fn plural(kind: &str) -> Option<(&'static str, bool)> {
+    Some(match kind {
+        "Namespace" => ("namespaces", false),
+        "Secret" => ("secrets", true),
+        "ServiceAccount" => ("serviceaccounts", true),
+        "Service" => ("services", true),
+        "ClusterRole" => ("clusterroles", false),
+        "ClusterRoleBinding" => ("clusterrolebindings", false),
+        "Deployment" => ("deployments", true),
+        "PodDisruptionBudget" => ("poddisruptionbudgets", true),
+        "HorizontalPodAutoscaler" => ("horizontalpodautoscalers", true),
+        "Gateway" => ("gateways", true),
+        _ => return None,
+    })
+}
+
+/// The permissions of `wanted` that a SelfSubjectAccessReview denies, as text. Best effort:
+/// a review that cannot be made (e.g. not allowed) counts as allowed, and the resume hint
+/// covers a write that fails later.
+async fn missing_permissions(c: &Cluster, wanted: &[Access]) -> Vec<String> {
+    use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+    let api: kube::Api<SelfSubjectAccessReview> = kube::Api::all(c.client.clone());
+    let mut denied = Vec::new();
+    for (verb, group, resource, namespace) in wanted {
+        let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
+        let mut attrs = json!({"verb": verb, "group": group, "resource": resource});
+        if !sub.is_empty() {
+            attrs["subresource"] = json!(sub);
+        }
+        if let Some(n) = namespace {
+            attrs["namespace"] = json!(n);
+        }
+        let Ok(review) = serde_json::from_value::<SelfSubjectAccessReview>(json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attrs}}))
+        else {
+            continue;
+        };
+        if let Ok(r) = api.create(&Default::default(), &review).await
+            && r.status.is_some_and(|s| !s.allowed)
+        {
+            let full = if sub.is_empty() {
+                resource.to_string()
+            } else {
+                format!("{resource}/{sub}")
+            };
+            let group = if group.is_empty() { "core" } else { group };
+            denied.push(match namespace {
+                Some(n) => format!("{verb} {full} ({group}) in {n}"),
+                None => format!("{verb} {full} ({group})"),
+            });
+        }
+    }
+    denied
+}
+
+/// Phases 2 to 4, after every check passed; `done` says what was changed so far.
+async fn write_all(
+    a: &JoinArgs,
+    members: &[Member],
+    clusters: &[Cluster],
+    done: &mut Vec<String>,
+) -> Result<Vec<(String, Vec<Value>)>> {
+    let ns = a.ns.namespace.as_str();
+    let dry_run = a.mutate.dry_run;
     let mut plan: Vec<(String, Vec<Value>)> = members
         .iter()
         .map(|m| (m.context.clone(), Vec::new()))
         .collect();
     let mut restart = Vec::new();
     // Phase 2: per cluster: cacerts, network label, gateway.
-    for (i, (m, c)) in members.iter().zip(&clusters).enumerate() {
+    for (i, (m, c)) in members.iter().zip(clusters).enumerate() {
         let changed = cacerts::apply_secret(c, &m.cacerts, a.cacerts.force, dry_run).await?;
+        done.push(format!(
+            "{}: cacerts {}",
+            m.context,
+            if changed {
+                "applied (restart istiod there once join is complete)"
+            } else {
+                "unchanged"
+            }
+        ));
         let nsobj = namespace::label(c, ns, &m.network, Some(&m.name), dry_run).await?;
-        let protocols = a.gateway.protocols(a.ambient);
-        let objs = gw::objects(ns, &m.network, &m.name, &a.gateway, protocols)?;
+        done.push(format!("{}: namespace {ns} labelled", m.context));
+        let objs = m.gateway.clone();
         gw::install(c, ns, &objs, dry_run).await?;
+        done.push(format!("{}: gateway", m.context));
         if !dry_run {
             let what = if changed { "applied" } else { "unchanged" };
             println!(
@@ -244,14 +466,9 @@ async fn join(
         plan[i].1.extend(objs);
     }
     // Phase 3: each cluster's remote secret, applied in every other cluster.
-    for (i, (m, c)) in members.iter().zip(&clusters).enumerate() {
-        let opts = SecretOptions {
-            name: m.name.clone(),
-            namespace: ns.to_string(),
-            server: m.server.clone(),
-            flags: a.secret.clone(),
-        };
-        let built = reader::build(c, &opts, dry_run).await?;
+    for (i, (m, c)) in members.iter().zip(clusters).enumerate() {
+        let built = reader::build(c, &m.secret, dry_run).await?;
+        done.push(format!("{}: reader of cluster {}", m.context, m.name));
         plan[i].1.extend(built.source_objects);
         for (j, other) in clusters.iter().enumerate() {
             if i == j {
@@ -259,6 +476,7 @@ async fn join(
             }
             if !dry_run {
                 kc::apply(other, &built.secret).await?;
+                done.push(format!("{}: remote secret of {}", other.context, m.name));
                 println!(
                     "{}: remote secret {} (cluster {}) applied",
                     other.context,
@@ -270,7 +488,7 @@ async fn join(
         }
     }
     if a.ambient {
-        announce(members, &clusters, ns, dry_run, &mut plan).await?;
+        announce(members, clusters, ns, dry_run, &mut plan).await?;
     }
     if !restart.is_empty() {
         eprintln!(

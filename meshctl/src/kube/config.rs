@@ -1,5 +1,6 @@
 //! Reading kubeconfig files: which file (`--kubeconfig`, `KUBECONFIG`, `~/.kube/config`),
 //! which context, and the context's user and CA, each with an error that says the fix.
+//! Files are read bounded and parse errors carry no kubeconfig text (`parse.rs`).
 //! No network here: `api.rs` connects.
 
 use std::path::{Path, PathBuf};
@@ -7,6 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
 use kube::config::Kubeconfig;
+
+use super::parse::read_kubeconfig;
 
 /// kube 5 with rustls compiles in no crypto provider: install aws-lc-rs once per process.
 pub fn init_crypto() {
@@ -31,10 +34,15 @@ impl KubeconfigFile {
                         .count()
                         > 1
                 {
-                    let config = Kubeconfig::from_env()
-                        .map_err(|e| anyhow!("{e}"))
-                        .context("reading the kubeconfig files in KUBECONFIG")?
-                        .unwrap_or_default();
+                    let mut config = Kubeconfig::default();
+                    for p in std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()) {
+                        let next = read_kubeconfig(&p)
+                            .context("reading the kubeconfig files in KUBECONFIG")?;
+                        config = config
+                            .merge(next)
+                            .map_err(|e| anyhow!("{e}"))
+                            .context("merging the kubeconfig files in KUBECONFIG")?;
+                    }
                     return Ok(KubeconfigFile {
                         path: PathBuf::from(v),
                         config,
@@ -49,9 +57,7 @@ impl KubeconfigFile {
                 path.display()
             );
         }
-        let config = Kubeconfig::read_from(&path)
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+        let config = read_kubeconfig(&path)?;
         Ok(KubeconfigFile { path, config })
     }
 
@@ -135,7 +141,8 @@ impl KubeconfigFile {
             return Ok(Some(bytes));
         }
         if let Some(file) = &cluster.certificate_authority {
-            let bytes = std::fs::read(file).with_context(|| format!("reading CA file {file}"))?;
+            let bytes = pki::files::read_input(Path::new(file))
+                .map_err(|e| anyhow!("reading CA file {file}: {e}"))?;
             return Ok(Some(bytes));
         }
         Ok(None)

@@ -6,6 +6,7 @@
 mod api;
 mod config;
 mod errors;
+mod parse;
 mod redact;
 mod render;
 
@@ -14,5 +15,8 @@ pub use api::{
 };
 pub use config::{KubeconfigFile, init_crypto};
 pub use errors::{ConnectError, Failure, classify, error_text};
+pub use parse::parse_kubeconfig;
+// for `mesh::credentials` (stored kubeconfigs), see `parse_secret_yaml`
+pub use parse::parse_secret_yaml;
 pub use redact::Secrets;
 pub use render::{Output, render, render_plan, render_plan_with};

@@ -12,7 +12,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Secret;
 use serde::Serialize;
@@ -32,6 +32,13 @@ pub enum Method {
     LegacySecretToken { service_account: Option<String> },
     /// A bearer token that is not a service-account JWT (expiry unknown to meshctl).
     OpaqueToken,
+    /// A JWT whose `exp` claim is not a Unix time up to 9999-12-31 (e.g. `1e300`, `-1`,
+    /// `"soon"`): its expiry cannot be read, so it is neither "never expires" nor refreshed.
+    InvalidExpiry {
+        service_account: Option<String>,
+        /// The `exp` claim as found (JSON).
+        exp: String,
+    },
     /// A client certificate (`client-certificate-data`), valid until its notAfter.
     ClientCertificate,
     /// An exec plugin or auth provider mints the credential at use (expiry unknown).
@@ -53,6 +60,11 @@ impl Method {
             } => format!("legacy long-lived Secret token of {sa}"),
             Method::LegacySecretToken { .. } => "legacy long-lived Secret token".into(),
             Method::OpaqueToken => "bearer token (not a service-account JWT)".into(),
+            Method::InvalidExpiry {
+                service_account: Some(sa),
+                exp,
+            } => format!("token of {sa} with an invalid exp claim {exp}"),
+            Method::InvalidExpiry { exp, .. } => format!("token with an invalid exp claim {exp}"),
             Method::ClientCertificate => "client certificate".into(),
             Method::Plugin { command } => format!("exec/auth plugin {command}"),
             Method::None => "no credential".into(),
@@ -138,7 +150,8 @@ fn current<'a>(doc: &'a Value, list: &str, field: &str) -> Option<&'a Value> {
 
 /// The server and credential of a kubeconfig (its current context).
 pub fn read_kubeconfig(yaml: &str) -> Result<(String, Credential)> {
-    let doc: Value = serde_yaml::from_str(yaml).context("the kubeconfig does not parse")?;
+    let doc: Value = crate::kube::parse_secret_yaml(yaml)
+        .map_err(|e| anyhow!("the kubeconfig does not parse: {e}"))?;
     let cluster = current(&doc, "clusters", "cluster")
         .ok_or_else(|| anyhow!("the kubeconfig's current context names no cluster"))?;
     let server = cluster["cluster"]["server"]
@@ -212,7 +225,24 @@ pub fn credential_of_token(token: &str) -> Credential {
     let sa = sub
         .strip_prefix("system:serviceaccount:")
         .and_then(|r| r.split_once(':'));
-    match (claims["exp"].as_u64(), sa) {
+    // An `exp` that is there but not a readable time (a float, negative, past year 9999, a
+    // string) is said as such: read as "no exp" it would pass for a never-expiring token.
+    let exp = match &claims["exp"] {
+        Value::Null => None,
+        v => match v.as_u64().filter(|e| *e <= MAX_UNIX_TIME) {
+            Some(e) => Some(e),
+            None => {
+                return Credential {
+                    method: Method::InvalidExpiry {
+                        service_account: sa.map(|(ns, name)| format!("{ns}/{name}")),
+                        exp: v.to_string(),
+                    },
+                    expires: None,
+                };
+            }
+        },
+    };
+    match (exp, sa) {
         (Some(exp), Some((ns, name))) => Credential {
             method: Method::TokenRequest {
                 service_account: name.to_string(),
@@ -287,7 +317,8 @@ pub fn decide(c: &Credential, now: u64, threshold: Option<Duration>) -> Decision
 
 /// The kubeconfig with the current user's token replaced (everything else kept as stored).
 pub fn with_token(yaml: &str, token: &str) -> Result<String> {
-    let mut doc: Value = serde_yaml::from_str(yaml).context("the kubeconfig does not parse")?;
+    let mut doc: Value = crate::kube::parse_secret_yaml(yaml)
+        .map_err(|e| anyhow!("the kubeconfig does not parse: {e}"))?;
     let user = current(&doc, "users", "user")
         .and_then(|u| u["name"].as_str())
         .map(str::to_string)
@@ -344,8 +375,15 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// RFC 3339 (seconds) of a Unix time.
+/// 9999-12-31T23:59:59Z: the latest Unix time meshctl reads as an expiry (the latest an
+/// RFC 3339 or X.509 time can hold).
+pub const MAX_UNIX_TIME: u64 = 253_402_300_799;
+
+/// RFC 3339 (seconds) of a Unix time; "invalid (N)" past 9999-12-31, never a panic.
 pub fn rfc3339(secs: u64) -> String {
+    if secs > MAX_UNIX_TIME {
+        return format!("invalid ({secs})");
+    }
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
@@ -359,6 +397,7 @@ pub fn remaining(c: &Credential, now: u64) -> String {
         (Some(e), _) if e <= now => format!("expired {} ago", human(now - e)),
         (Some(e), _) => format!("{} left", human(e - now)),
         (None, Method::LegacySecretToken { .. }) => "never expires".into(),
+        (None, Method::InvalidExpiry { .. }) => "invalid expiry".into(),
         (None, _) => "unknown".into(),
     }
 }
@@ -402,6 +441,41 @@ mod tests {
         );
         assert_eq!(legacy.expires, None);
         assert_eq!(credential_of_token("not-a-jwt").method, Method::OpaqueToken);
+    }
+
+    #[test]
+    fn an_unreadable_exp_is_invalid_not_never_expiring() {
+        let sub = "system:serviceaccount:istio-system:istio-reader-service-account";
+        for exp in [
+            json!(1e300),
+            json!(253_402_300_800u64),
+            json!(u64::MAX),
+            json!(-1),
+            json!(1.5),
+            json!("soon"),
+        ] {
+            let want = exp.to_string();
+            let c = credential_of_token(&jwt(json!({"iat": 0, "exp": exp, "sub": sub})));
+            assert!(
+                matches!(&c.method, Method::InvalidExpiry { exp: e, .. } if *e == want),
+                "{exp}: {c:?}"
+            );
+            assert_eq!(c.expires, None);
+            assert_eq!(remaining(&c, 0), "invalid expiry");
+            assert!(c.method.describe().contains("invalid exp claim"), "{exp}");
+            assert!(matches!(decide(&c, 0, None), Decision::Keep(_)));
+        }
+        // The last second of year 9999 is still a time.
+        let c = token_request(0, MAX_UNIX_TIME);
+        assert_eq!(c.expires, Some(MAX_UNIX_TIME));
+        assert_eq!(rfc3339(MAX_UNIX_TIME), "9999-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn rfc3339_never_panics() {
+        for secs in [MAX_UNIX_TIME + 1, u64::MAX] {
+            assert_eq!(rfc3339(secs), format!("invalid ({secs})"));
+        }
     }
 
     #[test]

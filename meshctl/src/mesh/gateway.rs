@@ -78,12 +78,38 @@ pub fn validate_trust_domain(td: &str) -> Result<()> {
     Ok(())
 }
 
+/// An annotation key as the API server accepts it: `[prefix/]name`, the name 1-63
+/// characters (alphanumerics, '-', '_', '.'; alphanumeric at both ends), the prefix a DNS
+/// subdomain of at most 253 characters.
+fn validate_annotation_key(k: &str) -> std::result::Result<(), String> {
+    let (prefix, name) = k.rsplit_once('/').map_or((None, k), |(p, n)| (Some(p), n));
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| alnum(c) || "-_.".contains(c))
+        && name.starts_with(alnum)
+        && name.ends_with(alnum);
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty() && p.len() <= 253 && p.split('.').all(|l| pki::validate_dns_label(l).is_ok())
+    });
+    if name_ok && prefix_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{k:?} is not a valid annotation key ([prefix/]name: a name of 1-63 letters, digits, \
+             '-', '_', '.', and an optional DNS-subdomain prefix)"
+        ))
+    }
+}
+
 fn parse_annotations(items: &[String]) -> Result<serde_json::Map<String, Value>> {
     let mut m = serde_json::Map::new();
     for a in items {
         let (k, v) = a
             .split_once('=')
             .ok_or_else(|| anyhow!("--service-annotation {a:?}: expected KEY=VALUE"))?;
+        validate_annotation_key(k)
+            .map_err(|e| anyhow!("--service-annotation {a:?}: the key {e}"))?;
         m.insert(k.to_string(), json!(v));
     }
     Ok(m)

@@ -12,7 +12,8 @@ use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
 use super::remote_secret::{
-    is_loopback, loopback_error, reader_rbac, remote_kubeconfig, remote_secret, token_secret,
+    check_server_url, is_loopback, loopback_error, reader_rbac, remote_kubeconfig, remote_secret,
+    token_secret,
 };
 use crate::cli::SecretFlags;
 use crate::istio::{SA_NAME_ANNOTATION, SA_TOKEN_TYPE};
@@ -38,10 +39,56 @@ pub struct Built {
     pub secret: Value,
 }
 
-/// Name and namespace must be DNS-1123 labels.
+/// Checks every option before anything is read or changed: name and namespace are DNS-1123
+/// labels; `--service-account` and `--secret-name` DNS-1123 subdomains (Kubernetes object
+/// names); `--tls-server-name` a DNS name or an IP address; `--server` an https URL
+/// (`check_server_url`). `build` refuses a loopback address (kubeconfig's or `--server`)
+/// before it changes anything.
 pub fn validate(o: &SecretOptions) -> Result<()> {
     pki::validate_dns_label(&o.name).map_err(|e| anyhow!("--name {e}"))?;
     pki::validate_dns_label(&o.namespace).map_err(|e| anyhow!("namespace {e}"))?;
+    validate_subdomain(&o.flags.service_account)
+        .map_err(|e| anyhow!("--service-account {e} (it names a ServiceAccount)"))?;
+    if let Some(n) = &o.flags.secret_name {
+        validate_subdomain(n).map_err(|e| anyhow!("--secret-name {e} (it names a Secret)"))?;
+    }
+    if let Some(t) = &o.flags.tls_server_name {
+        validate_tls_server_name(t)?;
+    }
+    if let Some(server) = &o.server {
+        check_server_url(server, "--server")?;
+    }
+    Ok(())
+}
+
+/// A DNS-1123 subdomain: at most 253 characters, dot-separated DNS-1123 labels.
+fn validate_subdomain(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!(
+            "{name:?} must be 1 to 253 characters long (a DNS-1123 subdomain)"
+        ));
+    }
+    if name.split('.').any(|l| pki::validate_dns_label(l).is_err()) {
+        return Err(format!(
+            "{name:?} is not a DNS-1123 subdomain: use lowercase letters, digits, '-' and '.', \
+             each dot-separated part starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// `--tls-server-name`: the name the API server's certificate is checked against, so a DNS
+/// name (letters, digits, '-', '_' and '.', labels of 1 to 63 characters) or an IP address.
+fn validate_tls_server_name(t: &str) -> Result<()> {
+    if t.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if !super::remote_secret::is_dns_name(t) {
+        bail!(
+            "--tls-server-name {t:?} is not a DNS name or an IP address: pass the name in the \
+             API server's certificate, e.g. kubernetes.default.svc"
+        );
+    }
     Ok(())
 }
 
@@ -50,6 +97,16 @@ pub fn validate(o: &SecretOptions) -> Result<()> {
 pub async fn build(c: &Cluster, o: &SecretOptions, dry_run: bool) -> Result<Built> {
     validate(o)?;
     let server = o.server.clone().unwrap_or_else(|| c.server.clone());
+    if o.server.is_none() {
+        check_server_url(
+            &server,
+            &format!(
+                "the API server address of context {:?} in the kubeconfig",
+                c.context
+            ),
+        )
+        .map_err(|e| anyhow!("{e} (with --server)"))?;
+    }
     if !o.flags.allow_loopback_server && is_loopback(&server) {
         return Err(loopback_error(&server, &c.context, "--server "));
     }
@@ -210,4 +267,67 @@ async fn secret_token(
          controller running (kube-controller-manager)? Or use --token-ttl",
         c.context
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        f: SecretFlags,
+    }
+
+    fn opts(server: Option<&str>, args: &[&str]) -> SecretOptions {
+        let f = Flags::try_parse_from([&["x"], args].concat()).unwrap().f;
+        SecretOptions {
+            name: "west".into(),
+            namespace: "istio-system".into(),
+            server: server.map(str::to_string),
+            flags: f,
+        }
+    }
+
+    #[test]
+    fn options_are_checked_before_anything_runs() {
+        validate(&opts(Some("https://172.18.0.2:6443"), &[])).unwrap();
+        validate(&opts(
+            None,
+            &["--tls-server-name", "kubernetes.default.svc"],
+        ))
+        .unwrap();
+        validate(&opts(None, &["--tls-server-name", "10.0.0.1"])).unwrap();
+        validate(&opts(None, &["--service-account", "a.b-c"])).unwrap();
+        validate(&opts(Some("https://127.1"), &["--allow-loopback-server"])).unwrap_err();
+        validate(&opts(
+            Some("https://[::ffff:127.0.0.1]"),
+            &["--allow-loopback-server"],
+        ))
+        .unwrap();
+        assert!(is_loopback("https://[::ffff:127.0.0.1]"));
+        for (o, want) in [
+            (opts(Some("http://172.18.0.2:6443"), &[]), "plaintext"),
+            (opts(Some("https://a b"), &[]), "not a valid URL"),
+            (
+                opts(None, &["--service-account", "Bad SA"]),
+                "--service-account",
+            ),
+            (opts(None, &["--service-account", ""]), "--service-account"),
+            (opts(None, &["--secret-name", "a/b"]), "--secret-name"),
+            (
+                opts(None, &["--tls-server-name", "a\nb"]),
+                "--tls-server-name",
+            ),
+            (
+                opts(None, &["--tls-server-name", "a b"]),
+                "--tls-server-name",
+            ),
+            (opts(None, &["--tls-server-name", ""]), "--tls-server-name"),
+        ] {
+            let e = validate(&o).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
 }

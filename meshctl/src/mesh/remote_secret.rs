@@ -13,24 +13,174 @@ use crate::istio::{
     reader_role_name, remote_secret_name,
 };
 
-/// True for addresses only the local host can reach.
-pub fn is_loopback(server: &str) -> bool {
+/// The host of a server URL (without brackets for IPv6), lowercased, without a trailing dot.
+fn url_host(server: &str) -> String {
     let rest = server.split_once("://").map_or(server, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or("");
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let host = if let Some(v6) = authority.strip_prefix('[') {
         v6.split(']').next().unwrap_or("")
     } else {
         authority.rsplit_once(':').map_or(authority, |(h, _)| h)
     };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The IP address a host names, read the way URL parsers and `inet_aton` (hence Go's and
+/// glibc's resolvers) read it: IPv6; IPv4 as 1 to 4 parts, each decimal, octal (leading 0) or
+/// hex (0x), the last part filling the remaining bytes (`127.1`, `2130706433`, `0x7f000001`
+/// are all 127.0.0.1).
+pub fn host_ip(host: &str) -> Option<std::net::IpAddr> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Some(ip);
+    }
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let nums: Vec<u64> = parts
+        .iter()
+        .map(|p| {
+            let (digits, radix) = if let Some(h) = p.strip_prefix("0x").or(p.strip_prefix("0X")) {
+                (h, 16)
+            } else if p.len() > 1 && p.starts_with('0') {
+                (&p[1..], 8)
+            } else {
+                (*p, 10)
+            };
+            if digits.is_empty() && radix == 16 {
+                return Some(0);
+            }
+            if digits.is_empty() || digits.len() > 12 {
+                return None;
+            }
+            u64::from_str_radix(digits, radix).ok()
+        })
+        .collect::<Option<_>>()?;
+    let (last, head) = nums.split_last()?;
+    if head.iter().any(|n| *n > 255) || *last >= 1u64 << (8 * (4 - head.len())) {
+        return None;
+    }
+    let mut addr = *last;
+    for (i, n) in head.iter().enumerate() {
+        addr |= n << (8 * (3 - i));
+    }
+    Some(std::net::IpAddr::V4(std::net::Ipv4Addr::from(addr as u32)))
+}
+
+/// True for addresses only the local host can reach: `localhost` names, and loopback or
+/// unspecified IPs in any spelling (see [`host_ip`]), IPv4-mapped IPv6 included.
+pub fn is_loopback(server: &str) -> bool {
+    let host = url_host(server);
     if host == "localhost" || host.ends_with(".localhost") {
         return true;
     }
-    match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback() || ip.is_unspecified(),
-        Err(_) => false,
+    let local = |ip: std::net::IpAddr| ip.is_loopback() || ip.is_unspecified();
+    match host_ip(&host) {
+        Some(std::net::IpAddr::V6(v6)) => {
+            local(v6.into())
+                || v6.to_ipv4_mapped().is_some_and(|v4| local(v4.into()))
+                // IPv4-compatible (::a.b.c.d, deprecated); ::1 and :: are handled above.
+                || v6.to_ipv4().is_some_and(|v4| v4.octets()[0] == 127)
+        }
+        Some(ip) => local(ip),
+        None => false,
     }
+}
+
+/// Checks an API server address for a remote secret, naming `what` (the flag or the
+/// kubeconfig) in the error: an `https://` URL (the bearer token must not travel in
+/// plaintext) with no user info, a valid host (a DNS name, a dotted-quad IPv4 address or a
+/// bracketed IPv6 address), an optional port, and no whitespace or characters invalid in URLs.
+pub fn check_server_url(server: &str, what: &str) -> Result<()> {
+    let bad = |why: &str| {
+        anyhow!(
+            "{what} {server:?} {why}; pass the API server URL the other clusters reach, e.g. \
+             https://<control-plane-address>:6443"
+        )
+    };
+    let (scheme, rest) = server
+        .split_once("://")
+        .ok_or_else(|| bad("is not a URL (it needs https://)"))?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" => {}
+        "http" => {
+            return Err(bad(
+                "is a plain http:// URL: istiod would send the reader's bearer token in \
+                 plaintext. Use https://",
+            ));
+        }
+        _ => return Err(bad("is not an https:// URL")),
+    }
+    if let Some(c) = server
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || "<>\"{}|\\^`".contains(*c))
+    {
+        return Err(bad(&format!("is not a valid URL: it contains {c:?}")));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(bad("carries user info (user@host); pass the address only"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| bad("is not a valid URL: unclosed '['"))?;
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad(
+                "is not a valid URL: the bracketed host is not an IPv6 address",
+            ));
+        }
+        match after {
+            "" => (h, None),
+            p => (
+                h,
+                Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| bad("is not a valid URL: text after ']'"))?,
+                ),
+            ),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if let Some(p) = port
+        && !p.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Err(bad(
+            "is not a valid URL: the port must be a number from 1 to 65535",
+        ));
+    }
+    if authority.starts_with('[') {
+        return Ok(());
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if !is_dns_name(host) {
+        return Err(bad(
+            "is not a valid URL: the host is not a DNS name or an IP address",
+        ));
+    }
+    // A host ending in a number is an IPv4 address to URL parsers: only the dotted quad
+    // is accepted, so every reader of the Secret sees the same address.
+    let last = name.rsplit('.').next().unwrap_or(name);
+    let numeric = last.chars().all(|c| c.is_ascii_digit())
+        || last
+            .strip_prefix("0x")
+            .or(last.strip_prefix("0X"))
+            .is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit()));
+    if numeric && name.parse::<std::net::Ipv4Addr>().is_err() {
+        let reads_as = host_ip(name)
+            .map(|ip| format!(" (it reads as {ip})"))
+            .unwrap_or_default();
+        return Err(bad(&format!(
+            "has a numeric host that is not a dotted-quad IPv4 address{reads_as}; write the \
+             address as a.b.c.d"
+        )));
+    }
+    Ok(())
 }
 
 /// The error for a loopback server, with the fix.
@@ -132,6 +282,21 @@ pub fn istioctl_yaml(secret: &Value) -> Result<String> {
     ))
 }
 
+/// A DNS name as a server name may be: labels of 1 to 63 letters, digits, '-' and '_' (not at
+/// a label's ends), 253 characters in all, an optional final dot.
+pub(crate) fn is_dns_name(s: &str) -> bool {
+    let name = s.strip_suffix('.').unwrap_or(s);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +310,16 @@ mod tests {
             "https://LOCALHOST.:6443/",
             "https://[::1]:6443",
             "https://0.0.0.0:6443",
+            "https://[::ffff:127.0.0.1]:6443",
+            "https://[::ffff:7f00:1]",
+            "https://[::]:6443",
+            "https://127.1",
+            "https://127.0.1:6443",
+            "https://2130706433",
+            "https://0x7f000001:443",
+            "https://0177.0.0.1",
+            "https://0x7f.1",
+            "https://0",
         ] {
             assert!(is_loopback(s), "{s}");
         }
@@ -153,8 +328,51 @@ mod tests {
             "https://east-control-plane:6443",
             "https://[fd00::1]:6443",
             "https://api.example.com",
+            "https://[::ffff:10.0.0.1]",
+            "https://1.2.3.4.5",
+            "https://128.1",
         ] {
             assert!(!is_loopback(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn server_urls() {
+        for ok in [
+            "https://172.18.0.2:6443",
+            "https://east-control-plane:6443",
+            "https://[fd00::1]:6443",
+            "https://api.example.com/k8s/clusters/c-1",
+            "HTTPS://API.example.com.",
+        ] {
+            check_server_url(ok, "--server").unwrap();
+        }
+        for (bad, why) in [
+            ("http://172.18.0.2:6443", "plaintext"),
+            ("HTTP://a", "plaintext"),
+            ("ftp://a", "not an https"),
+            ("172.18.0.2:6443", "not a URL"),
+            ("https://a b", "contains ' '"),
+            ("https://a\nb", "contains"),
+            ("https://", "not a DNS name"),
+            ("https://:6443", "not a DNS name"),
+            ("https://a:0", "port"),
+            ("https://a:99999", "port"),
+            ("https://a:x", "port"),
+            ("https://u:p@a", "user info"),
+            ("https://[::1", "unclosed"),
+            ("https://[zz]", "IPv6"),
+            ("https://a..b", "not a DNS name"),
+            ("https://-a", "not a DNS name"),
+            ("https://127.1", "reads as 127.0.0.1"),
+            ("https://2130706433", "reads as 127.0.0.1"),
+            ("https://0x7f000001", "dotted-quad"),
+            ("https://010.0.0.1", "dotted-quad"),
+            ("https://999.1.1.1", "dotted-quad"),
+        ] {
+            let e = check_server_url(bad, "--server").unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(e.contains("--server"), "{e}");
         }
     }
 }

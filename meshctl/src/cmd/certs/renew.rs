@@ -15,10 +15,11 @@ use crate::mesh::rotation::{BundleTexts, cacerts_secret};
 pub fn run(a: RenewArgs) -> Result<ExitCode> {
     let read = |f: &str| {
         let path = a.ca.join(f);
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+        pki::files::read_input_string(&path).with_context(|| format!("reading {}", path.display()))
     };
     let (old_ca, old_roots) = (read(pki::CA_CERT)?, read(pki::ROOT_CERT)?);
     let signer = Signer::load(&a.signer)?;
+    signer.check_not_expired(&a.signer)?;
     let signer_root = pem_ders(signer.root_pem().as_bytes());
     let trusted = pem_ders(old_roots.as_bytes());
     if signer_root.first().is_none_or(|r| !trusted.contains(r)) {
@@ -61,46 +62,72 @@ pub fn run(a: RenewArgs) -> Result<ExitCode> {
     let ns = a.ns.namespace.as_str();
     // Verified in memory before anything is written or applied.
     let secret = cacerts_secret(&texts, ns, &BTreeMap::new())?;
-    if a.mutate.dry_run {
-        if a.apply {
-            let ctx = context(&a)?.1;
-            print!(
-                "{}",
-                kc::render_plan_with(
-                    &[(ctx, vec![secret])],
-                    a.mutate.output(),
-                    Secrets::from_flag(a.show_secrets)
-                )?
-            );
-        }
-        for f in &files {
-            let note = if f.secret { " (private key, 0600)" } else { "" };
-            println!("# dry run: would write {}{note}", f.path.display());
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    write(&files, true)?;
-    println!("renewed the intermediate CA of {cluster} (new key, same subject and root)");
+    super::check_targets(&files)?;
     if !a.apply {
+        if a.mutate.dry_run {
+            print_dry_run(&files);
+            return Ok(ExitCode::SUCCESS);
+        }
+        write(&files, true)?;
+        println!("renewed the intermediate CA of {cluster} (new key, same subject and root)");
         println!(
             "Next: meshctl certs renew ... --apply --context CTX, or meshctl cacerts apply {} --context CTX",
             a.ca.display()
         );
         return Ok(ExitCode::SUCCESS);
     }
+    // --apply: the context must exist and answer, and its cacerts must accept the renewed
+    // bundle (same root), before the bundle on disk is replaced (its old CA key is gone then).
     let (file, ctx) = context(&a)?;
-    let changed = kc::block_on(async {
-        let c = file.connect(&ctx).await?;
-        apply_secret(&c, &secret, false, false).await
+    kc::block_on(async {
+        let c = file.connect(&ctx).await.map_err(|e| {
+            anyhow!(
+                "{e:#}\nnothing was written or applied: --apply needs context {ctx:?} reachable"
+            )
+        })?;
+        apply_secret(&c, &secret, false, true).await.map_err(|e| {
+            anyhow!(
+                "{e:#}\nnothing was written or applied (the bundle in {} is unchanged)",
+                a.ca.display()
+            )
+        })?;
+        if a.mutate.dry_run {
+            print!(
+                "{}",
+                kc::render_plan_with(
+                    &[(ctx.clone(), vec![secret.clone()])],
+                    a.mutate.output(),
+                    Secrets::from_flag(a.show_secrets)
+                )?
+            );
+            print_dry_run(&files);
+            return Ok(ExitCode::SUCCESS);
+        }
+        write(&files, true)?;
+        println!("renewed the intermediate CA of {cluster} (new key, same subject and root)");
+        let changed = apply_secret(&c, &secret, false, false).await.map_err(|e| {
+            anyhow!(
+                "{e:#}\nthe renewed bundle is written to {dir} (the old CA key is replaced) but \
+                 cacerts in context {ctx:?} was not updated; apply it with: meshctl cacerts apply \
+                 {dir} --context {ctx} -n {ns}",
+                dir = a.ca.display()
+            )
+        })?;
+        if changed {
+            println!("cacerts applied in context {ctx:?} (namespace {ns})");
+            eprintln!("{RESTART_HINT}");
+        } else {
+            println!("cacerts in context {ctx:?} is up to date");
+        }
+        Ok(ExitCode::SUCCESS)
     })
-    .map_err(|e| anyhow!("{e:#}"))?;
-    if changed {
-        println!("cacerts applied in context {ctx:?} (namespace {ns})");
-        eprintln!("{RESTART_HINT}");
-    } else {
-        println!("cacerts in context {ctx:?} is up to date");
+}
+
+fn print_dry_run(files: &[pki::OutFile]) {
+    for f in files {
+        let note = if f.secret { " (private key, 0600)" } else { "" };
+        println!("# dry run: would write {}{note}", f.path.display());
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn context(a: &RenewArgs) -> Result<(KubeconfigFile, String)> {

@@ -73,7 +73,8 @@ pub fn stored_remote(secret: &Secret) -> Option<StoredRemote> {
             (k, Ok(v.clone()))
         }
     };
-    let kubeconfig = text.and_then(|t| Kubeconfig::from_yaml(&t).map_err(|e| e.to_string()));
+    // Never the parser's Display: it quotes the lines around the fault, token included.
+    let kubeconfig = text.and_then(|t| kc::parse_kubeconfig(&t));
     Some(StoredRemote {
         cluster: cluster.clone(),
         kubeconfig,

@@ -153,7 +153,13 @@ fn row(peer: &str, s: &Stored, peers: &[Peer], now: u64) -> Row {
         method: s.credential.method.describe(),
         expires: s.credential.expires.map(cred::rfc3339),
         remaining: cred::remaining(&s.credential, now),
-        error: None,
+        error: match &s.credential.method {
+            Method::InvalidExpiry { exp, .. } => Some(format!(
+                "the token's exp claim {exp} is not a Unix time up to 9999-12-31, so its expiry \
+                 cannot be read; replace the credential (meshctl join --token-ttl ...)"
+            )),
+            _ => None,
+        },
     }
 }
 

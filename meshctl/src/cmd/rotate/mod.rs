@@ -70,8 +70,8 @@ struct PrepareArgs {
     /// Subject CN of the new root.
     #[arg(long, default_value = pki::DEFAULT_ROOT_CN)]
     common_name: String,
-    /// Validity of the new root in days.
-    #[arg(long, default_value_t = pki::DEFAULT_ROOT_DAYS)]
+    /// Validity of the new root in days (1 to 36500, i.e. at most 100 years).
+    #[arg(long, default_value_t = pki::DEFAULT_ROOT_DAYS, value_parser = crate::cmd::certs::days_parser())]
     root_days: u32,
 }
 
@@ -89,12 +89,36 @@ struct FinishArgs {
     #[command(flatten)]
     common: Common,
     /// The longest validity of a workload certificate (Istio's default is 24h): finish waits
-    /// this long after the last cluster was activated.
-    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    /// this long after the last cluster was activated. 1m to 87600h (10 years); to finish
+    /// without waiting, pass --confirm instead.
+    #[arg(long, default_value = "24h", value_parser = parse_workload_lifetime)]
     workload_lifetime: Duration,
     /// Finish now: you confirmed that no workload still holds a certificate from the old root.
     #[arg(long)]
     confirm: bool,
+}
+
+/// The longest `--workload-lifetime`: 10 years (`certs workload --hours` allows no more).
+const MAX_WORKLOAD_LIFETIME: Duration = Duration::from_secs(87_600 * 3600);
+
+/// `--workload-lifetime`: a duration from 1m to 10 years. Zero would skip the wait that
+/// `--confirm` guards, so it is refused rather than read as "finish now".
+fn parse_workload_lifetime(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d < Duration::from_secs(60) {
+        return Err(format!(
+            "{s:?} is shorter than 1m: give the longest lifetime of a workload certificate (Istio's \
+             default is 24h); to finish without waiting, pass --confirm once no workload holds a \
+             certificate from the old root"
+        ));
+    }
+    if d > MAX_WORKLOAD_LIFETIME {
+        return Err(format!(
+            "{s:?} is longer than 87600h (10 years), the longest workload certificate lifetime \
+             meshctl accepts"
+        ));
+    }
+    Ok(d)
 }
 
 /// One cluster as a step sees it.
@@ -252,4 +276,24 @@ async fn apply(common: &Common, clusters: &[Current], plan: Plan) -> Result<Exit
     println!("{}", plan.done);
     println!("Next: {}", plan.next);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_lifetime_bounds() {
+        for bad in ["0s", "0", "59s", "9999999999h", "87601h", "soon"] {
+            assert!(parse_workload_lifetime(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_workload_lifetime("24h").unwrap(),
+            Duration::from_secs(86400)
+        );
+        assert_eq!(
+            parse_workload_lifetime("87600h").unwrap(),
+            MAX_WORKLOAD_LIFETIME
+        );
+    }
 }

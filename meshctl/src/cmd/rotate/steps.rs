@@ -43,6 +43,16 @@ fn intermediate_changed(ns: &str) -> String {
     )
 }
 
+/// RFC 3339 (seconds) of a time, or "the far future" past 9999-12-31 (humantime's
+/// formatter fails on those, and `to_string` would then panic).
+fn format_time(t: SystemTime) -> String {
+    let max = std::time::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799);
+    if t > max {
+        return "the far future".to_string();
+    }
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 fn annotations(stage: &str, old: &str, new: &str, at: Option<&str>) -> BTreeMap<String, String> {
     let mut m = BTreeMap::from([
         (STAGE.to_string(), stage.to_string()),
@@ -270,11 +280,11 @@ pub fn activate(a: &ActivateArgs, clusters: &[Current]) -> Result<Plan> {
 fn new_intermediate(root: &RootCa, dir: &Path, old_ca: &str) -> Result<IntermediateCa> {
     if dir.join(pki::CA_CERT).symlink_metadata().is_ok() {
         let read = |f: &str| {
-            std::fs::read_to_string(dir.join(f))
+            pki::files::read_input_string(&dir.join(f))
                 .with_context(|| format!("reading {}", dir.join(f).display()))
         };
-        let ca =
-            IntermediateCa::from_pems(&read(pki::CA_CERT)?, &read(pki::CA_KEY)?, root.cert_pem())?;
+        let key = pki::files::read_key(&dir.join(pki::CA_KEY))?;
+        let ca = IntermediateCa::from_pems(&read(pki::CA_CERT)?, &key, root.cert_pem())?;
         if pki::signing_root(ca.cert_pem(), &ca.cert_chain_pem(), root.cert_pem()).is_none() {
             bail!(
                 "{} holds an intermediate that does not chain to the new root; move it away; nothing was changed",
@@ -335,9 +345,7 @@ pub fn finish(a: &FinishArgs, clusters: &[Current]) -> Result<Plan> {
                     "workload certificates from the old root may still be valid until {} (last \
                      activation + --workload-lifetime {}); finish then, or pass --confirm once no \
                      workload holds one; nothing was changed",
-                    safe.map_or("the far future".to_string(), |s| {
-                        humantime::format_rfc3339_seconds(s).to_string()
-                    }),
+                    safe.map_or("the far future".to_string(), format_time),
                     humantime::format_duration(a.workload_lifetime)
                 );
             }
@@ -377,4 +385,22 @@ pub fn finish(a: &FinishArgs, clusters: &[Current]) -> Result<Plan> {
             roots_changed(ns)
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::format_time;
+
+    #[test]
+    fn times_past_year_9999_are_the_far_future_not_a_panic() {
+        let last = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+        assert_eq!(format_time(last), "9999-12-31T23:59:59Z");
+        assert_eq!(format_time(last + Duration::from_secs(1)), "the far future");
+        assert_eq!(
+            format_time(last + Duration::from_secs(9_999_999_999 * 3600)),
+            "the far future"
+        );
+    }
 }

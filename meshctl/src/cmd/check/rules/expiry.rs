@@ -72,6 +72,12 @@ pub fn credential(
                 TOKEN_EXPIRY,
                 format!("{what}: never expires; --token-ttl gives expiring tokens"),
             ),
+            Method::InvalidExpiry { .. } => r.fail(
+                scope,
+                TOKEN_EXPIRY,
+                format!("{what}: the token's exp claim is not a valid time"),
+                rejoin.to_string(),
+            ),
             _ => r.pass(
                 scope,
                 TOKEN_EXPIRY,
