@@ -127,11 +127,17 @@ fn apply_cmd(a: ApplyArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    report_applied(changed, &ctx, ns);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `cacerts apply` (and `certs renew --apply`) did in one cluster, and the restart
+/// istiod needs when the Secret changed.
+pub(crate) fn report_applied(changed: bool, ctx: &str, ns: &str) {
     if changed {
         println!("cacerts applied in context {ctx:?} (namespace {ns})");
         eprintln!("{RESTART_HINT}");
     } else {
         println!("cacerts in context {ctx:?} is up to date");
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -338,7 +338,8 @@ fn writes(a: &JoinArgs, m: &Member, ns: &str) -> Vec<Access> {
             .as_str()
             .and_then(|av| av.rsplit_once('/'))
             .map_or("", |(g, _)| g);
-        let Some((resource, namespaced)) = plural(o["kind"].as_str().unwrap_or_default()) else {
+        let Some((resource, namespaced)) = kc::plural_of(o["kind"].as_str().unwrap_or_default())
+        else {
             continue;
         };
         let namespace = namespaced.then_some(ns);
@@ -359,23 +360,6 @@ fn writes(a: &JoinArgs, m: &Member, ns: &str) -> Vec<Access> {
         add("create", "", "serviceaccounts/token", Some(ns));
     }
     out
-}
-
-/// The resource name and scope of the kinds join writes.
-fn plural(kind: &str) -> Option<(&'static str, bool)> {
-    Some(match kind {
-        "Namespace" => ("namespaces", false),
-        "Secret" => ("secrets", true),
-        "ServiceAccount" => ("serviceaccounts", true),
-        "Service" => ("services", true),
-        "ClusterRole" => ("clusterroles", false),
-        "ClusterRoleBinding" => ("clusterrolebindings", false),
-        "Deployment" => ("deployments", true),
-        "PodDisruptionBudget" => ("poddisruptionbudgets", true),
-        "HorizontalPodAutoscaler" => ("horizontalpodautoscalers", true),
-        "Gateway" => ("gateways", true),
-        _ => return None,
-    })
 }
 
 /// The permissions of `wanted` that a SelfSubjectAccessReview denies, as text. Best effort:

@@ -85,9 +85,9 @@ pub struct Cluster {
     pub tls_server_name: Option<String>,
 }
 
-/// Plural and scope of the kinds meshctl writes.
-fn resource_of(api_version: &str, kind: &str) -> Result<(ApiResource, bool)> {
-    let (plural, namespaced) = match kind {
+/// The plural and whether it is namespaced, of each kind meshctl writes.
+pub fn plural_of(kind: &str) -> Option<(&'static str, bool)> {
+    Some(match kind {
         "Namespace" => ("namespaces", false),
         "Secret" => ("secrets", true),
         "ServiceAccount" => ("serviceaccounts", true),
@@ -100,7 +100,14 @@ fn resource_of(api_version: &str, kind: &str) -> Result<(ApiResource, bool)> {
         "HorizontalPodAutoscaler" => ("horizontalpodautoscalers", true),
         "Gateway" => ("gateways", true),
         "CustomResourceDefinition" => ("customresourcedefinitions", false),
-        other => bail!("meshctl does not manage objects of kind {other}"),
+        _ => return None,
+    })
+}
+
+/// Plural and scope of the kinds meshctl writes.
+fn resource_of(api_version: &str, kind: &str) -> Result<(ApiResource, bool)> {
+    let Some((plural, namespaced)) = plural_of(kind) else {
+        bail!("meshctl does not manage objects of kind {kind}")
     };
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let gvk = GroupVersionKind::gvk(group, version, kind);

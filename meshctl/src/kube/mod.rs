@@ -12,6 +12,7 @@ mod render;
 
 pub use api::{
     Cluster, apply, apply_all, block_on, delete, ensure_namespace, get, get_as, list, list_as,
+    plural_of,
 };
 pub use config::{KubeconfigFile, init_crypto};
 pub use errors::{ConnectError, Failure, classify, error_text};

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use super::{RenewArgs, Signer, write};
 use crate::kube::{self as kc, KubeconfigFile, Secrets};
-use crate::mesh::cacerts::{RESTART_HINT, apply_secret, pem_ders};
+use crate::mesh::cacerts::{apply_secret, pem_ders};
 use crate::mesh::rotation::{BundleTexts, cacerts_secret};
 
 pub fn run(a: RenewArgs) -> Result<ExitCode> {
@@ -113,12 +113,7 @@ pub fn run(a: RenewArgs) -> Result<ExitCode> {
                 dir = a.ca.display()
             )
         })?;
-        if changed {
-            println!("cacerts applied in context {ctx:?} (namespace {ns})");
-            eprintln!("{RESTART_HINT}");
-        } else {
-            println!("cacerts in context {ctx:?} is up to date");
-        }
+        crate::cmd::cacerts::report_applied(changed, &ctx, ns);
         Ok(ExitCode::SUCCESS)
     })
 }
