@@ -14,7 +14,35 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, each cause once, no backtrace: the message names the fix.
+            eprintln!("error: {}", error_text(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, leaving out a cause whose text the message before it
+/// already holds (errors here often repeat their source in their own message).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+fn run() -> anyhow::Result<()> {
     // One crypto provider per process, chosen here (kube's client has none by itself).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args = Args::parse();

@@ -44,7 +44,7 @@ pub struct NamespaceArg {
 /// `-o yaml|json`.
 #[derive(Debug, Clone, Args)]
 pub struct OutputArg {
-    /// Output format (`check`: yaml is the human checklist, json is machine-readable).
+    /// Output format: yaml or json.
     #[arg(long, short = 'o', value_enum, default_value = "yaml")]
     pub output: Output,
 }
@@ -128,7 +128,7 @@ pub const DEFAULT_IMAGE: &str = "meshfed/gateway:dev";
 #[derive(Debug, Args, Clone)]
 pub struct GatewayFlags {
     /// Gateway container image.
-    #[arg(long = "gateway-image", default_value = DEFAULT_IMAGE)]
+    #[arg(long = "gateway-image", default_value = DEFAULT_IMAGE, value_parser = image_ref)]
     pub image: String,
     /// Minimum replicas (the HorizontalPodAutoscaler's floor).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -209,9 +209,32 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A container image reference as a flag: not empty, no whitespace or control characters
+/// (the API server takes any string and the kubelet fails the pull much later).
+fn image_ref(s: &str) -> std::result::Result<String, String> {
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{s:?} is not an image reference: give one like registry.example/meshfed/gateway:1.0"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// Explicit `--cluster-name CONTEXT=NAME` values: DNS-1123 labels, as `join` names clusters.
+pub fn check_cluster_names(names: &[(String, String)]) -> Result<()> {
+    for (ctx, name) in names {
+        pki::validate_dns_label(name).map_err(|e| anyhow!("--cluster-name {ctx}={name}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Refuses a `--context` given twice (before anything is read or changed).
 pub fn check_unique(contexts: &[String]) -> Result<()> {
     for (i, c) in contexts.iter().enumerate() {
+        // A context is printed into comments and hints: a newline in it would forge lines.
+        if c.is_empty() || c.chars().any(char::is_control) {
+            bail!("--context {c:?}: a context name is not empty and has no control characters");
+        }
         if contexts[..i].contains(c) {
             bail!("--context {c:?} given twice");
         }

@@ -73,7 +73,8 @@ enum Command {
     Unjoin(join::UnjoinArgs),
     /// Rotate the root of every cluster in three steps: prepare, activate, finish.
     Rotate(rotate::RotateArgs),
-    /// Check that clusters are joined: per cluster and per pair, with a hint per failure.
+    /// Check that clusters are joined: per cluster and per pair, with a hint per failure
+    /// (`-o yaml`, the default, is the readable checklist; `-o json` is for machines).
     Check(check::CheckArgs),
     /// Remote secrets' credentials: status (expiry), refresh (re-issue expiring tokens), cronjob.
     Credentials(credentials::CredentialsArgs),
@@ -97,8 +98,25 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, leaving out a cause whose text the message before it
+/// already ends with (an I/O error wrapped with its own text would print twice).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

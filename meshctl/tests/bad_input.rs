@@ -453,3 +453,78 @@ async fn renew_apply_checks_the_cluster_before_rewriting_the_bundle() {
     );
     assert_eq!(tree(&m.certs), before, "bundle unchanged: {t}");
 }
+
+/// Flag values that would only fail much later (a pull, a certificate SAN, a forged line in a
+/// printed manifest) are refused up front.
+#[tokio::test]
+async fn flag_values_that_fail_later_are_refused_at_once() {
+    let m = mesh().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("w");
+    let west = m.certs.join("west");
+    let west = west.to_str().unwrap();
+    let workload = |dns: &str| {
+        vec![
+            "certs".to_string(),
+            "workload".into(),
+            "--ca".into(),
+            west.into(),
+            "-n".into(),
+            "a".into(),
+            "-s".into(),
+            "b".into(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+            format!("--dns={dns}"),
+        ]
+    };
+    for dns in ["", "a b", "-a.example", "a..b"] {
+        let args = workload(dns);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, text) = code_and_text(&args).await;
+        assert_eq!(code, Some(2), "--dns {dns:?}: {text}");
+        assert!(text.contains("is not a DNS name"), "{text}");
+    }
+    assert!(!out.exists(), "nothing written");
+    let args = workload("*.catalog.example");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, text) = code_and_text(&args).await;
+    assert_eq!(code, Some(0), "{text}");
+    for image in ["", "a b", "img\nx"] {
+        let (code, text) = code_and_text(&[
+            "gateway",
+            "manifest",
+            "--network",
+            "n",
+            "--gateway-image",
+            image,
+        ])
+        .await;
+        assert_eq!(code, Some(2), "{image:?}: {text}");
+        assert!(text.contains("is not an image reference"), "{text}");
+    }
+    let (code, text) = code_and_text(&[
+        "check",
+        "--context",
+        "west",
+        "--cluster-name",
+        "west=BAD_NAME",
+    ])
+    .await;
+    assert_ne!(code, Some(0), "{text}");
+    assert!(text.contains("--cluster-name west=BAD_NAME"), "{text}");
+    let (code, text) = code_and_text(&[
+        "credentials",
+        "cronjob",
+        "--context",
+        "west\napiVersion: v1",
+        "--kubeconfig-secret",
+        "k",
+        "--image",
+        "meshfed/gateway:dev",
+    ])
+    .await;
+    assert_ne!(code, Some(0), "{text}");
+    assert!(text.contains("no control characters"), "{text}");
+    assert!(!text.contains("kind: CronJob"), "{text}");
+}

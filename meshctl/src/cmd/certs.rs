@@ -183,8 +183,8 @@ struct WorkloadArgs {
     /// Validity in hours, 1 to 87600 (10 years; never past the CA's notAfter).
     #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=MAX_HOURS))]
     hours: u32,
-    /// Extra DNS SAN (repeatable).
-    #[arg(long = "dns")]
+    /// Extra DNS SAN (repeatable): a DNS name, `*.` allowed as its first label.
+    #[arg(long = "dns", value_parser = parse_dns_san)]
     dns_names: Vec<String>,
     #[command(flatten)]
     key: KeyArgs,
@@ -225,6 +225,18 @@ fn usage_error(message: &str) -> ExitCode {
 
 fn parse_key_type(s: &str) -> Result<KeyType, PkiError> {
     s.parse()
+}
+
+fn parse_dns_san(s: &str) -> Result<String, String> {
+    let name = s.strip_prefix("*.").unwrap_or(s);
+    if crate::mesh::remote_secret::is_dns_name(name) && !name.contains('_') {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS name (labels of letters, digits and '-', e.g. catalog.example.com \
+             or *.example.com)"
+        ))
+    }
 }
 
 fn parse_cluster(s: &str) -> Result<String, String> {

@@ -218,6 +218,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                     e.address
                 ))
             })?;
+            if let Some(what) = not_a_host(address) {
+                return Err(invalid(format!(
+                    "{at}: endpoints[{j}]: address {address} is {what}, not an endpoint's address"
+                )));
+            }
             let hbone_port = e.hbone.or(svc.hbone).and_then(FileHbone::port);
             if hbone_port == Some(0) {
                 return Err(invalid(format!(
@@ -273,6 +278,21 @@ pub fn load(path: &Path) -> Result<Vec<ServiceSpec>, FileError> {
     parse(path, &text)
 }
 
+/// Addresses no endpoint has: unspecified (`0.0.0.0` dials this host), broadcast or multicast.
+/// Loopback stays allowed: a gateway may front workloads on its own host.
+fn not_a_host(a: IpAddr) -> Option<&'static str> {
+    let a = match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        v4 => v4,
+    };
+    match a {
+        a if a.is_unspecified() => Some("unspecified"),
+        a if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +346,22 @@ services:
             (
                 "services: [{host: a.local, ports: [{port: 80}], endpoints: [{address: nope}]}]",
                 "endpoints[0]: address \"nope\"",
+            ),
+            (
+                "services: [{host: a.local, ports: [{port: 80}], endpoints: [{address: 0.0.0.0}]}]",
+                "address 0.0.0.0 is unspecified",
+            ),
+            (
+                "services: [{host: a.local, ports: [{port: 80}], endpoints: [{address: 255.255.255.255}]}]",
+                "is the broadcast address",
+            ),
+            (
+                "services: [{host: a.local, ports: [{port: 80}], endpoints: [{address: '224.0.0.1'}]}]",
+                "is a multicast address",
+            ),
+            (
+                "services: [{host: a.local, ports: [{port: 80}], endpoints: [{address: '::'}]}]",
+                "is unspecified",
             ),
             (
                 "services: [{host: a.local, ports: [{port: 80}]}, {host: a.local, ports: [{port: 81}]}]",

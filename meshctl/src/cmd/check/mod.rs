@@ -48,6 +48,7 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
     let contexts = &a.clusters.contexts;
     check_unique(contexts)?;
     let names = parse_mapping("cluster-name", &a.cluster_names, contexts)?;
+    crate::cli::check_cluster_names(&names)?;
     let file = KubeconfigFile::load(a.clusters.kubeconfig.as_deref())?;
     file.require_contexts(contexts)?;
     let r = kc::block_on(check(&a, &names, &file))?;

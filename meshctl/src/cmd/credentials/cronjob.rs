@@ -54,7 +54,11 @@ pub struct CronjobArgs {
 
 pub fn run(a: CronjobArgs) -> Result<ExitCode> {
     check_unique(&a.contexts)?;
-    parse_mapping("cluster-name", &a.cluster_names, &a.contexts)?;
+    crate::cli::check_cluster_names(&parse_mapping(
+        "cluster-name",
+        &a.cluster_names,
+        &a.contexts,
+    )?)?;
     for (flag, v) in [
         ("--job-namespace", &a.job_namespace),
         ("--kubeconfig-secret", &a.kubeconfig_secret),
