@@ -115,6 +115,14 @@ async fn a_stored_kubeconfig_that_does_not_parse_prints_no_token() {
     let i = check_item(&v, "secret for west in east", "kubeconfig works");
     assert_eq!(i["status"], "fail", "{i}");
     assert!(i["detail"].as_str().unwrap().contains("line "), "{i}");
+    // credentials status: the unreadable secret is an error of its own, without its token.
+    let mut args = both_contexts("credentials", m.kc());
+    args.insert(1, "status");
+    let out = meshctl(&args).await;
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(!leaks(&t, &token), "credentials status printed the stored token: {t}");
+    assert!(t.contains("does not parse"), "{t}");
 }
 
 #[cfg(unix)]

@@ -146,7 +146,10 @@ impl RootCa {
 
     /// Loads a root from a certificate file and a key file.
     pub fn load_files(cert: &Path, key: &Path) -> Result<RootCa> {
-        RootCa::from_pem(&read(cert)?, &read_key(key)?)
+        RootCa::from_pem(&read(cert)?, &read_key(key)?).map_err(|e| match e {
+            PkiError::InvalidCert(m) => PkiError::InvalidCert(format!("{}: {m}", cert.display())),
+            other => other,
+        })
     }
 }
 

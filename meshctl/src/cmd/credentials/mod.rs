@@ -184,6 +184,11 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
         Ok((rows, errors))
     })?;
     match t.output {
+        // "None found" would be wrong when some were found but not read.
+        Format::Table if rows.is_empty() && !errors.is_empty() => println!(
+            "no readable remote secrets: {} could not be read (below)",
+            errors.len()
+        ),
         Format::Table => print!("{}", table::status(&rows)),
         Format::Yaml => print!(
             "{}",

@@ -90,7 +90,13 @@ fn load_root(dir: &Path) -> Result<Option<RootCa>> {
         return Ok(None);
     }
     RootCa::load_files(&cert, &dir.join(pki::ROOT_KEY))
-        .with_context(|| format!("loading the new root from {}", dir.display()))
+        .with_context(|| {
+            format!(
+                "loading the new root from {} (its root-cert.pem and root-key.pem are reused to \
+                 resume a rotation; move them away to make a new root)",
+                dir.display()
+            )
+        })
         .map(Some)
 }
 
