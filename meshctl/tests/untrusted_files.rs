@@ -121,7 +121,10 @@ async fn a_stored_kubeconfig_that_does_not_parse_prints_no_token() {
     let out = meshctl(&args).await;
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
-    assert!(!leaks(&t, &token), "credentials status printed the stored token: {t}");
+    assert!(
+        !leaks(&t, &token),
+        "credentials status printed the stored token: {t}"
+    );
     assert!(t.contains("does not parse"), "{t}");
 }
 
