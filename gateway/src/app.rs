@@ -166,6 +166,7 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
                     cfg.hbone_cert_poll,
                     stop_background.clone(),
                     metrics.cert_reload_failures.clone(),
+                    metrics.cert_expiry_seconds.clone(),
                 ));
             }
         }

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -258,7 +259,9 @@ impl Identity {
     }
 
     /// Polls the files every `every` until `stop`, counting each refused reread (a bad,
-    /// expired or unreadable file; the previous certificate stays) in `failures`. Polling, not
+    /// expired or unreadable file; the previous certificate stays) in `failures`, and keeping
+    /// `expiry` at the served leaf's notAfter (Unix seconds), with a warning once it has
+    /// passed: files nobody renews expire while the gateway looks healthy. Polling, not
     /// inotify: Kubernetes swaps mounted secrets through a `..data` symlink, which file events
     /// report unreliably.
     pub async fn watch(
@@ -266,8 +269,18 @@ impl Identity {
         every: Duration,
         stop: CancellationToken,
         failures: Counter,
+        expiry: Gauge,
     ) {
+        let mut warned_expired = false;
         loop {
+            let not_after = self.leaf_not_after();
+            expiry.set(not_after.unwrap_or(0));
+            let now = i64::try_from(UnixTime::now().as_secs()).unwrap_or(i64::MAX);
+            let expired = not_after.is_some_and(|t| t < now);
+            if expired && !warned_expired {
+                tracing::warn!(source = ?self, "the HBONE certificate served has expired: every handshake will fail until the files are renewed");
+            }
+            warned_expired = expired;
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
@@ -283,6 +296,14 @@ impl Identity {
                 }
             }
         }
+    }
+
+    /// The served leaf certificate's notAfter, Unix seconds.
+    pub fn leaf_not_after(&self) -> Option<i64> {
+        let current = self.current.load();
+        let leaf = current.as_ref()?.key.end_entity_cert().ok()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        Some(cert.validity().not_after.timestamp())
     }
 
     /// The current client verifier; none before the first certificate.
@@ -742,11 +763,13 @@ mod tests {
         let id = Identity::load(dir.path(), vec![]).unwrap();
         write(dir.path(), &workload_dated(-400, -365));
         let failures = Counter::default();
+        let expiry = Gauge::default();
         let stop = CancellationToken::new();
         let poll = tokio::spawn(id.clone().watch(
             Duration::from_millis(20),
             stop.clone(),
             failures.clone(),
+            expiry.clone(),
         ));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while failures.get() < 2 {
@@ -759,5 +782,16 @@ mod tests {
         stop.cancel();
         poll.await.unwrap();
         assert_eq!(id.spiffe_id().as_deref(), Some(good.spiffe_id.as_str()));
+        // The gauge shows the served leaf's notAfter.
+        let not_after = x509_parser::pem::parse_x509_pem(good.chain_pem.as_bytes())
+            .unwrap()
+            .1
+            .parse_x509()
+            .unwrap()
+            .validity()
+            .not_after
+            .timestamp();
+        assert_eq!(expiry.get(), not_after);
+        assert_eq!(id.leaf_not_after(), Some(not_after));
     }
 }
