@@ -35,7 +35,38 @@ pub fn read_kubeconfig(path: &Path) -> Result<Kubeconfig> {
     if let Some(dir) = path.parent() {
         absolute_paths(&mut config, dir);
     }
+    referenced_files_bounded(&config)
+        .map_err(|e| anyhow!("reading kubeconfig {}: {e}", path.display()))?;
     Ok(config)
+}
+
+/// The files a kubeconfig names (CA, client certificate and key, token file) are read by kube
+/// without a bound: one that exists must be a regular file within the input cap, so that a
+/// link to `/dev/zero` is refused here instead of filling the memory. A missing one is left
+/// to kube, which fails only if its context is used.
+fn referenced_files_bounded(config: &Kubeconfig) -> std::result::Result<(), String> {
+    let clusters = config
+        .clusters
+        .iter()
+        .filter_map(|c| c.cluster.as_ref())
+        .map(|c| &c.certificate_authority);
+    let users = config
+        .auth_infos
+        .iter()
+        .filter_map(|a| a.auth_info.as_ref())
+        .flat_map(|a| [&a.client_certificate, &a.client_key, &a.token_file]);
+    for file in clusters.chain(users).flatten() {
+        let Ok(meta) = std::fs::metadata(file) else {
+            continue;
+        };
+        if !meta.is_file() || meta.len() > pki::files::MAX_INPUT_BYTES {
+            return Err(format!(
+                "it names {file}, which is not a regular file of at most {} MiB",
+                pki::files::MAX_INPUT_BYTES >> 20
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses YAML that may hold a secret (a stored kubeconfig, a Secret) into a generic value.
@@ -168,6 +199,23 @@ mod tests {
     use super::*;
 
     const SENTINEL: &str = "tok-SENTINEL-0123456789abcdef";
+
+    #[test]
+    fn a_named_file_that_is_a_device_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kc");
+        let text = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: \
+                    https://10.0.0.1:6443\n    certificate-authority: /dev/zero\n";
+        std::fs::write(&path, text).unwrap();
+        let e = read_kubeconfig(&path).unwrap_err().to_string();
+        assert!(e.contains("/dev/zero, which is not a regular file"), "{e}");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "x").unwrap();
+        std::fs::write(&path, text.replace("/dev/zero", "ca.pem")).unwrap();
+        read_kubeconfig(&path).unwrap();
+        std::fs::write(&path, text.replace("/dev/zero", "missing.pem")).unwrap();
+        read_kubeconfig(&path).unwrap();
+    }
 
     fn kubeconfig(user: &str) -> String {
         format!(

@@ -241,7 +241,37 @@ pub(super) fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, String> {
             }
         }
     }
+    referenced_files_bounded(&kc)?;
     Ok(kc)
+}
+
+/// The files a kubeconfig names (CA, client certificate and key, token file) are read by kube
+/// without a bound: one that exists must be a regular file of at most
+/// [`MAX_KUBECONFIG_BYTES`], so that a link to `/dev/zero` is refused instead of filling the
+/// memory. A missing one is left to kube, which fails only if its context is used.
+fn referenced_files_bounded(kc: &Kubeconfig) -> Result<(), String> {
+    let clusters = kc
+        .clusters
+        .iter()
+        .filter_map(|c| c.cluster.as_ref())
+        .map(|c| &c.certificate_authority);
+    let users = kc
+        .auth_infos
+        .iter()
+        .filter_map(|a| a.auth_info.as_ref())
+        .flat_map(|a| [&a.client_certificate, &a.client_key, &a.token_file]);
+    for file in clusters.chain(users).flatten() {
+        let Ok(meta) = std::fs::metadata(file) else {
+            continue;
+        };
+        if !meta.is_file() || meta.len() > MAX_KUBECONFIG_BYTES {
+            return Err(format!(
+                "it names {file}, which is not a regular file of at most {} MiB",
+                MAX_KUBECONFIG_BYTES >> 20
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A kubeconfig parse error as its location and the parser's short reason: no snippet, and
@@ -304,6 +334,19 @@ mod tests {
     use super::*;
 
     const SENTINEL: &str = "tok-SENTINEL-0123456789";
+
+    #[test]
+    fn a_named_file_that_is_a_device_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kc");
+        let text = "apiVersion: v1\nkind: Config\nusers:\n- name: u\n  user:\n    \
+                    tokenFile: /dev/zero\n";
+        std::fs::write(&path, text).unwrap();
+        let e = read_kubeconfig(&path).unwrap_err();
+        assert!(e.contains("/dev/zero, which is not a regular file"), "{e}");
+        std::fs::write(&path, text.replace("/dev/zero", "missing-token")).unwrap();
+        read_kubeconfig(&path).unwrap();
+    }
 
     #[test]
     fn kubeconfig_parse_errors_quote_no_text() {
