@@ -62,7 +62,7 @@ fn run() -> anyhow::Result<()> {
         LogFormat::Plain => builder.init(),
     }
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let tokio_env = std::env::var("TOKIO_WORKER_THREADS").ok();
+    let tokio_env = std::env::var(runtime::TOKIO_ENV).ok();
     let workers = runtime::checked_workers(args.workers, tokio_env.as_deref(), available)
         .unwrap_or_else(|msg| {
             use clap::CommandFactory;

@@ -70,6 +70,8 @@ struct Loaded {
     spiffe_id: Option<String>,
     /// The files' contents, to notice a change (empty for istiod's certificates).
     contents: [Vec<u8>; 3],
+    /// The leaf's notAfter, Unix seconds (read once, for the expiry gauge).
+    not_after: Option<i64>,
 }
 
 /// Where the identity comes from.
@@ -214,6 +216,7 @@ impl Identity {
         if spiffe_id.is_none() {
             return Err(issued("the leaf has no SPIFFE URI SAN".into()));
         }
+        let not_after = not_after_of(leaf);
         let key = CertifiedKey::from_der(chain, key, &self.provider)
             .map_err(|e| issued(format!("the leaf is not for our key: {e}")))?;
         self.current.store(Some(Arc::new(Loaded {
@@ -221,6 +224,7 @@ impl Identity {
             verifier: roots.clone(),
             spiffe_id,
             contents: Default::default(),
+            not_after,
         })));
         Ok(())
     }
@@ -300,10 +304,7 @@ impl Identity {
 
     /// The served leaf certificate's notAfter, Unix seconds.
     pub fn leaf_not_after(&self) -> Option<i64> {
-        let current = self.current.load();
-        let leaf = current.as_ref()?.key.end_entity_cert().ok()?;
-        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
-        Some(cert.validity().not_after.timestamp())
+        self.current.load().as_ref()?.not_after
     }
 
     /// The current client verifier; none before the first certificate.
@@ -371,7 +372,8 @@ fn parse(
     if chain.is_empty() {
         return Err(invalid(CERT_CHAIN, "no certificate found".into()));
     }
-    check_validity(&chain, UnixTime::now()).map_err(|msg| invalid(CERT_CHAIN, msg))?;
+    let not_after =
+        check_validity(&chain, UnixTime::now()).map_err(|msg| invalid(CERT_CHAIN, msg))?;
     let key = PrivateKeyDer::from_pem_slice(&contents[1])
         // Never echo key material: the error names the file only.
         .map_err(|_| invalid(KEY, "no PEM private key found".into()))?;
@@ -388,14 +390,22 @@ fn parse(
         verifier,
         spiffe_id,
         contents,
+        not_after: Some(not_after),
     })
+}
+
+/// A certificate's notAfter, Unix seconds; `None` if it does not parse.
+fn not_after_of(der: &CertificateDer<'_>) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// Refuses a chain to serve with a certificate outside its validity at `now`: ztunnel would
 /// refuse every handshake with it, and the gateway would look healthy meanwhile. The message
-/// names the certificate, its date and the fix.
-fn check_validity(chain: &[CertificateDer<'_>], now: UnixTime) -> Result<(), String> {
+/// names the certificate, its date and the fix. Returns the leaf's notAfter (Unix seconds).
+fn check_validity(chain: &[CertificateDer<'_>], now: UnixTime) -> Result<i64, String> {
     let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    let mut leaf_not_after = 0;
     for (i, der) in chain.iter().enumerate() {
         let which = if i == 0 {
             "the leaf certificate".to_string()
@@ -420,8 +430,11 @@ fn check_validity(chain: &[CertificateDer<'_>], now: UnixTime) -> Result<(), Str
                 validity.not_before
             ));
         }
+        if i == 0 {
+            leaf_not_after = validity.not_after.timestamp();
+        }
     }
-    Ok(())
+    Ok(leaf_not_after)
 }
 
 /// The client verifier of the roots in `pem` (one or more certificates), read from `path`.
