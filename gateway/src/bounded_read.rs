@@ -59,3 +59,26 @@ pub fn read_regular(path: &Path, cap: u64) -> Result<Vec<u8>, ReadRefused> {
     }
     Ok(buf)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The window: a regular file over the cap is refused, one at the cap is read, and a file
+    /// that reports no size (`/proc`) is still cut at the cap.
+    #[test]
+    fn reads_are_cut_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.yaml");
+        std::fs::write(&small, "0123456789").unwrap();
+        assert!(matches!(
+            read_regular(&small, 9),
+            Err(ReadRefused::TooLarge)
+        ));
+        assert_eq!(read_regular(&small, 10).unwrap(), b"0123456789");
+        assert!(matches!(
+            read_regular(Path::new("/proc/self/status"), 16),
+            Err(ReadRefused::TooLarge)
+        ));
+    }
+}

@@ -220,17 +220,12 @@ pub(super) fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, String> {
                 *p = Some(joined.to_string());
             }
         };
-        for c in kc.clusters.iter_mut().filter_map(|c| c.cluster.as_mut()) {
-            abs(&mut c.certificate_authority);
-        }
+        named_files(&mut kc).for_each(abs);
         for a in kc
             .auth_infos
             .iter_mut()
             .filter_map(|a| a.auth_info.as_mut())
         {
-            abs(&mut a.client_certificate);
-            abs(&mut a.client_key);
-            abs(&mut a.token_file);
             if let Some(exec) = a.exec.as_mut()
                 && exec
                     .command
@@ -241,27 +236,11 @@ pub(super) fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, String> {
             }
         }
     }
-    referenced_files_bounded(&kc)?;
-    Ok(kc)
-}
-
-/// The files a kubeconfig names (CA, client certificate and key, token file) are read by kube
-/// without a bound: one that exists must be a regular file of at most
-/// [`MAX_KUBECONFIG_BYTES`], so that a link to `/dev/zero` is refused instead of filling the
-/// memory. A missing one is left to kube, which fails only if its context is used.
-fn referenced_files_bounded(kc: &Kubeconfig) -> Result<(), String> {
-    let clusters = kc
-        .clusters
-        .iter()
-        .filter_map(|c| c.cluster.as_ref())
-        .map(|c| &c.certificate_authority);
-    let users = kc
-        .auth_infos
-        .iter()
-        .filter_map(|a| a.auth_info.as_ref())
-        .flat_map(|a| [&a.client_certificate, &a.client_key, &a.token_file]);
-    for file in clusters.chain(users).flatten() {
-        let Ok(meta) = std::fs::metadata(file) else {
+    // kube reads these files without a bound: one that exists must be a regular file of at
+    // most the cap, so that a link to `/dev/zero` is refused instead of filling the memory. A
+    // missing one is left to kube, which fails only if its context is used.
+    for file in named_files(&mut kc).flatten() {
+        let Ok(meta) = std::fs::metadata(&*file) else {
             continue;
         };
         if !meta.is_file() || meta.len() > MAX_KUBECONFIG_BYTES {
@@ -271,7 +250,29 @@ fn referenced_files_bounded(kc: &Kubeconfig) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    Ok(kc)
+}
+
+/// The file paths a kubeconfig names: each cluster's CA, each user's client certificate, key
+/// and token file.
+fn named_files(kc: &mut Kubeconfig) -> impl Iterator<Item = &mut Option<String>> {
+    let clusters = kc
+        .clusters
+        .iter_mut()
+        .filter_map(|c| c.cluster.as_mut())
+        .map(|c| &mut c.certificate_authority);
+    let users = kc
+        .auth_infos
+        .iter_mut()
+        .filter_map(|a| a.auth_info.as_mut())
+        .flat_map(|a| {
+            [
+                &mut a.client_certificate,
+                &mut a.client_key,
+                &mut a.token_file,
+            ]
+        });
+    clusters.chain(users)
 }
 
 /// A kubeconfig parse error as its location and the parser's short reason: no snippet, and
