@@ -19,9 +19,10 @@
 //!   credentials (reading them is `mesh/credentials.rs`).
 //! - `istio.rs`: every Istio and Kubernetes name meshctl depends on (labels, annotations,
 //!   Secret names, gateway names and ports, managed-by), defined once.
-//! - `kube/`: plumbing with no mesh knowledge: kubeconfig reading (`config.rs`), one cluster's
-//!   get/list/apply/delete (`api.rs`), failed-request meaning (`errors.rs`), printing with
-//!   private keys redacted (`render.rs`, `redact.rs`).
+//! - `kube/`: plumbing with no mesh knowledge: kubeconfig reading (`config.rs`, and
+//!   `parse.rs`, whose errors never quote the text), one cluster's get/list/apply/delete
+//!   (`api.rs`), failed-request meaning (`errors.rs`), name formats (`names.rs`), printing
+//!   with private keys redacted (`render.rs`, `redact.rs`).
 //!
 //! So a command reads flags (`cli`) → builds objects (`mesh`, with names from `istio`) →
 //! applies or reads them through `kube` → prints through `kube::render` or `check`'s report.

@@ -50,6 +50,10 @@ pub enum PkiError {
     /// Output files exist and overwriting was not allowed. Nothing was written.
     #[error("refusing to overwrite existing file(s): {}", list_paths(.0))]
     Exists(Vec<PathBuf>),
+    /// Targets that cannot be written (a target that is a directory, an existing ancestor
+    /// that is not one), found before anything was written.
+    #[error("cannot write: {}", .0.join("; "))]
+    Unwritable(Vec<String>),
 }
 
 fn list_paths(paths: &[PathBuf]) -> String {

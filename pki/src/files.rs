@@ -55,6 +55,7 @@ impl OutFile {
 /// key's directory is checked first (`guard`): a symlinked directory, or one that other
 /// users may write, is refused before anything is written.
 pub fn write_files(files: &[OutFile], force: bool) -> Result<()> {
+    check_targets(files)?;
     for f in files.iter().filter(|f| f.secret) {
         check_key_dir(f.path.parent().unwrap_or(Path::new("")))?;
     }
@@ -83,6 +84,39 @@ pub fn write_files(files: &[OutFile], force: bool) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Refuses ([`PkiError::Unwritable`]) targets that cannot be created: a target that is a
+/// directory, or an existing ancestor that is not a directory. [`write_files`] calls it
+/// first; a caller with work to do before writing can call it earlier.
+pub fn check_targets(files: &[OutFile]) -> Result<()> {
+    let mut problems = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for f in files {
+        if f.path.is_dir() {
+            problems.push(format!("{} is a directory", f.path.display()));
+        }
+        for dir in f.path.ancestors().skip(1) {
+            if dir.as_os_str().is_empty() || !seen.insert(dir.to_path_buf()) {
+                continue;
+            }
+            // metadata follows symlinks: a symlink to a directory is a directory.
+            if let Ok(m) = dir.metadata()
+                && !m.is_dir()
+            {
+                problems.push(format!(
+                    "{} exists and is not a directory (needed to write {})",
+                    dir.display(),
+                    f.path.display()
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(PkiError::Unwritable(problems))
+    }
 }
 
 /// Creates `dir` and its missing ancestors with mode 0700. Only directories created here

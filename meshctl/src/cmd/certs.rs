@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::cli::{KubeArgs, MutateArgs, NamespaceArg};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 
 mod renew;
@@ -229,7 +229,7 @@ fn parse_key_type(s: &str) -> Result<KeyType, PkiError> {
 
 fn parse_dns_san(s: &str) -> Result<String, String> {
     let name = s.strip_prefix("*.").unwrap_or(s);
-    if crate::mesh::remote_secret::is_dns_name(name) && !name.contains('_') {
+    if crate::kube::names::is_dns_name(name) && !name.contains('_') {
         Ok(s.to_string())
     } else {
         Err(format!(
@@ -391,40 +391,25 @@ pub(super) fn expired_on(pem: &str) -> Option<String> {
     .then(|| not_after.to_string())
 }
 
-/// Checks that `write` can create every file: no existing ancestor that is not a directory,
-/// no target that is a directory. `pki::write_files` checks for existing files before it
-/// writes; this catches the rest before the first file is written, so a refusal writes nothing.
-pub(super) fn check_targets(files: &[OutFile]) -> Result<()> {
-    let mut problems = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for f in files {
-        if f.path.is_dir() {
-            problems.push(format!("{} is a directory", f.path.display()));
-        }
-        for dir in f.path.ancestors().skip(1) {
-            if dir.as_os_str().is_empty() || !seen.insert(dir.to_path_buf()) {
-                continue;
-            }
-            // metadata follows symlinks: a symlink to a directory is a directory.
-            if let Ok(m) = dir.metadata()
-                && !m.is_dir()
-            {
-                problems.push(format!(
-                    "{} exists and is not a directory (needed to write {})",
-                    dir.display(),
-                    f.path.display()
-                ));
-            }
-        }
-    }
-    if !problems.is_empty() {
-        bail!(
+/// The refusals of `pki::write_files` (and of `pki::files::check_targets`, which it calls
+/// first) as the CLI words them.
+pub(super) fn output_error(e: PkiError) -> anyhow::Error {
+    match e {
+        PkiError::Unwritable(problems) => anyhow!(
             "cannot write the output (nothing was written; choose another --out or move these \
              away): {}",
             problems.join("; ")
-        );
+        ),
+        PkiError::Exists(paths) => anyhow!(
+            "refusing to overwrite existing file(s) (nothing was written; pass --force to overwrite): {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        e => e.into(),
     }
-    Ok(())
 }
 
 fn intermediate(a: IntermediateArgs) -> Result<ExitCode> {
@@ -500,18 +485,7 @@ fn inspect(a: InspectArgs) -> Result<ExitCode> {
 
 /// Writes all files (or none), then lists them. Keys are never printed.
 pub(super) fn write(files: &[OutFile], force: bool) -> Result<()> {
-    check_targets(files)?;
-    match pki::write_files(files, force) {
-        Err(PkiError::Exists(paths)) => bail!(
-            "refusing to overwrite existing file(s) (nothing was written; pass --force to overwrite): {}",
-            paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        other => other?,
-    }
+    pki::write_files(files, force).map_err(output_error)?;
     for f in files {
         let note = if f.secret { " (private key, 0600)" } else { "" };
         println!("wrote {}{note}", f.path.display());

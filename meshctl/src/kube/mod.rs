@@ -6,6 +6,7 @@
 mod api;
 mod config;
 mod errors;
+pub mod names;
 mod parse;
 mod redact;
 mod render;

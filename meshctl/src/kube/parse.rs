@@ -35,7 +35,7 @@ pub fn read_kubeconfig(path: &Path) -> Result<Kubeconfig> {
     if let Some(dir) = path.parent() {
         absolute_paths(&mut config, dir);
     }
-    referenced_files_bounded(&config)
+    referenced_files_bounded(&mut config)
         .map_err(|e| anyhow!("reading kubeconfig {}: {e}", path.display()))?;
     Ok(config)
 }
@@ -44,19 +44,9 @@ pub fn read_kubeconfig(path: &Path) -> Result<Kubeconfig> {
 /// without a bound: one that exists must be a regular file within the input cap, so that a
 /// link to `/dev/zero` is refused here instead of filling the memory. A missing one is left
 /// to kube, which fails only if its context is used.
-fn referenced_files_bounded(config: &Kubeconfig) -> std::result::Result<(), String> {
-    let clusters = config
-        .clusters
-        .iter()
-        .filter_map(|c| c.cluster.as_ref())
-        .map(|c| &c.certificate_authority);
-    let users = config
-        .auth_infos
-        .iter()
-        .filter_map(|a| a.auth_info.as_ref())
-        .flat_map(|a| [&a.client_certificate, &a.client_key, &a.token_file]);
-    for file in clusters.chain(users).flatten() {
-        let Ok(meta) = std::fs::metadata(file) else {
+fn referenced_files_bounded(config: &mut Kubeconfig) -> std::result::Result<(), String> {
+    for file in named_files(config).flatten() {
+        let Ok(meta) = std::fs::metadata(&*file) else {
             continue;
         };
         if !meta.is_file() || meta.len() > pki::files::MAX_INPUT_BYTES {
@@ -67,6 +57,28 @@ fn referenced_files_bounded(config: &Kubeconfig) -> std::result::Result<(), Stri
         }
     }
     Ok(())
+}
+
+/// The file paths a kubeconfig names: each cluster's CA, each user's client certificate, key
+/// and token file.
+fn named_files(config: &mut Kubeconfig) -> impl Iterator<Item = &mut Option<String>> {
+    let clusters = config
+        .clusters
+        .iter_mut()
+        .filter_map(|c| c.cluster.as_mut())
+        .map(|c| &mut c.certificate_authority);
+    let users = config
+        .auth_infos
+        .iter_mut()
+        .filter_map(|a| a.auth_info.as_mut())
+        .flat_map(|a| {
+            [
+                &mut a.client_certificate,
+                &mut a.client_key,
+                &mut a.token_file,
+            ]
+        });
+    clusters.chain(users)
 }
 
 /// Parses YAML that may hold a secret (a stored kubeconfig, a Secret) into a generic value.
@@ -172,24 +184,15 @@ fn absolute_paths(config: &mut Kubeconfig, dir: &Path) {
             *p = Some(joined.to_string());
         }
     };
-    for named in &mut config.clusters {
-        if let Some(cluster) = &mut named.cluster {
-            abs(&mut cluster.certificate_authority);
-        }
-    }
+    named_files(config).for_each(abs);
     for named in &mut config.auth_infos {
-        if let Some(a) = &mut named.auth_info {
-            abs(&mut a.client_certificate);
-            abs(&mut a.client_key);
-            abs(&mut a.token_file);
-            if let Some(exec) = &mut a.exec
-                && exec
-                    .command
-                    .as_deref()
-                    .is_some_and(|c| c.contains(std::path::MAIN_SEPARATOR))
-            {
-                abs(&mut exec.command);
-            }
+        if let Some(exec) = named.auth_info.as_mut().and_then(|a| a.exec.as_mut())
+            && exec
+                .command
+                .as_deref()
+                .is_some_and(|c| c.contains(std::path::MAIN_SEPARATOR))
+        {
+            abs(&mut exec.command);
         }
     }
 }

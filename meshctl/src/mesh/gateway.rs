@@ -13,7 +13,7 @@ use crate::istio::{
     ISTIO_LABEL, ISTIO_NETWORKING_GROUP, ISTIO_NETWORKING_V1, ISTIO_TOKEN_DIR, ISTIO_VALUE,
     NETWORK_LABEL, STATUS_PORT, TLS_PORT, gateway_role_name, managed_labels,
 };
-use crate::kube::{self as kc, Cluster};
+use crate::kube::{self as kc, Cluster, names};
 
 /// Where Istio's gateway template mounts the `istio-ca-root-cert` ConfigMap (the mesh root,
 /// which istiod's serving certificate chains to): volume `istiod-ca-cert`, this directory.
@@ -83,16 +83,7 @@ pub fn validate_trust_domain(td: &str) -> Result<()> {
 /// subdomain of at most 253 characters.
 fn validate_annotation_key(k: &str) -> std::result::Result<(), String> {
     let (prefix, name) = k.rsplit_once('/').map_or((None, k), |(p, n)| (Some(p), n));
-    let alnum = |c: char| c.is_ascii_alphanumeric();
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name.chars().all(|c| alnum(c) || "-_.".contains(c))
-        && name.starts_with(alnum)
-        && name.ends_with(alnum);
-    let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty() && p.len() <= 253 && p.split('.').all(|l| pki::validate_dns_label(l).is_ok())
-    });
-    if name_ok && prefix_ok {
+    if names::is_qualified_name_part(name) && prefix.is_none_or(names::is_dns_subdomain) {
         Ok(())
     } else {
         Err(format!(

@@ -9,13 +9,7 @@ use crate::kube::{self as kc, Cluster};
 
 /// Label values: at most 63 characters, alphanumerics plus `-_.` inside.
 pub fn validate_label_value(v: &str) -> Result<()> {
-    let alnum = |c: char| c.is_ascii_alphanumeric();
-    if v.is_empty()
-        || v.len() > 63
-        || !v.chars().all(|c| alnum(c) || "-_.".contains(c))
-        || !v.starts_with(alnum)
-        || !v.ends_with(alnum)
-    {
+    if !crate::kube::names::is_qualified_name_part(v) {
         bail!(
             "network {v:?} is not a valid label value (1-63 characters: letters, digits, \
              '-', '_', '.', starting and ending with a letter or digit)"

@@ -17,6 +17,7 @@ use super::remote_secret::{
 };
 use crate::cli::SecretFlags;
 use crate::istio::{SA_NAME_ANNOTATION, SA_TOKEN_TYPE};
+use crate::kube::names;
 use crate::kube::{self as kc, Cluster};
 
 /// Placeholder for credentials in `--dry-run` output (no token is minted).
@@ -61,14 +62,14 @@ pub fn validate(o: &SecretOptions) -> Result<()> {
     Ok(())
 }
 
-/// A DNS-1123 subdomain: at most 253 characters, dot-separated DNS-1123 labels.
+/// A DNS-1123 subdomain, with the rule in the message.
 fn validate_subdomain(name: &str) -> std::result::Result<(), String> {
     if name.is_empty() || name.len() > 253 {
         return Err(format!(
             "{name:?} must be 1 to 253 characters long (a DNS-1123 subdomain)"
         ));
     }
-    if name.split('.').any(|l| pki::validate_dns_label(l).is_err()) {
+    if !names::is_dns_subdomain(name) {
         return Err(format!(
             "{name:?} is not a DNS-1123 subdomain: use lowercase letters, digits, '-' and '.', \
              each dot-separated part starting and ending with a letter or digit"
@@ -83,7 +84,7 @@ fn validate_tls_server_name(t: &str) -> Result<()> {
     if t.parse::<std::net::IpAddr>().is_ok() {
         return Ok(());
     }
-    if !super::remote_secret::is_dns_name(t) {
+    if !names::is_dns_name(t) {
         bail!(
             "--tls-server-name {t:?} is not a DNS name or an IP address: pass the name in the \
              API server's certificate, e.g. kubernetes.default.svc"

@@ -62,7 +62,7 @@ pub fn run(a: RenewArgs) -> Result<ExitCode> {
     let ns = a.ns.namespace.as_str();
     // Verified in memory before anything is written or applied.
     let secret = cacerts_secret(&texts, ns, &BTreeMap::new())?;
-    super::check_targets(&files)?;
+    pki::files::check_targets(&files).map_err(super::output_error)?;
     if !a.apply {
         if a.mutate.dry_run {
             print_dry_run(&files);
