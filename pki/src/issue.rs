@@ -29,7 +29,7 @@ pub const DEFAULT_ROOT_CN: &str = "Root CA";
 pub const DEFAULT_ROOT_DAYS: u32 = 3650;
 /// Unix time of 9999-12-31T23:59:59Z, the latest notAfter X.509 can express
 /// (GeneralizedTime has four year digits, RFC 5280 §4.1.2.5).
-const MAX_NOT_AFTER_UNIX: i64 = 253_402_300_799;
+pub const MAX_NOT_AFTER_UNIX: i64 = 253_402_300_799;
 
 /// Options for a new root CA.
 #[derive(Debug, Clone)]

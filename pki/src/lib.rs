@@ -25,7 +25,7 @@ pub use files::{
 pub use inspect::{CertSummary, inspect_pem};
 pub use issue::{
     DEFAULT_INTERMEDIATE_DAYS, DEFAULT_ORG, DEFAULT_ROOT_CN, DEFAULT_ROOT_DAYS, IntermediateCa,
-    IntermediateOptions, RootCa, RootOptions, WorkloadCert, WorkloadOptions,
+    IntermediateOptions, MAX_NOT_AFTER_UNIX, RootCa, RootOptions, WorkloadCert, WorkloadOptions,
 };
 pub use keys::{KeyType, load_private_key_pem};
 pub use renew::same_subject;

@@ -210,7 +210,7 @@ struct InspectArgs {
 /// 9999-12-31 limit, from any start date this tool can see).
 pub(crate) const MAX_DAYS: i64 = 36_500;
 /// The longest `certs workload --hours`: 10 years.
-const MAX_HOURS: i64 = 87_600;
+pub(crate) const MAX_HOURS: i64 = 87_600;
 
 /// `--days` and `--root-days`: 1 to [`MAX_DAYS`] (clap refuses others with a usage error).
 pub(crate) fn days_parser() -> clap::builder::RangedI64ValueParser<u32> {

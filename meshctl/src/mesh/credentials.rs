@@ -377,7 +377,7 @@ pub fn unix_now() -> u64 {
 
 /// 9999-12-31T23:59:59Z: the latest Unix time meshctl reads as an expiry (the latest an
 /// RFC 3339 or X.509 time can hold).
-pub const MAX_UNIX_TIME: u64 = 253_402_300_799;
+pub const MAX_UNIX_TIME: u64 = pki::MAX_NOT_AFTER_UNIX as u64;
 
 /// RFC 3339 (seconds) of a Unix time; "invalid (N)" past 9999-12-31, never a panic.
 pub fn rfc3339(secs: u64) -> String {

@@ -99,7 +99,8 @@ struct FinishArgs {
 }
 
 /// The longest `--workload-lifetime`: 10 years (`certs workload --hours` allows no more).
-const MAX_WORKLOAD_LIFETIME: Duration = Duration::from_secs(87_600 * 3600);
+const MAX_WORKLOAD_LIFETIME: Duration =
+    Duration::from_secs(crate::cmd::certs::MAX_HOURS as u64 * 3600);
 
 /// `--workload-lifetime`: a duration from 1m to 10 years. Zero would skip the wait that
 /// `--confirm` guards, so it is refused rather than read as "finish now".

@@ -46,7 +46,8 @@ fn intermediate_changed(ns: &str) -> String {
 /// RFC 3339 (seconds) of a time, or "the far future" past 9999-12-31 (humantime's
 /// formatter fails on those, and `to_string` would then panic).
 fn format_time(t: SystemTime) -> String {
-    let max = std::time::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_799);
+    let max = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(crate::mesh::credentials::MAX_UNIX_TIME);
     if t > max {
         return "the far future".to_string();
     }
