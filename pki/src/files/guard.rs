@@ -7,8 +7,8 @@
 //!   written or read through a symlinked directory (`lstat`; the error names the real path to
 //!   pass instead). It must be a directory, not writable by group or others (another local
 //!   user could replace the key, or pre-plant one that would be reused; a sticky bit does not
-//!   help, since a pre-planted file is the attack), and, on Linux, owned by the user running
-//!   the command or by root. A directory that does not exist yet is created 0700 by the writer.
+//!   help, since a pre-planted file is the attack), and owned by the user running the
+//!   command or by root. A directory that does not exist yet is created 0700 by the writer.
 //! - **Its ancestors** may be symlinks (e.g. `/tmp` or `/var` on macOS, a symlinked home):
 //!   they are resolved and their real directories checked. An ancestor that anyone may write
 //!   without the sticky bit is refused (anyone could rename the key's directory and put
@@ -142,14 +142,13 @@ fn check_ancestors(start: &Path) -> Check {
     Ok(())
 }
 
-/// The effective uid: the owner of `/proc/self` on Linux (std has no `geteuid`); `None`
-/// elsewhere, where the owner check is skipped.
+/// The effective uid, on every Unix (the owner check is skipped elsewhere).
 fn effective_uid() -> Option<u32> {
-    #[cfg(target_os = "linux")]
+    #[cfg(unix)]
     {
-        std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+        Some(rustix::process::geteuid().as_raw())
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(unix))]
     {
         None
     }
@@ -202,5 +201,22 @@ mod tests {
         check_key_dir(&ok.join("inner")).unwrap();
         check_key_dir(&ok.join("missing")).unwrap();
         chmod(&ok, 0o700);
+    }
+
+    #[test]
+    fn a_directory_another_user_owns_is_refused() {
+        // Giving a directory away needs root; as any other user there is nothing to check.
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let theirs = tmp.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        chmod(&theirs, 0o700);
+        check_key_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+        let (p, e) = check_key_dir(&theirs).unwrap_err();
+        assert_eq!(p, theirs);
+        assert!(e.to_string().contains("owned by uid 65534"), "{e}");
     }
 }

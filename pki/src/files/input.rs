@@ -28,10 +28,11 @@ pub fn read_input_string(path: &Path) -> std::io::Result<String> {
 }
 
 pub(crate) fn read_limited(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    // stat first: opening a FIFO would block until a writer appears.
+    // stat first, so that a device is refused without even being opened.
     regular(&std::fs::metadata(path)?)?;
-    let file = std::fs::File::open(path)?;
-    // The path may have been swapped between stat and open: check what was opened.
+    // The path may have been swapped since: the open never blocks (a FIFO without a writer
+    // would block a plain open forever) and what was opened is checked again.
+    let file = open_nonblocking(path)?;
     let meta = file.metadata()?;
     regular(&meta)?;
     let mut buf = Vec::with_capacity(meta.len().min(max) as usize);
@@ -47,6 +48,20 @@ pub(crate) fn read_limited(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
         ));
     }
     Ok(buf)
+}
+
+#[cfg(unix)]
+fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(path)
 }
 
 fn regular(meta: &std::fs::Metadata) -> std::io::Result<()> {
@@ -136,5 +151,15 @@ mod tests {
         }
         let e = read_input(&fifo).unwrap_err();
         assert!(e.to_string().contains("FIFO"), "{e}");
+        // A path swapped to a FIFO after the stat: the open itself must not block.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(open_nonblocking(&fifo).and_then(|f| f.metadata()));
+        });
+        let meta = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("opening a FIFO without a writer blocked")
+            .unwrap();
+        assert!(regular(&meta).is_err());
     }
 }
