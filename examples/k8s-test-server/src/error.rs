@@ -10,6 +10,9 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// `metadata.continue` of the Status (a 410 for an expired continue token carries one
+    /// that continues at the latest state).
+    pub list_continue: Option<String>,
 }
 
 fn details(group: &str, resource: &str, name: &str) -> Value {
@@ -38,6 +41,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            list_continue: None,
         }
     }
 
@@ -156,6 +160,40 @@ impl ApiError {
         )
     }
 
+    /// 410 for a list continue token whose resourceVersion was compacted (etcd3 `errors.go`):
+    /// the Status carries a token that continues the list at the latest resourceVersion.
+    pub fn continue_expired(token: String) -> Self {
+        ApiError {
+            list_continue: Some(token),
+            ..Self::new(
+                410,
+                "Expired",
+                "The provided continue parameter is too old to display a consistent list result. \
+                 You can start a new list without the continue parameter, or use the continue \
+                 token in this response to retrieve the remainder of the results. Continuing with \
+                 the provided token results in an inconsistent list - objects that were created, \
+                 modified, or deleted between the time the first chunk was returned and now may \
+                 show up in the list.",
+            )
+        }
+    }
+
+    /// 504 for a list at a resourceVersion the server has not reached (the watch cache
+    /// waited 3 s for it; `storage.NewTooLargeResourceVersionError`).
+    pub fn too_large_resource_version(requested: u64, current: u64) -> Self {
+        ApiError {
+            details: Some(json!({
+                "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                "retryAfterSeconds": 1,
+            })),
+            ..Self::new(
+                504,
+                "Timeout",
+                format!("Too large resource version: {requested}, current: {current}"),
+            )
+        }
+    }
+
     pub fn internal(msg: impl Into<String>) -> Self {
         Self::new(500, "InternalError", msg)
     }
@@ -173,6 +211,9 @@ impl ApiError {
         });
         if let Some(d) = &self.details {
             s["details"] = d.clone();
+        }
+        if let Some(c) = &self.list_continue {
+            s["metadata"]["continue"] = json!(c);
         }
         s
     }

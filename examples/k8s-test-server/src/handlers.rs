@@ -3,6 +3,7 @@
 
 use crate::auth::{self, Identity};
 use crate::error::{ApiError, success_status};
+use crate::list_options;
 use crate::rbac::{self, Attributes};
 use crate::resources::{Handling, ResourceType};
 use crate::respond::{Body, Ctx, json_response};
@@ -19,7 +20,6 @@ use hyper::body::Frame;
 use hyper::{Method, Response, header};
 use serde_json::{Value, json};
 use std::convert::Infallible;
-use std::time::Duration;
 
 fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
@@ -107,6 +107,11 @@ pub(crate) fn resource(
                 return Ok(watch_response(
                     ctx, &rt, v, ns, labels, fields, q, meta_only,
                 ));
+            }
+            let want = list_options::parse(q)?;
+            {
+                let st = store.lock();
+                list_options::check(want, st.rv, st.compacted)?;
             }
             let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok());
             let page = store.list_objs(&rt, v, ns, &labels, &fields, limit, q.get("continue"))?;
@@ -248,11 +253,7 @@ fn watch_response(
         .get("resourceVersion")
         .filter(|r| !r.is_empty() && *r != "0")
         .and_then(|r| r.parse::<u64>().ok());
-    let timeout = q
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .filter(|t| *t > 0)
-        .unwrap_or(1800);
+    let timeout = watch::timeout(q.get("timeoutSeconds"));
     let req = WatchRequest {
         rt: rt.clone(),
         version: version.into(),
@@ -266,11 +267,16 @@ fn watch_response(
         resource_version: rv,
         send_initial_events: q.flag("sendInitialEvents"),
         bookmarks: q.flag("allowWatchBookmarks"),
-        timeout: Duration::from_secs(timeout),
+        timeout,
         bookmark_interval: ctx.bookmark_interval,
         meta_only,
     };
-    let rx = watch::start(ctx.store.clone(), req, ctx.shutdown.clone());
+    let rx = watch::start(
+        ctx.store.clone(),
+        req,
+        ctx.shutdown.clone(),
+        ctx.end_watches.clone(),
+    );
     let stream =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
             .map(|b| Ok::<_, Infallible>(Frame::data(b)));

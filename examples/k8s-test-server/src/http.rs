@@ -4,7 +4,9 @@
 use crate::auth;
 use crate::discovery;
 use crate::error::ApiError;
+use crate::faults::{Answer, Fault, Stage};
 use crate::handlers;
+use crate::list_options;
 use crate::rbac;
 use crate::respond::{Body, Ctx, error_response, json_response};
 use crate::route::{Query, Route, attributes, route};
@@ -31,6 +33,17 @@ pub(crate) async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> 
             .body(Full::new(Bytes::from_static(b"ok")).boxed_unsync())
             .expect("response");
     }
+    let attrs = attributes(&method, &path, &r, &query);
+    let anonymous = Identity {
+        user: "system:anonymous".into(),
+        groups: Vec::new(),
+    };
+    if let Some(f) = ctx
+        .faults
+        .take(Stage::BeforeAuthentication, &attrs, &anonymous)
+    {
+        return fault_response(&f);
+    }
     let token = auth::bearer(
         req.headers()
             .get(header::AUTHORIZATION)
@@ -40,7 +53,9 @@ pub(crate) async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> 
         tracing::debug!(%method, %path, "k8s-test-server: 401 unauthorized");
         return error_response(&ApiError::unauthorized());
     };
-    let attrs = attributes(&method, &path, &r, &query);
+    if let Some(f) = ctx.faults.take(Stage::BeforeAuthorization, &attrs, &id) {
+        return fault_response(&f);
+    }
     let decision = rbac::authorize(&ctx.store, &id, &attrs);
     if !decision.allowed {
         tracing::debug!(%method, %path, user = %id.user, "k8s-test-server: 403 forbidden");
@@ -56,6 +71,9 @@ pub(crate) async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> 
             e.details = Some(d);
         }
         return error_response(&e);
+    }
+    if let Some(f) = ctx.faults.take(Stage::Handler, &attrs, &id) {
+        return fault_response(&f);
     }
     let accept = req
         .headers()
@@ -75,12 +93,42 @@ pub(crate) async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> 
             return error_response(&ApiError::bad_request(format!("reading request body: {e}")));
         }
     };
+    if let Route::Resource(p) = &r
+        && attrs.verb == "list"
+        && p.name.is_none()
+        && let Ok(want) = list_options::parse(&query)
+    {
+        list_options::wait_until_fresh(&ctx.store, want).await;
+    }
     let resp = match dispatch(ctx, &id, &method, r, &query, &accept, &content_type, &body) {
         Ok(resp) => resp,
         Err(e) => error_response(&e),
     };
     tracing::debug!(%method, %path, user = %id.user, status = resp.status().as_u16(), "k8s-test-server request");
     resp
+}
+
+/// An injected fault's answer (a test control; see `faults.rs`).
+fn fault_response(f: &Fault) -> Response<Body> {
+    tracing::debug!(fault = ?f, "k8s-test-server: injected fault");
+    match f.answer() {
+        Answer::Status(e) => error_response(&e),
+        Answer::Text {
+            code,
+            text,
+            headers,
+        } => {
+            let mut b = Response::builder()
+                .status(code)
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .header("X-Content-Type-Options", "nosniff");
+            for (k, v) in headers {
+                b = b.header(k, v);
+            }
+            b.body(Full::new(Bytes::from_static(text.as_bytes())).boxed_unsync())
+                .expect("response")
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

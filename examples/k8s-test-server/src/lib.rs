@@ -20,15 +20,18 @@ mod auth;
 mod bootstrap;
 mod clock;
 mod controllers;
+mod crds;
 mod defaults;
 mod delete;
 mod discovery;
 mod endpoint_validation;
 mod error;
+mod faults;
 mod field_errors;
 mod handlers;
 mod http;
 mod kubeconfig;
+mod list_options;
 mod meta_validation;
 mod name_rules;
 mod patch;
@@ -50,6 +53,7 @@ mod write;
 pub use auth::Identity;
 pub use clock::Clock;
 pub use error::ApiError;
+pub use faults::{Fault, FaultRule, Faults};
 pub use resources::ResourceType;
 pub use store::{Store, StoreConfig};
 
@@ -99,7 +103,9 @@ pub struct TestApiServer {
     tls: tls::TlsMaterial,
     store: Store,
     tokens: auth::Tokens,
+    faults: Faults,
     shutdown: tokio_watch::Sender<bool>,
+    end_watches: tokio_watch::Sender<u64>,
     accept: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -110,6 +116,7 @@ pub struct StoppedServer {
     tls: tls::TlsMaterial,
     store: Store,
     tokens: auth::Tokens,
+    faults: Faults,
 }
 
 impl StoppedServer {
@@ -128,33 +135,9 @@ impl StoppedServer {
         self.store.restart_watch_cache();
         let mut opts = self.opts;
         opts.port = self.addr.port();
-        serve(opts, self.tls, self.store, self.tokens).await
+        serve(opts, self.tls, self.store, self.tokens, self.faults).await
     }
 }
-
-const DESTINATION_RULE_CRD: &str = r#"{
-  "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-  "metadata": {"name": "destinationrules.networking.istio.io", "labels": {"app": "istio-pilot", "chart": "istio"}},
-  "spec": {"group": "networking.istio.io", "scope": "Namespaced",
-    "names": {"plural": "destinationrules", "singular": "destinationrule", "kind": "DestinationRule", "listKind": "DestinationRuleList", "shortNames": ["dr"], "categories": ["istio-io", "networking-istio-io"]},
-    "versions": [
-      {"name": "v1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
-      {"name": "v1alpha3", "served": true, "storage": true, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
-      {"name": "v1beta1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}
-    ]}
-}"#;
-
-const GATEWAY_CRD: &str = r#"{
-  "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-  "metadata": {"name": "gateways.networking.istio.io", "labels": {"app": "istio-pilot", "chart": "istio"}},
-  "spec": {"group": "networking.istio.io", "scope": "Namespaced",
-    "names": {"plural": "gateways", "singular": "gateway", "kind": "Gateway", "listKind": "GatewayList", "shortNames": ["gw"], "categories": ["istio-io", "networking-istio-io"]},
-    "versions": [
-      {"name": "v1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
-      {"name": "v1alpha3", "served": true, "storage": true, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
-      {"name": "v1beta1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}
-    ]}
-}"#;
 
 impl TestApiServer {
     /// Starts a TEST SERVER for `cluster_name` on 127.0.0.1 with a free port.
@@ -169,7 +152,7 @@ impl TestApiServer {
         bootstrap::seed(&store);
         let tokens = auth::Tokens::default();
         controllers::start(&store, tokens.clone());
-        let server = serve(opts, tls, store, tokens).await?;
+        let server = serve(opts, tls, store, tokens, Faults::default()).await?;
         if server.opts.destination_rule_crd {
             server.install_destination_rule_crd();
         }
@@ -228,12 +211,12 @@ impl TestApiServer {
     /// Makes `networking.istio.io` DestinationRules (v1, v1beta1, v1alpha3) served, by
     /// creating their CustomResourceDefinition, as installing Istio's CRDs does.
     pub fn install_destination_rule_crd(&self) {
-        self.install_crd(DESTINATION_RULE_CRD);
+        self.install_crd(crds::DESTINATION_RULE_CRD);
     }
 
     /// Makes Istio `networking.istio.io` Gateways served (their CRD).
     pub fn install_istio_gateway_crd(&self) {
-        self.install_crd(GATEWAY_CRD);
+        self.install_crd(crds::GATEWAY_CRD);
     }
 
     fn install_crd(&self, json_text: &str) {
@@ -252,6 +235,19 @@ impl TestApiServer {
         self.store.expire_watches();
     }
 
+    /// TEST CONTROL: failures to inject (429 with `Retry-After`, 503, 500, 504), per verb and
+    /// resource; none by default. See [`Fault`].
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// TEST CONTROL: ends every open watch now, cleanly, as the server does when a watch's
+    /// timeout (`timeoutSeconds`, else 30 to 60 minutes) elapses: the stream just ends, with
+    /// no ERROR event, and the client must watch again from its last resourceVersion.
+    pub fn end_watches(&self) {
+        self.end_watches.send_modify(|n| *n += 1);
+    }
+
     /// Stops serving (open connections and watches are cut, like a crashed API server) and
     /// returns the state to restart it with.
     pub async fn stop(mut self) -> StoppedServer {
@@ -266,6 +262,7 @@ impl TestApiServer {
             tls: self.tls.clone(),
             store: self.store.clone(),
             tokens: self.tokens.clone(),
+            faults: self.faults.clone(),
         }
     }
 }
@@ -298,11 +295,13 @@ async fn serve(
     tls: tls::TlsMaterial,
     store: Store,
     tokens: auth::Tokens,
+    faults: Faults,
 ) -> anyhow::Result<TestApiServer> {
     let listener = bind(opts.port).await?;
     let addr = listener.local_addr()?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&tls)?);
     let (shutdown, shutdown_rx) = tokio_watch::channel(false);
+    let (end_watches, end_watches_rx) = tokio_watch::channel(0u64);
     let ctx = Arc::new(respond::Ctx {
         store: store.clone(),
         tokens: tokens.clone(),
@@ -310,6 +309,8 @@ async fn serve(
         server_address: addr.to_string(),
         bookmark_interval: opts.bookmark_interval,
         shutdown: shutdown_rx.clone(),
+        faults: faults.clone(),
+        end_watches: end_watches_rx,
     });
     let cluster = opts.cluster_name.clone();
     tracing::info!(%cluster, %addr, "k8s-test-server (TEST SERVER) listening");
@@ -320,7 +321,9 @@ async fn serve(
         tls,
         store,
         tokens,
+        faults,
         shutdown,
+        end_watches,
         accept: Some(accept),
     })
 }

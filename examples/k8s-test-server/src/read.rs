@@ -77,9 +77,17 @@ impl Store {
                 let (rv, key) = raw
                     .split_once('|')
                     .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
-                let rv: u64 = rv
-                    .parse()
-                    .map_err(|_| ApiError::bad_request("continue key is not valid"))?;
+                // "-1" continues at the latest state (the token a 410 hands out).
+                let rv: u64 = match rv {
+                    "-1" => st.rv,
+                    rv => rv
+                        .parse()
+                        .map_err(|_| ApiError::bad_request("continue key is not valid"))?,
+                };
+                if rv < st.compacted {
+                    let fresh = util::b64(format!("-1|{key}").as_bytes());
+                    return Err(ApiError::continue_expired(fresh));
+                }
                 (rv, Some(key.to_string()))
             }
             _ => (st.rv, None),

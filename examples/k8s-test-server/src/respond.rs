@@ -2,6 +2,7 @@
 
 use crate::auth;
 use crate::error::ApiError;
+use crate::faults::Faults;
 use crate::store::Store;
 use crate::util;
 use bytes::Bytes;
@@ -22,6 +23,10 @@ pub(crate) struct Ctx {
     pub server_address: String,
     pub bookmark_interval: Duration,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Injected failures (test controls, none by default).
+    pub faults: Faults,
+    /// Ends open watches early, as their timeout would (test control).
+    pub end_watches: tokio::sync::watch::Receiver<u64>,
 }
 
 pub(crate) fn json_response(code: u16, v: &Value) -> Response<Body> {

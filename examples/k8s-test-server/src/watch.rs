@@ -100,14 +100,31 @@ fn error_line(e: &ApiError) -> Bytes {
     Bytes::from(s)
 }
 
+/// The real `--min-request-timeout` default.
+const MIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// A watch's timeout as kube-apiserver picks it (`endpoints/handlers/get.go`): the client's
+/// `timeoutSeconds`, else (or for 0) the minimum request timeout times a random factor in
+/// [1, 2), which spreads the re-watches of many clients.
+pub(crate) fn timeout(timeout_seconds: Option<&str>) -> Duration {
+    match timeout_seconds.and_then(|t| t.parse::<u64>().ok()) {
+        Some(t) if t > 0 => Duration::from_secs(t),
+        _ => MIN_REQUEST_TIMEOUT.mul_f64(1.0 + rand::random::<f64>()),
+    }
+}
+
 /// Starts a watch; the receiver yields the chunks of the response body. The stream ends at
-/// the timeout, on server shutdown, or after an ERROR event.
+/// the timeout (or when `end` changes, the test control for it), on server shutdown, or
+/// after an ERROR event.
 pub(crate) fn start(
     store: Store,
     req: WatchRequest,
     mut shutdown: watch::Receiver<bool>,
+    mut end: watch::Receiver<u64>,
 ) -> mpsc::Receiver<Bytes> {
     let (tx, rx) = mpsc::channel::<Bytes>(256);
+    // Only ends requested after this watch started count.
+    end.borrow_and_update();
     tokio::spawn(async move {
         let mut signal = store.subscribe();
         let deadline = tokio::time::Instant::now() + req.timeout;
@@ -196,6 +213,7 @@ pub(crate) fn start(
                     }
                 }
                 _ = shutdown.changed() => return,
+                _ = end.changed() => return,
                 _ = tx.closed() => return,
             }
         }

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::config::{KubeconfigFile, init_crypto};
 use super::errors::{ConnectError, error_text};
 use super::render::{describe, meta};
+use super::retry::Retry;
 use crate::istio::MANAGER;
 
 /// Runs an async command on a fresh runtime (the CLI is otherwise synchronous).
@@ -49,9 +50,14 @@ impl KubeconfigFile {
             .to_string();
         let ca_pem = self.ca_pem(context)?;
         let tls_server_name = cfg.tls_server_name.clone();
-        let client = Client::try_from(cfg)
+        // Our bounded, talkative retry instead of kube's (see `retry`).
+        cfg.default_retry = false;
+        let client = kube::client::ClientBuilder::try_from(cfg)
             .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("building a client for context {context:?}"))?;
+            .with_context(|| format!("building a client for context {context:?}"))?
+            .with_layer(&tower::buffer::BufferLayer::new(64))
+            .with_layer(&tower::retry::RetryLayer::new(Retry::new(context)))
+            .build();
         if let Err(e) = client.apiserver_version().await {
             let user = self.user_of(context).unwrap_or_default();
             return Err(ConnectError::new(&e, context, &server, &user, &self.path).into());

@@ -3,11 +3,31 @@
 
 use std::path::Path;
 
+use super::retry::{MAX_RETRIES, WAIT_BUDGET};
+
 /// The message of a kube error without kube's nesting noise: the cause chain joined by
 /// ": ", each cause once (kube and hyper errors repeat their source in their own text).
 pub fn error_text(e: &kube::Error) -> String {
     match e {
-        kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
+        kube::Error::Api(s) => {
+            // kube's reason for a body that is not a Status (APF's 429 is plain text).
+            let reason = match s.reason.as_str() {
+                "" | "Failed to parse error data" => http::StatusCode::from_u16(s.code)
+                    .ok()
+                    .and_then(|c| c.canonical_reason())
+                    .unwrap_or(""),
+                r => r,
+            };
+            let mut text = format!("{} ({} {reason})", s.message.trim(), s.code);
+            if matches!(s.code, 429 | 503 | 504) {
+                text.push_str(&format!(
+                    "; the API server is overloaded or unavailable (meshctl retries this up to \
+                     {MAX_RETRIES} times within {} s, honouring Retry-After): try again later",
+                    WAIT_BUDGET.as_secs()
+                ));
+            }
+            text
+        }
         other => {
             let mut text = other.to_string();
             let mut src = std::error::Error::source(other);

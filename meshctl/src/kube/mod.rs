@@ -10,6 +10,7 @@ pub mod names;
 mod parse;
 mod redact;
 mod render;
+mod retry;
 
 pub use api::{
     Cluster, apply, apply_all, block_on, delete, ensure_namespace, get, get_as, list, list_as,

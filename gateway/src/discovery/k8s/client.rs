@@ -7,6 +7,7 @@ use std::time::Duration;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 
+use super::overload::Overload;
 use crate::config::{DefaultCredentials, KubeOptions};
 
 /// Bound on the start-up reachability check and on each probe.
@@ -95,7 +96,13 @@ pub async fn client(opts: &KubeOptions) -> Result<Client, KubeError> {
         },
     };
     let url = config.cluster_url.to_string();
-    let client = Client::try_from(config).map_err(|e| KubeError::Client(error_chain(&e)))?;
+    let mut config = config;
+    config.default_retry = false;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| KubeError::Client(error_chain(&e)))?
+        .with_layer(&tower::buffer::BufferLayer::new(1024))
+        .with_layer(&tower::retry::RetryLayer::new(Overload::default()))
+        .build();
     match tokio::time::timeout(REACH_TIMEOUT, client.apiserver_version()).await {
         Ok(Ok(v)) => {
             tracing::info!(%url, version = %v.git_version, "Kubernetes API server reachable")

@@ -14,6 +14,7 @@
 //!
 //! One concern per file, imports flowing down this list (no cycles):
 //! - `client`: kubeconfig and context loading, the reachability check, [`KubeError`];
+//! - `overload`: the few request retries a 429/503/504 gets before the watch hears of it;
 //! - `probe`: the watched `Kind`s and a cheap list per watch, which tells when a failing
 //!   watch can work again (the design review put probes in `watch`; on their own they keep
 //!   `watch` to the watch plumbing and under ~250 lines);
@@ -30,6 +31,7 @@ mod cache;
 mod client;
 mod crd;
 mod health;
+mod overload;
 mod probe;
 mod project;
 mod retry;

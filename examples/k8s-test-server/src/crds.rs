@@ -1,0 +1,25 @@
+//! The Istio CRDs the server can install on request (DestinationRule, Gateway).
+
+pub(crate) const DESTINATION_RULE_CRD: &str = r#"{
+  "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+  "metadata": {"name": "destinationrules.networking.istio.io", "labels": {"app": "istio-pilot", "chart": "istio"}},
+  "spec": {"group": "networking.istio.io", "scope": "Namespaced",
+    "names": {"plural": "destinationrules", "singular": "destinationrule", "kind": "DestinationRule", "listKind": "DestinationRuleList", "shortNames": ["dr"], "categories": ["istio-io", "networking-istio-io"]},
+    "versions": [
+      {"name": "v1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+      {"name": "v1alpha3", "served": true, "storage": true, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+      {"name": "v1beta1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}
+    ]}
+}"#;
+
+pub(crate) const GATEWAY_CRD: &str = r#"{
+  "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+  "metadata": {"name": "gateways.networking.istio.io", "labels": {"app": "istio-pilot", "chart": "istio"}},
+  "spec": {"group": "networking.istio.io", "scope": "Namespaced",
+    "names": {"plural": "gateways", "singular": "gateway", "kind": "Gateway", "listKind": "GatewayList", "shortNames": ["gw"], "categories": ["istio-io", "networking-istio-io"]},
+    "versions": [
+      {"name": "v1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+      {"name": "v1alpha3", "served": true, "storage": true, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+      {"name": "v1beta1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}
+    ]}
+}"#;

@@ -1,0 +1,131 @@
+//! meshctl against an overloaded or failing API server (the TEST SERVER's injected faults):
+//! a 429 is retried after its `Retry-After` and said so, a persistent outage fails within a
+//! bounded time with what was changed and how to resume.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{MESHCTL, Mesh, mesh, text};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_test_server::{Fault, FaultRule, TestApiServer};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+/// A token of ServiceAccount `default/ops`, bound to `cluster-admin` but not in
+/// `system:masters` (which API Priority and Fairness exempts), as most real users are.
+async fn ops_token(s: &TestApiServer) -> String {
+    s.store()
+        .create(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "ops", "namespace": "default"}}))
+        .unwrap();
+    s.store()
+        .create(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "ops-admin"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [{"kind": "ServiceAccount", "name": "ops", "namespace": "default"}]}))
+        .unwrap();
+    let admin = common::client_from_yaml(&s.kubeconfig("admin")).await;
+    let tr: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": []}})).unwrap();
+    Api::<ServiceAccount>::namespaced(admin, "default")
+        .create_token_request("ops", &PostParams::default(), &tr)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+        .unwrap()
+}
+
+/// Rewrites the mesh's kubeconfig so that both contexts use the `ops` tokens.
+async fn use_ops_users(m: &Mesh) {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut users = Vec::new();
+    for (n, s) in [("west", &m.west), ("east", &m.east)] {
+        users.push(json!({"name": n, "user": {"token": ops_token(s).await}}));
+    }
+    let servers = [("west", &m.west), ("east", &m.east)];
+    let doc = json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "west",
+        "clusters": servers.iter().map(|(n, s)| json!({"name": n, "cluster": {"server": s.url(), "certificate-authority-data": b64(s.ca_pem())}})).collect::<Vec<_>>(),
+        "contexts": servers.iter().map(|(n, _)| json!({"name": n, "context": {"cluster": n, "user": n}})).collect::<Vec<_>>(),
+        "users": users,
+    });
+    std::fs::write(&m.kubeconfig, serde_yaml::to_string(&doc).unwrap()).unwrap();
+}
+
+/// Runs meshctl, killed after `limit` (a hang fails the test instead of stalling it).
+async fn meshctl_within(limit: Duration, args: &[&str]) -> (std::process::Output, Duration) {
+    let started = Instant::now();
+    let child = tokio::process::Command::new(MESHCTL)
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(limit, child)
+        .await
+        .unwrap_or_else(|_| panic!("meshctl {args:?} still running after {limit:?}"))
+        .expect("run meshctl");
+    (out, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_is_retried_after_its_retry_after_and_the_user_is_told() {
+    let m = mesh().await;
+    use_ops_users(&m).await;
+    let rule = FaultRule::new(Fault::TooManyRequests { retry_after: 1 })
+        .verb("patch")
+        .resource("secrets")
+        .times(2);
+    m.west.faults().inject(rule);
+    let (out, took) = meshctl_within(Duration::from_secs(60), &m.join_args(&[])).await;
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(m.west.faults().injected(), 2);
+    assert_eq!(
+        all.matches("answered 429 Too Many Requests").count(),
+        2,
+        "each retry is announced:\n{all}"
+    );
+    assert!(all.contains("retrying in 1.0s (retry 1 of 4)"), "{all}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "Retry-After honoured: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_outage_fails_in_bounded_time_naming_what_was_changed() {
+    let m = mesh().await;
+    // East's gateway Deployment cannot be written: join stops after west is done and east
+    // is half done.
+    let rule = FaultRule::new(Fault::Unavailable)
+        .verb("patch")
+        .resource("deployments");
+    m.east.faults().inject(rule);
+    let (out, took) = meshctl_within(Duration::from_secs(90), &m.join_args(&[])).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(took < Duration::from_secs(30), "bounded: {took:?}\n{all}");
+    assert_eq!(
+        m.east.faults().injected(),
+        5,
+        "one try and 4 retries:\n{all}"
+    );
+    for want in [
+        "503 ServiceUnavailable",
+        "try again later",
+        "interrupted after these changes",
+        "west: gateway",
+        "east: namespace istio-system labelled",
+        "re-run the same command to resume",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+    // Resuming once the server is well completes the join.
+    m.east.faults().clear();
+    let (out, _) = meshctl_within(Duration::from_secs(60), &m.join_args(&[])).await;
+    assert!(out.status.success(), "{}", text(&out));
+}
