@@ -5,11 +5,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{Instrument, debug, info};
+use tokio::sync::Notify;
+use tracing::{Instrument, debug, info, warn};
 
 use super::Hbone;
 use super::identity::{self, HandshakeFailure};
@@ -82,8 +83,13 @@ impl Hbone {
         m.connections_opened.inc();
         m.connections_active.inc();
         let open = Arc::new(AtomicUsize::new(0));
+        let watch = Arc::new(ResetWatch::default());
         let mut streams = 0u64;
         let mut goaway = false;
+        let mut calmed = false;
+        // Set once GOAWAY is sent: a peer that never reads it (nor closes) must not hold
+        // the connection forever.
+        let mut close_by: Option<Instant> = None;
         let mut last_active = Instant::now();
         let idle = self.cfg.hbone_idle_timeout;
         let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
@@ -95,26 +101,39 @@ impl Hbone {
                     conn.graceful_shutdown();
                     goaway = true;
                 }
-                _ = tick.tick(), if !goaway => {
+                _ = watch.calm.notified(), if !calmed => {
+                    warn!(streams, premature = watch.premature(), "HBONE client reset most of its streams before using them: GOAWAY ENHANCE_YOUR_CALM");
+                    m.refuse(Refusal::EnhanceYourCalm);
+                    conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                    (goaway, calmed) = (true, true);
+                    close_by.get_or_insert(Instant::now() + CLOSE_GRACE);
+                }
+                _ = tick.tick() => {
                     if open.load(Ordering::Relaxed) > 0 {
                         last_active = Instant::now();
-                    } else if last_active.elapsed() >= idle {
+                    } else if close_by.is_some_and(|t| Instant::now() >= t) {
+                        debug!("GOAWAY not taken in time: closing");
+                        break;
+                    } else if !goaway && last_active.elapsed() >= idle {
                         debug!("idle: GOAWAY");
                         conn.graceful_shutdown();
                         goaway = true;
+                        close_by = Some(Instant::now() + CLOSE_GRACE.min(idle));
                     }
                 }
                 next = conn.accept() => match next {
                     None => break,
                     Some(Ok((req, respond))) => {
                         streams += 1;
+                        watch.streams.fetch_add(1, Ordering::Relaxed);
                         last_active = Instant::now();
                         let guard = OpenGuard::new(&open);
                         let this = self.clone();
                         let client_id = client_id.clone();
+                        let watch = watch.clone();
                         self.drain.tasks.spawn(
                             async move {
-                                this.stream(req, respond, &client_id, peer).await;
+                                this.stream(req, respond, &client_id, peer, &watch).await;
                                 drop(guard);
                             }
                             .in_current_span(),
@@ -125,7 +144,13 @@ impl Hbone {
                         // is an end, not a protocol error.
                         let clean_goaway =
                             e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR);
-                        if !(clean_goaway || e.is_io()) {
+                        if e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+                            // h2's own limits: resets before accept, CONTINUATION and
+                            // small DATA floods, stream errors.
+                            if !calmed {
+                                m.refuse(Refusal::EnhanceYourCalm);
+                            }
+                        } else if !(clean_goaway || e.is_io()) {
                             self.metrics.refuse(Refusal::H2Error);
                         }
                         debug!(error = %e, "HBONE connection ended with an error");
@@ -146,7 +171,47 @@ impl Hbone {
     }
 }
 
+/// A connection whose client reset at least this many streams before using them, and more
+/// than half of all its streams, gets GOAWAY ENHANCE_YOUR_CALM (as Envoy's premature-reset
+/// rule). A reset stream dials nothing, but one reset just after its 200 has been dialed.
+pub const PREMATURE_RESETS_MIN: u64 = 100;
+
+/// Bytes h2 may queue per stream for a client that does not read (its windows can be wide
+/// open): four upstream reads, so a bulk stream never waits on a refill, while a stalled
+/// connection holds at most `--hbone-max-streams` × (this + one read) ≈ 32 MiB at 100
+/// streams. Was 1 MiB: 1.1 MiB per stalled tunnel. ztunnel's own h2 server uses 400 KiB.
+pub const SEND_BUFFER: usize = 4 * super::splice::READ_CHUNK;
+
+/// After GOAWAY, how long a connection with no tunnel left may take to close.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// Per outer connection: streams accepted, and those the client reset before its answer or
+/// before sending a byte (rapid reset, CVE-2023-44487). h2's own limit counts only resets of
+/// streams not yet accepted, and the gateway accepts at once.
+#[derive(Default)]
+pub struct ResetWatch {
+    streams: AtomicU64,
+    premature: AtomicU64,
+    calm: Notify,
+}
+
+impl ResetWatch {
+    pub(super) fn premature_reset(&self) {
+        let p = self.premature.fetch_add(1, Ordering::Relaxed) + 1;
+        if p >= PREMATURE_RESETS_MIN && p * 2 > self.streams.load(Ordering::Relaxed) {
+            self.calm.notify_one();
+        }
+    }
+
+    fn premature(&self) -> u64 {
+        self.premature.load(Ordering::Relaxed)
+    }
+}
+
 /// ztunnel's settings (windows, frame size) and the stream cap; h2 answers PINGs itself.
+/// h2's abuse limits are stated, not left implicit: at most 20 streams reset while not yet
+/// accepted, and 1024 streams the gateway resets for protocol errors per connection, each
+/// ended with GOAWAY ENHANCE_YOUR_CALM.
 fn h2_builder(max_streams: u32) -> h2::server::Builder {
     let mut b = h2::server::Builder::new();
     b.initial_window_size(super::STREAM_WINDOW)
@@ -154,7 +219,9 @@ fn h2_builder(max_streams: u32) -> h2::server::Builder {
         .max_frame_size(super::MAX_FRAME)
         .max_header_list_size(super::MAX_HEADER_LIST)
         .max_concurrent_streams(max_streams)
-        .max_send_buffer_size(1 << 20);
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(Some(1024))
+        .max_send_buffer_size(SEND_BUFFER);
     b
 }
 

@@ -27,6 +27,9 @@ pub enum Refusal {
     OverLimit,
     /// The HTTP/2 connection failed (protocol error, I/O error) before or between streams.
     H2Error,
+    /// The connection was ended with GOAWAY ENHANCE_YOUR_CALM: rapid resets, CONTINUATION
+    /// or small-frame floods, too many stream errors.
+    EnhanceYourCalm,
     /// Any other TLS handshake failure: no common version, suite or ALPN; the client left.
     HandshakeFailed,
     /// The TLS handshake did not finish within `--detect-timeout`.
@@ -36,7 +39,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::BadClientCert,
         Refusal::TrustDomainNotAllowed,
         Refusal::BadRequest,
@@ -45,6 +48,7 @@ impl Refusal {
         Refusal::ConnectFailed,
         Refusal::OverLimit,
         Refusal::H2Error,
+        Refusal::EnhanceYourCalm,
         Refusal::HandshakeFailed,
         Refusal::Timeout,
         Refusal::LocalResource,
@@ -60,6 +64,7 @@ impl Refusal {
             Refusal::ConnectFailed => "connect_failed",
             Refusal::OverLimit => "over_limit",
             Refusal::H2Error => "h2_error",
+            Refusal::EnhanceYourCalm => "enhance_your_calm",
             Refusal::HandshakeFailed => "handshake_failed",
             Refusal::Timeout => "timeout",
             Refusal::LocalResource => "local_resource",

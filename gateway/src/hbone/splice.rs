@@ -17,17 +17,19 @@ use crate::clock;
 use crate::idle::{Next, Quiet};
 
 /// Largest read from upstream per DATA frame batch.
-const READ_CHUNK: usize = 64 * 1024;
+pub const READ_CHUNK: usize = 64 * 1024;
 
 /// How a tunnel ended: the `outcome` label and the access log's `outcome`.
 #[derive(Debug)]
 pub enum End {
-    /// Both directions finished (END_STREAM and FIN), or the client cancelled the stream
-    /// (RST_STREAM CANCEL), which is how ztunnel ends a tunnel normally.
+    /// Both directions finished (END_STREAM and FIN).
     Closed,
+    /// The client reset the stream: CANCEL is how ztunnel ends a tunnel normally (`closed`),
+    /// another code is a `client_error`.
+    Reset(Reason),
     Idle,
     DrainDeadline,
-    /// The client reset the stream with another code, or its connection failed.
+    /// The client's connection failed, or a stream error.
     ClientError(h2::Error),
     UpstreamError(std::io::Error),
 }
@@ -44,6 +46,8 @@ impl End {
     pub fn as_str(&self) -> &'static str {
         match self {
             End::Closed => "closed",
+            End::Reset(r) if *r == Reason::CANCEL => "closed",
+            End::Reset(_) => "client_error",
             End::Idle => "idle_timeout",
             End::DrainDeadline => "drain_deadline",
             End::ClientError(_) => "client_error",
@@ -109,6 +113,8 @@ impl Progress {
 }
 
 enum Fail {
+    /// RST_STREAM from the client.
+    Reset(Reason),
     Client(h2::Error),
     Upstream(std::io::Error),
 }
@@ -126,11 +132,25 @@ pub async fn run(
     tokio::select! {
         r = both => match r {
             Ok(_) => End::Closed,
-            Err(Fail::Client(e)) if e.reason() == Some(Reason::CANCEL) => End::Closed,
+            Err(Fail::Reset(r)) => End::Reset(r),
             Err(Fail::Client(e)) => End::ClientError(e),
             Err(Fail::Upstream(e)) => End::UpstreamError(e),
         },
         _ = p.idle(idle) => End::Idle,
+    }
+}
+
+fn client_fail(e: h2::Error) -> Fail {
+    match e.reason() {
+        Some(r) if e.is_reset() && e.is_remote() => Fail::Reset(r),
+        _ => Fail::Client(e),
+    }
+}
+
+fn reset_fail(reset: Result<Reason, h2::Error>) -> Fail {
+    match reset {
+        Ok(r) => Fail::Reset(r),
+        Err(e) => client_fail(e),
     }
 }
 
@@ -140,7 +160,7 @@ async fn to_upstream(
     p: &Progress,
 ) -> Result<(), Fail> {
     while let Some(data) = recv.data().await {
-        let data = data.map_err(Fail::Client)?;
+        let data = data.map_err(client_fail)?;
         uw.write_all(&data).await.map_err(Fail::Upstream)?;
         p.add_sent(data.len());
         // Released only now: the client's window tracks what upstream actually took.
@@ -148,7 +168,7 @@ async fn to_upstream(
     }
     // A reset after DATA shows up here too: `data()` ends, `trailers` tells.
     if let Err(e) = recv.trailers().await {
-        return Err(Fail::Client(e));
+        return Err(client_fail(e));
     }
     uw.shutdown().await.map_err(Fail::Upstream)
 }
@@ -163,12 +183,7 @@ async fn to_client(
         buf.reserve(READ_CHUNK);
         let n = tokio::select! {
             r = ur.read_buf(&mut buf) => r.map_err(Fail::Upstream)?,
-            reset = poll_fn(|cx| send.poll_reset(cx)) => {
-                return Err(Fail::Client(match reset {
-                    Ok(reason) => h2::Error::from(reason),
-                    Err(e) => e,
-                }));
-            }
+            reset = poll_fn(|cx| send.poll_reset(cx)) => return Err(reset_fail(reset)),
         };
         if n == 0 {
             return send.send_data(Bytes::new(), true).map_err(Fail::Client);
@@ -179,13 +194,7 @@ async fn to_client(
             let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
                 Some(Ok(c)) => c,
                 Some(Err(e)) => return Err(Fail::Client(e)),
-                None => {
-                    let reset = poll_fn(|cx| send.poll_reset(cx)).await;
-                    return Err(Fail::Client(match reset {
-                        Ok(reason) => h2::Error::from(reason),
-                        Err(e) => e,
-                    }));
-                }
+                None => return Err(reset_fail(poll_fn(|cx| send.poll_reset(cx)).await)),
             };
             if granted == 0 {
                 continue;

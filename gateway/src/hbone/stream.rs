@@ -9,6 +9,7 @@
 //! CONNECT fails without reaching any endpoint; 503 is what ztunnel itself answers when it
 //! has nothing to dial (`find_inbound_upstream`).
 
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +22,7 @@ use tracing::{debug, info};
 
 use super::Hbone;
 use super::authority::{self, Authority};
+use super::listener::ResetWatch;
 use super::metrics::{AuthorityLabels, Refusal, TunnelCloseLabels};
 use super::splice::{self, End, Progress};
 use crate::endpoint::EndpointState;
@@ -43,10 +45,21 @@ impl Hbone {
         mut respond: SendResponse<Bytes>,
         client_id: &str,
         client: SocketAddr,
+        watch: &ResetWatch,
     ) {
         let start = Instant::now();
         let force = &self.drain.force_close;
+        // A reset stream dials nothing, and a reset during the dial drops it: otherwise
+        // HEADERS + RST_STREAM (rapid reset) costs ~50 bytes per connect in the cluster.
         let decided = tokio::select! {
+            biased;
+            r = poll_fn(|cx| respond.poll_reset(cx)) => {
+                if r.is_ok() {
+                    watch.premature_reset();
+                }
+                debug!("client reset the stream before its answer");
+                return;
+            }
             d = self.decide(&req) => d,
             _ = force.cancelled() => return respond.send_reset(h2::Reason::CANCEL),
         };
@@ -68,6 +81,7 @@ impl Hbone {
         let send = match respond.send_response(status_only(StatusCode::OK), false) {
             Ok(s) => s,
             Err(e) => {
+                watch.premature_reset();
                 debug!(error = %e, "client left before the 200");
                 return;
             }
@@ -91,6 +105,12 @@ impl Hbone {
             _ = force.cancelled() => End::DrainDeadline,
         };
         active.dec();
+        let (sent, received) = progress.totals();
+        // A legitimate tunnel carries the inner TLS handshake first; one reset before any
+        // byte from the client was only a dial.
+        if matches!(end, End::Reset(_)) && sent == 0 {
+            watch.premature_reset();
+        }
         let outcome = end.as_str();
         m.tunnels_closed
             .get_or_create(&TunnelCloseLabels {
@@ -103,7 +123,6 @@ impl Hbone {
             End::UpstreamError(e) => debug!(error = %e, "tunnel ended by an upstream error"),
             _ => {}
         }
-        let (sent, received) = progress.totals();
         info!(
             target: "access",
             client_id,

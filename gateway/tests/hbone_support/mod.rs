@@ -221,6 +221,10 @@ pub enum AppMode {
     Echo,
     /// Writes `bye\n`, shuts its write side at once, then counts what it still receives.
     CloseFirst,
+    /// Writes zeros as fast as it may (at most 1 GiB), reading nothing: a bulk download.
+    Flood,
+    /// Greets, then neither reads nor writes for 30 s: an endpoint that stopped reading.
+    Stall,
 }
 
 /// A plain TCP app on `ip:port` standing in for the destination ztunnel.
@@ -244,9 +248,26 @@ impl App {
                 count.fetch_add(1, Ordering::SeqCst);
                 let (done, name) = (done.clone(), name.clone());
                 tokio::spawn(async move {
+                    if mode == AppMode::Flood {
+                        let chunk = vec![0u8; 64 * 1024];
+                        for _ in 0..(1 << 14) {
+                            if s.write_all(&chunk).await.is_err() {
+                                break;
+                            }
+                        }
+                        done.lock().unwrap().push(0);
+                        return;
+                    }
+                    if mode == AppMode::Stall {
+                        let _ = s.write_all(format!("{name}\n").as_bytes()).await;
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        return;
+                    }
                     let greet = match mode {
                         AppMode::Echo => format!("{name}\n"),
-                        AppMode::CloseFirst => "bye\n".to_string(),
+                        AppMode::CloseFirst | AppMode::Flood | AppMode::Stall => {
+                            "bye\n".to_string()
+                        }
                     };
                     if s.write_all(greet.as_bytes()).await.is_err() {
                         return;
