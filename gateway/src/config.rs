@@ -351,8 +351,8 @@ pub struct Args {
     /// it the oldest is shed.
     #[arg(long, env = "GATEWAY_MAX_UNDECIDED_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(65_536..=(1 << 32)))]
     pub max_undecided_bytes: u64,
-    /// Expect a PROXY protocol v2 header (a load balancer in front adds it). `--proxy-protocol`
-    /// alone is `true`; `--proxy-protocol=false` is accepted too, as `--splice false` is.
+    /// Expect a PROXY protocol header, v1 or v2 (a load balancer in front adds it).
+    /// `--proxy-protocol` alone is `true`; `--proxy-protocol=false` is accepted too, as `--splice false` is.
     #[arg(long, env = "GATEWAY_PROXY_PROTOCOL", default_value_t = false, num_args = 0..=1,
         default_missing_value = "true", action = clap::ArgAction::Set)]
     pub proxy_protocol: bool,

@@ -7,9 +7,10 @@
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
-/// Descriptors the gateway holds besides its connections: listeners, the admin server,
-/// epoll and its wakeup, the endpoints file's watcher, API server and istiod connections.
-const RESERVE: u64 = 64;
+/// Descriptors the gateway holds besides its connections: listeners, epoll and its wakeup,
+/// the endpoints file's watcher, API server and istiod connections (64), and what the admin
+/// and status listeners may hold at once.
+const RESERVE: u64 = 64 + 2 * crate::admin::limits::MAX_CONNECTIONS as u64;
 
 /// Used when the hard limit reads as unlimited, which Linux does not allow for descriptors
 /// (`fs.nr_open`, 1,048,576 by default, bounds it); never expected in practice.
@@ -59,7 +60,7 @@ pub fn raise() -> Raised {
 }
 
 /// The descriptors the connection limits can take at once: two per decided connection, one
-/// per undecided one, and a reserve of 64 for the rest.
+/// per undecided one, and [`RESERVE`] for the rest.
 pub fn needed(max_connections: usize, max_undecided: usize) -> u64 {
     2 * max_connections as u64 + max_undecided as u64 + RESERVE
 }
@@ -87,7 +88,7 @@ mod tests {
 
     #[test]
     fn defaults_need_two_descriptors_per_connection() {
-        assert_eq!(needed(65_536, 1024), 131_072 + 1024 + 64);
+        assert_eq!(needed(65_536, 1024), 131_072 + 1024 + 64 + 512);
         assert_eq!(shortfall(1_048_576, 65_536, 1024), None);
         assert_eq!(shortfall(needed(100, 10), 100, 10), None);
     }
@@ -96,16 +97,16 @@ mod tests {
     fn a_short_limit_says_how_many_fit_and_the_fix() {
         let msg = shortfall(20_000, 65_536, 1024).unwrap();
         assert!(
-            msg.contains("descriptor limit 20000 is below the 132160"),
+            msg.contains("descriptor limit 20000 is below the 132672"),
             "{msg}"
         );
-        assert!(msg.contains("about 9968 forwarded connections"), "{msg}");
+        assert!(msg.contains("about 9712 forwarded connections"), "{msg}");
         assert!(msg.contains("LimitNOFILE") && msg.contains("lower --max-connections"));
         // containerd 2's soft limit, had it not been raised.
         assert!(
             shortfall(1024, 65_536, 1024)
                 .unwrap()
-                .contains("about 480 forwarded")
+                .contains("about 224 forwarded")
         );
         // A limit under the reserve fits none, without underflow.
         assert!(shortfall(10, 1, 1).unwrap().contains("about 0 forwarded"));

@@ -297,8 +297,8 @@ impl Proxy {
         Ok((upstream, ep, metrics))
     }
 
-    /// Reads an optional PROXY v2 header, then the ClientHello. Returns the hello and the
-    /// original client address; `buf` is left holding only bytes to replay upstream.
+    /// Reads an optional PROXY header (v1 or v2), then the ClientHello. Returns the hello and
+    /// the original client address; `buf` is left holding only bytes to replay upstream.
     async fn read_preamble(
         &self,
         client: &mut TcpStream,
@@ -333,6 +333,12 @@ impl Proxy {
             match client_hello::detect(buf, max) {
                 Detect::Found(hello) => return Ok((hello, client_addr)),
                 Detect::NotTls(client_hello::NotTls::TooLarge) => return Err(Reject::OverLimit),
+                // A balancer sending PROXY to a gateway without --proxy-protocol (or a
+                // second header): named for what it is, the misconfiguration, not "not TLS".
+                Detect::NotTls(_) if proxy_protocol::starts_with_header(buf) => {
+                    debug!("unexpected PROXY header");
+                    return Err(Reject::BadProxyHeader);
+                }
                 Detect::NotTls(why) => {
                     debug!(?why, "not a TLS ClientHello");
                     return Err(Reject::NotTls);

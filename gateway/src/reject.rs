@@ -17,7 +17,8 @@ pub enum Reject {
     ConnectFailed,
     /// Too many decided connections, or a ClientHello larger than the buffer cap.
     OverLimit,
-    /// `--proxy-protocol` is on and the PROXY v2 header is missing or malformed.
+    /// `--proxy-protocol` is on and the PROXY header is missing or malformed, or it is off
+    /// and one arrived anyway.
     BadProxyHeader,
     /// The client closed or reset before its ClientHello was complete.
     ClientClosed,

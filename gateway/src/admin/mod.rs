@@ -2,10 +2,12 @@
 //! `/debug/routes` (filtered by `?host=` and `?limit=`, serialized on the blocking pool; the
 //! view itself is in `routes_view`). The status listener (`--status-listen`) serves only the
 //! two health paths: it is the port a load balancer may expose, as Istio's 15021, while the
-//! metrics and the route table (every endpoint's address) stay inside the cluster.
+//! metrics and the route table (every endpoint's address) stay inside the cluster. What a
+//! client may hold on either (connections, head size, time) is bounded in `limits`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -21,8 +23,11 @@ use crate::hbone::identity::Identity;
 use crate::routes::{RouteTable, Routes};
 
 mod body;
+pub mod limits;
 mod routes_view;
 use body::AdminBody;
+pub use limits::Limits;
+use limits::{AdminMetrics, Conns, Slot, StallGuard};
 use routes_view::debug_filter;
 
 /// Large responses (/metrics, /debug/routes) being built or sent at once: each grows with the
@@ -49,16 +54,20 @@ pub struct Admin {
     pub hbone_identity: Option<Arc<Identity>>,
     /// Permits for large responses in flight ([`LARGE_RESPONSES`]).
     large: Arc<Semaphore>,
+    /// Per-connection bounds; [`Limits::default`] unless a test shortens them.
+    pub limits: Limits,
+    metrics: AdminMetrics,
 }
 
 impl Admin {
     pub fn new(
-        registry: Registry,
+        mut registry: Registry,
         routes: Arc<Routes>,
         drain: Arc<Drain>,
         synced: Arc<dyn Fn() -> bool + Send + Sync>,
         hbone_identity: Option<Arc<Identity>>,
     ) -> Admin {
+        let metrics = AdminMetrics::register(&mut registry);
         Admin {
             registry,
             routes,
@@ -66,6 +75,8 @@ impl Admin {
             synced,
             hbone_identity,
             large: Arc::new(Semaphore::new(LARGE_RESPONSES)),
+            limits: Limits::default(),
+            metrics,
         }
     }
 
@@ -89,7 +100,13 @@ impl Admin {
 
     async fn respond(&self, req: Request<Incoming>, scope: Scope) -> Response<AdminBody> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+            // RFC 9110 15.5.6: a 405 names the methods that are allowed.
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
+            r.headers_mut().insert(
+                "allow",
+                hyper::header::HeaderValue::from_static("GET, HEAD"),
+            );
+            return r;
         }
         match (scope, req.uri().path()) {
             (_, "/healthz/ready") => match self.ready() {
@@ -168,6 +185,11 @@ impl Admin {
         scope: Scope,
         stop: CancellationToken,
     ) {
+        let name = match scope {
+            Scope::Admin => "admin",
+            Scope::Status => "status",
+        };
+        let conns = Conns::new(self.limits.max_connections, name, &self.metrics);
         loop {
             let (stream, _) = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -180,23 +202,85 @@ impl Admin {
                     }
                 },
             };
-            let this = self.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.respond(req, scope).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(stream), svc);
-                tokio::select! {
-                    r = conn => if let Err(e) = r { tracing::debug!(error = %e, "admin connection error") },
-                    _ = stop.cancelled() => {}
-                }
-            });
+            // Admitted here, in accept order, so "oldest" means what it says.
+            let slot = conns.admit();
+            tokio::spawn(
+                self.clone()
+                    .connection(stream, scope, slot, name, stop.clone()),
+            );
         }
+    }
+
+    /// Serves one connection within [`Limits`] and counts why the gateway cut it, if it did.
+    async fn connection(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        scope: Scope,
+        slot: Slot,
+        listener: &'static str,
+        stop: CancellationToken,
+    ) {
+        let limits = self.limits;
+        let this = self.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let this = this.clone();
+            async move { Ok::<_, Infallible>(this.respond(req, scope).await) }
+        });
+        let io = StallGuard::new(stream, limits.write_stall);
+        let head_started = io.head_started();
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_read)
+            .max_buf_size(limits::MAX_HEAD)
+            .serve_connection(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        let deadline = tokio::time::sleep(limits.lifetime);
+        tokio::pin!(deadline);
+        let mut closing = false;
+        let cut = loop {
+            tokio::select! {
+                r = conn.as_mut() => match r {
+                    Err(e) => break cut_reason(&e, head_started.load(Ordering::Relaxed)),
+                    // Closed at its lifetime, between responses.
+                    Ok(()) => break closing.then_some("lifetime"),
+                },
+                _ = &mut deadline => {
+                    if closing {
+                        break Some("lifetime");
+                    }
+                    // The response in flight finishes; an idle connection closes at once.
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                    deadline.as_mut().reset(tokio::time::Instant::now() + limits.grace);
+                }
+                _ = slot.shed() => break Some("shed"),
+                _ = stop.cancelled() => break None,
+            }
+        };
+        if let Some(reason) = cut {
+            tracing::debug!(listener, reason, "admin connection cut");
+            self.metrics.cut(listener, reason);
+        }
+    }
+}
+
+/// Why hyper ended a connection, when the gateway's bounds did it (not the client's close).
+/// hyper's header timeout also ends a connection that sent nothing (more): `idle`, apart
+/// from a head that started and did not finish in time, the slowloris.
+fn cut_reason(e: &hyper::Error, head_started: bool) -> Option<&'static str> {
+    if e.is_timeout() {
+        Some(if head_started {
+            "header_timeout"
+        } else {
+            "idle"
+        })
+    } else if e.is_parse() || e.is_parse_too_large() || e.is_parse_version_h2() {
+        Some("bad_request")
+    } else if limits::is_write_stall(e) {
+        Some("write_stall")
+    } else {
+        tracing::debug!(error = %e, "admin connection error");
+        None
     }
 }
 
@@ -217,4 +301,126 @@ fn busy() -> Response<AdminBody> {
     r.headers_mut()
         .insert("retry-after", hyper::header::HeaderValue::from_static("1"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct Filler {
+        name: String,
+    }
+
+    /// An admin listener whose /metrics is some MB (more than loopback socket buffers hold
+    /// for a reader that stops), with a short lifetime and a write stall too long to matter.
+    async fn short_lived() -> (Arc<Admin>, std::net::SocketAddr, CancellationToken) {
+        let mut registry = Registry::default();
+        let filler = Family::<Filler, Counter>::default();
+        for i in 0..200_000 {
+            filler
+                .get_or_create(&Filler {
+                    name: format!("filler-{i:08}"),
+                })
+                .inc();
+        }
+        registry.register("filler", "Bulk", filler);
+        let mut admin = Admin::new(
+            registry,
+            Arc::new(Routes::new()),
+            Arc::new(Drain::new()),
+            Arc::new(|| true),
+            None,
+        );
+        admin.limits = Limits {
+            lifetime: Duration::from_millis(300),
+            grace: Duration::from_millis(300),
+            write_stall: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let admin = Arc::new(admin);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(admin.clone().serve(listener, Scope::Admin, stop.clone()));
+        (admin, addr, stop)
+    }
+
+    /// A reader that takes a /metrics response and then reads nothing more (slowly enough
+    /// never to trip the write stall) gives its large-response permit back at the lifetime
+    /// plus the grace, not never.
+    #[tokio::test]
+    async fn a_stalled_large_response_is_cut_at_the_lifetime() {
+        let (admin, addr, stop) = short_lived().await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        assert_eq!(admin.large.available_permits(), LARGE_RESPONSES - 1);
+        let started = Instant::now();
+        while admin.large.available_permits() < LARGE_RESPONSES {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "the stalled response still holds its permit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let cut = admin.metrics.cut.get_or_create(&limits::CutLabels {
+            listener: "admin",
+            reason: "lifetime",
+        });
+        assert_eq!(cut.get(), 1);
+        stop.cancel();
+    }
+
+    /// A keep-alive client that never pauses is asked to close at the lifetime: the response
+    /// in flight is finished, then the connection closes.
+    #[tokio::test]
+    async fn a_busy_keep_alive_connection_is_closed_between_responses() {
+        let (_admin, addr, stop) = short_lived().await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let mut answered = 0;
+        let mut buf = Vec::new();
+        let closed = loop {
+            assert!(started.elapsed() < Duration::from_secs(3), "never closed");
+            if s.write_all(b"GET /healthz/live HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .is_err()
+            {
+                break started.elapsed();
+            }
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap_or(0);
+            if n == 0 {
+                break started.elapsed();
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf);
+            answered = text.matches("\r\n\r\nlive\n").count();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            closed >= Duration::from_millis(250),
+            "closed after {closed:?}"
+        );
+        assert!(answered >= 3, "{answered} answers");
+        // Every response that started was whole.
+        let text = String::from_utf8_lossy(&buf);
+        assert_eq!(text.matches("HTTP/1.1 200").count(), answered, "{text}");
+        stop.cancel();
+    }
 }
