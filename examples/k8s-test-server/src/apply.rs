@@ -65,6 +65,13 @@ impl Store {
             Err(e) => return Err(e),
             Ok(live) => live,
         };
+        // A resourceVersion in the applied configuration is a precondition, as for every
+        // patch (the apiserver stores the merged object through a conditional update).
+        if let Some(want) = meta_str(&patch_body, "resourceVersion")
+            && Some(want) != meta_str(&live, "resourceVersion")
+        {
+            return Err(ApiError::conflict(&rt.group, &rt.plural, name));
+        }
         let prev = self
             .lock()
             .applied

@@ -8,6 +8,8 @@
 //!   `Connection: close`, plain text; nobody is exempt.
 //! - 503 `ServiceUnavailable`, 500 `InternalError` and 504 `Timeout` as `Status` bodies
 //!   (`apimachinery/pkg/api/errors`).
+//! - 409 `Conflict` as a write whose object changed since it was read gets it
+//!   (`NewConflict`: "the object has been modified"), naming the requested object.
 
 use crate::auth::Identity;
 use crate::error::ApiError;
@@ -28,6 +30,13 @@ pub enum Fault {
     Internal,
     /// 504 Timeout (the request did not finish in time; a write may still have happened).
     Timeout,
+    /// 409 Conflict: the object changed since the client read it (a stale resourceVersion).
+    /// Inject it as `Fault::conflict()`; the object is named from the request it answers.
+    Conflict {
+        group: String,
+        resource: String,
+        name: String,
+    },
 }
 
 /// Which requests a fault answers, and how many times.
@@ -112,7 +121,19 @@ impl Faults {
         if let Some(n) = rule.times.as_mut() {
             *n -= 1;
         }
-        let fault = rule.fault.clone();
+        let mut fault = rule.fault.clone();
+        if let Fault::Conflict {
+            group,
+            resource,
+            name,
+        } = &mut fault
+        {
+            (*group, *resource, *name) = (
+                attrs.group.clone(),
+                attrs.resource.clone(),
+                attrs.name.clone(),
+            );
+        }
         st.injected += 1;
         Some(fault)
     }
@@ -143,11 +164,22 @@ pub(crate) enum Answer {
 }
 
 impl Fault {
+    /// A 409 Conflict for whatever object the matching request writes.
+    pub fn conflict() -> Self {
+        Fault::Conflict {
+            group: String::new(),
+            resource: String::new(),
+            name: String::new(),
+        }
+    }
+
     fn stage(&self) -> Stage {
         match self {
             Fault::ShuttingDown => Stage::BeforeAuthentication,
             Fault::TooManyRequests { .. } => Stage::BeforeAuthorization,
-            Fault::Unavailable | Fault::Internal | Fault::Timeout => Stage::Handler,
+            Fault::Unavailable | Fault::Internal | Fault::Timeout | Fault::Conflict { .. } => {
+                Stage::Handler
+            }
         }
     }
 
@@ -179,6 +211,11 @@ impl Fault {
                     "Timeout: request did not complete within requested timeout - context deadline exceeded",
                 )
             }),
+            Fault::Conflict {
+                group,
+                resource,
+                name,
+            } => Answer::Status(ApiError::conflict(group, resource, name)),
         }
     }
 }

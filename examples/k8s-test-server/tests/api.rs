@@ -441,6 +441,23 @@ async fn merge_patch_json_patch_and_server_side_apply() {
     assert!(!labels.contains_key("b"));
     assert_eq!(labels.get("other").map(String::as_str), Some("z"));
     assert_eq!(updated.data.as_ref().unwrap()["y"], "2");
+    // A resourceVersion in an applied configuration is a precondition: a stale one is 409
+    // and changes nothing, the current one applies.
+    let rv = updated.metadata.resource_version.clone().unwrap();
+    let stale = first.metadata.resource_version.clone().unwrap();
+    let e = cms
+        .patch("cfg", &ssa, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "resourceVersion": stale}, "data": {"x": "stale"}})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, kube::Error::Api(s) if s.code == 409 && s.message.contains("has been modified")),
+        "{e}"
+    );
+    let same = cms
+        .patch("cfg", &ssa, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "resourceVersion": rv, "labels": {"a": "3"}}, "data": {"x": "2"}})))
+        .await
+        .unwrap();
+    assert_eq!(same.data.as_ref().unwrap()["x"], "2");
 
     // merge patch: null deletes
     let p = cms

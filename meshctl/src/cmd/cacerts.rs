@@ -113,7 +113,24 @@ fn apply_cmd(a: ApplyArgs) -> Result<ExitCode> {
     file.require_contexts(std::slice::from_ref(&ctx))?;
     let changed = kc::block_on(async {
         let c = file.connect(&ctx).await?;
-        apply_secret(&c, &secret, a.cacerts.force, a.mutate.dry_run).await
+        if a.mutate.dry_run {
+            return apply_secret(&c, &secret, a.cacerts.force, true).await;
+        }
+        // Whether a failure below may have left a new namespace behind.
+        let existed = kc::get(&c, "v1", "Namespace", None, ns).await?.is_some();
+        apply_secret(&c, &secret, a.cacerts.force, false)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "{e:#}\n{CACERTS_SECRET} in context {ctx:?} was not updated{}: istiod keeps \
+                     its current CA; re-run the same command to resume",
+                    if existed {
+                        String::new()
+                    } else {
+                        format!(" (namespace {ns} may have been created)")
+                    }
+                )
+            })
     })
     .map_err(|e| anyhow!("{e:#}"))?;
     if a.mutate.dry_run {

@@ -206,9 +206,41 @@ async fn join(
     members: &[Member],
     file: &KubeconfigFile,
 ) -> Result<Vec<(String, Vec<Value>)>> {
+    let dry_run = a.mutate.dry_run;
+    let clusters = preflight_all(a, members, file).await.map_err(|e| {
+        let text = format!("{e:#}");
+        if dry_run || text.to_lowercase().contains("nothing was changed") {
+            e
+        } else {
+            anyhow!("{text}\nnothing was changed; re-run the same command once this is fixed")
+        }
+    })?;
+    let mut done: Vec<String> = Vec::new();
+    match write_all(a, members, &clusters, &mut done).await {
+        Ok(plan) => Ok(plan),
+        Err(e) if dry_run => Err(e),
+        Err(e) if done.is_empty() => Err(anyhow!(
+            "{e:#}\ninterrupted before the first change was complete; re-run the same command \
+             to resume"
+        )),
+        Err(e) => Err(anyhow!(
+            "{e:#}\ninterrupted after these changes: {}; re-run the same command to resume \
+             (every change is a server-side apply: what is already in place stays as it is). \
+             Until it completes, cross-cluster traffic may fail where a gateway, remote secret \
+             or network announcement is still missing (meshctl check shows which)",
+            done.join("; ")
+        )),
+    }
+}
+
+/// Phase 1: reach every cluster and check everything that could fail, before any change.
+async fn preflight_all(
+    a: &JoinArgs,
+    members: &[Member],
+    file: &KubeconfigFile,
+) -> Result<Vec<Cluster>> {
     let ns = a.ns.namespace.as_str();
     let dry_run = a.mutate.dry_run;
-    // Phase 1: reach every cluster and check everything that could fail, before any change.
     let mut clusters: Vec<Cluster> = Vec::new();
     for m in members {
         let c = file.connect(&m.context).await?;
@@ -250,16 +282,7 @@ async fn join(
         }
         clusters.push(c);
     }
-    let mut done: Vec<String> = Vec::new();
-    match write_all(a, members, &clusters, &mut done).await {
-        Ok(plan) => Ok(plan),
-        Err(e) if dry_run || done.is_empty() => Err(e),
-        Err(e) => Err(anyhow!(
-            "{e:#}\ninterrupted after these changes: {}; re-run the same command to resume \
-             (every change is a server-side apply: what is already in place stays as it is)",
-            done.join("; ")
-        )),
-    }
+    Ok(clusters)
 }
 
 /// Phases 2 to 4, after every check passed; `done` says what was changed so far.
@@ -332,7 +355,7 @@ async fn write_all(
         }
     }
     if a.ambient {
-        announce(members, clusters, ns, dry_run, &mut plan).await?;
+        announce(members, clusters, ns, dry_run, &mut plan, done).await?;
     }
     if !restart.is_empty() {
         eprintln!(
@@ -352,6 +375,7 @@ async fn announce(
     ns: &str,
     dry_run: bool,
     plan: &mut [(String, Vec<Value>)],
+    done: &mut Vec<String>,
 ) -> Result<()> {
     let mut addresses = Vec::new();
     for (m, c) in members.iter().zip(clusters) {
@@ -381,6 +405,7 @@ async fn announce(
             let obj = ambient::announce_object(ns, &peer.network, addr)?;
             if !dry_run {
                 ambient::apply_announce(c, &obj).await?;
+                done.push(format!("{}: network {} announced", c.context, peer.network));
                 println!(
                     "{}: network {} announced to ztunnels at {addr}:{HBONE_PORT}",
                     c.context, peer.network
@@ -407,9 +432,14 @@ const MANAGED_KINDS: &[(&str, &str)] = &[
 ];
 
 /// What `unjoin` removes from one cluster: the managed objects (as stubs) and, if meshctl
-/// set them, the namespace's network label and cluster-name annotation.
-pub async fn unjoin_cluster(c: &Cluster, ns: &str, dry_run: bool) -> Result<Vec<Value>> {
-    let mut removed = Vec::new();
+/// set them, the namespace's network label and cluster-name annotation; `removed` holds what
+/// is gone so far, also when it fails part-way.
+pub async fn unjoin_cluster(
+    c: &Cluster,
+    ns: &str,
+    dry_run: bool,
+    removed: &mut Vec<Value>,
+) -> Result<()> {
     for (av, kind) in MANAGED_KINDS {
         for o in kc::list(c, av, kind, None, MANAGED_SELECTOR).await? {
             let mut stub = json!({"apiVersion": av, "kind": kind, "metadata": {"name": o["metadata"]["name"]}});
@@ -445,7 +475,47 @@ pub async fn unjoin_cluster(c: &Cluster, ns: &str, dry_run: bool) -> Result<Vec<
             );
         }
     }
-    Ok(removed)
+    Ok(())
+}
+
+/// Why an interrupted unjoin leaves the mesh broken, and how to resume: per cluster what
+/// is gone, half gone or untouched.
+fn unjoin_interrupted(
+    e: &anyhow::Error,
+    plan: &[(String, Vec<Value>)],
+    failed: &str,
+    partial: &[Value],
+    rest: &[String],
+) -> anyhow::Error {
+    let mut state: Vec<String> = plan
+        .iter()
+        .map(|(ctx, removed)| format!("{ctx}: done ({} object(s) removed)", removed.len()))
+        .collect();
+    state.push(format!(
+        "{failed}: part-way: {} removed{}; the rest (other managed objects, the namespace's \
+         network label) is still there",
+        partial.len(),
+        if partial.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({})",
+                partial
+                    .iter()
+                    .map(kc::describe)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    ));
+    state.extend(rest.iter().map(|ctx| format!("{ctx}: not started")));
+    anyhow!(
+        "{e:#}\ninterrupted: {}.\nThe mesh is half removed: cross-cluster traffic through a \
+         cluster whose gateway or remote secrets are gone fails, while the others may still \
+         route to it. Re-run the same command to resume (objects already gone are skipped), \
+         or meshctl join to restore the mesh",
+        state.join("; ")
+    )
 }
 
 pub fn run_unjoin(a: UnjoinArgs) -> Result<ExitCode> {
@@ -459,9 +529,24 @@ pub fn run_unjoin(a: UnjoinArgs) -> Result<ExitCode> {
         for ctx in &a.clusters.contexts {
             clusters.push(file.connect(ctx).await?);
         }
-        let mut plan = Vec::new();
-        for c in &clusters {
-            let removed = unjoin_cluster(c, ns, dry_run).await?;
+        let mut plan: Vec<(String, Vec<Value>)> = Vec::new();
+        for (i, c) in clusters.iter().enumerate() {
+            let mut removed = Vec::new();
+            if let Err(e) = unjoin_cluster(c, ns, dry_run, &mut removed).await {
+                if dry_run {
+                    return Err(e);
+                }
+                if plan.is_empty() && removed.is_empty() {
+                    return Err(anyhow!(
+                        "{e:#}\nnothing was removed; re-run the same command to retry"
+                    ));
+                }
+                let rest: Vec<String> = clusters[i + 1..]
+                    .iter()
+                    .map(|c| c.context.clone())
+                    .collect();
+                return Err(unjoin_interrupted(&e, &plan, &c.context, &removed, &rest));
+            }
             if !dry_run {
                 println!(
                     "{}: removed {} object(s) managed by meshctl",

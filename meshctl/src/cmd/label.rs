@@ -33,7 +33,22 @@ pub fn run(a: LabelNetworkArgs) -> Result<ExitCode> {
     file.require_contexts(std::slice::from_ref(&ctx))?;
     let obj = kc::block_on(async {
         let c = file.connect(&ctx).await?;
-        label(&c, ns, &a.network, None, a.mutate.dry_run).await
+        if a.mutate.dry_run {
+            return label(&c, ns, &a.network, None, true).await;
+        }
+        // Whether a failure below may have left a new, unlabelled namespace behind.
+        let existed = kc::get(&c, "v1", "Namespace", None, ns).await?.is_some();
+        label(&c, ns, &a.network, None, false).await.map_err(|e| {
+            anyhow!(
+                "{e:#}\nnamespace {ns} in context {ctx:?} is not labelled{}; re-run the same \
+                 command to resume",
+                if existed {
+                    ""
+                } else {
+                    " (it may have been created without the label)"
+                }
+            )
+        })
     })?;
     if a.mutate.dry_run {
         print!(

@@ -90,7 +90,14 @@ pub fn run(a: RefreshArgs) -> Result<ExitCode> {
     file.require_contexts(&t.clusters.contexts)?;
     let (outcomes, notes, errors) = kc::block_on(async {
         let (peers, errors) = connect_all(t, &file).await?;
-        let (outcomes, notes) = refresh_all(&a, &peers).await?;
+        let unreached: Vec<&str> = t
+            .clusters
+            .contexts
+            .iter()
+            .filter(|c| !peers.iter().any(|p| &p.cluster.context == *c))
+            .map(String::as_str)
+            .collect();
+        let (outcomes, notes) = refresh_all(&a, &peers, &unreached).await?;
         Ok((outcomes, notes, errors))
     })?;
     match t.output {
@@ -113,6 +120,23 @@ pub fn run(a: RefreshArgs) -> Result<ExitCode> {
         eprintln!("error: {e}");
     }
     let failed = outcomes.iter().any(|o| o.action == Action::Failed);
+    if failed && !a.dry_run {
+        let n = outcomes
+            .iter()
+            .filter(|o| o.action == Action::Failed)
+            .count();
+        let done = outcomes
+            .iter()
+            .filter(|o| o.action == Action::Refreshed)
+            .count();
+        eprintln!(
+            "error: {n} remote secret(s) FAILED (see why above), {done} refreshed and stored. A \
+             failed secret keeps its old token: once that expires, the istiod of the cluster \
+             storing it stops discovering the cluster it reads. Re-run the same command once \
+             the cause is fixed: secrets refreshed now are then above the threshold and left \
+             alone"
+        );
+    }
     Ok(if failed || !errors.is_empty() {
         ExitCode::FAILURE
     } else {
@@ -120,7 +144,12 @@ pub fn run(a: RefreshArgs) -> Result<ExitCode> {
     })
 }
 
-async fn refresh_all(a: &RefreshArgs, peers: &[Peer]) -> Result<(Vec<Outcome>, Vec<IstiodNote>)> {
+/// `unreached`: the `--context`s that could not be read (their cluster IDs are unknown).
+async fn refresh_all(
+    a: &RefreshArgs,
+    peers: &[Peer],
+    unreached: &[&str],
+) -> Result<(Vec<Outcome>, Vec<IstiodNote>)> {
     let ns = a.targets.ns.namespace.as_str();
     let now = cred::unix_now();
     let (mut outcomes, mut notes) = (Vec::new(), Vec::new());
@@ -155,7 +184,7 @@ async fn refresh_all(a: &RefreshArgs, peers: &[Peer]) -> Result<(Vec<Outcome>, V
                 .or_insert_with(|| s.resource_version.clone());
             let (action, reason, new_expiry) = match cred::decide(&s.credential, now, a.threshold) {
                 Decision::Keep(why) => (Action::LeftAlone, why, None),
-                Decision::Refresh(why) => match refresh_one(a, p, peers, &s, rv).await {
+                Decision::Refresh(why) => match refresh_one(a, p, peers, unreached, &s, rv).await {
                     Ok((action, how, exp)) => {
                         touched = true;
                         (action, format!("{why}; {how}"), exp)
@@ -196,6 +225,7 @@ async fn refresh_one(
     a: &RefreshArgs,
     peer: &Peer,
     peers: &[Peer],
+    unreached: &[&str],
     s: &Stored,
     rv: &mut Option<String>,
 ) -> Result<(Action, String, Option<String>)> {
@@ -208,6 +238,18 @@ async fn refresh_one(
         return Err(anyhow!("not a TokenRequest token"));
     };
     let source = peers.iter().find(|p| p.id == s.cluster).ok_or_else(|| {
+        // "Add its --context" would be wrong advice when it was given but is down.
+        if !unreached.is_empty() {
+            return anyhow!(
+                "cluster {} is none of the clusters meshctl could read, and its token can only \
+                 be issued there; context(s) {} could not be reached (see below): if it is one \
+                 of them, re-run the same command once it answers; otherwise add its --context \
+                 (and --cluster-name CONTEXT={} if the ID differs)",
+                s.cluster,
+                unreached.join(", "),
+                s.cluster
+            );
+        }
         anyhow!(
             "cluster {} is not one of the --context clusters, and its token can only be \
              issued there: add its --context (and --cluster-name CONTEXT={} if the ID differs)",
@@ -232,14 +274,71 @@ async fn refresh_one(
         return Ok((Action::WouldRefresh, how, None));
     }
     let token = request_token(&source.cluster, namespace, service_account, ttl).await?;
-    let kubeconfig = cred::with_token(&s.kubeconfig, &token)?;
-    *rv = write_key(&peer.cluster, s, &kubeconfig, rv.as_deref()).await?;
+    let mut kubeconfig = cred::with_token(&s.kubeconfig, &token)?;
+    let mut attempt = 0;
+    loop {
+        match write_key(&peer.cluster, s, &kubeconfig, rv.as_deref()).await {
+            Ok(new_rv) => {
+                *rv = new_rv;
+                break;
+            }
+            // The Secret changed since it was read (another refresh, a re-join): read it
+            // again and decide again, at most a few times.
+            Err(WriteError::Conflict(_)) if attempt < MAX_CONFLICT_RETRIES => {
+                attempt += 1;
+                let Some(fresh) = reread(&peer.cluster, s).await? else {
+                    return Err(anyhow!(
+                        "Secret {}/{} in context {:?} no longer holds key {} (changed while \
+                         refreshing); the new token expires unused",
+                        s.namespace,
+                        s.secret,
+                        peer.cluster.context,
+                        s.cluster
+                    ));
+                };
+                if let Decision::Keep(why) =
+                    cred::decide(&fresh.credential, cred::unix_now(), a.threshold)
+                {
+                    let how = format!(
+                        "the Secret was changed meanwhile and its token now {why}: left as it \
+                         is (the token issued here expires unused)"
+                    );
+                    return Ok((Action::LeftAlone, how, None));
+                }
+                *rv = fresh.resource_version.clone();
+                kubeconfig = cred::with_token(&fresh.kubeconfig, &token)?;
+            }
+            Err(WriteError::Conflict(e) | WriteError::Other(e)) => return Err(e),
+        }
+    }
     let expiry = cred::credential_of_token(&token).expires.map(cred::rfc3339);
     let how = format!(
         "new {} token for {sa} from context {from}",
         cred::human(ttl.as_secs())
     );
     Ok((Action::Refreshed, how, expiry))
+}
+
+/// Re-reads attempts after a 409 on one key (each re-reads the Secret first).
+const MAX_CONFLICT_RETRIES: u32 = 3;
+
+enum WriteError {
+    /// 409: the Secret changed since its resourceVersion was read.
+    Conflict(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+/// The stored kubeconfig under the same key of the same Secret, as it is now.
+async fn reread(c: &Cluster, s: &Stored) -> Result<Option<Stored>> {
+    let Some(secret) =
+        kc::get_as::<Secret>(c, "v1", "Secret", Some(&s.namespace), &s.secret).await?
+    else {
+        return Ok(None);
+    };
+    Ok(cred::read_secret(&secret)
+        .into_iter()
+        .flatten()
+        .find(|n| n.cluster == s.cluster))
 }
 
 /// Rewrites one key of the remote secret (a merge patch of that key only, conditional on
@@ -249,7 +348,7 @@ async fn write_key(
     s: &Stored,
     kubeconfig: &str,
     rv: Option<&str>,
-) -> Result<Option<String>> {
+) -> Result<Option<String>, WriteError> {
     let b64 = base64::engine::general_purpose::STANDARD.encode(kubeconfig);
     let mut patch = json!({"data": {s.cluster.as_str(): b64}});
     if let Some(rv) = rv {
@@ -260,14 +359,18 @@ async fn write_key(
         .patch(&s.secret, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|e| {
-            anyhow!(
+            let text = anyhow!(
                 "updating Secret {}/{} in context {:?}: {} (a new token was issued but not \
                  stored; it expires unused)",
                 s.namespace,
                 s.secret,
                 c.context,
                 kc::error_text(&e)
-            )
+            );
+            match e {
+                kube::Error::Api(status) if status.code == 409 => WriteError::Conflict(text),
+                _ => WriteError::Other(text),
+            }
         })?;
     Ok(out.metadata.resource_version)
 }

@@ -128,6 +128,9 @@ pub(super) struct Current {
     pub client: Cluster,
     pub files: BundleTexts,
     pub trust: Trust,
+    /// The `cacerts` read: a step's write is conditional on it (409 if another writer came
+    /// between), so a rotation never overwrites what it did not decide from.
+    pub resource_version: Option<String>,
 }
 
 pub fn run(a: RotateArgs) -> Result<ExitCode> {
@@ -160,7 +163,10 @@ async fn read_all(file: &KubeconfigFile, common: &Common) -> Result<Vec<Current>
                 "{e:#}\nnothing was changed: every cluster must be reachable for a rotation step"
             )
         })?;
-        let Some(secret) = kc::get(&client, "v1", "Secret", Some(ns), CACERTS_SECRET).await? else {
+        let secret = kc::get(&client, "v1", "Secret", Some(ns), CACERTS_SECRET)
+            .await
+            .map_err(|e| anyhow!("{e:#}\nnothing was changed; re-run the same command to retry"))?;
+        let Some(secret) = secret else {
             bail!(
                 "context {ctx:?} has no Secret {ns}/{CACERTS_SECRET}: a rotation starts from \
                  clusters that share a root (meshctl cacerts apply); nothing was changed"
@@ -168,11 +174,15 @@ async fn read_all(file: &KubeconfigFile, common: &Common) -> Result<Vec<Current>
         };
         let (files, annotations) = secret_files(&secret);
         let trust = trust_of(&files, &annotations);
+        let resource_version = secret["metadata"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string);
         out.push(Current {
             ctx: ctx.clone(),
             client,
             files,
             trust,
+            resource_version,
         });
     }
     Ok(out)
@@ -209,6 +219,8 @@ pub(super) struct Plan {
     pub files: Vec<pki::OutFile>,
     pub done: String,
     pub next: String,
+    /// What a step stopped between clusters means for traffic meanwhile.
+    pub half_done: String,
 }
 
 async fn apply(common: &Common, clusters: &[Current], plan: Plan) -> Result<ExitCode> {
@@ -253,16 +265,33 @@ async fn apply(common: &Common, clusters: &[Current], plan: Plan) -> Result<Exit
     let mut done = Vec::new();
     for (i, secret) in &plan.secrets {
         let c = &clusters[*i];
-        if let Err(e) = kc::apply(&c.client, secret).await {
+        let mut secret = secret.clone();
+        if let Some(rv) = &c.resource_version {
+            secret["metadata"]["resourceVersion"] = Value::String(rv.clone());
+        }
+        if let Err(e) = kc::apply(&c.client, &secret).await {
+            let not_done: Vec<String> = plan.secrets[done.len()..]
+                .iter()
+                .map(|(i, _)| {
+                    let c = &clusters[*i];
+                    format!("{} (still {})", c.ctx, c.trust.stage.name())
+                })
+                .collect();
             bail!(
                 "{e:#}\ninterrupted: updated {} of {} cluster(s) that needed it ({}); re-run the \
-                 same command to resume (clusters already done are skipped)",
+                 same command to resume (clusters already done are skipped)\nnot updated: {}\n{}",
                 done.len(),
                 plan.secrets.len(),
                 if done.is_empty() {
                     "none".to_string()
                 } else {
                     done.join(", ")
+                },
+                not_done.join(", "),
+                if done.is_empty() {
+                    "nothing was changed in the clusters"
+                } else {
+                    plan.half_done.as_str()
                 }
             );
         }

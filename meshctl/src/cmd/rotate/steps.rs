@@ -191,6 +191,10 @@ pub fn prepare(a: &PrepareArgs, clusters: &[Current]) -> Result<Plan> {
             roots_changed(ns),
             a.dir.display()
         ),
+        half_done: "Meanwhile the updated clusters trust the old and the new root, the others \
+             only the old one; every cluster still signs with the old root, so traffic between \
+             them is unaffected (activate refuses until every cluster is prepared)."
+            .into(),
     })
 }
 
@@ -279,6 +283,12 @@ pub fn activate(a: &ActivateArgs, clusters: &[Current]) -> Result<Plan> {
              meshctl rotate finish --context ... (or --confirm once you checked)",
             intermediate_changed(ns)
         ),
+        half_done: "Meanwhile the updated clusters sign with the new root and the others with \
+             the old one; every cluster trusts both roots since prepare, so traffic between them \
+             keeps working as long as istiod and the workloads took up prepare's two-root \
+             bundle (meshctl check: \"cross-cluster trust of signing roots\"); finish refuses \
+             until every cluster is activated."
+            .into(),
     })
 }
 
@@ -391,6 +401,11 @@ pub fn finish(a: &FinishArgs, clusters: &[Current]) -> Result<Plan> {
              is in place).",
             roots_changed(ns)
         ),
+        half_done: "Meanwhile the updated clusters trust only the new root, the others both; \
+             every cluster already signs with the new root, so traffic between them keeps \
+             working (a workload still holding an old-root certificate is refused by the updated \
+             clusters, as after a complete finish)."
+            .into(),
     })
 }
 
