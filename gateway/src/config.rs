@@ -170,6 +170,9 @@ pub struct Config {
     pub hbone_max_streams: u32,
     /// Most open HBONE tunnels in total; beyond it a CONNECT is answered 503.
     pub hbone_max_tunnels: usize,
+    /// Most established (handshaken) HBONE outer connections. When all are taken, the one
+    /// idle longest (no tunnel) is closed for a newcomer; with none idle the newcomer is refused.
+    pub hbone_max_connections: usize,
     /// An outer connection without a tunnel for this long gets GOAWAY.
     pub hbone_idle_timeout: Duration,
     /// How often the certificate files are checked for a change.
@@ -185,6 +188,11 @@ impl Config {
             discovery,
             ..Config::default()
         }
+    }
+
+    /// Whether the HBONE listener runs: an address and a certificate source (as `app::build`).
+    pub fn hbone_enabled(&self) -> bool {
+        self.hbone_listen.is_some() && (self.hbone_certs.is_some() || self.hbone_ca.is_some())
     }
 }
 
@@ -218,6 +226,7 @@ impl Default for Config {
             trust_domains: vec!["cluster.local".into()],
             hbone_max_streams: 100,
             hbone_max_tunnels: 65_536,
+            hbone_max_connections: 65_536,
             hbone_idle_timeout: Duration::from_secs(600),
             hbone_cert_poll: Duration::from_secs(5),
             hbone_ca: None,
@@ -391,6 +400,11 @@ pub struct Args {
     /// Most open HBONE tunnels in total; beyond it a CONNECT is answered 503.
     #[arg(long, env = "GATEWAY_HBONE_MAX_TUNNELS", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub hbone_max_tunnels: u32,
+    /// Most established HBONE connections (mTLS done). When all are taken, the one idle
+    /// longest (no tunnel open) is closed with GOAWAY to make room; with none idle, a new
+    /// connection is refused (before its TLS handshake when that is already known).
+    #[arg(long, env = "GATEWAY_HBONE_MAX_CONNECTIONS", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub hbone_max_connections: u32,
     /// Send GOAWAY on an HBONE connection that has carried no tunnel this long.
     #[arg(long, env = "GATEWAY_HBONE_IDLE_TIMEOUT", default_value = "10m", value_parser = duration)]
     pub hbone_idle_timeout: Duration,
@@ -484,6 +498,7 @@ impl Args {
             trust_domains: self.trust_domains,
             hbone_max_streams: self.hbone_max_streams,
             hbone_max_tunnels: self.hbone_max_tunnels as usize,
+            hbone_max_connections: self.hbone_max_connections as usize,
             hbone_idle_timeout: self.hbone_idle_timeout,
             hbone_cert_poll: self.hbone_cert_poll,
             hbone_ca: self.ca_root.map(|root| CaConfig {
@@ -561,6 +576,11 @@ mod tests {
         assert_eq!(c.hbone_listen, Some("127.0.0.1:9".parse().unwrap()));
         assert_eq!(c.trust_domains, ["a.td", "b.td"]);
         assert_eq!(c.hbone_certs, Some("/certs".into()));
+        assert!(c.hbone_enabled() && !off.hbone_enabled());
+        let c = parse(&["--hbone-max-connections", "20000"]).unwrap();
+        assert_eq!(c.hbone_max_connections, 20_000);
+        assert!(!c.hbone_enabled(), "no certificate source");
+        assert!(parse(&["--hbone-max-connections", "0"]).is_err());
         let e = parse(&["--hbone-listen", "nowhere"])
             .unwrap_err()
             .to_string();

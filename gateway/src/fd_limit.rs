@@ -3,7 +3,8 @@
 //! connections fit before accepts fail with EMFILE. Container runtimes increasingly start
 //! processes with a soft limit of 1024 under a far higher hard one (containerd 2, systemd
 //! services), expecting each program to raise its own, as Go's runtime and HAProxy do. The
-//! gateway raises it at start and says when the result cannot hold `--max-connections`.
+//! gateway raises it at start and says when the result cannot hold its connection limits
+//! (15443's, and HBONE's outer connections and tunnels when that listener is on).
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
@@ -59,26 +60,72 @@ pub fn raise() -> Raised {
     }
 }
 
-/// The descriptors the connection limits can take at once: two per decided connection, one
-/// per undecided one, and [`RESERVE`] for the rest.
-pub fn needed(max_connections: usize, max_undecided: usize) -> u64 {
-    2 * max_connections as u64 + max_undecided as u64 + RESERVE
+/// The connection limits that hold descriptors, from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `--max-connections`: two descriptors each (client and upstream).
+    pub max_connections: usize,
+    /// `--max-undecided`: one each, on 15443 and HBONE handshakes alike.
+    pub max_undecided: usize,
+    /// With the HBONE listener on: `--hbone-max-connections` (one descriptor each) and
+    /// `--hbone-max-tunnels` (one upstream socket each).
+    pub hbone: Option<(usize, usize)>,
 }
 
-/// The warning for a soft limit below [`needed`], naming both ways out; `None` when it fits.
-pub fn shortfall(soft: u64, max_connections: usize, max_undecided: usize) -> Option<String> {
-    let need = needed(max_connections, max_undecided);
+impl Limits {
+    pub fn of(cfg: &crate::config::Config) -> Limits {
+        Limits {
+            max_connections: cfg.max_connections,
+            max_undecided: cfg.max_undecided,
+            hbone: cfg
+                .hbone_enabled()
+                .then_some((cfg.hbone_max_connections, cfg.hbone_max_tunnels)),
+        }
+    }
+}
+
+/// The descriptors the connection limits can take at once, and [`RESERVE`] for the rest.
+pub fn needed(l: &Limits) -> u64 {
+    let (outer, tunnels) = l.hbone.unwrap_or((0, 0));
+    2 * l.max_connections as u64 + l.max_undecided as u64 + outer as u64 + tunnels as u64 + RESERVE
+}
+
+/// The warning for a soft limit below [`needed`], naming the ways out; `None` when it fits.
+pub fn shortfall(soft: u64, l: &Limits) -> Option<String> {
+    let need = needed(l);
     if soft >= need {
         return None;
     }
-    // With no connection undecided, which is when the most can be forwarded.
+    let Limits {
+        max_connections: mc,
+        max_undecided: mu,
+        hbone,
+    } = *l;
+    // With nothing else open, which is when the most can be forwarded.
     let fits = soft.saturating_sub(RESERVE) / 2;
+    let (limits, lower) = match hbone {
+        None => (
+            format!("--max-connections {mc} and --max-undecided {mu}"),
+            "--max-connections",
+        ),
+        Some((hc, ht)) => (
+            format!(
+                "--max-connections {mc}, --max-undecided {mu}, --hbone-max-connections {hc} \
+                 and --hbone-max-tunnels {ht}"
+            ),
+            "--max-connections, --hbone-max-connections or --hbone-max-tunnels",
+        ),
+    };
+    let other = if hbone.is_some() {
+        " on 15443 (fewer while HBONE holds descriptors: one per outer connection and one per tunnel)"
+    } else {
+        ""
+    };
     Some(format!(
-        "descriptor limit {soft} is below the {need} that --max-connections {max_connections} \
-         and --max-undecided {max_undecided} can take: past about {fits} forwarded connections, \
-         accepts fail (gateway_accept_errors_total) and upstream dials are refused as \
-         local_resource before --max-connections refuses anything; raise the hard limit \
-         (LimitNOFILE=, ulimit -Hn, the container runtime's default) or lower --max-connections"
+        "descriptor limit {soft} is below the {need} that {limits} can take: past about {fits} \
+         forwarded connections{other}, accepts fail (gateway_accept_errors_total) and upstream \
+         dials are refused as local_resource before the connection limits refuse anything; raise \
+         the hard limit (LimitNOFILE=, ulimit -Hn, the container runtime's default) or lower {lower}"
     ))
 }
 
@@ -86,30 +133,79 @@ pub fn shortfall(soft: u64, max_connections: usize, max_undecided: usize) -> Opt
 mod tests {
     use super::*;
 
+    const CLASSIC: Limits = Limits {
+        max_connections: 65_536,
+        max_undecided: 1024,
+        hbone: None,
+    };
+    const WITH_HBONE: Limits = Limits {
+        hbone: Some((65_536, 65_536)),
+        ..CLASSIC
+    };
+
+    fn limits(max_connections: usize, max_undecided: usize) -> Limits {
+        Limits {
+            max_connections,
+            max_undecided,
+            hbone: None,
+        }
+    }
+
     #[test]
     fn defaults_need_two_descriptors_per_connection() {
-        assert_eq!(needed(65_536, 1024), 131_072 + 1024 + 64 + 512);
-        assert_eq!(shortfall(1_048_576, 65_536, 1024), None);
-        assert_eq!(shortfall(needed(100, 10), 100, 10), None);
+        assert_eq!(needed(&CLASSIC), 131_072 + 1024 + 64 + 512);
+        assert_eq!(shortfall(1_048_576, &CLASSIC), None);
+        assert_eq!(shortfall(needed(&limits(100, 10)), &limits(100, 10)), None);
+    }
+
+    #[test]
+    fn hbone_adds_one_per_outer_connection_and_one_per_tunnel() {
+        assert_eq!(needed(&WITH_HBONE), needed(&CLASSIC) + 65_536 + 65_536);
+        let l = Limits {
+            hbone: Some((10, 20)),
+            ..limits(100, 10)
+        };
+        assert_eq!(needed(&l), 200 + 10 + 10 + 20 + RESERVE);
+        // The default 1,048,576 still fits both listeners.
+        assert_eq!(shortfall(1_048_576, &WITH_HBONE), None);
+        let msg = shortfall(needed(&CLASSIC), &WITH_HBONE).unwrap();
+        assert!(msg.contains("below the 263744"), "{msg}");
+        assert!(
+            msg.contains("--hbone-max-connections 65536 and --hbone-max-tunnels 65536"),
+            "{msg}"
+        );
+        assert!(msg.contains("fewer while HBONE holds descriptors"), "{msg}");
+        assert!(
+            msg.contains("LimitNOFILE")
+                && msg.ends_with(
+                    "lower --max-connections, --hbone-max-connections or --hbone-max-tunnels"
+                ),
+            "{msg}"
+        );
     }
 
     #[test]
     fn a_short_limit_says_how_many_fit_and_the_fix() {
-        let msg = shortfall(20_000, 65_536, 1024).unwrap();
+        let msg = shortfall(20_000, &CLASSIC).unwrap();
         assert!(
             msg.contains("descriptor limit 20000 is below the 132672"),
             "{msg}"
         );
-        assert!(msg.contains("about 9712 forwarded connections"), "{msg}");
-        assert!(msg.contains("LimitNOFILE") && msg.contains("lower --max-connections"));
+        assert!(msg.contains("about 9712 forwarded connections,"), "{msg}");
+        assert!(!msg.contains("hbone"), "{msg}");
+        assert!(msg.contains("LimitNOFILE") && msg.ends_with("lower --max-connections"));
         // containerd 2's soft limit, had it not been raised.
         assert!(
-            shortfall(1024, 65_536, 1024)
+            shortfall(1024, &CLASSIC)
                 .unwrap()
                 .contains("about 224 forwarded")
         );
         // A limit under the reserve fits none, without underflow.
-        assert!(shortfall(10, 1, 1).unwrap().contains("about 0 forwarded"));
+        assert!(
+            shortfall(10, &limits(1, 1))
+                .unwrap()
+                .contains("about 0 forwarded")
+        );
     }
 
     #[test]

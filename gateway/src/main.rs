@@ -82,7 +82,7 @@ fn run() -> anyhow::Result<()> {
             tracing::warn!(soft, wanted, "could not raise the descriptor limit")
         }
     }
-    if let Some(msg) = fd_limit::shortfall(limit.soft(), cfg.max_connections, cfg.max_undecided) {
+    if let Some(msg) = fd_limit::shortfall(limit.soft(), &fd_limit::Limits::of(&cfg)) {
         tracing::warn!("{msg}");
     }
     let rt = runtime::build(workers)?;

@@ -1,11 +1,12 @@
 //! Accepting on 15008: TLS handshake (counted in the undecided budget, bounded by
-//! `--detect-timeout`), then one HTTP/2 server connection whose CONNECT streams each run as
-//! a tracked task. The connection sends GOAWAY when the drain stops accepting or after
-//! `--hbone-idle-timeout` without a tunnel, and keeps serving its open tunnels until they end.
+//! `--detect-timeout`), a place under `--hbone-max-connections`, then one HTTP/2 server
+//! connection whose CONNECT streams each run as a tracked task. The connection sends GOAWAY
+//! when the drain stops accepting or after `--hbone-idle-timeout` without a tunnel, and keeps
+//! serving its open tunnels until they end; an idle one shed for a newcomer closes at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -27,6 +28,13 @@ impl Hbone {
             &self.drain.stop_accepting,
             errors,
             |stream, peer| {
+                if self.places.full_of_busy() {
+                    // Every place carries tunnels: close before spending a TLS handshake.
+                    drop(stream);
+                    self.metrics.refuse(Refusal::ConnectionLimit);
+                    debug!(%peer, reason = Refusal::ConnectionLimit.as_str(), "HBONE connection refused: every --hbone-max-connections place carries tunnels");
+                    return;
+                }
                 let ticket = self.undecided.admit();
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let span =
@@ -61,6 +69,14 @@ impl Hbone {
             _ = force.cancelled() => return,
         };
         drop(ticket);
+        // Taken once the client has authenticated, so only a mesh member can shed an idle one.
+        let place = tokio::select! {
+            p = self.places.take(SHED_WAIT) => match p {
+                Some(p) => p,
+                None => return self.refuse_connection(Refusal::ConnectionLimit, "every --hbone-max-connections place carries tunnels"),
+            },
+            _ = force.cancelled() => return,
+        };
         let client_id: Arc<str> = tls
             .get_ref()
             .1
@@ -82,7 +98,7 @@ impl Hbone {
         let m = &self.metrics;
         m.connections_opened.inc();
         m.connections_active.inc();
-        let open = Arc::new(AtomicUsize::new(0));
+        place.ready();
         let watch = Arc::new(ResetWatch::default());
         let mut streams = 0u64;
         let mut goaway = false;
@@ -108,8 +124,22 @@ impl Hbone {
                     (goaway, calmed) = (true, true);
                     close_by.get_or_insert(Instant::now() + CLOSE_GRACE);
                 }
+                _ = place.shed() => {
+                    debug!("idle, and its place is wanted (--hbone-max-connections): GOAWAY");
+                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    // h2 closes once the GOAWAY is written; a peer that does not read gets
+                    // SHED_GRACE. Streams the peer sent meanwhile are past the GOAWAY's last
+                    // stream id, so it knows they were not processed.
+                    let closed = async {
+                        while let Some(Ok((_, mut respond))) = conn.accept().await {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        }
+                    };
+                    let _ = tokio::time::timeout(SHED_GRACE, closed).await;
+                    break;
+                }
                 _ = tick.tick() => {
-                    if open.load(Ordering::Relaxed) > 0 {
+                    if place.open_tunnels() > 0 {
                         last_active = Instant::now();
                     } else if close_by.is_some_and(|t| Instant::now() >= t) {
                         debug!("GOAWAY not taken in time: closing");
@@ -123,11 +153,15 @@ impl Hbone {
                 }
                 next = conn.accept() => match next {
                     None => break,
-                    Some(Ok((req, respond))) => {
+                    Some(Ok((req, mut respond))) => {
+                        let Some(guard) = place.tunnel() else {
+                            // Shed a moment ago; the shed branch closes it next.
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        };
                         streams += 1;
                         watch.streams.fetch_add(1, Ordering::Relaxed);
                         last_active = Instant::now();
-                        let guard = OpenGuard::new(&open);
                         let this = self.clone();
                         let client_id = client_id.clone();
                         let watch = watch.clone();
@@ -159,6 +193,8 @@ impl Hbone {
                 },
             }
         }
+        // The place is free before the gauge says so.
+        drop(place);
         m.streams_per_connection.observe(streams as f64);
         m.connections_active.dec();
         info!(target: "access", client_id = &*client_id, client = %peer, streams, "HBONE connection closed");
@@ -184,6 +220,12 @@ pub const SEND_BUFFER: usize = 4 * super::splice::READ_CHUNK;
 
 /// After GOAWAY, how long a connection with no tunnel left may take to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// How long an idle connection shed for a newcomer may take to write its GOAWAY and close.
+const SHED_GRACE: Duration = Duration::from_secs(1);
+
+/// How long the newcomer waits for that place: the shed one's grace, and some.
+const SHED_WAIT: Duration = Duration::from_secs(2);
 
 /// Per outer connection: streams accepted, and those the client reset before its answer or
 /// before sending a byte (rapid reset, CVE-2023-44487). h2's own limit counts only resets of
@@ -223,20 +265,4 @@ fn h2_builder(max_streams: u32) -> h2::server::Builder {
         .max_local_error_reset_streams(Some(1024))
         .max_send_buffer_size(SEND_BUFFER);
     b
-}
-
-/// One open tunnel on a connection, for the idle timeout.
-struct OpenGuard(Arc<AtomicUsize>);
-
-impl OpenGuard {
-    fn new(open: &Arc<AtomicUsize>) -> Self {
-        open.fetch_add(1, Ordering::Relaxed);
-        OpenGuard(open.clone())
-    }
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }

@@ -36,10 +36,13 @@ pub enum Refusal {
     Timeout,
     /// The upstream socket failed for a local reason (descriptors, ports): never an ejection.
     LocalResource,
+    /// `--hbone-max-connections` taken by connections that all carry tunnels: a new outer
+    /// connection is closed (at accept, before TLS, when already known).
+    ConnectionLimit,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 12] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::BadClientCert,
         Refusal::TrustDomainNotAllowed,
         Refusal::BadRequest,
@@ -52,6 +55,7 @@ impl Refusal {
         Refusal::HandshakeFailed,
         Refusal::Timeout,
         Refusal::LocalResource,
+        Refusal::ConnectionLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +72,7 @@ impl Refusal {
             Refusal::HandshakeFailed => "handshake_failed",
             Refusal::Timeout => "timeout",
             Refusal::LocalResource => "local_resource",
+            Refusal::ConnectionLimit => "connection_limit",
         }
     }
 }
@@ -100,6 +105,8 @@ pub struct TunnelCloseLabels {
 pub struct HboneMetrics {
     pub connections_opened: Counter,
     pub connections_active: Gauge,
+    /// Idle outer connections closed to make room under `--hbone-max-connections`.
+    pub connections_shed: Counter,
     pub streams_per_connection: Histogram,
     pub tunnels_opened: Family<AuthorityLabels, Counter>,
     pub tunnels_closed: Family<TunnelCloseLabels, Counter>,
@@ -123,6 +130,7 @@ impl HboneMetrics {
         let m = HboneMetrics {
             connections_opened: Counter::default(),
             connections_active: Gauge::default(),
+            connections_shed: Counter::default(),
             // 1 to 4096 streams
             streams_per_connection: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             tunnels_opened: Family::default(),
@@ -146,6 +154,11 @@ impl HboneMetrics {
             "connections_active",
             "Outer HBONE connections open now",
             m.connections_active.clone(),
+        );
+        r.register(
+            "connections_shed",
+            "Idle outer HBONE connections (no tunnel) closed with GOAWAY to make room for a new one under --hbone-max-connections",
+            m.connections_shed.clone(),
         );
         r.register(
             "streams_per_connection",

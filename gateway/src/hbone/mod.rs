@@ -9,11 +9,13 @@
 //! - [`identity`] holds the gateway's certificate and who may connect (reloadable);
 //! - [`ca`] gets that certificate from istiod and renews it (instead of files);
 //! - [`listener`] accepts, handshakes (under the undecided budget) and serves HTTP/2;
+//! - [`connections`] bounds established connections, shedding the longest idle when full;
 //! - [`stream`] answers one CONNECT: parse ([`authority`]), route, dial, 200 or an error;
 //! - [`splice`] moves the bytes; [`metrics`] counts it all.
 
 pub mod authority;
 pub mod ca;
+pub mod connections;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
@@ -56,6 +58,8 @@ pub struct Hbone {
     undecided: Arc<Undecided>,
     /// `--hbone-max-tunnels`: one place per open tunnel, across connections.
     tunnels: Semaphore,
+    /// `--hbone-max-connections`: one place per established outer connection.
+    places: Arc<connections::Places>,
     next_id: AtomicU64,
 }
 
@@ -72,6 +76,10 @@ impl Hbone {
         let acceptor = TlsAcceptor::from(identity.server_config()?);
         Ok(Hbone {
             tunnels: Semaphore::new(cfg.hbone_max_tunnels.clamp(1, Semaphore::MAX_PERMITS)),
+            places: connections::Places::new(
+                cfg.hbone_max_connections,
+                metrics.connections_shed.clone(),
+            ),
             cfg,
             routes,
             proxy_metrics,
