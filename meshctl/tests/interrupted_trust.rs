@@ -360,6 +360,29 @@ async fn refresh_rereads_a_secret_that_changed_meanwhile_and_stops_on_a_persiste
     assert_eq!(m.east.faults().injected(), 4, "one try and 3 re-reads");
 }
 
+/// east stops taking requests up after the run connected (503 on minting and on writing):
+/// the first request that meets it waits out its retries, and the rest of the run does not
+/// ask it again (each would wait as long), saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_does_not_wait_twice_on_a_cluster_that_stopped_answering() {
+    let m = joined_with_old_tokens().await;
+    outage(&m.east, Fault::Unavailable, "create", "serviceaccounts");
+    outage(&m.east, Fault::Unavailable, "patch", "secrets");
+    let all = interrupted(&refresh(&m)).await;
+    says(
+        &all,
+        &[
+            "TokenRequest for istio-system/istio-reader-service-account in context \"east\"",
+            "not tried: context \"east\" did not take a request up earlier in this run",
+            "2 remote secret(s) FAILED",
+        ],
+    );
+    // One request and its 4 retries, not two.
+    assert_eq!(m.east.faults().injected(), 5, "{all}");
+    m.east.faults().clear();
+    succeeds(&refresh(&m)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_with_one_cluster_down_says_to_rerun_not_to_add_its_context() {
     let m = joined_with_old_tokens().await;

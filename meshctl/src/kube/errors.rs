@@ -63,6 +63,16 @@ pub fn classify(e: &kube::Error) -> Failure {
     }
 }
 
+/// Whether the API server did not take the request up at all: unreachable, or overloaded
+/// (429, 503, 504, past meshctl's retries). Later requests to it in the same run would
+/// most likely wait the same way.
+pub fn unanswered(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => matches!(s.code, 429 | 503 | 504),
+        _ => true,
+    }
+}
+
 /// Why `connect` could not use a context, with the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

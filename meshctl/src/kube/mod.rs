@@ -17,7 +17,7 @@ pub use api::{
     plural_of,
 };
 pub use config::{KubeconfigFile, init_crypto};
-pub use errors::{ConnectError, Failure, classify, error_text};
+pub use errors::{ConnectError, Failure, classify, error_text, unanswered};
 pub use parse::parse_kubeconfig;
 // for `mesh::credentials` (stored kubeconfigs), see `parse_secret_yaml`
 pub use parse::parse_secret_yaml;

@@ -164,26 +164,43 @@ pub async fn build(c: &Cluster, o: &SecretOptions, dry_run: bool) -> Result<Buil
     })
 }
 
+/// A TokenRequest that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("TokenRequest for {what} in context {context:?}: {detail}")]
+pub struct TokenError {
+    what: String,
+    pub context: String,
+    detail: String,
+    /// The API server did not take the request up (`kube::unanswered`).
+    pub unanswered: bool,
+}
+
 /// A TokenRequest token for `ns/sa` in `c`, valid for `ttl` (the API server's audience).
-pub async fn request_token(c: &Cluster, ns: &str, sa: &str, ttl: Duration) -> Result<String> {
+pub async fn request_token(
+    c: &Cluster,
+    ns: &str,
+    sa: &str,
+    ttl: Duration,
+) -> Result<String, TokenError> {
     let api: Api<ServiceAccount> = Api::namespaced(c.client.clone(), ns);
     let tr: TokenRequest = serde_json::from_value(json!({
         "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": [], "expirationSeconds": ttl.as_secs()}}))?;
+        "spec": {"audiences": [], "expirationSeconds": ttl.as_secs()}}))
+    .expect("a TokenRequest from a literal");
+    let failed = |detail: String, unanswered: bool| TokenError {
+        what: format!("{ns}/{sa}"),
+        context: c.context.clone(),
+        detail,
+        unanswered,
+    };
     let out = api
         .create_token_request(sa, &PostParams::default(), &tr)
         .await
-        .map_err(|e| {
-            anyhow!(
-                "TokenRequest for {ns}/{sa} in context {:?}: {}",
-                c.context,
-                kc::error_text(&e)
-            )
-        })?;
+        .map_err(|e| failed(kc::error_text(&e), kc::unanswered(&e)))?;
     out.status
         .and_then(|s| s.token)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| anyhow!("TokenRequest for {ns}/{sa} returned no token"))
+        .ok_or_else(|| failed("the API server returned no token".into(), false))
 }
 
 fn secret_field(s: &Value, key: &str) -> Option<Vec<u8>> {

@@ -17,6 +17,7 @@ use crate::kube::{self as kc, Cluster, KubeconfigFile};
 use crate::mesh::credentials::{self as cred, Method, Stored};
 
 mod cronjob;
+mod istiod;
 mod refresh;
 mod table;
 

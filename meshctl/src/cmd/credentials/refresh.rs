@@ -18,9 +18,9 @@ use kube::api::{Api, Patch, PatchParams};
 use serde::Serialize;
 use serde_json::json;
 
+use super::istiod::{IstiodNote, istiod_note};
 use super::{Format, Peer, Targets, connect_all, stored_in, table};
 use crate::cli::{check_unique, parse_ttl};
-use crate::istio::{ISTIOD_CONTAINER, ISTIOD_SELECTOR};
 use crate::kube::{self as kc, Cluster, KubeconfigFile};
 use crate::mesh::credentials::{self as cred, Decision, Method, Stored};
 use crate::mesh::reader::request_token;
@@ -71,16 +71,6 @@ pub struct Outcome {
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new_expiry: Option<String>,
-}
-
-/// Whether one cluster's istiod picks up the rewritten secrets by itself.
-#[derive(Debug, Serialize)]
-pub struct IstiodNote {
-    pub context: String,
-    pub versions: Vec<String>,
-    /// `None` when the version cannot be told.
-    pub restart_needed: Option<bool>,
-    pub advice: String,
 }
 
 pub fn run(a: RefreshArgs) -> Result<ExitCode> {
@@ -153,6 +143,9 @@ async fn refresh_all(
     let ns = a.targets.ns.namespace.as_str();
     let now = cred::unix_now();
     let (mut outcomes, mut notes) = (Vec::new(), Vec::new());
+    // Contexts that did not take a request up in this run: each further request to one would
+    // wait out the same retries (up to 20 s each), so their secrets are not tried again.
+    let mut down: Vec<String> = Vec::new();
     for p in peers {
         let ctx = &p.cluster.context;
         let mut touched = false;
@@ -184,13 +177,34 @@ async fn refresh_all(
                 .or_insert_with(|| s.resource_version.clone());
             let (action, reason, new_expiry) = match cred::decide(&s.credential, now, a.threshold) {
                 Decision::Keep(why) => (Action::LeftAlone, why, None),
-                Decision::Refresh(why) => match refresh_one(a, p, peers, unreached, &s, rv).await {
-                    Ok((action, how, exp)) => {
-                        touched = true;
-                        (action, format!("{why}; {how}"), exp)
+                Decision::Refresh(why) => {
+                    let source = peers
+                        .iter()
+                        .find(|q| q.id == s.cluster)
+                        .map(|q| &q.cluster.context);
+                    let skip = [Some(ctx), source]
+                        .into_iter()
+                        .flatten()
+                        .find(|c| down.contains(c));
+                    if let Some(c) = skip {
+                        let why = format!(
+                            "{why}; not tried: context {c:?} did not take a request up earlier \
+                             in this run (overloaded or unreachable); re-run once it answers"
+                        );
+                        (Action::Failed, why, None)
+                    } else {
+                        match refresh_one(a, p, peers, unreached, &s, rv).await {
+                            Ok((action, how, exp)) => {
+                                touched = true;
+                                (action, format!("{why}; {how}"), exp)
+                            }
+                            Err(f) => {
+                                down.extend(f.down);
+                                (Action::Failed, format!("{why}; {:#}", f.err), None)
+                            }
+                        }
                     }
-                    Err(e) => (Action::Failed, format!("{why}; {e:#}"), None),
-                },
+                }
             };
             outcomes.push(Outcome {
                 stored_in: ctx.clone(),
@@ -228,14 +242,14 @@ async fn refresh_one(
     unreached: &[&str],
     s: &Stored,
     rv: &mut Option<String>,
-) -> Result<(Action, String, Option<String>)> {
+) -> Result<(Action, String, Option<String>), Failure> {
     let Method::TokenRequest {
         service_account,
         namespace,
         ..
     } = &s.credential.method
     else {
-        return Err(anyhow!("not a TokenRequest token"));
+        return Err(anyhow!("not a TokenRequest token").into());
     };
     let source = peers.iter().find(|p| p.id == s.cluster).ok_or_else(|| {
         // "Add its --context" would be wrong advice when it was given but is down.
@@ -260,7 +274,9 @@ async fn refresh_one(
     let ttl = match (a.token_ttl, s.credential.ttl()) {
         (Some(t), _) => t,
         (None, Some(secs)) => Duration::from_secs(secs.max(600)),
-        (None, None) => return Err(anyhow!("the token's lifetime is unknown; pass --token-ttl")),
+        (None, None) => {
+            return Err(anyhow!("the token's lifetime is unknown; pass --token-ttl").into());
+        }
     };
     let sa = format!("{namespace}/{service_account}");
     let from = &source.cluster.context;
@@ -273,7 +289,12 @@ async fn refresh_one(
         );
         return Ok((Action::WouldRefresh, how, None));
     }
-    let token = request_token(&source.cluster, namespace, service_account, ttl).await?;
+    let token = request_token(&source.cluster, namespace, service_account, ttl)
+        .await
+        .map_err(|e| Failure {
+            down: e.unanswered.then(|| e.context.clone()),
+            err: e.into(),
+        })?;
     let mut kubeconfig = cred::with_token(&s.kubeconfig, &token)?;
     let mut attempt = 0;
     loop {
@@ -294,7 +315,8 @@ async fn refresh_one(
                         s.secret,
                         peer.cluster.context,
                         s.cluster
-                    ));
+                    )
+                    .into());
                 };
                 if let Decision::Keep(why) =
                     cred::decide(&fresh.credential, cred::unix_now(), a.threshold)
@@ -308,7 +330,13 @@ async fn refresh_one(
                 *rv = fresh.resource_version.clone();
                 kubeconfig = cred::with_token(&fresh.kubeconfig, &token)?;
             }
-            Err(WriteError::Conflict(e) | WriteError::Other(e)) => return Err(e),
+            Err(WriteError::Unanswered(e)) => {
+                return Err(Failure {
+                    err: e,
+                    down: Some(peer.cluster.context.clone()),
+                });
+            }
+            Err(WriteError::Conflict(e) | WriteError::Other(e)) => return Err(e.into()),
         }
     }
     let expiry = cred::credential_of_token(&token).expires.map(cred::rfc3339);
@@ -325,7 +353,22 @@ const MAX_CONFLICT_RETRIES: u32 = 3;
 enum WriteError {
     /// 409: the Secret changed since its resourceVersion was read.
     Conflict(anyhow::Error),
+    /// The API server did not take the write up (`kube::unanswered`).
+    Unanswered(anyhow::Error),
     Other(anyhow::Error),
+}
+
+/// Why one secret was not refreshed; `down` names a context that did not take a request up,
+/// so the rest of the run does not wait on it again.
+struct Failure {
+    err: anyhow::Error,
+    down: Option<String>,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(err: anyhow::Error) -> Self {
+        Failure { err, down: None }
+    }
 }
 
 /// The stored kubeconfig under the same key of the same Secret, as it is now.
@@ -369,104 +412,9 @@ async fn write_key(
             );
             match e {
                 kube::Error::Api(status) if status.code == 409 => WriteError::Conflict(text),
+                e if kc::unanswered(&e) => WriteError::Unanswered(text),
                 _ => WriteError::Other(text),
             }
         })?;
     Ok(out.metadata.resource_version)
-}
-
-/// Whether `c`'s istiod reloads a rewritten remote secret without a restart (1.30.3+).
-async fn istiod_note(c: &Cluster, ns: &str, dry_run: bool) -> Result<IstiodNote> {
-    let ctx = &c.context;
-    let deployments = kc::list(c, "apps/v1", "Deployment", Some(ns), ISTIOD_SELECTOR).await?;
-    let mut found = Vec::new();
-    for d in &deployments {
-        let name = d["metadata"]["name"]
-            .as_str()
-            .unwrap_or("istiod")
-            .to_string();
-        let containers = d["spec"]["template"]["spec"]["containers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let image = containers
-            .iter()
-            .find(|c| c["name"] == ISTIOD_CONTAINER)
-            .or(containers.first())
-            .and_then(|c| c["image"].as_str())
-            .unwrap_or_default()
-            .to_string();
-        found.push((name, image.clone(), cred::istio_version(&image)));
-    }
-    let versions: Vec<String> = found
-        .iter()
-        .map(|(n, i, v)| match v {
-            Some((a, b, c)) => format!("{n} {a}.{b}.{c}"),
-            None => format!("{n} ({i})"),
-        })
-        .collect();
-    let fixed = cred::rotation_fixed_in();
-    let when = if dry_run { "after a refresh, " } else { "" };
-    let restart = |names: Vec<&str>| {
-        names
-            .iter()
-            .map(|n| format!("kubectl --context {ctx} -n {ns} rollout restart deployment/{n}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    let known: Option<Vec<bool>> = found
-        .iter()
-        .map(|(_, _, v)| v.map(cred::picks_up_rotation))
-        .collect();
-    let (restart_needed, advice) = match known {
-        Some(ok) if !ok.is_empty() && ok.iter().all(|b| *b) => (
-            Some(false),
-            format!(
-                "{ctx}: {when}istiod ({}) picks up the rewritten remote secrets by itself \
-                 (istio/istio#60612 is fixed in {fixed}); no restart needed",
-                versions.join(", ")
-            ),
-        ),
-        Some(ok) if !ok.is_empty() => {
-            let old: Vec<&str> = found
-                .iter()
-                .zip(&ok)
-                .filter(|(_, fixed)| !**fixed)
-                .map(|((n, _, _), _)| n.as_str())
-                .collect();
-            (
-                Some(true),
-                format!(
-                    "{ctx}: {when}istiod ({}) is older than {fixed} and may keep using the old \
-                     token until restarted (istio/istio#60612): {}; or upgrade to {fixed}+",
-                    versions.join(", "),
-                    restart(old)
-                ),
-            )
-        }
-        _ => (
-            None,
-            format!(
-                "{ctx}: {when}cannot tell istiod's version (no Deployment labelled {ISTIOD_SELECTOR} \
-                 in {ns} with a versioned image{}): istiod before {fixed} may keep using the old \
-                 token until restarted (istio/istio#60612): {}",
-                if versions.is_empty() {
-                    String::new()
-                } else {
-                    format!("; found {}", versions.join(", "))
-                },
-                restart(if found.is_empty() {
-                    vec!["istiod"]
-                } else {
-                    found.iter().map(|(n, _, _)| n.as_str()).collect()
-                })
-            ),
-        ),
-    };
-    Ok(IstiodNote {
-        context: ctx.clone(),
-        versions,
-        restart_needed,
-        advice,
-    })
 }
