@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::local_error;
 use crate::metrics::KindLabels;
+use crate::sockets;
 
 pub const SUMMARY_EVERY: Duration = Duration::from_secs(5);
 
@@ -22,7 +23,8 @@ pub const SUMMARY_EVERY: Duration = Duration::from_secs(5);
 const RETRY_AFTER: Duration = Duration::from_millis(20);
 
 /// Accepts on `listener` until `stop` is cancelled and hands each connection to `on_accept`,
-/// which must not block (it spawns). Failures are counted in `errors` by kind.
+/// which must not block (it spawns), with its peer in canonical form (an IPv4 client of a
+/// dual-stack socket as `a.b.c.d`). Failures are counted in `errors` by kind.
 pub async fn accept_until(
     listener: &TcpListener,
     stop: &CancellationToken,
@@ -43,7 +45,7 @@ pub async fn accept_until(
         match accepted {
             Ok((stream, peer)) => {
                 errors.succeeded();
-                on_accept(stream, peer);
+                on_accept(stream, sockets::canonical(peer));
             }
             Err(e) => {
                 errors.failed(&e);

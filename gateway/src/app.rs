@@ -21,12 +21,12 @@ use crate::hbone::metrics::HboneMetrics;
 use crate::metrics::{ProxyMetrics, RouteMetrics};
 use crate::proxy::Proxy;
 use crate::routes::Routes;
-use crate::sockets;
+use crate::sockets::{self, ListenAddr};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("binding {0}: {1}")]
-    Bind(SocketAddr, std::io::Error),
+    Bind(ListenAddr, std::io::Error),
     #[error(transparent)]
     File(#[from] FileError),
     /// KubeError's messages name Kubernetes discovery and carry their causes themselves.
@@ -63,8 +63,9 @@ pub struct Bound {
 
 pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
     let cfg = Arc::new(cfg);
-    let listener = sockets::bind(cfg.listen).map_err(|e| BuildError::Bind(cfg.listen, e))?;
-    let admin_listener = sockets::bind(cfg.admin).map_err(|e| BuildError::Bind(cfg.admin, e))?;
+    let bind = |addr| sockets::bind_listen(addr).map_err(|e| BuildError::Bind(addr, e));
+    let listener = bind(cfg.listen)?;
+    let admin_listener = bind(cfg.admin)?;
     let listen_addr = listener
         .local_addr()
         .map_err(|e| BuildError::Bind(cfg.listen, e))?;
@@ -73,7 +74,7 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         .map_err(|e| BuildError::Bind(cfg.admin, e))?;
     let status_listener = match cfg.status_listen {
         Some(addr) => {
-            let l = sockets::bind(addr).map_err(|e| BuildError::Bind(addr, e))?;
+            let l = bind(addr)?;
             let bound = l.local_addr().map_err(|e| BuildError::Bind(addr, e))?;
             Some((l, bound))
         }
@@ -88,14 +89,14 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         (Some(_), Some(_), Some(_)) => return Err(BuildError::TwoCertSources),
         (Some(addr), Some(dir), None) => {
             let identity = Identity::load(dir, cfg.trust_domains.clone())?;
-            let listener = sockets::bind(addr).map_err(|e| BuildError::Bind(addr, e))?;
+            let listener = bind(addr)?;
             Some((identity, listener, None))
         }
         (Some(addr), None, Some(ca)) => {
             let (client, roots_pem) = CaClient::new(ca)?;
             let identity = Identity::from_istiod(&ca.root, &roots_pem, cfg.trust_domains.clone())
                 .map_err(BuildError::CaRoot)?;
-            let listener = sockets::bind(addr).map_err(|e| BuildError::Bind(addr, e))?;
+            let listener = bind(addr)?;
             Some((identity, listener, Some((client, ca))))
         }
         (Some(_), None, None) => {
@@ -144,7 +145,7 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
     if let (Some((identity, hbone_listener, ca)), Some(metrics)) = (hbone_setup, hbone_metrics) {
         let addr = hbone_listener
             .local_addr()
-            .map_err(|e| BuildError::Bind(cfg.listen, e))?;
+            .map_err(|e| BuildError::Bind(cfg.hbone_listen.unwrap_or(cfg.listen), e))?;
         tracing::info!(
             hbone_addr = %addr,
             spiffe_id = ?identity.spiffe_id(),

@@ -2,7 +2,6 @@
 //! built from flags with environment fallbacks (a test keeps the flags' defaults equal to it).
 
 use std::ffi::OsStr;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use serde::Serialize;
 
 use crate::outlier::Outlier;
 use crate::sni_name::HostPattern;
+use crate::sockets::ListenAddr;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discovery {
@@ -128,11 +128,11 @@ impl CaConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    pub listen: SocketAddr,
-    pub admin: SocketAddr,
+    pub listen: ListenAddr,
+    pub admin: ListenAddr,
     /// A listener serving only the health paths (the port a load balancer may expose);
     /// `None`: none.
-    pub status_listen: Option<SocketAddr>,
+    pub status_listen: Option<ListenAddr>,
     pub discovery: Discovery,
     pub allow_hosts: Vec<HostPattern>,
     pub require_istio_alpn: bool,
@@ -160,7 +160,7 @@ pub struct Config {
     /// Then open connections may finish until this deadline; the rest are closed.
     pub drain_timeout: Duration,
     /// The HBONE listener (15008); `None` turns it off.
-    pub hbone_listen: Option<SocketAddr>,
+    pub hbone_listen: Option<ListenAddr>,
     /// Directory with the gateway's workload certificate in Istio's file-mounted layout
     /// (`cert-chain.pem`, `key.pem`, `root-cert.pem`). Without it or `hbone_ca`, HBONE is off.
     pub hbone_certs: Option<PathBuf>,
@@ -202,8 +202,8 @@ impl Config {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            listen: ([0, 0, 0, 0], 15443).into(),
-            admin: ([0, 0, 0, 0], 15021).into(),
+            listen: ListenAddr::Any(15443),
+            admin: ListenAddr::Any(15021),
             status_listen: None,
             discovery: Discovery::default(),
             allow_hosts: vec![HostPattern::parse("*.local").expect("valid default pattern")],
@@ -221,7 +221,7 @@ impl Default for Config {
             outlier: Outlier::default(),
             drain_grace: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(20),
-            hbone_listen: Some(([0, 0, 0, 0], 15008).into()),
+            hbone_listen: Some(ListenAddr::Any(15008)),
             hbone_certs: None,
             trust_domains: vec!["cluster.local".into()],
             hbone_max_streams: 100,
@@ -251,7 +251,7 @@ fn listen_or_off(s: &str) -> Result<ListenOrOff, String> {
     }
     s.parse()
         .map(|a| ListenOrOff(Some(a)))
-        .map_err(|e| format!("{s:?}: {e}; give ip:port (e.g. 0.0.0.0:15008) or off"))
+        .map_err(|e| format!("{e}, or off"))
 }
 
 /// `--ca-address`: `host:port`.
@@ -270,7 +270,7 @@ fn host_port(s: &str) -> Result<String, String> {
 
 /// `--hbone-listen`: an address or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ListenOrOff(pub Option<SocketAddr>);
+pub struct ListenOrOff(pub Option<ListenAddr>);
 
 /// A SPIFFE trust domain: a lower-case DNS-like name, as in `spiffe://<td>/`.
 fn trust_domain(s: &str) -> Result<String, String> {
@@ -296,17 +296,19 @@ fn host_pattern(s: &str) -> Result<HostPattern, String> {
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version)]
 pub struct Args {
-    /// Address of the passthrough listener.
-    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:15443")]
-    pub listen: SocketAddr,
-    /// Address of the admin listener (/healthz/ready, /metrics, /debug/routes).
-    #[arg(long, env = "GATEWAY_ADMIN", default_value = "0.0.0.0:15021")]
-    pub admin: SocketAddr,
+    /// Address of the passthrough listener. `:PORT` binds every address: IPv6 and IPv4 on one
+    /// socket, or IPv4 alone where the host has no IPv6; IP:PORT or [IPv6]:PORT binds that
+    /// address only (0.0.0.0:PORT is IPv4 only).
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = ":15443")]
+    pub listen: ListenAddr,
+    /// Address of the admin listener (/healthz/ready, /metrics, /debug/routes), as --listen.
+    #[arg(long, env = "GATEWAY_ADMIN", default_value = ":15021")]
+    pub admin: ListenAddr,
     /// Address of a listener serving only /healthz/ready and /healthz/live: the one to expose
     /// on a load balancer (as Istio's status port 15021), while --admin, which also serves
     /// /metrics and /debug/routes (every endpoint's address), stays inside the cluster.
     #[arg(long, env = "GATEWAY_STATUS_LISTEN")]
-    pub status_listen: Option<SocketAddr>,
+    pub status_listen: Option<ListenAddr>,
     /// Static endpoints YAML file. Without it, endpoints come from Kubernetes.
     #[arg(long, env = "GATEWAY_ENDPOINTS")]
     pub endpoints: Option<PathBuf>,
@@ -383,9 +385,9 @@ pub struct Args {
     /// Then let open connections finish for up to this long.
     #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration)]
     pub drain_timeout: Duration,
-    /// Address of the HBONE listener (ambient east-west, mTLS + HTTP/2 CONNECT), or `off`.
-    /// It also needs a certificate: --hbone-certs or --ca-root.
-    #[arg(long, env = "GATEWAY_HBONE_LISTEN", default_value = "0.0.0.0:15008", value_parser = listen_or_off)]
+    /// Address of the HBONE listener (ambient east-west, mTLS + HTTP/2 CONNECT), as --listen,
+    /// or `off`. It also needs a certificate: --hbone-certs or --ca-root.
+    #[arg(long, env = "GATEWAY_HBONE_LISTEN", default_value = ":15008", value_parser = listen_or_off)]
     pub hbone_listen: ListenOrOff,
     /// Directory holding the gateway's workload certificate as Istio mounts it:
     /// cert-chain.pem, key.pem, root-cert.pem (reloaded on change). Without it or --ca-root, HBONE is off.
@@ -550,6 +552,44 @@ mod tests {
                 kubeconfig: Some("k".into()),
                 ..KubeOptions::default()
             }))
+        );
+    }
+
+    /// Every listener defaults to every address, IPv6 and IPv4 (an IPv6-only pod's Service
+    /// traffic and kubelet probes arrive over IPv6); an address given is kept as given.
+    #[test]
+    fn listeners_default_to_every_address() {
+        let c = Config::default();
+        assert_eq!(c.listen, ListenAddr::Any(15443));
+        assert_eq!(c.admin, ListenAddr::Any(15021));
+        assert_eq!(c.hbone_listen, Some(ListenAddr::Any(15008)));
+        let given = Args::try_parse_from([
+            "gateway",
+            "--endpoints",
+            "x.yaml",
+            "--listen",
+            "0.0.0.0:15443",
+            "--status-listen",
+            ":15021",
+            "--admin",
+            "[::1]:15020",
+            "--hbone-listen",
+            "[::]:15008",
+        ])
+        .unwrap()
+        .into_config();
+        assert_eq!(
+            given.listen,
+            ListenAddr::Exact(([0, 0, 0, 0], 15443).into())
+        );
+        assert_eq!(given.status_listen, Some(ListenAddr::Any(15021)));
+        assert_eq!(
+            given.admin,
+            ListenAddr::Exact("[::1]:15020".parse().unwrap())
+        );
+        assert_eq!(
+            given.hbone_listen,
+            Some(ListenAddr::Exact("[::]:15008".parse().unwrap()))
         );
     }
 

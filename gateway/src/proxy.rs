@@ -242,12 +242,14 @@ impl Proxy {
             Err(_) => return Err(Reject::Timeout),
             Ok(r) => r?,
         };
-        let client_addr = proxied.or_else(|| ticket.peer());
+        // A balancer on a dual-stack socket may name an IPv4 client as `::ffff:a.b.c.d`.
+        let client_addr = proxied.map(sockets::canonical).or_else(|| ticket.peer());
         drop(ticket);
         let permit = Permit::try_new(self, &hello.random)?;
         // The peer from `accept` waited in the ticket, not in this future: every byte held
         // across the connection's awaits is paid by every idle connection.
-        let Some(client_addr) = client_addr.or_else(|| client.peer_addr().ok()) else {
+        let peer = || client.peer_addr().ok().map(sockets::canonical);
+        let Some(client_addr) = client_addr.or_else(peer) else {
             return Err(Reject::ClientClosed);
         };
         record_on_conn_span("client", tracing::field::display(client_addr));

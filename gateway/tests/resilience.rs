@@ -265,7 +265,7 @@ async fn bad_file_at_start_fails_build() {
 async fn port_conflict_fails_loudly() {
     let gw = gateway("").await;
     let mut cfg = test_config(&gw.path);
-    cfg.listen = gw.listen;
+    cfg.listen = gw.listen.into();
     let err = gateway::app::build(cfg)
         .await
         .err()

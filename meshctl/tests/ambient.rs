@@ -132,10 +132,10 @@ async fn join_ambient_announces_each_peer_network_and_unjoin_removes_it() {
             .map(|a| a.as_str().unwrap())
             .collect();
         let joined = args.join(" ");
-        assert!(joined.contains("--listen 0.0.0.0:15443"), "{joined}");
+        assert!(joined.contains("--listen :15443"), "{joined}");
         assert!(
             joined.contains(&format!(
-                "--hbone-listen 0.0.0.0:15008 --ca-address istiod.istio-system.svc:15012 \
+                "--hbone-listen :15008 --ca-address istiod.istio-system.svc:15012 \
                  --ca-root /var/run/secrets/istio/root-cert.pem \
                  --ca-token /var/run/secrets/tokens/istio-token --cluster-id {cluster} \
                  --trust-domain cluster.local"

@@ -508,8 +508,8 @@ async fn label_network_and_gateway_install() {
         .map(|a| a.as_str().unwrap())
         .collect();
     let after = |flag: &str| args[args.iter().position(|a| *a == flag).unwrap() + 1];
-    assert_eq!(after("--status-listen"), "0.0.0.0:15021");
-    assert_eq!(after("--admin"), "0.0.0.0:15020");
+    assert_eq!(after("--status-listen"), ":15021");
+    assert_eq!(after("--admin"), ":15020");
     assert!(ports.iter().all(|(_, p)| *p != 15020), "{ports:?}");
     let pod_meta = &d["spec"]["template"]["metadata"];
     assert_eq!(pod_meta["annotations"]["prometheus.io/port"], "15020");

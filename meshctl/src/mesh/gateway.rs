@@ -122,7 +122,7 @@ fn listeners(
         json!({"name": "status-port", "port": STATUS_PORT, "targetPort": STATUS_PORT, "protocol": "TCP"}),
     ];
     if p.classic() {
-        args.extend([json!("--listen"), json!(format!("0.0.0.0:{TLS_PORT}"))]);
+        args.extend([json!("--listen"), json!(format!(":{TLS_PORT}"))]);
         container_ports.push(json!({"name": "tls", "containerPort": TLS_PORT, "protocol": "TCP"}));
         service_ports.push(
             json!({"name": "tls", "port": TLS_PORT, "targetPort": TLS_PORT, "protocol": "TCP"}),
@@ -133,19 +133,16 @@ fn listeners(
     // is the pod's alone, for Prometheus and `kubectl port-forward`.
     args.extend([
         json!("--status-listen"),
-        json!(format!("0.0.0.0:{STATUS_PORT}")),
+        json!(format!(":{STATUS_PORT}")),
         json!("--admin"),
-        json!(format!("0.0.0.0:{ADMIN_PORT}")),
+        json!(format!(":{ADMIN_PORT}")),
     ]);
     container_ports.extend([
         json!({"name": "status-port", "containerPort": STATUS_PORT, "protocol": "TCP"}),
         json!({"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}),
     ]);
     if p.hbone() {
-        args.extend([
-            json!("--hbone-listen"),
-            json!(format!("0.0.0.0:{HBONE_PORT}")),
-        ]);
+        args.extend([json!("--hbone-listen"), json!(format!(":{HBONE_PORT}"))]);
         match f.hbone_certs {
             HboneCerts::Istiod => args.extend([
                 json!("--ca-address"),

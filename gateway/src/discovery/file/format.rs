@@ -218,6 +218,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                     e.address
                 ))
             })?;
+            // `::ffff:a.b.c.d` is the IPv4 endpoint a.b.c.d, dialed and counted as one.
+            let address = address.to_canonical();
             if let Some(what) = not_a_host(address) {
                 return Err(invalid(format!(
                     "{at}: endpoints[{j}]: address {address} is {what}, not an endpoint's address"
@@ -362,6 +364,10 @@ services:
             (
                 "services: [{host: a.local, ports: [{port: 80}], endpoints: [{address: '::'}]}]",
                 "is unspecified",
+            ),
+            (
+                "services: [{host: a.local, ports: [{port: 80}], endpoints: [{address: 10.0.0.1}, {address: '::ffff:10.0.0.1'}]}]",
+                "endpoints[1]: address 10.0.0.1 listed twice",
             ),
             (
                 "services: [{host: a.local, ports: [{port: 80}]}, {host: a.local, ports: [{port: 81}]}]",

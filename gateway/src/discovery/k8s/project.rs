@@ -22,11 +22,20 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// `(namespace, name)` of an object.
 pub type ObjKey = (Box<str>, Box<str>);
 
-/// What a Service contributes: its TCP ports (name, port) and the labels that decide whether
-/// its ambient endpoints are exposed over HBONE (see `ambient`).
+/// An address family, as a Service's `spec.ipFamilies` and a slice's `addressType` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+/// What a Service contributes: its TCP ports (name, port), its primary address family and
+/// the labels that decide whether its ambient endpoints are exposed over HBONE (see `ambient`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SvcInfo {
     pub ports: Vec<(Option<Box<str>>, u16)>,
+    /// `spec.ipFamilies[0]`: a dual-stack pod is dialed at its address of this family.
+    pub family: IpFamily,
     pub scope: ServiceScope,
 }
 
@@ -34,6 +43,7 @@ pub struct SvcInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SliceInfo {
     pub service: Box<str>,
+    pub family: IpFamily,
     /// (port name, endpoint port) of TCP ports.
     pub ports: Vec<(Option<Box<str>>, u16)>,
     pub endpoints: Vec<SliceEndpoint>,
@@ -89,8 +99,17 @@ pub fn project_service(svc: &Service) -> Option<SvcInfo> {
         .filter(|p| is_tcp(&p.protocol))
         .filter_map(|p| Some((nonempty(&p.name), port_u16(p.port)?)))
         .collect();
+    // Set by the API server on every Service since Kubernetes 1.20; unset, IPv4 (its default).
+    let family = match spec.ip_families.iter().flatten().next().map(String::as_str) {
+        Some("IPv6") => IpFamily::V6,
+        _ => IpFamily::V4,
+    };
     let scope = ServiceScope::of(svc.metadata.labels.as_ref());
-    Some(SvcInfo { ports, scope })
+    Some(SvcInfo {
+        ports,
+        family,
+        scope,
+    })
 }
 
 /// An EndpointSlice's TCP ports and IP endpoints. Not ready (`ready: false`) and terminating
@@ -103,9 +122,11 @@ pub fn project_slice(slice: &EndpointSlice) -> Option<SliceInfo> {
         .as_ref()?
         .get(SERVICE_NAME_LABEL)
         .filter(|s| !s.is_empty())?;
-    if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
-        return None;
-    }
+    let family = match slice.address_type.as_str() {
+        "IPv4" => IpFamily::V4,
+        "IPv6" => IpFamily::V6,
+        _ => return None,
+    };
     let ns = slice.metadata.namespace.as_deref().unwrap_or("");
     let ports = slice
         .ports
@@ -139,6 +160,7 @@ pub fn project_slice(slice: &EndpointSlice) -> Option<SliceInfo> {
         .collect();
     Some(SliceInfo {
         service: service.as_str().into(),
+        family,
         ports,
         endpoints,
     })
@@ -300,6 +322,10 @@ pub(super) mod tests {
         ])))
         .unwrap();
         assert_eq!(s.ports, vec![(Some("http".into()), 80), (None, 8080)]);
+        assert_eq!(s.family, IpFamily::V4, "no ipFamilies: IPv4");
+        let mut dual = svc(json!([{"port": 80}]));
+        dual.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into(), "IPv4".into()]);
+        assert_eq!(project_service(&dual).unwrap().family, IpFamily::V6);
 
         let sl = project_slice(&slice(
             "catalog",
@@ -319,6 +345,15 @@ pub(super) mod tests {
         let ready: Vec<bool> = sl.endpoints.iter().map(|e| e.ready).collect();
         assert_eq!(ready, vec![true, false, false, true]);
         assert_eq!(sl.endpoints[0].pod.as_deref(), Some("p1"));
+        assert_eq!(sl.family, IpFamily::V4);
+        let mut v6 = slice("catalog", json!([]), json!([{"addresses": ["fd00::1"]}]));
+        v6.address_type = "IPv6".into();
+        let v6 = project_slice(&v6).unwrap();
+        assert_eq!(v6.family, IpFamily::V6);
+        assert_eq!(
+            v6.endpoints[0].address,
+            "fd00::1".parse::<IpAddr>().unwrap()
+        );
 
         let mut no_label = slice("catalog", json!([]), json!([]));
         no_label.metadata.labels = None;

@@ -1,6 +1,6 @@
 //! The route-spec builder: the projected model turned into [`ServiceSpec`]s on demand.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -78,7 +78,9 @@ impl Model {
     ///
     /// An endpoint serves a Service port when its slice has a port with the same name
     /// (both empty for an unnamed port). An address listed in several slices of one
-    /// Service counts once, ready if any listing is ready. Pod labels are attached only
+    /// Service counts once, ready if any listing is ready. A dual-stack Service has a slice
+    /// per family listing the same pods: a pod is one endpoint, at its address of the
+    /// Service's primary family, or of the other when it has only that one. Pod labels are attached only
     /// for the label keys the Service's subsets select on; endpoints with equal labels
     /// share one map, so the table holds a few maps rather than one per endpoint.
     pub fn specs(&self, domain: &str) -> Vec<ServiceSpec> {
@@ -120,23 +122,42 @@ impl Model {
                 k
             };
             let mut eps: BTreeMap<IpAddr, EndpointSpec> = BTreeMap::new();
-            for slice in slices_by_svc
+            let svc_slices: Vec<(&SliceInfo, BTreeMap<u16, u16>)> = slices_by_svc
                 .get(&(ns.as_ref(), svc_name.as_ref()))
                 .into_iter()
                 .flatten()
-            {
-                let port_map: BTreeMap<u16, u16> = svc
-                    .ports
-                    .iter()
-                    .filter_map(|(pname, port)| {
-                        let target = slice.ports.iter().find(|(n, _)| n == pname)?.1;
-                        Some((*port, target))
-                    })
-                    .collect();
-                if port_map.is_empty() {
-                    continue;
-                }
+                .filter_map(|&slice| {
+                    let port_map: BTreeMap<u16, u16> = svc
+                        .ports
+                        .iter()
+                        .filter_map(|(pname, port)| {
+                            let target = slice.ports.iter().find(|(n, _)| n == pname)?.1;
+                            Some((*port, target))
+                        })
+                        .collect();
+                    (!port_map.is_empty()).then_some((slice, port_map))
+                })
+                .collect();
+            // Pods listed in the primary family, whose other-family listing is skipped (as
+            // istiod keeps one endpoint per dual-stack pod). Built only for a dual-stack
+            // Service; endpoints without a Pod cannot be paired and stay as listed.
+            let in_primary: HashSet<&str> =
+                if svc_slices.iter().any(|(s, _)| s.family != svc.family) {
+                    svc_slices
+                        .iter()
+                        .filter(|(s, _)| s.family == svc.family)
+                        .flat_map(|(s, _)| s.endpoints.iter().filter_map(|e| e.pod.as_deref()))
+                        .collect()
+                } else {
+                    HashSet::new()
+                };
+            for (slice, port_map) in &svc_slices {
                 for e in &slice.endpoints {
+                    if slice.family != svc.family
+                        && e.pod.as_deref().is_some_and(|p| in_primary.contains(p))
+                    {
+                        continue;
+                    }
                     let pod = e
                         .pod
                         .as_ref()
@@ -212,7 +233,7 @@ fn namespace_key(name: &str) -> ObjKey {
 mod tests {
     use super::super::project::tests::{slice, svc};
     use super::super::project::{
-        Interner, project_namespace, project_pod, project_service, project_slice,
+        Interner, IpFamily, project_namespace, project_pod, project_service, project_slice,
     };
     use super::*;
     use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -431,6 +452,48 @@ mod tests {
         assert!(
             e1.labels.is_empty(),
             "labels still only when subsets need them"
+        );
+    }
+
+    /// Dual-stack: the IPv6 slice lists p1 again; p3 has only an IPv6 address, and fd00::9
+    /// no Pod to pair it with.
+    #[test]
+    fn a_dual_stack_pod_is_one_endpoint_of_the_primary_family() {
+        let mut m = model_with(false);
+        m.slices.streams[0].items.remove(&k("shop", "catalog-def"));
+        let mut v6 = slice(
+            "catalog",
+            json!([{"name": "http", "port": 3000}]),
+            json!([
+                {"addresses": ["fd00::1"], "targetRef": {"kind": "Pod", "name": "p1"}},
+                {"addresses": ["fd00::3"], "targetRef": {"kind": "Pod", "name": "p3"}},
+                {"addresses": ["fd00::9"]}
+            ]),
+        );
+        v6.address_type = "IPv6".into();
+        let v6 = project_slice(&v6).unwrap();
+        m.slices.streams[0]
+            .items
+            .insert(k("shop", "catalog-v6"), v6);
+        let addresses = |m: &Model| -> Vec<String> {
+            let specs = m.specs("cluster.local");
+            specs[0]
+                .endpoints
+                .iter()
+                .map(|e| e.address.to_string())
+                .collect()
+        };
+        assert_eq!(
+            addresses(&m),
+            ["10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::3", "fd00::9"],
+            "IPv4 first (the Service's ipFamilies[0])"
+        );
+        let catalog = m.services.streams[0].items.get_mut(&k("shop", "catalog"));
+        catalog.unwrap().family = IpFamily::V6;
+        assert_eq!(
+            addresses(&m),
+            ["10.0.0.2", "10.0.0.3", "fd00::1", "fd00::3", "fd00::9"],
+            "IPv6 first"
         );
     }
 

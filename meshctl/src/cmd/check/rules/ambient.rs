@@ -340,7 +340,7 @@ mod tests {
         deployment(
             json!({"metadata": {"name": GATEWAY_NAME, "namespace": "istio-system"},
             "spec": {"selector": {}, "template": {"spec": {"serviceAccountName": sa, "containers": [{"name": "gateway",
-                "args": ["--hbone-listen", "0.0.0.0:15008", "--trust-domain", td]}]}}}}),
+                "args": ["--hbone-listen", ":15008", "--trust-domain", td]}]}}}}),
         )
     }
 
@@ -455,7 +455,7 @@ mod tests {
         let d = deployment(
             json!({"metadata": {"name": GATEWAY_NAME, "namespace": "istio-system"},
             "spec": {"selector": {}, "template": {"spec": {"serviceAccountName": GATEWAY_NAME, "containers": [{"name": "gateway",
-                "args": ["--hbone-listen", "0.0.0.0:15008", "--ca-root", "/var/run/secrets/istio/root-cert.pem"]}]}}}}),
+                "args": ["--hbone-listen", ":15008", "--ca-root", "/var/run/secrets/istio/root-cert.pem"]}]}}}}),
         );
         let f = AmbientFacts {
             istiods: vec![istiod(Some("true"))],
