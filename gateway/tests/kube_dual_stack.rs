@@ -1,7 +1,7 @@
-//! Dual-stack Services from the Kubernetes API TEST SERVER: Kubernetes makes one
-//! EndpointSlice per family listing the same pods, and each pod must be one endpoint. The test
-//! server gives every Service `ipFamilies: [IPv4]`, so IPv4 is the primary family here
-//! (IPv6 first is a unit test in `discovery/k8s/specs.rs`); `::1` is the IPv6 loopback.
+//! Dual-stack Services from the Kubernetes API TEST SERVER, run as a dual-stack cluster
+//! (IPv4 primary): Kubernetes makes one EndpointSlice per family listing the same pods, and
+//! each pod must be one endpoint, at the address of its Service's primary family
+//! (`ipFamilies[0]`, IPv4 unless the Service asks for IPv6 first); `::1` is the IPv6 loopback.
 
 mod common;
 
@@ -18,6 +18,7 @@ use testkit::wait::eventually;
 
 const NS: &str = testkit::mesh::NAMESPACE;
 const REVIEWS: &str = "reviews.istioinaction.svc.cluster.local";
+const RATINGS: &str = "ratings.istioinaction.svc.cluster.local";
 const WAIT: Duration = Duration::from_secs(10);
 const V6_LOOPBACK: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 
@@ -42,6 +43,7 @@ async fn a_dual_stack_pod_is_one_endpoint_and_ipv6_endpoints_are_dialed() {
     let mut opts = Options::new("east");
     // The backends listen on loopback; a real API server would refuse these slices.
     opts.store.allow_loopback_endpoint_addresses = true;
+    opts.store.ip_families = &["IPv4", "IPv6"];
     let api = TestApiServer::start_with(opts).await.unwrap();
     let st = api.store();
     st.create(namespace_json(NS)).unwrap();
@@ -83,6 +85,18 @@ async fn a_dual_stack_pod_is_one_endpoint_and_ipv6_endpoints_are_dialed() {
     ))
     .unwrap();
 
+    // ratings: IPv6 first; pod q1 has both addresses.
+    let mut ratings = k8s::service(NS, "ratings", &http);
+    ratings["spec"]["ipFamilies"] = serde_json::json!(["IPv6", "IPv4"]);
+    let ratings = st.create(ratings).unwrap();
+    assert_eq!(ratings["spec"]["ipFamilyPolicy"], "RequireDualStack");
+    for (name, addr, port) in [
+        ("ratings-v4", v4.addr.ip(), v4.addr.port()),
+        ("ratings-v6", V6_LOOPBACK, v6.addr.port()),
+    ] {
+        st.create(slice(name, "ratings", port, addr, "q1")).unwrap();
+    }
+
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig("east")).unwrap();
@@ -99,7 +113,11 @@ async fn a_dual_stack_pod_is_one_endpoint_and_ipv6_endpoints_are_dialed() {
         let routes = routes.clone();
         async move {
             let t = routes.load();
-            t.is_some_and(|t| t.lookup(CATALOG, 80).is_some() && t.lookup(REVIEWS, 80).is_some())
+            t.is_some_and(|t| {
+                [CATALOG, REVIEWS, RATINGS]
+                    .iter()
+                    .all(|h| t.lookup(h, 80).is_some())
+            })
         }
     })
     .await;
@@ -121,12 +139,18 @@ async fn a_dual_stack_pod_is_one_endpoint_and_ipv6_endpoints_are_dialed() {
         [v6.addr.to_string()],
         "r1 at its only address"
     );
+    assert_eq!(
+        eps(RATINGS),
+        [v6.addr.to_string()],
+        "q1 once, at its IPv6 address"
+    );
     let (_, m) = http_get(gw.admin_addr, "/metrics").await;
-    assert_eq!(metric(&m, "gateway_discovery_route_table_endpoints"), 2.0);
+    assert_eq!(metric(&m, "gateway_discovery_route_table_endpoints"), 3.0);
 
     for _ in 0..6 {
         assert_eq!(served_by(gw.listen_addr, &sni(80, "", CATALOG)).await, "v4");
     }
     assert_eq!(served_by(gw.listen_addr, &sni(80, "", REVIEWS)).await, "v6");
-    assert_eq!((v4.accepted(), v6.accepted()), (6, 1));
+    assert_eq!(served_by(gw.listen_addr, &sni(80, "", RATINGS)).await, "v6");
+    assert_eq!((v4.accepted(), v6.accepted()), (6, 2));
 }

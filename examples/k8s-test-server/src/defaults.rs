@@ -4,6 +4,7 @@
 //! (`validation.rs`).
 
 use crate::error::ApiError;
+use crate::ip_families;
 use crate::resources::{self, ResourceType};
 use crate::store::{State, Store, meta_mut, meta_str};
 use crate::util;
@@ -58,7 +59,7 @@ pub(crate) fn default_object(
         ("", "pods") if old.is_none() && obj.get("status").is_none() => {
             obj["status"] = json!({"phase": "Pending"});
         }
-        ("", "services") => default_service(st, obj, old),
+        ("", "services") => default_service(st, obj, old, store.config().ip_families, &name)?,
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
             let Some(crt) = resources::from_crd(obj) else {
                 return Err(ApiError::invalid(
@@ -95,7 +96,13 @@ pub(crate) fn default_object(
     Ok(())
 }
 
-fn default_service(st: &mut State, obj: &mut Value, old: Option<&Value>) {
+fn default_service(
+    st: &mut State,
+    obj: &mut Value,
+    old: Option<&Value>,
+    families: &[&str],
+    name: &str,
+) -> Result<(), ApiError> {
     if !obj.get("spec").is_some_and(Value::is_object) {
         obj["spec"] = json!({});
     }
@@ -108,27 +115,7 @@ fn default_service(st: &mut State, obj: &mut Value, old: Option<&Value>) {
         spec["sessionAffinity"] = json!("None");
     }
     if ty != "ExternalName" {
-        if spec
-            .get("clusterIP")
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-        {
-            let ip = old
-                .and_then(|o| o.pointer("/spec/clusterIP"))
-                .cloned()
-                .unwrap_or_else(|| {
-                    st.next_ip += 1;
-                    json!(format!(
-                        "10.96.{}.{}",
-                        (st.next_ip >> 8) & 255,
-                        st.next_ip & 255
-                    ))
-                });
-            spec["clusterIP"] = ip;
-        }
-        spec["clusterIPs"] = json!([spec["clusterIP"].clone()]);
-        spec["ipFamilies"] = json!(["IPv4"]);
-        spec["ipFamilyPolicy"] = json!("SingleStack");
+        ip_families::default_families(families, spec, old, name, &mut st.next_ip)?;
         spec["internalTrafficPolicy"] = spec
             .get("internalTrafficPolicy")
             .cloned()
@@ -171,4 +158,5 @@ fn default_service(st: &mut State, obj: &mut Value, old: Option<&Value>) {
     if ty == "LoadBalancer" && old.is_none() && obj.get("status").is_none() {
         obj["status"] = json!({"loadBalancer": {}});
     }
+    Ok(())
 }

@@ -30,6 +30,7 @@ mod faults;
 mod field_errors;
 mod handlers;
 mod http;
+mod ip_families;
 mod kubeconfig;
 mod list_options;
 mod meta_validation;

@@ -78,6 +78,10 @@ pub struct StoreConfig {
     /// Accept loopback addresses (127.0.0.0/8, ::1) in EndpointSlices and Endpoints. A real
     /// API server refuses them; only tests whose backends listen on loopback set this.
     pub allow_loopback_endpoint_addresses: bool,
+    /// The cluster's IP families, primary first: `["IPv4"]` (single-stack, kind's default),
+    /// `["IPv6"]`, or both for a dual-stack cluster. Services are defaulted and checked
+    /// against them (`ip_families.rs`).
+    pub ip_families: &'static [&'static str],
 }
 
 impl Default for StoreConfig {
@@ -88,6 +92,7 @@ impl Default for StoreConfig {
             min_token_expiration_seconds: 600,
             max_token_expiration_seconds: None,
             allow_loopback_endpoint_addresses: false,
+            ip_families: &["IPv4"],
         }
     }
 }
