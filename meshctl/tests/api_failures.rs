@@ -4,10 +4,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
-use common::{MESHCTL, Mesh, mesh, text};
+use common::runs::meshctl_within;
+use common::{Mesh, mesh, text};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_test_server::{Fault, FaultRule, TestApiServer};
@@ -54,21 +55,6 @@ async fn use_ops_users(m: &Mesh) {
         "users": users,
     });
     std::fs::write(&m.kubeconfig, serde_yaml::to_string(&doc).unwrap()).unwrap();
-}
-
-/// Runs meshctl, killed after `limit` (a hang fails the test instead of stalling it).
-async fn meshctl_within(limit: Duration, args: &[&str]) -> (std::process::Output, Duration) {
-    let started = Instant::now();
-    let child = tokio::process::Command::new(MESHCTL)
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(limit, child)
-        .await
-        .unwrap_or_else(|_| panic!("meshctl {args:?} still running after {limit:?}"))
-        .expect("run meshctl");
-    (out, started.elapsed())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,53 +6,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
+use common::runs::*;
 use common::*;
-use k8s_test_server::{Fault, FaultRule, TestApiServer};
+use k8s_test_server::{Fault, TestApiServer};
 use serde_json::{Value, json};
-
-/// Runs meshctl, killed after 60 s (a hang fails the test); (exit code, time taken, output).
-async fn run(args: &[&str]) -> (Option<i32>, Duration, String) {
-    let started = Instant::now();
-    let child = tokio::process::Command::new(MESHCTL)
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), child)
-        .await
-        .unwrap_or_else(|_| panic!("meshctl {args:?} still running after 60 s"))
-        .expect("run meshctl");
-    (out.status.code(), started.elapsed(), text(&out))
-}
-
-/// Runs meshctl, which must fail with exit code 1 in under 30 s; returns its output.
-async fn interrupted(args: &[&str]) -> String {
-    let (code, took, all) = run(args).await;
-    assert_eq!(code, Some(1), "meshctl {args:?}:\n{all}");
-    assert!(took < Duration::from_secs(30), "bounded: {took:?}\n{all}");
-    all
-}
-
-async fn succeeds(args: &[&str]) -> String {
-    let (code, _, all) = run(args).await;
-    assert_eq!(code, Some(0), "meshctl {args:?}:\n{all}");
-    all
-}
-
-/// Every `want` is in `all`.
-fn says(all: &str, want: &[&str]) {
-    for w in want {
-        assert!(all.contains(w), "missing {w:?} in:\n{all}");
-    }
-}
-
-/// `verb` on `resource` answers `fault` until cleared.
-fn outage(s: &TestApiServer, fault: Fault, verb: &str, resource: &str) {
-    s.faults()
-        .inject(FaultRule::new(fault).verb(verb).resource(resource));
-}
 
 /// The objects meshctl manages, without what the server assigns (versions, times, IPs).
 fn managed(s: &TestApiServer) -> Vec<Value> {

@@ -13,6 +13,8 @@ pub use testkit::kube_client::client_from_yaml;
 
 pub const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
 
+pub mod runs;
+
 pub fn init() {
     testkit::kube_client::install_crypto_provider();
 }
