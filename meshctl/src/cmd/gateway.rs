@@ -3,14 +3,13 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use clap::{Args, Subcommand};
-use serde_json::Value;
 
 use crate::cli::{GatewayFlags, KubeArgs, MutateArgs, NamespaceArg, OutputArg};
 use crate::istio::GATEWAY_NAME;
-use crate::kube::{self as kc, Cluster, KubeconfigFile};
-use crate::mesh::gateway::{DEFAULT_CLUSTER_ID, gateway_crd_served, install, objects};
+use crate::kube::{self as kc, KubeconfigFile};
+use crate::mesh::gateway::{DEFAULT_CLUSTER_ID, install, objects};
 
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
@@ -89,10 +88,7 @@ pub fn run(a: GatewayArgs) -> Result<ExitCode> {
             let dry_run = i.mutate.dry_run;
             kc::block_on(async {
                 let c = file.connect(&ctx).await?;
-                if dry_run {
-                    return install(&c, ns, &objs, true).await;
-                }
-                apply_objects(&c, ns, &objs).await
+                install(&c, ns, &objs, dry_run).await
             })?;
             if dry_run {
                 print!("{}", kc::render_plan(&[(ctx, objs)], i.mutate.output())?);
@@ -105,34 +101,4 @@ pub fn run(a: GatewayArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// `install`, one object at a time, so that a failure part-way says which objects are in
-/// place and which are not (the Istio Gateway CRD is checked first, as `install` does).
-async fn apply_objects(c: &Cluster, ns: &str, objs: &[Value]) -> Result<()> {
-    if objs.iter().any(|o| o["kind"] == "Gateway") && !gateway_crd_served(c).await? {
-        // `install` refuses this, with its message, before any change.
-        return install(c, ns, objs, false).await;
-    }
-    kc::ensure_namespace(c, ns).await?;
-    for (n, o) in objs.iter().enumerate() {
-        if let Err(e) = kc::apply(c, o).await {
-            let names = |os: &[Value]| os.iter().map(kc::describe).collect::<Vec<_>>().join(", ");
-            return Err(anyhow!(
-                "{e:#}\ninterrupted: applied {n} of {} gateway objects in context {:?} ({}); not \
-                 applied: {}. Until they are, the gateway may be incomplete or a mix of old and \
-                 new objects; re-run the same command to resume (server-side apply: objects \
-                 already in place stay as they are)",
-                objs.len(),
-                c.context,
-                if n == 0 {
-                    "none".to_string()
-                } else {
-                    names(&objs[..n])
-                },
-                names(&objs[n..]),
-            ));
-        }
-    }
-    Ok(())
 }

@@ -56,9 +56,29 @@ pub async fn install(c: &Cluster, ns: &str, objs: &[Value], dry_run: bool) -> Re
             c.context
         );
     }
-    if !dry_run {
-        kc::ensure_namespace(c, ns).await?;
-        kc::apply_all(c, objs).await?;
+    if dry_run {
+        return Ok(());
+    }
+    kc::ensure_namespace(c, ns).await?;
+    // One object at a time, so that a failure part-way says which are in place.
+    for (n, o) in objs.iter().enumerate() {
+        if let Err(e) = kc::apply(c, o).await {
+            let names = |os: &[Value]| os.iter().map(kc::describe).collect::<Vec<_>>().join(", ");
+            bail!(
+                "{e:#}\ninterrupted: applied {n} of {} gateway objects in context {:?} ({}); not \
+                 applied: {}. Until they are, the gateway may be incomplete or a mix of old and \
+                 new objects; re-run the same command to resume (server-side apply: objects \
+                 already in place stay as they are)",
+                objs.len(),
+                c.context,
+                if n == 0 {
+                    "none".to_string()
+                } else {
+                    names(&objs[..n])
+                },
+                names(&objs[n..]),
+            );
+        }
     }
     Ok(())
 }
