@@ -100,7 +100,6 @@ impl Hbone {
         m.connections_active.inc();
         place.ready();
         let watch = Arc::new(ResetWatch::default());
-        let mut streams = 0u64;
         let mut goaway = false;
         let mut calmed = false;
         // Set once GOAWAY is sent: a peer that never reads it (nor closes) must not hold
@@ -118,7 +117,7 @@ impl Hbone {
                     goaway = true;
                 }
                 _ = watch.calm.notified(), if !calmed => {
-                    warn!(streams, premature = watch.premature(), "HBONE client reset most of its streams before using them: GOAWAY ENHANCE_YOUR_CALM");
+                    warn!(streams = watch.streams(), premature = watch.premature(), "HBONE client reset most of its streams before using them: GOAWAY ENHANCE_YOUR_CALM");
                     m.refuse(Refusal::EnhanceYourCalm);
                     conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
                     (goaway, calmed) = (true, true);
@@ -159,8 +158,7 @@ impl Hbone {
                             respond.send_reset(h2::Reason::REFUSED_STREAM);
                             continue;
                         };
-                        streams += 1;
-                        watch.streams.fetch_add(1, Ordering::Relaxed);
+                        watch.accepted();
                         last_active = Instant::now();
                         let this = self.clone();
                         let client_id = client_id.clone();
@@ -195,6 +193,7 @@ impl Hbone {
         }
         // The place is free before the gauge says so.
         drop(place);
+        let streams = watch.streams();
         m.streams_per_connection.observe(streams as f64);
         m.connections_active.dec();
         info!(target: "access", client_id = &*client_id, client = %peer, streams, "HBONE connection closed");
@@ -243,6 +242,14 @@ impl ResetWatch {
         if p >= PREMATURE_RESETS_MIN && p * 2 > self.streams.load(Ordering::Relaxed) {
             self.calm.notify_one();
         }
+    }
+
+    fn accepted(&self) {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn streams(&self) -> u64 {
+        self.streams.load(Ordering::Relaxed)
     }
 
     fn premature(&self) -> u64 {
