@@ -209,6 +209,7 @@ pub struct RouteMetrics {
     pub routes: Gauge,
     pub endpoints: Gauge,
     pub left_out: Gauge,
+    pub too_long: Gauge,
     pub generation: Gauge,
     pub reloads: Counter,
     pub reload_errors: Counter,
@@ -236,6 +237,12 @@ impl RouteMetrics {
             "Endpoints at a passthrough port (15443 or the gateway's own), never dialed: a \
              client could make the gateways connect to each other without end",
             m.left_out.clone(),
+        );
+        r.register(
+            "route_table_sni_names_too_long",
+            "SNI names of routes and subsets longer than any TLS client sends (255 bytes): \
+             unreachable through 15443, reachable over HBONE",
+            m.too_long.clone(),
         );
         r.register(
             "route_table_generation",

@@ -21,7 +21,7 @@ use arc_swap::ArcSwapOption;
 
 use crate::endpoint::EndpointState;
 use crate::metrics::{ConnMetrics, ProxyMetrics};
-use crate::sni_name::{PASSTHROUGH_PORT, SniName};
+use crate::sni_name::{MAX_SNI_LEN, PASSTHROUGH_PORT, SniName};
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -153,6 +153,8 @@ pub struct RouteTable {
     /// Classic endpoints not in the table because they are at a passthrough port, in
     /// publish order.
     pub left_out: Vec<LeftOut>,
+    /// Classic SNI names no TLS client can send, sorted: the route stays (HBONE reaches it).
+    pub too_long: Vec<TooLong>,
     /// Host, then port: nested so a lookup by `&str` needs no allocation.
     routes: Map<String, Map<u16, Route>>,
     /// The same keys, for HBONE: only endpoints with an HBONE port, each addressed
@@ -203,6 +205,42 @@ pub struct LeftOut {
     pub host: String,
     pub port: u16,
     pub endpoint: SocketAddr,
+}
+
+/// A classic route's SNI name over [`MAX_SNI_LEN`]: `subset` is `""` when even the
+/// subset-less name is too long (then every subset's is too).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TooLong {
+    pub host: String,
+    pub port: u16,
+    pub subset: String,
+    /// The name's length in bytes.
+    pub len: usize,
+}
+
+/// The SNI names of `routes` that are too long to send, sorted by host, port and subset.
+fn too_long(routes: &Map<String, Map<u16, Route>>) -> Vec<TooLong> {
+    let mut found = Vec::new();
+    for route in routes.values().flat_map(HashMap::values) {
+        let name = |subset: &str| TooLong {
+            host: route.host.clone(),
+            port: route.port,
+            subset: subset.to_owned(),
+            len: SniName::len_of(route.port, subset, &route.host),
+        };
+        let whole = name("");
+        if whole.len > MAX_SNI_LEN {
+            found.push(whole);
+            continue;
+        }
+        for subset in route.subsets.keys() {
+            if SniName::len_of(route.port, subset, &route.host) > MAX_SNI_LEN {
+                found.push(name(subset));
+            }
+        }
+    }
+    found.sort_unstable();
+    found
 }
 
 /// The published table plus the registry that keeps endpoint state across publishes.
@@ -294,6 +332,7 @@ impl Routes {
         let table = Arc::new(RouteTable {
             generation,
             left_out,
+            too_long: too_long(&routes),
             routes,
             hbone,
         });
@@ -511,6 +550,22 @@ mod tests {
 
     /// Endpoints at 15443 are left out of the classic table (and listed); a route left with
     /// none is no route; the HBONE side, other ports and other endpoints stay.
+    #[test]
+    fn names_too_long_to_send_are_listed() {
+        // "outbound_.80_._." is 16 bytes: a 239-byte host fits only without a subset.
+        let (fits, subset_over, over) = ("a".repeat(200), "b".repeat(239), "c".repeat(240));
+        let ep: &[Ep] = &[("10.0.0.1", true, &[])];
+        let t = Routes::new().publish(&[spec(&fits, ep), spec(&subset_over, ep), spec(&over, ep)]);
+        let listed: Vec<_> = t
+            .too_long
+            .iter()
+            .map(|l| (l.host.len(), l.subset.as_str(), l.len))
+            .collect();
+        assert_eq!(listed, [(239, "v1", 257), (240, "", 256)]);
+        // Listed, not dropped: the route is there for HBONE and a client that can send it.
+        assert!(t.lookup(&over, 80).is_some());
+    }
+
     #[test]
     fn passthrough_ports_are_never_dialed() {
         let mut gw = spec(

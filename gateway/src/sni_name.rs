@@ -17,6 +17,11 @@ const OUTBOUND: &str = "outbound";
 /// `istio-eastwestgateway`, 15443), the port this gateway listens on by default.
 pub const PASSTHROUGH_PORT: u16 = 15443;
 
+/// The longest `server_name` a TLS client sends: openssl and BoringSSL (Envoy's, so every
+/// sidecar's) refuse a longer one (`TLSEXT_MAXLEN_host_name`), and gnutls too. A route whose
+/// SNI name is longer is valid but unreachable through 15443 (HBONE names it differently).
+pub const MAX_SNI_LEN: usize = 255;
+
 /// ALPN values of Istio's AUTO_PASSTHROUGH filter chains (`allIstioMtlsALPNs`).
 pub const ISTIO_ALPNS: [&[u8]; 5] = [
     b"istio",
@@ -134,6 +139,12 @@ impl SniName {
             subset: subset.into(),
             host: host.into(),
         }
+    }
+
+    /// The length of the name [`Display`](fmt::Display) writes, without writing it.
+    pub fn len_of(port: u16, subset: &str, host: &str) -> usize {
+        let digits = port.checked_ilog10().unwrap_or(0) as usize + 1;
+        OUTBOUND.len() + SEP.len() + digits + SEP.len() + subset.len() + SEP.len() + host.len()
     }
 }
 
@@ -328,6 +339,23 @@ mod tests {
             port,
             subset: subset.into(),
             host: host.into(),
+        }
+    }
+
+    #[test]
+    fn len_of_is_the_written_length() {
+        for (port, subset, host) in [
+            (0, "", "a"),
+            (9, "v1", "a.b"),
+            (10, "", "x"),
+            (65535, "blue-green", "c.d.svc"),
+        ] {
+            let written = SniName::new(port, subset, host).to_string();
+            assert_eq!(
+                SniName::len_of(port, subset, host),
+                written.len(),
+                "{written}"
+            );
         }
     }
 

@@ -237,6 +237,41 @@ async fn openssl_and_gnutls_hellos_at_the_limits_are_routed() {
 
 /// Resumption: the second hello carries a session ticket (TLS 1.3 PSK, TLS 1.2 ticket)
 /// and is routed like the first; openssl reports the session reused end to end.
+/// A host one byte longer than the longest sendable is valid, but its SNI name is one no
+/// client sends (openssl refuses it before connecting): the gateway keeps the route (HBONE
+/// names hosts without the SNI layout) and says which names are unreachable on 15443.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_whose_names_no_client_sends_are_reported() {
+    let longest = long_host(LONGEST_SENDABLE_HOST);
+    let over = long_host(LONGEST_SENDABLE_HOST + 1);
+    let s = stacks(&[longest.clone(), over.clone()]).await;
+    let out = tls_client(
+        "openssl",
+        &openssl_args(s.gw.listen, &sni(80, "", &over), &[]),
+    )
+    .await;
+    assert!(
+        out.contains("Unable to set TLS servername extension"),
+        "{out}"
+    );
+    assert!(!out.contains(ANSWERED), "{out}");
+
+    let (code, body) = http_get(s.gw.admin, "/debug/routes").await;
+    assert_eq!(code, 200, "{body}");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        view["sni_too_long"],
+        serde_json::json!([{"sni": sni(80, "", &over), "bytes": 256}])
+    );
+    // Both routes stay in the table.
+    assert_eq!(view["total_routes"], 2);
+    let (_, metrics) = http_get(s.gw.admin, "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "gateway_discovery_route_table_sni_names_too_long"),
+        1.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumed_sessions_are_routed() {
     let s = stacks(&[CATALOG.into()]).await;

@@ -70,6 +70,20 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
             endpoint: l.endpoint.to_string(),
         })
         .collect();
+    let sni_too_long = table
+        .too_long
+        .iter()
+        .filter(|l| {
+            filter
+                .host
+                .as_ref()
+                .is_none_or(|h| l.host.contains(h.as_str()))
+        })
+        .map(|l| DebugTooLong {
+            sni: SniName::new(l.port, l.subset.as_str(), l.host.as_str()).to_string(),
+            bytes: l.len,
+        })
+        .collect();
     DebugView {
         generation: table.generation,
         total_routes: table.len() + table.hbone_only_routes().count(),
@@ -77,6 +91,7 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
         truncated: routes.len() < matched_routes,
         routes,
         left_out,
+        sni_too_long,
     }
 }
 
@@ -102,6 +117,15 @@ pub struct DebugView {
     /// Endpoints never dialed on 15443 because they are at a passthrough port (matching the
     /// host filter; not limited).
     pub left_out: Vec<DebugLeftOut>,
+    /// SNI names of routes and subsets longer than any TLS client sends (matching the host
+    /// filter; not limited): unreachable through 15443, reachable over HBONE.
+    pub sni_too_long: Vec<DebugTooLong>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DebugTooLong {
+    pub sni: String,
+    pub bytes: usize,
 }
 
 #[derive(Debug, Serialize)]
