@@ -115,3 +115,28 @@ async fn a_persistent_outage_fails_in_bounded_time_naming_what_was_changed() {
     let (out, _) = meshctl_within(Duration::from_secs(60), &m.join_args(&[])).await;
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// Retry notices go to stderr in every output format: a dry run's `-o json` plan on stdout
+/// stays one document a script can parse while the notices are shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_notices_leave_json_output_parseable() {
+    let m = mesh().await;
+    use_ops_users(&m).await;
+    let rule = FaultRule::new(Fault::TooManyRequests { retry_after: 1 })
+        .verb("get")
+        .times(1);
+    m.west.faults().inject(rule);
+    let (out, _) = meshctl_within(
+        Duration::from_secs(60),
+        &m.join_args(&["--dry-run", "-o", "json"]),
+    )
+    .await;
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(m.west.faults().injected(), 1, "{all}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("answered 429 Too Many Requests"), "{all}");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{all}"));
+    assert!(plan.is_object() || plan.is_array(), "{plan}");
+}
