@@ -113,9 +113,19 @@ struct Raw {
 impl Raw {
     /// mTLS, the preface and `first_settings`; with `reading`, a task records every frame.
     async fn connect(addr: SocketAddr, first_settings: &[(u16, u32)], reading: bool) -> Raw {
+        Raw::connect_as(addr, &pki().client, first_settings, reading).await
+    }
+
+    /// As [`Raw::connect`], with the workload certificate `cert`.
+    async fn connect_as(
+        addr: SocketAddr,
+        cert: &pki::WorkloadCert,
+        first_settings: &[(u16, u32)],
+        reading: bool,
+    ) -> Raw {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let name = ServerName::IpAddress(IpAddr::from([127, 0, 0, 1]).into());
-        let cfg = hbone_support::client_tls(Some(&pki().client), &pki().gateway.spiffe_id);
+        let cfg = hbone_support::client_tls(Some(cert), &pki().gateway.spiffe_id);
         let tls = tokio::time::timeout(TIMEOUT, TlsConnector::from(cfg).connect(name, tcp))
             .await
             .unwrap()
@@ -197,14 +207,10 @@ fn authority() -> String {
     format!("{SVC}:80")
 }
 
-/// Rapid reset (CVE-2023-44487), paced so that h2 has accepted each stream before its
-/// RST_STREAM arrives (h2's own pending-accept limit never sees it): CONNECT, then CANCEL a
-/// moment later, hundreds of times. Each reset stream must not become a dial, and the
-/// connection is ended with GOAWAY ENHANCE_YOUR_CALM and counted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paced_rapid_reset_is_cut_off() {
-    let (app, gw) = app_and_gateway([127, 0, 0, 80], |_| {}).await;
-    let mut c = Raw::connect(gw.hbone, &[], true).await;
+/// Paced rapid reset on `c`: CONNECT, then CANCEL it with the next CONNECT a moment later,
+/// until the gateway sends GOAWAY or closes (at most 600 pairs, bounded in time). Returns
+/// the CONNECTs sent.
+async fn paced_rapid_reset(c: &mut Raw) -> u32 {
     let block = connect_block(&authority());
     let start = Instant::now();
     let mut sent = 0u32;
@@ -223,6 +229,19 @@ async fn paced_rapid_reset_is_cut_off() {
         sent += 1;
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    sent
+}
+
+/// Rapid reset (CVE-2023-44487), paced so that h2 has accepted each stream before its
+/// RST_STREAM arrives (h2's own pending-accept limit never sees it): CONNECT, then CANCEL a
+/// moment later, hundreds of times. Each reset stream must not become a dial, and the
+/// connection is ended with GOAWAY ENHANCE_YOUR_CALM and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_rapid_reset_is_cut_off() {
+    let (app, gw) = app_and_gateway([127, 0, 0, 80], |_| {}).await;
+    let mut c = Raw::connect(gw.hbone, &[], true).await;
+    let start = Instant::now();
+    let sent = paced_rapid_reset(&mut c).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let dials = app.accepted();
     eprintln!(
@@ -236,6 +255,76 @@ async fn paced_rapid_reset_is_cut_off() {
     assert!(sent < 200, "{sent} pairs before GOAWAY");
     assert!(dials <= 110, "{dials} dials for {sent} reset streams");
     assert_eq!(gw.refused("enhance_your_calm").await, 1.0);
+}
+
+/// One paced rapid-reset run on a new connection as `cert`: the CONNECTs sent and the dials
+/// they cost at `app`, once the gateway has closed the connection with ENHANCE_YOUR_CALM.
+async fn cut_run(gw: &hbone_support::HboneGw, app: &App, cert: &pki::WorkloadCert) -> (u32, usize) {
+    let before = app.accepted();
+    let mut c = Raw::connect_as(gw.hbone, cert, &[], true).await;
+    let sent = paced_rapid_reset(&mut c).await;
+    c.wait_closed().await;
+    // Dials already under way when the GOAWAY went out still land.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(c.goaway(), Some(ENHANCE_YOUR_CALM), "{sent} pairs sent");
+    (sent, app.accepted() - before)
+}
+
+/// An identity whose connection was cut by the premature-reset rule cools: reconnecting
+/// buys about 10 wasted dials, not another 100, while a different identity (the catalog
+/// workload's certificate) still gets the full threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_after_a_cut_is_cut_sooner() {
+    let (app, gw) = app_and_gateway([127, 0, 0, 90], |_| {}).await;
+    let first = cut_run(&gw, &app, &pki().client).await;
+    let again = cut_run(&gw, &app, &pki().client).await;
+    let other = cut_run(&gw, &app, &pki().destination).await;
+    eprintln!("(pairs, dials): first {first:?}, reconnect {again:?}, other identity {other:?}");
+    assert!(
+        first.0 >= 100,
+        "the first connection had the full threshold: {first:?}"
+    );
+    assert!(
+        again.0 < 50,
+        "the reconnect was cut at the lower threshold: {again:?}"
+    );
+    assert!(again.1 <= 20, "{} dials on the reconnect", again.1);
+    assert!(
+        other.0 >= 100,
+        "another identity keeps the full threshold: {other:?}"
+    );
+    assert_eq!(gw.refused("enhance_your_calm").await, 3.0);
+    assert_eq!(gw.metric("gateway_hbone_cooling_cuts_total").await, 1.0);
+}
+
+/// Connections opened before their identity's first cut (to dodge the rule by opening many
+/// at once) look the identity up again after a cut: each is cut after about 10 pairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_of_a_cut_identity_are_cut_sooner() {
+    let (app, gw) = app_and_gateway([127, 0, 0, 91], |_| {}).await;
+    let mut parallel = Vec::new();
+    for _ in 0..3 {
+        parallel.push(Raw::connect(gw.hbone, &[], true).await);
+    }
+    let first = cut_run(&gw, &app, &pki().client).await;
+    let mut runs = Vec::new();
+    for mut c in parallel {
+        let before = app.accepted();
+        let sent = paced_rapid_reset(&mut c).await;
+        c.wait_closed().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(c.goaway(), Some(ENHANCE_YOUR_CALM));
+        runs.push((sent, app.accepted() - before));
+    }
+    eprintln!("(pairs, dials): first {first:?}, opened before it {runs:?}");
+    assert!(first.0 >= 100, "{first:?}");
+    for r in &runs {
+        assert!(
+            r.0 < 50 && r.1 <= 20,
+            "an open connection kept the full threshold: {r:?}"
+        );
+    }
+    assert_eq!(gw.metric("gateway_hbone_cooling_cuts_total").await, 3.0);
 }
 
 /// Rapid reset in small batches: ten CONNECT + RST_STREAM pairs per write, under h2's limit

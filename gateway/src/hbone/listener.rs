@@ -3,21 +3,23 @@
 //! connection whose CONNECT streams each run as a tracked task. The connection sends GOAWAY
 //! when the drain stops accepting or after `--hbone-idle-timeout` without a tunnel, and keeps
 //! serving its open tunnels until they end; an idle one shed for a newcomer closes at once.
+//! One whose client resets most of its streams before using them gets GOAWAY
+//! ENHANCE_YOUR_CALM, sooner if its identity was cut before ([`super::rapid_reset`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 use tracing::{Instrument, debug, info, warn};
 
 use super::Hbone;
 use super::identity::{self, HandshakeFailure};
 use super::metrics::Refusal;
-use crate::accept;
+use super::rapid_reset::{PREMATURE_RESETS_MIN, ResetWatch};
 use crate::undecided::Ticket;
+use crate::{accept, clock};
 
 impl Hbone {
     /// Accepts until the drain stops accepting. Each connection runs as a tracked task.
@@ -99,7 +101,11 @@ impl Hbone {
         m.connections_opened.inc();
         m.connections_active.inc();
         place.ready();
-        let watch = Arc::new(ResetWatch::default());
+        let watch = Arc::new(ResetWatch::new(
+            self.cooling.clone(),
+            client_id.clone(),
+            clock::now_ms(),
+        ));
         let mut goaway = false;
         let mut calmed = false;
         // Set once GOAWAY is sent: a peer that never reads it (nor closes) must not hold
@@ -117,8 +123,20 @@ impl Hbone {
                     goaway = true;
                 }
                 _ = watch.calm.notified(), if !calmed => {
-                    warn!(streams = watch.streams(), premature = watch.premature(), "HBONE client reset most of its streams before using them: GOAWAY ENHANCE_YOUR_CALM");
+                    let (cooling, began_cooling) = watch.record_cut(clock::now_ms());
+                    warn!(
+                        client_id = &*client_id,
+                        streams = watch.streams(),
+                        premature = watch.premature(),
+                        threshold = watch.threshold(),
+                        began_cooling,
+                        cooling_s = cooling.as_secs(),
+                        "HBONE client reset most of its streams before using them: GOAWAY ENHANCE_YOUR_CALM; its identity's new connections get the lower premature-reset threshold while it cools"
+                    );
                     m.refuse(Refusal::EnhanceYourCalm);
+                    if watch.threshold() < PREMATURE_RESETS_MIN {
+                        m.cooling_cuts.inc();
+                    }
                     conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
                     (goaway, calmed) = (true, true);
                     close_by.get_or_insert(Instant::now() + CLOSE_GRACE);
@@ -206,11 +224,6 @@ impl Hbone {
     }
 }
 
-/// A connection whose client reset at least this many streams before using them, and more
-/// than half of all its streams, gets GOAWAY ENHANCE_YOUR_CALM (as Envoy's premature-reset
-/// rule). A reset stream dials nothing, but one reset just after its 200 has been dialed.
-pub const PREMATURE_RESETS_MIN: u64 = 100;
-
 /// Bytes h2 may queue per stream for a client that does not read (its windows can be wide
 /// open): four upstream reads, so a bulk stream never waits on a refill, while a stalled
 /// connection holds at most `--hbone-max-streams` × (this + one read) ≈ 32 MiB at 100
@@ -225,37 +238,6 @@ const SHED_GRACE: Duration = Duration::from_secs(1);
 
 /// How long the newcomer waits for that place: the shed one's grace, and some.
 const SHED_WAIT: Duration = Duration::from_secs(2);
-
-/// Per outer connection: streams accepted, and those the client reset before its answer or
-/// before sending a byte (rapid reset, CVE-2023-44487). h2's own limit counts only resets of
-/// streams not yet accepted, and the gateway accepts at once.
-#[derive(Default)]
-pub struct ResetWatch {
-    streams: AtomicU64,
-    premature: AtomicU64,
-    calm: Notify,
-}
-
-impl ResetWatch {
-    pub(super) fn premature_reset(&self) {
-        let p = self.premature.fetch_add(1, Ordering::Relaxed) + 1;
-        if p >= PREMATURE_RESETS_MIN && p * 2 > self.streams.load(Ordering::Relaxed) {
-            self.calm.notify_one();
-        }
-    }
-
-    fn accepted(&self) {
-        self.streams.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn streams(&self) -> u64 {
-        self.streams.load(Ordering::Relaxed)
-    }
-
-    fn premature(&self) -> u64 {
-        self.premature.load(Ordering::Relaxed)
-    }
-}
 
 /// ztunnel's settings (windows, frame size) and the stream cap; h2 answers PINGs itself.
 /// h2's abuse limits are stated, not left implicit: at most 20 streams reset while not yet

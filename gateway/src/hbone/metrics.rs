@@ -1,7 +1,8 @@
 //! HBONE metrics, registered on the gateway's registry under `gateway_hbone_`: tunnels per
-//! authority, outer connections, streams per connection, refusals by reason, and the
-//! certificate from istiod (renewals, failures, expiry). The upstream
-//! connect histogram and failure counters are the classic listener's (`ProxyMetrics`), shared.
+//! authority, outer connections, streams per connection, refusals by reason, rapid-reset cuts
+//! of cooling identities, and the certificate from istiod (renewals, failures, expiry). The
+//! upstream connect histogram and failure counters are the classic listener's
+//! (`ProxyMetrics`), shared.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -114,6 +115,9 @@ pub struct HboneMetrics {
     pub sent_bytes: Family<AuthorityLabels, Counter>,
     pub received_bytes: Family<AuthorityLabels, Counter>,
     pub refused: Family<RefusalLabels, Counter>,
+    /// Connections cut by the lower premature-reset threshold of a cooling identity (also in
+    /// `refused{reason="enhance_your_calm"}`).
+    pub cooling_cuts: Counter,
     /// Certificates from istiod put in use (the first one included).
     pub cert_renewals: Counter,
     /// Failed requests to istiod (each retried with back-off).
@@ -139,6 +143,7 @@ impl HboneMetrics {
             sent_bytes: Family::default(),
             received_bytes: Family::default(),
             refused: Family::default(),
+            cooling_cuts: Counter::default(),
             cert_renewals: Counter::default(),
             cert_renewal_failures: Counter::default(),
             cert_expiry_seconds: Gauge::default(),
@@ -199,6 +204,11 @@ impl HboneMetrics {
             "refused",
             "Connections or tunnels on 15008 refused, by reason",
             m.refused.clone(),
+        );
+        r.register(
+            "cooling_cuts",
+            "Connections cut with GOAWAY ENHANCE_YOUR_CALM at the lower premature-reset threshold of a client identity cut before (also counted as refused, reason enhance_your_calm)",
+            m.cooling_cuts.clone(),
         );
         r.register(
             "cert_renewals",

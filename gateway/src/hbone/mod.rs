@@ -10,6 +10,7 @@
 //! - [`ca`] gets that certificate from istiod and renews it (instead of files);
 //! - [`listener`] accepts, handshakes (under the undecided budget) and serves HTTP/2;
 //! - [`connections`] bounds established connections, shedding the longest idle when full;
+//! - [`rapid_reset`] cuts connections that reset most streams, and remembers who for a while;
 //! - [`stream`] answers one CONNECT: parse ([`authority`]), route, dial, 200 or an error;
 //! - [`splice`] moves the bytes; [`metrics`] counts it all.
 
@@ -19,6 +20,7 @@ pub mod connections;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
+pub mod rapid_reset;
 pub mod splice;
 pub mod stream;
 
@@ -60,6 +62,8 @@ pub struct Hbone {
     tunnels: Semaphore,
     /// `--hbone-max-connections`: one place per established outer connection.
     places: Arc<connections::Places>,
+    /// Identities cut by the premature-reset rule, across connections.
+    cooling: Arc<rapid_reset::Cooling>,
     next_id: AtomicU64,
 }
 
@@ -80,6 +84,7 @@ impl Hbone {
                 cfg.hbone_max_connections,
                 metrics.connections_shed.clone(),
             ),
+            cooling: Arc::default(),
             cfg,
             routes,
             proxy_metrics,

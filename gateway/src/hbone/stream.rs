@@ -22,8 +22,8 @@ use tracing::{debug, info};
 
 use super::Hbone;
 use super::authority::{self, Authority};
-use super::listener::ResetWatch;
 use super::metrics::{AuthorityLabels, Refusal, TunnelCloseLabels};
+use super::rapid_reset::ResetWatch;
 use super::splice::{self, End, Progress};
 use crate::endpoint::EndpointState;
 use crate::reject::Reject;
