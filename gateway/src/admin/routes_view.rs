@@ -13,12 +13,13 @@ use crate::sni_name::SniName;
 /// output. Filtering comes before building, so a narrow query on a large table is cheap.
 pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
     let now = clock::now_ms();
-    let wanted = |r: &&Route| {
+    let host_wanted = |host: &str| {
         filter
             .host
             .as_ref()
-            .is_none_or(|h| r.host.contains(h.as_str()))
+            .is_none_or(|h| host.contains(h.as_str()))
     };
+    let wanted = |r: &&Route| host_wanted(&r.host);
     // (route, classic): a route reached only over HBONE shows no classic endpoints.
     let mut matched: Vec<(&Route, bool)> = table
         .routes()
@@ -59,12 +60,7 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
     let left_out = table
         .left_out
         .iter()
-        .filter(|l| {
-            filter
-                .host
-                .as_ref()
-                .is_none_or(|h| l.host.contains(h.as_str()))
-        })
+        .filter(|l| host_wanted(&l.host))
         .map(|l| DebugLeftOut {
             sni: SniName::new(l.port, "", l.host.as_str()).to_string(),
             endpoint: l.endpoint.to_string(),
@@ -73,12 +69,7 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
     let sni_too_long = table
         .too_long
         .iter()
-        .filter(|l| {
-            filter
-                .host
-                .as_ref()
-                .is_none_or(|h| l.host.contains(h.as_str()))
-        })
+        .filter(|l| host_wanted(&l.host))
         .map(|l| DebugTooLong {
             sni: SniName::new(l.port, l.subset.as_str(), l.host.as_str()).to_string(),
             bytes: l.len,

@@ -28,12 +28,8 @@ impl Publisher {
         self.metrics.routes.set(table.len() as i64);
         self.metrics.endpoints.set(table.endpoint_count() as i64);
         self.metrics.left_out.set(table.left_out.len() as i64);
-        let known = before
-            .as_ref()
-            .is_some_and(|b| b.left_out == table.left_out);
-        if !known && !table.left_out.is_empty() {
+        if let Some(first) = changed_to(before.as_deref(), &table, |t| &t.left_out) {
             // Expected once per start in a cluster: the east-west gateway's own Service.
-            let first = &table.left_out[0];
             tracing::info!(
                 source,
                 count = table.left_out.len(),
@@ -42,12 +38,8 @@ impl Publisher {
             );
         }
         self.metrics.too_long.set(table.too_long.len() as i64);
-        let known = before
-            .as_ref()
-            .is_some_and(|b| b.too_long == table.too_long);
-        if !known && !table.too_long.is_empty() {
+        if let Some(first) = changed_to(before.as_deref(), &table, |t| &t.too_long) {
             // A misconfiguration to fix at the source (a long ServiceEntry host or subset name).
-            let first = &table.too_long[0];
             tracing::warn!(
                 source,
                 count = table.too_long.len(),
@@ -86,5 +78,48 @@ impl Publisher {
 
     pub fn metrics(&self) -> &RouteMetrics {
         &self.metrics
+    }
+}
+
+/// The first entry of a list of `table` that differs from `before`'s and is not empty: what
+/// a publish logs once per change rather than once per table.
+fn changed_to<'t, T: PartialEq>(
+    before: Option<&RouteTable>,
+    table: &'t RouteTable,
+    list: impl Fn(&RouteTable) -> &Vec<T>,
+) -> Option<&'t T> {
+    let now = list(table);
+    let same = before.is_some_and(|b| list(b) == now);
+    (!same).then(|| now.first()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_is_announced_when_it_changes_to_something() {
+        let spec = |host: &str| ServiceSpec {
+            host: host.into(),
+            ports: vec![80],
+            subsets: Arc::default(),
+            endpoints: Vec::new(),
+        };
+        let long = "a".repeat(240);
+        let routes = Routes::new();
+        let empty = routes.publish(&[spec("a.local")]);
+        let one = routes.publish(&[spec("a.local"), spec(&long)]);
+        let same = routes.publish(&[spec(&long)]);
+        fn too_long(t: &RouteTable) -> &Vec<crate::routes::TooLong> {
+            &t.too_long
+        }
+        assert_eq!(changed_to(None, &empty, too_long), None);
+        assert_eq!(
+            changed_to(Some(&empty), &one, too_long).map(|l| l.len),
+            Some(256)
+        );
+        assert_eq!(changed_to(Some(&one), &same, too_long), None);
+        assert_eq!(changed_to(Some(&one), &empty, too_long), None);
+        assert!(changed_to(None, &one, too_long).is_some());
     }
 }
