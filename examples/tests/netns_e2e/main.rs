@@ -67,7 +67,8 @@
 //! starts its workloads, ztunnels and gateways, `procs.rs` the processes and commands,
 //! `caller.rs` the classic calls, `ztunnel.rs` the tunnels; each step has its own file:
 //! `isolation.rs`, `cross_cluster.rs`, `restart.rs`, `failover.rs`, `ambient.rs` (5-7),
-//! `rotation.rs` (8).
+//! `rotation.rs` (8); `listen_any.rs` (the `:PORT` listen address: dual stack, and the
+//! IPv4-only fallback).
 
 mod ambient;
 mod caller;
@@ -76,6 +77,7 @@ mod cross_cluster;
 mod failover;
 mod fixture;
 mod isolation;
+mod listen_any;
 mod preflight;
 mod procs;
 mod restart;

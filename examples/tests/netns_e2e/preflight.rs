@@ -32,6 +32,7 @@ pub fn preflight() -> Bins {
         ("bash", "--version"),
         ("openssl", "version"),
         ("setpriv", "--version"),
+        ("python3", "--version"),
     ] {
         let ok = Command::new(tool)
             .arg(arg)
@@ -41,7 +42,7 @@ pub fn preflight() -> Bins {
             .is_ok_and(|s| s.success());
         assert!(
             ok,
-            "netns_e2e needs `{tool}` on PATH (iproute2, bash, openssl, util-linux)"
+            "netns_e2e needs `{tool}` on PATH (iproute2, bash, openssl, util-linux, python3)"
         );
     }
     let workload = PathBuf::from(env!("CARGO_BIN_EXE_mesh-workload"));
