@@ -9,9 +9,11 @@
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 /// Descriptors the gateway holds besides its connections: listeners, epoll and its wakeup,
-/// the endpoints file's watcher, API server and istiod connections (64), and what the admin
-/// and status listeners may hold at once.
-const RESERVE: u64 = 64 + 2 * crate::admin::limits::MAX_CONNECTIONS as u64;
+/// the endpoints file's watcher, API server and istiod connections (64), what the admin and
+/// status listeners may hold at once, and the descriptor each keeps in reserve for probes
+/// when the rest run out (`admin::reserve`).
+const RESERVE: u64 =
+    64 + 2 * crate::admin::limits::MAX_CONNECTIONS as u64 + crate::admin::reserve::SPARES;
 
 /// Used when the hard limit reads as unlimited, which Linux does not allow for descriptors
 /// (`fs.nr_open`, 1,048,576 by default, bounds it); never expected in practice.
@@ -124,8 +126,10 @@ pub fn shortfall(soft: u64, l: &Limits) -> Option<String> {
     Some(format!(
         "descriptor limit {soft} is below the {need} that {limits} can take: past about {fits} \
          forwarded connections{other}, accepts fail (gateway_accept_errors_total) and upstream \
-         dials are refused as local_resource before the connection limits refuse anything; raise \
-         the hard limit (LimitNOFILE=, ulimit -Hn, the container runtime's default) or lower {lower}"
+         dials are refused as local_resource before the connection limits refuse anything, while \
+         the status and admin listeners answer one connection at a time on a reserved descriptor \
+         (gateway_admin_reserved_accepts_total); raise the hard limit (LimitNOFILE=, ulimit -Hn, \
+         the container runtime's default) or lower {lower}"
     ))
 }
 
@@ -153,7 +157,7 @@ mod tests {
 
     #[test]
     fn defaults_need_two_descriptors_per_connection() {
-        assert_eq!(needed(&CLASSIC), 131_072 + 1024 + 64 + 512);
+        assert_eq!(needed(&CLASSIC), 131_072 + 1024 + 64 + 512 + 2);
         assert_eq!(shortfall(1_048_576, &CLASSIC), None);
         assert_eq!(shortfall(needed(&limits(100, 10)), &limits(100, 10)), None);
     }
@@ -169,7 +173,7 @@ mod tests {
         // The default 1,048,576 still fits both listeners.
         assert_eq!(shortfall(1_048_576, &WITH_HBONE), None);
         let msg = shortfall(needed(&CLASSIC), &WITH_HBONE).unwrap();
-        assert!(msg.contains("below the 263744"), "{msg}");
+        assert!(msg.contains("below the 263746"), "{msg}");
         assert!(
             msg.contains("--hbone-max-connections 65536 and --hbone-max-tunnels 65536"),
             "{msg}"
@@ -188,17 +192,23 @@ mod tests {
     fn a_short_limit_says_how_many_fit_and_the_fix() {
         let msg = shortfall(20_000, &CLASSIC).unwrap();
         assert!(
-            msg.contains("descriptor limit 20000 is below the 132672"),
+            msg.contains("descriptor limit 20000 is below the 132674"),
             "{msg}"
         );
-        assert!(msg.contains("about 9712 forwarded connections,"), "{msg}");
+        assert!(msg.contains("about 9711 forwarded connections,"), "{msg}");
+        // Probes still have their way in, and the operator learns where it is counted.
+        assert!(
+            msg.contains("status and admin listeners answer one connection at a time")
+                && msg.contains("gateway_admin_reserved_accepts_total"),
+            "{msg}"
+        );
         assert!(!msg.contains("hbone"), "{msg}");
         assert!(msg.contains("LimitNOFILE") && msg.ends_with("lower --max-connections"));
         // containerd 2's soft limit, had it not been raised.
         assert!(
             shortfall(1024, &CLASSIC)
                 .unwrap()
-                .contains("about 224 forwarded")
+                .contains("about 223 forwarded")
         );
         // A limit under the reserve fits none, without underflow.
         assert!(

@@ -1,11 +1,13 @@
 //! The built binary under a tight descriptor limit (`ulimit -n`): running out of descriptors
-//! is the gateway's own problem, not the endpoint's, and it is logged without flooding.
+//! is the gateway's own problem, not the endpoint's, it is logged without flooding, and the
+//! status and admin ports still answer.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const FD_LIMIT: u32 = 64;
@@ -21,13 +23,16 @@ struct Starved {
 /// long detect timeout) until the gateway is one descriptor short: it can accept a call but
 /// not dial the upstream. The first failed call proves it.
 async fn one_descriptor_short() -> Starved {
+    one_descriptor_short_with(&[]).await
+}
+
+/// As [`one_descriptor_short`], with more flags.
+async fn one_descriptor_short_with(extra: &[&str]) -> Starved {
     let catalog = catalog_endpoints_file().await;
-    let gw = GatewayProcess::start_limited(
-        &catalog.path,
-        &["--detect-timeout", "60s"],
-        "info",
-        Some((FD_LIMIT, FD_LIMIT)),
-    );
+    let mut args = vec!["--detect-timeout", "60s"];
+    args.extend_from_slice(extra);
+    let gw =
+        GatewayProcess::start_limited(&catalog.path, &args, "info", Some((FD_LIMIT, FD_LIMIT)));
     let mut idle = Vec::new();
     let access = |v: &serde_json::Value| v["target"] == "access";
     for calls in 1..=FD_LIMIT as usize {
@@ -52,6 +57,29 @@ async fn one_descriptor_short() -> Starved {
 }
 
 impl Starved {
+    /// Waits until accepts on 15443 keep failing: a failure streak is open (one more "accept
+    /// failed" line than "accept recovered") and stays so for 300 ms, long enough for the
+    /// data path (retrying every 20 ms) to take any descriptor the gateway was still closing
+    /// (the last call's, which it closes after the client).
+    /// Returns the number of "accept recovered" lines so far.
+    async fn wait_stuck(&self) -> usize {
+        let count = |m: &str| {
+            self.gw
+                .count_lines(&|v| v["message"].as_str().is_some_and(|l| l.starts_with(m)))
+        };
+        let state = || (count("accept failed"), count("accept recovered"));
+        let mut last = state();
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = state();
+            if now == last && now.0 > now.1 {
+                return now.1;
+            }
+            last = now;
+        }
+        panic!("accepts on 15443 never kept failing: {last:?} (failed, recovered) lines");
+    }
+
     /// Closes the idle connections and waits until the gateway has closed its side of each.
     async fn release(&mut self) {
         let n = self.idle.len() as f64;
@@ -89,7 +117,13 @@ async fn soft_limit_is_raised_and_a_short_one_is_named() {
                 .is_some_and(|m| m.starts_with("descriptor limit 4096 is below"))
     };
     let warning = gw.wait_line(&short);
-    assert!(warning["message"].as_str().unwrap().contains("LimitNOFILE"));
+    let text = warning["message"].as_str().unwrap();
+    assert!(text.contains("LimitNOFILE"), "{text}");
+    // Probes are not among what fails: the operator is told where they still go.
+    assert!(
+        text.contains("status and admin listeners answer one connection at a time"),
+        "{text}"
+    );
 
     let fits = ["--max-connections", "1000", "--max-undecided", "100"];
     let gw = GatewayProcess::start_limited(&catalog.path, &fits, "info", Some((64, 4096)));
@@ -163,4 +197,94 @@ async fn accept_failures_are_logged_once_then_summarized() {
         "gateway_accept_errors_total{kind=\"out_of_descriptors\"}",
     );
     assert!(counted >= errors as f64, "{counted} < {errors}");
+}
+
+/// The status listener's address, from the start-up line (`status_addr` is logged as
+/// `Some(<addr>)` when `--status-listen` is given).
+fn status_addr(gw: &GatewayProcess) -> std::net::SocketAddr {
+    let up = gw.wait_line(&|v| v["message"] == "gateway listening");
+    let logged = up["status_addr"].as_str().unwrap_or_default();
+    let addr = logged
+        .strip_prefix("Some(")
+        .and_then(|a| a.strip_suffix(')'));
+    addr.and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no status address in {up}"))
+}
+
+/// One HTTP/1.1 GET as a kubelet probe sends it (one request per connection), bounded: the
+/// status code and body, or `None` when no whole answer came within 3 s.
+async fn probe(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    let exchange = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        let text = String::from_utf8_lossy(&out);
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        let (_, body) = text.split_once("\r\n\r\n")?;
+        Some((code, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(3), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// With every descriptor taken by idle data-path connections (accepts on 15443 failing with
+/// EMFILE), the status port still answers readiness, probe after probe, on the descriptor it
+/// keeps in reserve, and so does the admin port; each such connection is counted. Before the
+/// reserve, the probes' connections waited unaccepted in the backlog until the probes timed
+/// out, and the kubelet would have restarted the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_port_answers_while_descriptors_are_exhausted() {
+    let mut s = one_descriptor_short_with(&["--status-listen", "127.0.0.1:0"]).await;
+    let status = status_addr(&s.gw);
+    // The last descriptor, then one connection the data path cannot accept.
+    s.idle.push(TcpStream::connect(s.gw.listen).await.unwrap());
+    let _stuck = TcpStream::connect(s.gw.listen).await.unwrap();
+    let recovered = s.wait_stuck().await;
+
+    const PROBES: usize = 5;
+    for i in 0..PROBES {
+        let answer = probe(status, "/healthz/ready").await;
+        assert_eq!(
+            answer,
+            Some((200, "ready\n".to_string())),
+            "readiness probe {i} on the status port while out of descriptors"
+        );
+    }
+    let live = probe(status, "/healthz/live").await;
+    assert_eq!(live, Some((200, "live\n".to_string())));
+
+    let (code, m) = probe(s.gw.admin, "/metrics")
+        .await
+        .expect("the admin port did not answer while out of descriptors");
+    assert_eq!(code, 200, "{m}");
+    let reserved = |l: &str| {
+        let series = format!("gateway_admin_reserved_accepts_total{{listener=\"{l}\"}}");
+        metric(&m, &series)
+    };
+    assert_eq!(reserved("status"), (PROBES + 1) as f64, "{m}");
+    assert_eq!(reserved("admin"), 1.0, "{m}");
+    // Each reserved descriptor went back to its listener, not to the data path: the
+    // connection queued on 15443 was never accepted (that would end the failure streak).
+    let recovered_now = s.gw.count_lines(&|v| v["message"] == "accept recovered");
+    assert_eq!(
+        recovered_now, recovered,
+        "15443 accepted while the reserve was in use"
+    );
+    let used = s.gw.count_lines(&|v| {
+        v["level"] == "WARN"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("out of descriptors (EMFILE)"))
+    });
+    assert_eq!(used, 2, "one warning per listener within 5 s");
+
+    s.release().await;
+    assert_eq!(
+        probe(status, "/healthz/ready").await,
+        Some((200, "ready\n".to_string()))
+    );
 }

@@ -157,7 +157,7 @@ impl Setup {
     /// A first connection through `to` that saves its ticket in `sess`; it ends with
     /// close_notify (stdin closed), which keeps the session in the server's cache.
     async fn ticket(&self, to: SocketAddr, sess: &Path) {
-        let (mut c, stdin, out) = self.client(to, &[Path::new("-sess_out"), sess]);
+        let (c, stdin, out) = self.client(to, &[Path::new("-sess_out"), sess]);
         wait_for("first handshake", &out, &["Verify return code: 0 (ok)"]).await;
         let deadline = Instant::now() + TIMEOUT;
         while !std::fs::read_to_string(sess).is_ok_and(|s| s.contains("END SSL SESSION")) {
@@ -183,7 +183,7 @@ impl Setup {
             Path::new("-early_data"),
             &early,
         ];
-        let (mut c, stdin, out) = self.client(to, &args);
+        let (c, stdin, out) = self.client(to, &args);
         let verdicts = [
             "Early data was accepted",
             "Early data was rejected",

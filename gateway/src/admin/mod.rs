@@ -3,7 +3,9 @@
 //! view itself is in `routes_view`). The status listener (`--status-listen`) serves only the
 //! two health paths: it is the port a load balancer may expose, as Istio's 15021, while the
 //! metrics and the route table (every endpoint's address) stay inside the cluster. What a
-//! client may hold on either (connections, head size, time) is bounded in `limits`.
+//! client may hold on either (connections, head size, time) is bounded in `limits`. Each keeps
+//! one descriptor in `reserve`, so that probes are answered when the data path has taken all
+//! the others.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,10 +26,12 @@ use crate::routes::{RouteTable, Routes};
 
 mod body;
 pub mod limits;
+pub mod reserve;
 mod routes_view;
 use body::AdminBody;
 pub use limits::Limits;
 use limits::{AdminMetrics, Conns, Slot, StallGuard};
+use reserve::{Reserve, ReserveMetrics};
 use routes_view::debug_filter;
 
 /// Large responses (/metrics, /debug/routes) being built or sent at once: each grows with the
@@ -57,6 +61,7 @@ pub struct Admin {
     /// Per-connection bounds; [`Limits::default`] unless a test shortens them.
     pub limits: Limits,
     metrics: AdminMetrics,
+    reserve_metrics: ReserveMetrics,
 }
 
 impl Admin {
@@ -68,6 +73,7 @@ impl Admin {
         hbone_identity: Option<Arc<Identity>>,
     ) -> Admin {
         let metrics = AdminMetrics::register(&mut registry);
+        let reserve_metrics = ReserveMetrics::register(&mut registry);
         Admin {
             registry,
             routes,
@@ -77,6 +83,7 @@ impl Admin {
             large: Arc::new(Semaphore::new(LARGE_RESPONSES)),
             limits: Limits::default(),
             metrics,
+            reserve_metrics,
         }
     }
 
@@ -190,37 +197,61 @@ impl Admin {
             Scope::Status => "status",
         };
         let conns = Conns::new(self.limits.max_connections, name, &self.metrics);
+        let listener = Arc::new(listener);
+        let mut reserve = Reserve::new(listener.clone(), name, &self.reserve_metrics);
         loop {
-            let (stream, _) = tokio::select! {
+            let accepted = tokio::select! {
                 _ = stop.cancelled() => return,
-                a = listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "admin accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
+                a = listener.accept() => a,
             };
-            // Admitted here, in accept order, so "oldest" means what it says.
-            let slot = conns.admit();
-            tokio::spawn(
-                self.clone()
-                    .connection(stream, scope, slot, name, stop.clone()),
-            );
+            // Taken back here if a descriptor freed since it went missing.
+            reserve.refill();
+            let e = match accepted {
+                Ok((stream, _)) => {
+                    // Admitted here, in accept order, so "oldest" means what it says.
+                    let slot = conns.admit();
+                    let conn =
+                        self.clone()
+                            .connection(stream, scope, slot, name, false, stop.clone());
+                    tokio::spawn(conn);
+                    continue;
+                }
+                Err(e) => e,
+            };
+            if reserve::is_emfile(&e)
+                && let Some(stream) = reserve.accept().await
+            {
+                let slot = conns.admit();
+                let conn = self
+                    .clone()
+                    .connection(stream, scope, slot, name, true, stop.clone());
+                tokio::spawn(conn);
+                continue;
+            }
+            tracing::debug!(error = %e, "admin accept failed");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
     /// Serves one connection within [`Limits`] and counts why the gateway cut it, if it did.
-    async fn connection(
+    /// One `reserved` (on the listener's reserved descriptor) serves one request, and its head
+    /// must come within [`reserve::HEAD_TIMEOUT`]: others wait for that descriptor.
+    async fn connection<S>(
         self: Arc<Self>,
-        stream: tokio::net::TcpStream,
+        stream: S,
         scope: Scope,
         slot: Slot,
         listener: &'static str,
+        reserved: bool,
         stop: CancellationToken,
-    ) {
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let limits = self.limits;
+        let header_read = match reserved {
+            true => limits.header_read.min(reserve::HEAD_TIMEOUT),
+            false => limits.header_read,
+        };
         let this = self.clone();
         let svc = hyper::service::service_fn(move |req| {
             let this = this.clone();
@@ -230,7 +261,8 @@ impl Admin {
         let head_started = io.head_started();
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(limits.header_read)
+            .header_read_timeout(header_read)
+            .keep_alive(!reserved)
             .max_buf_size(limits::MAX_HEAD)
             .serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);
