@@ -2,7 +2,8 @@
 //! ClientHello. They are cheap to open and slow to finish (slowloris), so they get their own
 //! limits, in count and in buffered bytes, apart from `--max-connections`. When a limit is
 //! reached the *oldest* undecided connection is shed: a flood then only evicts itself, while
-//! a client that sends its whole hello at once is decided long before its turn comes.
+//! a client that sends its whole hello at once is decided long before its turn comes. The
+//! admin and status listeners bound their connections with the same budget, bytes unbounded.
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
@@ -123,6 +124,11 @@ impl Ticket {
             Poll::Pending
         })
         .await
+    }
+
+    /// Whether this connection has been shed.
+    pub fn is_shed(&self) -> bool {
+        !self.budget.lock().waiting.contains_key(&self.id)
     }
 
     /// The peer given to [`Undecided::admit_from`]; `None` once shed.

@@ -2,17 +2,16 @@
 //! load balancer exposes and the kubelet probes, and its descriptors come from the same limit
 //! as the data path's, so an unbounded number of idle or stalled connections there would
 //! take both down. Each listener keeps at most [`Limits::max_connections`]; a new connection
-//! beyond it closes the **oldest** (as the undecided budget on 15443 does), so a flood evicts
+//! beyond it closes the **oldest** (it is the undecided budget of 15443, without a byte limit), so a flood evicts
 //! itself while a probe, served within a millisecond of its accept, gets its answer. Each
 //! connection is also bounded in time: the request head within `header_read`, a response
 //! write that makes no progress for `write_stall` is cut, and every connection is asked to
 //! close after `lifetime` and cut `grace` later.
 
-use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +21,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
+
+use crate::undecided::Undecided;
 
 /// Connections each admin listener (admin, status) keeps at most.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -97,70 +97,14 @@ impl AdminMetrics {
     }
 }
 
-/// One listener's open connections, oldest first.
-pub struct Conns {
-    max: usize,
-    open: Gauge,
-    state: Mutex<(u64, VecDeque<(u64, CancellationToken)>)>,
-}
-
-impl Conns {
-    pub fn new(max: usize, listener: &'static str, metrics: &AdminMetrics) -> Arc<Conns> {
-        Arc::new(Conns {
-            max: max.max(1),
-            open: metrics
-                .open
-                .get_or_create(&ListenerLabels { listener })
-                .clone(),
-            state: Mutex::new((0, VecDeque::new())),
-        })
-    }
-
-    /// A place for a new connection; at the cap, the oldest connection's `shed` fires.
-    pub fn admit(self: &Arc<Self>) -> Slot {
-        let token = CancellationToken::new();
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (next, open) = &mut *state;
-        while open.len() >= self.max {
-            if let Some((_, oldest)) = open.pop_front() {
-                oldest.cancel();
-            }
-        }
-        let id = *next;
-        *next += 1;
-        open.push_back((id, token.clone()));
-        self.open.set(open.len() as i64);
-        Slot {
-            conns: self.clone(),
-            id,
-            token,
-        }
-    }
-}
-
-/// A connection's place, given back on drop.
-pub struct Slot {
-    conns: Arc<Conns>,
-    id: u64,
-    token: CancellationToken,
-}
-
-impl Slot {
-    /// Fires when a newer connection took this one's place.
-    pub async fn shed(&self) {
-        self.token.cancelled().await
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut state = self.conns.state.lock().unwrap_or_else(|e| e.into_inner());
-        let open = &mut state.1;
-        if let Some(i) = open.iter().position(|(id, _)| *id == self.id) {
-            open.remove(i);
-        }
-        self.conns.open.set(open.len() as i64);
-    }
+/// One listener's open connections: the budget of 15443's undecided connections, without
+/// its byte limit. At `max`, a new connection sheds the oldest ([`Ticket::shed`] fires).
+pub fn conns(max: usize, listener: &'static str, metrics: &AdminMetrics) -> Arc<Undecided> {
+    let open = metrics
+        .open
+        .get_or_create(&ListenerLabels { listener })
+        .clone();
+    Arc::new(Undecided::new(max, usize::MAX, open, Gauge::default()))
 }
 
 /// A stream whose writes fail with `TimedOut` once one has waited `stall` without progress:
@@ -293,7 +237,7 @@ mod tests {
     #[tokio::test]
     async fn the_oldest_connection_is_shed_and_places_come_back() {
         let metrics = AdminMetrics::default();
-        let conns = Conns::new(2, "status", &metrics);
+        let conns = conns(2, "status", &metrics);
         let gauge = || {
             metrics
                 .open
@@ -304,15 +248,15 @@ mod tests {
         let second = conns.admit();
         assert_eq!(gauge(), 2);
         let third = conns.admit();
-        assert!(first.token.is_cancelled(), "the oldest goes");
-        assert!(!second.token.is_cancelled() && !third.token.is_cancelled());
+        assert!(first.is_shed(), "the oldest goes");
+        assert!(!second.is_shed() && !third.is_shed());
         first.shed().await;
         drop(first);
         assert_eq!(gauge(), 2);
         drop(second);
         assert_eq!(gauge(), 1);
         let fourth = conns.admit();
-        assert!(!third.token.is_cancelled(), "a free place sheds nobody");
+        assert!(!third.is_shed(), "a free place sheds nobody");
         drop((third, fourth));
         assert_eq!(gauge(), 0);
     }

@@ -28,9 +28,10 @@ mod body;
 pub mod limits;
 pub mod reserve;
 mod routes_view;
+use crate::undecided::Ticket;
 use body::AdminBody;
 pub use limits::Limits;
-use limits::{AdminMetrics, Conns, Slot, StallGuard};
+use limits::{AdminMetrics, StallGuard};
 use reserve::{Reserve, ReserveMetrics};
 use routes_view::debug_filter;
 
@@ -196,7 +197,7 @@ impl Admin {
             Scope::Admin => "admin",
             Scope::Status => "status",
         };
-        let conns = Conns::new(self.limits.max_connections, name, &self.metrics);
+        let conns = limits::conns(self.limits.max_connections, name, &self.metrics);
         let listener = Arc::new(listener);
         let mut reserve = Reserve::new(listener.clone(), name, &self.reserve_metrics);
         loop {
@@ -240,7 +241,7 @@ impl Admin {
         self: Arc<Self>,
         stream: S,
         scope: Scope,
-        slot: Slot,
+        slot: Ticket,
         listener: &'static str,
         reserved: bool,
         stop: CancellationToken,
