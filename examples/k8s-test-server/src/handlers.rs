@@ -109,12 +109,9 @@ pub(crate) fn resource(
                 ));
             }
             let want = list_options::parse(q)?;
-            {
-                let st = store.lock();
-                list_options::check(want, st.rv, st.compacted)?;
-            }
             let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok());
-            let page = store.list_objs(&rt, v, ns, &labels, &fields, limit, q.get("continue"))?;
+            let page =
+                store.list_at(&rt, v, ns, &labels, &fields, want, limit, q.get("continue"))?;
             let mut meta = json!({"resourceVersion": page.resource_version.to_string()});
             if let Some(c) = page.continue_token {
                 meta["continue"] = json!(c);

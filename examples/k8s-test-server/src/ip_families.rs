@@ -10,6 +10,9 @@
 //!   there is one), plus the other for a dual-stack policy on a dual-stack cluster.
 //! - `clusterIPs` holds one address per family (`None` for a headless Service), kept across
 //!   updates.
+//! - An update may add the secondary family (a dual-stack policy on a dual-stack cluster) or
+//!   release it (`SingleStack` with both families as they were); a dual-stack policy with a
+//!   family or cluster IP dropped is a 422.
 
 use crate::error::ApiError;
 use serde_json::{Value, json};
@@ -55,9 +58,11 @@ pub(crate) fn default_families(
     next_ip: &mut u32,
 ) -> Result<(), ApiError> {
     let old_spec = old.and_then(|o| o.get("spec"));
-    let mut families = strings(spec.get("ipFamilies"));
+    let old_families = strings(old_spec.and_then(|s| s.get("ipFamilies")));
+    let given_families = strings(spec.get("ipFamilies"));
+    let mut families = given_families.clone();
     if families.is_empty() {
-        families = strings(old_spec.and_then(|s| s.get("ipFamilies")));
+        families = old_families.clone();
     }
     let mut policy = spec["ipFamilyPolicy"]
         .as_str()
@@ -88,6 +93,31 @@ pub(crate) fn default_families(
             &families.join(","),
             "must be one family, or two different ones",
         ));
+    }
+    // An update that keeps both families while asking for SingleStack releases the secondary
+    // one; a dual-stack policy may not drop it (`initIPFamilyFields`, "Update-only prep").
+    if old_spec.is_some() && old_families.len() == 2 {
+        let single = policy.as_deref() == Some("SingleStack");
+        if single && families == old_families {
+            families.truncate(1);
+        }
+        let given_ips = strings(spec.get("clusterIPs"));
+        let old_ips = strings(old_spec.and_then(|s| s.get("clusterIPs")));
+        let what = if !given_families.is_empty() && given_families.len() < 2 {
+            Some("IP family")
+        } else if !given_ips.is_empty() && given_ips.len() < old_ips.len() {
+            Some("cluster IP")
+        } else {
+            None
+        };
+        if let (false, Some(what), Some(p)) = (single, what, policy.as_deref()) {
+            return Err(invalid(
+                name,
+                "spec.ipFamilyPolicy",
+                p,
+                &format!("must be 'SingleStack' to release the secondary {what}"),
+            ));
+        }
     }
     let dual = |p: &Option<String>| {
         matches!(
@@ -199,6 +229,52 @@ mod tests {
         assert!(e.contains("not configured for dual-stack"), "{e}");
         let s = run(v4, json!({"clusterIP": "None"})).unwrap();
         assert_eq!(s["clusterIPs"], json!(["None"]));
+    }
+
+    fn update(cluster: &[&str], old: &Value, spec: Value) -> Result<Value, String> {
+        let mut spec = spec;
+        let mut n = 10;
+        let old = json!({"spec": old});
+        default_families(cluster, &mut spec, Some(&old), "s", &mut n)
+            .map(|_| spec)
+            .map_err(|e| e.message)
+    }
+
+    #[test]
+    fn updates_add_or_release_the_secondary_family() {
+        let dual = &[V4, V6];
+        let single = run(dual, json!({})).unwrap();
+        // Upgrade: the policy alone adds IPv6 and keeps the IPv4 address.
+        let up = update(dual, &single, json!({"ipFamilyPolicy": "PreferDualStack"})).unwrap();
+        assert_eq!(up["ipFamilies"], json!(["IPv4", "IPv6"]));
+        assert_eq!(up["clusterIPs"][0], single["clusterIPs"][0]);
+        assert_eq!(up["clusterIPs"].as_array().unwrap().len(), 2);
+        // Downgrade: SingleStack with both families and addresses as they were.
+        let mut body = up.clone();
+        body["ipFamilyPolicy"] = json!("SingleStack");
+        let down = update(dual, &up, body).unwrap();
+        assert_eq!(down["ipFamilies"], json!(["IPv4"]));
+        assert_eq!(down["clusterIPs"], json!([up["clusterIPs"][0]]));
+        assert_eq!(down["ipFamilyPolicy"], "SingleStack");
+        // A dual-stack policy may not drop a family or an address.
+        let e = update(dual, &up, json!({"ipFamilies": ["IPv4"]})).unwrap_err();
+        assert!(
+            e.contains("spec.ipFamilyPolicy: Invalid value: \"PreferDualStack\": must be 'SingleStack' to release the secondary IP family"),
+            "{e}"
+        );
+        let e = update(dual, &up, json!({"clusterIPs": [up["clusterIPs"][0]]})).unwrap_err();
+        assert!(e.contains("release the secondary cluster IP"), "{e}");
+        // SingleStack with two families that differ from the old ones is still refused.
+        let e = update(
+            dual,
+            &single,
+            json!({"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4", "IPv6"]}),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("when multiple 'ipFamilies' are specified"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,13 +1,33 @@
-//! A list's `resourceVersion` and `resourceVersionMatch`, checked as kube-apiserver checks
-//! them (`apimachinery/pkg/apis/meta/internalversion/validation`, the watch cache's
-//! `waitUntilFreshAndBlock`, etcd3 `errors.go`): invalid combinations are a 422 on
-//! `ListOptions`, `Exact` at a compacted version is 410, and a version the server has not
-//! reached is waited for (up to 3 s) and then a 504.
+//! A list's `resourceVersion` and `resourceVersionMatch`, checked and served as kube-apiserver
+//! does. Sources (kubernetes/kubernetes, `staging/src/k8s.io/apiserver/pkg/storage/`):
+//! `cacher/delegator.go` (`shouldDelegateList`: `Exact`, a legacy `resourceVersion` with
+//! `limit`, and `continue` pages bypass the watch cache and go to etcd), `etcd3/store.go`
+//! (`GetList`: those read etcd at that revision, `WithRev`, and stamp the list with it) and
+//! `etcd3/errors.go` (a compacted revision is 410); validation in apimachinery
+//! `pkg/apis/meta/internalversion/validation`; the watch cache's `waitUntilFreshAndBlock`.
+//!
+//! - Invalid combinations are a 422 on `ListOptions`.
+//! - `""`/`"0"`, and a version with `NotOlderThan` (or no match and no `limit`): the latest
+//!   state; a version the server has not reached is waited for (up to 3 s), then a 504.
+//! - `Exact`, and (legacy) a version other than `"0"` with no match and a `limit`: the state
+//!   AS OF that revision, with the list's `metadata.resourceVersion` equal to it, items
+//!   deleted since included and items modified since as they were. The store rebuilds it by
+//!   undoing the later events of its history (`State::objects_at`), which reaches back to
+//!   `compacted`; below that the answer is 410 `Expired`, as etcd answers a compacted one.
+//!   The `continue` token of such a page carries the revision, so later pages show the same
+//!   snapshot; a `continue` page with a `resourceVersion` (other than `"0"`) is a 400.
+//! - One difference: the store keeps one history for watches and lists, so after a simulated
+//!   API server restart (`restart_watch_cache`) an exact list below the restart is 410 where
+//!   a real etcd, not compacted, would still serve it.
 
 use crate::error::ApiError;
 use crate::field_errors::{FieldError, into_result};
+use crate::read::{self, ListResult, Page};
+use crate::resources::ResourceType;
 use crate::route::Query;
+use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::Store;
+use serde_json::Value;
 use std::time::Duration;
 
 /// How long the watch cache waits for a resourceVersion it has not reached.
@@ -18,9 +38,9 @@ pub(crate) const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
 pub(crate) enum ListRv {
     /// "" (latest, consistent) or "0" (any): served from the current state here.
     Any,
-    /// At least this version (`NotOlderThan`, or a version without a match).
+    /// At least this version (`NotOlderThan`, or a version without a match or `limit`).
     NotOlderThan(u64),
-    /// Exactly this version.
+    /// Exactly this version (`Exact`, or a version without a match but with a `limit`).
     Exact(u64),
 }
 
@@ -63,15 +83,20 @@ pub(crate) fn parse(q: &Query) -> Result<ListRv, ApiError> {
     let n: u64 = rv
         .parse()
         .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
-    Ok(if matching == "Exact" {
+    // etcd3 `GetList`'s "legacy case": a paginated list at a version is an exact read.
+    let legacy_exact = matching.is_empty()
+        && q.get("limit")
+            .and_then(|l| l.parse::<i64>().ok())
+            .is_some_and(|l| l > 0);
+    Ok(if matching == "Exact" || legacy_exact {
         ListRv::Exact(n)
     } else {
         ListRv::NotOlderThan(n)
     })
 }
 
-/// The answer for a list at `want`, given the server's current and oldest kept versions:
-/// `Ok` to serve the current state.
+/// Whether a list at `want` can be served, given the server's current version and the oldest
+/// one its history can rebuild (`compacted`).
 pub(crate) fn check(want: ListRv, current: u64, compacted: u64) -> Result<(), ApiError> {
     match want {
         ListRv::Any => Ok(()),
@@ -84,6 +109,66 @@ pub(crate) fn check(want: ListRv, current: u64, compacted: u64) -> Result<(), Ap
             Err(ApiError::too_large_resource_version(n, current))
         }
         _ => Ok(()),
+    }
+}
+
+impl Store {
+    /// All objects of a kind as they were at revision `rev` (direct, non-HTTP read for tests):
+    /// what `resourceVersionMatch=Exact` lists, or its error (410 below the kept history).
+    pub fn list_at_revision(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        rev: u64,
+    ) -> Result<Vec<Value>, ApiError> {
+        let (rt, v) = self.resolve_kind(api_version, kind)?;
+        let (labels, fields) = (LabelSelector::default(), FieldSelector::default());
+        let want = ListRv::Exact(rev);
+        let page = self.list_at(&rt, &v, namespace, &labels, &fields, want, None, None)?;
+        Ok(page.items)
+    }
+
+    /// A list as `want` asks: the latest state, or the state at an exact revision rebuilt
+    /// from the history; checked and read under one lock, so a compaction cannot fall between.
+    /// A `continue` page is read at its token's revision (`read::continue_at`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn list_at(
+        &self,
+        rt: &ResourceType,
+        version: &str,
+        ns: Option<&str>,
+        labels: &LabelSelector,
+        fields: &FieldSelector,
+        want: ListRv,
+        limit: Option<usize>,
+        cont: Option<&str>,
+    ) -> Result<ListResult, ApiError> {
+        let st = self.lock();
+        let (rev, after) = match cont.filter(|c| !c.is_empty()) {
+            Some(_) if want != ListRv::Any => {
+                return Err(ApiError::bad_request(
+                    "specifying resource version is not allowed when using continue",
+                ));
+            }
+            Some(c) => read::continue_at(&st, c)?,
+            None => {
+                check(want, st.rv, st.compacted)?;
+                match want {
+                    ListRv::Exact(n) => (n, None),
+                    _ => (st.rv, None),
+                }
+            }
+        };
+        let page = Page {
+            rt,
+            version,
+            ns,
+            labels,
+            fields,
+            limit,
+        };
+        Ok(page.read(&st, rev, after.as_deref()))
     }
 }
 

@@ -1,9 +1,10 @@
-//! Reads: get, and list with label and field selectors and `limit`/`continue` pages.
+//! Reads: get, and list with label and field selectors and `limit`/`continue` pages, at the
+//! latest state or at an exact earlier revision.
 
 use crate::error::ApiError;
 use crate::resources::ResourceType;
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::store::{ObjKey, Store, meta_str};
+use crate::store::{ObjKey, State, Store, meta_str};
 use crate::util;
 use serde_json::Value;
 
@@ -56,6 +57,9 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))
     }
 
+    /// A list at the latest state, or (with a `continue` token) the next page at the token's
+    /// revision. Lists at a requested resourceVersion go through `Store::list_at`
+    /// (`list_options.rs`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn list_objs(
         &self,
@@ -68,76 +72,101 @@ impl Store {
         cont: Option<&str>,
     ) -> Result<ListResult, ApiError> {
         let st = self.lock();
-        let ns = if rt.namespaced { ns } else { None };
-        let (list_rv, after) = match cont {
-            Some(c) if !c.is_empty() => {
-                let raw = util::b64_decode(c)
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .unwrap_or_default();
-                let (rv, key) = raw
-                    .split_once('|')
-                    .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
-                // "-1" continues at the latest state (the token a 410 hands out).
-                let rv: u64 = match rv {
-                    "-1" => st.rv,
-                    rv => rv
-                        .parse()
-                        .map_err(|_| ApiError::bad_request("continue key is not valid"))?,
-                };
-                if rv < st.compacted {
-                    let fresh = util::b64(format!("-1|{key}").as_bytes());
-                    return Err(ApiError::continue_expired(fresh));
-                }
-                (rv, Some(key.to_string()))
-            }
-            _ => (st.rv, None),
+        let (rev, after) = match cont.filter(|c| !c.is_empty()) {
+            Some(c) => continue_at(&st, c)?,
+            None => (st.rv, None),
         };
-        let start = ObjKey {
-            group: rt.group.clone(),
-            resource: rt.plural.clone(),
-            namespace: ns.unwrap_or("").into(),
-            name: String::new(),
+        let page = Page {
+            rt,
+            version,
+            ns,
+            labels,
+            fields,
+            limit,
         };
+        Ok(page.read(&st, rev, after.as_deref()))
+    }
+}
+
+/// Where a `continue` token resumes: its revision and the last key it served. A page is read
+/// at the token's revision, as etcd3 `GetList` does
+/// (`staging/src/k8s.io/apiserver/pkg/storage/etcd3/store.go`), so every page of a list shows
+/// one snapshot; a compacted revision is 410 with a token that continues at the latest state
+/// (`etcd3/errors.go`).
+pub(crate) fn continue_at(st: &State, token: &str) -> Result<(u64, Option<String>), ApiError> {
+    let raw = util::b64_decode(token)
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_default();
+    let (rv, key) = raw
+        .split_once('|')
+        .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
+    // "-1" continues at the latest state (the token a 410 hands out).
+    let rv: u64 = match rv {
+        "-1" => st.rv,
+        rv => rv
+            .parse()
+            .map_err(|_| ApiError::bad_request("continue key is not valid"))?,
+    };
+    if rv < st.compacted {
+        let fresh = util::b64(format!("-1|{key}").as_bytes());
+        return Err(ApiError::continue_expired(fresh));
+    }
+    if rv > st.rv {
+        return Err(ApiError::too_large_resource_version(rv, st.rv));
+    }
+    Ok((rv, Some(key.to_string())))
+}
+
+/// What one list request selects.
+pub(crate) struct Page<'a> {
+    pub rt: &'a ResourceType,
+    pub version: &'a str,
+    pub ns: Option<&'a str>,
+    pub labels: &'a LabelSelector,
+    pub fields: &'a FieldSelector,
+    pub limit: Option<usize>,
+}
+
+impl Page<'_> {
+    /// The page at revision `rev` (not below `st.compacted`) after key `after`
+    /// (`namespace/name`), with a `continue` token carrying `rev` when more items match.
+    pub(crate) fn read(&self, st: &State, rev: u64, after: Option<&str>) -> ListResult {
+        let ns = if self.rt.namespaced { self.ns } else { None };
         let mut items = Vec::new();
         let mut next = None;
         let mut remaining = 0usize;
-        for (k, o) in st.objects.range(start..) {
-            if k.group != rt.group
-                || k.resource != rt.plural
-                || ns.is_some_and(|n| n != k.namespace)
-            {
-                break;
-            }
-            if let Some(a) = after.as_deref() {
+        for (k, o) in st.objects_at(&self.rt.group, &self.rt.plural, ns, rev) {
+            if let Some(a) = after {
                 let (ans, aname) = a.split_once('/').unwrap_or(("", a));
                 if (k.namespace.as_str(), k.name.as_str()) <= (ans, aname) {
                     continue;
                 }
             }
-            if !labels.matches(o) || !fields.matches(o) {
+            if !self.labels.matches(o) || !self.fields.matches(o) {
                 continue;
             }
-            if limit.is_some_and(|l| l > 0 && items.len() >= l) {
-                if next.is_none() {
-                    let last: &Value = items.last().expect("limit > 0");
+            if self.limit.is_some_and(|l| l > 0 && items.len() >= l) {
+                if next.is_none()
+                    && let Some(last) = items.last()
+                {
                     let lk = format!(
                         "{}/{}",
                         meta_str(last, "namespace").unwrap_or(""),
                         meta_str(last, "name").unwrap_or("")
                     );
-                    next = Some(util::b64(format!("{list_rv}|{lk}").as_bytes()));
+                    next = Some(util::b64(format!("{rev}|{lk}").as_bytes()));
                 }
                 remaining += 1;
                 continue;
             }
-            items.push(Store::render(rt, version, o));
+            items.push(Store::render(self.rt, self.version, o));
         }
-        Ok(ListResult {
+        ListResult {
             items,
-            resource_version: list_rv,
+            resource_version: rev,
             continue_token: next,
             remaining,
-        })
+        }
     }
 }
 

@@ -113,6 +113,48 @@ pub(crate) struct State {
     pub next_node_port: u32,
 }
 
+impl State {
+    /// The objects of one resource (in namespace `ns`, or all) as they were at revision `rev`,
+    /// which must not be below `compacted`: the current objects with every later change
+    /// undone. Each event keeps the object it replaced (`prev`, `None` for a create), so the
+    /// first event after `rev` for a key tells what the key held at `rev`; keys no event
+    /// touched since are as they are now. This is what etcd serves for a read at `rev`.
+    pub(crate) fn objects_at<'a>(
+        &'a self,
+        group: &str,
+        resource: &str,
+        ns: Option<&str>,
+        rev: u64,
+    ) -> BTreeMap<&'a ObjKey, &'a Value> {
+        let ours = |k: &ObjKey| {
+            k.group == group && k.resource == resource && ns.is_none_or(|n| n == k.namespace)
+        };
+        let start = ObjKey {
+            group: group.to_string(),
+            resource: resource.to_string(),
+            namespace: ns.unwrap_or("").to_string(),
+            name: String::new(),
+        };
+        let mut out: BTreeMap<&ObjKey, &Value> = self
+            .objects
+            .range(start..)
+            .take_while(|(k, _)| ours(k))
+            .collect();
+        let first_later = self.history.partition_point(|e| e.rv <= rev);
+        let mut undone = std::collections::HashSet::new();
+        for e in self.history.range(first_later..) {
+            if !ours(&e.key) || !undone.insert(&e.key) {
+                continue;
+            }
+            match &e.prev {
+                Some(p) => out.insert(&e.key, p),
+                None => out.remove(&e.key),
+            };
+        }
+        out
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     signal: watch::Sender<Signal>,
