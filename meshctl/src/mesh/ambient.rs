@@ -44,16 +44,29 @@ pub fn address_type(addr: &str) -> Result<&'static str> {
 }
 
 /// The address a peer dials: the gateway Service's first load-balancer ingress (IP, else
-/// hostname), if the cloud has assigned one.
+/// hostname), if the cloud has assigned one. A dual-stack Service (a user's
+/// `ipFamilyPolicy: PreferDualStack`) may get an ingress IP per family, in whatever order the
+/// load balancer lists them: the first of the Service's primary family (`spec.ipFamilies[0]`)
+/// is taken then, the family a single-stack gateway had, so opting in never moves the
+/// announced address to the other family.
 pub fn service_address(svc: &Value) -> Option<String> {
-    let ingress = svc["status"]["loadBalancer"]["ingress"].as_array()?;
-    ingress.iter().find_map(|i| {
+    fn address(i: &Value) -> Option<&str> {
         i["ip"]
             .as_str()
             .or_else(|| i["hostname"].as_str())
             .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    })
+    }
+    let ingress = svc["status"]["loadBalancer"]["ingress"].as_array()?;
+    let primary = svc["spec"]["ipFamilies"][0].as_str();
+    let other_family = |a: &str| {
+        matches!(
+            (a.parse::<IpAddr>(), primary),
+            (Ok(IpAddr::V4(_)), Some("IPv6")) | (Ok(IpAddr::V6(_)), Some("IPv4"))
+        )
+    };
+    let mut all = ingress.iter().filter_map(address);
+    let first = all.clone().next();
+    all.find(|a| !other_family(a)).or(first).map(str::to_string)
 }
 
 /// The `istio-remote` Gateway (in the gateway's namespace `ns`) that makes one cluster's
@@ -148,6 +161,36 @@ mod tests {
         ] {
             assert!(address_type(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn service_address_takes_the_primary_familys_ingress_of_a_dual_stack_service() {
+        let svc = |families: Value, ingress: Value| json!({"spec": {"ipFamilies": families}, "status": {"loadBalancer": {"ingress": ingress}}});
+        let both = json!([{"ip": "2001:db8::20"}, {"ip": "172.18.0.20"}]);
+        let v4_first = json!(["IPv4", "IPv6"]);
+        let v6_first = json!(["IPv6", "IPv4"]);
+        assert_eq!(
+            service_address(&svc(v4_first.clone(), both.clone())).as_deref(),
+            Some("172.18.0.20")
+        );
+        assert_eq!(
+            service_address(&svc(v6_first.clone(), both)).as_deref(),
+            Some("2001:db8::20")
+        );
+        // Only the other family's address, or no families known: the first one.
+        let v6_only = json!([{"ip": "2001:db8::20"}]);
+        assert_eq!(
+            service_address(&svc(v4_first, v6_only)).as_deref(),
+            Some("2001:db8::20")
+        );
+        let no_spec = json!({"status": {"loadBalancer": {"ingress": [{"ip": "2001:db8::20"}, {"ip": "172.18.0.20"}]}}});
+        assert_eq!(service_address(&no_spec).as_deref(), Some("2001:db8::20"));
+        // A hostname is not of a family: it stays where the load balancer put it.
+        let named = json!([{"hostname": "lb.example.com"}, {"ip": "172.18.0.20"}]);
+        assert_eq!(
+            service_address(&svc(v6_first, named)).as_deref(),
+            Some("lb.example.com")
+        );
     }
 
     #[test]

@@ -315,6 +315,13 @@ pub fn objects(
                 },
             },
         }}),
+        // No `ipFamilyPolicy`: the cluster's primary family only (SingleStack, the default),
+        // although the gateway listens on both. On a dual-stack cluster PreferDualStack would
+        // give the load balancer an address per family, and istiod makes each one a network
+        // gateway and splits sidecars' cross-network traffic evenly over them, whatever
+        // families the client can reach (istio/istio pilot/pkg/serviceregistry/kube/
+        // conversion.go, kube/controller/network.go, xds/endpoints/ep_filters.go). A user who
+        // wants it patches the Service; meshctl does not own the field, so it stays.
         json!({"apiVersion": "v1", "kind": "Service", "metadata": service_meta,
             "spec": {"type": service_type, "selector": selector, "ports": service_ports}}),
         json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta(GATEWAY_NAME, true),
