@@ -115,7 +115,11 @@ pub(crate) fn resource(
             let mut meta = json!({"resourceVersion": page.resource_version.to_string()});
             if let Some(c) = page.continue_token {
                 meta["continue"] = json!(c);
-                meta["remainingItemCount"] = json!(page.remaining);
+                // Only without selectors: etcd counts the objects the selectors would drop
+                // (`storage/etcd3/store.go` GetList: nil for a non-empty predicate).
+                if labels.is_empty() && fields.is_empty() {
+                    meta["remainingItemCount"] = json!(page.remaining);
+                }
             }
             let (api_version, kind) = if meta_only {
                 (

@@ -76,6 +76,11 @@ impl LabelSelector {
         Ok(LabelSelector(reqs))
     }
 
+    /// Selects everything (`labels.Everything()`).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Whether an object's `metadata.labels` satisfy the selector.
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = obj.pointer("/metadata/labels");
@@ -115,6 +120,11 @@ impl FieldSelector {
             reqs.push((k.trim().to_string(), eq, v.trim().to_string()));
         }
         Ok(FieldSelector(reqs))
+    }
+
+    /// Selects everything (`fields.Everything()`).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     pub fn matches(&self, obj: &Value) -> bool {

@@ -291,3 +291,33 @@ async fn an_exact_list_older_than_the_kept_history_is_410() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["metadata"]["resourceVersion"], current.to_string());
 }
+
+/// A page's `remainingItemCount` is given only for a list without selectors: etcd's count
+/// includes the objects a selector drops, so the real server leaves it out then.
+#[tokio::test]
+async fn remaining_item_count_only_without_selectors() {
+    let server = TestApiServer::start("x4").await.unwrap();
+    let client = admin_client(&server).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for name in ["a", "b", "c"] {
+        api.create(&PostParams::default(), &cm(name, "1"))
+            .await
+            .unwrap();
+    }
+    let (code, plain) = raw_get(&client, &format!("{CONFIGMAPS}?limit=1")).await;
+    assert_eq!(code, 200, "{plain}");
+    // Three of ours and the namespace's kube-root-ca.crt, one shown.
+    assert_eq!(plain["metadata"]["remainingItemCount"], 3, "{plain}");
+    for selector in [
+        format!("labelSelector={MINE}"),
+        "fieldSelector=metadata.name!=x".into(),
+    ] {
+        let (code, body) = raw_get(&client, &format!("{CONFIGMAPS}?limit=1&{selector}")).await;
+        assert_eq!(code, 200, "{body}");
+        assert!(body["metadata"]["continue"].is_string(), "{body}");
+        assert!(
+            body["metadata"].get("remainingItemCount").is_none(),
+            "{selector}: {body}"
+        );
+    }
+}
