@@ -185,14 +185,54 @@ fn network_label(r: &mut Report, scope: &str, f: &ClusterFacts) -> Option<String
 fn gateway_service(r: &mut Report, scope: &str, f: &ClusterFacts) {
     let (ctx, ns, check) = (&f.context, &f.ns, "gateway Service has an external address");
     match &f.gateway {
-        None => r.fail(scope, check, format!("no Service {ns}/{GATEWAY_NAME}"),
-            format!("meshctl gateway install --network <network> --context {ctx}")),
-        Some(s) => match gateway_address(s) {
-            Ok(detail) => r.pass(scope, check, detail),
-            Err(detail) => r.fail(scope, check, detail,
-                "no load-balancer controller assigned an address: install one (kind: MetalLB or cloud-provider-kind; check its pods and address pool) or use --service-type NodePort"),
-        },
+        None => r.fail(
+            scope,
+            check,
+            format!("no Service {ns}/{GATEWAY_NAME}"),
+            format!("meshctl gateway install --network <network> --context {ctx}"),
+        ),
+        Some(s) => {
+            match gateway_address(s) {
+                Ok(detail) => r.pass(scope, check, detail),
+                Err(detail) => r.fail(scope, check, detail,
+                    "no load-balancer controller assigned an address: install one (kind: MetalLB or cloud-provider-kind; check its pods and address pool) or use --service-type NodePort"),
+            }
+            one_family(r, scope, s);
+        }
     }
+}
+
+/// "gateway addresses of one IP family": istiod makes every load-balancer address a network
+/// gateway and spreads a network's cross-network traffic evenly over them
+/// (`pilot/pkg/serviceregistry/kube/conversion.go`, `xds/endpoints/ep_filters.go`), so a
+/// dual-stack Service sends about half of it to a family the peers may not reach.
+fn one_family(r: &mut Report, scope: &str, svc: &Service) {
+    let check = "gateway addresses of one IP family";
+    let ips: Vec<std::net::IpAddr> = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect();
+    let (v4, v6) = ips.iter().partition::<Vec<_>, _>(|ip| ip.is_ipv4());
+    if v4.is_empty() || v6.is_empty() {
+        return;
+    }
+    let shown = |a: &[&std::net::IpAddr]| {
+        a.iter()
+            .map(|ip| ip.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    r.warn(
+        scope,
+        check,
+        format!("IPv4 {} and IPv6 {}: istiod splits cross-network traffic over both", shown(&v4), shown(&v6)),
+        format!("unless every peer reaches both families: kubectl -n {} patch svc {GATEWAY_NAME} -p '{{\"spec\":{{\"ipFamilyPolicy\":\"SingleStack\"}}}}'", svc.metadata.namespace.as_deref().unwrap_or("istio-system")),
+    );
 }
 
 /// `Ok(description)` when istiod can find an address for the gateway.

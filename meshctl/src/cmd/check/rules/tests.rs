@@ -500,3 +500,37 @@ fn live_results_name_the_fix() {
         items[1].detail
     );
 }
+
+#[test]
+fn a_gateway_with_addresses_of_both_families_is_warned_about() {
+    let check = "gateway addresses of one IP family";
+    let (items, _) = judge(&healthy(), None);
+    assert!(
+        items.iter().all(|i| i.check != check),
+        "silent for one family"
+    );
+    let mut f = healthy();
+    f.gateway = Some(typed(json!({
+        "metadata": {"namespace": "istio-system", "labels": {NETWORK_LABEL: "west-net"}},
+        "spec": {"type": "LoadBalancer", "ipFamilyPolicy": "PreferDualStack"},
+        "status": {"loadBalancer": {"ingress": [{"ip": "172.18.0.10"}, {"ip": "fc00:f853::10"}]}}})));
+    let (items, _) = judge(&f, None);
+    let i = find(&items, check);
+    assert_eq!(i.status, Status::Warn);
+    assert!(
+        i.detail.contains("172.18.0.10") && i.detail.contains("fc00:f853::10"),
+        "{}",
+        i.detail
+    );
+    let hint = i.hint.as_deref().unwrap();
+    assert!(
+        hint.contains("-n istio-system patch svc istio-eastwestgateway")
+            && hint.contains("SingleStack"),
+        "{hint}"
+    );
+    // The address check itself still passes: istiod does find addresses.
+    assert_eq!(
+        find(&items, "gateway Service has an external address").status,
+        Status::Pass
+    );
+}
