@@ -8,21 +8,6 @@ use common::*;
 use k8s_test_server::TestApiServer;
 use serde_json::{Value, json};
 
-/// The Gateway API `Gateway` CRD (v1 served, status subresource), as its release installs it.
-fn install_gateway_api(s: &TestApiServer) {
-    s.store()
-        .create(json!({
-            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": "gateways.gateway.networking.k8s.io"},
-            "spec": {"group": "gateway.networking.k8s.io", "scope": "Namespaced",
-                "names": {"plural": "gateways", "singular": "gateway", "kind": "Gateway", "listKind": "GatewayList", "shortNames": ["gtw"]},
-                "versions": [
-                    {"name": "v1", "served": true, "storage": true, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
-                    {"name": "v1beta1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}
-                ]}}))
-        .unwrap();
-}
-
 async fn ambient_mesh() -> Mesh {
     let m = mesh().await;
     install_gateway_api(&m.west);

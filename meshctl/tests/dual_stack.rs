@@ -13,19 +13,6 @@ use serde_json::{Value, json};
 
 const DUAL: &[&str] = &["IPv4", "IPv6"];
 
-/// The Gateway API `Gateway` CRD, which `join --ambient` needs.
-fn install_gateway_api(s: &TestApiServer) {
-    s.store()
-        .create(json!({
-            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": "gateways.gateway.networking.k8s.io"},
-            "spec": {"group": "gateway.networking.k8s.io", "scope": "Namespaced",
-                "names": {"plural": "gateways", "singular": "gateway", "kind": "Gateway", "listKind": "GatewayList"},
-                "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
-                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}}))
-        .unwrap();
-}
-
 /// Two dual-stack clusters (IPv4 primary) with the Gateway API, and a certificate tree.
 async fn dual_stack_mesh() -> Mesh {
     init();
@@ -40,26 +27,7 @@ async fn dual_stack_mesh() -> Mesh {
     let (west, east) = (start("west").await.unwrap(), start("east").await.unwrap());
     install_gateway_api(&west);
     install_gateway_api(&east);
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        kubeconfig_yaml(&[("west", &west), ("east", &east)]),
-    )
-    .unwrap();
-    let certs = dir.path().join("certs");
-    let mesh = Mesh {
-        west,
-        east,
-        dir,
-        kubeconfig,
-        certs,
-    };
-    let clusters = ["certs", "init", "--clusters", "west,east", "--out"];
-    let mut args = clusters.to_vec();
-    args.push(p(&mesh.certs));
-    mesh.ok(&args).await;
-    mesh
+    mesh_of(west, east).await
 }
 
 fn families(svc: &Value) -> (Value, Value, usize) {

@@ -9,7 +9,7 @@ mod common;
 use common::runs::*;
 use common::*;
 use k8s_test_server::{Fault, TestApiServer};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The objects meshctl manages, without what the server assigns (versions, times, IPs).
 fn managed(s: &TestApiServer) -> Vec<Value> {
@@ -234,19 +234,6 @@ async fn unjoin_says_which_cluster_is_half_removed_and_a_rerun_finishes() {
             "{ns}"
         );
     }
-}
-
-/// The Gateway API `Gateway` CRD, which `join --ambient` needs.
-fn install_gateway_api(s: &TestApiServer) {
-    s.store()
-        .create(json!({
-            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": "gateways.gateway.networking.k8s.io"},
-            "spec": {"group": "gateway.networking.k8s.io", "scope": "Namespaced",
-                "names": {"plural": "gateways", "singular": "gateway", "kind": "Gateway", "listKind": "GatewayList"},
-                "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
-                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}}))
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,7 +209,7 @@ pub(crate) fn resource(
                 None => {
                     let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))?;
                     let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))?;
-                    let page = store.list_objs(&rt, v, ns, &labels, &fields, None, None)?;
+                    let page = store.list_objs(&rt, v, ns, &labels, &fields);
                     let mut items = Vec::new();
                     for o in page.items {
                         let n = o

@@ -34,11 +34,8 @@ impl Store {
             namespace,
             &LabelSelector::default(),
             &FieldSelector::default(),
-            None,
-            None,
         )
-        .map(|l| l.items)
-        .unwrap_or_default()
+        .items
     }
 
     // ---- reads --------------------------------------------------------------------------
@@ -57,10 +54,8 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))
     }
 
-    /// A list at the latest state, or (with a `continue` token) the next page at the token's
-    /// revision. Lists at a requested resourceVersion go through `Store::list_at`
-    /// (`list_options.rs`).
-    #[allow(clippy::too_many_arguments)]
+    /// Every object that matches, at the latest state. Paginated lists and lists at a
+    /// requested resourceVersion go through `Store::list_at` (`list_options.rs`).
     pub(crate) fn list_objs(
         &self,
         rt: &ResourceType,
@@ -68,23 +63,17 @@ impl Store {
         ns: Option<&str>,
         labels: &LabelSelector,
         fields: &FieldSelector,
-        limit: Option<usize>,
-        cont: Option<&str>,
-    ) -> Result<ListResult, ApiError> {
+    ) -> ListResult {
         let st = self.lock();
-        let (rev, after) = match cont.filter(|c| !c.is_empty()) {
-            Some(c) => continue_at(&st, c)?,
-            None => (st.rv, None),
-        };
         let page = Page {
             rt,
             version,
             ns,
             labels,
             fields,
-            limit,
+            limit: None,
         };
-        Ok(page.read(&st, rev, after.as_deref()))
+        page.read(&st, st.rv, None)
     }
 }
 
