@@ -24,11 +24,13 @@
 //! entries go first, then the one whose cooling ends first. Each connection takes its lock
 //! once when it starts and once if it is cut.
 //!
-//! False positive: a real ztunnel whose applications give up on a black-holed service can
-//! reset most of its streams while their dials hang. Such a connection is cut, like an
-//! attacker's, and then its identity cools; the ratio condition means a busy connection
-//! whose other streams are healthy is not cut, so what it costs is reconnects (a GOAWAY
-//! after every 10 such resets while it cools), not the traffic of its healthy tunnels.
+//! False positive: a real ztunnel whose applications give up on a black-holed service
+//! within `--connect-timeout` resets its streams while their dials hang. Such a connection is
+//! cut like an attacker's, ending the tunnels open on it (the GOAWAY is abrupt), and its
+//! identity cools; the ratio condition keeps a connection whose streams are mostly healthy
+//! from being cut. Resets late in a hanging dial are not exempted: below `--connect-timeout`
+//! that would let a client renew dials to a dead address faster than timing out allows, and at or above it the dial
+//! has already been answered 503.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
