@@ -410,25 +410,7 @@ fn global_service(s: &TestApiServer, name: &str) {
 }
 
 async fn check(m: &Mesh) -> (i32, Vec<Value>) {
-    let out = meshctl(&[
-        "check",
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-        "--context",
-        "east",
-        "--allow-loopback-server",
-        "-o",
-        "json",
-    ])
-    .await;
-    let v: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
-    (
-        out.status.code().unwrap(),
-        v["checks"].as_array().unwrap().clone(),
-    )
+    check_json(m.kc(), &[], false).await
 }
 
 const AMBIENT_CHECKS: [&str; 3] = [

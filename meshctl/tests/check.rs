@@ -27,23 +27,7 @@ async fn joined_with_cluster_ids() -> Mesh {
 
 /// Runs `meshctl check -o json` (loopback test servers allowed unless `strict`).
 async fn check(m: &Mesh, extra: &[&str], strict: bool) -> (i32, Vec<Value>) {
-    check_with(m.kc(), extra, strict).await
-}
-
-async fn check_with(kubeconfig: &str, extra: &[&str], strict: bool) -> (i32, Vec<Value>) {
-    let mut args = check_args(kubeconfig, &["-o", "json"]);
-    if strict {
-        args.retain(|a| *a != "--allow-loopback-server");
-    }
-    args.extend_from_slice(extra);
-    let out = meshctl(&args).await;
-    let v: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
-    assert_eq!(v["ok"], out.status.success());
-    (
-        out.status.code().unwrap(),
-        v["checks"].as_array().unwrap().clone(),
-    )
+    check_json(m.kc(), extra, strict).await
 }
 
 /// The text checklist of `meshctl check` (stdout and stderr), whatever its exit code.
@@ -415,7 +399,7 @@ async fn an_unreachable_cluster_fails_once_and_skips_what_needs_its_data() {
         ..
     } = m;
     let _stopped = east.stop().await;
-    let (code, items) = check_with(p(&kubeconfig), &[], false).await;
+    let (code, items) = check_json(p(&kubeconfig), &[], false).await;
     assert_eq!(code, 1);
     let failed: Vec<&Value> = items.iter().filter(|i| i["status"] == "fail").collect();
     assert_eq!(failed.len(), 1, "only the reachability fails: {failed:#?}");
@@ -453,7 +437,7 @@ async fn an_unreachable_cluster_fails_once_and_skips_what_needs_its_data() {
         "pass"
     );
     // With east's cluster ID given, the secret in west is checked; what needs east is skipped.
-    let (code, items) = check_with(
+    let (code, items) = check_json(
         p(&kubeconfig),
         &["--cluster-name", "east=east-cluster"],
         false,

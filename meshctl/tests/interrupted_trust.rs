@@ -31,21 +31,8 @@ fn stage(s: &TestApiServer) -> String {
 
 /// `check -o json`'s verdict on cross-cluster trust (exit code aside: no gateways here).
 async fn trust_holds(m: &Mesh) -> bool {
-    let out = meshctl(&[
-        "check",
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-        "--context",
-        "east",
-        "-o",
-        "json",
-    ])
-    .await;
-    let v: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
-    check_item(&v, "mesh", "cross-cluster trust of signing roots")["status"] == "pass"
+    let (_, items) = check_json(m.kc(), &[], true).await;
+    item(&items, "mesh", "cross-cluster trust of signing roots")["status"] == "pass"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,6 +130,25 @@ pub fn check_args<'a>(kubeconfig: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
+/// Runs `meshctl check -o json` of west and east (loopback test servers allowed unless
+/// `strict`) plus `extra` flags: its exit code and checklist, the report's `ok` agreeing with
+/// the exit status.
+pub async fn check_json(kubeconfig: &str, extra: &[&str], strict: bool) -> (i32, Vec<Value>) {
+    let mut args = check_args(kubeconfig, &["-o", "json"]);
+    if strict {
+        args.retain(|a| *a != "--allow-loopback-server");
+    }
+    args.extend_from_slice(extra);
+    let out = meshctl(&args).await;
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(v["ok"], out.status.success());
+    (
+        out.status.code().unwrap(),
+        v["checks"].as_array().unwrap().clone(),
+    )
+}
+
 /// `meshctl create-remote-secret` for context west (named west) with this kubeconfig,
 /// loopback test servers allowed, plus `extra` flags.
 pub fn remote_secret_args<'a>(kubeconfig: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
