@@ -35,31 +35,32 @@ async fn trust_holds(m: &Mesh) -> bool {
     item(&items, "mesh", "cross-cluster trust of signing roots")["status"] == "pass"
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_rotation_step_interrupted_says_where_each_cluster_is_and_resumes() {
+/// A mesh whose clusters each have their `cacerts`, as a rotation starts from.
+async fn mesh_with_cacerts() -> Mesh {
     let m = mesh().await;
     for ctx in ["west", "east"] {
         succeeds(&cacerts_apply_args(m.kc(), p(&m.certs.join(ctx)), ctx, &[])).await;
     }
+    m
+}
+
+/// `meshctl rotate <step>` of west and east: `finish` confirmed, the others with `--dir`.
+fn rotate_args<'a>(m: &'a Mesh, step: &'a str, dir: &'a std::path::Path) -> Vec<&'a str> {
+    let mut a = vec!["rotate"];
+    a.extend(both_contexts(step, m.kc()));
+    if step == "finish" {
+        a.push("--confirm");
+    } else {
+        a.extend(["--dir", p(dir)]);
+    }
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_rotation_step_interrupted_says_where_each_cluster_is_and_resumes() {
+    let m = mesh_with_cacerts().await;
     let dir = m.dir.path().join("rotation");
-    let step = |s: &'static str| {
-        let mut a = vec![
-            "rotate",
-            s,
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-            "--context",
-            "east",
-        ];
-        if s == "finish" {
-            a.push("--confirm");
-        } else {
-            a.extend(["--dir", p(&dir)]);
-        }
-        a
-    };
+    let step = |s: &'static str| rotate_args(&m, s, &dir);
     // Reading east fails: nothing changes, and the message says so.
     outage(&m.east, Fault::Internal, "get", "secrets");
     let all = interrupted(&step("prepare")).await;
@@ -149,23 +150,9 @@ async fn each_rotation_step_interrupted_says_where_each_cluster_is_and_resumes()
 /// re-run decides afresh and completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_step_never_overwrites_a_cacerts_changed_since_it_was_read() {
-    let m = mesh().await;
-    for ctx in ["west", "east"] {
-        succeeds(&cacerts_apply_args(m.kc(), p(&m.certs.join(ctx)), ctx, &[])).await;
-    }
+    let m = mesh_with_cacerts().await;
     let dir = m.dir.path().join("rotation");
-    let args = [
-        "rotate",
-        "prepare",
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-        "--context",
-        "east",
-        "--dir",
-        p(&dir),
-    ];
+    let args = rotate_args(&m, "prepare", &dir);
     m.east.faults().inject(
         FaultRule::new(Fault::Unavailable)
             .verb("patch")
@@ -226,16 +213,9 @@ async fn joined_with_old_tokens() -> Mesh {
 }
 
 fn refresh(m: &Mesh) -> Vec<&str> {
-    vec![
-        "credentials",
-        "refresh",
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-        "--context",
-        "east",
-    ]
+    let mut a = vec!["credentials"];
+    a.extend(both_contexts("refresh", m.kc()));
+    a
 }
 
 fn stored_token(s: &TestApiServer, cluster: &str) -> String {
