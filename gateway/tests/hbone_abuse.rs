@@ -149,6 +149,18 @@ impl Raw {
         self.w.flush().await
     }
 
+    /// A CONNECT to `authority` on stream `id`.
+    async fn connect_to(&mut self, id: u32, authority: &str) {
+        let headers = frame(HEADERS, END_HEADERS, id, &connect_block(authority));
+        self.send(&headers).await.unwrap();
+    }
+
+    /// A tunnel to the catalog on stream 1, once the gateway has answered it.
+    async fn open_tunnel(&mut self) {
+        self.connect_to(1, &authority()).await;
+        hbone_support::eventually("200", || self.count(HEADERS) == 1).await;
+    }
+
     fn goaway(&self) -> Option<u32> {
         self.seen.lock().unwrap().goaway
     }
@@ -404,14 +416,7 @@ async fn reset_cancels_a_hanging_dial() {
     })
     .await;
     let mut c = Raw::connect(gw.hbone, &[], true).await;
-    c.send(&frame(
-        HEADERS,
-        END_HEADERS,
-        1,
-        &connect_block(&format!("{dark}:80")),
-    ))
-    .await
-    .unwrap();
+    c.connect_to(1, &format!("{dark}:80")).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(c.count(HEADERS), 0, "the dial should still hang");
     c.send(&rst(1, CANCEL)).await.unwrap();
@@ -504,14 +509,7 @@ async fn oversized_headers_dial_nothing() {
             .unwrap();
     }
     let last = 1 + 2 * n;
-    c.send(&frame(
-        HEADERS,
-        END_HEADERS,
-        last,
-        &connect_block(&authority()),
-    ))
-    .await
-    .unwrap();
+    c.connect_to(last, &authority()).await;
     hbone_support::eventually("all answered", || c.count(HEADERS) == n as usize + 1).await;
     assert_eq!(app.accepted(), 1, "only the normal CONNECT dials");
     assert!(!c.closed());
@@ -553,15 +551,7 @@ async fn window_overflow_and_oversized_frames() {
     assert_eq!(c.goaway(), Some(FRAME_SIZE_ERROR));
 
     let mut c = Raw::connect(gw.hbone, &[], true).await;
-    c.send(&frame(
-        HEADERS,
-        END_HEADERS,
-        1,
-        &connect_block(&authority()),
-    ))
-    .await
-    .unwrap();
-    hbone_support::eventually("200", || c.count(HEADERS) == 1).await;
+    c.open_tunnel().await;
     let chunk = frame(DATA, 0, 1, &vec![0u8; 1 << 20]);
     let mut sent = 0;
     // Far past the window plus what the kernel's buffers absorb upstream.
@@ -583,15 +573,7 @@ async fn window_overflow_and_oversized_frames() {
 async fn empty_data_flood_is_cut_off() {
     let (_app, gw) = app_and_gateway([127, 0, 0, 87], |_| {}).await;
     let mut c = Raw::connect(gw.hbone, &[], true).await;
-    c.send(&frame(
-        HEADERS,
-        END_HEADERS,
-        1,
-        &connect_block(&authority()),
-    ))
-    .await
-    .unwrap();
-    hbone_support::eventually("200", || c.count(HEADERS) == 1).await;
+    c.open_tunnel().await;
     let empty = frame(DATA, 0, 1, &[]);
     let mut n = 0;
     while n < 10_000 && !c.closed() {
