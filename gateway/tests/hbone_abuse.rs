@@ -526,14 +526,8 @@ fn hpack_literal_value(out: &mut Vec<u8>, value: &[u8]) {
 /// resets that stream: what the gateway buffers for it is bounded by the window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn window_overflow_and_oversized_frames() {
-    let a = App::start("stalled", [127, 0, 0, 86].into(), 0, AppMode::Stall)
-        .await
-        .unwrap();
-    let gw = hbone_support::gateway(
-        &hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])]),
-        |_| {},
-    )
-    .await;
+    let (_stalled, gw) =
+        hbone_support::app_behind_gateway("stalled", AppMode::Stall, [127, 0, 0, 86], |_| {}).await;
     let mut c = Raw::connect(gw.hbone, &[], true).await;
     c.send(&window_update(0, 0x7fff_ffff)).await.unwrap();
     c.wait_closed().await;

@@ -115,16 +115,10 @@ async fn drain_deadline_closes_open_tunnels() {
 /// until one of two closes. `--hbone-max-tunnels` caps tunnels across connections (503).
 #[tokio::test]
 async fn stream_and_tunnel_caps() {
-    let a = App::start("catalog-1", [127, 0, 0, 52].into(), 0, AppMode::Echo)
-        .await
-        .unwrap();
-    let gw = hbone_support::gateway(
-        &hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])]),
-        |c| {
-            c.hbone_max_streams = 2;
-            c.hbone_max_tunnels = 3;
-        },
-    )
+    let (_a, gw) = hbone_support::catalog_behind_gateway([127, 0, 0, 52], |c| {
+        c.hbone_max_streams = 2;
+        c.hbone_max_tunnels = 3;
+    })
     .await;
     let auth = format!("{SVC}:80");
     let mut o = outer(gw.hbone, Some(&pki().client)).await.unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use hbone_support::{App, AppMode, connect, hbone_yaml, outer, outer_expecting, pki, read_n};
+use hbone_support::{connect, hbone_yaml, outer, outer_expecting, pki, read_n};
 
 const SVC: &str = "catalog.istioinaction.svc.cluster.local";
 
@@ -32,14 +32,7 @@ async fn refused(gw: &hbone_support::HboneGw, cert: Option<&pki::WorkloadCert>, 
 
 #[tokio::test]
 async fn clients_outside_the_mesh_are_refused() {
-    let a = App::start("catalog-1", [127, 0, 0, 40].into(), 0, AppMode::Echo)
-        .await
-        .unwrap();
-    let gw = hbone_support::gateway(
-        &hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])]),
-        |_| {},
-    )
-    .await;
+    let (a, gw) = hbone_support::catalog_behind_gateway([127, 0, 0, 40], |_| {}).await;
     refused(&gw, Some(&pki().other_root), "bad_client_cert").await;
     refused(&gw, None, "bad_client_cert").await;
     refused(&gw, Some(&pki().other_td), "trust_domain_not_allowed").await;

@@ -354,9 +354,17 @@ pub async fn catalog_behind_gateway(
     ip: [u8; 4],
     tweak: impl FnOnce(&mut gateway::config::Config),
 ) -> (App, HboneGw) {
-    let a = App::start("catalog-1", ip.into(), 0, AppMode::Echo)
-        .await
-        .unwrap();
+    app_behind_gateway("catalog-1", AppMode::Echo, ip, tweak).await
+}
+
+/// As [`catalog_behind_gateway`], with an app of this name and mode as the catalog's endpoint.
+pub async fn app_behind_gateway(
+    name: &str,
+    mode: AppMode,
+    ip: [u8; 4],
+    tweak: impl FnOnce(&mut gateway::config::Config),
+) -> (App, HboneGw) {
+    let a = App::start(name, ip.into(), 0, mode).await.unwrap();
     let svc = crate::common::CATALOG;
     let gw = gateway(
         &hbone_yaml(&[(svc, &[(a.addr.ip(), a.addr.port())])]),
