@@ -637,23 +637,9 @@ async fn zero_window_reader_holds_bounded_memory() {
     let app = App::start("flood", [127, 0, 0, 89].into(), 0, AppMode::Flood)
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("endpoints.yaml");
-    std::fs::write(
-        &path,
-        hbone_yaml(&[(SVC, &[(app.addr.ip(), app.addr.port())])]),
-    )
-    .unwrap();
-    let certs = hbone_support::gateway_certs();
-    let certs_arg = certs.path().to_str().unwrap().to_string();
-    let p = tokio::task::spawn_blocking(move || {
-        let extra = ["--hbone-listen", "127.0.0.1:0", "--hbone-certs", &certs_arg];
-        common::GatewayProcess::start(&path, &extra, "warn,gateway=info")
-    })
-    .await
-    .unwrap();
-    let on = p.wait_line(&|v| v["message"] == "HBONE listener on");
-    let hbone: SocketAddr = on["hbone_addr"].as_str().unwrap().parse().unwrap();
+    let yaml = hbone_yaml(&[(SVC, &[(app.addr.ip(), app.addr.port())])]);
+    let h = hbone_support::hbone_process(&yaml, &[], "warn,gateway=info").await;
+    let (p, hbone) = (&h.gw, h.hbone);
     let pid = p.child.id();
 
     let mut c = Raw::connect(hbone, &[(0x4, 0x7fff_ffff)], false).await;

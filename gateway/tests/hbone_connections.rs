@@ -216,27 +216,10 @@ async fn the_longest_idle_connection_is_shed_for_a_newcomer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_flood_holds_at_most_the_cap_in_memory() {
     const CAP: usize = 400;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("endpoints.yaml");
-    std::fs::write(&path, hbone_yaml(&[])).unwrap();
-    let certs = hbone_support::gateway_certs();
-    let certs_arg = certs.path().to_str().unwrap().to_string();
     let cap_arg = CAP.to_string();
-    let p = tokio::task::spawn_blocking(move || {
-        let extra = [
-            "--hbone-listen",
-            "127.0.0.1:0",
-            "--hbone-certs",
-            &certs_arg,
-            "--hbone-max-connections",
-            &cap_arg,
-        ];
-        common::GatewayProcess::start(&path, &extra, "warn,gateway=info")
-    })
-    .await
-    .unwrap();
-    let on = p.wait_line(&|v| v["message"] == "HBONE listener on");
-    let hbone: SocketAddr = on["hbone_addr"].as_str().unwrap().parse().unwrap();
+    let extra = ["--hbone-max-connections", &cap_arg];
+    let h = hbone_support::hbone_process(&hbone_yaml(&[]), &extra, "warn,gateway=info").await;
+    let (p, hbone) = (&h.gw, h.hbone);
     let pid = p.child.id();
     let active = || {
         let admin = p.admin;

@@ -169,27 +169,11 @@ async fn binary_logs_each_tunnel_and_exits_zero_after_drain() {
     let a = App::start("catalog-1", [127, 0, 0, 60].into(), 0, AppMode::Echo)
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("endpoints.yaml");
-    std::fs::write(&path, hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])])).unwrap();
-    let certs = hbone_support::gateway_certs();
-    let certs_arg = certs.path().to_str().unwrap().to_string();
-    let p = tokio::task::spawn_blocking(move || {
-        let extra = [
-            "--hbone-listen",
-            "127.0.0.1:0",
-            "--hbone-certs",
-            &certs_arg,
-            "--drain-grace",
-            "200ms",
-            "--drain-timeout",
-            "10s",
-        ];
-        common::GatewayProcess::start(&path, &extra, "info")
-    })
-    .await
-    .unwrap();
-    let p = std::sync::Arc::new(std::sync::Mutex::new(p));
+    let yaml = hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])]);
+    let extra = ["--drain-grace", "200ms", "--drain-timeout", "10s"];
+    let h = hbone_support::hbone_process(&yaml, &extra, "info").await;
+    let hbone = h.hbone;
+    let p = std::sync::Arc::new(std::sync::Mutex::new(h.gw));
     let line = |pred: fn(&serde_json::Value) -> bool| {
         let p = p.clone();
         async move {
@@ -198,8 +182,6 @@ async fn binary_logs_each_tunnel_and_exits_zero_after_drain() {
                 .unwrap()
         }
     };
-    let on = line(|v| v["message"] == "HBONE listener on").await;
-    let hbone: std::net::SocketAddr = on["hbone_addr"].as_str().unwrap().parse().unwrap();
 
     let mut o = outer(hbone, Some(&pki().client)).await.unwrap();
     let (_, io) = connect(&mut o, &format!("{SVC}:80")).await.unwrap();

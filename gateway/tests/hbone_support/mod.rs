@@ -75,6 +75,41 @@ pub fn gateway_certs() -> tempfile::TempDir {
     dir
 }
 
+/// The built gateway binary with HBONE on (certificates from [`gateway_certs`]) over an
+/// endpoints file of `yaml`, started as [`crate::common::GatewayProcess::start`] does with
+/// `extra` flags, and its HBONE address once it listens.
+pub struct HboneProcess {
+    pub gw: crate::common::GatewayProcess,
+    pub hbone: SocketAddr,
+    _files: (tempfile::TempDir, tempfile::TempDir),
+}
+
+pub async fn hbone_process(yaml: &str, extra: &[&str], rust_log: &str) -> HboneProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("endpoints.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let certs = gateway_certs();
+    let mut args: Vec<String> = ["--hbone-listen", "127.0.0.1:0", "--hbone-certs"]
+        .map(String::from)
+        .to_vec();
+    args.push(certs.path().to_str().unwrap().to_string());
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let rust_log = rust_log.to_string();
+    let gw = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::common::GatewayProcess::start(&path, &args, &rust_log)
+    })
+    .await
+    .unwrap();
+    let on = gw.wait_line(&|v| v["message"] == "HBONE listener on");
+    let hbone = on["hbone_addr"].as_str().unwrap().parse().unwrap();
+    HboneProcess {
+        gw,
+        hbone,
+        _files: (dir, certs),
+    }
+}
+
 /// TLS as ztunnel's client: TLS 1.3, ALPN h2, its workload certificate (if any), server
 /// checked against the root and the gateway's SPIFFE id.
 pub fn client_tls(cert: Option<&pki::WorkloadCert>, expect: &str) -> Arc<rustls::ClientConfig> {
