@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use gateway::config::CaConfig;
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_test_server::TestApiServer;
 use kube::api::{Api, PostParams};
@@ -94,18 +93,8 @@ impl Env {
     /// A TokenRequest token for the gateway's service account.
     async fn token(&self, audiences: &[&str]) -> String {
         let admin = testkit::kube_client::client_from_yaml(&self.api.kubeconfig("east")).await;
-        let tr: TokenRequest = serde_json::from_value(
-            serde_json::json!({"spec": {"audiences": audiences, "expirationSeconds": 3600}}),
-        )
-        .unwrap();
-        Api::<ServiceAccount>::namespaced(admin, GW_NS)
-            .create_token_request(GW_SA, &PostParams::default(), &tr)
+        testkit::kube_client::service_account_token(&admin, GW_NS, GW_SA, audiences, Some(3600))
             .await
-            .unwrap()
-            .status
-            .unwrap()
-            .token
-            .unwrap()
     }
 
     fn write_token(&self, token: &str) {

@@ -9,10 +9,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::runs::meshctl_within;
 use common::{Mesh, mesh, text};
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_test_server::{Fault, FaultRule, TestApiServer};
-use kube::api::{Api, PostParams};
+
 use serde_json::json;
 
 /// A token of ServiceAccount `default/ops`, bound to `cluster-admin` but not in
@@ -29,15 +27,7 @@ async fn ops_token(s: &TestApiServer) -> String {
             "subjects": [{"kind": "ServiceAccount", "name": "ops", "namespace": "default"}]}))
         .unwrap();
     let admin = common::client_from_yaml(&s.kubeconfig("admin")).await;
-    let tr: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": []}})).unwrap();
-    Api::<ServiceAccount>::namespaced(admin, "default")
-        .create_token_request("ops", &PostParams::default(), &tr)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token
-        .unwrap()
+    testkit::kube_client::service_account_token(&admin, "default", "ops", &[], None).await
 }
 
 /// Rewrites the mesh's kubeconfig so that both contexts use the `ops` tokens.

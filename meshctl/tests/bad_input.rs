@@ -361,8 +361,6 @@ async fn join_checks_secret_name_in_every_cluster_before_writing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_with_a_read_only_context_changes_no_cluster() {
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    use kube::api::{Api, PostParams};
     let m = mesh().await;
     // east-ro: a service account of east that may read everything and write nothing.
     let store = m.east.store();
@@ -382,16 +380,8 @@ async fn join_with_a_read_only_context_changes_no_cluster() {
             "subjects": [{"kind": "ServiceAccount", "name": "ro", "namespace": "default"}]}))
         .unwrap();
     let admin = client_from_yaml(&m.east.kubeconfig("east")).await;
-    let tr = serde_json::from_value(json!({"apiVersion": "authentication.k8s.io/v1",
-        "kind": "TokenRequest", "spec": {"audiences": [], "expirationSeconds": 3600}}))
-    .unwrap();
-    let token = Api::<ServiceAccount>::namespaced(admin, "default")
-        .create_token_request("ro", &PostParams::default(), &tr)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token;
+    let token =
+        testkit::kube_client::service_account_token(&admin, "default", "ro", &[], Some(3600)).await;
     let mut kc: Value =
         serde_yaml::from_str(&kubeconfig_yaml(&[("west", &m.west), ("east", &m.east)])).unwrap();
     kc["users"][1]["user"]["token"] = json!(token);

@@ -6,7 +6,6 @@
 mod common;
 
 use common::init;
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use k8s_test_server::{Fault, FaultRule, TestApiServer};
 use kube::api::{Api, ListParams, PostParams, VersionMatch, WatchEvent, WatchParams};
@@ -36,14 +35,7 @@ async fn ops_token(admin: &Client) -> String {
     )
     .await
     .unwrap();
-    let tr: TokenRequest = serde_json::from_value(json!({"spec": {"audiences": []}})).unwrap();
-    sas.create_token_request("ops", &PostParams::default(), &tr)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token
-        .unwrap()
+    testkit::kube_client::service_account_token(admin, "default", "ops", &[], None).await
 }
 
 /// Status code, `Retry-After`, `Connection`, body.

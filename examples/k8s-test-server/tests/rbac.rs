@@ -404,15 +404,14 @@ async fn token_request_refuses_a_mismatched_name_and_tokens_for_another_audience
         assert_eq!(status_code(&err), Some(422), "{meta}");
     }
     // A token for another audience is issued, but this API server refuses it (401).
-    let tr: TokenRequest = obj(json!({"spec": {"audiences": ["istio-ca"]}}));
-    let token = sas
-        .create_token_request("reader", &PostParams::default(), &tr)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token
-        .unwrap();
+    let token = testkit::kube_client::service_account_token(
+        &admin,
+        "istio-system",
+        "reader",
+        &["istio-ca"],
+        None,
+    )
+    .await;
     let other = client_from_yaml(&server.kubeconfig_with_token("aud", &token)).await;
     let err = Api::<Service>::all(other)
         .list(&ListParams::default())
@@ -467,17 +466,14 @@ async fn token_review(admin: &Client, token: &str, audiences: &[&str]) -> Value 
 #[tokio::test]
 async fn token_review_checks_audience_expiry_and_existence() {
     let (server, admin) = with_reader("review").await;
-    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "istio-system");
-    let tr: TokenRequest =
-        obj(json!({"spec": {"audiences": ["istio-ca"], "expirationSeconds": 600}}));
-    let token = sas
-        .create_token_request("reader", &PostParams::default(), &tr)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token
-        .unwrap();
+    let token = testkit::kube_client::service_account_token(
+        &admin,
+        "istio-system",
+        "reader",
+        &["istio-ca"],
+        Some(600),
+    )
+    .await;
 
     let ok = token_review(&admin, &token, &["istio-ca"]).await;
     assert_eq!(ok["authenticated"], json!(true), "{ok}");

@@ -1,7 +1,11 @@
 //! kube-rs clients for tests: a `kube::Client` from a kubeconfig's YAML text (as the
-//! Kubernetes API test server or `meshctl create-remote-secret` writes it).
+//! Kubernetes API test server or `meshctl create-remote-secret` writes it), and a
+//! ServiceAccount's token from the TokenRequest API.
 
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Client;
+use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// kube with rustls has no automatic crypto provider: installs aws-lc-rs for this process
@@ -19,4 +23,29 @@ pub async fn client_from_yaml(yaml: &str) -> Client {
         .await
         .expect("kube config from the kubeconfig's current context");
     Client::try_from(cfg).expect("kube client")
+}
+
+/// A token of ServiceAccount `namespace/name` for `audiences` (empty: the API server's own),
+/// valid `seconds` if given, through the TokenRequest API as `client`. Panics (the test
+/// fails) when the server refuses.
+pub async fn service_account_token(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    audiences: &[&str],
+    seconds: Option<i64>,
+) -> String {
+    let mut spec = serde_json::json!({"audiences": audiences});
+    if let Some(s) = seconds {
+        spec["expirationSeconds"] = s.into();
+    }
+    let tr: TokenRequest = serde_json::from_value(serde_json::json!({"spec": spec})).unwrap();
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(name, &PostParams::default(), &tr)
+        .await
+        .expect("TokenRequest")
+        .status
+        .expect("TokenRequest status")
+        .token
+        .expect("a token")
 }

@@ -13,7 +13,8 @@
 //! - [`net`]: free loopback ports.
 //! - [`ca`]: a certificate-service test server standing in for istiod's CA.
 //! - [`hbone`]: HBONE doubles: a client ztunnel, a destination ztunnel and its app.
-//! - `kube_client` (feature `kube`): a kube-rs `Client` from a kubeconfig's YAML.
+//! - `kube_client` (feature `kube`): a kube-rs `Client` from a kubeconfig's YAML, and a
+//!   ServiceAccount's token from the TokenRequest API.
 //!
 //! Nothing here is used by a product binary.
 
