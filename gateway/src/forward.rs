@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use rustix::net::{RecvFlags, SendFlags};
-use rustix::pipe::{PipeFlags, SpliceFlags};
+use rustix::pipe::SpliceFlags;
 use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -320,13 +320,11 @@ pub const SPLICE_AFTER: u64 = 256 * 1024;
 const SMALL_SPLICE: usize = 4 * 1024;
 /// ...and this many in a row send the direction back to copying.
 const BACK_TO_COPY_AFTER: u8 = 8;
-/// Pipe capacity asked for (the kernel default is 16 pages).
-const PIPE: usize = 64 * 1024;
 
 /// One direction's state. It copies through a stack buffer until `splice_after` bytes have
 /// moved in reads that filled the buffer, then splices through a pipe (if no pipe worth it can
-/// be had, out of descriptors or of the user's pipe budget, it copies for the rest of the
-/// connection) until [`BACK_TO_COPY_AFTER`] splices in a row were small. Only bytes the
+/// be had, past the gateway's pipe cap ([`crate::pipes`]), out of descriptors or of the user's
+/// pipe budget, it copies for the rest of the connection) until [`BACK_TO_COPY_AFTER`] splices in a row were small. Only bytes the
 /// destination could not take yet are kept, on the heap.
 enum Phase {
     Copy {
@@ -353,6 +351,8 @@ enum Phase {
         left: u32,
         /// Small splices in from `src` in a row.
         small: u8,
+        /// Its place under the pipe cap.
+        _place: crate::pipes::Place,
     },
     /// EOF seen and passed on as a write shutdown.
     Done,
@@ -407,14 +407,15 @@ impl Phase {
                         continue;
                     }
                     if *streamed >= splice_after && splice_after != u32::MAX && !*no_pipe {
-                        match new_pipe() {
-                            Ok((r, w, cap)) => {
+                        match crate::pipes::open() {
+                            Ok((r, w, cap, place)) => {
                                 *self = Phase::Splice {
                                     r,
                                     w,
                                     cap,
                                     left: 0,
                                     small: 0,
+                                    _place: place,
                                 };
                                 continue;
                             }
@@ -468,6 +469,7 @@ impl Phase {
                     cap,
                     left,
                     small,
+                    ..
                 } => {
                     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
                     if *left > 0 {
@@ -607,27 +609,6 @@ fn send(dst: &TcpStream, data: &[u8]) -> io::Result<usize> {
     })
 }
 
-fn new_pipe() -> io::Result<(OwnedFd, OwnedFd, u32)> {
-    let (r, w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-    let cap = match rustix::pipe::fcntl_setpipe_size(&w, PIPE) {
-        Ok(cap) => cap,
-        Err(_) => rustix::pipe::fcntl_getpipe_size(&w)?,
-    };
-    splice_capacity(cap).map(|cap| (r, w, cap))
-}
-
-/// A pipe worth splicing through. Past the user's pipe budget (`fs.pipe-user-pages-soft`,
-/// 64 MiB), Linux gives an unprivileged process 8 KiB pipes it may not grow, and a splice
-/// through those moves less than one copy does: the direction keeps copying instead.
-fn splice_capacity(cap: usize) -> io::Result<u32> {
-    if cap < PIPE {
-        return Err(io::Error::other(format!(
-            "a {cap}-byte pipe: the user's pipe budget is spent"
-        )));
-    }
-    Ok(u32::try_from(cap).unwrap_or(u32::MAX))
-}
-
 /// Passes an EOF on as a write shutdown; the peer having gone already is not an error.
 fn shutdown_write(dst: &TcpStream) -> io::Result<()> {
     match SockRef::from(dst).shutdown(Shutdown::Write) {
@@ -681,14 +662,6 @@ mod tests {
         client.write_all(&vec![7u8; n]).await.unwrap();
         queued(&client_side, n).await;
         (client, client_side, upstream_side, upstream)
-    }
-
-    #[test]
-    fn small_pipes_are_not_spliced_through() {
-        assert!(splice_capacity(8 * 1024).is_err());
-        assert!(splice_capacity(PIPE - 1).is_err());
-        assert_eq!(splice_capacity(PIPE).unwrap(), PIPE as u32);
-        assert_eq!(splice_capacity(1 << 20).unwrap(), 1 << 20);
     }
 
     /// `run` that never splices, with a long idle timeout.

@@ -9,7 +9,7 @@
 //! - [`upstream`] picks an endpoint and connects, retrying others;
 //! - [`endpoint`] (live connection count) and [`outlier`] (failure streak, ejection) keep each
 //!   endpoint's state across publishes;
-//! - [`forward`] copies, then splices, both directions;
+//! - [`forward`] copies, then splices through [`pipes`] (capped), both directions;
 //! - [`reject`] names why a connection was refused; [`metrics`] counts it all.
 //!
 //! Beside it, [`hbone`] serves ambient's HBONE (mTLS + HTTP/2 CONNECT) on 15008 from the same
@@ -43,6 +43,7 @@ pub mod local_error;
 pub mod loop_guard;
 pub mod metrics;
 pub mod outlier;
+pub mod pipes;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod reject;

@@ -3,9 +3,10 @@
 
 use std::io::IsTerminal;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 use gateway::config::{Args, LogFormat};
-use gateway::{app, fd_limit, runtime};
+use gateway::{app, fd_limit, pipes, runtime};
 use tracing_subscriber::EnvFilter;
 
 // tokio allocates every task cell and I/O registration 128-byte aligned, which
@@ -45,9 +46,16 @@ fn error_text(e: &anyhow::Error) -> String {
 fn run() -> anyhow::Result<()> {
     // One crypto provider per process, chosen here (kube's client has none by itself).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let defaulted = |id: &str| matches.value_source(id) == Some(ValueSource::DefaultValue);
+    let defaulted = fd_limit::Defaulted {
+        max_connections: defaulted("max_connections"),
+        max_undecided: defaulted("max_undecided"),
+        hbone_max_connections: defaulted("hbone_max_connections"),
+        hbone_max_tunnels: defaulted("hbone_max_tunnels"),
+    };
     if let Err(msg) = args.check() {
-        use clap::CommandFactory;
         Args::command()
             .error(clap::error::ErrorKind::ArgumentConflict, msg)
             .exit();
@@ -65,14 +73,16 @@ fn run() -> anyhow::Result<()> {
     let tokio_env = std::env::var(runtime::TOKIO_ENV).ok();
     let workers = runtime::checked_workers(args.workers, tokio_env.as_deref(), available)
         .unwrap_or_else(|msg| {
-            use clap::CommandFactory;
             Args::command()
                 .error(clap::error::ErrorKind::InvalidValue, msg)
                 .exit()
         });
-    let cfg = args.into_config();
-    tracing::info!(config = ?cfg, workers, "starting gateway");
+    let mut cfg = args.into_config();
     let limit = fd_limit::raise();
+    let plan = fd_limit::plan(limit.soft(), &fd_limit::Limits::of(&cfg), defaulted);
+    plan.limits.apply(&mut cfg);
+    pipes::set_max(plan.pipes);
+    tracing::info!(config = ?cfg, workers, splice_pipes = plan.pipes, "starting gateway");
     match limit {
         fd_limit::Raised::Already(_) => {}
         fd_limit::Raised::To { from, to } => {
@@ -82,7 +92,7 @@ fn run() -> anyhow::Result<()> {
             tracing::warn!(soft, wanted, "could not raise the descriptor limit")
         }
     }
-    if let Some(msg) = fd_limit::shortfall(limit.soft(), &fd_limit::Limits::of(&cfg)) {
+    for msg in plan.lowered.iter().chain(&plan.short) {
         tracing::warn!("{msg}");
     }
     let rt = runtime::build(workers)?;

@@ -334,17 +334,6 @@ fn json_logs_carry_config_and_access_log() {
     drop(child);
 }
 
-/// Pipes the gateway process holds now (`/proc/<pid>/fd`).
-fn pipes_open(pid: u32) -> usize {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    fds.filter_map(Result::ok)
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .filter(|l| l.to_string_lossy().starts_with("pipe:"))
-        .count()
-}
-
 /// `--splice false` copies every byte: a bulk stream through it never opens a pipe, where
 /// the default splices the same stream through pipes (so the check can fail).
 #[test]

@@ -21,7 +21,9 @@ struct Starved {
 
 /// Starts the binary with [`FD_LIMIT`] descriptors and opens idle connections (no bytes, a
 /// long detect timeout) until the gateway is one descriptor short: it can accept a call but
-/// not dial the upstream. The first failed call proves it.
+/// not dial the upstream. The first failed call proves it. The connection limits are set
+/// explicitly far above what fits, as an operator may: defaulted ones would be lowered to fit
+/// and refuse connections before descriptors ran out.
 async fn one_descriptor_short() -> Starved {
     one_descriptor_short_with(&[]).await
 }
@@ -30,6 +32,7 @@ async fn one_descriptor_short() -> Starved {
 async fn one_descriptor_short_with(extra: &[&str]) -> Starved {
     let catalog = catalog_endpoints_file().await;
     let mut args = vec!["--detect-timeout", "60s"];
+    args.extend(["--max-connections", "1000", "--max-undecided", "1000"]);
     args.extend_from_slice(extra);
     let gw =
         GatewayProcess::start_limited(&catalog.path, &args, "info", Some((FD_LIMIT, FD_LIMIT)));
@@ -95,12 +98,13 @@ impl Starved {
 }
 
 /// Container runtimes and systemd start services with a soft limit far under the hard one;
-/// the gateway raises it at start, and names a limit that cannot hold its connection limits
-/// in a warning with the fix. Limits that fit get no warning.
+/// the gateway raises it at start. Limits set explicitly that cannot fit are named in a
+/// warning with the fix; limits that fit get no warning.
 #[tokio::test]
 async fn soft_limit_is_raised_and_a_short_one_is_named() {
     let catalog = catalog_endpoints_file().await;
-    let gw = GatewayProcess::start_limited(&catalog.path, &[], "info", Some((64, 4096)));
+    let too_many = ["--max-connections", "65536"];
+    let gw = GatewayProcess::start_limited(&catalog.path, &too_many, "info", Some((64, 4096)));
     let raised = gw.wait_line(&|v| v["message"] == "descriptor limit raised to the hard limit");
     assert_eq!(
         (raised["from"].as_u64(), raised["to"].as_u64()),
@@ -116,9 +120,14 @@ async fn soft_limit_is_raised_and_a_short_one_is_named() {
                 .as_str()
                 .is_some_and(|m| m.starts_with("descriptor limit 4096 is below"))
     };
-    let warning = gw.wait_line(&short);
+    let warning = gw.wait_line(&|v| short(v) && v["message"].to_string().contains("forwarded"));
     let text = warning["message"].as_str().unwrap();
     assert!(text.contains("LimitNOFILE"), "{text}");
+    // The explicit flag is kept; the defaulted one made room (down to 1).
+    assert!(
+        text.contains("--max-connections 65536 and --max-undecided 1"),
+        "{text}"
+    );
     // Probes are not among what fails: the operator is told where they still go.
     assert!(
         text.contains("status and admin listeners answer one connection at a time"),
@@ -130,6 +139,138 @@ async fn soft_limit_is_raised_and_a_short_one_is_named() {
     // The check is logged before the listeners are bound, and start waits for those.
     assert_eq!(gw.count_lines(&short), 0);
     assert!(call(gw.listen, &sni(80, "", CATALOG)).await.is_ok());
+}
+
+/// The defaults (65,536 connections) do not fit in 700 descriptors, so start-up lowers them
+/// to what does and says so. Then connections past the lowered limit are refused by it
+/// (`over_limit`), never by a failed accept or dial, and the process keeps descriptors
+/// free for its control-plane connections. Before, the defaults stood: accepts failed with
+/// EMFILE at about 300 connections and dials as `local_resource`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defaulted_limits_are_lowered_to_fit_the_descriptor_limit() {
+    const LIMIT: u32 = 700;
+    let catalog = catalog_endpoints_file().await;
+    let gw = GatewayProcess::start_limited(&catalog.path, &[], "info", Some((LIMIT, LIMIT)));
+    let lowered = gw.wait_line(&|v| {
+        v["level"] == "WARN"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("descriptor limit 700 is below"))
+    });
+    let text = lowered["message"].as_str().unwrap();
+    let start = gw.wait_line(&|v| v["message"] == "starting gateway");
+    let config = start["config"].as_str().unwrap_or_default();
+    let max = config
+        .split("max_connections: ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no max_connections in {config}"));
+    assert!(
+        text.contains(&format!("--max-connections 65536 → {max},")) && max < 100,
+        "{max}: {text}"
+    );
+    assert!(
+        text.contains("LimitNOFILE") && text.contains("set the flags"),
+        "{text}"
+    );
+
+    let mut open_calls = Vec::new();
+    let refused = loop {
+        assert!(
+            open_calls.len() <= max,
+            "more than {max} connections forwarded"
+        );
+        match open(gw.listen, &sni(80, "", CATALOG), default_client()).await {
+            Ok(c) => open_calls.push(c),
+            Err(_) => break open_calls.len(),
+        }
+    };
+    assert_eq!(
+        refused, max,
+        "connections forwarded before the first refusal"
+    );
+    gw.wait_metric(
+        "gateway_connections_rejected_total{reason=\"over_limit\"}",
+        1.0,
+    );
+    let (_, m) = http_get(gw.admin, "/metrics").await;
+    for series in [
+        "gateway_connections_rejected_total{reason=\"local_resource\"}",
+        "gateway_accept_errors_total{kind=\"out_of_descriptors\"}",
+    ] {
+        assert_eq!(metric(&m, series), 0.0, "{series}");
+    }
+    // Room is left for the control plane: the reserve, less what is open besides.
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", gw.child.id()))
+        .unwrap()
+        .count();
+    assert!(
+        fds + 64 <= LIMIT as usize,
+        "{fds} descriptors open of {LIMIT}"
+    );
+    drop(open_calls);
+}
+
+/// Splice pipes hold descriptors too: under 600 the start-up caps them at one pipe ((600 -
+/// 578) / 16), so three bulk echoes at once, which would splice both ways (six pipes), hold
+/// at most one, and every byte still arrives (the other directions copy). Without the cap
+/// each direction took its own pipe.
+#[test]
+fn splice_pipes_are_capped_under_a_small_descriptor_limit() {
+    let rt = multi_thread_runtime(2);
+    let catalog = rt.block_on(catalog_endpoints_file());
+    let gw = GatewayProcess::start_limited(&catalog.path, &[], "info", Some((600, 600)));
+    let start = gw.wait_line(&|v| v["message"] == "starting gateway");
+    assert_eq!(start["splice_pipes"], 1, "{start}");
+    let pid = gw.child.id();
+    // Its stderr is a pipe to this test.
+    let before = pipes_open(pid);
+    const BULK: usize = 2 << 20;
+    let most = rt.block_on(async {
+        let mut streams = Vec::new();
+        // One at a time: the lowered --max-undecided (1) sheds a second hello in flight.
+        for _ in 0..3 {
+            let (s, _) = open(gw.listen, &sni(80, "v1", CATALOG), default_client())
+                .await
+                .unwrap();
+            streams.push(s);
+        }
+        let echoes = streams.into_iter().map(|stream| async move {
+            let (mut rd, mut wr) = tokio::io::split(stream);
+            let write = async {
+                let chunk = vec![7u8; 64 * 1024];
+                for _ in 0..BULK / chunk.len() {
+                    wr.write_all(&chunk).await.unwrap();
+                }
+                wr.flush().await.unwrap();
+                wr
+            };
+            let read = async {
+                let mut buf = vec![0u8; 64 * 1024];
+                let (mut got, mut most) = (0, 0);
+                while got < BULK {
+                    let n = rd.read(&mut buf).await.unwrap();
+                    assert!(
+                        n > 0 && buf[..n].iter().all(|&b| b == 7),
+                        "after {got} bytes"
+                    );
+                    got += n;
+                    most = most.max(pipes_open(pid).saturating_sub(before));
+                }
+                most
+            };
+            let (_wr, most) = tokio::join!(write, read);
+            most
+        });
+        let all = futures::future::join_all(echoes);
+        let per_stream = tokio::time::timeout(Duration::from_secs(30), all)
+            .await
+            .expect("bulk echoes timed out");
+        per_stream.into_iter().max().unwrap_or(0)
+    });
+    // Two descriptors per pipe.
+    assert!(most <= 2, "{most} pipe descriptors open at once");
 }
 
 /// EMFILE on the upstream socket is a local error: it is its own rejection reason, it is not

@@ -401,8 +401,9 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// The start-up descriptor check counts HBONE when it is on: limits that fit 15443 alone
-/// get the warning, naming the HBONE flags among the fixes; limits that fit both get none.
+/// The start-up descriptor check counts HBONE when it is on: HBONE limits left at their
+/// defaults are lowered to fit beside 15443's; set explicitly too high they get the warning,
+/// naming the HBONE flags among the fixes; limits that fit both get none.
 #[tokio::test]
 async fn the_descriptor_warning_counts_hbone() {
     let dir = tempfile::tempdir().unwrap();
@@ -416,10 +417,31 @@ async fn the_descriptor_warning_counts_hbone() {
                 .as_str()
                 .is_some_and(|m| m.starts_with("descriptor limit 4096 is below"))
     };
-    // 2 × 1000 + 100 + 576 fits 4096; the HBONE defaults (65,536 and 65,536) do not.
+    // 2 × 1000 + 100 + 578 fits 4096; the HBONE defaults (65,536 and 65,536) do not.
     let classic_fits = ["--max-connections", "1000", "--max-undecided", "100"];
     let mut args = classic_fits.to_vec();
     args.extend(["--hbone-listen", "127.0.0.1:0", "--hbone-certs", certs_arg]);
+    let gw = common::GatewayProcess::start_limited(&path, &args, "info", Some((64, 4096)));
+    let warning = gw.wait_line(&short);
+    let msg = warning["message"].as_str().unwrap();
+    // 4096 - 578 - 2 × 219 pipes - 2,100 = 980 descriptors for 131,072 asked.
+    assert!(
+        msg.contains(
+            "lowered --hbone-max-connections 65536 → 490, --hbone-max-tunnels 65536 → 490"
+        ),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("--max-connections 1000"),
+        "explicit flags stay: {msg}"
+    );
+    drop(gw);
+    args.extend([
+        "--hbone-max-connections",
+        "65536",
+        "--hbone-max-tunnels",
+        "65536",
+    ]);
     let gw = common::GatewayProcess::start_limited(&path, &args, "info", Some((64, 4096)));
     let warning = gw.wait_line(&short);
     let msg = warning["message"].as_str().unwrap();
@@ -431,12 +453,10 @@ async fn the_descriptor_warning_counts_hbone() {
         msg.contains("or lower --max-connections, --hbone-max-connections or --hbone-max-tunnels")
     );
     drop(gw);
-    args.extend([
-        "--hbone-max-connections",
-        "500",
-        "--hbone-max-tunnels",
-        "500",
-    ]);
+    // 2,100 + 400 + 400 fit the 3,080 left beside 219 pipes.
+    let n = args.len();
+    args[n - 3] = "400";
+    args[n - 1] = "400";
     let gw = common::GatewayProcess::start_limited(&path, &args, "info", Some((64, 4096)));
     gw.wait_line(&|v| v["message"] == "HBONE listener on");
     assert_eq!(gw.count_lines(&short), 0);

@@ -355,7 +355,15 @@ async fn at_the_descriptor_limit_accepting_backs_off_and_recovers() {
     let catalog = catalog_endpoints_file().await;
     let gw = GatewayProcess::start_limited(
         &catalog.path,
-        &["--detect-timeout", "60s", "--status-listen", "127.0.0.1:0"],
+        // Limits set above what fits (defaulted ones would be lowered to fit).
+        &[
+            "--detect-timeout",
+            "60s",
+            "--status-listen",
+            "127.0.0.1:0",
+            "--max-undecided",
+            "1000",
+        ],
         "info",
         Some((64, 64)),
     );

@@ -656,3 +656,14 @@ pub async fn wait_keepalive(
         "{what}: want {want} socket(s) with keepalive running, have (local, remote, timer) {last:?}"
     );
 }
+
+/// Pipes the gateway process holds now (`/proc/<pid>/fd`).
+pub fn pipes_open(pid: u32) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("pipe:"))
+        .count()
+}
