@@ -1,5 +1,7 @@
 //! Server-side apply, simplified (README): each field manager's last applied configuration is
-//! remembered; fields it stops applying are pruned; there are no conflicts.
+//! remembered; fields it stops applying are pruned; there are no conflicts. The applied
+//! configuration is checked as the real field manager and patch handler check it
+//! ([`check_applied`]).
 
 use crate::error::ApiError;
 use crate::patch;
@@ -19,22 +21,30 @@ impl Store {
         version: &str,
         ns: Option<&str>,
         name: &str,
-        patch_body: Value,
+        mut patch_body: Value,
         opts: &WriteOpts,
     ) -> Result<(Value, bool), ApiError> {
-        let current = self.get_obj(rt, version, ns, name);
         let manager = opts.manager.clone().ok_or_else(|| {
             ApiError::new(422, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch")
         })?;
         if !patch_body.is_object() {
             return Err(ApiError::bad_request("apply patch must be an object"));
         }
-        if let Some(n) = meta_str(&patch_body, "name")
-            && n != name
+        let current = self.get_obj(rt, version, ns, name);
+        // The status subresource never creates: `StatusREST.Update` passes
+        // forceAllowCreate=false and the store answers 404 before it looks at the body.
+        if opts.status
+            && let Err(e) = &current
         {
-            return Err(ApiError::bad_request(format!(
-                "the name of the object ({n}) does not match the name on the URL ({name})"
-            )));
+            return Err(e.clone());
+        }
+        check_applied(rt, version, ns, name, &patch_body, current.is_ok())?;
+        // An explicit `managedFields: null` passed the check; it is not a field to apply.
+        if let Some(m) = patch_body
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+        {
+            m.remove("managedFields");
         }
         let key = ObjKey::new(rt, ns, name);
         let mut applied = patch_body.clone();
@@ -161,4 +171,59 @@ struct Apply<'a> {
     /// The applied configuration, without resourceVersion, remembered per manager.
     applied: Value,
     opts: &'a WriteOpts,
+}
+
+/// The checks the real server makes of an applied configuration, in its order: the field
+/// manager's type check (`managedfields/internal/versioncheck.go`, the outermost manager of
+/// `NewDefaultFieldManager`: apiVersion and kind must be the URL's), `metadata.managedFields`
+/// absent (`structuredmerge.go` `Apply`), then the patch handler's
+/// `EnsureObjectNamespaceMatchesRequestNamespace` and `checkName`
+/// (`apiserver/pkg/endpoints/handlers/patch.go` `applyPatch`). `exists`: an update, where a
+/// missing name is the live object's; on create the applied configuration must name it.
+fn check_applied(
+    rt: &ResourceType,
+    version: &str,
+    ns: Option<&str>,
+    name: &str,
+    body: &Value,
+    exists: bool,
+) -> Result<(), ApiError> {
+    let api_version = body.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let kind = body.get("kind").and_then(Value::as_str).unwrap_or("");
+    // `schema.ParseGroupVersion`: "v1" is the core group; more than one '/' is no version
+    // at all, and the unstructured object then reports an empty kind too.
+    let (group, ver, kind) = match api_version.split('/').collect::<Vec<_>>()[..] {
+        [v] => ("", v, kind),
+        [g, v] => (g, v, kind),
+        _ => ("", "", ""),
+    };
+    if (group, ver, kind) != (rt.group.as_str(), version, rt.kind.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "invalid object type: {group}/{ver}, Kind={kind}"
+        )));
+    }
+    if body
+        .pointer("/metadata/managedFields")
+        .is_some_and(|m| !m.is_null())
+    {
+        return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+    }
+    if rt.namespaced
+        && let (Some(b), Some(u)) = (meta_str(body, "namespace"), ns)
+        && !b.is_empty()
+        && b != u
+    {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    let body_name = meta_str(body, "name");
+    if let Some(n) = body_name.or(if exists { None } else { Some("") })
+        && n != name
+    {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({n}) does not match the name on the URL ({name})"
+        )));
+    }
+    Ok(())
 }

@@ -1,17 +1,20 @@
 //! The validation step of a write, after defaulting: the metadata rules every kind has
 //! (`meta_validation.rs`) and the per-kind rules (`secret_validation.rs`,
-//! `service_validation.rs`, `endpoint_validation.rs`), all errors in one 422 `Invalid`
-//! Status as the real server answers (`field_errors.rs`).
+//! `service_validation.rs`, `endpoint_validation.rs`, `workload_validation.rs`,
+//! `scaling_validation.rs`, `rbac_validation.rs`), all errors in one 422 `Invalid` Status as
+//! the real server answers (`field_errors.rs`, with Go-printed values from `go_values.rs`).
 
 use serde_json::Value;
 
 use crate::endpoint_validation;
 use crate::error::ApiError;
 use crate::field_errors;
+use crate::go_values::{self, Errors};
 use crate::meta_validation;
 use crate::resources::ResourceType;
 use crate::secret_validation;
 use crate::service_validation;
+use crate::{rbac_validation, scaling_validation, workload_validation};
 
 /// Validates a defaulted object. `old` is the stored object of an update; `None` validates
 /// as a create (the name too, no transition rules).
@@ -21,22 +24,43 @@ pub(crate) fn validate(
     old: Option<&Value>,
     allow_loopback: bool,
 ) -> Result<(), ApiError> {
-    let mut errs = meta_validation::object_meta(rt, obj, old.is_none());
-    errs.extend(match (rt.group.as_str(), rt.plural.as_str()) {
-        ("", "secrets") => secret_validation::secret(obj, old),
-        ("", "configmaps") => secret_validation::config_map(obj, old),
-        ("", "services") => service_validation::service(obj),
-        ("discovery.k8s.io", "endpointslices") => {
-            endpoint_validation::endpoint_slice(obj, old, allow_loopback)
+    let mut errs = Errors::default();
+    errs.extend(meta_validation::object_meta(rt, obj, old.is_none()));
+    match (rt.group.as_str(), rt.plural.as_str()) {
+        ("", "secrets") => errs.extend(secret_validation::secret(obj, old)),
+        ("", "configmaps") => errs.extend(secret_validation::config_map(obj, old)),
+        ("", "services") => errs.extend(service_validation::service(obj)),
+        ("discovery.k8s.io", "endpointslices") => errs.extend(endpoint_validation::endpoint_slice(
+            obj,
+            old,
+            allow_loopback,
+        )),
+        ("", "endpoints") => errs.extend(endpoint_validation::endpoints(obj, allow_loopback)),
+        ("apps", "deployments") => errs.merge(workload_validation::deployment(obj, old)),
+        ("policy", "poddisruptionbudgets") => {
+            errs.merge(scaling_validation::pod_disruption_budget(obj))
         }
-        ("", "endpoints") => endpoint_validation::endpoints(obj, allow_loopback),
-        _ => Vec::new(),
-    });
+        ("autoscaling", "horizontalpodautoscalers") => {
+            errs.extend(scaling_validation::horizontal_pod_autoscaler(obj, old))
+        }
+        ("rbac.authorization.k8s.io", "clusterroles") => {
+            errs.merge(rbac_validation::role(obj, false))
+        }
+        ("rbac.authorization.k8s.io", "roles") => errs.merge(rbac_validation::role(obj, true)),
+        ("rbac.authorization.k8s.io", "clusterrolebindings") => {
+            errs.merge(rbac_validation::binding(obj, old, false))
+        }
+        ("rbac.authorization.k8s.io", "rolebindings") => {
+            errs.merge(rbac_validation::binding(obj, old, true))
+        }
+        _ => {}
+    }
     let name = obj
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or("");
-    field_errors::into_result(&rt.group, &rt.kind, name, errs)
+    field_errors::into_result(&rt.group, &rt.kind, name, errs.list)
+        .map_err(|e| go_values::unquote(e, &errs.printed))
 }
 
 #[cfg(test)]
