@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
 
 use crate::istio::{DEFAULT_NAMESPACE, DEFAULT_READER_SA};
@@ -176,13 +176,15 @@ pub struct SecretFlags {
     /// Service account whose token the Secret carries.
     #[arg(long, default_value = DEFAULT_READER_SA)]
     pub service_account: String,
-    /// Create the service account and its read-only ClusterRole/Binding if missing.
+    /// Create the service account and its own read-only ClusterRole and ClusterRoleBinding
+    /// (meshctl-istio-reader-<ns> for the default account, meshctl-istio-reader-<ns>.<sa>
+    /// for another).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub create_service_account: bool,
     /// Use this existing `kubernetes.io/service-account-token` Secret for the token.
     #[arg(long)]
     pub secret_name: Option<String>,
-    /// Expiring token from the TokenRequest API (e.g. 24h, min 10m) instead of a
+    /// Expiring token from the TokenRequest API (10m to 2^32 s, e.g. 24h) instead of a
     /// never-expiring service-account-token Secret. Re-run before it expires.
     #[arg(long, value_parser = parse_ttl)]
     pub token_ttl: Option<Duration>,
@@ -198,15 +200,50 @@ pub struct SecretFlags {
     pub reader_allow_secrets: bool,
 }
 
-/// A token lifetime (`--token-ttl`): a duration of at least 10m, TokenRequest's minimum.
+/// The shortest and longest `spec.expirationSeconds` a TokenRequest may ask for: 10 minutes
+/// and 2^32 seconds (kubernetes/kubernetes pkg/apis/authentication/validation/validation.go,
+/// `ValidateTokenRequest`; the API server refuses anything else with 422).
+pub const MIN_TOKEN_TTL_SECS: u64 = 600;
+pub const MAX_TOKEN_TTL_SECS: u64 = 1 << 32;
+
+/// A token lifetime (`--token-ttl`): what the TokenRequest API accepts, 10m to 2^32 s
+/// (about 136 years), refused here (a usage error) rather than by the API server after
+/// meshctl has changed something.
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
-    if d < Duration::from_secs(600) {
+    if d.as_secs() < MIN_TOKEN_TTL_SECS {
         return Err(format!(
             "{s:?} is shorter than 10m, the minimum the TokenRequest API accepts"
         ));
     }
+    if d.as_secs() > MAX_TOKEN_TTL_SECS {
+        return Err(format!(
+            "{s:?} is longer than 2^32 s ({MAX_TOKEN_TTL_SECS}s, about 136 years), the maximum \
+             the TokenRequest API accepts; pass a lifetime such as 24h or 720h and refresh the \
+             token before it expires (meshctl credentials refresh)"
+        ));
+    }
     Ok(d)
+}
+
+/// A usage error found after parsing: a flag's value or a combination of flags is wrong,
+/// known before any file or cluster is read. `main` exits 2 for it, as clap does for the
+/// usage errors it finds itself; every other failure exits 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// A usage error with this message (see [`UsageError`]).
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
+/// Turns an error from checking flags into a usage error, keeping its text and causes.
+pub fn as_usage(e: anyhow::Error) -> anyhow::Error {
+    if e.chain().any(|c| c.is::<UsageError>()) {
+        return e;
+    }
+    usage(format!("{e:#}"))
 }
 
 /// A container image reference as a flag: not empty, no whitespace or control characters
@@ -220,29 +257,34 @@ fn image_ref(s: &str) -> std::result::Result<String, String> {
     Ok(s.to_string())
 }
 
-/// Explicit `--cluster-name CONTEXT=NAME` values: DNS-1123 labels, as `join` names clusters.
+/// Explicit `--cluster-name CONTEXT=NAME` values: DNS-1123 labels, as `join` names clusters
+/// (a usage error otherwise).
 pub fn check_cluster_names(names: &[(String, String)]) -> Result<()> {
     for (ctx, name) in names {
-        pki::validate_dns_label(name).map_err(|e| anyhow!("--cluster-name {ctx}={name}: {e}"))?;
+        pki::validate_dns_label(name)
+            .map_err(|e| usage(format!("--cluster-name {ctx}={name}: {e}")))?;
     }
     Ok(())
 }
 
-/// Refuses a `--context` given twice (before anything is read or changed).
+/// Refuses a `--context` given twice (before anything is read or changed; a usage error).
 pub fn check_unique(contexts: &[String]) -> Result<()> {
     for (i, c) in contexts.iter().enumerate() {
         // A context is printed into comments and hints: a newline in it would forge lines.
         if c.is_empty() || c.chars().any(char::is_control) {
-            bail!("--context {c:?}: a context name is not empty and has no control characters");
+            return Err(usage(format!(
+                "--context {c:?}: a context name is not empty and has no control characters"
+            )));
         }
         if contexts[..i].contains(c) {
-            bail!("--context {c:?} given twice");
+            return Err(usage(format!("--context {c:?} given twice")));
         }
     }
     Ok(())
 }
 
-/// Parses `ctx=value` flags into pairs, rejecting unknown contexts and duplicates.
+/// Parses `ctx=value` flags into pairs, rejecting unknown contexts and duplicates (usage
+/// errors).
 pub fn parse_mapping(
     flag: &str,
     items: &[String],
@@ -252,15 +294,15 @@ pub fn parse_mapping(
     for item in items {
         let (ctx, val) = item
             .split_once('=')
-            .ok_or_else(|| anyhow!("--{flag} {item:?}: expected CONTEXT=VALUE"))?;
+            .ok_or_else(|| usage(format!("--{flag} {item:?}: expected CONTEXT=VALUE")))?;
         if !contexts.iter().any(|c| c == ctx) {
-            bail!(
+            return Err(usage(format!(
                 "--{flag} {item:?}: context {ctx:?} is not one of the --context values ({})",
                 contexts.join(", ")
-            );
+            )));
         }
         if out.iter().any(|(c, _)| c == ctx) {
-            bail!("--{flag}: context {ctx:?} given twice");
+            return Err(usage(format!("--{flag}: context {ctx:?} given twice")));
         }
         out.push((ctx.to_string(), val.to_string()));
     }
@@ -276,8 +318,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ttl_minimum() {
+    fn ttl_within_what_token_request_accepts() {
         assert!(parse_ttl("5m").is_err());
+        assert!(parse_ttl("599s").is_err());
+        assert_eq!(parse_ttl("10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_ttl("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(
+            parse_ttl("4294967296s").unwrap(),
+            Duration::from_secs(1 << 32)
+        );
+        for long in ["4294967297s", "99999999999h", "18446744073709551615s"] {
+            let e = parse_ttl(long).unwrap_err();
+            assert!(e.contains("longer than 2^32 s"), "{long}: {e}");
+        }
+    }
+
+    #[test]
+    fn usage_errors_stay_usage_errors() {
+        let e = as_usage(anyhow::anyhow!("outer").context("ctx"));
+        assert!(e.is::<UsageError>());
+        assert_eq!(e.to_string(), "ctx: outer");
+        let e = as_usage(usage("x").context("y"));
+        assert!(e.chain().any(|c| c.is::<UsageError>()));
+        assert!(
+            parse_mapping("network", &["a".into()], &["a".into()])
+                .unwrap_err()
+                .is::<UsageError>()
+        );
     }
 }

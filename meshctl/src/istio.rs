@@ -44,9 +44,36 @@ pub fn remote_secret_name(cluster: &str) -> String {
     format!("istio-remote-secret-{cluster}")
 }
 
-/// The reader ClusterRole (and its binding) for remote secrets of namespace `ns`.
-pub fn reader_role_name(ns: &str) -> String {
-    format!("meshctl-istio-reader-{ns}")
+/// The reader ClusterRole and its ClusterRoleBinding (same name) of service account `sa` in
+/// namespace `ns`: one pair per reader, so that making a remote secret for one service
+/// account never changes what another may read (a binding's subjects are one atomic list:
+/// a shared binding applied with a new subject would revoke the old one). The default
+/// reader keeps the name meshctl always gave it, `meshctl-istio-reader-<ns>`, so existing
+/// installs keep theirs; any other gets `meshctl-istio-reader-<ns>.<sa>`. A namespace has no
+/// dot, so no two readers share a name. At most [`MAX_OBJECT_NAME`] characters when
+/// [`reader_role_name_fits`].
+pub fn reader_role_name(ns: &str, sa: &str) -> String {
+    if sa == DEFAULT_READER_SA {
+        format!("{READER_ROLE_PREFIX}{ns}")
+    } else {
+        format!("{READER_ROLE_PREFIX}{ns}.{sa}")
+    }
+}
+
+/// What every reader ClusterRole and ClusterRoleBinding name starts with.
+pub const READER_ROLE_PREFIX: &str = "meshctl-istio-reader-";
+
+/// The longest object name meshctl makes (a DNS-1123 subdomain's limit).
+pub const MAX_OBJECT_NAME: usize = 253;
+
+/// Whether [`reader_role_name`] of `ns` and `sa` is at most [`MAX_OBJECT_NAME`] characters.
+pub fn reader_role_name_fits(ns: &str, sa: &str) -> bool {
+    reader_role_name(ns, sa).len() <= MAX_OBJECT_NAME
+}
+
+/// The service-account-token Secret meshctl creates for `sa` (istioctl's name).
+pub fn reader_token_secret_name(sa: &str) -> String {
+    format!("{sa}-istio-remote-secret-token")
 }
 
 /// The east-west gateway: Deployment, Service, ServiceAccount, … all carry this name, and
@@ -131,6 +158,24 @@ pub fn managed_labels() -> serde_json::Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reader_has_its_own_role_name() {
+        assert_eq!(
+            reader_role_name("istio-system", DEFAULT_READER_SA),
+            "meshctl-istio-reader-istio-system"
+        );
+        assert_eq!(
+            reader_role_name("istio-system", "other-sa"),
+            "meshctl-istio-reader-istio-system.other-sa"
+        );
+        // Namespace "a" with account "b-c" and namespace "a-b" with account "c" differ.
+        assert_ne!(reader_role_name("a", "b-c"), reader_role_name("a-b", "c"));
+        let longest_sa = "a".repeat(MAX_OBJECT_NAME - READER_ROLE_PREFIX.len() - "ns.".len());
+        assert!(reader_role_name_fits("ns", &longest_sa));
+        assert!(!reader_role_name_fits("ns", &format!("{longest_sa}a")));
+        assert!(reader_role_name_fits(&"n".repeat(63), DEFAULT_READER_SA));
+    }
 
     #[test]
     fn the_selector_is_the_label() {

@@ -14,7 +14,8 @@
 //!   the `istio-remote` Gateways that announce peer networks to ztunnels (`ambient.rs`).
 //! - `cli.rs`: flags declared once and flattened into commands (`--kubeconfig`/`--context`,
 //!   `-n`, `--dry-run`/`-o`, `--force`/`--show-secrets`, the gateway and remote-secret groups)
-//!   and `CONTEXT=VALUE` parsing.
+//!   and `CONTEXT=VALUE` parsing; `UsageError`, a wrong flag found after parsing, which
+//!   exits 2 like clap's own usage errors (every other failure exits 1).
 //! - `cmd/credentials/`: `status`, `refresh` and `cronjob` for the remote secrets'
 //!   credentials (reading them is `mesh/credentials.rs`).
 //! - `istio.rs`: every Istio and Kubernetes name meshctl depends on (labels, annotations,
@@ -100,8 +101,18 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", error_text(&e));
-            ExitCode::FAILURE
+            exit_code(&e)
         }
+    }
+}
+
+/// 2 for a usage error (`cli::UsageError`: a flag's value or combination is wrong), as clap
+/// exits for the usage errors it finds; 1 for any other failure.
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    if e.chain().any(|c| c.is::<cli::UsageError>()) {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
     }
 }
 

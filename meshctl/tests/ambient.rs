@@ -237,17 +237,19 @@ async fn join_ambient_refuses_without_the_gateway_api_and_changes_nothing() {
     );
     assert_eq!(snapshot(&m.west), w0);
     assert_eq!(snapshot(&m.east), e0);
-    // A bad address is refused before anything is read.
-    let out = m
-        .fails(&m.join_certs_args(&["--ambient", "--gateway-address", "east=10.0.0.1:15008"]))
-        .await;
+    // A bad address is refused before anything is read (a usage error, exit 2).
+    let out =
+        meshctl(&m.join_certs_args(&["--ambient", "--gateway-address", "east=10.0.0.1:15008"]))
+            .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = text(&out);
     assert!(
         out.contains("expected an IP address or a DNS name"),
         "{out}"
     );
-    let out = m
-        .fails(&m.join_certs_args(&["--gateway-address", "east=10.0.0.1"]))
-        .await;
+    let out = meshctl(&m.join_certs_args(&["--gateway-address", "east=10.0.0.1"])).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = text(&out);
     assert!(out.contains("add --ambient"), "{out}");
     assert_eq!(snapshot(&m.west), w0);
     assert_eq!(snapshot(&m.east), e0);

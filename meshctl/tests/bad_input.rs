@@ -339,15 +339,21 @@ async fn join_validates_every_flag_before_the_first_write() {
     let m = mesh().await;
     let args = m.join_args(&["--protocols", "both", "--trust-domain", "a/b"]);
     let before = settled_snapshot(&m.west).await;
-    let t = m.fails(&args).await;
+    // Usage errors: exit 2.
+    let fails = async |args: Vec<&str>| {
+        let out = meshctl(&args).await;
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        text(&out)
+    };
+    let t = fails(args).await;
     assert!(t.contains("--trust-domain \"a/b\""), "{t}");
     assert_eq!(settled_snapshot(&m.west).await, before, "{t}");
     let args = m.join_args(&["--service-annotation", "no-equals-sign"]);
-    let t = m.fails(&args).await;
+    let t = fails(args).await;
     assert!(t.contains("expected KEY=VALUE"), "{t}");
     assert_eq!(settled_snapshot(&m.west).await, before, "{t}");
     let args = m.join_args(&["--service-annotation", "=x"]);
-    let t = m.fails(&args).await;
+    let t = fails(args).await;
     assert!(t.contains("not a valid annotation key"), "{t}");
     assert_eq!(settled_snapshot(&m.west).await, before, "{t}");
 }

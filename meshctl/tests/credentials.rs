@@ -428,19 +428,20 @@ async fn cronjob_prints_a_job_that_runs_refresh_and_no_secret() {
         ]
     );
     assert_eq!(pod["volumes"][0]["secret"]["defaultMode"], 0o400);
-    // Bad input: a clear error, exit 1.
-    let t = m
-        .fails(&[
-            "credentials",
-            "cronjob",
-            "--context",
-            "west",
-            "--image",
-            "x",
-            "--schedule",
-            "hourly",
-        ])
-        .await;
+    // Bad input: a clear error, exit 2 (a usage error).
+    let out = meshctl(&[
+        "credentials",
+        "cronjob",
+        "--context",
+        "west",
+        "--image",
+        "x",
+        "--schedule",
+        "hourly",
+    ])
+    .await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
     assert!(t.contains("expected five cron fields"), "{t}");
 }
 

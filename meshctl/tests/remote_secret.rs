@@ -336,23 +336,23 @@ async fn loopback_server_is_refused_with_the_fix_and_bad_input_changes_nothing()
             && out.contains("--allow-loopback-server"),
         "{out}"
     );
-    let out = m
-        .fails(&args(&m, &["--server", "https://localhost:6443"]))
-        .await;
-    assert!(out.contains("loopback"), "{out}");
-    let out = m
-        .fails(&[
-            "create-remote-secret",
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-            "--name",
-            "West_1",
-            "--allow-loopback-server",
-        ])
-        .await;
-    assert!(out.contains("DNS-1123"), "{out}");
+    // Wrong flags are usage errors (exit 2).
+    let out = meshctl(&args(&m, &["--server", "https://localhost:6443"])).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("loopback"), "{}", text(&out));
+    let out = meshctl(&[
+        "create-remote-secret",
+        "--kubeconfig",
+        m.kc(),
+        "--context",
+        "west",
+        "--name",
+        "West_1",
+        "--allow-loopback-server",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("DNS-1123"), "{}", text(&out));
     let out = m
         .fails(&[
             "create-remote-secret",

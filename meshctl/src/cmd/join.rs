@@ -14,8 +14,8 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::cli::{
-    CacertsFlags, ClustersArgs, GatewayFlags, MutateArgs, NamespaceArg, SecretFlags, check_unique,
-    lookup, parse_mapping,
+    CacertsFlags, ClustersArgs, GatewayFlags, MutateArgs, NamespaceArg, SecretFlags, as_usage,
+    check_unique, lookup, parse_mapping, usage,
 };
 use crate::istio::{
     CLUSTER_NAME_ANNOTATION, GATEWAY_API_V1, GATEWAY_NAME, HBONE_PORT, ISTIO_NETWORKING_V1,
@@ -91,6 +91,8 @@ struct Member {
     secret: SecretOptions,
 }
 
+/// Every cluster's settings from the flags alone, or a usage error (exit 2) before any file
+/// or cluster is read; `cacerts` is filled in by [`read_bundles`].
 fn members(a: &JoinArgs) -> Result<Vec<Member>> {
     check_unique(&a.clusters.contexts)?;
     if a.clusters.contexts.len() < 2 {
@@ -140,15 +142,7 @@ fn members(a: &JoinArgs) -> Result<Vec<Member>> {
         if let Some(addr) = &gateway_address {
             ambient::address_type(addr).map_err(|e| anyhow!("--gateway-address {ctx}=…: {e}"))?;
         }
-        let dir = a.certs.join(&name);
-        if !dir.is_dir() {
-            bail!(
-                "no certificate bundle for cluster {name:?}: {} is not a directory (create it with meshctl certs init --clusters ... --out {})",
-                dir.display(),
-                a.certs.display()
-            );
-        }
-        let cacerts = cacerts::secret_object(&dir, &a.ns.namespace)?;
+        // Built from the flags alone, so its errors (annotations, trust domain) are theirs.
         let gateway = gw::objects(
             &a.ns.namespace,
             &network,
@@ -169,12 +163,30 @@ fn members(a: &JoinArgs) -> Result<Vec<Member>> {
             network,
             server,
             gateway_address,
-            cacerts,
+            cacerts: Value::Null,
             gateway,
             secret,
         });
     }
-    let dirs: Vec<PathBuf> = out.iter().map(|m| a.certs.join(&m.name)).collect();
+    Ok(out)
+}
+
+/// Reads every cluster's certificate bundle into its `cacerts` and checks that they share
+/// one valid root.
+fn read_bundles(a: &JoinArgs, members: &mut [Member]) -> Result<()> {
+    for m in members.iter_mut() {
+        let dir = a.certs.join(&m.name);
+        if !dir.is_dir() {
+            bail!(
+                "no certificate bundle for cluster {:?}: {} is not a directory (create it with meshctl certs init --clusters ... --out {})",
+                m.name,
+                dir.display(),
+                a.certs.display()
+            );
+        }
+        m.cacerts = cacerts::secret_object(&dir, &a.ns.namespace)?;
+    }
+    let dirs: Vec<PathBuf> = members.iter().map(|m| a.certs.join(&m.name)).collect();
     let refs: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
     let report = pki::verify_bundles(&refs, &pki::VerifyOptions::default());
     if !report.is_ok() {
@@ -184,13 +196,14 @@ fn members(a: &JoinArgs) -> Result<Vec<Member>> {
             a.certs.display()
         );
     }
-    Ok(out)
+    Ok(())
 }
 
 pub fn run_join(a: JoinArgs) -> Result<ExitCode> {
+    let mut members = members(&a).map_err(as_usage)?;
     let file = KubeconfigFile::load(a.clusters.kubeconfig.as_deref())?;
     file.require_contexts(&a.clusters.contexts)?;
-    let members = members(&a)?;
+    read_bundles(&a, &mut members)?;
     let plan = kc::block_on(join(&a, &members, &file))?;
     if a.mutate.dry_run {
         print!(
@@ -520,7 +533,7 @@ fn unjoin_interrupted(
 
 pub fn run_unjoin(a: UnjoinArgs) -> Result<ExitCode> {
     check_unique(&a.clusters.contexts)?;
-    pki::validate_dns_label(&a.ns.namespace).map_err(|e| anyhow!("namespace {e}"))?;
+    pki::validate_dns_label(&a.ns.namespace).map_err(|e| usage(format!("namespace {e}")))?;
     let file = KubeconfigFile::load(a.clusters.kubeconfig.as_deref())?;
     file.require_contexts(&a.clusters.contexts)?;
     let (ns, dry_run) = (&a.ns.namespace, a.mutate.dry_run);

@@ -1,7 +1,9 @@
 //! `meshctl create-remote-secret`: prints the Secret another cluster's istiod uses to watch
 //! this cluster, in istioctl's shape, with three differences: the reader role grants exactly
-//! what istiod reads in a remote cluster and no Secrets (`mesh::reader_rules`), a loopback
-//! API server address is refused, and `--token-ttl` gives an expiring TokenRequest token.
+//! what istiod reads in a remote cluster and no Secrets (`mesh::reader_rules`), one role and
+//! binding per service account (so a secret made for one never changes another's access), a
+//! loopback API server address is refused, and `--token-ttl` gives an expiring TokenRequest
+//! token. Wrong flags are usage errors (exit 2), found before the cluster is read.
 
 use std::process::ExitCode;
 

@@ -1,22 +1,26 @@
 //! Preparing the reader in the source cluster and minting its credential: the service
-//! account and its role (`reader_rules`), then a TokenRequest token (`--token-ttl`) or a
+//! account and its own role and binding (`reader_rules`, named per service account by
+//! `istio::reader_role_name`), then a TokenRequest token (`--token-ttl`) or a
 //! service-account-token Secret, following istioctl's order. Returns the remote Secret.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
-use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::remote_secret::{
     check_server_url, is_loopback, loopback_error, reader_rbac, remote_kubeconfig, remote_secret,
     token_secret,
 };
-use crate::cli::SecretFlags;
-use crate::istio::{SA_NAME_ANNOTATION, SA_TOKEN_TYPE};
+use crate::cli::{MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS, SecretFlags, as_usage};
+use crate::istio::{
+    MAX_OBJECT_NAME, SA_NAME_ANNOTATION, SA_TOKEN_TYPE, reader_role_name, reader_role_name_fits,
+    reader_token_secret_name,
+};
 use crate::kube::names;
 use crate::kube::{self as kc, Cluster};
 
@@ -40,24 +44,58 @@ pub struct Built {
     pub secret: Value,
 }
 
-/// Checks every option before anything is read or changed: name and namespace are DNS-1123
-/// labels; `--service-account` and `--secret-name` DNS-1123 subdomains (Kubernetes object
-/// names); `--tls-server-name` a DNS name or an IP address; `--server` an https URL
-/// (`check_server_url`). `build` refuses a loopback address (kubeconfig's or `--server`)
-/// before it changes anything.
+/// Checks every option before anything is read or changed, as usage errors (exit 2): name
+/// and namespace are DNS-1123 labels; `--service-account` and `--secret-name` DNS-1123
+/// subdomains (Kubernetes object names), short enough for the names derived from them (the
+/// reader's ClusterRole and binding, the token Secret); `--tls-server-name` a DNS name or an
+/// IP address; `--server` an https URL (`check_server_url`), not a loopback address unless
+/// allowed. `build` refuses a loopback address from the kubeconfig before it changes anything.
 pub fn validate(o: &SecretOptions) -> Result<()> {
+    check_options(o).map_err(as_usage)
+}
+
+fn check_options(o: &SecretOptions) -> Result<()> {
     pki::validate_dns_label(&o.name).map_err(|e| anyhow!("--name {e}"))?;
     pki::validate_dns_label(&o.namespace).map_err(|e| anyhow!("namespace {e}"))?;
-    validate_subdomain(&o.flags.service_account)
+    let (ns, sa) = (o.namespace.as_str(), o.flags.service_account.as_str());
+    validate_subdomain(sa)
         .map_err(|e| anyhow!("--service-account {e} (it names a ServiceAccount)"))?;
+    if o.flags.create_service_account && !reader_role_name_fits(ns, sa) {
+        bail!(
+            "--service-account {sa:?} is too long: its ClusterRole and ClusterRoleBinding {:?} \
+             would be {} characters, over Kubernetes' {MAX_OBJECT_NAME}; use a name of at most \
+             {} characters, or --create-service-account=false for an account whose access \
+             you grant yourself",
+            reader_role_name(ns, sa),
+            reader_role_name(ns, sa).len(),
+            MAX_OBJECT_NAME - (reader_role_name(ns, sa).len() - sa.len())
+        );
+    }
     if let Some(n) = &o.flags.secret_name {
         validate_subdomain(n).map_err(|e| anyhow!("--secret-name {e} (it names a Secret)"))?;
+    } else if o.flags.token_ttl.is_none() && reader_token_secret_name(sa).len() > MAX_OBJECT_NAME {
+        bail!(
+            "--service-account {sa:?} is too long for its token Secret {:?} ({} characters, \
+             over Kubernetes' {MAX_OBJECT_NAME}): use a shorter name, --secret-name, or \
+             --token-ttl",
+            reader_token_secret_name(sa),
+            reader_token_secret_name(sa).len()
+        );
     }
     if let Some(t) = &o.flags.tls_server_name {
         validate_tls_server_name(t)?;
     }
     if let Some(server) = &o.server {
         check_server_url(server, "--server")?;
+        if !o.flags.allow_loopback_server && is_loopback(server) {
+            bail!(
+                "--server {server} is a loopback address: the other clusters' istiod would \
+                 connect to itself, not to cluster {:?}. Pass the address the other clusters \
+                 reach, e.g. https://<control-plane-address>:6443, or --allow-loopback-server \
+                 for a single-host test",
+                o.name
+            );
+        }
     }
     Ok(())
 }
@@ -111,6 +149,22 @@ pub async fn build(c: &Cluster, o: &SecretOptions, dry_run: bool) -> Result<Buil
     if !o.flags.allow_loopback_server && is_loopback(&server) {
         return Err(loopback_error(&server, &c.context, "--server "));
     }
+    // Known before the first write: --token-ttl takes the CA from the kubeconfig.
+    let ttl_ca = match o.flags.token_ttl {
+        Some(ttl) => Some((
+            ttl,
+            c.ca_pem.clone().ok_or_else(|| {
+                anyhow!(
+                    "context {:?} has no certificate-authority data in the kubeconfig; \
+                     --token-ttl takes the API server CA from there. Nothing was changed in \
+                     context {:?}",
+                    c.context,
+                    c.context
+                )
+            })?,
+        )),
+        None => None,
+    };
     let (ns, sa) = (o.namespace.as_str(), o.flags.service_account.as_str());
     let mut source_objects = Vec::new();
     if o.flags.create_service_account {
@@ -130,14 +184,7 @@ pub async fn build(c: &Cluster, o: &SecretOptions, dry_run: bool) -> Result<Buil
             c.context
         );
     }
-    let (token, ca) = if let Some(ttl) = o.flags.token_ttl {
-        let ca = c.ca_pem.clone().ok_or_else(|| {
-            anyhow!(
-                "context {:?} has no certificate-authority data in the kubeconfig; --token-ttl \
-                 takes the API server CA from there",
-                c.context
-            )
-        })?;
+    let (token, ca) = if let Some((ttl, ca)) = ttl_ca {
         let token = if dry_run {
             DRY_RUN_TOKEN.to_string()
         } else {
@@ -183,15 +230,33 @@ pub async fn request_token(
     ttl: Duration,
 ) -> Result<String, TokenError> {
     let api: Api<ServiceAccount> = Api::namespaced(c.client.clone(), ns);
-    let tr: TokenRequest = serde_json::from_value(json!({
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": [], "expirationSeconds": ttl.as_secs()}}))
-    .expect("a TokenRequest from a literal");
     let failed = |detail: String, unanswered: bool| TokenError {
         what: format!("{ns}/{sa}"),
         context: c.context.clone(),
         detail,
         unanswered,
+    };
+    // `--token-ttl` is bounded when parsed; a lifetime from elsewhere is checked here too.
+    let secs = ttl.as_secs();
+    let expiration_seconds = i64::try_from(secs)
+        .ok()
+        .filter(|_| (MIN_TOKEN_TTL_SECS..=MAX_TOKEN_TTL_SECS).contains(&secs))
+        .ok_or_else(|| {
+            failed(
+                format!(
+                    "a lifetime of {secs}s is outside what the TokenRequest API accepts \
+                     ({MIN_TOKEN_TTL_SECS}s to {MAX_TOKEN_TTL_SECS}s); pass --token-ttl within it"
+                ),
+                false,
+            )
+        })?;
+    let tr = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(Vec::new()),
+            expiration_seconds: Some(expiration_seconds),
+            ..Default::default()
+        }),
+        ..Default::default()
     };
     let out = api
         .create_token_request(sa, &PostParams::default(), &tr)
@@ -343,9 +408,42 @@ mod tests {
                 "--tls-server-name",
             ),
             (opts(None, &["--tls-server-name", ""]), "--tls-server-name"),
+            (
+                opts(Some("https://localhost:6443"), &[]),
+                "--allow-loopback-server",
+            ),
         ] {
-            let e = validate(&o).unwrap_err().to_string();
-            assert!(e.contains(want), "{want}: {e}");
+            let e = validate(&o).unwrap_err();
+            assert!(e.is::<crate::cli::UsageError>(), "{e}");
+            assert!(e.to_string().contains(want), "{want}: {e}");
         }
+    }
+
+    #[test]
+    fn names_derived_from_the_service_account_fit() {
+        // 21 + 12 + 1 + sa <= 253 for the role; sa + 26 <= 253 for the token Secret.
+        // Dot-separated labels of 49 characters (meshctl checks labels of at most 63).
+        let sa = |n: usize| -> String {
+            (0..n)
+                .map(|i| if i % 50 == 49 { '.' } else { 'a' })
+                .collect()
+        };
+        validate(&opts(None, &["--service-account", &sa(219)])).unwrap();
+        let e = validate(&opts(None, &["--service-account", &sa(220)])).unwrap_err();
+        assert!(
+            e.to_string().contains("ClusterRoleBinding") && e.to_string().contains("at most 219"),
+            "{e}"
+        );
+        // Without the role (--create-service-account=false), the token Secret's name limits.
+        let no_role = ["--create-service-account=false", "--service-account"];
+        validate(&opts(None, &[&no_role[..], &[&sa(227)]].concat())).unwrap();
+        let e = validate(&opts(None, &[&no_role[..], &[&sa(228)]].concat())).unwrap_err();
+        assert!(e.to_string().contains("token Secret"), "{e}");
+        // ...which --token-ttl or --secret-name do not create.
+        let longest = sa(253);
+        let ttl = [&no_role[..], &[&longest, "--token-ttl", "1h"]].concat();
+        validate(&opts(None, &ttl)).unwrap();
+        let named = [&no_role[..], &[&longest, "--secret-name", "t"]].concat();
+        validate(&opts(None, &named)).unwrap();
     }
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::reader_rules;
 use crate::istio::{
     CLUSTER_ANNOTATION, MULTICLUSTER_LABEL, SA_NAME_ANNOTATION, SA_TOKEN_TYPE, managed_labels,
-    reader_role_name, remote_secret_name,
+    reader_role_name, reader_token_secret_name, remote_secret_name,
 };
 
 /// The host of a server URL (without brackets for IPv6), lowercased, without a trailing dot.
@@ -194,10 +194,12 @@ pub fn loopback_error(server: &str, context: &str, flag: &str) -> anyhow::Error 
     )
 }
 
-/// The reader service account, its ClusterRole and binding: list/watch on exactly what
-/// istiod reads in a remote cluster (`reader_rules`); Secrets only with `allow_secrets`.
+/// The reader service account, its own ClusterRole and binding (`reader_role_name`: one
+/// pair per service account, so readers never change each other's permissions): list/watch
+/// on exactly what istiod reads in a remote cluster (`reader_rules`); Secrets only with
+/// `allow_secrets`.
 pub fn reader_rbac(ns: &str, sa: &str, allow_secrets: bool) -> Vec<Value> {
-    let role = reader_role_name(ns);
+    let role = reader_role_name(ns, sa);
     vec![
         json!({"apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": {"name": sa, "namespace": ns, "labels": managed_labels()}}),
@@ -214,7 +216,7 @@ pub fn reader_rbac(ns: &str, sa: &str, allow_secrets: bool) -> Vec<Value> {
 /// The long-lived token Secret istioctl creates on Kubernetes ≥ 1.24.
 pub fn token_secret(ns: &str, sa: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Secret", "type": SA_TOKEN_TYPE,
-        "metadata": {"name": format!("{sa}-istio-remote-secret-token"), "namespace": ns,
+        "metadata": {"name": reader_token_secret_name(sa), "namespace": ns,
             "labels": managed_labels(), "annotations": {SA_NAME_ANNOTATION: sa}}})
 }
 
@@ -285,6 +287,39 @@ pub fn istioctl_yaml(secret: &Value) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reader_gets_its_own_role_and_binding() {
+        let names = |sa: &str| -> Vec<(String, Value)> {
+            reader_rbac("istio-system", sa, false)
+                .iter()
+                .map(|o| {
+                    (
+                        format!("{} {}", o["kind"].as_str().unwrap(), o["metadata"]["name"]),
+                        o["subjects"].clone(),
+                    )
+                })
+                .collect()
+        };
+        let default = names("istio-reader-service-account");
+        let other = names("other-sa");
+        assert_eq!(
+            other[2],
+            (
+                "ClusterRoleBinding \"meshctl-istio-reader-istio-system.other-sa\"".to_string(),
+                json!([{"kind": "ServiceAccount", "name": "other-sa", "namespace": "istio-system"}])
+            )
+        );
+        assert_eq!(
+            default[2].0,
+            "ClusterRoleBinding \"meshctl-istio-reader-istio-system\""
+        );
+        for (d, o) in default.iter().zip(&other) {
+            assert_ne!(d.0, o.0, "no object is shared between two readers");
+        }
+        let rbac = reader_rbac("istio-system", "other-sa", true);
+        assert_eq!(rbac[1]["metadata"]["name"], rbac[2]["roleRef"]["name"]);
+    }
 
     #[test]
     fn loopback_addresses() {

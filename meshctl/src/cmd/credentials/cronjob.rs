@@ -12,7 +12,7 @@ use anyhow::{Result, anyhow};
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::cli::{OutputArg, check_unique, parse_mapping, parse_ttl};
+use crate::cli::{OutputArg, as_usage, check_unique, parse_mapping, parse_ttl};
 use crate::istio::{DEFAULT_NAMESPACE, managed_labels};
 use crate::kube::{self as kc, Output};
 
@@ -53,6 +53,17 @@ pub struct CronjobArgs {
 }
 
 pub fn run(a: CronjobArgs) -> Result<ExitCode> {
+    check_flags(&a).map_err(as_usage)?;
+    let objects = manifests(&a);
+    if a.out.output == Output::Yaml {
+        print!("{}", header(&a));
+    }
+    print!("{}", kc::render(&objects, a.out.output)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every flag, before anything is printed (usage errors).
+fn check_flags(a: &CronjobArgs) -> Result<()> {
     check_unique(&a.contexts)?;
     crate::cli::check_cluster_names(&parse_mapping(
         "cluster-name",
@@ -77,12 +88,7 @@ pub fn run(a: CronjobArgs) -> Result<ExitCode> {
             "--image: name an image that has meshctl on its PATH"
         ));
     }
-    let objects = manifests(&a);
-    if a.out.output == Output::Yaml {
-        print!("{}", header(&a));
-    }
-    print!("{}", kc::render(&objects, a.out.output)?);
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The command the job runs.

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use k8s_openapi::api::core::v1::Secret;
 use serde::Serialize;
 
-use crate::cli::{ClustersArgs, NamespaceArg, check_unique, lookup, parse_mapping};
+use crate::cli::{ClustersArgs, NamespaceArg, check_unique, lookup, parse_mapping, usage};
 use crate::istio::{CLUSTER_NAME_ANNOTATION, MULTICLUSTER_LABEL};
 use crate::kube::{self as kc, Cluster, KubeconfigFile};
 use crate::mesh::credentials::{self as cred, Method, Stored};
@@ -71,6 +71,17 @@ pub fn run(a: CredentialsArgs) -> Result<ExitCode> {
         CredentialsCommand::Status(s) => status(s),
         CredentialsCommand::Refresh(r) => refresh::run(r),
         CredentialsCommand::Cronjob(c) => cronjob::run(c),
+    }
+}
+
+impl Targets {
+    /// The flags alone, before anything is read: contexts once each, `--cluster-name`
+    /// mappings of given contexts (any ID: istioctl's need not be DNS labels), istiod's
+    /// namespace a DNS-1123 label (usage errors).
+    pub fn check(&self) -> Result<()> {
+        check_unique(&self.clusters.contexts)?;
+        parse_mapping("cluster-name", &self.cluster_names, &self.clusters.contexts)?;
+        pki::validate_dns_label(&self.ns.namespace).map_err(|e| usage(format!("namespace {e}")))
     }
 }
 
@@ -166,7 +177,7 @@ fn row(peer: &str, s: &Stored, peers: &[Peer], now: u64) -> Row {
 
 fn status(a: StatusArgs) -> Result<ExitCode> {
     let t = &a.targets;
-    check_unique(&t.clusters.contexts)?;
+    t.check()?;
     let file = KubeconfigFile::load(t.clusters.kubeconfig.as_deref())?;
     file.require_contexts(&t.clusters.contexts)?;
     let ns = t.ns.namespace.clone();

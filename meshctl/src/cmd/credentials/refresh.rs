@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::istiod::{IstiodNote, istiod_note};
 use super::{Format, Peer, Targets, connect_all, stored_in, table};
-use crate::cli::{check_unique, parse_ttl};
+use crate::cli::{MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS, parse_ttl};
 use crate::kube::{self as kc, Cluster, KubeconfigFile};
 use crate::mesh::credentials::{self as cred, Decision, Method, Stored};
 use crate::mesh::reader::request_token;
@@ -33,7 +33,7 @@ pub struct RefreshArgs {
     /// of the token's lifetime, so a job that runs every sixth of it refreshes in time.
     #[arg(long, value_parser = humantime::parse_duration)]
     threshold: Option<Duration>,
-    /// Lifetime of the new tokens (min 10m). Default: the old token's lifetime.
+    /// Lifetime of the new tokens (10m to 2^32 s). Default: the old token's lifetime.
     #[arg(long, value_parser = parse_ttl)]
     token_ttl: Option<Duration>,
     /// Say what would be refreshed and change nothing (no token is minted or printed).
@@ -75,7 +75,7 @@ pub struct Outcome {
 
 pub fn run(a: RefreshArgs) -> Result<ExitCode> {
     let t = &a.targets;
-    check_unique(&t.clusters.contexts)?;
+    t.check()?;
     let file = KubeconfigFile::load(t.clusters.kubeconfig.as_deref())?;
     file.require_contexts(&t.clusters.contexts)?;
     let (outcomes, notes, errors) = kc::block_on(async {
@@ -273,7 +273,10 @@ async fn refresh_one(
     })?;
     let ttl = match (a.token_ttl, s.credential.ttl()) {
         (Some(t), _) => t,
-        (None, Some(secs)) => Duration::from_secs(secs.max(600)),
+        // Within what TokenRequest accepts, whatever the old token claimed.
+        (None, Some(secs)) => {
+            Duration::from_secs(secs.clamp(MIN_TOKEN_TTL_SECS, MAX_TOKEN_TTL_SECS))
+        }
         (None, None) => {
             return Err(anyhow!("the token's lifetime is unknown; pass --token-ttl").into());
         }

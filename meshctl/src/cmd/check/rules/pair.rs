@@ -7,7 +7,9 @@ use kube::config::Kubeconfig;
 
 use super::super::facts::{Seen, StoredRemote};
 use super::super::report::Report;
-use crate::istio::{MULTICLUSTER_LABEL, remote_secret_name};
+use crate::istio::{
+    DEFAULT_READER_SA, MULTICLUSTER_LABEL, READER_ROLE_PREFIX, reader_role_name, remote_secret_name,
+};
 use crate::kube::Failure;
 use crate::mesh::reader_rules::{READER_RULES, permission_name};
 use crate::mesh::remote_secret::is_loopback;
@@ -134,8 +136,21 @@ pub fn live(
     match works {
         Ok(detail) => r.pass(scope, "kubeconfig works", detail),
         Err((failure, detail)) => {
+            // Not an exhaustive match: a kind of failure added later gets the general hint.
             let hint = if failure == Failure::CredentialRefused {
                 format!("issue a new token: {rejoin}")
+            } else if failure == Failure::Answered && forbidden(detail) {
+                forbidden_hint(detail, rejoin)
+            } else if failure == Failure::Answered {
+                format!(
+                    "the API server at the stored address answered with an error: check that \
+                     the address is this cluster's API server: {rejoin}"
+                )
+            } else if failure == Failure::Unreachable {
+                format!(
+                    "the address or CA is wrong, or the API server is unreachable from here: \
+                     {rejoin}"
+                )
             } else {
                 format!("the token, CA or address is wrong, expired or unreachable: {rejoin}")
             };
@@ -162,5 +177,49 @@ pub fn live(
             format!("restore the reader role: {rejoin}"),
         ),
         Some(Err(e)) => r.fail(scope, check, e, rejoin.to_string()),
+    }
+}
+
+/// Whether a failed call was refused with 403: the token was accepted (else 401) but its
+/// account may not make the call. `kube::error_text` ends an API error with "(<code> <reason>)".
+fn forbidden(detail: &str) -> bool {
+    detail.contains("(403 ")
+}
+
+/// The fix for a reader that authenticates but may not list Services: its ClusterRoleBinding
+/// (`reader_role_name`) is gone, binds another account or points at a changed role. The
+/// account is read from the API server's message, `User "system:serviceaccount:<ns>:<sa>"
+/// cannot list resource ...` (k8s.io/apiserver pkg/endpoints/handlers/responsewriters/
+/// errors.go, `forbiddenMessage`); both parts are checked as names before they are printed.
+pub fn forbidden_hint(detail: &str, rejoin: &str) -> String {
+    let account = detail
+        .split_once("User \"system:serviceaccount:")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .and_then(|(user, _)| user.split_once(':'))
+        .filter(|(ns, sa)| {
+            pki::validate_dns_label(ns).is_ok() && crate::kube::names::is_dns_subdomain(sa)
+        });
+    match account {
+        Some((ns, sa)) => {
+            let role = reader_role_name(ns, sa);
+            let flag = if sa == DEFAULT_READER_SA {
+                String::new()
+            } else {
+                format!(" with --service-account {sa}")
+            };
+            format!(
+                "the API server accepted the token, but service account {ns}/{sa} lacks \
+                 permission: its ClusterRoleBinding {role} (to the ClusterRole of the same \
+                 name) is missing, binds another account, or its role was changed. Restore it \
+                 by making the remote secret again{flag}: {rejoin}"
+            )
+        }
+        None => format!(
+            "the API server accepted the token, but its account lacks permission: the \
+             reader's ClusterRoleBinding ({READER_ROLE_PREFIX}<namespace> for the default \
+             reader, {READER_ROLE_PREFIX}<namespace>.<service-account> for another) is \
+             missing, binds another account, or its role was changed. Restore it by making the \
+             remote secret again (with the same --service-account): {rejoin}"
+        ),
     }
 }

@@ -487,8 +487,40 @@ fn live_results_name_the_fix() {
             .hint
             .as_deref()
             .unwrap()
-            .contains("wrong, expired or unreachable")
+            .contains("the API server is unreachable from here")
     );
+    // 403: the token works, the binding does not; named from the server's message.
+    let denied = "listing services: services is forbidden: User \
+        \"system:serviceaccount:istio-system:other-sa\" cannot list resource \"services\" in API \
+        group \"\" at the cluster scope (403 Forbidden)";
+    let items = run(Err((Failure::Answered, denied)), None);
+    let hint = items[0].hint.as_deref().unwrap();
+    assert!(
+        hint.contains("service account istio-system/other-sa lacks permission")
+            && hint.contains("ClusterRoleBinding meshctl-istio-reader-istio-system.other-sa")
+            && hint.contains("--service-account other-sa")
+            && !hint.contains("expired"),
+        "{hint}"
+    );
+    let items = run(
+        Err((
+            Failure::Answered,
+            &denied.replace(":other-sa", ":istio-reader-service-account"),
+        )),
+        None,
+    );
+    let hint = items[0].hint.as_deref().unwrap();
+    assert!(
+        hint.contains("ClusterRoleBinding meshctl-istio-reader-istio-system ")
+            && !hint.contains("--service-account"),
+        "{hint}"
+    );
+    // A message without a service account still says what to look at.
+    let items = run(Err((Failure::Answered, "forbidden (403 Forbidden)")), None);
+    let hint = items[0].hint.as_deref().unwrap();
+    assert!(hint.contains("lacks permission") && hint.contains("<namespace>.<service-account>"));
+    let items = run(Err((Failure::Answered, "not found (404 Not Found)")), None);
+    assert!(!items[0].hint.as_deref().unwrap().contains("permission"));
     let items = run(Ok("listed 3 services"), Some(Ok(vec!["list pods".into()])));
     assert_eq!(items[0].status, Status::Pass);
     assert!(items[1].status == Status::Fail && items[1].detail.contains("may not list pods"));

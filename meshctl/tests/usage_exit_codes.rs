@@ -1,0 +1,175 @@
+//! A usage error found after parsing (a flag's value or a combination of flags is wrong)
+//! exits 2, as clap's own usage errors and `certs` do, in create-remote-secret, join,
+//! unjoin, check and credentials, before anything is read or changed; a failure of the
+//! cluster or a file still exits 1. Real meshctl processes against TEST API servers.
+
+mod common;
+
+use common::*;
+
+/// Runs meshctl and expects exit 2 with `want` in the message.
+async fn usage_error(args: &[&str], want: &str) {
+    let out = meshctl(args).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{args:?}:\n{t}");
+    assert!(t.contains(want), "{args:?}: {want:?} not in:\n{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_flags_exit_2_and_change_nothing() {
+    let m = mesh().await;
+    let before = (
+        settled_snapshot(&m.west).await,
+        settled_snapshot(&m.east).await,
+    );
+    let kc = m.kc();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "create-remote-secret",
+                "--kubeconfig",
+                kc,
+                "--context",
+                "west",
+                "--name",
+                "West_1",
+            ],
+            "DNS-1123",
+        ),
+        (
+            vec![
+                "create-remote-secret",
+                "--kubeconfig",
+                kc,
+                "--context",
+                "west",
+                "--name",
+                "west",
+                "--server",
+                "https://localhost:6443",
+            ],
+            "loopback",
+        ),
+        (
+            m.join_args(&["--service-annotation", "noequals"]),
+            "expected KEY=VALUE",
+        ),
+        (
+            m.join_args(&["--gateway-address", "east=10.0.0.1"]),
+            "add --ambient",
+        ),
+        (
+            m.join_args(&["--network", "north=n"]),
+            "not one of the --context",
+        ),
+        (
+            vec![
+                "join",
+                "--kubeconfig",
+                kc,
+                "--context",
+                "west",
+                "--context",
+                "west",
+                "--certs",
+                "/nonexistent",
+            ],
+            "given twice",
+        ),
+        (m.unjoin_args(&["-n", "Bad_NS"]), "namespace"),
+        (
+            check_args(kc, &["--cluster-name", "west=Not_A_Label"]),
+            "--cluster-name",
+        ),
+        (
+            vec![
+                "credentials",
+                "status",
+                "--kubeconfig",
+                kc,
+                "--context",
+                "west",
+                "--cluster-name",
+                "north=x",
+            ],
+            "not one of the --context",
+        ),
+        (
+            vec![
+                "credentials",
+                "cronjob",
+                "--context",
+                "west",
+                "--image",
+                "x",
+                "--schedule",
+                "hourly",
+            ],
+            "expected five cron fields",
+        ),
+    ];
+    for (args, want) in &cases {
+        usage_error(args, want).await;
+    }
+    assert_eq!(
+        (
+            settled_snapshot(&m.west).await,
+            settled_snapshot(&m.east).await
+        ),
+        before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_error_comes_before_reading_files_or_clusters() {
+    // A wrong flag with a kubeconfig that does not exist: the flag is named, exit 2.
+    usage_error(
+        &[
+            "join",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+            "--context",
+            "a",
+            "--context",
+            "b",
+            "--certs",
+            "/nonexistent",
+            "--service-annotation",
+            "noequals",
+        ],
+        "expected KEY=VALUE",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_of_clusters_and_files_still_exit_1() {
+    let m = mesh().await;
+    let kc = m.kc();
+    for (args, want) in [
+        (
+            vec![
+                "create-remote-secret",
+                "--kubeconfig",
+                kc,
+                "--context",
+                "north",
+                "--name",
+                "north",
+            ],
+            "context \"north\" not found",
+        ),
+        (
+            m.join_certs_args(&["--allow-loopback-server"])
+                .into_iter()
+                .map(|a| if a == p(&m.certs) { "/nonexistent" } else { a })
+                .collect(),
+            "no certificate bundle",
+        ),
+    ] {
+        let out = meshctl(&args).await;
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}:\n{t}");
+        assert!(t.contains(want), "{t}");
+    }
+}
