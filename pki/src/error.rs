@@ -47,6 +47,34 @@ pub enum PkiError {
         #[source]
         source: std::io::Error,
     },
+    /// Writing a set of files failed at `path`; every file is as it was before (files
+    /// already replaced were restored, temporary files removed).
+    #[error(
+        "cannot write {}, so nothing was written (every file is as it was before): {source}",
+        path.display()
+    )]
+    NotWritten {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing a set of files failed at `path` after others were replaced, and undoing that
+    /// failed too: `new` now hold the new contents; `kept` are (file, where its previous
+    /// contents are kept). The other files are as they were.
+    #[error(
+        "the write stopped part way and could not be fully undone: {} now hold(s) the new \
+         contents{}; every other file is as it was before. Writing {} failed: {source}",
+        list_paths(new),
+        kept_list(kept),
+        path.display()
+    )]
+    PartlyWritten {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+        new: Vec<PathBuf>,
+        kept: Vec<(PathBuf, PathBuf)>,
+    },
     /// Output files exist and overwriting was not allowed. Nothing was written.
     #[error("refusing to overwrite existing file(s): {}", list_paths(.0))]
     Exists(Vec<PathBuf>),
@@ -62,6 +90,18 @@ fn list_paths(paths: &[PathBuf]) -> String {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn kept_list(kept: &[(PathBuf, PathBuf)]) -> String {
+    kept.iter()
+        .map(|(file, backup)| {
+            format!(
+                " (the previous {} is kept in {}: mv it back to undo)",
+                file.display(),
+                backup.display()
+            )
+        })
+        .collect()
 }
 
 /// Result alias for this crate.

@@ -1,17 +1,19 @@
 //! The only file I/O of this crate: reading and writing the standard file layouts.
 //!
-//! Writers check every target before writing anything, so a refusal changes nothing.
-//! Every file is written to a new file beside its target, then renamed over it: a symlink at
-//! the target is replaced, never followed. Private keys are 0600; directories created for
-//! them are 0700, whatever the umask. A private key is never written into, or read for reuse
-//! from, a symlinked directory or one other users may write (see `guard` for the rules).
+//! Writers check every target before writing anything, so a refusal changes nothing, and
+//! write a set of files all or nothing (`transaction`): every file is staged beside its
+//! target first, then renamed over it (a symlink at the target is replaced, never followed);
+//! an I/O error part way puts back what was replaced. Private keys are 0600; directories
+//! created for them are 0700, whatever the umask. A private key is never written into, or
+//! read for reuse from, a symlinked directory or one other users may write (see `guard`).
 //!
 //! Every input file is read through [`read_input`]: regular files only, at most
-//! [`MAX_INPUT_BYTES`].
+//! [`MAX_INPUT_BYTES`]; certificate files through [`read_cert_pem`], which refuses any block
+//! but `CERTIFICATE` (a key appended to a public file would be published).
 
-mod atomic_write;
 mod guard;
 mod input;
+mod transaction;
 
 pub use input::{MAX_INPUT_BYTES, read_input, read_input_string};
 
@@ -50,11 +52,20 @@ impl OutFile {
     }
 }
 
-/// Writes all files, creating parent directories (0700). Without `force`, fails with
-/// [`PkiError::Exists`] listing every existing target, before writing anything. A private
-/// key's directory is checked first (`guard`): a symlinked directory, or one that other
-/// users may write, is refused before anything is written.
+/// Writes all files or none, creating parent directories (0700); see `transaction`.
+/// Everything [`check_writable`] refuses is refused first. An I/O error while writing is
+/// [`PkiError::NotWritten`] (every file as before), or, when even undoing failed,
+/// [`PkiError::PartlyWritten`] naming the files that hold new contents.
 pub fn write_files(files: &[OutFile], force: bool) -> Result<()> {
+    check_writable(files, force)?;
+    transaction::write_all(files, force, &mut transaction::RealOps)
+}
+
+/// The checks [`write_files`] makes before writing anything, for a dry run to make the same
+/// refusals: [`check_targets`]; a private key's directory (`guard`: a symlinked directory,
+/// or one that other users may write, is refused); without `force`, [`PkiError::Exists`]
+/// listing every existing target.
+pub fn check_writable(files: &[OutFile], force: bool) -> Result<()> {
     check_targets(files)?;
     for f in files.iter().filter(|f| f.secret) {
         check_key_dir(f.path.parent().unwrap_or(Path::new("")))?;
@@ -68,20 +79,6 @@ pub fn write_files(files: &[OutFile], force: bool) -> Result<()> {
         if !existing.is_empty() {
             return Err(PkiError::Exists(existing));
         }
-    }
-    for f in files {
-        if let Some(parent) = f.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            create_private_dirs(parent).map_err(|source| PkiError::Io {
-                path: parent.to_path_buf(),
-                source,
-            })?;
-        }
-        atomic_write::write_atomic(&f.path, f.contents.as_bytes(), f.secret, force).map_err(
-            |source| PkiError::Io {
-                path: f.path.clone(),
-                source,
-            },
-        )?;
     }
     Ok(())
 }
@@ -119,32 +116,6 @@ pub fn check_targets(files: &[OutFile]) -> Result<()> {
     }
 }
 
-/// Creates `dir` and its missing ancestors with mode 0700. Only directories created here
-/// are chmod-ed (mkdir's mode is filtered by the umask); existing ones are left as they are.
-fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
-    let missing: Vec<&Path> = dir
-        .ancestors()
-        .take_while(|d| !d.as_os_str().is_empty() && d.symlink_metadata().is_err())
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir)?;
-    #[cfg(unix)]
-    for d in missing {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
-}
-
 /// A private key's directory may hold one (`guard`), else [`PkiError::Io`] naming it.
 fn check_key_dir(dir: &Path) -> Result<()> {
     guard::check_key_dir(dir).map_err(|(path, source)| PkiError::Io { path, source })
@@ -156,6 +127,15 @@ fn read(path: &Path) -> Result<String> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// A certificate file (`root-cert.pem`, `cert-chain.pem`, `ca-cert.pem`), read bounded and
+/// checked by [`crate::check_cert_pem`]: only `CERTIFICATE` blocks. The error names the file.
+pub fn read_cert_pem(path: &Path) -> Result<String> {
+    let text = read(path)?;
+    crate::pem::cert_ders(&text)
+        .map_err(|e| PkiError::InvalidCert(format!("{}: {e}", path.display())))?;
+    Ok(text)
 }
 
 /// A private key to reuse: its directory is checked like a writer's, then it is read
@@ -180,7 +160,7 @@ impl RootCa {
 
     /// Loads a root from a certificate file and a key file.
     pub fn load_files(cert: &Path, key: &Path) -> Result<RootCa> {
-        RootCa::from_pem(&read(cert)?, &read_key(key)?).map_err(|e| match e {
+        RootCa::from_pem(&read_cert_pem(cert)?, &read_key(key)?).map_err(|e| match e {
             PkiError::InvalidCert(m) => PkiError::InvalidCert(format!("{}: {m}", cert.display())),
             other => other,
         })
@@ -206,9 +186,9 @@ impl IntermediateCa {
     /// `cert-chain.pem` must start with `ca-cert.pem`; use [`crate::verify_bundles`] for a full check.
     pub fn load_dir(dir: &Path) -> Result<IntermediateCa> {
         let ca = IntermediateCa::from_pems(
-            &read(&dir.join(CA_CERT))?,
+            &read_cert_pem(&dir.join(CA_CERT))?,
             &read_key(&dir.join(CA_KEY))?,
-            &read(&dir.join(ROOT_CERT))?,
+            &read_cert_pem(&dir.join(ROOT_CERT))?,
         )?;
         let chain_path = dir.join(CERT_CHAIN);
         let chain = crate::pem::cert_ders(&read(&chain_path)?)

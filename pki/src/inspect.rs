@@ -8,7 +8,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::public_key::PublicKey;
 
 use crate::error::{PkiError, Result};
-use crate::pem::{cert_ders, parse_x509};
+use crate::pem::{cert_ders_and_others, parse_x509};
 
 /// The essentials of one certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,10 +32,13 @@ pub struct CertSummary {
     pub sha256_fingerprint: String,
 }
 
-/// Summarises every certificate in a PEM text.
+/// Summarises every certificate in a PEM text; other blocks (a key in a combined file) are
+/// skipped, never shown ([`crate::check_cert_pem`] says whether the text is a clean
+/// certificate file).
 pub fn inspect_pem(pem_text: &str) -> Result<Vec<CertSummary>> {
-    cert_ders(pem_text)
+    cert_ders_and_others(pem_text)
         .map_err(PkiError::InvalidCert)?
+        .0
         .iter()
         .map(|der| {
             let cert = parse_x509(der).map_err(PkiError::InvalidCert)?;

@@ -294,8 +294,10 @@ impl IntermediateCa {
     /// Builds an intermediate from its certificate, key and root (all PEM). Checks that the
     /// certificate is a CA, that the key belongs to it, and that the root PEM holds a certificate.
     pub fn from_pems(ca_cert: &str, ca_key: &str, root_cert: &str) -> Result<IntermediateCa> {
-        let cert_der = first_cert_der(ca_cert).map_err(PkiError::InvalidCert)?;
-        first_cert_der(root_cert).map_err(PkiError::InvalidCert)?;
+        let cert_der = first_cert_der(ca_cert)
+            .map_err(|e| PkiError::InvalidCert(format!("the CA certificate: {e}")))?;
+        first_cert_der(root_cert)
+            .map_err(|e| PkiError::InvalidCert(format!("the root certificate: {e}")))?;
         let key = crate::keys::load_private_key_pem(ca_key)?;
         check_ca_and_key(&cert_der, &key, "intermediate")?;
         Ok(IntermediateCa {
@@ -356,18 +358,21 @@ impl IntermediateCa {
 
     /// Issues a workload certificate with a SPIFFE URI SAN.
     pub fn issue_workload(&self, opts: &WorkloadOptions) -> Result<WorkloadCert> {
-        for (field, value) in [
-            ("trust domain", &opts.trust_domain),
-            ("namespace", &opts.namespace),
-            ("service account", &opts.service_account),
-        ] {
-            if value.is_empty() || value.contains(['/', ' ', '?', '#']) {
-                return Err(PkiError::InvalidOption {
-                    field,
-                    reason: format!("{value:?} cannot appear in a SPIFFE id path"),
-                });
-            }
+        let td = &opts.trust_domain;
+        if td.is_empty() || td.contains(['/', ' ', '?', '#']) || !td.is_ascii() {
+            return Err(PkiError::InvalidOption {
+                field: "trust domain",
+                reason: format!(
+                    "{td:?} cannot appear in a SPIFFE id (use a DNS-like name of ASCII letters, \
+                     digits, '-' and '.', e.g. cluster.local)"
+                ),
+            });
         }
+        // The names of a Kubernetes Namespace and ServiceAccount (see validate_dns_subdomain).
+        let invalid = |field, reason| PkiError::InvalidOption { field, reason };
+        validate_dns_label(&opts.namespace).map_err(|r| invalid("namespace", r))?;
+        crate::validate_dns_subdomain(&opts.service_account)
+            .map_err(|r| invalid("service account", r))?;
         let (not_before, not_after) = validity(
             opts.not_before,
             opts.not_after,

@@ -99,7 +99,7 @@ impl FromStr for KeyType {
 /// and `EC PRIVATE KEY` (SEC1); other blocks such as `EC PARAMETERS` are skipped.
 pub fn load_private_key_pem(pem_text: &str) -> Result<KeyPair> {
     let blocks = pem::parse_many(pem_text)
-        .map_err(|e| PkiError::InvalidKey(format!("not valid PEM: {e}")))?;
+        .map_err(|e| PkiError::InvalidKey(format!("not valid PEM: {}", pem_error(&e))))?;
     let mut seen = Vec::new();
     for block in &blocks {
         let der: PrivateKeyDer<'_> = match block.tag() {
@@ -134,6 +134,19 @@ pub fn load_private_key_pem(pem_text: &str) -> Result<KeyPair> {
     }))
 }
 
+/// A PEM parser error without the text it may quote (a header line or a label of a key
+/// file can be key material).
+fn pem_error(e: &pem::PemError) -> String {
+    match e {
+        pem::PemError::InvalidHeader(_) => "a malformed line in a PEM block (not shown)".into(),
+        pem::PemError::MismatchedTags(..) => {
+            "a -----BEGIN line and its -----END line name different block types".into()
+        }
+        pem::PemError::InvalidData(_) => "a PEM block's base64 is not valid".into(),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +178,17 @@ mod tests {
             "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
         let err = load_private_key_pem(enc).unwrap_err().to_string();
         assert!(err.contains("encrypted"), "{err}");
+        // A mangled key file: the error quotes none of it.
+        for text in [
+            "-----BEGIN PRIVATE KEY-----\nSECRETLINE\n\nAAAA\n-----END PRIVATE KEY-----\n",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END SECRETLINE-----\n",
+            "-----BEGIN PRIVATE KEY-----\nSECRET*LINE\n-----END PRIVATE KEY-----\n",
+        ] {
+            let err = load_private_key_pem(text).unwrap_err().to_string();
+            assert!(
+                err.contains("not valid PEM") && !err.contains("SECRET"),
+                "{err}"
+            );
+        }
     }
 }

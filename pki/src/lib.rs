@@ -31,6 +31,15 @@ pub use keys::{KeyType, load_private_key_pem};
 pub use renew::same_subject;
 pub use verify::{Bundle, Finding, Report, Severity, VerifyOptions, signing_root, verify};
 
+/// Checks a certificate file's text (`root-cert.pem`, `cert-chain.pem`, `ca-cert.pem`): only
+/// `CERTIFICATE` blocks, each a valid X.509 certificate, at least one; text between blocks is
+/// allowed. Returns how many certificates it holds. The error names a stray block's type and
+/// line (a private key appended by mistake would be published), never its contents; the
+/// caller names the file.
+pub fn check_cert_pem(text: &str) -> std::result::Result<usize, String> {
+    pem::cert_ders(text).map(|ders| ders.len())
+}
+
 /// Checks that `name` is a DNS-1123 label (lowercase alphanumerics and '-', 1..=63 chars,
 /// starting and ending with an alphanumeric). Cluster names become directory names,
 /// Secret keys and SNI labels, so they must be labels.
@@ -53,9 +62,58 @@ pub fn validate_dns_label(name: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Checks that `name` is a DNS-1123 subdomain: dot-separated DNS-1123 labels, 1..=253
+/// characters in all. Kubernetes names most objects this way, ServiceAccounts included
+/// (kubernetes `staging/src/k8s.io/apimachinery/pkg/api/validation/generic.go`:
+/// `ValidateServiceAccountName = NameIsDNSSubdomain`, and `ValidateNamespaceName =
+/// NameIsDNSLabel`, i.e. [`validate_dns_label`]; the rules are `IsDNS1123Subdomain` and
+/// `IsDNS1123Label` in `.../apimachinery/pkg/util/validation/validation.go`).
+pub fn validate_dns_subdomain(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!(
+            "{name:?} must be 1 to 253 characters long (a DNS-1123 subdomain)"
+        ));
+    }
+    if name.split('.').any(|l| validate_dns_label(l).is_err()) {
+        return Err(format!(
+            "{name:?} is not a DNS-1123 subdomain: use lowercase letters, digits, '-' and '.', \
+             each dot-separated part starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_subdomains() {
+        let long = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61),
+        ]
+        .join(".");
+        assert_eq!(long.len(), 253);
+        for ok in ["a", "a.b-c", "istio-eastwestgateway", long.as_str()] {
+            validate_dns_subdomain(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "a..b",
+            ".a",
+            "a.",
+            "A",
+            "ünï",
+            "a_b",
+            "a b",
+            &format!("{long}e"),
+        ] {
+            assert!(validate_dns_subdomain(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn dns_labels() {

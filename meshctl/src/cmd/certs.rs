@@ -170,9 +170,11 @@ struct WorkloadArgs {
     /// Cluster bundle directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem).
     #[arg(long)]
     ca: PathBuf,
-    #[arg(long, short = 'n')]
+    /// The workload's Kubernetes namespace (a DNS-1123 label).
+    #[arg(long, short = 'n', value_parser = parse_namespace)]
     namespace: String,
-    #[arg(long, short = 's')]
+    /// The workload's Kubernetes service account (a DNS-1123 subdomain).
+    #[arg(long, short = 's', value_parser = parse_service_account)]
     service_account: String,
     /// Output directory.
     #[arg(long)]
@@ -241,6 +243,41 @@ fn parse_dns_san(s: &str) -> Result<String, String> {
 
 fn parse_cluster(s: &str) -> Result<String, String> {
     pki::validate_dns_label(s).map(|()| s.to_string())
+}
+
+/// `-n`: what Kubernetes accepts as a Namespace name (kubernetes
+/// `staging/src/k8s.io/apimachinery/pkg/api/validation/generic.go`: `NameIsDNSLabel`).
+fn parse_namespace(s: &str) -> Result<String, String> {
+    pki::validate_dns_label(s)
+        .map(|()| s.to_string())
+        .map_err(|e| format!("{e}, as Kubernetes requires of a namespace name"))
+}
+
+/// `-s`: what Kubernetes accepts as a ServiceAccount name (same file:
+/// `ValidateServiceAccountName = NameIsDNSSubdomain`).
+fn parse_service_account(s: &str) -> Result<String, String> {
+    pki::validate_dns_subdomain(s)
+        .map(|()| s.to_string())
+        .map_err(|e| format!("{e}, as Kubernetes requires of a service account name"))
+}
+
+/// Refuses an output directory that is the CA directory `ca` given to `flag` (compared by
+/// real path, so `dir/.` or a symlink to it count), whose `replaced` files the output would
+/// overwrite with `--force`.
+fn refuse_out_in_ca(out: &Path, ca: &Path, flag: &str, replaced: &str) -> Result<()> {
+    let same = match (std::fs::canonicalize(out), std::fs::canonicalize(ca)) {
+        (Ok(o), Ok(c)) => o == c,
+        _ => false,
+    };
+    if same {
+        bail!(
+            "--out {} is the CA directory given to {flag} ({}): the output would replace its \
+             {replaced}; nothing was written. Pass another --out, e.g. a new directory beside it",
+            out.display(),
+            ca.display()
+        );
+    }
+    Ok(())
 }
 
 pub fn run(args: CertsArgs) -> Result<ExitCode> {
@@ -413,6 +450,14 @@ pub(super) fn output_error(e: PkiError) -> anyhow::Error {
 }
 
 fn intermediate(a: IntermediateArgs) -> Result<ExitCode> {
+    if let Some(parent) = &a.signer.parent {
+        refuse_out_in_ca(
+            &a.out,
+            parent,
+            "--parent",
+            "ca-cert.pem and ca-key.pem (the parent CA and its key)",
+        )?;
+    }
     let signer = Signer::load(&a.signer)?;
     signer.check_not_expired(&a.signer)?;
     let ca = signer
@@ -430,6 +475,12 @@ fn intermediate(a: IntermediateArgs) -> Result<ExitCode> {
 }
 
 fn workload(a: WorkloadArgs) -> Result<ExitCode> {
+    refuse_out_in_ca(
+        &a.out,
+        &a.ca,
+        "--ca",
+        "cert-chain.pem and root-cert.pem (the CA bundle would no longer verify)",
+    )?;
     let ca = IntermediateCa::load_dir(&a.ca)
         .with_context(|| format!("loading the cluster CA from {}", a.ca.display()))?;
     if let Some(when) = expired_on(ca.cert_pem()) {
@@ -474,6 +525,11 @@ fn inspect(a: InspectArgs) -> Result<ExitCode> {
     let text = pki::files::read_input_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
     let certs = pki::inspect_pem(&text).with_context(|| a.file.display().to_string())?;
+    // Shown anyway (the file may be a combined cert + key); said, since as a certificate
+    // file it would publish the other blocks.
+    if let Err(e) = pki::check_cert_pem(&text) {
+        eprintln!("warning: {}: {e}", a.file.display());
+    }
     for (i, c) in certs.iter().enumerate() {
         if certs.len() > 1 {
             println!("Certificate {} of {}:", i + 1, certs.len());

@@ -73,10 +73,17 @@ pub fn secret_object(dir: &Path, namespace: &str) -> Result<Value> {
     )
 }
 
-/// The DER certificates of a PEM text (for comparing roots regardless of formatting).
+/// The DER certificates of a PEM text (for comparing roots regardless of formatting): its
+/// `CERTIFICATE` blocks only (a stray key block is no root; `pki::check_cert_pem` refuses
+/// such a file wherever one is installed), none if the text is not PEM.
 pub fn pem_ders(text: &[u8]) -> Vec<Vec<u8>> {
     pem::parse_many(text)
-        .map(|v| v.into_iter().map(|p| p.into_contents()).collect())
+        .map(|v| {
+            v.into_iter()
+                .filter(|p| p.tag() == "CERTIFICATE")
+                .map(|p| p.into_contents())
+                .collect()
+        })
         .unwrap_or_default()
 }
 

@@ -13,9 +13,10 @@ use crate::mesh::cacerts::{apply_secret, pem_ders};
 use crate::mesh::rotation::{BundleTexts, cacerts_secret};
 
 pub fn run(a: RenewArgs) -> Result<ExitCode> {
+    // Certificate files only (a key block in them would be written back and applied).
     let read = |f: &str| {
         let path = a.ca.join(f);
-        pki::files::read_input_string(&path).with_context(|| format!("reading {}", path.display()))
+        pki::files::read_cert_pem(&path).with_context(|| format!("reading {}", path.display()))
     };
     let (old_ca, old_roots) = (read(pki::CA_CERT)?, read(pki::ROOT_CERT)?);
     let signer = Signer::load(&a.signer)?;
@@ -62,7 +63,8 @@ pub fn run(a: RenewArgs) -> Result<ExitCode> {
     let ns = a.ns.namespace.as_str();
     // Verified in memory before anything is written or applied.
     let secret = cacerts_secret(&texts, ns, &BTreeMap::new())?;
-    pki::files::check_targets(&files).map_err(super::output_error)?;
+    // The checks of the write itself (a symlinked or shared --ca is refused), dry run or not.
+    pki::files::check_writable(&files, true).map_err(super::output_error)?;
     if !a.apply {
         if a.mutate.dry_run {
             print_dry_run(&files);

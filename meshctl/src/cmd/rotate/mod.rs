@@ -224,6 +224,15 @@ pub(super) struct Plan {
 }
 
 async fn apply(common: &Common, clusters: &[Current], plan: Plan) -> Result<ExitCode> {
+    // Files already there are the same root or CA being resumed: never overwritten.
+    let new: Vec<pki::OutFile> = plan
+        .files
+        .into_iter()
+        .filter(|f| f.path.symlink_metadata().is_err())
+        .collect();
+    // Refused the same way in a dry run (a symlinked --dir, a file in its place).
+    pki::files::check_writable(&new, false)
+        .map_err(|e| anyhow!("{e}\nnothing was changed (in the clusters or on disk)"))?;
     if common.mutate.dry_run {
         let objs: Vec<(String, Vec<Value>)> = plan
             .secrets
@@ -238,11 +247,7 @@ async fn apply(common: &Common, clusters: &[Current], plan: Plan) -> Result<Exit
                 Secrets::from_flag(common.show_secrets)
             )?
         );
-        for f in plan
-            .files
-            .iter()
-            .filter(|f| f.path.symlink_metadata().is_err())
-        {
+        for f in &new {
             let note = if f.secret { " (private key, 0600)" } else { "" };
             println!("# dry run: would write {}{note}", f.path.display());
         }
@@ -251,12 +256,6 @@ async fn apply(common: &Common, clusters: &[Current], plan: Plan) -> Result<Exit
         }
         return Ok(ExitCode::SUCCESS);
     }
-    // Files already there are the same root or CA being resumed: never overwritten.
-    let new: Vec<pki::OutFile> = plan
-        .files
-        .into_iter()
-        .filter(|f| f.path.symlink_metadata().is_err())
-        .collect();
     pki::write_files(&new, false)?;
     for f in &new {
         let note = if f.secret { " (private key, 0600)" } else { "" };

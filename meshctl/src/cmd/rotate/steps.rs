@@ -297,7 +297,7 @@ pub fn activate(a: &ActivateArgs, clusters: &[Current]) -> Result<Plan> {
 fn new_intermediate(root: &RootCa, dir: &Path, old_ca: &str) -> Result<IntermediateCa> {
     if dir.join(pki::CA_CERT).symlink_metadata().is_ok() {
         let read = |f: &str| {
-            pki::files::read_input_string(&dir.join(f))
+            pki::files::read_cert_pem(&dir.join(f))
                 .with_context(|| format!("reading {}", dir.join(f).display()))
         };
         let key = pki::files::read_key(&dir.join(pki::CA_KEY))?;
