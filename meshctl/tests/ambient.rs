@@ -305,7 +305,7 @@ async fn gateway_manifest_protocols() {
         "Bad Domain",
     ])
     .await;
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(text(&out).contains("--trust-domain"), "{}", text(&out));
 
     // HBONE certificates: from istiod by default, files from the Secret when asked.

@@ -439,17 +439,21 @@ async fn label_network_and_gateway_install() {
         ns["metadata"]["labels"]["topology.istio.io/network"],
         "east-net"
     );
-    let out = m
-        .fails(&[
-            "label-network",
-            "bad net",
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "east",
-        ])
-        .await;
-    assert!(out.contains("not a valid label value"), "{out}");
+    let out = meshctl(&[
+        "label-network",
+        "bad net",
+        "--kubeconfig",
+        m.kc(),
+        "--context",
+        "east",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2), "a usage error: {}", text(&out));
+    assert!(
+        text(&out).contains("not a valid label value"),
+        "{}",
+        text(&out)
+    );
 
     m.ok(&[
         "gateway",

@@ -219,12 +219,6 @@ pub(crate) fn days_parser() -> clap::builder::RangedI64ValueParser<u32> {
     clap::value_parser!(u32).range(1..=MAX_DAYS)
 }
 
-/// A usage error found after parsing (same exit code as clap's, 2), printed like clap's.
-fn usage_error(message: &str) -> ExitCode {
-    eprintln!("error: {message}");
-    ExitCode::from(2)
-}
-
 fn parse_key_type(s: &str) -> Result<KeyType, PkiError> {
     s.parse()
 }
@@ -296,7 +290,7 @@ fn init(a: InitArgs) -> Result<ExitCode> {
     let mut seen = std::collections::BTreeSet::new();
     for c in &a.clusters {
         if !seen.insert(c) {
-            return Ok(usage_error(&format!(
+            return Err(crate::cli::usage(format!(
                 "--clusters: cluster {c:?} is listed twice; list each cluster once"
             )));
         }

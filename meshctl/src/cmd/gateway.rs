@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use crate::cli::{GatewayFlags, KubeArgs, MutateArgs, NamespaceArg, OutputArg};
+use crate::cli::{GatewayFlags, KubeArgs, MutateArgs, NamespaceArg, OutputArg, as_usage};
 use crate::istio::GATEWAY_NAME;
 use crate::kube::{self as kc, KubeconfigFile};
 use crate::mesh::gateway::{DEFAULT_CLUSTER_ID, install, objects};
@@ -69,7 +69,8 @@ pub fn run(a: GatewayArgs) -> Result<ExitCode> {
                 &m.spec.cluster_id,
                 &m.spec.gw,
                 p,
-            )?;
+            )
+            .map_err(as_usage)?;
             print!("{}", kc::render(&objs, m.out.output)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -81,7 +82,8 @@ pub fn run(a: GatewayArgs) -> Result<ExitCode> {
                 &i.spec.cluster_id,
                 &i.spec.gw,
                 i.spec.gw.protocols(false),
-            )?;
+            )
+            .map_err(as_usage)?;
             let file = KubeconfigFile::load(i.kube.kubeconfig.as_deref())?;
             let ctx = file.context_name(i.kube.context.as_deref())?;
             file.require_contexts(std::slice::from_ref(&ctx))?;

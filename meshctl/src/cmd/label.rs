@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Result, anyhow};
 use clap::Args;
 
-use crate::cli::{KubeArgs, MutateArgs, NamespaceArg};
+use crate::cli::{KubeArgs, MutateArgs, NamespaceArg, as_usage, usage};
 use crate::istio::NETWORK_LABEL;
 use crate::kube::{self as kc, KubeconfigFile};
 use crate::mesh::namespace::{label, validate_label_value};
@@ -26,8 +26,8 @@ pub struct LabelNetworkArgs {
 
 pub fn run(a: LabelNetworkArgs) -> Result<ExitCode> {
     let ns = &a.ns.namespace;
-    validate_label_value(&a.network)?;
-    pki::validate_dns_label(ns).map_err(|e| anyhow!("namespace {e}"))?;
+    validate_label_value(&a.network).map_err(as_usage)?;
+    pki::validate_dns_label(ns).map_err(|e| usage(format!("namespace {e}")))?;
     let file = KubeconfigFile::load(a.kube.kubeconfig.as_deref())?;
     let ctx = file.context_name(a.kube.context.as_deref())?;
     file.require_contexts(std::slice::from_ref(&ctx))?;
