@@ -12,10 +12,11 @@ use kube::{Client, Config};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::client::{BuildError, client, plugin_of};
 use super::config::{KubeconfigFile, init_crypto};
+use super::credential::prepare_local;
 use super::errors::{ConnectError, error_text};
 use super::render::{describe, meta};
-use super::retry::Retry;
 use crate::istio::MANAGER;
 
 /// Runs an async command on a fresh runtime (the CLI is otherwise synchronous).
@@ -30,14 +31,18 @@ pub fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T>
 }
 
 impl KubeconfigFile {
-    /// A client for `context`, after checking that its API server answers.
+    /// A client for `context`, after checking that its API server answers. The credential is
+    /// made ready and checked first (`credential::prepare_local`), and a credential that
+    /// cannot be used is named as such ([`ConnectError::Unusable`]), never as unreachable.
     pub async fn connect(&self, context: &str) -> Result<Cluster> {
         self.require_contexts(&[context.to_string()])?;
+        let mut config = self.config.clone();
+        prepare_local(&mut config, context, &self.path)?;
         let opts = KubeConfigOptions {
             context: Some(context.to_string()),
             ..Default::default()
         };
-        let mut cfg = Config::from_custom_kubeconfig(self.config.clone(), &opts)
+        let mut cfg = Config::from_custom_kubeconfig(config, &opts)
             .await
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("context {context:?} in {}", self.path.display()))?;
@@ -50,17 +55,28 @@ impl KubeconfigFile {
             .to_string();
         let ca_pem = self.ca_pem(context)?;
         let tls_server_name = cfg.tls_server_name.clone();
-        // Our bounded, talkative retry instead of kube's (see `retry`).
-        cfg.default_retry = false;
-        let client = kube::client::ClientBuilder::try_from(cfg)
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("building a client for context {context:?}"))?
-            .with_layer(&tower::buffer::BufferLayer::new(64))
-            .with_layer(&tower::retry::RetryLayer::new(Retry::new(context)))
-            .build();
+        let plugin = plugin_of(&cfg.auth_info);
+        let user = self.user_of(context).unwrap_or_default();
+        let client = match client(cfg, &format!("context {context:?}")) {
+            Ok(c) => c,
+            Err(BuildError {
+                credential: true,
+                detail,
+            }) => {
+                return Err(ConnectError::Unusable {
+                    context: context.to_string(),
+                    user,
+                    kubeconfig: self.path.display().to_string(),
+                    detail,
+                }
+                .into());
+            }
+            Err(e) => bail!("building a client for context {context:?}: {}", e.detail),
+        };
         if let Err(e) = client.apiserver_version().await {
-            let user = self.user_of(context).unwrap_or_default();
-            return Err(ConnectError::new(&e, context, &server, &user, &self.path).into());
+            let at = (context, server.as_str());
+            let whose = (user.as_str(), self.path.as_path());
+            return Err(ConnectError::new(&e, at, whose, plugin.as_deref()).into());
         }
         Ok(Cluster {
             context: context.to_string(),

@@ -3,6 +3,7 @@
 //! Files are read bounded and parse errors carry no kubeconfig text (`parse.rs`).
 //! No network here: `api.rs` connects.
 
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -34,18 +35,9 @@ impl KubeconfigFile {
                         .count()
                         > 1
                 {
-                    let mut config = Kubeconfig::default();
-                    for p in std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()) {
-                        let next = read_kubeconfig(&p)
-                            .context("reading the kubeconfig files in KUBECONFIG")?;
-                        config = config
-                            .merge(next)
-                            .map_err(|e| anyhow!("{e}"))
-                            .context("merging the kubeconfig files in KUBECONFIG")?;
-                    }
                     return Ok(KubeconfigFile {
+                        config: merged(&v)?,
                         path: PathBuf::from(v),
-                        config,
                     });
                 }
                 default_path()?
@@ -147,6 +139,41 @@ impl KubeconfigFile {
         }
         Ok(None)
     }
+}
+
+/// The files of a `KUBECONFIG` list merged as client-go's loader merges them
+/// (`staging/src/k8s.io/client-go/tools/clientcmd/loader.go`, `Load`): empty entries and files
+/// that do not exist are skipped, each file is read once, the first file to name a context,
+/// cluster or user wins. Only when none of the files exists is it an error (kubectl then has
+/// no configuration either).
+fn merged(list: &std::ffi::OsStr) -> Result<Kubeconfig> {
+    let mut seen: Vec<PathBuf> = Vec::new();
+    let mut missing = Vec::new();
+    let mut config = Kubeconfig::default();
+    for p in std::env::split_paths(list).filter(|p| !p.as_os_str().is_empty()) {
+        if seen.contains(&p) {
+            continue;
+        }
+        seen.push(p.clone());
+        // A dangling symlink is missing too (Go's os.IsNotExist on reading it).
+        if std::fs::metadata(&p).is_err_and(|e| e.kind() == ErrorKind::NotFound) {
+            missing.push(p.display().to_string());
+            continue;
+        }
+        let next = read_kubeconfig(&p).context("reading the kubeconfig files in KUBECONFIG")?;
+        config = config
+            .merge(next)
+            .map_err(|e| anyhow!("{e}"))
+            .context("merging the kubeconfig files in KUBECONFIG")?;
+    }
+    if missing.len() == seen.len() {
+        bail!(
+            "none of the kubeconfig files in KUBECONFIG exists ({}); pass --kubeconfig FILE or \
+             fix KUBECONFIG",
+            missing.join(", ")
+        );
+    }
+    Ok(config)
 }
 
 fn default_path() -> Result<PathBuf> {

@@ -1,13 +1,21 @@
 //! What a failed Kubernetes request means: its text (each cause once) and its class, so that a
-//! refused credential (401) is named with its fix instead of "cannot reach".
+//! refused credential (401) or one that could not be used (a credential plugin that failed, a
+//! token that fits in no HTTP header) is named with its fix instead of "cannot reach".
 
 use std::path::Path;
 
+use kube::client::AuthError;
+
+use super::credential::shown;
 use super::retry::{MAX_RETRIES, WAIT_BUDGET};
 
 /// The message of a kube error without kube's nesting noise: the cause chain joined by
-/// ": ", each cause once (kube and hyper errors repeat their source in their own text).
+/// ": ", each cause once (kube and hyper errors repeat their source in their own text). A
+/// credential error anywhere in the chain is told by [`auth_text`] alone.
 pub fn error_text(e: &kube::Error) -> String {
+    if let Some(a) = auth_error(e) {
+        return auth_text(a, None);
+    }
     match e {
         kube::Error::Api(s) => {
             // kube's reason for a body that is not a Status (APF's 429 is plain text).
@@ -44,11 +52,67 @@ pub fn error_text(e: &kube::Error) -> String {
     }
 }
 
+/// kube's credential error in `e` or its causes: at build time it is `Error::Auth`; a
+/// token refreshed per request (exec plugin, token file) fails inside the service stack and
+/// comes back boxed in `Error::Service`.
+pub(super) fn auth_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a AuthError> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(a) = err.downcast_ref::<AuthError>() {
+            return Some(a);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// What a credential error means, naming the credential plugin by its command only
+/// (`plugin`, when known) and never its arguments, environment or output: kube's own text
+/// quotes them (`AuthExecRun` prints the command line with its arguments and
+/// `KUBERNETES_EXEC_INFO`, and the captured stdout and stderr; `AuthExecParse` the output
+/// around the fault), and that output is the credential. kubectl does not print it either.
+pub fn auth_text(e: &AuthError, plugin: Option<&str>) -> String {
+    let (plugin, token) = match plugin {
+        Some(p) => (
+            format!("the credential plugin {}", shown(p)),
+            format!("the token printed by the credential plugin {}", shown(p)),
+        ),
+        None => ("the credential plugin".to_string(), "the token".to_string()),
+    };
+    match e {
+        AuthError::AuthExecStart(io) => format!("{plugin} could not be started: {io}"),
+        AuthError::AuthExecRun { out, .. } => format!(
+            "{plugin} failed ({}); run it by hand to see its message",
+            out.status
+        ),
+        AuthError::AuthExecParse(_) => {
+            format!("{plugin} printed something that is not an ExecCredential (JSON with a status)")
+        }
+        AuthError::ExecPluginFailed => {
+            format!("{plugin} printed an ExecCredential without a status")
+        }
+        AuthError::ParseTokenKey(_) => format!("{plugin} printed something that is not JSON"),
+        AuthError::MalformedTokenExpirationDate(_) => {
+            "the credential's expiry time is not an RFC 3339 time".to_string()
+        }
+        AuthError::AuthExecSerialize(_) => format!("{plugin} could not be given its input"),
+        AuthError::InvalidBearerToken(_) => format!(
+            "{token} cannot be sent in an HTTP header: it contains a line break or another \
+             control character"
+        ),
+        // The other texts quote no output: a provider's name, a path, an I/O error.
+        other => other.to_string(),
+    }
+}
+
 /// What a failed request means for the fix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     /// 401: the server answered and did not accept the token or client certificate.
     CredentialRefused,
+    /// The credential could not be used, so nothing was sent: its plugin failed or printed
+    /// no usable token, or the token fits in no HTTP header.
+    CredentialUnusable,
     /// Any other answer from the API server (403, 404, 500, ...).
     Answered,
     /// No answer: connection, TLS or timeout.
@@ -59,6 +123,7 @@ pub fn classify(e: &kube::Error) -> Failure {
     match e {
         kube::Error::Api(s) if s.code == 401 => Failure::CredentialRefused,
         kube::Error::Api(_) => Failure::Answered,
+        e if auth_error(e).is_some() => Failure::CredentialUnusable,
         _ => Failure::Unreachable,
     }
 }
@@ -90,6 +155,16 @@ pub enum ConnectError {
         kubeconfig: String,
         detail: String,
     },
+    #[error(
+        "the credential of kubeconfig user {user:?} (context {context:?}) in {kubeconfig} \
+         cannot be used: {detail}"
+    )]
+    Unusable {
+        context: String,
+        user: String,
+        kubeconfig: String,
+        detail: String,
+    },
     #[error("the API server of context {context:?} at {server} answered: {detail}")]
     Answered {
         context: String,
@@ -105,15 +180,21 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
+    /// `plugin`: the command of the user's credential plugin, if it has one.
     pub(super) fn new(
         e: &kube::Error,
-        context: &str,
-        server: &str,
-        user: &str,
-        path: &Path,
+        (context, server): (&str, &str),
+        (user, path): (&str, &Path),
+        plugin: Option<&str>,
     ) -> Self {
         let (context, server, detail) = (context.to_string(), server.to_string(), error_text(e));
         match classify(e) {
+            Failure::CredentialUnusable => ConnectError::Unusable {
+                context,
+                user: user.to_string(),
+                kubeconfig: path.display().to_string(),
+                detail: auth_error(e).map_or(detail, |a| auth_text(a, plugin)),
+            },
             Failure::CredentialRefused => ConnectError::CredentialRefused {
                 context,
                 server,

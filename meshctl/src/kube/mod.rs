@@ -1,10 +1,13 @@
 //! Kubernetes plumbing shared by every cluster command, and nothing about Istio or meshes:
-//! kubeconfig reading (`config`), requests to one cluster (`api`), what a failed request
-//! means (`errors`), and printing objects (`render`, with private keys hidden by `redact`).
+//! kubeconfig reading (`config`), what a credential may be before it is used (`credential`),
+//! building a client (`client`), requests to one cluster (`api`), what a failed request means
+//! (`errors`), and printing objects (`render`, with private keys hidden by `redact`).
 //! The one meshctl name used here is its field manager (`istio::MANAGER`).
 
 mod api;
+mod client;
 mod config;
+mod credential;
 mod errors;
 pub mod names;
 mod parse;
@@ -16,7 +19,9 @@ pub use api::{
     Cluster, apply, apply_all, block_on, delete, ensure_namespace, get, get_as, list, list_as,
     plural_of,
 };
+pub use client::client;
 pub use config::{KubeconfigFile, init_crypto};
+pub use credential::{shown, stored_problems};
 pub use errors::{ConnectError, Failure, classify, error_text, unanswered};
 pub use parse::parse_kubeconfig;
 // for `mesh::credentials` (stored kubeconfigs), see `parse_secret_yaml`

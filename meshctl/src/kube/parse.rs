@@ -118,7 +118,9 @@ fn parse_error(e: &KubeconfigError, text: &str) -> String {
 }
 
 /// `msg` without quoted values (`"…"`, `` `…` ``, `'…'` longer than one character) and
-/// without any word of 8 or more characters that appears in `text`.
+/// without any word of 8 or more characters that appears in `text`. A field name serde
+/// reports as missing or duplicate is kept (``missing field `cluster` ``): serde takes it from
+/// the schema, not from the text.
 fn redact(msg: &str, text: &str) -> String {
     let mut out = String::with_capacity(msg.len());
     let mut chars = msg.char_indices().peekable();
@@ -126,6 +128,7 @@ fn redact(msg: &str, text: &str) -> String {
         if matches!(c, '"' | '`' | '\'')
             && let Some(len) = msg[i + 1..].find(c)
             && (c != '\'' || msg[i + 1..i + 1 + len].chars().count() > 1)
+            && !(c == '`' && schema_field(&msg[..i], &msg[i + 1..i + 1 + len]))
         {
             out.push(c);
             out.push('…');
@@ -148,6 +151,17 @@ fn redact(msg: &str, text: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Whether `` `name` `` after `before` is a field name from serde's derived schema: "missing
+/// field" and "duplicate field" name only the struct's own fields ("unknown field" and
+/// "unknown variant" quote the text, and stay redacted).
+fn schema_field(before: &str, name: &str) -> bool {
+    (before.ends_with("missing field ") || before.ends_with("duplicate field "))
+        && (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn decode(bytes: &[u8]) -> Option<String> {
@@ -262,6 +276,24 @@ mod tests {
             assert!(!e.contains("SENTINEL"), "{e}");
             assert!(e.contains("line"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let text = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: \
+                    https://10.0.0.1:6443\ncontexts:\n- name: c\n  context: {}\n";
+        let e = parse_kubeconfig(text).map(|_| ()).unwrap_err();
+        assert!(e.contains("missing field `cluster`"), "{e}");
+        // A field name taken from the text is not kept.
+        assert_eq!(
+            redact(&format!("unknown field `{SENTINEL}`, expected `x`"), ""),
+            "unknown field `…`, expected `…`"
+        );
+        assert_eq!(
+            redact("duplicate field `token` at line 3", ""),
+            "duplicate field `token` at line 3"
+        );
+        assert_eq!(redact("missing field `a b`", ""), "missing field `…`");
     }
 
     #[test]

@@ -20,15 +20,16 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct Retry {
-    context: String,
+    /// The server, as messages name it (`context "west"`).
+    who: String,
     retries: u32,
     waited: Duration,
 }
 
 impl Retry {
-    pub fn new(context: &str) -> Self {
+    pub fn new(who: &str) -> Self {
         Retry {
-            context: context.to_string(),
+            who: who.to_string(),
             retries: 0,
             waited: Duration::ZERO,
         }
@@ -79,8 +80,8 @@ impl<Res> Policy<http::Request<Body>, http::Response<Res>, BoxError> for Retry {
             .and_then(|v| v.to_str().ok());
         let delay = self.next_delay(status.as_u16(), req.method(), retry_after)?;
         eprintln!(
-            "meshctl: context {:?}: the API server answered {status} to {} {}; retrying in {:.1}s (retry {} of {MAX_RETRIES})",
-            self.context,
+            "meshctl: {}: the API server answered {status} to {} {}; retrying in {:.1}s (retry {} of {MAX_RETRIES})",
+            self.who,
             req.method(),
             req.uri().path(),
             delay.as_secs_f64(),

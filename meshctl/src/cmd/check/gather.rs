@@ -61,7 +61,9 @@ pub async fn remote_secrets(c: &Cluster, ns: &str) -> Result<Vec<Secret>> {
 }
 
 /// The cluster key and parsed kubeconfig of a remote Secret (`data` or `stringData`, its
-/// first key, as istiod reads it); `None` when it holds no key.
+/// first key, as istiod reads it); `None` when it holds no key. A kubeconfig that would run a
+/// command, read a file of this machine or send its token unencrypted (`kube::stored_problems`)
+/// comes back as an error naming the Secret and those fields: no client is built from it.
 pub fn stored_remote(secret: &Secret) -> Option<StoredRemote> {
     let (cluster, text) = match secret.data.as_ref().and_then(|m| m.iter().next()) {
         Some((k, v)) => (
@@ -74,7 +76,23 @@ pub fn stored_remote(secret: &Secret) -> Option<StoredRemote> {
         }
     };
     // Never the parser's Display: it quotes the lines around the fault, token included.
-    let kubeconfig = text.and_then(|t| kc::parse_kubeconfig(&t));
+    let kubeconfig = text.and_then(|t| kc::parse_kubeconfig(&t)).and_then(|k| {
+        let problems = kc::stored_problems(&k);
+        if problems.is_empty() {
+            return Ok(k);
+        }
+        let meta = &secret.metadata;
+        Err(format!(
+            "Secret {}/{} (key {}) was not used: its kubeconfig has {}. meshctl check never runs \
+             a command, reads a file of this machine or sends a token unencrypted for a \
+             kubeconfig stored in a cluster (istiod refuses exec, tokenFile, client certificate \
+             and key files and auth providers other than oidc too)",
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+            kc::shown(cluster),
+            problems.join("; ")
+        ))
+    });
     Some(StoredRemote {
         cluster: cluster.clone(),
         kubeconfig,
@@ -82,10 +100,21 @@ pub fn stored_remote(secret: &Secret) -> Option<StoredRemote> {
 }
 
 /// Lists services with the stored kubeconfig: its address, CA and token work. The error
-/// says whether the token was refused (401), for the hint.
+/// says whether the token was refused (401), for the hint. The kubeconfig is checked again
+/// (`kube::stored_problems`) before any client is built from it.
 pub async fn try_kubeconfig(
     k: Kubeconfig,
 ) -> std::result::Result<(kube::Client, String), (kc::Failure, String)> {
+    let problems = kc::stored_problems(&k);
+    if !problems.is_empty() {
+        return Err((
+            kc::Failure::CredentialUnusable,
+            format!(
+                "the stored kubeconfig was not used: it has {}",
+                problems.join("; ")
+            ),
+        ));
+    }
     let other = |e: String| (kc::Failure::Answered, e);
     let mut cfg = kube::Config::from_custom_kubeconfig(k, &KubeConfigOptions::default())
         .await
@@ -93,7 +122,15 @@ pub async fn try_kubeconfig(
     cfg.connect_timeout = Some(Duration::from_secs(5));
     cfg.read_timeout = Some(Duration::from_secs(15));
     let server = cfg.cluster_url.to_string();
-    let client = kube::Client::try_from(cfg).map_err(|e| other(e.to_string()))?;
+    let who = format!("the stored kubeconfig's server {server}");
+    let client = kc::client(cfg, &who).map_err(|e| {
+        if e.credential {
+            let detail = format!("the stored credential cannot be used: {}", e.detail);
+            (kc::Failure::CredentialUnusable, detail)
+        } else {
+            other(e.detail)
+        }
+    })?;
     let list = Api::<Service>::all(client.clone())
         .list(&ListParams::default().limit(500))
         .await;
@@ -111,6 +148,13 @@ pub async fn try_kubeconfig(
             kc::Failure::Unreachable => (
                 kc::Failure::Unreachable,
                 format!("cannot reach {server}: {}", kc::error_text(&e)),
+            ),
+            kc::Failure::CredentialUnusable => (
+                kc::Failure::CredentialUnusable,
+                format!(
+                    "the stored credential cannot be used: {}",
+                    kc::error_text(&e)
+                ),
             ),
             f => (f, format!("listing services: {}", kc::error_text(&e))),
         }),
