@@ -294,6 +294,11 @@ async fn a_local_token_that_fits_in_no_header_is_a_clean_error_naming_the_user()
                 };
                 assert!(all.contains(&w), "{args:?}: {w:?} missing in:\n{all}");
             }
+            // check names the credential, not the API server, as what failed.
+            if args[0] == "check" {
+                assert!(all.contains("credential usable"), "{args:?}:\n{all}");
+                assert!(!all.contains("API server reachable"), "{args:?}:\n{all}");
+            }
         }
     }
 }

@@ -17,10 +17,12 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use http::HeaderValue;
 use kube::config::{AuthInfo, AuthProviderConfig, Kubeconfig};
 use secrecy::{ExposeSecret, SecretString};
+
+use super::errors::ConnectError;
 
 /// Why `token` cannot be sent as `Authorization: Bearer <token>`; `None` when it can.
 pub fn token_problem(token: &str) -> Option<&'static str> {
@@ -122,23 +124,29 @@ pub(super) fn prepare_local(config: &mut Kubeconfig, context: &str, path: &Path)
     else {
         return Ok(());
     };
-    let whose = || format!("kubeconfig user {} in {}", shown(&user), path.display());
+    // Named as the credential's failure, not the API server's (`check` tells them apart).
+    let unusable = |detail: String| ConnectError::Unusable {
+        context: context.to_string(),
+        user: user.clone(),
+        kubeconfig: path.display().to_string(),
+        detail,
+    };
     let uses_token_file = auth.auth_provider.is_none()
         && !(auth.username.is_some() && auth.password.is_some())
         && auth.token.is_none();
     if uses_token_file && let Some(file) = auth.token_file.take() {
         let token = read_token_file(Path::new(&file))
-            .map_err(|e| anyhow!("the tokenFile {file} of {}: {e}", whose()))?;
+            .map_err(|e| unusable(format!("its tokenFile {file}: {e}")))?;
         auth.token = Some(SecretString::from(token));
     }
     for (what, token) in static_tokens(auth) {
         if let Some(problem) = token_problem(token) {
-            bail!(
-                "the {what} of {} cannot be sent in an HTTP header: {problem}. Remove the line \
-                 break or control character (write the token on the `token:` line itself, or \
-                 use `token: |-`), then retry",
-                whose()
-            );
+            return Err(unusable(format!(
+                "its {what} cannot be sent in an HTTP header: {problem}. Remove the line break \
+                 or control character (write the token on the `token:` line itself, or use \
+                 `token: |-`), then retry"
+            ))
+            .into());
         }
     }
     Ok(())
@@ -360,7 +368,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("kubeconfig user \"u\" in kc") && e.contains("line break"),
+            e.contains("kubeconfig user \"u\" (context \"c\") in kc cannot be used")
+                && e.contains("line break"),
             "{e}"
         );
         assert!(!e.contains(SENTINEL), "{e}");

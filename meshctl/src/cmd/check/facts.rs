@@ -35,6 +35,9 @@ pub enum Unread {
         user: String,
         error: String,
     },
+    /// The kubeconfig's credential could not be used, so nothing was sent (a failed plugin,
+    /// a token that fits no HTTP header).
+    Unusable { user: String, error: String },
     /// No answer, or any other failure to connect.
     Unreachable { error: String },
 }

@@ -26,6 +26,10 @@ pub fn unread(e: &anyhow::Error) -> Unread {
             user: user.clone(),
             error: format!("{e:#}"),
         },
+        Some(ConnectError::Unusable { user, .. }) => Unread::Unusable {
+            user: user.clone(),
+            error: format!("{e:#}"),
+        },
         _ => Unread::Unreachable {
             error: format!("{e:#}"),
         },

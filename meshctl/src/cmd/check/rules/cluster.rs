@@ -38,6 +38,18 @@ pub fn unread_cluster(r: &mut Report, ctx: &str, name_flag: Option<&str>, why: &
             );
             "refusing meshctl's credential"
         }
+        Unread::Unusable { user, error } => {
+            r.fail(
+                &scope,
+                "credential usable",
+                error.clone(),
+                format!(
+                    "fix the credential of kubeconfig user {user:?} (run its credential plugin by \
+                     hand to see its message, or write its token on one line)"
+                ),
+            );
+            "not readable with meshctl's credential"
+        }
         Unread::Unreachable { error } => {
             r.fail(
                 &scope,

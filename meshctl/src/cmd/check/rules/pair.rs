@@ -89,7 +89,7 @@ pub fn stored_secret<'a>(
             r.fail(
                 &scope,
                 "kubeconfig works",
-                format!("the stored kubeconfig does not parse: {e}"),
+                format!("the stored kubeconfig cannot be used: {e}"),
                 rejoin,
             );
             return None;
@@ -137,7 +137,9 @@ pub fn live(
         Ok(detail) => r.pass(scope, "kubeconfig works", detail),
         Err((failure, detail)) => {
             // Not an exhaustive match: a kind of failure added later gets the general hint.
-            let hint = if failure == Failure::CredentialRefused {
+            let hint = if failure == Failure::CredentialRefused
+                || failure == Failure::CredentialUnusable
+            {
                 format!("issue a new token: {rejoin}")
             } else if failure == Failure::Answered && forbidden(detail) {
                 forbidden_hint(detail, rejoin)

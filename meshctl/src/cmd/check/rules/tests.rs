@@ -348,7 +348,7 @@ fn a_stored_kubeconfig_is_parsed_once_by_gather() {
     let i = find(&items, "kubeconfig works");
     assert_eq!(i.status, Status::Fail);
     assert!(
-        i.detail.contains("does not parse: it is not UTF-8 text"),
+        i.detail.contains("cannot be used: it is not UTF-8 text"),
         "{}",
         i.detail
     );
