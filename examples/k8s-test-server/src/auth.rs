@@ -2,9 +2,12 @@
 //! controller, and TokenRequest tokens with an expiry. Tokens are shaped like the real
 //! JWTs (header.payload.signature, readable claims such as `exp` and `sub`), but the
 //! signature is random: this TEST SERVER recognises tokens by lookup, not by verification.
+//! Successful authentications are cached for 10 s as kube-apiserver caches them
+//! (`token_cache.rs`): a revoked token used in the last 10 s keeps working that long.
 
 use crate::error::ApiError;
 use crate::store::{ObjKey, Store};
+use crate::token_cache::TokenCache;
 use crate::util;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -62,21 +65,61 @@ pub struct TokenRecord {
 pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// The service-account tokens this server issued (by the token controller and TokenRequest),
-/// by token. Shared; it outlives a stop and restart like the store does.
+/// by token, and the cache of successful authentications. Shared; it outlives a stop and
+/// restart like the store does.
 #[derive(Clone, Default)]
-pub(crate) struct Tokens(Arc<Mutex<HashMap<String, TokenRecord>>>);
+pub(crate) struct Tokens {
+    issued: Arc<Mutex<HashMap<String, Issued>>>,
+    cache: TokenCache<Authenticated>,
+}
+
+impl Tokens {
+    /// Empties the authentication cache, as a restarted API server starts without one.
+    pub(crate) fn forget_authentications(&self) {
+        self.cache.clear();
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Issued {
+    record: TokenRecord,
+    /// A TokenRequest's `boundObjectRef`: the token dies with that object.
+    bound: Option<BoundRef>,
+}
+
+/// The object a token is bound to (Pod, Secret or Node), by uid as when it was issued.
+#[derive(Clone, Debug)]
+struct BoundRef {
+    resource: &'static str,
+    name: String,
+    uid: String,
+}
+
+/// A successful authentication, as the cache keeps it.
+#[derive(Clone, Debug)]
+struct Authenticated {
+    id: Identity,
+    /// The audiences asked for that the token has.
+    audiences: Vec<String>,
+}
 
 impl Tokens {
     pub fn insert(&self, token: String, record: TokenRecord) {
-        self.lock().insert(token, record);
+        self.lock().insert(
+            token,
+            Issued {
+                record,
+                bound: None,
+            },
+        );
     }
 
-    fn get(&self, token: &str) -> Option<TokenRecord> {
+    fn get(&self, token: &str) -> Option<Issued> {
         self.lock().get(token).cloned()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TokenRecord>> {
-        self.0.lock().expect("token table lock poisoned")
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Issued>> {
+        self.issued.lock().expect("token table lock poisoned")
     }
 }
 
@@ -103,8 +146,10 @@ pub fn legacy_token(ns: &str, sa: &str, sa_uid: &str, secret: &str) -> String {
     }))
 }
 
-/// The identity of a bearer token: the admin, or a service account whose token is known,
-/// unexpired, and whose ServiceAccount (same uid) and token Secret still exist.
+/// The identity of a bearer token, as a request is authenticated: the admin, or a service
+/// account whose token authenticated within the last 10 s (the cache), or else is known,
+/// has the API server's audience, is unexpired, and whose ServiceAccount (same uid), token
+/// Secret and bound object still exist.
 pub(crate) fn authenticate(store: &Store, tokens: &Tokens, token: &str) -> Option<Identity> {
     if token.is_empty() {
         return None;
@@ -112,38 +157,80 @@ pub(crate) fn authenticate(store: &Store, tokens: &Tokens, token: &str) -> Optio
     if token == store.admin_token() {
         return Some(Identity::admin());
     }
+    authenticate_for(store, tokens, token, &[API_AUDIENCE.to_string()]).map(|a| a.id)
+}
+
+/// A service-account token's authentication for the audiences `wanted`, through the cache
+/// (successes only, as kube-apiserver's failure TTL is 0).
+fn authenticate_for(
+    store: &Store,
+    tokens: &Tokens,
+    token: &str,
+    wanted: &[String],
+) -> Option<Authenticated> {
     let now = store.clock().now();
-    let rec = tokens.get(token)?;
-    let st = store.lock();
+    if let Some(hit) = tokens.cache.get(token, wanted, now) {
+        return Some(hit);
+    }
+    let issued = tokens.get(token)?;
+    // Legacy tokens have no `aud`: they count as the API server's (audience-agnostic).
+    let has = |a: &String| {
+        issued.record.audiences.iter().any(|t| t == a)
+            || (issued.record.audiences.is_empty() && a == API_AUDIENCE)
+    };
+    let audiences: Vec<String> = wanted.iter().filter(|a| has(a)).cloned().collect();
+    if audiences.is_empty() {
+        return None;
+    }
+    let id = verify(store, &issued, token, now)?;
+    let answer = Authenticated { id, audiences };
+    tokens.cache.insert(token, wanted, now, answer.clone());
+    Some(answer)
+}
+
+/// What kubernetes `pkg/serviceaccount/claims.go` (`Validate`) checks of a token against the
+/// stored objects: expiry, the ServiceAccount and its uid, a legacy token's Secret, and the
+/// object a bound token names (same uid).
+fn verify(store: &Store, issued: &Issued, token: &str, now: SystemTime) -> Option<Identity> {
+    let rec = &issued.record;
     if rec.expires.is_some_and(|e| e <= now) {
         return None;
     }
-    if !rec.audiences.is_empty() && !rec.audiences.iter().any(|a| a == API_AUDIENCE) {
-        return None;
-    }
-    let sa_key = ObjKey {
+    let st = store.lock();
+    let core = |resource: &str, namespace: &str, name: &str| ObjKey {
         group: String::new(),
-        resource: "serviceaccounts".into(),
-        namespace: rec.namespace.clone(),
-        name: rec.service_account.clone(),
+        resource: resource.into(),
+        namespace: namespace.into(),
+        name: name.into(),
     };
-    let sa = st.objects.get(&sa_key)?;
-    if sa.pointer("/metadata/uid").and_then(Value::as_str) != Some(rec.sa_uid.as_str()) {
+    let uid_of = |key: &ObjKey| {
+        st.objects
+            .get(key)
+            .and_then(|o| o.pointer("/metadata/uid"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let sa_key = core("serviceaccounts", &rec.namespace, &rec.service_account);
+    if uid_of(&sa_key)? != rec.sa_uid {
         return None;
     }
     if let Some(secret) = &rec.secret {
-        let key = ObjKey {
-            group: String::new(),
-            resource: "secrets".into(),
-            namespace: rec.namespace.clone(),
-            name: secret.clone(),
-        };
         let stored = st
             .objects
-            .get(&key)?
+            .get(&core("secrets", &rec.namespace, secret))?
             .pointer("/data/token")
             .and_then(Value::as_str)?;
         if util::b64_decode(stored)? != token.as_bytes() {
+            return None;
+        }
+    }
+    if let Some(b) = &issued.bound {
+        let ns = if b.resource == "nodes" {
+            ""
+        } else {
+            rec.namespace.as_str()
+        };
+        if uid_of(&core(b.resource, ns, &b.name))? != b.uid {
             return None;
         }
     }
@@ -151,6 +238,75 @@ pub(crate) fn authenticate(store: &Store, tokens: &Tokens, token: &str) -> Optio
         &rec.namespace,
         &rec.service_account,
     ))
+}
+
+/// A TokenRequest's `spec.boundObjectRef`, checked as kubernetes
+/// `pkg/registry/core/serviceaccount/storage/token.go` does: a core Pod (running as this
+/// service account), Secret or Node that exists (404 otherwise), whose uid matches the one
+/// given (409 otherwise).
+fn bound_object(
+    store: &Store,
+    ns: &str,
+    sa: &str,
+    body: &Value,
+) -> Result<Option<BoundRef>, ApiError> {
+    let Some(r) = body
+        .pointer("/spec/boundObjectRef")
+        .filter(|r| !r.is_null())
+    else {
+        return Ok(None);
+    };
+    let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("");
+    let (group, version) = s("apiVersion")
+        .split_once('/')
+        .unwrap_or(("", s("apiVersion")));
+    let resource = match (group, s("kind")) {
+        ("", "Pod") => "pods",
+        ("", "Secret") => "secrets",
+        ("", "Node") => "nodes",
+        (g, k) => {
+            return Err(ApiError::bad_request(format!(
+                "cannot bind token to object of type {g}/{version}, Kind={k}"
+            )));
+        }
+    };
+    let obj = if resource == "nodes" {
+        store.get("v1", "Node", None, s("name"))
+    } else {
+        store.get("v1", s("kind"), Some(ns), s("name"))
+    }
+    .ok_or_else(|| ApiError::not_found("", resource, s("name")))?;
+    if resource == "pods" {
+        let runs_as = obj
+            .pointer("/spec/serviceAccountName")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        if runs_as != sa {
+            return Err(ApiError::bad_request(format!(
+                "cannot bind token for serviceaccount {sa:?} to pod running with different serviceaccount name."
+            )));
+        }
+    }
+    let uid = obj
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if !s("uid").is_empty() && s("uid") != uid {
+        let mut e = ApiError::conflict("", s("kind"), s("name"));
+        e.message = format!(
+            "Operation cannot be fulfilled on {} \"{}\": the UID in the bound object reference ({}) does not match the UID in record. The object might have been deleted and then recreated",
+            s("kind"),
+            s("name"),
+            s("uid")
+        );
+        return Err(e);
+    }
+    Ok(Some(BoundRef {
+        resource,
+        name: s("name").to_string(),
+        uid,
+    }))
 }
 
 /// `POST .../serviceaccounts/<sa>/token`: issues a token that expires.
@@ -218,6 +374,7 @@ pub(crate) fn token_request(
         Some(max) if max > 0 && secs > max => max,
         _ => secs,
     };
+    let bound = bound_object(store, ns, sa_name, body)?;
     let now = store.clock().now();
     let exp = now + Duration::from_secs(secs as u64);
     let audiences = body
@@ -226,6 +383,12 @@ pub(crate) fn token_request(
         .filter(|a| !a.is_empty())
         .cloned()
         .unwrap_or_else(|| vec![json!(API_AUDIENCE)]);
+    let mut private = json!({"namespace": ns, "serviceaccount": {"name": sa_name, "uid": sa_uid}});
+    if let Some(b) = &bound {
+        // `pod`, `secret` or `node`, as kubernetes `pkg/serviceaccount/claims.go` names them.
+        let claim = b.resource.trim_end_matches('s');
+        private[claim] = json!({"name": b.name, "uid": b.uid});
+    }
     let token = jwt(&json!({
         "aud": audiences,
         "exp": util::unix(exp),
@@ -233,24 +396,24 @@ pub(crate) fn token_request(
         "nbf": util::unix(now),
         "iss": "https://kubernetes.default.svc.cluster.local",
         "jti": util::uuid(),
-        "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa_name, "uid": sa_uid}},
+        "kubernetes.io": private,
         "sub": format!("system:serviceaccount:{ns}:{sa_name}"),
     }));
     if !dry_run {
-        tokens.insert(
-            token.clone(),
-            TokenRecord {
-                namespace: ns.into(),
-                service_account: sa_name.into(),
-                sa_uid,
-                expires: Some(exp),
-                secret: None,
-                audiences: audiences
-                    .iter()
-                    .filter_map(|a| a.as_str().map(str::to_string))
-                    .collect(),
-            },
-        );
+        let record = TokenRecord {
+            namespace: ns.into(),
+            service_account: sa_name.into(),
+            sa_uid,
+            expires: Some(exp),
+            secret: None,
+            audiences: audiences
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect(),
+        };
+        tokens
+            .lock()
+            .insert(token.clone(), Issued { record, bound });
     }
     Ok(json!({
         "kind": "TokenRequest",
@@ -275,7 +438,8 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
 /// defaults to the API server's; a token is accepted only for an audience in its `aud`
 /// (audience-agnostic tokens, the admin's and legacy ones, only for the API server's, as
 /// `WrapAudienceAgnosticToken` does). A refusal is `authenticated: false` with an `error`,
-/// never an HTTP error.
+/// never an HTTP error. Reviews go through the same 10 s cache as requests (the real
+/// TokenReview storage uses the server's own authenticator), keyed by the audiences asked.
 pub(crate) fn token_review(
     store: &Store,
     tokens: &Tokens,
@@ -300,33 +464,24 @@ pub(crate) fn token_review(
         })
         .filter(|a: &Vec<String>| !a.is_empty())
         .unwrap_or_else(|| vec![API_AUDIENCE.to_string()]);
-    let token_audiences = if token == store.admin_token() {
-        vec![API_AUDIENCE.to_string()]
+    // The admin's token is audience-agnostic: the API server's audience only.
+    let answer = if token == store.admin_token() {
+        wanted
+            .iter()
+            .any(|a| a == API_AUDIENCE)
+            .then(|| Authenticated {
+                id: Identity::admin(),
+                audiences: vec![API_AUDIENCE.to_string()],
+            })
     } else {
-        match tokens.get(token) {
-            Some(rec) if rec.audiences.is_empty() => vec![API_AUDIENCE.to_string()],
-            Some(rec) => rec.audiences,
-            None => vec![],
-        }
-    };
-    let accepted: Vec<String> = wanted
-        .iter()
-        .filter(|a| token_audiences.contains(a))
-        .cloned()
-        .collect();
-    // `authenticate` checks expiry, the ServiceAccount's uid and a legacy token's Secret; the
-    // audience is checked here against the review's audiences instead of the API server's.
-    let id = if accepted.is_empty() {
-        None
-    } else {
-        authenticate_any_audience(store, tokens, token)
+        authenticate_for(store, tokens, token, &wanted)
     };
     let spec = body.get("spec").cloned().unwrap_or(json!({}));
-    let status = match id {
-        Some(id) => json!({
+    let status = match answer {
+        Some(a) => json!({
             "authenticated": true,
-            "user": {"username": id.user, "groups": id.groups},
-            "audiences": accepted,
+            "user": {"username": a.id.user, "groups": a.id.groups},
+            "audiences": a.audiences,
         }),
         None => json!({
             "authenticated": false,
@@ -341,16 +496,4 @@ pub(crate) fn token_review(
         "spec": spec,
         "status": status,
     }))
-}
-
-/// [`authenticate`] without its API-audience check.
-fn authenticate_any_audience(store: &Store, tokens: &Tokens, token: &str) -> Option<Identity> {
-    if token == store.admin_token() {
-        return Some(Identity::admin());
-    }
-    let mut rec = tokens.get(token)?;
-    rec.audiences.clear();
-    let probe = Tokens::default();
-    probe.insert(token.to_string(), rec);
-    authenticate(store, &probe, token)
 }

@@ -21,6 +21,8 @@ use hyper::{Method, Response, header};
 use serde_json::{Value, json};
 use std::convert::Infallible;
 
+use crate::escalation::{self, RbacWrite};
+
 fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
@@ -74,6 +76,18 @@ pub(crate) fn resource(
         raw: false,
     };
     let render_one = |o: Value| if meta_only { partial(&o) } else { o };
+    // RBAC's escalation check runs on the object a write would store, before it is stored.
+    let guarded = escalation::applies(&rt.group, &rt.plural, p.sub.as_deref(), id);
+    let no_escalation = |new: &Value, old: Option<&Value>| {
+        let w = RbacWrite {
+            resource: &rt.plural,
+            namespace: ns.unwrap_or(""),
+            url_name: p.name.as_deref().unwrap_or(""),
+            new,
+            old,
+        };
+        escalation::check(store, id, &w)
+    };
 
     if rt.handling == Handling::SelfSubjectAccessReview {
         if *method != Method::POST || p.name.is_some() {
@@ -135,10 +149,16 @@ pub(crate) fn resource(
                 &json!({"kind": kind, "apiVersion": api_version, "metadata": meta, "items": items}),
             ))
         }
-        (Method::POST, None) => Ok(json_response(
-            201,
-            &store.create_obj(&rt, v, ns, parse_json(body)?, &opts)?,
-        )),
+        (Method::POST, None) => {
+            let obj = parse_json(body)?;
+            if guarded {
+                no_escalation(&obj, None)?;
+            }
+            Ok(json_response(
+                201,
+                &store.create_obj(&rt, v, ns, obj, &opts)?,
+            ))
+        }
         (Method::POST, Some(name)) if p.sub.as_deref() == Some("token") => {
             let out = auth::token_request(
                 store,
@@ -150,25 +170,46 @@ pub(crate) fn resource(
             )?;
             Ok(json_response(201, &out))
         }
-        (Method::PUT, Some(name)) => Ok(json_response(
-            200,
-            &store.update_obj(&rt, v, ns, name, parse_json(body)?, &opts)?,
-        )),
+        (Method::PUT, Some(name)) => {
+            let obj = parse_json(body)?;
+            if guarded {
+                let old = store.get_obj(&rt, v, ns, name).ok();
+                no_escalation(&obj, old.as_ref())?;
+            }
+            Ok(json_response(
+                200,
+                &store.update_obj(&rt, v, ns, name, obj, &opts)?,
+            ))
+        }
         (Method::PATCH, Some(name)) => {
             let ct = content_type.split(';').next().unwrap_or("").trim();
-            let patch = |kind| store.patch_obj(&rt, v, ns, name, kind, parse_json(body)?, &opts);
-            let (out, created) = match ct {
-                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-                    (patch(PatchKind::Merge)?, false)
-                }
-                "application/json-patch+json" => (patch(PatchKind::Json)?, false),
-                "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
-                    let applied: Value = serde_yaml::from_slice(body)
-                        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
-                    store.server_side_apply(&rt, v, ns, name, applied, &opts)?
-                }
-                other => return Err(ApiError::unsupported_media_type(other)),
+            let run = |opts: &WriteOpts| -> Result<(Value, bool), ApiError> {
+                let patch = |kind| store.patch_obj(&rt, v, ns, name, kind, parse_json(body)?, opts);
+                Ok(match ct {
+                    "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                        (patch(PatchKind::Merge)?, false)
+                    }
+                    "application/json-patch+json" => (patch(PatchKind::Json)?, false),
+                    "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+                        let applied: Value = serde_yaml::from_slice(body).map_err(|e| {
+                            ApiError::bad_request(format!("error decoding YAML: {e}"))
+                        })?;
+                        store.server_side_apply(&rt, v, ns, name, applied, opts)?
+                    }
+                    other => return Err(ApiError::unsupported_media_type(other)),
+                })
             };
+            if guarded {
+                // The patched object is what the check sees: compute it without storing it.
+                let old = store.get_obj(&rt, v, ns, name).ok();
+                let dry = WriteOpts {
+                    dry_run: true,
+                    ..opts.clone()
+                };
+                let (new, _) = run(&dry)?;
+                no_escalation(&new, old.as_ref())?;
+            }
+            let (out, created) = run(&opts)?;
             Ok(json_response(if created { 201 } else { 200 }, &out))
         }
         (Method::DELETE, name) => {

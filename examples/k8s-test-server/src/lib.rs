@@ -26,6 +26,7 @@ mod delete;
 mod discovery;
 mod endpoint_validation;
 mod error;
+mod escalation;
 mod faults;
 mod field_errors;
 mod go_values;
@@ -49,6 +50,7 @@ mod selectors;
 mod service_validation;
 mod store;
 mod tls;
+mod token_cache;
 mod util;
 mod validation;
 mod watch;
@@ -138,6 +140,7 @@ impl StoppedServer {
     /// a watch resumed from an older one gets 410 Gone and must re-list.
     pub async fn restart(self) -> anyhow::Result<TestApiServer> {
         self.store.restart_watch_cache();
+        self.tokens.forget_authentications();
         let mut opts = self.opts;
         opts.port = self.addr.port();
         serve(opts, self.tls, self.store, self.tokens, self.faults).await

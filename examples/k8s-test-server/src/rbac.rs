@@ -41,15 +41,20 @@ fn has(list: &[String], want: &str) -> bool {
     list.iter().any(|x| x == "*" || x == want)
 }
 
+/// Whether one PolicyRule allows `a`, as kubernetes `pkg/apis/rbac/v1/evaluation_helpers.go`
+/// (`VerbMatches`, `APIGroupMatches`, `ResourceMatches`, `ResourceNameMatches`,
+/// `NonResourceURLMatches`) decides it. A rule's resource matches the request's
+/// `resource/subresource` exactly, or is `*`, or `*/<subresource>`: `pods/*` matches no
+/// subresource (it names a resource called `pods/*`).
 fn rule_allows(rule: &Value, a: &Attributes) -> bool {
     let verbs = strs(rule, "verbs");
     if !has(&verbs, &a.verb) {
         return false;
     }
     if let Some(path) = &a.path {
-        return strs(rule, "nonResourceURLs").iter().any(|u| {
-            u == "*" || u == path || u.strip_suffix('*').is_some_and(|p| path.starts_with(p))
-        });
+        return strs(rule, "nonResourceURLs")
+            .iter()
+            .any(|u| non_resource_url_matches(u, path));
     }
     if !has(&strs(rule, "apiGroups"), &a.group) {
         return false;
@@ -62,14 +67,20 @@ fn rule_allows(rule: &Value, a: &Attributes) -> bool {
     let resource_ok = strs(rule, "resources").iter().any(|r| {
         r == "*"
             || *r == combined
-            || (!a.subresource.is_empty()
-                && (*r == format!("{}/*", a.resource) || *r == format!("*/{}", a.subresource)))
+            || (!a.subresource.is_empty() && r.strip_prefix("*/") == Some(a.subresource.as_str()))
     });
     if !resource_ok {
         return false;
     }
     let names = strs(rule, "resourceNames");
-    names.is_empty() || (!a.name.is_empty() && names.contains(&a.name))
+    names.is_empty() || names.contains(&a.name)
+}
+
+/// A `nonResourceURLs` entry: `*`, the exact path, or a prefix ending in `*`.
+fn non_resource_url_matches(rule_url: &str, path: &str) -> bool {
+    rule_url == "*"
+        || rule_url == path
+        || (rule_url.ends_with('*') && path.starts_with(rule_url.trim_end_matches('*')))
 }
 
 fn subject_matches(subject: &Value, id: &Identity, binding_ns: &str) -> bool {
@@ -107,20 +118,23 @@ fn objects_of<'a>(
         .take_while(move |(k, _)| k.group == "rbac.authorization.k8s.io" && k.resource == resource)
 }
 
-/// Decides whether `id` may do `a`.
-pub fn authorize(store: &Store, id: &Identity, a: &Attributes) -> Decision {
-    if id.groups.iter().any(|g| g == "system:masters") {
-        return Decision {
-            allowed: true,
-            reason: String::new(),
-        };
-    }
-    let st = store.lock();
+/// Where a set of rules comes from: a binding of `id` and the role it names.
+struct Grant {
+    /// `ClusterRoleBinding "x" of ClusterRole "y"`, for the authorizer's reason.
+    source: String,
+    rules: Vec<Value>,
+}
+
+/// The rules bound to `id`: through every ClusterRoleBinding, and through the RoleBindings
+/// of `namespace` (none for ""), in that order, as kubernetes
+/// `pkg/registry/rbac/validation/rule.go` (`VisitRulesFor`) walks them. A binding whose role
+/// is missing grants nothing.
+fn grants(st: &State, id: &Identity, namespace: &str) -> Vec<Grant> {
     let role_rules = |kind: &str, ns: &str, name: &str| -> Vec<Value> {
-        let key = if kind == "ClusterRole" {
-            rbac_key("clusterroles", "", name)
-        } else {
-            rbac_key("roles", ns, name)
+        let key = match kind {
+            "ClusterRole" => rbac_key("clusterroles", "", name),
+            "Role" => rbac_key("roles", ns, name),
+            _ => return Vec::new(),
         };
         st.objects
             .get(&key)
@@ -129,75 +143,88 @@ pub fn authorize(store: &Store, id: &Identity, a: &Attributes) -> Decision {
             .cloned()
             .unwrap_or_default()
     };
-    for (k, b) in objects_of(&st, "clusterrolebindings") {
-        let subjects = b
-            .get("subjects")
+    let bound = |b: &Value, ns: &str| {
+        b.get("subjects")
             .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        if !subjects.iter().any(|s| subject_matches(s, id, ""))
-            || b.pointer("/roleRef/kind").and_then(Value::as_str) != Some("ClusterRole")
-        {
+            .is_some_and(|subjects| subjects.iter().any(|s| subject_matches(s, id, ns)))
+    };
+    let role_ref = |b: &Value| {
+        let s = |k: &str| {
+            b.pointer(&format!("/roleRef/{k}"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        (s("kind"), s("name"))
+    };
+    let mut out = Vec::new();
+    for (k, b) in objects_of(st, "clusterrolebindings") {
+        let (kind, role) = role_ref(b);
+        if kind != "ClusterRole" || !bound(b, "") {
             continue;
         }
-        let role = b
-            .pointer("/roleRef/name")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if role_rules("ClusterRole", "", role)
-            .iter()
-            .any(|r| rule_allows(r, a))
-        {
-            return Decision {
-                allowed: true,
-                reason: format!(
-                    "RBAC: allowed by ClusterRoleBinding \"{}\" of ClusterRole \"{role}\" to {}",
-                    k.name, id.user
-                ),
-            };
-        }
+        out.push(Grant {
+            source: format!(
+                "ClusterRoleBinding \"{}\" of ClusterRole \"{role}\"",
+                k.name
+            ),
+            rules: role_rules("ClusterRole", "", &role),
+        });
     }
-    if a.path.is_none() && !a.namespace.is_empty() {
-        for (k, b) in objects_of(&st, "rolebindings") {
-            if k.namespace != a.namespace {
-                continue;
-            }
-            let subjects = b
-                .get("subjects")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            if !subjects
-                .iter()
-                .any(|s| subject_matches(s, id, &k.namespace))
-            {
-                continue;
-            }
-            let kind = b
-                .pointer("/roleRef/kind")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let role = b
-                .pointer("/roleRef/name")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            if role_rules(kind, &k.namespace, role)
-                .iter()
-                .any(|r| rule_allows(r, a))
-            {
-                return Decision {
-                    allowed: true,
-                    reason: format!(
-                        "RBAC: allowed by RoleBinding \"{}/{}\" of {kind} \"{role}\" to {}",
-                        k.namespace, k.name, id.user
-                    ),
-                };
-            }
-        }
+    if namespace.is_empty() {
+        return out;
     }
-    Decision {
-        allowed: false,
-        reason: String::new(),
+    for (k, b) in objects_of(st, "rolebindings") {
+        if k.namespace != namespace || !bound(b, &k.namespace) {
+            continue;
+        }
+        let (kind, role) = role_ref(b);
+        out.push(Grant {
+            source: format!(
+                "RoleBinding \"{}/{}\" of {kind} \"{role}\"",
+                k.namespace, k.name
+            ),
+            rules: role_rules(&kind, &k.namespace, &role),
+        });
+    }
+    out
+}
+
+/// Every rule `id` holds in `namespace` ("" for cluster-wide only): what kubernetes
+/// `ConfirmNoEscalation` compares a role's rules against (`RulesFor`).
+pub(crate) fn rules_for(store: &Store, id: &Identity, namespace: &str) -> Vec<Value> {
+    grants(&store.lock(), id, namespace)
+        .into_iter()
+        .flat_map(|g| g.rules)
+        .collect()
+}
+
+/// Decides whether `id` may do `a`.
+pub fn authorize(store: &Store, id: &Identity, a: &Attributes) -> Decision {
+    if id.groups.iter().any(|g| g == "system:masters") {
+        return Decision {
+            allowed: true,
+            reason: String::new(),
+        };
+    }
+    // Non-resource requests are cluster-wide: RoleBindings never allow them.
+    let namespace = if a.path.is_none() {
+        a.namespace.as_str()
+    } else {
+        ""
+    };
+    let found = grants(&store.lock(), id, namespace)
+        .into_iter()
+        .find(|g| g.rules.iter().any(|r| rule_allows(r, a)));
+    match found {
+        Some(g) => Decision {
+            allowed: true,
+            reason: format!("RBAC: allowed by {} to {}", g.source, id.user),
+        },
+        None => Decision {
+            allowed: false,
+            reason: String::new(),
+        },
     }
 }
 
@@ -258,7 +285,15 @@ mod tests {
         assert!(!rule_allows(&r, &attrs("list", "", "secrets", "", "")));
         assert!(!rule_allows(&r, &attrs("watch", "", "services", "", "")));
         assert!(!rule_allows(&r, &attrs("get", "apps", "services", "", "")));
-        assert!(rule_allows(&r, &attrs("get", "", "pods", "log", "")));
+        // `pods/*` is not a wildcard: only `*` and `*/<sub>` are (ResourceMatches).
+        assert!(!rule_allows(&r, &attrs("get", "", "pods", "log", "")));
+        assert!(!rule_allows(&r, &attrs("get", "", "pods", "", "")));
+        let sub = json!({"apiGroups": [""], "resources": ["*/log", "pods/exec"], "verbs": ["get"]});
+        assert!(rule_allows(&sub, &attrs("get", "", "pods", "log", "")));
+        assert!(rule_allows(&sub, &attrs("get", "", "pods", "exec", "")));
+        assert!(!rule_allows(&sub, &attrs("get", "", "pods", "status", "")));
+        assert!(!rule_allows(&sub, &attrs("get", "", "pods", "", "")));
+        assert!(!rule_allows(&sub, &attrs("get", "", "nodes", "exec", "")));
         assert!(!rule_allows(
             &r,
             &attrs("get", "", "services", "status", "")

@@ -110,6 +110,68 @@ pub(crate) fn verb_of(method: &Method, p: &ResPath, q: &Query) -> &'static str {
     }
 }
 
+/// The name a list or watch selects with `fieldSelector=metadata.name=<name>` (also as one
+/// term of several, with `==`), if it is a valid path segment: kubernetes
+/// `staging/src/k8s.io/apiserver/pkg/endpoints/request/requestinfo.go` makes it the
+/// request's name, so that `resourceNames` rules apply to it. Field selectors escape `\`, `,`
+/// and `=` with a backslash (`apimachinery/pkg/fields/selector.go`); a selector that does not
+/// parse names nothing.
+pub(crate) fn selected_name(field_selector: &str) -> Option<String> {
+    let mut terms = vec![String::new()];
+    let mut chars = field_selector.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let next = chars.next()?;
+                let term = terms.last_mut()?;
+                term.push('\\');
+                term.push(next);
+            }
+            ',' => terms.push(String::new()),
+            c => terms.last_mut()?.push(c),
+        }
+    }
+    let mut name = None;
+    for term in terms.iter().filter(|t| !t.is_empty()) {
+        let (key, op, value) = split_term(term)?;
+        if name.is_none() && key == "metadata.name" && op != "!=" {
+            name = Some(unescape(value)?);
+        }
+    }
+    name.filter(|n| !matches!(n.as_str(), "" | "." | "..") && !n.contains(['/', '%']))
+}
+
+/// A term's key, operator and (still escaped) value, split at the first unescaped operator.
+fn split_term(term: &str) -> Option<(&str, &str, &str)> {
+    let b = term.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'!' if b.get(i + 1) == Some(&b'=') => return Some((&term[..i], "!=", &term[i + 2..])),
+            b'=' if b.get(i + 1) == Some(&b'=') => return Some((&term[..i], "==", &term[i + 2..])),
+            b'=' => return Some((&term[..i], "=", &term[i + 1..])),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+fn unescape(v: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next()? {
+                c @ ('\\' | ',' | '=') => out.push(c),
+                _ => return None,
+            },
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
 pub(crate) fn attributes(method: &Method, path: &str, r: &Route, q: &Query) -> Attributes {
     match r {
         Route::Resource(p) => {
@@ -117,13 +179,22 @@ pub(crate) fn attributes(method: &Method, path: &str, r: &Route, q: &Query) -> A
             if p.group.is_empty() && p.resource == "namespaces" {
                 ns = p.name.clone().unwrap_or_default();
             }
+            let verb = verb_of(method, p, q);
+            let name = match (&p.name, verb) {
+                (Some(n), _) => n.clone(),
+                (None, "list" | "watch") => q
+                    .get("fieldSelector")
+                    .and_then(selected_name)
+                    .unwrap_or_default(),
+                (None, _) => String::new(),
+            };
             Attributes {
-                verb: verb_of(method, p, q).into(),
+                verb: verb.into(),
                 group: p.group.clone(),
                 resource: p.resource.clone(),
                 subresource: p.sub.clone().unwrap_or_default(),
                 namespace: ns,
-                name: p.name.clone().unwrap_or_default(),
+                name,
                 path: None,
             }
         }
@@ -179,5 +250,44 @@ mod tests {
         assert_eq!(p.sub.as_deref(), Some("token"));
         assert!(matches!(route("/apis/apps/v1"), Route::GroupVersion(..)));
         assert!(matches!(route("/foo"), Route::Unknown));
+    }
+
+    #[test]
+    fn a_list_selecting_one_name_is_a_request_for_that_name() {
+        let name = |s: &str| selected_name(s);
+        assert_eq!(name("metadata.name=gw").as_deref(), Some("gw"));
+        assert_eq!(name("metadata.name==gw").as_deref(), Some("gw"));
+        assert_eq!(
+            name("metadata.namespace=x,metadata.name=gw").as_deref(),
+            Some("gw")
+        );
+        assert_eq!(name(r"metadata.name=a\,b").as_deref(), Some("a,b"));
+        assert_eq!(name("metadata.name!=gw"), None);
+        assert_eq!(name("metadata.namespace=x"), None);
+        assert_eq!(name("metadata.name=a/b"), None);
+        assert_eq!(name("metadata.name=.."), None);
+        assert_eq!(name("metadata.name"), None);
+        assert_eq!(name(""), None);
+
+        let attrs = |method: Method, path: &str, query: &str| {
+            let q = Query(crate::util::parse_query(Some(query)));
+            attributes(&method, path, &route(path), &q)
+        };
+        let path = "/api/v1/namespaces/istio-system/secrets";
+        let a = attrs(Method::GET, path, "fieldSelector=metadata.name%3Dcacerts");
+        assert_eq!((a.verb.as_str(), a.name.as_str()), ("list", "cacerts"));
+        let a = attrs(
+            Method::GET,
+            path,
+            "watch=true&fieldSelector=metadata.name%3Dcacerts",
+        );
+        assert_eq!((a.verb.as_str(), a.name.as_str()), ("watch", "cacerts"));
+        // Not for deletecollection (requestinfo.go renames only a list or a watch).
+        let a = attrs(
+            Method::DELETE,
+            path,
+            "fieldSelector=metadata.name%3Dcacerts",
+        );
+        assert_eq!((a.verb.as_str(), a.name.as_str()), ("deletecollection", ""));
     }
 }

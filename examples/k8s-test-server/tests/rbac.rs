@@ -235,13 +235,17 @@ async fn token_request_tokens_expire_on_the_server_clock() {
     assert!(services.list(&ListParams::default()).await.is_ok());
     server.clock().advance(Duration::from_secs(599));
     assert!(services.list(&ListParams::default()).await.is_ok());
+    // Expired at 600 s, but authenticated at 599 s: the API server's 10 s cache of successful
+    // authentications still answers for it until 609 s.
     server.clock().advance(Duration::from_secs(2));
+    assert!(services.list(&ListParams::default()).await.is_ok());
+    server.clock().advance(Duration::from_secs(9));
     assert_eq!(
         status_code(&services.list(&ListParams::default()).await.unwrap_err()),
         Some(401)
     );
 
-    // deleting the ServiceAccount revokes its tokens
+    // deleting the ServiceAccount revokes its tokens, once the cached success has expired
     let tr = token_request(&admin, 3600).await;
     let sa =
         client_from_yaml(&server.kubeconfig_with_token("ttl", &tr.status.unwrap().token.unwrap()))
@@ -250,6 +254,8 @@ async fn token_request_tokens_expire_on_the_server_clock() {
     sas.delete("reader", &DeleteParams::default())
         .await
         .unwrap();
+    assert_eq!(list_services(&sa).await, Ok(()));
+    server.clock().advance(Duration::from_secs(10));
     assert_eq!(list_services(&sa).await, Err(Some(401)));
 }
 
@@ -300,11 +306,12 @@ async fn token_controller_fills_service_account_token_secrets() {
 
     let sa = client_from_yaml(&server.kubeconfig_with_token("legacy", &token)).await;
     assert_eq!(list_services(&sa).await, Ok(()));
-    // the token lives as long as its Secret
+    // the token lives as long as its Secret (plus the 10 s its last success stays cached)
     secrets
         .delete("reader-token", &DeleteParams::default())
         .await
         .unwrap();
+    server.clock().advance(Duration::from_secs(10));
     assert_eq!(list_services(&sa).await, Err(Some(401)));
 
     // a token Secret for a missing ServiceAccount is removed by the controller

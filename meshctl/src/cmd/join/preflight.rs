@@ -1,8 +1,11 @@
 //! join's checks before its first write, in every cluster: the Secret and service account
-//! the flags name, and (by SelfSubjectAccessReview) the permission for every write it makes.
+//! the flags name, and (by SelfSubjectAccessReview) the permission for every write it makes,
+//! including what its roles and bindings grant (RBAC refuses to let a user grant permissions
+//! it does not hold unless it may `escalate` or `bind`).
 
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 
 use super::{JoinArgs, Member};
 use crate::istio::{GATEWAY_API_V1, SA_NAME_ANNOTATION, SA_TOKEN_TYPE};
@@ -53,12 +56,162 @@ pub(super) async fn preflight_secret(a: &JoinArgs, c: &Cluster, ns: &str) -> Res
     Ok(())
 }
 
-/// One permission join needs: verb, API group, resource (with `/subresource`), namespace.
-pub(super) type Access = (&'static str, String, String, Option<String>);
+/// One permission join needs: verb, API group, resource (with `/subresource`), namespace,
+/// and the object's name when the permission is about one object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Access {
+    verb: String,
+    group: String,
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+impl Access {
+    fn new(verb: &str, group: &str, resource: &str, namespace: Option<&str>) -> Access {
+        Access {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            namespace: namespace.map(str::to_string),
+            name: None,
+        }
+    }
+
+    fn named(self, name: &str) -> Access {
+        Access {
+            name: Some(name.into()),
+            ..self
+        }
+    }
+
+    /// `list nodes (core)`, `bind clusterroles "x" (rbac.authorization.k8s.io) in ns`.
+    fn describe(&self) -> String {
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            &self.group
+        };
+        let mut out = format!("{} {}", self.verb, self.resource);
+        if let Some(n) = &self.name {
+            out.push_str(&format!(" {n:?}"));
+        }
+        out.push_str(&format!(" ({group})"));
+        if let Some(ns) = &self.namespace {
+            out.push_str(&format!(" in {ns}"));
+        }
+        out
+    }
+}
+
+/// What one of join's writes needs.
+pub(super) enum Need {
+    /// One permission.
+    Can(Access),
+    /// Writing a role, or a binding to one, grants that role's rules: the API server allows it
+    /// only to a user who holds every one of them already (`held`), or may `escalate` the
+    /// role or `bind` it (`or`): RBAC escalation prevention (kubernetes
+    /// `pkg/registry/rbac/clusterrole/policybased/storage.go`,
+    /// `clusterrolebinding/policybased/storage.go`).
+    Grant {
+        what: String,
+        held: Vec<Access>,
+        or: Access,
+    },
+}
+
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// The permissions a role's `rules` grant, one per group, resource, verb (and name), in
+/// `namespace` (`None`: cluster-wide). `nonResourceURLs` are left out (no role join writes
+/// has any).
+fn rule_accesses(role: &Value, namespace: Option<&str>) -> Vec<Access> {
+    let list = |r: &Value, k: &str| -> Vec<String> {
+        r[k].as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out: Vec<Access> = Vec::new();
+    for rule in role["rules"].as_array().into_iter().flatten() {
+        let names = list(rule, "resourceNames");
+        for g in list(rule, "apiGroups") {
+            for r in list(rule, "resources") {
+                for v in list(rule, "verbs") {
+                    let base = Access::new(&v, &g, &r, namespace);
+                    if names.is_empty() {
+                        out.push(base);
+                    } else {
+                        out.extend(names.iter().map(|n| base.clone().named(n)));
+                    }
+                }
+            }
+        }
+    }
+    out.dedup();
+    out
+}
+
+/// The escalation needs of the roles and bindings among `objs`: a ClusterRole or Role is
+/// written only by who holds its rules or may `escalate` it; a binding to one of them only
+/// by who holds its rules (in the binding's namespace) or may `bind` it.
+fn grants(objs: &[Value], ns: &str) -> Vec<Need> {
+    let s = |o: &Value, p: &str| {
+        o.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut out = Vec::new();
+    for o in objs {
+        let kind = s(o, "/kind");
+        let name = s(o, "/metadata/name");
+        match kind.as_str() {
+            "ClusterRole" | "Role" => {
+                let (resource, scope) = if kind == "Role" {
+                    ("roles", Some(ns))
+                } else {
+                    ("clusterroles", None)
+                };
+                out.push(Need::Grant {
+                    what: format!("{kind} {name:?}"),
+                    held: rule_accesses(o, scope),
+                    or: Access::new("escalate", RBAC_GROUP, resource, scope).named(&name),
+                });
+            }
+            "ClusterRoleBinding" | "RoleBinding" => {
+                let (ref_kind, ref_name) = (s(o, "/roleRef/kind"), s(o, "/roleRef/name"));
+                let Some(role) = objs
+                    .iter()
+                    .find(|r| s(r, "/kind") == ref_kind && s(r, "/metadata/name") == ref_name)
+                else {
+                    continue;
+                };
+                let scope = (kind == "RoleBinding").then_some(ns);
+                let resource = if ref_kind == "Role" {
+                    "roles"
+                } else {
+                    "clusterroles"
+                };
+                out.push(Need::Grant {
+                    what: format!("{kind} {name:?} (of {ref_kind} {ref_name:?})"),
+                    held: rule_accesses(role, scope),
+                    or: Access::new("bind", RBAC_GROUP, resource, scope).named(&ref_name),
+                });
+            }
+            _ => {}
+        }
+    }
+    out
+}
 
 /// Every write join makes in one cluster, as permissions: the objects it applies (server-side
-/// apply creates or patches), and the token it requests.
-pub(super) fn writes(a: &JoinArgs, m: &Member, ns: &str) -> Vec<Access> {
+/// apply creates or patches), the token it requests, and what writing its roles and bindings
+/// grants.
+pub(super) fn writes(a: &JoinArgs, m: &Member, ns: &str) -> Vec<Need> {
     let mut objs: Vec<Value> = vec![
         m.cacerts.clone(),
         namespace::namespace_object(ns, Some(&m.network), Some(&m.name)),
@@ -72,13 +225,8 @@ pub(super) fn writes(a: &JoinArgs, m: &Member, ns: &str) -> Vec<Access> {
         ));
     }
     let mut out: Vec<Access> = Vec::new();
-    let mut add = |verb: &'static str, group: &str, resource: &str, namespace: Option<&str>| {
-        let access = (
-            verb,
-            group.to_string(),
-            resource.to_string(),
-            namespace.map(str::to_string),
-        );
+    let mut add = |verb: &str, group: &str, resource: &str, namespace: Option<&str>| {
+        let access = Access::new(verb, group, resource, namespace);
         if !out.contains(&access) {
             out.push(access);
         }
@@ -109,45 +257,128 @@ pub(super) fn writes(a: &JoinArgs, m: &Member, ns: &str) -> Vec<Access> {
     if a.secret.token_ttl.is_some() {
         add("create", "", "serviceaccounts/token", Some(ns));
     }
-    out
+    let mut needs: Vec<Need> = out.into_iter().map(Need::Can).collect();
+    needs.extend(grants(&objs, ns));
+    needs
 }
 
-/// The permissions of `wanted` that a SelfSubjectAccessReview denies, as text. Best effort:
-/// a review that cannot be made (e.g. not allowed) counts as allowed, and the resume hint
-/// covers a write that fails later.
-pub(super) async fn missing_permissions(c: &Cluster, wanted: &[Access]) -> Vec<String> {
+/// Whether a SelfSubjectAccessReview allows `a`; answers are remembered in `seen`. Best
+/// effort: a review that cannot be made (e.g. not allowed) counts as allowed, and the resume
+/// hint covers a write that fails later.
+async fn allowed(c: &Cluster, a: &Access, seen: &mut HashMap<Access, bool>) -> bool {
     use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
-    let api: kube::Api<SelfSubjectAccessReview> = kube::Api::all(c.client.clone());
+    if let Some(known) = seen.get(a) {
+        return *known;
+    }
+    let (resource, sub) = a.resource.split_once('/').unwrap_or((&a.resource, ""));
+    let mut attrs = json!({"verb": a.verb, "group": a.group, "resource": resource});
+    if !sub.is_empty() {
+        attrs["subresource"] = json!(sub);
+    }
+    if let Some(n) = &a.namespace {
+        attrs["namespace"] = json!(n);
+    }
+    if let Some(n) = &a.name {
+        attrs["name"] = json!(n);
+    }
+    let answer = match serde_json::from_value::<SelfSubjectAccessReview>(json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": attrs}}))
+    {
+        Ok(review) => {
+            let api: kube::Api<SelfSubjectAccessReview> = kube::Api::all(c.client.clone());
+            !matches!(api.create(&Default::default(), &review).await,
+                Ok(r) if r.status.as_ref().is_some_and(|s| !s.allowed))
+        }
+        Err(_) => true,
+    };
+    seen.insert(a.clone(), answer);
+    answer
+}
+
+/// The needs of `wanted` that SelfSubjectAccessReviews deny, as text: a missing permission,
+/// or a role or binding whose rules this context neither holds nor may grant (naming the
+/// rules it lacks).
+pub(super) async fn missing_permissions(c: &Cluster, wanted: &[Need]) -> Vec<String> {
+    let mut seen = HashMap::new();
     let mut denied = Vec::new();
-    for (verb, group, resource, namespace) in wanted {
-        let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
-        let mut attrs = json!({"verb": verb, "group": group, "resource": resource});
-        if !sub.is_empty() {
-            attrs["subresource"] = json!(sub);
-        }
-        if let Some(n) = namespace {
-            attrs["namespace"] = json!(n);
-        }
-        let Ok(review) = serde_json::from_value::<SelfSubjectAccessReview>(json!({
-            "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-            "spec": {"resourceAttributes": attrs}}))
-        else {
-            continue;
-        };
-        if let Ok(r) = api.create(&Default::default(), &review).await
-            && r.status.is_some_and(|s| !s.allowed)
-        {
-            let full = if sub.is_empty() {
-                resource.to_string()
-            } else {
-                format!("{resource}/{sub}")
-            };
-            let group = if group.is_empty() { "core" } else { group };
-            denied.push(match namespace {
-                Some(n) => format!("{verb} {full} ({group}) in {n}"),
-                None => format!("{verb} {full} ({group})"),
-            });
+    for need in wanted {
+        match need {
+            Need::Can(a) => {
+                if !allowed(c, a, &mut seen).await {
+                    denied.push(a.describe());
+                }
+            }
+            Need::Grant { what, held, or } => {
+                if allowed(c, or, &mut seen).await {
+                    continue;
+                }
+                let mut lacking = Vec::new();
+                for a in held {
+                    if !allowed(c, a, &mut seen).await {
+                        lacking.push(a.describe());
+                    }
+                }
+                if !lacking.is_empty() {
+                    denied.push(format!(
+                        "{what} grants permissions this context does not hold [{}], which \
+                         Kubernetes refuses unless it may {} (RBAC escalation prevention)",
+                        lacking.join(", "),
+                        or.describe()
+                    ));
+                }
+            }
         }
     }
     denied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_and_bindings_need_their_rules_or_escalate_and_bind() {
+        let objs = reader_rbac("istio-system", "reader", false);
+        let needs = grants(&objs, "istio-system");
+        assert_eq!(needs.len(), 2, "the ClusterRole and its binding");
+        let role_name = objs[1]["metadata"]["name"].as_str().unwrap();
+        for (need, verb) in needs.iter().zip(["escalate", "bind"]) {
+            let Need::Grant { held, or, .. } = need else {
+                panic!("a grant")
+            };
+            assert_eq!(
+                or,
+                &Access::new(verb, RBAC_GROUP, "clusterroles", None).named(role_name)
+            );
+            assert!(held.contains(&Access::new("list", "", "nodes", None)));
+            assert!(held.contains(&Access::new("watch", "", "nodes", None)));
+        }
+        // A RoleBinding to a ClusterRole grants its rules in the binding's namespace only.
+        let mut rb = objs[2].clone();
+        rb["kind"] = json!("RoleBinding");
+        let needs = grants(&[objs[1].clone(), rb], "ns1");
+        let Need::Grant { held, or, .. } = &needs[1] else {
+            panic!("a grant")
+        };
+        assert!(held.contains(&Access::new("list", "", "nodes", Some("ns1"))));
+        assert_eq!(or.namespace.as_deref(), Some("ns1"));
+    }
+
+    #[test]
+    fn resource_names_are_separate_permissions() {
+        let role = json!({"rules": [{"apiGroups": [""], "resources": ["secrets"],
+            "resourceNames": ["a", "b"], "verbs": ["get"]}]});
+        let got: Vec<String> = rule_accesses(&role, Some("ns"))
+            .iter()
+            .map(Access::describe)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "get secrets \"a\" (core) in ns",
+                "get secrets \"b\" (core) in ns"
+            ]
+        );
+    }
 }
