@@ -338,7 +338,6 @@ fn json_logs_carry_config_and_access_log() {
 /// the default splices the same stream through pipes (so the check can fail).
 #[test]
 fn splice_false_moves_bulk_without_a_pipe() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rt = multi_thread_runtime(2);
     let catalog = rt.block_on(catalog_endpoints_file());
     const BULK: usize = 4 << 20;
@@ -353,48 +352,25 @@ fn splice_false_moves_bulk_without_a_pipe() {
                 .await
                 .unwrap();
             assert!(greeting.starts_with("catalog-1"), "{greeting}");
-            let (mut rd, mut wr) = tokio::io::split(stream);
             let seen = &got;
-            // The backend echoes: write and read at once, and look at the gateway's
-            // descriptors while the bytes flow.
-            let write = async {
-                let chunk = vec![7u8; 64 * 1024];
-                for _ in 0..BULK / chunk.len() {
-                    wr.write_all(&chunk).await.unwrap();
-                }
-                wr.flush().await.unwrap();
-                wr
-            };
-            let read = async {
-                let mut buf = vec![0u8; 64 * 1024];
-                let (mut got, mut most) = (0, 0);
-                while got < BULK {
-                    let n = rd.read(&mut buf).await.unwrap();
-                    assert!(n > 0, "closed after {got} bytes");
-                    assert!(buf[..n].iter().all(|&b| b == 7), "bytes changed");
-                    got += n;
-                    seen.store(got, std::sync::atomic::Ordering::Relaxed);
-                    most = most.max(pipes_open(pid).saturating_sub(before));
-                }
-                most
-            };
-            let (most, _wr) = tokio::time::timeout(TIMEOUT, async {
-                let (wr, most) = tokio::join!(write, read);
-                (most, wr)
-            })
-            .await
-            .unwrap_or_else(|_| {
-                let ss = Command::new("ss")
-                    .args(["-tnio", "state", "established"])
-                    .output()
-                    .unwrap();
-                panic!(
-                    "--splice {splice}: bulk echo timed out; got {}\n{}",
-                    got.load(std::sync::atomic::Ordering::Relaxed),
-                    String::from_utf8_lossy(&ss.stdout)
-                )
+            // The backend echoes: look at the gateway's descriptors while the bytes flow.
+            let echo = echo_bulk(stream, BULK, |got| {
+                seen.store(got, std::sync::atomic::Ordering::Relaxed);
+                pipes_open(pid).saturating_sub(before)
             });
-            most
+            tokio::time::timeout(TIMEOUT, echo)
+                .await
+                .unwrap_or_else(|_| {
+                    let ss = Command::new("ss")
+                        .args(["-tnio", "state", "established"])
+                        .output()
+                        .unwrap();
+                    panic!(
+                        "--splice {splice}: bulk echo timed out; got {}\n{}",
+                        got.load(std::sync::atomic::Ordering::Relaxed),
+                        String::from_utf8_lossy(&ss.stdout)
+                    )
+                })
         });
         assert_eq!(
             most_pipes > 0,

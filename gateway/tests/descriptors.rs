@@ -236,32 +236,10 @@ fn splice_pipes_are_capped_under_a_small_descriptor_limit() {
                 .unwrap();
             streams.push(s);
         }
-        let echoes = streams.into_iter().map(|stream| async move {
-            let (mut rd, mut wr) = tokio::io::split(stream);
-            let write = async {
-                let chunk = vec![7u8; 64 * 1024];
-                for _ in 0..BULK / chunk.len() {
-                    wr.write_all(&chunk).await.unwrap();
-                }
-                wr.flush().await.unwrap();
-                wr
-            };
-            let read = async {
-                let mut buf = vec![0u8; 64 * 1024];
-                let (mut got, mut most) = (0, 0);
-                while got < BULK {
-                    let n = rd.read(&mut buf).await.unwrap();
-                    assert!(
-                        n > 0 && buf[..n].iter().all(|&b| b == 7),
-                        "after {got} bytes"
-                    );
-                    got += n;
-                    most = most.max(pipes_open(pid).saturating_sub(before));
-                }
-                most
-            };
-            let (_wr, most) = tokio::join!(write, read);
-            most
+        let echoes = streams.into_iter().map(|stream| {
+            echo_bulk(stream, BULK, move |_| {
+                pipes_open(pid).saturating_sub(before)
+            })
         });
         let all = futures::future::join_all(echoes);
         let per_stream = tokio::time::timeout(Duration::from_secs(30), all)

@@ -667,3 +667,39 @@ pub fn pipes_open(pid: u32) -> usize {
         .filter(|l| l.to_string_lossy().starts_with("pipe:"))
         .count()
 }
+
+/// Writes `total` bytes of 7s through an echoing connection while reading them back, checking
+/// each byte; after each read `sample(bytes read so far)` is called. Returns the largest value
+/// it returned (e.g. the gateway's pipes open while the bytes flow).
+pub async fn echo_bulk<S>(stream: S, total: usize, mut sample: impl FnMut(usize) -> usize) -> usize
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let write = async {
+        let chunk = vec![7u8; 64 * 1024];
+        for _ in 0..total / chunk.len() {
+            wr.write_all(&chunk).await.unwrap();
+        }
+        wr.flush().await.unwrap();
+        wr
+    };
+    let read = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut got, mut most) = (0, 0);
+        while got < total {
+            let n = rd.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed after {got} bytes");
+            assert!(
+                buf[..n].iter().all(|&b| b == 7),
+                "bytes changed after {got}"
+            );
+            got += n;
+            most = most.max(sample(got));
+        }
+        most
+    };
+    let (_wr, most) = tokio::join!(write, read);
+    most
+}
