@@ -3,9 +3,9 @@
 //! words its own error, naming the flag.
 
 /// A DNS-1123 subdomain (most object names, an annotation key's prefix): 1 to 253
-/// characters, dot-separated DNS-1123 labels.
+/// characters (`pki::validate_dns_subdomain`).
 pub fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| pki::validate_dns_label(l).is_ok())
+    pki::validate_dns_subdomain(s).is_ok()
 }
 
 /// A label value, or the name part of a label or annotation key: 1 to 63 letters, digits,
@@ -43,6 +43,8 @@ mod tests {
         assert!(is_dns_subdomain("a.b-c"));
         assert!(!is_dns_subdomain("Bad SA") && !is_dns_subdomain("") && !is_dns_subdomain("a/b"));
         assert!(!is_dns_subdomain(&"a".repeat(254)));
+        // No 63-character limit per part, unlike a label: a 100-character account name is valid.
+        assert!(is_dns_subdomain(&"a".repeat(100)));
         assert!(is_qualified_name_part("My_value.1"));
         assert!(!is_qualified_name_part("-x") && !is_qualified_name_part(&"a".repeat(64)));
         assert!(is_dns_name("kubernetes.default.svc.") && is_dns_name("a_b.example"));
