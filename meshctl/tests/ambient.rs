@@ -146,10 +146,7 @@ async fn join_ambient_announces_each_peer_network_and_unjoin_removes_it() {
     }
 
     // A second run changes nothing.
-    let (w1, e1) = (
-        settled_snapshot(&m.west).await,
-        settled_snapshot(&m.east).await,
-    );
+    let (w1, e1) = m.settled_snapshots().await;
     m.join(&[
         "--ambient",
         "--gateway-address",
@@ -198,10 +195,7 @@ async fn join_ambient_uses_the_load_balancer_address_once_there_is_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_ambient_dry_run_shows_the_announcements_and_changes_nothing() {
     let m = ambient_mesh().await;
-    let (w0, e0) = (
-        settled_snapshot(&m.west).await,
-        settled_snapshot(&m.east).await,
-    );
+    let (w0, e0) = m.settled_snapshots().await;
     let out = m
         .join(&[
             "--ambient",
@@ -224,10 +218,7 @@ async fn join_ambient_dry_run_shows_the_announcements_and_changes_nothing() {
 async fn join_ambient_refuses_without_the_gateway_api_and_changes_nothing() {
     let m = mesh().await;
     install_gateway_api(&m.west);
-    let (w0, e0) = (
-        settled_snapshot(&m.west).await,
-        settled_snapshot(&m.east).await,
-    );
+    let (w0, e0) = m.settled_snapshots().await;
     let out = m
         .fails(&m.join_certs_args(&["--allow-loopback-server", "--ambient"]))
         .await;
@@ -379,19 +370,13 @@ fn istiod(s: &TestApiServer, on: &str) {
 async fn hbone_secret(m: &Mesh, s: &TestApiServer, cluster: &str, sa: &str) {
     use base64::Engine as _;
     let out = m.dir.path().join(format!("hbone-{cluster}-{sa}"));
-    m.ok(&[
-        "certs",
-        "workload",
-        "--ca",
-        p(&m.certs.join(cluster)),
-        "-n",
+    m.ok(&workload_args(
+        &m.certs.join(cluster),
         "istio-system",
-        "-s",
         sa,
-        "--out",
-        p(&out),
-        "--force",
-    ])
+        &out,
+        &["--force"],
+    ))
     .await;
     let b64 = |f: &str| {
         base64::engine::general_purpose::STANDARD.encode(std::fs::read(out.join(f)).unwrap())

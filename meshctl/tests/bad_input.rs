@@ -71,60 +71,10 @@ async fn out_of_range_validities_are_usage_errors_not_panics() {
             p(&out),
         ],
         vec!["certs", "root", "--days", "3000000", "--out", p(&out)],
-        vec![
-            "certs",
-            "workload",
-            "--ca",
-            p(&west),
-            "-n",
-            "a",
-            "-s",
-            "b",
-            "--out",
-            p(&out),
-            "--hours",
-            "4000000000",
-        ],
-        vec![
-            "certs",
-            "workload",
-            "--ca",
-            p(&west),
-            "-n",
-            "a",
-            "-s",
-            "b",
-            "--out",
-            p(&out),
-            "--hours",
-            "87601",
-        ],
-        vec![
-            "certs",
-            "intermediate",
-            "--root-cert",
-            p(&root_cert),
-            "--root-key",
-            p(&root_key),
-            "--cluster",
-            "x",
-            "--out",
-            p(&out),
-            "--days",
-            "4000000",
-        ],
-        vec![
-            "certs",
-            "renew",
-            "--ca",
-            p(&west),
-            "--root-cert",
-            p(&root_cert),
-            "--root-key",
-            p(&root_key),
-            "--days",
-            "99999999",
-        ],
+        workload_args(&west, "a", "b", &out, &["--hours", "4000000000"]),
+        workload_args(&west, "a", "b", &out, &["--hours", "87601"]),
+        intermediate_args(&root_cert, &root_key, "x", &out, &["--days", "4000000"]),
+        renew_args(&west, &root_cert, &root_key, &["--days", "99999999"]),
         vec![
             "rotate",
             "prepare",
@@ -151,20 +101,13 @@ async fn out_of_range_validities_are_usage_errors_not_panics() {
     // The maxima themselves work, and stay far from 9999-12-31.
     m.ok(&["certs", "root", "--days", "36500", "--out", p(&out)])
         .await;
-    m.ok(&[
-        "certs",
-        "workload",
-        "--ca",
-        p(&west),
-        "-n",
+    m.ok(&workload_args(
+        &west,
         "a",
-        "-s",
         "b",
-        "--out",
-        p(&dir.path().join("w")),
-        "--hours",
-        "87600",
-    ])
+        &dir.path().join("w"),
+        &["--hours", "87600"],
+    ))
     .await;
 }
 
@@ -210,18 +153,13 @@ async fn an_expired_root_says_so_and_how_to_replace_it() {
     let r = dir.path().join("root");
     root.write_dir(&r, false).unwrap();
     let out = dir.path().join("x");
-    let (code, t) = code_and_text(&[
-        "certs",
-        "intermediate",
-        "--root-cert",
-        p(&r.join("root-cert.pem")),
-        "--root-key",
-        p(&r.join("root-key.pem")),
-        "--cluster",
+    let (code, t) = code_and_text(&intermediate_args(
+        &r.join("root-cert.pem"),
+        &r.join("root-key.pem"),
         "x",
-        "--out",
-        p(&out),
-    ])
+        &out,
+        &[],
+    ))
     .await;
     assert_eq!(code, Some(1), "{t}");
     assert!(
@@ -316,20 +254,14 @@ async fn an_unreadable_token_expiry_is_shown_as_invalid_on_its_own_line() {
 
 /// Runs a `join` that must fail, and checks that neither cluster changed.
 async fn join_changes_nothing(m: &Mesh, args: &[&str], want: &str) {
-    let before = (
-        settled_snapshot(&m.west).await,
-        settled_snapshot(&m.east).await,
-    );
+    let before = m.settled_snapshots().await;
     let t = m.fails(args).await;
     assert!(t.contains(want), "{t}");
     assert!(
         t.contains("Nothing was changed") || t.contains("nothing was changed"),
         "{t}"
     );
-    let after = (
-        settled_snapshot(&m.west).await,
-        settled_snapshot(&m.east).await,
-    );
+    let after = m.settled_snapshots().await;
     assert_eq!(after.0, before.0, "west changed: {t}");
     assert_eq!(after.1, before.1, "east changed: {t}");
 }
@@ -340,20 +272,15 @@ async fn join_validates_every_flag_before_the_first_write() {
     let args = m.join_args(&["--protocols", "both", "--trust-domain", "a/b"]);
     let before = settled_snapshot(&m.west).await;
     // Usage errors: exit 2.
-    let fails = async |args: Vec<&str>| {
-        let out = meshctl(&args).await;
-        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-        text(&out)
-    };
-    let t = fails(args).await;
+    let t = usage_error(&args).await;
     assert!(t.contains("--trust-domain \"a/b\""), "{t}");
     assert_eq!(settled_snapshot(&m.west).await, before, "{t}");
     let args = m.join_args(&["--service-annotation", "no-equals-sign"]);
-    let t = fails(args).await;
+    let t = usage_error(&args).await;
     assert!(t.contains("expected KEY=VALUE"), "{t}");
     assert_eq!(settled_snapshot(&m.west).await, before, "{t}");
     let args = m.join_args(&["--service-annotation", "=x"]);
-    let t = fails(args).await;
+    let t = usage_error(&args).await;
     assert!(t.contains("not a valid annotation key"), "{t}");
     assert_eq!(settled_snapshot(&m.west).await, before, "{t}");
 }
@@ -401,20 +328,9 @@ async fn join_with_a_read_only_context_changes_no_cluster() {
     );
 }
 
-fn renew_args<'a>(m: &'a Mesh, west: &'a str, cert: &'a str, key: &'a str) -> Vec<&'a str> {
-    vec![
-        "certs",
-        "renew",
-        "--ca",
-        west,
-        "--root-cert",
-        cert,
-        "--root-key",
-        key,
-        "--kubeconfig",
-        m.kc(),
-        "--apply",
-    ]
+/// [`renew_args`] applying the renewed bundle through the mesh's kubeconfig.
+fn renew_apply_args<'a>(m: &'a Mesh, ca: &'a Path, cert: &'a Path, key: &'a Path) -> Vec<&'a str> {
+    renew_args(ca, cert, key, &["--kubeconfig", m.kc(), "--apply"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,7 +340,7 @@ async fn renew_apply_checks_the_cluster_before_rewriting_the_bundle() {
     let (cert, key) = (m.certs.join("root-cert.pem"), m.certs.join("root-key.pem"));
     let before = tree(&m.certs);
     // An unknown context.
-    let mut args = renew_args(&m, p(&west), p(&cert), p(&key));
+    let mut args = renew_apply_args(&m, &west, &cert, &key);
     args.extend(["--context", "nope"]);
     let t = m.fails(&args).await;
     assert!(t.contains("nope"), "{t}");
@@ -440,7 +356,7 @@ async fn renew_apply_checks_the_cluster_before_rewriting_the_bundle() {
         &[],
     ))
     .await;
-    let mut args = renew_args(&m, p(&west), p(&cert), p(&key));
+    let mut args = renew_apply_args(&m, &west, &cert, &key);
     args.extend(["--context", "west"]);
     let t = m.fails(&args).await;
     assert!(

@@ -11,22 +11,13 @@ use std::path::Path;
 /// An offline intermediate "Offline CA" (pathlen 1) signed by the root in `root`, into `out`.
 async fn offline_ca(m: &Mesh, root: &Path, out: &Path) {
     let (cert, key) = (root.join("root-cert.pem"), root.join("root-key.pem"));
-    m.ok(&[
-        "certs",
-        "intermediate",
-        "--root-cert",
-        p(&cert),
-        "--root-key",
-        p(&key),
-        "--cluster",
+    m.ok(&intermediate_args(
+        &cert,
+        &key,
         "offline",
-        "--path-len",
-        "1",
-        "--common-name",
-        "Offline CA",
-        "--out",
-        p(out),
-    ])
+        out,
+        &["--path-len", "1", "--common-name", "Offline CA"],
+    ))
     .await;
 }
 
@@ -71,19 +62,7 @@ async fn certs_makes_and_verifies_a_two_level_chain_and_names_a_broken_link() {
 
     // A workload from the two-level CA carries both CAs.
     let wl = d.join("wl");
-    m.ok(&[
-        "certs",
-        "workload",
-        "--ca",
-        p(&west),
-        "-n",
-        "ns",
-        "-s",
-        "sa",
-        "--out",
-        p(&wl),
-    ])
-    .await;
+    m.ok(&workload_args(&west, "ns", "sa", &wl, &[])).await;
     let wchain = std::fs::read_to_string(wl.join("cert-chain.pem")).unwrap();
     assert_eq!(wchain.matches("BEGIN CERTIFICATE").count(), 3);
 

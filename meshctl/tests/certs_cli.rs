@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 mod common;
 
-use common::{MESHCTL, p, text};
+use common::{MESHCTL, intermediate_args, p, text, workload_args};
 
 /// Runs meshctl (synchronously: these tests need no API server).
 fn meshctl(args: &[&str]) -> Output {
@@ -278,20 +278,13 @@ fn byo_root_with_root_and_intermediate_commands() {
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");
     for (dir, cluster) in [(&a, "cluster-a"), (&b, "cluster-b")] {
-        ok(&[
-            "certs",
-            "intermediate",
-            "--root-cert",
-            p(&root.join("root-cert.pem")),
-            "--root-key",
-            p(&root.join("root-key.pem")),
-            "--cluster",
+        ok(&intermediate_args(
+            &root.join("root-cert.pem"),
+            &root.join("root-key.pem"),
             cluster,
-            "--out",
-            p(dir),
-            "--days",
-            "30",
-        ]);
+            dir,
+            &["--days", "30"],
+        ));
     }
     let out = ok(&["certs", "verify", p(&a), p(&b), "--warn-days", "10"]);
     assert!(!out.contains("warning"), "{out}");
@@ -313,18 +306,13 @@ fn byo_root_with_root_and_intermediate_commands() {
         "{out}"
     );
     // A wrong root key is refused.
-    let out = fails(&[
-        "certs",
-        "intermediate",
-        "--root-cert",
-        p(&root.join("root-cert.pem")),
-        "--root-key",
-        p(&a.join("ca-key.pem")),
-        "--cluster",
+    let out = fails(&intermediate_args(
+        &root.join("root-cert.pem"),
+        &a.join("ca-key.pem"),
         "c",
-        "--out",
-        p(&tmp.path().join("c")),
-    ]);
+        &tmp.path().join("c"),
+        &[],
+    ));
     assert!(out.contains("does not match"), "{out}");
 }
 
@@ -564,18 +552,13 @@ fn key_directories_are_0700_and_keys_0600_whatever_the_umask() {
     assert_eq!(mode(&out_dir.join("west-cluster/ca-key.pem")), 0o600);
     assert_eq!(mode(&out_dir.join("west-cluster/ca-cert.pem")), 0o644);
     let wl = tmp.path().join("wl/a");
-    let out = meshctl_umask_000(&[
-        "certs",
-        "workload",
-        "--ca",
-        p(&out_dir.join("west-cluster")),
-        "-n",
+    let out = meshctl_umask_000(&workload_args(
+        &out_dir.join("west-cluster"),
         "ns",
-        "-s",
         "sa",
-        "--out",
-        p(&wl),
-    ]);
+        &wl,
+        &[],
+    ));
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(mode(&tmp.path().join("wl")), 0o700);
     assert_eq!(mode(&wl), 0o700);

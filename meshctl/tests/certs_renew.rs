@@ -23,7 +23,7 @@ fn secret_file(m: &Mesh, f: &str) -> String {
 
 /// `meshctl certs renew` of west's bundle with the root in `root`, applied in west, plus
 /// `extra`.
-fn renew_args(m: &Mesh, root: &std::path::Path, extra: &[&str]) -> Vec<String> {
+fn renew_west_args(m: &Mesh, root: &std::path::Path, extra: &[&str]) -> Vec<String> {
     let west = m.certs.join("west");
     let (cert, key) = (root.join("root-cert.pem"), root.join("root-key.pem"));
     let mut args = vec![
@@ -61,7 +61,7 @@ async fn renew_issues_a_new_key_under_the_same_root_and_applies_it() {
     .map(|f| read(&west.join(f)))
     .collect();
     let before = secret(&m.west, "cacerts").unwrap();
-    let renew = |extra: &'static [&'static str]| renew_args(&m, &m.certs, extra);
+    let renew = |extra: &'static [&'static str]| renew_west_args(&m, &m.certs, extra);
 
     // Dry run: the Secret is shown with the key redacted; no file, no object changes.
     let args = renew(&["--dry-run"]);
@@ -133,7 +133,7 @@ async fn renew_issues_a_new_key_under_the_same_root_and_applies_it() {
     let other = m.dir.path().join("other");
     m.ok(&["certs", "root", "--out", p(&other)]).await;
     let before = secret(&m.west, "cacerts").unwrap();
-    let args = renew_args(&m, &other, &[]);
+    let args = renew_west_args(&m, &other, &[]);
     let out = m
         .fails(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .await;

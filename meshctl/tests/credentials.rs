@@ -11,6 +11,7 @@ use common::*;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
+use testkit::kube_client::token_claims;
 
 const MIN: u64 = 60;
 
@@ -60,25 +61,13 @@ fn remote(m: &Mesh, stored_in: &str, cluster: &str) -> Value {
     secret(s, &format!("istio-remote-secret-{cluster}")).expect("remote secret")
 }
 
-fn token_of(kubeconfig: &str) -> String {
-    let v: Value = serde_yaml::from_str(kubeconfig).unwrap();
-    v["users"][0]["user"]["token"].as_str().unwrap().to_string()
-}
-
+/// Seconds until `token` expires (its `exp` claim), by this machine's clock.
 fn exp_in(token: &str) -> i64 {
-    use base64::Engine as _;
-    let payload = token.split('.').nth(1).unwrap();
-    let claims: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    claims["exp"].as_i64().unwrap() - now
+    token_claims(token)["exp"].as_i64().unwrap() - now
 }
 
 fn istiod(s: &k8s_test_server::TestApiServer, tag: &str) {
@@ -170,10 +159,7 @@ async fn refresh_reissues_a_token_under_the_threshold_and_leaves_a_fresh_one_alo
         .expect("the refreshed kubeconfig lists namespaces");
 
     // Idempotent: a second run changes nothing.
-    let (before_w, before_e) = (
-        settled_snapshot(&m.west).await,
-        settled_snapshot(&m.east).await,
-    );
+    let (before_w, before_e) = m.settled_snapshots().await;
     let (code, v, all) = run_json(&m, &["credentials", "refresh"], &[]).await;
     assert_eq!(code, 0, "{all}");
     for e in v["secrets"].as_array().unwrap() {
@@ -236,10 +222,7 @@ async fn dry_run_changes_nothing_and_prints_no_token() {
         token_of(&stored_kubeconfig(&remote(&m, "east", "west"), "west")),
         token_of(&stored_kubeconfig(&remote(&m, "west", "east"), "east")),
     ];
-    let (before_w, before_e) = (
-        settled_snapshot(&m.west).await,
-        settled_snapshot(&m.east).await,
-    );
+    let (before_w, before_e) = m.settled_snapshots().await;
     let (code, v, all) = run_json(&m, &["credentials", "refresh"], &["--dry-run"]).await;
     assert_eq!(code, 0, "{all}");
     let e = entry(&v["secrets"], "east", "west");
@@ -428,21 +411,7 @@ async fn cronjob_prints_a_job_that_runs_refresh_and_no_secret() {
         ]
     );
     assert_eq!(pod["volumes"][0]["secret"]["defaultMode"], 0o400);
-    // Bad input: a clear error, exit 2 (a usage error).
-    let out = meshctl(&[
-        "credentials",
-        "cronjob",
-        "--context",
-        "west",
-        "--image",
-        "x",
-        "--schedule",
-        "hourly",
-    ])
-    .await;
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{t}");
-    assert!(t.contains("expected five cron fields"), "{t}");
+    // Bad input (`--schedule hourly`): usage_exit_codes.rs.
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

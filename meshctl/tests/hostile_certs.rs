@@ -77,18 +77,24 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// `certs init` of `clusters` into `certs` of a new temporary directory: (the directory, its
+/// `certs`).
+async fn init_certs(clusters: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    let out = meshctl(&["certs", "init", "--clusters", clusters, "--out", p(&certs)]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    (tmp, certs)
+}
+
 /// A key appended to `root-cert.pem` or `cert-chain.pem` (`cat key >> cert`), or cut short
 /// (no END line): `certs verify`, `cacerts apply --force`, `certs workload`, `certs renew`,
 /// `certs intermediate` and `rotate prepare` all refuse it, naming the file and the block,
 /// printing none of the key; the clusters keep their cacerts.
 #[tokio::test]
 async fn private_keys_in_certificate_files_are_refused_everywhere() {
-    let m = mesh().await;
+    let m = mesh_with_cacerts().await;
     let kc = m.kc();
-    for c in ["west", "east"] {
-        m.ok(&cacerts_apply_args(kc, p(&m.certs.join(c)), c, &[]))
-            .await;
-    }
     let before: Vec<_> = [&m.west, &m.east]
         .iter()
         .map(|s| secret(s, "cacerts").unwrap()["metadata"]["resourceVersion"].clone())
@@ -140,18 +146,7 @@ async fn private_keys_in_certificate_files_are_refused_everywhere() {
 
         let wl = work.join(format!("wl{i}"));
         let out = m
-            .fails(&[
-                "certs",
-                "workload",
-                "--ca",
-                p(&bad),
-                "-n",
-                "default",
-                "-s",
-                "sa",
-                "--out",
-                p(&wl),
-            ])
+            .fails(&workload_args(&bad, "default", "sa", &wl, &[]))
             .await;
         says(&out, &[&named, want_block]);
         no_key_in(&out, key);
@@ -160,18 +155,7 @@ async fn private_keys_in_certificate_files_are_refused_everywhere() {
         if file != "cert-chain.pem" {
             // renew reads ca-cert.pem and root-cert.pem, and writes root-cert.pem back.
             let before = tree(&bad);
-            let out = m
-                .fails(&[
-                    "certs",
-                    "renew",
-                    "--ca",
-                    p(&bad),
-                    "--root-cert",
-                    p(&root_cert),
-                    "--root-key",
-                    p(&root_key),
-                ])
-                .await;
+            let out = m.fails(&renew_args(&bad, &root_cert, &root_key, &[])).await;
             says(&out, &[&named, want_block]);
             no_key_in(&out, key);
             assert_eq!(tree(&bad), before);
@@ -185,37 +169,19 @@ async fn private_keys_in_certificate_files_are_refused_everywhere() {
     std::fs::copy(&root_key, poisoned.join("root-key.pem")).unwrap();
     append(&poisoned.join("root-cert.pem"), &root_key);
     let out = m
-        .fails(&[
-            "certs",
-            "intermediate",
-            "--root-cert",
-            p(&poisoned.join("root-cert.pem")),
-            "--root-key",
-            p(&root_key),
-            "--cluster",
+        .fails(&intermediate_args(
+            &poisoned.join("root-cert.pem"),
+            &root_key,
             "north",
-            "--out",
-            p(&work.join("north")),
-        ])
+            &work.join("north"),
+            &[],
+        ))
         .await;
     says(&out, &["poisoned-root/root-cert.pem", "PRIVATE KEY block"]);
     no_key_in(&out, &root_key);
     assert!(!work.join("north").exists());
 
-    let out = m
-        .fails(&[
-            "rotate",
-            "prepare",
-            "--kubeconfig",
-            kc,
-            "--context",
-            "west",
-            "--context",
-            "east",
-            "--dir",
-            p(&poisoned),
-        ])
-        .await;
+    let out = m.fails(&m.rotate_args("prepare", &poisoned)).await;
     says(&out, &["poisoned-root/root-cert.pem", "PRIVATE KEY block"]);
     no_key_in(&out, &root_key);
 
@@ -263,18 +229,7 @@ impl Drop for Immutable {
 /// temporary file stays, and the message says nothing was written.
 #[tokio::test]
 async fn a_write_that_fails_part_way_changes_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let certs = tmp.path().join("certs");
-    let out = meshctl(&[
-        "certs",
-        "init",
-        "--clusters",
-        "west,east",
-        "--out",
-        p(&certs),
-    ])
-    .await;
-    assert!(out.status.success(), "{}", text(&out));
+    let (tmp, certs) = init_certs("west,east").await;
     let west = certs.join("west");
     let Some(guard) = Immutable::set(&west.join("cert-chain.pem")) else {
         eprintln!("skipped: chattr +i is not available here (needs root on ext4/xfs/btrfs)");
@@ -283,16 +238,7 @@ async fn a_write_that_fails_part_way_changes_nothing() {
     let before = tree(&certs);
     let old_key = read(&west.join("ca-key.pem"));
     let (root_cert, root_key) = (certs.join("root-cert.pem"), certs.join("root-key.pem"));
-    let renew = [
-        "certs",
-        "renew",
-        "--ca",
-        p(&west),
-        "--root-cert",
-        p(&root_cert),
-        "--root-key",
-        p(&root_key),
-    ];
+    let renew = renew_args(&west, &root_cert, &root_key, &[]);
     let out = meshctl(&renew).await;
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
@@ -432,12 +378,7 @@ fn is_root() -> bool {
 /// nothing.
 #[tokio::test]
 async fn dry_runs_refuse_what_the_real_run_refuses() {
-    let m = mesh().await;
-    let kc = m.kc();
-    for c in ["west", "east"] {
-        m.ok(&cacerts_apply_args(kc, p(&m.certs.join(c)), c, &[]))
-            .await;
-    }
+    let m = mesh_with_cacerts().await;
     let work = m.dir.path();
     let real = work.join("rotreal");
     std::fs::create_dir(&real).unwrap();
@@ -447,18 +388,7 @@ async fn dry_runs_refuse_what_the_real_run_refuses() {
     std::fs::write(&file, "not a directory").unwrap();
     for (dir, why) in [(&link, "is a symlink"), (&file, "is not a directory")] {
         for dry in [true, false] {
-            let mut args = vec![
-                "rotate",
-                "prepare",
-                "--kubeconfig",
-                kc,
-                "--context",
-                "west",
-                "--context",
-                "east",
-                "--dir",
-                p(dir),
-            ];
+            let mut args = m.rotate_args("prepare", dir);
             if dry {
                 args.push("--dry-run");
             }
@@ -475,18 +405,9 @@ async fn dry_runs_refuse_what_the_real_run_refuses() {
     let before = tree(&m.certs);
     let (root_cert, root_key) = (m.certs.join("root-cert.pem"), m.certs.join("root-key.pem"));
     for extra in [&["--dry-run"][..], &[]] {
-        let mut args = vec![
-            "certs",
-            "renew",
-            "--ca",
-            p(&west_link),
-            "--root-cert",
-            p(&root_cert),
-            "--root-key",
-            p(&root_key),
-        ];
-        args.extend_from_slice(extra);
-        let out = m.fails(&args).await;
+        let out = m
+            .fails(&renew_args(&west_link, &root_cert, &root_key, extra))
+            .await;
         says(&out, &["is a symlink"]);
         assert!(!out.contains("would write"), "{out}");
     }
@@ -498,10 +419,7 @@ async fn dry_runs_refuse_what_the_real_run_refuses() {
 /// overwritten and the bundle still verifies.
 #[tokio::test]
 async fn an_output_cannot_be_its_ca_directory() {
-    let tmp = tempfile::tempdir().unwrap();
-    let certs = tmp.path().join("certs");
-    let out = meshctl(&["certs", "init", "--clusters", "west", "--out", p(&certs)]).await;
-    assert!(out.status.success(), "{}", text(&out));
+    let (tmp, certs) = init_certs("west").await;
     let west = certs.join("west");
     let alias = tmp.path().join("alias");
     std::os::unix::fs::symlink(&west, &alias).unwrap();
@@ -509,19 +427,13 @@ async fn an_output_cannot_be_its_ca_directory() {
     let dot = west.join(".");
     let up = west.join("../west");
     for out_dir in [&west, &dot, &up, &alias] {
-        let out = meshctl(&[
-            "certs",
-            "workload",
-            "--ca",
-            p(&west),
-            "-n",
+        let out = meshctl(&workload_args(
+            &west,
             "default",
-            "-s",
             "sa",
-            "--out",
-            p(out_dir),
-            "--force",
-        ])
+            out_dir,
+            &["--force"],
+        ))
         .await;
         let all = text(&out);
         assert_eq!(out.status.code(), Some(1), "{all}");
@@ -537,20 +449,13 @@ async fn an_output_cannot_be_its_ca_directory() {
     }
     // An offline intermediate (pathlen 1) as --parent, and --out the same directory.
     let offline = tmp.path().join("offline");
-    let out = meshctl(&[
-        "certs",
-        "intermediate",
-        "--root-cert",
-        p(&certs.join("root-cert.pem")),
-        "--root-key",
-        p(&certs.join("root-key.pem")),
-        "--cluster",
+    let out = meshctl(&intermediate_args(
+        &certs.join("root-cert.pem"),
+        &certs.join("root-key.pem"),
         "offline",
-        "--path-len",
-        "1",
-        "--out",
-        p(&offline),
-    ])
+        &offline,
+        &["--path-len", "1"],
+    ))
     .await;
     assert!(out.status.success(), "{}", text(&out));
     let offline_before = tree(&offline);
@@ -580,30 +485,12 @@ async fn an_output_cannot_be_its_ca_directory() {
 /// error: usage errors (exit 2), nothing written.
 #[tokio::test]
 async fn workload_names_are_kubernetes_names() {
-    let tmp = tempfile::tempdir().unwrap();
-    let certs = tmp.path().join("certs");
-    let out = meshctl(&["certs", "init", "--clusters", "west", "--out", p(&certs)]).await;
-    assert!(out.status.success(), "{}", text(&out));
+    let (tmp, certs) = init_certs("west").await;
     let west = certs.join("west");
     let wl = tmp.path().join("wl");
     let run = |ns: String, sa: String| {
         let (west, wl) = (west.clone(), wl.clone());
-        async move {
-            meshctl(&[
-                "certs",
-                "workload",
-                "--ca",
-                p(&west),
-                "-n",
-                &ns,
-                "-s",
-                &sa,
-                "--out",
-                p(&wl),
-                "--force",
-            ])
-            .await
-        }
+        async move { meshctl(&workload_args(&west, &ns, &sa, &wl, &["--force"])).await }
     };
     let label63 = "n".repeat(63);
     let sub253 = [

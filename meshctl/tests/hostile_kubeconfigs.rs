@@ -105,6 +105,28 @@ fn exec_credential(status: Value) -> String {
     .to_string()
 }
 
+/// `label-network west-network --dry-run` with context west of the kubeconfig `kc`.
+fn label_west(kc: &str) -> Vec<&str> {
+    vec![
+        "label-network",
+        "west-network",
+        "--kubeconfig",
+        kc,
+        "--context",
+        "west",
+        "--dry-run",
+    ]
+}
+
+/// What a local kubeconfig `kc` is used for, with its context west: `check` as text and as
+/// JSON, and [`label_west`].
+fn local_runs(kc: &str) -> [Vec<&str>; 3] {
+    let check = vec!["check", "--kubeconfig", kc, "--context", "west"];
+    let mut json = check.clone();
+    json.extend(["-o", "json"]);
+    [check, json, label_west(kc)]
+}
+
 /// Stores `kubeconfig` as west's remote secret in east (`istio-remote-secret-west`, key west).
 fn store_west_kubeconfig(m: &Mesh, kubeconfig: &str) {
     let mut sec = secret(&m.east, "istio-remote-secret-west").unwrap();
@@ -258,27 +280,7 @@ async fn a_local_token_that_fits_in_no_header_is_a_clean_error_naming_the_user()
         // serde_yaml writes a value ending in "\n" as a `|` block, as a user would.
         std::fs::write(&kc, m.west.kubeconfig_with_token("west", &token)).unwrap();
         let kc = p(&kc);
-        for args in [
-            vec!["check", "--kubeconfig", kc, "--context", "west"],
-            vec![
-                "check",
-                "--kubeconfig",
-                kc,
-                "--context",
-                "west",
-                "-o",
-                "json",
-            ],
-            vec![
-                "label-network",
-                "west-network",
-                "--kubeconfig",
-                kc,
-                "--context",
-                "west",
-                "--dry-run",
-            ],
-        ] {
+        for args in local_runs(kc) {
             let (code, _, all) = run(&args).await;
             assert_eq!(code, Some(1), "{args:?}:\n{all}");
             assert_clean(&format!("{args:?}"), &all);
@@ -315,15 +317,7 @@ async fn a_token_file_ending_in_a_newline_works_and_an_empty_one_is_named() {
         kubeconfig(&m.west.url(), &m.west, "", "    tokenFile: token\n"),
     )
     .unwrap();
-    let label = [
-        "label-network",
-        "west-network",
-        "--kubeconfig",
-        p(&kc),
-        "--context",
-        "west",
-        "--dry-run",
-    ];
+    let label = label_west(p(&kc));
     let (code, _, all) = run(&label).await;
     assert_eq!(code, Some(0), "{all}");
     std::fs::write(dir.join("token"), "\n").unwrap();
@@ -385,27 +379,7 @@ async fn a_credential_plugins_failure_names_it_and_never_prints_its_output_or_ar
         let user = exec_user(&plugin, &[&format!("--token={SENTINEL}")]);
         std::fs::write(&kc, kubeconfig(&m.west.url(), &m.west, "", &user)).unwrap();
         let kc = p(&kc);
-        for args in [
-            vec!["check", "--kubeconfig", kc, "--context", "west"],
-            vec![
-                "check",
-                "--kubeconfig",
-                kc,
-                "--context",
-                "west",
-                "-o",
-                "json",
-            ],
-            vec![
-                "label-network",
-                "west-network",
-                "--kubeconfig",
-                kc,
-                "--context",
-                "west",
-                "--dry-run",
-            ],
-        ] {
+        for args in local_runs(kc) {
             let _ = std::fs::remove_file(&count);
             let (code, _, all) = run(&args).await;
             assert_eq!(code, Some(1), "{want} {args:?}:\n{all}");
@@ -424,16 +398,7 @@ async fn a_credential_plugins_failure_names_it_and_never_prints_its_output_or_ar
     let kc = dir.join("good-exec-kubeconfig");
     let user = exec_user(&good, &[]);
     std::fs::write(&kc, kubeconfig(&m.west.url(), &m.west, "", &user)).unwrap();
-    let args = [
-        "label-network",
-        "west-network",
-        "--kubeconfig",
-        p(&kc),
-        "--context",
-        "west",
-        "--dry-run",
-    ];
-    let (code, _, all) = run(&args).await;
+    let (code, _, all) = run(&label_west(p(&kc))).await;
     assert_eq!(code, Some(0), "{all}");
 }
 

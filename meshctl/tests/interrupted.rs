@@ -157,21 +157,12 @@ async fn certs_renew_apply_says_the_bundle_is_written_but_not_applied() {
     let bundle = m.certs.join("east");
     succeeds(&cacerts_apply_args(m.kc(), p(&bundle), "east", &[])).await;
     let (root, key) = (m.certs.join("root-cert.pem"), m.certs.join("root-key.pem"));
-    let renew = [
-        "certs",
-        "renew",
-        "--ca",
-        p(&bundle),
-        "--root-cert",
-        p(&root),
-        "--root-key",
-        p(&key),
-        "--apply",
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "east",
-    ];
+    let renew = renew_args(
+        &bundle,
+        &root,
+        &key,
+        &["--apply", "--kubeconfig", m.kc(), "--context", "east"],
+    );
     outage(&m.east, Fault::Unavailable, "patch", "secrets");
     let all = interrupted(&renew).await;
     says(
@@ -287,10 +278,7 @@ async fn join_ambient_lists_the_announcements_made_and_a_rerun_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_failing_before_any_change_says_nothing_was_changed() {
     let m = mesh().await;
-    let before = (
-        settled_snapshot(&m.west).await,
-        settled_snapshot(&m.east).await,
-    );
+    let before = m.settled_snapshots().await;
     // Reading east's namespace during the checks fails: no cluster is touched.
     outage(&m.east, Fault::Internal, "get", "namespaces");
     let all = interrupted(&m.join_args(&[])).await;

@@ -35,32 +35,11 @@ async fn trust_holds(m: &Mesh) -> bool {
     item(&items, "mesh", "cross-cluster trust of signing roots")["status"] == "pass"
 }
 
-/// A mesh whose clusters each have their `cacerts`, as a rotation starts from.
-async fn mesh_with_cacerts() -> Mesh {
-    let m = mesh().await;
-    for ctx in ["west", "east"] {
-        succeeds(&cacerts_apply_args(m.kc(), p(&m.certs.join(ctx)), ctx, &[])).await;
-    }
-    m
-}
-
-/// `meshctl rotate <step>` of west and east: `finish` confirmed, the others with `--dir`.
-fn rotate_args<'a>(m: &'a Mesh, step: &'a str, dir: &'a std::path::Path) -> Vec<&'a str> {
-    let mut a = vec!["rotate"];
-    a.extend(both_contexts(step, m.kc()));
-    if step == "finish" {
-        a.push("--confirm");
-    } else {
-        a.extend(["--dir", p(dir)]);
-    }
-    a
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_rotation_step_interrupted_says_where_each_cluster_is_and_resumes() {
     let m = mesh_with_cacerts().await;
     let dir = m.dir.path().join("rotation");
-    let step = |s: &'static str| rotate_args(&m, s, &dir);
+    let step = |s: &'static str| m.rotate_args(s, &dir);
     // Reading east fails: nothing changes, and the message says so.
     outage(&m.east, Fault::Internal, "get", "secrets");
     let all = interrupted(&step("prepare")).await;
@@ -152,7 +131,7 @@ async fn each_rotation_step_interrupted_says_where_each_cluster_is_and_resumes()
 async fn a_rotation_step_never_overwrites_a_cacerts_changed_since_it_was_read() {
     let m = mesh_with_cacerts().await;
     let dir = m.dir.path().join("rotation");
-    let args = rotate_args(&m, "prepare", &dir);
+    let args = m.rotate_args("prepare", &dir);
     m.east.faults().inject(
         FaultRule::new(Fault::Unavailable)
             .verb("patch")

@@ -40,19 +40,13 @@ fn expected(other: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_creates_exactly_the_expected_objects_and_a_second_run_changes_nothing() {
     let m = mesh().await;
-    let (w0, e0) = (
-        settled_snapshot(&m.west).await,
-        settled_snapshot(&m.east).await,
-    );
+    let (w0, e0) = m.settled_snapshots().await;
     let out = m.join(&[]).await;
     assert!(
         out.contains("remote secret istio-remote-secret-west"),
         "{out}"
     );
-    let (w1, e1) = (
-        settled_snapshot(&m.west).await,
-        settled_snapshot(&m.east).await,
-    );
+    let (w1, e1) = m.settled_snapshots().await;
     let mut got = added(&w0, &w1);
     got.sort();
     assert_eq!(got, expected("east"));
@@ -109,10 +103,7 @@ async fn remote_secret_in_east_authenticates_against_west_and_lists_its_services
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_prints_every_object_per_cluster_and_changes_nothing() {
     let m = mesh().await;
-    let (w0, e0) = (
-        settled_snapshot(&m.west).await,
-        settled_snapshot(&m.east).await,
-    );
+    let (w0, e0) = m.settled_snapshots().await;
     let out = m.join(&["--dry-run"]).await;
     assert_eq!(snapshot(&m.west), w0);
     assert_eq!(snapshot(&m.east), e0);
@@ -138,10 +129,7 @@ async fn dry_run_prints_every_object_per_cluster_and_changes_nothing() {
     let v: serde_json::Value = serde_json::from_str(&json_out).unwrap();
     assert_eq!(v["clusters"].as_array().unwrap().len(), 2);
     m.join(&[]).await;
-    let (w1, e1) = (
-        settled_snapshot(&m.west).await,
-        settled_snapshot(&m.east).await,
-    );
+    let (w1, e1) = m.settled_snapshots().await;
     m.join(&["--dry-run", "--token-ttl", "1h"]).await;
     assert_eq!((snapshot(&m.west), snapshot(&m.east)), (w1, e1));
     // unjoin --dry-run too.
@@ -179,10 +167,7 @@ async fn unjoin_leaves_nothing_behind_and_keeps_unrelated_objects() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
-    let (w0, e0) = (
-        settled_snapshot(&m.west).await,
-        settled_snapshot(&m.east).await,
-    );
+    let (w0, e0) = m.settled_snapshots().await;
     m.join(&[]).await;
     let out = m.ok(&m.unjoin_args(&[])).await;
     assert!(out.contains("west: removed"), "{out}");
@@ -217,10 +202,7 @@ async fn unjoin_leaves_nothing_behind_and_keeps_unrelated_objects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expose_services_needs_the_gateway_crd_and_changes_nothing_without_it() {
     let m = mesh().await;
-    let (w0, e0) = (
-        settled_snapshot(&m.west).await,
-        settled_snapshot(&m.east).await,
-    );
+    let (w0, e0) = m.settled_snapshots().await;
     let mut args = m.join_certs_args(&["--allow-loopback-server", "--expose-services"]);
     let out = m.fails(&args).await;
     assert!(
@@ -281,10 +263,7 @@ async fn join_refused(m: &Mesh, kubeconfig: &Path, contexts: [&str; 2], extra: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_before_any_change() {
     let m = mesh().await;
-    let (w0, e0) = (
-        settled_snapshot(&m.west).await,
-        settled_snapshot(&m.east).await,
-    );
+    let (w0, e0) = m.settled_snapshots().await;
     let both = ["west", "east"];
     // (contexts, flags besides --allow-loopback-server, what the refusal says); a context
     // missing from the kubeconfig exits 1, wrong flags are usage errors (exit 2).
@@ -308,10 +287,9 @@ async fn bad_input_is_refused_before_any_change() {
         (&["--cluster-name", "east=East_1"], "DNS-1123"),
     ];
     for (extra, want) in cases {
-        let out =
-            meshctl(&m.join_certs_args(&[&["--allow-loopback-server"], extra].concat())).await;
-        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-        assert!(text(&out).contains(want), "{want}: {}", text(&out));
+        let t =
+            usage_error(&m.join_certs_args(&[&["--allow-loopback-server"], extra].concat())).await;
+        assert!(t.contains(want), "{want}: {t}");
     }
     // Loopback server without --allow-loopback-server: refused, with the fix.
     let out = join_refused(&m, &m.kubeconfig, both, &[]).await;
@@ -439,7 +417,7 @@ async fn label_network_and_gateway_install() {
         ns["metadata"]["labels"]["topology.istio.io/network"],
         "east-net"
     );
-    let out = meshctl(&[
+    let t = usage_error(&[
         "label-network",
         "bad net",
         "--kubeconfig",
@@ -448,12 +426,7 @@ async fn label_network_and_gateway_install() {
         "east",
     ])
     .await;
-    assert_eq!(out.status.code(), Some(2), "a usage error: {}", text(&out));
-    assert!(
-        text(&out).contains("not a valid label value"),
-        "{}",
-        text(&out)
-    );
+    assert!(t.contains("not a valid label value"), "{t}");
 
     m.ok(&[
         "gateway",

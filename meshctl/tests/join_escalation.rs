@@ -64,10 +64,7 @@ async fn maker_context(m: &Mesh, s: &k8s_test_server::TestApiServer, user: usize
 async fn join_names_the_reader_rules_a_context_cannot_grant_before_any_change() {
     let m = mesh().await;
     maker_context(&m, &m.east, 1, Value::Null).await;
-    let before = (
-        settled_snapshot(&m.west).await,
-        settled_snapshot(&m.east).await,
-    );
+    let before = m.settled_snapshots().await;
     let t = m.fails(&m.join_args(&[])).await;
     assert!(t.contains("context \"east\""), "{t}");
     assert!(

@@ -199,18 +199,13 @@ async fn keys_are_not_written_through_symlinked_or_shared_directories() {
 
     // A root to reuse in a shared directory is refused too (`--root-key`).
     std::fs::set_permissions(&ww, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = meshctl(&[
-        "certs",
-        "intermediate",
-        "--cluster",
+    let out = meshctl(&intermediate_args(
+        &ww.join("root-cert.pem"),
+        &ww.join("root-key.pem"),
         "west",
-        "--root-cert",
-        p(&ww.join("root-cert.pem")),
-        "--root-key",
-        p(&ww.join("root-key.pem")),
-        "--out",
-        p(&dir.path().join("west")),
-    ])
+        &dir.path().join("west"),
+        &[],
+    ))
     .await;
     let t = text(&out);
     assert!(!out.status.success(), "{t}");

@@ -8,46 +8,23 @@ mod common;
 use common::*;
 
 /// Runs meshctl and expects exit 2 with `want` in the message.
-async fn usage_error(args: &[&str], want: &str) {
-    let out = meshctl(args).await;
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{args:?}:\n{t}");
+async fn usage_error_saying(args: &[&str], want: &str) {
+    let t = usage_error(args).await;
     assert!(t.contains(want), "{args:?}: {want:?} not in:\n{t}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_flags_exit_2_and_change_nothing() {
     let m = mesh().await;
-    let before = (
-        settled_snapshot(&m.west).await,
-        settled_snapshot(&m.east).await,
-    );
+    let before = m.settled_snapshots().await;
     let kc = m.kc();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec![
-                "create-remote-secret",
-                "--kubeconfig",
-                kc,
-                "--context",
-                "west",
-                "--name",
-                "West_1",
-            ],
+            create_remote_secret_args(kc, "west", "West_1", &[]),
             "DNS-1123",
         ),
         (
-            vec![
-                "create-remote-secret",
-                "--kubeconfig",
-                kc,
-                "--context",
-                "west",
-                "--name",
-                "west",
-                "--server",
-                "https://localhost:6443",
-            ],
+            create_remote_secret_args(kc, "west", "west", &["--server", "https://localhost:6443"]),
             "loopback",
         ),
         (
@@ -109,21 +86,15 @@ async fn wrong_flags_exit_2_and_change_nothing() {
         ),
     ];
     for (args, want) in &cases {
-        usage_error(args, want).await;
+        usage_error_saying(args, want).await;
     }
-    assert_eq!(
-        (
-            settled_snapshot(&m.west).await,
-            settled_snapshot(&m.east).await
-        ),
-        before
-    );
+    assert_eq!(m.settled_snapshots().await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flag_error_comes_before_reading_files_or_clusters() {
     // A wrong flag with a kubeconfig that does not exist: the flag is named, exit 2.
-    usage_error(
+    usage_error_saying(
         &[
             "join",
             "--kubeconfig",
@@ -148,15 +119,7 @@ async fn failures_of_clusters_and_files_still_exit_1() {
     let kc = m.kc();
     for (args, want) in [
         (
-            vec![
-                "create-remote-secret",
-                "--kubeconfig",
-                kc,
-                "--context",
-                "north",
-                "--name",
-                "north",
-            ],
+            create_remote_secret_args(kc, "north", "north", &[]),
             "context \"north\" not found",
         ),
         (

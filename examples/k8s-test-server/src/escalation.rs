@@ -22,6 +22,7 @@
 
 use crate::auth::Identity;
 use crate::error::ApiError;
+use crate::field_errors::go_quote;
 use crate::rbac::{self, Attributes};
 use crate::store::Store;
 use serde_json::{Value, json};
@@ -107,13 +108,7 @@ pub(crate) fn check(store: &Store, id: &Identity, w: &RbacWrite<'_>) -> Result<(
             Ok(())
         }
         _ => {
-            let s = |k: &str| {
-                w.new
-                    .pointer(&format!("/roleRef/{k}"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-            };
-            let (kind, role) = (s("kind"), s("name"));
+            let (kind, role) = rbac::role_ref(w.new);
             let role_resource = match kind {
                 "ClusterRole" => "clusterroles",
                 "Role" => "roles",
@@ -195,16 +190,7 @@ struct Rule {
 
 impl Rule {
     fn from_json(v: &Value) -> Rule {
-        let l = |k: &str| -> Vec<String> {
-            v.get(k)
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let l = |k: &str| rbac::strs(v, k);
         Rule {
             groups: l("apiGroups"),
             resources: l("resources"),
@@ -344,26 +330,6 @@ fn confirm_no_escalation(id: &Identity, held: &[Value], wanted: &[Value]) -> Res
     ))
 }
 
-/// Go's `%q` of a string (`strconv.Quote`), for the characters names can hold.
-fn go_quote(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// Go's `%q` of a `[]string`: `["a" "b"]`.
 fn go_quote_list(l: &[String]) -> String {
     let items: Vec<String> = l.iter().map(|s| go_quote(s)).collect();
@@ -457,7 +423,6 @@ mod tests {
 
     #[test]
     fn go_quoting() {
-        assert_eq!(go_quote("a\"b\\c"), "\"a\\\"b\\\\c\"");
         assert_eq!(go_quote_list(&["x".into(), "".into()]), "[\"x\" \"\"]");
     }
 }

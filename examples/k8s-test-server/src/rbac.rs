@@ -26,7 +26,8 @@ pub struct Decision {
     pub reason: String,
 }
 
-fn strs(v: &Value, k: &str) -> Vec<String> {
+/// The strings of list `k` of a PolicyRule (or any object); none if it is missing.
+pub(crate) fn strs(v: &Value, k: &str) -> Vec<String> {
     v.get(k)
         .and_then(Value::as_array)
         .map(|a| {
@@ -35,6 +36,17 @@ fn strs(v: &Value, k: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A binding's `roleRef` as (kind, name); "" for what is missing.
+pub(crate) fn role_ref(binding: &Value) -> (&str, &str) {
+    let s = |k: &str| {
+        binding
+            .pointer(&format!("/roleRef/{k}"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    };
+    (s("kind"), s("name"))
 }
 
 fn has(list: &[String], want: &str) -> bool {
@@ -148,15 +160,6 @@ fn grants(st: &State, id: &Identity, namespace: &str) -> Vec<Grant> {
             .and_then(Value::as_array)
             .is_some_and(|subjects| subjects.iter().any(|s| subject_matches(s, id, ns)))
     };
-    let role_ref = |b: &Value| {
-        let s = |k: &str| {
-            b.pointer(&format!("/roleRef/{k}"))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string()
-        };
-        (s("kind"), s("name"))
-    };
     let mut out = Vec::new();
     for (k, b) in objects_of(st, "clusterrolebindings") {
         let (kind, role) = role_ref(b);
@@ -168,7 +171,7 @@ fn grants(st: &State, id: &Identity, namespace: &str) -> Vec<Grant> {
                 "ClusterRoleBinding \"{}\" of ClusterRole \"{role}\"",
                 k.name
             ),
-            rules: role_rules("ClusterRole", "", &role),
+            rules: role_rules("ClusterRole", "", role),
         });
     }
     if namespace.is_empty() {
@@ -184,7 +187,7 @@ fn grants(st: &State, id: &Identity, namespace: &str) -> Vec<Grant> {
                 "RoleBinding \"{}/{}\" of {kind} \"{role}\"",
                 k.namespace, k.name
             ),
-            rules: role_rules(&kind, &k.namespace, &role),
+            rules: role_rules(kind, &k.namespace, role),
         });
     }
     out

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{admin_client, client_from_yaml, init, status_code};
+use common::{admin_client, client_from_yaml, init, obj, status_code};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -18,10 +18,6 @@ use kube::discovery::Discovery;
 use serde_json::json;
 use std::time::Duration;
 use testkit::wait::eventually_some;
-
-fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_value(v).expect("valid object")
-}
 
 #[tokio::test]
 async fn version_and_discovery() {

@@ -5,52 +5,46 @@
 
 mod common;
 
-use common::{admin_client, client_from_yaml, init, status_code};
+use common::{obj, role_and_binding, server_with, service_account_client, status_code};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_test_server::TestApiServer;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use testkit::kube_client::service_account_token;
 
 const RBAC: &str = "rbac.authorization.k8s.io/v1";
 
-fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("valid object")
-}
+/// ServiceAccount `team/maker`, the writer in these tests.
+const MAKER: (&str, &str) = ("team", "maker");
 
 /// A server where ServiceAccount `team/maker` may write every RBAC object and list
 /// Services (cluster-wide), and get ConfigMaps in `team` (a RoleBinding); its client.
 async fn server_with_maker(name: &str) -> (TestApiServer, Client) {
-    init();
-    let server = TestApiServer::start(name).await.unwrap();
-    let s = server.store();
-    for o in [
+    let maker_rules = json!([
+        {"apiGroups": ["rbac.authorization.k8s.io"],
+         "resources": ["clusterroles", "roles", "clusterrolebindings", "rolebindings"],
+         "verbs": ["get", "create", "update", "patch"]},
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}]);
+    let cm_rules = json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]);
+    let objects = [
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}}),
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}}),
         json!({"apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": {"name": "maker", "namespace": "team"}}),
-        json!({"apiVersion": RBAC, "kind": "ClusterRole", "metadata": {"name": "maker"},
-            "rules": [
-                {"apiGroups": ["rbac.authorization.k8s.io"],
-                 "resources": ["clusterroles", "roles", "clusterrolebindings", "rolebindings"],
-                 "verbs": ["get", "create", "update", "patch"]},
-                {"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}]}),
-        json!({"apiVersion": RBAC, "kind": "ClusterRoleBinding", "metadata": {"name": "maker"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "maker"},
-            "subjects": [{"kind": "ServiceAccount", "name": "maker", "namespace": "team"}]}),
-        json!({"apiVersion": RBAC, "kind": "Role", "metadata": {"name": "cm", "namespace": "team"},
-            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]}),
-        json!({"apiVersion": RBAC, "kind": "RoleBinding", "metadata": {"name": "cm", "namespace": "team"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cm"},
-            "subjects": [{"kind": "ServiceAccount", "name": "maker", "namespace": "team"}]}),
-    ] {
-        s.create(o).unwrap();
-    }
-    let admin = admin_client(&server).await;
-    let token = service_account_token(&admin, "team", "maker", &[], Some(3600)).await;
-    let maker = client_from_yaml(&server.kubeconfig_with_token(name, &token)).await;
+    ]
+    .into_iter()
+    .chain(role_and_binding(None, "maker", maker_rules, MAKER))
+    .chain(role_and_binding(Some("team"), "cm", cm_rules, MAKER));
+    let (server, admin) = server_with(name, objects).await;
+    let maker = service_account_client(&server, &admin, MAKER.0, MAKER.1).await;
     (server, maker)
+}
+
+/// Grants the maker the ClusterRole `name` with `rules` (stored without HTTP).
+fn grant_maker(server: &TestApiServer, name: &str, rules: Value) {
+    for o in role_and_binding(None, name, rules, MAKER) {
+        server.store().create(o).unwrap();
+    }
 }
 
 fn forbidden_message(e: &kube::Error) -> String {
@@ -158,17 +152,12 @@ async fn a_role_granting_rules_the_writer_lacks_is_forbidden_on_every_write_path
         .unwrap();
 
     // `escalate` on clusterroles lifts the check.
-    server
-        .store()
-        .create(json!({"apiVersion": RBAC, "kind": "ClusterRole", "metadata": {"name": "escalate"},
-            "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["escalate"]}]}))
-        .unwrap();
-    server
-        .store()
-        .create(json!({"apiVersion": RBAC, "kind": "ClusterRoleBinding", "metadata": {"name": "escalate"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "escalate"},
-            "subjects": [{"kind": "ServiceAccount", "name": "maker", "namespace": "team"}]}))
-        .unwrap();
+    grant_maker(
+        &server,
+        "escalate",
+        json!([{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
+            "verbs": ["escalate"]}]),
+    );
     roles.create(&pp, &obj(reader)).await.unwrap();
 }
 
@@ -254,20 +243,12 @@ async fn a_binding_needs_the_roles_rules_or_bind_on_the_role() {
     assert_eq!(status_code(&err), Some(403));
 
     // `bind` on that one ClusterRole lifts the check for bindings to it.
-    server
-        .store()
-        .create(
-            json!({"apiVersion": RBAC, "kind": "ClusterRole", "metadata": {"name": "bind-admin"},
-            "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
-                       "resourceNames": ["cluster-admin"], "verbs": ["bind"]}]}),
-        )
-        .unwrap();
-    server
-        .store()
-        .create(json!({"apiVersion": RBAC, "kind": "ClusterRoleBinding", "metadata": {"name": "bind-admin"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "bind-admin"},
-            "subjects": [{"kind": "ServiceAccount", "name": "maker", "namespace": "team"}]}))
-        .unwrap();
+    grant_maker(
+        &server,
+        "bind-admin",
+        json!([{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
+            "resourceNames": ["cluster-admin"], "verbs": ["bind"]}]),
+    );
     crbs.create(&pp, &binding("me-admin", "cluster-admin"))
         .await
         .unwrap();

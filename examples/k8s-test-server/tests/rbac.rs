@@ -2,9 +2,8 @@
 
 mod common;
 
-use common::{admin_client, client_from_yaml, init, status_code};
+use common::{admin_client, client_from_yaml, filled_token_secret, init, obj, status_code};
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_test_server::TestApiServer;
@@ -12,11 +11,8 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, Discovery};
 use serde_json::{Value, json};
 use std::time::Duration;
+use testkit::kube_client::self_access;
 use testkit::wait::eventually_some;
-
-fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_value(v).expect("valid object")
-}
 
 /// A test server `name` and its admin client, with a ServiceAccount `reader` in
 /// `istio-system` that may get/list/watch services only.
@@ -106,14 +102,16 @@ async fn token_request(admin: &Client, secs: i64) -> TokenRequest {
 }
 
 async fn ssar(client: &Client, verb: &str, resource: &str, ns: &str) -> bool {
-    let review: SelfSubjectAccessReview = obj(
-        json!({"spec": {"resourceAttributes": {"verb": verb, "resource": resource, "namespace": ns, "group": if resource == "endpointslices" { "discovery.k8s.io" } else { "" }}}}),
-    );
-    let out = Api::<SelfSubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
-        .await
-        .unwrap();
-    out.status.unwrap().allowed
+    let group = if resource == "endpointslices" {
+        "discovery.k8s.io"
+    } else {
+        ""
+    };
+    self_access(
+        client,
+        json!({"verb": verb, "resource": resource, "namespace": ns, "group": group}),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -274,21 +272,7 @@ async fn token_controller_fills_service_account_token_secrets() {
             .as_ref()
             .is_none_or(|d| !d.contains_key("token"))
     );
-    let filled = eventually_some(
-        "the token controller to fill reader-token",
-        Duration::from_secs(5),
-        || {
-            let secrets = secrets.clone();
-            async move {
-                secrets
-                    .get("reader-token")
-                    .await
-                    .ok()
-                    .filter(|s| s.data.as_ref().is_some_and(|d| d.contains_key("token")))
-            }
-        },
-    )
-    .await;
+    let filled = filled_token_secret(&secrets, "reader-token").await;
     let data = filled.data.unwrap();
     assert_eq!(
         String::from_utf8(data["ca.crt"].0.clone()).unwrap(),

@@ -5,39 +5,27 @@
 
 mod common;
 
-use common::{admin_client, client_from_yaml, init, status_code};
+use common::{role_and_binding, server_with, service_account_client, status_code};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_test_server::TestApiServer;
 use kube::Client;
 use kube::api::{Api, ListParams, WatchParams};
 use serde_json::json;
-use testkit::kube_client::service_account_token;
-
-const RBAC: &str = "rbac.authorization.k8s.io/v1";
 
 /// A server whose ServiceAccount `team/app` is granted `rules` in `team`; its client.
 async fn app_with_rules(name: &str, rules: serde_json::Value) -> (TestApiServer, Client) {
-    init();
-    let server = TestApiServer::start(name).await.unwrap();
-    let s = server.store();
-    for o in [
+    let objects = [
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}}),
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app", "namespace": "team"}}),
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cacerts", "namespace": "team"}}),
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "other", "namespace": "team"}}),
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "team"},
             "spec": {"containers": [{"name": "c", "image": "i"}]}}),
-        json!({"apiVersion": RBAC, "kind": "Role", "metadata": {"name": "app", "namespace": "team"},
-            "rules": rules}),
-        json!({"apiVersion": RBAC, "kind": "RoleBinding", "metadata": {"name": "app", "namespace": "team"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "app"},
-            "subjects": [{"kind": "ServiceAccount", "name": "app", "namespace": "team"}]}),
-    ] {
-        s.create(o).unwrap();
-    }
-    let admin = admin_client(&server).await;
-    let token = service_account_token(&admin, "team", "app", &[], Some(3600)).await;
-    let app = client_from_yaml(&server.kubeconfig_with_token(name, &token)).await;
+    ]
+    .into_iter()
+    .chain(role_and_binding(Some("team"), "app", rules, ("team", "app")));
+    let (server, admin) = server_with(name, objects).await;
+    let app = service_account_client(&server, &admin, "team", "app").await;
     (server, app)
 }
 

@@ -4,19 +4,14 @@
 
 mod common;
 
-use common::{admin_client, init, status_code};
+use common::{obj, started, status_code};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
-use k8s_test_server::TestApiServer;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-
-fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("valid object")
-}
 
 /// The code and message of a refused write.
 fn refused<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> (u16, String) {
@@ -35,9 +30,8 @@ fn deployment(selector: Value) -> Value {
 
 #[tokio::test]
 async fn deployments_need_a_matching_selector_that_never_changes() {
-    init();
-    let server = TestApiServer::start("deploy").await.unwrap();
-    let deps: Api<Deployment> = Api::default_namespaced(admin_client(&server).await);
+    let (_server, client) = started("deploy").await;
+    let deps: Api<Deployment> = Api::default_namespaced(client);
     let ssa = PatchParams::apply("meshctl").force();
 
     let e = refused(
@@ -101,9 +95,7 @@ async fn deployments_need_a_matching_selector_that_never_changes() {
 
 #[tokio::test]
 async fn bindings_keep_their_role_and_budgets_and_autoscalers_their_bounds() {
-    init();
-    let server = TestApiServer::start("rbac-scale").await.unwrap();
-    let client = admin_client(&server).await;
+    let (_server, client) = started("rbac-scale").await;
     let ssa = PatchParams::apply("meshctl").force();
 
     let crbs: Api<ClusterRoleBinding> = Api::all(client.clone());
@@ -177,9 +169,7 @@ async fn bindings_keep_their_role_and_budgets_and_autoscalers_their_bounds() {
 
 #[tokio::test]
 async fn applies_are_checked_before_they_are_merged() {
-    init();
-    let server = TestApiServer::start("apply-checks").await.unwrap();
-    let client = admin_client(&server).await;
+    let (_server, client) = started("apply-checks").await;
     let ssa = PatchParams::apply("meshctl").force();
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}});

@@ -4,46 +4,33 @@
 
 mod common;
 
-use common::{admin_client, client_from_yaml, init, status_code};
+use common::{
+    client_from_yaml, filled_token_secret, obj, role_and_binding, server_with, status_code,
+};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenReview};
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_test_server::TestApiServer;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::Duration;
-use testkit::kube_client::service_account_token;
-use testkit::wait::eventually_some;
-
-fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("valid object")
-}
+use testkit::kube_client::{service_account_token, token_claims};
 
 /// A server with ServiceAccount `app` in `apps`, allowed to list Services.
 async fn server_with_app(name: &str) -> (TestApiServer, Client) {
-    init();
-    let server = TestApiServer::start(name).await.unwrap();
-    let s = server.store();
-    s.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}}))
-        .unwrap();
-    s.create(json!({"apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": "app", "namespace": "apps"}}))
-        .unwrap();
-    s.create(
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": "svc"},
-        "rules": [{"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}]}),
-    )
-    .unwrap();
-    s.create(
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "svc"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "svc"},
-        "subjects": [{"kind": "ServiceAccount", "name": "app", "namespace": "apps"}]}),
-    )
-    .unwrap();
-    let admin = admin_client(&server).await;
-    (server, admin)
+    let objects = [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "app", "namespace": "apps"}}),
+    ]
+    .into_iter()
+    .chain(role_and_binding(
+        None,
+        "svc",
+        json!([{"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}]),
+        ("apps", "app"),
+    ));
+    server_with(name, objects).await
 }
 
 async fn list_services(server: &TestApiServer, token: &str) -> Result<(), Option<u16>> {
@@ -130,19 +117,8 @@ async fn a_deleted_token_secret_revokes_its_token_after_the_cache_entry() {
         )
         .await
         .unwrap();
-    let filled = eventually_some("the token controller", Duration::from_secs(5), || {
-        let secrets = secrets.clone();
-        async move {
-            secrets
-                .get("app-token")
-                .await
-                .ok()
-                .and_then(|s| s.data)
-                .and_then(|d| d.get("token").cloned())
-        }
-    })
-    .await;
-    let token = String::from_utf8(filled.0).unwrap();
+    let filled = filled_token_secret(&secrets, "app-token").await;
+    let token = String::from_utf8(filled.data.unwrap()["token"].0.clone()).unwrap();
     assert_eq!(list_services(&server, &token).await, Ok(()));
     secrets
         .delete("app-token", &DeleteParams::default())
@@ -193,16 +169,8 @@ async fn a_bound_token_dies_with_its_object() {
 
     let token = bound_token(&admin, "Secret", "anchor", &uid).await.unwrap();
     // Its claims name the object, as the real token's do.
-    use base64::Engine as _;
-    let payload = token.split('.').nth(1).unwrap();
-    let claims: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
     assert_eq!(
-        claims["kubernetes.io"]["secret"],
+        token_claims(&token)["kubernetes.io"]["secret"],
         json!({"name": "anchor", "uid": uid})
     );
     assert_eq!(list_services(&server, &token).await, Ok(()));

@@ -4,17 +4,13 @@
 
 mod common;
 
-use common::{admin_client, init};
+use common::{admin_client, init, obj};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_test_server::TestApiServer;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::Status;
 use serde_json::json;
-
-fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-    serde_json::from_value(v).expect("valid object")
-}
 
 /// The 422 Invalid Status of a refused write.
 fn invalid<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> Status {

@@ -1,8 +1,10 @@
 //! kube-rs clients for tests: a `kube::Client` from a kubeconfig's YAML text (as the
-//! Kubernetes API test server or `meshctl create-remote-secret` writes it), and a
-//! ServiceAccount's token from the TokenRequest API.
+//! Kubernetes API test server or `meshctl create-remote-secret` writes it), a
+//! ServiceAccount's token from the TokenRequest API and its claims, and what a client may do
+//! (SelfSubjectAccessReview).
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Client;
 use kube::api::{Api, PostParams};
@@ -48,4 +50,32 @@ pub async fn service_account_token(
         .expect("TokenRequest status")
         .token
         .expect("a token")
+}
+
+/// The claims of a JWT (a ServiceAccount token), unverified. Panics (the test fails) when
+/// `token` is not three dot-separated parts with a base64url JSON payload.
+pub fn token_claims(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .expect("the JWT payload is base64url");
+    serde_json::from_slice(&json).expect("the JWT payload is JSON")
+}
+
+/// Whether `client` may do what `resource_attributes` describes (`verb`, `resource`, and
+/// optionally `group`, `namespace`, `name`, ...): a SelfSubjectAccessReview's `allowed`.
+/// Panics (the test fails) when the server refuses the review.
+pub async fn self_access(client: &Client, resource_attributes: serde_json::Value) -> bool {
+    let review: SelfSubjectAccessReview = serde_json::from_value(
+        serde_json::json!({"spec": {"resourceAttributes": resource_attributes}}),
+    )
+    .expect("a SelfSubjectAccessReview");
+    Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SelfSubjectAccessReview")
+        .status
+        .expect("SelfSubjectAccessReview status")
+        .allowed
 }

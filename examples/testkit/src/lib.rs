@@ -13,8 +13,9 @@
 //! - [`net`]: free loopback ports.
 //! - [`ca`]: a certificate-service test server standing in for istiod's CA.
 //! - [`hbone`]: HBONE doubles: a client ztunnel, a destination ztunnel and its app.
-//! - `kube_client` (feature `kube`): a kube-rs `Client` from a kubeconfig's YAML, and a
-//!   ServiceAccount's token from the TokenRequest API.
+//! - `kube_client` (feature `kube`): a kube-rs `Client` from a kubeconfig's YAML, a
+//!   ServiceAccount's token from the TokenRequest API and its claims, and a
+//!   SelfSubjectAccessReview's answer.
 //!
 //! Nothing here is used by a product binary.
 
