@@ -18,7 +18,9 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, header};
 use serde_json::json;
 
-const MAX_BODY: usize = 64 << 20;
+/// kube-apiserver's `MaxRequestBodyBytes` (`apiserver/pkg/server/config.go`, 3 MiB): a longer
+/// body is refused with 413 (`endpoints/handlers/rest.go`, `limitedReadBody`).
+const MAX_BODY: usize = 3 << 20;
 
 /// Handles one request.
 pub(crate) async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
@@ -89,6 +91,13 @@ pub(crate) async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> 
         .to_string();
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return error_response(&ApiError::new(
+                413,
+                "RequestEntityTooLarge",
+                format!("Request entity too large: limit is {MAX_BODY}"),
+            ));
+        }
         Err(e) => {
             return error_response(&ApiError::bad_request(format!("reading request body: {e}")));
         }
