@@ -146,10 +146,11 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         let addr = hbone_listener
             .local_addr()
             .map_err(|e| BuildError::Bind(cfg.hbone_listen.unwrap_or(cfg.listen), e))?;
+        // Plain values (a field left out when unknown), not Rust's `Some("…")`.
         tracing::info!(
             hbone_addr = %addr,
-            spiffe_id = ?identity.spiffe_id(),
-            trust_domains = ?cfg.trust_domains,
+            spiffe_id = identity.spiffe_id().as_deref(),
+            trust_domains = %cfg.trust_domains.join(","),
             "HBONE listener on"
         );
         match ca {
@@ -204,7 +205,13 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
         );
     }
     tokio::spawn(admin.serve(admin_listener, Scope::Admin, stop_background.clone()));
-    tracing::info!(%listen_addr, %admin_addr, status_addr = ?status_addr, hbone_addr = ?hbone_addr, "gateway listening");
+    tracing::info!(
+        %listen_addr,
+        %admin_addr,
+        status_addr = status_addr.map(tracing::field::display),
+        hbone_addr = hbone_addr.map(tracing::field::display),
+        "gateway listening"
+    );
     Ok(Bound {
         listen_addr,
         admin_addr,

@@ -234,14 +234,38 @@ impl Default for Config {
     }
 }
 
-/// A positive duration of at most a year: zero would reject or cut every connection, and
-/// absurd values would overflow deadline arithmetic.
-fn duration(s: &str) -> Result<Duration, String> {
+/// A duration of at least `MIN_MS` milliseconds (each flag's own floor: below it a value only
+/// burns CPU, floods the log or cuts every connection) and at most a year (absurd values would
+/// overflow deadline arithmetic).
+fn duration<const MIN_MS: u64>(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 10s, 1h)"))?;
-    if d.is_zero() || d > Duration::from_secs(365 * 24 * 3600) {
-        return Err(format!("{s:?} must be more than 0 and at most 365 days"));
+    let min = Duration::from_millis(MIN_MS);
+    if d < min {
+        return Err(format!(
+            "below this flag's minimum, {}",
+            humantime::format_duration(min)
+        ));
+    }
+    if d > Duration::from_secs(365 * 24 * 3600) {
+        return Err("more than this flag's maximum, 365 days".into());
     }
     Ok(d)
+}
+
+/// A namespace name: a DNS-1123 label, as Kubernetes requires of one
+/// (`staging/src/k8s.io/apimachinery/pkg/api/validation/generic.go`: `ValidateNamespaceName =
+/// NameIsDNSLabel`). An empty value passes to [`Args::check`]: alone it means every namespace,
+/// as unset does (`GATEWAY_NAMESPACES=""` from a template with no namespaces).
+fn namespace(s: &str) -> Result<String, String> {
+    if s.is_empty() || crate::sni_name::is_dns1123_label(s) {
+        Ok(s.to_string())
+    } else {
+        Err(
+            "not a namespace name: at most 63 lower-case letters, digits and '-', starting and \
+             ending with a letter or digit (e.g. istio-system)"
+                .into(),
+        )
+    }
 }
 
 /// An address, or `off`.
@@ -319,8 +343,9 @@ pub struct Args {
     /// Kubeconfig context.
     #[arg(long, env = "GATEWAY_CONTEXT")]
     pub context: Option<String>,
-    /// Namespace to watch (repeatable; default all).
-    #[arg(long = "namespace", env = "GATEWAY_NAMESPACES", value_delimiter = ',')]
+    /// Namespace to watch (repeatable, or comma-separated in GATEWAY_NAMESPACES; default all;
+    /// an empty value alone means all too).
+    #[arg(long = "namespace", env = "GATEWAY_NAMESPACES", value_delimiter = ',', value_parser = namespace)]
     pub namespaces: Vec<String>,
     /// Cluster DNS domain of service hosts.
     #[arg(long, env = "GATEWAY_CLUSTER_DOMAIN", default_value = "cluster.local")]
@@ -334,17 +359,17 @@ pub struct Args {
     /// Most bytes buffered while reading the ClientHello.
     #[arg(long, env = "GATEWAY_MAX_HELLO_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(512..=1_048_576))]
     pub max_hello_bytes: u32,
-    /// Time allowed for the PROXY header and ClientHello to arrive.
-    #[arg(long, env = "GATEWAY_DETECT_TIMEOUT", default_value = "10s", value_parser = duration)]
+    /// Time allowed for the PROXY header and ClientHello to arrive (at least 100ms).
+    #[arg(long, env = "GATEWAY_DETECT_TIMEOUT", default_value = "10s", value_parser = duration::<100>)]
     pub detect_timeout: Duration,
-    /// Upstream connect timeout, per attempt.
-    #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT", default_value = "1s", value_parser = duration)]
+    /// Upstream connect timeout, per attempt (at least 10ms).
+    #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT", default_value = "1s", value_parser = duration::<10>)]
     pub connect_timeout: Duration,
     /// Endpoints tried before giving up on a connection.
     #[arg(long, env = "GATEWAY_CONNECT_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub connect_attempts: u32,
-    /// Close a forwarded connection after this long without bytes either way.
-    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value = "1h", value_parser = duration)]
+    /// Close a forwarded connection after this long without bytes either way (at least 1s).
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value = "1h", value_parser = duration::<1000>)]
     pub idle_timeout: Duration,
     /// Move bulk streams with splice(2), without copying them through the gateway. `false`
     /// copies every byte: splicing holds the sender's pages until the receiver has read
@@ -371,19 +396,19 @@ pub struct Args {
     #[arg(long, env = "GATEWAY_OUTLIER_FAILURES", default_value_t = 5)]
     pub outlier_failures: u32,
     /// First ejection time; repeated ejections last longer.
-    #[arg(long, env = "GATEWAY_OUTLIER_BASE_EJECTION", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "GATEWAY_OUTLIER_BASE_EJECTION", default_value = "30s", value_parser = duration::<1>)]
     pub outlier_base_ejection: Duration,
-    /// Longest single ejection.
-    #[arg(long, env = "GATEWAY_OUTLIER_MAX_EJECTION", default_value = "5m", value_parser = duration)]
+    /// Longest single ejection; at least --outlier-base-ejection.
+    #[arg(long, env = "GATEWAY_OUTLIER_MAX_EJECTION", default_value = "5m", value_parser = duration::<1>)]
     pub outlier_max_ejection: Duration,
     /// Most endpoints of one service ejected at once, in percent (at least one).
     #[arg(long, env = "GATEWAY_OUTLIER_MAX_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub outlier_max_percent: u8,
     /// After SIGTERM, keep accepting this long while readiness fails.
-    #[arg(long, env = "GATEWAY_DRAIN_GRACE", default_value = "5s", value_parser = duration)]
+    #[arg(long, env = "GATEWAY_DRAIN_GRACE", default_value = "5s", value_parser = duration::<1>)]
     pub drain_grace: Duration,
     /// Then let open connections finish for up to this long.
-    #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration)]
+    #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT", default_value = "20s", value_parser = duration::<1>)]
     pub drain_timeout: Duration,
     /// Address of the HBONE listener (ambient east-west, mTLS + HTTP/2 CONNECT), as --listen,
     /// or `off`. It also needs a certificate: --hbone-certs or --ca-root.
@@ -407,11 +432,11 @@ pub struct Args {
     /// connection is refused (before its TLS handshake when that is already known).
     #[arg(long, env = "GATEWAY_HBONE_MAX_CONNECTIONS", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub hbone_max_connections: u32,
-    /// Send GOAWAY on an HBONE connection that has carried no tunnel this long.
-    #[arg(long, env = "GATEWAY_HBONE_IDLE_TIMEOUT", default_value = "10m", value_parser = duration)]
+    /// Send GOAWAY on an HBONE connection that has carried no tunnel this long (at least 1s).
+    #[arg(long, env = "GATEWAY_HBONE_IDLE_TIMEOUT", default_value = "10m", value_parser = duration::<1000>)]
     pub hbone_idle_timeout: Duration,
-    /// How often the HBONE certificate files are checked for a change.
-    #[arg(long, env = "GATEWAY_HBONE_CERT_POLL", default_value = "5s", value_parser = duration)]
+    /// How often the HBONE certificate files are checked for a change (at least 100ms).
+    #[arg(long, env = "GATEWAY_HBONE_CERT_POLL", default_value = "5s", value_parser = duration::<100>)]
     pub hbone_cert_poll: Duration,
     /// Get the HBONE certificate from istiod, trusting the root(s) in this PEM file for
     /// istiod's TLS (the istio-ca-root-cert ConfigMap's root-cert.pem); also the roots that
@@ -427,8 +452,9 @@ pub struct Args {
     /// The cluster istiod checks the token against (its `clusterid` header).
     #[arg(long, env = "GATEWAY_CLUSTER_ID", default_value = CaConfig::DEFAULT_CLUSTER_ID)]
     pub cluster_id: String,
-    /// Validity asked of istiod for the HBONE certificate; renewed at half its lifetime.
-    #[arg(long, env = "GATEWAY_HBONE_CERT_LIFETIME", default_value = "24h", value_parser = duration)]
+    /// Validity asked of istiod for the HBONE certificate, in whole seconds; renewed at half
+    /// its lifetime (at least 1m).
+    #[arg(long, env = "GATEWAY_HBONE_CERT_LIFETIME", default_value = "24h", value_parser = duration::<60000>)]
     pub hbone_cert_lifetime: Duration,
     /// Worker threads. Default: $TOKIO_WORKER_THREADS when set, else the CPUs this process
     /// may use (a cgroup CPU quota counts). One worker runs the single-threaded scheduler.
@@ -449,6 +475,22 @@ impl Args {
                 self.max_undecided_bytes, self.max_hello_bytes
             ));
         }
+        if self.outlier_max_ejection < self.outlier_base_ejection {
+            return Err(format!(
+                "--outlier-max-ejection ({}) is shorter than --outlier-base-ejection ({}): the \
+                 longest ejection cannot be shorter than the first; raise the one or lower the \
+                 other",
+                humantime::format_duration(self.outlier_max_ejection),
+                humantime::format_duration(self.outlier_base_ejection)
+            ));
+        }
+        if self.namespaces.len() > 1 && self.namespaces.iter().any(String::is_empty) {
+            return Err(format!(
+                "--namespace (or GATEWAY_NAMESPACES) {:?} has an empty name in the list: remove \
+                 the extra comma (give no namespace at all to watch every one)",
+                self.namespaces.join(",")
+            ));
+        }
         if self.hbone_certs.is_some() && self.ca_root.is_some() {
             return Err(
                 "--hbone-certs and --ca-root both name a source of the HBONE certificate: give \
@@ -465,7 +507,12 @@ impl Args {
             None => Discovery::Kubernetes(KubeOptions {
                 kubeconfig: self.kubeconfig,
                 context: self.context,
-                namespaces: self.namespaces,
+                // `[""]` (an empty value) is every namespace, as none is.
+                namespaces: self
+                    .namespaces
+                    .into_iter()
+                    .filter(|n| !n.is_empty())
+                    .collect(),
                 cluster_domain: self.cluster_domain,
                 ..KubeOptions::default()
             }),
@@ -668,6 +715,114 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a SPIFFE trust domain"), "{e}");
+    }
+
+    fn parse_with(extra: &[&str]) -> Result<Args, String> {
+        let mut argv = vec!["gateway", "--kubeconfig", "k"];
+        argv.extend_from_slice(extra);
+        let args = Args::try_parse_from(argv).map_err(|e| e.to_string())?;
+        args.check()?;
+        Ok(args)
+    }
+
+    /// An empty or malformed namespace listed `/api/v1/namespaces//services` and failed
+    /// forever; now a namespace is a DNS-1123 label, and an empty value alone means all.
+    #[test]
+    fn namespaces_are_kubernetes_names() {
+        let namespaces = |extra: &[&str]| match parse_with(extra).map(Args::into_config) {
+            Ok(Config {
+                discovery: Discovery::Kubernetes(k),
+                ..
+            }) => Ok(k.namespaces),
+            Ok(_) => unreachable!(),
+            Err(e) => Err(e),
+        };
+        assert_eq!(namespaces(&[]).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            namespaces(&["--namespace", ""]).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            namespaces(&["--namespace", "shop,istio-system", "--namespace", "a1"]).unwrap(),
+            ["shop", "istio-system", "a1"]
+        );
+        for bad in ["BAD NS", "Shop", "-a", "a-", "a.b", &"a".repeat(64)] {
+            let e = namespaces(&[&format!("--namespace={bad}")]).unwrap_err();
+            assert!(
+                e.contains("not a namespace name") && e.contains("--namespace"),
+                "{bad:?}: {e}"
+            );
+        }
+        for bad in ["a,,b", "a,", ",a"] {
+            let e = namespaces(&["--namespace", bad]).unwrap_err();
+            assert!(e.contains("empty name in the list"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn outlier_max_ejection_is_at_least_the_base() {
+        let e = parse_with(&[
+            "--outlier-base-ejection",
+            "1h",
+            "--outlier-max-ejection",
+            "1s",
+        ])
+        .unwrap_err();
+        assert!(
+            e.contains("--outlier-max-ejection (1s)") && e.contains("--outlier-base-ejection (1h)"),
+            "{e}"
+        );
+        assert!(
+            parse_with(&[
+                "--outlier-base-ejection",
+                "1m",
+                "--outlier-max-ejection",
+                "1m"
+            ])
+            .is_ok()
+        );
+    }
+
+    /// `--hbone-cert-poll 1ns` re-read the files every millisecond, `--hbone-cert-lifetime
+    /// 1ms` asked istiod for 0 s: each duration flag has a floor.
+    #[test]
+    fn durations_have_a_floor() {
+        let floors = [
+            ("--detect-timeout", "99ms", "100ms"),
+            ("--connect-timeout", "9ms", "10ms"),
+            ("--idle-timeout", "999ms", "1s"),
+            ("--outlier-base-ejection", "999us", "1ms"),
+            ("--outlier-max-ejection", "999us", "1ms"),
+            ("--drain-grace", "1ns", "1ms"),
+            ("--drain-timeout", "1ns", "1ms"),
+            ("--hbone-idle-timeout", "999ms", "1s"),
+            ("--hbone-cert-poll", "1ns", "100ms"),
+            ("--hbone-cert-lifetime", "59s", "1m"),
+        ];
+        for (flag, below, floor) in floors {
+            let e = parse_with(&[flag, below]).unwrap_err();
+            assert!(
+                e.contains(flag) && e.contains(&format!("minimum, {floor}")),
+                "{flag}: {e}"
+            );
+            // The base may not be longer than the longest ejection.
+            let mut args = vec![flag, floor];
+            if flag != "--outlier-base-ejection" {
+                args.extend(["--outlier-base-ejection", "1ms"]);
+            }
+            parse_with(&args).unwrap_or_else(|e| panic!("{flag} {floor}: {e}"));
+            let e = parse_with(&[flag, "400days"]).unwrap_err();
+            assert!(e.contains("365 days"), "{flag}: {e}");
+        }
+        // Every duration flag is in the list above.
+        let listed: Vec<&str> = floors.iter().map(|f| f.0).collect();
+        for arg in Args::command().get_arguments() {
+            let default = arg.get_default_values().first().and_then(|d| d.to_str());
+            if default.is_some_and(|d| humantime::parse_duration(d).is_ok()) {
+                let flag = format!("--{}", arg.get_long().unwrap());
+                assert!(listed.contains(&flag.as_str()), "{flag} has no floor test");
+            }
+        }
     }
 
     /// `KUBECONFIG`, as every Kubernetes tool reads it, decides the credentials when no

@@ -166,7 +166,8 @@ fn check_host_field(host: &str) -> Result<(), NameError> {
 }
 
 /// Checks that `subset` is a non-empty subset name an SNI name can carry: a DNS-1123 label,
-/// case ignored as in [`parse`].
+/// case ignored as in [`parse`] (Istio allows upper case in subset names, and sidecars send
+/// it). Discovery keeps names lower-cased, as [`parse`] yields them.
 pub fn validate_subset(subset: &str) -> Result<(), NameError> {
     if is_dns1123_label(&subset.to_ascii_lowercase()) {
         Ok(())
@@ -205,8 +206,9 @@ fn parse_port(s: &str) -> Option<u16> {
     canonical.then(|| s.parse().ok()).flatten()
 }
 
-/// A DNS-1123 label: 1–63 of `[a-z0-9-]`, starting and ending alphanumeric.
-fn is_dns1123_label(s: &str) -> bool {
+/// A DNS-1123 label: 1–63 of `[a-z0-9-]`, starting and ending alphanumeric (lower case only,
+/// as Kubernetes' `IsDNS1123Label`, the rule for namespace names).
+pub fn is_dns1123_label(s: &str) -> bool {
     is_label(s.as_bytes())
 }
 

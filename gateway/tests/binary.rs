@@ -195,8 +195,10 @@ fn out_of_range_values_are_refused_without_panicking() {
     }
 }
 
-/// SIGHUP reloads even when no file event is seen: the endpoints file is a symlink into
-/// another directory, so writing the target makes no event in the watched parent.
+/// SIGHUP reloads even when no file event is seen: the endpoints file is a hard link to a
+/// file in another directory, so writing through that other name makes no event in the
+/// watched parent (a symlink's target directory is watched too; a hard link is one file with
+/// two names, and inotify reports a write under the name it went through).
 #[test]
 fn sighup_reloads_the_endpoints_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -206,7 +208,7 @@ fn sighup_reloads_the_endpoints_file() {
     let target = elsewhere.join("real.yaml");
     std::fs::write(&target, "services: []\n").unwrap();
     let link = watched.join("endpoints.yaml");
-    std::os::unix::fs::symlink(&target, &link).unwrap();
+    std::fs::hard_link(&target, &link).unwrap();
     let gw = GatewayProcess::start(&link, &[], "info");
     let admin = gw.admin;
     let rt = tokio::runtime::Builder::new_current_thread()

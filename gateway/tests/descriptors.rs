@@ -318,15 +318,13 @@ async fn accept_failures_are_logged_once_then_summarized() {
     assert!(counted >= errors as f64, "{counted} < {errors}");
 }
 
-/// The status listener's address, from the start-up line (`status_addr` is logged as
-/// `Some(<addr>)` when `--status-listen` is given).
+/// The status listener's address, from the start-up line (`status_addr`, logged when
+/// `--status-listen` is given).
 fn status_addr(gw: &GatewayProcess) -> std::net::SocketAddr {
     let up = gw.wait_line(&|v| v["message"] == "gateway listening");
-    let logged = up["status_addr"].as_str().unwrap_or_default();
-    let addr = logged
-        .strip_prefix("Some(")
-        .and_then(|a| a.strip_suffix(')'));
-    addr.and_then(|a| a.parse().ok())
+    up["status_addr"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no status address in {up}"))
 }
 

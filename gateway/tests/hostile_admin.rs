@@ -18,14 +18,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 // Admin and status listeners
 // ---------------------------------------------------------------------------------------
 
-/// The status listener's address from the binary's start line (`status_addr: Some(..)`).
+/// The status listener's address from the binary's start line (`status_addr`).
 fn status_addr(gw: &GatewayProcess) -> SocketAddr {
     let up = gw.wait_line(&|v| v["message"] == "gateway listening");
-    let s = up["status_addr"].as_str().unwrap();
-    s.trim_start_matches("Some(")
-        .trim_end_matches(')')
-        .parse()
-        .unwrap()
+    up["status_addr"].as_str().unwrap().parse().unwrap()
 }
 
 fn open_fds(pid: u32) -> usize {

@@ -120,10 +120,10 @@ fn a_link_to_a_device_is_refused_without_reading_it() {
     assert_eq!(gw.log_count("is a character device, not a regular file"), 1);
     // A sparse file over the cap is refused from its size, not read.
     let big = std::fs::File::create(&tmp).unwrap();
-    big.set_len(65 << 20).unwrap();
+    big.set_len(17 << 20).unwrap();
     std::fs::rename(&tmp, &eps).unwrap();
     gw.wait_metric(ERRORS, 2.0);
-    assert_eq!(gw.log_count("larger than 64 MiB"), 1);
+    assert_eq!(gw.log_count("larger than 16 MiB"), 1);
     assert_eq!(gw.metric(GENERATION), 1.0);
     replace(&eps, &yaml(3001));
     gw.wait_metric(GENERATION, 2.0);

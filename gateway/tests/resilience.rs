@@ -229,7 +229,7 @@ async fn readiness_metrics_and_drain() {
 async fn not_ready_without_table_then_ready() {
     // A build with a file always loads a table before returning, so readiness is immediate;
     // an empty table is still a loaded table.
-    let gw = gateway("").await;
+    let gw = gateway("services: []\n").await;
     assert_eq!(http_get(gw.admin, "/healthz/ready").await.0, 200);
     let (_, v) = http_get(gw.admin, "/debug/routes").await;
     assert!(v.contains("\"routes\": []"), "{v}");
@@ -263,7 +263,7 @@ async fn bad_file_at_start_fails_build() {
 
 #[tokio::test]
 async fn port_conflict_fails_loudly() {
-    let gw = gateway("").await;
+    let gw = gateway("services: []\n").await;
     let mut cfg = test_config(&gw.path);
     cfg.listen = gw.listen.into();
     let err = gateway::app::build(cfg)

@@ -182,7 +182,7 @@ impl Admin {
             }
             (Scope::Admin, _) => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz/ready, /metrics, /debug/routes\n".into(),
+                "not found; try /healthz/ready, /healthz/live, /metrics, /debug/routes\n".into(),
             ),
         }
     }

@@ -73,7 +73,12 @@ impl Publisher {
         self.metrics.reload_errors.inc();
         self.metrics.last_reload_ok.set(0);
         let kept = self.routes.load().map(|t| t.generation);
-        tracing::error!(source, %error, kept_generation = ?kept, "route update rejected; keeping the last good table");
+        tracing::error!(
+            source,
+            %error,
+            kept_generation = kept,
+            "route update rejected; keeping the last good table"
+        );
     }
 
     pub fn metrics(&self) -> &RouteMetrics {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{FileError, MAX_FILE_BYTES};
+use super::bounds::{self, EndpointList, HasEndpoints, Refused, ServiceList};
+use super::{FileError, MAX_FILE_BYTES, yaml_error};
 use crate::bounded_read::{ReadRefused, read_regular};
 use crate::routes::{EndpointSpec, Labels, ServiceSpec};
 use crate::sni_name;
@@ -17,7 +18,7 @@ use crate::sni_name;
 #[serde(deny_unknown_fields)]
 struct FileDoc {
     #[serde(default)]
-    services: Vec<FileService>,
+    services: ServiceList<FileService>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -28,10 +29,16 @@ struct FileService {
     #[serde(default)]
     subsets: Vec<FileSubset>,
     #[serde(default)]
-    endpoints: Vec<FileEndpoint>,
+    endpoints: EndpointList<FileEndpoint>,
     /// Reach every endpoint over HBONE (ambient): `hbone: true` (port 15008),
     /// `hbone: {port: N}`; endpoints may override it.
     hbone: Option<FileHbone>,
+}
+
+impl HasEndpoints for FileService {
+    fn endpoint_count(&self) -> usize {
+        self.endpoints.0.len()
+    }
 }
 
 /// `true` (the default port), `false` (classic), or `{port: N}`.
@@ -101,7 +108,7 @@ fn yes() -> bool {
 /// Flow collections (`[`, `{`) nested deeper than this are refused before the YAML parser
 /// sees them. serde_yaml refuses more than 128 levels anyway, but only after libyaml has
 /// scanned the whole document, which is slow on deep flow nesting: 100 KB of `[` took 1.2 s in
-/// a debug build (19.6 s in an audit), a 64 MiB file of them would take minutes. The schema
+/// a debug build (19.6 s in an audit), a 16 MiB file of them would take minutes. The schema
 /// itself needs 5 levels.
 pub const MAX_FLOW_DEPTH: usize = 128;
 
@@ -150,21 +157,31 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
              levels at line {line} column {column} (an endpoints file needs 5)"
         )));
     }
-    // An empty file is an empty table, not a YAML error.
-    let doc: FileDoc = if text.trim().is_empty() {
-        FileDoc { services: vec![] }
-    } else {
-        serde_yaml::from_str(text).map_err(|source| FileError::Yaml {
-            path: path.into(),
-            source,
-        })?
+    if is_blank(text) {
+        return Err(FileError::Empty { path: path.into() });
+    }
+    let yaml = |detail: String| FileError::Yaml {
+        path: path.into(),
+        detail,
     };
+    match bounds::check_expansion(text) {
+        Ok(()) => {}
+        Err(Refused::Expands) => {
+            return Err(yaml(format!(
+                "its YAML aliases (`*name`) expand it to over {} times its own size: write the \
+                 repeated entries out",
+                bounds::MAX_EXPANSION
+            )));
+        }
+        Err(Refused::Yaml(e)) => return Err(yaml(yaml_error::describe(&e))),
+    }
+    let doc: FileDoc = serde_yaml::from_str(text).map_err(|e| yaml(yaml_error::describe(&e)))?;
     let mut hosts = BTreeSet::new();
     // Endpoints with equal labels share one map in the table.
     let mut shared: HashMap<Labels, Arc<Labels>> = HashMap::new();
-    let mut out = Vec::with_capacity(doc.services.len());
-    for (i, svc) in doc.services.into_iter().enumerate() {
-        let at = format!("services[{i}] ({})", svc.host);
+    let mut out = Vec::with_capacity(doc.services.0.len());
+    for (i, svc) in doc.services.0.into_iter().enumerate() {
+        let at = format!("services[{i}] ({})", excerpt(&svc.host));
         let host = svc.host.to_ascii_lowercase();
         if svc.ports.is_empty() {
             return Err(invalid(format!(
@@ -186,8 +203,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
         }
         // The host must be routable: the data path's decoder checks it the same way.
         if let Err(e) = sni_name::validate_host(&host) {
+            let reason = match e {
+                sni_name::NameError::Host { reason, .. } => reason,
+                _ => "not a DNS name",
+            };
             return Err(invalid(format!(
-                "{at}: host is not a valid service host name: {e}"
+                "{at}: host is not a valid service host name: {reason}"
             )));
         }
         if !hosts.insert(host.clone()) {
@@ -197,25 +218,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
         for (j, s) in svc.subsets.into_iter().enumerate() {
             if sni_name::validate_subset(&s.name).is_err() {
                 return Err(invalid(format!(
-                    "{at}: subsets[{j}]: {:?} is not a valid subset name (a DNS-1123 label)",
-                    s.name
+                    "{at}: subsets[{j}]: {} is not a valid subset name (a DNS-1123 label)",
+                    excerpt(&s.name)
                 )));
             }
-            if subsets.insert(s.name.clone(), s.labels).is_some() {
+            // Kept lower-cased: SNI names are matched ignoring case (see `sni_name::parse`).
+            let name = s.name.to_ascii_lowercase();
+            if subsets.insert(name.clone(), s.labels).is_some() {
                 return Err(invalid(format!(
-                    "{at}: subsets[{j}]: subset {:?} listed twice",
-                    s.name
+                    "{at}: subsets[{j}]: subset {name:?} listed twice (case is ignored, as \
+                     in SNI names)"
                 )));
             }
         }
         let subsets = Arc::new(subsets);
         let mut seen = BTreeSet::new();
-        let mut endpoints = Vec::with_capacity(svc.endpoints.len());
-        for (j, e) in svc.endpoints.into_iter().enumerate() {
+        let mut endpoints = Vec::with_capacity(svc.endpoints.0.len());
+        for (j, e) in svc.endpoints.0.into_iter().enumerate() {
             let address: IpAddr = e.address.trim().parse().map_err(|_| {
                 invalid(format!(
-                    "{at}: endpoints[{j}]: address {:?} is not an IP address",
-                    e.address
+                    "{at}: endpoints[{j}]: address {} is not an IP address",
+                    excerpt(&e.address)
                 ))
             })?;
             // `::ffff:a.b.c.d` is the IPv4 endpoint a.b.c.d, dialed and counted as one.
@@ -255,6 +278,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
         });
     }
     Ok(out)
+}
+
+/// Nothing but whitespace and comments: what a writer that died after truncating leaves.
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#')
+    })
+}
+
+/// `s` quoted and escaped (`"a\nb"`) and cut to 64 characters: enough to find the entry, and
+/// no control character or long run of someone else's text reaches a log line.
+fn excerpt(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        None => format!("{s:?}"),
+        Some((i, _)) => format!("{:?}…", &s[..i]),
+    }
 }
 
 /// Reads (a regular file of at most [`MAX_FILE_BYTES`], never blocking) and parses `path`.
@@ -335,7 +376,7 @@ services:
         let cases = [
             (
                 "services: [{host: a.local, ports: []}]",
-                "services[0] (a.local): ports",
+                "services[0] (\"a.local\"): ports",
             ),
             (
                 "services: [{host: a.local, ports: [{port: 0}]}]",
@@ -343,7 +384,7 @@ services:
             ),
             (
                 "services: [{host: 'bad host', ports: [{port: 80}]}]",
-                "services[0] (bad host): host",
+                "services[0] (\"bad host\"): host",
             ),
             (
                 "services: [{host: a.local, ports: [{port: 80}], endpoints: [{address: nope}]}]",
@@ -371,7 +412,7 @@ services:
             ),
             (
                 "services: [{host: a.local, ports: [{port: 80}]}, {host: a.local, ports: [{port: 81}]}]",
-                "services[1] (a.local): host listed twice",
+                "services[1] (\"a.local\"): host listed twice",
             ),
             (
                 "services: [{host: a.local, ports: [{port: 80}], subsets: [{name: 'V_1'}]}]",
@@ -379,7 +420,7 @@ services:
             ),
             (
                 "services: [{host: a.local, prots: []}]",
-                "unknown field `prots`",
+                "services[0]: unknown field, expected one of `host`, `ports`",
             ),
             ("services: [", "not a valid endpoints file"),
         ];
@@ -424,10 +465,54 @@ services:
         assert!(err.contains("services"), "{err}");
     }
 
+    /// A file truncated to nothing (a writer that died, a full disk) is no table; an empty
+    /// table is written out.
     #[test]
-    fn empty_file_is_empty_table() {
-        assert!(p("").unwrap().is_empty());
+    fn an_empty_file_is_refused_and_an_empty_table_is_written_out() {
+        for text in ["", "\n  \n", "# all gone\n\n  # really\n"] {
+            let err = p(text).unwrap_err().to_string();
+            assert!(
+                err.contains("is empty") && err.contains("services: []"),
+                "{text:?}: {err}"
+            );
+        }
         assert!(p("services: []").unwrap().is_empty());
+        assert!(p("# none yet\nservices: []\n").unwrap().is_empty());
+        assert!(p("{}").unwrap().is_empty());
+    }
+
+    /// Istio accepts upper case in subset names (`pkg/config/labels/instance.go`), sidecars
+    /// send it in the SNI name, and the SNI parser lower-cases: the table keeps names
+    /// lower-cased so `V1` is reachable.
+    #[test]
+    fn subset_names_are_kept_lower_cased() {
+        let specs =
+            p("services: [{host: a.local, ports: [{port: 80}], subsets: [{name: V1}]}]").unwrap();
+        assert_eq!(specs[0].subsets.keys().collect::<Vec<_>>(), ["v1"]);
+        let err = p(
+            "services: [{host: a.local, ports: [{port: 80}], subsets: [{name: V1}, {name: v1}]}]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("subsets[1]: subset \"v1\" listed twice"),
+            "{err}"
+        );
+    }
+
+    /// Values quoted in errors are escaped and cut short: no line of a plain log is forged.
+    #[test]
+    fn quoted_values_are_escaped_and_short() {
+        // YAML's escapes: a newline and an ESC in the host.
+        let text = format!(
+            "services: [{{host: \"x\\n2026-12-05T06:00:00Z  INFO forged\\e[31m{}\", \
+             ports: [{{port: 80}}]}}]",
+            "y".repeat(500)
+        );
+        let err = p(&text).unwrap_err().to_string();
+        assert!(!err.contains('\n') && !err.contains('\u{1b}'), "{err:?}");
+        assert!(err.contains("services[0] (\"x\\n2026"), "{err}");
+        assert!(err.len() < 300, "{err}");
     }
 
     /// 100 KB of `[` took seconds in libyaml's scanner; the depth check refuses it at once,
@@ -495,7 +580,7 @@ services:
         let f = std::fs::File::create(&big).unwrap();
         f.set_len(MAX_FILE_BYTES + 1).unwrap();
         let err = load(&big).unwrap_err().to_string();
-        assert!(err.contains("larger than 64 MiB"), "{err}");
+        assert!(err.contains("larger than 16 MiB"), "{err}");
         let small = dir.path().join("small.yaml");
         std::fs::write(&small, [0xff, 0xfe]).unwrap();
         let err = load(&small).unwrap_err().to_string();

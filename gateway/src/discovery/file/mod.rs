@@ -2,17 +2,23 @@
 //! republishes on every change of content.
 //!
 //! The parent directory is watched, not the file: Kubernetes mounts ConfigMaps through a
-//! `..data` symlink that is swapped atomically, which a watch on the file itself misses.
-//! [`watch`] decides which of its events matter and when a change has settled; [`format`]
-//! reads the file's content.
+//! `..data` symlink that is swapped atomically, which a watch on the file itself misses. When
+//! the path is a symlink, the directories its links lead to are watched too, and the set is
+//! worked out again after every read, as links may have moved. [`watch`] decides which events
+//! matter and when a change has settled; [`format`] reads the file's content, within the
+//! [`bounds`] on the work one file may cause, and [`yaml_error`] tells what is wrong with it
+//! without quoting it.
 //!
 //! Every read goes through [`read_regular`](crate::bounded_read::read_regular): whatever the
 //! path names (a FIFO, a device, a huge file), a read never blocks and never takes more than a
 //! bounded amount of memory.
 
+pub mod bounds;
 pub mod format;
 pub mod watch;
+mod yaml_error;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -34,11 +40,14 @@ pub enum FileError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: not a valid endpoints file: {source}")]
-    Yaml {
-        path: PathBuf,
-        source: serde_yaml::Error,
-    },
+    /// `detail` never quotes the file (it may be a key or a password file named by mistake).
+    #[error("{path}: not a valid endpoints file: {detail}")]
+    Yaml { path: PathBuf, detail: String },
+    #[error(
+        "{path} is empty (nothing but whitespace or comments), as a writer that died after \
+         truncating it leaves it: refused; for an empty table write `services: []`"
+    )]
+    Empty { path: PathBuf },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
     #[error(
@@ -59,15 +68,17 @@ pub enum FileError {
     },
 }
 
-/// The largest endpoints file read: 64 MiB, over 20 times a 20,000-route file (2.9 MB).
-pub const MAX_FILE_BYTES: u64 = 64 << 20;
+/// The largest endpoints file read: 16 MiB, over 5 times a 20,000-route file (2.9 MB), and
+/// room for 270,000 endpoints written as in the README. Reading takes about 40 times a file's
+/// size in memory at its peak (serde_yaml holds every YAML event of the document): 16 MiB took
+/// 0.6 s and 690 MB (release build); the earlier 64 MiB limit let one file take 2.7 GB.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
-/// Watches `path` (through its parent directory) and SIGHUP, republishing on every change
-/// of content. Runs until `stop` is cancelled. A bad file keeps the last good table.
+/// Watches `path` (through its parent directory, and the directories its links lead to) and
+/// SIGHUP, republishing on every change of content. Runs until `stop` is cancelled. A bad
+/// file keeps the last good table.
 pub struct FileSource {
     reader: Reader,
-    // Held for its Drop: dropping the watcher stops the OS watch.
-    _watcher: notify::RecommendedWatcher,
     pending: Arc<Pending>,
     /// `None` when the handler could not be installed (then only file events reload).
     hangup: Option<Signal>,
@@ -87,6 +98,37 @@ impl Pending {
     }
 }
 
+/// The OS watcher and the directories it watches besides the file's own.
+struct Watches {
+    // Dropping the watcher stops the OS watch.
+    watcher: notify::RecommendedWatcher,
+    elsewhere: HashSet<PathBuf>,
+}
+
+impl Watches {
+    /// Watches each directory of `want` (those besides the file's own, watched from the
+    /// start), and no longer the ones left out. Watching again a directory watched already is
+    /// harmless, and catches one that was removed and made again. A directory that cannot be
+    /// watched is read on SIGHUP only, and said so.
+    fn follow(&mut self, want: HashSet<PathBuf>) {
+        for gone in self.elsewhere.difference(&want) {
+            // Fails when the directory is gone, which removed its watch already.
+            let _ = self.watcher.unwatch(gone);
+        }
+        for dir in &want {
+            if let Err(e) = self.watcher.watch(dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    error = %e,
+                    "cannot watch the directory a symlink of --endpoints leads to: changes \
+                     there are read on SIGHUP only"
+                );
+            }
+        }
+        self.elsewhere = want;
+    }
+}
+
 /// Reads, compares and publishes; runs on the blocking pool, away from the data path.
 #[derive(Clone)]
 struct Reader {
@@ -94,12 +136,13 @@ struct Reader {
     dir: Arc<Path>,
     publisher: Publisher,
     last: Arc<Vec<ServiceSpec>>,
-    /// Shared with the watcher callback; refreshed after each read, as links may have moved.
+    /// Shared with the watcher callback; refreshed before each read, as links may have moved.
     names: Arc<RwLock<Names>>,
+    watches: Arc<Mutex<Watches>>,
 }
 
 impl FileSource {
-    /// Loads the file (an error here fails start-up) and starts watching it.
+    /// Starts watching the file, then loads it (an error here fails start-up).
     pub fn start(path: &Path, publisher: Publisher) -> Result<FileSource, FileError> {
         // Absolute once, as notify makes the watched directory (the current directory joined,
         // no symlink resolved: a ConfigMap's links are watched by their names): events name
@@ -109,8 +152,6 @@ impl FileSource {
             path: path.into(),
             source,
         })?;
-        let specs = load(path)?;
-        publisher.publish("file", &specs);
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -140,6 +181,16 @@ impl FileSource {
                 path: dir.clone(),
                 source,
             })?;
+        let mut watches = Watches {
+            watcher,
+            elsewhere: HashSet::new(),
+        };
+        let elsewhere = names.read().unwrap_or_else(|e| e.into_inner()).elsewhere();
+        watches.follow(elsewhere);
+        // Read after the watches are set: a change from now on is in this read or makes an
+        // event.
+        let specs = load(&path)?;
+        publisher.publish("file", &specs);
         let hangup = signal(SignalKind::hangup())
             .inspect_err(|e| tracing::warn!(error = %e, "no SIGHUP reload"))
             .ok();
@@ -150,8 +201,8 @@ impl FileSource {
                 publisher,
                 last: Arc::new(specs),
                 names,
+                watches: Arc::new(Mutex::new(watches)),
             },
-            _watcher: watcher,
             pending,
             hangup,
         })
@@ -199,9 +250,17 @@ impl FileSource {
 impl Reader {
     /// Returns the new table's specs when one was published.
     fn reload(&self) -> Option<Arc<Vec<ServiceSpec>>> {
-        let result = load(&self.path);
-        *self.names.write().unwrap_or_else(|e| e.into_inner()) = Names::new(&self.dir, &self.path);
-        match result {
+        // Where the links lead now, watched before the read: a change after it makes an event.
+        // The names lock is released first: the watcher thread takes it in its callback, and
+        // adding a watch waits for that thread.
+        let names = Names::new(&self.dir, &self.path);
+        let elsewhere = names.elsewhere();
+        *self.names.write().unwrap_or_else(|e| e.into_inner()) = names;
+        self.watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .follow(elsewhere);
+        match load(&self.path) {
             Ok(specs) if specs == *self.last => {
                 tracing::debug!(path = %self.path.display(), "endpoints file unchanged");
                 self.publisher.confirm("file");

@@ -1,11 +1,12 @@
 //! Which file-system events mean "the endpoints file changed", and when a change has settled
 //! enough to be read.
 //!
-//! The parent directory is watched (a ConfigMap volume swaps a `..data` symlink), so most
-//! events concern other files, and inotify also reports opens, including the gateway's own
-//! reads: reacting to those made every read trigger the next one. Only creates, in-place writes,
-//! closes after writing, renames and removals of the file, of a symlink on its way, or of
-//! `..data` count; access events never do.
+//! The parent directory is watched (a ConfigMap volume swaps a `..data` symlink), and so is
+//! the directory of every link's target that lies elsewhere (`--endpoints` may be a symlink to
+//! a file in another directory), so most events concern other files. inotify also reports
+//! opens, including the gateway's own reads: reacting to those made every read trigger the
+//! next one. Only creates, in-place writes, closes after writing, renames and removals of the
+//! file, of a symlink on its way, of its target, or of `..data` count; access events never do.
 //!
 //! A change is read once it has settled: no relevant event for [`QUIET`], and a file written
 //! in place has been closed by its writer. A writer that keeps the file open without writing
@@ -44,19 +45,37 @@ pub enum Change {
     Replaced,
 }
 
-/// The names in the watched directory whose events concern the endpoints file.
+/// The directories to watch and, in each, the names whose events concern the endpoints file.
 #[derive(Debug)]
 pub struct Names {
-    dir: PathBuf,
+    /// The file's own directory first; the others where links lead.
+    dirs: Vec<WatchedDir>,
+}
+
+#[derive(Debug)]
+struct WatchedDir {
+    /// As watched: events name paths under it.
+    path: PathBuf,
+    /// Resolved, to watch a directory once however it is reached (inotify gives one watch per
+    /// directory, and notify would report it under the last path it was added with).
+    real: PathBuf,
     names: HashSet<OsString>,
 }
 
 impl Names {
-    /// The file's own name, `..data`, and the first component inside `dir` of each symlink
-    /// target on the file's chain (e.g. `real.yaml` for `endpoints.yaml -> real.yaml`).
+    /// In `dir`: the file's own name, `..data`, and the first component inside `dir` of each
+    /// symlink target on the file's chain (e.g. `real.yaml` for `endpoints.yaml -> real.yaml`).
+    /// Elsewhere: each link's target, and the file the chain ends at, in its directory.
     pub fn new(dir: &Path, path: &Path) -> Names {
-        let mut names = HashSet::from([OsString::from(CONFIGMAP_DATA)]);
-        names.extend(path.file_name().map(OsString::from));
+        let mut home = HashSet::from([OsString::from(CONFIGMAP_DATA)]);
+        home.extend(path.file_name().map(OsString::from));
+        let mut names = Names {
+            dirs: vec![WatchedDir {
+                path: dir.to_path_buf(),
+                real: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
+                names: HashSet::new(),
+            }],
+        };
         let mut at = path.to_path_buf();
         for _ in 0..MAX_HOPS {
             let Ok(target) = std::fs::read_link(&at) else {
@@ -69,13 +88,41 @@ impl Names {
             if let Ok(rest) = at.strip_prefix(dir)
                 && let Some(Component::Normal(first)) = rest.components().next()
             {
-                names.insert(first.to_os_string());
+                home.insert(first.to_os_string());
             }
+            names.add(&at);
         }
-        Names {
-            dir: dir.to_path_buf(),
-            names,
+        if let Ok(end) = std::fs::canonicalize(path) {
+            names.add(&end);
         }
+        names.dirs[0].names.extend(home);
+        names
+    }
+
+    /// Adds `file` under its directory, resolved (so `..data/endpoints.yaml` is watched in
+    /// the directory `..data` points to now).
+    fn add(&mut self, file: &Path) {
+        let (Some(parent), Some(name)) = (file.parent(), file.file_name()) else {
+            return;
+        };
+        let Ok(real) = std::fs::canonicalize(parent) else {
+            return;
+        };
+        match self.dirs.iter_mut().find(|d| d.real == real) {
+            Some(d) => {
+                d.names.insert(name.to_os_string());
+            }
+            None => self.dirs.push(WatchedDir {
+                path: real.clone(),
+                real,
+                names: HashSet::from([name.to_os_string()]),
+            }),
+        }
+    }
+
+    /// The directories to watch besides the file's own.
+    pub fn elsewhere(&self) -> HashSet<PathBuf> {
+        self.dirs.iter().skip(1).map(|d| d.path.clone()).collect()
     }
 
     /// `Some` when `event` may have changed what reading the file returns.
@@ -107,8 +154,12 @@ impl Names {
     }
 
     fn concerns(&self, p: &Path) -> bool {
-        p.parent() == Some(self.dir.as_path())
-            && p.file_name().is_some_and(|n| self.names.contains(n))
+        let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+            return false;
+        };
+        self.dirs
+            .iter()
+            .any(|d| d.path == parent && d.names.contains(name))
     }
 }
 
@@ -211,6 +262,31 @@ mod tests {
             names.classify(&ev(write, real.to_str().unwrap())),
             Some(Change::Written)
         );
+    }
+
+    /// `conf/endpoints.yaml -> ../real/endpoints.yaml`: events in `real` about the target
+    /// count, other files there do not, and `real` is a directory to watch.
+    #[test]
+    fn a_symlink_target_in_another_directory_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conf, real) = (dir.path().join("conf"), dir.path().join("real"));
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(real.join("endpoints.yaml"), "").unwrap();
+        std::os::unix::fs::symlink("../real/endpoints.yaml", conf.join("endpoints.yaml")).unwrap();
+        let names = Names::new(&conf, &conf.join("endpoints.yaml"));
+        let real = std::fs::canonicalize(&real).unwrap();
+        assert_eq!(names.elsewhere(), HashSet::from([real.clone()]));
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        let at = |name: &str| real.join(name).to_str().unwrap().to_string();
+        assert_eq!(
+            names.classify(&ev(write, &at("endpoints.yaml"))),
+            Some(Change::Written)
+        );
+        assert_eq!(names.classify(&ev(write, &at("other.yaml"))), None);
+        // A link within its own directory adds none.
+        let same = Names::new(&real, &real.join("endpoints.yaml"));
+        assert!(same.elsewhere().is_empty());
     }
 
     #[test]

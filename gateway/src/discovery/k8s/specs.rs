@@ -56,10 +56,16 @@ impl Model {
             let entry = out.entry(r.host.as_str()).or_default();
             for (name, labels) in &r.subsets {
                 if validate_subset(name).is_err() {
-                    tracing::debug!(host = %r.host, subset = %name, "subset name is not routable; skipped");
+                    tracing::debug!(host = %r.host, subset = ?name, "subset name is not routable; skipped");
                     continue;
                 }
-                entry.entry(name.clone()).or_insert_with(|| labels.clone());
+                // Istio allows upper case in subset names (pkg/config/labels/instance.go,
+                // dns1123LabelFmt) and sidecars send it in the SNI name, which the gateway
+                // matches ignoring case: kept lower-cased, so `V1` is reachable. Names equal
+                // but for case are one subset here; the oldest rule's wins.
+                entry
+                    .entry(name.to_ascii_lowercase())
+                    .or_insert_with(|| labels.clone());
             }
         }
         let mut shared: HashMap<Subsets, Arc<Subsets>> = HashMap::new();
@@ -331,6 +337,35 @@ mod tests {
         );
         assert!(e1.labels.is_empty(), "labels only when subsets need them");
         assert!(!s.endpoints[2].ready);
+    }
+
+    /// A subset named with capitals (Istio accepts it) is reachable: the SNI parser
+    /// lower-cases, so the table does too; `V1` beside an older `v1` is the same subset.
+    #[test]
+    fn subset_names_are_kept_lower_cased() {
+        let mut m = model_with(true);
+        let rules = m.rules.as_mut().unwrap();
+        rules.streams[0].items.insert(
+            k("shop", "newest"),
+            DrInfo {
+                host: "catalog.shop.svc.cluster.local".into(),
+                order: (Some(Time(Default::default())), "shop/newest".into()),
+                subsets: vec![
+                    ("V1".into(), Labels::from([("version".into(), "v8".into())])),
+                    (
+                        "Canary".into(),
+                        Labels::from([("version".into(), "v3".into())]),
+                    ),
+                ],
+            },
+        );
+        let specs = m.specs("cluster.local");
+        let names: Vec<&String> = specs[0].subsets.keys().collect();
+        assert_eq!(names, ["canary", "v1", "v2"]);
+        assert_eq!(
+            specs[0].subsets["v1"]["version"], "v1",
+            "the oldest rule wins"
+        );
     }
 
     #[test]
