@@ -8,6 +8,7 @@ mod hbone_support;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::*;
 
@@ -171,4 +172,41 @@ async fn log_fields_are_plain_values() {
         up.get("status_addr").is_none() && up.get("hbone_addr").is_none(),
         "{up}"
     );
+}
+
+/// A bad certificate file is read again at every poll: each failure is counted, but logged
+/// once per distinct error, so a short `--hbone-cert-poll` cannot flood the log (at 100 ms it
+/// was ten WARN lines a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_certificate_file_is_logged_once_per_error() {
+    let p = hbone_support::hbone_process("services: []\n", &["--hbone-cert-poll", "100ms"], "info")
+        .await;
+    let warned = || {
+        p.gw.count_lines(&|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("HBONE certificates not reloaded"))
+        })
+    };
+    let failures = "gateway_hbone_cert_reload_failures_total";
+    std::fs::write(p.certs_dir().join("key.pem"), "not a key\n").unwrap();
+    let mut counted = 0.0;
+    for _ in 0..100 {
+        counted = p.gw.metric(failures);
+        if counted >= 8.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(counted >= 8.0, "{counted} failed reloads counted");
+    assert_eq!(warned(), 1, "one line for {counted} failures of one error");
+    // Another error is logged once more.
+    std::fs::write(p.certs_dir().join("cert-chain.pem"), "").unwrap();
+    for _ in 0..100 {
+        if warned() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(warned(), 2);
 }

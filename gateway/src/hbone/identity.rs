@@ -276,6 +276,9 @@ impl Identity {
         expiry: Gauge,
     ) {
         let mut warned_expired = false;
+        // The last reload error logged: a bad file is read again at every poll, and logging
+        // each would flood the log at a short `--hbone-cert-poll`. The counter counts each.
+        let mut logged: Option<String> = None;
         loop {
             let not_after = self.leaf_not_after();
             expiry.set(not_after.unwrap_or(0));
@@ -291,12 +294,17 @@ impl Identity {
             }
             match self.reload() {
                 Ok(true) => {
+                    logged = None;
                     tracing::info!(source = ?self, "HBONE certificates reloaded")
                 }
-                Ok(false) => {}
+                Ok(false) => logged = None,
                 Err(e) => {
                     failures.inc();
-                    tracing::warn!(error = %e, "HBONE certificates not reloaded; still serving the previous ones")
+                    let text = e.to_string();
+                    if logged.as_ref() != Some(&text) {
+                        tracing::warn!(error = %text, "HBONE certificates not reloaded; still serving the previous ones (logged again when the error changes)");
+                        logged = Some(text);
+                    }
                 }
             }
         }

@@ -84,6 +84,13 @@ pub struct HboneProcess {
     _files: (tempfile::TempDir, tempfile::TempDir),
 }
 
+impl HboneProcess {
+    /// The directory its `--hbone-certs` point at.
+    pub fn certs_dir(&self) -> &std::path::Path {
+        self._files.1.path()
+    }
+}
+
 pub async fn hbone_process(yaml: &str, extra: &[&str], rust_log: &str) -> HboneProcess {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("endpoints.yaml");

@@ -86,7 +86,7 @@ impl Renewer {
                         .unwrap_or_default();
                     self.metrics.cert_expiry_seconds.set(expiry);
                     tracing::info!(
-                        spiffe_id = ?self.identity.spiffe_id(),
+                        spiffe_id = self.identity.spiffe_id().as_deref(),
                         renew_in = ?wait,
                         "HBONE certificate from istiod in use"
                     );
