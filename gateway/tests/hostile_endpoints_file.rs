@@ -7,7 +7,7 @@
 mod common;
 mod hbone_support;
 
-use std::io::{BufRead, Read};
+use std::io::BufRead;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,17 +18,6 @@ const GENERATION: &str = "gateway_discovery_route_table_generation";
 const ERRORS: &str = "gateway_discovery_route_table_reload_errors_total";
 const RELOADS: &str = "gateway_discovery_route_table_reloads_total";
 const LAST_OK: &str = "gateway_discovery_route_table_last_reload_ok";
-
-fn yaml(port: u16) -> String {
-    endpoints_yaml(CATALOG, port, &[([127, 0, 0, 2].into(), "v1", true)])
-}
-
-/// Replaces `path` atomically (write a temporary file beside it, rename it over).
-fn replace(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
 
 /// The binary with JSON logs on loopback over `eps`, under an address-space limit of
 /// `vm_kib` (a runaway parse then aborts the gateway instead of exhausting the machine).
@@ -66,15 +55,7 @@ fn start_fails(args: &[&str]) -> (Option<i32>, String) {
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let mut child = testkit::proc::ChildGuard::spawn(&mut cmd).unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let status = child.wait_exit(TIMEOUT).expect("the gateway did not exit");
-    let text = reader.join().unwrap();
+    let (status, text) = exit_of(cmd, "a start that must fail");
     assert!(!status.success(), "started: {text}");
     (status.code(), text)
 }
@@ -140,7 +121,7 @@ fn label_bomb(labels: usize, endpoints: usize) -> String {
 fn an_alias_bomb_is_refused_and_the_table_kept() {
     let dir = tempfile::tempdir().unwrap();
     let eps = dir.path().join("endpoints.yaml");
-    std::fs::write(&eps, yaml(3000)).unwrap();
+    std::fs::write(&eps, catalog_yaml(3000)).unwrap();
     let gw = start_capped(&eps, 4_000_000);
     gw.wait_metric(GENERATION, 1.0);
     const EXPANDS: &str = "its YAML aliases (`*name`) expand it to over 2 times its own size";
@@ -150,7 +131,7 @@ fn an_alias_bomb_is_refused_and_the_table_kept() {
     {
         assert!(bomb.len() < 1_100_000, "{}", bomb.len());
         let t0 = Instant::now();
-        replace(&eps, bomb);
+        replace_file(&eps, bomb);
         gw.wait_metric(ERRORS, (i + 1) as f64);
         let took = t0.elapsed();
         assert!(took < Duration::from_secs(5), "{took:?}");
@@ -160,7 +141,7 @@ fn an_alias_bomb_is_refused_and_the_table_kept() {
     assert_eq!(gw.metric(LAST_OK), 0.0);
     let peak = peak_rss_kib(gw.child.id());
     assert!(peak < 200 * 1024, "peak RSS {peak} KiB");
-    replace(&eps, &yaml(3001));
+    replace_file(&eps, &catalog_yaml(3001));
     gw.wait_metric(GENERATION, 2.0);
     assert_eq!(gw.metric(LAST_OK), 1.0);
 }
@@ -194,7 +175,7 @@ fn a_key_or_password_file_is_never_quoted() {
     );
 
     let eps = dir.path().join("endpoints.yaml");
-    std::fs::write(&eps, yaml(3000)).unwrap();
+    std::fs::write(&eps, catalog_yaml(3000)).unwrap();
     let gw = GatewayProcess::start(&eps, &["--hbone-listen", "off"], "info");
     gw.wait_metric(GENERATION, 1.0);
     const SENTINEL: &str = "SENTINEL-5ee1";
@@ -209,7 +190,7 @@ fn a_key_or_password_file_is_never_quoted() {
         format!("services:\n  - host: a.local\n    ports: [{{port: 80}}]\n    hbone: {SENTINEL}\n"),
     ];
     for (i, text) in hostile.iter().enumerate() {
-        replace(&eps, text);
+        replace_file(&eps, text);
         gw.wait_metric(ERRORS, (i + 1) as f64);
     }
     let log = log_text(&gw);
@@ -243,7 +224,7 @@ fn a_symlink_into_another_directory_is_reloaded_on_change() {
         std::fs::create_dir(d).unwrap();
     }
     let target = real.join("endpoints.yaml");
-    std::fs::write(&target, yaml(3000)).unwrap();
+    std::fs::write(&target, catalog_yaml(3000)).unwrap();
     let link = conf.join("endpoints.yaml");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let gw = GatewayProcess::start(
@@ -254,9 +235,9 @@ fn a_symlink_into_another_directory_is_reloaded_on_change() {
     gw.wait_metric(GENERATION, 1.0);
 
     // The target replaced atomically, then written in place.
-    replace(&target, &yaml(3001));
+    replace_file(&target, &catalog_yaml(3001));
     gw.wait_metric(GENERATION, 2.0);
-    std::fs::write(&target, yaml(3002)).unwrap();
+    std::fs::write(&target, catalog_yaml(3002)).unwrap();
     gw.wait_metric(GENERATION, 3.0);
     let (_, routes) = admin_get(gw.admin, "/debug/routes");
     assert!(routes.contains(":3002"), "{routes}");
@@ -280,15 +261,15 @@ fn a_symlink_into_another_directory_is_reloaded_on_change() {
 
     // The link moved to a third directory: followed there, and the old one let go.
     let third_file = third.join("endpoints.yaml");
-    std::fs::write(&third_file, yaml(3003)).unwrap();
+    std::fs::write(&third_file, catalog_yaml(3003)).unwrap();
     let tmp = conf.join("link.tmp");
     std::os::unix::fs::symlink(&third_file, &tmp).unwrap();
     std::fs::rename(&tmp, &link).unwrap();
     gw.wait_metric(GENERATION, 4.0);
-    std::fs::write(&third_file, yaml(3004)).unwrap();
+    std::fs::write(&third_file, catalog_yaml(3004)).unwrap();
     gw.wait_metric(GENERATION, 5.0);
     let reloads = gw.metric(RELOADS);
-    std::fs::write(&target, yaml(3009)).unwrap();
+    std::fs::write(&target, catalog_yaml(3009)).unwrap();
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(
         gw.metric(RELOADS),
@@ -306,7 +287,7 @@ fn a_symlink_into_another_directory_is_reloaded_on_change() {
 fn a_truncated_file_keeps_the_table() {
     let dir = tempfile::tempdir().unwrap();
     let eps = dir.path().join("endpoints.yaml");
-    std::fs::write(&eps, yaml(3000)).unwrap();
+    std::fs::write(&eps, catalog_yaml(3000)).unwrap();
     let gw = GatewayProcess::start(&eps, &["--hbone-listen", "off"], "info");
     gw.wait_metric(GENERATION, 1.0);
     std::fs::File::create(&eps).unwrap();
@@ -336,7 +317,7 @@ fn a_truncated_file_keeps_the_table() {
 fn a_host_cannot_forge_a_plain_log_line() {
     let dir = tempfile::tempdir().unwrap();
     let eps = dir.path().join("endpoints.yaml");
-    std::fs::write(&eps, yaml(3000)).unwrap();
+    std::fs::write(&eps, catalog_yaml(3000)).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
     cmd.args([
         "--listen",
@@ -377,7 +358,7 @@ fn a_host_cannot_forge_a_plain_log_line() {
     wait_for("gateway listening", &mut lines);
     const FORGED: &str =
         "2031-01-01T06:00:00.000000Z  INFO gateway::discovery: route table published";
-    replace(
+    replace_file(
         &eps,
         &format!(
             "services:\n  - host: \"x\\n{FORGED} source=\\\"file\\\" generation=9\\e[2K\"\n    ports: [{{port: 80}}]\n"

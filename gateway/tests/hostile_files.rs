@@ -14,17 +14,6 @@ use common::*;
 const ERRORS: &str = "gateway_discovery_route_table_reload_errors_total";
 const GENERATION: &str = "gateway_discovery_route_table_generation";
 
-fn yaml(port: u16) -> String {
-    endpoints_yaml(CATALOG, port, &[([127, 0, 0, 2].into(), "v1", true)])
-}
-
-/// Replaces `path` atomically (write a temporary file, rename it over).
-fn replace(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 fn mkfifo(path: &Path) {
     let made = Command::new("mkfifo").arg(path).status().unwrap();
     assert!(made.success());
@@ -49,17 +38,8 @@ fn command(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
 }
 
 /// Runs `cmd`, which must fail to start: it exits non-zero within [`TIMEOUT`]; returns stderr.
-fn start_fails(mut cmd: Command) -> String {
-    use std::io::Read;
-    let mut child = testkit::proc::ChildGuard::spawn(&mut cmd).unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let status = child.wait_exit(TIMEOUT).expect("the gateway did not exit");
-    let text = reader.join().unwrap();
+fn start_fails(cmd: Command) -> String {
+    let (status, text) = exit_of(cmd, "a start that must fail");
     assert!(!status.success(), "started: {text}");
     assert!(!text.contains("gateway listening"), "{text}");
     text
@@ -71,7 +51,7 @@ fn start_fails(mut cmd: Command) -> String {
 fn a_fifo_is_refused_and_later_changes_still_reload() {
     let dir = tempfile::tempdir().unwrap();
     let eps = dir.path().join("endpoints.yaml");
-    std::fs::write(&eps, yaml(3000)).unwrap();
+    std::fs::write(&eps, catalog_yaml(3000)).unwrap();
     let mut gw = GatewayProcess::spawn(command(
         dir.path(),
         &["--endpoints", eps.to_str().unwrap()],
@@ -86,7 +66,7 @@ fn a_fifo_is_refused_and_later_changes_still_reload() {
     // SIGHUP reads again, and is refused again without blocking.
     gw.signal("HUP");
     gw.wait_metric(ERRORS, 2.0);
-    replace(&eps, &yaml(3001));
+    replace_file(&eps, &catalog_yaml(3001));
     gw.wait_metric(GENERATION, 2.0);
     assert!(gw.terminate(), "exits 0 on SIGTERM");
 
@@ -106,7 +86,7 @@ fn a_fifo_is_refused_and_later_changes_still_reload() {
 fn a_link_to_a_device_is_refused_without_reading_it() {
     let dir = tempfile::tempdir().unwrap();
     let eps = dir.path().join("endpoints.yaml");
-    std::fs::write(&eps, yaml(3000)).unwrap();
+    std::fs::write(&eps, catalog_yaml(3000)).unwrap();
     let gw = GatewayProcess::spawn(command(
         dir.path(),
         &["--endpoints", eps.to_str().unwrap()],
@@ -125,7 +105,7 @@ fn a_link_to_a_device_is_refused_without_reading_it() {
     gw.wait_metric(ERRORS, 2.0);
     assert_eq!(gw.log_count("larger than 16 MiB"), 1);
     assert_eq!(gw.metric(GENERATION), 1.0);
-    replace(&eps, &yaml(3001));
+    replace_file(&eps, &catalog_yaml(3001));
     gw.wait_metric(GENERATION, 2.0);
 }
 
@@ -136,17 +116,17 @@ fn a_relative_path_is_reloaded_on_change() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("conf")).unwrap();
     let eps = dir.path().join("conf/endpoints.yaml");
-    std::fs::write(&eps, yaml(3000)).unwrap();
+    std::fs::write(&eps, catalog_yaml(3000)).unwrap();
     for arg in ["conf/endpoints.yaml", "./conf/../conf/endpoints.yaml"] {
         let gw = GatewayProcess::spawn(command(dir.path(), &["--endpoints", arg], &[]));
         let base = gw.metric(GENERATION);
         // In place.
-        std::fs::write(&eps, yaml(3001)).unwrap();
+        std::fs::write(&eps, catalog_yaml(3001)).unwrap();
         gw.wait_metric(GENERATION, base + 1.0);
         // Atomically replaced.
-        replace(&eps, &yaml(3002));
+        replace_file(&eps, &catalog_yaml(3002));
         gw.wait_metric(GENERATION, base + 2.0);
-        std::fs::write(&eps, yaml(3000)).unwrap();
+        std::fs::write(&eps, catalog_yaml(3000)).unwrap();
         gw.wait_metric(GENERATION, base + 3.0);
     }
 }
@@ -157,7 +137,7 @@ fn a_relative_path_is_reloaded_on_change() {
 fn tokio_worker_threads_is_bounded_like_workers() {
     let dir = tempfile::tempdir().unwrap();
     let eps = dir.path().join("endpoints.yaml");
-    std::fs::write(&eps, yaml(3000)).unwrap();
+    std::fs::write(&eps, catalog_yaml(3000)).unwrap();
     let args = ["--endpoints", eps.to_str().unwrap()];
     for bad in ["100000", "1025", "0", "abc", ""] {
         let err = start_fails(command(dir.path(), &args, &[("TOKIO_WORKER_THREADS", bad)]));
@@ -187,7 +167,7 @@ fn tokio_worker_threads_is_bounded_like_workers() {
 fn an_expired_hbone_certificate_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let eps = dir.path().join("endpoints.yaml");
-    std::fs::write(&eps, yaml(3000)).unwrap();
+    std::fs::write(&eps, catalog_yaml(3000)).unwrap();
     let day = |d: i64| {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -5,7 +5,6 @@
 mod common;
 mod hbone_support;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -35,17 +34,7 @@ fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
     .env("NO_COLOR", "1")
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
-    let mut child = testkit::proc::ChildGuard::spawn(&mut cmd).unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let status = child
-        .wait_exit(TIMEOUT)
-        .unwrap_or_else(|| panic!("{args:?} {env:?}: accepted, the gateway kept running"));
-    let err = reader.join().unwrap();
+    let (status, err) = exit_of(cmd, &format!("{args:?} {env:?}: accepted"));
     assert_eq!(status.code(), Some(2), "{args:?} {env:?}: {err}");
     assert!(!err.contains("panicked"), "{err}");
     err

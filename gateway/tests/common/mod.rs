@@ -703,3 +703,33 @@ where
     let (_wr, most) = tokio::join!(write, read);
     most
 }
+
+/// Runs `cmd` (stderr piped) until it exits, within [`TIMEOUT`] (a panic naming `what` when it
+/// keeps running): its exit status and stderr.
+pub fn exit_of(mut cmd: std::process::Command, what: &str) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let mut child = testkit::proc::ChildGuard::spawn(&mut cmd).unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = child
+        .wait_exit(TIMEOUT)
+        .unwrap_or_else(|| panic!("{what}: the gateway kept running"));
+    (status, reader.join().unwrap())
+}
+
+/// An endpoints file routing the catalog service (subset v1) to 127.0.0.2 on `port`.
+pub fn catalog_yaml(port: u16) -> String {
+    endpoints_yaml(CATALOG, port, &[([127, 0, 0, 2].into(), "v1", true)])
+}
+
+/// Replaces `path` atomically (write a temporary file beside it, rename it over), as a
+/// careful writer does.
+pub fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
