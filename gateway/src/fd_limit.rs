@@ -144,12 +144,17 @@ pub struct Plan {
     pub short: Option<String>,
 }
 
+/// No limit is lowered below this (or below its own value, if smaller): with fewer places the
+/// gateway could not serve at all, while the reserve it would protect is an upper estimate.
+const FLOOR: usize = 64;
+
 /// Fits the limits into `soft` descriptors. When the defaults do not fit, the pipe cap
 /// shrinks to an eighth of what is left after [`RESERVE`], and the limits left at their
-/// defaults shrink in proportion (each at least 1) to fit the rest: the limits then refuse
+/// defaults shrink in proportion (each at least [`FLOOR`]) to fit the rest: the limits then refuse
 /// connections (`over_limit`, HBONE's `connection_limit`, shed) before descriptors run out, so the API server and
 /// istiod connections keep theirs. Limits set explicitly are kept, and warned about when they
-/// do not fit (HAProxy does the same with `maxconn`).
+/// do not fit (HAProxy does the same with `maxconn`); when they alone do not fit, nothing is
+/// lowered, as that would make no room.
 pub fn plan(soft: u64, asked: &Limits, defaulted: Defaulted) -> Plan {
     if soft >= needed(asked) {
         return Plan {
@@ -176,13 +181,10 @@ pub fn plan(soft: u64, asked: &Limits, defaulted: Defaulted) -> Plan {
     let flexible: u64 = parts.iter().filter(|p| p.2).map(|&p| fds(p)).sum();
     let mut limits = *asked;
     let mut lowered = None;
-    if fixed + flexible > room && flexible > 0 {
-        let share = room.saturating_sub(fixed);
-        let scale = |n: usize| -> usize {
-            let n128 = n as u128 * share as u128 / flexible as u128;
-            usize::try_from(n128).unwrap_or(n).clamp(1, n)
-        };
-        let [mc, mu, hc, ht] = parts.map(|(_, n, dflt)| if dflt { scale(n) } else { n });
+    // When the explicit limits alone do not fit, lowering the others makes no room: it would
+    // only cripple them (an undecided budget of 1 sheds every handshake but one).
+    if fixed + flexible > room && flexible > 0 && fixed <= room {
+        let [mc, mu, hc, ht] = shrink(parts, room - fixed, flexible);
         limits = Limits {
             max_connections: mc,
             max_undecided: mu,
@@ -198,6 +200,35 @@ pub fn plan(soft: u64, asked: &Limits, defaulted: Defaulted) -> Plan {
         lowered,
         short,
     }
+}
+
+/// The limits left at their defaults (`parts`: descriptors per place, limit, defaulted) scaled
+/// by `share / flexible`. Those that would fall under [`FLOOR`] are held there first, and the
+/// rest share what is left, so the floors do not push the total past `share` when it can hold
+/// them.
+fn shrink(parts: [(u64, usize, bool); 4], share: u64, flexible: u64) -> [usize; 4] {
+    let scaled = |n: usize, share: u64, flexible: u64| -> usize {
+        let n128 = n as u128 * share as u128 / flexible.max(1) as u128;
+        usize::try_from(n128).unwrap_or(n).min(n)
+    };
+    let floored = parts.map(|(_, n, dflt)| dflt && scaled(n, share, flexible) < n.min(FLOOR));
+    let mut share_left = share;
+    let mut flexible_left = flexible;
+    for (i, &(per, n, _)) in parts.iter().enumerate() {
+        if floored[i] {
+            share_left = share_left.saturating_sub(per * n.min(FLOOR) as u64);
+            flexible_left -= per * n as u64;
+        }
+    }
+    let mut out = [0; 4];
+    for (i, &(_, n, dflt)) in parts.iter().enumerate() {
+        out[i] = match (dflt, floored[i]) {
+            (false, _) => n,
+            (true, true) => n.min(FLOOR),
+            (true, false) => scaled(n, share_left, flexible_left).max(n.min(FLOOR)),
+        };
+    }
+    out
 }
 
 /// The flags whose values changed, as `--flag from → to`.
@@ -406,13 +437,39 @@ mod tests {
         );
         assert_eq!((p.lowered, p.short), (None, None));
 
+        // The explicit 65,536 alone do not fit: lowering the undecided budget would make no
+        // room, only shed handshakes; it is kept, and the shortfall warned about.
         let p = plan(20_000, &CLASSIC, only_undecided);
-        assert_eq!(p.limits, limits(65_536, 1));
-        assert!(p.lowered.unwrap().contains("--max-undecided 1024 → 1"));
+        assert_eq!((p.limits, p.lowered), (CLASSIC, None));
         assert!(
             p.short
                 .unwrap()
                 .contains("about 8687 forwarded connections")
+        );
+
+        // Explicit 8,000 leave 1,374 of 17,374 for the rest (HBONE on): the undecided budget
+        // is held at the floor, 64, and HBONE's two share the other 1,310.
+        let rest = Defaulted {
+            max_connections: false,
+            ..Defaulted::ALL
+        };
+        let asked = Limits {
+            max_connections: 8_000,
+            ..WITH_HBONE
+        };
+        let p = plan(20_000, &asked, rest);
+        assert_eq!(
+            p.limits,
+            Limits {
+                max_connections: 8_000,
+                max_undecided: 64,
+                hbone: Some((655, 655)),
+            }
+        );
+        assert!(p.lowered.unwrap().contains("--max-undecided 1024 → 64"));
+        assert_eq!(
+            p.short, None,
+            "16,000 + 64 + 655 + 655 fill the 17,374 exactly"
         );
 
         // Nothing defaulted: nothing lowered, the old warning.
@@ -432,16 +489,17 @@ mod tests {
         assert_eq!((p.limits, p.lowered.is_none()), (CLASSIC, true));
     }
 
-    /// Under the reserve nothing fits: each defaulted limit goes to 1, no pipes, no panic.
+    /// Under the reserve nothing fits: each defaulted limit goes to the floor, no pipes, no
+    /// panic.
     #[test]
-    fn a_limit_under_the_reserve_lowers_to_one() {
+    fn a_limit_under_the_reserve_lowers_to_the_floor() {
         let p = plan(64, &WITH_HBONE, Defaulted::ALL);
         assert_eq!(p.pipes, 0);
         assert_eq!(
             p.limits,
             Limits {
-                hbone: Some((1, 1)),
-                ..limits(1, 1)
+                hbone: Some((64, 64)),
+                ..limits(64, 64)
             }
         );
         assert!(p.short.is_some() && p.lowered.is_some());

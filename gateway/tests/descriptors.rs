@@ -142,7 +142,7 @@ async fn soft_limit_is_raised_and_a_short_one_is_named() {
 }
 
 /// The defaults (65,536 connections) do not fit in 700 descriptors, so start-up lowers them
-/// to what does and says so. Then connections past the lowered limit are refused by it
+/// (to the floor, 64) and says so. Then connections past the lowered limit are refused by it
 /// (`over_limit`), never by a failed accept or dial, and the process keeps descriptors
 /// free for its control-plane connections. Before, the defaults stood: accepts failed with
 /// EMFILE at about 300 connections and dials as `local_resource`.
