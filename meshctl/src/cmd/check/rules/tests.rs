@@ -121,6 +121,29 @@ fn cacerts_missing_or_broken_fails_with_the_apply_hint() {
     assert!(i.hint.as_deref().unwrap().contains("--force"));
 }
 
+/// A private key appended to the stored root-cert.pem (which istiod publishes in every
+/// namespace) fails the check, named without quoting the key.
+#[test]
+fn a_key_in_the_stored_root_cert_fails_without_being_quoted() {
+    let mut f = healthy();
+    let mut s = cacerts_secret();
+    let data = s.data.as_mut().unwrap();
+    let key = data[pki::CA_KEY].0.clone();
+    let root = &mut data.get_mut(pki::ROOT_CERT).unwrap().0;
+    root.extend_from_slice(&key);
+    f.cacerts = Some(s);
+    let (items, _) = judge(&f, None);
+    let i = find(&items, "cacerts present and valid");
+    assert_eq!(i.status, Status::Fail);
+    assert!(
+        i.detail.contains("root-cert.pem") && i.detail.contains("PRIVATE KEY"),
+        "{i:?}"
+    );
+    let key_text = String::from_utf8(key).unwrap();
+    let body = key_text.lines().nth(1).unwrap();
+    assert!(!i.detail.contains(body), "the key was quoted: {i:?}");
+}
+
 #[test]
 fn network_labels_must_exist_and_agree() {
     let mut f = healthy();
