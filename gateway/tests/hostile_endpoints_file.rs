@@ -48,13 +48,8 @@ fn start_capped(eps: &Path, vm_kib: u64) -> GatewayProcess {
 /// Runs the binary with `args`, which must fail to start within [`TIMEOUT`]: returns its exit
 /// code and stderr.
 fn start_fails(args: &[&str]) -> (Option<i32>, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-    cmd.args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .args(["--hbone-listen", "off"])
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = loopback_command();
+    cmd.args(args);
     let (status, text) = exit_of(cmd, "a start that must fail");
     assert!(!status.success(), "started: {text}");
     (status.code(), text)
@@ -318,21 +313,10 @@ fn a_host_cannot_forge_a_plain_log_line() {
     let dir = tempfile::tempdir().unwrap();
     let eps = dir.path().join("endpoints.yaml");
     std::fs::write(&eps, catalog_yaml(3000)).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--hbone-listen",
-        "off",
-    ])
-    .args(["--log-format", "plain", "--endpoints"])
-    .arg(&eps)
-    .env("RUST_LOG", "info")
-    .env("NO_COLOR", "1")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    let mut cmd = loopback_command();
+    cmd.args(["--log-format", "plain", "--endpoints"])
+        .arg(&eps)
+        .env("RUST_LOG", "info");
     let mut child = testkit::proc::ChildGuard::spawn(&mut cmd).unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();

@@ -6,7 +6,6 @@ mod common;
 mod hbone_support;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -17,23 +16,12 @@ fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let eps = dir.path().join("endpoints.yaml");
     std::fs::write(&eps, "services: []\n").unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--hbone-listen",
-        "off",
-    ])
-    .arg("--endpoints")
-    .arg(&eps)
-    .args(args)
-    .env_remove("GATEWAY_NAMESPACES")
-    .envs(env.iter().copied())
-    .env("NO_COLOR", "1")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    let mut cmd = loopback_command();
+    cmd.arg("--endpoints")
+        .arg(&eps)
+        .args(args)
+        .env_remove("GATEWAY_NAMESPACES")
+        .envs(env.iter().copied());
     let (status, err) = exit_of(cmd, &format!("{args:?} {env:?}: accepted"));
     assert_eq!(status.code(), Some(2), "{args:?} {env:?}: {err}");
     assert!(!err.contains("panicked"), "{err}");

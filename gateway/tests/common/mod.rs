@@ -733,3 +733,15 @@ pub fn replace_file(path: &std::path::Path, text: &str) {
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
+
+/// The built binary on loopback listeners with HBONE off, stderr piped and stdout dropped,
+/// for tests that read what it says when it refuses or fails to start.
+pub fn loopback_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--hbone-listen", "off"])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
