@@ -199,6 +199,39 @@ async fn unjoin_leaves_nothing_behind_and_keeps_unrelated_objects() {
     }
 }
 
+/// A network label someone changed after join (`kubectl label --overwrite`, another field
+/// manager) is theirs under server-side apply, so unjoin's apply leaves it; unjoin removes it
+/// all the same (and the cluster-name annotation), and keeps the namespace's other labels.
+/// Before, unjoin reported it removed and left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unjoin_removes_a_network_label_another_writer_changed() {
+    use kube::api::{Api, Patch, PatchParams};
+    let m = mesh().await;
+    m.join(&[]).await;
+    let east = client_from_yaml(&m.east.kubeconfig("east")).await;
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(east);
+    let kubectl = PatchParams {
+        field_manager: Some("kubectl-label".into()),
+        ..PatchParams::default()
+    };
+    let relabel =
+        json!({"metadata": {"labels": {"topology.istio.io/network": "renamed", "team": "mesh"}}});
+    nss.patch("istio-system", &kubectl, &Patch::Merge(&relabel))
+        .await
+        .unwrap();
+    m.ok(&m.unjoin_args(&[])).await;
+    let ns = istio_namespace(&m.east);
+    let labels = &ns["metadata"]["labels"];
+    assert!(labels.get("topology.istio.io/network").is_none(), "{ns}");
+    assert_eq!(labels["team"], "mesh", "{ns}");
+    assert!(
+        ns["metadata"]["annotations"]
+            .get("meshctl.io/cluster-name")
+            .is_none(),
+        "{ns}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expose_services_needs_the_gateway_crd_and_changes_nothing_without_it() {
     let m = mesh().await;

@@ -106,6 +106,14 @@ impl Store {
             ..opts.clone()
         };
         let merged = self.merge_update(&mut st, rt, version, &old, new, &without_manager)?;
+        if !opts.dry_run {
+            // What this manager applies is its own now too, changed or not.
+            for ((k, m), other) in st.applied.iter_mut() {
+                if *k == apply.key && *m != apply.manager {
+                    patch::disown_taken(other, &apply.applied);
+                }
+            }
+        }
         if comparable(&merged) == comparable(&old) {
             st.applied.insert((apply.key, apply.manager), apply.applied);
             return Ok((Store::render(rt, version, &old), false));

@@ -146,21 +146,64 @@ pub fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), ApiError> {
 
 /// Removes from `live` the fields that the previous applied configuration set and the new one
 /// no longer sets (maps only; lists are atomic). This is the part of server-side apply that
-/// managed-fields tracking exists for, reduced to one manager's last applied configuration.
+/// managed-fields tracking exists for, reduced to one manager's last applied configuration
+/// less the fields others have taken since ([`disown_changed`], [`disown_taken`]). A map the
+/// manager stops applying loses only its keys, and goes when nothing else is left in it.
 pub fn prune_removed(live: &mut Value, prev_applied: &Value, new_applied: &Value) {
     let (Value::Object(l), Value::Object(p)) = (live, prev_applied) else {
         return;
     };
+    let none = Value::Object(Default::default());
     for (k, pv) in p {
-        match new_applied.get(k) {
-            None => {
-                l.remove(k);
-            }
-            Some(nv) => {
-                if let Some(lv) = l.get_mut(k) {
-                    prune_removed(lv, pv, nv);
+        let nv = new_applied.get(k);
+        match (nv, l.get_mut(k)) {
+            (Some(nv), Some(lv)) => prune_removed(lv, pv, nv),
+            (None, Some(lv)) if pv.is_object() && lv.is_object() => {
+                prune_removed(lv, pv, &none);
+                if lv.as_object().is_some_and(|m| m.is_empty()) {
+                    l.remove(k);
                 }
             }
+            (None, _) => {
+                l.remove(k);
+            }
+            (Some(_), None) => {}
+        }
+    }
+}
+
+/// Drops from a manager's applied configuration the fields `live` no longer holds as it
+/// applied them: another writer changed or removed them, and so owns them now
+/// (structured-merge-diff moves a changed field to the updater's manager), so this manager's
+/// later applies leave them alone.
+pub fn disown_changed(applied: &mut Value, live: &Value) {
+    let Value::Object(a) = applied else {
+        return;
+    };
+    a.retain(|k, av| match live.get(k) {
+        Some(lv) if av.is_object() && lv.is_object() => {
+            disown_changed(av, lv);
+            true
+        }
+        Some(lv) => lv == av,
+        None => false,
+    });
+}
+
+/// Drops from a manager's applied configuration the fields another manager's apply sets:
+/// those are that manager's too now (shared when the values agree, taken by force when they
+/// do not), so the first manager ceasing to apply them no longer removes them.
+pub fn disown_taken(applied: &mut Value, taken: &Value) {
+    let (Value::Object(a), Value::Object(t)) = (applied, taken) else {
+        return;
+    };
+    for (k, tv) in t {
+        match a.get_mut(k) {
+            Some(av) if av.is_object() && tv.is_object() => disown_taken(av, tv),
+            Some(_) => {
+                a.remove(k);
+            }
+            None => {}
         }
     }
 }

@@ -262,6 +262,13 @@ impl Store {
         if opts.dry_run {
             return Ok(new);
         }
+        // An update owns what it changes: appliers of those fields no longer do (an update
+        // is its own managedFields entry, even under an applier's name).
+        for ((k, _), applied) in st.applied.iter_mut() {
+            if *k == key {
+                patch::disown_changed(applied, &new);
+            }
+        }
         Ok(self.commit(&mut st, EventType::Modified, key, new, Some(old)))
     }
 

@@ -259,3 +259,55 @@ async fn bodies_over_three_mebibytes_are_too_large() {
         "read, then refused by validation (1 MiB of data)"
     );
 }
+
+/// Field ownership as server-side apply keeps it: a label another writer changed is theirs,
+/// so the applier ceasing to apply it leaves it; a label two appliers set stays while one
+/// still applies it; the applier's own labels go, and only those. Before, the last applied
+/// configuration alone decided, and every label it had set was removed.
+#[tokio::test]
+async fn an_apply_removes_only_the_fields_its_manager_still_owns() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let (_server, client) = started("owners").await;
+    let nss: Api<Namespace> = Api::all(client);
+    let ns = |labels: Value| -> Namespace {
+        obj(json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "mesh", "labels": labels}}))
+    };
+    let apply = |m: &str| PatchParams::apply(m).force();
+    let labels = |n: &Namespace| n.metadata.labels.clone().unwrap_or_default();
+    nss.patch(
+        "mesh",
+        &apply("meshctl"),
+        &Patch::Apply(ns(json!({"net": "a", "mine": "1", "shared": "s"}))),
+    )
+    .await
+    .unwrap();
+    // Another writer changes one label (as `kubectl label --overwrite` does), and another
+    // applier sets the same value on a second.
+    let kubectl = PatchParams {
+        field_manager: Some("kubectl-label".into()),
+        ..PatchParams::default()
+    };
+    nss.patch(
+        "mesh",
+        &kubectl,
+        &Patch::Merge(json!({"metadata": {"labels": {"net": "b"}}})),
+    )
+    .await
+    .unwrap();
+    nss.patch(
+        "mesh",
+        &apply("other"),
+        &Patch::Apply(ns(json!({"shared": "s"}))),
+    )
+    .await
+    .unwrap();
+    let after = nss
+        .patch("mesh", &apply("meshctl"), &Patch::Apply(ns(json!({}))))
+        .await
+        .unwrap();
+    let l = labels(&after);
+    assert_eq!(l.get("net").map(String::as_str), Some("b"), "{l:?}");
+    assert_eq!(l.get("shared").map(String::as_str), Some("s"), "{l:?}");
+    assert!(!l.contains_key("mine"), "{l:?}");
+}

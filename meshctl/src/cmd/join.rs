@@ -480,7 +480,19 @@ pub async fn unjoin_cluster(
             let bare = json!({"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": ns, "labels": {}, "annotations": {}}});
             if !dry_run {
-                kc::apply(c, &bare).await?;
+                let after = kc::apply(c, &bare).await?;
+                // A field another writer changed since (`kubectl label --overwrite`) is
+                // theirs, and the apply leaves it: the network label and the cluster name
+                // go all the same, as unjoin undoes join whoever set them last.
+                let kept = after["metadata"]["labels"].get(NETWORK_LABEL).is_some()
+                    || after["metadata"]["annotations"]
+                        .get(CLUSTER_NAME_ANNOTATION)
+                        .is_some();
+                if kept {
+                    let drop = json!({"metadata": {"labels": {NETWORK_LABEL: null},
+                        "annotations": {CLUSTER_NAME_ANNOTATION: null}}});
+                    kc::merge_patch(c, &bare, &drop).await?;
+                }
             }
             removed.push(
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns,

@@ -258,6 +258,31 @@ fn decode<K: DeserializeOwned>(c: &Cluster, kind: &str, v: Value) -> Result<K> {
         .with_context(|| format!("decoding {what} from context {:?} as a {kind}", c.context))
 }
 
+/// A JSON merge patch of an existing object (field manager `meshctl`): `null` removes a
+/// field whoever owns it, which an apply cannot do.
+pub async fn merge_patch(c: &Cluster, obj: &Value, patch: &Value) -> Result<Value> {
+    let av = obj["apiVersion"].as_str().unwrap_or_default();
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let name = meta(obj, "name").ok_or_else(|| anyhow!("object without a name"))?;
+    let api = api_for(c, av, kind, meta(obj, "namespace"))?;
+    let pp = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
+    };
+    let out = api
+        .patch(name, &pp, &Patch::Merge(patch))
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "patching {} in context {:?}: {}",
+                describe(obj),
+                c.context,
+                error_text(&e)
+            )
+        })?;
+    Ok(serde_json::to_value(out)?)
+}
+
 /// Deletes an object; `false` when it was already gone.
 pub async fn delete(c: &Cluster, obj: &Value) -> Result<bool> {
     let av = obj["apiVersion"].as_str().unwrap_or_default();

@@ -17,7 +17,7 @@ mod retry;
 
 pub use api::{
     Cluster, apply, apply_all, block_on, delete, ensure_namespace, get, get_as, list, list_as,
-    plural_of,
+    merge_patch, plural_of,
 };
 pub use client::client;
 pub use config::{KubeconfigFile, init_crypto};
