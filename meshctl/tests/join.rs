@@ -182,21 +182,18 @@ async fn unjoin_leaves_nothing_behind_and_keeps_unrelated_objects() {
         ] {
             assert!(after.contains_key(k), "{k} was deleted");
         }
-        let ns = istio_namespace(s);
-        assert_eq!(ns["metadata"]["labels"]["team"], "mesh");
-        assert!(
-            ns["metadata"]["labels"]
-                .get("topology.istio.io/network")
-                .is_none(),
-            "{ns}"
-        );
-        assert!(
-            ns["metadata"]["annotations"]
-                .get("meshctl.io/cluster-name")
-                .is_none(),
-            "{ns}"
-        );
+        unjoined_keeping_team_label(s);
     }
+}
+
+/// After unjoin: istio-system keeps its `team: mesh` label and has neither the network label
+/// nor the cluster-name annotation.
+fn unjoined_keeping_team_label(s: &k8s_test_server::TestApiServer) {
+    let ns = istio_namespace(s);
+    assert_eq!(ns["metadata"]["labels"]["team"], "mesh", "{ns}");
+    let network = ns["metadata"]["labels"].get("topology.istio.io/network");
+    let cluster = ns["metadata"]["annotations"].get("meshctl.io/cluster-name");
+    assert!(network.is_none() && cluster.is_none(), "{ns}");
 }
 
 /// A network label someone changed after join (`kubectl label --overwrite`, another field
@@ -220,16 +217,7 @@ async fn unjoin_removes_a_network_label_another_writer_changed() {
         .await
         .unwrap();
     m.ok(&m.unjoin_args(&[])).await;
-    let ns = istio_namespace(&m.east);
-    let labels = &ns["metadata"]["labels"];
-    assert!(labels.get("topology.istio.io/network").is_none(), "{ns}");
-    assert_eq!(labels["team"], "mesh", "{ns}");
-    assert!(
-        ns["metadata"]["annotations"]
-            .get("meshctl.io/cluster-name")
-            .is_none(),
-        "{ns}"
-    );
+    unjoined_keeping_team_label(&m.east);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
