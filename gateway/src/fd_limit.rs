@@ -109,7 +109,7 @@ fn connection_fds(l: &Limits) -> u64 {
 
 /// The descriptors the connection limits can take at once, the pipes' at their default cap,
 /// and [`RESERVE`] for the rest.
-pub fn needed(l: &Limits) -> u64 {
+fn needed(l: &Limits) -> u64 {
     connection_fds(l) + 2 * pipes::MAX as u64 + RESERVE
 }
 
@@ -120,16 +120,6 @@ pub struct Defaulted {
     pub max_undecided: bool,
     pub hbone_max_connections: bool,
     pub hbone_max_tunnels: bool,
-}
-
-impl Defaulted {
-    /// All four: what an in-process build without a command line has.
-    pub const ALL: Defaulted = Defaulted {
-        max_connections: true,
-        max_undecided: true,
-        hbone_max_connections: true,
-        hbone_max_tunnels: true,
-    };
 }
 
 /// The limits start-up runs with under a descriptor limit, and what to tell the operator.
@@ -260,11 +250,6 @@ fn lowered_text(soft: u64, asked: &Limits, now: &Limits, pipe_cap: u64) -> Strin
     )
 }
 
-/// The warning for a soft limit below [`needed`], naming the ways out; `None` when it fits.
-pub fn shortfall(soft: u64, l: &Limits) -> Option<String> {
-    plan(soft, l, Defaulted::default()).short
-}
-
 /// The warning for limits in force that do not fit in `soft` with `pipe_fds` set aside.
 fn shortfall_text(soft: u64, l: &Limits, pipe_fds: u64) -> String {
     let need = connection_fds(l) + pipe_fds + RESERVE;
@@ -317,6 +302,19 @@ mod tests {
         ..CLASSIC
     };
 
+    /// All four left at their defaults.
+    const ALL: Defaulted = Defaulted {
+        max_connections: true,
+        max_undecided: true,
+        hbone_max_connections: true,
+        hbone_max_tunnels: true,
+    };
+
+    /// The warning for explicit limits that do not fit; `None` when they do.
+    fn shortfall(soft: u64, l: &Limits) -> Option<String> {
+        plan(soft, l, Defaulted::default()).short
+    }
+
     fn limits(max_connections: usize, max_undecided: usize) -> Limits {
         Limits {
             max_connections,
@@ -330,7 +328,7 @@ mod tests {
         assert_eq!(needed(&CLASSIC), 131_072 + 1024 + 2048 + 64 + 512 + 2);
         assert_eq!(shortfall(1_048_576, &CLASSIC), None);
         assert_eq!(shortfall(needed(&limits(100, 10)), &limits(100, 10)), None);
-        let p = plan(1_048_576, &WITH_HBONE, Defaulted::ALL);
+        let p = plan(1_048_576, &WITH_HBONE, ALL);
         assert_eq!(
             (p.limits, p.pipes, &p.lowered, &p.short),
             (WITH_HBONE, 1024, &None, &None)
@@ -397,7 +395,7 @@ mod tests {
     /// what the reserve leaves; the result fits, and the warning names each change and the fix.
     #[test]
     fn defaults_are_lowered_to_fit() {
-        let p = plan(65_535, &CLASSIC, Defaulted::ALL);
+        let p = plan(65_535, &CLASSIC, ALL);
         assert_eq!(p.pipes, 1024);
         // (65,535 - 578 - 2,048) = 62,909 descriptors for 132,096 asked.
         assert_eq!(p.limits, limits(31_210, 487));
@@ -413,7 +411,7 @@ mod tests {
         );
 
         // With HBONE on, all four shrink alike; a small limit leaves fewer pipes.
-        let p = plan(4096, &WITH_HBONE, Defaulted::ALL);
+        let p = plan(4096, &WITH_HBONE, ALL);
         assert_eq!(p.pipes, (4096 - RESERVE as usize) / 16);
         let (outer, tunnels) = p.limits.hbone.unwrap();
         assert!(outer == tunnels && outer > 0);
@@ -451,7 +449,7 @@ mod tests {
         // is held at the floor, 64, and HBONE's two share the other 1,310.
         let rest = Defaulted {
             max_connections: false,
-            ..Defaulted::ALL
+            ..ALL
         };
         let asked = Limits {
             max_connections: 8_000,
@@ -493,7 +491,7 @@ mod tests {
     /// panic.
     #[test]
     fn a_limit_under_the_reserve_lowers_to_the_floor() {
-        let p = plan(64, &WITH_HBONE, Defaulted::ALL);
+        let p = plan(64, &WITH_HBONE, ALL);
         assert_eq!(p.pipes, 0);
         assert_eq!(
             p.limits,

@@ -12,19 +12,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rustix::pipe::PipeFlags;
 
 /// Pipe capacity asked for (the kernel default is 16 pages).
-pub const SIZE: usize = 64 * 1024;
+const SIZE: usize = 64 * 1024;
 
 /// Pipes open at once by default: 64 MiB of [`SIZE`] pipes.
 pub const MAX: usize = (64 << 20) / SIZE;
 
 /// Open pipes against a cap.
-pub struct Budget {
+struct Budget {
     open: AtomicUsize,
     max: AtomicUsize,
 }
 
 impl Budget {
-    pub const fn new(max: usize) -> Budget {
+    const fn new(max: usize) -> Budget {
         Budget {
             open: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
@@ -44,15 +44,10 @@ impl Budget {
     fn give_back(&self) {
         self.open.fetch_sub(1, Ordering::AcqRel);
     }
-
-    /// Pipes open now.
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
 }
 
 /// The process's pipes.
-pub static PIPES: Budget = Budget::new(MAX);
+static PIPES: Budget = Budget::new(MAX);
 
 /// Sets the cap; start-up calls it once, before any connection.
 pub fn set_max(max: usize) {
@@ -113,7 +108,7 @@ mod tests {
         let b = Budget::new(2);
         assert!(b.take() && b.take());
         assert!(!b.take(), "a third place past a cap of two");
-        assert_eq!(b.open(), 2);
+        assert_eq!(b.open.load(Ordering::Relaxed), 2);
         b.give_back();
         assert!(b.take());
         b.max.store(0, Ordering::Relaxed);
