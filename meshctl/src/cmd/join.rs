@@ -474,30 +474,15 @@ pub async fn unjoin_cluster(
                 .get(CLUSTER_NAME_ANNOTATION)
                 .is_some();
         if meshctl_owned && has {
-            // Applying the namespace without the fields meshctl owned removes them.
-            // Empty maps (not absent ones) so only meshctl's keys go, whatever the server's
-            // apply implementation does with a map that disappears entirely.
-            let bare = json!({"apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": ns, "labels": {}, "annotations": {}}});
+            // A merge patch with nulls removes both whoever set them last: an apply leaves a
+            // field another writer has changed since (`kubectl label --overwrite` makes it
+            // theirs), and unjoin undoes join all the same. Other labels stay.
+            let drop = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns,
+                "labels": {NETWORK_LABEL: null}, "annotations": {CLUSTER_NAME_ANNOTATION: null}}});
             if !dry_run {
-                let after = kc::apply(c, &bare).await?;
-                // A field another writer changed since (`kubectl label --overwrite`) is
-                // theirs, and the apply leaves it: the network label and the cluster name
-                // go all the same, as unjoin undoes join whoever set them last.
-                let kept = after["metadata"]["labels"].get(NETWORK_LABEL).is_some()
-                    || after["metadata"]["annotations"]
-                        .get(CLUSTER_NAME_ANNOTATION)
-                        .is_some();
-                if kept {
-                    let drop = json!({"metadata": {"labels": {NETWORK_LABEL: null},
-                        "annotations": {CLUSTER_NAME_ANNOTATION: null}}});
-                    kc::merge_patch(c, &bare, &drop).await?;
-                }
+                kc::merge_patch(c, &drop, &drop).await?;
             }
-            removed.push(
-                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns,
-                "labels": {NETWORK_LABEL: null}, "annotations": {CLUSTER_NAME_ANNOTATION: null}}}),
-            );
+            removed.push(drop);
         }
     }
     Ok(())

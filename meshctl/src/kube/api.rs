@@ -152,22 +152,40 @@ fn api_for(
 
 /// Server-side apply of a rendered object (field manager `meshctl`, forced).
 pub async fn apply(c: &Cluster, obj: &Value) -> Result<Value> {
+    let pp = PatchParams::apply(MANAGER).force();
+    patch(c, obj, &pp, &Patch::Apply(obj), "applying").await
+}
+
+/// A JSON merge patch of an existing object (field manager `meshctl`): `null` removes a
+/// field whoever owns it, which an apply cannot do.
+pub async fn merge_patch(c: &Cluster, obj: &Value, merge: &Value) -> Result<Value> {
+    let pp = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
+    };
+    patch(c, obj, &pp, &Patch::Merge(merge), "patching").await
+}
+
+/// One PATCH of the object `obj` names; errors say what was being `doing` to which object.
+async fn patch(
+    c: &Cluster,
+    obj: &Value,
+    pp: &PatchParams,
+    body: &Patch<&Value>,
+    doing: &str,
+) -> Result<Value> {
     let av = obj["apiVersion"].as_str().unwrap_or_default();
     let kind = obj["kind"].as_str().unwrap_or_default();
     let name = meta(obj, "name").ok_or_else(|| anyhow!("object without a name"))?;
     let api = api_for(c, av, kind, meta(obj, "namespace"))?;
-    let pp = PatchParams::apply(MANAGER).force();
-    let out = api
-        .patch(name, &pp, &Patch::Apply(obj))
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "applying {} in context {:?}: {}",
-                describe(obj),
-                c.context,
-                error_text(&e)
-            )
-        })?;
+    let out = api.patch(name, pp, body).await.map_err(|e| {
+        anyhow!(
+            "{doing} {} in context {:?}: {}",
+            describe(obj),
+            c.context,
+            error_text(&e)
+        )
+    })?;
     Ok(serde_json::to_value(out)?)
 }
 
@@ -256,31 +274,6 @@ fn decode<K: DeserializeOwned>(c: &Cluster, kind: &str, v: Value) -> Result<K> {
     let what = describe(&v);
     serde_json::from_value(v)
         .with_context(|| format!("decoding {what} from context {:?} as a {kind}", c.context))
-}
-
-/// A JSON merge patch of an existing object (field manager `meshctl`): `null` removes a
-/// field whoever owns it, which an apply cannot do.
-pub async fn merge_patch(c: &Cluster, obj: &Value, patch: &Value) -> Result<Value> {
-    let av = obj["apiVersion"].as_str().unwrap_or_default();
-    let kind = obj["kind"].as_str().unwrap_or_default();
-    let name = meta(obj, "name").ok_or_else(|| anyhow!("object without a name"))?;
-    let api = api_for(c, av, kind, meta(obj, "namespace"))?;
-    let pp = PatchParams {
-        field_manager: Some(MANAGER.into()),
-        ..PatchParams::default()
-    };
-    let out = api
-        .patch(name, &pp, &Patch::Merge(patch))
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "patching {} in context {:?}: {}",
-                describe(obj),
-                c.context,
-                error_text(&e)
-            )
-        })?;
-    Ok(serde_json::to_value(out)?)
 }
 
 /// Deletes an object; `false` when it was already gone.
