@@ -44,22 +44,25 @@ pub fn check_cert_pem(text: &str) -> std::result::Result<usize, String> {
 /// starting and ending with an alphanumeric). Cluster names become directory names,
 /// Secret keys and SNI labels, so they must be labels.
 pub fn validate_dns_label(name: &str) -> std::result::Result<(), String> {
-    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     if name.is_empty() || name.len() > 63 {
         return Err(format!(
             "{name:?} must be 1 to 63 characters long (a DNS-1123 label)"
         ));
     }
-    if !name.chars().all(|c| ok_char(c) || c == '-')
-        || !name.starts_with(ok_char)
-        || !name.ends_with(ok_char)
-    {
+    if !dns_part(name) {
         return Err(format!(
             "{name:?} is not a DNS-1123 label: use lowercase letters, digits and '-', \
              starting and ending with a letter or digit"
         ));
     }
     Ok(())
+}
+
+/// Lowercase letters, digits and '-', a letter or digit at both ends (so not empty): a
+/// DNS-1123 label without its length limit.
+fn dns_part(p: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    p.chars().all(|c| ok_char(c) || c == '-') && p.starts_with(ok_char) && p.ends_with(ok_char)
 }
 
 /// Checks that `name` is a DNS-1123 subdomain: dot-separated parts of lowercase letters,
@@ -75,11 +78,7 @@ pub fn validate_dns_subdomain(name: &str) -> std::result::Result<(), String> {
             "{name:?} must be 1 to 253 characters long (a DNS-1123 subdomain)"
         ));
     }
-    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    let part_ok = |p: &str| {
-        p.chars().all(|c| ok_char(c) || c == '-') && p.starts_with(ok_char) && p.ends_with(ok_char)
-    };
-    if !name.split('.').all(part_ok) {
+    if !name.split('.').all(dns_part) {
         return Err(format!(
             "{name:?} is not a DNS-1123 subdomain: use lowercase letters, digits, '-' and '.', \
              each dot-separated part starting and ending with a letter or digit"

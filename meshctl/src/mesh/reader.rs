@@ -58,7 +58,7 @@ fn check_options(o: &SecretOptions) -> Result<()> {
     pki::validate_dns_label(&o.name).map_err(|e| anyhow!("--name {e}"))?;
     pki::validate_dns_label(&o.namespace).map_err(|e| anyhow!("namespace {e}"))?;
     let (ns, sa) = (o.namespace.as_str(), o.flags.service_account.as_str());
-    validate_subdomain(sa)
+    pki::validate_dns_subdomain(sa)
         .map_err(|e| anyhow!("--service-account {e} (it names a ServiceAccount)"))?;
     if o.flags.create_service_account && !reader_role_name_fits(ns, sa) {
         bail!(
@@ -72,7 +72,8 @@ fn check_options(o: &SecretOptions) -> Result<()> {
         );
     }
     if let Some(n) = &o.flags.secret_name {
-        validate_subdomain(n).map_err(|e| anyhow!("--secret-name {e} (it names a Secret)"))?;
+        pki::validate_dns_subdomain(n)
+            .map_err(|e| anyhow!("--secret-name {e} (it names a Secret)"))?;
     } else if o.flags.token_ttl.is_none() && reader_token_secret_name(sa).len() > MAX_OBJECT_NAME {
         bail!(
             "--service-account {sa:?} is too long for its token Secret {:?} ({} characters, \
@@ -96,22 +97,6 @@ fn check_options(o: &SecretOptions) -> Result<()> {
                 o.name
             );
         }
-    }
-    Ok(())
-}
-
-/// A DNS-1123 subdomain, with the rule in the message.
-fn validate_subdomain(name: &str) -> std::result::Result<(), String> {
-    if name.is_empty() || name.len() > 253 {
-        return Err(format!(
-            "{name:?} must be 1 to 253 characters long (a DNS-1123 subdomain)"
-        ));
-    }
-    if !names::is_dns_subdomain(name) {
-        return Err(format!(
-            "{name:?} is not a DNS-1123 subdomain: use lowercase letters, digits, '-' and '.', \
-             each dot-separated part starting and ending with a letter or digit"
-        ));
     }
     Ok(())
 }
