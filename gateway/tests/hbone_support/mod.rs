@@ -81,13 +81,14 @@ pub fn gateway_certs() -> tempfile::TempDir {
 pub struct HboneProcess {
     pub gw: crate::common::GatewayProcess,
     pub hbone: SocketAddr,
-    _files: (tempfile::TempDir, tempfile::TempDir),
+    /// The endpoints file's directory and the certificates' (kept for the process's life).
+    files: (tempfile::TempDir, tempfile::TempDir),
 }
 
 impl HboneProcess {
     /// The directory its `--hbone-certs` point at.
     pub fn certs_dir(&self) -> &std::path::Path {
-        self._files.1.path()
+        self.files.1.path()
     }
 }
 
@@ -113,7 +114,7 @@ pub async fn hbone_process(yaml: &str, extra: &[&str], rust_log: &str) -> HboneP
     HboneProcess {
         gw,
         hbone,
-        _files: (dir, certs),
+        files: (dir, certs),
     }
 }
 
