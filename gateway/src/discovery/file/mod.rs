@@ -3,11 +3,12 @@
 //!
 //! The parent directory is watched, not the file: Kubernetes mounts ConfigMaps through a
 //! `..data` symlink that is swapped atomically, which a watch on the file itself misses. When
-//! the path is a symlink, the directories its links lead to are watched too, and the set is
-//! worked out again after every read, as links may have moved. [`watch`] decides which events
-//! matter and when a change has settled; [`format`] reads the file's content, within the
-//! [`bounds`] on the work one file may cause, and [`yaml_error`] tells what is wrong with it
-//! without quoting it.
+//! the path is a symlink, the directories its links lead to are watched too, and their
+//! parents, which see such a directory removed and made again; the set is worked out again
+//! before every read, as links may have moved and directories come back. [`watch`] decides
+//! which events matter and when a change has settled; [`format`] reads the file's content,
+//! within the [`bounds`] on the work one file may cause, and [`yaml_error`] tells what is
+//! wrong with it without quoting it.
 //!
 //! Every read goes through [`read_regular`](crate::bounded_read::read_regular): whatever the
 //! path names (a FIFO, a device, a huge file), a read never blocks and never takes more than a
@@ -74,9 +75,9 @@ pub enum FileError {
 /// 0.6 s and 690 MB (release build); the earlier 64 MiB limit let one file take 2.7 GB.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
-/// Watches `path` (through its parent directory, and the directories its links lead to) and
-/// SIGHUP, republishing on every change of content. Runs until `stop` is cancelled. A bad
-/// file keeps the last good table.
+/// Watches `path` (through its parent directory, the directories its links lead to, and
+/// theirs) and SIGHUP, republishing on every change of content. Runs until `stop` is
+/// cancelled. A bad file keeps the last good table.
 pub struct FileSource {
     reader: Reader,
     pending: Arc<Pending>,
@@ -120,8 +121,8 @@ impl Watches {
                 tracing::warn!(
                     dir = %dir.display(),
                     error = %e,
-                    "cannot watch the directory a symlink of --endpoints leads to: changes \
-                     there are read on SIGHUP only"
+                    "cannot watch a directory on the way to the file a symlink of --endpoints \
+                     leads to: changes there are read on SIGHUP only"
                 );
             }
         }

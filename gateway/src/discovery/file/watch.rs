@@ -3,10 +3,12 @@
 //!
 //! The parent directory is watched (a ConfigMap volume swaps a `..data` symlink), and so is
 //! the directory of every link's target that lies elsewhere (`--endpoints` may be a symlink to
-//! a file in another directory), so most events concern other files. inotify also reports
+//! a file in another directory), and that directory's parent (it may be removed and made
+//! again while the link stays), so most events concern other files. inotify also reports
 //! opens, including the gateway's own reads: reacting to those made every read trigger the
 //! next one. Only creates, in-place writes, closes after writing, renames and removals of the
-//! file, of a symlink on its way, of its target, or of `..data` count; access events never do.
+//! file, of a symlink on its way, of its target, of a directory it lies in, or of `..data`
+//! count; access events never do.
 //!
 //! A change is read once it has settled: no relevant event for [`QUIET`], and a file written
 //! in place has been closed by its writer. A writer that keeps the file open without writing
@@ -14,7 +16,7 @@
 //! [`MAX_DELAY`] after it began, so a reload is always bounded.
 
 use std::collections::HashSet;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -100,14 +102,33 @@ impl Names {
     }
 
     /// Adds `file` under its directory, resolved (so `..data/endpoints.yaml` is watched in
-    /// the directory `..data` points to now).
+    /// the directory `..data` points to now). When that directory is missing, the nearest one
+    /// left on the way is watched instead, for the next name down, so each level is followed
+    /// as it comes back.
+    ///
+    /// A directory watched here, unless it is the file's own, is also watched from its parent:
+    /// removed and made again under the same path, it is a new directory that the old watch
+    /// (gone with the old one) never reports on, while the links leading there do not change.
     fn add(&mut self, file: &Path) {
-        let (Some(parent), Some(name)) = (file.parent(), file.file_name()) else {
+        for at in file.ancestors() {
+            let (Some(parent), Some(name)) = (at.parent(), at.file_name()) else {
+                continue;
+            };
+            let Ok(real) = std::fs::canonicalize(parent) else {
+                continue;
+            };
+            if real != self.dirs[0].real
+                && let (Some(up), Some(dir_name)) = (real.parent(), real.file_name())
+            {
+                self.insert(up.to_path_buf(), dir_name);
+            }
+            self.insert(real, name);
             return;
-        };
-        let Ok(real) = std::fs::canonicalize(parent) else {
-            return;
-        };
+        }
+    }
+
+    /// `name` counts in the directory `real` (resolved), watched once however it is reached.
+    fn insert(&mut self, real: PathBuf, name: &OsStr) {
         match self.dirs.iter_mut().find(|d| d.real == real) {
             Some(d) => {
                 d.names.insert(name.to_os_string());
@@ -275,8 +296,12 @@ mod tests {
         std::fs::write(real.join("endpoints.yaml"), "").unwrap();
         std::os::unix::fs::symlink("../real/endpoints.yaml", conf.join("endpoints.yaml")).unwrap();
         let names = Names::new(&conf, &conf.join("endpoints.yaml"));
-        let real = std::fs::canonicalize(&real).unwrap();
-        assert_eq!(names.elsewhere(), HashSet::from([real.clone()]));
+        let top = std::fs::canonicalize(dir.path()).unwrap();
+        let real = top.join("real");
+        assert_eq!(
+            names.elsewhere(),
+            HashSet::from([real.clone(), top.clone()])
+        );
         let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
         let at = |name: &str| real.join(name).to_str().unwrap().to_string();
         assert_eq!(
@@ -284,9 +309,53 @@ mod tests {
             Some(Change::Written)
         );
         assert_eq!(names.classify(&ev(write, &at("other.yaml"))), None);
+        // In the parent, `real` itself counts (removed or made again), its neighbours not.
+        let mkdir = EventKind::Create(CreateKind::Folder);
+        let top_at = |name: &str| top.join(name).to_str().unwrap().to_string();
+        assert_eq!(
+            names.classify(&ev(mkdir, &top_at("real"))),
+            Some(Change::Replaced)
+        );
+        assert_eq!(names.classify(&ev(mkdir, &top_at("conf2"))), None);
+        let open = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        assert_eq!(names.classify(&ev(open, &top_at("real"))), None);
         // A link within its own directory adds none.
         let same = Names::new(&real, &real.join("endpoints.yaml"));
         assert!(same.elsewhere().is_empty());
+    }
+
+    /// `conf/endpoints.yaml -> ../a/b/endpoints.yaml` with `a` removed: the nearest directory
+    /// left is watched for `a`, then, once `a` is back without `b`, `a` for `b` (and its
+    /// parent for `a`).
+    #[test]
+    fn a_missing_target_directory_is_watched_for_from_the_nearest_one_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = std::fs::canonicalize(dir.path()).unwrap();
+        let conf = top.join("conf");
+        std::fs::create_dir(&conf).unwrap();
+        std::os::unix::fs::symlink("../a/b/endpoints.yaml", conf.join("endpoints.yaml")).unwrap();
+        let mkdir = EventKind::Create(CreateKind::Folder);
+        let at = |p: &Path| p.to_str().unwrap().to_string();
+
+        // `top` is watched from its parent too: it may go as well.
+        let names = Names::new(&conf, &conf.join("endpoints.yaml"));
+        let up = top.parent().unwrap().to_path_buf();
+        assert_eq!(names.elsewhere(), HashSet::from([top.clone(), up]));
+        assert_eq!(
+            names.classify(&ev(mkdir, &at(&top.join("a")))),
+            Some(Change::Replaced)
+        );
+
+        std::fs::create_dir(top.join("a")).unwrap();
+        let names = Names::new(&conf, &conf.join("endpoints.yaml"));
+        assert_eq!(
+            names.elsewhere(),
+            HashSet::from([top.clone(), top.join("a")])
+        );
+        assert_eq!(
+            names.classify(&ev(mkdir, &at(&top.join("a/b")))),
+            Some(Change::Replaced)
+        );
     }
 
     #[test]

@@ -78,6 +78,11 @@ impl KubeSource {
         let namespaces = opts.namespaces.clone();
         let streams = namespaces.len().max(1);
         let domain = opts.cluster_domain.clone();
+        tracing::info!(
+            namespaces = %namespaces_field(&namespaces),
+            cluster_domain = %domain,
+            "watching Kubernetes Services, EndpointSlices, Pods and Namespaces"
+        );
         let (tx, rx) = mpsc::channel(1024);
         let watches = Watches {
             tx,
@@ -155,5 +160,27 @@ impl KubeSource {
     /// True once the first full table has been published.
     pub fn synced(&self) -> Arc<AtomicBool> {
         self.synced.clone()
+    }
+}
+
+/// The watched namespaces as a plain log value, as `--namespace` takes them: `shop,web`, or
+/// `*` for every namespace (none given). Not `all`: that is a valid namespace name.
+fn namespaces_field(namespaces: &[String]) -> String {
+    if namespaces.is_empty() {
+        "*".into()
+    } else {
+        namespaces.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::namespaces_field;
+
+    #[test]
+    fn the_namespaces_field_is_a_plain_list() {
+        assert_eq!(namespaces_field(&[]), "*");
+        assert_eq!(namespaces_field(&["shop".into()]), "shop");
+        assert_eq!(namespaces_field(&["shop".into(), "all".into()]), "shop,all");
     }
 }
