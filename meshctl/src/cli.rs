@@ -121,6 +121,30 @@ pub enum HboneCerts {
     Files,
 }
 
+/// The gateway Service's `spec.ipFamilyPolicy`, spelled as Kubernetes spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IpFamilyPolicy {
+    /// One family, the cluster's primary one.
+    #[value(name = "SingleStack")]
+    Single,
+    /// Both families where the cluster has both, else one.
+    #[value(name = "PreferDualStack")]
+    PreferDual,
+    /// Both families; a single-stack cluster refuses it.
+    #[value(name = "RequireDualStack")]
+    RequireDual,
+}
+
+impl IpFamilyPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpFamilyPolicy::Single => "SingleStack",
+            IpFamilyPolicy::PreferDual => "PreferDualStack",
+            IpFamilyPolicy::RequireDual => "RequireDualStack",
+        }
+    }
+}
+
 /// Default gateway image (the one `kind-e2e` builds).
 pub const DEFAULT_IMAGE: &str = "meshfed/gateway:dev";
 
@@ -157,6 +181,12 @@ pub struct GatewayFlags {
     /// istio-eastwestgateway-hbone-certs.
     #[arg(long, value_enum, default_value = "istiod")]
     pub hbone_certs: HboneCerts,
+    /// The gateway Service's ipFamilyPolicy. Unset, meshctl sends none: a new Service gets
+    /// the cluster's primary family only, and an existing one keeps its policy (one set with
+    /// kubectl patch included). On a dual-stack cluster PreferDualStack gives the load balancer
+    /// an address per family, and istiod splits cross-network traffic over both (README).
+    #[arg(long, value_enum)]
+    pub ip_family_policy: Option<IpFamilyPolicy>,
 }
 
 impl GatewayFlags {

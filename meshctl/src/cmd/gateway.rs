@@ -3,13 +3,13 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use clap::{Args, Subcommand};
 
 use crate::cli::{GatewayFlags, KubeArgs, MutateArgs, NamespaceArg, OutputArg, as_usage};
 use crate::istio::GATEWAY_NAME;
 use crate::kube::{self as kc, KubeconfigFile};
-use crate::mesh::gateway::{DEFAULT_CLUSTER_ID, install, objects};
+use crate::mesh::gateway::{DEFAULT_CLUSTER_ID, check_ip_family_policy, install, objects};
 
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
@@ -90,6 +90,9 @@ pub fn run(a: GatewayArgs) -> Result<ExitCode> {
             let dry_run = i.mutate.dry_run;
             kc::block_on(async {
                 let c = file.connect(&ctx).await?;
+                check_ip_family_policy(&c, ns, &objs)
+                    .await
+                    .map_err(|e| anyhow!("{e:#}. Nothing was changed"))?;
                 install(&c, ns, &objs, dry_run).await
             })?;
             if dry_run {

@@ -293,6 +293,7 @@ async fn preflight_all(
                 );
             }
         }
+        gw::check_ip_family_policy(&c, ns, &m.gateway).await?;
         clusters.push(c);
     }
     Ok(clusters)

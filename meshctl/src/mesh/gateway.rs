@@ -3,6 +3,8 @@
 //! so istiod finds the Service as the network's gateway.
 
 use anyhow::{Result, anyhow, bail};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use super::namespace::validate_label_value;
@@ -11,7 +13,7 @@ use crate::istio::{
     ADMIN_PORT, APP_LABEL, EXPOSE_GATEWAY, GATEWAY_CRD, GATEWAY_NAME, HBONE_APP_PROTOCOL,
     HBONE_CERTS_DIR, HBONE_CERTS_SECRET, HBONE_PORT, HBONE_PORT_NAME, ISTIO_CA_AUDIENCE,
     ISTIO_LABEL, ISTIO_NETWORKING_GROUP, ISTIO_NETWORKING_V1, ISTIO_TOKEN_DIR, ISTIO_VALUE,
-    NETWORK_LABEL, STATUS_PORT, TLS_PORT, gateway_role_name, managed_labels,
+    MANAGER, NETWORK_LABEL, STATUS_PORT, TLS_PORT, gateway_role_name, managed_labels,
 };
 use crate::kube::{self as kc, Cluster, names};
 
@@ -45,7 +47,8 @@ pub async fn gateway_crd_served(c: &Cluster) -> Result<bool> {
 }
 
 /// Applies the gateway objects; refuses `--expose-services` without Istio's Gateway CRD
-/// before changing anything (unless `dry_run`).
+/// before changing anything (unless `dry_run`). Callers run [`check_ip_family_policy`] first,
+/// before their own first change.
 pub async fn install(c: &Cluster, ns: &str, objs: &[Value], dry_run: bool) -> Result<()> {
     let exposes = objs.iter().any(|o| o["kind"] == "Gateway");
     if exposes && !dry_run && !gateway_crd_served(c).await? {
@@ -81,6 +84,62 @@ pub async fn install(c: &Cluster, ns: &str, objs: &[Value], dry_run: bool) -> Re
         }
     }
     Ok(())
+}
+
+/// When the gateway Service carries `--ip-family-policy`, asks the API server whether it
+/// takes it, with a server-side dry-run apply that changes nothing: in `ns` (so a change of an
+/// existing Service's policy is checked as the real apply will be), or in `default` while `ns`
+/// does not exist yet (admission refuses objects in a missing namespace, dry runs too).
+///
+/// The one refusal meshctl's field can meet is `RequireDualStack` on a cluster without both
+/// families (422, "this cluster is not configured for dual-stack services"); switching between
+/// policies on an existing Service is allowed, as meshctl sends no `ipFamilies` or
+/// `clusterIPs`: the secondary family is added for a dual-stack policy, and released for
+/// SingleStack (kubernetes/kubernetes pkg/registry/core/service/storage/alloc.go,
+/// `initIPFamilyFields`; pkg/apis/core/validation/validation.go,
+/// `validateUpgradeDowngradeIPFamilies`). Any other failure of the dry run (no right to
+/// patch Services in `default`, say) says nothing about the policy, so it is left to the
+/// real apply.
+pub async fn check_ip_family_policy(c: &Cluster, ns: &str, objs: &[Value]) -> Result<()> {
+    let Some(svc) = objs.iter().find(|o| o["kind"] == "Service") else {
+        return Ok(());
+    };
+    let Some(policy) = svc["spec"]["ipFamilyPolicy"].as_str() else {
+        return Ok(());
+    };
+    let target = match kc::get(c, "v1", "Namespace", None, ns).await {
+        Ok(Some(_)) => ns,
+        Ok(None) => "default",
+        Err(_) => return Ok(()),
+    };
+    let mut probe = svc.clone();
+    probe["metadata"]["namespace"] = json!(target);
+    let api: Api<Service> = Api::namespaced(c.client.clone(), target);
+    let pp = PatchParams::apply(MANAGER).force().dry_run();
+    match api.patch(GATEWAY_NAME, &pp, &Patch::Apply(&probe)).await {
+        Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("ipFamilyPolicy") => {
+            let refused = kc::error_text(&kube::Error::Api(s));
+            Err(anyhow!("{}", policy_refused(policy, &c.context, &refused)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What to do when the API server refuses `--ip-family-policy POLICY` (its reason in
+/// `refused`).
+fn policy_refused(policy: &str, context: &str, refused: &str) -> String {
+    let fix = if policy == "RequireDualStack" && refused.contains("not configured for dual-stack") {
+        "the cluster has Service addresses of one IP family only, so it cannot give the gateway \
+         one of each: pass --ip-family-policy PreferDualStack (both families where a cluster \
+         has them, one elsewhere) or SingleStack, or leave the flag out"
+    } else {
+        "pass another --ip-family-policy, or leave the flag out to keep the Service's policy as \
+         it is"
+    };
+    format!(
+        "--ip-family-policy {policy}: the API server of context {context:?} refuses the gateway \
+         Service with it: {refused}; {fix}"
+    )
 }
 
 /// A SPIFFE trust domain: DNS-like labels (lower case, digits, `-`, `.`, `_`).
@@ -225,6 +284,30 @@ fn hbone_volumes(certs: HboneCerts) -> (Value, Value) {
     (volumes, mounts)
 }
 
+/// The gateway Service. `ipFamilyPolicy` only with `--ip-family-policy`: without it, the
+/// cluster's primary family (SingleStack, the API server's default), although the gateway
+/// listens on both. On a dual-stack cluster PreferDualStack gives the load balancer an address
+/// per family, and istiod makes each one a network gateway and splits sidecars'
+/// cross-network traffic evenly over them, whatever families the client can reach
+/// (istio/istio pilot/pkg/serviceregistry/kube/conversion.go, kube/controller/network.go,
+/// xds/endpoints/ep_filters.go), so it is opt-in. Unset, the field is not sent: an apply
+/// leaves a value another writer set (`kubectl patch`), and an update without a policy keeps
+/// the old one (kubernetes/kubernetes pkg/registry/core/service/storage/alloc.go,
+/// `initIPFamilyFields`), also after meshctl itself set it.
+fn service(
+    meta: Value,
+    service_type: &str,
+    selector: &Value,
+    ports: Vec<Value>,
+    f: &GatewayFlags,
+) -> Value {
+    let mut spec = json!({"type": service_type, "selector": selector, "ports": ports});
+    if let Some(p) = f.ip_family_policy {
+        spec["ipFamilyPolicy"] = json!(p.as_str());
+    }
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec})
+}
+
 /// All gateway objects for one cluster, in apply order. `cluster_id` is the cluster's name in
 /// the mesh (what istiod knows it by).
 pub fn objects(
@@ -315,15 +398,7 @@ pub fn objects(
                 },
             },
         }}),
-        // No `ipFamilyPolicy`: the cluster's primary family only (SingleStack, the default),
-        // although the gateway listens on both. On a dual-stack cluster PreferDualStack would
-        // give the load balancer an address per family, and istiod makes each one a network
-        // gateway and splits sidecars' cross-network traffic evenly over them, whatever
-        // families the client can reach (istio/istio pilot/pkg/serviceregistry/kube/
-        // conversion.go, kube/controller/network.go, xds/endpoints/ep_filters.go). A user who
-        // wants it patches the Service; meshctl does not own the field, so it stays.
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": service_meta,
-            "spec": {"type": service_type, "selector": selector, "ports": service_ports}}),
+        service(service_meta, service_type, &selector, service_ports, f),
         json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta(GATEWAY_NAME, true),
             "spec": {"minAvailable": 1, "selector": {"matchLabels": selector}}}),
         json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta(GATEWAY_NAME, true),
