@@ -1,20 +1,25 @@
 //! Server-side apply, simplified (README): each field manager's last applied configuration is
-//! remembered; fields it stops applying are pruned; there are no conflicts. The applied
+//! remembered, less the fields others have taken since; fields it stops applying and no other
+//! manager owns are pruned. Without `force`, an apply that would change a field another
+//! manager owns (an applier, or an updater: `write.rs` tracks what each update changed) is a
+//! 409 naming each field ([`apply_conflict`]); with it, the applier takes them. The applied
 //! configuration is checked as the real field manager and patch handler check it
 //! ([`check_applied`]).
 
 use crate::error::ApiError;
+use crate::field_errors::go_quote;
 use crate::patch;
 use crate::resources::ResourceType;
 use crate::store::{EventType, ObjKey, State, Store, meta_mut, meta_str};
-use crate::write::{WriteOpts, comparable};
+use crate::write::{WriteOpts, comparable, owned_part};
 use serde_json::{Value, json};
 use std::sync::MutexGuard;
 
 impl Store {
-    /// Server-side apply (`force` is accepted, conflicts are never reported): creates the
-    /// object, or merges the applied configuration into the live one, pruning the fields this
-    /// manager applied last time and no longer does. The flag says whether it was created.
+    /// Server-side apply: creates the object, or merges the applied configuration into the
+    /// live one, pruning the fields this manager applied last time, no longer does and no
+    /// other manager owns. Without `opts.force`, changing a field another manager owns is a
+    /// 409 conflict. The flag says whether it was created.
     pub(crate) fn server_side_apply(
         &self,
         rt: &ResourceType,
@@ -60,7 +65,7 @@ impl Store {
             applied,
             opts,
         };
-        let live = match current {
+        match current {
             Err(e) if e.code == 404 => {
                 let mut obj = patch_body;
                 meta_mut(&mut obj).insert("name".into(), json!(name));
@@ -73,27 +78,7 @@ impl Store {
                 return Ok((self.finish_apply(apply, created, None)?, true));
             }
             Err(e) => return Err(e),
-            Ok(live) => live,
-        };
-        // A resourceVersion in the applied configuration is a precondition, as for every
-        // patch (the apiserver stores the merged object through a conditional update).
-        if let Some(want) = meta_str(&patch_body, "resourceVersion")
-            && Some(want) != meta_str(&live, "resourceVersion")
-        {
-            return Err(ApiError::conflict(&rt.group, &rt.plural, name));
-        }
-        let prev = self
-            .lock()
-            .applied
-            .get(&(apply.key.clone(), apply.manager.clone()))
-            .cloned();
-        let mut new = live;
-        if let Some(prev) = &prev {
-            patch::prune_removed(&mut new, prev, &apply.applied);
-        }
-        patch::apply_merge(&mut new, &apply.applied);
-        if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
+            Ok(_) => {}
         }
         let mut st = self.lock();
         let old = st
@@ -101,22 +86,72 @@ impl Store {
             .get(&apply.key)
             .cloned()
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
+        let live = Store::render(rt, version, &old);
+        let others = other_owners(&st, &apply.key, &apply.manager);
+        // The field manager runs before the store's resourceVersion check
+        // (`patch.go` `applyPatch`, then `GuaranteedUpdate`): conflicts come first.
+        if !opts.force {
+            let mine = applied_fields(rt, opts, &apply.applied);
+            let found: Vec<(String, Vec<String>)> = others
+                .iter()
+                .flat_map(|(who, owned)| {
+                    patch::conflicts(&mine, &live, owned)
+                        .into_iter()
+                        .map(|p| (who.clone(), p))
+                })
+                .collect();
+            if !found.is_empty() {
+                return Err(apply_conflict(&found));
+            }
+        }
+        // A resourceVersion in the applied configuration is a precondition, as for every
+        // patch (the apiserver stores the merged object through a conditional update).
+        if let Some(want) = meta_str(&patch_body, "resourceVersion")
+            && Some(want) != meta_str(&live, "resourceVersion")
+        {
+            return Err(ApiError::conflict(&rt.group, &rt.plural, name));
+        }
+        let mut new = live;
+        if let Some(prev) = st
+            .applied
+            .get(&(apply.key.clone(), apply.manager.clone()))
+            .cloned()
+        {
+            // What another manager owns too stays when this one stops applying it.
+            let mut only_mine = prev;
+            for (_, owned) in &others {
+                patch::disown_taken(&mut only_mine, owned);
+            }
+            patch::prune_removed(&mut new, &only_mine, &apply.applied);
+        }
+        patch::apply_merge(&mut new, &apply.applied);
+        if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
         let without_manager = WriteOpts {
             manager: None,
             ..opts.clone()
         };
         let merged = self.merge_update(&mut st, rt, version, &old, new, &without_manager)?;
+        if comparable(&merged) == comparable(&old) {
+            if !opts.dry_run {
+                st.applied.insert((apply.key, apply.manager), apply.applied);
+            }
+            return Ok((Store::render(rt, version, &old), false));
+        }
         if !opts.dry_run {
-            // What this manager applies is its own now too, changed or not.
-            for ((k, m), other) in st.applied.iter_mut() {
+            // Forced: the others lose the fields this apply changed (without force there
+            // are none).
+            for ((k, m), owned) in st.applied.iter_mut() {
                 if *k == apply.key && *m != apply.manager {
-                    patch::disown_taken(other, &apply.applied);
+                    patch::disown_changed(owned, &merged);
                 }
             }
-        }
-        if comparable(&merged) == comparable(&old) {
-            st.applied.insert((apply.key, apply.manager), apply.applied);
-            return Ok((Store::render(rt, version, &old), false));
+            for ((k, _), owned) in st.updated.iter_mut() {
+                if *k == apply.key {
+                    patch::disown_changed(owned, &merged);
+                }
+            }
         }
         Ok((self.finish_apply(apply, merged, Some((st, old)))?, false))
     }
@@ -179,6 +214,109 @@ struct Apply<'a> {
     /// The applied configuration, without resourceVersion, remembered per manager.
     applied: Value,
     opts: &'a WriteOpts,
+}
+
+/// The managedFields identity of an applier (`BuildManagerIdentifier`: no apiVersion).
+fn apply_identity(manager: &str) -> String {
+    format!(
+        "{{\"manager\":{},\"operation\":\"Apply\"}}",
+        Value::String(manager.to_string())
+    )
+}
+
+/// Every manager of the object at `key` but the applier `manager` (its Update entries
+/// included: they are other identities), by identity, with the fields each owns.
+fn other_owners(st: &State, key: &ObjKey, manager: &str) -> Vec<(String, Value)> {
+    let mut out: Vec<(String, Value)> = st
+        .applied
+        .iter()
+        .filter(|((k, m), _)| k == key && m != manager)
+        .map(|((_, m), owned)| (apply_identity(m), owned.clone()))
+        .chain(
+            st.updated
+                .iter()
+                .filter(|((k, _), _)| k == key)
+                .map(|((_, id), owned)| (id.clone(), owned.clone())),
+        )
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The fields an apply sets, as the conflict check compares them: no stripped metadata, and
+/// of a type with a status subresource only what the endpoint writes (the main resource
+/// resets status, `/status` everything else).
+fn applied_fields(rt: &ResourceType, opts: &WriteOpts, applied: &Value) -> Value {
+    let mut fields = owned_part(applied);
+    if rt.status {
+        if opts.status {
+            fields = json!({"status": fields.get("status").cloned().unwrap_or(json!({}))});
+        } else if let Some(m) = fields.as_object_mut() {
+            m.remove("status");
+        }
+    }
+    fields
+}
+
+/// How a conflict names a manager (`printManager`, `managedfields/internal/conflict.go`):
+/// `"kubectl" using v1` for an Update identity, the quoted name for an applier.
+pub(crate) fn print_manager(identity: &str) -> String {
+    let Ok(e) = serde_json::from_str::<Value>(identity) else {
+        return go_quote(identity);
+    };
+    let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
+    let mut out = go_quote(s("manager"));
+    if !s("subresource").is_empty() {
+        out = format!("{out} with subresource {}", go_quote(s("subresource")));
+    }
+    if s("operation") == "Update" {
+        out = format!("{out} using {}", s("apiVersion"));
+    }
+    out
+}
+
+/// The 409 of a non-forced apply that would change fields other managers own, worded as
+/// `NewConflictError` (`apimachinery/pkg/util/managedfields/internal/conflict.go`) and
+/// `errors.NewApplyConflict`: one cause per field (`FieldManagerConflict`, `conflict with
+/// "mgr"`, `.spec.foo`), the message listing them by manager. `found` is sorted by
+/// manager identity, then path.
+fn apply_conflict(found: &[(String, Vec<String>)]) -> ApiError {
+    let path = |p: &[String]| p.iter().map(|e| format!(".{e}")).collect::<String>();
+    let causes: Vec<Value> = found
+        .iter()
+        .map(|(who, p)| {
+            json!({"reason": "FieldManagerConflict",
+                "message": format!("conflict with {}", print_manager(who)),
+                "field": path(p)})
+        })
+        .collect();
+    let message = match found {
+        [(who, p)] => format!(
+            "Apply failed with 1 conflict: conflict with {}: {}",
+            print_manager(who),
+            path(p)
+        ),
+        _ => {
+            let mut lines = Vec::new();
+            let mut last: Option<&str> = None;
+            for (who, p) in found {
+                if last != Some(who.as_str()) {
+                    lines.push(format!("conflicts with {}:", print_manager(who)));
+                    last = Some(who);
+                }
+                lines.push(format!("- {}", path(p)));
+            }
+            format!(
+                "Apply failed with {} conflicts: {}",
+                found.len(),
+                lines.join("\n")
+            )
+        }
+    };
+    ApiError {
+        details: Some(json!({ "causes": causes })),
+        ..ApiError::new(409, "Conflict", message)
+    }
 }
 
 /// The checks the real server makes of an applied configuration, in its order: the field

@@ -14,6 +14,11 @@
 //!   (`BindingAuthorized`, in the binding's namespace), or if the user holds every rule of
 //!   that role (`GetRoleReferenceRules`: a missing role is a 404).
 //!
+//! On an update the check wraps `UpdatedObject` (`rest.WrapUpdatedObjectInfo`): it sees the
+//! patched (or applied) object after the patch and an apply's conflicts, and before the
+//! store validates it (`rest.BeforeUpdate`), so an invalid write that escalates is a 403
+//! (`handlers.rs` computes that object unvalidated for it).
+//!
 //! Otherwise the answer is a 403 `Forbidden` naming the missing rules, compacted and sorted
 //! as `CompactRules` and `CompactString` print them. "Holds" is decided by `Covers`
 //! (`component-helpers/auth/rbac/validation/policy_comparator.go`): each requested rule is

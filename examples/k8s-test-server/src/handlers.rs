@@ -23,6 +23,45 @@ use std::convert::Infallible;
 
 use crate::escalation::{self, RbacWrite};
 
+/// The User-Agent header of a request, bytes that are not UTF-8 replaced (Go reads the
+/// header as a string and ranges over it the same way).
+pub(crate) fn user_agent<B>(req: &hyper::Request<B>) -> String {
+    req.headers()
+        .get(header::USER_AGENT)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .unwrap_or_default()
+}
+
+/// `FieldManagerMaxLength` (`apimachinery/pkg/apis/meta/v1/validation/validation.go`).
+const FIELD_MANAGER_MAX_LENGTH: usize = 128;
+
+/// The manager of a write without `fieldManager`: `prefixFromUserAgent`
+/// (`apiserver/pkg/endpoints/handlers/create.go`, used by `managerOrUserAgent` in create,
+/// update and patch): the User-Agent up to its first `/`, without unprintable characters,
+/// cut to at most 128 bytes at a character boundary. `kubectl/v1.31.0 (linux/amd64)
+/// kubernetes/abc` is `kubectl`.
+pub(crate) fn prefix_from_user_agent(ua: &str) -> String {
+    let mut out = String::new();
+    for c in ua.split('/').next().unwrap_or("").chars() {
+        if !printable(c) {
+            continue;
+        }
+        if out.len() + c.len_utf8() > FIELD_MANAGER_MAX_LENGTH {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Go's `unicode.IsPrint`, near enough: no control characters, no space but U+0020, and no
+/// invisible formatting characters.
+fn printable(c: char) -> bool {
+    let format = matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}' | '\u{feff}');
+    !c.is_control() && (c == ' ' || !c.is_whitespace()) && !format
+}
+
 fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
@@ -46,6 +85,7 @@ pub(crate) fn resource(
     q: &Query,
     accept: &str,
     content_type: &str,
+    user_agent: &str,
     body: &Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let store = &ctx.store;
@@ -65,15 +105,22 @@ pub(crate) fn resource(
     let v = p.version.as_str();
     let meta_only = wants_meta_only(accept);
     let dry_run = q.dry_run()?;
-    let manager = q
+    let field_manager = q
         .get("fieldManager")
         .filter(|m| !m.is_empty())
         .map(str::to_string);
+    // Create, update and non-apply patches fall back to the User-Agent's manager
+    // (`managerOrUserAgent`); apply requires `fieldManager` (`apply.rs`).
+    let updater = field_manager
+        .clone()
+        .unwrap_or_else(|| prefix_from_user_agent(user_agent));
     let opts = WriteOpts {
         dry_run,
-        manager,
+        manager: Some(updater),
         status: status_sub,
         raw: false,
+        force: false,
+        unvalidated: false,
     };
     let render_one = |o: Value| if meta_only { partial(&o) } else { o };
     // RBAC's escalation check runs on the object a write would store, before it is stored.
@@ -183,27 +230,56 @@ pub(crate) fn resource(
         }
         (Method::PATCH, Some(name)) => {
             let ct = content_type.split(';').next().unwrap_or("").trim();
+            let kind = match ct {
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    Some(PatchKind::Merge)
+                }
+                "application/json-patch+json" => Some(PatchKind::Json),
+                "application/apply-patch+yaml" | "application/apply-patch+cbor" => None,
+                other => return Err(ApiError::unsupported_media_type(other)),
+            };
+            // `ValidatePatchOptions` (`apimachinery/pkg/apis/meta/v1/validation`), before
+            // the object is looked at: `force`, even `force=false`, is for apply only.
+            if kind.is_some() && q.get("force").is_some() {
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch",
+                ));
+            }
+            let opts = match kind {
+                Some(_) => opts,
+                None => WriteOpts {
+                    manager: field_manager,
+                    force: q.flag("force"),
+                    ..opts
+                },
+            };
             let run = |opts: &WriteOpts| -> Result<(Value, bool), ApiError> {
-                let patch = |kind| store.patch_obj(&rt, v, ns, name, kind, parse_json(body)?, opts);
-                Ok(match ct {
-                    "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-                        (patch(PatchKind::Merge)?, false)
-                    }
-                    "application/json-patch+json" => (patch(PatchKind::Json)?, false),
-                    "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
+                match kind {
+                    Some(k) => Ok((
+                        store.patch_obj(&rt, v, ns, name, k, parse_json(body)?, opts)?,
+                        false,
+                    )),
+                    None => {
                         let applied: Value = serde_yaml::from_slice(body).map_err(|e| {
                             ApiError::bad_request(format!("error decoding YAML: {e}"))
                         })?;
-                        store.server_side_apply(&rt, v, ns, name, applied, opts)?
+                        store.server_side_apply(&rt, v, ns, name, applied, opts)
                     }
-                    other => return Err(ApiError::unsupported_media_type(other)),
-                })
+                }
             };
             if guarded {
-                // The patched object is what the check sees: compute it without storing it.
+                // The check runs on the patched object, where the real RBAC storage wraps
+                // `UpdatedObject` (`rest.WrapUpdatedObjectInfo` in
+                // `pkg/registry/rbac/*/policybased/storage.go`): after the patch (and an
+                // apply's conflicts), before validation (`rest.BeforeUpdate`), so an invalid
+                // patch that also escalates is a 403. Compute it without storing or
+                // validating it.
                 let old = store.get_obj(&rt, v, ns, name).ok();
                 let dry = WriteOpts {
                     dry_run: true,
+                    unvalidated: true,
                     ..opts.clone()
                 };
                 let (new, _) = run(&dry)?;
@@ -366,4 +442,24 @@ fn self_subject_access_review(store: &Store, id: &Identity, body: &Value) -> Val
         "spec": body.get("spec").cloned().unwrap_or(json!({})),
         "status": status,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_manager_of_a_user_agent_is_its_printable_prefix_of_at_most_128_bytes() {
+        let p = prefix_from_user_agent;
+        assert_eq!(p("kubectl/v1.31.0 (linux/amd64) kubernetes/abc"), "kubectl");
+        assert_eq!(p("Go-http-client/1.1"), "Go-http-client");
+        assert_eq!(p("my tool"), "my tool");
+        assert_eq!(p(""), "");
+        assert_eq!(p("/x"), "");
+        assert_eq!(p("a\tb\u{7f}c\u{200b}d\u{a0}e/f"), "abcde");
+        assert_eq!(p(&"m".repeat(200)), "m".repeat(128));
+        // A character that would cross 128 bytes ends it, and nothing after it counts.
+        let long = format!("{}é{}", "m".repeat(127), "x".repeat(5));
+        assert_eq!(p(&long), "m".repeat(127));
+    }
 }

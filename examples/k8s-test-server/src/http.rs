@@ -89,6 +89,7 @@ pub(crate) async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> 
         .and_then(|h| h.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let user_agent = handlers::user_agent(&req);
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -109,7 +110,17 @@ pub(crate) async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> 
     {
         list_options::wait_until_fresh(&ctx.store, want).await;
     }
-    let resp = match dispatch(ctx, &id, &method, r, &query, &accept, &content_type, &body) {
+    let resp = match dispatch(
+        ctx,
+        &id,
+        &method,
+        r,
+        &query,
+        &accept,
+        &content_type,
+        &user_agent,
+        &body,
+    ) {
         Ok(resp) => resp,
         Err(e) => error_response(&e),
     };
@@ -149,6 +160,7 @@ fn dispatch(
     q: &Query,
     accept: &str,
     content_type: &str,
+    user_agent: &str,
     body: &Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let is_get = matches!(*method, Method::GET | Method::HEAD);
@@ -177,7 +189,17 @@ fn dispatch(
         Route::GroupVersion(g, v) if is_get => discovery::resource_list(&types(), &g, &v)
             .map(|v| json_response(200, &v))
             .ok_or_else(ApiError::path_not_found),
-        Route::Resource(p) => handlers::resource(ctx, id, method, p, q, accept, content_type, body),
+        Route::Resource(p) => handlers::resource(
+            ctx,
+            id,
+            method,
+            p,
+            q,
+            accept,
+            content_type,
+            user_agent,
+            body,
+        ),
         Route::Unknown => Err(ApiError::path_not_found()),
         _ => Err(ApiError::method_not_allowed()),
     }

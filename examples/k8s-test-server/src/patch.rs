@@ -1,5 +1,10 @@
-//! Patch semantics: JSON merge patch (RFC 7386), JSON patch (RFC 6902), and the simplified
-//! server-side apply merge.
+//! Patch semantics: JSON merge patch (RFC 7386), JSON patch (RFC 6902), the simplified
+//! server-side apply merge, and the field ownership it rests on.
+//!
+//! A manager's fields are kept as a partial object holding the values it set: maps are
+//! walked key by key, anything else (lists included) is one atomic field. That is
+//! structured-merge-diff's field set for maps and atomic lists; lists keyed by merge keys
+//! are coarser here (one field for the whole list).
 
 use crate::error::ApiError;
 use serde_json::{Map, Value};
@@ -172,10 +177,10 @@ pub fn prune_removed(live: &mut Value, prev_applied: &Value, new_applied: &Value
     }
 }
 
-/// Drops from a manager's applied configuration the fields `live` no longer holds as it
-/// applied them: another writer changed or removed them, and so owns them now
-/// (structured-merge-diff moves a changed field to the updater's manager), so this manager's
-/// later applies leave them alone.
+/// Drops from a manager's fields those `live` no longer holds as it set them: another
+/// writer changed or removed them, and so owns them now (structured-merge-diff moves a
+/// changed field to the updater's manager, and to a forcing applier), so this manager's
+/// later applies leave them alone and its conflicts no longer name them.
 pub fn disown_changed(applied: &mut Value, live: &Value) {
     let Value::Object(a) = applied else {
         return;
@@ -190,9 +195,9 @@ pub fn disown_changed(applied: &mut Value, live: &Value) {
     });
 }
 
-/// Drops from a manager's applied configuration the fields another manager's apply sets:
-/// those are that manager's too now (shared when the values agree, taken by force when they
-/// do not), so the first manager ceasing to apply them no longer removes them.
+/// Drops from `applied` the fields `taken` holds: what a manager stops applying is removed
+/// only when no other manager owns it (structured-merge-diff prunes only fields no manager
+/// keeps).
 pub fn disown_taken(applied: &mut Value, taken: &Value) {
     let (Value::Object(a), Value::Object(t)) = (applied, taken) else {
         return;
@@ -205,6 +210,85 @@ pub fn disown_taken(applied: &mut Value, taken: &Value) {
             }
             None => {}
         }
+    }
+}
+
+/// The fields of `new` that `old` does not hold with the same value (added or changed), as a
+/// partial object: what an update's manager comes to own (`fieldmanager`'s
+/// `managedFieldsUpdater`: the fields an update changes move to its manager). `None` when
+/// nothing changed.
+pub fn changed(old: Option<&Value>, new: &Value) -> Option<Value> {
+    match (old, new) {
+        (Some(Value::Object(o)), Value::Object(n)) => {
+            let out: Map<String, Value> = n
+                .iter()
+                .filter_map(|(k, nv)| changed(o.get(k), nv).map(|c| (k.clone(), c)))
+                .collect();
+            (!out.is_empty()).then_some(Value::Object(out))
+        }
+        (_, Value::Object(n)) if !n.is_empty() => changed(Some(&Value::Object(Map::new())), new),
+        (Some(o), n) if o == n => None,
+        (_, n) => Some(n.clone()),
+    }
+}
+
+/// The fields of `owned` (another manager's) that applying `applied` over `live` would
+/// change: the conflicts of a non-forced apply (structured-merge-diff's `Updater`: the
+/// other managers' fields among those the merge modifies or adds). Each is a path of field
+/// names, sorted.
+pub fn conflicts(applied: &Value, live: &Value, owned: &Value) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    walk_conflicts(applied, Some(live), owned, &mut Vec::new(), &mut out);
+    out.sort();
+    out
+}
+
+fn walk_conflicts(
+    applied: &Value,
+    live: Option<&Value>,
+    owned: &Value,
+    path: &mut Vec<String>,
+    out: &mut Vec<Vec<String>>,
+) {
+    if let (Value::Object(a), Value::Object(o)) = (applied, owned) {
+        for (k, av) in a {
+            if let Some(ov) = o.get(k) {
+                path.push(k.clone());
+                walk_conflicts(av, live.and_then(|l| l.get(k)), ov, path, out);
+                path.pop();
+            }
+        }
+        return;
+    }
+    // One of the two is a single field here: the applied value replaces or merges into it.
+    let changes = match live {
+        Some(l) => {
+            let mut merged = l.clone();
+            apply_merge(&mut merged, applied);
+            merged != *l
+        }
+        None => true,
+    };
+    if !changes {
+        return;
+    }
+    match owned {
+        Value::Object(o) if !o.is_empty() => leaves(owned, path, out),
+        _ => out.push(path.clone()),
+    }
+}
+
+/// Every field path of a partial object under `path`.
+fn leaves(v: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, c) in m {
+                path.push(k.clone());
+                leaves(c, path, out);
+                path.pop();
+            }
+        }
+        _ => out.push(path.clone()),
     }
 }
 
@@ -255,6 +339,38 @@ mod tests {
         assert_eq!(d, json!({"a": {"b": [2, 3]}, "x": 2, "z": 2}));
         assert!(json_patch(&mut d, &json!([{"op": "test", "path": "/x", "value": 9}])).is_err());
         assert!(json_patch(&mut d, &json!([{"op": "remove", "path": "/nope"}])).is_err());
+    }
+
+    #[test]
+    fn an_update_owns_what_it_adds_or_changes() {
+        let old = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "data": {"x": "1"}});
+        let new = json!({"metadata": {"labels": {"a": "1", "b": "3", "c": "4"}}, "data": {"x": "1"}, "l": [1]});
+        assert_eq!(
+            changed(Some(&old), &new),
+            Some(json!({"metadata": {"labels": {"b": "3", "c": "4"}}, "l": [1]}))
+        );
+        assert_eq!(changed(Some(&old), &old), None);
+        assert_eq!(changed(None, &old), Some(old.clone()));
+    }
+
+    #[test]
+    fn conflicts_are_the_owned_fields_an_apply_changes() {
+        let live = json!({"spec": {"a": "1", "b": "2", "l": [1, 2], "m": {"x": "1"}}});
+        let owned = json!({"spec": {"a": "1", "b": "2", "l": [1, 2], "m": {"x": "1"}}});
+        let path = |p: &str| p.split('.').map(str::to_string).collect::<Vec<_>>();
+        // The same values: shared, no conflict.
+        assert!(conflicts(&json!({"spec": {"a": "1", "l": [1, 2]}}), &live, &owned).is_empty());
+        // Other values, an atomic list, a map replaced by a scalar.
+        assert_eq!(
+            conflicts(
+                &json!({"spec": {"a": "9", "l": [1], "m": "s", "new": "x"}}),
+                &live,
+                &owned
+            ),
+            vec![path("spec.a"), path("spec.l"), path("spec.m.x")]
+        );
+        // Fields the other does not own are free.
+        assert!(conflicts(&json!({"spec": {"c": "3"}}), &live, &owned).is_empty());
     }
 
     #[test]

@@ -108,6 +108,9 @@ pub(crate) struct State {
     pub epoch: u64,
     /// What each (object, field manager) last applied with server-side apply.
     pub applied: HashMap<(ObjKey, String), Value>,
+    /// The fields each Update-operation field manager (keyed by its managedFields identity)
+    /// of an object owns, with the values it set (`write.rs`).
+    pub updated: HashMap<(ObjKey, String), Value>,
     /// Allocators of Service clusterIPs and nodePorts.
     pub next_ip: u32,
     pub next_node_port: u32,
@@ -223,6 +226,7 @@ impl Store {
                     expired_answers: 0,
                     epoch: 0,
                     applied: HashMap::new(),
+                    updated: HashMap::new(),
                     next_ip: 10,
                     next_node_port: 30000,
                 }),
@@ -361,6 +365,7 @@ impl Store {
             EventType::Deleted => {
                 st.objects.remove(&key);
                 st.applied.retain(|(k, _), _| *k != key);
+                st.updated.retain(|(k, _), _| *k != key);
             }
             _ => {
                 st.objects.insert(key.clone(), obj.clone());

@@ -1,5 +1,6 @@
 //! Writes: create, update, patch (merge, JSON; server-side apply is in `apply.rs`) and delete,
-//! each ending in one [`Store::commit`], with the field managers recorded in `managedFields`.
+//! each ending in one [`Store::commit`], with the field managers recorded in `managedFields`
+//! and the fields each owns tracked for apply conflicts ([`Store::own_update`]).
 //! Defaulting is in `defaults.rs`; controllers react to the committed events on their own
 //! (`controllers.rs`).
 
@@ -10,7 +11,7 @@ use crate::resources::ResourceType;
 use crate::store::{EventType, ObjKey, State, Store, meta_mut, meta_str};
 use crate::util;
 use crate::validation;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 /// Options of one write.
 #[derive(Clone, Debug, Default)]
@@ -21,6 +22,63 @@ pub(crate) struct WriteOpts {
     pub status: bool,
     /// Direct store access: keep status as given, no resourceVersion precondition.
     pub raw: bool,
+    /// Server-side apply: take the fields other managers own instead of a 409 conflict.
+    pub force: bool,
+    /// Compute the object up to what the real server's `UpdatedObject` returns, without
+    /// validating it (only with `dry_run`): the RBAC escalation check sees that object
+    /// before validation does (`handlers.rs`).
+    pub unvalidated: bool,
+}
+
+/// The managedFields identity of an Update manager, as `BuildManagerIdentifier`
+/// (`apimachinery/pkg/util/managedfields/internal/managedfields.go`) encodes it: the JSON of
+/// the entry without time and fields, in Go's field order; an empty manager is omitted.
+pub(crate) fn update_identity(manager: &str, api_version: &str, status: bool) -> String {
+    let q = |s: &str| Value::String(s.to_string()).to_string();
+    let mut id = String::from("{");
+    if !manager.is_empty() {
+        id.push_str(&format!("\"manager\":{},", q(manager)));
+    }
+    id.push_str(&format!(
+        "\"operation\":\"Update\",\"apiVersion\":{}",
+        q(api_version)
+    ));
+    if status {
+        id.push_str(",\"subresource\":\"status\"");
+    }
+    id.push('}');
+    id
+}
+
+/// The part of an object field managers own: without what `stripmeta.go` strips from every
+/// manager's set (apiVersion, kind and the server-set metadata).
+pub(crate) fn owned_part(obj: &Value) -> Value {
+    let mut o = obj.clone();
+    if let Some(m) = o.as_object_mut() {
+        m.remove("apiVersion");
+        m.remove("kind");
+    }
+    let mut no_meta = false;
+    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+        for k in [
+            "name",
+            "namespace",
+            "creationTimestamp",
+            "selfLink",
+            "uid",
+            "clusterName",
+            "generation",
+            "managedFields",
+            "resourceVersion",
+        ] {
+            m.remove(k);
+        }
+        no_meta = m.is_empty();
+    }
+    if no_meta && let Some(top) = o.as_object_mut() {
+        top.remove("metadata");
+    }
+    o
 }
 
 /// How a PATCH body other than server-side apply (`apply.rs`) is interpreted.
@@ -57,6 +115,40 @@ fn spec_part(obj: &Value) -> Value {
     if let Some(m) = o.as_object_mut() {
         for k in ["metadata", "status", "apiVersion", "kind"] {
             m.remove(k);
+        }
+    }
+    o
+}
+
+/// The Service fields its storage allocates or fills in (`beginCreate` and `beginUpdate` in
+/// `pkg/registry/core/service/storage/storage.go`) after the field manager has seen the
+/// request: a write's manager owns them only as its request set them. Node ports stay
+/// with the rest of `spec.ports`, one atomic list here.
+const SERVICE_ALLOCATED: [&str; 4] = ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"];
+
+/// The allocated Service fields a request body (as sent, or patched) sets; `None` for
+/// other types.
+fn requested_allocations(rt: &ResourceType, body: &Value) -> Option<Map<String, Value>> {
+    (rt.group.is_empty() && rt.plural == "services").then(|| {
+        SERVICE_ALLOCATED
+            .iter()
+            .filter_map(|k| Some((k.to_string(), body.get("spec")?.get(*k)?.clone())))
+            .collect()
+    })
+}
+
+/// The stored object with its allocated Service fields as the request had them: what the
+/// field manager saw.
+fn as_requested(stored: &Value, requested: Option<&Map<String, Value>>) -> Value {
+    let mut o = stored.clone();
+    if let Some(req) = requested
+        && let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        for k in SERVICE_ALLOCATED {
+            match req.get(k) {
+                Some(v) => spec.insert(k.to_string(), v.clone()),
+                None => spec.remove(k),
+            };
         }
     }
     o
@@ -106,12 +198,26 @@ impl Store {
             if subresource {
                 e["subresource"] = json!("status");
             }
+            // `manager` is omitempty: a write with neither fieldManager nor User-Agent.
+            if manager.is_empty()
+                && let Some(m) = e.as_object_mut()
+            {
+                m.remove("manager");
+            }
             e
+        };
+        // One entry per identity: an applier's is its name (and subresource), an updater's
+        // also its apiVersion (`BuildManagerIdentifier`).
+        let same = |e: &Value| {
+            e.get("manager").and_then(Value::as_str).unwrap_or("") == manager
+                && e["operation"] == operation
+                && e.get("subresource") == entry.get("subresource")
+                && (operation != "Update" || e["apiVersion"] == api_version)
         };
         let m = meta_mut(obj);
         let list = m.entry("managedFields").or_insert_with(|| json!([]));
         if let Some(a) = list.as_array_mut() {
-            a.retain(|e| !(e["manager"] == manager && e["operation"] == operation));
+            a.retain(|e| !same(e));
             a.push(entry);
         }
     }
@@ -193,9 +299,12 @@ impl Store {
         {
             o.remove("status");
         }
+        let requested = requested_allocations(rt, &obj);
         defaults::default_object(self, &mut st, rt, &mut obj, None)?;
         let loopback = self.config().allow_loopback_endpoint_addresses;
-        validation::validate(rt, &obj, None, loopback)?;
+        if !opts.unvalidated {
+            validation::validate(rt, &obj, None, loopback)?;
+        }
         // The real server validates before its storage finds the name taken.
         let key = ObjKey::new(rt, ns.as_deref(), &name);
         if st.objects.contains_key(&key) {
@@ -210,6 +319,9 @@ impl Store {
         if opts.dry_run {
             return Ok(obj);
         }
+        let updater = op.map(|m| update_identity(m, &rt.api_version(version), false));
+        let seen = as_requested(&obj, requested.as_ref());
+        Store::own_update(&mut st, &key, None, &obj, &seen, updater);
         Ok(self.commit(&mut st, EventType::Added, key, obj, None))
     }
 
@@ -255,6 +367,7 @@ impl Store {
         {
             return Err(ApiError::conflict(&rt.group, &rt.plural, name));
         }
+        let requested = requested_allocations(rt, &body);
         let new = self.merge_update(&mut st, rt, version, &old, body, opts)?;
         if comparable(&new) == comparable(&old) {
             return Ok(Store::render(rt, version, &old));
@@ -262,14 +375,44 @@ impl Store {
         if opts.dry_run {
             return Ok(new);
         }
-        // An update owns what it changes: appliers of those fields no longer do (an update
-        // is its own managedFields entry, even under an applier's name).
-        for ((k, _), applied) in st.applied.iter_mut() {
-            if *k == key {
-                patch::disown_changed(applied, &new);
+        let updater = match (opts.raw, opts.manager.as_deref()) {
+            (false, Some(m)) => Some(update_identity(m, &rt.api_version(version), opts.status)),
+            _ => None,
+        };
+        let seen = as_requested(&new, requested.as_ref());
+        Store::own_update(&mut st, &key, Some(&old), &new, &seen, updater);
+        Ok(self.commit(&mut st, EventType::Modified, key, new, Some(old)))
+    }
+
+    /// Field ownership after a write of `new` over `old` (`None`: a create): every manager
+    /// loses the fields whose value it set is gone, and `updater` (an Update identity) owns
+    /// what the write added or changed as the field manager `saw` it, as the real field
+    /// manager's update moves them (`managedfields/internal/managedfieldsupdater.go`,
+    /// `structuredmerge.go` `Update`). An update is its own managedFields entry, even under
+    /// an applier's name.
+    pub(crate) fn own_update(
+        st: &mut State,
+        key: &ObjKey,
+        old: Option<&Value>,
+        new: &Value,
+        saw: &Value,
+        updater: Option<String>,
+    ) {
+        for ((k, _), owned) in st.applied.iter_mut().chain(st.updated.iter_mut()) {
+            if k == key {
+                patch::disown_changed(owned, new);
             }
         }
-        Ok(self.commit(&mut st, EventType::Modified, key, new, Some(old)))
+        let old = old.map(owned_part);
+        if let Some(id) = updater
+            && let Some(c) = patch::changed(old.as_ref(), &owned_part(saw))
+        {
+            let mine = st
+                .updated
+                .entry((key.clone(), id))
+                .or_insert_with(|| json!({}));
+            patch::apply_merge(mine, &c);
+        }
     }
 
     /// Builds the object an update stores: immutable metadata kept, status rules applied,
@@ -341,7 +484,9 @@ impl Store {
         // validated as a create, without the update-only (immutability) rules.
         let transition = if opts.raw { None } else { Some(old) };
         let loopback = self.config().allow_loopback_endpoint_addresses;
-        validation::validate(rt, &new, transition, loopback)?;
+        if !opts.unvalidated {
+            validation::validate(rt, &new, transition, loopback)?;
+        }
         if spec_part(&new) != spec_part(old)
             && let Some(g) = old_meta.get("generation").and_then(Value::as_i64)
         {

@@ -116,7 +116,7 @@ async fn a_role_granting_rules_the_writer_lacks_is_forbidden_on_every_write_path
         .await
         .unwrap_err();
     assert!(forbidden_message(&err).ends_with("Verbs:[\"delete\"]}"));
-    let apply = PatchParams::apply("maker");
+    let apply = PatchParams::apply("maker").force();
     let err = roles
         .patch("reader", &apply, &Patch::Apply(&reader))
         .await
