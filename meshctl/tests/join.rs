@@ -220,6 +220,36 @@ async fn unjoin_removes_a_network_label_another_writer_changed() {
     unjoined_keeping_team_label(&m.east);
 }
 
+/// meshctl owns what it applies: a second `join` after another writer (kubectl-style, a
+/// manager of its own) changed the network label takes it back. Without `force` the API
+/// server answers such an apply with 409 Conflict, as a real one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_again_takes_back_a_network_label_another_writer_changed() {
+    use kube::api::{Api, Patch, PatchParams};
+    let m = mesh().await;
+    m.join(&[]).await;
+    let east = client_from_yaml(&m.east.kubeconfig("east")).await;
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(east);
+    let kubectl = PatchParams {
+        field_manager: Some("kubectl-label".into()),
+        ..PatchParams::default()
+    };
+    let relabel = json!({"metadata": {"labels": {"topology.istio.io/network": "renamed"}}});
+    nss.patch("istio-system", &kubectl, &Patch::Merge(&relabel))
+        .await
+        .unwrap();
+    m.join(&[]).await;
+    let ns = m
+        .east
+        .store()
+        .get("v1", "Namespace", None, "istio-system")
+        .expect("istio-system");
+    assert_eq!(
+        ns["metadata"]["labels"]["topology.istio.io/network"],
+        "east-network"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expose_services_needs_the_gateway_crd_and_changes_nothing_without_it() {
     let m = mesh().await;

@@ -401,8 +401,13 @@ async fn write_key(
         patch["metadata"] = json!({"resourceVersion": rv});
     }
     let api: Api<Secret> = Api::namespaced(c.client.clone(), &s.namespace);
+    // Recorded under meshctl's name, as its applies are, not under the User-Agent's.
+    let manager = PatchParams {
+        field_manager: Some(crate::istio::MANAGER.into()),
+        ..PatchParams::default()
+    };
     let out = api
-        .patch(&s.secret, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(&s.secret, &manager, &Patch::Merge(&patch))
         .await
         .map_err(|e| {
             let text = anyhow!(
