@@ -3,7 +3,10 @@
 //! Writers check every target before writing anything, so a refusal changes nothing, and
 //! write a set of files all or nothing (`transaction`): every file is staged beside its
 //! target first, then renamed over it (a symlink at the target is replaced, never followed);
-//! an I/O error part way puts back what was replaced. Private keys are 0600; directories
+//! an I/O error part way puts back what was replaced. A crash part way is settled by the next
+//! write into the directory, or the next read of it as a bundle ([`recover_dir`]): back to
+//! the complete previous set, or forward when every new file was already in place, with a
+//! note on stderr (`transaction` has the rule). Private keys are 0600; directories
 //! created for them are 0700, whatever the umask. A private key is never written into, or
 //! read for reuse from, a symlinked directory or one other users may write (see `guard`).
 //!
@@ -53,12 +56,70 @@ impl OutFile {
 }
 
 /// Writes all files or none, creating parent directories (0700); see `transaction`.
-/// Everything [`check_writable`] refuses is refused first. An I/O error while writing is
+/// Everything [`check_writable`] refuses is refused first. What an interrupted earlier write
+/// into the same directories left is settled next ([`recover_dir`]), said in one line on
+/// stderr ([`write_files_noting`] returns it instead). An I/O error while writing is
 /// [`PkiError::NotWritten`] (every file as before), or, when even undoing failed,
 /// [`PkiError::PartlyWritten`] naming the files that hold new contents.
 pub fn write_files(files: &[OutFile], force: bool) -> Result<()> {
+    for note in write_files_noting(files, force)? {
+        eprintln!("note: {note}");
+    }
+    Ok(())
+}
+
+/// [`write_files`], returning the notes of what was recovered first instead of printing them.
+pub fn write_files_noting(files: &[OutFile], force: bool) -> Result<Vec<String>> {
     check_writable(files, force)?;
     transaction::write_all(files, force, &mut transaction::RealOps)
+}
+
+/// Settles a write into `dir` that a crash interrupted (see `transaction` for the rule: back
+/// to the complete previous set, or forward when every new file was in place). `Ok(None)`
+/// when there was none, else what was done, in one line. An error changes nothing and says
+/// how to fix the directory by hand. Readers of bundle directories call it first.
+pub fn recover_dir(dir: &Path) -> Result<Option<String>> {
+    transaction::recover(dir)
+}
+
+/// [`recover_dir`] for a reader: the note goes to stderr.
+fn settle(dir: &Path) -> Result<()> {
+    if let Some(note) = recover_dir(dir)? {
+        eprintln!("note: {note}");
+    }
+    Ok(())
+}
+
+/// [`write_files_noting`], calling `pause` with a description of the state at the `at`-th
+/// point (from 0) where a crash leaves a distinct one on disk. Only for pki's crash tests
+/// (`tests/interrupted_writes.rs` kills the process while it pauses); no command calls it.
+#[doc(hidden)]
+pub fn write_files_pausing(
+    files: &[OutFile],
+    force: bool,
+    at: usize,
+    pause: &mut dyn FnMut(&str),
+) -> Result<Vec<String>> {
+    struct Pausing<'a> {
+        left: usize,
+        pause: &'a mut dyn FnMut(&str),
+    }
+    impl transaction::Ops for Pausing<'_> {
+        fn rename(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
+            transaction::Ops::rename(&mut transaction::RealOps, from, to)
+        }
+        fn link(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
+            transaction::Ops::link(&mut transaction::RealOps, from, to)
+        }
+        fn checkpoint(&mut self, what: &str) {
+            if self.left == 0 {
+                (self.pause)(what);
+            }
+            self.left = self.left.wrapping_sub(1);
+        }
+    }
+    check_writable(files, force)?;
+    transaction::write_all(files, force, &mut Pausing { left: at, pause })
 }
 
 /// The checks [`write_files`] makes before writing anything, for a dry run to make the same
@@ -131,7 +192,9 @@ fn read(path: &Path) -> Result<String> {
 
 /// A certificate file (`root-cert.pem`, `cert-chain.pem`, `ca-cert.pem`), read bounded and
 /// checked by [`crate::check_cert_pem`]: only `CERTIFICATE` blocks. The error names the file.
+/// A write into its directory that a crash interrupted is settled first ([`recover_dir`]).
 pub fn read_cert_pem(path: &Path) -> Result<String> {
+    settle(path.parent().unwrap_or(Path::new("")))?;
     let text = read(path)?;
     crate::pem::cert_ders(&text)
         .map_err(|e| PkiError::InvalidCert(format!("{}: {e}", path.display())))?;
@@ -139,9 +202,11 @@ pub fn read_cert_pem(path: &Path) -> Result<String> {
 }
 
 /// A private key to reuse: its directory is checked like a writer's, then it is read
-/// (bounded, as [`read_input_string`]).
+/// (bounded, as [`read_input_string`]), after settling an interrupted write ([`recover_dir`]).
 pub fn read_key(path: &Path) -> Result<String> {
-    check_key_dir(path.parent().unwrap_or(Path::new("")))?;
+    let dir = path.parent().unwrap_or(Path::new(""));
+    check_key_dir(dir)?;
+    settle(dir)?;
     read(path)
 }
 
@@ -185,6 +250,7 @@ impl IntermediateCa {
     /// Reads a cluster bundle (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`).
     /// `cert-chain.pem` must start with `ca-cert.pem`; use [`crate::verify_bundles`] for a full check.
     pub fn load_dir(dir: &Path) -> Result<IntermediateCa> {
+        settle(dir)?;
         let ca = IntermediateCa::from_pems(
             &read_cert_pem(&dir.join(CA_CERT))?,
             &read_key(&dir.join(CA_KEY))?,
@@ -280,6 +346,14 @@ fn read_bundle(dir: &Path) -> (Option<[Option<String>; 4]>, Vec<Finding>) {
     };
     if let Some(message) = problem {
         return (None, vec![error(dir.to_path_buf(), message)]);
+    }
+    // A write interrupted by a crash may have left a mix of old and new files.
+    if let Err(e) = settle(dir) {
+        let (file, message) = match e {
+            PkiError::Io { path, source } => (path, source.to_string()),
+            other => (dir.to_path_buf(), other.to_string()),
+        };
+        return (None, vec![error(file, message)]);
     }
     let mut findings = Vec::new();
     let texts = [CA_CERT, CA_KEY, ROOT_CERT, CERT_CHAIN].map(|name| {

@@ -28,6 +28,7 @@ pub use issue::{
     IntermediateOptions, MAX_NOT_AFTER_UNIX, RootCa, RootOptions, WorkloadCert, WorkloadOptions,
 };
 pub use keys::{KeyType, load_private_key_pem};
+pub use pem::CanonicalPem;
 pub use renew::same_subject;
 pub use verify::{Bundle, Finding, Report, Severity, VerifyOptions, signing_root, verify};
 
@@ -38,6 +39,20 @@ pub use verify::{Bundle, Finding, Report, Severity, VerifyOptions, signing_root,
 /// caller names the file.
 pub fn check_cert_pem(text: &str) -> std::result::Result<usize, String> {
     pem::cert_ders(text).map(|ders| ders.len())
+}
+
+/// What is published from a certificate file (`cacerts`' `root-cert.pem`, `cert-chain.pem`,
+/// `ca-cert.pem`): each `CERTIFICATE` block re-encoded (64-column base64, LF), nothing
+/// between; `dropped` says whether the file held text besides them. Refuses what
+/// [`check_cert_pem`] refuses.
+pub fn canonical_cert_pem(text: &str) -> std::result::Result<CanonicalPem, String> {
+    pem::canonical_certs(text)
+}
+
+/// What is published from a private key file (`cacerts`' `ca-key.pem`): its key block only,
+/// re-encoded; `dropped` says whether the file held anything else. Errors never quote it.
+pub fn canonical_key_pem(text: &str) -> std::result::Result<CanonicalPem, String> {
+    pem::canonical_key(text)
 }
 
 /// Checks that `name` is a DNS-1123 label (lowercase alphanumerics and '-', 1..=63 chars,

@@ -8,6 +8,10 @@
 //! `-----END`), which would otherwise be skipped as text and published with the rest. Text
 //! between blocks (comments, `openssl x509 -text` output) is accepted, as Go's
 //! `encoding/pem` skips it too. Errors name the block's type and line, never its contents.
+//!
+//! What is *published* from such a file is its canonical PEM only ([`canonical_certs`],
+//! [`canonical_key`]): the local file may carry notes, the `cacerts` Secret (and from it
+//! every namespace's `istio-ca-root-cert`) carries the certificates and nothing else.
 
 use x509_parser::certificate::X509Certificate;
 
@@ -17,6 +21,8 @@ struct Block<'a> {
     /// 1-based line of `-----BEGIN`.
     line: usize,
     text: &'a str,
+    /// Byte offset of `text` in the whole text.
+    start: usize,
 }
 
 /// Every block of a PEM text, by its `-----BEGIN`/`-----END` lines. A marker that is not a
@@ -62,6 +68,7 @@ fn blocks(text: &str) -> std::result::Result<Vec<Block<'_>>, String> {
                     label,
                     line: first,
                     text: &text[from..offset],
+                    start: from,
                 });
                 open = None;
             }
@@ -142,6 +149,91 @@ pub(crate) fn cert_ders(text: &str) -> std::result::Result<Vec<Vec<u8>>, String>
         ));
     }
     Ok(ders)
+}
+
+/// A PEM file as published: its blocks re-encoded, nothing else.
+pub struct CanonicalPem {
+    /// The blocks kept, each `-----BEGIN`, its DER in 64-column base64, `-----END`, LF line
+    /// endings, one after the other with nothing between.
+    pub pem: String,
+    /// The file held more than formatting besides those blocks: text outside them (comments,
+    /// openssl's `Bag Attributes`, subject lines), headers inside one, or (a key file) other
+    /// blocks. Whitespace and line endings do not count.
+    pub dropped: bool,
+}
+
+impl std::fmt::Debug for CanonicalPem {
+    // For a key file `pem` is the private key: never printed, not even in a debug dump.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CanonicalPem")
+            .field("pem", &format_args!("<{} bytes>", self.pem.len()))
+            .field("dropped", &self.dropped)
+            .finish()
+    }
+}
+
+/// The canonical PEM of a certificate file: each `CERTIFICATE` block re-encoded. Refuses
+/// what [`cert_ders`] refuses, with its errors.
+pub(crate) fn canonical_certs(text: &str) -> std::result::Result<CanonicalPem, String> {
+    let ders = cert_ders(text)?;
+    let blocks = blocks(text)?;
+    let pem = ders.iter().map(|d| crate::issue::der_to_pem(d)).collect();
+    Ok(CanonicalPem {
+        pem,
+        dropped: text_outside(text, &blocks) || blocks.iter().any(has_headers),
+    })
+}
+
+/// The canonical PEM of a private key file: the key block [`crate::load_private_key_pem`]
+/// uses (the first `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`), re-encoded under
+/// its label. Istio reads only a key file's first block (istio/istio
+/// `security/pkg/pki/util/crypto.go`, `ParsePemEncodedKey`), so an `EC PARAMETERS` block
+/// before the key, which openssl writes, would stop istiod; it is dropped like any text.
+/// Errors name blocks and lines, never quote the file.
+pub(crate) fn canonical_key(text: &str) -> std::result::Result<CanonicalPem, String> {
+    const KEYS: [&str; 3] = ["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"];
+    let blocks = blocks(text)?;
+    let Some(key) = blocks.iter().find(|b| KEYS.contains(&b.label)) else {
+        return Err(format!(
+            "no private key block found (expected one of {})",
+            KEYS.join(", ")
+        ));
+    };
+    // pem's errors may quote the line they stop at: never shown for a key.
+    let der = ::pem::parse(key.text)
+        .map_err(|_| {
+            format!(
+                "{} (line {}) is not valid PEM",
+                describe(key.label),
+                key.line
+            )
+        })?
+        .into_contents();
+    let pem = ::pem::encode_config(
+        &::pem::Pem::new(key.label, der),
+        ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF),
+    );
+    Ok(CanonicalPem {
+        pem,
+        dropped: blocks.len() > 1 || text_outside(text, &blocks) || has_headers(key),
+    })
+}
+
+/// Whether `text` holds anything but whitespace outside `blocks`.
+fn text_outside(text: &str, blocks: &[Block<'_>]) -> bool {
+    let mut at = 0;
+    let mut outside = Vec::new();
+    for b in blocks {
+        outside.push(&text[at..b.start]);
+        at = b.start + b.text.len();
+    }
+    outside.push(&text[at..]);
+    outside.iter().any(|t| !t.trim().is_empty())
+}
+
+/// Whether a block carries RFC 1421 headers (`Proc-Type: ...`) before its base64.
+fn has_headers(b: &Block<'_>) -> bool {
+    ::pem::parse(b.text).is_ok_and(|p| p.headers().iter().next().is_some())
 }
 
 /// The certificates of a PEM text that may hold other blocks too (for display only), and
@@ -257,6 +349,57 @@ mod tests {
             e.contains("line ") && e.contains("treat the key as exposed"),
             "{e}"
         );
+    }
+
+    /// Published text: the blocks re-encoded and nothing else; generated files are already
+    /// canonical, so what meshctl wrote is published byte for byte.
+    #[test]
+    fn canonical_pem_keeps_the_blocks_only() {
+        let c = cert();
+        let same = crate::canonical_cert_pem(&c).unwrap();
+        assert_eq!((same.pem.as_str(), same.dropped), (c.as_str(), false));
+        let two = format!("{c}{c}");
+        let crlf = crate::canonical_cert_pem(&two.replace('\n', "\r\n")).unwrap();
+        assert_eq!((crlf.pem.as_str(), crlf.dropped), (two.as_str(), false));
+        let noted = format!(
+            "Bag Attributes\n    friendlyName: NOTE\nsubject=/CN=NOTE\n{c}\n# NOTE\n{c}NOTE"
+        );
+        let out = crate::canonical_cert_pem(&noted).unwrap();
+        assert_eq!((out.pem.as_str(), out.dropped), (two.as_str(), true));
+        // 76-column base64 (as some tools write) is re-wrapped at 64.
+        let body: String = c.lines().filter(|l| !l.starts_with("-----")).collect();
+        let wide = body
+            .as_bytes()
+            .chunks(76)
+            .map(|l| std::str::from_utf8(l).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let wide = format!("-----BEGIN CERTIFICATE-----\n{wide}\n-----END CERTIFICATE-----\n");
+        assert_eq!(crate::canonical_cert_pem(&wide).unwrap().pem, c);
+        assert!(crate::canonical_cert_pem(&format!("{c}{}", key())).is_err());
+    }
+
+    #[test]
+    fn canonical_key_is_the_key_block_only_and_never_quoted() {
+        let kp = crate::KeyType::EcdsaP256.generate().unwrap();
+        let k = kp.serialize_pem();
+        let same = crate::canonical_key_pem(&k).unwrap();
+        assert_eq!((same.pem.as_str(), same.dropped), (k.as_str(), false));
+        let params =
+            "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n";
+        let noted = format!(
+            "Bag Attributes\n    localKeyID: 01\nKey Attributes: NOTE\n{params}{k}# NOTE\n"
+        );
+        let out = crate::canonical_key_pem(&noted).unwrap();
+        assert_eq!((out.pem.as_str(), out.dropped), (k.as_str(), true));
+        for bad in [
+            format!("-----BEGIN PRIVATE KEY-----\n{KEY_BODY}*\n-----END PRIVATE KEY-----\n"),
+            format!("{params}# SECRET\n"),
+            format!("-----BEGIN PRIVATE KEY-----\n{KEY_BODY}\n"),
+        ] {
+            let e = crate::canonical_key_pem(&bad).unwrap_err();
+            assert!(!e.contains("SECRET"), "{e}");
+        }
     }
 
     #[test]

@@ -143,7 +143,7 @@ fn check_ancestors(start: &Path) -> Check {
 }
 
 /// The effective uid, on every Unix (the owner check is skipped elsewhere).
-fn effective_uid() -> Option<u32> {
+pub(crate) fn effective_uid() -> Option<u32> {
     #[cfg(unix)]
     {
         Some(rustix::process::geteuid().as_raw())

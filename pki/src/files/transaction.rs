@@ -1,32 +1,64 @@
-//! Writing a set of files all or nothing, never through what is at a target's path.
+//! Writing a set of files all or nothing, never through what is at a target's path, and
+//! recoverably: a crash part way is settled by the next run.
 //!
-//! 1. Stage: missing directories are created 0700; each file's contents go to a new file
-//!    beside its target, created exclusively (`O_CREAT|O_EXCL` never follows a symlink) with
-//!    its final mode (0600 for a key, else 0644) before a byte is written, then synced.
+//! 0. Lock: each target directory is created if missing (0700) and locked (`flock`, released
+//!    by the kernel when the writer dies) for the whole write; a second writer is refused.
+//!    Under the lock, an interrupted earlier write is settled (below) and the temporary files
+//!    of one interrupted before it renamed anything are removed (`sweep`), each with a note.
+//! 1. Stage: each file's contents go to a new file beside its target, created exclusively
+//!    (`O_CREAT|O_EXCL` never follows a symlink) with its final mode (0600 for a key, else
+//!    0644) before a byte is written, then synced.
 //! 2. Keep: with `force`, each existing target gets a second name (a hard link, else a copy)
 //!    so that it can be put back.
-//! 3. Place: each staged file is renamed over its target (`force`: a symlink at the target is
+//! 3. Journal: what step 4 is about to do ([`JOURNAL`], 0600, synced with its directory, one
+//!    copy in each target directory, each naming every file): per target its staged and kept
+//!    names, the SHA-256 of its new contents and a print of its previous ones.
+//! 4. Place: each staged file is renamed over its target (`force`: a symlink at the target is
 //!    replaced, never followed) or linked to it (without `force`, `link(2)` refuses a target
 //!    that appeared after the caller's check).
+//! 5. Finish: the directories are synced, the kept files removed, then the journals.
 //!
-//! A failure in 1 or 2 removes the staged files and the directories created: nothing
-//! changed. A failure in 3 (e.g. an immutable target) moves the kept files back and removes
+//! A failure in 1 to 3 removes the staged files and the directories created: nothing
+//! changed. A failure in 4 (e.g. an immutable target) moves the kept files back and removes
 //! the new ones placed; should that fail too, the error lists the files that now hold new
-//! contents and where the previous contents are kept. A crash (rather than an I/O error)
-//! during step 3 is not undone: the temporary and kept files stay beside their targets
-//! (`.NAME.tmp-*`, `.NAME.old-*`).
+//! contents and where the previous contents are kept. Either way the error is the report and
+//! the journals go.
+//!
+//! **Recovery rule** for a journal left by a crash (SIGKILL, power loss), applied by the
+//! next write into any of its directories and by the readers of a bundle directory
+//! (`recover`), like SQLite's hot journal: each target is recognised by its contents, never
+//! by timing. If *every* target holds its new contents, the write is **finished forward**
+//! (its staged and kept leftovers are removed). Otherwise it is **rolled back**: each target
+//! that holds its new contents gets its kept previous contents back (or is removed if it did
+//! not exist before), the others keep their previous contents, and the staged files go; the
+//! result is the complete previous set (the one already installed: `certs renew --apply`
+//! writes before it applies). Either way one line says what was done. A target
+//! that holds neither its previous nor its new contents, or a replaced one whose kept copy is
+//! gone, cannot be decided: recovery changes nothing and its error names the files and the
+//! commands that restore either set. Recovery only ever renames or removes the files its
+//! journal names, never through a symlink, and is safe to repeat: the journal goes last.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use sha2::{Digest, Sha256};
+
 use super::OutFile;
 use crate::error::PkiError;
+use journal::{Entry, Journal, Print, print_of};
+pub(super) use recovery::recover;
+use recovery::{recover_locked, sweep};
 
-/// The calls of step 3 and its undo; tests replace them to fail on demand.
+/// The journal of a write in progress, in each directory it writes into.
+pub(super) const JOURNAL: &str = ".pki-write.journal";
+
+/// The calls of step 4 and its undo; tests replace them to fail on demand.
 pub(super) trait Ops {
     fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()>;
     fn link(&mut self, from: &Path, to: &Path) -> io::Result<()>;
+    /// A point where a crash leaves a distinct state on disk (crash tests stop here).
+    fn checkpoint(&mut self, _what: &str) {}
 }
 
 /// The real file system.
@@ -50,22 +82,55 @@ struct Staged<'a> {
     id: Option<(u64, u64)>,
     /// Where the target's previous contents are kept (`force` and an existing target).
     kept: Option<PathBuf>,
+    /// SHA-256 of the new contents, and the print of the previous ones.
+    new: [u8; 32],
+    old: Print,
+}
+
+/// A directory written into: as the caller named it, and absolute (for the journal).
+struct Dir {
+    path: PathBuf,
+    abs: PathBuf,
 }
 
 /// Writes `files` all or nothing (see the module docs). The caller checked the targets.
-pub(super) fn write_all(files: &[OutFile], force: bool, ops: &mut dyn Ops) -> crate::Result<()> {
+/// Returns the notes of what was recovered first.
+pub(super) fn write_all(
+    files: &[OutFile],
+    force: bool,
+    ops: &mut dyn Ops,
+) -> crate::Result<Vec<String>> {
+    let dirs =
+        target_dirs(files).map_err(|(path, source)| PkiError::NotWritten { path, source })?;
     let mut created = Vec::new();
-    let mut staged = Vec::new();
-    if let Err((path, source)) = stage(files, force, &mut created, &mut staged) {
-        discard(&staged, &[], &created);
-        return Err(PkiError::NotWritten { path, source });
+    let mut locks = Locks::default();
+    let mut notes = Vec::new();
+    if let Err(e) = prepare(&dirs, &mut created, &mut locks, &mut notes) {
+        remove_dirs(&created);
+        return Err(e);
     }
+    let mut staged = Vec::new();
+    let journals = stage(files, force, &mut staged, ops).and_then(|()| {
+        let journals = write_journals(&dirs, &staged)?;
+        ops.checkpoint(&format!("placed 0 of {}", staged.len()));
+        Ok(journals)
+    });
+    let journals = match journals {
+        Ok(j) => j,
+        Err((path, source)) => {
+            discard(&staged, &[]);
+            remove_dirs(&created);
+            return Err(PkiError::NotWritten { path, source });
+        }
+    };
     for i in 0..staged.len() {
         if let Err(source) = place(&staged[i], force, ops) {
             let path = staged[i].target.to_path_buf();
             let (new, kept) = undo(&staged[..i], ops);
-            discard(&staged, &kept, &created);
-            let _ = sync_dirs(&staged);
+            discard(&staged, &kept);
+            let _ = sync_dirs(&dirs);
+            remove_quietly(&journals);
+            remove_dirs(&created);
             return Err(if new.is_empty() {
                 PkiError::NotWritten { path, source }
             } else {
@@ -77,28 +142,71 @@ pub(super) fn write_all(files: &[OutFile], force: bool, ops: &mut dyn Ops) -> cr
                 }
             });
         }
+        ops.checkpoint(&format!("placed {} of {}", i + 1, staged.len()));
     }
-    discard(&staged, &[], &[]);
-    sync_dirs(&staged).map_err(|(path, e)| PkiError::Io {
-        path,
-        source: io::Error::new(
-            e.kind(),
-            format!("every file was written, but syncing this directory failed: {e}"),
-        ),
-    })
+    // The renames are durable before the kept copies and then the journals go.
+    let synced = sync_dirs(&dirs);
+    discard(&staged, &[]);
+    ops.checkpoint("leftovers removed");
+    remove_quietly(&journals);
+    synced
+        .and(sync_dirs(&dirs))
+        .map_err(|(path, e)| PkiError::Io {
+            path,
+            source: io::Error::new(
+                e.kind(),
+                format!("every file was written, but syncing this directory failed: {e}"),
+            ),
+        })?;
+    Ok(notes)
+}
+
+/// The directories of `files`, once each (by absolute path), in order.
+fn target_dirs(files: &[OutFile]) -> Result<Vec<Dir>, (PathBuf, io::Error)> {
+    let mut dirs: Vec<Dir> = Vec::new();
+    for f in files {
+        let path = match f.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let abs = std::path::absolute(&path).map_err(|e| (path.clone(), e))?;
+        if !dirs.iter().any(|d| d.abs == abs) {
+            dirs.push(Dir { path, abs });
+        }
+    }
+    Ok(dirs)
+}
+
+/// Step 0: creates and locks every directory, then settles what an interrupted write left.
+fn prepare(
+    dirs: &[Dir],
+    created: &mut Vec<PathBuf>,
+    locks: &mut Locks,
+    notes: &mut Vec<String>,
+) -> crate::Result<()> {
+    for d in dirs {
+        let not_written = |source| PkiError::NotWritten {
+            path: d.path.clone(),
+            source,
+        };
+        create_private_dirs(&d.path, created).map_err(not_written)?;
+        locks.lock(&d.path).map_err(not_written)?;
+    }
+    for d in dirs {
+        notes.extend(recover_locked(&d.path, locks)?);
+        notes.extend(sweep(&d.path));
+    }
+    Ok(())
 }
 
 /// Steps 1 and 2; the error names the path that failed.
 fn stage<'a>(
     files: &'a [OutFile],
     force: bool,
-    created: &mut Vec<PathBuf>,
     staged: &mut Vec<Staged<'a>>,
+    ops: &mut dyn Ops,
 ) -> Result<(), (PathBuf, io::Error)> {
     for f in files {
-        if let Some(parent) = f.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            create_private_dirs(parent, created).map_err(|e| (parent.to_path_buf(), e))?;
-        }
         let (tmp, id) = write_temp(&f.path, f.contents.as_bytes(), f.secret)
             .map_err(|e| (f.path.clone(), e))?;
         staged.push(Staged {
@@ -106,17 +214,77 @@ fn stage<'a>(
             tmp,
             id,
             kept: None,
+            new: Sha256::digest(f.contents.as_bytes()).into(),
+            old: Print::Absent,
         });
+        ops.checkpoint(&format!("staged {} of {}", staged.len(), files.len()));
     }
     if force {
         for s in staged.iter_mut() {
             s.kept = keep(s.target).map_err(|e| (s.target.to_path_buf(), e))?;
+            if let Some(k) = &s.kept {
+                s.old = print_of(k).map_err(|e| (k.clone(), e))?;
+            }
         }
+        ops.checkpoint("kept the previous files");
     }
     Ok(())
 }
 
-/// Step 3 for one file.
+/// Step 3: the journal, in every directory, synced with it; returns where they are.
+fn write_journals(
+    dirs: &[Dir],
+    staged: &[Staged<'_>],
+) -> Result<Vec<PathBuf>, (PathBuf, io::Error)> {
+    let dir_of = |target: &Path| {
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::path::absolute(parent).map_err(|e| (target.to_path_buf(), e))
+    };
+    let mut entries = Vec::new();
+    for s in staged {
+        let abs = dir_of(s.target)?;
+        let name = |p: &Path| abs.join(p.file_name().unwrap_or_default());
+        entries.push(Entry {
+            target: name(s.target),
+            tmp: name(&s.tmp),
+            kept: s.kept.as_deref().map(name),
+            new: s.new,
+            old: s.old.clone(),
+        });
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let journal = Journal {
+        txn: format!("{}-{nanos}", std::process::id()),
+        dirs: dirs.iter().map(|d| d.abs.clone()).collect(),
+        entries,
+    };
+    let text = journal.render();
+    let mut written = Vec::new();
+    for d in dirs {
+        let path = d.path.join(JOURNAL);
+        let made = new_file(&path, 0o600).and_then(|mut f| {
+            written.push(path.clone());
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        });
+        if let Err(e) = made {
+            remove_quietly(&written);
+            return Err((path, e));
+        }
+    }
+    if let Err(e) = sync_dirs(dirs) {
+        remove_quietly(&written);
+        return Err(e);
+    }
+    Ok(written)
+}
+
+/// Step 4 for one file.
 fn place(s: &Staged<'_>, force: bool, ops: &mut dyn Ops) -> io::Result<()> {
     if force {
         return ops.rename(&s.tmp, s.target);
@@ -136,7 +304,7 @@ fn place(s: &Staged<'_>, force: bool, ops: &mut dyn Ops) -> io::Result<()> {
     }
 }
 
-/// Undoes step 3 for `placed`, newest first: kept files go back, new files are removed.
+/// Undoes step 4 for `placed`, newest first: kept files go back, new files are removed.
 /// Returns the targets still holding new contents, and (target, kept file) for those whose
 /// previous contents could not be moved back.
 fn undo(placed: &[Staged<'_>], ops: &mut dyn Ops) -> (Vec<PathBuf>, Vec<(PathBuf, PathBuf)>) {
@@ -165,9 +333,8 @@ fn undo(placed: &[Staged<'_>], ops: &mut dyn Ops) -> (Vec<PathBuf>, Vec<(PathBuf
     (new, kept)
 }
 
-/// Removes the staged files still there, the kept files not listed in `keep`, and the
-/// directories created (deepest first; one that is not empty stays).
-fn discard(staged: &[Staged<'_>], keep: &[(PathBuf, PathBuf)], created: &[PathBuf]) {
+/// Removes the staged files still there and the kept files not listed in `keep`.
+fn discard(staged: &[Staged<'_>], keep: &[(PathBuf, PathBuf)]) {
     for s in staged {
         let _ = std::fs::remove_file(&s.tmp);
         if let Some(k) = &s.kept
@@ -176,12 +343,22 @@ fn discard(staged: &[Staged<'_>], keep: &[(PathBuf, PathBuf)], created: &[PathBu
             let _ = std::fs::remove_file(k);
         }
     }
+}
+
+/// Removes the directories created (deepest first; one that is not empty stays).
+fn remove_dirs(created: &[PathBuf]) {
     for dir in created.iter().rev() {
         let _ = std::fs::remove_dir(dir);
     }
 }
 
-/// A new name for `target` beside it: `.NAME.<what>-<pid>-<n>`.
+fn remove_quietly(paths: &[PathBuf]) {
+    for p in paths {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// A new name for `target` beside it: `.NAME.<what>-<pid>-<n>` (`sweep` knows the form).
 fn sibling(target: &Path, what: &str) -> io::Result<PathBuf> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = target
@@ -233,6 +410,19 @@ fn new_file(path: &Path, mode: u32) -> io::Result<std::fs::File> {
     opts.open(path)
 }
 
+/// Opens `path` to read it, never through a symlink and without blocking on a FIFO.
+fn open_nofollow(path: &Path) -> io::Result<std::fs::File> {
+    let mut opts = std::fs::File::options();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use rustix::fs::OFlags;
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32);
+    }
+    opts.open(path)
+}
+
 /// Step 2 for one target: a second name for its current contents, `None` if it is absent.
 /// A hard link keeps the very file (mode, owner); where linking fails (a filesystem without
 /// hard links, an immutable file) a copy is made.
@@ -265,7 +455,7 @@ fn keep(target: &Path) -> io::Result<Option<PathBuf>> {
 fn copy_aside(target: &Path, kept: &Path, meta: &std::fs::Metadata) -> io::Result<()> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        use std::os::unix::fs::MetadataExt;
         if meta.file_type().is_symlink() {
             return std::os::unix::fs::symlink(std::fs::read_link(target)?, kept);
         }
@@ -275,10 +465,7 @@ fn copy_aside(target: &Path, kept: &Path, meta: &std::fs::Metadata) -> io::Resul
                 "not a regular file or symlink",
             ));
         }
-        let mut from = std::fs::File::options()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(target)?;
+        let mut from = open_nofollow(target)?;
         let mut to = new_file(kept, meta.mode() & 0o777)?;
         io::copy(&mut from, &mut to)?;
         to.sync_all()?;
@@ -343,26 +530,80 @@ fn create_private_dirs(dir: &Path, created: &mut Vec<PathBuf>) -> io::Result<()>
     Ok(())
 }
 
-/// Syncs each target directory once, so that the renames survive a crash.
-fn sync_dirs(staged: &[Staged<'_>]) -> Result<(), (PathBuf, io::Error)> {
-    let mut dirs: Vec<&Path> = staged
-        .iter()
-        .map(|s| {
-            s.target
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."))
-        })
-        .collect();
-    dirs.dedup();
+/// Syncs each directory, so that the renames (or removals) in it survive a crash.
+fn sync_dirs(dirs: &[Dir]) -> Result<(), (PathBuf, io::Error)> {
     let mut first_error = None;
-    for dir in dirs {
-        if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
-            first_error.get_or_insert((dir.to_path_buf(), e));
+    for d in dirs {
+        if let Err(e) = sync_dir(&d.path) {
+            first_error.get_or_insert((d.path.clone(), e));
         }
     }
     first_error.map_or(Ok(()), Err)
 }
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
+}
+
+/// Exclusive locks on directories, held until dropped (the kernel drops them when the
+/// process dies, which is how a journal left by a crash is told from one being written).
+/// One lock per directory, however it is named.
+#[derive(Default)]
+pub(super) struct Locks(Vec<(Option<(u64, u64)>, std::fs::File)>);
+
+impl Locks {
+    pub(super) fn lock(&mut self, dir: &Path) -> io::Result<()> {
+        let file = std::fs::File::open(dir)?;
+        let id = id_of(&file.metadata()?);
+        if id.is_some() && self.0.iter().any(|(held, _)| *held == id) {
+            return Ok(());
+        }
+        try_lock(&file)?;
+        self.0.push((id, file));
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn try_lock(dir: &std::fs::File) -> io::Result<()> {
+    use rustix::fs::{FlockOperation, flock};
+    use rustix::io::Errno;
+    match flock(dir, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(()),
+        Err(e) if e == Errno::WOULDBLOCK => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "another write into this directory is in progress (it holds a lock on the \
+             directory): wait for it to finish, then run this again",
+        )),
+        // A filesystem without flock: unlocked, as before journals existed.
+        Err(e) if [Errno::NOLCK, Errno::OPNOTSUPP, Errno::NOSYS].contains(&e) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(not(unix))]
+fn try_lock(_: &std::fs::File) -> io::Result<()> {
+    Ok(())
+}
+
+/// A path for a shell command line: single-quoted unless plainly safe.
+fn quote(p: &Path) -> String {
+    let s = p.display().to_string();
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._+,=@~-".contains(&b))
+    {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// The journal: what a write is about to do, as text on disk, and the prints that tell a
+/// target's previous contents from its new ones.
+mod journal;
+
+/// Settling what an interrupted write left (the rule is in the module docs).
+mod recovery;
 
 #[cfg(all(test, unix))]
 mod tests {
@@ -486,6 +727,69 @@ mod tests {
         );
         // Nothing else was left behind: the three files and the kept one.
         assert_eq!(listing(tmp.path()).len(), 4);
+    }
+
+    /// Any path survives the journal's text form; a journal cut anywhere is torn, not
+    /// misread; a checksummed one with another layout is foreign.
+    #[test]
+    fn journals_round_trip_and_cut_ones_are_torn() {
+        use journal::Parsed;
+        let dir = PathBuf::from("/d i r/%x\n\u{e9}");
+        let name = |n: &str| dir.join(n);
+        let j = Journal {
+            txn: "1-2".into(),
+            dirs: vec![dir.clone()],
+            entries: vec![
+                Entry {
+                    target: name("a b.pem"),
+                    tmp: name(".a b.pem.tmp-1-0"),
+                    kept: Some(name(".a b.pem.old-1-1")),
+                    new: [7; 32],
+                    old: Print::Link([9; 32]),
+                },
+                Entry {
+                    target: name("k"),
+                    tmp: name(".k.tmp-1-2"),
+                    kept: None,
+                    new: [0; 32],
+                    old: Print::Absent,
+                },
+            ],
+        };
+        let text = j.render();
+        let Parsed::Journal(back) = Journal::parse(&text) else {
+            panic!("{text}")
+        };
+        assert_eq!(back.render(), text);
+        assert_eq!(back.entries[0].target, name("a b.pem"));
+        for cut in 0..text.len() {
+            assert!(
+                matches!(Journal::parse(&text[..cut]), Parsed::Torn),
+                "{cut}"
+            );
+        }
+        // Names a writer never gives: refused, so recovery never touches other files.
+        let bad = Journal {
+            entries: vec![Entry {
+                tmp: PathBuf::from("/elsewhere/.k.tmp-1-2"),
+                ..j.entries.into_iter().nth(1).unwrap()
+            }],
+            ..j
+        };
+        assert!(matches!(Journal::parse(&bad.render()), Parsed::Foreign(_)));
+        assert!(matches!(Journal::parse("hello\n"), Parsed::Foreign(_)));
+        assert_eq!(
+            journal::leftover_name(".ca-key.pem.old-12-3"),
+            Some(("ca-key.pem", "old"))
+        );
+        for not in [
+            ".ca-key.pem.tmp-12",
+            "ca.tmp-1-2",
+            "..tmp-1-2",
+            ".a.tmp-x-2",
+        ] {
+            assert_eq!(journal::leftover_name(not), None, "{not}");
+        }
     }
 
     #[test]
