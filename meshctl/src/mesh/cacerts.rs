@@ -1,8 +1,12 @@
 //! The `cacerts` Secret istiod reads its CA from: built from a verified bundle directory,
 //! compared by root, and applied without silently replacing a different root.
 //!
-//! The Secret uses `data` (base64 of each file's exact bytes), the same as
-//! `kubectl create secret generic cacerts --from-file=...` produces. The bundle is
+//! The Secret uses `data`, like `kubectl create secret generic cacerts --from-file=...`,
+//! but holds each file's canonical PEM rather than its exact bytes ([`published_data`]):
+//! istiod keeps `root-cert.pem` byte for byte (istio/istio
+//! `security/pkg/pki/util/keycertbundle.go`) and copies it into the `istio-ca-root-cert`
+//! ConfigMap of every namespace, so comments or openssl's `Bag Attributes` in a local file
+//! would be published cluster-wide. The local files are left as they are. The bundle is
 //! verified first; a bundle with errors is refused so that istiod never sees it.
 
 use std::collections::BTreeMap;
@@ -45,13 +49,51 @@ fn bundle_data(bundle: &pki::Bundle) -> Result<BTreeMap<&'static str, String>> {
     if !report.is_ok() {
         return refuse(&bundle.source, &report);
     }
-    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
-    Ok(BTreeMap::from([
-        (pki::CA_CERT, b64(&bundle.ca_cert)),
-        (pki::CA_KEY, b64(&bundle.ca_key)),
-        (pki::ROOT_CERT, b64(&bundle.root_cert)),
-        (pki::CERT_CHAIN, b64(&bundle.cert_chain)),
-    ]))
+    published_data(
+        &bundle.source,
+        [
+            (pki::CA_CERT, bundle.ca_cert.as_str()),
+            (pki::CA_KEY, bundle.ca_key.as_str()),
+            (pki::ROOT_CERT, bundle.root_cert.as_str()),
+            (pki::CERT_CHAIN, bundle.cert_chain.as_str()),
+        ],
+    )
+}
+
+/// The `data` of a `cacerts` Secret for verified bundle files (name, text): each file's
+/// canonical PEM, base64-encoded. Certificate files keep their `CERTIFICATE` blocks, the key
+/// file its key block (`pki::canonical_cert_pem`, `pki::canonical_key_pem`). When a file held
+/// anything else, one line on stderr names it (`source/<name>`), never the text.
+pub fn published_data<'a>(
+    source: &Path,
+    files: impl IntoIterator<Item = (&'static str, &'a str)>,
+) -> Result<BTreeMap<&'static str, String>> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut data = BTreeMap::new();
+    for (name, text) in files {
+        let path = source.join(name);
+        let key = name == pki::CA_KEY;
+        let canonical = if key {
+            pki::canonical_key_pem(text)
+        } else {
+            pki::canonical_cert_pem(text)
+        }
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        if canonical.dropped {
+            let what = if key {
+                "anything besides its private key block (comments, attributes, other blocks)"
+            } else {
+                "text outside its certificate blocks (comments, Bag Attributes, subject lines)"
+            };
+            eprintln!(
+                "note: {}: {what} is not published: cacerts holds canonical PEM only (the \
+                 file itself is unchanged)",
+                path.display()
+            );
+        }
+        data.insert(name, b64.encode(canonical.pem));
+    }
+    Ok(data)
 }
 
 /// Prints the report's findings and refuses the bundle.
@@ -133,8 +175,8 @@ pub async fn apply_secret(c: &Cluster, secret: &Value, force: bool, dry_run: boo
 mod tests {
     use super::*;
 
-    /// The Secret carries each file's exact bytes (what `kubectl create secret
-    /// --from-file` stores), and its root compares by DER, not by PEM text.
+    /// The Secret carries each file's exact bytes when the files are canonical PEM (as
+    /// meshctl writes them), and its root compares by DER, not by PEM text.
     #[test]
     fn secret_data_is_each_files_bytes() {
         let dir = bundle_dir();

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Result, anyhow, bail};
-use base64::Engine as _;
 use serde_json::{Value, json};
 
 use crate::istio::{CACERTS_SECRET, managed_labels};
@@ -36,8 +35,11 @@ pub fn cacerts_secret(
     if !report.is_ok() {
         bail!("the new bundle is not valid, nothing was changed:\n{report}");
     }
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let data: BTreeMap<&str, String> = texts.iter().map(|(k, v)| (*k, b64.encode(v))).collect();
+    // Canonical PEM only, as `cacerts apply` publishes (comments stay in the local files).
+    let data = crate::mesh::cacerts::published_data(
+        std::path::Path::new(CACERTS_SECRET),
+        texts.iter().map(|(k, v)| (*k, v.as_str())),
+    )?;
     let mut metadata =
         json!({"name": CACERTS_SECRET, "namespace": namespace, "labels": managed_labels()});
     if !annotations.is_empty() {
