@@ -519,11 +519,11 @@ ambient_join() {
   control_plane_ips
   run "$MESHCTL" join "${JOIN_ARGS[@]}" \
     --server "kind-west=https://${WEST_CP_IP}:6443" --server "kind-east=https://${EAST_CP_IP}:6443" \
-    --ambient --protocols both
+    --ambient --protocols both --hbone-certs files
 }
 
 step_ambient_join() {
-  step ambient-join "meshctl join --ambient --protocols both; the gateways' HBONE certificates as Secrets" \
+  step ambient-join "meshctl join --ambient --protocols both --hbone-certs files; the gateways' HBONE certificates as Secrets" \
     "cacerts must exist before istiod starts; the gateway (meshctl gateway install --protocols both) mounts its HBONE certificate from the Secret $HBONE_SECRET, so its pods start once that Secret exists; the first join cannot announce the peers yet (no load-balancer address), the step ambient-announce does"
   ambient_join
   local c ip_var

@@ -207,7 +207,7 @@ fn gateway_service(r: &mut Report, scope: &str, f: &ClusterFacts) {
             match gateway_address(s) {
                 Ok(detail) => r.pass(scope, check, detail),
                 Err(detail) => r.fail(scope, check, detail,
-                    "no load-balancer controller assigned an address: install one (kind: MetalLB or cloud-provider-kind; check its pods and address pool) or use --service-type NodePort"),
+                    "no load-balancer controller assigned an address: install one (kind: MetalLB or cloud-provider-kind; check its pods and address pool) or use --service-type node-port"),
             }
             one_family(r, scope, s);
         }
