@@ -141,8 +141,8 @@ pub fn cacerts(
         return;
     };
     let renew_ca = format!(
-        "issue a new intermediate from the same root (meshctl certs intermediate --cluster {cluster} ...) \
-         and meshctl cacerts apply certs/{cluster} --context {context}"
+        "renew the intermediate from the same root: meshctl certs renew --ca certs/{cluster} \
+         --root-cert certs/root-cert.pem --root-key certs/root-key.pem --context {context} --apply"
     );
     let rotate_root = "rotate to a new root in every cluster before then (README: Rotating trust)";
     for (file, check, hint) in [
@@ -309,7 +309,7 @@ mod tests {
             i.hint
                 .as_deref()
                 .unwrap()
-                .contains("meshctl cacerts apply certs/west --context west")
+                .contains("meshctl certs renew --ca certs/west --root-cert certs/root-cert.pem --root-key certs/root-key.pem --context west --apply")
         );
         assert_eq!(find(&items, "root expiry").status, Status::Pass);
         let items = judge_cacerts(&cacerts_ending_in(400));
