@@ -178,8 +178,9 @@ impl ApiError {
         }
     }
 
-    /// 504 for a list at a resourceVersion the server has not reached (the watch cache
-    /// waited 3 s for it; `storage.NewTooLargeResourceVersionError`).
+    /// 504 for a list at a resourceVersion the server has not reached after the watch cache's
+    /// 3 s wait (`list_options::FRESHNESS_WAIT`): `storage.NewTooLargeResourceVersionError(
+    /// requested, current, 1)`, whose message `NewTimeoutError` prefixes with "Timeout: ".
     pub fn too_large_resource_version(requested: u64, current: u64) -> Self {
         ApiError {
             details: Some(json!({
@@ -189,7 +190,7 @@ impl ApiError {
             ..Self::new(
                 504,
                 "Timeout",
-                format!("Too large resource version: {requested}, current: {current}"),
+                format!("Timeout: Too large resource version: {requested}, current: {current}"),
             )
         }
     }

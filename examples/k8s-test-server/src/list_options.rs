@@ -1,21 +1,45 @@
 //! A list's `resourceVersion` and `resourceVersionMatch`, checked and served as kube-apiserver
-//! does. Sources (kubernetes/kubernetes, `staging/src/k8s.io/apiserver/pkg/storage/`):
-//! `cacher/delegator.go` (`shouldDelegateList`: `Exact`, a legacy `resourceVersion` with
-//! `limit`, and `continue` pages bypass the watch cache and go to etcd), `etcd3/store.go`
-//! (`GetList`: those read etcd at that revision, `WithRev`, and stamp the list with it) and
-//! `etcd3/errors.go` (a compacted revision is 410); validation in apimachinery
-//! `pkg/apis/meta/internalversion/validation`; the watch cache's `waitUntilFreshAndBlock`.
+//! does by default. Judged against Kubernetes 1.36, the newest release in the sources read
+//! (CHANGELOG-1.37 starts "since v1.36.0"); 1.34 and 1.35 take the same paths. Sources,
+//! kubernetes/kubernetes `staging/src/k8s.io/apiserver/pkg/`:
+//! - Which store answers: `storage/cacher/delegator.go` `CacheDelegator.GetList` and
+//!   `cacher/delegator/interface.go` `ShouldDelegateList`. `NotOlderThan`, and a version with
+//!   no match and no `limit`, always go to the watch cache. `Exact`, a version with no match
+//!   and a `limit` (legacy exact), and a `continue` page go through `cacher.go`
+//!   `ShouldDelegateExactRV`/`ShouldDelegateContinue`/`shouldDelegateExactRV`: a revision the
+//!   cache has not reached (`watchCache.notFresh`) stays in the cache whenever consistent
+//!   reads work (`delegator.ConsistentReadSupported`: `ConsistentListFromCache`, GA in 1.34,
+//!   and etcd's RequestWatchProgress); only a past revision the cache snapshots no longer hold
+//!   goes to etcd. `ListFromCacheSnapshot` is beta and on from 1.34 (`features/kube_features.go`).
+//! - A revision not reached yet: `cacher/watch_cache.go` `waitUntilFreshAndList` →
+//!   `waitAndListExactRV`/`waitAndListLatestRV` → `waitUntilFreshLocked` waits `blockTimeout`
+//!   (3 s), then `storage/errors.go` `NewTooLargeResourceVersionError` with
+//!   `resourceVersionTooHighRetrySeconds` (1): 504 `Timeout`, "Timeout: Too large resource
+//!   version: N, current: M" (apimachinery `api/errors` `NewTimeoutError`), cause
+//!   `ResourceVersionTooLarge`, `retryAfterSeconds: 1` (which `endpoints/handlers/
+//!   responsewriters/writers.go` `ErrorNegotiated` also sends as `Retry-After: 1`).
+//! - Not modelled: a future exact list that still reaches etcd (the 1.30–1.33 defaults, before
+//!   `ListFromCacheSnapshot`, or etcd without RequestWatchProgress). `etcd3/store.go` `GetList`
+//!   reads `WithRev`, and `etcd3/errors.go` `interpretListError` translates only `ErrCompacted`
+//!   (410), so before 1.34 etcd's `ErrFutureRev` came back at once as a 500 with no reason and
+//!   the message "etcdserver: mvcc: required revision is a future revision" (kubernetes
+//!   #132358); from 1.34 (#132374) `GetList` answers it at once with the 504 above, but with
+//!   `retrySeconds` 0 (no `retryAfterSeconds`, no `Retry-After`).
 //!
-//! - Invalid combinations are a 422 on `ListOptions`.
-//! - `""`/`"0"`, and a version with `NotOlderThan` (or no match and no `limit`): the latest
-//!   state; a version the server has not reached is waited for (up to 3 s), then a 504.
-//! - `Exact`, and (legacy) a version other than `"0"` with no match and a `limit`: the state
-//!   AS OF that revision, with the list's `metadata.resourceVersion` equal to it, items
-//!   deleted since included and items modified since as they were. The store rebuilds it by
-//!   undoing the later events of its history (`State::objects_at`), which reaches back to
-//!   `compacted`; below that the answer is 410 `Expired`, as etcd answers a compacted one.
-//!   The `continue` token of such a page carries the revision, so later pages show the same
-//!   snapshot; a `continue` page with a `resourceVersion` (other than `"0"`) is a 400.
+//! Here:
+//! - Invalid combinations are a 422 on `ListOptions`; `continue` with a `resourceVersion`
+//!   other than `"0"` is a 400 at once (storage `ValidateListOptions`).
+//! - `""`/`"0"`: the latest state.
+//! - A version with `NotOlderThan`, or with no match and no `limit`: the latest state, once the
+//!   server has reached that version.
+//! - `Exact`, and a version other than `"0"` with no match and a `limit`: the state AS OF that
+//!   revision, with the list's `metadata.resourceVersion` equal to it, items deleted since
+//!   included and items modified since as they were. The store rebuilds it by undoing the
+//!   later events of its history (`State::objects_at`), which reaches back to `compacted`;
+//!   below that the answer is 410 `Expired`, as etcd answers a compacted one. The `continue`
+//!   token of such a page carries the revision, so later pages show the same snapshot.
+//! - Every form above and a `continue` token (`read.rs`) at a revision the server has not
+//!   reached wait for it (up to 3 s, `wait_until_fresh`), then answer the 504 above.
 //! - One difference: the store keeps one history for watches and lists, so after a simulated
 //!   API server restart (`restart_watch_cache`) an exact list below the restart is 410 where
 //!   a real etcd, not compacted, would still serve it.
@@ -30,7 +54,7 @@ use crate::store::Store;
 use serde_json::Value;
 use std::time::Duration;
 
-/// How long the watch cache waits for a resourceVersion it has not reached.
+/// How long the watch cache waits for a resourceVersion it has not reached (`blockTimeout`).
 pub(crate) const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
 
 /// What a list asks for, after validation.
@@ -42,6 +66,8 @@ pub(crate) enum ListRv {
     NotOlderThan(u64),
     /// Exactly this version (`Exact`, or a version without a match but with a `limit`).
     Exact(u64),
+    /// A `continue` page, read at its token's revision (a `-1` token is `Any`).
+    Continue(u64),
 }
 
 pub(crate) fn parse(q: &Query) -> Result<ListRv, ApiError> {
@@ -77,6 +103,16 @@ pub(crate) fn parse(q: &Query) -> Result<ListRv, ApiError> {
         }
     }
     into_result("meta.k8s.io", "ListOptions", "", errs)?;
+    if let Some(token) = q.get("continue").filter(|c| !c.is_empty()) {
+        // Storage `ValidateListOptions`: the token is decoded first, then the version refused.
+        let rev = read::continue_revision(token)?;
+        if !(rv.is_empty() || rv == "0") {
+            return Err(ApiError::bad_request(
+                "specifying resource version is not allowed when using continue",
+            ));
+        }
+        return Ok(rev.map_or(ListRv::Any, ListRv::Continue));
+    }
     if rv.is_empty() || rv == "0" {
         return Ok(ListRv::Any);
     }
@@ -105,7 +141,7 @@ pub(crate) fn check(want: ListRv, current: u64, compacted: u64) -> Result<(), Ap
             "Expired",
             "The resourceVersion for the provided list is too old.",
         )),
-        ListRv::Exact(n) | ListRv::NotOlderThan(n) if n > current => {
+        ListRv::Exact(n) | ListRv::NotOlderThan(n) | ListRv::Continue(n) if n > current => {
             Err(ApiError::too_large_resource_version(n, current))
         }
         _ => Ok(()),
@@ -146,7 +182,7 @@ impl Store {
     ) -> Result<ListResult, ApiError> {
         let st = self.lock();
         let (rev, after) = match cont.filter(|c| !c.is_empty()) {
-            Some(_) if want != ListRv::Any => {
+            Some(_) if matches!(want, ListRv::Exact(_) | ListRv::NotOlderThan(_)) => {
                 return Err(ApiError::bad_request(
                     "specifying resource version is not allowed when using continue",
                 ));
@@ -172,9 +208,10 @@ impl Store {
     }
 }
 
-/// Waits (at most [`FRESHNESS_WAIT`]) until the server reaches the version a list asks for.
+/// Waits (at most [`FRESHNESS_WAIT`]) until the server reaches the version a list asks for,
+/// as the watch cache's `waitUntilFreshLocked` does for every form that names one.
 pub(crate) async fn wait_until_fresh(store: &Store, want: ListRv) {
-    let (ListRv::NotOlderThan(n) | ListRv::Exact(n)) = want else {
+    let (ListRv::NotOlderThan(n) | ListRv::Exact(n) | ListRv::Continue(n)) = want else {
         return;
     };
     let mut signal = store.subscribe();

@@ -77,25 +77,35 @@ impl Store {
     }
 }
 
+/// A `continue` token's revision (`None` for `-1`: continue at the latest state) and the last
+/// key it served; the token is base64 of `<revision>|<namespace>/<name>`.
+fn decode_continue(token: &str) -> Result<(Option<u64>, String), ApiError> {
+    let invalid = || ApiError::bad_request("continue key is not valid");
+    let raw = util::b64_decode(token)
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_default();
+    let (rv, key) = raw.split_once('|').ok_or_else(invalid)?;
+    let rv = match rv {
+        "-1" => None,
+        rv => Some(rv.parse().map_err(|_| invalid())?),
+    };
+    Ok((rv, key.to_string()))
+}
+
+/// The revision a `continue` token reads at, for the wait before it (`list_options::parse`).
+pub(crate) fn continue_revision(token: &str) -> Result<Option<u64>, ApiError> {
+    decode_continue(token).map(|(rv, _)| rv)
+}
+
 /// Where a `continue` token resumes: its revision and the last key it served. A page is read
 /// at the token's revision, as etcd3 `GetList` does
 /// (`staging/src/k8s.io/apiserver/pkg/storage/etcd3/store.go`), so every page of a list shows
 /// one snapshot; a compacted revision is 410 with a token that continues at the latest state
-/// (`etcd3/errors.go`).
+/// (`etcd3/errors.go`); a revision not reached yet (a forged token) is the watch cache's 504,
+/// after the wait (`cacher/watch_cache.go` `waitAndListExactRV`).
 pub(crate) fn continue_at(st: &State, token: &str) -> Result<(u64, Option<String>), ApiError> {
-    let raw = util::b64_decode(token)
-        .and_then(|b| String::from_utf8(b).ok())
-        .unwrap_or_default();
-    let (rv, key) = raw
-        .split_once('|')
-        .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
-    // "-1" continues at the latest state (the token a 410 hands out).
-    let rv: u64 = match rv {
-        "-1" => st.rv,
-        rv => rv
-            .parse()
-            .map_err(|_| ApiError::bad_request("continue key is not valid"))?,
-    };
+    let (rv, key) = decode_continue(token)?;
+    let rv = rv.unwrap_or(st.rv);
     if rv < st.compacted {
         let fresh = util::b64(format!("-1|{key}").as_bytes());
         return Err(ApiError::continue_expired(fresh));
@@ -103,7 +113,7 @@ pub(crate) fn continue_at(st: &State, token: &str) -> Result<(u64, Option<String
     if rv > st.rv {
         return Err(ApiError::too_large_resource_version(rv, st.rv));
     }
-    Ok((rv, Some(key.to_string())))
+    Ok((rv, Some(key)))
 }
 
 /// What one list request selects.

@@ -39,5 +39,15 @@ pub(crate) fn json_response(code: u16, v: &Value) -> Response<Body> {
 }
 
 pub(crate) fn error_response(e: &ApiError) -> Response<Body> {
-    json_response(e.code, &e.to_status())
+    let mut resp = json_response(e.code, &e.to_status());
+    // responsewriters `ErrorNegotiated`: retryAfterSeconds > 0 is also sent as Retry-After.
+    let retry = e
+        .details
+        .as_ref()
+        .and_then(|d| d["retryAfterSeconds"].as_u64());
+    if let Some(s) = retry.filter(|s| *s > 0) {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(s));
+    }
+    resp
 }

@@ -2,7 +2,9 @@
 //! legacy `resourceVersion` + `limit`): the state as of that revision, with objects deleted
 //! since and objects as they were before later changes, on every page of a paginated list;
 //! 410 once the history no longer reaches back that far. Real kube-apiserver reads etcd at
-//! that revision (`storage/etcd3/store.go` `GetList`).
+//! that revision (`storage/etcd3/store.go` `GetList`). A revision not reached yet is waited
+//! for, then 504, in every form, as the watch cache answers by default from 1.34
+//! (`src/list_options.rs` has the sources).
 
 mod common;
 
@@ -10,8 +12,10 @@ use common::{admin_client, init};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_test_server::{Options, StoreConfig, TestApiServer};
 use kube::api::{Api, DeleteParams, ListParams, ObjectList, PostParams, VersionMatch};
-use kube::{Client, ResourceExt};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, ResourceExt};
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 
 const CONFIGMAPS: &str = "/api/v1/namespaces/default/configmaps";
 /// Only the test's own ConfigMaps (not the namespace controller's `kube-root-ca.crt`).
@@ -320,4 +324,172 @@ async fn remaining_item_count_only_without_selectors() {
             "{selector}: {body}"
         );
     }
+}
+
+/// An admin client without kube's retry layer (it repeats 429/503/504 answers), to see the
+/// server's own answer and timing.
+async fn raw_admin_client(server: &TestApiServer) -> Client {
+    init();
+    let yaml = server.kubeconfig(server.cluster_name());
+    let kc = Kubeconfig::from_yaml(&yaml).unwrap();
+    let mut cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    cfg.default_retry = false;
+    Client::try_from(cfg).unwrap()
+}
+
+/// A GET's status, JSON body, `Retry-After` header and how long it took.
+async fn timed_get(c: &Client, path: &str) -> (u16, Value, Option<String>, Duration) {
+    let started = Instant::now();
+    let req = hyper::Request::get(path).body(Vec::new()).unwrap();
+    let resp = c.send(req.map(Into::into)).await.unwrap();
+    let code = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    use http_body_util::BodyExt as _;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (code, body, retry_after, started.elapsed())
+}
+
+/// A `continue` token (base64 `<revision>|<key>`) moved to revision `rev`, URL-encoded.
+fn token_at(token: &str, rev: u64) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let raw = String::from_utf8(b64.decode(token).unwrap()).unwrap();
+    let (_, key) = raw.split_once('|').unwrap();
+    b64.encode(format!("{rev}|{key}"))
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D")
+}
+
+/// kube-apiserver (1.34+ defaults) serves a list at a revision it has not reached from the
+/// watch cache in every form (`cacher/delegator.go`, `cacher.go` `shouldDelegateExactRV`):
+/// it waits 3 s (`blockTimeout`), then answers `NewTooLargeResourceVersionError`.
+#[tokio::test]
+async fn a_list_at_a_future_revision_waits_3s_then_is_504_in_every_form() {
+    init();
+    let server = TestApiServer::start("x5").await.unwrap();
+    let client = raw_admin_client(&server).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for name in ["a", "b"] {
+        api.create(&PostParams::default(), &cm(name, "1"))
+            .await
+            .unwrap();
+    }
+    let page = api.list(&ListParams::default().limit(1)).await.unwrap();
+    let token = page.metadata.continue_.unwrap();
+    let future = server.store().resource_version() + 1000;
+    let forms = [
+        format!("resourceVersion={future}&resourceVersionMatch=Exact"),
+        format!("resourceVersion={future}&resourceVersionMatch=Exact&limit=1"),
+        format!("resourceVersion={future}&resourceVersionMatch=NotOlderThan"),
+        format!("resourceVersion={future}"),
+        format!("resourceVersion={future}&limit=1"),
+        format!("limit=1&continue={}", token_at(&token, future)),
+    ];
+    let paths: Vec<String> = forms.iter().map(|q| format!("{CONFIGMAPS}?{q}")).collect();
+    let answers = futures::future::join_all(paths.iter().map(|p| timed_get(&client, p))).await;
+    let current = server.store().resource_version();
+    for (q, (code, body, retry_after, took)) in forms.iter().zip(answers) {
+        assert_eq!(retry_after.as_deref(), Some("1"), "{q}: Retry-After");
+        assert_eq!(
+            (code, &body["reason"]),
+            (504, &json!("Timeout")),
+            "{q}: {body}"
+        );
+        assert_eq!(
+            body["message"],
+            format!("Timeout: Too large resource version: {future}, current: {current}"),
+            "{q}"
+        );
+        assert_eq!(
+            body["details"],
+            json!({"causes": [{"reason": "ResourceVersionTooLarge",
+                "message": "Too large resource version"}], "retryAfterSeconds": 1}),
+            "{q}"
+        );
+        assert!(
+            took >= Duration::from_millis(2900) && took < Duration::from_secs(10),
+            "{q}: answered after {took:?}, not after the 3 s wait"
+        );
+    }
+}
+
+/// The wait ends as soon as the server reaches the revision: the list is then served, an
+/// exact one at that revision.
+#[tokio::test]
+async fn a_revision_reached_during_the_wait_is_served() {
+    init();
+    let server = TestApiServer::start("x6").await.unwrap();
+    let client = raw_admin_client(&server).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &cm("a", "1"))
+        .await
+        .unwrap();
+    let next = server.store().resource_version() + 1;
+    let writer = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            api.create(&PostParams::default(), &cm("late", "1"))
+                .await
+                .unwrap();
+        })
+    };
+    let (code, body, _, took) = timed_get(
+        &client,
+        &format!(
+            "{CONFIGMAPS}?labelSelector={MINE}&resourceVersion={next}&resourceVersionMatch=Exact"
+        ),
+    )
+    .await;
+    writer.await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["metadata"]["resourceVersion"], next.to_string());
+    let names: Vec<_> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "late"]);
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(2900),
+        "answered after {took:?}"
+    );
+}
+
+/// `continue` with a `resourceVersion` is refused at once (storage `ValidateListOptions`
+/// runs before any wait), even for a version the server has not reached.
+#[tokio::test]
+async fn continue_with_a_future_resource_version_is_400_at_once() {
+    init();
+    let server = TestApiServer::start("x7").await.unwrap();
+    let client = raw_admin_client(&server).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for name in ["a", "b"] {
+        api.create(&PostParams::default(), &cm(name, "1"))
+            .await
+            .unwrap();
+    }
+    let page = api.list(&ListParams::default().limit(1)).await.unwrap();
+    let rev = page.metadata.resource_version.unwrap().parse().unwrap();
+    let token = token_at(&page.metadata.continue_.unwrap(), rev);
+    let future = server.store().resource_version() + 1000;
+    let (code, body, _, took) = timed_get(
+        &client,
+        &format!("{CONFIGMAPS}?limit=1&continue={token}&resourceVersion={future}"),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(
+        body["message"],
+        "specifying resource version is not allowed when using continue"
+    );
+    assert!(took < Duration::from_secs(2), "answered after {took:?}");
 }
