@@ -2,13 +2,15 @@
 //! remembered, less the fields others have taken since; fields it stops applying and no other
 //! manager owns are pruned. Without `force`, an apply that would change a field another
 //! manager owns (an applier, or an updater: `write.rs` tracks what each update changed) is a
-//! 409 naming each field ([`apply_conflict`]); with it, the applier takes them. The applied
-//! configuration is checked as the real field manager and patch handler check it
-//! ([`check_applied`]).
+//! 409 naming each field ([`apply_conflict`]); with it, the applier takes them. Associative
+//! lists (`list_keys.rs`) are merged, owned and pruned item by item, as structured-merge-diff
+//! does (`field_sets.rs`); other lists are one field. The applied configuration is checked as the
+//! real field manager and patch handler check it ([`check_applied`]).
 
 use crate::error::ApiError;
 use crate::field_errors::go_quote;
-use crate::patch;
+use crate::field_sets;
+use crate::list_keys::{self, PathElement};
 use crate::resources::ResourceType;
 use crate::store::{EventType, ObjKey, State, Store, meta_mut, meta_str};
 use crate::write::{WriteOpts, comparable, owned_part};
@@ -92,10 +94,10 @@ impl Store {
         // (`patch.go` `applyPatch`, then `GuaranteedUpdate`): conflicts come first.
         if !opts.force {
             let mine = applied_fields(rt, opts, &apply.applied);
-            let found: Vec<(String, Vec<String>)> = others
+            let found: Vec<(String, Vec<PathElement>)> = others
                 .iter()
                 .flat_map(|(who, owned)| {
-                    patch::conflicts(&mine, &live, owned)
+                    field_sets::conflicts(&mine, &live, owned)
                         .into_iter()
                         .map(|p| (who.clone(), p))
                 })
@@ -120,11 +122,11 @@ impl Store {
             // What another manager owns too stays when this one stops applying it.
             let mut only_mine = prev;
             for (_, owned) in &others {
-                patch::disown_taken(&mut only_mine, owned);
+                field_sets::disown_taken(&mut only_mine, owned);
             }
-            patch::prune_removed(&mut new, &only_mine, &apply.applied);
+            field_sets::prune_removed(&mut new, &only_mine, &apply.applied);
         }
-        patch::apply_merge(&mut new, &apply.applied);
+        field_sets::apply_merge(&mut new, &apply.applied);
         if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("resourceVersion");
         }
@@ -144,12 +146,12 @@ impl Store {
             // are none).
             for ((k, m), owned) in st.applied.iter_mut() {
                 if *k == apply.key && *m != apply.manager {
-                    patch::disown_changed(owned, &merged);
+                    field_sets::disown_changed(owned, &merged);
                 }
             }
             for ((k, _), owned) in st.updated.iter_mut() {
                 if *k == apply.key {
-                    patch::disown_changed(owned, &merged);
+                    field_sets::disown_changed(owned, &merged);
                 }
             }
         }
@@ -278,10 +280,11 @@ pub(crate) fn print_manager(identity: &str) -> String {
 /// The 409 of a non-forced apply that would change fields other managers own, worded as
 /// `NewConflictError` (`apimachinery/pkg/util/managedfields/internal/conflict.go`) and
 /// `errors.NewApplyConflict`: one cause per field (`FieldManagerConflict`, `conflict with
-/// "mgr"`, `.spec.foo`), the message listing them by manager. `found` is sorted by
-/// manager identity, then path.
-fn apply_conflict(found: &[(String, Vec<String>)]) -> ApiError {
-    let path = |p: &[String]| p.iter().map(|e| format!(".{e}")).collect::<String>();
+/// "mgr"`, `.spec.ports[port=15443,protocol="TCP"].targetPort`, the path as
+/// structured-merge-diff's `fieldpath.Path.String` prints it), the message listing them by
+/// manager. `found` is sorted by manager identity, then path.
+fn apply_conflict(found: &[(String, Vec<PathElement>)]) -> ApiError {
+    let path = |p: &[PathElement]| p.iter().map(ToString::to_string).collect::<String>();
     let causes: Vec<Value> = found
         .iter()
         .map(|(who, p)| {
@@ -319,10 +322,37 @@ fn apply_conflict(found: &[(String, Vec<String>)]) -> ApiError {
     }
 }
 
+/// The error of an applied configuration whose associative lists have an item without its
+/// key fields, or two with the same key: structured-merge-diff's typed conversion refuses it
+/// (duplicates are allowed only in live objects), and the field manager wraps that plain error
+/// (`managedfields/internal/structuredmerge.go`, `Apply`: `failed to create typed patch
+/// object (<namespace>/<name>; <group>/<version>, Kind=<kind>): ...`, `objectGVKNN`), which the
+/// API server answers as a 500 with no reason (`ErrorToAPIStatus` on an error that is not a
+/// Status; the log in kubernetes/kubernetes#121575, the 500 in
+/// fabric8io/kubernetes-client#6927).
+fn untyped_apply(body: &Value, group: &str, version: &str, kind: &str) -> Option<ApiError> {
+    let errs = list_keys::check_keys(body);
+    let detail = match errs.as_slice() {
+        [] => return None,
+        [one] => one.clone(),
+        many => format!("errors:\n  {}", many.join("\n  ")),
+    };
+    let ns = meta_str(body, "namespace").unwrap_or("");
+    let name = meta_str(body, "name").unwrap_or("");
+    Some(ApiError::new(
+        500,
+        "",
+        format!(
+            "failed to create typed patch object ({ns}/{name}; {group}/{version}, Kind={kind}): {detail}"
+        ),
+    ))
+}
+
 /// The checks the real server makes of an applied configuration, in its order: the field
 /// manager's type check (`managedfields/internal/versioncheck.go`, the outermost manager of
 /// `NewDefaultFieldManager`: apiVersion and kind must be the URL's), `metadata.managedFields`
-/// absent (`structuredmerge.go` `Apply`), then the patch handler's
+/// absent and the associative lists' keys ([`untyped_apply`], both `structuredmerge.go`
+/// `Apply`), then the patch handler's
 /// `EnsureObjectNamespaceMatchesRequestNamespace` and `checkName`
 /// (`apiserver/pkg/endpoints/handlers/patch.go` `applyPatch`). `exists`: an update, where a
 /// missing name is the live object's; on create the applied configuration must name it.
@@ -353,6 +383,9 @@ fn check_applied(
         .is_some_and(|m| !m.is_null())
     {
         return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+    }
+    if let Some(e) = untyped_apply(body, group, ver, kind) {
+        return Err(e);
     }
     if rt.namespaced
         && let (Some(b), Some(u)) = (meta_str(body, "namespace"), ns)

@@ -6,6 +6,7 @@
 
 use crate::defaults;
 use crate::error::ApiError;
+use crate::field_sets;
 use crate::patch;
 use crate::resources::ResourceType;
 use crate::store::{EventType, ObjKey, State, Store, meta_mut, meta_str};
@@ -122,8 +123,9 @@ fn spec_part(obj: &Value) -> Value {
 
 /// The Service fields its storage allocates or fills in (`beginCreate` and `beginUpdate` in
 /// `pkg/registry/core/service/storage/storage.go`) after the field manager has seen the
-/// request: a write's manager owns them only as its request set them. Node ports stay
-/// with the rest of `spec.ports`, one atomic list here.
+/// request: a write's manager owns them only as its request set them. Node ports are
+/// allocated inside `spec.ports` items; an update that adds a port owns its allocated
+/// `nodePort` here.
 const SERVICE_ALLOCATED: [&str; 4] = ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"];
 
 /// The allocated Service fields a request body (as sent, or patched) sets; `None` for
@@ -400,18 +402,18 @@ impl Store {
     ) {
         for ((k, _), owned) in st.applied.iter_mut().chain(st.updated.iter_mut()) {
             if k == key {
-                patch::disown_changed(owned, new);
+                field_sets::disown_changed(owned, new);
             }
         }
         let old = old.map(owned_part);
         if let Some(id) = updater
-            && let Some(c) = patch::changed(old.as_ref(), &owned_part(saw))
+            && let Some(c) = field_sets::changed(old.as_ref(), &owned_part(saw))
         {
             let mine = st
                 .updated
                 .entry((key.clone(), id))
                 .or_insert_with(|| json!({}));
-            patch::apply_merge(mine, &c);
+            field_sets::apply_merge(mine, &c);
         }
     }
 
