@@ -629,8 +629,8 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// Zero-window stall: a client that opens its flow-control windows wide (INITIAL_WINDOW_SIZE
 /// and the connection window at 2^31-1) and then never reads, on 50 tunnels whose upstreams
-/// send as fast as they can. The gateway (the real binary) may hold only its per-stream send
-/// buffer and one read chunk per tunnel: its RSS growth is measured.
+/// send as fast as they can. The gateway (the real binary) may hold only the connection's
+/// queue toward its client (4 MiB, shared by the tunnels): its RSS growth is measured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_window_reader_holds_bounded_memory() {
     const STREAMS: u32 = 50;
@@ -673,9 +673,10 @@ async fn zero_window_reader_holds_bounded_memory() {
         start.elapsed()
     );
     assert_eq!(app.accepted(), STREAMS as usize);
-    // 256 KiB of send buffer and a 64 KiB read chunk per tunnel, plus its bookkeeping.
+    // The connection's 4 MiB queue, plus the tunnels' bookkeeping and the allocator's
+    // slack (measured: about 5 MiB; before the shared queue, 17 MiB).
     assert!(
-        grown < STREAMS as u64 * 448,
+        grown < 8 * 1024,
         "RSS grew {grown} KiB for {STREAMS} stalled tunnels"
     );
 }

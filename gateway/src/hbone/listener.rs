@@ -17,7 +17,9 @@ use tracing::{Instrument, debug, info, warn};
 use super::Hbone;
 use super::connections::Place;
 use super::identity::{self, HandshakeFailure};
+use super::metered::Metered;
 use super::metrics::Refusal;
+use super::queued::{BUDGET, Queue};
 use super::rapid_reset::{PREMATURE_RESETS_MIN, ResetWatch};
 use crate::undecided::Ticket;
 use crate::{accept, clock};
@@ -56,7 +58,8 @@ impl Hbone {
         // Boxed, so freed once done: inline, the handshakes' futures (about 4 KiB beside the
         // connection they produce) would stay in the task of every idle connection, whose
         // future is most of what the gateway itself keeps per connection.
-        let Some((mut conn, place, client_id)) = Box::pin(self.establish(tcp, ticket)).await else {
+        let Some((mut conn, place, client_id, queue)) = Box::pin(self.establish(tcp, ticket)).await
+        else {
             return;
         };
         let force = &self.drain.force_close;
@@ -139,9 +142,10 @@ impl Hbone {
                         let this = self.clone();
                         let client_id = client_id.clone();
                         let watch = watch.clone();
+                        let queue = queue.clone();
                         self.drain.tasks.spawn(
                             async move {
-                                this.stream(req, respond, &client_id, peer, &watch).await;
+                                this.stream(req, respond, &client_id, peer, &watch, &queue).await;
                                 drop(guard);
                             }
                             .in_current_span(),
@@ -226,15 +230,22 @@ impl Hbone {
             .into();
         tracing::Span::current().record("client_id", &*client_id);
         let builder = h2_builder(self.cfg.hbone_max_streams);
+        let m = &self.metrics;
+        let queue = Arc::new(Queue::new(
+            BUDGET,
+            m.queued_bytes.clone(),
+            m.queue_waits.clone(),
+        ));
+        let io = Metered::new(tls, queue.clone());
         let conn = tokio::select! {
-            r = tokio::time::timeout(self.cfg.detect_timeout, builder.handshake(tls)) => match r {
+            r = tokio::time::timeout(self.cfg.detect_timeout, builder.handshake(io)) => match r {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => return self.refuse(Refusal::H2Error, &e.to_string()),
                 Err(_) => return self.refuse(Refusal::Timeout, "no HTTP/2 preface"),
             },
             _ = force.cancelled() => return None,
         };
-        Some((conn, place, client_id))
+        Some((conn, place, client_id, queue))
     }
 
     fn refuse<T>(&self, reason: Refusal, why: &str) -> Option<T> {
@@ -245,17 +256,19 @@ impl Hbone {
     }
 }
 
-/// A served connection: HTTP/2 over mutual TLS, its place, and the client's SPIFFE id.
+/// A served connection: HTTP/2 over mutual TLS, its place, the client's SPIFFE id, and its
+/// queue toward the client.
 type Established = (
-    h2::server::Connection<tokio_rustls::server::TlsStream<TcpStream>, bytes::Bytes>,
+    h2::server::Connection<Metered<tokio_rustls::server::TlsStream<TcpStream>>, bytes::Bytes>,
     Place,
     Arc<str>,
+    Arc<Queue>,
 );
 
 /// Bytes h2 may queue per stream for a client that does not read (its windows can be wide
-/// open): four upstream reads, so a bulk stream never waits on a refill, while a stalled
-/// connection holds at most `--hbone-max-streams` × (this + one read) ≈ 32 MiB at 100
-/// streams. Was 1 MiB: 1.1 MiB per stalled tunnel. ztunnel's own h2 server uses 400 KiB.
+/// open): four upstream reads, so a bulk stream never waits on a refill. The streams of one
+/// connection share [`BUDGET`] besides ([`super::queued`]), so no single stream takes more
+/// than a sixteenth of it. ztunnel's own h2 server uses 400 KiB per stream.
 pub const SEND_BUFFER: usize = 4 * super::splice::READ_CHUNK;
 
 /// After GOAWAY, how long a connection with no tunnel left may take to close.
@@ -296,11 +309,12 @@ mod tests {
 
     /// Each outer connection's task keeps its future allocated for as long as the connection
     /// stays open, idle and pooled too, so its size is paid per connection. Most of it is
-    /// h2's connection (2,464 bytes with the TLS stream inside). Debug build: 3,128 bytes
-    /// (release 3,112); 7,008 when the TLS and HTTP/2 handshakes' futures were kept inline
-    /// beside the connection they produce, 3,384 with the shed branch's timed wait inside
-    /// the loop. A dependency update that grows h2's or rustls's types may need the bound
-    /// raised: check that the growth is theirs.
+    /// h2's connection (2,464 bytes with the TLS stream inside). Debug build: 3,168 bytes
+    /// (release 3,152), 40 of them for the queue toward the client (its handle, and where
+    /// the written bytes are in h2's frames); 7,008 when the TLS and HTTP/2 handshakes'
+    /// futures were kept inline beside the connection they produce, 3,384 with the shed
+    /// branch's timed wait inside the loop. A dependency update that grows h2's or rustls's
+    /// types may need the bound raised: check that the growth is theirs.
     #[tokio::test]
     async fn the_connection_future_stays_small() {
         let root = pki::RootCa::generate(&pki::RootOptions::default()).unwrap();

@@ -1,8 +1,8 @@
 //! HBONE metrics, registered on the gateway's registry under `gateway_hbone_`: tunnels per
 //! authority, outer connections, streams per connection, refusals by reason, rapid-reset cuts
-//! of cooling identities, and the certificate from istiod (renewals, failures, expiry). The
-//! upstream connect histogram and failure counters are the classic listener's
-//! (`ProxyMetrics`), shared.
+//! of cooling identities, bytes queued toward clients, and the certificate from istiod
+//! (renewals, failures, expiry). The upstream connect histogram and failure counters are the
+//! classic listener's (`ProxyMetrics`), shared.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -126,6 +126,10 @@ pub struct HboneMetrics {
     pub cert_expiry_seconds: Gauge,
     /// Rereads of the --hbone-certs files refused (the previous certificate stays).
     pub cert_reload_failures: Counter,
+    /// Bytes read from endpoints and not yet written toward clients, across connections.
+    pub queued_bytes: Gauge,
+    /// Times a tunnel waited for its connection's queue toward the client to drain.
+    pub queue_waits: Counter,
 }
 
 impl HboneMetrics {
@@ -148,6 +152,8 @@ impl HboneMetrics {
             cert_renewal_failures: Counter::default(),
             cert_expiry_seconds: Gauge::default(),
             cert_reload_failures: Counter::default(),
+            queued_bytes: Gauge::default(),
+            queue_waits: Counter::default(),
         };
         let r = registry;
         r.register(
@@ -224,6 +230,16 @@ impl HboneMetrics {
             "cert_expiry_seconds",
             "notAfter of the HBONE certificate from istiod in use, Unix seconds",
             m.cert_expiry_seconds.clone(),
+        );
+        r.register(
+            "queued_bytes",
+            "Bytes read from endpoints and queued toward HBONE clients, not yet written to their connections",
+            m.queued_bytes.clone(),
+        );
+        r.register(
+            "queue_waits",
+            "Times a tunnel stopped reading its endpoint because its outer connection's queue toward the client was full (a client reading slower than its endpoints send)",
+            m.queue_waits.clone(),
         );
         for reason in Refusal::ALL {
             let _ = m.refused.get_or_create(&RefusalLabels { reason });

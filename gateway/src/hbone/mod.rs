@@ -12,14 +12,18 @@
 //! - [`connections`] bounds established connections, shedding the longest idle when full;
 //! - [`rapid_reset`] cuts connections that reset most streams, and remembers who for a while;
 //! - [`stream`] answers one CONNECT: parse ([`authority`]), route, dial, 200 or an error;
-//! - [`splice`] moves the bytes; [`metrics`] counts it all.
+//! - [`splice`] moves the bytes; [`queued`] bounds those a connection holds toward its client,
+//!   which [`metered`] sees leave;
+//! - [`metrics`] counts it all.
 
 pub mod authority;
 pub mod ca;
 pub mod connections;
 pub mod identity;
 pub mod listener;
+pub mod metered;
 pub mod metrics;
+pub mod queued;
 pub mod rapid_reset;
 pub mod splice;
 pub mod stream;

@@ -1,23 +1,28 @@
 //! Bytes both ways between an HBONE stream and the upstream TCP connection, unchanged, with
 //! half-close: the client's END_STREAM becomes a write shutdown upstream, the upstream's FIN
 //! becomes END_STREAM. Flow control is end to end: received capacity is released only once
-//! written upstream, and upstream is read only as fast as the client's window opens.
+//! written upstream, and upstream is read only as fast as the client's window opens and the
+//! connection's queue toward the client has room ([`super::queued`]).
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
+use super::queued::Queue;
 use crate::clock;
 use crate::idle::{Next, Quiet};
 
 /// Largest read from upstream per DATA frame batch.
 pub const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads smaller than this are copied out of the tunnel's buffer before they are queued.
+const COPY_BELOW: usize = 4 * 1024;
 
 /// How a tunnel ended: the `outcome` label and the access log's `outcome`.
 #[derive(Debug)]
@@ -119,24 +124,60 @@ enum Fail {
     Upstream(std::io::Error),
 }
 
-/// Runs until both directions end, either side fails, or nothing moves for `idle`.
+/// Runs until both directions end, either side fails, or nothing moves for `idle`. A tunnel
+/// that ended cleanly waits for its last bytes to leave the connection's queue (or for the
+/// client to reset it); one that did not resets its stream, so what it queued is dropped and
+/// its budget given back either way.
 pub async fn run(
     recv: RecvStream,
-    send: SendStream<Bytes>,
+    mut send: SendStream<Bytes>,
     upstream: TcpStream,
     idle: Duration,
     p: &Progress,
+    queue: &Queue,
 ) -> End {
+    let stream = u32::from(send.stream_id());
+    let _queued = Queued(queue, stream);
     let (ur, uw) = upstream.into_split();
-    let both = async { tokio::try_join!(to_upstream(recv, uw, p), to_client(ur, send, p)) };
-    tokio::select! {
-        r = both => match r {
-            Ok(_) => End::Closed,
-            Err(Fail::Reset(r)) => End::Reset(r),
-            Err(Fail::Client(e)) => End::ClientError(e),
-            Err(Fail::Upstream(e)) => End::UpstreamError(e),
-        },
-        _ = p.idle(idle) => End::Idle,
+    let end = {
+        let to_client = to_client(ur, &mut send, p, queue, stream);
+        let both = async { tokio::try_join!(to_upstream(recv, uw, p), to_client) };
+        tokio::select! {
+            r = both => match r {
+                Ok(_) => End::Closed,
+                Err(Fail::Reset(r)) => End::Reset(r),
+                Err(Fail::Client(e)) => End::ClientError(e),
+                Err(Fail::Upstream(e)) => End::UpstreamError(e),
+            },
+            _ = p.idle(idle) => End::Idle,
+        }
+    };
+    if matches!(end, End::Closed) {
+        // A reset now (ztunnel's CANCEL when its app left) drops what is still queued.
+        let flushed = async {
+            tokio::select! {
+                _ = poll_fn(|cx| queue.poll_flushed(stream, cx)) => {}
+                _ = poll_fn(|cx| send.poll_reset(cx)) => {}
+            }
+        };
+        tokio::select! {
+            _ = flushed => return end,
+            _ = p.idle(idle) => {}
+        }
+    }
+    // Already reset by the client or h2, this does nothing; else h2 drops what the stream
+    // has queued (dropping `send` would not once both sides sent END_STREAM).
+    send.send_reset(Reason::CANCEL);
+    end
+}
+
+/// Gives the connection's budget back for whatever the tunnel still has queued when it ends,
+/// also when its future is dropped (the drain's deadline).
+struct Queued<'a>(&'a Queue, u32);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.close(self.1);
     }
 }
 
@@ -173,36 +214,87 @@ async fn to_upstream(
     uw.shutdown().await.map_err(Fail::Upstream)
 }
 
+/// Upstream to client, one read at a time: once upstream has bytes, the client's window
+/// for them, then the connection's budget, then the read, so a tunnel that waits holds
+/// nothing of the budget and an idle one not even a buffer.
 async fn to_client(
     mut ur: tokio::net::tcp::OwnedReadHalf,
-    mut send: SendStream<Bytes>,
+    send: &mut SendStream<Bytes>,
     p: &Progress,
+    queue: &Queue,
+    stream: u32,
 ) -> Result<(), Fail> {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::new();
     loop {
-        buf.reserve(READ_CHUNK);
-        let n = tokio::select! {
-            r = ur.read_buf(&mut buf) => r.map_err(Fail::Upstream)?,
+        // Biased, here and for the budget: while bytes flow, the reset is not looked at (a
+        // lock of h2's) per read; `poll_capacity` and `send_data` report it.
+        let ready = tokio::select! {
+            biased;
+            r = ur.ready(Interest::READABLE) => r.map_err(Fail::Upstream)?,
             reset = poll_fn(|cx| send.poll_reset(cx)) => return Err(reset_fail(reset)),
         };
-        if n == 0 {
+        // The upstream's FIN with nothing before it ends the stream without waiting for a
+        // window it does not need.
+        if ready.is_read_closed() && ur.peek(&mut [0u8]).await.map_err(Fail::Upstream)? == 0 {
             return send.send_data(Bytes::new(), true).map_err(Fail::Client);
         }
-        let mut chunk = buf.split().freeze();
-        while !chunk.is_empty() {
-            send.reserve_capacity(chunk.len());
-            let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
-                Some(Ok(c)) => c,
+        let granted = window(send, queue, stream).await?;
+        let want = granted.min(READ_CHUNK);
+        if buf.capacity() < want {
+            buf = BytesMut::with_capacity(want);
+        }
+        // The read may keep its whole buffer allocated while queued: that is what it takes.
+        let taken = tokio::select! {
+            biased;
+            t = queue.take(buf.capacity()) => t,
+            reset = poll_fn(|cx| send.poll_reset(cx)) => return Err(reset_fail(reset)),
+        };
+        let n = match ur.try_read_buf(&mut (&mut buf).limit(want)) {
+            Ok(n) => n,
+            // Readiness was stale: the budget goes back, and the wait starts again.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(Fail::Upstream(e)),
+        };
+        if n == 0 {
+            drop(taken);
+            return send.send_data(Bytes::new(), true).map_err(Fail::Client);
+        }
+        // A small read is copied out, so that a trickle does not keep a buffer per few bytes;
+        // a larger one goes as it is (no copy on the bulk path) and holds its buffer.
+        let (chunk, kept) = if n < COPY_BELOW {
+            let c = Bytes::copy_from_slice(&buf);
+            buf.clear();
+            (c, n)
+        } else {
+            let kept = buf.capacity();
+            (buf.split().freeze(), kept)
+        };
+        queue.hand(stream, taken, n, kept);
+        send.send_data(chunk, false).map_err(Fail::Client)?;
+        p.add_received(n);
+    }
+}
+
+/// The client's window for the next read: a full read's, or whatever there is once h2 has
+/// sent all the stream queued. While bytes of the stream are still queued, waiting for a
+/// full read's window costs nothing (h2 has bytes to send) and keeps reads large: read to fit
+/// each small return of window, a stream would settle into small reads and frames.
+async fn window(send: &mut SendStream<Bytes>, queue: &Queue, stream: u32) -> Result<usize, Fail> {
+    send.reserve_capacity(READ_CHUNK);
+    loop {
+        // Window already assigned counts: `poll_capacity` only reports increases.
+        let c = send.capacity();
+        if c >= READ_CHUNK || (c > 0 && !queue.has_queued(stream)) {
+            return Ok(c);
+        }
+        tokio::select! {
+            biased;
+            r = poll_fn(|cx| send.poll_capacity(cx)) => match r {
+                Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(Fail::Client(e)),
                 None => return Err(reset_fail(poll_fn(|cx| send.poll_reset(cx)).await)),
-            };
-            if granted == 0 {
-                continue;
-            }
-            let part = chunk.split_to(granted.min(chunk.len()));
-            let len = part.len();
-            send.send_data(part, false).map_err(Fail::Client)?;
-            p.add_received(len);
+            },
+            _ = poll_fn(|cx| queue.poll_flushed(stream, cx)), if c > 0 => {}
         }
     }
 }

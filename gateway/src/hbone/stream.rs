@@ -23,6 +23,7 @@ use tracing::{debug, info};
 use super::Hbone;
 use super::authority::{self, Authority};
 use super::metrics::{AuthorityLabels, Refusal, TunnelCloseLabels};
+use super::queued::Queue;
 use super::rapid_reset::ResetWatch;
 use super::splice::{self, End, Progress};
 use crate::endpoint::EndpointState;
@@ -46,6 +47,7 @@ impl Hbone {
         client_id: &str,
         client: SocketAddr,
         watch: &ResetWatch,
+        queue: &Queue,
     ) {
         let start = Instant::now();
         let force = &self.drain.force_close;
@@ -101,7 +103,7 @@ impl Hbone {
         );
         let recv = req.into_body();
         let end = tokio::select! {
-            e = splice::run(recv, send, upstream, self.cfg.idle_timeout, &progress) => e,
+            e = splice::run(recv, send, upstream, self.cfg.idle_timeout, &progress, queue) => e,
             _ = force.cancelled() => End::DrainDeadline,
         };
         active.dec();
