@@ -21,30 +21,6 @@ fn secret_file(m: &Mesh, f: &str) -> String {
     String::from_utf8(b).unwrap()
 }
 
-/// `meshctl certs renew` of west's bundle with the root in `root`, applied in west, plus
-/// `extra`.
-fn renew_west_args(m: &Mesh, root: &std::path::Path, extra: &[&str]) -> Vec<String> {
-    let west = m.certs.join("west");
-    let (cert, key) = (root.join("root-cert.pem"), root.join("root-key.pem"));
-    let mut args = vec![
-        "certs",
-        "renew",
-        "--ca",
-        p(&west),
-        "--root-cert",
-        p(&cert),
-        "--root-key",
-        p(&key),
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-        "--apply",
-    ];
-    args.extend_from_slice(extra);
-    args.iter().map(|s| s.to_string()).collect()
-}
-
 #[tokio::test]
 async fn renew_issues_a_new_key_under_the_same_root_and_applies_it() {
     let m = mesh().await;

@@ -202,22 +202,31 @@ fn unjoined_keeping_team_label(s: &k8s_test_server::TestApiServer) {
 /// Before, unjoin reported it removed and left it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unjoin_removes_a_network_label_another_writer_changed() {
-    use kube::api::{Api, Patch, PatchParams};
     let m = mesh().await;
     m.join(&[]).await;
+    relabel_east(
+        &m,
+        json!({"topology.istio.io/network": "renamed", "team": "mesh"}),
+    )
+    .await;
+    m.ok(&m.unjoin_args(&[])).await;
+    unjoined_keeping_team_label(&m.east);
+}
+
+/// Sets `labels` on east's istio-system with a merge patch of another field manager, as
+/// `kubectl label` does.
+async fn relabel_east(m: &Mesh, labels: serde_json::Value) {
+    use kube::api::{Api, Patch, PatchParams};
     let east = client_from_yaml(&m.east.kubeconfig("east")).await;
     let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(east);
     let kubectl = PatchParams {
         field_manager: Some("kubectl-label".into()),
         ..PatchParams::default()
     };
-    let relabel =
-        json!({"metadata": {"labels": {"topology.istio.io/network": "renamed", "team": "mesh"}}});
-    nss.patch("istio-system", &kubectl, &Patch::Merge(&relabel))
+    let patch = json!({"metadata": {"labels": labels}});
+    nss.patch("istio-system", &kubectl, &Patch::Merge(&patch))
         .await
         .unwrap();
-    m.ok(&m.unjoin_args(&[])).await;
-    unjoined_keeping_team_label(&m.east);
 }
 
 /// meshctl owns what it applies: a second `join` after another writer (kubectl-style, a
@@ -225,19 +234,9 @@ async fn unjoin_removes_a_network_label_another_writer_changed() {
 /// server answers such an apply with 409 Conflict, as a real one does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_again_takes_back_a_network_label_another_writer_changed() {
-    use kube::api::{Api, Patch, PatchParams};
     let m = mesh().await;
     m.join(&[]).await;
-    let east = client_from_yaml(&m.east.kubeconfig("east")).await;
-    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(east);
-    let kubectl = PatchParams {
-        field_manager: Some("kubectl-label".into()),
-        ..PatchParams::default()
-    };
-    let relabel = json!({"metadata": {"labels": {"topology.istio.io/network": "renamed"}}});
-    nss.patch("istio-system", &kubectl, &Patch::Merge(&relabel))
-        .await
-        .unwrap();
+    relabel_east(&m, json!({"topology.istio.io/network": "renamed"})).await;
     m.join(&[]).await;
     let ns = m
         .east

@@ -187,23 +187,8 @@ async fn renew_apply_publishes_canonical_pem_only() {
         let text = std::fs::read_to_string(&f).unwrap();
         std::fs::write(&f, format!("# {SENTINEL} root notes\n{text}")).unwrap();
     }
-    let (cert, key) = (m.certs.join("root-cert.pem"), m.certs.join("root-key.pem"));
-    let out = succeeds(&[
-        "certs",
-        "renew",
-        "--ca",
-        p(&west),
-        "--root-cert",
-        p(&cert),
-        "--root-key",
-        p(&key),
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-        "--apply",
-    ])
-    .await;
+    let args = renew_west_args(&m, &m.certs, &[]);
+    let out = succeeds(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let secret = secret(&m.west, "cacerts").expect("cacerts applied");
     assert_eq!(data(&secret, "root-cert.pem"), canonical_root);
     for f in FILES {

@@ -162,3 +162,27 @@ impl Mesh {
         a
     }
 }
+
+/// `meshctl certs renew` of west's bundle with the root in `root`, applied in west, plus
+/// `extra`.
+pub fn renew_west_args(m: &Mesh, root: &Path, extra: &[&str]) -> Vec<String> {
+    let west = m.certs.join("west");
+    let (cert, key) = (root.join("root-cert.pem"), root.join("root-key.pem"));
+    let mut args = vec![
+        "certs",
+        "renew",
+        "--ca",
+        p(&west),
+        "--root-cert",
+        p(&cert),
+        "--root-key",
+        p(&key),
+        "--kubeconfig",
+        m.kc(),
+        "--context",
+        "west",
+        "--apply",
+    ];
+    args.extend_from_slice(extra);
+    args.iter().map(|s| s.to_string()).collect()
+}
