@@ -173,6 +173,9 @@ pub struct Config {
     /// Most established (handshaken) HBONE outer connections. When all are taken, the one
     /// idle longest (no tunnel) is closed for a newcomer; with none idle the newcomer is refused.
     pub hbone_max_connections: usize,
+    /// Bytes one HBONE outer connection may hold queued toward its client, shared by its
+    /// tunnels ([`crate::hbone::queued`]).
+    pub hbone_connection_queue: usize,
     /// An outer connection without a tunnel for this long gets GOAWAY.
     pub hbone_idle_timeout: Duration,
     /// How often the certificate files are checked for a change.
@@ -227,6 +230,7 @@ impl Default for Config {
             hbone_max_streams: 100,
             hbone_max_tunnels: 65_536,
             hbone_max_connections: 65_536,
+            hbone_connection_queue: crate::hbone::queued::BUDGET,
             hbone_idle_timeout: Duration::from_secs(600),
             hbone_cert_poll: Duration::from_secs(5),
             hbone_ca: None,
@@ -432,6 +436,11 @@ pub struct Args {
     /// connection is refused (before its TLS handshake when that is already known).
     #[arg(long, env = "GATEWAY_HBONE_MAX_CONNECTIONS", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub hbone_max_connections: u32,
+    /// KiB one HBONE connection may hold queued toward its client (read from endpoints, not
+    /// yet written), shared by its tunnels; a tunnel stops reading its endpoint while it is
+    /// full. 128 to 1048576.
+    #[arg(long, env = "GATEWAY_HBONE_CONNECTION_QUEUE_KIB", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(128..=1_048_576))]
+    pub hbone_connection_queue_kib: u32,
     /// Send GOAWAY on an HBONE connection that has carried no tunnel this long (at least 1s).
     #[arg(long, env = "GATEWAY_HBONE_IDLE_TIMEOUT", default_value = "10m", value_parser = duration::<1000>)]
     pub hbone_idle_timeout: Duration,
@@ -548,6 +557,7 @@ impl Args {
             hbone_max_streams: self.hbone_max_streams,
             hbone_max_tunnels: self.hbone_max_tunnels as usize,
             hbone_max_connections: self.hbone_max_connections as usize,
+            hbone_connection_queue: self.hbone_connection_queue_kib as usize * 1024,
             hbone_idle_timeout: self.hbone_idle_timeout,
             hbone_cert_poll: self.hbone_cert_poll,
             hbone_ca: self.ca_root.map(|root| CaConfig {
@@ -668,6 +678,11 @@ mod tests {
         assert_eq!(c.hbone_max_connections, 20_000);
         assert!(!c.hbone_enabled(), "no certificate source");
         assert!(parse(&["--hbone-max-connections", "0"]).is_err());
+        assert_eq!(Config::default().hbone_connection_queue, 4 << 20);
+        let c = parse(&["--hbone-connection-queue-kib", "512"]).unwrap();
+        assert_eq!(c.hbone_connection_queue, 512 << 10);
+        assert!(parse(&["--hbone-connection-queue-kib", "127"]).is_err());
+        assert!(parse(&["--hbone-connection-queue-kib", "1048577"]).is_err());
         let e = parse(&["--hbone-listen", "nowhere"])
             .unwrap_err()
             .to_string();

@@ -562,3 +562,30 @@ async fn d_reset_tunnels_give_their_bytes_back() {
     }
     gw.wait_metric("gateway_hbone_queued_bytes", 0.0).await;
 }
+
+/// (f) `--hbone-connection-queue-kib` sets the queue: at 512 KiB, a stalled connection
+/// whose sources write six default budgets queues at most 512 KiB, and its tunnels wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_the_queue_is_the_configured_size() {
+    const QUEUE: usize = 512 << 10;
+    let sources = Sources::start(ip(126), 1 << 20).await;
+    let yaml = hbone_yaml(&[(SVC, &[(sources.addr.ip(), sources.addr.port())])]);
+    let gw = hbone_support::gateway(&yaml, |c| c.hbone_connection_queue = QUEUE).await;
+    let c = client(gw.hbone).await;
+    let mut open = tunnels(&c, 24).await;
+    c.gate.close();
+    go(&mut open);
+    steady(Duration::from_secs(10), 0, u64::MAX, || sources.written()).await;
+    let queued = gw.metric("gateway_hbone_queued_bytes").await;
+    assert!(
+        queued > 0.0 && queued <= QUEUE as f64,
+        "queued {queued} with a queue of {QUEUE}"
+    );
+    assert!(gw.metric("gateway_hbone_queue_waits_total").await > 0.0);
+    for (tx, _) in open.iter_mut() {
+        tx.send_reset(h2::Reason::CANCEL);
+    }
+    drop(open);
+    c.gate.open();
+    gw.wait_metric("gateway_hbone_queued_bytes", 0.0).await;
+}

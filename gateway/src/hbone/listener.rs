@@ -19,7 +19,7 @@ use super::connections::Place;
 use super::identity::{self, HandshakeFailure};
 use super::metered::Metered;
 use super::metrics::Refusal;
-use super::queued::{BUDGET, Queue};
+use super::queued::Queue;
 use super::rapid_reset::{PREMATURE_RESETS_MIN, ResetWatch};
 use crate::undecided::Ticket;
 use crate::{accept, clock};
@@ -232,7 +232,7 @@ impl Hbone {
         let builder = h2_builder(self.cfg.hbone_max_streams);
         let m = &self.metrics;
         let queue = Arc::new(Queue::new(
-            BUDGET,
+            self.cfg.hbone_connection_queue,
             m.queued_bytes.clone(),
             m.queue_waits.clone(),
         ));
@@ -267,7 +267,7 @@ type Established = (
 
 /// Bytes h2 may queue per stream for a client that does not read (its windows can be wide
 /// open): four upstream reads, so a bulk stream never waits on a refill. The streams of one
-/// connection share [`BUDGET`] besides ([`super::queued`]), so no single stream takes more
+/// connection share `--hbone-connection-queue-kib` besides ([`super::queued`]), so no single stream takes more
 /// than a sixteenth of it. ztunnel's own h2 server uses 400 KiB per stream.
 pub const SEND_BUFFER: usize = 4 * super::splice::READ_CHUNK;
 

@@ -18,7 +18,7 @@
 //! No process-wide cap: with one, a few connections whose clients stop reading would spend
 //! it and freeze the downloads of every other client of the gateway, trading memory for an
 //! outage of the whole listener. The bound per process is `--hbone-max-connections` ×
-//! ([`BUDGET`] + rustls's 64 KiB of TLS records) toward clients, and each tunnel's own read
+//! (`--hbone-connection-queue-kib`, [`BUDGET`] by default, + rustls's 64 KiB of TLS records) toward clients, and each tunnel's own read
 //! buffer (at most 64 KiB), beside the kernel's socket buffers of the same connections, which
 //! no user-space cap bounds (the kernel's `tcp_mem` does); lower `--hbone-max-connections` to
 //! lower it.
