@@ -570,7 +570,7 @@ step_ambient_verify() {
     "meshctl check must pass with the global service in place, east's gateway must list catalog's HBONE endpoint (podIP:15008), the call must succeed, and the gateway's HBONE tunnel counter for $AUTHORITY_CATALOG must increase"
   retry 10 3 "$MESHCTL" check --kubeconfig "$E2E_KUBECONFIG" "${CONTEXT_ARGS[@]}" ||
     die "meshctl check failed" "read its hints above; kind-e2e/README.md, section Debugging"
-  retry_match "$TRIES" "$DELAY" ROUTES '"hbone_endpoints":\[\{"address":"[0-9.]+:15008"' \
+  retry_match "$TRIES" "$DELAY" ROUTES '"hbone_endpoints": \[[[:space:]]*\{[[:space:]]*"address": "[0-9.]+:15008"' \
     gateway_routes kind-east "?host=catalog.$NS" ||
     die "east's gateway has no HBONE endpoint for catalog" \
       "kubectl --context kind-east -n $NS get svc catalog --show-labels   (istio.io/global=true?)" \
