@@ -68,8 +68,6 @@ struct Stream {
     /// handed): its bytes not yet written, and the rest of the budget it holds until its
     /// last byte is (its buffer beyond its bytes, and [`CHUNK_COST`]).
     chunks: VecDeque<(usize, usize)>,
-    bytes: usize,
-    held: usize,
     /// The tunnel waiting for its last bytes to go out.
     flushed: Option<Waker>,
 }
@@ -125,8 +123,6 @@ impl Queue {
             let mut streams = self.lock();
             let s = streams.entry(stream).or_default();
             s.chunks.push_back((n, hold - n));
-            s.bytes += n;
-            s.held += hold;
         }
         self.queued.inc_by(n as i64);
     }
@@ -154,8 +150,6 @@ impl Queue {
                     s.chunks.pop_front();
                 }
             }
-            s.bytes -= bytes;
-            s.held -= budget;
             if s.chunks.is_empty()
                 && let Some(w) = s.flushed.take()
             {
@@ -198,7 +192,9 @@ impl Queue {
             left
         };
         if let Some(s) = left {
-            self.give_back(s.held, s.bytes);
+            let bytes = s.chunks.iter().map(|(left, _)| left).sum();
+            let held = s.chunks.iter().map(|(left, rest)| left + rest).sum();
+            self.give_back(held, bytes);
         }
     }
 
