@@ -596,11 +596,9 @@ fn sign_child(
     Ok(cert.der().to_vec())
 }
 
-pub(crate) fn der_to_pem(der: &[u8]) -> String {
-    pem::encode_config(
-        &pem::Pem::new("CERTIFICATE", der.to_vec()),
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
+/// PEM of one DER certificate, LF line endings.
+pub fn der_to_pem(der: &[u8]) -> String {
+    crate::pem::encode("CERTIFICATE", der.to_vec())
 }
 
 /// Ensures the PEM text ends with exactly one newline, so that concatenations stay valid PEM.

@@ -26,6 +26,7 @@ pub use inspect::{CertSummary, inspect_pem};
 pub use issue::{
     DEFAULT_INTERMEDIATE_DAYS, DEFAULT_ORG, DEFAULT_ROOT_CN, DEFAULT_ROOT_DAYS, IntermediateCa,
     IntermediateOptions, MAX_NOT_AFTER_UNIX, RootCa, RootOptions, WorkloadCert, WorkloadOptions,
+    der_to_pem,
 };
 pub use keys::{KeyType, load_private_key_pem};
 pub use pem::CanonicalPem;

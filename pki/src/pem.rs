@@ -209,14 +209,19 @@ pub(crate) fn canonical_key(text: &str) -> std::result::Result<CanonicalPem, Str
             )
         })?
         .into_contents();
-    let pem = ::pem::encode_config(
-        &::pem::Pem::new(key.label, der),
-        ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF),
-    );
+    let pem = encode(key.label, der);
     Ok(CanonicalPem {
         pem,
         dropped: blocks.len() > 1 || text_outside(text, &blocks) || has_headers(key),
     })
+}
+
+/// One PEM block: `-----BEGIN label-----`, 64-column base64, `-----END label-----`, LF.
+pub(crate) fn encode(label: &str, der: Vec<u8>) -> String {
+    ::pem::encode_config(
+        &::pem::Pem::new(label, der),
+        ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF),
+    )
 }
 
 /// Whether `text` holds anything but whitespace outside `blocks`.

@@ -94,20 +94,11 @@ pub struct Trust {
 
 /// Lowercase hex SHA-256 of a DER certificate (what the rotation annotations hold).
 pub fn fingerprint(der: &[u8]) -> String {
-    let pem = pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()));
-    pki::inspect_pem(&pem)
+    pki::inspect_pem(&pki::der_to_pem(der))
         .ok()
         .and_then(|s| s.into_iter().next())
         .map(|s| s.sha256_fingerprint.replace(':', "").to_lowercase())
         .unwrap_or_default()
-}
-
-/// PEM of one DER certificate, LF line endings.
-pub fn der_pem(der: &[u8]) -> String {
-    pem::encode_config(
-        &pem::Pem::new("CERTIFICATE", der.to_vec()),
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
 }
 
 /// Reads the trust state from a `cacerts` Secret's files and annotations.

@@ -13,7 +13,7 @@ use crate::istio::{
     ROTATION_ACTIVATED_AT_ANNOTATION as AT, ROTATION_NEW_ROOT_ANNOTATION as NEW,
     ROTATION_OLD_ROOT_ANNOTATION as OLD, ROTATION_STAGE_ANNOTATION as STAGE,
 };
-use crate::mesh::rotation::{BundleTexts, Stage, cacerts_secret, der_pem, fingerprint, short};
+use crate::mesh::rotation::{BundleTexts, Stage, cacerts_secret, fingerprint, short};
 
 /// What istiod does with a changed `root-cert.pem` (prepare, finish): istio/istio
 /// `pilot/pkg/bootstrap/istio_ca.go` `handleEvent` reloads it only with `ISTIO_MULTIROOT_MESH`
@@ -377,7 +377,7 @@ pub fn finish(a: &FinishArgs, clusters: &[Current]) -> Result<Plan> {
             continue;
         };
         let mut files = c.files.clone();
-        files.insert(pki::ROOT_CERT, der_pem(signing));
+        files.insert(pki::ROOT_CERT, pki::der_to_pem(signing));
         let (old, new) = (
             c.trust.old_fp.clone().unwrap_or_default(),
             fingerprint(signing),
