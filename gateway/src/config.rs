@@ -176,6 +176,10 @@ pub struct Config {
     /// Bytes one HBONE outer connection may hold queued toward its client, shared by its
     /// tunnels ([`crate::hbone::queued`]).
     pub hbone_connection_queue: usize,
+    /// HTTP/2 connection receive window on 15008: bytes one outer connection's clients may
+    /// send that its endpoints have not taken yet. Each stream's window is ztunnel's 4 MiB,
+    /// or this if smaller.
+    pub hbone_connection_window: u32,
     /// An outer connection without a tunnel for this long gets GOAWAY.
     pub hbone_idle_timeout: Duration,
     /// How often the certificate files are checked for a change.
@@ -231,6 +235,7 @@ impl Default for Config {
             hbone_max_tunnels: 65_536,
             hbone_max_connections: 65_536,
             hbone_connection_queue: crate::hbone::queued::BUDGET,
+            hbone_connection_window: crate::hbone::CONNECTION_WINDOW,
             hbone_idle_timeout: Duration::from_secs(600),
             hbone_cert_poll: Duration::from_secs(5),
             hbone_ca: None,
@@ -441,6 +446,10 @@ pub struct Args {
     /// full. 128 to 1048576.
     #[arg(long, env = "GATEWAY_HBONE_CONNECTION_QUEUE_KIB", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(128..=1_048_576))]
     pub hbone_connection_queue_kib: u32,
+    /// KiB one HBONE connection's clients may send that its endpoints have not taken yet (the
+    /// HTTP/2 connection window; each tunnel's is 4096 KiB, or this if smaller). 64 to 1048576.
+    #[arg(long, env = "GATEWAY_HBONE_CONNECTION_WINDOW_KIB", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
+    pub hbone_connection_window_kib: u32,
     /// Send GOAWAY on an HBONE connection that has carried no tunnel this long (at least 1s).
     #[arg(long, env = "GATEWAY_HBONE_IDLE_TIMEOUT", default_value = "10m", value_parser = duration::<1000>)]
     pub hbone_idle_timeout: Duration,
@@ -558,6 +567,7 @@ impl Args {
             hbone_max_tunnels: self.hbone_max_tunnels as usize,
             hbone_max_connections: self.hbone_max_connections as usize,
             hbone_connection_queue: self.hbone_connection_queue_kib as usize * 1024,
+            hbone_connection_window: self.hbone_connection_window_kib * 1024,
             hbone_idle_timeout: self.hbone_idle_timeout,
             hbone_cert_poll: self.hbone_cert_poll,
             hbone_ca: self.ca_root.map(|root| CaConfig {
@@ -683,6 +693,11 @@ mod tests {
         assert_eq!(c.hbone_connection_queue, 512 << 10);
         assert!(parse(&["--hbone-connection-queue-kib", "127"]).is_err());
         assert!(parse(&["--hbone-connection-queue-kib", "1048577"]).is_err());
+        assert_eq!(Config::default().hbone_connection_window, 16 << 20);
+        let c = parse(&["--hbone-connection-window-kib", "1024"]).unwrap();
+        assert_eq!(c.hbone_connection_window, 1 << 20);
+        assert!(parse(&["--hbone-connection-window-kib", "63"]).is_err());
+        assert!(parse(&["--hbone-connection-window-kib", "1048577"]).is_err());
         let e = parse(&["--hbone-listen", "nowhere"])
             .unwrap_err()
             .to_string();

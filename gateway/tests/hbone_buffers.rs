@@ -6,6 +6,8 @@
 //! buffers of 100 upstream connections took 380 MiB of them. Sources stand in for destination
 //! ztunnels that write fast: each waits for one byte from its tunnel, sends an 8-byte id, then
 //! pseudo-random data, and records its SHA-256, so the client checks every tunnel byte for byte.
+//! (g) is the other direction: what clients send to endpoints that do not read is bounded by
+//! the connection window the gateway advertises.
 
 mod common;
 mod hbone_support;
@@ -588,4 +590,162 @@ async fn f_the_queue_is_the_configured_size() {
     drop(open);
     c.gate.open();
     gw.wait_metric("gateway_hbone_queued_bytes", 0.0).await;
+}
+
+/// What each sink read: its length and SHA-256.
+type Got = Vec<(u64, Vec<u8>)>;
+
+/// Endpoints that take their tunnels' bytes only once told to: each hashes what it reads to
+/// its EOF. Their receive buffers are small, so what they do not take backs up into the
+/// gateway soon.
+struct Sinks {
+    addr: std::net::SocketAddr,
+    accepted: Arc<AtomicU64>,
+    open: Arc<tokio::sync::Notify>,
+    got: Arc<Mutex<Got>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Sinks {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Sinks {
+    async fn start(ip: IpAddr) -> Sinks {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind((ip, 0).into()).unwrap();
+        let listener = socket.listen(128).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let open = Arc::new(tokio::sync::Notify::new());
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (a, o, g) = (accepted.clone(), open.clone(), got.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let (o, g) = (o.clone(), g.clone());
+                tokio::spawn(async move {
+                    o.notified().await;
+                    let (mut hash, mut len, mut buf) = (sha256(), 0u64, vec![0u8; 64 * 1024]);
+                    let read = async {
+                        loop {
+                            match conn.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    hash.update(&buf[..n]);
+                                    len += n as u64;
+                                }
+                            }
+                        }
+                    };
+                    if tokio::time::timeout(Duration::from_secs(60), read)
+                        .await
+                        .is_ok()
+                    {
+                        g.lock()
+                            .unwrap()
+                            .push((len, hash.finish().as_ref().to_vec()));
+                    }
+                });
+            }
+        });
+        Sinks {
+            addr,
+            accepted,
+            open,
+            got,
+            task,
+        }
+    }
+}
+
+/// Sends `size` bytes of `block` repeated, as fast as the gateway's windows let it, then
+/// END_STREAM; counts what the windows let through in `sent`.
+async fn upload(mut tx: SendStream<Bytes>, block: Bytes, size: u64, sent: Arc<AtomicU64>) {
+    let mut left = size;
+    while left > 0 {
+        tx.reserve_capacity(block.len().min(left as usize));
+        let cap = std::future::poll_fn(|cx| tx.poll_capacity(cx));
+        let n = match tokio::time::timeout(Duration::from_secs(60), cap).await {
+            Ok(Some(Ok(n))) if n > 0 => n,
+            Ok(Some(Ok(_))) => continue,
+            _ => return,
+        };
+        let n = n.min(left as usize);
+        left -= n as u64;
+        tx.send_data(block.slice(..n), left == 0).unwrap();
+        sent.fetch_add(n as u64, Ordering::SeqCst);
+    }
+}
+
+/// (g) `--hbone-connection-window-kib` bounds what clients may send that endpoints have not
+/// taken: 8 tunnels to endpoints that do not read grow the gateway by about the 1 MiB window
+/// (with the default, 16 MiB: four tunnels' 4 MiB windows); once the endpoints read, every
+/// tunnel's bytes arrive whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g_the_connection_window_bounds_bytes_toward_endpoints() {
+    const TUNNELS: usize = 8;
+    const SIZE: u64 = 8 << 20;
+    const WINDOW_KIB: u64 = 1024;
+    let sinks = Sinks::start(ip(127)).await;
+    let yaml = hbone_yaml(&[(SVC, &[(sinks.addr.ip(), sinks.addr.port())])]);
+    let window = WINDOW_KIB.to_string();
+    let args = ["--hbone-connection-window-kib", window.as_str()];
+    let h = hbone_support::hbone_process(&yaml, &args, "warn,gateway=info").await;
+    let pid = h.gw.child.id();
+    let c = client(h.hbone).await;
+    let open = tunnels(&c, TUNNELS).await;
+    hbone_support::eventually("every tunnel dialled", || {
+        sinks.accepted.load(Ordering::SeqCst) == TUNNELS as u64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = rss_kib(pid);
+    let block = Bytes::from(
+        (0..64 * 1024)
+            .map(|i| (i * 7 + 3) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let mut want = sha256();
+    for _ in 0..SIZE / block.len() as u64 {
+        want.update(&block);
+    }
+    let want = want.finish().as_ref().to_vec();
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut keep = Vec::new();
+    for (tx, rx) in open {
+        keep.push(rx);
+        tokio::spawn(upload(tx, block.clone(), SIZE, sent.clone()));
+    }
+    let limit = Duration::from_secs(20);
+    steady(limit, 0, u64::MAX, || sent.load(Ordering::SeqCst)).await;
+    let grown = steady(limit, 256, u64::MAX, || rss_kib(pid))
+        .await
+        .saturating_sub(base);
+    eprintln!(
+        "{TUNNELS} tunnels to endpoints that do not read: the client sent {} KiB, the gateway \
+         grew {grown} KiB (window {WINDOW_KIB} KiB; the rest sits in the kernel's buffers)",
+        sent.load(Ordering::SeqCst) >> 10
+    );
+    assert!(
+        sent.load(Ordering::SeqCst) > WINDOW_KIB << 10,
+        "the window filled"
+    );
+    assert!(
+        grown < WINDOW_KIB + RSS_SLACK_KIB,
+        "the gateway grew {grown} KiB with a {WINDOW_KIB} KiB connection window"
+    );
+    sinks.open.notify_waiters();
+    hbone_support::eventually("every endpoint read its tunnel to its end", || {
+        sinks.got.lock().unwrap().len() == TUNNELS
+    })
+    .await;
+    for (len, digest) in sinks.got.lock().unwrap().iter() {
+        assert_eq!(*len, SIZE);
+        assert!(*digest == want, "bytes differ from what the client sent");
+    }
+    drop(keep);
 }

@@ -229,7 +229,7 @@ impl Hbone {
             .unwrap_or_default()
             .into();
         tracing::Span::current().record("client_id", &*client_id);
-        let builder = h2_builder(self.cfg.hbone_max_streams);
+        let builder = h2_builder(self.cfg.hbone_max_streams, self.cfg.hbone_connection_window);
         let m = &self.metrics;
         let queue = Arc::new(Queue::new(
             self.cfg.hbone_connection_queue,
@@ -280,14 +280,15 @@ const SHED_GRACE: Duration = Duration::from_secs(1);
 /// How long the newcomer waits for that place: the shed one's grace, and some.
 const SHED_WAIT: Duration = Duration::from_secs(2);
 
-/// ztunnel's settings (windows, frame size) and the stream cap; h2 answers PINGs itself.
+/// ztunnel's settings (windows, frame size), the stream cap and `--hbone-connection-window-kib`
+/// (a stream's window no wider than the connection's); h2 answers PINGs itself.
 /// h2's abuse limits are stated, not left implicit: at most 20 streams reset while not yet
 /// accepted, and 1024 streams the gateway resets for protocol errors per connection, each
 /// ended with GOAWAY ENHANCE_YOUR_CALM.
-fn h2_builder(max_streams: u32) -> h2::server::Builder {
+fn h2_builder(max_streams: u32, connection_window: u32) -> h2::server::Builder {
     let mut b = h2::server::Builder::new();
-    b.initial_window_size(super::STREAM_WINDOW)
-        .initial_connection_window_size(super::CONNECTION_WINDOW)
+    b.initial_window_size(super::STREAM_WINDOW.min(connection_window))
+        .initial_connection_window_size(connection_window)
         .max_frame_size(super::MAX_FRAME)
         .max_header_list_size(super::MAX_HEADER_LIST)
         .max_concurrent_streams(max_streams)
