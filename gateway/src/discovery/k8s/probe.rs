@@ -24,6 +24,19 @@ pub(super) enum Kind {
     DestinationRule,
 }
 
+impl Kind {
+    /// The resource as RBAC names it.
+    pub fn resource(self) -> &'static str {
+        match self {
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices.discovery.k8s.io",
+            Kind::Pod => "pods",
+            Kind::Namespace => "namespaces",
+            Kind::DestinationRule => "destinationrules.networking.istio.io",
+        }
+    }
+}
+
 /// The `Api` of one watch (one type, in one namespace or in all).
 #[derive(Clone)]
 pub(super) enum WatchedApi {

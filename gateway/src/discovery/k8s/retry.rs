@@ -2,7 +2,9 @@
 //!
 //! A 410 Gone (the resourceVersion it resumed from is too old, as after every API server
 //! restart) means re-list now: waiting first only delays a table that is known to be stale.
-//! A 404 on a CRD-backed type means the type is no longer served. Anything else backs off
+//! A 404 on a CRD-backed type means the type is no longer served. A 403 means the gateway's
+//! account may not read the type: it backs off like any error, but is told apart so the log
+//! can name the permission to grant. Anything else backs off
 //! like client-go (kube-runtime's default: 0.8 s doubling to 30 s, with jitter), but the wait
 //! ends early once the API server is seen answering again, so an outage costs at most one
 //! health tick after the server is back, not the remainder of a 30 s back-off.
@@ -19,7 +21,9 @@ pub enum Failure {
     Expired,
     /// 404 Not Found: the resource type is not served (a deleted CRD).
     NotServed,
-    /// Anything else (connection refused, timeouts, 5xx, 401/403): back off.
+    /// 403 Forbidden: the gateway's account may not list or watch the type; back off.
+    Forbidden,
+    /// Anything else (connection refused, timeouts, 5xx, 401): back off.
     Other,
 }
 
@@ -37,6 +41,7 @@ pub fn classify(e: &watcher::Error) -> Failure {
     match status_code(e) {
         Some(410) => Failure::Expired,
         Some(404) => Failure::NotServed,
+        Some(403) => Failure::Forbidden,
         _ => Failure::Other,
     }
 }
@@ -55,7 +60,7 @@ impl Backoff {
     pub fn delay(&mut self, failure: Failure) -> Option<Duration> {
         match failure {
             Failure::Expired => None,
-            Failure::NotServed | Failure::Other => {
+            Failure::NotServed | Failure::Forbidden | Failure::Other => {
                 Some(self.0.next().unwrap_or(Duration::from_secs(30)))
             }
         }
@@ -96,6 +101,8 @@ mod tests {
         assert_eq!(classify(&gone), Failure::NotServed);
         let other = watcher::Error::WatchStartFailed(kube::Error::Api(status(500)));
         assert_eq!(classify(&other), Failure::Other);
+        let denied = watcher::Error::InitialListFailed(kube::Error::Api(status(403)));
+        assert_eq!(classify(&denied), Failure::Forbidden);
         assert_eq!(classify(&watcher::Error::NoResourceVersion), Failure::Other);
     }
 }

@@ -172,7 +172,7 @@ impl ModelTask {
         self.rules_generation += 1;
         tracing::info!(
             recheck = ?self.rules.recheck,
-            "DestinationRule CRD deleted: subset routes removed; polling for its return"
+            "DestinationRules no longer readable (the CRD deleted, or 403: see the warning above): subset routes removed; checking again every recheck"
         );
         tokio::spawn(self.rules.clone().poll(self.rules_generation));
         true

@@ -181,6 +181,8 @@ where
     let Watches { tx, wake, stop } = to;
     let mut events = std::pin::pin!(events);
     let mut backoff = retry::Backoff::default();
+    // A 403 is logged as an error once, until the watch works again.
+    let mut told_forbidden = false;
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return Ended::Stopped,
@@ -195,6 +197,15 @@ where
                     tracing::info!(?kind, error = %error_chain(&e), "type no longer served (404; a deleted CRD); its watches stop");
                     return Ended::NotServed;
                 }
+                if failure == Failure::Forbidden && may_go {
+                    // Optional, as an unserved CRD is: routes go on without its subsets.
+                    tracing::warn!(?kind, resource = kind.resource(), error = %error_chain(&e), "the gateway may not read DestinationRules (403 Forbidden): routes are served without subsets; grant get, list and watch on destinationrules.networking.istio.io to its service account (`meshctl gateway install` creates that ClusterRole)");
+                    return Ended::NotServed;
+                }
+                if failure == Failure::Forbidden && !told_forbidden {
+                    told_forbidden = true;
+                    tracing::error!(?kind, stream, resource = kind.resource(), error = %error_chain(&e), "the gateway may not list or watch {} (403 Forbidden), so it cannot become ready: grant get, list and watch on it to the gateway's service account (`meshctl gateway install` creates that ClusterRole); retrying with back-off", kind.resource());
+                }
                 // Registered before the task hears of the error, so no wake-up is missed.
                 let mut woken = std::pin::pin!(wake.notified());
                 woken.as_mut().enable();
@@ -207,7 +218,16 @@ where
                         tracing::info!(?kind, stream, error = %error_chain(&e), "resourceVersion too old (410 Gone); re-listing now");
                     }
                     Some(delay) => {
-                        tracing::warn!(?kind, stream, error = %error_chain(&e), ?delay, "watch failed; retrying after the delay or as soon as the API server answers");
+                        if failure == Failure::Forbidden {
+                            tracing::debug!(
+                                ?kind,
+                                stream,
+                                ?delay,
+                                "403 Forbidden; retrying after the delay"
+                            );
+                        } else {
+                            tracing::warn!(?kind, stream, error = %error_chain(&e), ?delay, "watch failed; retrying after the delay or as soon as the API server answers");
+                        }
                         tokio::select! {
                             _ = stop.cancelled() => return Ended::Stopped,
                             _ = tokio::time::sleep(delay) => {}
@@ -221,7 +241,13 @@ where
                 continue;
             }
         };
-        backoff.reset();
+        // `Init` starts every list attempt, a failing one too, and a page of a list can
+        // come before a failing page: only a finished list or a watch event shows the
+        // watch works, so only they reset the back-off.
+        if matches!(ev, Event::InitDone | Event::Apply(_) | Event::Delete(_)) {
+            backoff.reset();
+            told_forbidden = false;
+        }
         let update = match ev {
             Event::Init => Update::Init,
             Event::InitDone => Update::InitDone,

@@ -1,0 +1,207 @@
+//! Kubernetes discovery with a service account that lacks some of the gateway's RBAC (the
+//! TEST SERVER enforces RBAC on service-account tokens as the real one does): a missing
+//! DestinationRule grant leaves routes without subsets instead of the gateway unready, and a
+//! missing grant on a required type is named with its fix once, retried with a growing
+//! back-off rather than every second.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use k8s_test_server::{Options, TestApiServer, namespace_json};
+use serde_json::{Value, json};
+use testkit::k8s;
+use testkit::wait::eventually;
+
+const NS: &str = testkit::mesh::NAMESPACE;
+const SA: (&str, &str) = ("istio-system", "gw");
+
+/// Every resource the gateway reads (README "RBAC"), less `without`.
+fn rules(without: &str) -> Value {
+    let all = [
+        ("", "services"),
+        ("", "pods"),
+        ("", "namespaces"),
+        ("discovery.k8s.io", "endpointslices"),
+        ("networking.istio.io", "destinationrules"),
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ];
+    let rules: Vec<Value> = all
+        .iter()
+        .filter(|(_, r)| *r != without)
+        .map(
+            |(g, r)| json!({"apiGroups": [g], "resources": [r], "verbs": ["get", "list", "watch"]}),
+        )
+        .collect();
+    json!(rules)
+}
+
+/// A server with the DestinationRule CRD, one routed service, and the gateway's service
+/// account bound to every grant but `without`; returns it, the backend's name and a
+/// kubeconfig with that account's token.
+async fn cluster(without: &str) -> (TestApiServer, Vec<Backend>, String) {
+    init();
+    let mut opts = Options::new("east");
+    opts.destination_rule_crd = true;
+    opts.store.allow_loopback_endpoint_addresses = true;
+    let api = TestApiServer::start_with(opts).await.unwrap();
+    let st = api.store();
+    st.create(namespace_json(NS)).unwrap();
+    st.create(namespace_json(SA.0)).unwrap();
+    st.create(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": SA.1, "namespace": SA.0}}))
+        .unwrap();
+    let rbac = "rbac.authorization.k8s.io";
+    st.create(
+        json!({"apiVersion": format!("{rbac}/v1"), "kind": "ClusterRole",
+        "metadata": {"name": "gw"}, "rules": rules(without)}),
+    )
+    .unwrap();
+    st.create(
+        json!({"apiVersion": format!("{rbac}/v1"), "kind": "ClusterRoleBinding",
+        "metadata": {"name": "gw"},
+        "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": "gw"},
+        "subjects": [{"kind": "ServiceAccount", "name": SA.1, "namespace": SA.0}]}),
+    )
+    .unwrap();
+    let (b, port) = backends(&["a"]).await;
+    let svc_port = k8s::ServicePort {
+        name: "http",
+        port: 80,
+        target_port: 9080,
+    };
+    st.create(k8s::service(NS, "catalog", &[svc_port])).unwrap();
+    let ep = k8s::Endpoint {
+        address: b[0].addr.ip(),
+        ready: true,
+        pod: "pa",
+    };
+    st.create(k8s::endpoint_slice(
+        NS,
+        "catalog-1",
+        "catalog",
+        ("http", port),
+        "test",
+        &[ep],
+    ))
+    .unwrap();
+    let admin = testkit::kube_client::client_from_yaml(&api.kubeconfig("east")).await;
+    let token =
+        testkit::kube_client::service_account_token(&admin, SA.0, SA.1, &[], Some(3600)).await;
+    let kubeconfig = api.kubeconfig_with_token("east", &token);
+    (api, b, kubeconfig)
+}
+
+/// The gateway binary on `kubeconfig`, logging JSON at `rust_log`. Started off the runtime's
+/// threads: it waits for the gateway, which waits for the in-process API server.
+async fn gateway(dir: &tempfile::TempDir, kubeconfig: &str, rust_log: &str) -> GatewayProcess {
+    let (dir, kubeconfig, rust_log) = (
+        dir.path().to_owned(),
+        kubeconfig.to_owned(),
+        rust_log.to_owned(),
+    );
+    tokio::task::spawn_blocking(move || start(&dir, &kubeconfig, &rust_log))
+        .await
+        .unwrap()
+}
+
+fn start(dir: &std::path::Path, kubeconfig: &str, rust_log: &str) -> GatewayProcess {
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, kubeconfig).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+    cmd.args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args([
+            "--hbone-listen",
+            "off",
+            "--log-format",
+            "json",
+            "--kubeconfig",
+        ])
+        .arg(&path)
+        .args(["--context", "east"])
+        .env("RUST_LOG", rust_log)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    GatewayProcess::spawn(cmd)
+}
+
+/// A `Debug`-printed `Duration` ("800ms", "1.52s") in seconds.
+fn secs(debug: &str) -> f64 {
+    let num = |s: &str| s.parse::<f64>().unwrap_or_else(|_| panic!("{debug}"));
+    if let Some(ms) = debug.strip_suffix("ms") {
+        num(ms) / 1e3
+    } else if let Some(us) = debug.strip_suffix("µs") {
+        num(us) / 1e6
+    } else {
+        num(debug.strip_suffix('s').unwrap_or(debug))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_destination_rule_rights_routes_are_served_without_subsets() {
+    let (_api, _b, kubeconfig) = cluster("destinationrules").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&dir, &kubeconfig, "warn,gateway=info").await;
+    let start = Instant::now();
+    let listen = gw.listen;
+    eventually("catalog served", TIMEOUT, || async move {
+        call(listen, &sni(80, "", CATALOG)).await.is_ok()
+    })
+    .await;
+    println!("ready and routing {:?} after start", start.elapsed());
+    assert_eq!(http_get(gw.admin, "/healthz/ready").await.0, 200);
+    let told = gw.wait_line(&|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("may not read DestinationRules (403 Forbidden)"))
+    });
+    let text = told["message"].as_str().unwrap();
+    assert!(
+        text.contains("grant get, list and watch on destinationrules.networking.istio.io"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_required_type_is_named_once_and_backs_off() {
+    let (_api, _b, kubeconfig) = cluster("services").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&dir, &kubeconfig, "warn,gateway=debug").await;
+    // Four retries: kube-runtime's back-off starts at 0.8 s and doubles (with jitter).
+    let delays = |gw: &GatewayProcess| -> Vec<f64> {
+        gw.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| {
+                v["kind"] == "Service"
+                    && v["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("403 Forbidden; retrying"))
+            })
+            .filter_map(|v| v["delay"].as_str().map(secs))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delays(&gw).len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let d = delays(&gw);
+    println!("delays after 403 on services: {d:?}");
+    assert!(d.len() >= 4, "{d:?}");
+    assert!(
+        d[3] > 2.0 * d[0] && d[3] >= 2.4,
+        "the back-off grows: {d:?}"
+    );
+    let errors = gw.count_lines(&|v| {
+        v["level"] == "ERROR"
+            && v["message"].as_str().is_some_and(|m| {
+                m.contains("may not list or watch services (403 Forbidden)")
+                    && m.contains("grant get, list and watch")
+            })
+    });
+    assert_eq!(errors, 1, "named once while it lasts");
+    assert_eq!(http_get(gw.admin, "/healthz/ready").await.0, 503);
+}
