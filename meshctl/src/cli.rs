@@ -56,13 +56,21 @@ pub struct MutateArgs {
     /// tokens are placeholders).
     #[arg(long)]
     pub dry_run: bool,
-    #[command(flatten)]
-    pub out: OutputArg,
+    /// Output format: yaml (the default) or json.
+    #[arg(long, short = 'o', value_enum)]
+    output: Option<Output>,
 }
 
 impl MutateArgs {
+    /// The output format: `-o`, else YAML.
     pub fn output(&self) -> Output {
-        self.out.output
+        self.output.unwrap_or_default()
+    }
+
+    /// `-o`, when it was given: then a real run prints what it applied on stdout, as one
+    /// document (progress and notices go to stderr either way).
+    pub fn output_asked(&self) -> Option<Output> {
+        self.output
     }
 }
 

@@ -1,5 +1,7 @@
 //! `meshctl gateway manifest|install`: print the east-west gateway's objects, or apply them
-//! to a cluster (the objects themselves are built in `mesh::gateway`).
+//! to a cluster (the objects themselves are built in `mesh::gateway`). `install` reports on
+//! stderr; with `-o yaml|json` its stdout is the applied objects (a YAML stream or one JSON
+//! `List`).
 
 use std::process::ExitCode;
 
@@ -97,11 +99,15 @@ pub fn run(a: GatewayArgs) -> Result<ExitCode> {
             })?;
             if dry_run {
                 print!("{}", kc::render_plan(&[(ctx, objs)], i.mutate.output())?);
-            } else {
-                println!(
-                    "gateway {GATEWAY_NAME} applied in context {ctx:?} ({} objects)",
-                    objs.len()
-                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            // Progress on stderr; stdout has the applied objects when -o asks for them.
+            eprintln!(
+                "gateway {GATEWAY_NAME} applied in context {ctx:?} ({} objects)",
+                objs.len()
+            );
+            if let Some(output) = i.mutate.output_asked() {
+                print!("{}", kc::render(&objs, output)?);
             }
             Ok(ExitCode::SUCCESS)
         }

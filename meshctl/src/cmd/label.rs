@@ -1,6 +1,7 @@
 //! `meshctl label-network NETWORK`: labels istiod's namespace
 //! `topology.istio.io/network=<network>` (istiod's fallback network for workloads),
-//! creating the namespace if it is missing.
+//! creating the namespace if it is missing. It says so on stderr; with `-o yaml|json` stdout
+//! is the Namespace as applied, one document.
 
 use std::process::ExitCode;
 
@@ -55,11 +56,15 @@ pub fn run(a: LabelNetworkArgs) -> Result<ExitCode> {
             "{}",
             kc::render_plan(&[(ctx, vec![obj])], a.mutate.output())?
         );
-    } else {
-        println!(
-            "namespace {ns} in context {ctx:?} labelled {NETWORK_LABEL}={}",
-            a.network
-        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Progress on stderr; stdout has the applied Namespace when -o asks for it.
+    eprintln!(
+        "namespace {ns} in context {ctx:?} labelled {NETWORK_LABEL}={}",
+        a.network
+    );
+    if let Some(output) = a.mutate.output_asked() {
+        print!("{}", kc::render_one(&obj, output)?);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,7 +3,8 @@
 //! what istiod reads in a remote cluster and no Secrets (`mesh::reader_rules`), one role and
 //! binding per service account (so a secret made for one never changes another's access), a
 //! loopback API server address is refused, and `--token-ttl` gives an expiring TokenRequest
-//! token. Wrong flags are usage errors (exit 2), found before the cluster is read.
+//! token. Wrong flags are usage errors (exit 2), found before the cluster is read. stdout is
+//! one JSON document (`-o json`) or one YAML stream, dry run or not.
 
 use std::process::ExitCode;
 
@@ -11,7 +12,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::cli::{KubeArgs, MutateArgs, NamespaceArg, SecretFlags};
-use crate::kube::{self as kc, KubeconfigFile, Output};
+use crate::kube::{self as kc, KubeconfigFile, Output, Secrets};
 use crate::mesh::reader::{SecretOptions, build, validate};
 use crate::mesh::remote_secret::{istioctl_yaml, printable};
 
@@ -51,18 +52,27 @@ pub fn run(a: CreateRemoteSecretArgs) -> Result<ExitCode> {
         build(&c, &opts, dry_run).await
     })?;
     let output = a.mutate.output();
-    if dry_run {
-        print!(
-            "{}",
-            kc::render_plan(&[(ctx.clone(), built.source_objects)], output)?
-        );
-    }
-    match output {
-        Output::Yaml => print!("{}", istioctl_yaml(&built.secret)?),
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&printable(&built.secret))?
-        ),
+    // stdout is one JSON document, or a YAML stream: a dry run's plan of this cluster's
+    // objects carries the Secret for the other clusters in its JSON (`remoteSecret`), or
+    // after it as the stream's last document.
+    let secret = printable(&built.secret);
+    let plan = [(ctx, built.source_objects)];
+    match (dry_run, output) {
+        (true, Output::Json) => {
+            let mut doc = kc::plan_json(&plan, Secrets::Redact);
+            doc["remoteSecret"] = secret;
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        (true, Output::Yaml) => {
+            print!("{}", kc::render_plan(&plan, output)?);
+            print!(
+                "# the remote secret, for the other clusters' istiod (dry run: its token is a \
+                 placeholder)\n---\n{}",
+                istioctl_yaml(&built.secret)?
+            );
+        }
+        (false, Output::Yaml) => print!("{}", istioctl_yaml(&built.secret)?),
+        (false, Output::Json) => println!("{}", serde_json::to_string_pretty(&secret)?),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::client::{BuildError, client, plugin_of};
 use super::config::{KubeconfigFile, init_crypto};
-use super::credential::prepare_local;
+use super::credential::{prepare_local, shown};
 use super::errors::{ConnectError, error_text};
 use super::render::{describe, meta};
 use crate::istio::MANAGER;
@@ -36,8 +36,14 @@ impl KubeconfigFile {
     /// cannot be used is named as such ([`ConnectError::Unusable`]), never as unreachable.
     pub async fn connect(&self, context: &str) -> Result<Cluster> {
         self.require_contexts(&[context.to_string()])?;
+        let cluster_name = self.cluster_of(context).unwrap_or_default();
+        let user = self.user_of(context).unwrap_or_default();
+        let (cluster_file, user_file) = (
+            self.file_of_cluster(&cluster_name),
+            self.file_of_user(&user),
+        );
         let mut config = self.config.clone();
-        prepare_local(&mut config, context, &self.path)?;
+        prepare_local(&mut config, context, cluster_file, user_file)?;
         let opts = KubeConfigOptions {
             context: Some(context.to_string()),
             ..Default::default()
@@ -46,6 +52,13 @@ impl KubeconfigFile {
             .await
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("context {context:?} in {}", self.path.display()))?;
+        cfg.cluster_url = server_url(&cfg).map_err(|e| {
+            anyhow!(
+                "context {context:?}: the server of cluster {} in {} {e}",
+                shown(&cluster_name),
+                cluster_file.display()
+            )
+        })?;
         cfg.connect_timeout = Some(Duration::from_secs(5));
         cfg.read_timeout = Some(Duration::from_secs(30));
         let server = cfg
@@ -56,7 +69,6 @@ impl KubeconfigFile {
         let ca_pem = self.ca_pem(context)?;
         let tls_server_name = cfg.tls_server_name.clone();
         let plugin = plugin_of(&cfg.auth_info);
-        let user = self.user_of(context).unwrap_or_default();
         let client = match client(cfg, &format!("context {context:?}")) {
             Ok(c) => c,
             Err(BuildError {
@@ -66,7 +78,7 @@ impl KubeconfigFile {
                 return Err(ConnectError::Unusable {
                     context: context.to_string(),
                     user,
-                    kubeconfig: self.path.display().to_string(),
+                    kubeconfig: user_file.display().to_string(),
                     detail,
                 }
                 .into());
@@ -75,7 +87,7 @@ impl KubeconfigFile {
         };
         if let Err(e) = client.apiserver_version().await {
             let at = (context, server.as_str());
-            let whose = (user.as_str(), self.path.as_path());
+            let whose = (user.as_str(), user_file);
             return Err(ConnectError::new(&e, at, whose, plugin.as_deref()).into());
         }
         Ok(Cluster {
@@ -85,6 +97,35 @@ impl KubeconfigFile {
             ca_pem,
             tls_server_name,
         })
+    }
+}
+
+/// The API server URL of `cfg` as client-go reads a kubeconfig's `server:`
+/// (`staging/src/k8s.io/client-go/rest/url_utils.go`, `DefaultServerURL` and
+/// `DefaultServerUrlFor`): a URL is used as it is; a host or host:port without a scheme gets
+/// `https://` when the cluster or user configures TLS (a CA, a client certificate, or
+/// `insecure-skip-tls-verify`) and `http://` otherwise, and must then have no path. kube uses
+/// a URL without a scheme as it is and panics on the first request; the error here completes
+/// "the server of cluster X in FILE ...".
+fn server_url(cfg: &Config) -> std::result::Result<http::Uri, String> {
+    let url = &cfg.cluster_url;
+    if url.scheme().is_some() && url.authority().is_some() {
+        return Ok(url.clone());
+    }
+    let auth = &cfg.auth_info;
+    let tls = cfg.root_cert.is_some()
+        || cfg.accept_invalid_certs
+        || auth.client_certificate.is_some()
+        || auth.client_certificate_data.is_some();
+    let scheme = if tls { "https" } else { "http" };
+    let fix = "write it as https://HOST:PORT (or HOST:PORT, with the cluster's \
+               certificate-authority-data)";
+    let with = format!("{scheme}://{url}")
+        .parse::<http::Uri>()
+        .map_err(|_| format!("is not a URL or a host:port pair: {fix}"))?;
+    match (with.authority(), with.path()) {
+        (Some(a), "" | "/") if !a.host().is_empty() => Ok(with),
+        _ => Err(format!("is not a URL or a host:port pair: {fix}")),
     }
 }
 
@@ -311,5 +352,37 @@ pub async fn ensure_namespace(c: &Cluster, ns: &str) -> Result<bool> {
             c.context,
             error_text(&e)
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(server: &str, tls: bool) -> std::result::Result<String, String> {
+        let mut cfg = Config::new(server.parse().unwrap());
+        cfg.accept_invalid_certs = tls;
+        server_url(&cfg).map(|u| u.to_string())
+    }
+
+    #[test]
+    fn a_server_without_a_scheme_gets_the_one_client_go_gives_it() {
+        assert_eq!(
+            url("10.0.0.1:6443", true).unwrap(),
+            "https://10.0.0.1:6443/"
+        );
+        assert_eq!(
+            url("localhost:6443", true).unwrap(),
+            "https://localhost:6443/"
+        );
+        assert_eq!(url("api.example", true).unwrap(), "https://api.example/");
+        assert_eq!(
+            url("10.0.0.1:8080", false).unwrap(),
+            "http://10.0.0.1:8080/"
+        );
+        assert_eq!(url("https://h:1/p", false).unwrap(), "https://h:1/p");
+        assert_eq!(url("http://h:1", true).unwrap(), "http://h:1/");
+        let e = url("/api", true).unwrap_err();
+        assert!(e.contains("not a URL or a host:port pair"), "{e}");
     }
 }

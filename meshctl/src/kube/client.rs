@@ -3,7 +3,9 @@
 //! bounded ones; kube's panic on a token that fits in no HTTP header (tower-http's
 //! `AddAuthorizationLayer::bearer` expects one that does) becomes an error: static tokens are
 //! checked before (`credential.rs`), but a credential plugin's token is only known here; and
-//! credential errors are told without the plugin's arguments or output (`errors::auth_text`).
+//! credential errors are told without the plugin's arguments or output (`errors::auth_text`);
+//! and a server URL without a scheme or host, on which kube panics at the first request, is
+//! refused.
 
 use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -44,6 +46,17 @@ pub fn plugin_of(auth: &AuthInfo) -> Option<String> {
 /// A client for `cfg`, with `retry`'s bounded retries; `who` names the server in their
 /// messages (`context "west"`). Runs the credential plugin, if any.
 pub fn client(mut cfg: Config, who: &str) -> Result<Client, BuildError> {
+    // kube joins each request's path to this URL when the request is sent and panics
+    // (`base_uri.rs`: "Valid Uri") if it has no scheme or host.
+    let url = &cfg.cluster_url;
+    if url.scheme().is_none() || url.authority().is_none_or(|a| a.host().is_empty()) {
+        return Err(BuildError {
+            credential: false,
+            detail: format!(
+                "the API server address {url} is not a URL: write it as https://HOST:PORT"
+            ),
+        });
+    }
     let plugin = plugin_of(&cfg.auth_info);
     cfg.default_retry = false;
     let builder = match quietly(|| ClientBuilder::try_from(cfg)) {
@@ -127,6 +140,16 @@ mod tests {
         let e = quietly(|| -> u8 { panic!("token is not valid header: x") }).unwrap_err();
         assert!(e.contains("not valid header"), "{e}");
         assert!(!QUIET.with(Cell::get));
+    }
+
+    #[test]
+    fn a_server_url_without_a_scheme_or_host_is_refused_not_left_to_panic() {
+        for server in ["10.0.0.1:6443", "/api"] {
+            let Err(e) = client(Config::new(server.parse().unwrap()), "test") else {
+                panic!("{server}: a client was built");
+            };
+            assert!(!e.credential && e.detail.contains("is not a URL"), "{e:?}");
+        }
     }
 
     #[test]

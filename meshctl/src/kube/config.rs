@@ -3,6 +3,7 @@
 //! Files are read bounded and parse errors carry no kubeconfig text (`parse.rs`).
 //! No network here: `api.rs` connects.
 
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
@@ -19,8 +20,19 @@ pub fn init_crypto() {
 
 /// A loaded kubeconfig and where it came from (for error messages).
 pub struct KubeconfigFile {
+    /// The file, or for a `KUBECONFIG` list the list as given.
     pub path: PathBuf,
     pub config: Kubeconfig,
+    /// For a `KUBECONFIG` list: the file that defined each user and each cluster (the first
+    /// to name it, as it is the one used), so that a message says which file to edit.
+    origins: Origins,
+}
+
+/// Which file of a `KUBECONFIG` list defined each user and cluster, by name.
+#[derive(Default)]
+struct Origins {
+    users: HashMap<String, PathBuf>,
+    clusters: HashMap<String, PathBuf>,
 }
 
 impl KubeconfigFile {
@@ -35,8 +47,10 @@ impl KubeconfigFile {
                         .count()
                         > 1
                 {
+                    let (config, origins) = merged(&v)?;
                     return Ok(KubeconfigFile {
-                        config: merged(&v)?,
+                        config,
+                        origins,
                         path: PathBuf::from(v),
                     });
                 }
@@ -50,7 +64,32 @@ impl KubeconfigFile {
             );
         }
         let config = read_kubeconfig(&path)?;
-        Ok(KubeconfigFile { path, config })
+        Ok(KubeconfigFile {
+            path,
+            config,
+            origins: Origins::default(),
+        })
+    }
+
+    /// The file that defines kubeconfig user `user`: in a `KUBECONFIG` list, the first file
+    /// naming it (the entry kubectl and meshctl use); otherwise the one file.
+    pub(super) fn file_of_user(&self, user: &str) -> &Path {
+        self.origins.users.get(user).unwrap_or(&self.path)
+    }
+
+    /// [`Self::file_of_user`] for the cluster entry named `cluster`.
+    pub(super) fn file_of_cluster(&self, cluster: &str) -> &Path {
+        self.origins.clusters.get(cluster).unwrap_or(&self.path)
+    }
+
+    /// The cluster entry name of a context.
+    pub(super) fn cluster_of(&self, context: &str) -> Option<String> {
+        self.config
+            .contexts
+            .iter()
+            .find(|c| c.name == context)
+            .and_then(|c| c.context.as_ref())
+            .map(|c| c.cluster.clone())
     }
 
     /// The context to use: `wanted`, else the current context.
@@ -145,11 +184,12 @@ impl KubeconfigFile {
 /// (`staging/src/k8s.io/client-go/tools/clientcmd/loader.go`, `Load`): empty entries and files
 /// that do not exist are skipped, each file is read once, the first file to name a context,
 /// cluster or user wins. Only when none of the files exists is it an error (kubectl then has
-/// no configuration either).
-fn merged(list: &std::ffi::OsStr) -> Result<Kubeconfig> {
+/// no configuration either). Also returns which file defined each user and cluster.
+fn merged(list: &std::ffi::OsStr) -> Result<(Kubeconfig, Origins)> {
     let mut seen: Vec<PathBuf> = Vec::new();
     let mut missing = Vec::new();
     let mut config = Kubeconfig::default();
+    let mut origins = Origins::default();
     for p in std::env::split_paths(list).filter(|p| !p.as_os_str().is_empty()) {
         if seen.contains(&p) {
             continue;
@@ -161,6 +201,18 @@ fn merged(list: &std::ffi::OsStr) -> Result<Kubeconfig> {
             continue;
         }
         let next = read_kubeconfig(&p).context("reading the kubeconfig files in KUBECONFIG")?;
+        for u in &next.auth_infos {
+            origins
+                .users
+                .entry(u.name.clone())
+                .or_insert_with(|| p.clone());
+        }
+        for c in &next.clusters {
+            origins
+                .clusters
+                .entry(c.name.clone())
+                .or_insert_with(|| p.clone());
+        }
         config = config
             .merge(next)
             .map_err(|e| anyhow!("{e}"))
@@ -173,7 +225,7 @@ fn merged(list: &std::ffi::OsStr) -> Result<Kubeconfig> {
             missing.join(", ")
         );
     }
-    Ok(config)
+    Ok((config, origins))
 }
 
 fn default_path() -> Result<PathBuf> {

@@ -82,13 +82,18 @@ pub fn shown(name: &str) -> String {
     format!("{short:?}{more}")
 }
 
-/// Makes the credential of `context` ready for kube, or says what to fix (naming the user
-/// and `path`): its `tokenFile` read now, bounded, whitespace trimmed as client-go's file
+/// Makes the credential of `context` ready for kube, or says what to fix (naming the user and
+/// the file defining it, `user_file`, or the cluster and `cluster_file`): its `tokenFile` read now, bounded, whitespace trimmed as client-go's file
 /// token source trims it (`staging/src/k8s.io/client-go/transport/token_source.go`), and
 /// sent as the token (read once per command, not every minute); every static token checked
 /// (an inline `token` is not trimmed: client-go sends it as written, and Go's HTTP client
 /// refuses a line break in it); a `proxy-url` refused.
-pub(super) fn prepare_local(config: &mut Kubeconfig, context: &str, path: &Path) -> Result<()> {
+pub(super) fn prepare_local(
+    config: &mut Kubeconfig,
+    context: &str,
+    cluster_file: &Path,
+    user_file: &Path,
+) -> Result<()> {
     let Some(ctx) = config
         .contexts
         .iter()
@@ -110,7 +115,7 @@ pub(super) fn prepare_local(config: &mut Kubeconfig, context: &str, path: &Path)
              make the API server reachable directly (a VPN, or an SSH tunnel to a local port \
              named in server:)",
             shown(&ctx.cluster),
-            path.display()
+            cluster_file.display()
         );
     }
     let Some(user) = ctx.user else {
@@ -128,7 +133,7 @@ pub(super) fn prepare_local(config: &mut Kubeconfig, context: &str, path: &Path)
     let unusable = |detail: String| ConnectError::Unusable {
         context: context.to_string(),
         user: user.clone(),
-        kubeconfig: path.display().to_string(),
+        kubeconfig: user_file.display().to_string(),
         detail,
     };
     let uses_token_file = auth.auth_provider.is_none()
@@ -351,20 +356,20 @@ mod tests {
         std::fs::write(&file, format!("{SENTINEL}\n")).unwrap();
         let user = format!("    tokenFile: {}\n", file.display());
         let mut k = kubeconfig(&user, HTTPS);
-        prepare_local(&mut k, "c", Path::new("kc")).unwrap();
+        prepare_local(&mut k, "c", Path::new("kc"), Path::new("kc")).unwrap();
         let auth = k.auth_infos[0].auth_info.as_ref().unwrap();
         assert_eq!(auth.token.as_ref().unwrap().expose_secret(), SENTINEL);
         assert!(auth.token_file.is_none());
 
         std::fs::write(&file, " \n").unwrap();
         let mut k = kubeconfig(&user, HTTPS);
-        let e = prepare_local(&mut k, "c", Path::new("kc"))
+        let e = prepare_local(&mut k, "c", Path::new("kc"), Path::new("kc"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("is empty") && e.contains("user \"u\""), "{e}");
 
         let mut k = kubeconfig(&format!("    token: |\n      {SENTINEL}\n"), HTTPS);
-        let e = prepare_local(&mut k, "c", Path::new("kc"))
+        let e = prepare_local(&mut k, "c", Path::new("kc"), Path::new("kc"))
             .unwrap_err()
             .to_string();
         assert!(
@@ -376,7 +381,7 @@ mod tests {
 
         let proxy = format!("{HTTPS}    proxy-url: http://u:{SENTINEL}@p:3128\n");
         let mut k = kubeconfig("    token: t\n", &proxy);
-        let e = prepare_local(&mut k, "c", Path::new("kc"))
+        let e = prepare_local(&mut k, "c", Path::new("kc"), Path::new("kc"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("remove proxy-url"), "{e}");

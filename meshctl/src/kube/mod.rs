@@ -27,4 +27,4 @@ pub use parse::parse_kubeconfig;
 // for `mesh::credentials` (stored kubeconfigs), see `parse_secret_yaml`
 pub use parse::parse_secret_yaml;
 pub use redact::Secrets;
-pub use render::{Output, describe, render, render_plan, render_plan_with};
+pub use render::{Output, describe, plan_json, render, render_one, render_plan, render_plan_with};

@@ -53,7 +53,8 @@ fn render_objects(objs: &[Value], out: Output) -> Result<String> {
 }
 
 /// What `--dry-run` prints: each cluster's objects under a header comment (YAML), or one
-/// JSON document `{"clusters": [{"context", "objects"}]}`. Private keys are redacted.
+/// JSON document `{"clusters": [{"context", "objects"}]}` ([`plan_json`]). Private keys are
+/// redacted.
 pub fn render_plan(plan: &[(String, Vec<Value>)], out: Output) -> Result<String> {
     render_plan_with(plan, out, Secrets::Redact)
 }
@@ -76,15 +77,32 @@ pub fn render_plan_with(
             }
             Ok(s)
         }
-        Output::Json => {
-            let clusters: Vec<Value> = plan
-                .iter()
-                .map(|(c, objs)| json!({"context": c, "objects": redact(objs, secrets)}))
-                .collect();
-            Ok(format!(
-                "{}\n",
-                serde_json::to_string_pretty(&json!({"clusters": clusters}))?
-            ))
-        }
+        Output::Json => Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&plan_json(plan, secrets))?
+        )),
     }
+}
+
+/// The JSON document of a dry run: `{"clusters": [{"context", "objects"}]}`, private keys
+/// redacted unless [`Secrets::Show`]. A command that prints more (`create-remote-secret`)
+/// adds fields to it, so that stdout stays one document.
+pub fn plan_json(plan: &[(String, Vec<Value>)], secrets: Secrets) -> Value {
+    let clusters: Vec<Value> = plan
+        .iter()
+        .map(|(c, objs)| json!({"context": c, "objects": redact(objs, secrets)}))
+        .collect();
+    json!({"clusters": clusters})
+}
+
+/// One object as one document (no `List` around it, as kubectl prints a single object),
+/// private keys redacted.
+pub fn render_one(obj: &Value, out: Output) -> Result<String> {
+    let obj = redact(std::slice::from_ref(obj), Secrets::Redact)
+        .pop()
+        .unwrap_or_default();
+    Ok(match out {
+        Output::Yaml => serde_yaml::to_string(&obj)?,
+        Output::Json => format!("{}\n", serde_json::to_string_pretty(&obj)?),
+    })
 }
