@@ -7,8 +7,13 @@
 //! without verifying the signature. That is the expiry the API server enforces, it is in
 //! every TokenRequest token (whoever minted it: `join --token-ttl`, `kubectl create token`,
 //! another tool), and it cannot go stale the way an annotation written at mint time can when
-//! someone else rewrites the Secret. Not verifying is safe here: the claims only schedule a
-//! refresh, they never grant anything.
+//! someone else rewrites the Secret.
+//!
+//! Unverified claims are what whoever last wrote the Secret put there (anyone who may write
+//! Secrets in istiod's namespace of the cluster storing it), so they are used only to
+//! schedule: when a token is due. They never choose what a refresh is issued for: the
+//! account comes from the operator (`credentials refresh --service-account`, the reader
+//! `join` made), and a stored token naming any other account is refused ([`check_account`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -264,6 +269,38 @@ pub fn credential_of_token(token: &str) -> Credential {
     }
 }
 
+/// Whether a stored TokenRequest token is one of the reader `ns/sa` that the operator names
+/// (`credentials refresh -n NS --service-account SA`), before a new token is issued for it.
+/// The claims are not verified, so this only refuses: a token naming another account (a
+/// forged `sub`, or a remote secret made for another account) is never re-issued for that
+/// account, and the error names it and the fix. Anything but a TokenRequest token is refused.
+pub fn check_account(c: &Credential, ns: &str, sa: &str) -> std::result::Result<(), String> {
+    let Method::TokenRequest {
+        service_account,
+        namespace,
+        ..
+    } = &c.method
+    else {
+        return Err(format!(
+            "{}: refresh only re-issues TokenRequest tokens",
+            c.method.describe()
+        ));
+    };
+    if namespace == ns && service_account == sa {
+        return Ok(());
+    }
+    Err(format!(
+        "refused: the stored token claims service account {namespace}/{service_account}, but \
+         refresh issues tokens only for the reader {ns}/{sa} (the account `meshctl join` made \
+         in namespace {ns}, or --service-account). No token was requested for \
+         {namespace}/{service_account} and this key is unchanged: the claims are unverified, \
+         and anyone who may write Secrets in namespace {ns} of the cluster storing it can set \
+         them. Find out who changed this Secret, then re-create it with `meshctl join` (or \
+         `meshctl create-remote-secret` applied here); if join made it with \
+         --service-account NAME, pass the same --service-account NAME to refresh"
+    ))
+}
+
 /// The notAfter (Unix seconds) of the first certificate in a PEM text.
 pub fn cert_not_after(pem_text: &[u8]) -> Option<u64> {
     let der = super::cacerts::pem_ders(pem_text).into_iter().next()?;
@@ -469,6 +506,49 @@ mod tests {
         let c = token_request(0, MAX_UNIX_TIME);
         assert_eq!(c.expires, Some(MAX_UNIX_TIME));
         assert_eq!(rfc3339(MAX_UNIX_TIME), "9999-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn only_the_operators_reader_passes_whatever_the_token_claims() {
+        let reader = "istio-reader-service-account";
+        let c = token_request(0, 3600);
+        check_account(&c, "istio-system", reader).unwrap();
+        let of = |sub: &str| credential_of_token(&jwt(json!({"iat": 0, "exp": 3600, "sub": sub})));
+        for (sub, names) in [
+            (
+                "system:serviceaccount:kube-system:powerful",
+                "kube-system/powerful",
+            ),
+            (
+                "system:serviceaccount:kube-system:istio-reader-service-account",
+                "kube-system/istio-reader-service-account",
+            ),
+            (
+                "system:serviceaccount:istio-system:istiod",
+                "istio-system/istiod",
+            ),
+            (
+                "system:serviceaccount:istio-system:istio-reader-service-account:x",
+                "istio-system/istio-reader-service-account:x",
+            ),
+        ] {
+            let e = check_account(&of(sub), "istio-system", reader).unwrap_err();
+            assert!(
+                e.contains(&format!("claims service account {names},")),
+                "{e}"
+            );
+            assert!(
+                e.contains("istio-system/istio-reader-service-account"),
+                "{e}"
+            );
+            assert!(e.contains("meshctl join"), "{e}");
+        }
+        // Another reader when the operator names it; the namespace is always -n's.
+        let other = of("system:serviceaccount:istio-system:other");
+        check_account(&other, "istio-system", "other").unwrap();
+        check_account(&other, "esc", "other").unwrap_err();
+        let legacy = credential_of_token(&jwt(json!({"sub": "system:serviceaccount:a:b"})));
+        check_account(&legacy, "a", "b").unwrap_err();
     }
 
     #[test]

@@ -13,7 +13,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::cli::{OutputArg, as_usage, check_unique, parse_mapping, parse_ttl};
-use crate::istio::{DEFAULT_NAMESPACE, managed_labels};
+use crate::istio::{DEFAULT_NAMESPACE, DEFAULT_READER_SA, managed_labels};
 use crate::kube::{self as kc, Output};
 
 /// Where the kubeconfig Secret is mounted in the job's pod.
@@ -48,6 +48,10 @@ pub struct CronjobArgs {
     /// Passed on to `refresh`.
     #[arg(long, value_parser = parse_ttl)]
     token_ttl: Option<Duration>,
+    /// Passed on to `refresh`: the reader account (in --istio-namespace) the job issues
+    /// tokens for, as given to `join` (default: join's default reader).
+    #[arg(long)]
+    service_account: Option<String>,
     #[command(flatten)]
     out: OutputArg,
 }
@@ -76,6 +80,10 @@ fn check_flags(a: &CronjobArgs) -> Result<()> {
         ("--istio-namespace", &a.istio_namespace),
     ] {
         pki::validate_dns_label(v).map_err(|e| anyhow!("{flag} {e}"))?;
+    }
+    if let Some(sa) = &a.service_account {
+        pki::validate_dns_subdomain(sa)
+            .map_err(|e| anyhow!("--service-account {e} (it names a ServiceAccount)"))?;
     }
     if a.schedule.split_whitespace().count() != 5 {
         return Err(anyhow!(
@@ -121,6 +129,9 @@ fn refresh_args(a: &CronjobArgs) -> Vec<String> {
             "--token-ttl".into(),
             humantime::format_duration(t).to_string(),
         ]);
+    }
+    if let Some(sa) = &a.service_account {
+        args.extend(["--service-account".into(), sa.clone()]);
     }
     args
 }
@@ -170,6 +181,7 @@ fn manifests(a: &CronjobArgs) -> Vec<Value> {
 /// What to do besides applying: create the Secret, and what its users may do.
 fn header(a: &CronjobArgs) -> String {
     let (ns, secret, ins) = (&a.job_namespace, &a.kubeconfig_secret, &a.istio_namespace);
+    let sa = a.service_account.as_deref().unwrap_or(DEFAULT_READER_SA);
     format!(
         "# Runs `meshctl credentials refresh` on schedule {schedule:?} in namespace {ns}.\n\
          # 1. kubectl create namespace {ns}\n\
@@ -177,7 +189,8 @@ fn header(a: &CronjobArgs) -> String {
          #    kubectl -n {ns} create secret generic {secret} --from-file=kubeconfig=<file>\n\
          # 3. Apply this output. In every mesh cluster, each context's user needs: get on\n\
          #    namespace {ins}; list and patch on secrets in {ins}; list on deployments in {ins};\n\
-         #    create on serviceaccounts/token of the reader service account in {ins}.\n\
+         #    create on serviceaccounts/token with resourceNames [{sa}] in {ins} (the\n\
+         #    reader: the job issues tokens for no other account, whatever a token claims).\n\
          # 4. Follow a run: kubectl -n {ns} logs job/<job> (JSON; no tokens are printed).\n",
         schedule = a.schedule,
         contexts = a.contexts.join(", "),

@@ -1,9 +1,15 @@
 //! `meshctl credentials refresh`: for every remote secret stored in the given clusters,
 //! re-issue its TokenRequest token through the TokenRequest API of the cluster it reads
-//! (same service account, same lifetime unless `--token-ttl`) and rewrite that one key of
-//! the Secret, when the remaining lifetime is under the threshold. Everything else is left
-//! alone, with the reason. Idempotent: a fresh token is above the threshold on the next run.
-//! Then it says, per cluster, whether its istiod picks the new token up by itself.
+//! (same lifetime unless `--token-ttl`) and rewrite that one key of the Secret, when the
+//! remaining lifetime is under the threshold. Everything else is left alone, with the
+//! reason. Idempotent: a fresh token is above the threshold on the next run. Then it says,
+//! per cluster, whether its istiod picks the new token up by itself.
+//!
+//! The new token is always for the reader the operator names: `--service-account` (join's
+//! default reader unless given) in istiod's namespace `-n`, never for the account the stored
+//! token claims. Its claims are unverified (anyone who may write Secrets in that namespace
+//! sets them) and only say when it is due; a stored token claiming another account is
+//! refused, and that key is left unchanged (`cred::check_account`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,9 +26,10 @@ use serde_json::json;
 
 use super::istiod::{IstiodNote, istiod_note};
 use super::{Format, Peer, Targets, connect_all, stored_in, table};
-use crate::cli::{MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS, parse_ttl};
+use crate::cli::{MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS, parse_ttl, usage};
+use crate::istio::DEFAULT_READER_SA;
 use crate::kube::{self as kc, Cluster, KubeconfigFile};
-use crate::mesh::credentials::{self as cred, Decision, Method, Stored};
+use crate::mesh::credentials::{self as cred, Decision, Stored};
 use crate::mesh::reader::request_token;
 
 #[derive(Debug, Args)]
@@ -39,6 +46,18 @@ pub struct RefreshArgs {
     /// Say what would be refreshed and change nothing (no token is minted or printed).
     #[arg(long)]
     dry_run: bool,
+    /// The reader service account (in istiod's namespace, -n) that new tokens are issued
+    /// for: the one `join`/`create-remote-secret` made (their --service-account). A stored
+    /// token claiming any other account is refused, never re-issued.
+    #[arg(long, default_value = DEFAULT_READER_SA)]
+    service_account: String,
+}
+
+/// The flags alone (usage errors): the targets, and `--service-account` an object name.
+fn check_flags(a: &RefreshArgs) -> Result<()> {
+    a.targets.check()?;
+    pki::validate_dns_subdomain(&a.service_account)
+        .map_err(|e| usage(format!("--service-account {e} (it names a ServiceAccount)")))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -75,7 +94,7 @@ pub struct Outcome {
 
 pub fn run(a: RefreshArgs) -> Result<ExitCode> {
     let t = &a.targets;
-    t.check()?;
+    check_flags(&a)?;
     let file = KubeconfigFile::load(t.clusters.kubeconfig.as_deref())?;
     file.require_contexts(&t.clusters.contexts)?;
     let (outcomes, notes, errors) = kc::block_on(async {
@@ -186,7 +205,12 @@ async fn refresh_all(
                         .into_iter()
                         .flatten()
                         .find(|c| down.contains(c));
-                    if let Some(c) = skip {
+                    // Checked before anything is asked of any cluster: a token is only ever
+                    // issued for the operator's reader, whatever the stored one claims.
+                    let account = cred::check_account(&s.credential, ns, &a.service_account);
+                    if let Err(e) = account {
+                        (Action::Failed, format!("{why}; {e}"), None)
+                    } else if let Some(c) = skip {
                         let why = format!(
                             "{why}; not tried: context {c:?} did not take a request up earlier \
                              in this run (overloaded or unreachable); re-run once it answers"
@@ -243,14 +267,9 @@ async fn refresh_one(
     s: &Stored,
     rv: &mut Option<String>,
 ) -> Result<(Action, String, Option<String>), Failure> {
-    let Method::TokenRequest {
-        service_account,
-        namespace,
-        ..
-    } = &s.credential.method
-    else {
-        return Err(anyhow!("not a TokenRequest token").into());
-    };
+    // The operator's reader, never the account the stored (unverified) token claims.
+    let (namespace, service_account) = (a.targets.ns.namespace.as_str(), &a.service_account);
+    cred::check_account(&s.credential, namespace, service_account).map_err(|e| anyhow!(e))?;
     let source = peers.iter().find(|p| p.id == s.cluster).ok_or_else(|| {
         // "Add its --context" would be wrong advice when it was given but is down.
         if !unreached.is_empty() {
@@ -330,6 +349,16 @@ async fn refresh_one(
                     );
                     return Ok((Action::LeftAlone, how, None));
                 }
+                // Rewritten meanwhile to claim another account: refused as on the first read
+                // (the token issued here is the operator's reader's; it expires unused).
+                cred::check_account(&fresh.credential, namespace, service_account).map_err(
+                    |e| {
+                        anyhow!(
+                            "the Secret was changed meanwhile: {e} (the token issued here \
+                             expires unused)"
+                        )
+                    },
+                )?;
                 *rv = fresh.resource_version.clone();
                 kubeconfig = cred::with_token(&fresh.kubeconfig, &token)?;
             }
