@@ -1,6 +1,7 @@
 //! Prometheus metrics, registered per subsystem under the `gateway_` prefix.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -53,6 +54,22 @@ pub struct ProxyMetrics {
     pub connect_seconds: Histogram,
     pub connect_failures: Counter,
     pub ejections: Counter,
+    /// The per-SNI families again, with the names whose handles are alive.
+    series: SniSeries,
+}
+
+/// The per-SNI families, and for each routed SNI name the handles alive now: one set per
+/// name, shared by every table that routes it and every connection through it. When the last
+/// holder is gone (the name left the tables and its connections ended), its series are
+/// removed, so service churn does not grow `/metrics` for the life of the process.
+#[derive(Clone, Debug, Default)]
+struct SniSeries {
+    opened: Family<SniLabels, Counter>,
+    closed: Family<CloseLabels, Counter>,
+    active: Family<SniLabels, Gauge>,
+    sent: Family<SniLabels, Counter>,
+    received: Family<SniLabels, Counter>,
+    live: Arc<Mutex<HashMap<String, Weak<ConnMetrics>>>>,
 }
 
 impl ProxyMetrics {
@@ -72,6 +89,16 @@ impl ProxyMetrics {
             connect_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             connect_failures: Counter::default(),
             ejections: Counter::default(),
+            series: SniSeries::default(),
+        };
+        let mut m = m;
+        m.series = SniSeries {
+            opened: m.opened.clone(),
+            closed: m.closed.clone(),
+            active: m.active.clone(),
+            sent: m.sent_bytes.clone(),
+            received: m.received_bytes.clone(),
+            live: Arc::default(),
         };
         let r = registry;
         r.register(
@@ -155,20 +182,27 @@ impl ProxyMetrics {
         self.rejected.get_or_create(&ReasonLabels { reason }).inc();
     }
 
-    /// The handles of one routed SNI name. A family lookup hashes the label under a lock,
-    /// so routes resolve this once per table and subset ([`crate::routes::Subset`]), not
-    /// once per connection.
-    pub fn for_sni(&self, sni: String) -> ConnMetrics {
+    /// The handles of one routed SNI name: those alive if any holder has them, else new.
+    /// A family lookup hashes the label under a lock, so routes resolve this once per subset
+    /// and carry it to the next table ([`crate::routes::Subset`]), not once per connection.
+    pub fn for_sni(&self, sni: String) -> Arc<ConnMetrics> {
+        let s = &self.series;
+        let mut live = s.live.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = live.get(&sni).and_then(Weak::upgrade) {
+            return m;
+        }
         let labels = SniLabels { sni };
-        ConnMetrics {
-            opened: self.opened.get_or_create(&labels).clone(),
-            active: self.active.get_or_create(&labels).clone(),
-            sent: self.sent_bytes.get_or_create(&labels).clone(),
-            received: self.received_bytes.get_or_create(&labels).clone(),
-            closed_family: self.closed.clone(),
+        let m = Arc::new(ConnMetrics {
+            opened: s.opened.get_or_create(&labels).clone(),
+            active: s.active.get_or_create(&labels).clone(),
+            sent: s.sent.get_or_create(&labels).clone(),
+            received: s.received.get_or_create(&labels).clone(),
+            series: s.clone(),
             closed: Default::default(),
             sni: labels.sni,
-        }
+        });
+        live.insert(m.sni.clone(), Arc::downgrade(&m));
+        m
     }
 }
 
@@ -182,7 +216,7 @@ pub struct ConnMetrics {
     pub active: Gauge,
     pub sent: Counter,
     pub received: Counter,
-    closed_family: Family<CloseLabels, Counter>,
+    series: SniSeries,
     /// By position in [`End::OUTCOMES`], filled on first use.
     closed: [OnceLock<Counter>; End::OUTCOMES.len()],
 }
@@ -196,10 +230,39 @@ impl ConnMetrics {
         };
         match End::OUTCOMES.iter().position(|o| *o == outcome) {
             Some(i) => self.closed[i]
-                .get_or_init(|| self.closed_family.get_or_create(&labels()).clone())
+                .get_or_init(|| self.series.closed.get_or_create(&labels()).clone())
                 .inc(),
-            None => self.closed_family.get_or_create(&labels()).inc(),
+            None => self.series.closed.get_or_create(&labels()).inc(),
         };
+    }
+}
+
+impl Drop for ConnMetrics {
+    /// The last holder of the name is gone: its series go, unless newer handles hold the
+    /// name already (it was routed again while these were dropping).
+    fn drop(&mut self) {
+        let s = &self.series;
+        let mut live = s.live.lock().unwrap_or_else(|e| e.into_inner());
+        let ours = live
+            .get(&self.sni)
+            .is_some_and(|w| std::ptr::eq(w.as_ptr(), self));
+        if !ours {
+            return;
+        }
+        live.remove(&self.sni);
+        for outcome in End::OUTCOMES {
+            s.closed.remove(&CloseLabels {
+                sni: self.sni.clone(),
+                outcome,
+            });
+        }
+        let labels = SniLabels {
+            sni: std::mem::take(&mut self.sni),
+        };
+        s.opened.remove(&labels);
+        s.active.remove(&labels);
+        s.sent.remove(&labels);
+        s.received.remove(&labels);
     }
 }
 

@@ -117,7 +117,7 @@ impl Route {
         let s = self.by_subset.get(subset)?;
         let handles = s.metrics.get_or_init(|| {
             let sni = SniName::new(self.port, subset, self.host.as_str()).to_string();
-            Arc::new(m.for_sni(sni))
+            m.for_sni(sni)
         });
         Some(handles.clone())
     }
@@ -328,6 +328,9 @@ impl Routes {
         for route in routes.values_mut().chain(hbone.values_mut()) {
             route.values_mut().for_each(Route::resolve_subsets);
         }
+        if let Some(before) = self.current.load().as_deref() {
+            carry_metrics(before, &routes);
+        }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let table = Arc::new(RouteTable {
             generation,
@@ -340,6 +343,22 @@ impl Routes {
         // Forget addresses no table refers to any more (old tables still hold their Arcs).
         states.retain(|_, w| w.strong_count() > 0);
         table
+    }
+}
+
+/// Gives each route and subset of the new table the metric handles the same one had in
+/// `before`, so its series live on across tables instead of starting again at zero.
+fn carry_metrics(before: &RouteTable, routes: &Map<String, Map<u16, Route>>) {
+    for route in routes.values().flat_map(|by_port| by_port.values()) {
+        let Some(old) = before.lookup(&route.host, route.port) else {
+            continue;
+        };
+        for (name, subset) in &route.by_subset {
+            let handles = old.by_subset.get(name).and_then(|o| o.metrics.get());
+            if let Some(h) = handles {
+                let _ = subset.metrics.set(h.clone());
+            }
+        }
     }
 }
 
@@ -460,8 +479,8 @@ mod tests {
         assert_eq!(addrs("v2"), ["10.0.0.3:3000", "10.0.0.2:3000"]);
     }
 
-    /// A subset's metric handles are made once per table and carry the SNI label Istio's
-    /// name layout gives; a new table makes new handles onto the same series.
+    /// A subset's metric handles are made once and carry the SNI label Istio's name layout
+    /// gives; a new table routing the same name takes them over.
     #[test]
     fn metric_handles_once_per_table_and_subset() {
         let mut reg = prometheus_client::registry::Registry::default();
@@ -489,7 +508,7 @@ mod tests {
             .unwrap()
             .metrics("v1", &m)
             .unwrap();
-        assert!(!Arc::ptr_eq(&v1, &v1b));
+        assert!(Arc::ptr_eq(&v1, &v1b), "carried to the next table");
         v1b.opened.inc();
         v1b.closed("ok");
         let labels = crate::metrics::SniLabels {
@@ -501,6 +520,50 @@ mod tests {
             outcome: "ok",
         };
         assert_eq!(m.closed.get_or_create(&closed).get(), 2);
+    }
+
+    /// A name's series go once no table routes it and no connection holds its handles, and
+    /// stay while either does; routed again, it starts from zero.
+    #[test]
+    fn metric_series_go_with_their_last_holder() {
+        let mut reg = prometheus_client::registry::Registry::default();
+        let m = ProxyMetrics::new(&mut reg);
+        let text = |reg: &prometheus_client::registry::Registry| {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, reg).unwrap();
+            out
+        };
+        let routes = Routes::new();
+        let (a, b) = (
+            spec("a.local", &[("10.0.0.1", true, &[])]),
+            spec("b.local", &[("10.0.0.2", true, &[])]),
+        );
+        let t1 = routes.publish(&[a.clone(), b.clone()]);
+        let ha = t1.lookup("a.local", 80).unwrap().metrics("", &m).unwrap();
+        let hb = t1.lookup("b.local", 80).unwrap().metrics("", &m).unwrap();
+        ha.opened.inc();
+        hb.opened.inc();
+        hb.closed("ok");
+        drop(t1);
+        // b leaves the table while a connection still holds its handles.
+        let t2 = routes.publish(std::slice::from_ref(&a));
+        let (sa, sb) = ("outbound_.80_._.a.local", "outbound_.80_._.b.local");
+        assert!(text(&reg).contains(sb), "held by a connection: kept");
+        drop(hb);
+        let now = text(&reg);
+        assert!(!now.contains(sb), "gone with its last holder:\n{now}");
+        assert!(
+            now.contains(&format!("opened_total{{sni=\"{sa}\"}} 1")),
+            "{now}"
+        );
+        // a's handles were carried into t2: dropping the connection's keeps the series.
+        drop(ha);
+        assert!(text(&reg).contains(sa));
+        let t3 = routes.publish(&[a, b]);
+        drop(t2);
+        assert!(text(&reg).contains(sa), "still routed");
+        let hb2 = t3.lookup("b.local", 80).unwrap().metrics("", &m).unwrap();
+        assert_eq!(hb2.opened.get(), 0, "routed again: a new series");
     }
 
     #[test]
