@@ -22,9 +22,18 @@ pub const SUMMARY_EVERY: Duration = Duration::from_secs(5);
 /// Pause after a failed accept (EMFILE and friends) instead of spinning on it.
 const RETRY_AFTER: Duration = Duration::from_millis(20);
 
+/// Most connections taken from the backlog once stopped: more than Linux queues on one
+/// listener ([`sockets::BACKLOG`], itself capped by `net.core.somaxconn`).
+const BACKLOG_TAKEN_MAX: usize = sockets::BACKLOG as usize + 1;
+
 /// Accepts on `listener` until `stop` is cancelled and hands each connection to `on_accept`,
 /// which must not block (it spawns), with its peer in canonical form (an IPv4 client of a
 /// dual-stack socket as `a.b.c.d`). Failures are counted in `errors` by kind.
+///
+/// Once stopped, it takes what the backlog holds without waiting for more (see
+/// [`take_backlog`]) and hands those connections over as any other: the caller then closes
+/// the listener, which would reset each connection still queued, whose client completed its
+/// handshake and may have sent its hello already.
 pub async fn accept_until(
     listener: &TcpListener,
     stop: &CancellationToken,
@@ -39,7 +48,13 @@ pub async fn accept_until(
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = &mut stopped => return,
+            _ = &mut stopped => {
+                let taken = take_backlog(listener, &mut errors, &mut on_accept);
+                if taken > 0 {
+                    info!(taken, "stopped accepting: took the connections already queued");
+                }
+                return;
+            }
             a = listener.accept() => a,
         };
         match accepted {
@@ -53,6 +68,47 @@ pub async fn accept_until(
             }
         }
     }
+}
+
+/// Non-blocking accepts until the backlog is empty (`EAGAIN`), an accept fails, or
+/// [`BACKLOG_TAKEN_MAX`]: the connections queued when the listener stops, which closing it
+/// would reset. Returns how many were handed to `on_accept`.
+fn take_backlog(
+    listener: &TcpListener,
+    errors: &mut AcceptErrors,
+    on_accept: &mut impl FnMut(TcpStream, SocketAddr),
+) -> usize {
+    let socket = socket2::SockRef::from(listener);
+    let mut taken = 0;
+    for _ in 0..BACKLOG_TAKEN_MAX {
+        // The listening socket is non-blocking (tokio's), so this never waits.
+        let accepted = socket.accept().and_then(|(s, addr)| {
+            s.set_nonblocking(true)?;
+            let stream = TcpStream::from_std(s.into())?;
+            let peer = match addr.as_socket() {
+                Some(peer) => peer,
+                None => stream.peer_addr()?,
+            };
+            Ok((stream, peer))
+        });
+        match accepted {
+            Ok((stream, peer)) => {
+                errors.succeeded();
+                on_accept(stream, sockets::canonical(peer));
+                taken += 1;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // That one client gave up while queued; the others are still there.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => errors.failed(&e),
+            Err(e) => {
+                // Out of descriptors, most likely: what is left is reset as the listener closes.
+                errors.failed(&e);
+                break;
+            }
+        }
+    }
+    taken
 }
 
 /// The accept loop's failure streak. Owned by the loop, so no locking.

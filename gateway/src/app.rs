@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use prometheus_client::registry::Registry;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Admin, Scope};
@@ -61,7 +62,29 @@ pub struct Bound {
     stop_background: CancellationToken,
 }
 
+/// How often at most a SIGHUP ignored in Kubernetes mode is logged.
+pub const HANGUP_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes over SIGHUP, whose default action ends the process (exit 129, nothing logged), as a
+/// config-reloader sidecar or logrotate sends it. `main` calls this before anything slow (the
+/// first read of a large endpoints file, the first Kubernetes sync), so a SIGHUP during
+/// start-up is a reload (file) or a logged no-op (Kubernetes), never the end. tokio leaves its
+/// handler installed for the life of the process, even once the returned stream is dropped.
+/// `None` (logged) when it cannot be installed.
+pub fn hangup() -> Option<Signal> {
+    signal(SignalKind::hangup())
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot handle SIGHUP: it ends the process"))
+        .ok()
+}
+
+/// [`build_with`], taking over SIGHUP itself.
 pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
+    build_with(cfg, hangup()).await
+}
+
+/// Binds every listener and starts every task. `hangup` (from [`hangup`]) reloads the
+/// endpoints file, and is logged and ignored with Kubernetes discovery.
+pub async fn build_with(cfg: Config, hangup: Option<Signal>) -> Result<Bound, BuildError> {
     let cfg = Arc::new(cfg);
     let bind = |addr| sockets::bind_listen(addr).map_err(|e| BuildError::Bind(addr, e));
     let listener = bind(cfg.listen)?;
@@ -121,11 +144,14 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
 
     let synced: Arc<dyn Fn() -> bool + Send + Sync> = match &cfg.discovery {
         Discovery::File(path) => {
-            let source = FileSource::start(path, publisher.clone())?;
+            let source = FileSource::start(path, publisher.clone(), hangup)?;
             tokio::spawn(source.run(stop_background.clone()));
             Arc::new(|| true)
         }
         Discovery::Kubernetes(opts) => {
+            if let Some(hangup) = hangup {
+                tokio::spawn(ignore_hangups(hangup, stop_background.clone()));
+            }
             let source = KubeSource::start(opts, publisher.clone(), stop_background.clone())
                 .await
                 .inspect_err(|_| stop_background.cancel())?;
@@ -182,14 +208,16 @@ pub async fn build(cfg: Config) -> Result<Bound, BuildError> {
             identity,
             proxy.undecided(),
         )?);
-        tokio::spawn(hbone.serve(hbone_listener));
+        drain.listeners.spawn(hbone.serve(hbone_listener));
         hbone_addr = Some(addr);
     }
     tokio::spawn(keep_timers_due(
         cfg.connect_timeout.min(cfg.detect_timeout) / 2,
         stop_background.clone(),
     ));
-    tokio::spawn(proxy.serve(listener));
+    // On the listeners' tracker: the drain waits for each to take what is queued in its
+    // backlog before it counts and waits for the connections.
+    drain.listeners.spawn(proxy.serve(listener));
     let admin = Arc::new(Admin::new(
         registry,
         routes.clone(),
@@ -253,6 +281,30 @@ impl Bound {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
         Ok(self.drain().await)
+    }
+}
+
+/// With Kubernetes discovery SIGHUP has nothing to reload: each is logged as ignored (at most
+/// one line per [`HANGUP_LOG_EVERY`], with how many went unlogged before it) rather than
+/// ending the process, as its default action would.
+async fn ignore_hangups(mut hangup: Signal, stop: CancellationToken) {
+    let mut last_line: Option<tokio::time::Instant> = None;
+    let mut unlogged = 0u64;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            got = hangup.recv() => if got.is_none() { return },
+        }
+        if last_line.is_some_and(|t| t.elapsed() < HANGUP_LOG_EVERY) {
+            unlogged += 1;
+            continue;
+        }
+        last_line = Some(tokio::time::Instant::now());
+        tracing::info!(
+            unlogged,
+            "SIGHUP ignored: the route table follows the Kubernetes API; nothing to reload"
+        );
+        unlogged = 0;
     }
 }
 

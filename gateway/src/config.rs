@@ -301,6 +301,23 @@ fn host_port(s: &str) -> Result<String, String> {
     }
 }
 
+/// `--cluster-domain`: a DNS name (as an SNI host's last labels must be), lower-cased, with
+/// one trailing dot dropped (the fully qualified form of the same domain). An empty or
+/// malformed domain made every Service's host unmatchable: no route, readiness passing.
+fn cluster_domain(s: &str) -> Result<String, String> {
+    let lower = s.to_ascii_lowercase();
+    let domain = lower.strip_suffix('.').unwrap_or(&lower);
+    // The shortest host discovery makes of it, `s.n.svc.<domain>`, must be a valid SNI host.
+    match crate::sni_name::validate_host(&format!("s.n.svc.{domain}")) {
+        Ok(()) if !domain.is_empty() => Ok(domain.to_string()),
+        _ => Err(format!(
+            "{s:?} is not a DNS domain: give the cluster's DNS domain (kubelet's \
+             --cluster-domain), labels of 1-63 letters, digits and '-' joined by '.', at most \
+             245 bytes (e.g. cluster.local)"
+        )),
+    }
+}
+
 /// `--hbone-listen`: an address or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenOrOff(pub Option<ListenAddr>);
@@ -356,8 +373,9 @@ pub struct Args {
     /// an empty value alone means all too).
     #[arg(long = "namespace", env = "GATEWAY_NAMESPACES", value_delimiter = ',', value_parser = namespace)]
     pub namespaces: Vec<String>,
-    /// Cluster DNS domain of service hosts.
-    #[arg(long, env = "GATEWAY_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    /// Cluster DNS domain of service hosts (kubelet's --cluster-domain): a DNS name, case
+    /// ignored; one trailing dot is dropped (cluster.local. is cluster.local).
+    #[arg(long, env = "GATEWAY_CLUSTER_DOMAIN", default_value = "cluster.local", value_parser = cluster_domain)]
     pub cluster_domain: String,
     /// Host pattern an SNI host must match (repeatable), as the Gateway's `hosts`.
     #[arg(long = "allow-host", env = "GATEWAY_ALLOW_HOSTS", value_delimiter = ',', default_value = "*.local", value_parser = host_pattern)]
@@ -365,7 +383,7 @@ pub struct Args {
     /// Accept only ClientHellos offering an Istio mTLS ALPN, like Istio's AUTO_PASSTHROUGH chains.
     #[arg(long, env = "GATEWAY_REQUIRE_ISTIO_ALPN", default_value_t = true, action = clap::ArgAction::Set)]
     pub require_istio_alpn: bool,
-    /// Most bytes buffered while reading the ClientHello.
+    /// Most bytes buffered while reading the ClientHello, 512 to 1048576.
     #[arg(long, env = "GATEWAY_MAX_HELLO_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(512..=1_048_576))]
     pub max_hello_bytes: u32,
     /// Time allowed for the PROXY header and ClientHello to arrive (at least 100ms).
@@ -374,7 +392,7 @@ pub struct Args {
     /// Upstream connect timeout, per attempt (at least 10ms).
     #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT", default_value = "1s", value_parser = duration::<10>)]
     pub connect_timeout: Duration,
-    /// Endpoints tried before giving up on a connection.
+    /// Endpoints tried before giving up on a connection, 1 to 10.
     #[arg(long, env = "GATEWAY_CONNECT_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub connect_attempts: u32,
     /// Close a forwarded connection after this long without bytes either way (at least 1s).
@@ -385,15 +403,16 @@ pub struct Args {
     /// them, which costs peers on the same host more kernel work per GB (PERFORMANCE.md).
     #[arg(long, env = "GATEWAY_SPLICE", default_value_t = true, action = clap::ArgAction::Set)]
     pub splice: bool,
-    /// Most concurrent decided connections (hello read; connecting or forwarding); beyond it
-    /// a newly decided one is closed at once.
+    /// Most concurrent decided connections (hello read; connecting or forwarding), 1 to
+    /// 10000000; beyond it a newly decided one is closed at once.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub max_connections: u32,
-    /// Most connections still sending their ClientHello; beyond it the oldest is shed.
+    /// Most connections still sending their ClientHello, 1 to 1000000; beyond it the oldest
+    /// is shed.
     #[arg(long, env = "GATEWAY_MAX_UNDECIDED", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_undecided: u32,
-    /// Most bytes buffered by connections still sending their ClientHello, in total; beyond
-    /// it the oldest is shed.
+    /// Most bytes buffered by connections still sending their ClientHello, in total, 65536 to
+    /// 4294967296; beyond it the oldest is shed.
     #[arg(long, env = "GATEWAY_MAX_UNDECIDED_BYTES", default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(65_536..=(1 << 32)))]
     pub max_undecided_bytes: u64,
     /// Expect a PROXY protocol header, v1 or v2 (a load balancer in front adds it).
@@ -410,7 +429,8 @@ pub struct Args {
     /// Longest single ejection; at least --outlier-base-ejection.
     #[arg(long, env = "GATEWAY_OUTLIER_MAX_EJECTION", default_value = "5m", value_parser = duration::<1>)]
     pub outlier_max_ejection: Duration,
-    /// Most endpoints of one service ejected at once, in percent (at least one).
+    /// Most endpoints of one service ejected at once, in percent, 0 to 100 (at least one
+    /// endpoint may always be ejected).
     #[arg(long, env = "GATEWAY_OUTLIER_MAX_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub outlier_max_percent: u8,
     /// After SIGTERM, keep accepting this long while readiness fails.
@@ -430,13 +450,13 @@ pub struct Args {
     /// SPIFFE trust domain a client on 15008 may belong to (repeatable).
     #[arg(long = "trust-domain", env = "GATEWAY_TRUST_DOMAINS", value_delimiter = ',', default_value = "cluster.local", value_parser = trust_domain)]
     pub trust_domains: Vec<String>,
-    /// Most tunnels (HTTP/2 streams) per HBONE connection.
+    /// Most tunnels (HTTP/2 streams) per HBONE connection, 1 to 10000.
     #[arg(long, env = "GATEWAY_HBONE_MAX_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub hbone_max_streams: u32,
-    /// Most open HBONE tunnels in total; beyond it a CONNECT is answered 503.
+    /// Most open HBONE tunnels in total, 1 to 10000000; beyond it a CONNECT is answered 503.
     #[arg(long, env = "GATEWAY_HBONE_MAX_TUNNELS", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub hbone_max_tunnels: u32,
-    /// Most established HBONE connections (mTLS done). When all are taken, the one idle
+    /// Most established HBONE connections (mTLS done), 1 to 10000000. When all are taken, the one idle
     /// longest (no tunnel open) is closed with GOAWAY to make room; with none idle, a new
     /// connection is refused (before its TLS handshake when that is already known).
     #[arg(long, env = "GATEWAY_HBONE_MAX_CONNECTIONS", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
@@ -474,7 +494,7 @@ pub struct Args {
     /// its lifetime (at least 1m).
     #[arg(long, env = "GATEWAY_HBONE_CERT_LIFETIME", default_value = "24h", value_parser = duration::<60000>)]
     pub hbone_cert_lifetime: Duration,
-    /// Worker threads. Default: $TOKIO_WORKER_THREADS when set, else the CPUs this process
+    /// Worker threads, 1 to 1024. Default: $TOKIO_WORKER_THREADS when set, else the CPUs this process
     /// may use (a cgroup CPU quota counts). One worker runs the single-threaded scheduler.
     #[arg(long, env = "GATEWAY_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
@@ -483,9 +503,86 @@ pub struct Args {
     pub log_format: LogFormat,
 }
 
+/// The gateway's command line: [`Args`], with every `GATEWAY_*` variable that is set but
+/// empty treated as unset (as `KUBECONFIG` is, and as a template that renders an empty value
+/// means), rather than as an empty value clap refuses naming the flag, not the variable.
+/// Returns the names of those variables too, for the start-up log.
+pub fn command() -> (clap::Command, Vec<String>) {
+    command_with_env(|name| std::env::var_os(name))
+}
+
+/// [`command`], with the emptiness of each variable read through `var` (tests pass their own).
+pub fn command_with_env(
+    var: impl Fn(&OsStr) -> Option<std::ffi::OsString>,
+) -> (clap::Command, Vec<String>) {
+    use clap::CommandFactory;
+    let mut cmd = Args::command();
+    let mut empty = Vec::new();
+    let names: Vec<(clap::Id, std::ffi::OsString)> = cmd
+        .get_arguments()
+        .filter_map(|a| Some((a.get_id().clone(), a.get_env()?.to_os_string())))
+        .collect();
+    for (id, name) in names {
+        match var(&name) {
+            Some(v) if v.is_empty() => {
+                // Clap read the (empty) value when the command was made: the argument loses
+                // its variable, so the flag's default applies.
+                cmd = cmd.mut_arg(id, |a| a.env(None::<&str>));
+                empty.push(name.to_string_lossy().into_owned());
+            }
+            _ => {}
+        }
+    }
+    (cmd, empty)
+}
+
+/// Whether two listeners would take the same port on a common address: `:PORT` and
+/// `[::]:PORT` cover every address, `0.0.0.0:PORT` every IPv4 one. Port 0 picks a free port,
+/// so it never clashes.
+fn listen_overlap(a: ListenAddr, b: ListenAddr) -> bool {
+    use std::net::IpAddr;
+    let split = |l: ListenAddr| match l {
+        ListenAddr::Any(p) => (None, p),
+        ListenAddr::Exact(s) => (Some(s.ip().to_canonical()), s.port()),
+    };
+    let ((ia, pa), (ib, pb)) = (split(a), split(b));
+    if pa != pb || pa == 0 {
+        return false;
+    }
+    let covers = |wide: IpAddr, ip: IpAddr| match wide {
+        IpAddr::V6(w) => w.is_unspecified(),
+        IpAddr::V4(w) => w.is_unspecified() && ip.is_ipv4(),
+    };
+    match (ia, ib) {
+        (None, _) | (_, None) => true,
+        (Some(x), Some(y)) => x == y || covers(x, y) || covers(y, x),
+    }
+}
+
 impl Args {
     /// Checks between flags that clap cannot express per flag; the message names the fix.
     pub fn check(&self) -> Result<(), String> {
+        // The listeners this process binds; HBONE's only with a certificate source.
+        let hbone_on = self.hbone_certs.is_some() || self.ca_root.is_some();
+        let listeners = [
+            ("--listen", Some(self.listen)),
+            ("--admin", Some(self.admin)),
+            ("--status-listen", self.status_listen),
+            ("--hbone-listen", self.hbone_listen.0.filter(|_| hbone_on)),
+        ];
+        for (i, (fa, a)) in listeners.iter().enumerate() {
+            for (fb, b) in &listeners[i + 1..] {
+                if let (Some(a), Some(b)) = (a, b)
+                    && listen_overlap(*a, *b)
+                {
+                    return Err(format!(
+                        "{fa} ({a}) and {fb} ({b}) would listen on the same port: give each \
+                         listener its own port (meshctl's manifest runs --status-listen :15021 \
+                         --admin :15020)"
+                    ));
+                }
+            }
+        }
         if self.max_undecided_bytes < u64::from(self.max_hello_bytes) {
             return Err(format!(
                 "--max-undecided-bytes ({}) must be at least --max-hello-bytes ({}): a hello \
@@ -852,6 +949,184 @@ mod tests {
                 let flag = format!("--{}", arg.get_long().unwrap());
                 assert!(listed.contains(&flag.as_str()), "{flag} has no floor test");
             }
+        }
+    }
+
+    fn cluster_domain_of(extra: &[&str]) -> Result<String, String> {
+        match parse_with(extra)?.into_config().discovery {
+            Discovery::Kubernetes(k) => Ok(k.cluster_domain),
+            Discovery::File(_) => unreachable!(),
+        }
+    }
+
+    /// An empty or malformed `--cluster-domain` made every Service's host unmatchable: zero
+    /// routes, readiness passing, nothing logged. Now a DNS name, case ignored, one trailing
+    /// dot dropped.
+    #[test]
+    fn cluster_domain_is_a_dns_name() {
+        assert_eq!(cluster_domain_of(&[]).unwrap(), "cluster.local");
+        for (given, want) in [
+            ("cluster.local.", "cluster.local"),
+            ("Cluster.Local", "cluster.local"),
+            ("east.example", "east.example"),
+            ("local", "local"),
+        ] {
+            assert_eq!(
+                cluster_domain_of(&["--cluster-domain", given]).unwrap(),
+                want
+            );
+        }
+        let long = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(60),
+        ]
+        .join(".");
+        for bad in [
+            "",
+            ".",
+            "bad_domain",
+            "cluster..local",
+            "-x.local",
+            "cluster.local..",
+            "a b",
+            &long,
+        ] {
+            let e = cluster_domain_of(&[&format!("--cluster-domain={bad}")]).unwrap_err();
+            assert!(
+                e.contains("--cluster-domain") && e.contains("not a DNS domain"),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    /// Two of the gateway's own listeners on one port failed at bind with only "Address
+    /// already in use"; now the check names both flags.
+    #[test]
+    fn two_listeners_on_one_port_are_refused_naming_both() {
+        let e = parse_with(&[
+            "--admin",
+            "127.0.0.1:15021",
+            "--status-listen",
+            "127.0.0.1:15021",
+        ])
+        .unwrap_err();
+        assert!(
+            e.contains("--admin (127.0.0.1:15021)")
+                && e.contains("--status-listen (127.0.0.1:15021)"),
+            "{e}"
+        );
+        for (a, b) in [
+            (":15021", "127.0.0.1:15021"),
+            ("[::]:15021", "127.0.0.1:15021"),
+            ("0.0.0.0:15021", "127.0.0.1:15021"),
+            ("[::1]:15021", "[::1]:15021"),
+            ("[::ffff:127.0.0.1]:15021", "127.0.0.1:15021"),
+        ] {
+            let e = parse_with(&["--admin", a, "--status-listen", b]).unwrap_err();
+            assert!(e.contains("same port"), "{a} {b}: {e}");
+            let e = parse_with(&["--listen", b, "--admin", a]).unwrap_err();
+            assert!(
+                e.contains("--listen") && e.contains("--admin"),
+                "{a} {b}: {e}"
+            );
+        }
+        // The default --admin (:15021) and a --listen on its port.
+        let e = parse_with(&["--listen", "127.0.0.1:15021"]).unwrap_err();
+        assert!(
+            e.contains("--listen") && e.contains("--admin (:15021)"),
+            "{e}"
+        );
+        // HBONE's listener counts only when it runs (a certificate source is given).
+        assert!(parse_with(&["--hbone-listen", ":15021"]).is_ok());
+        let e = parse_with(&["--hbone-listen", ":15021", "--hbone-certs", "/c"]).unwrap_err();
+        assert!(e.contains("--hbone-listen") && e.contains("--admin"), "{e}");
+        // No common address, another port, or port 0 (a free one each): no clash.
+        for (a, b) in [
+            ("127.0.0.1:15021", "127.0.0.2:15021"),
+            ("0.0.0.0:15021", "[::1]:15021"),
+            (":15020", ":15021"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            parse_with(&["--admin", a, "--status-listen", b])
+                .unwrap_or_else(|e| panic!("{a} {b}: {e}"));
+        }
+    }
+
+    /// `--help` gives each bounded number's range, not only the error for a value outside it.
+    #[test]
+    fn help_gives_the_ranges() {
+        let cmd = Args::command();
+        for (flag, range) in [
+            ("max-hello-bytes", "512 to 1048576"),
+            ("connect-attempts", "1 to 10"),
+            ("outlier-max-percent", "0 to 100"),
+            ("max-connections", "1 to 10000000"),
+            ("max-undecided", "1 to 1000000"),
+            ("max-undecided-bytes", "65536 to 4294967296"),
+            ("hbone-max-streams", "1 to 10000"),
+            ("hbone-max-tunnels", "1 to 10000000"),
+            ("hbone-max-connections", "1 to 10000000"),
+            ("hbone-connection-queue-kib", "128 to 1048576"),
+            ("hbone-connection-window-kib", "64 to 1048576"),
+            ("workers", "1 to 1024"),
+        ] {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_long() == Some(flag))
+                .unwrap();
+            let help = arg.get_help().unwrap().to_string();
+            assert!(help.contains(range), "--{flag}: {help}");
+        }
+        let help = cmd.clone().render_long_help().to_string();
+        assert!(help.contains("trailing dot"), "{help}");
+    }
+
+    /// A `GATEWAY_*` variable set but empty counts as unset: its argument loses the variable
+    /// (clap would refuse the empty value, naming the flag), and its name is returned for
+    /// the log. The binary's behaviour is in `tests/start_errors.rs`.
+    #[test]
+    fn empty_variables_are_unset() {
+        let empty = [
+            "GATEWAY_ENDPOINTS",
+            "GATEWAY_CONTEXT",
+            "GATEWAY_PROXY_PROTOCOL",
+        ];
+        let (cmd, names) = command_with_env(|name| {
+            empty
+                .contains(&name.to_str().unwrap())
+                .then(std::ffi::OsString::new)
+        });
+        assert_eq!(
+            names,
+            [
+                "GATEWAY_ENDPOINTS",
+                "GATEWAY_CONTEXT",
+                "GATEWAY_PROXY_PROTOCOL"
+            ]
+        );
+        let env_of = |long: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_long() == Some(long))
+                .unwrap()
+                .get_env()
+                .map(|e| e.to_os_string())
+        };
+        assert_eq!(env_of("endpoints"), None);
+        assert_eq!(env_of("context"), None);
+        assert_eq!(env_of("proxy-protocol"), None);
+        assert_eq!(env_of("listen"), Some("GATEWAY_LISTEN".into()));
+        // Every flag but --kubeconfig has a variable (README), and each is GATEWAY_*.
+        for arg in Args::command().get_arguments() {
+            let long = arg.get_long();
+            if matches!(long, None | Some("kubeconfig" | "help" | "version")) {
+                continue;
+            }
+            let env = arg
+                .get_env()
+                .unwrap_or_else(|| panic!("--{long:?} has no variable"));
+            assert!(env.to_str().unwrap().starts_with("GATEWAY_"), "{env:?}");
         }
     }
 

@@ -1,5 +1,6 @@
-//! Graceful drain: fail readiness, keep accepting for a grace period, stop accepting, let
-//! connections finish until a deadline, then close what is left.
+//! Graceful drain: fail readiness, keep accepting for a grace period, stop accepting (taking
+//! what the listeners' backlogs hold), let connections finish until a deadline, then close
+//! what is left.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -16,6 +17,10 @@ pub struct Drain {
     pub force_close: ForceClose,
     /// Every connection task runs on this tracker.
     pub tasks: TaskTracker,
+    /// Every listener's accept loop runs on this tracker. Once told to stop, a loop takes the
+    /// connections already queued in its backlog (which closing the listener would reset)
+    /// before it ends: the drain waits for that before counting and waiting for connections.
+    pub listeners: TaskTracker,
 }
 
 /// The drain deadline as connections watch it: a token, plus a flag read without locking.
@@ -73,6 +78,9 @@ impl Drain {
         );
         tokio::time::sleep(grace).await;
         self.stop_accepting.cancel();
+        // Bounded: a loop takes at most a backlog's worth, without waiting for any.
+        self.listeners.close();
+        self.listeners.wait().await;
         self.tasks.close();
         let open_at_stop = self.tasks.len();
         tracing::info!(

@@ -3,9 +3,9 @@
 
 use std::io::IsTerminal;
 
+use clap::FromArgMatches;
 use clap::parser::ValueSource;
-use clap::{CommandFactory, FromArgMatches};
-use gateway::config::{Args, LogFormat};
+use gateway::config::{self, Args, LogFormat};
 use gateway::{app, fd_limit, pipes, runtime};
 use tracing_subscriber::EnvFilter;
 
@@ -46,7 +46,9 @@ fn error_text(e: &anyhow::Error) -> String {
 fn run() -> anyhow::Result<()> {
     // One crypto provider per process, chosen here (kube's client has none by itself).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let matches = Args::command().get_matches();
+    // A `GATEWAY_*` variable set but empty counts as unset (logged once logging is on).
+    let (mut command, empty_env) = config::command();
+    let matches = command.clone().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let defaulted = |id: &str| matches.value_source(id) == Some(ValueSource::DefaultValue);
     let defaulted = fd_limit::Defaulted {
@@ -56,7 +58,7 @@ fn run() -> anyhow::Result<()> {
         hbone_max_tunnels: defaulted("hbone_max_tunnels"),
     };
     if let Err(msg) = args.check() {
-        Args::command()
+        command
             .error(clap::error::ErrorKind::ArgumentConflict, msg)
             .exit();
     }
@@ -73,10 +75,24 @@ fn run() -> anyhow::Result<()> {
     let tokio_env = std::env::var(runtime::TOKIO_ENV).ok();
     let workers = runtime::checked_workers(args.workers, tokio_env.as_deref(), available)
         .unwrap_or_else(|msg| {
-            Args::command()
+            command
                 .error(clap::error::ErrorKind::InvalidValue, msg)
                 .exit()
         });
+    // The runtime, then SIGHUP taken over, before anything slow (the first read of a large
+    // endpoints file, the first Kubernetes sync): until then its default action would end the
+    // process, as a config reloader or logrotate sends it at any time.
+    let rt = runtime::build(workers)?;
+    let hangup = {
+        let _in_runtime = rt.enter();
+        app::hangup()
+    };
+    if !empty_env.is_empty() {
+        tracing::info!(
+            variables = %empty_env.join(","),
+            "environment variables set but empty are taken as unset"
+        );
+    }
     let mut cfg = args.into_config();
     let limit = fd_limit::raise();
     let plan = fd_limit::plan(limit.soft(), &fd_limit::Limits::of(&cfg), defaulted);
@@ -95,9 +111,8 @@ fn run() -> anyhow::Result<()> {
     for msg in plan.lowered.iter().chain(&plan.short) {
         tracing::warn!("{msg}");
     }
-    let rt = runtime::build(workers)?;
     rt.block_on(async {
-        let bound = app::build(cfg).await?;
+        let bound = app::build_with(cfg, hangup).await?;
         let outcome = bound.wait_termination().await?;
         tracing::info!(forced = outcome.forced, "gateway stopped");
         anyhow::Ok(())

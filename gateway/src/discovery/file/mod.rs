@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use notify::{RecursiveMode, Watcher};
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::signal::unix::Signal;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -81,7 +81,9 @@ pub const MAX_FILE_BYTES: u64 = 16 << 20;
 pub struct FileSource {
     reader: Reader,
     pending: Arc<Pending>,
-    /// `None` when the handler could not be installed (then only file events reload).
+    /// SIGHUP, taken over by the caller before this source started (`app::hangup`), so that
+    /// one sent while the first read runs is not the end of the process but a reload once it
+    /// is done. `None` when the handler could not be installed (then only file events reload).
     hangup: Option<Signal>,
 }
 
@@ -143,8 +145,16 @@ struct Reader {
 }
 
 impl FileSource {
-    /// Starts watching the file, then loads it (an error here fails start-up).
-    pub fn start(path: &Path, publisher: Publisher) -> Result<FileSource, FileError> {
+    /// Starts watching the file, then loads it (an error here fails start-up). `hangup` is
+    /// SIGHUP's stream (`app::hangup`): each SIGHUP, and one received before [`run`] starts,
+    /// reads the file again.
+    ///
+    /// [`run`]: FileSource::run
+    pub fn start(
+        path: &Path,
+        publisher: Publisher,
+        hangup: Option<Signal>,
+    ) -> Result<FileSource, FileError> {
         // Absolute once, as notify makes the watched directory (the current directory joined,
         // no symlink resolved: a ConfigMap's links are watched by their names): events name
         // absolute paths, which a relative directory never matched, so a relative --endpoints
@@ -192,9 +202,6 @@ impl FileSource {
         // event.
         let specs = load(&path)?;
         publisher.publish("file", &specs);
-        let hangup = signal(SignalKind::hangup())
-            .inspect_err(|e| tracing::warn!(error = %e, "no SIGHUP reload"))
-            .ok();
         Ok(FileSource {
             reader: Reader {
                 path: path.into(),
