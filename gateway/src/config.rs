@@ -327,7 +327,9 @@ fn trust_domain(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 255
         && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+        // Only dots names no domain (pki's `validate_trust_domain`, which meshctl uses, agrees).
+        && !s.bytes().all(|b| b == b'.');
     if ok {
         Ok(s.to_string())
     } else {
@@ -842,6 +844,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a SPIFFE trust domain"), "{e}");
+        for dots in [".", ".."] {
+            assert!(parse(&["--trust-domain", dots]).is_err(), "{dots}");
+        }
     }
 
     fn parse_with(extra: &[&str]) -> Result<Args, String> {
