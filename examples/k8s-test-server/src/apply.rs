@@ -10,10 +10,10 @@
 use crate::error::ApiError;
 use crate::field_errors::go_quote;
 use crate::field_sets;
-use crate::list_keys::{self, PathElement};
+use crate::list_keys::{self, Lists, PathElement};
 use crate::resources::ResourceType;
-use crate::store::{EventType, ObjKey, State, Store, meta_mut, meta_str};
-use crate::write::{WriteOpts, comparable, owned_part};
+use crate::store::{ObjKey, State, Store, meta_mut, meta_str};
+use crate::write::{WriteOpts, apply_identity, apply_owned, comparable, entry_identity};
 use serde_json::{Value, json};
 use std::sync::MutexGuard;
 
@@ -45,7 +45,8 @@ impl Store {
         {
             return Err(e.clone());
         }
-        check_applied(rt, version, ns, name, &patch_body, current.is_ok())?;
+        let lists = self.lock().lists(rt, version);
+        check_applied(rt, version, ns, name, &lists, &patch_body, current.is_ok())?;
         // An explicit `managedFields: null` passed the check; it is not a field to apply.
         if let Some(m) = patch_body
             .get_mut("metadata")
@@ -63,6 +64,7 @@ impl Store {
             version,
             ns,
             key,
+            identity: apply_identity(&manager, opts.status),
             manager,
             applied,
             opts,
@@ -89,7 +91,7 @@ impl Store {
             .cloned()
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
         let live = Store::render(rt, version, &old);
-        let others = other_owners(&st, &apply.key, &apply.manager);
+        let others = other_owners(&st, &apply.key, &apply.identity);
         // The field manager runs before the store's resourceVersion check
         // (`patch.go` `applyPatch`, then `GuaranteedUpdate`): conflicts come first.
         if !opts.force {
@@ -97,7 +99,7 @@ impl Store {
             let found: Vec<(String, Vec<PathElement>)> = others
                 .iter()
                 .flat_map(|(who, owned)| {
-                    field_sets::conflicts(&mine, &live, owned)
+                    field_sets::conflicts(&lists, &mine, &live, owned)
                         .into_iter()
                         .map(|p| (who.clone(), p))
                 })
@@ -116,17 +118,17 @@ impl Store {
         let mut new = live;
         if let Some(prev) = st
             .applied
-            .get(&(apply.key.clone(), apply.manager.clone()))
+            .get(&(apply.key.clone(), apply.identity.clone()))
             .cloned()
         {
             // What another manager owns too stays when this one stops applying it.
             let mut only_mine = prev;
             for (_, owned) in &others {
-                field_sets::disown_taken(&mut only_mine, owned);
+                field_sets::disown_taken(&lists, &mut only_mine, owned);
             }
-            field_sets::prune_removed(&mut new, &only_mine, &apply.applied);
+            field_sets::prune_removed(&lists, &mut new, &only_mine, &apply.applied);
         }
-        field_sets::apply_merge(&mut new, &apply.applied);
+        field_sets::apply_merge(&lists, &mut new, &apply.applied);
         if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("resourceVersion");
         }
@@ -135,9 +137,17 @@ impl Store {
             ..opts.clone()
         };
         let merged = self.merge_update(&mut st, rt, version, &old, new, &without_manager)?;
-        if comparable(&merged) == comparable(&old) {
+        // An apply that changes no field still writes the object when it makes its manager
+        // a new owner: the managedFields change is a change (only that entry is new).
+        let new_owner = !old
+            .pointer("/metadata/managedFields")
+            .and_then(Value::as_array)
+            .is_some_and(|es| es.iter().any(|e| entry_identity(e) == apply.identity))
+            && field_sets::owns_anything(&applied_fields(rt, opts, &apply.applied));
+        if comparable(&merged) == comparable(&old) && !new_owner {
             if !opts.dry_run {
-                st.applied.insert((apply.key, apply.manager), apply.applied);
+                st.applied
+                    .insert((apply.key, apply.identity), apply.applied);
             }
             return Ok((Store::render(rt, version, &old), false));
         }
@@ -145,13 +155,13 @@ impl Store {
             // Forced: the others lose the fields this apply changed (without force there
             // are none).
             for ((k, m), owned) in st.applied.iter_mut() {
-                if *k == apply.key && *m != apply.manager {
-                    field_sets::disown_changed(owned, &merged);
+                if *k == apply.key && *m != apply.identity {
+                    field_sets::disown_changed(&lists, owned, &merged);
                 }
             }
             for ((k, _), owned) in st.updated.iter_mut() {
                 if *k == apply.key {
-                    field_sets::disown_changed(owned, &merged);
+                    field_sets::disown_changed(&lists, owned, &merged);
                 }
             }
         }
@@ -173,6 +183,7 @@ impl Store {
             ns,
             key,
             manager,
+            identity,
             applied,
             opts,
         } = apply;
@@ -193,14 +204,20 @@ impl Store {
                     raw: false,
                     ..opts.clone()
                 };
-                // create_obj keeps managedFields from the body.
-                let out = self.create_obj(rt, version, ns, obj, &create)?;
-                self.lock().applied.insert((key, manager), applied);
-                Ok(out)
+                // create_obj keeps managedFields from the body, and keeps the entry only if
+                // what was applied owns something: it must know what that is first.
+                let record = (key, identity);
+                self.lock().applied.insert(record.clone(), applied);
+                let out = self.create_obj(rt, version, ns, obj, &create);
+                if out.is_err() {
+                    self.lock().applied.remove(&record);
+                }
+                out
             }
             Some((mut st, old)) => {
-                st.applied.insert((key.clone(), manager), applied);
-                Ok(self.commit(&mut st, EventType::Modified, key, obj, Some(old)))
+                st.applied.insert((key.clone(), identity), applied);
+                Store::drop_empty_managers(&mut st, rt, &key, &mut obj);
+                Ok(self.commit_update(&mut st, key, obj, old))
             }
         }
     }
@@ -213,27 +230,23 @@ struct Apply<'a> {
     ns: Option<&'a str>,
     key: ObjKey,
     manager: String,
-    /// The applied configuration, without resourceVersion, remembered per manager.
+    /// Its managedFields identity ([`apply_identity`]): what its applied configuration is
+    /// remembered under.
+    identity: String,
+    /// The applied configuration, without resourceVersion, remembered per identity.
     applied: Value,
     opts: &'a WriteOpts,
 }
 
-/// The managedFields identity of an applier (`BuildManagerIdentifier`: no apiVersion).
-fn apply_identity(manager: &str) -> String {
-    format!(
-        "{{\"manager\":{},\"operation\":\"Apply\"}}",
-        Value::String(manager.to_string())
-    )
-}
-
-/// Every manager of the object at `key` but the applier `manager` (its Update entries
-/// included: they are other identities), by identity, with the fields each owns.
-fn other_owners(st: &State, key: &ObjKey, manager: &str) -> Vec<(String, Value)> {
+/// Every manager of the object at `key` but the applier `identity` (its Update entries and
+/// its other subresource's apply included: they are other identities), by identity, with the
+/// fields each owns.
+fn other_owners(st: &State, key: &ObjKey, identity: &str) -> Vec<(String, Value)> {
     let mut out: Vec<(String, Value)> = st
         .applied
         .iter()
-        .filter(|((k, m), _)| k == key && m != manager)
-        .map(|((_, m), owned)| (apply_identity(m), owned.clone()))
+        .filter(|((k, m), _)| k == key && m != identity)
+        .map(|((_, m), owned)| (m.clone(), owned.clone()))
         .chain(
             st.updated
                 .iter()
@@ -249,15 +262,7 @@ fn other_owners(st: &State, key: &ObjKey, manager: &str) -> Vec<(String, Value)>
 /// of a type with a status subresource only what the endpoint writes (the main resource
 /// resets status, `/status` everything else).
 fn applied_fields(rt: &ResourceType, opts: &WriteOpts, applied: &Value) -> Value {
-    let mut fields = owned_part(applied);
-    if rt.status {
-        if opts.status {
-            fields = json!({"status": fields.get("status").cloned().unwrap_or(json!({}))});
-        } else if let Some(m) = fields.as_object_mut() {
-            m.remove("status");
-        }
-    }
-    fields
+    apply_owned(rt, opts.status, applied)
 }
 
 /// How a conflict names a manager (`printManager`, `managedfields/internal/conflict.go`):
@@ -330,8 +335,14 @@ fn apply_conflict(found: &[(String, Vec<PathElement>)]) -> ApiError {
 /// API server answers as a 500 with no reason (`ErrorToAPIStatus` on an error that is not a
 /// Status; the log in kubernetes/kubernetes#121575, the 500 in
 /// fabric8io/kubernetes-client#6927).
-fn untyped_apply(body: &Value, group: &str, version: &str, kind: &str) -> Option<ApiError> {
-    let errs = list_keys::check_keys(body);
+fn untyped_apply(
+    lists: &Lists,
+    body: &Value,
+    group: &str,
+    version: &str,
+    kind: &str,
+) -> Option<ApiError> {
+    let errs = list_keys::check_keys(lists, body);
     let detail = match errs.as_slice() {
         [] => return None,
         [one] => one.clone(),
@@ -361,6 +372,7 @@ fn check_applied(
     version: &str,
     ns: Option<&str>,
     name: &str,
+    lists: &Lists,
     body: &Value,
     exists: bool,
 ) -> Result<(), ApiError> {
@@ -384,7 +396,7 @@ fn check_applied(
     {
         return Err(ApiError::bad_request("metadata.managedFields must be nil"));
     }
-    if let Some(e) = untyped_apply(body, group, ver, kind) {
+    if let Some(e) = untyped_apply(lists, body, group, ver, kind) {
         return Err(e);
     }
     if rt.namespaced

@@ -4,7 +4,9 @@
 //!   `namespace`, the `service-account.uid` annotation), or deletes one whose ServiceAccount
 //!   is missing;
 //! - namespace defaults (the serviceaccounts controller and root-CA publisher): the `default`
-//!   ServiceAccount and the `kube-root-ca.crt` ConfigMap in every new namespace.
+//!   ServiceAccount and the `kube-root-ca.crt` ConfigMap in every new namespace;
+//! - with `StoreConfig::load_balancer_cleanup_finalizer`, the cloud service controller's
+//!   `service.kubernetes.io/load-balancer-cleanup` finalizer on LoadBalancer Services.
 //!
 //! Each reconcile reads the current object, so a late or repeated event does no harm; when the
 //! history was compacted past the controllers' cursor they re-list, as an informer does.
@@ -12,6 +14,7 @@
 use crate::auth::{self, TokenRecord, Tokens};
 use crate::store::{Changes, EventType, HistEvent, ObjKey, Store, meta_mut, meta_str};
 use crate::util;
+use crate::write::{PatchKind, WriteOpts};
 use serde_json::{Value, json};
 
 const TOKEN_SECRET_TYPE: &str = "kubernetes.io/service-account-token";
@@ -57,7 +60,13 @@ fn catch_up(store: &Store, tokens: &Tokens, cursor: u64, upto: u64) -> u64 {
 }
 
 fn react(store: &Store, tokens: &Tokens, ev: &HistEvent) {
-    if ev.etype != EventType::Added || !ev.key.group.is_empty() {
+    if ev.etype == EventType::Deleted || !ev.key.group.is_empty() {
+        return;
+    }
+    if ev.key.resource == "services" {
+        add_load_balancer_finalizer(store, &ev.key.namespace, &ev.key.name);
+    }
+    if ev.etype != EventType::Added {
         return;
     }
     match ev.key.resource.as_str() {
@@ -79,6 +88,7 @@ fn relist(store: &Store, tokens: &Tokens) -> u64 {
             .filter(|(k, o)| {
                 k.group.is_empty()
                     && (k.resource == "namespaces"
+                        || k.resource == "services"
                         || (k.resource == "secrets" && o["type"] == TOKEN_SECRET_TYPE))
             })
             .map(|(k, _)| k.clone())
@@ -88,6 +98,7 @@ fn relist(store: &Store, tokens: &Tokens) -> u64 {
     for k in keys {
         match k.resource.as_str() {
             "namespaces" => namespace_defaults(store, &k.name),
+            "services" => add_load_balancer_finalizer(store, &k.namespace, &k.name),
             _ => fill_token_secret(store, tokens, &k.namespace, &k.name),
         }
     }
@@ -104,6 +115,47 @@ fn namespace_defaults(store: &Store, ns: &str) {
         // The namespace may be gone again, or the object may exist: both are fine.
         let _ = store.create(o);
     }
+}
+
+/// The finalizer the cloud service controller puts on a LoadBalancer Service before it
+/// creates the load balancer (`k8s.io/cloud-provider/controllers/service`, `addFinalizer`).
+pub(crate) const LOAD_BALANCER_CLEANUP: &str = "service.kubernetes.io/load-balancer-cleanup";
+
+/// The cloud service controller's step for one Service, with
+/// `load_balancer_cleanup_finalizer`: a LoadBalancer Service not being deleted gets
+/// [`LOAD_BALANCER_CLEANUP`] (again, if a write took it off), by a merge patch of its
+/// finalizers under the manager `cloud-controller-manager`. It deletes no load balancer:
+/// taking the finalizer off a deleted Service (which then goes) is the test's to do.
+fn add_load_balancer_finalizer(store: &Store, ns: &str, name: &str) {
+    if !store.config().load_balancer_cleanup_finalizer {
+        return;
+    }
+    let Ok((rt, v)) = store.resolve_kind("v1", "Service") else {
+        return;
+    };
+    let Ok(svc) = store.get_obj(&rt, &v, Some(ns), name) else {
+        return;
+    };
+    let mut finalizers: Vec<Value> = svc
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if svc.pointer("/spec/type") != Some(&json!("LoadBalancer"))
+        || svc.pointer("/metadata/deletionTimestamp").is_some()
+        || finalizers.contains(&json!(LOAD_BALANCER_CLEANUP))
+    {
+        return;
+    }
+    finalizers.push(json!(LOAD_BALANCER_CLEANUP));
+    let patch = json!({"metadata": {"finalizers": finalizers,
+        "resourceVersion": meta_str(&svc, "resourceVersion")}});
+    let opts = WriteOpts {
+        manager: Some("cloud-controller-manager".into()),
+        ..WriteOpts::default()
+    };
+    // A conflict means a newer write, whose event brings this step back.
+    let _ = store.patch_obj(&rt, &v, Some(ns), name, PatchKind::Merge, patch, &opts);
 }
 
 /// The token controller's step for one Secret: fill it, or delete it when its

@@ -56,6 +56,32 @@ impl ApiError {
         }
     }
 
+    /// The NamespaceLifecycle admission plugin's 403 for a create in a namespace whose
+    /// phase is `Terminating` (`plugin/pkg/admission/namespace/lifecycle`, through
+    /// `admission.NewForbidden` and `errors.NewForbidden`, with its `NamespaceTerminating`
+    /// cause). `name` is the object's name, else its `generateName`.
+    pub fn namespace_terminating(group: &str, resource: &str, name: &str, ns: &str) -> Self {
+        let why = format!(
+            "unable to create new content in namespace {ns} because it is being terminated"
+        );
+        let message = if name.is_empty() {
+            format!("{} is forbidden: {why}", qualified(group, resource))
+        } else {
+            format!(
+                "{} \"{name}\" is forbidden: {why}",
+                qualified(group, resource)
+            )
+        };
+        let mut d = details(group, resource, name);
+        d["causes"] = json!([{"reason": "NamespaceTerminating",
+            "message": format!("namespace {ns} is being terminated"),
+            "field": "metadata.namespace"}]);
+        ApiError {
+            details: Some(d),
+            ..Self::new(403, "Forbidden", message)
+        }
+    }
+
     /// The server does not serve this path (unknown group, version or resource).
     pub fn path_not_found() -> Self {
         ApiError {

@@ -133,7 +133,16 @@ impl FieldError {
     }
 }
 
-/// Go's `%q` for the strings these messages quote.
+/// Go's `unicode.IsPrint`, near enough: no control characters, no space but U+0020, and no
+/// invisible formatting characters (unassigned code points are not known here).
+pub(crate) fn is_print(c: char) -> bool {
+    let format = matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}' | '\u{feff}');
+    !c.is_control() && (c == ' ' || !c.is_whitespace()) && !format
+}
+
+/// Go's `%q` for the strings these messages quote (`strconv.Quote`: what is not printable
+/// escaped).
 pub(crate) fn go_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -151,8 +160,9 @@ pub(crate) fn go_quote(s: &str) -> String {
             c if (c as u32) < 0x20 || c as u32 == 0x7f => {
                 out.push_str(&format!("\\x{:02x}", c as u32))
             }
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+            c if is_print(c) => out.push(c),
+            c if (c as u32) < 0x10000 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push_str(&format!("\\U{:08x}", c as u32)),
         }
     }
     out.push('"');

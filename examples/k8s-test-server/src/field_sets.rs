@@ -7,7 +7,7 @@
 //! changed can be told from one still as this manager set it.
 
 use crate::list_keys::{
-    ListType, PathElement, find, is_key, item_key, list_type, merge_order, position,
+    ListType, Lists, Lookup, PathElement, find, is_key, item_key, merge_order, position,
 };
 use serde_json::{Map, Value};
 
@@ -21,11 +21,21 @@ use serde_json::{Map, Value};
 const KEY_ONLY: &str = "(key only)";
 
 /// The type of the associative list at `lookup` when `a` and `b` are both lists there.
-fn keyed(lookup: &[String], a: &Value, b: &Value) -> Option<ListType> {
+fn keyed(lookup: &Lookup<'_>, a: &Value, b: &Value) -> Option<ListType> {
     if a.is_array() && b.is_array() {
-        list_type(lookup)
+        lookup.list_type()
     } else {
         None
+    }
+}
+
+/// Whether a manager's partial object holds any field: maps left empty after its fields went
+/// hold none (structured-merge-diff's set has no member under them), any other value (an
+/// atomic list, an associative list's items, a scalar) is one.
+pub fn owns_anything(owned: &Value) -> bool {
+    match owned {
+        Value::Object(m) => m.iter().any(|(k, v)| k != KEY_ONLY && owns_anything(v)),
+        _ => true,
     }
 }
 
@@ -53,11 +63,11 @@ fn non_key_fields(t: ListType, item: &Value) -> Map<String, Value> {
 /// (`list_keys.rs`) is pruned item by item: an item it stops applying goes whole, unless
 /// another manager holds the item itself, which then loses only this manager's fields; a list
 /// it stops applying goes when no item is left. An atomic list is one field.
-pub fn prune_removed(live: &mut Value, prev_applied: &Value, new_applied: &Value) {
-    prune_at(&mut Vec::new(), live, prev_applied, new_applied);
+pub fn prune_removed(lists: &Lists, live: &mut Value, prev_applied: &Value, new_applied: &Value) {
+    prune_at(&mut Lookup::new(lists), live, prev_applied, new_applied);
 }
 
-fn prune_at(lookup: &mut Vec<String>, live: &mut Value, prev: &Value, new: &Value) {
+fn prune_at(lookup: &mut Lookup<'_>, live: &mut Value, prev: &Value, new: &Value) {
     let (Value::Object(l), Value::Object(p)) = (live, prev) else {
         return;
     };
@@ -93,7 +103,7 @@ fn prune_at(lookup: &mut Vec<String>, live: &mut Value, prev: &Value, new: &Valu
 }
 
 fn prune_items(
-    lookup: &mut Vec<String>,
+    lookup: &mut Lookup<'_>,
     t: ListType,
     live: &mut Value,
     prev: &Value,
@@ -129,11 +139,11 @@ fn prune_items(
 /// changed field to the updater's manager, and to a forcing applier), so this manager's
 /// later applies leave them alone and its conflicts no longer name them. An associative
 /// list's item goes when the live object no longer has it; the key fields that name it stay.
-pub fn disown_changed(applied: &mut Value, live: &Value) {
-    disown_at(&mut Vec::new(), applied, live);
+pub fn disown_changed(lists: &Lists, applied: &mut Value, live: &Value) {
+    disown_at(&mut Lookup::new(lists), applied, live);
 }
 
-fn disown_at(lookup: &mut Vec<String>, owned: &mut Value, live: &Value) {
+fn disown_at(lookup: &mut Lookup<'_>, owned: &mut Value, live: &Value) {
     let Value::Object(a) = owned else {
         return;
     };
@@ -153,7 +163,7 @@ fn disown_at(lookup: &mut Vec<String>, owned: &mut Value, live: &Value) {
 
 /// Whether a manager still owns `owned`, the value it set, where `live` is now; drops what it
 /// no longer owns inside maps and associative lists.
-fn still_owned(lookup: &mut Vec<String>, owned: &mut Value, live: &Value) -> bool {
+fn still_owned(lookup: &mut Lookup<'_>, owned: &mut Value, live: &Value) -> bool {
     if let Some(t) = keyed(lookup, owned, live) {
         return disown_items(lookup, t, owned, live);
     }
@@ -164,7 +174,7 @@ fn still_owned(lookup: &mut Vec<String>, owned: &mut Value, live: &Value) -> boo
     owned == live
 }
 
-fn disown_items(lookup: &mut Vec<String>, t: ListType, owned: &mut Value, live: &Value) -> bool {
+fn disown_items(lookup: &mut Lookup<'_>, t: ListType, owned: &mut Value, live: &Value) -> bool {
     let (Value::Array(items), Value::Array(live)) = (owned, live) else {
         return false;
     };
@@ -191,11 +201,11 @@ fn disown_items(lookup: &mut Vec<String>, t: ListType, owned: &mut Value, live: 
 /// only when no other manager owns it (structured-merge-diff prunes only fields no manager
 /// keeps). In an associative list, an item another manager holds itself is kept as a name
 /// for this manager's fields in it ([`KEY_ONLY`]).
-pub fn disown_taken(applied: &mut Value, taken: &Value) {
-    take_at(&mut Vec::new(), applied, taken);
+pub fn disown_taken(lists: &Lists, applied: &mut Value, taken: &Value) {
+    take_at(&mut Lookup::new(lists), applied, taken);
 }
 
-fn take_at(lookup: &mut Vec<String>, applied: &mut Value, taken: &Value) {
+fn take_at(lookup: &mut Lookup<'_>, applied: &mut Value, taken: &Value) {
     let (Value::Object(a), Value::Object(t)) = (applied, taken) else {
         return;
     };
@@ -225,7 +235,7 @@ fn take_at(lookup: &mut Vec<String>, applied: &mut Value, taken: &Value) {
     }
 }
 
-fn take_items(lookup: &mut Vec<String>, t: ListType, applied: &mut Value, taken: &Value) {
+fn take_items(lookup: &mut Lookup<'_>, t: ListType, applied: &mut Value, taken: &Value) {
     let (Value::Array(items), Value::Array(taken)) = (applied, taken) else {
         return;
     };
@@ -257,11 +267,11 @@ fn take_items(lookup: &mut Vec<String>, t: ListType, applied: &mut Value, taken:
 /// `managedFieldsUpdater`: the fields an update changes move to its manager). `None` when
 /// nothing changed. In an associative list an added item is owned whole, and a changed item
 /// only in its changed fields ([`KEY_ONLY`]); removing items owns nothing.
-pub fn changed(old: Option<&Value>, new: &Value) -> Option<Value> {
-    changed_at(&mut Vec::new(), old, new)
+pub fn changed(lists: &Lists, old: Option<&Value>, new: &Value) -> Option<Value> {
+    changed_at(&mut Lookup::new(lists), old, new)
 }
 
-fn changed_at(lookup: &mut Vec<String>, old: Option<&Value>, new: &Value) -> Option<Value> {
+fn changed_at(lookup: &mut Lookup<'_>, old: Option<&Value>, new: &Value) -> Option<Value> {
     let leaf = || (old != Some(new)).then(|| new.clone());
     match (old, new) {
         (Some(Value::Object(o)), Value::Object(n)) => {
@@ -280,7 +290,7 @@ fn changed_at(lookup: &mut Vec<String>, old: Option<&Value>, new: &Value) -> Opt
         }
         (_, Value::Array(n)) => {
             let old_items = old.and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
-            match list_type(lookup) {
+            match lookup.list_type() {
                 // Two empty lists compare as one field (`emptyPromoteToLeaf`).
                 Some(t) if !(n.is_empty() && old_items.is_empty()) => {
                     changed_items(lookup, t, old_items, n)
@@ -293,7 +303,7 @@ fn changed_at(lookup: &mut Vec<String>, old: Option<&Value>, new: &Value) -> Opt
 }
 
 fn changed_items(
-    lookup: &mut Vec<String>,
+    lookup: &mut Lookup<'_>,
     t: ListType,
     old: &[Value],
     new: &[Value],
@@ -327,13 +337,18 @@ fn changed_items(
 /// other managers' fields among those the merge modifies or adds). Each is a field path
 /// (`.spec.ports[port=15443,protocol="TCP"].targetPort`), sorted as structured-merge-diff
 /// sorts them.
-pub fn conflicts(applied: &Value, live: &Value, owned: &Value) -> Vec<Vec<PathElement>> {
+pub fn conflicts(
+    lists: &Lists,
+    applied: &Value,
+    live: &Value,
+    owned: &Value,
+) -> Vec<Vec<PathElement>> {
     let mut out = Vec::new();
     walk_conflicts(
         applied,
         Some(live),
         owned,
-        &mut Vec::new(),
+        &mut Lookup::new(lists),
         &mut Vec::new(),
         &mut out,
     );
@@ -345,7 +360,7 @@ fn walk_conflicts(
     applied: &Value,
     live: Option<&Value>,
     owned: &Value,
-    lookup: &mut Vec<String>,
+    lookup: &mut Lookup<'_>,
     path: &mut Vec<PathElement>,
     out: &mut Vec<Vec<PathElement>>,
 ) {
@@ -393,7 +408,7 @@ fn item_conflicts(
     applied: &Value,
     live: Option<&Value>,
     owned: &Value,
-    lookup: &mut Vec<String>,
+    lookup: &mut Lookup<'_>,
     path: &mut Vec<PathElement>,
     out: &mut Vec<Vec<PathElement>>,
 ) {
@@ -448,11 +463,11 @@ fn leaves(v: &Value, path: &mut Vec<PathElement>, out: &mut Vec<Vec<PathElement>
 /// Deep merge for apply: objects merge recursively, an associative list item by item
 /// (`list_keys::merge_order`: applied items in their order, others' items kept), other values
 /// (atomic lists, `null`) replace. The same merge unites two managers' partial objects.
-pub fn apply_merge(target: &mut Value, applied: &Value) {
-    merge_at(&mut Vec::new(), target, applied);
+pub fn apply_merge(lists: &Lists, target: &mut Value, applied: &Value) {
+    merge_at(&mut Lookup::new(lists), target, applied);
 }
 
-fn merge_at(lookup: &mut Vec<String>, target: &mut Value, applied: &Value) {
+fn merge_at(lookup: &mut Lookup<'_>, target: &mut Value, applied: &Value) {
     if let Some(t) = keyed(lookup, target, applied) {
         if let (Value::Array(live), Value::Array(items)) = (&*target, applied) {
             *target = Value::Array(merge_items(lookup, t, live, items));
@@ -481,7 +496,7 @@ fn merge_at(lookup: &mut Vec<String>, target: &mut Value, applied: &Value) {
 }
 
 fn merge_items(
-    lookup: &mut Vec<String>,
+    lookup: &mut Lookup<'_>,
     t: ListType,
     live: &[Value],
     applied: &[Value],
@@ -515,16 +530,20 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn svc_lists() -> Lists {
+        Lists::builtin("", "Service")
+    }
+
     #[test]
     fn an_update_owns_what_it_adds_or_changes() {
         let old = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "data": {"x": "1"}});
         let new = json!({"metadata": {"labels": {"a": "1", "b": "3", "c": "4"}}, "data": {"x": "1"}, "l": [1]});
         assert_eq!(
-            changed(Some(&old), &new),
+            changed(&svc_lists(), Some(&old), &new),
             Some(json!({"metadata": {"labels": {"b": "3", "c": "4"}}, "l": [1]}))
         );
-        assert_eq!(changed(Some(&old), &old), None);
-        assert_eq!(changed(None, &old), Some(old.clone()));
+        assert_eq!(changed(&svc_lists(), Some(&old), &old), None);
+        assert_eq!(changed(&svc_lists(), None, &old), Some(old.clone()));
     }
 
     #[test]
@@ -537,10 +556,19 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         // The same values: shared, no conflict.
-        assert!(conflicts(&json!({"spec": {"a": "1", "l": [1, 2]}}), &live, &owned).is_empty());
+        assert!(
+            conflicts(
+                &svc_lists(),
+                &json!({"spec": {"a": "1", "l": [1, 2]}}),
+                &live,
+                &owned
+            )
+            .is_empty()
+        );
         // Other values, an atomic list, a map replaced by a scalar.
         assert_eq!(
             conflicts(
+                &svc_lists(),
                 &json!({"spec": {"a": "9", "l": [1], "m": "s", "new": "x"}}),
                 &live,
                 &owned
@@ -548,7 +576,7 @@ mod tests {
             vec![path("spec.a"), path("spec.l"), path("spec.m.x")]
         );
         // Fields the other does not own are free.
-        assert!(conflicts(&json!({"spec": {"c": "3"}}), &live, &owned).is_empty());
+        assert!(conflicts(&svc_lists(), &json!({"spec": {"c": "3"}}), &live, &owned).is_empty());
     }
 
     #[test]
@@ -556,8 +584,8 @@ mod tests {
         let mut live = json!({"metadata": {"labels": {"a": "1", "b": "2", "other": "x"}}});
         let prev = json!({"metadata": {"labels": {"a": "1", "b": "2"}}});
         let new = json!({"metadata": {"labels": {"a": "3"}}});
-        prune_removed(&mut live, &prev, &new);
-        apply_merge(&mut live, &new);
+        prune_removed(&svc_lists(), &mut live, &prev, &new);
+        apply_merge(&svc_lists(), &mut live, &new);
         assert_eq!(
             live,
             json!({"metadata": {"labels": {"a": "3", "other": "x"}}})
@@ -576,15 +604,19 @@ mod tests {
         let mut live = svc(json!([a, b, other]));
         let prev = svc(json!([a, b]));
         let new = svc(json!([{"name": "a", "port": 1, "targetPort": 9}]));
-        prune_removed(&mut live, &prev, &new);
-        apply_merge(&mut live, &new);
+        prune_removed(&svc_lists(), &mut live, &prev, &new);
+        apply_merge(&svc_lists(), &mut live, &new);
         assert_eq!(
             live,
             svc(json!([{"name": "a", "port": 1, "targetPort": 9}, other]))
         );
         // An atomic list is replaced whole.
         let mut role = json!({"rules": [{"verbs": ["get"]}, {"verbs": ["list"]}]});
-        apply_merge(&mut role, &json!({"rules": [{"verbs": ["watch"]}]}));
+        apply_merge(
+            &svc_lists(),
+            &mut role,
+            &json!({"rules": [{"verbs": ["watch"]}]}),
+        );
         assert_eq!(role, json!({"rules": [{"verbs": ["watch"]}]}));
     }
 
@@ -596,7 +628,7 @@ mod tests {
             {"port": 2, "protocol": "UDP", "targetPort": 2},
         ]));
         assert_eq!(
-            changed(Some(&old), &new),
+            changed(&svc_lists(), Some(&old), &new),
             Some(svc(json!([
                 {"port": 1, "protocol": "TCP", "targetPort": 8, KEY_ONLY: true},
                 {"port": 2, "protocol": "UDP", "targetPort": 2},
@@ -604,12 +636,12 @@ mod tests {
         );
         // Removing an item owns nothing.
         assert_eq!(
-            changed(Some(&new), &old),
+            changed(&svc_lists(), Some(&new), &old),
             Some(svc(
                 json!([{"port": 1, "protocol": "TCP", "targetPort": 1, KEY_ONLY: true}])
             ))
         );
-        assert_eq!(changed(Some(&old), &svc(json!([]))), None);
+        assert_eq!(changed(&svc_lists(), Some(&old), &svc(json!([]))), None);
     }
 
     #[test]
@@ -617,8 +649,12 @@ mod tests {
         let mut live = svc(json!([{"name": "a", "port": 1, "protocol": "TCP", "targetPort": 5}]));
         let mut mine = svc(json!([{"name": "a", "port": 1, "targetPort": 5}]));
         // Another applier applies the same item; this one stops applying it.
-        disown_taken(&mut mine, &svc(json!([{"port": 1, "targetPort": 5}])));
-        prune_removed(&mut live, &mine, &svc(json!([])));
+        disown_taken(
+            &svc_lists(),
+            &mut mine,
+            &svc(json!([{"port": 1, "targetPort": 5}])),
+        );
+        prune_removed(&svc_lists(), &mut live, &mine, &svc(json!([])));
         assert_eq!(
             live,
             svc(json!([{"port": 1, "protocol": "TCP", "targetPort": 5}]))
@@ -627,11 +663,22 @@ mod tests {
         let mut live = svc(json!([{"name": "a", "port": 1, "protocol": "TCP", "targetPort": 6}]));
         let mut mine = svc(json!([{"name": "a", "port": 1}]));
         disown_taken(
+            &svc_lists(),
             &mut mine,
             &svc(json!([{"port": 1, "protocol": "TCP", "targetPort": 6, KEY_ONLY: true}])),
         );
-        prune_removed(&mut live, &mine, &json!({}));
+        prune_removed(&svc_lists(), &mut live, &mine, &json!({}));
         assert_eq!(live, json!({}), "the emptied list and map go too");
+    }
+
+    #[test]
+    fn a_set_of_emptied_maps_owns_nothing() {
+        assert!(!owns_anything(&json!({})));
+        assert!(!owns_anything(
+            &json!({"data": {}, "metadata": {"labels": {}}})
+        ));
+        assert!(owns_anything(&json!({"data": {"a": "1"}})));
+        assert!(owns_anything(&json!({"spec": {"ports": []}})));
     }
 
     #[test]
@@ -640,7 +687,7 @@ mod tests {
         let owned =
             svc(json!([{"port": 15443, "protocol": "TCP", "targetPort": 9443, KEY_ONLY: true}]));
         let applied = svc(json!([{"port": 15443, "targetPort": 15443, "name": "tls"}]));
-        let found: Vec<String> = conflicts(&applied, &live, &owned)
+        let found: Vec<String> = conflicts(&svc_lists(), &applied, &live, &owned)
             .iter()
             .map(|p| p.iter().map(ToString::to_string).collect())
             .collect();
@@ -650,6 +697,6 @@ mod tests {
         );
         // The same value, or an item the other does not hold: no conflict.
         let same = svc(json!([{"port": 15443, "targetPort": 9443}, {"port": 1}]));
-        assert!(conflicts(&same, &live, &owned).is_empty());
+        assert!(conflicts(&svc_lists(), &same, &live, &owned).is_empty());
     }
 }

@@ -3,12 +3,13 @@
 
 use crate::auth::{self, Identity};
 use crate::error::{ApiError, success_status};
+use crate::field_errors::{self, FieldError};
 use crate::list_options;
 use crate::rbac::{self, Attributes};
 use crate::resources::{Handling, ResourceType};
 use crate::respond::{Body, Ctx, json_response};
 use crate::route::{Query, ResPath};
-use crate::selectors::{FieldSelector, LabelSelector};
+use crate::selectors::{FieldLabels, FieldSelector, LabelSelector};
 use crate::store::Store;
 use crate::util;
 use crate::watch::{self, WatchRequest};
@@ -54,12 +55,49 @@ pub(crate) fn prefix_from_user_agent(ua: &str) -> String {
     out
 }
 
-/// Go's `unicode.IsPrint`, near enough: no control characters, no space but U+0020, and no
-/// invisible formatting characters.
+/// Go's `unicode.IsPrint` ([`field_errors::is_print`]).
 fn printable(c: char) -> bool {
-    let format = matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
-        | '\u{2060}'..='\u{2064}' | '\u{feff}');
-    !c.is_control() && (c == ' ' || !c.is_whitespace()) && !format
+    field_errors::is_print(c)
+}
+
+/// `ValidateFieldManager` (`apimachinery/pkg/apis/meta/v1/validation/validation.go`): at most
+/// 128 bytes, and every character printable (`unicode.IsPrint`; [`printable`]), each
+/// unprintable one reported with Go's `%#U` and its byte position. An empty manager is unset.
+fn field_manager_errors(manager: &str) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    if manager.len() > FIELD_MANAGER_MAX_LENGTH {
+        errs.push(FieldError::too_long(
+            "fieldManager",
+            FIELD_MANAGER_MAX_LENGTH,
+        ));
+    }
+    for (i, c) in manager.char_indices() {
+        if !printable(c) {
+            // `%#U` adds the quoted character only when it is printable: never here.
+            let detail = format!("invalid character U+{:04X} (at position {i})", c as u32);
+            errs.push(FieldError::invalid("fieldManager", manager, &detail));
+        }
+    }
+    errs
+}
+
+/// The 422 of invalid request options (`errors.NewInvalid` on
+/// `<Create|Update|Patch>Options.meta.k8s.io` with no name, as the create, update and patch
+/// handlers answer `Validate<Create|Update|Patch>Options`).
+fn check_options(kind: &str, errs: Vec<FieldError>) -> Result<(), ApiError> {
+    field_errors::into_result("meta.k8s.io", kind, "", errs)
+}
+
+/// Whether a deleted object of `rt` is answered with the object rather than a Success
+/// `Status` (the registry's `ReturnDeletedObject`: namespaces and pods).
+pub(crate) fn returns_deleted_object(rt: &ResourceType) -> bool {
+    rt.group.is_empty() && matches!(rt.plural.as_str(), "namespaces" | "pods")
+}
+
+/// The field labels `rt`'s lists, watches and deletecollections accept.
+fn field_labels(store: &Store, rt: &ResourceType, version: &str) -> FieldLabels {
+    let selectable = store.lock().selectable_fields(rt, version);
+    FieldLabels::of(rt, selectable)
 }
 
 fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
@@ -109,6 +147,14 @@ pub(crate) fn resource(
         .get("fieldManager")
         .filter(|m| !m.is_empty())
         .map(str::to_string);
+    let manager_errors = field_manager_errors(field_manager.as_deref().unwrap_or(""));
+    // Creates and updates validate their options before the body is decoded (`create.go`,
+    // `update.go`); patches in their own branch, after the patch type.
+    match *method {
+        Method::POST => check_options("CreateOptions", manager_errors.clone())?,
+        Method::PUT => check_options("UpdateOptions", manager_errors.clone())?,
+        _ => {}
+    }
     // Create, update and non-apply patches fall back to the User-Agent's manager
     // (`managerOrUserAgent`); apply requires `fieldManager` (`apply.rs`).
     let updater = field_manager
@@ -163,7 +209,8 @@ pub(crate) fn resource(
         )),
         (Method::GET | Method::HEAD, None) => {
             let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))?;
-            let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))?;
+            let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))?
+                .convert(&field_labels(store, &rt, v))?;
             if q.flag("watch") {
                 return Ok(watch_response(
                     ctx, &rt, v, ns, labels, fields, q, meta_only,
@@ -239,14 +286,23 @@ pub(crate) fn resource(
                 other => return Err(ApiError::unsupported_media_type(other)),
             };
             // `ValidatePatchOptions` (`apimachinery/pkg/apis/meta/v1/validation`), before
-            // the object is looked at: `force`, even `force=false`, is for apply only.
+            // the object is looked at: `force`, even `force=false`, is for apply only, which
+            // needs a `fieldManager`; then the manager's own checks.
+            let mut errs = Vec::new();
             if kind.is_some() && q.get("force").is_some() {
-                return Err(ApiError::new(
-                    422,
-                    "Invalid",
-                    "PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch",
+                errs.push(FieldError::forbidden(
+                    "force",
+                    "may not be specified for non-apply patch",
                 ));
             }
+            if kind.is_none() && field_manager.is_none() {
+                errs.push(FieldError::required(
+                    "fieldManager",
+                    "is required for apply patch",
+                ));
+            }
+            errs.extend(manager_errors);
+            check_options("PatchOptions", errs)?;
             let opts = match kind {
                 Some(_) => opts,
                 None => WriteOpts {
@@ -309,8 +365,11 @@ pub(crate) fn resource(
             let pre_uid = del.pointer("/preconditions/uid").and_then(Value::as_str);
             match name {
                 Some(name) => {
-                    let gone = store.delete_obj(&rt, v, ns, name, &opts, pre_rv, pre_uid)?;
-                    if rt.group.is_empty() && matches!(rt.plural.as_str(), "namespaces" | "pods") {
+                    let (gone, deleted) =
+                        store.delete_obj(&rt, v, ns, name, opts.dry_run, pre_rv, pre_uid)?;
+                    // An object its finalizers keep (marked for deletion) is answered as it
+                    // now is; a deleted one as its storage's `ReturnDeletedObject` says.
+                    if !deleted || returns_deleted_object(&rt) {
                         Ok(json_response(200, &gone))
                     } else {
                         let uid = gone
@@ -325,7 +384,8 @@ pub(crate) fn resource(
                 }
                 None => {
                     let labels = LabelSelector::parse(q.get("labelSelector").unwrap_or(""))?;
-                    let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))?;
+                    let fields = FieldSelector::parse(q.get("fieldSelector").unwrap_or(""))?
+                        .convert(&field_labels(store, &rt, v))?;
                     let page = store.list_objs(&rt, v, ns, &labels, &fields);
                     let mut items = Vec::new();
                     for o in page.items {
@@ -338,8 +398,9 @@ pub(crate) fn resource(
                             .pointer("/metadata/namespace")
                             .and_then(Value::as_str)
                             .map(str::to_string);
-                        match store.delete_obj(&rt, v, ons.as_deref(), &n, &opts, None, None) {
-                            Ok(g) => items.push(g),
+                        match store.delete_obj(&rt, v, ons.as_deref(), &n, opts.dry_run, None, None)
+                        {
+                            Ok((g, _)) => items.push(g),
                             Err(e) if e.code == 404 => {}
                             Err(e) => return Err(e),
                         }

@@ -13,15 +13,18 @@
 //! `Endpoints.Subsets`, `Container.Args`, `EnvFrom`: `+listType=atomic`) and
 //! `autoscaling/v2` `Metrics` (atomic).
 //!
-//! The table is looked up by path alone, because ownership is computed where the object's
-//! kind is not at hand (`write.rs` passes `field_sets::changed` partial objects without it). The
-//! paths are unique among the built-in kinds this server serves; a custom resource with a list
-//! at one of them is merged as the built-in would be (README).
+//! The tables are per kind ([`Lists`]): `metadata`'s lists are every kind's (`ObjectMeta`), a
+//! Service's `spec.ports` only a Service's, a `PodSpec`'s lists a Pod's and a Deployment's. A
+//! custom resource's lists are what its CRD's `openAPIV3Schema` declares with
+//! `x-kubernetes-list-type` (`map` keyed by `x-kubernetes-list-map-keys`, `set`); a list it
+//! declares no type for is atomic, as structured-merge-diff converts a CRD's schema (CRDs carry
+//! no patch strategy).
 
 use crate::field_errors::go_quote;
 use serde_json::{Map, Value};
 use std::cmp::Ordering;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 /// A key field of a map-type list, with the OpenAPI default an item may leave it to
 /// (`+default=` on the field; structured-merge-diff's `getAssociativeKeyDefault`).
@@ -91,29 +94,148 @@ const CONTAINER: &[(&str, ListType)] = &[
     ("resources.claims", ListType::Map(NAME)),
 ];
 
-/// Where a `PodSpec` sits: a Pod's `spec`, a Deployment's `spec.template.spec`.
-const POD_SPEC_AT: &[&[&str]] = &[&["spec"], &["spec", "template", "spec"]];
-
 /// The lists holding `Container`s.
 const CONTAINER_LISTS: &[&str] = &["containers", "initContainers", "ephemeralContainers"];
 
-/// The type of the list at `path` (field names from the object's root, `"[]"` for a list
-/// item); `None`: atomic.
-pub(crate) fn list_type<S: AsRef<str>>(path: &[S]) -> Option<ListType> {
-    let p: Vec<&str> = path.iter().map(AsRef::as_ref).collect();
-    match p.as_slice() {
-        // `ObjectMeta.OwnerReferences`: patch merge key uid; `Finalizers`: patch strategy
-        // merge without a key, a set.
-        ["metadata", "ownerReferences"] => return Some(ListType::Map(UID)),
-        ["metadata", "finalizers"] => return Some(ListType::Set),
-        // A Service's; no other served kind has `spec.ports`.
-        ["spec", "ports"] => return Some(ListType::Map(SERVICE_PORT)),
-        _ => {}
+/// Where each kind's lists are declared.
+#[derive(Clone, Debug)]
+pub(crate) enum Lists {
+    /// A built-in kind, by group and kind: the tables above.
+    Builtin { group: String, kind: String },
+    /// A custom resource: its CRD's `openAPIV3Schema` for the version written (`None`: the
+    /// CRD declares none).
+    Custom(Option<Arc<Value>>),
+}
+
+impl Lists {
+    pub(crate) fn builtin(group: &str, kind: &str) -> Lists {
+        Lists::Builtin {
+            group: group.to_string(),
+            kind: kind.to_string(),
+        }
     }
-    POD_SPEC_AT
-        .iter()
-        .filter_map(|at| p.strip_prefix(*at))
-        .find_map(pod_spec_list)
+
+    /// The type of the list at `path` (field names from the object's root, `"[]"` for a
+    /// list item); `None`: atomic.
+    pub(crate) fn list_type<S: AsRef<str>>(&self, path: &[S]) -> Option<ListType> {
+        let p: Vec<&str> = path.iter().map(AsRef::as_ref).collect();
+        match p.as_slice() {
+            // `ObjectMeta.OwnerReferences`: patch merge key uid; `Finalizers`: patch strategy
+            // merge without a key, a set. Every kind's, custom resources' too.
+            ["metadata", "ownerReferences"] => return Some(ListType::Map(UID)),
+            ["metadata", "finalizers"] => return Some(ListType::Set),
+            ["metadata", ..] => return None,
+            _ => {}
+        }
+        match self {
+            Lists::Builtin { group, kind } => builtin_list(group, kind, &p),
+            Lists::Custom(schema) => schema.as_deref().and_then(|s| schema_list(s, &p)),
+        }
+    }
+}
+
+fn builtin_list(group: &str, kind: &str, p: &[&str]) -> Option<ListType> {
+    let pod_spec_at: &[&str] = match (group, kind) {
+        ("", "Service") if p == ["spec", "ports"] => return Some(ListType::Map(SERVICE_PORT)),
+        ("", "Pod") => &["spec"],
+        ("apps", "Deployment") => &["spec", "template", "spec"],
+        _ => return None,
+    };
+    p.strip_prefix(pod_spec_at).and_then(pod_spec_list)
+}
+
+/// The list type a CRD schema declares at `path`: properties by name (or
+/// `additionalProperties`), `items` for `"[]"`.
+fn schema_list(schema: &Value, path: &[&str]) -> Option<ListType> {
+    let mut s = schema;
+    for step in path {
+        s = if *step == "[]" {
+            s.get("items")?
+        } else {
+            match s.get("properties").and_then(|p| p.get(*step)) {
+                Some(f) => f,
+                None => s.get("additionalProperties").filter(|a| a.is_object())?,
+            }
+        };
+    }
+    match s.get("x-kubernetes-list-type").and_then(Value::as_str)? {
+        "set" => Some(ListType::Set),
+        "map" => {
+            let props = s.pointer("/items/properties");
+            let keys: Vec<(String, Option<String>)> = s
+                .get("x-kubernetes-list-map-keys")?
+                .as_array()?
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|k| {
+                    let default = props
+                        .and_then(|p| p.get(k))
+                        .and_then(|f| f.get("default"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
+                    (k.to_string(), default)
+                })
+                .collect();
+            (!keys.is_empty()).then(|| ListType::Map(intern_keys(keys)))
+        }
+        _ => None,
+    }
+}
+
+/// The key fields of a CRD's map-type list, kept for the life of the process (one copy per
+/// distinct set of keys) so that [`ListType`] stays `Copy`.
+fn intern_keys(keys: Vec<(String, Option<String>)>) -> &'static [KeyField] {
+    static INTERNED: Mutex<Vec<&'static [KeyField]>> = Mutex::new(Vec::new());
+    let mut all = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+    let same = |k: &&'static [KeyField]| {
+        k.len() == keys.len()
+            && k.iter()
+                .zip(&keys)
+                .all(|(a, (n, d))| a.name == n && a.default == d.as_deref())
+    };
+    if let Some(k) = all.iter().find(|k| same(k)) {
+        return k;
+    }
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let fields: Vec<KeyField> = keys
+        .into_iter()
+        .map(|(n, d)| KeyField {
+            name: leak(n),
+            default: d.map(leak),
+        })
+        .collect();
+    let k: &'static [KeyField] = Box::leak(fields.into_boxed_slice());
+    all.push(k);
+    k
+}
+
+/// A path being walked in one kind's object, to look its lists up with.
+#[derive(Clone, Debug)]
+pub(crate) struct Lookup<'a> {
+    lists: &'a Lists,
+    path: Vec<String>,
+}
+
+impl<'a> Lookup<'a> {
+    pub(crate) fn new(lists: &'a Lists) -> Self {
+        Lookup {
+            lists,
+            path: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, step: String) {
+        self.path.push(step);
+    }
+
+    pub(crate) fn pop(&mut self) {
+        self.path.pop();
+    }
+
+    /// The type of the list at the current path; `None`: atomic.
+    pub(crate) fn list_type(&self) -> Option<ListType> {
+        self.lists.list_type(&self.path)
+    }
 }
 
 fn pod_spec_list(rest: &[&str]) -> Option<ListType> {
@@ -351,24 +473,24 @@ pub(crate) fn merge_order(
 /// associative lists (`typed/validate.go`, `visitListItems`, duplicates not allowed): per
 /// list, `element <i>: <why it has no key>` (and the rest of that list is not looked at), or
 /// `duplicate entries for key [name="x"]`. Each as `<path of the list>: <message>`.
-pub(crate) fn check_keys(obj: &Value) -> Vec<String> {
+pub(crate) fn check_keys(lists: &Lists, obj: &Value) -> Vec<String> {
     let mut errs = Vec::new();
     if let Value::Object(m) = obj {
-        check_map(m, &mut Vec::new(), &mut Vec::new(), &mut errs);
+        check_map(m, &mut Lookup::new(lists), &mut Vec::new(), &mut errs);
     }
     errs
 }
 
 fn check_map(
     m: &Map<String, Value>,
-    lookup: &mut Vec<String>,
+    lookup: &mut Lookup<'_>,
     path: &mut Vec<PathElement>,
     errs: &mut Vec<String>,
 ) {
     for (k, v) in m {
         lookup.push(k.clone());
         path.push(PathElement::Field(k.clone()));
-        match (v, list_type(lookup)) {
+        match (v, lookup.list_type()) {
             (Value::Array(items), Some(t)) => check_list(t, items, lookup, path, errs),
             (Value::Object(child), _) => check_map(child, lookup, path, errs),
             _ => {}
@@ -381,7 +503,7 @@ fn check_map(
 fn check_list(
     t: ListType,
     items: &[Value],
-    lookup: &mut Vec<String>,
+    lookup: &mut Lookup<'_>,
     path: &mut Vec<PathElement>,
     errs: &mut Vec<String>,
 ) {
@@ -416,32 +538,81 @@ mod tests {
 
     #[test]
     fn the_table_keys_the_lists_kubernetes_declares() {
-        let t = |p: &str| list_type(&p.split('.').collect::<Vec<_>>());
-        assert_eq!(t("spec.ports"), Some(ListType::Map(SERVICE_PORT)));
+        let of = |group: &str, kind: &str, p: &str| {
+            Lists::builtin(group, kind).list_type(&p.split('.').collect::<Vec<_>>())
+        };
+        let svc = |p: &str| of("", "Service", p);
+        let deploy = |p: &str| of("apps", "Deployment", p);
+        assert_eq!(svc("spec.ports"), Some(ListType::Map(SERVICE_PORT)));
         assert_eq!(
-            t("spec.template.spec.containers.[].env"),
+            deploy("spec.template.spec.containers.[].env"),
             Some(ListType::Map(NAME))
         );
         assert_eq!(
-            t("spec.containers.[].ports"),
+            of("", "Pod", "spec.containers.[].ports"),
             Some(ListType::Map(CONTAINER_PORT))
         );
-        assert_eq!(t("spec.template.spec.volumes"), Some(ListType::Map(NAME)));
-        assert_eq!(t("metadata.finalizers"), Some(ListType::Set));
+        assert_eq!(
+            deploy("spec.template.spec.volumes"),
+            Some(ListType::Map(NAME))
+        );
+        assert_eq!(svc("metadata.finalizers"), Some(ListType::Set));
+        for (kind, atomic) in [
+            ("ClusterRole", "rules"),
+            ("ClusterRoleBinding", "subjects"),
+            ("EndpointSlice", "endpoints"),
+            ("EndpointSlice", "ports"),
+            ("Endpoints", "subsets"),
+            ("Service", "spec.clusterIPs"),
+            // Another kind's path: a Pod has no `spec.ports`, a Service no pod template.
+            ("Pod", "spec.ports"),
+            ("Service", "spec.template.spec.containers"),
+        ] {
+            assert_eq!(of("", kind, atomic), None, "{kind} {atomic}");
+        }
         for atomic in [
-            "rules",
-            "subjects",
-            "endpoints",
-            "ports",
-            "subsets",
             "spec.template.spec.tolerations",
             "spec.template.spec.containers.[].args",
             "spec.template.spec.containers.[].envFrom",
-            "spec.metrics",
-            "spec.clusterIPs",
+            "spec.containers",
         ] {
-            assert_eq!(t(atomic), None, "{atomic}");
+            assert_eq!(deploy(atomic), None, "{atomic}");
         }
+        assert_eq!(
+            of("autoscaling", "HorizontalPodAutoscaler", "spec.metrics"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_custom_resource_has_the_lists_its_schema_declares() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "ports": {"type": "array", "items": {"type": "object"}},
+            "servers": {"type": "array", "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["port", "proto"],
+                "items": {"type": "object", "properties": {"proto": {"type": "string", "default": "TCP"}}}},
+            "hosts": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+            "tags": {"type": "object", "additionalProperties": {"type": "array", "x-kubernetes-list-type": "set"}}}}}});
+        let cr = Lists::Custom(Some(Arc::new(schema)));
+        let t = |p: &str| cr.list_type(&p.split('.').collect::<Vec<_>>());
+        assert_eq!(t("spec.ports"), None, "no list type: atomic");
+        assert_eq!(t("spec.hosts"), Some(ListType::Set));
+        assert_eq!(t("spec.tags.any"), Some(ListType::Set));
+        assert_eq!(t("metadata.finalizers"), Some(ListType::Set));
+        let Some(ListType::Map(keys)) = t("spec.servers") else {
+            panic!("spec.servers is a map list");
+        };
+        assert_eq!(
+            keys,
+            &[
+                key("port"),
+                KeyField {
+                    name: "proto",
+                    default: Some("TCP")
+                }
+            ]
+        );
+        assert_eq!(Lists::Custom(None).list_type(&["spec", "ports"]), None);
     }
 
     #[test]
@@ -489,7 +660,7 @@ mod tests {
             {"name": "c", "env": [{"name": "A"}, {"name": "A"}],
              "ports": [{"containerPort": 1}, {"containerPort": 1, "protocol": "TCP"}]}]}}}});
         assert_eq!(
-            check_keys(&obj),
+            check_keys(&Lists::builtin("apps", "Deployment"), &obj),
             vec![
                 r#".spec.template.spec.containers[name="c"].env: duplicate entries for key [name="A"]"#,
                 r#".spec.template.spec.containers[name="c"].ports: duplicate entries for key [containerPort=1,protocol="TCP"]"#,
@@ -497,7 +668,7 @@ mod tests {
         );
         let keyless = json!({"spec": {"ports": [{"port": 1}, {"name": "x"}]}});
         assert_eq!(
-            check_keys(&keyless),
+            check_keys(&Lists::builtin("", "Service"), &keyless),
             vec![
                 r#".spec.ports: element 1: associative list with keys has an element that omits key field "port" (and doesn't have default value)"#
             ]

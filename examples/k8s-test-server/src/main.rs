@@ -27,6 +27,10 @@ struct Args {
     /// them): for tests whose backends listen on 127.0.0.x.
     #[arg(long)]
     allow_loopback_endpoint_addresses: bool,
+    /// Put `service.kubernetes.io/load-balancer-cleanup` on LoadBalancer Services, as a
+    /// cloud controller does: deleting one then waits until a client removes the finalizer.
+    #[arg(long)]
+    load_balancer_cleanup_finalizer: bool,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     exit_after_secs: Option<u64>,
@@ -43,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         opts.git_version = args.k8s_version.clone();
         opts.destination_rule_crd = args.istio_crds;
         opts.store.allow_loopback_endpoint_addresses = args.allow_loopback_endpoint_addresses;
+        opts.store.load_balancer_cleanup_finalizer = args.load_balancer_cleanup_finalizer;
         let s = TestApiServer::start_with(opts).await?;
         if args.istio_crds {
             s.install_istio_gateway_crd();

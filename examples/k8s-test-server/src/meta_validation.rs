@@ -3,8 +3,10 @@
 //! labels and annotations.
 
 use serde_json::Value;
+use std::collections::BTreeSet;
 
 use crate::field_errors::FieldError;
+use crate::go_values::{self, Errors};
 use crate::name_rules;
 use crate::resources::ResourceType;
 
@@ -124,6 +126,90 @@ pub(crate) fn object_meta(rt: &ResourceType, obj: &Value, create: bool) -> Vec<F
             "metadata.annotations",
             ANNOTATIONS_MAX_BYTES,
         ));
+    }
+    errs
+}
+
+/// A `metav1.Time` as Go's `time.Time.String` prints it (`2026-12-05 12:28:00 +0000 UTC`;
+/// the API server decodes times into its local zone, UTC), the string itself if it is no
+/// RFC 3339 time.
+fn go_time(v: &Value) -> String {
+    let s = v.as_str().unwrap_or("");
+    match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        Ok(t) => {
+            let t = t.to_offset(time::UtcOffset::UTC);
+            format!(
+                "{:04}-{:02}-{:02} {:02}:{:02}:{:02} +0000 UTC",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )
+        }
+        Err(_) => s.to_string(),
+    }
+}
+
+/// The metadata checks of an update (`ValidateObjectMetaAccessorUpdate`,
+/// `apimachinery/pkg/api/validation/objectmeta.go`), in its order: no new finalizers once
+/// the object is being deleted (`ValidateNoNewFinalizers`), then `deletionTimestamp` and
+/// `deletionGracePeriodSeconds` immutable (`ValidateImmutableField`; an update already kept
+/// the old ones where they were set, as `rest.BeforeUpdate` does).
+pub(crate) fn object_meta_update(obj: &Value, old: &Value) -> Errors {
+    let mut errs = Errors::default();
+    let finalizers = |o: &Value| -> BTreeSet<String> {
+        o.pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect()
+    };
+    if old.pointer("/metadata/deletionTimestamp").is_some() {
+        let before = finalizers(old);
+        let extra: Vec<Value> = finalizers(obj)
+            .difference(&before)
+            .map(|f| Value::String(f.clone()))
+            .collect();
+        if !extra.is_empty() {
+            let extra = go_values::string_slice(Some(&Value::Array(extra)));
+            errs.push(FieldError::forbidden(
+                "metadata.finalizers",
+                &format!(
+                    "no new finalizers can be added if the object is being deleted, found new finalizers {extra}"
+                ),
+            ));
+        }
+    }
+    let (new_ts, old_ts) = (
+        obj.pointer("/metadata/deletionTimestamp"),
+        old.pointer("/metadata/deletionTimestamp"),
+    );
+    if let Some(ts) = new_ts
+        && new_ts != old_ts
+    {
+        errs.invalid_printed(
+            "metadata.deletionTimestamp",
+            go_time(ts),
+            "field is immutable",
+        );
+    }
+    let grace = |o: &Value| o.pointer("/metadata/deletionGracePeriodSeconds").cloned();
+    if grace(obj) != grace(old) {
+        match grace(obj).and_then(|g| g.as_i64()) {
+            Some(g) => errs.push(FieldError::invalid(
+                "metadata.deletionGracePeriodSeconds",
+                g,
+                "field is immutable",
+            )),
+            None => errs.invalid_printed(
+                "metadata.deletionGracePeriodSeconds",
+                "null".into(),
+                "field is immutable",
+            ),
+        }
     }
     errs
 }

@@ -1,6 +1,8 @@
 //! Label and field selectors, as in `?labelSelector=` and `?fieldSelector=`.
 
 use crate::error::ApiError;
+use crate::field_errors::go_quote;
+use crate::resources::ResourceType;
 use serde_json::Value;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -96,9 +98,117 @@ impl LabelSelector {
     }
 }
 
-/// A parsed field selector: `path=value`, `path==value`, `path!=value`, comma-separated.
-/// Any dotted path is evaluated against the object (the real server accepts only a few per
-/// type; `metadata.name` and `metadata.namespace` everywhere).
+/// The field labels a kind's lists and watches accept, as the real server converts them
+/// (`runtime.Scheme.ConvertFieldLabel`).
+#[derive(Clone, Debug)]
+pub(crate) enum FieldLabels {
+    /// A built-in kind with its own conversion function (`pkg/apis/core/v1/conversion.go`):
+    /// these labels (and old names for some), anything else `field label not supported: X`.
+    Kind {
+        accepted: &'static [&'static str],
+        renamed: &'static [(&'static str, &'static str)],
+    },
+    /// A built-in kind without one: `DefaultMetaV1FieldSelectorConversion`, name and
+    /// namespace only.
+    Meta,
+    /// A custom resource (`apiextensions-apiserver` `crConverter.ConvertFieldLabel`): name,
+    /// namespace when namespaced, and the CRD's `selectableFields`.
+    Custom {
+        namespaced: bool,
+        selectable: Vec<String>,
+    },
+}
+
+const POD_LABELS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.hostNetwork",
+    "status.phase",
+    "status.podIP",
+    "status.podIPs",
+    "status.nominatedNodeName",
+];
+
+impl FieldLabels {
+    /// The field labels of `rt`'s objects; `selectable`: a CRD's `selectableFields`.
+    pub(crate) fn of(rt: &ResourceType, selectable: Vec<String>) -> FieldLabels {
+        if rt.custom {
+            return FieldLabels::Custom {
+                namespaced: rt.namespaced,
+                selectable,
+            };
+        }
+        let kind = |accepted| FieldLabels::Kind {
+            accepted,
+            renamed: &[],
+        };
+        match (rt.group.as_str(), rt.kind.as_str()) {
+            ("", "Pod") => FieldLabels::Kind {
+                accepted: POD_LABELS,
+                // "for backwards compatibility with old v1 clients which send spec.host"
+                renamed: &[("spec.host", "spec.nodeName")],
+            },
+            ("", "Node") => kind(&["metadata.name", "spec.unschedulable"]),
+            ("", "Namespace") => kind(&["status.phase", "metadata.name"]),
+            ("", "Secret") => kind(&["type", "metadata.namespace", "metadata.name"]),
+            ("", "Service") => kind(&[
+                "metadata.namespace",
+                "metadata.name",
+                "spec.clusterIP",
+                "spec.type",
+            ]),
+            _ => FieldLabels::Meta,
+        }
+    }
+
+    /// The label a selector's `label` is evaluated as, or the real server's 400.
+    fn convert(&self, label: &str) -> Result<String, ApiError> {
+        let not_supported = || {
+            Err(ApiError::bad_request(format!(
+                "field label not supported: {label}"
+            )))
+        };
+        match self {
+            FieldLabels::Kind { accepted, renamed } => {
+                if accepted.contains(&label) {
+                    return Ok(label.to_string());
+                }
+                match renamed.iter().find(|(old, _)| *old == label) {
+                    Some((_, new)) => Ok(new.to_string()),
+                    None => not_supported(),
+                }
+            }
+            FieldLabels::Meta => match label {
+                "metadata.name" | "metadata.namespace" => Ok(label.to_string()),
+                _ => Err(ApiError::bad_request(format!(
+                    "{} is not a known field selector: only \"metadata.name\", \"metadata.namespace\"",
+                    go_quote(label)
+                ))),
+            },
+            FieldLabels::Custom {
+                namespaced,
+                selectable,
+            } => {
+                if label == "metadata.name"
+                    || (*namespaced && label == "metadata.namespace")
+                    || selectable.iter().any(|s| s == label)
+                {
+                    Ok(label.to_string())
+                } else {
+                    not_supported()
+                }
+            }
+        }
+    }
+}
+
+/// A parsed field selector: `path=value`, `path==value`, `path!=value`, comma-separated,
+/// each path one its kind supports ([`FieldSelector::convert`]), evaluated against the
+/// object.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
@@ -122,6 +232,18 @@ impl FieldSelector {
         Ok(FieldSelector(reqs))
     }
 
+    /// The selector with its labels as the kind's conversion function maps them, or the 400
+    /// the real list and watch handlers answer for an unsupported one
+    /// (`fieldSelector.Transform` in `endpoints/handlers/get.go`).
+    pub(crate) fn convert(self, labels: &FieldLabels) -> Result<Self, ApiError> {
+        let reqs = self
+            .0
+            .into_iter()
+            .map(|(k, eq, v)| Ok((labels.convert(&k)?, eq, v)))
+            .collect::<Result<_, ApiError>>()?;
+        Ok(FieldSelector(reqs))
+    }
+
     /// Selects everything (`fields.Everything()`).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -130,8 +252,11 @@ impl FieldSelector {
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(path, eq, want)| {
             let ptr = format!("/{}", path.replace('.', "/"));
+            // Boolean fields are selected as `strconv.FormatBool` prints them, unset false.
+            let bool_field = matches!(path.as_str(), "spec.hostNetwork" | "spec.unschedulable");
             let got = match obj.pointer(&ptr) {
                 Some(Value::String(s)) => s.clone(),
+                Some(Value::Null) | None if bool_field => "false".into(),
                 Some(Value::Null) | None => String::new(),
                 Some(v) => v.to_string(),
             };

@@ -6,6 +6,7 @@
 
 use crate::clock::Clock;
 use crate::error::ApiError;
+use crate::list_keys::Lists;
 use crate::resources::{self, ResourceType};
 use crate::util;
 use serde_json::{Value, json};
@@ -82,6 +83,12 @@ pub struct StoreConfig {
     /// `["IPv6"]`, or both for a dual-stack cluster. Services are defaulted and checked
     /// against them (`ip_families.rs`).
     pub ip_families: &'static [&'static str],
+    /// Act as the cloud service controller does for finalizers: put
+    /// `service.kubernetes.io/load-balancer-cleanup` on every LoadBalancer Service not being
+    /// deleted (`controllers.rs`). Deleting such a Service then only marks it, until a write
+    /// takes the finalizer off (the test's part: no load balancer is deleted here). Off by
+    /// default, as a cluster without a cloud controller (kind) has no such finalizer.
+    pub load_balancer_cleanup_finalizer: bool,
 }
 
 impl Default for StoreConfig {
@@ -93,6 +100,7 @@ impl Default for StoreConfig {
             max_token_expiration_seconds: None,
             allow_loopback_endpoint_addresses: false,
             ip_families: &["IPv4"],
+            load_balancer_cleanup_finalizer: false,
         }
     }
 }
@@ -106,7 +114,8 @@ pub(crate) struct State {
     /// Watches answered with 410 Gone (too old resourceVersion), for tests to assert on.
     pub expired_answers: u64,
     pub epoch: u64,
-    /// What each (object, field manager) last applied with server-side apply.
+    /// What each applier of an object (keyed by its managedFields identity, the subresource
+    /// included: `apply.rs` `apply_identity`) last applied with server-side apply.
     pub applied: HashMap<(ObjKey, String), Value>,
     /// The fields each Update-operation field manager (keyed by its managedFields identity)
     /// of an object owns, with the values it set (`write.rs`).
@@ -117,6 +126,56 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// The entry of `spec.versions` for `version` in the CRD that defines `rt`, a custom
+    /// resource.
+    pub(crate) fn crd_version(&self, rt: &ResourceType, version: &str) -> Option<&Value> {
+        let start = ObjKey {
+            group: "apiextensions.k8s.io".into(),
+            resource: "customresourcedefinitions".into(),
+            namespace: String::new(),
+            name: String::new(),
+        };
+        self.objects
+            .range(start..)
+            .take_while(|(k, _)| {
+                k.group == "apiextensions.k8s.io" && k.resource == "customresourcedefinitions"
+            })
+            .map(|(_, crd)| crd)
+            .find(|crd| {
+                crd.pointer("/spec/group").and_then(Value::as_str) == Some(rt.group.as_str())
+                    && crd.pointer("/spec/names/plural").and_then(Value::as_str)
+                        == Some(rt.plural.as_str())
+            })?
+            .pointer("/spec/versions")?
+            .as_array()?
+            .iter()
+            .find(|v| v.get("name").and_then(Value::as_str) == Some(version))
+    }
+
+    /// Where the lists of `rt`'s objects (written as `version`) are declared: a built-in
+    /// kind's tables, or the `openAPIV3Schema` of the custom resource's CRD for that version.
+    pub(crate) fn lists(&self, rt: &ResourceType, version: &str) -> Lists {
+        if !rt.custom {
+            return Lists::builtin(&rt.group, &rt.kind);
+        }
+        let schema = self
+            .crd_version(rt, version)
+            .and_then(|v| v.pointer("/schema/openAPIV3Schema").cloned());
+        Lists::Custom(schema.map(Arc::new))
+    }
+
+    /// The field labels a custom resource's CRD makes selectable for `version`
+    /// (`selectableFields`, each `jsonPath` without its leading dot).
+    pub(crate) fn selectable_fields(&self, rt: &ResourceType, version: &str) -> Vec<String> {
+        self.crd_version(rt, version)
+            .and_then(|v| v.get("selectableFields")?.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.get("jsonPath")?.as_str())
+            .map(|p| p.trim_start_matches('.').to_string())
+            .collect()
+    }
+
     /// The objects of one resource (in namespace `ns`, or all) as they were at revision `rev`,
     /// which must not be below `compacted`: the current objects with every later change
     /// undone. Each event keeps the object it replaced (`prev`, `None` for a create), so the

@@ -25,6 +25,9 @@ pub(crate) fn validate(
     allow_loopback: bool,
 ) -> Result<(), ApiError> {
     let mut errs = Errors::default();
+    if let Some(old) = old {
+        errs.merge(meta_validation::object_meta_update(obj, old));
+    }
     errs.extend(meta_validation::object_meta(rt, obj, old.is_none()));
     match (rt.group.as_str(), rt.plural.as_str()) {
         ("", "secrets") => errs.extend(secret_validation::secret(obj, old)),

@@ -7,6 +7,7 @@
 use crate::defaults;
 use crate::error::ApiError;
 use crate::field_sets;
+use crate::list_keys::Lists;
 use crate::patch;
 use crate::resources::ResourceType;
 use crate::store::{EventType, ObjKey, State, Store, meta_mut, meta_str};
@@ -49,6 +50,48 @@ pub(crate) fn update_identity(manager: &str, api_version: &str, status: bool) ->
     }
     id.push('}');
     id
+}
+
+/// The managedFields identity of an applier (`BuildManagerIdentifier`,
+/// `managedfields/internal/managedfields.go`: no apiVersion, the subresource included), as
+/// Go's JSON encoder orders the entry's fields: a `/status` apply is another manager than the
+/// same name's main-resource apply.
+pub(crate) fn apply_identity(manager: &str, status: bool) -> String {
+    let subresource = if status {
+        ",\"subresource\":\"status\""
+    } else {
+        ""
+    };
+    format!(
+        "{{\"manager\":{},\"operation\":\"Apply\"{subresource}}}",
+        Value::String(manager.to_string())
+    )
+}
+
+/// The fields an applied configuration sets, as its manager owns them: no stripped metadata,
+/// and of a type with a status subresource only what the endpoint writes (the main resource
+/// resets status, `/status` everything else).
+pub(crate) fn apply_owned(rt: &ResourceType, status: bool, applied: &Value) -> Value {
+    let mut fields = owned_part(applied);
+    if rt.status {
+        if status {
+            fields = json!({"status": fields.get("status").cloned().unwrap_or(json!({}))});
+        } else if let Some(m) = fields.as_object_mut() {
+            m.remove("status");
+        }
+    }
+    fields
+}
+
+/// The identity (`apply_identity`, `update_identity`) of a managedFields entry.
+pub(crate) fn entry_identity(e: &Value) -> String {
+    let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
+    let status = s("subresource") == "status";
+    if s("operation") == "Apply" {
+        apply_identity(s("manager"), status)
+    } else {
+        update_identity(s("manager"), s("apiVersion"), status)
+    }
 }
 
 /// The part of an object field managers own: without what `stripmeta.go` strips from every
@@ -270,15 +313,26 @@ impl Store {
             (None, None) => String::new(),
         };
         let mut st = self.lock();
-        if let Some(ns) = &ns
-            && !st.objects.contains_key(&ObjKey {
+        if let Some(ns) = &ns {
+            let ns_key = ObjKey {
                 group: String::new(),
                 resource: "namespaces".into(),
                 namespace: String::new(),
                 name: ns.clone(),
-            })
-        {
-            return Err(ApiError::not_found("", "namespaces", ns));
+            };
+            let Some(namespace) = st.objects.get(&ns_key) else {
+                return Err(ApiError::not_found("", "namespaces", ns));
+            };
+            // NamespaceLifecycle admission, before validation.
+            if namespace.pointer("/status/phase") == Some(&json!("Terminating")) {
+                let shown = meta_str(&obj, "name").or(meta_str(&obj, "generateName"));
+                return Err(ApiError::namespace_terminating(
+                    &rt.group,
+                    &rt.plural,
+                    shown.unwrap_or(""),
+                    ns,
+                ));
+            }
         }
         obj["apiVersion"] = json!(rt.api_version(version));
         obj["kind"] = json!(rt.kind);
@@ -323,7 +377,9 @@ impl Store {
         }
         let updater = op.map(|m| update_identity(m, &rt.api_version(version), false));
         let seen = as_requested(&obj, requested.as_ref());
-        Store::own_update(&mut st, &key, None, &obj, &seen, updater);
+        let lists = st.lists(rt, version);
+        Store::own_update(&mut st, &lists, &key, None, &obj, &seen, updater);
+        Store::drop_empty_managers(&mut st, rt, &key, &mut obj);
         Ok(self.commit(&mut st, EventType::Added, key, obj, None))
     }
 
@@ -382,8 +438,11 @@ impl Store {
             _ => None,
         };
         let seen = as_requested(&new, requested.as_ref());
-        Store::own_update(&mut st, &key, Some(&old), &new, &seen, updater);
-        Ok(self.commit(&mut st, EventType::Modified, key, new, Some(old)))
+        let lists = st.lists(rt, version);
+        Store::own_update(&mut st, &lists, &key, Some(&old), &new, &seen, updater);
+        let mut new = new;
+        Store::drop_empty_managers(&mut st, rt, &key, &mut new);
+        Ok(self.commit_update(&mut st, key, new, old))
     }
 
     /// Field ownership after a write of `new` over `old` (`None`: a create): every manager
@@ -394,6 +453,7 @@ impl Store {
     /// an applier's name.
     pub(crate) fn own_update(
         st: &mut State,
+        lists: &Lists,
         key: &ObjKey,
         old: Option<&Value>,
         new: &Value,
@@ -402,19 +462,64 @@ impl Store {
     ) {
         for ((k, _), owned) in st.applied.iter_mut().chain(st.updated.iter_mut()) {
             if k == key {
-                field_sets::disown_changed(owned, new);
+                field_sets::disown_changed(lists, owned, new);
             }
         }
         let old = old.map(owned_part);
         if let Some(id) = updater
-            && let Some(c) = field_sets::changed(old.as_ref(), &owned_part(saw))
+            && let Some(c) = field_sets::changed(lists, old.as_ref(), &owned_part(saw))
         {
             let mine = st
                 .updated
                 .entry((key.clone(), id))
                 .or_insert_with(|| json!({}));
-            field_sets::apply_merge(mine, &c);
+            field_sets::apply_merge(lists, mine, &c);
         }
+    }
+
+    /// Drops the managedFields entries of `obj` (at `key`) whose manager owns nothing, and
+    /// their records, as structured-merge-diff's updater does after every update and apply
+    /// (`merge/update.go`: managers with an empty set are deleted); no entries left, no
+    /// `managedFields`. An entry with no record of what it owns (an update that only removed
+    /// fields) owns nothing.
+    pub(crate) fn drop_empty_managers(
+        st: &mut State,
+        rt: &ResourceType,
+        key: &ObjKey,
+        obj: &mut Value,
+    ) {
+        let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+            return;
+        };
+        let Some(entries) = m.get_mut("managedFields").and_then(Value::as_array_mut) else {
+            return;
+        };
+        let mut dropped = Vec::new();
+        entries.retain(|e| {
+            let id = entry_identity(e);
+            let k = (key.clone(), id.clone());
+            let owns = if e["operation"] == "Apply" {
+                let status = e.get("subresource").and_then(Value::as_str) == Some("status");
+                st.applied
+                    .get(&k)
+                    .is_some_and(|a| field_sets::owns_anything(&apply_owned(rt, status, a)))
+            } else {
+                st.updated.get(&k).is_some_and(field_sets::owns_anything)
+            };
+            if !owns {
+                dropped.push(id);
+            }
+            owns
+        });
+        if entries.is_empty() {
+            m.remove("managedFields");
+        }
+        // A record without an entry stays: an apply that changed nothing remembers what it
+        // applied without writing its entry (README).
+        st.applied
+            .retain(|(k, id), _| k != key || !dropped.contains(id));
+        st.updated
+            .retain(|(k, id), _| k != key || !dropped.contains(id));
     }
 
     /// Builds the object an update stores: immutable metadata kept, status rules applied,
@@ -452,17 +557,26 @@ impl Store {
         let old_meta = old.get("metadata").cloned().unwrap_or(json!({}));
         {
             let m = meta_mut(&mut new);
-            for k in [
-                "name",
-                "namespace",
-                "uid",
-                "creationTimestamp",
-                "deletionTimestamp",
-            ] {
+            for k in ["name", "namespace", "uid", "creationTimestamp"] {
                 match old_meta.get(k) {
                     Some(v) => m.insert(k.into(), v.clone()),
                     None => m.remove(k),
                 };
+            }
+            // `rest.BeforeUpdate`: an update never removes or changes a deletion timestamp,
+            // nor removes a deletion grace period; one that sets either where there was none
+            // is refused as immutable (`meta_validation::object_meta_update`). A raw replace
+            // keeps them as they were.
+            for k in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
+                match old_meta.get(k) {
+                    Some(v) if k == "deletionTimestamp" || !m.contains_key(k) || opts.raw => {
+                        m.insert(k.into(), v.clone());
+                    }
+                    None if opts.raw => {
+                        m.remove(k);
+                    }
+                    _ => {}
+                }
             }
             m.insert(
                 "resourceVersion".into(),

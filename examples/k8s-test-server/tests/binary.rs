@@ -23,6 +23,7 @@ async fn binary_serves_one_test_server_per_cluster() {
                 "--cluster",
                 "east",
                 "--istio-crds",
+                "--load-balancer-cleanup-finalizer",
                 "--exit-after-secs",
                 "60",
                 "--kubeconfig-dir",

@@ -384,3 +384,237 @@ async fn an_invalid_patch_that_escalates_is_forbidden_first() {
         .unwrap_err();
     assert_eq!(status_code(&e), Some(422), "{e}");
 }
+
+/// A `/status` apply is its own manager (`BuildManagerIdentifier` includes the subresource):
+/// it does not replace what the same manager applied to the main resource, so a label that
+/// manager stops applying there is still pruned.
+#[tokio::test]
+async fn a_status_apply_does_not_replace_the_managers_main_apply() {
+    let (server, client) = started("fm-status-apply").await;
+    server.install_istio_gateway_crd();
+    server
+        .store()
+        .create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mesh"}}))
+        .unwrap();
+    let gvk = kube::api::GroupVersionKind::gvk("networking.istio.io", "v1", "Gateway");
+    let gateways: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client,
+        "mesh",
+        &kube::api::ApiResource::from_gvk_with_plural(&gvk, "gateways"),
+    );
+    let gateway = |labels: Value| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "mesh", "labels": labels},
+            "spec": {"selector": {"istio": "eastwestgateway"}}})
+    };
+    let pp = PatchParams::apply("meshctl");
+    gateways
+        .patch(
+            "gw",
+            &pp,
+            &Patch::Apply(gateway(json!({"x": "1", "keep": "1"}))),
+        )
+        .await
+        .unwrap();
+    let status = json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": "mesh"}, "status": {"observedGeneration": 1}});
+    gateways
+        .patch_status("gw", &pp, &Patch::Apply(status))
+        .await
+        .unwrap();
+    let gw = gateways
+        .patch("gw", &pp, &Patch::Apply(gateway(json!({"keep": "1"}))))
+        .await
+        .unwrap();
+    assert_eq!(
+        gw.metadata
+            .labels
+            .unwrap_or_default()
+            .into_keys()
+            .collect::<Vec<_>>(),
+        ["keep"],
+        "the label meshctl stopped applying is pruned"
+    );
+    assert_eq!(gw.data["status"], json!({"observedGeneration": 1}));
+    let mut managers: Vec<(String, Option<String>)> = gw
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.manager.unwrap_or_default(), e.subresource))
+        .collect();
+    managers.sort();
+    assert_eq!(
+        managers,
+        [
+            ("meshctl".to_string(), None),
+            ("meshctl".to_string(), Some("status".to_string()))
+        ]
+    );
+}
+
+/// A raw request with `?fieldManager=<manager>` (kube-rs refuses long managers itself).
+async fn with_manager(
+    client: &Client,
+    method: &str,
+    path: &str,
+    manager: &str,
+    content_type: &str,
+    body: Value,
+) -> kube::Result<ConfigMap> {
+    let enc: String = manager
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("{path}?fieldManager={enc}"))
+        .header("content-type", content_type)
+        .body(serde_json::to_vec(&body).unwrap())
+        .unwrap();
+    client.request(req).await
+}
+
+/// `fieldManager` is validated as `ValidateFieldManager` does, on create, update and patch:
+/// at most 128 bytes, every character printable, a 422 on the request's options.
+#[tokio::test]
+async fn an_unprintable_or_too_long_field_manager_is_invalid() {
+    let (_server, client) = started("fm-validate").await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let all = "/api/v1/namespaces/default/configmaps";
+    let one = "/api/v1/namespaces/default/configmaps/cfg";
+    let json = "application/json";
+    let long = "m".repeat(129);
+    let r = with_manager(&client, "POST", all, &long, json, cm(json!({"a": "1"}))).await;
+    let s = status(r, 422);
+    assert_eq!(
+        s.message,
+        r#"CreateOptions.meta.k8s.io "" is invalid: fieldManager: Too long: must have at most 128 bytes"#
+    );
+    assert_eq!(s.reason, "Invalid");
+    // 128 bytes are fine.
+    let ok = "m".repeat(128);
+    with_manager(&client, "POST", all, &ok, json, cm(json!({"a": "1"})))
+        .await
+        .unwrap();
+
+    let apply_ct = "application/apply-patch+yaml";
+    let r = with_manager(
+        &client,
+        "PATCH",
+        one,
+        "bad\u{7}name",
+        apply_ct,
+        cm(json!({"a": "2"})),
+    )
+    .await;
+    assert_eq!(
+        status(r, 422).message,
+        r#"PatchOptions.meta.k8s.io "" is invalid: fieldManager: Invalid value: "bad\aname": invalid character U+0007 (at position 3)"#
+    );
+    let both = format!("{long}\u{200b}");
+    let current = serde_json::to_value(cms.get("cfg").await.unwrap()).unwrap();
+    let r = with_manager(&client, "PUT", one, &both, json, current).await;
+    assert_eq!(
+        status(r, 422).message,
+        format!(
+            r#"UpdateOptions.meta.k8s.io "" is invalid: [fieldManager: Too long: must have at most 128 bytes, fieldManager: Invalid value: "{long}\u200b": invalid character U+200B (at position 129)]"#
+        )
+    );
+    assert_eq!(data(&cms).await, json!({"a": "1"}), "nothing was written");
+}
+
+/// A manager that owns nothing has no managedFields entry (structured-merge-diff deletes
+/// managers with an empty set after every update and apply): an update that only removes a
+/// field owns nothing, and a manager whose every field another took loses its entry.
+#[tokio::test]
+async fn a_manager_that_owns_nothing_has_no_entry() {
+    let (_server, admin) = started("empty-managers").await;
+    let cms: Api<ConfigMap> = Api::namespaced(admin, "default");
+    let pp = |m: &str| PatchParams {
+        field_manager: Some(m.into()),
+        ..PatchParams::default()
+    };
+    let names = |o: &ConfigMap| -> Vec<String> {
+        let mut v: Vec<String> = entries(o).into_iter().map(|e| e.0).collect();
+        v.sort();
+        v
+    };
+    let created = cms
+        .create(
+            &PostParams {
+                field_manager: Some("creator".into()),
+                ..PostParams::default()
+            },
+            &obj(cm(json!({"a": "1", "b": "2"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&created), ["creator"]);
+    // Removing a field owns nothing.
+    let removed = cms
+        .patch(
+            "cfg",
+            &pp("remover"),
+            &Patch::Merge(json!({"data": {"b": null}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&removed), ["creator"]);
+    // Taking the creator's last field leaves it nothing.
+    let taken = cms
+        .patch(
+            "cfg",
+            &pp("taker"),
+            &Patch::Merge(json!({"data": {"a": "9"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(&taken), ["taker"]);
+    // A forced apply takes an applier's only field: the applier's entry goes too.
+    apply(&cms, "applier", true, json!({"c": "1"}))
+        .await
+        .unwrap();
+    let forced = apply(&cms, "forcer", true, json!({"a": "9", "c": "2"}))
+        .await
+        .unwrap();
+    // The taker's `a`, applied with the same value, is shared, not taken.
+    assert_eq!(names(&forced), ["forcer", "taker"]);
+    assert_eq!(data(&cms).await, json!({"a": "9", "c": "2"}));
+}
+
+/// An apply of the values its manager created with POST changes no field but makes the
+/// manager an `Apply` owner: the real server writes that managedFields change (a new
+/// resourceVersion); the same apply again changes nothing.
+#[tokio::test]
+async fn an_apply_that_only_adds_its_manager_as_an_owner_is_written() {
+    let (_server, admin) = started("new-owner").await;
+    let cms: Api<ConfigMap> = Api::namespaced(admin, "default");
+    let pp = PostParams {
+        field_manager: Some("m".into()),
+        ..PostParams::default()
+    };
+    let created = cms.create(&pp, &obj(cm(json!({"a": "1"})))).await.unwrap();
+    let rv = |o: &ConfigMap| o.metadata.resource_version.clone().unwrap();
+    let first = apply(&cms, "m", false, json!({"a": "1"})).await.unwrap();
+    assert_ne!(rv(&first), rv(&created), "the new Apply owner is a change");
+    let ops: Vec<String> = first
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e.manager.as_deref().unwrap_or(""),
+                e.operation.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    assert!(ops.contains(&"m:Apply".to_string()), "{ops:?}");
+    let again = apply(&cms, "m", false, json!({"a": "1"})).await.unwrap();
+    assert_eq!(rv(&again), rv(&first), "nothing new: no write");
+}
