@@ -34,6 +34,21 @@ pub enum PkiError {
     /// The certificate meant to sign is not a CA.
     #[error("the {0} certificate is not a CA (basicConstraints CA:TRUE is missing)")]
     NotCa(&'static str),
+    /// The certificate meant to sign has a keyUsage without keyCertSign.
+    #[error(
+        "the {0} certificate's keyUsage lacks keyCertSign (certificate signing), so what it \
+         signs would be rejected (openssl: \"key usage does not include certificate signing\"); \
+         use a CA certificate whose keyUsage includes keyCertSign"
+    )]
+    NoKeyCertSign(&'static str),
+    /// A cluster bundle to sign with has errors (those `verify` reports), so nothing signed
+    /// with it would verify.
+    #[error(
+        "the CA bundle in {} does not verify, so nothing was signed with it: {}",
+        dir.display(),
+        problems.join("; ")
+    )]
+    InvalidBundle { dir: PathBuf, problems: Vec<String> },
     /// The issuer name written into a child does not equal its parent's subject byte for byte.
     #[error(
         "the issuer name of the new {0} certificate does not equal the subject name of its signer byte for byte \

@@ -203,11 +203,50 @@ pub fn read_cert_pem(path: &Path) -> Result<String> {
 
 /// A private key to reuse: its directory is checked like a writer's, then it is read
 /// (bounded, as [`read_input_string`]), after settling an interrupted write ([`recover_dir`]).
+/// A key that group or other users may read is used, with a warning on stderr
+/// ([`read_key_noting`] returns it instead).
 pub fn read_key(path: &Path) -> Result<String> {
+    let (text, warning) = read_key_noting(path)?;
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
+    }
+    Ok(text)
+}
+
+/// [`read_key`], returning the warning about the key's mode instead of printing it.
+pub fn read_key_noting(path: &Path) -> Result<(String, Option<String>)> {
     let dir = path.parent().unwrap_or(Path::new(""));
     check_key_dir(dir)?;
     settle(dir)?;
-    read(path)
+    let text = read(path)?;
+    Ok((text, key_mode_warning(path)))
+}
+
+/// Why a private key file's mode is too wide (group or other users may read or write it),
+/// naming the file, with the fix; `None` when it is private (or cannot be told).
+pub fn key_mode_warning(path: &Path) -> Option<String> {
+    key_mode_problem(path).map(|m| format!("{}: {m}", path.display()))
+}
+
+/// [`key_mode_warning`] without the file's name.
+fn key_mode_problem(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "is a private key with mode {mode:04o}, so other local users may read or \
+                 change it: chmod 600 {} (and treat the key as exposed if others could read it)",
+                path.display()
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 impl RootCa {
@@ -223,13 +262,41 @@ impl RootCa {
         write_files(&self.files(dir), force)
     }
 
-    /// Loads a root from a certificate file and a key file.
+    /// Loads a root from a certificate file and a key file. Two files given the wrong way
+    /// round (the key as the certificate) are named as such.
     pub fn load_files(cert: &Path, key: &Path) -> Result<RootCa> {
-        RootCa::from_pem(&read_cert_pem(cert)?, &read_key(key)?).map_err(|e| match e {
+        let cert_text = match read_cert_pem(cert) {
+            Ok(text) => text,
+            Err(e) => return Err(swapped(cert, key).unwrap_or(e)),
+        };
+        let key_text = read_key(key)?;
+        RootCa::from_pem(&cert_text, &key_text).map_err(|e| match e {
             PkiError::InvalidCert(m) => PkiError::InvalidCert(format!("{}: {m}", cert.display())),
+            PkiError::InvalidKey(m) => PkiError::InvalidKey(format!("{}: {m}", key.display())),
             other => other,
         })
     }
+}
+
+/// The error for a certificate file `cert` that holds a private key (and no certificate)
+/// while the key file `key` holds a certificate: the two were swapped.
+fn swapped(cert: &Path, key: &Path) -> Option<PkiError> {
+    let labels = |p: &Path| {
+        read(p)
+            .ok()
+            .and_then(|t| crate::pem::block_labels(&t).ok())
+            .unwrap_or_default()
+    };
+    let cert_labels = labels(cert);
+    let is_key = !cert_labels.is_empty() && cert_labels.iter().all(|l| l.ends_with("PRIVATE KEY"));
+    (is_key && labels(key).iter().any(|l| l == "CERTIFICATE")).then(|| {
+        PkiError::InvalidCert(format!(
+            "{}: this is a private key, and {} holds a certificate: did you swap --root-cert \
+             and --root-key? (the certificate file comes first)",
+            cert.display(),
+            key.display()
+        ))
+    })
 }
 
 impl IntermediateCa {
@@ -247,23 +314,37 @@ impl IntermediateCa {
         write_files(&self.files(dir), force)
     }
 
-    /// Reads a cluster bundle (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`).
-    /// `cert-chain.pem` must start with `ca-cert.pem`; use [`crate::verify_bundles`] for a full check.
+    /// Reads a cluster bundle (`ca-cert.pem`, `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`)
+    /// to sign with. Refuses one that [`crate::verify_bundles`] finds errors in, dates aside
+    /// (the signer's own validity is checked when it signs): [`PkiError::InvalidBundle`].
     pub fn load_dir(dir: &Path) -> Result<IntermediateCa> {
         settle(dir)?;
-        let ca = IntermediateCa::from_pems(
-            &read_cert_pem(&dir.join(CA_CERT))?,
-            &read_key(&dir.join(CA_KEY))?,
-            &read_cert_pem(&dir.join(ROOT_CERT))?,
-        )?;
+        let (ca_cert, ca_key, root_cert) = (
+            read_cert_pem(&dir.join(CA_CERT))?,
+            read_key(&dir.join(CA_KEY))?,
+            read_cert_pem(&dir.join(ROOT_CERT))?,
+        );
+        let ca = IntermediateCa::from_pems(&ca_cert, &ca_key, &root_cert)?;
         let chain_path = dir.join(CERT_CHAIN);
-        let chain = crate::pem::cert_ders(&read(&chain_path)?)
+        let chain_text = read(&chain_path)?;
+        let chain = crate::pem::cert_ders(&chain_text)
             .map_err(|e| PkiError::InvalidCert(format!("{}: {e}", chain_path.display())))?;
         if chain[0] != ca.cert_der() {
             return Err(PkiError::InvalidCert(format!(
                 "{}: does not start with {CA_CERT}",
                 chain_path.display()
             )));
+        }
+        let errors =
+            crate::verify::signing_errors(dir, [&ca_cert, &ca_key, &root_cert, &chain_text]);
+        if !errors.is_empty() {
+            return Err(PkiError::InvalidBundle {
+                dir: dir.to_path_buf(),
+                problems: errors
+                    .iter()
+                    .map(|f| format!("{}: {}", f.file.display(), f.message))
+                    .collect(),
+            });
         }
         // Between ca-cert.pem and the root: the CAs a workload's chain must carry too.
         let parents = if chain.len() > 2 {
@@ -386,6 +467,14 @@ pub fn verify_bundles(dirs: &[&Path], opts: &VerifyOptions) -> Report {
     for dir in dirs {
         let (texts, findings) = read_bundle(dir);
         report.findings.extend(findings);
+        let key = dir.join(CA_KEY);
+        if let Some(message) = key_mode_problem(&key) {
+            report.findings.push(Finding {
+                severity: Severity::Warning,
+                file: key,
+                message,
+            });
+        }
         match texts {
             Some(texts) => {
                 let texts = [0, 1, 2, 3].map(|i| texts[i].as_deref());

@@ -14,7 +14,7 @@ use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use crate::error::{PkiError, Result};
-use crate::pem::{first_cert_der, parse_x509};
+use crate::pem::{cert_ders, first_cert_der, parse_x509};
 use crate::{KeyType, validate_dns_label};
 
 /// Certificates start this long before "now" to tolerate clock skew between machines.
@@ -83,6 +83,10 @@ pub struct IntermediateOptions {
     /// How many CA levels may sit below this one (default 0: it signs workloads only; an
     /// offline intermediate that signs the cluster CAs needs 1).
     pub path_len: u8,
+    /// Re-issuing an existing CA's subject ([`IntermediateOptions::renewing`]): O, CN and L
+    /// are kept as they are (L may be absent, or not a DNS label), without the cluster-name
+    /// check a new CA gets.
+    pub renewal: bool,
 }
 
 impl IntermediateOptions {
@@ -97,6 +101,7 @@ impl IntermediateOptions {
             not_before: None,
             not_after: None,
             path_len: 0,
+            renewal: false,
         }
     }
 }
@@ -152,14 +157,14 @@ pub struct RootCa {
 impl RootCa {
     /// Generates a new self-signed root CA.
     pub fn generate(opts: &RootOptions) -> Result<RootCa> {
-        let (not_before, not_after) =
+        let (not_before, not_after, _) =
             validity(opts.not_before, opts.not_after, days(opts.days)?, None)?;
-        let key = opts.key_type.generate()?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = dn(&[
+        params.distinguished_name = ca_dn(&[
             (DnType::OrganizationName, &opts.org),
             (DnType::CommonName, &opts.common_name),
-        ]);
+        ])?;
+        let key = opts.key_type.generate()?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -182,9 +187,24 @@ impl RootCa {
 
     /// Loads an existing root ("bring your own root"). The key may be PKCS#8, PKCS#1 or SEC1.
     /// Checks that the certificate is a CA and that the key belongs to it.
+    ///
+    /// The file may hold several roots (`root-cert.pem` during a root rotation): the one the
+    /// key belongs to signs, and is the only root written into a child's `cert-chain.pem`;
+    /// the whole file is the child's `root-cert.pem`. A file without the key's certificate is
+    /// refused.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<RootCa> {
-        let cert_der = first_cert_der(cert_pem).map_err(PkiError::InvalidCert)?;
+        let ders = cert_ders(cert_pem).map_err(PkiError::InvalidCert)?;
         let key = crate::keys::load_private_key_pem(key_pem)?;
+        let cert_der = match ders.iter().find(|d| key_belongs_to(d, &key)) {
+            Some(d) => d.clone(),
+            None if ders.len() == 1 => return Err(PkiError::KeyMismatch("root")),
+            None => {
+                return Err(PkiError::InvalidKey(format!(
+                    "the key belongs to none of the {} certificates of the root file",
+                    ders.len()
+                )));
+            }
+        };
         check_ca_and_key(&cert_der, &key, "root")?;
         Ok(RootCa {
             cert_pem: cert_pem.to_string(),
@@ -194,6 +214,7 @@ impl RootCa {
         })
     }
 
+    /// The root file as loaded (every root it holds): a child's `root-cert.pem`.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
@@ -202,6 +223,7 @@ impl RootCa {
         &self.key_pem
     }
 
+    /// The root that signs (the one the key belongs to).
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der
     }
@@ -209,16 +231,33 @@ impl RootCa {
     /// Issues an intermediate CA for one cluster (or, with `path_len` 1, an offline
     /// intermediate that signs the cluster CAs).
     pub fn issue_intermediate(&self, opts: &IntermediateOptions) -> Result<IntermediateCa> {
-        let (cert_der, key) = issue_ca(opts, &self.cert_der, &self.key)?;
+        let (cert_der, key, clamped) = issue_ca(opts, &self.cert_der, &self.key)?;
         Ok(IntermediateCa {
             cert_pem: der_to_pem(&cert_der),
             key_pem: key.serialize_pem(),
             parents_pem: String::new(),
             root_pem: normalize_pem(&self.cert_pem),
+            anchor_pem: anchor_pem(&self.cert_pem, &self.cert_der),
             cert_der,
             key,
+            clamped,
         })
     }
+}
+
+/// The root to end a `cert-chain.pem` with: the root file itself when it holds that root
+/// alone (byte for byte as before), else that root alone.
+fn anchor_pem(root_file: &str, root_der: &[u8]) -> String {
+    match cert_ders(root_file) {
+        Ok(ders) if ders.len() == 1 && ders[0] == root_der => normalize_pem(root_file),
+        _ => der_to_pem(root_der),
+    }
+}
+
+/// Whether `key` is the private key of the certificate `der`.
+fn key_belongs_to(der: &[u8], key: &KeyPair) -> bool {
+    parse_x509(der)
+        .is_ok_and(|c| c.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
 }
 
 /// Signs a CA certificate for `opts` with the parent's key: subject O, CN, L=cluster.
@@ -226,11 +265,13 @@ fn issue_ca(
     opts: &IntermediateOptions,
     parent_der: &[u8],
     parent_key: &KeyPair,
-) -> Result<(Vec<u8>, KeyPair)> {
-    validate_dns_label(&opts.cluster).map_err(|reason| PkiError::InvalidOption {
-        field: "cluster name",
-        reason,
-    })?;
+) -> Result<(Vec<u8>, KeyPair, Option<Clamp>)> {
+    if !opts.renewal {
+        validate_dns_label(&opts.cluster).map_err(|reason| PkiError::InvalidOption {
+            field: "cluster name",
+            reason,
+        })?;
+    }
     let parent = parse_x509(parent_der).map_err(PkiError::InvalidCert)?;
     if let Ok(Some(bc)) = parent.basic_constraints()
         && let Some(n) = bc.value.path_len_constraint
@@ -246,19 +287,19 @@ fn issue_ca(
             ),
         });
     }
-    let (not_before, not_after) = validity(
+    let (not_before, not_after, clamped) = validity(
         opts.not_before,
         opts.not_after,
         days(opts.days)?,
         Some(parent_of(parent_der)?),
     )?;
-    let key = opts.key_type.generate()?;
     let mut params = CertificateParams::default();
-    params.distinguished_name = dn(&[
+    params.distinguished_name = ca_dn(&[
         (DnType::OrganizationName, &opts.org),
         (DnType::CommonName, &opts.common_name),
         (DnType::LocalityName, &opts.cluster),
-    ]);
+    ])?;
+    let key = opts.key_type.generate()?;
     params.subject_alt_names = opts
         .san_dns
         .iter()
@@ -274,7 +315,7 @@ fn issue_ca(
     params.not_before = not_before;
     params.not_after = not_after;
     let cert_der = sign_child(params, &key, parent_der, parent_key, "intermediate")?;
-    Ok((cert_der, key))
+    Ok((cert_der, key, clamped))
 }
 
 /// A per-cluster intermediate CA with its root: the contents of Istio's `cacerts` Secret.
@@ -286,13 +327,21 @@ pub struct IntermediateCa {
     /// offline intermediate; empty when the root signed this CA.
     parents_pem: String,
     root_pem: String,
+    /// The one root that ends `cert-chain.pem` (the one this CA chains to), PEM.
+    anchor_pem: String,
     cert_der: Vec<u8>,
     key: KeyPair,
+    /// Whether the requested notAfter was cut to the signer's.
+    clamped: Option<Clamp>,
 }
 
 impl IntermediateCa {
     /// Builds an intermediate from its certificate, key and root (all PEM). Checks that the
     /// certificate is a CA, that the key belongs to it, and that the root PEM holds a certificate.
+    ///
+    /// `root_cert` may hold several roots (during a root rotation): `cert-chain.pem` ends
+    /// with the one that signed this CA (or the top of its parents, see
+    /// [`IntermediateCa::with_parents`]).
     pub fn from_pems(ca_cert: &str, ca_key: &str, root_cert: &str) -> Result<IntermediateCa> {
         let cert_der = first_cert_der(ca_cert)
             .map_err(|e| PkiError::InvalidCert(format!("the CA certificate: {e}")))?;
@@ -300,34 +349,61 @@ impl IntermediateCa {
             .map_err(|e| PkiError::InvalidCert(format!("the root certificate: {e}")))?;
         let key = crate::keys::load_private_key_pem(ca_key)?;
         check_ca_and_key(&cert_der, &key, "intermediate")?;
-        Ok(IntermediateCa {
+        let mut ca = IntermediateCa {
             cert_pem: normalize_pem(ca_cert),
             key_pem: ca_key.to_string(),
             parents_pem: String::new(),
             root_pem: normalize_pem(root_cert),
+            anchor_pem: String::new(),
             cert_der,
             key,
-        })
+            clamped: None,
+        };
+        ca.anchor_pem = ca.find_anchor(&ca.cert_der.clone());
+        Ok(ca)
+    }
+
+    /// The root of `root_pem` that signs `top`, as PEM; the whole root file when none does
+    /// (a bundle that does not verify: `certs verify` says why).
+    fn find_anchor(&self, top: &[u8]) -> String {
+        let roots = cert_ders(&self.root_pem).unwrap_or_default();
+        match crate::verify::anchor_of(top, &roots) {
+            Some(i) => anchor_pem(&self.root_pem, &roots[i]),
+            None => self.root_pem.clone(),
+        }
     }
 
     /// Like [`IntermediateCa::from_pems`], with the CAs between this one and the root
     /// (`cert-chain.pem` minus its first and last certificate).
     pub fn with_parents(mut self, parents: &[Vec<u8>]) -> IntermediateCa {
         self.parents_pem = parents.iter().map(|d| der_to_pem(d)).collect();
+        let top = parents
+            .last()
+            .cloned()
+            .unwrap_or_else(|| self.cert_der.clone());
+        self.anchor_pem = self.find_anchor(&top);
         self
+    }
+
+    /// When this CA was issued with a requested notAfter later than its signer's: the
+    /// signer's notAfter was used instead (see [`Clamp`]).
+    pub fn clamped(&self) -> Option<&Clamp> {
+        self.clamped.as_ref()
     }
 
     /// Issues a CA below this one (this one needs pathlen ≥ 1): its `cert-chain.pem` is the
     /// new CA, this CA and its parents, then the root.
     pub fn issue_intermediate(&self, opts: &IntermediateOptions) -> Result<IntermediateCa> {
-        let (cert_der, key) = issue_ca(opts, &self.cert_der, &self.key)?;
+        let (cert_der, key, clamped) = issue_ca(opts, &self.cert_der, &self.key)?;
         Ok(IntermediateCa {
             cert_pem: der_to_pem(&cert_der),
             key_pem: key.serialize_pem(),
             parents_pem: format!("{}{}", self.cert_pem, self.parents_pem),
             root_pem: self.root_pem.clone(),
+            anchor_pem: self.anchor_pem.clone(),
             cert_der,
             key,
+            clamped,
         })
     }
 
@@ -346,10 +422,10 @@ impl IntermediateCa {
         &self.root_pem
     }
 
-    /// `cert-chain.pem`: the intermediate, any CAs above it, then the root
-    /// (`cat ca-cert.pem root-cert.pem` for one level).
+    /// `cert-chain.pem`: the intermediate, any CAs above it, then the root they chain to
+    /// (`cat ca-cert.pem root-cert.pem` for one level and one root).
     pub fn cert_chain_pem(&self) -> String {
-        format!("{}{}{}", self.cert_pem, self.parents_pem, self.root_pem)
+        format!("{}{}{}", self.cert_pem, self.parents_pem, self.anchor_pem)
     }
 
     pub fn cert_der(&self) -> &[u8] {
@@ -358,22 +434,27 @@ impl IntermediateCa {
 
     /// Issues a workload certificate with a SPIFFE URI SAN.
     pub fn issue_workload(&self, opts: &WorkloadOptions) -> Result<WorkloadCert> {
-        let td = &opts.trust_domain;
-        if td.is_empty() || td.contains(['/', ' ', '?', '#']) || !td.is_ascii() {
-            return Err(PkiError::InvalidOption {
+        self.issue_workload_noting(opts).map(|(cert, _)| cert)
+    }
+
+    /// [`IntermediateCa::issue_workload`], also saying whether the requested notAfter was
+    /// cut to this CA's ([`Clamp`]), for the caller to warn.
+    pub fn issue_workload_noting(
+        &self,
+        opts: &WorkloadOptions,
+    ) -> Result<(WorkloadCert, Option<Clamp>)> {
+        crate::validate_trust_domain(&opts.trust_domain).map_err(|reason| {
+            PkiError::InvalidOption {
                 field: "trust domain",
-                reason: format!(
-                    "{td:?} cannot appear in a SPIFFE id (use a DNS-like name of ASCII letters, \
-                     digits, '-' and '.', e.g. cluster.local)"
-                ),
-            });
-        }
+                reason,
+            }
+        })?;
         // The names of a Kubernetes Namespace and ServiceAccount (see validate_dns_subdomain).
         let invalid = |field, reason| PkiError::InvalidOption { field, reason };
         validate_dns_label(&opts.namespace).map_err(|r| invalid("namespace", r))?;
         crate::validate_dns_subdomain(&opts.service_account)
             .map_err(|r| invalid("service account", r))?;
-        let (not_before, not_after) = validity(
+        let (not_before, not_after, clamped) = validity(
             opts.not_before,
             opts.not_after,
             opts.validity,
@@ -412,13 +493,14 @@ impl IntermediateCa {
         params.not_after = not_after;
         let der = sign_child(params, &key, &self.cert_der, &self.key, "workload")?;
         let cert_pem = der_to_pem(&der);
-        Ok(WorkloadCert {
+        let cert = WorkloadCert {
             chain_pem: format!("{cert_pem}{}{}", self.cert_pem, self.parents_pem),
             cert_pem,
             key_pem: key.serialize_pem(),
             root_pem: self.root_pem.clone(),
             spiffe_id,
-        })
+        };
+        Ok((cert, clamped))
     }
 }
 
@@ -447,8 +529,48 @@ fn days(days: u32) -> Result<Duration> {
     Ok(DAY * days)
 }
 
-/// The signer as [`validity`] needs it: its notAfter, and how to name it when it expired.
+/// The requested end of validity was later than the signer's notAfter, so the certificate
+/// ends when its signer does (a certificate cannot outlive the CA that signed it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clamp {
+    /// The notAfter asked for (from the validity length or the explicit override).
+    pub requested: OffsetDateTime,
+    /// The notAfter written: the signer's.
+    pub not_after: OffsetDateTime,
+    /// The signer, e.g. `the root CA "O=Istio, CN=Root CA"`.
+    pub signer: String,
+}
+
+impl std::fmt::Display for Clamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the certificate ends on {}, when {} does, not on {} as requested (a certificate \
+             cannot outlive its signer)",
+            utc(self.not_after),
+            self.signer,
+            utc(self.requested)
+        )
+    }
+}
+
+/// `2026-12-05T12:00:00Z`.
+fn utc(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// The signer as [`validity`] needs it: its validity, and how to name it in errors.
 struct Parent {
+    not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     /// `the root CA "O=Istio, CN=Root CA"` or `the CA "..."`.
     name: String,
@@ -458,6 +580,7 @@ fn parent_of(der: &[u8]) -> Result<Parent> {
     let cert = parse_x509(der).map_err(PkiError::InvalidCert)?;
     let root = cert.subject().as_raw() == cert.issuer().as_raw();
     Ok(Parent {
+        not_before: cert.validity().not_before.to_datetime(),
         not_after: cert.validity().not_after.to_datetime(),
         name: format!(
             "the {} \"{}\"",
@@ -472,15 +595,16 @@ fn max_not_after() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(MAX_NOT_AFTER_UNIX).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-/// Computes (notBefore, notAfter): overrides win, notAfter is clamped to the parent's.
-/// Refuses (never panics on) a validity that ends after 9999-12-31, and a parent that has
-/// already expired (it cannot sign anything valid).
+/// Computes (notBefore, notAfter, clamp): overrides win, notAfter is clamped to the
+/// parent's (the clamp says so). Refuses (never panics on) a validity that ends after
+/// 9999-12-31, and a parent that has already expired or is not valid yet (it cannot sign
+/// anything valid now).
 fn validity(
     not_before: Option<OffsetDateTime>,
     not_after: Option<OffsetDateTime>,
     length: Duration,
     parent: Option<Parent>,
-) -> Result<(OffsetDateTime, OffsetDateTime)> {
+) -> Result<(OffsetDateTime, OffsetDateTime, Option<Clamp>)> {
     let now = OffsetDateTime::now_utc();
     let max = max_not_after();
     let nb = not_before.unwrap_or(now - BACKDATE);
@@ -507,6 +631,7 @@ fn validity(
             ),
         });
     }
+    let mut clamp = None;
     if let Some(parent) = parent {
         if parent.not_after <= now {
             return Err(PkiError::InvalidOption {
@@ -518,7 +643,25 @@ fn validity(
                 ),
             });
         }
-        na = na.min(parent.not_after);
+        if parent.not_before > now {
+            return Err(PkiError::InvalidOption {
+                field: "signing CA",
+                reason: format!(
+                    "{} is not valid yet (notBefore {}), so it cannot sign a certificate that is \
+                     valid now: check this machine's clock, or wait until then",
+                    parent.name,
+                    utc(parent.not_before)
+                ),
+            });
+        }
+        if na > parent.not_after {
+            clamp = Some(Clamp {
+                requested: na,
+                not_after: parent.not_after,
+                signer: parent.name,
+            });
+            na = parent.not_after;
+        }
     }
     if na <= nb {
         return Err(PkiError::InvalidOption {
@@ -526,7 +669,7 @@ fn validity(
             reason: format!("notAfter {na} is not after notBefore {nb}"),
         });
     }
-    Ok((nb, na))
+    Ok((nb, na, clamp))
 }
 
 /// "3650 days" / "36 hours" / "90 seconds", for messages.
@@ -541,14 +684,24 @@ fn describe_length(d: Duration) -> String {
     }
 }
 
-fn dn(parts: &[(DnType, &String)]) -> DistinguishedName {
+/// A CA's subject from its non-empty parts. Refuses an empty one: a CA's subject must not be
+/// empty (RFC 5280 §4.1.2.6), as its children's issuer names it.
+fn ca_dn(parts: &[(DnType, &String)]) -> Result<DistinguishedName> {
     let mut dn = DistinguishedName::new();
     for (ty, value) in parts {
         if !value.is_empty() {
             dn.push(ty.clone(), value.as_str());
         }
     }
-    dn
+    if dn.iter().next().is_none() {
+        return Err(PkiError::InvalidOption {
+            field: "subject",
+            reason: "a CA certificate needs a non-empty subject (RFC 5280 §4.1.2.6): \
+                     give it an organization or a common name"
+                .into(),
+        });
+    }
+    Ok(dn)
 }
 
 fn dns_san(name: &str) -> Result<SanType> {
@@ -568,10 +721,23 @@ fn check_ca_and_key(der: &[u8], key: &KeyPair, what: &'static str) -> Result<()>
     if !cert.is_ca() {
         return Err(PkiError::NotCa(what));
     }
+    if !may_sign_certs(&cert) {
+        return Err(PkiError::NoKeyCertSign(what));
+    }
     if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
         return Err(PkiError::KeyMismatch(what));
     }
     Ok(())
+}
+
+/// A CA's keyUsage, when it has one, must allow signing certificates (keyCertSign, RFC 5280
+/// §4.2.1.3); openssl and Go refuse what it signs otherwise.
+pub(crate) fn may_sign_certs(cert: &x509_parser::certificate::X509Certificate<'_>) -> bool {
+    match cert.key_usage() {
+        Ok(Some(ku)) => ku.value.key_cert_sign(),
+        Ok(None) => true,
+        Err(_) => false,
+    }
 }
 
 /// Signs `params` with the CA loaded from its own DER, then checks issuer == CA subject bytes.

@@ -98,6 +98,17 @@ impl FromStr for KeyType {
 /// Loads a private key from PEM. Accepts `PRIVATE KEY` (PKCS#8), `RSA PRIVATE KEY` (PKCS#1)
 /// and `EC PRIVATE KEY` (SEC1); other blocks such as `EC PARAMETERS` are skipped.
 pub fn load_private_key_pem(pem_text: &str) -> Result<KeyPair> {
+    // A block without its -----END line (a truncated file), or a byte order mark: said the
+    // way certificate files say it (pem::parse_many would skip such a block as text).
+    let labels = crate::pem::block_labels(pem_text)
+        .map_err(|e| PkiError::InvalidKey(format!("not valid PEM: {e}")))?;
+    if !labels.is_empty() && labels.iter().all(|l| l == "CERTIFICATE") {
+        return Err(PkiError::InvalidKey(
+            "holds certificates only, no private key: pass the key file (PRIVATE KEY, RSA \
+             PRIVATE KEY or EC PRIVATE KEY)"
+                .into(),
+        ));
+    }
     let blocks = pem::parse_many(pem_text)
         .map_err(|e| PkiError::InvalidKey(format!("not valid PEM: {}", pem_error(&e))))?;
     let mut seen = Vec::new();
@@ -174,6 +185,10 @@ mod tests {
     fn garbage_and_encrypted_keys_are_rejected_clearly() {
         let err = load_private_key_pem("hello").unwrap_err().to_string();
         assert!(err.contains("no PEM block"), "{err}");
+        let kp = KeyType::EcdsaP256.generate().unwrap().serialize_pem();
+        let cut = &kp[..kp.find("-----END").unwrap()];
+        let err = load_private_key_pem(cut).unwrap_err().to_string();
+        assert!(err.contains("has no -----END line"), "{err}");
         let enc =
             "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
         let err = load_private_key_pem(enc).unwrap_err().to_string();

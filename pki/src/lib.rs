@@ -24,9 +24,9 @@ pub use files::{
 };
 pub use inspect::{CertSummary, inspect_pem};
 pub use issue::{
-    DEFAULT_INTERMEDIATE_DAYS, DEFAULT_ORG, DEFAULT_ROOT_CN, DEFAULT_ROOT_DAYS, IntermediateCa,
-    IntermediateOptions, MAX_NOT_AFTER_UNIX, RootCa, RootOptions, WorkloadCert, WorkloadOptions,
-    der_to_pem,
+    Clamp, DEFAULT_INTERMEDIATE_DAYS, DEFAULT_ORG, DEFAULT_ROOT_CN, DEFAULT_ROOT_DAYS,
+    IntermediateCa, IntermediateOptions, MAX_NOT_AFTER_UNIX, RootCa, RootOptions, WorkloadCert,
+    WorkloadOptions, der_to_pem,
 };
 pub use keys::{KeyType, load_private_key_pem};
 pub use pem::CanonicalPem;
@@ -69,6 +69,23 @@ pub fn validate_dns_label(name: &str) -> std::result::Result<(), String> {
         return Err(format!(
             "{name:?} is not a DNS-1123 label: use lowercase letters, digits and '-', \
              starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `td` is a SPIFFE trust domain: 1 to 255 characters, each a lowercase letter,
+/// digit, '.', '-' or '_' (SPIFFE-ID specification §2.1, "Trust Domain"). Upper case, a
+/// port, userinfo, percent-encoding and other characters are refused, since peers compare
+/// SPIFFE ids as strings. `..` alone is refused too: it is no name.
+pub fn validate_trust_domain(td: &str) -> std::result::Result<(), String> {
+    let ok_chars = td
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if td.is_empty() || td.len() > 255 || !ok_chars || td.bytes().all(|b| b == b'.') {
+        return Err(format!(
+            "{td:?} is not a SPIFFE trust domain: use 1 to 255 lowercase letters, digits, '.', \
+             '-' and '_' (SPIFFE-ID §2.1), e.g. cluster.local"
         ));
     }
     Ok(())

@@ -29,6 +29,14 @@ struct Block<'a> {
 /// line of its own, a block without its `-----END`, or an `-----END` for another label is an
 /// error: such text must not pass as a comment.
 fn blocks(text: &str) -> std::result::Result<Vec<Block<'_>>, String> {
+    if text.starts_with('\u{feff}') {
+        return Err(
+            "starts with a UTF-8 byte order mark (BOM, bytes EF BB BF), which PEM \
+                    readers such as Go's encoding/pem (istiod) do not skip: save the file \
+                    without it, e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' FILE"
+                .into(),
+        );
+    }
     let mut out = Vec::new();
     // (label, first line, byte offset of the BEGIN line) of the open block.
     let mut open: Option<(&str, usize, usize)> = None;
@@ -103,6 +111,13 @@ fn describe(label: &str) -> String {
     } else {
         "a PEM block".to_string()
     }
+}
+
+/// Checks that every block of a PEM text is delimited (each `-----BEGIN` has its `-----END`,
+/// no byte order mark): the errors name blocks and lines, never quote them. Returns the
+/// blocks' labels.
+pub(crate) fn block_labels(text: &str) -> std::result::Result<Vec<String>, String> {
+    Ok(blocks(text)?.iter().map(|b| b.label.to_string()).collect())
 }
 
 /// The `CERTIFICATE` blocks of a PEM text, as DER, and the other blocks (description, line).
@@ -424,5 +439,15 @@ mod tests {
                 .unwrap_err()
                 .contains("no PEM certificate")
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_named() {
+        let e = cert_ders(&format!("\u{feff}{}", cert())).unwrap_err();
+        assert!(e.contains("byte order mark"), "{e}");
+        let e = crate::load_private_key_pem(&format!("\u{feff}{}", key()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("byte order mark"), "{e}");
     }
 }

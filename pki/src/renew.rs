@@ -29,6 +29,8 @@ impl IntermediateOptions {
             .filter_map(|a| a.as_str().ok())
             .collect());
         let mut opts = IntermediateOptions::new(cluster);
+        // The subject is kept as it is, whatever its L (none, or not a DNS label).
+        opts.renewal = true;
         opts.org = org;
         opts.common_name = cn;
         opts.san_dns = match cert.subject_alternative_name() {

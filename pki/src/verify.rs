@@ -17,6 +17,7 @@ use crate::pem::{cert_ders, parse_x509};
 
 mod chain;
 
+pub(crate) use chain::anchor_of;
 pub use chain::signing_root;
 
 /// How serious a finding is.
@@ -163,9 +164,28 @@ pub(crate) fn verify_one(
         texts,
         now: opts.now.unwrap_or_else(OffsetDateTime::now_utc),
         opts,
+        dates: true,
         out: &mut report.findings,
     };
     ctx.bundle().map(|root| (source.join(ROOT_CERT), root))
+}
+
+/// The errors of one bundle (ca-cert, ca-key, root-cert, cert-chain texts) that make it unfit
+/// to sign with, dates aside (the signer checks its own validity and says what to do).
+pub(crate) fn signing_errors(source: &Path, texts: [&str; 4]) -> Vec<Finding> {
+    let opts = VerifyOptions::default();
+    let mut out = Vec::new();
+    let mut ctx = Ctx {
+        source,
+        texts: texts.map(Some),
+        now: OffsetDateTime::now_utc(),
+        opts: &opts,
+        dates: false,
+        out: &mut out,
+    };
+    ctx.bundle();
+    out.retain(|f| f.severity == Severity::Error);
+    out
 }
 
 /// Every trust bundle (the roots of `root-cert.pem`) must equal the first one.
@@ -201,6 +221,8 @@ struct Ctx<'a> {
     texts: [Option<&'a str>; 4],
     now: OffsetDateTime,
     opts: &'a VerifyOptions,
+    /// Whether validity dates are checked.
+    dates: bool,
     out: &'a mut Vec<Finding>,
 }
 
@@ -297,6 +319,17 @@ impl<'a> Ctx<'a> {
                 format!("{which}is not a CA certificate (basicConstraints CA:TRUE missing)"),
             );
         }
+        match root.key_usage() {
+            Ok(Some(ku)) if !ku.value.key_cert_sign() => self.error(
+                ROOT_CERT,
+                format!(
+                    "{which}has a keyUsage without keyCertSign: the CAs it signs are rejected \
+                     (openssl: key usage does not include certificate signing)"
+                ),
+            ),
+            Err(e) => self.error(ROOT_CERT, format!("{which}has an invalid keyUsage: {e}")),
+            _ => {}
+        }
         if !chain::self_signed(root) {
             self.warn(
                 ROOT_CERT,
@@ -358,6 +391,9 @@ impl<'a> Ctx<'a> {
     }
 
     fn validity(&mut self, file: &str, cert: &X509Certificate<'_>) {
+        if !self.dates {
+            return;
+        }
         let nb = cert.validity().not_before.to_datetime();
         let na = cert.validity().not_after.to_datetime();
         if self.now < nb {

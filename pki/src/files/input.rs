@@ -17,13 +17,21 @@ pub fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
     read_limited(path, MAX_INPUT_BYTES)
 }
 
-/// [`read_input`] as UTF-8 text.
+/// [`read_input`] as UTF-8 text. Binary DER (what `openssl ... -outform DER` writes, a
+/// SEQUENCE: first byte 0x30) is named as such, with the command that converts it.
 pub fn read_input_string(path: &Path) -> std::io::Result<String> {
-    String::from_utf8(read_input(path)?).map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "is not UTF-8 text (expected a PEM or YAML file)",
-        )
+    String::from_utf8(read_input(path)?).map_err(|e| {
+        let msg = if e.as_bytes().first() == Some(&0x30) {
+            let p = path.display();
+            format!(
+                "is binary DER, not PEM text: convert it, for a certificate with \
+                 openssl x509 -inform DER -in {p} -out {p}.pem (for a key: openssl pkey \
+                 -inform DER -in {p} -out {p}.pem), and pass the .pem file"
+            )
+        } else {
+            "is not UTF-8 text (expected a PEM or YAML file)".to_string()
+        };
+        std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
     })
 }
 
@@ -135,6 +143,14 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("not UTF-8"), "{e}");
+        let der = tmp.path().join("root.der");
+        std::fs::write(&der, [0x30, 0x82, 0x01, 0x0a, 0xff]).unwrap();
+        let e = read_input_string(&der).unwrap_err().to_string();
+        assert!(
+            e.contains("binary DER")
+                && e.contains(&format!("openssl x509 -inform DER -in {}", der.display())),
+            "{e}"
+        );
     }
 
     #[cfg(unix)]

@@ -1,8 +1,11 @@
 //! Writing a set of files all or nothing, never through what is at a target's path, and
 //! recoverably: a crash part way is settled by the next run.
 //!
-//! 0. Lock: each target directory is created if missing (0700) and locked (`flock`, released
-//!    by the kernel when the writer dies) for the whole write; a second writer is refused.
+//! 0. Lock: each target directory is created if missing (0700, one level at a time: a level
+//!    another writer made meanwhile is theirs) and locked (`flock`, released by the kernel
+//!    when the writer dies) for the whole write; a second writer is refused, and removes no
+//!    directory (the one it made may be the first writer's now). A target that already holds
+//!    exactly its new contents (a key: with mode 0600) is left out of the write.
 //!    Under the lock, an interrupted earlier write is settled (below) and the temporary files
 //!    of one interrupted before it renamed anything are removed (`sweep`), each with a note.
 //! 1. Stage: each file's contents go to a new file beside its target, created exclusively
@@ -18,8 +21,8 @@
 //!    that appeared after the caller's check).
 //! 5. Finish: the directories are synced, the kept files removed, then the journals.
 //!
-//! A failure in 1 to 3 removes the staged files and the directories created: nothing
-//! changed. A failure in 4 (e.g. an immutable target) moves the kept files back and removes
+//! A failure in 1 to 3 removes the staged files and the directories this write created:
+//! nothing changed. A failure in 4 (e.g. an immutable target) moves the kept files back and removes
 //! the new ones placed; should that fail too, the error lists the files that now hold new
 //! contents and where the previous contents are kept. Either way the error is the report and
 //! the journals go.
@@ -105,10 +108,22 @@ pub(super) fn write_all(
     let mut created = Vec::new();
     let mut locks = Locks::default();
     let mut notes = Vec::new();
-    if let Err(e) = prepare(&dirs, &mut created, &mut locks, &mut notes) {
-        remove_dirs(&created);
+    if let Err((e, locked)) = prepare(&dirs, &mut created, &mut locks, &mut notes) {
+        // A directory this call created but could not lock is another writer's now: it
+        // stays (removing it would pull it from under that writer's lock).
+        if locked {
+            remove_dirs(&created);
+        }
         return Err(e);
     }
+    // A target that already holds exactly its new contents (and, for a key, a private mode)
+    // is left alone: nothing to undo, and an immutable unchanged file does not stop the write.
+    let changed: Vec<OutFile> = files
+        .iter()
+        .filter(|f| !(force && unchanged(f)))
+        .cloned()
+        .collect();
+    let files = &changed[..];
     let mut staged = Vec::new();
     let journals = stage(files, force, &mut staged, ops).and_then(|()| {
         let journals = write_journals(&dirs, &staged)?;
@@ -161,6 +176,32 @@ pub(super) fn write_all(
     Ok(notes)
 }
 
+/// Whether `f`'s target is a regular file (not a symlink) holding exactly `f.contents`, with
+/// a mode no wider than the writer would give it (0600 for a key, 0644 otherwise).
+fn unchanged(f: &OutFile) -> bool {
+    let Ok(file) = open_nofollow(&f.path) else {
+        return false;
+    };
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    if !meta.is_file() || meta.len() != f.contents.len() as u64 {
+        return false;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let allowed = if f.secret { 0o600 } else { 0o644 };
+        if meta.permissions().mode() & 0o7777 & !allowed != 0 {
+            return false;
+        }
+    }
+    let mut now = Vec::with_capacity(f.contents.len());
+    file.take(f.contents.len() as u64 + 1)
+        .read_to_end(&mut now)
+        .is_ok_and(|_| now == f.contents.as_bytes())
+}
+
 /// The directories of `files`, once each (by absolute path), in order.
 fn target_dirs(files: &[OutFile]) -> Result<Vec<Dir>, (PathBuf, io::Error)> {
     let mut dirs: Vec<Dir> = Vec::new();
@@ -178,22 +219,29 @@ fn target_dirs(files: &[OutFile]) -> Result<Vec<Dir>, (PathBuf, io::Error)> {
 }
 
 /// Step 0: creates and locks every directory, then settles what an interrupted write left.
+/// The error says whether every directory was locked (false: a lock failed or was never
+/// tried, so the directories created may be another writer's).
 fn prepare(
     dirs: &[Dir],
     created: &mut Vec<PathBuf>,
     locks: &mut Locks,
     notes: &mut Vec<String>,
-) -> crate::Result<()> {
+) -> Result<(), (PkiError, bool)> {
     for d in dirs {
-        let not_written = |source| PkiError::NotWritten {
-            path: d.path.clone(),
-            source,
+        let not_written = |source| {
+            (
+                PkiError::NotWritten {
+                    path: d.path.clone(),
+                    source,
+                },
+                false,
+            )
         };
         create_private_dirs(&d.path, created).map_err(not_written)?;
         locks.lock(&d.path).map_err(not_written)?;
     }
     for d in dirs {
-        notes.extend(recover_locked(&d.path, locks)?);
+        notes.extend(recover_locked(&d.path, locks).map_err(|e| (e, true))?);
         notes.extend(sweep(&d.path));
     }
     Ok(())
@@ -496,36 +544,33 @@ fn id_of(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
     }
 }
 
-/// Creates `dir` and its missing ancestors with mode 0700, recording each one created (in
-/// `created`, parents first). Only directories created here are chmod-ed (mkdir's mode is
-/// filtered by the umask); existing ones are left as they are.
+/// Creates `dir` and its missing ancestors with mode 0700, one level at a time, recording
+/// in `created` (parents first) only those this call made: one that another process made
+/// meanwhile (`mkdir` says it exists) is theirs, never recorded, so never removed. Only
+/// directories created here are chmod-ed (mkdir's mode is filtered by the umask); existing
+/// ones are left as they are.
 fn create_private_dirs(dir: &Path, created: &mut Vec<PathBuf>) -> io::Result<()> {
     let missing: Vec<&Path> = dir
         .ancestors()
         .take_while(|d| !d.as_os_str().is_empty() && d.symlink_metadata().is_err())
         .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
     let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::DirBuilderExt;
         builder.mode(0o700);
     }
-    let made = builder.create(dir);
-    // Recorded even after a failure, so that a partial creation is removed too.
-    for d in missing.iter().rev() {
-        if d.symlink_metadata().is_ok() {
-            created.push(d.to_path_buf());
+    for d in missing.into_iter().rev() {
+        match builder.create(d) {
+            Ok(()) => created.push(d.to_path_buf()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => continue,
+            Err(e) => return Err(e),
         }
-    }
-    made?;
-    #[cfg(unix)]
-    for d in missing {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+        }
     }
     Ok(())
 }

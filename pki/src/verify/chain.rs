@@ -50,6 +50,11 @@ fn anchor(top_der: &[u8], roots: &[Vec<u8>]) -> Result<usize, String> {
     ))
 }
 
+/// Which root of `roots` signs `top` (or is `top`): [`anchor`] without its reasons.
+pub(crate) fn anchor_of(top: &[u8], roots: &[Vec<u8>]) -> Option<usize> {
+    anchor(top, roots).ok()
+}
+
 /// The path from ca-cert.pem upwards, without the root: `cert-chain.pem` minus its root when it
 /// is well-formed, else `ca-cert.pem` alone.
 fn path<'c>(ca: &'c [u8], chain: Option<&'c [Vec<u8>]>, roots: &[Vec<u8>]) -> Vec<&'c [u8]> {
@@ -141,6 +146,16 @@ impl Ctx<'_> {
     /// root of `root-cert.pem`. Returns whether the links can be walked.
     fn chain_shape(&mut self, chain: &[Vec<u8>], ca: &[u8], roots: &[Vec<u8>]) -> bool {
         let expect = format!("expected {CA_CERT}, any intermediate CAs, then the root");
+        if chain.len() == 1 && chain[0] != ca && roots.contains(&chain[0]) {
+            self.error(
+                CERT_CHAIN,
+                format!(
+                    "holds only the root, without {CA_CERT}; {expect} (for one level: cat \
+                     {CA_CERT} {ROOT_CERT} > {CERT_CHAIN})"
+                ),
+            );
+            return false;
+        }
         let mut ok = true;
         if chain[0] != ca {
             self.error(
