@@ -80,7 +80,7 @@ pub struct CacertsFlags {
     /// Replace a `cacerts` whose root differs (workloads signed by the old root stop being trusted).
     #[arg(long)]
     pub force: bool,
-    /// Print `ca-key.pem` in the --dry-run output instead of a placeholder.
+    /// Print `ca-key.pem` in the --dry-run and -o output instead of a placeholder.
     #[arg(long)]
     pub show_secrets: bool,
 }

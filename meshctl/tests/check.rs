@@ -77,6 +77,7 @@ async fn passes_on_a_joined_pair() {
             "remote secret present",
             "no loopback server address",
             "token expiry",
+            "reader account",
             "kubeconfig works",
             "reader permissions",
         ] {

@@ -118,11 +118,12 @@ async fn label_network_and_cacerts_apply_say_what_is_not_done_and_resume() {
     let bundle = m.certs.join("east");
     let apply = cacerts_apply_args(m.kc(), p(&bundle), "east", &["-n", "other"]);
     outage(&m.east, Fault::Unavailable, "patch", "secrets");
+    outage(&m.east, Fault::Unavailable, "create", "secrets");
     let all = interrupted(&apply).await;
     says(
         &all,
         &[
-            "applying Secret other/cacerts in context \"east\"",
+            "creating Secret other/cacerts in context \"east\"",
             "503 ServiceUnavailable",
             "cacerts in context \"east\" was not updated (namespace other may have been \
              created): istiod keeps its current CA; re-run the same command to resume",
@@ -294,11 +295,12 @@ async fn join_failing_before_any_change_says_nothing_was_changed() {
     m.east.faults().clear();
     // The first write fails.
     outage(&m.west, Fault::Internal, "patch", "secrets");
+    outage(&m.west, Fault::Internal, "create", "secrets");
     let all = interrupted(&m.join_args(&[])).await;
     says(
         &all,
         &[
-            "applying Secret istio-system/cacerts in context \"west\"",
+            "creating Secret istio-system/cacerts in context \"west\"",
             "interrupted before the first change was complete; re-run the same command",
         ],
     );

@@ -1,6 +1,7 @@
 //! `meshctl cacerts DIR [-n NS] --show-secrets`: prints the `cacerts` Secret that istiod reads;
 //! `meshctl cacerts apply DIR`: creates or updates it in a cluster (`mesh::cacerts` builds
-//! and applies it).
+//! and applies it). A real `apply` says what it did on stdout; with `-o yaml|json` it says so
+//! on stderr and stdout is the applied Secret, its key redacted unless `--show-secrets`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,11 +10,13 @@ use std::process::ExitCode;
 use anyhow::{Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::cli::{CacertsFlags, KubeArgs, MutateArgs, NamespaceArg};
+use crate::cmd::certs::{Progress, say};
 use crate::istio::CACERTS_SECRET;
-use crate::kube::{self as kc, KubeconfigFile};
-use crate::mesh::cacerts::{RESTART_HINT, apply_secret, secret_object, verified_data};
+use crate::kube::{self as kc, KubeconfigFile, Output, Secrets};
+use crate::mesh::cacerts::{apply_secret, restart_hint, secret_object, verified_data};
 
 /// `meshctl cacerts DIR` prints; `meshctl cacerts apply DIR` applies.
 #[derive(Debug, Args)]
@@ -101,7 +104,10 @@ fn print_cmd(dir: PathBuf, namespace: String, show_secrets: bool) -> Result<Exit
         type_: "Opaque",
         data,
     };
-    print!("{}", serde_yaml::to_string(&secret)?);
+    say(format_args!(
+        "{}",
+        serde_yaml::to_string(&secret)?.trim_end_matches('\n')
+    ));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -144,17 +150,37 @@ fn apply_cmd(a: ApplyArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    report_applied(changed, &ctx, ns);
+    let asked = a.mutate.output_asked();
+    report_applied(changed, &ctx, ns, Progress::for_output(asked));
+    if let Some(output) = asked {
+        print_applied(&secret, output, a.cacerts.secrets())?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `cacerts apply` (and `certs renew --apply`) did in one cluster, and the restart
-/// istiod needs when the Secret changed.
-pub(crate) fn report_applied(changed: bool, ctx: &str, ns: &str) {
+/// What `cacerts apply` (and `certs renew --apply`) did in one cluster (on `to`), and the
+/// restart istiod needs when the Secret changed (stderr). A closed stdout is ignored: the
+/// work is done by then.
+pub(crate) fn report_applied(changed: bool, ctx: &str, ns: &str, to: Progress) {
     if changed {
-        println!("cacerts applied in context {ctx:?} (namespace {ns})");
-        eprintln!("{RESTART_HINT}");
+        to.say(format_args!(
+            "cacerts applied in context {ctx:?} (namespace {ns})"
+        ));
+        crate::cmd::certs::tell(format_args!("{}", restart_hint(ns)));
     } else {
-        println!("cacerts in context {ctx:?} is up to date");
+        to.say(format_args!("cacerts in context {ctx:?} is up to date"));
     }
+}
+
+/// The applied `cacerts` Secret as the one document `-o` asks for, on stdout: its private
+/// key redacted as a dry run redacts it, unless `secrets` is [`Secrets::Show`]
+/// (`--show-secrets`).
+pub(crate) fn print_applied(secret: &Value, output: Output, secrets: Secrets) -> Result<()> {
+    let text = match (secrets, output) {
+        (Secrets::Redact, _) => kc::render_one(secret, output)?,
+        (Secrets::Show, Output::Yaml) => serde_yaml::to_string(secret)?,
+        (Secrets::Show, Output::Json) => format!("{}\n", serde_json::to_string_pretty(secret)?),
+    };
+    say(format_args!("{}", text.trim_end_matches('\n')));
+    Ok(())
 }

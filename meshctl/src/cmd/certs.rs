@@ -312,17 +312,18 @@ fn init(a: InitArgs) -> Result<ExitCode> {
                 ..IntermediateOptions::new(cluster)
             })
             .with_context(|| format!("creating the intermediate CA for {cluster}"))?;
+        warn_clamped(&format!("of {cluster}"), &ca);
         files.extend(ca.files(&a.out.join(cluster)));
     }
     write(&files, a.key.force)?;
-    println!(
+    say(format_args!(
         "Next: meshctl certs verify {}",
         a.clusters
             .iter()
             .map(|c| a.out.join(c).display().to_string())
             .collect::<Vec<_>>()
             .join(" ")
-    );
+    ));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -348,10 +349,12 @@ enum Signer {
 impl Signer {
     fn load(a: &SignerArgs) -> Result<Signer> {
         match (&a.root_cert, &a.root_key, &a.parent) {
-            (_, _, Some(dir)) => Ok(Signer::Parent(
-                IntermediateCa::load_dir(dir)
-                    .with_context(|| format!("loading the parent CA from {}", dir.display()))?,
-            )),
+            (_, _, Some(dir)) => {
+                check_bundle_dir(dir, "--parent", true)?;
+                Ok(Signer::Parent(IntermediateCa::load_dir(dir).with_context(
+                    || format!("loading the parent CA from {}", dir.display()),
+                )?))
+            }
             (Some(cert), Some(key), None) => Ok(Signer::Root(
                 RootCa::load_files(cert, key).with_context(|| {
                     format!(
@@ -365,24 +368,40 @@ impl Signer {
         }
     }
 
-    /// The root this signer chains to (PEM).
-    fn root_pem(&self) -> &str {
+    /// The root this signer chains to (DER): of a root file holding several roots (during a
+    /// rotation), the one whose key signs, wherever it is listed; of a parent, the root its
+    /// chain ends with. `None` for a parent whose chain reaches none of its roots.
+    fn signing_root(&self) -> Option<Vec<u8>> {
         match self {
-            Signer::Root(r) => r.cert_pem(),
-            Signer::Parent(p) => p.root_pem(),
+            Signer::Root(r) => Some(r.cert_der().to_vec()),
+            Signer::Parent(p) => pki::signing_root(p.cert_pem(), &p.cert_chain_pem(), p.root_pem()),
         }
     }
 
     /// Refuses a signer that has expired, saying how to replace it (pki would only say that
-    /// it cannot sign).
-    fn check_not_expired(&self, a: &SignerArgs) -> Result<()> {
+    /// it cannot sign); `for_renew`: the words of `certs renew`, else of `certs intermediate`.
+    fn check_not_expired(&self, a: &SignerArgs, for_renew: bool) -> Result<()> {
         match (self, &a.root_cert, &a.parent) {
             (Signer::Root(r), Some(cert), _) => {
-                if let Some(when) = expired_on(r.cert_pem()) {
+                // The root that signs, not the file's first (an old root listed first in
+                // mid-rotation may have expired while the new one signs).
+                if let Some(when) = expired_on(&pki::der_to_pem(r.cert_der())) {
+                    if for_renew {
+                        bail!(
+                            "the root in {} expired on {when}: a root cannot be renewed in place; \
+                             create a new one (meshctl certs init or certs root) and, for clusters \
+                             that use the old one, move them with meshctl rotate \
+                             prepare|activate|finish",
+                            cert.display()
+                        );
+                    }
                     bail!(
-                        "the root in {} expired on {when}: a root cannot be renewed in place; create \
-                         a new one (meshctl certs init or certs root) and, for clusters that use \
-                         the old one, move them with meshctl rotate prepare|activate|finish",
+                        "the root in {} expired on {when}, so it cannot sign a new intermediate \
+                         (nothing would trust one); nothing was written. Create a new root \
+                         (meshctl certs root --out DIR) and sign with it (--root-cert \
+                         DIR/root-cert.pem --root-key DIR/root-key.pem); clusters that still use \
+                         the expired root move to the new one with meshctl rotate \
+                         prepare|activate|finish",
                         cert.display()
                     );
                 }
@@ -408,6 +427,68 @@ impl Signer {
             Signer::Parent(p) => p.issue_intermediate(opts),
         }
     }
+}
+
+/// A directory given to `flag` must be a cluster bundle directory: one without
+/// `ca-cert.pem` is refused saying what the flag expects (a root directory, the usual mix-up,
+/// is named as one) instead of the bare "No such file" of the first file read. `root_flags`:
+/// the command also takes a root (`--root-cert`, `--root-key`), said when `dir` is one.
+pub(super) fn check_bundle_dir(dir: &Path, flag: &str, root_flags: bool) -> Result<()> {
+    // As every reader of a bundle does first: a write a crash interrupted is settled.
+    if let Some(note) = pki::files::recover_dir(dir)? {
+        eprintln!("note: {note}");
+    }
+    if dir.join(pki::CA_CERT).symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    let has = |f: &str| dir.join(f).symlink_metadata().is_ok();
+    // Cluster bundles below it (a `certs init --out` directory), for the example.
+    let mut below: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join(pki::CA_CERT).is_file())
+        .map(|e| e.path().display().to_string())
+        .collect();
+    below.sort();
+    let is_root = has(pki::ROOT_CERT) && has(pki::ROOT_KEY);
+    let (what, example) = if !dir.exists() {
+        (
+            format!("{} does not exist", dir.display()),
+            "certs/west".to_string(),
+        )
+    } else if is_root {
+        (
+            format!(
+                "{} looks like a root directory (root-cert.pem and root-key.pem, no ca-cert.pem)",
+                dir.display()
+            ),
+            format!("{}/<cluster>", dir.display()),
+        )
+    } else {
+        (
+            format!("{} has no {}", dir.display(), pki::CA_CERT),
+            format!("{}/<cluster>", dir.display()),
+        )
+    };
+    let example = match below.as_slice() {
+        [] => example,
+        [one] => one.clone(),
+        [first, ..] => format!("{first} (bundles there: {})", below.join(", ")),
+    };
+    let root_hint = if is_root && root_flags {
+        format!(
+            "; the root itself goes to --root-cert {} --root-key {}",
+            dir.join(pki::ROOT_CERT).display(),
+            dir.join(pki::ROOT_KEY).display()
+        )
+    } else {
+        String::new()
+    };
+    bail!(
+        "{what}: {flag} expects a cluster bundle directory (ca-cert.pem, ca-key.pem, \
+         cert-chain.pem, root-cert.pem), e.g. {example}{root_hint}; nothing was changed"
+    )
 }
 
 /// When the first certificate of `pem` has expired: its notAfter, else `None`.
@@ -453,7 +534,7 @@ fn intermediate(a: IntermediateArgs) -> Result<ExitCode> {
         )?;
     }
     let signer = Signer::load(&a.signer)?;
-    signer.check_not_expired(&a.signer)?;
+    signer.check_not_expired(&a.signer, false)?;
     let ca = signer
         .issue(&IntermediateOptions {
             org: a.org,
@@ -464,6 +545,7 @@ fn intermediate(a: IntermediateArgs) -> Result<ExitCode> {
             ..IntermediateOptions::new(&a.cluster)
         })
         .with_context(|| format!("creating the intermediate CA for {}", a.cluster))?;
+    warn_clamped(&format!("of {}", a.cluster), &ca);
     write(&ca.files(&a.out), a.key.force)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -475,6 +557,7 @@ fn workload(a: WorkloadArgs) -> Result<ExitCode> {
         "--ca",
         "cert-chain.pem and root-cert.pem (the CA bundle would no longer verify)",
     )?;
+    check_bundle_dir(&a.ca, "--ca", false)?;
     let ca = IntermediateCa::load_dir(&a.ca)
         .with_context(|| format!("loading the cluster CA from {}", a.ca.display()))?;
     if let Some(when) = expired_on(ca.cert_pem()) {
@@ -485,8 +568,8 @@ fn workload(a: WorkloadArgs) -> Result<ExitCode> {
             a.ca.display()
         );
     }
-    let cert = ca
-        .issue_workload(&WorkloadOptions {
+    let (cert, clamped) = ca
+        .issue_workload_noting(&WorkloadOptions {
             trust_domain: a.trust_domain,
             validity: Duration::from_secs(u64::from(a.hours) * 3600),
             key_type: a.key.key_type,
@@ -494,8 +577,14 @@ fn workload(a: WorkloadArgs) -> Result<ExitCode> {
             ..WorkloadOptions::new(a.namespace, a.service_account)
         })
         .context("issuing the workload certificate")?;
+    if let Some(clamp) = clamped {
+        tell(format_args!(
+            "warning: the workload certificate: {clamp} (--hours {})",
+            a.hours
+        ));
+    }
     write(&cert.files(&a.out), a.key.force)?;
-    println!("SPIFFE id: {}", cert.spiffe_id);
+    say(format_args!("SPIFFE id: {}", cert.spiffe_id));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -533,14 +622,72 @@ fn inspect(a: InspectArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Warns on stderr when the intermediate CA `which` (`of <cluster>`, `in <dir>`) was issued
+/// to end when its signer does, earlier than asked (`--days`).
+pub(super) fn warn_clamped(which: &str, ca: &IntermediateCa) {
+    if let Some(clamp) = ca.clamped() {
+        tell(format_args!(
+            "warning: the intermediate CA {which}: {clamp}"
+        ));
+    }
+}
+
 /// Writes all files (or none), then lists them. Keys are never printed.
 pub(super) fn write(files: &[OutFile], force: bool) -> Result<()> {
+    write_saying(files, force, Progress::Stdout)
+}
+
+/// [`write`], listing the files on `to` (stderr when stdout carries an `-o` document).
+pub(super) fn write_saying(files: &[OutFile], force: bool, to: Progress) -> Result<()> {
     pki::write_files(files, force).map_err(output_error)?;
     for f in files {
         let note = if f.secret { " (private key, 0600)" } else { "" };
-        println!("wrote {}{note}", f.path.display());
+        to.say(format_args!("wrote {}{note}", f.path.display()));
     }
     Ok(())
+}
+
+/// Where a command's lines of progress go: stdout (the human lines of a run without `-o`),
+/// or stderr (when stdout carries the one document `-o` asks for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    Stdout,
+    Stderr,
+}
+
+impl Progress {
+    /// Stderr when `-o` was given (`MutateArgs::output_asked`), else stdout.
+    pub(crate) fn for_output(asked: Option<crate::kube::Output>) -> Progress {
+        if asked.is_some() {
+            Progress::Stderr
+        } else {
+            Progress::Stdout
+        }
+    }
+
+    /// One line; a write that fails is ignored (see [`say`]).
+    pub(crate) fn say(self, line: std::fmt::Arguments) {
+        match self {
+            Progress::Stdout => say(line),
+            Progress::Stderr => tell(line),
+        }
+    }
+}
+
+/// A line on stdout after (or between) changes: a stdout that closed (`| head`) is ignored
+/// (EPIPE: Rust ignores SIGPIPE), so that `certs renew --apply` never stops between writing
+/// the bundle and applying it, a `join` never stops between clusters, and a command that did
+/// its work exits 0. Every command that prints while it changes things prints through here
+/// (or [`tell`]), never with `println!`, which panics (exit 101) on a closed stdout.
+pub(crate) fn say(line: std::fmt::Arguments) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// [`say`] on stderr (progress and warnings), a failed write ignored the same way.
+pub(crate) fn tell(line: std::fmt::Arguments) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 #[cfg(test)]

@@ -4,7 +4,14 @@
 //! remote secrets in every direction (N clusters give N×(N−1)). Every input is validated and
 //! every cluster is reached before the first change; all writes are server-side applies, so
 //! a second run changes nothing. unjoin deletes exactly what carries
-//! `app.kubernetes.io/managed-by=meshctl` and removes the namespace label and annotation.
+//! `app.kubernetes.io/managed-by=meshctl` in the namespace (`-n`) and the cluster-scoped
+//! objects made for that namespace (`meshctl.io/namespace=<ns>`, or their names), and removes
+//! the namespace label and annotation. A service account join finds (not made by meshctl,
+//! so unlabelled) is used as it is and never deleted.
+//!
+//! A real run says what it did per cluster on stdout; with `-o yaml|json` it says so on
+//! stderr and stdout is one document summing it up (`print_summary`): per context, what was
+//! applied (or removed), by kind and name only, so no key or token is ever in it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,17 +24,22 @@ use crate::cli::{
     CacertsFlags, ClustersArgs, GatewayFlags, MutateArgs, NamespaceArg, SecretFlags, as_usage,
     check_unique, lookup, parse_mapping, usage,
 };
+use crate::cmd::certs::{Progress, tell};
 use crate::istio::{
     CLUSTER_NAME_ANNOTATION, GATEWAY_API_V1, GATEWAY_NAME, HBONE_PORT, ISTIO_NETWORKING_V1,
     MANAGED_SELECTOR, MANAGER, NETWORK_LABEL, remote_secret_name,
 };
 use crate::kube::{self as kc, Cluster, KubeconfigFile};
 use crate::mesh::reader::{self, SecretOptions};
-use crate::mesh::remote_secret::{is_loopback, loopback_error, printable};
+use crate::mesh::remote_secret::{
+    is_loopback, loopback_error, printable, remote_secret, token_secret,
+};
 use crate::mesh::{ambient, cacerts, gateway as gw, namespace};
 
 mod preflight;
-use preflight::{missing_permissions, preflight_secret, writes};
+use preflight::{
+    dry_run_writes, identity, missing_permissions, preflight_secret, refuse_same_cluster, writes,
+};
 
 #[derive(Debug, Args)]
 pub struct JoinArgs {
@@ -204,46 +216,94 @@ pub fn run_join(a: JoinArgs) -> Result<ExitCode> {
     let file = KubeconfigFile::load(a.clusters.kubeconfig.as_deref())?;
     file.require_contexts(&a.clusters.contexts)?;
     read_bundles(&a, &mut members)?;
-    let plan = kc::block_on(join(&a, &members, &file))?;
+    let (plan, restart) = kc::block_on(join(&a, &members, &file))?;
     if a.mutate.dry_run {
         print!(
             "{}",
             kc::render_plan_with(&plan, a.mutate.output(), a.cacerts.secrets())?
         );
+    } else if let Some(output) = a.mutate.output_asked() {
+        let clusters = members
+            .iter()
+            .zip(&plan)
+            .map(|(m, (ctx, objs))| {
+                json!({
+                    "context": ctx,
+                    "cluster": m.name,
+                    "network": m.network,
+                    "cacerts": if restart.contains(ctx) { "applied" } else { "unchanged" },
+                    "applied": objs.iter().map(kc::describe).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        print_summary(clusters, output)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn join(
-    a: &JoinArgs,
-    members: &[Member],
-    file: &KubeconfigFile,
-) -> Result<Vec<(String, Vec<Value>)>> {
+/// What a real `join` or `unjoin` run with `-o` prints on stdout: one document
+/// `{"clusters": [{"context", ...}]}`, each object named `Kind ns/name` (never its contents).
+fn print_summary(clusters: Vec<Value>, output: kc::Output) -> Result<()> {
+    let doc = json!({ "clusters": clusters });
+    let text = match output {
+        kc::Output::Yaml => serde_yaml::to_string(&doc)?,
+        kc::Output::Json => serde_json::to_string_pretty(&doc)?,
+    };
+    crate::cmd::certs::say(format_args!("{}", text.trim_end_matches('\n')));
+    Ok(())
+}
+
+/// What join did: each context's objects (applied, or planned in a dry run), and the
+/// contexts whose `cacerts` changed.
+type Joined = (Vec<(String, Vec<Value>)>, Vec<String>);
+
+async fn join(a: &JoinArgs, members: &[Member], file: &KubeconfigFile) -> Result<Joined> {
     let dry_run = a.mutate.dry_run;
     let clusters = preflight_all(a, members, file).await.map_err(|e| {
         let text = format!("{e:#}");
-        if dry_run || text.to_lowercase().contains("nothing was changed") {
+        if dry_run
+            || e.chain().any(|c| c.is::<crate::cli::UsageError>())
+            || text.to_lowercase().contains("nothing was changed")
+        {
             e
         } else {
             anyhow!("{text}\nnothing was changed; re-run the same command once this is fixed")
         }
     })?;
     let mut done: Vec<String> = Vec::new();
-    match write_all(a, members, &clusters, &mut done).await {
-        Ok(plan) => Ok(plan),
-        Err(e) if dry_run => Err(e),
-        Err(e) if done.is_empty() => Err(anyhow!(
-            "{e:#}\ninterrupted before the first change was complete; re-run the same command \
-             to resume"
-        )),
-        Err(e) => Err(anyhow!(
-            "{e:#}\ninterrupted after these changes: {}; re-run the same command to resume \
-             (every change is a server-side apply: what is already in place stays as it is). \
-             Until it completes, cross-cluster traffic may fail where a gateway, remote secret \
-             or network announcement is still missing (meshctl check shows which)",
-            done.join("; ")
-        )),
+    let e = match write_all(a, members, &clusters, &mut done).await {
+        Ok(plan) => return Ok(plan),
+        Err(e) if dry_run => return Err(e),
+        Err(e) => e,
+    };
+    // A refusal of the object itself comes again on every re-run: say so, not "resume".
+    let refused = gw::refusal_code(&e).filter(|code| gw::refuses_object(*code));
+    let next = match refused {
+        Some(code) => format!(
+            "the API server refused that change ({code}): re-running the same command is \
+             refused the same way. Fix what it names (a flag's value, or the admission policy \
+             that refused it) and run join again (what is in place stays as it is), or remove \
+             what join made with meshctl unjoin"
+        ),
+        None => "re-run the same command to resume".to_string(),
+    };
+    if done.is_empty() {
+        return Err(anyhow!(
+            "{e:#}\ninterrupted before the first change was complete; {next}"
+        ));
     }
+    let resume = if refused.is_some() {
+        String::new()
+    } else {
+        " (every change is a server-side apply: what is already in place stays as it is)"
+            .to_string()
+    };
+    Err(anyhow!(
+        "{e:#}\ninterrupted after these changes: {}; {next}{resume}. Until it completes, \
+         cross-cluster traffic may fail where a gateway, remote secret or network announcement \
+         is still missing (meshctl check shows which)",
+        done.join("; ")
+    ))
 }
 
 /// Phase 1: reach every cluster and check everything that could fail, before any change.
@@ -254,9 +314,18 @@ async fn preflight_all(
 ) -> Result<Vec<Cluster>> {
     let ns = a.ns.namespace.as_str();
     let dry_run = a.mutate.dry_run;
-    let mut clusters: Vec<Cluster> = Vec::new();
+    // Every cluster reached, and no two contexts of one cluster, before any other check.
+    let mut connected: Vec<Cluster> = Vec::new();
+    let mut seen = Vec::new();
     for m in members {
         let c = file.connect(&m.context).await?;
+        let id = identity(&c).await;
+        refuse_same_cluster(&seen, &id)?;
+        seen.push(id);
+        connected.push(c);
+    }
+    let mut clusters: Vec<Cluster> = Vec::new();
+    for (m, c) in members.iter().zip(connected) {
         let server = m.server.clone().unwrap_or_else(|| c.server.clone());
         if !a.secret.allow_loopback_server && is_loopback(&server) {
             return Err(
@@ -294,9 +363,46 @@ async fn preflight_all(
             }
         }
         gw::check_ip_family_policy(&c, ns, &m.gateway).await?;
+        if !dry_run {
+            dry_run_writes(&c, ns, &planned_writes(a, members, m, &c).await?).await?;
+        }
         clusters.push(c);
     }
     Ok(clusters)
+}
+
+/// The objects join applies in `m`'s cluster `c`, for the server-side dry run before the
+/// first change: the namespace label, cacerts, the gateway, the reader (its service account
+/// only when join will write it), the token Secret join may create, and the other clusters'
+/// remote secrets (with a stand-in kubeconfig: the token is minted later). The ambient
+/// announcements are left out (they need the peers' gateway addresses, known later).
+async fn planned_writes(
+    a: &JoinArgs,
+    members: &[Member],
+    m: &Member,
+    c: &Cluster,
+) -> Result<Vec<Value>> {
+    let ns = a.ns.namespace.as_str();
+    let sa = a.secret.service_account.as_str();
+    let mut objs = vec![
+        namespace::namespace_object(ns, Some(&m.network), Some(&m.name)),
+        m.cacerts.clone(),
+    ];
+    objs.extend(m.gateway.iter().cloned());
+    if a.secret.create_service_account {
+        objs.extend(
+            reader::reader_objects(c, ns, sa, a.secret.reader_allow_secrets)
+                .await?
+                .0,
+        );
+    }
+    if a.secret.token_ttl.is_none() && a.secret.secret_name.is_none() {
+        objs.push(token_secret(ns, sa));
+    }
+    for other in members.iter().filter(|o| o.context != m.context) {
+        objs.push(remote_secret(&other.name, ns, "stand-in for the dry run"));
+    }
+    Ok(objs)
 }
 
 /// Phases 2 to 4, after every check passed; `done` says what was changed so far.
@@ -305,9 +411,10 @@ async fn write_all(
     members: &[Member],
     clusters: &[Cluster],
     done: &mut Vec<String>,
-) -> Result<Vec<(String, Vec<Value>)>> {
+) -> Result<Joined> {
     let ns = a.ns.namespace.as_str();
     let dry_run = a.mutate.dry_run;
+    let to = Progress::for_output(a.mutate.output_asked());
     let mut plan: Vec<(String, Vec<Value>)> = members
         .iter()
         .map(|m| (m.context.clone(), Vec::new()))
@@ -332,12 +439,12 @@ async fn write_all(
         done.push(format!("{}: gateway", m.context));
         if !dry_run {
             let what = if changed { "applied" } else { "unchanged" };
-            println!(
+            to.say(format_args!(
                 "{}: cacerts {what}; namespace {ns} labelled {NETWORK_LABEL}={}; gateway applied ({} objects)",
                 m.context,
                 m.network,
                 objs.len()
-            );
+            ));
             if changed {
                 restart.push(m.context.clone());
             }
@@ -358,27 +465,27 @@ async fn write_all(
             if !dry_run {
                 kc::apply(other, &built.secret).await?;
                 done.push(format!("{}: remote secret of {}", other.context, m.name));
-                println!(
+                to.say(format_args!(
                     "{}: remote secret {} (cluster {}) applied",
                     other.context,
                     remote_secret_name(&m.name),
                     m.name
-                );
+                ));
             }
             plan[j].1.push(printable(&built.secret));
         }
     }
     if a.ambient {
-        announce(members, clusters, ns, dry_run, &mut plan, done).await?;
+        announce(members, clusters, ns, (dry_run, to), &mut plan, done).await?;
     }
     if !restart.is_empty() {
-        eprintln!(
+        tell(format_args!(
             "cacerts changed in {}. {}",
             restart.join(", "),
-            cacerts::RESTART_HINT
-        );
+            cacerts::restart_hint(ns)
+        ));
     }
-    Ok(plan)
+    Ok((plan, restart))
 }
 
 /// Phase 4 (`--ambient`): in each cluster, an `istio-remote` Gateway per peer network with
@@ -387,7 +494,7 @@ async fn announce(
     members: &[Member],
     clusters: &[Cluster],
     ns: &str,
-    dry_run: bool,
+    (dry_run, to): (bool, Progress),
     plan: &mut [(String, Vec<Value>)],
     done: &mut Vec<String>,
 ) -> Result<()> {
@@ -408,22 +515,22 @@ async fn announce(
                 continue;
             }
             let Some(addr) = &addresses[j] else {
-                eprintln!(
+                tell(format_args!(
                     "{}: network {} not announced: gateway {GATEWAY_NAME} in context {:?} has no \
                      load-balancer address yet; run join again once it has one, or pass \
                      --gateway-address {}=ADDRESS",
                     c.context, peer.network, peer.context, peer.context
-                );
+                ));
                 continue;
             };
             let obj = ambient::announce_object(ns, &peer.network, addr)?;
             if !dry_run {
                 ambient::apply_announce(c, &obj).await?;
                 done.push(format!("{}: network {} announced", c.context, peer.network));
-                println!(
+                to.say(format_args!(
                     "{}: network {} announced to ztunnels at {addr}:{HBONE_PORT}",
                     c.context, peer.network
-                );
+                ));
             }
             plan[i].1.push(obj);
         }
@@ -431,7 +538,8 @@ async fn announce(
     Ok(())
 }
 
-/// Kinds `unjoin` deletes (in this order), when labelled managed-by=meshctl.
+/// Kinds `unjoin` deletes (in this order), when labelled managed-by=meshctl: in the
+/// namespace `-n` names, and of the cluster-scoped kinds those made for that namespace.
 const MANAGED_KINDS: &[(&str, &str)] = &[
     (ISTIO_NETWORKING_V1, "Gateway"),
     (GATEWAY_API_V1, "Gateway"),
@@ -445,7 +553,8 @@ const MANAGED_KINDS: &[(&str, &str)] = &[
     ("v1", "ServiceAccount"),
 ];
 
-/// What `unjoin` removes from one cluster: the managed objects (as stubs) and, if meshctl
+/// What `unjoin` removes from one cluster: the managed objects of namespace `ns` (as stubs:
+/// the labelled ones in `ns`, and the cluster-scoped ones made for `ns`) and, if meshctl
 /// set them, the namespace's network label and cluster-name annotation; `removed` holds what
 /// is gone so far, also when it fails part-way.
 pub async fn unjoin_cluster(
@@ -455,7 +564,19 @@ pub async fn unjoin_cluster(
     removed: &mut Vec<Value>,
 ) -> Result<()> {
     for (av, kind) in MANAGED_KINDS {
-        for o in kc::list(c, av, kind, None, MANAGED_SELECTOR).await? {
+        // Namespaced kinds: only in `ns`. Cluster-scoped ones (the roles and bindings): only
+        // those made for `ns` (`namespace::owns_cluster_object`), never another namespace's.
+        let namespaced = kc::plural_of(kind).is_none_or(|(_, namespaced)| namespaced);
+        let found = if namespaced {
+            kc::list(c, av, kind, Some(ns), MANAGED_SELECTOR).await?
+        } else {
+            kc::list(c, av, kind, None, MANAGED_SELECTOR)
+                .await?
+                .into_iter()
+                .filter(|o| namespace::owns_cluster_object(o, ns))
+                .collect()
+        };
+        for o in found {
             let mut stub = json!({"apiVersion": av, "kind": kind, "metadata": {"name": o["metadata"]["name"]}});
             if let Some(n) = o["metadata"]["namespace"].as_str() {
                 stub["metadata"]["namespace"] = json!(n);
@@ -535,6 +656,7 @@ pub fn run_unjoin(a: UnjoinArgs) -> Result<ExitCode> {
     let file = KubeconfigFile::load(a.clusters.kubeconfig.as_deref())?;
     file.require_contexts(&a.clusters.contexts)?;
     let (ns, dry_run) = (&a.ns.namespace, a.mutate.dry_run);
+    let to = Progress::for_output(a.mutate.output_asked());
     let plan = kc::block_on(async {
         let mut clusters = Vec::new();
         for ctx in &a.clusters.contexts {
@@ -559,19 +681,36 @@ pub fn run_unjoin(a: UnjoinArgs) -> Result<ExitCode> {
                 return Err(unjoin_interrupted(&e, &plan, &c.context, &removed, &rest));
             }
             if !dry_run {
-                println!(
+                to.say(format_args!(
                     "{}: removed {} object(s) managed by meshctl",
                     c.context,
                     removed.len()
-                );
+                ));
             }
             plan.push((c.context.clone(), removed));
         }
         Ok(plan)
     })?;
     if dry_run {
-        println!("# dry run: unjoin would delete (or, for the Namespace, unlabel) these objects");
+        // A notice, not the plan: on stderr, so stdout is one document (`-o json` parses).
+        eprintln!("# dry run: unjoin would delete (or, for the Namespace, unlabel) these objects");
         print!("{}", kc::render_plan(&plan, a.mutate.output())?);
+    } else if let Some(output) = a.mutate.output_asked() {
+        let clusters = plan
+            .iter()
+            .map(|(ctx, removed)| {
+                // The Namespace stays: only its network label and cluster annotation go.
+                let names: Vec<String> = removed
+                    .iter()
+                    .map(|o| match o["kind"].as_str() {
+                        Some("Namespace") => format!("{} (label and annotation)", kc::describe(o)),
+                        _ => kc::describe(o),
+                    })
+                    .collect();
+                json!({"context": ctx, "removed": names})
+            })
+            .collect();
+        print_summary(clusters, output)?;
     }
     Ok(ExitCode::SUCCESS)
 }

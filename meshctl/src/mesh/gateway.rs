@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use super::namespace::validate_label_value;
+use super::namespace::{NAMESPACE_LABEL, validate_label_value};
 use crate::cli::{GatewayFlags, HboneCerts, Protocols, ServiceType};
 use crate::istio::{
     ADMIN_PORT, APP_LABEL, EXPOSE_GATEWAY, GATEWAY_CRD, GATEWAY_NAME, HBONE_APP_PROTOCOL,
@@ -21,8 +21,11 @@ use crate::kube::{self as kc, Cluster, names};
 /// which istiod's serving certificate chains to): volume `istiod-ca-cert`, this directory.
 pub const ISTIO_ROOT_CONFIGMAP: &str = "istio-ca-root-cert";
 pub const ISTIO_ROOT_DIR: &str = "/var/run/secrets/istio";
-/// istiod's certificate service, as ztunnel and istio-agent dial it.
-pub const ISTIOD_CA_ADDRESS: &str = "istiod.istio-system.svc:15012";
+/// istiod's certificate service in namespace `ns` (istiod's own, `-n`), as ztunnel and
+/// istio-agent dial it: `istiod.<ns>.svc:15012`.
+pub fn istiod_ca_address(ns: &str) -> String {
+    format!("istiod.{ns}.svc:15012")
+}
 /// Istio's cluster ID when `clusterName` is not set.
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 
@@ -67,11 +70,23 @@ pub async fn install(c: &Cluster, ns: &str, objs: &[Value], dry_run: bool) -> Re
     for (n, o) in objs.iter().enumerate() {
         if let Err(e) = kc::apply(c, o).await {
             let names = |os: &[Value]| os.iter().map(kc::describe).collect::<Vec<_>>().join(", ");
+            // A refusal of the object itself (invalid, denied by admission) comes again on
+            // every re-run; anything else (unreachable, overloaded) a re-run may get past.
+            let next = match refusal_code(&e).filter(|c| refuses_object(*c)) {
+                Some(code) => format!(
+                    "the API server refused {} ({code}), so re-running the same command is \
+                     refused the same way: fix what it names (a flag's value, or the admission \
+                     policy that refused it), then run it again",
+                    kc::describe(o)
+                ),
+                None => "re-run the same command to resume (server-side apply: objects already \
+                         in place stay as they are)"
+                    .to_string(),
+            };
             bail!(
                 "{e:#}\ninterrupted: applied {n} of {} gateway objects in context {:?} ({}); not \
                  applied: {}. Until they are, the gateway may be incomplete or a mix of old and \
-                 new objects; re-run the same command to resume (server-side apply: objects \
-                 already in place stay as they are)",
+                 new objects; {next}",
                 objs.len(),
                 c.context,
                 if n == 0 {
@@ -84,6 +99,31 @@ pub async fn install(c: &Cluster, ns: &str, objs: &[Value], dry_run: bool) -> Re
         }
     }
     Ok(())
+}
+
+/// Whether an answer refuses the object itself (validation, admission, policy), so that a
+/// re-run is refused the same way: a 4xx other than 401 (the credential), 404 (a missing
+/// namespace or kind, checked apart), 409 (a conflict, which a re-run resolves) and 429
+/// (overload).
+pub fn refuses_object(code: u16) -> bool {
+    (400..500).contains(&code) && !matches!(code, 401 | 404 | 409 | 429)
+}
+
+/// The HTTP status of the API server's answer in a failed request's message, as
+/// `kube::error_text` writes it (`<message> (<code> <reason>)`): the last such code.
+pub fn refusal_code(e: &anyhow::Error) -> Option<u16> {
+    let text = format!("{e:#}");
+    let b = text.as_bytes();
+    let mut found = None;
+    for (i, w) in b.windows(5).enumerate() {
+        if w[0] == b'(' && w[1..4].iter().all(u8::is_ascii_digit) && w[4] == b' ' {
+            let code: u16 = text[i + 1..i + 4].parse().ok()?;
+            if (100..600).contains(&code) {
+                found = Some(code);
+            }
+        }
+    }
+    found
 }
 
 /// When the gateway Service carries `--ip-family-policy`, asks the API server whether it
@@ -172,6 +212,15 @@ fn validate_annotation_key(k: &str) -> std::result::Result<(), String> {
     }
 }
 
+/// The most bytes an object's annotations may hold, keys plus values: the API server's
+/// `TotalAnnotationSizeLimitB` (kubernetes/kubernetes
+/// staging/src/k8s.io/apimachinery/pkg/api/validation/objectmeta.go,
+/// `ValidateAnnotationsSize`), which answers more with 422 "metadata.annotations: Too long".
+pub const ANNOTATIONS_MAX_BYTES: usize = 256 * 1024;
+
+/// `--service-annotation KEY=VALUE` flags as the Service's annotations: each key valid, the
+/// total size within [`ANNOTATIONS_MAX_BYTES`] (a later flag with the same key replaces an
+/// earlier one, as in the map the API server gets).
 fn parse_annotations(items: &[String]) -> Result<serde_json::Map<String, Value>> {
     let mut m = serde_json::Map::new();
     for a in items {
@@ -181,6 +230,17 @@ fn parse_annotations(items: &[String]) -> Result<serde_json::Map<String, Value>>
         validate_annotation_key(k)
             .map_err(|e| anyhow!("--service-annotation {a:?}: the key {e}"))?;
         m.insert(k.to_string(), json!(v));
+    }
+    let size: usize = m
+        .iter()
+        .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+        .sum();
+    if size > ANNOTATIONS_MAX_BYTES {
+        bail!(
+            "--service-annotation: the annotations add up to {size} bytes (keys plus values), \
+             over the {ANNOTATIONS_MAX_BYTES} bytes (256 KiB) the API server accepts on one \
+             object (metadata.annotations: Too long); shorten or drop some"
+        );
     }
     Ok(m)
 }
@@ -193,6 +253,7 @@ fn parse_annotations(items: &[String]) -> Result<serde_json::Map<String, Value>>
 fn listeners(
     p: Protocols,
     f: &GatewayFlags,
+    ns: &str,
     cluster_id: &str,
 ) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
     let mut args = Vec::new();
@@ -225,7 +286,7 @@ fn listeners(
         match f.hbone_certs {
             HboneCerts::Istiod => args.extend([
                 json!("--ca-address"),
-                json!(ISTIOD_CA_ADDRESS),
+                json!(istiod_ca_address(ns)),
                 json!("--ca-root"),
                 json!(format!("{ISTIO_ROOT_DIR}/root-cert.pem")),
                 json!("--ca-token"),
@@ -345,6 +406,8 @@ pub fn objects(
         let mut m = json!({"name": name, "labels": labels});
         if namespaced {
             m["namespace"] = json!(ns);
+        } else {
+            m["labels"][NAMESPACE_LABEL] = json!(ns);
         }
         m
     };
@@ -356,7 +419,7 @@ pub fn objects(
         ServiceType::LoadBalancer => "LoadBalancer",
         ServiceType::NodePort => "NodePort",
     };
-    let (args, container_ports, service_ports) = listeners(p, f, cluster_id);
+    let (args, container_ports, service_ports) = listeners(p, f, ns, cluster_id);
     let mut out = vec![
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(GATEWAY_NAME, true)}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": meta(&role, false),

@@ -4,8 +4,33 @@
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
-use crate::istio::{CLUSTER_NAME_ANNOTATION, NETWORK_LABEL};
+use crate::istio::{
+    CLUSTER_NAME_ANNOTATION, DEFAULT_READER_SA, NETWORK_LABEL, READER_ROLE_PREFIX,
+    gateway_role_name, reader_role_name,
+};
 use crate::kube::{self as kc, Cluster};
+
+/// Label on meshctl's cluster-scoped objects (ClusterRoles and ClusterRoleBindings): the
+/// namespace they were made for, so `unjoin -n NS` removes only NS's. Objects made before
+/// the label existed are told by their names ([`owns_cluster_object`]).
+pub const NAMESPACE_LABEL: &str = "meshctl.io/namespace";
+
+/// Whether a cluster-scoped object meshctl labelled as managed belongs to namespace `ns`:
+/// its [`NAMESPACE_LABEL`], or without one (older meshctl) its name, derived from `ns`:
+/// the gateway's role `meshctl-eastwestgateway-<ns>`, a reader's `meshctl-istio-reader-<ns>`
+/// or `meshctl-istio-reader-<ns>.<sa>` (a namespace has no dot, so no other namespace's
+/// names match).
+pub fn owns_cluster_object(obj: &Value, ns: &str) -> bool {
+    if let Some(owner) = obj["metadata"]["labels"][NAMESPACE_LABEL].as_str() {
+        return owner == ns;
+    }
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    name == gateway_role_name(ns)
+        || name == reader_role_name(ns, DEFAULT_READER_SA)
+        || name
+            .strip_prefix(&format!("{READER_ROLE_PREFIX}{ns}."))
+            .is_some_and(|sa| !sa.is_empty())
+}
 
 /// Label values: at most 63 characters, alphanumerics plus `-_.` inside.
 pub fn validate_label_value(v: &str) -> Result<()> {
@@ -51,4 +76,44 @@ pub async fn label(
         kc::apply(c, &obj).await?;
     }
     Ok(obj)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_objects_belong_to_their_namespace_by_label_or_name() {
+        let obj = |name: &str, label: Option<&str>| {
+            let mut o = json!({"metadata": {"name": name, "labels": {}}});
+            if let Some(l) = label {
+                o["metadata"]["labels"][NAMESPACE_LABEL] = json!(l);
+            }
+            o
+        };
+        for name in [
+            "meshctl-eastwestgateway-prod",
+            "meshctl-istio-reader-prod",
+            "meshctl-istio-reader-prod.istiod",
+        ] {
+            assert!(owns_cluster_object(&obj(name, None), "prod"), "{name}");
+            assert!(
+                !owns_cluster_object(&obj(name, None), "prod-istio"),
+                "{name}"
+            );
+            assert!(
+                !owns_cluster_object(&obj(name, Some("other")), "prod"),
+                "{name}"
+            );
+        }
+        for name in [
+            "meshctl-eastwestgateway-prod-istio",
+            "meshctl-istio-reader-prod-istio",
+            "meshctl-istio-reader-prod-istio.sa",
+            "meshctl-istio-reader-prod.",
+        ] {
+            assert!(!owns_cluster_object(&obj(name, None), "prod"), "{name}");
+        }
+        assert!(owns_cluster_object(&obj("any", Some("prod")), "prod"));
+    }
 }

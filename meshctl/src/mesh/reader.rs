@@ -18,8 +18,8 @@ use super::remote_secret::{
 };
 use crate::cli::{MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS, SecretFlags, as_usage};
 use crate::istio::{
-    MAX_OBJECT_NAME, SA_NAME_ANNOTATION, SA_TOKEN_TYPE, reader_role_name, reader_role_name_fits,
-    reader_token_secret_name,
+    MANAGED_BY_KEY, MANAGED_BY_VALUE, MANAGED_SELECTOR, MAX_OBJECT_NAME, SA_NAME_ANNOTATION,
+    SA_TOKEN_TYPE, reader_role_name, reader_role_name_fits, reader_token_secret_name,
 };
 use crate::kube::names;
 use crate::kube::{self as kc, Cluster};
@@ -153,7 +153,16 @@ pub async fn build(c: &Cluster, o: &SecretOptions, dry_run: bool) -> Result<Buil
     let (ns, sa) = (o.namespace.as_str(), o.flags.service_account.as_str());
     let mut source_objects = Vec::new();
     if o.flags.create_service_account {
-        source_objects.extend(reader_rbac(ns, sa, o.flags.reader_allow_secrets));
+        let (objs, foreign) = reader_objects(c, ns, sa, o.flags.reader_allow_secrets).await?;
+        if foreign {
+            eprintln!(
+                "{}: service account {ns}/{sa} exists and was not created by meshctl (it has no \
+                 label {MANAGED_SELECTOR}): it is used as it is, not relabelled, and unjoin \
+                 leaves it in place",
+                c.context
+            );
+        }
+        source_objects.extend(objs);
         if !dry_run {
             kc::ensure_namespace(c, ns).await?;
             kc::apply_all(c, &source_objects).await?;
@@ -194,6 +203,33 @@ pub async fn build(c: &Cluster, o: &SecretOptions, dry_run: bool) -> Result<Buil
         source_objects,
         secret: remote_secret(&o.name, ns, &kubeconfig),
     })
+}
+
+/// Whether meshctl created `obj`: it carries `app.kubernetes.io/managed-by=meshctl`, the
+/// label meshctl puts on what it creates and never on what it finds.
+pub fn created_by_meshctl(obj: &Value) -> bool {
+    obj["metadata"]["labels"][MANAGED_BY_KEY] == MANAGED_BY_VALUE
+}
+
+/// The reader objects `build` applies in `c` (`reader_rbac`), and whether the service
+/// account already exists without meshctl's label (made by Helm, say, like Istio's own
+/// `istio-reader-service-account`, or istiod's): then it is left out, so join neither
+/// relabels nor changes it and unjoin, which deletes only labelled objects, leaves it. A
+/// service account meshctl created keeps its label and is applied again.
+pub async fn reader_objects(
+    c: &Cluster,
+    ns: &str,
+    sa: &str,
+    allow_secrets: bool,
+) -> Result<(Vec<Value>, bool)> {
+    let mut objs = reader_rbac(ns, sa, allow_secrets);
+    let foreign = kc::get(c, "v1", "ServiceAccount", Some(ns), sa)
+        .await?
+        .is_some_and(|existing| !created_by_meshctl(&existing));
+    if foreign {
+        objs.retain(|o| o["kind"] != "ServiceAccount");
+    }
+    Ok((objs, foreign))
 }
 
 /// A TokenRequest that failed.

@@ -7,6 +7,7 @@ use anyhow::{Result, anyhow};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use super::namespace::NAMESPACE_LABEL;
 use super::reader_rules;
 use crate::istio::{
     CLUSTER_ANNOTATION, MULTICLUSTER_LABEL, SA_NAME_ANNOTATION, SA_TOKEN_TYPE, managed_labels,
@@ -197,17 +198,21 @@ pub fn loopback_error(server: &str, context: &str, flag: &str) -> anyhow::Error 
 /// The reader service account, its own ClusterRole and binding (`reader_role_name`: one
 /// pair per service account, so readers never change each other's permissions): list/watch
 /// on exactly what istiod reads in a remote cluster (`reader_rules`); Secrets only with
-/// `allow_secrets`.
+/// `allow_secrets`. The role and binding carry `meshctl.io/namespace: <ns>`. A service
+/// account that exists without meshctl's label is not applied (`reader::reader_objects`).
 pub fn reader_rbac(ns: &str, sa: &str, allow_secrets: bool) -> Vec<Value> {
     let role = reader_role_name(ns, sa);
+    // Cluster-scoped: labelled with their namespace too, which `unjoin -n` goes by.
+    let mut cluster_labels = managed_labels();
+    cluster_labels.insert(NAMESPACE_LABEL.into(), json!(ns));
     vec![
         json!({"apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": {"name": sa, "namespace": ns, "labels": managed_labels()}}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": role, "labels": managed_labels()},
+        "metadata": {"name": role, "labels": cluster_labels},
         "rules": reader_rules::role_rules(allow_secrets)}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": role, "labels": managed_labels()},
+            "metadata": {"name": role, "labels": cluster_labels},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
             "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]}),
     ]

@@ -1,18 +1,28 @@
 //! `meshctl certs renew`: a new intermediate for one cluster from the same root (same
 //! subject, new key), written in place like every `certs` file and, with `--apply`, applied
-//! as `cacerts` the way `cacerts apply` does. `--dry-run` writes and applies nothing.
+//! as `cacerts` the way `cacerts apply` does. `--dry-run` writes and applies nothing. With
+//! `-o yaml|json` (and `--apply`), stdout is the applied Secret, its key redacted unless
+//! `--show-secrets`, and the progress lines go to stderr.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::{RenewArgs, Signer, write};
+use super::{Progress, RenewArgs, Signer, warn_clamped, write_saying};
 use crate::kube::{self as kc, KubeconfigFile, Secrets};
 use crate::mesh::cacerts::{apply_secret, pem_ders};
 use crate::mesh::rotation::{BundleTexts, cacerts_secret};
 
 pub fn run(a: RenewArgs) -> Result<ExitCode> {
+    if a.mutate.output_asked().is_some() && !a.apply {
+        return Err(crate::cli::usage(
+            "-o prints the cacerts Secret that --apply applies: add --apply --context CTX, or \
+             drop -o (without --apply, renew writes files only)",
+        ));
+    }
+    let to = Progress::for_output(a.mutate.output_asked());
+    super::check_bundle_dir(&a.ca, "--ca", true)?;
     // Certificate files only (a key block in them would be written back and applied).
     let read = |f: &str| {
         let path = a.ca.join(f);
@@ -20,10 +30,9 @@ pub fn run(a: RenewArgs) -> Result<ExitCode> {
     };
     let (old_ca, old_roots) = (read(pki::CA_CERT)?, read(pki::ROOT_CERT)?);
     let signer = Signer::load(&a.signer)?;
-    signer.check_not_expired(&a.signer)?;
-    let signer_root = pem_ders(signer.root_pem().as_bytes());
+    signer.check_not_expired(&a.signer, true)?;
     let trusted = pem_ders(old_roots.as_bytes());
-    if signer_root.first().is_none_or(|r| !trusted.contains(r)) {
+    if signer.signing_root().is_none_or(|r| !trusted.contains(&r)) {
         bail!(
             "the signing CA does not chain to a root of {}: renew keeps the root (to change the \
              root of every cluster, use meshctl rotate prepare|activate|finish)",
@@ -36,10 +45,16 @@ pub fn run(a: RenewArgs) -> Result<ExitCode> {
     if let Some(days) = a.days {
         opts.days = days;
     }
-    let cluster = opts.cluster.clone();
+    // `of <cluster>`, or `in <dir>` for a CA whose subject names no cluster (no L).
+    let which = if opts.cluster.is_empty() {
+        format!("in {}", a.ca.display())
+    } else {
+        format!("of {}", opts.cluster)
+    };
     let ca = signer
         .issue(&opts)
-        .with_context(|| format!("renewing the intermediate CA of {cluster}"))?;
+        .with_context(|| format!("renewing the intermediate CA {which}"))?;
+    warn_clamped(&which, &ca);
     if !pki::same_subject(ca.cert_pem(), &old_ca)? {
         bail!(
             "{} has a subject meshctl cannot reproduce byte for byte (attributes other than O, \
@@ -67,15 +82,17 @@ pub fn run(a: RenewArgs) -> Result<ExitCode> {
     pki::files::check_writable(&files, true).map_err(super::output_error)?;
     if !a.apply {
         if a.mutate.dry_run {
-            print_dry_run(&files);
+            print_dry_run(&files, to);
             return Ok(ExitCode::SUCCESS);
         }
-        write(&files, true)?;
-        println!("renewed the intermediate CA of {cluster} (new key, same subject and root)");
-        println!(
+        write_saying(&files, true, to)?;
+        to.say(format_args!(
+            "renewed the intermediate CA {which} (new key, same subject and root)"
+        ));
+        to.say(format_args!(
             "Next: meshctl certs renew ... --apply --context CTX, or meshctl cacerts apply {} --context CTX",
             a.ca.display()
-        );
+        ));
         return Ok(ExitCode::SUCCESS);
     }
     // --apply: the context must exist and answer, and its cacerts must accept the renewed
@@ -102,11 +119,13 @@ pub fn run(a: RenewArgs) -> Result<ExitCode> {
                     Secrets::from_flag(a.show_secrets)
                 )?
             );
-            print_dry_run(&files);
+            print_dry_run(&files, to);
             return Ok(ExitCode::SUCCESS);
         }
-        write(&files, true)?;
-        println!("renewed the intermediate CA of {cluster} (new key, same subject and root)");
+        write_saying(&files, true, to)?;
+        to.say(format_args!(
+            "renewed the intermediate CA {which} (new key, same subject and root)"
+        ));
         let changed = apply_secret(&c, &secret, false, false).await.map_err(|e| {
             anyhow!(
                 "{e:#}\nthe renewed bundle is written to {dir} (the old CA key is replaced) but \
@@ -115,15 +134,27 @@ pub fn run(a: RenewArgs) -> Result<ExitCode> {
                 dir = a.ca.display()
             )
         })?;
-        crate::cmd::cacerts::report_applied(changed, &ctx, ns);
+        crate::cmd::cacerts::report_applied(changed, &ctx, ns, to);
+        if let Some(output) = a.mutate.output_asked() {
+            crate::cmd::cacerts::print_applied(
+                &secret,
+                output,
+                Secrets::from_flag(a.show_secrets),
+            )?;
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
 
-fn print_dry_run(files: &[pki::OutFile]) {
+/// The files a dry run would write, as comments after the plan (on stderr with `-o`, so
+/// that stdout stays the one document).
+fn print_dry_run(files: &[pki::OutFile], to: Progress) {
     for f in files {
         let note = if f.secret { " (private key, 0600)" } else { "" };
-        println!("# dry run: would write {}{note}", f.path.display());
+        to.say(format_args!(
+            "# dry run: would write {}{note}",
+            f.path.display()
+        ));
     }
 }
 

@@ -26,6 +26,16 @@ pub struct StoredRemote {
     pub kubeconfig: Result<Kubeconfig, String>,
 }
 
+/// Why the live check of a stored kubeconfig failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveFailure {
+    /// No client could be built from it (bad base64 or PEM, a current-context naming no
+    /// context, ...): no request was sent.
+    Unusable,
+    /// The request to list Services failed (`kube::classify`).
+    Request(crate::kube::Failure),
+}
+
 /// Why a cluster could not be read.
 #[derive(Debug, Clone)]
 pub enum Unread {

@@ -13,8 +13,8 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
 
-use super::facts::{AmbientFacts, ClusterFacts, StoredRemote, Unread};
-use crate::istio::{APP_LABEL, CACERTS_SECRET, GATEWAY_NAME, MULTICLUSTER_LABEL};
+use super::facts::{AmbientFacts, ClusterFacts, LiveFailure, StoredRemote, Unread};
+use crate::istio::{APP_LABEL, CACERTS_SECRET, GATEWAY_NAME, MULTICLUSTER_LABEL, reader_role_name};
 use crate::kube::{self as kc, Cluster, ConnectError};
 use crate::mesh::reader_rules::{READER_RULES, permission_name};
 
@@ -106,12 +106,17 @@ pub fn stored_remote(secret: &Secret) -> Option<StoredRemote> {
 /// Lists services with the stored kubeconfig: its address, CA and token work. The error
 /// says whether the token was refused (401), for the hint. The kubeconfig is checked again
 /// (`kube::stored_problems`) before any client is built from it.
+///
+/// A kubeconfig no client can be built from (invalid base64 or PEM, a current-context that
+/// names no context) is [`LiveFailure::Unusable`]: no request was sent, so it says nothing
+/// about the API server.
 pub async fn try_kubeconfig(
     k: Kubeconfig,
-) -> std::result::Result<(kube::Client, String), (kc::Failure, String)> {
+) -> std::result::Result<(kube::Client, String), (LiveFailure, String)> {
+    let failed = |f: kc::Failure, e: String| (LiveFailure::Request(f), e);
     let problems = kc::stored_problems(&k);
     if !problems.is_empty() {
-        return Err((
+        return Err(failed(
             kc::Failure::CredentialUnusable,
             format!(
                 "the stored kubeconfig was not used: it has {}",
@@ -119,10 +124,15 @@ pub async fn try_kubeconfig(
             ),
         ));
     }
-    let other = |e: String| (kc::Failure::Answered, e);
+    let unusable = |e: String| {
+        (
+            LiveFailure::Unusable,
+            format!("the stored kubeconfig cannot be used, no request was sent: {e}"),
+        )
+    };
     let mut cfg = kube::Config::from_custom_kubeconfig(k, &KubeConfigOptions::default())
         .await
-        .map_err(|e| other(e.to_string()))?;
+        .map_err(|e| unusable(e.to_string()))?;
     cfg.connect_timeout = Some(Duration::from_secs(5));
     cfg.read_timeout = Some(Duration::from_secs(15));
     let server = cfg.cluster_url.to_string();
@@ -130,9 +140,9 @@ pub async fn try_kubeconfig(
     let client = kc::client(cfg, &who).map_err(|e| {
         if e.credential {
             let detail = format!("the stored credential cannot be used: {}", e.detail);
-            (kc::Failure::CredentialUnusable, detail)
+            failed(kc::Failure::CredentialUnusable, detail)
         } else {
-            other(e.detail)
+            unusable(e.detail)
         }
     })?;
     let list = Api::<Service>::all(client.clone())
@@ -140,29 +150,51 @@ pub async fn try_kubeconfig(
         .await;
     match list {
         Ok(l) => Ok((client, format!("listed {} services", l.items.len()))),
-        Err(e) => Err(match kc::classify(&e) {
-            kc::Failure::CredentialRefused => (
-                kc::Failure::CredentialRefused,
-                format!(
-                    "the API server at {server} refused the stored token ({}): it is wrong, \
-                     expired or revoked (e.g. its token Secret was deleted)",
-                    kc::error_text(&e)
-                ),
-            ),
-            kc::Failure::Unreachable => (
-                kc::Failure::Unreachable,
-                format!("cannot reach {server}: {}", kc::error_text(&e)),
-            ),
-            kc::Failure::CredentialUnusable => (
-                kc::Failure::CredentialUnusable,
-                format!(
-                    "the stored credential cannot be used: {}",
-                    kc::error_text(&e)
-                ),
-            ),
-            f => (f, format!("listing services: {}", kc::error_text(&e))),
-        }),
+        Err(e) => Err(failed_request(&e, &server)),
     }
+}
+
+/// A failed request with the stored kubeconfig: what it means, and the detail.
+fn failed_request(e: &kube::Error, server: &str) -> (LiveFailure, String) {
+    let (f, detail) = match kc::classify(e) {
+        kc::Failure::CredentialRefused => (
+            kc::Failure::CredentialRefused,
+            format!(
+                "the API server at {server} refused the stored token ({}): it is wrong, \
+                     expired or revoked (e.g. its token Secret was deleted)",
+                kc::error_text(e)
+            ),
+        ),
+        kc::Failure::Unreachable => (
+            kc::Failure::Unreachable,
+            format!("cannot reach {server}: {}", kc::error_text(e)),
+        ),
+        kc::Failure::CredentialUnusable => (
+            kc::Failure::CredentialUnusable,
+            format!(
+                "the stored credential cannot be used: {}",
+                kc::error_text(e)
+            ),
+        ),
+        f => (f, format!("listing services: {}", kc::error_text(e))),
+    };
+    (LiveFailure::Request(f), detail)
+}
+
+/// Whether `source` has meshctl's reader binding for service account `ns/sa`: the
+/// ClusterRoleBinding `reader_role_name(ns, sa)` (what `create-remote-secret` makes for it),
+/// to the ClusterRole of that name, with that account among its subjects.
+pub async fn reader_binding(source: &Cluster, ns: &str, sa: &str) -> Result<bool> {
+    let role = reader_role_name(ns, sa);
+    let rbac = "rbac.authorization.k8s.io/v1";
+    let Some(b) = kc::get(source, rbac, "ClusterRoleBinding", None, &role).await? else {
+        return Ok(false);
+    };
+    let binds = b["subjects"].as_array().is_some_and(|s| {
+        s.iter()
+            .any(|s| s["kind"] == "ServiceAccount" && s["name"] == sa && s["namespace"] == ns)
+    });
+    Ok(binds && b["roleRef"]["kind"] == "ClusterRole" && b["roleRef"]["name"] == role.as_str())
 }
 
 /// The reader permissions (`reader_rules`) the stored account lacks, asked with one

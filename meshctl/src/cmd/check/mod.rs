@@ -14,14 +14,17 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::cli::{ClustersArgs, NamespaceArg, OutputArg, check_unique, lookup, parse_mapping};
+use crate::istio::DEFAULT_READER_SA;
 use crate::kube::{self as kc, Cluster, KubeconfigFile, Output};
 use facts::Seen;
+use hints::Invocation;
 use report::Report;
 use rules::mesh::PairPlan;
 use rules::{ambient, cluster, expiry, mesh, pair, rotation};
 
 mod facts;
 mod gather;
+mod hints;
 mod report;
 mod rules;
 
@@ -65,6 +68,7 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
 
 async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile) -> Result<Report> {
     let ns = a.ns.namespace.as_str();
+    let inv = invocation(a);
     let mut r = Report::default();
     let mut seen = Vec::new();
     let mut clients: Vec<Option<Cluster>> = Vec::new();
@@ -79,11 +83,12 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
                     ctx.as_str(),
                     facts.cacerts.as_ref().map(rotation::trust_of_secret),
                 ));
-                let s = cluster::read_cluster(&mut r, &facts, &c.server, name_flag);
+                let s = cluster::read_cluster(&mut r, &facts, &c.server, name_flag, &inv);
                 let ids = (ctx.as_str(), s.name.as_str());
                 let scope = format!("cluster {ctx}");
                 let (now, warn) = (unix_now(), a.warn_before);
-                expiry::cacerts(&mut r, &scope, facts.cacerts.as_ref(), ids, now, warn);
+                let cacerts = (facts.cacerts.as_ref(), &inv);
+                expiry::cacerts(&mut r, &scope, cacerts, ids, now, warn);
                 ambient_facts.push((seen.len(), gather::ambient(&c, ns).await?));
                 seen.push(s);
                 clients.push(Some(c));
@@ -95,20 +100,20 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
             }
         }
     }
-    mesh::mesh_checks(&mut r, &seen);
+    mesh::mesh_checks(&mut r, &seen, &inv);
     let trusts: Vec<_> = trusts
         .into_iter()
         .map(|(context, trust)| rotation::ClusterTrust { context, trust })
         .collect();
-    rotation::rotation_checks(&mut r, &trusts);
+    rotation::rotation_checks(&mut r, &trusts, &inv);
     let readable: Vec<_> = ambient_facts.iter().map(|(i, f)| (&seen[*i], f)).collect();
-    ambient::checks(&mut r, &readable);
-    for source in &seen {
+    ambient::checks(&mut r, &readable, &inv);
+    for (source, sc) in seen.iter().zip(&clients) {
         for (target, tc) in seen.iter().zip(&clients) {
             if source.context == target.context {
                 continue;
             }
-            let skip_live = match (mesh::pair_plan(source, target), tc) {
+            let (skip_live, tc) = match (mesh::pair_plan(source, target), tc) {
                 (PairPlan::All, Some(tc)) => (None, tc),
                 (PairPlan::TargetOnly(why), Some(tc)) => (Some(why), tc),
                 (PairPlan::Skip(why), _) => {
@@ -129,44 +134,76 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
                     continue;
                 }
             };
-            check_pair(&mut r, a, (source, target), skip_live).await?;
+            let live = (skip_live, (sc.as_ref(), tc));
+            check_pair(&mut r, a, &inv, (source, target), live).await?;
         }
     }
     Ok(r)
 }
 
+/// The flags `check`'s hints repeat (`-n`, `--kubeconfig`).
+fn invocation(a: &CheckArgs) -> Invocation {
+    Invocation {
+        ns: a.ns.namespace.clone(),
+        kubeconfig: a
+            .clusters
+            .kubeconfig
+            .as_ref()
+            .map(|k| k.display().to_string()),
+    }
+}
+
 /// The checks of one stored remote secret. With a reason in `skip_live`, those that need to
-/// reach the source cluster are skipped.
+/// reach the source cluster are skipped. `sc` is the source cluster's client (when it could be
+/// read), for the reader binding of the stored token's account; `tc` the target's.
 async fn check_pair(
     r: &mut Report,
     a: &CheckArgs,
+    inv: &Invocation,
     (source, target): (&Seen, &Seen),
-    (skip_live, tc): (Option<String>, &Cluster),
+    (skip_live, (sc, tc)): (Option<String>, (Option<&Cluster>, &Cluster)),
 ) -> Result<()> {
     let ns = a.ns.namespace.as_str();
     let secrets = gather::remote_secrets(tc, ns).await?;
     let stored: Vec<_> = secrets.iter().filter_map(gather::stored_remote).collect();
     let now = unix_now();
     let pair = (source, target);
-    let Some(kubeconfig) = pair::stored_secret(r, pair, ns, &stored, a.allow_loopback_server)
-    else {
+    // The stored token's account, and whether it is one of meshctl's readers (a custom
+    // --service-account is one when the source cluster has its reader binding).
+    let credential = pair::stored_credential(&secrets, &source.name);
+    let account = credential.as_ref().and_then(pair::account_of);
+    let binding = match (&account, sc) {
+        (Some((account_ns, sa)), Some(sc)) if account_ns == ns && sa != DEFAULT_READER_SA => {
+            Some(gather::reader_binding(sc, ns, sa).await?)
+        }
+        _ => None,
+    };
+    let reader = account
+        .as_ref()
+        .and_then(|acc| pair::is_reader(acc, ns, binding));
+    let reissue = pair::reissue_of(credential.as_ref(), reader);
+    let recreate = pair::recreate_command(pair, inv, &reissue);
+    let rejoin = pair::rejoin_hint(&recreate);
+    let allow = a.allow_loopback_server;
+    let Some(kubeconfig) = pair::stored_secret(r, pair, ns, &stored, allow, &rejoin) else {
         return Ok(());
     };
     let scope = pair::pair_scope(source, target);
-    credential_expiry(r, a, (source, target), &secrets, now);
+    credential_expiry(r, a, inv, (source, target), &secrets, now, &rejoin);
+    pair::reader_account(r, &scope, ns, credential.as_ref(), binding, &recreate);
     if let Some(why) = skip_live {
         pair::live_skipped(r, &scope, &why);
         return Ok(());
     }
-    let rejoin = pair::rejoin_hint(source, target);
+    let hints = (rejoin.as_str(), recreate.as_str());
     match gather::try_kubeconfig(kubeconfig.clone()).await {
         Ok((client, detail)) => {
             let missing = gather::missing_reader_permissions(&client)
                 .await
                 .map_err(|e| format!("{e:#}"));
-            pair::live(r, &scope, Ok(&detail), Some(missing), &rejoin);
+            pair::live(r, &scope, Ok(&detail), Some(missing), hints);
         }
-        Err((failure, detail)) => pair::live(r, &scope, Err((failure, &detail)), None, &rejoin),
+        Err((failure, detail)) => pair::live(r, &scope, Err((failure, &detail)), None, hints),
     }
     Ok(())
 }
@@ -182,17 +219,20 @@ fn unix_now() -> u64 {
 fn credential_expiry(
     r: &mut Report,
     a: &CheckArgs,
+    inv: &Invocation,
     (source, target): (&Seen, &Seen),
     secrets: &[k8s_openapi::api::core::v1::Secret],
     now: u64,
+    rejoin: &str,
 ) {
     let scope = pair::pair_scope(source, target);
     let refresh = format!(
-        "meshctl credentials refresh --context {} --context {}",
-        source.context, target.context
+        "meshctl credentials refresh{} --context {} --context {}",
+        inv.meshctl(),
+        hints::shell_word(&source.context),
+        hints::shell_word(&target.context)
     );
-    let rejoin = pair::rejoin_hint(source, target);
-    let hints = (refresh.as_str(), rejoin.as_str());
+    let hints = (refresh.as_str(), rejoin);
     let stored = (secrets, source.name.as_str());
     expiry::stored_credential(r, &scope, stored, hints, now, a.warn_before);
 }

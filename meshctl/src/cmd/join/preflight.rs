@@ -56,6 +56,130 @@ pub(super) async fn preflight_secret(a: &JoinArgs, c: &Cluster, ns: &str) -> Res
     Ok(())
 }
 
+/// How a cluster is told apart from the others: the UID of its `kube-system` Namespace
+/// (the cluster ID `istioctl create-remote-secret` uses when `--name` is not given), and its
+/// API server URL and CA, compared when the UID cannot be read.
+pub(super) struct Identity {
+    context: String,
+    uid: Option<String>,
+    endpoint: String,
+}
+
+/// [`Identity`] of `c`; says on stderr when the UID cannot be read (no right to get
+/// namespaces, say) and the URL and CA stand in for it.
+pub(super) async fn identity(c: &Cluster) -> Identity {
+    let uid = match kc::get(c, "v1", "Namespace", None, "kube-system").await {
+        Ok(n) => n.and_then(|n| {
+            n["metadata"]["uid"]
+                .as_str()
+                .filter(|u| !u.is_empty())
+                .map(str::to_string)
+        }),
+        Err(e) => {
+            eprintln!(
+                "{}: cannot read the UID of namespace kube-system ({e:#}); telling this cluster \
+                 from the others by its API server URL and CA instead",
+                c.context
+            );
+            None
+        }
+    };
+    let ca = c
+        .ca_pem
+        .as_deref()
+        .map(|p| String::from_utf8_lossy(p).trim().to_string())
+        .unwrap_or_default();
+    Identity {
+        context: c.context.clone(),
+        uid,
+        endpoint: format!("{}\n{ca}", c.server.trim_end_matches('/').to_lowercase()),
+    }
+}
+
+/// Refuses (usage error, exit 2) a context that reaches a cluster an earlier one in `seen`
+/// reaches too (alias contexts such as `kind-x` and `x`): joining a cluster with itself
+/// would overwrite its cacerts and network label with the other's bundle and network, and
+/// store remote secrets that point at itself.
+pub(super) fn refuse_same_cluster(seen: &[Identity], new: &Identity) -> Result<()> {
+    for old in seen {
+        let why = match (&old.uid, &new.uid) {
+            (Some(a), Some(b)) if a == b => {
+                format!("namespace kube-system has UID {a} in both, the cluster ID istioctl uses")
+            }
+            (Some(_), Some(_)) => continue,
+            _ if old.endpoint == new.endpoint => {
+                "both have the same API server URL and CA (the UID of namespace kube-system, \
+                 which tells clusters apart, could not be read)"
+                    .to_string()
+            }
+            _ => continue,
+        };
+        return Err(crate::cli::usage(format!(
+            "contexts {:?} and {:?} reach the same cluster: {why}. Joining a cluster with \
+             itself would overwrite its cacerts and network label with the other's and store \
+             remote secrets pointing at itself: pass one context per cluster. Nothing was \
+             changed",
+            old.context, new.context
+        )));
+    }
+    Ok(())
+}
+
+/// Server-side dry-run apply (`dryRun=All`: validated and admitted, never stored) of every
+/// object in `objs`, so that the API server's refusals (an invalid field, an admission
+/// webhook or policy) surface before join changes anything. Namespaced objects are checked
+/// in `ns`, or in `default` while `ns` does not exist yet (a dry run in a missing namespace
+/// is refused). An answer that is no refusal of the object (unreachable, overloaded, a
+/// server error) leaves the rest unchecked: the real write meets it with its own message.
+/// An object a webhook cannot dry-run is left unchecked too.
+pub(super) async fn dry_run_writes(c: &Cluster, ns: &str, objs: &[Value]) -> Result<()> {
+    use kube::api::{Api, DynamicObject, Patch, PatchParams};
+    use kube::core::{ApiResource, GroupVersionKind};
+    let target = match kc::get(c, "v1", "Namespace", None, ns).await {
+        Ok(Some(_)) => ns,
+        Ok(None) => "default",
+        Err(_) => return Ok(()),
+    };
+    let pp = PatchParams::apply(crate::istio::MANAGER).force().dry_run();
+    for o in objs {
+        let av = o["apiVersion"].as_str().unwrap_or_default();
+        let kind = o["kind"].as_str().unwrap_or_default();
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        let Some((plural, namespaced)) = kc::plural_of(kind) else {
+            continue;
+        };
+        let (group, version) = av.rsplit_once('/').unwrap_or(("", av));
+        let ar =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+        let mut probe = o.clone();
+        let api: Api<DynamicObject> = if namespaced {
+            probe["metadata"]["namespace"] = json!(target);
+            Api::namespaced_with(c.client.clone(), target, &ar)
+        } else {
+            Api::all_with(c.client.clone(), &ar)
+        };
+        match api.patch(name, &pp, &Patch::Apply(&probe)).await {
+            Ok(_) => {}
+            // A webhook without `sideEffects: None` answers every dry run 400 "admission
+            // webhook ... does not support dry run" (kubernetes apiserver
+            // pkg/admission/plugin/webhook/errors, `NewDryRunUnsupportedErr`): no verdict.
+            Err(kube::Error::Api(s)) if s.message.contains("does not support dry run") => {}
+            Err(kube::Error::Api(s)) if crate::mesh::gateway::refuses_object(s.code) => {
+                let why = kc::error_text(&kube::Error::Api(s));
+                bail!(
+                    "context {:?} refuses {} (a server-side dry run of each change join makes, \
+                     before the first): {why}. Fix what it names (a flag's value, or the policy \
+                     that refused it) and run join again. Nothing was changed",
+                    c.context,
+                    kc::describe(o)
+                );
+            }
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 /// One permission join needs: verb, API group, resource (with `/subresource`), namespace,
 /// and the object's name when the permission is about one object.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -10,9 +10,12 @@
 //!
 //! The state is on each cluster's `cacerts` (annotations, `mesh::rotation`), so any machine
 //! can resume; every step reads all clusters first, refuses before changing anything, skips
-//! clusters already done, and `--dry-run` changes nothing.
+//! clusters already done, and `--dry-run` changes nothing. The files in `--dir` are sets
+//! (the root's two, each cluster's four): reused whole, written whole, and one found in part
+//! is refused, since a key written or kept beside the wrong certificate is a key lost.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -64,7 +67,8 @@ struct PrepareArgs {
     #[command(flatten)]
     common: Common,
     /// Where the new root (root-cert.pem, root-key.pem) and the new intermediates are kept
-    /// between the steps (created 0700; keys 0600). Reused when it already holds the root.
+    /// between the steps (created 0700; keys 0600). Reused when it already holds the root
+    /// (both files, the key its certificate's); half of one there is refused.
     #[arg(long)]
     dir: PathBuf,
     /// Subject CN of the new root.
@@ -223,15 +227,19 @@ pub(super) struct Plan {
     pub half_done: String,
 }
 
+/// A line of progress on stdout. A stdout that closed (`| head`, a terminal gone) must not
+/// stop a step between clusters: the write error is ignored (Rust ignores SIGPIPE, so it
+/// is EPIPE here), the step goes on, and its outcome is still the exit code and stderr.
+fn say(line: std::fmt::Arguments) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 async fn apply(common: &Common, clusters: &[Current], plan: Plan) -> Result<ExitCode> {
-    // Files already there are the same root or CA being resumed: never overwritten.
-    let new: Vec<pki::OutFile> = plan
-        .files
-        .into_iter()
-        .filter(|f| f.path.symlink_metadata().is_err())
-        .collect();
+    // Every file planned is new: a step reuses a set of files already in --dir whole (the
+    // steps load and check it) and plans none of it, and refuses a partial set, so no file
+    // is ever skipped on its own here. One that appeared since is refused below.
     // Refused the same way in a dry run (a symlinked --dir, a file in its place).
-    pki::files::check_writable(&new, false)
+    pki::files::check_writable(&plan.files, false)
         .map_err(|e| anyhow!("{e}\nnothing was changed (in the clusters or on disk)"))?;
     if common.mutate.dry_run {
         let objs: Vec<(String, Vec<Value>)> = plan
@@ -239,27 +247,30 @@ async fn apply(common: &Common, clusters: &[Current], plan: Plan) -> Result<Exit
             .iter()
             .map(|(i, s)| (clusters[*i].ctx.clone(), vec![s.clone()]))
             .collect();
-        print!(
-            "{}",
-            kc::render_plan_with(
-                &objs,
-                common.mutate.output(),
-                Secrets::from_flag(common.show_secrets)
-            )?
-        );
-        for f in &new {
+        let rendered = kc::render_plan_with(
+            &objs,
+            common.mutate.output(),
+            Secrets::from_flag(common.show_secrets),
+        )?;
+        let _ = write!(std::io::stdout().lock(), "{rendered}");
+        for f in &plan.files {
             let note = if f.secret { " (private key, 0600)" } else { "" };
-            println!("# dry run: would write {}{note}", f.path.display());
+            say(format_args!(
+                "# dry run: would write {}{note}",
+                f.path.display()
+            ));
         }
         if plan.secrets.is_empty() {
-            println!("# dry run: every cluster is already at this step");
+            say(format_args!(
+                "# dry run: every cluster is already at this step"
+            ));
         }
         return Ok(ExitCode::SUCCESS);
     }
-    pki::write_files(&new, false)?;
-    for f in &new {
+    pki::write_files(&plan.files, false)?;
+    for f in &plan.files {
         let note = if f.secret { " (private key, 0600)" } else { "" };
-        println!("wrote {}{note}", f.path.display());
+        say(format_args!("wrote {}{note}", f.path.display()));
     }
     let mut done = Vec::new();
     for (i, secret) in &plan.secrets {
@@ -294,16 +305,20 @@ async fn apply(common: &Common, clusters: &[Current], plan: Plan) -> Result<Exit
                 }
             );
         }
-        println!("cacerts updated in context {:?}", c.ctx);
+        say(format_args!("cacerts updated in context {:?}", c.ctx));
         done.push(c.ctx.clone());
     }
     for c in clusters {
         if !plan.secrets.iter().any(|(i, _)| clusters[*i].ctx == c.ctx) {
-            println!("context {:?} is already {}", c.ctx, c.trust.stage.name());
+            say(format_args!(
+                "context {:?} is already {}",
+                c.ctx,
+                c.trust.stage.name()
+            ));
         }
     }
-    println!("{}", plan.done);
-    println!("Next: {}", plan.next);
+    say(format_args!("{}", plan.done));
+    say(format_args!("Next: {}", plan.next));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,6 +13,7 @@ use crate::istio::{
     ROTATION_ACTIVATED_AT_ANNOTATION as AT, ROTATION_NEW_ROOT_ANNOTATION as NEW,
     ROTATION_OLD_ROOT_ANNOTATION as OLD, ROTATION_STAGE_ANNOTATION as STAGE,
 };
+use crate::mesh::cacerts::pem_ders;
 use crate::mesh::rotation::{BundleTexts, Stage, cacerts_secret, fingerprint, short};
 
 /// What istiod does with a changed `root-cert.pem` (prepare, finish): istio/istio
@@ -84,26 +85,99 @@ fn list(cs: &[&Current]) -> String {
         .join(", ")
 }
 
-/// The new root in `dir`, if `prepare` wrote one there.
-fn load_root(dir: &Path) -> Result<Option<RootCa>> {
-    let cert = dir.join(pki::ROOT_CERT);
-    if cert.symlink_metadata().is_err() {
-        return Ok(None);
+/// How much of a set of files that a step writes together (a private key and what belongs
+/// to it) is in a directory: a set is used whole or made whole, never completed file by file.
+enum Set {
+    Absent,
+    Complete,
+    /// Some files there (`present`), the others not (`missing`): refused, naming both.
+    Partial {
+        present: Vec<&'static str>,
+        missing: Vec<&'static str>,
+    },
+}
+
+/// Which of `names` are in `dir` (anything at the path counts: a symlink, a directory),
+/// after settling a write into `dir` that a crash interrupted (`pki::files::recover_dir`),
+/// so that a set is never judged half-written while its journal can still complete it.
+fn set_in(dir: &Path, names: &[&'static str]) -> Result<Set> {
+    if let Some(note) = pki::files::recover_dir(dir)? {
+        eprintln!("note: {note}");
     }
-    RootCa::load_files(&cert, &dir.join(pki::ROOT_KEY))
-        .with_context(|| {
-            format!(
-                "loading the new root from {} (its root-cert.pem and root-key.pem are reused to \
-                 resume a rotation; move them away to make a new root)",
-                dir.display()
+    let (present, missing): (Vec<&'static str>, Vec<&'static str>) = names
+        .iter()
+        .partition(|n| dir.join(n).symlink_metadata().is_ok());
+    Ok(if present.is_empty() {
+        Set::Absent
+    } else if missing.is_empty() {
+        Set::Complete
+    } else {
+        Set::Partial { present, missing }
+    })
+}
+
+/// `dir/a, dir/b` of some file names.
+fn paths(dir: &Path, names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| dir.join(n).display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Which step loads the new root: what to tell the user when `--dir` holds half of it.
+#[derive(Clone, Copy)]
+enum RootFor {
+    Prepare,
+    Activate,
+}
+
+/// The new root in `dir`, if `prepare` wrote one there: root-cert.pem and root-key.pem
+/// both (the key must belong to the certificate), or neither; one without the other is
+/// refused, since a new root's certificate written beside a stray key would leave the
+/// clusters trusting a root whose key exists nowhere.
+fn load_root(dir: &Path, step: RootFor) -> Result<Option<RootCa>> {
+    match set_in(dir, &[pki::ROOT_CERT, pki::ROOT_KEY])? {
+        Set::Absent => Ok(None),
+        Set::Partial { present, missing } => {
+            let fix = match step {
+                RootFor::Prepare => format!(
+                    "move {} away to make a new root there (or pass another --dir), or put the \
+                     matching {} back beside it to resume with that root",
+                    paths(dir, &present),
+                    missing.join(", ")
+                ),
+                RootFor::Activate => format!(
+                    "put back {} of the root that meshctl rotate prepare wrote to {} (the \
+                     clusters trust that root; activate signs with its key)",
+                    paths(dir, &missing),
+                    dir.display()
+                ),
+            };
+            bail!(
+                "{} holds {} but no {}: a rotation keeps its new root there as a pair \
+                 (root-cert.pem and root-key.pem), and meshctl neither uses nor completes half of \
+                 one; nothing was changed (in the clusters or on disk). Fix: {fix}",
+                dir.display(),
+                present.join(", "),
+                missing.join(", ")
             )
-        })
-        .map(Some)
+        }
+        Set::Complete => RootCa::load_files(&dir.join(pki::ROOT_CERT), &dir.join(pki::ROOT_KEY))
+            .with_context(|| {
+                format!(
+                    "loading the new root from {} (its root-cert.pem and root-key.pem are reused \
+                     to resume a rotation; move them away to make a new root); nothing was changed",
+                    dir.display()
+                )
+            })
+            .map(Some),
+    }
 }
 
 pub fn prepare(a: &PrepareArgs, clusters: &[Current]) -> Result<Plan> {
     let ns = a.common.ns.namespace.as_str();
-    let existing = load_root(&a.dir)?;
+    let existing = load_root(&a.dir, RootFor::Prepare)?;
     let root = match &existing {
         Some(r) => r,
         None => &RootCa::generate(&RootOptions {
@@ -178,7 +252,12 @@ pub fn prepare(a: &PrepareArgs, clusters: &[Current]) -> Result<Plan> {
     }
     Ok(Plan {
         secrets,
-        files: root.files(&a.dir),
+        // A root already in --dir is reused as it is: nothing to write.
+        files: if existing.is_some() {
+            Vec::new()
+        } else {
+            root.files(&a.dir)
+        },
         done: format!(
             "Prepared: every cluster trusts the old root {} and the new root {}; the old intermediates still sign.",
             short(&old),
@@ -216,7 +295,7 @@ fn check_same_old(old: &mut Option<String>, fp: &str, c: &Current) -> Result<()>
 
 pub fn activate(a: &ActivateArgs, clusters: &[Current]) -> Result<Plan> {
     let ns = a.common.ns.namespace.as_str();
-    let Some(root) = load_root(&a.dir)? else {
+    let Some(root) = load_root(&a.dir, RootFor::Activate)? else {
         bail!(
             "{} holds no new root: run meshctl rotate prepare --dir {} first; nothing was changed",
             a.dir.display(),
@@ -245,13 +324,44 @@ pub fn activate(a: &ActivateArgs, clusters: &[Current]) -> Result<Plan> {
         );
     }
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let (mut secrets, mut files) = (Vec::new(), Vec::new());
+    // Every cluster's directory is judged before any intermediate is made: all the stray
+    // files are named at once.
+    let mut kept = Vec::new();
+    let mut partial = Vec::new();
     for (i, c) in clusters.iter().enumerate() {
         if !matches!(c.trust.stage, Stage::Prepared) {
             continue;
         }
         let dir = a.dir.join(&c.ctx);
-        let ca = new_intermediate(&root, &dir, text(c, pki::CA_CERT)?)?;
+        match set_in(&dir, &INTERMEDIATE_SET)? {
+            Set::Absent => kept.push((i, dir, false)),
+            Set::Complete => kept.push((i, dir, true)),
+            Set::Partial { present, missing } => partial.push(format!(
+                "{} holds {} but no {}",
+                dir.display(),
+                present.join(", "),
+                missing.join(", ")
+            )),
+        }
+    }
+    if !partial.is_empty() {
+        bail!(
+            "{}: activate keeps each cluster's new intermediate in --dir/<context> as one set of \
+             four files ({}), and neither uses nor completes part of one; nothing was changed (in \
+             the clusters or on disk). Fix: move the files named away (a new intermediate is then \
+             made), or put back the rest of the set they came from",
+            partial.join("; "),
+            INTERMEDIATE_SET.join(", ")
+        );
+    }
+    let (mut secrets, mut files) = (Vec::new(), Vec::new());
+    for (i, dir, complete) in kept {
+        let c = &clusters[i];
+        let ca = if complete {
+            resumed_intermediate(&root, &dir)?
+        } else {
+            root.issue_intermediate(&IntermediateOptions::renewing(text(c, pki::CA_CERT)?)?)?
+        };
         let mut texts = BundleTexts::new();
         texts.insert(pki::CA_CERT, ca.cert_pem().to_string());
         texts.insert(pki::CA_KEY, ca.key_pem().to_string());
@@ -267,8 +377,11 @@ pub fn activate(a: &ActivateArgs, clusters: &[Current]) -> Result<Plan> {
             )?,
         ));
         // A complete bundle (root-cert.pem: the new root, as after finish), so that
-        // `certs verify` and `certs workload --ca` work on it.
-        files.extend(ca.files(&dir));
+        // `certs verify` and `certs workload --ca` work on it; one kept from an interrupted
+        // run is reused as it is.
+        if !complete {
+            files.extend(ca.files(&dir));
+        }
     }
     Ok(Plan {
         secrets,
@@ -292,26 +405,53 @@ pub fn activate(a: &ActivateArgs, clusters: &[Current]) -> Result<Plan> {
     })
 }
 
-/// The new intermediate of one cluster: the one in `dir` if an interrupted run left it
-/// there (and it chains to `root`), else a new one with the old CA's subject.
-fn new_intermediate(root: &RootCa, dir: &Path, old_ca: &str) -> Result<IntermediateCa> {
-    if dir.join(pki::CA_CERT).symlink_metadata().is_ok() {
-        let read = |f: &str| {
-            pki::files::read_cert_pem(&dir.join(f))
-                .with_context(|| format!("reading {}", dir.join(f).display()))
-        };
-        let key = pki::files::read_key(&dir.join(pki::CA_KEY))?;
-        let ca = IntermediateCa::from_pems(&read(pki::CA_CERT)?, &key, root.cert_pem())?;
-        if pki::signing_root(ca.cert_pem(), &ca.cert_chain_pem(), root.cert_pem()).is_none() {
-            bail!(
-                "{} holds an intermediate that does not chain to the new root; move it away; nothing was changed",
-                dir.display()
-            );
-        }
-        return Ok(ca);
+/// The files of a cluster's new intermediate in `--dir/<context>`, written and reused
+/// together.
+const INTERMEDIATE_SET: [&str; 4] = [pki::CA_CERT, pki::CA_KEY, pki::CERT_CHAIN, pki::ROOT_CERT];
+
+/// The new intermediate an interrupted run left complete in `dir`: its key must belong to
+/// its certificate, the certificate chain to `root`, and cert-chain.pem and root-cert.pem be
+/// the ones activate writes beside them.
+fn resumed_intermediate(root: &RootCa, dir: &Path) -> Result<IntermediateCa> {
+    let refuse = |why: String| {
+        anyhow::anyhow!(
+            "{why}; nothing was changed (in the clusters or on disk). Move {} away (a new \
+             intermediate is then made)",
+            paths(dir, &INTERMEDIATE_SET)
+        )
+    };
+    let read = |f: &str| {
+        pki::files::read_cert_pem(&dir.join(f))
+            .with_context(|| format!("reading {}", dir.join(f).display()))
+    };
+    let key = pki::files::read_key(&dir.join(pki::CA_KEY))
+        .with_context(|| format!("reading {}", dir.join(pki::CA_KEY).display()))?;
+    let ca = IntermediateCa::from_pems(&read(pki::CA_CERT)?, &key, root.cert_pem())
+        .map_err(|e| refuse(format!("{}: {e}", dir.display())))?;
+    if pki::signing_root(ca.cert_pem(), &ca.cert_chain_pem(), root.cert_pem()).is_none() {
+        return Err(refuse(format!(
+            "{} holds an intermediate that does not chain to the new root",
+            dir.display()
+        )));
     }
-    let opts = IntermediateOptions::renewing(old_ca)?;
-    Ok(root.issue_intermediate(&opts)?)
+    for (f, want) in [
+        (pki::CERT_CHAIN, ca.cert_chain_pem()),
+        (pki::ROOT_CERT, root.cert_pem().to_string()),
+    ] {
+        if pem_ders(read(f)?.as_bytes()) != pem_ders(want.as_bytes()) {
+            return Err(refuse(format!(
+                "{} is not the one activate writes beside {} (it must hold {})",
+                dir.join(f).display(),
+                pki::CA_CERT,
+                if f == pki::ROOT_CERT {
+                    "the new root"
+                } else {
+                    "ca-cert.pem, then the new root"
+                }
+            )));
+        }
+    }
+    Ok(ca)
 }
 
 pub fn finish(a: &FinishArgs, clusters: &[Current]) -> Result<Plan> {

@@ -12,6 +12,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::Value;
 
 use super::super::facts::{AmbientFacts, Seen};
+use super::super::hints::{Invocation, shell_word};
 use super::super::report::Report;
 use crate::istio::{
     AMBIENT_MULTI_NETWORK_ENV, GATEWAY_NAME, GATEWAY_SA_ANNOTATION, HBONE_CERT_KEYS,
@@ -73,16 +74,16 @@ pub fn in_use(clusters: &[(&Seen, &AmbientFacts)]) -> bool {
         .any(|(_, f)| !f.remote_gateways.is_empty() || f.gateway.as_ref().is_some_and(serves_hbone))
 }
 
-/// All ambient checks, for the readable clusters.
-pub fn checks(r: &mut Report, clusters: &[(&Seen, &AmbientFacts)]) {
+/// All ambient checks, for the readable clusters; `inv`: the flags the hints repeat.
+pub fn checks(r: &mut Report, clusters: &[(&Seen, &AmbientFacts)], inv: &Invocation) {
     if !in_use(clusters) {
         return;
     }
     for (seen, f) in clusters {
         let scope = format!("cluster {}", seen.context);
         istiod_multi_network(r, &scope, f);
-        hbone_certificate(r, &scope, f);
-        peers_announced(r, &scope, seen, f, clusters);
+        hbone_certificate(r, &scope, (seen, f), inv);
+        peers_announced(r, &scope, seen, f, (clusters, inv));
     }
     global_services(r, clusters);
 }
@@ -121,7 +122,12 @@ fn istiod_multi_network(r: &mut Report, scope: &str, f: &AmbientFacts) {
     }
 }
 
-fn hbone_certificate(r: &mut Report, scope: &str, f: &AmbientFacts) {
+fn hbone_certificate(
+    r: &mut Report,
+    scope: &str,
+    (seen, f): (&Seen, &AmbientFacts),
+    inv: &Invocation,
+) {
     let check = "gateway HBONE identity";
     let Some(d) = f.gateway.as_ref().filter(|d| serves_hbone(d)) else {
         return;
@@ -136,9 +142,11 @@ fn hbone_certificate(r: &mut Report, scope: &str, f: &AmbientFacts) {
     let ns = d.metadata.namespace.clone().unwrap_or_default();
     let hint = format!(
         "issue it with meshctl certs workload --ca certs/<cluster> --namespace {ns} \
-         --service-account {GATEWAY_NAME} --out DIR, then kubectl -n {ns} create secret generic \
-         {HBONE_CERTS_SECRET} --from-file=DIR/cert-chain.pem --from-file=DIR/key.pem \
-         --from-file=DIR/root-cert.pem"
+         --service-account {GATEWAY_NAME} --out DIR, then kubectl{} --context {} -n {ns} create \
+         secret generic {HBONE_CERTS_SECRET} --from-file=DIR/cert-chain.pem \
+         --from-file=DIR/key.pem --from-file=DIR/root-cert.pem",
+        inv.kubeconfig(),
+        shell_word(&seen.context)
     );
     let Some(data) = f.hbone_secret.as_ref().and_then(|s| s.data.as_ref()) else {
         r.fail(
@@ -211,7 +219,7 @@ fn peers_announced(
     scope: &str,
     seen: &Seen,
     f: &AmbientFacts,
-    clusters: &[(&Seen, &AmbientFacts)],
+    (clusters, inv): (&[(&Seen, &AmbientFacts)], &Invocation),
 ) {
     let check = "peer networks announced";
     // ztunnels here expect the peer in this mesh's trust domain: istiod puts it on the
@@ -284,7 +292,7 @@ fn peers_announced(
         }
     } else {
         r.fail(scope, check, bad.join("; "),
-            "run meshctl join --ambient with every cluster (and --gateway-address CONTEXT=ADDRESS where a gateway has no load-balancer address); the peer gateway needs --protocols both or ambient");
+            format!("run meshctl join --ambient{} with every cluster (and --gateway-address CONTEXT=ADDRESS where a gateway has no load-balancer address); the peer gateway needs --protocols both or ambient", inv.meshctl()));
     }
 }
 
@@ -396,7 +404,7 @@ mod tests {
             ..Default::default()
         };
         let mut r = Report::default();
-        checks(&mut r, &[(&w, &f), (&e, &f)]);
+        checks(&mut r, &[(&w, &f), (&e, &f)], &Default::default());
         assert!(r.items.is_empty(), "{:?}", r.items);
     }
 
@@ -418,7 +426,7 @@ mod tests {
             ..Default::default()
         };
         let mut r = Report::default();
-        checks(&mut r, &[(&w, &fw), (&e, &fe)]);
+        checks(&mut r, &[(&w, &fw), (&e, &fe)], &Default::default());
         use crate::cmd::check::report::Status;
         let i = status_of(&r, "cluster west", "istiod ambient multi-network");
         assert_eq!(i.status, Status::Fail);
@@ -463,7 +471,7 @@ mod tests {
             ..Default::default()
         };
         let mut r = Report::default();
-        checks(&mut r, &[(&w, &f)]);
+        checks(&mut r, &[(&w, &f)], &Default::default());
         use crate::cmd::check::report::Status;
         let i = status_of(&r, "cluster west", "gateway HBONE identity");
         assert_eq!(i.status, Status::Pass, "{}", i.detail);

@@ -5,6 +5,7 @@
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 
 use super::super::facts::{ClusterFacts, Seen, Unread};
+use super::super::hints::{Invocation, shell_word};
 use super::super::report::Report;
 use crate::istio::{APP_LABEL, CLUSTER_NAME_ANNOTATION, GATEWAY_NAME, NETWORK_LABEL, TLS_PORT};
 use crate::mesh::cacerts::pem_ders;
@@ -74,22 +75,24 @@ pub fn unread_cluster(r: &mut Report, ctx: &str, name_flag: Option<&str>, why: &
     }
 }
 
-/// Every check of a cluster meshctl could read (reached at `server`).
+/// Every check of a cluster meshctl could read (reached at `server`); `inv`: the flags its
+/// hints repeat.
 pub fn read_cluster(
     r: &mut Report,
     f: &ClusterFacts,
     server: &str,
     name_flag: Option<&str>,
+    inv: &Invocation,
 ) -> Seen {
     let (scope, ctx) = (format!("cluster {}", f.context), f.context.as_str());
     r.pass(&scope, "API server reachable", server);
     let recorded = ns_annotation(f, CLUSTER_NAME_ANNOTATION);
     let name = name_flag.or(recorded.as_deref()).unwrap_or(ctx).to_string();
     let name_guessed = name_flag.is_none() && recorded.is_none();
-    let root = cacerts(r, &scope, f, &name);
-    let network = network_label(r, &scope, f);
-    gateway_service(r, &scope, f);
-    gateway_pods(r, &scope, f);
+    let root = cacerts(r, &scope, f, &name, inv);
+    let network = network_label(r, &scope, f, inv);
+    gateway_service(r, &scope, f, inv);
+    gateway_pods(r, &scope, f, inv);
     Seen {
         context: ctx.into(),
         name,
@@ -113,17 +116,24 @@ fn ns_label(f: &ClusterFacts, key: &str) -> Option<String> {
 }
 
 /// "cacerts present and valid"; returns the root's DER certificates (for the mesh check).
-fn cacerts(r: &mut Report, scope: &str, f: &ClusterFacts, name: &str) -> Option<Vec<Vec<u8>>> {
-    let (ctx, ns, check) = (&f.context, &f.ns, "cacerts present and valid");
+fn cacerts(
+    r: &mut Report,
+    scope: &str,
+    f: &ClusterFacts,
+    name: &str,
+    inv: &Invocation,
+) -> Option<Vec<Vec<u8>>> {
+    let (ctx, ns, check) = (shell_word(&f.context), &f.ns, "cacerts present and valid");
+    let flags = inv.meshctl();
     let Some(s) = &f.cacerts else {
         r.fail(scope, check, format!("no Secret {ns}/cacerts"),
-            format!("meshctl cacerts apply certs/{name} --context {ctx}, then restart istiod (kubectl -n {ns} rollout restart deploy/istiod)"));
+            format!("meshctl cacerts apply certs/{name} --context {ctx}{flags}, then restart istiod ({} rollout restart deploy/istiod)", inv.kubectl(&f.context)));
         return None;
     };
     match verify_cacerts(s) {
         Ok(()) => r.pass(scope, check, ""),
         Err(e) => r.fail(scope, check, e,
-            format!("regenerate the bundle (meshctl certs intermediate ...) and meshctl cacerts apply certs/{name} --context {ctx} --force")),
+            format!("regenerate the bundle (meshctl certs intermediate ...) and meshctl cacerts apply certs/{name} --context {ctx}{flags} --force")),
     }
     secret_bytes(s, pki::ROOT_CERT).map(pem_ders)
 }
@@ -166,8 +176,14 @@ pub fn verify_cacerts(s: &Secret) -> Result<(), String> {
 }
 
 /// "network label", on the namespace and on the gateway Service; returns the network.
-fn network_label(r: &mut Report, scope: &str, f: &ClusterFacts) -> Option<String> {
-    let (ctx, ns, check) = (&f.context, &f.ns, "network label");
+fn network_label(
+    r: &mut Report,
+    scope: &str,
+    f: &ClusterFacts,
+    inv: &Invocation,
+) -> Option<String> {
+    let (ctx, ns, check) = (shell_word(&f.context), &f.ns, "network label");
+    let flags = inv.meshctl();
     let network = ns_label(f, NETWORK_LABEL);
     let svc_net = f
         .gateway
@@ -178,14 +194,14 @@ fn network_label(r: &mut Report, scope: &str, f: &ClusterFacts) -> Option<String
             scope,
             check,
             format!("namespace {ns} has no {NETWORK_LABEL} label"),
-            format!("meshctl label-network <network> --context {ctx}"),
+            format!("meshctl label-network <network> --context {ctx}{flags}"),
         ),
         (Some(n), Some(s)) if n != s => r.fail(
             scope,
             check,
             format!("namespace says {n}, gateway Service says {s}"),
             format!(
-                "re-run meshctl join (or meshctl gateway install --network {n} --context {ctx})"
+                "re-run meshctl join (or meshctl gateway install --network {n} --context {ctx}{flags})"
             ),
         ),
         (Some(n), _) => r.pass(scope, check, n.clone()),
@@ -194,14 +210,19 @@ fn network_label(r: &mut Report, scope: &str, f: &ClusterFacts) -> Option<String
 }
 
 /// "gateway Service has an external address".
-fn gateway_service(r: &mut Report, scope: &str, f: &ClusterFacts) {
-    let (ctx, ns, check) = (&f.context, &f.ns, "gateway Service has an external address");
+fn gateway_service(r: &mut Report, scope: &str, f: &ClusterFacts, inv: &Invocation) {
+    let (ctx, ns, check) = (
+        shell_word(&f.context),
+        &f.ns,
+        "gateway Service has an external address",
+    );
+    let flags = inv.meshctl();
     match &f.gateway {
         None => r.fail(
             scope,
             check,
             format!("no Service {ns}/{GATEWAY_NAME}"),
-            format!("meshctl gateway install --network <network> --context {ctx}"),
+            format!("meshctl gateway install --network <network> --context {ctx}{flags}"),
         ),
         Some(s) => {
             match gateway_address(s) {
@@ -209,7 +230,7 @@ fn gateway_service(r: &mut Report, scope: &str, f: &ClusterFacts) {
                 Err(detail) => r.fail(scope, check, detail,
                     "no load-balancer controller assigned an address: install one (kind: MetalLB or cloud-provider-kind; check its pods and address pool) or use --service-type node-port"),
             }
-            one_family(r, scope, s);
+            one_family(r, scope, s, &inv.kubectl(&f.context));
         }
     }
 }
@@ -218,7 +239,7 @@ fn gateway_service(r: &mut Report, scope: &str, f: &ClusterFacts) {
 /// gateway and spreads a network's cross-network traffic evenly over them
 /// (`pilot/pkg/serviceregistry/kube/conversion.go`, `xds/endpoints/ep_filters.go`), so a
 /// dual-stack Service sends about half of it to a family the peers may not reach.
-fn one_family(r: &mut Report, scope: &str, svc: &Service) {
+fn one_family(r: &mut Report, scope: &str, svc: &Service, kubectl: &str) {
     let check = "gateway addresses of one IP family";
     let ips: Vec<std::net::IpAddr> = svc
         .status
@@ -243,7 +264,7 @@ fn one_family(r: &mut Report, scope: &str, svc: &Service) {
         scope,
         check,
         format!("IPv4 {} and IPv6 {}: istiod splits cross-network traffic over both", shown(&v4), shown(&v6)),
-        format!("unless every peer reaches both families: kubectl -n {} patch svc {GATEWAY_NAME} -p '{{\"spec\":{{\"ipFamilyPolicy\":\"SingleStack\"}}}}'", svc.metadata.namespace.as_deref().unwrap_or("istio-system")),
+        format!("unless every peer reaches both families: {kubectl} patch svc {GATEWAY_NAME} -p '{{\"spec\":{{\"ipFamilyPolicy\":\"SingleStack\"}}}}'"),
     );
 }
 
@@ -291,11 +312,12 @@ pub fn gateway_address(svc: &Service) -> Result<String, String> {
 }
 
 /// "gateway pods ready".
-fn gateway_pods(r: &mut Report, scope: &str, f: &ClusterFacts) {
-    let (ctx, ns, check) = (&f.context, &f.ns, "gateway pods ready");
+fn gateway_pods(r: &mut Report, scope: &str, f: &ClusterFacts, inv: &Invocation) {
+    let check = "gateway pods ready";
     let (pods, ready) = (f.pods.len(), f.pods.iter().filter(|p| pod_ready(p)).count());
+    let kubectl = inv.kubectl(&f.context);
     let hint = format!(
-        "kubectl --context {ctx} -n {ns} describe pods -l {APP_LABEL}={GATEWAY_NAME}; kubectl --context {ctx} -n {ns} logs deploy/{GATEWAY_NAME}"
+        "{kubectl} describe pods -l {APP_LABEL}={GATEWAY_NAME}; {kubectl} logs deploy/{GATEWAY_NAME}"
     );
     if pods == 0 {
         r.fail(

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 
+use super::super::hints::{Invocation, shell_word};
 use super::super::report::Report;
 use crate::mesh::cacerts::pem_ders;
 use crate::mesh::credentials::{Credential, Method, human, read_secret, rfc3339};
@@ -128,11 +129,12 @@ fn not_afters(pem: &[u8]) -> Vec<u64> {
 
 /// "intermediate expiry" (`ca-cert.pem`) and "root expiry" (every root in `root-cert.pem`,
 /// which holds two during a rotation) of a cluster's `cacerts`. Nothing when there is no
-/// `cacerts` or the file is missing: "cacerts present and valid" reports that.
+/// `cacerts` or the file is missing: "cacerts present and valid" reports that. `inv`: the
+/// flags the renewal hint repeats.
 pub fn cacerts(
     r: &mut Report,
     scope: &str,
-    secret: Option<&Secret>,
+    (secret, inv): (Option<&Secret>, &Invocation),
     (context, cluster): (&str, &str),
     now: u64,
     warn_before: Duration,
@@ -142,7 +144,9 @@ pub fn cacerts(
     };
     let renew_ca = format!(
         "renew the intermediate from the same root: meshctl certs renew --ca certs/{cluster} \
-         --root-cert certs/root-cert.pem --root-key certs/root-key.pem --context {context} --apply"
+         --root-cert certs/root-cert.pem --root-key certs/root-key.pem --context {} --apply{}",
+        shell_word(context),
+        inv.meshctl()
     );
     let rotate_root = "rotate to a new root in every cluster before then (README: Rotating trust)";
     for (file, check, hint) in [
@@ -290,7 +294,7 @@ mod tests {
         cacerts(
             &mut r,
             "cluster west",
-            Some(s),
+            (Some(s), &Invocation::default()),
             ("west", "west"),
             now,
             horizon(),
@@ -316,7 +320,14 @@ mod tests {
         assert_eq!(find(&items, "intermediate expiry").status, Status::Pass);
         // No cacerts: nothing here (the cluster rules fail it).
         let mut r = Report::default();
-        cacerts(&mut r, "c", None, ("w", "w"), 0, horizon());
+        cacerts(
+            &mut r,
+            "c",
+            (None, &Default::default()),
+            ("w", "w"),
+            0,
+            horizon(),
+        );
         assert!(r.items.is_empty());
     }
 
@@ -325,7 +336,8 @@ mod tests {
         let s = cacerts_ending_in(10);
         let mut r = Report::default();
         let now = crate::mesh::credentials::unix_now() + 11 * DAY;
-        cacerts(&mut r, "c", Some(&s), ("w", "w"), now, horizon());
+        let none = Invocation::default();
+        cacerts(&mut r, "c", (Some(&s), &none), ("w", "w"), now, horizon());
         assert_eq!(find(&r.items, "intermediate expiry").status, Status::Fail);
     }
 }

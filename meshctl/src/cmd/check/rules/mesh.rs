@@ -4,6 +4,7 @@
 //! register the same cluster twice.
 
 use super::super::facts::Seen;
+use super::super::hints::Invocation;
 use super::super::report::Report;
 
 /// Which checks of "the secret for `source` stored in `target`" can run.
@@ -44,14 +45,15 @@ fn unreachable(seen: &[Seen]) -> String {
         .join(", ")
 }
 
-pub fn mesh_checks(r: &mut Report, seen: &[Seen]) {
+/// The mesh-wide checks; `inv`: the flags their hints repeat.
+pub fn mesh_checks(r: &mut Report, seen: &[Seen], inv: &Invocation) {
     let down = unreachable(seen);
-    roots(r, seen, &down);
-    networks(r, seen, &down);
+    roots(r, seen, &down, inv);
+    networks(r, seen, &down, inv);
     names(r, seen);
 }
 
-fn roots(r: &mut Report, seen: &[Seen], down: &str) {
+fn roots(r: &mut Report, seen: &[Seen], down: &str, inv: &Invocation) {
     let (scope, check) = ("mesh", "roots identical across clusters");
     let read: Vec<&Seen> = seen.iter().filter(|s| s.unread.is_none()).collect();
     let missing: Vec<&str> = read
@@ -70,12 +72,16 @@ fn roots(r: &mut Report, seen: &[Seen], down: &str) {
             scope,
             check,
             format!("no cacerts root in {}", missing.join(", ")),
-            "apply each cluster's bundle: meshctl cacerts apply certs/<cluster> --context <ctx>",
+            format!(
+                "apply each cluster's bundle: meshctl cacerts apply certs/<cluster> --context \
+                 <ctx>{}",
+                inv.meshctl()
+            ),
         );
     } else if !differing.is_empty() {
         r.fail(scope, check,
             format!("{} has a different root than {}", differing.join(", "), with_root[0].context),
-            "all bundles must come from one root (meshctl certs init); apply them with meshctl cacerts apply ... --force and restart istiod in each cluster");
+            format!("all bundles must come from one root (meshctl certs init); apply them with meshctl cacerts apply ...{} --force and restart istiod in each cluster", inv.meshctl()));
     } else if !down.is_empty() {
         r.skip(scope, check, format!("cannot compare with {down}"));
     } else {
@@ -83,7 +89,7 @@ fn roots(r: &mut Report, seen: &[Seen], down: &str) {
     }
 }
 
-fn networks(r: &mut Report, seen: &[Seen], down: &str) {
+fn networks(r: &mut Report, seen: &[Seen], down: &str, inv: &Invocation) {
     let (scope, check) = ("mesh", "network labels distinct");
     let mut dup = Vec::new();
     for (i, s) in seen.iter().enumerate() {
@@ -95,7 +101,7 @@ fn networks(r: &mut Report, seen: &[Seen], down: &str) {
     }
     if !dup.is_empty() {
         r.fail(scope, check, dup.join("; "),
-            "each cluster needs its own network: meshctl label-network <unique-network> --context <ctx> (and re-run meshctl join)");
+            format!("each cluster needs its own network: meshctl label-network <unique-network> --context <ctx>{} (and re-run meshctl join)", inv.meshctl()));
     } else if !down.is_empty() {
         r.skip(scope, check, format!("the network of {down} is unknown"));
     } else {
@@ -158,7 +164,7 @@ mod tests {
 
     fn run(seen: &[Seen]) -> Vec<Item> {
         let mut r = Report::default();
-        mesh_checks(&mut r, seen);
+        mesh_checks(&mut r, seen, &Default::default());
         r.items
     }
 

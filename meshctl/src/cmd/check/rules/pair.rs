@@ -1,16 +1,21 @@
 //! The checks of one stored remote secret ("the secret for A in B"), judged from the Secrets
 //! found in B and from what the live calls with its kubeconfig returned: present, parses,
-//! no loopback server, kubeconfig works, reader permissions. The credential's expiry is the
-//! expiry rule's (`expiry::stored_credential`, against `--warn-before`).
+//! no loopback server, the token's account is meshctl's reader, kubeconfig works, reader
+//! permissions. The credential's expiry is the expiry rule's (`expiry::stored_credential`,
+//! against `--warn-before`). Hints that make the secret again repeat check's `-n` and
+//! `--kubeconfig` and the stored token's lifetime and reader account ([`recreate_command`]).
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::config::Kubeconfig;
 
-use super::super::facts::{Seen, StoredRemote};
+use super::super::facts::{LiveFailure, Seen, StoredRemote};
+use super::super::hints::{Invocation, Reissue, shell_word};
 use super::super::report::Report;
 use crate::istio::{
     DEFAULT_READER_SA, MULTICLUSTER_LABEL, READER_ROLE_PREFIX, reader_role_name, remote_secret_name,
 };
 use crate::kube::Failure;
+use crate::mesh::credentials::{Credential, Method, read_secret};
 use crate::mesh::reader_rules::{READER_RULES, permission_name};
 use crate::mesh::remote_secret::is_loopback;
 
@@ -19,12 +24,169 @@ pub fn pair_scope(source: &Seen, target: &Seen) -> String {
     format!("secret for {} in {}", source.name, target.context)
 }
 
-/// The fix for a missing or broken remote secret.
-pub fn rejoin_hint(source: &Seen, target: &Seen) -> String {
+/// The command that makes the remote secret for `source` again and stores it in `target`,
+/// with check's `-n` and `--kubeconfig` and what the stored one was made with (`reissue`:
+/// its token lifetime, its reader account).
+pub fn recreate_command(
+    (source, target): (&Seen, &Seen),
+    inv: &Invocation,
+    reissue: &Reissue,
+) -> String {
     format!(
-        "re-run meshctl join (or meshctl create-remote-secret --context {} --name {} --server https://<address>:6443 | kubectl --context {} apply -f -)",
-        source.context, source.name, target.context
+        "meshctl create-remote-secret{kc} --context {} --name {}{ns}{} --server \
+         https://<address>:6443 | kubectl{kc} --context {} apply -f -",
+        shell_word(&source.context),
+        source.name,
+        reissue.flags(),
+        shell_word(&target.context),
+        kc = inv.kubeconfig(),
+        ns = inv.namespace(),
     )
+}
+
+/// The fix for a missing or broken remote secret: join again, or [`recreate_command`].
+pub fn rejoin_hint(recreate: &str) -> String {
+    format!("re-run meshctl join (or {recreate})")
+}
+
+/// The credential stored for `cluster` among a target's remote secrets (the first entry
+/// for it, as istiod uses one), when it can be read.
+pub fn stored_credential(secrets: &[Secret], cluster: &str) -> Option<Credential> {
+    secrets
+        .iter()
+        .flat_map(read_secret)
+        .flatten()
+        .find(|s| s.cluster == cluster)
+        .map(|s| s.credential)
+}
+
+/// The service account (namespace, name) a stored credential is a token of, as its claims
+/// say (`None` for anything but a service-account token).
+pub fn account_of(c: &Credential) -> Option<(String, String)> {
+    let split = |s: &str| {
+        s.split_once('/')
+            .map(|(ns, sa)| (ns.to_string(), sa.to_string()))
+    };
+    match &c.method {
+        Method::TokenRequest {
+            service_account,
+            namespace,
+            ..
+        } => Some((namespace.clone(), service_account.clone())),
+        Method::LegacySecretToken { service_account }
+        | Method::InvalidExpiry {
+            service_account, ..
+        } => service_account.as_deref().and_then(split),
+        _ => None,
+    }
+}
+
+/// Whether a credential's account is one meshctl makes readers of in `ns`: the default
+/// reader of `ns`, or an account of `ns` whose reader binding exists (`binding`: whether the
+/// source cluster has ClusterRoleBinding `reader_role_name(ns, sa)` for it; `None` when it
+/// could not be looked up). `None` when it cannot be told.
+pub fn is_reader(account: &(String, String), ns: &str, binding: Option<bool>) -> Option<bool> {
+    let (account_ns, sa) = account;
+    if account_ns != ns {
+        return Some(false);
+    }
+    if sa == DEFAULT_READER_SA {
+        return Some(true);
+    }
+    binding
+}
+
+/// What a remote secret made again repeats of the stored one: its token's lifetime, and its
+/// account when that is one of meshctl's readers (`reader`, from [`is_reader`]).
+pub fn reissue_of(c: Option<&Credential>, reader: Option<bool>) -> Reissue {
+    Reissue {
+        token_ttl: c.and_then(Credential::ttl),
+        service_account: c
+            .and_then(account_of)
+            .filter(|_| reader == Some(true))
+            .map(|(_, sa)| sa),
+    }
+}
+
+/// "reader account": the stored token is one of meshctl's reader accounts for `ns`
+/// ([`is_reader`]). Another account (a token pasted by hand, a forged or foreign one) gives
+/// the target's istiod whatever that account may do in the source cluster, and `credentials
+/// refresh` would not renew it: a warning, with the command that stores a reader's token.
+pub fn reader_account(
+    r: &mut Report,
+    scope: &str,
+    ns: &str,
+    credential: Option<&Credential>,
+    binding: Option<bool>,
+    recreate: &str,
+) {
+    let check = "reader account";
+    let Some(c) = credential else {
+        return;
+    };
+    let reader = format!("{ns}/{DEFAULT_READER_SA}");
+    let hint = format!(
+        "unless this credential was stored on purpose, replace it with a token of meshctl's \
+         reader: {recreate}"
+    );
+    let Some(account) = account_of(c) else {
+        if c.method == Method::None {
+            r.skip(scope, check, "the stored kubeconfig has no credential");
+        } else {
+            r.warn(
+                scope,
+                check,
+                format!(
+                    "the stored credential is a {}, not a token of meshctl's reader account \
+                     ({reader})",
+                    c.method.describe()
+                ),
+                hint,
+            );
+        }
+        return;
+    };
+    let (account_ns, sa) = (&account.0, &account.1);
+    match is_reader(&account, ns, binding) {
+        Some(true) if sa == DEFAULT_READER_SA => r.pass(scope, check, reader),
+        Some(true) => r.pass(
+            scope,
+            check,
+            format!(
+                "{ns}/{sa} (bound to meshctl's reader role {})",
+                reader_role_name(ns, sa)
+            ),
+        ),
+        Some(false) => {
+            let why = if account_ns != ns {
+                format!("an account of namespace {account_ns}, not {ns}")
+            } else {
+                format!(
+                    "it has no reader binding {} (meshctl's readers are {reader} and the \
+                     accounts create-remote-secret --service-account binds)",
+                    reader_role_name(ns, sa)
+                )
+            };
+            r.warn(
+                scope,
+                check,
+                format!(
+                    "the stored token is of service account {account_ns}/{sa}, not meshctl's \
+                     reader: {why}"
+                ),
+                hint,
+            );
+        }
+        None => r.skip(
+            scope,
+            check,
+            format!(
+                "the stored token is of {ns}/{sa}: whether it has meshctl's reader binding \
+                 {} needs the source cluster",
+                reader_role_name(ns, sa)
+            ),
+        ),
+    }
 }
 
 /// What can be judged without calling the source cluster: "remote secret present", that
@@ -37,9 +199,10 @@ pub fn stored_secret<'a>(
     ns: &str,
     stored: &'a [StoredRemote],
     allow_loopback_server: bool,
+    rejoin: &str,
 ) -> Option<&'a Kubeconfig> {
     let scope = pair_scope(source, target);
-    let rejoin = rejoin_hint(source, target);
+    let rejoin = rejoin.to_string();
     let found: Vec<&StoredRemote> = stored.iter().filter(|s| s.cluster == source.name).collect();
     let Some(first) = found.first() else {
         // A guessed ID may be wrong: registering again under it would register the cluster twice.
@@ -126,16 +289,27 @@ pub fn live_skipped(r: &mut Report, scope: &str, why: &str) {
 /// "kubeconfig works", from listing Services with it (`Ok(detail)` or the failure), and
 /// "reader permissions" from the permissions its account lacks (`None` when the kubeconfig
 /// did not work, so there was nothing to ask).
+/// A kubeconfig that could not be turned into a client (`LiveFailure::Unusable`) sent no
+/// request: its fix is `recreate`, the command that stores a new one.
 pub fn live(
     r: &mut Report,
     scope: &str,
-    works: Result<&str, (Failure, &str)>,
+    works: Result<&str, (LiveFailure, &str)>,
     missing: Option<Result<Vec<String>, String>>,
-    rejoin: &str,
+    (rejoin, recreate): (&str, &str),
 ) {
     match works {
         Ok(detail) => r.pass(scope, "kubeconfig works", detail),
-        Err((failure, detail)) => {
+        Err((LiveFailure::Unusable, detail)) => r.fail(
+            scope,
+            "kubeconfig works",
+            detail,
+            format!(
+                "the stored kubeconfig is unusable (meshctl sent no request with it, so this \
+                 says nothing about the API server): re-create the remote secret: {recreate}"
+            ),
+        ),
+        Err((LiveFailure::Request(failure), detail)) => {
             // Not an exhaustive match: a kind of failure added later gets the general hint.
             let hint = if failure == Failure::CredentialRefused
                 || failure == Failure::CredentialUnusable

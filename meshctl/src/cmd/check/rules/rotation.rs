@@ -3,6 +3,7 @@
 //! bundle, and all clusters must be in the same rotation. Pure: the trust states come from
 //! `mesh::rotation::trust_of` on the gathered `cacerts`.
 
+use super::super::hints::{Invocation, shell_word};
 use super::super::report::Report;
 use crate::mesh::rotation::{Stage, Trust, fingerprint, short};
 
@@ -12,25 +13,27 @@ pub struct ClusterTrust<'a> {
     pub trust: Option<Trust>,
 }
 
-pub fn rotation_checks(r: &mut Report, clusters: &[ClusterTrust<'_>]) {
+/// Each cluster's rotation stage and the cross-cluster trust; `inv`: the flags the hints
+/// repeat.
+pub fn rotation_checks(r: &mut Report, clusters: &[ClusterTrust<'_>], inv: &Invocation) {
     for c in clusters {
         let Some(t) = &c.trust else { continue };
         let scope = format!("cluster {}", c.context);
         let check = "root rotation stage";
         match &t.stage {
             Stage::Inconsistent(why) => r.fail(&scope, check, why.clone(),
-                "re-run the meshctl rotate step this cluster was in (it is idempotent), or re-apply its bundle with meshctl cacerts apply --force"),
+                format!("re-run the meshctl rotate step this cluster was in (it is idempotent), or re-apply its bundle with meshctl cacerts apply certs/<cluster> --context {}{} --force", shell_word(c.context), inv.meshctl())),
             Stage::Stable => r.pass(&scope, check, "none (one root)"),
             Stage::Prepared => r.pass(&scope, check, "prepared: trusts the old and the new root, signs with the old"),
             Stage::Activated { activated_at } => r.pass(&scope, check, format!("activated at {activated_at}: trusts both roots, signs with the new")),
             Stage::Finished => r.pass(&scope, check, "finished: trusts the new root only"),
         }
     }
-    cross_trust(r, clusters);
+    cross_trust(r, clusters, inv);
 }
 
 /// "cross-cluster trust during rotation": A's signing root in B's bundle, for every A ≠ B.
-fn cross_trust(r: &mut Report, clusters: &[ClusterTrust<'_>]) {
+fn cross_trust(r: &mut Report, clusters: &[ClusterTrust<'_>], inv: &Invocation) {
     let (scope, check) = ("mesh", "cross-cluster trust of signing roots");
     let read: Vec<(&str, &Trust)> = clusters
         .iter()
@@ -58,7 +61,7 @@ fn cross_trust(r: &mut Report, clusters: &[ClusterTrust<'_>]) {
         && rotations.windows(2).any(|w| w[0] != w[1]);
     if !broken.is_empty() {
         r.fail(scope, check, broken.join("; "),
-            "workloads across these clusters fail mTLS: finish the step in progress everywhere (meshctl rotate prepare|activate ... with every --context), never finish before every cluster is activated");
+            format!("workloads across these clusters fail mTLS: finish the step in progress everywhere (meshctl rotate prepare|activate ...{} with every --context), never finish before every cluster is activated", inv.meshctl()));
     } else if mixed {
         r.fail(
             scope,
@@ -117,7 +120,7 @@ mod tests {
             .map(|(context, trust)| ClusterTrust { context, trust })
             .collect();
         let mut r = Report::default();
-        rotation_checks(&mut r, &cs);
+        rotation_checks(&mut r, &cs, &Default::default());
         r
     }
 

@@ -7,12 +7,13 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use serde_json::{Value, json};
 
-use super::super::facts::{ClusterFacts, Seen, StoredRemote, Unread};
+use super::super::facts::{ClusterFacts, LiveFailure, Seen, StoredRemote, Unread};
 use super::super::gather::stored_remote;
+use super::super::hints::Invocation;
 use super::super::report::{Item, Report, Status};
 use super::cluster::{gateway_address, read_cluster, unread_cluster};
 use super::expiry::{DEFAULT_WARN_BEFORE, stored_credential};
-use super::pair::{live, stored_secret};
+use super::pair::{live, reader_account, reissue_of, stored_secret};
 use crate::istio::{CLUSTER_NAME_ANNOTATION, NETWORK_LABEL};
 use crate::kube::Failure;
 use crate::mesh::credentials::credential_of_token;
@@ -74,7 +75,8 @@ fn healthy() -> ClusterFacts {
 
 fn judge(f: &ClusterFacts, flag: Option<&str>) -> (Vec<Item>, Seen) {
     let mut r = Report::default();
-    let seen = read_cluster(&mut r, f, "https://172.18.0.2:6443", flag);
+    let inv = Invocation::default();
+    let seen = read_cluster(&mut r, f, "https://172.18.0.2:6443", flag, &inv);
     (r.items, seen)
 }
 
@@ -287,6 +289,9 @@ fn seen(ctx: &str, name: &str, guessed: bool) -> Seen {
     }
 }
 
+/// The fix a pair rule is given for a missing or broken remote secret.
+const REJOIN: &str = "re-run meshctl join (or meshctl create-remote-secret ...)";
+
 fn jwt(claims: &str) -> String {
     let b = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
     format!("{}.{}.sig", b("{}"), b(claims))
@@ -311,7 +316,14 @@ fn judge_pair(source: &Seen, secrets: &[Secret], allow: bool, now: u64) -> (Vec<
     let mut r = Report::default();
     let target = seen("west", "west-cluster", false);
     let stored: Vec<StoredRemote> = secrets.iter().filter_map(stored_remote).collect();
-    let k = stored_secret(&mut r, (source, &target), "istio-system", &stored, allow);
+    let k = stored_secret(
+        &mut r,
+        (source, &target),
+        "istio-system",
+        &stored,
+        allow,
+        REJOIN,
+    );
     if k.is_some() {
         judge_expiry(&mut r, source, secrets, now, DEFAULT_WARN_BEFORE);
     }
@@ -349,6 +361,7 @@ fn a_stored_kubeconfig_is_parsed_once_by_gather() {
             "istio-system",
             std::slice::from_ref(stored),
             false,
+            REJOIN,
         )
         .is_some();
         (r.items, live)
@@ -489,7 +502,8 @@ fn token_expiry_at_a_given_time() {
 fn live_results_name_the_fix() {
     let run = |works: Result<&str, (Failure, &str)>, missing| {
         let mut r = Report::default();
-        live(&mut r, "s", works, missing, "REJOIN");
+        let works = works.map_err(|(f, d)| (LiveFailure::Request(f), d));
+        live(&mut r, "s", works, missing, ("REJOIN", "RECREATE"));
         r.items
     };
     let items = run(Err((Failure::CredentialRefused, "401")), None);
@@ -588,4 +602,69 @@ fn a_gateway_with_addresses_of_both_families_is_warned_about() {
         find(&items, "gateway Service has an external address").status,
         Status::Pass
     );
+}
+
+#[test]
+fn the_reader_account_is_judged_from_the_token_and_the_binding() {
+    let judge = |token: &str, binding: Option<bool>| {
+        let mut r = Report::default();
+        let c = credential_of_token(token);
+        reader_account(&mut r, "s", "esc", Some(&c), binding, "RECREATE");
+        r.items.remove(0)
+    };
+    let sub = |who: &str| {
+        jwt(&format!(
+            r#"{{"exp":1800000000,"iat":1799996400,"sub":"system:serviceaccount:{who}"}}"#
+        ))
+    };
+    let i = judge(&sub("esc:istio-reader-service-account"), None);
+    assert_eq!(
+        (i.status, i.detail.as_str()),
+        (Status::Pass, "esc/istio-reader-service-account")
+    );
+    let i = judge(&sub("kube-system:istio-reader-service-account"), None);
+    assert_eq!(i.status, Status::Warn, "{i:?}");
+    assert!(
+        i.detail
+            .contains("an account of namespace kube-system, not esc"),
+        "{i:?}"
+    );
+    assert!(i.hint.unwrap().ends_with("reader: RECREATE"));
+    assert_eq!(
+        judge(&sub("esc:mesh-reader"), Some(true)).status,
+        Status::Pass
+    );
+    assert_eq!(judge(&sub("esc:istiod"), Some(false)).status, Status::Warn);
+    assert_eq!(judge(&sub("esc:mesh-reader"), None).status, Status::Skip);
+    let i = judge("opaque-token", None);
+    assert!(
+        i.status == Status::Warn && i.detail.contains("not a service-account JWT"),
+        "{i:?}"
+    );
+    // What a remote secret made again repeats: the lifetime, a reader's account.
+    let c = credential_of_token(&sub("esc:mesh-reader"));
+    let reissue = reissue_of(Some(&c), Some(true));
+    assert_eq!(
+        reissue.flags(),
+        " --token-ttl 1h --service-account mesh-reader"
+    );
+    assert_eq!(reissue_of(Some(&c), Some(false)).flags(), " --token-ttl 1h");
+}
+
+#[test]
+fn an_unusable_stored_kubeconfig_is_not_blamed_on_the_server() {
+    let mut r = Report::default();
+    let works = Err((
+        LiveFailure::Unusable,
+        "the stored kubeconfig cannot be used",
+    ));
+    live(&mut r, "s", works, None, ("REJOIN", "RECREATE"));
+    let hint = r.items[0].hint.clone().unwrap();
+    assert!(
+        hint.contains("the stored kubeconfig is unusable")
+            && hint.ends_with("re-create the remote secret: RECREATE")
+            && !hint.contains("answered"),
+        "{hint}"
+    );
+    assert_eq!(r.items[1].status, Status::Skip);
 }
