@@ -15,6 +15,10 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The log filter without `RUST_LOG`. notify logs a watch of a removed directory it could not
+/// remove (info and warn) though the gateway has already set its watches again.
+const DEFAULT_LOG: &str = "info,notify=error";
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -62,7 +66,7 @@ fn run() -> anyhow::Result<()> {
             .error(clap::error::ErrorKind::ArgumentConflict, msg)
             .exit();
     }
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

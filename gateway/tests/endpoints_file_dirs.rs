@@ -2,8 +2,15 @@
 //! under the same path (`rm -rf conf && mkdir conf`, a volume mounted again): the link never
 //! changes and the old directory's watch died with it, so only a watch on the directory's
 //! parent sees the new one. The gateway, the real binary, routes to the new table's endpoint
-//! without SIGHUP, and still does not read the file again when nothing changed. The ConfigMap
-//! `..data` swap is in endpoints_file.rs.
+//! without SIGHUP, and still does not read the file again when nothing changed.
+//!
+//! A directory on the way replaced: a directory symlink swapped by rename (Capistrano's
+//! `current -> releases/N`), the file's own directory removed and made again, and a ConfigMap
+//! volume's `..data` swapped twice; after each, a further atomic replacement of the file is
+//! read too (the watches follow the new directory). Before, the file's directory was watched
+//! once, by path: the swap went unseen, and after the directory was made again no later change
+//! was, until SIGHUP, while `last_reload_ok` stayed 1. The in-process ConfigMap test is in
+//! endpoints_file.rs.
 
 mod common;
 
@@ -156,4 +163,135 @@ fn a_relative_link_whose_directory_is_made_again_is_followed() {
 #[test]
 fn a_removed_tree_made_again_is_followed() {
     removed_and_made_again("../a/b/endpoints.yaml", "a/b/endpoints.yaml", "a");
+}
+
+/// Asserts, once the file was replaced or swapped, that the gateway read it without SIGHUP and
+/// that nothing says the table is stale (it was not).
+fn assert_followed(gw: &GatewayProcess) {
+    assert_eq!(gw.log_count("SIGHUP"), 0);
+    assert_eq!(
+        gw.metric("gateway_discovery_route_table_last_reload_ok"),
+        1.0
+    );
+    assert_eq!(gw.metric(ERRORS), 0.0);
+}
+
+/// Capistrano: `--endpoints cap/current/ep.yaml`, `current -> rel1` swapped for `rel2` by
+/// renaming a new link over it (`ln -sfn rel2 current.tmp && mv -T current.tmp current`), then
+/// the file in `rel2` replaced atomically, then `current` swapped back.
+#[test]
+fn a_directory_symlink_swapped_by_rename_is_followed() {
+    let rt = multi_thread_runtime(1);
+    let (backends, _port) = rt.block_on(backends(&["catalog-1", "catalog-2"]));
+    let tmp = tempfile::tempdir().unwrap();
+    let cap = tmp.path().join("cap");
+    for (rel, to) in [("rel1", &backends[0]), ("rel2", &backends[1])] {
+        std::fs::create_dir_all(cap.join(rel)).unwrap();
+        std::fs::write(cap.join(rel).join("ep.yaml"), table(to)).unwrap();
+    }
+    std::os::unix::fs::symlink("rel1", cap.join("current")).unwrap();
+    let swap = |to: &str| {
+        std::os::unix::fs::symlink(to, cap.join("current.tmp")).unwrap();
+        std::fs::rename(cap.join("current.tmp"), cap.join("current")).unwrap();
+    };
+    let path = cap.join("current/ep.yaml");
+    let gw = GatewayProcess::start(
+        &path,
+        &["--hbone-listen", "off"],
+        "info,gateway::discovery=debug",
+    );
+    assert_eq!(answer(&rt, &gw).as_deref(), Some("catalog-1"));
+
+    swap("rel2");
+    wait_answer(&rt, &gw, "catalog-2");
+    replace_file(&cap.join("rel2/ep.yaml"), &table(&backends[0]));
+    wait_answer(&rt, &gw, "catalog-1");
+    assert_no_reads(&gw, &path, &cap.join("rel2/ep.yaml"));
+    // The old release changes nothing now.
+    replace_file(&cap.join("rel1/ep.yaml"), &table(&backends[1]));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(answer(&rt, &gw).as_deref(), Some("catalog-1"));
+
+    swap("rel1");
+    wait_answer(&rt, &gw, "catalog-2");
+    replace_file(&cap.join("rel1/ep.yaml"), &table(&backends[0]));
+    wait_answer(&rt, &gw, "catalog-1");
+    assert_followed(&gw);
+}
+
+/// `--endpoints d1/cfg/ep.yaml` with no symlink: `rm -rf d1/cfg; mkdir d1/cfg` and the file
+/// written again is read, and so are atomic replacements in the new `d1/cfg` afterwards.
+#[test]
+fn the_files_directory_removed_and_made_again_is_followed() {
+    let rt = multi_thread_runtime(1);
+    let (backends, _port) = rt.block_on(backends(&["catalog-1", "catalog-2"]));
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("d1/cfg");
+    std::fs::create_dir_all(&cfg).unwrap();
+    let path = cfg.join("ep.yaml");
+    std::fs::write(&path, table(&backends[0])).unwrap();
+    let gw = GatewayProcess::start(
+        &path,
+        &["--hbone-listen", "off"],
+        "info,gateway::discovery=debug",
+    );
+    assert_eq!(answer(&rt, &gw).as_deref(), Some("catalog-1"));
+
+    for round in 0..2 {
+        std::fs::remove_dir_all(&cfg).unwrap();
+        std::fs::create_dir(&cfg).unwrap();
+        std::fs::write(&path, table(&backends[1])).unwrap();
+        wait_answer(&rt, &gw, "catalog-2");
+        replace_file(&path, &table(&backends[0]));
+        wait_answer(&rt, &gw, "catalog-1");
+        replace_file(&path, &table(&backends[1]));
+        wait_answer(&rt, &gw, "catalog-2");
+        if round == 0 {
+            assert_no_reads(&gw, &path, &path);
+        }
+        replace_file(&path, &table(&backends[0]));
+        wait_answer(&rt, &gw, "catalog-1");
+    }
+    assert_followed(&gw);
+}
+
+/// A ConfigMap volume as the kubelet lays it out and updates it: `cm/ep.yaml ->
+/// ..data/ep.yaml`, `..data -> ..2026_12_05_<n>`; each update writes a new timestamped
+/// directory, renames a new `..data_tmp` link over `..data` and removes the old directory.
+#[test]
+fn configmap_data_swaps_are_followed() {
+    let rt = multi_thread_runtime(1);
+    let (backends, _port) = rt.block_on(backends(&["catalog-1", "catalog-2"]));
+    let tmp = tempfile::tempdir().unwrap();
+    let cm = tmp.path().join("cm");
+    let stamp = |n: usize| format!("..2026_12_05_{n:02}");
+    let publish = |n: usize, to: &Backend| {
+        let dir = cm.join(stamp(n));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ep.yaml"), table(to)).unwrap();
+        std::os::unix::fs::symlink(stamp(n), cm.join("..data_tmp")).unwrap();
+        std::fs::rename(cm.join("..data_tmp"), cm.join("..data")).unwrap();
+        if n > 0 {
+            std::fs::remove_dir_all(cm.join(stamp(n - 1))).unwrap();
+        }
+    };
+    publish(0, &backends[0]);
+    let path = cm.join("ep.yaml");
+    std::os::unix::fs::symlink("..data/ep.yaml", &path).unwrap();
+    let gw = GatewayProcess::start(
+        &path,
+        &["--hbone-listen", "off"],
+        "info,gateway::discovery=debug",
+    );
+    assert_eq!(answer(&rt, &gw).as_deref(), Some("catalog-1"));
+    for n in 1..4 {
+        let (to, name) = match n % 2 {
+            1 => (&backends[1], "catalog-2"),
+            _ => (&backends[0], "catalog-1"),
+        };
+        publish(n, to);
+        wait_answer(&rt, &gw, name);
+    }
+    assert_no_reads(&gw, &path, &cm.join(stamp(3)).join("ep.yaml"));
+    assert_followed(&gw);
 }

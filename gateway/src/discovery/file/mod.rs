@@ -1,12 +1,13 @@
 //! The file discovery source: loads the endpoints file, then watches it and SIGHUP and
 //! republishes on every change of content.
 //!
-//! The parent directory is watched, not the file: Kubernetes mounts ConfigMaps through a
-//! `..data` symlink that is swapped atomically, which a watch on the file itself misses. When
-//! the path is a symlink, the directories its links lead to are watched too, and their
-//! parents, which see such a directory removed and made again; the set is worked out again
-//! before every read, as links may have moved and directories come back. [`watch`] decides
-//! which events matter and when a change has settled; [`format`] reads the file's content,
+//! Directories are watched, not the file: Kubernetes mounts ConfigMaps through a `..data`
+//! symlink that is swapped atomically, which a watch on the file itself misses. The path is
+//! resolved name by name, symlinks in directory components included, and each directory whose
+//! change could change what it names is watched (the file's, its parent, and every one from
+//! the first symlink on: [`watch`]); the set is worked out and every watch set again before
+//! every read, as links may have moved and directories come back. [`watch`] decides which
+//! events matter and when a change has settled; [`format`] reads the file's content,
 //! within the [`bounds`] on the work one file may cause, and [`yaml_error`] tells what is
 //! wrong with it without quoting it.
 //!
@@ -101,34 +102,58 @@ impl Pending {
     }
 }
 
-/// The OS watcher and the directories it watches besides the file's own.
+/// Resolutions of the path in one read at most, each after watching what the one before found:
+/// the path changing faster than that is read again on the events of the last watches.
+const MAX_RESOLVES: usize = 4;
+
+/// The OS watcher and the directories it watches.
 struct Watches {
     // Dropping the watcher stops the OS watch.
     watcher: notify::RecommendedWatcher,
-    elsewhere: HashSet<PathBuf>,
+    watched: HashSet<PathBuf>,
+    /// Directories that could not be watched, each said once while it cannot.
+    failed: HashSet<PathBuf>,
 }
 
 impl Watches {
-    /// Watches each directory of `want` (those besides the file's own, watched from the
-    /// start), and no longer the ones left out. Watching again a directory watched already is
-    /// harmless, and catches one that was removed and made again. A directory that cannot be
-    /// watched is read on SIGHUP only, and said so.
-    fn follow(&mut self, want: HashSet<PathBuf>) {
-        for gone in self.elsewhere.difference(&want) {
+    /// Watches the directories `want`, and no longer the others. Each is watched anew every
+    /// time: the directory at a path may be a new one (removed and made again, or another
+    /// renamed over it), whose events the old watch never sees, while notify would go on
+    /// naming the old one's events after the path. An event lost in between is older than the
+    /// read that follows. A directory that cannot be watched is read on SIGHUP only, and said
+    /// so; when it is `must`, that is an error instead.
+    fn follow(
+        &mut self,
+        want: &[PathBuf],
+        must: Option<&Path>,
+    ) -> Result<(), (PathBuf, notify::Error)> {
+        for gone in self.watched.iter().filter(|d| !want.contains(d)) {
             // Fails when the directory is gone, which removed its watch already.
             let _ = self.watcher.unwatch(gone);
         }
-        for dir in &want {
-            if let Err(e) = self.watcher.watch(dir, RecursiveMode::NonRecursive) {
-                tracing::warn!(
-                    dir = %dir.display(),
-                    error = %e,
-                    "cannot watch a directory on the way to the file a symlink of --endpoints \
-                     leads to: changes there are read on SIGHUP only"
-                );
+        self.watched.clear();
+        for dir in want {
+            let _ = self.watcher.unwatch(dir);
+            match self.watcher.watch(dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.watched.insert(dir.clone());
+                    self.failed.remove(dir);
+                }
+                Err(e) if must == Some(dir.as_path()) => return Err((dir.clone(), e)),
+                Err(e) => {
+                    if self.failed.insert(dir.clone()) {
+                        tracing::warn!(
+                            dir = %dir.display(),
+                            error = %e,
+                            "cannot watch a directory on the way to the --endpoints file: \
+                             changes there are read on SIGHUP only"
+                        );
+                    }
+                }
             }
         }
-        self.elsewhere = want;
+        self.failed.retain(|d| want.contains(d));
+        Ok(())
     }
 }
 
@@ -136,7 +161,6 @@ impl Watches {
 #[derive(Clone)]
 struct Reader {
     path: Arc<Path>,
-    dir: Arc<Path>,
     publisher: Publisher,
     last: Arc<Vec<ServiceSpec>>,
     /// Shared with the watcher callback; refreshed before each read, as links may have moved.
@@ -155,23 +179,18 @@ impl FileSource {
         publisher: Publisher,
         hangup: Option<Signal>,
     ) -> Result<FileSource, FileError> {
-        // Absolute once, as notify makes the watched directory (the current directory joined,
-        // no symlink resolved: a ConfigMap's links are watched by their names): events name
+        // Absolute once (the current directory joined, no symlink resolved): the resolution
+        // starts at `/`, and the current directory may change or go later. (Events name
         // absolute paths, which a relative directory never matched, so a relative --endpoints
-        // was only ever reloaded by SIGHUP.
+        // was once reloaded by SIGHUP only.)
         let path = &std::path::absolute(path).map_err(|source| FileError::Read {
             path: path.into(),
             source,
         })?;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let path = dir.join(path.file_name().unwrap_or(path.as_os_str()));
-        let names = Arc::new(RwLock::new(Names::new(&dir, &path)));
+        let names = Arc::new(RwLock::new(Names::default()));
         let pending = Arc::new(Pending::default());
         let (watch_names, watch_pending) = (names.clone(), pending.clone());
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let Ok(event) = res else { return };
             let change = watch_names
                 .read()
@@ -186,31 +205,28 @@ impl FileSource {
             path: path.clone(),
             source,
         })?;
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|source| FileError::Watch {
-                path: dir.clone(),
-                source,
-            })?;
-        let mut watches = Watches {
-            watcher,
-            elsewhere: HashSet::new(),
+        let mut reader = Reader {
+            path: path.as_path().into(),
+            publisher,
+            last: Arc::new(Vec::new()),
+            names,
+            watches: Arc::new(Mutex::new(Watches {
+                watcher,
+                watched: HashSet::new(),
+                failed: HashSet::new(),
+            })),
         };
-        let elsewhere = names.read().unwrap_or_else(|e| e.into_inner()).elsewhere();
-        watches.follow(elsewhere);
+        // The file's own directory must be watched at start; others may come later.
+        reader
+            .watch(true)
+            .map_err(|(path, source)| FileError::Watch { path, source })?;
         // Read after the watches are set: a change from now on is in this read or makes an
         // event.
-        let specs = load(&path)?;
-        publisher.publish("file", &specs);
+        let specs = load(path)?;
+        reader.publisher.publish("file", &specs);
+        reader.last = Arc::new(specs);
         Ok(FileSource {
-            reader: Reader {
-                path: path.into(),
-                dir: dir.into(),
-                publisher,
-                last: Arc::new(specs),
-                names,
-                watches: Arc::new(Mutex::new(watches)),
-            },
+            reader,
             pending,
             hangup,
         })
@@ -256,18 +272,33 @@ impl FileSource {
 }
 
 impl Reader {
+    /// Resolves the path and watches the directories that resolution goes through, until a
+    /// resolution made once they are watched finds the same ones (at most [`MAX_RESOLVES`]
+    /// times): from then on, a change of what the path names makes an event. With `strict`,
+    /// the file's directory that cannot be watched is an error.
+    fn watch(&self, strict: bool) -> Result<(), (PathBuf, notify::Error)> {
+        let mut names = Names::new(&self.path);
+        for _ in 0..MAX_RESOLVES {
+            let (dirs, home) = (names.dirs(), names.home().map(Path::to_path_buf));
+            // The names lock is released before watching: the watcher thread takes it in its
+            // callback, and adding a watch waits for that thread.
+            *self.names.write().unwrap_or_else(|e| e.into_inner()) = names;
+            self.watches
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .follow(&dirs, home.as_deref().filter(|_| strict))?;
+            names = Names::new(&self.path);
+            if names == *self.names.read().unwrap_or_else(|e| e.into_inner()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Returns the new table's specs when one was published.
     fn reload(&self) -> Option<Arc<Vec<ServiceSpec>>> {
-        // Where the links lead now, watched before the read: a change after it makes an event.
-        // The names lock is released first: the watcher thread takes it in its callback, and
-        // adding a watch waits for that thread.
-        let names = Names::new(&self.dir, &self.path);
-        let elsewhere = names.elsewhere();
-        *self.names.write().unwrap_or_else(|e| e.into_inner()) = names;
-        self.watches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .follow(elsewhere);
+        // Watched (again) before the read: a change after it makes an event.
+        let _ = self.watch(false);
         match load(&self.path) {
             Ok(specs) if specs == *self.last => {
                 tracing::debug!(path = %self.path.display(), "endpoints file unchanged");
