@@ -10,53 +10,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
 
 use common::runs::*;
 use common::*;
 use serde_json::Value;
-
-/// Runs meshctl with stdout a pipe whose reading end is already closed (what `| head` leaves
-/// once it has its lines): every write to stdout fails with EPIPE. (exit code, stderr)
-async fn with_stdout_closed(args: &[&str]) -> (Option<i32>, String) {
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    // spawn, not `output()`: tokio's `output()` replaces stdout with a pipe of its own.
-    let child = tokio::process::Command::new(MESHCTL)
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .stdout(Stdio::from(writer))
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("meshctl finished within 60s")
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Runs meshctl, which must succeed: (stdout, stderr).
-async fn stdout_of(args: &[&str]) -> (String, String) {
-    let (out, _) = meshctl_within(Duration::from_secs(60), args).await;
-    assert!(out.status.success(), "meshctl {args:?}:\n{}", text(&out));
-    (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
-/// `stdout` is exactly one JSON value (serde_json on the whole text) without a private key.
-fn one_json(what: &str, stdout: &str) -> Value {
-    assert!(!stdout.contains("PRIVATE KEY"), "{what}: a key:\n{stdout}");
-    serde_json::from_str(stdout)
-        .unwrap_or_else(|e| panic!("{what}: stdout is not one JSON value ({e}):\n{stdout}"))
-}
 
 fn gateway_of(s: &k8s_test_server::TestApiServer) -> Option<Value> {
     s.store().get(

@@ -7,27 +7,9 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::runs::meshctl_within;
+use common::runs::*;
 use common::*;
 use serde_json::Value;
-
-/// Runs meshctl, which must succeed: (stdout, stderr).
-async fn stdout_of(args: &[&str]) -> (String, String) {
-    let (out, _) = meshctl_within(Duration::from_secs(60), args).await;
-    assert!(out.status.success(), "meshctl {args:?}:\n{}", text(&out));
-    (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
-
-/// `stdout` is exactly one JSON value (serde_json on the whole text).
-fn one_json(what: &str, stdout: &str) -> Value {
-    serde_json::from_str(stdout)
-        .unwrap_or_else(|e| panic!("{what}: stdout is not one JSON value ({e}):\n{stdout}"))
-}
 
 /// `stdout` as a YAML stream: each non-empty document, each an object with a kind.
 fn yaml_docs(what: &str, stdout: &str) -> Vec<Value> {

@@ -9,8 +9,6 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
 
 use common::runs::*;
 use common::*;
@@ -178,30 +176,6 @@ async fn activate_refuses_part_of_an_intermediate_in_dir_and_changes_nothing() {
     );
     m.ok(&["certs", "verify", p(&west), p(&dir.join("east"))])
         .await;
-}
-
-/// Runs meshctl with stdout a pipe whose reading end is already closed (what `| head` leaves
-/// once it has its lines): every write to stdout fails with EPIPE. (exit code, stderr)
-async fn with_stdout_closed(args: &[&str]) -> (Option<i32>, String) {
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    // spawn, not `output()`: tokio's `output()` replaces stdout with a pipe of its own.
-    let child = tokio::process::Command::new(MESHCTL)
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .stdout(Stdio::from(writer))
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("meshctl finished within 60s")
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
