@@ -74,6 +74,21 @@ impl MutateArgs {
     }
 }
 
+/// `--deletion-wait`, on every command that writes objects: an object it will write (or
+/// its namespace) that is being deleted (a `deletionTimestamp`, held by finalizers) is waited
+/// for before the first write, since an apply to it would be lost when it goes
+/// (`mesh::terminating`).
+#[derive(Debug, Clone, Args)]
+pub struct DeletionWaitArg {
+    /// How long to wait, before the first change, for objects this command writes (or their
+    /// namespace) that are still being deleted, e.g. a LoadBalancer Service whose cloud load
+    /// balancer is being torn down; 0: do not wait. If one is still there, nothing is changed
+    /// (exit 1).
+    #[arg(long = "deletion-wait", value_name = "DURATION", default_value = "2m",
+        value_parser = humantime::parse_duration)]
+    pub deletion_wait: Duration,
+}
+
 /// `--force` and `--show-secrets`, on the commands that apply a `cacerts` Secret.
 #[derive(Debug, Clone, Args)]
 pub struct CacertsFlags {
@@ -236,6 +251,9 @@ pub struct SecretFlags {
     /// this cluster's `credentialName` Secrets; the token then reads every Secret here.
     #[arg(long)]
     pub reader_allow_secrets: bool,
+    /// `--deletion-wait` (here so that `create-remote-secret` and `join` both have it).
+    #[command(flatten)]
+    pub deletion: DeletionWaitArg,
 }
 
 /// The shortest and longest `spec.expirationSeconds` a TokenRequest may ask for: 10 minutes

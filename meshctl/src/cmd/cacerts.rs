@@ -12,11 +12,12 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::{CacertsFlags, KubeArgs, MutateArgs, NamespaceArg};
+use crate::cli::{CacertsFlags, DeletionWaitArg, KubeArgs, MutateArgs, NamespaceArg};
 use crate::cmd::certs::{Progress, say};
 use crate::istio::CACERTS_SECRET;
 use crate::kube::{self as kc, KubeconfigFile, Output, Secrets};
 use crate::mesh::cacerts::{apply_secret, restart_hint, secret_object, verified_data};
+use crate::mesh::terminating::{self, DeletionWait};
 
 /// `meshctl cacerts DIR` prints; `meshctl cacerts apply DIR` applies.
 #[derive(Debug, Args)]
@@ -52,6 +53,8 @@ struct ApplyArgs {
     cacerts: CacertsFlags,
     #[command(flatten)]
     mutate: MutateArgs,
+    #[command(flatten)]
+    deletion: DeletionWaitArg,
 }
 
 /// The printed form: typed, so the keys come out in kubectl's order.
@@ -119,6 +122,12 @@ fn apply_cmd(a: ApplyArgs) -> Result<ExitCode> {
     file.require_contexts(std::slice::from_ref(&ctx))?;
     let changed = kc::block_on(async {
         let c = file.connect(&ctx).await?;
+        // The namespace or cacerts being deleted: waited for before the first write (an
+        // apply to it would be lost with it; its root is compared after).
+        let found = terminating::find(&c, ns, std::slice::from_ref(&secret)).await?;
+        DeletionWait::new(a.deletion.deletion_wait)
+            .wait_gone(&c, &found, a.mutate.dry_run)
+            .await?;
         if a.mutate.dry_run {
             return apply_secret(&c, &secret, a.cacerts.force, true).await;
         }

@@ -8,10 +8,13 @@ use std::process::ExitCode;
 use anyhow::{Result, anyhow};
 use clap::{Args, Subcommand};
 
-use crate::cli::{GatewayFlags, KubeArgs, MutateArgs, NamespaceArg, OutputArg, as_usage};
+use crate::cli::{
+    DeletionWaitArg, GatewayFlags, KubeArgs, MutateArgs, NamespaceArg, OutputArg, as_usage,
+};
 use crate::istio::GATEWAY_NAME;
 use crate::kube::{self as kc, KubeconfigFile};
 use crate::mesh::gateway::{DEFAULT_CLUSTER_ID, check_ip_family_policy, install, objects};
+use crate::mesh::terminating::{self, DeletionWait};
 
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
@@ -59,6 +62,8 @@ struct InstallArgs {
     kube: KubeArgs,
     #[command(flatten)]
     mutate: MutateArgs,
+    #[command(flatten)]
+    deletion: DeletionWaitArg,
 }
 
 pub fn run(a: GatewayArgs) -> Result<ExitCode> {
@@ -92,6 +97,12 @@ pub fn run(a: GatewayArgs) -> Result<ExitCode> {
             let dry_run = i.mutate.dry_run;
             kc::block_on(async {
                 let c = file.connect(&ctx).await?;
+                // Objects being deleted (a LoadBalancer Service whose load balancer is being
+                // torn down): waited for, else an apply to them would be lost.
+                let found = terminating::find(&c, ns, &objs).await?;
+                DeletionWait::new(i.deletion.deletion_wait)
+                    .wait_gone(&c, &found, dry_run)
+                    .await?;
                 check_ip_family_policy(&c, ns, &objs)
                     .await
                     .map_err(|e| anyhow!("{e:#}. Nothing was changed"))?;

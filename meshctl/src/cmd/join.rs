@@ -27,13 +27,14 @@ use crate::cli::{
 use crate::cmd::certs::{Progress, tell};
 use crate::istio::{
     CLUSTER_NAME_ANNOTATION, GATEWAY_API_V1, GATEWAY_NAME, HBONE_PORT, ISTIO_NETWORKING_V1,
-    MANAGED_SELECTOR, MANAGER, NETWORK_LABEL, remote_secret_name,
+    MANAGED_SELECTOR, MANAGER, NETWORK_LABEL, announce_gateway_name, remote_secret_name,
 };
 use crate::kube::{self as kc, Cluster, KubeconfigFile};
 use crate::mesh::reader::{self, SecretOptions};
 use crate::mesh::remote_secret::{
     is_loopback, loopback_error, printable, remote_secret, token_secret,
 };
+use crate::mesh::terminating::{self, DeletionWait, Terminating};
 use crate::mesh::{ambient, cacerts, gateway as gw, namespace};
 
 mod preflight;
@@ -306,13 +307,17 @@ async fn join(a: &JoinArgs, members: &[Member], file: &KubeconfigFile) -> Result
     ))
 }
 
-/// Phase 1: reach every cluster and check everything that could fail, before any change.
+/// How many times join checks one cluster before its first write, when each check finds
+/// objects being deleted and waits for them to go.
+const PREFLIGHT_ROUNDS: usize = 10;
+
+/// Phase 1: reach every cluster and check everything that could fail, before any change;
+/// wait for what join will write that is still being deleted (`--deletion-wait`).
 async fn preflight_all(
     a: &JoinArgs,
     members: &[Member],
     file: &KubeconfigFile,
 ) -> Result<Vec<Cluster>> {
-    let ns = a.ns.namespace.as_str();
     let dry_run = a.mutate.dry_run;
     // Every cluster reached, and no two contexts of one cluster, before any other check.
     let mut connected: Vec<Cluster> = Vec::new();
@@ -325,50 +330,100 @@ async fn preflight_all(
         connected.push(c);
     }
     let mut clusters: Vec<Cluster> = Vec::new();
+    let mut deletion = DeletionWait::new(a.secret.deletion.deletion_wait);
     for (m, c) in members.iter().zip(connected) {
-        let server = m.server.clone().unwrap_or_else(|| c.server.clone());
-        if !a.secret.allow_loopback_server && is_loopback(&server) {
-            return Err(
-                loopback_error(&server, &m.context, &format!("--server {}=", m.context))
-                    .context(format!("the remote secret for cluster {:?}", m.name)),
-            );
-        }
-        cacerts::apply_secret(&c, &m.cacerts, a.cacerts.force, true).await?;
-        if a.gateway.expose_services && !dry_run && !gw::gateway_crd_served(&c).await? {
-            bail!(
-                "--expose-services: context {:?} does not serve networking.istio.io/v1 Gateways \
-                 (CRD gateways.networking.istio.io missing): install Istio first, then run join \
-                 again with --expose-services. Nothing was changed",
-                m.context
-            );
-        }
-        if a.ambient && !dry_run && !ambient::gateway_api_served(&c).await? {
-            bail!(
-                "--ambient: context {:?} does not serve gateway.networking.k8s.io/v1 Gateways \
-                 (CRD gateways.gateway.networking.k8s.io missing): install the Gateway API CRDs \
-                 (Istio's ambient profile needs them too), then run join again. Nothing was changed",
-                m.context
-            );
-        }
-        preflight_secret(a, &c, ns).await?;
-        if !dry_run {
-            let denied = missing_permissions(&c, &writes(a, m, ns)).await;
-            if !denied.is_empty() {
-                bail!(
-                    "context {:?} may not make the changes join makes (SelfSubjectAccessReview): \
-                     {}; use a context with those rights (e.g. cluster-admin). Nothing was changed",
-                    m.context,
-                    denied.join(", ")
-                );
+        // After a wait for objects being deleted, every check runs again on what is left.
+        // Bounded: by the deadline of `--deletion-wait`, and in count.
+        let mut settled = false;
+        for _ in 0..PREFLIGHT_ROUNDS {
+            let found = preflight_cluster(a, members, m, &c).await?;
+            if !deletion.wait_gone(&c, &found, dry_run).await? {
+                settled = true;
+                break;
             }
         }
-        gw::check_ip_family_policy(&c, ns, &m.gateway).await?;
-        if !dry_run {
-            dry_run_writes(&c, ns, &planned_writes(a, members, m, &c).await?).await?;
+        if !settled {
+            bail!(
+                "context {:?}: objects join writes were deleted again each of the \
+                 {PREFLIGHT_ROUNDS} times join waited for them to go: stop whatever deletes \
+                 them (another meshctl unjoin, a GitOps controller) and run join again. \
+                 Nothing was changed",
+                m.context
+            );
         }
         clusters.push(c);
     }
     Ok(clusters)
+}
+
+/// Phase 1 in one cluster: every check before any change, and the objects join will write
+/// there that are being deleted (the namespace alone when it is), read as cheaply as the
+/// checks allow: from the server-side dry run's answers, or (a dry run of join, which makes
+/// none) one read each.
+async fn preflight_cluster(
+    a: &JoinArgs,
+    members: &[Member],
+    m: &Member,
+    c: &Cluster,
+) -> Result<Vec<Terminating>> {
+    let ns = a.ns.namespace.as_str();
+    let dry_run = a.mutate.dry_run;
+    let server = m.server.clone().unwrap_or_else(|| c.server.clone());
+    if !a.secret.allow_loopback_server && is_loopback(&server) {
+        return Err(
+            loopback_error(&server, &m.context, &format!("--server {}=", m.context))
+                .context(format!("the remote secret for cluster {:?}", m.name)),
+        );
+    }
+    cacerts::apply_secret(c, &m.cacerts, a.cacerts.force, true).await?;
+    if a.gateway.expose_services && !dry_run && !gw::gateway_crd_served(c).await? {
+        bail!(
+            "--expose-services: context {:?} does not serve networking.istio.io/v1 Gateways \
+             (CRD gateways.networking.istio.io missing): install Istio first, then run join \
+             again with --expose-services. Nothing was changed",
+            m.context
+        );
+    }
+    if a.ambient && !dry_run && !ambient::gateway_api_served(c).await? {
+        bail!(
+            "--ambient: context {:?} does not serve gateway.networking.k8s.io/v1 Gateways \
+             (CRD gateways.gateway.networking.k8s.io missing): install the Gateway API CRDs \
+             (Istio's ambient profile needs them too), then run join again. Nothing was changed",
+            m.context
+        );
+    }
+    preflight_secret(a, c, ns).await?;
+    if !dry_run {
+        let denied = missing_permissions(c, &writes(a, m, ns)).await;
+        if !denied.is_empty() {
+            bail!(
+                "context {:?} may not make the changes join makes (SelfSubjectAccessReview): \
+                 {}; use a context with those rights (e.g. cluster-admin). Nothing was changed",
+                m.context,
+                denied.join(", ")
+            );
+        }
+    }
+    gw::check_ip_family_policy(c, ns, &m.gateway).await?;
+    let planned = planned_writes(a, members, m, c).await?;
+    let mut found = if dry_run {
+        terminating::find(c, ns, &planned).await?
+    } else {
+        dry_run_writes(c, ns, &planned).await?
+    };
+    // The ambient announcements (not dry-run: their addresses are known later), by name.
+    if a.ambient && !found.iter().any(|t| t.kind == "Namespace") {
+        for peer in members.iter().filter(|o| o.context != m.context) {
+            let stub = json!({"apiVersion": GATEWAY_API_V1, "kind": "Gateway", "metadata":
+                {"name": announce_gateway_name(&peer.network), "namespace": ns}});
+            // Best effort, as the dry run of the other objects: the write meets a failure.
+            let Ok(t) = terminating::read_one(c, &stub).await else {
+                break;
+            };
+            found.extend(t);
+        }
+    }
+    Ok(found)
 }
 
 /// The objects join applies in `m`'s cluster `c`, for the server-side dry run before the
@@ -455,7 +510,7 @@ async fn write_all(
     }
     // Phase 3: each cluster's remote secret, applied in every other cluster.
     for (i, (m, c)) in members.iter().zip(clusters).enumerate() {
-        let built = reader::build(c, &m.secret, dry_run).await?;
+        let built = reader::build_after_preflight(c, &m.secret, dry_run).await?;
         done.push(format!("{}: reader of cluster {}", m.context, m.name));
         plan[i].1.extend(built.source_objects);
         for (j, other) in clusters.iter().enumerate() {

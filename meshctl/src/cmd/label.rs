@@ -8,10 +8,11 @@ use std::process::ExitCode;
 use anyhow::{Result, anyhow};
 use clap::Args;
 
-use crate::cli::{KubeArgs, MutateArgs, NamespaceArg, as_usage, usage};
+use crate::cli::{DeletionWaitArg, KubeArgs, MutateArgs, NamespaceArg, as_usage, usage};
 use crate::istio::NETWORK_LABEL;
 use crate::kube::{self as kc, KubeconfigFile};
 use crate::mesh::namespace::{label, validate_label_value};
+use crate::mesh::terminating::{self, DeletionWait};
 
 #[derive(Debug, Args)]
 pub struct LabelNetworkArgs {
@@ -23,6 +24,8 @@ pub struct LabelNetworkArgs {
     kube: KubeArgs,
     #[command(flatten)]
     mutate: MutateArgs,
+    #[command(flatten)]
+    deletion: DeletionWaitArg,
 }
 
 pub fn run(a: LabelNetworkArgs) -> Result<ExitCode> {
@@ -34,11 +37,21 @@ pub fn run(a: LabelNetworkArgs) -> Result<ExitCode> {
     file.require_contexts(std::slice::from_ref(&ctx))?;
     let obj = kc::block_on(async {
         let c = file.connect(&ctx).await?;
+        // Whether a failure below may have left a new, unlabelled namespace behind; a
+        // namespace being deleted is waited for first (nothing can be created in it, and a
+        // label on it would go with it).
+        let existing = kc::get(&c, "v1", "Namespace", None, ns).await?;
+        let found: Vec<_> = existing
+            .iter()
+            .filter_map(|n| terminating::of(&terminating::namespace_stub(ns), n))
+            .collect();
+        let waited = DeletionWait::new(a.deletion.deletion_wait)
+            .wait_gone(&c, &found, a.mutate.dry_run)
+            .await?;
         if a.mutate.dry_run {
             return label(&c, ns, &a.network, None, true).await;
         }
-        // Whether a failure below may have left a new, unlabelled namespace behind.
-        let existed = kc::get(&c, "v1", "Namespace", None, ns).await?.is_some();
+        let existed = existing.is_some() && !waited;
         label(&c, ns, &a.network, None, false).await.map_err(|e| {
             anyhow!(
                 "{e:#}\nnamespace {ns} in context {ctx:?} is not labelled{}; re-run the same \

@@ -16,6 +16,7 @@ use super::remote_secret::{
     check_server_url, is_loopback, loopback_error, reader_rbac, remote_kubeconfig, remote_secret,
     token_secret,
 };
+use super::terminating::{self, DeletionWait};
 use crate::cli::{MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS, SecretFlags, as_usage};
 use crate::istio::{
     MANAGED_BY_KEY, MANAGED_BY_VALUE, MANAGED_SELECTOR, MAX_OBJECT_NAME, SA_NAME_ANNOTATION,
@@ -117,8 +118,34 @@ fn validate_tls_server_name(t: &str) -> Result<()> {
 }
 
 /// Prepares the reader in `c` and returns the remote Secret for it. With `dry_run` nothing is
-/// written and the token is a placeholder.
+/// written and the token is a placeholder. Before the first write, waits for what it writes
+/// (the namespace, the reader's objects, the token Secret) to finish deleting where it is
+/// being deleted (`--deletion-wait`, `terminating`); a dry run reports such objects.
 pub async fn build(c: &Cluster, o: &SecretOptions, dry_run: bool) -> Result<Built> {
+    build_with(c, o, dry_run, true).await
+}
+
+/// [`build`] after the caller has waited for objects being deleted itself (`join`'s
+/// preflight, which covers every cluster before the first write).
+pub async fn build_after_preflight(c: &Cluster, o: &SecretOptions, dry_run: bool) -> Result<Built> {
+    build_with(c, o, dry_run, false).await
+}
+
+/// The objects [`build`] may write in `ns` (for the deletion check): the reader's service
+/// account, role and binding, and the token Secret it creates when none exists.
+pub fn planned_objects(ns: &str, flags: &SecretFlags) -> Vec<Value> {
+    let sa = flags.service_account.as_str();
+    let mut out = Vec::new();
+    if flags.create_service_account {
+        out.extend(reader_rbac(ns, sa, flags.reader_allow_secrets));
+    }
+    if flags.token_ttl.is_none() && flags.secret_name.is_none() {
+        out.push(token_secret(ns, sa));
+    }
+    out
+}
+
+async fn build_with(c: &Cluster, o: &SecretOptions, dry_run: bool, wait: bool) -> Result<Built> {
     validate(o)?;
     let server = o.server.clone().unwrap_or_else(|| c.server.clone());
     if o.server.is_none() {
@@ -151,6 +178,12 @@ pub async fn build(c: &Cluster, o: &SecretOptions, dry_run: bool) -> Result<Buil
         None => None,
     };
     let (ns, sa) = (o.namespace.as_str(), o.flags.service_account.as_str());
+    if wait {
+        let found = terminating::find(c, ns, &planned_objects(ns, &o.flags)).await?;
+        DeletionWait::new(o.flags.deletion.deletion_wait)
+            .wait_gone(c, &found, dry_run)
+            .await?;
+    }
     let mut source_objects = Vec::new();
     if o.flags.create_service_account {
         let (objs, foreign) = reader_objects(c, ns, sa, o.flags.reader_allow_secrets).await?;

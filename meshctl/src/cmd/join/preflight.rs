@@ -12,6 +12,7 @@ use crate::istio::{GATEWAY_API_V1, SA_NAME_ANNOTATION, SA_TOKEN_TYPE};
 use crate::kube::{self as kc, Cluster};
 use crate::mesh::namespace;
 use crate::mesh::remote_secret::reader_rbac;
+use crate::mesh::terminating::{self, Terminating};
 
 /// Phase 1, `--secret-name` and `--create-service-account=false` and `--token-ttl`: what
 /// `reader::build` would refuse only after other clusters were changed.
@@ -132,16 +133,30 @@ pub(super) fn refuse_same_cluster(seen: &[Identity], new: &Identity) -> Result<(
 /// is refused). An answer that is no refusal of the object (unreachable, overloaded, a
 /// server error) leaves the rest unchecked: the real write meets it with its own message.
 /// An object a webhook cannot dry-run is left unchecked too.
-pub(super) async fn dry_run_writes(c: &Cluster, ns: &str, objs: &[Value]) -> Result<()> {
+///
+/// Returns the objects being deleted (`mesh::terminating`), read from the same answers (an
+/// apply to an object being deleted keeps its `deletionTimestamp`): the namespace alone when
+/// it is being deleted (nothing is dry-run then: creates in it are refused, and its objects
+/// go with it); the objects the dry run left unchecked are read one by one, best effort.
+pub(super) async fn dry_run_writes(
+    c: &Cluster,
+    ns: &str,
+    objs: &[Value],
+) -> Result<Vec<Terminating>> {
     use kube::api::{Api, DynamicObject, Patch, PatchParams};
     use kube::core::{ApiResource, GroupVersionKind};
     let target = match kc::get(c, "v1", "Namespace", None, ns).await {
-        Ok(Some(_)) => ns,
+        Ok(Some(n)) => match terminating::of(&terminating::namespace_stub(ns), &n) {
+            Some(t) => return Ok(vec![t]),
+            None => ns,
+        },
         Ok(None) => "default",
-        Err(_) => return Ok(()),
+        Err(_) => return Ok(Vec::new()),
     };
     let pp = PatchParams::apply(crate::istio::MANAGER).force().dry_run();
-    for o in objs {
+    let mut found = Vec::new();
+    let mut unchecked: Vec<&Value> = Vec::new();
+    for (i, o) in objs.iter().enumerate() {
         let av = o["apiVersion"].as_str().unwrap_or_default();
         let kind = o["kind"].as_str().unwrap_or_default();
         let name = o["metadata"]["name"].as_str().unwrap_or_default();
@@ -159,11 +174,18 @@ pub(super) async fn dry_run_writes(c: &Cluster, ns: &str, objs: &[Value]) -> Res
             Api::all_with(c.client.clone(), &ar)
         };
         match api.patch(name, &pp, &Patch::Apply(&probe)).await {
+            // In `default` (while `ns` is missing) a namespaced answer is not the object.
+            Ok(answer) if !namespaced || target == ns => {
+                let answer = serde_json::to_value(answer).unwrap_or_default();
+                found.extend(terminating::of(o, &answer));
+            }
             Ok(_) => {}
             // A webhook without `sideEffects: None` answers every dry run 400 "admission
             // webhook ... does not support dry run" (kubernetes apiserver
             // pkg/admission/plugin/webhook/errors, `NewDryRunUnsupportedErr`): no verdict.
-            Err(kube::Error::Api(s)) if s.message.contains("does not support dry run") => {}
+            Err(kube::Error::Api(s)) if s.message.contains("does not support dry run") => {
+                unchecked.push(o);
+            }
             Err(kube::Error::Api(s)) if crate::mesh::gateway::refuses_object(s.code) => {
                 let why = kc::error_text(&kube::Error::Api(s));
                 bail!(
@@ -174,10 +196,23 @@ pub(super) async fn dry_run_writes(c: &Cluster, ns: &str, objs: &[Value]) -> Res
                     kc::describe(o)
                 );
             }
-            Err(_) => return Ok(()),
+            Err(_) => {
+                unchecked.extend(&objs[i..]);
+                break;
+            }
         }
     }
-    Ok(())
+    for o in unchecked {
+        if target != ns && o["metadata"]["namespace"].as_str() == Some(ns) {
+            continue;
+        }
+        match terminating::read_one(c, o).await {
+            Ok(t) => found.extend(t),
+            // Unreachable or refused: the real write meets it with its own message.
+            Err(_) => break,
+        }
+    }
+    Ok(found)
 }
 
 /// One permission join needs: verb, API group, resource (with `/subresource`), namespace,
