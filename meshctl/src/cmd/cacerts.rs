@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::{CacertsFlags, DeletionWaitArg, KubeArgs, MutateArgs, NamespaceArg};
-use crate::cmd::certs::{Progress, say};
+use crate::cmd::progress::{Progress, say};
 use crate::istio::CACERTS_SECRET;
 use crate::kube::{self as kc, KubeconfigFile, Output, Secrets};
 use crate::mesh::cacerts::{apply_secret, restart_hint, secret_object, verified_data};
@@ -175,7 +175,7 @@ pub(crate) fn report_applied(changed: bool, ctx: &str, ns: &str, to: Progress) {
         to.say(format_args!(
             "cacerts applied in context {ctx:?} (namespace {ns})"
         ));
-        crate::cmd::certs::tell(format_args!("{}", restart_hint(ns)));
+        crate::cmd::progress::tell(format_args!("{}", restart_hint(ns)));
     } else {
         to.say(format_args!("cacerts in context {ctx:?} is up to date"));
     }

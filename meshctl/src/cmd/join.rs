@@ -21,7 +21,7 @@ use crate::cli::{
     CacertsFlags, ClustersArgs, GatewayFlags, MutateArgs, NamespaceArg, SecretFlags, as_usage,
     check_unique, lookup, parse_mapping,
 };
-use crate::cmd::certs::{Progress, tell};
+use crate::cmd::progress::{Progress, tell};
 use crate::istio::{
     GATEWAY_API_V1, GATEWAY_NAME, HBONE_PORT, NETWORK_LABEL, announce_gateway_name,
     remote_secret_name,
@@ -239,7 +239,7 @@ fn print_summary(clusters: Vec<Value>, output: kc::Output) -> Result<()> {
         kc::Output::Yaml => serde_yaml::to_string(&doc)?,
         kc::Output::Json => serde_json::to_string_pretty(&doc)?,
     };
-    crate::cmd::certs::say(format_args!("{}", text.trim_end_matches('\n')));
+    crate::cmd::progress::say(format_args!("{}", text.trim_end_matches('\n')));
     Ok(())
 }
 

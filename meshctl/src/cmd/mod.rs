@@ -9,5 +9,6 @@ pub mod credentials;
 pub mod gateway;
 pub mod join;
 pub mod label;
+pub mod progress;
 pub mod remote_secret;
 pub mod rotate;

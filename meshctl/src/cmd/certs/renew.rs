@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::{Progress, RenewArgs, Signer, warn_clamped, write_saying};
+use super::{RenewArgs, Signer, warn_clamped, write_saying};
+use crate::cmd::progress::Progress;
 use crate::kube::{self as kc, KubeconfigFile, Secrets};
 use crate::mesh::cacerts::{apply_secret, pem_ders};
 use crate::mesh::rotation::{BundleTexts, cacerts_secret};

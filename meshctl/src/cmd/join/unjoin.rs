@@ -11,7 +11,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::cli::{ClustersArgs, MutateArgs, NamespaceArg, check_unique, usage};
-use crate::cmd::certs::Progress;
+use crate::cmd::progress::Progress;
 use crate::istio::{
     CLUSTER_NAME_ANNOTATION, GATEWAY_API_V1, ISTIO_NETWORKING_V1, MANAGED_SELECTOR, MANAGER,
     NETWORK_LABEL,

@@ -26,6 +26,7 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 
 use crate::cli::{ClustersArgs, MutateArgs, NamespaceArg, check_unique};
+use crate::cmd::progress::say;
 use crate::istio::CACERTS_SECRET;
 use crate::kube::{self as kc, Cluster, KubeconfigFile, Secrets};
 use crate::mesh::rotation::{BundleTexts, Trust, trust_of};
@@ -225,13 +226,6 @@ pub(super) struct Plan {
     pub next: String,
     /// What a step stopped between clusters means for traffic meanwhile.
     pub half_done: String,
-}
-
-/// A line of progress on stdout. A stdout that closed (`| head`, a terminal gone) must not
-/// stop a step between clusters: the write error is ignored (Rust ignores SIGPIPE, so it
-/// is EPIPE here), the step goes on, and its outcome is still the exit code and stderr.
-fn say(line: std::fmt::Arguments) {
-    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 async fn apply(common: &Common, clusters: &[Current], plan: Plan) -> Result<ExitCode> {
