@@ -74,31 +74,24 @@ struct SniSeries {
 
 impl ProxyMetrics {
     pub fn new(registry: &mut Registry) -> Self {
+        // One set of per-SNI families, shared by the fields (registered below) and `series`.
+        let series = SniSeries::default();
         let m = ProxyMetrics {
             accepted: Counter::default(),
             accept_errors: Family::default(),
             undecided: Gauge::default(),
             undecided_bytes: Gauge::default(),
-            opened: Family::default(),
-            closed: Family::default(),
-            active: Family::default(),
-            sent_bytes: Family::default(),
-            received_bytes: Family::default(),
+            opened: series.opened.clone(),
+            closed: series.closed.clone(),
+            active: series.active.clone(),
+            sent_bytes: series.sent.clone(),
+            received_bytes: series.received.clone(),
             rejected: Family::default(),
             // 100 µs to ~3.3 s
             connect_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             connect_failures: Counter::default(),
             ejections: Counter::default(),
-            series: SniSeries::default(),
-        };
-        let mut m = m;
-        m.series = SniSeries {
-            opened: m.opened.clone(),
-            closed: m.closed.clone(),
-            active: m.active.clone(),
-            sent: m.sent_bytes.clone(),
-            received: m.received_bytes.clone(),
-            live: Arc::default(),
+            series,
         };
         let r = registry;
         r.register(
