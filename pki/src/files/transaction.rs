@@ -613,7 +613,18 @@ impl Locks {
 fn try_lock(dir: &std::fs::File) -> io::Result<()> {
     use rustix::fs::{FlockOperation, flock};
     use rustix::io::Errno;
-    match flock(dir, FlockOperation::NonBlockingLockExclusive) {
+    // A lock just released can outlive its holder for a moment: a process that forked
+    // while holding it keeps the descriptor in the child until the child's exec closes it.
+    // So a held lock is tried again for up to about a second before it counts as a writer.
+    let mut held = flock(dir, FlockOperation::NonBlockingLockExclusive);
+    for _ in 0..20 {
+        if held != Err(Errno::WOULDBLOCK) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        held = flock(dir, FlockOperation::NonBlockingLockExclusive);
+    }
+    match held {
         Ok(()) => Ok(()),
         Err(e) if e == Errno::WOULDBLOCK => Err(io::Error::new(
             io::ErrorKind::WouldBlock,
