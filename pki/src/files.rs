@@ -459,7 +459,7 @@ fn read_bundle(dir: &Path) -> (Option<[Option<String>; 4]>, Vec<Finding>) {
     (Some(texts), findings)
 }
 
-/// [`crate::verify`] on bundle directories. Files that cannot be read are findings; the
+/// [`mod@crate::verify`] on bundle directories. Files that cannot be read are findings; the
 /// others are still checked.
 pub fn verify_bundles(dirs: &[&Path], opts: &VerifyOptions) -> Report {
     let mut report = Report::default();
