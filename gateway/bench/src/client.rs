@@ -18,8 +18,60 @@ use crate::backend::{OP_DOWN, OP_ECHO, OP_UP};
 use crate::cost::{Cost, CostArgs, Meter, process_ticks};
 use crate::{Target, check_loopback, parse_duration};
 
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+/// A stream the load runs over. `unread` says where bytes not yet read by the load are, for
+/// the message of a stalled connection: in the kernel's receive queue (the client missed
+/// them), or nowhere (they were never sent).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {
+    fn unread(&mut self) -> String {
+        String::new()
+    }
+}
+
+impl Io for TcpStream {
+    fn unread(&mut self) -> String {
+        receive_queue(self)
+    }
+}
+
+impl Io for tokio_rustls::client::TlsStream<TcpStream> {
+    fn unread(&mut self) -> String {
+        let (tcp, tls) = self.get_mut();
+        let mut plain = [0u8; 1];
+        let held = match std::io::Read::read(&mut tls.reader(), &mut plain) {
+            Ok(0) => "EOF".to_string(),
+            Ok(_) => "plaintext".to_string(),
+            Err(e) => e.kind().to_string(),
+        };
+        format!("{}, rustls reader: {held}", receive_queue(tcp))
+    }
+}
+
+impl Io for testkit::hbone::Tunnel {}
+impl Io for tokio::io::DuplexStream {}
+
+fn receive_queue(tcp: &TcpStream) -> String {
+    match rustix::io::ioctl_fionread(tcp) {
+        Ok(n) => format!("{n} B unread in the kernel's receive queue"),
+        Err(e) => format!("receive queue unknown ({e})"),
+    }
+}
+
+/// How long one stage of a connection (connect, handshake, a write, a read) may take before
+/// it fails naming itself: a stall then says where it was.
+const STAGE_LIMIT: Duration = Duration::from_secs(10);
+/// The bound on one whole connection of a connection-rate run, above the stages' own.
+const CONN_LIMIT: Duration = Duration::from_secs(60);
+
+/// `f` within [`STAGE_LIMIT`]; its errors, and its timeout, are prefixed with `what`.
+pub(crate) async fn stage<T>(what: &str, f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    match tokio::time::timeout(STAGE_LIMIT, f).await {
+        Ok(r) => r.map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}"))),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what}: nothing for {} s", STAGE_LIMIT.as_secs()),
+        )),
+    }
+}
 
 /// How a client reaches its target: TCP connect, TCP_NODELAY, then TLS unless `--plain`.
 #[derive(Clone)]
@@ -45,11 +97,13 @@ impl Dialer {
     }
 
     async fn dial(&self) -> io::Result<Box<dyn Io>> {
-        let s = TcpStream::connect(self.t.target).await?;
+        let s = stage("tcp connect", TcpStream::connect(self.t.target)).await?;
         s.set_nodelay(true)?;
         match &self.tls {
             None => Ok(Box::new(s)),
-            Some(c) => Ok(Box::new(c.connect(self.name.clone(), s).await?)),
+            Some(c) => Ok(Box::new(
+                stage("tls handshake", c.connect(self.name.clone(), s)).await?,
+            )),
         }
     }
 
@@ -59,7 +113,7 @@ impl Dialer {
         let mut hdr = [0u8; 9];
         hdr[0] = op;
         hdr[1..].copy_from_slice(&n.to_be_bytes());
-        s.write_all(&hdr).await?;
+        stage("protocol header", s.write_all(&hdr)).await?;
         Ok(s)
     }
 }
@@ -263,7 +317,7 @@ pub(crate) async fn conn_turn(
             let mut ok = 0u64;
             while Instant::now() < deadline && started.fetch_add(1, Ordering::Relaxed) < max {
                 let c0 = Instant::now();
-                match tokio::time::timeout(Duration::from_secs(10), one()).await {
+                match tokio::time::timeout(CONN_LIMIT, one()).await {
                     Ok(Ok(())) => {
                         ok += 1;
                         let _ = h.record(us(c0.elapsed()));
@@ -295,16 +349,40 @@ pub(crate) async fn conn_turn(
     })
 }
 
-/// 64 bytes echoed back, then a write shutdown.
-pub(crate) async fn echo_64(mut s: Box<dyn Io>) -> io::Result<()> {
+/// 64 bytes echoed back, then a write shutdown. A stalled read says how much of the echo
+/// came and where the rest is ([`Io::unread`]).
+pub(crate) async fn echo_64(s: Box<dyn Io>) -> io::Result<()> {
+    echo_64_within(s, STAGE_LIMIT).await
+}
+
+async fn echo_64_within(mut s: Box<dyn Io>, limit: Duration) -> io::Result<()> {
     let msg = [7u8; 64];
-    s.write_all(&msg).await?;
+    stage("64 B request", s.write_all(&msg)).await?;
     let mut back = [0u8; 64];
-    s.read_exact(&mut back).await?;
+    let mut got = 0;
+    let read = tokio::time::timeout(limit, async {
+        while got < back.len() {
+            match s.read(&mut back[got..]).await? {
+                0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                n => got += n,
+            }
+        }
+        io::Result::Ok(())
+    })
+    .await;
+    match read {
+        Ok(r) => r.map_err(|e| io::Error::new(e.kind(), format!("64 B echo: {e}")))?,
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("64 B echo: {got} B came in {limit:?}; {}", s.unread()),
+            ));
+        }
+    }
     if back != msg {
         return Err(io::Error::other("echo mismatch"));
     }
-    s.shutdown().await?;
+    stage("close_notify and FIN", s.shutdown()).await?;
     Ok(())
 }
 
@@ -668,4 +746,37 @@ fn rss_kib(pids: &[u32]) -> Result<u64> {
             .with_context(|| format!("bad VmRSS line {line:?}"))?;
     }
     Ok(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A stalled echo names the stage, how much came and what the kernel still holds.
+    #[tokio::test]
+    async fn a_stalled_echo_says_where_the_bytes_are() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (mut peer, _) = l.accept().await.unwrap();
+        let server = tokio::spawn(async move {
+            let mut req = [0u8; 64];
+            peer.read_exact(&mut req).await.unwrap();
+            peer.write_all(&req[..10]).await.unwrap();
+            // Held open, answering no more, until the client gives up.
+            let mut rest = [0u8; 1];
+            let _ = peer.read(&mut rest).await;
+        });
+        let e = echo_64_within(Box::new(c), Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let msg = e.to_string();
+        assert!(msg.starts_with("64 B echo: 10 B came in 300ms;"), "{msg}");
+        assert!(
+            msg.contains("0 B unread in the kernel's receive queue"),
+            "{msg}"
+        );
+        server.abort();
+    }
 }
