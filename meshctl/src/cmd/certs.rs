@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::cli::{KubeArgs, MutateArgs, NamespaceArg};
+use crate::cli::{DeletionWaitArg, KubeArgs, MutateArgs, NamespaceArg};
 use crate::cmd::progress::{Progress, say, tell};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
@@ -164,6 +164,10 @@ struct RenewArgs {
     show_secrets: bool,
     #[command(flatten)]
     mutate: MutateArgs,
+    /// With --apply: a `cacerts` (or its namespace) being deleted is waited for before the
+    /// bundle is written or applied (`mesh::terminating`).
+    #[command(flatten)]
+    deletion: DeletionWaitArg,
 }
 
 #[derive(Debug, Args)]

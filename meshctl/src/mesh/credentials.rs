@@ -11,9 +11,11 @@
 //!
 //! Unverified claims are what whoever last wrote the Secret put there (anyone who may write
 //! Secrets in istiod's namespace of the cluster storing it), so they are used only to
-//! schedule: when a token is due. They never choose what a refresh is issued for: the
-//! account comes from the operator (`credentials refresh --service-account`, the reader
-//! `join` made), and a stored token naming any other account is refused ([`check_account`]).
+//! schedule: when a token is due, and the lifetime of the next one within a cap
+//! ([`derived_ttl`], [`MAX_DERIVED_TTL_SECS`]). They never choose what a refresh is issued
+//! for: the account comes from the operator (`credentials refresh --service-account`, the
+//! reader `join` made), and a stored token naming any other account is refused
+//! ([`check_account`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +24,8 @@ use base64::Engine as _;
 use k8s_openapi::api::core::v1::Secret;
 use serde::Serialize;
 use serde_json::Value;
+
+use super::terminating::{self, Terminating};
 
 /// How a stored kubeconfig authenticates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -108,6 +112,9 @@ pub struct Stored {
     /// The kubeconfig as stored (holds the token: never printed).
     pub kubeconfig: String,
     pub credential: Credential,
+    /// The Secret as listed is being deleted (a `deletionTimestamp`, held by finalizers): a
+    /// write to it would be lost when it goes (`mesh::terminating`).
+    pub deleting: Option<Terminating>,
 }
 
 /// Every kubeconfig in a remote secret (`data`, else `stringData`). Keys that are not a
@@ -115,6 +122,11 @@ pub struct Stored {
 pub fn read_secret(s: &Secret) -> Vec<std::result::Result<Stored, String>> {
     let name = s.metadata.name.clone().unwrap_or_default();
     let namespace = s.metadata.namespace.clone().unwrap_or_default();
+    let deleting = s.metadata.deletion_timestamp.as_ref().and_then(|_| {
+        let stub = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace}});
+        terminating::of(&stub, &serde_json::to_value(s).ok()?)
+    });
     let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
     if let Some(d) = &s.data {
         entries.extend(d.iter().map(|(k, v)| (k.clone(), v.0.clone())));
@@ -136,6 +148,7 @@ pub fn read_secret(s: &Secret) -> Vec<std::result::Result<Stored, String>> {
                 server,
                 kubeconfig: yaml,
                 credential,
+                deleting: deleting.clone(),
             })
         })
         .collect()
@@ -306,6 +319,31 @@ pub fn cert_not_after(pem_text: &[u8]) -> Option<u64> {
     let der = super::cacerts::pem_ders(pem_text).into_iter().next()?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
     u64::try_from(cert.validity().not_after.timestamp()).ok()
+}
+
+/// The longest lifetime `credentials refresh` gives a new token when it takes the lifetime
+/// from the stored token (no `--token-ttl`): 365 days (8760h).
+///
+/// The stored token's `exp - iat` is unverified: whoever may write the remote Secret sets
+/// it, and the TokenRequest API grants anything up to 2^32 s (about 136 years) unless the
+/// cluster runs kube-apiserver with `--service-account-max-token-expiration` (unset by
+/// default; when set, the API server shortens a longer request to it with a warning). So
+/// one forged claim would make every later reader token of that cluster all but
+/// everlasting, without any further write. `join` has no default TokenRequest lifetime to
+/// copy (without `--token-ttl` it stores a non-expiring Secret token, which refresh leaves
+/// alone), so the cap is the longest lifetime Kubernetes gives a bound token of its own
+/// accord: one year, `ExpirationExtensionSeconds` (kubernetes/kubernetes
+/// `pkg/serviceaccount/claims.go`, the extension of admission-injected pod tokens). It is
+/// far above the lifetimes meshctl suggests (24h, 720h), so an honest token keeps its
+/// lifetime; anything longer is the operator's to ask for with `--token-ttl`.
+pub const MAX_DERIVED_TTL_SECS: u64 = 365 * 86400;
+
+/// The new token's lifetime taken from the stored token's claimed lifetime (`exp - iat`):
+/// at least what TokenRequest accepts (10m) and at most [`MAX_DERIVED_TTL_SECS`]; the flag
+/// says the claim was longer than the cap (then refresh warns).
+pub fn derived_ttl(claimed: u64) -> (Duration, bool) {
+    let secs = claimed.clamp(crate::cli::MIN_TOKEN_TTL_SECS, MAX_DERIVED_TTL_SECS);
+    (Duration::from_secs(secs), claimed > MAX_DERIVED_TTL_SECS)
 }
 
 /// The default refresh threshold when `--threshold` is not given: a third of the token's
@@ -549,6 +587,28 @@ mod tests {
         check_account(&other, "esc", "other").unwrap_err();
         let legacy = credential_of_token(&jwt(json!({"sub": "system:serviceaccount:a:b"})));
         check_account(&legacy, "a", "b").unwrap_err();
+    }
+
+    #[test]
+    fn a_claimed_lifetime_is_capped_at_a_year_and_raised_to_ten_minutes() {
+        let year = MAX_DERIVED_TTL_SECS;
+        assert_eq!(year, 8760 * 3600);
+        for (claimed, want, capped) in [
+            (3600, 3600, false),
+            (720 * 3600, 720 * 3600, false),
+            (year, year, false),
+            (year + 1, year, true),
+            (1 << 32, year, true),
+            (u64::MAX, year, true),
+            (0, 600, false),
+            (599, 600, false),
+        ] {
+            assert_eq!(
+                derived_ttl(claimed),
+                (Duration::from_secs(want), capped),
+                "{claimed}"
+            );
+        }
     }
 
     #[test]

@@ -173,6 +173,15 @@ pub async fn find(c: &Cluster, ns: &str, objs: &[Value]) -> Result<Vec<Terminati
     Ok(out)
 }
 
+/// Namespace `ns` if it is being deleted, read best effort: `None` also when it cannot be
+/// read, for the commands that otherwise only touch objects inside it (`rotate`,
+/// `credentials refresh`), whose credential may be confined to it by a Role (which cannot
+/// grant `get` on the Namespace object). Their writes then meet what stopped the read.
+pub async fn namespace_being_deleted(c: &Cluster, ns: &str) -> Option<Terminating> {
+    let n = kc::get(c, "v1", "Namespace", None, ns).await.ok()??;
+    of(&namespace_stub(ns), &n)
+}
+
 /// `o` as it is in the cluster, if it is being deleted.
 pub async fn read_one(c: &Cluster, o: &Value) -> Result<Option<Terminating>> {
     let av = o["apiVersion"].as_str().unwrap_or_default();
@@ -208,6 +217,11 @@ impl DeletionWait {
         }
     }
 
+    /// How long the command waits in all (`--deletion-wait`).
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
     /// Waits until every object in `found` (read from `c`) is gone, polling about every
     /// second, and says on stderr once per object what it waits for. Returns whether it
     /// waited (then the caller checks again what it checked before: the cluster changed).
@@ -219,8 +233,26 @@ impl DeletionWait {
         found: &[Terminating],
         dry_run: bool,
     ) -> Result<bool> {
+        let left = self.wait_left(c, found, dry_run).await?;
+        if left.is_empty() {
+            return Ok(!found.is_empty() && !dry_run);
+        }
+        bail!("{}", still_deleting(&c.context, &left, self.limit))
+    }
+
+    /// [`wait_gone`](Self::wait_gone), for a command whose writes do not depend on each
+    /// other (`credentials refresh`): returns the objects of `found` still being deleted
+    /// when the wait ends (the caller leaves them unwritten and says why, with
+    /// [`still_deleting_one`]) instead of failing. A dry run only reports them and returns
+    /// none. Once the deadline has passed it returns what is left without a word.
+    pub async fn wait_left(
+        &mut self,
+        c: &Cluster,
+        found: &[Terminating],
+        dry_run: bool,
+    ) -> Result<Vec<Terminating>> {
         if found.is_empty() {
-            return Ok(false);
+            return Ok(Vec::new());
         }
         if dry_run {
             for t in found {
@@ -239,7 +271,7 @@ impl DeletionWait {
                     }
                 );
             }
-            return Ok(false);
+            return Ok(Vec::new());
         }
         let limit = self.limit;
         let deadline = *self.deadline.get_or_insert_with(|| {
@@ -249,7 +281,7 @@ impl DeletionWait {
                 .unwrap_or(now + Duration::from_secs(365 * 86400))
         });
         let mut left: Vec<Terminating> = found.to_vec();
-        if !self.limit.is_zero() {
+        if !self.limit.is_zero() && Instant::now() < deadline {
             for t in &left {
                 eprintln!(
                     "{}: waiting for {} to finish deleting ({})",
@@ -281,36 +313,52 @@ impl DeletionWait {
             }
             left = still;
         }
-        if left.is_empty() {
-            return Ok(true);
-        }
-        bail!("{}", still_deleting(&c.context, &left, self.limit))
+        Ok(left)
     }
+}
+
+/// How many times a command checks again before its first write when each check finds
+/// objects it writes being deleted and it waits for them to go (bounded: each round is
+/// also bounded by the one deadline of `--deletion-wait`).
+pub const ROUNDS: usize = 10;
+
+/// Why a command stops when what it writes was deleted again after each of [`ROUNDS`]
+/// waits.
+pub fn deleted_again(context: &str, command: &str) -> String {
+    format!(
+        "context {context:?}: objects {command} writes were deleted again each of the {ROUNDS} \
+         times it waited for them to go: stop whatever deletes them (an unjoin, a GitOps \
+         controller) and run the same command again. Nothing was changed"
+    )
+}
+
+/// One object still being deleted when the wait ended: what holds it, who takes that off,
+/// and how to watch it go.
+pub fn still_deleting_one(context: &str, t: &Terminating, limit: Duration) -> String {
+    let mut s = format!(
+        "{} ({}) is still being deleted{}: it goes once its finalizers are taken off, by {}; \
+         watch it go with {}",
+        t.describe(),
+        t.finalizer_list(),
+        if limit.is_zero() {
+            String::new()
+        } else {
+            format!(" after {}", humantime::format_duration(limit))
+        },
+        t.holders(),
+        t.watch_command(context)
+    );
+    if !t.remaining.is_empty() {
+        s.push_str(&format!(" (it reports: {})", t.remaining.join("; ")));
+    }
+    s
 }
 
 /// Why a command stops when objects it would write are still being deleted, and what to do.
 pub fn still_deleting(context: &str, left: &[Terminating], limit: Duration) -> String {
     let each: Vec<String> = left
         .iter()
-        .map(|t| {
-            let mut s = format!(
-                "{} ({}) is still being deleted{}: it goes once its finalizers are taken off, \
-                 by {}; watch it go with {}",
-                t.describe(),
-                t.finalizer_list(),
-                if limit.is_zero() {
-                    String::new()
-                } else {
-                    format!(" after {}", humantime::format_duration(limit))
-                },
-                t.holders(),
-                t.watch_command(context)
-            );
-            if !t.remaining.is_empty() {
-                s.push_str(&format!(" (it reports: {})", t.remaining.join("; ")));
-            }
-            s
-        })
+        .map(|t| still_deleting_one(context, t, limit))
         .collect();
     format!(
         "context {context:?}: {}. Writing now would be lost: an apply to an object being \

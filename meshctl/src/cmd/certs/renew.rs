@@ -2,7 +2,9 @@
 //! subject, new key), written in place like every `certs` file and, with `--apply`, applied
 //! as `cacerts` the way `cacerts apply` does. `--dry-run` writes and applies nothing. With
 //! `-o yaml|json` (and `--apply`), stdout is the applied Secret, its key redacted unless
-//! `--show-secrets`, and the progress lines go to stderr.
+//! `--show-secrets`, and the progress lines go to stderr. With `--apply`, a `cacerts` (or
+//! namespace) being deleted is waited for (`--deletion-wait`) before the bundle on disk is
+//! replaced, or the command stops with nothing written or applied.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -14,6 +16,7 @@ use crate::cmd::progress::Progress;
 use crate::kube::{self as kc, KubeconfigFile, Secrets};
 use crate::mesh::cacerts::{apply_secret, pem_ders};
 use crate::mesh::rotation::{BundleTexts, cacerts_secret};
+use crate::mesh::terminating::{self, DeletionWait};
 
 pub fn run(a: RenewArgs) -> Result<ExitCode> {
     if a.mutate.output_asked().is_some() && !a.apply {
@@ -105,12 +108,35 @@ pub fn run(a: RenewArgs) -> Result<ExitCode> {
                 "{e:#}\nnothing was written or applied: --apply needs context {ctx:?} reachable"
             )
         })?;
-        apply_secret(&c, &secret, false, true).await.map_err(|e| {
-            anyhow!(
-                "{e:#}\nnothing was written or applied (the bundle in {} is unchanged)",
-                a.ca.display()
-            )
-        })?;
+        // cacerts or its namespace being deleted: waited for before the bundle on disk is
+        // replaced or anything applied (an apply to it would be lost with it); after a wait,
+        // the check below runs on what is left.
+        let unchanged = || format!("the bundle in {} is unchanged", a.ca.display());
+        let mut deletion = DeletionWait::new(a.deletion.deletion_wait);
+        let mut settled = false;
+        for _ in 0..terminating::ROUNDS {
+            let found = terminating::find(&c, ns, std::slice::from_ref(&secret))
+                .await
+                .map_err(|e| anyhow!("{e:#}\nnothing was written or applied ({})", unchanged()))?;
+            let waited = deletion
+                .wait_gone(&c, &found, a.mutate.dry_run)
+                .await
+                .map_err(|e| anyhow!("{e:#} ({})", unchanged()))?;
+            if !waited {
+                settled = true;
+                break;
+            }
+        }
+        if !settled {
+            bail!(
+                "{} ({})",
+                terminating::deleted_again(&ctx, "certs renew --apply"),
+                unchanged()
+            );
+        }
+        apply_secret(&c, &secret, false, true)
+            .await
+            .map_err(|e| anyhow!("{e:#}\nnothing was written or applied ({})", unchanged()))?;
         if a.mutate.dry_run {
             print!(
                 "{}",

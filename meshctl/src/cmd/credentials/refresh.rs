@@ -1,9 +1,16 @@
 //! `meshctl credentials refresh`: for every remote secret stored in the given clusters,
 //! re-issue its TokenRequest token through the TokenRequest API of the cluster it reads
-//! (same lifetime unless `--token-ttl`) and rewrite that one key of the Secret, when the
-//! remaining lifetime is under the threshold. Everything else is left alone, with the
-//! reason. Idempotent: a fresh token is above the threshold on the next run. Then it says,
-//! per cluster, whether its istiod picks the new token up by itself.
+//! (same lifetime unless `--token-ttl`, at most a year: `cred::MAX_DERIVED_TTL_SECS`) and
+//! rewrite that one key of the Secret, when the remaining lifetime is under the threshold.
+//! Everything else is left alone, with the reason. Idempotent: a fresh token is above the
+//! threshold on the next run. Then it says, per cluster, whether its istiod picks the new
+//! token up by itself.
+//!
+//! Before any token is minted, a remote secret due for a refresh that is being deleted (or
+//! whose namespace is) is waited for, up to `--deletion-wait` in all (`mesh::terminating`):
+//! a write to it would be lost when it goes. One still there when the wait ends fails its
+//! line with nothing requested or written; the other secrets are refreshed (unattended runs
+//! keep the rest of the mesh's tokens alive).
 //!
 //! The new token is always for the reader the operator names: `--service-account` (join's
 //! default reader unless given) in istiod's namespace `-n`, never for the account the stored
@@ -26,11 +33,12 @@ use serde_json::json;
 
 use super::istiod::{IstiodNote, istiod_note};
 use super::{Format, Peer, Targets, connect_all, stored_in, table};
-use crate::cli::{MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS, parse_ttl, usage};
+use crate::cli::{DeletionWaitArg, parse_ttl, usage};
 use crate::istio::DEFAULT_READER_SA;
 use crate::kube::{self as kc, Cluster, KubeconfigFile};
 use crate::mesh::credentials::{self as cred, Decision, Stored};
 use crate::mesh::reader::request_token;
+use crate::mesh::terminating::{self, DeletionWait, Terminating};
 
 #[derive(Debug, Args)]
 pub struct RefreshArgs {
@@ -40,7 +48,8 @@ pub struct RefreshArgs {
     /// of the token's lifetime, so a job that runs every sixth of it refreshes in time.
     #[arg(long, value_parser = humantime::parse_duration)]
     threshold: Option<Duration>,
-    /// Lifetime of the new tokens (10m to 2^32 s). Default: the old token's lifetime.
+    /// Lifetime of the new tokens (10m to 2^32 s). Default: the old token's lifetime, at
+    /// most 8760h (365 days): the old token's claims are unverified.
     #[arg(long, value_parser = parse_ttl)]
     token_ttl: Option<Duration>,
     /// Say what would be refreshed and change nothing (no token is minted or printed).
@@ -51,6 +60,8 @@ pub struct RefreshArgs {
     /// token claiming any other account is refused, never re-issued.
     #[arg(long, default_value = DEFAULT_READER_SA)]
     service_account: String,
+    #[command(flatten)]
+    deletion: DeletionWaitArg,
 }
 
 /// The flags alone (usage errors): the targets, and `--service-account` an object name.
@@ -90,6 +101,9 @@ pub struct Outcome {
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new_expiry: Option<String>,
+    /// Said on stderr too: the lifetime taken from the old token was capped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 pub fn run(a: RefreshArgs) -> Result<ExitCode> {
@@ -124,6 +138,9 @@ pub fn run(a: RefreshArgs) -> Result<ExitCode> {
                 print!("{}", serde_yaml::to_string(&doc)?);
             }
         }
+    }
+    for w in outcomes.iter().filter_map(|o| o.warning.as_ref()) {
+        eprintln!("warning: {w}");
     }
     for e in &errors {
         eprintln!("error: {e}");
@@ -162,21 +179,23 @@ async fn refresh_all(
     let ns = a.targets.ns.namespace.as_str();
     let now = cred::unix_now();
     let (mut outcomes, mut notes) = (Vec::new(), Vec::new());
+    // Every storing cluster is listed, and what is due there and being deleted waited for,
+    // before any token is minted anywhere (one deadline for all: `--deletion-wait`).
+    let mut deletion = DeletionWait::new(a.deletion.deletion_wait);
+    let mut listed = Vec::new();
+    for p in peers {
+        listed.push(settle(a, p, now, &mut deletion).await);
+    }
     // Contexts that did not take a request up in this run: each further request to one would
     // wait out the same retries (up to 20 s each), so their secrets are not tried again.
     let mut down: Vec<String> = Vec::new();
-    for p in peers {
+    for (p, listed) in peers.iter().zip(listed) {
         let ctx = &p.cluster.context;
         let mut touched = false;
         // The Secret's latest resourceVersion, so a second key of the same Secret patches
         // on top of the first (each patch is conditional on it).
         let mut versions: HashMap<String, Option<String>> = HashMap::new();
-        // One cluster that cannot be listed does not stop the others (unattended runs).
-        let stored = match stored_in(&p.cluster, ns).await {
-            Ok(s) => s,
-            Err(e) => vec![Err(format!("listing the remote secrets in {ns}: {e:#}"))],
-        };
-        for s in stored {
+        for s in listed.stored {
             let s = match s {
                 Ok(s) => s,
                 Err(e) => {
@@ -187,6 +206,7 @@ async fn refresh_all(
                         action: Action::Failed,
                         reason: e,
                         new_expiry: None,
+                        warning: None,
                     });
                     continue;
                 }
@@ -194,6 +214,7 @@ async fn refresh_all(
             let rv = versions
                 .entry(s.secret.clone())
                 .or_insert_with(|| s.resource_version.clone());
+            let mut warning = None;
             let (action, reason, new_expiry) = match cred::decide(&s.credential, now, a.threshold) {
                 Decision::Keep(why) => (Action::LeftAlone, why, None),
                 Decision::Refresh(why) => {
@@ -208,7 +229,12 @@ async fn refresh_all(
                     // Checked before anything is asked of any cluster: a token is only ever
                     // issued for the operator's reader, whatever the stored one claims.
                     let account = cred::check_account(&s.credential, ns, &a.service_account);
+                    let held = listed.held.iter().find(|(t, _)| {
+                        t.kind == "Namespace" || (t.kind == "Secret" && t.name == s.secret)
+                    });
                     if let Err(e) = account {
+                        (Action::Failed, format!("{why}; {e}"), None)
+                    } else if let Some((_, e)) = held {
                         (Action::Failed, format!("{why}; {e}"), None)
                     } else if let Some(c) = skip {
                         let why = format!(
@@ -217,7 +243,9 @@ async fn refresh_all(
                         );
                         (Action::Failed, why, None)
                     } else {
-                        match refresh_one(a, p, peers, unreached, &s, rv).await {
+                        let (ttl, capped) = new_ttl(a, &s, ctx);
+                        warning = capped;
+                        match refresh_one(a, p, peers, unreached, &s, rv, ttl).await {
                             Ok((action, how, exp)) => {
                                 touched = true;
                                 (action, format!("{why}; {how}"), exp)
@@ -237,6 +265,7 @@ async fn refresh_all(
                 action,
                 reason,
                 new_expiry,
+                warning,
             });
         }
         if touched {
@@ -266,6 +295,7 @@ async fn refresh_one(
     unreached: &[&str],
     s: &Stored,
     rv: &mut Option<String>,
+    ttl: Result<Duration, String>,
 ) -> Result<(Action, String, Option<String>), Failure> {
     // The operator's reader, never the account the stored (unverified) token claims.
     let (namespace, service_account) = (a.targets.ns.namespace.as_str(), &a.service_account);
@@ -290,22 +320,13 @@ async fn refresh_one(
             s.cluster
         )
     })?;
-    let ttl = match (a.token_ttl, s.credential.ttl()) {
-        (Some(t), _) => t,
-        // Within what TokenRequest accepts, whatever the old token claimed.
-        (None, Some(secs)) => {
-            Duration::from_secs(secs.clamp(MIN_TOKEN_TTL_SECS, MAX_TOKEN_TTL_SECS))
-        }
-        (None, None) => {
-            return Err(anyhow!("the token's lifetime is unknown; pass --token-ttl").into());
-        }
-    };
+    let ttl = ttl.map_err(|e| anyhow!(e))?;
     let sa = format!("{namespace}/{service_account}");
     let from = &source.cluster.context;
     if a.dry_run {
         let how = format!(
             "would request a {} token for {sa} from context {from} and rewrite key {} in context {}",
-            cred::human(ttl.as_secs()),
+            lifetime(ttl),
             s.cluster,
             peer.cluster.context
         );
@@ -340,6 +361,20 @@ async fn refresh_one(
                     )
                     .into());
                 };
+                // Marked for deletion since it was read: a write would go with it.
+                if let Some(t) = &fresh.deleting {
+                    return Err(anyhow!(
+                        "{} is being deleted since it was read ({}): not written, as the new \
+                         token would go with it (it expires unused); re-run once it is gone",
+                        t.describe(),
+                        if t.finalizers.is_empty() {
+                            "no finalizers listed".to_string()
+                        } else {
+                            format!("finalizers: {}", t.finalizers.join(", "))
+                        }
+                    )
+                    .into());
+                }
                 if let Decision::Keep(why) =
                     cred::decide(&fresh.credential, cred::unix_now(), a.threshold)
                 {
@@ -372,11 +407,166 @@ async fn refresh_one(
         }
     }
     let expiry = cred::credential_of_token(&token).expires.map(cred::rfc3339);
-    let how = format!(
-        "new {} token for {sa} from context {from}",
-        cred::human(ttl.as_secs())
-    );
+    let how = format!("new {} token for {sa} from context {from}", lifetime(ttl));
     Ok((Action::Refreshed, how, expiry))
+}
+
+/// The new token's lifetime: `--token-ttl` (the operator's choice, bounded when parsed), else
+/// the stored token's claimed lifetime within 10m and a year (`cred::derived_ttl`); with a
+/// warning naming the cap and `--token-ttl` when the claim was longer.
+fn new_ttl(a: &RefreshArgs, s: &Stored, ctx: &str) -> (Result<Duration, String>, Option<String>) {
+    if let Some(t) = a.token_ttl {
+        return (Ok(t), None);
+    }
+    let Some(claimed) = s.credential.ttl() else {
+        return (
+            Err("the token's lifetime is unknown; pass --token-ttl".into()),
+            None,
+        );
+    };
+    let (ttl, capped) = cred::derived_ttl(claimed);
+    let warning = capped.then(|| {
+        format!(
+            "context {ctx:?}, Secret {}/{} key {}: the stored token claims a lifetime of {} \
+             (exp - iat; unverified, set by whoever last wrote the Secret), longer than the \
+             {}h (365 days) refresh takes from an old token: the new token is for {}h. Pass \
+             --token-ttl to choose the lifetime",
+            s.namespace,
+            s.secret,
+            s.cluster,
+            cred::human(claimed),
+            cred::MAX_DERIVED_TTL_SECS / 3600,
+            ttl.as_secs() / 3600
+        )
+    });
+    (Ok(ttl), warning)
+}
+
+/// A token lifetime as said on a line: the cap in hours (humantime would say "11months
+/// 30days 3h 50m 24s" for 365 days), anything else as humantime says it.
+fn lifetime(ttl: Duration) -> String {
+    if ttl.as_secs() == cred::MAX_DERIVED_TTL_SECS {
+        format!("{}h", cred::MAX_DERIVED_TTL_SECS / 3600)
+    } else {
+        cred::human(ttl.as_secs())
+    }
+}
+
+/// One storing cluster as listed before any token is minted: its remote secrets, and the
+/// objects a refresh would write there that are still being deleted when the wait ended,
+/// each with why its lines fail.
+struct Listed {
+    stored: Vec<Result<Stored, String>>,
+    held: Vec<(Terminating, String)>,
+}
+
+/// Lists `p`'s remote secrets and waits for those due for a refresh that are being deleted
+/// (or their namespace), within `deletion`; after a wait in which one went, lists again.
+/// Bounded: by the one deadline, and in count (`terminating::ROUNDS`).
+async fn settle(a: &RefreshArgs, p: &Peer, now: u64, deletion: &mut DeletionWait) -> Listed {
+    let (c, ns) = (&p.cluster, a.targets.ns.namespace.as_str());
+    let limit = humantime::format_duration(deletion.limit());
+    let mut held = Vec::new();
+    for round in 0..terminating::ROUNDS {
+        // One cluster that cannot be listed does not stop the others (unattended runs).
+        let stored = match stored_in(c, ns).await {
+            Ok(s) => s,
+            Err(e) => {
+                let e = format!("listing the remote secrets in {ns}: {e:#}");
+                return Listed {
+                    stored: vec![Err(e)],
+                    held,
+                };
+            }
+        };
+        let found = being_deleted(a, c, &stored, now).await;
+        if found.is_empty() {
+            return Listed { stored, held };
+        }
+        let unchanged = format!(
+            "no token was requested and this key is unchanged: a write now would be lost when \
+             it goes. Re-run the same command once it is gone, or give it more time with \
+             --deletion-wait (now {limit})"
+        );
+        if round + 1 == terminating::ROUNDS {
+            let why = format!(
+                "deleted again each of the {} times refresh waited for it; stop whatever \
+                 deletes it (an unjoin, a GitOps controller); {unchanged}",
+                terminating::ROUNDS
+            );
+            held = found.into_iter().map(|t| (t, why.clone())).collect();
+            return Listed { stored, held };
+        }
+        let left = match deletion.wait_left(c, &found, a.dry_run).await {
+            Ok(left) => left,
+            Err(e) => {
+                held = found
+                    .into_iter()
+                    .map(|t| {
+                        let why = format!(
+                            "{} is being deleted, and reading it again while waiting failed: \
+                             {e:#}; {unchanged}",
+                            t.describe()
+                        );
+                        (t, why)
+                    })
+                    .collect();
+                return Listed { stored, held };
+            }
+        };
+        // A dry run (nothing waited for), or nothing went: what is left is final.
+        if a.dry_run || left.len() == found.len() {
+            held = left
+                .into_iter()
+                .map(|t| {
+                    let why = format!(
+                        "{}; {unchanged}",
+                        terminating::still_deleting_one(&c.context, &t, deletion.limit())
+                    );
+                    (t, why)
+                })
+                .collect();
+            return Listed { stored, held };
+        }
+    }
+    unreachable!("the last round returns")
+}
+
+/// What a refresh would write in `c` that is being deleted: namespace `ns` alone when it is
+/// (its Secrets go with it), else each Secret holding a key due for a refresh (for the
+/// operator's reader) that is. Nothing when no key is due; a namespace that cannot be read
+/// is taken as not being deleted (the writes meet what stopped the read).
+async fn being_deleted(
+    a: &RefreshArgs,
+    c: &Cluster,
+    stored: &[Result<Stored, String>],
+    now: u64,
+) -> Vec<Terminating> {
+    let ns = a.targets.ns.namespace.as_str();
+    let due: Vec<&Stored> = stored
+        .iter()
+        .flatten()
+        .filter(|s| {
+            matches!(
+                cred::decide(&s.credential, now, a.threshold),
+                Decision::Refresh(_)
+            )
+        })
+        .filter(|s| cred::check_account(&s.credential, ns, &a.service_account).is_ok())
+        .collect();
+    if due.is_empty() {
+        return Vec::new();
+    }
+    if let Some(t) = terminating::namespace_being_deleted(c, ns).await {
+        return vec![t];
+    }
+    let mut out: Vec<Terminating> = Vec::new();
+    for t in due.iter().filter_map(|s| s.deleting.as_ref()) {
+        if !out.contains(t) {
+            out.push(t.clone());
+        }
+    }
+    out
 }
 
 /// Re-reads attempts after a 409 on one key (each re-reads the Secret first).

@@ -10,7 +10,9 @@
 //!
 //! The state is on each cluster's `cacerts` (annotations, `mesh::rotation`), so any machine
 //! can resume; every step reads all clusters first, refuses before changing anything, skips
-//! clusters already done, and `--dry-run` changes nothing. The files in `--dir` are sets
+//! clusters already done, and `--dry-run` changes nothing. A `cacerts` it writes (or its
+//! namespace) being deleted is waited for (`--deletion-wait`) before anything is written;
+//! the step then reads every cluster and decides again. The files in `--dir` are sets
 //! (the root's two, each cluster's four): reused whole, written whole, and one found in part
 //! is refused, since a key written or kept beside the wrong certificate is a key lost.
 
@@ -25,11 +27,12 @@ use base64::Engine as _;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use crate::cli::{ClustersArgs, MutateArgs, NamespaceArg, check_unique};
+use crate::cli::{ClustersArgs, DeletionWaitArg, MutateArgs, NamespaceArg, check_unique};
 use crate::cmd::progress::say;
 use crate::istio::CACERTS_SECRET;
 use crate::kube::{self as kc, Cluster, KubeconfigFile, Secrets};
 use crate::mesh::rotation::{BundleTexts, Trust, trust_of};
+use crate::mesh::terminating::{self, DeletionWait, Terminating};
 
 mod steps;
 
@@ -61,6 +64,8 @@ struct Common {
     /// Print ca-key.pem in the --dry-run output instead of a placeholder.
     #[arg(long)]
     show_secrets: bool,
+    #[command(flatten)]
+    deletion: DeletionWaitArg,
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +141,9 @@ pub(super) struct Current {
     /// The `cacerts` read: a step's write is conditional on it (409 if another writer came
     /// between), so a rotation never overwrites what it did not decide from.
     pub resource_version: Option<String>,
+    /// The `cacerts` read is being deleted (`mesh::terminating`): waited for before a step
+    /// writes it.
+    pub deleting: Option<Terminating>,
 }
 
 pub fn run(a: RotateArgs) -> Result<ExitCode> {
@@ -147,15 +155,63 @@ pub fn run(a: RotateArgs) -> Result<ExitCode> {
     check_unique(&common.clusters.contexts)?;
     let file = KubeconfigFile::load(common.clusters.kubeconfig.as_deref())?;
     file.require_contexts(&common.clusters.contexts)?;
+    let step = match &a.cmd {
+        RotateCmd::Prepare(_) => "rotate prepare",
+        RotateCmd::Activate(_) => "rotate activate",
+        RotateCmd::Finish(_) => "rotate finish",
+    };
     kc::block_on(async {
-        let clusters = read_all(&file, common).await?;
-        let plan = match &a.cmd {
-            RotateCmd::Prepare(p) => steps::prepare(p, &clusters)?,
-            RotateCmd::Activate(p) => steps::activate(p, &clusters)?,
-            RotateCmd::Finish(p) => steps::finish(p, &clusters)?,
-        };
-        apply(common, &clusters, plan).await
+        let mut deletion = DeletionWait::new(common.deletion.deletion_wait);
+        // A cacerts the step writes (or its namespace) being deleted is waited for before
+        // anything is written; after a wait every cluster is read and the step decided again.
+        // Bounded: by the deadline of `--deletion-wait`, and in count.
+        let mut last = String::new();
+        for _ in 0..terminating::ROUNDS {
+            let clusters = read_all(&file, common).await?;
+            let plan = match &a.cmd {
+                RotateCmd::Prepare(p) => steps::prepare(p, &clusters)?,
+                RotateCmd::Activate(p) => steps::activate(p, &clusters)?,
+                RotateCmd::Finish(p) => steps::finish(p, &clusters)?,
+            };
+            match wait_for_deletions(common, &clusters, &plan, &mut deletion).await? {
+                None => return apply(common, &clusters, plan).await,
+                Some(ctx) => last = ctx,
+            }
+        }
+        bail!("{}", terminating::deleted_again(&last, step))
     })
+}
+
+/// Waits for each `cacerts` the plan writes (or its namespace) that is being deleted, one
+/// cluster after the other within the one `--deletion-wait`; the context of the last
+/// cluster it waited for, if any. Fails, with nothing changed, when one is still there once
+/// the wait ends.
+async fn wait_for_deletions(
+    common: &Common,
+    clusters: &[Current],
+    plan: &Plan,
+    deletion: &mut DeletionWait,
+) -> Result<Option<String>> {
+    let ns = common.ns.namespace.as_str();
+    let mut waited = None;
+    for (i, _) in &plan.secrets {
+        let c = &clusters[*i];
+        // The namespace alone when it is being deleted (best effort: a credential confined
+        // to it may not read it), else the cacerts as read.
+        let found: Vec<Terminating> =
+            match terminating::namespace_being_deleted(&c.client, ns).await {
+                Some(t) => vec![t],
+                None => c.deleting.iter().cloned().collect(),
+            };
+        if deletion
+            .wait_gone(&c.client, &found, common.mutate.dry_run)
+            .await
+            .map_err(|e| anyhow!("{e:#} (in the clusters or on disk)"))?
+        {
+            waited = Some(c.ctx.clone());
+        }
+    }
+    Ok(waited)
 }
 
 /// Connects to every cluster and reads its `cacerts`; any failure refuses the step.
@@ -182,12 +238,16 @@ async fn read_all(file: &KubeconfigFile, common: &Common) -> Result<Vec<Current>
         let resource_version = secret["metadata"]["resourceVersion"]
             .as_str()
             .map(str::to_string);
+        let stub = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": CACERTS_SECRET, "namespace": ns}});
+        let deleting = terminating::of(&stub, &secret);
         out.push(Current {
             ctx: ctx.clone(),
             client,
             files,
             trust,
             resource_version,
+            deleting,
         });
     }
     Ok(out)
