@@ -262,6 +262,260 @@ async fn join_uses_a_service_account_it_did_not_create_as_is_and_unjoin_leaves_i
     assert!(service_account(&m.west, "ownns", "istio-reader-service-account").is_none());
 }
 
+/// The gateway's service account as Istio's gateway Helm chart makes it (release
+/// `istio-eastwestgateway`: the chart's `app`/`istio` labels, Helm's own label and
+/// release annotations).
+fn helm_gateway_service_account(s: &TestApiServer, ns: &str) {
+    s.store()
+        .create(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "istio-eastwestgateway", "namespace": ns,
+                "labels": {"app": "istio-eastwestgateway", "istio": "eastwestgateway",
+                    "app.kubernetes.io/managed-by": "Helm"},
+                "annotations": {"meta.helm.sh/release-name": "istio-eastwestgateway",
+                    "meta.helm.sh/release-namespace": ns}}}))
+        .unwrap();
+}
+
+/// The objects of one kind in a `--dry-run -o json` plan or an `unjoin --dry-run -o json`
+/// plan, by name, over every cluster.
+fn planned(plan: &Value, kind: &str) -> Vec<String> {
+    plan["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["objects"].as_array().unwrap().clone())
+        .filter(|o| o["kind"] == kind)
+        .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The kinds of the objects in a `--dry-run -o json` plan.
+fn planned_kinds(plan: &Value) -> Vec<&str> {
+    plan["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["objects"].as_array().unwrap())
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect()
+}
+
+async fn dry_run_plan(args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.extend(["--dry-run", "-o", "json"]);
+    let out = meshctl(&args).await;
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Istio's gateway Helm chart makes the service account `istio-eastwestgateway` too: join
+/// uses it as it is (no relabel, no apply: its resourceVersion stays), runs its gateway as
+/// it and binds its role to it, and unjoin removes the rest of the gateway but leaves it.
+/// A gateway service account meshctl creates is marked as created by meshctl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_uses_a_gateway_service_account_it_did_not_create_as_is_and_unjoin_leaves_it() {
+    let m = mesh().await;
+    for s in [&m.west, &m.east] {
+        namespace(s, "helmns");
+        helm_gateway_service_account(s, "helmns");
+    }
+    let rv = |s: &TestApiServer| {
+        service_account(s, "helmns", "istio-eastwestgateway").unwrap()["metadata"]
+            ["resourceVersion"]
+            .clone()
+    };
+    let before = (rv(&m.west), rv(&m.east));
+    // The dry run plans no gateway service account (and says why).
+    let plan = dry_run_plan(&m.join_args(&["-n", "helmns"])).await;
+    assert_eq!(
+        planned(&plan, "ServiceAccount"),
+        [
+            "istio-reader-service-account",
+            "istio-reader-service-account"
+        ]
+    );
+    let all = join_ns(&m, "helmns", &[]).await;
+    join_ns(&m, "helmns", &[]).await;
+    says(
+        &all,
+        &[
+            "west: service account helmns/istio-eastwestgateway exists and was not created by \
+             meshctl (it has no label app.kubernetes.io/managed-by=meshctl): it is used as it \
+             is, not relabelled, and unjoin leaves it in place",
+        ],
+    );
+    assert_eq!((rv(&m.west), rv(&m.east)), before, "not written");
+    for s in [&m.west, &m.east] {
+        let sa = service_account(s, "helmns", "istio-eastwestgateway").unwrap();
+        assert_eq!(
+            sa["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "Helm"
+        );
+        assert!(
+            sa["metadata"]["annotations"]
+                .get("meshctl.io/created-by")
+                .is_none()
+        );
+        let d = s
+            .store()
+            .get(
+                "apps/v1",
+                "Deployment",
+                Some("helmns"),
+                "istio-eastwestgateway",
+            )
+            .unwrap();
+        assert_eq!(
+            d["spec"]["template"]["spec"]["serviceAccountName"],
+            "istio-eastwestgateway"
+        );
+        let binding = s
+            .store()
+            .get(
+                RBAC,
+                "ClusterRoleBinding",
+                None,
+                "meshctl-eastwestgateway-helmns",
+            )
+            .unwrap();
+        assert_eq!(binding["subjects"][0]["name"], "istio-eastwestgateway");
+    }
+    // Only the reader's account, which join created, is among what unjoin deletes.
+    let plan = dry_run_plan(&m.unjoin_args(&["-n", "helmns"])).await;
+    assert_eq!(
+        planned(&plan, "ServiceAccount"),
+        [
+            "istio-reader-service-account",
+            "istio-reader-service-account"
+        ]
+    );
+    succeeds(&m.unjoin_args(&["-n", "helmns"])).await;
+    for s in [&m.west, &m.east] {
+        assert!(service_account(s, "helmns", "istio-eastwestgateway").is_some());
+        assert!(
+            s.store()
+                .get(
+                    "apps/v1",
+                    "Deployment",
+                    Some("helmns"),
+                    "istio-eastwestgateway"
+                )
+                .is_none()
+        );
+    }
+    assert_eq!((rv(&m.west), rv(&m.east)), before, "untouched by unjoin");
+    // One join creates is marked as its own (and goes with unjoin).
+    join_ns(&m, "ownns", &[]).await;
+    for sa in ["istio-eastwestgateway", "istio-reader-service-account"] {
+        let got = service_account(&m.west, "ownns", sa).unwrap();
+        assert_eq!(
+            got["metadata"]["annotations"]["meshctl.io/created-by"], "meshctl",
+            "{sa}"
+        );
+    }
+    succeeds(&m.unjoin_args(&["-n", "ownns"])).await;
+    assert!(service_account(&m.west, "ownns", "istio-eastwestgateway").is_none());
+}
+
+/// A service account as an older meshctl left it after applying its own over Helm's: its
+/// managed-by label taken over (`meshctl`), no creation mark, Helm's release annotations
+/// and the chart's labels still there.
+fn relabelled_service_account(s: &TestApiServer, ns: &str, name: &str, chart_labels: Value) {
+    let mut labels = chart_labels;
+    labels["app.kubernetes.io/managed-by"] = json!("meshctl");
+    s.store()
+        .create(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": ns, "labels": labels,
+                "annotations": {"meta.helm.sh/release-name": "istio-base",
+                    "meta.helm.sh/release-namespace": ns}}}))
+        .unwrap();
+}
+
+/// Service accounts an older meshctl relabelled (Istio's reader account, Helm's gateway
+/// account) look like meshctl's by their label: they are told apart by Helm's annotations,
+/// so join does not write them and unjoin does not delete them. One an older meshctl
+/// created (its label, nothing of another installer) is still meshctl's: unjoin deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_accounts_an_older_meshctl_relabelled_are_not_taken_for_meshctls() {
+    let m = mesh().await;
+    for s in [&m.west, &m.east] {
+        namespace(s, "oldns");
+        relabelled_service_account(
+            s,
+            "oldns",
+            "istio-reader-service-account",
+            json!({"app": "istio-reader", "release": "istio-base",
+                "app.kubernetes.io/part-of": "istio"}),
+        );
+        relabelled_service_account(
+            s,
+            "oldns",
+            "istio-eastwestgateway",
+            json!({"app": "istio-eastwestgateway", "istio": "eastwestgateway"}),
+        );
+        // What an older meshctl created: its label only.
+        s.store()
+            .create(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "old-reader", "namespace": "oldns",
+                    "labels": {"app.kubernetes.io/managed-by": "meshctl"}}}))
+            .unwrap();
+    }
+    let accounts = ["istio-reader-service-account", "istio-eastwestgateway"];
+    let rvs = |s: &TestApiServer| -> Vec<Value> {
+        accounts
+            .iter()
+            .map(|a| service_account(s, "oldns", a).unwrap()["metadata"]["resourceVersion"].clone())
+            .collect()
+    };
+    let before = (rvs(&m.west), rvs(&m.east));
+    let all = join_ns(&m, "oldns", &[]).await;
+    join_ns(&m, "oldns", &["--service-account", "old-reader"]).await;
+    says(
+        &all,
+        &[
+            "west: service account oldns/istio-reader-service-account exists and was not \
+             created by meshctl (it carries label app.kubernetes.io/managed-by=meshctl from an \
+             older meshctl that relabelled it, but not meshctl's meshctl.io/created-by \
+             annotation, and its annotation meta.helm.sh/release-name=istio-base says another \
+             installer made it)",
+            "east: service account oldns/istio-eastwestgateway exists and was not created by \
+             meshctl",
+        ],
+    );
+    assert_eq!((rvs(&m.west), rvs(&m.east)), before, "not written by join");
+    // The older meshctl's own account is applied as meshctl's, not marked as created now.
+    let old = service_account(&m.west, "oldns", "old-reader").unwrap();
+    assert!(
+        old["metadata"]["annotations"]
+            .get("meshctl.io/created-by")
+            .is_none()
+    );
+    let plan = dry_run_plan(&m.unjoin_args(&["-n", "oldns"])).await;
+    assert_eq!(
+        planned(&plan, "ServiceAccount"),
+        ["old-reader", "old-reader"]
+    );
+    let all = succeeds(&m.unjoin_args(&["-n", "oldns"])).await;
+    says(
+        &all,
+        &[
+            "west: ServiceAccount oldns/istio-reader-service-account left in place, not made \
+             by meshctl: it carries label app.kubernetes.io/managed-by=meshctl",
+        ],
+    );
+    for s in [&m.west, &m.east] {
+        for a in accounts {
+            assert!(service_account(s, "oldns", a).is_some(), "{a} was deleted");
+        }
+        assert!(service_account(s, "oldns", "old-reader").is_none());
+    }
+    assert_eq!(
+        (rvs(&m.west), rvs(&m.east)),
+        before,
+        "not written by unjoin"
+    );
+}
+
 /// A kubeconfig whose contexts `west` and `east` both reach the west server.
 fn alias_kubeconfig(m: &Mesh) {
     std::fs::write(
@@ -413,13 +667,14 @@ async fn a_refused_write_is_named_as_refused_not_as_something_a_rerun_resumes() 
         ],
     );
     assert!(!all.contains("re-run the same command to resume"), "{all}");
-    // join, when its dry run could not be made in west (its first write there answers 503
-    // five times, then the fault is spent): the real writes meet the refusal.
+    // join, when its dry run could not be made in west (its first write there answers 500
+    // once, then the fault is spent; an outage, 503, would stop join before its first
+    // change): the real writes meet the refusal.
     m.west.faults().inject(
-        FaultRule::new(Fault::Unavailable)
+        FaultRule::new(Fault::Internal)
             .verb("patch")
             .resource("namespaces")
-            .times(5),
+            .times(1),
     );
     let all = interrupted(&m.join_args(&["--service-annotation", &big])).await;
     says(
@@ -501,5 +756,59 @@ async fn unjoin_dry_run_json_is_one_document_with_the_notice_on_stderr() {
         String::from_utf8_lossy(&out.stderr).contains("# dry run: unjoin would delete"),
         "{}",
         text(&out)
+    );
+}
+
+/// `gateway install` goes by the same rule as join: its dry-run plan and its `-o` output
+/// list only what it applies, so a service account Helm made is not in them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_install_lists_only_what_it_applies() {
+    let m = mesh().await;
+    namespace(&m.west, "helmns");
+    helm_gateway_service_account(&m.west, "helmns");
+    let install = |extra: &'static [&'static str]| {
+        let mut a = vec![
+            "gateway",
+            "install",
+            "-n",
+            "helmns",
+            "--network",
+            "west-net",
+            "--kubeconfig",
+            m.kc(),
+            "--context",
+            "west",
+            "-o",
+            "json",
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    for extra in [&["--dry-run"][..], &[]] {
+        let out = meshctl(&install(extra)).await;
+        let all = text(&out);
+        assert!(out.status.success(), "{all}");
+        says(
+            &all,
+            &["service account helmns/istio-eastwestgateway exists and was not created by meshctl"],
+        );
+        // A plan (clusters[].objects[]) or the applied objects (a List's items[]).
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let kinds: Vec<&str> = match doc["clusters"].as_array() {
+            Some(_) => planned_kinds(&doc),
+            None => doc["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["kind"].as_str().unwrap())
+                .collect(),
+        };
+        assert!(kinds.contains(&"Deployment"), "{extra:?}: {kinds:?}");
+        assert!(!kinds.contains(&"ServiceAccount"), "{extra:?}: {kinds:?}");
+    }
+    let sa = service_account(&m.west, "helmns", "istio-eastwestgateway").unwrap();
+    assert_eq!(
+        sa["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "Helm"
     );
 }

@@ -111,14 +111,26 @@ fn terminating(obj: &Value) -> bool {
 }
 
 /// A joined mesh on the cloud clusters, then unjoined: both gateway Services are only
-/// marked for deletion, held by the load-balancer cleanup finalizer.
+/// marked for deletion, held by the load-balancer cleanup finalizer. (`unjoin` does not wait
+/// for them here, `--deletion-wait 0`; when it checks what it deleted, it exits 1 naming the
+/// Service still being deleted.)
 async fn unjoined_cloud_mesh() -> Mesh {
     let m = cloud_mesh().await;
     m.join(&[]).await;
     for s in [&m.west, &m.east] {
         finalizer_added(s).await;
     }
-    m.ok(&m.unjoin_args(&[])).await;
+    let (out, _) = meshctl_within(
+        Duration::from_secs(60),
+        &m.unjoin_args(&["--deletion-wait", "0"]),
+    )
+    .await;
+    let all = text(&out);
+    match out.status.code() {
+        Some(0) => {}
+        Some(1) => says(&all, &[&format!("{SERVICE} (finalizers: {LB_FINALIZER})")]),
+        _ => panic!("unjoin failed:\n{all}"),
+    }
     for s in [&m.west, &m.east] {
         let svc = stored_service(s).expect("the Service stays while its finalizer does");
         assert!(terminating(&svc), "{svc:#}");

@@ -95,7 +95,8 @@ pub fn run(a: GatewayArgs) -> Result<ExitCode> {
             let ctx = file.context_name(i.kube.context.as_deref())?;
             file.require_contexts(std::slice::from_ref(&ctx))?;
             let dry_run = i.mutate.dry_run;
-            kc::block_on(async {
+            // What install applies: a service account someone else made is left out.
+            let objs = kc::block_on(async {
                 let c = file.connect(&ctx).await?;
                 // Objects being deleted (a LoadBalancer Service whose load balancer is being
                 // torn down): waited for, else an apply to them would be lost.

@@ -3,8 +3,8 @@
 //! join, for every cluster: `cacerts`, the network label, the east-west gateway; then the
 //! remote secrets in every direction (N clusters give N×(N−1)). Every input is validated and
 //! every cluster is reached before the first change; all writes are server-side applies, so
-//! a second run changes nothing. A service account join finds (not made by meshctl, so
-//! unlabelled) is used as it is.
+//! a second run changes nothing. A service account join finds that meshctl did not make
+//! (the reader's, the gateway's; the rule is `reader::origin`) is used as it is.
 //!
 //! A real run says what it did per cluster on stdout; with `-o yaml|json` it says so on
 //! stderr and stdout is one document summing it up (`print_summary`): per context, what was
@@ -416,10 +416,11 @@ async fn preflight_cluster(
 }
 
 /// The objects join applies in `m`'s cluster `c`, for the server-side dry run before the
-/// first change: the namespace label, cacerts, the gateway, the reader (its service account
-/// only when join will write it), the token Secret join may create, and the other clusters'
-/// remote secrets (with a stand-in kubeconfig: the token is minted later). The ambient
-/// announcements are left out (they need the peers' gateway addresses, known later).
+/// first change: the namespace label, cacerts, the gateway and the reader (each service
+/// account only when join will write it, not one it finds made by someone else), the token
+/// Secret join may create, and the other clusters' remote secrets (with a stand-in
+/// kubeconfig: the token is minted later). The ambient announcements are left out (they
+/// need the peers' gateway addresses, known later).
 async fn planned_writes(
     a: &JoinArgs,
     members: &[Member],
@@ -432,7 +433,7 @@ async fn planned_writes(
         namespace::namespace_object(ns, Some(&m.network), Some(&m.name)),
         m.cacerts.clone(),
     ];
-    objs.extend(m.gateway.iter().cloned());
+    objs.extend(reader::own_service_accounts(c, &m.gateway).await?.0);
     if a.secret.create_service_account {
         objs.extend(
             reader::reader_objects(c, ns, sa, a.secret.reader_allow_secrets)
@@ -478,8 +479,8 @@ async fn write_all(
         ));
         let nsobj = namespace::label(c, ns, &m.network, Some(&m.name), dry_run).await?;
         done.push(format!("{}: namespace {ns} labelled", m.context));
-        let objs = m.gateway.clone();
-        gw::install(c, ns, &objs, dry_run).await?;
+        // Without a gateway service account meshctl did not make (used as it is).
+        let objs = gw::install(c, ns, &m.gateway, dry_run).await?;
         done.push(format!("{}: gateway", m.context));
         if !dry_run {
             let what = if changed { "applied" } else { "unchanged" };

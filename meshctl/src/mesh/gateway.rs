@@ -8,6 +8,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use super::namespace::{NAMESPACE_LABEL, validate_label_value};
+use super::reader;
 use crate::cli::{GatewayFlags, HboneCerts, Protocols, ServiceType};
 use crate::istio::{
     ADMIN_PORT, APP_LABEL, EXPOSE_GATEWAY, GATEWAY_CRD, GATEWAY_NAME, HBONE_APP_PROTOCOL,
@@ -51,8 +52,13 @@ pub async fn gateway_crd_served(c: &Cluster) -> Result<bool> {
 
 /// Applies the gateway objects; refuses `--expose-services` without Istio's Gateway CRD
 /// before changing anything (unless `dry_run`). Callers run [`check_ip_family_policy`] first,
-/// before their own first change.
-pub async fn install(c: &Cluster, ns: &str, objs: &[Value], dry_run: bool) -> Result<()> {
+/// before their own first change. Returns what it applies (or, with `dry_run`, would):
+/// `objs` without the gateway's ServiceAccount when one exists that meshctl did not make
+/// (Istio's gateway Helm chart makes `istio-eastwestgateway` too; the rule is
+/// [`reader::origin`]): that one is used as it is, never relabelled, and `unjoin` leaves
+/// it; install says so on stderr. The rest of the gateway is meshctl's, its Deployment
+/// running as that account.
+pub async fn install(c: &Cluster, ns: &str, objs: &[Value], dry_run: bool) -> Result<Vec<Value>> {
     let exposes = objs.iter().any(|o| o["kind"] == "Gateway");
     if exposes && !dry_run && !gateway_crd_served(c).await? {
         bail!(
@@ -62,8 +68,12 @@ pub async fn install(c: &Cluster, ns: &str, objs: &[Value], dry_run: bool) -> Re
             c.context
         );
     }
+    let (objs, notices) = reader::own_service_accounts(c, objs).await?;
+    for n in notices {
+        eprintln!("{n}");
+    }
     if dry_run {
-        return Ok(());
+        return Ok(objs);
     }
     kc::ensure_namespace(c, ns).await?;
     // One object at a time, so that a failure part-way says which are in place.
@@ -98,7 +108,7 @@ pub async fn install(c: &Cluster, ns: &str, objs: &[Value], dry_run: bool) -> Re
             );
         }
     }
-    Ok(())
+    Ok(objs)
 }
 
 /// Whether an answer refuses the object itself (validation, admission, policy), so that a

@@ -130,9 +130,16 @@ pub(super) fn refuse_same_cluster(seen: &[Identity], new: &Identity) -> Result<(
 /// object in `objs`, so that the API server's refusals (an invalid field, an admission
 /// webhook or policy) surface before join changes anything. Namespaced objects are checked
 /// in `ns`, or in `default` while `ns` does not exist yet (a dry run in a missing namespace
-/// is refused). An answer that is no refusal of the object (unreachable, overloaded, a
-/// server error) leaves the rest unchecked: the real write meets it with its own message.
-/// An object a webhook cannot dry-run is left unchecked too.
+/// is refused). An object a webhook cannot dry-run is left unchecked.
+///
+/// A dry run the API server does not take up (unreachable, or 429/503/504 past meshctl's
+/// retries: `kube::unanswered`) stops join here, with nothing changed. The dry run is a
+/// write request like the real one and meets the same outage; leaving it to the real write
+/// (as before) had the write wait out the same retries again, so a persistent outage took
+/// twice as long to fail, and failed after other clusters were changed. Stopping costs
+/// one retry budget (`kube::retry`), and a re-run starts from a clean state. Any other
+/// answer that is no refusal of the object (500, a conflict) leaves the rest unchecked: the
+/// real write meets it with its own message, as it is not retried twice.
 ///
 /// Returns the objects being deleted (`mesh::terminating`), read from the same answers (an
 /// apply to an object being deleted keeps its `deletionTimestamp`): the namespace alone when
@@ -194,6 +201,17 @@ pub(super) async fn dry_run_writes(
                      that refused it) and run join again. Nothing was changed",
                     c.context,
                     kc::describe(o)
+                );
+            }
+            Err(e) if kc::unanswered(&e) => {
+                bail!(
+                    "context {:?} did not take up the server-side dry run of {} that join makes \
+                     before its first change: {}. Its writes would meet the same, part-way \
+                     through the join. Nothing was changed; run join again once the API server \
+                     answers",
+                    c.context,
+                    kc::describe(o),
+                    kc::error_text(&e)
                 );
             }
             Err(_) => {
@@ -421,12 +439,26 @@ pub(super) fn writes(a: &JoinArgs, m: &Member, ns: &str) -> Vec<Need> {
     needs
 }
 
-/// Whether a SelfSubjectAccessReview allows `a`; answers are remembered in `seen`. Best
+/// The SelfSubjectAccessReviews of one cluster: the answers so far, and whether one was
+/// not taken up (see [`allowed`]).
+#[derive(Default)]
+struct Reviews {
+    seen: HashMap<Access, bool>,
+    unanswered: bool,
+}
+
+/// Whether a SelfSubjectAccessReview allows `a`; answers are remembered in `r`. Best
 /// effort: a review that cannot be made (e.g. not allowed) counts as allowed, and the resume
-/// hint covers a write that fails later.
-async fn allowed(c: &Cluster, a: &Access, seen: &mut HashMap<Access, bool>) -> bool {
+/// hint covers a write that fails later. Once one is not taken up (unreachable, or
+/// 429/503/504 past meshctl's retries) no other is asked and all count as allowed: each
+/// would wait out the same retries (join asks a few dozen), and the dry run that follows
+/// meets the outage and stops join.
+async fn allowed(c: &Cluster, a: &Access, r: &mut Reviews) -> bool {
     use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
-    if let Some(known) = seen.get(a) {
+    if r.unanswered {
+        return true;
+    }
+    if let Some(known) = r.seen.get(a) {
         return *known;
     }
     let (resource, sub) = a.resource.split_once('/').unwrap_or((&a.resource, ""));
@@ -446,12 +478,17 @@ async fn allowed(c: &Cluster, a: &Access, seen: &mut HashMap<Access, bool>) -> b
     {
         Ok(review) => {
             let api: kube::Api<SelfSubjectAccessReview> = kube::Api::all(c.client.clone());
-            !matches!(api.create(&Default::default(), &review).await,
-                Ok(r) if r.status.as_ref().is_some_and(|s| !s.allowed))
+            match api.create(&Default::default(), &review).await {
+                Ok(got) => got.status.as_ref().is_none_or(|s| s.allowed),
+                Err(e) => {
+                    r.unanswered = kc::unanswered(&e);
+                    true
+                }
+            }
         }
         Err(_) => true,
     };
-    seen.insert(a.clone(), answer);
+    r.seen.insert(a.clone(), answer);
     answer
 }
 
@@ -459,7 +496,7 @@ async fn allowed(c: &Cluster, a: &Access, seen: &mut HashMap<Access, bool>) -> b
 /// or a role or binding whose rules this context neither holds nor may grant (naming the
 /// rules it lacks).
 pub(super) async fn missing_permissions(c: &Cluster, wanted: &[Need]) -> Vec<String> {
-    let mut seen = HashMap::new();
+    let mut seen = Reviews::default();
     let mut denied = Vec::new();
     for need in wanted {
         match need {

@@ -1,10 +1,15 @@
 //! `meshctl unjoin`: deletes exactly what `join` made for one namespace (`-n`): what carries
 //! `app.kubernetes.io/managed-by=meshctl` there, and the cluster-scoped objects made for that
 //! namespace (`meshctl.io/namespace=<ns>`, or their names); then removes the namespace's
-//! network label and cluster-name annotation. A service account join found (not made by
-//! meshctl, so unlabelled) is never deleted.
+//! network label and cluster-name annotation. An object meshctl did not make is never
+//! deleted, also when an older meshctl relabelled it (`reader::origin`: Istio's own
+//! `istio-reader-service-account`, a Helm-made gateway service account). Then it waits, up to
+//! `--deletion-wait`, for what it deleted that is held by finalizers (a LoadBalancer
+//! Service while the cloud controller tears its load balancer down) to go, and exits 1
+//! naming what is still there.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use clap::Args;
@@ -18,6 +23,8 @@ use crate::istio::{
 };
 use crate::kube::{self as kc, Cluster, KubeconfigFile};
 use crate::mesh::namespace;
+use crate::mesh::reader::{Origin, origin};
+use crate::mesh::terminating::{self, DeletionWait, Terminating};
 
 use super::print_summary;
 
@@ -29,6 +36,13 @@ pub struct UnjoinArgs {
     ns: NamespaceArg,
     #[command(flatten)]
     mutate: MutateArgs,
+    /// How long to wait, once everything is deleted, for objects still being deleted (held
+    /// by finalizers: a LoadBalancer Service while its cloud load balancer is torn down) to
+    /// go; 0: do not wait. If one is still there then, unjoin exits 1 naming it and its
+    /// finalizers (the rest is removed).
+    #[arg(long = "deletion-wait", value_name = "DURATION", default_value = "2m",
+        value_parser = humantime::parse_duration)]
+    deletion_wait: Duration,
 }
 
 /// Kinds `unjoin` deletes (in this order), when labelled managed-by=meshctl: in the
@@ -70,6 +84,15 @@ pub async fn unjoin_cluster(
                 .collect()
         };
         for o in found {
+            // Labelled by an older meshctl that applied over it, but someone else's.
+            if let Origin::Foreign(why) = origin(Some(&o)) {
+                eprintln!(
+                    "{}: {} left in place, not made by meshctl: {why}",
+                    c.context,
+                    kc::describe(&o)
+                );
+                continue;
+            }
             let mut stub = json!({"apiVersion": av, "kind": kind, "metadata": {"name": o["metadata"]["name"]}});
             if let Some(n) = o["metadata"]["namespace"].as_str() {
                 stub["metadata"]["namespace"] = json!(n);
@@ -143,6 +166,65 @@ fn unjoin_interrupted(
     )
 }
 
+/// After the deletions in every cluster (`removed`, per context): waits, up to
+/// `--deletion-wait` in all, for the deleted objects still being deleted (a
+/// `deletionTimestamp`, held by finalizers) to go, saying on stderr what it waits for.
+/// Fails naming each one still there, its finalizers, who takes them off and how to watch
+/// it go. Uses `terminating`'s wait; the message is unjoin's own (`still_deleting` says
+/// "nothing was changed", which an unjoin that has deleted is not).
+async fn wait_deleted(
+    clusters: &[Cluster],
+    removed: &[(String, Vec<Value>)],
+    limit: Duration,
+) -> Result<()> {
+    let mut wait = DeletionWait::new(limit);
+    let mut left: Vec<(String, Vec<Terminating>)> = Vec::new();
+    for (c, (_, objs)) in clusters.iter().zip(removed) {
+        let mut found = Vec::new();
+        for o in objs.iter().filter(|o| o["kind"] != "Namespace") {
+            let t = terminating::read_one(c, o).await.map_err(|e| {
+                anyhow!(
+                    "{e:#}\nunjoin removed what meshctl made, but could not check that \
+                     {} finished deleting: re-run the same command to check again",
+                    kc::describe(o)
+                )
+            })?;
+            found.extend(t);
+        }
+        let still = wait.wait_left(c, &found, false).await?;
+        if !still.is_empty() {
+            left.push((c.context.clone(), still));
+        }
+    }
+    if left.is_empty() {
+        return Ok(());
+    }
+    Err(anyhow!("{}", still_deleting_after_unjoin(&left, limit)))
+}
+
+/// Why unjoin exits 1 when what it deleted is still being deleted, and what to do.
+fn still_deleting_after_unjoin(left: &[(String, Vec<Terminating>)], limit: Duration) -> String {
+    let each: Vec<String> = left
+        .iter()
+        .flat_map(|(ctx, ts)| {
+            ts.iter().map(move |t| {
+                format!(
+                    "context {ctx:?}: {}",
+                    terminating::still_deleting_one(ctx, t, limit)
+                )
+            })
+        })
+        .collect();
+    format!(
+        "unjoin deleted everything meshctl made, but {}. Each goes once the controller holding \
+         its finalizer lets go (a cloud load balancer teardown, say); until then a join waits \
+         for it (--deletion-wait). Re-run unjoin to wait again, or give it more time with \
+         --deletion-wait (now {})",
+        each.join("; "),
+        humantime::format_duration(limit)
+    )
+}
+
 pub fn run_unjoin(a: UnjoinArgs) -> Result<ExitCode> {
     check_unique(&a.clusters.contexts)?;
     pki::validate_dns_label(&a.ns.namespace).map_err(|e| usage(format!("namespace {e}")))?;
@@ -181,6 +263,9 @@ pub fn run_unjoin(a: UnjoinArgs) -> Result<ExitCode> {
                 ));
             }
             plan.push((c.context.clone(), removed));
+        }
+        if !dry_run {
+            wait_deleted(&clusters, &plan, a.deletion_wait).await?;
         }
         Ok(plan)
     })?;
