@@ -83,8 +83,9 @@ load() { # name mode args...
   local name="$1"; shift
   "$SB" "$@" --certs "$OUT/certs" --threads 1 >"$OUT/$name.json"
   if grep -q '"errors":' "$OUT/$name.json" && ! grep -q '"errors":0[,}]' "$OUT/$name.json"; then
-    echo "errors in $name: $(cat "$OUT/$name.json"); gateway log:" >&2
-    tail -20 "$OUT/gateway.log" >&2
+    echo "errors in $name: $(cat "$OUT/$name.json")" >&2
+    echo "gateway log (warnings, errors and connections of a second or more):" >&2
+    grep -E ' (WARN|ERROR) |duration_ms=[0-9]{4,}' "$OUT/gateway.log" | tail -20 >&2 || true
     exit 1
   fi
 }

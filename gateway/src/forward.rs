@@ -2,7 +2,7 @@
 //!
 //! Each direction reads into a stack buffer, so an idle connection holds no userspace buffer
 //! at all; only bytes the peer cannot take yet are kept on the heap. It tries the read first
-//! and registers for readiness only when there was nothing, once per wait ([`Read::Empty`]).
+//! and registers for readiness whenever there was nothing ([`Read::Empty`]).
 //! A FIN one way becomes a write shutdown the other way and the reverse direction goes on
 //! (half-close), which TLS close_notify and request/response protocols rely on.
 //!
@@ -269,7 +269,7 @@ impl Future for Run<'_> {
             dst: upstream,
             dir: &p.sent,
         };
-        let a = this.up.poll(cx, fresh, up, this.moved, after, down_done);
+        let a = this.up.poll(cx, up, this.moved, after, down_done);
         if let Poll::Ready(Err(e)) = a {
             return Poll::Ready(End::from_error(e.error, e.at_dst));
         }
@@ -279,7 +279,7 @@ impl Future for Run<'_> {
             dst: client,
             dir: &p.received,
         };
-        let b = this.down.poll(cx, fresh, down, this.moved, after, up_done);
+        let b = this.down.poll(cx, down, this.moved, after, up_done);
         if let Poll::Ready(Err(e)) = b {
             return Poll::Ready(End::from_error(e.error, !e.at_dst));
         }
@@ -332,9 +332,6 @@ enum Phase {
         /// Bytes moved by reads that filled the whole buffer (saturating: the threshold is
         /// far below `u32::MAX`, which as the threshold means never).
         streamed: u32,
-        /// The last poll ended waiting for `src` to turn readable, and its waker is
-        /// registered there still (see [`Read::Empty`]).
-        waiting: bool,
         /// No pipe could be had: trying again for every 256 KiB would cost more syscalls
         /// than the copy saves.
         no_pipe: bool,
@@ -363,19 +360,16 @@ impl Phase {
         Phase::Copy {
             pending: Vec::new(),
             streamed: 0,
-            waiting: false,
             no_pipe: false,
         }
     }
 
     /// Moves what can be moved now. `Ready(Ok)` once EOF was passed on; `Pending` with
-    /// the waker registered on the socket it waits for. `fresh`: `cx`'s waker is not the one
-    /// of the previous poll. `moved` is set whenever bytes move.
+    /// the waker registered on the socket it waits for. `moved` is set whenever bytes move.
     /// `other_done`: the reverse direction has ended, so this one's EOF ends the connection.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        fresh: bool,
         leg: Leg<'_>,
         moved: &mut bool,
         splice_after: u32,
@@ -388,7 +382,6 @@ impl Phase {
                 Phase::Copy {
                     pending,
                     streamed,
-                    waiting,
                     no_pipe,
                 } => {
                     if !pending.is_empty() {
@@ -429,7 +422,6 @@ impl Phase {
                     match read_some(src, &mut raw) {
                         Read::Eof => return self.finish(dst, other_done),
                         Read::Data(data) => {
-                            *waiting = false;
                             let n = data.len();
                             let written = match send(dst, data) {
                                 Ok(w) => w,
@@ -451,15 +443,10 @@ impl Phase {
                             if n < CHUNK && pending.is_empty() {
                                 // The short read cleared readiness: another read now
                                 // would only find it clear.
-                                ready!(wait_readable(src, cx, waiting))?;
+                                ready!(wait_readable(src, cx))?;
                             }
                         }
-                        Read::Empty { tried } => {
-                            if *waiting && !tried && !fresh {
-                                return Poll::Pending;
-                            }
-                            ready!(wait_readable(src, cx, waiting))?;
-                        }
+                        Read::Empty => ready!(wait_readable(src, cx))?,
                         Read::Failed(e) => return Poll::Ready(Err(at_src(e))),
                     }
                 }
@@ -547,10 +534,8 @@ impl Phase {
 fn read_some<'b>(src: &TcpStream, buf: &'b mut [MaybeUninit<u8>]) -> Read<'b> {
     let room = buf.len();
     let mut short = None;
-    let mut tried = false;
-    let (short_read, tried_recv) = (&mut short, &mut tried);
+    let short_read = &mut short;
     let r = src.try_io(Interest::READABLE, move || {
-        *tried_recv = true;
         let ((data, _), _) = rustix::net::recv(src, buf, RecvFlags::empty())?;
         if !data.is_empty() && data.len() < room {
             *short_read = Some(data);
@@ -563,41 +548,31 @@ fn read_some<'b>(src: &TcpStream, buf: &'b mut [MaybeUninit<u8>]) -> Read<'b> {
         (Err(_), Some(data)) => Read::Data(data),
         (Ok([]), _) => Read::Eof,
         (Ok(data), _) => Read::Data(data),
-        (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => Read::Empty { tried },
+        (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => Read::Empty,
         (Err(e), None) => Read::Failed(e),
     }
 }
 
 /// Registers `cx`'s waker for `src` turning readable: `Ready` if it is already (read
 /// again), `Pending` once registered.
-fn wait_readable(
-    src: &TcpStream,
-    cx: &mut Context<'_>,
-    waiting: &mut bool,
-) -> Poll<Result<(), DirError>> {
-    // With the task's budget spent, `poll_read_ready` returns `Pending` before registering
-    // anything (the task is woken to go on instead): only a `Pending` with budget left
-    // registered.
-    let budget = tokio::task::coop::has_budget_remaining();
-    let ready = src.poll_read_ready(cx).map_err(at_src)?;
-    *waiting = ready.is_pending() && budget;
-    ready.map(Ok)
+fn wait_readable(src: &TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), DirError>> {
+    src.poll_read_ready(cx).map_err(at_src)?.map(Ok)
 }
 
 /// What [`read_some`] found.
 enum Read<'b> {
     Data(&'b mut [u8]),
     Eof,
-    /// Nothing to read. `tried`: tokio's readiness said there might be, so a `recv` was made
-    /// (and found nothing, which cleared that readiness). When not tried, readiness is as
-    /// the last poll left it: the waker that poll registered with `poll_read_ready` is still
-    /// there, as only a readiness event takes it and an event leaves readiness set until a
-    /// read finds the queue empty. So a direction that waited, and whose poll sees the same
-    /// waker, goes on waiting without registering again (a lock and a waker comparison on
-    /// each wakeup of the connection, for the direction that did not wake it).
-    Empty {
-        tried: bool,
-    },
+    /// Nothing to read: tokio's readiness was clear, or a `recv` found nothing (which
+    /// cleared it). The direction then registers its waker again, on every poll. It used to
+    /// skip that when its previous poll had registered with the same waker, taking that
+    /// registration to be still in place, but tokio's driver sets readiness and takes the
+    /// waker in two steps: a read and clear on another worker can fall between them, and
+    /// the waker is then taken for readiness that is already gone. The poll it causes finds
+    /// nothing, and the direction waited with no waker in place: one connection in about a
+    /// million (PGO's instrumented build, every core) left its response unread in the
+    /// upstream socket until the client gave up.
+    Empty,
     Failed(io::Error),
 }
 
