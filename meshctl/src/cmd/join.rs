@@ -296,10 +296,6 @@ async fn join(a: &JoinArgs, members: &[Member], file: &KubeconfigFile) -> Result
     ))
 }
 
-/// How many times join checks one cluster before its first write, when each check finds
-/// objects being deleted and waits for them to go.
-const PREFLIGHT_ROUNDS: usize = 10;
-
 /// Phase 1: reach every cluster and check everything that could fail, before any change;
 /// wait for what join will write that is still being deleted (`--deletion-wait`).
 async fn preflight_all(
@@ -324,7 +320,7 @@ async fn preflight_all(
         // After a wait for objects being deleted, every check runs again on what is left.
         // Bounded: by the deadline of `--deletion-wait`, and in count.
         let mut settled = false;
-        for _ in 0..PREFLIGHT_ROUNDS {
+        for _ in 0..terminating::ROUNDS {
             let found = preflight_cluster(a, members, m, &c).await?;
             if !deletion.wait_gone(&c, &found, dry_run).await? {
                 settled = true;
@@ -332,13 +328,7 @@ async fn preflight_all(
             }
         }
         if !settled {
-            bail!(
-                "context {:?}: objects join writes were deleted again each of the \
-                 {PREFLIGHT_ROUNDS} times join waited for them to go: stop whatever deletes \
-                 them (another meshctl unjoin, a GitOps controller) and run join again. \
-                 Nothing was changed",
-                m.context
-            );
+            bail!("{}", terminating::deleted_again(&m.context, "join"));
         }
         clusters.push(c);
     }
