@@ -607,13 +607,15 @@ async fn annotations_over_the_api_servers_limit_are_a_usage_error_before_anythin
     assert!(text(&over).contains("262145 bytes"), "{}", text(&over));
 }
 
-/// The gateway Service exists already, with annotations another tool set: meshctl's own
-/// (valid alone) take the object over the API server's limit, which only the server sees.
+/// meshctl's gateway Service exists already (an earlier join's), with annotations another
+/// tool added since: meshctl's own (valid alone) take the object over the API server's
+/// limit, which only the server sees.
 fn crowded_service(s: &TestApiServer) {
     namespace(s, "istio-system");
     s.store()
         .create(json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "istio-eastwestgateway", "namespace": "istio-system",
+                "labels": {"app.kubernetes.io/managed-by": "meshctl"},
                 "annotations": {"other.example.com/blob": "x".repeat(200_000)}},
             "spec": {"type": "ClusterIP", "ports": [{"port": 80}]}}))
         .unwrap();

@@ -14,6 +14,7 @@ use crate::cli::{
 use crate::istio::GATEWAY_NAME;
 use crate::kube::{self as kc, KubeconfigFile};
 use crate::mesh::gateway::{DEFAULT_CLUSTER_ID, check_ip_family_policy, install, objects};
+use crate::mesh::origin::ForeignGateway;
 use crate::mesh::terminating::{self, DeletionWait};
 
 #[derive(Debug, Args)]
@@ -107,7 +108,14 @@ pub fn run(a: GatewayArgs) -> Result<ExitCode> {
                 check_ip_family_policy(&c, ns, &objs)
                     .await
                     .map_err(|e| anyhow!("{e:#}. Nothing was changed"))?;
-                install(&c, ns, &objs, dry_run).await
+                // Another installer's gateway is refused before any change.
+                install(&c, ns, &objs, dry_run).await.map_err(|e| {
+                    if e.is::<ForeignGateway>() {
+                        anyhow!("{e:#}. Nothing was changed")
+                    } else {
+                        e
+                    }
+                })
             })?;
             if dry_run {
                 print!("{}", kc::render_plan(&[(ctx, objs)], i.mutate.output())?);

@@ -4,7 +4,8 @@
 //! remote secrets in every direction (N clusters give N×(N−1)). Every input is validated and
 //! every cluster is reached before the first change; all writes are server-side applies, so
 //! a second run changes nothing. A service account join finds that meshctl did not make
-//! (the reader's, the gateway's; the rule is `reader::origin`) is used as it is.
+//! (the reader's, the gateway's; the rule is `origin::origin`) is used as it is; another
+//! installer's gateway workload under the gateway's names is refused (`origin::writable`).
 //!
 //! A real run says what it did per cluster on stdout; with `-o yaml|json` it says so on
 //! stderr and stdout is one document summing it up (`print_summary`): per context, what was
@@ -32,7 +33,7 @@ use crate::mesh::remote_secret::{
     is_loopback, loopback_error, printable, remote_secret, token_secret,
 };
 use crate::mesh::terminating::{self, DeletionWait, Terminating};
-use crate::mesh::{ambient, cacerts, gateway as gw, namespace};
+use crate::mesh::{ambient, cacerts, gateway as gw, namespace, origin};
 
 mod preflight;
 mod unjoin;
@@ -423,7 +424,7 @@ async fn planned_writes(
         namespace::namespace_object(ns, Some(&m.network), Some(&m.name)),
         m.cacerts.clone(),
     ];
-    objs.extend(reader::own_service_accounts(c, &m.gateway).await?.0);
+    objs.extend(origin::writable(c, &m.gateway).await?.0);
     if a.secret.create_service_account {
         objs.extend(
             reader::reader_objects(c, ns, sa, a.secret.reader_allow_secrets)

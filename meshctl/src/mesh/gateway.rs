@@ -8,7 +8,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use super::namespace::{NAMESPACE_LABEL, validate_label_value};
-use super::reader;
+use super::origin;
 use crate::cli::{GatewayFlags, HboneCerts, Protocols, ServiceType};
 use crate::istio::{
     ADMIN_PORT, APP_LABEL, EXPOSE_GATEWAY, GATEWAY_CRD, GATEWAY_NAME, HBONE_APP_PROTOCOL,
@@ -52,12 +52,13 @@ pub async fn gateway_crd_served(c: &Cluster) -> Result<bool> {
 
 /// Applies the gateway objects; refuses `--expose-services` without Istio's Gateway CRD
 /// before changing anything (unless `dry_run`). Callers run [`check_ip_family_policy`] first,
-/// before their own first change. Returns what it applies (or, with `dry_run`, would):
-/// `objs` without the gateway's ServiceAccount when one exists that meshctl did not make
-/// (Istio's gateway Helm chart makes `istio-eastwestgateway` too; the rule is
-/// [`reader::origin`]): that one is used as it is, never relabelled, and `unjoin` leaves
-/// it; install says so on stderr. The rest of the gateway is meshctl's, its Deployment
-/// running as that account.
+/// before their own first change. Refuses, before any change, when another installer's
+/// gateway (its Deployment, Service, disruption budget or autoscaler) holds the names
+/// ([`origin::ForeignGateway`]). Returns what it applies (or, with `dry_run`, would): `objs`
+/// without the gateway's ServiceAccount or the `cross-network-gateway` when one exists that
+/// meshctl did not make (Istio's gateway Helm chart makes the account `istio-eastwestgateway`
+/// too; the rule is [`origin::writable`]): that one is used as it is, never relabelled, and
+/// `unjoin` leaves it; install says so on stderr.
 pub async fn install(c: &Cluster, ns: &str, objs: &[Value], dry_run: bool) -> Result<Vec<Value>> {
     let exposes = objs.iter().any(|o| o["kind"] == "Gateway");
     if exposes && !dry_run && !gateway_crd_served(c).await? {
@@ -68,7 +69,7 @@ pub async fn install(c: &Cluster, ns: &str, objs: &[Value], dry_run: bool) -> Re
             c.context
         );
     }
-    let (objs, notices) = reader::own_service_accounts(c, objs).await?;
+    let (objs, notices) = origin::writable(c, objs).await?;
     for n in notices {
         eprintln!("{n}");
     }

@@ -10,6 +10,7 @@ pub mod cacerts;
 pub mod credentials;
 pub mod gateway;
 pub mod namespace;
+pub mod origin;
 pub mod reader;
 pub mod reader_rules;
 pub mod remote_secret;

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::remote_secret::{
     check_server_url, is_loopback, loopback_error, reader_rbac, remote_kubeconfig, remote_secret,
@@ -19,8 +19,8 @@ use super::remote_secret::{
 use super::terminating::{self, DeletionWait};
 use crate::cli::{MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS, SecretFlags, as_usage};
 use crate::istio::{
-    MANAGED_BY_KEY, MANAGED_BY_VALUE, MANAGED_SELECTOR, MAX_OBJECT_NAME, SA_NAME_ANNOTATION,
-    SA_TOKEN_TYPE, reader_role_name, reader_role_name_fits, reader_token_secret_name,
+    MAX_OBJECT_NAME, SA_NAME_ANNOTATION, SA_TOKEN_TYPE, reader_role_name, reader_role_name_fits,
+    reader_token_secret_name,
 };
 use crate::kube::names;
 use crate::kube::{self as kc, Cluster};
@@ -233,152 +233,8 @@ async fn build_with(c: &Cluster, o: &SecretOptions, dry_run: bool, wait: bool) -
     })
 }
 
-/// The annotation meshctl puts on a ServiceAccount it creates (the reader's, the gateway's),
-/// and only then: on one it finds it writes nothing. Older meshctl versions wrote no such
-/// mark, and applied their service account over an existing one, which relabelled it with
-/// [`MANAGED_BY_KEY`]`=meshctl` (a forced server-side apply takes the label over, so Helm's
-/// `app.kubernetes.io/managed-by: Helm` became `meshctl`); [`origin`] tells those apart.
-pub const CREATED_ANNOTATION: &str = "meshctl.io/created-by";
-/// The value of [`CREATED_ANNOTATION`].
-pub const CREATED_VALUE: &str = "meshctl";
-
-/// Metadata that only an installer other than meshctl writes, so an object carrying any
-/// of it was not made by meshctl, whatever its managed-by label says. Helm 3 puts the
-/// release annotations on every object it installs (helm/helm `pkg/action/validate.go`,
-/// `setMetadataVisitor`), and they survive a relabel; Istio's charts add `helm.sh/chart`,
-/// `app.kubernetes.io/part-of`, `app.kubernetes.io/instance` and `release` (istio/istio
-/// `manifests/charts/base/templates/reader-serviceaccount.yaml`, the `istio.labels`
-/// helper), and `istioctl install` its `install.operator.istio.io/owning-resource` and
-/// `operator.istio.io/component`. meshctl writes none of them.
-const INSTALLER_ANNOTATIONS: &[&str] = &[
-    "meta.helm.sh/release-name",
-    "meta.helm.sh/release-namespace",
-];
-const INSTALLER_LABELS: &[&str] = &[
-    "helm.sh/chart",
-    "heritage",
-    "release",
-    "app.kubernetes.io/instance",
-    "app.kubernetes.io/part-of",
-    "install.operator.istio.io/owning-resource",
-    "operator.istio.io/component",
-];
-
-/// Who made an object meshctl may write, as far as its metadata tells.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
-    /// It does not exist: meshctl creates it (and marks it [`CREATED_ANNOTATION`]).
-    Absent,
-    /// meshctl created it: it carries meshctl's label and [`CREATED_ANNOTATION`].
-    Created,
-    /// It carries meshctl's label without the creation mark and nothing of another
-    /// installer: made by a meshctl older than the mark, so meshctl's.
-    Labelled,
-    /// Someone else made it (the reason, for messages): join uses it as it is and unjoin
-    /// leaves it.
-    Foreign(String),
-}
-
-/// Who made `existing` (`None`: it does not exist). The rule, in order:
-/// 1. no label [`MANAGED_BY_KEY`]`=meshctl`: not meshctl's (Helm's, Istio's, the user's);
-/// 2. the label and [`CREATED_ANNOTATION`]: meshctl created it;
-/// 3. the label, no creation mark, but metadata only another installer writes (Helm's
-///    `meta.helm.sh/release-name`, Istio's chart or `istioctl install` labels, see
-///    `INSTALLER_LABELS`) or an owner reference (a controller made it): not meshctl's. An
-///    older meshctl relabelled it when it applied its service account over the existing
-///    one, so the label alone would have `unjoin` delete Istio's own account;
-/// 4. else (the label, nothing else to go by): meshctl's, made by an older meshctl.
-///
-/// A service account an older meshctl relabelled that carries nothing of its maker (made
-/// with `kubectl create serviceaccount` before the first join, say) cannot be told apart
-/// and counts as meshctl's (4).
-pub fn origin(existing: Option<&Value>) -> Origin {
-    let Some(obj) = existing else {
-        return Origin::Absent;
-    };
-    let meta = &obj["metadata"];
-    if meta["labels"][MANAGED_BY_KEY] != MANAGED_BY_VALUE {
-        return Origin::Foreign(format!("it has no label {MANAGED_SELECTOR}"));
-    }
-    if meta["annotations"][CREATED_ANNOTATION] == CREATED_VALUE {
-        return Origin::Created;
-    }
-    // The first installer mark found, as `label release=istio-base`.
-    let mark = |field: &str, what: &str, keys: &[&str]| {
-        keys.iter().find_map(|k| {
-            let v = &meta[field][*k];
-            (!v.is_null()).then(|| format!("{what} {k}={}", v.as_str().unwrap_or("")))
-        })
-    };
-    let owner = meta["ownerReferences"]
-        .as_array()
-        .and_then(|o| o.first())
-        .map(|o| {
-            format!(
-                "ownerReference {} {}",
-                o["kind"].as_str().unwrap_or("?"),
-                o["name"].as_str().unwrap_or("?")
-            )
-        });
-    match mark("annotations", "annotation", INSTALLER_ANNOTATIONS)
-        .or_else(|| mark("labels", "label", INSTALLER_LABELS))
-        .or(owner)
-    {
-        Some(why) => Origin::Foreign(format!(
-            "it carries label {MANAGED_SELECTOR} from an older meshctl that relabelled it, \
-             but not meshctl's {CREATED_ANNOTATION} annotation, and its {why} says another \
-             installer made it"
-        )),
-        None => Origin::Labelled,
-    }
-}
-
-/// `objs` (meshctl's objects for `c`) as meshctl may apply them: the ServiceAccounts among
-/// them that exist and are not meshctl's ([`origin`]) are left out, so join neither
-/// relabels nor changes them and unjoin leaves them; one that does not exist yet, or that
-/// meshctl created, carries [`CREATED_ANNOTATION`]. Returns the objects and a notice per
-/// service account left out.
-pub async fn own_service_accounts(
-    c: &Cluster,
-    objs: &[Value],
-) -> Result<(Vec<Value>, Vec<String>)> {
-    let mut out = Vec::new();
-    let mut notices = Vec::new();
-    for o in objs {
-        if o["kind"] != "ServiceAccount" {
-            out.push(o.clone());
-            continue;
-        }
-        let ns = o["metadata"]["namespace"].as_str();
-        let name = o["metadata"]["name"].as_str().unwrap_or_default();
-        let existing = kc::get(c, "v1", "ServiceAccount", ns, name).await?;
-        let mut o = o.clone();
-        match origin(existing.as_ref()) {
-            Origin::Absent | Origin::Created => {
-                o["metadata"]["annotations"][CREATED_ANNOTATION] = json!(CREATED_VALUE);
-            }
-            Origin::Labelled => {
-                if let Some(a) = o["metadata"]["annotations"].as_object_mut() {
-                    a.remove(CREATED_ANNOTATION);
-                }
-            }
-            Origin::Foreign(why) => {
-                notices.push(format!(
-                    "{}: service account {}/{name} exists and was not created by meshctl \
-                     ({why}): it is used as it is, not relabelled, and unjoin leaves it in place",
-                    c.context,
-                    ns.unwrap_or_default()
-                ));
-                continue;
-            }
-        }
-        out.push(o);
-    }
-    Ok((out, notices))
-}
-
 /// The reader objects `build` applies in `c` (`reader_rbac`, through
-/// [`own_service_accounts`]), and the notice when the service account exists and is not
+/// [`writable`](super::origin::writable)), and the notice when the service account exists and is not
 /// meshctl's (made by Helm, say, like Istio's own `istio-reader-service-account`, or
 /// istiod's): then it is left out, and only meshctl's role and binding grant it access.
 pub async fn reader_objects(
@@ -387,7 +243,7 @@ pub async fn reader_objects(
     sa: &str,
     allow_secrets: bool,
 ) -> Result<(Vec<Value>, Option<String>)> {
-    let (objs, notices) = own_service_accounts(c, &reader_rbac(ns, sa, allow_secrets)).await?;
+    let (objs, notices) = super::origin::writable(c, &reader_rbac(ns, sa, allow_secrets)).await?;
     Ok((objs, notices.into_iter().next()))
 }
 
@@ -597,68 +453,6 @@ mod tests {
             assert!(e.is::<crate::cli::UsageError>(), "{e}");
             assert!(e.to_string().contains(want), "{want}: {e}");
         }
-    }
-
-    #[test]
-    fn who_made_an_object_goes_by_label_creation_mark_and_installer_marks() {
-        let sa = |labels: Value, annotations: Value| {
-            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "sa",
-                "namespace": "istio-system", "labels": labels, "annotations": annotations}})
-        };
-        let ours = json!({MANAGED_BY_KEY: MANAGED_BY_VALUE});
-        let created = json!({CREATED_ANNOTATION: CREATED_VALUE});
-        let helm = json!({"meta.helm.sh/release-name": "istio-base"});
-        assert_eq!(origin(None), Origin::Absent);
-        assert_eq!(
-            origin(Some(&sa(ours.clone(), created.clone()))),
-            Origin::Created
-        );
-        assert_eq!(
-            origin(Some(&sa(ours.clone(), Value::Null))),
-            Origin::Labelled
-        );
-        // Not meshctl's label: someone else's, whatever else it carries.
-        for labels in [Value::Null, json!({MANAGED_BY_KEY: "Helm"})] {
-            let o = origin(Some(&sa(labels, created.clone())));
-            assert!(
-                matches!(&o, Origin::Foreign(why) if why.contains("has no label")),
-                "{o:?}"
-            );
-        }
-        // meshctl's label over another installer's marks, without the creation mark: an
-        // older meshctl relabelled it.
-        for (labels, annotations, mark) in [
-            (
-                ours.clone(),
-                helm.clone(),
-                "annotation meta.helm.sh/release-name=istio-base",
-            ),
-            (
-                json!({MANAGED_BY_KEY: MANAGED_BY_VALUE, "operator.istio.io/component": "Base"}),
-                Value::Null,
-                "label operator.istio.io/component=Base",
-            ),
-            (
-                json!({MANAGED_BY_KEY: MANAGED_BY_VALUE, "app": "istio-reader", "release": "istio"}),
-                Value::Null,
-                "label release=istio",
-            ),
-        ] {
-            let o = origin(Some(&sa(labels, annotations)));
-            assert!(
-                matches!(&o, Origin::Foreign(why) if why.contains(mark)),
-                "{mark}: {o:?}"
-            );
-        }
-        let mut owned = sa(ours.clone(), Value::Null);
-        owned["metadata"]["ownerReferences"] = json!([{"kind": "IstioOperator", "name": "x"}]);
-        assert!(
-            matches!(origin(Some(&owned)), Origin::Foreign(why) if why.contains("IstioOperator"))
-        );
-        // The creation mark is meshctl's word that it made it.
-        let mut both = helm.clone();
-        both[CREATED_ANNOTATION] = json!(CREATED_VALUE);
-        assert_eq!(origin(Some(&sa(ours, both))), Origin::Created);
     }
 
     #[test]

@@ -199,8 +199,8 @@ pub fn loopback_error(server: &str, context: &str, flag: &str) -> anyhow::Error 
 /// pair per service account, so readers never change each other's permissions): list/watch
 /// on exactly what istiod reads in a remote cluster (`reader_rules`); Secrets only with
 /// `allow_secrets`. The role and binding carry `meshctl.io/namespace: <ns>`. A service
-/// account that exists and is not meshctl's (`reader::origin`) is not applied
-/// (`reader::own_service_accounts`).
+/// account that exists and is not meshctl's (`origin::origin`) is not applied
+/// (`origin::writable`).
 pub fn reader_rbac(ns: &str, sa: &str, allow_secrets: bool) -> Vec<Value> {
     let role = reader_role_name(ns, sa);
     // Cluster-scoped: labelled with their namespace too, which `unjoin -n` goes by.

@@ -2,7 +2,7 @@
 //! `app.kubernetes.io/managed-by=meshctl` there, and the cluster-scoped objects made for that
 //! namespace (`meshctl.io/namespace=<ns>`, or their names); then removes the namespace's
 //! network label and cluster-name annotation. An object meshctl did not make is never
-//! deleted, also when an older meshctl relabelled it (`reader::origin`: Istio's own
+//! deleted, also when an older meshctl relabelled it (`origin::origin`: Istio's own
 //! `istio-reader-service-account`, a Helm-made gateway service account). Then it waits, up to
 //! `--deletion-wait`, for what it deleted that is held by finalizers (a LoadBalancer
 //! Service while the cloud controller tears its load balancer down) to go, and exits 1
@@ -23,7 +23,7 @@ use crate::istio::{
 };
 use crate::kube::{self as kc, Cluster, KubeconfigFile};
 use crate::mesh::namespace;
-use crate::mesh::reader::{Origin, origin};
+use crate::mesh::origin::{Origin, origin};
 use crate::mesh::terminating::{self, DeletionWait, Terminating};
 
 use super::print_summary;

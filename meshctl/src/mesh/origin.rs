@@ -1,0 +1,336 @@
+//! Who made an object meshctl would write ([`origin`]), and so what meshctl may write
+//! ([`writable`]): an object someone else made is used as it is (a service account, the
+//! `cross-network-gateway`) or, for the gateway's workload (its Deployment, Service,
+//! disruption budget and autoscaler), refused before any change, as applying over another
+//! east-west gateway would merge the two. `unjoin` deletes only what [`origin`] calls
+//! meshctl's.
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use crate::istio::{ISTIO_NETWORKING_GROUP, MANAGED_BY_KEY, MANAGED_BY_VALUE, MANAGED_SELECTOR};
+use crate::kube::{self as kc, Cluster};
+
+/// The annotation meshctl puts on a ServiceAccount it creates (the reader's, the gateway's),
+/// and only then: on one it finds it writes nothing. Older meshctl versions wrote no such
+/// mark, and applied their service account over an existing one, which relabelled it with
+/// [`MANAGED_BY_KEY`]`=meshctl` (a forced server-side apply takes the label over, so Helm's
+/// `app.kubernetes.io/managed-by: Helm` became `meshctl`); [`origin`] tells those apart.
+pub const CREATED_ANNOTATION: &str = "meshctl.io/created-by";
+/// The value of [`CREATED_ANNOTATION`].
+pub const CREATED_VALUE: &str = "meshctl";
+
+/// Metadata that only an installer other than meshctl writes, so an object carrying any
+/// of it was not made by meshctl, whatever its managed-by label says. Helm 3 puts the
+/// release annotations on every object it installs (helm/helm `pkg/action/validate.go`,
+/// `setMetadataVisitor`), and they survive a relabel; Istio's charts add `helm.sh/chart`,
+/// `app.kubernetes.io/part-of`, `app.kubernetes.io/instance` and `release` (istio/istio
+/// `manifests/charts/base/templates/reader-serviceaccount.yaml`, the `istio.labels`
+/// helper), and `istioctl install` its `install.operator.istio.io/owning-resource` and
+/// `operator.istio.io/component`. meshctl writes none of them.
+const INSTALLER_ANNOTATIONS: &[&str] = &[
+    "meta.helm.sh/release-name",
+    "meta.helm.sh/release-namespace",
+];
+const INSTALLER_LABELS: &[&str] = &[
+    "helm.sh/chart",
+    "heritage",
+    "release",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/part-of",
+    "install.operator.istio.io/owning-resource",
+    "operator.istio.io/component",
+];
+
+/// Who made an object meshctl may write, as far as its metadata tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// It does not exist: meshctl creates it (and marks it [`CREATED_ANNOTATION`]).
+    Absent,
+    /// meshctl created it: it carries meshctl's label and [`CREATED_ANNOTATION`].
+    Created,
+    /// It carries meshctl's label without the creation mark and nothing of another
+    /// installer: made by a meshctl older than the mark, so meshctl's.
+    Labelled,
+    /// Someone else made it (the reason, for messages): join uses it as it is and unjoin
+    /// leaves it.
+    Foreign(String),
+}
+
+/// Who made `existing` (`None`: it does not exist). The rule, in order:
+/// 1. no label [`MANAGED_BY_KEY`]`=meshctl`: not meshctl's (Helm's, Istio's, the user's);
+/// 2. the label and [`CREATED_ANNOTATION`]: meshctl created it;
+/// 3. the label, no creation mark, but metadata only another installer writes (Helm's
+///    `meta.helm.sh/release-name`, Istio's chart or `istioctl install` labels, see
+///    `INSTALLER_LABELS`) or an owner reference (a controller made it): not meshctl's. An
+///    older meshctl relabelled it when it applied its service account over the existing
+///    one, so the label alone would have `unjoin` delete Istio's own account;
+/// 4. else (the label, nothing else to go by): meshctl's, made by an older meshctl.
+///
+/// A service account an older meshctl relabelled that carries nothing of its maker (made
+/// with `kubectl create serviceaccount` before the first join, say) cannot be told apart
+/// and counts as meshctl's (4).
+pub fn origin(existing: Option<&Value>) -> Origin {
+    let Some(obj) = existing else {
+        return Origin::Absent;
+    };
+    let meta = &obj["metadata"];
+    if meta["labels"][MANAGED_BY_KEY] != MANAGED_BY_VALUE {
+        return Origin::Foreign(format!("it has no label {MANAGED_SELECTOR}"));
+    }
+    if meta["annotations"][CREATED_ANNOTATION] == CREATED_VALUE {
+        return Origin::Created;
+    }
+    // The first installer mark found, as `label release=istio-base`.
+    let mark = |field: &str, what: &str, keys: &[&str]| {
+        keys.iter().find_map(|k| {
+            let v = &meta[field][*k];
+            (!v.is_null()).then(|| format!("{what} {k}={}", v.as_str().unwrap_or("")))
+        })
+    };
+    let owner = meta["ownerReferences"]
+        .as_array()
+        .and_then(|o| o.first())
+        .map(|o| {
+            format!(
+                "ownerReference {} {}",
+                o["kind"].as_str().unwrap_or("?"),
+                o["name"].as_str().unwrap_or("?")
+            )
+        });
+    match mark("annotations", "annotation", INSTALLER_ANNOTATIONS)
+        .or_else(|| mark("labels", "label", INSTALLER_LABELS))
+        .or(owner)
+    {
+        Some(why) => Origin::Foreign(format!(
+            "it carries label {MANAGED_SELECTOR} from an older meshctl that relabelled it, \
+             but not meshctl's {CREATED_ANNOTATION} annotation, and its {why} says another \
+             installer made it"
+        )),
+        None => Origin::Labelled,
+    }
+}
+
+/// What meshctl does with an object it would write that exists and someone else made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IfForeign {
+    /// Leave it out of the writes: it does the same job (a service account, the Istio
+    /// Gateway exposing `*.local` that Istio's samples make under the same name).
+    UseAsIs,
+    /// Refuse: the gateway's workload. A forced server-side apply over another gateway's
+    /// Deployment or Service would merge the two (list items keyed by name: both
+    /// gateways' containers in one pod, both Services' ports).
+    Refuse,
+}
+
+/// How `o`'s kind is treated when it exists and is someone else's; `None`: meshctl's own
+/// names (its roles and bindings, `meshctl-*`), the namespace and the Secrets, which have
+/// their own rules.
+fn if_foreign(o: &Value) -> Option<IfForeign> {
+    let istio = o["apiVersion"]
+        .as_str()
+        .is_some_and(|v| v.starts_with(ISTIO_NETWORKING_GROUP));
+    match o["kind"].as_str()? {
+        "ServiceAccount" => Some(IfForeign::UseAsIs),
+        "Gateway" if istio => Some(IfForeign::UseAsIs),
+        "Deployment" | "Service" | "PodDisruptionBudget" | "HorizontalPodAutoscaler" => {
+            Some(IfForeign::Refuse)
+        }
+        _ => None,
+    }
+}
+
+/// Another installer's gateway objects where meshctl would put its own: says which, who
+/// made them and how to remove them. Nothing is written in that cluster.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{context}: {objects} already exist{s} and {were} not made by meshctl ({why}): another \
+     east-west gateway is installed there under the same name. meshctl does not apply its \
+     gateway over it, as that would merge the two (both gateways' containers in one pod, \
+     both Services' ports). Remove it first ({remove}), then run the same command again"
+)]
+pub struct ForeignGateway {
+    context: String,
+    objects: String,
+    s: &'static str,
+    were: &'static str,
+    why: String,
+    remove: String,
+}
+
+impl ForeignGateway {
+    fn new(c: &Cluster, found: &[(Value, String)]) -> Self {
+        let names: Vec<String> = found.iter().map(|(o, _)| kc::describe(o)).collect();
+        let meta = &found[0].0["metadata"];
+        let ns = meta["namespace"].as_str().unwrap_or_default();
+        let helm = |k: &str| meta["annotations"][k].as_str().filter(|v| !v.is_empty());
+        let istioctl = [
+            "operator.istio.io/component",
+            "install.operator.istio.io/owning-resource",
+        ]
+        .iter()
+        .any(|k| !meta["labels"][*k].is_null());
+        let remove = match helm("meta.helm.sh/release-name") {
+            Some(r) => format!(
+                "it is Helm release {r}: helm uninstall {r} -n {}",
+                helm("meta.helm.sh/release-namespace").unwrap_or(ns)
+            ),
+            None if istioctl => "istioctl installed it: take it out of the IstioOperator's \
+                                 components.ingressGateways and run istioctl install again"
+                .to_string(),
+            None => format!(
+                "kubectl --context {} -n {ns} delete {}",
+                c.context,
+                found
+                    .iter()
+                    .map(|(o, _)| format!(
+                        "{}/{}",
+                        o["kind"].as_str().unwrap_or("?").to_lowercase(),
+                        o["metadata"]["name"].as_str().unwrap_or("?")
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        };
+        let plural = names.len() > 1;
+        ForeignGateway {
+            context: c.context.clone(),
+            objects: names.join(", "),
+            s: if plural { "" } else { "s" },
+            were: if plural { "were" } else { "was" },
+            why: format!("{}: {}", names[0], found[0].1),
+            remove,
+        }
+    }
+}
+
+/// `objs` (meshctl's objects for `c`) as meshctl may apply them, by [`origin`] of what
+/// exists under each name:
+/// - a ServiceAccount or Istio Gateway someone else made is left out (join uses it as it
+///   is, never relabels it, and unjoin leaves it), with a notice for each;
+/// - a Deployment, Service, PodDisruptionBudget or HorizontalPodAutoscaler someone else
+///   made is refused ([`ForeignGateway`], all of them in one error);
+/// - a service account that does not exist yet, or that meshctl created, carries
+///   [`CREATED_ANNOTATION`]; the rest are written as given.
+///
+/// Reads only: callers call it before their first change.
+pub async fn writable(c: &Cluster, objs: &[Value]) -> Result<(Vec<Value>, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut notices = Vec::new();
+    let mut refused = Vec::new();
+    for o in objs {
+        let Some(rule) = if_foreign(o) else {
+            out.push(o.clone());
+            continue;
+        };
+        let av = o["apiVersion"].as_str().unwrap_or_default();
+        let kind = o["kind"].as_str().unwrap_or_default();
+        let ns = o["metadata"]["namespace"].as_str();
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        let existing = kc::get(c, av, kind, ns, name).await?;
+        let sa = kind == "ServiceAccount";
+        let mut o = o.clone();
+        match origin(existing.as_ref()) {
+            Origin::Absent | Origin::Created if sa => {
+                o["metadata"]["annotations"][CREATED_ANNOTATION] = json!(CREATED_VALUE);
+            }
+            Origin::Labelled if sa => {
+                if let Some(a) = o["metadata"]["annotations"].as_object_mut() {
+                    a.remove(CREATED_ANNOTATION);
+                }
+            }
+            Origin::Absent | Origin::Created | Origin::Labelled => {}
+            Origin::Foreign(why) if rule == IfForeign::Refuse => {
+                refused.push((existing.unwrap_or(o), why));
+                continue;
+            }
+            Origin::Foreign(why) => {
+                let what = if sa {
+                    "service account"
+                } else {
+                    "Istio Gateway"
+                };
+                let kept = if sa { "not relabelled" } else { "not changed" };
+                notices.push(format!(
+                    "{}: {what} {}/{name} exists and was not created by meshctl ({why}): it is \
+                     used as it is, {kept}, and unjoin leaves it in place",
+                    c.context,
+                    ns.unwrap_or_default()
+                ));
+                continue;
+            }
+        }
+        out.push(o);
+    }
+    if !refused.is_empty() {
+        return Err(ForeignGateway::new(c, &refused).into());
+    }
+    Ok((out, notices))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn who_made_an_object_goes_by_label_creation_mark_and_installer_marks() {
+        let sa = |labels: Value, annotations: Value| {
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "sa",
+                "namespace": "istio-system", "labels": labels, "annotations": annotations}})
+        };
+        let ours = json!({MANAGED_BY_KEY: MANAGED_BY_VALUE});
+        let created = json!({CREATED_ANNOTATION: CREATED_VALUE});
+        let helm = json!({"meta.helm.sh/release-name": "istio-base"});
+        assert_eq!(origin(None), Origin::Absent);
+        assert_eq!(
+            origin(Some(&sa(ours.clone(), created.clone()))),
+            Origin::Created
+        );
+        assert_eq!(
+            origin(Some(&sa(ours.clone(), Value::Null))),
+            Origin::Labelled
+        );
+        // Not meshctl's label: someone else's, whatever else it carries.
+        for labels in [Value::Null, json!({MANAGED_BY_KEY: "Helm"})] {
+            let o = origin(Some(&sa(labels, created.clone())));
+            assert!(
+                matches!(&o, Origin::Foreign(why) if why.contains("has no label")),
+                "{o:?}"
+            );
+        }
+        // meshctl's label over another installer's marks, without the creation mark: an
+        // older meshctl relabelled it.
+        for (labels, annotations, mark) in [
+            (
+                ours.clone(),
+                helm.clone(),
+                "annotation meta.helm.sh/release-name=istio-base",
+            ),
+            (
+                json!({MANAGED_BY_KEY: MANAGED_BY_VALUE, "operator.istio.io/component": "Base"}),
+                Value::Null,
+                "label operator.istio.io/component=Base",
+            ),
+            (
+                json!({MANAGED_BY_KEY: MANAGED_BY_VALUE, "app": "istio-reader", "release": "istio"}),
+                Value::Null,
+                "label release=istio",
+            ),
+        ] {
+            let o = origin(Some(&sa(labels, annotations)));
+            assert!(
+                matches!(&o, Origin::Foreign(why) if why.contains(mark)),
+                "{mark}: {o:?}"
+            );
+        }
+        let mut owned = sa(ours.clone(), Value::Null);
+        owned["metadata"]["ownerReferences"] = json!([{"kind": "IstioOperator", "name": "x"}]);
+        assert!(
+            matches!(origin(Some(&owned)), Origin::Foreign(why) if why.contains("IstioOperator"))
+        );
+        // The creation mark is meshctl's word that it made it.
+        let mut both = helm.clone();
+        both[CREATED_ANNOTATION] = json!(CREATED_VALUE);
+        assert_eq!(origin(Some(&sa(ours, both))), Origin::Created);
+    }
+}
