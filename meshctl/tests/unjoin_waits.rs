@@ -9,37 +9,13 @@ mod common;
 
 use std::time::Duration;
 
+use common::cloud::{LB_FINALIZER, cloud_mesh, stored_service};
 use common::runs::{meshctl_within, says};
 use common::*;
 use k8s_openapi::api::core::v1::Service;
-use k8s_test_server::{Options, StoreConfig, TestApiServer};
+use k8s_test_server::TestApiServer;
 use kube::api::{Api, Patch, PatchParams};
-use serde_json::{Value, json};
-
-const LB_FINALIZER: &str = "service.kubernetes.io/load-balancer-cleanup";
-
-async fn cloud_mesh() -> Mesh {
-    init();
-    let start = |name: &str| {
-        let mut o = Options::new(name);
-        o.store = StoreConfig {
-            load_balancer_cleanup_finalizer: true,
-            ..StoreConfig::default()
-        };
-        TestApiServer::start_with(o)
-    };
-    let (west, east) = (start("west").await.unwrap(), start("east").await.unwrap());
-    mesh_of(west, east).await
-}
-
-fn stored_service(s: &TestApiServer) -> Option<Value> {
-    s.store().get(
-        "v1",
-        "Service",
-        Some("istio-system"),
-        "istio-eastwestgateway",
-    )
-}
+use serde_json::json;
 
 /// A joined cloud mesh whose gateway Services carry the cloud controller's finalizer
 /// (bounded: 5 s).

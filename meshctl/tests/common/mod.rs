@@ -15,6 +15,7 @@ pub use testkit::kube_client::client_from_yaml;
 pub const MESHCTL: &str = env!("CARGO_BIN_EXE_meshctl");
 
 mod args;
+pub mod cloud;
 pub mod runs;
 
 pub use args::*;
