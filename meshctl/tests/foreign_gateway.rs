@@ -45,19 +45,14 @@ fn helm_gateway(s: &TestApiServer) {
         .unwrap();
 }
 
-fn gateway_install<'a>(m: &'a Mesh, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "gateway",
-        "install",
-        "--network",
-        "west-network",
-        "--kubeconfig",
-        m.kc(),
-        "--context",
-        "west",
-    ];
-    a.extend_from_slice(extra);
-    a
+/// The Istio Gateway `cross-network-gateway` in `s`, if any.
+fn cross_network_gateway(s: &TestApiServer) -> Option<Value> {
+    s.store().get(
+        "networking.istio.io/v1",
+        "Gateway",
+        Some(NS),
+        "cross-network-gateway",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,9 +72,9 @@ async fn join_and_gateway_install_refuse_a_helm_installed_gateway_before_any_cha
     says(&out, &[refusal, remove, "nothing was changed"]);
     let out = m.fails(&m.join_args(&["--dry-run"])).await;
     says(&out, &[refusal, remove]);
-    let out = m.fails(&gateway_install(&m, &[])).await;
+    let out = m.fails(&gateway_install_args(m.kc(), &[])).await;
     says(&out, &[refusal, remove, "Nothing was changed"]);
-    let out = m.fails(&gateway_install(&m, &["--dry-run"])).await;
+    let out = m.fails(&gateway_install_args(m.kc(), &["--dry-run"])).await;
     says(&out, &[refusal]);
     assert_eq!(
         (snapshot(&m.west), snapshot(&m.east)),
@@ -133,7 +128,7 @@ async fn a_gateway_relabelled_made_by_hand_or_by_istioctl_is_refused_with_its_ow
         o["metadata"]["labels"]["app.kubernetes.io/managed-by"] = json!("meshctl");
         m.west.store().apply(o).unwrap();
     }
-    let out = m.fails(&gateway_install(&m, &[])).await;
+    let out = m.fails(&gateway_install_args(m.kc(), &[])).await;
     says(
         &out,
         &[
@@ -212,17 +207,7 @@ async fn an_istio_gateway_from_istios_samples_is_used_as_it_is_and_unjoin_leaves
         .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
         .unwrap();
     m.west.store().create(sample).unwrap();
-    let rv = || {
-        m.west
-            .store()
-            .get(
-                "networking.istio.io/v1",
-                "Gateway",
-                Some(NS),
-                "cross-network-gateway",
-            )
-            .map(|g| g["metadata"]["resourceVersion"].clone())
-    };
+    let rv = || cross_network_gateway(&m.west).map(|g| g["metadata"]["resourceVersion"].clone());
     let before = rv();
     let out = succeeds(&m.join_args(&["--expose-services"])).await;
     says(
@@ -235,31 +220,12 @@ async fn an_istio_gateway_from_istios_samples_is_used_as_it_is_and_unjoin_leaves
     );
     assert_eq!(rv(), before, "not written");
     // east had none: join made it there.
-    let east = m
-        .east
-        .store()
-        .get(
-            "networking.istio.io/v1",
-            "Gateway",
-            Some(NS),
-            "cross-network-gateway",
-        )
-        .unwrap();
+    let east = cross_network_gateway(&m.east).unwrap();
     assert_eq!(
         east["metadata"]["labels"]["app.kubernetes.io/managed-by"],
         "meshctl"
     );
     succeeds(&m.unjoin_args(&[])).await;
     assert_eq!(rv(), before, "left by unjoin");
-    assert!(
-        m.east
-            .store()
-            .get(
-                "networking.istio.io/v1",
-                "Gateway",
-                Some(NS),
-                "cross-network-gateway"
-            )
-            .is_none()
-    );
+    assert!(cross_network_gateway(&m.east).is_none());
 }

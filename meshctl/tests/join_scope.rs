@@ -769,20 +769,7 @@ async fn gateway_install_lists_only_what_it_applies() {
     namespace(&m.west, "helmns");
     helm_gateway_service_account(&m.west, "helmns");
     let install = |extra: &'static [&'static str]| {
-        let mut a = vec![
-            "gateway",
-            "install",
-            "-n",
-            "helmns",
-            "--network",
-            "west-net",
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-            "-o",
-            "json",
-        ];
+        let mut a = gateway_install_args(m.kc(), &["-n", "helmns", "-o", "json"]);
         a.extend_from_slice(extra);
         a
     };

@@ -117,20 +117,7 @@ async fn label_network_prints_one_document_and_reports_on_stderr() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_install_and_manifest_print_one_document() {
     let m = mesh().await;
-    let install = |extra: &[&'static str]| {
-        let mut a = vec![
-            "gateway",
-            "install",
-            "--network",
-            "west-network",
-            "--kubeconfig",
-            m.kc(),
-            "--context",
-            "west",
-        ];
-        a.extend_from_slice(extra);
-        a
-    };
+    let install = |extra: &[&'static str]| gateway_install_args(m.kc(), extra);
     let (out, _) = stdout_of(&install(&["--dry-run", "-o", "json"])).await;
     let v = one_json("gateway install --dry-run -o json", &out);
     assert!(!v["clusters"][0]["objects"].as_array().unwrap().is_empty());

@@ -27,6 +27,23 @@ pub fn check_args<'a>(kubeconfig: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
+/// `meshctl gateway install --network west-network` into context west with this kubeconfig,
+/// plus `extra` flags.
+pub fn gateway_install_args<'a>(kubeconfig: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "gateway",
+        "install",
+        "--network",
+        "west-network",
+        "--kubeconfig",
+        kubeconfig,
+        "--context",
+        "west",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// `meshctl create-remote-secret --kubeconfig <kubeconfig> --context <context> --name <name>`
 /// plus `extra` flags.
 pub fn create_remote_secret_args<'a>(
