@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
 use testkit::hbone::{ClientZtunnel, DestinationZtunnel, HboneError, OuterConn};
@@ -27,6 +27,7 @@ use crate::client::{
     BulkTotal, Io, OneConn, Pace, Window, bulk, conn_loop, echo_64, merge, rr_loop,
 };
 use crate::cost::CostArgs;
+use crate::interleaved::{Scenario, Work};
 use crate::{check_loopback, parse_duration};
 
 /// What every HBONE client mode needs to reach a target.
@@ -136,35 +137,75 @@ pub struct ConnrateArgs {
     pub cost: CostArgs,
 }
 
-/// New outer connection + tunnel + 64 B echoed, per attempt.
-pub async fn connrate(a: ConnrateArgs) -> Result<Value> {
-    let d = Dialer::new(&a.t)?;
-    let dd = d.clone();
-    let one: OneConn = Arc::new(move || {
-        let d = dd.clone();
+/// One attempt of `hbone-connrate`: a new outer connection, a tunnel, 64 B echoed.
+fn new_outer(d: &Arc<Dialer>) -> OneConn {
+    let d = d.clone();
+    Arc::new(move || {
+        let d = d.clone();
         Box::pin(async move {
             let outer = d.connect().await?;
             echo_64(d.open(&outer, OP_ECHO, 0).await?).await
         })
-    });
+    })
+}
+
+/// One attempt of `hbone-pooled`: a new tunnel on one of the pooled outer connections (in
+/// turn), 64 B echoed.
+async fn new_tunnel(d: &Arc<Dialer>) -> Result<OneConn> {
+    let pool = Arc::new(d.pool().await?);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let d = d.clone();
+    Ok(Arc::new(move || {
+        let (d, pool, next) = (d.clone(), pool.clone(), next.clone());
+        Box::pin(async move {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % pool.len();
+            echo_64(d.open(&pool[i], OP_ECHO, 0).await?).await
+        })
+    }))
+}
+
+/// `n` long-lived echo tunnels over the pooled outer connections (`hbone-rr`).
+async fn echo_tunnels(d: &Dialer, n: usize) -> Result<(Vec<Box<dyn Io>>, usize)> {
+    let pool = d.pool().await?;
+    let mut tunnels = Vec::new();
+    for i in 0..n.max(1) {
+        let outer = &pool[i % pool.len()];
+        tunnels.push(d.open(outer, OP_ECHO, 0).await.context("tunnel")?);
+    }
+    Ok((tunnels, pool.len()))
+}
+
+/// What one target of `interleaved --scenario hbone-*` does in its turns: the attempts of
+/// `hbone-connrate` or `hbone-pooled` (`concurrency` in flight), or `n` tunnels of
+/// `hbone-rr`.
+pub async fn interleaved_work(t: &HboneTarget, scenario: Scenario, n: usize) -> Result<Work> {
+    let d = Dialer::new(t)?;
+    Ok(match scenario {
+        Scenario::HboneConnrate => Work::Connrate {
+            one: new_outer(&d),
+            concurrency: n.max(1),
+        },
+        Scenario::HbonePooled => Work::Connrate {
+            one: new_tunnel(&d).await?,
+            concurrency: n.max(1),
+        },
+        Scenario::HboneRr => Work::Rr(echo_tunnels(&d, n).await?.0),
+        Scenario::Rr | Scenario::Connrate => bail!("{scenario:?} is not an HBONE scenario"),
+    })
+}
+
+/// New outer connection + tunnel + 64 B echoed, per attempt.
+pub async fn connrate(a: ConnrateArgs) -> Result<Value> {
+    let d = Dialer::new(&a.t)?;
     let mut v = d.describe("hbone-connrate");
-    merge(&mut v, conn_loop(&a.pace, one, &a.cost).await?);
+    merge(&mut v, conn_loop(&a.pace, new_outer(&d), &a.cost).await?);
     Ok(v)
 }
 
 /// New tunnel on a pooled outer connection + 64 B echoed, per attempt.
 pub async fn pooled(a: ConnrateArgs) -> Result<Value> {
     let d = Dialer::new(&a.t)?;
-    let pool = Arc::new(d.pool().await?);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let dd = d.clone();
-    let one: OneConn = Arc::new(move || {
-        let (d, pool, next) = (dd.clone(), pool.clone(), next.clone());
-        Box::pin(async move {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % pool.len();
-            echo_64(d.open(&pool[i], OP_ECHO, 0).await?).await
-        })
-    });
+    let one = new_tunnel(&d).await?;
     let mut v = d.describe("hbone-pooled");
     merge(&mut v, json!({"outer_connections": a.t.outer.max(1)}));
     merge(&mut v, conn_loop(&a.pace, one, &a.cost).await?);
@@ -189,14 +230,9 @@ pub struct RrArgs {
 /// Closed-loop request/response inside tunnels, as the plain `rr` scenario.
 pub async fn rr(a: RrArgs) -> Result<Value> {
     let d = Dialer::new(&a.t)?;
-    let pool = d.pool().await?;
-    let mut tunnels = Vec::new();
-    for i in 0..a.tunnels.max(1) {
-        let outer = &pool[i % pool.len()];
-        tunnels.push(d.open(outer, OP_ECHO, 0).await.context("tunnel")?);
-    }
+    let (tunnels, outer) = echo_tunnels(&d, a.tunnels).await?;
     let mut v = d.describe("hbone-rr");
-    merge(&mut v, json!({"outer_connections": pool.len()}));
+    merge(&mut v, json!({"outer_connections": outer}));
     merge(&mut v, rr_loop(tunnels, &a.window, &a.cost).await?);
     Ok(v)
 }
@@ -355,5 +391,74 @@ mod tests {
         }
         assert!(dest.requests() > 0 && hop.requests() > 0);
         let _ = std::fs::remove_dir_all(&certs);
+    }
+
+    /// `interleaved` with the HBONE scenarios: two hops in front of one destination take
+    /// turns (double HBONE through each), each target's file holds only its own attempts,
+    /// and both get some without errors.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn interleaved_hbone_turns_reach_each_target() {
+        use crate::interleaved::{InterleavedArgs, run};
+        let dir = std::env::temp_dir().join(format!("sni-bench-hbone-il-{}", std::process::id()));
+        let certs = dir.join("certs");
+        crate::tls::write_certs(&certs).unwrap();
+        let plain = testkit::net::free_addr(Ipv4Addr::LOCALHOST).unwrap();
+        tokio::spawn(crate::backend::run(crate::backend::BackendArgs {
+            listen: testkit::net::free_addr(Ipv4Addr::LOCALHOST).unwrap(),
+            plain_listen: Some(plain),
+            certs: certs.clone(),
+            threads: 1,
+        }));
+        testkit::wait::eventually("the backend listens", Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(plain).await.is_ok()
+        })
+        .await;
+        let id = Identity::load_dir(&certs).unwrap();
+        let dest = DestinationZtunnel::start(&id, plain).await.unwrap();
+        let a = DestinationZtunnel::start(&id, dest.addr()).await.unwrap();
+        let b = DestinationZtunnel::start(&id, dest.addr()).await.unwrap();
+        for (scenario, prefix) in [
+            (Scenario::HboneConnrate, "new"),
+            (Scenario::HbonePooled, "pooled"),
+            (Scenario::HboneRr, "rr"),
+        ] {
+            let args = InterleavedArgs {
+                scenario,
+                at: vec![("a".into(), a.addr()), ("b".into(), b.addr())],
+                pids: vec![],
+                tls: crate::Tls {
+                    sni: String::new(),
+                    certs: certs.clone(),
+                },
+                size: 64,
+                connections: 2,
+                authority: "bench.default.svc.cluster.local:80".into(),
+                double: true,
+                concurrency: 2,
+                duration: Duration::from_millis(200),
+                warmup: Duration::ZERO,
+                slice: Duration::from_millis(50),
+                max_work: 10_000,
+                proxy_core: None,
+                out_dir: dir.clone(),
+                prefix: prefix.into(),
+                threads: 1,
+            };
+            let (ra, rb) = (a.requests(), b.requests());
+            run(args).await.unwrap();
+            for (name, hop, before) in [("a", &a, ra), ("b", &b, rb)] {
+                let f = dir.join(format!("{prefix}-{name}.json"));
+                let v: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+                assert_eq!(v["mode"], scenario.mode(), "{v}");
+                assert_eq!(v["errors"], 0, "{v}");
+                let done = v["connections"]
+                    .as_u64()
+                    .or(v["requests"].as_u64())
+                    .unwrap();
+                assert!(done > 0, "{v}");
+                assert!(hop.requests() > before, "{prefix}: {name} got tunnels");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

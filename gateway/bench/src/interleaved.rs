@@ -5,7 +5,9 @@
 //! 36 µs depending on the moment, and the proxy core's cost of the same new connection moved
 //! from 29 to 58 µs within a minute for nginx alone (gateway/bench/README.md). Measured one
 //! after the other, each target's figure carries whatever the host did in its window; in
-//! turns, every target meets the same mix, so their ratio compares the proxies.
+//! turns, every target meets the same mix, so their ratio compares the proxies. The HBONE
+//! scenarios do the same for HBONE listeners (two gateway builds, say), whose cost per new
+//! connection moved from 658 to 1,036 µs within a minute on one host.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +26,7 @@ use crate::client::{
     rr_result, us,
 };
 use crate::cost::{Cost, CostArgs, Meter};
+use crate::hbone::{HboneTarget, interleaved_work};
 use crate::{Target, Tls, parse_duration};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -32,6 +35,28 @@ pub enum Scenario {
     Rr,
     /// New connections (as `connrate`), `--concurrency` in flight, in each turn.
     Connrate,
+    /// HBONE targets: a new outer connection and tunnel per attempt (as `hbone-connrate`),
+    /// `--concurrency` in flight.
+    HboneConnrate,
+    /// HBONE targets: a new tunnel on a pooled outer connection per attempt (as
+    /// `hbone-pooled`), `--concurrency` in flight.
+    HbonePooled,
+    /// HBONE targets: closed-loop request/response inside `--connections` tunnels (as
+    /// `hbone-rr`).
+    HboneRr,
+}
+
+impl Scenario {
+    /// The mode whose result shape (and name) a target's file takes.
+    pub fn mode(self) -> &'static str {
+        match self {
+            Scenario::Rr => "rr",
+            Scenario::Connrate => "connrate",
+            Scenario::HboneConnrate => "hbone-connrate",
+            Scenario::HbonePooled => "hbone-pooled",
+            Scenario::HboneRr => "hbone-rr",
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -47,13 +72,21 @@ pub struct InterleavedArgs {
     pub pids: Vec<(String, Vec<u32>)>,
     #[command(flatten)]
     pub tls: Tls,
-    /// `rr`: request and response size in bytes.
+    /// `rr`, `hbone-rr`: request and response size in bytes.
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    /// `rr`: persistent connections per target.
+    /// `rr`: persistent connections per target (`hbone-rr`: tunnels, on one outer
+    /// connection).
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
-    /// `connrate`: connections in flight.
+    /// HBONE scenarios: `:authority` of each CONNECT.
+    #[arg(long, default_value = "bench.default.svc.cluster.local:80")]
+    pub authority: String,
+    /// HBONE scenarios: double HBONE (TLS + CONNECT again inside each tunnel, to a
+    /// destination behind the targets), as through the gateway.
+    #[arg(long)]
+    pub double: bool,
+    /// `connrate`, `hbone-connrate`, `hbone-pooled`: attempts in flight.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
     /// Measured time per target, in turns of `--slice`.
@@ -278,9 +311,27 @@ pub async fn run(a: InterleavedArgs) -> Result<Value> {
             plain: false,
             name: name.clone(),
         };
-        let d = Arc::new(Dialer::new(&t)?);
+        // The TLS dialer only for the plain scenarios (HBONE ones send no SNI of theirs).
+        let d = || Dialer::new(&t).map(Arc::new);
+        let hbone = HboneTarget {
+            target: *addr,
+            authority: a.authority.clone(),
+            certs: a.tls.certs.clone(),
+            server_id: Vec::new(),
+            double: a.double,
+            inner_server_id: Vec::new(),
+            outer: 1,
+            name: name.clone(),
+        };
         let work = match a.scenario {
+            Scenario::HboneConnrate | Scenario::HbonePooled => {
+                interleaved_work(&hbone, a.scenario, a.concurrency).await?
+            }
+            Scenario::HboneRr => interleaved_work(&hbone, a.scenario, a.connections)
+                .await
+                .with_context(|| format!("tunnels to {name} ({addr})"))?,
             Scenario::Rr => {
+                let d = d()?;
                 let mut conns = Vec::new();
                 for _ in 0..a.connections.max(1) {
                     let s = d.open(OP_ECHO, 0).await;
@@ -289,6 +340,7 @@ pub async fn run(a: InterleavedArgs) -> Result<Value> {
                 Work::Rr(conns)
             }
             Scenario::Connrate => {
+                let d = d()?;
                 let one: OneConn = Arc::new(move || {
                     let d = d.clone();
                     Box::pin(async move { echo_64(d.open(OP_ECHO, 0).await?).await })
@@ -318,19 +370,19 @@ pub async fn run(a: InterleavedArgs) -> Result<Value> {
     for ((name, _), lane) in a.at.iter().zip(lanes) {
         let secs = lane.busy.as_secs_f64();
         let (h, cost, errors) = (&lane.hist, lane.cost.as_ref(), &lane.errors);
-        let (mode, result) = match lane.work {
+        let result = match lane.work {
             Work::Rr(conns) => {
                 for mut s in conns {
                     let _ = s.shutdown().await;
                 }
                 let shape = (a.connections.max(1), a.size);
-                ("rr", rr_result(shape, secs, lane.done, h, cost, errors))
+                rr_result(shape, secs, lane.done, h, cost, errors)
             }
             Work::Connrate { concurrency, .. } => {
-                let r = conn_result(concurrency, secs, lane.done, h, cost, errors);
-                ("connrate", r)
+                conn_result(concurrency, secs, lane.done, h, cost, errors)
             }
         };
+        let mode = a.scenario.mode();
         let turns = json!({"slice_ms": a.slice.as_millis(), "turns": plan.1});
         let mut v = json!({"mode": mode, "name": name, "interleaved": turns});
         merge(&mut v, result);

@@ -40,8 +40,9 @@ enum Cmd {
     Connrate(client::ConnrateArgs),
     /// Closed-loop request/response over persistent connections: requests, proxy cost, latency.
     Rr(client::RrArgs),
-    /// `rr` or `connrate` through several targets in turns, so that a change of the host's
-    /// state falls on all alike; one result file per target, in that mode's shape.
+    /// `rr`, `connrate` or an HBONE scenario through several targets in turns, so that a
+    /// change of the host's state falls on all alike; one result file per target, in that
+    /// mode's shape.
     Interleaved(interleaved::InterleavedArgs),
     /// Bulk transfer, download then upload; MB/s.
     Throughput(client::ThroughputArgs),
