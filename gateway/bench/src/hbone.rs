@@ -311,24 +311,31 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
+    /// Test certificates written to `certs`, and the bench backend started with them: its
+    /// plain (non-TLS) address, once it listens.
+    async fn backend(certs: &std::path::Path) -> SocketAddr {
+        crate::tls::write_certs(certs).unwrap();
+        let plain = testkit::net::free_addr(Ipv4Addr::LOCALHOST).unwrap();
+        tokio::spawn(crate::backend::run(crate::backend::BackendArgs {
+            listen: testkit::net::free_addr(Ipv4Addr::LOCALHOST).unwrap(),
+            plain_listen: Some(plain),
+            certs: certs.to_path_buf(),
+            threads: 1,
+        }));
+        testkit::wait::eventually("the backend listens", Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(plain).await.is_ok()
+        })
+        .await;
+        plain
+    }
+
     /// A plain backend, a destination ztunnel in front of it and another as the outer hop,
     /// all in process; every scenario runs briefly, single and double, without errors.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_hbone_scenario_runs_single_and_double() {
         let certs = std::env::temp_dir().join(format!("sni-bench-hbone-{}", std::process::id()));
-        crate::tls::write_certs(&certs).unwrap();
-        let plain = testkit::net::free_addr(Ipv4Addr::LOCALHOST).unwrap();
-        tokio::spawn(crate::backend::run(crate::backend::BackendArgs {
-            listen: testkit::net::free_addr(Ipv4Addr::LOCALHOST).unwrap(),
-            plain_listen: Some(plain),
-            certs: certs.clone(),
-            threads: 1,
-        }));
+        let plain = backend(&certs).await;
         let id = Identity::load_dir(&certs).unwrap();
-        testkit::wait::eventually("the backend listens", Duration::from_secs(10), || async {
-            tokio::net::TcpStream::connect(plain).await.is_ok()
-        })
-        .await;
         let dest = DestinationZtunnel::start(&id, plain).await.unwrap();
         let hop = DestinationZtunnel::start(&id, dest.addr()).await.unwrap();
 
@@ -401,18 +408,7 @@ mod tests {
         use crate::interleaved::{InterleavedArgs, run};
         let dir = std::env::temp_dir().join(format!("sni-bench-hbone-il-{}", std::process::id()));
         let certs = dir.join("certs");
-        crate::tls::write_certs(&certs).unwrap();
-        let plain = testkit::net::free_addr(Ipv4Addr::LOCALHOST).unwrap();
-        tokio::spawn(crate::backend::run(crate::backend::BackendArgs {
-            listen: testkit::net::free_addr(Ipv4Addr::LOCALHOST).unwrap(),
-            plain_listen: Some(plain),
-            certs: certs.clone(),
-            threads: 1,
-        }));
-        testkit::wait::eventually("the backend listens", Duration::from_secs(10), || async {
-            tokio::net::TcpStream::connect(plain).await.is_ok()
-        })
-        .await;
+        let plain = backend(&certs).await;
         let id = Identity::load_dir(&certs).unwrap();
         let dest = DestinationZtunnel::start(&id, plain).await.unwrap();
         let a = DestinationZtunnel::start(&id, dest.addr()).await.unwrap();
