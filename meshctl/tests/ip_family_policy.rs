@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use k8s_openapi::api::core::v1::Service;
-use k8s_test_server::{Options, StoreConfig, TestApiServer};
+use k8s_test_server::StoreConfig;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
@@ -18,16 +18,11 @@ const POLICY: &str = "--ip-family-policy";
 
 /// Two clusters with both IP families (IPv4 primary) and a certificate tree.
 async fn dual_stack_mesh() -> Mesh {
-    init();
-    let start = |name: &str| {
-        let mut o = Options::new(name);
-        o.store = StoreConfig {
-            ip_families: DUAL,
-            ..StoreConfig::default()
-        };
-        TestApiServer::start_with(o)
-    };
-    let (west, east) = (start("west").await.unwrap(), start("east").await.unwrap());
+    let (west, east) = servers_with(StoreConfig {
+        ip_families: DUAL,
+        ..StoreConfig::default()
+    })
+    .await;
     mesh_of(west, east).await
 }
 

@@ -2,26 +2,21 @@
 //! cleanup finalizer (`StoreConfig::load_balancer_cleanup_finalizer`), which it never takes
 //! off, so a DELETE only marks the Service and the test plays the teardown.
 
-use k8s_test_server::{Options, StoreConfig, TestApiServer};
+use k8s_test_server::{StoreConfig, TestApiServer};
 use serde_json::Value;
 
-use super::{Mesh, init, mesh_of};
+use super::{Mesh, mesh_of, servers_with};
 
 /// The finalizer the cloud controller puts on a LoadBalancer Service.
 pub const LB_FINALIZER: &str = "service.kubernetes.io/load-balancer-cleanup";
 
 /// west and east, both with the cloud controller.
 pub async fn cloud_mesh() -> Mesh {
-    init();
-    let start = |name: &str| {
-        let mut o = Options::new(name);
-        o.store = StoreConfig {
-            load_balancer_cleanup_finalizer: true,
-            ..StoreConfig::default()
-        };
-        TestApiServer::start_with(o)
-    };
-    let (west, east) = (start("west").await.unwrap(), start("east").await.unwrap());
+    let (west, east) = servers_with(StoreConfig {
+        load_balancer_cleanup_finalizer: true,
+        ..StoreConfig::default()
+    })
+    .await;
     mesh_of(west, east).await
 }
 

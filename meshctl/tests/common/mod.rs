@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use k8s_test_server::TestApiServer;
+use k8s_test_server::{Options, StoreConfig, TestApiServer};
 use serde_json::{Value, json};
 #[allow(unused_imports)] // not every test file calls it
 pub use testkit::kube_client::client_from_yaml;
@@ -51,6 +51,18 @@ pub async fn mesh() -> Mesh {
     let west = TestApiServer::start("west").await.unwrap();
     let east = TestApiServer::start("east").await.unwrap();
     mesh_of(west, east).await
+}
+
+/// west and east, each started with `store` (a store option such as the cloud controller's
+/// finalizer or both IP families), for [`mesh_of`].
+pub async fn servers_with(store: StoreConfig) -> (TestApiServer, TestApiServer) {
+    init();
+    let start = |name: &str| {
+        let mut o = Options::new(name);
+        o.store = store.clone();
+        TestApiServer::start_with(o)
+    };
+    (start("west").await.unwrap(), start("east").await.unwrap())
 }
 
 /// [`mesh`] over servers the caller started (with its own options).
