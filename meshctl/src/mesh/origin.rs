@@ -28,16 +28,21 @@ pub const CREATED_VALUE: &str = "meshctl";
 /// `manifests/charts/base/templates/reader-serviceaccount.yaml`, the `istio.labels`
 /// helper), and `istioctl install` its `install.operator.istio.io/owning-resource` and
 /// `operator.istio.io/component`. meshctl writes none of them.
-const INSTALLER_ANNOTATIONS: &[&str] = &[
-    "meta.helm.sh/release-name",
-    "meta.helm.sh/release-namespace",
-];
+const INSTALLER_ANNOTATIONS: &[&str] = &[HELM_RELEASE, HELM_RELEASE_NAMESPACE];
 const INSTALLER_LABELS: &[&str] = &[
     "helm.sh/chart",
     "heritage",
     "release",
     "app.kubernetes.io/instance",
     "app.kubernetes.io/part-of",
+    ISTIOCTL_LABELS[0],
+    ISTIOCTL_LABELS[1],
+];
+/// Helm's release annotations: the release, and its namespace.
+const HELM_RELEASE: &str = "meta.helm.sh/release-name";
+const HELM_RELEASE_NAMESPACE: &str = "meta.helm.sh/release-namespace";
+/// The labels `istioctl install` puts on what it installs.
+const ISTIOCTL_LABELS: [&str; 2] = [
     "install.operator.istio.io/owning-resource",
     "operator.istio.io/component",
 ];
@@ -164,16 +169,13 @@ impl ForeignGateway {
         let meta = &found[0].0["metadata"];
         let ns = meta["namespace"].as_str().unwrap_or_default();
         let helm = |k: &str| meta["annotations"][k].as_str().filter(|v| !v.is_empty());
-        let istioctl = [
-            "operator.istio.io/component",
-            "install.operator.istio.io/owning-resource",
-        ]
-        .iter()
-        .any(|k| !meta["labels"][*k].is_null());
-        let remove = match helm("meta.helm.sh/release-name") {
+        let istioctl = ISTIOCTL_LABELS
+            .iter()
+            .any(|k| !meta["labels"][*k].is_null());
+        let remove = match helm(HELM_RELEASE) {
             Some(r) => format!(
                 "it is Helm release {r}: helm uninstall {r} -n {}",
-                helm("meta.helm.sh/release-namespace").unwrap_or(ns)
+                helm(HELM_RELEASE_NAMESPACE).unwrap_or(ns)
             ),
             None if istioctl => "istioctl installed it: take it out of the IstioOperator's \
                                  components.ingressGateways and run istioctl install again"
