@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use serde_json::{Value, json};
 use testkit::hbone::{ClientZtunnel, DestinationZtunnel, HboneError, OuterConn};
@@ -27,7 +27,6 @@ use crate::client::{
     BulkTotal, Io, OneConn, Pace, Window, bulk, conn_loop, echo_64, merge, rr_loop,
 };
 use crate::cost::CostArgs;
-use crate::interleaved::{Scenario, Work};
 use crate::{check_loopback, parse_duration};
 
 /// What every HBONE client mode needs to reach a target.
@@ -59,7 +58,8 @@ pub struct HboneTarget {
     pub name: String,
 }
 
-struct Dialer {
+/// An HBONE client (the outer connection, and the inner one with `--double`) for one target.
+pub(crate) struct Dialer {
     t: HboneTarget,
     outer: ClientZtunnel,
     inner: ClientZtunnel,
@@ -70,7 +70,7 @@ fn io_err(e: HboneError) -> io::Error {
 }
 
 impl Dialer {
-    fn new(t: &HboneTarget) -> Result<Arc<Dialer>> {
+    pub(crate) fn new(t: &HboneTarget) -> Result<Arc<Dialer>> {
         check_loopback(&t.target)?;
         let id = Identity::load_dir(&t.certs)
             .with_context(|| format!("loading certificates from {}", t.certs.display()))?;
@@ -138,7 +138,7 @@ pub struct ConnrateArgs {
 }
 
 /// One attempt of `hbone-connrate`: a new outer connection, a tunnel, 64 B echoed.
-fn new_outer(d: &Arc<Dialer>) -> OneConn {
+pub(crate) fn new_outer(d: &Arc<Dialer>) -> OneConn {
     let d = d.clone();
     Arc::new(move || {
         let d = d.clone();
@@ -151,7 +151,7 @@ fn new_outer(d: &Arc<Dialer>) -> OneConn {
 
 /// One attempt of `hbone-pooled`: a new tunnel on one of the pooled outer connections (in
 /// turn), 64 B echoed.
-async fn new_tunnel(d: &Arc<Dialer>) -> Result<OneConn> {
+pub(crate) async fn new_tunnel(d: &Arc<Dialer>) -> Result<OneConn> {
     let pool = Arc::new(d.pool().await?);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let d = d.clone();
@@ -165,7 +165,7 @@ async fn new_tunnel(d: &Arc<Dialer>) -> Result<OneConn> {
 }
 
 /// `n` long-lived echo tunnels over the pooled outer connections (`hbone-rr`).
-async fn echo_tunnels(d: &Dialer, n: usize) -> Result<(Vec<Box<dyn Io>>, usize)> {
+pub(crate) async fn echo_tunnels(d: &Dialer, n: usize) -> Result<(Vec<Box<dyn Io>>, usize)> {
     let pool = d.pool().await?;
     let mut tunnels = Vec::new();
     for i in 0..n.max(1) {
@@ -173,25 +173,6 @@ async fn echo_tunnels(d: &Dialer, n: usize) -> Result<(Vec<Box<dyn Io>>, usize)>
         tunnels.push(d.open(outer, OP_ECHO, 0).await.context("tunnel")?);
     }
     Ok((tunnels, pool.len()))
-}
-
-/// What one target of `interleaved --scenario hbone-*` does in its turns: the attempts of
-/// `hbone-connrate` or `hbone-pooled` (`concurrency` in flight), or `n` tunnels of
-/// `hbone-rr`.
-pub async fn interleaved_work(t: &HboneTarget, scenario: Scenario, n: usize) -> Result<Work> {
-    let d = Dialer::new(t)?;
-    Ok(match scenario {
-        Scenario::HboneConnrate => Work::Connrate {
-            one: new_outer(&d),
-            concurrency: n.max(1),
-        },
-        Scenario::HbonePooled => Work::Connrate {
-            one: new_tunnel(&d).await?,
-            concurrency: n.max(1),
-        },
-        Scenario::HboneRr => Work::Rr(echo_tunnels(&d, n).await?.0),
-        Scenario::Rr | Scenario::Connrate => bail!("{scenario:?} is not an HBONE scenario"),
-    })
 }
 
 /// New outer connection + tunnel + 64 B echoed, per attempt.
@@ -405,7 +386,7 @@ mod tests {
     /// and both get some without errors.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn interleaved_hbone_turns_reach_each_target() {
-        use crate::interleaved::{InterleavedArgs, run};
+        use crate::interleaved::{InterleavedArgs, Scenario, run};
         let dir = std::env::temp_dir().join(format!("sni-bench-hbone-il-{}", std::process::id()));
         let certs = dir.join("certs");
         let plain = backend(&certs).await;

@@ -26,7 +26,7 @@ use crate::client::{
     rr_result, us,
 };
 use crate::cost::{Cost, CostArgs, Meter};
-use crate::hbone::{HboneTarget, interleaved_work};
+use crate::hbone::{self, HboneTarget};
 use crate::{Target, Tls, parse_duration};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -311,31 +311,42 @@ pub async fn run(a: InterleavedArgs) -> Result<Value> {
             plain: false,
             name: name.clone(),
         };
-        // The TLS dialer only for the plain scenarios (HBONE ones send no SNI of theirs).
+        // Each scenario builds its own client: the HBONE ones send no SNI of theirs.
         let d = || Dialer::new(&t).map(Arc::new);
-        let hbone = HboneTarget {
-            target: *addr,
-            authority: a.authority.clone(),
-            certs: a.tls.certs.clone(),
-            server_id: Vec::new(),
-            double: a.double,
-            inner_server_id: Vec::new(),
-            outer: 1,
-            name: name.clone(),
+        let hb = || {
+            hbone::Dialer::new(&HboneTarget {
+                target: *addr,
+                authority: a.authority.clone(),
+                certs: a.tls.certs.clone(),
+                server_id: Vec::new(),
+                double: a.double,
+                inner_server_id: Vec::new(),
+                outer: 1,
+                name: name.clone(),
+            })
         };
+        let reach = || format!("connect to {name} ({addr})");
         let work = match a.scenario {
-            Scenario::HboneConnrate | Scenario::HbonePooled => {
-                interleaved_work(&hbone, a.scenario, a.concurrency).await?
-            }
-            Scenario::HboneRr => interleaved_work(&hbone, a.scenario, a.connections)
-                .await
-                .with_context(|| format!("tunnels to {name} ({addr})"))?,
+            Scenario::HboneConnrate => Work::Connrate {
+                one: hbone::new_outer(&hb()?),
+                concurrency: a.concurrency.max(1),
+            },
+            Scenario::HbonePooled => Work::Connrate {
+                one: hbone::new_tunnel(&hb()?).await.with_context(reach)?,
+                concurrency: a.concurrency.max(1),
+            },
+            Scenario::HboneRr => Work::Rr(
+                hbone::echo_tunnels(&*hb()?, a.connections)
+                    .await
+                    .with_context(reach)?
+                    .0,
+            ),
             Scenario::Rr => {
                 let d = d()?;
                 let mut conns = Vec::new();
                 for _ in 0..a.connections.max(1) {
                     let s = d.open(OP_ECHO, 0).await;
-                    conns.push(s.with_context(|| format!("connect to {name} ({addr})"))?);
+                    conns.push(s.with_context(reach)?);
                 }
                 Work::Rr(conns)
             }
