@@ -4,5 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 cargo build --release --locked -q -p gateway -p meshctl -p examples
-if [ "${1:-}" = --rotation ]; then exec target/release/rotation-demo "${@:2}"; fi  # README "Rotating trust"
-exec target/release/demo "$@"
+# `cargo run` finds the binaries wherever cargo put them (CARGO_TARGET_DIR, build.target-dir);
+# the demos start gateway and meshctl from the same directory.
+bin=demo
+if [ "${1:-}" = --rotation ]; then bin=rotation-demo; shift; fi  # README "Rotating trust"
+exec cargo run --release --locked -q -p examples --bin "$bin" -- "$@"

@@ -59,7 +59,7 @@ METALLB_MANIFEST=https://raw.githubusercontent.com/metallb/metallb/${METALLB_VER
 # Optional: pin the Kubernetes node image, e.g. kindest/node:v1.32.2 (default: kind's own).
 KIND_NODE_IMAGE=${KIND_NODE_IMAGE:-}
 # meshctl built on this machine (step "certs"); override to use another build.
-MESHCTL=${MESHCTL:-target/release/meshctl}
+MESHCTL=${MESHCTL:-${CARGO_TARGET_DIR:-target}/release/meshctl}
 # Bounded waits: TRIES attempts, DELAY seconds apart (30 x 2 s = 1 minute).
 TRIES=${TRIES:-30}
 DELAY=${DELAY:-2}
