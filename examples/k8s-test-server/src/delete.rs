@@ -34,6 +34,58 @@ pub(crate) fn finalized(old: &Value, new: &Value) -> bool {
             .is_none_or(|g| g.as_i64() == Some(0))
 }
 
+/// A DELETE's preconditions, checked where kube-apiserver checks them and answered as it
+/// answers them: the uid first, in `rest.BeforeDelete` (a Conflict qualified by the Kind, as
+/// it passes `gvk.Kind` for the resource); then the resourceVersion, in storage
+/// (`storage.Preconditions.Check`: an invalid-object `StorageError`, which
+/// `InterpretDeleteError` turns into a Conflict on the plural). The storage key is etcd's for
+/// most resources (`/registry/<plural>/…`, a custom resource's under its group; Services and
+/// Endpoints under `services/specs` and `services/endpoints`).
+fn check_preconditions(
+    rt: &ResourceType,
+    obj: &Value,
+    pre_rv: Option<&str>,
+    pre_uid: Option<&str>,
+) -> Result<(), ApiError> {
+    let name = meta_str(obj, "name").unwrap_or_default();
+    let uid = meta_str(obj, "uid").unwrap_or_default();
+    if let Some(want) = pre_uid.filter(|p| *p != uid) {
+        return Err(ApiError::conflict_because(
+            &rt.group,
+            &rt.kind,
+            name,
+            &format!(
+                "the UID in the precondition ({want}) does not match the UID in record ({uid}). \
+                 The object might have been deleted and then recreated"
+            ),
+        ));
+    }
+    let rv = meta_str(obj, "resourceVersion").unwrap_or_default();
+    if let Some(want) = pre_rv.filter(|p| *p != rv) {
+        let prefix = match (rt.group.as_str(), rt.plural.as_str()) {
+            ("", "services") => "services/specs".to_string(),
+            ("", "endpoints") => "services/endpoints".to_string(),
+            (g, p) if rt.custom => format!("{g}/{p}"),
+            (_, p) => p.to_string(),
+        };
+        let key = match meta_str(obj, "namespace") {
+            Some(ns) => format!("/registry/{prefix}/{ns}/{name}"),
+            None => format!("/registry/{prefix}/{name}"),
+        };
+        return Err(ApiError::conflict_because(
+            &rt.group,
+            &rt.plural,
+            name,
+            &format!(
+                "StorageError: invalid object, Code: 4, Key: {key}, ResourceVersion: 0, \
+                 AdditionalErrorMsg: Precondition failed: ResourceVersion in precondition: \
+                 {want}, ResourceVersion in object meta: {rv}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Store {
     /// Deletes an object; returns it as deleted, or as marked for deletion while finalizers
     /// remain.
@@ -69,11 +121,7 @@ impl Store {
             .get(&key)
             .cloned()
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
-        if pre_rv.is_some_and(|p| Some(p) != meta_str(&old, "resourceVersion"))
-            || pre_uid.is_some_and(|p| Some(p) != meta_str(&old, "uid"))
-        {
-            return Err(ApiError::conflict(&rt.group, &rt.plural, name));
-        }
+        check_preconditions(rt, &old, pre_rv, pre_uid)?;
         let old = Store::render(rt, version, &old);
         Ok(self.delete_locked(&mut st, key, old, dry_run))
     }

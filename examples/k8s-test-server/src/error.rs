@@ -119,6 +119,23 @@ impl ApiError {
         }
     }
 
+    /// `NewConflict(resource, name, why)`: 409 Conflict with the reason the write could not
+    /// be made. `resource` is what the caller qualified the error with (a plural, or the Kind
+    /// where kube-apiserver passes `gvk.Kind`, as `rest.BeforeDelete` does).
+    pub fn conflict_because(group: &str, resource: &str, name: &str, why: &str) -> Self {
+        ApiError {
+            details: Some(details(group, resource, name)),
+            ..Self::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                    qualified(group, resource)
+                ),
+            )
+        }
+    }
+
     /// 422 Invalid with one cause, like field validation errors.
     pub fn invalid(
         group: &str,

@@ -10,6 +10,11 @@
 //!   (`apimachinery/pkg/api/errors`).
 //! - 409 `Conflict` as a write whose object changed since it was read gets it
 //!   (`NewConflict`: "the object has been modified"), naming the requested object.
+//!
+//! Besides answers, a test can interleave a write ([`Faults::interleave`]): another client's
+//! change landing between a client's read and its write, which the request then meets as it
+//! would on a real cluster (a precondition that no longer holds, a name now held by another
+//! object).
 
 use crate::auth::Identity;
 use crate::error::ApiError;
@@ -88,10 +93,18 @@ impl FaultRule {
     }
 }
 
+/// A write run once before the first request it matches is handled.
+struct Interleaved {
+    verb: String,
+    resource: String,
+    write: Box<dyn FnOnce() + Send>,
+}
+
 #[derive(Default)]
 struct State {
     rules: Vec<FaultRule>,
     injected: u64,
+    interleaved: Vec<Interleaved>,
 }
 
 /// The injected faults of one server (shared; kept across stop and restart).
@@ -107,6 +120,39 @@ impl Faults {
     /// Removes every rule: the server answers normally again.
     pub fn clear(&self) {
         self.lock().rules.clear();
+    }
+
+    /// TEST CONTROL: runs `write` (typically on the server's store) once, just before the
+    /// first request with this verb and resource is handled (after authentication and
+    /// authorization, where kube-apiserver's handler would read the stored object): another
+    /// client's write landing between a client's read and its write.
+    pub fn interleave(&self, verb: &str, resource: &str, write: impl FnOnce() + Send + 'static) {
+        self.lock().interleaved.push(Interleaved {
+            verb: verb.into(),
+            resource: resource.into(),
+            write: Box::new(write),
+        });
+    }
+
+    /// How many interleaved writes are still waiting for their request.
+    pub fn interleaved_pending(&self) -> usize {
+        self.lock().interleaved.len()
+    }
+
+    /// Runs (and spends) the interleaved write this request meets, outside the lock.
+    pub(crate) fn run_interleaved(&self, attrs: &Attributes) {
+        let write = {
+            let mut st = self.lock();
+            let Some(i) = st
+                .interleaved
+                .iter()
+                .position(|w| w.verb == attrs.verb && w.resource == attrs.resource)
+            else {
+                return;
+            };
+            st.interleaved.remove(i).write
+        };
+        write();
     }
 
     /// How many requests were answered with an injected fault.

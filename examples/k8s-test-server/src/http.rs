@@ -77,6 +77,7 @@ pub(crate) async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> 
     if let Some(f) = ctx.faults.take(Stage::Handler, &attrs, &id) {
         return fault_response(&f);
     }
+    ctx.faults.run_interleaved(&attrs);
     let accept = req
         .headers()
         .get(header::ACCEPT)

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use kube::config::KubeConfigOptions;
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, Config};
@@ -317,15 +317,44 @@ fn decode<K: DeserializeOwned>(c: &Cluster, kind: &str, v: Value) -> Result<K> {
         .with_context(|| format!("decoding {what} from context {:?} as a {kind}", c.context))
 }
 
-/// Deletes an object; `false` when it was already gone.
-pub async fn delete(c: &Cluster, obj: &Value) -> Result<bool> {
+/// How deleting an object as it was read went.
+#[derive(Debug)]
+pub enum Deletion {
+    /// Deleted, or marked for deletion while finalizers hold it.
+    Deleted,
+    /// Nothing holds the name any more.
+    AlreadyGone,
+    /// Another object holds the name now (deleted and made again since it was read): it is
+    /// left as it is, returned as it now is, to be judged afresh.
+    Replaced(Value),
+}
+
+/// Deletes `obj` (as read: its `uid`) only if it is still the object under its name, which
+/// the API server checks (a uid precondition: 409 when it no longer holds). Without it a
+/// delete by name takes whatever holds the name when it arrives, also an object another
+/// installer made after `obj` was read and judged.
+pub async fn delete_read(c: &Cluster, obj: &Value) -> Result<Deletion> {
     let av = obj["apiVersion"].as_str().unwrap_or_default();
     let kind = obj["kind"].as_str().unwrap_or_default();
-    let name = meta(obj, "name").unwrap_or_default();
-    let api = api_for(c, av, kind, meta(obj, "namespace"))?;
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(true),
-        Err(e) if status_code(&e) == Some(404) => Ok(false),
+    let (name, ns) = (
+        meta(obj, "name").unwrap_or_default(),
+        meta(obj, "namespace"),
+    );
+    let api = api_for(c, av, kind, ns)?;
+    let params = DeleteParams {
+        preconditions: meta(obj, "uid").map(|uid| Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(Deletion::Deleted),
+        Err(e) if status_code(&e) == Some(404) => Ok(Deletion::AlreadyGone),
+        Err(e) if status_code(&e) == Some(409) => match get(c, av, kind, ns, name).await? {
+            None => Ok(Deletion::AlreadyGone),
+            Some(now) => Ok(Deletion::Replaced(now)),
+        },
         Err(e) => Err(anyhow!(
             "deleting {} in context {:?}: {}",
             describe(obj),

@@ -18,10 +18,10 @@ use serde_json::{Value, json};
 use crate::cli::{ClustersArgs, MutateArgs, NamespaceArg, check_unique, usage};
 use crate::cmd::progress::Progress;
 use crate::istio::{
-    CLUSTER_NAME_ANNOTATION, GATEWAY_API_V1, ISTIO_NETWORKING_V1, MANAGED_SELECTOR, MANAGER,
-    NETWORK_LABEL,
+    CLUSTER_NAME_ANNOTATION, GATEWAY_API_V1, ISTIO_NETWORKING_V1, MANAGED_BY_KEY, MANAGED_BY_VALUE,
+    MANAGED_SELECTOR, MANAGER, NETWORK_LABEL,
 };
-use crate::kube::{self as kc, Cluster, KubeconfigFile};
+use crate::kube::{self as kc, Cluster, Deletion, KubeconfigFile};
 use crate::mesh::namespace;
 use crate::mesh::origin::{Origin, origin};
 use crate::mesh::terminating::{self, DeletionWait, Terminating};
@@ -84,23 +84,10 @@ pub async fn unjoin_cluster(
                 .collect()
         };
         for o in found {
-            // Labelled by an older meshctl that applied over it, but someone else's.
-            if let Origin::Foreign(why) = origin(Some(&o)) {
-                eprintln!(
-                    "{}: {} left in place, not made by meshctl: {why}",
-                    c.context,
-                    kc::describe(&o)
-                );
-                continue;
+            let o = with_type(o, av, kind);
+            if let Some(stub) = remove_judged(c, ns, namespaced, o, dry_run).await? {
+                removed.push(stub);
             }
-            let mut stub = json!({"apiVersion": av, "kind": kind, "metadata": {"name": o["metadata"]["name"]}});
-            if let Some(n) = o["metadata"]["namespace"].as_str() {
-                stub["metadata"]["namespace"] = json!(n);
-            }
-            if !dry_run {
-                kc::delete(c, &stub).await?;
-            }
-            removed.push(stub);
         }
     }
     if let Some(n) = kc::get(c, "v1", "Namespace", None, ns).await? {
@@ -124,6 +111,83 @@ pub async fn unjoin_cluster(
         }
     }
     Ok(())
+}
+
+/// `o` as listed, with the type a list's items may not carry.
+fn with_type(mut o: Value, api_version: &str, kind: &str) -> Value {
+    o["apiVersion"] = json!(api_version);
+    o["kind"] = json!(kind);
+    o
+}
+
+/// Why unjoin leaves `o` (listed as labelled managed-by=meshctl, or read again after it was
+/// replaced) in place, if it does: not labelled so (any more), a cluster-scoped object made
+/// for another namespace, or labelled by an older meshctl over another installer's object.
+fn left_because(o: &Value, ns: &str, namespaced: bool) -> Option<String> {
+    if o["metadata"]["labels"][MANAGED_BY_KEY] != MANAGED_BY_VALUE {
+        return Some(format!("it is not labelled {MANAGED_SELECTOR}"));
+    }
+    if !namespaced && !namespace::owns_cluster_object(o, ns) {
+        return Some(format!("it was not made for namespace {ns}"));
+    }
+    match origin(Some(o)) {
+        Origin::Foreign(why) => Some(format!("not made by meshctl: {why}")),
+        _ => None,
+    }
+}
+
+/// Deletes `o` (as listed) unless it is left in place ([`left_because`]; said on stderr),
+/// returning what was removed as a stub. The delete carries `o`'s uid, so an object another
+/// installer put under the name after the listing is not taken with it: that one is judged
+/// afresh, up to three times (a name replaced again each time is left, and said).
+async fn remove_judged(
+    c: &Cluster,
+    ns: &str,
+    namespaced: bool,
+    mut o: Value,
+    dry_run: bool,
+) -> Result<Option<Value>> {
+    let mut replaced = false;
+    for _ in 0..3 {
+        if let Some(why) = left_because(&o, ns, namespaced) {
+            let when = if replaced {
+                " (replaced since unjoin listed it)"
+            } else {
+                ""
+            };
+            eprintln!(
+                "{}: {} left in place{when}, {why}",
+                c.context,
+                kc::describe(&o)
+            );
+            return Ok(None);
+        }
+        let mut stub = json!({"apiVersion": o["apiVersion"], "kind": o["kind"],
+            "metadata": {"name": o["metadata"]["name"]}});
+        if let Some(n) = o["metadata"]["namespace"].as_str() {
+            stub["metadata"]["namespace"] = json!(n);
+        }
+        if dry_run {
+            return Ok(Some(stub));
+        }
+        match kc::delete_read(c, &o).await? {
+            Deletion::Deleted | Deletion::AlreadyGone => return Ok(Some(stub)),
+            Deletion::Replaced(now) => {
+                let (av, kind) = (o["apiVersion"].clone(), o["kind"].clone());
+                o = now;
+                o["apiVersion"] = av;
+                o["kind"] = kind;
+                replaced = true;
+            }
+        }
+    }
+    eprintln!(
+        "{}: {} left in place, it was replaced each time unjoin tried to delete it; re-run \
+         unjoin once whatever is re-creating it has stopped",
+        c.context,
+        kc::describe(&o)
+    );
+    Ok(None)
 }
 
 /// Why an interrupted unjoin leaves the mesh broken, and how to resume: per cluster what
