@@ -12,7 +12,7 @@
 //! would make the gateways connect to each other, hop after hop. Loops through other ports
 //! are caught per connection (`loop_guard`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -45,6 +45,11 @@ pub struct ServiceSpec {
     /// allocation, and sources may hand the same map to many services.
     pub subsets: Arc<Subsets>,
     pub endpoints: Vec<EndpointSpec>,
+    /// Bound to a waypoint (Kubernetes: `istio.io/use-waypoint`): its HBONE endpoints take
+    /// only tunnels a waypoint sends (`x-istio-source: waypoint`, the waypoint's policy
+    /// already applied); Istio's gateway sends any other to the waypoint, which this gateway
+    /// does not dial, so they are refused (`waypoint_bound`).
+    pub waypoint_bound: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +165,8 @@ pub struct RouteTable {
     /// The same keys, for HBONE: only endpoints with an HBONE port, each addressed
     /// `ip:hbone_port` (its own health and load state). A service without any is absent.
     hbone: Map<String, Map<u16, Route>>,
+    /// Hosts of `hbone` bound to a waypoint ([`ServiceSpec::waypoint_bound`]).
+    waypoint_bound: HashSet<String, foldhash::fast::RandomState>,
 }
 
 impl RouteTable {
@@ -187,6 +194,11 @@ impl RouteTable {
     /// The route an HBONE CONNECT to `host:port` takes: endpoints dialed on their HBONE port.
     pub fn lookup_hbone(&self, host: &str, port: u16) -> Option<&Route> {
         self.hbone.get(host)?.get(&port)
+    }
+
+    /// Whether `host`'s HBONE route takes only tunnels a waypoint sends.
+    pub fn waypoint_bound(&self, host: &str) -> bool {
+        self.waypoint_bound.contains(host)
     }
 
     /// HBONE routes without a classic route of the same name: every classic endpoint was
@@ -271,8 +283,12 @@ impl Routes {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         let mut routes: Map<String, Map<u16, Route>> = Map::default();
         let mut hbone: Map<String, Map<u16, Route>> = Map::default();
+        let mut waypoint_bound = HashSet::default();
         let mut left_out = Vec::new();
         for spec in specs {
+            if spec.waypoint_bound && spec.endpoints.iter().any(|e| e.hbone_port.is_some()) {
+                waypoint_bound.insert(spec.host.clone());
+            }
             for &port in &spec.ports {
                 let route = route_at(&mut routes, &spec.host, port);
                 // Share the spec's map; copy only to merge a host listed twice.
@@ -338,6 +354,7 @@ impl Routes {
             too_long: too_long(&routes),
             routes,
             hbone,
+            waypoint_bound,
         });
         self.current.store(Some(table.clone()));
         // Forget addresses no table refers to any more (old tables still hold their Arcs).
@@ -419,6 +436,7 @@ mod tests {
                     hbone_port: None,
                 })
                 .collect(),
+            waypoint_bound: false,
         }
     }
 
@@ -609,6 +627,24 @@ mod tests {
         assert!(t.lookup_hbone("a.local", 81).is_none());
         assert!(t.lookup_hbone("b.local", 80).is_none());
         assert!(t.lookup("b.local", 80).is_some());
+        assert!(!t.waypoint_bound("a.local"));
+    }
+
+    /// A service bound to a waypoint keeps its HBONE route, marked; only when it has one.
+    #[test]
+    fn waypoint_bound_hosts_are_marked() {
+        let mut a = spec("a.local", &[("10.0.0.1", true, &[])]);
+        a.endpoints[0].hbone_port = Some(15008);
+        a.waypoint_bound = true;
+        let mut b = spec("b.local", &[("10.0.0.2", true, &[])]);
+        b.waypoint_bound = true;
+        let t = Routes::new().publish(&[a, b]);
+        assert!(t.lookup_hbone("a.local", 80).is_some());
+        assert!(t.waypoint_bound("a.local"));
+        assert!(
+            !t.waypoint_bound("b.local"),
+            "no HBONE endpoint, nothing to mark"
+        );
     }
 
     /// Endpoints at 15443 are left out of the classic table (and listed); a route left with

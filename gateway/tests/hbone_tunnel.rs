@@ -11,8 +11,8 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 
 use hbone_support::{
-    App, AppMode, HboneGw, Outer, TIMEOUT, connect, hbone_yaml, outer, read_n, read_to_end,
-    send_all,
+    App, AppMode, HboneGw, Outer, TIMEOUT, connect, connect_with, hbone_yaml, outer, read_n,
+    read_to_end, send_all,
 };
 
 const SVC: &str = "catalog.istioinaction.svc.cluster.local";
@@ -324,4 +324,43 @@ async fn ping_is_answered() {
             .expect("PONG in time")
             .expect("PONG");
     }
+}
+
+/// A service bound to a waypoint takes only tunnels a waypoint sent: without
+/// `x-istio-source: waypoint` a CONNECT is answered 503 (`waypoint_bound`) and nothing is
+/// dialed (Istio's gateway would send it to the waypoint); with it, the tunnel reaches the
+/// service's endpoint, as Istio's gateway sends it straight to the service.
+#[tokio::test]
+async fn a_waypoint_bound_service_takes_only_tunnels_a_waypoint_sent() {
+    let a = app("catalog-1", 21).await;
+    let yaml = format!(
+        "services:\n  - host: {SVC}\n    ports: [{{port: 80, targetPort: 8080}}]\n    \
+         waypoint_bound: true\n    endpoints:\n      - address: {}\n        hbone: {{port: {}}}\n",
+        a.addr.ip(),
+        a.addr.port()
+    );
+    let gw = hbone_support::gateway(&yaml, |_| {}).await;
+    let mut o = outer(gw.hbone, Some(&hbone_support::pki().client))
+        .await
+        .unwrap();
+    let authority = format!("{SVC}:80");
+    for source in [
+        &[][..],
+        &[("x-istio-source", "gateway")],
+        &[("x-istio-source", "Waypoint")],
+    ] {
+        let (status, io) = connect_with(&mut o, &authority, source).await.unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{source:?}");
+        assert!(io.is_none());
+    }
+    assert_eq!(gw.refused("waypoint_bound").await, 3.0);
+    assert_eq!(gw.refused("no_route").await, 0.0);
+    assert_eq!(a.accepted(), 0, "nothing dialed");
+    let (status, io) = connect_with(&mut o, &authority, &[("x-istio-source", "waypoint")])
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let (_tx, mut rx) = io.unwrap();
+    assert_eq!(read_n(&mut rx, 10).await, b"catalog-1\n");
+    assert_eq!(a.accepted(), 1);
 }

@@ -3,8 +3,9 @@
 //! `podIP:15008` (real rustls, real h2 CONNECT on the gateway's 15008, a plain TCP app on
 //! the pod's 15008 standing in for its ztunnel); the classic 15443 route is unchanged.
 //! Capture follows istio-cni: the Namespace's or the Pod's `istio.io/dataplane-mode=ambient`,
-//! a Pod's `none` opts out, injected sidecars never; a Namespace's `istio.io/use-waypoint`
-//! binds its Services. Relabels take effect without a restart.
+//! a Pod's `none` opts out, injected sidecars never; a Service bound to a waypoint (its own or
+//! its Namespace's `istio.io/use-waypoint`) takes only tunnels a waypoint sent
+//! (`x-istio-source: waypoint`). Relabels take effect without a restart.
 
 mod common;
 mod hbone_support;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use common::*;
 use gateway::app;
 use gateway::config::{Config, Discovery, KubeOptions};
-use hbone_support::{App, AppMode, Outer, connect, outer, read_n};
+use hbone_support::{App, AppMode, Outer, connect_with, outer, read_n};
 use http::StatusCode;
 use k8s_test_server::{Options, TestApiServer, namespace_json};
 use serde_json::{Value, json};
@@ -150,6 +151,25 @@ async fn hbone_endpoints(admin: SocketAddr, host: &str) -> Vec<String> {
     out
 }
 
+/// Whether `/debug/routes` shows `host:80` as bound to a waypoint.
+async fn waypoint_bound(admin: SocketAddr, host: &str) -> bool {
+    let (_, body) = http_get(admin, &format!("/debug/routes?host={host}")).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| r["host"] == host && r["port"] == 80 && r["waypoint_bound"] == true)
+}
+
+async fn eventually_waypoint_bound(admin: SocketAddr, host: &str, want: bool) {
+    let what = format!("{host}:80 waypoint_bound {want}");
+    eventually(&what, WAIT, || async move {
+        waypoint_bound(admin, host).await == want
+    })
+    .await;
+}
+
 async fn eventually_hbone_endpoints(admin: SocketAddr, host: &str, want: &[String]) {
     let what = format!("{host}:80 hbone endpoints {want:?}");
     eventually(&what, WAIT, || async move {
@@ -202,7 +222,23 @@ async fn tunnels_reach(o: &mut Outer, n: usize, greeting: &[u8]) {
 
 /// One CONNECT to `host:80`: the status and, when 200, the greeting of the app reached.
 async fn tunnel(o: &mut Outer, host: &str, greeting_len: usize) -> (StatusCode, Vec<u8>) {
-    let (status, io) = connect(o, &format!("{host}:80")).await.unwrap();
+    tunnel_with(o, host, greeting_len, &[]).await
+}
+
+/// The same CONNECT as a waypoint sends it (`x-istio-source: waypoint`).
+async fn waypoint_tunnel(o: &mut Outer, host: &str, greeting_len: usize) -> (StatusCode, Vec<u8>) {
+    tunnel_with(o, host, greeting_len, &[("x-istio-source", "waypoint")]).await
+}
+
+async fn tunnel_with(
+    o: &mut Outer,
+    host: &str,
+    greeting_len: usize,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Vec<u8>) {
+    let (status, io) = connect_with(o, &format!("{host}:80"), headers)
+        .await
+        .unwrap();
     match io {
         Some((_tx, mut rx)) => (status, read_n(&mut rx, greeting_len).await),
         None => (status, Vec::new()),
@@ -264,7 +300,7 @@ async fn global_service_with_ambient_pods_is_reached_over_hbone_on_15008() {
 }
 
 #[tokio::test]
-async fn services_not_global_or_bound_to_a_waypoint_have_no_hbone_endpoints() {
+async fn services_not_global_have_no_hbone_endpoints_and_bound_ones_take_waypoints_tunnels() {
     let (api, gw) = setup().await;
     let (_classic, port) = classic_backends(11).await;
     let zt = ztunnel("ztunnel-a", 11).await;
@@ -284,23 +320,36 @@ async fn services_not_global_or_bound_to_a_waypoint_have_no_hbone_endpoints() {
         "not global: not reachable over HBONE"
     );
 
-    // Global and bound to a waypoint: Istio's gateway would dial the waypoint; this one
-    // keeps the service classic-only.
+    // Global and bound to a waypoint: Istio's gateway would dial the waypoint, this one
+    // does not; only a tunnel a waypoint sent reaches the pod (straight to the service, as
+    // Istio's gateway sends it).
     st.apply(service(
         "catalog",
         &[GLOBAL, ("istio.io/use-waypoint", "waypoint")],
     ))
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(hbone_endpoints(gw.admin, CATALOG).await.is_empty());
-    // The label flipped to global alone: the same pod becomes reachable over HBONE.
-    st.apply(service("catalog", &[GLOBAL])).unwrap();
     eventually_hbone_endpoints(gw.admin, CATALOG, &[hbone_at(11)]).await;
+    eventually_waypoint_bound(gw.admin, CATALOG, true).await;
     let mut o = hbone_client(&gw).await;
-    let (status, greeting) = tunnel(&mut o, CATALOG, 10).await;
+    let (status, _) = tunnel(&mut o, CATALOG, 0).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not sent by a waypoint"
+    );
+    assert_eq!(zt.accepted(), 0);
+    let (status, greeting) = waypoint_tunnel(&mut o, CATALOG, 10).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(greeting, b"ztunnel-a\n");
     assert_eq!(zt.accepted(), 1);
+    // The label flipped to global alone: every tunnel reaches the same pod.
+    st.apply(service("catalog", &[GLOBAL])).unwrap();
+    eventually_waypoint_bound(gw.admin, CATALOG, false).await;
+    assert_eq!(hbone_endpoints(gw.admin, CATALOG).await, [hbone_at(11)]);
+    let (status, greeting) = tunnel(&mut o, CATALOG, 10).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(greeting, b"ztunnel-a\n");
+    assert_eq!(zt.accepted(), 2);
     eventually_classic(gw.listen, CATALOG, &["a"]).await;
 }
 
@@ -409,22 +458,24 @@ async fn a_namespace_waypoint_binds_its_services_unless_a_service_opts_out() {
     st.create(slice("catalog", port, &[(pod_ip(41), "catalog-a")]))
         .unwrap();
     eventually_classic(gw.listen, CATALOG, &["a"]).await;
-    // Bound through its namespace: classic only (Istio's gateway would dial the waypoint).
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(hbone_endpoints(gw.admin, CATALOG).await.is_empty());
+    // Bound through its namespace: only tunnels a waypoint sent (Istio's gateway would dial
+    // the waypoint for the others).
+    let a = [hbone_at(41)];
+    eventually_hbone_endpoints(gw.admin, CATALOG, &a).await;
+    eventually_waypoint_bound(gw.admin, CATALOG, true).await;
     // The Service's own `none` overrides its namespace's waypoint.
     st.apply(service(
         "catalog",
         &[GLOBAL, ("istio.io/use-waypoint", "none")],
     ))
     .unwrap();
-    let a = [hbone_at(41)];
-    eventually_hbone_endpoints(gw.admin, CATALOG, &a).await;
-    // Unlabelled again, then the namespace drops its waypoint: reachable over HBONE.
+    eventually_waypoint_bound(gw.admin, CATALOG, false).await;
+    // Unlabelled again, then the namespace drops its waypoint: open to every tunnel.
     st.apply(service("catalog", &[GLOBAL])).unwrap();
-    eventually_hbone_endpoints(gw.admin, CATALOG, &[]).await;
+    eventually_waypoint_bound(gw.admin, CATALOG, true).await;
     st.apply(namespace(&[AMBIENT])).unwrap();
-    eventually_hbone_endpoints(gw.admin, CATALOG, &a).await;
+    eventually_waypoint_bound(gw.admin, CATALOG, false).await;
+    assert_eq!(hbone_endpoints(gw.admin, CATALOG).await, a);
     eventually_classic(gw.listen, CATALOG, &["a"]).await;
 }
 

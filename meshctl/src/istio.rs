@@ -128,6 +128,8 @@ pub const REMOTE_GATEWAY_CLASS: &str = "istio-remote";
 pub const GATEWAY_SA_ANNOTATION: &str = "gateway.istio.io/service-account";
 /// Marks a Service as global (exported to the other networks) in Istio's ambient profile.
 pub const GLOBAL_SERVICE_LABEL: &str = "istio.io/global";
+/// Binds a Service (or every Service of a Namespace) to a waypoint; `none` opts out.
+pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
 /// istiod's switch for ambient multi-network.
 pub const AMBIENT_MULTI_NETWORK_ENV: &str = "AMBIENT_ENABLE_MULTI_NETWORK";
 

@@ -400,10 +400,11 @@ async fn check(m: &Mesh) -> (i32, Vec<Value>) {
     check_json(m.kc(), &[], false).await
 }
 
-const AMBIENT_CHECKS: [&str; 3] = [
+const AMBIENT_CHECKS: [&str; 4] = [
     "istiod ambient multi-network",
     "gateway HBONE identity",
     "peer networks announced",
+    "global services without a waypoint",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,6 +445,14 @@ async fn check_passes_on_a_good_ambient_setup_and_names_each_broken_item() {
     istiod(&m.east, "false");
     hbone_secret(&m, &m.west, "west", "someone-else").await;
     global_service(&m.west, "webapp");
+    // East binds every Service of `default` to a waypoint, catalog included.
+    let mut ns = m
+        .east
+        .store()
+        .get("v1", "Namespace", None, "default")
+        .unwrap();
+    ns["metadata"]["labels"]["istio.io/use-waypoint"] = json!("wp");
+    m.east.store().apply(ns).unwrap();
     let mut gw = announce(&m.east, "west-network").unwrap();
     gw["metadata"]["annotations"]["gateway.istio.io/service-account"] = json!("other-sa");
     m.east.store().apply(gw).unwrap();
@@ -481,6 +490,20 @@ async fn check_passes_on_a_good_ambient_setup_and_names_each_broken_item() {
     );
     let d = failing("cluster west", "peer networks announced");
     assert!(d.contains("has no status.addresses"), "{d}");
+    let w = item(&items, "cluster east", "global services without a waypoint");
+    assert_eq!(w["status"], "warn");
+    assert_eq!(
+        w["detail"],
+        "bound to a waypoint: default/catalog (its namespace's istio.io/use-waypoint=wp)"
+    );
+    assert!(
+        w["hint"].as_str().unwrap().contains("waypoint_bound"),
+        "{w}"
+    );
+    assert_eq!(
+        item(&items, "cluster west", "global services without a waypoint")["status"],
+        "pass"
+    );
     let w = item(&items, "mesh", "global services on every side");
     assert_eq!(w["status"], "warn");
     assert_eq!(

@@ -46,6 +46,7 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
                 .lookup_hbone(&r.host, r.port)
                 .map(|h| h.endpoints.iter().map(endpoint).collect())
                 .unwrap_or_default(),
+            waypoint_bound: table.waypoint_bound(&r.host),
             sni: SniName::new(r.port, "", r.host.as_str()).to_string(),
             host: r.host.clone(),
             port: r.port,
@@ -135,6 +136,9 @@ pub struct DebugRoute {
     /// The endpoints an HBONE CONNECT to `host:port` dials (`ip:hbone port`); empty when
     /// the route is not reachable over HBONE.
     pub hbone_endpoints: Vec<DebugEndpoint>,
+    /// Bound to a waypoint: `hbone_endpoints` take only tunnels a waypoint sent.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub waypoint_bound: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -200,6 +204,7 @@ mod tests {
             host: host.into(),
             ports: vec![80, 9080],
             subsets: Default::default(),
+            waypoint_bound: false,
             endpoints: vec![EndpointSpec {
                 address: "10.0.0.1".parse().unwrap(),
                 ports: [(80, 8080)].into(),

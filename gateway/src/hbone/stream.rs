@@ -7,7 +7,9 @@
 //! attempt failed, too many tunnels, and for no route: Istio's gateway sends an unmatched
 //! authority to a blackhole chain (hbone.md §3, `buildWaypointInternal`), so the client's
 //! CONNECT fails without reaching any endpoint; 503 is what ztunnel itself answers when it
-//! has nothing to dial (`find_inbound_upstream`).
+//! has nothing to dial (`find_inbound_upstream`). A service bound to a waypoint takes only
+//! tunnels a waypoint sent (`x-istio-source: waypoint`); any other is answered 503
+//! (`waypoint_bound`), where Istio's gateway would dial the waypoint.
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -179,6 +181,9 @@ impl Hbone {
         let route = table
             .lookup_hbone(&auth.host, auth.port)
             .ok_or_else(|| unavailable(Refusal::NoRoute))?;
+        if table.waypoint_bound(&auth.host) && !sent_by_waypoint(req) {
+            return Err(unavailable(Refusal::WaypointBound));
+        }
         let (upstream, ep) = upstream::connect(route, "", &self.cfg, &self.proxy_metrics)
             .await
             .map_err(|r| {
@@ -193,8 +198,46 @@ impl Hbone {
     }
 }
 
+/// Whether a waypoint sent this tunnel, its policy applied (`x-istio-source: waypoint`, which
+/// Envoy waypoints add to the double HBONE they originate; Istio's gateway matches the value
+/// exactly and, like it, trusts it from any mesh identity).
+fn sent_by_waypoint<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(SOURCE_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"waypoint")
+}
+
+/// The header naming what kind of proxy sent a tunnel (`waypoint`, `gateway`, `sidecar`).
+const SOURCE_HEADER: &str = "x-istio-source";
+
 fn status_only(status: StatusCode) -> Response<()> {
     let mut r = Response::new(());
     *r.status_mut() = status;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_waypoint_source_counts() {
+        let req = |v: Option<&str>| {
+            let mut b = Request::builder().method(Method::CONNECT).uri("a.local:80");
+            if let Some(v) = v {
+                b = b.header(SOURCE_HEADER, v);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(sent_by_waypoint(&req(Some("waypoint"))));
+        for other in [
+            None,
+            Some("gateway"),
+            Some("sidecar"),
+            Some("Waypoint"),
+            Some(""),
+        ] {
+            assert!(!sent_by_waypoint(&req(other)), "{other:?}");
+        }
+    }
 }

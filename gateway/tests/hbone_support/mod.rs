@@ -194,12 +194,34 @@ pub async fn request(
     method: Method,
     authority: &str,
 ) -> Result<(StatusCode, Option<(SendStream<Bytes>, RecvStream)>), h2::Error> {
+    request_with(outer, method, authority, &[]).await
+}
+
+/// One CONNECT on `outer` with these extra request headers.
+pub async fn connect_with(
+    outer: &mut Outer,
+    authority: &str,
+    headers: &[(&str, &str)],
+) -> Result<(StatusCode, Option<(SendStream<Bytes>, RecvStream)>), h2::Error> {
+    request_with(outer, Method::CONNECT, authority, headers).await
+}
+
+pub async fn request_with(
+    outer: &mut Outer,
+    method: Method,
+    authority: &str,
+    headers: &[(&str, &str)],
+) -> Result<(StatusCode, Option<(SendStream<Bytes>, RecvStream)>), h2::Error> {
     let uri = if method == Method::CONNECT {
         http::Uri::builder().authority(authority).build().unwrap()
     } else {
         format!("http://{authority}/").parse().unwrap()
     };
-    let req = Request::builder().method(method).uri(uri).body(()).unwrap();
+    let mut req = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(()).unwrap();
     let send = outer.send.clone().ready().await?;
     let mut send = send;
     let (resp, stream) = send.send_request(req, false)?;

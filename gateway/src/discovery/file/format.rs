@@ -33,6 +33,10 @@ struct FileService {
     /// Reach every endpoint over HBONE (ambient): `hbone: true` (port 15008),
     /// `hbone: {port: N}`; endpoints may override it.
     hbone: Option<FileHbone>,
+    /// Bound to a waypoint (`istio.io/use-waypoint`): its HBONE endpoints take only tunnels
+    /// a waypoint sends (`x-istio-source: waypoint`).
+    #[serde(default)]
+    waypoint_bound: bool,
 }
 
 impl HasEndpoints for FileService {
@@ -270,11 +274,20 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                 hbone_port,
             });
         }
+        let tunnelled = svc.hbone.and_then(FileHbone::port).is_some()
+            || endpoints.iter().any(|e| e.hbone_port.is_some());
+        if svc.waypoint_bound && !tunnelled {
+            return Err(invalid(format!(
+                "{at}: waypoint_bound: true needs hbone (on the service or an endpoint): it \
+                 says which tunnels may reach the service's HBONE endpoints, and it has none"
+            )));
+        }
         out.push(ServiceSpec {
             host,
             ports: port_map.keys().copied().collect(),
             subsets,
             endpoints,
+            waypoint_bound: svc.waypoint_bound,
         });
     }
     Ok(out)
@@ -463,6 +476,31 @@ services:
             .unwrap_err()
             .to_string();
         assert!(err.contains("services"), "{err}");
+    }
+
+    /// `waypoint_bound` marks a tunnelled service; on a classic-only one it is refused.
+    #[test]
+    fn waypoint_bound_needs_hbone() {
+        let specs = p(r#"
+services:
+  - host: bound.ns.svc.cluster.local
+    ports: [{port: 80}]
+    hbone: true
+    waypoint_bound: true
+  - host: open.ns.svc.cluster.local
+    ports: [{port: 80}]
+    endpoints: [{address: 10.0.0.1, hbone: true}]
+"#)
+        .unwrap();
+        assert!(specs[0].waypoint_bound);
+        assert!(!specs[1].waypoint_bound);
+        let err = p("services: [{host: a.local, ports: [{port: 80}], waypoint_bound: true, endpoints: [{address: 10.0.0.1}]}]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("services[0] (\"a.local\"): waypoint_bound: true needs hbone"),
+            "{err}"
+        );
     }
 
     /// A file truncated to nothing (a writer that died, a full disk) is no table; an empty

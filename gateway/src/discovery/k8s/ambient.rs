@@ -6,12 +6,14 @@
 //!   `manifests/charts/base/files/profile-ambient.yaml`; matched in
 //!   `pilot/pkg/serviceregistry/ambient/services.go` `matchServiceScope`). Only global
 //!   services are exposed (`ambientindex.go` `AllLocalNetworkGlobalServices`).
-//! - The Service is not bound to a waypoint. Istio reads `istio.io/use-waypoint` on the
-//!   Service first (`none` opts out, even of its namespace's waypoint), then on its Namespace,
-//!   which binds every Service in it (`pilot/pkg/serviceregistry/kube/controller/ambient/
-//!   waypoints.go` `fetchWaypointForTarget`, `getUseWaypoint`). Istio's gateway dials a bound
-//!   Service's waypoint (`listener_waypoint.go` `buildWaypointInternal`); this gateway does
-//!   not, so bound services stay classic-only.
+//! - Bound to a waypoint or not. Istio reads `istio.io/use-waypoint` on the Service first
+//!   (`none` opts out, even of its namespace's waypoint), then on its Namespace, which binds
+//!   every Service in it (`pilot/pkg/serviceregistry/kube/controller/ambient/waypoints.go`
+//!   `fetchWaypointForTarget`, `getUseWaypoint`). Istio's gateway sends a bound Service's
+//!   tunnels to its waypoint, except those a waypoint sent (`x-istio-source: waypoint`),
+//!   which go straight to the Service (`listener_waypoint.go` `buildWaypointInternal`). This
+//!   gateway does not dial waypoints: a bound Service's endpoints take only the tunnels a
+//!   waypoint sent.
 //! - The endpoint's Pod is captured by ztunnel, as istio-cni decides
 //!   (`cni/pkg/util/podutil.go` `PodRedirectionEnabled`): its Namespace or the Pod itself is
 //!   labelled `istio.io/dataplane-mode=ambient`; a Pod labelled `none` opts out; a Pod with an
@@ -94,18 +96,30 @@ impl NamespaceScope {
     }
 }
 
-/// Whether a Service's ambient endpoints are exposed over HBONE (`ns`: its Namespace, `None`
+/// Which tunnels a Service's ambient endpoints take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure {
+    /// None: not a global service.
+    Hidden,
+    /// Every tunnel.
+    Open,
+    /// Only those a waypoint sent: the Service is bound to one.
+    FromWaypoints,
+}
+
+/// Which tunnels a Service's ambient endpoints take over HBONE (`ns`: its Namespace, `None`
 /// when not seen, as Istio treats a namespace it does not know).
-pub fn service_exposed_over_hbone(svc: ServiceScope, ns: Option<&NamespaceScope>) -> bool {
+pub fn service_exposure(svc: ServiceScope, ns: Option<&NamespaceScope>) -> Exposure {
     let bound = match svc.waypoint {
         UseWaypoint::Bound => true,
         UseWaypoint::OptedOut => false,
         UseWaypoint::Unset => ns.is_some_and(|n| n.waypoint == UseWaypoint::Bound),
     };
-    if svc.global && bound {
-        tracing::debug!("global service bound to a waypoint: classic only (waypoints not dialed)");
+    match (svc.global, bound) {
+        (false, _) => Exposure::Hidden,
+        (true, false) => Exposure::Open,
+        (true, true) => Exposure::FromWaypoints,
     }
-    svc.global && !bound
 }
 
 /// Whether ztunnel captures a Pod with this `istio.io/dataplane-mode` label, with or without
@@ -130,26 +144,47 @@ mod tests {
     }
 
     #[test]
-    fn only_global_services_without_a_waypoint() {
-        let yes = |kv: &[(&str, &str)], n: Option<&NamespaceScope>| {
-            service_exposed_over_hbone(ServiceScope::of(Some(&labels(kv))), n)
+    fn global_services_open_or_bound_to_a_waypoint() {
+        let of = |kv: &[(&str, &str)], n: Option<&NamespaceScope>| {
+            service_exposure(ServiceScope::of(Some(&labels(kv))), n)
         };
         let g = ("istio.io/global", "true");
-        assert!(yes(&[g], None));
-        assert!(yes(&[g, ("istio.io/use-waypoint", "none")], None));
-        assert!(
-            !yes(&[("istio.io/global", "True")], None),
+        assert_eq!(of(&[g], None), Exposure::Open);
+        assert_eq!(
+            of(&[g, ("istio.io/use-waypoint", "none")], None),
+            Exposure::Open
+        );
+        assert_eq!(
+            of(&[("istio.io/global", "True")], None),
+            Exposure::Hidden,
             "the profile selects exactly \"true\""
         );
-        assert!(!yes(&[("istio.io/global", "false")], None));
-        assert!(!yes(&[("app", "catalog")], None));
-        assert!(!yes(&[g, ("istio.io/use-waypoint", "wp")], None));
-        assert!(!service_exposed_over_hbone(ServiceScope::of(None), None));
+        assert_eq!(of(&[("istio.io/global", "false")], None), Exposure::Hidden);
+        assert_eq!(of(&[("app", "catalog")], None), Exposure::Hidden);
+        assert_eq!(
+            of(&[g, ("istio.io/use-waypoint", "wp")], None),
+            Exposure::FromWaypoints
+        );
+        assert_eq!(
+            of(&[("istio.io/use-waypoint", "wp")], None),
+            Exposure::Hidden,
+            "bound but not global"
+        );
+        assert_eq!(
+            service_exposure(ServiceScope::of(None), None),
+            Exposure::Hidden
+        );
         // The namespace's waypoint binds its services; a service's `none` overrides it.
         let wp = ns(&[("istio.io/use-waypoint", "wp")]);
-        assert!(!yes(&[g], Some(&wp)));
-        assert!(yes(&[g, ("istio.io/use-waypoint", "none")], Some(&wp)));
-        assert!(yes(&[g], Some(&ns(&[("istio.io/use-waypoint", "none")]))));
+        assert_eq!(of(&[g], Some(&wp)), Exposure::FromWaypoints);
+        assert_eq!(
+            of(&[g, ("istio.io/use-waypoint", "none")], Some(&wp)),
+            Exposure::Open
+        );
+        assert_eq!(
+            of(&[g], Some(&ns(&[("istio.io/use-waypoint", "none")]))),
+            Exposure::Open
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::ambient::{self, NamespaceScope};
+use super::ambient::{self, Exposure, NamespaceScope};
 use super::cache::Watched;
 use super::project::{DrInfo, ObjKey, PodInfo, SliceInfo, SvcInfo, pod_label};
 use crate::routes::{EndpointSpec, Labels, ServiceSpec, Subsets};
@@ -108,7 +108,8 @@ impl Model {
                 continue;
             }
             let namespace = self.namespaces.get(&namespace_key(ns));
-            let hbone = ambient::service_exposed_over_hbone(svc.scope, namespace);
+            let exposure = ambient::service_exposure(svc.scope, namespace);
+            let hbone = exposure != Exposure::Hidden;
             let host = format!("{svc_name}.{ns}.svc.{domain}").to_ascii_lowercase();
             let mut ports: Vec<u16> = svc.ports.iter().map(|(_, p)| *p).collect();
             ports.sort_unstable();
@@ -224,6 +225,7 @@ impl Model {
                 ports,
                 subsets: subs.clone(),
                 endpoints: eps.into_values().collect(),
+                waypoint_bound: exposure == Exposure::FromWaypoints,
             });
         }
         out
@@ -468,6 +470,7 @@ mod tests {
             shop(json!({"istio.io/dataplane-mode": "ambient"})),
         );
         assert_eq!(hbone(&m), [Some(15008), Some(15008), None]);
+        assert!(!m.specs("cluster.local")[0].waypoint_bound);
         let ns = &mut m.namespaces.streams[0].items;
         ns.insert(
             k("", "shop"),
@@ -475,9 +478,10 @@ mod tests {
         );
         assert_eq!(
             hbone(&m),
-            [None, None, None],
-            "bound to the namespace's waypoint"
+            [Some(15008), Some(15008), None],
+            "bound to the namespace's waypoint: still tunnelled, for waypoints' tunnels"
         );
+        assert!(m.specs("cluster.local")[0].waypoint_bound);
         let e1 = &m.specs("cluster.local")[0].endpoints[0];
         assert_eq!(
             e1.ports,

@@ -83,4 +83,7 @@ pub struct AmbientFacts {
     pub remote_gateways: Vec<serde_json::Value>,
     /// Services labelled `istio.io/global=true`, as `namespace/name`.
     pub global_services: Vec<String>,
+    /// Those of them bound to a waypoint, as `namespace/name` with the waypoint's name and
+    /// whether the binding is the Namespace's.
+    pub waypoint_bound: Vec<(String, String, bool)>,
 }

@@ -11,7 +11,7 @@ use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::facts::{AmbientFacts, ClusterFacts, LiveFailure, StoredRemote, Unread};
 use crate::istio::{APP_LABEL, CACERTS_SECRET, GATEWAY_NAME, MULTICLUSTER_LABEL, reader_role_name};
@@ -223,8 +223,9 @@ pub async fn missing_reader_permissions(client: &kube::Client) -> Result<Vec<Str
 pub async fn ambient(c: &Cluster, ns: &str) -> Result<AmbientFacts> {
     use crate::istio::{
         GATEWAY_API_V1, GLOBAL_SERVICE_LABEL, HBONE_CERTS_SECRET, ISTIOD_SELECTOR,
-        REMOTE_GATEWAY_CLASS,
+        REMOTE_GATEWAY_CLASS, USE_WAYPOINT_LABEL,
     };
+    use std::collections::BTreeMap;
     let istiods = kc::list_as(c, "apps/v1", "Deployment", None, ISTIOD_SELECTOR).await?;
     let gateway = kc::get_as(c, "apps/v1", "Deployment", Some(ns), GATEWAY_NAME).await?;
     let hbone_secret = kc::get_as(c, "v1", "Secret", Some(ns), HBONE_CERTS_SECRET).await?;
@@ -234,22 +235,45 @@ pub async fn ambient(c: &Cluster, ns: &str) -> Result<AmbientFacts> {
         .filter(|g| g["spec"]["gatewayClassName"] == REMOTE_GATEWAY_CLASS)
         .collect();
     let selector = format!("{GLOBAL_SERVICE_LABEL}=true");
-    let global_services = kc::list(c, "v1", "Service", None, &selector)
-        .await?
-        .iter()
-        .map(|s| {
-            format!(
-                "{}/{}",
-                s["metadata"]["namespace"].as_str().unwrap_or_default(),
-                s["metadata"]["name"].as_str().unwrap_or_default()
-            )
-        })
-        .collect();
+    let services = kc::list(c, "v1", "Service", None, &selector).await?;
+    let name_of = |s: &Value| {
+        format!(
+            "{}/{}",
+            s["metadata"]["namespace"].as_str().unwrap_or_default(),
+            s["metadata"]["name"].as_str().unwrap_or_default()
+        )
+    };
+    let global_services = services.iter().map(name_of).collect();
+    // A Service's own `istio.io/use-waypoint` decides (`none` opts out), else its Namespace's.
+    let mut waypoint_bound = Vec::new();
+    let mut namespaces: BTreeMap<String, Option<Value>> = BTreeMap::new();
+    for s in &services {
+        let own = s["metadata"]["labels"][USE_WAYPOINT_LABEL].as_str();
+        let (waypoint, from_ns) = match own {
+            Some(w) => (Some(w.to_string()), false),
+            None => {
+                let ns = s["metadata"]["namespace"].as_str().unwrap_or_default();
+                if !namespaces.contains_key(ns) {
+                    // Unreadable (RBAC): no namespace binding known; the check only warns.
+                    let n = kc::get(c, "v1", "Namespace", None, ns).await.ok().flatten();
+                    namespaces.insert(ns.to_string(), n);
+                }
+                let w = namespaces[ns]
+                    .as_ref()
+                    .and_then(|n| n["metadata"]["labels"][USE_WAYPOINT_LABEL].as_str());
+                (w.map(str::to_string), true)
+            }
+        };
+        if let Some(w) = waypoint.filter(|w| w != "none") {
+            waypoint_bound.push((name_of(s), w, from_ns));
+        }
+    }
     Ok(AmbientFacts {
         istiods,
         gateway,
         hbone_secret,
         remote_gateways,
         global_services,
+        waypoint_bound,
     })
 }

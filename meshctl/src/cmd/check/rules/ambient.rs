@@ -84,8 +84,35 @@ pub fn checks(r: &mut Report, clusters: &[(&Seen, &AmbientFacts)], inv: &Invocat
         istiod_multi_network(r, &scope, f);
         hbone_certificate(r, &scope, (seen, f), inv);
         peers_announced(r, &scope, seen, f, (clusters, inv));
+        waypoint_bound(r, &scope, f);
     }
     global_services(r, clusters);
+}
+
+/// Global services bound to a waypoint: the gateway passes their tunnels only when a
+/// waypoint sent them, so a ztunnel's from another network get 503.
+fn waypoint_bound(r: &mut Report, scope: &str, f: &AmbientFacts) {
+    let check = "global services without a waypoint";
+    if f.waypoint_bound.is_empty() {
+        if !f.global_services.is_empty() {
+            r.pass(scope, check, "none is bound to a waypoint");
+        }
+        return;
+    }
+    let listed: Vec<String> = f
+        .waypoint_bound
+        .iter()
+        .map(|(svc, w, from_ns)| {
+            let whose = if *from_ns {
+                "its namespace's"
+            } else {
+                "its own"
+            };
+            format!("{svc} ({whose} istio.io/use-waypoint={w})")
+        })
+        .collect();
+    r.warn(scope, check, format!("bound to a waypoint: {}", listed.join("; ")),
+        "the east-west gateway does not dial waypoints: it passes these services' tunnels only when a waypoint sent them (x-istio-source: waypoint), and answers a ztunnel's with 503 (gateway_hbone_refused_total{reason=\"waypoint_bound\"}), where Istio's gateway would send them to the waypoint. Reach them over 15443 (sidecars), or label the Service istio.io/use-waypoint=none where ztunnels on other networks must reach it");
 }
 
 fn istiod_multi_network(r: &mut Report, scope: &str, f: &AmbientFacts) {
@@ -416,6 +443,10 @@ mod tests {
             gateway: Some(gateway("cluster.local", GATEWAY_NAME)),
             remote_gateways: vec![announce("e", Some(GATEWAY_NAME), None)],
             global_services: vec!["default/a".into(), "default/b".into()],
+            waypoint_bound: vec![
+                ("default/a".into(), "wp".into(), false),
+                ("default/b".into(), "shared".into(), true),
+            ],
             ..Default::default()
         };
         let fe = AmbientFacts {
@@ -446,6 +477,25 @@ mod tests {
                 && i.detail.contains("presents spiffe://cluster.local/"),
             "{}",
             i.detail
+        );
+        let i = status_of(&r, "cluster west", "global services without a waypoint");
+        assert_eq!(i.status, Status::Warn);
+        assert_eq!(
+            i.detail,
+            "bound to a waypoint: default/a (its own istio.io/use-waypoint=wp); default/b \
+             (its namespace's istio.io/use-waypoint=shared)"
+        );
+        assert!(
+            i.hint
+                .as_deref()
+                .unwrap_or_default()
+                .contains("waypoint_bound"),
+            "{:?}",
+            i.hint
+        );
+        assert_eq!(
+            status_of(&r, "cluster east", "global services without a waypoint").status,
+            Status::Pass
         );
         let i = status_of(&r, "mesh", "global services on every side");
         assert_eq!(i.status, Status::Warn);
