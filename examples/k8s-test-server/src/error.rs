@@ -106,17 +106,12 @@ impl ApiError {
     }
 
     pub fn conflict(group: &str, resource: &str, name: &str) -> Self {
-        ApiError {
-            details: Some(details(group, resource, name)),
-            ..Self::new(
-                409,
-                "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                    qualified(group, resource)
-                ),
-            )
-        }
+        Self::conflict_because(
+            group,
+            resource,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        )
     }
 
     /// `NewConflict(resource, name, why)`: 409 Conflict with the reason the write could not
