@@ -130,6 +130,8 @@ pub const GATEWAY_SA_ANNOTATION: &str = "gateway.istio.io/service-account";
 pub const GLOBAL_SERVICE_LABEL: &str = "istio.io/global";
 /// Binds a Service (or every Service of a Namespace) to a waypoint; `none` opts out.
 pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+/// The namespace of the waypoint `istio.io/use-waypoint` names (default: the object's own).
+pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
 /// istiod's switch for ambient multi-network.
 pub const AMBIENT_MULTI_NETWORK_ENV: &str = "AMBIENT_ENABLE_MULTI_NETWORK";
 

@@ -494,7 +494,9 @@ async fn check_passes_on_a_good_ambient_setup_and_names_each_broken_item() {
     assert_eq!(w["status"], "warn");
     assert_eq!(
         w["detail"],
-        "bound to a waypoint: default/catalog (its namespace's istio.io/use-waypoint=wp)"
+        "bound to a waypoint: default/catalog (its namespace's istio.io/use-waypoint=wp, but \
+         Gateway default/wp has no status.addresses or does not exist, so istiod ignores the \
+         binding and ztunnels send straight to the service)"
     );
     assert!(
         w["hint"].as_str().unwrap().contains("waypoint_bound"),
@@ -503,6 +505,23 @@ async fn check_passes_on_a_good_ambient_setup_and_names_each_broken_item() {
     assert_eq!(
         item(&items, "cluster west", "global services without a waypoint")["status"],
         "pass"
+    );
+    // With the waypoint deployed (a Gateway with addresses), the binding is istiod's too.
+    m.east
+        .store()
+        .apply(
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "wp", "namespace": "default"},
+            "spec": {"gatewayClassName": "istio-waypoint",
+                "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+            "status": {"addresses": [{"type": "Hostname",
+                "value": "wp.default.svc.cluster.local"}]}}),
+        )
+        .unwrap();
+    let (_, items) = check(&m).await;
+    assert_eq!(
+        item(&items, "cluster east", "global services without a waypoint")["detail"],
+        "bound to a waypoint: default/catalog (its namespace's istio.io/use-waypoint=wp)"
     );
     let w = item(&items, "mesh", "global services on every side");
     assert_eq!(w["status"], "warn");

@@ -83,7 +83,23 @@ pub struct AmbientFacts {
     pub remote_gateways: Vec<serde_json::Value>,
     /// Services labelled `istio.io/global=true`, as `namespace/name`.
     pub global_services: Vec<String>,
-    /// Those of them bound to a waypoint, as `namespace/name` with the waypoint's name and
-    /// whether the binding is the Namespace's.
-    pub waypoint_bound: Vec<(String, String, bool)>,
+    /// Those of them bound to a waypoint.
+    pub waypoint_bound: Vec<WaypointBinding>,
+}
+
+/// A global Service bound to a waypoint by an `istio.io/use-waypoint` label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaypointBinding {
+    /// The Service, `namespace/name`.
+    pub service: String,
+    /// The label's value, the waypoint's name.
+    pub label: String,
+    /// The waypoint Gateway, `namespace/name` (`istio.io/use-waypoint-namespace`, else the
+    /// Service's namespace).
+    pub waypoint: String,
+    /// The label is the Namespace's, not the Service's own.
+    pub from_namespace: bool,
+    /// The Gateway exists with `status.addresses` (istiod's condition for a waypoint: until
+    /// then it ignores the binding).
+    pub ready: bool,
 }

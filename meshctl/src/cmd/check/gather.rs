@@ -13,7 +13,9 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
 
-use super::facts::{AmbientFacts, ClusterFacts, LiveFailure, StoredRemote, Unread};
+use super::facts::{
+    AmbientFacts, ClusterFacts, LiveFailure, StoredRemote, Unread, WaypointBinding,
+};
 use crate::istio::{APP_LABEL, CACERTS_SECRET, GATEWAY_NAME, MULTICLUSTER_LABEL, reader_role_name};
 use crate::kube::{self as kc, Cluster, ConnectError};
 use crate::mesh::reader_rules::{READER_RULES, permission_name};
@@ -223,50 +225,67 @@ pub async fn missing_reader_permissions(client: &kube::Client) -> Result<Vec<Str
 pub async fn ambient(c: &Cluster, ns: &str) -> Result<AmbientFacts> {
     use crate::istio::{
         GATEWAY_API_V1, GLOBAL_SERVICE_LABEL, HBONE_CERTS_SECRET, ISTIOD_SELECTOR,
-        REMOTE_GATEWAY_CLASS, USE_WAYPOINT_LABEL,
+        REMOTE_GATEWAY_CLASS, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
     };
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
     let istiods = kc::list_as(c, "apps/v1", "Deployment", None, ISTIOD_SELECTOR).await?;
     let gateway = kc::get_as(c, "apps/v1", "Deployment", Some(ns), GATEWAY_NAME).await?;
     let hbone_secret = kc::get_as(c, "v1", "Secret", Some(ns), HBONE_CERTS_SECRET).await?;
-    let remote_gateways = kc::list(c, GATEWAY_API_V1, "Gateway", None, "")
-        .await?
+    let name_of = |o: &Value| {
+        format!(
+            "{}/{}",
+            o["metadata"]["namespace"].as_str().unwrap_or_default(),
+            o["metadata"]["name"].as_str().unwrap_or_default()
+        )
+    };
+    let gateways = kc::list(c, GATEWAY_API_V1, "Gateway", None, "").await?;
+    // istiod takes any Gateway with addresses as a waypoint (`WaypointsCollection`).
+    let ready_waypoints: BTreeSet<String> = gateways
+        .iter()
+        .filter(|g| {
+            g["status"]["addresses"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        })
+        .map(name_of)
+        .collect();
+    let remote_gateways = gateways
         .into_iter()
         .filter(|g| g["spec"]["gatewayClassName"] == REMOTE_GATEWAY_CLASS)
         .collect();
     let selector = format!("{GLOBAL_SERVICE_LABEL}=true");
     let services = kc::list(c, "v1", "Service", None, &selector).await?;
-    let name_of = |s: &Value| {
-        format!(
-            "{}/{}",
-            s["metadata"]["namespace"].as_str().unwrap_or_default(),
-            s["metadata"]["name"].as_str().unwrap_or_default()
-        )
-    };
     let global_services = services.iter().map(name_of).collect();
     // A Service's own `istio.io/use-waypoint` decides (`none` opts out), else its Namespace's.
     let mut waypoint_bound = Vec::new();
     let mut namespaces: BTreeMap<String, Option<Value>> = BTreeMap::new();
     for s in &services {
-        let own = s["metadata"]["labels"][USE_WAYPOINT_LABEL].as_str();
-        let (waypoint, from_ns) = match own {
-            Some(w) => (Some(w.to_string()), false),
-            None => {
-                let ns = s["metadata"]["namespace"].as_str().unwrap_or_default();
-                if !namespaces.contains_key(ns) {
-                    // Unreadable (RBAC): no namespace binding known; the check only warns.
-                    let n = kc::get(c, "v1", "Namespace", None, ns).await.ok().flatten();
-                    namespaces.insert(ns.to_string(), n);
-                }
-                let w = namespaces[ns]
-                    .as_ref()
-                    .and_then(|n| n["metadata"]["labels"][USE_WAYPOINT_LABEL].as_str());
-                (w.map(str::to_string), true)
+        let ns = s["metadata"]["namespace"].as_str().unwrap_or_default();
+        let from_namespace = s["metadata"]["labels"][USE_WAYPOINT_LABEL].is_null();
+        let labels = if from_namespace {
+            if !namespaces.contains_key(ns) {
+                // Unreadable (RBAC): no namespace binding known; the check only warns.
+                let n = kc::get(c, "v1", "Namespace", None, ns).await.ok().flatten();
+                namespaces.insert(ns.to_string(), n);
             }
+            namespaces[ns]
+                .as_ref()
+                .map_or(Value::Null, |n| n["metadata"]["labels"].clone())
+        } else {
+            s["metadata"]["labels"].clone()
         };
-        if let Some(w) = waypoint.filter(|w| w != "none") {
-            waypoint_bound.push((name_of(s), w, from_ns));
-        }
+        let Some(label) = labels[USE_WAYPOINT_LABEL].as_str().filter(|w| *w != "none") else {
+            continue;
+        };
+        let wp_ns = labels[USE_WAYPOINT_NAMESPACE_LABEL].as_str().unwrap_or(ns);
+        let waypoint = format!("{wp_ns}/{label}");
+        waypoint_bound.push(WaypointBinding {
+            service: name_of(s),
+            label: label.to_string(),
+            ready: ready_waypoints.contains(&waypoint),
+            waypoint,
+            from_namespace,
+        });
     }
     Ok(AmbientFacts {
         istiods,

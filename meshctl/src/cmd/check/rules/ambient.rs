@@ -90,7 +90,9 @@ pub fn checks(r: &mut Report, clusters: &[(&Seen, &AmbientFacts)], inv: &Invocat
 }
 
 /// Global services bound to a waypoint: the gateway passes their tunnels only when a
-/// waypoint sent them, so a ztunnel's from another network get 503.
+/// waypoint sent them, so a ztunnel's from another network get 503. A binding to a waypoint
+/// that is not ready is worse: istiod ignores it, so ztunnels send straight to the service,
+/// which the gateway (reading only the label) refuses all the same.
 fn waypoint_bound(r: &mut Report, scope: &str, f: &AmbientFacts) {
     let check = "global services without a waypoint";
     if f.waypoint_bound.is_empty() {
@@ -102,17 +104,29 @@ fn waypoint_bound(r: &mut Report, scope: &str, f: &AmbientFacts) {
     let listed: Vec<String> = f
         .waypoint_bound
         .iter()
-        .map(|(svc, w, from_ns)| {
-            let whose = if *from_ns {
+        .map(|b| {
+            let whose = if b.from_namespace {
                 "its namespace's"
             } else {
                 "its own"
             };
-            format!("{svc} ({whose} istio.io/use-waypoint={w})")
+            let not_ready = if b.ready {
+                String::new()
+            } else {
+                format!(
+                    ", but Gateway {} has no status.addresses or does not exist, so istiod \
+                     ignores the binding and ztunnels send straight to the service",
+                    b.waypoint
+                )
+            };
+            format!(
+                "{} ({whose} istio.io/use-waypoint={}{not_ready})",
+                b.service, b.label
+            )
         })
         .collect();
     r.warn(scope, check, format!("bound to a waypoint: {}", listed.join("; ")),
-        "the east-west gateway does not dial waypoints: it passes these services' tunnels only when a waypoint sent them (x-istio-source: waypoint), and answers a ztunnel's with 503 (gateway_hbone_refused_total{reason=\"waypoint_bound\"}), where Istio's gateway would send them to the waypoint. Reach them over 15443 (sidecars), or label the Service istio.io/use-waypoint=none where ztunnels on other networks must reach it");
+        "the east-west gateway does not dial waypoints: it passes these services' tunnels only when a waypoint sent them (x-istio-source: waypoint), and answers a ztunnel's with 503 (gateway_hbone_refused_total{reason=\"waypoint_bound\"}), where Istio's gateway would send them to the waypoint. Reach them over 15443 (sidecars), or label the Service istio.io/use-waypoint=none where ztunnels on other networks must reach it; a label naming a waypoint that is not deployed binds here all the same: remove it, or deploy the waypoint");
 }
 
 fn istiod_multi_network(r: &mut Report, scope: &str, f: &AmbientFacts) {
@@ -353,6 +367,7 @@ fn global_services(r: &mut Report, clusters: &[(&Seen, &AmbientFacts)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cmd::check::facts::WaypointBinding;
     use serde_json::json;
 
     fn seen(ctx: &str, net: &str) -> Seen {
@@ -444,8 +459,20 @@ mod tests {
             remote_gateways: vec![announce("e", Some(GATEWAY_NAME), None)],
             global_services: vec!["default/a".into(), "default/b".into()],
             waypoint_bound: vec![
-                ("default/a".into(), "wp".into(), false),
-                ("default/b".into(), "shared".into(), true),
+                WaypointBinding {
+                    service: "default/a".into(),
+                    label: "wp".into(),
+                    waypoint: "default/wp".into(),
+                    from_namespace: false,
+                    ready: true,
+                },
+                WaypointBinding {
+                    service: "default/b".into(),
+                    label: "shared".into(),
+                    waypoint: "mesh/shared".into(),
+                    from_namespace: true,
+                    ready: false,
+                },
             ],
             ..Default::default()
         };
@@ -483,7 +510,9 @@ mod tests {
         assert_eq!(
             i.detail,
             "bound to a waypoint: default/a (its own istio.io/use-waypoint=wp); default/b \
-             (its namespace's istio.io/use-waypoint=shared)"
+             (its namespace's istio.io/use-waypoint=shared, but Gateway mesh/shared has no \
+             status.addresses or does not exist, so istiod ignores the binding and ztunnels \
+             send straight to the service)"
         );
         assert!(
             i.hint
