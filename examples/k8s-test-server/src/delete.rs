@@ -34,13 +34,9 @@ pub(crate) fn finalized(old: &Value, new: &Value) -> bool {
             .is_none_or(|g| g.as_i64() == Some(0))
 }
 
-/// A DELETE's preconditions, checked where kube-apiserver checks them and answered as it
-/// answers them: the uid first, in `rest.BeforeDelete` (a Conflict qualified by the Kind, as
-/// it passes `gvk.Kind` for the resource); then the resourceVersion, in storage
-/// (`storage.Preconditions.Check`: an invalid-object `StorageError`, which
-/// `InterpretDeleteError` turns into a Conflict on the plural). The storage key is etcd's for
-/// most resources (`/registry/<plural>/…`, a custom resource's under its group; Services and
-/// Endpoints under `services/specs` and `services/endpoints`).
+/// A DELETE's preconditions, checked and answered as kube-apiserver's `rest.BeforeDelete`
+/// does, before anything is written: the uid first, then the resourceVersion, each a
+/// Conflict qualified by the Kind (it passes `gvk.Kind` as the resource).
 fn check_preconditions(
     rt: &ResourceType,
     obj: &Value,
@@ -48,40 +44,20 @@ fn check_preconditions(
     pre_uid: Option<&str>,
 ) -> Result<(), ApiError> {
     let name = meta_str(obj, "name").unwrap_or_default();
+    let conflict = |why: String| ApiError::conflict_because(&rt.group, &rt.kind, name, &why);
     let uid = meta_str(obj, "uid").unwrap_or_default();
     if let Some(want) = pre_uid.filter(|p| *p != uid) {
-        return Err(ApiError::conflict_because(
-            &rt.group,
-            &rt.kind,
-            name,
-            &format!(
-                "the UID in the precondition ({want}) does not match the UID in record ({uid}). \
-                 The object might have been deleted and then recreated"
-            ),
-        ));
+        return Err(conflict(format!(
+            "the UID in the precondition ({want}) does not match the UID in record ({uid}). \
+             The object might have been deleted and then recreated"
+        )));
     }
     let rv = meta_str(obj, "resourceVersion").unwrap_or_default();
     if let Some(want) = pre_rv.filter(|p| *p != rv) {
-        let prefix = match (rt.group.as_str(), rt.plural.as_str()) {
-            ("", "services") => "services/specs".to_string(),
-            ("", "endpoints") => "services/endpoints".to_string(),
-            (g, p) if rt.custom => format!("{g}/{p}"),
-            (_, p) => p.to_string(),
-        };
-        let key = match meta_str(obj, "namespace") {
-            Some(ns) => format!("/registry/{prefix}/{ns}/{name}"),
-            None => format!("/registry/{prefix}/{name}"),
-        };
-        return Err(ApiError::conflict_because(
-            &rt.group,
-            &rt.plural,
-            name,
-            &format!(
-                "StorageError: invalid object, Code: 4, Key: {key}, ResourceVersion: 0, \
-                 AdditionalErrorMsg: Precondition failed: ResourceVersion in precondition: \
-                 {want}, ResourceVersion in object meta: {rv}"
-            ),
-        ));
+        return Err(conflict(format!(
+            "the ResourceVersion in the precondition ({want}) does not match the \
+             ResourceVersion in record ({rv}). The object might have been modified"
+        )));
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
-//! A DELETE's preconditions as kube-apiserver answers them: a uid that is not the stored
-//! object's is refused in `rest.BeforeDelete` (409, qualified by the Kind, "might have been
-//! deleted and then recreated"), a stale resourceVersion in storage (409 with the
-//! invalid-object `StorageError`); either way nothing is deleted. An interleaved write
+//! A DELETE's preconditions as kube-apiserver's `rest.BeforeDelete` answers them: a uid that
+//! is not the stored object's (409, qualified by the Kind, "might have been deleted and then
+//! recreated"), then a stale resourceVersion (409, "might have been modified"); either way
+//! nothing is deleted. An interleaved write
 //! (`Faults::interleave`) replaces an object between a client's read and its delete, as
 //! another client would.
 
@@ -61,7 +61,7 @@ async fn a_uid_or_resource_version_that_does_not_hold_deletes_nothing() {
              deleted and then recreated"
         )
     );
-    // The uid is checked first, as BeforeDelete runs before storage.
+    // The uid is checked first, as BeforeDelete checks it.
     let both = conflict(sas.delete("r", &with(Some("0000-other"), Some("1"))).await);
     assert_eq!(both, e);
 
@@ -69,10 +69,9 @@ async fn a_uid_or_resource_version_that_does_not_hold_deletes_nothing() {
     assert_eq!(
         e,
         format!(
-            "Operation cannot be fulfilled on serviceaccounts \"r\": StorageError: invalid \
-             object, Code: 4, Key: /registry/serviceaccounts/mesh/r, ResourceVersion: 0, \
-             AdditionalErrorMsg: Precondition failed: ResourceVersion in precondition: 1, \
-             ResourceVersion in object meta: {rv}"
+            "Operation cannot be fulfilled on ServiceAccount \"r\": the ResourceVersion in the \
+             precondition (1) does not match the ResourceVersion in record ({rv}). The object \
+             might have been modified"
         )
     );
     assert_eq!(

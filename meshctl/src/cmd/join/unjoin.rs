@@ -3,10 +3,11 @@
 //! namespace (`meshctl.io/namespace=<ns>`, or their names); then removes the namespace's
 //! network label and cluster-name annotation. An object meshctl did not make is never
 //! deleted, also when an older meshctl relabelled it (`origin::origin`: Istio's own
-//! `istio-reader-service-account`, a Helm-made gateway service account). Then it waits, up to
-//! `--deletion-wait`, for what it deleted that is held by finalizers (a LoadBalancer
-//! Service while the cloud controller tears its load balancer down) to go, and exits 1
-//! naming what is still there.
+//! `istio-reader-service-account`, a Helm-made gateway service account), nor one put under
+//! the name of meshctl's after the listing (each delete carries the uid it judged). Then it
+//! waits, up to `--deletion-wait`, for what it deleted that is held by finalizers (a
+//! LoadBalancer Service while the cloud controller tears its load balancer down) to go, and
+//! exits 1 naming what is still there.
 
 use std::process::ExitCode;
 use std::time::Duration;
