@@ -12,7 +12,7 @@
 //! would make the gateways connect to each other, hop after hop. Loops through other ports
 //! are caught per connection (`loop_guard`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -84,6 +84,9 @@ pub struct Route {
     pub endpoints: Vec<Endpoint>,
     /// The whole route (`""`) and each subset; resolved at publish.
     by_subset: Map<String, Subset>,
+    /// An HBONE route of a service bound to a waypoint ([`ServiceSpec::waypoint_bound`]):
+    /// only tunnels a waypoint sent may take it. Always false on a classic route.
+    pub waypoint_bound: bool,
 }
 
 /// What a connection to one `(host, port, subset)` needs: the ready endpoints, resolved at
@@ -165,8 +168,6 @@ pub struct RouteTable {
     /// The same keys, for HBONE: only endpoints with an HBONE port, each addressed
     /// `ip:hbone_port` (its own health and load state). A service without any is absent.
     hbone: Map<String, Map<u16, Route>>,
-    /// Hosts of `hbone` bound to a waypoint ([`ServiceSpec::waypoint_bound`]).
-    waypoint_bound: HashSet<String, foldhash::fast::RandomState>,
 }
 
 impl RouteTable {
@@ -194,11 +195,6 @@ impl RouteTable {
     /// The route an HBONE CONNECT to `host:port` takes: endpoints dialed on their HBONE port.
     pub fn lookup_hbone(&self, host: &str, port: u16) -> Option<&Route> {
         self.hbone.get(host)?.get(&port)
-    }
-
-    /// Whether `host`'s HBONE route takes only tunnels a waypoint sends.
-    pub fn waypoint_bound(&self, host: &str) -> bool {
-        self.waypoint_bound.contains(host)
     }
 
     /// HBONE routes without a classic route of the same name: every classic endpoint was
@@ -283,12 +279,8 @@ impl Routes {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         let mut routes: Map<String, Map<u16, Route>> = Map::default();
         let mut hbone: Map<String, Map<u16, Route>> = Map::default();
-        let mut waypoint_bound = HashSet::default();
         let mut left_out = Vec::new();
         for spec in specs {
-            if spec.waypoint_bound && spec.endpoints.iter().any(|e| e.hbone_port.is_some()) {
-                waypoint_bound.insert(spec.host.clone());
-            }
             for &port in &spec.ports {
                 let route = route_at(&mut routes, &spec.host, port);
                 // Share the spec's map; copy only to merge a host listed twice.
@@ -320,9 +312,9 @@ impl Routes {
                     // HBONE replays nothing: each hop terminates one TLS layer the client built.
                     if let Some(hp) = ep.hbone_port {
                         let tunnelled = endpoint(SocketAddr::new(ep.address, hp));
-                        route_at(&mut hbone, &spec.host, port)
-                            .endpoints
-                            .push(tunnelled);
+                        let route = route_at(&mut hbone, &spec.host, port);
+                        route.waypoint_bound |= spec.waypoint_bound;
+                        route.endpoints.push(tunnelled);
                     }
                 }
             }
@@ -354,7 +346,6 @@ impl Routes {
             too_long: too_long(&routes),
             routes,
             hbone,
-            waypoint_bound,
         });
         self.current.store(Some(table.clone()));
         // Forget addresses no table refers to any more (old tables still hold their Arcs).
@@ -390,6 +381,7 @@ fn route_at<'m>(map: &'m mut Map<String, Map<u16, Route>>, host: &str, port: u16
             subsets: Arc::default(),
             endpoints: Vec::new(),
             by_subset: Map::default(),
+            waypoint_bound: false,
         })
 }
 
@@ -627,7 +619,7 @@ mod tests {
         assert!(t.lookup_hbone("a.local", 81).is_none());
         assert!(t.lookup_hbone("b.local", 80).is_none());
         assert!(t.lookup("b.local", 80).is_some());
-        assert!(!t.waypoint_bound("a.local"));
+        assert!(!h.waypoint_bound);
     }
 
     /// A service bound to a waypoint keeps its HBONE route, marked; only when it has one.
@@ -639,10 +631,13 @@ mod tests {
         let mut b = spec("b.local", &[("10.0.0.2", true, &[])]);
         b.waypoint_bound = true;
         let t = Routes::new().publish(&[a, b]);
-        assert!(t.lookup_hbone("a.local", 80).is_some());
-        assert!(t.waypoint_bound("a.local"));
+        assert!(t.lookup_hbone("a.local", 80).unwrap().waypoint_bound);
         assert!(
-            !t.waypoint_bound("b.local"),
+            !t.lookup("a.local", 80).unwrap().waypoint_bound,
+            "classic route"
+        );
+        assert!(
+            t.lookup_hbone("b.local", 80).is_none(),
             "no HBONE endpoint, nothing to mark"
         );
     }

@@ -46,7 +46,9 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
                 .lookup_hbone(&r.host, r.port)
                 .map(|h| h.endpoints.iter().map(endpoint).collect())
                 .unwrap_or_default(),
-            waypoint_bound: table.waypoint_bound(&r.host),
+            waypoint_bound: table
+                .lookup_hbone(&r.host, r.port)
+                .is_some_and(|h| h.waypoint_bound),
             sni: SniName::new(r.port, "", r.host.as_str()).to_string(),
             host: r.host.clone(),
             port: r.port,

@@ -181,7 +181,7 @@ impl Hbone {
         let route = table
             .lookup_hbone(&auth.host, auth.port)
             .ok_or_else(|| unavailable(Refusal::NoRoute))?;
-        if table.waypoint_bound(&auth.host) && !sent_by_waypoint(req) {
+        if route.waypoint_bound && !sent_by_waypoint(req) {
             return Err(unavailable(Refusal::WaypointBound));
         }
         let (upstream, ep) = upstream::connect(route, "", &self.cfg, &self.proxy_metrics)

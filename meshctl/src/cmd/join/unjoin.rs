@@ -86,7 +86,7 @@ pub async fn unjoin_cluster(
         };
         for o in found {
             let o = with_type(o, av, kind);
-            if let Some(stub) = remove_judged(c, ns, namespaced, o, dry_run).await? {
+            if let Some(stub) = remove_judged(c, (ns, namespaced), (av, kind), o, dry_run).await? {
                 removed.push(stub);
             }
         }
@@ -143,8 +143,8 @@ fn left_because(o: &Value, ns: &str, namespaced: bool) -> Option<String> {
 /// afresh, up to three times (a name replaced again each time is left, and said).
 async fn remove_judged(
     c: &Cluster,
-    ns: &str,
-    namespaced: bool,
+    (ns, namespaced): (&str, bool),
+    (av, kind): (&str, &str),
     mut o: Value,
     dry_run: bool,
 ) -> Result<Option<Value>> {
@@ -163,7 +163,7 @@ async fn remove_judged(
             );
             return Ok(None);
         }
-        let mut stub = json!({"apiVersion": o["apiVersion"], "kind": o["kind"],
+        let mut stub = json!({"apiVersion": av, "kind": kind,
             "metadata": {"name": o["metadata"]["name"]}});
         if let Some(n) = o["metadata"]["namespace"].as_str() {
             stub["metadata"]["namespace"] = json!(n);
@@ -173,13 +173,7 @@ async fn remove_judged(
         }
         match kc::delete_read(c, &o).await? {
             Deletion::Deleted | Deletion::AlreadyGone => return Ok(Some(stub)),
-            Deletion::Replaced(now) => {
-                let (av, kind) = (o["apiVersion"].clone(), o["kind"].clone());
-                o = now;
-                o["apiVersion"] = av;
-                o["kind"] = kind;
-                replaced = true;
-            }
+            Deletion::Replaced(now) => (o, replaced) = (with_type(now, av, kind), true),
         }
     }
     eprintln!(
