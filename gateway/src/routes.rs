@@ -45,11 +45,12 @@ pub struct ServiceSpec {
     /// allocation, and sources may hand the same map to many services.
     pub subsets: Arc<Subsets>,
     pub endpoints: Vec<EndpointSpec>,
-    /// Bound to a waypoint (Kubernetes: `istio.io/use-waypoint`): its HBONE endpoints take
-    /// only tunnels a waypoint sends (`x-istio-source: waypoint`, the waypoint's policy
-    /// already applied); Istio's gateway sends any other to the waypoint, which this gateway
-    /// does not dial, so they are refused (`waypoint_bound`).
-    pub waypoint_bound: bool,
+    /// The host of the waypoint this service is bound to (Kubernetes: `istio.io/use-waypoint`
+    /// naming a ready waypoint). Its HBONE endpoints take only tunnels a waypoint sends
+    /// (`x-istio-source: waypoint`, the waypoint's policy already applied); every other
+    /// tunnel goes to the waypoint: the classic route `<waypoint>:15008`, each endpoint dialed
+    /// at its own port (Istio's `inbound-vip|15008|tcp|<waypoint>`).
+    pub waypoint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,10 +85,15 @@ pub struct Route {
     pub endpoints: Vec<Endpoint>,
     /// The whole route (`""`) and each subset; resolved at publish.
     by_subset: Map<String, Subset>,
-    /// An HBONE route of a service bound to a waypoint ([`ServiceSpec::waypoint_bound`]):
-    /// only tunnels a waypoint sent may take it. Always false on a classic route.
-    pub waypoint_bound: bool,
+    /// An HBONE route of a service bound to a waypoint ([`ServiceSpec::waypoint`]): only
+    /// tunnels a waypoint sent take it; the others go to this waypoint host's classic route
+    /// at [`WAYPOINT_PORT`]. Always `None` on a classic route.
+    pub waypoint: Option<Box<str>>,
 }
+
+/// The port a tunnel is sent to on a waypoint: its HBONE listener, which Istio hardcodes
+/// (`HboneMtlsPort: 15008` in `waypoints.go`, the cluster `inbound-vip|15008|tcp|<waypoint>`).
+pub const WAYPOINT_PORT: u16 = 15008;
 
 /// What a connection to one `(host, port, subset)` needs: the ready endpoints, resolved at
 /// publish, and the metric handles of its SNI name, resolved by the first connection to
@@ -166,7 +172,8 @@ pub struct RouteTable {
     /// Host, then port: nested so a lookup by `&str` needs no allocation.
     routes: Map<String, Map<u16, Route>>,
     /// The same keys, for HBONE: only endpoints with an HBONE port, each addressed
-    /// `ip:hbone_port` (its own health and load state). A service without any is absent.
+    /// `ip:hbone_port` (its own health and load state). A service without any is absent,
+    /// unless bound to a waypoint.
     hbone: Map<String, Map<u16, Route>>,
 }
 
@@ -312,10 +319,15 @@ impl Routes {
                     // HBONE replays nothing: each hop terminates one TLS layer the client built.
                     if let Some(hp) = ep.hbone_port {
                         let tunnelled = endpoint(SocketAddr::new(ep.address, hp));
-                        let route = route_at(&mut hbone, &spec.host, port);
-                        route.waypoint_bound |= spec.waypoint_bound;
-                        route.endpoints.push(tunnelled);
+                        route_at(&mut hbone, &spec.host, port)
+                            .endpoints
+                            .push(tunnelled);
                     }
+                }
+                // A bound service is reached through its waypoint even with no endpoint
+                // captured by ztunnel (Istio matches every port of an exposed service).
+                if let Some(wp) = &spec.waypoint {
+                    route_at(&mut hbone, &spec.host, port).waypoint = Some(wp.as_str().into());
                 }
             }
         }
@@ -381,7 +393,7 @@ fn route_at<'m>(map: &'m mut Map<String, Map<u16, Route>>, host: &str, port: u16
             subsets: Arc::default(),
             endpoints: Vec::new(),
             by_subset: Map::default(),
-            waypoint_bound: false,
+            waypoint: None,
         })
 }
 
@@ -428,7 +440,7 @@ mod tests {
                     hbone_port: None,
                 })
                 .collect(),
-            waypoint_bound: false,
+            waypoint: None,
         }
     }
 
@@ -619,27 +631,30 @@ mod tests {
         assert!(t.lookup_hbone("a.local", 81).is_none());
         assert!(t.lookup_hbone("b.local", 80).is_none());
         assert!(t.lookup("b.local", 80).is_some());
-        assert!(!h.waypoint_bound);
+        assert!(h.waypoint.is_none());
     }
 
-    /// A service bound to a waypoint keeps its HBONE route, marked; only when it has one.
+    /// A service bound to a waypoint has an HBONE route naming it, with or without
+    /// endpoints of its own; the classic route does not.
     #[test]
-    fn waypoint_bound_hosts_are_marked() {
+    fn waypoint_bound_routes_name_their_waypoint() {
         let mut a = spec("a.local", &[("10.0.0.1", true, &[])]);
         a.endpoints[0].hbone_port = Some(15008);
-        a.waypoint_bound = true;
+        a.waypoint = Some("wp.local".into());
         let mut b = spec("b.local", &[("10.0.0.2", true, &[])]);
-        b.waypoint_bound = true;
+        b.waypoint = Some("wp.local".into());
         let t = Routes::new().publish(&[a, b]);
-        assert!(t.lookup_hbone("a.local", 80).unwrap().waypoint_bound);
+        let a = t.lookup_hbone("a.local", 80).unwrap();
+        assert_eq!(a.waypoint.as_deref(), Some("wp.local"));
+        assert_eq!(a.endpoints.len(), 1);
         assert!(
-            !t.lookup("a.local", 80).unwrap().waypoint_bound,
+            t.lookup("a.local", 80).unwrap().waypoint.is_none(),
             "classic route"
         );
-        assert!(
-            t.lookup_hbone("b.local", 80).is_none(),
-            "no HBONE endpoint, nothing to mark"
-        );
+        let b = t.lookup_hbone("b.local", 80).unwrap();
+        assert_eq!(b.waypoint.as_deref(), Some("wp.local"));
+        assert_eq!(b.candidates(""), Err(LookupError::NoHealthyEndpoint));
+        assert!(t.lookup_hbone("b.local", 81).is_none());
     }
 
     /// Endpoints at 15443 are left out of the classic table (and listed); a route left with

@@ -120,7 +120,7 @@ mod tests {
             host: "a.local".into(),
             ports: vec![80],
             subsets: Default::default(),
-            waypoint_bound: false,
+            waypoint: None,
             endpoints: (1..=n)
                 .map(|i| EndpointSpec {
                     address: format!("10.0.0.{i}").parse().unwrap(),

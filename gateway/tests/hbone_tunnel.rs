@@ -326,20 +326,28 @@ async fn ping_is_answered() {
     }
 }
 
-/// A service bound to a waypoint takes only tunnels a waypoint sent: without
-/// `x-istio-source: waypoint` a CONNECT is answered 503 (`waypoint_bound`) and nothing is
-/// dialed (Istio's gateway would send it to the waypoint); with it, the tunnel reaches the
-/// service's endpoint, as Istio's gateway sends it straight to the service.
+/// A service bound to a waypoint takes straight to its endpoints only tunnels a waypoint
+/// sent (`x-istio-source: waypoint`, exactly); every other goes to the waypoint, dialed at
+/// its own 15008 route with the tunnel's bytes passed on, as Istio's gateway does. A
+/// waypoint with no ready endpoint is a 503 and nothing else is dialed.
 #[tokio::test]
-async fn a_waypoint_bound_service_takes_only_tunnels_a_waypoint_sent() {
+async fn a_waypoint_bound_service_sends_other_tunnels_to_its_waypoint() {
     let a = app("catalog-1", 21).await;
-    let yaml = format!(
-        "services:\n  - host: {SVC}\n    ports: [{{port: 80, targetPort: 8080}}]\n    \
-         waypoint_bound: true\n    endpoints:\n      - address: {}\n        hbone: {{port: {}}}\n",
-        a.addr.ip(),
-        a.addr.port()
-    );
-    let gw = hbone_support::gateway(&yaml, |_| {}).await;
+    let wp = app("waypoint-1", 22).await;
+    const WP: &str = "wp.infra.svc.cluster.local";
+    let yaml = |wp_ready: bool| {
+        format!(
+            "services:\n  - host: {SVC}\n    ports: [{{port: 80, targetPort: 8080}}]\n    \
+             waypoint: {WP}\n    endpoints:\n      - address: {}\n        hbone: {{port: {}}}\n  \
+             - host: {WP}\n    ports: [{{port: 15008, targetPort: {}}}, {{port: 15021}}]\n    \
+             endpoints: [{{address: {}, ready: {wp_ready}}}]\n",
+            a.addr.ip(),
+            a.addr.port(),
+            wp.addr.port(),
+            wp.addr.ip(),
+        )
+    };
+    let gw = hbone_support::gateway(&yaml(true), |_| {}).await;
     let mut o = outer(gw.hbone, Some(&hbone_support::pki().client))
         .await
         .unwrap();
@@ -350,12 +358,15 @@ async fn a_waypoint_bound_service_takes_only_tunnels_a_waypoint_sent() {
         &[("x-istio-source", "Waypoint")],
     ] {
         let (status, io) = connect_with(&mut o, &authority, source).await.unwrap();
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{source:?}");
-        assert!(io.is_none());
+        assert_eq!(status, StatusCode::OK, "{source:?}");
+        let (mut tx, mut rx) = io.unwrap();
+        assert_eq!(read_n(&mut rx, 11).await, b"waypoint-1\n", "{source:?}");
+        // The tunnel's bytes reach the waypoint unchanged (it echoes them).
+        tx.send_data(Bytes::from_static(b"inner-tls"), false)
+            .unwrap();
+        assert_eq!(read_n(&mut rx, 9).await, b"inner-tls");
     }
-    assert_eq!(gw.refused("waypoint_bound").await, 3.0);
-    assert_eq!(gw.refused("no_route").await, 0.0);
-    assert_eq!(a.accepted(), 0, "nothing dialed");
+    assert_eq!(a.accepted(), 0, "the service's endpoint not dialed");
     let (status, io) = connect_with(&mut o, &authority, &[("x-istio-source", "waypoint")])
         .await
         .unwrap();
@@ -363,4 +374,18 @@ async fn a_waypoint_bound_service_takes_only_tunnels_a_waypoint_sent() {
     let (_tx, mut rx) = io.unwrap();
     assert_eq!(read_n(&mut rx, 10).await, b"catalog-1\n");
     assert_eq!(a.accepted(), 1);
+    assert_eq!(wp.accepted(), 3);
+
+    // The waypoint not ready: 503, nothing dialed; a waypoint's tunnel still gets through.
+    gw.gw.write_endpoints(&yaml(false));
+    gw.gw.wait_generation(2).await;
+    let (status, io) = connect_with(&mut o, &authority, &[]).await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(io.is_none());
+    assert_eq!(gw.refused("no_healthy_endpoint").await, 1.0);
+    assert_eq!(wp.accepted(), 3);
+    let (status, _io) = connect_with(&mut o, &authority, &[("x-istio-source", "waypoint")])
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
 }

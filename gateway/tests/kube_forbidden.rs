@@ -1,6 +1,7 @@
 //! Kubernetes discovery with a service account that lacks some of the gateway's RBAC (the
 //! TEST SERVER enforces RBAC on service-account tokens as the real one does): a missing
-//! DestinationRule grant leaves routes without subsets instead of the gateway unready, and a
+//! DestinationRule grant leaves routes without subsets instead of the gateway unready (a
+//! missing Gateway grant, without waypoints), and a
 //! missing grant on a required type is named with its fix once, retried with a growing
 //! back-off rather than every second.
 
@@ -25,6 +26,7 @@ fn rules(without: &str) -> Value {
         ("", "namespaces"),
         ("discovery.k8s.io", "endpointslices"),
         ("networking.istio.io", "destinationrules"),
+        ("gateway.networking.k8s.io", "gateways"),
         ("apiextensions.k8s.io", "customresourcedefinitions"),
     ];
     let rules: Vec<Value> = all
@@ -46,6 +48,7 @@ async fn cluster(without: &str) -> (TestApiServer, Vec<Backend>, String) {
     opts.destination_rule_crd = true;
     opts.store.allow_loopback_endpoint_addresses = true;
     let api = TestApiServer::start_with(opts).await.unwrap();
+    api.install_gateway_api_crd();
     let st = api.store();
     st.create(namespace_json(NS)).unwrap();
     st.create(namespace_json(SA.0)).unwrap();
@@ -155,11 +158,35 @@ async fn without_destination_rule_rights_routes_are_served_without_subsets() {
     let told = gw.wait_line(&|v| {
         v["message"]
             .as_str()
-            .is_some_and(|m| m.contains("may not read DestinationRules (403 Forbidden)"))
+            .is_some_and(|m| m.contains("may not read destinationrules.networking.istio.io (403 Forbidden): only the empty subset routes"))
     });
     let text = told["message"].as_str().unwrap();
     assert!(
         text.contains("grant get, list and watch on destinationrules.networking.istio.io"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_gateway_rights_routes_are_served_without_waypoints() {
+    let (_api, _b, kubeconfig) = cluster("gateways").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&dir, &kubeconfig, "warn,gateway=info").await;
+    let listen = gw.listen;
+    eventually("catalog served", TIMEOUT, || async move {
+        call(listen, &sni(80, "", CATALOG)).await.is_ok()
+    })
+    .await;
+    assert_eq!(http_get(gw.admin, "/healthz/ready").await.0, 200);
+    let told = gw.wait_line(&|v| {
+        v["message"].as_str().is_some_and(|m| {
+            m.contains("may not read gateways.gateway.networking.k8s.io (403 Forbidden)")
+        })
+    });
+    let text = told["message"].as_str().unwrap();
+    assert!(
+        text.contains("no waypoints")
+            && text.contains("grant get, list and watch on gateways.gateway.networking.k8s.io"),
         "{text}"
     );
 }

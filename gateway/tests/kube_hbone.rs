@@ -3,9 +3,11 @@
 //! `podIP:15008` (real rustls, real h2 CONNECT on the gateway's 15008, a plain TCP app on
 //! the pod's 15008 standing in for its ztunnel); the classic 15443 route is unchanged.
 //! Capture follows istio-cni: the Namespace's or the Pod's `istio.io/dataplane-mode=ambient`,
-//! a Pod's `none` opts out, injected sidecars never; a Service bound to a waypoint (its own or
-//! its Namespace's `istio.io/use-waypoint`) takes only tunnels a waypoint sent
-//! (`x-istio-source: waypoint`). Relabels take effect without a restart.
+//! a Pod's `none` opts out, injected sidecars never. A Service bound to a ready waypoint (its
+//! own or its Namespace's `istio.io/use-waypoint`, a Gateway API Gateway with
+//! `status.addresses`) takes straight to its pods only tunnels a waypoint sent
+//! (`x-istio-source: waypoint`); the others go to the waypoint's pods at 15008. Relabels,
+//! Gateways and the Gateway CRD itself take effect without a restart.
 
 mod common;
 mod hbone_support;
@@ -59,6 +61,8 @@ async fn setup_with(kube: impl FnOnce(&mut KubeOptions)) -> (TestApiServer, Kube
     let mut kube_opts = KubeOptions {
         kubeconfig: Some(path),
         context: Some("east".into()),
+        // The Gateway API CRD is installed by some tests after the gateway started.
+        crd_recheck: Duration::from_millis(200),
         ..KubeOptions::default()
     };
     kube(&mut kube_opts);
@@ -151,23 +155,85 @@ async fn hbone_endpoints(admin: SocketAddr, host: &str) -> Vec<String> {
     out
 }
 
-/// Whether `/debug/routes` shows `host:80` as bound to a waypoint.
-async fn waypoint_bound(admin: SocketAddr, host: &str) -> bool {
+/// The waypoint `/debug/routes` shows for `host:80`, if any.
+async fn waypoint_of(admin: SocketAddr, host: &str) -> Option<String> {
     let (_, body) = http_get(admin, &format!("/debug/routes?host={host}")).await;
     let v: Value = serde_json::from_str(&body).unwrap();
     v["routes"]
         .as_array()
         .into_iter()
         .flatten()
-        .any(|r| r["host"] == host && r["port"] == 80 && r["waypoint_bound"] == true)
+        .find(|r| r["host"] == host && r["port"] == 80)
+        .and_then(|r| r["waypoint"].as_str().map(str::to_owned))
 }
 
-async fn eventually_waypoint_bound(admin: SocketAddr, host: &str, want: bool) {
-    let what = format!("{host}:80 waypoint_bound {want}");
+async fn eventually_waypoint(admin: SocketAddr, host: &str, want: Option<&str>) {
+    let what = format!("{host}:80 waypoint {want:?}");
     eventually(&what, WAIT, || async move {
-        waypoint_bound(admin, host).await == want
+        waypoint_of(admin, host).await.as_deref() == want
     })
     .await;
+}
+
+/// The host of waypoint `name` in `ns`, as its Gateway's status gives it.
+fn waypoint_host(ns: &str, name: &str) -> String {
+    format!("{name}.{ns}.svc.cluster.local")
+}
+
+/// A waypoint as istiod deploys one: the Gateway `name` in `ns` (its HBONE listener allowing
+/// `allowed`, labelled `labels`, ready: `status.addresses` set), its Service (`mesh` 15008)
+/// and that Service's slice with one pod on `pod_ip(last)`, whose 15008 is an echo app
+/// greeting `greeting`.
+async fn ready_waypoint(
+    st: &k8s_test_server::Store,
+    (ns, name): (&str, &str),
+    allowed: Value,
+    labels: Value,
+    (last, greeting): (u8, &str),
+) -> App {
+    st.apply(waypoint_gateway((ns, name), allowed, labels, true))
+        .unwrap();
+    let mut svc = k8s::service(
+        ns,
+        name,
+        &[k8s::ServicePort {
+            name: "mesh",
+            port: HBONE_PORT,
+            target_port: HBONE_PORT,
+        }],
+    );
+    svc["metadata"]["labels"] = json!({"gateway.istio.io/managed": "istio.io-mesh-controller"});
+    st.create(svc).unwrap();
+    let pod = format!("{name}-pod");
+    let eps = [k8s::Endpoint {
+        address: pod_ip(last),
+        ready: true,
+        pod: &pod,
+    }];
+    let slice = k8s::endpoint_slice(
+        ns,
+        &format!("{name}-1"),
+        name,
+        ("mesh", HBONE_PORT),
+        "test",
+        &eps,
+    );
+    st.create(slice).unwrap();
+    ztunnel(greeting, last).await
+}
+
+/// Waypoint `name`'s Gateway; with `ready`, its status has the Service's hostname.
+fn waypoint_gateway((ns, name): (&str, &str), allowed: Value, labels: Value, ready: bool) -> Value {
+    let status = if ready {
+        json!({"addresses": [{"type": "Hostname", "value": waypoint_host(ns, name)}]})
+    } else {
+        json!({})
+    };
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"gatewayClassName": "istio-waypoint", "listeners": [
+            {"name": "mesh", "port": HBONE_PORT, "protocol": "HBONE", "allowedRoutes": allowed}]},
+        "status": status})
 }
 
 async fn eventually_hbone_endpoints(admin: SocketAddr, host: &str, want: &[String]) {
@@ -300,7 +366,7 @@ async fn global_service_with_ambient_pods_is_reached_over_hbone_on_15008() {
 }
 
 #[tokio::test]
-async fn services_not_global_have_no_hbone_endpoints_and_bound_ones_take_waypoints_tunnels() {
+async fn services_not_global_have_no_hbone_endpoints_and_bound_ones_go_through_their_waypoint() {
     let (api, gw) = setup().await;
     let (_classic, port) = classic_backends(11).await;
     let zt = ztunnel("ztunnel-a", 11).await;
@@ -320,37 +386,168 @@ async fn services_not_global_have_no_hbone_endpoints_and_bound_ones_take_waypoin
         "not global: not reachable over HBONE"
     );
 
-    // Global and bound to a waypoint: Istio's gateway would dial the waypoint, this one
-    // does not; only a tunnel a waypoint sent reaches the pod (straight to the service, as
-    // Istio's gateway sends it).
+    // Global and bound to a waypoint that is not ready (no Gateway API here at all): istiod
+    // ignores the binding, and so does the gateway: every tunnel reaches the pod.
     st.apply(service(
         "catalog",
         &[GLOBAL, ("istio.io/use-waypoint", "waypoint")],
     ))
     .unwrap();
     eventually_hbone_endpoints(gw.admin, CATALOG, &[hbone_at(11)]).await;
-    eventually_waypoint_bound(gw.admin, CATALOG, true).await;
-    let mut o = hbone_client(&gw).await;
-    let (status, _) = tunnel(&mut o, CATALOG, 0).await;
+    let (status, greeting) = tunnel(&mut o, CATALOG, 10).await;
     assert_eq!(
-        status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "not sent by a waypoint"
+        (status, greeting.as_slice()),
+        (StatusCode::OK, &b"ztunnel-a\n"[..])
     );
-    assert_eq!(zt.accepted(), 0);
+    assert_eq!(waypoint_of(gw.admin, CATALOG).await, None);
+
+    // The Gateway API installed and the waypoint ready: tunnels go to the waypoint's pod,
+    // those a waypoint sent still straight to the service's.
+    api.install_gateway_api_crd();
+    let wp = ready_waypoint(
+        st,
+        (NS, "waypoint"),
+        json!(null),
+        json!({}),
+        (13, "waypoint-1"),
+    )
+    .await;
+    let host = waypoint_host(NS, "waypoint");
+    eventually_waypoint(gw.admin, CATALOG, Some(&host)).await;
+    for _ in 0..3 {
+        let (status, greeting) = tunnel(&mut o, CATALOG, 11).await;
+        assert_eq!(
+            (status, greeting.as_slice()),
+            (StatusCode::OK, &b"waypoint-1\n"[..])
+        );
+    }
+    assert_eq!((wp.accepted(), zt.accepted()), (3, 1));
     let (status, greeting) = waypoint_tunnel(&mut o, CATALOG, 10).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(greeting, b"ztunnel-a\n");
-    assert_eq!(zt.accepted(), 1);
-    // The label flipped to global alone: every tunnel reaches the same pod.
+    assert_eq!(
+        (status, greeting.as_slice()),
+        (StatusCode::OK, &b"ztunnel-a\n"[..])
+    );
+    assert_eq!((wp.accepted(), zt.accepted()), (3, 2));
+
+    // The label flipped to global alone: every tunnel reaches the pod again.
     st.apply(service("catalog", &[GLOBAL])).unwrap();
-    eventually_waypoint_bound(gw.admin, CATALOG, false).await;
+    eventually_waypoint(gw.admin, CATALOG, None).await;
     assert_eq!(hbone_endpoints(gw.admin, CATALOG).await, [hbone_at(11)]);
     let (status, greeting) = tunnel(&mut o, CATALOG, 10).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(greeting, b"ztunnel-a\n");
-    assert_eq!(zt.accepted(), 2);
+    assert_eq!(
+        (status, greeting.as_slice()),
+        (StatusCode::OK, &b"ztunnel-a\n"[..])
+    );
+    assert_eq!((wp.accepted(), zt.accepted()), (3, 3));
     eventually_classic(gw.listen, CATALOG, &["a"]).await;
+}
+
+/// A waypoint is used only while istiod would: its Gateway ready, taking Service traffic
+/// (`istio.io/waypoint-for`), and allowing the Service's namespace (`allowedRoutes`).
+#[tokio::test]
+async fn a_waypoint_is_used_only_when_ready_for_services_and_allowed() {
+    let (api, gw) = setup().await;
+    api.install_gateway_api_crd();
+    let (_classic, port) = classic_backends(61).await;
+    let _zt = ztunnel("ztunnel-a", 61).await;
+    let st = api.store();
+    st.create(namespace_json("infra")).unwrap();
+    let _wp = ready_waypoint(
+        st,
+        ("infra", "shared"),
+        json!(null),
+        json!({}),
+        (63, "shared-1"),
+    )
+    .await;
+    st.create(k8s::pod(NS, "catalog-a", &[("app", "catalog"), AMBIENT]))
+        .unwrap();
+    let bound = [
+        GLOBAL,
+        ("istio.io/use-waypoint", "shared"),
+        ("istio.io/use-waypoint-namespace", "infra"),
+    ];
+    st.create(service("catalog", &bound)).unwrap();
+    st.create(slice("catalog", port, &[(pod_ip(61), "catalog-a")]))
+        .unwrap();
+    eventually_hbone_endpoints(gw.admin, CATALOG, &[hbone_at(61)]).await;
+    let host = waypoint_host("infra", "shared");
+    let from = |from: Value| json!({"namespaces": from});
+    st.apply(waypoint_gateway(
+        ("infra", "shared"),
+        from(json!({"from": "All"})),
+        json!({}),
+        true,
+    ))
+    .unwrap();
+    eventually_waypoint(gw.admin, CATALOG, Some(&host)).await;
+    // `allowedRoutes` defaults to the waypoint's own namespace: denied, straight to the pod.
+    st.apply(waypoint_gateway(
+        ("infra", "shared"),
+        json!(null),
+        json!({}),
+        true,
+    ))
+    .unwrap();
+    eventually_waypoint(gw.admin, CATALOG, None).await;
+    st.apply(waypoint_gateway(
+        ("infra", "shared"),
+        from(json!({"from": "All"})),
+        json!({}),
+        true,
+    ))
+    .unwrap();
+    eventually_waypoint(gw.admin, CATALOG, Some(&host)).await;
+    let mut o = hbone_client(&gw).await;
+    let (status, greeting) = tunnel(&mut o, CATALOG, 9).await;
+    assert_eq!(
+        (status, greeting.as_slice()),
+        (StatusCode::OK, &b"shared-1\n"[..])
+    );
+    // A selector over the Service's Namespace labels.
+    let team = from(json!({"from": "Selector", "selector": {"matchLabels": {"team": "shop"}}}));
+    st.apply(waypoint_gateway(
+        ("infra", "shared"),
+        team.clone(),
+        json!({}),
+        true,
+    ))
+    .unwrap();
+    eventually_waypoint(gw.admin, CATALOG, None).await;
+    st.apply(namespace(&[("team", "shop")])).unwrap();
+    eventually_waypoint(gw.admin, CATALOG, Some(&host)).await;
+    // A waypoint for workloads only takes no Service traffic.
+    let workload = json!({"istio.io/waypoint-for": "workload"});
+    st.apply(waypoint_gateway(
+        ("infra", "shared"),
+        team.clone(),
+        workload,
+        true,
+    ))
+    .unwrap();
+    eventually_waypoint(gw.admin, CATALOG, None).await;
+    st.apply(waypoint_gateway(
+        ("infra", "shared"),
+        team.clone(),
+        json!({"istio.io/waypoint-for": "all"}),
+        true,
+    ))
+    .unwrap();
+    eventually_waypoint(gw.admin, CATALOG, Some(&host)).await;
+    // Not ready (no addresses in its status): the binding is ignored.
+    st.apply(waypoint_gateway(
+        ("infra", "shared"),
+        team,
+        json!({}),
+        false,
+    ))
+    .unwrap();
+    eventually_waypoint(gw.admin, CATALOG, None).await;
+    let (status, greeting) = tunnel(&mut o, CATALOG, 10).await;
+    assert_eq!(
+        (status, greeting.as_slice()),
+        (StatusCode::OK, &b"ztunnel-a\n"[..])
+    );
 }
 
 /// Pod `last`'s "ztunnel": an echo app on `pod_ip(last)`:15008.
@@ -450,31 +647,42 @@ async fn pods_with_an_injected_sidecar_are_not_ambient() {
 #[tokio::test]
 async fn a_namespace_waypoint_binds_its_services_unless_a_service_opts_out() {
     let (api, gw) = setup().await;
+    api.install_gateway_api_crd();
     let (_classic, port) = classic_backends(41).await;
     let st = api.store();
-    global_catalog_in(st, &[AMBIENT, ("istio.io/use-waypoint", "waypoint")]);
+    let _wp = ready_waypoint(
+        st,
+        (NS, "waypoint"),
+        json!(null),
+        json!({}),
+        (43, "waypoint-1"),
+    )
+    .await;
+    st.apply(namespace(&[AMBIENT, ("istio.io/use-waypoint", "waypoint")]))
+        .unwrap();
+    st.create(service("catalog", &[GLOBAL])).unwrap();
     st.create(k8s::pod(NS, "catalog-a", &[("app", "catalog")]))
         .unwrap();
     st.create(slice("catalog", port, &[(pod_ip(41), "catalog-a")]))
         .unwrap();
     eventually_classic(gw.listen, CATALOG, &["a"]).await;
-    // Bound through its namespace: only tunnels a waypoint sent (Istio's gateway would dial
-    // the waypoint for the others).
+    // Bound through its namespace: tunnels go to the waypoint, except a waypoint's.
     let a = [hbone_at(41)];
     eventually_hbone_endpoints(gw.admin, CATALOG, &a).await;
-    eventually_waypoint_bound(gw.admin, CATALOG, true).await;
+    let host = waypoint_host(NS, "waypoint");
+    eventually_waypoint(gw.admin, CATALOG, Some(&host)).await;
     // The Service's own `none` overrides its namespace's waypoint.
     st.apply(service(
         "catalog",
         &[GLOBAL, ("istio.io/use-waypoint", "none")],
     ))
     .unwrap();
-    eventually_waypoint_bound(gw.admin, CATALOG, false).await;
+    eventually_waypoint(gw.admin, CATALOG, None).await;
     // Unlabelled again, then the namespace drops its waypoint: open to every tunnel.
     st.apply(service("catalog", &[GLOBAL])).unwrap();
-    eventually_waypoint_bound(gw.admin, CATALOG, true).await;
+    eventually_waypoint(gw.admin, CATALOG, Some(&host)).await;
     st.apply(namespace(&[AMBIENT])).unwrap();
-    eventually_waypoint_bound(gw.admin, CATALOG, false).await;
+    eventually_waypoint(gw.admin, CATALOG, None).await;
     assert_eq!(hbone_endpoints(gw.admin, CATALOG).await, a);
     eventually_classic(gw.listen, CATALOG, &["a"]).await;
 }
@@ -504,4 +712,63 @@ async fn with_namespace_the_watched_namespaces_labels_are_followed() {
     st.apply(namespace(&[])).unwrap();
     eventually_hbone_endpoints(gw.admin, CATALOG, &[]).await;
     eventually_classic(gw.listen, CATALOG, &["a"]).await;
+}
+
+/// The Gateway API CRD deleted: waypoints are forgotten (tunnels straight to the pods) and
+/// the table is not stale; installed again, they are found again without a restart.
+#[tokio::test]
+async fn a_deleted_gateway_crd_forgets_waypoints_until_it_returns() {
+    let (api, gw) = setup().await;
+    api.install_gateway_api_crd();
+    let (_classic, port) = classic_backends(71).await;
+    let _zt = ztunnel("ztunnel-a", 71).await;
+    let st = api.store();
+    let _wp = ready_waypoint(
+        st,
+        (NS, "waypoint"),
+        json!(null),
+        json!({}),
+        (73, "waypoint-1"),
+    )
+    .await;
+    st.create(k8s::pod(NS, "catalog-a", &[("app", "catalog"), AMBIENT]))
+        .unwrap();
+    st.create(service(
+        "catalog",
+        &[GLOBAL, ("istio.io/use-waypoint", "waypoint")],
+    ))
+    .unwrap();
+    st.create(slice("catalog", port, &[(pod_ip(71), "catalog-a")]))
+        .unwrap();
+    let host = waypoint_host(NS, "waypoint");
+    eventually_waypoint(gw.admin, CATALOG, Some(&host)).await;
+
+    let crd = ("apiextensions.k8s.io/v1", "CustomResourceDefinition");
+    st.delete(crd.0, crd.1, None, "gateways.gateway.networking.k8s.io")
+        .unwrap();
+    eventually_waypoint(gw.admin, CATALOG, None).await;
+    let mut o = hbone_client(&gw).await;
+    let (status, greeting) = tunnel(&mut o, CATALOG, 10).await;
+    assert_eq!(
+        (status, greeting.as_slice()),
+        (StatusCode::OK, &b"ztunnel-a\n"[..])
+    );
+    let stale = "gateway_discovery_route_table_stale_seconds";
+    let (_, body) = http_get(gw.admin, "/metrics").await;
+    assert_eq!(metric(&body, stale), 0.0, "a missing CRD is not staleness");
+
+    api.install_gateway_api_crd();
+    st.apply(waypoint_gateway(
+        (NS, "waypoint"),
+        json!(null),
+        json!({}),
+        true,
+    ))
+    .unwrap();
+    eventually_waypoint(gw.admin, CATALOG, Some(&host)).await;
+    let (status, greeting) = tunnel(&mut o, CATALOG, 11).await;
+    assert_eq!(
+        (status, greeting.as_slice()),
+        (StatusCode::OK, &b"waypoint-1\n"[..])
+    );
 }

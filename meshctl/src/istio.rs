@@ -121,6 +121,7 @@ pub const ISTIO_CA_AUDIENCE: &str = "istio-ca";
 
 /// Kubernetes Gateway API `Gateway` (how ztunnels learn network gateways), and its CRD.
 pub const GATEWAY_API_V1: &str = "gateway.networking.k8s.io/v1";
+pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 pub const GATEWAY_API_CRD: &str = "gateways.gateway.networking.k8s.io";
 /// The class of a Gateway that announces a gateway Istio did not deploy.
 pub const REMOTE_GATEWAY_CLASS: &str = "istio-remote";

@@ -404,7 +404,7 @@ const AMBIENT_CHECKS: [&str; 4] = [
     "istiod ambient multi-network",
     "gateway HBONE identity",
     "peer networks announced",
-    "global services without a waypoint",
+    "waypoints of global services",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,23 +490,25 @@ async fn check_passes_on_a_good_ambient_setup_and_names_each_broken_item() {
     );
     let d = failing("cluster west", "peer networks announced");
     assert!(d.contains("has no status.addresses"), "{d}");
-    let w = item(&items, "cluster east", "global services without a waypoint");
+    let w = item(&items, "cluster east", "waypoints of global services");
     assert_eq!(w["status"], "warn");
     assert_eq!(
         w["detail"],
-        "bound to a waypoint: default/catalog (its namespace's istio.io/use-waypoint=wp, but \
-         Gateway default/wp has no status.addresses or does not exist, so istiod ignores the \
-         binding and ztunnels send straight to the service)"
+        "bound to a waypoint that is not ready (no status.addresses, or no such Gateway): \
+         default/catalog (its namespace's istio.io/use-waypoint=wp, Gateway default/wp)"
     );
     assert!(
-        w["hint"].as_str().unwrap().contains("waypoint_bound"),
+        w["hint"]
+            .as_str()
+            .unwrap()
+            .contains("without the waypoint's policy"),
         "{w}"
     );
     assert_eq!(
-        item(&items, "cluster west", "global services without a waypoint")["status"],
+        item(&items, "cluster west", "waypoints of global services")["status"],
         "pass"
     );
-    // With the waypoint deployed (a Gateway with addresses), the binding is istiod's too.
+    // With the waypoint deployed (a Gateway with addresses), istiod and the gateway use it.
     m.east
         .store()
         .apply(
@@ -519,9 +521,12 @@ async fn check_passes_on_a_good_ambient_setup_and_names_each_broken_item() {
         )
         .unwrap();
     let (_, items) = check(&m).await;
+    let w = item(&items, "cluster east", "waypoints of global services");
+    assert_eq!(w["status"], "pass");
     assert_eq!(
-        item(&items, "cluster east", "global services without a waypoint")["detail"],
-        "bound to a waypoint: default/catalog (its namespace's istio.io/use-waypoint=wp)"
+        w["detail"],
+        "through their waypoints: default/catalog (its namespace's istio.io/use-waypoint=wp, \
+         Gateway default/wp)"
     );
     let w = item(&items, "mesh", "global services on every side");
     assert_eq!(w["status"], "warn");

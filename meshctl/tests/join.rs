@@ -586,6 +586,7 @@ async fn label_network_and_gateway_install() {
     for r in [
         "endpointslices",
         "destinationrules",
+        "gateways",
         "customresourcedefinitions",
         "services",
         "pods",

@@ -1,4 +1,5 @@
-//! The Istio CRDs the server can install on request (DestinationRule, Gateway).
+//! The CRDs the server can install on request: Istio's DestinationRule and Gateway, and
+//! Gateway API's Gateway.
 
 pub(crate) const DESTINATION_RULE_CRD: &str = r#"{
   "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
@@ -20,6 +21,19 @@ pub(crate) const GATEWAY_CRD: &str = r#"{
     "versions": [
       {"name": "v1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
       {"name": "v1alpha3", "served": true, "storage": true, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+      {"name": "v1beta1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}
+    ]}
+}"#;
+
+/// Gateway API's Gateway (`gateway.networking.k8s.io`), served at v1 (stored) and v1beta1, with
+/// the status subresource, as the standard channel's CRD has them.
+pub(crate) const GATEWAY_API_CRD: &str = r#"{
+  "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+  "metadata": {"name": "gateways.gateway.networking.k8s.io"},
+  "spec": {"group": "gateway.networking.k8s.io", "scope": "Namespaced",
+    "names": {"plural": "gateways", "singular": "gateway", "kind": "Gateway", "listKind": "GatewayList", "shortNames": ["gtw"]},
+    "versions": [
+      {"name": "v1", "served": true, "storage": true, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
       {"name": "v1beta1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}
     ]}
 }"#;

@@ -229,6 +229,11 @@ impl TestApiServer {
         self.install_crd(crds::GATEWAY_CRD);
     }
 
+    /// Makes Gateway API `gateway.networking.k8s.io` Gateways (v1, v1beta1) served.
+    pub fn install_gateway_api_crd(&self) {
+        self.install_crd(crds::GATEWAY_API_CRD);
+    }
+
     fn install_crd(&self, json_text: &str) {
         let crd: serde_json::Value =
             serde_json::from_str(json_text).expect("built-in CRD is valid JSON");

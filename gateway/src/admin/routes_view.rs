@@ -46,9 +46,9 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
                 .lookup_hbone(&r.host, r.port)
                 .map(|h| h.endpoints.iter().map(endpoint).collect())
                 .unwrap_or_default(),
-            waypoint_bound: table
+            waypoint: table
                 .lookup_hbone(&r.host, r.port)
-                .is_some_and(|h| h.waypoint_bound),
+                .and_then(|h| h.waypoint.as_deref().map(str::to_owned)),
             sni: SniName::new(r.port, "", r.host.as_str()).to_string(),
             host: r.host.clone(),
             port: r.port,
@@ -138,9 +138,10 @@ pub struct DebugRoute {
     /// The endpoints an HBONE CONNECT to `host:port` dials (`ip:hbone port`); empty when
     /// the route is not reachable over HBONE.
     pub hbone_endpoints: Vec<DebugEndpoint>,
-    /// Bound to a waypoint: `hbone_endpoints` take only tunnels a waypoint sent.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub waypoint_bound: bool,
+    /// The waypoint host a tunnel not sent by a waypoint goes to (its classic route at
+    /// 15008); `hbone_endpoints` take only tunnels a waypoint sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -206,7 +207,7 @@ mod tests {
             host: host.into(),
             ports: vec![80, 9080],
             subsets: Default::default(),
-            waypoint_bound: false,
+            waypoint: None,
             endpoints: vec![EndpointSpec {
                 address: "10.0.0.1".parse().unwrap(),
                 ports: [(80, 8080)].into(),

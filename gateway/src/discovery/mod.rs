@@ -108,7 +108,7 @@ mod tests {
             host: host.into(),
             ports: vec![80],
             subsets: Arc::default(),
-            waypoint_bound: false,
+            waypoint: None,
             endpoints: Vec::new(),
         };
         let long = "a".repeat(240);

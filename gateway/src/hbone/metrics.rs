@@ -22,10 +22,6 @@ pub enum Refusal {
     BadRequest,
     /// No route for the authority, or a route with no HBONE endpoint (answered 503).
     NoRoute,
-    /// The service is bound to a waypoint and the tunnel was not sent by one (no
-    /// `x-istio-source: waypoint`): Istio's gateway would dial the waypoint, which this
-    /// gateway does not (answered 503).
-    WaypointBound,
     NoHealthyEndpoint,
     ConnectFailed,
     /// Too many tunnels in total (answered 503), or a handshake shed from the undecided budget.
@@ -47,12 +43,11 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 14] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::BadClientCert,
         Refusal::TrustDomainNotAllowed,
         Refusal::BadRequest,
         Refusal::NoRoute,
-        Refusal::WaypointBound,
         Refusal::NoHealthyEndpoint,
         Refusal::ConnectFailed,
         Refusal::OverLimit,
@@ -70,7 +65,6 @@ impl Refusal {
             Refusal::TrustDomainNotAllowed => "trust_domain_not_allowed",
             Refusal::BadRequest => "bad_request",
             Refusal::NoRoute => "no_route",
-            Refusal::WaypointBound => "waypoint_bound",
             Refusal::NoHealthyEndpoint => "no_healthy_endpoint",
             Refusal::ConnectFailed => "connect_failed",
             Refusal::OverLimit => "over_limit",

@@ -7,9 +7,10 @@
 //! attempt failed, too many tunnels, and for no route: Istio's gateway sends an unmatched
 //! authority to a blackhole chain (hbone.md §3, `buildWaypointInternal`), so the client's
 //! CONNECT fails without reaching any endpoint; 503 is what ztunnel itself answers when it
-//! has nothing to dial (`find_inbound_upstream`). A service bound to a waypoint takes only
-//! tunnels a waypoint sent (`x-istio-source: waypoint`); any other is answered 503
-//! (`waypoint_bound`), where Istio's gateway would dial the waypoint.
+//! has nothing to dial (`find_inbound_upstream`). A service bound to a waypoint takes
+//! straight to its endpoints only tunnels a waypoint sent (`x-istio-source: waypoint`); any
+//! other is sent to the waypoint, as Istio's gateway does (`buildWaypointInternal`): dialed
+//! at its pods' 15008, the tunnel's bytes (the client's inner TLS) passed on unchanged.
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use super::rapid_reset::ResetWatch;
 use super::splice::{self, End, Progress};
 use crate::endpoint::EndpointState;
 use crate::reject::Reject;
+use crate::routes::WAYPOINT_PORT;
 use crate::upstream;
 
 /// A `--hbone-max-tunnels` place, given back on drop.
@@ -67,7 +69,7 @@ impl Hbone {
             d = self.decide(&req) => d,
             _ = force.cancelled() => return respond.send_reset(h2::Reason::CANCEL),
         };
-        let (auth, upstream, ep, _permit) = match decided {
+        let (auth, upstream, ep, waypoint, _permit) = match decided {
             Ok(d) => d,
             Err((reason, status, authority)) => {
                 self.metrics.refuse(reason);
@@ -133,6 +135,7 @@ impl Hbone {
             client = %client,
             authority = %auth,
             upstream = %ep.addr,
+            waypoint,
             sent,
             received,
             duration_ms = start.elapsed().as_millis() as u64,
@@ -141,8 +144,9 @@ impl Hbone {
         );
     }
 
-    /// Checks the request, takes a tunnel place, routes and connects. On refusal: the
-    /// reason, the status to answer and the authority as received (for the log).
+    /// Checks the request, takes a tunnel place, routes and connects. On success also the
+    /// waypoint the tunnel was sent to, if any; on refusal: the reason, the status to answer
+    /// and the authority as received (for the log).
     #[allow(clippy::type_complexity)]
     async fn decide(
         &self,
@@ -152,6 +156,7 @@ impl Hbone {
             Authority,
             tokio::net::TcpStream,
             Arc<EndpointState>,
+            Option<Box<str>>,
             Permit<'_>,
         ),
         (Refusal, StatusCode, String),
@@ -181,9 +186,18 @@ impl Hbone {
         let route = table
             .lookup_hbone(&auth.host, auth.port)
             .ok_or_else(|| unavailable(Refusal::NoRoute))?;
-        if route.waypoint_bound && !sent_by_waypoint(req) {
-            return Err(unavailable(Refusal::WaypointBound));
-        }
+        // The waypoint's classic route: its pods dialed at their own 15008, as Istio's
+        // gateway dials `inbound-vip|15008|tcp|<waypoint>` (no HBONE port override there).
+        let (route, waypoint) = match &route.waypoint {
+            Some(wp) if !sent_by_waypoint(req) => {
+                let to = table.lookup(wp, WAYPOINT_PORT).ok_or_else(|| {
+                    debug!(waypoint = %wp, "the waypoint has no endpoint at {WAYPOINT_PORT}");
+                    unavailable(Refusal::NoHealthyEndpoint)
+                })?;
+                (to, Some(wp.clone()))
+            }
+            _ => (route, None),
+        };
         let (upstream, ep) = upstream::connect(route, "", &self.cfg, &self.proxy_metrics)
             .await
             .map_err(|r| {
@@ -194,7 +208,7 @@ impl Hbone {
                     _ => Refusal::ConnectFailed,
                 })
             })?;
-        Ok((auth, upstream, ep, permit))
+        Ok((auth, upstream, ep, waypoint, permit))
     }
 }
 

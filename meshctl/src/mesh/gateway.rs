@@ -11,10 +11,10 @@ use super::namespace::{NAMESPACE_LABEL, validate_label_value};
 use super::origin;
 use crate::cli::{GatewayFlags, HboneCerts, Protocols, ServiceType};
 use crate::istio::{
-    ADMIN_PORT, APP_LABEL, EXPOSE_GATEWAY, GATEWAY_CRD, GATEWAY_NAME, HBONE_APP_PROTOCOL,
-    HBONE_CERTS_DIR, HBONE_CERTS_SECRET, HBONE_PORT, HBONE_PORT_NAME, ISTIO_CA_AUDIENCE,
-    ISTIO_LABEL, ISTIO_NETWORKING_GROUP, ISTIO_NETWORKING_V1, ISTIO_TOKEN_DIR, ISTIO_VALUE,
-    MANAGER, NETWORK_LABEL, STATUS_PORT, TLS_PORT, gateway_role_name, managed_labels,
+    ADMIN_PORT, APP_LABEL, EXPOSE_GATEWAY, GATEWAY_API_GROUP, GATEWAY_CRD, GATEWAY_NAME,
+    HBONE_APP_PROTOCOL, HBONE_CERTS_DIR, HBONE_CERTS_SECRET, HBONE_PORT, HBONE_PORT_NAME,
+    ISTIO_CA_AUDIENCE, ISTIO_LABEL, ISTIO_NETWORKING_GROUP, ISTIO_NETWORKING_V1, ISTIO_TOKEN_DIR,
+    ISTIO_VALUE, MANAGER, NETWORK_LABEL, STATUS_PORT, TLS_PORT, gateway_role_name, managed_labels,
 };
 use crate::kube::{self as kc, Cluster, names};
 
@@ -438,6 +438,8 @@ pub fn objects(
             {"apiGroups": [""], "resources": ["services", "pods", "namespaces"], "verbs": verbs},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": verbs},
             {"apiGroups": [ISTIO_NETWORKING_GROUP], "resources": ["destinationrules"], "verbs": verbs},
+            // Waypoints: a Service bound to one sends its tunnels there.
+            {"apiGroups": [GATEWAY_API_GROUP], "resources": ["gateways"], "verbs": verbs},
             {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": verbs},
         ]}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": meta(&role, false),

@@ -98,17 +98,7 @@ pub async fn mesh_of(west: TestApiServer, east: TestApiServer) -> Mesh {
 /// The Gateway API `Gateway` CRD (v1 served, status subresource), as its release installs it:
 /// what `join --ambient` needs.
 pub fn install_gateway_api(s: &TestApiServer) {
-    s.store()
-        .create(json!({
-            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": "gateways.gateway.networking.k8s.io"},
-            "spec": {"group": "gateway.networking.k8s.io", "scope": "Namespaced",
-                "names": {"plural": "gateways", "singular": "gateway", "kind": "Gateway", "listKind": "GatewayList", "shortNames": ["gtw"]},
-                "versions": [
-                    {"name": "v1", "served": true, "storage": true, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
-                    {"name": "v1beta1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}
-                ]}}))
-        .unwrap();
+    s.install_gateway_api_crd();
 }
 
 /// A mesh that `meshctl join` has joined (token Secrets and cacerts exist in both clusters).

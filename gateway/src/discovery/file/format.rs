@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::bounds::{self, EndpointList, HasEndpoints, Refused, ServiceList};
 use super::{FileError, MAX_FILE_BYTES, yaml_error};
 use crate::bounded_read::{ReadRefused, read_regular};
-use crate::routes::{EndpointSpec, Labels, ServiceSpec};
+use crate::routes::{EndpointSpec, Labels, ServiceSpec, WAYPOINT_PORT};
 use crate::sni_name;
 
 #[derive(Debug, Deserialize)]
@@ -33,10 +33,13 @@ struct FileService {
     /// Reach every endpoint over HBONE (ambient): `hbone: true` (port 15008),
     /// `hbone: {port: N}`; endpoints may override it.
     hbone: Option<FileHbone>,
-    /// Bound to a waypoint (`istio.io/use-waypoint`): its HBONE endpoints take only tunnels
-    /// a waypoint sends (`x-istio-source: waypoint`).
-    #[serde(default)]
-    waypoint_bound: bool,
+    /// Bound to a waypoint (`istio.io/use-waypoint`): the host of the waypoint's service, a
+    /// service of this file with port 15008. Tunnels a waypoint sent
+    /// (`x-istio-source: waypoint`) reach this service's HBONE endpoints; every other goes to
+    /// the waypoint.
+    waypoint: Option<String>,
+    /// Replaced by `waypoint` (kept only to say so).
+    waypoint_bound: Option<serde::de::IgnoredAny>,
 }
 
 impl HasEndpoints for FileService {
@@ -274,12 +277,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                 hbone_port,
             });
         }
-        let tunnelled = svc.hbone.and_then(FileHbone::port).is_some()
-            || endpoints.iter().any(|e| e.hbone_port.is_some());
-        if svc.waypoint_bound && !tunnelled {
+        if svc.waypoint_bound.is_some() {
             return Err(invalid(format!(
-                "{at}: waypoint_bound: true needs hbone (on the service or an endpoint): it \
-                 says which tunnels may reach the service's HBONE endpoints, and it has none"
+                "{at}: waypoint_bound was replaced by `waypoint: <host of the waypoint's \
+                 service>` (a service of this file with port 15008), to which the gateway now \
+                 sends the tunnels a waypoint did not send"
             )));
         }
         out.push(ServiceSpec {
@@ -287,10 +289,32 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
             ports: port_map.keys().copied().collect(),
             subsets,
             endpoints,
-            waypoint_bound: svc.waypoint_bound,
+            waypoint: svc.waypoint.map(|w| w.trim().to_ascii_lowercase()),
         });
     }
+    check_waypoints(&out).map_err(invalid)?;
     Ok(out)
+}
+
+/// Each `waypoint` names another service of the file, with port 15008 (where tunnels are
+/// sent to it) and not bound to a waypoint itself (Istio gives a waypoint none).
+fn check_waypoints(specs: &[ServiceSpec]) -> Result<(), String> {
+    for (i, spec) in specs.iter().enumerate() {
+        let Some(wp) = &spec.waypoint else { continue };
+        let at = format!("services[{i}] ({})", excerpt(&spec.host));
+        let waypoint = specs.iter().find(|s| s.host == *wp);
+        let problem = match waypoint {
+            _ if *wp == spec.host => "is the service itself",
+            None => "is not a host of this file: list the waypoint's service, with port 15008",
+            Some(w) if !w.ports.contains(&WAYPOINT_PORT) => {
+                "has no port 15008, where tunnels are sent to a waypoint"
+            }
+            Some(w) if w.waypoint.is_some() => "is bound to a waypoint itself",
+            Some(_) => continue,
+        };
+        return Err(format!("{at}: waypoint {} {problem}", excerpt(wp)));
+    }
+    Ok(())
 }
 
 /// Nothing but whitespace and comments: what a writer that died after truncating leaves.
@@ -478,29 +502,52 @@ services:
         assert!(err.contains("services"), "{err}");
     }
 
-    /// `waypoint_bound` marks a tunnelled service; on a classic-only one it is refused.
+    /// `waypoint` names a service of the file at 15008; anything else is refused, and the
+    /// old `waypoint_bound` key says what replaced it.
     #[test]
-    fn waypoint_bound_needs_hbone() {
+    fn a_waypoint_is_a_service_of_the_file_at_15008() {
         let specs = p(r#"
 services:
   - host: bound.ns.svc.cluster.local
     ports: [{port: 80}]
     hbone: true
-    waypoint_bound: true
-  - host: open.ns.svc.cluster.local
-    ports: [{port: 80}]
-    endpoints: [{address: 10.0.0.1, hbone: true}]
+    waypoint: WP.ns.svc.cluster.local
+  - host: wp.ns.svc.cluster.local
+    ports: [{port: 15008}, {port: 15021}]
+    endpoints: [{address: 10.0.0.9}]
 "#)
         .unwrap();
-        assert!(specs[0].waypoint_bound);
-        assert!(!specs[1].waypoint_bound);
-        let err = p("services: [{host: a.local, ports: [{port: 80}], waypoint_bound: true, endpoints: [{address: 10.0.0.1}]}]")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("services[0] (\"a.local\"): waypoint_bound: true needs hbone"),
-            "{err}"
+        assert_eq!(
+            specs[0].waypoint.as_deref(),
+            Some("wp.ns.svc.cluster.local")
         );
+        assert_eq!(specs[1].waypoint, None);
+        let wp = "{host: wp.local, ports: [{port: 15008}]}";
+        for (doc, want) in [
+            (
+                "services: [{host: a.local, ports: [{port: 80}], waypoint: b.local}]".to_string(),
+                "services[0] (\"a.local\"): waypoint \"b.local\" is not a host of this file",
+            ),
+            (
+                "services: [{host: a.local, ports: [{port: 80}], waypoint: a.local}]".into(),
+                "waypoint \"a.local\" is the service itself",
+            ),
+            (
+                "services: [{host: a.local, ports: [{port: 80}], waypoint: b.local}, {host: b.local, ports: [{port: 80}]}]".into(),
+                "waypoint \"b.local\" has no port 15008",
+            ),
+            (
+                format!("services: [{{host: a.local, ports: [{{port: 80}}], waypoint: b.local}}, {{host: b.local, ports: [{{port: 15008}}], waypoint: wp.local}}, {wp}]"),
+                "waypoint \"b.local\" is bound to a waypoint itself",
+            ),
+            (
+                "services: [{host: a.local, ports: [{port: 80}], waypoint_bound: true}]".into(),
+                "services[0] (\"a.local\"): waypoint_bound was replaced by `waypoint: <host",
+            ),
+        ] {
+            let err = p(&doc).unwrap_err().to_string();
+            assert!(err.contains(want), "{doc}: {err}");
+        }
     }
 
     /// A file truncated to nothing (a writer that died, a full disk) is no table; an empty

@@ -6,14 +6,7 @@
 //!   `manifests/charts/base/files/profile-ambient.yaml`; matched in
 //!   `pilot/pkg/serviceregistry/ambient/services.go` `matchServiceScope`). Only global
 //!   services are exposed (`ambientindex.go` `AllLocalNetworkGlobalServices`).
-//! - Bound to a waypoint or not. Istio reads `istio.io/use-waypoint` on the Service first
-//!   (`none` opts out, even of its namespace's waypoint), then on its Namespace, which binds
-//!   every Service in it (`pilot/pkg/serviceregistry/kube/controller/ambient/waypoints.go`
-//!   `fetchWaypointForTarget`, `getUseWaypoint`). Istio's gateway sends a bound Service's
-//!   tunnels to its waypoint, except those a waypoint sent (`x-istio-source: waypoint`),
-//!   which go straight to the Service (`listener_waypoint.go` `buildWaypointInternal`). This
-//!   gateway does not dial waypoints: a bound Service's endpoints take only the tunnels a
-//!   waypoint sent.
+//! - Bound to a waypoint or not: `waypoints` decides, from the labels read here.
 //! - The endpoint's Pod is captured by ztunnel, as istio-cni decides
 //!   (`cni/pkg/util/podutil.go` `PodRedirectionEnabled`): its Namespace or the Pod itself is
 //!   labelled `istio.io/dataplane-mode=ambient`; a Pod labelled `none` opts out; a Pod with an
@@ -29,6 +22,10 @@ pub use crate::discovery::file::format::HBONE_DEFAULT_PORT as HBONE_PORT;
 
 pub const GLOBAL_LABEL: &str = "istio.io/global";
 pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
+/// Set by istiod on the objects it deploys for a Gateway; [`MESH_CONTROLLER`] on a waypoint's.
+pub const GATEWAY_MANAGED_LABEL: &str = "gateway.istio.io/managed";
+pub const MESH_CONTROLLER: &str = "istio.io-mesh-controller";
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
 /// Set by Istio's sidecar injector on every Pod it injected.
 pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
@@ -36,52 +33,63 @@ pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
 type Labels = BTreeMap<String, String>;
 
 /// What an object's `istio.io/use-waypoint` label says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum UseWaypoint {
     /// No label: the namespace's label decides (for a Service).
     #[default]
     Unset,
     /// `none`: no waypoint, whatever the namespace says.
     OptedOut,
-    /// Any other value names a waypoint.
-    Bound,
+    /// Any other value names a waypoint: a Gateway of that name, in the namespace that
+    /// `istio.io/use-waypoint-namespace` names, else the object's own (`getUseWaypoint`).
+    Bound {
+        name: Box<str>,
+        namespace: Option<Box<str>>,
+    },
 }
 
 impl UseWaypoint {
     pub fn of(labels: Option<&Labels>) -> Self {
-        match labels
-            .and_then(|l| l.get(USE_WAYPOINT_LABEL))
-            .map(String::as_str)
-        {
+        let get = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+        match get(USE_WAYPOINT_LABEL) {
             None => UseWaypoint::Unset,
             Some("none") => UseWaypoint::OptedOut,
-            Some(_) => UseWaypoint::Bound,
+            Some(name) => UseWaypoint::Bound {
+                name: name.into(),
+                namespace: get(USE_WAYPOINT_NAMESPACE_LABEL).map(Box::from),
+            },
         }
     }
 }
 
 /// A Service's ambient fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ServiceScope {
     pub global: bool,
     pub waypoint: UseWaypoint,
+    /// A waypoint's own Service (`gateway.istio.io/managed: istio.io-mesh-controller`),
+    /// which never has a waypoint (`fetchWaypointForService`).
+    pub is_waypoint: bool,
 }
 
 impl ServiceScope {
     pub fn of(labels: Option<&Labels>) -> Self {
+        let get = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
         ServiceScope {
-            global: labels.and_then(|l| l.get(GLOBAL_LABEL)).map(String::as_str) == Some("true"),
+            global: get(GLOBAL_LABEL) == Some("true"),
             waypoint: UseWaypoint::of(labels),
+            is_waypoint: get(GATEWAY_MANAGED_LABEL) == Some(MESH_CONTROLLER),
         }
     }
 }
 
 /// A Namespace's ambient fields: its `dataplane-mode` enables capture, its `use-waypoint`
-/// binds its Services.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// binds its Services, and its labels are what a waypoint's `allowedRoutes` selector sees.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NamespaceScope {
     pub ambient: bool,
     pub waypoint: UseWaypoint,
+    pub labels: Labels,
 }
 
 impl NamespaceScope {
@@ -92,33 +100,8 @@ impl NamespaceScope {
                 .map(String::as_str)
                 == Some("ambient"),
             waypoint: UseWaypoint::of(labels),
+            labels: labels.cloned().unwrap_or_default(),
         }
-    }
-}
-
-/// Which tunnels a Service's ambient endpoints take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exposure {
-    /// None: not a global service.
-    Hidden,
-    /// Every tunnel.
-    Open,
-    /// Only those a waypoint sent: the Service is bound to one.
-    FromWaypoints,
-}
-
-/// Which tunnels a Service's ambient endpoints take over HBONE (`ns`: its Namespace, `None`
-/// when not seen, as Istio treats a namespace it does not know).
-pub fn service_exposure(svc: ServiceScope, ns: Option<&NamespaceScope>) -> Exposure {
-    let bound = match svc.waypoint {
-        UseWaypoint::Bound => true,
-        UseWaypoint::OptedOut => false,
-        UseWaypoint::Unset => ns.is_some_and(|n| n.waypoint == UseWaypoint::Bound),
-    };
-    match (svc.global, bound) {
-        (false, _) => Exposure::Hidden,
-        (true, false) => Exposure::Open,
-        (true, true) => Exposure::FromWaypoints,
     }
 }
 
@@ -144,46 +127,41 @@ mod tests {
     }
 
     #[test]
-    fn global_services_open_or_bound_to_a_waypoint() {
-        let of = |kv: &[(&str, &str)], n: Option<&NamespaceScope>| {
-            service_exposure(ServiceScope::of(Some(&labels(kv))), n)
-        };
-        let g = ("istio.io/global", "true");
-        assert_eq!(of(&[g], None), Exposure::Open);
-        assert_eq!(
-            of(&[g, ("istio.io/use-waypoint", "none")], None),
-            Exposure::Open
-        );
-        assert_eq!(
-            of(&[("istio.io/global", "True")], None),
-            Exposure::Hidden,
+    fn labels_read_as_istiod_reads_them() {
+        let svc = |kv: &[(&str, &str)]| ServiceScope::of(Some(&labels(kv)));
+        assert!(svc(&[("istio.io/global", "true")]).global);
+        assert!(
+            !svc(&[("istio.io/global", "True")]).global,
             "the profile selects exactly \"true\""
         );
-        assert_eq!(of(&[("istio.io/global", "false")], None), Exposure::Hidden);
-        assert_eq!(of(&[("app", "catalog")], None), Exposure::Hidden);
+        assert_eq!(ServiceScope::of(None), ServiceScope::default());
         assert_eq!(
-            of(&[g, ("istio.io/use-waypoint", "wp")], None),
-            Exposure::FromWaypoints
+            svc(&[("istio.io/use-waypoint", "none")]).waypoint,
+            UseWaypoint::OptedOut
         );
         assert_eq!(
-            of(&[("istio.io/use-waypoint", "wp")], None),
-            Exposure::Hidden,
-            "bound but not global"
+            svc(&[
+                ("istio.io/use-waypoint", "wp"),
+                ("istio.io/use-waypoint-namespace", "infra")
+            ])
+            .waypoint,
+            UseWaypoint::Bound {
+                name: "wp".into(),
+                namespace: Some("infra".into())
+            }
         );
         assert_eq!(
-            service_exposure(ServiceScope::of(None), None),
-            Exposure::Hidden
+            ns(&[("istio.io/use-waypoint", "wp")]).waypoint,
+            UseWaypoint::Bound {
+                name: "wp".into(),
+                namespace: None
+            }
         );
-        // The namespace's waypoint binds its services; a service's `none` overrides it.
-        let wp = ns(&[("istio.io/use-waypoint", "wp")]);
-        assert_eq!(of(&[g], Some(&wp)), Exposure::FromWaypoints);
+        assert!(svc(&[("gateway.istio.io/managed", "istio.io-mesh-controller")]).is_waypoint);
+        assert!(!svc(&[("gateway.istio.io/managed", "istio.io-gateway-controller")]).is_waypoint);
         assert_eq!(
-            of(&[g, ("istio.io/use-waypoint", "none")], Some(&wp)),
-            Exposure::Open
-        );
-        assert_eq!(
-            of(&[g], Some(&ns(&[("istio.io/use-waypoint", "none")]))),
-            Exposure::Open
+            ns(&[("team", "a")]).labels.get("team").map(String::as_str),
+            Some("a")
         );
     }
 

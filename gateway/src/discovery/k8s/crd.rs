@@ -1,25 +1,65 @@
-//! The DestinationRule CRD's life: found at start or by polling every `--crd-recheck`
-//! interval, watched while served, and let go when it is deleted (its watch gets 404): the
-//! subset routes go, staleness is not affected, and polling starts again.
+//! The life of an optional watched type, served only while its CRD is installed: Istio's
+//! DestinationRules (subsets) and Gateway API Gateways (waypoints). Each is found at start or
+//! by polling every `--crd-recheck` interval, watched while served, and let go when its CRD
+//! is deleted (its watch gets 404) or it may not be read (403): what it gave the table goes,
+//! staleness is not affected, and polling starts again.
 //!
-//! Each time the rules are (re)started they get a new generation, so messages from the
-//! watches of a deleted CRD can never touch the rules of its successor.
+//! Each time a type is (re)started its watches get a new generation, so messages from the
+//! watches of a deleted CRD can never touch the model of its successor.
 
 use std::time::Duration;
 
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::ApiResource;
 
 use super::client::{REACH_TIMEOUT, error_chain};
-use super::probe::{Probe, probes};
+use super::probe::{Kind, Probe, probes};
 use super::project;
-use super::watch::{self, Msg, Watches, dyn_apis, spawn_watches};
+use super::watch::{self, Msg, Watches, apis, dyn_apis, spawn_watches};
+use super::waypoints::{GatewayObject, project_gateway};
 
-/// The served DestinationRule resource (preferred version), or `None` without the CRD.
-pub(super) async fn destination_rule_resource(client: &Client) -> Option<ApiResource> {
+/// An optional type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Crd {
+    DestinationRule,
+    Gateway,
+}
+
+impl Crd {
+    pub const ALL: [Crd; 2] = [Crd::DestinationRule, Crd::Gateway];
+
+    pub fn kind(self) -> Kind {
+        match self {
+            Crd::DestinationRule => Kind::DestinationRule,
+            Crd::Gateway => Kind::Gateway,
+        }
+    }
+
+    fn group(self) -> &'static str {
+        match self {
+            Crd::DestinationRule => "networking.istio.io",
+            Crd::Gateway => "gateway.networking.k8s.io",
+        }
+    }
+
+    /// What the table lacks while the type is not served.
+    pub fn without(self) -> &'static str {
+        match self {
+            Crd::DestinationRule => "only the empty subset routes",
+            Crd::Gateway => {
+                "no waypoints: tunnels to services bound to one go straight to their endpoints"
+            }
+        }
+    }
+}
+
+/// The served resource of `crd`, or `None` without its CRD. DestinationRules are read in
+/// the preferred version; Gateways in `v1` (Gateway API v1.0 and later), which
+/// [`GatewayObject`] is.
+pub(super) async fn served(client: &Client, crd: Crd) -> Option<ApiResource> {
     let group = match tokio::time::timeout(
         REACH_TIMEOUT,
-        kube::discovery::group(client, "networking.istio.io"),
+        kube::discovery::group(client, crd.group()),
     )
     .await
     {
@@ -27,17 +67,25 @@ pub(super) async fn destination_rule_resource(client: &Client) -> Option<ApiReso
         Ok(Err(kube::Error::Discovery(_))) => return None,
         Ok(Err(kube::Error::Api(s))) if s.code == 404 => return None,
         Ok(Err(e)) => {
-            tracing::warn!(error = %error_chain(&e), "checking for the DestinationRule CRD failed; will retry");
+            tracing::warn!(?crd, error = %error_chain(&e), "checking for the CRD failed; will retry");
             return None;
         }
         Err(_) => return None,
     };
-    group.recommended_kind("DestinationRule").map(|(ar, _)| ar)
+    match crd {
+        Crd::DestinationRule => group.recommended_kind("DestinationRule").map(|(ar, _)| ar),
+        Crd::Gateway => group
+            .versioned_resources("v1")
+            .into_iter()
+            .find(|(ar, _)| ar.kind == "Gateway")
+            .map(|(ar, _)| ar),
+    }
 }
 
-/// What starting and polling for the rules needs.
+/// What starting and polling for one optional type needs.
 #[derive(Clone)]
-pub(super) struct Rules {
+pub(super) struct CrdWatch {
+    pub crd: Crd,
     pub client: Client,
     pub namespaces: Vec<String>,
     pub domain: String,
@@ -45,29 +93,56 @@ pub(super) struct Rules {
     pub watches: Watches,
 }
 
-impl Rules {
-    /// Starts generation `generation` of the DestinationRule watches; returns their probes.
+impl CrdWatch {
+    /// Starts generation `generation` of the type's watches; returns their probes.
     pub fn start(&self, ar: &ApiResource, generation: u64) -> Vec<Probe> {
-        let apis = dyn_apis(&self.client, &self.namespaces, ar);
-        let probes = probes(&apis);
-        self.spawn(ar, apis, generation);
+        let (probes, spawn) = self.prepare(ar, generation);
+        spawn();
         probes
     }
 
-    fn spawn(&self, ar: &ApiResource, apis: Vec<Api<DynamicObject>>, generation: u64) {
-        tracing::info!(version = %ar.version, "watching DestinationRules for subsets");
-        let domain = self.domain.clone();
-        spawn_watches(
-            &self.watches,
-            watch::every(&apis),
-            move |dr: &DynamicObject| project::project_destination_rule(dr, &domain),
-            move |stream, update| Msg::Rule(generation, stream, update),
-            Some(Msg::RulesGone(generation)),
+    /// The probes of the watches, and what starts them.
+    fn prepare(&self, ar: &ApiResource, generation: u64) -> (Vec<Probe>, impl FnOnce() + use<>) {
+        let gone = Some(Msg::CrdGone(self.crd, generation));
+        let (client, namespaces, watches) = (
+            self.client.clone(),
+            self.namespaces.clone(),
+            self.watches.clone(),
         );
+        let (crd, domain, ar) = (self.crd, self.domain.clone(), ar.clone());
+        let probes = match crd {
+            Crd::DestinationRule => probes(&dyn_apis(&client, &namespaces, &ar)),
+            Crd::Gateway => probes(&apis::<GatewayObject>(&client, &namespaces)),
+        };
+        let spawn = move || match crd {
+            Crd::DestinationRule => {
+                tracing::info!(version = %ar.version, "watching DestinationRules for subsets");
+                spawn_watches(
+                    &watches,
+                    watch::every(&dyn_apis(&client, &namespaces, &ar)),
+                    move |dr: &kube::api::DynamicObject| {
+                        project::project_destination_rule(dr, &domain)
+                    },
+                    move |stream, update| Msg::Rule(generation, stream, update),
+                    gone,
+                );
+            }
+            Crd::Gateway => {
+                tracing::info!("watching Gateways (gateway.networking.k8s.io/v1) for waypoints");
+                spawn_watches(
+                    &watches,
+                    watch::every(&apis::<GatewayObject>(&client, &namespaces)),
+                    project_gateway,
+                    move |stream, update| Msg::Waypoint(generation, stream, update),
+                    gone,
+                );
+            }
+        };
+        (probes, spawn)
     }
 
-    /// Looks for the CRD every `recheck` until it is served (Istio installed, or the CRD
-    /// restored, after the gateway started), then starts generation `generation`.
+    /// Looks for the CRD every `recheck` until it is served (installed, or restored, after
+    /// the gateway started), then starts generation `generation`.
     pub async fn poll(self, generation: u64) {
         let every = self.recheck.max(Duration::from_millis(100));
         loop {
@@ -75,14 +150,14 @@ impl Rules {
                 _ = self.watches.stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            if let Some(ar) = destination_rule_resource(&self.client).await {
-                // The model learns about the rules before their first event arrives.
-                let apis = dyn_apis(&self.client, &self.namespaces, &ar);
-                let started = Msg::RulesStarted(generation, probes(&apis));
+            if let Some(ar) = served(&self.client, self.crd).await {
+                // The model learns about the type before its first event arrives.
+                let (probes, spawn) = self.prepare(&ar, generation);
+                let started = Msg::CrdStarted(self.crd, generation, probes);
                 if self.watches.tx.send(started).await.is_err() {
                     return;
                 }
-                self.spawn(&ar, apis, generation);
+                spawn();
                 return;
             }
         }

@@ -1,7 +1,7 @@
 //! Kubernetes discovery, wired: [`KubeSource::start`] connects, starts the watches and the
 //! rebuild task. Sources: Services, EndpointSlices, Pod and Namespace metadata (labels, and
-//! the sidecar annotation; `ambient` says why) and, when Istio's CRD is served,
-//! DestinationRules.
+//! the sidecar annotation; `ambient` says why) and, when their CRDs are served, Istio's
+//! DestinationRules (subsets) and Gateway API Gateways (waypoints).
 //!
 //! One kube-runtime watcher per type (per namespace with `--namespace`) projects objects to
 //! the routing fields as they arrive (`project`) and sends them to one task that owns the
@@ -10,7 +10,7 @@
 //! watch has listed once, and only then does the gateway report ready. Failed watches retry
 //! as `retry` says (a 410 re-lists at once); meanwhile the last table keeps serving and
 //! `gateway_discovery_route_table_stale_seconds` counts the seconds until every watch is
-//! current again (`health`). The DestinationRule CRD may come and go (`crd`).
+//! current again (`health`). The DestinationRule and Gateway CRDs may come and go (`crd`).
 //!
 //! One concern per file, imports flowing down this list (no cycles):
 //! - `client`: kubeconfig and context loading, the reachability check, [`KubeError`];
@@ -19,11 +19,13 @@
 //!   watch can work again (the design review put probes in `watch`; on their own they keep
 //!   `watch` to the watch plumbing and under ~250 lines);
 //! - `ambient`: Istio's rules for which endpoints are reached over HBONE (pure functions);
+//! - `waypoints`: Istio's rules for which waypoint a Service's tunnels go to (pure
+//!   functions), and the loosely typed Gateway they read;
 //! - `project`: objects reduced to routing fields; `cache`: a reflector store of them;
 //! - `retry`, `health`: what a failing watch does next, and when the table is stale;
 //! - `watch`: `spawn_watches::<K>`, one generic helper for every watched type;
-//! - `crd`: finding, watching and losing the DestinationRule CRD (its detection and
-//!   re-polling stay here rather than in `watch`: one file for the CRD's whole life);
+//! - `crd`: finding, watching and losing the optional CRDs (their detection and re-polling
+//!   stay here rather than in `watch`: one file for a CRD's whole life);
 //! - `specs`: the model turned into route specs; `task`: the rebuild task.
 
 mod ambient;
@@ -38,6 +40,7 @@ mod retry;
 mod specs;
 mod task;
 mod watch;
+mod waypoints;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -56,7 +59,7 @@ use super::Publisher;
 use crate::config::KubeOptions;
 use cache::Watched;
 use client::client;
-use crd::Rules;
+use crd::{Crd, CrdWatch};
 use specs::Model;
 use task::ModelTask;
 use watch::{Msg, Watches, apis, every, spawn_watches};
@@ -90,30 +93,38 @@ impl KubeSource {
             stop: stop.clone(),
         };
         let mut probes = Vec::new();
-        let rules = Rules {
+        let crds = Crd::ALL.map(|crd| CrdWatch {
+            crd,
             client: client.clone(),
             namespaces: namespaces.clone(),
             domain: domain.clone(),
             recheck: opts.crd_recheck,
             watches: watches.clone(),
-        };
+        });
 
         let mut model = Model::new(streams);
-        // The CRD check comes first (on the connection the reachability check opened), and
-        // the first table waits for the rules, so a cluster with Istio never publishes a
-        // table without its subsets.
-        match crd::destination_rule_resource(&client).await {
-            Some(ar) => {
-                let p = rules.start(&ar, 0);
-                model.rules = Some(Watched::new(p.len()));
-                probes.extend(p);
-            }
-            None => {
-                tracing::info!(
-                    recheck = ?opts.crd_recheck,
-                    "DestinationRule CRD (networking.istio.io) not served: only the empty subset routes"
-                );
-                tokio::spawn(rules.clone().poll(0));
+        // The CRD checks come first (on the connection the reachability check opened), and
+        // the first table waits for their watches, so a cluster with Istio never publishes a
+        // table without its subsets or waypoints.
+        for watch in &crds {
+            match crd::served(&client, watch.crd).await {
+                Some(ar) => {
+                    let p = watch.start(&ar, 0);
+                    match watch.crd {
+                        Crd::DestinationRule => model.rules = Some(Watched::new(p.len())),
+                        Crd::Gateway => model.waypoints = Some(Watched::new(p.len())),
+                    }
+                    probes.extend(p);
+                }
+                None => {
+                    tracing::info!(
+                        resource = watch.crd.kind().resource(),
+                        recheck = ?opts.crd_recheck,
+                        "CRD not served: {}",
+                        watch.crd.without()
+                    );
+                    tokio::spawn(watch.clone().poll(0));
+                }
             }
         }
         let services = apis::<Service>(&client, &namespaces);
@@ -151,7 +162,7 @@ impl KubeSource {
         );
         drop(watches);
 
-        let task = ModelTask::new(model, domain, publisher, probes, rules);
+        let task = ModelTask::new(model, domain, publisher, probes, crds);
         let synced = task.synced();
         tokio::spawn(task.run(rx, stop));
         Ok(KubeSource { synced })

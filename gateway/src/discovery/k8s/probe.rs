@@ -13,6 +13,8 @@ use kube::core::PartialObjectMeta;
 use serde::de::DeserializeOwned;
 
 use super::client::REACH_TIMEOUT;
+use super::crd::Crd;
+use super::waypoints::GatewayObject;
 
 /// A watched type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,6 +24,7 @@ pub(super) enum Kind {
     Pod,
     Namespace,
     DestinationRule,
+    Gateway,
 }
 
 impl Kind {
@@ -33,6 +36,15 @@ impl Kind {
             Kind::Pod => "pods",
             Kind::Namespace => "namespaces",
             Kind::DestinationRule => "destinationrules.networking.istio.io",
+            Kind::Gateway => "gateways.gateway.networking.k8s.io",
+        }
+    }
+
+    /// What the table lacks while an optional type cannot be read.
+    pub fn without(self) -> &'static str {
+        match self {
+            Kind::Gateway => Crd::Gateway.without(),
+            _ => Crd::DestinationRule.without(),
         }
     }
 }
@@ -45,6 +57,13 @@ pub(super) enum WatchedApi {
     Pod(Api<PartialObjectMeta<Pod>>),
     Namespace(Api<PartialObjectMeta<Namespace>>),
     DestinationRule(Api<DynamicObject>),
+    Gateway(Api<GatewayObject>),
+}
+
+impl From<Api<GatewayObject>> for WatchedApi {
+    fn from(api: Api<GatewayObject>) -> Self {
+        WatchedApi::Gateway(api)
+    }
 }
 
 impl From<Api<Service>> for WatchedApi {
@@ -85,6 +104,7 @@ impl WatchedApi {
             WatchedApi::Pod(_) => Kind::Pod,
             WatchedApi::Namespace(_) => Kind::Namespace,
             WatchedApi::DestinationRule(_) => Kind::DestinationRule,
+            WatchedApi::Gateway(_) => Kind::Gateway,
         }
     }
 }
@@ -110,6 +130,7 @@ impl Probe {
             WatchedApi::Pod(api) => lists(api).await,
             WatchedApi::Namespace(api) => lists(api).await,
             WatchedApi::DestinationRule(api) => lists(api).await,
+            WatchedApi::Gateway(api) => lists(api).await,
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct SvcInfo {
     /// `spec.ipFamilies[0]`: a dual-stack pod is dialed at its address of this family.
     pub family: IpFamily,
     pub scope: ServiceScope,
+    /// `spec.clusterIPs`: a waypoint whose status gives only an IP is the Service with it.
+    pub cluster_ips: Vec<IpAddr>,
 }
 
 /// What an EndpointSlice contributes.
@@ -105,10 +107,21 @@ pub fn project_service(svc: &Service) -> Option<SvcInfo> {
         _ => IpFamily::V4,
     };
     let scope = ServiceScope::of(svc.metadata.labels.as_ref());
+    let cluster_ips = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     Some(SvcInfo {
         ports,
         family,
         scope,
+        cluster_ips,
     })
 }
 

@@ -4,9 +4,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::ambient::{self, Exposure, NamespaceScope};
+use super::ambient::{self, NamespaceScope};
 use super::cache::Watched;
 use super::project::{DrInfo, ObjKey, PodInfo, SliceInfo, SvcInfo, pod_label};
+use super::waypoints::{self, WaypointAddress, WaypointInfo};
 use crate::routes::{EndpointSpec, Labels, ServiceSpec, Subsets};
 use crate::sni_name::{validate_host, validate_subset};
 
@@ -20,6 +21,8 @@ pub struct Model {
     pub namespaces: Watched<NamespaceScope>,
     /// `None` while the DestinationRule CRD is not served.
     pub rules: Option<Watched<DrInfo>>,
+    /// Ready waypoints (Gateways with addresses); `None` while the Gateway CRD is not served.
+    pub waypoints: Option<Watched<WaypointInfo>>,
 }
 
 impl Model {
@@ -30,6 +33,7 @@ impl Model {
             pods: Watched::new(streams),
             namespaces: Watched::new(streams),
             rules: None,
+            waypoints: None,
         }
     }
 
@@ -40,6 +44,28 @@ impl Model {
             && self.pods.synced()
             && self.namespaces.synced()
             && self.rules.as_ref().is_none_or(Watched::synced)
+            && self.waypoints.as_ref().is_none_or(Watched::synced)
+    }
+
+    /// The host of the waypoint a global Service's tunnels go to, if it has one.
+    /// `by_ip` maps cluster IPs to hosts, for a waypoint whose status gives only an IP.
+    fn waypoint_host(
+        &self,
+        ns: &str,
+        svc: &SvcInfo,
+        namespace: Option<&NamespaceScope>,
+        by_ip: &HashMap<IpAddr, String>,
+    ) -> Option<String> {
+        let all = self.waypoints.as_ref()?;
+        let find = |wp_ns: &str, name: &str| all.get(&(wp_ns.into(), name.into()));
+        let (w, name) = waypoints::waypoint_of(ns, &svc.scope, namespace, find)?;
+        // Without a usable address the tunnels have nowhere to go: `ns/name` is no route's
+        // host, so they are answered 503, and `/debug/routes` shows which waypoint it is.
+        Some(match &w.address {
+            Some(WaypointAddress::Hostname(h)) => h.clone(),
+            Some(WaypointAddress::Ip(ip)) => by_ip.get(ip).cloned().unwrap_or(name),
+            None => name,
+        })
     }
 
     /// Subsets per resolved host: rules for one host merge, the oldest rule winning a subset
@@ -103,13 +129,31 @@ impl Model {
         let mut label_sets: HashMap<Vec<(&str, &str)>, Arc<Labels>> = HashMap::new();
         let mut label_key: Vec<(&str, &str)> = Vec::new();
         let mut out = Vec::with_capacity(self.services.len());
+        let by_ip: HashMap<IpAddr, String> = match &self.waypoints {
+            Some(w)
+                if w.iter()
+                    .any(|(_, w)| matches!(w.address, Some(WaypointAddress::Ip(_)))) =>
+            {
+                let services = self.services.iter();
+                services
+                    .flat_map(|((ns, name), s)| {
+                        let host = format!("{name}.{ns}.svc.{domain}").to_ascii_lowercase();
+                        s.cluster_ips.iter().map(move |ip| (*ip, host.clone()))
+                    })
+                    .collect()
+            }
+            _ => HashMap::new(),
+        };
         for ((ns, svc_name), svc) in self.services.iter() {
             if svc.ports.is_empty() {
                 continue;
             }
             let namespace = self.namespaces.get(&namespace_key(ns));
-            let exposure = ambient::service_exposure(svc.scope, namespace);
-            let hbone = exposure != Exposure::Hidden;
+            // Only global Services are exposed over HBONE (`ambientindex.go`).
+            let hbone = svc.scope.global;
+            let waypoint = hbone
+                .then(|| self.waypoint_host(ns, svc, namespace, &by_ip))
+                .flatten();
             let host = format!("{svc_name}.{ns}.svc.{domain}").to_ascii_lowercase();
             let mut ports: Vec<u16> = svc.ports.iter().map(|(_, p)| *p).collect();
             ports.sort_unstable();
@@ -225,7 +269,7 @@ impl Model {
                 ports,
                 subsets: subs.clone(),
                 endpoints: eps.into_values().collect(),
-                waypoint_bound: exposure == Exposure::FromWaypoints,
+                waypoint,
             });
         }
         out
@@ -470,18 +514,58 @@ mod tests {
             shop(json!({"istio.io/dataplane-mode": "ambient"})),
         );
         assert_eq!(hbone(&m), [Some(15008), Some(15008), None]);
-        assert!(!m.specs("cluster.local")[0].waypoint_bound);
+        let waypoint = |m: &Model| m.specs("cluster.local")[0].waypoint.clone();
+        assert_eq!(waypoint(&m), None);
         let ns = &mut m.namespaces.streams[0].items;
         ns.insert(
             k("", "shop"),
             shop(json!({"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "wp"})),
         );
+        assert_eq!(waypoint(&m), None, "no Gateway CRD: no waypoint is ready");
+        let gateway = |status: serde_json::Value| {
+            let g: waypoints::GatewayObject = serde_json::from_value(json!({
+                "metadata": {"name": "wp", "namespace": "shop"}, "status": status}))
+            .unwrap();
+            waypoints::project_gateway(&g)
+        };
+        let mut gateways = Watched::new(1);
+        let status =
+            json!({"addresses": [{"type": "Hostname", "value": "wp.shop.svc.cluster.local"}]});
+        gateways.streams[0]
+            .items
+            .insert(k("shop", "wp"), gateway(status).unwrap());
+        m.waypoints = Some(gateways);
         assert_eq!(
             hbone(&m),
             [Some(15008), Some(15008), None],
             "bound to the namespace's waypoint: still tunnelled, for waypoints' tunnels"
         );
-        assert!(m.specs("cluster.local")[0].waypoint_bound);
+        assert_eq!(waypoint(&m).as_deref(), Some("wp.shop.svc.cluster.local"));
+        // A status with only an IP names the Service with that cluster IP.
+        let mut wp_svc = svc(json!([{"name": "mesh", "port": 15008}]));
+        wp_svc.spec.as_mut().unwrap().cluster_ips = Some(vec!["10.96.0.9".into()]);
+        let wp_svc = project_service(&wp_svc).unwrap();
+        m.services.streams[0].items.insert(k("infra", "wp"), wp_svc);
+        let ip = json!({"addresses": [{"type": "IPAddress", "value": "10.96.0.9"}]});
+        let ip = gateway(ip).unwrap();
+        m.waypoints.as_mut().unwrap().streams[0]
+            .items
+            .insert(k("shop", "wp"), ip);
+        let specs = m.specs("cluster.local");
+        let catalog = specs
+            .iter()
+            .find(|s| s.host.starts_with("catalog"))
+            .unwrap();
+        assert_eq!(
+            catalog.waypoint.as_deref(),
+            Some("wp.infra.svc.cluster.local")
+        );
+        m.services.streams[0].items.remove(&k("infra", "wp"));
+        assert_eq!(
+            waypoint(&m).as_deref(),
+            Some("shop/wp"),
+            "no such IP: unresolved"
+        );
         let e1 = &m.specs("cluster.local")[0].endpoints[0];
         assert_eq!(
             e1.ports,

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::{Update, Watched};
-use super::crd::Rules;
+use super::crd::{Crd, CrdWatch};
 use super::health::{Health, Recovered};
 use super::probe::{Kind, Probe};
 use super::specs::Model;
@@ -31,10 +31,10 @@ pub(super) struct ModelTask {
     probes: Vec<Probe>,
     health: Health<(Kind, usize)>,
     probing: bool,
-    /// Restarts the CRD poll when the DestinationRule CRD goes away.
-    rules: Rules,
-    /// The generation of the rules in the model (or being polled for).
-    rules_generation: u64,
+    /// Restart the CRD polls when an optional type goes away (in [`Crd::ALL`]'s order).
+    crds: [CrdWatch; 2],
+    /// The generation of each optional type in the model (or being polled for).
+    generations: [u64; 2],
 }
 
 impl ModelTask {
@@ -43,7 +43,7 @@ impl ModelTask {
         domain: String,
         publisher: Publisher,
         probes: Vec<Probe>,
-        rules: Rules,
+        crds: [CrdWatch; 2],
     ) -> Self {
         ModelTask {
             model,
@@ -53,8 +53,8 @@ impl ModelTask {
             probes,
             health: Health::default(),
             probing: false,
-            rules,
-            rules_generation: 0,
+            crds,
+            generations: [0; 2],
         }
     }
 
@@ -96,7 +96,7 @@ impl ModelTask {
                     if !ok.is_empty() {
                         // The API server answers: failing watches retry now, not after
                         // their back-off.
-                        self.rules.watches.wake.notify_waiters();
+                        self.crds[0].watches.wake.notify_waiters();
                     }
                     let now = Instant::now();
                     for w in ok {
@@ -124,13 +124,10 @@ impl ModelTask {
                 h.observed((Kind::Namespace, i), &u),
                 apply_to(&mut m.namespaces, i, u),
             ),
+            // Late messages from the watches of a deleted CRD are dropped.
             Msg::Rule(generation, i, u) => {
-                // Late messages from the watches of a deleted CRD are dropped.
-                let Some(rules) = m
-                    .rules
-                    .as_mut()
-                    .filter(|_| generation == self.rules_generation)
-                else {
+                let current = generation == self.generations[slot(Crd::DestinationRule)];
+                let Some(rules) = m.rules.as_mut().filter(|_| current) else {
                     return false;
                 };
                 (
@@ -138,14 +135,27 @@ impl ModelTask {
                     apply_to(rules, i, u),
                 )
             }
-            Msg::RulesStarted(generation, probes) => {
-                if generation == self.rules_generation {
-                    m.rules = Some(Watched::new(probes.len()));
+            Msg::Waypoint(generation, i, u) => {
+                let current = generation == self.generations[slot(Crd::Gateway)];
+                let Some(waypoints) = m.waypoints.as_mut().filter(|_| current) else {
+                    return false;
+                };
+                (
+                    h.observed((Kind::Gateway, i), &u),
+                    apply_to(waypoints, i, u),
+                )
+            }
+            Msg::CrdStarted(crd, generation, probes) => {
+                if generation == self.generations[slot(crd)] {
+                    match crd {
+                        Crd::DestinationRule => m.rules = Some(Watched::new(probes.len())),
+                        Crd::Gateway => m.waypoints = Some(Watched::new(probes.len())),
+                    }
                     self.probes.extend(probes);
                 }
                 return false;
             }
-            Msg::RulesGone(generation) => return self.rules_gone(generation),
+            Msg::CrdGone(crd, generation) => return self.crd_gone(crd, generation),
             Msg::WatchError(kind, stream) => {
                 h.failed((kind, stream), Instant::now());
                 return false;
@@ -159,22 +169,33 @@ impl ModelTask {
         changed
     }
 
-    /// The DestinationRule CRD was deleted: its subsets go, its watches no longer count
-    /// for staleness, and the CRD poll starts again for the next generation.
-    fn rules_gone(&mut self, generation: u64) -> bool {
-        if generation != self.rules_generation || self.model.rules.is_none() {
+    /// An optional type's CRD was deleted (or reading it forbidden): what it gave goes, its
+    /// watches no longer count for staleness, and the CRD poll starts again for the next
+    /// generation.
+    fn crd_gone(&mut self, crd: Crd, generation: u64) -> bool {
+        if generation != self.generations[slot(crd)] {
             return false;
         }
-        self.model.rules = None;
-        self.probes.retain(|p| p.kind() != Kind::DestinationRule);
-        let recovered = self.health.forget(|w| w.0 != Kind::DestinationRule);
+        let had = match crd {
+            Crd::DestinationRule => self.model.rules.take().is_some(),
+            Crd::Gateway => self.model.waypoints.take().is_some(),
+        };
+        if !had {
+            return false;
+        }
+        let kind = crd.kind();
+        self.probes.retain(|p| p.kind() != kind);
+        let recovered = self.health.forget(|w| w.0 != kind);
         self.on_recovered(recovered);
-        self.rules_generation += 1;
+        self.generations[slot(crd)] += 1;
+        let watch = &self.crds[slot(crd)];
         tracing::info!(
-            recheck = ?self.rules.recheck,
-            "DestinationRules no longer readable (the CRD deleted, or 403: see the warning above): subset routes removed; checking again every recheck"
+            resource = kind.resource(),
+            recheck = ?watch.recheck,
+            "no longer readable (the CRD deleted, or 403: see the warning above): {}; checking again every recheck",
+            crd.without()
         );
-        tokio::spawn(self.rules.clone().poll(self.rules_generation));
+        tokio::spawn(watch.clone().poll(self.generations[slot(crd)]));
         true
     }
 
@@ -234,10 +255,19 @@ impl ModelTask {
                 slices = self.model.slices.len(),
                 pods = self.model.pods.len(),
                 destination_rules = self.model.rules.as_ref().map(|r| r.len()),
+                waypoints = self.model.waypoints.as_ref().map(|w| w.len()),
                 "first Kubernetes sync complete; ready"
             );
         }
     }
+}
+
+/// The index of `crd` in [`ModelTask::crds`] and its generations.
+fn slot(crd: Crd) -> usize {
+    Crd::ALL
+        .iter()
+        .position(|&c| c == crd)
+        .expect("every Crd is in ALL")
 }
 
 fn apply_to<T: PartialEq>(w: &mut Watched<T>, stream: usize, u: Update<T>) -> bool {

@@ -17,9 +17,11 @@ use tokio_util::sync::CancellationToken;
 use super::ambient::NamespaceScope;
 use super::cache::Update;
 use super::client::error_chain;
+use super::crd::Crd;
 use super::probe::{Kind, Probe, WatchedApi};
 use super::project::{self, DrInfo, ObjKey, PodInfo, SliceInfo, SvcInfo};
 use super::retry::{self, Failure};
+use super::waypoints::WaypointInfo;
 
 /// What the watches (and the CRD poll) tell the rebuild task.
 #[derive(Clone)]
@@ -30,10 +32,12 @@ pub(super) enum Msg {
     Namespace(usize, Update<NamespaceScope>),
     /// An update of the rules of one generation (generations: see the `crd` module).
     Rule(u64, usize, Update<DrInfo>),
-    /// The DestinationRule CRD is served; its watches start after this message.
-    RulesStarted(u64, Vec<Probe>),
-    /// The DestinationRule CRD is no longer served.
-    RulesGone(u64),
+    /// An update of the waypoints (Gateways) of one generation.
+    Waypoint(u64, usize, Update<WaypointInfo>),
+    /// An optional type is served; its watches start after this message.
+    CrdStarted(Crd, u64, Vec<Probe>),
+    /// An optional type is no longer served (or readable).
+    CrdGone(Crd, u64),
     WatchError(Kind, usize),
     /// A failed watch retries after its back-off (a resume, or a list).
     Retrying(Kind, usize),
@@ -72,7 +76,7 @@ pub(super) fn namespace_watches(
     }
 }
 
-/// [`apis`] for a type known at run time (the DestinationRule CRD).
+/// [`apis`] for a type known at run time (the DestinationRule CRD, in its preferred version).
 pub(super) fn dyn_apis(
     client: &Client,
     namespaces: &[String],
@@ -198,8 +202,8 @@ where
                     return Ended::NotServed;
                 }
                 if failure == Failure::Forbidden && may_go {
-                    // Optional, as an unserved CRD is: routes go on without its subsets.
-                    tracing::warn!(?kind, resource = kind.resource(), error = %error_chain(&e), "the gateway may not read DestinationRules (403 Forbidden): routes are served without subsets; grant get, list and watch on destinationrules.networking.istio.io to its service account (`meshctl gateway install` creates that ClusterRole)");
+                    // Optional, as an unserved CRD is: routes go on without what it gives.
+                    tracing::warn!(?kind, resource = kind.resource(), error = %error_chain(&e), "the gateway may not read {0} (403 Forbidden): {1}; grant get, list and watch on {0} to its service account (`meshctl gateway install` creates that ClusterRole)", kind.resource(), kind.without());
                     return Ended::NotServed;
                 }
                 if failure == Failure::Forbidden && !told_forbidden {

@@ -11,7 +11,7 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::Value;
 
-use super::super::facts::{AmbientFacts, Seen};
+use super::super::facts::{AmbientFacts, Seen, WaypointBinding};
 use super::super::hints::{Invocation, shell_word};
 use super::super::report::Report;
 use crate::istio::{
@@ -89,44 +89,42 @@ pub fn checks(r: &mut Report, clusters: &[(&Seen, &AmbientFacts)], inv: &Invocat
     global_services(r, clusters);
 }
 
-/// Global services bound to a waypoint: the gateway passes their tunnels only when a
-/// waypoint sent them, so a ztunnel's from another network get 503. A binding to a waypoint
-/// that is not ready is worse: istiod ignores it, so ztunnels send straight to the service,
-/// which the gateway (reading only the label) refuses all the same.
+/// Global services bound to a waypoint. A ready one (a Gateway with `status.addresses`) is
+/// what istiod and the east-west gateway both send these services' tunnels to. One that is
+/// not ready is ignored by both, so tunnels reach the service without the waypoint's policy:
+/// worth a warning, since the label says someone wanted that policy.
 fn waypoint_bound(r: &mut Report, scope: &str, f: &AmbientFacts) {
-    let check = "global services without a waypoint";
+    let check = "waypoints of global services";
     if f.waypoint_bound.is_empty() {
         if !f.global_services.is_empty() {
             r.pass(scope, check, "none is bound to a waypoint");
         }
         return;
     }
-    let listed: Vec<String> = f
-        .waypoint_bound
-        .iter()
-        .map(|b| {
-            let whose = if b.from_namespace {
-                "its namespace's"
-            } else {
-                "its own"
-            };
-            let not_ready = if b.ready {
-                String::new()
-            } else {
-                format!(
-                    ", but Gateway {} has no status.addresses or does not exist, so istiod \
-                     ignores the binding and ztunnels send straight to the service",
-                    b.waypoint
-                )
-            };
-            format!(
-                "{} ({whose} istio.io/use-waypoint={}{not_ready})",
-                b.service, b.label
-            )
-        })
-        .collect();
-    r.warn(scope, check, format!("bound to a waypoint: {}", listed.join("; ")),
-        "the east-west gateway does not dial waypoints: it passes these services' tunnels only when a waypoint sent them (x-istio-source: waypoint), and answers a ztunnel's with 503 (gateway_hbone_refused_total{reason=\"waypoint_bound\"}), where Istio's gateway would send them to the waypoint. Reach them over 15443 (sidecars), or label the Service istio.io/use-waypoint=none where ztunnels on other networks must reach it; a label naming a waypoint that is not deployed binds here all the same: remove it, or deploy the waypoint");
+    let describe = |b: &WaypointBinding| {
+        let whose = if b.from_namespace {
+            "its namespace's"
+        } else {
+            "its own"
+        };
+        format!(
+            "{} ({whose} istio.io/use-waypoint={}, Gateway {})",
+            b.service, b.label, b.waypoint
+        )
+    };
+    let (ready, not_ready): (Vec<_>, Vec<_>) = f.waypoint_bound.iter().partition(|b| b.ready);
+    if not_ready.is_empty() {
+        let listed: Vec<String> = ready.iter().map(|b| describe(b)).collect();
+        r.pass(
+            scope,
+            check,
+            format!("through their waypoints: {}", listed.join("; ")),
+        );
+        return;
+    }
+    let listed: Vec<String> = not_ready.iter().map(|b| describe(b)).collect();
+    r.warn(scope, check, format!("bound to a waypoint that is not ready (no status.addresses, or no such Gateway): {}", listed.join("; ")),
+        "istiod and the east-west gateway both ignore a binding to a waypoint that is not ready, so tunnels from other networks reach these services without the waypoint's policy; deploy the waypoint (istioctl waypoint apply) and wait for its Gateway's status.addresses, or remove the label");
 }
 
 fn istiod_multi_network(r: &mut Report, scope: &str, f: &AmbientFacts) {
@@ -505,25 +503,24 @@ mod tests {
             "{}",
             i.detail
         );
-        let i = status_of(&r, "cluster west", "global services without a waypoint");
+        // Only the binding to a waypoint that is not ready is named: the ready one is used.
+        let i = status_of(&r, "cluster west", "waypoints of global services");
         assert_eq!(i.status, Status::Warn);
         assert_eq!(
             i.detail,
-            "bound to a waypoint: default/a (its own istio.io/use-waypoint=wp); default/b \
-             (its namespace's istio.io/use-waypoint=shared, but Gateway mesh/shared has no \
-             status.addresses or does not exist, so istiod ignores the binding and ztunnels \
-             send straight to the service)"
+            "bound to a waypoint that is not ready (no status.addresses, or no such Gateway): \
+             default/b (its namespace's istio.io/use-waypoint=shared, Gateway mesh/shared)"
         );
         assert!(
             i.hint
                 .as_deref()
                 .unwrap_or_default()
-                .contains("waypoint_bound"),
+                .contains("without the waypoint's policy"),
             "{:?}",
             i.hint
         );
         assert_eq!(
-            status_of(&r, "cluster east", "global services without a waypoint").status,
+            status_of(&r, "cluster east", "waypoints of global services").status,
             Status::Pass
         );
         let i = status_of(&r, "mesh", "global services on every side");

@@ -1,0 +1,476 @@
+//! Which waypoint a Service's tunnels go to, as istiod decides (istio/istio
+//! `pilot/pkg/serviceregistry/kube/controller/ambient/waypoints.go`): pure functions of the
+//! projected Gateways, Services and Namespaces.
+//!
+//! - A waypoint is a Gateway (`gateway.networking.k8s.io/v1`, any class) with
+//!   `status.addresses`, which its controller sets once the waypoint has a ready pod
+//!   (`WaypointsCollection`). A Gateway without them is not ready: a Service bound to it has
+//!   no waypoint, and its tunnels go straight to its endpoints.
+//! - Its address: the first `Hostname` in `status.addresses` (istiod prefers hostnames), else
+//!   the first `IPAddress`, which names the Service with that cluster IP (`getGatewayAddress`).
+//! - It takes Service traffic unless labelled `istio.io/waypoint-for: workload` or `none`.
+//!   (istiod also reads that label on the GatewayClass; not watched here: see the README.)
+//! - Its HBONE listener (port 15008, protocol `HBONE`) says from which namespaces it may be
+//!   used: `allowedRoutes.namespaces.from` `Same` (the default, also with no such listener),
+//!   `All`, or `Selector` over the Namespace's labels (`makeAllowedRoutes`).
+//! - A Service's own `istio.io/use-waypoint` decides, checked against the Service's
+//!   namespace; else its Namespace's, checked against that Namespace
+//!   (`fetchWaypointForTarget`). A waypoint's own Service has none (`fetchWaypointForService`).
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::ambient::{NamespaceScope, ServiceScope, UseWaypoint};
+use crate::routes::Labels;
+
+pub const WAYPOINT_FOR_LABEL: &str = "istio.io/waypoint-for";
+
+/// A Gateway API Gateway, kept loose: spec and status as JSON, so one odd object cannot fail
+/// the watch's whole list; [`project_gateway`] reads what it needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GatewayObject {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Value,
+    #[serde(default)]
+    pub status: Value,
+}
+
+impl Resource for GatewayObject {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Gateway".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "gateway.networking.k8s.io".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "gateways".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Where a waypoint is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaypointAddress {
+    Hostname(String),
+    Ip(IpAddr),
+}
+
+/// Which namespaces may use a waypoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedFrom {
+    Same,
+    All,
+    /// `None`: a selector that does not parse, which matches no namespace.
+    Selector(Option<Selector>),
+}
+
+/// A ready waypoint (a Gateway with `status.addresses`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaypointInfo {
+    /// `None` when no address parses: bound Services' tunnels then have nowhere to go.
+    pub address: Option<WaypointAddress>,
+    /// `istio.io/waypoint-for` is `service` (the default) or `all`.
+    pub for_services: bool,
+    pub allowed: AllowedFrom,
+}
+
+/// A Gateway as a waypoint; `None` while it has no `status.addresses` (not ready).
+pub fn project_gateway(gw: &GatewayObject) -> Option<WaypointInfo> {
+    let addresses = gw.status.get("addresses")?.as_array()?;
+    if addresses.is_empty() {
+        return None;
+    }
+    let of_type = |ty: &'static str| {
+        addresses
+            .iter()
+            .filter(move |a| a.get("type").and_then(Value::as_str) == Some(ty))
+            .filter_map(|a| a.get("value")?.as_str())
+    };
+    let address = of_type("Hostname")
+        .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+        .find(|h| !h.is_empty())
+        .map(WaypointAddress::Hostname)
+        .or_else(|| {
+            of_type("IPAddress")
+                .find_map(|ip| ip.trim().parse::<IpAddr>().ok())
+                .map(|ip| WaypointAddress::Ip(ip.to_canonical()))
+        });
+    let traffic = gw
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(WAYPOINT_FOR_LABEL))
+        .map_or("service", String::as_str);
+    let hbone_listener = gw
+        .spec
+        .get("listeners")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|l| {
+            l.get("protocol").and_then(Value::as_str) == Some("HBONE")
+                && l.get("port").and_then(Value::as_u64) == Some(15008)
+        });
+    Some(WaypointInfo {
+        address,
+        for_services: matches!(traffic, "service" | "all"),
+        allowed: allowed_from(hbone_listener),
+    })
+}
+
+fn allowed_from(listener: Option<&Value>) -> AllowedFrom {
+    let Some(ns) = listener.and_then(|l| l.pointer("/allowedRoutes/namespaces")) else {
+        return AllowedFrom::Same;
+    };
+    match ns.get("from").and_then(Value::as_str) {
+        Some("All") => AllowedFrom::All,
+        Some("Selector") => AllowedFrom::Selector(ns.get("selector").and_then(Selector::parse)),
+        _ => AllowedFrom::Same,
+    }
+}
+
+/// A Kubernetes label selector: `matchLabels` and `matchExpressions`, all of which must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    labels: Vec<(String, String)>,
+    expressions: Vec<(String, Op, Vec<String>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl Selector {
+    /// `None` for what `LabelSelectorAsSelector` refuses (an unknown operator, `In` with no
+    /// values, `Exists` with some).
+    fn parse(v: &Value) -> Option<Selector> {
+        let labels = match v.get("matchLabels") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(m) => m
+                .as_object()?
+                .iter()
+                .map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect::<Option<_>>()?,
+        };
+        let mut expressions = Vec::new();
+        for e in v
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let key = e.get("key")?.as_str()?.to_owned();
+            let values: Vec<String> = match e.get("values") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(vs) => vs
+                    .as_array()?
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned))
+                    .collect::<Option<_>>()?,
+            };
+            let op = match e.get("operator")?.as_str()? {
+                "In" => Op::In,
+                "NotIn" => Op::NotIn,
+                "Exists" => Op::Exists,
+                "DoesNotExist" => Op::DoesNotExist,
+                _ => return None,
+            };
+            let wants_values = matches!(op, Op::In | Op::NotIn);
+            if wants_values == values.is_empty() {
+                return None;
+            }
+            expressions.push((key, op, values));
+        }
+        Some(Selector {
+            labels,
+            expressions,
+        })
+    }
+
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.expressions.iter().all(|(k, op, values)| {
+                let got = labels.get(k);
+                match op {
+                    Op::In => got.is_some_and(|g| values.contains(g)),
+                    Op::NotIn => got.is_none_or(|g| !values.contains(g)),
+                    Op::Exists => got.is_some(),
+                    Op::DoesNotExist => got.is_none(),
+                }
+            })
+    }
+}
+
+impl WaypointInfo {
+    /// Whether a target in `namespace` (its labels `ns_labels`; `None` when not seen) may use
+    /// this waypoint, which lives in `own_ns`.
+    fn allows(&self, own_ns: &str, namespace: &str, ns_labels: Option<&Labels>) -> bool {
+        match &self.allowed {
+            AllowedFrom::All => true,
+            AllowedFrom::Same => own_ns == namespace,
+            AllowedFrom::Selector(s) => s
+                .as_ref()
+                .is_some_and(|s| s.matches(ns_labels.unwrap_or(&Labels::new()))),
+        }
+    }
+}
+
+/// The waypoint of the Service `svc` in namespace `ns` (its Namespace `ns_scope`, `None`
+/// when not seen), looked up by `(namespace, name)` with `find`. `None`: its tunnels go
+/// straight to its endpoints.
+pub fn waypoint_of<'w>(
+    ns: &str,
+    svc: &ServiceScope,
+    ns_scope: Option<&NamespaceScope>,
+    find: impl Fn(&str, &str) -> Option<&'w WaypointInfo>,
+) -> Option<(&'w WaypointInfo, String)> {
+    if svc.is_waypoint {
+        return None;
+    }
+    let (binding, from) = match &svc.waypoint {
+        UseWaypoint::OptedOut => return None,
+        UseWaypoint::Bound { .. } => (&svc.waypoint, ns_scope.map(|n| &n.labels)),
+        UseWaypoint::Unset => {
+            let n = ns_scope?;
+            (&n.waypoint, Some(&n.labels))
+        }
+    };
+    let UseWaypoint::Bound { name, namespace } = binding else {
+        return None;
+    };
+    let wp_ns = namespace.as_deref().unwrap_or(ns);
+    let w = find(wp_ns, name)?;
+    (w.allows(wp_ns, ns, from) && w.for_services).then(|| (w, format!("{wp_ns}/{name}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn gateway(labels: Value, spec: Value, status: Value) -> GatewayObject {
+        serde_json::from_value(json!({
+            "metadata": {"name": "wp", "namespace": "infra", "labels": labels},
+            "spec": spec, "status": status
+        }))
+        .unwrap()
+    }
+
+    fn hbone(allowed: Value) -> Value {
+        json!({"gatewayClassName": "istio-waypoint", "listeners": [
+            {"name": "mesh", "port": 15008, "protocol": "HBONE", "allowedRoutes": allowed}]})
+    }
+
+    fn labels(kv: &[(&str, &str)]) -> Labels {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_gateway_is_a_waypoint_once_it_has_addresses() {
+        let host = json!({"addresses": [
+            {"type": "IPAddress", "value": "10.96.0.9"},
+            {"type": "Hostname", "value": "WP.infra.svc.cluster.local."}]});
+        let w = project_gateway(&gateway(json!({}), hbone(json!(null)), host)).unwrap();
+        assert_eq!(
+            w.address,
+            Some(WaypointAddress::Hostname(
+                "wp.infra.svc.cluster.local".into()
+            )),
+            "a hostname is preferred"
+        );
+        assert!(w.for_services);
+        assert_eq!(w.allowed, AllowedFrom::Same);
+        let ip = json!({"addresses": [{"type": "IPAddress", "value": "10.96.0.9"}]});
+        let w = project_gateway(&gateway(json!({}), json!({}), ip)).unwrap();
+        assert_eq!(
+            w.address,
+            Some(WaypointAddress::Ip("10.96.0.9".parse().unwrap()))
+        );
+        let junk = json!({"addresses": [{"type": "IPAddress", "value": "ten"}]});
+        assert_eq!(
+            project_gateway(&gateway(json!({}), json!({}), junk))
+                .unwrap()
+                .address,
+            None
+        );
+        for not_ready in [json!(null), json!({}), json!({"addresses": []})] {
+            assert_eq!(
+                project_gateway(&gateway(json!({}), json!({}), not_ready)),
+                None
+            );
+        }
+        let status = json!({"addresses": [{"type": "Hostname", "value": "wp.infra"}]});
+        for (label, services) in [
+            ("service", true),
+            ("all", true),
+            ("workload", false),
+            ("none", false),
+        ] {
+            let g = gateway(
+                json!({"istio.io/waypoint-for": label}),
+                json!({}),
+                status.clone(),
+            );
+            assert_eq!(
+                project_gateway(&g).unwrap().for_services,
+                services,
+                "{label}"
+            );
+        }
+        for (allowed, want) in [
+            (json!({"namespaces": {"from": "All"}}), AllowedFrom::All),
+            (json!({"namespaces": {"from": "Same"}}), AllowedFrom::Same),
+            (json!({"namespaces": {}}), AllowedFrom::Same),
+            (
+                json!({"namespaces": {"from": "Selector", "selector": {"matchExpressions": [{"key": "a", "operator": "Sometimes"}]}}}),
+                AllowedFrom::Selector(None),
+            ),
+        ] {
+            let g = gateway(json!({}), hbone(allowed.clone()), status.clone());
+            assert_eq!(project_gateway(&g).unwrap().allowed, want, "{allowed}");
+        }
+        // Only the HBONE listener at 15008 counts.
+        let other = json!({"listeners": [{"port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}}]});
+        let g = gateway(json!({}), other, status);
+        assert_eq!(project_gateway(&g).unwrap().allowed, AllowedFrom::Same);
+    }
+
+    #[test]
+    fn selectors_match_as_kubernetes_does() {
+        let s = Selector::parse(&json!({
+            "matchLabels": {"team": "a"},
+            "matchExpressions": [
+                {"key": "env", "operator": "In", "values": ["prod", "stage"]},
+                {"key": "legacy", "operator": "DoesNotExist"},
+                {"key": "tier", "operator": "NotIn", "values": ["db"]},
+                {"key": "mesh", "operator": "Exists"}]
+        }))
+        .unwrap();
+        let base = [("team", "a"), ("env", "prod"), ("mesh", "")];
+        assert!(s.matches(&labels(&base)));
+        assert!(!s.matches(&labels(&[("team", "b"), ("env", "prod"), ("mesh", "")])));
+        assert!(!s.matches(&labels(&[("team", "a"), ("env", "dev"), ("mesh", "")])));
+        assert!(!s.matches(&labels(&[("team", "a"), ("env", "prod")])));
+        let mut with = labels(&base);
+        with.insert("legacy".into(), "x".into());
+        assert!(!s.matches(&with));
+        with.remove("legacy");
+        with.insert("tier".into(), "db".into());
+        assert!(!s.matches(&with));
+        assert!(
+            Selector::parse(&json!({})).unwrap().matches(&Labels::new()),
+            "empty: everything"
+        );
+        for bad in [
+            json!({"matchExpressions": [{"key": "a", "operator": "In"}]}),
+            json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}),
+            json!({"matchLabels": {"a": 1}}),
+        ] {
+            assert_eq!(Selector::parse(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_service_finds_its_waypoint_as_istiod_does() {
+        let ready = |allowed| WaypointInfo {
+            address: Some(WaypointAddress::Hostname(
+                "wp.infra.svc.cluster.local".into(),
+            )),
+            for_services: true,
+            allowed,
+        };
+        let same = ready(AllowedFrom::Same);
+        let all = ready(AllowedFrom::All);
+        let team_a = ready(AllowedFrom::Selector(Selector::parse(
+            &json!({"matchLabels": {"team": "a"}}),
+        )));
+        let workload_only = WaypointInfo {
+            for_services: false,
+            ..all.clone()
+        };
+        let find = |ns: &str, name: &str| match (ns, name) {
+            ("shop", "same") => Some(&same),
+            ("infra", "all") => Some(&all),
+            ("infra", "team-a") => Some(&team_a),
+            ("shop", "workload") => Some(&workload_only),
+            _ => None,
+        };
+        let svc = |kv: &[(&str, &str)]| ServiceScope::of(Some(&labels(kv)));
+        let ns = |kv: &[(&str, &str)]| NamespaceScope::of(Some(&labels(kv)));
+        let of = |s: &ServiceScope, n: Option<&NamespaceScope>| {
+            waypoint_of("shop", s, n, find).map(|(_, name)| name)
+        };
+        let uw = "istio.io/use-waypoint";
+        let uwn = "istio.io/use-waypoint-namespace";
+        assert_eq!(
+            of(&svc(&[(uw, "same")]), None).as_deref(),
+            Some("shop/same")
+        );
+        assert_eq!(
+            of(&svc(&[(uw, "missing")]), None),
+            None,
+            "not ready: direct"
+        );
+        assert_eq!(
+            of(&svc(&[(uw, "workload")]), None),
+            None,
+            "no service traffic"
+        );
+        assert_eq!(
+            of(&svc(&[(uw, "all"), (uwn, "infra")]), None).as_deref(),
+            Some("infra/all")
+        );
+        assert_eq!(
+            of(&svc(&[(uw, "same"), (uwn, "infra")]), None),
+            None,
+            "no such Gateway in infra"
+        );
+        // Selector: the Service's namespace labels decide.
+        let team = ns(&[("team", "a")]);
+        let bound = svc(&[(uw, "team-a"), (uwn, "infra")]);
+        assert_eq!(of(&bound, Some(&team)).as_deref(), Some("infra/team-a"));
+        assert_eq!(of(&bound, Some(&ns(&[("team", "b")]))), None, "denied");
+        assert_eq!(of(&bound, None), None, "unknown namespace: no labels");
+        // The namespace binds its Services; a Service's `none` or own label wins.
+        let ns_bound = ns(&[(uw, "same")]);
+        assert_eq!(of(&svc(&[]), Some(&ns_bound)).as_deref(), Some("shop/same"));
+        assert_eq!(of(&svc(&[(uw, "none")]), Some(&ns_bound)), None);
+        assert_eq!(
+            of(&svc(&[(uw, "all"), (uwn, "infra")]), Some(&ns_bound)).as_deref(),
+            Some("infra/all")
+        );
+        assert_eq!(of(&svc(&[]), Some(&ns(&[(uw, "none")]))), None);
+        let cross = ns(&[(uw, "team-a"), (uwn, "infra"), ("team", "a")]);
+        assert_eq!(of(&svc(&[]), Some(&cross)).as_deref(), Some("infra/team-a"));
+        // A waypoint's own Service never has one.
+        let own = svc(&[
+            (uw, "same"),
+            ("gateway.istio.io/managed", "istio.io-mesh-controller"),
+        ]);
+        assert_eq!(of(&own, None), None);
+    }
+}
