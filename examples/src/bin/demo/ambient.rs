@@ -30,7 +30,12 @@ struct Hop {
     reply: String,
 }
 
-pub async fn ambient(d: &mut Demo, webapp: &Identity, gateway_log: &Path) -> Result<()> {
+/// Returns catalog's destination ztunnel, which the waypoint scene uses next.
+pub async fn ambient(
+    d: &mut Demo,
+    webapp: &Identity,
+    gateway_log: &Path,
+) -> Result<DestinationZtunnel> {
     header(
         7,
         "Ambient: west's ztunnel reaches catalog through the same gateway's HBONE port 15008",
@@ -213,7 +218,7 @@ pub async fn ambient(d: &mut Demo, webapp: &Identity, gateway_log: &Path) -> Res
         refused.as_ref().err().and_then(|e| e.refused_status()) == Some(503)
             && hbone(&m2, no_route) == hbone(&m1, no_route) + 1,
     );
-    Ok(())
+    Ok(dest)
 }
 
 /// One call as an ambient app makes it: a CONNECT on the pooled outer connection to the
@@ -254,7 +259,7 @@ async fn double_hbone(
 
 /// webapp's request line to catalog over `tunnel`, with its own mTLS (catalog's identity
 /// required), and catalog's reply line.
-async fn app_call(webapp: &Identity, tunnel: Tunnel, request: &str) -> Result<String> {
+pub async fn app_call(webapp: &Identity, tunnel: Tunnel, request: &str) -> Result<String> {
     let catalog_id = mesh::spiffe_id(CATALOG);
     let cfg = mtls::client_config(webapp, Some(catalog_id.as_str()), rustls::DEFAULT_VERSIONS)?;
     let name = mtls::sni_server_name(&mesh::outbound(80, CATALOG))?;
@@ -312,15 +317,17 @@ fn print_counters(m0: &str, m1: &str, m2: &str, authority: &str, sni: &str) {
 }
 
 /// The fields of one `HBONE tunnel closed` access-log line.
-struct AccessLine {
-    client_id: String,
-    authority: String,
-    upstream: String,
-    outcome: String,
+pub struct AccessLine {
+    pub client_id: String,
+    pub authority: String,
+    pub upstream: String,
+    /// The waypoint's host when the tunnel was sent to one; empty otherwise.
+    pub waypoint: String,
+    pub outcome: String,
 }
 
 /// The gateway's HBONE access lines so far (its log is plain `key=value` text).
-fn tunnel_access_lines(log: &Path) -> Vec<AccessLine> {
+pub fn tunnel_access_lines(log: &Path) -> Vec<AccessLine> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     // The event's own fields follow its message; the span before it repeats some of them.
     text.lines()
@@ -332,6 +339,7 @@ fn tunnel_access_lines(log: &Path) -> Vec<AccessLine> {
             client_id: field(l, "client_id"),
             authority: field(l, "authority"),
             upstream: field(l, "upstream"),
+            waypoint: field(l, "waypoint"),
             outcome: field(l, "outcome"),
         })
         .collect()

@@ -1,19 +1,21 @@
 #![forbid(unsafe_code)]
 //! The local two-cluster demo: west's webapp calls east's catalog through east's east-west
 //! gateway, with mutual TLS end to end and identities checked on both sides. Then failover,
-//! a trust failure, a refusal, ambient (HBONE on 15008 of the same gateway process) and a
-//! drain. Loopback only; no Kubernetes, no root. Exits 0 only if every check behaved as
+//! a trust failure, a refusal, ambient (HBONE on 15008 of the same gateway process), a
+//! waypoint and a drain. Loopback only; no Kubernetes, no root. Exits 0 only if every check behaved as
 //! expected.
 //!
 //! Addresses stand for the two networks: 127.0.10.x is west's pod network, 127.0.20.x is
 //! east's, and 127.0.100.20 is east gateway's load-balancer address.
 //!
 //! `harness.rs` runs the binaries and records checks; `scenes.rs` holds one function per
-//! scene, called in order by [`run`]; `ambient.rs` is the HBONE scene.
+//! scene, called in order by [`run`]; `ambient.rs` is the HBONE scene, `waypoint.rs` the
+//! waypoint one.
 
 mod ambient;
 mod harness;
 mod scenes;
+mod waypoint;
 
 use anyhow::{Context, Result, bail};
 use testkit::mesh::WEBAPP;
@@ -44,7 +46,8 @@ async fn run(d: &mut Demo) -> Result<()> {
     scenes::foreign_root(d, &east.catalog).await?;
     scenes::refusal(d, &webapp).await?;
     let gateway_log = east.gateway.log.clone();
-    ambient::ambient(d, &webapp, &gateway_log).await?;
+    let catalog_zt = ambient::ambient(d, &webapp, &gateway_log).await?;
+    waypoint::waypoint(d, &webapp, &catalog_zt, &gateway_log).await?;
     scenes::drain(d, &mut east.gateway).await?;
     Ok(())
 }

@@ -64,6 +64,12 @@ pub fn trust(d: &mut Demo) -> Result<()> {
         (mesh::EAST_CLUSTER, SIMPLE_BACKEND, "east/simple-backend"),
         (mesh::WEST_CLUSTER, WEBAPP, "west/webapp"),
         (mesh::WEST_CLUSTER, SIMPLE_BACKEND, "west/simple-backend"),
+        // Catalog's waypoint (scene 8).
+        (
+            mesh::EAST_CLUSTER,
+            crate::waypoint::WAYPOINT,
+            "east/waypoint",
+        ),
     ] {
         d.run(
             "meshctl",
@@ -463,9 +469,9 @@ pub async fn refusal(d: &mut Demo, webapp: &Identity) -> Result<()> {
     Ok(())
 }
 
-/// Scene 8: SIGTERM: readiness fails during the drain grace, then the gateway exits 0.
+/// Scene 9: SIGTERM: readiness fails during the drain grace, then the gateway exits 0.
 pub async fn drain(d: &mut Demo, gateway: &mut Proc) -> Result<()> {
-    header(8, "Graceful stop: SIGTERM drains the gateway");
+    header(9, "Graceful stop: SIGTERM drains the gateway");
     let pid = gateway.child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status()?;
     tokio::time::sleep(Duration::from_millis(60)).await;
