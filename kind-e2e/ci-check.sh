@@ -64,6 +64,10 @@ dry_run "run.sh --dry-run --mode ambient" \
 dry_run "run.sh --dry-run --mode ambient --from ambient-verify" \
   'skipping step ambient-join (--from ambient-verify)' 'hbone_endpoints' \
   -- kind-e2e/run.sh --dry-run --mode ambient --from ambient-verify
+dry_run "run.sh --dry-run --mode ambient --waypoint --from ambient-waypoint" \
+  'skipping step ambient-verify (--from ambient-waypoint)' 'waypoint apply -n istioinaction --wait' \
+  'label svc catalog istio.io/use-waypoint=waypoint' '"waypoint": "waypoint' \
+  -- kind-e2e/run.sh --dry-run --mode ambient --waypoint --from ambient-waypoint
 dry_run "run.sh --dry-run --keep (no teardown)" 'dry run complete' \
   -- kind-e2e/run.sh --dry-run --keep
 dry_run "teardown.sh --dry-run" 'kind delete cluster --name west' 'kind delete cluster --name east' \

@@ -3,12 +3,14 @@
 # network, joined into one Istio mesh through the meshfed east-west gateway; then
 # assert that a call from west reaches east through that gateway, and failover.
 #
-# Usage: kind-e2e/run.sh [--dry-run] [--mode istio|plain|ambient] [--keep] [--from STEP]
+# Usage: kind-e2e/run.sh [--dry-run] [--mode istio|plain|ambient] [--waypoint] [--keep] [--from STEP]
 #   --dry-run       print every command (pasteable into bash) and run nothing
 #   --mode istio    (default) Istio in both clusters; webapp -> catalog; failover
 #   --mode plain    no Istio; mesh-workload pods call each other through the gateway
 #   --mode ambient  Istio's ambient profile, multi-network; sleep (west) -> catalog
 #                   (east) over HBONE through the gateway's 15008
+#   --waypoint      (ambient) then give catalog a waypoint: the gateway must send the
+#                   tunnels to it (opt-in: needs istiod to tell west's ztunnels of it)
 #   --keep          keep the clusters afterwards (default: delete them on success)
 #   --from STEP     resume at STEP after a failure (clusters already exist)
 #
@@ -21,8 +23,9 @@ source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 MODE=istio
 KEEP=0
 FROM=""
+WAYPOINT=0
 
-usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while (($# > 0)); do
   case $1 in
@@ -34,6 +37,7 @@ while (($# > 0)); do
       ;;
     --mode=*) MODE=${1#--mode=} ;;
     --keep) KEEP=1 ;;
+    --waypoint) WAYPOINT=1 ;;
     --from)
       (($# >= 2)) || die "--from needs a step name"
       FROM=$2
@@ -50,6 +54,7 @@ while (($# > 0)); do
 done
 [[ $MODE == istio || $MODE == plain || $MODE == ambient ]] ||
   die "--mode must be istio, plain or ambient, not '$MODE'"
+[[ $WAYPOINT == 0 || $MODE == ambient ]] || die "--waypoint needs --mode ambient"
 
 # ---------------------------------------------------------------- settings
 # The manifests in kind-e2e/manifests/plain name this image, so it is fixed.
@@ -593,6 +598,35 @@ step_ambient_verify() {
   fi
 }
 
+step_ambient_waypoint() {
+  step ambient-waypoint "A waypoint for catalog (east): sleep's calls are sent to it by OUR gateway" \
+    "istioctl waypoint apply deploys the waypoint (Gateway waypoint in $NS) and waits until it is ready (status.addresses); the label istio.io/use-waypoint=waypoint on the catalog Service binds it. West's ztunnel still sends its double HBONE to east's gateway naming catalog (ztunnel does so for a service whose waypoint is on another network), and the gateway dials the waypoint's pod at 15008 instead of catalog's; meshctl check must pass (a ready waypoint), and the gateway's access line must name the waypoint"
+  run istioctl --context kind-east waypoint apply -n "$NS" --wait
+  run kubectl --context kind-east -n "$NS" label svc catalog istio.io/use-waypoint=waypoint --overwrite
+  retry_match "$TRIES" "$DELAY" ROUTES "\"waypoint\": \"waypoint\\.$NS\\.svc\\.cluster\\.local\"" \
+    gateway_routes kind-east "?host=catalog.$NS" ||
+    die "east's gateway does not send catalog's tunnels to its waypoint" \
+      "kubectl --context kind-east -n $NS get gateways.gateway.networking.k8s.io waypoint -o yaml   (status.addresses set?)" \
+      "kubectl --context kind-east -n $NS get svc catalog --show-labels   (istio.io/use-waypoint=waypoint?)" \
+      "kubectl --context kind-east -n istio-system logs deploy/$GW --tail=50   (403 on gateways?)"
+  retry 10 3 "$MESHCTL" check --kubeconfig "$E2E_KUBECONFIG" "${CONTEXT_ARGS[@]}" ||
+    die "meshctl check failed" "read its hints above; kind-e2e/README.md, section Debugging"
+  gateway_count east "$AUTHORITY_CATALOG" gateway_hbone_tunnels_opened_total authority
+  local before=$SNI_COUNT
+  retry "$TRIES" "$DELAY" "${SLEEP_CURL[@]}" "http://catalog.$NS.svc.cluster.local/items" ||
+    die "sleep (west) could not call catalog (east) through its waypoint" \
+      "istioctl --context kind-west ztunnel-config services | grep catalog   (does west's ztunnel know catalog's waypoint?)" \
+      "kubectl --context kind-east -n $NS logs deploy/waypoint --tail=50" \
+      "kubectl --context kind-east -n istio-system logs deploy/$GW --tail=50"
+  gateway_count east "$AUTHORITY_CATALOG" gateway_hbone_tunnels_opened_total authority
+  assert_gt "$SNI_COUNT" "$before" "east gateway's HBONE tunnels for $AUTHORITY_CATALOG" ||
+    die "the call succeeded but east's gateway did not count a tunnel"
+  retry_match "$TRIES" "$DELAY" ACCESS "waypoint\"?[=:]\"?waypoint\\.$NS\\.svc" \
+    kubectl --context kind-east -n istio-system logs "deploy/$GW" --tail=200 ||
+    die "east's gateway logged no tunnel sent to the waypoint" \
+      "kubectl --context kind-east -n istio-system logs deploy/$GW --tail=200 | grep 'HBONE tunnel closed'"
+}
+
 step_teardown() {
   step teardown "Delete both clusters" "leave nothing running (use --keep to keep them)"
   delete_clusters
@@ -606,6 +640,7 @@ case $MODE in
   ambient)
     STEPS=(preflight clusters metallb image certs gateway-api ambient-join istio
       ambient-announce ambient-deploy ambient-verify)
+    ((WAYPOINT == 0)) || STEPS+=(ambient-waypoint)
     ;;
 esac
 ((KEEP == 1)) || STEPS+=(teardown)
