@@ -27,6 +27,7 @@ fn rules(without: &str) -> Value {
         ("discovery.k8s.io", "endpointslices"),
         ("networking.istio.io", "destinationrules"),
         ("gateway.networking.k8s.io", "gateways"),
+        ("gateway.networking.k8s.io", "gatewayclasses"),
         ("apiextensions.k8s.io", "customresourcedefinitions"),
     ];
     let rules: Vec<Value> = all
@@ -48,7 +49,7 @@ async fn cluster(without: &str) -> (TestApiServer, Vec<Backend>, String) {
     opts.destination_rule_crd = true;
     opts.store.allow_loopback_endpoint_addresses = true;
     let api = TestApiServer::start_with(opts).await.unwrap();
-    api.install_gateway_api_crd();
+    api.install_gateway_api_crds();
     let st = api.store();
     st.create(namespace_json(NS)).unwrap();
     st.create(namespace_json(SA.0)).unwrap();

@@ -403,7 +403,7 @@ async fn services_not_global_have_no_hbone_endpoints_and_bound_ones_go_through_t
 
     // The Gateway API installed and the waypoint ready: tunnels go to the waypoint's pod,
     // those a waypoint sent still straight to the service's.
-    api.install_gateway_api_crd();
+    api.install_gateway_api_crds();
     let wp = ready_waypoint(
         st,
         (NS, "waypoint"),
@@ -443,11 +443,12 @@ async fn services_not_global_have_no_hbone_endpoints_and_bound_ones_go_through_t
 }
 
 /// A waypoint is used only while istiod would: its Gateway ready, taking Service traffic
-/// (`istio.io/waypoint-for`), and allowing the Service's namespace (`allowedRoutes`).
+/// (`istio.io/waypoint-for` on it, else on its GatewayClass), and allowing the Service's
+/// namespace (`allowedRoutes`).
 #[tokio::test]
 async fn a_waypoint_is_used_only_when_ready_for_services_and_allowed() {
     let (api, gw) = setup().await;
-    api.install_gateway_api_crd();
+    api.install_gateway_api_crds();
     let (_classic, port) = classic_backends(61).await;
     let _zt = ztunnel("ztunnel-a", 61).await;
     let st = api.store();
@@ -530,6 +531,38 @@ async fn a_waypoint_is_used_only_when_ready_for_services_and_allowed() {
         ("infra", "shared"),
         team.clone(),
         json!({"istio.io/waypoint-for": "all"}),
+        true,
+    ))
+    .unwrap();
+    eventually_waypoint(gw.admin, CATALOG, Some(&host)).await;
+    // Without a label of its own, the GatewayClass's decides; the Gateway's overrides it.
+    st.apply(waypoint_gateway(
+        ("infra", "shared"),
+        team.clone(),
+        json!({}),
+        true,
+    ))
+    .unwrap();
+    let class = |label: &str| {
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "istio-waypoint", "labels": {"istio.io/waypoint-for": label}},
+            "spec": {"controllerName": "istio.io/mesh-controller"}})
+    };
+    st.apply(class("workload")).unwrap();
+    eventually_waypoint(gw.admin, CATALOG, None).await;
+    st.apply(waypoint_gateway(
+        ("infra", "shared"),
+        team.clone(),
+        json!({"istio.io/waypoint-for": "service"}),
+        true,
+    ))
+    .unwrap();
+    eventually_waypoint(gw.admin, CATALOG, Some(&host)).await;
+    st.apply(class("all")).unwrap();
+    st.apply(waypoint_gateway(
+        ("infra", "shared"),
+        team.clone(),
+        json!({}),
         true,
     ))
     .unwrap();
@@ -647,7 +680,7 @@ async fn pods_with_an_injected_sidecar_are_not_ambient() {
 #[tokio::test]
 async fn a_namespace_waypoint_binds_its_services_unless_a_service_opts_out() {
     let (api, gw) = setup().await;
-    api.install_gateway_api_crd();
+    api.install_gateway_api_crds();
     let (_classic, port) = classic_backends(41).await;
     let st = api.store();
     let _wp = ready_waypoint(
@@ -719,7 +752,7 @@ async fn with_namespace_the_watched_namespaces_labels_are_followed() {
 #[tokio::test]
 async fn a_deleted_gateway_crd_forgets_waypoints_until_it_returns() {
     let (api, gw) = setup().await;
-    api.install_gateway_api_crd();
+    api.install_gateway_api_crds();
     let (_classic, port) = classic_backends(71).await;
     let _zt = ztunnel("ztunnel-a", 71).await;
     let st = api.store();
@@ -757,7 +790,7 @@ async fn a_deleted_gateway_crd_forgets_waypoints_until_it_returns() {
     let (_, body) = http_get(gw.admin, "/metrics").await;
     assert_eq!(metric(&body, stale), 0.0, "a missing CRD is not staleness");
 
-    api.install_gateway_api_crd();
+    api.install_gateway_api_crds();
     st.apply(waypoint_gateway(
         (NS, "waypoint"),
         json!(null),

@@ -587,6 +587,7 @@ async fn label_network_and_gateway_install() {
         "endpointslices",
         "destinationrules",
         "gateways",
+        "gatewayclasses",
         "customresourcedefinitions",
         "services",
         "pods",

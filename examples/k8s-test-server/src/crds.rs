@@ -25,6 +25,19 @@ pub(crate) const GATEWAY_CRD: &str = r#"{
     ]}
 }"#;
 
+/// Gateway API's GatewayClass (cluster-scoped), served at v1 (stored) and v1beta1, with the
+/// status subresource, as the standard channel's CRD has them.
+pub(crate) const GATEWAY_CLASS_CRD: &str = r#"{
+  "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+  "metadata": {"name": "gatewayclasses.gateway.networking.k8s.io"},
+  "spec": {"group": "gateway.networking.k8s.io", "scope": "Cluster",
+    "names": {"plural": "gatewayclasses", "singular": "gatewayclass", "kind": "GatewayClass", "listKind": "GatewayClassList", "shortNames": ["gc"]},
+    "versions": [
+      {"name": "v1", "served": true, "storage": true, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+      {"name": "v1beta1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}
+    ]}
+}"#;
+
 /// Gateway API's Gateway (`gateway.networking.k8s.io`), served at v1 (stored) and v1beta1, with
 /// the status subresource, as the standard channel's CRD has them.
 pub(crate) const GATEWAY_API_CRD: &str = r#"{

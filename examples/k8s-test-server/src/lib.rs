@@ -229,8 +229,10 @@ impl TestApiServer {
         self.install_crd(crds::GATEWAY_CRD);
     }
 
-    /// Makes Gateway API `gateway.networking.k8s.io` Gateways (v1, v1beta1) served.
-    pub fn install_gateway_api_crd(&self) {
+    /// Makes Gateway API `gateway.networking.k8s.io` Gateways and GatewayClasses (v1, v1beta1)
+    /// served, as the standard channel's install does.
+    pub fn install_gateway_api_crds(&self) {
+        self.install_crd(crds::GATEWAY_CLASS_CRD);
         self.install_crd(crds::GATEWAY_API_CRD);
     }
 

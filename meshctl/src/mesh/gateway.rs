@@ -439,7 +439,7 @@ pub fn objects(
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": verbs},
             {"apiGroups": [ISTIO_NETWORKING_GROUP], "resources": ["destinationrules"], "verbs": verbs},
             // Waypoints: a Service bound to one sends its tunnels there.
-            {"apiGroups": [GATEWAY_API_GROUP], "resources": ["gateways"], "verbs": verbs},
+            {"apiGroups": [GATEWAY_API_GROUP], "resources": ["gateways", "gatewayclasses"], "verbs": verbs},
             {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": verbs},
         ]}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": meta(&role, false),

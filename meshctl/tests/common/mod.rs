@@ -98,7 +98,7 @@ pub async fn mesh_of(west: TestApiServer, east: TestApiServer) -> Mesh {
 /// The Gateway API `Gateway` CRD (v1 served, status subresource), as its release installs it:
 /// what `join --ambient` needs.
 pub fn install_gateway_api(s: &TestApiServer) {
-    s.install_gateway_api_crd();
+    s.install_gateway_api_crds();
 }
 
 /// A mesh that `meshctl join` has joined (token Secrets and cacerts exist in both clusters).

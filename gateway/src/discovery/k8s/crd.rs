@@ -1,5 +1,6 @@
 //! The life of an optional watched type, served only while its CRD is installed: Istio's
-//! DestinationRules (subsets) and Gateway API Gateways (waypoints). Each is found at start or
+//! DestinationRules (subsets), and Gateway API Gateways (waypoints) and GatewayClasses (their
+//! default traffic type). Each is found at start or
 //! by polling every `--crd-recheck` interval, watched while served, and let go when its CRD
 //! is deleted (its watch gets 404) or it may not be read (403): what it gave the table goes,
 //! staleness is not affected, and polling starts again.
@@ -10,35 +11,37 @@
 use std::time::Duration;
 
 use kube::Client;
-use kube::api::ApiResource;
+use kube::api::{Api, ApiResource};
 
 use super::client::{REACH_TIMEOUT, error_chain};
 use super::probe::{Kind, Probe, probes};
 use super::project;
 use super::watch::{self, Msg, Watches, apis, dyn_apis, spawn_watches};
-use super::waypoints::{GatewayObject, project_gateway};
+use super::waypoints::{GatewayClassObject, GatewayObject, project_gateway, project_gateway_class};
 
 /// An optional type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Crd {
     DestinationRule,
     Gateway,
+    GatewayClass,
 }
 
 impl Crd {
-    pub const ALL: [Crd; 2] = [Crd::DestinationRule, Crd::Gateway];
+    pub const ALL: [Crd; 3] = [Crd::DestinationRule, Crd::Gateway, Crd::GatewayClass];
 
     pub fn kind(self) -> Kind {
         match self {
             Crd::DestinationRule => Kind::DestinationRule,
             Crd::Gateway => Kind::Gateway,
+            Crd::GatewayClass => Kind::GatewayClass,
         }
     }
 
     fn group(self) -> &'static str {
         match self {
             Crd::DestinationRule => "networking.istio.io",
-            Crd::Gateway => "gateway.networking.k8s.io",
+            Crd::Gateway | Crd::GatewayClass => "gateway.networking.k8s.io",
         }
     }
 
@@ -49,13 +52,16 @@ impl Crd {
             Crd::Gateway => {
                 "no waypoints: tunnels to services bound to one go straight to their endpoints"
             }
+            Crd::GatewayClass => {
+                "waypoints take Service traffic unless their own istio.io/waypoint-for says otherwise (a class's label is not read)"
+            }
         }
     }
 }
 
 /// The served resource of `crd`, or `None` without its CRD. DestinationRules are read in
-/// the preferred version; Gateways in `v1` (Gateway API v1.0 and later), which
-/// [`GatewayObject`] is.
+/// the preferred version; Gateways and GatewayClasses in `v1` (Gateway API v1.0 and later),
+/// which [`GatewayObject`] and [`GatewayClassObject`] are.
 pub(super) async fn served(client: &Client, crd: Crd) -> Option<ApiResource> {
     let group = match tokio::time::timeout(
         REACH_TIMEOUT,
@@ -74,11 +80,18 @@ pub(super) async fn served(client: &Client, crd: Crd) -> Option<ApiResource> {
     };
     match crd {
         Crd::DestinationRule => group.recommended_kind("DestinationRule").map(|(ar, _)| ar),
-        Crd::Gateway => group
-            .versioned_resources("v1")
-            .into_iter()
-            .find(|(ar, _)| ar.kind == "Gateway")
-            .map(|(ar, _)| ar),
+        Crd::Gateway | Crd::GatewayClass => {
+            let kind = if crd == Crd::Gateway {
+                "Gateway"
+            } else {
+                "GatewayClass"
+            };
+            group
+                .versioned_resources("v1")
+                .into_iter()
+                .find(|(ar, _)| ar.kind == kind)
+                .map(|(ar, _)| ar)
+        }
     }
 }
 
@@ -113,6 +126,8 @@ impl CrdWatch {
         let probes = match crd {
             Crd::DestinationRule => probes(&dyn_apis(&client, &namespaces, &ar)),
             Crd::Gateway => probes(&apis::<GatewayObject>(&client, &namespaces)),
+            // Cluster-scoped: one watch of every class, whatever `--namespace` says.
+            Crd::GatewayClass => probes(&[Api::<GatewayClassObject>::all(client.clone())]),
         };
         let spawn = move || match crd {
             Crd::DestinationRule => {
@@ -134,6 +149,16 @@ impl CrdWatch {
                     watch::every(&apis::<GatewayObject>(&client, &namespaces)),
                     project_gateway,
                     move |stream, update| Msg::Waypoint(generation, stream, update),
+                    gone,
+                );
+            }
+            Crd::GatewayClass => {
+                tracing::info!("watching GatewayClasses for their waypoints' traffic type");
+                spawn_watches(
+                    &watches,
+                    watch::every(&[Api::<GatewayClassObject>::all(client.clone())]),
+                    project_gateway_class,
+                    move |stream, update| Msg::GatewayClass(generation, stream, update),
                     gone,
                 );
             }

@@ -1,7 +1,7 @@
 //! Kubernetes discovery, wired: [`KubeSource::start`] connects, starts the watches and the
 //! rebuild task. Sources: Services, EndpointSlices, Pod and Namespace metadata (labels, and
 //! the sidecar annotation; `ambient` says why) and, when their CRDs are served, Istio's
-//! DestinationRules (subsets) and Gateway API Gateways (waypoints).
+//! DestinationRules (subsets) and Gateway API Gateways and GatewayClasses (waypoints).
 //!
 //! One kube-runtime watcher per type (per namespace with `--namespace`) projects objects to
 //! the routing fields as they arrive (`project`) and sends them to one task that owns the
@@ -113,6 +113,7 @@ impl KubeSource {
                     match watch.crd {
                         Crd::DestinationRule => model.rules = Some(Watched::new(p.len())),
                         Crd::Gateway => model.waypoints = Some(Watched::new(p.len())),
+                        Crd::GatewayClass => model.gateway_classes = Some(Watched::new(p.len())),
                     }
                     probes.extend(p);
                 }

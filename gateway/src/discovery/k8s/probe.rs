@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::client::REACH_TIMEOUT;
 use super::crd::Crd;
-use super::waypoints::GatewayObject;
+use super::waypoints::{GatewayClassObject, GatewayObject};
 
 /// A watched type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +25,7 @@ pub(super) enum Kind {
     Namespace,
     DestinationRule,
     Gateway,
+    GatewayClass,
 }
 
 impl Kind {
@@ -37,6 +38,7 @@ impl Kind {
             Kind::Namespace => "namespaces",
             Kind::DestinationRule => "destinationrules.networking.istio.io",
             Kind::Gateway => "gateways.gateway.networking.k8s.io",
+            Kind::GatewayClass => "gatewayclasses.gateway.networking.k8s.io",
         }
     }
 
@@ -44,6 +46,7 @@ impl Kind {
     pub fn without(self) -> &'static str {
         match self {
             Kind::Gateway => Crd::Gateway.without(),
+            Kind::GatewayClass => Crd::GatewayClass.without(),
             _ => Crd::DestinationRule.without(),
         }
     }
@@ -58,6 +61,13 @@ pub(super) enum WatchedApi {
     Namespace(Api<PartialObjectMeta<Namespace>>),
     DestinationRule(Api<DynamicObject>),
     Gateway(Api<GatewayObject>),
+    GatewayClass(Api<GatewayClassObject>),
+}
+
+impl From<Api<GatewayClassObject>> for WatchedApi {
+    fn from(api: Api<GatewayClassObject>) -> Self {
+        WatchedApi::GatewayClass(api)
+    }
 }
 
 impl From<Api<GatewayObject>> for WatchedApi {
@@ -105,6 +115,7 @@ impl WatchedApi {
             WatchedApi::Namespace(_) => Kind::Namespace,
             WatchedApi::DestinationRule(_) => Kind::DestinationRule,
             WatchedApi::Gateway(_) => Kind::Gateway,
+            WatchedApi::GatewayClass(_) => Kind::GatewayClass,
         }
     }
 }
@@ -131,6 +142,7 @@ impl Probe {
             WatchedApi::Namespace(api) => lists(api).await,
             WatchedApi::DestinationRule(api) => lists(api).await,
             WatchedApi::Gateway(api) => lists(api).await,
+            WatchedApi::GatewayClass(api) => lists(api).await,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::ambient::{self, NamespaceScope};
 use super::cache::Watched;
 use super::project::{DrInfo, ObjKey, PodInfo, SliceInfo, SvcInfo, pod_label};
-use super::waypoints::{self, WaypointAddress, WaypointInfo};
+use super::waypoints::{self, ClassInfo, WaypointAddress, WaypointInfo};
 use crate::routes::{EndpointSpec, Labels, ServiceSpec, Subsets};
 use crate::sni_name::{validate_host, validate_subset};
 
@@ -23,6 +23,8 @@ pub struct Model {
     pub rules: Option<Watched<DrInfo>>,
     /// Ready waypoints (Gateways with addresses); `None` while the Gateway CRD is not served.
     pub waypoints: Option<Watched<WaypointInfo>>,
+    /// GatewayClasses (cluster-scoped: keyed `("", name)`); `None` while not served.
+    pub gateway_classes: Option<Watched<ClassInfo>>,
 }
 
 impl Model {
@@ -34,6 +36,7 @@ impl Model {
             namespaces: Watched::new(streams),
             rules: None,
             waypoints: None,
+            gateway_classes: None,
         }
     }
 
@@ -45,6 +48,7 @@ impl Model {
             && self.namespaces.synced()
             && self.rules.as_ref().is_none_or(Watched::synced)
             && self.waypoints.as_ref().is_none_or(Watched::synced)
+            && self.gateway_classes.as_ref().is_none_or(Watched::synced)
     }
 
     /// The host of the waypoint a global Service's tunnels go to, if it has one.
@@ -58,7 +62,14 @@ impl Model {
     ) -> Option<String> {
         let all = self.waypoints.as_ref()?;
         let find = |wp_ns: &str, name: &str| all.get(&(wp_ns.into(), name.into()));
-        let (w, name) = waypoints::waypoint_of(ns, &svc.scope, namespace, find)?;
+        let class_for = |class: &str| {
+            let classes = self.gateway_classes.as_ref()?;
+            classes
+                .get(&("".into(), class.into()))?
+                .waypoint_for
+                .as_deref()
+        };
+        let (w, name) = waypoints::waypoint_of(ns, &svc.scope, namespace, find, class_for)?;
         // Without a usable address the tunnels have nowhere to go: `ns/name` is no route's
         // host, so they are answered 503, and `/debug/routes` shows which waypoint it is.
         Some(match &w.address {

@@ -32,9 +32,9 @@ pub(super) struct ModelTask {
     health: Health<(Kind, usize)>,
     probing: bool,
     /// Restart the CRD polls when an optional type goes away (in [`Crd::ALL`]'s order).
-    crds: [CrdWatch; 2],
+    crds: [CrdWatch; 3],
     /// The generation of each optional type in the model (or being polled for).
-    generations: [u64; 2],
+    generations: [u64; 3],
 }
 
 impl ModelTask {
@@ -43,7 +43,7 @@ impl ModelTask {
         domain: String,
         publisher: Publisher,
         probes: Vec<Probe>,
-        crds: [CrdWatch; 2],
+        crds: [CrdWatch; 3],
     ) -> Self {
         ModelTask {
             model,
@@ -54,7 +54,7 @@ impl ModelTask {
             health: Health::default(),
             probing: false,
             crds,
-            generations: [0; 2],
+            generations: [0; 3],
         }
     }
 
@@ -145,11 +145,24 @@ impl ModelTask {
                     apply_to(waypoints, i, u),
                 )
             }
+            Msg::GatewayClass(generation, i, u) => {
+                let current = generation == self.generations[slot(Crd::GatewayClass)];
+                let Some(classes) = m.gateway_classes.as_mut().filter(|_| current) else {
+                    return false;
+                };
+                (
+                    h.observed((Kind::GatewayClass, i), &u),
+                    apply_to(classes, i, u),
+                )
+            }
             Msg::CrdStarted(crd, generation, probes) => {
                 if generation == self.generations[slot(crd)] {
                     match crd {
                         Crd::DestinationRule => m.rules = Some(Watched::new(probes.len())),
                         Crd::Gateway => m.waypoints = Some(Watched::new(probes.len())),
+                        Crd::GatewayClass => {
+                            m.gateway_classes = Some(Watched::new(probes.len()));
+                        }
                     }
                     self.probes.extend(probes);
                 }
@@ -179,6 +192,7 @@ impl ModelTask {
         let had = match crd {
             Crd::DestinationRule => self.model.rules.take().is_some(),
             Crd::Gateway => self.model.waypoints.take().is_some(),
+            Crd::GatewayClass => self.model.gateway_classes.take().is_some(),
         };
         if !had {
             return false;

@@ -21,7 +21,7 @@ use super::crd::Crd;
 use super::probe::{Kind, Probe, WatchedApi};
 use super::project::{self, DrInfo, ObjKey, PodInfo, SliceInfo, SvcInfo};
 use super::retry::{self, Failure};
-use super::waypoints::WaypointInfo;
+use super::waypoints::{ClassInfo, WaypointInfo};
 
 /// What the watches (and the CRD poll) tell the rebuild task.
 #[derive(Clone)]
@@ -34,6 +34,8 @@ pub(super) enum Msg {
     Rule(u64, usize, Update<DrInfo>),
     /// An update of the waypoints (Gateways) of one generation.
     Waypoint(u64, usize, Update<WaypointInfo>),
+    /// An update of the GatewayClasses of one generation.
+    GatewayClass(u64, usize, Update<ClassInfo>),
     /// An optional type is served; its watches start after this message.
     CrdStarted(Crd, u64, Vec<Probe>),
     /// An optional type is no longer served (or readable).

@@ -8,8 +8,8 @@
 //!   no waypoint, and its tunnels go straight to its endpoints.
 //! - Its address: the first `Hostname` in `status.addresses` (istiod prefers hostnames), else
 //!   the first `IPAddress`, which names the Service with that cluster IP (`getGatewayAddress`).
-//! - It takes Service traffic unless labelled `istio.io/waypoint-for: workload` or `none`.
-//!   (istiod also reads that label on the GatewayClass; not watched here: see the README.)
+//! - It takes Service traffic when its `istio.io/waypoint-for` label, else its
+//!   GatewayClass's, else the default (`service`) is `service` or `all`.
 //! - Its HBONE listener (port 15008, protocol `HBONE`) says from which namespaces it may be
 //!   used: `allowedRoutes.namespaces.from` `Same` (the default, also with no such listener),
 //!   `All`, or `Selector` over the Namespace's labels (`makeAllowedRoutes`).
@@ -20,8 +20,8 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use kube::Resource;
 use serde::Deserialize;
 use serde_json::Value;
@@ -66,6 +66,55 @@ impl Resource for GatewayObject {
     }
 }
 
+/// A GatewayClass: only its labels are read ([`project_gateway_class`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct GatewayClassObject {
+    pub metadata: ObjectMeta,
+}
+
+impl Resource for GatewayClassObject {
+    type DynamicType = ();
+    type Scope = ClusterResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "GatewayClass".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "gateway.networking.k8s.io".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "gatewayclasses".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// A GatewayClass's `istio.io/waypoint-for`, the default for its Gateways.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassInfo {
+    pub waypoint_for: Option<Box<str>>,
+}
+
+pub fn project_gateway_class(class: &GatewayClassObject) -> Option<ClassInfo> {
+    Some(ClassInfo {
+        waypoint_for: waypoint_for(&class.metadata),
+    })
+}
+
+fn waypoint_for(meta: &ObjectMeta) -> Option<Box<str>> {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(WAYPOINT_FOR_LABEL))
+        .map(|v| Box::from(v.as_str()))
+}
+
 /// Where a waypoint is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WaypointAddress {
@@ -87,8 +136,10 @@ pub enum AllowedFrom {
 pub struct WaypointInfo {
     /// `None` when no address parses: bound Services' tunnels then have nowhere to go.
     pub address: Option<WaypointAddress>,
-    /// `istio.io/waypoint-for` is `service` (the default) or `all`.
-    pub for_services: bool,
+    /// Its own `istio.io/waypoint-for`, which overrides its class's.
+    pub waypoint_for: Option<Box<str>>,
+    /// `spec.gatewayClassName`.
+    pub class: Box<str>,
     pub allowed: AllowedFrom,
 }
 
@@ -113,12 +164,7 @@ pub fn project_gateway(gw: &GatewayObject) -> Option<WaypointInfo> {
                 .find_map(|ip| ip.trim().parse::<IpAddr>().ok())
                 .map(|ip| WaypointAddress::Ip(ip.to_canonical()))
         });
-    let traffic = gw
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(WAYPOINT_FOR_LABEL))
-        .map_or("service", String::as_str);
+    let class = gw.spec.get("gatewayClassName").and_then(Value::as_str);
     let hbone_listener = gw
         .spec
         .get("listeners")
@@ -131,7 +177,8 @@ pub fn project_gateway(gw: &GatewayObject) -> Option<WaypointInfo> {
         });
     Some(WaypointInfo {
         address,
-        for_services: matches!(traffic, "service" | "all"),
+        waypoint_for: waypoint_for(&gw.metadata),
+        class: class.unwrap_or_default().into(),
         allowed: allowed_from(hbone_listener),
     })
 }
@@ -224,6 +271,17 @@ impl Selector {
 }
 
 impl WaypointInfo {
+    /// Whether it takes Service traffic: its own `istio.io/waypoint-for`, else its class's
+    /// (`class_for`), else `service`, must be `service` or `all` (`WaypointsCollection`).
+    fn takes_services(&self, class_for: Option<&str>) -> bool {
+        let traffic = self
+            .waypoint_for
+            .as_deref()
+            .or(class_for)
+            .unwrap_or("service");
+        matches!(traffic, "service" | "all")
+    }
+
     /// Whether a target in `namespace` (its labels `ns_labels`; `None` when not seen) may use
     /// this waypoint, which lives in `own_ns`.
     fn allows(&self, own_ns: &str, namespace: &str, ns_labels: Option<&Labels>) -> bool {
@@ -238,13 +296,14 @@ impl WaypointInfo {
 }
 
 /// The waypoint of the Service `svc` in namespace `ns` (its Namespace `ns_scope`, `None`
-/// when not seen), looked up by `(namespace, name)` with `find`. `None`: its tunnels go
-/// straight to its endpoints.
-pub fn waypoint_of<'w>(
+/// when not seen), looked up by `(namespace, name)` with `find`, its class's
+/// `istio.io/waypoint-for` with `class_for`. `None`: its tunnels go straight to its endpoints.
+pub fn waypoint_of<'w, 'c>(
     ns: &str,
     svc: &ServiceScope,
     ns_scope: Option<&NamespaceScope>,
     find: impl Fn(&str, &str) -> Option<&'w WaypointInfo>,
+    class_for: impl Fn(&str) -> Option<&'c str>,
 ) -> Option<(&'w WaypointInfo, String)> {
     if svc.is_waypoint {
         return None;
@@ -262,7 +321,8 @@ pub fn waypoint_of<'w>(
     };
     let wp_ns = namespace.as_deref().unwrap_or(ns);
     let w = find(wp_ns, name)?;
-    (w.allows(wp_ns, ns, from) && w.for_services).then(|| (w, format!("{wp_ns}/{name}")))
+    let usable = w.allows(wp_ns, ns, from) && w.takes_services(class_for(&w.class));
+    usable.then(|| (w, format!("{wp_ns}/{name}")))
 }
 
 #[cfg(test)]
@@ -302,7 +362,10 @@ mod tests {
             )),
             "a hostname is preferred"
         );
-        assert!(w.for_services);
+        assert_eq!(
+            (w.waypoint_for.as_deref(), &*w.class),
+            (None, "istio-waypoint")
+        );
         assert_eq!(w.allowed, AllowedFrom::Same);
         let ip = json!({"addresses": [{"type": "IPAddress", "value": "10.96.0.9"}]});
         let w = project_gateway(&gateway(json!({}), json!({}), ip)).unwrap();
@@ -324,23 +387,32 @@ mod tests {
             );
         }
         let status = json!({"addresses": [{"type": "Hostname", "value": "wp.infra"}]});
-        for (label, services) in [
-            ("service", true),
-            ("all", true),
-            ("workload", false),
-            ("none", false),
+        // The Gateway's label, else its class's, else `service`.
+        for (own, class, services) in [
+            (None, None, true),
+            (Some("service"), Some("workload"), true),
+            (Some("all"), None, true),
+            (Some("workload"), Some("all"), false),
+            (Some("none"), None, false),
+            (None, Some("workload"), false),
+            (None, Some("all"), true),
+            (Some("Service"), None, false),
         ] {
-            let g = gateway(
-                json!({"istio.io/waypoint-for": label}),
-                json!({}),
-                status.clone(),
-            );
-            assert_eq!(
-                project_gateway(&g).unwrap().for_services,
-                services,
-                "{label}"
-            );
+            let labels = own.map_or(json!({}), |v| json!({"istio.io/waypoint-for": v}));
+            let w = project_gateway(&gateway(labels, json!({}), status.clone())).unwrap();
+            assert_eq!(w.takes_services(class), services, "{own:?} {class:?}");
         }
+        let class: GatewayClassObject = serde_json::from_value(json!({"metadata": {
+            "name": "custom", "labels": {"istio.io/waypoint-for": "workload"}},
+            "spec": {"controllerName": "example.com/waypoints"}}))
+        .unwrap();
+        assert_eq!(
+            project_gateway_class(&class)
+                .unwrap()
+                .waypoint_for
+                .as_deref(),
+            Some("workload")
+        );
         for (allowed, want) in [
             (json!({"namespaces": {"from": "All"}}), AllowedFrom::All),
             (json!({"namespaces": {"from": "Same"}}), AllowedFrom::Same),
@@ -400,7 +472,8 @@ mod tests {
             address: Some(WaypointAddress::Hostname(
                 "wp.infra.svc.cluster.local".into(),
             )),
-            for_services: true,
+            waypoint_for: None,
+            class: "istio-waypoint".into(),
             allowed,
         };
         let same = ready(AllowedFrom::Same);
@@ -409,20 +482,26 @@ mod tests {
             &json!({"matchLabels": {"team": "a"}}),
         )));
         let workload_only = WaypointInfo {
-            for_services: false,
+            waypoint_for: Some("workload".into()),
             ..all.clone()
+        };
+        let workload_class = WaypointInfo {
+            class: "workloads".into(),
+            ..same.clone()
         };
         let find = |ns: &str, name: &str| match (ns, name) {
             ("shop", "same") => Some(&same),
             ("infra", "all") => Some(&all),
             ("infra", "team-a") => Some(&team_a),
             ("shop", "workload") => Some(&workload_only),
+            ("shop", "by-class") => Some(&workload_class),
             _ => None,
         };
+        let class_for = |class: &str| (class == "workloads").then_some("workload");
         let svc = |kv: &[(&str, &str)]| ServiceScope::of(Some(&labels(kv)));
         let ns = |kv: &[(&str, &str)]| NamespaceScope::of(Some(&labels(kv)));
         let of = |s: &ServiceScope, n: Option<&NamespaceScope>| {
-            waypoint_of("shop", s, n, find).map(|(_, name)| name)
+            waypoint_of("shop", s, n, find, class_for).map(|(_, name)| name)
         };
         let uw = "istio.io/use-waypoint";
         let uwn = "istio.io/use-waypoint-namespace";
@@ -439,6 +518,11 @@ mod tests {
             of(&svc(&[(uw, "workload")]), None),
             None,
             "no service traffic"
+        );
+        assert_eq!(
+            of(&svc(&[(uw, "by-class")]), None),
+            None,
+            "its class takes workloads only"
         );
         assert_eq!(
             of(&svc(&[(uw, "all"), (uwn, "infra")]), None).as_deref(),
