@@ -474,30 +474,22 @@ async fn a_waypoint_is_used_only_when_ready_for_services_and_allowed() {
     eventually_hbone_endpoints(gw.admin, CATALOG, &[hbone_at(61)]).await;
     let host = waypoint_host("infra", "shared");
     let from = |from: Value| json!({"namespaces": from});
-    st.apply(waypoint_gateway(
-        ("infra", "shared"),
-        from(json!({"from": "All"})),
-        json!({}),
-        true,
-    ))
-    .unwrap();
+    // The waypoint's Gateway as given: its HBONE listener's allowedRoutes, labels, readiness.
+    let shared = |allowed: &Value, labels: Value, ready: bool| {
+        st.apply(waypoint_gateway(
+            ("infra", "shared"),
+            allowed.clone(),
+            labels,
+            ready,
+        ))
+        .unwrap();
+    };
+    shared(&from(json!({"from": "All"})), json!({}), true);
     eventually_waypoint(gw.admin, CATALOG, Some(&host)).await;
     // `allowedRoutes` defaults to the waypoint's own namespace: denied, straight to the pod.
-    st.apply(waypoint_gateway(
-        ("infra", "shared"),
-        json!(null),
-        json!({}),
-        true,
-    ))
-    .unwrap();
+    shared(&json!(null), json!({}), true);
     eventually_waypoint(gw.admin, CATALOG, None).await;
-    st.apply(waypoint_gateway(
-        ("infra", "shared"),
-        from(json!({"from": "All"})),
-        json!({}),
-        true,
-    ))
-    .unwrap();
+    shared(&from(json!({"from": "All"})), json!({}), true);
     eventually_waypoint(gw.admin, CATALOG, Some(&host)).await;
     let mut o = hbone_client(&gw).await;
     let (status, greeting) = tunnel(&mut o, CATALOG, 9).await;
@@ -507,42 +499,18 @@ async fn a_waypoint_is_used_only_when_ready_for_services_and_allowed() {
     );
     // A selector over the Service's Namespace labels.
     let team = from(json!({"from": "Selector", "selector": {"matchLabels": {"team": "shop"}}}));
-    st.apply(waypoint_gateway(
-        ("infra", "shared"),
-        team.clone(),
-        json!({}),
-        true,
-    ))
-    .unwrap();
+    shared(&team, json!({}), true);
     eventually_waypoint(gw.admin, CATALOG, None).await;
     st.apply(namespace(&[("team", "shop")])).unwrap();
     eventually_waypoint(gw.admin, CATALOG, Some(&host)).await;
     // A waypoint for workloads only takes no Service traffic.
     let workload = json!({"istio.io/waypoint-for": "workload"});
-    st.apply(waypoint_gateway(
-        ("infra", "shared"),
-        team.clone(),
-        workload,
-        true,
-    ))
-    .unwrap();
+    shared(&team, workload, true);
     eventually_waypoint(gw.admin, CATALOG, None).await;
-    st.apply(waypoint_gateway(
-        ("infra", "shared"),
-        team.clone(),
-        json!({"istio.io/waypoint-for": "all"}),
-        true,
-    ))
-    .unwrap();
+    shared(&team, json!({"istio.io/waypoint-for": "all"}), true);
     eventually_waypoint(gw.admin, CATALOG, Some(&host)).await;
     // Without a label of its own, the GatewayClass's decides; the Gateway's overrides it.
-    st.apply(waypoint_gateway(
-        ("infra", "shared"),
-        team.clone(),
-        json!({}),
-        true,
-    ))
-    .unwrap();
+    shared(&team, json!({}), true);
     let class = |label: &str| {
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
             "metadata": {"name": "istio-waypoint", "labels": {"istio.io/waypoint-for": label}},
@@ -550,31 +518,13 @@ async fn a_waypoint_is_used_only_when_ready_for_services_and_allowed() {
     };
     st.apply(class("workload")).unwrap();
     eventually_waypoint(gw.admin, CATALOG, None).await;
-    st.apply(waypoint_gateway(
-        ("infra", "shared"),
-        team.clone(),
-        json!({"istio.io/waypoint-for": "service"}),
-        true,
-    ))
-    .unwrap();
+    shared(&team, json!({"istio.io/waypoint-for": "service"}), true);
     eventually_waypoint(gw.admin, CATALOG, Some(&host)).await;
     st.apply(class("all")).unwrap();
-    st.apply(waypoint_gateway(
-        ("infra", "shared"),
-        team.clone(),
-        json!({}),
-        true,
-    ))
-    .unwrap();
+    shared(&team, json!({}), true);
     eventually_waypoint(gw.admin, CATALOG, Some(&host)).await;
     // Not ready (no addresses in its status): the binding is ignored.
-    st.apply(waypoint_gateway(
-        ("infra", "shared"),
-        team,
-        json!({}),
-        false,
-    ))
-    .unwrap();
+    shared(&team, json!({}), false);
     eventually_waypoint(gw.admin, CATALOG, None).await;
     let (status, greeting) = tunnel(&mut o, CATALOG, 10).await;
     assert_eq!(

@@ -125,35 +125,36 @@ impl ModelTask {
                 apply_to(&mut m.namespaces, i, u),
             ),
             // Late messages from the watches of a deleted CRD are dropped.
-            Msg::Rule(generation, i, u) => {
-                let current = generation == self.generations[slot(Crd::DestinationRule)];
-                let Some(rules) = m.rules.as_mut().filter(|_| current) else {
+            Msg::Rule(g, i, u) => {
+                let current = g == self.generations[slot(Crd::DestinationRule)];
+                let Some(r) =
+                    apply_current(m.rules.as_mut(), current, h, (Kind::DestinationRule, i), u)
+                else {
                     return false;
                 };
-                (
-                    h.observed((Kind::DestinationRule, i), &u),
-                    apply_to(rules, i, u),
-                )
+                r
             }
-            Msg::Waypoint(generation, i, u) => {
-                let current = generation == self.generations[slot(Crd::Gateway)];
-                let Some(waypoints) = m.waypoints.as_mut().filter(|_| current) else {
+            Msg::Waypoint(g, i, u) => {
+                let current = g == self.generations[slot(Crd::Gateway)];
+                let Some(r) =
+                    apply_current(m.waypoints.as_mut(), current, h, (Kind::Gateway, i), u)
+                else {
                     return false;
                 };
-                (
-                    h.observed((Kind::Gateway, i), &u),
-                    apply_to(waypoints, i, u),
-                )
+                r
             }
-            Msg::GatewayClass(generation, i, u) => {
-                let current = generation == self.generations[slot(Crd::GatewayClass)];
-                let Some(classes) = m.gateway_classes.as_mut().filter(|_| current) else {
+            Msg::GatewayClass(g, i, u) => {
+                let current = g == self.generations[slot(Crd::GatewayClass)];
+                let Some(r) = apply_current(
+                    m.gateway_classes.as_mut(),
+                    current,
+                    h,
+                    (Kind::GatewayClass, i),
+                    u,
+                ) else {
                     return false;
                 };
-                (
-                    h.observed((Kind::GatewayClass, i), &u),
-                    apply_to(classes, i, u),
-                )
+                r
             }
             Msg::CrdStarted(crd, generation, probes) => {
                 if generation == self.generations[slot(crd)] {
@@ -282,6 +283,20 @@ fn slot(crd: Crd) -> usize {
         .iter()
         .position(|&c| c == crd)
         .expect("every Crd is in ALL")
+}
+
+/// An optional type's update, applied only while its watches are the `current` generation
+/// and it is in the model: the health it reports and whether the table may change.
+fn apply_current<T: PartialEq>(
+    watched: Option<&mut Watched<T>>,
+    current: bool,
+    health: &mut Health<(Kind, usize)>,
+    watch: (Kind, usize),
+    u: Update<T>,
+) -> Option<(Recovered, bool)> {
+    let watched = watched.filter(|_| current)?;
+    let recovered = health.observed(watch, &u);
+    Some((recovered, apply_to(watched, watch.1, u)))
 }
 
 fn apply_to<T: PartialEq>(w: &mut Watched<T>, stream: usize, u: Update<T>) -> bool {
