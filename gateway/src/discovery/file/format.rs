@@ -299,11 +299,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
 /// Each `waypoint` names another service of the file, with port 15008 (where tunnels are
 /// sent to it) and not bound to a waypoint itself (Istio gives a waypoint none).
 fn check_waypoints(specs: &[ServiceSpec]) -> Result<(), String> {
+    if specs.iter().all(|s| s.waypoint.is_none()) {
+        return Ok(());
+    }
+    // Hosts are unique (checked above): one lookup per bound service, not a scan.
+    let by_host: HashMap<&str, &ServiceSpec> = specs.iter().map(|s| (s.host.as_str(), s)).collect();
     for (i, spec) in specs.iter().enumerate() {
         let Some(wp) = &spec.waypoint else { continue };
-        let at = format!("services[{i}] ({})", excerpt(&spec.host));
-        let waypoint = specs.iter().find(|s| s.host == *wp);
-        let problem = match waypoint {
+        let problem = match by_host.get(wp.as_str()) {
             _ if *wp == spec.host => "is the service itself",
             None => "is not a host of this file: list the waypoint's service, with port 15008",
             Some(w) if !w.ports.contains(&WAYPOINT_PORT) => {
@@ -312,6 +315,7 @@ fn check_waypoints(specs: &[ServiceSpec]) -> Result<(), String> {
             Some(w) if w.waypoint.is_some() => "is bound to a waypoint itself",
             Some(_) => continue,
         };
+        let at = format!("services[{i}] ({})", excerpt(&spec.host));
         return Err(format!("{at}: waypoint {} {problem}", excerpt(wp)));
     }
     Ok(())
