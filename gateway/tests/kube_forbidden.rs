@@ -1,7 +1,7 @@
 //! Kubernetes discovery with a service account that lacks some of the gateway's RBAC (the
 //! TEST SERVER enforces RBAC on service-account tokens as the real one does): a missing
 //! DestinationRule grant leaves routes without subsets instead of the gateway unready (a
-//! missing Gateway grant, without waypoints), and a
+//! missing Gateway grant, waypoint bindings unresolved: refused, never bypassed), and a
 //! missing grant on a required type is named with its fix once, retried with a growing
 //! back-off rather than every second.
 
@@ -168,9 +168,12 @@ async fn without_destination_rule_rights_routes_are_served_without_subsets() {
     );
 }
 
+/// Without the Gateway grant the waypoints cannot be seen: routes are served, and a global
+/// Service bound to a waypoint keeps the binding unresolved (`namespace/name`, answered 503)
+/// rather than having its tunnels sent around the waypoint; the log names it and the grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_gateway_rights_routes_are_served_without_waypoints() {
-    let (_api, _b, kubeconfig) = cluster("gateways").await;
+async fn without_gateway_rights_bound_services_are_refused_not_bypassed() {
+    let (api, _b, kubeconfig) = cluster("gateways").await;
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway(&dir, &kubeconfig, "warn,gateway=info").await;
     let listen = gw.listen;
@@ -186,10 +189,40 @@ async fn without_gateway_rights_routes_are_served_without_waypoints() {
     });
     let text = told["message"].as_str().unwrap();
     assert!(
-        text.contains("no waypoints")
+        text.contains("waypoints cannot be seen")
+            && text.contains("refused (503) rather than sent around it")
             && text.contains("grant get, list and watch on gateways.gateway.networking.k8s.io"),
         "{text}"
     );
+    let mut bound = k8s::service(
+        NS,
+        "reviews",
+        &[k8s::ServicePort {
+            name: "http",
+            port: 80,
+            target_port: 9080,
+        }],
+    );
+    bound["metadata"]["labels"] = json!({"istio.io/global": "true", "istio.io/use-waypoint": "wp"});
+    api.store().create(bound).unwrap();
+    let told = gw.wait_line(&|v| {
+        v["waypoint"] == format!("{NS}/wp")
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("may not read"))
+    });
+    assert_eq!(told["service"], format!("reviews.{NS}.svc.cluster.local"));
+    assert_eq!(told["level"], "WARN");
+    let admin = gw.admin;
+    let (_, routes) = http_get(admin, "/debug/routes?host=reviews").await;
+    let routes: Value = serde_json::from_str(&routes).unwrap();
+    let waypoints: Vec<&Value> = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["waypoint"])
+        .collect();
+    assert_eq!(waypoints, [&json!(format!("{NS}/wp"))], "{routes}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -533,6 +533,56 @@ async fn a_waypoint_is_used_only_when_ready_for_services_and_allowed() {
     );
 }
 
+/// With `--namespace`, a waypoint in a namespace the gateway does not watch cannot be seen:
+/// tunnels to a Service bound to it are refused (503) rather than sent around it, which
+/// would skip its policy; a waypoint's own tunnels still reach the pods, and a waypoint in
+/// a watched namespace is used.
+#[tokio::test]
+async fn a_waypoint_outside_the_watched_namespaces_is_not_bypassed() {
+    let (api, gw) = setup_with(|k| k.namespaces = vec![NS.into()]).await;
+    api.install_gateway_api_crds();
+    let (_classic, port) = classic_backends(81).await;
+    let _zt = ztunnel("ztunnel-a", 81).await;
+    let st = api.store();
+    st.create(namespace_json("infra")).unwrap();
+    let all = json!({"namespaces": {"from": "All"}});
+    let _shared = ready_waypoint(st, ("infra", "shared"), all, json!({}), (83, "shared-1")).await;
+    st.create(k8s::pod(NS, "catalog-a", &[("app", "catalog"), AMBIENT]))
+        .unwrap();
+    let in_infra = [
+        GLOBAL,
+        ("istio.io/use-waypoint", "shared"),
+        ("istio.io/use-waypoint-namespace", "infra"),
+    ];
+    st.create(service("catalog", &in_infra)).unwrap();
+    st.create(slice("catalog", port, &[(pod_ip(81), "catalog-a")]))
+        .unwrap();
+    eventually_hbone_endpoints(gw.admin, CATALOG, &[hbone_at(81)]).await;
+    eventually_waypoint(gw.admin, CATALOG, Some("infra/shared")).await;
+    let mut o = hbone_client(&gw).await;
+    assert_eq!(
+        tunnel(&mut o, CATALOG, 0).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let (status, greeting) = waypoint_tunnel(&mut o, CATALOG, 10).await;
+    assert_eq!(
+        (status, greeting.as_slice()),
+        (StatusCode::OK, &b"ztunnel-a\n"[..])
+    );
+    let _local = ready_waypoint(st, (NS, "local"), json!(null), json!({}), (84, "local-1")).await;
+    st.apply(service(
+        "catalog",
+        &[GLOBAL, ("istio.io/use-waypoint", "local")],
+    ))
+    .unwrap();
+    eventually_waypoint(gw.admin, CATALOG, Some(&waypoint_host(NS, "local"))).await;
+    let (status, greeting) = tunnel(&mut o, CATALOG, 8).await;
+    assert_eq!(
+        (status, greeting.as_slice()),
+        (StatusCode::OK, &b"local-1\n"[..])
+    );
+}
+
 /// Pod `last`'s "ztunnel": an echo app on `pod_ip(last)`:15008.
 async fn ztunnel(name: &str, last: u8) -> App {
     App::start(name, pod_ip(last), HBONE_PORT, AppMode::Echo)

@@ -45,6 +45,18 @@ impl Crd {
         }
     }
 
+    /// What the table lacks while the type may not be read: as [`Crd::without`], except
+    /// for Gateways, which may exist unseen. A Service bound to a waypoint is then refused
+    /// rather than sent around it (its policy would be skipped).
+    pub fn unreadable(self) -> &'static str {
+        match self {
+            Crd::Gateway => {
+                "waypoints cannot be seen: tunnels to services bound to one are refused (503) rather than sent around it"
+            }
+            _ => self.without(),
+        }
+    }
+
     /// What the table lacks while the type is not served.
     pub fn without(self) -> &'static str {
         match self {
@@ -55,6 +67,25 @@ impl Crd {
             Crd::GatewayClass => {
                 "waypoints take Service traffic unless their own istio.io/waypoint-for says otherwise (a class's label is not read)"
             }
+        }
+    }
+}
+
+/// Why an optional type's watches ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Gone {
+    /// 404: its CRD is not served (deleted).
+    NotServed,
+    /// 403: the gateway may not read it.
+    Forbidden,
+}
+
+impl Gone {
+    /// What the table lacks meanwhile.
+    pub fn lacks(self, crd: Crd) -> &'static str {
+        match self {
+            Gone::NotServed => crd.without(),
+            Gone::Forbidden => crd.unreadable(),
         }
     }
 }
@@ -116,7 +147,7 @@ impl CrdWatch {
 
     /// The probes of the watches, and what starts them.
     fn prepare(&self, ar: &ApiResource, generation: u64) -> (Vec<Probe>, impl FnOnce() + use<>) {
-        let gone = Some(Msg::CrdGone(self.crd, generation));
+        let gone = Some((self.crd, generation));
         let (client, namespaces, watches) = (
             self.client.clone(),
             self.namespaces.clone(),

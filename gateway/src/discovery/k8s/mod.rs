@@ -103,6 +103,7 @@ impl KubeSource {
         });
 
         let mut model = Model::new(streams);
+        model.watched_namespaces = namespaces.clone();
         // The CRD checks come first (on the connection the reachability check opened), and
         // the first table waits for their watches, so a cluster with Istio never publishes a
         // table without its subsets or waypoints.

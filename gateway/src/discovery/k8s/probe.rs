@@ -42,12 +42,12 @@ impl Kind {
         }
     }
 
-    /// What the table lacks while an optional type cannot be read.
-    pub fn without(self) -> &'static str {
+    /// What the table lacks while an optional type may not be read.
+    pub fn unreadable(self) -> &'static str {
         match self {
-            Kind::Gateway => Crd::Gateway.without(),
-            Kind::GatewayClass => Crd::GatewayClass.without(),
-            _ => Crd::DestinationRule.without(),
+            Kind::Gateway => Crd::Gateway.unreadable(),
+            Kind::GatewayClass => Crd::GatewayClass.unreadable(),
+            _ => Crd::DestinationRule.unreadable(),
         }
     }
 }

@@ -11,6 +11,15 @@ use super::waypoints::{self, ClassInfo, WaypointAddress, WaypointInfo};
 use crate::routes::{EndpointSpec, Labels, ServiceSpec, Subsets};
 use crate::sni_name::{validate_host, validate_subset};
 
+/// Why a waypoint cannot be seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Blind {
+    /// Its namespace is not among `--namespace`.
+    NotWatched,
+    /// The gateway may not read Gateways (403).
+    Forbidden,
+}
+
 /// Everything discovery knows, projected.
 #[derive(Debug)]
 pub struct Model {
@@ -25,6 +34,10 @@ pub struct Model {
     pub waypoints: Option<Watched<WaypointInfo>>,
     /// GatewayClasses (cluster-scoped: keyed `("", name)`); `None` while not served.
     pub gateway_classes: Option<Watched<ClassInfo>>,
+    /// The namespaces whose Gateways are watched (`--namespace`); empty for all.
+    pub watched_namespaces: Vec<String>,
+    /// Gateways may not be read (403): a waypoint binding cannot be resolved.
+    pub gateways_forbidden: bool,
 }
 
 impl Model {
@@ -37,6 +50,8 @@ impl Model {
             rules: None,
             waypoints: None,
             gateway_classes: None,
+            watched_namespaces: Vec::new(),
+            gateways_forbidden: false,
         }
     }
 
@@ -60,6 +75,14 @@ impl Model {
         namespace: Option<&NamespaceScope>,
         by_ip: &HashMap<IpAddr, String>,
     ) -> Option<String> {
+        let b = waypoints::binding(ns, &svc.scope, namespace)?;
+        // Without a usable address the tunnels have nowhere to go: `ns/name` is no route's
+        // host, so they are answered 503, and `/debug/routes` shows which waypoint it is.
+        // So too for a waypoint the gateway cannot see: sending the tunnels around it would
+        // skip its policy.
+        if self.blind_to(b.namespace).is_some() {
+            return Some(b.key());
+        }
         let all = self.waypoints.as_ref()?;
         let find = |wp_ns: &str, name: &str| all.get(&(wp_ns.into(), name.into()));
         let class_for = |class: &str| {
@@ -69,14 +92,44 @@ impl Model {
                 .waypoint_for
                 .as_deref()
         };
-        let (w, name) = waypoints::waypoint_of(ns, &svc.scope, namespace, find, class_for)?;
-        // Without a usable address the tunnels have nowhere to go: `ns/name` is no route's
-        // host, so they are answered 503, and `/debug/routes` shows which waypoint it is.
+        let w = b.resolve(ns, find, class_for)?;
         Some(match &w.address {
             Some(WaypointAddress::Hostname(h)) => h.clone(),
-            Some(WaypointAddress::Ip(ip)) => by_ip.get(ip).cloned().unwrap_or(name),
-            None => name,
+            Some(WaypointAddress::Ip(ip)) => by_ip.get(ip).cloned().unwrap_or_else(|| b.key()),
+            None => b.key(),
         })
+    }
+
+    /// Why the gateway cannot see the Gateways of namespace `ns`, if it cannot. Without the
+    /// Gateway CRD there are none to see.
+    fn blind_to(&self, ns: &str) -> Option<Blind> {
+        if self.waypoints.is_none() {
+            return self.gateways_forbidden.then_some(Blind::Forbidden);
+        }
+        let watched =
+            self.watched_namespaces.is_empty() || self.watched_namespaces.iter().any(|w| w == ns);
+        (!watched).then_some(Blind::NotWatched)
+    }
+
+    /// The global Services bound to a waypoint the gateway cannot see, as `(service host,
+    /// waypoint namespace/name, why)`: their tunnels are refused, and the log says why.
+    pub fn unseen_waypoints(&self, domain: &str) -> Vec<(String, String, Blind)> {
+        let mut out = Vec::new();
+        for ((ns, name), svc) in self.services.iter() {
+            if !svc.scope.global || svc.ports.is_empty() {
+                continue;
+            }
+            let namespace = self.namespaces.get(&namespace_key(ns));
+            let Some(b) = waypoints::binding(ns, &svc.scope, namespace) else {
+                continue;
+            };
+            if let Some(why) = self.blind_to(b.namespace) {
+                let host = format!("{name}.{ns}.svc.{domain}").to_ascii_lowercase();
+                out.push((host, b.key(), why));
+            }
+        }
+        out.sort();
+        out
     }
 
     /// Subsets per resolved host: rules for one host merge, the oldest rule winning a subset
@@ -533,6 +586,17 @@ mod tests {
             shop(json!({"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "wp"})),
         );
         assert_eq!(waypoint(&m), None, "no Gateway CRD: no waypoint is ready");
+        assert_eq!(m.unseen_waypoints("cluster.local"), []);
+        // Gateways may exist but not be read: the binding stays, unresolved.
+        m.gateways_forbidden = true;
+        assert_eq!(waypoint(&m).as_deref(), Some("shop/wp"));
+        let catalog = "catalog.shop.svc.cluster.local".to_string();
+        let unseen = |why| vec![(catalog.clone(), "shop/wp".to_string(), why)];
+        assert_eq!(
+            m.unseen_waypoints("cluster.local"),
+            unseen(Blind::Forbidden)
+        );
+        m.gateways_forbidden = false;
         let gateway = |status: serde_json::Value| {
             let g: waypoints::GatewayObject = serde_json::from_value(json!({
                 "metadata": {"name": "wp", "namespace": "shop"}, "status": status}))
@@ -552,6 +616,16 @@ mod tests {
             "bound to the namespace's waypoint: still tunnelled, for waypoints' tunnels"
         );
         assert_eq!(waypoint(&m).as_deref(), Some("wp.shop.svc.cluster.local"));
+        // Gateways watched only elsewhere (`--namespace`): this one cannot be seen.
+        m.watched_namespaces = vec!["web".into()];
+        assert_eq!(waypoint(&m).as_deref(), Some("shop/wp"));
+        assert_eq!(
+            m.unseen_waypoints("cluster.local"),
+            unseen(Blind::NotWatched)
+        );
+        m.watched_namespaces = vec!["web".into(), "shop".into()];
+        assert_eq!(waypoint(&m).as_deref(), Some("wp.shop.svc.cluster.local"));
+        assert_eq!(m.unseen_waypoints("cluster.local"), []);
         // A status with only an IP names the Service with that cluster IP.
         let mut wp_svc = svc(json!([{"name": "mesh", "port": 15008}]));
         wp_svc.spec.as_mut().unwrap().cluster_ips = Some(vec!["10.96.0.9".into()]);

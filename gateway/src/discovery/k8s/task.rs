@@ -9,10 +9,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::{Update, Watched};
-use super::crd::{Crd, CrdWatch};
+use super::crd::{Crd, CrdWatch, Gone};
 use super::health::{Health, Recovered};
 use super::probe::{Kind, Probe};
-use super::specs::Model;
+use super::specs::{Blind, Model};
 use super::watch::Msg;
 use crate::discovery::Publisher;
 
@@ -35,6 +35,8 @@ pub(super) struct ModelTask {
     crds: [CrdWatch; 3],
     /// The generation of each optional type in the model (or being polled for).
     generations: [u64; 3],
+    /// Services bound to a waypoint the gateway cannot see, as last warned of.
+    unseen: Vec<(String, String, Blind)>,
 }
 
 impl ModelTask {
@@ -55,6 +57,7 @@ impl ModelTask {
             probing: false,
             crds,
             generations: [0; 3],
+            unseen: Vec::new(),
         }
     }
 
@@ -169,7 +172,7 @@ impl ModelTask {
                 }
                 return false;
             }
-            Msg::CrdGone(crd, generation) => return self.crd_gone(crd, generation),
+            Msg::CrdGone(crd, generation, why) => return self.crd_gone(crd, generation, why),
             Msg::WatchError(kind, stream) => {
                 h.failed((kind, stream), Instant::now());
                 return false;
@@ -186,7 +189,7 @@ impl ModelTask {
     /// An optional type's CRD was deleted (or reading it forbidden): what it gave goes, its
     /// watches no longer count for staleness, and the CRD poll starts again for the next
     /// generation.
-    fn crd_gone(&mut self, crd: Crd, generation: u64) -> bool {
+    fn crd_gone(&mut self, crd: Crd, generation: u64, why: Gone) -> bool {
         if generation != self.generations[slot(crd)] {
             return false;
         }
@@ -195,8 +198,14 @@ impl ModelTask {
             Crd::Gateway => self.model.waypoints.take().is_some(),
             Crd::GatewayClass => self.model.gateway_classes.take().is_some(),
         };
+        let mut changed = had;
+        if crd == Crd::Gateway {
+            let forbidden = why == Gone::Forbidden;
+            changed |=
+                std::mem::replace(&mut self.model.gateways_forbidden, forbidden) != forbidden;
+        }
         if !had {
-            return false;
+            return changed;
         }
         let kind = crd.kind();
         self.probes.retain(|p| p.kind() != kind);
@@ -204,11 +213,15 @@ impl ModelTask {
         self.on_recovered(recovered);
         self.generations[slot(crd)] += 1;
         let watch = &self.crds[slot(crd)];
+        let cause = match why {
+            Gone::NotServed => "its CRD was deleted",
+            Gone::Forbidden => "403: see the warning above",
+        };
         tracing::info!(
             resource = kind.resource(),
             recheck = ?watch.recheck,
-            "no longer readable (the CRD deleted, or 403: see the warning above): {}; checking again every recheck",
-            crd.without()
+            "no longer readable ({cause}): {}; checking again every recheck",
+            why.lacks(crd)
         );
         tokio::spawn(watch.clone().poll(self.generations[slot(crd)]));
         true
@@ -264,6 +277,7 @@ impl ModelTask {
             total_ms = started.elapsed().as_secs_f64() * 1e3,
             "kubernetes route table rebuilt"
         );
+        self.warn_unseen();
         if !self.synced.swap(true, Ordering::SeqCst) {
             tracing::info!(
                 services = self.model.services.len(),
@@ -276,6 +290,47 @@ impl ModelTask {
         }
     }
 }
+
+impl ModelTask {
+    /// Warns of each Service newly bound to a waypoint the gateway cannot see (up to
+    /// [`UNSEEN_NAMED`] by name per table, then a count), once until it is seen again.
+    fn warn_unseen(&mut self) {
+        let unseen = self.model.unseen_waypoints(&self.domain);
+        let new: Vec<_> = (unseen.iter())
+            .filter(|u| self.unseen.binary_search(u).is_err())
+            .collect();
+        for (service, waypoint, why) in new.iter().take(UNSEEN_NAMED) {
+            match why {
+                Blind::NotWatched => tracing::warn!(
+                    %service,
+                    %waypoint,
+                    namespaces = %self.model.watched_namespaces.join(","),
+                    "service is bound to a waypoint in a namespace the gateway does not watch: \
+                     its HBONE tunnels are refused (503) rather than sent around the waypoint; \
+                     add the waypoint's namespace to --namespace"
+                ),
+                Blind::Forbidden => tracing::warn!(
+                    %service,
+                    %waypoint,
+                    "service is bound to a waypoint, and the gateway may not read \
+                     gateways.gateway.networking.k8s.io (403): its HBONE tunnels are refused \
+                     (503) rather than sent around the waypoint; grant get, list and watch on \
+                     gateways to the gateway's service account"
+                ),
+            }
+        }
+        if new.len() > UNSEEN_NAMED {
+            tracing::warn!(
+                more = new.len() - UNSEEN_NAMED,
+                "more services are bound to waypoints the gateway cannot see (as above)"
+            );
+        }
+        self.unseen = unseen;
+    }
+}
+
+/// How many services [`ModelTask::warn_unseen`] names per table.
+const UNSEEN_NAMED: usize = 10;
 
 /// The index of `crd` in [`ModelTask::crds`] and its generations.
 fn slot(crd: Crd) -> usize {

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::ambient::NamespaceScope;
 use super::cache::Update;
 use super::client::error_chain;
-use super::crd::Crd;
+use super::crd::{Crd, Gone};
 use super::probe::{Kind, Probe, WatchedApi};
 use super::project::{self, DrInfo, ObjKey, PodInfo, SliceInfo, SvcInfo};
 use super::retry::{self, Failure};
@@ -38,8 +38,8 @@ pub(super) enum Msg {
     GatewayClass(u64, usize, Update<ClassInfo>),
     /// An optional type is served; its watches start after this message.
     CrdStarted(Crd, u64, Vec<Probe>),
-    /// An optional type is no longer served (or readable).
-    CrdGone(Crd, u64),
+    /// An optional type is no longer served, or may not be read.
+    CrdGone(Crd, u64, Gone),
     WatchError(Kind, usize),
     /// A failed watch retries after its back-off (a resume, or a list).
     Retrying(Kind, usize),
@@ -121,14 +121,15 @@ pub(super) fn every<K: Clone>(apis: &[Api<K>]) -> Vec<Selected<K>> {
 /// [`probes`](super::probe::probes) numbers their probes. Each projects its objects with
 /// `project` and sends them as `wrap(stream, update)`.
 ///
-/// A type that may stop being served (a CRD) passes `gone`: when one of its watches gets a
-/// 404, every watch of this call stops and the task is sent `gone`.
+/// A type that may stop being served (a CRD) passes `gone`, its type and generation: when
+/// one of its watches gets a 404 or a 403, every watch of this call stops and the task is
+/// sent [`Msg::CrdGone`] saying which.
 pub(super) fn spawn_watches<K, T, P, W>(
     to: &Watches,
     watches: Vec<Selected<K>>,
     project: P,
     wrap: W,
-    gone: Option<Msg>,
+    gone: Option<(Crd, u64)>,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     Api<K>: Into<WatchedApi>,
@@ -148,13 +149,12 @@ pub(super) fn spawn_watches<K, T, P, W>(
             config = config.fields(fields);
         }
         let events = watcher::watcher(api, config);
-        let (to, project, wrap, gone) =
-            (these.clone(), project.clone(), wrap.clone(), gone.clone());
+        let (to, project, wrap, gone) = (these.clone(), project.clone(), wrap.clone(), gone);
         tokio::spawn(async move {
             let ended = pump(events, kind, stream, project, wrap, gone.is_some(), &to).await;
-            if let (Ended::NotServed, Some(gone)) = (ended, gone) {
+            if let (Ended::Gone(why), Some((crd, generation))) = (ended, gone) {
                 to.stop.cancel();
-                let _ = to.tx.send(gone).await;
+                let _ = to.tx.send(Msg::CrdGone(crd, generation, why)).await;
             }
         });
     }
@@ -164,8 +164,9 @@ pub(super) fn spawn_watches<K, T, P, W>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
     Stopped,
-    /// The type is not served (404), and `may_go` said it may stop being served.
-    NotServed,
+    /// The type is not served (404) or may not be read (403), and `may_go` said it may
+    /// stop being served.
+    Gone(Gone),
 }
 
 /// Drives one watch: projects every object and forwards it to the model task; on errors,
@@ -201,12 +202,12 @@ where
                 let failure = retry::classify(&e);
                 if failure == Failure::NotServed && may_go {
                     tracing::info!(?kind, error = %error_chain(&e), "type no longer served (404; a deleted CRD); its watches stop");
-                    return Ended::NotServed;
+                    return Ended::Gone(Gone::NotServed);
                 }
                 if failure == Failure::Forbidden && may_go {
                     // Optional, as an unserved CRD is: routes go on without what it gives.
-                    tracing::warn!(?kind, resource = kind.resource(), error = %error_chain(&e), "the gateway may not read {0} (403 Forbidden): {1}; grant get, list and watch on {0} to its service account (`meshctl gateway install` creates that ClusterRole)", kind.resource(), kind.without());
-                    return Ended::NotServed;
+                    tracing::warn!(?kind, resource = kind.resource(), error = %error_chain(&e), "the gateway may not read {0} (403 Forbidden): {1}; grant get, list and watch on {0} to its service account (`meshctl gateway install` creates that ClusterRole)", kind.resource(), kind.unreadable());
+                    return Ended::Gone(Gone::Forbidden);
                 }
                 if failure == Failure::Forbidden && !told_forbidden {
                     told_forbidden = true;

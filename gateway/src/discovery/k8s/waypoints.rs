@@ -295,34 +295,64 @@ impl WaypointInfo {
     }
 }
 
-/// The waypoint of the Service `svc` in namespace `ns` (its Namespace `ns_scope`, `None`
-/// when not seen), looked up by `(namespace, name)` with `find`, its class's
-/// `istio.io/waypoint-for` with `class_for`. `None`: its tunnels go straight to its endpoints.
-pub fn waypoint_of<'w, 'c>(
-    ns: &str,
-    svc: &ServiceScope,
-    ns_scope: Option<&NamespaceScope>,
-    find: impl Fn(&str, &str) -> Option<&'w WaypointInfo>,
-    class_for: impl Fn(&str) -> Option<&'c str>,
-) -> Option<(&'w WaypointInfo, String)> {
+/// The waypoint a Service is bound to, by name: what its labels say, before anything is
+/// known of the waypoint itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binding<'a> {
+    /// The waypoint's namespace.
+    pub namespace: &'a str,
+    pub name: &'a str,
+    /// The labels of the Service's Namespace (`None` when not seen), which a waypoint's
+    /// `allowedRoutes` selector is matched against.
+    from: Option<&'a Labels>,
+}
+
+/// The binding of the Service `svc` in namespace `ns` (its Namespace `ns_scope`, `None` when
+/// not seen): its own `istio.io/use-waypoint` label, else its Namespace's; `None` for a
+/// waypoint's own Service and for one opted out or bound by neither.
+pub fn binding<'a>(
+    ns: &'a str,
+    svc: &'a ServiceScope,
+    ns_scope: Option<&'a NamespaceScope>,
+) -> Option<Binding<'a>> {
     if svc.is_waypoint {
         return None;
     }
-    let (binding, from) = match &svc.waypoint {
+    let bound = match &svc.waypoint {
         UseWaypoint::OptedOut => return None,
-        UseWaypoint::Bound { .. } => (&svc.waypoint, ns_scope.map(|n| &n.labels)),
-        UseWaypoint::Unset => {
-            let n = ns_scope?;
-            (&n.waypoint, Some(&n.labels))
-        }
+        UseWaypoint::Bound { .. } => &svc.waypoint,
+        UseWaypoint::Unset => &ns_scope?.waypoint,
     };
-    let UseWaypoint::Bound { name, namespace } = binding else {
+    let UseWaypoint::Bound { name, namespace } = bound else {
         return None;
     };
-    let wp_ns = namespace.as_deref().unwrap_or(ns);
-    let w = find(wp_ns, name)?;
-    let usable = w.allows(wp_ns, ns, from) && w.takes_services(class_for(&w.class));
-    usable.then(|| (w, format!("{wp_ns}/{name}")))
+    Some(Binding {
+        namespace: namespace.as_deref().unwrap_or(ns),
+        name,
+        from: ns_scope.map(|n| &n.labels),
+    })
+}
+
+impl Binding<'_> {
+    /// The waypoint named, looked up by `(namespace, name)` with `find`, if it is ready,
+    /// allows the Service's namespace `ns` and takes Service traffic (its class's
+    /// `istio.io/waypoint-for` by `class_for`). `None`: istiod ignores the binding.
+    pub fn resolve<'w, 'c>(
+        &self,
+        ns: &str,
+        find: impl Fn(&str, &str) -> Option<&'w WaypointInfo>,
+        class_for: impl Fn(&str) -> Option<&'c str>,
+    ) -> Option<&'w WaypointInfo> {
+        let w = find(self.namespace, self.name)?;
+        let usable =
+            w.allows(self.namespace, ns, self.from) && w.takes_services(class_for(&w.class));
+        usable.then_some(w)
+    }
+
+    /// `namespace/name`, as `/debug/routes` and the logs show an unresolved waypoint.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
 }
 
 #[cfg(test)]
@@ -501,7 +531,9 @@ mod tests {
         let svc = |kv: &[(&str, &str)]| ServiceScope::of(Some(&labels(kv)));
         let ns = |kv: &[(&str, &str)]| NamespaceScope::of(Some(&labels(kv)));
         let of = |s: &ServiceScope, n: Option<&NamespaceScope>| {
-            waypoint_of("shop", s, n, find, class_for).map(|(_, name)| name)
+            binding("shop", s, n)
+                .filter(|b| b.resolve("shop", find, class_for).is_some())
+                .map(|b| b.key())
         };
         let uw = "istio.io/use-waypoint";
         let uwn = "istio.io/use-waypoint-namespace";
