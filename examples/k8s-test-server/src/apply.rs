@@ -13,7 +13,10 @@ use crate::field_sets;
 use crate::list_keys::{self, Lists, PathElement};
 use crate::resources::ResourceType;
 use crate::store::{ObjKey, State, Store, meta_mut, meta_str};
-use crate::write::{WriteOpts, apply_identity, apply_owned, comparable, entry_identity};
+use crate::write::{
+    WriteOpts, apply_identity, apply_owned, comparable, entry_identity, version_set_error,
+    version_set_on_create,
+};
 use serde_json::{Value, json};
 use std::sync::MutexGuard;
 
@@ -71,6 +74,9 @@ impl Store {
         };
         match current {
             Err(e) if e.code == 404 => {
+                if !opts.dry_run && version_set_on_create(&patch_body) {
+                    return Err(version_set_error());
+                }
                 let mut obj = patch_body;
                 meta_mut(&mut obj).insert("name".into(), json!(name));
                 let checked = WriteOpts {

@@ -312,6 +312,8 @@ impl Store {
             (None, Some(g)) => generate_name(g),
             (None, None) => String::new(),
         };
+        // The storage refuses it before it looks for the name, not in a dry run.
+        let version_set = !opts.raw && !opts.dry_run && version_set_on_create(&obj);
         let mut st = self.lock();
         if let Some(ns) = &ns {
             let ns_key = ObjKey {
@@ -360,6 +362,9 @@ impl Store {
         let loopback = self.config().allow_loopback_endpoint_addresses;
         if !opts.unvalidated {
             validation::validate(rt, &obj, None, loopback)?;
+        }
+        if version_set {
+            return Err(version_set_error());
         }
         // The real server validates before its storage finds the name taken.
         let key = ObjKey::new(rt, ns.as_deref(), &name);
@@ -652,4 +657,24 @@ impl Store {
         }
         self.update_obj(rt, version, ns, name, doc, opts)
     }
+}
+
+/// Whether `obj` carries a resourceVersion a create refuses: one that parses as a non-zero
+/// number (k8s.io/apiserver `storage/etcd3/store.go` `Create` checks
+/// `versioner.ObjectResourceVersion`, which fails, and so lets pass, one that does not parse).
+pub(crate) fn version_set_on_create(obj: &Value) -> bool {
+    meta_str(obj, "resourceVersion")
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|v| v != 0)
+}
+
+/// The answer to a create carrying a resourceVersion: `storage.ErrResourceVersionSetOnCreate`
+/// is no API status error, so the handler answers 500 with its text and no reason. A
+/// server-side apply that creates the object meets it too.
+pub(crate) fn version_set_error() -> ApiError {
+    ApiError::new(
+        500,
+        "",
+        "resourceVersion should not be set on objects to be created",
+    )
 }
