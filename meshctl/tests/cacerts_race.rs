@@ -186,6 +186,31 @@ async fn a_conflict_is_retried_and_a_writer_that_never_stops_is_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cacerts_deleted_between_read_and_write_is_created_again() {
+    // The apply carries the resourceVersion read, so with the Secret gone it would create it,
+    // which the API server refuses (500, a resourceVersion on a create): read again, create.
+    let m = mesh().await;
+    let (west, east) = (m.certs.join("west"), m.certs.join("east"));
+    runs::succeeds(&cacerts_apply_args(m.kc(), p(&west), "west", &[])).await;
+    let store = m.west.store().clone();
+    m.west.faults().interleave("patch", "secrets", move || {
+        store
+            .delete("v1", "Secret", Some("istio-system"), "cacerts")
+            .unwrap();
+    });
+    let out = runs::succeeds(&cacerts_apply_args(m.kc(), p(&east), "west", &[])).await;
+    says(&out, &["cacerts applied"]);
+    assert_eq!(m.west.faults().interleaved_pending(), 0, "the delete ran");
+    let stored = secret(&m.west, "cacerts").expect("created again");
+    let want = std::fs::read(east.join("ca-cert.pem")).unwrap();
+    use base64::Engine as _;
+    let got = base64::engine::general_purpose::STANDARD
+        .decode(stored["data"]["ca-cert.pem"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(got, want, "east's bundle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_create_says_what_was_not_done() {
     // A missing cacerts is created with POST (so that a concurrent create gets 409): a failure
     // there is told as a create, and nothing is said to restart.

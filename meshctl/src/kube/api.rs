@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions,
+};
 use kube::config::KubeConfigOptions;
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, Config};
@@ -215,11 +217,7 @@ async fn patch(
     body: &Patch<&Value>,
     doing: &str,
 ) -> Result<Value> {
-    let av = obj["apiVersion"].as_str().unwrap_or_default();
-    let kind = obj["kind"].as_str().unwrap_or_default();
-    let name = meta(obj, "name").ok_or_else(|| anyhow!("object without a name"))?;
-    let api = api_for(c, av, kind, meta(obj, "namespace"))?;
-    let out = api.patch(name, pp, body).await.map_err(|e| {
+    let out = patch_raw(c, obj, pp, body).await?.map_err(|e| {
         anyhow!(
             "{doing} {} in context {:?}: {}",
             describe(obj),
@@ -228,6 +226,107 @@ async fn patch(
         )
     })?;
     Ok(serde_json::to_value(out)?)
+}
+
+/// One PATCH of the object `obj` names, its answer as the API server gave it.
+async fn patch_raw(
+    c: &Cluster,
+    obj: &Value,
+    pp: &PatchParams,
+    body: &Patch<&Value>,
+) -> Result<kube::Result<DynamicObject>> {
+    let (api, name) = api_of(c, obj)?;
+    Ok(api.patch(name, pp, body).await)
+}
+
+/// The `Api` of the object `obj` names, and its name.
+fn api_of<'o>(c: &Cluster, obj: &'o Value) -> Result<(Api<DynamicObject>, &'o str)> {
+    let av = obj["apiVersion"].as_str().unwrap_or_default();
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let name = meta(obj, "name").ok_or_else(|| anyhow!("object without a name"))?;
+    Ok((api_for(c, av, kind, meta(obj, "namespace"))?, name))
+}
+
+/// How a conditional write went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conditional {
+    Written,
+    /// The object is no longer as it was read: nothing was written.
+    Raced,
+}
+
+/// Whether a conditional write failed because the object is no longer as it was read:
+/// 409 (changed since, or its name taken by a create), 404, or the 500 an apply carrying a
+/// resourceVersion meets when the object was deleted since, as the apply would then create
+/// it (k8s.io/apiserver `storage/etcd3/store.go` `Create`, `ErrResourceVersionSetOnCreate`,
+/// which is no API status and reaches clients as this text).
+pub fn raced(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => {
+            matches!(s.code, 404 | 409)
+                || (s.code == 500
+                    && s.message == "resourceVersion should not be set on objects to be created")
+        }
+        _ => false,
+    }
+}
+
+/// Server-side apply of `obj` (as [`apply`]) only while the object is at `resource_version`:
+/// the API server stores an apply through a conditional update and answers 409 Conflict when
+/// the object changed since (k8s.io/apiserver `registry/generic/registry/store.go` `Update`).
+pub async fn apply_at(c: &Cluster, obj: &Value, resource_version: &str) -> Result<Conditional> {
+    let mut body = obj.clone();
+    body["metadata"]["resourceVersion"] = json!(resource_version);
+    let pp = PatchParams::apply(MANAGER).force();
+    let answer = patch_raw(c, obj, &pp, &Patch::Apply(&body)).await?;
+    conditional(answer.map(drop), c, obj, "applying")
+}
+
+/// Creates `obj` only while nothing holds its name (a POST: 409 AlreadyExists otherwise),
+/// then applies it on the created version. A create records meshctl as an `Update` owner;
+/// without the apply the next run's apply would add an `Apply` owner, which the API server
+/// writes as a change, so a second run would not be a no-op. A change by another writer in
+/// between leaves the object theirs to have changed: the next run judges it.
+pub async fn create_then_apply(c: &Cluster, obj: &Value) -> Result<Conditional> {
+    let (api, _) = api_of(c, obj)?;
+    let body: DynamicObject = serde_json::from_value(obj.clone())
+        .with_context(|| format!("{} is not an object", describe(obj)))?;
+    let pp = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..PostParams::default()
+    };
+    let answer = api.create(&pp, &body).await;
+    let created = answer
+        .as_ref()
+        .ok()
+        .and_then(|o| o.metadata.resource_version.clone());
+    if conditional(answer.map(drop), c, obj, "creating")? == Conditional::Raced {
+        return Ok(Conditional::Raced);
+    }
+    if let Some(rv) = created {
+        apply_at(c, obj, &rv).await?;
+    }
+    Ok(Conditional::Written)
+}
+
+/// A conditional write's answer: [`Conditional::Raced`] when [`raced`] says so, else the
+/// error naming what was being `doing` to which object.
+fn conditional(
+    answer: kube::Result<()>,
+    c: &Cluster,
+    obj: &Value,
+    doing: &str,
+) -> Result<Conditional> {
+    match answer {
+        Ok(_) => Ok(Conditional::Written),
+        Err(e) if raced(&e) => Ok(Conditional::Raced),
+        Err(e) => Err(anyhow!(
+            "{doing} {} in context {:?}: {}",
+            describe(obj),
+            c.context,
+            error_text(&e)
+        )),
+    }
 }
 
 /// Applies objects in order.

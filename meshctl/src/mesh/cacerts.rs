@@ -16,11 +16,8 @@ use anyhow::{Result, anyhow, bail};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-
-use crate::istio::{CACERTS_SECRET, DEFAULT_NAMESPACE, MANAGER, managed_labels};
-use crate::kube::{self as kc, Cluster};
+use crate::istio::{CACERTS_SECRET, DEFAULT_NAMESPACE, managed_labels};
+use crate::kube::{self as kc, Cluster, Conditional};
 
 /// The hint printed whenever cacerts changed: the restart of istiod in namespace `ns`.
 pub fn restart_hint(ns: &str) -> String {
@@ -154,9 +151,11 @@ const APPLY_ATTEMPTS: usize = 5;
 /// applied with the `metadata.resourceVersion` that was read (the API server stores a patch
 /// through a conditional update and answers 409 Conflict when the object changed since,
 /// k8s.io/apiserver `pkg/registry/generic/registry/store.go` `Update`), and a missing one is
-/// created with POST, which answers 409 AlreadyExists when another run created it first. On
-/// either 409 the Secret is read and its root compared again (up to [`APPLY_ATTEMPTS`]
-/// times). With `force` the Secret is applied unconditionally, as the flag asks.
+/// created with POST, which answers 409 AlreadyExists when another run created it first
+/// ([`kc::apply_at`], [`kc::create_then_apply`]). When either finds the Secret no longer as
+/// read (changed, created, or deleted since), it is read and its root compared again (up to
+/// [`APPLY_ATTEMPTS`] times). With `force` the Secret is applied unconditionally, as the flag
+/// asks.
 pub async fn apply_secret(c: &Cluster, secret: &Value, force: bool, dry_run: bool) -> Result<bool> {
     let ns = secret["metadata"]["namespace"]
         .as_str()
@@ -180,18 +179,22 @@ pub async fn apply_secret(c: &Cluster, secret: &Value, force: bool, dry_run: boo
         let written = match &existing {
             _ if force => {
                 kc::ensure_namespace(c, ns).await?;
-                kc::apply(c, secret).await.map(drop).map_err(Write::Failed)
+                kc::apply(c, secret).await?;
+                Conditional::Written
             }
-            Some(old) => apply_if_unchanged(c, secret, old).await,
+            Some(old) => {
+                let rv = old["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default();
+                kc::apply_at(c, secret, rv).await?
+            }
             None => {
                 kc::ensure_namespace(c, ns).await?;
-                create(c, secret).await
+                kc::create_then_apply(c, secret).await?
             }
         };
-        match written {
-            Ok(()) => return Ok(changed),
-            Err(Write::Raced) => continue,
-            Err(Write::Failed(e)) => return Err(e),
+        if written == Conditional::Written {
+            return Ok(changed);
         }
     }
     bail!(
@@ -215,70 +218,6 @@ fn check_root(c: &Cluster, ns: &str, old: &Value, new: &Value, force: bool) -> R
         );
     }
     Ok(())
-}
-
-/// Why a conditional write did not happen.
-enum Write {
-    /// 409 (or 404): the Secret changed, appeared or went away since it was read.
-    Raced,
-    Failed(anyhow::Error),
-}
-
-/// The failure of a write: a race for 409 and 404, else the error naming the Secret.
-fn write_error(c: &Cluster, doing: &str, secret: &Value, e: &kube::Error) -> Write {
-    match e {
-        kube::Error::Api(s) if s.code == 409 || s.code == 404 => Write::Raced,
-        _ => Write::Failed(anyhow!(
-            "{doing} {} in context {:?}: {}",
-            kc::describe(secret),
-            c.context,
-            kc::error_text(e)
-        )),
-    }
-}
-
-fn secrets_api(c: &Cluster, secret: &Value) -> Api<Secret> {
-    let ns = secret["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or(DEFAULT_NAMESPACE);
-    Api::namespaced(c.client.clone(), ns)
-}
-
-/// Server-side apply (field manager `meshctl`, forced as `kube::apply` is) carrying the
-/// resourceVersion of `old`: the API server refuses it with 409 if `old` is no longer current.
-async fn apply_if_unchanged(c: &Cluster, secret: &Value, old: &Value) -> Result<(), Write> {
-    let mut body = secret.clone();
-    body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
-    let pp = PatchParams::apply(MANAGER).force();
-    secrets_api(c, secret)
-        .patch(CACERTS_SECRET, &pp, &Patch::Apply(&body))
-        .await
-        .map(drop)
-        .map_err(|e| write_error(c, "applying", secret, &e))
-}
-
-/// Creates the Secret (field manager `meshctl`); 409 AlreadyExists when another run was first.
-/// Then applies the same data on the created version: a create records meshctl as an
-/// `Update` owner, and without this the next run's apply would add an `Apply` owner, which
-/// the API server writes as a change, so a second `join` would not be a no-op.
-async fn create(c: &Cluster, secret: &Value) -> Result<(), Write> {
-    let obj: Secret = serde_json::from_value(secret.clone())
-        .map_err(|e| Write::Failed(anyhow!("the cacerts Secret: {e}")))?;
-    let pp = PostParams {
-        field_manager: Some(MANAGER.into()),
-        ..PostParams::default()
-    };
-    let created = secrets_api(c, secret)
-        .create(&pp, &obj)
-        .await
-        .map_err(|e| write_error(c, "creating", secret, &e))?;
-    let created = serde_json::to_value(created)
-        .map_err(|e| Write::Failed(anyhow!("the created cacerts Secret: {e}")))?;
-    match apply_if_unchanged(c, secret, &created).await {
-        // Changed since: by another writer, whose data the next run compares.
-        Ok(()) | Err(Write::Raced) => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]
