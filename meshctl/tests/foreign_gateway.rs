@@ -229,3 +229,105 @@ async fn an_istio_gateway_from_istios_samples_is_used_as_it_is_and_unjoin_leaves
     assert_eq!(rv(), before, "left by unjoin");
     assert!(cross_network_gateway(&m.east).is_none());
 }
+
+/// What another installer does between meshctl's check of a name and its write there is met
+/// by the write itself: a create fails once the name is taken and an apply once meshctl's
+/// object changed, and the object is judged again. Helm's Deployment made in between is
+/// refused (not merged into meshctl's), Helm's service account made in between is used as
+/// it is (not relabelled), and meshctl's own Deployment taken into a Helm release in between
+/// is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_another_installer_writes_between_check_and_write_is_judged_again() {
+    let m = mesh().await;
+    let store = m.west.store().clone();
+    m.west
+        .faults()
+        .interleave("create", "deployments", move || {
+            store
+                .create(
+                    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": helm_meta(),
+                "spec": {"selector": {"matchLabels": {"app": NAME}},
+                    "template": {"metadata": {"labels": {"app": NAME}},
+                        "spec": {"containers": [{"name": "istio-proxy", "image": "auto"}]}}}}),
+                )
+                .unwrap();
+        });
+    let out = m.fails(&gateway_install_args(m.kc(), &[])).await;
+    assert_eq!(m.west.faults().interleaved_pending(), 0, "the create ran");
+    says(
+        &out,
+        &[
+            "Deployment istio-system/istio-eastwestgateway already exists and was not made by \
+             meshctl",
+            "helm uninstall istio-eastwestgateway -n istio-system",
+            "interrupted: applied",
+            "remove the other gateway as said above, then run the same command again",
+        ],
+    );
+    let d = gateway_deployment(&m.west);
+    let containers = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    assert_eq!(containers.len(), 1, "not merged: {d}");
+    assert_eq!(containers[0]["name"], "istio-proxy");
+    assert_eq!(
+        d["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "Helm"
+    );
+
+    // Helm's service account, made just before meshctl creates its own.
+    let m = mesh().await;
+    let store = m.west.store().clone();
+    m.west
+        .faults()
+        .interleave("create", "serviceaccounts", move || {
+            store
+                .create(
+                    json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": helm_meta()}),
+                )
+                .unwrap();
+        });
+    let out = succeeds(&gateway_install_args(m.kc(), &[])).await;
+    assert_eq!(m.west.faults().interleaved_pending(), 0, "the create ran");
+    says(
+        &out,
+        &[
+            "service account istio-system/istio-eastwestgateway exists and was not created by meshctl",
+        ],
+    );
+    let sa = m
+        .west
+        .store()
+        .get("v1", "ServiceAccount", Some(NS), NAME)
+        .unwrap();
+    assert_eq!(
+        sa["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm",
+        "{sa}"
+    );
+    assert!(
+        sa["metadata"]["annotations"]["meshctl.io/created-by"].is_null(),
+        "{sa}"
+    );
+    assert_eq!(
+        gateway_deployment(&m.west)["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "meshctl"
+    );
+
+    // meshctl's Deployment, taken into a Helm release just before meshctl applies it again.
+    let store = m.west.store().clone();
+    m.west.faults().interleave("patch", "deployments", move || {
+        let mut d = store.get("apps/v1", "Deployment", Some(NS), NAME).unwrap();
+        d["metadata"]["annotations"]["meta.helm.sh/release-name"] = json!(NAME);
+        store.apply(d).unwrap();
+    });
+    let out = m.fails(&gateway_install_args(m.kc(), &[])).await;
+    assert_eq!(m.west.faults().interleaved_pending(), 0, "the change ran");
+    says(
+        &out,
+        &[
+            "its annotation meta.helm.sh/release-name=istio-eastwestgateway says another \
+             installer made it",
+            "interrupted: applied",
+        ],
+    );
+}

@@ -424,13 +424,12 @@ async fn planned_writes(
         namespace::namespace_object(ns, Some(&m.network), Some(&m.name)),
         m.cacerts.clone(),
     ];
-    objs.extend(origin::writable(c, &m.gateway).await?.0);
+    objs.extend(origin::Planned::objects(
+        &origin::writable(c, &m.gateway).await?.0,
+    ));
     if a.secret.create_service_account {
-        objs.extend(
-            reader::reader_objects(c, ns, sa, a.secret.reader_allow_secrets)
-                .await?
-                .0,
-        );
+        let reader = reader::reader_objects(c, ns, sa, a.secret.reader_allow_secrets).await?;
+        objs.extend(origin::Planned::objects(&reader.0));
     }
     if a.secret.token_ttl.is_none() && a.secret.secret_name.is_none() {
         objs.push(token_secret(ns, sa));

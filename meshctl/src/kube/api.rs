@@ -329,14 +329,6 @@ fn conditional(
     }
 }
 
-/// Applies objects in order.
-pub async fn apply_all(c: &Cluster, objs: &[Value]) -> Result<()> {
-    for o in objs {
-        apply(c, o).await?;
-    }
-    Ok(())
-}
-
 /// One object as JSON, or `None` when it does not exist.
 pub async fn get(
     c: &Cluster,

@@ -69,47 +69,67 @@ pub async fn install(c: &Cluster, ns: &str, objs: &[Value], dry_run: bool) -> Re
             c.context
         );
     }
-    let (objs, notices) = origin::writable(c, objs).await?;
+    let (planned, notices) = origin::writable(c, objs).await?;
     for n in notices {
         eprintln!("{n}");
     }
+    let mut objs = origin::Planned::objects(&planned);
     if dry_run {
         return Ok(objs);
     }
     kc::ensure_namespace(c, ns).await?;
     // One object at a time, so that a failure part-way says which are in place.
-    for (n, o) in objs.iter().enumerate() {
-        if let Err(e) = kc::apply(c, o).await {
-            let names = |os: &[Value]| os.iter().map(kc::describe).collect::<Vec<_>>().join(", ");
-            // A refusal of the object itself (invalid, denied by admission) comes again on
-            // every re-run; anything else (unreachable, overloaded) a re-run may get past.
-            let next = match refusal_code(&e).filter(|c| refuses_object(*c)) {
-                Some(code) => format!(
-                    "the API server refused {} ({code}), so re-running the same command is \
-                     refused the same way: fix what it names (a flag's value, or the admission \
-                     policy that refused it), then run it again",
-                    kc::describe(o)
-                ),
-                None => "re-run the same command to resume (server-side apply: objects already \
-                         in place stay as they are)"
-                    .to_string(),
-            };
-            bail!(
-                "{e:#}\ninterrupted: applied {n} of {} gateway objects in context {:?} ({}); not \
-                 applied: {}. Until they are, the gateway may be incomplete or a mix of old and \
-                 new objects; {next}",
-                objs.len(),
-                c.context,
-                if n == 0 {
-                    "none".to_string()
-                } else {
-                    names(&objs[..n])
-                },
-                names(&objs[n..]),
-            );
+    let mut left_out = Vec::new();
+    for (n, p) in planned.iter().enumerate() {
+        match origin::write(c, p).await {
+            Ok(None) => {}
+            Ok(Some(notice)) => {
+                eprintln!("{notice}");
+                left_out.push(n);
+            }
+            Err(e) => bail!("{}", interrupted(c, &e, &objs, n)),
         }
     }
+    for n in left_out.into_iter().rev() {
+        objs.remove(n);
+    }
     Ok(objs)
+}
+
+/// Why `install` stopped at `objs[n]` (`e`), what is in place, and what to do next.
+fn interrupted(c: &Cluster, e: &anyhow::Error, objs: &[Value], n: usize) -> String {
+    let names = |os: &[Value]| os.iter().map(kc::describe).collect::<Vec<_>>().join(", ");
+    // A refusal of the object itself (invalid, denied by admission) comes again on every
+    // re-run; another gateway found under the name is removed first; anything else
+    // (unreachable, overloaded) a re-run may get past.
+    let next = if e.downcast_ref::<origin::ForeignGateway>().is_some() {
+        "remove the other gateway as said above, then run the same command again".to_string()
+    } else {
+        match refusal_code(e).filter(|c| refuses_object(*c)) {
+            Some(code) => format!(
+                "the API server refused {} ({code}), so re-running the same command is \
+                 refused the same way: fix what it names (a flag's value, or the admission \
+                 policy that refused it), then run it again",
+                kc::describe(&objs[n])
+            ),
+            None => "re-run the same command to resume (server-side apply: objects already \
+                     in place stay as they are)"
+                .to_string(),
+        }
+    };
+    format!(
+        "{e:#}\ninterrupted: applied {n} of {} gateway objects in context {:?} ({}); not \
+         applied: {}. Until they are, the gateway may be incomplete or a mix of old and new \
+         objects; {next}",
+        objs.len(),
+        c.context,
+        if n == 0 {
+            "none".to_string()
+        } else {
+            names(&objs[..n])
+        },
+        names(&objs[n..]),
+    )
 }
 
 /// Whether an answer refuses the object itself (validation, admission, policy), so that a

@@ -5,11 +5,11 @@
 //! east-west gateway would merge the two. `unjoin` deletes only what [`origin`] calls
 //! meshctl's.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use crate::istio::{ISTIO_NETWORKING_GROUP, MANAGED_BY_KEY, MANAGED_BY_VALUE, MANAGED_SELECTOR};
-use crate::kube::{self as kc, Cluster};
+use crate::kube::{self as kc, Cluster, Conditional};
 
 /// The annotation meshctl puts on a ServiceAccount it creates (the reader's, the gateway's),
 /// and only then: on one it finds it writes nothing. Older meshctl versions wrote no such
@@ -206,6 +206,91 @@ impl ForeignGateway {
     }
 }
 
+/// An object meshctl may write, and what held its name when that was judged: it is written
+/// only while that still holds ([`write`]).
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub obj: Value,
+    found: Found,
+}
+
+/// What held an object's name when it was judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Found {
+    /// Not judged (meshctl's own names, the namespace, the Secrets): applied as it is.
+    Unjudged,
+    /// Nothing: created only while the name is free.
+    Nothing,
+    /// meshctl's object, at this resourceVersion: applied only while it is unchanged.
+    Ours(String),
+}
+
+impl Planned {
+    /// The objects of `planned`, as they are written and printed.
+    pub fn objects(planned: &[Planned]) -> Vec<Value> {
+        planned.iter().map(|p| p.obj.clone()).collect()
+    }
+}
+
+/// What meshctl does with one object, by [`origin`] of what holds its name now.
+enum Judged {
+    Write(Planned),
+    /// Left out, used as it is: the notice saying so.
+    UseAsIs(String),
+    /// Refused: the object found and why it is not meshctl's.
+    Refuse(Value, String),
+}
+
+/// Reads what holds `o`'s name in `c` and judges it (the rules of [`writable`]).
+async fn judge(c: &Cluster, o: &Value, rule: IfForeign) -> Result<Judged> {
+    let av = o["apiVersion"].as_str().unwrap_or_default();
+    let kind = o["kind"].as_str().unwrap_or_default();
+    let ns = o["metadata"]["namespace"].as_str();
+    let name = o["metadata"]["name"].as_str().unwrap_or_default();
+    let existing = kc::get(c, av, kind, ns, name).await?;
+    let sa = kind == "ServiceAccount";
+    let mut o = o.clone();
+    let origin = origin(existing.as_ref());
+    match &origin {
+        Origin::Absent | Origin::Created if sa => {
+            o["metadata"]["annotations"][CREATED_ANNOTATION] = json!(CREATED_VALUE);
+        }
+        Origin::Labelled if sa => {
+            if let Some(a) = o["metadata"]["annotations"].as_object_mut() {
+                a.remove(CREATED_ANNOTATION);
+            }
+        }
+        Origin::Absent | Origin::Created | Origin::Labelled => {}
+        Origin::Foreign(why) if rule == IfForeign::Refuse => {
+            return Ok(Judged::Refuse(existing.unwrap_or(o), why.clone()));
+        }
+        Origin::Foreign(why) => {
+            let what = if sa {
+                "service account"
+            } else {
+                "Istio Gateway"
+            };
+            let kept = if sa { "not relabelled" } else { "not changed" };
+            return Ok(Judged::UseAsIs(format!(
+                "{}: {what} {}/{name} exists and was not created by meshctl ({why}): it is \
+                 used as it is, {kept}, and unjoin leaves it in place",
+                c.context,
+                ns.unwrap_or_default()
+            )));
+        }
+    }
+    let found = match existing {
+        None => Found::Nothing,
+        Some(e) => Found::Ours(
+            e["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+    };
+    Ok(Judged::Write(Planned { obj: o, found }))
+}
+
 /// `objs` (meshctl's objects for `c`) as meshctl may apply them, by [`origin`] of what
 /// exists under each name:
 /// - a ServiceAccount or Istio Gateway someone else made is left out (join uses it as it
@@ -215,59 +300,82 @@ impl ForeignGateway {
 /// - a service account that does not exist yet, or that meshctl created, carries
 ///   [`CREATED_ANNOTATION`]; the rest are written as given.
 ///
-/// Reads only: callers call it before their first change.
-pub async fn writable(c: &Cluster, objs: &[Value]) -> Result<(Vec<Value>, Vec<String>)> {
+/// Reads only: callers call it before their first change, and write each object with
+/// [`write`], which holds the judgement to what was read.
+pub async fn writable(c: &Cluster, objs: &[Value]) -> Result<(Vec<Planned>, Vec<String>)> {
     let mut out = Vec::new();
     let mut notices = Vec::new();
     let mut refused = Vec::new();
     for o in objs {
         let Some(rule) = if_foreign(o) else {
-            out.push(o.clone());
+            out.push(Planned {
+                obj: o.clone(),
+                found: Found::Unjudged,
+            });
             continue;
         };
-        let av = o["apiVersion"].as_str().unwrap_or_default();
-        let kind = o["kind"].as_str().unwrap_or_default();
-        let ns = o["metadata"]["namespace"].as_str();
-        let name = o["metadata"]["name"].as_str().unwrap_or_default();
-        let existing = kc::get(c, av, kind, ns, name).await?;
-        let sa = kind == "ServiceAccount";
-        let mut o = o.clone();
-        match origin(existing.as_ref()) {
-            Origin::Absent | Origin::Created if sa => {
-                o["metadata"]["annotations"][CREATED_ANNOTATION] = json!(CREATED_VALUE);
-            }
-            Origin::Labelled if sa => {
-                if let Some(a) = o["metadata"]["annotations"].as_object_mut() {
-                    a.remove(CREATED_ANNOTATION);
-                }
-            }
-            Origin::Absent | Origin::Created | Origin::Labelled => {}
-            Origin::Foreign(why) if rule == IfForeign::Refuse => {
-                refused.push((existing.unwrap_or(o), why));
-                continue;
-            }
-            Origin::Foreign(why) => {
-                let what = if sa {
-                    "service account"
-                } else {
-                    "Istio Gateway"
-                };
-                let kept = if sa { "not relabelled" } else { "not changed" };
-                notices.push(format!(
-                    "{}: {what} {}/{name} exists and was not created by meshctl ({why}): it is \
-                     used as it is, {kept}, and unjoin leaves it in place",
-                    c.context,
-                    ns.unwrap_or_default()
-                ));
-                continue;
-            }
+        match judge(c, o, rule).await? {
+            Judged::Write(p) => out.push(p),
+            Judged::UseAsIs(notice) => notices.push(notice),
+            Judged::Refuse(existing, why) => refused.push((existing, why)),
         }
-        out.push(o);
     }
     if !refused.is_empty() {
         return Err(ForeignGateway::new(c, &refused).into());
     }
     Ok((out, notices))
+}
+
+/// How many times [`write`] judges and writes one object before it gives up: each retry
+/// follows a write that found the object no longer as judged.
+const WRITE_ATTEMPTS: usize = 5;
+
+/// Writes `p` as judged: an object that was absent is created only while its name is still
+/// free, and meshctl's own is applied only while unchanged since it was read (a forced
+/// apply over whatever holds the name by then would merge another installer's object made
+/// in between into meshctl's, or relabel its service account). When the object is no
+/// longer as judged, it is judged again and written, left out, or refused
+/// ([`ForeignGateway`]) as [`writable`] would have. Returns the notice when it is left out.
+pub async fn write(c: &Cluster, p: &Planned) -> Result<Option<String>> {
+    let mut p = p.clone();
+    for _ in 0..WRITE_ATTEMPTS {
+        let done = match &p.found {
+            Found::Unjudged => {
+                kc::apply(c, &p.obj).await?;
+                Conditional::Written
+            }
+            Found::Nothing => kc::create_then_apply(c, &p.obj).await?,
+            Found::Ours(rv) => kc::apply_at(c, &p.obj, rv).await?,
+        };
+        if done == Conditional::Written {
+            return Ok(None);
+        }
+        let rule = if_foreign(&p.obj).expect("judged objects have a rule");
+        match judge(c, &p.obj, rule).await? {
+            Judged::Write(next) => p = next,
+            Judged::UseAsIs(notice) => return Ok(Some(notice)),
+            Judged::Refuse(existing, why) => {
+                return Err(ForeignGateway::new(c, &[(existing, why)]).into());
+            }
+        }
+    }
+    bail!(
+        "{} in context {:?} was changed by another writer each of the {WRITE_ATTEMPTS} times \
+         meshctl read it and tried to write it: stop the other writer (another meshctl run, an \
+         installer or GitOps controller) and re-run",
+        kc::describe(&p.obj),
+        c.context
+    )
+}
+
+/// [`write`]s every object in order, printing each notice on stderr.
+pub async fn write_all(c: &Cluster, planned: &[Planned]) -> Result<()> {
+    for p in planned {
+        if let Some(notice) = write(c, p).await? {
+            eprintln!("{notice}");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
 use serde_json::Value;
 
+use super::origin::{self, Planned};
 use super::remote_secret::{
     check_server_url, is_loopback, loopback_error, reader_rbac, remote_kubeconfig, remote_secret,
     token_secret,
@@ -186,14 +187,14 @@ async fn build_with(c: &Cluster, o: &SecretOptions, dry_run: bool, wait: bool) -
     }
     let mut source_objects = Vec::new();
     if o.flags.create_service_account {
-        let (objs, foreign) = reader_objects(c, ns, sa, o.flags.reader_allow_secrets).await?;
+        let (planned, foreign) = reader_objects(c, ns, sa, o.flags.reader_allow_secrets).await?;
         if let Some(notice) = foreign {
             eprintln!("{notice}");
         }
-        source_objects.extend(objs);
+        source_objects.extend(Planned::objects(&planned));
         if !dry_run {
             kc::ensure_namespace(c, ns).await?;
-            kc::apply_all(c, &source_objects).await?;
+            origin::write_all(c, &planned).await?;
         }
     } else if kc::get(c, "v1", "ServiceAccount", Some(ns), sa)
         .await?
@@ -242,8 +243,8 @@ pub async fn reader_objects(
     ns: &str,
     sa: &str,
     allow_secrets: bool,
-) -> Result<(Vec<Value>, Option<String>)> {
-    let (objs, notices) = super::origin::writable(c, &reader_rbac(ns, sa, allow_secrets)).await?;
+) -> Result<(Vec<Planned>, Option<String>)> {
+    let (objs, notices) = origin::writable(c, &reader_rbac(ns, sa, allow_secrets)).await?;
     Ok((objs, notices.into_iter().next()))
 }
 
