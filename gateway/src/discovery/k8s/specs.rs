@@ -85,14 +85,11 @@ impl Model {
         }
         let all = self.waypoints.as_ref()?;
         let find = |wp_ns: &str, name: &str| all.get(&(wp_ns.into(), name.into()));
-        let class_for = |class: &str| {
+        let class_of = |class: &str| {
             let classes = self.gateway_classes.as_ref()?;
-            classes
-                .get(&("".into(), class.into()))?
-                .waypoint_for
-                .as_deref()
+            classes.get(&("".into(), class.into()))
         };
-        let w = b.resolve(ns, find, class_for)?;
+        let w = b.resolve(ns, find, class_of)?;
         Some(match &w.address {
             Some(WaypointAddress::Hostname(h)) => h.clone(),
             Some(WaypointAddress::Ip(ip)) => by_ip.get(ip).cloned().unwrap_or_else(|| b.key()),

@@ -12,7 +12,8 @@
 //!   GatewayClass's, else the default (`service`) is `service` or `all`.
 //! - Its HBONE listener (port 15008, protocol `HBONE`) says from which namespaces it may be
 //!   used: `allowedRoutes.namespaces.from` `Same` (the default, also with no such listener),
-//!   `All`, or `Selector` over the Namespace's labels (`makeAllowedRoutes`).
+//!   `All`, or `Selector` over the Namespace's labels (`makeAllowedRoutes`); the listener an
+//!   inbound binding names comes first ([`INBOUND_BINDING_ANNOTATION`]).
 //! - A Service's own `istio.io/use-waypoint` decides, checked against the Service's
 //!   namespace; else its Namespace's, checked against that Namespace
 //!   (`fetchWaypointForTarget`). A waypoint's own Service has none (`fetchWaypointForService`).
@@ -30,6 +31,13 @@ use super::ambient::{NamespaceScope, ServiceScope, UseWaypoint};
 use crate::routes::Labels;
 
 pub const WAYPOINT_FOR_LABEL: &str = "istio.io/waypoint-for";
+/// How a waypoint's own ztunnel hands it traffic, on its Gateway or else its GatewayClass:
+/// `NONE` or `PROXY`, optionally `/<port>`. It picks the listener whose `allowedRoutes`
+/// count (`makeInboundBinding`, `findBoundListener`).
+pub const INBOUND_BINDING_ANNOTATION: &str = "ambient.istio.io/waypoint-inbound-binding";
+/// The protocol of a sandwiched waypoint's PROXY listener
+/// (`constants.WaypointSandwichListenerProxyProtocol`).
+const PROXY_LISTENER_PROTOCOL: &str = "istio.io/PROXY";
 
 /// A Gateway API Gateway, kept loose: spec and status as JSON, so one odd object cannot fail
 /// the watch's whole list; [`project_gateway`] reads what it needs.
@@ -100,12 +108,22 @@ impl Resource for GatewayClassObject {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClassInfo {
     pub waypoint_for: Option<Box<str>>,
+    /// Its [`INBOUND_BINDING_ANNOTATION`], the default for its Gateways.
+    pub inbound_binding: Option<Box<str>>,
 }
 
 pub fn project_gateway_class(class: &GatewayClassObject) -> Option<ClassInfo> {
     Some(ClassInfo {
         waypoint_for: waypoint_for(&class.metadata),
+        inbound_binding: inbound_binding(&class.metadata),
     })
+}
+
+fn inbound_binding(meta: &ObjectMeta) -> Option<Box<str>> {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(INBOUND_BINDING_ANNOTATION))
+        .map(|v| Box::from(v.as_str()))
 }
 
 fn waypoint_for(meta: &ObjectMeta) -> Option<Box<str>> {
@@ -140,6 +158,16 @@ pub struct WaypointInfo {
     pub waypoint_for: Option<Box<str>>,
     /// `spec.gatewayClassName`.
     pub class: Box<str>,
+    /// Its own [`INBOUND_BINDING_ANNOTATION`], which overrides its class's.
+    pub inbound_binding: Option<Box<str>>,
+    pub listeners: Vec<Listener>,
+}
+
+/// A listener of a waypoint's Gateway, as far as `allowedRoutes` needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub port: Option<u32>,
+    pub protocol: Box<str>,
     pub allowed: AllowedFrom,
 }
 
@@ -165,32 +193,89 @@ pub fn project_gateway(gw: &GatewayObject) -> Option<WaypointInfo> {
                 .map(|ip| WaypointAddress::Ip(ip.to_canonical()))
         });
     let class = gw.spec.get("gatewayClassName").and_then(Value::as_str);
-    let hbone_listener = gw
+    let listeners = gw
         .spec
         .get("listeners")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .find(|l| {
-            l.get("protocol").and_then(Value::as_str) == Some("HBONE")
-                && l.get("port").and_then(Value::as_u64) == Some(15008)
-        });
+        .map(|l| Listener {
+            port: l
+                .get("port")
+                .and_then(Value::as_u64)
+                .and_then(|p| u32::try_from(p).ok()),
+            protocol: l
+                .get("protocol")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .into(),
+            allowed: allowed_from(l),
+        })
+        .collect();
     Some(WaypointInfo {
         address,
         waypoint_for: waypoint_for(&gw.metadata),
         class: class.unwrap_or_default().into(),
-        allowed: allowed_from(hbone_listener),
+        inbound_binding: inbound_binding(&gw.metadata),
+        listeners,
     })
 }
 
-fn allowed_from(listener: Option<&Value>) -> AllowedFrom {
-    let Some(ns) = listener.and_then(|l| l.pointer("/allowedRoutes/namespaces")) else {
+fn allowed_from(listener: &Value) -> AllowedFrom {
+    let Some(ns) = listener.pointer("/allowedRoutes/namespaces") else {
         return AllowedFrom::Same;
     };
     match ns.get("from").and_then(Value::as_str) {
         Some("All") => AllowedFrom::All,
         Some("Selector") => AllowedFrom::Selector(ns.get("selector").and_then(Selector::parse)),
         _ => AllowedFrom::Same,
+    }
+}
+
+/// A parsed [`INBOUND_BINDING_ANNOTATION`]: the port (0 when none is given) and whether the
+/// protocol is `PROXY` (else `NONE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InboundBinding {
+    port: u32,
+    proxy: bool,
+}
+
+impl InboundBinding {
+    /// `makeInboundBinding`: `None` for a value it refuses (another protocol, more than one
+    /// `/`). A port that is not a number is 0 there, and one too large the largest `u32`
+    /// (Go's `ParseUint`), which no listener has.
+    fn parse(v: &str) -> Option<InboundBinding> {
+        let mut parts = v.split('/');
+        let proxy = match parts.next()? {
+            "NONE" => false,
+            "PROXY" => true,
+            _ => return None,
+        };
+        let port = match parts.next() {
+            None => 0,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse().unwrap_or(u32::MAX)
+            }
+            Some(_) => 0,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(InboundBinding { port, proxy })
+    }
+
+    /// `findBoundListener`: the listener at its port, else for `PROXY` without a port the
+    /// first `istio.io/PROXY` listener.
+    fn listener<'l>(&self, listeners: &'l [Listener]) -> Option<&'l Listener> {
+        if self.port != 0 {
+            return listeners.iter().find(|l| l.port == Some(self.port));
+        }
+        if !self.proxy {
+            return None;
+        }
+        listeners
+            .iter()
+            .find(|l| &*l.protocol == PROXY_LISTENER_PROTOCOL)
     }
 }
 
@@ -282,10 +367,33 @@ impl WaypointInfo {
         matches!(traffic, "service" | "all")
     }
 
+    /// Which namespaces may use it (`makeAllowedRoutes`): the `allowedRoutes` of the
+    /// listener its inbound binding names (its own, else its class's `class_binding`), else
+    /// of its HBONE listener at 15008, else `Same`.
+    fn allowed(&self, class_binding: Option<&str>) -> &AllowedFrom {
+        static SAME: AllowedFrom = AllowedFrom::Same;
+        let binding = self.inbound_binding.as_deref().or(class_binding);
+        binding
+            .and_then(InboundBinding::parse)
+            .and_then(|b| b.listener(&self.listeners))
+            .or_else(|| {
+                self.listeners
+                    .iter()
+                    .find(|l| &*l.protocol == "HBONE" && l.port == Some(15008))
+            })
+            .map_or(&SAME, |l| &l.allowed)
+    }
+
     /// Whether a target in `namespace` (its labels `ns_labels`; `None` when not seen) may use
-    /// this waypoint, which lives in `own_ns`.
-    fn allows(&self, own_ns: &str, namespace: &str, ns_labels: Option<&Labels>) -> bool {
-        match &self.allowed {
+    /// this waypoint, which lives in `own_ns` (its class's inbound binding `class_binding`).
+    fn allows(
+        &self,
+        own_ns: &str,
+        namespace: &str,
+        ns_labels: Option<&Labels>,
+        class_binding: Option<&str>,
+    ) -> bool {
+        match self.allowed(class_binding) {
             AllowedFrom::All => true,
             AllowedFrom::Same => own_ns == namespace,
             AllowedFrom::Selector(s) => s
@@ -336,16 +444,19 @@ pub fn binding<'a>(
 impl Binding<'_> {
     /// The waypoint named, looked up by `(namespace, name)` with `find`, if it is ready,
     /// allows the Service's namespace `ns` and takes Service traffic (its class's
-    /// `istio.io/waypoint-for` by `class_for`). `None`: istiod ignores the binding.
+    /// `istio.io/waypoint-for` and inbound binding from its class, by `class_of`). `None`:
+    /// istiod ignores the binding.
     pub fn resolve<'w, 'c>(
         &self,
         ns: &str,
         find: impl Fn(&str, &str) -> Option<&'w WaypointInfo>,
-        class_for: impl Fn(&str) -> Option<&'c str>,
+        class_of: impl Fn(&str) -> Option<&'c ClassInfo>,
     ) -> Option<&'w WaypointInfo> {
         let w = find(self.namespace, self.name)?;
-        let usable =
-            w.allows(self.namespace, ns, self.from) && w.takes_services(class_for(&w.class));
+        let class = class_of(&w.class);
+        let class_binding = class.and_then(|c| c.inbound_binding.as_deref());
+        let usable = w.allows(self.namespace, ns, self.from, class_binding)
+            && w.takes_services(class.and_then(|c| c.waypoint_for.as_deref()));
         usable.then_some(w)
     }
 
@@ -396,7 +507,7 @@ mod tests {
             (w.waypoint_for.as_deref(), &*w.class),
             (None, "istio-waypoint")
         );
-        assert_eq!(w.allowed, AllowedFrom::Same);
+        assert_eq!(w.allowed(None), &AllowedFrom::Same);
         let ip = json!({"addresses": [{"type": "IPAddress", "value": "10.96.0.9"}]});
         let w = project_gateway(&gateway(json!({}), json!({}), ip)).unwrap();
         assert_eq!(
@@ -453,12 +564,115 @@ mod tests {
             ),
         ] {
             let g = gateway(json!({}), hbone(allowed.clone()), status.clone());
-            assert_eq!(project_gateway(&g).unwrap().allowed, want, "{allowed}");
+            assert_eq!(
+                project_gateway(&g).unwrap().allowed(None),
+                &want,
+                "{allowed}"
+            );
         }
         // Only the HBONE listener at 15008 counts.
         let other = json!({"listeners": [{"port": 80, "protocol": "HTTP", "allowedRoutes": {"namespaces": {"from": "All"}}}]});
         let g = gateway(json!({}), other, status);
-        assert_eq!(project_gateway(&g).unwrap().allowed, AllowedFrom::Same);
+        assert_eq!(
+            project_gateway(&g).unwrap().allowed(None),
+            &AllowedFrom::Same
+        );
+    }
+
+    /// istiod's `TestMakeAllowedRoutes` cases, and the class's binding as the default.
+    #[test]
+    fn the_inbound_binding_picks_the_listener_whose_allowed_routes_count() {
+        let status = json!({"addresses": [{"type": "Hostname", "value": "wp.infra"}]});
+        let waypoint = |binding: Option<&str>, listeners: Value| {
+            let mut g = gateway(json!({}), json!({"listeners": listeners}), status.clone());
+            if let Some(b) = binding {
+                g.metadata.annotations =
+                    Some([(INBOUND_BINDING_ANNOTATION.to_string(), b.to_string())].into());
+            }
+            project_gateway(&g).unwrap()
+        };
+        let from = |from: &str| json!({"namespaces": {"from": from}});
+        let proxy = |port: u16, allowed: Value| json!({"name": format!("p{port}"), "protocol": "istio.io/PROXY", "port": port, "allowedRoutes": allowed});
+        let hbone_all = json!({"protocol": "HBONE", "port": 15008, "allowedRoutes": from("All")});
+        let cases = [
+            (None, json!([]), AllowedFrom::Same),
+            (
+                None,
+                json!([{"protocol": "HBONE", "port": 15008}]),
+                AllowedFrom::Same,
+            ),
+            (None, json!([hbone_all.clone()]), AllowedFrom::All),
+            (
+                Some("PROXY/15088"),
+                json!([proxy(15088, json!(null))]),
+                AllowedFrom::Same,
+            ),
+            (
+                Some("PROXY/15088"),
+                json!([proxy(15089, from("Same")), proxy(15088, from("All"))]),
+                AllowedFrom::All,
+            ),
+            (
+                Some("PROXY"),
+                json!([proxy(15015, from("All"))]),
+                AllowedFrom::All,
+            ),
+            // No listener bound: the HBONE one.
+            (
+                Some("PROXY/15090"),
+                json!([proxy(15088, from("Same")), hbone_all.clone()]),
+                AllowedFrom::All,
+            ),
+            (
+                Some("NONE"),
+                json!([proxy(15088, from("Same")), hbone_all.clone()]),
+                AllowedFrom::All,
+            ),
+            (
+                Some("NONE/15088"),
+                json!([proxy(15088, from("Same")), hbone_all.clone()]),
+                AllowedFrom::Same,
+            ),
+            // Refused values are no binding.
+            (
+                Some("HBONE/15088"),
+                json!([proxy(15088, from("Same")), hbone_all.clone()]),
+                AllowedFrom::All,
+            ),
+            (
+                Some("PROXY/15088/x"),
+                json!([proxy(15088, from("Same")), hbone_all.clone()]),
+                AllowedFrom::All,
+            ),
+            // A port that is not a number is 0: PROXY then takes the first PROXY listener.
+            (
+                Some("PROXY/x"),
+                json!([proxy(15088, from("All"))]),
+                AllowedFrom::All,
+            ),
+            (
+                Some("PROXY/+15088"),
+                json!([proxy(15088, from("All"))]),
+                AllowedFrom::All,
+            ),
+        ];
+        for (binding, listeners, want) in cases {
+            let w = waypoint(binding, listeners.clone());
+            assert_eq!(w.allowed(None), &want, "{binding:?} {listeners}");
+        }
+        // The class's binding, unless the Gateway has its own.
+        let listeners = json!([proxy(15088, from("All")), {"protocol": "HBONE", "port": 15008}]);
+        let w = waypoint(None, listeners.clone());
+        assert_eq!(w.allowed(None), &AllowedFrom::Same);
+        assert_eq!(w.allowed(Some("PROXY/15088")), &AllowedFrom::All);
+        let w = waypoint(Some("NONE"), listeners);
+        assert_eq!(w.allowed(Some("PROXY/15088")), &AllowedFrom::Same);
+        let class: GatewayClassObject = serde_json::from_value(json!({"metadata": {
+            "name": "sandwiched", "annotations": {INBOUND_BINDING_ANNOTATION: "PROXY/15088"}},
+            "spec": {"controllerName": "example.com/waypoints"}}))
+        .unwrap();
+        let class = project_gateway_class(&class).unwrap();
+        assert_eq!(class.inbound_binding.as_deref(), Some("PROXY/15088"));
     }
 
     #[test]
@@ -504,7 +718,12 @@ mod tests {
             )),
             waypoint_for: None,
             class: "istio-waypoint".into(),
-            allowed,
+            inbound_binding: None,
+            listeners: vec![Listener {
+                port: Some(15008),
+                protocol: "HBONE".into(),
+                allowed,
+            }],
         };
         let same = ready(AllowedFrom::Same);
         let all = ready(AllowedFrom::All);
@@ -527,7 +746,11 @@ mod tests {
             ("shop", "by-class") => Some(&workload_class),
             _ => None,
         };
-        let class_for = |class: &str| (class == "workloads").then_some("workload");
+        let workloads = ClassInfo {
+            waypoint_for: Some("workload".into()),
+            inbound_binding: None,
+        };
+        let class_for = |class: &str| (class == "workloads").then_some(&workloads);
         let svc = |kv: &[(&str, &str)]| ServiceScope::of(Some(&labels(kv)));
         let ns = |kv: &[(&str, &str)]| NamespaceScope::of(Some(&labels(kv)));
         let of = |s: &ServiceScope, n: Option<&NamespaceScope>| {
