@@ -112,6 +112,13 @@ impl Model {
     /// waypoint namespace/name, why)`: their tunnels are refused, and the log says why.
     pub fn unseen_waypoints(&self, domain: &str) -> Vec<(String, String, Blind)> {
         let mut out = Vec::new();
+        let may_be_blind = match &self.waypoints {
+            None => self.gateways_forbidden,
+            Some(_) => !self.watched_namespaces.is_empty(),
+        };
+        if !may_be_blind {
+            return out;
+        }
         for ((ns, name), svc) in self.services.iter() {
             if !svc.scope.global || svc.ports.is_empty() {
                 continue;
