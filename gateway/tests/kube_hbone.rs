@@ -527,14 +527,16 @@ async fn a_waypoint_is_used_only_when_ready_for_services_and_allowed() {
     // allowedRoutes count instead of the HBONE listener's.
     let sandwiched = |class_binding: Option<&str>| {
         let mut gw = waypoint_gateway(("infra", "shared"), json!(null), json!({}), true);
-        gw["spec"]["listeners"].as_array_mut().unwrap().push(json!({"name": "proxy",
+        gw["spec"]["listeners"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "proxy",
             "port": 15088, "protocol": "istio.io/PROXY",
             "allowedRoutes": {"namespaces": {"from": "All"}}}));
         st.apply(gw).unwrap();
         let mut c = class("all");
         if let Some(b) = class_binding {
-            c["metadata"]["annotations"] =
-                json!({"ambient.istio.io/waypoint-inbound-binding": b});
+            c["metadata"]["annotations"] = json!({"ambient.istio.io/waypoint-inbound-binding": b});
         }
         st.apply(c).unwrap();
     };

@@ -256,14 +256,15 @@ pub enum Conditional {
 }
 
 /// Whether a conditional write failed because the object is no longer as it was read:
-/// 409 (changed since, or its name taken by a create), 404, or the 500 an apply carrying a
+/// 409 (changed since, or its name taken by a create), or the 500 an apply carrying a
 /// resourceVersion meets when the object was deleted since, as the apply would then create
 /// it (k8s.io/apiserver `storage/etcd3/store.go` `Create`, `ErrResourceVersionSetOnCreate`,
-/// which is no API status and reaches clients as this text).
+/// which is no API status and reaches clients as this text). A 404 is not: a write meets it
+/// for a missing namespace or type, which reading again would not change.
 pub fn raced(e: &kube::Error) -> bool {
     match e {
         kube::Error::Api(s) => {
-            matches!(s.code, 404 | 409)
+            s.code == 409
                 || (s.code == 500
                     && s.message == "resourceVersion should not be set on objects to be created")
         }

@@ -250,8 +250,7 @@ async fn judge(c: &Cluster, o: &Value, rule: IfForeign) -> Result<Judged> {
     let existing = kc::get(c, av, kind, ns, name).await?;
     let sa = kind == "ServiceAccount";
     let mut o = o.clone();
-    let origin = origin(existing.as_ref());
-    match &origin {
+    match &origin(existing.as_ref()) {
         Origin::Absent | Origin::Created if sa => {
             o["metadata"]["annotations"][CREATED_ANNOTATION] = json!(CREATED_VALUE);
         }
