@@ -34,9 +34,10 @@ impl Hbone {
             errors,
             |stream, peer| {
                 if self.places.full_of_busy() {
-                    // Every place carries tunnels: close before spending a TLS handshake.
-                    drop(stream);
+                    // Every place carries tunnels: close before spending a TLS handshake,
+                    // counted first, so that the count is there once the client sees the close.
                     self.metrics.refuse(Refusal::ConnectionLimit);
+                    drop(stream);
                     debug!(%peer, reason = Refusal::ConnectionLimit.as_str(), "HBONE connection refused: every --hbone-max-connections place carries tunnels");
                     return;
                 }
