@@ -331,3 +331,38 @@ async fn what_another_installer_writes_between_check_and_write_is_judged_again()
         ],
     );
 }
+
+/// A controller's status update between meshctl's create of the Deployment and its apply on
+/// the created version: the apply races, the Deployment is judged again (meshctl's) and
+/// applied at its new version, so meshctl is its apply owner and the next run changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_update_after_the_create_still_leaves_meshctl_the_apply_owner() {
+    let m = mesh().await;
+    let store = m.west.store().clone();
+    m.west.faults().interleave("patch", "deployments", move || {
+        let mut d = store.get("apps/v1", "Deployment", Some(NS), NAME).unwrap();
+        d["status"] = json!({"observedGeneration": 1, "replicas": 1});
+        store.apply(d).unwrap();
+    });
+    succeeds(&gateway_install_args(m.kc(), &[])).await;
+    assert_eq!(m.west.faults().interleaved_pending(), 0, "the update ran");
+    let d = gateway_deployment(&m.west);
+    let applied = d["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["manager"] == "meshctl" && e["operation"] == "Apply");
+    assert!(
+        applied,
+        "meshctl applies it: {}",
+        d["metadata"]["managedFields"]
+    );
+    let rv = d["metadata"]["resourceVersion"].clone();
+    succeeds(&gateway_install_args(m.kc(), &[])).await;
+    assert_eq!(
+        gateway_deployment(&m.west)["metadata"]["resourceVersion"],
+        rv,
+        "a second install changes nothing"
+    );
+}

@@ -283,12 +283,10 @@ pub async fn apply_at(c: &Cluster, obj: &Value, resource_version: &str) -> Resul
     conditional(answer.map(drop), c, obj, "applying")
 }
 
-/// Creates `obj` only while nothing holds its name (a POST: 409 AlreadyExists otherwise),
-/// then applies it on the created version. A create records meshctl as an `Update` owner;
-/// without the apply the next run's apply would add an `Apply` owner, which the API server
-/// writes as a change, so a second run would not be a no-op. A change by another writer in
-/// between leaves the object theirs to have changed: the next run judges it.
-pub async fn create_then_apply(c: &Cluster, obj: &Value) -> Result<Conditional> {
+/// Creates `obj` only while nothing holds its name (a POST, field manager `meshctl`);
+/// returns the created resourceVersion, or `None` when the name was taken (409
+/// AlreadyExists).
+pub async fn create(c: &Cluster, obj: &Value) -> Result<Option<String>> {
     let (api, _) = api_of(c, obj)?;
     let body: DynamicObject = serde_json::from_value(obj.clone())
         .with_context(|| format!("{} is not an object", describe(obj)))?;
@@ -300,13 +298,23 @@ pub async fn create_then_apply(c: &Cluster, obj: &Value) -> Result<Conditional> 
     let created = answer
         .as_ref()
         .ok()
-        .and_then(|o| o.metadata.resource_version.clone());
-    if conditional(answer.map(drop), c, obj, "creating")? == Conditional::Raced {
+        .map(|o| o.metadata.resource_version.clone().unwrap_or_default());
+    match conditional(answer.map(drop), c, obj, "creating")? {
+        Conditional::Written => Ok(created),
+        Conditional::Raced => Ok(None),
+    }
+}
+
+/// [`create`], then [`apply_at`] the created version. A create records meshctl as an
+/// `Update` owner; without the apply the next run's apply would add an `Apply` owner, which
+/// the API server writes as a change, so a second run would not be a no-op. A change by
+/// another writer in between leaves the object theirs to have changed: the next run judges
+/// it.
+pub async fn create_then_apply(c: &Cluster, obj: &Value) -> Result<Conditional> {
+    let Some(rv) = create(c, obj).await? else {
         return Ok(Conditional::Raced);
-    }
-    if let Some(rv) = created {
-        apply_at(c, obj, &rv).await?;
-    }
+    };
+    apply_at(c, obj, &rv).await?;
     Ok(Conditional::Written)
 }
 

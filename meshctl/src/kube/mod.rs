@@ -16,8 +16,8 @@ mod render;
 mod retry;
 
 pub use api::{
-    Cluster, Conditional, Deletion, apply, apply_at, block_on, create_then_apply, delete_read,
-    ensure_namespace, get, get_as, list, list_as, merge_patch, plural_of,
+    Cluster, Conditional, Deletion, apply, apply_at, block_on, create, create_then_apply,
+    delete_read, ensure_namespace, get, get_as, list, list_as, merge_patch, plural_of,
 };
 pub use client::client;
 pub use config::{KubeconfigFile, init_crypto};

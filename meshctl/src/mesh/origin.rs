@@ -343,7 +343,13 @@ pub async fn write(c: &Cluster, p: &Planned) -> Result<Option<String>> {
                 kc::apply(c, &p.obj).await?;
                 Conditional::Written
             }
-            Found::Nothing => kc::create_then_apply(c, &p.obj).await?,
+            // Created: applied on the created version, so that meshctl is its `Apply`
+            // owner as after an apply. A change since (a controller's status update) makes
+            // that race: it is judged again, and applied again while it is meshctl's.
+            Found::Nothing => match kc::create(c, &p.obj).await? {
+                Some(rv) => kc::apply_at(c, &p.obj, &rv).await?,
+                None => Conditional::Raced,
+            },
             Found::Ours(rv) => kc::apply_at(c, &p.obj, rv).await?,
         };
         if done == Conditional::Written {
