@@ -157,10 +157,12 @@ impl Proxy {
                 match decided {
                     Ok(conn) => conn,
                     Err(r) => {
-                        // An async block's captures live as long as its future, not until
-                        // it returns: close the client now.
+                        // Counted before the close, so that the count is there once the
+                        // client sees it. An async block's captures live as long as its
+                        // future, not until it returns: close the client now.
+                        self.reject(r, start);
                         drop(client);
-                        return self.reject(r, start);
+                        return;
                     }
                 }
             };
