@@ -22,6 +22,8 @@ pub const MIN_REBUILD_INTERVAL: Duration = Duration::from_millis(100);
 const SETTLE: Duration = Duration::from_millis(5);
 /// How often staleness is updated and failing watches are probed.
 const HEALTH_TICK: Duration = Duration::from_secs(1);
+/// How many services [`ModelTask::warn_unseen`] names per table.
+const UNSEEN_NAMED: usize = 10;
 
 pub(super) struct ModelTask {
     model: Model,
@@ -289,9 +291,7 @@ impl ModelTask {
             );
         }
     }
-}
 
-impl ModelTask {
     /// Warns of each Service newly bound to a waypoint the gateway cannot see (up to
     /// [`UNSEEN_NAMED`] by name per table, then a count), once until it is seen again.
     fn warn_unseen(&mut self) {
@@ -328,9 +328,6 @@ impl ModelTask {
         self.unseen = unseen;
     }
 }
-
-/// How many services [`ModelTask::warn_unseen`] names per table.
-const UNSEEN_NAMED: usize = 10;
 
 /// The index of `crd` in [`ModelTask::crds`] and its generations.
 fn slot(crd: Crd) -> usize {
