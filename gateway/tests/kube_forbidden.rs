@@ -225,6 +225,50 @@ async fn without_gateway_rights_bound_services_are_refused_not_bypassed() {
     assert_eq!(waypoints, [&json!(format!("{NS}/wp"))], "{routes}");
 }
 
+/// Without the GatewayClass grant a class's inbound binding is unknown: a Service that its
+/// waypoint's HBONE listener refuses, and that the PROXY listener a class binding could name
+/// allows, is refused (503) rather than sent around the waypoint, and the log says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_gateway_class_rights_a_binding_a_class_could_allow_is_refused() {
+    let (api, _b, kubeconfig) = cluster("gatewayclasses").await;
+    let st = api.store();
+    st.create(namespace_json("infra")).unwrap();
+    st.apply(
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "wp", "namespace": "infra"},
+        "spec": {"gatewayClassName": "sandwiched", "listeners": [
+            {"name": "mesh", "port": 15008, "protocol": "HBONE"},
+            {"name": "proxy", "port": 15088, "protocol": "istio.io/PROXY",
+             "allowedRoutes": {"namespaces": {"from": "All"}}}]},
+        "status": {"addresses": [{"type": "Hostname", "value": "wp.infra.svc.cluster.local"}]}}),
+    )
+    .unwrap();
+    let mut bound = k8s::service(
+        NS,
+        "reviews",
+        &[k8s::ServicePort {
+            name: "http",
+            port: 80,
+            target_port: 9080,
+        }],
+    );
+    bound["metadata"]["labels"] = json!({"istio.io/global": "true",
+        "istio.io/use-waypoint": "wp", "istio.io/use-waypoint-namespace": "infra"});
+    st.create(bound).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&dir, &kubeconfig, "warn,gateway=info").await;
+    let told = gw.wait_line(&|v| {
+        v["waypoint"] == "infra/wp"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("gatewayclasses.gateway.networking.k8s.io (403)"))
+    });
+    assert_eq!(told["service"], format!("reviews.{NS}.svc.cluster.local"));
+    let (_, routes) = http_get(gw.admin, "/debug/routes?host=reviews").await;
+    let routes: Value = serde_json::from_str(&routes).unwrap();
+    assert_eq!(routes["routes"][0]["waypoint"], "infra/wp", "{routes}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forbidden_required_type_is_named_once_and_backs_off() {
     let (_api, _b, kubeconfig) = cluster("services").await;

@@ -46,14 +46,18 @@ impl Crd {
     }
 
     /// What the table lacks while the type may not be read: as [`Crd::without`], except
-    /// for Gateways, which may exist unseen. A Service bound to a waypoint is then refused
-    /// rather than sent around it (its policy would be skipped).
+    /// for Gateways and GatewayClasses, which may exist unseen. A Service whose waypoint
+    /// cannot be judged is then refused rather than sent around it (its policy would be
+    /// skipped).
     pub fn unreadable(self) -> &'static str {
         match self {
             Crd::Gateway => {
                 "waypoints cannot be seen: tunnels to services bound to one are refused (503) rather than sent around it"
             }
-            _ => self.without(),
+            Crd::GatewayClass => {
+                "waypoints take Service traffic unless their own istio.io/waypoint-for says otherwise, and a class's inbound binding is not read: a service whose waypoint's listeners refuse it, which its class could allow, is refused (503) rather than sent around it"
+            }
+            Crd::DestinationRule => self.without(),
         }
     }
 

@@ -18,6 +18,9 @@ pub enum Blind {
     NotWatched,
     /// The gateway may not read Gateways (403).
     Forbidden,
+    /// Its listeners' rules refuse the Service's namespace, but its GatewayClass, which
+    /// may not be read (403), could name another listener that allows it.
+    ClassForbidden,
 }
 
 /// Everything discovery knows, projected.
@@ -38,6 +41,8 @@ pub struct Model {
     pub watched_namespaces: Vec<String>,
     /// Gateways may not be read (403): a waypoint binding cannot be resolved.
     pub gateways_forbidden: bool,
+    /// GatewayClasses may not be read (403): their defaults are unknown.
+    pub gateway_classes_forbidden: bool,
 }
 
 impl Model {
@@ -52,6 +57,7 @@ impl Model {
             gateway_classes: None,
             watched_namespaces: Vec::new(),
             gateways_forbidden: false,
+            gateway_classes_forbidden: false,
         }
     }
 
@@ -78,18 +84,12 @@ impl Model {
         let b = waypoints::binding(ns, &svc.scope, namespace)?;
         // Without a usable address the tunnels have nowhere to go: `ns/name` is no route's
         // host, so they are answered 503, and `/debug/routes` shows which waypoint it is.
-        // So too for a waypoint the gateway cannot see: sending the tunnels around it would
-        // skip its policy.
-        if self.blind_to(b.namespace).is_some() {
+        // So too for a waypoint the gateway cannot judge: sending the tunnels around it
+        // would skip its policy.
+        if self.blind_to(ns, &b).is_some() {
             return Some(b.key());
         }
-        let all = self.waypoints.as_ref()?;
-        let find = |wp_ns: &str, name: &str| all.get(&(wp_ns.into(), name.into()));
-        let class_of = |class: &str| {
-            let classes = self.gateway_classes.as_ref()?;
-            classes.get(&("".into(), class.into()))
-        };
-        let w = b.resolve(ns, find, class_of)?;
+        let w = self.resolve(ns, &b)?;
         Some(match &w.address {
             Some(WaypointAddress::Hostname(h)) => h.clone(),
             Some(WaypointAddress::Ip(ip)) => by_ip.get(ip).cloned().unwrap_or_else(|| b.key()),
@@ -97,15 +97,33 @@ impl Model {
         })
     }
 
-    /// Why the gateway cannot see the Gateways of namespace `ns`, if it cannot. Without the
-    /// Gateway CRD there are none to see.
-    fn blind_to(&self, ns: &str) -> Option<Blind> {
-        if self.waypoints.is_none() {
+    /// The ready waypoint binding `b` of a Service in `ns` names, if it takes it.
+    fn resolve(&self, ns: &str, b: &waypoints::Binding) -> Option<&WaypointInfo> {
+        let all = self.waypoints.as_ref()?;
+        let class_of = |class: &str| {
+            let classes = self.gateway_classes.as_ref()?;
+            classes.get(&("".into(), class.into()))
+        };
+        b.resolve(ns, |n, name| all.get(&(n.into(), name.into())), class_of)
+    }
+
+    /// Why the gateway cannot judge binding `b` of a Service in `ns`, if it cannot. Without
+    /// the Gateway CRD there are no waypoints to judge.
+    fn blind_to(&self, ns: &str, b: &waypoints::Binding) -> Option<Blind> {
+        let Some(all) = &self.waypoints else {
             return self.gateways_forbidden.then_some(Blind::Forbidden);
+        };
+        let watched = self.watched_namespaces.is_empty()
+            || self.watched_namespaces.iter().any(|w| w == b.namespace);
+        if !watched {
+            return Some(Blind::NotWatched);
         }
-        let watched =
-            self.watched_namespaces.is_empty() || self.watched_namespaces.iter().any(|w| w == ns);
-        (!watched).then_some(Blind::NotWatched)
+        let class_unread = self.gateway_classes.is_none() && self.gateway_classes_forbidden;
+        let might = || {
+            self.resolve(ns, b).is_none()
+                && b.class_might_allow(ns, |n, name| all.get(&(n.into(), name.into())))
+        };
+        (class_unread && might()).then_some(Blind::ClassForbidden)
     }
 
     /// The global Services bound to a waypoint the gateway cannot see, as `(service host,
@@ -114,7 +132,10 @@ impl Model {
         let mut out = Vec::new();
         let may_be_blind = match &self.waypoints {
             None => self.gateways_forbidden,
-            Some(_) => !self.watched_namespaces.is_empty(),
+            Some(_) => {
+                !self.watched_namespaces.is_empty()
+                    || (self.gateway_classes.is_none() && self.gateway_classes_forbidden)
+            }
         };
         if !may_be_blind {
             return out;
@@ -127,7 +148,7 @@ impl Model {
             let Some(b) = waypoints::binding(ns, &svc.scope, namespace) else {
                 continue;
             };
-            if let Some(why) = self.blind_to(b.namespace) {
+            if let Some(why) = self.blind_to(ns, &b) {
                 let host = format!("{name}.{ns}.svc.{domain}").to_ascii_lowercase();
                 out.push((host, b.key(), why));
             }
@@ -723,5 +744,59 @@ mod tests {
         assert!(m.synced());
         m.rules = Some(Watched::new(2));
         assert!(!m.synced());
+    }
+    /// A sandwiched waypoint in `infra` whose HBONE listener admits only its own namespace
+    /// and whose PROXY listener admits all: the class's binding decides, so with the class
+    /// unreadable the binding of `shop/catalog` cannot be judged and is refused, not ignored.
+    #[test]
+    fn an_unreadable_class_that_could_allow_a_binding_refuses_it() {
+        let mut m = Model::new(1);
+        let mut s = svc(json!([{"name": "http", "port": 80}]));
+        s.metadata.labels = Some(
+            [
+                ("istio.io/global", "true"),
+                ("istio.io/use-waypoint", "wp"),
+                ("istio.io/use-waypoint-namespace", "infra"),
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .into(),
+        );
+        let s = project_service(&s).unwrap();
+        m.services.streams[0].items.insert(k("shop", "catalog"), s);
+        let g: waypoints::GatewayObject = serde_json::from_value(json!({
+            "metadata": {"name": "wp", "namespace": "infra"},
+            "spec": {"gatewayClassName": "sandwiched", "listeners": [
+                {"name": "mesh", "port": 15008, "protocol": "HBONE"},
+                {"name": "proxy", "port": 15088, "protocol": "istio.io/PROXY",
+                 "allowedRoutes": {"namespaces": {"from": "All"}}}]},
+            "status": {"addresses": [{"type": "Hostname", "value": "wp.infra.svc.cluster.local"}]}}))
+        .unwrap();
+        let mut gateways = Watched::new(1);
+        let wp = waypoints::project_gateway(&g).unwrap();
+        gateways.streams[0].items.insert(k("infra", "wp"), wp);
+        m.waypoints = Some(gateways);
+        let waypoint = |m: &Model| m.specs("cluster.local")[0].waypoint.clone();
+        assert_eq!(
+            waypoint(&m),
+            None,
+            "no class: the HBONE listener refuses shop"
+        );
+        m.gateway_classes_forbidden = true;
+        assert_eq!(waypoint(&m).as_deref(), Some("infra/wp"));
+        let catalog = "catalog.shop.svc.cluster.local".to_string();
+        assert_eq!(
+            m.unseen_waypoints("cluster.local"),
+            [(catalog, "infra/wp".to_string(), Blind::ClassForbidden)]
+        );
+        // The class read, with its binding: the PROXY listener admits shop.
+        let mut classes = Watched::new(1);
+        let class = ClassInfo {
+            waypoint_for: None,
+            inbound_binding: Some("PROXY/15088".into()),
+        };
+        classes.streams[0].items.insert(k("", "sandwiched"), class);
+        m.gateway_classes = Some(classes);
+        assert_eq!(waypoint(&m).as_deref(), Some("wp.infra.svc.cluster.local"));
+        assert_eq!(m.unseen_waypoints("cluster.local"), []);
     }
 }

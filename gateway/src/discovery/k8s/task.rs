@@ -200,12 +200,13 @@ impl ModelTask {
             Crd::Gateway => self.model.waypoints.take().is_some(),
             Crd::GatewayClass => self.model.gateway_classes.take().is_some(),
         };
-        let mut changed = had;
-        if crd == Crd::Gateway {
-            let forbidden = why == Gone::Forbidden;
-            changed |=
-                std::mem::replace(&mut self.model.gateways_forbidden, forbidden) != forbidden;
-        }
+        let forbidden = why == Gone::Forbidden;
+        let flag = match crd {
+            Crd::DestinationRule => None,
+            Crd::Gateway => Some(&mut self.model.gateways_forbidden),
+            Crd::GatewayClass => Some(&mut self.model.gateway_classes_forbidden),
+        };
+        let changed = had | flag.is_some_and(|f| std::mem::replace(f, forbidden) != forbidden);
         if !had {
             return changed;
         }
@@ -308,6 +309,15 @@ impl ModelTask {
                     "service is bound to a waypoint in a namespace the gateway does not watch: \
                      its HBONE tunnels are refused (503) rather than sent around the waypoint; \
                      add the waypoint's namespace to --namespace"
+                ),
+                Blind::ClassForbidden => tracing::warn!(
+                    %service,
+                    %waypoint,
+                    "service is bound to a waypoint whose listeners refuse its namespace, but \
+                     whose GatewayClass may name another listener, and the gateway may not \
+                     read gatewayclasses.gateway.networking.k8s.io (403): its HBONE tunnels \
+                     are refused (503) rather than sent around the waypoint; grant get, list \
+                     and watch on gatewayclasses to the gateway's service account"
                 ),
                 Blind::Forbidden => tracing::warn!(
                     %service,

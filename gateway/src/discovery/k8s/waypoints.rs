@@ -393,7 +393,16 @@ impl WaypointInfo {
         ns_labels: Option<&Labels>,
         class_binding: Option<&str>,
     ) -> bool {
-        match self.allowed(class_binding) {
+        self.allowed(class_binding)
+            .admits(own_ns, namespace, ns_labels)
+    }
+}
+
+impl AllowedFrom {
+    /// Whether a target in `namespace` (its labels `ns_labels`; `None` when not seen) may use
+    /// a waypoint in `own_ns` that this rule guards.
+    fn admits(&self, own_ns: &str, namespace: &str, ns_labels: Option<&Labels>) -> bool {
+        match self {
             AllowedFrom::All => true,
             AllowedFrom::Same => own_ns == namespace,
             AllowedFrom::Selector(s) => s
@@ -458,6 +467,22 @@ impl Binding<'_> {
         let usable = w.allows(self.namespace, ns, self.from, class_binding)
             && w.takes_services(class.and_then(|c| c.waypoint_for.as_deref()));
         usable.then_some(w)
+    }
+
+    /// Whether, its GatewayClass unknown, the waypoint named might still take this binding
+    /// where [`Binding::resolve`] found it did not: it has no inbound binding of its own, so
+    /// its class's could name another listener, and one of its listeners allows namespace
+    /// `ns`.
+    pub fn class_might_allow<'w>(
+        &self,
+        ns: &str,
+        find: impl Fn(&str, &str) -> Option<&'w WaypointInfo>,
+    ) -> bool {
+        find(self.namespace, self.name).is_some_and(|w| {
+            w.inbound_binding.is_none()
+                && w.takes_services(None)
+                && (w.listeners.iter()).any(|l| l.allowed.admits(self.namespace, ns, self.from))
+        })
     }
 
     /// `namespace/name`, as `/debug/routes` and the logs show an unresolved waypoint.
