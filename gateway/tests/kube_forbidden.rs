@@ -131,6 +131,21 @@ fn start(dir: &std::path::Path, kubeconfig: &str, rust_log: &str) -> GatewayProc
     GatewayProcess::spawn(cmd)
 }
 
+/// The Service `reviews` in `NS` (port `http` 80 → 9080) with these labels.
+fn reviews(labels: Value) -> Value {
+    let mut s = k8s::service(
+        NS,
+        "reviews",
+        &[k8s::ServicePort {
+            name: "http",
+            port: 80,
+            target_port: 9080,
+        }],
+    );
+    s["metadata"]["labels"] = labels;
+    s
+}
+
 /// A `Debug`-printed `Duration` ("800ms", "1.52s") in seconds.
 fn secs(debug: &str) -> f64 {
     let num = |s: &str| s.parse::<f64>().unwrap_or_else(|_| panic!("{debug}"));
@@ -194,16 +209,7 @@ async fn without_gateway_rights_bound_services_are_refused_not_bypassed() {
             && text.contains("grant get, list and watch on gateways.gateway.networking.k8s.io"),
         "{text}"
     );
-    let mut bound = k8s::service(
-        NS,
-        "reviews",
-        &[k8s::ServicePort {
-            name: "http",
-            port: 80,
-            target_port: 9080,
-        }],
-    );
-    bound["metadata"]["labels"] = json!({"istio.io/global": "true", "istio.io/use-waypoint": "wp"});
+    let bound = reviews(json!({"istio.io/global": "true", "istio.io/use-waypoint": "wp"}));
     api.store().create(bound).unwrap();
     let told = gw.wait_line(&|v| {
         v["waypoint"] == format!("{NS}/wp")
@@ -243,18 +249,9 @@ async fn without_gateway_class_rights_a_binding_a_class_could_allow_is_refused()
         "status": {"addresses": [{"type": "Hostname", "value": "wp.infra.svc.cluster.local"}]}}),
     )
     .unwrap();
-    let mut bound = k8s::service(
-        NS,
-        "reviews",
-        &[k8s::ServicePort {
-            name: "http",
-            port: 80,
-            target_port: 9080,
-        }],
-    );
-    bound["metadata"]["labels"] = json!({"istio.io/global": "true",
-        "istio.io/use-waypoint": "wp", "istio.io/use-waypoint-namespace": "infra"});
-    st.create(bound).unwrap();
+    st.create(reviews(json!({"istio.io/global": "true",
+        "istio.io/use-waypoint": "wp", "istio.io/use-waypoint-namespace": "infra"})))
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway(&dir, &kubeconfig, "warn,gateway=info").await;
     let told = gw.wait_line(&|v| {
