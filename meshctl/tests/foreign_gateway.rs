@@ -23,19 +23,28 @@ fn helm_meta() -> Value {
         "annotations": {"meta.helm.sh/release-name": NAME, "meta.helm.sh/release-namespace": NS}})
 }
 
+/// The Deployment of Istio's Envoy east-west gateway as its Helm chart installs it.
+fn helm_deployment() -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": helm_meta(),
+        "spec": {"selector": {"matchLabels": {"app": NAME, "istio": "eastwestgateway"}},
+            "template": {"metadata": {"labels": {"app": NAME, "istio": "eastwestgateway"}},
+                "spec": {"containers": [{"name": "istio-proxy", "image": "auto"}]}}}})
+}
+
+/// Another client creates `obj` in `s` just before the first `verb` request on `resource`
+/// reaches it.
+fn created_before(s: &TestApiServer, verb: &str, resource: &str, obj: Value) {
+    let store = s.store().clone();
+    s.faults()
+        .interleave(verb, resource, move || drop(store.create(obj).unwrap()));
+}
+
 /// Istio's Envoy east-west gateway as its Helm chart installs it: Deployment and Service.
 fn helm_gateway(s: &TestApiServer) {
     s.store()
         .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
         .unwrap();
-    s.store()
-        .create(
-            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": helm_meta(),
-            "spec": {"selector": {"matchLabels": {"app": NAME, "istio": "eastwestgateway"}},
-                "template": {"metadata": {"labels": {"app": NAME, "istio": "eastwestgateway"}},
-                    "spec": {"containers": [{"name": "istio-proxy", "image": "auto"}]}}}}),
-        )
-        .unwrap();
+    s.store().create(helm_deployment()).unwrap();
     s.store()
         .create(
             json!({"apiVersion": "v1", "kind": "Service", "metadata": helm_meta(),
@@ -239,19 +248,7 @@ async fn an_istio_gateway_from_istios_samples_is_used_as_it_is_and_unjoin_leaves
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_another_installer_writes_between_check_and_write_is_judged_again() {
     let m = mesh().await;
-    let store = m.west.store().clone();
-    m.west
-        .faults()
-        .interleave("create", "deployments", move || {
-            store
-                .create(
-                    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": helm_meta(),
-                "spec": {"selector": {"matchLabels": {"app": NAME}},
-                    "template": {"metadata": {"labels": {"app": NAME}},
-                        "spec": {"containers": [{"name": "istio-proxy", "image": "auto"}]}}}}),
-                )
-                .unwrap();
-        });
+    created_before(&m.west, "create", "deployments", helm_deployment());
     let out = m.fails(&gateway_install_args(m.kc(), &[])).await;
     assert_eq!(m.west.faults().interleaved_pending(), 0, "the create ran");
     says(
@@ -277,16 +274,8 @@ async fn what_another_installer_writes_between_check_and_write_is_judged_again()
 
     // Helm's service account, made just before meshctl creates its own.
     let m = mesh().await;
-    let store = m.west.store().clone();
-    m.west
-        .faults()
-        .interleave("create", "serviceaccounts", move || {
-            store
-                .create(
-                    json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": helm_meta()}),
-                )
-                .unwrap();
-        });
+    let helm_sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": helm_meta()});
+    created_before(&m.west, "create", "serviceaccounts", helm_sa);
     let out = succeeds(&gateway_install_args(m.kc(), &[])).await;
     assert_eq!(m.west.faults().interleaved_pending(), 0, "the create ran");
     says(
