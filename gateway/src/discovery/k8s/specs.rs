@@ -97,33 +97,41 @@ impl Model {
         })
     }
 
+    /// The ready waypoint (Gateway) `ns/name`, if any.
+    fn waypoint(&self, ns: &str, name: &str) -> Option<&WaypointInfo> {
+        self.waypoints.as_ref()?.get(&(ns.into(), name.into()))
+    }
+
+    /// GatewayClasses may exist but not be read (403): their defaults are unknown.
+    fn classes_unread(&self) -> bool {
+        self.gateway_classes.is_none() && self.gateway_classes_forbidden
+    }
+
     /// The ready waypoint binding `b` of a Service in `ns` names, if it takes it.
     fn resolve(&self, ns: &str, b: &waypoints::Binding) -> Option<&WaypointInfo> {
-        let all = self.waypoints.as_ref()?;
         let class_of = |class: &str| {
             let classes = self.gateway_classes.as_ref()?;
             classes.get(&("".into(), class.into()))
         };
-        b.resolve(ns, |n, name| all.get(&(n.into(), name.into())), class_of)
+        b.resolve(ns, |n, name| self.waypoint(n, name), class_of)
     }
 
     /// Why the gateway cannot judge binding `b` of a Service in `ns`, if it cannot. Without
     /// the Gateway CRD there are no waypoints to judge.
     fn blind_to(&self, ns: &str, b: &waypoints::Binding) -> Option<Blind> {
-        let Some(all) = &self.waypoints else {
+        if self.waypoints.is_none() {
             return self.gateways_forbidden.then_some(Blind::Forbidden);
-        };
+        }
         let watched = self.watched_namespaces.is_empty()
             || self.watched_namespaces.iter().any(|w| w == b.namespace);
         if !watched {
             return Some(Blind::NotWatched);
         }
-        let class_unread = self.gateway_classes.is_none() && self.gateway_classes_forbidden;
         let might = || {
             self.resolve(ns, b).is_none()
-                && b.class_might_allow(ns, |n, name| all.get(&(n.into(), name.into())))
+                && b.class_might_allow(ns, |n, name| self.waypoint(n, name))
         };
-        (class_unread && might()).then_some(Blind::ClassForbidden)
+        (self.classes_unread() && might()).then_some(Blind::ClassForbidden)
     }
 
     /// The global Services bound to a waypoint the gateway cannot see, as `(service host,
@@ -132,10 +140,7 @@ impl Model {
         let mut out = Vec::new();
         let may_be_blind = match &self.waypoints {
             None => self.gateways_forbidden,
-            Some(_) => {
-                !self.watched_namespaces.is_empty()
-                    || (self.gateway_classes.is_none() && self.gateway_classes_forbidden)
-            }
+            Some(_) => !self.watched_namespaces.is_empty() || self.classes_unread(),
         };
         if !may_be_blind {
             return out;
