@@ -51,6 +51,19 @@ pub struct ServiceSpec {
     /// tunnel goes to the waypoint: the classic route `<waypoint>:15008`, each endpoint dialed
     /// at its own port (Istio's `inbound-vip|15008|tcp|<waypoint>`).
     pub waypoint: Option<String>,
+    /// A second waypoint that takes a share of those tunnels; only with `waypoint`.
+    pub canary: Option<Canary>,
+}
+
+/// A canary waypoint (Kubernetes: `istio.io/use-waypoint-canary`, Istio 1.31): each tunnel
+/// that goes to a waypoint goes to this one with `weight` percent odds, as ztunnel samples
+/// per connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Canary {
+    /// The host of the canary waypoint's service.
+    pub host: Box<str>,
+    /// 1 to 100 (0 is no canary).
+    pub weight: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +102,8 @@ pub struct Route {
     /// tunnels a waypoint sent take it; the others go to this waypoint host's classic route
     /// at [`WAYPOINT_PORT`]. Always `None` on a classic route.
     pub waypoint: Option<Box<str>>,
+    /// The canary that takes a share of those tunnels ([`ServiceSpec::canary`]).
+    pub canary: Option<Canary>,
 }
 
 /// The port a tunnel is sent to on a waypoint: its HBONE listener, which Istio hardcodes
@@ -113,6 +128,18 @@ pub enum LookupError {
 }
 
 impl Route {
+    /// The waypoints a tunnel not sent by a waypoint goes to, first choice first, for a
+    /// `roll` drawn uniformly from 0 to 99: the canary when `roll` is below its weight, else
+    /// the waypoint; the other is the fallback if the first has no ready endpoint.
+    pub fn waypoints(&self, roll: u8) -> Option<(&str, Option<&str>)> {
+        let primary = self.waypoint.as_deref()?;
+        Some(match &self.canary {
+            None => (primary, None),
+            Some(c) if roll < c.weight => (&c.host, Some(primary)),
+            Some(c) => (primary, Some(&c.host)),
+        })
+    }
+
     /// Indices into `endpoints` of the ready endpoints of `subset` ("" for all). An unknown
     /// subset is no route, as in Istio, where a subset the gateway's cluster does not define
     /// has no filter chain.
@@ -327,7 +354,9 @@ impl Routes {
                 // A bound service is reached through its waypoint even with no endpoint
                 // captured by ztunnel (Istio matches every port of an exposed service).
                 if let Some(wp) = &spec.waypoint {
-                    route_at(&mut hbone, &spec.host, port).waypoint = Some(wp.as_str().into());
+                    let route = route_at(&mut hbone, &spec.host, port);
+                    route.waypoint = Some(wp.as_str().into());
+                    route.canary = spec.canary.clone();
                 }
             }
         }
@@ -394,6 +423,7 @@ fn route_at<'m>(map: &'m mut Map<String, Map<u16, Route>>, host: &str, port: u16
             endpoints: Vec::new(),
             by_subset: Map::default(),
             waypoint: None,
+            canary: None,
         })
 }
 
@@ -441,6 +471,7 @@ mod tests {
                 })
                 .collect(),
             waypoint: None,
+            canary: None,
         }
     }
 
@@ -655,6 +686,28 @@ mod tests {
         assert_eq!(b.waypoint.as_deref(), Some("wp.local"));
         assert_eq!(b.candidates(""), Err(LookupError::NoHealthyEndpoint));
         assert!(t.lookup_hbone("b.local", 81).is_none());
+        assert_eq!(b.waypoints(0), Some(("wp.local", None)));
+        assert_eq!(t.lookup("a.local", 80).unwrap().waypoints(0), None);
+    }
+
+    /// A canary is the first choice for a draw below its weight, the waypoint otherwise, and
+    /// each is the other's fallback.
+    #[test]
+    fn a_canary_is_chosen_below_its_weight() {
+        let mut a = spec("a.local", &[]);
+        a.waypoint = Some("wp.local".into());
+        a.canary = Some(Canary {
+            host: "wp2.local".into(),
+            weight: 30,
+        });
+        let t = Routes::new().publish(&[a]);
+        let r = t.lookup_hbone("a.local", 80).unwrap();
+        assert_eq!(r.waypoints(0), Some(("wp2.local", Some("wp.local"))));
+        assert_eq!(r.waypoints(29), Some(("wp2.local", Some("wp.local"))));
+        assert_eq!(r.waypoints(30), Some(("wp.local", Some("wp2.local"))));
+        assert_eq!(r.waypoints(99), Some(("wp.local", Some("wp2.local"))));
+        let share = (0..100).filter(|&d| r.waypoints(d).unwrap().0 == "wp2.local");
+        assert_eq!(share.count(), 30);
     }
 
     /// Endpoints at 15443 are left out of the classic table (and listed); a route left with

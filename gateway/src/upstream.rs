@@ -121,6 +121,7 @@ mod tests {
             ports: vec![80],
             subsets: Default::default(),
             waypoint: None,
+            canary: None,
             endpoints: (1..=n)
                 .map(|i| EndpointSpec {
                     address: format!("10.0.0.{i}").parse().unwrap(),

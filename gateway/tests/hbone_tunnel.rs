@@ -389,3 +389,95 @@ async fn a_waypoint_bound_service_sends_other_tunnels_to_its_waypoint() {
         .unwrap();
     assert_eq!(status, StatusCode::OK);
 }
+
+/// Opens a tunnel to `authority`, reads the name the app behind it sends first, and closes
+/// the tunnel cleanly (END_STREAM, then the app's EOF).
+async fn name_behind(o: &mut Outer, authority: &str) -> String {
+    let (status, io) = connect_with(o, authority, &[]).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let (mut tx, mut rx) = io.unwrap();
+    send_all(&mut tx, Bytes::new(), true).await;
+    let got = tokio::time::timeout(TIMEOUT, read_to_end(&mut rx, usize::MAX))
+        .await
+        .expect("the tunnel ends in time")
+        .unwrap();
+    let text = String::from_utf8(got).unwrap();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+/// A canary waypoint takes its weight of the tunnels bound for the waypoint, drawn per
+/// tunnel: at 50 both take some, at 100 the canary takes all; a canary with no ready endpoint
+/// leaves them to the waypoint; a waypoint's own tunnels still reach the service.
+#[tokio::test]
+async fn a_canary_waypoint_takes_its_weight_of_the_tunnels() {
+    let a = app("catalog-1", 41).await;
+    let wp = app("waypoint-1", 42).await;
+    let canary = app("waypoint-2", 43).await;
+    const WP: &str = "wp.infra.svc.cluster.local";
+    const WP2: &str = "wp2.infra.svc.cluster.local";
+    let yaml = |weight: u8, canary_ready: bool| {
+        format!(
+            "services:\n  - host: {SVC}\n    ports: [{{port: 80, targetPort: 8080}}]\n    \
+             waypoint: {WP}\n    waypoint_canary: {{host: {WP2}, weight: {weight}}}\n    \
+             endpoints:\n      - address: {}\n        hbone: {{port: {}}}\n  \
+             - host: {WP}\n    ports: [{{port: 15008, targetPort: {}}}]\n    \
+             endpoints: [{{address: {}}}]\n  \
+             - host: {WP2}\n    ports: [{{port: 15008, targetPort: {}}}]\n    \
+             endpoints: [{{address: {}, ready: {canary_ready}}}]\n",
+            a.addr.ip(),
+            a.addr.port(),
+            wp.addr.port(),
+            wp.addr.ip(),
+            canary.addr.port(),
+            canary.addr.ip(),
+        )
+    };
+    let gw = hbone_support::gateway(&yaml(50, true), |_| {}).await;
+    let mut o = outer(gw.hbone, Some(&hbone_support::pki().client))
+        .await
+        .unwrap();
+    let authority = format!("{SVC}:80");
+    let mut to_canary = 0;
+    const N: usize = 64;
+    for _ in 0..N {
+        match name_behind(&mut o, &authority).await.as_str() {
+            "waypoint-2" => to_canary += 1,
+            "waypoint-1" => {}
+            other => panic!("a tunnel reached {other:?}"),
+        }
+    }
+    // Binomial(64, 1/2): outside 12..=52 about once in a million runs.
+    assert!((12..=52).contains(&to_canary), "{to_canary} of {N}");
+    assert_eq!(wp.accepted() + canary.accepted(), N);
+    assert_eq!(a.accepted(), 0);
+
+    let (code, routes) = common::http_get(gw.gw.admin, "/debug/routes?host=catalog").await;
+    assert_eq!(code, 200);
+    let routes: serde_json::Value = serde_json::from_str(&routes).unwrap();
+    assert_eq!(
+        routes["routes"][0]["canary"],
+        serde_json::json!({"host": WP2, "weight": 50}),
+        "{routes}"
+    );
+
+    gw.gw.write_endpoints(&yaml(100, true));
+    gw.gw.wait_generation(2).await;
+    for _ in 0..8 {
+        assert_eq!(name_behind(&mut o, &authority).await, "waypoint-2");
+    }
+    gw.gw.write_endpoints(&yaml(100, false));
+    gw.gw.wait_generation(3).await;
+    for _ in 0..8 {
+        assert_eq!(
+            name_behind(&mut o, &authority).await,
+            "waypoint-1",
+            "the canary has no ready endpoint"
+        );
+    }
+    let (status, io) = connect_with(&mut o, &authority, &[("x-istio-source", "waypoint")])
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let (_tx, mut rx) = io.unwrap();
+    assert_eq!(read_n(&mut rx, 10).await, b"catalog-1\n");
+}

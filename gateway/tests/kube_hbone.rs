@@ -604,6 +604,115 @@ async fn a_waypoint_outside_the_watched_namespaces_is_not_bypassed() {
     );
 }
 
+/// The canary `/debug/routes` shows for `host:80`, as `(host, weight)`.
+async fn canary_of(admin: SocketAddr, host: &str) -> Option<(String, u64)> {
+    let (_, body) = http_get(admin, &format!("/debug/routes?host={host}")).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let routes = v["routes"].as_array().cloned().unwrap_or_default();
+    let r = routes
+        .iter()
+        .find(|r| r["host"] == host && r["port"] == 80)?;
+    let c = &r["canary"];
+    Some((c["host"].as_str()?.to_owned(), c["weight"].as_u64()?))
+}
+
+async fn eventually_canary(admin: SocketAddr, host: &str, want: Option<(String, u64)>) {
+    let what = format!("{host}:80 canary {want:?}");
+    eventually(&what, WAIT, || {
+        let want = want.clone();
+        async move { canary_of(admin, host).await == want }
+    })
+    .await;
+}
+
+/// A canary waypoint named by the Service's labels and weighted by its annotation takes
+/// that share of the tunnels; the Namespace's canary goes with the Namespace's waypoint;
+/// an invalid weight or a canary that is not ready leaves every tunnel to the waypoint.
+#[tokio::test]
+async fn a_canary_waypoint_takes_its_weight_as_labelled() {
+    let (api, gw) = setup().await;
+    api.install_gateway_api_crds();
+    let (_classic, port) = classic_backends(91).await;
+    let _zt = ztunnel("ztunnel-a", 91).await;
+    let st = api.store();
+    let all = || json!({"namespaces": {"from": "All"}});
+    let _wp = ready_waypoint(st, (NS, "wp"), all(), json!({}), (93, "primary")).await;
+    let _canary = ready_waypoint(st, (NS, "wp2"), all(), json!({}), (94, "canary1")).await;
+    st.create(k8s::pod(NS, "catalog-a", &[("app", "catalog"), AMBIENT]))
+        .unwrap();
+    let labelled = |weight: Option<&str>| {
+        let mut s = service(
+            "catalog",
+            &[
+                GLOBAL,
+                ("istio.io/use-waypoint", "wp"),
+                ("istio.io/use-waypoint-canary", "wp2"),
+            ],
+        );
+        if let Some(w) = weight {
+            s["metadata"]["annotations"] = json!({"istio.io/use-waypoint-canary-weight": w});
+        }
+        s
+    };
+    st.create(labelled(Some("100"))).unwrap();
+    st.create(slice("catalog", port, &[(pod_ip(91), "catalog-a")]))
+        .unwrap();
+    let (wp, wp2) = (waypoint_host(NS, "wp"), waypoint_host(NS, "wp2"));
+    eventually_waypoint(gw.admin, CATALOG, Some(&wp)).await;
+    eventually_canary(gw.admin, CATALOG, Some((wp2.clone(), 100))).await;
+    let mut o = hbone_client(&gw).await;
+    tunnels_reach(&mut o, 4, b"canary1\n").await;
+    // At 30 percent, both take some of 48 tunnels (each side empty about once in 10^7).
+    st.apply(labelled(Some("30"))).unwrap();
+    eventually_canary(gw.admin, CATALOG, Some((wp2.clone(), 30))).await;
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..48 {
+        let (status, got) = tunnel(&mut o, CATALOG, 7).await;
+        assert_eq!(status, StatusCode::OK);
+        *seen
+            .entry(String::from_utf8(got).unwrap().trim_end().to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["canary1", "primary"],
+        "{seen:?}"
+    );
+    // Not a whole number from 0 to 100: no canary, as istiod falls back.
+    st.apply(labelled(Some("30%"))).unwrap();
+    eventually_canary(gw.admin, CATALOG, None).await;
+    tunnels_reach(&mut o, 4, b"primary\n").await;
+    // The canary not ready: no canary.
+    st.apply(labelled(Some("100"))).unwrap();
+    eventually_canary(gw.admin, CATALOG, Some((wp2.clone(), 100))).await;
+    st.apply(waypoint_gateway((NS, "wp2"), all(), json!({}), false))
+        .unwrap();
+    eventually_canary(gw.admin, CATALOG, None).await;
+    tunnels_reach(&mut o, 4, b"primary\n").await;
+    st.apply(waypoint_gateway((NS, "wp2"), all(), json!({}), true))
+        .unwrap();
+    // The Namespace names waypoint and canary; the Service takes both from it.
+    st.apply(service("catalog", &[GLOBAL])).unwrap();
+    eventually_waypoint(gw.admin, CATALOG, None).await;
+    let mut ns = namespace(&[
+        ("istio.io/use-waypoint", "wp"),
+        ("istio.io/use-waypoint-canary", "wp2"),
+    ]);
+    ns["metadata"]["annotations"] = json!({"istio.io/use-waypoint-canary-weight": "100"});
+    st.apply(ns).unwrap();
+    eventually_waypoint(gw.admin, CATALOG, Some(&wp)).await;
+    eventually_canary(gw.admin, CATALOG, Some((wp2, 100))).await;
+    tunnels_reach(&mut o, 4, b"canary1\n").await;
+    // A Service naming its own waypoint does not take the Namespace's canary.
+    st.apply(service(
+        "catalog",
+        &[GLOBAL, ("istio.io/use-waypoint", "wp")],
+    ))
+    .unwrap();
+    eventually_canary(gw.admin, CATALOG, None).await;
+    tunnels_reach(&mut o, 4, b"primary\n").await;
+}
+
 /// Pod `last`'s "ztunnel": an echo app on `pod_ip(last)`:15008.
 async fn ztunnel(name: &str, last: u8) -> App {
     App::start(name, pod_ip(last), HBONE_PORT, AppMode::Echo)

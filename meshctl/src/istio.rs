@@ -133,6 +133,11 @@ pub const GLOBAL_SERVICE_LABEL: &str = "istio.io/global";
 pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
 /// The namespace of the waypoint `istio.io/use-waypoint` names (default: the object's own).
 pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
+/// A second waypoint that takes a share of a Service's traffic (Istio 1.31, alpha), its
+/// namespace, and its share in percent (an annotation, 0 to 100, default 0).
+pub const USE_WAYPOINT_CANARY_LABEL: &str = "istio.io/use-waypoint-canary";
+pub const USE_WAYPOINT_CANARY_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-canary-namespace";
+pub const CANARY_WEIGHT_ANNOTATION: &str = "istio.io/use-waypoint-canary-weight";
 /// istiod's switch for ambient multi-network.
 pub const AMBIENT_MULTI_NETWORK_ENV: &str = "AMBIENT_ENABLE_MULTI_NETWORK";
 

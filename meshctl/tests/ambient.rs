@@ -528,6 +528,42 @@ async fn check_passes_on_a_good_ambient_setup_and_names_each_broken_item() {
         "through their waypoints: default/catalog (its namespace's istio.io/use-waypoint=wp, \
          Gateway default/wp)"
     );
+    // A canary named with the namespace's waypoint: warned of until its Gateway is ready.
+    let mut ns = m
+        .east
+        .store()
+        .get("v1", "Namespace", None, "default")
+        .unwrap();
+    ns["metadata"]["labels"]["istio.io/use-waypoint-canary"] = json!("wp2");
+    ns["metadata"]["annotations"] = json!({"istio.io/use-waypoint-canary-weight": "10"});
+    m.east.store().apply(ns).unwrap();
+    let (_, items) = check(&m).await;
+    let w = item(&items, "cluster east", "waypoints of global services");
+    assert_eq!(w["status"], "warn", "{w}");
+    assert_eq!(
+        w["detail"],
+        "canary waypoint takes nothing: default/catalog (canary Gateway default/wp2: not ready \
+         (no status.addresses, or no such Gateway))"
+    );
+    m.east
+        .store()
+        .apply(
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "wp2", "namespace": "default"},
+            "spec": {"gatewayClassName": "istio-waypoint",
+                "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+            "status": {"addresses": [{"type": "Hostname",
+                "value": "wp2.default.svc.cluster.local"}]}}),
+        )
+        .unwrap();
+    let (_, items) = check(&m).await;
+    let w = item(&items, "cluster east", "waypoints of global services");
+    assert_eq!(w["status"], "pass", "{w}");
+    assert_eq!(
+        w["detail"],
+        "through their waypoints: default/catalog (its namespace's istio.io/use-waypoint=wp, \
+         Gateway default/wp), canary Gateway default/wp2 at 10%"
+    );
     let w = item(&items, "mesh", "global services on every side");
     assert_eq!(w["status"], "warn");
     assert_eq!(

@@ -49,6 +49,13 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
             waypoint: table
                 .lookup_hbone(&r.host, r.port)
                 .and_then(|h| h.waypoint.as_deref().map(str::to_owned)),
+            canary: table
+                .lookup_hbone(&r.host, r.port)
+                .and_then(|h| h.canary.as_ref())
+                .map(|c| DebugCanary {
+                    host: c.host.to_string(),
+                    weight: c.weight,
+                }),
             sni: SniName::new(r.port, "", r.host.as_str()).to_string(),
             host: r.host.clone(),
             port: r.port,
@@ -142,6 +149,15 @@ pub struct DebugRoute {
     /// 15008); `hbone_endpoints` take only tunnels a waypoint sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waypoint: Option<String>,
+    /// The canary waypoint that takes `weight` percent of those tunnels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<DebugCanary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DebugCanary {
+    pub host: String,
+    pub weight: u8,
 }
 
 #[derive(Debug, Serialize)]
@@ -208,6 +224,7 @@ mod tests {
             ports: vec![80, 9080],
             subsets: Default::default(),
             waypoint: None,
+            canary: None,
             endpoints: vec![EndpointSpec {
                 address: "10.0.0.1".parse().unwrap(),
                 ports: [(80, 8080)].into(),

@@ -109,6 +109,7 @@ mod tests {
             ports: vec![80],
             subsets: Arc::default(),
             waypoint: None,
+            canary: None,
             endpoints: Vec::new(),
         };
         let long = "a".repeat(240);

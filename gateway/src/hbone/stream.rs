@@ -10,7 +10,8 @@
 //! has nothing to dial (`find_inbound_upstream`). A service bound to a waypoint takes
 //! straight to its endpoints only tunnels a waypoint sent (`x-istio-source: waypoint`); any
 //! other is sent to the waypoint, as Istio's gateway does (`buildWaypointInternal`): dialed
-//! at its pods' 15008, the tunnel's bytes (the client's inner TLS) passed on unchanged.
+//! at its pods' 15008, the tunnel's bytes (the client's inner TLS) passed on unchanged. With
+//! a canary waypoint, each such tunnel goes to it at its weight's odds.
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
+use rand::Rng;
 use tracing::{debug, info};
 
 use super::Hbone;
@@ -31,7 +33,7 @@ use super::rapid_reset::ResetWatch;
 use super::splice::{self, End, Progress};
 use crate::endpoint::EndpointState;
 use crate::reject::Reject;
-use crate::routes::WAYPOINT_PORT;
+use crate::routes::{Route, WAYPOINT_PORT};
 use crate::upstream;
 
 /// A `--hbone-max-tunnels` place, given back on drop.
@@ -188,13 +190,22 @@ impl Hbone {
             .ok_or_else(|| unavailable(Refusal::NoRoute))?;
         // The waypoint's classic route: its pods dialed at their own 15008, as Istio's
         // gateway dials `inbound-vip|15008|tcp|<waypoint>` (no HBONE port override there).
-        let (route, waypoint) = match &route.waypoint {
-            Some(wp) if !sent_by_waypoint(req) => {
-                let to = table.lookup(wp, WAYPOINT_PORT).ok_or_else(|| {
-                    debug!(waypoint = %wp, "the waypoint has no endpoint at {WAYPOINT_PORT}");
-                    unavailable(Refusal::NoHealthyEndpoint)
-                })?;
-                (to, Some(wp.clone()))
+        // A canary takes its share per tunnel, as ztunnel samples per connection; a waypoint
+        // with no ready endpoint leaves its tunnels to the other.
+        let (route, waypoint) = match route.waypoints(roll(route)) {
+            Some((first, other)) if !sent_by_waypoint(req) => {
+                let ready = |wp| {
+                    let to = table.lookup(wp, WAYPOINT_PORT)?;
+                    to.candidates("").is_ok().then_some((to, wp))
+                };
+                let (to, wp) = ready(first)
+                    .or_else(|| other.and_then(ready))
+                    .or_else(|| Some((table.lookup(first, WAYPOINT_PORT)?, first)))
+                    .ok_or_else(|| {
+                        debug!(waypoint = %first, "the waypoint has no endpoint at {WAYPOINT_PORT}");
+                        unavailable(Refusal::NoHealthyEndpoint)
+                    })?;
+                (to, Some(Box::from(wp)))
             }
             _ => (route, None),
         };
@@ -210,6 +221,14 @@ impl Hbone {
             })?;
         Ok((auth, upstream, ep, waypoint, permit))
     }
+}
+
+/// A draw from 0 to 99 for a route with a canary; 0 (unused) otherwise.
+fn roll(route: &Route) -> u8 {
+    if route.canary.is_none() {
+        return 0;
+    }
+    rand::rng().random_range(0..100)
 }
 
 /// Whether a waypoint sent this tunnel, its policy applied (`x-istio-source: waypoint`, which

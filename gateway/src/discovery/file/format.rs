@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::bounds::{self, EndpointList, HasEndpoints, Refused, ServiceList};
 use super::{FileError, MAX_FILE_BYTES, yaml_error};
 use crate::bounded_read::{ReadRefused, read_regular};
-use crate::routes::{EndpointSpec, Labels, ServiceSpec, WAYPOINT_PORT};
+use crate::routes::{Canary, EndpointSpec, Labels, ServiceSpec, WAYPOINT_PORT};
 use crate::sni_name;
 
 #[derive(Debug, Deserialize)]
@@ -38,8 +38,19 @@ struct FileService {
     /// (`x-istio-source: waypoint`) reach this service's HBONE endpoints; every other goes to
     /// the waypoint.
     waypoint: Option<String>,
+    /// A second waypoint that takes `weight` percent of the tunnels sent to a waypoint
+    /// (`istio.io/use-waypoint-canary`); only with `waypoint`.
+    waypoint_canary: Option<FileCanary>,
     /// Replaced by `waypoint` (kept only to say so).
     waypoint_bound: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCanary {
+    host: String,
+    /// Percent, 0 to 100.
+    weight: u8,
 }
 
 impl HasEndpoints for FileService {
@@ -284,20 +295,41 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                  sends the tunnels a waypoint did not send"
             )));
         }
+        let canary = match svc.waypoint_canary {
+            Some(_) if svc.waypoint.is_none() => {
+                return Err(invalid(format!(
+                    "{at}: waypoint_canary needs a waypoint: give `waypoint: <host>` too"
+                )));
+            }
+            Some(c) if c.weight > 100 => {
+                return Err(invalid(format!(
+                    "{at}: waypoint_canary: weight {} is over 100 (percent)",
+                    c.weight
+                )));
+            }
+            // No tunnel would go there.
+            Some(FileCanary { weight: 0, .. }) | None => None,
+            Some(c) => Some(Canary {
+                host: c.host.trim().to_ascii_lowercase().into(),
+                weight: c.weight,
+            }),
+        };
         out.push(ServiceSpec {
             host,
             ports: port_map.keys().copied().collect(),
             subsets,
             endpoints,
             waypoint: svc.waypoint.map(|w| w.trim().to_ascii_lowercase()),
+            canary,
         });
     }
     check_waypoints(&out).map_err(invalid)?;
     Ok(out)
 }
 
-/// Each `waypoint` names another service of the file, with port 15008 (where tunnels are
-/// sent to it) and not bound to a waypoint itself (Istio gives a waypoint none).
+/// Each `waypoint` and canary names another service of the file, with port 15008 (where
+/// tunnels are sent to it) and not bound to a waypoint itself (Istio gives a waypoint none);
+/// a canary is not the waypoint itself (istiod's `CanarySameAsPrimary`).
 fn check_waypoints(specs: &[ServiceSpec]) -> Result<(), String> {
     if specs.iter().all(|s| s.waypoint.is_none()) {
         return Ok(());
@@ -306,17 +338,22 @@ fn check_waypoints(specs: &[ServiceSpec]) -> Result<(), String> {
     let by_host: HashMap<&str, &ServiceSpec> = specs.iter().map(|s| (s.host.as_str(), s)).collect();
     for (i, spec) in specs.iter().enumerate() {
         let Some(wp) = &spec.waypoint else { continue };
-        let problem = match by_host.get(wp.as_str()) {
-            _ if *wp == spec.host => "is the service itself",
-            None => "is not a host of this file: list the waypoint's service, with port 15008",
-            Some(w) if !w.ports.contains(&WAYPOINT_PORT) => {
-                "has no port 15008, where tunnels are sent to a waypoint"
-            }
-            Some(w) if w.waypoint.is_some() => "is bound to a waypoint itself",
-            Some(_) => continue,
-        };
-        let at = format!("services[{i}] ({})", excerpt(&spec.host));
-        return Err(format!("{at}: waypoint {} {problem}", excerpt(wp)));
+        let named = std::iter::once(("waypoint", wp.as_str()))
+            .chain(spec.canary.as_ref().map(|c| ("waypoint_canary", &*c.host)));
+        for (key, host) in named {
+            let problem = match by_host.get(host) {
+                _ if host == spec.host => "is the service itself",
+                _ if key == "waypoint_canary" && host == wp => "is the waypoint itself",
+                None => "is not a host of this file: list the waypoint's service, with port 15008",
+                Some(w) if !w.ports.contains(&WAYPOINT_PORT) => {
+                    "has no port 15008, where tunnels are sent to a waypoint"
+                }
+                Some(w) if w.waypoint.is_some() => "is bound to a waypoint itself",
+                Some(_) => continue,
+            };
+            let at = format!("services[{i}] ({})", excerpt(&spec.host));
+            return Err(format!("{at}: {key} {} {problem}", excerpt(host)));
+        }
     }
     Ok(())
 }
@@ -526,6 +563,26 @@ services:
             Some("wp.ns.svc.cluster.local")
         );
         assert_eq!(specs[1].waypoint, None);
+        assert_eq!(specs[0].canary, None);
+        let canaried = |weight: u8| {
+            p(&format!(
+                "services: [{{host: a.local, ports: [{{port: 80}}], waypoint: wp.local, \
+                 waypoint_canary: {{host: WP2.local, weight: {weight}}}}}, \
+                 {{host: wp.local, ports: [{{port: 15008}}]}}, \
+                 {{host: wp2.local, ports: [{{port: 15008}}]}}]"
+            ))
+            .unwrap()
+            .remove(0)
+            .canary
+        };
+        assert_eq!(
+            canaried(20),
+            Some(Canary {
+                host: "wp2.local".into(),
+                weight: 20
+            })
+        );
+        assert_eq!(canaried(0), None, "no tunnel would go there");
         let wp = "{host: wp.local, ports: [{port: 15008}]}";
         for (doc, want) in [
             (
@@ -547,6 +604,26 @@ services:
             (
                 "services: [{host: a.local, ports: [{port: 80}], waypoint_bound: true}]".into(),
                 "services[0] (\"a.local\"): waypoint_bound was replaced by `waypoint: <host",
+            ),
+            (
+                format!("services: [{{host: a.local, ports: [{{port: 80}}], waypoint_canary: {{host: wp.local, weight: 5}}}}, {wp}]"),
+                "services[0] (\"a.local\"): waypoint_canary needs a waypoint",
+            ),
+            (
+                format!("services: [{{host: a.local, ports: [{{port: 80}}], waypoint: wp.local, waypoint_canary: {{host: wp.local, weight: 5}}}}, {wp}]"),
+                "waypoint_canary \"wp.local\" is the waypoint itself",
+            ),
+            (
+                format!("services: [{{host: a.local, ports: [{{port: 80}}], waypoint: wp.local, waypoint_canary: {{host: c.local, weight: 5}}}}, {wp}]"),
+                "waypoint_canary \"c.local\" is not a host of this file",
+            ),
+            (
+                format!("services: [{{host: a.local, ports: [{{port: 80}}], waypoint: wp.local, waypoint_canary: {{host: c.local, weight: 101}}}}, {wp}]"),
+                "waypoint_canary: weight 101 is over 100",
+            ),
+            (
+                format!("services: [{{host: a.local, ports: [{{port: 80}}], waypoint: wp.local, waypoint_canary: {{host: c.local}}}}, {wp}]"),
+                "services[0]: missing field",
             ),
         ] {
             let err = p(&doc).unwrap_err().to_string();

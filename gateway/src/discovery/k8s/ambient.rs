@@ -23,6 +23,11 @@ pub use crate::discovery::file::format::HBONE_DEFAULT_PORT as HBONE_PORT;
 pub const GLOBAL_LABEL: &str = "istio.io/global";
 pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
 pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
+/// A second waypoint that takes a share of a Service's tunnels (Istio 1.31, alpha), with its
+/// namespace and, as an annotation, its share in percent.
+pub const USE_WAYPOINT_CANARY_LABEL: &str = "istio.io/use-waypoint-canary";
+pub const USE_WAYPOINT_CANARY_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-canary-namespace";
+pub const CANARY_WEIGHT_ANNOTATION: &str = "istio.io/use-waypoint-canary-weight";
 /// Set by istiod on the objects it deploys for a Gateway; [`MESH_CONTROLLER`] on a waypoint's.
 pub const GATEWAY_MANAGED_LABEL: &str = "gateway.istio.io/managed";
 pub const MESH_CONTROLLER: &str = "istio.io-mesh-controller";
@@ -62,22 +67,50 @@ impl UseWaypoint {
     }
 }
 
+/// What an object says of a canary waypoint: its `istio.io/use-waypoint-canary` label (`""`
+/// and `none` say no canary) and its weight annotation as written; `waypoints` judges them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CanaryLabels {
+    pub waypoint: UseWaypoint,
+    pub weight: Option<Box<str>>,
+}
+
+impl CanaryLabels {
+    pub fn of(labels: Option<&Labels>, annotations: Option<&Labels>) -> Self {
+        let get = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+        let waypoint = match get(USE_WAYPOINT_CANARY_LABEL) {
+            None => UseWaypoint::Unset,
+            Some("" | "none") => UseWaypoint::OptedOut,
+            Some(name) => UseWaypoint::Bound {
+                name: name.into(),
+                namespace: get(USE_WAYPOINT_CANARY_NAMESPACE_LABEL).map(Box::from),
+            },
+        };
+        let weight = annotations
+            .and_then(|a| a.get(CANARY_WEIGHT_ANNOTATION))
+            .map(|w| Box::from(w.as_str()));
+        CanaryLabels { waypoint, weight }
+    }
+}
+
 /// A Service's ambient fields.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ServiceScope {
     pub global: bool,
     pub waypoint: UseWaypoint,
+    pub canary: CanaryLabels,
     /// A waypoint's own Service (`gateway.istio.io/managed: istio.io-mesh-controller`),
     /// which never has a waypoint (`fetchWaypointForService`).
     pub is_waypoint: bool,
 }
 
 impl ServiceScope {
-    pub fn of(labels: Option<&Labels>) -> Self {
+    pub fn of(labels: Option<&Labels>, annotations: Option<&Labels>) -> Self {
         let get = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
         ServiceScope {
             global: get(GLOBAL_LABEL) == Some("true"),
             waypoint: UseWaypoint::of(labels),
+            canary: CanaryLabels::of(labels, annotations),
             is_waypoint: get(GATEWAY_MANAGED_LABEL) == Some(MESH_CONTROLLER),
         }
     }
@@ -89,17 +122,19 @@ impl ServiceScope {
 pub struct NamespaceScope {
     pub ambient: bool,
     pub waypoint: UseWaypoint,
+    pub canary: CanaryLabels,
     pub labels: Labels,
 }
 
 impl NamespaceScope {
-    pub fn of(labels: Option<&Labels>) -> Self {
+    pub fn of(labels: Option<&Labels>, annotations: Option<&Labels>) -> Self {
         NamespaceScope {
             ambient: labels
                 .and_then(|l| l.get(DATAPLANE_MODE_LABEL))
                 .map(String::as_str)
                 == Some("ambient"),
             waypoint: UseWaypoint::of(labels),
+            canary: CanaryLabels::of(labels, annotations),
             labels: labels.cloned().unwrap_or_default(),
         }
     }
@@ -123,18 +158,18 @@ mod tests {
     }
 
     fn ns(kv: &[(&str, &str)]) -> NamespaceScope {
-        NamespaceScope::of(Some(&labels(kv)))
+        NamespaceScope::of(Some(&labels(kv)), None)
     }
 
     #[test]
     fn labels_read_as_istiod_reads_them() {
-        let svc = |kv: &[(&str, &str)]| ServiceScope::of(Some(&labels(kv)));
+        let svc = |kv: &[(&str, &str)]| ServiceScope::of(Some(&labels(kv)), None);
         assert!(svc(&[("istio.io/global", "true")]).global);
         assert!(
             !svc(&[("istio.io/global", "True")]).global,
             "the profile selects exactly \"true\""
         );
-        assert_eq!(ServiceScope::of(None), ServiceScope::default());
+        assert_eq!(ServiceScope::of(None, None), ServiceScope::default());
         assert_eq!(
             svc(&[("istio.io/use-waypoint", "none")]).waypoint,
             UseWaypoint::OptedOut
@@ -162,6 +197,42 @@ mod tests {
         assert_eq!(
             ns(&[("team", "a")]).labels.get("team").map(String::as_str),
             Some("a")
+        );
+    }
+
+    /// istiod's `TestGetUseWaypointCanary` cases for one object: empty and `none` name no
+    /// canary; the namespace label, if any, goes with the name.
+    #[test]
+    fn canary_labels_read_as_istiod_reads_them() {
+        let canary = |kv: &[(&str, &str)]| CanaryLabels::of(Some(&labels(kv)), None).waypoint;
+        assert_eq!(canary(&[]), UseWaypoint::Unset);
+        for no in ["", "none"] {
+            assert_eq!(
+                canary(&[("istio.io/use-waypoint-canary", no)]),
+                UseWaypoint::OptedOut
+            );
+        }
+        assert_eq!(
+            canary(&[("istio.io/use-waypoint-canary", "wp")]),
+            UseWaypoint::Bound {
+                name: "wp".into(),
+                namespace: None
+            }
+        );
+        assert_eq!(
+            canary(&[
+                ("istio.io/use-waypoint-canary", "wp"),
+                ("istio.io/use-waypoint-canary-namespace", "other")
+            ]),
+            UseWaypoint::Bound {
+                name: "wp".into(),
+                namespace: Some("other".into())
+            }
+        );
+        let weight = labels(&[("istio.io/use-waypoint-canary-weight", "20")]);
+        assert_eq!(
+            CanaryLabels::of(None, Some(&weight)).weight.as_deref(),
+            Some("20")
         );
     }
 

@@ -106,7 +106,10 @@ pub fn project_service(svc: &Service) -> Option<SvcInfo> {
         Some("IPv6") => IpFamily::V6,
         _ => IpFamily::V4,
     };
-    let scope = ServiceScope::of(svc.metadata.labels.as_ref());
+    let scope = ServiceScope::of(
+        svc.metadata.labels.as_ref(),
+        svc.metadata.annotations.as_ref(),
+    );
     let cluster_ips = spec
         .cluster_ips
         .iter()
@@ -236,7 +239,10 @@ pub fn project_pod(pod: &PartialObjectMeta<Pod>, interner: &Interner) -> Option<
 
 /// A Namespace's ambient labels (from metadata only).
 pub fn project_namespace(ns: &PartialObjectMeta<Namespace>) -> Option<NamespaceScope> {
-    Some(NamespaceScope::of(ns.metadata.labels.as_ref()))
+    Some(NamespaceScope::of(
+        ns.metadata.labels.as_ref(),
+        ns.metadata.annotations.as_ref(),
+    ))
 }
 
 pub(super) fn pod_label<'a>(labels: &'a PodLabels, key: &str) -> Option<&'a str> {

@@ -8,7 +8,7 @@ use super::ambient::{self, NamespaceScope};
 use super::cache::Watched;
 use super::project::{DrInfo, ObjKey, PodInfo, SliceInfo, SvcInfo, pod_label};
 use super::waypoints::{self, ClassInfo, WaypointAddress, WaypointInfo};
-use crate::routes::{EndpointSpec, Labels, ServiceSpec, Subsets};
+use crate::routes::{Canary, EndpointSpec, Labels, ServiceSpec, Subsets};
 use crate::sni_name::{validate_host, validate_subset};
 
 /// Why a waypoint cannot be seen.
@@ -21,6 +21,21 @@ pub enum Blind {
     /// Its listeners' rules refuse the Service's namespace, but its GatewayClass, which
     /// may not be read (403), could name another listener that allows it.
     ClassForbidden,
+}
+
+/// Why a Service's canary waypoint takes none of its tunnels; all of them then go to its
+/// waypoint, as istiod falls back (and reports on the Service's `istio.io/WaypointBound`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CanaryUnused {
+    /// The weight annotation is not a whole number from 0 to 100 (`CanaryInvalidWeight`).
+    InvalidWeight(Box<str>),
+    /// It names the waypoint itself (`CanarySameAsPrimary`).
+    SameAsPrimary,
+    /// No such Gateway is ready, or it does not take this Service (its listeners' rules, or
+    /// its `istio.io/waypoint-for`).
+    NotUsable,
+    /// The gateway cannot see it.
+    Unseen(Blind),
 }
 
 /// Everything discovery knows, projected.
@@ -72,29 +87,107 @@ impl Model {
             && self.gateway_classes.as_ref().is_none_or(Watched::synced)
     }
 
-    /// The host of the waypoint a global Service's tunnels go to, if it has one.
-    /// `by_ip` maps cluster IPs to hosts, for a waypoint whose status gives only an IP.
-    fn waypoint_host(
+    /// The host of the waypoint a global Service's tunnels go to, if it has one, and what
+    /// becomes of its canary. `by_ip` maps cluster IPs to hosts, for a waypoint whose status
+    /// gives only an IP.
+    fn waypoints_of(
         &self,
         ns: &str,
         svc: &SvcInfo,
         namespace: Option<&NamespaceScope>,
         by_ip: &HashMap<IpAddr, String>,
-    ) -> Option<String> {
+    ) -> Option<(String, Result<Option<Canary>, CanaryUnused>)> {
         let b = waypoints::binding(ns, &svc.scope, namespace)?;
         // Without a usable address the tunnels have nowhere to go: `ns/name` is no route's
         // host, so they are answered 503, and `/debug/routes` shows which waypoint it is.
         // So too for a waypoint the gateway cannot judge: sending the tunnels around it
         // would skip its policy.
         if self.blind_to(ns, &b).is_some() {
-            return Some(b.key());
+            return Some((b.key(), Ok(None)));
         }
         let w = self.resolve(ns, &b)?;
-        Some(match &w.address {
-            Some(WaypointAddress::Hostname(h)) => h.clone(),
-            Some(WaypointAddress::Ip(ip)) => by_ip.get(ip).cloned().unwrap_or_else(|| b.key()),
-            None => b.key(),
-        })
+        let Some(host) = host_of(w, by_ip) else {
+            return Some((b.key(), Ok(None)));
+        };
+        let canary = self.canary_of(ns, svc, namespace, &b, by_ip);
+        Some((host, canary))
+    }
+
+    /// The canary of a Service in `ns` whose waypoint binding `primary` resolved: `Ok(None)`
+    /// when none is named or its weight is 0.
+    fn canary_of(
+        &self,
+        ns: &str,
+        svc: &SvcInfo,
+        namespace: Option<&NamespaceScope>,
+        primary: &waypoints::Binding,
+        by_ip: &HashMap<IpAddr, String>,
+    ) -> Result<Option<Canary>, CanaryUnused> {
+        let Some((b, raw)) = waypoints::canary_binding(ns, &svc.scope, namespace) else {
+            return Ok(None);
+        };
+        let weight = waypoints::canary_weight(raw)
+            .ok_or_else(|| CanaryUnused::InvalidWeight(raw.unwrap_or_default().into()))?;
+        if (b.namespace, b.name) == (primary.namespace, primary.name) {
+            return Err(CanaryUnused::SameAsPrimary);
+        }
+        if let Some(why) = self.blind_to(ns, &b) {
+            return Err(CanaryUnused::Unseen(why));
+        }
+        let w = self.resolve(ns, &b).ok_or(CanaryUnused::NotUsable)?;
+        let host = host_of(w, by_ip).ok_or(CanaryUnused::NotUsable)?;
+        Ok((weight > 0).then(|| Canary {
+            host: host.into(),
+            weight,
+        }))
+    }
+
+    /// Cluster IPs to Service hosts, when some waypoint's status gives only an IP.
+    fn hosts_by_ip(&self, domain: &str) -> HashMap<IpAddr, String> {
+        match &self.waypoints {
+            Some(w)
+                if w.iter()
+                    .any(|(_, w)| matches!(w.address, Some(WaypointAddress::Ip(_)))) =>
+            {
+                let services = self.services.iter();
+                services
+                    .flat_map(|((ns, name), s)| {
+                        let host = format!("{name}.{ns}.svc.{domain}").to_ascii_lowercase();
+                        s.cluster_ips.iter().map(move |ip| (*ip, host.clone()))
+                    })
+                    .collect()
+            }
+            _ => HashMap::new(),
+        }
+    }
+
+    /// The global Services whose canary waypoint takes none of their tunnels, as `(service
+    /// host, canary namespace/name, why)`, for the log.
+    pub fn unused_canaries(&self, domain: &str) -> Vec<(String, String, CanaryUnused)> {
+        let mut out = Vec::new();
+        let named = |c: &ambient::CanaryLabels| c != &ambient::CanaryLabels::default();
+        let any = self.services.iter().any(|(_, s)| named(&s.scope.canary))
+            || self.namespaces.iter().any(|(_, n)| named(&n.canary));
+        if !any {
+            return out;
+        }
+        let by_ip = self.hosts_by_ip(domain);
+        for ((ns, name), svc) in self.services.iter() {
+            if !svc.scope.global || svc.ports.is_empty() {
+                continue;
+            }
+            let namespace = self.namespaces.get(&namespace_key(ns));
+            let Some((_, Err(why))) = self.waypoints_of(ns, svc, namespace, &by_ip) else {
+                continue;
+            };
+            let Some((canary, _)) = waypoints::canary_binding(ns, &svc.scope, namespace) else {
+                continue;
+            };
+            let host = format!("{name}.{ns}.svc.{domain}").to_ascii_lowercase();
+            out.push((host, canary.key(), why));
+        }
+        out.sort();
+        out
     }
 
     /// The ready waypoint (Gateway) `ns/name`, if any.
@@ -223,21 +316,7 @@ impl Model {
         let mut label_sets: HashMap<Vec<(&str, &str)>, Arc<Labels>> = HashMap::new();
         let mut label_key: Vec<(&str, &str)> = Vec::new();
         let mut out = Vec::with_capacity(self.services.len());
-        let by_ip: HashMap<IpAddr, String> = match &self.waypoints {
-            Some(w)
-                if w.iter()
-                    .any(|(_, w)| matches!(w.address, Some(WaypointAddress::Ip(_)))) =>
-            {
-                let services = self.services.iter();
-                services
-                    .flat_map(|((ns, name), s)| {
-                        let host = format!("{name}.{ns}.svc.{domain}").to_ascii_lowercase();
-                        s.cluster_ips.iter().map(move |ip| (*ip, host.clone()))
-                    })
-                    .collect()
-            }
-            _ => HashMap::new(),
-        };
+        let by_ip = self.hosts_by_ip(domain);
         for ((ns, svc_name), svc) in self.services.iter() {
             if svc.ports.is_empty() {
                 continue;
@@ -245,9 +324,13 @@ impl Model {
             let namespace = self.namespaces.get(&namespace_key(ns));
             // Only global Services are exposed over HBONE (`ambientindex.go`).
             let hbone = svc.scope.global;
-            let waypoint = hbone
-                .then(|| self.waypoint_host(ns, svc, namespace, &by_ip))
-                .flatten();
+            let (waypoint, canary) = match hbone
+                .then(|| self.waypoints_of(ns, svc, namespace, &by_ip))
+                .flatten()
+            {
+                Some((host, canary)) => (Some(host), canary.ok().flatten()),
+                None => (None, None),
+            };
             let host = format!("{svc_name}.{ns}.svc.{domain}").to_ascii_lowercase();
             let mut ports: Vec<u16> = svc.ports.iter().map(|(_, p)| *p).collect();
             ports.sort_unstable();
@@ -364,9 +447,19 @@ impl Model {
                 subsets: subs.clone(),
                 endpoints: eps.into_values().collect(),
                 waypoint,
+                canary,
             });
         }
         out
+    }
+}
+
+/// The host a waypoint is reached at: its hostname, or the Service with its cluster IP.
+fn host_of(w: &WaypointInfo, by_ip: &HashMap<IpAddr, String>) -> Option<String> {
+    match &w.address {
+        Some(WaypointAddress::Hostname(h)) => Some(h.clone()),
+        Some(WaypointAddress::Ip(ip)) => by_ip.get(ip).cloned(),
+        None => None,
     }
 }
 
@@ -803,5 +896,131 @@ mod tests {
         m.gateway_classes = Some(classes);
         assert_eq!(waypoint(&m).as_deref(), Some("wp.infra.svc.cluster.local"));
         assert_eq!(m.unseen_waypoints("cluster.local"), []);
+    }
+
+    /// A Service's canary waypoint takes its weight of the tunnels when it could be its
+    /// waypoint itself; otherwise all go to the waypoint, and `unused_canaries` says why.
+    #[test]
+    fn a_canary_is_used_only_when_it_could_be_the_waypoint() {
+        let mut m = Model::new(1);
+        let service = |labels: &[(&str, &str)], weight: Option<&str>| {
+            let mut s = svc(json!([{"name": "http", "port": 80}]));
+            let base = [("istio.io/global", "true"), ("istio.io/use-waypoint", "wp")];
+            s.metadata.labels = Some(
+                (base.iter().chain(labels))
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .collect(),
+            );
+            s.metadata.annotations = weight.map(|w| {
+                [(
+                    "istio.io/use-waypoint-canary-weight".to_string(),
+                    w.to_string(),
+                )]
+                .into()
+            });
+            project_service(&s).unwrap()
+        };
+        let gateway = |ns: &str, name: &str, from: &str, address: serde_json::Value| {
+            let g: waypoints::GatewayObject = serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"gatewayClassName": "istio-waypoint", "listeners": [
+                    {"name": "mesh", "port": 15008, "protocol": "HBONE",
+                     "allowedRoutes": {"namespaces": {"from": from}}}]},
+                "status": {"addresses": [address]}}))
+            .unwrap();
+            waypoints::project_gateway(&g).unwrap()
+        };
+        let host = |h: &str| json!({"type": "Hostname", "value": h});
+        let mut gateways = Watched::new(1);
+        for (ns, name, from) in [("shop", "wp", "Same"), ("shop", "wp2", "Same")] {
+            let address = host(&format!("{name}.{ns}.svc.cluster.local"));
+            let g = gateway(ns, name, from, address);
+            gateways.streams[0].items.insert(k(ns, name), g);
+        }
+        let same = gateway(
+            "infra",
+            "other-ns",
+            "Same",
+            host("o.infra.svc.cluster.local"),
+        );
+        gateways.streams[0]
+            .items
+            .insert(k("infra", "other-ns"), same);
+        let by_ip = gateway(
+            "shop",
+            "by-ip",
+            "Same",
+            json!({"type": "IPAddress", "value": "10.9.9.9"}),
+        );
+        gateways.streams[0].items.insert(k("shop", "by-ip"), by_ip);
+        m.waypoints = Some(gateways);
+        let catalog = k("shop", "catalog");
+        let c = "istio.io/use-waypoint-canary";
+        let set = |m: &mut Model, s| {
+            m.services.streams[0].items.insert(catalog.clone(), s);
+        };
+        let spec = |m: &Model| {
+            let s = m.specs("cluster.local").remove(0);
+            (s.waypoint, s.canary.map(|c| (c.host.to_string(), c.weight)))
+        };
+        let unused = |m: &Model| {
+            let u = m.unused_canaries("cluster.local");
+            u.into_iter()
+                .map(|(_, c, why)| (c, why))
+                .collect::<Vec<_>>()
+        };
+        let primary = Some("wp.shop.svc.cluster.local".to_string());
+
+        set(&mut m, service(&[(c, "wp2")], Some("20")));
+        let wp2 = Some(("wp2.shop.svc.cluster.local".to_string(), 20));
+        assert_eq!(spec(&m), (primary.clone(), wp2));
+        assert_eq!(unused(&m), []);
+        set(&mut m, service(&[(c, "wp2")], None));
+        assert_eq!(spec(&m), (primary.clone(), None), "no weight: 0");
+        assert_eq!(unused(&m), []);
+
+        for (labels, weight, why) in [
+            (
+                vec![(c, "wp2")],
+                Some("101"),
+                CanaryUnused::InvalidWeight("101".into()),
+            ),
+            (vec![(c, "wp")], Some("5"), CanaryUnused::SameAsPrimary),
+            (vec![(c, "missing")], Some("5"), CanaryUnused::NotUsable),
+            (
+                vec![
+                    (c, "other-ns"),
+                    ("istio.io/use-waypoint-canary-namespace", "infra"),
+                ],
+                Some("5"),
+                CanaryUnused::NotUsable,
+            ),
+            (vec![(c, "by-ip")], Some("5"), CanaryUnused::NotUsable),
+        ] {
+            set(&mut m, service(&labels, weight));
+            assert_eq!(spec(&m), (primary.clone(), None), "{labels:?}");
+            assert_eq!(unused(&m).len(), 1, "{labels:?}");
+            assert_eq!(unused(&m)[0].1, why, "{labels:?}");
+        }
+        // Watching only `shop`: a canary elsewhere cannot be judged, and is left out.
+        m.watched_namespaces = vec!["shop".into()];
+        set(
+            &mut m,
+            service(
+                &[
+                    (c, "x"),
+                    ("istio.io/use-waypoint-canary-namespace", "elsewhere"),
+                ],
+                Some("50"),
+            ),
+        );
+        assert_eq!(spec(&m), (primary, None));
+        assert_eq!(
+            unused(&m),
+            [(
+                "elsewhere/x".into(),
+                CanaryUnused::Unseen(Blind::NotWatched)
+            )]
+        );
     }
 }

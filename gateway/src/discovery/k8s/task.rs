@@ -12,7 +12,7 @@ use super::cache::{Update, Watched};
 use super::crd::{Crd, CrdWatch, Gone};
 use super::health::{Health, Recovered};
 use super::probe::{Kind, Probe};
-use super::specs::{Blind, Model};
+use super::specs::{Blind, CanaryUnused, Model};
 use super::watch::Msg;
 use crate::discovery::Publisher;
 
@@ -39,6 +39,8 @@ pub(super) struct ModelTask {
     generations: [u64; 3],
     /// Services bound to a waypoint the gateway cannot see, as last warned of.
     unseen: Vec<(String, String, Blind)>,
+    /// Services whose canary waypoint takes none of their tunnels, as last warned of.
+    unused_canaries: Vec<(String, String, CanaryUnused)>,
 }
 
 impl ModelTask {
@@ -60,6 +62,7 @@ impl ModelTask {
             crds,
             generations: [0; 3],
             unseen: Vec::new(),
+            unused_canaries: Vec::new(),
         }
     }
 
@@ -281,6 +284,7 @@ impl ModelTask {
             "kubernetes route table rebuilt"
         );
         self.warn_unseen();
+        self.warn_unused_canaries();
         if !self.synced.swap(true, Ordering::SeqCst) {
             tracing::info!(
                 services = self.model.services.len(),
@@ -336,6 +340,45 @@ impl ModelTask {
             );
         }
         self.unseen = unseen;
+    }
+
+    /// Warns of each Service whose canary waypoint newly takes none of its tunnels (up to
+    /// [`UNSEEN_NAMED`] by name per table, then a count), once until that changes.
+    fn warn_unused_canaries(&mut self) {
+        let unused = self.model.unused_canaries(&self.domain);
+        let new: Vec<_> = (unused.iter())
+            .filter(|u| self.unused_canaries.binary_search(u).is_err())
+            .collect();
+        for (service, canary, why) in new.iter().take(UNSEEN_NAMED) {
+            let why = match why {
+                CanaryUnused::InvalidWeight(w) => format!(
+                    "its istio.io/use-waypoint-canary-weight {:?} is not a whole number from 0 \
+                     to 100",
+                    w.chars().take(32).collect::<String>()
+                ),
+                CanaryUnused::SameAsPrimary => "it names the service's waypoint itself".into(),
+                CanaryUnused::NotUsable => "no such waypoint is ready, or it does not take \
+                    this service (its listeners' allowedRoutes, or istio.io/waypoint-for)"
+                    .into(),
+                CanaryUnused::Unseen(Blind::NotWatched) => {
+                    "its namespace is not among --namespace".into()
+                }
+                CanaryUnused::Unseen(_) => "the gateway may not read it (403)".into(),
+            };
+            tracing::warn!(
+                %service,
+                %canary,
+                "the service's canary waypoint takes none of its tunnels: {why}; all go to \
+                 its waypoint, as Istio falls back"
+            );
+        }
+        if new.len() > UNSEEN_NAMED {
+            tracing::warn!(
+                more = new.len() - UNSEEN_NAMED,
+                "more services have canary waypoints that take none of their tunnels"
+            );
+        }
+        self.unused_canaries = unused;
     }
 }
 

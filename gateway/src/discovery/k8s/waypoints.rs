@@ -450,6 +450,57 @@ pub fn binding<'a>(
     })
 }
 
+/// The canary waypoint a Service names (Istio 1.31, alpha), with its weight annotation as
+/// written: from the object its waypoint binding came from. A Service that names its own
+/// waypoint names its own canary; one that takes its Namespace's waypoint takes the
+/// Namespace's canary, its own label and annotation overriding the Namespace's
+/// (`getUseWaypointCanary`, `getCanaryWeight`). `None`: no canary named.
+pub fn canary_binding<'a>(
+    ns: &'a str,
+    svc: &'a ServiceScope,
+    ns_scope: Option<&'a NamespaceScope>,
+) -> Option<(Binding<'a>, Option<&'a str>)> {
+    if svc.is_waypoint {
+        return None;
+    }
+    let (named, weight) = match &svc.waypoint {
+        UseWaypoint::OptedOut => return None,
+        UseWaypoint::Bound { .. } => (&svc.canary.waypoint, svc.canary.weight.as_deref()),
+        UseWaypoint::Unset => {
+            let n = ns_scope?;
+            if !matches!(n.waypoint, UseWaypoint::Bound { .. }) {
+                return None;
+            }
+            let named = match &svc.canary.waypoint {
+                UseWaypoint::Unset => &n.canary.waypoint,
+                own => own,
+            };
+            (
+                named,
+                svc.canary.weight.as_deref().or(n.canary.weight.as_deref()),
+            )
+        }
+    };
+    let UseWaypoint::Bound { name, namespace } = named else {
+        return None;
+    };
+    let binding = Binding {
+        namespace: namespace.as_deref().unwrap_or(ns),
+        name,
+        from: ns_scope.map(|n| &n.labels),
+    };
+    Some((binding, weight))
+}
+
+/// A canary's weight annotation, as istiod reads it (`getCanaryWeight`): absent is 0, else a
+/// whole number from 0 to 100 (Go's `strconv.Atoi`: an optional sign, then digits); `None`
+/// for anything else, which leaves the canary unused (`CanaryInvalidWeight`).
+pub fn canary_weight(raw: Option<&str>) -> Option<u8> {
+    let Some(raw) = raw else { return Some(0) };
+    let n: i64 = raw.parse().ok()?;
+    u8::try_from(n).ok().filter(|w| *w <= 100)
+}
+
 impl Binding<'_> {
     /// The waypoint named, looked up by `(namespace, name)` with `find`, if it is ready,
     /// allows the Service's namespace `ns` and takes Service traffic (its class's
@@ -776,8 +827,8 @@ mod tests {
             inbound_binding: None,
         };
         let class_for = |class: &str| (class == "workloads").then_some(&workloads);
-        let svc = |kv: &[(&str, &str)]| ServiceScope::of(Some(&labels(kv)));
-        let ns = |kv: &[(&str, &str)]| NamespaceScope::of(Some(&labels(kv)));
+        let svc = |kv: &[(&str, &str)]| ServiceScope::of(Some(&labels(kv)), None);
+        let ns = |kv: &[(&str, &str)]| NamespaceScope::of(Some(&labels(kv)), None);
         let of = |s: &ServiceScope, n: Option<&NamespaceScope>| {
             binding("shop", s, n)
                 .filter(|b| b.resolve("shop", find, class_for).is_some())
@@ -836,5 +887,90 @@ mod tests {
             ("gateway.istio.io/managed", "istio.io-mesh-controller"),
         ]);
         assert_eq!(of(&own, None), None);
+    }
+
+    /// istiod's `TestGetCanaryWeight` cases, and the sign `strconv.Atoi` takes.
+    #[test]
+    fn canary_weights_read_as_istiod_reads_them() {
+        assert_eq!(canary_weight(None), Some(0), "absent is 0");
+        for (raw, want) in [("0", 0), ("42", 42), ("100", 100), ("+7", 7), ("-0", 0)] {
+            assert_eq!(canary_weight(Some(raw)), Some(want), "{raw}");
+        }
+        for raw in [
+            "abc",
+            "-1",
+            "101",
+            "",
+            " 5",
+            "5%",
+            "0x10",
+            "1e2",
+            "99999999999999999999",
+        ] {
+            assert_eq!(canary_weight(Some(raw)), None, "{raw:?}");
+        }
+    }
+
+    /// The canary comes from the object the waypoint came from: a Service naming its own
+    /// waypoint ignores its Namespace's canary; one taking its Namespace's waypoint takes the
+    /// Namespace's canary and weight, its own label and annotation first.
+    #[test]
+    fn the_canary_comes_from_where_the_waypoint_came_from() {
+        let meta = |kv: &[(&str, &str)]| {
+            let (anns, lbls): (Vec<_>, Vec<_>) =
+                kv.iter().partition(|(k, _)| k.ends_with("-weight"));
+            (labels(&lbls), labels(&anns))
+        };
+        let svc = |kv: &[(&str, &str)]| {
+            let (l, a) = meta(kv);
+            ServiceScope::of(Some(&l), Some(&a))
+        };
+        let ns = |kv: &[(&str, &str)]| {
+            let (l, a) = meta(kv);
+            NamespaceScope::of(Some(&l), Some(&a))
+        };
+        let of = |s: &ServiceScope, n: Option<&NamespaceScope>| {
+            canary_binding("shop", s, n).map(|(b, w)| (b.key(), w.map(str::to_owned)))
+        };
+        let (uw, c, cn, w) = (
+            "istio.io/use-waypoint",
+            "istio.io/use-waypoint-canary",
+            "istio.io/use-waypoint-canary-namespace",
+            "istio.io/use-waypoint-canary-weight",
+        );
+        let own = svc(&[(uw, "wp"), (c, "wp2"), (w, "20")]);
+        assert_eq!(of(&own, None), Some(("shop/wp2".into(), Some("20".into()))));
+        assert_eq!(
+            of(&svc(&[(c, "wp2")]), None),
+            None,
+            "no waypoint, no canary"
+        );
+        let ns_canary = ns(&[(uw, "wp"), (c, "ns-wp"), (cn, "infra"), (w, "30")]);
+        assert_eq!(
+            of(&svc(&[(uw, "own")]), Some(&ns_canary)),
+            None,
+            "its own waypoint: the namespace's canary is not its"
+        );
+        assert_eq!(
+            of(&svc(&[]), Some(&ns_canary)),
+            Some(("infra/ns-wp".into(), Some("30".into()))),
+            "inherited with the waypoint"
+        );
+        assert_eq!(
+            of(&svc(&[(c, "mine"), (w, "42")]), Some(&ns_canary)),
+            Some(("shop/mine".into(), Some("42".into()))),
+            "the object's label and weight first"
+        );
+        assert_eq!(
+            of(&svc(&[(w, "42")]), Some(&ns_canary)),
+            Some(("infra/ns-wp".into(), Some("42".into())))
+        );
+        assert_eq!(of(&svc(&[(c, "none")]), Some(&ns_canary)), None);
+        assert_eq!(
+            of(&svc(&[]), Some(&ns(&[(c, "ns-wp")]))),
+            None,
+            "a namespace canary without a namespace waypoint"
+        );
+        assert_eq!(of(&svc(&[(uw, "none"), (c, "x")]), Some(&ns_canary)), None);
     }
 }

@@ -102,4 +102,18 @@ pub struct WaypointBinding {
     /// The Gateway exists with `status.addresses` (istiod's condition for a waypoint: until
     /// then it ignores the binding).
     pub ready: bool,
+    /// Its canary waypoint (`istio.io/use-waypoint-canary`), if one is named.
+    pub canary: Option<CanaryBinding>,
+}
+
+/// A canary waypoint named with a waypoint binding: from the same object, a Service's own
+/// label and annotation overriding its Namespace's when the waypoint is the Namespace's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryBinding {
+    /// The canary Gateway, `namespace/name`.
+    pub waypoint: String,
+    /// `istio.io/use-waypoint-canary-weight` as written; absent is 0.
+    pub weight: Option<String>,
+    /// The Gateway exists with `status.addresses`.
+    pub ready: bool,
 }

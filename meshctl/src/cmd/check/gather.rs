@@ -14,7 +14,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
 
 use super::facts::{
-    AmbientFacts, ClusterFacts, LiveFailure, StoredRemote, Unread, WaypointBinding,
+    AmbientFacts, CanaryBinding, ClusterFacts, LiveFailure, StoredRemote, Unread, WaypointBinding,
 };
 use crate::istio::{APP_LABEL, CACERTS_SECRET, GATEWAY_NAME, MULTICLUSTER_LABEL, reader_role_name};
 use crate::kube::{self as kc, Cluster, ConnectError};
@@ -262,7 +262,7 @@ pub async fn ambient(c: &Cluster, ns: &str) -> Result<AmbientFacts> {
     for s in &services {
         let ns = s["metadata"]["namespace"].as_str().unwrap_or_default();
         let from_namespace = s["metadata"]["labels"][USE_WAYPOINT_LABEL].is_null();
-        let labels = if from_namespace {
+        let source = if from_namespace {
             if !namespaces.contains_key(ns) {
                 // Unreadable (RBAC): no namespace binding known; the check only warns.
                 let n = kc::get(c, "v1", "Namespace", None, ns).await.ok().flatten();
@@ -270,21 +270,30 @@ pub async fn ambient(c: &Cluster, ns: &str) -> Result<AmbientFacts> {
             }
             namespaces[ns]
                 .as_ref()
-                .map_or(Value::Null, |n| n["metadata"]["labels"].clone())
+                .map_or(Value::Null, |n| n["metadata"].clone())
         } else {
-            s["metadata"]["labels"].clone()
+            s["metadata"].clone()
         };
+        let labels = &source["labels"];
         let Some(label) = labels[USE_WAYPOINT_LABEL].as_str().filter(|w| *w != "none") else {
             continue;
         };
         let wp_ns = labels[USE_WAYPOINT_NAMESPACE_LABEL].as_str().unwrap_or(ns);
         let waypoint = format!("{wp_ns}/{label}");
+        let canary = canary_of(ns, &s["metadata"], from_namespace.then_some(&source)).map(
+            |(waypoint, weight)| CanaryBinding {
+                ready: ready_waypoints.contains(&waypoint),
+                waypoint,
+                weight,
+            },
+        );
         waypoint_bound.push(WaypointBinding {
             service: name_of(s),
             label: label.to_string(),
             ready: ready_waypoints.contains(&waypoint),
             waypoint,
             from_namespace,
+            canary,
         });
     }
     Ok(AmbientFacts {
@@ -295,4 +304,33 @@ pub async fn ambient(c: &Cluster, ns: &str) -> Result<AmbientFacts> {
         global_services,
         waypoint_bound,
     })
+}
+
+/// The canary waypoint (`namespace/name`) and weight annotation a Service in `ns` names with
+/// its waypoint: from its own metadata `svc`, or, when its waypoint is its Namespace's
+/// (`from_ns`, that Namespace's metadata), from the Namespace with the Service's own label and
+/// annotation first (istiod's `getUseWaypointCanary`, `getCanaryWeight`). `""` and `none`
+/// name none.
+fn canary_of(ns: &str, svc: &Value, from_ns: Option<&Value>) -> Option<(String, Option<String>)> {
+    use crate::istio::{
+        CANARY_WEIGHT_ANNOTATION, USE_WAYPOINT_CANARY_LABEL, USE_WAYPOINT_CANARY_NAMESPACE_LABEL,
+    };
+    let labelled = |m: &Value| !m["labels"][USE_WAYPOINT_CANARY_LABEL].is_null();
+    let named = match from_ns {
+        Some(n) if !labelled(svc) => n,
+        _ => svc,
+    };
+    let name = named["labels"][USE_WAYPOINT_CANARY_LABEL]
+        .as_str()
+        .filter(|n| !n.is_empty() && *n != "none")?;
+    let wp_ns = named["labels"][USE_WAYPOINT_CANARY_NAMESPACE_LABEL]
+        .as_str()
+        .unwrap_or(ns);
+    let weight = |m: &Value| {
+        m["annotations"][CANARY_WEIGHT_ANNOTATION]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let weight = weight(svc).or_else(|| from_ns.and_then(weight));
+    Some((format!("{wp_ns}/{name}"), weight))
 }

@@ -11,7 +11,7 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::Value;
 
-use super::super::facts::{AmbientFacts, Seen, WaypointBinding};
+use super::super::facts::{AmbientFacts, CanaryBinding, Seen, WaypointBinding};
 use super::super::hints::{Invocation, shell_word};
 use super::super::report::Report;
 use crate::istio::{
@@ -92,7 +92,9 @@ pub fn checks(r: &mut Report, clusters: &[(&Seen, &AmbientFacts)], inv: &Invocat
 /// Global services bound to a waypoint. A ready one (a Gateway with `status.addresses`) is
 /// what istiod and the east-west gateway both send these services' tunnels to. One that is
 /// not ready is ignored by both, so tunnels reach the service without the waypoint's policy:
-/// worth a warning, since the label says someone wanted that policy.
+/// worth a warning, since the label says someone wanted that policy. A canary that cannot take
+/// its share (not ready, an invalid weight, the waypoint itself) leaves every tunnel to the
+/// waypoint: a warning too, since the canary was meant to be tried.
 fn waypoint_bound(r: &mut Report, scope: &str, f: &AmbientFacts) {
     let check = "waypoints of global services";
     if f.waypoint_bound.is_empty() {
@@ -113,8 +115,30 @@ fn waypoint_bound(r: &mut Report, scope: &str, f: &AmbientFacts) {
         )
     };
     let (ready, not_ready): (Vec<_>, Vec<_>) = f.waypoint_bound.iter().partition(|b| b.ready);
-    if not_ready.is_empty() {
-        let listed: Vec<String> = ready.iter().map(|b| describe(b)).collect();
+    let unused: Vec<String> = ready
+        .iter()
+        .filter_map(|b| {
+            let c = b.canary.as_ref()?;
+            let why = canary_unused(b, c)?;
+            Some(format!(
+                "{} (canary Gateway {}: {why})",
+                b.service, c.waypoint
+            ))
+        })
+        .collect();
+    if not_ready.is_empty() && unused.is_empty() {
+        let listed: Vec<String> = ready
+            .iter()
+            .map(|b| match &b.canary {
+                Some(c) => format!(
+                    "{}, canary Gateway {} at {}%",
+                    describe(b),
+                    c.waypoint,
+                    c.weight.as_deref().unwrap_or("0")
+                ),
+                None => describe(b),
+            })
+            .collect();
         r.pass(
             scope,
             check,
@@ -122,9 +146,46 @@ fn waypoint_bound(r: &mut Report, scope: &str, f: &AmbientFacts) {
         );
         return;
     }
-    let listed: Vec<String> = not_ready.iter().map(|b| describe(b)).collect();
-    r.warn(scope, check, format!("bound to a waypoint that is not ready (no status.addresses, or no such Gateway): {}", listed.join("; ")),
-        "istiod and the east-west gateway both ignore a binding to a waypoint that is not ready, so tunnels from other networks reach these services without the waypoint's policy; deploy the waypoint (istioctl waypoint apply) and wait for its Gateway's status.addresses, or remove the label");
+    let mut detail = Vec::new();
+    let mut hint = Vec::new();
+    if !not_ready.is_empty() {
+        let listed: Vec<String> = not_ready.iter().map(|b| describe(b)).collect();
+        detail.push(format!(
+            "bound to a waypoint that is not ready (no status.addresses, or no such Gateway): {}",
+            listed.join("; ")
+        ));
+        hint.push("istiod and the east-west gateway both ignore a binding to a waypoint that is not ready, so tunnels from other networks reach these services without the waypoint's policy; deploy the waypoint (istioctl waypoint apply) and wait for its Gateway's status.addresses, or remove the label");
+    }
+    if !unused.is_empty() {
+        detail.push(format!(
+            "canary waypoint takes nothing: {}",
+            unused.join("; ")
+        ));
+        hint.push("istiod, ztunnel and the east-west gateway send every tunnel to the waypoint while its canary cannot take its share; deploy the canary waypoint and wait for its Gateway's status.addresses, give istio.io/use-waypoint-canary-weight a whole number from 0 to 100, or remove the istio.io/use-waypoint-canary label");
+    }
+    r.warn(scope, check, detail.join(". "), hint.join(". "));
+}
+
+/// Why canary `c` of the ready binding `b` takes none of its tunnels, if it takes none
+/// (istiod's `CanaryInvalidWeight`, `CanarySameAsPrimary`, a canary that is not ready).
+fn canary_unused(b: &WaypointBinding, c: &CanaryBinding) -> Option<String> {
+    let weight_ok = c
+        .weight
+        .as_deref()
+        .is_none_or(|w| w.parse::<i64>().is_ok_and(|n| (0..=100).contains(&n)));
+    if !weight_ok {
+        let w = c.weight.as_deref().unwrap_or_default();
+        let w: String = w.chars().take(32).collect();
+        Some(format!(
+            "istio.io/use-waypoint-canary-weight {w:?} is not a whole number from 0 to 100"
+        ))
+    } else if c.waypoint == b.waypoint {
+        Some("the waypoint itself".into())
+    } else if !c.ready {
+        Some("not ready (no status.addresses, or no such Gateway)".into())
+    } else {
+        None
+    }
 }
 
 fn istiod_multi_network(r: &mut Report, scope: &str, f: &AmbientFacts) {
@@ -448,6 +509,77 @@ mod tests {
         assert!(r.items.is_empty(), "{:?}", r.items);
     }
 
+    /// A ready canary is listed with its share; one that cannot take it is named with the
+    /// reason istiod would report, and every tunnel goes to the waypoint.
+    #[test]
+    fn a_canary_that_cannot_take_its_share_is_named() {
+        use crate::cmd::check::facts::CanaryBinding;
+        use crate::cmd::check::report::Status;
+        let w = seen("west", "w");
+        let bound =
+            |service: &str, canary: &str, weight: Option<&str>, ready: bool| WaypointBinding {
+                service: service.into(),
+                label: "wp".into(),
+                waypoint: "default/wp".into(),
+                from_namespace: false,
+                ready: true,
+                canary: Some(CanaryBinding {
+                    waypoint: canary.into(),
+                    weight: weight.map(str::to_owned),
+                    ready,
+                }),
+            };
+        let check = |bindings: Vec<WaypointBinding>| {
+            let f = AmbientFacts {
+                istiods: vec![istiod(Some("true"))],
+                gateway: Some(gateway("cluster.local", GATEWAY_NAME)),
+                global_services: vec!["default/a".into()],
+                waypoint_bound: bindings,
+                ..Default::default()
+            };
+            let mut r = Report::default();
+            checks(&mut r, &[(&w, &f)], &Default::default());
+            let i = status_of(&r, "cluster west", "waypoints of global services");
+            (
+                i.status,
+                i.detail.clone(),
+                i.hint.clone().unwrap_or_default(),
+            )
+        };
+        let (status, detail, _) = check(vec![bound("default/a", "default/wp2", Some("5"), true)]);
+        assert_eq!(status, Status::Pass);
+        assert!(
+            detail.ends_with(", canary Gateway default/wp2 at 5%"),
+            "{detail}"
+        );
+        for (canary, weight, ready, why) in [
+            ("default/wp2", Some("5"), false, "not ready"),
+            (
+                "default/wp2",
+                Some("101"),
+                true,
+                "\"101\" is not a whole number",
+            ),
+            (
+                "default/wp2",
+                Some("5%"),
+                true,
+                "\"5%\" is not a whole number",
+            ),
+            ("default/wp", Some("5"), true, "the waypoint itself"),
+        ] {
+            let (status, detail, hint) = check(vec![bound("default/a", canary, weight, ready)]);
+            assert_eq!(status, Status::Warn, "{detail}");
+            assert!(
+                detail.starts_with(&format!(
+                    "canary waypoint takes nothing: default/a (canary Gateway {canary}: "
+                )) && detail.contains(why),
+                "{detail}"
+            );
+            assert!(hint.contains("send every tunnel to the waypoint"), "{hint}");
+        }
+    }
+
     #[test]
     fn each_rule_names_what_is_wrong() {
         let (w, e) = (seen("west", "w"), seen("east", "e"));
@@ -463,6 +595,7 @@ mod tests {
                     waypoint: "default/wp".into(),
                     from_namespace: false,
                     ready: true,
+                    canary: None,
                 },
                 WaypointBinding {
                     service: "default/b".into(),
@@ -470,6 +603,7 @@ mod tests {
                     waypoint: "mesh/shared".into(),
                     from_namespace: true,
                     ready: false,
+                    canary: None,
                 },
             ],
             ..Default::default()
