@@ -367,12 +367,7 @@ async fn a_waypoint_bound_service_sends_other_tunnels_to_its_waypoint() {
         assert_eq!(read_n(&mut rx, 9).await, b"inner-tls");
     }
     assert_eq!(a.accepted(), 0, "the service's endpoint not dialed");
-    let (status, io) = connect_with(&mut o, &authority, &[("x-istio-source", "waypoint")])
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK);
-    let (_tx, mut rx) = io.unwrap();
-    assert_eq!(read_n(&mut rx, 10).await, b"catalog-1\n");
+    a_waypoints_tunnel_reaches(&mut o, &authority, b"catalog-1\n").await;
     assert_eq!(a.accepted(), 1);
     assert_eq!(wp.accepted(), 3);
 
@@ -388,6 +383,17 @@ async fn a_waypoint_bound_service_sends_other_tunnels_to_its_waypoint() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK);
+}
+
+/// A tunnel as a waypoint sends it (`x-istio-source: waypoint`) reaches the app greeting
+/// `greeting`: the service's own endpoint.
+async fn a_waypoints_tunnel_reaches(o: &mut Outer, authority: &str, greeting: &[u8]) {
+    let (status, io) = connect_with(o, authority, &[("x-istio-source", "waypoint")])
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let (_tx, mut rx) = io.unwrap();
+    assert_eq!(read_n(&mut rx, greeting.len()).await, greeting);
 }
 
 /// Opens a tunnel to `authority`, reads the name the app behind it sends first, and closes
@@ -474,10 +480,5 @@ async fn a_canary_waypoint_takes_its_weight_of_the_tunnels() {
             "the canary has no ready endpoint"
         );
     }
-    let (status, io) = connect_with(&mut o, &authority, &[("x-istio-source", "waypoint")])
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK);
-    let (_tx, mut rx) = io.unwrap();
-    assert_eq!(read_n(&mut rx, 10).await, b"catalog-1\n");
+    a_waypoints_tunnel_reaches(&mut o, &authority, b"catalog-1\n").await;
 }

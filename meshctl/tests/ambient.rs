@@ -509,17 +509,7 @@ async fn check_passes_on_a_good_ambient_setup_and_names_each_broken_item() {
         "pass"
     );
     // With the waypoint deployed (a Gateway with addresses), istiod and the gateway use it.
-    m.east
-        .store()
-        .apply(
-            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-            "metadata": {"name": "wp", "namespace": "default"},
-            "spec": {"gatewayClassName": "istio-waypoint",
-                "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
-            "status": {"addresses": [{"type": "Hostname",
-                "value": "wp.default.svc.cluster.local"}]}}),
-        )
-        .unwrap();
+    m.east.store().apply(ready_waypoint("wp")).unwrap();
     let (_, items) = check(&m).await;
     let w = item(&items, "cluster east", "waypoints of global services");
     assert_eq!(w["status"], "pass");
@@ -545,17 +535,7 @@ async fn check_passes_on_a_good_ambient_setup_and_names_each_broken_item() {
         "canary waypoint takes nothing: default/catalog (canary Gateway default/wp2: not ready \
          (no status.addresses, or no such Gateway))"
     );
-    m.east
-        .store()
-        .apply(
-            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-            "metadata": {"name": "wp2", "namespace": "default"},
-            "spec": {"gatewayClassName": "istio-waypoint",
-                "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
-            "status": {"addresses": [{"type": "Hostname",
-                "value": "wp2.default.svc.cluster.local"}]}}),
-        )
-        .unwrap();
+    m.east.store().apply(ready_waypoint("wp2")).unwrap();
     let (_, items) = check(&m).await;
     let w = item(&items, "cluster east", "waypoints of global services");
     assert_eq!(w["status"], "pass", "{w}");
@@ -570,6 +550,16 @@ async fn check_passes_on_a_good_ambient_setup_and_names_each_broken_item() {
         w["detail"],
         "global on one side only: default/webapp (missing in east)"
     );
+}
+
+/// Waypoint `name` in `default` as istiod leaves it once deployed: a Gateway with addresses.
+fn ready_waypoint(name: &str) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"gatewayClassName": "istio-waypoint",
+            "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+        "status": {"addresses": [{"type": "Hostname",
+            "value": format!("{name}.default.svc.cluster.local")}]}})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

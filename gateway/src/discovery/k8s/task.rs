@@ -301,9 +301,7 @@ impl ModelTask {
     /// [`UNSEEN_NAMED`] by name per table, then a count), once until it is seen again.
     fn warn_unseen(&mut self) {
         let unseen = self.model.unseen_waypoints(&self.domain);
-        let new: Vec<_> = (unseen.iter())
-            .filter(|u| self.unseen.binary_search(u).is_err())
-            .collect();
+        let new = newly(&unseen, &self.unseen);
         for (service, waypoint, why) in new.iter().take(UNSEEN_NAMED) {
             match why {
                 Blind::NotWatched => tracing::warn!(
@@ -346,9 +344,7 @@ impl ModelTask {
     /// [`UNSEEN_NAMED`] by name per table, then a count), once until that changes.
     fn warn_unused_canaries(&mut self) {
         let unused = self.model.unused_canaries(&self.domain);
-        let new: Vec<_> = (unused.iter())
-            .filter(|u| self.unused_canaries.binary_search(u).is_err())
-            .collect();
+        let new = newly(&unused, &self.unused_canaries);
         for (service, canary, why) in new.iter().take(UNSEEN_NAMED) {
             let why = match why {
                 CanaryUnused::InvalidWeight(w) => format!(
@@ -380,6 +376,13 @@ impl ModelTask {
         }
         self.unused_canaries = unused;
     }
+}
+
+/// The entries of `now` that were not in `before` (sorted), for warning once.
+fn newly<'a, T: Ord>(now: &'a [T], before: &[T]) -> Vec<&'a T> {
+    (now.iter())
+        .filter(|u| before.binary_search(u).is_err())
+        .collect()
 }
 
 /// The index of `crd` in [`ModelTask::crds`] and its generations.
