@@ -152,7 +152,7 @@ impl Model {
                 let services = self.services.iter();
                 services
                     .flat_map(|((ns, name), s)| {
-                        let host = format!("{name}.{ns}.svc.{domain}").to_ascii_lowercase();
+                        let host = service_host(name, ns, domain);
                         s.cluster_ips.iter().map(move |ip| (*ip, host.clone()))
                     })
                     .collect()
@@ -183,7 +183,7 @@ impl Model {
             let Some((canary, _)) = waypoints::canary_binding(ns, &svc.scope, namespace) else {
                 continue;
             };
-            let host = format!("{name}.{ns}.svc.{domain}").to_ascii_lowercase();
+            let host = service_host(name, ns, domain);
             out.push((host, canary.key(), why));
         }
         out.sort();
@@ -247,7 +247,7 @@ impl Model {
                 continue;
             };
             if let Some(why) = self.blind_to(ns, &b) {
-                let host = format!("{name}.{ns}.svc.{domain}").to_ascii_lowercase();
+                let host = service_host(name, ns, domain);
                 out.push((host, b.key(), why));
             }
         }
@@ -331,7 +331,7 @@ impl Model {
                 Some((host, canary)) => (Some(host), canary.ok().flatten()),
                 None => (None, None),
             };
-            let host = format!("{svc_name}.{ns}.svc.{domain}").to_ascii_lowercase();
+            let host = service_host(svc_name, ns, domain);
             let mut ports: Vec<u16> = svc.ports.iter().map(|(_, p)| *p).collect();
             ports.sort_unstable();
             ports.dedup();
@@ -452,6 +452,11 @@ impl Model {
         }
         out
     }
+}
+
+/// The host of Service `name` in namespace `ns`, lower-cased as routes are keyed.
+fn service_host(name: &str, ns: &str, domain: &str) -> String {
+    format!("{name}.{ns}.svc.{domain}").to_ascii_lowercase()
 }
 
 /// The host a waypoint is reached at: its hostname, or the Service with its cluster IP.

@@ -424,6 +424,30 @@ pub struct Binding<'a> {
     from: Option<&'a Labels>,
 }
 
+/// Where a Service's waypoint binding comes from.
+enum BoundBy<'a> {
+    /// Its own `istio.io/use-waypoint`.
+    Service,
+    /// Its Namespace's.
+    Namespace(&'a NamespaceScope),
+}
+
+/// Where the waypoint binding of Service `svc` (its Namespace `ns_scope`, `None` when not
+/// seen) comes from: its own label, else its Namespace's; `None` for a waypoint's own
+/// Service and for one opted out or bound by neither.
+fn bound_by<'a>(svc: &ServiceScope, ns_scope: Option<&'a NamespaceScope>) -> Option<BoundBy<'a>> {
+    if svc.is_waypoint {
+        return None;
+    }
+    match &svc.waypoint {
+        UseWaypoint::OptedOut => None,
+        UseWaypoint::Bound { .. } => Some(BoundBy::Service),
+        UseWaypoint::Unset => ns_scope
+            .filter(|n| matches!(n.waypoint, UseWaypoint::Bound { .. }))
+            .map(BoundBy::Namespace),
+    }
+}
+
 /// The binding of the Service `svc` in namespace `ns` (its Namespace `ns_scope`, `None` when
 /// not seen): its own `istio.io/use-waypoint` label, else its Namespace's; `None` for a
 /// waypoint's own Service and for one opted out or bound by neither.
@@ -432,22 +456,11 @@ pub fn binding<'a>(
     svc: &'a ServiceScope,
     ns_scope: Option<&'a NamespaceScope>,
 ) -> Option<Binding<'a>> {
-    if svc.is_waypoint {
-        return None;
-    }
-    let bound = match &svc.waypoint {
-        UseWaypoint::OptedOut => return None,
-        UseWaypoint::Bound { .. } => &svc.waypoint,
-        UseWaypoint::Unset => &ns_scope?.waypoint,
+    let label = match bound_by(svc, ns_scope)? {
+        BoundBy::Service => &svc.waypoint,
+        BoundBy::Namespace(n) => &n.waypoint,
     };
-    let UseWaypoint::Bound { name, namespace } = bound else {
-        return None;
-    };
-    Some(Binding {
-        namespace: namespace.as_deref().unwrap_or(ns),
-        name,
-        from: ns_scope.map(|n| &n.labels),
-    })
+    Binding::named(ns, label, ns_scope)
 }
 
 /// The canary waypoint a Service names (Istio 1.31, alpha), with its weight annotation as
@@ -460,36 +473,18 @@ pub fn canary_binding<'a>(
     svc: &'a ServiceScope,
     ns_scope: Option<&'a NamespaceScope>,
 ) -> Option<(Binding<'a>, Option<&'a str>)> {
-    if svc.is_waypoint {
-        return None;
-    }
-    let (named, weight) = match &svc.waypoint {
-        UseWaypoint::OptedOut => return None,
-        UseWaypoint::Bound { .. } => (&svc.canary.waypoint, svc.canary.weight.as_deref()),
-        UseWaypoint::Unset => {
-            let n = ns_scope?;
-            if !matches!(n.waypoint, UseWaypoint::Bound { .. }) {
-                return None;
-            }
-            let named = match &svc.canary.waypoint {
+    let own = &svc.canary;
+    let (label, weight) = match bound_by(svc, ns_scope)? {
+        BoundBy::Service => (&own.waypoint, own.weight.as_deref()),
+        BoundBy::Namespace(n) => {
+            let label = match &own.waypoint {
                 UseWaypoint::Unset => &n.canary.waypoint,
-                own => own,
+                label => label,
             };
-            (
-                named,
-                svc.canary.weight.as_deref().or(n.canary.weight.as_deref()),
-            )
+            (label, own.weight.as_deref().or(n.canary.weight.as_deref()))
         }
     };
-    let UseWaypoint::Bound { name, namespace } = named else {
-        return None;
-    };
-    let binding = Binding {
-        namespace: namespace.as_deref().unwrap_or(ns),
-        name,
-        from: ns_scope.map(|n| &n.labels),
-    };
-    Some((binding, weight))
+    Some((Binding::named(ns, label, ns_scope)?, weight))
 }
 
 /// A canary's weight annotation, as istiod reads it (`getCanaryWeight`): absent is 0, else a
@@ -501,7 +496,24 @@ pub fn canary_weight(raw: Option<&str>) -> Option<u8> {
     u8::try_from(n).ok().filter(|w| *w <= 100)
 }
 
-impl Binding<'_> {
+impl<'a> Binding<'a> {
+    /// The waypoint `label` names for a Service in `ns` (its Namespace `ns_scope`): a Gateway
+    /// of that name in the namespace its `-namespace` label names, else in `ns`.
+    fn named(
+        ns: &'a str,
+        label: &'a UseWaypoint,
+        ns_scope: Option<&'a NamespaceScope>,
+    ) -> Option<Binding<'a>> {
+        let UseWaypoint::Bound { name, namespace } = label else {
+            return None;
+        };
+        Some(Binding {
+            namespace: namespace.as_deref().unwrap_or(ns),
+            name,
+            from: ns_scope.map(|n| &n.labels),
+        })
+    }
+
     /// The waypoint named, looked up by `(namespace, name)` with `find`, if it is ready,
     /// allows the Service's namespace `ns` and takes Service traffic (its class's
     /// `istio.io/waypoint-for` and inbound binding from its class, by `class_of`). `None`:
