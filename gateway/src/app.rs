@@ -144,7 +144,7 @@ pub async fn build_with(cfg: Config, hangup: Option<Signal>) -> Result<Bound, Bu
 
     let synced: Arc<dyn Fn() -> bool + Send + Sync> = match &cfg.discovery {
         Discovery::File(path) => {
-            let source = FileSource::start(path, publisher.clone(), hangup)?;
+            let source = FileSource::start(path, publisher.clone(), cfg.zone.clone(), hangup)?;
             tokio::spawn(source.run(stop_background.clone()));
             Arc::new(|| true)
         }
@@ -152,9 +152,14 @@ pub async fn build_with(cfg: Config, hangup: Option<Signal>) -> Result<Bound, Bu
             if let Some(hangup) = hangup {
                 tokio::spawn(ignore_hangups(hangup, stop_background.clone()));
             }
-            let source = KubeSource::start(opts, publisher.clone(), stop_background.clone())
-                .await
-                .inspect_err(|_| stop_background.cancel())?;
+            let source = KubeSource::start(
+                opts,
+                cfg.zone.clone(),
+                publisher.clone(),
+                stop_background.clone(),
+            )
+            .await
+            .inspect_err(|_| stop_background.cancel())?;
             let synced = source.synced();
             Arc::new(move || synced.load(Ordering::SeqCst))
         }

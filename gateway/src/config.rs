@@ -2,7 +2,9 @@
 //! built from flags with environment fallbacks (a test keeps the flags' defaults equal to it).
 
 use std::ffi::OsStr;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -29,6 +31,9 @@ pub struct KubeOptions {
     pub cluster_domain: String,
     /// How often to look for the DestinationRule CRD while it is not served.
     pub crd_recheck: Duration,
+    /// The gateway pod's own address: without `--zone`, its zone is the one the EndpointSlices
+    /// give the endpoint with this address (the gateway's own Service lists it).
+    pub pod_ip: Option<IpAddr>,
 }
 
 impl Default for KubeOptions {
@@ -39,6 +44,7 @@ impl Default for KubeOptions {
             namespaces: Vec::new(),
             cluster_domain: "cluster.local".into(),
             crd_recheck: Duration::from_secs(30),
+            pod_ip: None,
         }
     }
 }
@@ -186,6 +192,9 @@ pub struct Config {
     pub hbone_cert_poll: Duration,
     /// The HBONE certificate from istiod instead of `hbone_certs` files.
     pub hbone_ca: Option<CaConfig>,
+    /// The zone the gateway runs in (`topology.kubernetes.io/zone`), given; in Kubernetes
+    /// without it, learned from the EndpointSlices ([`KubeOptions::pod_ip`]).
+    pub zone: Option<Arc<str>>,
 }
 
 impl Config {
@@ -239,6 +248,7 @@ impl Default for Config {
             hbone_idle_timeout: Duration::from_secs(600),
             hbone_cert_poll: Duration::from_secs(5),
             hbone_ca: None,
+            zone: None,
         }
     }
 }
@@ -275,6 +285,31 @@ fn namespace(s: &str) -> Result<String, String> {
                 .into(),
         )
     }
+}
+
+/// `--zone`: a Kubernetes label value, as `topology.kubernetes.io/zone` and an EndpointSlice's
+/// `zone` are; empty is none.
+fn zone(s: &str) -> Result<String, String> {
+    if s.is_empty() || is_zone(s) {
+        Ok(s.to_string())
+    } else {
+        Err(
+            "not a zone name: the node label topology.kubernetes.io/zone's value, at most 63 \
+             letters, digits, '-', '_' and '.', starting and ending with a letter or digit \
+             (e.g. us-east-1a)"
+                .into(),
+        )
+    }
+}
+
+/// A non-empty Kubernetes label value (`validation.IsValidLabelValue`): what a zone name is.
+pub fn is_zone(s: &str) -> bool {
+    let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+    s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && edge(s.bytes().next())
+        && edge(s.bytes().last())
 }
 
 /// An address, or `off`.
@@ -379,6 +414,15 @@ pub struct Args {
     /// ignored; one trailing dot is dropped (cluster.local. is cluster.local).
     #[arg(long, env = "GATEWAY_CLUSTER_DOMAIN", default_value = "cluster.local", value_parser = cluster_domain)]
     pub cluster_domain: String,
+    /// The zone this gateway runs in (its node's topology.kubernetes.io/zone). Services with
+    /// `trafficDistribution: PreferClose` go to endpoints in it first. In Kubernetes without
+    /// it, learned from the EndpointSlice that lists --pod-ip.
+    #[arg(long, env = "GATEWAY_ZONE", value_parser = zone)]
+    pub zone: Option<String>,
+    /// This gateway pod's IP (Kubernetes discovery; set from the downward API's status.podIP):
+    /// without --zone, the zone the EndpointSlices give this address is the gateway's.
+    #[arg(long, env = "GATEWAY_POD_IP")]
+    pub pod_ip: Option<IpAddr>,
     /// Host pattern an SNI host must match (repeatable), as the Gateway's `hosts`.
     #[arg(long = "allow-host", env = "GATEWAY_ALLOW_HOSTS", value_delimiter = ',', default_value = "*.local", value_parser = host_pattern)]
     pub allow_hosts: Vec<HostPattern>,
@@ -631,6 +675,7 @@ impl Args {
                     .filter(|n| !n.is_empty())
                     .collect(),
                 cluster_domain: self.cluster_domain,
+                pod_ip: self.pod_ip.map(|ip| ip.to_canonical()),
                 ..KubeOptions::default()
             }),
         };
@@ -676,6 +721,7 @@ impl Args {
                 cert_lifetime: self.hbone_cert_lifetime,
                 ..CaConfig::new(root)
             }),
+            zone: self.zone.filter(|z| !z.is_empty()).map(Arc::from),
         }
     }
 }
@@ -1091,6 +1137,24 @@ mod tests {
     /// A `GATEWAY_*` variable set but empty counts as unset: its argument loses the variable
     /// (clap would refuse the empty value, naming the flag), and its name is returned for
     /// the log. The binary's behaviour is in `tests/start_errors.rs`.
+    #[test]
+    fn the_zone_is_a_label_value_and_the_pod_ip_an_address() {
+        let parse = |extra: &[&str]| parse_with(extra).map(Args::into_config);
+        let c = parse(&["--zone", "us-east-1a", "--pod-ip", "::ffff:10.0.0.7"]).unwrap();
+        assert_eq!(c.zone.as_deref(), Some("us-east-1a"));
+        let Discovery::Kubernetes(k) = &c.discovery else {
+            panic!("kubernetes")
+        };
+        assert_eq!(k.pod_ip, Some("10.0.0.7".parse().unwrap()));
+        assert_eq!(parse(&["--zone", ""]).unwrap().zone, None);
+        assert_eq!(parse(&[]).unwrap().zone, None);
+        for bad in ["us east", "_a", "a-", &"z".repeat(64), "a/b"] {
+            let e = parse(&["--zone", bad]).unwrap_err();
+            assert!(e.contains("not a zone name"), "{bad}: {e}");
+        }
+        assert!(parse(&["--pod-ip", "10.0.0"]).is_err());
+    }
+
     #[test]
     fn empty_variables_are_unset() {
         let empty = [

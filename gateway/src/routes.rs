@@ -53,6 +53,9 @@ pub struct ServiceSpec {
     pub waypoint: Option<String>,
     /// A second waypoint that takes a share of those tunnels; only with `waypoint`.
     pub canary: Option<Canary>,
+    /// Connections go to ready endpoints in the gateway's own zone first, to the others
+    /// only when none of those can be dialed (Kubernetes `trafficDistribution: PreferClose`).
+    pub prefer_close: bool,
 }
 
 /// A canary waypoint (Kubernetes: `istio.io/use-waypoint-canary`, Istio 1.31): each tunnel
@@ -79,6 +82,8 @@ pub struct EndpointSpec {
     /// The port of this endpoint's HBONE listener (its node's ztunnel, 15008) when it is
     /// reached over HBONE from 15008; `None` for a classic endpoint.
     pub hbone_port: Option<u16>,
+    /// The zone the endpoint runs in (an EndpointSlice's `zone`). Shared: zones repeat.
+    pub zone: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +91,7 @@ pub struct Endpoint {
     pub state: Arc<EndpointState>,
     pub labels: Arc<Labels>,
     pub ready: bool,
+    pub zone: Option<Arc<str>>,
 }
 
 /// Everything reachable through one `(host, port)`.
@@ -104,6 +110,10 @@ pub struct Route {
     pub waypoint: Option<Box<str>>,
     /// The canary that takes a share of those tunnels ([`ServiceSpec::canary`]).
     pub canary: Option<Canary>,
+    /// The gateway's zone, when the service prefers close endpoints
+    /// ([`ServiceSpec::prefer_close`]) and the gateway knows its zone: the endpoints in it
+    /// are tried first.
+    pub prefer_zone: Option<Arc<str>>,
 }
 
 /// The port a tunnel is sent to on a waypoint: its HBONE listener, which Istio hardcodes
@@ -117,7 +127,17 @@ pub const WAYPOINT_PORT: u16 = 15008;
 pub struct Subset {
     /// Indices into the route's `endpoints` of the ready ones.
     ready: Box<[usize]>,
+    /// Those of `ready` in the route's `prefer_zone`; empty without one.
+    near: Box<[usize]>,
     metrics: OnceLock<Arc<ConnMetrics>>,
+}
+
+/// Indices into a route's `endpoints`: the ready ones, and those of them a connection tries
+/// first.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidates<'a> {
+    pub near: &'a [usize],
+    pub all: &'a [usize],
 }
 
 /// Why a route lookup found nothing to dial.
@@ -144,10 +164,19 @@ impl Route {
     /// subset is no route, as in Istio, where a subset the gateway's cluster does not define
     /// has no filter chain.
     pub fn candidates(&self, subset: &str) -> Result<&[usize], LookupError> {
+        self.candidates_near(subset).map(|c| c.all)
+    }
+
+    /// The ready endpoints of `subset`, and those of them in the gateway's zone, which a
+    /// connection tries first (empty when the service has no zone preference).
+    pub fn candidates_near(&self, subset: &str) -> Result<Candidates<'_>, LookupError> {
         match self.by_subset.get(subset) {
             None => Err(LookupError::NoRoute),
             Some(c) if c.ready.is_empty() => Err(LookupError::NoHealthyEndpoint),
-            Some(c) => Ok(&c.ready),
+            Some(c) => Ok(Candidates {
+                near: &c.near,
+                all: &c.ready,
+            }),
         }
     }
 
@@ -163,7 +192,8 @@ impl Route {
         Some(handles.clone())
     }
 
-    /// Resolves `""` and every subset to the indices of its ready endpoints.
+    /// Resolves `""` and every subset to the indices of its ready endpoints, and of those in
+    /// the preferred zone.
     fn resolve_subsets(&mut self) {
         let ready = |want: Option<&Labels>| -> Box<[usize]> {
             let matches = |e: &Endpoint| {
@@ -174,9 +204,17 @@ impl Route {
                 .map(|(i, _)| i)
                 .collect()
         };
+        let near = |ready: &[usize]| -> Box<[usize]> {
+            let Some(zone) = &self.prefer_zone else {
+                return Box::default();
+            };
+            let in_zone = |&&i: &&usize| self.endpoints[i].zone.as_ref() == Some(zone);
+            ready.iter().filter(in_zone).copied().collect()
+        };
         let mut by_subset =
             Map::with_capacity_and_hasher(self.subsets.len() + 1, Default::default());
-        let subset = |ready| Subset {
+        let subset = |ready: Box<[usize]>| Subset {
+            near: near(&ready),
             ready,
             metrics: OnceLock::new(),
         };
@@ -310,6 +348,12 @@ impl Routes {
     /// Builds and swaps in a new table. Specs are assumed validated by their source; a host
     /// listed twice is merged (Kubernetes may list one service's endpoints in several slices).
     pub fn publish(&self, specs: &[ServiceSpec]) -> Arc<RouteTable> {
+        self.publish_in(specs, None)
+    }
+
+    /// [`publish`](Self::publish) for a gateway that runs in `zone`: the routes of services
+    /// that prefer close endpoints try those in `zone` first.
+    pub fn publish_in(&self, specs: &[ServiceSpec], zone: Option<&Arc<str>>) -> Arc<RouteTable> {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         let mut routes: Map<String, Map<u16, Route>> = Map::default();
         let mut hbone: Map<String, Map<u16, Route>> = Map::default();
@@ -332,6 +376,7 @@ impl Routes {
                         state: shared_state(&mut states, addr),
                         labels: ep.labels.clone(),
                         ready: ep.ready,
+                        zone: ep.zone.clone(),
                     };
                     let classic = SocketAddr::new(ep.address, target);
                     if target == PASSTHROUGH_PORT {
@@ -357,6 +402,14 @@ impl Routes {
                     let route = route_at(&mut hbone, &spec.host, port);
                     route.waypoint = Some(wp.as_str().into());
                     route.canary = spec.canary.clone();
+                }
+                if spec.prefer_close && zone.is_some() {
+                    for map in [&mut routes, &mut hbone] {
+                        let by_port = map.get_mut(spec.host.as_str());
+                        if let Some(route) = by_port.and_then(|p| p.get_mut(&port)) {
+                            route.prefer_zone = zone.cloned();
+                        }
+                    }
                 }
             }
         }
@@ -424,6 +477,7 @@ fn route_at<'m>(map: &'m mut Map<String, Map<u16, Route>>, host: &str, port: u16
             by_subset: Map::default(),
             waypoint: None,
             canary: None,
+            prefer_zone: None,
         })
 }
 
@@ -468,10 +522,57 @@ mod tests {
                     ),
                     ready: *ready,
                     hbone_port: None,
+                    zone: None,
                 })
                 .collect(),
             waypoint: None,
             canary: None,
+            prefer_close: false,
+        }
+    }
+
+    /// Both data planes' routes of a service that prefers close endpoints try the gateway's
+    /// zone first, every subset included.
+    #[test]
+    fn the_near_endpoints_are_resolved_per_subset_and_for_hbone() {
+        let mut s = spec(
+            "a.local",
+            &[
+                ("10.0.0.1", true, &[("version", "v1")]),
+                ("10.0.0.2", true, &[("version", "v2")]),
+                ("10.0.0.3", true, &[("version", "v1")]),
+                ("10.0.0.4", false, &[("version", "v1")]),
+            ],
+        );
+        s.prefer_close = true;
+        for (e, zone) in s.endpoints.iter_mut().zip(["a", "a", "b", "a"]) {
+            e.zone = Some(Arc::from(zone));
+            e.hbone_port = Some(15008);
+        }
+        let t = Routes::new().publish_in(&[s], Some(&Arc::from("a")));
+        // HBONE names no subset: only the whole route there.
+        for (r, subsets) in [
+            (t.lookup("a.local", 80), true),
+            (t.lookup_hbone("a.local", 80), false),
+        ] {
+            let r = r.unwrap();
+            assert_eq!(r.prefer_zone.as_deref(), Some("a"));
+            let ip = |i: &usize| r.endpoints[*i].state.addr.ip().to_string();
+            let all = r.candidates_near("").unwrap();
+            assert_eq!(
+                all.near.iter().map(ip).collect::<Vec<_>>(),
+                ["10.0.0.1", "10.0.0.2"]
+            );
+            assert_eq!(all.all.len(), 3);
+            if !subsets {
+                continue;
+            }
+            let v1 = r.candidates_near("v1").unwrap();
+            assert_eq!(v1.near.iter().map(ip).collect::<Vec<_>>(), ["10.0.0.1"]);
+            assert_eq!(
+                v1.all.iter().map(ip).collect::<Vec<_>>(),
+                ["10.0.0.1", "10.0.0.3"]
+            );
         }
     }
 

@@ -1,5 +1,6 @@
 //! Choosing and connecting to an upstream endpoint: least connections by power of two
-//! choices, retries across endpoints, and the connect outcomes fed to outlier detection.
+//! choices (among those in the gateway's zone first, for a service that prefers close
+//! endpoints), retries across endpoints, and the connect outcomes fed to outlier detection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use crate::local_error;
 use crate::metrics::ProxyMetrics;
 use crate::outlier;
 use crate::reject::Reject;
-use crate::routes::{LookupError, Route};
+use crate::routes::{Candidates, LookupError, Route};
 
 /// Connects to a ready endpoint of `route`'s `subset`, trying up to `connect_attempts`
 /// different endpoints (safe: nothing has been forwarded yet). Each attempt's outcome feeds
@@ -29,7 +30,7 @@ pub async fn connect(
     cfg: &Config,
     metrics: &ProxyMetrics,
 ) -> Result<(TcpStream, Arc<EndpointState>), Reject> {
-    let candidates = match route.candidates(subset) {
+    let candidates = match route.candidates_near(subset) {
         Ok(c) => c,
         Err(LookupError::NoRoute) => return Err(Reject::NoRoute),
         Err(LookupError::NoHealthyEndpoint) => return Err(Reject::NoHealthyEndpoint),
@@ -38,7 +39,7 @@ pub async fn connect(
     let mut tried: SmallVec<[SocketAddr; 4]> = SmallVec::new();
     let mut local = false;
     for _ in 0..cfg.connect_attempts {
-        let Some(ep) = pick(route, candidates, &tried) else {
+        let Some(ep) = choose(route, candidates, &tried) else {
             break;
         };
         tried.push(ep.addr);
@@ -73,6 +74,20 @@ pub async fn connect(
     } else {
         Reject::ConnectFailed
     })
+}
+
+/// Picks an endpoint in the gateway's zone when the service prefers one ([`Candidates`]'s
+/// `near`), any other only when none there can be dialed (each ejected or tried), as Istio's
+/// locality failover does; `None` when no candidate is left.
+pub fn choose(
+    route: &Route,
+    candidates: Candidates<'_>,
+    tried: &[SocketAddr],
+) -> Option<Arc<EndpointState>> {
+    let near = (!candidates.near.is_empty())
+        .then(|| pick(route, candidates.near, tried))
+        .flatten();
+    near.or_else(|| pick(route, candidates.all, tried))
 }
 
 /// Picks among `candidates` (indices into `route.endpoints`) one neither ejected nor in
@@ -115,13 +130,24 @@ mod tests {
     use crate::routes::{EndpointSpec, Routes, ServiceSpec};
 
     fn table(n: u8) -> Arc<crate::routes::RouteTable> {
+        zoned(n, |_| None, false, None)
+    }
+
+    /// `n` endpoints 10.0.0.1.., each in `zone_of(i)`, published by a gateway in `zone`.
+    fn zoned(
+        n: u8,
+        zone_of: impl Fn(u8) -> Option<&'static str>,
+        prefer_close: bool,
+        zone: Option<&str>,
+    ) -> Arc<crate::routes::RouteTable> {
         let routes = Routes::new();
-        routes.publish(&[ServiceSpec {
+        let spec = ServiceSpec {
             host: "a.local".into(),
             ports: vec![80],
             subsets: Default::default(),
             waypoint: None,
             canary: None,
+            prefer_close,
             endpoints: (1..=n)
                 .map(|i| EndpointSpec {
                     address: format!("10.0.0.{i}").parse().unwrap(),
@@ -129,9 +155,64 @@ mod tests {
                     labels: Default::default(),
                     ready: true,
                     hbone_port: None,
+                    zone: zone_of(i).map(Arc::from),
                 })
                 .collect(),
-        }])
+        };
+        routes.publish_in(&[spec], zone.map(Arc::from).as_ref())
+    }
+
+    #[test]
+    fn the_gateways_zone_first_and_the_rest_only_when_none_there_can_be_dialed() {
+        // 10.0.0.1 and .2 in zone a, .3 and .4 in zone b.
+        let zone_of = |i: u8| Some(if i <= 2 { "a" } else { "b" });
+        let t = zoned(4, zone_of, true, Some("a"));
+        let r = t.lookup("a.local", 80).unwrap();
+        let c = r.candidates_near("").unwrap();
+        assert_eq!((c.near.len(), c.all.len()), (2, 4));
+        let chosen = |tried: &[SocketAddr]| choose(r, c, tried).map(|s| s.addr.ip().to_string());
+        for _ in 0..50 {
+            let ip = chosen(&[]).unwrap();
+            assert!(ip == "10.0.0.1" || ip == "10.0.0.2", "{ip}");
+        }
+        // One of zone a tried: the other; both: zone b; everything: none.
+        let a: Vec<SocketAddr> = ["10.0.0.1:80", "10.0.0.2:80"]
+            .map(|a| a.parse().unwrap())
+            .into();
+        for _ in 0..20 {
+            assert_eq!(chosen(&a[..1]).unwrap(), "10.0.0.2");
+            let ip = chosen(&a).unwrap();
+            assert!(ip == "10.0.0.3" || ip == "10.0.0.4", "{ip}");
+        }
+        // Ejected counts as unusable, like tried.
+        r.endpoints[c.near[0]]
+            .state
+            .health
+            .eject(clock::now_ms(), 60_000, 60_000);
+        r.endpoints[c.near[1]]
+            .state
+            .health
+            .eject(clock::now_ms(), 60_000, 60_000);
+        let ip = chosen(&[]).unwrap();
+        assert!(ip == "10.0.0.3" || ip == "10.0.0.4", "{ip}");
+        let all: Vec<SocketAddr> = (1..=4)
+            .map(|i| format!("10.0.0.{i}:80").parse().unwrap())
+            .collect();
+        assert!(chosen(&all).is_none());
+    }
+
+    #[test]
+    fn no_preference_without_the_services_ask_or_the_gateways_zone() {
+        let zone_of = |i: u8| Some(if i == 1 { "a" } else { "b" });
+        for (prefer, zone) in [(false, Some("a")), (true, None), (true, Some("c"))] {
+            let t = zoned(3, zone_of, prefer, zone);
+            let r = t.lookup("a.local", 80).unwrap();
+            let c = r.candidates_near("").unwrap();
+            assert!(c.near.is_empty(), "{prefer} {zone:?}");
+            let seen: std::collections::BTreeSet<_> =
+                (0..200).map(|_| choose(r, c, &[]).unwrap().addr).collect();
+            assert_eq!(seen.len(), 3, "{prefer} {zone:?}: every endpoint chosen");
+        }
     }
 
     #[test]

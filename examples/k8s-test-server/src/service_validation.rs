@@ -1,6 +1,7 @@
-//! Service port validation (kubernetes `pkg/apis/core/validation.validateServicePort`):
-//! names required when there are several and unique DNS-1123 labels, port numbers in
-//! 1..65535, a known protocol, and a targetPort that is a port number or an IANA_SVC_NAME.
+//! Service validation (kubernetes `pkg/apis/core/validation`): each port as
+//! `validateServicePort` checks it (names required when there are several and unique DNS-1123
+//! labels, port numbers in 1..65535, a known protocol, and a targetPort that is a port number
+//! or an IANA_SVC_NAME), and `spec.trafficDistribution` one of the supported values.
 
 use std::collections::BTreeSet;
 
@@ -10,15 +11,35 @@ use crate::field_errors::FieldError;
 use crate::name_rules;
 
 const PROTOCOLS: [&str; 3] = ["SCTP", "TCP", "UDP"];
+/// `supportedTrafficDistribution` with the `PreferSameTrafficDistribution` gate on (beta and
+/// on by default since 1.34), sorted as the real server lists them.
+const TRAFFIC_DISTRIBUTIONS: [&str; 3] = ["PreferClose", "PreferSameNode", "PreferSameZone"];
 
 /// A missing or non-integer number reads as Go's zero value.
 fn int(v: Option<&Value>) -> i64 {
     v.and_then(Value::as_i64).unwrap_or(0)
 }
 
-/// The errors of `spec.ports` (defaults applied: protocol and targetPort).
+/// The errors of `spec.ports` (defaults applied: protocol and targetPort) and
+/// `spec.trafficDistribution`.
 pub(crate) fn service(obj: &Value) -> Vec<FieldError> {
     let mut errs = Vec::new();
+    ports(obj, &mut errs);
+    if let Some(td) = obj
+        .pointer("/spec/trafficDistribution")
+        .and_then(Value::as_str)
+        && !TRAFFIC_DISTRIBUTIONS.contains(&td)
+    {
+        errs.push(FieldError::not_supported(
+            "spec.trafficDistribution",
+            td,
+            &TRAFFIC_DISTRIBUTIONS,
+        ));
+    }
+    errs
+}
+
+fn ports(obj: &Value, errs: &mut Vec<FieldError>) {
     let ports = obj
         .pointer("/spec/ports")
         .and_then(Value::as_array)
@@ -66,7 +87,6 @@ pub(crate) fn service(obj: &Value) -> Vec<FieldError> {
             }
         }
     }
-    errs
 }
 
 #[cfg(test)]
@@ -86,6 +106,24 @@ mod tests {
         let ok =
             json!({"spec": {"ports": [{"port": 80, "protocol": "TCP", "targetPort": "http"}]}});
         assert!(lines(ok).is_empty());
+    }
+
+    #[test]
+    fn traffic_distribution_takes_the_supported_values_only() {
+        let with = |td: Value| {
+            json!({"spec": {"ports": [{"port": 80, "protocol": "TCP", "targetPort": 80}],
+                            "trafficDistribution": td}})
+        };
+        for ok in ["PreferClose", "PreferSameZone", "PreferSameNode"] {
+            assert!(lines(with(json!(ok))).is_empty(), "{ok}");
+        }
+        assert!(lines(with(Value::Null)).is_empty());
+        assert_eq!(
+            lines(with(json!("preferclose"))),
+            [
+                "spec.trafficDistribution: Unsupported value: \"preferclose\": supported values: \"PreferClose\", \"PreferSameNode\", \"PreferSameZone\""
+            ]
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
         address: e.state.addr.to_string(),
         ready: e.ready,
         labels: (*e.labels).clone(),
+        zone: e.zone.as_deref().map(str::to_owned),
         active_connections: e.state.active(),
         consecutive_failures: e.state.health.consecutive_failures(),
         ejected: e.state.health.is_ejected(now),
@@ -56,6 +57,7 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
                     host: c.host.to_string(),
                     weight: c.weight,
                 }),
+            prefer_zone: r.prefer_zone.as_deref().map(str::to_owned),
             sni: SniName::new(r.port, "", r.host.as_str()).to_string(),
             host: r.host.clone(),
             port: r.port,
@@ -152,6 +154,10 @@ pub struct DebugRoute {
     /// The canary waypoint that takes `weight` percent of those tunnels.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<DebugCanary>,
+    /// The gateway's zone, when the service prefers close endpoints: those in it are
+    /// dialed first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefer_zone: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -165,6 +171,8 @@ pub struct DebugEndpoint {
     pub address: String,
     pub ready: bool,
     pub labels: Labels,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     pub active_connections: usize,
     pub consecutive_failures: u32,
     pub ejected: bool,
@@ -231,7 +239,9 @@ mod tests {
                 labels: Default::default(),
                 ready: true,
                 hbone_port: None,
+                zone: None,
             }],
+            prefer_close: false,
         };
         let t = Routes::new().publish(&[spec("b.local"), spec("a.local")]);
         let v = view(&t, &DebugFilter::default());

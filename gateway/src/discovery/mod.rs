@@ -22,9 +22,16 @@ impl Publisher {
         Publisher { routes, metrics }
     }
 
-    pub fn publish(&self, source: &str, specs: &[ServiceSpec]) -> Arc<RouteTable> {
+    /// Publishes `specs` as the new table; `zone` is the gateway's own, when known (services
+    /// that prefer close endpoints try those in it first).
+    pub fn publish(
+        &self,
+        source: &str,
+        specs: &[ServiceSpec],
+        zone: Option<&Arc<str>>,
+    ) -> Arc<RouteTable> {
         let before = self.routes.load();
-        let table = self.routes.publish(specs);
+        let table = self.routes.publish_in(specs, zone);
         self.metrics.routes.set(table.len() as i64);
         self.metrics.endpoints.set(table.endpoint_count() as i64);
         self.metrics.left_out.set(table.left_out.len() as i64);
@@ -111,6 +118,7 @@ mod tests {
             waypoint: None,
             canary: None,
             endpoints: Vec::new(),
+            prefer_close: false,
         };
         let long = "a".repeat(240);
         let routes = Routes::new();

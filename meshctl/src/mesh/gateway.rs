@@ -481,6 +481,10 @@ pub fn objects(
                         "name": "gateway",
                         "image": f.image,
                         "args": args,
+                        // The gateway learns its zone from the EndpointSlice listing this
+                        // address, for Services with trafficDistribution: PreferClose.
+                        "env": [{"name": "GATEWAY_POD_IP",
+                            "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
                         "ports": container_ports,
                         "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": STATUS_PORT},
                             "periodSeconds": 2, "failureThreshold": 3, "timeoutSeconds": 1},

@@ -43,6 +43,9 @@ struct FileService {
     waypoint_canary: Option<FileCanary>,
     /// Replaced by `waypoint` (kept only to say so).
     waypoint_bound: Option<serde::de::IgnoredAny>,
+    /// Kubernetes' `trafficDistribution`: `PreferClose`, `PreferSameZone` or `PreferSameNode`
+    /// send connections to endpoints in the gateway's zone (`--zone`) first.
+    traffic_distribution: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +120,8 @@ struct FileEndpoint {
     ready: bool,
     /// Overrides the service's `hbone` for this endpoint.
     hbone: Option<FileHbone>,
+    /// The zone the endpoint runs in (as an EndpointSlice's `zone`).
+    zone: Option<String>,
 }
 
 fn yes() -> bool {
@@ -163,6 +168,10 @@ fn too_deep(text: &str) -> Option<(usize, usize)> {
     None
 }
 
+/// The `traffic_distribution` values, Kubernetes' own: each keeps connections in the gateway's
+/// zone when it can (the gateway applies no node level).
+const PREFER_CLOSE: [&str; 3] = ["PreferClose", "PreferSameZone", "PreferSameNode"];
+
 /// Parses and validates an endpoints document. Errors name the entry at fault.
 pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
     let invalid = |msg: String| FileError::Invalid {
@@ -195,8 +204,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
     }
     let doc: FileDoc = serde_yaml::from_str(text).map_err(|e| yaml(yaml_error::describe(&e)))?;
     let mut hosts = BTreeSet::new();
-    // Endpoints with equal labels share one map in the table.
+    // Endpoints with equal labels share one map in the table; equal zones one string.
     let mut shared: HashMap<Labels, Arc<Labels>> = HashMap::new();
+    let mut zones: HashMap<String, Arc<str>> = HashMap::new();
     let mut out = Vec::with_capacity(doc.services.0.len());
     for (i, svc) in doc.services.0.into_iter().enumerate() {
         let at = format!("services[{i}] ({})", excerpt(&svc.host));
@@ -277,6 +287,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                     "{at}: endpoints[{j}]: address {address} listed twice"
                 )));
             }
+            let zone = match e.zone.filter(|z| !z.is_empty()) {
+                None => None,
+                Some(z) if crate::config::is_zone(&z) => Some(
+                    zones
+                        .entry(z)
+                        .or_insert_with_key(|z| z.as_str().into())
+                        .clone(),
+                ),
+                Some(z) => {
+                    return Err(invalid(format!(
+                        "{at}: endpoints[{j}]: zone {} is not a zone name (a Kubernetes label \
+                         value: at most 63 letters, digits, '-', '_' and '.', starting and \
+                         ending with a letter or digit)",
+                        excerpt(&z)
+                    )));
+                }
+            };
             endpoints.push(EndpointSpec {
                 address,
                 ports: port_map.clone(),
@@ -286,6 +313,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                     .clone(),
                 ready: e.ready,
                 hbone_port,
+                zone,
             });
         }
         if svc.waypoint_bound.is_some() {
@@ -314,6 +342,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                 weight: c.weight,
             }),
         };
+        let prefer_close = match svc.traffic_distribution.as_deref() {
+            None => false,
+            Some(t) if PREFER_CLOSE.contains(&t) => true,
+            Some(t) => {
+                return Err(invalid(format!(
+                    "{at}: traffic_distribution {} is not one of {} (Kubernetes' \
+                     trafficDistribution values; leave it out for no zone preference)",
+                    excerpt(t),
+                    PREFER_CLOSE.join(", ")
+                )));
+            }
+        };
         out.push(ServiceSpec {
             host,
             ports: port_map.keys().copied().collect(),
@@ -321,6 +361,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
             endpoints,
             waypoint: svc.waypoint.map(|w| w.trim().to_ascii_lowercase()),
             canary,
+            prefer_close,
         });
     }
     check_waypoints(&out).map_err(invalid)?;
@@ -503,6 +544,67 @@ services:
             ("services: [", "not a valid endpoints file"),
         ];
         for (text, want) in cases {
+            let err = p(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: got {err:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn traffic_distribution_and_zones() {
+        let specs = p(r#"
+services:
+  - host: near.ns.svc.cluster.local
+    ports: [{port: 80}]
+    traffic_distribution: PreferClose
+    endpoints:
+      - {address: 10.0.0.1, zone: us-east-1a}
+      - {address: 10.0.0.2, zone: us-east-1a}
+      - {address: 10.0.0.3, zone: us-east-1b}
+      - {address: 10.0.0.4}
+  - host: any.ns.svc.cluster.local
+    ports: [{port: 80}]
+    endpoints: [{address: 10.0.0.5, zone: ''}]
+"#)
+        .unwrap();
+        assert!(specs[0].prefer_close && !specs[1].prefer_close);
+        let zones: Vec<Option<&str>> = specs[0]
+            .endpoints
+            .iter()
+            .map(|e| e.zone.as_deref())
+            .collect();
+        assert_eq!(
+            zones,
+            [
+                Some("us-east-1a"),
+                Some("us-east-1a"),
+                Some("us-east-1b"),
+                None
+            ]
+        );
+        // One string per zone.
+        let (a, b) = (&specs[0].endpoints[0].zone, &specs[0].endpoints[1].zone);
+        assert!(Arc::ptr_eq(a.as_ref().unwrap(), b.as_ref().unwrap()));
+        assert_eq!(specs[1].endpoints[0].zone, None);
+        for td in ["PreferSameZone", "PreferSameNode"] {
+            let text = format!(
+                "services: [{{host: a.local, ports: [{{port: 80}}], traffic_distribution: {td}}}]"
+            );
+            assert!(p(&text).unwrap()[0].prefer_close, "{td}");
+        }
+        for (text, want) in [
+            (
+                "services: [{host: a.local, ports: [{port: 80}], traffic_distribution: preferclose}]",
+                "services[0] (\"a.local\"): traffic_distribution \"preferclose\" is not one of PreferClose, PreferSameZone, PreferSameNode",
+            ),
+            (
+                "services: [{host: a.local, ports: [{port: 80}], endpoints: [{address: 10.0.0.1, zone: 'us east'}]}]",
+                "services[0] (\"a.local\"): endpoints[0]: zone \"us east\" is not a zone name",
+            ),
+            (
+                "services: [{host: a.local, ports: [{port: 80}], endpoints: [{address: 10.0.0.1, zone: -a}]}]",
+                "zone \"-a\" is not a zone name",
+            ),
+        ] {
             let err = p(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: got {err:?}, want {want:?}");
         }

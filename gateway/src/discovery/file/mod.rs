@@ -162,6 +162,8 @@ impl Watches {
 struct Reader {
     path: Arc<Path>,
     publisher: Publisher,
+    /// The gateway's zone (`--zone`), for the services that prefer close endpoints.
+    zone: Option<Arc<str>>,
     last: Arc<Vec<ServiceSpec>>,
     /// Shared with the watcher callback; refreshed before each read, as links may have moved.
     names: Arc<RwLock<Names>>,
@@ -177,6 +179,7 @@ impl FileSource {
     pub fn start(
         path: &Path,
         publisher: Publisher,
+        zone: Option<Arc<str>>,
         hangup: Option<Signal>,
     ) -> Result<FileSource, FileError> {
         // Absolute once (the current directory joined, no symlink resolved): the resolution
@@ -208,6 +211,7 @@ impl FileSource {
         let mut reader = Reader {
             path: path.as_path().into(),
             publisher,
+            zone,
             last: Arc::new(Vec::new()),
             names,
             watches: Arc::new(Mutex::new(Watches {
@@ -223,7 +227,9 @@ impl FileSource {
         // Read after the watches are set: a change from now on is in this read or makes an
         // event.
         let specs = load(path)?;
-        reader.publisher.publish("file", &specs);
+        reader
+            .publisher
+            .publish("file", &specs, reader.zone.as_ref());
         reader.last = Arc::new(specs);
         Ok(FileSource {
             reader,
@@ -306,7 +312,7 @@ impl Reader {
                 None
             }
             Ok(specs) => {
-                self.publisher.publish("file", &specs);
+                self.publisher.publish("file", &specs, self.zone.as_ref());
                 Some(Arc::new(specs))
             }
             Err(e) => {

@@ -74,6 +74,7 @@ impl KubeSource {
     /// watches. The table is published once every watch has listed.
     pub async fn start(
         opts: &KubeOptions,
+        zone: Option<Arc<str>>,
         publisher: Publisher,
         stop: CancellationToken,
     ) -> Result<KubeSource, KubeError> {
@@ -141,10 +142,17 @@ impl KubeSource {
         let slices = apis::<EndpointSlice>(&client, &namespaces);
         probes.extend(probe::probes(&slices));
         let slices = every(&slices);
-        spawn_watches(&watches, slices, project::project_slice, Msg::Slice, None);
+        let interner = project::Interner::default();
+        let slice_interner = interner.clone();
+        spawn_watches(
+            &watches,
+            slices,
+            move |s: &EndpointSlice| project::project_slice(s, &slice_interner),
+            Msg::Slice,
+            None,
+        );
         let pods = apis::<PartialObjectMeta<Pod>>(&client, &namespaces);
         probes.extend(probe::probes(&pods));
-        let interner = project::Interner::default();
         spawn_watches(
             &watches,
             every(&pods),
@@ -164,7 +172,11 @@ impl KubeSource {
         );
         drop(watches);
 
-        let task = ModelTask::new(model, domain, publisher, probes, crds);
+        let locality = task::Locality {
+            zone,
+            pod_ip: opts.pod_ip,
+        };
+        let task = ModelTask::new(model, domain, locality, publisher, probes, crds);
         let synced = task.synced();
         tokio::spawn(task.run(rx, stop));
         Ok(KubeSource { synced })

@@ -39,6 +39,8 @@ pub struct SvcInfo {
     pub scope: ServiceScope,
     /// `spec.clusterIPs`: a waypoint whose status gives only an IP is the Service with it.
     pub cluster_ips: Vec<IpAddr>,
+    /// Connections go to endpoints in the gateway's zone first ([`prefers_close`]).
+    pub prefer_close: bool,
 }
 
 /// What an EndpointSlice contributes.
@@ -57,6 +59,9 @@ pub struct SliceEndpoint {
     pub ready: bool,
     /// Name of the Pod in the slice's namespace (from `targetRef`).
     pub pod: Option<Box<str>>,
+    /// The endpoint's zone (its node's `topology.kubernetes.io/zone`, set by the
+    /// EndpointSlice controller). Interned: a cluster has a few zones.
+    pub zone: Option<Arc<str>>,
 }
 
 /// What a DestinationRule contributes: the resolved host and its subsets.
@@ -86,6 +91,21 @@ pub fn key(ns: Option<&str>, name: Option<&str>) -> Option<ObjKey> {
         ns.unwrap_or("").into(),
         name.filter(|n| !n.is_empty())?.into(),
     ))
+}
+
+/// Istio's annotation for a zone preference, read where `spec.trafficDistribution` is unset.
+pub const TRAFFIC_DISTRIBUTION_ANNOTATION: &str = "networking.istio.io/traffic-distribution";
+
+/// Whether a Service asks to keep traffic close, as istiod reads it: `spec.trafficDistribution`
+/// when set, else Istio's annotation, compared ignoring case. `PreferClose` is Kubernetes'
+/// older name of `PreferSameZone`; `PreferSameNode` is taken as a zone preference too, the
+/// closest the gateway (not on the client's node) can keep.
+fn prefers_close(field: Option<&str>, annotation: Option<&str>) -> bool {
+    const CLOSE: [&str; 3] = ["PreferClose", "PreferSameZone", "PreferSameNode"];
+    match field {
+        Some(f) => CLOSE.contains(&f),
+        None => annotation.is_some_and(|a| CLOSE.iter().any(|c| c.eq_ignore_ascii_case(a))),
+    }
 }
 
 /// A Service's routable ports. ExternalName services have no endpoints and are skipped.
@@ -120,18 +140,28 @@ pub fn project_service(svc: &Service) -> Option<SvcInfo> {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
+    let annotation = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(TRAFFIC_DISTRIBUTION_ANNOTATION));
+    let prefer_close = prefers_close(
+        spec.traffic_distribution.as_deref(),
+        annotation.map(String::as_str),
+    );
     Some(SvcInfo {
         ports,
         family,
         scope,
         cluster_ips,
+        prefer_close,
     })
 }
 
 /// An EndpointSlice's TCP ports and IP endpoints. Not ready (`ready: false`) and terminating
 /// endpoints are kept with `ready: false`, so they stay visible but are never chosen;
 /// `ready` unset counts as ready, as the API documents.
-pub fn project_slice(slice: &EndpointSlice) -> Option<SliceInfo> {
+pub fn project_slice(slice: &EndpointSlice, interner: &Interner) -> Option<SliceInfo> {
     let service = slice
         .metadata
         .labels
@@ -167,10 +197,16 @@ pub fn project_slice(slice: &EndpointSlice) -> Option<SliceInfo> {
                 .filter(|r| r.kind.as_deref() == Some("Pod"))
                 .filter(|r| r.namespace.as_deref().is_none_or(|n| n == ns))
                 .and_then(|r| nonempty(&r.name));
+            let zone = e
+                .zone
+                .as_deref()
+                .filter(|z| !z.is_empty())
+                .map(|z| interner.intern(z));
             Some(SliceEndpoint {
                 address,
                 ready,
                 pod,
+                zone,
             })
         })
         .collect();
@@ -332,6 +368,60 @@ pub(super) mod tests {
         .unwrap()
     }
 
+    /// istiod's rule (`ambientindex` services): the field when set, else Istio's annotation,
+    /// which is compared ignoring case; Kubernetes' newer names count as the older one.
+    #[test]
+    fn a_zone_preference_is_read_as_istiod_reads_it() {
+        let cases = [
+            (None, None, false),
+            (Some("PreferClose"), None, true),
+            (Some("PreferSameZone"), None, true),
+            (Some("PreferSameNode"), None, true),
+            (Some("preferclose"), None, false),
+            (None, Some("preferClose"), true),
+            (None, Some("PreferSameZone"), true),
+            (None, Some("Any"), false),
+            // The field, when set, wins over the annotation.
+            (Some("Other"), Some("PreferClose"), false),
+        ];
+        for (field, annotation, want) in cases {
+            let mut v = json!({"metadata": {"name": "catalog", "namespace": "shop"},
+                               "spec": {"ports": [{"port": 80}]}});
+            if let Some(f) = field {
+                v["spec"]["trafficDistribution"] = json!(f);
+            }
+            if let Some(a) = annotation {
+                v["metadata"]["annotations"] = json!({TRAFFIC_DISTRIBUTION_ANNOTATION: a});
+            }
+            let s: Service = serde_json::from_value(v).unwrap();
+            let got = project_service(&s).unwrap().prefer_close;
+            assert_eq!(got, want, "{field:?} {annotation:?}");
+        }
+    }
+
+    #[test]
+    fn slice_endpoints_keep_their_zone_shared() {
+        let interner = Interner::default();
+        let sl = project_slice(
+            &slice(
+                "catalog",
+                json!([{"name": "http", "port": 3000}]),
+                json!([
+                    {"addresses": ["10.0.0.1"], "zone": "us-east-1a"},
+                    {"addresses": ["10.0.0.2"], "zone": "us-east-1a"},
+                    {"addresses": ["10.0.0.3"], "zone": ""},
+                    {"addresses": ["10.0.0.4"]}
+                ]),
+            ),
+            &interner,
+        )
+        .unwrap();
+        let zones: Vec<_> = sl.endpoints.iter().map(|e| e.zone.as_deref()).collect();
+        assert_eq!(zones, [Some("us-east-1a"), Some("us-east-1a"), None, None]);
+        let (a, b) = (&sl.endpoints[0].zone, &sl.endpoints[1].zone);
+        assert!(Arc::ptr_eq(a.as_ref().unwrap(), b.as_ref().unwrap()));
+    }
+
     #[test]
     fn projections_keep_only_routing_fields() {
         let s = project_service(&svc(json!([
@@ -346,18 +436,21 @@ pub(super) mod tests {
         dual.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into(), "IPv4".into()]);
         assert_eq!(project_service(&dual).unwrap().family, IpFamily::V6);
 
-        let sl = project_slice(&slice(
-            "catalog",
-            json!([{"name": "http", "port": 3000}, {"name": "x"}]),
-            json!([
-                {"addresses": ["10.0.0.1"], "conditions": {"ready": true},
-                 "targetRef": {"kind": "Pod", "name": "p1", "namespace": "shop"}},
-                {"addresses": ["10.0.0.2"], "conditions": {"ready": false}},
-                {"addresses": ["10.0.0.3"], "conditions": {"ready": true, "terminating": true}},
-                {"addresses": ["10.0.0.4"]},
-                {"addresses": ["not-an-ip"]}
-            ]),
-        ))
+        let sl = project_slice(
+            &slice(
+                "catalog",
+                json!([{"name": "http", "port": 3000}, {"name": "x"}]),
+                json!([
+                    {"addresses": ["10.0.0.1"], "conditions": {"ready": true},
+                     "targetRef": {"kind": "Pod", "name": "p1", "namespace": "shop"}},
+                    {"addresses": ["10.0.0.2"], "conditions": {"ready": false}},
+                    {"addresses": ["10.0.0.3"], "conditions": {"ready": true, "terminating": true}},
+                    {"addresses": ["10.0.0.4"]},
+                    {"addresses": ["not-an-ip"]}
+                ]),
+            ),
+            &Interner::default(),
+        )
         .unwrap();
         assert_eq!(&*sl.service, "catalog");
         assert_eq!(sl.ports, vec![(Some("http".into()), 3000)]);
@@ -367,7 +460,7 @@ pub(super) mod tests {
         assert_eq!(sl.family, IpFamily::V4);
         let mut v6 = slice("catalog", json!([]), json!([{"addresses": ["fd00::1"]}]));
         v6.address_type = "IPv6".into();
-        let v6 = project_slice(&v6).unwrap();
+        let v6 = project_slice(&v6, &Interner::default()).unwrap();
         assert_eq!(v6.family, IpFamily::V6);
         assert_eq!(
             v6.endpoints[0].address,
@@ -376,10 +469,10 @@ pub(super) mod tests {
 
         let mut no_label = slice("catalog", json!([]), json!([]));
         no_label.metadata.labels = None;
-        assert!(project_slice(&no_label).is_none());
+        assert!(project_slice(&no_label, &Interner::default()).is_none());
         let mut fqdn = slice("catalog", json!([]), json!([]));
         fqdn.address_type = "FQDN".into();
-        assert!(project_slice(&fqdn).is_none());
+        assert!(project_slice(&fqdn, &Interner::default()).is_none());
     }
 
     #[test]

@@ -143,6 +143,16 @@ impl Model {
     }
 
     /// Cluster IPs to Service hosts, when some waypoint's status gives only an IP.
+    /// The zone the EndpointSlices give the endpoint at `ip` (any slice listing it with one:
+    /// a pod's zone is its node's). The gateway finds its own zone by its pod's address.
+    pub fn zone_of(&self, ip: IpAddr) -> Option<Arc<str>> {
+        self.slices
+            .iter()
+            .flat_map(|(_, s)| &s.endpoints)
+            .filter(|e| e.address == ip)
+            .find_map(|e| e.zone.clone())
+    }
+
     fn hosts_by_ip(&self, domain: &str) -> HashMap<IpAddr, String> {
         match &self.waypoints {
             Some(w)
@@ -428,7 +438,11 @@ impl Model {
                         labels: no_labels.clone(),
                         ready: false,
                         hbone_port: None,
+                        zone: None,
                     });
+                    if spec.zone.is_none() {
+                        spec.zone = e.zone.clone();
+                    }
                     if e.ready && !spec.ready {
                         spec.ready = true;
                         spec.labels = labels;
@@ -448,6 +462,7 @@ impl Model {
                 endpoints: eps.into_values().collect(),
                 waypoint,
                 canary,
+                prefer_close: svc.prefer_close,
             });
         }
         out
@@ -497,25 +512,31 @@ mod tests {
         ))
         .unwrap();
         m.services.streams[0].items.insert(k("shop", "catalog"), s);
-        let sl = project_slice(&slice(
-            "catalog",
-            json!([{"name": "http", "port": 3000}]),
-            json!([
-                {"addresses": ["10.0.0.1"], "targetRef": {"kind": "Pod", "name": "p1"}},
-                {"addresses": ["10.0.0.2"], "targetRef": {"kind": "Pod", "name": "p2"}},
-                {"addresses": ["10.0.0.3"], "conditions": {"ready": false}}
-            ]),
-        ))
+        let sl = project_slice(
+            &slice(
+                "catalog",
+                json!([{"name": "http", "port": 3000}]),
+                json!([
+                    {"addresses": ["10.0.0.1"], "targetRef": {"kind": "Pod", "name": "p1"}},
+                    {"addresses": ["10.0.0.2"], "targetRef": {"kind": "Pod", "name": "p2"}},
+                    {"addresses": ["10.0.0.3"], "conditions": {"ready": false}}
+                ]),
+            ),
+            &Interner::default(),
+        )
         .unwrap();
         m.slices.streams[0]
             .items
             .insert(k("shop", "catalog-abc"), sl);
         // The same address in a second slice, not ready there: still counted once, ready.
-        let dup = project_slice(&slice(
-            "catalog",
-            json!([{"name": "http", "port": 3000}]),
-            json!([{"addresses": ["10.0.0.1"], "conditions": {"ready": false}}]),
-        ))
+        let dup = project_slice(
+            &slice(
+                "catalog",
+                json!([{"name": "http", "port": 3000}]),
+                json!([{"addresses": ["10.0.0.1"], "conditions": {"ready": false}}]),
+            ),
+            &Interner::default(),
+        )
         .unwrap();
         m.slices.streams[0]
             .items
@@ -624,11 +645,14 @@ mod tests {
     #[test]
     fn equal_labels_and_subsets_share_one_map() {
         let mut m = model_with(true);
-        let sl = project_slice(&slice(
-            "catalog",
-            json!([{"name": "http", "port": 3000}]),
-            json!([{"addresses": ["10.0.0.4"], "targetRef": {"kind": "Pod", "name": "p4"}}]),
-        ))
+        let sl = project_slice(
+            &slice(
+                "catalog",
+                json!([{"name": "http", "port": 3000}]),
+                json!([{"addresses": ["10.0.0.4"], "targetRef": {"kind": "Pod", "name": "p4"}}]),
+            ),
+            &Interner::default(),
+        )
         .unwrap();
         m.slices.streams[0]
             .items
@@ -807,7 +831,7 @@ mod tests {
             ]),
         );
         v6.address_type = "IPv6".into();
-        let v6 = project_slice(&v6).unwrap();
+        let v6 = project_slice(&v6, &Interner::default()).unwrap();
         m.slices.streams[0]
             .items
             .insert(k("shop", "catalog-v6"), v6);

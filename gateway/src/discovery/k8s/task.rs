@@ -1,6 +1,7 @@
 //! The rebuild task: owns the model, applies the watches' updates, rebuilds and publishes
 //! the table (debounced), tracks staleness and probes failing watches.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -25,9 +26,21 @@ const HEALTH_TICK: Duration = Duration::from_secs(1);
 /// How many services [`ModelTask::warn_unseen`] names per table.
 const UNSEEN_NAMED: usize = 10;
 
+/// Where the gateway runs: its zone as given, or its own address to learn the zone by.
+#[derive(Debug, Default)]
+pub(super) struct Locality {
+    /// `--zone`.
+    pub zone: Option<Arc<str>>,
+    /// `--pod-ip`: without `zone`, the zone the EndpointSlices give this address.
+    pub pod_ip: Option<IpAddr>,
+}
+
 pub(super) struct ModelTask {
     model: Model,
     domain: String,
+    locality: Locality,
+    /// The zone the last table was published with, to log a change once.
+    zone: Option<Arc<str>>,
     publisher: Publisher,
     synced: Arc<AtomicBool>,
     probes: Vec<Probe>,
@@ -47,6 +60,7 @@ impl ModelTask {
     pub(super) fn new(
         model: Model,
         domain: String,
+        locality: Locality,
         publisher: Publisher,
         probes: Vec<Probe>,
         crds: [CrdWatch; 3],
@@ -54,6 +68,8 @@ impl ModelTask {
         ModelTask {
             model,
             domain,
+            locality,
+            zone: None,
             publisher,
             synced: Arc::new(AtomicBool::new(false)),
             probes,
@@ -274,8 +290,9 @@ impl ModelTask {
     fn publish(&mut self) {
         let started = Instant::now();
         let specs = self.model.specs(&self.domain);
+        let zone = self.zone();
         let built = started.elapsed();
-        let table = self.publisher.publish("kubernetes", &specs);
+        let table = self.publisher.publish("kubernetes", &specs, zone.as_ref());
         tracing::debug!(
             generation = table.generation,
             services = specs.len(),
@@ -292,9 +309,43 @@ impl ModelTask {
                 pods = self.model.pods.len(),
                 destination_rules = self.model.rules.as_ref().map(|r| r.len()),
                 waypoints = self.model.waypoints.as_ref().map(|w| w.len()),
+                zone = self.zone.as_deref().unwrap_or("unknown"),
                 "first Kubernetes sync complete; ready"
             );
+            if self.zone.is_none()
+                && let Some(ip) = self.locality.pod_ip
+            {
+                tracing::info!(
+                    pod_ip = %ip,
+                    "gateway zone unknown: no EndpointSlice lists this pod with a zone (give --zone); trafficDistribution is not applied until one does"
+                );
+            }
         }
+    }
+
+    /// The gateway's zone: `--zone`, else the one the EndpointSlices give `--pod-ip` (the
+    /// gateway's own Service lists its pod). Logged when it is first known or changes.
+    fn zone(&mut self) -> Option<Arc<str>> {
+        let zone = match (&self.locality.zone, self.locality.pod_ip) {
+            (Some(z), _) => Some(z.clone()),
+            (None, Some(ip)) => self.model.zone_of(ip),
+            (None, None) => None,
+        };
+        if zone != self.zone {
+            match (&zone, self.locality.pod_ip) {
+                (Some(z), Some(ip)) if self.locality.zone.is_none() => tracing::info!(
+                    zone = %z,
+                    pod_ip = %ip,
+                    "gateway zone learned from the EndpointSlice listing this pod; services with trafficDistribution PreferClose go to endpoints in it first"
+                ),
+                (Some(z), _) => tracing::info!(zone = %z, "gateway zone"),
+                (None, _) => tracing::info!(
+                    "gateway zone no longer known (no EndpointSlice lists --pod-ip with a zone); no zone preference"
+                ),
+            }
+            self.zone = zone.clone();
+        }
+        zone
     }
 
     /// Warns of each Service newly bound to a waypoint the gateway cannot see (up to

@@ -1,0 +1,300 @@
+//! Zone preference (`trafficDistribution: PreferClose`): a service that asks for it is served
+//! by its endpoints in the gateway's zone while one of them can be dialed, by the others only
+//! then. Through the endpoints file (`--zone`) and through the Kubernetes API TEST SERVER (the
+//! zone learned from the EndpointSlice that lists the gateway's own pod), with real mTLS
+//! backends on 127.0.0.x and real sockets.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use gateway::app;
+use gateway::config::{Config, Discovery, KubeOptions};
+use k8s_test_server::{Options, TestApiServer, namespace_json};
+use serde_json::{Value, json};
+use testkit::k8s;
+use testkit::wait::eventually;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The backends that answered `n` calls through `gw` (each call must succeed).
+async fn served(gw: SocketAddr, n: usize) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        seen.insert(served_by(gw, &sni(80, "", CATALOG)).await);
+    }
+    seen
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// The catalog on three backends, two in zone-a and one in zone-b, with `extra` service keys.
+fn zoned_yaml(port: u16, b: &[Backend], extra: &str, ready_a: bool) -> String {
+    let ep = |i: usize, zone: &str, ready: bool| {
+        format!(
+            "      - {{address: {}, zone: {zone}, ready: {ready}}}\n",
+            b[i].addr.ip()
+        )
+    };
+    format!(
+        "services:\n  - host: {CATALOG}\n    ports: [{{port: 80, targetPort: {port}}}]\n{extra}    endpoints:\n{}{}{}",
+        ep(0, "zone-a", ready_a),
+        ep(1, "zone-a", ready_a),
+        ep(2, "zone-b", true)
+    )
+}
+
+#[tokio::test]
+async fn the_gateways_zone_serves_while_it_can_then_the_others() {
+    let (b, port) = backends(&["a1", "a2", "b1"]).await;
+    let prefer = "    traffic_distribution: PreferClose\n";
+    let gw = gateway_with(&zoned_yaml(port, &b, prefer, true), |c| {
+        c.zone = Some(Arc::from("zone-a"));
+    })
+    .await;
+    // Both endpoints of zone-a, never zone-b's.
+    assert_eq!(served(gw.listen, 30).await, set(&["a1", "a2"]));
+    let (_, routes) = http_get(gw.admin, "/debug/routes").await;
+    let v: Value = serde_json::from_str(&routes).unwrap();
+    assert_eq!(v["routes"][0]["prefer_zone"], "zone-a");
+    let zones: Vec<&str> = v["routes"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["zone"].as_str().unwrap())
+        .collect();
+    assert_eq!(zones, ["zone-a", "zone-a", "zone-b"]);
+
+    // One of zone-a down: the other takes every call (a refused connect is retried there
+    // first).
+    b[0].stop();
+    assert_eq!(served(gw.listen, 20).await, set(&["a2"]));
+    // Both down: zone-b's endpoint, with no call failing.
+    b[1].stop();
+    assert_eq!(served(gw.listen, 20).await, set(&["b1"]));
+    let (_, m) = http_get(gw.admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &m,
+            "gateway_connections_rejected_total{reason=\"connect_failed\"}"
+        ),
+        0.0
+    );
+
+    // Not ready in zone-a (a reload): zone-b's at once, no connect attempted in zone-a.
+    let (b2, port2) = backends(&["a1", "a2", "b1"]).await;
+    gw.write_endpoints(&zoned_yaml(port2, &b2, prefer, false));
+    gw.wait_generation(2).await;
+    assert_eq!(served(gw.listen, 10).await, set(&["b1"]));
+    assert_eq!(b2[0].accepted() + b2[1].accepted(), 0);
+}
+
+#[tokio::test]
+async fn no_preference_without_the_services_ask_or_the_gateways_zone() {
+    let (b, port) = backends(&["a1", "a2", "b1"]).await;
+    let all = set(&["a1", "a2", "b1"]);
+    // The gateway knows its zone; the service does not ask.
+    let gw = gateway_with(&zoned_yaml(port, &b, "", true), |c| {
+        c.zone = Some(Arc::from("zone-a"));
+    })
+    .await;
+    assert_eq!(served(gw.listen, 60).await, all);
+    let (_, routes) = http_get(gw.admin, "/debug/routes").await;
+    assert!(!routes.contains("prefer_zone"), "{routes}");
+    drop(gw);
+    // The service asks; the gateway does not know its zone.
+    let prefer = "    traffic_distribution: PreferSameZone\n";
+    let gw = gateway(&zoned_yaml(port, &b, prefer, true)).await;
+    assert_eq!(served(gw.listen, 60).await, all);
+    drop(gw);
+    // A zone with no endpoint of the service: all of them.
+    let gw = gateway_with(&zoned_yaml(port, &b, prefer, true), |c| {
+        c.zone = Some(Arc::from("zone-c"));
+    })
+    .await;
+    assert_eq!(served(gw.listen, 60).await, all);
+}
+
+async fn api_server() -> TestApiServer {
+    init();
+    let mut opts = Options::new("east");
+    // The backends listen on 127.0.0.x; a real API server would refuse these slices.
+    opts.store.allow_loopback_endpoint_addresses = true;
+    let api = TestApiServer::start_with(opts).await.unwrap();
+    api.store().create(namespace_json("shop")).unwrap();
+    api.store().create(namespace_json("istio-system")).unwrap();
+    api
+}
+
+/// A slice of `svc` listing (address, zone) endpoints, ready, port `http` on `port`.
+fn zoned_slice(ns: &str, name: &str, svc: &str, port: u16, eps: &[(IpAddr, &str)]) -> Value {
+    let list: Vec<k8s::Endpoint> = eps
+        .iter()
+        .map(|&(address, _)| k8s::Endpoint {
+            address,
+            ready: true,
+            pod: "p",
+        })
+        .collect();
+    let mut s = k8s::endpoint_slice(ns, name, svc, ("http", port), "test", &list);
+    for (i, (_, zone)) in eps.iter().enumerate() {
+        s["endpoints"][i]["zone"] = json!(zone);
+        s["endpoints"][i]["targetRef"]["name"] = json!(format!("p{i}"));
+    }
+    s
+}
+
+#[tokio::test]
+async fn in_kubernetes_the_zone_is_learned_from_the_gateways_own_endpoint() {
+    let api = api_server().await;
+    let (b, port) = backends(&["a1", "a2", "b1"]).await;
+    let st = api.store();
+    let mut svc = k8s::service(
+        "shop",
+        "catalog",
+        &[k8s::ServicePort {
+            name: "http",
+            port: 80,
+            target_port: 9080,
+        }],
+    );
+    svc["spec"]["trafficDistribution"] = json!("PreferClose");
+    st.create(svc).unwrap();
+    let eps = [
+        (b[0].addr.ip(), "zone-a"),
+        (b[1].addr.ip(), "zone-a"),
+        (b[2].addr.ip(), "zone-b"),
+    ];
+    st.create(zoned_slice("shop", "catalog-1", "catalog", port, &eps))
+        .unwrap();
+    // The gateway's own Service lists its pod (127.0.0.9) in zone-b.
+    let gw_ip: IpAddr = [127, 0, 0, 9].into();
+    st.create(k8s::service(
+        "istio-system",
+        "eastwest",
+        &[k8s::ServicePort {
+            name: "http",
+            port: 15443,
+            target_port: 15443,
+        }],
+    ))
+    .unwrap();
+    let own = zoned_slice(
+        "istio-system",
+        "eastwest-1",
+        "eastwest",
+        15443,
+        &[(gw_ip, "zone-b")],
+    );
+    st.create(own).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, api.kubeconfig("east")).unwrap();
+    let mut cfg = Config::new(Discovery::Kubernetes(KubeOptions {
+        kubeconfig: Some(path),
+        context: Some("east".into()),
+        pod_ip: Some(gw_ip),
+        ..KubeOptions::default()
+    }));
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin = "127.0.0.1:0".parse().unwrap();
+    cfg.drain_grace = Duration::from_millis(50);
+    cfg.drain_timeout = Duration::from_secs(1);
+    let bound = app::build(cfg).await.unwrap();
+    let (listen, admin) = (bound.listen_addr, bound.admin_addr);
+    eventually("gateway ready", WAIT, || async move {
+        http_get(admin, "/healthz/ready").await.0 == 200
+    })
+    .await;
+    let sni = sni(80, "", "catalog.shop.svc.cluster.local");
+    let only = |want: &'static [&'static str]| {
+        let sni = sni.clone();
+        move || {
+            let sni = sni.clone();
+            async move {
+                let mut seen = BTreeSet::new();
+                for _ in 0..20 {
+                    match call(listen, &sni).await {
+                        Ok(line) => seen.insert(line.split(' ').next().unwrap().to_string()),
+                        Err(_) => return false,
+                    };
+                }
+                seen == set(want)
+            }
+        }
+    };
+    // zone-b: b1 alone.
+    eventually("served in zone-b", WAIT, only(&["b1"])).await;
+    let (_, routes) = http_get(admin, "/debug/routes?host=catalog").await;
+    let v: Value = serde_json::from_str(&routes).unwrap();
+    assert_eq!(v["routes"][0]["prefer_zone"], "zone-b", "{routes}");
+
+    // Istio's annotation instead of the field (its case ignored): the same.
+    let get = || st.get("v1", "Service", Some("shop"), "catalog").unwrap();
+    let mut s = get();
+    s["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("trafficDistribution");
+    s["metadata"]["annotations"] =
+        json!({"networking.istio.io/traffic-distribution": "preferclose"});
+    st.apply(s).unwrap();
+    eventually("annotation read", WAIT, only(&["b1"])).await;
+    // The gateway's own endpoint moves to zone-a (a new pod there): a1 and a2.
+    st.delete(
+        "discovery.k8s.io/v1",
+        "EndpointSlice",
+        Some("istio-system"),
+        "eastwest-1",
+    )
+    .unwrap();
+    let own = zoned_slice(
+        "istio-system",
+        "eastwest-2",
+        "eastwest",
+        15443,
+        &[(gw_ip, "zone-a")],
+    );
+    st.create(own).unwrap();
+    eventually("served in zone-a", WAIT, only(&["a1", "a2"])).await;
+    // No zone preference asked: everyone.
+    let mut s = get();
+    s["metadata"].as_object_mut().unwrap().remove("annotations");
+    st.apply(s).unwrap();
+    eventually("no preference", WAIT, only(&["a1", "a2", "b1"])).await;
+    drop(bound);
+}
+
+/// The test server refuses what the real one refuses: a `trafficDistribution` outside the
+/// supported values is a 422, and nothing is stored.
+#[tokio::test]
+async fn the_api_test_server_refuses_an_unknown_traffic_distribution() {
+    let api = api_server().await;
+    let mut svc = k8s::service(
+        "shop",
+        "catalog",
+        &[k8s::ServicePort {
+            name: "http",
+            port: 80,
+            target_port: 9080,
+        }],
+    );
+    svc["spec"]["trafficDistribution"] = json!("Nearby");
+    let err = api.store().create(svc).unwrap_err().to_string();
+    assert!(
+        err.contains("spec.trafficDistribution: Unsupported value: \"Nearby\""),
+        "{err}"
+    );
+    assert!(
+        api.store()
+            .get("v1", "Service", Some("shop"), "catalog")
+            .is_none()
+    );
+}
