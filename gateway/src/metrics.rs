@@ -54,6 +54,8 @@ pub struct ProxyMetrics {
     pub connect_seconds: Histogram,
     pub connect_failures: Counter,
     pub ejections: Counter,
+    /// Dial attempts outside the gateway's zone for a service that prefers it.
+    pub zone_spills: Counter,
     /// The per-SNI families again, with the names whose handles are alive.
     series: SniSeries,
 }
@@ -91,6 +93,7 @@ impl ProxyMetrics {
             connect_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             connect_failures: Counter::default(),
             ejections: Counter::default(),
+            zone_spills: Counter::default(),
             series,
         };
         let r = registry;
@@ -158,6 +161,11 @@ impl ProxyMetrics {
             "endpoint_ejections",
             "Endpoints ejected by passive outlier detection",
             m.ejections.clone(),
+        );
+        r.register(
+            "upstream_zone_spills",
+            "Upstream dial attempts outside the gateway's zone for a service that prefers it (none in the zone ready, or each ejected or already failed)",
+            m.zone_spills.clone(),
         );
         for kind in crate::local_error::Exhausted::ALL {
             let _ = m.accept_errors.get_or_create(&KindLabels {

@@ -127,16 +127,19 @@ pub const WAYPOINT_PORT: u16 = 15008;
 pub struct Subset {
     /// Indices into the route's `endpoints` of the ready ones.
     ready: Box<[usize]>,
-    /// Those of `ready` in the route's `prefer_zone`; empty without one.
+    /// Those of `ready` in the route's `prefer_zone`, and the others; both empty without one.
     near: Box<[usize]>,
+    far: Box<[usize]>,
     metrics: OnceLock<Arc<ConnMetrics>>,
 }
 
-/// Indices into a route's `endpoints`: the ready ones, and those of them a connection tries
-/// first.
+/// Indices into a route's `endpoints`: the ready ones, and for a service that prefers the
+/// gateway's zone, those of them in it (`near`) and the others (`far`); without a preference
+/// `near` and `far` are empty.
 #[derive(Debug, Clone, Copy)]
 pub struct Candidates<'a> {
     pub near: &'a [usize],
+    pub far: &'a [usize],
     pub all: &'a [usize],
 }
 
@@ -167,14 +170,15 @@ impl Route {
         self.candidates_near(subset).map(|c| c.all)
     }
 
-    /// The ready endpoints of `subset`, and those of them in the gateway's zone, which a
-    /// connection tries first (empty when the service has no zone preference).
+    /// The ready endpoints of `subset`, split by the gateway's zone when the service prefers
+    /// it ([`Candidates`]).
     pub fn candidates_near(&self, subset: &str) -> Result<Candidates<'_>, LookupError> {
         match self.by_subset.get(subset) {
             None => Err(LookupError::NoRoute),
             Some(c) if c.ready.is_empty() => Err(LookupError::NoHealthyEndpoint),
             Some(c) => Ok(Candidates {
                 near: &c.near,
+                far: &c.far,
                 all: &c.ready,
             }),
         }
@@ -193,7 +197,7 @@ impl Route {
     }
 
     /// Resolves `""` and every subset to the indices of its ready endpoints, and of those in
-    /// the preferred zone.
+    /// the preferred zone and not.
     fn resolve_subsets(&mut self) {
         let ready = |want: Option<&Labels>| -> Box<[usize]> {
             let matches = |e: &Endpoint| {
@@ -204,19 +208,24 @@ impl Route {
                 .map(|(i, _)| i)
                 .collect()
         };
-        let near = |ready: &[usize]| -> Box<[usize]> {
+        let split = |ready: &[usize]| -> (Box<[usize]>, Box<[usize]>) {
             let Some(zone) = &self.prefer_zone else {
-                return Box::default();
+                return Default::default();
             };
-            let in_zone = |&&i: &&usize| self.endpoints[i].zone.as_ref() == Some(zone);
-            ready.iter().filter(in_zone).copied().collect()
+            let in_zone = |i: &usize| self.endpoints[*i].zone.as_ref() == Some(zone);
+            let (near, far): (Vec<usize>, Vec<usize>) = ready.iter().partition(|i| in_zone(i));
+            (near.into(), far.into())
         };
         let mut by_subset =
             Map::with_capacity_and_hasher(self.subsets.len() + 1, Default::default());
-        let subset = |ready: Box<[usize]>| Subset {
-            near: near(&ready),
-            ready,
-            metrics: OnceLock::new(),
+        let subset = |ready: Box<[usize]>| {
+            let (near, far) = split(&ready);
+            Subset {
+                ready,
+                near,
+                far,
+                metrics: OnceLock::new(),
+            }
         };
         by_subset.insert(String::new(), subset(ready(None)));
         for (name, labels) in self.subsets.iter() {

@@ -38,10 +38,14 @@ pub async fn connect(
     // On the stack for the usual few attempts: no allocation per connection.
     let mut tried: SmallVec<[SocketAddr; 4]> = SmallVec::new();
     let mut local = false;
-    for _ in 0..cfg.connect_attempts {
-        let Some(ep) = choose(route, candidates, &tried) else {
+    for attempt in 1..=cfg.connect_attempts {
+        let last = attempt == cfg.connect_attempts;
+        let Some((ep, near)) = choose(route, candidates, &tried, last) else {
             break;
         };
+        if route.prefer_zone.is_some() && !near {
+            metrics.zone_spills.inc();
+        }
         tried.push(ep.addr);
         let t = Instant::now();
         match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(ep.addr)).await {
@@ -76,18 +80,32 @@ pub async fn connect(
     })
 }
 
-/// Picks an endpoint in the gateway's zone when the service prefers one ([`Candidates`]'s
-/// `near`), any other only when none there can be dialed (each ejected or tried), as Istio's
-/// locality failover does; `None` when no candidate is left.
+/// Picks an endpoint, and says whether it is in the gateway's zone. For a service that
+/// prefers the zone ([`Candidates`]), one there while any can be dialed (neither ejected nor
+/// tried), then another, as Istio's locality failover does; but the `last` attempt of a
+/// connection whose earlier ones failed goes out of the zone first, so endpoints of a zone
+/// that all fail cost a connection at most its other attempts, not the connection itself
+/// (outlier detection ejects at most `--outlier-max-percent` of a service). `None` when no
+/// candidate is left.
 pub fn choose(
     route: &Route,
     candidates: Candidates<'_>,
     tried: &[SocketAddr],
-) -> Option<Arc<EndpointState>> {
-    let near = (!candidates.near.is_empty())
-        .then(|| pick(route, candidates.near, tried))
-        .flatten();
-    near.or_else(|| pick(route, candidates.all, tried))
+    last: bool,
+) -> Option<(Arc<EndpointState>, bool)> {
+    let Candidates { near, far, all } = candidates;
+    if near.is_empty() && far.is_empty() {
+        return pick(route, all, tried).map(|ep| (ep, false));
+    }
+    let near_first = !last || tried.is_empty();
+    let order = if near_first {
+        [(near, true), (far, false)]
+    } else {
+        [(far, false), (near, true)]
+    };
+    order
+        .into_iter()
+        .find_map(|(set, in_zone)| Some((pick(route, set, tried)?, in_zone)))
 }
 
 /// Picks among `candidates` (indices into `route.endpoints`) one neither ejected nor in
@@ -170,7 +188,12 @@ mod tests {
         let r = t.lookup("a.local", 80).unwrap();
         let c = r.candidates_near("").unwrap();
         assert_eq!((c.near.len(), c.all.len()), (2, 4));
-        let chosen = |tried: &[SocketAddr]| choose(r, c, tried).map(|s| s.addr.ip().to_string());
+        let chosen = |tried: &[SocketAddr]| {
+            let (ep, near) = choose(r, c, tried, false)?;
+            let ip = ep.addr.ip().to_string();
+            assert_eq!(near, ip == "10.0.0.1" || ip == "10.0.0.2", "{ip}");
+            Some(ip)
+        };
         for _ in 0..50 {
             let ip = chosen(&[]).unwrap();
             assert!(ip == "10.0.0.1" || ip == "10.0.0.2", "{ip}");
@@ -184,6 +207,21 @@ mod tests {
             let ip = chosen(&a).unwrap();
             assert!(ip == "10.0.0.3" || ip == "10.0.0.4", "{ip}");
         }
+        // A connection's last attempt after a failed one leaves the zone first: zone a's
+        // endpoints, were they all failing, cost it only its other attempts. A last attempt
+        // with nothing tried (a single one) stays in the zone.
+        for _ in 0..20 {
+            let (ep, near) = choose(r, c, &a[..1], true).unwrap();
+            let ip = ep.addr.ip().to_string();
+            assert!(!near && (ip == "10.0.0.3" || ip == "10.0.0.4"), "{ip}");
+            assert!(choose(r, c, &[], true).unwrap().1);
+        }
+        // Zone b all tried too: back in zone a for the last attempt.
+        let b: Vec<SocketAddr> = ["10.0.0.1:80", "10.0.0.3:80", "10.0.0.4:80"]
+            .map(|a| a.parse().unwrap())
+            .into();
+        let (ep, near) = choose(r, c, &b, true).unwrap();
+        assert!(near && ep.addr.ip().to_string() == "10.0.0.2");
         // Ejected counts as unusable, like tried.
         r.endpoints[c.near[0]]
             .state
@@ -209,8 +247,9 @@ mod tests {
             let r = t.lookup("a.local", 80).unwrap();
             let c = r.candidates_near("").unwrap();
             assert!(c.near.is_empty(), "{prefer} {zone:?}");
-            let seen: std::collections::BTreeSet<_> =
-                (0..200).map(|_| choose(r, c, &[]).unwrap().addr).collect();
+            let seen: std::collections::BTreeSet<_> = (0..200)
+                .map(|_| choose(r, c, &[], false).unwrap().0.addr)
+                .collect();
             assert_eq!(seen.len(), 3, "{prefer} {zone:?}: every endpoint chosen");
         }
     }

@@ -60,6 +60,11 @@ async fn the_gateways_zone_serves_while_it_can_then_the_others() {
     .await;
     // Both endpoints of zone-a, never zone-b's.
     assert_eq!(served(gw.listen, 30).await, set(&["a1", "a2"]));
+    let spills = || async {
+        let (_, m) = http_get(gw.admin, "/metrics").await;
+        metric(&m, "gateway_upstream_zone_spills_total")
+    };
+    assert_eq!(spills().await, 0.0);
     let (_, routes) = http_get(gw.admin, "/debug/routes").await;
     let v: Value = serde_json::from_str(&routes).unwrap();
     assert_eq!(v["routes"][0]["prefer_zone"], "zone-a");
@@ -75,9 +80,11 @@ async fn the_gateways_zone_serves_while_it_can_then_the_others() {
     // first).
     b[0].stop();
     assert_eq!(served(gw.listen, 20).await, set(&["a2"]));
-    // Both down: zone-b's endpoint, with no call failing.
+    assert_eq!(spills().await, 0.0);
+    // Both down: zone-b's endpoint, with no call failing; each of those dials counted.
     b[1].stop();
     assert_eq!(served(gw.listen, 20).await, set(&["b1"]));
+    assert_eq!(spills().await, 20.0);
     let (_, m) = http_get(gw.admin, "/metrics").await;
     assert_eq!(
         metric(
@@ -93,6 +100,41 @@ async fn the_gateways_zone_serves_while_it_can_then_the_others() {
     gw.wait_generation(2).await;
     assert_eq!(served(gw.listen, 10).await, set(&["b1"]));
     assert_eq!(b2[0].accepted() + b2[1].accepted(), 0);
+}
+
+/// Outlier detection ejects at most half of a service: the other dead endpoints of a zone
+/// stay candidates. A connection's last attempt after a failed one leaves the zone, so
+/// none fails for them, even with two attempts.
+#[tokio::test]
+async fn a_zone_whose_endpoints_all_fail_costs_a_connection_only_its_other_attempts() {
+    let (b, port) = backends(&["b1"]).await;
+    let mut yaml = format!(
+        "services:\n  - host: {CATALOG}\n    ports: [{{port: 80, targetPort: {port}}}]\n    traffic_distribution: PreferClose\n    endpoints:\n      - {{address: {}, zone: zone-b}}\n",
+        b[0].addr.ip()
+    );
+    for i in 7..=9u8 {
+        let dead = refused_port([127, 0, 0, i].into(), port).await;
+        yaml.push_str(&format!(
+            "      - {{address: {}, zone: zone-a}}\n",
+            dead.ip()
+        ));
+    }
+    let gw = gateway_with(&yaml, |c| {
+        c.zone = Some(Arc::from("zone-a"));
+        c.connect_attempts = 2;
+    })
+    .await;
+    assert_eq!(served(gw.listen, 40).await, set(&["b1"]));
+    let (_, m) = http_get(gw.admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &m,
+            "gateway_connections_rejected_total{reason=\"connect_failed\"}"
+        ),
+        0.0
+    );
+    // At most half of the four ejected: the zone's third dead endpoint stays a candidate.
+    assert!(metric(&m, "gateway_endpoint_ejections_total") <= 2.0);
 }
 
 #[tokio::test]
