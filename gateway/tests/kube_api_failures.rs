@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gateway::app;
-use gateway::config::{Config, Discovery, KubeOptions};
 use k8s_test_server::{Fault, FaultRule, Options, TestApiServer, namespace_json};
 use testkit::k8s;
 use testkit::wait::eventually;
@@ -45,16 +44,7 @@ async fn failing_watches_show_as_stale_within_seconds_while_the_last_table_serve
     let slice = k8s::endpoint_slice(NS, "catalog-1", "catalog", ("http", port), "test", &[ep]);
     api.store().create(slice).unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kubeconfig");
-    std::fs::write(&path, api.kubeconfig("east")).unwrap();
-    let mut cfg = Config::new(Discovery::Kubernetes(KubeOptions {
-        kubeconfig: Some(path),
-        context: Some("east".into()),
-        ..KubeOptions::default()
-    }));
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.admin = "127.0.0.1:0".parse().unwrap();
+    let (_dir, cfg) = kube_test_config(&api.kubeconfig("east"), |_| {});
     let gw = app::build(cfg).await.unwrap();
     let (listen, admin) = (gw.listen_addr, gw.admin_addr);
     let served = || async move { call(listen, &sni(80, "", CATALOG)).await.is_ok() };

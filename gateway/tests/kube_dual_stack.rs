@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::*;
 use gateway::app;
-use gateway::config::{Config, Discovery, KubeOptions};
 use k8s_test_server::{Options, TestApiServer, namespace_json};
 use serde_json::Value;
 use testkit::k8s::{self, Endpoint, ServicePort};
@@ -97,16 +96,7 @@ async fn a_dual_stack_pod_is_one_endpoint_and_ipv6_endpoints_are_dialed() {
         st.create(slice(name, "ratings", port, addr, "q1")).unwrap();
     }
 
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig("east")).unwrap();
-    let mut cfg = Config::new(Discovery::Kubernetes(KubeOptions {
-        kubeconfig: Some(kubeconfig),
-        context: Some("east".into()),
-        ..KubeOptions::default()
-    }));
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.admin = "127.0.0.1:0".parse().unwrap();
+    let (_dir, cfg) = kube_test_config(&api.kubeconfig("east"), |_| {});
     let gw = app::build(cfg).await.unwrap();
     let routes = gw.routes.clone();
     eventually("both services routed", WAIT, || {

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use gateway::app::{self, Bound};
-use gateway::config::{Config, Discovery};
+use gateway::config::{Config, Discovery, KubeOptions};
 use rustls::ClientConfig;
 use testkit::mesh;
 use testkit::mtls::{self, Identity};
@@ -278,6 +278,28 @@ pub fn test_config(path: &std::path::Path) -> Config {
     cfg.drain_grace = Duration::from_millis(100);
     cfg.drain_timeout = Duration::from_secs(2);
     cfg
+}
+
+/// A gateway config for Kubernetes discovery through `kubeconfig` (context `east`, the API
+/// test server's), listening on 127.0.0.1:0; the kubeconfig file lives in the returned
+/// directory.
+pub fn kube_test_config(
+    kubeconfig: &str,
+    tweak: impl FnOnce(&mut KubeOptions),
+) -> (tempfile::TempDir, Config) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, kubeconfig).unwrap();
+    let mut opts = KubeOptions {
+        kubeconfig: Some(path),
+        context: Some("east".into()),
+        ..KubeOptions::default()
+    };
+    tweak(&mut opts);
+    let mut cfg = Config::new(Discovery::Kubernetes(opts));
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin = "127.0.0.1:0".parse().unwrap();
+    (dir, cfg)
 }
 
 pub async fn gateway_with(yaml: &str, tweak: impl FnOnce(&mut Config)) -> Gw {
