@@ -265,7 +265,9 @@ async fn in_kubernetes_the_zone_is_learned_from_the_gateways_own_endpoint() {
         json!({"networking.istio.io/traffic-distribution": "preferclose"});
     st.apply(s).unwrap();
     eventually("annotation read", WAIT, only(&["b1"])).await;
-    // The gateway's own endpoint moves to zone-a (a new pod there): a1 and a2.
+    // No slice lists the gateway any more (its Service re-created, say): the zone is kept.
+    let generation = || bound.routes.load().map_or(0, |t| t.generation);
+    let before = generation();
     st.delete(
         "discovery.k8s.io/v1",
         "EndpointSlice",
@@ -273,6 +275,9 @@ async fn in_kubernetes_the_zone_is_learned_from_the_gateways_own_endpoint() {
         "eastwest-1",
     )
     .unwrap();
+    eventually("table rebuilt", WAIT, || async { generation() > before }).await;
+    assert!(only(&["b1"])().await, "the zone kept");
+    // Listed again in another zone (a test's liberty: a pod never moves): a1 and a2.
     let own = zoned_slice(
         "istio-system",
         "eastwest-2",

@@ -142,7 +142,6 @@ impl Model {
         }))
     }
 
-    /// Cluster IPs to Service hosts, when some waypoint's status gives only an IP.
     /// The zone the EndpointSlices give the endpoint at `ip` (any slice listing it with one:
     /// a pod's zone is its node's). The gateway finds its own zone by its pod's address.
     pub fn zone_of(&self, ip: IpAddr) -> Option<Arc<str>> {
@@ -153,6 +152,7 @@ impl Model {
             .find_map(|e| e.zone.clone())
     }
 
+    /// Cluster IPs to Service hosts, when some waypoint's status gives only an IP.
     fn hosts_by_ip(&self, domain: &str) -> HashMap<IpAddr, String> {
         match &self.waypoints {
             Some(w)

@@ -324,11 +324,12 @@ impl ModelTask {
     }
 
     /// The gateway's zone: `--zone`, else the one the EndpointSlices give `--pod-ip` (the
-    /// gateway's own Service lists its pod). Logged when it is first known or changes.
+    /// gateway's own Service lists its pod), kept when no slice lists it any more (a pod
+    /// never changes zone; its Service may be re-created). Logged when first known or changed.
     fn zone(&mut self) -> Option<Arc<str>> {
         let zone = match (&self.locality.zone, self.locality.pod_ip) {
             (Some(z), _) => Some(z.clone()),
-            (None, Some(ip)) => self.model.zone_of(ip),
+            (None, Some(ip)) => self.model.zone_of(ip).or_else(|| self.zone.clone()),
             (None, None) => None,
         };
         if zone != self.zone {
@@ -339,9 +340,7 @@ impl ModelTask {
                     "gateway zone learned from the EndpointSlice listing this pod; services with trafficDistribution PreferClose go to endpoints in it first"
                 ),
                 (Some(z), _) => tracing::info!(zone = %z, "gateway zone"),
-                (None, _) => tracing::info!(
-                    "gateway zone no longer known (no EndpointSlice lists --pod-ip with a zone); no zone preference"
-                ),
+                (None, _) => {}
             }
             self.zone = zone.clone();
         }
