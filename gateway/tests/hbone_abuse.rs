@@ -654,10 +654,14 @@ async fn zero_window_reader_holds_bounded_memory() {
             .await
             .unwrap();
     }
-    // Until RSS stops growing for a second, at most 20 s.
+    // Until every tunnel's upstream is dialed and RSS stops growing for a second, at most
+    // 20 s (on a loaded machine the dials may trail a pause in growth).
     let start = Instant::now();
     let (mut last, mut steady) = (base, Instant::now());
-    while start.elapsed() < Duration::from_secs(20) && steady.elapsed() < Duration::from_secs(1) {
+    let settled = |steady: Instant| {
+        app.accepted() == STREAMS as usize && steady.elapsed() >= Duration::from_secs(1)
+    };
+    while start.elapsed() < Duration::from_secs(20) && !settled(steady) {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let now = rss_kib(pid);
         if now > last + 256 {
