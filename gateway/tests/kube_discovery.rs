@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gateway::app::{self, Bound, BuildError};
-use gateway::config::{Config, Discovery, KubeOptions};
+use gateway::config::{Config, KubeOptions};
 use k8s_test_server::{Options, TestApiServer, namespace_json};
 use serde_json::{Value, json};
 use testkit::k8s;
@@ -48,15 +48,7 @@ fn write_kubeconfig(yaml: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 fn kube_config(path: PathBuf, tweak: impl FnOnce(&mut KubeOptions)) -> Config {
-    let mut opts = KubeOptions {
-        kubeconfig: Some(path),
-        context: Some("east".into()),
-        ..KubeOptions::default()
-    };
-    tweak(&mut opts);
-    let mut cfg = Config::new(Discovery::Kubernetes(opts));
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.admin = "127.0.0.1:0".parse().unwrap();
+    let mut cfg = kube_path_config(path, tweak);
     cfg.drain_grace = Duration::from_millis(50);
     cfg.drain_timeout = Duration::from_secs(1);
     cfg

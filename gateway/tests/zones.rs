@@ -160,6 +160,18 @@ async fn api_server() -> TestApiServer {
     api
 }
 
+/// The catalog's Service in `shop` (port `http` 80) with this `trafficDistribution`.
+fn catalog_service(traffic_distribution: &str) -> Value {
+    let port = k8s::ServicePort {
+        name: "http",
+        port: 80,
+        target_port: 9080,
+    };
+    let mut svc = k8s::service("shop", "catalog", &[port]);
+    svc["spec"]["trafficDistribution"] = json!(traffic_distribution);
+    svc
+}
+
 /// A slice of `svc` listing (address, zone) endpoints, ready, port `http` on `port`.
 fn zoned_slice(ns: &str, name: &str, svc: &str, port: u16, eps: &[(IpAddr, &str)]) -> Value {
     let list: Vec<k8s::Endpoint> = eps
@@ -183,17 +195,7 @@ async fn in_kubernetes_the_zone_is_learned_from_the_gateways_own_endpoint() {
     let api = api_server().await;
     let (b, port) = backends(&["a1", "a2", "b1"]).await;
     let st = api.store();
-    let mut svc = k8s::service(
-        "shop",
-        "catalog",
-        &[k8s::ServicePort {
-            name: "http",
-            port: 80,
-            target_port: 9080,
-        }],
-    );
-    svc["spec"]["trafficDistribution"] = json!("PreferClose");
-    st.create(svc).unwrap();
+    st.create(catalog_service("PreferClose")).unwrap();
     let eps = [
         (b[0].addr.ip(), "zone-a"),
         (b[1].addr.ip(), "zone-a"),
@@ -300,17 +302,11 @@ async fn in_kubernetes_the_zone_is_learned_from_the_gateways_own_endpoint() {
 #[tokio::test]
 async fn the_api_test_server_refuses_an_unknown_traffic_distribution() {
     let api = api_server().await;
-    let mut svc = k8s::service(
-        "shop",
-        "catalog",
-        &[k8s::ServicePort {
-            name: "http",
-            port: 80,
-            target_port: 9080,
-        }],
-    );
-    svc["spec"]["trafficDistribution"] = json!("Nearby");
-    let err = api.store().create(svc).unwrap_err().to_string();
+    let err = api
+        .store()
+        .create(catalog_service("Nearby"))
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("spec.trafficDistribution: Unsupported value: \"Nearby\""),
         "{err}"

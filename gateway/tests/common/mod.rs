@@ -290,6 +290,11 @@ pub fn kube_test_config(
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kubeconfig");
     std::fs::write(&path, kubeconfig).unwrap();
+    (dir, kube_path_config(path, tweak))
+}
+
+/// [`kube_test_config`] for a kubeconfig file at `path` (which need not exist).
+pub fn kube_path_config(path: std::path::PathBuf, tweak: impl FnOnce(&mut KubeOptions)) -> Config {
     let mut opts = KubeOptions {
         kubeconfig: Some(path),
         context: Some("east".into()),
@@ -299,7 +304,7 @@ pub fn kube_test_config(
     let mut cfg = Config::new(Discovery::Kubernetes(opts));
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.admin = "127.0.0.1:0".parse().unwrap();
-    (dir, cfg)
+    cfg
 }
 
 pub async fn gateway_with(yaml: &str, tweak: impl FnOnce(&mut Config)) -> Gw {
