@@ -58,6 +58,12 @@ pub struct ServiceSpec {
     pub prefer_close: bool,
 }
 
+/// Kubernetes' `trafficDistribution` values that ask to keep traffic close
+/// ([`ServiceSpec::prefer_close`]), for every source: `PreferClose` is the older name of
+/// `PreferSameZone`; `PreferSameNode` is kept to the gateway's zone, the closest level a
+/// gateway (not on the client's node) can keep.
+pub const PREFER_CLOSE_VALUES: [&str; 3] = ["PreferClose", "PreferSameZone", "PreferSameNode"];
+
 /// A canary waypoint (Kubernetes: `istio.io/use-waypoint-canary`, Istio 1.31): each tunnel
 /// that goes to a waypoint goes to this one with `weight` percent odds, as ztunnel samples
 /// per connection.

@@ -11,7 +11,9 @@ use serde::Deserialize;
 use super::bounds::{self, EndpointList, HasEndpoints, Refused, ServiceList};
 use super::{FileError, MAX_FILE_BYTES, yaml_error};
 use crate::bounded_read::{ReadRefused, read_regular};
-use crate::routes::{Canary, EndpointSpec, Labels, ServiceSpec, WAYPOINT_PORT};
+use crate::routes::{
+    Canary, EndpointSpec, Labels, PREFER_CLOSE_VALUES, ServiceSpec, WAYPOINT_PORT,
+};
 use crate::sni_name;
 
 #[derive(Debug, Deserialize)]
@@ -167,10 +169,6 @@ fn too_deep(text: &str) -> Option<(usize, usize)> {
     }
     None
 }
-
-/// The `traffic_distribution` values, Kubernetes' own: each keeps connections in the gateway's
-/// zone when it can (the gateway applies no node level).
-const PREFER_CLOSE: [&str; 3] = ["PreferClose", "PreferSameZone", "PreferSameNode"];
 
 /// Parses and validates an endpoints document. Errors name the entry at fault.
 pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
@@ -344,13 +342,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
         };
         let prefer_close = match svc.traffic_distribution.as_deref() {
             None => false,
-            Some(t) if PREFER_CLOSE.contains(&t) => true,
+            Some(t) if PREFER_CLOSE_VALUES.contains(&t) => true,
             Some(t) => {
                 return Err(invalid(format!(
                     "{at}: traffic_distribution {} is not one of {} (Kubernetes' \
                      trafficDistribution values; leave it out for no zone preference)",
                     excerpt(t),
-                    PREFER_CLOSE.join(", ")
+                    PREFER_CLOSE_VALUES.join(", ")
                 )));
             }
         };

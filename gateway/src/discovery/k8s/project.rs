@@ -14,7 +14,7 @@ use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
 
 use super::ambient::{NamespaceScope, SIDECAR_STATUS_ANNOTATION, ServiceScope};
-use crate::routes::Labels;
+use crate::routes::{Labels, PREFER_CLOSE_VALUES};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -97,14 +97,12 @@ pub fn key(ns: Option<&str>, name: Option<&str>) -> Option<ObjKey> {
 pub const TRAFFIC_DISTRIBUTION_ANNOTATION: &str = "networking.istio.io/traffic-distribution";
 
 /// Whether a Service asks to keep traffic close, as istiod reads it: `spec.trafficDistribution`
-/// when set, else Istio's annotation, compared ignoring case. `PreferClose` is Kubernetes'
-/// older name of `PreferSameZone`; `PreferSameNode` is taken as a zone preference too, the
-/// closest the gateway (not on the client's node) can keep.
+/// when set, else Istio's annotation, compared ignoring case ([`PREFER_CLOSE_VALUES`]).
 fn prefers_close(field: Option<&str>, annotation: Option<&str>) -> bool {
-    const CLOSE: [&str; 3] = ["PreferClose", "PreferSameZone", "PreferSameNode"];
+    let close = PREFER_CLOSE_VALUES;
     match field {
-        Some(f) => CLOSE.contains(&f),
-        None => annotation.is_some_and(|a| CLOSE.iter().any(|c| c.eq_ignore_ascii_case(a))),
+        Some(f) => close.contains(&f),
+        None => annotation.is_some_and(|a| close.iter().any(|c| c.eq_ignore_ascii_case(a))),
     }
 }
 
