@@ -125,20 +125,43 @@ pub fn pick(
             .map(|&i| &route.endpoints[i].state)
             .filter(move |s| !s.health.is_ejected_at(now) && !tried.contains(&s.addr))
     };
-    let nth = |n: usize| usable().nth(n).expect("n < count of usable");
-    match usable().count() {
-        0 => None,
-        1 => Some(nth(0).clone()),
+    let n = usable().count();
+    let (a, b) = match n {
+        0 => return None,
+        1 => (0, 0),
         n => {
             let mut rng = rand::rng();
             let a = rng.random_range(0..n);
-            let mut b = rng.random_range(0..n - 1);
-            if b >= a {
-                b += 1;
-            }
-            let (x, y) = (nth(a), nth(b));
-            Some(if y.active() < x.active() { y } else { x }.clone())
+            let b = rng.random_range(0..n - 1);
+            (a, if b >= a { b + 1 } else { b })
         }
+    };
+    fewer_active(usable(), a, b).cloned()
+}
+
+/// Of the endpoints at positions `a` and `b` of `usable`, the one with fewer active
+/// connections. Another worker may eject an endpoint between the count and this pass, so
+/// the list can be shorter than counted: a position past its end gives way to the other, and
+/// both to the last usable one (`None` only when none is left).
+fn fewer_active<'a>(
+    usable: impl Iterator<Item = &'a Arc<EndpointState>>,
+    a: usize,
+    b: usize,
+) -> Option<&'a Arc<EndpointState>> {
+    let (mut x, mut y, mut last) = (None, None, None);
+    for (i, ep) in usable.enumerate().take(a.max(b) + 1) {
+        if i == a {
+            x = Some(ep);
+        }
+        if i == b {
+            y = Some(ep);
+        }
+        last = Some(ep);
+    }
+    match (x, y) {
+        (Some(x), Some(y)) => Some(if y.active() < x.active() { y } else { x }),
+        (Some(one), None) | (None, Some(one)) => Some(one),
+        (None, None) => last,
     }
 }
 
@@ -266,6 +289,59 @@ mod tests {
             assert_eq!(pick(r, c, &[]).unwrap().addr, st(1).addr);
         }
         drop(busy);
+    }
+
+    #[test]
+    fn a_list_shorter_than_counted_still_gives_an_endpoint() {
+        let t = table(3);
+        let r = t.lookup("a.local", 80).unwrap();
+        let eps: Vec<&Arc<EndpointState>> = r.endpoints.iter().map(|e| &e.state).collect();
+        let addr = |e: Option<&Arc<EndpointState>>| e.map(|e| e.addr);
+        let of = |n: usize, a, b| addr(fewer_active(eps[..n].iter().copied(), a, b));
+        assert_eq!(
+            of(3, 0, 2),
+            addr(Some(eps[0])),
+            "both there: ties go to the first"
+        );
+        assert_eq!(of(2, 0, 2), addr(Some(eps[0])), "b past the end: a");
+        assert_eq!(of(2, 2, 1), addr(Some(eps[1])), "a past the end: b");
+        assert_eq!(
+            of(2, 2, 3),
+            addr(Some(eps[1])),
+            "both past the end: the last"
+        );
+        assert_eq!(of(0, 0, 1), None, "none left");
+    }
+
+    /// Another worker ejects and readmits endpoints while this one picks: the count and the
+    /// pass that finds the chosen positions can disagree, which must not panic.
+    #[test]
+    fn ejections_by_another_worker_during_a_pick_do_not_panic() {
+        let t = table(4);
+        let r = t.lookup("a.local", 80).unwrap();
+        let c = r.candidates("").unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let until = Instant::now() + std::time::Duration::from_secs(5);
+                let health = |i: usize| &r.endpoints[c[i]].state.health;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                    for i in 1..4 {
+                        health(i).eject(clock::now_ms(), 60_000, 60_000);
+                    }
+                    for i in 1..4 {
+                        // Ejected until 1 ms after the epoch: readmitted.
+                        health(i).eject(0, 1, 1);
+                    }
+                }
+            });
+            let mut found = 0;
+            for _ in 0..300_000 {
+                found += usize::from(pick(r, c, &[]).is_some());
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(found, 300_000, "endpoint 0 is never ejected");
+        });
     }
 
     #[test]
