@@ -1,6 +1,7 @@
 //! Passive outlier detection: an endpoint's failure streak and ejection, and the policy that
 //! ejects it (threshold, growing ejection time, a per-service budget).
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -85,6 +86,9 @@ impl Health {
     }
 }
 
+/// Serializes ejection decisions, so a service's budget holds across workers.
+static DECISIONS: Mutex<()> = Mutex::new(());
+
 /// Records a connect failure of `health`; ejects the endpoint when its streak reaches the
 /// threshold and the budget of its `service` (the health of all its endpoints) allows.
 /// Returns the ejection time if it was ejected.
@@ -97,6 +101,10 @@ pub fn on_failure<'a>(
     if cfg.consecutive_failures == 0 || streak < cfg.consecutive_failures {
         return None;
     }
+    // Workers fail at once (a service going down fails everywhere): counting the ejected and
+    // ejecting is one step, or two could each see room for one and leave the service none.
+    // Only failures at the threshold take the lock.
+    let _decision = DECISIONS.lock().unwrap_or_else(|e| e.into_inner());
     let now = clock::now_ms();
     if health.is_ejected(now) {
         return None;
@@ -153,5 +161,45 @@ mod tests {
         fail(2);
         assert!(fail(2).is_none());
         assert!(!eps[2].is_ejected(clock::now_ms()));
+    }
+    /// Two workers whose connects fail at the same moment on the two endpoints of a service
+    /// that may lose one: one is ejected, never both (the budget is checked and taken as one
+    /// step), round after round.
+    #[test]
+    fn the_budget_holds_when_workers_fail_at_once() {
+        const ROUNDS: usize = 20_000;
+        let cfg = Outlier {
+            consecutive_failures: 1,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(60),
+            max_ejection_percent: 50,
+        };
+        let services: Vec<[Health; 2]> = (0..ROUNDS).map(|_| Default::default()).collect();
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            for worker in 0..2 {
+                let (services, start, cfg) = (&services, &start, &cfg);
+                s.spawn(move || {
+                    for service in services {
+                        start.wait();
+                        on_failure(&service[worker], service.iter(), cfg);
+                    }
+                });
+            }
+        });
+        let now = clock::now_ms();
+        let both = services
+            .iter()
+            .filter(|s| s.iter().all(|h| h.is_ejected(now)))
+            .count();
+        let one = services
+            .iter()
+            .filter(|s| s.iter().filter(|h| h.is_ejected(now)).count() == 1)
+            .count();
+        assert_eq!(
+            (both, one),
+            (0, ROUNDS),
+            "rounds with both ejected, with one"
+        );
     }
 }
