@@ -162,6 +162,7 @@ mod tests {
         assert!(fail(2).is_none());
         assert!(!eps[2].is_ejected(clock::now_ms()));
     }
+
     /// Two workers whose connects fail at the same moment on the two endpoints of a service
     /// that may lose one: one is ejected, never both (the budget is checked and taken as one
     /// step), round after round.
