@@ -90,6 +90,13 @@ pub struct EndpointSpec {
     pub hbone_port: Option<u16>,
     /// The zone the endpoint runs in (an EndpointSlice's `zone`). Shared: zones repeat.
     pub zone: Option<Arc<str>>,
+    /// The endpoint terminates Istio mTLS (Kubernetes: its Pod is labelled
+    /// `security.istio.io/tlsMode: istio`, as Istio's injector labels every sidecar). Only
+    /// such endpoints take classic (15443) connections, as Istio's passthrough gateway sends
+    /// SNI-routed bytes only to mTLS endpoints (`EndpointsWithMTLSFilter`): it cannot tell
+    /// what a client's TLS is, so a plain TLS server behind a Service (the API server, a
+    /// webhook) must not be reachable through it. HBONE and waypoint dials do not need it.
+    pub mtls: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +105,9 @@ pub struct Endpoint {
     pub labels: Arc<Labels>,
     pub ready: bool,
     pub zone: Option<Arc<str>>,
+    /// [`EndpointSpec::mtls`]: false keeps a classic route's endpoint out of every candidate
+    /// list (shown by `/debug/routes`, never dialed from 15443).
+    pub mtls: bool,
 }
 
 /// Everything reachable through one `(host, port)`.
@@ -202,15 +212,16 @@ impl Route {
         Some(handles.clone())
     }
 
-    /// Resolves `""` and every subset to the indices of its ready endpoints, and of those in
+    /// Resolves `""` and every subset to the indices of its ready endpoints (with
+    /// `mtls_only`, of those that terminate Istio mTLS: a classic route), and of those in
     /// the preferred zone and not.
-    fn resolve_subsets(&mut self) {
+    fn resolve_subsets(&mut self, mtls_only: bool) {
         let ready = |want: Option<&Labels>| -> Box<[usize]> {
             let matches = |e: &Endpoint| {
                 want.is_none_or(|w| w.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
             };
             let eps = self.endpoints.iter().enumerate();
-            eps.filter(|(_, e)| e.ready && matches(e))
+            eps.filter(|(_, e)| e.ready && (e.mtls || !mtls_only) && matches(e))
                 .map(|(i, _)| i)
                 .collect()
         };
@@ -255,6 +266,9 @@ pub struct RouteTable {
     /// `ip:hbone_port` (its own health and load state). A service without any is absent,
     /// unless bound to a waypoint.
     hbone: Map<String, Map<u16, Route>>,
+    /// The services some route names as its waypoint or canary, at [`WAYPOINT_PORT`]: every
+    /// endpoint, mTLS or not (a waypoint pod carries no sidecar label), dialed at its own port.
+    waypoints: Map<String, Route>,
 }
 
 impl RouteTable {
@@ -277,6 +291,12 @@ impl RouteTable {
 
     pub fn routes(&self) -> impl Iterator<Item = &Route> {
         self.routes.values().flat_map(HashMap::values)
+    }
+
+    /// The route a tunnel sent to the waypoint `host` takes (its Service at
+    /// [`WAYPOINT_PORT`]).
+    pub fn lookup_waypoint(&self, host: &str) -> Option<&Route> {
+        self.waypoints.get(host)
     }
 
     /// The route an HBONE CONNECT to `host:port` takes: endpoints dialed on their HBONE port.
@@ -372,6 +392,16 @@ impl Routes {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         let mut routes: Map<String, Map<u16, Route>> = Map::default();
         let mut hbone: Map<String, Map<u16, Route>> = Map::default();
+        let mut waypoints: Map<String, Route> = Map::default();
+        let waypoint_hosts: std::collections::HashSet<&str> = specs
+            .iter()
+            .flat_map(|s| {
+                s.waypoint
+                    .as_deref()
+                    .into_iter()
+                    .chain(s.canary.iter().map(|c| &*c.host))
+            })
+            .collect();
         let mut left_out = Vec::new();
         for spec in specs {
             for &port in &spec.ports {
@@ -392,8 +422,15 @@ impl Routes {
                         labels: ep.labels.clone(),
                         ready: ep.ready,
                         zone: ep.zone.clone(),
+                        mtls: ep.mtls,
                     };
                     let classic = SocketAddr::new(ep.address, target);
+                    if port == WAYPOINT_PORT && waypoint_hosts.contains(spec.host.as_str()) {
+                        let to = waypoints
+                            .entry(spec.host.clone())
+                            .or_insert_with(|| empty_route(&spec.host, port));
+                        to.endpoints.push(endpoint(classic));
+                    }
                     if target == PASSTHROUGH_PORT {
                         left_out.push(LeftOut {
                             host: spec.host.clone(),
@@ -425,6 +462,10 @@ impl Routes {
                             route.prefer_zone = zone.cloned();
                         }
                     }
+                    let waypoint = waypoints.get_mut(spec.host.as_str());
+                    if let Some(route) = waypoint.filter(|_| port == WAYPOINT_PORT) {
+                        route.prefer_zone = zone.cloned();
+                    }
                 }
             }
         }
@@ -442,8 +483,12 @@ impl Routes {
                 }
             }
         }
-        for route in routes.values_mut().chain(hbone.values_mut()) {
-            route.values_mut().for_each(Route::resolve_subsets);
+        for route in routes.values_mut().flat_map(|p| p.values_mut()) {
+            route.resolve_subsets(true);
+        }
+        let others = hbone.values_mut().flat_map(|p| p.values_mut());
+        for route in others.chain(waypoints.values_mut()) {
+            route.resolve_subsets(false);
         }
         if let Some(before) = self.current.load().as_deref() {
             carry_metrics(before, &routes);
@@ -455,6 +500,7 @@ impl Routes {
             too_long: too_long(&routes),
             routes,
             hbone,
+            waypoints,
         });
         self.current.store(Some(table.clone()));
         // Forget addresses no table refers to any more (old tables still hold their Arcs).
@@ -484,16 +530,20 @@ fn route_at<'m>(map: &'m mut Map<String, Map<u16, Route>>, host: &str, port: u16
     map.entry(host.to_owned())
         .or_default()
         .entry(port)
-        .or_insert_with(|| Route {
-            host: host.to_owned(),
-            port,
-            subsets: Arc::default(),
-            endpoints: Vec::new(),
-            by_subset: Map::default(),
-            waypoint: None,
-            canary: None,
-            prefer_zone: None,
-        })
+        .or_insert_with(|| empty_route(host, port))
+}
+
+fn empty_route(host: &str, port: u16) -> Route {
+    Route {
+        host: host.to_owned(),
+        port,
+        subsets: Arc::default(),
+        endpoints: Vec::new(),
+        by_subset: Map::default(),
+        waypoint: None,
+        canary: None,
+        prefer_zone: None,
+    }
 }
 
 /// The one health state of `addr` that every table shares while any holds it.
@@ -538,6 +588,7 @@ mod tests {
                     ready: *ready,
                     hbone_port: None,
                     zone: None,
+                    mtls: true,
                 })
                 .collect(),
             waypoint: None,
@@ -804,6 +855,43 @@ mod tests {
         assert!(t.lookup_hbone("b.local", 81).is_none());
         assert_eq!(b.waypoints(0), Some(("wp.local", None)));
         assert_eq!(t.lookup("a.local", 80).unwrap().waypoints(0), None);
+    }
+
+    /// Endpoints that are not Istio mTLS workloads are listed on their classic route and
+    /// never candidates there (Istio's `EndpointsWithMTLSFilter`); HBONE and waypoint dials
+    /// take them (a waypoint pod has no sidecar label).
+    #[test]
+    fn only_mtls_endpoints_take_classic_connections() {
+        let v1: &[(&str, &str)] = &[("version", "v1")];
+        let mut a = spec("a.local", &[("10.0.0.1", true, v1), ("10.0.0.2", true, v1)]);
+        a.endpoints[0].mtls = false;
+        a.endpoints[0].hbone_port = Some(15008);
+        a.waypoint = Some("wp.local".into());
+        let mut wp = spec("wp.local", &[("10.0.0.9", true, &[])]);
+        wp.ports = vec![15008];
+        wp.endpoints[0].ports = [(15008, 15008)].into();
+        wp.endpoints[0].mtls = false;
+        let t = Routes::new().publish(&[a, wp]);
+        let r = t.lookup("a.local", 80).unwrap();
+        assert_eq!(r.endpoints.len(), 2, "both listed");
+        let ips = |r: &Route, subset| -> Vec<String> {
+            let c = r.candidates(subset).unwrap();
+            c.iter()
+                .map(|&i| r.endpoints[i].state.addr.ip().to_string())
+                .collect()
+        };
+        assert_eq!(ips(r, ""), ["10.0.0.2"]);
+        assert_eq!(ips(r, "v1"), ["10.0.0.2"]);
+        assert_eq!(
+            ips(t.lookup_hbone("a.local", 80).unwrap(), ""),
+            ["10.0.0.1"]
+        );
+        // The waypoint: no classic candidate, but its own route dials it.
+        let classic = t.lookup("wp.local", 15008).unwrap();
+        assert_eq!(classic.candidates(""), Err(LookupError::NoHealthyEndpoint));
+        let to = t.lookup_waypoint("wp.local").unwrap();
+        assert_eq!(ips(to, ""), ["10.0.0.9"]);
+        assert!(t.lookup_waypoint("a.local").is_none(), "only waypoints");
     }
 
     /// A canary is the first choice for a draw below its weight, the waypoint otherwise, and

@@ -197,6 +197,7 @@ mod tests {
                     ready: true,
                     hbone_port: None,
                     zone: zone_of(i).map(Arc::from),
+                    mtls: true,
                 })
                 .collect(),
         };

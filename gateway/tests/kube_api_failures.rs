@@ -42,6 +42,7 @@ async fn failing_watches_show_as_stale_within_seconds_while_the_last_table_serve
         pod: "pa",
     };
     let slice = k8s::endpoint_slice(NS, "catalog-1", "catalog", ("http", port), "test", &[ep]);
+    api.store().create(k8s::sidecar_pod(NS, "pa", &[])).unwrap();
     api.store().create(slice).unwrap();
 
     let (_dir, cfg) = kube_test_config(&api.kubeconfig("east"), |_| {});

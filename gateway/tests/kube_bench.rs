@@ -163,7 +163,7 @@ fn populate(api: &TestApiServer, services: usize, per: usize, istio: bool) {
                     ("version", version.as_str()),
                     ("pod-template-hash", "5d4f8c7b9"),
                 ];
-                st.create(k8s::pod(NS, pod, &labels)).unwrap();
+                st.create(k8s::sidecar_pod(NS, pod, &labels)).unwrap();
             }
             let subsets: [(&str, &[(&str, &str)]); 2] =
                 [("v1", &[("version", "v1")]), ("v2", &[("version", "v2")])];

@@ -30,8 +30,15 @@ async fn api_server(crd: bool) -> TestApiServer {
     opts.store.allow_loopback_endpoint_addresses = true;
     let api = TestApiServer::start_with(opts).await.unwrap();
     api.store().create(namespace_json(NS)).unwrap();
+    // The pods the tests' slices name, injected: only a sidecar's endpoint takes 15443.
+    for name in MESH_PODS {
+        api.store().create(k8s::sidecar_pod(NS, name, &[])).unwrap();
+    }
     api
 }
+
+/// Pods every test's namespace has (a test may relabel one with `apply`).
+const MESH_PODS: [&str; 6] = ["catalog-a", "catalog-b", "p", "pa", "pb", "pc"];
 
 struct KubeGw {
     bound: Bound,
@@ -107,9 +114,9 @@ fn slice(name: &str, svc: &str, port_name: &str, target: u16, eps: &[Ep]) -> Val
     k8s::endpoint_slice(NS, name, svc, (port_name, target), "test", &eps)
 }
 
-/// A catalog Pod of this version.
+/// A catalog Pod of this version, injected.
 fn pod(name: &str, version: &str) -> Value {
-    k8s::pod(NS, name, &[("app", "catalog"), ("version", version)])
+    k8s::sidecar_pod(NS, name, &[("app", "catalog"), ("version", version)])
 }
 
 /// The catalog's slice `catalog-1` (port `http` on `port`) with these endpoints.
@@ -123,7 +130,7 @@ fn seed_catalog(api: &TestApiServer, port: u16, pods: &[(&str, &str)], eps: &[Ep
     let st = api.store();
     st.create(service("catalog", &[("http", 80)])).unwrap();
     for &(name, version) in pods {
-        st.create(pod(name, version)).unwrap();
+        st.apply(pod(name, version)).unwrap();
     }
     st.create(catalog_slice(port, eps)).unwrap();
 }
@@ -212,6 +219,59 @@ async fn routes_appear_when_a_service_and_its_slices_are_created() {
     );
     // Another port of the service is not an SNI the slices serve.
     assert!(who(gw.listen, &sni(81, "", host)).await.is_none());
+}
+
+/// Endpoints that are not Istio mTLS workloads take no 15443 connection, as Istio's gateway
+/// sends SNI-routed bytes only to those (`EndpointsWithMTLSFilter`): the API server's own
+/// endpoints (`default/kubernetes`, a slice without a Pod) and a pod without a sidecar.
+#[tokio::test]
+async fn endpoints_that_are_not_mesh_workloads_take_no_classic_connection() {
+    let api = api_server(false).await;
+    let (b, port) = backends(&["apiserver", "plain", "mesh"]).await;
+    let st = api.store();
+    st.apply(namespace_json("default")).unwrap();
+    let https = k8s::ServicePort {
+        name: "https",
+        port: 443,
+        target_port: port,
+    };
+    let mut kubernetes = k8s::service("default", "kubernetes", &[https]);
+    kubernetes["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("selector");
+    st.create(kubernetes).unwrap();
+    let mut own = k8s::endpoint_slice(
+        "default",
+        "kubernetes",
+        "kubernetes",
+        ("https", port),
+        "test",
+        &[],
+    );
+    own["endpoints"] =
+        json!([{"addresses": [b[0].addr.ip().to_string()], "conditions": {"ready": true}}]);
+    st.create(own).unwrap();
+    // Pod pa without a sidecar, pb with one.
+    st.apply(k8s::pod(NS, "pa", &[("app", "catalog")])).unwrap();
+    st.create(service("catalog", &[("http", 80)])).unwrap();
+    let eps = [(b[1].addr.ip(), true, "pa"), (b[2].addr.ip(), true, "pb")];
+    st.create(catalog_slice(port, &eps)).unwrap();
+    let gw = kube_gateway(&api, |_| {}).await;
+
+    let catalog = sni(80, "", CATALOG);
+    eventually_served_by(gw.listen, &catalog, &["mesh"]).await;
+    let api_sni = sni(443, "", "kubernetes.default.svc.cluster.local");
+    eventually_refused(&gw, &api_sni, "no_healthy_endpoint").await;
+    // Listed, so `/debug/routes` says why.
+    let (_, body) = http_get(gw.admin, "/debug/routes?host=kubernetes.default").await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["routes"][0]["endpoints"][0]["mtls"], false, "{body}");
+    // Injected, pa takes connections too.
+    st.apply(k8s::sidecar_pod(NS, "pa", &[("app", "catalog")]))
+        .unwrap();
+    eventually_served_by(gw.listen, &catalog, &["plain", "mesh"]).await;
+    assert_eq!(b[0].accepted(), 0, "nothing reached the API server");
 }
 
 #[tokio::test]

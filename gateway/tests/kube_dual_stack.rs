@@ -46,6 +46,10 @@ async fn a_dual_stack_pod_is_one_endpoint_and_ipv6_endpoints_are_dialed() {
     let api = TestApiServer::start_with(opts).await.unwrap();
     let st = api.store();
     st.create(namespace_json(NS)).unwrap();
+    // Every pod the slices name, injected: only a sidecar's endpoint takes 15443.
+    for pod in ["p1", "r1", "q1"] {
+        st.create(k8s::sidecar_pod(NS, pod, &[])).unwrap();
+    }
     let v4 = Backend::start("v4", [127, 0, 0, 2].into(), 0)
         .await
         .unwrap();

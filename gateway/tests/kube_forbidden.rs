@@ -76,6 +76,7 @@ async fn cluster(without: &str) -> (TestApiServer, Vec<Backend>, String) {
         target_port: 9080,
     };
     st.create(k8s::service(NS, "catalog", &[svc_port])).unwrap();
+    st.create(k8s::sidecar_pod(NS, "pa", &[])).unwrap();
     let ep = k8s::Endpoint {
         address: b[0].addr.ip(),
         ready: true,

@@ -244,13 +244,43 @@ async fn eventually_hbone_endpoints(admin: SocketAddr, host: &str, want: &[Strin
     .await;
 }
 
-/// Classic calls through 15443 reach exactly the backends in `want`, within a bound.
+/// The classic endpoints `/debug/routes` lists for `host:80`: (address, takes 15443).
+async fn classic_endpoints(admin: SocketAddr, host: &str) -> Vec<(String, bool)> {
+    let (_, body) = http_get(admin, &format!("/debug/routes?host={host}")).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let mut out: Vec<(String, bool)> = v["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["host"] == host && r["port"] == 80)
+        .flat_map(|r| r["endpoints"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            (
+                e["address"].as_str().unwrap_or_default().to_string(),
+                e["mtls"] == true,
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Classic calls through 15443 reach exactly the backends in `want`, within a bound; with
+/// `want` empty, every call is refused (no endpoint is an mTLS workload).
 async fn eventually_classic(gw: SocketAddr, host: &str, want: &[&str]) {
     let sni = sni(80, "", host);
     let what = format!("{sni} served by {want:?}");
     eventually(&what, WAIT, || {
         let sni = sni.clone();
         async move {
+            if want.is_empty() {
+                for _ in 0..3 {
+                    if call(gw, &sni).await.is_ok() {
+                        return false;
+                    }
+                }
+                return true;
+            }
             let mut seen = std::collections::BTreeSet::new();
             for _ in 0..(want.len() * 6) {
                 match call(gw, &sni).await {
@@ -335,7 +365,7 @@ async fn global_service_with_ambient_pods_is_reached_over_hbone_on_15008() {
     st.create(service("catalog", &[GLOBAL])).unwrap();
     st.create(k8s::pod(NS, "catalog-a", &[("app", "catalog"), AMBIENT]))
         .unwrap();
-    st.create(k8s::pod(NS, "catalog-b", &[("app", "catalog")]))
+    st.create(k8s::sidecar_pod(NS, "catalog-b", &[("app", "catalog")]))
         .unwrap();
     st.create(slice_a_b(port, 1)).unwrap();
 
@@ -348,8 +378,12 @@ async fn global_service_with_ambient_pods_is_reached_over_hbone_on_15008() {
         0,
         "a pod that is not ambient is never dialed"
     );
-    // The classic route still reaches both pods on their target port.
-    eventually_classic(gw.listen, CATALOG, &["a", "b"]).await;
+    // Through 15443 only the sidecar's pod is reached, as Istio's gateway sends SNI-routed
+    // bytes only to mTLS endpoints; the ambient pod is listed and never dialed there.
+    eventually_classic(gw.listen, CATALOG, &["b"]).await;
+    let listed = classic_endpoints(gw.admin, CATALOG).await;
+    let at = |last| format!("{}:{port}", pod_ip(last));
+    assert_eq!(listed, [(at(1), false), (at(2), true)]);
 
     // Pod b opts in: it joins the HBONE endpoints; opting out again removes it.
     st.apply(k8s::pod(NS, "catalog-b", &[("app", "catalog"), AMBIENT]))
@@ -376,7 +410,12 @@ async fn services_not_global_have_no_hbone_endpoints_and_bound_ones_go_through_t
     st.create(service("catalog", &[])).unwrap();
     st.create(slice("catalog", port, &[(pod_ip(11), "catalog-a")]))
         .unwrap();
-    eventually_classic(gw.listen, CATALOG, &["a"]).await;
+    let listed = [(format!("{}:{port}", pod_ip(11)), false)];
+    eventually("catalog listed", WAIT, || async {
+        classic_endpoints(gw.admin, CATALOG).await == listed
+    })
+    .await;
+    eventually_classic(gw.listen, CATALOG, &[]).await;
     assert!(hbone_endpoints(gw.admin, CATALOG).await.is_empty());
     let mut o = hbone_client(&gw).await;
     let (status, _) = tunnel(&mut o, CATALOG, 0).await;
@@ -439,7 +478,7 @@ async fn services_not_global_have_no_hbone_endpoints_and_bound_ones_go_through_t
         (StatusCode::OK, &b"ztunnel-a\n"[..])
     );
     assert_eq!((wp.accepted(), zt.accepted()), (3, 3));
-    eventually_classic(gw.listen, CATALOG, &["a"]).await;
+    eventually_classic(gw.listen, CATALOG, &[]).await;
 }
 
 /// A waypoint is used only while istiod would: its Gateway ready, taking Service traffic
@@ -762,14 +801,14 @@ async fn the_namespace_label_captures_its_pods_unless_they_opt_out_and_relabels_
     tunnels_reach(&mut o, 4, b"ztunnel-a\n").await;
     assert_eq!(zt_a.accepted(), 4);
     assert_eq!(zt_b.accepted(), 0, "a pod labelled none is never dialed");
-    eventually_classic(gw.listen, CATALOG, &["a", "b"]).await;
+    eventually_classic(gw.listen, CATALOG, &[]).await;
 
     // The namespace loses its label at run time: no pod is ambient any more.
     st.apply(namespace(&[])).unwrap();
     eventually_hbone_endpoints(gw.admin, CATALOG, &[]).await;
     let (status, _) = tunnel(&mut o, CATALOG, 0).await;
     assert_ne!(status, StatusCode::OK, "no ambient endpoint left");
-    eventually_classic(gw.listen, CATALOG, &["a", "b"]).await;
+    eventually_classic(gw.listen, CATALOG, &[]).await;
     // And gets it back: pod a follows, pod b still opts out.
     st.apply(namespace(&[AMBIENT])).unwrap();
     eventually_hbone_endpoints(gw.admin, CATALOG, &a).await;
@@ -777,7 +816,7 @@ async fn the_namespace_label_captures_its_pods_unless_they_opt_out_and_relabels_
     assert_eq!(status, StatusCode::OK);
     assert_eq!(greeting, b"ztunnel-a\n");
     assert_eq!(zt_b.accepted(), 0);
-    eventually_classic(gw.listen, CATALOG, &["a", "b"]).await;
+    eventually_classic(gw.listen, CATALOG, &[]).await;
 }
 
 #[tokio::test]
@@ -788,16 +827,15 @@ async fn pods_with_an_injected_sidecar_are_not_ambient() {
     let st = api.store();
     global_catalog_in(st, &[AMBIENT]);
     // Labelled ambient, in an ambient namespace, but the injector annotated it.
-    let mut pod = k8s::pod(NS, "catalog-a", &[("app", "catalog"), AMBIENT]);
-    pod["metadata"]["annotations"] =
-        json!({"sidecar.istio.io/status": "{\"containers\":[\"istio-proxy\"]}"});
+    let pod = k8s::sidecar_pod(NS, "catalog-a", &[("app", "catalog"), AMBIENT]);
     st.create(pod).unwrap();
     st.create(k8s::pod(NS, "catalog-b", &[("app", "catalog")]))
         .unwrap();
     st.create(slice_a_b(port, 31)).unwrap();
     // Pod b (no sidecar) is ambient through its namespace; pod a never is.
     eventually_hbone_endpoints(gw.admin, CATALOG, &[hbone_at(32)]).await;
-    eventually_classic(gw.listen, CATALOG, &["a", "b"]).await;
+    // Through 15443 the sidecar's pod only.
+    eventually_classic(gw.listen, CATALOG, &["a"]).await;
 
     // Without its sidecar annotation (a re-created pod), pod a is ambient again.
     st.apply(k8s::pod(NS, "catalog-a", &[("app", "catalog"), AMBIENT]))
@@ -828,7 +866,6 @@ async fn a_namespace_waypoint_binds_its_services_unless_a_service_opts_out() {
         .unwrap();
     st.create(slice("catalog", port, &[(pod_ip(41), "catalog-a")]))
         .unwrap();
-    eventually_classic(gw.listen, CATALOG, &["a"]).await;
     // Bound through its namespace: tunnels go to the waypoint, except a waypoint's.
     let a = [hbone_at(41)];
     eventually_hbone_endpoints(gw.admin, CATALOG, &a).await;
@@ -847,7 +884,7 @@ async fn a_namespace_waypoint_binds_its_services_unless_a_service_opts_out() {
     st.apply(namespace(&[AMBIENT])).unwrap();
     eventually_waypoint(gw.admin, CATALOG, None).await;
     assert_eq!(hbone_endpoints(gw.admin, CATALOG).await, a);
-    eventually_classic(gw.listen, CATALOG, &["a"]).await;
+    eventually_classic(gw.listen, CATALOG, &[]).await;
 }
 
 #[tokio::test]
@@ -862,7 +899,11 @@ async fn with_namespace_the_watched_namespaces_labels_are_followed() {
         .unwrap();
     st.create(slice("catalog", port, &[(pod_ip(51), "catalog-a")]))
         .unwrap();
-    eventually_classic(gw.listen, CATALOG, &["a"]).await;
+    let listed = [(format!("{}:{port}", pod_ip(51)), false)];
+    eventually("catalog listed", WAIT, || async {
+        classic_endpoints(gw.admin, CATALOG).await == listed
+    })
+    .await;
     assert!(hbone_endpoints(gw.admin, CATALOG).await.is_empty());
     st.apply(namespace(&[AMBIENT])).unwrap();
     let a = [hbone_at(51)];
@@ -874,7 +915,7 @@ async fn with_namespace_the_watched_namespaces_labels_are_followed() {
     assert_eq!(hbone_endpoints(gw.admin, CATALOG).await, a);
     st.apply(namespace(&[])).unwrap();
     eventually_hbone_endpoints(gw.admin, CATALOG, &[]).await;
-    eventually_classic(gw.listen, CATALOG, &["a"]).await;
+    eventually_classic(gw.listen, CATALOG, &[]).await;
 }
 
 /// The Gateway API CRD deleted: waypoints are forgotten (tunnels straight to the pods) and

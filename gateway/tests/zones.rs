@@ -157,6 +157,11 @@ async fn api_server() -> TestApiServer {
     let api = TestApiServer::start_with(opts).await.unwrap();
     api.store().create(namespace_json("shop")).unwrap();
     api.store().create(namespace_json("istio-system")).unwrap();
+    // The pods `zoned_slice` names, injected: only a sidecar's endpoint takes 15443.
+    for i in 0..4 {
+        let pod = k8s::sidecar_pod("shop", &format!("p{i}"), &[]);
+        api.store().create(pod).unwrap();
+    }
     api
 }
 

@@ -68,6 +68,21 @@ pub fn pod(namespace: &str, name: &str, labels: &[(&str, &str)]) -> Value {
            "spec": {"containers": [{"name": "app", "image": "registry.example/app:1.0"}]}})
 }
 
+/// The label Istio's sidecar injector puts on every pod it injects; istiod (and the gateway)
+/// take a pod's endpoints for mTLS ones, reachable through 15443, only with it.
+pub const SIDECAR_TLS_MODE: (&str, &str) = ("security.istio.io/tlsMode", "istio");
+
+/// A Pod as Istio's sidecar injector leaves it: [`pod`] with [`SIDECAR_TLS_MODE`] and the
+/// injector's `sidecar.istio.io/status` annotation.
+pub fn sidecar_pod(namespace: &str, name: &str, labels: &[(&str, &str)]) -> Value {
+    let mut v = pod(namespace, name, labels);
+    let (k, val) = SIDECAR_TLS_MODE;
+    v["metadata"]["labels"][k] = Value::from(val);
+    v["metadata"]["annotations"] =
+        json!({"sidecar.istio.io/status": "{\"containers\":[\"istio-proxy\"]}"});
+    v
+}
+
 /// An Istio DestinationRule (`networking.istio.io/v1`) for `host`, with subsets given as
 /// (name, labels).
 pub fn destination_rule(

@@ -33,6 +33,7 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
     let endpoint = |e: &crate::routes::Endpoint| DebugEndpoint {
         address: e.state.addr.to_string(),
         ready: e.ready,
+        mtls: None,
         labels: (*e.labels).clone(),
         zone: e.zone.as_deref().map(str::to_owned),
         active_connections: e.state.active(),
@@ -63,7 +64,11 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
             port: r.port,
             subsets: (*r.subsets).clone(),
             endpoints: if classic {
-                r.endpoints.iter().map(endpoint).collect()
+                let classic = |e: &crate::routes::Endpoint| DebugEndpoint {
+                    mtls: Some(e.mtls),
+                    ..endpoint(e)
+                };
+                r.endpoints.iter().map(classic).collect()
             } else {
                 Vec::new()
             },
@@ -170,6 +175,10 @@ pub struct DebugCanary {
 pub struct DebugEndpoint {
     pub address: String,
     pub ready: bool,
+    /// A classic endpoint's [`crate::routes::Endpoint::mtls`]: `false` is never dialed from
+    /// 15443 (not an Istio mTLS workload); absent on HBONE endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<bool>,
     pub labels: Labels,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
@@ -240,6 +249,7 @@ mod tests {
                 ready: true,
                 hbone_port: None,
                 zone: None,
+                mtls: true,
             }],
             prefer_close: false,
         };

@@ -195,12 +195,12 @@ impl Hbone {
         let (route, waypoint) = match route.waypoints(roll(route)) {
             Some((first, other)) if !sent_by_waypoint(req) => {
                 let ready = |wp| {
-                    let to = table.lookup(wp, WAYPOINT_PORT)?;
+                    let to = table.lookup_waypoint(wp)?;
                     to.candidates("").is_ok().then_some((to, wp))
                 };
                 let (to, wp) = ready(first)
                     .or_else(|| other.and_then(ready))
-                    .or_else(|| Some((table.lookup(first, WAYPOINT_PORT)?, first)))
+                    .or_else(|| Some((table.lookup_waypoint(first)?, first)))
                     .ok_or_else(|| {
                         debug!(waypoint = %first, "the waypoint has no endpoint at {WAYPOINT_PORT}");
                         unavailable(Refusal::NoHealthyEndpoint)

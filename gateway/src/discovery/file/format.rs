@@ -312,6 +312,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                 ready: e.ready,
                 hbone_port,
                 zone,
+                // The operator lists the file's endpoints: they are taken as mesh workloads.
+                mtls: true,
             });
         }
         if svc.waypoint_bound.is_some() {

@@ -246,11 +246,23 @@ impl Interner {
     }
 }
 
+/// The Pod label Istio's injector sets on every sidecar (`istio`); istiod takes an endpoint
+/// for an mTLS one only with it (`PodTLSMode`, `GetTLSModeFromEndpointLabels`).
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+
 /// What a Pod contributes: its labels and whether Istio injected a sidecar into it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
     pub labels: PodLabels,
     pub sidecar: bool,
+}
+
+impl PodInfo {
+    /// The pod terminates Istio mTLS: `security.istio.io/tlsMode: istio`, as istiod reads it
+    /// (any other value, or none, is `disabled`).
+    pub fn mtls(&self) -> bool {
+        pod_label(&self.labels, TLS_MODE_LABEL) == Some("istio")
+    }
 }
 
 /// A Pod's labels and sidecar annotation (from metadata only). Every Pod is kept, labelled or
@@ -521,7 +533,12 @@ pub(super) mod tests {
             "labels": {"b": "2", "a": "1"},
             "annotations": {"sidecar.istio.io/status": "{}", "other": "x"}}));
         assert!(injected.sidecar);
+        assert!(!injected.mtls(), "the annotation alone is no sidecar label");
         assert_eq!(pod_label(&injected.labels, "a"), Some("1"));
+        for (value, mtls) in [("istio", true), ("disabled", false), ("Istio", false)] {
+            let p = pod(json!({"name": "p", "labels": {TLS_MODE_LABEL: value}}));
+            assert_eq!(p.mtls(), mtls, "{value}");
+        }
         assert_eq!(pod_label(&injected.labels, "b"), Some("2"));
         let other = pod(json!({"name": "p", "annotations": {"sidecar.istio.io/inject": "false"}}));
         assert!(

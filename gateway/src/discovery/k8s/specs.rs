@@ -399,8 +399,10 @@ impl Model {
                     let pod = e
                         .pod
                         .as_ref()
-                        .filter(|_| !wanted_keys.is_empty() || hbone)
                         .and_then(|p| self.pods.get(&(ns.clone(), p.clone())));
+                    // No Pod (a hand-made slice, the API server's own endpoints) or one not
+                    // seen yet: not an mTLS endpoint, as istiod takes it.
+                    let mtls = pod.is_some_and(PodInfo::mtls);
                     let hbone_port = pod
                         .filter(|p| {
                             let mode = pod_label(&p.labels, ambient::DATAPLANE_MODE_LABEL);
@@ -439,6 +441,7 @@ impl Model {
                         ready: false,
                         hbone_port: None,
                         zone: None,
+                        mtls: false,
                     });
                     if spec.zone.is_none() {
                         spec.zone = e.zone.clone();
@@ -448,10 +451,12 @@ impl Model {
                         spec.labels = labels;
                         spec.ports = port_map.clone();
                         spec.hbone_port = hbone_port;
+                        spec.mtls = mtls;
                     } else if spec.ports.is_empty() {
                         spec.labels = labels;
                         spec.ports = port_map.clone();
                         spec.hbone_port = hbone_port;
+                        spec.mtls = mtls;
                     }
                 }
             }
@@ -545,7 +550,8 @@ mod tests {
             let meta: PartialObjectMeta<Pod> = serde_json::from_value(json!({
                 "apiVersion": "v1", "kind": "PartialObjectMetadata",
                 "metadata": {"name": p, "namespace": "shop",
-                             "labels": {"version": v, "app": "catalog"}}
+                             "labels": {"version": v, "app": "catalog",
+                                        "security.istio.io/tlsMode": "istio"}}
             }))
             .unwrap();
             let labels = project_pod(&meta, &interner).unwrap();
@@ -642,6 +648,60 @@ mod tests {
         assert_eq!(s.endpoints[1].labels["version"], "v2");
     }
 
+    /// istiod's `EndpointsWithMTLSFilter` input: a pod's endpoint is an mTLS one only with
+    /// the injector's label; no Pod, a Pod not seen yet, or another value is not.
+    #[test]
+    fn only_pods_labelled_by_the_injector_are_mtls_endpoints() {
+        let mut m = model_with(false);
+        let sl = project_slice(
+            &slice(
+                "catalog",
+                json!([{"name": "http", "port": 3000}]),
+                json!([
+                    {"addresses": ["10.0.0.4"], "targetRef": {"kind": "Pod", "name": "p4"}},
+                    {"addresses": ["10.0.0.5"], "targetRef": {"kind": "Pod", "name": "unseen"}}
+                ]),
+            ),
+            &Interner::default(),
+        )
+        .unwrap();
+        m.slices.streams[0]
+            .items
+            .insert(k("shop", "catalog-ghi"), sl);
+        let meta: PartialObjectMeta<Pod> = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "p4", "namespace": "shop",
+                         "labels": {"security.istio.io/tlsMode": "disabled"}}
+        }))
+        .unwrap();
+        let info = project_pod(&meta, &Interner::default()).unwrap();
+        m.pods.streams[0].items.insert(k("shop", "p4"), info);
+        let specs = m.specs("cluster.local");
+        let mtls: Vec<(String, bool)> = specs[0]
+            .endpoints
+            .iter()
+            .map(|e| (e.address.to_string(), e.mtls))
+            .collect();
+        let want = [
+            ("10.0.0.1", true),
+            ("10.0.0.2", true),
+            ("10.0.0.3", false),
+            ("10.0.0.4", false),
+            ("10.0.0.5", false),
+        ];
+        assert_eq!(mtls, want.map(|(a, m)| (a.to_string(), m)));
+        // Published, only the labelled pods are candidates on 15443.
+        let t = crate::routes::Routes::new().publish(&specs);
+        let r = t.lookup("catalog.shop.svc.cluster.local", 80).unwrap();
+        let ips: Vec<String> = r
+            .candidates("")
+            .unwrap()
+            .iter()
+            .map(|&i| r.endpoints[i].state.addr.ip().to_string())
+            .collect();
+        assert_eq!(ips, ["10.0.0.1", "10.0.0.2"]);
+    }
+
     #[test]
     fn equal_labels_and_subsets_share_one_map() {
         let mut m = model_with(true);
@@ -661,7 +721,8 @@ mod tests {
         let meta: PartialObjectMeta<Pod> = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "PartialObjectMetadata",
             "metadata": {"name": "p4", "namespace": "shop",
-                         "labels": {"version": "v1", "app": "other"}}
+                         "labels": {"version": "v1", "app": "other",
+                                    "security.istio.io/tlsMode": "istio"}}
         }))
         .unwrap();
         let labels = project_pod(&meta, &Interner::default()).unwrap();
