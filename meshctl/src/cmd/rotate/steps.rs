@@ -293,6 +293,31 @@ fn check_same_old(old: &mut Option<String>, fp: &str, c: &Current) -> Result<()>
     }
 }
 
+/// The directory under `--dir` that keeps each context's new intermediate: the context's name
+/// when it is one plain path component, else that name with every other character than
+/// letters, digits, `.`, `_`, `-` and `@` made `_` (an EKS context is an ARN with `:` and `/`;
+/// `../x` or `/tmp/x` must not put a CA key outside `--dir`). Two contexts that would share
+/// one are refused before anything is written.
+fn context_dirs<'a>(contexts: impl Iterator<Item = &'a str>) -> Result<Vec<String>> {
+    let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
+    let mut out: Vec<(&str, String)> = Vec::new();
+    for ctx in contexts {
+        let mut name: String = ctx.chars().map(|c| if safe(c) { c } else { '_' }).collect();
+        if name.starts_with('.') {
+            name.replace_range(..1, "_");
+        }
+        if let Some((other, _)) = out.iter().find(|(_, o)| *o == name) {
+            bail!(
+                "contexts {other:?} and {ctx:?} would both keep their new intermediate in \
+                 --dir/{name}; run activate for each with its own --dir, or rename one (kubectl \
+                 config rename-context); nothing was changed"
+            );
+        }
+        out.push((ctx, name));
+    }
+    Ok(out.into_iter().map(|(_, name)| name).collect())
+}
+
 pub fn activate(a: &ActivateArgs, clusters: &[Current]) -> Result<Plan> {
     let ns = a.common.ns.namespace.as_str();
     let Some(root) = load_root(&a.dir, RootFor::Activate)? else {
@@ -324,6 +349,7 @@ pub fn activate(a: &ActivateArgs, clusters: &[Current]) -> Result<Plan> {
         );
     }
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let dirs = context_dirs(clusters.iter().map(|c| c.ctx.as_str()))?;
     // Every cluster's directory is judged before any intermediate is made: all the stray
     // files are named at once.
     let mut kept = Vec::new();
@@ -332,7 +358,7 @@ pub fn activate(a: &ActivateArgs, clusters: &[Current]) -> Result<Plan> {
         if !matches!(c.trust.stage, Stage::Prepared) {
             continue;
         }
-        let dir = a.dir.join(&c.ctx);
+        let dir = a.dir.join(&dirs[i]);
         match set_in(&dir, &INTERMEDIATE_SET)? {
             Set::Absent => kept.push((i, dir, false)),
             Set::Complete => kept.push((i, dir, true)),
@@ -551,6 +577,38 @@ pub fn finish(a: &FinishArgs, clusters: &[Current]) -> Result<Plan> {
 
 #[cfg(test)]
 mod tests {
+    use super::context_dirs;
+
+    /// A context name never puts a CA key outside `--dir` (nor in a nested directory).
+    #[test]
+    fn context_names_become_one_directory_under_dir() {
+        let dirs = |c: &[&str]| context_dirs(c.iter().copied());
+        assert_eq!(
+            dirs(&[
+                "west",
+                "kind-east",
+                "arn:aws:eks:eu-west-1:1:cluster/south",
+                "../up",
+                "/tmp/x",
+                ".."
+            ])
+            .unwrap(),
+            [
+                "west",
+                "kind-east",
+                "arn_aws_eks_eu-west-1_1_cluster_south",
+                "_._up",
+                "_tmp_x",
+                "_."
+            ]
+        );
+        let e = dirs(&["a/b", "a:b"]).unwrap_err().to_string();
+        assert!(
+            e.contains("\"a/b\" and \"a:b\"") && e.contains("--dir/a_b"),
+            "{e}"
+        );
+    }
+
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::format_time;
