@@ -200,8 +200,11 @@ fn network_label(
             scope,
             check,
             format!("namespace says {n}, gateway Service says {s}"),
+            // Not `gateway install` with defaults: it would reset the image, Service type,
+            // protocols and replicas the join chose.
             format!(
-                "re-run meshctl join (or meshctl gateway install --network {n} --context {ctx}{flags})"
+                "meshctl label-network {s} --context {ctx}{flags} to put the namespace back, or \
+                 re-run the meshctl join that installed the gateway with the same flags"
             ),
         ),
         (Some(n), _) => r.pass(scope, check, n.clone()),

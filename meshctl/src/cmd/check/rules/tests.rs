@@ -157,6 +157,14 @@ fn network_labels_must_exist_and_agree() {
         i.detail.contains("west-net") && i.detail.contains("other-net"),
         "{i:?}"
     );
+    // The fix puts the namespace back; never `gateway install` with defaults, which would
+    // reset the image, Service type and protocols the join chose.
+    let hint = i.hint.as_deref().unwrap();
+    assert!(
+        hint.starts_with("meshctl label-network other-net --context "),
+        "{hint}"
+    );
+    assert!(!hint.contains("gateway install"), "{hint}");
     f.namespace = Some(typed(json!({"metadata": {"name": "istio-system"}})));
     let (items, seen) = judge(&f, None);
     let i = find(&items, "network label");
