@@ -19,6 +19,10 @@ use crate::routes::{Labels, PREFER_CLOSE_VALUES};
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// The label of a slice a Multi-Cluster Services implementation imported from another
+/// cluster; istiod reads no slice with it (`endpointSliceSelector`), nor does the gateway.
+pub const MCS_SERVICE_NAME_LABEL: &str = "multicluster.kubernetes.io/service-name";
+
 /// `(namespace, name)` of an object.
 pub type ObjKey = (Box<str>, Box<str>);
 
@@ -160,12 +164,11 @@ pub fn project_service(svc: &Service) -> Option<SvcInfo> {
 /// endpoints are kept with `ready: false`, so they stay visible but are never chosen;
 /// `ready` unset counts as ready, as the API documents.
 pub fn project_slice(slice: &EndpointSlice, interner: &Interner) -> Option<SliceInfo> {
-    let service = slice
-        .metadata
-        .labels
-        .as_ref()?
-        .get(SERVICE_NAME_LABEL)
-        .filter(|s| !s.is_empty())?;
+    let labels = slice.metadata.labels.as_ref()?;
+    if labels.contains_key(MCS_SERVICE_NAME_LABEL) {
+        return None;
+    }
+    let service = labels.get(SERVICE_NAME_LABEL).filter(|s| !s.is_empty())?;
     let family = match slice.address_type.as_str() {
         "IPv4" => IpFamily::V4,
         "IPv6" => IpFamily::V6,
@@ -480,6 +483,10 @@ pub(super) mod tests {
         let mut no_label = slice("catalog", json!([]), json!([]));
         no_label.metadata.labels = None;
         assert!(project_slice(&no_label, &Interner::default()).is_none());
+        let mut imported = slice("catalog", json!([]), json!([]));
+        let labels = imported.metadata.labels.as_mut().unwrap();
+        labels.insert(MCS_SERVICE_NAME_LABEL.into(), "catalog".into());
+        assert!(project_slice(&imported, &Interner::default()).is_none());
         let mut fqdn = slice("catalog", json!([]), json!([]));
         fqdn.address_type = "FQDN".into();
         assert!(project_slice(&fqdn, &Interner::default()).is_none());
