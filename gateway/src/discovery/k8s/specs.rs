@@ -648,34 +648,42 @@ mod tests {
         assert_eq!(s.endpoints[1].labels["version"], "v2");
     }
 
+    /// Adds catalog's slice `catalog-ghi` (port `http` 3000) with these endpoints.
+    fn add_catalog_slice(m: &mut Model, endpoints: serde_json::Value) {
+        let ports = json!([{"name": "http", "port": 3000}]);
+        let sl = project_slice(&slice("catalog", ports, endpoints), &Interner::default());
+        let key = k("shop", "catalog-ghi");
+        m.slices.streams[0].items.insert(key, sl.unwrap());
+    }
+
+    /// Adds Pod `name` in `shop` with these labels.
+    fn add_pod(m: &mut Model, name: &str, labels: serde_json::Value) {
+        let meta: PartialObjectMeta<Pod> = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": name, "namespace": "shop", "labels": labels}
+        }))
+        .unwrap();
+        let info = project_pod(&meta, &Interner::default()).unwrap();
+        m.pods.streams[0].items.insert(k("shop", name), info);
+    }
+
     /// istiod's `EndpointsWithMTLSFilter` input: a pod's endpoint is an mTLS one only with
     /// the injector's label; no Pod, a Pod not seen yet, or another value is not.
     #[test]
     fn only_pods_labelled_by_the_injector_are_mtls_endpoints() {
         let mut m = model_with(false);
-        let sl = project_slice(
-            &slice(
-                "catalog",
-                json!([{"name": "http", "port": 3000}]),
-                json!([
-                    {"addresses": ["10.0.0.4"], "targetRef": {"kind": "Pod", "name": "p4"}},
-                    {"addresses": ["10.0.0.5"], "targetRef": {"kind": "Pod", "name": "unseen"}}
-                ]),
-            ),
-            &Interner::default(),
-        )
-        .unwrap();
-        m.slices.streams[0]
-            .items
-            .insert(k("shop", "catalog-ghi"), sl);
-        let meta: PartialObjectMeta<Pod> = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "PartialObjectMetadata",
-            "metadata": {"name": "p4", "namespace": "shop",
-                         "labels": {"security.istio.io/tlsMode": "disabled"}}
-        }))
-        .unwrap();
-        let info = project_pod(&meta, &Interner::default()).unwrap();
-        m.pods.streams[0].items.insert(k("shop", "p4"), info);
+        add_catalog_slice(
+            &mut m,
+            json!([
+                {"addresses": ["10.0.0.4"], "targetRef": {"kind": "Pod", "name": "p4"}},
+                {"addresses": ["10.0.0.5"], "targetRef": {"kind": "Pod", "name": "unseen"}}
+            ]),
+        );
+        add_pod(
+            &mut m,
+            "p4",
+            json!({"security.istio.io/tlsMode": "disabled"}),
+        );
         let specs = m.specs("cluster.local");
         let mtls: Vec<(String, bool)> = specs[0]
             .endpoints
@@ -705,28 +713,13 @@ mod tests {
     #[test]
     fn equal_labels_and_subsets_share_one_map() {
         let mut m = model_with(true);
-        let sl = project_slice(
-            &slice(
-                "catalog",
-                json!([{"name": "http", "port": 3000}]),
-                json!([{"addresses": ["10.0.0.4"], "targetRef": {"kind": "Pod", "name": "p4"}}]),
-            ),
-            &Interner::default(),
-        )
-        .unwrap();
-        m.slices.streams[0]
-            .items
-            .insert(k("shop", "catalog-ghi"), sl);
+        add_catalog_slice(
+            &mut m,
+            json!([{"addresses": ["10.0.0.4"], "targetRef": {"kind": "Pod", "name": "p4"}}]),
+        );
         // Differs from p1 only in a label no subset selects on.
-        let meta: PartialObjectMeta<Pod> = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "PartialObjectMetadata",
-            "metadata": {"name": "p4", "namespace": "shop",
-                         "labels": {"version": "v1", "app": "other",
-                                    "security.istio.io/tlsMode": "istio"}}
-        }))
-        .unwrap();
-        let labels = project_pod(&meta, &Interner::default()).unwrap();
-        m.pods.streams[0].items.insert(k("shop", "p4"), labels);
+        let labels = json!({"version": "v1", "app": "other", "security.istio.io/tlsMode": "istio"});
+        add_pod(&mut m, "p4", labels);
         let specs = m.specs("cluster.local");
         let eps = &specs[0].endpoints;
         let addr = |a: &str| {
