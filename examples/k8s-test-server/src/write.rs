@@ -83,6 +83,45 @@ pub(crate) fn apply_owned(rt: &ResourceType, status: bool, applied: &Value) -> V
     fields
 }
 
+/// The managers whose managedFields entries a write leaves out: they lose what they owned.
+/// The real field manager takes a request's own managedFields as the object's
+/// (`fieldmanager.go` `Update`: "allow directly updating managed fields"), so a client can
+/// drop an entry, as kubectl's `csaupgrade` drops a client-side apply's. A write that leaves
+/// managedFields as they were, or sends none or `[]` (the live ones are kept), leaves none
+/// out; `[{}]` resets them all. The TEST SERVER takes only removals: an entry it did not
+/// write is refused.
+pub(crate) fn managers_left_out(old: &Value, body: &Value) -> Result<Vec<String>, ApiError> {
+    let entries = |o: &Value| {
+        o.pointer("/metadata/managedFields")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (before, after) = (entries(old), entries(body));
+    let ids = |l: &[Value]| -> Vec<String> { l.iter().map(entry_identity).collect() };
+    let before_ids = ids(&before);
+    if after.is_empty() || after == before {
+        return Ok(Vec::new());
+    }
+    if after
+        .iter()
+        .all(|e| e.as_object().is_some_and(|m| m.is_empty()))
+    {
+        return Ok(before_ids);
+    }
+    let after_ids = ids(&after);
+    if let Some(new_id) = after_ids.iter().find(|id| !before_ids.contains(id)) {
+        return Err(ApiError::internal(format!(
+            "the TEST SERVER takes a managedFields write only to remove entries; \
+             {new_id:?} is not one of the object's"
+        )));
+    }
+    Ok(before_ids
+        .into_iter()
+        .filter(|id| !after_ids.contains(id))
+        .collect())
+}
+
 /// The identity (`apply_identity`, `update_identity`) of a managedFields entry.
 pub(crate) fn entry_identity(e: &Value) -> String {
     let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
@@ -431,13 +470,22 @@ impl Store {
             return Err(ApiError::conflict(&rt.group, &rt.plural, name));
         }
         let requested = requested_allocations(rt, &body);
+        let left_out = if opts.raw {
+            Vec::new()
+        } else {
+            managers_left_out(&old, &body)?
+        };
         let new = self.merge_update(&mut st, rt, version, &old, body, opts)?;
-        if comparable(&new) == comparable(&old) {
+        if comparable(&new) == comparable(&old) && left_out.is_empty() {
             return Ok(Store::render(rt, version, &old));
         }
         if opts.dry_run {
             return Ok(new);
         }
+        st.applied
+            .retain(|(k, id), _| *k != key || !left_out.contains(id));
+        st.updated
+            .retain(|(k, id), _| *k != key || !left_out.contains(id));
         let updater = match (opts.raw, opts.manager.as_deref()) {
             (false, Some(m)) => Some(update_identity(m, &rt.api_version(version), opts.status)),
             _ => None,

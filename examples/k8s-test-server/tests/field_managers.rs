@@ -618,3 +618,74 @@ async fn an_apply_that_only_adds_its_manager_as_an_owner_is_written() {
     let again = apply(&cms, "m", false, json!({"a": "1"})).await.unwrap();
     assert_eq!(rv(&again), rv(&first), "nothing new: no write");
 }
+
+/// A write naming managedFields without an entry drops that manager's ownership, as the real
+/// field manager takes a request's managedFields as the object's (`fieldmanager.go`, what
+/// kubectl's `csaupgrade` relies on): a field only the dropped Update owner held is then
+/// removed by the applier that stops applying it. `[{}]` resets them all; an entry the
+/// server did not write is refused (the TEST SERVER takes removals only).
+#[tokio::test]
+async fn a_managed_fields_write_that_drops_an_entry_drops_its_ownership() {
+    let (_server, admin) = started("west").await;
+    let cms: Api<ConfigMap> = Api::namespaced(admin, "default");
+    // Created by a POST (an Update owner), then applied with the same fields.
+    let pp = PostParams {
+        field_manager: Some("tool".into()),
+        ..Default::default()
+    };
+    let created: ConfigMap = serde_json::from_value(cm(json!({"a": "1", "b": "2"}))).unwrap();
+    cms.create(&pp, &created).await.unwrap();
+    apply(&cms, "tool", false, json!({"a": "1", "b": "2"}))
+        .await
+        .unwrap();
+    // The Update owner keeps b when the applier stops applying it.
+    apply(&cms, "tool", false, json!({"a": "1"})).await.unwrap();
+    assert_eq!(data(&cms).await, json!({"a": "1", "b": "2"}));
+    apply(&cms, "tool", false, json!({"a": "1", "b": "2"}))
+        .await
+        .unwrap();
+
+    // Its entry left out of a merge patch of managedFields (at the object's version).
+    let live = cms.get("cfg").await.unwrap();
+    let entries = json!(live.metadata.managed_fields);
+    let kept: Vec<&Value> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["operation"] != "Update")
+        .collect();
+    assert_eq!(kept.len(), 1, "{entries:#}");
+    let merge = json!({"metadata": {"managedFields": kept,
+        "resourceVersion": live.metadata.resource_version}});
+    let mp = PatchParams {
+        field_manager: Some("tool".into()),
+        ..Default::default()
+    };
+    let after = cms.patch("cfg", &mp, &Patch::Merge(&merge)).await.unwrap();
+    let ops: Vec<Value> = json!(after.metadata.managed_fields)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["operation"].clone())
+        .collect();
+    assert_eq!(ops, [json!("Apply")]);
+    assert_ne!(
+        after.metadata.resource_version,
+        live.metadata.resource_version
+    );
+    // Now the applier's dropped field goes.
+    apply(&cms, "tool", false, json!({"a": "1"})).await.unwrap();
+    assert_eq!(data(&cms).await, json!({"a": "1"}));
+
+    // An entry this server did not write is refused; `[{}]` resets every entry.
+    let forged = json!({"metadata": {"managedFields": [
+        {"manager": "someone", "operation": "Update", "apiVersion": "v1"}]}});
+    let r = cms.patch("cfg", &mp, &Patch::Merge(&forged)).await;
+    assert!(
+        matches!(r, Err(kube::Error::Api(ref s)) if s.code == 500),
+        "{r:?}"
+    );
+    let reset = json!({"metadata": {"managedFields": [{}]}});
+    let after = cms.patch("cfg", &mp, &Patch::Merge(&reset)).await.unwrap();
+    assert!(after.metadata.managed_fields.is_none(), "{after:?}");
+}

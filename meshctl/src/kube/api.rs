@@ -196,7 +196,38 @@ fn api_for(
 /// Server-side apply of a rendered object (field manager `meshctl`, forced).
 pub async fn apply(c: &Cluster, obj: &Value) -> Result<Value> {
     let pp = PatchParams::apply(MANAGER).force();
-    patch(c, obj, &pp, &Patch::Apply(obj), "applying").await
+    let answer = patch(c, obj, &pp, &Patch::Apply(obj), "applying").await?;
+    release_update_ownership(c, obj, &answer).await;
+    Ok(answer)
+}
+
+/// Drops meshctl's `Update` entry from the managedFields of `answer` (the object as an apply
+/// left it), keeping the others. A create (and a merge patch) records meshctl as an Update
+/// owner, and an Update owner keeps its fields for ever: a later run that no longer applies a
+/// field (the HBONE port, a Service annotation) would leave it in place, so a re-run would
+/// not reach what a fresh run makes. The apply's own entry owns what meshctl applies, so
+/// the Update entry is only in the way. Conditional on the answer's resourceVersion; a
+/// failure (another writer in between) is left for the next run, which tries again.
+async fn release_update_ownership(c: &Cluster, obj: &Value, answer: &Value) {
+    let Some(entries) = answer
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+    else {
+        return;
+    };
+    let mine = |e: &Value| e["manager"] == MANAGER && e["operation"] == "Update";
+    if !entries.iter().any(mine) {
+        return;
+    }
+    let kept: Vec<&Value> = entries.iter().filter(|e| !mine(e)).collect();
+    let rv = answer.pointer("/metadata/resourceVersion").cloned();
+    let merge = json!({"metadata": {"managedFields": kept, "resourceVersion": rv}});
+    let pp = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
+    };
+    // Best effort: the apply is done; what this leaves the next run repeats.
+    let _ = patch_raw(c, obj, &pp, &Patch::Merge(&merge)).await;
 }
 
 /// A JSON merge patch of an existing object (field manager `meshctl`): `null` removes a
@@ -280,6 +311,10 @@ pub async fn apply_at(c: &Cluster, obj: &Value, resource_version: &str) -> Resul
     body["metadata"]["resourceVersion"] = json!(resource_version);
     let pp = PatchParams::apply(MANAGER).force();
     let answer = patch_raw(c, obj, &pp, &Patch::Apply(&body)).await?;
+    if let Ok(written) = &answer {
+        let written = serde_json::to_value(written).unwrap_or(Value::Null);
+        release_update_ownership(c, obj, &written).await;
+    }
     conditional(answer.map(drop), c, obj, "applying")
 }
 
