@@ -215,11 +215,18 @@ fn existing_files_are_not_overwritten_without_force() {
     let before = fs::read(certs.join("root-cert.pem")).unwrap();
     fs::remove_file(certs.join("east-cluster/cert-chain.pem")).unwrap();
     let out = fails(&init_args(&certs, &[]));
+    // A root is there: the way to add clusters to it, and what --force would cost.
     assert!(
-        out.contains("refusing to overwrite") && out.contains("--force"),
+        out.contains("already holds a root CA") && out.contains("nothing was written"),
         "{out}"
     );
-    assert!(out.contains("root-key.pem"), "{out}");
+    let add = format!(
+        "meshctl certs intermediate --root-cert {c}/root-cert.pem --root-key {c}/root-key.pem \
+         --cluster east-cluster --out {c}/east-cluster",
+        c = certs.display()
+    );
+    assert!(out.contains(&add), "{out}");
+    assert!(out.contains("--force would replace its key"), "{out}");
     // Nothing changed: the missing file stays missing, the others are untouched.
     assert!(!certs.join("east-cluster/cert-chain.pem").exists());
     assert_eq!(fs::read(certs.join("root-cert.pem")).unwrap(), before);
@@ -587,7 +594,7 @@ fn force_replaces_a_symlink_at_a_key_path_and_never_writes_through_it() {
     }
     // Without --force a symlink counts as an existing file.
     let out = fails(&init_args(&certs, &[]));
-    assert!(out.contains("refusing to overwrite"), "{out}");
+    assert!(out.contains("already holds a root CA"), "{out}");
     ok(&init_args(&certs, &["--force"]));
     assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
     assert_eq!(mode(&victim), 0o644);

@@ -320,6 +320,11 @@ fn init(a: InitArgs) -> Result<ExitCode> {
         warn_clamped(&format!("of {cluster}"), &ca);
         files.extend(ca.files(&a.out.join(cluster)));
     }
+    if !a.key.force
+        && let Err(e) = pki::files::check_writable(&files, false)
+    {
+        return Err(init_refusal(e, &a));
+    }
     write(&files, a.key.force)?;
     say(format_args!(
         "Next: meshctl certs verify {}",
@@ -506,6 +511,45 @@ pub(super) fn expired_on(pem: &str) -> Option<String> {
     (not_after.timestamp()
         <= i64::try_from(crate::mesh::credentials::unix_now()).unwrap_or(i64::MAX))
     .then(|| not_after.to_string())
+}
+
+/// `certs init`'s refusal to overwrite: when `--out` already holds a root, `--force` would
+/// replace its key (every cluster signed by it would stop trusting the new one), so the
+/// message says how to add a cluster to that root instead.
+fn init_refusal(e: PkiError, a: &InitArgs) -> anyhow::Error {
+    let PkiError::Exists(paths) = &e else {
+        return output_error(e);
+    };
+    let key = a.out.join("root-key.pem");
+    if !paths.contains(&key) {
+        return output_error(e);
+    }
+    let (out, cert) = (a.out.display(), a.out.join("root-cert.pem"));
+    let add: Vec<String> = a
+        .clusters
+        .iter()
+        .map(|c| {
+            format!(
+                "meshctl certs intermediate --root-cert {} --root-key {} --cluster {c} --out {}",
+                cert.display(),
+                key.display(),
+                a.out.join(c).display()
+            )
+        })
+        .collect();
+    anyhow!(
+        "{out} already holds a root CA ({}); nothing was written. --force would replace its \
+         key, and the clusters whose intermediates it signed would no longer share trust with \
+         new ones. To add clusters to this root: {}. To start a new root on purpose, keep a \
+         copy of {} and pass --force",
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        add.join("; "),
+        key.display()
+    )
 }
 
 /// The refusals of `pki::write_files` (and of `pki::files::check_targets`, which it calls
