@@ -210,19 +210,98 @@ fn check_root(c: &Cluster, ns: &str, old: &Value, new: &Value, force: bool) -> R
     let old_root = root_of(old).map(|r| pem_ders(&r)).unwrap_or_default();
     let new_root = root_of(new).map(|r| pem_ders(&r)).unwrap_or_default();
     if old_root != new_root && !force {
-        bail!(
-            "context {:?} already has a cacerts Secret in {ns} with a different root \
-             certificate; replacing it breaks trust with workloads signed by the old root. \
-             Pass --force to replace it anyway",
-            c.context
-        );
+        bail!("{}", root_refusal(&c.context, ns, old, &new_root));
     }
     Ok(())
+}
+
+/// Why a `cacerts` with another root is not replaced, and what to do instead. A Secret a
+/// `meshctl rotate` moved records the retired and the new root: bundles of the retired one
+/// are the user's old `--certs` directory, not a choice to `--force`.
+fn root_refusal(context: &str, ns: &str, old: &Value, new_root: &[Vec<u8>]) -> String {
+    use crate::istio::{
+        ROTATION_NEW_ROOT_ANNOTATION as NEW, ROTATION_OLD_ROOT_ANNOTATION as OLD,
+        ROTATION_STAGE_ANNOTATION as STAGE,
+    };
+    use crate::mesh::rotation::{fingerprint, short};
+    let ann = |k: &str| old["metadata"]["annotations"][k].as_str();
+    let bundle: Vec<String> = new_root.iter().map(|d| fingerprint(d)).collect();
+    let retired = ann(OLD).is_some_and(|o| bundle.iter().any(|b| b == o));
+    let fix_new = "use bundles of the new root instead: meshctl rotate keeps it in its --dir \
+                   (root-cert.pem, root-key.pem) and each cluster's intermediate in \
+                   --dir/<context>; for join --certs, meshctl certs intermediate --root-cert \
+                   <dir>/root-cert.pem --root-key <dir>/root-key.pem --cluster <name> --out \
+                   <certs>/<name> makes one";
+    match ann(STAGE) {
+        Some("finished") if retired => format!(
+            "context {context:?}'s cacerts in {ns} finished a root rotation away from this \
+             bundle's root ({}): applying it would bring the retired root back and break \
+             trust with every workload of the new one ({}); nothing was changed. Fix: \
+             {fix_new}",
+            short(ann(OLD).unwrap_or_default()),
+            short(ann(NEW).unwrap_or_default()),
+        ),
+        Some(stage @ ("prepared" | "activated")) => format!(
+            "context {context:?}'s cacerts in {ns} is in a root rotation (stage {stage}; \
+             meshctl check shows every cluster's): replacing it now would break the rotation; \
+             nothing was changed. Fix: complete it with meshctl rotate activate|finish --dir \
+             <the rotation's --dir> for every cluster, then {fix_new}"
+        ),
+        _ => format!(
+            "context {context:?} already has a cacerts Secret in {ns} with a different root \
+             certificate; replacing it breaks trust with workloads signed by the old root. \
+             Pass --force to replace it anyway"
+        ),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bundles of the root a rotation retired are met with the way to the new root's, and a
+    /// rotation in progress with the way to complete it; never with advice to `--force`.
+    #[test]
+    fn a_rotated_cacerts_names_the_rotation_not_force() {
+        use crate::istio::{
+            ROTATION_NEW_ROOT_ANNOTATION as NEW, ROTATION_OLD_ROOT_ANNOTATION as OLD,
+            ROTATION_STAGE_ANNOTATION as STAGE,
+        };
+        use crate::mesh::rotation::fingerprint;
+        let retired = pki::RootCa::generate(&pki::RootOptions::default()).unwrap();
+        let current = pki::RootCa::generate(&pki::RootOptions::default()).unwrap();
+        let secret = |stage: Option<&str>| {
+            let mut a = serde_json::Map::new();
+            if let Some(s) = stage {
+                a.insert(STAGE.into(), json!(s));
+                a.insert(OLD.into(), json!(fingerprint(retired.cert_der())));
+                a.insert(NEW.into(), json!(fingerprint(current.cert_der())));
+            }
+            json!({"metadata": {"annotations": a}})
+        };
+        let old_bundle = [retired.cert_der().to_vec()];
+        let said = |stage| root_refusal("west", "istio-system", &secret(stage), &old_bundle);
+        let finished = said(Some("finished"));
+        assert!(
+            finished.contains("finished a root rotation away"),
+            "{finished}"
+        );
+        assert!(
+            finished.contains("meshctl certs intermediate --root-cert"),
+            "{finished}"
+        );
+        assert!(!finished.contains("--force"), "{finished}");
+        for stage in ["prepared", "activated"] {
+            let t = said(Some(stage));
+            assert!(
+                t.contains(&format!("in a root rotation (stage {stage}")),
+                "{t}"
+            );
+            assert!(!t.contains("--force"), "{t}");
+        }
+        // No rotation recorded: another root, which --force may replace on purpose.
+        assert!(said(None).contains("Pass --force"));
+    }
 
     /// The Secret carries each file's exact bytes when the files are canonical PEM (as
     /// meshctl writes them), and its root compares by DER, not by PEM text.

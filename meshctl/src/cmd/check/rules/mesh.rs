@@ -79,9 +79,23 @@ fn roots(r: &mut Report, seen: &[Seen], down: &str, inv: &Invocation) {
             ),
         );
     } else if !differing.is_empty() {
-        r.fail(scope, check,
-            format!("{} has a different root than {}", differing.join(", "), with_root[0].context),
-            format!("all bundles must come from one root (meshctl certs init); apply them with meshctl cacerts apply ...{} --force and restart istiod in each cluster", inv.meshctl()));
+        r.fail(
+            scope,
+            check,
+            format!(
+                "{} has a different root than {}",
+                differing.join(", "),
+                with_root[0].context
+            ),
+            format!(
+                "all bundles must come from one root: a meshctl rotate under way is completed \
+                     with the same step for every cluster (meshctl rotate prepare|activate|finish \
+                     --dir <its --dir> with every --context); else apply bundles of one root \
+                     (meshctl certs init) with meshctl cacerts apply ...{} --force and restart \
+                     istiod in each cluster",
+                inv.meshctl()
+            ),
+        );
     } else if !down.is_empty() {
         r.skip(scope, check, format!("cannot compare with {down}"));
     } else {
