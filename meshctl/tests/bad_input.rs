@@ -326,6 +326,58 @@ async fn join_with_a_read_only_context_changes_no_cluster() {
         t.contains("context \"east\"") && t.contains("secrets"),
         "{t}"
     );
+    // Its dry run says so too (before: exit 0).
+    let mut dry = args.clone();
+    dry.push("--dry-run");
+    let t = m.fails(&dry).await;
+    assert!(t.contains("SelfSubjectAccessReview"), "{t}");
+}
+
+/// A dry run refuses what the run refuses: each read-only check the run makes before its
+/// first write is made by the dry run too (before, each of these dry runs exited 0 and the
+/// run 1; found by an audit session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_runs_refuse_what_the_runs_refuse() {
+    let m = mesh().await;
+    let before = (snapshot(&m.west), snapshot(&m.east));
+    let cases: [(Vec<&str>, &str); 3] = [
+        (
+            m.join_args(&["--ambient", "--dry-run"]),
+            "gateways.gateway.networking.k8s.io",
+        ),
+        (
+            m.join_args(&["--expose-services", "--dry-run"]),
+            "gateways.networking.istio.io",
+        ),
+        (
+            m.join_args(&[
+                "--service-account",
+                "reader2",
+                "--create-service-account=false",
+                "--dry-run",
+            ]),
+            "reader2 not found",
+        ),
+    ];
+    for (args, said) in cases {
+        let t = m.fails(&args).await;
+        assert!(t.contains(said), "{args:?}: {t}");
+    }
+    let secret = create_remote_secret_args(
+        m.kc(),
+        "west",
+        "west",
+        &[
+            "--service-account",
+            "reader2",
+            "--create-service-account=false",
+            "--dry-run",
+            "--allow-loopback-server",
+        ],
+    );
+    let t = m.fails(&secret).await;
+    assert!(t.contains("reader2 not found"), "{t}");
+    assert_eq!((snapshot(&m.west), snapshot(&m.east)), before);
 }
 
 /// [`renew_args`] applying the renewed bundle through the mesh's kubeconfig.

@@ -263,16 +263,18 @@ async fn expose_services_needs_the_gateway_crd_and_changes_nothing_without_it() 
         (snapshot(&m.west), snapshot(&m.east)),
         (w0.clone(), e0.clone())
     );
-    // A dry run still prints it.
+    // A dry run refuses it too: it says what the run would do.
     args.push("--dry-run");
+    let out = m.fails(&args).await;
+    assert!(out.contains("gateways.networking.istio.io"), "{out}");
+    m.west.install_istio_gateway_crd();
+    m.east.install_istio_gateway_crd();
     let out = m.ok(&args).await;
     assert!(
         out.contains("cross-network-gateway") && out.contains("AUTO_PASSTHROUGH"),
         "{out}"
     );
     args.pop();
-    m.west.install_istio_gateway_crd();
-    m.east.install_istio_gateway_crd();
     m.ok(&args).await;
     for s in [&m.west, &m.east] {
         let g = s

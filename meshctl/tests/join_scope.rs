@@ -719,6 +719,9 @@ fn deployment_args(plan: &Value, context: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hbone_gateway_dials_the_istiod_of_its_namespace_and_dry_run_json_parses() {
     let m = mesh().await;
+    // A dry run of --ambient refuses what the run refuses: clusters without the Gateway API.
+    install_gateway_api(&m.west);
+    install_gateway_api(&m.east);
     for (ns, want) in [
         ("mesh-ns", "--ca-address istiod.mesh-ns.svc:15012"),
         ("istio-system", "--ca-address istiod.istio-system.svc:15012"),

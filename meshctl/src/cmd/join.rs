@@ -356,7 +356,7 @@ async fn preflight_cluster(
         );
     }
     cacerts::apply_secret(c, &m.cacerts, a.cacerts.force, true).await?;
-    if a.gateway.expose_services && !dry_run && !gw::gateway_crd_served(c).await? {
+    if a.gateway.expose_services && !gw::gateway_crd_served(c).await? {
         bail!(
             "--expose-services: context {:?} does not serve networking.istio.io/v1 Gateways \
              (CRD gateways.networking.istio.io missing): install Istio first, then run join \
@@ -364,7 +364,7 @@ async fn preflight_cluster(
             m.context
         );
     }
-    if a.ambient && !dry_run && !ambient::gateway_api_served(c).await? {
+    if a.ambient && !ambient::gateway_api_served(c).await? {
         bail!(
             "--ambient: context {:?} does not serve gateway.networking.k8s.io/v1 Gateways \
              (CRD gateways.gateway.networking.k8s.io missing): install the Gateway API CRDs \
@@ -373,16 +373,15 @@ async fn preflight_cluster(
         );
     }
     preflight_secret(a, c, ns).await?;
-    if !dry_run {
-        let denied = missing_permissions(c, &writes(a, m, ns)).await;
-        if !denied.is_empty() {
-            bail!(
-                "context {:?} may not make the changes join makes (SelfSubjectAccessReview): \
-                 {}; use a context with those rights (e.g. cluster-admin). Nothing was changed",
-                m.context,
-                denied.join(", ")
-            );
-        }
+    // A dry run makes the same read-only checks: it says what the real run would refuse.
+    let denied = missing_permissions(c, &writes(a, m, ns)).await;
+    if !denied.is_empty() {
+        bail!(
+            "context {:?} may not make the changes join makes (SelfSubjectAccessReview): \
+             {}; use a context with those rights (e.g. cluster-admin). Nothing was changed",
+            m.context,
+            denied.join(", ")
+        );
     }
     gw::check_ip_family_policy(c, ns, &m.gateway).await?;
     let planned = planned_writes(a, members, m, c).await?;

@@ -61,7 +61,7 @@ pub async fn gateway_crd_served(c: &Cluster) -> Result<bool> {
 /// `unjoin` leaves it; install says so on stderr.
 pub async fn install(c: &Cluster, ns: &str, objs: &[Value], dry_run: bool) -> Result<Vec<Value>> {
     let exposes = objs.iter().any(|o| o["kind"] == "Gateway");
-    if exposes && !dry_run && !gateway_crd_served(c).await? {
+    if exposes && !gateway_crd_served(c).await? {
         bail!(
             "--expose-services: context {:?} does not serve networking.istio.io/v1 Gateways \
              (CRD gateways.networking.istio.io missing): install Istio (its CRDs) first, then \

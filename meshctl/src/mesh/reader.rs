@@ -199,7 +199,6 @@ async fn build_with(c: &Cluster, o: &SecretOptions, dry_run: bool, wait: bool) -
     } else if kc::get(c, "v1", "ServiceAccount", Some(ns), sa)
         .await?
         .is_none()
-        && !dry_run
     {
         bail!(
             "service account {ns}/{sa} not found in context {:?}; create it or drop \

@@ -43,7 +43,6 @@ pub(super) async fn preflight_secret(a: &JoinArgs, c: &Cluster, ns: &str) -> Res
         }
     }
     if !a.secret.create_service_account
-        && !a.mutate.dry_run
         && kc::get(c, "v1", "ServiceAccount", Some(ns), sa)
             .await?
             .is_none()
