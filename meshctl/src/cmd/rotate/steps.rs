@@ -187,9 +187,10 @@ pub fn prepare(a: &PrepareArgs, clusters: &[Current]) -> Result<Plan> {
         })?,
     };
     let new_fp = fingerprint(root.cert_der());
-    // Who is where: a cluster of another rotation, or past prepare, stops the step.
+    // Who is where: a cluster of another rotation stops the step; one past prepare is kept.
     let mut old_fp: Option<String> = None;
     let mut todo = Vec::new();
+    let mut activated: Vec<&str> = Vec::new();
     for (i, c) in clusters.iter().enumerate() {
         let t = &c.trust;
         match &t.stage {
@@ -227,12 +228,26 @@ pub fn prepare(a: &PrepareArgs, clusters: &[Current]) -> Result<Plan> {
             Stage::Prepared => {
                 check_same_old(&mut old_fp, t.old_fp.as_deref().unwrap_or_default(), c)?
             }
-            Stage::Activated { .. } => bail!(
-                "context {:?} is already activated: prepare is over (next: meshctl rotate activate, then finish); nothing was changed",
-                c.ctx
-            ),
+            // Already past prepare (activated with only some contexts, which leaves the
+            // others trusting the old root alone): kept as it is, so that preparing the rest
+            // is the way back to a rotation every cluster can finish.
+            Stage::Activated { .. } => {
+                check_same_old(&mut old_fp, t.old_fp.as_deref().unwrap_or_default(), c)?;
+                activated.push(c.ctx.as_str());
+            }
             Stage::Inconsistent(why) => bail!("context {:?}: {why}; nothing was changed", c.ctx),
         }
+    }
+    if todo.is_empty() && !activated.is_empty() {
+        bail!(
+            "{} already activated: prepare is over (next: meshctl rotate activate, then finish); \
+             nothing was changed",
+            activated
+                .iter()
+                .map(|c| format!("context {c:?} is"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     let old = old_fp.unwrap_or_default();
     let mut secrets = Vec::new();
