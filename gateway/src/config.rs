@@ -34,6 +34,9 @@ pub struct KubeOptions {
     /// The gateway pod's own address: without `--zone`, its zone is the one the EndpointSlices
     /// give the endpoint with this address (the gateway's own Service lists it).
     pub pod_ip: Option<IpAddr>,
+    /// The cluster's ID as istiod names it (`--cluster-id`): every endpoint carries it as
+    /// `topology.istio.io/cluster` for subsets, as istiod's endpoints do.
+    pub cluster_id: String,
 }
 
 impl Default for KubeOptions {
@@ -45,6 +48,7 @@ impl Default for KubeOptions {
             cluster_domain: "cluster.local".into(),
             crd_recheck: Duration::from_secs(30),
             pod_ip: None,
+            cluster_id: CaConfig::DEFAULT_CLUSTER_ID.into(),
         }
     }
 }
@@ -533,7 +537,9 @@ pub struct Args {
     /// Service-account token (audience istio-ca) sent to istiod; re-read for every request.
     #[arg(long, env = "GATEWAY_CA_TOKEN", default_value = CaConfig::DEFAULT_TOKEN)]
     pub ca_token: PathBuf,
-    /// The cluster istiod checks the token against (its `clusterid` header).
+    /// The cluster's ID as istiod knows it (its `clusterName`): every endpoint's
+    /// `topology.istio.io/cluster` for DestinationRule subsets, and the cluster istiod
+    /// checks the HBONE certificate request's token against (its `clusterid` header).
     #[arg(long, env = "GATEWAY_CLUSTER_ID", default_value = CaConfig::DEFAULT_CLUSTER_ID)]
     pub cluster_id: String,
     /// Validity asked of istiod for the HBONE certificate, in whole seconds; renewed at half
@@ -676,6 +682,7 @@ impl Args {
                     .collect(),
                 cluster_domain: self.cluster_domain,
                 pod_ip: self.pod_ip.map(|ip| ip.to_canonical()),
+                cluster_id: self.cluster_id.clone(),
                 ..KubeOptions::default()
             }),
         };

@@ -274,6 +274,30 @@ async fn endpoints_that_are_not_mesh_workloads_take_no_classic_connection() {
     assert_eq!(b[0].accepted(), 0, "nothing reached the API server");
 }
 
+/// Istio's per-cluster subsets (istio.io "Partitioning Services"): a DestinationRule
+/// selecting on `topology.istio.io/cluster` matches every endpoint of the gateway's cluster
+/// (`--cluster-id`), as istiod adds that label to each; another cluster's subset has none.
+#[tokio::test]
+async fn per_cluster_subsets_match_the_gateways_cluster() {
+    let api = api_server(true).await;
+    let (b, port) = backends(&["a", "b"]).await;
+    let eps = [(b[0].addr.ip(), true, "pa"), (b[1].addr.ip(), true, "pb")];
+    seed_catalog(&api, port, &[], &eps);
+    let cluster = |c: &'static str| [("topology.istio.io/cluster", c)];
+    let (west, east) = (cluster("west"), cluster("east"));
+    let subsets: [(&str, &[(&str, &str)]); 2] = [("cluster-west", &west), ("cluster-east", &east)];
+    let rule = k8s::destination_rule(NS, "catalog", "catalog", &subsets);
+    api.store().create(rule).unwrap();
+    let gw = kube_gateway(&api, |o| o.cluster_id = "west".into()).await;
+    eventually_served_by(gw.listen, &sni(80, "cluster-west", CATALOG), &["a", "b"]).await;
+    eventually_refused(
+        &gw,
+        &sni(80, "cluster-east", CATALOG),
+        "no_healthy_endpoint",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn service_ports_map_to_slice_ports_by_name() {
     let api = api_server(false).await;

@@ -119,12 +119,15 @@ async fn join_ambient_announces_each_peer_network_and_unjoin_removes_it() {
         let joined = args.join(" ");
         assert!(joined.contains("--listen :15443"), "{joined}");
         assert!(
-            joined.contains(&format!(
+            joined.contains(&format!("--cluster-id {cluster} ")),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(
                 "--hbone-listen :15008 --ca-address istiod.istio-system.svc:15012 \
                  --ca-root /var/run/secrets/istio/root-cert.pem \
-                 --ca-token /var/run/secrets/tokens/istio-token --cluster-id {cluster} \
-                 --trust-domain cluster.local"
-            )),
+                 --ca-token /var/run/secrets/tokens/istio-token --trust-domain cluster.local"
+            ),
             "{joined}"
         );
         assert_eq!(

@@ -38,7 +38,8 @@ struct GatewaySpec {
     #[arg(long)]
     network: String,
     /// The cluster ID istiod knows this cluster by (Istio's `clusterName`; its default is
-    /// Kubernetes): the gateway sends it to istiod with its certificate request.
+    /// Kubernetes): every endpoint's `topology.istio.io/cluster` for subsets, and sent to
+    /// istiod with the gateway's certificate request.
     #[arg(long, default_value = DEFAULT_CLUSTER_ID)]
     cluster_id: String,
     #[command(flatten)]

@@ -302,11 +302,16 @@ fn listeners(
     // The Service (a load balancer) exposes the status port, which serves only health, as
     // Istio's 15021; the admin port (metrics, the route table with every endpoint's address)
     // is the pod's alone, for Prometheus and `kubectl port-forward`.
+    // The cluster's ID as istiod knows it: every endpoint carries it for subsets
+    // (`topology.istio.io/cluster`), and istiod reviews the HBONE certificate request's
+    // token against it.
     args.extend([
         json!("--status-listen"),
         json!(format!(":{STATUS_PORT}")),
         json!("--admin"),
         json!(format!(":{ADMIN_PORT}")),
+        json!("--cluster-id"),
+        json!(cluster_id),
     ]);
     container_ports.extend([
         json!({"name": "status-port", "containerPort": STATUS_PORT, "protocol": "TCP"}),
@@ -322,8 +327,6 @@ fn listeners(
                 json!(format!("{ISTIO_ROOT_DIR}/root-cert.pem")),
                 json!("--ca-token"),
                 json!(format!("{ISTIO_TOKEN_DIR}/istio-token")),
-                json!("--cluster-id"),
-                json!(cluster_id),
             ]),
             HboneCerts::Files => args.extend([json!("--hbone-certs"), json!(HBONE_CERTS_DIR)]),
         }

@@ -105,6 +105,7 @@ impl KubeSource {
 
         let mut model = Model::new(streams);
         model.watched_namespaces = namespaces.clone();
+        model.cluster_id = opts.cluster_id.as_str().into();
         // The CRD checks come first (on the connection the reachability check opened), and
         // the first table waits for their watches, so a cluster with Istio never publishes a
         // table without its subsets or waypoints.

@@ -66,6 +66,8 @@ pub struct SliceEndpoint {
     /// The endpoint's zone (its node's `topology.kubernetes.io/zone`, set by the
     /// EndpointSlice controller). Interned: a cluster has a few zones.
     pub zone: Option<Arc<str>>,
+    /// The node it runs on (`nodeName`). Interned: nodes host many pods.
+    pub node: Option<Arc<str>>,
 }
 
 /// What a DestinationRule contributes: the resolved host and its subsets.
@@ -198,16 +200,17 @@ pub fn project_slice(slice: &EndpointSlice, interner: &Interner) -> Option<Slice
                 .filter(|r| r.kind.as_deref() == Some("Pod"))
                 .filter(|r| r.namespace.as_deref().is_none_or(|n| n == ns))
                 .and_then(|r| nonempty(&r.name));
-            let zone = e
-                .zone
-                .as_deref()
-                .filter(|z| !z.is_empty())
-                .map(|z| interner.intern(z));
+            let interned = |v: &Option<String>| {
+                v.as_deref()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| interner.intern(v))
+            };
             Some(SliceEndpoint {
                 address,
                 ready,
                 pod,
-                zone,
+                zone: interned(&e.zone),
+                node: interned(&e.node_name),
             })
         })
         .collect();

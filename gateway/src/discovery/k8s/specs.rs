@@ -58,6 +58,8 @@ pub struct Model {
     pub gateways_forbidden: bool,
     /// GatewayClasses may not be read (403): their defaults are unknown.
     pub gateway_classes_forbidden: bool,
+    /// The cluster's ID (`--cluster-id`), every endpoint's `topology.istio.io/cluster`.
+    pub cluster_id: Box<str>,
 }
 
 impl Model {
@@ -73,6 +75,7 @@ impl Model {
             watched_namespaces: Vec::new(),
             gateways_forbidden: false,
             gateway_classes_forbidden: false,
+            cluster_id: crate::config::CaConfig::DEFAULT_CLUSTER_ID.into(),
         }
     }
 
@@ -409,30 +412,28 @@ impl Model {
                             hbone && ambient::pod_captured(mode, p.sidecar, namespace)
                         })
                         .map(|_| ambient::HBONE_PORT);
-                    let pod = pod.map(|p| &p.labels).filter(|_| !wanted_keys.is_empty());
-                    let labels = match pod {
-                        None => no_labels.clone(),
-                        Some(l) => {
-                            label_key.clear();
-                            label_key.extend(
-                                wanted_keys
-                                    .iter()
-                                    .filter_map(|&k| Some((k, pod_label(l, k)?))),
-                            );
-                            match label_sets.get(label_key.as_slice()) {
-                                Some(shared) => shared.clone(),
-                                None => {
-                                    let new: Arc<Labels> = Arc::new(
-                                        label_key
-                                            .iter()
-                                            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
-                                            .collect(),
-                                    );
-                                    label_sets.insert(label_key.clone(), new.clone());
-                                    new
-                                }
+                    let pod = pod.map(|p| &p.labels);
+                    label_key.clear();
+                    label_key.extend(
+                        wanted_keys.iter().filter_map(|&k| {
+                            Some((k, endpoint_label(k, pod, e, &self.cluster_id)?))
+                        }),
+                    );
+                    let labels = match label_key.is_empty() {
+                        true => no_labels.clone(),
+                        false => match label_sets.get(label_key.as_slice()) {
+                            Some(shared) => shared.clone(),
+                            None => {
+                                let new: Arc<Labels> = Arc::new(
+                                    label_key
+                                        .iter()
+                                        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+                                        .collect(),
+                                );
+                                label_sets.insert(label_key.clone(), new.clone());
+                                new
                             }
-                        }
+                        },
                     };
                     let spec = eps.entry(e.address).or_insert_with(|| EndpointSpec {
                         address: e.address,
@@ -489,6 +490,29 @@ fn host_of(w: &WaypointInfo, by_ip: &HashMap<IpAddr, String>) -> Option<String> 
 }
 
 /// The key of a Namespace (cluster-scoped) in [`Model::namespaces`].
+/// An endpoint's label as istiod matches subsets against it (`AugmentLabels` in
+/// `pilot/pkg/serviceregistry/util/label`): its Pod's, with the cluster's ID, its node and its
+/// zone set over them (Istio's documented per-cluster subsets select on
+/// `topology.istio.io/cluster`). istiod also sets the region and subzone, which come from the
+/// Node, not read here, and the network when the Pod has none, unknown here.
+fn endpoint_label<'a>(
+    key: &str,
+    pod: Option<&'a super::project::PodLabels>,
+    e: &'a super::project::SliceEndpoint,
+    cluster: &'a str,
+) -> Option<&'a str> {
+    match key {
+        CLUSTER_LABEL => Some(cluster),
+        ZONE_LABEL => e.zone.as_deref().or_else(|| pod_label(pod?, key)),
+        HOSTNAME_LABEL => e.node.as_deref().or_else(|| pod_label(pod?, key)),
+        _ => pod_label(pod?, key),
+    }
+}
+
+const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
 fn namespace_key(name: &str) -> ObjKey {
     ("".into(), name.into())
 }
@@ -665,6 +689,64 @@ mod tests {
         .unwrap();
         let info = project_pod(&meta, &Interner::default()).unwrap();
         m.pods.streams[0].items.insert(k("shop", name), info);
+    }
+
+    /// Subsets select on the labels istiod adds to every endpoint (`AugmentLabels`): the
+    /// cluster's ID, the endpoint's zone and node, over the Pod's own.
+    #[test]
+    fn subsets_see_the_cluster_zone_and_node_istiod_adds() {
+        let mut m = model_with(false);
+        m.cluster_id = "west".into();
+        add_catalog_slice(
+            &mut m,
+            json!([{"addresses": ["10.0.0.4"], "zone": "zone-b", "nodeName": "node-4",
+                    "targetRef": {"kind": "Pod", "name": "p4"}}]),
+        );
+        // The Pod's own zone label loses to its node's, as in istiod.
+        let labels = json!({"security.istio.io/tlsMode": "istio",
+                            "topology.kubernetes.io/zone": "zone-x"});
+        add_pod(&mut m, "p4", labels);
+        let subsets = [
+            ("cluster-west", "topology.istio.io/cluster", "west"),
+            ("cluster-east", "topology.istio.io/cluster", "east"),
+            ("zone-b", "topology.kubernetes.io/zone", "zone-b"),
+            ("zone-x", "topology.kubernetes.io/zone", "zone-x"),
+            ("node-4", "kubernetes.io/hostname", "node-4"),
+        ];
+        let mut w = Watched::new(1);
+        w.streams[0].items.insert(
+            k("shop", "by-topology"),
+            DrInfo {
+                host: "catalog.shop.svc.cluster.local".into(),
+                order: (None, "shop/by-topology".into()),
+                subsets: subsets
+                    .iter()
+                    .map(|(n, key, v)| {
+                        (
+                            n.to_string(),
+                            Labels::from([(key.to_string(), v.to_string())]),
+                        )
+                    })
+                    .collect(),
+            },
+        );
+        m.rules = Some(w);
+        let t = crate::routes::Routes::new().publish(&m.specs("cluster.local"));
+        let r = t.lookup("catalog.shop.svc.cluster.local", 80).unwrap();
+        let ips = |subset| -> Vec<String> {
+            r.candidates(subset)
+                .map(|c| {
+                    c.iter()
+                        .map(|&i| r.endpoints[i].state.addr.ip().to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(ips("cluster-west"), ["10.0.0.1", "10.0.0.2", "10.0.0.4"]);
+        assert!(ips("cluster-east").is_empty());
+        assert_eq!(ips("zone-b"), ["10.0.0.4"]);
+        assert!(ips("zone-x").is_empty());
+        assert_eq!(ips("node-4"), ["10.0.0.4"]);
     }
 
     /// istiod's `EndpointsWithMTLSFilter` input: a pod's endpoint is an mTLS one only with
