@@ -295,7 +295,43 @@ async fn join_checks_secret_name_in_every_cluster_before_writing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_with_a_read_only_context_changes_no_cluster() {
     let m = mesh().await;
-    // east-ro: a service account of east that may read everything and write nothing.
+    east_read_only(&m).await;
+    let args = m.join_args(&[]);
+    join_changes_nothing(&m, &args, "SelfSubjectAccessReview").await;
+    let t = m.fails(&args).await;
+    assert!(
+        t.contains("context \"east\"") && t.contains("secrets"),
+        "{t}"
+    );
+    // Its dry run says so too (before: exit 0).
+    let mut dry = args.clone();
+    dry.push("--dry-run");
+    let t = m.fails(&dry).await;
+    assert!(t.contains("SelfSubjectAccessReview"), "{t}");
+}
+
+/// unjoin checks every cluster's rights before its first delete: with east read-only, west
+/// (listed first) keeps everything too. Before, west was removed and east failed with 403:
+/// "The mesh is half removed" (found by an audit session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unjoin_with_a_read_only_context_removes_nothing() {
+    let m = joined_mesh().await;
+    east_read_only(&m).await;
+    let before = (snapshot(&m.west), snapshot(&m.east));
+    let t = m.fails(&m.unjoin_args(&[])).await;
+    assert!(
+        t.contains("context \"east\" may not make the changes unjoin makes")
+            && t.contains("Nothing was removed"),
+        "{t}"
+    );
+    assert_eq!((snapshot(&m.west), snapshot(&m.east)), before);
+    let t = m.fails(&m.unjoin_args(&["--dry-run"])).await;
+    assert!(t.contains("SelfSubjectAccessReview"), "{t}");
+}
+
+/// Makes the mesh's kubeconfig reach east as a service account that may read everything and
+/// write nothing.
+async fn east_read_only(m: &Mesh) {
     let store = m.east.store();
     store
         .apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
@@ -319,18 +355,6 @@ async fn join_with_a_read_only_context_changes_no_cluster() {
         serde_yaml::from_str(&kubeconfig_yaml(&[("west", &m.west), ("east", &m.east)])).unwrap();
     kc["users"][1]["user"]["token"] = json!(token);
     std::fs::write(&m.kubeconfig, serde_yaml::to_string(&kc).unwrap()).unwrap();
-    let args = m.join_args(&[]);
-    join_changes_nothing(&m, &args, "SelfSubjectAccessReview").await;
-    let t = m.fails(&args).await;
-    assert!(
-        t.contains("context \"east\"") && t.contains("secrets"),
-        "{t}"
-    );
-    // Its dry run says so too (before: exit 0).
-    let mut dry = args.clone();
-    dry.push("--dry-run");
-    let t = m.fails(&dry).await;
-    assert!(t.contains("SelfSubjectAccessReview"), "{t}");
 }
 
 /// A dry run refuses what the run refuses: each read-only check the run makes before its

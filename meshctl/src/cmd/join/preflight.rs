@@ -438,6 +438,31 @@ pub(super) fn writes(a: &JoinArgs, m: &Member, ns: &str) -> Vec<Need> {
     needs
 }
 
+/// What `unjoin` needs in one cluster to remove `planned` (its dry run's list): delete each
+/// kind listed (in `ns`, or cluster-wide), and patch the Namespace whose label it removes.
+pub(super) fn deletes(planned: &[Value], ns: &str) -> Vec<Need> {
+    let mut out: Vec<Access> = Vec::new();
+    for o in planned {
+        let kind = o["kind"].as_str().unwrap_or_default();
+        let Some((resource, namespaced)) = kc::plural_of(kind) else {
+            continue;
+        };
+        let group = o["apiVersion"]
+            .as_str()
+            .and_then(|av| av.rsplit_once('/'))
+            .map_or("", |(g, _)| g);
+        let access = if kind == "Namespace" {
+            Access::new("patch", group, resource, None).named(ns)
+        } else {
+            Access::new("delete", group, resource, namespaced.then_some(ns))
+        };
+        if !out.contains(&access) {
+            out.push(access);
+        }
+    }
+    out.into_iter().map(Need::Can).collect()
+}
+
 /// The SelfSubjectAccessReviews of one cluster: the answers so far, and whether one was
 /// not taken up (see [`allowed`]).
 #[derive(Default)]

@@ -27,6 +27,7 @@ use crate::mesh::namespace;
 use crate::mesh::origin::{Origin, origin};
 use crate::mesh::terminating::{self, DeletionWait, Terminating};
 
+use super::preflight::deletes;
 use super::print_summary;
 
 #[derive(Debug, Args)]
@@ -295,6 +296,23 @@ pub fn run_unjoin(a: UnjoinArgs) -> Result<ExitCode> {
         let mut clusters = Vec::new();
         for ctx in &a.clusters.contexts {
             clusters.push(file.connect(ctx).await?);
+        }
+        // Every cluster's rights are checked before the first delete, as join checks
+        // before its first write: a context that may not delete would leave the mesh half
+        // removed.
+        for c in &clusters {
+            let mut planned = Vec::new();
+            unjoin_cluster(c, ns, true, &mut planned).await?;
+            let denied = super::preflight::missing_permissions(c, &deletes(&planned, ns)).await;
+            if !denied.is_empty() {
+                return Err(anyhow!(
+                    "context {:?} may not make the changes unjoin makes \
+                     (SelfSubjectAccessReview): {}; use a context with those rights (e.g. \
+                     cluster-admin). Nothing was removed",
+                    c.context,
+                    denied.join(", ")
+                ));
+            }
         }
         let mut plan: Vec<(String, Vec<Value>)> = Vec::new();
         for (i, c) in clusters.iter().enumerate() {
