@@ -474,3 +474,29 @@ async fn check_warns_on_a_credential_within_the_horizon_only() {
         "{i}"
     );
 }
+
+/// Switching to `--token-ttl` leaves the never-expiring token Secret an earlier join made,
+/// which authenticates until deleted: join says so, with the command that revokes it, and
+/// says no more once it is gone (found by an audit session, 2026-12-06).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_to_expiring_tokens_names_the_never_expiring_one_left() {
+    let m = mesh().await;
+    m.join(&[]).await;
+    let name = "istio-reader-service-account-istio-remote-secret-token";
+    let out = meshctl(&m.join_args(&["--token-ttl", "24h"])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    for ctx in ["west", "east"] {
+        let revoke = format!("kubectl --context {ctx} -n istio-system delete secret {name}");
+        assert!(t.contains(&revoke), "{t}");
+    }
+    assert!(t.contains("never-expiring token Secret"), "{t}");
+    for s in [&m.west, &m.east] {
+        s.store()
+            .delete("v1", "Secret", Some("istio-system"), name)
+            .unwrap();
+    }
+    let out = meshctl(&m.join_args(&["--token-ttl", "24h"])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("never-expiring"), "{}", text(&out));
+}

@@ -212,6 +212,9 @@ async fn build_with(c: &Cluster, o: &SecretOptions, dry_run: bool, wait: bool) -
         } else {
             request_token(c, ns, sa, ttl).await?
         };
+        if let Some(notice) = never_expiring_token_left(c, ns, sa).await? {
+            eprintln!("{notice}");
+        }
         (token, ca)
     } else {
         let (token, ca, created) =
@@ -231,6 +234,30 @@ async fn build_with(c: &Cluster, o: &SecretOptions, dry_run: bool, wait: bool) -
         source_objects,
         secret: remote_secret(&o.name, ns, &kubeconfig),
     })
+}
+
+/// A notice when the never-expiring token Secret an earlier run without `--token-ttl` made
+/// for `ns/sa` is still there: it authenticates as the reader until deleted, whatever
+/// lifetime the new tokens have. Not deleted here: a remote secret outside this run (another
+/// cluster's) may still carry its token.
+async fn never_expiring_token_left(c: &Cluster, ns: &str, sa: &str) -> Result<Option<String>> {
+    let name = crate::istio::reader_token_secret_name(sa);
+    let Some(s) = kc::get(c, "v1", "Secret", Some(ns), &name).await? else {
+        return Ok(None);
+    };
+    let ours =
+        s["metadata"]["labels"][crate::istio::MANAGED_BY_KEY] == crate::istio::MANAGED_BY_VALUE;
+    if !ours || s["type"] != SA_TOKEN_TYPE {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "note: context {ctx:?}: the never-expiring token Secret {ns}/{name} that an earlier run \
+         without --token-ttl made still authenticates as {ns}/{sa}; once no remote secret \
+         carries its token (this run replaces those it writes), revoke it: kubectl --context \
+         {word} -n {ns} delete secret {name}",
+        ctx = c.context,
+        word = crate::cmd::check::shell_word(&c.context)
+    )))
 }
 
 /// The reader objects `build` applies in `c` (`reader_rbac`, through

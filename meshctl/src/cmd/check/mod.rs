@@ -18,6 +18,7 @@ use crate::istio::DEFAULT_READER_SA;
 use crate::kube::{self as kc, Cluster, KubeconfigFile, Output};
 use facts::Seen;
 use hints::Invocation;
+pub(crate) use hints::shell_word;
 use report::Report;
 use rules::mesh::PairPlan;
 use rules::{ambient, cluster, expiry, mesh, pair, rotation};
