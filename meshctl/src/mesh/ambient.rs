@@ -27,7 +27,14 @@ use crate::kube::{self as kc, Cluster};
 
 /// A gateway address as the Gateway API types it.
 pub fn address_type(addr: &str) -> Result<&'static str> {
-    if addr.parse::<IpAddr>().is_ok() {
+    if let Ok(ip) = addr.parse::<IpAddr>() {
+        if unroutable(ip.to_canonical()) {
+            bail!(
+                "gateway address {addr:?} is loopback, unspecified, link-local or multicast: \
+                 no ztunnel of another network can dial it; give the address other networks \
+                 reach the gateway at (its Service's load-balancer address)"
+            );
+        }
         return Ok("IPAddress");
     }
     let label_ok = |l: &str| {
@@ -41,6 +48,15 @@ pub fn address_type(addr: &str) -> Result<&'static str> {
         return Ok("Hostname");
     }
     bail!("gateway address {addr:?}: expected an IP address or a DNS name (e.g. gw.example.com)")
+}
+
+/// An address no peer on another network can dial.
+fn unroutable(ip: IpAddr) -> bool {
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || link_local
 }
 
 /// The address a peer dials: the gateway Service's first load-balancer ingress (IP, else
@@ -158,6 +174,15 @@ mod tests {
             "-a.b",
             "1.2.3.4:15008",
             "gw.example.com/x",
+            "127.0.0.1",
+            "::1",
+            "0.0.0.0",
+            "::",
+            "169.254.1.1",
+            "fe80::1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::ffff:127.0.0.1",
         ] {
             assert!(address_type(bad).is_err(), "{bad:?}");
         }
