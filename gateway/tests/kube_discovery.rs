@@ -298,6 +298,35 @@ async fn per_cluster_subsets_match_the_gateways_cluster() {
     .await;
 }
 
+/// A Service Istio's `networking.istio.io/exportTo` hides from the gateway's namespace (here
+/// `default`, the test kubeconfig's) is not routed, as istiod builds no listener for it on
+/// its own east-west gateway; exported to it, or to `*`, it is; the annotation is followed.
+#[tokio::test]
+async fn services_hidden_by_export_to_are_not_routed() {
+    let api = api_server(false).await;
+    let (b, port) = backends(&["a"]).await;
+    seed_catalog(&api, port, &[], &[(b[0].addr.ip(), true, "pa")]);
+    let gw = kube_gateway(&api, |_| {}).await;
+    let name = sni(80, "", CATALOG);
+    eventually_served_by(gw.listen, &name, &["a"]).await;
+    let st = api.store();
+    for (export_to, routed) in [
+        (".", false),
+        ("default", true),
+        ("~", false),
+        ("other,*", true),
+    ] {
+        let mut svc = service("catalog", &[("http", 80)]);
+        svc["metadata"]["annotations"] = json!({"networking.istio.io/exportTo": export_to});
+        st.apply(svc).unwrap();
+        if routed {
+            eventually_served_by(gw.listen, &name, &["a"]).await;
+        } else {
+            eventually_refused(&gw, &name, "no_route").await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn service_ports_map_to_slice_ports_by_name() {
     let api = api_server(false).await;

@@ -79,12 +79,15 @@ impl KubeSource {
         stop: CancellationToken,
     ) -> Result<KubeSource, KubeError> {
         let client = client(opts).await?;
+        // In a pod, its service account's namespace; else the kubeconfig context's.
+        let gateway_namespace = client.default_namespace().to_string();
         let namespaces = opts.namespaces.clone();
         let streams = namespaces.len().max(1);
         let domain = opts.cluster_domain.clone();
         tracing::info!(
             namespaces = %namespaces_field(&namespaces),
             cluster_domain = %domain,
+            gateway_namespace = %gateway_namespace,
             "watching Kubernetes Services, EndpointSlices, Pods and Namespaces"
         );
         let (tx, rx) = mpsc::channel(1024);
@@ -106,6 +109,7 @@ impl KubeSource {
         let mut model = Model::new(streams);
         model.watched_namespaces = namespaces.clone();
         model.cluster_id = opts.cluster_id.as_str().into();
+        model.gateway_namespace = gateway_namespace.as_str().into();
         // The CRD checks come first (on the connection the reachability check opened), and
         // the first table waits for their watches, so a cluster with Istio never publishes a
         // table without its subsets or waypoints.

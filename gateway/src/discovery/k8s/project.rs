@@ -45,6 +45,34 @@ pub struct SvcInfo {
     pub cluster_ips: Vec<IpAddr>,
     /// Connections go to endpoints in the gateway's zone first ([`prefers_close`]).
     pub prefer_close: bool,
+    /// Istio's `networking.istio.io/exportTo` annotation, split at commas and trimmed;
+    /// `None` when absent or empty (the mesh's default: every namespace).
+    pub export_to: Option<Box<[Box<str>]>>,
+}
+
+/// Istio's annotation naming the namespaces a Service is visible to.
+pub const EXPORT_TO_ANNOTATION: &str = "networking.istio.io/exportTo";
+
+impl SvcInfo {
+    /// Whether a Service in `ns` is visible to a gateway in `gateway_ns`, as istiod decides
+    /// which services a gateway's listeners get (`push_context.go` `initServiceRegistry`):
+    /// `*` (or no annotation) is everyone; else `~` is no one; `.` or its own namespace is
+    /// that namespace only; any other entry is that namespace.
+    pub fn visible_to(&self, ns: &str, gateway_ns: &str) -> bool {
+        let Some(to) = &self.export_to else {
+            return true;
+        };
+        if to.iter().any(|e| &**e == "*") {
+            return true;
+        }
+        if to.iter().any(|e| &**e == "~") {
+            return false;
+        }
+        to.iter().any(|e| match &**e {
+            "." => ns == gateway_ns,
+            other => other == gateway_ns,
+        })
+    }
 }
 
 /// What an EndpointSlice contributes.
@@ -153,12 +181,20 @@ pub fn project_service(svc: &Service) -> Option<SvcInfo> {
         spec.traffic_distribution.as_deref(),
         annotation.map(String::as_str),
     );
+    let export_to = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(EXPORT_TO_ANNOTATION))
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| v.split(',').map(|e| Box::from(e.trim())).collect());
     Some(SvcInfo {
         ports,
         family,
         scope,
         cluster_ips,
         prefer_close,
+        export_to,
     })
 }
 
@@ -412,6 +448,36 @@ pub(super) mod tests {
             let s: Service = serde_json::from_value(v).unwrap();
             let got = project_service(&s).unwrap().prefer_close;
             assert_eq!(got, want, "{field:?} {annotation:?}");
+        }
+    }
+
+    /// istiod's reading of `networking.istio.io/exportTo` for a gateway in `istio-system`
+    /// (`ConvertService`, `initServiceRegistry`): `*` wins, then `~`, `.` is the Service's
+    /// own namespace, any other entry a namespace; absent or empty is everyone.
+    #[test]
+    fn export_to_is_read_as_istiod_reads_it() {
+        let cases = [
+            (None, "shop", true),
+            (Some(""), "shop", true),
+            (Some("*"), "shop", true),
+            (Some("~"), "shop", false),
+            (Some("."), "shop", false),
+            (Some("."), "istio-system", true),
+            (Some("shop"), "shop", false),
+            (Some("istio-system"), "shop", true),
+            (Some(" other , istio-system "), "shop", true),
+            (Some("~,*"), "shop", true),
+            (Some("~,istio-system"), "shop", false),
+        ];
+        for (annotation, ns, want) in cases {
+            let mut v = json!({"metadata": {"name": "catalog", "namespace": ns},
+                               "spec": {"ports": [{"port": 80}]}});
+            if let Some(a) = annotation {
+                v["metadata"]["annotations"] = json!({EXPORT_TO_ANNOTATION: a});
+            }
+            let s: Service = serde_json::from_value(v).unwrap();
+            let got = project_service(&s).unwrap().visible_to(ns, "istio-system");
+            assert_eq!(got, want, "{annotation:?} in {ns}");
         }
     }
 

@@ -60,6 +60,8 @@ pub struct Model {
     pub gateway_classes_forbidden: bool,
     /// The cluster's ID (`--cluster-id`), every endpoint's `topology.istio.io/cluster`.
     pub cluster_id: Box<str>,
+    /// The gateway's namespace: a Service whose `exportTo` leaves it out is not routed.
+    pub gateway_namespace: Box<str>,
 }
 
 impl Model {
@@ -76,6 +78,7 @@ impl Model {
             gateways_forbidden: false,
             gateway_classes_forbidden: false,
             cluster_id: crate::config::CaConfig::DEFAULT_CLUSTER_ID.into(),
+            gateway_namespace: "istio-system".into(),
         }
     }
 
@@ -331,7 +334,8 @@ impl Model {
         let mut out = Vec::with_capacity(self.services.len());
         let by_ip = self.hosts_by_ip(domain);
         for ((ns, svc_name), svc) in self.services.iter() {
-            if svc.ports.is_empty() {
+            // Hidden from the gateway's namespace: istiod builds no listener for it there.
+            if svc.ports.is_empty() || !svc.visible_to(ns, &self.gateway_namespace) {
                 continue;
             }
             let namespace = self.namespaces.get(&namespace_key(ns));
