@@ -37,8 +37,16 @@ pub struct ClustersArgs {
 #[derive(Debug, Clone, Args)]
 pub struct NamespaceArg {
     /// istiod's namespace.
-    #[arg(long, short = 'n', default_value = DEFAULT_NAMESPACE)]
+    #[arg(long, short = 'n', default_value = DEFAULT_NAMESPACE, value_parser = namespace_name)]
     pub namespace: String,
+}
+
+/// A namespace name (DNS-1123 label), checked when parsed: a usage error (exit 2) on every
+/// command, before anything is read.
+fn namespace_name(s: &str) -> Result<String, String> {
+    pki::validate_dns_label(s)
+        .map(|()| s.to_string())
+        .map_err(|e| format!("namespace {e}"))
 }
 
 /// `-o yaml|json`.

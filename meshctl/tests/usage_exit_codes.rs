@@ -136,3 +136,41 @@ async fn failures_of_clusters_and_files_still_exit_1() {
         assert!(t.contains(want), "{t}");
     }
 }
+
+/// `-n` is checked when parsed, by every command that takes it: a name that is no namespace
+/// exits 2 before anything is read (before, `check` and `rotate` sent it and failed with
+/// "invalid uri character", and `cacerts apply` and `certs renew` exited 1; found by an
+/// audit session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_that_is_no_name_exits_2_everywhere() {
+    let m = mesh().await;
+    let kc = m.kc();
+    let west = m.certs.join("west");
+    let commands: Vec<Vec<&str>> = vec![
+        check_args(kc, &[]),
+        m.join_args(&[]),
+        m.unjoin_args(&[]),
+        vec![
+            "rotate",
+            "prepare",
+            "--kubeconfig",
+            kc,
+            "--context",
+            "west",
+            "--context",
+            "east",
+            "--dir",
+            "/nonexistent",
+        ],
+        cacerts_apply_args(kc, p(&west), "west", &[]),
+        gateway_install_args(kc, &[]),
+    ];
+    for bad in ["istio system", "Istio-System", "a_b"] {
+        for args in &commands {
+            let mut a = args.clone();
+            a.extend(["-n", bad]);
+            let t = usage_error(&a).await;
+            assert!(t.contains("DNS-1123"), "{a:?}: {t}");
+        }
+    }
+}
