@@ -417,6 +417,26 @@ async fn dry_runs_refuse_what_the_real_run_refuses() {
 /// `certs workload --out` that is the `--ca` directory (however spelled), and `certs
 /// intermediate --out` that is its `--parent`, are refused even with --force: nothing is
 /// overwritten and the bundle still verifies.
+/// Nor another cluster's CA bundle: `certs workload --ca certs/west --out certs/east
+/// --force` replaced east's cert-chain.pem, after which east's bundle no longer verified
+/// (found by an audit session, 2026-12-06).
+#[tokio::test]
+async fn a_workload_output_cannot_be_another_ca_bundle() {
+    let (_tmp, certs) = init_certs("west,east").await;
+    let (west, east) = (certs.join("west"), certs.join("east"));
+    let before = tree(&certs);
+    let out = meshctl(&workload_args(&west, "default", "sa", &east, &["--force"])).await;
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    says(
+        &all,
+        &["holds a CA bundle", "nothing was written", "another --out"],
+    );
+    assert_eq!(tree(&certs), before);
+    let out = meshctl(&["certs", "verify", p(&west), p(&east)]).await;
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 #[tokio::test]
 async fn an_output_cannot_be_its_ca_directory() {
     let (tmp, certs) = init_certs("west").await;

@@ -600,12 +600,19 @@ fn intermediate(a: IntermediateArgs) -> Result<ExitCode> {
 }
 
 fn workload(a: WorkloadArgs) -> Result<ExitCode> {
-    refuse_out_in_ca(
-        &a.out,
-        &a.ca,
-        "--ca",
-        "cert-chain.pem and root-cert.pem (the CA bundle would no longer verify)",
-    )?;
+    let replaced = "cert-chain.pem and root-cert.pem (the CA bundle would no longer verify)";
+    refuse_out_in_ca(&a.out, &a.ca, "--ca", replaced)?;
+    // Another cluster's CA bundle (its key beside the files a workload's would replace) is
+    // no output directory either, `--force` or not.
+    let key = a.out.join(pki::CA_KEY);
+    if key.symlink_metadata().is_ok() {
+        bail!(
+            "--out {} holds a CA bundle ({}): the workload's files would replace its \
+             {replaced}; nothing was written. Pass another --out, e.g. a new directory beside it",
+            a.out.display(),
+            key.display()
+        );
+    }
     check_bundle_dir(&a.ca, "--ca", false)?;
     let ca = IntermediateCa::load_dir(&a.ca)
         .with_context(|| format!("loading the cluster CA from {}", a.ca.display()))?;
