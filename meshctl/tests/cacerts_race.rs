@@ -85,6 +85,8 @@ async fn two_runs_with_different_roots_never_both_succeed() {
         );
         let (_, refused) = outs.iter().find(|(c, _)| *c != Some(0)).unwrap();
         says(refused, &["different root certificate", "--force"]);
+        // A refusal, not an interruption: no advice to re-run the same command.
+        assert!(!refused.contains("re-run the same command"), "{refused}");
         // The Secret holds the winner's root.
         let winner_is_a = outs
             .iter()

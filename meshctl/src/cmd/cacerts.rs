@@ -120,22 +120,27 @@ fn apply_cmd(a: ApplyArgs) -> Result<ExitCode> {
     let file = KubeconfigFile::load(a.kube.kubeconfig.as_deref())?;
     let ctx = file.context_name(a.kube.context.as_deref())?;
     file.require_contexts(std::slice::from_ref(&ctx))?;
-    let changed = kc::block_on(async {
-        let c = file.connect(&ctx).await?;
-        // The namespace or cacerts being deleted: waited for before the first write (an
-        // apply to it would be lost with it; its root is compared after).
-        let found = terminating::find(&c, ns, std::slice::from_ref(&secret)).await?;
-        DeletionWait::new(a.deletion.deletion_wait)
-            .wait_gone(&c, &found, a.mutate.dry_run)
-            .await?;
-        if a.mutate.dry_run {
-            return apply_secret(&c, &secret, a.cacerts.force, true).await;
-        }
-        // Whether a failure below may have left a new namespace behind.
-        let existed = kc::get(&c, "v1", "Namespace", None, ns).await?.is_some();
-        apply_secret(&c, &secret, a.cacerts.force, false)
+    let changed =
+        kc::block_on(async {
+            let c = file.connect(&ctx).await?;
+            // The namespace or cacerts being deleted: waited for before the first write (an
+            // apply to it would be lost with it; its root is compared after).
+            let found = terminating::find(&c, ns, std::slice::from_ref(&secret)).await?;
+            DeletionWait::new(a.deletion.deletion_wait)
+                .wait_gone(&c, &found, a.mutate.dry_run)
+                .await?;
+            if a.mutate.dry_run {
+                return apply_secret(&c, &secret, a.cacerts.force, true).await;
+            }
+            // Whether a failure below may have left a new namespace behind.
+            let existed = kc::get(&c, "v1", "Namespace", None, ns).await?.is_some();
+            apply_secret(&c, &secret, a.cacerts.force, false)
             .await
             .map_err(|e| {
+                // A refusal (another root) is said as it is: re-running would meet it again.
+                if e.downcast_ref::<crate::mesh::cacerts::RootRefused>().is_some() {
+                    return e;
+                }
                 anyhow!(
                     "{e:#}\n{CACERTS_SECRET} in context {ctx:?} was not updated{}: istiod keeps \
                      its current CA; re-run the same command to resume",
@@ -146,8 +151,8 @@ fn apply_cmd(a: ApplyArgs) -> Result<ExitCode> {
                     }
                 )
             })
-    })
-    .map_err(|e| anyhow!("{e:#}"))?;
+        })
+        .map_err(|e| anyhow!("{e:#}"))?;
     if a.mutate.dry_run {
         print!(
             "{}",

@@ -210,10 +210,15 @@ fn check_root(c: &Cluster, ns: &str, old: &Value, new: &Value, force: bool) -> R
     let old_root = root_of(old).map(|r| pem_ders(&r)).unwrap_or_default();
     let new_root = root_of(new).map(|r| pem_ders(&r)).unwrap_or_default();
     if old_root != new_root && !force {
-        bail!("{}", root_refusal(&c.context, ns, old, &new_root));
+        return Err(RootRefused(root_refusal(&c.context, ns, old, &new_root)).into());
     }
     Ok(())
 }
+
+/// A `cacerts` not replaced because its root differs: a refusal, not a failure to retry.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RootRefused(String);
 
 /// Why a `cacerts` with another root is not replaced, and what to do instead. A Secret a
 /// `meshctl rotate` moved records the retired and the new root: bundles of the retired one
