@@ -467,12 +467,8 @@ async fn destination_rule_crd_installed_later_is_picked_up() {
     let gw = kube_gateway(&api, |o| o.crd_recheck = Duration::from_millis(200)).await;
     eventually_refused(&gw, &sni(80, "v1", CATALOG), "no_route").await;
     api.install_destination_rule_crd();
-    st.create(destination_rule(
-        "catalog",
-        "catalog.istioinaction",
-        &[("v1", "v1")],
-    ))
-    .unwrap();
+    st.create(destination_rule("catalog", CATALOG, &[("v1", "v1")]))
+        .unwrap();
     eventually_served_by(gw.listen, &sni(80, "v1", CATALOG), &["a"]).await;
 }
 

@@ -340,20 +340,15 @@ pub(super) fn pod_label<'a>(labels: &'a PodLabels, key: &str) -> Option<&'a str>
         .map(|i| labels[i].1.as_ref())
 }
 
-/// Resolves a DestinationRule host like Istio does for Kubernetes: a short name is relative
-/// to the rule's namespace; `name.ns` and `name.ns.svc` are completed with the cluster
-/// domain (Kubernetes DNS search semantics); anything longer is taken as a FQDN.
+/// Resolves a DestinationRule host as istiod does (`ResolveShortnameToFQDN`): a name without
+/// a dot is relative to the rule's namespace (`name.<ns>.svc.<domain>`); any other is taken
+/// as it is, so `name.ns` names no Kubernetes Service, in istiod as here.
 pub fn resolve_host(host: &str, rule_ns: &str, domain: &str) -> String {
     let h = host.trim().trim_end_matches('.').to_ascii_lowercase();
-    let dots = h.matches('.').count();
-    if dots == 0 {
-        format!("{h}.{rule_ns}.svc.{domain}")
-    } else if dots == 1 {
-        format!("{h}.svc.{domain}")
-    } else if dots == 2 && h.ends_with(".svc") {
-        format!("{h}.{domain}")
-    } else {
+    if h.contains('.') {
         h
+    } else {
+        format!("{h}.{rule_ns}.svc.{domain}")
     }
 }
 
@@ -568,13 +563,11 @@ pub(super) mod tests {
             resolve_host("catalog", "shop", d),
             "catalog.shop.svc.cluster.local"
         );
-        assert_eq!(
-            resolve_host("catalog.other", "shop", d),
-            "catalog.other.svc.cluster.local"
-        );
+        // Taken as they are, as istiod takes them: no Service has these hosts.
+        assert_eq!(resolve_host("catalog.other", "shop", d), "catalog.other");
         assert_eq!(
             resolve_host("catalog.other.svc", "shop", d),
-            "catalog.other.svc.cluster.local"
+            "catalog.other.svc"
         );
         assert_eq!(
             resolve_host("Catalog.Other.svc.cluster.local.", "shop", d),
