@@ -101,7 +101,6 @@ fn members(a: &JoinArgs) -> Result<Vec<Member>> {
     if a.clusters.contexts.len() < 2 {
         bail!("join needs at least two --context values");
     }
-    pki::validate_dns_label(&a.ns.namespace).map_err(|e| anyhow!("namespace {e}"))?;
     let names = parse_mapping("cluster-name", &a.cluster_names, &a.clusters.contexts)?;
     let nets = parse_mapping("network", &a.networks, &a.clusters.contexts)?;
     let servers = parse_mapping("server", &a.servers, &a.clusters.contexts)?;

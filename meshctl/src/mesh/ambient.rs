@@ -54,7 +54,7 @@ pub fn address_type(addr: &str) -> Result<&'static str> {
 fn unroutable(ip: IpAddr) -> bool {
     let link_local = match ip {
         IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
     };
     ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || link_local
 }

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use k8s_openapi::api::core::v1::Secret;
 use serde::Serialize;
 
-use crate::cli::{ClustersArgs, NamespaceArg, check_unique, lookup, parse_mapping, usage};
+use crate::cli::{ClustersArgs, NamespaceArg, check_unique, lookup, parse_mapping};
 use crate::istio::{CLUSTER_NAME_ANNOTATION, MULTICLUSTER_LABEL};
 use crate::kube::{self as kc, Cluster, KubeconfigFile};
 use crate::mesh::credentials::{self as cred, Method, Stored};
@@ -76,12 +76,12 @@ pub fn run(a: CredentialsArgs) -> Result<ExitCode> {
 
 impl Targets {
     /// The flags alone, before anything is read: contexts once each, `--cluster-name`
-    /// mappings of given contexts (any ID: istioctl's need not be DNS labels), istiod's
-    /// namespace a DNS-1123 label (usage errors).
+    /// mappings of given contexts (any ID: istioctl's need not be DNS labels) (usage
+    /// errors; `-n` is checked when parsed).
     pub fn check(&self) -> Result<()> {
         check_unique(&self.clusters.contexts)?;
         parse_mapping("cluster-name", &self.cluster_names, &self.clusters.contexts)?;
-        pki::validate_dns_label(&self.ns.namespace).map_err(|e| usage(format!("namespace {e}")))
+        Ok(())
     }
 }
 

@@ -408,12 +408,7 @@ pub(super) fn writes(a: &JoinArgs, m: &Member, ns: &str) -> Vec<Need> {
         }
     };
     for o in &objs {
-        let group = o["apiVersion"]
-            .as_str()
-            .and_then(|av| av.rsplit_once('/'))
-            .map_or("", |(g, _)| g);
-        let Some((resource, namespaced)) = kc::plural_of(o["kind"].as_str().unwrap_or_default())
-        else {
+        let Some((group, resource, namespaced)) = resource_of(o) else {
             continue;
         };
         let namespace = namespaced.then_some(ns);
@@ -438,20 +433,26 @@ pub(super) fn writes(a: &JoinArgs, m: &Member, ns: &str) -> Vec<Need> {
     needs
 }
 
+/// An object's API group, resource (plural) and whether it is namespaced; `None` for a
+/// kind meshctl does not write.
+fn resource_of(o: &Value) -> Option<(&str, &'static str, bool)> {
+    let (resource, namespaced) = kc::plural_of(o["kind"].as_str().unwrap_or_default())?;
+    let group = o["apiVersion"]
+        .as_str()
+        .and_then(|av| av.rsplit_once('/'))
+        .map_or("", |(g, _)| g);
+    Some((group, resource, namespaced))
+}
+
 /// What `unjoin` needs in one cluster to remove `planned` (its dry run's list): delete each
 /// kind listed (in `ns`, or cluster-wide), and patch the Namespace whose label it removes.
 pub(super) fn deletes(planned: &[Value], ns: &str) -> Vec<Need> {
     let mut out: Vec<Access> = Vec::new();
     for o in planned {
-        let kind = o["kind"].as_str().unwrap_or_default();
-        let Some((resource, namespaced)) = kc::plural_of(kind) else {
+        let Some((group, resource, namespaced)) = resource_of(o) else {
             continue;
         };
-        let group = o["apiVersion"]
-            .as_str()
-            .and_then(|av| av.rsplit_once('/'))
-            .map_or("", |(g, _)| g);
-        let access = if kind == "Namespace" {
+        let access = if o["kind"] == "Namespace" {
             Access::new("patch", group, resource, None).named(ns)
         } else {
             Access::new("delete", group, resource, namespaced.then_some(ns))

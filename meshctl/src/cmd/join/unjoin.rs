@@ -16,7 +16,7 @@ use anyhow::{Result, anyhow};
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::cli::{ClustersArgs, MutateArgs, NamespaceArg, check_unique, usage};
+use crate::cli::{ClustersArgs, MutateArgs, NamespaceArg, check_unique};
 use crate::cmd::progress::Progress;
 use crate::istio::{
     CLUSTER_NAME_ANNOTATION, GATEWAY_API_V1, ISTIO_NETWORKING_V1, MANAGED_BY_KEY, MANAGED_BY_VALUE,
@@ -287,7 +287,6 @@ fn still_deleting_after_unjoin(left: &[(String, Vec<Terminating>)], limit: Durat
 
 pub fn run_unjoin(a: UnjoinArgs) -> Result<ExitCode> {
     check_unique(&a.clusters.contexts)?;
-    pki::validate_dns_label(&a.ns.namespace).map_err(|e| usage(format!("namespace {e}")))?;
     let file = KubeconfigFile::load(a.clusters.kubeconfig.as_deref())?;
     file.require_contexts(&a.clusters.contexts)?;
     let (ns, dry_run) = (&a.ns.namespace, a.mutate.dry_run);
