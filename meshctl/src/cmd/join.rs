@@ -36,6 +36,7 @@ use crate::mesh::terminating::{self, DeletionWait, Terminating};
 use crate::mesh::{ambient, cacerts, gateway as gw, namespace, origin};
 
 mod preflight;
+mod renamed;
 mod unjoin;
 use preflight::{
     dry_run_writes, identity, missing_permissions, preflight_secret, refuse_same_cluster, writes,
@@ -206,7 +207,7 @@ pub fn run_join(a: JoinArgs) -> Result<ExitCode> {
     let file = KubeconfigFile::load(a.clusters.kubeconfig.as_deref())?;
     file.require_contexts(&a.clusters.contexts)?;
     read_bundles(&a, &mut members)?;
-    let (plan, restart) = kc::block_on(join(&a, &members, &file))?;
+    let (plan, restart, removed) = kc::block_on(join(&a, &members, &file))?;
     if a.mutate.dry_run {
         print!(
             "{}",
@@ -215,15 +216,19 @@ pub fn run_join(a: JoinArgs) -> Result<ExitCode> {
     } else if let Some(output) = a.mutate.output_asked() {
         let clusters = members
             .iter()
-            .zip(&plan)
-            .map(|(m, (ctx, objs))| {
-                json!({
+            .zip(plan.iter().zip(&removed))
+            .map(|(m, ((ctx, objs), gone))| {
+                let mut doc = json!({
                     "context": ctx,
                     "cluster": m.name,
                     "network": m.network,
                     "cacerts": if restart.contains(ctx) { "applied" } else { "unchanged" },
                     "applied": objs.iter().map(kc::describe).collect::<Vec<_>>(),
-                })
+                });
+                if !gone.is_empty() {
+                    doc["removed"] = gone.iter().map(kc::describe).collect();
+                }
+                doc
             })
             .collect();
         print_summary(clusters, output)?;
@@ -243,13 +248,13 @@ fn print_summary(clusters: Vec<Value>, output: kc::Output) -> Result<()> {
     Ok(())
 }
 
-/// What join did: each context's objects (applied, or planned in a dry run), and the
-/// contexts whose `cacerts` changed.
-type Joined = (Vec<(String, Vec<Value>)>, Vec<String>);
+/// What join did: each context's objects (applied, or planned in a dry run), the contexts
+/// whose `cacerts` changed, and per context what it removed (`renamed`).
+type Joined = (Vec<(String, Vec<Value>)>, Vec<String>, Vec<Vec<Value>>);
 
 async fn join(a: &JoinArgs, members: &[Member], file: &KubeconfigFile) -> Result<Joined> {
     let dry_run = a.mutate.dry_run;
-    let clusters = preflight_all(a, members, file).await.map_err(|e| {
+    let (clusters, retired) = preflight_all(a, members, file).await.map_err(|e| {
         let text = format!("{e:#}");
         if dry_run
             || e.chain().any(|c| c.is::<crate::cli::UsageError>())
@@ -261,7 +266,7 @@ async fn join(a: &JoinArgs, members: &[Member], file: &KubeconfigFile) -> Result
         }
     })?;
     let mut done: Vec<String> = Vec::new();
-    let e = match write_all(a, members, &clusters, &mut done).await {
+    let e = match write_all(a, members, (&clusters, &retired), &mut done).await {
         Ok(plan) => return Ok(plan),
         Err(e) if dry_run => return Err(e),
         Err(e) => e,
@@ -302,7 +307,7 @@ async fn preflight_all(
     a: &JoinArgs,
     members: &[Member],
     file: &KubeconfigFile,
-) -> Result<Vec<Cluster>> {
+) -> Result<(Vec<Cluster>, Vec<renamed::Retired>)> {
     let dry_run = a.mutate.dry_run;
     // Every cluster reached, and no two contexts of one cluster, before any other check.
     let mut connected: Vec<Cluster> = Vec::new();
@@ -315,8 +320,11 @@ async fn preflight_all(
         connected.push(c);
     }
     let mut clusters: Vec<Cluster> = Vec::new();
+    let mut recorded = Vec::new();
     let mut deletion = DeletionWait::new(a.secret.deletion.deletion_wait);
     for (m, c) in members.iter().zip(connected) {
+        // Before this run records the new ones: what a re-run under new names retires.
+        recorded.push(renamed::recorded(&c, &a.ns.namespace).await?);
         // After a wait for objects being deleted, every check runs again on what is left.
         // Bounded: by the deadline of `--deletion-wait`, and in count.
         let mut settled = false;
@@ -332,7 +340,8 @@ async fn preflight_all(
         }
         clusters.push(c);
     }
-    Ok(clusters)
+    let retired = renamed::find(members, &clusters, &recorded, &a.ns.namespace).await?;
+    Ok((clusters, retired))
 }
 
 /// Phase 1 in one cluster: every check before any change, and the objects join will write
@@ -442,7 +451,7 @@ async fn planned_writes(
 async fn write_all(
     a: &JoinArgs,
     members: &[Member],
-    clusters: &[Cluster],
+    (clusters, retired): (&[Cluster], &[renamed::Retired]),
     done: &mut Vec<String>,
 ) -> Result<Joined> {
     let ns = a.ns.namespace.as_str();
@@ -511,6 +520,25 @@ async fn write_all(
     if a.ambient {
         announce(members, clusters, ns, (dry_run, to), &mut plan, done).await?;
     }
+    // Phase 5: what an earlier join made under names this run replaced, now that the new
+    // objects are in place.
+    let mut removed: Vec<Vec<Value>> = vec![Vec::new(); members.len()];
+    for r in retired {
+        let c = &clusters[r.in_cluster];
+        if let Some(stub) = renamed::remove(c, r, dry_run).await? {
+            let what = kc::describe(&stub);
+            if dry_run {
+                tell(format_args!(
+                    "{}: {what} would be removed: {}",
+                    c.context, r.why
+                ));
+            } else {
+                to.say(format_args!("{}: {what} removed: {}", c.context, r.why));
+                done.push(format!("{}: {what} removed", c.context));
+            }
+            removed[r.in_cluster].push(stub);
+        }
+    }
     if !restart.is_empty() {
         tell(format_args!(
             "cacerts changed in {}. {}",
@@ -518,7 +546,7 @@ async fn write_all(
             cacerts::restart_hint(ns)
         ));
     }
-    Ok((plan, restart))
+    Ok((plan, restart, removed))
 }
 
 /// Phase 4 (`--ambient`): in each cluster, an `istio-remote` Gateway per peer network with
