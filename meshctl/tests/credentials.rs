@@ -415,6 +415,96 @@ async fn cronjob_prints_a_job_that_runs_refresh_and_no_secret() {
     // Bad input (`--schedule hourly`): usage_exit_codes.rs.
 }
 
+/// A schedule that lets a token expire between runs is refused before anything is printed;
+/// one where a single failed run would is warned of; Kubernetes' schedule syntax is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cronjob_refuses_a_schedule_slower_than_the_tokens() {
+    init();
+    let cronjob = |extra: &[&'static str]| {
+        let mut args = vec![
+            "credentials",
+            "cronjob",
+            "--context",
+            "west",
+            "--image",
+            "example.com/meshctl:1",
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    // Hourly (the default) with one-hour tokens: renewed only in their last 20 minutes.
+    let out = meshctl(&cronjob(&["--token-ttl", "1h"])).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("waits up to 1h between runs, but refresh renews a token only in its last 20m"),
+        "{t}"
+    );
+    assert!(t.contains("Run at least every 10m"), "{t}");
+    assert!(out.stdout.is_empty(), "{t}");
+    // An explicit threshold is what counts, also in Kubernetes' descriptor form.
+    let out = meshctl(&cronjob(&[
+        "--threshold",
+        "30m",
+        "--schedule",
+        "@every 45m",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // Weekdays only leaves the weekend: 64 hours.
+    let out = meshctl(&cronjob(&[
+        "--threshold",
+        "24h",
+        "--schedule",
+        "0 9-17 * * MON-FRI",
+    ]))
+    .await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(t.contains("waits up to 2days 16h between runs"), "{t}");
+    // Within the threshold but over half of it: printed, with a warning.
+    let out = meshctl(&cronjob(&[
+        "--token-ttl",
+        "1h",
+        "--schedule",
+        "*/15 * * * *",
+    ]))
+    .await;
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("one failed run would let a token expire"),
+        "{t}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("kind: CronJob"),
+        "{t}"
+    );
+    // Every ten minutes: no warning. A schedule that never runs, or one Kubernetes refuses.
+    let out = meshctl(&cronjob(&[
+        "--token-ttl",
+        "1h",
+        "--schedule",
+        "*/10 * * * *",
+    ]))
+    .await;
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        text(&out)
+    );
+    let out = meshctl(&cronjob(&["--schedule", "0 0 30 2 *"])).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("runs less than twice in nine years"));
+    for bad in ["TZ=UTC 0 * * * *", "0 0 L * *", "60 * * * *"] {
+        let out = meshctl(&cronjob(&["--schedule", bad])).await;
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
+        assert!(out.stdout.is_empty());
+    }
+    let out = meshctl(&cronjob(&["--schedule", "@hourly"])).await;
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_failing_secret_does_not_stop_the_others_and_exits_1() {
     let m = mesh().await;

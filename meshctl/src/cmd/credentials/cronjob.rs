@@ -36,7 +36,9 @@ pub struct CronjobArgs {
     /// A container image with the meshctl binary on its PATH.
     #[arg(long)]
     image: String,
-    /// Cron schedule; run at least every sixth of the tokens' lifetime (hourly suits 6h+).
+    /// Cron schedule as Kubernetes reads it (five fields, @hourly, @every 30m). Refused when
+    /// it waits longer between runs than --threshold (else a third of --token-ttl), warned
+    /// of past half of it; run at least every sixth of the tokens' lifetime.
     #[arg(long, default_value = "17 * * * *")]
     schedule: String,
     /// The Secret (in the job's namespace) whose key `kubeconfig` holds every context.
@@ -85,15 +87,66 @@ fn check_flags(a: &CronjobArgs) -> Result<()> {
         pki::validate_dns_subdomain(sa)
             .map_err(|e| anyhow!("--service-account {e} (it names a ServiceAccount)"))?;
     }
-    if a.schedule.split_whitespace().count() != 5 {
-        return Err(anyhow!(
-            "--schedule {:?}: expected five cron fields, e.g. \"17 * * * *\"",
-            a.schedule
-        ));
-    }
+    let schedule = super::schedule::parse(&a.schedule)
+        .map_err(|e| anyhow!("--schedule {:?}: {e}", a.schedule))?;
+    check_schedule(a, super::schedule::longest_gap(&schedule))?;
     if a.image.trim().is_empty() {
         return Err(anyhow!(
             "--image: name an image that has meshctl on its PATH"
+        ));
+    }
+    Ok(())
+}
+
+/// A schedule that leaves a token time to expire between two runs is refused: `refresh`
+/// renews a token only once its remaining lifetime is under the threshold (`--threshold`,
+/// else a third of `--token-ttl`), so the longest wait between runs must be shorter. Without
+/// either flag the tokens' lifetime is not known here (the job keeps each token's own), and
+/// only a schedule that hardly ever runs is refused. A wait over half the threshold is
+/// warned of: one failed run would then let a token expire.
+fn check_schedule(a: &CronjobArgs, gap: Option<Duration>) -> Result<()> {
+    let Some(gap) = gap else {
+        return Err(anyhow!(
+            "--schedule {:?} runs less than twice in nine years: the tokens would expire; \
+             run at least every sixth of their lifetime, e.g. \"17 * * * *\"",
+            a.schedule
+        ));
+    };
+    let threshold = match (a.threshold, a.token_ttl) {
+        (Some(t), _) => Some((t, "--threshold")),
+        (None, Some(ttl)) => Some((
+            ttl / 3,
+            "a third of --token-ttl, refresh's default threshold",
+        )),
+        (None, None) => None,
+    };
+    let Some((threshold, from)) = threshold else {
+        return Ok(());
+    };
+    let (fmt, want) = (
+        |d: Duration| humantime::format_duration(d).to_string(),
+        threshold / 2,
+    );
+    if gap >= threshold {
+        return Err(anyhow!(
+            "--schedule {:?} waits up to {} between runs, but refresh renews a token only in \
+             its last {} ({from}): a token could expire before the next run. Run at least every \
+             {} (half the threshold, so one failed run is survived), or raise --threshold",
+            a.schedule,
+            fmt(gap),
+            fmt(threshold),
+            fmt(want)
+        ));
+    }
+    if gap > want {
+        crate::cmd::progress::tell(format_args!(
+            "warning: --schedule {:?} waits up to {} between runs and refresh renews a token \
+             only in its last {} ({from}): one failed run would let a token expire; run at \
+             least every {}",
+            a.schedule,
+            fmt(gap),
+            fmt(threshold),
+            fmt(want)
         ));
     }
     Ok(())

@@ -19,6 +19,7 @@ use crate::mesh::credentials::{self as cred, Method, Stored};
 mod cronjob;
 mod istiod;
 mod refresh;
+mod schedule;
 mod table;
 
 #[derive(Debug, Args)]
