@@ -11,9 +11,10 @@ use clap::{Args, Subcommand};
 use crate::cli::{
     DeletionWaitArg, GatewayFlags, KubeArgs, MutateArgs, NamespaceArg, OutputArg, as_usage,
 };
-use crate::istio::GATEWAY_NAME;
+use crate::istio::{CLUSTER_NAME_ANNOTATION, GATEWAY_NAME};
 use crate::kube::{self as kc, KubeconfigFile};
 use crate::mesh::gateway::{DEFAULT_CLUSTER_ID, check_ip_family_policy, install, objects};
+use crate::mesh::gateway_changes::changes;
 use crate::mesh::origin::ForeignGateway;
 use crate::mesh::terminating::{self, DeletionWait};
 
@@ -37,11 +38,12 @@ struct GatewaySpec {
     /// This cluster's network (label value), e.g. west-network.
     #[arg(long)]
     network: String,
-    /// The cluster ID istiod knows this cluster by (Istio's `clusterName`; its default is
-    /// Kubernetes): every endpoint's `topology.istio.io/cluster` for subsets, and sent to
-    /// istiod with the gateway's certificate request.
-    #[arg(long, default_value = DEFAULT_CLUSTER_ID)]
-    cluster_id: String,
+    /// The cluster ID istiod knows this cluster by (Istio's `clusterName`): every endpoint's
+    /// `topology.istio.io/cluster` for subsets, and sent to istiod with the gateway's
+    /// certificate request. Default: install takes the name `join` recorded on the
+    /// namespace; otherwise Istio's default, Kubernetes.
+    #[arg(long)]
+    cluster_id: Option<String>,
     #[command(flatten)]
     ns: NamespaceArg,
     #[command(flatten)]
@@ -75,7 +77,7 @@ pub fn run(a: GatewayArgs) -> Result<ExitCode> {
             let objs = objects(
                 &m.spec.ns.namespace,
                 &m.spec.network,
-                &m.spec.cluster_id,
+                m.spec.cluster_id.as_deref().unwrap_or(DEFAULT_CLUSTER_ID),
                 &m.spec.gw,
                 p,
             )
@@ -85,14 +87,13 @@ pub fn run(a: GatewayArgs) -> Result<ExitCode> {
         }
         GatewayCmd::Install(i) => {
             let ns = &i.spec.ns.namespace;
-            let objs = objects(
-                ns,
-                &i.spec.network,
-                &i.spec.cluster_id,
-                &i.spec.gw,
-                i.spec.gw.protocols(false),
-            )
-            .map_err(as_usage)?;
+            let build = |cluster_id: &str| {
+                let p = i.spec.gw.protocols(false);
+                objects(ns, &i.spec.network, cluster_id, &i.spec.gw, p)
+            };
+            // The flags alone, before anything is read (usage errors).
+            let given = i.spec.cluster_id.as_deref();
+            build(given.unwrap_or(DEFAULT_CLUSTER_ID)).map_err(as_usage)?;
             let file = KubeconfigFile::load(i.kube.kubeconfig.as_deref())?;
             let ctx = file.context_name(i.kube.context.as_deref())?;
             file.require_contexts(std::slice::from_ref(&ctx))?;
@@ -100,6 +101,13 @@ pub fn run(a: GatewayArgs) -> Result<ExitCode> {
             // What install applies: a service account someone else made is left out.
             let objs = kc::block_on(async {
                 let c = file.connect(&ctx).await?;
+                let cluster_id = match given {
+                    Some(id) => id.to_string(),
+                    None => recorded_cluster_name(&c, ns)
+                        .await?
+                        .unwrap_or_else(|| DEFAULT_CLUSTER_ID.to_string()),
+                };
+                let objs = build(&cluster_id)?;
                 // Objects being deleted (a LoadBalancer Service whose load balancer is being
                 // torn down): waited for, else an apply to them would be lost.
                 let found = terminating::find(&c, ns, &objs).await?;
@@ -109,14 +117,17 @@ pub fn run(a: GatewayArgs) -> Result<ExitCode> {
                 check_ip_family_policy(&c, ns, &objs)
                     .await
                     .map_err(|e| anyhow!("{e:#}. Nothing was changed"))?;
+                let in_place = in_place(&c, ns).await?;
                 // Another installer's gateway is refused before any change.
-                install(&c, ns, &objs, dry_run).await.map_err(|e| {
+                let applied = install(&c, ns, &objs, dry_run).await.map_err(|e| {
                     if e.is::<ForeignGateway>() {
                         anyhow!("{e:#}. Nothing was changed")
                     } else {
                         e
                     }
-                })
+                })?;
+                say_changes(&ctx, &in_place, &applied, dry_run);
+                Ok(applied)
             })?;
             if dry_run {
                 print!("{}", kc::render_plan(&[(ctx, objs)], i.mutate.output())?);
@@ -132,5 +143,54 @@ pub fn run(a: GatewayArgs) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The cluster name `join` recorded on the namespace, so that an install over a joined
+/// cluster's gateway keeps its cluster ID (with Istio's default, istiod would review the
+/// gateway's certificate requests against a cluster it does not know).
+async fn recorded_cluster_name(c: &kc::Cluster, ns: &str) -> Result<Option<String>> {
+    Ok(kc::get(c, "v1", "Namespace", None, ns)
+        .await?
+        .and_then(|n| {
+            n["metadata"]["annotations"][CLUSTER_NAME_ANNOTATION]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        }))
+}
+
+/// The gateway's Deployment and Service as they are now.
+async fn in_place(c: &kc::Cluster, ns: &str) -> Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    for (av, kind) in [("apps/v1", "Deployment"), ("v1", "Service")] {
+        if let Some(mut o) = kc::get(c, av, kind, Some(ns), GATEWAY_NAME).await? {
+            o["kind"] = kind.into();
+            out.push(o);
+        }
+    }
+    Ok(out)
+}
+
+/// Says on stderr what the install changes in the gateway in place (a flag left out takes
+/// its default, also over what a join set), so that no setting is reset silently.
+fn say_changes(
+    ctx: &str,
+    in_place: &[serde_json::Value],
+    applied: &[serde_json::Value],
+    dry_run: bool,
+) {
+    let lines = changes(in_place, applied);
+    if lines.is_empty() {
+        return;
+    }
+    let verb = if dry_run { "would change" } else { "changed" };
+    eprintln!(
+        "gateway {GATEWAY_NAME} in context {ctx:?}: this install {verb} what was in place \
+         (flags left out take their defaults; pass the ones the gateway was made with to keep \
+         them):"
+    );
+    for l in lines {
+        eprintln!("  {l}");
     }
 }

@@ -9,6 +9,7 @@ pub mod ambient;
 pub mod cacerts;
 pub mod credentials;
 pub mod gateway;
+pub mod gateway_changes;
 pub mod namespace;
 pub mod origin;
 pub mod reader;
