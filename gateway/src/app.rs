@@ -58,6 +58,8 @@ pub struct Bound {
     pub drain: Arc<Drain>,
     /// The data path's counters (shared with the proxy), readable after a drain.
     pub metrics: ProxyMetrics,
+    /// HBONE's, when it runs, likewise.
+    pub hbone_metrics: Option<HboneMetrics>,
     cfg: Arc<Config>,
     stop_background: CancellationToken,
 }
@@ -173,7 +175,9 @@ pub async fn build_with(cfg: Config, hangup: Option<Signal>) -> Result<Bound, Bu
     ));
     let mut hbone_addr = None;
     let mut hbone_identity = None;
-    if let (Some((identity, hbone_listener, ca)), Some(metrics)) = (hbone_setup, hbone_metrics) {
+    if let (Some((identity, hbone_listener, ca)), Some(metrics)) =
+        (hbone_setup, hbone_metrics.clone())
+    {
         let addr = hbone_listener
             .local_addr()
             .map_err(|e| BuildError::Bind(cfg.hbone_listen.unwrap_or(cfg.listen), e))?;
@@ -254,6 +258,7 @@ pub async fn build_with(cfg: Config, hangup: Option<Signal>) -> Result<Bound, Bu
         publisher,
         drain,
         metrics: proxy_metrics,
+        hbone_metrics,
         cfg,
         stop_background,
     })

@@ -192,6 +192,8 @@ pub struct Config {
     pub hbone_connection_window: u32,
     /// An outer connection without a tunnel for this long gets GOAWAY.
     pub hbone_idle_timeout: Duration,
+    /// A PING this often on each outer connection; no PONG in twice this closes it.
+    pub hbone_keepalive: Duration,
     /// How often the certificate files are checked for a change.
     pub hbone_cert_poll: Duration,
     /// The HBONE certificate from istiod instead of `hbone_certs` files.
@@ -250,6 +252,7 @@ impl Default for Config {
             hbone_connection_queue: crate::hbone::queued::BUDGET,
             hbone_connection_window: crate::hbone::CONNECTION_WINDOW,
             hbone_idle_timeout: Duration::from_secs(600),
+            hbone_keepalive: crate::hbone::KEEPALIVE_INTERVAL,
             hbone_cert_poll: Duration::from_secs(5),
             hbone_ca: None,
             zone: None,
@@ -523,6 +526,10 @@ pub struct Args {
     /// Send GOAWAY on an HBONE connection that has carried no tunnel this long (at least 1s).
     #[arg(long, env = "GATEWAY_HBONE_IDLE_TIMEOUT", default_value = "10m", value_parser = duration::<1000>)]
     pub hbone_idle_timeout: Duration,
+    /// Send an HTTP/2 PING this often on each HBONE connection, and close one whose PONG has
+    /// not come in twice this time (ztunnel's and Istio's gateway's 10s/20s; at least 100ms).
+    #[arg(long, env = "GATEWAY_HBONE_KEEPALIVE", default_value = "10s", value_parser = duration::<100>)]
+    pub hbone_keepalive: Duration,
     /// How often the HBONE certificate files are checked for a change (at least 100ms).
     #[arg(long, env = "GATEWAY_HBONE_CERT_POLL", default_value = "5s", value_parser = duration::<100>)]
     pub hbone_cert_poll: Duration,
@@ -720,6 +727,7 @@ impl Args {
             hbone_connection_queue: self.hbone_connection_queue_kib as usize * 1024,
             hbone_connection_window: self.hbone_connection_window_kib * 1024,
             hbone_idle_timeout: self.hbone_idle_timeout,
+            hbone_keepalive: self.hbone_keepalive,
             hbone_cert_poll: self.hbone_cert_poll,
             hbone_ca: self.ca_root.map(|root| CaConfig {
                 address: self.ca_address,
@@ -981,6 +989,7 @@ mod tests {
             ("--drain-grace", "1ns", "1ms"),
             ("--drain-timeout", "1ns", "1ms"),
             ("--hbone-idle-timeout", "999ms", "1s"),
+            ("--hbone-keepalive", "99ms", "100ms"),
             ("--hbone-cert-poll", "1ns", "100ms"),
             ("--hbone-cert-lifetime", "59s", "1m"),
         ];

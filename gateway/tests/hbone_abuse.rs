@@ -714,3 +714,101 @@ async fn stalled_handshake_and_preface_time_out() {
     gw.wait_metric("gateway_hbone_refused_total{reason=\"timeout\"}", 2.0)
         .await;
 }
+
+/// ztunnel's and Istio's gateway's keepalive: a PING every `--hbone-keepalive`; a client that
+/// answers none (a stuck process whose kernel still acknowledges, which TCP keepalive does not
+/// find) is closed after twice that, its tunnel too, counted `keepalive_timeout`. Before, the
+/// gateway sent no PING and such a connection stayed for as long as its tunnel did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_answers_no_ping_is_closed() {
+    let (_app, gw) = app_and_gateway([127, 0, 0, 89], |c| {
+        c.hbone_keepalive = Duration::from_millis(200);
+    })
+    .await;
+    let mut c = Raw::connect(gw.hbone, &[], true).await;
+    c.open_tunnel().await;
+    let start = Instant::now();
+    c.wait_closed().await;
+    let took = start.elapsed();
+    let pings = c
+        .seen
+        .lock()
+        .unwrap()
+        .frames
+        .iter()
+        .filter(|f| f.0 == PING && f.1 == 0)
+        .count();
+    assert!(pings >= 1, "the gateway sent no PING");
+    assert!(took >= Duration::from_millis(300), "closed after {took:?}");
+    assert_eq!(gw.refused("keepalive_timeout").await, 1.0);
+}
+
+/// A client that answers its PINGs keeps its connection and tunnel through many periods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_answers_pings_keeps_its_connection() {
+    let (_app, gw) = app_and_gateway([127, 0, 0, 90], |c| {
+        c.hbone_keepalive = Duration::from_millis(100);
+    })
+    .await;
+    let (_o, mut tx, mut rx) = hbone_support::greeted_tunnel(gw.hbone).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    hbone_support::send_all(&mut tx, bytes::Bytes::from_static(b"still here"), true).await;
+    let got = tokio::time::timeout(TIMEOUT, hbone_support::read_to_end(&mut rx, usize::MAX))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"still hereeof after 10 bytes\n");
+    assert_eq!(gw.refused("keepalive_timeout").await, 0.0);
+}
+
+/// h2 sends the drain's last GOAWAY once the client answers the PING that came with the
+/// first; a client that never does gets no new tunnel past a second's grace (REFUSED_STREAM,
+/// nothing dialed), where before every new stream was served until the deadline. The tunnel
+/// open at the deadline is counted `drain_deadline`, never `client_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_streams_past_the_drains_grace_are_refused() {
+    let (app, mut gw) = app_and_gateway([127, 0, 0, 91], |c| {
+        c.drain_grace = Duration::from_millis(100);
+        c.drain_timeout = Duration::from_millis(2500);
+    })
+    .await;
+    let mut c = Raw::connect(gw.hbone, &[], true).await;
+    c.open_tunnel().await;
+    let bound = gw.gw.bound.take().unwrap();
+    let hbone_metrics = bound.hbone_metrics.clone();
+    let drain = tokio::spawn(bound.drain());
+    hbone_support::eventually("GOAWAY", || c.goaway().is_some()).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    c.connect_to(3, &authority()).await;
+    hbone_support::eventually("RST_STREAM on stream 3", || {
+        c.seen
+            .lock()
+            .unwrap()
+            .frames
+            .iter()
+            .any(|f| f.0 == RST_STREAM && f.2 == 3)
+    })
+    .await;
+    let answered_3 = c
+        .seen
+        .lock()
+        .unwrap()
+        .frames
+        .iter()
+        .any(|f| f.0 == HEADERS && f.2 == 3);
+    assert!(!answered_3, "stream 3 was answered");
+    assert_eq!(app.accepted(), 1, "a stream past the grace was dialed");
+    let out = tokio::time::timeout(TIMEOUT, drain).await.unwrap().unwrap();
+    // The connection's task and its tunnel's.
+    assert_eq!(out.forced, 2, "{out:?}");
+    let m = hbone_metrics.expect("HBONE metrics");
+    let closed = |outcome: &'static str| {
+        let labels = gateway::hbone::metrics::TunnelCloseLabels {
+            authority: authority(),
+            outcome,
+        };
+        m.tunnels_closed.get_or_create(&labels).get()
+    };
+    assert_eq!(closed("drain_deadline"), 1);
+    assert_eq!(closed("client_error"), 0);
+}

@@ -326,7 +326,13 @@ impl Identity {
 
     /// Whether `cert` names a SPIFFE identity in an allowed trust domain.
     fn trust_domain_allowed(&self, cert: &CertificateDer<'_>) -> bool {
-        spiffe_ids(cert).iter().any(|id| {
+        self.client_id(cert).is_some()
+    }
+
+    /// The client's identity: the first SPIFFE id of `cert` in an allowed trust domain (the
+    /// one the handshake accepted), not merely its first, which may be in another domain.
+    pub fn client_id(&self, cert: &CertificateDer<'_>) -> Option<String> {
+        spiffe_ids(cert).into_iter().find(|id| {
             self.trust_domains.iter().any(|td| {
                 id.strip_prefix("spiffe://")
                     .and_then(|rest| rest.strip_prefix(td.as_str()))
@@ -650,6 +656,29 @@ mod tests {
         );
         assert!(!allowed(&["cluster.local.evil"]));
         assert!(!allowed(&[]));
+    }
+
+    /// A certificate with SANs in two trust domains is accepted by the allowed one (as
+    /// ztunnel's and Envoy's matchers do), and that one is the client's identity.
+    #[test]
+    fn the_client_id_is_the_allowed_san() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &workload("cluster.local"));
+        let id = Identity::load(dir.path(), vec!["cluster.local".into()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        let evil = "spiffe://evil.td/ns/x/sa/y";
+        let ours = "spiffe://cluster.local/ns/default/sa/webapp";
+        p.subject_alt_names = vec![
+            rcgen::SanType::URI(evil.try_into().unwrap()),
+            rcgen::SanType::URI(ours.try_into().unwrap()),
+        ];
+        let cert = p.self_signed(&key).unwrap();
+        let der = CertificateDer::from(cert.der().to_vec());
+        assert_eq!(spiffe_ids(&der)[0], evil);
+        assert_eq!(id.client_id(&der).as_deref(), Some(ours));
+        let other = Identity::load(dir.path(), vec!["other.td".into()]).unwrap();
+        assert_eq!(other.client_id(&der), None);
     }
 
     /// istiod's chain is served only if it leads to a `--ca-root` root and is for our key;

@@ -6,9 +6,11 @@
 //! One whose client resets most of its streams before using them gets GOAWAY
 //! ENHANCE_YOUR_CALM, sooner if its identity was cut before ([`super::rapid_reset`]).
 
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -73,7 +75,8 @@ impl Hbone {
             client_id.clone(),
             clock::now_ms(),
         ));
-        let mut goaway = false;
+        // When GOAWAY was sent (`None`: not yet).
+        let mut goaway: Option<Instant> = None;
         let mut calmed = false;
         let mut shed = false;
         // Set once GOAWAY is sent: a peer that never reads it (nor closes) must not hold
@@ -81,14 +84,29 @@ impl Hbone {
         let mut close_by: Option<Instant> = None;
         let mut last_active = Instant::now();
         let idle = self.cfg.hbone_idle_timeout;
-        let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
+        let keepalive = self.cfg.hbone_keepalive;
+        let mut pings = conn.ping_pong();
+        // When the PING now waiting for its PONG was sent, and when the last one was.
+        let (mut ping_out, mut last_ping): (Option<Instant>, Instant) = (None, Instant::now());
+        let mut tick =
+            tokio::time::interval((idle / 4).min(keepalive / 2).max(Duration::from_millis(10)));
         loop {
             tokio::select! {
                 _ = force.cancelled() => break,
-                _ = self.drain.stop_accepting.cancelled(), if !goaway => {
+                _ = self.drain.stop_accepting.cancelled(), if goaway.is_none() => {
                     debug!("draining: GOAWAY");
                     conn.graceful_shutdown();
-                    goaway = true;
+                    goaway = Some(Instant::now());
+                }
+                pong = poll_fn(|cx| match pings.as_mut() {
+                    Some(p) => p.poll_pong(cx),
+                    None => Poll::Pending,
+                }), if ping_out.is_some() => {
+                    ping_out = None;
+                    if pong.is_err() {
+                        // The connection failed; accept says how.
+                        pings = None;
+                    }
                 }
                 _ = watch.calm.notified(), if !calmed => {
                     let (cooling, began_cooling) = watch.record_cut(clock::now_ms());
@@ -106,7 +124,8 @@ impl Hbone {
                         m.cooling_cuts.inc();
                     }
                     conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
-                    (goaway, calmed) = (true, true);
+                    goaway.get_or_insert_with(Instant::now);
+                    calmed = true;
                     close_by.get_or_insert(Instant::now() + CLOSE_GRACE);
                 }
                 _ = place.shed() => {
@@ -118,21 +137,41 @@ impl Hbone {
                     break;
                 }
                 _ = tick.tick() => {
+                    let now = Instant::now();
+                    if ping_out.is_some_and(|t| now >= t + 2 * keepalive) {
+                        m.refuse(Refusal::KeepaliveTimeout);
+                        debug!("no PONG within twice --hbone-keepalive: closing");
+                        break;
+                    }
+                    if ping_out.is_none() && now >= last_ping + keepalive
+                        && let Some(p) = pings.as_mut()
+                        && p.send_ping(h2::Ping::opaque()).is_ok()
+                    {
+                        (ping_out, last_ping) = (Some(now), now);
+                    }
                     if place.open_tunnels() > 0 {
                         last_active = Instant::now();
                     } else if close_by.is_some_and(|t| Instant::now() >= t) {
                         debug!("GOAWAY not taken in time: closing");
                         break;
-                    } else if !goaway && last_active.elapsed() >= idle {
+                    } else if goaway.is_none() && last_active.elapsed() >= idle {
                         debug!("idle: GOAWAY");
                         conn.graceful_shutdown();
-                        goaway = true;
+                        goaway = Some(now);
                         close_by = Some(Instant::now() + CLOSE_GRACE.min(idle));
                     }
                 }
                 next = conn.accept() => match next {
                     None => break,
                     Some(Ok((req, mut respond))) => {
+                        // h2 sends its last GOAWAY once the client answers the PING sent with
+                        // the first; a client that never does could keep opening tunnels on a
+                        // draining gateway. Past a round trip's grace they are refused, safe
+                        // for the client to retry elsewhere.
+                        if goaway.is_some_and(|t| t.elapsed() > GOAWAY_GRACE) {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
                         let Some(guard) = place.tunnel() else {
                             // Shed a moment ago; the shed branch closes it next.
                             respond.send_reset(h2::Reason::REFUSED_STREAM);
@@ -226,7 +265,7 @@ impl Hbone {
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|c| identity::spiffe_ids(c).into_iter().next())
+            .and_then(|c| self.identity.client_id(c))
             .unwrap_or_default()
             .into();
         tracing::Span::current().record("client_id", &*client_id);
@@ -272,6 +311,9 @@ type Established = (
 /// than a sixteenth of it. ztunnel's own h2 server uses 400 KiB per stream.
 pub const SEND_BUFFER: usize = 4 * super::splice::READ_CHUNK;
 
+/// After GOAWAY, how long the client's streams sent before it saw it are still taken.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
+
 /// After GOAWAY, how long a connection with no tunnel left may take to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
@@ -282,7 +324,8 @@ const SHED_GRACE: Duration = Duration::from_secs(1);
 const SHED_WAIT: Duration = Duration::from_secs(2);
 
 /// ztunnel's settings (windows, frame size), the stream cap and `--hbone-connection-window-kib`
-/// (a stream's window no wider than the connection's); h2 answers PINGs itself.
+/// (a stream's window no wider than the connection's); h2 answers PINGs itself, and the
+/// connection sends its own (`--hbone-keepalive`).
 /// h2's abuse limits are stated, not left implicit: at most 20 streams reset while not yet
 /// accepted, and 1024 streams the gateway resets for protocol errors per connection, each
 /// ended with GOAWAY ENHANCE_YOUR_CALM.
@@ -311,8 +354,9 @@ mod tests {
 
     /// Each outer connection's task keeps its future allocated for as long as the connection
     /// stays open, idle and pooled too, so its size is paid per connection. Most of it is
-    /// h2's connection (2,464 bytes with the TLS stream inside). Debug build: 3,168 bytes
-    /// (release 3,152), 40 of them for the queue toward the client (its handle, and where
+    /// h2's connection (2,464 bytes with the TLS stream inside). Debug build: 3,248 bytes
+    /// (3,168 before the keepalive's PING handle and its two times), 40 of them for the queue
+    /// toward the client (its handle, and where
     /// the written bytes are in h2's frames); 7,008 when the TLS and HTTP/2 handshakes'
     /// futures were kept inline beside the connection they produce, 3,384 with the shed
     /// branch's timed wait inside the loop. A dependency update that grows h2's or rustls's

@@ -40,10 +40,12 @@ pub enum Refusal {
     /// `--hbone-max-connections` taken by connections that all carry tunnels: a new outer
     /// connection is closed (at accept, before TLS, when already known).
     ConnectionLimit,
+    /// An outer connection closed because its PONG did not come in time (`--hbone-keepalive`).
+    KeepaliveTimeout,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 13] = [
+    pub const ALL: [Refusal; 14] = [
         Refusal::BadClientCert,
         Refusal::TrustDomainNotAllowed,
         Refusal::BadRequest,
@@ -57,6 +59,7 @@ impl Refusal {
         Refusal::Timeout,
         Refusal::LocalResource,
         Refusal::ConnectionLimit,
+        Refusal::KeepaliveTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -74,6 +77,7 @@ impl Refusal {
             Refusal::Timeout => "timeout",
             Refusal::LocalResource => "local_resource",
             Refusal::ConnectionLimit => "connection_limit",
+            Refusal::KeepaliveTimeout => "keepalive_timeout",
         }
     }
 }

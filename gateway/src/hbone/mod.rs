@@ -50,6 +50,10 @@ pub const CONNECTION_WINDOW: u32 = 16 << 20;
 pub const MAX_FRAME: u32 = 1 << 20;
 /// ztunnel's client max header list; CONNECT headers are small.
 pub const MAX_HEADER_LIST: u32 = 16 << 10;
+/// A PING this often on every outer connection, closed when its PONG has not come in twice
+/// this: ztunnel's (`do_ping_pong`) and Istio's gateway's keepalive (10 s / 20 s). TCP
+/// keepalive alone does not find a peer whose kernel answers but whose process is stuck.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Everything the HBONE listener shares with the rest of the gateway.
 pub struct Hbone {

@@ -112,6 +112,14 @@ impl Hbone {
             e = splice::run(recv, send, upstream, self.cfg.idle_timeout, &progress, queue) => e,
             _ = force.cancelled() => End::DrainDeadline,
         };
+        // At the deadline the connection's task may close the client's side first: the
+        // error that makes here is the deadline's, not the client's.
+        let end = match end {
+            End::ClientError(_) | End::UpstreamError(_) if force.is_cancelled() => {
+                End::DrainDeadline
+            }
+            e => e,
+        };
         active.dec();
         let (sent, received) = progress.totals();
         // A legitimate tunnel carries the inner TLS handshake first; one reset before any
