@@ -39,7 +39,7 @@ mod preflight;
 mod renamed;
 mod unjoin;
 use preflight::{
-    dry_run_writes, identity, missing_permissions, preflight_secret, refuse_same_cluster, writes,
+    dry_run_writes, missing_permissions, preflight_secret, refuse_same_cluster, writes,
 };
 pub use unjoin::{UnjoinArgs, run_unjoin};
 
@@ -314,7 +314,7 @@ async fn preflight_all(
     let mut seen = Vec::new();
     for m in members {
         let c = file.connect(&m.context).await?;
-        let id = identity(&c).await;
+        let id = kc::Identity::of(&c).await;
         refuse_same_cluster(&seen, &id)?;
         seen.push(id);
         connected.push(c);

@@ -1,7 +1,7 @@
 //! Kubernetes plumbing shared by every cluster command, and nothing about Istio or meshes:
 //! kubeconfig reading (`config`), what a credential may be before it is used (`credential`),
 //! building a client (`client`), requests to one cluster (`api`), what a failed request means
-//! (`errors`), and printing objects (`render`, with private keys hidden by `redact`).
+//! (`errors`), which cluster a context reaches (`identity`), and printing objects (`render`, with private keys hidden by `redact`).
 //! The one meshctl name used here is its field manager (`istio::MANAGER`).
 
 mod api;
@@ -9,6 +9,7 @@ mod client;
 mod config;
 mod credential;
 mod errors;
+mod identity;
 pub mod names;
 mod parse;
 mod redact;
@@ -23,6 +24,7 @@ pub use client::client;
 pub use config::{KubeconfigFile, init_crypto};
 pub use credential::{shown, stored_problems};
 pub use errors::{ConnectError, Failure, classify, error_text, unanswered};
+pub use identity::Identity;
 pub use parse::parse_kubeconfig;
 // for `mesh::credentials` (stored kubeconfigs), see `parse_secret_yaml`
 pub use parse::parse_secret_yaml;

@@ -68,6 +68,8 @@ pub struct Seen {
     pub network: Option<String>,
     /// The DER certificates of the cacerts root.
     pub root: Option<Vec<Vec<u8>>>,
+    /// The UID of its `kube-system` Namespace (which cluster the context reaches), when read.
+    pub uid: Option<String>,
 }
 
 /// One readable cluster's ambient objects (read only when the cluster could be read).

@@ -112,6 +112,22 @@ pub fn stored_remote(secret: &Secret) -> Option<StoredRemote> {
 /// A kubeconfig no client can be built from (invalid base64 or PEM, a current-context that
 /// names no context) is [`LiveFailure::Unusable`]: no request was sent, so it says nothing
 /// about the API server.
+/// The UID of namespace kube-system as `client` (a stored credential) reads it: by a list
+/// for that name, as istiod's reader may list namespaces but not get one.
+pub async fn kube_system_uid(client: &kube::Client) -> std::result::Result<Option<String>, String> {
+    let api = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+    let by_name = ListParams::default().fields("metadata.name=kube-system");
+    match api.list(&by_name).await {
+        Ok(l) => Ok(l
+            .items
+            .into_iter()
+            .find(|n| n.metadata.name.as_deref() == Some("kube-system"))
+            .and_then(|n| n.metadata.uid)
+            .filter(|u| !u.is_empty())),
+        Err(e) => Err(kc::error_text(&e)),
+    }
+}
+
 pub async fn try_kubeconfig(
     k: Kubeconfig,
 ) -> std::result::Result<(kube::Client, String), (LiveFailure, String)> {

@@ -75,23 +75,36 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
     let mut clients: Vec<Option<Cluster>> = Vec::new();
     let mut trusts = Vec::new();
     let mut ambient_facts = Vec::new();
+    // Which cluster each context reaches, and the contexts that reach one already seen.
+    let (mut ids, mut same) = (Vec::new(), Vec::new());
     for ctx in &a.clusters.contexts {
         let name_flag = lookup(names, ctx);
         match file.connect(ctx).await {
             Ok(c) => {
+                let id = kc::Identity::of(&c).await;
+                if let Some((old, why)) = ids
+                    .iter()
+                    .find_map(|o: &kc::Identity| Some((o, o.same_cluster(&id)?)))
+                {
+                    same.push((old.context.clone(), ctx.clone(), why));
+                }
                 let facts = gather::cluster(&c, ns).await?;
                 trusts.push((
                     ctx.as_str(),
                     facts.cacerts.as_ref().map(rotation::trust_of_secret),
                 ));
                 let s = cluster::read_cluster(&mut r, &facts, &c.server, name_flag, &inv);
-                let ids = (ctx.as_str(), s.name.as_str());
+                let names = (ctx.as_str(), s.name.as_str());
                 let scope = format!("cluster {ctx}");
                 let (now, warn) = (unix_now(), a.warn_before);
                 let cacerts = (facts.cacerts.as_ref(), &inv);
-                expiry::cacerts(&mut r, &scope, cacerts, ids, now, warn);
+                expiry::cacerts(&mut r, &scope, cacerts, names, now, warn);
                 ambient_facts.push((seen.len(), gather::ambient(&c, ns).await?));
-                seen.push(s);
+                seen.push(Seen {
+                    uid: id.uid.clone(),
+                    ..s
+                });
+                ids.push(id);
                 clients.push(Some(c));
             }
             Err(e) => {
@@ -101,6 +114,7 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
             }
         }
     }
+    mesh::one_cluster_per_context(&mut r, &same);
     mesh::mesh_checks(&mut r, &seen, &inv);
     let trusts: Vec<_> = trusts
         .into_iter()
@@ -112,6 +126,21 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
     for (source, sc) in seen.iter().zip(&clients) {
         for (target, tc) in seen.iter().zip(&clients) {
             if source.context == target.context {
+                continue;
+            }
+            if let Some((_, _, why)) = same.iter().find(|(a, b, _)| {
+                [a, b] == [&source.context, &target.context]
+                    || [b, a] == [&source.context, &target.context]
+            }) {
+                let why = format!(
+                    "contexts {} and {} reach the same cluster: {why}",
+                    source.context, target.context
+                );
+                r.skip(
+                    &pair::pair_scope(source, target),
+                    "remote secret present",
+                    why,
+                );
                 continue;
             }
             let (skip_live, tc) = match (mesh::pair_plan(source, target), tc) {
@@ -203,8 +232,17 @@ async fn check_pair(
                 .await
                 .map_err(|e| format!("{e:#}"));
             pair::live(r, &scope, Ok(&detail), Some(missing), hints);
+            let uid = gather::kube_system_uid(&client).await;
+            pair::reaches(r, &scope, (source, target), uid, &recreate);
         }
-        Err((failure, detail)) => pair::live(r, &scope, Err((failure, &detail)), None, hints),
+        Err((failure, detail)) => {
+            pair::live(r, &scope, Err((failure, &detail)), None, hints);
+            r.skip(
+                &scope,
+                "reaches the cluster it is for",
+                "the stored kubeconfig does not work",
+            );
+        }
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use super::{JoinArgs, Member};
 use crate::istio::{GATEWAY_API_V1, SA_NAME_ANNOTATION, SA_TOKEN_TYPE};
-use crate::kube::{self as kc, Cluster};
+use crate::kube::{self as kc, Cluster, Identity};
 use crate::mesh::namespace;
 use crate::mesh::remote_secret::reader_rbac;
 use crate::mesh::terminating::{self, Terminating};
@@ -56,63 +56,13 @@ pub(super) async fn preflight_secret(a: &JoinArgs, c: &Cluster, ns: &str) -> Res
     Ok(())
 }
 
-/// How a cluster is told apart from the others: the UID of its `kube-system` Namespace
-/// (the cluster ID `istioctl create-remote-secret` uses when `--name` is not given), and its
-/// API server URL and CA, compared when the UID cannot be read.
-pub(super) struct Identity {
-    context: String,
-    uid: Option<String>,
-    endpoint: String,
-}
-
-/// [`Identity`] of `c`; says on stderr when the UID cannot be read (no right to get
-/// namespaces, say) and the URL and CA stand in for it.
-pub(super) async fn identity(c: &Cluster) -> Identity {
-    let uid = match kc::get(c, "v1", "Namespace", None, "kube-system").await {
-        Ok(n) => n.and_then(|n| {
-            n["metadata"]["uid"]
-                .as_str()
-                .filter(|u| !u.is_empty())
-                .map(str::to_string)
-        }),
-        Err(e) => {
-            eprintln!(
-                "{}: cannot read the UID of namespace kube-system ({e:#}); telling this cluster \
-                 from the others by its API server URL and CA instead",
-                c.context
-            );
-            None
-        }
-    };
-    let ca = c
-        .ca_pem
-        .as_deref()
-        .map(|p| String::from_utf8_lossy(p).trim().to_string())
-        .unwrap_or_default();
-    Identity {
-        context: c.context.clone(),
-        uid,
-        endpoint: format!("{}\n{ca}", c.server.trim_end_matches('/').to_lowercase()),
-    }
-}
-
 /// Refuses (usage error, exit 2) a context that reaches a cluster an earlier one in `seen`
 /// reaches too (alias contexts such as `kind-x` and `x`): joining a cluster with itself
-/// would overwrite its cacerts and network label with the other's bundle and network, and
-/// store remote secrets that point at itself.
+/// would overwrite its cacerts and network label with the other's.
 pub(super) fn refuse_same_cluster(seen: &[Identity], new: &Identity) -> Result<()> {
     for old in seen {
-        let why = match (&old.uid, &new.uid) {
-            (Some(a), Some(b)) if a == b => {
-                format!("namespace kube-system has UID {a} in both, the cluster ID istioctl uses")
-            }
-            (Some(_), Some(_)) => continue,
-            _ if old.endpoint == new.endpoint => {
-                "both have the same API server URL and CA (the UID of namespace kube-system, \
-                 which tells clusters apart, could not be read)"
-                    .to_string()
-            }
-            _ => continue,
+        let Some(why) = old.same_cluster(new) else {
+            continue;
         };
         return Err(crate::cli::usage(format!(
             "contexts {:?} and {:?} reach the same cluster: {why}. Joining a cluster with \

@@ -438,6 +438,7 @@ mod tests {
             unread: None,
             network: Some(net.into()),
             root: None,
+            uid: None,
         }
     }
 

@@ -72,6 +72,7 @@ pub fn unread_cluster(r: &mut Report, ctx: &str, name_flag: Option<&str>, why: &
         unread: Some(unread),
         network: None,
         root: None,
+        uid: None,
     }
 }
 
@@ -101,6 +102,7 @@ pub fn read_cluster(
         unread: None,
         network,
         root,
+        uid: None,
     }
 }
 

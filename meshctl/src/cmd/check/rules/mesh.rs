@@ -45,6 +45,33 @@ fn unreachable(seen: &[Seen]) -> String {
         .join(", ")
 }
 
+/// "one cluster per context": two contexts reaching one cluster (aliases such as `kind-x`
+/// and `x`) make the network, name and remote-secret checks between them compare the
+/// cluster with itself, and their hints would relabel it or register it as its own remote.
+/// `same`: each such pair of contexts and why (`kube::Identity::same_cluster`).
+pub fn one_cluster_per_context(r: &mut Report, same: &[(String, String, String)]) {
+    let (scope, check) = ("mesh", "one cluster per context");
+    if same.is_empty() {
+        r.pass(scope, check, "");
+        return;
+    }
+    let detail: Vec<String> = same
+        .iter()
+        .map(|(a, b, why)| format!("contexts {a} and {b} reach the same cluster: {why}"))
+        .collect();
+    let drop: Vec<&str> = same.iter().map(|(_, b, _)| b.as_str()).collect();
+    r.fail(
+        scope,
+        check,
+        detail.join("; "),
+        format!(
+            "pass one context per cluster (drop --context {}): the checks between contexts of \
+             one cluster compare it with itself, so their hints do not apply",
+            drop.join(", --context ")
+        ),
+    );
+}
+
 /// The mesh-wide checks; `inv`: the flags their hints repeat.
 pub fn mesh_checks(r: &mut Report, seen: &[Seen], inv: &Invocation) {
     let down = unreachable(seen);
@@ -173,6 +200,7 @@ mod tests {
             network: reachable.then(|| format!("{ctx}-net")),
             root: reachable.then(|| vec![b"root".to_vec()]),
             unread: (!reachable).then_some("unreachable"),
+            uid: None,
         }
     }
 

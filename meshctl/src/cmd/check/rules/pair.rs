@@ -284,6 +284,69 @@ pub fn stored_secret<'a>(
 pub fn live_skipped(r: &mut Report, scope: &str, why: &str) {
     r.skip(scope, "kubeconfig works", why);
     r.skip(scope, "reader permissions", why);
+    r.skip(scope, REACHES, why);
+}
+
+const REACHES: &str = "reaches the cluster it is for";
+
+/// [`REACHES`]: the kube-system UID the stored credential reads (`stored`) against the source
+/// context's. A remote secret made from the wrong context (or an old address now serving
+/// another cluster) passes every other check while istiod reads the wrong cluster under the
+/// source's name and never the source itself (istioctl's multicluster check only compared
+/// the stored server with the context's).
+pub fn reaches(
+    r: &mut Report,
+    scope: &str,
+    (source, target): (&Seen, &Seen),
+    stored: Result<Option<String>, String>,
+    recreate: &str,
+) {
+    let Some(want) = &source.uid else {
+        let why = format!(
+            "the UID of namespace kube-system in context {} is unknown",
+            source.context
+        );
+        return r.skip(scope, REACHES, why);
+    };
+    let got = match stored {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            return r.skip(
+                scope,
+                REACHES,
+                "the stored credential finds no namespace kube-system",
+            );
+        }
+        Err(e) => {
+            let why = format!("the stored credential cannot read namespace kube-system: {e}");
+            return r.skip(scope, REACHES, why);
+        }
+    };
+    if got == *want {
+        return r.pass(
+            scope,
+            REACHES,
+            format!("kube-system UID {got}, as in context {}", source.context),
+        );
+    }
+    let which = if target.uid.as_deref() == Some(got.as_str()) {
+        format!(
+            "the cluster it is stored in (context {}) itself",
+            target.context
+        )
+    } else {
+        "another cluster".to_string()
+    };
+    r.fail(
+        scope,
+        REACHES,
+        format!(
+            "the stored kubeconfig reaches {which} (kube-system UID {got}), not context {}'s \
+             cluster ({want}): istiod reads that cluster as {} and never {} itself",
+            source.context, source.name, source.context
+        ),
+        format!("it was made from the wrong context or address: re-create it: {recreate}"),
+    );
 }
 
 /// "kubeconfig works", from listing Services with it (`Ok(detail)` or the failure), and

@@ -294,6 +294,7 @@ fn seen(ctx: &str, name: &str, guessed: bool) -> Seen {
         unread: None,
         network: None,
         root: None,
+        uid: None,
     }
 }
 
