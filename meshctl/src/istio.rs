@@ -90,6 +90,12 @@ pub const STATUS_PORT: u16 = 15021;
 pub const ADMIN_PORT: u16 = 15020;
 /// The port istiod advertises for cross-network traffic (AUTO_PASSTHROUGH, SNI routing).
 pub const TLS_PORT: u16 = 15443;
+/// On a gateway Service, the port istiod advertises instead of [`TLS_PORT`].
+pub const GATEWAY_PORT_LABEL: &str = "networking.istio.io/gatewayPort";
+/// A NodePort gateway Service gets addresses from istiod only with this annotation (a JSON
+/// label selector of the nodes whose ExternalIP addresses it takes; `{}`: every node).
+/// istio/istio `pilot/pkg/serviceregistry/kube/controller/util.go` `isNodePortGatewayService`.
+pub const NODE_SELECTOR_ANNOTATION: &str = "traffic.istio.io/nodeSelector";
 /// Istio's Gateway exposing `*.local` on 15443 (`--expose-services`).
 pub const EXPOSE_GATEWAY: &str = "cross-network-gateway";
 /// The API version of Istio's `Gateway` (and its group, for RBAC rules).

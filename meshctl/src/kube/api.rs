@@ -150,7 +150,7 @@ pub struct Cluster {
     pub tls_server_name: Option<String>,
 }
 
-/// The plural and whether it is namespaced, of each kind meshctl writes.
+/// The plural and whether it is namespaced, of each kind meshctl writes or reads.
 pub fn plural_of(kind: &str) -> Option<(&'static str, bool)> {
     Some(match kind {
         "Namespace" => ("namespaces", false),
@@ -158,6 +158,7 @@ pub fn plural_of(kind: &str) -> Option<(&'static str, bool)> {
         "ServiceAccount" => ("serviceaccounts", true),
         "Service" => ("services", true),
         "Pod" => ("pods", true),
+        "Node" => ("nodes", false),
         "ClusterRole" => ("clusterroles", false),
         "ClusterRoleBinding" => ("clusterrolebindings", false),
         "Deployment" => ("deployments", true),

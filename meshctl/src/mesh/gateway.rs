@@ -14,7 +14,8 @@ use crate::istio::{
     ADMIN_PORT, APP_LABEL, EXPOSE_GATEWAY, GATEWAY_API_GROUP, GATEWAY_CRD, GATEWAY_NAME,
     HBONE_APP_PROTOCOL, HBONE_CERTS_DIR, HBONE_CERTS_SECRET, HBONE_PORT, HBONE_PORT_NAME,
     ISTIO_CA_AUDIENCE, ISTIO_LABEL, ISTIO_NETWORKING_GROUP, ISTIO_NETWORKING_V1, ISTIO_TOKEN_DIR,
-    ISTIO_VALUE, MANAGER, NETWORK_LABEL, STATUS_PORT, TLS_PORT, gateway_role_name, managed_labels,
+    ISTIO_VALUE, MANAGER, NETWORK_LABEL, NODE_SELECTOR_ANNOTATION, STATUS_PORT, TLS_PORT,
+    gateway_role_name, managed_labels,
 };
 use crate::kube::{self as kc, Cluster, names};
 
@@ -446,6 +447,13 @@ pub fn objects(
         m
     };
     let mut service_meta = meta(GATEWAY_NAME, true);
+    let mut annotations = annotations;
+    if f.service_type == ServiceType::NodePort {
+        // Without it istiod gives a NodePort gateway no address at all.
+        annotations
+            .entry(NODE_SELECTOR_ANNOTATION)
+            .or_insert_with(|| json!("{}"));
+    }
     if !annotations.is_empty() {
         service_meta["annotations"] = Value::Object(annotations);
     }

@@ -16,6 +16,9 @@ pub struct ClusterFacts {
     /// The east-west gateway's Service and pods.
     pub gateway: Option<Service>,
     pub pods: Vec<Pod>,
+    /// The cluster's Nodes, read only for a NodePort gateway (istiod gives it their
+    /// ExternalIP addresses); `Err`: why they could not be listed.
+    pub nodes: Option<Result<Vec<k8s_openapi::api::core::v1::Node>, String>>,
 }
 
 /// A remote secret stored in a cluster: the cluster ID it is keyed by, and its kubeconfig,

@@ -49,6 +49,19 @@ pub async fn cluster(c: &Cluster, ns: &str) -> Result<ClusterFacts> {
     let gateway = kc::get_as(c, "v1", "Service", Some(ns), GATEWAY_NAME).await?;
     let selector = format!("{APP_LABEL}={GATEWAY_NAME}");
     let pods = kc::list_as(c, "v1", "Pod", Some(ns), &selector).await?;
+    let node_port = gateway
+        .as_ref()
+        .and_then(|s: &Service| s.spec.as_ref()?.type_.as_deref())
+        == Some("NodePort");
+    let nodes = if node_port {
+        Some(
+            kc::list_as(c, "v1", "Node", None, "")
+                .await
+                .map_err(|e| format!("{e:#}")),
+        )
+    } else {
+        None
+    };
     Ok(ClusterFacts {
         context: c.context.clone(),
         ns: ns.to_string(),
@@ -56,6 +69,7 @@ pub async fn cluster(c: &Cluster, ns: &str) -> Result<ClusterFacts> {
         cacerts,
         gateway,
         pods,
+        nodes,
     })
 }
 

@@ -7,7 +7,10 @@ use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use super::super::facts::{ClusterFacts, Seen, Unread};
 use super::super::hints::{Invocation, shell_word};
 use super::super::report::Report;
-use crate::istio::{APP_LABEL, CLUSTER_NAME_ANNOTATION, GATEWAY_NAME, NETWORK_LABEL, TLS_PORT};
+use crate::istio::{
+    APP_LABEL, CLUSTER_NAME_ANNOTATION, GATEWAY_NAME, GATEWAY_PORT_LABEL, NETWORK_LABEL,
+    NODE_SELECTOR_ANNOTATION, TLS_PORT,
+};
 use crate::mesh::cacerts::pem_ders;
 
 /// The checks made on a cluster's own data (skipped when it cannot be read).
@@ -198,6 +201,19 @@ fn network_label(
             format!("namespace {ns} has no {NETWORK_LABEL} label"),
             format!("meshctl label-network <network> --context {ctx}{flags}"),
         ),
+        (Some(n), None) if f.gateway.is_some() => r.fail(
+            scope,
+            check,
+            format!(
+                "namespace says {n}; gateway Service {GATEWAY_NAME} has no {NETWORK_LABEL} label, \
+                 and istiod takes a Service for a network's gateway only by it"
+            ),
+            format!(
+                "re-run the meshctl join that installed the gateway with the same flags, or {} \
+                 label svc {GATEWAY_NAME} {NETWORK_LABEL}={n}",
+                inv.kubectl(&f.context)
+            ),
+        ),
         (Some(n), Some(s)) if n != s => r.fail(
             scope,
             check,
@@ -230,12 +246,15 @@ fn gateway_service(r: &mut Report, scope: &str, f: &ClusterFacts, inv: &Invocati
             format!("meshctl gateway install --network <network> --context {ctx}{flags}"),
         ),
         Some(s) => {
-            match gateway_address(s) {
+            match gateway_address(s, f.nodes.as_ref()) {
                 Ok(detail) => r.pass(scope, check, detail),
+                Err(detail) if is_node_port(s) => r.fail(scope, check, detail,
+                    "istiod advertises a NodePort gateway at the ExternalIP addresses of the nodes its traffic.istio.io/nodeSelector annotation selects: re-run meshctl join (it sets the annotation), and use a LoadBalancer where nodes have no ExternalIP (kind: cloud-provider-kind or MetalLB)"),
                 Err(detail) => r.fail(scope, check, detail,
-                    "no load-balancer controller assigned an address: install one (kind: MetalLB or cloud-provider-kind; check its pods and address pool) or use --service-type node-port"),
+                    "no load-balancer controller assigned an address: install one (kind: cloud-provider-kind or MetalLB; check its pods and address pool), or use --service-type node-port where the nodes have ExternalIP addresses the other networks reach"),
             }
             one_family(r, scope, s, &inv.kubectl(&f.context));
+            gateway_port(r, scope, s, inv.kubectl(&f.context));
         }
     }
 }
@@ -273,8 +292,81 @@ fn one_family(r: &mut Report, scope: &str, svc: &Service, kubectl: &str) {
     );
 }
 
-/// `Ok(description)` when istiod can find an address for the gateway.
-pub fn gateway_address(svc: &Service) -> Result<String, String> {
+fn is_node_port(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("NodePort")
+}
+
+/// "gateway Service forwards the gateway port": istiod advertises port 15443 of a network's
+/// gateway Service (or its `networking.istio.io/gatewayPort` label's) to the other networks,
+/// so the Service must have that port, and it must lead to the gateway's 15443 (`tls`).
+fn gateway_port(r: &mut Report, scope: &str, svc: &Service, kubectl: String) {
+    let check = "gateway Service forwards the gateway port";
+    let label = svc
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(GATEWAY_PORT_LABEL));
+    // An unparsable label is 15443 to istiod (with a warning in its log).
+    let want = label
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(i32::from(TLS_PORT));
+    let ports = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    let hint = format!(
+        "re-run the meshctl join that installed the gateway with the same flags (it sets port \
+         {TLS_PORT} to target port tls), and drop a {GATEWAY_PORT_LABEL} label it does not \
+         serve ({kubectl} label svc {GATEWAY_NAME} {GATEWAY_PORT_LABEL}-)"
+    );
+    let why = match label {
+        Some(v) => format!("its {GATEWAY_PORT_LABEL} label {v:?}"),
+        None => format!("Istio's default {TLS_PORT}"),
+    };
+    let Some(p) = ports.iter().find(|p| p.port == want) else {
+        let have: Vec<String> = ports.iter().map(|p| p.port.to_string()).collect();
+        return r.fail(
+            scope,
+            check,
+            format!(
+                "istiod advertises port {want} ({why}) to the other networks, but the Service \
+                 has ports {}",
+                have.join(", ")
+            ),
+            hint,
+        );
+    };
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    match &p.target_port {
+        None => r.pass(scope, check, format!("{want}")),
+        Some(IntOrString::Int(t)) if *t == i32::from(TLS_PORT) => {
+            r.pass(scope, check, format!("{want} -> {t}"))
+        }
+        Some(IntOrString::String(n)) if n == "tls" => {
+            r.pass(scope, check, format!("{want} -> tls"))
+        }
+        Some(t) => r.fail(
+            scope,
+            check,
+            format!(
+                "port {want} ({why}) leads to target port {}, not the gateway's {TLS_PORT} (tls)",
+                match t {
+                    IntOrString::Int(i) => i.to_string(),
+                    IntOrString::String(s) => s.clone(),
+                }
+            ),
+            hint,
+        ),
+    }
+}
+
+/// `Ok(description)` when istiod can find an address for the gateway; `nodes`: the cluster's
+/// Nodes, read for a NodePort gateway.
+pub fn gateway_address(
+    svc: &Service,
+    nodes: Option<&Result<Vec<k8s_openapi::api::core::v1::Node>, String>>,
+) -> Result<String, String> {
     let ingress = svc
         .status
         .as_ref()
@@ -288,6 +380,12 @@ pub fn gateway_address(svc: &Service) -> Result<String, String> {
         .collect();
     let spec = svc.spec.clone().unwrap_or_default();
     let external = spec.external_ips.unwrap_or_default();
+    // istiod reads the load balancer's addresses of a LoadBalancer Service only.
+    let (ips, hosts) = if spec.type_.as_deref() == Some("LoadBalancer") {
+        (ips, hosts)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     if !ips.is_empty() {
         return Ok(ips.join(", "));
     }
@@ -306,14 +404,63 @@ pub fn gateway_address(svc: &Service) -> Result<String, String> {
             .unwrap_or_default()
             .into_iter()
             .find(|p| p.port == i32::from(TLS_PORT));
-        return match tls.and_then(|p| p.node_port) {
-            Some(np) => Ok(format!(
-                "NodePort {np} for 15443 (istiod uses the nodes' addresses)"
-            )),
-            None => Err("NodePort Service without a nodePort for 15443".into()),
+        let Some(np) = tls.and_then(|p| p.node_port) else {
+            return Err("NodePort Service without a nodePort for 15443".into());
         };
+        let Some(selector) = svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(NODE_SELECTOR_ANNOTATION))
+        else {
+            return Err(format!(
+                "NodePort {np} for 15443, but without the {NODE_SELECTOR_ANNOTATION} annotation \
+                 istiod gives a NodePort Service no address"
+            ));
+        };
+        let nodes = match nodes {
+            Some(Ok(n)) => n,
+            Some(Err(e)) => {
+                return Ok(format!(
+                    "NodePort {np} for 15443 (the nodes could not be listed, so their ExternalIP \
+                     addresses, which istiod uses, are not checked: {e})"
+                ));
+            }
+            None => return Ok(format!("NodePort {np} for 15443")),
+        };
+        let ips = node_external_ips(nodes, selector);
+        if ips.is_empty() {
+            return Err(format!(
+                "NodePort {np} for 15443, but none of the {} node(s) {NODE_SELECTOR_ANNOTATION} \
+                 {selector} selects has an ExternalIP address, the only kind istiod advertises",
+                nodes.len()
+            ));
+        }
+        return Ok(format!("NodePort {np} for 15443 on {}", ips.join(", ")));
     }
     Err("pending: status.loadBalancer.ingress is empty".into())
+}
+
+/// The ExternalIP addresses of the nodes `selector` (the annotation's JSON map; one istiod
+/// cannot parse selects every node, as in istiod) selects.
+fn node_external_ips(nodes: &[k8s_openapi::api::core::v1::Node], selector: &str) -> Vec<String> {
+    let want: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(selector).unwrap_or_default();
+    nodes
+        .iter()
+        .filter(|n| {
+            let labels = n.metadata.labels.clone().unwrap_or_default();
+            want.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .flat_map(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.addresses.clone())
+                .unwrap_or_default()
+        })
+        .filter(|a| a.type_ == "ExternalIP" && !a.address.is_empty())
+        .map(|a| a.address)
+        .collect()
 }
 
 /// "gateway pods ready".

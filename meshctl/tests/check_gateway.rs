@@ -1,0 +1,90 @@
+//! `check` judges the gateway Service as istiod reads it (`getGatewayDetails`,
+//! `isNodePortGatewayService`): by its network label, the port it advertises, and for a
+//! NodePort Service the `traffic.istio.io/nodeSelector` annotation and the nodes' ExternalIP
+//! addresses. Each case here passed before (found by an audit session, 2026-12-06).
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+const SCOPE: &str = "cluster west";
+const ADDRESS: &str = "gateway Service has an external address";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_port_gateway_is_judged_by_the_nodes_istiod_would_use() {
+    let m = mesh().await;
+    m.join(&["--service-type", "node-port"]).await;
+    for s in [&m.west, &m.east] {
+        gateway_pod(s, "gw-1", true);
+    }
+    let svc = gateway_service(&m.west);
+    assert_eq!(
+        svc["metadata"]["annotations"]["traffic.istio.io/nodeSelector"], "{}",
+        "join's NodePort Service carries the annotation istiod needs: {svc:#}"
+    );
+    // A kind node: an InternalIP only.
+    let node = |name: &str, addresses: serde_json::Value| {
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "status": {"addresses": addresses}})
+    };
+    m.west
+        .store()
+        .apply(node(
+            "kind-control-plane",
+            json!([{"type": "InternalIP", "address": "172.18.0.2"}]),
+        ))
+        .unwrap();
+    let (code, items) = check_json(m.kc(), &[], false).await;
+    assert_eq!(code, 1, "{}", item(&items, SCOPE, ADDRESS));
+    let i = item(&items, SCOPE, ADDRESS);
+    assert_eq!(i["status"], "fail", "{i}");
+    assert!(
+        i["detail"]
+            .as_str()
+            .unwrap()
+            .contains("has an ExternalIP address"),
+        "{i}"
+    );
+    assert!(i["hint"].as_str().unwrap().contains("LoadBalancer"), "{i}");
+    // A node with an ExternalIP: istiod advertises it.
+    m.west
+        .store()
+        .apply(node(
+            "n1",
+            json!([{"type": "ExternalIP", "address": "203.0.113.5"}]),
+        ))
+        .unwrap();
+    let (_, items) = check_json(m.kc(), &[], false).await;
+    let i = item(&items, SCOPE, ADDRESS);
+    assert_eq!(i["status"], "pass", "{i}");
+    assert!(i["detail"].as_str().unwrap().contains("203.0.113.5"), "{i}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_service_without_its_label_or_port_fails() {
+    let m = joined_ready_mesh().await;
+    let mut svc = gateway_service(&m.west);
+    svc["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("topology.istio.io/network");
+    svc["spec"]["ports"][1]["targetPort"] = json!(15021);
+    m.west.store().apply(svc).unwrap();
+    let (code, items) = check_json(m.kc(), &[], false).await;
+    assert_eq!(code, 1);
+    let i = item(&items, SCOPE, "network label");
+    assert_eq!(i["status"], "fail", "{i}");
+    let i = item(&items, SCOPE, "gateway Service forwards the gateway port");
+    assert_eq!(i["status"], "fail", "{i}");
+    assert!(
+        i["detail"].as_str().unwrap().contains("target port 15021"),
+        "{i}"
+    );
+    // join puts both back.
+    m.join(&[]).await;
+    let (_, items) = check_json(m.kc(), &[], false).await;
+    for name in ["network label", "gateway Service forwards the gateway port"] {
+        assert_eq!(item(&items, SCOPE, name)["status"], "pass", "{name}");
+    }
+}
