@@ -123,3 +123,88 @@ async fn two_contexts_of_one_cluster_are_one_failure() {
         "pass"
     );
 }
+
+/// A context that may read everything but Secrets (Kubernetes' `view`): that cluster's
+/// objects fail to be read and the rest of the report still comes (before, the 403 ended the
+/// whole run with no report, and `-o json` printed nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_that_may_not_read_secrets_fails_its_cluster_only() {
+    let m = joined_ready_mesh().await;
+    let store = m.east.store();
+    store
+        .apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "viewer", "namespace": "default"}}))
+        .unwrap();
+    let view = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "view-no-secrets"},
+        "rules": [{"apiGroups": [""], "verbs": ["get", "list", "watch"],
+            "resources": ["namespaces", "services", "pods", "nodes"]},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list"]}]});
+    store.apply(view).unwrap();
+    store
+        .apply(
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "view-no-secrets"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                "name": "view-no-secrets"},
+            "subjects": [{"kind": "ServiceAccount", "name": "viewer", "namespace": "default"}]}),
+        )
+        .unwrap();
+    let admin = client_from_yaml(&m.east.kubeconfig("east")).await;
+    let token =
+        testkit::kube_client::service_account_token(&admin, "default", "viewer", &[], Some(3600))
+            .await;
+    let mut kc: Value =
+        serde_yaml::from_str(&kubeconfig_yaml(&[("west", &m.west), ("east", &m.east)])).unwrap();
+    kc["users"][1]["user"]["token"] = json!(token);
+    std::fs::write(&m.kubeconfig, serde_yaml::to_string(&kc).unwrap()).unwrap();
+
+    let (code, items) = check_json(m.kc(), &[], false).await;
+    assert_eq!(code, 1);
+    let i = item(&items, "cluster east", "objects readable");
+    assert_eq!(i["status"], "fail", "{i}");
+    assert!(i["detail"].as_str().unwrap().contains("403"), "{i}");
+    assert!(
+        i["hint"]
+            .as_str()
+            .unwrap()
+            .contains("view role excludes Secrets"),
+        "{i}"
+    );
+    // West is still checked in full.
+    assert_eq!(
+        item(&items, "cluster west", "cacerts present and valid")["status"],
+        "pass"
+    );
+}
+
+/// A remote secret for a cluster none of the checked contexts is (one that left the mesh) is
+/// named with the command that deletes it (before, it was never mentioned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_secret_for_an_unknown_cluster_is_named() {
+    let m = joined_ready_mesh().await;
+    let mut sec = secret(&m.west, "istio-remote-secret-east").unwrap();
+    let kubeconfig = sec["data"]["east"].clone();
+    sec["metadata"] = json!({"name": "istio-remote-secret-north", "namespace": "istio-system",
+        "labels": {"istio/multiCluster": "true"}});
+    sec["data"] = json!({"north": kubeconfig});
+    m.west.store().apply(sec).unwrap();
+    let (code, items) = check_json(m.kc(), &[], false).await;
+    assert_eq!(code, 0, "a warning, not a failure");
+    let i = item(&items, "cluster west", "remote secrets of known clusters");
+    assert_eq!(i["status"], "warn", "{i}");
+    assert!(
+        i["detail"]
+            .as_str()
+            .unwrap()
+            .contains("istio-system/istio-remote-secret-north registers cluster \"north\""),
+        "{i}"
+    );
+    assert!(
+        i["hint"]
+            .as_str()
+            .unwrap()
+            .contains("delete secret istio-remote-secret-north"),
+        "{i}"
+    );
+}

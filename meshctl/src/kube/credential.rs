@@ -82,6 +82,28 @@ pub fn shown(name: &str) -> String {
     format!("{short:?}{more}")
 }
 
+/// A server URL from a kubeconfig stored in a cluster, as messages print it: user info and
+/// a query (where a password or token could hide) replaced by `***`, control characters
+/// escaped, at most 200 characters.
+pub fn shown_server(url: &str) -> String {
+    let mut s = url.to_string();
+    if let Some(q) = s.find(['?', '#']) {
+        s.truncate(q);
+        s.push_str("?***");
+    }
+    let rest_at = s.find("://").map_or(0, |i| i + 3);
+    let authority_end = s[rest_at..].find('/').map_or(s.len(), |i| rest_at + i);
+    if let Some(at) = s[rest_at..authority_end].rfind('@') {
+        s.replace_range(rest_at..rest_at + at, "***");
+    }
+    let short: String = s.chars().take(200).flat_map(char::escape_debug).collect();
+    if s.chars().count() > 200 {
+        format!("{short}…")
+    } else {
+        short
+    }
+}
+
 /// Makes the credential of `context` ready for kube, or says what to fix (naming the user and
 /// the file defining it, `user_file`, or the cluster and `cluster_file`): its `tokenFile` read now, bounded, whitespace trimmed as client-go's file
 /// token source trims it (`staging/src/k8s.io/client-go/transport/token_source.go`), and

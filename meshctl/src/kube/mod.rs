@@ -22,7 +22,7 @@ pub use api::{
 };
 pub use client::client;
 pub use config::{KubeconfigFile, init_crypto};
-pub use credential::{shown, stored_problems};
+pub use credential::{shown, shown_server, stored_problems};
 pub use errors::{ConnectError, Failure, classify, error_text, unanswered};
 pub use identity::Identity;
 pub use parse::parse_kubeconfig;

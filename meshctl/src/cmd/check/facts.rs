@@ -21,10 +21,13 @@ pub struct ClusterFacts {
     pub nodes: Option<Result<Vec<k8s_openapi::api::core::v1::Node>, String>>,
 }
 
-/// A remote secret stored in a cluster: the cluster ID it is keyed by, and its kubeconfig,
-/// parsed once by `gather` (the error text when it does not parse).
+/// One key of a remote secret stored in a cluster (istiod registers a cluster per key): the
+/// cluster ID it is keyed by, and its kubeconfig, parsed once by `gather` (the error text
+/// when it does not parse).
 #[derive(Debug, Clone)]
 pub struct StoredRemote {
+    /// The Secret's name (in istiod's namespace).
+    pub secret: String,
     pub cluster: String,
     pub kubeconfig: Result<Kubeconfig, String>,
 }

@@ -46,8 +46,19 @@ pub async fn cluster(c: &Cluster, ns: &str) -> Result<ClusterFacts> {
     } else {
         None
     };
-    let gateway = kc::get_as(c, "v1", "Service", Some(ns), GATEWAY_NAME).await?;
-    let selector = format!("{APP_LABEL}={GATEWAY_NAME}");
+    let gateway: Option<Service> = kc::get_as(c, "v1", "Service", Some(ns), GATEWAY_NAME).await?;
+    // The pods the Service sends to: its selector (what its endpoints are), else join's label.
+    let selector = gateway
+        .as_ref()
+        .and_then(|s| s.spec.as_ref()?.selector.as_ref())
+        .filter(|m| !m.is_empty())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_else(|| format!("{APP_LABEL}={GATEWAY_NAME}"));
     let pods = kc::list_as(c, "v1", "Pod", Some(ns), &selector).await?;
     let node_port = gateway
         .as_ref()
@@ -74,49 +85,60 @@ pub async fn cluster(c: &Cluster, ns: &str) -> Result<ClusterFacts> {
 }
 
 /// The Secrets labelled `istio/multiCluster=true` in `ns` (the remote secrets istiod
-/// watches); [`stored_remote`] parses each one's kubeconfig.
+/// watches); [`stored_remotes`] parses each one's kubeconfigs.
 pub async fn remote_secrets(c: &Cluster, ns: &str) -> Result<Vec<Secret>> {
     let selector = format!("{MULTICLUSTER_LABEL}=true");
     kc::list_as(c, "v1", "Secret", Some(ns), &selector).await
 }
 
-/// The cluster key and parsed kubeconfig of a remote Secret (`data` or `stringData`, its
-/// first key, as istiod reads it); `None` when it holds no key. A kubeconfig that would run a
-/// command, read a file of this machine or send its token unencrypted (`kube::stored_problems`)
-/// comes back as an error naming the Secret and those fields: no client is built from it.
-pub fn stored_remote(secret: &Secret) -> Option<StoredRemote> {
-    let (cluster, text) = match secret.data.as_ref().and_then(|m| m.iter().next()) {
-        Some((k, v)) => (
-            k,
-            String::from_utf8(v.0.clone()).map_err(|_| "it is not UTF-8 text".to_string()),
-        ),
-        None => {
-            let (k, v) = secret.string_data.as_ref()?.iter().next()?;
-            (k, Ok(v.clone()))
-        }
-    };
-    // Never the parser's Display: it quotes the lines around the fault, token included.
-    let kubeconfig = text.and_then(|t| kc::parse_kubeconfig(&t)).and_then(|k| {
-        let problems = kc::stored_problems(&k);
-        if problems.is_empty() {
-            return Ok(k);
-        }
-        let meta = &secret.metadata;
-        Err(format!(
-            "Secret {}/{} (key {}) was not used: its kubeconfig has {}. meshctl check never runs \
-             a command, reads a file of this machine or sends a token unencrypted for a \
-             kubeconfig stored in a cluster (istiod refuses exec, tokenFile, client certificate \
-             and key files and auth providers other than oidc too)",
-            meta.namespace.as_deref().unwrap_or_default(),
-            meta.name.as_deref().unwrap_or_default(),
-            kc::shown(cluster),
-            problems.join("; ")
-        ))
-    });
-    Some(StoredRemote {
-        cluster: cluster.clone(),
-        kubeconfig,
-    })
+/// Every cluster key of a remote Secret and its parsed kubeconfig (`data`, else
+/// `stringData`): istiod registers a cluster per key (`secretcontroller.go`, `addSecret`). A
+/// kubeconfig that would run a command, read a file of this machine or send its token
+/// unencrypted (`kube::stored_problems`) comes back as an error naming the Secret and those
+/// fields: no client is built from it.
+pub fn stored_remotes(secret: &Secret) -> Vec<StoredRemote> {
+    let entries: Vec<(&String, std::result::Result<String, String>)> =
+        match (&secret.data, &secret.string_data) {
+            (Some(d), _) => d
+                .iter()
+                .map(|(k, v)| {
+                    let text = String::from_utf8(v.0.clone())
+                        .map_err(|_| "it is not UTF-8 text".to_string());
+                    (k, text)
+                })
+                .collect(),
+            (None, Some(d)) => d.iter().map(|(k, v)| (k, Ok(v.clone()))).collect(),
+            (None, None) => Vec::new(),
+        };
+    let meta = &secret.metadata;
+    let name = meta.name.clone().unwrap_or_default();
+    entries
+        .into_iter()
+        .map(|(cluster, text)| {
+            // Never the parser's Display: it quotes the lines around the fault, token included.
+            let kubeconfig = text.and_then(|t| kc::parse_kubeconfig(&t)).and_then(|k| {
+                let problems = kc::stored_problems(&k);
+                if problems.is_empty() {
+                    return Ok(k);
+                }
+                Err(format!(
+                    "Secret {}/{name} (key {}) was not used: its kubeconfig has {}. meshctl check \
+                     never runs a command, reads a file of this machine or sends a token \
+                     unencrypted for a kubeconfig stored in a cluster (istiod refuses exec, \
+                     tokenFile, client certificate and key files and auth providers other than \
+                     oidc too)",
+                    meta.namespace.as_deref().unwrap_or_default(),
+                    kc::shown(cluster),
+                    problems.join("; ")
+                ))
+            });
+            StoredRemote {
+                secret: name.clone(),
+                cluster: cluster.clone(),
+                kubeconfig,
+            }
+        })
+        .collect()
 }
 
 /// Lists services with the stored kubeconfig: its address, CA and token work. The error
@@ -167,7 +189,7 @@ pub async fn try_kubeconfig(
         .map_err(|e| unusable(e.to_string()))?;
     cfg.connect_timeout = Some(Duration::from_secs(5));
     cfg.read_timeout = Some(Duration::from_secs(15));
-    let server = cfg.cluster_url.to_string();
+    let server = kc::shown_server(&cfg.cluster_url.to_string());
     let who = format!("the stored kubeconfig's server {server}");
     let client = kc::client(cfg, &who).map_err(|e| {
         if e.credential {

@@ -88,7 +88,21 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
                 {
                     same.push((old.context.clone(), ctx.clone(), why));
                 }
-                let facts = gather::cluster(&c, ns).await?;
+                let facts = match gather::cluster(&c, ns).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let why = format!("{e:#}");
+                        let s =
+                            cluster::objects_unread(&mut r, (&c.server, ctx), name_flag, &why, ns);
+                        seen.push(Seen {
+                            uid: id.uid.clone(),
+                            ..s
+                        });
+                        ids.push(id);
+                        clients.push(None);
+                        continue;
+                    }
+                };
                 trusts.push((
                     ctx.as_str(),
                     facts.cacerts.as_ref().map(rotation::trust_of_secret),
@@ -99,7 +113,15 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
                 let (now, warn) = (unix_now(), a.warn_before);
                 let cacerts = (facts.cacerts.as_ref(), &inv);
                 expiry::cacerts(&mut r, &scope, cacerts, names, now, warn);
-                ambient_facts.push((seen.len(), gather::ambient(&c, ns).await?));
+                match gather::ambient(&c, ns).await {
+                    Ok(f) => ambient_facts.push((seen.len(), f)),
+                    Err(e) => r.fail(
+                        &scope,
+                        "ambient objects readable",
+                        format!("{e:#}"),
+                        cluster::READ_RIGHTS_HINT,
+                    ),
+                }
                 seen.push(Seen {
                     uid: id.uid.clone(),
                     ..s
@@ -168,6 +190,18 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
             check_pair(&mut r, a, &inv, (source, target), live).await?;
         }
     }
+    // Remote secrets for clusters none of the contexts is. Only when every cluster's ID is
+    // known: an unread cluster's would be a guess.
+    if seen.iter().all(|s| s.name_known) {
+        let known: Vec<&str> = seen.iter().map(|s| s.name.as_str()).collect();
+        for (target, tc) in seen.iter().zip(&clients) {
+            let Some(tc) = tc else { continue };
+            if let Ok(secrets) = gather::remote_secrets(tc, ns).await {
+                let stored: Vec<_> = secrets.iter().flat_map(gather::stored_remotes).collect();
+                pair::unknown_remotes(&mut r, target, ns, &stored, &known);
+            }
+        }
+    }
     Ok(r)
 }
 
@@ -194,8 +228,20 @@ async fn check_pair(
     (skip_live, (sc, tc)): (Option<String>, (Option<&Cluster>, &Cluster)),
 ) -> Result<()> {
     let ns = a.ns.namespace.as_str();
-    let secrets = gather::remote_secrets(tc, ns).await?;
-    let stored: Vec<_> = secrets.iter().filter_map(gather::stored_remote).collect();
+    let secrets = match gather::remote_secrets(tc, ns).await {
+        Ok(s) => s,
+        Err(e) => {
+            let scope = pair::pair_scope(source, target);
+            r.fail(
+                &scope,
+                "remote secret present",
+                format!("listing Secrets in {ns}: {e:#}"),
+                cluster::READ_RIGHTS_HINT,
+            );
+            return Ok(());
+        }
+    };
+    let stored: Vec<_> = secrets.iter().flat_map(gather::stored_remotes).collect();
     let now = unix_now();
     let pair = (source, target);
     // The stored token's account, and whether it is one of meshctl's readers (a custom
@@ -204,7 +250,7 @@ async fn check_pair(
     let account = credential.as_ref().and_then(pair::account_of);
     let binding = match (&account, sc) {
         (Some((account_ns, sa)), Some(sc)) if account_ns == ns && sa != DEFAULT_READER_SA => {
-            Some(gather::reader_binding(sc, ns, sa).await?)
+            gather::reader_binding(sc, ns, sa).await.ok()
         }
         _ => None,
     };

@@ -79,6 +79,40 @@ pub fn unread_cluster(r: &mut Report, ctx: &str, name_flag: Option<&str>, why: &
     }
 }
 
+/// What a context needs to read for `check`.
+pub const READ_RIGHTS_HINT: &str = "meshctl check reads Namespaces, Secrets (cacerts, remote \
+    secrets), Services, Pods, Deployments and Nodes, and Istio's and the Gateway API's Gateways: \
+    use a context that may get and list them (Kubernetes' view role excludes Secrets)";
+
+/// A cluster whose objects could not be read with its context (a 403 on Secrets, a 500): that
+/// one failure, and its other checks skipped, never the whole run ended.
+pub fn objects_unread(
+    r: &mut Report,
+    (server, ctx): (&str, &str),
+    name_flag: Option<&str>,
+    error: &str,
+    ns: &str,
+) -> Seen {
+    let scope = format!("cluster {ctx}");
+    r.pass(&scope, "API server reachable", server);
+    r.fail(
+        &scope,
+        "objects readable",
+        format!("reading the objects of namespace {ns}: {error}"),
+        READ_RIGHTS_HINT,
+    );
+    Seen {
+        context: ctx.to_string(),
+        name: name_flag.unwrap_or(ctx).into(),
+        name_known: name_flag.is_some(),
+        name_guessed: name_flag.is_none(),
+        unread: Some("not readable with its context"),
+        network: None,
+        root: None,
+        uid: None,
+    }
+}
+
 /// Every check of a cluster meshctl could read (reached at `server`); `inv`: the flags its
 /// hints repeat.
 pub fn read_cluster(
@@ -487,9 +521,11 @@ fn gateway_pods(r: &mut Report, scope: &str, f: &ClusterFacts, inv: &Invocation)
     }
 }
 
+/// Ready, and not being deleted (an EndpointSlice lists a terminating pod as not ready).
 fn pod_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }

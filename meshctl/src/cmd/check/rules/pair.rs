@@ -203,7 +203,11 @@ pub fn stored_secret<'a>(
 ) -> Option<&'a Kubeconfig> {
     let scope = pair_scope(source, target);
     let rejoin = rejoin.to_string();
-    let found: Vec<&StoredRemote> = stored.iter().filter(|s| s.cluster == source.name).collect();
+    let mut found: Vec<&StoredRemote> =
+        stored.iter().filter(|s| s.cluster == source.name).collect();
+    // join's own name first: the others are the ones to look at.
+    let canonical = remote_secret_name(&source.name);
+    found.sort_by_key(|s| s.secret != canonical);
     let Some(first) = found.first() else {
         // A guessed ID may be wrong: registering again under it would register the cluster twice.
         let hint = if source.name_guessed {
@@ -229,21 +233,30 @@ pub fn stored_secret<'a>(
         return None;
     };
     if found.len() > 1 {
+        let names: Vec<String> = found.iter().map(|s| format!("{ns}/{}", s.secret)).collect();
+        let others: Vec<&str> = found[1..].iter().map(|s| s.secret.as_str()).collect();
         r.warn(
             &scope,
             "remote secret present",
             format!(
-                "{} Secrets hold cluster {}; istiod uses one of them",
-                found.len(),
-                source.name
+                "{} hold cluster {}: istiod registers it once and ignores the others, and which \
+                 one it keeps is not defined; the checks below judge {}",
+                names.join(" and "),
+                source.name,
+                names[0]
             ),
-            "delete the stale one",
+            format!(
+                "keep one: delete the others once you know they are stale (kubectl --context {} \
+                 -n {ns} delete secret {})",
+                super::super::hints::shell_word(&target.context),
+                others.join(" ")
+            ),
         );
     } else {
         r.pass(
             &scope,
             "remote secret present",
-            remote_secret_name(&source.name),
+            format!("{ns}/{}", first.secret),
         );
     }
     let parsed = match &first.kubeconfig {
@@ -258,26 +271,88 @@ pub fn stored_secret<'a>(
             return None;
         }
     };
-    let server = parsed
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.as_ref())
-        .and_then(|c| c.server.clone())
-        .unwrap_or_default();
+    let server = stored_server(parsed);
+    let shown = crate::kube::shown_server(&server);
     let check = "no loopback server address";
     if !is_loopback(&server) {
-        r.pass(&scope, check, server.clone());
+        r.pass(&scope, check, shown);
     } else if allow_loopback_server {
         r.pass(
             &scope,
             check,
-            format!("{server} (allowed by --allow-loopback-server)"),
+            format!("{shown} (allowed by --allow-loopback-server)"),
         );
     } else {
-        r.fail(&scope, check, format!("{server}: {}'s istiod would connect to itself", target.context),
+        r.fail(&scope, check, format!("{shown}: {}'s istiod would connect to itself", target.context),
             format!("re-run meshctl join with --server {}=https://<control-plane-address>:6443 (kind: docker inspect -f '{{{{.NetworkSettings.Networks.kind.IPAddress}}}}' <cluster>-control-plane)", source.context));
     }
     Some(parsed)
+}
+
+/// "remote secrets of known clusters" (only when one is not): every key of a remote secret
+/// registers a cluster in istiod, so one for a cluster none of the checked contexts is (one
+/// that left the mesh, a typo'd ID) is watched too, and a dead one keeps that remote cluster
+/// from ever syncing. A key with the cluster's own ID is ignored by istiod.
+pub fn unknown_remotes(
+    r: &mut Report,
+    target: &Seen,
+    ns: &str,
+    stored: &[StoredRemote],
+    known: &[&str],
+) {
+    let unknown: Vec<String> = stored
+        .iter()
+        .filter(|s| s.cluster != target.name && !known.contains(&s.cluster.as_str()))
+        .map(|s| {
+            format!(
+                "{ns}/{} registers cluster {}",
+                s.secret,
+                crate::kube::shown(&s.cluster)
+            )
+        })
+        .collect();
+    if unknown.is_empty() {
+        return;
+    }
+    let secrets: Vec<&str> = stored
+        .iter()
+        .filter(|s| s.cluster != target.name && !known.contains(&s.cluster.as_str()))
+        .map(|s| s.secret.as_str())
+        .collect();
+    r.warn(
+        &format!("cluster {}", target.context),
+        "remote secrets of known clusters",
+        format!(
+            "{}, which none of the checked contexts is: istiod watches it too, and one it cannot \
+             reach never syncs",
+            unknown.join("; ")
+        ),
+        format!(
+            "if it is in the mesh, add its --context (and --cluster-name CONTEXT=ID); if it left, \
+             delete it: kubectl --context {} -n {ns} delete secret {}",
+            super::super::hints::shell_word(&target.context),
+            secrets.join(" ")
+        ),
+    );
+}
+
+/// The server a stored kubeconfig's current context uses (istiod's clientcmd, and the
+/// live check, follow it), else its first cluster's.
+pub fn stored_server(k: &Kubeconfig) -> String {
+    let current = k
+        .current_context
+        .as_deref()
+        .and_then(|cc| k.contexts.iter().find(|c| c.name == cc))
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone());
+    let cluster = match current {
+        Some(name) => k.clusters.iter().find(|c| c.name == name),
+        None => k.clusters.first(),
+    };
+    cluster
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.server.clone())
+        .unwrap_or_default()
 }
 
 /// The live checks are not run (the source cluster cannot be read): both are skipped.

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use serde_json::{Value, json};
 
 use super::super::facts::{ClusterFacts, LiveFailure, Seen, StoredRemote, Unread};
-use super::super::gather::stored_remote;
+use super::super::gather::stored_remotes;
 use super::super::hints::Invocation;
 use super::super::report::{Item, Report, Status};
 use super::cluster::{gateway_address, read_cluster, unread_cluster};
@@ -430,7 +430,7 @@ fn judge_expiry(r: &mut Report, source: &Seen, secrets: &[Secret], now: u64, hor
 fn judge_pair(source: &Seen, secrets: &[Secret], allow: bool, now: u64) -> (Vec<Item>, bool) {
     let mut r = Report::default();
     let target = seen("west", "west-cluster", false);
-    let stored: Vec<StoredRemote> = secrets.iter().filter_map(stored_remote).collect();
+    let stored: Vec<StoredRemote> = secrets.iter().flat_map(stored_remotes).collect();
     let k = stored_secret(
         &mut r,
         (source, &target),
@@ -455,7 +455,7 @@ fn a_stored_kubeconfig_is_parsed_once_by_gather() {
         "https://10.0.0.2:6443",
         &jwt(r#"{"exp":1700000600}"#),
     );
-    let parsed = stored_remote(&good).unwrap();
+    let parsed = stored_remotes(&good).remove(0);
     assert_eq!(parsed.cluster, "east-cluster");
     assert!(parsed.kubeconfig.is_ok(), "{parsed:?}");
     let mut not_utf8 = good.clone();
@@ -463,7 +463,7 @@ fn a_stored_kubeconfig_is_parsed_once_by_gather() {
         "east-cluster".to_string(),
         ByteString(vec![0xff, 0xfe]),
     )]));
-    let broken = stored_remote(&not_utf8).unwrap();
+    let broken = stored_remotes(&not_utf8).remove(0);
     assert!(broken.kubeconfig.is_err());
 
     let east = seen("east", "east-cluster", false);
@@ -550,11 +550,43 @@ fn a_stored_secret_is_judged_without_calling_its_cluster() {
     assert!(items.iter().all(|i| i.status == Status::Pass), "{items:?}");
     assert_eq!(
         find(&items, "remote secret present").detail,
-        "istio-remote-secret-east-cluster"
+        "istio-system/istio-remote-secret-east-cluster"
     );
-    // Two Secrets for one cluster: a warning.
-    let (items, _) = judge_pair(&east, &[good.clone(), good], false, now);
-    assert_eq!(find(&items, "remote secret present").status, Status::Warn);
+    // Two Secrets for one cluster: a warning naming both, join's own judged, the other to
+    // delete (found by an audit session: neither was named).
+    let mut renamed = good.clone();
+    renamed.metadata.name = Some("my-east-creds".into());
+    let (items, _) = judge_pair(&east, &[renamed.clone(), good.clone()], false, now);
+    let i = find(&items, "remote secret present");
+    assert_eq!(i.status, Status::Warn);
+    assert!(
+        i.detail.contains(
+            "istio-system/istio-remote-secret-east-cluster and istio-system/my-east-creds"
+        ) && i
+            .detail
+            .contains("the checks below judge istio-system/istio-remote-secret-east-cluster"),
+        "{i:?}"
+    );
+    assert!(
+        i.hint
+            .as_deref()
+            .unwrap()
+            .ends_with("delete secret my-east-creds)"),
+        "{i:?}"
+    );
+    // A Secret under another name is named as it is.
+    let (items, _) = judge_pair(&east, &[renamed], false, now);
+    assert_eq!(
+        find(&items, "remote secret present").detail,
+        "istio-system/my-east-creds"
+    );
+    // istiod registers every key of a Secret: a second key is no reason to miss the first.
+    let mut two_keys = good.clone();
+    let data = two_keys.data.as_mut().unwrap();
+    let v = data["east-cluster"].clone();
+    data.insert("a-old".into(), v);
+    let (items, _) = judge_pair(&east, &[two_keys], false, now);
+    assert_eq!(find(&items, "remote secret present").status, Status::Pass);
     // Loopback: refused unless allowed.
     let lo = [stored("east-cluster", "https://127.0.0.1:6443", "t")];
     let i = find(
@@ -782,4 +814,26 @@ fn an_unusable_stored_kubeconfig_is_not_blamed_on_the_server() {
         "{hint}"
     );
     assert_eq!(r.items[1].status, Status::Skip);
+}
+
+/// The server a stored kubeconfig uses is its current context's, and a server URL is never
+/// printed with user info or a query (found by an audit session: both were).
+#[test]
+fn stored_servers_are_read_and_shown_as_istiod_uses_them() {
+    let k: kube::config::Kubeconfig = serde_yaml::from_str(
+        "apiVersion: v1\nkind: Config\ncurrent-context: real\nclusters:\n- name: decoy\n  cluster: {server: 'https://203.0.113.10:6443'}\n- name: used\n  cluster: {server: 'https://127.0.0.1:6443'}\ncontexts:\n- name: real\n  context: {cluster: used, user: u}\nusers:\n- name: u\n  user: {token: t}\n",
+    )
+    .unwrap();
+    assert_eq!(super::pair::stored_server(&k), "https://127.0.0.1:6443");
+    let shown = crate::kube::shown_server;
+    assert_eq!(
+        shown("https://reader:SENTINEL@10.0.0.1:6443/path"),
+        "https://***@10.0.0.1:6443/path"
+    );
+    assert_eq!(
+        shown("https://10.0.0.1:6443/?access_token=SENTINEL"),
+        "https://10.0.0.1:6443/?***"
+    );
+    assert_eq!(shown("https://10.0.0.1:6443"), "https://10.0.0.1:6443");
+    assert!(!shown("https://a:b@h/p@q?x#y").contains('b'));
 }
