@@ -88,3 +88,16 @@ async fn a_gateway_service_without_its_label_or_port_fails() {
         assert_eq!(item(&items, SCOPE, name)["status"], "pass", "{name}");
     }
 }
+
+/// `-o yaml` is the JSON document as YAML (before, it printed the text checklist).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_yaml_is_the_document() {
+    let m = joined_ready_mesh().await;
+    let out = meshctl(&check_args(m.kc(), &["-o", "yaml"])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let doc: serde_json::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["ok"], true);
+    assert!(doc["checks"].as_array().unwrap().len() > 20, "{doc}");
+    let plain = meshctl(&check_args(m.kc(), &[])).await;
+    assert!(String::from_utf8_lossy(&plain.stdout).contains("✔"));
+}

@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use clap::Args;
 
-use crate::cli::{ClustersArgs, NamespaceArg, OutputArg, check_unique, lookup, parse_mapping};
+use crate::cli::{ClustersArgs, NamespaceArg, check_unique, lookup, parse_mapping};
 use crate::istio::DEFAULT_READER_SA;
-use crate::kube::{self as kc, Cluster, KubeconfigFile, Output};
+use crate::kube::{self as kc, Cluster, KubeconfigFile};
 use facts::Seen;
 use hints::Invocation;
 pub(crate) use hints::shell_word;
@@ -44,8 +44,16 @@ pub struct CheckArgs {
     /// Warn about remote credentials, intermediates and roots that expire within this.
     #[arg(long, value_parser = humantime::parse_duration, default_value = expiry::DEFAULT_WARN_BEFORE)]
     warn_before: Duration,
-    #[command(flatten)]
-    out: OutputArg,
+    /// Output: the checklist as text, or the same as one YAML or JSON document.
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    output: CheckOutput,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CheckOutput {
+    Text,
+    Yaml,
+    Json,
 }
 
 pub fn run(a: CheckArgs) -> Result<ExitCode> {
@@ -56,9 +64,10 @@ pub fn run(a: CheckArgs) -> Result<ExitCode> {
     let file = KubeconfigFile::load(a.clusters.kubeconfig.as_deref())?;
     file.require_contexts(contexts)?;
     let r = kc::block_on(check(&a, &names, &file))?;
-    match a.out.output {
-        Output::Json => println!("{}", report::render_json(&r.items)?),
-        Output::Yaml => print!("{}", report::render_text(&r.items)),
+    match a.output {
+        CheckOutput::Json => println!("{}", report::render_json(&r.items)?),
+        CheckOutput::Yaml => print!("{}", report::render_yaml(&r.items)?),
+        CheckOutput::Text => print!("{}", report::render_text(&r.items)),
     }
     Ok(if r.failed() == 0 {
         ExitCode::SUCCESS

@@ -83,10 +83,17 @@ impl Report {
 
 /// `{"ok": .., "checks": [..]}` for `-o json`.
 pub fn render_json(items: &[Item]) -> Result<String> {
+    Ok(serde_json::to_string_pretty(&document(items))?)
+}
+
+/// The same document for `-o yaml`.
+pub fn render_yaml(items: &[Item]) -> Result<String> {
+    Ok(serde_yaml::to_string(&document(items))?)
+}
+
+fn document(items: &[Item]) -> serde_json::Value {
     let ok = !items.iter().any(|i| i.status == Status::Fail);
-    Ok(serde_json::to_string_pretty(
-        &json!({"ok": ok, "checks": items}),
-    )?)
+    json!({"ok": ok, "checks": items})
 }
 
 /// The human checklist: ✔ pass, ! warning, ✘ failure (with its hint), - skipped (with why).

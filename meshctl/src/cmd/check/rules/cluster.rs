@@ -277,11 +277,17 @@ fn gateway_service(r: &mut Report, scope: &str, f: &ClusterFacts, inv: &Invocati
             scope,
             check,
             format!("no Service {ns}/{GATEWAY_NAME}"),
-            format!("meshctl gateway install --network <network> --context {ctx}{flags}"),
+            format!(
+                "re-run the meshctl join that made this mesh (with its flags), or for this \
+                 cluster alone meshctl gateway install --network <its network> --context \
+                 {ctx}{flags} with the flags the join was given"
+            ),
         ),
         Some(s) => {
             match gateway_address(s, f.nodes.as_ref()) {
                 Ok(detail) => r.pass(scope, check, detail),
+                Err(detail) if !is_node_port(s) && !is_load_balancer(s) => r.fail(scope, check, detail,
+                    "re-run the meshctl join that made this mesh (it makes the Service a LoadBalancer), or give it externalIPs the other networks reach"),
                 Err(detail) if is_node_port(s) => r.fail(scope, check, detail,
                     "istiod advertises a NodePort gateway at the ExternalIP addresses of the nodes its traffic.istio.io/nodeSelector annotation selects: re-run meshctl join (it sets the annotation), and use a LoadBalancer where nodes have no ExternalIP (kind: cloud-provider-kind or MetalLB)"),
                 Err(detail) => r.fail(scope, check, detail,
@@ -324,6 +330,10 @@ fn one_family(r: &mut Report, scope: &str, svc: &Service, kubectl: &str) {
         format!("IPv4 {} and IPv6 {}: istiod splits cross-network traffic over both", shown(&v4), shown(&v6)),
         format!("unless every peer reaches both families: {kubectl} patch svc {GATEWAY_NAME} -p '{{\"spec\":{{\"ipFamilyPolicy\":\"SingleStack\"}}}}'"),
     );
+}
+
+fn is_load_balancer(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
 }
 
 fn is_node_port(svc: &Service) -> bool {
@@ -472,7 +482,14 @@ pub fn gateway_address(
         }
         return Ok(format!("NodePort {np} for 15443 on {}", ips.join(", ")));
     }
-    Err("pending: status.loadBalancer.ingress is empty".into())
+    match spec.type_.as_deref() {
+        Some("LoadBalancer") => Err("pending: status.loadBalancer.ingress is empty".into()),
+        other => Err(format!(
+            "Service type {}: istiod advertises a gateway only at a load balancer's, its \
+             externalIPs' or (NodePort) its nodes' addresses",
+            other.unwrap_or("ClusterIP")
+        )),
+    }
 }
 
 /// The ExternalIP addresses of the nodes `selector` (the annotation's JSON map; one istiod

@@ -137,7 +137,7 @@ pub fn reader_account(
                 scope,
                 check,
                 format!(
-                    "the stored credential is a {}, not a token of meshctl's reader account \
+                    "the stored credential ({}) is not a token of meshctl's reader account \
                      ({reader})",
                     c.method.describe()
                 ),

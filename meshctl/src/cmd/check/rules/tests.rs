@@ -286,6 +286,11 @@ fn gateway_address_cases() {
             .unwrap()
             .contains("RESOLVE_HOSTNAME_GATEWAYS")
     );
+    // ClusterIP (or no type): no address istiod would advertise, said as such, not "pending".
+    let cluster_ip: Service = typed(json!({"spec": {"type": "ClusterIP"},
+        "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}}));
+    let e = gateway_address(&cluster_ip, None).unwrap_err();
+    assert!(e.starts_with("Service type ClusterIP"), "{e}");
     let bare: Service =
         typed(json!({"spec": {"type": "NodePort", "ports": [{"port": 15021, "nodePort": 31021}]}}));
     assert!(
