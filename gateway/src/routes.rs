@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use arc_swap::ArcSwapOption;
 
+use crate::dr_tls::DrTls;
 use crate::endpoint::EndpointState;
 use crate::metrics::{ConnMetrics, ProxyMetrics};
 use crate::sni_name::{MAX_SNI_LEN, PASSTHROUGH_PORT, SniName};
@@ -56,6 +57,9 @@ pub struct ServiceSpec {
     /// Connections go to ready endpoints in the gateway's own zone first, to the others
     /// only when none of those can be dialed (Kubernetes `trafficDistribution: PreferClose`).
     pub prefer_close: bool,
+    /// The DestinationRule's TLS modes, which decide over the endpoints' own mark which take
+    /// classic connections ([`DrTls`]). Shared, like the subsets.
+    pub tls: Arc<DrTls>,
 }
 
 /// Kubernetes' `trafficDistribution` values that ask to keep traffic close
@@ -130,6 +134,8 @@ pub struct Route {
     /// ([`ServiceSpec::prefer_close`]) and the gateway knows its zone: the endpoints in it
     /// are tried first.
     pub prefer_zone: Option<Arc<str>>,
+    /// [`ServiceSpec::tls`], for a classic route.
+    pub tls: Arc<DrTls>,
 }
 
 /// The port a tunnel is sent to on a waypoint: its HBONE listener, which Istio hardcodes
@@ -213,15 +219,18 @@ impl Route {
     }
 
     /// Resolves `""` and every subset to the indices of its ready endpoints (with
-    /// `mtls_only`, of those that terminate Istio mTLS: a classic route), and of those in
-    /// the preferred zone and not.
+    /// `mtls_only`, of those that terminate Istio mTLS, as the DestinationRule's TLS mode
+    /// for the port and subset or else each endpoint's mark says: a classic route), and of
+    /// those in the preferred zone and not.
     fn resolve_subsets(&mut self, mtls_only: bool) {
-        let ready = |want: Option<&Labels>| -> Box<[usize]> {
+        let ready = |name: &str, want: Option<&Labels>| -> Box<[usize]> {
             let matches = |e: &Endpoint| {
                 want.is_none_or(|w| w.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
             };
+            let by_rule = self.tls.for_route(self.port, name);
+            let mtls = |e: &Endpoint| !mtls_only || by_rule.unwrap_or(e.mtls);
             let eps = self.endpoints.iter().enumerate();
-            eps.filter(|(_, e)| e.ready && (e.mtls || !mtls_only) && matches(e))
+            eps.filter(|(_, e)| e.ready && mtls(e) && matches(e))
                 .map(|(i, _)| i)
                 .collect()
         };
@@ -244,9 +253,9 @@ impl Route {
                 metrics: OnceLock::new(),
             }
         };
-        by_subset.insert(String::new(), subset(ready(None)));
+        by_subset.insert(String::new(), subset(ready("", None)));
         for (name, labels) in self.subsets.iter() {
-            by_subset.insert(name.clone(), subset(ready(Some(labels))));
+            by_subset.insert(name.clone(), subset(ready(name, Some(labels))));
         }
         self.by_subset = by_subset;
     }
@@ -406,6 +415,9 @@ impl Routes {
         for spec in specs {
             for &port in &spec.ports {
                 let route = route_at(&mut routes, &spec.host, port);
+                if route.tls.is_empty() {
+                    route.tls = spec.tls.clone();
+                }
                 // Share the spec's map; copy only to merge a host listed twice.
                 if route.subsets.is_empty() {
                     route.subsets = spec.subsets.clone();
@@ -543,6 +555,7 @@ fn empty_route(host: &str, port: u16) -> Route {
         waypoint: None,
         canary: None,
         prefer_zone: None,
+        tls: Arc::default(),
     }
 }
 
@@ -594,6 +607,7 @@ mod tests {
             waypoint: None,
             canary: None,
             prefer_close: false,
+            tls: Arc::default(),
         }
     }
 

@@ -189,6 +189,7 @@ mod tests {
             waypoint: None,
             canary: None,
             prefer_close,
+            tls: Default::default(),
             endpoints: (1..=n)
                 .map(|i| EndpointSpec {
                     address: format!("10.0.0.{i}").parse().unwrap(),

@@ -274,6 +274,43 @@ async fn endpoints_that_are_not_mesh_workloads_take_no_classic_connection() {
     assert_eq!(b[0].accepted(), 0, "nothing reached the API server");
 }
 
+/// A DestinationRule's TLS mode decides which endpoints take 15443, over each Pod's mark, as
+/// in istiod's `mtlsChecker`: ISTIO_MUTUAL admits every endpoint (a workload terminating Istio
+/// mTLS without the injector's label), another mode none; a subset reads its own policy
+/// only. Before, the rule's mode was not read (documented as not followed).
+#[tokio::test]
+async fn a_destination_rules_tls_mode_decides_which_endpoints_take_15443() {
+    let api = api_server(true).await;
+    let (b, port) = backends(&["plain", "mesh"]).await;
+    let st = api.store();
+    st.apply(k8s::pod(NS, "pa", &[("app", "catalog")])).unwrap();
+    st.create(service("catalog", &[("http", 80)])).unwrap();
+    let eps = [(b[0].addr.ip(), true, "pa"), (b[1].addr.ip(), true, "pb")];
+    st.create(catalog_slice(port, &eps)).unwrap();
+    let rule = |top: Value| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "catalog", "namespace": NS},
+            "spec": {"host": "catalog", "trafficPolicy": top, "subsets": [
+                {"name": "all", "labels": {}},
+                {"name": "off", "labels": {}, "trafficPolicy": {"tls": {"mode": "DISABLE"}}}]}})
+    };
+    st.apply(rule(json!({"tls": {"mode": "ISTIO_MUTUAL"}})))
+        .unwrap();
+    let gw = kube_gateway(&api, |_| {}).await;
+    eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["plain", "mesh"]).await;
+    // A subset without its own policy: each Pod's mark. One whose policy is DISABLE: none.
+    eventually_served_by(gw.listen, &sni(80, "all", CATALOG), &["mesh"]).await;
+    eventually_refused(&gw, &sni(80, "off", CATALOG), "no_healthy_endpoint").await;
+    // SIMPLE for port 80: no endpoint of the whole route.
+    let simple =
+        json!({"portLevelSettings": [{"port": {"number": 80}, "tls": {"mode": "SIMPLE"}}]});
+    st.apply(rule(simple)).unwrap();
+    eventually_refused(&gw, &sni(80, "", CATALOG), "no_healthy_endpoint").await;
+    // No mode: back to the marks.
+    st.apply(rule(json!({}))).unwrap();
+    eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["mesh"]).await;
+}
+
 /// Istio's per-cluster subsets (istio.io "Partitioning Services"): a DestinationRule
 /// selecting on `topology.istio.io/cluster` matches every endpoint of the gateway's cluster
 /// (`--cluster-id`), as istiod adds that label to each; another cluster's subset has none.

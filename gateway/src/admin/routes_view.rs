@@ -252,6 +252,7 @@ mod tests {
                 mtls: true,
             }],
             prefer_close: false,
+            tls: Default::default(),
         };
         let t = Routes::new().publish(&[spec("b.local"), spec("a.local")]);
         let v = view(&t, &DebugFilter::default());

@@ -119,6 +119,7 @@ mod tests {
             canary: None,
             endpoints: Vec::new(),
             prefer_close: false,
+            tls: Arc::default(),
         };
         let long = "a".repeat(240);
         let routes = Routes::new();

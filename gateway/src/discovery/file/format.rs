@@ -362,6 +362,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
             waypoint: svc.waypoint.map(|w| w.trim().to_ascii_lowercase()),
             canary,
             prefer_close,
+            // The file marks each endpoint itself (every one an mTLS workload).
+            tls: Default::default(),
         });
     }
     check_waypoints(&out).map_err(invalid)?;

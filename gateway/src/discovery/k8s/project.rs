@@ -99,12 +99,15 @@ pub struct SliceEndpoint {
 }
 
 /// What a DestinationRule contributes: the resolved host and its subsets.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DrInfo {
     pub host: String,
     /// `(creationTimestamp, namespace/name)`: the oldest rule wins a conflict, as in Istio.
     pub order: (Option<Time>, String),
     pub subsets: Vec<(String, Labels)>,
+    /// The TLS modes of its `trafficPolicy` and of each subset's (`subsets` order).
+    pub tls: crate::dr_tls::PolicyTls,
+    pub subset_tls: Vec<crate::dr_tls::PolicyTls>,
 }
 
 fn nonempty(s: &Option<String>) -> Option<Box<str>> {
@@ -361,6 +364,7 @@ pub fn project_destination_rule(dr: &DynamicObject, domain: &str) -> Option<DrIn
         return None;
     }
     let ns = dr.metadata.namespace.as_deref().unwrap_or("");
+    let mut subset_tls = Vec::new();
     let subsets = spec
         .get("subsets")
         .and_then(|s| s.as_array())
@@ -368,6 +372,7 @@ pub fn project_destination_rule(dr: &DynamicObject, domain: &str) -> Option<DrIn
         .flatten()
         .filter_map(|s| {
             let name = s.get("name")?.as_str()?.to_string();
+            subset_tls.push(crate::dr_tls::policy_tls(s.get("trafficPolicy")));
             let labels: Labels = s
                 .get("labels")
                 .and_then(|l| l.as_object())
@@ -387,6 +392,8 @@ pub fn project_destination_rule(dr: &DynamicObject, domain: &str) -> Option<DrIn
             format!("{ns}/{}", dr.metadata.name.as_deref().unwrap_or("")),
         ),
         subsets,
+        tls: crate::dr_tls::policy_tls(spec.get("trafficPolicy")),
+        subset_tls,
     })
 }
 

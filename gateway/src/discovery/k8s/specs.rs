@@ -8,6 +8,7 @@ use super::ambient::{self, NamespaceScope};
 use super::cache::Watched;
 use super::project::{DrInfo, ObjKey, PodInfo, SliceInfo, SvcInfo, pod_label};
 use super::waypoints::{self, ClassInfo, WaypointAddress, WaypointInfo};
+use crate::dr_tls::DrTls;
 use crate::routes::{Canary, EndpointSpec, Labels, ServiceSpec, Subsets};
 use crate::sni_name::{validate_host, validate_subset};
 
@@ -274,16 +275,23 @@ impl Model {
     /// Subsets per resolved host: rules for one host merge, the oldest rule winning a subset
     /// name defined twice. Subset names that cannot appear in an SNI name are dropped.
     /// Hosts with equal subsets share one map (rules are often copies of each other).
-    fn subsets_by_host(&self) -> HashMap<&str, Arc<Subsets>> {
+    /// Beside them, the TLS modes per host ([`DrTls`]): the oldest rule's that sets a
+    /// `trafficPolicy` TLS mode, and each subset's from the rule whose subset wins.
+    fn subsets_by_host(&self) -> HashMap<&str, (Arc<Subsets>, Arc<DrTls>)> {
         let Some(rules) = &self.rules else {
             return HashMap::new();
         };
         let mut sorted: Vec<&DrInfo> = rules.iter().map(|(_, r)| r).collect();
         sorted.sort_by(|a, b| a.order.cmp(&b.order));
         let mut out: HashMap<&str, Subsets> = HashMap::new();
+        let mut tls: HashMap<&str, DrTls> = HashMap::new();
         for r in sorted {
             let entry = out.entry(r.host.as_str()).or_default();
-            for (name, labels) in &r.subsets {
+            let host_tls = tls.entry(r.host.as_str()).or_default();
+            if host_tls.service.is_empty() {
+                host_tls.service = r.tls.clone();
+            }
+            for (i, (name, labels)) in r.subsets.iter().enumerate() {
                 if validate_subset(name).is_err() {
                     tracing::debug!(host = %r.host, subset = ?name, "subset name is not routable; skipped");
                     continue;
@@ -292,19 +300,28 @@ impl Model {
                 // dns1123LabelFmt) and sidecars send it in the SNI name, which the gateway
                 // matches ignoring case: kept lower-cased, so `V1` is reachable. Names equal
                 // but for case are one subset here; the oldest rule's wins.
-                entry
-                    .entry(name.to_ascii_lowercase())
-                    .or_insert_with(|| labels.clone());
+                let key = name.to_ascii_lowercase();
+                if !entry.contains_key(&key) {
+                    let subset_tls = r.subset_tls.get(i).cloned().unwrap_or_default();
+                    host_tls.subsets.insert(key.clone(), subset_tls);
+                }
+                entry.entry(key).or_insert_with(|| labels.clone());
             }
         }
         let mut shared: HashMap<Subsets, Arc<Subsets>> = HashMap::new();
+        let mut shared_tls: HashMap<DrTls, Arc<DrTls>> = HashMap::new();
         out.into_iter()
             .map(|(host, subs)| {
                 let subs = shared
                     .entry(subs)
                     .or_insert_with_key(|s| Arc::new(s.clone()))
                     .clone();
-                (host, subs)
+                let t = tls.remove(host).unwrap_or_default();
+                let t = shared_tls
+                    .entry(t)
+                    .or_insert_with_key(|t| Arc::new(t.clone()))
+                    .clone();
+                (host, (subs, t))
             })
             .collect()
     }
@@ -327,7 +344,7 @@ impl Model {
                 .push(s);
         }
         let subsets = self.subsets_by_host();
-        let no_subsets: Arc<Subsets> = Arc::default();
+        let no_subsets: (Arc<Subsets>, Arc<DrTls>) = Default::default();
         let no_labels: Arc<Labels> = Arc::default();
         let mut label_sets: HashMap<Vec<(&str, &str)>, Arc<Labels>> = HashMap::new();
         let mut label_key: Vec<(&str, &str)> = Vec::new();
@@ -356,7 +373,7 @@ impl Model {
                 tracing::debug!(%host, "service host is not routable; skipped");
                 continue;
             }
-            let subs = subsets.get(host.as_str()).unwrap_or(&no_subsets);
+            let (subs, tls) = subsets.get(host.as_str()).unwrap_or(&no_subsets);
             let wanted_keys: Vec<&str> = {
                 let mut k: Vec<&str> = subs
                     .values()
@@ -473,6 +490,7 @@ impl Model {
                 waypoint,
                 canary,
                 prefer_close: svc.prefer_close,
+                tls: tls.clone(),
             });
         }
         out
@@ -593,6 +611,7 @@ mod tests {
                     host: "catalog.shop.svc.cluster.local".into(),
                     order: (None, "shop/old".into()),
                     subsets: vec![("v1".into(), Labels::from([("version".into(), "v1".into())]))],
+                    ..Default::default()
                 },
             );
             w.streams[0].items.insert(
@@ -605,6 +624,7 @@ mod tests {
                         ("v2".into(), Labels::from([("version".into(), "v2".into())])),
                         ("Bad_Name".into(), Labels::new()),
                     ],
+                    ..Default::default()
                 },
             );
             m.rules = Some(w);
@@ -650,6 +670,7 @@ mod tests {
                         Labels::from([("version".into(), "v3".into())]),
                     ),
                 ],
+                ..Default::default()
             },
         );
         let specs = m.specs("cluster.local");
@@ -732,6 +753,7 @@ mod tests {
                         )
                     })
                     .collect(),
+                ..Default::default()
             },
         );
         m.rules = Some(w);
