@@ -220,7 +220,7 @@ step_clusters() {
       note "kind cluster '$c' already exists; reusing it (delete it with kind-e2e/teardown.sh)"
       run kind export kubeconfig --name "$c"
     else
-      run kind create cluster --name "$c" --config "kind-e2e/kind/$c.yaml" --wait 3m "${image_args[@]}"
+      run kind create cluster --name "$c" --config "kind-e2e/kind/$c.yaml" --wait 3m ${image_args[@]+"${image_args[@]}"}
     fi
     run kubectl --context "$(ctx "$c")" wait --for=condition=Ready nodes --all --timeout="$WAIT_TIMEOUT"
   done
@@ -301,6 +301,12 @@ step_image() {
   local c
   for c in "${CLUSTERS[@]}"; do
     run kind load docker-image "$IMAGE" --name "$c"
+    # A kept cluster's gateway runs the image it started with until its pods are replaced
+    # (join re-applies the same pod template, which replaces nothing).
+    if [[ $DRY_RUN == 0 ]] &&
+      kubectl --context "$(ctx "$c")" -n istio-system get deployment "$GW" >/dev/null 2>&1; then
+      run kubectl --context "$(ctx "$c")" -n istio-system rollout restart deployment "$GW"
+    fi
   done
 }
 
@@ -315,17 +321,19 @@ step_certs() {
   fi
   if [[ $MODE == plain ]]; then
     note "plain mode: workload certificates, as istiod would issue them (catalog from east's CA, webapp from west's)"
+    # Leaves issued again each run (--force: a re-run or --from certs finds the last ones),
+    # valid for 30 days so that --keep'd clusters outlive a day.
     run "$MESHCTL" certs workload --ca "$CERTS/east-cluster" --namespace "$NS" \
-      --service-account catalog --out "$WORK_REL/workload/catalog"
+      --service-account catalog --out "$WORK_REL/workload/catalog" --force --hours 720
     run "$MESHCTL" certs workload --ca "$CERTS/west-cluster" --namespace "$NS" \
-      --service-account webapp --out "$WORK_REL/workload/webapp"
+      --service-account webapp --out "$WORK_REL/workload/webapp" --force --hours 720
   fi
   if [[ $MODE == ambient ]]; then
     note "ambient mode: each gateway's HBONE certificate, spiffe://cluster.local/ns/istio-system/sa/$GW (what peers' ztunnels expect), from its cluster's CA"
     local c
     for c in "${CLUSTERS[@]}"; do
       run "$MESHCTL" certs workload --ca "$CERTS/$c-cluster" --namespace istio-system \
-        --service-account "$GW" --out "$HBONE_CERTS/$c"
+        --service-account "$GW" --out "$HBONE_CERTS/$c" --force --hours 720
     done
   fi
 }
@@ -622,9 +630,9 @@ step_ambient_waypoint() {
   assert_gt "$SNI_COUNT" "$before" "east gateway's HBONE tunnels for $AUTHORITY_CATALOG" ||
     die "the call succeeded but east's gateway did not count a tunnel"
   retry_match "$TRIES" "$DELAY" ACCESS "waypoint\"?[=:]\"?waypoint\\.$NS\\.svc" \
-    kubectl --context kind-east -n istio-system logs "deploy/$GW" --tail=200 ||
+    kubectl --context kind-east -n istio-system logs -l "app=$GW" --prefix --tail=200 ||
     die "east's gateway logged no tunnel sent to the waypoint" \
-      "kubectl --context kind-east -n istio-system logs deploy/$GW --tail=200 | grep 'HBONE tunnel closed'"
+      "kubectl --context kind-east -n istio-system logs -l app=$GW --prefix --tail=200 | grep 'HBONE tunnel closed'"
 }
 
 step_teardown() {

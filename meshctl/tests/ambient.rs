@@ -356,6 +356,12 @@ async fn gateway_manifest_protocols() {
         pod["volumes"][0]["secret"]["secretName"],
         "istio-eastwestgateway-hbone-certs"
     );
+    // The key is readable by the gateway's user: the kubelet gives a Secret volume's files
+    // to the pod's fsGroup only, root's otherwise (found by an audit session: 0400 without an
+    // fsGroup, so the gateway could not open key.pem).
+    assert_eq!(pod["volumes"][0]["secret"]["defaultMode"], 0o440);
+    assert_eq!(pod["securityContext"]["fsGroup"], 65532);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
 }
 
 /// istiod as Istio's chart deploys it, with the multi-network ambient setting `on`.

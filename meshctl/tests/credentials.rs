@@ -411,7 +411,11 @@ async fn cronjob_prints_a_job_that_runs_refresh_and_no_secret() {
             "6h"
         ]
     );
-    assert_eq!(pod["volumes"][0]["secret"]["defaultMode"], 0o400);
+    // Readable by the job's user: the kubelet gives a Secret volume's files to the pod's
+    // fsGroup only (root's otherwise; found by an audit session).
+    assert_eq!(pod["volumes"][0]["secret"]["defaultMode"], 0o440);
+    assert_eq!(pod["securityContext"]["fsGroup"], 65532);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
     // Bad input (`--schedule hourly`): usage_exit_codes.rs.
 }
 

@@ -364,7 +364,9 @@ fn hbone_volumes(certs: HboneCerts) -> (Value, Value) {
             json!({"name": "istiod-ca-cert", "mountPath": ISTIO_ROOT_DIR, "readOnly": true}),
         ),
         HboneCerts::Files => (
-            json!({"name": "hbone-certs", "secret": {"secretName": HBONE_CERTS_SECRET, "defaultMode": 0o400}}),
+            // Group-readable: the kubelet gives the files to the pod's fsGroup (they are root's
+            // otherwise, and the gateway runs as 65532).
+            json!({"name": "hbone-certs", "secret": {"secretName": HBONE_CERTS_SECRET, "defaultMode": 0o440}}),
             json!({"name": "hbone-certs", "mountPath": HBONE_CERTS_DIR, "readOnly": true}),
         ),
     };
@@ -486,8 +488,10 @@ pub fn objects(
                 "spec": {
                     "serviceAccountName": GATEWAY_NAME,
                     "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                    // fsGroup: mounted Secrets (the HBONE key) and projected tokens are owned
+                    // by this group, else by root and unreadable to the gateway's user.
                     "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
-                        "seccompProfile": {"type": "RuntimeDefault"}},
+                        "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [{
                         "name": "gateway",
                         "image": f.image,

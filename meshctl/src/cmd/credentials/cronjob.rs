@@ -210,7 +210,10 @@ fn manifests(a: &CronjobArgs) -> Vec<Value> {
                     "serviceAccountName": name,
                     "automountServiceAccountToken": false,
                     "restartPolicy": "Never",
+                    // fsGroup: the mounted kubeconfig is this group's (group-readable), else
+                    // root's and unreadable to the job's user.
                     "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                        "runAsGroup": 65532, "fsGroup": 65532,
                         "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [{
                         "name": "refresh",
@@ -223,7 +226,7 @@ fn manifests(a: &CronjobArgs) -> Vec<Value> {
                             "readOnly": true}],
                     }],
                     "volumes": [{"name": "kubeconfig", "secret": {
-                        "secretName": a.kubeconfig_secret, "defaultMode": 0o400,
+                        "secretName": a.kubeconfig_secret, "defaultMode": 0o440,
                         "items": [{"key": "kubeconfig", "path": "kubeconfig"}]}}],
                 }},
             }},
