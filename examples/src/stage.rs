@@ -74,3 +74,27 @@ pub fn conclude(
     }
     Ok(())
 }
+
+/// The demos' command line: `--keep` (keep the work directory) and `--help`; anything else is
+/// refused before anything starts (exit 2), so a mistyped flag never runs the whole demo.
+pub fn keep_flag(name: &str, what: &str) -> bool {
+    let usage = format!(
+        "usage: {name} [--keep]\n{what}\n  --keep   keep the work directory (certificates, logs) \
+         afterwards; by default it is removed"
+    );
+    let mut keep = false;
+    for a in std::env::args().skip(1) {
+        match a.as_str() {
+            "--keep" => keep = true,
+            "-h" | "--help" => {
+                println!("{usage}");
+                std::process::exit(0);
+            }
+            other => {
+                eprintln!("error: unexpected argument {other:?}\n{usage}");
+                std::process::exit(2);
+            }
+        }
+    }
+    keep
+}

@@ -76,7 +76,7 @@ enum Command {
     /// Rotate the root of every cluster in three steps: prepare, activate, finish.
     Rotate(rotate::RotateArgs),
     /// Check that clusters are joined: per cluster and per pair, with a hint per failure
-    /// (`-o yaml`, the default, is the readable checklist; `-o json` is for machines).
+    /// (`-o text`, the default, is the readable checklist; `-o json|yaml` are for machines).
     Check(check::CheckArgs),
     /// Remote secrets' credentials: status (expiry), refresh (re-issue expiring tokens), cronjob.
     Credentials(credentials::CredentialsArgs),

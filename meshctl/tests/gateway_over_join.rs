@@ -15,7 +15,15 @@ fn args_of(s: &k8s_test_server::TestApiServer) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_over_a_joined_gateway_keeps_its_cluster_id_and_says_what_it_resets() {
     let m = mesh().await;
-    m.join(&["--protocols", "both"]).await;
+    m.join(&[
+        "--protocols",
+        "both",
+        "--replicas",
+        "4",
+        "--max-replicas",
+        "8",
+    ])
+    .await;
     assert!(args_of(&m.west).contains(r#""--cluster-id","west""#));
 
     // Only the image meant to change; the join's protocols are left out.
@@ -43,6 +51,8 @@ async fn install_over_a_joined_gateway_keeps_its_cluster_id_and_says_what_it_res
         "{t}"
     );
     assert!(!err.contains("--cluster-id"), "{t}");
+    assert!(err.contains("replicas (autoscaler minimum): 4 -> 2"), "{t}");
+    assert!(err.contains("max replicas: 8 -> 5"), "{t}");
     assert_eq!(snapshot(&m.west), before);
 
     let out = meshctl(&install).await;

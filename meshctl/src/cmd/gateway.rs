@@ -160,10 +160,14 @@ async fn recorded_cluster_name(c: &kc::Cluster, ns: &str) -> Result<Option<Strin
         }))
 }
 
-/// The gateway's Deployment and Service as they are now.
+/// The gateway's Deployment, Service and autoscaler as they are now.
 async fn in_place(c: &kc::Cluster, ns: &str) -> Result<Vec<serde_json::Value>> {
     let mut out = Vec::new();
-    for (av, kind) in [("apps/v1", "Deployment"), ("v1", "Service")] {
+    for (av, kind) in [
+        ("apps/v1", "Deployment"),
+        ("v1", "Service"),
+        ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ] {
         if let Some(mut o) = kc::get(c, av, kind, Some(ns), GATEWAY_NAME).await? {
             o["kind"] = kind.into();
             out.push(o);

@@ -19,11 +19,13 @@ use serde_json::{Value, json};
 use crate::istio::{CACERTS_SECRET, DEFAULT_NAMESPACE, managed_labels};
 use crate::kube::{self as kc, Cluster, Conditional};
 
-/// The hint printed whenever cacerts changed: the restart of istiod in namespace `ns`.
+/// The hint printed whenever cacerts changed: when istiod takes it by itself and the restart
+/// of istiod in namespace `ns` otherwise (README, "What Istio does with a changed cacerts").
 pub fn restart_hint(ns: &str) -> String {
     format!(
-        "istiod reads cacerts only when it starts: restart it to use the new CA: \
-         kubectl -n {ns} rollout restart deploy/istiod"
+        "istiod 1.18+ loads a new intermediate under the same root by itself; a new root (unless \
+         ISTIO_MULTIROOT_MESH=true) and an older istiod need a restart: kubectl -n {ns} rollout \
+         restart deploy/istiod"
     )
 }
 

@@ -50,6 +50,21 @@ pub fn changes(existing: &[Value], planned: &[Value]) -> Vec<String> {
             out.push(format!("gateway arguments added: {}", added.join(" ")));
         }
     }
+    // The replicas are the autoscaler's (--replicas is its minimum, --max-replicas its maximum).
+    let hpa = (
+        find(existing, "HorizontalPodAutoscaler"),
+        find(planned, "HorizontalPodAutoscaler"),
+    );
+    if let (Some(old), Some(new)) = hpa {
+        let (min, max) = ("/spec/minReplicas", "/spec/maxReplicas");
+        compare(
+            &mut out,
+            "replicas (autoscaler minimum)",
+            text(&old, min),
+            text(&new, min),
+        );
+        compare(&mut out, "max replicas", text(&old, max), text(&new, max));
+    }
     if let (Some(old), Some(new)) = (find(existing, "Service"), find(planned, "Service")) {
         compare(
             &mut out,
@@ -180,6 +195,17 @@ mod tests {
             ]
         );
         assert!(changes(&old, &old).is_empty());
+        let hpa = |min: u32, max: u32| {
+            json!({"kind": "HorizontalPodAutoscaler", "metadata": {"name": GATEWAY_NAME},
+                "spec": {"minReplicas": min, "maxReplicas": max}})
+        };
+        assert_eq!(
+            changes(&[hpa(4, 8)], &[hpa(2, 5)]),
+            [
+                "replicas (autoscaler minimum): 4 -> 2",
+                "max replicas: 8 -> 5"
+            ]
+        );
         // Nothing in place yet: nothing to say.
         assert!(changes(&[], &new).is_empty());
     }

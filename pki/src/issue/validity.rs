@@ -150,12 +150,18 @@ pub(super) fn validity(
                 ),
             });
         }
-        if na > parent.not_after {
-            clamp = Some(Clamp {
-                requested: na,
-                not_after: parent.not_after,
-                signer: parent.name,
-            });
+        // X.509 holds whole seconds; a clamp of under a minute (a child asking for its
+        // signer's own length moments after the signer was made) is made but not reported.
+        let na_s = na.replace_nanosecond(0).unwrap_or(na);
+        na = na_s;
+        if na_s > parent.not_after {
+            if na_s - parent.not_after > time::Duration::MINUTE {
+                clamp = Some(Clamp {
+                    requested: na_s,
+                    not_after: parent.not_after,
+                    signer: parent.name,
+                });
+            }
             na = parent.not_after;
         }
     }
@@ -177,5 +183,36 @@ fn describe_length(d: Duration) -> String {
         format!("{} hours", s / 3600)
     } else {
         format!("{s} seconds")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child asking for its signer's own length moments after the signer was made ends
+    /// with it, without a warning that shows two equal times (found by an audit session);
+    /// an hour's clamp is reported.
+    #[test]
+    fn a_clamp_of_moments_is_not_reported() {
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let parent = |not_after| Parent {
+            not_before: now - time::Duration::DAY,
+            not_after,
+            name: "the CA \"x\"".into(),
+        };
+        let end = now + time::Duration::DAY;
+        let (_, na, clamp) = validity(None, None, DAY, Some(parent(end))).unwrap();
+        assert!(clamp.is_none(), "{clamp:?}");
+        assert!(na <= end, "never past the signer");
+        let early = end - time::Duration::HOUR;
+        let (_, na, clamp) = validity(None, None, DAY, Some(parent(early))).unwrap();
+        assert_eq!(na, early);
+        assert!(
+            clamp
+                .unwrap()
+                .to_string()
+                .contains("cannot outlive its signer")
+        );
     }
 }

@@ -54,7 +54,10 @@ async fn run(d: &mut Demo) -> Result<()> {
 
 fn main() -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let keep = std::env::args().any(|a| a == "--keep");
+    let keep = examples::stage::keep_flag(
+        "demo",
+        "The local two-cluster demo: west and east on loopback, classic and ambient, no Kubernetes.",
+    );
     let bin = std::env::current_exe()?
         .parent()
         .context("locating the binaries directory")?

@@ -41,7 +41,10 @@ async fn run(d: &mut Demo) -> Result<()> {
 
 fn main() -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let keep = std::env::args().any(|a| a == "--keep");
+    let keep = examples::stage::keep_flag(
+        "rotation-demo",
+        "Rotating the mesh's root CA under traffic, on loopback (README, \"Rotating trust\").",
+    );
     let bin = std::env::current_exe()?
         .parent()
         .context("locating the binaries directory")?

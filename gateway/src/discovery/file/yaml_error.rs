@@ -44,6 +44,7 @@ pub fn describe(e: &serde_yaml::Error) -> String {
     let at = e
         .location()
         .map(|l| format!(" at line {} column {}", l.line(), l.column()));
+    let place = at.clone().unwrap_or_default();
     let (body, at) = match at {
         Some(at) if full.ends_with(&at) => (&full[..full.len() - at.len()], at),
         // serde_yaml leaves out line 1 column 1.
@@ -52,6 +53,12 @@ pub fn describe(e: &serde_yaml::Error) -> String {
         _ => (full.as_str(), String::new()),
     };
     let (path, what) = retell(body);
+    // A message that could not be kept still says where (the location is not content).
+    let at = if what == NOT_YAML && at.is_empty() {
+        place
+    } else {
+        at
+    };
     match path {
         Some(p) if !p.is_empty() => format!("{p}: {what}{at}"),
         _ => format!("{what}{at}"),
@@ -103,15 +110,18 @@ fn retell(body: &str) -> (Option<String>, String) {
         // parsing a block mapping at line 1 column 1".
         return (None, body.to_string());
     }
-    (None, "not valid YAML".into())
+    (None, NOT_YAML.into())
 }
 
-/// Only letters, digits and a little punctuation, as libyaml's fixed texts are: no quote or
-/// backtick (which serde puts around content), no control character.
+const NOT_YAML: &str = "not valid YAML";
+
+/// Only letters, digits and a little punctuation, as libyaml's fixed texts are (`did not
+/// find expected ',' or '}'`): no double quote or backtick (which serde puts around content),
+/// no control character.
 fn plain(s: &str) -> bool {
     s.len() <= 300
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b" ,'-:.()!".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b" ,'-:.()!{}[]".contains(&b))
 }
 
 /// The leading part of serde_yaml's path (`services[2].endpoints[0]`) made of schema field
@@ -286,6 +296,12 @@ mod tests {
             (
                 "services: [\n".to_string(),
                 "did not find expected node content",
+            ),
+            // An unclosed flow mapping: libyaml's text names `'}'`, kept with its place
+            // (found by an audit session: it was "not valid YAML" with no location).
+            (
+                "services:\n  - host: a\n    labels: {version: v1\n    port: 80\n".to_string(),
+                "did not find expected ',' or '}' at line 4 column 9",
             ),
         ];
         for (text, want) in cases {

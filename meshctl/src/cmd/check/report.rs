@@ -100,7 +100,17 @@ fn document(items: &[Item]) -> serde_json::Value {
 pub fn render_text(items: &[Item]) -> String {
     let mut out = String::new();
     let mut scope = "";
+    // One block per scope, in the order scopes first appear (the checks of a scope are
+    // added at several stages: the rotation and trust checks after the others).
+    let mut order: Vec<&str> = Vec::new();
     for i in items {
+        if !order.contains(&i.scope.as_str()) {
+            order.push(&i.scope);
+        }
+    }
+    let mut grouped: Vec<&Item> = items.iter().collect();
+    grouped.sort_by_key(|i| order.iter().position(|s| *s == i.scope));
+    for i in grouped {
         if i.scope != scope {
             scope = &i.scope;
             out.push_str(&format!("{scope}\n"));
