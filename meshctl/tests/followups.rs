@@ -89,6 +89,9 @@ async fn real_join_and_unjoin_with_o_json_print_one_document() {
     let (out, _) = stdout_of(&m.join_args(&["-o", "yaml"])).await;
     let v: Value = serde_yaml::from_str(&out).unwrap_or_else(|e| panic!("{e}:\n{out}"));
     assert_eq!(v["clusters"][1]["cacerts"], "unchanged", "{out}");
+    // Said unchanged, so not listed as applied too (found by an audit session).
+    let applied = v["clusters"][1]["applied"].as_array().unwrap();
+    assert!(!applied.iter().any(|a| a == "Secret istio-system/cacerts"), "{out}");
 
     // Without -o: the human lines on stdout, as before.
     let out = m.join(&[]).await;

@@ -174,3 +174,28 @@ async fn a_namespace_that_is_no_name_exits_2_everywhere() {
         }
     }
 }
+
+/// `certs workload --trust-domain` is checked when parsed, as `-n` and `-s` are (before, an
+/// invalid one exited 1 after the CA was read; found by an audit session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_trust_domain_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("w");
+    let args = [
+        "certs",
+        "workload",
+        "--ca",
+        "/nonexistent",
+        "--namespace",
+        "default",
+        "-s",
+        "app",
+        "--out",
+        p(&out),
+        "--trust-domain",
+        "Not A Domain",
+    ];
+    let t = usage_error(&args).await;
+    assert!(t.contains("--trust-domain"), "{t}");
+    assert!(!out.exists());
+}

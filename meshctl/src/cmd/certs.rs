@@ -185,7 +185,7 @@ struct WorkloadArgs {
     #[arg(long)]
     out: PathBuf,
     /// SPIFFE trust domain.
-    #[arg(long, default_value = "cluster.local")]
+    #[arg(long, default_value = "cluster.local", value_parser = parse_trust_domain)]
     trust_domain: String,
     /// Validity in hours, 1 to 87600 (10 years; never past the CA's notAfter).
     #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=MAX_HOURS))]
@@ -254,6 +254,11 @@ fn parse_namespace(s: &str) -> Result<String, String> {
 
 /// `-s`: what Kubernetes accepts as a ServiceAccount name (same file:
 /// `ValidateServiceAccountName = NameIsDNSSubdomain`).
+/// Checked when parsed, as `-n` and `-s` are (exit 2).
+fn parse_trust_domain(s: &str) -> Result<String, String> {
+    pki::validate_trust_domain(s).map(|()| s.to_string())
+}
+
 fn parse_service_account(s: &str) -> Result<String, String> {
     pki::validate_dns_subdomain(s)
         .map(|()| s.to_string())

@@ -24,7 +24,7 @@ use crate::cli::{
 };
 use crate::cmd::progress::{Progress, tell};
 use crate::istio::{
-    GATEWAY_API_V1, GATEWAY_NAME, HBONE_PORT, NETWORK_LABEL, announce_gateway_name,
+    CACERTS_SECRET, GATEWAY_API_V1, GATEWAY_NAME, HBONE_PORT, NETWORK_LABEL, announce_gateway_name,
     remote_secret_name,
 };
 use crate::kube::{self as kc, Cluster, KubeconfigFile};
@@ -218,12 +218,22 @@ pub fn run_join(a: JoinArgs) -> Result<ExitCode> {
             .iter()
             .zip(plan.iter().zip(&removed))
             .map(|(m, ((ctx, objs), gone))| {
+                let changed = restart.contains(ctx);
+                // An unchanged cacerts is said so, not listed as applied too.
+                let applied: Vec<String> = objs
+                    .iter()
+                    .filter(|o| {
+                        changed
+                            || !(o["kind"] == "Secret" && o["metadata"]["name"] == CACERTS_SECRET)
+                    })
+                    .map(kc::describe)
+                    .collect();
                 let mut doc = json!({
                     "context": ctx,
                     "cluster": m.name,
                     "network": m.network,
-                    "cacerts": if restart.contains(ctx) { "applied" } else { "unchanged" },
-                    "applied": objs.iter().map(kc::describe).collect::<Vec<_>>(),
+                    "cacerts": if changed { "applied" } else { "unchanged" },
+                    "applied": applied,
                 });
                 if !gone.is_empty() {
                     doc["removed"] = gone.iter().map(kc::describe).collect();

@@ -109,6 +109,7 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
                         });
                         ids.push(id);
                         clients.push(None);
+                        trusts.push((ctx.as_str(), None));
                         continue;
                     }
                 };
@@ -142,6 +143,8 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
                 let why = gather::unread(&e);
                 seen.push(cluster::unread_cluster(&mut r, ctx, name_flag, &why));
                 clients.push(None);
+                // Its roots are unknown: trust between the clusters cannot be judged.
+                trusts.push((ctx.as_str(), None));
             }
         }
     }
