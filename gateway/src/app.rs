@@ -122,7 +122,7 @@ pub async fn build_with(cfg: Config, hangup: Option<Signal>) -> Result<Bound, Bu
             let identity = Identity::from_istiod(&ca.root, &roots_pem, cfg.trust_domains.clone())
                 .map_err(BuildError::CaRoot)?;
             let listener = bind(addr)?;
-            Some((identity, listener, Some((client, ca))))
+            Some((identity, listener, Some(((client, roots_pem), ca))))
         }
         (Some(_), None, None) => {
             tracing::info!(
@@ -188,25 +188,22 @@ pub async fn build_with(cfg: Config, hangup: Option<Signal>) -> Result<Bound, Bu
             trust_domains = %cfg.trust_domains.join(","),
             "HBONE listener on"
         );
-        match ca {
-            Some((client, ca)) => {
-                let td = cfg
-                    .trust_domains
-                    .first()
-                    .cloned()
-                    .unwrap_or_else(|| "cluster.local".into());
-                let renewer = Renewer::new(client, identity.clone(), td, ca, metrics.clone());
-                tokio::spawn(renewer.run(stop_background.clone()));
-            }
-            None => {
-                tokio::spawn(identity.clone().watch(
-                    cfg.hbone_cert_poll,
-                    stop_background.clone(),
-                    metrics.cert_reload_failures.clone(),
-                    metrics.cert_expiry_seconds.clone(),
-                ));
-            }
+        if let Some((client, ca)) = ca {
+            let td = cfg
+                .trust_domains
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "cluster.local".into());
+            let renewer = Renewer::new(client, identity.clone(), td, ca, metrics.clone());
+            tokio::spawn(renewer.run(stop_background.clone()));
         }
+        // Files: the three certificate files; istiod: the `--ca-root` roots.
+        tokio::spawn(identity.clone().watch(
+            cfg.hbone_cert_poll,
+            stop_background.clone(),
+            metrics.cert_reload_failures.clone(),
+            metrics.cert_expiry_seconds.clone(),
+        ));
         hbone_identity = Some(identity.clone());
         let hbone = Arc::new(Hbone::new(
             cfg.clone(),

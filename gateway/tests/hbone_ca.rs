@@ -395,6 +395,26 @@ async fn a_refused_token_is_a_clear_error_and_nothing_is_served() {
     assert_eq!(code, 503, "{body}");
 }
 
+/// A lifetime over istiod's MAX_WORKLOAD_CERT_TTL is refused by istiod (InvalidArgument,
+/// not capped) and the gateway names the flag (before, the double capped it, so a value
+/// that fails against real istiod passed; found by an audit session).
+#[tokio::test]
+async fn a_lifetime_over_istiods_maximum_names_the_flag() {
+    let env = env().await;
+    let (_app, dest) = destination(&env).await;
+    let mut ca = env.ca_config();
+    ca.cert_lifetime = Duration::from_secs(91 * 24 * 3600);
+    let gw = common::gateway_with(&yaml(&dest), |c| {
+        c.hbone_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.hbone_ca = Some(ca);
+    })
+    .await;
+    let (code, body) = wait_readiness_text(&gw, "--hbone-cert-lifetime").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("MAX_WORKLOAD_CERT_TTL"), "{body}");
+    assert_eq!(env.ca.issued(), 0);
+}
+
 #[tokio::test]
 async fn a_wrong_ca_root_is_a_clear_error_naming_the_flag() {
     let env = env().await;

@@ -91,7 +91,10 @@ async fn real_join_and_unjoin_with_o_json_print_one_document() {
     assert_eq!(v["clusters"][1]["cacerts"], "unchanged", "{out}");
     // Said unchanged, so not listed as applied too (found by an audit session).
     let applied = v["clusters"][1]["applied"].as_array().unwrap();
-    assert!(!applied.iter().any(|a| a == "Secret istio-system/cacerts"), "{out}");
+    assert!(
+        !applied.iter().any(|a| a == "Secret istio-system/cacerts"),
+        "{out}"
+    );
 
     // Without -o: the human lines on stdout, as before.
     let out = m.join(&[]).await;

@@ -11,7 +11,8 @@
 //! - the leaf's SPIFFE id comes from the token's namespace and service account, never from
 //!   the CSR's SAN;
 //! - the leaf: empty subject, digitalSignature + keyEncipherment, EKU server + client, not a
-//!   CA, valid for the requested lifetime capped by a maximum
+//!   CA, valid for the requested lifetime (one over the maximum is refused, InvalidArgument, as
+//!   istiod refuses it)
 //!   (`security/pkg/pki/util/generate_cert.go` `genCertTemplateFromCSR`);
 //! - the answer: leaf, intermediate(s), root.
 //!
@@ -195,7 +196,7 @@ impl CaTestServer {
         *self.state.delay.lock().expect("lock") = d;
     }
 
-    /// Issues this lifetime whatever is asked (`None`: the request's, capped).
+    /// Issues this lifetime whatever is asked (`None`: the request's; over the maximum refused).
     pub fn force_lifetime(&self, d: Option<Duration>) {
         *self.state.forced_lifetime.lock().expect("lock") = d;
     }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use rustls::client::danger::HandshakeSignatureValid;
@@ -78,12 +78,21 @@ struct Loaded {
 enum Source {
     /// `--hbone-certs DIR`.
     Files(PathBuf),
-    /// istiod: the client verifier of the `--ca-root` roots, which also check istiod's chains.
+    /// istiod: the client verifier of the `--ca-root` roots, which also check istiod's chains;
+    /// reread when the file changes (the kubelet updates the mounted `istio-ca-root-cert`
+    /// ConfigMap during a root rotation, when it holds both roots and then the new one).
     Istiod {
-        roots: Arc<dyn ClientCertVerifier>,
+        roots: ArcSwap<Roots>,
+        roots_path: PathBuf,
         /// Why there is no certificate yet (or the last renewal error), for readiness.
         waiting: Mutex<String>,
     },
+}
+
+/// The `--ca-root` roots as last read, and their client verifier.
+struct Roots {
+    pem: Vec<u8>,
+    verifier: Arc<dyn ClientCertVerifier>,
 }
 
 /// The gateway's identity and its client policy, reloadable.
@@ -149,10 +158,14 @@ impl Identity {
         trust_domains: Vec<String>,
     ) -> Result<Arc<Identity>, IdentityError> {
         let provider = provider();
-        let roots = verifier_of(roots_path, roots_pem, &provider)?;
+        let verifier = verifier_of(roots_path, roots_pem, &provider)?;
         Ok(Arc::new(Identity {
             source: Source::Istiod {
-                roots,
+                roots: ArcSwap::from_pointee(Roots {
+                    pem: roots_pem.to_vec(),
+                    verifier,
+                }),
+                roots_path: roots_path.to_path_buf(),
                 waiting: Mutex::new("no certificate requested yet".into()),
             },
             trust_domains,
@@ -168,10 +181,19 @@ impl Identity {
             .and_then(|l| l.spiffe_id.clone())
     }
 
-    /// `Ok` once a certificate is served; otherwise why not (for the readiness endpoint).
+    /// `Ok` once a certificate is served; otherwise why not (for the readiness endpoint). A
+    /// certificate from istiod that expired (istiod unreachable for longer than its
+    /// lifetime) is not one: every handshake would fail.
     pub fn readiness(&self) -> Result<(), String> {
-        if self.current.load().is_some() {
-            return Ok(());
+        if let Some(l) = self.current.load().as_ref() {
+            let now = i64::try_from(UnixTime::now().as_secs()).unwrap_or(i64::MAX);
+            return match (&self.source, l.not_after) {
+                (Source::Istiod { waiting, .. }, Some(t)) if t < now => Err(format!(
+                    "the HBONE certificate from istiod expired and none replaced it: {}",
+                    waiting.lock().map(|w| w.clone()).unwrap_or_default()
+                )),
+                _ => Ok(()),
+            };
         }
         match &self.source {
             Source::Istiod { waiting, .. } => Err(format!(
@@ -205,6 +227,7 @@ impl Identity {
                 "this identity is read from --hbone-certs files".into(),
             ));
         };
+        let roots = roots.load().verifier.clone();
         let issued = |m: String| IdentityError::Issued(m);
         let Some((leaf, rest)) = chain.split_first() else {
             return Err(issued("an empty certificate chain".into()));
@@ -242,11 +265,14 @@ impl Identity {
         Ok(Arc::new(cfg))
     }
 
-    /// Rereads the files; swaps them in when they changed and are valid. Returns whether a
-    /// new identity is now served.
+    /// Rereads the files (istiod: the `--ca-root` file); swaps them in when they changed and
+    /// are valid. Returns whether a new identity (or new roots) is now in use.
     pub fn reload(&self) -> Result<bool, IdentityError> {
-        let Source::Files(dir) = &self.source else {
-            return Ok(false);
+        let dir = match &self.source {
+            Source::Files(dir) => dir,
+            Source::Istiod {
+                roots, roots_path, ..
+            } => return self.reload_roots(roots, roots_path),
         };
         let contents = read_all(dir)?;
         if self
@@ -259,6 +285,30 @@ impl Identity {
         }
         let loaded = parse(dir, contents, &self.provider)?;
         self.current.store(Some(Arc::new(loaded)));
+        Ok(true)
+    }
+
+    /// The `--ca-root` file read again; new roots check istiod's next chain and the clients on
+    /// 15008 from now on (the certificate served stays).
+    fn reload_roots(&self, roots: &ArcSwap<Roots>, path: &Path) -> Result<bool, IdentityError> {
+        let pem = read_bounded(path)?;
+        if roots.load().pem == pem {
+            return Ok(false);
+        }
+        let verifier = verifier_of(path, &pem, &self.provider)?;
+        roots.store(Arc::new(Roots {
+            pem,
+            verifier: verifier.clone(),
+        }));
+        if let Some(l) = self.current.load_full() {
+            self.current.store(Some(Arc::new(Loaded {
+                key: l.key.clone(),
+                verifier,
+                spiffe_id: l.spiffe_id.clone(),
+                contents: l.contents.clone(),
+                not_after: l.not_after,
+            })));
+        }
         Ok(true)
     }
 
@@ -346,9 +396,15 @@ impl Identity {
 /// Secret) of at most [`MAX_CERT_FILE_BYTES`]: the poll runs on the runtime, and a FIFO or a
 /// device must neither block it nor fill the memory.
 fn read_all(dir: &Path) -> Result<[Vec<u8>; 3], IdentityError> {
+    let read = |f: &str| read_bounded(&dir.join(f));
+    Ok([read(CERT_CHAIN)?, read(KEY)?, read(ROOT_CERT)?])
+}
+
+/// One certificate or key file, as [`read_all`] reads each.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, IdentityError> {
     use crate::bounded_read::{ReadRefused, read_regular};
-    let read = |f: &str| {
-        let path = dir.join(f);
+    let path = path.to_path_buf();
+    {
         read_regular(&path, MAX_CERT_FILE_BYTES).map_err(|e| match e {
             ReadRefused::Io(source) => IdentityError::Read { path, source },
             ReadRefused::NotRegular(what) => IdentityError::Invalid {
@@ -363,8 +419,7 @@ fn read_all(dir: &Path) -> Result<[Vec<u8>; 3], IdentityError> {
                 ),
             },
         })
-    };
-    Ok([read(CERT_CHAIN)?, read(KEY)?, read(ROOT_CERT)?])
+    }
 }
 
 fn load_files(dir: &Path, provider: &Arc<CryptoProvider>) -> Result<Loaded, IdentityError> {
@@ -727,6 +782,55 @@ mod tests {
         write(dir.path(), &ours);
         let files = Identity::load(dir.path(), vec![]).unwrap();
         assert!(files.install(pem_chain(&ours), key(&ours)).is_err());
+    }
+
+    /// During a root rotation the kubelet updates the mounted `--ca-root` file (first both
+    /// roots, then the new one): reread, the new root's chains from istiod are taken and its
+    /// clients on 15008 accepted; before, the file was read once, so istiod's chains from the
+    /// new root were refused until a restart (found by an audit session).
+    #[test]
+    fn a_changed_ca_root_file_is_followed() {
+        let pem_chain = |w: &pki::WorkloadCert| {
+            let mut c: Vec<_> = CertificateDer::pem_slice_iter(w.chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+            c.push(CertificateDer::from_pem_slice(w.root_pem.as_bytes()).unwrap());
+            c
+        };
+        let key =
+            |w: &pki::WorkloadCert| PrivateKeyDer::from_pem_slice(w.key_pem.as_bytes()).unwrap();
+        let (old, new) = (workload("cluster.local"), workload("cluster.local"));
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root-cert.pem");
+        std::fs::write(&root, &old.root_pem).unwrap();
+        let id =
+            Identity::from_istiod(&root, old.root_pem.as_bytes(), vec!["cluster.local".into()])
+                .unwrap();
+        id.install(pem_chain(&old), key(&old)).unwrap();
+        let leaf =
+            |w: &pki::WorkloadCert| CertificateDer::from_pem_slice(w.cert_pem.as_bytes()).unwrap();
+        let accepts = |w: &pki::WorkloadCert| {
+            let chain: Vec<CertificateDer> = CertificateDer::pem_slice_iter(w.chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+            id.verifier()
+                .unwrap()
+                .verify_client_cert(&leaf(w), &chain[1..], UnixTime::now())
+                .is_ok()
+        };
+        assert!(id.install(pem_chain(&new), key(&new)).is_err());
+        assert!(!accepts(&new));
+        assert!(!id.reload().unwrap(), "an unchanged file is no reload");
+        // Both roots, as istiod's ConfigMap during the rotation.
+        std::fs::write(&root, format!("{}{}", old.root_pem, new.root_pem)).unwrap();
+        assert!(id.reload().unwrap());
+        assert!(accepts(&new) && accepts(&old), "clients of both roots");
+        id.install(pem_chain(&new), key(&new)).unwrap();
+        assert_eq!(id.spiffe_id().as_deref(), Some(new.spiffe_id.as_str()));
+        // A broken file keeps the roots in use.
+        std::fs::write(&root, "not PEM").unwrap();
+        assert!(id.reload().is_err());
+        assert!(accepts(&new));
     }
 
     /// A workload certificate valid from `nb` to `na` (days from now), under a CA that is

@@ -126,14 +126,25 @@ async fn answer(
             format!("request authenticate failure: {e}"),
         )
     })?;
-    // server.go: validity_duration <= 0 means the default; more than the max is capped.
+    // server.go: validity_duration <= 0 means the default; more than the max is refused
+    // (`ca.go` `IstioCA.Sign`: TTLError, InvalidArgument), not capped.
     let forced = *st.forced_lifetime.lock().expect("lock");
     let asked = u64::try_from(req.validity_duration)
         .ok()
         .filter(|s| *s > 0)
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(24 * 3600));
-    let lifetime = forced.unwrap_or(asked.min(ctx.max_lifetime));
+    if forced.is_none() && asked > ctx.max_lifetime {
+        return Err((
+            INVALID_ARGUMENT,
+            format!(
+                "failed to sign CSR: requested TTL {}s is greater than the max allowed TTL {}s",
+                asked.as_secs(),
+                ctx.max_lifetime.as_secs()
+            ),
+        ));
+    }
+    let lifetime = forced.unwrap_or(asked);
     let (chain, id) = ctx
         .signer
         .sign(&req.csr, &who.namespace, &who.service_account, lifetime)

@@ -120,8 +120,10 @@ impl Signer {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
+        // istiod backdates notBefore by its clock-skew grace (`genCertTemplateFromCSR`:
+        // ClockSkewGracePeriod, 2 minutes); the lifetime counts from now.
         let now = time::OffsetDateTime::now_utc();
-        params.not_before = now;
+        params.not_before = now - time::Duration::minutes(2);
         params.not_after = now + lifetime;
         let cert = params
             .signed_by(&csr.public_key, &self.issuer()?)

@@ -54,6 +54,10 @@ pub enum CaError {
         cluster_id: String,
         message: String,
     },
+    #[error(
+        "istiod at --ca-address {address} refused the certificate lifetime ({message}): lower --hbone-cert-lifetime to at most istiod's MAX_WORKLOAD_CERT_TTL (90 days unless set)"
+    )]
+    Lifetime { address: String, message: String },
     #[error("istiod at --ca-address {address}: {code:?}: {message}")]
     Call {
         address: String,
@@ -184,6 +188,12 @@ impl CaClient {
                 address: self.cfg.address.clone(),
                 token: self.cfg.token.clone(),
                 cluster_id: self.cfg.cluster_id.clone(),
+                message: status.message().to_string(),
+            };
+        }
+        if status.code() == tonic::Code::InvalidArgument && detail.contains("TTL") {
+            return CaError::Lifetime {
+                address: self.cfg.address.clone(),
                 message: status.message().to_string(),
             };
         }

@@ -28,6 +28,10 @@ pub enum RenewError {
 /// Requests and renews the identity's certificate until stopped.
 pub struct Renewer {
     pub client: CaClient,
+    /// What the client was built from, to build it again when `--ca-root` changes (istiod's
+    /// own serving certificate moves to the new root during a rotation).
+    pub cfg: CaConfig,
+    pub roots_pem: Vec<u8>,
     pub identity: Arc<Identity>,
     /// The trust domain of the CSR's SAN (the first `--trust-domain`).
     pub trust_domain: String,
@@ -57,7 +61,7 @@ pub fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
 
 impl Renewer {
     pub fn new(
-        client: CaClient,
+        (client, roots_pem): (CaClient, Vec<u8>),
         identity: Arc<Identity>,
         trust_domain: String,
         cfg: &CaConfig,
@@ -65,6 +69,8 @@ impl Renewer {
     ) -> Renewer {
         Renewer {
             client,
+            cfg: cfg.clone(),
+            roots_pem,
             identity,
             trust_domain,
             retry_initial: cfg.retry_initial,
@@ -73,9 +79,10 @@ impl Renewer {
         }
     }
 
-    pub async fn run(self, stop: CancellationToken) {
+    pub async fn run(mut self, stop: CancellationToken) {
         let mut failures = 0u32;
         loop {
+            self.follow_roots();
             let wait = match self.renew_once().await {
                 Ok((not_after, wait)) => {
                     failures = 0;
@@ -110,6 +117,27 @@ impl Renewer {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// A changed `--ca-root` file: a new channel to istiod trusting its roots (the old one
+    /// stays on any error, said once per change).
+    fn follow_roots(&mut self) {
+        match std::fs::read(&self.cfg.root) {
+            Ok(pem) if pem == self.roots_pem => {}
+            Ok(_) => match CaClient::new(&self.cfg) {
+                Ok((client, pem)) => {
+                    tracing::info!(root = %self.cfg.root.display(), "--ca-root changed: istiod's TLS is checked against the new roots");
+                    (self.client, self.roots_pem) = (client, pem);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "--ca-root changed but cannot be used; keeping the previous roots for istiod's TLS");
+                    self.roots_pem = std::fs::read(&self.cfg.root).unwrap_or_default();
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, root = %self.cfg.root.display(), "--ca-root cannot be read; keeping the previous roots")
             }
         }
     }
@@ -157,6 +185,9 @@ mod tests {
         assert_eq!(renew_delay(t0, t0 + 4 * h, t0 + 3 * h), h / 2);
         assert_eq!(renew_delay(t0, t0 + 4 * h, t0 + 5 * h), Duration::ZERO);
         assert_eq!(renew_delay(t0 + h, t0, t0), Duration::ZERO);
+        // istiod's shape: notBefore backdated 2 minutes, 24 h from now.
+        let m = Duration::from_secs(60);
+        assert_eq!(renew_delay(t0 - 2 * m, t0 + 24 * h, t0), 12 * h - m);
     }
 
     #[test]
