@@ -240,7 +240,13 @@ impl Identity {
             return Err(issued("the leaf has no SPIFFE URI SAN".into()));
         }
         let not_after = not_after_of(leaf);
-        let key = CertifiedKey::from_der(chain, key, &self.provider)
+        // Served without the root(s) istiod appends, as ztunnel serves its chain: the peer
+        // has them, and istiod may send several.
+        let mut served = chain;
+        while served.len() > 1 && served.last().is_some_and(self_signed) {
+            served.pop();
+        }
+        let key = CertifiedKey::from_der(served, key, &self.provider)
             .map_err(|e| issued(format!("the leaf is not for our key: {e}")))?;
         self.current.store(Some(Arc::new(Loaded {
             key: Arc::new(key),
@@ -531,6 +537,12 @@ fn verifier_of(
         .map_err(|e| invalid(e.to_string()))
 }
 
+/// Whether `cert` is a root (its subject its issuer); an unparsable one is not.
+fn self_signed(cert: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(cert.as_ref())
+        .is_ok_and(|(_, x)| x.subject().as_raw() == x.issuer().as_raw())
+}
+
 /// SPIFFE URIs in a certificate's subjectAltName; none for an unparsable certificate.
 pub fn spiffe_ids(cert: &CertificateDer<'_>) -> Vec<String> {
     let Ok((_, x)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
@@ -776,6 +788,9 @@ mod tests {
         assert!(id.readiness().is_err() && id.spiffe_id().is_none());
         id.install(pem_chain(&ours), key(&ours)).unwrap();
         assert!(id.readiness().is_ok());
+        // Served as leaf and intermediate: the root istiod appends is left out.
+        let served = id.current.load().as_ref().unwrap().key.cert.len();
+        assert_eq!(served, pem_chain(&ours).len() - 1);
         assert_eq!(id.spiffe_id().as_deref(), Some(ours.spiffe_id.as_str()));
         // A file identity cannot take istiod's chain.
         let dir = tempfile::tempdir().unwrap();

@@ -107,7 +107,13 @@ impl CaClient {
             .tls_config(tls)
             .map_err(|e| address(e.to_string()))?
             .connect_timeout(cfg.request_timeout)
-            .timeout(cfg.request_timeout);
+            .timeout(cfg.request_timeout)
+            // ztunnel's (`src/tls/control.rs` `grpc_connector`): the channel idles for hours
+            // between renewals, and an istiod that vanished without a close is noticed.
+            .tcp_keepalive(Some(std::time::Duration::from_secs(300)))
+            .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+            .keep_alive_timeout(std::time::Duration::from_secs(10))
+            .keep_alive_while_idle(true);
         let client = CaClient {
             cfg: cfg.clone(),
             channel: endpoint.connect_lazy(),
@@ -228,8 +234,14 @@ pub fn parse_chain(pems: &[String]) -> Result<Vec<CertificateDer<'static>>, CaEr
             chain.push(c.map_err(|e| CaError::Answer(format!("cert_chain[{i}]: {e}")))?);
         }
     }
-    if chain.is_empty() {
-        return Err(CaError::Answer("an empty cert_chain".into()));
+    // istio-agent refuses an answer without a root after the leaf (citadel `CSRSign`:
+    // `len(resp.CertChain) <= 1`), and ztunnel too ("no root certificate present").
+    if chain.len() < 2 {
+        return Err(CaError::Answer(format!(
+            "cert_chain holds {} certificate(s): istiod answers the leaf, then its CA chain \
+             up to the root",
+            chain.len()
+        )));
     }
     Ok(chain)
 }
