@@ -746,12 +746,13 @@ async fn a_client_that_answers_no_ping_is_closed() {
 /// A client that answers its PINGs keeps its connection and tunnel through many periods.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_answers_pings_keeps_its_connection() {
+    // Half a second (a PONG may take a second on a loaded CI machine), five periods.
     let (_app, gw) = app_and_gateway([127, 0, 0, 90], |c| {
-        c.hbone_keepalive = Duration::from_millis(100);
+        c.hbone_keepalive = Duration::from_millis(500);
     })
     .await;
     let (_o, mut tx, mut rx) = hbone_support::greeted_tunnel(gw.hbone).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2600)).await;
     hbone_support::send_all(&mut tx, bytes::Bytes::from_static(b"still here"), true).await;
     let got = tokio::time::timeout(TIMEOUT, hbone_support::read_to_end(&mut rx, usize::MAX))
         .await
