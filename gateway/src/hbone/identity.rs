@@ -748,19 +748,23 @@ mod tests {
         assert_eq!(other.client_id(&der), None);
     }
 
+    /// `w`'s chain as istiod answers it: leaf, intermediate, root.
+    fn pem_chain(w: &pki::WorkloadCert) -> Vec<CertificateDer<'static>> {
+        let mut c: Vec<_> = CertificateDer::pem_slice_iter(w.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        c.push(CertificateDer::from_pem_slice(w.root_pem.as_bytes()).unwrap());
+        c
+    }
+
+    fn key(w: &pki::WorkloadCert) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::from_pem_slice(w.key_pem.as_bytes()).unwrap()
+    }
+
     /// istiod's chain is served only if it leads to a `--ca-root` root and is for our key;
     /// until then there is no certificate and readiness says why.
     #[test]
     fn istiod_chain_is_checked_before_use() {
-        let pem_chain = |w: &pki::WorkloadCert| {
-            let mut c: Vec<_> = CertificateDer::pem_slice_iter(w.chain_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .unwrap();
-            c.push(CertificateDer::from_pem_slice(w.root_pem.as_bytes()).unwrap());
-            c
-        };
-        let key =
-            |w: &pki::WorkloadCert| PrivateKeyDer::from_pem_slice(w.key_pem.as_bytes()).unwrap();
         let ours = workload("cluster.local");
         let other = workload("cluster.local");
         let id = Identity::from_istiod(
@@ -805,15 +809,6 @@ mod tests {
     /// new root were refused until a restart (found by an audit session).
     #[test]
     fn a_changed_ca_root_file_is_followed() {
-        let pem_chain = |w: &pki::WorkloadCert| {
-            let mut c: Vec<_> = CertificateDer::pem_slice_iter(w.chain_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .unwrap();
-            c.push(CertificateDer::from_pem_slice(w.root_pem.as_bytes()).unwrap());
-            c
-        };
-        let key =
-            |w: &pki::WorkloadCert| PrivateKeyDer::from_pem_slice(w.key_pem.as_bytes()).unwrap();
         let (old, new) = (workload("cluster.local"), workload("cluster.local"));
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root-cert.pem");
