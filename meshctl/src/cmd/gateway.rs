@@ -11,10 +11,11 @@ use clap::{Args, Subcommand};
 use crate::cli::{
     DeletionWaitArg, GatewayFlags, KubeArgs, MutateArgs, NamespaceArg, OutputArg, as_usage,
 };
-use crate::istio::{CLUSTER_NAME_ANNOTATION, GATEWAY_NAME};
+use crate::istio::GATEWAY_NAME;
 use crate::kube::{self as kc, KubeconfigFile};
 use crate::mesh::gateway::{DEFAULT_CLUSTER_ID, check_ip_family_policy, install, objects};
 use crate::mesh::gateway_changes::changes;
+use crate::mesh::namespace;
 use crate::mesh::origin::ForeignGateway;
 use crate::mesh::terminating::{self, DeletionWait};
 
@@ -103,8 +104,12 @@ pub fn run(a: GatewayArgs) -> Result<ExitCode> {
                 let c = file.connect(&ctx).await?;
                 let cluster_id = match given {
                     Some(id) => id.to_string(),
-                    None => recorded_cluster_name(&c, ns)
+                    // The name join recorded, so that an install over a joined cluster's
+                    // gateway keeps its cluster ID (with Istio's default, istiod would review
+                    // the gateway's certificate requests against a cluster it does not know).
+                    None => namespace::recorded(&c, ns)
                         .await?
+                        .0
                         .unwrap_or_else(|| DEFAULT_CLUSTER_ID.to_string()),
                 };
                 let objs = build(&cluster_id)?;
@@ -144,20 +149,6 @@ pub fn run(a: GatewayArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// The cluster name `join` recorded on the namespace, so that an install over a joined
-/// cluster's gateway keeps its cluster ID (with Istio's default, istiod would review the
-/// gateway's certificate requests against a cluster it does not know).
-async fn recorded_cluster_name(c: &kc::Cluster, ns: &str) -> Result<Option<String>> {
-    Ok(kc::get(c, "v1", "Namespace", None, ns)
-        .await?
-        .and_then(|n| {
-            n["metadata"]["annotations"][CLUSTER_NAME_ANNOTATION]
-                .as_str()
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-        }))
 }
 
 /// The gateway's Deployment, Service and autoscaler as they are now.

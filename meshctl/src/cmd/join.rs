@@ -334,7 +334,7 @@ async fn preflight_all(
     let mut deletion = DeletionWait::new(a.secret.deletion.deletion_wait);
     for (m, c) in members.iter().zip(connected) {
         // Before this run records the new ones: what a re-run under new names retires.
-        recorded.push(renamed::recorded(&c, &a.ns.namespace).await?);
+        recorded.push(namespace::recorded(&c, &a.ns.namespace).await?);
         // After a wait for objects being deleted, every check runs again on what is left.
         // Bounded: by the deadline of `--deletion-wait`, and in count.
         let mut settled = false;

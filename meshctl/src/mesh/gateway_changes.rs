@@ -33,16 +33,7 @@ pub fn changes(existing: &[Value], planned: &[Value]) -> Vec<String> {
             text(&new, "/spec/replicas"),
         );
         let (was, now) = (args(&old, c), args(&new, c));
-        let gone: Vec<&str> = was
-            .iter()
-            .filter(|a| !now.contains(a))
-            .map(String::as_str)
-            .collect();
-        let added: Vec<&str> = now
-            .iter()
-            .filter(|a| !was.contains(a))
-            .map(String::as_str)
-            .collect();
+        let (gone, added) = (missing(&was, &now), missing(&now, &was));
         if !gone.is_empty() {
             out.push(format!("gateway arguments removed: {}", gone.join(" ")));
         }
@@ -86,17 +77,17 @@ pub fn changes(existing: &[Value], planned: &[Value]) -> Vec<String> {
             k.sort();
             k
         };
-        let (was, now) = (keys(&old), keys(&new));
-        let gone: Vec<&str> = was
-            .iter()
-            .filter(|k| !now.contains(k))
-            .map(String::as_str)
-            .collect();
+        let gone = missing(&keys(&old), &keys(&new));
         if !gone.is_empty() {
             out.push(format!("Service annotations removed: {}", gone.join(", ")));
         }
     }
     out
+}
+
+/// The items of `from` that `to` lacks, in `from`'s order.
+fn missing(from: &[String], to: &[String]) -> Vec<String> {
+    from.iter().filter(|x| !to.contains(x)).cloned().collect()
 }
 
 fn compare(out: &mut Vec<String>, what: &str, old: String, new: String) {

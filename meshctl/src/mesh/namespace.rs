@@ -10,6 +10,20 @@ use crate::istio::{
 };
 use crate::kube::{self as kc, Cluster};
 
+/// What `join` recorded on istiod's namespace `ns` of `c`: the cluster name (the annotation)
+/// and the network (the label); each `None` when absent or empty, and both when the namespace
+/// does not exist.
+pub async fn recorded(c: &Cluster, ns: &str) -> Result<(Option<String>, Option<String>)> {
+    let Some(n) = kc::get(c, "v1", "Namespace", None, ns).await? else {
+        return Ok((None, None));
+    };
+    let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    Ok((
+        text(&n["metadata"]["annotations"][CLUSTER_NAME_ANNOTATION]),
+        text(&n["metadata"]["labels"][NETWORK_LABEL]),
+    ))
+}
+
 /// Label on meshctl's cluster-scoped objects (ClusterRoles and ClusterRoleBindings): the
 /// namespace they were made for, so `unjoin -n NS` removes only NS's. Objects made before
 /// the label existed are told by their names ([`owns_cluster_object`]).

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use clap::Args;
+use k8s_openapi::api::core::v1::Secret;
 
 use crate::cli::{ClustersArgs, NamespaceArg, check_unique, lookup, parse_mapping};
 use crate::istio::DEFAULT_READER_SA;
@@ -157,8 +158,21 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
     rotation::rotation_checks(&mut r, &trusts, &inv);
     let readable: Vec<_> = ambient_facts.iter().map(|(i, f)| (&seen[*i], f)).collect();
     ambient::checks(&mut r, &readable, &inv);
+    // Each readable cluster's remote secrets, listed once for its pairs and the check of
+    // secrets for unknown clusters.
+    let mut listed: Vec<Option<Listed>> = Vec::new();
+    for c in &clients {
+        listed.push(match c {
+            Some(c) => Some(
+                gather::remote_secrets(c, ns)
+                    .await
+                    .map_err(|e| format!("{e:#}")),
+            ),
+            None => None,
+        });
+    }
     for (source, sc) in seen.iter().zip(&clients) {
-        for (target, tc) in seen.iter().zip(&clients) {
+        for (target, tc) in seen.iter().zip(&listed) {
             if source.context == target.context {
                 continue;
             }
@@ -206,9 +220,9 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
     // known: an unread cluster's would be a guess.
     if seen.iter().all(|s| s.name_known) {
         let known: Vec<&str> = seen.iter().map(|s| s.name.as_str()).collect();
-        for (target, tc) in seen.iter().zip(&clients) {
+        for (target, tc) in seen.iter().zip(&listed) {
             let Some(tc) = tc else { continue };
-            if let Ok(secrets) = gather::remote_secrets(tc, ns).await {
+            if let Ok(secrets) = tc {
                 let stored: Vec<_> = secrets.iter().flat_map(gather::stored_remotes).collect();
                 pair::unknown_remotes(&mut r, target, ns, &stored, &known);
             }
@@ -216,6 +230,9 @@ async fn check(a: &CheckArgs, names: &[(String, String)], file: &KubeconfigFile)
     }
     Ok(r)
 }
+
+/// A cluster's remote secrets as listed, or why they could not be.
+type Listed = Result<Vec<Secret>, String>;
 
 /// The flags `check`'s hints repeat (`-n`, `--kubeconfig`).
 fn invocation(a: &CheckArgs) -> Invocation {
@@ -231,23 +248,24 @@ fn invocation(a: &CheckArgs) -> Invocation {
 
 /// The checks of one stored remote secret. With a reason in `skip_live`, those that need to
 /// reach the source cluster are skipped. `sc` is the source cluster's client (when it could be
-/// read), for the reader binding of the stored token's account; `tc` the target's.
+/// read), for the reader binding of the stored token's account; `tc` the target's remote
+/// secrets as listed (or why they could not be).
 async fn check_pair(
     r: &mut Report,
     a: &CheckArgs,
     inv: &Invocation,
     (source, target): (&Seen, &Seen),
-    (skip_live, (sc, tc)): (Option<String>, (Option<&Cluster>, &Cluster)),
+    (skip_live, (sc, tc)): (Option<String>, (Option<&Cluster>, &Listed)),
 ) -> Result<()> {
     let ns = a.ns.namespace.as_str();
-    let secrets = match gather::remote_secrets(tc, ns).await {
+    let secrets = match tc {
         Ok(s) => s,
         Err(e) => {
             let scope = pair::pair_scope(source, target);
             r.fail(
                 &scope,
                 "remote secret present",
-                format!("listing Secrets in {ns}: {e:#}"),
+                format!("listing Secrets in {ns}: {e}"),
                 cluster::READ_RIGHTS_HINT,
             );
             return Ok(());
@@ -258,7 +276,7 @@ async fn check_pair(
     let pair = (source, target);
     // The stored token's account, and whether it is one of meshctl's readers (a custom
     // --service-account is one when the source cluster has its reader binding).
-    let credential = pair::stored_credential(&secrets, &source.name);
+    let credential = pair::stored_credential(secrets, &source.name);
     let account = credential.as_ref().and_then(pair::account_of);
     let binding = match (&account, sc) {
         (Some((account_ns, sa)), Some(sc)) if account_ns == ns && sa != DEFAULT_READER_SA => {
@@ -277,7 +295,7 @@ async fn check_pair(
         return Ok(());
     };
     let scope = pair::pair_scope(source, target);
-    credential_expiry(r, a, inv, (source, target), &secrets, now, &rejoin);
+    credential_expiry(r, a, inv, (source, target), secrets, now, &rejoin);
     pair::reader_account(r, &scope, ns, credential.as_ref(), binding, &recreate);
     if let Some(why) = skip_live {
         pair::live_skipped(r, &scope, &why);

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Secret;
 use serde::Serialize;
 
 use crate::cli::{ClustersArgs, NamespaceArg, check_unique, lookup, parse_mapping};
-use crate::istio::{CLUSTER_NAME_ANNOTATION, MULTICLUSTER_LABEL};
+use crate::istio::MULTICLUSTER_LABEL;
 use crate::kube::{self as kc, Cluster, KubeconfigFile};
 use crate::mesh::credentials::{self as cred, Method, Stored};
 
@@ -102,8 +102,9 @@ async fn connect_all(t: &Targets, file: &KubeconfigFile) -> Result<(Vec<Peer>, V
             Ok(c) => {
                 let id = match lookup(&names, ctx) {
                     Some(n) => n.to_string(),
-                    None => recorded_id(&c, &t.ns.namespace)
+                    None => crate::mesh::namespace::recorded(&c, &t.ns.namespace)
                         .await?
+                        .0
                         .unwrap_or_else(|| ctx.clone()),
                 };
                 peers.push(Peer { cluster: c, id });
@@ -112,17 +113,6 @@ async fn connect_all(t: &Targets, file: &KubeconfigFile) -> Result<(Vec<Peer>, V
         }
     }
     Ok((peers, errors))
-}
-
-/// The cluster ID `join` recorded on istiod's namespace.
-async fn recorded_id(c: &Cluster, ns: &str) -> Result<Option<String>> {
-    Ok(kc::get(c, "v1", "Namespace", None, ns)
-        .await?
-        .and_then(|n| {
-            n["metadata"]["annotations"][CLUSTER_NAME_ANNOTATION]
-                .as_str()
-                .map(str::to_string)
-        }))
 }
 
 /// The kubeconfigs stored in `c`'s remote secrets, and the keys that could not be read.

@@ -16,13 +16,14 @@ use anyhow::Result;
 use serde_json::Value;
 
 use crate::istio::{
-    CLUSTER_ANNOTATION, CLUSTER_NAME_ANNOTATION, GATEWAY_API_V1, MULTICLUSTER_LABEL, NETWORK_LABEL,
-    announce_gateway_name, remote_secret_name,
+    CLUSTER_ANNOTATION, GATEWAY_API_V1, MULTICLUSTER_LABEL, announce_gateway_name,
+    remote_secret_name,
 };
 use crate::kube::{self as kc, Cluster, Deletion};
 use crate::mesh::origin::{Origin, origin};
 
 use super::Member;
+use super::unjoin::with_type;
 
 /// An object an earlier join made for a name this run no longer uses, found in the cluster
 /// `in_cluster` (an index into the run's members), and why it goes.
@@ -32,21 +33,8 @@ pub(super) struct Retired {
     pub why: String,
 }
 
-/// The name and network an earlier join recorded on namespace `ns` of `c`, before this run
-/// changes them.
-pub(super) async fn recorded(c: &Cluster, ns: &str) -> Result<(Option<String>, Option<String>)> {
-    let Some(n) = kc::get(c, "v1", "Namespace", None, ns).await? else {
-        return Ok((None, None));
-    };
-    let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
-    Ok((
-        text(&n["metadata"]["annotations"][CLUSTER_NAME_ANNOTATION]),
-        text(&n["metadata"]["labels"][NETWORK_LABEL]),
-    ))
-}
-
 /// What to remove from the other clusters of the run, given each member's recorded name and
-/// network (`recorded[i]` for `members[i]`, read by [`recorded`]). Reads only.
+/// network (`recorded[i]` for `members[i]`, read by `namespace::recorded`). Reads only.
 pub(super) async fn find(
     members: &[Member],
     clusters: &[Cluster],
@@ -79,7 +67,7 @@ pub(super) async fn find(
                     );
                     out.push(Retired {
                         in_cluster: j,
-                        obj: typed(obj, "v1", "Secret"),
+                        obj: with_type(obj, "v1", "Secret"),
                         why,
                     });
                 }
@@ -98,7 +86,7 @@ pub(super) async fn find(
                     );
                     out.push(Retired {
                         in_cluster: j,
-                        obj: typed(obj, GATEWAY_API_V1, "Gateway"),
+                        obj: with_type(obj, GATEWAY_API_V1, "Gateway"),
                         why,
                     });
                 }
@@ -119,12 +107,6 @@ fn is_remote_secret_of(s: &Value, cluster: &str) -> bool {
         && s["metadata"]["labels"][MULTICLUSTER_LABEL] == "true"
         && s["metadata"]["annotations"][CLUSTER_ANNOTATION] == cluster
         && s["data"].get(cluster).is_some()
-}
-
-fn typed(mut o: Value, api_version: &str, kind: &str) -> Value {
-    o["apiVersion"] = api_version.into();
-    o["kind"] = kind.into();
-    o
 }
 
 /// Removes `r` (unless it was replaced since it was read: then it is left, and said).

@@ -116,7 +116,7 @@ pub async fn unjoin_cluster(
 }
 
 /// `o` as listed, with the type a list's items may not carry.
-fn with_type(mut o: Value, api_version: &str, kind: &str) -> Value {
+pub(super) fn with_type(mut o: Value, api_version: &str, kind: &str) -> Value {
     o["apiVersion"] = json!(api_version);
     o["kind"] = json!(kind);
     o

@@ -300,9 +300,16 @@ pub fn unknown_remotes(
     stored: &[StoredRemote],
     known: &[&str],
 ) {
-    let unknown: Vec<String> = stored
+    let unknown: Vec<&StoredRemote> = stored
         .iter()
         .filter(|s| s.cluster != target.name && !known.contains(&s.cluster.as_str()))
+        .collect();
+    if unknown.is_empty() {
+        return;
+    }
+    let secrets: Vec<&str> = unknown.iter().map(|s| s.secret.as_str()).collect();
+    let unknown: Vec<String> = unknown
+        .iter()
         .map(|s| {
             format!(
                 "{ns}/{} registers cluster {}",
@@ -310,14 +317,6 @@ pub fn unknown_remotes(
                 crate::kube::shown(&s.cluster)
             )
         })
-        .collect();
-    if unknown.is_empty() {
-        return;
-    }
-    let secrets: Vec<&str> = stored
-        .iter()
-        .filter(|s| s.cluster != target.name && !known.contains(&s.cluster.as_str()))
-        .map(|s| s.secret.as_str())
         .collect();
     r.warn(
         &format!("cluster {}", target.context),
