@@ -63,6 +63,7 @@ pub enum IdentityError {
 }
 
 /// What is served: from one read of the three files, or from one answer of istiod.
+#[derive(Clone)]
 struct Loaded {
     key: Arc<CertifiedKey>,
     verifier: Arc<dyn ClientCertVerifier>,
@@ -308,11 +309,8 @@ impl Identity {
         }));
         if let Some(l) = self.current.load_full() {
             self.current.store(Some(Arc::new(Loaded {
-                key: l.key.clone(),
                 verifier,
-                spiffe_id: l.spiffe_id.clone(),
-                contents: l.contents.clone(),
-                not_after: l.not_after,
+                ..Loaded::clone(&l)
             })));
         }
         Ok(true)
@@ -410,22 +408,20 @@ fn read_all(dir: &Path) -> Result<[Vec<u8>; 3], IdentityError> {
 fn read_bounded(path: &Path) -> Result<Vec<u8>, IdentityError> {
     use crate::bounded_read::{ReadRefused, read_regular};
     let path = path.to_path_buf();
-    {
-        read_regular(&path, MAX_CERT_FILE_BYTES).map_err(|e| match e {
-            ReadRefused::Io(source) => IdentityError::Read { path, source },
-            ReadRefused::NotRegular(what) => IdentityError::Invalid {
-                path,
-                msg: format!("it is {what}, not a regular file"),
-            },
-            ReadRefused::TooLarge => IdentityError::Invalid {
-                path,
-                msg: format!(
-                    "larger than {} MiB: not a certificate or key file",
-                    MAX_CERT_FILE_BYTES >> 20
-                ),
-            },
-        })
-    }
+    read_regular(&path, MAX_CERT_FILE_BYTES).map_err(|e| match e {
+        ReadRefused::Io(source) => IdentityError::Read { path, source },
+        ReadRefused::NotRegular(what) => IdentityError::Invalid {
+            path,
+            msg: format!("it is {what}, not a regular file"),
+        },
+        ReadRefused::TooLarge => IdentityError::Invalid {
+            path,
+            msg: format!(
+                "larger than {} MiB: not a certificate or key file",
+                MAX_CERT_FILE_BYTES >> 20
+            ),
+        },
+    })
 }
 
 fn load_files(dir: &Path, provider: &Arc<CryptoProvider>) -> Result<Loaded, IdentityError> {

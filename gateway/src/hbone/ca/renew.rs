@@ -126,14 +126,15 @@ impl Renewer {
     fn follow_roots(&mut self) {
         match std::fs::read(&self.cfg.root) {
             Ok(pem) if pem == self.roots_pem => {}
-            Ok(_) => match CaClient::new(&self.cfg) {
+            Ok(read) => match CaClient::new(&self.cfg) {
                 Ok((client, pem)) => {
                     tracing::info!(root = %self.cfg.root.display(), "--ca-root changed: istiod's TLS is checked against the new roots");
                     (self.client, self.roots_pem) = (client, pem);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "--ca-root changed but cannot be used; keeping the previous roots for istiod's TLS");
-                    self.roots_pem = std::fs::read(&self.cfg.root).unwrap_or_default();
+                    // Said once per change: the same unusable file is not tried again.
+                    self.roots_pem = read;
                 }
             },
             Err(e) => {
