@@ -133,6 +133,8 @@ async fn a_file_still_being_written_is_not_published() {
     }
     writer.join().unwrap();
     assert_eq!(seen, vec![1, SERVICES], "route counts published");
+    // The counter moves just after the table is swapped in: wait for it, not read it once.
+    wait_metric(gw.admin, RELOADS, 2.0).await;
     let (_, m) = http_get(gw.admin, "/metrics").await;
     assert_eq!(metric(&m, ERRORS), 0.0);
     assert_eq!(metric(&m, RELOADS), 2.0);
