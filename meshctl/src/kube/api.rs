@@ -19,6 +19,7 @@ use super::config::{KubeconfigFile, init_crypto};
 use super::credential::{prepare_local, shown};
 use super::errors::{ConnectError, error_text};
 use super::render::{describe, meta};
+use super::unreached::CONNECT_TIMEOUT_S;
 use crate::istio::MANAGER;
 
 /// Runs an async command on a fresh runtime (the CLI is otherwise synchronous).
@@ -61,7 +62,7 @@ impl KubeconfigFile {
                 cluster_file.display()
             )
         })?;
-        cfg.connect_timeout = Some(Duration::from_secs(5));
+        cfg.connect_timeout = Some(Duration::from_secs(CONNECT_TIMEOUT_S));
         cfg.read_timeout = Some(Duration::from_secs(30));
         let server = cfg
             .cluster_url

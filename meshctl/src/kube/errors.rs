@@ -8,6 +8,7 @@ use kube::client::AuthError;
 
 use super::credential::shown;
 use super::retry::{MAX_RETRIES, WAIT_BUDGET};
+use super::unreached::{Unreached, innermost, unreached};
 
 /// The message of a kube error without kube's nesting noise: the cause chain joined by
 /// ": ", each cause once (kube and hyper errors repeat their source in their own text). A
@@ -35,6 +36,14 @@ pub fn error_text(e: &kube::Error) -> String {
                 ));
             }
             text
+        }
+        other if let Some(u) = unreached(other) => {
+            // The resolver's own words say which failure (no such name, no server).
+            if u == Unreached::NoSuchHost {
+                format!("{}: {}", u.text(), innermost(other))
+            } else {
+                u.text()
+            }
         }
         other => {
             let mut text = other.to_string();
@@ -138,6 +147,10 @@ pub fn unanswered(e: &kube::Error) -> bool {
     }
 }
 
+/// The fix for a context whose API server gave no answer for a reason not recognised.
+pub const UNREACHED_FIX: &str =
+    "check that the cluster is running and that the kubeconfig's server address is right";
+
 /// Why `connect` could not use a context, with the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -171,11 +184,13 @@ pub enum ConnectError {
         server: String,
         detail: String,
     },
-    #[error("cannot reach the API server of context {context:?} at {server}: {detail}")]
+    #[error("cannot reach the API server of context {context:?} at {server}: {detail}; {fix}")]
     Unreachable {
         context: String,
         server: String,
         detail: String,
+        /// What to do, for the cause in `detail` when it is recognised.
+        fix: String,
     },
 }
 
@@ -214,6 +229,7 @@ impl ConnectError {
                 context,
                 server,
                 detail,
+                fix: unreached(e).map_or_else(|| UNREACHED_FIX.to_string(), |u| u.kubeconfig_fix()),
             },
         }
     }

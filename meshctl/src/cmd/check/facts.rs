@@ -55,7 +55,7 @@ pub enum Unread {
     /// a token that fits no HTTP header).
     Unusable { user: String, error: String },
     /// No answer, or any other failure to connect.
-    Unreachable { error: String },
+    Unreachable { error: String, fix: String },
 }
 
 /// What check concluded about one cluster, for the pair and mesh checks.

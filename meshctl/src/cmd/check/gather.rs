@@ -32,8 +32,21 @@ pub fn unread(e: &anyhow::Error) -> Unread {
             user: user.clone(),
             error: format!("{e:#}"),
         },
+        // The fix goes in the hint, not twice.
+        Some(ConnectError::Unreachable {
+            context,
+            server,
+            detail,
+            fix,
+        }) => Unread::Unreachable {
+            error: format!(
+                "cannot reach the API server of context {context:?} at {server}: {detail}"
+            ),
+            fix: fix.clone(),
+        },
         _ => Unread::Unreachable {
             error: format!("{e:#}"),
+            fix: kc::UNREACHED_FIX.to_string(),
         },
     }
 }
@@ -187,7 +200,7 @@ pub async fn try_kubeconfig(
     let mut cfg = kube::Config::from_custom_kubeconfig(k, &KubeConfigOptions::default())
         .await
         .map_err(|e| unusable(e.to_string()))?;
-    cfg.connect_timeout = Some(Duration::from_secs(5));
+    cfg.connect_timeout = Some(Duration::from_secs(kc::CONNECT_TIMEOUT_S));
     cfg.read_timeout = Some(Duration::from_secs(15));
     let server = kc::shown_server(&cfg.cluster_url.to_string());
     let who = format!("the stored kubeconfig's server {server}");

@@ -54,13 +54,8 @@ pub fn unread_cluster(r: &mut Report, ctx: &str, name_flag: Option<&str>, why: &
             );
             "not readable with meshctl's credential"
         }
-        Unread::Unreachable { error } => {
-            r.fail(
-                &scope,
-                "API server reachable",
-                error.clone(),
-                "check the kubeconfig context and that the cluster is running",
-            );
+        Unread::Unreachable { error, fix } => {
+            r.fail(&scope, "API server reachable", error.clone(), fix.clone());
             "unreachable"
         }
     };

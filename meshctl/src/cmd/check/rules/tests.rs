@@ -385,6 +385,7 @@ fn an_unread_cluster_fails_once_and_skips_its_checks() {
     let mut r = Report::default();
     let why = Unread::Unreachable {
         error: "timed out".into(),
+        fix: "check the route".into(),
     };
     let seen = unread_cluster(&mut r, "east", Some("east-cluster"), &why);
     assert_eq!(r.items[0].status, Status::Fail);
