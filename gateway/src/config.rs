@@ -37,6 +37,13 @@ pub struct KubeOptions {
     /// The cluster's ID as istiod names it (`--cluster-id`): every endpoint carries it as
     /// `topology.istio.io/cluster` for subsets, as istiod's endpoints do.
     pub cluster_id: String,
+    /// istiod's root namespace (`--root-namespace`): where mesh-wide DestinationRules live.
+    pub root_namespace: String,
+}
+
+impl KubeOptions {
+    /// istiod's default `meshConfig.rootNamespace` in a standard install: its own namespace.
+    pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 }
 
 impl Default for KubeOptions {
@@ -49,6 +56,7 @@ impl Default for KubeOptions {
             crd_recheck: Duration::from_secs(30),
             pod_ip: None,
             cluster_id: CaConfig::DEFAULT_CLUSTER_ID.into(),
+            root_namespace: Self::DEFAULT_ROOT_NAMESPACE.into(),
         }
     }
 }
@@ -294,6 +302,14 @@ fn namespace(s: &str) -> Result<String, String> {
     }
 }
 
+/// `--root-namespace`: a namespace name, never empty (istiod always has one).
+fn root_namespace(s: &str) -> Result<String, String> {
+    match namespace(s)? {
+        n if n.is_empty() => Err("empty: istiod's root namespace (e.g. istio-system)".into()),
+        n => Ok(n),
+    }
+}
+
 /// `--zone`: a Kubernetes label value, as `topology.kubernetes.io/zone` and an EndpointSlice's
 /// `zone` are; empty is none.
 fn zone(s: &str) -> Result<String, String> {
@@ -421,6 +437,11 @@ pub struct Args {
     /// ignored; one trailing dot is dropped (cluster.local. is cluster.local).
     #[arg(long, env = "GATEWAY_CLUSTER_DOMAIN", default_value = "cluster.local", value_parser = cluster_domain)]
     pub cluster_domain: String,
+    /// istiod's root namespace (its meshConfig.rootNamespace, by default istiod's own
+    /// namespace). DestinationRules apply to the gateway from its own namespace, the Service's
+    /// and this one, as istiod applies them to its gateways; rules in other namespaces never.
+    #[arg(long, env = "GATEWAY_ROOT_NAMESPACE", default_value = KubeOptions::DEFAULT_ROOT_NAMESPACE, value_parser = root_namespace)]
+    pub root_namespace: String,
     /// The zone this gateway runs in (its node's topology.kubernetes.io/zone). Services with
     /// `trafficDistribution: PreferClose` go to endpoints in it first. In Kubernetes without
     /// it, learned from the EndpointSlice that lists --pod-ip.
@@ -690,6 +711,7 @@ impl Args {
                 cluster_domain: self.cluster_domain,
                 pod_ip: self.pod_ip.map(|ip| ip.to_canonical()),
                 cluster_id: self.cluster_id.clone(),
+                root_namespace: self.root_namespace,
                 ..KubeOptions::default()
             }),
         };

@@ -311,6 +311,107 @@ async fn a_destination_rules_tls_mode_decides_which_endpoints_take_15443() {
     eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["mesh"]).await;
 }
 
+/// Which DestinationRules reach the gateway, as istiod picks them for a proxy in the
+/// gateway's namespace (`default`, the test kubeconfig's; the root namespace is
+/// `istio-system`): the gateway's namespace's own, else the Service's namespace's exported
+/// ones, else the root namespace's. A rule in any other namespace never applies, whatever its
+/// `exportTo`: before, one written in namespace `evil` with ISTIO_MUTUAL made the gateway
+/// splice 15443 connections to endpoints that are no mesh workloads (the API server's, in an
+/// audit's repro) and its subsets replaced the Service owner's.
+#[tokio::test]
+async fn only_the_gateways_the_services_and_the_root_namespaces_rules_apply() {
+    let api = api_server(true).await;
+    let (b, port) = backends(&["plain", "mesh"]).await;
+    let st = api.store();
+    for ns in ["evil", "istio-system", "default"] {
+        st.apply(namespace_json(ns)).unwrap();
+    }
+    st.apply(k8s::pod(NS, "pa", &[("app", "catalog")])).unwrap();
+    st.create(service("catalog", &[("http", 80)])).unwrap();
+    let eps = [(b[0].addr.ip(), true, "pa"), (b[1].addr.ip(), true, "pb")];
+    st.create(catalog_slice(port, &eps)).unwrap();
+    let rule = |ns: &str, name: &str, export_to: &[&str], policy: Value, subset: &str| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"host": CATALOG, "exportTo": export_to, "trafficPolicy": policy,
+                     "subsets": [{"name": subset, "labels": {}}]}})
+    };
+    let mutual = || json!({"tls": {"mode": "ISTIO_MUTUAL"}});
+    st.create(rule("evil", "grab", &["*"], mutual(), "evil"))
+        .unwrap();
+    st.create(rule("evil", "grab-gw", &["default"], mutual(), "evil2"))
+        .unwrap();
+    let gw = kube_gateway(&api, |_| {}).await;
+    // The Service's own rule, written after evil's: once its subset routes, evil's were read.
+    st.create(rule(NS, "catalog", &[], json!({}), "all"))
+        .unwrap();
+    eventually_served_by(gw.listen, &sni(80, "all", CATALOG), &["mesh"]).await;
+    eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["mesh"]).await;
+    for subset in ["evil", "evil2"] {
+        eventually_refused(&gw, &sni(80, subset, CATALOG), "no_route").await;
+    }
+    assert_eq!(
+        b[0].accepted(),
+        0,
+        "nothing reached the workload outside the mesh"
+    );
+
+    // The root namespace's rule waits behind the Service's, and applies without it.
+    st.create(rule("istio-system", "mesh-wide", &[], mutual(), "root"))
+        .unwrap();
+    eventually_refused(&gw, &sni(80, "root", CATALOG), "no_route").await;
+    st.delete(
+        "networking.istio.io/v1",
+        "DestinationRule",
+        Some(NS),
+        "catalog",
+    )
+    .unwrap();
+    // Its ISTIO_MUTUAL admits the Pod without a sidecar on the whole route; its subset
+    // reads only its own policy (none), so the Pods' marks.
+    eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["plain", "mesh"]).await;
+    eventually_served_by(gw.listen, &sni(80, "root", CATALOG), &["mesh"]).await;
+    // The gateway's own namespace's rule comes first, private to it or not.
+    let disable = json!({"tls": {"mode": "DISABLE"}});
+    st.create(rule("default", "mine", &["."], disable, "mine"))
+        .unwrap();
+    eventually_refused(&gw, &sni(80, "", CATALOG), "no_healthy_endpoint").await;
+    eventually_refused(&gw, &sni(80, "root", CATALOG), "no_route").await;
+}
+
+/// Rules for one host in one namespace merge as istiod merges them: the oldest rule with a
+/// `trafficPolicy` gives the whole policy, so a newer rule's TLS mode is dropped even when
+/// the older policy has none (before, the oldest rule *with a TLS mode* won).
+#[tokio::test]
+async fn the_oldest_traffic_policy_is_kept_whole() {
+    let api = api_server(true).await;
+    let (b, port) = backends(&["plain", "mesh"]).await;
+    let st = api.store();
+    st.apply(k8s::pod(NS, "pa", &[("app", "catalog")])).unwrap();
+    st.create(service("catalog", &[("http", 80)])).unwrap();
+    let eps = [(b[0].addr.ip(), true, "pa"), (b[1].addr.ip(), true, "pb")];
+    st.create(catalog_slice(port, &eps)).unwrap();
+    let rule = |name: &str, policy: Value, subset: &str| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"host": "catalog", "trafficPolicy": policy,
+                     "subsets": [{"name": subset, "labels": {}}]}})
+    };
+    let pool = json!({"connectionPool": {"tcp": {"maxConnections": 100}}});
+    st.create(rule("a-pool", pool, "one")).unwrap();
+    st.create(rule(
+        "b-tls",
+        json!({"tls": {"mode": "ISTIO_MUTUAL"}}),
+        "two",
+    ))
+    .unwrap();
+    let gw = kube_gateway(&api, |_| {}).await;
+    // Both rules were read (their subsets merge); the Pods' marks still decide.
+    eventually_served_by(gw.listen, &sni(80, "two", CATALOG), &["mesh"]).await;
+    eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["mesh"]).await;
+    assert_eq!(b[0].accepted(), 0);
+}
+
 /// Istio's per-cluster subsets (istio.io "Partitioning Services"): a DestinationRule
 /// selecting on `topology.istio.io/cluster` matches every endpoint of the gateway's cluster
 /// (`--cluster-id`), as istiod adds that label to each; another cluster's subset has none.

@@ -586,3 +586,43 @@ async fn check_adds_no_ambient_items_to_a_classic_mesh() {
         );
     }
 }
+
+/// Istio in another namespace: its root namespace (where mesh-wide DestinationRules live) is
+/// that one by default, so the gateway is told; in istio-system its arguments stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_manifest_names_another_root_namespace() {
+    let args_in = |ns: &'static str| async move {
+        let out = meshctl(&[
+            "gateway",
+            "manifest",
+            "--network",
+            "n1",
+            "-n",
+            ns,
+            "-o",
+            "json",
+        ])
+        .await;
+        assert!(out.status.success(), "{}", text(&out));
+        let objs: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let items = objs
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| objs["items"].as_array().unwrap().clone());
+        let d = items.iter().find(|o| o["kind"] == "Deployment").unwrap();
+        let args = &d["spec"]["template"]["spec"]["containers"][0]["args"];
+        args.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let other = args_in("mesh-system").await;
+    let at = other.iter().position(|a| a == "--root-namespace").unwrap();
+    assert_eq!(other[at + 1], "mesh-system");
+    assert!(
+        !args_in("istio-system")
+            .await
+            .contains(&"--root-namespace".to_string())
+    );
+}

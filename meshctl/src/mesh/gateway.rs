@@ -314,6 +314,12 @@ fn listeners(
         json!("--cluster-id"),
         json!(cluster_id),
     ]);
+    // istiod's root namespace is its own by default, where mesh-wide DestinationRules live;
+    // the gateway assumes istio-system, so only another one is passed (an unchanged install
+    // keeps its arguments).
+    if ns != crate::istio::DEFAULT_NAMESPACE {
+        args.extend([json!("--root-namespace"), json!(ns)]);
+    }
     container_ports.extend([
         json!({"name": "status-port", "containerPort": STATUS_PORT, "protocol": "TCP"}),
         json!({"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}),

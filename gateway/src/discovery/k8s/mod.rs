@@ -26,12 +26,14 @@
 //! - `watch`: `spawn_watches::<K>`, one generic helper for every watched type;
 //! - `crd`: finding, watching and losing the optional CRDs (their detection and re-polling
 //!   stay here rather than in `watch`: one file for a CRD's whole life);
+//! - `dr_scope`: istiod's rules for which DestinationRules the gateway sees (pure functions);
 //! - `specs`: the model turned into route specs; `task`: the rebuild task.
 
 mod ambient;
 mod cache;
 mod client;
 mod crd;
+mod dr_scope;
 mod health;
 mod overload;
 mod probe;
@@ -110,6 +112,7 @@ impl KubeSource {
         model.watched_namespaces = namespaces.clone();
         model.cluster_id = opts.cluster_id.as_str().into();
         model.gateway_namespace = gateway_namespace.as_str().into();
+        model.root_namespace = opts.root_namespace.as_str().into();
         // The CRD checks come first (on the connection the reachability check opened), and
         // the first table waits for their watches, so a cluster with Istio never publishes a
         // table without its subsets or waypoints.

@@ -98,13 +98,21 @@ pub struct SliceEndpoint {
     pub node: Option<Arc<str>>,
 }
 
-/// What a DestinationRule contributes: the resolved host and its subsets.
+/// What a DestinationRule contributes: the resolved host, who may see it, its subsets and
+/// TLS modes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DrInfo {
+    /// Resolved (`resolve_host`); `*`, or `*.` and a suffix, for a wildcard rule.
     pub host: String,
+    pub namespace: Box<str>,
+    /// `spec.exportTo` as written; empty for every namespace (istiod's default).
+    pub export_to: Vec<Box<str>>,
     /// `(creationTimestamp, namespace/name)`: the oldest rule wins a conflict, as in Istio.
     pub order: (Option<Time>, String),
     pub subsets: Vec<(String, Labels)>,
+    /// It has a `trafficPolicy` (even one without `tls`): merged rules keep the oldest such
+    /// rule's whole policy, as istiod's `mergeDestinationRule`.
+    pub has_policy: bool,
     /// The TLS modes of its `trafficPolicy` and of each subset's (`subsets` order).
     pub tls: crate::dr_tls::PolicyTls,
     pub subset_tls: Vec<crate::dr_tls::PolicyTls>,
@@ -348,22 +356,41 @@ pub(super) fn pod_label<'a>(labels: &'a PodLabels, key: &str) -> Option<&'a str>
 /// as it is, so `name.ns` names no Kubernetes Service, in istiod as here.
 pub fn resolve_host(host: &str, rule_ns: &str, domain: &str) -> String {
     let h = host.trim().trim_end_matches('.').to_ascii_lowercase();
-    if h.contains('.') {
+    // `*` alone is every host, not a name in the rule's namespace.
+    if h.contains('.') || h == "*" {
         h
     } else {
         format!("{h}.{rule_ns}.svc.{domain}")
     }
 }
 
-/// A DestinationRule's host and subsets (`spec.host`, `spec.subsets[].{name,labels}`).
+/// A DestinationRule's host, `exportTo`, subsets (`spec.subsets[].{name,labels}`) and TLS
+/// modes. A rule with a `workloadSelector` is left out: it applies to the selected workloads'
+/// own outbound traffic (istiod keeps such rules to their namespace's matching proxies), never
+/// to the gateway's. A host with `*` anywhere but as its whole first label is no host istiod
+/// accepts (its validation refuses it), so none here either.
 pub fn project_destination_rule(dr: &DynamicObject, domain: &str) -> Option<DrInfo> {
     let spec = dr.data.get("spec")?;
     let host = spec.get("host")?.as_str()?;
-    if host.contains('*') {
-        // Wildcard hosts are not supported; the rule is ignored.
+    if spec.get("workloadSelector").is_some_and(|w| !w.is_null()) {
+        return None;
+    }
+    let well_formed = match host.strip_prefix('*') {
+        None => !host.contains('*'),
+        Some(rest) => (rest.is_empty() || rest.starts_with('.')) && !rest.contains('*'),
+    };
+    if !well_formed {
         return None;
     }
     let ns = dr.metadata.namespace.as_deref().unwrap_or("");
+    let export_to = spec
+        .get("exportTo")
+        .and_then(|e| e.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str().map(Box::from))
+        .collect();
+    let policy = spec.get("trafficPolicy").filter(|p| !p.is_null());
     let mut subset_tls = Vec::new();
     let subsets = spec
         .get("subsets")
@@ -387,12 +414,15 @@ pub fn project_destination_rule(dr: &DynamicObject, domain: &str) -> Option<DrIn
         .collect();
     Some(DrInfo {
         host: resolve_host(host, ns, domain),
+        namespace: ns.into(),
+        export_to,
         order: (
             dr.metadata.creation_timestamp.clone(),
             format!("{ns}/{}", dr.metadata.name.as_deref().unwrap_or("")),
         ),
         subsets,
-        tls: crate::dr_tls::policy_tls(spec.get("trafficPolicy")),
+        has_policy: policy.is_some(),
+        tls: crate::dr_tls::policy_tls(policy),
         subset_tls,
     })
 }
@@ -592,6 +622,38 @@ pub(super) mod tests {
         assert_eq!(info.subsets.len(), 2);
         assert_eq!(info.subsets[0].1["version"], "v1");
         assert!(info.subsets[1].1.is_empty());
+        assert!(info.export_to.is_empty() && !info.has_policy);
+    }
+
+    #[test]
+    fn destination_rules_keep_wildcards_export_to_and_drop_selected_workloads() {
+        let rule = |spec: serde_json::Value| {
+            let dr: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": "r", "namespace": "shop"}, "spec": spec
+            }))
+            .unwrap();
+            project_destination_rule(&dr, "cluster.local")
+        };
+        for (host, kept) in [
+            ("*", Some("*")),
+            ("*.shop.svc.cluster.local", Some("*.shop.svc.cluster.local")),
+            ("*.Local.", Some("*.local")),
+            ("a*.shop", None),
+            ("*.*.local", None),
+            ("*shop", None),
+        ] {
+            let got = rule(json!({"host": host}));
+            assert_eq!(got.as_ref().map(|r| r.host.as_str()), kept, "{host}");
+        }
+        let r = rule(json!({"host": "catalog", "exportTo": [".", "istio-system"],
+            "trafficPolicy": {"connectionPool": {}}}))
+        .unwrap();
+        assert_eq!(r.export_to, [Box::from("."), Box::from("istio-system")]);
+        assert!(r.has_policy && r.tls.mode.is_none());
+        let selected =
+            json!({"host": "catalog", "workloadSelector": {"matchLabels": {"app": "a"}}});
+        assert!(rule(selected).is_none());
     }
 
     #[test]

@@ -6,11 +6,15 @@ use std::sync::Arc;
 
 use super::ambient::{self, NamespaceScope};
 use super::cache::Watched;
+use super::dr_scope::DrScope;
 use super::project::{DrInfo, ObjKey, PodInfo, SliceInfo, SvcInfo, pod_label};
 use super::waypoints::{self, ClassInfo, WaypointAddress, WaypointInfo};
 use crate::dr_tls::DrTls;
 use crate::routes::{Canary, EndpointSpec, Labels, ServiceSpec, Subsets};
 use crate::sni_name::{validate_host, validate_subset};
+
+/// A Service's DestinationRules merged: its subsets and TLS modes, shared between Services.
+type MergedRules = (Arc<Subsets>, Arc<DrTls>);
 
 /// Why a waypoint cannot be seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -61,8 +65,11 @@ pub struct Model {
     pub gateway_classes_forbidden: bool,
     /// The cluster's ID (`--cluster-id`), every endpoint's `topology.istio.io/cluster`.
     pub cluster_id: Box<str>,
-    /// The gateway's namespace: a Service whose `exportTo` leaves it out is not routed.
+    /// The gateway's namespace: a Service whose `exportTo` leaves it out is not routed, and
+    /// DestinationRules are looked up from it ([`DrScope`]).
     pub gateway_namespace: Box<str>,
+    /// istiod's root namespace (`--root-namespace`), the last place rules come from.
+    pub root_namespace: Box<str>,
 }
 
 impl Model {
@@ -80,6 +87,7 @@ impl Model {
             gateway_classes_forbidden: false,
             cluster_id: crate::config::CaConfig::DEFAULT_CLUSTER_ID.into(),
             gateway_namespace: "istio-system".into(),
+            root_namespace: crate::config::KubeOptions::DEFAULT_ROOT_NAMESPACE.into(),
         }
     }
 
@@ -272,24 +280,20 @@ impl Model {
         out
     }
 
-    /// Subsets per resolved host: rules for one host merge, the oldest rule winning a subset
-    /// name defined twice. Subset names that cannot appear in an SNI name are dropped.
-    /// Hosts with equal subsets share one map (rules are often copies of each other).
-    /// Beside them, the TLS modes per host ([`DrTls`]): the oldest rule's that sets a
-    /// `trafficPolicy` TLS mode, and each subset's from the rule whose subset wins.
-    fn subsets_by_host(&self) -> HashMap<&str, (Arc<Subsets>, Arc<DrTls>)> {
-        let Some(rules) = &self.rules else {
-            return HashMap::new();
-        };
-        let mut sorted: Vec<&DrInfo> = rules.iter().map(|(_, r)| r).collect();
-        sorted.sort_by(|a, b| a.order.cmp(&b.order));
-        let mut out: HashMap<&str, Subsets> = HashMap::new();
-        let mut tls: HashMap<&str, DrTls> = HashMap::new();
-        for r in sorted {
-            let entry = out.entry(r.host.as_str()).or_default();
-            let host_tls = tls.entry(r.host.as_str()).or_default();
-            if host_tls.service.is_empty() {
-                host_tls.service = r.tls.clone();
+    /// The subsets and TLS modes of the rules istiod gives the gateway for `host`, a
+    /// Service's in `svc_ns` ([`DrScope`]), merged as `mergeDestinationRule` merges them:
+    /// the oldest rule wins a subset name defined twice, and the oldest rule with a
+    /// `trafficPolicy` gives the whole policy's TLS modes (a newer rule's `tls` is dropped
+    /// even when the older policy sets none). Each subset's TLS is its own rule's. Subset
+    /// names that cannot appear in an SNI name are dropped.
+    fn merged_rules(scope: &DrScope, svc_ns: &str, host: &str) -> (Subsets, DrTls) {
+        let mut subsets = Subsets::new();
+        let mut tls = DrTls::default();
+        let mut policy_taken = false;
+        for r in scope.rules_for(svc_ns, host) {
+            if r.has_policy && !policy_taken {
+                tls.service = r.tls.clone();
+                policy_taken = true;
             }
             for (i, (name, labels)) in r.subsets.iter().enumerate() {
                 if validate_subset(name).is_err() {
@@ -301,29 +305,14 @@ impl Model {
                 // matches ignoring case: kept lower-cased, so `V1` is reachable. Names equal
                 // but for case are one subset here; the oldest rule's wins.
                 let key = name.to_ascii_lowercase();
-                if !entry.contains_key(&key) {
+                if let std::collections::btree_map::Entry::Vacant(v) = subsets.entry(key) {
                     let subset_tls = r.subset_tls.get(i).cloned().unwrap_or_default();
-                    host_tls.subsets.insert(key.clone(), subset_tls);
+                    tls.subsets.insert(v.key().clone(), subset_tls);
+                    v.insert(labels.clone());
                 }
-                entry.entry(key).or_insert_with(|| labels.clone());
             }
         }
-        let mut shared: HashMap<Subsets, Arc<Subsets>> = HashMap::new();
-        let mut shared_tls: HashMap<DrTls, Arc<DrTls>> = HashMap::new();
-        out.into_iter()
-            .map(|(host, subs)| {
-                let subs = shared
-                    .entry(subs)
-                    .or_insert_with_key(|s| Arc::new(s.clone()))
-                    .clone();
-                let t = tls.remove(host).unwrap_or_default();
-                let t = shared_tls
-                    .entry(t)
-                    .or_insert_with_key(|t| Arc::new(t.clone()))
-                    .clone();
-                (host, (subs, t))
-            })
-            .collect()
+        (subsets, tls)
     }
 
     /// The route table's input: one spec per Service with at least one TCP port.
@@ -336,15 +325,44 @@ impl Model {
     /// for the label keys the Service's subsets select on; endpoints with equal labels
     /// share one map, so the table holds a few maps rather than one per endpoint.
     pub fn specs(&self, domain: &str) -> Vec<ServiceSpec> {
-        let mut slices_by_svc: HashMap<(&str, &str), Vec<&SliceInfo>> = HashMap::new();
-        for ((ns, _), s) in self.slices.iter() {
+        // Each Service's slices in name order: which listing of an address comes first must
+        // not depend on hash order (two gateways, or two restarts, would route differently).
+        let mut slices_by_svc: HashMap<(&str, &str), Vec<(&str, &SliceInfo)>> = HashMap::new();
+        for ((ns, name), s) in self.slices.iter() {
             slices_by_svc
                 .entry((ns.as_ref(), s.service.as_ref()))
                 .or_default()
-                .push(s);
+                .push((name, s));
         }
-        let subsets = self.subsets_by_host();
-        let no_subsets: (Arc<Subsets>, Arc<DrTls>) = Default::default();
+        for slices in slices_by_svc.values_mut() {
+            slices.sort_unstable_by_key(|(name, _)| *name);
+        }
+        let scope = DrScope::new(
+            self.rules.iter().flat_map(|r| r.iter().map(|(_, r)| r)),
+            &self.gateway_namespace,
+            &self.root_namespace,
+        );
+        // Each Service's rules, merged; Services with equal rules share one map (rules are
+        // often copies of each other, and a wildcard rule serves many Services).
+        let mut shared: HashMap<Subsets, Arc<Subsets>> = HashMap::new();
+        let mut shared_tls: HashMap<DrTls, Arc<DrTls>> = HashMap::new();
+        let rules_by_svc: HashMap<(&str, &str), MergedRules> = self
+            .services
+            .iter()
+            .map(|((ns, name), _)| {
+                let (subs, tls) = Self::merged_rules(&scope, ns, &service_host(name, ns, domain));
+                let subs = shared
+                    .entry(subs)
+                    .or_insert_with_key(|s| Arc::new(s.clone()))
+                    .clone();
+                let tls = shared_tls
+                    .entry(tls)
+                    .or_insert_with_key(|t| Arc::new(t.clone()))
+                    .clone();
+                ((ns.as_ref(), name.as_ref()), (subs, tls))
+            })
+            .collect();
+        let no_rules: MergedRules = Default::default();
         let no_labels: Arc<Labels> = Arc::default();
         let mut label_sets: HashMap<Vec<(&str, &str)>, Arc<Labels>> = HashMap::new();
         let mut label_key: Vec<(&str, &str)> = Vec::new();
@@ -373,7 +391,9 @@ impl Model {
                 tracing::debug!(%host, "service host is not routable; skipped");
                 continue;
             }
-            let (subs, tls) = subsets.get(host.as_str()).unwrap_or(&no_subsets);
+            let (subs, tls) = rules_by_svc
+                .get(&(ns.as_ref(), svc_name.as_ref()))
+                .unwrap_or(&no_rules);
             let wanted_keys: Vec<&str> = {
                 let mut k: Vec<&str> = subs
                     .values()
@@ -388,7 +408,7 @@ impl Model {
                 .get(&(ns.as_ref(), svc_name.as_ref()))
                 .into_iter()
                 .flatten()
-                .filter_map(|&slice| {
+                .filter_map(|&(_, slice)| {
                     let port_map: BTreeMap<u16, u16> = svc
                         .ports
                         .iter()
@@ -468,17 +488,25 @@ impl Model {
                     if spec.zone.is_none() {
                         spec.zone = e.zone.clone();
                     }
+                    // istiod keeps an endpoint per address and Service port
+                    // (`endpointKey{ip, port name}`), so listings of one address in slices
+                    // with different ports add up: a ready endpoint serves the ports of its
+                    // ready listings, one that is not ready those of all of them.
                     if e.ready && !spec.ready {
                         spec.ready = true;
                         spec.labels = labels;
                         spec.ports = port_map.clone();
                         spec.hbone_port = hbone_port;
                         spec.mtls = mtls;
-                    } else if spec.ports.is_empty() {
-                        spec.labels = labels;
-                        spec.ports = port_map.clone();
-                        spec.hbone_port = hbone_port;
-                        spec.mtls = mtls;
+                    } else if e.ready == spec.ready {
+                        if spec.ports.is_empty() {
+                            spec.labels = labels;
+                            spec.hbone_port = hbone_port;
+                            spec.mtls = mtls;
+                        }
+                        for (&port, &target) in port_map {
+                            spec.ports.entry(port).or_insert(target);
+                        }
                     }
                 }
             }
@@ -608,6 +636,7 @@ mod tests {
             w.streams[0].items.insert(
                 k("shop", "old"),
                 DrInfo {
+                    namespace: "shop".into(),
                     host: "catalog.shop.svc.cluster.local".into(),
                     order: (None, "shop/old".into()),
                     subsets: vec![("v1".into(), Labels::from([("version".into(), "v1".into())]))],
@@ -617,6 +646,7 @@ mod tests {
             w.streams[0].items.insert(
                 k("shop", "new"),
                 DrInfo {
+                    namespace: "shop".into(),
                     host: "catalog.shop.svc.cluster.local".into(),
                     order: (Some(Time(Default::default())), "shop/new".into()),
                     subsets: vec![
@@ -652,6 +682,49 @@ mod tests {
         assert!(!s.endpoints[2].ready);
     }
 
+    /// One address in two slices of a Service, each slice with another of its ports (a
+    /// selectorless Service's hand-made slices): the endpoint serves both ports, as istiod
+    /// keeps an endpoint per address and port; a port whose only listing is not ready is not
+    /// served by the ready endpoint. Before, the first listing's ports won and which one was
+    /// first followed hash order.
+    #[test]
+    fn one_address_in_slices_of_different_ports_serves_each() {
+        let build = |grpc_ready: bool| {
+            let mut m = Model::new(1);
+            let s = project_service(&svc(
+                json!([{"name": "http", "port": 80}, {"name": "grpc", "port": 90}]),
+            ))
+            .unwrap();
+            m.services.streams[0].items.insert(k("shop", "catalog"), s);
+            for (name, port, target, ready) in [
+                ("db-http", "http", 8080, true),
+                ("db-grpc", "grpc", 9090, grpc_ready),
+            ] {
+                let sl = project_slice(
+                    &slice(
+                        "catalog",
+                        json!([{"name": port, "port": target}]),
+                        json!([{"addresses": ["10.0.0.31"], "conditions": {"ready": ready}}]),
+                    ),
+                    &Interner::default(),
+                )
+                .unwrap();
+                m.slices.streams[0].items.insert(k("shop", name), sl);
+            }
+            m.specs("cluster.local").remove(0)
+        };
+        let both = build(true);
+        assert_eq!(both.endpoints.len(), 1);
+        assert!(both.endpoints[0].ready);
+        assert_eq!(
+            both.endpoints[0].ports,
+            BTreeMap::from([(80, 8080), (90, 9090)])
+        );
+        let http_only = build(false);
+        assert!(http_only.endpoints[0].ready);
+        assert_eq!(http_only.endpoints[0].ports, BTreeMap::from([(80, 8080)]));
+    }
+
     /// A subset named with capitals (Istio accepts it) is reachable: the SNI parser
     /// lower-cases, so the table does too; `V1` beside an older `v1` is the same subset.
     #[test]
@@ -661,6 +734,7 @@ mod tests {
         rules.streams[0].items.insert(
             k("shop", "newest"),
             DrInfo {
+                namespace: "shop".into(),
                 host: "catalog.shop.svc.cluster.local".into(),
                 order: (Some(Time(Default::default())), "shop/newest".into()),
                 subsets: vec![
@@ -742,6 +816,7 @@ mod tests {
         w.streams[0].items.insert(
             k("shop", "by-topology"),
             DrInfo {
+                namespace: "shop".into(),
                 host: "catalog.shop.svc.cluster.local".into(),
                 order: (None, "shop/by-topology".into()),
                 subsets: subsets
