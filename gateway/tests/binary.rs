@@ -62,7 +62,12 @@ fn openssl_client_through_binary_to_openssl_server_then_sigterm() {
         endpoints_yaml(CATALOG, port, &[(backend.ip(), "v1", true)]),
     )
     .unwrap();
-    let mut gw = GatewayProcess::start(&eps, &[], "info");
+    // A grace that a loaded machine cannot outlast between the signal and the probe below.
+    let mut gw = GatewayProcess::start(
+        &eps,
+        &["--drain-grace", "1s", "--drain-timeout", "2s"],
+        "info",
+    );
     let (listen, admin) = (gw.listen, gw.admin);
 
     let run_client = |alpn: &str| {
@@ -132,8 +137,14 @@ fn openssl_client_through_binary_to_openssl_server_then_sigterm() {
 
     // SIGTERM: readiness flips to 503, then the process exits 0 after the drain.
     gw.signal("TERM");
-    std::thread::sleep(Duration::from_millis(80));
-    assert_eq!(rt.block_on(http_get(admin, "/healthz/ready")).0, 503);
+    let flipped = Instant::now() + Duration::from_millis(900);
+    while rt.block_on(http_get(admin, "/healthz/ready")).0 != 503 {
+        assert!(
+            Instant::now() < flipped,
+            "readiness still 200 after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let deadline = Instant::now() + TIMEOUT;
     let status = loop {
         if let Some(s) = gw.child.try_wait().unwrap() {

@@ -15,7 +15,6 @@ const LAST_OK: &str = "gateway_discovery_route_table_last_reload_ok";
 const GENERATION: &str = "gateway_discovery_route_table_generation";
 /// The debug line each read of an unchanged file logs: it counts reads.
 const UNCHANGED: &str = "endpoints file unchanged";
-const REJECTED: &str = "route update rejected";
 const BROKEN: &str = "services: [{host: 'not a host', ports: [{port: 80}]}]\n";
 
 fn valid_yaml() -> String {
@@ -86,6 +85,7 @@ fn a_broken_file_is_reported_once_per_change() {
 
     replace(&eps, BROKEN);
     gw.wait_metric(ERRORS, 1.0);
+    gw.wait_log_count(REJECTED, 1);
     unrelated_activity(dir.path(), &eps);
     assert_still(&gw, Duration::from_millis(1500));
     assert_eq!(gw.log_count(REJECTED), 1);
@@ -93,6 +93,7 @@ fn a_broken_file_is_reported_once_per_change() {
     // A second real change, written in place this time: one more error, and no more.
     std::fs::write(&eps, "services: [\n").unwrap();
     gw.wait_metric(ERRORS, 2.0);
+    gw.wait_log_count(REJECTED, 2);
     unrelated_activity(dir.path(), &eps);
     assert_still(&gw, Duration::from_millis(1000));
     assert_eq!(gw.log_count(REJECTED), 2);

@@ -214,7 +214,7 @@ async fn binary_logs_each_tunnel_and_exits_zero_after_drain() {
         let p = p.clone();
         tokio::task::spawn_blocking(move || {
             let mut p = p.lock().unwrap();
-            p.child.wait_exit(TIMEOUT).expect("gateway exited")
+            p.wait_exit()
         })
         .await
         .unwrap()
@@ -282,19 +282,21 @@ async fn quiet_tunnel_ends_after_the_idle_timeout() {
     })
     .await;
     let (_o, mut tx, mut rx) = greeted_tunnel(gw.hbone).await;
+    let mut quiet = std::time::Instant::now();
     for _ in 0..9 {
         send_all(&mut tx, Bytes::from_static(b"x"), false).await;
         assert_eq!(read_n(&mut rx, 1).await, b"x");
+        // The last byte has moved: the end is due 600 to 675 ms from here (counted from the
+        // echo, not from the sleep below, which a loaded machine may stretch).
+        quiet = std::time::Instant::now();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The last byte moved ~100 ms before this: the end is due 500 to 575 ms from here.
-    let quiet = std::time::Instant::now();
     let _ = tokio::time::timeout(TIMEOUT, read_to_end(&mut rx, 1))
         .await
         .expect("the gateway ends the quiet tunnel");
     let waited = quiet.elapsed();
     assert!(waited >= Duration::from_millis(450), "{waited:?}");
-    assert!(waited <= Duration::from_millis(1_000), "{waited:?}");
+    assert!(waited <= Duration::from_millis(1_100), "{waited:?}");
     gw.wait_metric(
         &format!(
             "gateway_hbone_tunnels_closed_total{{authority=\"{SVC}:80\",outcome=\"idle_timeout\"}}"

@@ -129,6 +129,7 @@ fn an_alias_bomb_is_refused_and_the_table_kept() {
         replace_file(&eps, bomb);
         gw.wait_metric(ERRORS, (i + 1) as f64);
         let took = t0.elapsed();
+        gw.wait_log_count(REJECTED, i + 1);
         assert!(took < Duration::from_secs(5), "{took:?}");
         assert_eq!(gw.log_count(EXPANDS), i + 1, "{}", log_text(&gw));
     }
@@ -187,6 +188,7 @@ fn a_key_or_password_file_is_never_quoted() {
     for (i, text) in hostile.iter().enumerate() {
         replace_file(&eps, text);
         gw.wait_metric(ERRORS, (i + 1) as f64);
+        gw.wait_log_count(REJECTED, i + 1);
     }
     let log = log_text(&gw);
     assert!(!leaked(&log) && !log.contains(SENTINEL), "{log}");
@@ -287,6 +289,7 @@ fn a_truncated_file_keeps_the_table() {
     gw.wait_metric(GENERATION, 1.0);
     std::fs::File::create(&eps).unwrap();
     gw.wait_metric(ERRORS, 1.0);
+    gw.wait_log_count(REJECTED, 1);
     assert_eq!(gw.metric(LAST_OK), 0.0);
     assert_eq!(gw.metric(GENERATION), 1.0);
     assert_eq!(gw.metric("gateway_discovery_route_table_routes"), 1.0);

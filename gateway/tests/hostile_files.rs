@@ -61,6 +61,7 @@ fn a_fifo_is_refused_and_later_changes_still_reload() {
     std::fs::remove_file(&eps).unwrap();
     mkfifo(&eps);
     gw.wait_metric(ERRORS, 1.0);
+    gw.wait_log_count(REJECTED, 1);
     assert_eq!(gw.log_count("is a FIFO, not a regular file"), 1);
     assert_eq!(gw.metric(GENERATION), 1.0, "the last good table stays");
     // SIGHUP reads again, and is refused again without blocking.
@@ -97,12 +98,14 @@ fn a_link_to_a_device_is_refused_without_reading_it() {
     std::os::unix::fs::symlink("/dev/zero", &tmp).unwrap();
     std::fs::rename(&tmp, &eps).unwrap();
     gw.wait_metric(ERRORS, 1.0);
+    gw.wait_log_count(REJECTED, 1);
     assert_eq!(gw.log_count("is a character device, not a regular file"), 1);
     // A sparse file over the cap is refused from its size, not read.
     let big = std::fs::File::create(&tmp).unwrap();
     big.set_len(17 << 20).unwrap();
     std::fs::rename(&tmp, &eps).unwrap();
     gw.wait_metric(ERRORS, 2.0);
+    gw.wait_log_count(REJECTED, 2);
     assert_eq!(gw.log_count("larger than 16 MiB"), 1);
     assert_eq!(gw.metric(GENERATION), 1.0);
     replace_file(&eps, &catalog_yaml(3001));

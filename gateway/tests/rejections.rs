@@ -171,8 +171,10 @@ async fn timeout_and_limits() {
     assert!(hold1.is_ok() && hold2.is_ok());
     let t = std::time::Instant::now();
     send_and_expect_closed(gw.listen, &hello(default_client(), &sni(80, "", CATALOG))).await;
+    // Refused as over_limit (the count says it, not a detect timeout); the time bound only
+    // catches a hang, lenient as a loaded machine can stall this runtime.
     assert!(
-        t.elapsed() < Duration::from_millis(250),
+        t.elapsed() < Duration::from_secs(2),
         "third connection was not refused at once"
     );
     assert_eq!(rejected(gw.admin, "over_limit").await, 2.0);
@@ -288,10 +290,10 @@ async fn malformed_hellos_are_counted_apart_from_not_tls() {
     assert_eq!(b[0].accepted(), 0);
 }
 
-/// A free port on 127.0.0.1 (bound and let go; the caller binds it next).
+/// A free port on 127.0.0.1 outside the ephemeral range (the caller binds it next; a port
+/// from `:0` could be taken meanwhile by another test's outgoing connection).
 fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    testkit::net::free_port([127, 0, 0, 1].into()).unwrap()
 }
 
 /// The endpoints file of one service `host`:15443 whose endpoint is 127.0.0.1:`target`.

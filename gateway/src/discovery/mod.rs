@@ -55,9 +55,10 @@ impl Publisher {
                 "SNI names longer than {MAX_SNI_LEN} bytes: no TLS client sends them, so sidecars cannot reach these through 15443 (HBONE can); shorten the host or subset (/debug/routes lists them)"
             );
         }
-        self.metrics.generation.set(table.generation as i64);
+        // The generation last: a reader that sees it has the other series of this table too.
         self.metrics.reloads.inc();
         self.metrics.last_reload_ok.set(1);
+        self.metrics.generation.set(table.generation as i64);
         tracing::info!(
             source,
             generation = table.generation,
@@ -77,8 +78,9 @@ impl Publisher {
 
     /// A rejected update: the last good table keeps serving.
     pub fn reject(&self, source: &str, error: &dyn Display) {
-        self.metrics.reload_errors.inc();
+        // The error count last: a reader that sees it sees `last_reload_ok` 0 too.
         self.metrics.last_reload_ok.set(0);
+        self.metrics.reload_errors.inc();
         let kept = self.routes.load().map(|t| t.generation);
         tracing::error!(
             source,

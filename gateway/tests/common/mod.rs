@@ -16,6 +16,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 
+/// The ERROR line a rejected route update logs (`Publisher::reject`), after its counter.
+pub const REJECTED: &str = "route update rejected";
 pub const CATALOG: &str = "catalog.istioinaction.svc.cluster.local";
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -448,6 +450,8 @@ pub struct GatewayProcess {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub lines: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    /// The stderr reader: done once the process's last line is in `lines`.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl GatewayProcess {
@@ -497,7 +501,7 @@ impl GatewayProcess {
         let stderr = child.stderr.take().unwrap();
         let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = lines.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
@@ -509,6 +513,7 @@ impl GatewayProcess {
         });
         let mut p = GatewayProcess {
             child,
+            reader: Some(reader),
             listen: ([0, 0, 0, 0], 0).into(),
             admin: ([0, 0, 0, 0], 0).into(),
             lines,
@@ -551,6 +556,20 @@ impl GatewayProcess {
         self.count_lines(&|v| v.to_string().contains(needle))
     }
 
+    /// Waits (up to [`TIMEOUT`]) until `n` log lines contain `needle`. A line reaches the
+    /// reader thread after the metric its event moves: wait for both before a snapshot.
+    pub fn wait_log_count(&self, needle: &str, n: usize) {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while self.log_count(needle) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fewer than {n} log lines with {needle:?} in {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends a signal by name (`HUP`, `TERM`) with kill(1).
     pub fn signal(&self, name: &str) {
         assert!(self.child.signal(name), "kill -{name} failed");
@@ -559,10 +578,23 @@ impl GatewayProcess {
     /// Sends SIGTERM and waits (bounded) for the process to exit; returns whether it exited 0.
     pub fn terminate(&mut self) -> bool {
         self.signal("TERM");
-        self.child
-            .wait_exit(TIMEOUT)
-            .expect("gateway did not exit")
-            .success()
+        self.wait_exit().success()
+    }
+
+    /// Waits (bounded) for the process to exit and for its last log line to be read: the
+    /// reader thread lags the exit, so lines counted right after it could be missing.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let status = self.child.wait_exit(TIMEOUT).expect("gateway did not exit");
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        if let Some(reader) = self.reader.take() {
+            while !reader.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if reader.is_finished() {
+                let _ = reader.join();
+            }
+        }
+        status
     }
 
     /// One metric sample from `/metrics`, fetched without an async runtime.
