@@ -135,6 +135,18 @@ fn seed_catalog(api: &TestApiServer, port: u16, pods: &[(&str, &str)], eps: &[Ep
     st.create(catalog_slice(port, eps)).unwrap();
 }
 
+/// The catalog with two endpoints: "plain" (Pod `pa`, no sidecar) and "mesh" (Pod `pb`,
+/// injected), both ready.
+async fn plain_and_mesh_catalog(api: &TestApiServer) -> Vec<Backend> {
+    let (b, port) = backends(&["plain", "mesh"]).await;
+    let st = api.store();
+    st.apply(k8s::pod(NS, "pa", &[("app", "catalog")])).unwrap();
+    st.create(service("catalog", &[("http", 80)])).unwrap();
+    let eps = [(b[0].addr.ip(), true, "pa"), (b[1].addr.ip(), true, "pb")];
+    st.create(catalog_slice(port, &eps)).unwrap();
+    b
+}
+
 /// A DestinationRule whose subsets select by `version`: (subset name, version).
 fn destination_rule(name: &str, host: &str, subsets: &[(&str, &str)]) -> Value {
     let labels: Vec<[(&str, &str); 1]> = subsets.iter().map(|&(_, v)| [("version", v)]).collect();
@@ -281,12 +293,8 @@ async fn endpoints_that_are_not_mesh_workloads_take_no_classic_connection() {
 #[tokio::test]
 async fn a_destination_rules_tls_mode_decides_which_endpoints_take_15443() {
     let api = api_server(true).await;
-    let (b, port) = backends(&["plain", "mesh"]).await;
+    let _backends = plain_and_mesh_catalog(&api).await;
     let st = api.store();
-    st.apply(k8s::pod(NS, "pa", &[("app", "catalog")])).unwrap();
-    st.create(service("catalog", &[("http", 80)])).unwrap();
-    let eps = [(b[0].addr.ip(), true, "pa"), (b[1].addr.ip(), true, "pb")];
-    st.create(catalog_slice(port, &eps)).unwrap();
     let rule = |top: Value| {
         json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
             "metadata": {"name": "catalog", "namespace": NS},
@@ -321,15 +329,11 @@ async fn a_destination_rules_tls_mode_decides_which_endpoints_take_15443() {
 #[tokio::test]
 async fn only_the_gateways_the_services_and_the_root_namespaces_rules_apply() {
     let api = api_server(true).await;
-    let (b, port) = backends(&["plain", "mesh"]).await;
+    let b = plain_and_mesh_catalog(&api).await;
     let st = api.store();
     for ns in ["evil", "istio-system", "default"] {
         st.apply(namespace_json(ns)).unwrap();
     }
-    st.apply(k8s::pod(NS, "pa", &[("app", "catalog")])).unwrap();
-    st.create(service("catalog", &[("http", 80)])).unwrap();
-    let eps = [(b[0].addr.ip(), true, "pa"), (b[1].addr.ip(), true, "pb")];
-    st.create(catalog_slice(port, &eps)).unwrap();
     let rule = |ns: &str, name: &str, export_to: &[&str], policy: Value, subset: &str| {
         json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
             "metadata": {"name": name, "namespace": ns},
@@ -385,12 +389,8 @@ async fn only_the_gateways_the_services_and_the_root_namespaces_rules_apply() {
 #[tokio::test]
 async fn the_oldest_traffic_policy_is_kept_whole() {
     let api = api_server(true).await;
-    let (b, port) = backends(&["plain", "mesh"]).await;
+    let b = plain_and_mesh_catalog(&api).await;
     let st = api.store();
-    st.apply(k8s::pod(NS, "pa", &[("app", "catalog")])).unwrap();
-    st.create(service("catalog", &[("http", 80)])).unwrap();
-    let eps = [(b[0].addr.ip(), true, "pa"), (b[1].addr.ip(), true, "pb")];
-    st.create(catalog_slice(port, &eps)).unwrap();
     let rule = |name: &str, policy: Value, subset: &str| {
         json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
             "metadata": {"name": name, "namespace": NS},

@@ -263,12 +263,7 @@ async fn gateway_manifest_protocols() {
             "json",
         ])
         .await;
-        assert!(out.status.success(), "{}", text(&out));
-        let objs: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let items = objs
-            .as_array()
-            .cloned()
-            .unwrap_or_else(|| objs["items"].as_array().unwrap().clone());
+        let items = manifest_items(&out);
         let svc = items
             .iter()
             .find(|o| o["kind"] == "Service")
@@ -587,6 +582,15 @@ async fn check_adds_no_ambient_items_to_a_classic_mesh() {
     }
 }
 
+/// The objects `gateway manifest -o json` printed (a list, or a `List`'s items).
+fn manifest_items(out: &std::process::Output) -> Vec<Value> {
+    assert!(out.status.success(), "{}", text(out));
+    let objs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    objs.as_array()
+        .cloned()
+        .unwrap_or_else(|| objs["items"].as_array().unwrap().clone())
+}
+
 /// Istio in another namespace: its root namespace (where mesh-wide DestinationRules live) is
 /// that one by default, so the gateway is told; in istio-system its arguments stay as they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -603,12 +607,7 @@ async fn gateway_manifest_names_another_root_namespace() {
             "json",
         ])
         .await;
-        assert!(out.status.success(), "{}", text(&out));
-        let objs: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let items = objs
-            .as_array()
-            .cloned()
-            .unwrap_or_else(|| objs["items"].as_array().unwrap().clone());
+        let items = manifest_items(&out);
         let d = items.iter().find(|o| o["kind"] == "Deployment").unwrap();
         let args = &d["spec"]["template"]["spec"]["containers"][0]["args"];
         args.as_array()
