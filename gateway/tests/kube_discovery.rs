@@ -147,6 +147,12 @@ async fn plain_and_mesh_catalog(api: &TestApiServer) -> Vec<Backend> {
     b
 }
 
+/// Deletes the DestinationRule `catalog` in `NS`.
+fn delete_catalog_rule(api: &TestApiServer) {
+    let dr = ("networking.istio.io/v1", "DestinationRule");
+    api.store().delete(dr.0, dr.1, Some(NS), "catalog").unwrap();
+}
+
 /// A DestinationRule whose subsets select by `version`: (subset name, version).
 fn destination_rule(name: &str, host: &str, subsets: &[(&str, &str)]) -> Value {
     let labels: Vec<[(&str, &str); 1]> = subsets.iter().map(|&(_, v)| [("version", v)]).collect();
@@ -364,13 +370,7 @@ async fn only_the_gateways_the_services_and_the_root_namespaces_rules_apply() {
     st.create(rule("istio-system", "mesh-wide", &[], mutual(), "root"))
         .unwrap();
     eventually_refused(&gw, &sni(80, "root", CATALOG), "no_route").await;
-    st.delete(
-        "networking.istio.io/v1",
-        "DestinationRule",
-        Some(NS),
-        "catalog",
-    )
-    .unwrap();
+    delete_catalog_rule(&api);
     // Its ISTIO_MUTUAL admits the Pod without a sidecar on the whole route; its subset
     // reads only its own policy (none), so the Pods' marks.
     eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["plain", "mesh"]).await;
@@ -585,13 +585,7 @@ async fn subsets_follow_destination_rules_and_pod_labels() {
     eventually_refused(&gw, &sni(80, "v3", CATALOG), "no_healthy_endpoint").await;
 
     // Deleting the rule removes every subset.
-    st.delete(
-        "networking.istio.io/v1",
-        "DestinationRule",
-        Some(NS),
-        "catalog",
-    )
-    .unwrap();
+    delete_catalog_rule(&api);
     eventually_refused(&gw, &sni(80, "v1", CATALOG), "no_route").await;
     eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["a", "b"]).await;
 }
