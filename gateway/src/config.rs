@@ -39,6 +39,8 @@ pub struct KubeOptions {
     pub cluster_id: String,
     /// istiod's root namespace (`--root-namespace`): where mesh-wide DestinationRules live.
     pub root_namespace: String,
+    /// The gateway pod's node (`--node-name`), for Services with `internalTrafficPolicy: Local`.
+    pub node_name: Option<String>,
 }
 
 impl KubeOptions {
@@ -57,6 +59,7 @@ impl Default for KubeOptions {
             pod_ip: None,
             cluster_id: CaConfig::DEFAULT_CLUSTER_ID.into(),
             root_namespace: Self::DEFAULT_ROOT_NAMESPACE.into(),
+            node_name: None,
         }
     }
 }
@@ -451,6 +454,12 @@ pub struct Args {
     /// without --zone, the zone the EndpointSlices give this address is the gateway's.
     #[arg(long, env = "GATEWAY_POD_IP")]
     pub pod_ip: Option<IpAddr>,
+    /// The node this gateway pod runs on (Kubernetes discovery; set from the downward API's
+    /// spec.nodeName): a Service with `internalTrafficPolicy: Local` is served by its
+    /// endpoints on this node only, as istiod serves it to its gateways. Unset, by those
+    /// that name no node.
+    #[arg(long, env = "GATEWAY_NODE_NAME")]
+    pub node_name: Option<String>,
     /// Host pattern an SNI host must match (repeatable), as the Gateway's `hosts`.
     #[arg(long = "allow-host", env = "GATEWAY_ALLOW_HOSTS", value_delimiter = ',', default_value = "*.local", value_parser = host_pattern)]
     pub allow_hosts: Vec<HostPattern>,
@@ -712,6 +721,7 @@ impl Args {
                 pod_ip: self.pod_ip.map(|ip| ip.to_canonical()),
                 cluster_id: self.cluster_id.clone(),
                 root_namespace: self.root_namespace,
+                node_name: self.node_name.clone(),
                 ..KubeOptions::default()
             }),
         };
@@ -1191,6 +1201,29 @@ mod tests {
             assert!(e.contains("not a zone name"), "{bad}: {e}");
         }
         assert!(parse(&["--pod-ip", "10.0.0"]).is_err());
+    }
+
+    #[test]
+    fn the_node_name_and_root_namespace_reach_discovery() {
+        let kube = |extra: &[&str]| match parse_with(extra).map(Args::into_config) {
+            Ok(Config {
+                discovery: Discovery::Kubernetes(k),
+                ..
+            }) => Ok(k),
+            Ok(_) => panic!("kubernetes"),
+            Err(e) => Err(e),
+        };
+        let k = kube(&["--node-name", "node-a", "--root-namespace", "mesh-system"]).unwrap();
+        assert_eq!(k.node_name.as_deref(), Some("node-a"));
+        assert_eq!(k.root_namespace, "mesh-system");
+        let k = kube(&[]).unwrap();
+        assert_eq!(
+            (k.node_name, k.root_namespace.as_str()),
+            (None, "istio-system")
+        );
+        for bad in ["", "Istio_System"] {
+            assert!(kube(&["--root-namespace", bad]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

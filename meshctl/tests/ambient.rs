@@ -625,3 +625,19 @@ async fn gateway_manifest_names_another_root_namespace() {
             .contains(&"--root-namespace".to_string())
     );
 }
+
+/// The gateway knows its node (downward API), for Services with `internalTrafficPolicy: Local`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_manifest_gives_the_gateway_its_node() {
+    let out = meshctl(&["gateway", "manifest", "--network", "n1", "-o", "json"]).await;
+    let items = manifest_items(&out);
+    let d = items.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let node = env
+        .iter()
+        .find(|e| e["name"] == "GATEWAY_NODE_NAME")
+        .unwrap();
+    assert_eq!(node["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+}

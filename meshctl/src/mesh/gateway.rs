@@ -503,9 +503,12 @@ pub fn objects(
                         "image": f.image,
                         "args": args,
                         // The gateway learns its zone from the EndpointSlice listing this
-                        // address, for Services with trafficDistribution: PreferClose.
+                        // address, for Services with trafficDistribution: PreferClose; its
+                        // node serves Services with internalTrafficPolicy: Local.
                         "env": [{"name": "GATEWAY_POD_IP",
-                            "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                            "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                            {"name": "GATEWAY_NODE_NAME",
+                            "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
                         "ports": container_ports,
                         "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": STATUS_PORT},
                             "periodSeconds": 2, "failureThreshold": 3, "timeoutSeconds": 1},

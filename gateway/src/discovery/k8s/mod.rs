@@ -113,6 +113,7 @@ impl KubeSource {
         model.cluster_id = opts.cluster_id.as_str().into();
         model.gateway_namespace = gateway_namespace.as_str().into();
         model.root_namespace = opts.root_namespace.as_str().into();
+        model.node_name = opts.node_name.as_deref().map(Box::from);
         // The CRD checks come first (on the connection the reachability check opened), and
         // the first table waits for their watches, so a cluster with Istio never publishes a
         // table without its subsets or waypoints.

@@ -48,6 +48,9 @@ pub struct SvcInfo {
     /// Istio's `networking.istio.io/exportTo` annotation, split at commas and trimmed;
     /// `None` when absent or empty (the mesh's default: every namespace).
     pub export_to: Option<Box<[Box<str>]>>,
+    /// `internalTrafficPolicy: Local`: istiod gives a gateway only the endpoints on its own
+    /// node (`conversion.go` `NodeLocal`, `endpoint_builder.go` `filterIstioEndpoint`).
+    pub node_local: bool,
 }
 
 /// Istio's annotation naming the namespaces a Service is visible to.
@@ -206,6 +209,7 @@ pub fn project_service(svc: &Service) -> Option<SvcInfo> {
         cluster_ips,
         prefer_close,
         export_to,
+        node_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
     })
 }
 

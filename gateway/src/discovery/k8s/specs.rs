@@ -70,6 +70,9 @@ pub struct Model {
     pub gateway_namespace: Box<str>,
     /// istiod's root namespace (`--root-namespace`), the last place rules come from.
     pub root_namespace: Box<str>,
+    /// The node the gateway runs on (`--node-name`): a Service with `internalTrafficPolicy:
+    /// Local` is served by its endpoints on this node only.
+    pub node_name: Option<Box<str>>,
 }
 
 impl Model {
@@ -88,6 +91,7 @@ impl Model {
             cluster_id: crate::config::CaConfig::DEFAULT_CLUSTER_ID.into(),
             gateway_namespace: "istio-system".into(),
             root_namespace: crate::config::KubeOptions::DEFAULT_ROOT_NAMESPACE.into(),
+            node_name: None,
         }
     }
 
@@ -440,6 +444,14 @@ impl Model {
                     {
                         continue;
                     }
+                    // As istiod compares them: an unknown node is the empty name, so a
+                    // gateway that does not know its node keeps only endpoints without one.
+                    if svc.node_local
+                        && e.node.as_deref().unwrap_or_default()
+                            != self.node_name.as_deref().unwrap_or_default()
+                    {
+                        continue;
+                    }
                     let pod = e
                         .pod
                         .as_ref()
@@ -680,6 +692,50 @@ mod tests {
         );
         assert!(e1.labels.is_empty(), "labels only when subsets need them");
         assert!(!s.endpoints[2].ready);
+    }
+
+    /// `internalTrafficPolicy: Local`: only the endpoints on the gateway's node, as istiod
+    /// serves such a Service to its gateways; a gateway that does not know its node keeps
+    /// those that name none, as istiod's comparison of two empty names does.
+    #[test]
+    fn a_node_local_service_is_served_from_the_gateways_node_only() {
+        let build = |local: bool, node: Option<&str>| {
+            let mut m = Model::new(1);
+            m.node_name = node.map(Box::from);
+            let mut service = svc(json!([{"name": "http", "port": 80}]));
+            if local {
+                service.spec.as_mut().unwrap().internal_traffic_policy = Some("Local".into());
+            }
+            m.services.streams[0]
+                .items
+                .insert(k("shop", "catalog"), project_service(&service).unwrap());
+            let sl = project_slice(
+                &slice(
+                    "catalog",
+                    json!([{"name": "http", "port": 3000}]),
+                    json!([
+                        {"addresses": ["10.0.0.1"], "nodeName": "node-a"},
+                        {"addresses": ["10.0.0.2"], "nodeName": "node-b"},
+                        {"addresses": ["10.0.0.3"]}
+                    ]),
+                ),
+                &Interner::default(),
+            )
+            .unwrap();
+            m.slices.streams[0].items.insert(k("shop", "catalog-1"), sl);
+            let spec = m.specs("cluster.local").remove(0);
+            spec.endpoints
+                .iter()
+                .map(|e| e.address.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(build(true, Some("node-a")), ["10.0.0.1"]);
+        assert_eq!(build(true, None), ["10.0.0.3"]);
+        assert_eq!(
+            build(false, Some("node-a")).len(),
+            3,
+            "Cluster: every endpoint"
+        );
     }
 
     /// One address in two slices of a Service, each slice with another of its ports (a
