@@ -577,7 +577,7 @@ async fn subsets_follow_destination_rules_and_pod_labels() {
     // The rule drops v2 and adds v3 (FQDN host form): v2 is no longer a route.
     st.apply(destination_rule(
         "catalog",
-        &format!("{CATALOG}."),
+        CATALOG,
         &[("v1", "v1"), ("v3", "v3")],
     ))
     .unwrap();

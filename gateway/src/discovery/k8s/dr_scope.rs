@@ -11,7 +11,12 @@
 //!    `meshConfig.rootNamespace`, by default its own namespace).
 //!
 //! In each, the most specific host wins (`MostSpecificHostMatch`: the Service's exact host,
-//! else the longest wildcard that matches it), and only that host's rules are merged. A rule
+//! else the longest wildcard that matches it), and only that host's rules are merged, as
+//! istiod merges them: rules with different `exportTo` stay apart ([`consolidate`]), those not
+//! exported to the gateway's namespace drop out, and the newest entry left is the gateway's
+//! ([`choose`]). A rule with a workload selector never applies to the gateway, but in the
+//! gateway's namespace it holds its host's place as in istiod (no other namespace's rule is
+//! looked at for that host). A rule
 //! in any other namespace never reaches the gateway: it cannot change which endpoints 15443
 //! dials. (Before, every namespace's rules were merged for a host, so a rule anyone could
 //! write in their own namespace decided the subsets and the TLS mode of any Service.)
@@ -77,13 +82,15 @@ impl<'a> DrScope<'a> {
             DrInfo::visible_in_own_namespace
         };
         if let Some(rules) = self.pick(self.gateway_ns, host, own) {
-            return rules;
+            // Found here, istiod looks no further, even when no entry is the gateway's.
+            return choose(&consolidate(&rules));
         }
         for ns in [svc_ns, self.root_ns] {
             if let Some(rules) = self.pick(ns, host, |r| !r.private_only()) {
-                // istiod checks the merged rule's `exportTo`, which is its oldest rule's.
-                if rules[0].exported_to(self.gateway_ns) {
-                    return rules;
+                let mut entries = consolidate(&rules);
+                entries.retain(|e| e[0].exported_to(self.gateway_ns));
+                if !entries.is_empty() {
+                    return choose(&entries);
                 }
             }
         }
@@ -141,9 +148,71 @@ impl DrInfo {
         matches!(&self.export_to[..], [one] if &**one == "." || *one == self.namespace)
     }
 
+    /// `exportTo` as the set istiod compares when it merges.
+    fn export_set(&self) -> std::collections::BTreeSet<&str> {
+        self.export_to.iter().map(|e| &**e).collect()
+    }
+
     fn exported_to(&self, ns: &str) -> bool {
         self.export_to.is_empty() || self.export_to.iter().any(|e| &**e == "*" || &**e == ns)
     }
+}
+
+/// One of istiod's consolidated rules: its first rule, then those merged into it, oldest
+/// first.
+type Entry<'a> = Vec<&'a DrInfo>;
+
+/// istiod's `mergeDestinationRule` (with `ENABLE_ENHANCED_DESTINATIONRULE_MERGE`, its
+/// default) over one index's rules for one host, oldest first: a rule merges into each entry
+/// whose `exportTo` it equals or, when that entry's is not empty, contains, unless both have
+/// workload selectors that differ; it becomes an entry of its own too unless the last entry
+/// it was compared with took it whole (same `exportTo`, and both without a selector or with
+/// equal ones). So rules with different `exportTo` stay apart.
+fn consolidate<'a>(rules: &[&'a DrInfo]) -> Vec<Entry<'a>> {
+    let mut entries: Vec<Entry<'a>> = Vec::new();
+    for &r in rules {
+        let set = r.export_set();
+        let mut append = true;
+        for e in entries.iter_mut() {
+            let first = e[0];
+            let both_without = r.selector.is_none() && first.selector.is_none();
+            let both_with = r.selector.is_some() && first.selector.is_some();
+            let same_selector = r.selector == first.selector;
+            let theirs = first.export_set();
+            if set == theirs {
+                append = !(both_without || (both_with && same_selector));
+            } else if !theirs.is_empty() && set.is_superset(&theirs) {
+                append = true;
+            } else {
+                append = true;
+                continue;
+            }
+            if both_with && !same_selector {
+                append = true;
+                continue;
+            }
+            if both_without || (both_with && same_selector) {
+                append = false;
+            }
+            e.push(r);
+        }
+        if entries.is_empty() || append {
+            entries.push(vec![r]);
+        }
+    }
+    entries
+}
+
+/// The entry istiod's `SidecarScope.DestinationRule` gives a gateway: the last one without a
+/// workload selector (one with a selector would need the gateway's own labels to match it,
+/// which it does not know; no east-west install writes such a rule).
+fn choose<'a>(entries: &[Entry<'a>]) -> Vec<&'a DrInfo> {
+    entries
+        .iter()
+        .rev()
+        .find(|e| e[0].selector.is_none())
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// istiod's `host.Name.Matches` for a wildcard against a Service's host: `*` matches every
@@ -176,6 +245,62 @@ mod tests {
 
     fn names(rules: &[&DrInfo]) -> Vec<String> {
         rules.iter().map(|r| r.order.1.clone()).collect()
+    }
+
+    fn selected(ns: &str, name: &str, age: i64) -> DrInfo {
+        DrInfo {
+            selector: Some([("app".to_string(), "frontend".to_string())].into()),
+            ..rule(ns, name, HOST, &["."], age)
+        }
+    }
+
+    /// istiod's enhanced merge (its default): rules for one host whose `exportTo` differ are
+    /// separate entries; those not exported to the gateway drop out; the newest left wins.
+    #[test]
+    fn rules_with_different_export_to_stay_apart() {
+        let gw = "istio-system";
+        let old = rule("shop", "catalog", HOST, &[], 10);
+        let star = rule("shop", "b", HOST, &["*"], 5);
+        let hidden = rule("shop", "none", HOST, &["~"], 5);
+        let same = rule("shop", "c", HOST, &[], 5);
+        let scope = DrScope::new([&old, &star], gw, gw);
+        assert_eq!(names(&scope.rules_for("shop", HOST)), ["shop/b"]);
+        let scope = DrScope::new([&old, &hidden], gw, gw);
+        assert_eq!(names(&scope.rules_for("shop", HOST)), ["shop/catalog"]);
+        let older_hidden = rule("shop", "none", HOST, &["~"], 20);
+        let scope = DrScope::new([&older_hidden, &old], gw, gw);
+        assert_eq!(names(&scope.rules_for("shop", HOST)), ["shop/catalog"]);
+        // Equal `exportTo`: one entry, merged oldest first.
+        let scope = DrScope::new([&old, &same], gw, gw);
+        assert_eq!(
+            names(&scope.rules_for("shop", HOST)),
+            ["shop/catalog", "shop/c"]
+        );
+        // A wider `exportTo` than a non-empty one merges into it, and is taken whole there.
+        let named = rule("shop", "named", HOST, &["istio-system"], 10);
+        let wider = rule("shop", "wider", HOST, &["istio-system", "other"], 5);
+        let scope = DrScope::new([&named, &wider], gw, gw);
+        assert_eq!(
+            names(&scope.rules_for("shop", HOST)),
+            ["shop/named", "shop/wider"]
+        );
+    }
+
+    /// A selector rule in the gateway's namespace: the host is found there, and as the rule is
+    /// not the gateway's, no rule applies (the Service namespace's is not looked at).
+    #[test]
+    fn a_selector_rule_in_the_gateways_namespace_holds_its_hosts_place() {
+        let mine = selected("gw", "ws", 5);
+        let svc = rule("shop", "catalog", HOST, &[], 9);
+        let scope = DrScope::new([&mine, &svc], "gw", "istio-system");
+        assert!(scope.rules_for("shop", HOST).is_empty());
+        let catch_all = rule("gw", "all", HOST, &["."], 1);
+        let scope = DrScope::new([&mine, &svc, &catch_all], "gw", "istio-system");
+        assert_eq!(names(&scope.rules_for("shop", HOST)), ["gw/all"]);
+        // Elsewhere it is private to its namespace: it changes nothing.
+        let theirs = selected("shop", "ws", 5);
+        let scope = DrScope::new([&theirs, &svc], "gw", "istio-system");
+        assert_eq!(names(&scope.rules_for("shop", HOST)), ["shop/catalog"]);
     }
 
     #[test]

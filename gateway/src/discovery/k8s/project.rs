@@ -108,8 +108,13 @@ pub struct DrInfo {
     /// Resolved (`resolve_host`); `*`, or `*.` and a suffix, for a wildcard rule.
     pub host: String,
     pub namespace: Box<str>,
-    /// `spec.exportTo` as written; empty for every namespace (istiod's default).
+    /// `spec.exportTo` as written; empty for every namespace (istiod's default). `["."]` for a
+    /// rule with a `workloadSelector`, as istiod keeps such rules to their namespace.
     pub export_to: Vec<Box<str>>,
+    /// `spec.workloadSelector.matchLabels`, when the rule has one: it applies to those
+    /// workloads only (never to this gateway, whose labels it does not know), yet holds its
+    /// host's place in its namespace's index, as in istiod.
+    pub selector: Option<Labels>,
     /// `(creationTimestamp, namespace/name)`: the oldest rule wins a conflict, as in Istio.
     pub order: (Option<Time>, String),
     pub subsets: Vec<(String, Labels)>,
@@ -357,28 +362,40 @@ pub(super) fn pod_label<'a>(labels: &'a PodLabels, key: &str) -> Option<&'a str>
 
 /// Resolves a DestinationRule host as istiod does (`ResolveShortnameToFQDN`): a name without
 /// a dot is relative to the rule's namespace (`name.<ns>.svc.<domain>`); any other is taken
-/// as it is, so `name.ns` names no Kubernetes Service, in istiod as here.
+/// as it is, so `name.ns` names no Kubernetes Service, in istiod as here. Nor is case folded
+/// or a trailing dot dropped: istiod compares hosts as written (`MostSpecificHostMatch`), so
+/// `Catalog.shop.svc.cluster.local` and `catalog.shop.svc.cluster.local.` match no Service
+/// (before 2026-12-06 the gateway folded both).
 pub fn resolve_host(host: &str, rule_ns: &str, domain: &str) -> String {
-    let h = host.trim().trim_end_matches('.').to_ascii_lowercase();
     // `*` alone is every host, not a name in the rule's namespace.
-    if h.contains('.') || h == "*" {
-        h
+    if host.contains('.') || host == "*" {
+        host.to_string()
     } else {
-        format!("{h}.{rule_ns}.svc.{domain}")
+        format!("{host}.{rule_ns}.svc.{domain}")
     }
 }
 
-/// A DestinationRule's host, `exportTo`, subsets (`spec.subsets[].{name,labels}`) and TLS
-/// modes. A rule with a `workloadSelector` is left out: it applies to the selected workloads'
-/// own outbound traffic (istiod keeps such rules to their namespace's matching proxies), never
-/// to the gateway's. A host with `*` anywhere but as its whole first label is no host istiod
-/// accepts (its validation refuses it), so none here either.
+/// A JSON object's string values (a label map); anything else is none.
+fn string_map(v: Option<&serde_json::Value>) -> Labels {
+    v.and_then(|l| l.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A DestinationRule's host, `exportTo`, workload selector, subsets
+/// (`spec.subsets[].{name,labels}`) and TLS modes. A host with `*` anywhere but as its whole
+/// first label is no host istiod accepts (its validation refuses it), so none here either.
 pub fn project_destination_rule(dr: &DynamicObject, domain: &str) -> Option<DrInfo> {
     let spec = dr.data.get("spec")?;
     let host = spec.get("host")?.as_str()?;
-    if spec.get("workloadSelector").is_some_and(|w| !w.is_null()) {
-        return None;
-    }
+    let selector: Option<Labels> = spec
+        .get("workloadSelector")
+        .filter(|w| !w.is_null())
+        .map(|w| string_map(w.get("matchLabels")));
     let well_formed = match host.strip_prefix('*') {
         None => !host.contains('*'),
         Some(rest) => (rest.is_empty() || rest.starts_with('.')) && !rest.contains('*'),
@@ -387,13 +404,16 @@ pub fn project_destination_rule(dr: &DynamicObject, domain: &str) -> Option<DrIn
         return None;
     }
     let ns = dr.metadata.namespace.as_deref().unwrap_or("");
-    let export_to = spec
-        .get("exportTo")
-        .and_then(|e| e.as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.as_str().map(Box::from))
-        .collect();
+    let export_to = match selector {
+        Some(_) => vec![Box::from(".")],
+        None => spec
+            .get("exportTo")
+            .and_then(|e| e.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.as_str().map(Box::from))
+            .collect(),
+    };
     let policy = spec.get("trafficPolicy").filter(|p| !p.is_null());
     let mut subset_tls = Vec::new();
     let subsets = spec
@@ -404,22 +424,14 @@ pub fn project_destination_rule(dr: &DynamicObject, domain: &str) -> Option<DrIn
         .filter_map(|s| {
             let name = s.get("name")?.as_str()?.to_string();
             subset_tls.push(crate::dr_tls::policy_tls(s.get("trafficPolicy")));
-            let labels: Labels = s
-                .get("labels")
-                .and_then(|l| l.as_object())
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                        .collect()
-                })
-                .unwrap_or_default();
-            Some((name, labels))
+            Some((name, string_map(s.get("labels"))))
         })
         .collect();
     Some(DrInfo {
         host: resolve_host(host, ns, domain),
         namespace: ns.into(),
         export_to,
+        selector,
         order: (
             dr.metadata.creation_timestamp.clone(),
             format!("{ns}/{}", dr.metadata.name.as_deref().unwrap_or("")),
@@ -612,7 +624,8 @@ pub(super) mod tests {
         );
         assert_eq!(
             resolve_host("Catalog.Other.svc.cluster.local.", "shop", d),
-            "catalog.other.svc.cluster.local"
+            "Catalog.Other.svc.cluster.local.",
+            "as istiod compares it: no Service's host"
         );
         let dr: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
@@ -630,7 +643,7 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn destination_rules_keep_wildcards_export_to_and_drop_selected_workloads() {
+    fn destination_rules_keep_wildcards_export_to_and_selectors() {
         let rule = |spec: serde_json::Value| {
             let dr: DynamicObject = serde_json::from_value(json!({
                 "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
@@ -642,7 +655,7 @@ pub(super) mod tests {
         for (host, kept) in [
             ("*", Some("*")),
             ("*.shop.svc.cluster.local", Some("*.shop.svc.cluster.local")),
-            ("*.Local.", Some("*.local")),
+            ("*.Local.", Some("*.Local.")),
             ("a*.shop", None),
             ("*.*.local", None),
             ("*shop", None),
@@ -655,9 +668,15 @@ pub(super) mod tests {
         .unwrap();
         assert_eq!(r.export_to, [Box::from("."), Box::from("istio-system")]);
         assert!(r.has_policy && r.tls.mode.is_none());
-        let selected =
-            json!({"host": "catalog", "workloadSelector": {"matchLabels": {"app": "a"}}});
-        assert!(rule(selected).is_none());
+        let selected = json!({"host": "catalog", "exportTo": ["*"],
+            "workloadSelector": {"matchLabels": {"app": "a"}}});
+        let r = rule(selected).unwrap();
+        assert_eq!(r.selector.unwrap()["app"], "a");
+        assert_eq!(
+            r.export_to,
+            [Box::from(".")],
+            "kept to its namespace, as istiod keeps it"
+        );
     }
 
     #[test]
