@@ -147,6 +147,11 @@ pub fn unanswered(e: &kube::Error) -> bool {
     }
 }
 
+/// What [`ConnectError::Unreachable`] says before its fix (`check` shows the fix apart).
+pub fn cannot_reach(context: &str, server: &str, detail: &str) -> String {
+    format!("cannot reach the API server of context {context:?} at {server}: {detail}")
+}
+
 /// The fix for a context whose API server gave no answer for a reason not recognised.
 pub const UNREACHED_FIX: &str =
     "check that the cluster is running and that the kubeconfig's server address is right";
@@ -184,7 +189,7 @@ pub enum ConnectError {
         server: String,
         detail: String,
     },
-    #[error("cannot reach the API server of context {context:?} at {server}: {detail}; {fix}")]
+    #[error("{}; {fix}", cannot_reach(context, server, detail))]
     Unreachable {
         context: String,
         server: String,

@@ -24,7 +24,9 @@ pub use api::{
 pub use client::client;
 pub use config::{KubeconfigFile, init_crypto};
 pub use credential::{shown, shown_server, stored_problems};
-pub use errors::{ConnectError, Failure, UNREACHED_FIX, classify, error_text, unanswered};
+pub use errors::{
+    ConnectError, Failure, UNREACHED_FIX, cannot_reach, classify, error_text, unanswered,
+};
 pub use identity::Identity;
 pub use parse::parse_kubeconfig;
 pub use unreached::CONNECT_TIMEOUT_S;

@@ -39,9 +39,7 @@ pub fn unread(e: &anyhow::Error) -> Unread {
             detail,
             fix,
         }) => Unread::Unreachable {
-            error: format!(
-                "cannot reach the API server of context {context:?} at {server}: {detail}"
-            ),
+            error: kc::cannot_reach(context, server, detail),
             fix: fix.clone(),
         },
         _ => Unread::Unreachable {
