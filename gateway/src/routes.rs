@@ -101,6 +101,9 @@ pub struct EndpointSpec {
     /// what a client's TLS is, so a plain TLS server behind a Service (the API server, a
     /// webhook) must not be reachable through it. HBONE and waypoint dials do not need it.
     pub mtls: bool,
+    /// Service ports on which the endpoint, though `mtls`, takes no classic connection: a
+    /// PeerAuthentication disables mTLS on the port they map to (Kubernetes only).
+    pub mtls_disabled: Vec<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -434,7 +437,7 @@ impl Routes {
                         labels: ep.labels.clone(),
                         ready: ep.ready,
                         zone: ep.zone.clone(),
-                        mtls: ep.mtls,
+                        mtls: ep.mtls && !ep.mtls_disabled.contains(&port),
                     };
                     let classic = SocketAddr::new(ep.address, target);
                     if port == WAYPOINT_PORT && waypoint_hosts.contains(spec.host.as_str()) {
@@ -602,6 +605,7 @@ mod tests {
                     hbone_port: None,
                     zone: None,
                     mtls: true,
+                    mtls_disabled: Vec::new(),
                 })
                 .collect(),
             waypoint: None,

@@ -199,6 +199,7 @@ mod tests {
                     hbone_port: None,
                     zone: zone_of(i).map(Arc::from),
                     mtls: true,
+                    mtls_disabled: Vec::new(),
                 })
                 .collect(),
         };

@@ -325,6 +325,63 @@ async fn a_destination_rules_tls_mode_decides_which_endpoints_take_15443() {
     eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["mesh"]).await;
 }
 
+/// A PeerAuthentication in `NS`; `spec` as written.
+fn peer_authentication(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+        "metadata": {"name": name, "namespace": NS}, "spec": spec})
+}
+
+/// PeerAuthentications decide which sidecars take 15443, as in istiod's `mtlsChecker`: one
+/// whose composed mode for its own port is DISABLE takes none (its sidecar would not terminate
+/// the mesh's mTLS there), a narrower policy or a port-level mode overriding a wider one; a
+/// DestinationRule's TLS mode decides over both. Before, PeerAuthentications were not read.
+#[tokio::test]
+async fn a_peer_authentication_that_disables_mtls_takes_sidecars_off_15443() {
+    let api = api_server(true).await;
+    api.install_peer_authentication_crd();
+    let (b, port) = backends(&["a", "b"]).await;
+    let eps = [(b[0].addr.ip(), true, "pa"), (b[1].addr.ip(), true, "pb")];
+    seed_catalog(&api, port, &[("pa", "v1"), ("pb", "v2")], &eps);
+    let st = api.store();
+    // Mesh-wide STRICT changes nothing.
+    st.create(namespace_json("istio-system")).unwrap();
+    st.create(
+        json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+        "metadata": {"name": "default", "namespace": "istio-system"},
+        "spec": {"mtls": {"mode": "STRICT"}}}),
+    )
+    .unwrap();
+    let gw = kube_gateway(&api, |_| {}).await;
+    let catalog = sni(80, "", CATALOG);
+    eventually_served_by(gw.listen, &catalog, &["a", "b"]).await;
+    // The namespace's DISABLE overrides it: no endpoint left.
+    let off = json!({"mtls": {"mode": "DISABLE"}});
+    st.create(peer_authentication("plain", off)).unwrap();
+    eventually_refused(&gw, &catalog, "no_healthy_endpoint").await;
+    let (_, body) = http_get(gw.admin, "/debug/routes?host=catalog.").await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["routes"][0]["endpoints"][0]["mtls"], false, "{body}");
+    // v2's own policy turns its port (the endpoint's, not the Service's) back to STRICT.
+    let v2 = json!({"selector": {"matchLabels": {"version": "v2"}},
+        "portLevelMtls": {port.to_string(): {"mode": "STRICT"}}});
+    st.create(peer_authentication("v2", v2)).unwrap();
+    eventually_served_by(gw.listen, &catalog, &["b"]).await;
+    // A DestinationRule's ISTIO_MUTUAL decides over every PeerAuthentication.
+    st.apply(
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "catalog", "namespace": NS},
+        "spec": {"host": "catalog", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}}),
+    )
+    .unwrap();
+    eventually_served_by(gw.listen, &catalog, &["a", "b"]).await;
+    delete_catalog_rule(&api);
+    eventually_served_by(gw.listen, &catalog, &["b"]).await;
+    // Without the namespace's policy, both again.
+    let pa = ("security.istio.io/v1", "PeerAuthentication");
+    st.delete(pa.0, pa.1, Some(NS), "plain").unwrap();
+    eventually_served_by(gw.listen, &catalog, &["a", "b"]).await;
+}
+
 /// Which DestinationRules reach the gateway, as istiod picks them for a proxy in the
 /// gateway's namespace (`default`, the test kubeconfig's; the root namespace is
 /// `istio-system`): the gateway's namespace's own, else the Service's namespace's exported

@@ -26,6 +26,7 @@ fn rules(without: &str) -> Value {
         ("", "namespaces"),
         ("discovery.k8s.io", "endpointslices"),
         ("networking.istio.io", "destinationrules"),
+        ("security.istio.io", "peerauthentications"),
         ("gateway.networking.k8s.io", "gateways"),
         ("gateway.networking.k8s.io", "gatewayclasses"),
         ("apiextensions.k8s.io", "customresourcedefinitions"),
@@ -50,6 +51,7 @@ async fn cluster(without: &str) -> (TestApiServer, Vec<Backend>, String) {
     opts.store.allow_loopback_endpoint_addresses = true;
     let api = TestApiServer::start_with(opts).await.unwrap();
     api.install_gateway_api_crds();
+    api.install_peer_authentication_crd();
     let st = api.store();
     st.create(namespace_json(NS)).unwrap();
     st.create(namespace_json(SA.0)).unwrap();
@@ -180,6 +182,31 @@ async fn without_destination_rule_rights_routes_are_served_without_subsets() {
     let text = told["message"].as_str().unwrap();
     assert!(
         text.contains("grant get, list and watch on destinationrules.networking.istio.io"),
+        "{text}"
+    );
+}
+
+/// Without the PeerAuthentication grant routes are served as if no policy disabled mTLS
+/// anywhere, and the log names what that means and the grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_peer_authentication_rights_routes_are_served_and_the_grant_named() {
+    let (_api, _b, kubeconfig) = cluster("peerauthentications").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&dir, &kubeconfig, "warn,gateway=info").await;
+    let listen = gw.listen;
+    eventually("catalog served", TIMEOUT, || async move {
+        call(listen, &sni(80, "", CATALOG)).await.is_ok()
+    })
+    .await;
+    assert_eq!(http_get(gw.admin, "/healthz/ready").await.0, 200);
+    let told = gw.wait_line(&|v| {
+        v["message"].as_str().is_some_and(|m| {
+            m.contains("may not read peerauthentications.security.istio.io (403 Forbidden): PeerAuthentications cannot be seen")
+        })
+    });
+    let text = told["message"].as_str().unwrap();
+    assert!(
+        text.contains("grant get, list and watch on peerauthentications.security.istio.io"),
         "{text}"
     );
 }

@@ -101,6 +101,8 @@ pub const EXPOSE_GATEWAY: &str = "cross-network-gateway";
 /// The API version of Istio's `Gateway` (and its group, for RBAC rules).
 pub const ISTIO_NETWORKING_V1: &str = "networking.istio.io/v1";
 pub const ISTIO_NETWORKING_GROUP: &str = "networking.istio.io";
+/// The group of Istio's PeerAuthentications, which the gateway reads (RBAC rules).
+pub const ISTIO_SECURITY_GROUP: &str = "security.istio.io";
 /// The CRD that must be served (version v1) before an Istio `Gateway` can be applied.
 pub const GATEWAY_CRD: &str = "gateways.networking.istio.io";
 

@@ -25,7 +25,8 @@ async fn maker_context(m: &Mesh, s: &k8s_test_server::TestApiServer, user: usize
         json!({"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": all}),
         json!({"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": all}),
         json!({"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": all}),
-        json!({"apiGroups": ["networking.istio.io", "gateway.networking.k8s.io"], "resources": ["*"], "verbs": all}),
+        json!({"apiGroups": ["networking.istio.io", "security.istio.io", "gateway.networking.k8s.io"],
+            "resources": ["*"], "verbs": all}),
         json!({"apiGroups": ["rbac.authorization.k8s.io"], "resources":
             ["clusterroles", "clusterrolebindings", "roles", "rolebindings"], "verbs": all}),
     ];

@@ -1,5 +1,5 @@
-//! The CRDs the server can install on request: Istio's DestinationRule and Gateway, and
-//! Gateway API's Gateway.
+//! The CRDs the server can install on request: Istio's DestinationRule, PeerAuthentication and
+//! Gateway, and Gateway API's Gateway.
 
 pub(crate) const DESTINATION_RULE_CRD: &str = r#"{
   "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
@@ -10,6 +10,19 @@ pub(crate) const DESTINATION_RULE_CRD: &str = r#"{
       {"name": "v1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
       {"name": "v1alpha3", "served": true, "storage": true, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
       {"name": "v1beta1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}
+    ]}
+}"#;
+
+/// Istio's PeerAuthentication (`security.istio.io`), served at v1 and v1beta1 (stored), as
+/// Istio 1.22 and later install it.
+pub(crate) const PEER_AUTHENTICATION_CRD: &str = r#"{
+  "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+  "metadata": {"name": "peerauthentications.security.istio.io", "labels": {"app": "istio-pilot", "chart": "istio"}},
+  "spec": {"group": "security.istio.io", "scope": "Namespaced",
+    "names": {"plural": "peerauthentications", "singular": "peerauthentication", "kind": "PeerAuthentication", "listKind": "PeerAuthenticationList", "shortNames": ["pa"], "categories": ["istio-io", "security-istio-io"]},
+    "versions": [
+      {"name": "v1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+      {"name": "v1beta1", "served": true, "storage": true, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}
     ]}
 }"#;
 

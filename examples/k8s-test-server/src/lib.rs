@@ -224,6 +224,11 @@ impl TestApiServer {
         self.install_crd(crds::DESTINATION_RULE_CRD);
     }
 
+    /// Makes Istio's `security.istio.io` PeerAuthentications (v1, v1beta1) served.
+    pub fn install_peer_authentication_crd(&self) {
+        self.install_crd(crds::PEER_AUTHENTICATION_CRD);
+    }
+
     /// Makes Istio `networking.istio.io` Gateways served (their CRD).
     pub fn install_istio_gateway_crd(&self) {
         self.install_crd(crds::GATEWAY_CRD);

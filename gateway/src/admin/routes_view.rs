@@ -250,6 +250,7 @@ mod tests {
                 hbone_port: None,
                 zone: None,
                 mtls: true,
+                mtls_disabled: Vec::new(),
             }],
             prefer_close: false,
             tls: Default::default(),

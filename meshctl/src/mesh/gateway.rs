@@ -13,9 +13,9 @@ use crate::cli::{GatewayFlags, HboneCerts, Protocols, ServiceType};
 use crate::istio::{
     ADMIN_PORT, APP_LABEL, EXPOSE_GATEWAY, GATEWAY_API_GROUP, GATEWAY_CRD, GATEWAY_NAME,
     HBONE_APP_PROTOCOL, HBONE_CERTS_DIR, HBONE_CERTS_SECRET, HBONE_PORT, HBONE_PORT_NAME,
-    ISTIO_CA_AUDIENCE, ISTIO_LABEL, ISTIO_NETWORKING_GROUP, ISTIO_NETWORKING_V1, ISTIO_TOKEN_DIR,
-    ISTIO_VALUE, MANAGER, NETWORK_LABEL, NODE_SELECTOR_ANNOTATION, STATUS_PORT, TLS_PORT,
-    gateway_role_name, managed_labels,
+    ISTIO_CA_AUDIENCE, ISTIO_LABEL, ISTIO_NETWORKING_GROUP, ISTIO_NETWORKING_V1,
+    ISTIO_SECURITY_GROUP, ISTIO_TOKEN_DIR, ISTIO_VALUE, MANAGER, NETWORK_LABEL,
+    NODE_SELECTOR_ANNOTATION, STATUS_PORT, TLS_PORT, gateway_role_name, managed_labels,
 };
 use crate::kube::{self as kc, Cluster, names};
 
@@ -477,6 +477,8 @@ pub fn objects(
             {"apiGroups": [""], "resources": ["services", "pods", "namespaces"], "verbs": verbs},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": verbs},
             {"apiGroups": [ISTIO_NETWORKING_GROUP], "resources": ["destinationrules"], "verbs": verbs},
+            // A sidecar whose mTLS a PeerAuthentication disables takes no 15443 connection.
+            {"apiGroups": [ISTIO_SECURITY_GROUP], "resources": ["peerauthentications"], "verbs": verbs},
             // Waypoints: a Service bound to one sends its tunnels there.
             {"apiGroups": [GATEWAY_API_GROUP], "resources": ["gateways", "gatewayclasses"], "verbs": verbs},
             {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": verbs},

@@ -314,6 +314,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                 zone,
                 // The operator lists the file's endpoints: they are taken as mesh workloads.
                 mtls: true,
+                mtls_disabled: Vec::new(),
             });
         }
         if svc.waypoint_bound.is_some() {

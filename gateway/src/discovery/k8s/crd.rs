@@ -1,6 +1,6 @@
 //! The life of an optional watched type, served only while its CRD is installed: Istio's
-//! DestinationRules (subsets), and Gateway API Gateways (waypoints) and GatewayClasses (their
-//! default traffic type). Each is found at start or
+//! DestinationRules (subsets) and PeerAuthentications (which sidecars take 15443), and Gateway
+//! API Gateways (waypoints) and GatewayClasses (their default traffic type). Each is found at start or
 //! by polling every `--crd-recheck` interval, watched while served, and let go when its CRD
 //! is deleted (its watch gets 404) or it may not be read (403): what it gave the table goes,
 //! staleness is not affected, and polling starts again.
@@ -14,7 +14,8 @@ use kube::Client;
 use kube::api::{Api, ApiResource};
 
 use super::client::{REACH_TIMEOUT, error_chain};
-use super::probe::{Kind, Probe, probes};
+use super::peer_auth;
+use super::probe::{Kind, Probe, dyn_probes, probes};
 use super::project;
 use super::watch::{self, Msg, Watches, apis, dyn_apis, spawn_watches};
 use super::waypoints::{GatewayClassObject, GatewayObject, project_gateway, project_gateway_class};
@@ -23,16 +24,23 @@ use super::waypoints::{GatewayClassObject, GatewayObject, project_gateway, proje
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Crd {
     DestinationRule,
+    PeerAuthentication,
     Gateway,
     GatewayClass,
 }
 
 impl Crd {
-    pub const ALL: [Crd; 3] = [Crd::DestinationRule, Crd::Gateway, Crd::GatewayClass];
+    pub const ALL: [Crd; 4] = [
+        Crd::DestinationRule,
+        Crd::PeerAuthentication,
+        Crd::Gateway,
+        Crd::GatewayClass,
+    ];
 
     pub fn kind(self) -> Kind {
         match self {
             Crd::DestinationRule => Kind::DestinationRule,
+            Crd::PeerAuthentication => Kind::PeerAuthentication,
             Crd::Gateway => Kind::Gateway,
             Crd::GatewayClass => Kind::GatewayClass,
         }
@@ -41,6 +49,7 @@ impl Crd {
     fn group(self) -> &'static str {
         match self {
             Crd::DestinationRule => "networking.istio.io",
+            Crd::PeerAuthentication => "security.istio.io",
             Crd::Gateway | Crd::GatewayClass => "gateway.networking.k8s.io",
         }
     }
@@ -57,6 +66,9 @@ impl Crd {
             Crd::GatewayClass => {
                 "waypoints take Service traffic unless their own istio.io/waypoint-for says otherwise, and a class's inbound binding is not read: a service whose waypoint's listeners refuse it, which its class could allow, is refused (503) rather than sent around it"
             }
+            Crd::PeerAuthentication => {
+                "PeerAuthentications cannot be seen: a sidecar whose mTLS one disables still takes 15443 connections, which it then cannot accept"
+            }
             Crd::DestinationRule => self.without(),
         }
     }
@@ -65,6 +77,7 @@ impl Crd {
     pub fn without(self) -> &'static str {
         match self {
             Crd::DestinationRule => "only the empty subset routes",
+            Crd::PeerAuthentication => "no PeerAuthentication disables a sidecar's mTLS",
             Crd::Gateway => {
                 "no waypoints: tunnels to services bound to one go straight to their endpoints"
             }
@@ -94,8 +107,8 @@ impl Gone {
     }
 }
 
-/// The served resource of `crd`, or `None` without its CRD. DestinationRules are read in
-/// the preferred version; Gateways and GatewayClasses in `v1` (Gateway API v1.0 and later),
+/// The served resource of `crd`, or `None` without its CRD. DestinationRules and
+/// PeerAuthentications are read in the preferred version; Gateways and GatewayClasses in `v1` (Gateway API v1.0 and later),
 /// which [`GatewayObject`] and [`GatewayClassObject`] are.
 pub(super) async fn served(client: &Client, crd: Crd) -> Option<ApiResource> {
     let group = match tokio::time::timeout(
@@ -115,6 +128,9 @@ pub(super) async fn served(client: &Client, crd: Crd) -> Option<ApiResource> {
     };
     match crd {
         Crd::DestinationRule => group.recommended_kind("DestinationRule").map(|(ar, _)| ar),
+        Crd::PeerAuthentication => group
+            .recommended_kind("PeerAuthentication")
+            .map(|(ar, _)| ar),
         Crd::Gateway | Crd::GatewayClass => {
             let kind = if crd == Crd::Gateway {
                 "Gateway"
@@ -159,7 +175,9 @@ impl CrdWatch {
         );
         let (crd, domain, ar) = (self.crd, self.domain.clone(), ar.clone());
         let probes = match crd {
-            Crd::DestinationRule => probes(&dyn_apis(&client, &namespaces, &ar)),
+            Crd::DestinationRule | Crd::PeerAuthentication => {
+                dyn_probes(crd.kind(), &dyn_apis(&client, &namespaces, &ar))
+            }
             Crd::Gateway => probes(&apis::<GatewayObject>(&client, &namespaces)),
             // Cluster-scoped: one watch of every class, whatever `--namespace` says.
             Crd::GatewayClass => probes(&[Api::<GatewayClassObject>::all(client.clone())]),
@@ -169,6 +187,7 @@ impl CrdWatch {
                 tracing::info!(version = %ar.version, "watching DestinationRules for subsets");
                 spawn_watches(
                     &watches,
+                    crd.kind(),
                     watch::every(&dyn_apis(&client, &namespaces, &ar)),
                     move |dr: &kube::api::DynamicObject| {
                         project::project_destination_rule(dr, &domain)
@@ -177,10 +196,22 @@ impl CrdWatch {
                     gone,
                 );
             }
+            Crd::PeerAuthentication => {
+                tracing::info!(version = %ar.version, "watching PeerAuthentications for mTLS modes");
+                spawn_watches(
+                    &watches,
+                    crd.kind(),
+                    watch::every(&dyn_apis(&client, &namespaces, &ar)),
+                    peer_auth::project_peer_authentication,
+                    move |stream, update| Msg::PeerAuth(generation, stream, update),
+                    gone,
+                );
+            }
             Crd::Gateway => {
                 tracing::info!("watching Gateways (gateway.networking.k8s.io/v1) for waypoints");
                 spawn_watches(
                     &watches,
+                    crd.kind(),
                     watch::every(&apis::<GatewayObject>(&client, &namespaces)),
                     project_gateway,
                     move |stream, update| Msg::Waypoint(generation, stream, update),
@@ -191,6 +222,7 @@ impl CrdWatch {
                 tracing::info!("watching GatewayClasses for their waypoints' traffic type");
                 spawn_watches(
                     &watches,
+                    crd.kind(),
                     watch::every(&[Api::<GatewayClassObject>::all(client.clone())]),
                     project_gateway_class,
                     move |stream, update| Msg::GatewayClass(generation, stream, update),

@@ -1,7 +1,8 @@
 //! Kubernetes discovery, wired: [`KubeSource::start`] connects, starts the watches and the
 //! rebuild task. Sources: Services, EndpointSlices, Pod and Namespace metadata (labels, and
 //! the sidecar annotation; `ambient` says why) and, when their CRDs are served, Istio's
-//! DestinationRules (subsets) and Gateway API Gateways and GatewayClasses (waypoints).
+//! DestinationRules (subsets) and PeerAuthentications (mTLS modes), and Gateway API Gateways
+//! and GatewayClasses (waypoints).
 //!
 //! One kube-runtime watcher per type (per namespace with `--namespace`) projects objects to
 //! the routing fields as they arrive (`project`) and sends them to one task that owns the
@@ -27,6 +28,8 @@
 //! - `crd`: finding, watching and losing the optional CRDs (their detection and re-polling
 //!   stay here rather than in `watch`: one file for a CRD's whole life);
 //! - `dr_scope`: istiod's rules for which DestinationRules the gateway sees (pure functions);
+//! - `peer_auth`: istiod's PeerAuthentication composition, for which sidecars take 15443
+//!   (pure functions);
 //! - `specs`: the model turned into route specs; `task`: the rebuild task.
 
 mod ambient;
@@ -36,6 +39,7 @@ mod crd;
 mod dr_scope;
 mod health;
 mod overload;
+mod peer_auth;
 mod probe;
 mod project;
 mod retry;
@@ -62,6 +66,7 @@ use crate::config::KubeOptions;
 use cache::Watched;
 use client::client;
 use crd::{Crd, CrdWatch};
+use probe::Kind;
 use specs::Model;
 use task::ModelTask;
 use watch::{Msg, Watches, apis, every, spawn_watches};
@@ -123,6 +128,9 @@ impl KubeSource {
                     let p = watch.start(&ar, 0);
                     match watch.crd {
                         Crd::DestinationRule => model.rules = Some(Watched::new(p.len())),
+                        Crd::PeerAuthentication => {
+                            model.peer_auths = Some(Watched::new(p.len()));
+                        }
                         Crd::Gateway => model.waypoints = Some(Watched::new(p.len())),
                         Crd::GatewayClass => model.gateway_classes = Some(Watched::new(p.len())),
                     }
@@ -143,6 +151,7 @@ impl KubeSource {
         probes.extend(probe::probes(&services));
         spawn_watches(
             &watches,
+            Kind::Service,
             every(&services),
             project::project_service,
             Msg::Service,
@@ -155,6 +164,7 @@ impl KubeSource {
         let slice_interner = interner.clone();
         spawn_watches(
             &watches,
+            Kind::EndpointSlice,
             slices,
             move |s: &EndpointSlice| project::project_slice(s, &slice_interner),
             Msg::Slice,
@@ -164,6 +174,7 @@ impl KubeSource {
         probes.extend(probe::probes(&pods));
         spawn_watches(
             &watches,
+            Kind::Pod,
             every(&pods),
             move |p: &PartialObjectMeta<Pod>| project::project_pod(p, &interner),
             Msg::Pod,
@@ -174,6 +185,7 @@ impl KubeSource {
         probes.extend(probe::probes(&apis));
         spawn_watches(
             &watches,
+            Kind::Namespace,
             namespace_watches,
             project::project_namespace,
             Msg::Namespace,

@@ -24,6 +24,7 @@ pub(super) enum Kind {
     Pod,
     Namespace,
     DestinationRule,
+    PeerAuthentication,
     Gateway,
     GatewayClass,
 }
@@ -37,6 +38,7 @@ impl Kind {
             Kind::Pod => "pods",
             Kind::Namespace => "namespaces",
             Kind::DestinationRule => "destinationrules.networking.istio.io",
+            Kind::PeerAuthentication => "peerauthentications.security.istio.io",
             Kind::Gateway => "gateways.gateway.networking.k8s.io",
             Kind::GatewayClass => "gatewayclasses.gateway.networking.k8s.io",
         }
@@ -47,6 +49,7 @@ impl Kind {
         match self {
             Kind::Gateway => Crd::Gateway.unreadable(),
             Kind::GatewayClass => Crd::GatewayClass.unreadable(),
+            Kind::PeerAuthentication => Crd::PeerAuthentication.unreadable(),
             _ => Crd::DestinationRule.unreadable(),
         }
     }
@@ -59,7 +62,8 @@ pub(super) enum WatchedApi {
     EndpointSlice(Api<EndpointSlice>),
     Pod(Api<PartialObjectMeta<Pod>>),
     Namespace(Api<PartialObjectMeta<Namespace>>),
-    DestinationRule(Api<DynamicObject>),
+    /// A type known at run time (DestinationRules, PeerAuthentications): which one it is.
+    Dynamic(Kind, Api<DynamicObject>),
     Gateway(Api<GatewayObject>),
     GatewayClass(Api<GatewayClassObject>),
 }
@@ -100,12 +104,6 @@ impl From<Api<PartialObjectMeta<Namespace>>> for WatchedApi {
     }
 }
 
-impl From<Api<DynamicObject>> for WatchedApi {
-    fn from(api: Api<DynamicObject>) -> Self {
-        WatchedApi::DestinationRule(api)
-    }
-}
-
 impl WatchedApi {
     pub fn kind(&self) -> Kind {
         match self {
@@ -113,7 +111,7 @@ impl WatchedApi {
             WatchedApi::EndpointSlice(_) => Kind::EndpointSlice,
             WatchedApi::Pod(_) => Kind::Pod,
             WatchedApi::Namespace(_) => Kind::Namespace,
-            WatchedApi::DestinationRule(_) => Kind::DestinationRule,
+            WatchedApi::Dynamic(kind, _) => *kind,
             WatchedApi::Gateway(_) => Kind::Gateway,
             WatchedApi::GatewayClass(_) => Kind::GatewayClass,
         }
@@ -140,7 +138,7 @@ impl Probe {
             WatchedApi::EndpointSlice(api) => lists(api).await,
             WatchedApi::Pod(api) => lists(api).await,
             WatchedApi::Namespace(api) => lists(api).await,
-            WatchedApi::DestinationRule(api) => lists(api).await,
+            WatchedApi::Dynamic(_, api) => lists(api).await,
             WatchedApi::Gateway(api) => lists(api).await,
             WatchedApi::GatewayClass(api) => lists(api).await,
         }
@@ -157,6 +155,17 @@ where
         .map(|(stream, api)| Probe {
             stream,
             api: api.clone().into(),
+        })
+        .collect()
+}
+
+/// [`probes`] for a type known at run time, which `kind` names.
+pub(super) fn dyn_probes(kind: Kind, apis: &[Api<DynamicObject>]) -> Vec<Probe> {
+    apis.iter()
+        .enumerate()
+        .map(|(stream, api)| Probe {
+            stream,
+            api: WatchedApi::Dynamic(kind, api.clone()),
         })
         .collect()
 }

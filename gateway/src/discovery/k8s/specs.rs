@@ -7,7 +7,10 @@ use std::sync::Arc;
 use super::ambient::{self, NamespaceScope};
 use super::cache::Watched;
 use super::dr_scope::DrScope;
-use super::project::{DrInfo, ObjKey, PodInfo, SliceInfo, SvcInfo, pod_label};
+use super::peer_auth::{PaInfo, PeerAuths};
+use super::project::{
+    DRAINING_LABEL, DrInfo, ObjKey, PodInfo, SliceEndpoint, SliceInfo, SvcInfo, pod_label,
+};
 use super::waypoints::{self, ClassInfo, WaypointAddress, WaypointInfo};
 use crate::dr_tls::DrTls;
 use crate::routes::{Canary, EndpointSpec, Labels, ServiceSpec, Subsets};
@@ -53,6 +56,8 @@ pub struct Model {
     pub namespaces: Watched<NamespaceScope>,
     /// `None` while the DestinationRule CRD is not served.
     pub rules: Option<Watched<DrInfo>>,
+    /// `None` while the PeerAuthentication CRD is not served (or may not be read).
+    pub peer_auths: Option<Watched<PaInfo>>,
     /// Ready waypoints (Gateways with addresses); `None` while the Gateway CRD is not served.
     pub waypoints: Option<Watched<WaypointInfo>>,
     /// GatewayClasses (cluster-scoped: keyed `("", name)`); `None` while not served.
@@ -83,6 +88,7 @@ impl Model {
             pods: Watched::new(streams),
             namespaces: Watched::new(streams),
             rules: None,
+            peer_auths: None,
             waypoints: None,
             gateway_classes: None,
             watched_namespaces: Vec::new(),
@@ -102,6 +108,7 @@ impl Model {
             && self.pods.synced()
             && self.namespaces.synced()
             && self.rules.as_ref().is_none_or(Watched::synced)
+            && self.peer_auths.as_ref().is_none_or(Watched::synced)
             && self.waypoints.as_ref().is_none_or(Watched::synced)
             && self.gateway_classes.as_ref().is_none_or(Watched::synced)
     }
@@ -366,6 +373,12 @@ impl Model {
                 ((ns.as_ref(), name.as_ref()), (subs, tls))
             })
             .collect();
+        let peer_auths = PeerAuths::new(
+            self.peer_auths
+                .iter()
+                .flat_map(|p| p.iter().map(|(_, p)| p)),
+            &self.root_namespace,
+        );
         let no_rules: MergedRules = Default::default();
         let no_labels: Arc<Labels> = Arc::default();
         let mut label_sets: HashMap<Vec<(&str, &str)>, Arc<Labels>> = HashMap::new();
@@ -437,6 +450,8 @@ impl Model {
                 } else {
                     HashSet::new()
                 };
+            // The mTLS endpoints a PeerAuthentication may turn off, with what selects them.
+            let mut sidecars: Vec<(IpAddr, &PodInfo, &SliceEndpoint)> = Vec::new();
             for (slice, port_map) in &svc_slices {
                 for e in &slice.endpoints {
                     if slice.family != svc.family
@@ -459,6 +474,14 @@ impl Model {
                     // No Pod (a hand-made slice, the API server's own endpoints) or one not
                     // seen yet: not an mTLS endpoint, as istiod takes it.
                     let mtls = pod.is_some_and(PodInfo::mtls);
+                    // A draining Pod counts as not ready, unless its Service keeps sessions.
+                    let draining = pod
+                        .and_then(|p| pod_label(&p.labels, DRAINING_LABEL))
+                        .is_some_and(|v| !v.is_empty());
+                    let ready = e.ready && (!draining || svc.persistent_session);
+                    if let Some(p) = pod.filter(|_| mtls && !peer_auths.is_empty()) {
+                        sidecars.push((e.address, p, e));
+                    }
                     let hbone_port = pod
                         .filter(|p| {
                             let mode = pod_label(&p.labels, ambient::DATAPLANE_MODE_LABEL);
@@ -496,6 +519,7 @@ impl Model {
                         hbone_port: None,
                         zone: None,
                         mtls: false,
+                        mtls_disabled: Vec::new(),
                     });
                     if spec.zone.is_none() {
                         spec.zone = e.zone.clone();
@@ -504,13 +528,13 @@ impl Model {
                     // (`endpointKey{ip, port name}`), so listings of one address in slices
                     // with different ports add up: a ready endpoint serves the ports of its
                     // ready listings, one that is not ready those of all of them.
-                    if e.ready && !spec.ready {
+                    if ready && !spec.ready {
                         spec.ready = true;
                         spec.labels = labels;
                         spec.ports = port_map.clone();
                         spec.hbone_port = hbone_port;
                         spec.mtls = mtls;
-                    } else if e.ready == spec.ready {
+                    } else if ready == spec.ready {
                         if spec.ports.is_empty() {
                             spec.labels = labels;
                             spec.hbone_port = hbone_port;
@@ -521,6 +545,19 @@ impl Model {
                         }
                     }
                 }
+            }
+            // istiod asks for the endpoint's own (target) port (`checkMtlsEnabled`).
+            for (address, pod, e) in sidecars {
+                let Some(spec) = eps.get_mut(&address).filter(|s| s.mtls) else {
+                    continue;
+                };
+                let label = |k: &str| endpoint_label(k, Some(&pod.labels), e, &self.cluster_id);
+                spec.mtls_disabled = spec
+                    .ports
+                    .iter()
+                    .filter(|&(_, &target)| peer_auths.disables(ns, label, target))
+                    .map(|(&port, _)| port)
+                    .collect();
             }
             out.push(ServiceSpec {
                 host,
@@ -947,6 +984,122 @@ mod tests {
             .map(|&i| r.endpoints[i].state.addr.ip().to_string())
             .collect();
         assert_eq!(ips, ["10.0.0.1", "10.0.0.2"]);
+    }
+
+    /// istiod's `checkMtlsEnabled`: a sidecar whose PeerAuthentication composes to DISABLE on
+    /// its own (target) port takes no 15443 connection on the Service port that maps to it.
+    #[test]
+    fn a_peer_authentication_that_disables_a_port_takes_its_endpoints_out() {
+        let pa = |ns: &str, name: &str, spec: serde_json::Value| {
+            let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                "metadata": {"name": name, "namespace": ns}, "spec": spec}))
+            .unwrap();
+            super::super::peer_auth::project_peer_authentication(&obj).unwrap()
+        };
+        let disabled = |m: &Model| -> Vec<(String, Vec<u16>)> {
+            m.specs("cluster.local")[0]
+                .endpoints
+                .iter()
+                .map(|e| (e.address.to_string(), e.mtls_disabled.clone()))
+                .collect()
+        };
+        let mut m = model_with(false);
+        let mut w = Watched::new(1);
+        // The workload's port 3000 (Service port 80), selected by a label istiod adds.
+        let v2 = json!({"selector": {"matchLabels": {"version": "v2",
+                "topology.istio.io/cluster": "Kubernetes"}},
+            "portLevelMtls": {"3000": {"mode": "DISABLE"}}});
+        w.streams[0]
+            .items
+            .insert(k("shop", "v2"), pa("shop", "v2", v2));
+        m.peer_auths = Some(w);
+        let want = |p2: &[u16]| {
+            vec![
+                ("10.0.0.1".to_string(), vec![]),
+                ("10.0.0.2".to_string(), p2.to_vec()),
+                ("10.0.0.3".to_string(), vec![]),
+            ]
+        };
+        assert_eq!(disabled(&m), want(&[80]));
+        let t = crate::routes::Routes::new().publish(&m.specs("cluster.local"));
+        let r = t.lookup("catalog.shop.svc.cluster.local", 80).unwrap();
+        let ips: Vec<String> = r
+            .candidates("")
+            .unwrap()
+            .iter()
+            .map(|&i| r.endpoints[i].state.addr.ip().to_string())
+            .collect();
+        assert_eq!(ips, ["10.0.0.1"]);
+        // A mesh-wide STRICT under a namespace-wide DISABLE: every sidecar, but not where the
+        // workload policy's port says PERMISSIVE.
+        let w = m.peer_auths.as_mut().unwrap();
+        let items = &mut w.streams[0].items;
+        let strict = json!({"mtls": {"mode": "STRICT"}});
+        items.insert(k("istio-system", "m"), pa("istio-system", "m", strict));
+        let off = json!({"mtls": {"mode": "DISABLE"}});
+        items.insert(k("shop", "ns"), pa("shop", "ns", off));
+        let v2 = json!({"selector": {"matchLabels": {"version": "v2"}},
+            "portLevelMtls": {"3000": {"mode": "PERMISSIVE"}}});
+        items.insert(k("shop", "v2"), pa("shop", "v2", v2));
+        assert_eq!(
+            disabled(&m),
+            vec![
+                ("10.0.0.1".to_string(), vec![80]),
+                ("10.0.0.2".to_string(), vec![]),
+                ("10.0.0.3".to_string(), vec![]),
+            ]
+        );
+    }
+
+    /// istiod's `filterIstioEndpoint`: a Pod labelled `istio.io/draining` (any value but
+    /// empty) takes no new connection, unless its Service is labelled
+    /// `istio.io/persistent-session`.
+    #[test]
+    fn draining_pods_are_not_ready_unless_the_service_keeps_sessions() {
+        let mut m = model_with(false);
+        add_catalog_slice(
+            &mut m,
+            json!([
+                {"addresses": ["10.0.0.4"], "targetRef": {"kind": "Pod", "name": "p4"}},
+                {"addresses": ["10.0.0.5"], "targetRef": {"kind": "Pod", "name": "p5"}}
+            ]),
+        );
+        let mesh = "security.istio.io/tlsMode";
+        add_pod(
+            &mut m,
+            "p4",
+            json!({mesh: "istio", "istio.io/draining": "1"}),
+        );
+        add_pod(
+            &mut m,
+            "p5",
+            json!({mesh: "istio", "istio.io/draining": ""}),
+        );
+        let ready = |m: &Model| -> Vec<(String, bool)> {
+            m.specs("cluster.local")[0]
+                .endpoints
+                .iter()
+                .map(|e| (e.address.to_string(), e.ready))
+                .collect()
+        };
+        let want = |p4: bool| {
+            [
+                ("10.0.0.1", true),
+                ("10.0.0.2", true),
+                ("10.0.0.3", false),
+                ("10.0.0.4", p4),
+                ("10.0.0.5", true),
+            ]
+            .map(|(a, r)| (a.to_string(), r))
+            .to_vec()
+        };
+        assert_eq!(ready(&m), want(false));
+        let mut svc = svc(json!([{"name": "http", "port": 80}]));
+        svc.metadata.labels = Some([("istio.io/persistent-session".into(), "x".into())].into());
+        let s = project_service(&svc).unwrap();
+        m.services.streams[0].items.insert(k("shop", "catalog"), s);
+        assert_eq!(ready(&m), want(true));
     }
 
     #[test]

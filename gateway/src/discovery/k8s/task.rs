@@ -47,9 +47,9 @@ pub(super) struct ModelTask {
     health: Health<(Kind, usize)>,
     probing: bool,
     /// Restart the CRD polls when an optional type goes away (in [`Crd::ALL`]'s order).
-    crds: [CrdWatch; 3],
+    crds: [CrdWatch; 4],
     /// The generation of each optional type in the model (or being polled for).
-    generations: [u64; 3],
+    generations: [u64; 4],
     /// Services bound to a waypoint the gateway cannot see, as last warned of.
     unseen: Vec<(String, String, Blind)>,
     /// Services whose canary waypoint takes none of their tunnels, as last warned of.
@@ -63,7 +63,7 @@ impl ModelTask {
         locality: Locality,
         publisher: Publisher,
         probes: Vec<Probe>,
-        crds: [CrdWatch; 3],
+        crds: [CrdWatch; 4],
     ) -> Self {
         ModelTask {
             model,
@@ -76,7 +76,7 @@ impl ModelTask {
             health: Health::default(),
             probing: false,
             crds,
-            generations: [0; 3],
+            generations: [0; 4],
             unseen: Vec::new(),
             unused_canaries: Vec::new(),
         }
@@ -158,6 +158,14 @@ impl ModelTask {
                 };
                 r
             }
+            Msg::PeerAuth(g, i, u) => {
+                let current = g == self.generations[slot(Crd::PeerAuthentication)];
+                let key = (Kind::PeerAuthentication, i);
+                let Some(r) = apply_current(m.peer_auths.as_mut(), current, h, key, u) else {
+                    return false;
+                };
+                r
+            }
             Msg::Waypoint(g, i, u) => {
                 let current = g == self.generations[slot(Crd::Gateway)];
                 let Some(r) =
@@ -184,6 +192,9 @@ impl ModelTask {
                 if generation == self.generations[slot(crd)] {
                     match crd {
                         Crd::DestinationRule => m.rules = Some(Watched::new(probes.len())),
+                        Crd::PeerAuthentication => {
+                            m.peer_auths = Some(Watched::new(probes.len()));
+                        }
                         Crd::Gateway => m.waypoints = Some(Watched::new(probes.len())),
                         Crd::GatewayClass => {
                             m.gateway_classes = Some(Watched::new(probes.len()));
@@ -216,12 +227,13 @@ impl ModelTask {
         }
         let had = match crd {
             Crd::DestinationRule => self.model.rules.take().is_some(),
+            Crd::PeerAuthentication => self.model.peer_auths.take().is_some(),
             Crd::Gateway => self.model.waypoints.take().is_some(),
             Crd::GatewayClass => self.model.gateway_classes.take().is_some(),
         };
         let forbidden = why == Gone::Forbidden;
         let flag = match crd {
-            Crd::DestinationRule => None,
+            Crd::DestinationRule | Crd::PeerAuthentication => None,
             Crd::Gateway => Some(&mut self.model.gateways_forbidden),
             Crd::GatewayClass => Some(&mut self.model.gateway_classes_forbidden),
         };

@@ -18,7 +18,8 @@ use super::ambient::NamespaceScope;
 use super::cache::Update;
 use super::client::error_chain;
 use super::crd::{Crd, Gone};
-use super::probe::{Kind, Probe, WatchedApi};
+use super::peer_auth::PaInfo;
+use super::probe::{Kind, Probe};
 use super::project::{self, DrInfo, ObjKey, PodInfo, SliceInfo, SvcInfo};
 use super::retry::{self, Failure};
 use super::waypoints::{ClassInfo, WaypointInfo};
@@ -32,6 +33,8 @@ pub(super) enum Msg {
     Namespace(usize, Update<NamespaceScope>),
     /// An update of the rules of one generation (generations: see the `crd` module).
     Rule(u64, usize, Update<DrInfo>),
+    /// An update of the PeerAuthentications of one generation.
+    PeerAuth(u64, usize, Update<PaInfo>),
     /// An update of the waypoints (Gateways) of one generation.
     Waypoint(u64, usize, Update<WaypointInfo>),
     /// An update of the GatewayClasses of one generation.
@@ -78,7 +81,8 @@ pub(super) fn namespace_watches(
     }
 }
 
-/// [`apis`] for a type known at run time (the DestinationRule CRD, in its preferred version).
+/// [`apis`] for a type known at run time (the DestinationRule and PeerAuthentication CRDs, in
+/// their preferred versions).
 pub(super) fn dyn_apis(
     client: &Client,
     namespaces: &[String],
@@ -117,22 +121,22 @@ pub(super) fn every<K: Clone>(apis: &[Api<K>]) -> Vec<Selected<K>> {
     apis.iter().map(|api| (api.clone(), None)).collect()
 }
 
-/// Starts one watch per entry (one per namespace, or one for all), numbered from 0 as
-/// [`probes`](super::probe::probes) numbers their probes. Each projects its objects with
-/// `project` and sends them as `wrap(stream, update)`.
+/// Starts one watch of type `kind` per entry (one per namespace, or one for all), numbered
+/// from 0 as [`probes`](super::probe::probes) numbers their probes. Each projects its objects
+/// with `project` and sends them as `wrap(stream, update)`.
 ///
 /// A type that may stop being served (a CRD) passes `gone`, its type and generation: when
 /// one of its watches gets a 404 or a 403, every watch of this call stops and the task is
 /// sent [`Msg::CrdGone`] saying which.
 pub(super) fn spawn_watches<K, T, P, W>(
     to: &Watches,
+    kind: Kind,
     watches: Vec<Selected<K>>,
     project: P,
     wrap: W,
     gone: Option<(Crd, u64)>,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    Api<K>: Into<WatchedApi>,
     T: Send + 'static,
     P: Fn(&K) -> Option<T> + Clone + Send + 'static,
     W: Fn(usize, Update<T>) -> Msg + Clone + Send + 'static,
@@ -143,7 +147,6 @@ pub(super) fn spawn_watches<K, T, P, W>(
         ..to.clone()
     };
     for (stream, (api, fields)) in watches.into_iter().enumerate() {
-        let kind = api.clone().into().kind();
         let mut config = watcher::Config::default().any_semantic();
         if let Some(fields) = &fields {
             config = config.fields(fields);
