@@ -42,8 +42,39 @@ pub fn wait_listening(p: &mut Proc, addr: SocketAddr) -> Result<()> {
     )
 }
 
-/// Prints the tally of `checks`, removes the work dir when everything passed (unless `keep`),
-/// and fails if the run or any check failed.
+/// A demo stopped by its user (Ctrl-C, SIGTERM, or its terminal closing).
+#[derive(Debug)]
+pub struct Interrupted(&'static str);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted by {}", self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Runs a demo's scenes until they end or the user stops the demo. Stopping drops the scenes,
+/// which kills the processes they started, and is an [`Interrupted`] error.
+pub async fn until_interrupted(
+    scenes: impl std::future::Future<Output = Result<()>>,
+) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installed before the first scene runs (a scene may block its thread on a command).
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::select! {
+        r = scenes => r,
+        _ = int.recv() => Err(Interrupted("SIGINT").into()),
+        _ = term.recv() => Err(Interrupted("SIGTERM").into()),
+        _ = hangup.recv() => Err(Interrupted("SIGHUP").into()),
+    }
+}
+
+/// Prints the tally of `checks`, removes the work dir when everything passed or the user
+/// stopped the demo (unless `keep`), and fails if the run or any check failed. The work dir
+/// holds the demo's CA keys: a stopped demo must not leave them in the temporary directory.
 pub fn conclude(
     checks: &[(String, bool)],
     result: Result<()>,
@@ -60,9 +91,22 @@ pub fn conclude(
         checks.len() - failed.len(),
         checks.len()
     );
-    if !keep && result.is_ok() && failed.is_empty() {
+    let interrupted = result
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<Interrupted>());
+    if let (false, Some(why)) = (keep, interrupted) {
+        let _ = std::fs::remove_dir_all(work);
+        println!(
+            "{why}: work dir removed: {} (run with --keep to keep it)",
+            work.display()
+        );
+    } else if !keep && result.is_ok() && failed.is_empty() {
         let _ = std::fs::remove_dir_all(work);
     } else {
+        if let Some(why) = interrupted {
+            print!("{why}: ");
+        }
         println!(
             "work dir kept for inspection: {} (logs: *.log)",
             work.display()
@@ -80,7 +124,7 @@ pub fn conclude(
 pub fn keep_flag(name: &str, what: &str) -> bool {
     let usage = format!(
         "usage: {name} [--keep]\n{what}\n  --keep   keep the work directory (certificates, logs) \
-         afterwards; by default it is removed"
+         afterwards; by default it is removed unless a check failed"
     );
     let mut keep = false;
     for a in std::env::args().skip(1) {

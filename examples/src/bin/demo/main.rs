@@ -82,6 +82,6 @@ fn main() -> Result<()> {
         checks: vec![],
     };
     let rt = tokio::runtime::Runtime::new()?;
-    let result = rt.block_on(run(&mut demo));
+    let result = rt.block_on(examples::stage::until_interrupted(run(&mut demo)));
     examples::stage::conclude(&demo.checks, result, &work, keep)
 }

@@ -72,6 +72,6 @@ fn main() -> Result<()> {
     };
     // Multi-threaded: the test servers answer on worker threads while a meshctl process runs.
     let rt = tokio::runtime::Runtime::new()?;
-    let result = rt.block_on(run(&mut demo));
+    let result = rt.block_on(examples::stage::until_interrupted(run(&mut demo)));
     examples::stage::conclude(&demo.checks, result, &work, keep)
 }
