@@ -17,7 +17,7 @@ struct Args {
     /// Directory to write `<cluster>.kubeconfig` files into (printed otherwise).
     #[arg(long, env = "K8S_TEST_SERVER_KUBECONFIG_DIR")]
     kubeconfig_dir: Option<PathBuf>,
-    /// Serve Istio DestinationRule and Gateway CRDs from the start.
+    /// Serve Istio's DestinationRule, PeerAuthentication and Gateway CRDs from the start.
     #[arg(long)]
     istio_crds: bool,
     /// `gitVersion` reported by /version.
@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         let s = TestApiServer::start_with(opts).await?;
         if args.istio_crds {
             s.install_istio_gateway_crd();
+            s.install_peer_authentication_crd();
         }
         let kubeconfig = s.kubeconfig(name);
         match &args.kubeconfig_dir {
