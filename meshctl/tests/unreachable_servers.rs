@@ -1,8 +1,8 @@
 //! An API server that gives no answer is named by its cause, with that cause's fix, instead of
 //! kube's nested transport text ("ServiceError: client error (Connect): invalid peer
 //! certificate: UnknownIssuer"): real TLS handshakes against the API test server with the
-//! wrong CA or name, a plain-HTTP listener, a closed port, and a listener whose accept queue
-//! is full.
+//! wrong CA or name, a plain-HTTP listener, a closed port, a listener whose accept queue is
+//! full, and listeners that close or reset the connection after the ClientHello.
 
 mod common;
 
@@ -52,6 +52,26 @@ fn plain_http() -> SocketAddr {
     addr
 }
 
+/// A listener that reads the ClientHello and closes, with a reset when `reset`: a proxy or
+/// load balancer that drops TLS it will not pass.
+fn dropping(reset: bool) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        for s in l.incoming().take(4) {
+            let Ok(mut s) = s else { return };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf);
+            if reset {
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            }
+        }
+    });
+    addr
+}
+
 /// A listener that never accepts, its queue (backlog 0) filled by one connection: a SYN to it
 /// is dropped, as by a firewall, so a connect waits out meshctl's timeout.
 fn silent() -> (socket2::Socket, std::net::TcpStream, SocketAddr) {
@@ -80,6 +100,18 @@ async fn each_cause_is_named_with_its_fix() {
         context("plain", &format!("https://{http}"), m.west.ca_pem(), None),
         context("closed", "https://127.0.0.1:1", m.west.ca_pem(), None),
         context("silent", &format!("https://{quiet}"), m.west.ca_pem(), None),
+        context(
+            "cut",
+            &format!("https://{}", dropping(false)),
+            m.west.ca_pem(),
+            None,
+        ),
+        context(
+            "reset",
+            &format!("https://{}", dropping(true)),
+            m.west.ca_pem(),
+            None,
+        ),
     ];
     let pick = |i: usize| contexts.iter().map(|c| c[i].clone()).collect::<Vec<_>>();
     let doc = json!({
@@ -96,7 +128,15 @@ async fn each_cause_is_named_with_its_fix() {
         "-o",
         "json",
     ];
-    for c in ["other-ca", "other-name", "plain", "closed", "silent"] {
+    for c in [
+        "other-ca",
+        "other-name",
+        "plain",
+        "closed",
+        "silent",
+        "cut",
+        "reset",
+    ] {
         args.extend(["--context", c]);
     }
     let out = meshctl(&args).await;
@@ -128,6 +168,16 @@ async fn each_cause_is_named_with_its_fix() {
             "silent",
             "no connection within 5 s: the address is not reachable from here",
             "check the route to the cluster from this machine",
+        ),
+        (
+            "cut",
+            "the connection was closed before an answer came",
+            "not a load balancer or proxy that filters TLS",
+        ),
+        (
+            "reset",
+            "the connection was closed before an answer came",
+            "not a load balancer or proxy that filters TLS",
         ),
     ];
     for (ctx, detail, hint) in want {

@@ -1,8 +1,9 @@
 //! Why a request to an API server got no answer, in words that lead to the fix. kube's own
 //! text nests the transport's errors ("ServiceError: client error (Connect): invalid peer
 //! certificate: UnknownIssuer"); the causes a user meets most (nothing listening, no route,
-//! a certificate from another CA or for another name, a plain-HTTP port) are recognised in
-//! the error's chain and said plainly. Anything else keeps kube's text.
+//! a certificate from another CA or for another name, a plain-HTTP port, a connection cut
+//! before the answer) are recognised in the error's chain and said plainly. Anything else
+//! keeps kube's text.
 
 use std::error::Error;
 use std::io;
@@ -33,6 +34,9 @@ pub enum Unreached {
     NotYetValid,
     /// What answered is not TLS (a plain-HTTP port, another service).
     NotTls,
+    /// The connection was closed or reset before an answer (the server, or a proxy, load
+    /// balancer or firewall between).
+    Dropped,
 }
 
 /// meshctl's connect timeout for any API server (a kubeconfig's or a stored one).
@@ -82,6 +86,10 @@ fn recognise(err: &(dyn Error + 'static)) -> Option<Unreached> {
             // inner error.
             io::ErrorKind::TimedOut if io.get_ref().is_some() => Some(Unreached::ConnectTimeout),
             io::ErrorKind::TimedOut => Some(Unreached::ReadTimeout),
+            // The TLS stack's "tls handshake eof", or a reset.
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted => Some(Unreached::Dropped),
             _ => None,
         };
     }
@@ -167,6 +175,9 @@ impl Unreached {
             Unreached::NotTls => "what answers at that address does not speak TLS (a plain-HTTP \
                  port, or another service)"
                 .into(),
+            Unreached::Dropped => "the connection was closed before an answer came: the server, \
+                 or a proxy, load balancer or firewall between, dropped it"
+                .into(),
         }
     }
 
@@ -204,6 +215,10 @@ impl Unreached {
                 .into(),
             Unreached::NotTls => "use the API server's HTTPS address and port in the \
                  kubeconfig"
+                .into(),
+            Unreached::Dropped => "retry; if it persists, check that the server address is the \
+                 API server's (not a load balancer or proxy that filters TLS) and that the API \
+                 server is healthy"
                 .into(),
         }
     }
@@ -246,6 +261,18 @@ mod tests {
             rustls::Error::InvalidMessage(InvalidMessage::InvalidContentType),
         );
         assert_eq!(unreached(&plain), Some(Unreached::NotTls));
+        for cut in [
+            io::ErrorKind::UnexpectedEof,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+        ] {
+            let e = io::Error::new(cut, "tls handshake eof");
+            assert_eq!(
+                unreached(&Outer(Box::new(e))),
+                Some(Unreached::Dropped),
+                "{cut:?}"
+            );
+        }
         let other = io::Error::from(io::ErrorKind::PermissionDenied);
         assert_eq!(unreached(&Outer(Box::new(other))), None);
     }
