@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::cloud::{LB_FINALIZER, cloud_mesh, stored_service};
-use common::runs::{meshctl_within, says};
+use common::runs::{meshctl_then, meshctl_within, says};
 use common::*;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_test_server::TestApiServer;
@@ -114,15 +114,14 @@ async fn unjoined_cloud_mesh() -> Mesh {
 }
 
 /// `unjoin` then `join` on a cloud cluster: join waits for the gateway Service to finish
-/// deleting (the load balancer teardown, played here after ~2 s), then applies it anew, so
+/// deleting (the load balancer teardown, played once join says it waits), then applies it anew, so
 /// the gateway exists afterwards. (Without the wait, join applied to the Service being
 /// deleted, reported success, and the gateway was gone once the teardown finished.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_waits_for_the_gateway_service_being_deleted_and_then_makes_it() {
     let m = unjoined_cloud_mesh().await;
     let (west_url, east_url) = (m.west.kubeconfig("west"), m.east.kubeconfig("east"));
-    let teardown = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    let teardown = async move {
         for (yaml, ctx) in [(west_url, "west"), (east_url, "east")] {
             let client = client_from_yaml(&yaml).await;
             let api: Api<Service> = Api::namespaced(client, "istio-system");
@@ -134,12 +133,12 @@ async fn join_waits_for_the_gateway_service_being_deleted_and_then_makes_it() {
             .await
             .unwrap_or_else(|e| panic!("{ctx}: {e}"));
         }
-    });
+    };
     let args = m.join_args(&[]);
-    let (out, took) = meshctl_within(Duration::from_secs(60), &args).await;
+    let waits = "west: waiting for";
+    let (out, _) = meshctl_then(Duration::from_secs(60), &args, waits, teardown).await;
     let all = text(&out);
     assert!(out.status.success(), "join failed:\n{all}");
-    teardown.await.unwrap();
     for s in [&m.west, &m.east] {
         let svc = stored_service(s).expect("the gateway Service exists after join");
         assert!(!terminating(&svc), "{svc:#}");
@@ -154,7 +153,6 @@ async fn join_waits_for_the_gateway_service_being_deleted_and_then_makes_it() {
         )],
     );
     assert_eq!(all.matches("west: waiting for").count(), 1, "once:\n{all}");
-    assert!(took >= Duration::from_millis(1500), "it waited: {took:?}");
 }
 
 /// The teardown never finishes within `--deletion-wait 1s`: join stops (exit 1) naming the
@@ -237,8 +235,7 @@ async fn join_waits_for_a_namespace_being_deleted() {
     assert_eq!(snapshots(&m), before, "nothing changed");
 
     let kubeconfig = m.west.kubeconfig("west");
-    let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    let release = async move {
         let client = client_from_yaml(&kubeconfig).await;
         let api: Api<Namespace> = Api::all(client);
         api.patch(
@@ -248,14 +245,13 @@ async fn join_waits_for_a_namespace_being_deleted() {
         )
         .await
         .unwrap();
-    });
+    };
     let args = m.join_args(&[]);
-    let (out, took) = meshctl_within(Duration::from_secs(60), &args).await;
+    let waits = "west: waiting for Namespace istio-system";
+    let (out, _) = meshctl_then(Duration::from_secs(60), &args, waits, release).await;
     let all = text(&out);
-    release.await.unwrap();
     assert!(out.status.success(), "join failed:\n{all}");
-    assert!(took >= Duration::from_millis(1500), "it waited: {took:?}");
-    says(&all, &["west: waiting for Namespace istio-system"]);
+    says(&all, &[waits]);
     let ns = istio_namespace(&m.west);
     assert!(!terminating(&ns), "{ns:#}");
     assert_eq!(

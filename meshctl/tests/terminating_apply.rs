@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::runs::{meshctl_within, says};
+use common::runs::{meshctl_then, meshctl_within, says};
 use common::*;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_test_server::{Fault, FaultRule, TestApiServer};
@@ -42,17 +42,15 @@ fn hold_and_delete(s: &TestApiServer, name: &str) {
     assert!(terminating(&stored_secret(s, name).unwrap()));
 }
 
-/// Takes the test's finalizer off Secret istio-system/`name` after `after` (a merge patch,
-/// as the controller holding it would), which deletes it.
-fn release_after(
+/// Takes the test's finalizer off Secret istio-system/`name` (a merge patch, as the
+/// controller holding it would), which deletes it.
+fn release(
     s: &TestApiServer,
     ctx: &str,
     name: &'static str,
-    after: Duration,
-) -> tokio::task::JoinHandle<()> {
+) -> impl std::future::Future<Output = ()> + use<> {
     let yaml = s.kubeconfig(ctx);
-    tokio::spawn(async move {
-        tokio::time::sleep(after).await;
+    async move {
         let client = client_from_yaml(&yaml).await;
         let api: Api<Secret> = Api::namespaced(client, "istio-system");
         api.patch(
@@ -62,7 +60,7 @@ fn release_after(
         )
         .await
         .unwrap();
-    })
+    }
 }
 
 fn bundle_files(dir: &Path) -> Vec<String> {
@@ -78,7 +76,7 @@ fn bundle_files(dir: &Path) -> Vec<String> {
 }
 
 /// `certs renew --apply` with west's `cacerts` being deleted waits (default `--deletion-wait`)
-/// for the Secret to go (played after ~2 s), then applies the renewed bundle anew, so
+/// for the Secret to go (played once meshctl says it waits), then applies the renewed bundle anew, so
 /// `cacerts` exists afterwards. (Without the wait it applied to the Secret being deleted at
 /// once, reported success, and `cacerts` was gone once the finalizer came off.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,17 +85,13 @@ async fn certs_renew_apply_waits_for_cacerts_being_deleted() {
     hold_and_delete(&m.west, "cacerts");
     let west_dir = m.certs.join("west");
     let files = bundle_files(&west_dir);
-    let release = release_after(&m.west, "west", "cacerts", Duration::from_secs(2));
+    let release = release(&m.west, "west", "cacerts");
     let args = renew_west_args(&m, &m.certs, &[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (out, took) = meshctl_within(Duration::from_secs(60), &args).await;
+    let waits = "west: waiting for";
+    let (out, _) = meshctl_then(Duration::from_secs(60), &args, waits, release).await;
     let all = text(&out);
-    release.await.unwrap();
     assert!(out.status.success(), "{all}");
-    assert!(
-        took >= Duration::from_millis(1500),
-        "it waited: {took:?}\n{all}"
-    );
     says(
         &all,
         &[&format!(
@@ -161,7 +155,7 @@ async fn certs_renew_apply_changes_nothing_when_the_deletion_outlasts_the_wait()
 }
 
 /// `rotate prepare` with west's `cacerts` being deleted waits (default `--deletion-wait`)
-/// for the Secret to go (played after ~2 s), reads every cluster again and then refuses, as
+/// for the Secret to go (played once meshctl says it waits), reads every cluster again and then refuses, as
 /// for a cluster without `cacerts`, with nothing changed in east or in `--dir`. (Without the
 /// wait it wrote a two-root bundle into the Secret being deleted and exited 0, and the
 /// rotation's state in west went with the Secret.)
@@ -171,16 +165,12 @@ async fn rotate_waits_for_cacerts_being_deleted() {
     hold_and_delete(&m.west, "cacerts");
     let east_before = settled_snapshot(&m.east).await;
     let dir = m.dir.path().join("rotation");
-    let release = release_after(&m.west, "west", "cacerts", Duration::from_secs(2));
+    let release = release(&m.west, "west", "cacerts");
     let args = m.rotate_args("prepare", &dir);
-    let (out, took) = meshctl_within(Duration::from_secs(60), &args).await;
+    let waits = "west: waiting for";
+    let (out, _) = meshctl_then(Duration::from_secs(60), &args, waits, release).await;
     let all = text(&out);
-    release.await.unwrap();
     assert_eq!(out.status.code(), Some(1), "{all}");
-    assert!(
-        took >= Duration::from_millis(1500),
-        "it waited: {took:?}\n{all}"
-    );
     says(
         &all,
         &[
@@ -252,14 +242,32 @@ async fn joined_with_due_tokens() -> Mesh {
 }
 
 async fn refresh(m: &Mesh, extra: &[&str]) -> (Option<i32>, Duration, Value, String) {
-    let mut args = both_contexts("credentials", m.kc());
-    args.insert(1, "refresh");
-    args.extend(["-o", "json"]);
-    args.extend_from_slice(extra);
+    let args = refresh_args(m, extra);
     let (out, took) = meshctl_within(Duration::from_secs(60), &args).await;
     let all = text(&out);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {all}"));
     (out.status.code(), took, v, all)
+}
+
+fn refresh_args<'a>(m: &'a Mesh, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = both_contexts("credentials", m.kc());
+    args.insert(1, "refresh");
+    args.extend(["-o", "json"]);
+    args.extend_from_slice(extra);
+    args
+}
+
+/// [`refresh`], with `then` played once it says `said`.
+async fn refresh_then(
+    m: &Mesh,
+    said: &str,
+    then: impl std::future::Future<Output = ()>,
+) -> (Option<i32>, Value, String) {
+    let args = refresh_args(m, &[]);
+    let (out, _) = meshctl_then(Duration::from_secs(60), &args, said, then).await;
+    let all = text(&out);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {all}"));
+    (out.status.code(), v, all)
 }
 
 fn outcome(v: &Value, stored_in: &str, cluster: &str) -> Value {
@@ -273,26 +281,16 @@ fn outcome(v: &Value, stored_in: &str, cluster: &str) -> Value {
 }
 
 /// `credentials refresh` with west's remote secret in east being deleted waits (default
-/// `--deletion-wait`) for it to go (played after ~2 s) before minting anything, and then has
+/// `--deletion-wait`) for it to go (played once meshctl says it waits) before minting anything, and then has
 /// nothing to write there; east's token (stored in west) is refreshed. (Without the wait it
 /// wrote a new token into the Secret being deleted at once and reported it refreshed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_refresh_waits_for_a_remote_secret_being_deleted() {
     let m = joined_with_due_tokens().await;
     hold_and_delete(&m.east, "istio-remote-secret-west");
-    let release = release_after(
-        &m.east,
-        "east",
-        "istio-remote-secret-west",
-        Duration::from_secs(2),
-    );
-    let (code, took, v, all) = refresh(&m, &[]).await;
-    release.await.unwrap();
+    let release = release(&m.east, "east", "istio-remote-secret-west");
+    let (code, v, all) = refresh_then(&m, "east: waiting for", release).await;
     assert_eq!(code, Some(0), "{all}");
-    assert!(
-        took >= Duration::from_millis(1500),
-        "it waited: {took:?}\n{all}"
-    );
     says(
         &all,
         &[&format!(

@@ -22,6 +22,64 @@ pub async fn meshctl_within(limit: Duration, args: &[&str]) -> (Output, Duration
     (out, started.elapsed())
 }
 
+/// Runs meshctl until it prints a line containing `said` (on stdout or stderr), then runs
+/// `then` (what the test plays at that moment: a finalizer coming off), then waits for it to
+/// exit; all within `limit`, or the test fails. Replaces a fixed timer, which a slow machine
+/// could let fire before meshctl began what the test meant to interrupt. If meshctl exits
+/// without saying it, `then` does not run and its output is returned for the test to show.
+pub async fn meshctl_then(
+    limit: Duration,
+    args: &[&str],
+    said: &str,
+    then: impl std::future::Future<Output = ()>,
+) -> (Output, Duration) {
+    use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut child = tokio::process::Command::new(MESHCTL)
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run meshctl");
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let read = |r: Box<dyn AsyncRead + Unpin + Send>, tx: tokio::sync::watch::Sender<bool>| {
+        let said = said.to_string();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(r).lines();
+            let mut all = String::new();
+            while let Ok(Some(l)) = lines.next_line().await {
+                if l.contains(&said) {
+                    tx.send_replace(true);
+                }
+                all.push_str(&l);
+                all.push('\n');
+            }
+            all
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()), tx.clone());
+    let stderr = read(Box::new(child.stderr.take().unwrap()), tx);
+    match tokio::time::timeout_at(deadline, rx.wait_for(|s| *s)).await {
+        Ok(Ok(_)) => then.await,
+        // Both streams closed without it: meshctl has exited.
+        Ok(Err(_)) => {}
+        Err(_) => panic!("meshctl {args:?} did not say {said:?} within {limit:?}"),
+    }
+    let status = tokio::time::timeout_at(deadline, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("meshctl {args:?} still running after {limit:?}"))
+        .expect("wait for meshctl");
+    let out = Output {
+        status,
+        stdout: stdout.await.unwrap().into_bytes(),
+        stderr: stderr.await.unwrap().into_bytes(),
+    };
+    (out, started.elapsed())
+}
+
 /// Runs meshctl, killed after 60 s; (exit code, time taken, output).
 pub async fn run(args: &[&str]) -> (Option<i32>, Duration, String) {
     let (out, took) = meshctl_within(Duration::from_secs(60), args).await;
