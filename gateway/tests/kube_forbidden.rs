@@ -161,9 +161,13 @@ fn secs(debug: &str) -> f64 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_destination_rule_rights_routes_are_served_without_subsets() {
-    let (_api, _b, kubeconfig) = cluster("destinationrules").await;
+/// A gateway for [`cluster`]`(without)`, once it routes the catalog and is ready, with the
+/// first log line that contains `told`, and that line's message.
+async fn served_and_told(
+    without: &str,
+    told: &str,
+) -> (TestApiServer, tempfile::TempDir, GatewayProcess, String) {
+    let (api, _b, kubeconfig) = cluster(without).await;
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway(&dir, &kubeconfig, "warn,gateway=info").await;
     let start = Instant::now();
@@ -174,12 +178,15 @@ async fn without_destination_rule_rights_routes_are_served_without_subsets() {
     .await;
     println!("ready and routing {:?} after start", start.elapsed());
     assert_eq!(http_get(gw.admin, "/healthz/ready").await.0, 200);
-    let told = gw.wait_line(&|v| {
-        v["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("may not read destinationrules.networking.istio.io (403 Forbidden): only the empty subset routes"))
-    });
-    let text = told["message"].as_str().unwrap();
+    let line = gw.wait_line(&|v| v["message"].as_str().is_some_and(|m| m.contains(told)));
+    let text = line["message"].as_str().unwrap().to_string();
+    (api, dir, gw, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_destination_rule_rights_routes_are_served_without_subsets() {
+    let told = "may not read destinationrules.networking.istio.io (403 Forbidden): only the empty subset routes";
+    let (_api, _dir, _gw, text) = served_and_told("destinationrules", told).await;
     assert!(
         text.contains("grant get, list and watch on destinationrules.networking.istio.io"),
         "{text}"
@@ -190,21 +197,8 @@ async fn without_destination_rule_rights_routes_are_served_without_subsets() {
 /// anywhere, and the log names what that means and the grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_peer_authentication_rights_routes_are_served_and_the_grant_named() {
-    let (_api, _b, kubeconfig) = cluster("peerauthentications").await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = gateway(&dir, &kubeconfig, "warn,gateway=info").await;
-    let listen = gw.listen;
-    eventually("catalog served", TIMEOUT, || async move {
-        call(listen, &sni(80, "", CATALOG)).await.is_ok()
-    })
-    .await;
-    assert_eq!(http_get(gw.admin, "/healthz/ready").await.0, 200);
-    let told = gw.wait_line(&|v| {
-        v["message"].as_str().is_some_and(|m| {
-            m.contains("may not read peerauthentications.security.istio.io (403 Forbidden): PeerAuthentications cannot be seen")
-        })
-    });
-    let text = told["message"].as_str().unwrap();
+    let told = "may not read peerauthentications.security.istio.io (403 Forbidden): PeerAuthentications cannot be seen";
+    let (_api, _dir, _gw, text) = served_and_told("peerauthentications", told).await;
     assert!(
         text.contains("grant get, list and watch on peerauthentications.security.istio.io"),
         "{text}"
@@ -216,21 +210,8 @@ async fn without_peer_authentication_rights_routes_are_served_and_the_grant_name
 /// rather than having its tunnels sent around the waypoint; the log names it and the grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_gateway_rights_bound_services_are_refused_not_bypassed() {
-    let (api, _b, kubeconfig) = cluster("gateways").await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = gateway(&dir, &kubeconfig, "warn,gateway=info").await;
-    let listen = gw.listen;
-    eventually("catalog served", TIMEOUT, || async move {
-        call(listen, &sni(80, "", CATALOG)).await.is_ok()
-    })
-    .await;
-    assert_eq!(http_get(gw.admin, "/healthz/ready").await.0, 200);
-    let told = gw.wait_line(&|v| {
-        v["message"].as_str().is_some_and(|m| {
-            m.contains("may not read gateways.gateway.networking.k8s.io (403 Forbidden)")
-        })
-    });
-    let text = told["message"].as_str().unwrap();
+    let told = "may not read gateways.gateway.networking.k8s.io (403 Forbidden)";
+    let (api, _dir, gw, text) = served_and_told("gateways", told).await;
     assert!(
         text.contains("waypoints cannot be seen")
             && text.contains("refused (503) rather than sent around it")

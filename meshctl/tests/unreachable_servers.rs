@@ -34,27 +34,9 @@ fn context(
     ]
 }
 
-/// A listener that answers any bytes with a plain HTTP 400 and closes, as an HTTP port does.
-fn plain_http() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        // Bounded: the test connects once per context that uses it.
-        for s in l.incoming().take(4) {
-            let Ok(mut s) = s else { return };
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut buf = [0u8; 512];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
-        }
-    });
-    addr
-}
-
-/// A listener that reads the ClientHello and closes, with a reset when `reset`: a proxy or
-/// load balancer that drops TLS it will not pass.
-fn dropping(reset: bool) -> SocketAddr {
+/// A listener that reads what a client sends first (its ClientHello) and then does `then`
+/// with the connection before closing it. Bounded: the test connects a few times at most.
+fn after_hello(then: fn(&mut std::net::TcpStream)) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -64,12 +46,30 @@ fn dropping(reset: bool) -> SocketAddr {
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
             let mut buf = [0u8; 512];
             let _ = s.read(&mut buf);
-            if reset {
-                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
-            }
+            then(&mut s);
         }
     });
     addr
+}
+
+/// A listener that answers any bytes with a plain HTTP 400 and closes, as an HTTP port does.
+fn plain_http() -> SocketAddr {
+    after_hello(|s| {
+        use std::io::Write;
+        let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+    })
+}
+
+/// A listener that reads the ClientHello and closes, with a reset when `reset`: a proxy or
+/// load balancer that drops TLS it will not pass.
+fn dropping(reset: bool) -> SocketAddr {
+    if reset {
+        after_hello(|s| {
+            let _ = socket2::SockRef::from(&*s).set_linger(Some(Duration::ZERO));
+        })
+    } else {
+        after_hello(|_| {})
+    }
 }
 
 /// A listener that never accepts, its queue (backlog 0) filled by one connection: a SYN to it

@@ -51,9 +51,6 @@ pub struct SvcInfo {
     /// `internalTrafficPolicy: Local`: istiod gives a gateway only the endpoints on its own
     /// node (`conversion.go` `NodeLocal`, `endpoint_builder.go` `filterIstioEndpoint`).
     pub node_local: bool,
-    /// Labelled `istio.io/persistent-session` (any value but empty): its draining endpoints
-    /// still take connections, as istiod sends them to such Services only.
-    pub persistent_session: bool,
 }
 
 /// Istio's annotation naming the namespaces a Service is visible to.
@@ -149,13 +146,12 @@ pub fn key(ns: Option<&str>, name: Option<&str>) -> Option<ObjKey> {
     ))
 }
 
-/// istiod's `PILOT_PERSISTENT_SESSION_LABEL` (its default): a Service so labelled keeps its
-/// draining endpoints.
-pub const PERSISTENT_SESSION_LABEL: &str = "istio.io/persistent-session";
-
-/// istiod's `PILOT_DRAINING_LABEL` (its default): a Pod with any value but empty is draining,
-/// and istiod sends its endpoints only to Services labelled [`PERSISTENT_SESSION_LABEL`]
-/// (`filterIstioEndpoint` in `pilot/pkg/xds/endpoints/endpoint_builder.go`).
+/// istiod's `PILOT_DRAINING_LABEL` (its default): a Pod with any value but empty is draining.
+/// istiod leaves its endpoints out (`filterIstioEndpoint` in
+/// `pilot/pkg/xds/endpoints/endpoint_builder.go`), except for a Service labelled
+/// `istio.io/persistent-session`, which gets them marked DRAINING, and Envoy takes DRAINING
+/// for unhealthy (`buildEnvoyLbEndpoint`; Envoy's `HealthStatus`): a new connection reaches
+/// one only in Envoy's panic mode. Here it is never dialed.
 pub const DRAINING_LABEL: &str = "istio.io/draining";
 
 /// Istio's annotation for a zone preference, read where `spec.trafficDistribution` is unset.
@@ -227,12 +223,6 @@ pub fn project_service(svc: &Service) -> Option<SvcInfo> {
         prefer_close,
         export_to,
         node_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-        persistent_session: svc
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(PERSISTENT_SESSION_LABEL))
-            .is_some_and(|v| !v.is_empty()),
     })
 }
 

@@ -474,11 +474,11 @@ impl Model {
                     // No Pod (a hand-made slice, the API server's own endpoints) or one not
                     // seen yet: not an mTLS endpoint, as istiod takes it.
                     let mtls = pod.is_some_and(PodInfo::mtls);
-                    // A draining Pod counts as not ready, unless its Service keeps sessions.
+                    // A draining Pod takes no new connection ([`DRAINING_LABEL`]).
                     let draining = pod
                         .and_then(|p| pod_label(&p.labels, DRAINING_LABEL))
                         .is_some_and(|v| !v.is_empty());
-                    let ready = e.ready && (!draining || svc.persistent_session);
+                    let ready = e.ready && !draining;
                     if let Some(p) = pod.filter(|_| mtls && !peer_auths.is_empty()) {
                         sidecars.push((e.address, p, e));
                     }
@@ -872,6 +872,17 @@ mod tests {
         m.slices.streams[0].items.insert(key, sl.unwrap());
     }
 
+    /// The addresses 15443 may dial for `catalog.shop…:80` once `specs` are published.
+    fn classic_candidates(specs: &[ServiceSpec]) -> Vec<String> {
+        let t = crate::routes::Routes::new().publish(specs);
+        let r = t.lookup("catalog.shop.svc.cluster.local", 80).unwrap();
+        r.candidates("")
+            .unwrap()
+            .iter()
+            .map(|&i| r.endpoints[i].state.addr.ip().to_string())
+            .collect()
+    }
+
     /// Adds Pod `name` in `shop` with these labels.
     fn add_pod(m: &mut Model, name: &str, labels: serde_json::Value) {
         let meta: PartialObjectMeta<Pod> = serde_json::from_value(json!({
@@ -975,15 +986,7 @@ mod tests {
         ];
         assert_eq!(mtls, want.map(|(a, m)| (a.to_string(), m)));
         // Published, only the labelled pods are candidates on 15443.
-        let t = crate::routes::Routes::new().publish(&specs);
-        let r = t.lookup("catalog.shop.svc.cluster.local", 80).unwrap();
-        let ips: Vec<String> = r
-            .candidates("")
-            .unwrap()
-            .iter()
-            .map(|&i| r.endpoints[i].state.addr.ip().to_string())
-            .collect();
-        assert_eq!(ips, ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(classic_candidates(&specs), ["10.0.0.1", "10.0.0.2"]);
     }
 
     /// istiod's `checkMtlsEnabled`: a sidecar whose PeerAuthentication composes to DISABLE on
@@ -1022,15 +1025,7 @@ mod tests {
             ]
         };
         assert_eq!(disabled(&m), want(&[80]));
-        let t = crate::routes::Routes::new().publish(&m.specs("cluster.local"));
-        let r = t.lookup("catalog.shop.svc.cluster.local", 80).unwrap();
-        let ips: Vec<String> = r
-            .candidates("")
-            .unwrap()
-            .iter()
-            .map(|&i| r.endpoints[i].state.addr.ip().to_string())
-            .collect();
-        assert_eq!(ips, ["10.0.0.1"]);
+        assert_eq!(classic_candidates(&m.specs("cluster.local")), ["10.0.0.1"]);
         // A mesh-wide STRICT under a namespace-wide DISABLE: every sidecar, but not where the
         // workload policy's port says PERMISSIVE.
         let w = m.peer_auths.as_mut().unwrap();
@@ -1053,10 +1048,10 @@ mod tests {
     }
 
     /// istiod's `filterIstioEndpoint`: a Pod labelled `istio.io/draining` (any value but
-    /// empty) takes no new connection, unless its Service is labelled
-    /// `istio.io/persistent-session`.
+    /// empty) takes no new connection; behind a Service labelled `istio.io/persistent-session`
+    /// neither, as Envoy takes the DRAINING status istiod sends it for unhealthy.
     #[test]
-    fn draining_pods_are_not_ready_unless_the_service_keeps_sessions() {
+    fn draining_pods_are_not_ready() {
         let mut m = model_with(false);
         add_catalog_slice(
             &mut m,
@@ -1099,7 +1094,7 @@ mod tests {
         svc.metadata.labels = Some([("istio.io/persistent-session".into(), "x".into())].into());
         let s = project_service(&svc).unwrap();
         m.services.streams[0].items.insert(k("shop", "catalog"), s);
-        assert_eq!(ready(&m), want(true));
+        assert_eq!(ready(&m), want(false));
     }
 
     #[test]
