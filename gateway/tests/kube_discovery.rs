@@ -686,6 +686,37 @@ async fn namespaces_limit_what_is_watched() {
     );
 }
 
+/// With `--namespace`, Istio's rules in the root namespace still apply, as istiod reads them
+/// for every proxy: a root DestinationRule's subsets and a mesh-wide PeerAuthentication. (An
+/// audit found both unread before: the rule watches covered `--namespace` only.)
+#[tokio::test]
+async fn with_namespaces_the_root_namespaces_rules_still_apply() {
+    let api = api_server(true).await;
+    api.install_peer_authentication_crd();
+    let (b, port) = backends(&["a", "b"]).await;
+    let eps = [(b[0].addr.ip(), true, "pa"), (b[1].addr.ip(), true, "pb")];
+    seed_catalog(&api, port, &[("pa", "v1"), ("pb", "v2")], &eps);
+    let st = api.store();
+    st.create(namespace_json("istio-system")).unwrap();
+    let v1 = [("version", "v1")];
+    st.create(k8s::destination_rule(
+        "istio-system",
+        "catalog",
+        CATALOG,
+        &[("v1", &v1[..])],
+    ))
+    .unwrap();
+    let gw = kube_gateway(&api, |o| o.namespaces = vec![NS.into()]).await;
+    eventually_served_by(gw.listen, &sni(80, "v1", CATALOG), &["a"]).await;
+    st.create(
+        json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+        "metadata": {"name": "default", "namespace": "istio-system"},
+        "spec": {"mtls": {"mode": "DISABLE"}}}),
+    )
+    .unwrap();
+    eventually_refused(&gw, &sni(80, "", CATALOG), "no_healthy_endpoint").await;
+}
+
 #[tokio::test]
 async fn a_410_gone_is_survived_without_losing_the_table() {
     let api = api_server(false).await;

@@ -152,6 +152,9 @@ pub(super) struct CrdWatch {
     pub crd: Crd,
     pub client: Client,
     pub namespaces: Vec<String>,
+    /// Where Istio's rules (DestinationRules, PeerAuthentications) are watched: `namespaces`
+    /// and, when those are limited, the root and the gateway's own namespace too.
+    pub rule_namespaces: Vec<String>,
     pub domain: String,
     pub recheck: Duration,
     pub watches: Watches,
@@ -173,10 +176,11 @@ impl CrdWatch {
             self.namespaces.clone(),
             self.watches.clone(),
         );
+        let rule_namespaces = self.rule_namespaces.clone();
         let (crd, domain, ar) = (self.crd, self.domain.clone(), ar.clone());
         let probes = match crd {
             Crd::DestinationRule | Crd::PeerAuthentication => {
-                dyn_probes(crd.kind(), &dyn_apis(&client, &namespaces, &ar))
+                dyn_probes(crd.kind(), &dyn_apis(&client, &rule_namespaces, &ar))
             }
             Crd::Gateway => probes(&apis::<GatewayObject>(&client, &namespaces)),
             // Cluster-scoped: one watch of every class, whatever `--namespace` says.
@@ -184,11 +188,12 @@ impl CrdWatch {
         };
         let spawn = move || match crd {
             Crd::DestinationRule => {
-                tracing::info!(version = %ar.version, "watching DestinationRules for subsets");
+                let namespaces = super::namespaces_field(&rule_namespaces);
+                tracing::info!(version = %ar.version, %namespaces, "watching DestinationRules for subsets");
                 spawn_watches(
                     &watches,
                     crd.kind(),
-                    watch::every(&dyn_apis(&client, &namespaces, &ar)),
+                    watch::every(&dyn_apis(&client, &rule_namespaces, &ar)),
                     move |dr: &kube::api::DynamicObject| {
                         project::project_destination_rule(dr, &domain)
                     },
@@ -197,11 +202,12 @@ impl CrdWatch {
                 );
             }
             Crd::PeerAuthentication => {
-                tracing::info!(version = %ar.version, "watching PeerAuthentications for mTLS modes");
+                let namespaces = super::namespaces_field(&rule_namespaces);
+                tracing::info!(version = %ar.version, %namespaces, "watching PeerAuthentications for mTLS modes");
                 spawn_watches(
                     &watches,
                     crd.kind(),
-                    watch::every(&dyn_apis(&client, &namespaces, &ar)),
+                    watch::every(&dyn_apis(&client, &rule_namespaces, &ar)),
                     peer_auth::project_peer_authentication,
                     move |stream, update| Msg::PeerAuth(generation, stream, update),
                     gone,

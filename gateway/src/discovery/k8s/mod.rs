@@ -104,10 +104,13 @@ impl KubeSource {
             stop: stop.clone(),
         };
         let mut probes = Vec::new();
+        let rule_namespaces =
+            rule_namespaces(&namespaces, &opts.root_namespace, &gateway_namespace);
         let crds = Crd::ALL.map(|crd| CrdWatch {
             crd,
             client: client.clone(),
             namespaces: namespaces.clone(),
+            rule_namespaces: rule_namespaces.clone(),
             domain: domain.clone(),
             recheck: opts.crd_recheck,
             watches: watches.clone(),
@@ -209,6 +212,21 @@ impl KubeSource {
     }
 }
 
+/// Where Istio's rules are watched: every namespace, or with `--namespace` those and the
+/// root and the gateway's own namespace, where istiod reads a gateway's rules whatever
+/// services it routes (mesh-wide PeerAuthentications, root and gateway DestinationRules).
+fn rule_namespaces(namespaces: &[String], root: &str, gateway: &str) -> Vec<String> {
+    let mut out = namespaces.to_vec();
+    if !out.is_empty() {
+        for ns in [root, gateway] {
+            if !out.iter().any(|n| n == ns) {
+                out.push(ns.to_string());
+            }
+        }
+    }
+    out
+}
+
 /// The watched namespaces as a plain log value, as `--namespace` takes them: `shop,web`, or
 /// `*` for every namespace (none given). Not `all`: that is a valid namespace name.
 fn namespaces_field(namespaces: &[String]) -> String {
@@ -221,7 +239,22 @@ fn namespaces_field(namespaces: &[String]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::namespaces_field;
+    use super::{namespaces_field, rule_namespaces};
+
+    #[test]
+    fn rules_are_also_read_in_the_root_and_the_gateways_namespace() {
+        assert!(rule_namespaces(&[], "istio-system", "gw").is_empty());
+        let shop = ["shop".to_string()];
+        assert_eq!(
+            rule_namespaces(&shop, "istio-system", "gw"),
+            ["shop", "istio-system", "gw"]
+        );
+        let both = ["istio-system".to_string(), "shop".to_string()];
+        assert_eq!(
+            rule_namespaces(&both, "istio-system", "istio-system"),
+            ["istio-system", "shop"]
+        );
+    }
 
     #[test]
     fn the_namespaces_field_is_a_plain_list() {
