@@ -104,13 +104,12 @@ impl KubeSource {
             stop: stop.clone(),
         };
         let mut probes = Vec::new();
-        let rule_namespaces =
-            rule_namespaces(&namespaces, &opts.root_namespace, &gateway_namespace);
+        let rule_ns = rule_namespaces(&namespaces, &opts.root_namespace, &gateway_namespace);
         let crds = Crd::ALL.map(|crd| CrdWatch {
             crd,
             client: client.clone(),
             namespaces: namespaces.clone(),
-            rule_namespaces: rule_namespaces.clone(),
+            rule_namespaces: rule_ns.clone(),
             domain: domain.clone(),
             recheck: opts.crd_recheck,
             watches: watches.clone(),
@@ -183,7 +182,12 @@ impl KubeSource {
             Msg::Pod,
             None,
         );
-        let namespace_watches = watch::namespace_watches(&client, &namespaces);
+        // The root namespace's too: its network label is every endpoint's without one.
+        let namespace_watches = watch::namespace_watches(
+            &client,
+            &rule_namespaces(&namespaces, &opts.root_namespace, &opts.root_namespace),
+        );
+        model.namespaces = Watched::new(namespace_watches.len());
         let apis: Vec<_> = namespace_watches.iter().map(|(a, _)| a.clone()).collect();
         probes.extend(probe::probes(&apis));
         spawn_watches(

@@ -379,6 +379,15 @@ impl Model {
                 .flat_map(|p| p.iter().map(|(_, p)| p)),
             &self.root_namespace,
         );
+        let augment = Augment {
+            cluster: &self.cluster_id,
+            network: self
+                .namespaces
+                .get(&namespace_key(&self.root_namespace))
+                .and_then(|n| n.labels.get(NETWORK_LABEL))
+                .map(String::as_str)
+                .filter(|n| !n.is_empty()),
+        };
         let no_rules: MergedRules = Default::default();
         let no_labels: Arc<Labels> = Arc::default();
         let mut label_sets: HashMap<Vec<(&str, &str)>, Arc<Labels>> = HashMap::new();
@@ -491,9 +500,9 @@ impl Model {
                     let pod = pod.map(|p| &p.labels);
                     label_key.clear();
                     label_key.extend(
-                        wanted_keys.iter().filter_map(|&k| {
-                            Some((k, endpoint_label(k, pod, e, &self.cluster_id)?))
-                        }),
+                        wanted_keys
+                            .iter()
+                            .filter_map(|&k| Some((k, endpoint_label(k, pod, e, &augment)?))),
                     );
                     let labels = match label_key.is_empty() {
                         true => no_labels.clone(),
@@ -551,7 +560,7 @@ impl Model {
                 let Some(spec) = eps.get_mut(&address).filter(|s| s.mtls) else {
                     continue;
                 };
-                let label = |k: &str| endpoint_label(k, Some(&pod.labels), e, &self.cluster_id);
+                let label = |k: &str| endpoint_label(k, Some(&pod.labels), e, &augment);
                 spec.mtls_disabled = spec
                     .ports
                     .iter()
@@ -589,28 +598,55 @@ fn host_of(w: &WaypointInfo, by_ip: &HashMap<IpAddr, String>) -> Option<String> 
 }
 
 /// The key of a Namespace (cluster-scoped) in [`Model::namespaces`].
-/// An endpoint's label as istiod matches subsets against it (`AugmentLabels` in
-/// `pilot/pkg/serviceregistry/util/label`): its Pod's, with the cluster's ID, its node and its
-/// zone set over them (Istio's documented per-cluster subsets select on
-/// `topology.istio.io/cluster`). istiod also sets the region and subzone, which come from the
-/// Node, not read here, and the network when the Pod has none, unknown here.
+/// What istiod adds to every endpoint's labels that is not the endpoint's own.
+struct Augment<'a> {
+    /// `--cluster-id`.
+    cluster: &'a str,
+    /// The root namespace's `topology.istio.io/network` (istiod reads its own namespace's,
+    /// the same one in a default install).
+    network: Option<&'a str>,
+}
+
+/// An endpoint's label as istiod matches subsets and PeerAuthentication selectors against it
+/// (`AugmentLabels` in `pilot/pkg/serviceregistry/util/label`): its Pod's, with the cluster's
+/// ID, its node, its locality (the Pod's `istio-locality` label when it has one, else its
+/// Node's: of those only the zone is known here, from the slice) and, when the Pod names none,
+/// the network of the cluster (Istio's documented per-cluster subsets select on
+/// `topology.istio.io/cluster`). A Node's region and subzone are not read.
 fn endpoint_label<'a>(
     key: &str,
     pod: Option<&'a super::project::PodLabels>,
     e: &'a super::project::SliceEndpoint,
-    cluster: &'a str,
+    add: &Augment<'a>,
 ) -> Option<&'a str> {
+    let own = || pod_label(pod?, key);
+    let locality = pod.and_then(|p| pod_label(p, LOCALITY_LABEL));
+    // `region.zone.subzone`; an empty part adds nothing.
+    let part = |i: usize| {
+        locality
+            .and_then(|l| l.split('.').nth(i))
+            .filter(|p| !p.is_empty())
+    };
     match key {
-        CLUSTER_LABEL => Some(cluster),
-        ZONE_LABEL => e.zone.as_deref().or_else(|| pod_label(pod?, key)),
-        HOSTNAME_LABEL => e.node.as_deref().or_else(|| pod_label(pod?, key)),
-        _ => pod_label(pod?, key),
+        CLUSTER_LABEL => Some(add.cluster),
+        REGION_LABEL => part(0).or_else(own),
+        ZONE_LABEL if locality.is_some() => part(1).or_else(own),
+        ZONE_LABEL => e.zone.as_deref().or_else(own),
+        SUBZONE_LABEL => part(2).or_else(own),
+        HOSTNAME_LABEL => e.node.as_deref().or_else(own),
+        NETWORK_LABEL => own().filter(|n| !n.is_empty()).or(add.network),
+        _ => own(),
     }
 }
 
 const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
+const NETWORK_LABEL: &str = "topology.istio.io/network";
+const REGION_LABEL: &str = "topology.kubernetes.io/region";
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
 const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+/// A Pod's own locality, `region.zone.subzone`, over its Node's (istiod's `getPodLocality`).
+const LOCALITY_LABEL: &str = "istio-locality";
 
 fn namespace_key(name: &str) -> ObjKey {
     ("".into(), name.into())
@@ -876,9 +912,10 @@ mod tests {
     fn classic_candidates(specs: &[ServiceSpec]) -> Vec<String> {
         let t = crate::routes::Routes::new().publish(specs);
         let r = t.lookup("catalog.shop.svc.cluster.local", 80).unwrap();
-        r.candidates("")
-            .unwrap()
-            .iter()
+        let Ok(c) = r.candidates("") else {
+            return Vec::new();
+        };
+        c.iter()
             .map(|&i| r.endpoints[i].state.addr.ip().to_string())
             .collect()
     }
@@ -1045,6 +1082,86 @@ mod tests {
                 ("10.0.0.3".to_string(), vec![]),
             ]
         );
+    }
+
+    /// `AugmentLabels` as istiod calls it: a Pod's `istio-locality` gives its region, zone and
+    /// subzone over its Node's (the slice's zone) and its own labels; the cluster's network
+    /// is added where the Pod names none.
+    #[test]
+    fn locality_and_network_are_added_as_istiod_adds_them() {
+        let interner = Interner::default();
+        let pod = |labels: serde_json::Value| {
+            let meta: PartialObjectMeta<Pod> = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": "p", "namespace": "shop", "labels": labels}}))
+            .unwrap();
+            project_pod(&meta, &interner).unwrap().labels
+        };
+        let e = SliceEndpoint {
+            address: "10.0.0.9".parse().unwrap(),
+            ready: true,
+            pod: Some("p".into()),
+            zone: Some("zone-a".into()),
+            node: Some("node-9".into()),
+        };
+        let add = Augment {
+            cluster: "west",
+            network: Some("west-network"),
+        };
+        let located = pod(
+            json!({"istio-locality": "r1.zone-b.sz", "topology.kubernetes.io/zone": "own",
+            "topology.kubernetes.io/region": "own"}),
+        );
+        let get = |p: &super::super::project::PodLabels, k: &str| {
+            endpoint_label(k, Some(p), &e, &add).map(str::to_string)
+        };
+        assert_eq!(get(&located, REGION_LABEL).as_deref(), Some("r1"));
+        assert_eq!(get(&located, ZONE_LABEL).as_deref(), Some("zone-b"));
+        assert_eq!(get(&located, SUBZONE_LABEL).as_deref(), Some("sz"));
+        assert_eq!(
+            get(&located, NETWORK_LABEL).as_deref(),
+            Some("west-network")
+        );
+        assert_eq!(get(&located, CLUSTER_LABEL).as_deref(), Some("west"));
+        // An empty part adds nothing: the Pod's own label stays.
+        let region_only =
+            pod(json!({"istio-locality": "r2", "topology.kubernetes.io/zone": "own"}));
+        assert_eq!(get(&region_only, ZONE_LABEL).as_deref(), Some("own"));
+        assert_eq!(get(&region_only, SUBZONE_LABEL), None);
+        // Without it, the Node's zone (the slice's); a Pod's own network wins.
+        let plain = pod(json!({"topology.istio.io/network": "pod-net",
+            "topology.kubernetes.io/region": "own"}));
+        assert_eq!(get(&plain, ZONE_LABEL).as_deref(), Some("zone-a"));
+        assert_eq!(get(&plain, REGION_LABEL).as_deref(), Some("own"));
+        assert_eq!(get(&plain, NETWORK_LABEL).as_deref(), Some("pod-net"));
+        assert_eq!(get(&plain, HOSTNAME_LABEL).as_deref(), Some("node-9"));
+    }
+
+    /// The cluster's network comes from the root namespace's label, so a PeerAuthentication
+    /// selecting on it applies (an audit found it did not).
+    #[test]
+    fn the_root_namespaces_network_reaches_peer_authentication_selectors() {
+        let mut m = model_with(false);
+        let ns: PartialObjectMeta<Namespace> = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "istio-system",
+                "labels": {"topology.istio.io/network": "west-network"}}}))
+        .unwrap();
+        let scope = project_namespace(&ns).unwrap();
+        m.namespaces.streams[0]
+            .items
+            .insert(k("", "istio-system"), scope);
+        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": {"name": "net", "namespace": "shop"},
+            "spec": {"selector": {"matchLabels": {"topology.istio.io/network": "west-network"}},
+                "mtls": {"mode": "DISABLE"}}}))
+        .unwrap();
+        let mut w = Watched::new(1);
+        let pa = super::super::peer_auth::project_peer_authentication(&obj).unwrap();
+        w.streams[0].items.insert(k("shop", "net"), pa);
+        m.peer_auths = Some(w);
+        assert!(classic_candidates(&m.specs("cluster.local")).is_empty());
     }
 
     /// istiod's `filterIstioEndpoint`: a Pod labelled `istio.io/draining` (any value but
