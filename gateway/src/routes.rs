@@ -115,6 +115,9 @@ pub struct Endpoint {
     /// [`EndpointSpec::mtls`]: false keeps a classic route's endpoint out of every candidate
     /// list (shown by `/debug/routes`, never dialed from 15443).
     pub mtls: bool,
+    /// `mtls` is false because a PeerAuthentication disables mTLS on this port
+    /// ([`EndpointSpec::mtls_disabled`]), not for want of the Pod's label.
+    pub mtls_disabled: bool,
 }
 
 /// Everything reachable through one `(host, port)`.
@@ -438,6 +441,7 @@ impl Routes {
                         ready: ep.ready,
                         zone: ep.zone.clone(),
                         mtls: ep.mtls && !ep.mtls_disabled.contains(&port),
+                        mtls_disabled: ep.mtls && ep.mtls_disabled.contains(&port),
                     };
                     let classic = SocketAddr::new(ep.address, target);
                     if port == WAYPOINT_PORT && waypoint_hosts.contains(spec.host.as_str()) {

@@ -284,7 +284,10 @@ async fn endpoints_that_are_not_mesh_workloads_take_no_classic_connection() {
     // Listed, so `/debug/routes` says why.
     let (_, body) = http_get(gw.admin, "/debug/routes?host=kubernetes.default").await;
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["routes"][0]["endpoints"][0]["mtls"], false, "{body}");
+    let e = &v["routes"][0]["endpoints"][0];
+    assert_eq!(e["mtls"], false, "{body}");
+    let why = "pod not labelled security.istio.io/tlsMode: istio";
+    assert_eq!(e["mtls_off"], why, "{body}");
     // Injected, pa takes connections too.
     st.apply(k8s::sidecar_pod(NS, "pa", &[("app", "catalog")]))
         .unwrap();
@@ -360,7 +363,10 @@ async fn a_peer_authentication_that_disables_mtls_takes_sidecars_off_15443() {
     eventually_refused(&gw, &catalog, "no_healthy_endpoint").await;
     let (_, body) = http_get(gw.admin, "/debug/routes?host=catalog.").await;
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["routes"][0]["endpoints"][0]["mtls"], false, "{body}");
+    let e = &v["routes"][0]["endpoints"][0];
+    assert_eq!(e["mtls"], false, "{body}");
+    let why = "a PeerAuthentication disables mTLS on its port";
+    assert_eq!(e["mtls_off"], why, "{body}");
     // v2's own policy turns its port (the endpoint's, not the Service's) back to STRICT.
     let v2 = json!({"selector": {"matchLabels": {"version": "v2"}},
         "portLevelMtls": {port.to_string(): {"mode": "STRICT"}}});

@@ -34,6 +34,7 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
         address: e.state.addr.to_string(),
         ready: e.ready,
         mtls: None,
+        mtls_off: None,
         labels: (*e.labels).clone(),
         zone: e.zone.as_deref().map(str::to_owned),
         active_connections: e.state.active(),
@@ -66,6 +67,11 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
             endpoints: if classic {
                 let classic = |e: &crate::routes::Endpoint| DebugEndpoint {
                     mtls: Some(e.mtls),
+                    mtls_off: match (e.mtls, e.mtls_disabled) {
+                        (true, _) => None,
+                        (false, true) => Some(MTLS_OFF_BY_POLICY),
+                        (false, false) => Some(MTLS_OFF_NO_LABEL),
+                    },
                     ..endpoint(e)
                 };
                 r.endpoints.iter().map(classic).collect()
@@ -171,6 +177,12 @@ pub struct DebugCanary {
     pub weight: u8,
 }
 
+/// A classic endpoint is not an Istio mTLS workload: its Pod lacks
+/// `security.istio.io/tlsMode: istio` (or it has no Pod).
+pub const MTLS_OFF_NO_LABEL: &str = "pod not labelled security.istio.io/tlsMode: istio";
+/// A PeerAuthentication disables mTLS on the endpoint's port.
+pub const MTLS_OFF_BY_POLICY: &str = "a PeerAuthentication disables mTLS on its port";
+
 #[derive(Debug, Serialize)]
 pub struct DebugEndpoint {
     pub address: String,
@@ -179,6 +191,9 @@ pub struct DebugEndpoint {
     /// 15443 (not an Istio mTLS workload); absent on HBONE endpoints.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mtls: Option<bool>,
+    /// Why `mtls` is false: [`MTLS_OFF_NO_LABEL`] or [`MTLS_OFF_BY_POLICY`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtls_off: Option<&'static str>,
     pub labels: Labels,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
