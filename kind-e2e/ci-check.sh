@@ -46,6 +46,7 @@ dry_run "run.sh --dry-run (istio mode)" \
   "--server \"kind-west=https://\${WEST_CP_IP}:6443\"" '--expose-services' \
   'istioctl install -y --context kind-west -f kind-e2e/istio/west.yaml' \
   'meshctl check' 'gateway_connections_opened_total' 'scale deployment/simple-backend-west --replicas=0' \
+  'apply -f kind-e2e/manifests/istio/strict/' \
   'kind delete cluster --name east' \
   -- kind-e2e/run.sh --dry-run
 dry_run "run.sh --dry-run --mode plain" \

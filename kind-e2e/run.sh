@@ -465,6 +465,24 @@ step_failover() {
     die "failover calls did not go through east's gateway"
 }
 
+step_strict() {
+  step strict "Mesh-wide mTLS STRICT in both clusters; calls still go through OUR gateway" \
+    "the gateway reads PeerAuthentications: STRICT keeps catalog's sidecars on its 15443 routes, so the call must still be counted by east's gateway"
+  local c
+  for c in west east; do
+    run kubectl --context "$(ctx "$c")" apply -f kind-e2e/manifests/istio/strict/
+  done
+  gateway_count east "$SNI_CATALOG"
+  local before=$SNI_COUNT
+  retry "$TRIES" "$DELAY" "${SLEEP_CURL[@]}" "http://catalog.$NS.svc.cluster.local/items" ||
+    die "with mesh-wide STRICT, sleep (west) could not call catalog (east)" \
+      "kubectl --context kind-east -n istio-system port-forward deploy/$GW $GW_ADMIN_PORT   (then: curl -s localhost:$GW_ADMIN_PORT/debug/routes; look for mtls_off)" \
+      "kubectl --context kind-east get peerauthentications -A"
+  gateway_count east "$SNI_CATALOG"
+  assert_gt "$SNI_COUNT" "$before" "east gateway's connections for $SNI_CATALOG" ||
+    die "with mesh-wide STRICT the call did not go through east's gateway"
+}
+
 step_plain_deploy() {
   step plain-deploy "Plain mode: catalog (mesh-workload serve) in east, workload certificates as Secrets" \
     "no Istio: the workloads do their own mTLS with certificates from the shared root; the gateway only routes by SNI"
@@ -643,7 +661,7 @@ step_teardown() {
 # ---------------------------------------------------------------- main
 
 case $MODE in
-  istio) STEPS=(preflight clusters metallb image certs join istio expose deploy verify failover) ;;
+  istio) STEPS=(preflight clusters metallb image certs join istio expose deploy verify failover strict) ;;
   plain) STEPS=(preflight clusters metallb image certs join plain-deploy plain-verify) ;;
   ambient)
     STEPS=(preflight clusters metallb image certs gateway-api ambient-join istio
