@@ -597,7 +597,6 @@ fn host_of(w: &WaypointInfo, by_ip: &HashMap<IpAddr, String>) -> Option<String> 
     }
 }
 
-/// The key of a Namespace (cluster-scoped) in [`Model::namespaces`].
 /// What istiod adds to every endpoint's labels that is not the endpoint's own.
 struct Augment<'a> {
     /// `--cluster-id`.
@@ -648,6 +647,7 @@ const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 /// A Pod's own locality, `region.zone.subzone`, over its Node's (istiod's `getPodLocality`).
 const LOCALITY_LABEL: &str = "istio-locality";
 
+/// The key of a Namespace (cluster-scoped) in [`Model::namespaces`].
 fn namespace_key(name: &str) -> ObjKey {
     ("".into(), name.into())
 }
