@@ -315,6 +315,16 @@ async fn a_destination_rules_tls_mode_decides_which_endpoints_take_15443() {
         .unwrap();
     let gw = kube_gateway(&api, |_| {}).await;
     eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["plain", "mesh"]).await;
+    // `/debug/routes` says what the route does: every endpoint is an mTLS one by the rule.
+    let offs = |body: &str| -> Vec<(Value, Value)> {
+        let v: Value = serde_json::from_str(body).unwrap();
+        let eps = v["routes"][0]["endpoints"].as_array().unwrap().clone();
+        eps.iter()
+            .map(|e| (e["mtls"].clone(), e["mtls_off"].clone()))
+            .collect()
+    };
+    let (_, body) = http_get(gw.admin, "/debug/routes?host=catalog.").await;
+    assert_eq!(offs(&body), vec![(json!(true), Value::Null); 2], "{body}");
     // A subset without its own policy: each Pod's mark. One whose policy is DISABLE: none.
     eventually_served_by(gw.listen, &sni(80, "all", CATALOG), &["mesh"]).await;
     eventually_refused(&gw, &sni(80, "off", CATALOG), "no_healthy_endpoint").await;
@@ -323,6 +333,9 @@ async fn a_destination_rules_tls_mode_decides_which_endpoints_take_15443() {
         json!({"portLevelSettings": [{"port": {"number": 80}, "tls": {"mode": "SIMPLE"}}]});
     st.apply(rule(simple)).unwrap();
     eventually_refused(&gw, &sni(80, "", CATALOG), "no_healthy_endpoint").await;
+    let (_, body) = http_get(gw.admin, "/debug/routes?host=catalog.").await;
+    let why = json!("the DestinationRule's TLS mode for this port is not ISTIO_MUTUAL");
+    assert_eq!(offs(&body), vec![(json!(false), why); 2], "{body}");
     // No mode: back to the marks.
     st.apply(rule(json!({}))).unwrap();
     eventually_served_by(gw.listen, &sni(80, "", CATALOG), &["mesh"]).await;

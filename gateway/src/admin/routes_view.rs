@@ -65,12 +65,16 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
             port: r.port,
             subsets: (*r.subsets).clone(),
             endpoints: if classic {
+                // A DestinationRule's mode for the port decides over each endpoint's mark,
+                // as in routing (a subset's own mode may differ: its candidates show it).
+                let by_rule = r.tls.for_route(r.port, "");
                 let classic = |e: &crate::routes::Endpoint| DebugEndpoint {
-                    mtls: Some(e.mtls),
-                    mtls_off: match (e.mtls, e.mtls_disabled) {
-                        (true, _) => None,
-                        (false, true) => Some(MTLS_OFF_BY_POLICY),
-                        (false, false) => Some(MTLS_OFF_NO_LABEL),
+                    mtls: Some(by_rule.unwrap_or(e.mtls)),
+                    mtls_off: match (by_rule, e.mtls, e.mtls_disabled) {
+                        (Some(true), ..) | (None, true, _) => None,
+                        (Some(false), ..) => Some(MTLS_OFF_BY_RULE),
+                        (None, false, true) => Some(MTLS_OFF_BY_POLICY),
+                        (None, false, false) => Some(MTLS_OFF_NO_LABEL),
                     },
                     ..endpoint(e)
                 };
@@ -182,16 +186,21 @@ pub struct DebugCanary {
 pub const MTLS_OFF_NO_LABEL: &str = "pod not labelled security.istio.io/tlsMode: istio";
 /// A PeerAuthentication disables mTLS on the endpoint's port.
 pub const MTLS_OFF_BY_POLICY: &str = "a PeerAuthentication disables mTLS on its port";
+/// The route's DestinationRule sets a TLS mode other than ISTIO_MUTUAL for the port.
+pub const MTLS_OFF_BY_RULE: &str =
+    "the DestinationRule's TLS mode for this port is not ISTIO_MUTUAL";
 
 #[derive(Debug, Serialize)]
 pub struct DebugEndpoint {
     pub address: String,
     pub ready: bool,
-    /// A classic endpoint's [`crate::routes::Endpoint::mtls`]: `false` is never dialed from
-    /// 15443 (not an Istio mTLS workload); absent on HBONE endpoints.
+    /// Whether a classic endpoint takes 15443 connections for the whole route: the
+    /// DestinationRule's TLS mode for the port when it sets one, else the endpoint's own
+    /// [`crate::routes::Endpoint::mtls`]; absent on HBONE endpoints.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mtls: Option<bool>,
-    /// Why `mtls` is false: [`MTLS_OFF_NO_LABEL`] or [`MTLS_OFF_BY_POLICY`].
+    /// Why `mtls` is false: [`MTLS_OFF_NO_LABEL`], [`MTLS_OFF_BY_POLICY`] or
+    /// [`MTLS_OFF_BY_RULE`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mtls_off: Option<&'static str>,
     pub labels: Labels,

@@ -608,18 +608,31 @@ struct Augment<'a> {
 
 /// An endpoint's label as istiod matches subsets and PeerAuthentication selectors against it
 /// (`AugmentLabels` in `pilot/pkg/serviceregistry/util/label`): its Pod's, with the cluster's
-/// ID, its node, its locality (the Pod's `istio-locality` label when it has one, else its
-/// Node's: of those only the zone is known here, from the slice) and, when the Pod names none,
-/// the network of the cluster (Istio's documented per-cluster subsets select on
-/// `topology.istio.io/cluster`). A Node's region and subzone are not read.
+/// ID, its node, its locality (the Pod's `topology.istio.io/locality` or `istio-locality`
+/// label when it has one, else its Node's: of those only the zone is known here, from the
+/// slice) and, when the Pod names none, the network of the cluster (Istio's documented
+/// per-cluster subsets select on `topology.istio.io/cluster`). An endpoint without a Pod gets
+/// only the cluster and the network. A Node's region and subzone are not read.
 fn endpoint_label<'a>(
     key: &str,
     pod: Option<&'a super::project::PodLabels>,
     e: &'a super::project::SliceEndpoint,
     add: &Augment<'a>,
 ) -> Option<&'a str> {
-    let own = || pod_label(pod?, key);
-    let locality = pod.and_then(|p| pod_label(p, LOCALITY_LABEL));
+    // Without a Pod istiod adds no locality and no node (`NewEndpointBuilder(c, nil)`).
+    let Some(pod) = pod else {
+        return match key {
+            CLUSTER_LABEL => Some(add.cluster),
+            NETWORK_LABEL => add.network,
+            _ => None,
+        };
+    };
+    let own = || pod_label(pod, key);
+    // istiod's `GetLocalityLabel`: the new label when present, else the old; an empty one
+    // falls back to the Node's locality (`getPodLocality`).
+    let locality = pod_label(pod, TOPOLOGY_LOCALITY_LABEL)
+        .or_else(|| pod_label(pod, LOCALITY_LABEL))
+        .filter(|l| !l.is_empty());
     // `region.zone.subzone`; an empty part adds nothing.
     let part = |i: usize| {
         locality
@@ -644,7 +657,9 @@ const REGION_LABEL: &str = "topology.kubernetes.io/region";
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
 const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
-/// A Pod's own locality, `region.zone.subzone`, over its Node's (istiod's `getPodLocality`).
+/// A Pod's own locality, `region.zone.subzone`, over its Node's (istiod's `getPodLocality`);
+/// Istio 1.29's name for it, read first, then the older one.
+const TOPOLOGY_LOCALITY_LABEL: &str = "topology.istio.io/locality";
 const LOCALITY_LABEL: &str = "istio-locality";
 
 /// The key of a Namespace (cluster-scoped) in [`Model::namespaces`].
@@ -1135,6 +1150,18 @@ mod tests {
         assert_eq!(get(&plain, REGION_LABEL).as_deref(), Some("own"));
         assert_eq!(get(&plain, NETWORK_LABEL).as_deref(), Some("pod-net"));
         assert_eq!(get(&plain, HOSTNAME_LABEL).as_deref(), Some("node-9"));
+        // Istio 1.29's label goes first; an empty one falls back to the Node's zone.
+        let both = pod(json!({"topology.istio.io/locality": "r3.z3", "istio-locality": "r9.z9"}));
+        assert_eq!(get(&both, REGION_LABEL).as_deref(), Some("r3"));
+        assert_eq!(get(&both, ZONE_LABEL).as_deref(), Some("z3"));
+        let empty = pod(json!({"istio-locality": ""}));
+        assert_eq!(get(&empty, ZONE_LABEL).as_deref(), Some("zone-a"));
+        // Without a Pod: the cluster and the network only.
+        let none = |k: &str| endpoint_label(k, None, &e, &add);
+        assert_eq!(none(ZONE_LABEL), None);
+        assert_eq!(none(HOSTNAME_LABEL), None);
+        assert_eq!(none(CLUSTER_LABEL), Some("west"));
+        assert_eq!(none(NETWORK_LABEL), Some("west-network"));
     }
 
     /// The cluster's network comes from the root namespace's label, so a PeerAuthentication
