@@ -64,13 +64,29 @@ pub async fn until_interrupted(
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    tokio::select! {
+    let mut signalled = async || {
+        tokio::select! {
+            _ = int.recv() => Interrupted("SIGINT"),
+            _ = term.recv() => Interrupted("SIGTERM"),
+            _ = hangup.recv() => Interrupted("SIGHUP"),
+        }
+    };
+    let result = tokio::select! {
         r = scenes => r,
-        _ = int.recv() => Err(Interrupted("SIGINT").into()),
-        _ = term.recv() => Err(Interrupted("SIGTERM").into()),
-        _ = hangup.recv() => Err(Interrupted("SIGHUP").into()),
+        why = signalled() => return Err(why.into()),
+    };
+    // Ctrl-C in a terminal signals the whole process group: the command a scene waited on
+    // dies of it too, and the scene's error can come before the runtime has seen the signal.
+    if result.is_err()
+        && let Ok(why) = tokio::time::timeout(SIGNAL_GRACE, signalled()).await
+    {
+        return Err(why.into());
     }
+    result
 }
+
+/// How long a failed scene's error waits for a signal that killed its command.
+const SIGNAL_GRACE: Duration = Duration::from_millis(300);
 
 /// Prints the tally of `checks`, removes the work dir when everything passed or the user
 /// stopped the demo (unless `keep`), and fails if the run or any check failed. The work dir
@@ -124,7 +140,7 @@ pub fn conclude(
 pub fn keep_flag(name: &str, what: &str) -> bool {
     let usage = format!(
         "usage: {name} [--keep]\n{what}\n  --keep   keep the work directory (certificates, logs) \
-         afterwards; by default it is removed unless a check failed"
+         afterwards; by default it is removed unless a check or a step failed"
     );
     let mut keep = false;
     for a in std::env::args().skip(1) {
