@@ -286,7 +286,7 @@ async fn endpoints_that_are_not_mesh_workloads_take_no_classic_connection() {
     let v: Value = serde_json::from_str(&body).unwrap();
     let e = &v["routes"][0]["endpoints"][0];
     assert_eq!(e["mtls"], false, "{body}");
-    let why = "pod not labelled security.istio.io/tlsMode: istio";
+    let why = "no Pod labelled security.istio.io/tlsMode: istio";
     assert_eq!(e["mtls_off"], why, "{body}");
     // Injected, pa takes connections too.
     st.apply(k8s::sidecar_pod(NS, "pa", &[("app", "catalog")]))
@@ -342,9 +342,21 @@ async fn a_destination_rules_tls_mode_decides_which_endpoints_take_15443() {
 }
 
 /// A PeerAuthentication in `NS`; `spec` as written.
-fn peer_authentication(name: &str, spec: Value) -> Value {
+fn peer_authentication(ns: &str, name: &str, spec: Value) -> Value {
     json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-        "metadata": {"name": name, "namespace": NS}, "spec": spec})
+        "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+/// A server with Istio's DestinationRule and PeerAuthentication CRDs, the root namespace, and
+/// the catalog served by "a" (Pod `pa`, v1) and "b" (Pod `pb`, v2), both injected.
+async fn istio_catalog() -> (TestApiServer, Vec<Backend>, u16) {
+    let api = api_server(true).await;
+    api.install_peer_authentication_crd();
+    let (b, port) = backends(&["a", "b"]).await;
+    let eps = [(b[0].addr.ip(), true, "pa"), (b[1].addr.ip(), true, "pb")];
+    seed_catalog(&api, port, &[("pa", "v1"), ("pb", "v2")], &eps);
+    api.store().create(namespace_json("istio-system")).unwrap();
+    (api, b, port)
 }
 
 /// PeerAuthentications decide which sidecars take 15443, as in istiod's `mtlsChecker`: one
@@ -353,26 +365,18 @@ fn peer_authentication(name: &str, spec: Value) -> Value {
 /// DestinationRule's TLS mode decides over both. Before, PeerAuthentications were not read.
 #[tokio::test]
 async fn a_peer_authentication_that_disables_mtls_takes_sidecars_off_15443() {
-    let api = api_server(true).await;
-    api.install_peer_authentication_crd();
-    let (b, port) = backends(&["a", "b"]).await;
-    let eps = [(b[0].addr.ip(), true, "pa"), (b[1].addr.ip(), true, "pb")];
-    seed_catalog(&api, port, &[("pa", "v1"), ("pb", "v2")], &eps);
+    let (api, _b, port) = istio_catalog().await;
     let st = api.store();
     // Mesh-wide STRICT changes nothing.
-    st.create(namespace_json("istio-system")).unwrap();
-    st.create(
-        json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-        "metadata": {"name": "default", "namespace": "istio-system"},
-        "spec": {"mtls": {"mode": "STRICT"}}}),
-    )
-    .unwrap();
+    let strict = json!({"mtls": {"mode": "STRICT"}});
+    st.create(peer_authentication("istio-system", "default", strict))
+        .unwrap();
     let gw = kube_gateway(&api, |_| {}).await;
     let catalog = sni(80, "", CATALOG);
     eventually_served_by(gw.listen, &catalog, &["a", "b"]).await;
     // The namespace's DISABLE overrides it: no endpoint left.
     let off = json!({"mtls": {"mode": "DISABLE"}});
-    st.create(peer_authentication("plain", off)).unwrap();
+    st.create(peer_authentication(NS, "plain", off)).unwrap();
     eventually_refused(&gw, &catalog, "no_healthy_endpoint").await;
     let (_, body) = http_get(gw.admin, "/debug/routes?host=catalog.").await;
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -383,7 +387,7 @@ async fn a_peer_authentication_that_disables_mtls_takes_sidecars_off_15443() {
     // v2's own policy turns its port (the endpoint's, not the Service's) back to STRICT.
     let v2 = json!({"selector": {"matchLabels": {"version": "v2"}},
         "portLevelMtls": {port.to_string(): {"mode": "STRICT"}}});
-    st.create(peer_authentication("v2", v2)).unwrap();
+    st.create(peer_authentication(NS, "v2", v2)).unwrap();
     eventually_served_by(gw.listen, &catalog, &["b"]).await;
     // A DestinationRule's ISTIO_MUTUAL decides over every PeerAuthentication.
     st.apply(
@@ -710,13 +714,8 @@ async fn namespaces_limit_what_is_watched() {
 /// audit found both unread before: the rule watches covered `--namespace` only.)
 #[tokio::test]
 async fn with_namespaces_the_root_namespaces_rules_still_apply() {
-    let api = api_server(true).await;
-    api.install_peer_authentication_crd();
-    let (b, port) = backends(&["a", "b"]).await;
-    let eps = [(b[0].addr.ip(), true, "pa"), (b[1].addr.ip(), true, "pb")];
-    seed_catalog(&api, port, &[("pa", "v1"), ("pb", "v2")], &eps);
+    let (api, _b, _) = istio_catalog().await;
     let st = api.store();
-    st.create(namespace_json("istio-system")).unwrap();
     let v1 = [("version", "v1")];
     st.create(k8s::destination_rule(
         "istio-system",
@@ -727,12 +726,9 @@ async fn with_namespaces_the_root_namespaces_rules_still_apply() {
     .unwrap();
     let gw = kube_gateway(&api, |o| o.namespaces = vec![NS.into()]).await;
     eventually_served_by(gw.listen, &sni(80, "v1", CATALOG), &["a"]).await;
-    st.create(
-        json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-        "metadata": {"name": "default", "namespace": "istio-system"},
-        "spec": {"mtls": {"mode": "DISABLE"}}}),
-    )
-    .unwrap();
+    let off = json!({"mtls": {"mode": "DISABLE"}});
+    st.create(peer_authentication("istio-system", "default", off))
+        .unwrap();
     eventually_refused(&gw, &sni(80, "", CATALOG), "no_healthy_endpoint").await;
 }
 

@@ -103,17 +103,33 @@ async fn cluster(without: &str) -> (TestApiServer, Vec<Backend>, String) {
 /// The gateway binary on `kubeconfig`, logging JSON at `rust_log`. Started off the runtime's
 /// threads: it waits for the gateway, which waits for the in-process API server.
 async fn gateway(dir: &tempfile::TempDir, kubeconfig: &str, rust_log: &str) -> GatewayProcess {
-    let (dir, kubeconfig, rust_log) = (
+    gateway_env(dir, kubeconfig, rust_log, &[]).await
+}
+
+/// [`gateway`] with these environment variables besides.
+async fn gateway_env(
+    dir: &tempfile::TempDir,
+    kubeconfig: &str,
+    rust_log: &str,
+    env: &[(&'static str, &'static str)],
+) -> GatewayProcess {
+    let (dir, kubeconfig, rust_log, env) = (
         dir.path().to_owned(),
         kubeconfig.to_owned(),
         rust_log.to_owned(),
+        env.to_vec(),
     );
-    tokio::task::spawn_blocking(move || start(&dir, &kubeconfig, &rust_log))
+    tokio::task::spawn_blocking(move || start(&dir, &kubeconfig, &rust_log, &env))
         .await
         .unwrap()
 }
 
-fn start(dir: &std::path::Path, kubeconfig: &str, rust_log: &str) -> GatewayProcess {
+fn start(
+    dir: &std::path::Path,
+    kubeconfig: &str,
+    rust_log: &str,
+    env: &[(&str, &str)],
+) -> GatewayProcess {
     let path = dir.join("kubeconfig");
     std::fs::write(&path, kubeconfig).unwrap();
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
@@ -128,6 +144,7 @@ fn start(dir: &std::path::Path, kubeconfig: &str, rust_log: &str) -> GatewayProc
         .arg(&path)
         .args(["--context", "east"])
         .env("RUST_LOG", rust_log)
+        .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
@@ -191,6 +208,57 @@ async fn without_destination_rule_rights_routes_are_served_without_subsets() {
         text.contains("grant get, list and watch on destinationrules.networking.istio.io"),
         "{text}"
     );
+}
+
+/// With `--namespace`, rules are also read in the root namespace. A Role that grants them in
+/// the listed namespace only leaves the root's unseen, named with the grant, and keeps the
+/// namespace's own: a 403 on one rule watch would stop all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_namespace_it_may_not_read_is_left_out_not_every_rule() {
+    let (api, _b, kubeconfig) = cluster("destinationrules").await;
+    let st = api.store();
+    let rbac = "rbac.authorization.k8s.io";
+    st.create(json!({"apiVersion": format!("{rbac}/v1"), "kind": "Role",
+        "metadata": {"name": "rules", "namespace": NS},
+        "rules": [{"apiGroups": ["networking.istio.io"], "resources": ["destinationrules"],
+            "verbs": ["get", "list", "watch"]}]}))
+        .unwrap();
+    st.create(
+        json!({"apiVersion": format!("{rbac}/v1"), "kind": "RoleBinding",
+        "metadata": {"name": "rules", "namespace": NS},
+        "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "rules"},
+        "subjects": [{"kind": "ServiceAccount", "name": SA.1, "namespace": SA.0}]}),
+    )
+    .unwrap();
+    st.create(k8s::destination_rule(
+        NS,
+        "catalog",
+        CATALOG,
+        &[("all", &[])],
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("GATEWAY_NAMESPACES", NS)];
+    let gw = gateway_env(&dir, &kubeconfig, "warn,gateway=info", &env).await;
+    let told = gw.wait_line(&|v| {
+        v["message"].as_str().is_some_and(|m| {
+            m.contains(
+                "may not list destinationrules.networking.istio.io in namespace istio-system",
+            )
+        })
+    });
+    assert!(
+        told["message"]
+            .as_str()
+            .unwrap()
+            .contains("grant get, list and watch on them there"),
+        "{told}"
+    );
+    let listen = gw.listen;
+    eventually("subset all served", TIMEOUT, || async move {
+        call(listen, &sni(80, "all", CATALOG)).await.is_ok()
+    })
+    .await;
 }
 
 /// Without the PeerAuthentication grant routes are served as if no policy disabled mTLS

@@ -181,9 +181,9 @@ pub struct DebugCanary {
     pub weight: u8,
 }
 
-/// A classic endpoint is not an Istio mTLS workload: its Pod lacks
-/// `security.istio.io/tlsMode: istio` (or it has no Pod).
-pub const MTLS_OFF_NO_LABEL: &str = "pod not labelled security.istio.io/tlsMode: istio";
+/// A classic endpoint is not an Istio mTLS workload: it has no Pod (or none seen yet), or its
+/// Pod lacks `security.istio.io/tlsMode: istio`.
+pub const MTLS_OFF_NO_LABEL: &str = "no Pod labelled security.istio.io/tlsMode: istio";
 /// A PeerAuthentication disables mTLS on the endpoint's port.
 pub const MTLS_OFF_BY_POLICY: &str = "a PeerAuthentication disables mTLS on its port";
 /// The route's DestinationRule sets a TLS mode other than ISTIO_MUTUAL for the port.

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use kube::Client;
-use kube::api::{Api, ApiResource};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 
 use super::client::{REACH_TIMEOUT, error_chain};
 use super::peer_auth;
@@ -162,21 +162,56 @@ pub(super) struct CrdWatch {
 
 impl CrdWatch {
     /// Starts generation `generation` of the type's watches; returns their probes.
-    pub fn start(&self, ar: &ApiResource, generation: u64) -> Vec<Probe> {
-        let (probes, spawn) = self.prepare(ar, generation);
+    pub async fn start(&self, ar: &ApiResource, generation: u64) -> Vec<Probe> {
+        let (probes, spawn) = self.prepare(ar, generation).await;
         spawn();
         probes
     }
 
+    /// Where Istio's rules of type `ar` are watched: [`CrdWatch::rule_namespaces`], less the
+    /// namespaces added to `--namespace` that the gateway may not list (a per-namespace Role
+    /// that leaves them out). A 403 on any watch of a type stops all of them, so one such
+    /// namespace would cost every rule; it is left out instead, named with its grant.
+    async fn readable_rule_namespaces(&self, ar: &ApiResource) -> Vec<String> {
+        let mut out = self.namespaces.clone();
+        let added = self
+            .rule_namespaces
+            .iter()
+            .filter(|n| !self.namespaces.contains(n));
+        let one = ListParams::default().limit(1);
+        for ns in added {
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, ar);
+            match tokio::time::timeout(REACH_TIMEOUT, api.list_metadata(&one)).await {
+                Ok(Err(kube::Error::Api(s))) if s.code == 403 => tracing::warn!(
+                    namespace = %ns,
+                    resource = self.crd.kind().resource(),
+                    "the gateway may not list {} in namespace {ns} (403 Forbidden), where istiod reads rules for every proxy: they are not seen; grant get, list and watch on them there",
+                    self.crd.kind().resource()
+                ),
+                _ => out.push(ns.clone()),
+            }
+        }
+        out
+    }
+
     /// The probes of the watches, and what starts them.
-    fn prepare(&self, ar: &ApiResource, generation: u64) -> (Vec<Probe>, impl FnOnce() + use<>) {
+    async fn prepare(
+        &self,
+        ar: &ApiResource,
+        generation: u64,
+    ) -> (Vec<Probe>, impl FnOnce() + use<>) {
         let gone = Some((self.crd, generation));
         let (client, namespaces, watches) = (
             self.client.clone(),
             self.namespaces.clone(),
             self.watches.clone(),
         );
-        let rule_namespaces = self.rule_namespaces.clone();
+        let rule_namespaces = match self.crd {
+            Crd::DestinationRule | Crd::PeerAuthentication => {
+                self.readable_rule_namespaces(ar).await
+            }
+            Crd::Gateway | Crd::GatewayClass => Vec::new(),
+        };
         let (crd, domain, ar) = (self.crd, self.domain.clone(), ar.clone());
         let probes = match crd {
             Crd::DestinationRule | Crd::PeerAuthentication => {
@@ -250,7 +285,7 @@ impl CrdWatch {
             }
             if let Some(ar) = served(&self.client, self.crd).await {
                 // The model learns about the type before its first event arrives.
-                let (probes, spawn) = self.prepare(&ar, generation);
+                let (probes, spawn) = self.prepare(&ar, generation).await;
                 let started = Msg::CrdStarted(self.crd, generation, probes);
                 if self.watches.tx.send(started).await.is_err() {
                     return;

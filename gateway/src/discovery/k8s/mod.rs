@@ -20,6 +20,8 @@
 //!   watch can work again (the design review put probes in `watch`; on their own they keep
 //!   `watch` to the watch plumbing and under ~250 lines);
 //! - `ambient`: Istio's rules for which endpoints are reached over HBONE (pure functions);
+//! - `augment`: the labels istiod adds to an endpoint's before matching rules (pure
+//!   functions);
 //! - `waypoints`: Istio's rules for which waypoint a Service's tunnels go to (pure
 //!   functions), and the loosely typed Gateway they read;
 //! - `project`: objects reduced to routing fields; `cache`: a reflector store of them;
@@ -33,6 +35,7 @@
 //! - `specs`: the model turned into route specs; `task`: the rebuild task.
 
 mod ambient;
+mod augment;
 mod cache;
 mod client;
 mod crd;
@@ -127,7 +130,7 @@ impl KubeSource {
         for watch in &crds {
             match crd::served(&client, watch.crd).await {
                 Some(ar) => {
-                    let p = watch.start(&ar, 0);
+                    let p = watch.start(&ar, 0).await;
                     match watch.crd {
                         Crd::DestinationRule => model.rules = Some(Watched::new(p.len())),
                         Crd::PeerAuthentication => {
@@ -182,12 +185,7 @@ impl KubeSource {
             Msg::Pod,
             None,
         );
-        // The root namespace's too: its network label is every endpoint's without one.
-        let namespace_watches = watch::namespace_watches(
-            &client,
-            &rule_namespaces(&namespaces, &opts.root_namespace, &opts.root_namespace),
-        );
-        model.namespaces = Watched::new(namespace_watches.len());
+        let namespace_watches = watch::namespace_watches(&client, &namespaces);
         let apis: Vec<_> = namespace_watches.iter().map(|(a, _)| a.clone()).collect();
         probes.extend(probe::probes(&apis));
         spawn_watches(

@@ -47,9 +47,9 @@ pub(super) struct ModelTask {
     health: Health<(Kind, usize)>,
     probing: bool,
     /// Restart the CRD polls when an optional type goes away (in [`Crd::ALL`]'s order).
-    crds: [CrdWatch; 4],
+    crds: [CrdWatch; Crd::ALL.len()],
     /// The generation of each optional type in the model (or being polled for).
-    generations: [u64; 4],
+    generations: [u64; Crd::ALL.len()],
     /// Services bound to a waypoint the gateway cannot see, as last warned of.
     unseen: Vec<(String, String, Blind)>,
     /// Services whose canary waypoint takes none of their tunnels, as last warned of.
@@ -63,7 +63,7 @@ impl ModelTask {
         locality: Locality,
         publisher: Publisher,
         probes: Vec<Probe>,
-        crds: [CrdWatch; 4],
+        crds: [CrdWatch; Crd::ALL.len()],
     ) -> Self {
         ModelTask {
             model,
@@ -76,7 +76,7 @@ impl ModelTask {
             health: Health::default(),
             probing: false,
             crds,
-            generations: [0; 4],
+            generations: [0; Crd::ALL.len()],
             unseen: Vec::new(),
             unused_canaries: Vec::new(),
         }
