@@ -11,11 +11,11 @@
 use std::time::Duration;
 
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject};
 
 use super::client::{REACH_TIMEOUT, error_chain};
 use super::peer_auth;
-use super::probe::{Kind, Probe, dyn_probes, probes};
+use super::probe::{Kind, Probe, WatchedApi, list_one, probes};
 use super::project;
 use super::watch::{self, Msg, Watches, apis, dyn_apis, spawn_watches};
 use super::waypoints::{GatewayClassObject, GatewayObject, project_gateway, project_gateway_class};
@@ -178,14 +178,13 @@ impl CrdWatch {
             .rule_namespaces
             .iter()
             .filter(|n| !self.namespaces.contains(n));
-        let one = ListParams::default().limit(1);
         for ns in added {
             let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, ar);
-            match tokio::time::timeout(REACH_TIMEOUT, api.list_metadata(&one)).await {
-                Ok(Err(kube::Error::Api(s))) if s.code == 403 => tracing::warn!(
+            match list_one(&api).await {
+                Err(Some(kube::Error::Api(s))) if s.code == 403 => tracing::warn!(
                     namespace = %ns,
                     resource = self.crd.kind().resource(),
-                    "the gateway may not list {} in namespace {ns} (403 Forbidden), where istiod reads rules for every proxy: they are not seen; grant get, list and watch on them there",
+                    "the gateway may not list {} in namespace {ns} (403 Forbidden), where istiod reads rules for every proxy: they are not seen; grant get, list and watch on them there, then restart the gateway (this is checked only when the watch of the type starts)",
                     self.crd.kind().resource()
                 ),
                 _ => out.push(ns.clone()),
@@ -215,11 +214,20 @@ impl CrdWatch {
         let (crd, domain, ar) = (self.crd, self.domain.clone(), ar.clone());
         let probes = match crd {
             Crd::DestinationRule | Crd::PeerAuthentication => {
-                dyn_probes(crd.kind(), &dyn_apis(&client, &rule_namespaces, &ar))
+                let kind = crd.kind();
+                probes(&dyn_apis(&client, &rule_namespaces, &ar), |api| {
+                    WatchedApi::Dynamic(kind, api)
+                })
             }
-            Crd::Gateway => probes(&apis::<GatewayObject>(&client, &namespaces)),
+            Crd::Gateway => probes(
+                &apis::<GatewayObject>(&client, &namespaces),
+                WatchedApi::Gateway,
+            ),
             // Cluster-scoped: one watch of every class, whatever `--namespace` says.
-            Crd::GatewayClass => probes(&[Api::<GatewayClassObject>::all(client.clone())]),
+            Crd::GatewayClass => probes(
+                &[Api::<GatewayClassObject>::all(client.clone())],
+                WatchedApi::GatewayClass,
+            ),
         };
         let spawn = move || match crd {
             Crd::DestinationRule => {

@@ -69,7 +69,7 @@ use crate::config::KubeOptions;
 use cache::Watched;
 use client::client;
 use crd::{Crd, CrdWatch};
-use probe::Kind;
+use probe::{Kind, WatchedApi};
 use specs::Model;
 use task::ModelTask;
 use watch::{Msg, Watches, apis, every, spawn_watches};
@@ -153,7 +153,7 @@ impl KubeSource {
             }
         }
         let services = apis::<Service>(&client, &namespaces);
-        probes.extend(probe::probes(&services));
+        probes.extend(probe::probes(&services, WatchedApi::Service));
         spawn_watches(
             &watches,
             Kind::Service,
@@ -163,7 +163,7 @@ impl KubeSource {
             None,
         );
         let slices = apis::<EndpointSlice>(&client, &namespaces);
-        probes.extend(probe::probes(&slices));
+        probes.extend(probe::probes(&slices, WatchedApi::EndpointSlice));
         let slices = every(&slices);
         let interner = project::Interner::default();
         let slice_interner = interner.clone();
@@ -176,7 +176,7 @@ impl KubeSource {
             None,
         );
         let pods = apis::<PartialObjectMeta<Pod>>(&client, &namespaces);
-        probes.extend(probe::probes(&pods));
+        probes.extend(probe::probes(&pods, WatchedApi::Pod));
         spawn_watches(
             &watches,
             Kind::Pod,
@@ -187,7 +187,7 @@ impl KubeSource {
         );
         let namespace_watches = watch::namespace_watches(&client, &namespaces);
         let apis: Vec<_> = namespace_watches.iter().map(|(a, _)| a.clone()).collect();
-        probes.extend(probe::probes(&apis));
+        probes.extend(probe::probes(&apis, WatchedApi::Namespace));
         spawn_watches(
             &watches,
             Kind::Namespace,

@@ -68,42 +68,6 @@ pub(super) enum WatchedApi {
     GatewayClass(Api<GatewayClassObject>),
 }
 
-impl From<Api<GatewayClassObject>> for WatchedApi {
-    fn from(api: Api<GatewayClassObject>) -> Self {
-        WatchedApi::GatewayClass(api)
-    }
-}
-
-impl From<Api<GatewayObject>> for WatchedApi {
-    fn from(api: Api<GatewayObject>) -> Self {
-        WatchedApi::Gateway(api)
-    }
-}
-
-impl From<Api<Service>> for WatchedApi {
-    fn from(api: Api<Service>) -> Self {
-        WatchedApi::Service(api)
-    }
-}
-
-impl From<Api<EndpointSlice>> for WatchedApi {
-    fn from(api: Api<EndpointSlice>) -> Self {
-        WatchedApi::EndpointSlice(api)
-    }
-}
-
-impl From<Api<PartialObjectMeta<Pod>>> for WatchedApi {
-    fn from(api: Api<PartialObjectMeta<Pod>>) -> Self {
-        WatchedApi::Pod(api)
-    }
-}
-
-impl From<Api<PartialObjectMeta<Namespace>>> for WatchedApi {
-    fn from(api: Api<PartialObjectMeta<Namespace>>) -> Self {
-        WatchedApi::Namespace(api)
-    }
-}
-
 impl WatchedApi {
     pub fn kind(&self) -> Kind {
         match self {
@@ -145,38 +109,35 @@ impl Probe {
     }
 }
 
-/// One probe per watch, numbered as the watches are.
-pub(super) fn probes<K>(apis: &[Api<K>]) -> Vec<Probe>
-where
-    Api<K>: Into<WatchedApi> + Clone,
-{
+/// One probe per watch, numbered as the watches are; `watched` names the type of the `Api`s
+/// (`WatchedApi::Service`, or `|api| WatchedApi::Dynamic(kind, api)` for one known at run time).
+pub(super) fn probes<A: Clone>(apis: &[A], watched: impl Fn(A) -> WatchedApi) -> Vec<Probe> {
     apis.iter()
         .enumerate()
         .map(|(stream, api)| Probe {
             stream,
-            api: api.clone().into(),
+            api: watched(api.clone()),
         })
         .collect()
 }
 
-/// [`probes`] for a type known at run time, which `kind` names.
-pub(super) fn dyn_probes(kind: Kind, apis: &[Api<DynamicObject>]) -> Vec<Probe> {
-    apis.iter()
-        .enumerate()
-        .map(|(stream, api)| Probe {
-            stream,
-            api: WatchedApi::Dynamic(kind, api.clone()),
-        })
-        .collect()
+/// Lists one item of `api`'s type: `Err(None)` when the API server did not answer within
+/// [`REACH_TIMEOUT`], `Err(Some(_))` with its error otherwise.
+pub(super) async fn list_one<K>(api: &Api<K>) -> Result<(), Option<kube::Error>>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let lp = ListParams::default().limit(1);
+    match tokio::time::timeout(REACH_TIMEOUT, api.list_metadata(&lp)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(Some(e)),
+        Err(_) => Err(None),
+    }
 }
 
 async fn lists<K>(api: &Api<K>) -> bool
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
-    let lp = ListParams::default().limit(1);
-    matches!(
-        tokio::time::timeout(REACH_TIMEOUT, api.list_metadata(&lp)).await,
-        Ok(Ok(_))
-    )
+    list_one(api).await.is_ok()
 }
