@@ -101,3 +101,57 @@ async fn output_yaml_is_the_document() {
     let plain = meshctl(&check_args(m.kc(), &[])).await;
     assert!(String::from_utf8_lossy(&plain.stdout).contains("✔"));
 }
+
+/// A gateway installed by an older meshctl keeps its ClusterRole; a type read since (here
+/// PeerAuthentications) is then unreadable to it. `check` warns with the patch that adds it,
+/// and passes once the patch's rules are in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_gateway_role_is_warned_about_with_the_patch() {
+    const CHECK: &str = "gateway ClusterRole grants its reads";
+    let m = joined_ready_mesh().await;
+    let (code, items) = check_json(m.kc(), &[], false).await;
+    assert_eq!(code, 0, "{items:?}");
+    assert_eq!(item(&items, SCOPE, CHECK)["status"], "pass");
+    let store = m.west.store();
+    let rbac = "rbac.authorization.k8s.io/v1";
+    let name = "meshctl-eastwestgateway-istio-system";
+    let mut role = store.get(rbac, "ClusterRole", None, name).unwrap();
+    let rules = role["rules"].as_array_mut().unwrap();
+    let before = rules.len();
+    rules.retain(|r| r["apiGroups"][0] != "security.istio.io");
+    assert_eq!(rules.len(), before - 1, "{role}");
+    store.apply(role.clone()).unwrap();
+    let (code, items) = check_json(m.kc(), &[], false).await;
+    assert_eq!(code, 0, "a warning, not a failure: {items:?}");
+    let i = item(&items, SCOPE, CHECK);
+    assert_eq!(i["status"], "warn", "{i}");
+    assert!(
+        i["detail"]
+            .as_str()
+            .unwrap()
+            .contains("peerauthentications.security.istio.io"),
+        "{i}"
+    );
+    // The hint's patch, applied as the API server applies a JSON patch's adds.
+    let hint = i["hint"].as_str().unwrap();
+    let patch = hint
+        .split_once("-p '")
+        .and_then(|(_, p)| p.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("no -p '…' in {hint}"));
+    let ops: serde_json::Value = serde_json::from_str(patch).unwrap();
+    for op in ops.as_array().unwrap() {
+        assert_eq!(
+            (&op["op"], &op["path"]),
+            (&json!("add"), &json!("/rules/-"))
+        );
+        role["rules"]
+            .as_array_mut()
+            .unwrap()
+            .push(op["value"].clone());
+    }
+    store.apply(role).unwrap();
+    let (code, items) = check_json(m.kc(), &[], false).await;
+    assert_eq!(code, 0, "{items:?}");
+    assert_eq!(item(&items, SCOPE, CHECK)["status"], "pass");
+    assert_eq!(item(&items, "cluster east", CHECK)["status"], "pass");
+}

@@ -51,6 +51,22 @@ pub async fn gateway_crd_served(c: &Cluster) -> Result<bool> {
     }))
 }
 
+/// The gateway's ClusterRole rules: what its discovery reads (`check` compares an installed
+/// role with them).
+pub fn gateway_rules() -> Value {
+    let verbs = json!(["get", "list", "watch"]);
+    json!([
+        {"apiGroups": [""], "resources": ["services", "pods", "namespaces"], "verbs": verbs},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": verbs},
+        {"apiGroups": [ISTIO_NETWORKING_GROUP], "resources": ["destinationrules"], "verbs": verbs},
+        // A sidecar whose mTLS a PeerAuthentication disables takes no 15443 connection.
+        {"apiGroups": [ISTIO_SECURITY_GROUP], "resources": ["peerauthentications"], "verbs": verbs},
+        // Waypoints: a Service bound to one sends its tunnels there.
+        {"apiGroups": [GATEWAY_API_GROUP], "resources": ["gateways", "gatewayclasses"], "verbs": verbs},
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": verbs},
+    ])
+}
+
 /// Applies the gateway objects; refuses `--expose-services` without Istio's Gateway CRD
 /// before changing anything (unless `dry_run`). Callers run [`check_ip_family_policy`] first,
 /// before their own first change. Refuses, before any change, when another installer's
@@ -444,7 +460,6 @@ pub fn objects(
     labels.insert(NETWORK_LABEL.into(), json!(network));
     let selector = json!({APP_LABEL: GATEWAY_NAME, ISTIO_LABEL: ISTIO_VALUE});
     let role = gateway_role_name(ns);
-    let verbs = json!(["get", "list", "watch"]);
     let meta = |name: &str, namespaced: bool| {
         let mut m = json!({"name": name, "labels": labels});
         if namespaced {
@@ -473,16 +488,7 @@ pub fn objects(
     let mut out = vec![
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(GATEWAY_NAME, true)}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": meta(&role, false),
-        "rules": [
-            {"apiGroups": [""], "resources": ["services", "pods", "namespaces"], "verbs": verbs},
-            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": verbs},
-            {"apiGroups": [ISTIO_NETWORKING_GROUP], "resources": ["destinationrules"], "verbs": verbs},
-            // A sidecar whose mTLS a PeerAuthentication disables takes no 15443 connection.
-            {"apiGroups": [ISTIO_SECURITY_GROUP], "resources": ["peerauthentications"], "verbs": verbs},
-            // Waypoints: a Service bound to one sends its tunnels there.
-            {"apiGroups": [GATEWAY_API_GROUP], "resources": ["gateways", "gatewayclasses"], "verbs": verbs},
-            {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": verbs},
-        ]}),
+        "rules": gateway_rules()}),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": meta(&role, false),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
             "subjects": [{"kind": "ServiceAccount", "name": GATEWAY_NAME, "namespace": ns}]}),

@@ -19,6 +19,9 @@ pub struct ClusterFacts {
     /// The cluster's Nodes, read only for a NodePort gateway (istiod gives it their
     /// ExternalIP addresses); `Err`: why they could not be listed.
     pub nodes: Option<Result<Vec<k8s_openapi::api::core::v1::Node>, String>>,
+    /// The gateway's ClusterRole as `gateway install` names it: `None` when there is none,
+    /// `Err`: why it could not be read (a context that may not read ClusterRoles).
+    pub gateway_role: Option<Result<serde_json::Value, String>>,
 }
 
 /// One key of a remote secret stored in a cluster (istiod registers a cluster per key): the

@@ -16,7 +16,10 @@ use serde_json::{Value, json};
 use super::facts::{
     AmbientFacts, CanaryBinding, ClusterFacts, LiveFailure, StoredRemote, Unread, WaypointBinding,
 };
-use crate::istio::{APP_LABEL, CACERTS_SECRET, GATEWAY_NAME, MULTICLUSTER_LABEL, reader_role_name};
+use crate::istio::{
+    APP_LABEL, CACERTS_SECRET, GATEWAY_NAME, MULTICLUSTER_LABEL, gateway_role_name,
+    reader_role_name,
+};
 use crate::kube::{self as kc, Cluster, ConnectError};
 use crate::mesh::reader_rules::{READER_RULES, permission_name};
 
@@ -49,7 +52,7 @@ pub fn unread(e: &anyhow::Error) -> Unread {
     }
 }
 
-/// The namespace, cacerts, gateway Service and gateway pods of a reachable cluster.
+/// The namespace, cacerts, gateway Service, pods and ClusterRole of a reachable cluster.
 pub async fn cluster(c: &Cluster, ns: &str) -> Result<ClusterFacts> {
     let namespace = kc::get_as(c, "v1", "Namespace", None, ns).await?;
     let cacerts = if namespace.is_some() {
@@ -84,6 +87,11 @@ pub async fn cluster(c: &Cluster, ns: &str) -> Result<ClusterFacts> {
     } else {
         None
     };
+    let rbac = "rbac.authorization.k8s.io/v1";
+    let gateway_role = match kc::get(c, rbac, "ClusterRole", None, &gateway_role_name(ns)).await {
+        Ok(role) => role.map(Ok),
+        Err(e) => Some(Err(format!("{e:#}"))),
+    };
     Ok(ClusterFacts {
         context: c.context.clone(),
         ns: ns.to_string(),
@@ -92,6 +100,7 @@ pub async fn cluster(c: &Cluster, ns: &str) -> Result<ClusterFacts> {
         gateway,
         pods,
         nodes,
+        gateway_role,
     })
 }
 

@@ -1,5 +1,6 @@
 //! The checks of one cluster, judged from its [`ClusterFacts`] (or from why it could not be
-//! read): cacerts present and valid, the network label, the gateway's address and pods.
+//! read): cacerts present and valid, the network label, the gateway's address and pods, and
+//! (`gateway_grants`) its ClusterRole.
 //! Each returns what the pair and mesh checks need as a [`Seen`].
 
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
@@ -14,11 +15,12 @@ use crate::istio::{
 use crate::mesh::cacerts::pem_ders;
 
 /// The checks made on a cluster's own data (skipped when it cannot be read).
-pub const CLUSTER_CHECKS: [&str; 4] = [
+pub const CLUSTER_CHECKS: [&str; 5] = [
     "cacerts present and valid",
     "network label",
     "gateway Service has an external address",
     "gateway pods ready",
+    super::gateway_grants::CHECK,
 ];
 
 /// A cluster meshctl could not read: reachability (and the credential) fail once, the checks
@@ -126,6 +128,7 @@ pub fn read_cluster(
     let network = network_label(r, &scope, f, inv);
     gateway_service(r, &scope, f, inv);
     gateway_pods(r, &scope, f, inv);
+    super::gateway_grants::gateway_grants(r, &scope, f, inv);
     Seen {
         context: ctx.into(),
         name,

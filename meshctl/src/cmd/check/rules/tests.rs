@@ -72,6 +72,7 @@ fn healthy() -> ClusterFacts {
         )),
         pods: vec![pod(true), pod(true)],
         nodes: None,
+        gateway_role: Some(Ok(json!({"rules": crate::mesh::gateway::gateway_rules()}))),
     }
 }
 
@@ -85,7 +86,7 @@ fn judge(f: &ClusterFacts, flag: Option<&str>) -> (Vec<Item>, Seen) {
 #[test]
 fn a_healthy_cluster_passes_and_yields_its_name_network_and_root() {
     let (items, seen) = judge(&healthy(), None);
-    assert_eq!(items.len(), 6, "{items:?}");
+    assert_eq!(items.len(), 7, "{items:?}");
     assert!(items.iter().all(|i| i.status == Status::Pass), "{items:?}");
     assert_eq!(find(&items, "gateway pods ready").detail, "2 of 2 ready");
     assert_eq!(seen.name, "west-cluster");
@@ -98,6 +99,58 @@ fn a_healthy_cluster_passes_and_yields_its_name_network_and_root() {
     f.namespace = Some(typed(json!({"metadata": {"name": "istio-system"}})));
     let seen = judge(&f, None).1;
     assert!(seen.name == "west" && seen.name_guessed);
+}
+
+/// The gateway's ClusterRole: as this meshctl writes it passes; one from before
+/// PeerAuthentications warns with the patch adding them; one without pods fails; none, or one
+/// the context may not read, is skipped with why.
+#[test]
+fn the_gateway_role_is_compared_with_what_this_meshctl_writes() {
+    let check = super::gateway_grants::CHECK;
+    let with_role = |role: Option<Result<Value, String>>| {
+        let mut f = healthy();
+        f.gateway_role = role;
+        judge(&f, None).0
+    };
+    let without = |group: &str| {
+        let rules: Vec<Value> = crate::mesh::gateway::gateway_rules()
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["apiGroups"][0] != group)
+            .cloned()
+            .collect();
+        Some(Ok(json!({"rules": rules})))
+    };
+    let items = with_role(without("security.istio.io"));
+    let i = find(&items, check);
+    assert_eq!(i.status, Status::Warn, "{i:?}");
+    assert!(
+        i.detail
+            .contains("get, list, watch peerauthentications.security.istio.io"),
+        "{i:?}"
+    );
+    let hint = i.hint.as_deref().unwrap();
+    assert!(
+        hint.contains("kubectl --context west -n istio-system patch clusterrole meshctl-eastwestgateway-istio-system --type=json -p '[{\"op\":\"add\",\"path\":\"/rules/-\""),
+        "{hint}"
+    );
+    let items = with_role(without(""));
+    let i = find(&items, check);
+    assert_eq!(i.status, Status::Fail, "{i:?}");
+    assert!(i.detail.contains("list, watch services"), "{i:?}");
+    for (role, why) in [
+        (None, "no ClusterRole meshctl-eastwestgateway-istio-system"),
+        (
+            Some(Err("403 Forbidden".into())),
+            "not readable: 403 Forbidden",
+        ),
+    ] {
+        let items = with_role(role);
+        let i = find(&items, check);
+        assert_eq!(i.status, Status::Skip, "{i:?}");
+        assert!(i.detail.contains(why), "{i:?}");
+    }
 }
 
 /// istiod takes a Service for a network's gateway only by its network label, and advertises
@@ -367,6 +420,7 @@ fn an_unread_cluster_fails_once_and_skips_its_checks() {
         [
             Status::Pass,
             Status::Fail,
+            Status::Skip,
             Status::Skip,
             Status::Skip,
             Status::Skip,
