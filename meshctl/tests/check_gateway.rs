@@ -104,7 +104,7 @@ async fn output_yaml_is_the_document() {
 
 /// A gateway installed by an older meshctl keeps its ClusterRole; a type read since (here
 /// PeerAuthentications) is then unreadable to it. `check` warns with the patch that adds it,
-/// and passes once the patch's rules are in.
+/// and passes once the patch's rules are in; without the role's binding it fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_gateway_role_is_warned_about_with_the_patch() {
     const CHECK: &str = "gateway ClusterRole grants its reads";
@@ -154,4 +154,18 @@ async fn an_older_gateway_role_is_warned_about_with_the_patch() {
     assert_eq!(code, 0, "{items:?}");
     assert_eq!(item(&items, SCOPE, CHECK)["status"], "pass");
     assert_eq!(item(&items, "cluster east", CHECK)["status"], "pass");
+    // Without its binding the role reaches nobody: a failure, with the binding to create.
+    store
+        .delete(rbac, "ClusterRoleBinding", None, name)
+        .unwrap();
+    let (code, items) = check_json(m.kc(), &[], false).await;
+    assert_eq!(code, 1, "{items:?}");
+    let i = item(&items, SCOPE, CHECK);
+    assert_eq!(i["status"], "fail", "{i}");
+    assert!(
+        i["hint"].as_str().unwrap().contains(&format!(
+            "create clusterrolebinding {name} --clusterrole={name} --serviceaccount=istio-system:istio-eastwestgateway"
+        )),
+        "{i}"
+    );
 }

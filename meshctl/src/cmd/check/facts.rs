@@ -22,6 +22,8 @@ pub struct ClusterFacts {
     /// The gateway's ClusterRole as `gateway install` names it: `None` when there is none,
     /// `Err`: why it could not be read (a context that may not read ClusterRoles).
     pub gateway_role: Option<Result<serde_json::Value, String>>,
+    /// The ClusterRoleBinding of that name (read only when the role is there), likewise.
+    pub gateway_binding: Option<Result<serde_json::Value, String>>,
 }
 
 /// One key of a remote secret stored in a cluster (istiod registers a cluster per key): the

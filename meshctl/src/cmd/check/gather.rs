@@ -88,9 +88,20 @@ pub async fn cluster(c: &Cluster, ns: &str) -> Result<ClusterFacts> {
         None
     };
     let rbac = "rbac.authorization.k8s.io/v1";
-    let gateway_role = match kc::get(c, rbac, "ClusterRole", None, &gateway_role_name(ns)).await {
-        Ok(role) => role.map(Ok),
-        Err(e) => Some(Err(format!("{e:#}"))),
+    let role_name = gateway_role_name(ns);
+    let read = |kind: &'static str| {
+        let role_name = &role_name;
+        async move {
+            match kc::get(c, rbac, kind, None, role_name).await {
+                Ok(o) => o.map(Ok),
+                Err(e) => Some(Err(format!("{e:#}"))),
+            }
+        }
+    };
+    let gateway_role = read("ClusterRole").await;
+    let gateway_binding = match gateway_role {
+        Some(Ok(_)) => read("ClusterRoleBinding").await,
+        _ => None,
     };
     Ok(ClusterFacts {
         context: c.context.clone(),
@@ -101,6 +112,7 @@ pub async fn cluster(c: &Cluster, ns: &str) -> Result<ClusterFacts> {
         pods,
         nodes,
         gateway_role,
+        gateway_binding,
     })
 }
 

@@ -1,5 +1,5 @@
 //! "gateway ClusterRole grants its reads": the role `gateway install` made for the gateway,
-//! compared with what this meshctl would make. A gateway installed by an older meshctl keeps
+//! bound to the gateway's account and compared with what this meshctl would make. A gateway installed by an older meshctl keeps
 //! the role it was given; a type added since (PeerAuthentications, 2026-12-07) is then
 //! unreadable, which the gateway only logs.
 
@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::super::facts::ClusterFacts;
 use super::super::hints::{Invocation, shell_word};
 use super::super::report::Report;
-use crate::istio::gateway_role_name;
+use crate::istio::{GATEWAY_NAME, gateway_role_name};
 use crate::mesh::gateway::gateway_rules;
 
 pub const CHECK: &str = "gateway ClusterRole grants its reads";
@@ -108,9 +108,21 @@ pub fn gateway_grants(r: &mut Report, scope: &str, f: &ClusterFacts, inv: &Invoc
         }
         Some(Ok(role)) => role,
     };
+    if let Some(unbound) = unbound(f, &role) {
+        let hint = format!(
+            "bind it as `gateway install` does: {} create clusterrolebinding {role} --clusterrole={role} --serviceaccount={}:{GATEWAY_NAME}",
+            inv.kubectl(&f.context),
+            f.ns
+        );
+        return r.fail(scope, CHECK, unbound, hint);
+    }
     let missing = lacking(&installed["rules"], &gateway_rules());
     if missing.is_empty() {
-        return r.pass(scope, CHECK, format!("ClusterRole {role}"));
+        let bound = match &f.gateway_binding {
+            Some(Err(e)) => format!("its ClusterRoleBinding not readable: {e}"),
+            _ => format!("bound to {}/{GATEWAY_NAME}", f.ns),
+        };
+        return r.pass(scope, CHECK, format!("ClusterRole {role}, {bound}"));
     }
     let list = missing
         .iter()
@@ -133,6 +145,38 @@ pub fn gateway_grants(r: &mut Report, scope: &str, f: &ClusterFacts, inv: &Invoc
         );
         r.warn(scope, CHECK, detail, hint);
     }
+}
+
+/// Why the role does not reach the gateway's account, if it does not: the ClusterRoleBinding
+/// of the same name, as `gateway install` writes it, is missing or binds something else.
+/// (`None` too when the binding could not be read: the role's check still stands.)
+fn unbound(f: &ClusterFacts, role: &str) -> Option<String> {
+    let binding = match &f.gateway_binding {
+        None => {
+            return Some(format!(
+                "no ClusterRoleBinding {role}: the gateway's account {}/{GATEWAY_NAME} is granted nothing, so the gateway cannot watch the endpoints it routes to",
+                f.ns
+            ));
+        }
+        Some(Err(_)) => return None,
+        Some(Ok(b)) => b,
+    };
+    let subject = binding["subjects"].as_array().is_some_and(|s| {
+        s.iter().any(|s| {
+            s["kind"] == "ServiceAccount"
+                && s["name"] == GATEWAY_NAME
+                && s["namespace"] == f.ns.as_str()
+        })
+    });
+    let role_ref =
+        binding["roleRef"]["kind"] == "ClusterRole" && binding["roleRef"]["name"] == role;
+    if subject && role_ref {
+        return None;
+    }
+    Some(format!(
+        "ClusterRoleBinding {role} does not bind ClusterRole {role} to the gateway's account {}/{GATEWAY_NAME} (roleRef {}, subjects {}): the gateway cannot watch the endpoints it routes to",
+        f.ns, binding["roleRef"], binding["subjects"]
+    ))
 }
 
 /// The JSON patch adding one rule per lacking resource (the whole list when the role has

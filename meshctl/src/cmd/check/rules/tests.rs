@@ -73,6 +73,10 @@ fn healthy() -> ClusterFacts {
         pods: vec![pod(true), pod(true)],
         nodes: None,
         gateway_role: Some(Ok(json!({"rules": crate::mesh::gateway::gateway_rules()}))),
+        gateway_binding: Some(Ok(json!({
+            "roleRef": {"kind": "ClusterRole", "name": "meshctl-eastwestgateway-istio-system"},
+            "subjects": [{"kind": "ServiceAccount", "name": "istio-eastwestgateway",
+                "namespace": "istio-system"}]}))),
     }
 }
 
@@ -139,6 +143,28 @@ fn the_gateway_role_is_compared_with_what_this_meshctl_writes() {
     let i = find(&items, check);
     assert_eq!(i.status, Status::Fail, "{i:?}");
     assert!(i.detail.contains("list, watch services"), "{i:?}");
+    // The binding: missing, or binding another account, fails; unreadable leaves the rest.
+    let with_binding = |binding: Option<Result<Value, String>>| {
+        let mut f = healthy();
+        f.gateway_binding = binding;
+        judge(&f, None).0
+    };
+    let items = with_binding(None);
+    let i = find(&items, check);
+    assert_eq!(i.status, Status::Fail, "{i:?}");
+    assert!(i.detail.contains("no ClusterRoleBinding"), "{i:?}");
+    assert!(
+        i.hint.as_deref().unwrap().contains("create clusterrolebinding meshctl-eastwestgateway-istio-system --clusterrole=meshctl-eastwestgateway-istio-system --serviceaccount=istio-system:istio-eastwestgateway"),
+        "{i:?}"
+    );
+    let mut other = healthy().gateway_binding.unwrap().unwrap();
+    other["subjects"][0]["namespace"] = json!("default");
+    let items = with_binding(Some(Ok(other)));
+    let i = find(&items, check);
+    assert_eq!(i.status, Status::Fail, "{i:?}");
+    assert!(i.detail.contains("does not bind"), "{i:?}");
+    let items = with_binding(Some(Err("403".into())));
+    assert_eq!(find(&items, check).status, Status::Pass);
     for (role, why) in [
         (None, "no ClusterRole meshctl-eastwestgateway-istio-system"),
         (
