@@ -103,11 +103,13 @@ async fn output_yaml_is_the_document() {
 }
 
 /// A gateway installed by an older meshctl keeps its ClusterRole; a type read since (here
-/// PeerAuthentications) is then unreadable to it. `check` warns with the patch that adds it,
-/// and passes once the patch's rules are in; without the role's binding it fails.
+/// PeerAuthentications) is then unreadable to it. `check` asks the API server (one
+/// SubjectAccessReview per read) and warns with the patch that adds it to the role; it passes
+/// once another binding grants it (to the account's group), or once the patch's rules are in;
+/// without the role's binding it fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_gateway_role_is_warned_about_with_the_patch() {
-    const CHECK: &str = "gateway ClusterRole grants its reads";
+    const CHECK: &str = "gateway may read what it watches";
     let m = joined_ready_mesh().await;
     let (code, items) = check_json(m.kc(), &[], false).await;
     assert_eq!(code, 0, "{items:?}");
@@ -132,6 +134,26 @@ async fn an_older_gateway_role_is_warned_about_with_the_patch() {
             .contains("peerauthentications.security.istio.io"),
         "{i}"
     );
+    // The API server's answer counts every binding: a grant by another role is enough.
+    let extra = |kind: &str| {
+        let mut o = json!({"apiVersion": rbac, "kind": kind, "metadata": {"name": "extra-pa"}});
+        if kind == "ClusterRole" {
+            o["rules"] = json!([{"apiGroups": ["security.istio.io"],
+                "resources": ["peerauthentications"], "verbs": ["list", "watch"]}]);
+        } else {
+            o["roleRef"] = json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "extra-pa"});
+            o["subjects"] = json!([{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io",
+                "name": "system:serviceaccounts:istio-system"}]);
+        }
+        o
+    };
+    store.apply(extra("ClusterRole")).unwrap();
+    store.apply(extra("ClusterRoleBinding")).unwrap();
+    let (_, items) = check_json(m.kc(), &[], false).await;
+    assert_eq!(item(&items, SCOPE, CHECK)["status"], "pass");
+    store
+        .delete(rbac, "ClusterRoleBinding", None, "extra-pa")
+        .unwrap();
     // The hint's patch, applied as the API server applies a JSON patch's adds.
     let hint = i["hint"].as_str().unwrap();
     let patch = hint

@@ -1,5 +1,6 @@
 //! Resource requests: get, list, watch, create, update, patch, delete and deletecollection,
-//! the `token` subresource, SelfSubjectAccessReview and TokenReview, answered from the store.
+//! the `token` subresource, SelfSubjectAccessReview, SubjectAccessReview and TokenReview,
+//! answered from the store.
 
 use crate::auth::{self, Identity};
 use crate::error::{ApiError, success_status};
@@ -189,6 +190,16 @@ pub(crate) fn resource(
         return Ok(json_response(
             201,
             &self_subject_access_review(store, id, &parse_json(body)?),
+        ));
+    }
+
+    if rt.handling == Handling::SubjectAccessReview {
+        if *method != Method::POST || p.name.is_some() {
+            return Err(ApiError::method_not_allowed());
+        }
+        return Ok(json_response(
+            201,
+            &subject_access_review(store, &parse_json(body)?)?,
         ));
     }
 
@@ -468,6 +479,68 @@ fn watch_response(
 }
 
 fn self_subject_access_review(store: &Store, id: &Identity, body: &Value) -> Value {
+    access_review(store, id, body, "SelfSubjectAccessReview")
+}
+
+/// A SubjectAccessReview: what the user and groups it names may do, validated as the API
+/// server validates one (`ValidateSubjectAccessReviewSpec`, 422 naming the field).
+fn subject_access_review(store: &Store, body: &Value) -> Result<Value, ApiError> {
+    let has = |p: &str| body.pointer(p).is_some_and(|v| !v.is_null());
+    let invalid = |field: &str, msg: &str| {
+        ApiError::invalid(
+            "authorization.k8s.io",
+            "SubjectAccessReview",
+            "",
+            field,
+            "FieldValueInvalid",
+            msg,
+        )
+    };
+    match (
+        has("/spec/resourceAttributes"),
+        has("/spec/nonResourceAttributes"),
+    ) {
+        (true, true) => {
+            return Err(invalid(
+                "spec.nonResourceAttributes",
+                "cannot be specified in combination with resourceAttributes",
+            ));
+        }
+        (false, false) => {
+            return Err(invalid(
+                "spec.resourceAttributes",
+                "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+            ));
+        }
+        _ => {}
+    }
+    let user = body
+        .pointer("/spec/user")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let groups: Vec<String> = body
+        .pointer("/spec/groups")
+        .and_then(Value::as_array)
+        .map(|g| {
+            g.iter()
+                .filter_map(|g| g.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    if user.is_empty() && groups.is_empty() {
+        return Err(invalid(
+            "spec.user",
+            "at least one of user or group must be specified",
+        ));
+    }
+    let id = Identity {
+        user: user.to_string(),
+        groups,
+    };
+    Ok(access_review(store, &id, body, "SubjectAccessReview"))
+}
+
+fn access_review(store: &Store, id: &Identity, body: &Value, kind: &str) -> Value {
     let s = |p: &str| {
         body.pointer(p)
             .and_then(Value::as_str)
@@ -497,7 +570,7 @@ fn self_subject_access_review(store: &Store, id: &Identity, body: &Value) -> Val
         status["reason"] = json!(d.reason);
     }
     json!({
-        "kind": "SelfSubjectAccessReview",
+        "kind": kind,
         "apiVersion": "authorization.k8s.io/v1",
         "metadata": {"creationTimestamp": null},
         "spec": body.get("spec").cloned().unwrap_or(json!({})),

@@ -23,6 +23,8 @@ pub enum Handling {
     Stored,
     /// `selfsubjectaccessreviews`: create-only, answered and never stored.
     SelfSubjectAccessReview,
+    /// `subjectaccessreviews`: the same for a user and groups the request names.
+    SubjectAccessReview,
     /// `tokenreviews`: create-only, answered and never stored.
     TokenReview,
 }
@@ -66,7 +68,9 @@ impl ResourceType {
     pub fn verbs(&self) -> Vec<&'static str> {
         match self.handling {
             Handling::Stored => STD_VERBS.to_vec(),
-            Handling::SelfSubjectAccessReview | Handling::TokenReview => vec!["create"],
+            Handling::SelfSubjectAccessReview
+            | Handling::SubjectAccessReview
+            | Handling::TokenReview => vec!["create"],
         }
     }
 }
@@ -207,6 +211,17 @@ pub fn builtins() -> Vec<ResourceType> {
     );
     ssar.handling = Handling::SelfSubjectAccessReview;
     v.push(ssar);
+    let mut sar = rt(
+        "authorization.k8s.io",
+        "v1",
+        "subjectaccessreviews",
+        "SubjectAccessReview",
+        false,
+        &[],
+        false,
+    );
+    sar.handling = Handling::SubjectAccessReview;
+    v.push(sar);
     let mut token_review = rt(
         "authentication.k8s.io",
         "v1",

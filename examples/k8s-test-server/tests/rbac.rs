@@ -491,3 +491,75 @@ async fn token_review_checks_audience_expiry_and_existence() {
         .unwrap_err();
     assert_eq!(status_code(&err), Some(400));
 }
+
+/// POSTs a SubjectAccessReview as `client`; the answer's `status.allowed`, or the error's code.
+async fn sar(client: &Client, spec: Value) -> Result<bool, Option<u16>> {
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    let review: SubjectAccessReview = serde_json::from_value(json!({"spec": spec})).unwrap();
+    Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .map(|r| r.status.is_some_and(|s| s.allowed))
+        .map_err(|e| status_code(&e))
+}
+
+/// A SubjectAccessReview answers for the user and groups it names (a service account's
+/// bindings by its user name, a Group subject by the groups given), is refused 422 as the API
+/// server refuses one without a user or group or with both or neither kind of attributes, and
+/// needs `create` on subjectaccessreviews (the reader has none).
+#[tokio::test]
+async fn a_subject_access_review_answers_for_the_named_account() {
+    let (server, admin) = with_reader("sar").await;
+    let reader = "system:serviceaccount:istio-system:reader";
+    let attrs =
+        |verb: &str, resource: &str| json!({"verb": verb, "resource": resource, "group": ""});
+    let spec = |user: &str, groups: Value, a: Value| json!({"user": user, "groups": groups, "resourceAttributes": a});
+    assert_eq!(
+        sar(&admin, spec(reader, json!([]), attrs("watch", "services"))).await,
+        Ok(true)
+    );
+    assert_eq!(
+        sar(&admin, spec(reader, json!([]), attrs("list", "secrets"))).await,
+        Ok(false)
+    );
+    // A grant to the group of every service account of the namespace.
+    grant(
+        &admin,
+        None,
+        "sa-group",
+        json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}),
+        json!({"kind": "Group", "name": "system:serviceaccounts:istio-system", "apiGroup": "rbac.authorization.k8s.io"}),
+    )
+    .await;
+    let sa_groups = json!([
+        "system:serviceaccounts",
+        "system:serviceaccounts:istio-system",
+        "system:authenticated"
+    ]);
+    assert_eq!(
+        sar(&admin, spec(reader, sa_groups, attrs("list", "pods"))).await,
+        Ok(true)
+    );
+    assert_eq!(
+        sar(&admin, spec(reader, json!([]), attrs("list", "pods"))).await,
+        Ok(false)
+    );
+    // Invalid specs.
+    let invalid = [
+        json!({"resourceAttributes": attrs("list", "pods")}),
+        json!({"user": reader}),
+        json!({"user": reader, "resourceAttributes": attrs("list", "pods"),
+            "nonResourceAttributes": {"verb": "get", "path": "/healthz"}}),
+    ];
+    for spec in invalid {
+        assert_eq!(sar(&admin, spec.clone()).await, Err(Some(422)), "{spec}");
+    }
+    // The reader may not ask.
+    let tr = token_request(&admin, 3600).await;
+    let token = tr.status.unwrap().token.unwrap();
+    let sa = client_from_yaml(&server.kubeconfig_with_token("sar", &token)).await;
+    assert_eq!(
+        sar(&sa, spec(reader, json!([]), attrs("list", "services"))).await,
+        Err(Some(403))
+    );
+}

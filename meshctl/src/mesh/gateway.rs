@@ -51,8 +51,23 @@ pub async fn gateway_crd_served(c: &Cluster) -> Result<bool> {
     }))
 }
 
-/// The gateway's ClusterRole rules: what its discovery reads (`check` compares an installed
-/// role with them).
+/// What the gateway's discovery lists and watches, by API group and resource: `check` asks
+/// the API server whether the gateway's account may. (The role also grants `get` and CRD
+/// reads, which the gateway does not use today.)
+pub const GATEWAY_READS: [(&str, &str); 8] = [
+    ("", "services"),
+    ("", "pods"),
+    ("", "namespaces"),
+    ("discovery.k8s.io", "endpointslices"),
+    (ISTIO_NETWORKING_GROUP, "destinationrules"),
+    (ISTIO_SECURITY_GROUP, "peerauthentications"),
+    (GATEWAY_API_GROUP, "gateways"),
+    (GATEWAY_API_GROUP, "gatewayclasses"),
+];
+/// The verbs of [`GATEWAY_READS`].
+pub const GATEWAY_READ_VERBS: [&str; 2] = ["list", "watch"];
+
+/// The gateway's ClusterRole rules.
 pub fn gateway_rules() -> Value {
     let verbs = json!(["get", "list", "watch"]);
     json!([

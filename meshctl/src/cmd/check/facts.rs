@@ -24,6 +24,18 @@ pub struct ClusterFacts {
     pub gateway_role: Option<Result<serde_json::Value, String>>,
     /// The ClusterRoleBinding of that name (read only when the role is there), likewise.
     pub gateway_binding: Option<Result<serde_json::Value, String>>,
+    /// Only when the role is there: what the API server says the gateway's account may not
+    /// do of what the gateway reads (one SubjectAccessReview per resource and verb), or why
+    /// it could not be asked.
+    pub gateway_denied: Option<Result<Vec<Ungranted>, String>>,
+}
+
+/// One resource and the verbs on it that are not granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ungranted {
+    pub group: String,
+    pub resource: String,
+    pub verbs: Vec<String>,
 }
 
 /// One key of a remote secret stored in a cluster (istiod registers a cluster per key): the

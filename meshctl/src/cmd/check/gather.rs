@@ -7,20 +7,22 @@
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+use k8s_openapi::api::authorization::v1::{SelfSubjectAccessReview, SubjectAccessReview};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
 
 use super::facts::{
-    AmbientFacts, CanaryBinding, ClusterFacts, LiveFailure, StoredRemote, Unread, WaypointBinding,
+    AmbientFacts, CanaryBinding, ClusterFacts, LiveFailure, StoredRemote, Ungranted, Unread,
+    WaypointBinding,
 };
 use crate::istio::{
     APP_LABEL, CACERTS_SECRET, GATEWAY_NAME, MULTICLUSTER_LABEL, gateway_role_name,
     reader_role_name,
 };
 use crate::kube::{self as kc, Cluster, ConnectError};
+use crate::mesh::gateway::{GATEWAY_READ_VERBS, GATEWAY_READS};
 use crate::mesh::reader_rules::{READER_RULES, permission_name};
 
 /// What a failed `connect` says about the cluster.
@@ -99,9 +101,16 @@ pub async fn cluster(c: &Cluster, ns: &str) -> Result<ClusterFacts> {
         }
     };
     let gateway_role = read("ClusterRole").await;
-    let gateway_binding = match gateway_role {
-        Some(Ok(_)) => read("ClusterRoleBinding").await,
-        _ => None,
+    let (gateway_binding, gateway_denied) = match gateway_role {
+        Some(Ok(_)) => (
+            read("ClusterRoleBinding").await,
+            Some(
+                gateway_denied(&c.client, ns)
+                    .await
+                    .map_err(|e| format!("{e:#}")),
+            ),
+        ),
+        _ => (None, None),
     };
     Ok(ClusterFacts {
         context: c.context.clone(),
@@ -113,7 +122,45 @@ pub async fn cluster(c: &Cluster, ns: &str) -> Result<ClusterFacts> {
         nodes,
         gateway_role,
         gateway_binding,
+        gateway_denied,
     })
+}
+
+/// What the gateway's account (`<ns>/istio-eastwestgateway`, with the groups a service
+/// account's token gives) may not do of [`GATEWAY_READS`], cluster-wide: one
+/// SubjectAccessReview per resource and verb, so every binding and role counts as the API
+/// server counts them.
+async fn gateway_denied(client: &kube::Client, ns: &str) -> Result<Vec<Ungranted>> {
+    let user = format!("system:serviceaccount:{ns}:{GATEWAY_NAME}");
+    let groups = [
+        "system:serviceaccounts".to_string(),
+        format!("system:serviceaccounts:{ns}"),
+        "system:authenticated".to_string(),
+    ];
+    let mut denied = Vec::new();
+    for (group, resource) in GATEWAY_READS {
+        let mut verbs = Vec::new();
+        for verb in GATEWAY_READ_VERBS {
+            let review: SubjectAccessReview = serde_json::from_value(json!({"spec": {
+                "user": user, "groups": groups,
+                "resourceAttributes": {"verb": verb, "group": group, "resource": resource}}}))?;
+            let out = Api::<SubjectAccessReview>::all(client.clone())
+                .create(&PostParams::default(), &review)
+                .await
+                .map_err(|e| anyhow!("SubjectAccessReview: {}", kc::error_text(&e)))?;
+            if !out.status.is_some_and(|s| s.allowed) {
+                verbs.push(verb.to_string());
+            }
+        }
+        if !verbs.is_empty() {
+            denied.push(Ungranted {
+                group: group.into(),
+                resource: resource.into(),
+                verbs,
+            });
+        }
+    }
+    Ok(denied)
 }
 
 /// The Secrets labelled `istio/multiCluster=true` in `ns` (the remote secrets istiod

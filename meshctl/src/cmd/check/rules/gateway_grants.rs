@@ -1,27 +1,20 @@
-//! "gateway ClusterRole grants its reads": the role `gateway install` made for the gateway,
-//! bound to the gateway's account and compared with what this meshctl would make. A gateway installed by an older meshctl keeps
-//! the role it was given; a type added since (PeerAuthentications, 2026-12-07) is then
-//! unreadable, which the gateway only logs.
+//! "gateway may read what it watches": for a gateway `gateway install` made (its ClusterRole
+//! `meshctl-eastwestgateway-<ns>` exists), what the API server says its account may not list
+//! or watch. A gateway installed by an older meshctl keeps the role it was given; a type read
+//! since (PeerAuthentications, 2026-12-07) is then unreadable, which the gateway only logs.
+//! The API server's answer counts every binding, so the role and binding are read only to
+//! say what to fix.
 
 use serde_json::{Value, json};
 
-use super::super::facts::ClusterFacts;
+use super::super::facts::{ClusterFacts, Ungranted};
 use super::super::hints::{Invocation, shell_word};
 use super::super::report::Report;
 use crate::istio::{GATEWAY_NAME, gateway_role_name};
-use crate::mesh::gateway::gateway_rules;
 
-pub const CHECK: &str = "gateway ClusterRole grants its reads";
+pub const CHECK: &str = "gateway may read what it watches";
 
-/// One resource the gateway reads and the verbs the installed role lacks for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lacking {
-    pub group: String,
-    pub resource: String,
-    pub verbs: Vec<String>,
-}
-
-impl Lacking {
+impl Ungranted {
     /// `resource.group`, as RBAC errors name it (`pods` for the core group).
     fn name(&self) -> String {
         if self.group.is_empty() {
@@ -37,10 +30,10 @@ impl Lacking {
     }
 }
 
-/// What `wanted` (rules as `gateway_rules` writes them) grants that `installed` does not:
-/// a rule counts as the API server's authorizer counts it (`*` matches anything; a rule
-/// limited to `resourceNames` grants no list or watch, so it is not counted).
-pub fn lacking(installed: &Value, wanted: &Value) -> Vec<Lacking> {
+/// Of `wanted`, what the rules `installed` (a role's `rules`) do not grant, as the API
+/// server's authorizer counts a rule (`*` matches anything; a rule limited to
+/// `resourceNames` grants no list or watch, so it is not counted).
+pub fn lacking(installed: &Value, wanted: &[Ungranted]) -> Vec<Ungranted> {
     let empty = Vec::new();
     let rules = installed.as_array().unwrap_or(&empty);
     let strings = |v: &Value| -> Vec<String> {
@@ -62,131 +55,140 @@ pub fn lacking(installed: &Value, wanted: &Value) -> Vec<Lacking> {
                 && has("verbs", verb)
         })
     };
-    let mut out = Vec::new();
-    for rule in wanted.as_array().unwrap_or(&empty) {
-        let verbs = strings(&rule["verbs"]);
-        for group in strings(&rule["apiGroups"]) {
-            for resource in strings(&rule["resources"]) {
-                let missing: Vec<String> = verbs
-                    .iter()
-                    .filter(|v| !grants(&group, &resource, v))
-                    .cloned()
-                    .collect();
-                if !missing.is_empty() {
-                    out.push(Lacking {
-                        group: group.clone(),
-                        resource,
-                        verbs: missing,
-                    });
-                }
-            }
-        }
-    }
-    out
+    wanted
+        .iter()
+        .filter_map(|w| {
+            let verbs: Vec<String> = w
+                .verbs
+                .iter()
+                .filter(|v| !grants(&w.group, &w.resource, v))
+                .cloned()
+                .collect();
+            (!verbs.is_empty()).then(|| Ungranted { verbs, ..w.clone() })
+        })
+        .collect()
 }
 
-/// The check, from the role as read: absent (a gateway meshctl did not install, or none),
-/// unreadable with the context, or compared with [`gateway_rules`].
+/// The check. Skipped for a gateway meshctl did not install (no role: another installer's
+/// grants are its own) and when the context may not read the role or ask the API server.
 pub fn gateway_grants(r: &mut Report, scope: &str, f: &ClusterFacts, inv: &Invocation) {
     let role = gateway_role_name(&f.ns);
+    let account = format!("{}/{GATEWAY_NAME}", f.ns);
     let installed = match &f.gateway_role {
         None => {
-            return r.skip(
-                scope,
-                CHECK,
-                format!(
-                    "no ClusterRole {role}: no gateway installed by meshctl (another installer's grants are its own)"
-                ),
+            let why = format!(
+                "no ClusterRole {role}: no gateway installed by meshctl (another installer's grants are its own)"
             );
+            return r.skip(scope, CHECK, why);
         }
         Some(Err(e)) => {
-            return r.skip(
-                scope,
-                CHECK,
-                format!("ClusterRole {role} not readable: {e}"),
+            let why = format!(
+                "ClusterRole {role} not readable ({e}): run check with a context that may get clusterroles and clusterrolebindings"
             );
+            return r.skip(scope, CHECK, why);
         }
         Some(Ok(role)) => role,
     };
-    if let Some(unbound) = unbound(f, &role) {
-        let hint = format!(
-            "bind it as `gateway install` does: {} create clusterrolebinding {role} --clusterrole={role} --serviceaccount={}:{GATEWAY_NAME}",
-            inv.kubectl(&f.context),
-            f.ns
-        );
-        return r.fail(scope, CHECK, unbound, hint);
+    let denied = match &f.gateway_denied {
+        Some(Ok(denied)) => denied,
+        Some(Err(e)) => {
+            let why = format!(
+                "could not ask what {account} may do ({e}): run check with a context that may create subjectaccessreviews.authorization.k8s.io"
+            );
+            return r.skip(scope, CHECK, why);
+        }
+        None => return r.skip(scope, CHECK, "not asked"),
+    };
+    if denied.is_empty() {
+        let detail = format!("{account} may list and watch each type the gateway reads");
+        return r.pass(scope, CHECK, detail);
     }
-    let missing = lacking(&installed["rules"], &gateway_rules());
-    if missing.is_empty() {
-        let bound = match &f.gateway_binding {
-            Some(Err(e)) => format!("its ClusterRoleBinding not readable: {e}"),
-            _ => format!("bound to {}/{GATEWAY_NAME}", f.ns),
-        };
-        return r.pass(scope, CHECK, format!("ClusterRole {role}, {bound}"));
-    }
-    let list = missing
+    let list = denied
         .iter()
         .map(|l| format!("{} {}", l.verbs.join(", "), l.name()))
         .collect::<Vec<_>>()
         .join("; ");
-    let hint = format!(
-        "add the rules (what `gateway install` of this meshctl writes): {} patch clusterrole {role} --type=json -p {}",
-        inv.kubectl(&f.context),
-        shell_word(&patch(installed, &missing).to_string())
-    );
-    if missing.iter().any(Lacking::required) {
+    let kubectl = inv.kubectl(&f.context);
+    let hint = match binding_fix(f, &role) {
+        Some(fix) => format!("{kubectl} {fix}"),
+        None => role_fix(installed, &role, denied, &kubectl),
+    };
+    if denied.iter().any(Ungranted::required) {
         let detail = format!(
-            "ClusterRole {role} lacks {list}: the gateway cannot watch the endpoints it routes to"
+            "{account} may not {list}: the gateway cannot watch the endpoints it routes to"
         );
         r.fail(scope, CHECK, detail, hint);
     } else {
         let detail = format!(
-            "ClusterRole {role} lacks {list} (made by an older meshctl?): the gateway serves without what they give and logs a warning naming each"
+            "{account} may not {list} (a role from an older meshctl?): the gateway serves without what they give and logs a warning naming each"
         );
         r.warn(scope, CHECK, detail, hint);
     }
 }
 
-/// Why the role does not reach the gateway's account, if it does not: the ClusterRoleBinding
-/// of the same name, as `gateway install` writes it, is missing or binds something else.
-/// (`None` too when the binding could not be read: the role's check still stands.)
-fn unbound(f: &ClusterFacts, role: &str) -> Option<String> {
+/// The kubectl command (after `kubectl …`) that binds the role to the gateway's account as
+/// `gateway install` does, when its ClusterRoleBinding is missing or binds something else;
+/// `None` when it is right or could not be read.
+fn binding_fix(f: &ClusterFacts, role: &str) -> Option<String> {
+    let create = format!(
+        "create clusterrolebinding {role} --clusterrole={role} --serviceaccount={}:{GATEWAY_NAME}",
+        f.ns
+    );
     let binding = match &f.gateway_binding {
-        None => {
-            return Some(format!(
-                "no ClusterRoleBinding {role}: the gateway's account {}/{GATEWAY_NAME} is granted nothing, so the gateway cannot watch the endpoints it routes to",
-                f.ns
-            ));
-        }
+        None => return Some(create),
         Some(Err(_)) => return None,
         Some(Ok(b)) => b,
     };
-    let subject = binding["subjects"].as_array().is_some_and(|s| {
+    // A binding's roleRef cannot be changed: it is made again.
+    if binding["roleRef"]["kind"] != "ClusterRole" || binding["roleRef"]["name"] != role {
+        return Some(format!(
+            "delete clusterrolebinding {role} && kubectl {create}"
+        ));
+    }
+    let bound = binding["subjects"].as_array().is_some_and(|s| {
         s.iter().any(|s| {
             s["kind"] == "ServiceAccount"
                 && s["name"] == GATEWAY_NAME
                 && s["namespace"] == f.ns.as_str()
         })
     });
-    let role_ref =
-        binding["roleRef"]["kind"] == "ClusterRole" && binding["roleRef"]["name"] == role;
-    if subject && role_ref {
+    if bound {
         return None;
     }
+    let subject = json!({"kind": "ServiceAccount", "name": GATEWAY_NAME, "namespace": f.ns});
+    let patch = if binding["subjects"].is_array() {
+        json!([{"op": "add", "path": "/subjects/-", "value": subject}])
+    } else {
+        json!([{"op": "add", "path": "/subjects", "value": [subject]}])
+    };
     Some(format!(
-        "ClusterRoleBinding {role} does not bind ClusterRole {role} to the gateway's account {}/{GATEWAY_NAME} (roleRef {}, subjects {}): the gateway cannot watch the endpoints it routes to",
-        f.ns, binding["roleRef"], binding["subjects"]
+        "patch clusterrolebinding {role} --type=json -p {}",
+        shell_word(&patch.to_string())
     ))
 }
 
-/// The JSON patch adding one rule per lacking resource (the whole list when the role has
-/// none, as `/rules/-` needs the array to exist).
-fn patch(installed: &Value, missing: &[Lacking]) -> Value {
+/// How to grant `denied` through the role: the JSON patch adding what its rules lack (one
+/// rule per resource; the whole list when it has none, as `/rules/-` needs the array).
+fn role_fix(installed: &Value, role: &str, denied: &[Ungranted], kubectl: &str) -> String {
+    if installed
+        .get("aggregationRule")
+        .is_some_and(|a| !a.is_null())
+    {
+        return format!(
+            "ClusterRole {role} aggregates other roles (its rules are rewritten from them): grant the reads in a ClusterRole its aggregationRule selects"
+        );
+    }
+    let missing = lacking(&installed["rules"], denied);
+    if missing.is_empty() {
+        return format!(
+            "ClusterRole {role} grants them, so its binding does not reach the account: {kubectl} get clusterrolebinding {role} -o yaml"
+        );
+    }
     let rules: Vec<Value> = missing
         .iter()
         .map(|l| json!({"apiGroups": [l.group], "resources": [l.resource], "verbs": l.verbs}))
         .collect();
-    if installed["rules"].is_array() {
+    let patch = if installed["rules"].is_array() {
         Value::Array(
             rules
                 .into_iter()
@@ -195,37 +197,55 @@ fn patch(installed: &Value, missing: &[Lacking]) -> Value {
         )
     } else {
         json!([{"op": "add", "path": "/rules", "value": rules}])
-    }
+    };
+    format!(
+        "add the rules (what `gateway install` of this meshctl writes): {kubectl} patch clusterrole {role} --type=json -p {}",
+        shell_word(&patch.to_string())
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mesh::gateway::{GATEWAY_READ_VERBS, GATEWAY_READS, gateway_rules};
+
+    fn reads() -> Vec<Ungranted> {
+        GATEWAY_READS
+            .iter()
+            .map(|(g, r)| Ungranted {
+                group: g.to_string(),
+                resource: r.to_string(),
+                verbs: GATEWAY_READ_VERBS.map(String::from).to_vec(),
+            })
+            .collect()
+    }
 
     fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
         json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
     }
 
     #[test]
-    fn the_role_meshctl_writes_lacks_nothing() {
-        assert_eq!(lacking(&gateway_rules(), &gateway_rules()), vec![]);
+    fn the_role_meshctl_writes_grants_every_read_and_none_grants_nothing() {
+        assert_eq!(lacking(&gateway_rules(), &reads()), vec![]);
+        assert_eq!(lacking(&json!([]), &reads()), reads());
     }
 
     #[test]
     fn wildcards_count_and_resource_names_do_not() {
-        let wanted = json!([rule(
-            &["security.istio.io"],
-            &["peerauthentications"],
-            &["get", "list", "watch"]
-        )]);
+        let pa = |verbs: &[&str]| Ungranted {
+            group: "security.istio.io".into(),
+            resource: "peerauthentications".into(),
+            verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        };
+        let wanted = [pa(&["list", "watch"])];
         let star = json!([rule(&["*"], &["*"], &["*"])]);
         assert_eq!(lacking(&star, &wanted), vec![]);
         let named = json!([{"apiGroups": ["security.istio.io"], "resources": ["peerauthentications"],
-            "verbs": ["get", "list", "watch"], "resourceNames": ["one"]}]);
-        assert_eq!(lacking(&named, &wanted)[0].verbs, ["get", "list", "watch"]);
-        let get_only = json!([rule(&["security.istio.io"], &["*"], &["get"])]);
-        assert_eq!(lacking(&get_only, &wanted)[0].verbs, ["list", "watch"]);
-        assert_eq!(lacking(&Value::Null, &wanted).len(), 1);
+            "verbs": ["list", "watch"], "resourceNames": ["one"]}]);
+        assert_eq!(lacking(&named, &wanted), wanted);
+        let list_only = json!([rule(&["security.istio.io"], &["*"], &["list"])]);
+        assert_eq!(lacking(&list_only, &wanted), [pa(&["watch"])]);
+        assert_eq!(lacking(&Value::Null, &wanted), wanted);
     }
 
     #[test]
@@ -237,24 +257,30 @@ mod tests {
             .filter(|r| r["apiGroups"][0] != "security.istio.io")
             .cloned()
             .collect();
-        let missing = lacking(&Value::Array(older), &gateway_rules());
+        let missing = lacking(&Value::Array(older), &reads());
         assert_eq!(missing.len(), 1, "{missing:?}");
         assert_eq!(missing[0].name(), "peerauthentications.security.istio.io");
         assert!(!missing[0].required());
+        assert!(reads().iter().filter(|r| r.required()).count() == 4);
     }
 
     #[test]
-    fn the_patch_appends_or_creates_the_list() {
-        let missing = [Lacking {
+    fn the_role_patch_appends_or_creates_the_list() {
+        let pods = [Ungranted {
             group: "".into(),
             resource: "pods".into(),
             verbs: vec!["list".into()],
         }];
-        let p = patch(&json!({"rules": []}), &missing);
-        assert_eq!(p[0]["path"], "/rules/-");
-        assert_eq!(p[0]["value"]["apiGroups"], json!([""]));
-        let p = patch(&json!({}), &missing);
-        assert_eq!(p[0]["path"], "/rules");
-        assert_eq!(p[0]["value"][0]["verbs"], json!(["list"]));
+        let fix = role_fix(&json!({"rules": []}), "r", &pods, "kubectl");
+        assert!(
+            fix.ends_with(r#"-p '[{"op":"add","path":"/rules/-","value":{"apiGroups":[""],"resources":["pods"],"verbs":["list"]}}]'"#),
+            "{fix}"
+        );
+        let fix = role_fix(&json!({}), "r", &pods, "kubectl");
+        assert!(fix.contains(r#""path":"/rules","value":[{"#), "{fix}");
+        let fix = role_fix(&json!({"aggregationRule": {}}), "r", &pods, "kubectl");
+        assert!(fix.contains("aggregationRule selects"), "{fix}");
+        let fix = role_fix(&json!({"rules": gateway_rules()}), "r", &pods, "kubectl");
+        assert!(fix.contains("get clusterrolebinding r -o yaml"), "{fix}");
     }
 }

@@ -73,6 +73,7 @@ fn healthy() -> ClusterFacts {
         pods: vec![pod(true), pod(true)],
         nodes: None,
         gateway_role: Some(Ok(json!({"rules": crate::mesh::gateway::gateway_rules()}))),
+        gateway_denied: Some(Ok(vec![])),
         gateway_binding: Some(Ok(json!({
             "roleRef": {"kind": "ClusterRole", "name": "meshctl-eastwestgateway-istio-system"},
             "subjects": [{"kind": "ServiceAccount", "name": "istio-eastwestgateway",
@@ -105,77 +106,116 @@ fn a_healthy_cluster_passes_and_yields_its_name_network_and_root() {
     assert!(seen.name == "west" && seen.name_guessed);
 }
 
-/// The gateway's ClusterRole: as this meshctl writes it passes; one from before
-/// PeerAuthentications warns with the patch adding them; one without pods fails; none, or one
-/// the context may not read, is skipped with why.
+/// The gateway's reads as the API server answers for its account: all granted passes; the
+/// PeerAuthentication reads denied (a role from before them) warn with the patch adding them
+/// to the role; a denied core read fails; a missing binding, or one binding another role or
+/// account, gets the command that fixes the binding instead; no role, an unreadable role or
+/// no answer is skipped with why.
 #[test]
-fn the_gateway_role_is_compared_with_what_this_meshctl_writes() {
+fn the_gateway_account_is_judged_by_the_api_servers_answers() {
+    use super::super::facts::Ungranted;
     let check = super::gateway_grants::CHECK;
-    let with_role = |role: Option<Result<Value, String>>| {
+    let denied = |group: &str, resource: &str| {
+        Some(Ok(vec![Ungranted {
+            group: group.into(),
+            resource: resource.into(),
+            verbs: vec!["list".into(), "watch".into()],
+        }]))
+    };
+    let judged = |edit: &dyn Fn(&mut ClusterFacts)| {
         let mut f = healthy();
-        f.gateway_role = role;
+        edit(&mut f);
         judge(&f, None).0
     };
-    let without = |group: &str| {
+    let items = judged(&|_| {});
+    assert_eq!(find(&items, check).status, Status::Pass);
+    // The role as an older meshctl wrote it, and the API server's answer for it.
+    let older = || {
         let rules: Vec<Value> = crate::mesh::gateway::gateway_rules()
             .as_array()
             .unwrap()
             .iter()
-            .filter(|r| r["apiGroups"][0] != group)
+            .filter(|r| r["apiGroups"][0] != "security.istio.io")
             .cloned()
             .collect();
         Some(Ok(json!({"rules": rules})))
     };
-    let items = with_role(without("security.istio.io"));
+    let items = judged(&|f| {
+        f.gateway_role = older();
+        f.gateway_denied = denied("security.istio.io", "peerauthentications");
+    });
     let i = find(&items, check);
     assert_eq!(i.status, Status::Warn, "{i:?}");
     assert!(
-        i.detail
-            .contains("get, list, watch peerauthentications.security.istio.io"),
+        i.detail.contains(
+            "istio-system/istio-eastwestgateway may not list, watch peerauthentications.security.istio.io"
+        ),
         "{i:?}"
     );
     let hint = i.hint.as_deref().unwrap();
     assert!(
-        hint.contains("kubectl --context west -n istio-system patch clusterrole meshctl-eastwestgateway-istio-system --type=json -p '[{\"op\":\"add\",\"path\":\"/rules/-\""),
+        hint.contains("kubectl --context west -n istio-system patch clusterrole meshctl-eastwestgateway-istio-system --type=json -p '[{\"op\":\"add\",\"path\":\"/rules/-\",\"value\":{\"apiGroups\":[\"security.istio.io\"],\"resources\":[\"peerauthentications\"],\"verbs\":[\"list\",\"watch\"]}}]'"),
         "{hint}"
     );
-    let items = with_role(without(""));
+    let items = judged(&|f| f.gateway_denied = denied("", "services"));
     let i = find(&items, check);
     assert_eq!(i.status, Status::Fail, "{i:?}");
-    assert!(i.detail.contains("list, watch services"), "{i:?}");
-    // The binding: missing, or binding another account, fails; unreadable leaves the rest.
-    let with_binding = |binding: Option<Result<Value, String>>| {
-        let mut f = healthy();
-        f.gateway_binding = binding;
-        judge(&f, None).0
+    assert!(i.detail.contains("may not list, watch services"), "{i:?}");
+    // The binding's fixes: made, made again (a roleRef cannot change), or the account added.
+    let binding = |edit: &dyn Fn(&mut Value)| {
+        let mut b = healthy().gateway_binding.unwrap().unwrap();
+        edit(&mut b);
+        Some(Ok(b))
     };
-    let items = with_binding(None);
-    let i = find(&items, check);
-    assert_eq!(i.status, Status::Fail, "{i:?}");
-    assert!(i.detail.contains("no ClusterRoleBinding"), "{i:?}");
-    assert!(
-        i.hint.as_deref().unwrap().contains("create clusterrolebinding meshctl-eastwestgateway-istio-system --clusterrole=meshctl-eastwestgateway-istio-system --serviceaccount=istio-system:istio-eastwestgateway"),
-        "{i:?}"
+    let role = "meshctl-eastwestgateway-istio-system";
+    let create = format!(
+        "create clusterrolebinding {role} --clusterrole={role} --serviceaccount=istio-system:istio-eastwestgateway"
     );
-    let mut other = healthy().gateway_binding.unwrap().unwrap();
-    other["subjects"][0]["namespace"] = json!("default");
-    let items = with_binding(Some(Ok(other)));
-    let i = find(&items, check);
-    assert_eq!(i.status, Status::Fail, "{i:?}");
-    assert!(i.detail.contains("does not bind"), "{i:?}");
-    let items = with_binding(Some(Err("403".into())));
-    assert_eq!(find(&items, check).status, Status::Pass);
-    for (role, why) in [
-        (None, "no ClusterRole meshctl-eastwestgateway-istio-system"),
+    let cases: [(Option<Result<Value, String>>, String); 3] = [
+        (None, format!("-n istio-system {create}")),
         (
-            Some(Err("403 Forbidden".into())),
-            "not readable: 403 Forbidden",
+            binding(&|b| b["roleRef"]["name"] = json!("view")),
+            format!("delete clusterrolebinding {role} && kubectl {create}"),
         ),
-    ] {
-        let items = with_role(role);
+        (
+            binding(&|b| b["subjects"][0]["namespace"] = json!("default")),
+            format!(
+                "patch clusterrolebinding {role} --type=json -p '[{{\"op\":\"add\",\"path\":\"/subjects/-\""
+            ),
+        ),
+    ];
+    for (b, want) in cases {
+        let items = judged(&|f| {
+            f.gateway_binding = b.clone();
+            f.gateway_denied = denied("", "pods");
+        });
+        let i = find(&items, check);
+        assert_eq!(i.status, Status::Fail, "{i:?}");
+        assert!(i.hint.as_deref().unwrap().contains(&want), "{want}: {i:?}");
+    }
+    // Another binding granting everything: the answer counts, not this role's rules.
+    let items = judged(&|f| f.gateway_role = older());
+    assert_eq!(find(&items, check).status, Status::Pass);
+    type Edit<'a> = &'a dyn Fn(&mut ClusterFacts);
+    let skipped: [(Edit, &str); 3] = [
+        (
+            &|f| f.gateway_role = None,
+            "no ClusterRole meshctl-eastwestgateway-istio-system",
+        ),
+        (
+            &|f| f.gateway_role = Some(Err("403 Forbidden".into())),
+            "not readable (403 Forbidden): run check with a context that may get clusterroles",
+        ),
+        (
+            &|f| f.gateway_denied = Some(Err("403".into())),
+            "may create subjectaccessreviews.authorization.k8s.io",
+        ),
+    ];
+    for (edit, why) in skipped {
+        let items = judged(edit);
         let i = find(&items, check);
         assert_eq!(i.status, Status::Skip, "{i:?}");
-        assert!(i.detail.contains(why), "{i:?}");
+        assert!(i.detail.contains(why), "{why}: {i:?}");
     }
 }
 
