@@ -2,10 +2,14 @@
 //! waiting for them to listen, scene headers, and the closing tally of checks.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use rustix::process::{PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 use testkit::proc::ChildGuard;
 
 /// A started binary, killed when dropped; its stderr goes to `log`.
@@ -54,34 +58,79 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// The commands scenes wait on ([`output`]), by pidfd (no pid reuse can redirect a signal).
+static WAITED_ON: Mutex<Vec<(u32, OwnedFd)>> = Mutex::new(Vec::new());
+
+/// `cmd.output()` (stdin closed, stdout and stderr captured), for a scene: while it waits,
+/// a signal stopping the demo is passed on to the command, so the scene does not hold the
+/// demo until the command ends on its own (a scene blocks its thread on it).
+pub fn output(cmd: &mut Command) -> std::io::Result<Output> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let id = child.id();
+    let pid = rustix::process::Pid::from_child(&child);
+    if let Ok(fd) = pidfd_open(pid, PidfdFlags::empty()) {
+        lock_waited().push((id, fd));
+    }
+    let out = child.wait_with_output();
+    lock_waited().retain(|(waited, _)| *waited != id);
+    out
+}
+
+fn lock_waited() -> std::sync::MutexGuard<'static, Vec<(u32, OwnedFd)>> {
+    WAITED_ON.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Runs a demo's scenes until they end or the user stops the demo. Stopping drops the scenes,
-/// which kills the processes they started, and is an [`Interrupted`] error.
+/// which kills the processes they started, and is an [`Interrupted`] error. The signals are
+/// watched on a worker thread (the runtime must be multi-threaded): a scene may block its
+/// thread on a command, which is then sent the same signal ([`output`]).
 pub async fn until_interrupted(
     scenes: impl std::future::Future<Output = Result<()>>,
 ) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    // Installed before the first scene runs (a scene may block its thread on a command).
+    // Installed before the first scene runs.
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    let mut signalled = async || {
-        tokio::select! {
-            _ = int.recv() => Interrupted("SIGINT"),
-            _ = term.recv() => Interrupted("SIGTERM"),
-            _ = hangup.recv() => Interrupted("SIGHUP"),
+    let (tx, mut stopped) = tokio::sync::oneshot::channel();
+    let watcher = tokio::spawn(async move {
+        let mut tx = Some(tx);
+        // Every signal reaches the commands waited on then (one started after the first
+        // signal gets the next).
+        loop {
+            let (why, sig) = tokio::select! {
+                _ = int.recv() => (Interrupted("SIGINT"), Signal::INT),
+                _ = term.recv() => (Interrupted("SIGTERM"), Signal::TERM),
+                _ = hangup.recv() => (Interrupted("SIGHUP"), Signal::HUP),
+            };
+            for (_, fd) in lock_waited().iter() {
+                let _ = pidfd_send_signal(fd, sig);
+            }
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(why);
+            }
         }
-    };
+    });
     let result = tokio::select! {
         r = scenes => r,
-        why = signalled() => return Err(why.into()),
+        Ok(why) = &mut stopped => Err(why.into()),
     };
-    // Ctrl-C in a terminal signals the whole process group: the command a scene waited on
-    // dies of it too, and the scene's error can come before the runtime has seen the signal.
-    if result.is_err()
-        && let Ok(why) = tokio::time::timeout(SIGNAL_GRACE, signalled()).await
-    {
-        return Err(why.into());
-    }
+    // The command a scene waited on can die of the signal (Ctrl-C in a terminal signals the
+    // whole process group) before the watcher has told: the scene's error waits briefly.
+    let result = match result {
+        Err(e) if e.downcast_ref::<Interrupted>().is_none() => {
+            match tokio::time::timeout(SIGNAL_GRACE, &mut stopped).await {
+                Ok(Ok(why)) => Err(why.into()),
+                _ => Err(e),
+            }
+        }
+        r => r,
+    };
+    watcher.abort();
     result
 }
 

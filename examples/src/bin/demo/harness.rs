@@ -31,9 +31,7 @@ impl Demo {
             .map(|a| a.replace(self.work.to_str().unwrap_or(""), "$WORK"))
             .collect();
         println!("  $ {tool} {}", shown.join(" "));
-        let out = Command::new(self.tool(tool))
-            .args(args)
-            .output()
+        let out = examples::stage::output(Command::new(self.tool(tool)).args(args))
             .with_context(|| format!("running {tool}"))?;
         if !out.status.success() {
             bail!(

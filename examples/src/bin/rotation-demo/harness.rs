@@ -44,12 +44,12 @@ impl Demo {
             format!("KUBECONFIG={} ", self.shown(kubeconfig))
         };
         println!("  $ {env}meshctl {}", shown.join(" "));
-        let out = Command::new(self.bin.join("meshctl"))
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .stdin(Stdio::null())
-            .output()
-            .context("running meshctl")?;
+        let out = examples::stage::output(
+            Command::new(self.bin.join("meshctl"))
+                .args(args)
+                .env("KUBECONFIG", kubeconfig),
+        )
+        .context("running meshctl")?;
         Ok(Out {
             ok: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -106,12 +106,12 @@ impl Demo {
 
     /// Runs a short-lived tool (not meshctl) without echoing it.
     pub fn quiet(&self, tool: &str, args: &[&str]) -> Result<Out> {
-        let out = Command::new(self.bin.join(tool))
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running {tool}"))?;
+        let out = examples::stage::output(
+            Command::new(self.bin.join(tool))
+                .args(args)
+                .env_remove("KUBECONFIG"),
+        )
+        .with_context(|| format!("running {tool}"))?;
         Ok(Out {
             ok: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
