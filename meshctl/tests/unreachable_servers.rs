@@ -171,12 +171,12 @@ async fn each_cause_is_named_with_its_fix() {
         ),
         (
             "cut",
-            "the connection was closed before an answer came",
+            "the connection was closed before a whole answer came: the server, or a proxy, load balancer or firewall between, dropped it: tls handshake eof",
             "not a load balancer or proxy that filters TLS",
         ),
         (
             "reset",
-            "the connection was closed before an answer came",
+            "the connection was closed before a whole answer came: the server, or a proxy, load balancer or firewall between, dropped it: Connection reset by peer",
             "not a load balancer or proxy that filters TLS",
         ),
     ];

@@ -38,8 +38,9 @@ pub fn error_text(e: &kube::Error) -> String {
             text
         }
         other if let Some(u) = unreached(other) => {
-            // The resolver's own words say which failure (no such name, no server).
-            if u == Unreached::NoSuchHost {
+            // The resolver's own words say which failure (no such name, no server); the TLS
+            // stack's or the kernel's, how a connection was dropped (a handshake cut, a reset).
+            if matches!(u, Unreached::NoSuchHost | Unreached::Dropped) {
                 format!("{}: {}", u.text(), innermost(other))
             } else {
                 u.text()

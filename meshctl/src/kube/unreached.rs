@@ -175,8 +175,8 @@ impl Unreached {
             Unreached::NotTls => "what answers at that address does not speak TLS (a plain-HTTP \
                  port, or another service)"
                 .into(),
-            Unreached::Dropped => "the connection was closed before an answer came: the server, \
-                 or a proxy, load balancer or firewall between, dropped it"
+            Unreached::Dropped => "the connection was closed before a whole answer came: the \
+                 server, or a proxy, load balancer or firewall between, dropped it"
                 .into(),
         }
     }
