@@ -261,6 +261,61 @@ async fn a_rule_namespace_it_may_not_read_is_left_out_not_every_rule() {
     .await;
 }
 
+/// A rule namespace left out for a 403 is listed again every recheck: granted later, its
+/// rules apply without a restart. Here the root namespace's DestinationRule gives catalog
+/// its subset once the gateway may read it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_namespace_granted_later_is_watched_without_a_restart() {
+    let (api, _b, kubeconfig) = cluster("destinationrules").await;
+    let st = api.store();
+    let rbac = "rbac.authorization.k8s.io";
+    let grant = |ns: &str| {
+        let role = json!({"apiVersion": format!("{rbac}/v1"), "kind": "Role",
+            "metadata": {"name": "rules", "namespace": ns},
+            "rules": [{"apiGroups": ["networking.istio.io"], "resources": ["destinationrules"],
+                "verbs": ["get", "list", "watch"]}]});
+        let binding = json!({"apiVersion": format!("{rbac}/v1"), "kind": "RoleBinding",
+            "metadata": {"name": "rules", "namespace": ns},
+            "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "rules"},
+            "subjects": [{"kind": "ServiceAccount", "name": SA.1, "namespace": SA.0}]});
+        (role, binding)
+    };
+    let (role, binding) = grant(NS);
+    st.create(role).unwrap();
+    st.create(binding).unwrap();
+    st.create(k8s::destination_rule(
+        SA.0,
+        "catalog",
+        CATALOG,
+        &[("root", &[])],
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, &kubeconfig).unwrap();
+    let cfg = kube_path_config(path, |o| {
+        o.namespaces = vec![NS.into()];
+        o.crd_recheck = Duration::from_millis(200);
+    });
+    let bound = gateway::app::build(cfg).await.unwrap();
+    let listen = bound.listen_addr;
+    eventually("catalog served", TIMEOUT, || async move {
+        call(listen, &sni(80, "", CATALOG)).await.is_ok()
+    })
+    .await;
+    assert!(call(listen, &sni(80, "root", CATALOG)).await.is_err());
+    let (role, binding) = grant(SA.0);
+    st.create(role).unwrap();
+    st.create(binding).unwrap();
+    eventually(
+        "the root namespace's rule applies",
+        TIMEOUT,
+        || async move { call(listen, &sni(80, "root", CATALOG)).await.is_ok() },
+    )
+    .await;
+    drop(bound);
+}
+
 /// Without the PeerAuthentication grant routes are served as if no policy disabled mTLS
 /// anywhere, and the log names what that means and the grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,6 +104,19 @@ impl<T> Watched<T> {
         self.streams.iter().all(|s| s.synced)
     }
 
+    /// Adds watch number `stream` (the next one), synced while it is empty: what it lists
+    /// adds to the contents without holding back a table. False if `stream` is not next.
+    pub fn add_synced(&mut self, stream: usize) -> bool {
+        if stream != self.streams.len() {
+            return false;
+        }
+        self.streams.push(Cache {
+            synced: true,
+            ..Cache::default()
+        });
+        true
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&ObjKey, &T)> {
         self.streams.iter().flat_map(|s| s.items.iter())
     }
@@ -131,6 +144,24 @@ mod tests {
             obj,
             initial: false,
         })
+    }
+
+    #[test]
+    fn an_added_stream_holds_nothing_back_and_lists_into_the_contents() {
+        let mut w: Watched<u32> = Watched::new(1);
+        w.streams[0].apply(Update::Init);
+        w.streams[0].apply(Update::InitDone);
+        assert!(!w.add_synced(2), "only the next stream");
+        assert!(w.add_synced(1));
+        assert!(w.synced() && w.len() == 0);
+        w.streams[1].apply(Update::Init);
+        w.streams[1].apply(Update::Apply {
+            key: k("root", "r"),
+            obj: Some(7),
+            initial: true,
+        });
+        assert!(w.streams[1].apply(Update::InitDone), "its list is a change");
+        assert_eq!(w.get(&k("root", "r")), Some(&7));
     }
 
     #[test]

@@ -73,6 +73,16 @@ impl Crd {
         }
     }
 
+    /// What the type's watches are for, as their start is logged.
+    fn watched_for(self) -> &'static str {
+        match self {
+            Crd::DestinationRule => "DestinationRules for subsets",
+            Crd::PeerAuthentication => "PeerAuthentications for mTLS modes",
+            Crd::Gateway => "Gateways (gateway.networking.k8s.io/v1) for waypoints",
+            Crd::GatewayClass => "GatewayClasses for their waypoints' traffic type",
+        }
+    }
+
     /// What the table lacks while the type is not served.
     pub fn without(self) -> &'static str {
         match self {
@@ -170,10 +180,12 @@ impl CrdWatch {
 
     /// Where Istio's rules of type `ar` are watched: [`CrdWatch::rule_namespaces`], less the
     /// namespaces added to `--namespace` that the gateway may not list (a per-namespace Role
-    /// that leaves them out). A 403 on any watch of a type stops all of them, so one such
-    /// namespace would cost every rule; it is left out instead, named with its grant.
-    async fn readable_rule_namespaces(&self, ar: &ApiResource) -> Vec<String> {
+    /// that leaves them out), which come second. A 403 on any watch of a type stops all of
+    /// them, so one such namespace would cost every rule; it is left out instead, named with
+    /// its grant, until [`CrdWatch::widen`] finds it readable.
+    async fn readable_rule_namespaces(&self, ar: &ApiResource) -> (Vec<String>, Vec<String>) {
         let mut out = self.namespaces.clone();
+        let mut left_out = Vec::new();
         let added = self
             .rule_namespaces
             .iter()
@@ -181,16 +193,20 @@ impl CrdWatch {
         for ns in added {
             let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, ar);
             match list_one(&api).await {
-                Err(Some(kube::Error::Api(s))) if s.code == 403 => tracing::warn!(
-                    namespace = %ns,
-                    resource = self.crd.kind().resource(),
-                    "the gateway may not list {} in namespace {ns} (403 Forbidden), where istiod reads rules for every proxy: they are not seen; grant get, list and watch on them there, then restart the gateway (this is checked only when the watch of the type starts)",
-                    self.crd.kind().resource()
-                ),
+                Err(Some(kube::Error::Api(s))) if s.code == 403 => {
+                    tracing::warn!(
+                        namespace = %ns,
+                        resource = self.crd.kind().resource(),
+                        recheck = ?self.recheck,
+                        "the gateway may not list {} in namespace {ns} (403 Forbidden), where istiod reads rules for every proxy: they are not seen; grant get, list and watch on them there (checked again every recheck)",
+                        self.crd.kind().resource()
+                    );
+                    left_out.push(ns.clone());
+                }
                 _ => out.push(ns.clone()),
             }
         }
-        out
+        (out, left_out)
     }
 
     /// The probes of the watches, and what starts them.
@@ -200,16 +216,17 @@ impl CrdWatch {
         generation: u64,
     ) -> (Vec<Probe>, impl FnOnce() + use<>) {
         let gone = Some((self.crd, generation));
-        let (client, namespaces, watches) = (
-            self.client.clone(),
-            self.namespaces.clone(),
-            self.watches.clone(),
-        );
-        let rule_namespaces = match self.crd {
+        // The generation's own stop: a 404 or 403 on any of its watches ends all of them.
+        let watches = Watches {
+            stop: self.watches.stop.child_token(),
+            ..self.watches.clone()
+        };
+        let (client, namespaces) = (self.client.clone(), self.namespaces.clone());
+        let (rule_namespaces, left_out) = match self.crd {
             Crd::DestinationRule | Crd::PeerAuthentication => {
                 self.readable_rule_namespaces(ar).await
             }
-            Crd::Gateway | Crd::GatewayClass => Vec::new(),
+            Crd::Gateway | Crd::GatewayClass => (Vec::new(), Vec::new()),
         };
         let (crd, domain, ar) = (self.crd, self.domain.clone(), ar.clone());
         let probes = match crd {
@@ -229,57 +246,101 @@ impl CrdWatch {
                 WatchedApi::GatewayClass,
             ),
         };
-        let spawn = move || match crd {
-            Crd::DestinationRule => {
-                let namespaces = super::namespaces_field(&rule_namespaces);
-                tracing::info!(version = %ar.version, %namespaces, "watching DestinationRules for subsets");
-                spawn_watches(
-                    &watches,
-                    crd.kind(),
-                    watch::every(&dyn_apis(&client, &rule_namespaces, &ar)),
-                    move |dr: &kube::api::DynamicObject| {
-                        project::project_destination_rule(dr, &domain)
-                    },
-                    move |stream, update| Msg::Rule(generation, stream, update),
-                    gone,
-                );
+        let widen = (!left_out.is_empty()).then(|| {
+            let this = CrdWatch {
+                watches: watches.clone(),
+                ..self.clone()
+            };
+            this.widen(ar.clone(), generation, left_out, probes.len())
+        });
+        let spawn = move || {
+            match crd {
+                Crd::DestinationRule | Crd::PeerAuthentication => {
+                    let namespaces = super::namespaces_field(&rule_namespaces);
+                    tracing::info!(version = %ar.version, %namespaces, "watching {}", crd.watched_for());
+                    let rules = (0, watch::every(&dyn_apis(&client, &rule_namespaces, &ar)));
+                    spawn_rule_watches(&watches, crd, generation, &domain, rules);
+                }
+                Crd::Gateway => {
+                    tracing::info!("watching {}", crd.watched_for());
+                    spawn_watches(
+                        &watches,
+                        crd.kind(),
+                        (
+                            0,
+                            watch::every(&apis::<GatewayObject>(&client, &namespaces)),
+                        ),
+                        project_gateway,
+                        move |stream, update| Msg::Waypoint(generation, stream, update),
+                        gone,
+                    );
+                }
+                Crd::GatewayClass => {
+                    tracing::info!("watching {}", crd.watched_for());
+                    spawn_watches(
+                        &watches,
+                        crd.kind(),
+                        (
+                            0,
+                            watch::every(&[Api::<GatewayClassObject>::all(client.clone())]),
+                        ),
+                        project_gateway_class,
+                        move |stream, update| Msg::GatewayClass(generation, stream, update),
+                        gone,
+                    );
+                }
             }
-            Crd::PeerAuthentication => {
-                let namespaces = super::namespaces_field(&rule_namespaces);
-                tracing::info!(version = %ar.version, %namespaces, "watching PeerAuthentications for mTLS modes");
-                spawn_watches(
-                    &watches,
-                    crd.kind(),
-                    watch::every(&dyn_apis(&client, &rule_namespaces, &ar)),
-                    peer_auth::project_peer_authentication,
-                    move |stream, update| Msg::PeerAuth(generation, stream, update),
-                    gone,
-                );
-            }
-            Crd::Gateway => {
-                tracing::info!("watching Gateways (gateway.networking.k8s.io/v1) for waypoints");
-                spawn_watches(
-                    &watches,
-                    crd.kind(),
-                    watch::every(&apis::<GatewayObject>(&client, &namespaces)),
-                    project_gateway,
-                    move |stream, update| Msg::Waypoint(generation, stream, update),
-                    gone,
-                );
-            }
-            Crd::GatewayClass => {
-                tracing::info!("watching GatewayClasses for their waypoints' traffic type");
-                spawn_watches(
-                    &watches,
-                    crd.kind(),
-                    watch::every(&[Api::<GatewayClassObject>::all(client.clone())]),
-                    project_gateway_class,
-                    move |stream, update| Msg::GatewayClass(generation, stream, update),
-                    gone,
-                );
+            if let Some(widen) = widen {
+                tokio::spawn(widen);
             }
         };
         (probes, spawn)
+    }
+
+    /// Every `recheck` while generation `generation` runs, lists each rule namespace left
+    /// out for a 403 again; one that answers gets its watch as stream `next` (and on), the
+    /// task told first, so a grant made after the start needs no restart.
+    async fn widen(
+        self,
+        ar: ApiResource,
+        generation: u64,
+        mut left_out: Vec<String>,
+        mut next: usize,
+    ) {
+        let every = self.recheck.max(Duration::from_millis(100));
+        let kind = self.crd.kind();
+        while !left_out.is_empty() {
+            tokio::select! {
+                _ = self.watches.stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let mut still = Vec::new();
+            for ns in left_out {
+                let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &ns, &ar);
+                if list_one(&api).await.is_err() {
+                    still.push(ns);
+                    continue;
+                }
+                let mut probe = probes(std::slice::from_ref(&api), |api| {
+                    WatchedApi::Dynamic(kind, api)
+                });
+                probe[0].stream = next;
+                let added = Msg::RuleStreamAdded(self.crd, generation, probe.remove(0));
+                if self.watches.tx.send(added).await.is_err() {
+                    return;
+                }
+                tracing::info!(namespace = %ns, "namespace {ns} may be read now: watching {} there too", self.crd.watched_for());
+                spawn_rule_watches(
+                    &self.watches,
+                    self.crd,
+                    generation,
+                    &self.domain,
+                    (next, vec![(api, None)]),
+                );
+                next += 1;
+            }
+            left_out = still;
+        }
     }
 
     /// Looks for the CRD every `recheck` until it is served (installed, or restored, after
@@ -302,5 +363,39 @@ impl CrdWatch {
                 return;
             }
         }
+    }
+}
+
+/// The watches of Istio's rules (DestinationRules or PeerAuthentications) of one generation,
+/// numbered from `first`.
+fn spawn_rule_watches(
+    watches: &Watches,
+    crd: Crd,
+    generation: u64,
+    domain: &str,
+    rules: (usize, Vec<watch::Selected<DynamicObject>>),
+) {
+    let gone = Some((crd, generation));
+    match crd {
+        Crd::DestinationRule => {
+            let domain = domain.to_string();
+            spawn_watches(
+                watches,
+                crd.kind(),
+                rules,
+                move |dr: &DynamicObject| project::project_destination_rule(dr, &domain),
+                move |stream, update| Msg::Rule(generation, stream, update),
+                gone,
+            );
+        }
+        Crd::PeerAuthentication => spawn_watches(
+            watches,
+            crd.kind(),
+            rules,
+            peer_auth::project_peer_authentication,
+            move |stream, update| Msg::PeerAuth(generation, stream, update),
+            gone,
+        ),
+        Crd::Gateway | Crd::GatewayClass => {}
     }
 }

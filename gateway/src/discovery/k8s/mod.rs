@@ -157,7 +157,7 @@ impl KubeSource {
         spawn_watches(
             &watches,
             Kind::Service,
-            every(&services),
+            (0, every(&services)),
             project::project_service,
             Msg::Service,
             None,
@@ -170,7 +170,7 @@ impl KubeSource {
         spawn_watches(
             &watches,
             Kind::EndpointSlice,
-            slices,
+            (0, slices),
             move |s: &EndpointSlice| project::project_slice(s, &slice_interner),
             Msg::Slice,
             None,
@@ -180,7 +180,7 @@ impl KubeSource {
         spawn_watches(
             &watches,
             Kind::Pod,
-            every(&pods),
+            (0, every(&pods)),
             move |p: &PartialObjectMeta<Pod>| project::project_pod(p, &interner),
             Msg::Pod,
             None,
@@ -191,7 +191,7 @@ impl KubeSource {
         spawn_watches(
             &watches,
             Kind::Namespace,
-            namespace_watches,
+            (0, namespace_watches),
             project::project_namespace,
             Msg::Namespace,
             None,

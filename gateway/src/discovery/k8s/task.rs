@@ -204,6 +204,24 @@ impl ModelTask {
                 }
                 return false;
             }
+            Msg::RuleStreamAdded(crd, generation, probe) => {
+                if generation == self.generations[slot(crd)] {
+                    // Synced while empty: the new namespace's rules are not waited for.
+                    let added = match crd {
+                        Crd::DestinationRule => {
+                            m.rules.as_mut().map(|w| w.add_synced(probe.stream))
+                        }
+                        Crd::PeerAuthentication => {
+                            m.peer_auths.as_mut().map(|w| w.add_synced(probe.stream))
+                        }
+                        Crd::Gateway | Crd::GatewayClass => None,
+                    };
+                    if added == Some(true) {
+                        self.probes.push(probe);
+                    }
+                }
+                return false;
+            }
             Msg::CrdGone(crd, generation, why) => return self.crd_gone(crd, generation, why),
             Msg::WatchError(kind, stream) => {
                 h.failed((kind, stream), Instant::now());

@@ -41,6 +41,9 @@ pub(super) enum Msg {
     GatewayClass(u64, usize, Update<ClassInfo>),
     /// An optional type is served; its watches start after this message.
     CrdStarted(Crd, u64, Vec<Probe>),
+    /// A rule namespace left out for a 403 may be read now: its watch (the probe's stream)
+    /// starts after this message.
+    RuleStreamAdded(Crd, u64, Probe),
     /// An optional type is no longer served, or may not be read.
     CrdGone(Crd, u64, Gone),
     WatchError(Kind, usize),
@@ -122,16 +125,16 @@ pub(super) fn every<K: Clone>(apis: &[Api<K>]) -> Vec<Selected<K>> {
 }
 
 /// Starts one watch of type `kind` per entry (one per namespace, or one for all), numbered
-/// from 0 as [`probes`](super::probe::probes) numbers their probes. Each projects its objects
-/// with `project` and sends them as `wrap(stream, update)`.
+/// from `first` as [`probes`](super::probe::probes) numbers their probes. Each projects its
+/// objects with `project` and sends them as `wrap(stream, update)`.
 ///
-/// A type that may stop being served (a CRD) passes `gone`, its type and generation: when
-/// one of its watches gets a 404 or a 403, every watch of this call stops and the task is
-/// sent [`Msg::CrdGone`] saying which.
+/// A type that may stop being served (a CRD) passes `gone`, its type and generation, and a
+/// `to` whose stop is that generation's own: when one of its watches gets a 404 or a 403,
+/// every watch of the generation stops and the task is sent [`Msg::CrdGone`] saying which.
 pub(super) fn spawn_watches<K, T, P, W>(
     to: &Watches,
     kind: Kind,
-    watches: Vec<Selected<K>>,
+    (first, watches): (usize, Vec<Selected<K>>),
     project: P,
     wrap: W,
     gone: Option<(Crd, u64)>,
@@ -141,12 +144,8 @@ pub(super) fn spawn_watches<K, T, P, W>(
     P: Fn(&K) -> Option<T> + Clone + Send + 'static,
     W: Fn(usize, Update<T>) -> Msg + Clone + Send + 'static,
 {
-    // Ends every watch of this call when one finds its type gone.
-    let these = Watches {
-        stop: to.stop.child_token(),
-        ..to.clone()
-    };
-    for (stream, (api, fields)) in watches.into_iter().enumerate() {
+    let these = to.clone();
+    for (stream, (api, fields)) in (first..).zip(watches) {
         let mut config = watcher::Config::default().any_semantic();
         if let Some(fields) = &fields {
             config = config.fields(fields);
