@@ -204,6 +204,16 @@ fn role_fix(installed: &Value, role: &str, denied: &[Ungranted], kubectl: &str) 
     )
 }
 
+/// The rules `gateway install` wrote before 2026-12-07 (without PeerAuthentications).
+#[cfg(test)]
+pub fn rules_before_peer_authentications() -> Value {
+    let mut rules = crate::mesh::gateway::gateway_rules();
+    if let Some(r) = rules.as_array_mut() {
+        r.retain(|r| r["apiGroups"][0] != "security.istio.io");
+    }
+    rules
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,14 +260,7 @@ mod tests {
 
     #[test]
     fn an_older_role_lacks_peer_authentications_only() {
-        let older: Vec<Value> = gateway_rules()
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["apiGroups"][0] != "security.istio.io")
-            .cloned()
-            .collect();
-        let missing = lacking(&Value::Array(older), &reads());
+        let missing = lacking(&rules_before_peer_authentications(), &reads());
         assert_eq!(missing.len(), 1, "{missing:?}");
         assert_eq!(missing[0].name(), "peerauthentications.security.istio.io");
         assert!(!missing[0].required());

@@ -131,13 +131,7 @@ fn the_gateway_account_is_judged_by_the_api_servers_answers() {
     assert_eq!(find(&items, check).status, Status::Pass);
     // The role as an older meshctl wrote it, and the API server's answer for it.
     let older = || {
-        let rules: Vec<Value> = crate::mesh::gateway::gateway_rules()
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["apiGroups"][0] != "security.istio.io")
-            .cloned()
-            .collect();
+        let rules = super::gateway_grants::rules_before_peer_authentications();
         Some(Ok(json!({"rules": rules})))
     };
     let items = judged(&|f| {
