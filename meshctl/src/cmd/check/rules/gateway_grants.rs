@@ -109,10 +109,8 @@ pub fn gateway_grants(r: &mut Report, scope: &str, f: &ClusterFacts, inv: &Invoc
         .collect::<Vec<_>>()
         .join("; ");
     let kubectl = inv.kubectl(&f.context);
-    let hint = match binding_fix(f, &role) {
-        Some(fix) => format!("{kubectl} {fix}"),
-        None => role_fix(installed, &role, denied, &kubectl),
-    };
+    let hint = binding_fix(f, &role, &kubectl)
+        .unwrap_or_else(|| role_fix(installed, &role, denied, &kubectl));
     if denied.iter().any(Ungranted::required) {
         let detail = format!(
             "{account} may not {list}: the gateway cannot watch the endpoints it routes to"
@@ -126,12 +124,13 @@ pub fn gateway_grants(r: &mut Report, scope: &str, f: &ClusterFacts, inv: &Invoc
     }
 }
 
-/// The kubectl command (after `kubectl …`) that binds the role to the gateway's account as
-/// `gateway install` does, when its ClusterRoleBinding is missing or binds something else;
-/// `None` when it is right or could not be read.
-fn binding_fix(f: &ClusterFacts, role: &str) -> Option<String> {
+/// The kubectl commands (each starting with `kubectl`, the cluster's context and flags) that
+/// bind the role to the gateway's account as `gateway install` does, when its
+/// ClusterRoleBinding is missing or binds something else; `None` when it is right or could
+/// not be read.
+fn binding_fix(f: &ClusterFacts, role: &str, kubectl: &str) -> Option<String> {
     let create = format!(
-        "create clusterrolebinding {role} --clusterrole={role} --serviceaccount={}:{GATEWAY_NAME}",
+        "{kubectl} create clusterrolebinding {role} --clusterrole={role} --serviceaccount={}:{GATEWAY_NAME}",
         f.ns
     );
     let binding = match &f.gateway_binding {
@@ -142,7 +141,7 @@ fn binding_fix(f: &ClusterFacts, role: &str) -> Option<String> {
     // A binding's roleRef cannot be changed: it is made again.
     if binding["roleRef"]["kind"] != "ClusterRole" || binding["roleRef"]["name"] != role {
         return Some(format!(
-            "delete clusterrolebinding {role} && kubectl {create}"
+            "{kubectl} delete clusterrolebinding {role} && {create}"
         ));
     }
     let bound = binding["subjects"].as_array().is_some_and(|s| {
@@ -162,7 +161,7 @@ fn binding_fix(f: &ClusterFacts, role: &str) -> Option<String> {
         json!([{"op": "add", "path": "/subjects", "value": [subject]}])
     };
     Some(format!(
-        "patch clusterrolebinding {role} --type=json -p {}",
+        "{kubectl} patch clusterrolebinding {role} --type=json -p {}",
         shell_word(&patch.to_string())
     ))
 }

@@ -165,16 +165,18 @@ fn the_gateway_account_is_judged_by_the_api_servers_answers() {
     let create = format!(
         "create clusterrolebinding {role} --clusterrole={role} --serviceaccount=istio-system:istio-eastwestgateway"
     );
+    // Every command of a hint names the cluster's context.
+    let kubectl = "kubectl --context west -n istio-system";
     let cases: [(Option<Result<Value, String>>, String); 3] = [
-        (None, format!("-n istio-system {create}")),
+        (None, format!("{kubectl} {create}")),
         (
             binding(&|b| b["roleRef"]["name"] = json!("view")),
-            format!("delete clusterrolebinding {role} && kubectl {create}"),
+            format!("{kubectl} delete clusterrolebinding {role} && {kubectl} {create}"),
         ),
         (
             binding(&|b| b["subjects"][0]["namespace"] = json!("default")),
             format!(
-                "patch clusterrolebinding {role} --type=json -p '[{{\"op\":\"add\",\"path\":\"/subjects/-\""
+                "{kubectl} patch clusterrolebinding {role} --type=json -p '[{{\"op\":\"add\",\"path\":\"/subjects/-\""
             ),
         ),
     ];
