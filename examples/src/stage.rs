@@ -58,13 +58,33 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
-/// The commands scenes wait on ([`output`]), by pidfd (no pid reuse can redirect a signal).
-static WAITED_ON: Mutex<Vec<(u32, OwnedFd)>> = Mutex::new(Vec::new());
+/// The commands scenes wait on ([`output`]), by pidfd (no pid reuse can redirect a signal),
+/// and the signal that stopped the demo, once one did.
+struct WaitedOn {
+    stopped_by: Option<Signal>,
+    commands: Vec<(u32, OwnedFd)>,
+}
+
+static WAITED_ON: Mutex<WaitedOn> = Mutex::new(WaitedOn {
+    stopped_by: None,
+    commands: Vec::new(),
+});
 
 /// `cmd.output()` (stdin closed, stdout and stderr captured), for a scene: while it waits,
 /// a signal stopping the demo is passed on to the command, so the scene does not hold the
-/// demo until the command ends on its own (a scene blocks its thread on it).
+/// demo until the command ends on its own (a scene blocks its thread on it). Once the demo
+/// was signalled, no command starts (an `Interrupted` error), and one started meanwhile is
+/// sent the signal at once.
 pub fn output(cmd: &mut Command) -> std::io::Result<Output> {
+    let stopped = || {
+        std::io::Error::new(
+            std::io::ErrorKind::Interrupted,
+            "not run: the demo is stopping",
+        )
+    };
+    if lock_waited().stopped_by.is_some() {
+        return Err(stopped());
+    }
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -72,15 +92,23 @@ pub fn output(cmd: &mut Command) -> std::io::Result<Output> {
         .spawn()?;
     let id = child.id();
     let pid = rustix::process::Pid::from_child(&child);
-    if let Ok(fd) = pidfd_open(pid, PidfdFlags::empty()) {
-        lock_waited().push((id, fd));
+    match pidfd_open(pid, PidfdFlags::empty()) {
+        Ok(fd) => {
+            let mut waited = lock_waited();
+            if let Some(sig) = waited.stopped_by {
+                let _ = pidfd_send_signal(&fd, sig);
+            }
+            waited.commands.push((id, fd));
+        }
+        // A kernel without pidfds (before 5.3): the command runs to its end.
+        Err(e) => eprintln!("(a signal to the demo will not reach {id}: pidfd_open: {e})"),
     }
     let out = child.wait_with_output();
-    lock_waited().retain(|(waited, _)| *waited != id);
+    lock_waited().commands.retain(|(waited, _)| *waited != id);
     out
 }
 
-fn lock_waited() -> std::sync::MutexGuard<'static, Vec<(u32, OwnedFd)>> {
+fn lock_waited() -> std::sync::MutexGuard<'static, WaitedOn> {
     WAITED_ON.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -99,25 +127,33 @@ pub async fn until_interrupted(
     let (tx, mut stopped) = tokio::sync::oneshot::channel();
     let watcher = tokio::spawn(async move {
         let mut tx = Some(tx);
-        // Every signal reaches the commands waited on then (one started after the first
-        // signal gets the next).
+        // Every signal reaches the commands waited on then; [`output`] sends the first one
+        // to a command started later.
         loop {
             let (why, sig) = tokio::select! {
                 _ = int.recv() => (Interrupted("SIGINT"), Signal::INT),
                 _ = term.recv() => (Interrupted("SIGTERM"), Signal::TERM),
                 _ = hangup.recv() => (Interrupted("SIGHUP"), Signal::HUP),
             };
-            for (_, fd) in lock_waited().iter() {
+            let mut waited = lock_waited();
+            waited.stopped_by.get_or_insert(sig);
+            for (_, fd) in &waited.commands {
                 let _ = pidfd_send_signal(fd, sig);
             }
+            drop(waited);
             if let Some(tx) = tx.take() {
                 let _ = tx.send(why);
             }
         }
     });
+    // A signal counts even when the scenes end in the same turn.
     let result = tokio::select! {
-        r = scenes => r,
+        biased;
         Ok(why) = &mut stopped => Err(why.into()),
+        r = scenes => r.and_then(|()| match stopped.try_recv() {
+            Ok(why) => Err(why.into()),
+            Err(_) => Ok(()),
+        }),
     };
     // The command a scene waited on can die of the signal (Ctrl-C in a terminal signals the
     // whole process group) before the watcher has told: the scene's error waits briefly.

@@ -547,7 +547,10 @@ fn access_review(store: &Store, id: &Identity, body: &Value, kind: &str) -> Valu
             .unwrap_or("")
             .to_string()
     };
-    let attrs = if body.pointer("/spec/nonResourceAttributes").is_some() {
+    let attrs = if body
+        .pointer("/spec/nonResourceAttributes")
+        .is_some_and(|v| !v.is_null())
+    {
         Attributes {
             verb: s("/spec/nonResourceAttributes/verb"),
             path: Some(s("/spec/nonResourceAttributes/path")),

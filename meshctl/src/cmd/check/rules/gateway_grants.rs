@@ -109,8 +109,17 @@ pub fn gateway_grants(r: &mut Report, scope: &str, f: &ClusterFacts, inv: &Invoc
         .collect::<Vec<_>>()
         .join("; ");
     let kubectl = inv.kubectl(&f.context);
-    let hint = binding_fix(f, &role, &kubectl)
-        .unwrap_or_else(|| role_fix(installed, &role, denied, &kubectl));
+    // A binding to fix and a role that lacks rules too: both, so that following the hint is
+    // enough.
+    let role_lacks = !lacking(&installed["rules"], denied).is_empty();
+    let hint = match binding_fix(f, &role, &kubectl) {
+        Some(fix) if role_lacks => format!(
+            "{fix}; then {}",
+            role_fix(installed, &role, denied, &kubectl)
+        ),
+        Some(fix) => fix,
+        None => role_fix(installed, &role, denied, &kubectl),
+    };
     if denied.iter().any(Ungranted::required) {
         let detail = format!(
             "{account} may not {list}: the gateway cannot watch the endpoints it routes to"

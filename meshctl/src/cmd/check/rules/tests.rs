@@ -189,6 +189,18 @@ fn the_gateway_account_is_judged_by_the_api_servers_answers() {
         assert_eq!(i.status, Status::Fail, "{i:?}");
         assert!(i.hint.as_deref().unwrap().contains(&want), "{want}: {i:?}");
     }
+    // A binding to make and a role from before PeerAuthentications: the hint does both.
+    let items = judged(&|f| {
+        f.gateway_binding = None;
+        f.gateway_role = older();
+        f.gateway_denied = denied("security.istio.io", "peerauthentications");
+    });
+    let hint = find(&items, check).hint.clone().unwrap();
+    assert!(
+        hint.contains(&format!("{kubectl} {create}; then add the rules"))
+            && hint.contains(&format!("{kubectl} patch clusterrole {role} --type=json")),
+        "{hint}"
+    );
     // Another binding granting everything: the answer counts, not this role's rules.
     let items = judged(&|f| f.gateway_role = older());
     assert_eq!(find(&items, check).status, Status::Pass);
