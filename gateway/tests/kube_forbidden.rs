@@ -243,7 +243,7 @@ async fn a_rule_namespace_it_may_not_read_is_left_out_not_every_rule() {
     let told = gw.wait_line(&|v| {
         v["message"].as_str().is_some_and(|m| {
             m.contains(
-                "may not list destinationrules.networking.istio.io in namespace istio-system",
+                "may not list or watch destinationrules.networking.istio.io in namespace istio-system",
             )
         })
     });
@@ -313,6 +313,142 @@ async fn a_rule_namespace_granted_later_is_watched_without_a_restart() {
         || async move { call(listen, &sni(80, "root", CATALOG)).await.is_ok() },
     )
     .await;
+    drop(bound);
+}
+
+/// A `kind` (Role or ClusterRole; in `ns` for a Role) granting `verbs` on `resource` (group,
+/// plural), bound to the gateway's account.
+fn grant(
+    st: &k8s_test_server::Store,
+    kind: &str,
+    ns: Option<&str>,
+    resource: (&str, &str),
+    verbs: &[&str],
+) {
+    let rbac = "rbac.authorization.k8s.io";
+    let name = format!("{}-{}", resource.1, verbs.join("-"));
+    let meta = match ns {
+        Some(ns) => json!({"name": name, "namespace": ns}),
+        None => json!({"name": name}),
+    };
+    st.create(
+        json!({"apiVersion": format!("{rbac}/v1"), "kind": kind, "metadata": meta,
+        "rules": [{"apiGroups": [resource.0], "resources": [resource.1], "verbs": verbs}]}),
+    )
+    .unwrap();
+    st.create(
+        json!({"apiVersion": format!("{rbac}/v1"), "kind": format!("{kind}Binding"),
+        "metadata": meta,
+        "roleRef": {"apiGroup": rbac, "kind": kind, "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": SA.1, "namespace": SA.0}]}),
+    )
+    .unwrap();
+}
+
+/// [`grant`] on DestinationRules.
+fn grant_rules(st: &k8s_test_server::Store, kind: &str, ns: Option<&str>, verbs: &[&str]) {
+    grant(
+        st,
+        kind,
+        ns,
+        ("networking.istio.io", "destinationrules"),
+        verbs,
+    );
+}
+
+/// The generation of `bound`'s table after `rechecks` CRD rechecks of 200 ms, asserting that
+/// catalog's subset `subset` is refused at every one: a type the gateway may list but not
+/// watch must stay off, not come with each start and go with its watch's 403.
+async fn steady_without(bound: &gateway::app::Bound, subset: &str, rechecks: u32) -> u64 {
+    for _ in 0..rechecks {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            call(bound.listen_addr, &sni(80, subset, CATALOG))
+                .await
+                .is_err()
+        );
+    }
+    bound.routes.load().unwrap().generation
+}
+
+/// A ClusterRole that grants `list` on DestinationRules but not `watch`: each start of their
+/// watches would list them (the rules apply) and then be refused the watch (they go), every
+/// recheck. They are not started at all, and the table stays as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_it_may_list_but_not_watch_stays_off_rather_than_flapping() {
+    let (api, _b, kubeconfig) = cluster("destinationrules").await;
+    let st = api.store();
+    grant_rules(st, "ClusterRole", None, &["get", "list"]);
+    st.create(k8s::destination_rule(
+        NS,
+        "catalog",
+        CATALOG,
+        &[("all", &[])],
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, &kubeconfig).unwrap();
+    let cfg = kube_path_config(path, |o| o.crd_recheck = Duration::from_millis(200));
+    let bound = gateway::app::build(cfg).await.unwrap();
+    let listen = bound.listen_addr;
+    eventually("catalog served", TIMEOUT, || async move {
+        call(listen, &sni(80, "", CATALOG)).await.is_ok()
+    })
+    .await;
+    let first = steady_without(&bound, "all", 2).await;
+    assert_eq!(steady_without(&bound, "all", 6).await, first);
+    // Granted the watch, the rules apply at the next recheck.
+    grant_rules(st, "ClusterRole", None, &["watch"]);
+    eventually("subset all served", TIMEOUT, || async move {
+        call(listen, &sni(80, "all", CATALOG)).await.is_ok()
+    })
+    .await;
+    drop(bound);
+}
+
+/// A Role in the root namespace that grants `list` but not `watch` leaves that namespace out
+/// as one that grants nothing does: the listed namespace's rules stay applied throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_namespace_it_may_list_but_not_watch_is_left_out() {
+    let (api, _b, kubeconfig) = cluster("destinationrules").await;
+    let st = api.store();
+    grant_rules(st, "Role", Some(NS), &["get", "list", "watch"]);
+    grant_rules(st, "Role", Some(SA.0), &["get", "list"]);
+    st.create(k8s::destination_rule(
+        NS,
+        "catalog",
+        CATALOG,
+        &[("all", &[])],
+    ))
+    .unwrap();
+    st.create(k8s::destination_rule(
+        SA.0,
+        "catalog",
+        CATALOG,
+        &[("root", &[])],
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, &kubeconfig).unwrap();
+    let cfg = kube_path_config(path, |o| {
+        o.namespaces = vec![NS.into()];
+        o.crd_recheck = Duration::from_millis(200);
+    });
+    let bound = gateway::app::build(cfg).await.unwrap();
+    let listen = bound.listen_addr;
+    eventually("subset all served", TIMEOUT, || async move {
+        call(listen, &sni(80, "all", CATALOG)).await.is_ok()
+    })
+    .await;
+    let first = bound.routes.load().unwrap().generation;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(call(listen, &sni(80, "all", CATALOG)).await.is_ok());
+        assert!(call(listen, &sni(80, "root", CATALOG)).await.is_err());
+    }
+    assert_eq!(bound.routes.load().unwrap().generation, first);
     drop(bound);
 }
 
@@ -438,4 +574,72 @@ async fn a_forbidden_required_type_is_named_once_and_backs_off() {
     });
     assert_eq!(errors, 1, "named once while it lasts");
     assert_eq!(http_get(gw.admin, "/healthz/ready").await.0, 503);
+}
+
+/// Seconds since midnight of a JSON log line's RFC 3339 `timestamp`.
+fn time_of_day(line: &Value) -> f64 {
+    let ts = line["timestamp"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{line}"));
+    let time = ts.split('T').nth(1).unwrap().trim_end_matches('Z');
+    let mut parts = time.split(':').map(|p| p.parse::<f64>().unwrap());
+    let (h, m, s) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    h * 3600.0 + m * 60.0 + s
+}
+
+/// Services may be listed but not watched: each retry lists (when the watcher re-lists)
+/// or watches and is refused. Its probe must not call that answering, or it would wake the
+/// watch at every health tick instead of letting the back-off grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_required_type_it_may_list_but_not_watch_backs_off_unwoken() {
+    let (api, _b, kubeconfig) = cluster("services").await;
+    grant(
+        api.store(),
+        "ClusterRole",
+        None,
+        ("", "services"),
+        &["get", "list"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&dir, &kubeconfig, "warn,gateway=debug").await;
+    let retries = |gw: &GatewayProcess| -> Vec<(f64, f64)> {
+        gw.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| {
+                v["kind"] == "Service"
+                    && v["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("403 Forbidden; retrying"))
+            })
+            .filter_map(|v| Some((time_of_day(v), secs(v["delay"].as_str()?))))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while retries(&gw).len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = retries(&gw);
+    println!("(time of day, delay) of each retry: {r:?}");
+    assert!(r.len() >= 4, "{r:?}");
+    for w in r.windows(2) {
+        let gap = (w[1].0 - w[0].0).rem_euclid(86_400.0);
+        assert!(
+            gap >= 0.9 * w[0].1,
+            "retried after {gap} s of a {} s delay: {r:?}",
+            w[0].1
+        );
+    }
+    let errors = gw.count_lines(&|v| {
+        v["level"] == "ERROR"
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("may not list or watch services (403 Forbidden)"))
+    });
+    assert_eq!(errors, 1, "named once while it lasts");
 }

@@ -3,7 +3,9 @@
 //! API Gateways (waypoints) and GatewayClasses (their default traffic type). Each is found at start or
 //! by polling every `--crd-recheck` interval, watched while served, and let go when its CRD
 //! is deleted (its watch gets 404) or it may not be read (403): what it gave the table goes,
-//! staleness is not affected, and polling starts again.
+//! staleness is not affected, and polling starts again. A type is started only while the
+//! gateway may both list and watch it: a Role that grants `list` alone would otherwise let
+//! what the type gives come with each start and go with its watch's 403, every recheck.
 //!
 //! Each time a type is (re)started its watches get a new generation, so messages from the
 //! watches of a deleted CRD can never touch the model of its successor.
@@ -15,7 +17,7 @@ use kube::api::{Api, ApiResource, DynamicObject};
 
 use super::client::{REACH_TIMEOUT, error_chain};
 use super::peer_auth;
-use super::probe::{Kind, Probe, WatchedApi, list_one, probes};
+use super::probe::{Kind, Probe, WatchedApi, is_forbidden, list_and_watch, probes};
 use super::project;
 use super::watch::{self, Msg, Watches, apis, dyn_apis, spawn_watches};
 use super::waypoints::{GatewayClassObject, GatewayObject, project_gateway, project_gateway_class};
@@ -171,6 +173,36 @@ pub(super) struct CrdWatch {
 }
 
 impl CrdWatch {
+    /// The 403 of the first of the type's watches outside the added rule namespaces (those
+    /// in `--namespace`, or the one of all) that the gateway may not list and watch, if any.
+    pub async fn forbidden(&self, ar: &ApiResource) -> Option<kube::Error> {
+        let client = &self.client;
+        let probes = match self.crd {
+            Crd::DestinationRule | Crd::PeerAuthentication => {
+                let kind = self.crd.kind();
+                probes(&dyn_apis(client, &self.namespaces, ar), |api| {
+                    WatchedApi::Dynamic(kind, api)
+                })
+            }
+            Crd::Gateway => probes(
+                &apis::<GatewayObject>(client, &self.namespaces),
+                WatchedApi::Gateway,
+            ),
+            Crd::GatewayClass => probes(
+                &[Api::<GatewayClassObject>::all(client.clone())],
+                WatchedApi::GatewayClass,
+            ),
+        };
+        for p in probes {
+            if let Err(Some(e)) = p.read().await
+                && is_forbidden(&e)
+            {
+                return Some(e);
+            }
+        }
+        None
+    }
+
     /// Starts generation `generation` of the type's watches; returns their probes.
     pub async fn start(&self, ar: &ApiResource, generation: u64) -> Vec<Probe> {
         let (probes, spawn) = self.prepare(ar, generation).await;
@@ -179,7 +211,7 @@ impl CrdWatch {
     }
 
     /// Where Istio's rules of type `ar` are watched: [`CrdWatch::rule_namespaces`], less the
-    /// namespaces added to `--namespace` that the gateway may not list (a per-namespace Role
+    /// namespaces added to `--namespace` that the gateway may not list and watch (a per-namespace Role
     /// that leaves them out), which come second. A 403 on any watch of a type stops all of
     /// them, so one such namespace would cost every rule; it is left out instead, named with
     /// its grant, until [`CrdWatch::widen`] finds it readable.
@@ -191,14 +223,13 @@ impl CrdWatch {
             .iter()
             .filter(|n| !self.namespaces.contains(n));
         for ns in added {
-            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, ar);
-            match list_one(&api).await {
-                Err(Some(kube::Error::Api(s))) if s.code == 403 => {
+            match self.read_rules_in(ns, ar).await.1 {
+                Err(Some(e)) if is_forbidden(&e) => {
                     tracing::warn!(
                         namespace = %ns,
                         resource = self.crd.kind().resource(),
                         recheck = ?self.recheck,
-                        "the gateway may not list {} in namespace {ns} (403 Forbidden), where istiod reads rules for every proxy: they are not seen; grant get, list and watch on them there (checked again every recheck)",
+                        "the gateway may not list or watch {} in namespace {ns} (403 Forbidden), where istiod reads rules for every proxy: they are not seen; grant get, list and watch on them there (checked again every recheck)",
                         self.crd.kind().resource()
                     );
                     left_out.push(ns.clone());
@@ -207,6 +238,18 @@ impl CrdWatch {
             }
         }
         (out, left_out)
+    }
+
+    /// The `Api` of the rules of type `ar` in namespace `ns`, and whether the gateway may list
+    /// and watch them there.
+    async fn read_rules_in(
+        &self,
+        ns: &str,
+        ar: &ApiResource,
+    ) -> (Api<DynamicObject>, Result<(), Option<kube::Error>>) {
+        let api = Api::namespaced_with(self.client.clone(), ns, ar);
+        let read = list_and_watch(&api).await;
+        (api, read)
     }
 
     /// The probes of the watches, and what starts them.
@@ -297,8 +340,8 @@ impl CrdWatch {
         (probes, spawn)
     }
 
-    /// Every `recheck` while generation `generation` runs, lists each rule namespace left
-    /// out for a 403 again; one that answers gets its watch as stream `next` (and on), the
+    /// Every `recheck` while generation `generation` runs, lists and watches each rule
+    /// namespace left out for a 403 again; one that answers gets its watch as stream `next` (and on), the
     /// task told first, so a grant made after the start needs no restart.
     async fn widen(
         self,
@@ -316,16 +359,13 @@ impl CrdWatch {
             }
             let mut still = Vec::new();
             for ns in left_out {
-                let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &ns, &ar);
-                if list_one(&api).await.is_err() {
+                let (api, read) = self.read_rules_in(&ns, &ar).await;
+                if read.is_err() {
                     still.push(ns);
                     continue;
                 }
-                let mut probe = probes(std::slice::from_ref(&api), |api| {
-                    WatchedApi::Dynamic(kind, api)
-                });
-                probe[0].stream = next;
-                let added = Msg::RuleStreamAdded(self.crd, generation, probe.remove(0));
+                let probe = Probe::new(next, WatchedApi::Dynamic(kind, api.clone()));
+                let added = Msg::RuleStreamAdded(self.crd, generation, probe);
                 if self.watches.tx.send(added).await.is_err() {
                     return;
                 }
@@ -344,8 +384,10 @@ impl CrdWatch {
     }
 
     /// Looks for the CRD every `recheck` until it is served (installed, or restored, after
-    /// the gateway started), then starts generation `generation`.
-    pub async fn poll(self, generation: u64) {
+    /// the gateway started) and may be listed and watched, then starts generation
+    /// `generation`. A 403 is warned about unless `told` says that was done, and the task
+    /// told, so that waypoints are refused rather than bypassed meanwhile.
+    pub async fn poll(self, generation: u64, mut told: bool) {
         let every = self.recheck.max(Duration::from_millis(100));
         loop {
             tokio::select! {
@@ -353,6 +395,17 @@ impl CrdWatch {
                 _ = tokio::time::sleep(every) => {}
             }
             if let Some(ar) = served(&self.client, self.crd).await {
+                if let Some(e) = self.forbidden(&ar).await {
+                    if !told {
+                        told = true;
+                        warn_forbidden(self.crd.kind(), &e);
+                        let gone = Msg::CrdGone(self.crd, generation, Gone::Forbidden);
+                        if self.watches.tx.send(gone).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
                 // The model learns about the type before its first event arrives.
                 let (probes, spawn) = self.prepare(&ar, generation).await;
                 let started = Msg::CrdStarted(self.crd, generation, probes);
@@ -364,6 +417,12 @@ impl CrdWatch {
             }
         }
     }
+}
+
+/// The warning for an optional type the gateway may not read: what the table lacks, and the
+/// grant.
+pub(super) fn warn_forbidden(kind: Kind, e: &dyn std::error::Error) {
+    tracing::warn!(?kind, resource = kind.resource(), error = %error_chain(e), "the gateway may not read {0} (403 Forbidden): {1}; grant get, list and watch on {0} to its service account (`meshctl gateway install` creates that ClusterRole)", kind.resource(), kind.unreadable());
 }
 
 /// The watches of Istio's rules (DestinationRules or PeerAuthentications) of one generation,

@@ -128,7 +128,22 @@ impl KubeSource {
         // the first table waits for their watches, so a cluster with Istio never publishes a
         // table without its subsets or waypoints.
         for watch in &crds {
-            match crd::served(&client, watch.crd).await {
+            let served = crd::served(&client, watch.crd).await;
+            let forbidden = match &served {
+                Some(ar) => watch.forbidden(ar).await,
+                None => None,
+            };
+            if let Some(e) = forbidden {
+                crd::warn_forbidden(watch.crd.kind(), &e);
+                match watch.crd {
+                    Crd::Gateway => model.gateways_forbidden = true,
+                    Crd::GatewayClass => model.gateway_classes_forbidden = true,
+                    Crd::DestinationRule | Crd::PeerAuthentication => {}
+                }
+                tokio::spawn(watch.clone().poll(0, true));
+                continue;
+            }
+            match served {
                 Some(ar) => {
                     let p = watch.start(&ar, 0).await;
                     match watch.crd {
@@ -148,7 +163,7 @@ impl KubeSource {
                         "CRD not served: {}",
                         watch.crd.without()
                     );
-                    tokio::spawn(watch.clone().poll(0));
+                    tokio::spawn(watch.clone().poll(0, false));
                 }
             }
         }

@@ -1,4 +1,6 @@
-//! Probes: a cheap `list?limit=1` on a failing watch's type tells when it can work again.
+//! Probes: a cheap `list?limit=1`, then the start of a watch, on a failing watch's type tell
+//! when it can work again. The watch counts as much as the list: a Role may grant `list`
+//! without `watch`, and a watch that fails after each list that works would never recover.
 //!
 //! [`Kind`] names the watched types, and [`WatchedApi`] holds a typed `Api` for each, so a
 //! probe is plain data: the task matches on the type instead of calling a boxed closure.
@@ -8,7 +10,7 @@ use std::fmt::Debug;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
-use kube::api::{Api, DynamicObject, ListParams};
+use kube::api::{Api, DynamicObject, ListParams, WatchParams};
 use kube::core::PartialObjectMeta;
 use serde::de::DeserializeOwned;
 
@@ -90,21 +92,30 @@ pub(super) struct Probe {
 }
 
 impl Probe {
+    /// The probe of watch number `stream` of `api`'s type.
+    pub fn new(stream: usize, api: WatchedApi) -> Probe {
+        Probe { stream, api }
+    }
+
     pub fn kind(&self) -> Kind {
         self.api.kind()
     }
 
-    /// Whether the API server answers a one-item list of this watch's type within
-    /// [`REACH_TIMEOUT`].
+    /// Whether the API server answers [`list_and_watch`] for this watch's type.
     pub async fn answers(&self) -> bool {
+        self.read().await.is_ok()
+    }
+
+    /// [`list_and_watch`] of this watch's type.
+    pub async fn read(&self) -> Result<(), Option<kube::Error>> {
         match &self.api {
-            WatchedApi::Service(api) => lists(api).await,
-            WatchedApi::EndpointSlice(api) => lists(api).await,
-            WatchedApi::Pod(api) => lists(api).await,
-            WatchedApi::Namespace(api) => lists(api).await,
-            WatchedApi::Dynamic(_, api) => lists(api).await,
-            WatchedApi::Gateway(api) => lists(api).await,
-            WatchedApi::GatewayClass(api) => lists(api).await,
+            WatchedApi::Service(api) => list_and_watch(api).await,
+            WatchedApi::EndpointSlice(api) => list_and_watch(api).await,
+            WatchedApi::Pod(api) => list_and_watch(api).await,
+            WatchedApi::Namespace(api) => list_and_watch(api).await,
+            WatchedApi::Dynamic(_, api) => list_and_watch(api).await,
+            WatchedApi::Gateway(api) => list_and_watch(api).await,
+            WatchedApi::GatewayClass(api) => list_and_watch(api).await,
         }
     }
 }
@@ -114,30 +125,33 @@ impl Probe {
 pub(super) fn probes<A: Clone>(apis: &[A], watched: impl Fn(A) -> WatchedApi) -> Vec<Probe> {
     apis.iter()
         .enumerate()
-        .map(|(stream, api)| Probe {
-            stream,
-            api: watched(api.clone()),
-        })
+        .map(|(stream, api)| Probe::new(stream, watched(api.clone())))
         .collect()
 }
 
-/// Lists one item of `api`'s type: `Err(None)` when the API server did not answer within
-/// [`REACH_TIMEOUT`], `Err(Some(_))` with its error otherwise.
-pub(super) async fn list_one<K>(api: &Api<K>) -> Result<(), Option<kube::Error>>
+/// Lists one item of `api`'s type, then starts a watch from that list's resourceVersion and
+/// lets it go once the API server has accepted it (its headers came; a 403 comes before
+/// them), all within [`REACH_TIMEOUT`]: `Err(None)` when the API server did not answer in
+/// time, `Err(Some(_))` with its error otherwise.
+pub(super) async fn list_and_watch<K>(api: &Api<K>) -> Result<(), Option<kube::Error>>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
-    let lp = ListParams::default().limit(1);
-    match tokio::time::timeout(REACH_TIMEOUT, api.list_metadata(&lp)).await {
-        Ok(Ok(_)) => Ok(()),
+    let read = async {
+        let list = api.list_metadata(&ListParams::default().limit(1)).await?;
+        let version = list.metadata.resource_version.unwrap_or_default();
+        // The server ends it after a second should the connection outlive the drop.
+        let wp = WatchParams::default().timeout(1);
+        api.watch_metadata(&wp, &version).await.map(drop)
+    };
+    match tokio::time::timeout(REACH_TIMEOUT, read).await {
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Some(e)),
         Err(_) => Err(None),
     }
 }
 
-async fn lists<K>(api: &Api<K>) -> bool
-where
-    K: Resource + Clone + DeserializeOwned + Debug,
-{
-    list_one(api).await.is_ok()
+/// Whether `e` is the API server's 403 Forbidden.
+pub(super) fn is_forbidden(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 403)
 }

@@ -275,7 +275,7 @@ impl ModelTask {
             "no longer readable ({cause}): {}; checking again every recheck",
             why.lacks(crd)
         );
-        tokio::spawn(watch.clone().poll(self.generations[slot(crd)]));
+        tokio::spawn(watch.clone().poll(self.generations[slot(crd)], forbidden));
         true
     }
 

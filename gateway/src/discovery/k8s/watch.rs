@@ -208,7 +208,7 @@ where
                 }
                 if failure == Failure::Forbidden && may_go {
                     // Optional, as an unserved CRD is: routes go on without what it gives.
-                    tracing::warn!(?kind, resource = kind.resource(), error = %error_chain(&e), "the gateway may not read {0} (403 Forbidden): {1}; grant get, list and watch on {0} to its service account (`meshctl gateway install` creates that ClusterRole)", kind.resource(), kind.unreadable());
+                    super::crd::warn_forbidden(kind, &e);
                     return Ended::Gone(Gone::Forbidden);
                 }
                 if failure == Failure::Forbidden && !told_forbidden {
