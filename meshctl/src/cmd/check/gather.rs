@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::authorization::v1::{SelfSubjectAccessReview, SubjectAccessReview};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{Api, ListParams, PostParams};
@@ -137,30 +138,62 @@ async fn gateway_denied(client: &kube::Client, ns: &str) -> Result<Vec<Ungranted
         format!("system:serviceaccounts:{ns}"),
         "system:authenticated".to_string(),
     ];
-    let mut denied = Vec::new();
-    for (group, resource) in GATEWAY_READS {
-        let mut verbs = Vec::new();
-        for verb in GATEWAY_READ_VERBS {
-            let review: SubjectAccessReview = serde_json::from_value(json!({"spec": {
-                "user": user, "groups": groups,
-                "resourceAttributes": {"verb": verb, "group": group, "resource": resource}}}))?;
-            let out = Api::<SubjectAccessReview>::all(client.clone())
-                .create(&PostParams::default(), &review)
-                .await
-                .map_err(|e| anyhow!("SubjectAccessReview: {}", kc::error_text(&e)))?;
-            if !out.status.is_some_and(|s| s.allowed) {
-                verbs.push(verb.to_string());
-            }
-        }
-        if !verbs.is_empty() {
-            denied.push(Ungranted {
+    let asked = GATEWAY_READS
+        .iter()
+        .flat_map(|r| GATEWAY_READ_VERBS.iter().map(move |v| (*r, *v)));
+    let answers = denied(client, Some((&user, &groups)), asked).await?;
+    let mut denied: Vec<Ungranted> = Vec::new();
+    for ((group, resource), verb) in answers {
+        match denied.last_mut() {
+            Some(u) if u.group == group && u.resource == resource => u.verbs.push(verb.into()),
+            _ => denied.push(Ungranted {
                 group: group.into(),
                 resource: resource.into(),
-                verbs,
-            });
+                verbs: vec![verb.into()],
+            }),
         }
     }
     Ok(denied)
+}
+
+/// Which of `asked` ((group, resource), verb), cluster-wide, the API server denies, in their
+/// order: for `subject` (user and groups) by SubjectAccessReviews, or for the caller itself
+/// by SelfSubjectAccessReviews. Four reviews run at a time, not one round trip after another.
+async fn denied<'a>(
+    client: &kube::Client,
+    subject: Option<(&str, &[String])>,
+    asked: impl Iterator<Item = ((&'a str, &'a str), &'a str)>,
+) -> Result<Vec<((&'a str, &'a str), &'a str)>> {
+    let reviews = asked.map(|((group, resource), verb)| async move {
+        let attributes = json!({"verb": verb, "group": group, "resource": resource});
+        let allowed = match subject {
+            Some((user, groups)) => {
+                let review: SubjectAccessReview = serde_json::from_value(json!({"spec": {
+                    "user": user, "groups": groups, "resourceAttributes": attributes}}))?;
+                let out = Api::<SubjectAccessReview>::all(client.clone())
+                    .create(&PostParams::default(), &review)
+                    .await
+                    .map_err(|e| anyhow!("SubjectAccessReview: {}", kc::error_text(&e)))?;
+                out.status.is_some_and(|s| s.allowed)
+            }
+            None => {
+                let review: SelfSubjectAccessReview =
+                    serde_json::from_value(json!({"spec": {"resourceAttributes": attributes}}))?;
+                let out = Api::<SelfSubjectAccessReview>::all(client.clone())
+                    .create(&PostParams::default(), &review)
+                    .await
+                    .map_err(|e| anyhow!("SelfSubjectAccessReview: {}", kc::error_text(&e)))?;
+                out.status.is_some_and(|s| s.allowed)
+            }
+        };
+        Ok::<_, anyhow::Error>((!allowed).then_some(((group, resource), verb)))
+    });
+    // A few at a time: each open request may hold a connection of its own.
+    let answers: Vec<_> = futures::stream::iter(reviews)
+        .buffered(4)
+        .try_collect()
+        .await?;
+    Ok(answers.into_iter().flatten().collect())
 }
 
 /// The Secrets labelled `istio/multiCluster=true` in `ns` (the remote secrets istiod
@@ -333,22 +366,14 @@ pub async fn reader_binding(source: &Cluster, ns: &str, sa: &str) -> Result<bool
 /// The reader permissions (`reader_rules`) the stored account lacks, asked with one
 /// cluster-wide SelfSubjectAccessReview per rule and verb, as istiod's informers need them.
 pub async fn missing_reader_permissions(client: &kube::Client) -> Result<Vec<String>> {
-    let mut missing = Vec::new();
-    for rule in READER_RULES {
-        for verb in rule.verbs {
-            let review: SelfSubjectAccessReview =
-                serde_json::from_value(json!({"spec": {"resourceAttributes": {
-                "verb": verb, "group": rule.group, "resource": rule.resource}}}))?;
-            let out = Api::<SelfSubjectAccessReview>::all(client.clone())
-                .create(&PostParams::default(), &review)
-                .await
-                .map_err(|e| anyhow!("SelfSubjectAccessReview: {}", kc::error_text(&e)))?;
-            if !out.status.is_some_and(|s| s.allowed) {
-                missing.push(permission_name(rule.group, rule.resource, verb));
-            }
-        }
-    }
-    Ok(missing)
+    let asked = READER_RULES
+        .iter()
+        .flat_map(|r| r.verbs.iter().map(move |v| ((r.group, r.resource), *v)));
+    let missing = denied(client, None, asked).await?;
+    Ok(missing
+        .into_iter()
+        .map(|((group, resource), verb)| permission_name(group, resource, verb))
+        .collect())
 }
 
 /// The ambient objects of a readable cluster: istiod's Deployments, the gateway's Deployment
