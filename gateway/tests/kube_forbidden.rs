@@ -217,26 +217,8 @@ async fn without_destination_rule_rights_routes_are_served_without_subsets() {
 async fn a_rule_namespace_it_may_not_read_is_left_out_not_every_rule() {
     let (api, _b, kubeconfig) = cluster("destinationrules").await;
     let st = api.store();
-    let rbac = "rbac.authorization.k8s.io";
-    st.create(json!({"apiVersion": format!("{rbac}/v1"), "kind": "Role",
-        "metadata": {"name": "rules", "namespace": NS},
-        "rules": [{"apiGroups": ["networking.istio.io"], "resources": ["destinationrules"],
-            "verbs": ["get", "list", "watch"]}]}))
-        .unwrap();
-    st.create(
-        json!({"apiVersion": format!("{rbac}/v1"), "kind": "RoleBinding",
-        "metadata": {"name": "rules", "namespace": NS},
-        "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "rules"},
-        "subjects": [{"kind": "ServiceAccount", "name": SA.1, "namespace": SA.0}]}),
-    )
-    .unwrap();
-    st.create(k8s::destination_rule(
-        NS,
-        "catalog",
-        CATALOG,
-        &[("all", &[])],
-    ))
-    .unwrap();
+    grant_rules(st, "Role", Some(NS), &["get", "list", "watch"]);
+    subset_rule(st, NS, "all");
     let dir = tempfile::tempdir().unwrap();
     let env = [("GATEWAY_NAMESPACES", NS)];
     let gw = gateway_env(&dir, &kubeconfig, "warn,gateway=info", &env).await;
@@ -268,52 +250,56 @@ async fn a_rule_namespace_it_may_not_read_is_left_out_not_every_rule() {
 async fn a_rule_namespace_granted_later_is_watched_without_a_restart() {
     let (api, _b, kubeconfig) = cluster("destinationrules").await;
     let st = api.store();
-    let rbac = "rbac.authorization.k8s.io";
-    let grant = |ns: &str| {
-        let role = json!({"apiVersion": format!("{rbac}/v1"), "kind": "Role",
-            "metadata": {"name": "rules", "namespace": ns},
-            "rules": [{"apiGroups": ["networking.istio.io"], "resources": ["destinationrules"],
-                "verbs": ["get", "list", "watch"]}]});
-        let binding = json!({"apiVersion": format!("{rbac}/v1"), "kind": "RoleBinding",
-            "metadata": {"name": "rules", "namespace": ns},
-            "roleRef": {"apiGroup": rbac, "kind": "Role", "name": "rules"},
-            "subjects": [{"kind": "ServiceAccount", "name": SA.1, "namespace": SA.0}]});
-        (role, binding)
-    };
-    let (role, binding) = grant(NS);
-    st.create(role).unwrap();
-    st.create(binding).unwrap();
+    let all = ["get", "list", "watch"];
+    grant_rules(st, "Role", Some(NS), &all);
+    subset_rule(st, SA.0, "root");
+    let (_dir, bound) = in_process(&kubeconfig, &[NS]).await;
+    served(&bound, "").await;
+    assert!(
+        call(bound.listen_addr, &sni(80, "root", CATALOG))
+            .await
+            .is_err()
+    );
+    grant_rules(st, "Role", Some(SA.0), &all);
+    served(&bound, "root").await;
+}
+
+/// A DestinationRule in `ns` giving catalog the subset `subset` (every endpoint).
+fn subset_rule(st: &k8s_test_server::Store, ns: &str, subset: &str) {
     st.create(k8s::destination_rule(
-        SA.0,
+        ns,
         "catalog",
         CATALOG,
-        &[("root", &[])],
+        &[(subset, &[])],
     ))
     .unwrap();
+}
+
+/// The gateway in this process on `kubeconfig`, watching `namespaces` (all when empty) and
+/// rechecking its optional types every 200 ms.
+async fn in_process(
+    kubeconfig: &str,
+    namespaces: &[&str],
+) -> (tempfile::TempDir, gateway::app::Bound) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kubeconfig");
-    std::fs::write(&path, &kubeconfig).unwrap();
+    std::fs::write(&path, kubeconfig).unwrap();
     let cfg = kube_path_config(path, |o| {
-        o.namespaces = vec![NS.into()];
+        o.namespaces = namespaces.iter().map(|n| n.to_string()).collect();
         o.crd_recheck = Duration::from_millis(200);
     });
-    let bound = gateway::app::build(cfg).await.unwrap();
+    (dir, gateway::app::build(cfg).await.unwrap())
+}
+
+/// Waits until `bound` routes catalog's subset `subset` (`""`: the service itself).
+async fn served(bound: &gateway::app::Bound, subset: &'static str) {
     let listen = bound.listen_addr;
-    eventually("catalog served", TIMEOUT, || async move {
-        call(listen, &sni(80, "", CATALOG)).await.is_ok()
-    })
-    .await;
-    assert!(call(listen, &sni(80, "root", CATALOG)).await.is_err());
-    let (role, binding) = grant(SA.0);
-    st.create(role).unwrap();
-    st.create(binding).unwrap();
     eventually(
-        "the root namespace's rule applies",
+        &format!("catalog's subset {subset:?} served"),
         TIMEOUT,
-        || async move { call(listen, &sni(80, "root", CATALOG)).await.is_ok() },
+        || async move { call(listen, &sni(80, subset, CATALOG)).await.is_ok() },
     )
     .await;
-    drop(bound);
 }
 
 /// A `kind` (Role or ClusterRole; in `ns` for a Role) granting `verbs` on `resource` (group,
@@ -379,32 +365,14 @@ async fn a_type_it_may_list_but_not_watch_stays_off_rather_than_flapping() {
     let (api, _b, kubeconfig) = cluster("destinationrules").await;
     let st = api.store();
     grant_rules(st, "ClusterRole", None, &["get", "list"]);
-    st.create(k8s::destination_rule(
-        NS,
-        "catalog",
-        CATALOG,
-        &[("all", &[])],
-    ))
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kubeconfig");
-    std::fs::write(&path, &kubeconfig).unwrap();
-    let cfg = kube_path_config(path, |o| o.crd_recheck = Duration::from_millis(200));
-    let bound = gateway::app::build(cfg).await.unwrap();
-    let listen = bound.listen_addr;
-    eventually("catalog served", TIMEOUT, || async move {
-        call(listen, &sni(80, "", CATALOG)).await.is_ok()
-    })
-    .await;
+    subset_rule(st, NS, "all");
+    let (_dir, bound) = in_process(&kubeconfig, &[]).await;
+    served(&bound, "").await;
     let first = steady_without(&bound, "all", 2).await;
     assert_eq!(steady_without(&bound, "all", 6).await, first);
     // Granted the watch, the rules apply at the next recheck.
     grant_rules(st, "ClusterRole", None, &["watch"]);
-    eventually("subset all served", TIMEOUT, || async move {
-        call(listen, &sni(80, "all", CATALOG)).await.is_ok()
-    })
-    .await;
-    drop(bound);
+    served(&bound, "all").await;
 }
 
 /// A Role in the root namespace that grants `list` but not `watch` leaves that namespace out
@@ -415,33 +383,11 @@ async fn a_rule_namespace_it_may_list_but_not_watch_is_left_out() {
     let st = api.store();
     grant_rules(st, "Role", Some(NS), &["get", "list", "watch"]);
     grant_rules(st, "Role", Some(SA.0), &["get", "list"]);
-    st.create(k8s::destination_rule(
-        NS,
-        "catalog",
-        CATALOG,
-        &[("all", &[])],
-    ))
-    .unwrap();
-    st.create(k8s::destination_rule(
-        SA.0,
-        "catalog",
-        CATALOG,
-        &[("root", &[])],
-    ))
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kubeconfig");
-    std::fs::write(&path, &kubeconfig).unwrap();
-    let cfg = kube_path_config(path, |o| {
-        o.namespaces = vec![NS.into()];
-        o.crd_recheck = Duration::from_millis(200);
-    });
-    let bound = gateway::app::build(cfg).await.unwrap();
+    subset_rule(st, NS, "all");
+    subset_rule(st, SA.0, "root");
+    let (_dir, bound) = in_process(&kubeconfig, &[NS]).await;
+    served(&bound, "all").await;
     let listen = bound.listen_addr;
-    eventually("subset all served", TIMEOUT, || async move {
-        call(listen, &sni(80, "all", CATALOG)).await.is_ok()
-    })
-    .await;
     let first = bound.routes.load().unwrap().generation;
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -449,7 +395,6 @@ async fn a_rule_namespace_it_may_list_but_not_watch_is_left_out() {
         assert!(call(listen, &sni(80, "root", CATALOG)).await.is_err());
     }
     assert_eq!(bound.routes.load().unwrap().generation, first);
-    drop(bound);
 }
 
 /// Without the PeerAuthentication grant routes are served as if no policy disabled mTLS
@@ -540,25 +485,7 @@ async fn a_forbidden_required_type_is_named_once_and_backs_off() {
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway(&dir, &kubeconfig, "warn,gateway=debug").await;
     // Four retries: kube-runtime's back-off starts at 0.8 s and doubles (with jitter).
-    let delays = |gw: &GatewayProcess| -> Vec<f64> {
-        gw.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|v| {
-                v["kind"] == "Service"
-                    && v["message"]
-                        .as_str()
-                        .is_some_and(|m| m.contains("403 Forbidden; retrying"))
-            })
-            .filter_map(|v| v["delay"].as_str().map(secs))
-            .collect()
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while delays(&gw).len() < 4 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let d = delays(&gw);
+    let d: Vec<f64> = service_retries(&gw).await.iter().map(|r| r.1).collect();
     println!("delays after 403 on services: {d:?}");
     assert!(d.len() >= 4, "{d:?}");
     assert!(
@@ -574,6 +501,30 @@ async fn a_forbidden_required_type_is_named_once_and_backs_off() {
     });
     assert_eq!(errors, 1, "named once while it lasts");
     assert_eq!(http_get(gw.admin, "/healthz/ready").await.0, 503);
+}
+
+/// When (seconds since midnight) `gw` retried its refused Services watch, and the delay it
+/// announced each time, once there are four (or after 20 s).
+async fn service_retries(gw: &GatewayProcess) -> Vec<(f64, f64)> {
+    let retries = || -> Vec<(f64, f64)> {
+        gw.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| {
+                v["kind"] == "Service"
+                    && v["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("403 Forbidden; retrying"))
+            })
+            .filter_map(|v| Some((time_of_day(v), secs(v["delay"].as_str()?))))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while retries().len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    retries()
 }
 
 /// Seconds since midnight of a JSON log line's RFC 3339 `timestamp`.
@@ -606,25 +557,7 @@ async fn a_required_type_it_may_list_but_not_watch_backs_off_unwoken() {
     );
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway(&dir, &kubeconfig, "warn,gateway=debug").await;
-    let retries = |gw: &GatewayProcess| -> Vec<(f64, f64)> {
-        gw.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|v| {
-                v["kind"] == "Service"
-                    && v["message"]
-                        .as_str()
-                        .is_some_and(|m| m.contains("403 Forbidden; retrying"))
-            })
-            .filter_map(|v| Some((time_of_day(v), secs(v["delay"].as_str()?))))
-            .collect()
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while retries(&gw).len() < 4 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let r = retries(&gw);
+    let r = service_retries(&gw).await;
     println!("(time of day, delay) of each retry: {r:?}");
     assert!(r.len() >= 4, "{r:?}");
     for w in r.windows(2) {
