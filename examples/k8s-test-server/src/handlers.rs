@@ -9,6 +9,7 @@ use crate::list_options;
 use crate::rbac::{self, Attributes};
 use crate::resources::{Handling, ResourceType};
 use crate::respond::{Body, Ctx, json_response};
+use crate::review_validation;
 use crate::route::{Query, ResPath};
 use crate::selectors::{FieldLabels, FieldSelector, LabelSelector};
 use crate::store::Store;
@@ -189,7 +190,7 @@ pub(crate) fn resource(
         }
         return Ok(json_response(
             201,
-            &self_subject_access_review(store, id, &parse_json(body)?),
+            &self_subject_access_review(store, id, &parse_json(body)?)?,
         ));
     }
 
@@ -478,42 +479,19 @@ fn watch_response(
         .expect("valid response")
 }
 
-fn self_subject_access_review(store: &Store, id: &Identity, body: &Value) -> Value {
-    access_review(store, id, body, "SelfSubjectAccessReview")
+fn self_subject_access_review(
+    store: &Store,
+    id: &Identity,
+    body: &Value,
+) -> Result<Value, ApiError> {
+    review_validation::validate(body, "SelfSubjectAccessReview", false)?;
+    Ok(access_review(store, id, body, "SelfSubjectAccessReview"))
 }
 
 /// A SubjectAccessReview: what the user and groups it names may do, validated as the API
-/// server validates one (`ValidateSubjectAccessReviewSpec`, 422 naming the field).
+/// server validates one (`review_validation`).
 fn subject_access_review(store: &Store, body: &Value) -> Result<Value, ApiError> {
-    let has = |p: &str| body.pointer(p).is_some_and(|v| !v.is_null());
-    let invalid = |field: &str, msg: &str| {
-        ApiError::invalid(
-            "authorization.k8s.io",
-            "SubjectAccessReview",
-            "",
-            field,
-            "FieldValueInvalid",
-            msg,
-        )
-    };
-    match (
-        has("/spec/resourceAttributes"),
-        has("/spec/nonResourceAttributes"),
-    ) {
-        (true, true) => {
-            return Err(invalid(
-                "spec.nonResourceAttributes",
-                "cannot be specified in combination with resourceAttributes",
-            ));
-        }
-        (false, false) => {
-            return Err(invalid(
-                "spec.resourceAttributes",
-                "exactly one of nonResourceAttributes or resourceAttributes must be specified",
-            ));
-        }
-        _ => {}
-    }
+    review_validation::validate(body, "SubjectAccessReview", true)?;
     let user = body
         .pointer("/spec/user")
         .and_then(Value::as_str)
@@ -527,12 +505,6 @@ fn subject_access_review(store: &Store, body: &Value) -> Result<Value, ApiError>
                 .collect()
         })
         .unwrap_or_default();
-    if user.is_empty() && groups.is_empty() {
-        return Err(invalid(
-            "spec.user",
-            "at least one of user or group must be specified",
-        ));
-    }
     let id = Identity {
         user: user.to_string(),
         groups,

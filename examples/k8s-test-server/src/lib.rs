@@ -45,6 +45,7 @@ mod rbac_validation;
 mod read;
 mod resources;
 mod respond;
+mod review_validation;
 mod route;
 mod scaling_validation;
 mod secret_validation;
