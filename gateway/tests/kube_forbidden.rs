@@ -344,7 +344,8 @@ fn grant_rules(st: &k8s_test_server::Store, kind: &str, ns: Option<&str>, verbs:
 
 /// The generation of `bound`'s table after `rechecks` CRD rechecks of 200 ms, asserting that
 /// catalog's subset `subset` is refused at every one: a type the gateway may list but not
-/// watch must stay off, not come with each start and go with its watch's 403.
+/// watch must stay off, not come with each start and go with its watch's 403. (Such a flap
+/// lasts milliseconds, which these calls would seldom meet: the generation is what shows it.)
 async fn steady_without(bound: &gateway::app::Bound, subset: &str, rechecks: u32) -> u64 {
     for _ in 0..rechecks {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -376,25 +377,96 @@ async fn a_type_it_may_list_but_not_watch_stays_off_rather_than_flapping() {
 }
 
 /// A Role in the root namespace that grants `list` but not `watch` leaves that namespace out
-/// as one that grants nothing does: the listed namespace's rules stay applied throughout.
+/// as one that grants nothing does: the listed namespace's rules stay applied throughout, and
+/// the root's rule for reviews (which has no rule of its own namespace, so the root's would
+/// apply) is never seen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_namespace_it_may_list_but_not_watch_is_left_out() {
-    let (api, _b, kubeconfig) = cluster("destinationrules").await;
+    let (api, b, kubeconfig) = cluster("destinationrules").await;
     let st = api.store();
     grant_rules(st, "Role", Some(NS), &["get", "list", "watch"]);
     grant_rules(st, "Role", Some(SA.0), &["get", "list"]);
     subset_rule(st, NS, "all");
-    subset_rule(st, SA.0, "root");
+    st.create(reviews(json!({}))).unwrap();
+    let ep = k8s::Endpoint {
+        address: b[0].addr.ip(),
+        ready: true,
+        pod: "pa",
+    };
+    let port = b[0].addr.port();
+    st.create(k8s::endpoint_slice(
+        NS,
+        "reviews-1",
+        "reviews",
+        ("http", port),
+        "test",
+        &[ep],
+    ))
+    .unwrap();
+    let reviews_host = format!("reviews.{NS}.svc.cluster.local");
+    st.create(k8s::destination_rule(
+        SA.0,
+        "reviews",
+        &reviews_host,
+        &[("root", &[])],
+    ))
+    .unwrap();
     let (_dir, bound) = in_process(&kubeconfig, &[NS]).await;
     served(&bound, "all").await;
     let listen = bound.listen_addr;
+    eventually("reviews served", TIMEOUT, || {
+        let host = reviews_host.clone();
+        async move { call(listen, &sni(80, "", &host)).await.is_ok() }
+    })
+    .await;
     let first = bound.routes.load().unwrap().generation;
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(call(listen, &sni(80, "all", CATALOG)).await.is_ok());
-        assert!(call(listen, &sni(80, "root", CATALOG)).await.is_err());
+        assert!(call(listen, &sni(80, "root", &reviews_host)).await.is_err());
     }
     assert_eq!(bound.routes.load().unwrap().generation, first);
+}
+
+/// Gateways forbidden: a Service bound to a waypoint is refused rather than sent around it.
+/// Once the Gateway CRD is deleted no waypoint can exist, and the binding no longer holds the
+/// Service back (before, the refusal stayed until the CRD came back and could be read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_gateway_crd_deleted_lets_bound_services_go_straight() {
+    let (api, _b, kubeconfig) = cluster("gateways").await;
+    let st = api.store();
+    st.create(reviews(
+        json!({"istio.io/global": "true", "istio.io/use-waypoint": "wp"}),
+    ))
+    .unwrap();
+    let (_dir, bound) = in_process(&kubeconfig, &[]).await;
+    served(&bound, "").await;
+    let admin = bound.admin_addr;
+    let waypoint = || async move {
+        let (_, body) = http_get(admin, "/debug/routes?host=reviews").await;
+        let routes: Value = serde_json::from_str(&body).unwrap();
+        routes["routes"]
+            .as_array()
+            .and_then(|r| r.first())
+            .map(|r| r["waypoint"].clone())
+    };
+    let unresolved = Some(json!(format!("{NS}/wp")));
+    eventually("the binding held unresolved", TIMEOUT, || {
+        let unresolved = unresolved.clone();
+        async move { waypoint().await == unresolved }
+    })
+    .await;
+    st.delete(
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        None,
+        "gateways.gateway.networking.k8s.io",
+    )
+    .unwrap();
+    eventually("the binding let go", TIMEOUT, || async move {
+        waypoint().await.is_some_and(|w| w.is_null())
+    })
+    .await;
 }
 
 /// Without the PeerAuthentication grant routes are served as if no policy disabled mTLS

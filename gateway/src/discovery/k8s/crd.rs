@@ -12,6 +12,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject};
 
@@ -119,10 +121,33 @@ impl Gone {
     }
 }
 
-/// The served resource of `crd`, or `None` without its CRD. DestinationRules and
-/// PeerAuthentications are read in the preferred version; Gateways and GatewayClasses in `v1` (Gateway API v1.0 and later),
-/// which [`GatewayObject`] and [`GatewayClassObject`] are.
+/// Whether an optional type is served.
+pub(super) enum Served {
+    Yes(ApiResource),
+    /// Its CRD is not installed (or serves no version read here).
+    No,
+    /// The API server did not say (a timeout or another error).
+    Unknown,
+}
+
+impl Served {
+    fn resource(self) -> Option<ApiResource> {
+        match self {
+            Served::Yes(ar) => Some(ar),
+            Served::No | Served::Unknown => None,
+        }
+    }
+}
+
+/// The served resource of `crd`, as [`served_or_why`], or `None` without it.
 pub(super) async fn served(client: &Client, crd: Crd) -> Option<ApiResource> {
+    served_or_why(client, crd).await.resource()
+}
+
+/// Whether `crd` is served, and its resource when it is. DestinationRules and
+/// PeerAuthentications are read in the preferred version; Gateways and GatewayClasses in `v1`
+/// (Gateway API v1.0 and later), which [`GatewayObject`] and [`GatewayClassObject`] are.
+pub(super) async fn served_or_why(client: &Client, crd: Crd) -> Served {
     let group = match tokio::time::timeout(
         REACH_TIMEOUT,
         kube::discovery::group(client, crd.group()),
@@ -130,15 +155,15 @@ pub(super) async fn served(client: &Client, crd: Crd) -> Option<ApiResource> {
     .await
     {
         Ok(Ok(g)) => g,
-        Ok(Err(kube::Error::Discovery(_))) => return None,
-        Ok(Err(kube::Error::Api(s))) if s.code == 404 => return None,
+        Ok(Err(kube::Error::Discovery(_))) => return Served::No,
+        Ok(Err(kube::Error::Api(s))) if s.code == 404 => return Served::No,
         Ok(Err(e)) => {
             tracing::warn!(?crd, error = %error_chain(&e), "checking for the CRD failed; will retry");
-            return None;
+            return Served::Unknown;
         }
-        Err(_) => return None,
+        Err(_) => return Served::Unknown,
     };
-    match crd {
+    let found = match crd {
         Crd::DestinationRule => group.recommended_kind("DestinationRule").map(|(ar, _)| ar),
         Crd::PeerAuthentication => group
             .recommended_kind("PeerAuthentication")
@@ -155,7 +180,8 @@ pub(super) async fn served(client: &Client, crd: Crd) -> Option<ApiResource> {
                 .find(|(ar, _)| ar.kind == kind)
                 .map(|(ar, _)| ar)
         }
-    }
+    };
+    found.map_or(Served::No, Served::Yes)
 }
 
 /// What starting and polling for one optional type needs.
@@ -193,8 +219,12 @@ impl CrdWatch {
                 WatchedApi::GatewayClass,
             ),
         };
-        for p in probes {
-            if let Err(Some(e)) = p.read().await
+        // A few at a time, in order: each probe's watch, let go unread, costs its connection.
+        let mut reads = futures::stream::iter(probes)
+            .map(|p| async move { p.read().await })
+            .buffered(4);
+        while let Some(read) = reads.next().await {
+            if let Err(Some(e)) = read
                 && is_forbidden(&e)
             {
                 return Some(e);
@@ -385,36 +415,53 @@ impl CrdWatch {
 
     /// Looks for the CRD every `recheck` until it is served (installed, or restored, after
     /// the gateway started) and may be listed and watched, then starts generation
-    /// `generation`. A 403 is warned about unless `told` says that was done, and the task
-    /// told, so that waypoints are refused rather than bypassed meanwhile.
-    pub async fn poll(self, generation: u64, mut told: bool) {
+    /// `generation`. A 403 is warned about unless `forbidden` says that was done, and the
+    /// task told, so that waypoints are refused rather than bypassed meanwhile; the CRD
+    /// deleted after that, the task is told so too (no waypoint can exist then).
+    pub async fn poll(self, generation: u64, mut forbidden: bool) {
         let every = self.recheck.max(Duration::from_millis(100));
         loop {
             tokio::select! {
                 _ = self.watches.stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            if let Some(ar) = served(&self.client, self.crd).await {
-                if let Some(e) = self.forbidden(&ar).await {
-                    if !told {
-                        told = true;
-                        warn_forbidden(self.crd.kind(), &e);
-                        let gone = Msg::CrdGone(self.crd, generation, Gone::Forbidden);
-                        if self.watches.tx.send(gone).await.is_err() {
-                            return;
-                        }
+            let ar = match served_or_why(&self.client, self.crd).await {
+                Served::Yes(ar) => ar,
+                Served::No if forbidden => {
+                    forbidden = false;
+                    tracing::info!(
+                        resource = self.crd.kind().resource(),
+                        "CRD no longer served: {}",
+                        self.crd.without()
+                    );
+                    let gone = Msg::CrdGone(self.crd, generation, Gone::NotServed);
+                    if self.watches.tx.send(gone).await.is_err() {
+                        return;
                     }
                     continue;
                 }
-                // The model learns about the type before its first event arrives.
-                let (probes, spawn) = self.prepare(&ar, generation).await;
-                let started = Msg::CrdStarted(self.crd, generation, probes);
-                if self.watches.tx.send(started).await.is_err() {
-                    return;
+                // Unknown: whatever the task was told holds until the server says.
+                Served::No | Served::Unknown => continue,
+            };
+            if let Some(e) = self.forbidden(&ar).await {
+                if !forbidden {
+                    forbidden = true;
+                    warn_forbidden(self.crd.kind(), &e);
+                    let gone = Msg::CrdGone(self.crd, generation, Gone::Forbidden);
+                    if self.watches.tx.send(gone).await.is_err() {
+                        return;
+                    }
                 }
-                spawn();
+                continue;
+            }
+            // The model learns about the type before its first event arrives.
+            let (probes, spawn) = self.prepare(&ar, generation).await;
+            let started = Msg::CrdStarted(self.crd, generation, probes);
+            if self.watches.tx.send(started).await.is_err() {
                 return;
             }
+            spawn();
+            return;
         }
     }
 }

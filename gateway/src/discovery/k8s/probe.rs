@@ -139,7 +139,13 @@ where
 {
     let read = async {
         let list = api.list_metadata(&ListParams::default().limit(1)).await?;
-        let version = list.metadata.resource_version.unwrap_or_default();
+        // "0" (any version, from the server's cache) should a server give none: an empty
+        // one would start the watch with every object of the type.
+        let version = list
+            .metadata
+            .resource_version
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "0".into());
         // The server ends it after a second should the connection outlive the drop.
         let wp = WatchParams::default().timeout(1);
         api.watch_metadata(&wp, &version).await.map(drop)

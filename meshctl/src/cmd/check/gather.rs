@@ -142,18 +142,18 @@ async fn gateway_denied(client: &kube::Client, ns: &str) -> Result<Vec<Ungranted
         .iter()
         .flat_map(|r| GATEWAY_READ_VERBS.iter().map(move |v| (*r, *v)));
     let answers = denied(client, Some((&user, &groups)), asked).await?;
-    let mut denied: Vec<Ungranted> = Vec::new();
+    let mut ungranted: Vec<Ungranted> = Vec::new();
     for ((group, resource), verb) in answers {
-        match denied.last_mut() {
+        match ungranted.last_mut() {
             Some(u) if u.group == group && u.resource == resource => u.verbs.push(verb.into()),
-            _ => denied.push(Ungranted {
+            _ => ungranted.push(Ungranted {
                 group: group.into(),
                 resource: resource.into(),
                 verbs: vec![verb.into()],
             }),
         }
     }
-    Ok(denied)
+    Ok(ungranted)
 }
 
 /// Which of `asked` ((group, resource), verb), cluster-wide, the API server denies, in their
