@@ -124,16 +124,17 @@ pub async fn until_interrupted(
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
-    let (tx, mut stopped) = tokio::sync::oneshot::channel();
+    // Told once the watcher has recorded a signal in [`WAITED_ON`], the one record of it.
+    let told = std::sync::Arc::new(tokio::sync::Notify::new());
+    let tell = told.clone();
     let watcher = tokio::spawn(async move {
-        let mut tx = Some(tx);
         // Every signal reaches the commands waited on then; [`output`] sends the first one
         // to a command started later.
         loop {
-            let (why, sig) = tokio::select! {
-                _ = int.recv() => (Interrupted("SIGINT"), Signal::INT),
-                _ = term.recv() => (Interrupted("SIGTERM"), Signal::TERM),
-                _ = hangup.recv() => (Interrupted("SIGHUP"), Signal::HUP),
+            let sig = tokio::select! {
+                _ = int.recv() => Signal::INT,
+                _ = term.recv() => Signal::TERM,
+                _ = hangup.recv() => Signal::HUP,
             };
             let mut waited = lock_waited();
             waited.stopped_by.get_or_insert(sig);
@@ -141,33 +142,44 @@ pub async fn until_interrupted(
                 let _ = pidfd_send_signal(fd, sig);
             }
             drop(waited);
-            if let Some(tx) = tx.take() {
-                let _ = tx.send(why);
-            }
+            // A permit is kept when nothing waits yet.
+            tell.notify_one();
         }
     });
+    let stopped = || lock_waited().stopped_by.map(interrupted_by);
     // A signal counts even when the scenes end in the same turn.
     let result = tokio::select! {
         biased;
-        Ok(why) = &mut stopped => Err(why.into()),
-        r = scenes => r.and_then(|()| match stopped.try_recv() {
-            Ok(why) => Err(why.into()),
-            Err(_) => Ok(()),
+        _ = told.notified() => Err(stopped().expect("recorded before told").into()),
+        r = scenes => r.and_then(|()| match stopped() {
+            Some(why) => Err(why.into()),
+            None => Ok(()),
         }),
     };
     // The command a scene waited on can die of the signal (Ctrl-C in a terminal signals the
     // whole process group) before the watcher has told: the scene's error waits briefly.
     let result = match result {
         Err(e) if e.downcast_ref::<Interrupted>().is_none() => {
-            match tokio::time::timeout(SIGNAL_GRACE, &mut stopped).await {
-                Ok(Ok(why)) => Err(why.into()),
-                _ => Err(e),
+            let _ = tokio::time::timeout(SIGNAL_GRACE, told.notified()).await;
+            match stopped() {
+                Some(why) => Err(why.into()),
+                None => Err(e),
             }
         }
         r => r,
     };
     watcher.abort();
     result
+}
+
+/// The interruption a stopping signal names.
+fn interrupted_by(sig: Signal) -> Interrupted {
+    Interrupted(match sig {
+        Signal::INT => "SIGINT",
+        Signal::TERM => "SIGTERM",
+        Signal::HUP => "SIGHUP",
+        _ => "a signal",
+    })
 }
 
 /// How long a failed scene's error waits for a signal that killed its command.
