@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use k8s_test_server::{Options, TestApiServer, namespace_json};
+use k8s_test_server::{Fault, FaultRule, Options, TestApiServer, namespace_json};
 use serde_json::{Value, json};
 use testkit::k8s;
 use testkit::wait::eventually;
@@ -557,7 +557,7 @@ async fn a_forbidden_required_type_is_named_once_and_backs_off() {
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway(&dir, &kubeconfig, "warn,gateway=debug").await;
     // Four retries: kube-runtime's back-off starts at 0.8 s and doubles (with jitter).
-    let d: Vec<f64> = service_retries(&gw).await.iter().map(|r| r.1).collect();
+    let d: Vec<f64> = service_retries(&gw, 4).await.iter().map(|r| r.1).collect();
     println!("delays after 403 on services: {d:?}");
     assert!(d.len() >= 4, "{d:?}");
     assert!(
@@ -576,8 +576,8 @@ async fn a_forbidden_required_type_is_named_once_and_backs_off() {
 }
 
 /// When (seconds since midnight) `gw` retried its refused Services watch, and the delay it
-/// announced each time, once there are four (or after 20 s).
-async fn service_retries(gw: &GatewayProcess) -> Vec<(f64, f64)> {
+/// announced each time, once there are `n` (or after 20 s).
+async fn service_retries(gw: &GatewayProcess, n: usize) -> Vec<(f64, f64)> {
     let retries = || -> Vec<(f64, f64)> {
         gw.lines
             .lock()
@@ -593,7 +593,7 @@ async fn service_retries(gw: &GatewayProcess) -> Vec<(f64, f64)> {
             .collect()
     };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while retries().len() < 4 && Instant::now() < deadline {
+    while retries().len() < n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     retries()
@@ -629,7 +629,7 @@ async fn a_required_type_it_may_list_but_not_watch_backs_off_unwoken() {
     );
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway(&dir, &kubeconfig, "warn,gateway=debug").await;
-    let r = service_retries(&gw).await;
+    let r = service_retries(&gw, 4).await;
     println!("(time of day, delay) of each retry: {r:?}");
     assert!(r.len() >= 4, "{r:?}");
     for w in r.windows(2) {
@@ -647,4 +647,42 @@ async fn a_required_type_it_may_list_but_not_watch_backs_off_unwoken() {
                 .is_some_and(|m| m.contains("may not list or watch services (403 Forbidden)"))
     });
     assert_eq!(errors, 1, "named once while it lasts");
+}
+
+/// Services refused (403) and backing off: another type's watch failing and its probe then
+/// answering wakes that watch, not the refused one, whose retries keep their whole delays
+/// (before, every failing watch was woken whenever any probe answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_watch_is_not_woken_when_another_types_api_answers() {
+    let (api, _b, kubeconfig) = cluster("services").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(&dir, &kubeconfig, "warn,gateway=debug").await;
+    // Into its third back-off (at least 1.6 s): the EndpointSlices watch now fails once
+    // (a 500, which the client does not retry by itself), and its probe answers within the
+    // health tick of a second.
+    let r = service_retries(&gw, 3).await;
+    assert!(r.len() >= 3, "{r:?}");
+    api.faults().inject(
+        FaultRule::new(Fault::Internal)
+            .verb("watch")
+            .resource("endpointslices")
+            .times(1),
+    );
+    api.end_watches();
+    let r = service_retries(&gw, 4).await;
+    println!("(time of day, delay) of each retry: {r:?}");
+    assert_eq!(
+        api.faults().injected(),
+        1,
+        "the EndpointSlices watch failed once"
+    );
+    assert!(r.len() >= 4, "{r:?}");
+    for w in r.windows(2) {
+        let gap = (w[1].0 - w[0].0).rem_euclid(86_400.0);
+        assert!(
+            gap >= 0.9 * w[0].1,
+            "retried after {gap} s of a {} s delay: {r:?}",
+            w[0].1
+        );
+    }
 }

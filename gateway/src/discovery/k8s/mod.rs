@@ -57,7 +57,7 @@ use std::sync::atomic::AtomicBool;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::PartialObjectMeta;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use client::KubeError;
@@ -103,7 +103,7 @@ impl KubeSource {
         let (tx, rx) = mpsc::channel(1024);
         let watches = Watches {
             tx,
-            wake: Arc::new(Notify::new()),
+            wake: Arc::default(),
             stop: stop.clone(),
         };
         let mut probes = Vec::new();

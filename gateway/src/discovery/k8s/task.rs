@@ -117,11 +117,8 @@ impl ModelTask {
                 ok = probe_rx.recv() => {
                     self.probing = false;
                     let ok = ok.unwrap_or_default();
-                    if !ok.is_empty() {
-                        // The API server answers: failing watches retry now, not after
-                        // their back-off.
-                        self.crds[0].watches.wake.notify_waiters();
-                    }
+                    // Those whose type's API answers retry now, not after their back-off.
+                    self.crds[0].watches.wake.answered(ok.iter().copied());
                     let now = Instant::now();
                     for w in ok {
                         self.health.answered(w, now);

@@ -1,6 +1,7 @@
 //! The watches: one kube-runtime watcher per type and namespace, pumped into the model
 //! task as projected [`Update`]s and retried as [`retry`] says.
 
+use std::collections::HashSet;
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -111,8 +112,34 @@ fn obj_key<K: Resource>(o: &K) -> Option<ObjKey> {
 #[derive(Clone)]
 pub(super) struct Watches {
     pub tx: mpsc::Sender<Msg>,
-    pub wake: Arc<Notify>,
+    pub wake: Arc<Wake>,
     pub stop: CancellationToken,
+}
+
+/// Wakes failing watches out of their back-off, each only when the probe of its own type
+/// (and namespace) answered: a watch refused 403 must not retry every time another type's
+/// API answers again.
+#[derive(Default)]
+pub(super) struct Wake {
+    notify: Notify,
+    answered: std::sync::Mutex<HashSet<(Kind, usize)>>,
+}
+
+impl Wake {
+    /// The probes of `watches` answered: those of them waiting retry now.
+    pub fn answered(&self, watches: impl IntoIterator<Item = (Kind, usize)>) {
+        self.lock().extend(watches);
+        self.notify.notify_waiters();
+    }
+
+    /// Whether `watch`'s probe answered since the last call, forgetting that it did.
+    fn take(&self, watch: (Kind, usize)) -> bool {
+        self.lock().remove(&watch)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(Kind, usize)>> {
+        self.answered.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// One watch: its `Api` and, for a cluster-scoped type watched for some names only, a field
@@ -215,8 +242,10 @@ where
                     told_forbidden = true;
                     tracing::error!(?kind, stream, resource = kind.resource(), error = %error_chain(&e), "the gateway may not list or watch {} (403 Forbidden), so it cannot become ready: grant get, list and watch on it to the gateway's service account (`meshctl gateway install` creates that ClusterRole); retrying with back-off", kind.resource());
                 }
-                // Registered before the task hears of the error, so no wake-up is missed.
-                let mut woken = std::pin::pin!(wake.notified());
+                // Registered before the task hears of the error, so no wake-up is missed; an
+                // answer to a probe of an earlier failure does not count for this one.
+                wake.take((kind, stream));
+                let mut woken = std::pin::pin!(wake.notify.notified());
                 woken.as_mut().enable();
                 if tx.send(Msg::WatchError(kind, stream)).await.is_err() {
                     return Ended::Stopped;
@@ -237,10 +266,20 @@ where
                         } else {
                             tracing::warn!(?kind, stream, error = %error_chain(&e), ?delay, "watch failed; retrying after the delay or as soon as the API server answers");
                         }
-                        tokio::select! {
-                            _ = stop.cancelled() => return Ended::Stopped,
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = woken => {}
+                        let until = tokio::time::Instant::now() + delay;
+                        loop {
+                            tokio::select! {
+                                _ = stop.cancelled() => return Ended::Stopped,
+                                _ = tokio::time::sleep_until(until) => break,
+                                _ = woken.as_mut() => {
+                                    // Registered again before looking, so no wake-up is lost.
+                                    woken.set(wake.notify.notified());
+                                    woken.as_mut().enable();
+                                    if wake.take((kind, stream)) {
+                                        break;
+                                    }
+                                }
+                            }
                         }
                         if tx.send(Msg::Retrying(kind, stream)).await.is_err() {
                             return Ended::Stopped;
