@@ -599,6 +599,20 @@ async fn service_retries(gw: &GatewayProcess, n: usize) -> Vec<(f64, f64)> {
     retries()
 }
 
+/// Asserts that there are four retries and each came after its whole announced delay (a
+/// wake-up would have cut one short).
+fn each_after_its_delay(r: &[(f64, f64)]) {
+    assert!(r.len() >= 4, "{r:?}");
+    for w in r.windows(2) {
+        let gap = (w[1].0 - w[0].0).rem_euclid(86_400.0);
+        assert!(
+            gap >= 0.9 * w[0].1,
+            "retried after {gap} s of a {} s delay: {r:?}",
+            w[0].1
+        );
+    }
+}
+
 /// Seconds since midnight of a JSON log line's RFC 3339 `timestamp`.
 fn time_of_day(line: &Value) -> f64 {
     let ts = line["timestamp"]
@@ -631,15 +645,7 @@ async fn a_required_type_it_may_list_but_not_watch_backs_off_unwoken() {
     let gw = gateway(&dir, &kubeconfig, "warn,gateway=debug").await;
     let r = service_retries(&gw, 4).await;
     println!("(time of day, delay) of each retry: {r:?}");
-    assert!(r.len() >= 4, "{r:?}");
-    for w in r.windows(2) {
-        let gap = (w[1].0 - w[0].0).rem_euclid(86_400.0);
-        assert!(
-            gap >= 0.9 * w[0].1,
-            "retried after {gap} s of a {} s delay: {r:?}",
-            w[0].1
-        );
-    }
+    each_after_its_delay(&r);
     let errors = gw.count_lines(&|v| {
         v["level"] == "ERROR"
             && v["message"]
@@ -676,13 +682,5 @@ async fn a_refused_watch_is_not_woken_when_another_types_api_answers() {
         1,
         "the EndpointSlices watch failed once"
     );
-    assert!(r.len() >= 4, "{r:?}");
-    for w in r.windows(2) {
-        let gap = (w[1].0 - w[0].0).rem_euclid(86_400.0);
-        assert!(
-            gap >= 0.9 * w[0].1,
-            "retried after {gap} s of a {} s delay: {r:?}",
-            w[0].1
-        );
-    }
+    each_after_its_delay(&r);
 }
