@@ -115,7 +115,8 @@ fn lock_waited() -> std::sync::MutexGuard<'static, WaitedOn> {
 /// Runs a demo's scenes until they end or the user stops the demo. Stopping drops the scenes,
 /// which kills the processes they started, and is an [`Interrupted`] error. The signals are
 /// watched on a worker thread (the runtime must be multi-threaded): a scene may block its
-/// thread on a command, which is then sent the same signal ([`output`]).
+/// thread on a command, which is then sent the same signal ([`output`]). Once per process: the
+/// signal stays recorded, so a second call after one would count as interrupted.
 pub async fn until_interrupted(
     scenes: impl std::future::Future<Output = Result<()>>,
 ) -> Result<()> {

@@ -118,7 +118,9 @@ impl ModelTask {
                     self.probing = false;
                     let ok = ok.unwrap_or_default();
                     // Those whose type's API answers retry now, not after their back-off.
-                    self.crds[0].watches.wake.answered(ok.iter().copied());
+                    if !ok.is_empty() {
+                        self.crds[0].watches.wake.answered(ok.iter().copied());
+                    }
                     let now = Instant::now();
                     for w in ok {
                         self.health.answered(w, now);

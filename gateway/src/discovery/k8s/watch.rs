@@ -199,8 +199,8 @@ enum Ended {
 }
 
 /// Drives one watch: projects every object and forwards it to the model task; on errors,
-/// tells the task and retries as [`retry`] says, waking early when `wake` is notified
-/// (a probe found the API server answering again).
+/// tells the task and retries as [`retry`] says, waking early when its own probe found the
+/// API server answering again ([`Wake`]).
 async fn pump<K, T, S>(
     events: S,
     kind: Kind,
@@ -243,7 +243,8 @@ where
                     tracing::error!(?kind, stream, resource = kind.resource(), error = %error_chain(&e), "the gateway may not list or watch {} (403 Forbidden), so it cannot become ready: grant get, list and watch on it to the gateway's service account (`meshctl gateway install` creates that ClusterRole); retrying with back-off", kind.resource());
                 }
                 // Registered before the task hears of the error, so no wake-up is missed; an
-                // answer to a probe of an earlier failure does not count for this one.
+                // answer left from an earlier failure's probes is dropped (one that lands
+                // between this and the registration can still cut this back-off short once).
                 wake.take((kind, stream));
                 let mut woken = std::pin::pin!(wake.notify.notified());
                 woken.as_mut().enable();
