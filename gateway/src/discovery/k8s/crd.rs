@@ -241,8 +241,8 @@ impl CrdWatch {
     }
 
     /// Where Istio's rules of type `ar` are watched: [`CrdWatch::rule_namespaces`], less the
-    /// namespaces added to `--namespace` that the gateway may not list and watch (a per-namespace Role
-    /// that leaves them out), which come second. A 403 on any watch of a type stops all of
+    /// namespaces added to `--namespace` that the gateway may not list and watch (a
+    /// per-namespace Role that leaves them out), which come second. A 403 on any watch of a type stops all of
     /// them, so one such namespace would cost every rule; it is left out instead, named with
     /// its grant, until [`CrdWatch::widen`] finds it readable.
     async fn readable_rule_namespaces(&self, ar: &ApiResource) -> (Vec<String>, Vec<String>) {
@@ -371,8 +371,8 @@ impl CrdWatch {
     }
 
     /// Every `recheck` while generation `generation` runs, lists and watches each rule
-    /// namespace left out for a 403 again; one that answers gets its watch as stream `next` (and on), the
-    /// task told first, so a grant made after the start needs no restart.
+    /// namespace left out for a 403 again; one that answers gets its watch as stream `next`
+    /// (and on), the task told first, so a grant made after the start needs no restart.
     async fn widen(
         self,
         ar: ApiResource,
