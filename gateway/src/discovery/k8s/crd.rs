@@ -202,23 +202,7 @@ impl CrdWatch {
     /// The 403 of the first of the type's watches outside the added rule namespaces (those
     /// in `--namespace`, or the one of all) that the gateway may not list and watch, if any.
     pub async fn forbidden(&self, ar: &ApiResource) -> Option<kube::Error> {
-        let client = &self.client;
-        let probes = match self.crd {
-            Crd::DestinationRule | Crd::PeerAuthentication => {
-                let kind = self.crd.kind();
-                probes(&dyn_apis(client, &self.namespaces, ar), |api| {
-                    WatchedApi::Dynamic(kind, api)
-                })
-            }
-            Crd::Gateway => probes(
-                &apis::<GatewayObject>(client, &self.namespaces),
-                WatchedApi::Gateway,
-            ),
-            Crd::GatewayClass => probes(
-                &[Api::<GatewayClassObject>::all(client.clone())],
-                WatchedApi::GatewayClass,
-            ),
-        };
+        let probes = self.probes(ar, &self.namespaces);
         // A few at a time, in order: each probe's watch, let go unread, costs its connection.
         let mut reads = futures::stream::iter(probes)
             .map(|p| async move { p.read().await })
@@ -231,6 +215,29 @@ impl CrdWatch {
             }
         }
         None
+    }
+
+    /// The probes of the type's watches: Istio's rules in `rule_namespaces`, Gateways in
+    /// `--namespace`, GatewayClasses cluster-wide (one watch of every class, whatever
+    /// `--namespace` says).
+    fn probes(&self, ar: &ApiResource, rule_namespaces: &[String]) -> Vec<Probe> {
+        let client = &self.client;
+        match self.crd {
+            Crd::DestinationRule | Crd::PeerAuthentication => {
+                let kind = self.crd.kind();
+                probes(&dyn_apis(client, rule_namespaces, ar), |api| {
+                    WatchedApi::Dynamic(kind, api)
+                })
+            }
+            Crd::Gateway => probes(
+                &apis::<GatewayObject>(client, &self.namespaces),
+                WatchedApi::Gateway,
+            ),
+            Crd::GatewayClass => probes(
+                &[Api::<GatewayClassObject>::all(client.clone())],
+                WatchedApi::GatewayClass,
+            ),
+        }
     }
 
     /// Starts generation `generation` of the type's watches; returns their probes.
@@ -301,24 +308,8 @@ impl CrdWatch {
             }
             Crd::Gateway | Crd::GatewayClass => (Vec::new(), Vec::new()),
         };
+        let probes = self.probes(ar, &rule_namespaces);
         let (crd, domain, ar) = (self.crd, self.domain.clone(), ar.clone());
-        let probes = match crd {
-            Crd::DestinationRule | Crd::PeerAuthentication => {
-                let kind = crd.kind();
-                probes(&dyn_apis(&client, &rule_namespaces, &ar), |api| {
-                    WatchedApi::Dynamic(kind, api)
-                })
-            }
-            Crd::Gateway => probes(
-                &apis::<GatewayObject>(&client, &namespaces),
-                WatchedApi::Gateway,
-            ),
-            // Cluster-scoped: one watch of every class, whatever `--namespace` says.
-            Crd::GatewayClass => probes(
-                &[Api::<GatewayClassObject>::all(client.clone())],
-                WatchedApi::GatewayClass,
-            ),
-        };
         let widen = (!left_out.is_empty()).then(|| {
             let this = CrdWatch {
                 watches: watches.clone(),
