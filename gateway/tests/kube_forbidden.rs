@@ -27,6 +27,7 @@ fn rules(without: &str) -> Value {
         ("", "namespaces"),
         ("discovery.k8s.io", "endpointslices"),
         ("networking.istio.io", "destinationrules"),
+        ("networking.istio.io", "workloadentries"),
         ("security.istio.io", "peerauthentications"),
         ("gateway.networking.k8s.io", "gateways"),
         ("gateway.networking.k8s.io", "gatewayclasses"),
@@ -52,6 +53,7 @@ async fn cluster(without: &str) -> (TestApiServer, Vec<Backend>, String) {
     let api = TestApiServer::start_with(opts).await.unwrap();
     api.install_gateway_api_crds();
     api.install_peer_authentication_crd();
+    api.install_workload_entry_crd();
     let st = api.store();
     st.create(namespace_json(NS)).unwrap();
     st.create(namespace_json(SA.0)).unwrap();
@@ -477,6 +479,18 @@ async fn without_peer_authentication_rights_routes_are_served_and_the_grant_name
     let (_api, _dir, _gw, text) = served_and_told("peerauthentications", told).await;
     assert!(
         text.contains("grant get, list and watch on peerauthentications.security.istio.io"),
+        "{text}"
+    );
+}
+
+/// Without the WorkloadEntry grant (a ClusterRole from before 2026-12-07) Services are served
+/// by their pods, and the log names what that means and the grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_workload_entry_rights_routes_are_served_and_the_grant_named() {
+    let told = "may not read workloadentries.networking.istio.io (403 Forbidden): WorkloadEntries cannot be seen";
+    let (_api, _dir, _gw, text) = served_and_told("workloadentries", told).await;
+    assert!(
+        text.contains("grant get, list and watch on workloadentries.networking.istio.io"),
         "{text}"
     );
 }

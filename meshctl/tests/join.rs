@@ -588,6 +588,7 @@ async fn label_network_and_gateway_install() {
     for r in [
         "endpointslices",
         "destinationrules",
+        "workloadentries",
         "peerauthentications",
         "gateways",
         "gatewayclasses",

@@ -83,6 +83,23 @@ pub fn sidecar_pod(namespace: &str, name: &str, labels: &[(&str, &str)]) -> Valu
     v
 }
 
+/// An Istio WorkloadEntry (`networking.istio.io/v1`): a VM at `address` with these labels,
+/// and `serviceAccount` when given (which makes it an mTLS endpoint, as istiod reads it).
+pub fn workload_entry(
+    namespace: &str,
+    name: &str,
+    address: IpAddr,
+    labels: &[(&str, &str)],
+    service_account: Option<&str>,
+) -> Value {
+    let mut spec = json!({"address": address.to_string(), "labels": string_map(labels)});
+    if let Some(sa) = service_account {
+        spec["serviceAccount"] = Value::from(sa);
+    }
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+           "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+}
+
 /// An Istio DestinationRule (`networking.istio.io/v1`) for `host`, with subsets given as
 /// (name, labels).
 pub fn destination_rule(

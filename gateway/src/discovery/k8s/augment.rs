@@ -58,11 +58,11 @@ pub fn endpoint_label<'a>(
     }
 }
 
-const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
+pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
 pub const NETWORK_LABEL: &str = "topology.istio.io/network";
-const REGION_LABEL: &str = "topology.kubernetes.io/region";
-const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
 const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 /// A Pod's own locality, `region.zone.subzone`, over its Node's (istiod's `getPodLocality`);
 /// Istio 1.29's name for it, read first, then the older one.

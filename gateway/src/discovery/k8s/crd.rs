@@ -1,6 +1,7 @@
 //! The life of an optional watched type, served only while its CRD is installed: Istio's
 //! DestinationRules (subsets) and PeerAuthentications (which sidecars take 15443), and Gateway
-//! API Gateways (waypoints) and GatewayClasses (their default traffic type). Each is found at start or
+//! API Gateways (waypoints) and GatewayClasses (their default traffic type), and Istio's
+//! WorkloadEntries (VMs behind Services). Each is found at start or
 //! by polling every `--crd-recheck` interval, watched while served, and let go when its CRD
 //! is deleted (its watch gets 404) or it may not be read (403): what it gave the table goes,
 //! staleness is not affected, and polling starts again. A type is started only while the
@@ -23,6 +24,7 @@ use super::probe::{Kind, Probe, WatchedApi, is_forbidden, list_and_watch, probes
 use super::project;
 use super::watch::{self, Msg, Watches, apis, dyn_apis, spawn_watches};
 use super::waypoints::{GatewayClassObject, GatewayObject, project_gateway, project_gateway_class};
+use super::workload_entry;
 
 /// An optional type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,14 +33,16 @@ pub(super) enum Crd {
     PeerAuthentication,
     Gateway,
     GatewayClass,
+    WorkloadEntry,
 }
 
 impl Crd {
-    pub const ALL: [Crd; 4] = [
+    pub const ALL: [Crd; 5] = [
         Crd::DestinationRule,
         Crd::PeerAuthentication,
         Crd::Gateway,
         Crd::GatewayClass,
+        Crd::WorkloadEntry,
     ];
 
     pub fn kind(self) -> Kind {
@@ -47,12 +51,13 @@ impl Crd {
             Crd::PeerAuthentication => Kind::PeerAuthentication,
             Crd::Gateway => Kind::Gateway,
             Crd::GatewayClass => Kind::GatewayClass,
+            Crd::WorkloadEntry => Kind::WorkloadEntry,
         }
     }
 
     fn group(self) -> &'static str {
         match self {
-            Crd::DestinationRule => "networking.istio.io",
+            Crd::DestinationRule | Crd::WorkloadEntry => "networking.istio.io",
             Crd::PeerAuthentication => "security.istio.io",
             Crd::Gateway | Crd::GatewayClass => "gateway.networking.k8s.io",
         }
@@ -74,6 +79,9 @@ impl Crd {
                 "PeerAuthentications cannot be seen: a sidecar whose mTLS one disables still takes 15443 connections, which it then cannot accept"
             }
             Crd::DestinationRule => self.without(),
+            Crd::WorkloadEntry => {
+                "WorkloadEntries cannot be seen: Services that select VMs are served by their pods only"
+            }
         }
     }
 
@@ -84,6 +92,7 @@ impl Crd {
             Crd::PeerAuthentication => "PeerAuthentications for mTLS modes",
             Crd::Gateway => "Gateways (gateway.networking.k8s.io/v1) for waypoints",
             Crd::GatewayClass => "GatewayClasses for their waypoints' traffic type",
+            Crd::WorkloadEntry => "WorkloadEntries for the Services that select them",
         }
     }
 
@@ -98,6 +107,7 @@ impl Crd {
             Crd::GatewayClass => {
                 "waypoints take Service traffic unless their own istio.io/waypoint-for says otherwise (a class's label is not read)"
             }
+            Crd::WorkloadEntry => "Services are served by their pods only",
         }
     }
 }
@@ -168,6 +178,7 @@ pub(super) async fn served_or_why(client: &Client, crd: Crd) -> Served {
         Crd::PeerAuthentication => group
             .recommended_kind("PeerAuthentication")
             .map(|(ar, _)| ar),
+        Crd::WorkloadEntry => group.recommended_kind("WorkloadEntry").map(|(ar, _)| ar),
         Crd::Gateway | Crd::GatewayClass => {
             let kind = if crd == Crd::Gateway {
                 "Gateway"
@@ -217,9 +228,9 @@ impl CrdWatch {
         None
     }
 
-    /// The probes of the type's watches: Istio's rules in `rule_namespaces`, Gateways in
-    /// `--namespace`, GatewayClasses cluster-wide (one watch of every class, whatever
-    /// `--namespace` says).
+    /// The probes of the type's watches: Istio's rules in `rule_namespaces`, Gateways and
+    /// WorkloadEntries in `--namespace`, GatewayClasses cluster-wide (one watch of every class,
+    /// whatever `--namespace` says).
     fn probes(&self, ar: &ApiResource, rule_namespaces: &[String]) -> Vec<Probe> {
         let client = &self.client;
         match self.crd {
@@ -229,6 +240,9 @@ impl CrdWatch {
                     WatchedApi::Dynamic(kind, api)
                 })
             }
+            Crd::WorkloadEntry => probes(&dyn_apis(client, &self.namespaces, ar), |api| {
+                WatchedApi::Dynamic(Kind::WorkloadEntry, api)
+            }),
             Crd::Gateway => probes(
                 &apis::<GatewayObject>(client, &self.namespaces),
                 WatchedApi::Gateway,
@@ -306,7 +320,7 @@ impl CrdWatch {
             Crd::DestinationRule | Crd::PeerAuthentication => {
                 self.readable_rule_namespaces(ar).await
             }
-            Crd::Gateway | Crd::GatewayClass => (Vec::new(), Vec::new()),
+            Crd::Gateway | Crd::GatewayClass | Crd::WorkloadEntry => (Vec::new(), Vec::new()),
         };
         let probes = self.probes(ar, &rule_namespaces);
         let (crd, domain, ar) = (self.crd, self.domain.clone(), ar.clone());
@@ -324,6 +338,17 @@ impl CrdWatch {
                     tracing::info!(version = %ar.version, %namespaces, "watching {}", crd.watched_for());
                     let rules = (0, watch::every(&dyn_apis(&client, &rule_namespaces, &ar)));
                     spawn_rule_watches(&watches, crd, generation, &domain, rules);
+                }
+                Crd::WorkloadEntry => {
+                    tracing::info!(version = %ar.version, "watching {}", crd.watched_for());
+                    spawn_watches(
+                        &watches,
+                        crd.kind(),
+                        (0, watch::every(&dyn_apis(&client, &namespaces, &ar))),
+                        workload_entry::project_workload_entry,
+                        move |stream, update| Msg::WorkloadEntry(generation, stream, update),
+                        gone,
+                    );
                 }
                 Crd::Gateway => {
                     tracing::info!("watching {}", crd.watched_for());
@@ -493,6 +518,6 @@ fn spawn_rule_watches(
             move |stream, update| Msg::PeerAuth(generation, stream, update),
             gone,
         ),
-        Crd::Gateway | Crd::GatewayClass => {}
+        Crd::Gateway | Crd::GatewayClass | Crd::WorkloadEntry => {}
     }
 }

@@ -1,8 +1,8 @@
 //! Kubernetes discovery, wired: [`KubeSource::start`] connects, starts the watches and the
 //! rebuild task. Sources: Services, EndpointSlices, Pod and Namespace metadata (labels, and
 //! the sidecar annotation; `ambient` says why) and, when their CRDs are served, Istio's
-//! DestinationRules (subsets) and PeerAuthentications (mTLS modes), and Gateway API Gateways
-//! and GatewayClasses (waypoints).
+//! DestinationRules (subsets), PeerAuthentications (mTLS modes) and WorkloadEntries (VMs
+//! behind Services), and Gateway API Gateways and GatewayClasses (waypoints).
 //!
 //! One kube-runtime watcher per type (per namespace with `--namespace`) projects objects to
 //! the routing fields as they arrive (`project`) and sends them to one task that owns the
@@ -25,6 +25,8 @@
 //! - `waypoints`: Istio's rules for which waypoint a Service's tunnels go to (pure
 //!   functions), and the loosely typed Gateway they read;
 //! - `project`: objects reduced to routing fields; `cache`: a reflector store of them;
+//! - `workload_entry`: WorkloadEntries as endpoints of the Services selecting them (pure
+//!   functions);
 //! - `retry`, `health`: what a failing watch does next, and when the table is stale;
 //! - `watch`: `spawn_watches::<K>`, one generic helper for every watched type;
 //! - `crd`: finding, watching and losing the optional CRDs (their detection and re-polling
@@ -50,6 +52,7 @@ mod specs;
 mod task;
 mod watch;
 mod waypoints;
+mod workload_entry;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -138,7 +141,7 @@ impl KubeSource {
                 match watch.crd {
                     Crd::Gateway => model.gateways_forbidden = true,
                     Crd::GatewayClass => model.gateway_classes_forbidden = true,
-                    Crd::DestinationRule | Crd::PeerAuthentication => {}
+                    Crd::DestinationRule | Crd::PeerAuthentication | Crd::WorkloadEntry => {}
                 }
                 tokio::spawn(watch.clone().poll(0, true));
                 continue;
@@ -153,6 +156,9 @@ impl KubeSource {
                         }
                         Crd::Gateway => model.waypoints = Some(Watched::new(p.len())),
                         Crd::GatewayClass => model.gateway_classes = Some(Watched::new(p.len())),
+                        Crd::WorkloadEntry => {
+                            model.workload_entries = Some(Watched::new(p.len()));
+                        }
                     }
                     probes.extend(p);
                 }

@@ -29,6 +29,7 @@ pub(super) enum Kind {
     PeerAuthentication,
     Gateway,
     GatewayClass,
+    WorkloadEntry,
 }
 
 impl Kind {
@@ -43,6 +44,7 @@ impl Kind {
             Kind::PeerAuthentication => "peerauthentications.security.istio.io",
             Kind::Gateway => "gateways.gateway.networking.k8s.io",
             Kind::GatewayClass => "gatewayclasses.gateway.networking.k8s.io",
+            Kind::WorkloadEntry => "workloadentries.networking.istio.io",
         }
     }
 
@@ -52,6 +54,7 @@ impl Kind {
             Kind::Gateway => Crd::Gateway.unreadable(),
             Kind::GatewayClass => Crd::GatewayClass.unreadable(),
             Kind::PeerAuthentication => Crd::PeerAuthentication.unreadable(),
+            Kind::WorkloadEntry => Crd::WorkloadEntry.unreadable(),
             _ => Crd::DestinationRule.unreadable(),
         }
     }
@@ -64,7 +67,8 @@ pub(super) enum WatchedApi {
     EndpointSlice(Api<EndpointSlice>),
     Pod(Api<PartialObjectMeta<Pod>>),
     Namespace(Api<PartialObjectMeta<Namespace>>),
-    /// A type known at run time (DestinationRules, PeerAuthentications): which one it is.
+    /// A type known at run time (DestinationRules, PeerAuthentications, WorkloadEntries):
+    /// which one it is.
     Dynamic(Kind, Api<DynamicObject>),
     Gateway(Api<GatewayObject>),
     GatewayClass(Api<GatewayClassObject>),

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
 
@@ -51,6 +52,21 @@ pub struct SvcInfo {
     /// `internalTrafficPolicy: Local`: istiod gives a gateway only the endpoints on its own
     /// node (`conversion.go` `NodeLocal`, `endpoint_builder.go` `filterIstioEndpoint`).
     pub node_local: bool,
+    /// Each port's `targetPort`, in the order of `ports`.
+    pub targets: Box<[TargetPort]>,
+    /// `spec.selector`, sorted, when it selects WorkloadEntries: non-empty, and the Service
+    /// not headless (istiod adds entries only to client-side load-balanced Services).
+    pub entry_selector: Option<Selector>,
+}
+
+/// A Service's `spec.selector`: (key, value) pairs sorted by key.
+pub type Selector = Box<[(Box<str>, Box<str>)]>;
+
+/// A Service port's `targetPort`; unset is the port's number, as the API server defaults it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    Name(Box<str>),
 }
 
 /// Istio's annotation naming the namespaces a Service is visible to.
@@ -173,13 +189,32 @@ pub fn project_service(svc: &Service) -> Option<SvcInfo> {
     if spec.type_.as_deref() == Some("ExternalName") {
         return None;
     }
-    let ports: Vec<_> = spec
+    let (ports, targets): (Vec<_>, Vec<_>) = spec
         .ports
         .iter()
         .flatten()
         .filter(|p| is_tcp(&p.protocol))
-        .filter_map(|p| Some((nonempty(&p.name), port_u16(p.port)?)))
-        .collect();
+        .filter_map(|p| {
+            let port = port_u16(p.port)?;
+            let target = match &p.target_port {
+                Some(IntOrString::Int(n)) => TargetPort::Number(port_u16(*n).unwrap_or(port)),
+                Some(IntOrString::String(name)) if !name.is_empty() => {
+                    TargetPort::Name(name.as_str().into())
+                }
+                _ => TargetPort::Number(port),
+            };
+            Some(((nonempty(&p.name), port), target))
+        })
+        .unzip();
+    let entry_selector = spec
+        .selector
+        .as_ref()
+        .filter(|s| !s.is_empty() && spec.cluster_ip.as_deref() != Some("None"))
+        .map(|s| {
+            s.iter()
+                .map(|(k, v)| (Box::from(k.as_str()), Box::from(v.as_str())))
+                .collect()
+        });
     // Set by the API server on every Service since Kubernetes 1.20; unset, IPv4 (its default).
     let family = match spec.ip_families.iter().flatten().next().map(String::as_str) {
         Some("IPv6") => IpFamily::V6,
@@ -223,6 +258,8 @@ pub fn project_service(svc: &Service) -> Option<SvcInfo> {
         prefer_close,
         export_to,
         node_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        targets: targets.into(),
+        entry_selector,
     })
 }
 

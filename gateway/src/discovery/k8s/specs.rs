@@ -13,6 +13,7 @@ use super::project::{
     DRAINING_LABEL, DrInfo, ObjKey, PodInfo, SliceEndpoint, SliceInfo, SvcInfo, pod_label,
 };
 use super::waypoints::{self, ClassInfo, WaypointAddress, WaypointInfo};
+use super::workload_entry::WeInfo;
 use crate::dr_tls::DrTls;
 use crate::routes::{Canary, EndpointSpec, Labels, ServiceSpec, Subsets};
 use crate::sni_name::{validate_host, validate_subset};
@@ -63,6 +64,8 @@ pub struct Model {
     pub waypoints: Option<Watched<WaypointInfo>>,
     /// GatewayClasses (cluster-scoped: keyed `("", name)`); `None` while not served.
     pub gateway_classes: Option<Watched<ClassInfo>>,
+    /// WorkloadEntries; `None` while the CRD is not served (or may not be read).
+    pub workload_entries: Option<Watched<WeInfo>>,
     /// The namespaces whose Gateways are watched (`--namespace`); empty for all.
     pub watched_namespaces: Vec<String>,
     /// Gateways may not be read (403): a waypoint binding cannot be resolved.
@@ -92,6 +95,7 @@ impl Model {
             peer_auths: None,
             waypoints: None,
             gateway_classes: None,
+            workload_entries: None,
             watched_namespaces: Vec::new(),
             gateways_forbidden: false,
             gateway_classes_forbidden: false,
@@ -112,6 +116,7 @@ impl Model {
             && self.peer_auths.as_ref().is_none_or(Watched::synced)
             && self.waypoints.as_ref().is_none_or(Watched::synced)
             && self.gateway_classes.as_ref().is_none_or(Watched::synced)
+            && self.workload_entries.as_ref().is_none_or(Watched::synced)
     }
 
     /// The host of the waypoint a global Service's tunnels go to, if it has one, and what
@@ -264,6 +269,32 @@ impl Model {
         (self.classes_unread() && might()).then_some(Blind::ClassForbidden)
     }
 
+    /// The cluster's network: the root namespace's `topology.istio.io/network`.
+    fn network(&self) -> Option<&str> {
+        self.namespaces
+            .get(&namespace_key(&self.root_namespace))
+            .and_then(|n| n.labels.get(NETWORK_LABEL))
+            .map(String::as_str)
+            .filter(|n| !n.is_empty())
+    }
+
+    /// The WorkloadEntries on another network than the cluster's, as `(namespace/name,
+    /// network)`: never dialed from here ([`Model::specs`]), and the log says so.
+    pub fn entries_elsewhere(&self) -> Vec<(String, Box<str>)> {
+        let (Some(ours), Some(entries)) = (self.network(), &self.workload_entries) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, Box<str>)> = entries
+            .iter()
+            .filter_map(|((ns, name), we)| {
+                let theirs = we.network.as_ref().filter(|n| &***n != ours)?;
+                Some((format!("{ns}/{name}"), theirs.clone()))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The global Services bound to a waypoint the gateway cannot see, as `(service host,
     /// waypoint namespace/name, why)`: their tunnels are refused, and the log says why.
     pub fn unseen_waypoints(&self, domain: &str) -> Vec<(String, String, Blind)> {
@@ -382,12 +413,7 @@ impl Model {
         );
         let augment = Augment {
             cluster: &self.cluster_id,
-            network: self
-                .namespaces
-                .get(&namespace_key(&self.root_namespace))
-                .and_then(|n| n.labels.get(NETWORK_LABEL))
-                .map(String::as_str)
-                .filter(|n| !n.is_empty()),
+            network: self.network(),
         };
         let no_rules: MergedRules = Default::default();
         let no_labels: Arc<Labels> = Arc::default();
@@ -395,6 +421,18 @@ impl Model {
         let mut label_key: Vec<(&str, &str)> = Vec::new();
         let mut out = Vec::with_capacity(self.services.len());
         let by_ip = self.hosts_by_ip(domain);
+        // Each namespace's WorkloadEntries in name order: which of two entries with one
+        // address serves must not depend on hash order.
+        let mut entries: Vec<(&ObjKey, &WeInfo)> = self
+            .workload_entries
+            .iter()
+            .flat_map(|w| w.iter())
+            .collect();
+        entries.sort_unstable_by_key(|(key, _)| *key);
+        let mut entries_by_ns: HashMap<&str, Vec<&WeInfo>> = HashMap::new();
+        for ((ns, _), we) in entries {
+            entries_by_ns.entry(ns).or_default().push(we);
+        }
         for ((ns, svc_name), svc) in self.services.iter() {
             // Hidden from the gateway's namespace: istiod builds no listener for it there.
             if svc.ports.is_empty() || !svc.visible_to(ns, &self.gateway_namespace) {
@@ -505,22 +543,7 @@ impl Model {
                             .iter()
                             .filter_map(|&k| Some((k, endpoint_label(k, pod, e, &augment)?))),
                     );
-                    let labels = match label_key.is_empty() {
-                        true => no_labels.clone(),
-                        false => match label_sets.get(label_key.as_slice()) {
-                            Some(shared) => shared.clone(),
-                            None => {
-                                let new: Arc<Labels> = Arc::new(
-                                    label_key
-                                        .iter()
-                                        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
-                                        .collect(),
-                                );
-                                label_sets.insert(label_key.clone(), new.clone());
-                                new
-                            }
-                        },
-                    };
+                    let labels = shared_labels(&mut label_sets, &label_key, &no_labels);
                     let spec = eps.entry(e.address).or_insert_with(|| EndpointSpec {
                         address: e.address,
                         ports: BTreeMap::new(),
@@ -556,6 +579,77 @@ impl Model {
                     }
                 }
             }
+            // The WorkloadEntries it selects, after its slices' endpoints (istiod's
+            // `collectWorkloadInstanceEndpoints`); an address a slice lists stays the slice's.
+            let mut vms: Vec<&WeInfo> = Vec::new();
+            let selector = svc.entry_selector.as_deref().unwrap_or_default();
+            let in_ns = entries_by_ns
+                .get(ns.as_ref())
+                .filter(|_| !selector.is_empty());
+            for &we in in_ns.into_iter().flatten() {
+                if !we.selected_by(selector, &augment) || eps.contains_key(&we.address) {
+                    continue;
+                }
+                // On another network: istiod would send it to that network's gateway; this
+                // one dials only its own (`gateway/WORKLOAD_ENTRIES.md`).
+                if let (Some(theirs), Some(ours)) = (we.network.as_deref(), augment.network)
+                    && theirs != ours
+                {
+                    continue;
+                }
+                // An entry has no node: with `internalTrafficPolicy: Local` it is kept only
+                // by a gateway that does not know its own, as for slice endpoints.
+                if svc.node_local && self.node_name.is_some() {
+                    continue;
+                }
+                let ports: BTreeMap<u16, u16> = svc
+                    .ports
+                    .iter()
+                    .zip(&svc.targets)
+                    .filter_map(|((name, port), target)| {
+                        Some((*port, we.port_for(name.as_deref(), target)?))
+                    })
+                    .collect();
+                if ports.is_empty() {
+                    continue;
+                }
+                label_key.clear();
+                label_key.extend(
+                    wanted_keys
+                        .iter()
+                        .filter_map(|&k| Some((k, we.label(k, &augment)?))),
+                );
+                let labels = shared_labels(&mut label_sets, &label_key, &no_labels);
+                eps.insert(
+                    we.address,
+                    EndpointSpec {
+                        address: we.address,
+                        ports,
+                        labels,
+                        ready: true,
+                        hbone_port: None,
+                        zone: we.locality[1].clone(),
+                        mtls: we.mtls,
+                        mtls_disabled: Vec::new(),
+                    },
+                );
+                if we.mtls && !peer_auths.is_empty() {
+                    vms.push(we);
+                }
+            }
+            for we in vms {
+                let Some(spec) = eps.get_mut(&we.address) else {
+                    continue;
+                };
+                spec.mtls_disabled = spec
+                    .ports
+                    .iter()
+                    .filter(|&(_, &target)| {
+                        peer_auths.disables(ns, |k| we.label(k, &augment), target)
+                    })
+                    .map(|(&port, _)| port)
+                    .collect();
+            }
             // istiod asks for the endpoint's own (target) port (`checkMtlsEnabled`).
             for (address, pod, e) in sidecars {
                 let Some(spec) = eps.get_mut(&address).filter(|s| s.mtls) else {
@@ -582,6 +676,28 @@ impl Model {
         }
         out
     }
+}
+
+/// The shared map of an endpoint's labels that subsets select on (`key`, sorted by key):
+/// endpoints with equal labels share one.
+fn shared_labels<'a>(
+    sets: &mut HashMap<Vec<(&'a str, &'a str)>, Arc<Labels>>,
+    key: &[(&'a str, &'a str)],
+    none: &Arc<Labels>,
+) -> Arc<Labels> {
+    if key.is_empty() {
+        return none.clone();
+    }
+    if let Some(shared) = sets.get(key) {
+        return shared.clone();
+    }
+    let new: Arc<Labels> = Arc::new(
+        key.iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    );
+    sets.insert(key.to_vec(), new.clone());
+    new
 }
 
 /// The host of Service `name` in namespace `ns`, lower-cased as routes are keyed.
@@ -1506,6 +1622,139 @@ mod tests {
                 "elsewhere/x".into(),
                 CanaryUnused::Unseen(Blind::NotWatched)
             )]
+        );
+    }
+
+    /// A WorkloadEntry as a Service's endpoint: matched by subsets and PeerAuthentications
+    /// with the labels istiod gives it (its own, its locality's, the cluster's), never in place
+    /// of an address a slice lists, left out by `internalTrafficPolicy: Local` on a gateway
+    /// that knows its node, and of two entries at one address the first by name serves.
+    #[test]
+    fn workload_entries_join_the_services_that_select_them() {
+        let we = |name: &str, spec: serde_json::Value| {
+            let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+                "metadata": {"name": name, "namespace": "shop"}, "spec": spec}))
+            .unwrap();
+            super::super::workload_entry::project_workload_entry(&obj).unwrap()
+        };
+        let mut m = model_with(true);
+        let mut s = project_service(&svc(json!([{"name": "http", "port": 80}]))).unwrap();
+        s.entry_selector = Some(Box::new([("app".into(), "catalog".into())]));
+        m.services.streams[0].items.insert(k("shop", "catalog"), s);
+        let mut w = Watched::new(1);
+        let vm = json!({"address": "10.9.0.1", "serviceAccount": "vm",
+            "labels": {"app": "catalog", "version": "v2"}, "locality": "eu/eu-1",
+            "ports": {"http": 8080}});
+        w.streams[0].items.insert(k("shop", "a-vm"), we("a-vm", vm));
+        // Same address, later name: not used.
+        let twin = json!({"address": "10.9.0.1", "labels": {"app": "catalog", "version": "v1"}});
+        w.streams[0]
+            .items
+            .insert(k("shop", "b-twin"), we("b-twin", twin));
+        // A slice's address: the slice's endpoint stays.
+        let shadow = json!({"address": "10.0.0.2", "labels": {"app": "catalog"}});
+        w.streams[0]
+            .items
+            .insert(k("shop", "shadow"), we("shadow", shadow));
+        let other = json!({"address": "10.9.0.2", "labels": {"app": "orders"}});
+        w.streams[0]
+            .items
+            .insert(k("shop", "other"), we("other", other));
+        m.workload_entries = Some(w);
+        let specs = m.specs("cluster.local");
+        let eps = &specs[0].endpoints;
+        let addrs: Vec<String> = eps.iter().map(|e| e.address.to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.9.0.1"]);
+        let vm = &eps[3];
+        assert_eq!(vm.ports, BTreeMap::from([(80, 8080)]));
+        assert!(vm.ready && vm.mtls && vm.hbone_port.is_none());
+        assert_eq!(vm.zone.as_deref(), Some("eu-1"));
+        assert!(eps[1].mtls, "the slice's pod, not the shadowing entry");
+        let t = crate::routes::Routes::new().publish(&specs);
+        let r = t.lookup("catalog.shop.svc.cluster.local", 80).unwrap();
+        let ips = |subset| -> Vec<String> {
+            r.candidates(subset)
+                .map(|c| {
+                    c.iter()
+                        .map(|&i| r.endpoints[i].state.addr.ip().to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(ips("v2"), ["10.0.0.2", "10.9.0.1"]);
+
+        // A PeerAuthentication selecting the VM by its locality's zone disables its port.
+        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": {"name": "vms", "namespace": "shop"},
+            "spec": {"selector": {"matchLabels": {"topology.kubernetes.io/zone": "eu-1"}},
+                "portLevelMtls": {"8080": {"mode": "DISABLE"}}}}))
+        .unwrap();
+        let pa = super::super::peer_auth::project_peer_authentication(&obj).unwrap();
+        let mut w = Watched::new(1);
+        w.streams[0].items.insert(k("shop", "vms"), pa);
+        m.peer_auths = Some(w);
+        let specs = m.specs("cluster.local");
+        assert_eq!(specs[0].endpoints[3].mtls_disabled, vec![80]);
+        assert!(specs[0].endpoints[0].mtls_disabled.is_empty());
+
+        // On another network than the cluster's: left out, and named for the log.
+        assert!(
+            m.entries_elsewhere().is_empty(),
+            "the cluster's network is unknown"
+        );
+        let ns: PartialObjectMeta<Namespace> = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "istio-system",
+                "labels": {"topology.istio.io/network": "east-net"}}}))
+        .unwrap();
+        let scope = project_namespace(&ns).unwrap();
+        m.namespaces.streams[0]
+            .items
+            .insert(k("", "istio-system"), scope);
+        let away = json!({"address": "10.9.0.3", "labels": {"app": "catalog"},
+            "serviceAccount": "vm", "network": "vm-net"});
+        let w = m.workload_entries.as_mut().unwrap();
+        w.streams[0]
+            .items
+            .insert(k("shop", "away"), we("away", away));
+        let here = json!({"address": "10.9.0.4", "labels": {"app": "catalog"},
+            "serviceAccount": "vm", "network": "east-net"});
+        w.streams[0]
+            .items
+            .insert(k("shop", "here"), we("here", here));
+        let addrs: Vec<String> = m.specs("cluster.local")[0]
+            .endpoints
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect();
+        assert!(addrs.contains(&"10.9.0.4".to_string()), "{addrs:?}");
+        assert!(!addrs.contains(&"10.9.0.3".to_string()), "{addrs:?}");
+        assert_eq!(
+            m.entries_elsewhere(),
+            vec![("shop/away".to_string(), Box::from("vm-net"))]
+        );
+
+        // Node-local: an entry has no node.
+        let s = m.services.streams[0]
+            .items
+            .get_mut(&k("shop", "catalog"))
+            .unwrap();
+        s.node_local = true;
+        m.node_name = Some("node-1".into());
+        assert!(
+            m.specs("cluster.local")[0]
+                .endpoints
+                .iter()
+                .all(|e| e.address.to_string() != "10.9.0.1")
+        );
+        m.node_name = None;
+        assert!(
+            m.specs("cluster.local")[0]
+                .endpoints
+                .iter()
+                .any(|e| e.address.to_string() == "10.9.0.1")
         );
     }
 }

@@ -54,6 +54,8 @@ pub(super) struct ModelTask {
     unseen: Vec<(String, String, Blind)>,
     /// Services whose canary waypoint takes none of their tunnels, as last warned of.
     unused_canaries: Vec<(String, String, CanaryUnused)>,
+    /// WorkloadEntries on another network, as last told (`Model::entries_elsewhere`).
+    entries_elsewhere: Vec<(String, Box<str>)>,
 }
 
 impl ModelTask {
@@ -79,6 +81,7 @@ impl ModelTask {
             generations: [0; Crd::ALL.len()],
             unseen: Vec::new(),
             unused_canaries: Vec::new(),
+            entries_elsewhere: Vec::new(),
         }
     }
 
@@ -187,6 +190,14 @@ impl ModelTask {
                 };
                 r
             }
+            Msg::WorkloadEntry(g, i, u) => {
+                let current = g == self.generations[slot(Crd::WorkloadEntry)];
+                let key = (Kind::WorkloadEntry, i);
+                let Some(r) = apply_current(m.workload_entries.as_mut(), current, h, key, u) else {
+                    return false;
+                };
+                r
+            }
             Msg::CrdStarted(crd, generation, probes) => {
                 if generation == self.generations[slot(crd)] {
                     match crd {
@@ -197,6 +208,9 @@ impl ModelTask {
                         Crd::Gateway => m.waypoints = Some(Watched::new(probes.len())),
                         Crd::GatewayClass => {
                             m.gateway_classes = Some(Watched::new(probes.len()));
+                        }
+                        Crd::WorkloadEntry => {
+                            m.workload_entries = Some(Watched::new(probes.len()));
                         }
                     }
                     self.probes.extend(probes);
@@ -213,7 +227,7 @@ impl ModelTask {
                         Crd::PeerAuthentication => {
                             m.peer_auths.as_mut().map(|w| w.add_synced(probe.stream))
                         }
-                        Crd::Gateway | Crd::GatewayClass => None,
+                        Crd::Gateway | Crd::GatewayClass | Crd::WorkloadEntry => None,
                     };
                     if added == Some(true) {
                         self.probes.push(probe);
@@ -247,10 +261,11 @@ impl ModelTask {
             Crd::PeerAuthentication => self.model.peer_auths.take().is_some(),
             Crd::Gateway => self.model.waypoints.take().is_some(),
             Crd::GatewayClass => self.model.gateway_classes.take().is_some(),
+            Crd::WorkloadEntry => self.model.workload_entries.take().is_some(),
         };
         let forbidden = why == Gone::Forbidden;
         let flag = match crd {
-            Crd::DestinationRule | Crd::PeerAuthentication => None,
+            Crd::DestinationRule | Crd::PeerAuthentication | Crd::WorkloadEntry => None,
             Crd::Gateway => Some(&mut self.model.gateways_forbidden),
             Crd::GatewayClass => Some(&mut self.model.gateway_classes_forbidden),
         };
@@ -331,6 +346,7 @@ impl ModelTask {
         );
         self.warn_unseen();
         self.warn_unused_canaries();
+        self.tell_entries_elsewhere();
         if !self.synced.swap(true, Ordering::SeqCst) {
             tracing::info!(
                 services = self.model.services.len(),
@@ -454,6 +470,31 @@ impl ModelTask {
             );
         }
         self.unused_canaries = unused;
+    }
+}
+
+impl ModelTask {
+    /// Tells of each WorkloadEntry newly seen on another network (up to [`UNSEEN_NAMED`] by
+    /// name per table, then a count): it is no endpoint here, by design, so this is no warning.
+    fn tell_entries_elsewhere(&mut self) {
+        let now = self.model.entries_elsewhere();
+        let new = newly(&now, &self.entries_elsewhere);
+        for (entry, network) in new.iter().take(UNSEEN_NAMED) {
+            tracing::info!(
+                %entry,
+                %network,
+                "WorkloadEntry is on another network than this cluster's: the gateway does \
+                 not dial it (sidecars on other networks reach it through its own network's \
+                 gateway)"
+            );
+        }
+        if new.len() > UNSEEN_NAMED {
+            tracing::info!(
+                more = new.len() - UNSEEN_NAMED,
+                "more WorkloadEntries are on other networks (as above)"
+            );
+        }
+        self.entries_elsewhere = now;
     }
 }
 

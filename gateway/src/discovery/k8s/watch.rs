@@ -24,6 +24,7 @@ use super::probe::{Kind, Probe};
 use super::project::{self, DrInfo, ObjKey, PodInfo, SliceInfo, SvcInfo};
 use super::retry::{self, Failure};
 use super::waypoints::{ClassInfo, WaypointInfo};
+use super::workload_entry::WeInfo;
 
 /// What the watches (and the CRD poll) tell the rebuild task.
 #[derive(Clone)]
@@ -40,6 +41,8 @@ pub(super) enum Msg {
     Waypoint(u64, usize, Update<WaypointInfo>),
     /// An update of the GatewayClasses of one generation.
     GatewayClass(u64, usize, Update<ClassInfo>),
+    /// An update of the WorkloadEntries of one generation.
+    WorkloadEntry(u64, usize, Update<WeInfo>),
     /// An optional type is served; its watches start after this message.
     CrdStarted(Crd, u64, Vec<Probe>),
     /// A rule namespace left out for a 403 may be read now: its watch (the probe's stream)

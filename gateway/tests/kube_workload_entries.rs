@@ -1,0 +1,233 @@
+//! WorkloadEntries (VMs) behind Kubernetes Services, through the in-process Kubernetes API
+//! TEST SERVER with Istio's WorkloadEntry CRD: the gateway runs in process (`app::build` on
+//! 127.0.0.1:0), the pod and the "VM" are mTLS test backends on 127.0.0.x, and calls go
+//! through real sockets.
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::*;
+use gateway::app::{self, Bound};
+use k8s_test_server::{Options, TestApiServer, namespace_json};
+use serde_json::{Value, json};
+use testkit::k8s;
+use testkit::wait::eventually;
+
+const NS: &str = testkit::mesh::NAMESPACE;
+const WAIT: Duration = Duration::from_secs(10);
+const WE: (&str, &str) = ("networking.istio.io/v1", "WorkloadEntry");
+
+struct KubeGw {
+    bound: Bound,
+    _dir: tempfile::TempDir,
+}
+
+/// A server with the WorkloadEntry CRD, `NS`, and the root namespace on network `east-net`.
+async fn api_server() -> TestApiServer {
+    init();
+    let mut opts = Options::new("east");
+    // The backends listen on 127.0.0.x; a real API server would refuse these slices.
+    opts.store.allow_loopback_endpoint_addresses = true;
+    let api = TestApiServer::start_with(opts).await.unwrap();
+    api.install_workload_entry_crd();
+    let st = api.store();
+    st.create(namespace_json(NS)).unwrap();
+    let mut root = namespace_json("istio-system");
+    root["metadata"]["labels"] = json!({"topology.istio.io/network": "east-net"});
+    st.create(root).unwrap();
+    api
+}
+
+async fn kube_gateway(api: &TestApiServer) -> KubeGw {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, api.kubeconfig("east")).unwrap();
+    let mut cfg = kube_path_config(path, |_| {});
+    cfg.drain_grace = Duration::from_millis(50);
+    let bound = app::build(cfg).await.unwrap();
+    let admin = bound.admin_addr;
+    eventually("gateway ready", WAIT, || async move {
+        http_get(admin, "/healthz/ready").await.0 == 200
+    })
+    .await;
+    KubeGw { bound, _dir: dir }
+}
+
+/// Who answers a call through the gateway, or `None` when it is refused.
+async fn who(gw: &KubeGw, sni: &str) -> Option<String> {
+    let line = call(gw.bound.listen_addr, sni).await.ok()?;
+    Some(line.split(' ').next()?.to_string())
+}
+
+/// Waits until calls are answered by exactly the backends in `want` (none: refused).
+async fn eventually_served_by(gw: &KubeGw, sni: &str, want: &[&str]) {
+    let what = format!("{sni} served by {want:?}");
+    eventually(&what, WAIT, || async move {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..(want.len() * 6).max(4) {
+            match who(gw, sni).await {
+                Some(b) if want.contains(&b.as_str()) => {
+                    seen.insert(b);
+                }
+                None if want.is_empty() => {}
+                _ => return false,
+            }
+        }
+        seen.len() == want.len()
+    })
+    .await;
+}
+
+/// The catalog Service (selector `app: catalog`) with `ports` (name, port, targetPort).
+fn catalog_service(ports: &[(&str, u16, Value)]) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(name, port, target)| {
+            json!({"name": name, "port": port, "protocol": "TCP", "targetPort": target})
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "catalog", "namespace": NS},
+        "spec": {"ports": ports, "selector": {"app": "catalog"}}})
+}
+
+/// The VM `vm` at `ip`, selected by the catalog, with a service account.
+fn vm(ip: IpAddr) -> Value {
+    k8s::workload_entry(NS, "vm", ip, &[("app", "catalog")], Some("vm-sa"))
+}
+
+/// istiod adds a WorkloadEntry to every Service in its namespace whose selector its labels
+/// contain, next to the slices' pods; the gateway does too, with istiod's rules: only an
+/// mTLS entry (a service account, or the TLS-mode label) takes 15443, health checks count
+/// only with their annotation, an entry on another network is not dialed, and a deleted one
+/// goes. Before, WorkloadEntries were not read: the VM was never reached.
+#[tokio::test]
+async fn a_service_that_selects_a_vm_is_served_by_its_pod_and_the_vm() {
+    let api = api_server().await;
+    let (b, port) = backends(&["pod", "vm"]).await;
+    let st = api.store();
+    st.create(catalog_service(&[("http", 80, json!(port))]))
+        .unwrap();
+    st.create(k8s::sidecar_pod(NS, "p", &[("app", "catalog")]))
+        .unwrap();
+    let ep = k8s::Endpoint {
+        address: b[0].addr.ip(),
+        ready: true,
+        pod: "p",
+    };
+    st.create(k8s::endpoint_slice(
+        NS,
+        "catalog-1",
+        "catalog",
+        ("http", port),
+        "test",
+        &[ep],
+    ))
+    .unwrap();
+    st.create(vm(b[1].addr.ip())).unwrap();
+    let gw = kube_gateway(&api).await;
+    let catalog = sni(80, "", CATALOG);
+    eventually_served_by(&gw, &catalog, &["pod", "vm"]).await;
+
+    // No service account and no TLS-mode label: not an mTLS endpoint.
+    let mut plain = vm(b[1].addr.ip());
+    plain["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("serviceAccount");
+    st.apply(plain).unwrap();
+    eventually_served_by(&gw, &catalog, &["pod"]).await;
+    let mut labelled = vm(b[1].addr.ip());
+    labelled["spec"]["labels"]["security.istio.io/tlsMode"] = json!("istio");
+    labelled["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("serviceAccount");
+    st.apply(labelled).unwrap();
+    eventually_served_by(&gw, &catalog, &["pod", "vm"]).await;
+
+    // Health checks on: out until its agent reports it healthy.
+    let mut checked = vm(b[1].addr.ip());
+    checked["metadata"]["annotations"] = json!({"proxy.istio.io/health-checks-enabled": "true"});
+    st.apply(checked.clone()).unwrap();
+    eventually_served_by(&gw, &catalog, &["pod"]).await;
+    checked["status"] = json!({"conditions": [{"type": "Healthy", "status": "True"}]});
+    st.apply(checked).unwrap();
+    eventually_served_by(&gw, &catalog, &["pod", "vm"]).await;
+
+    // On another network than the cluster's (`east-net`): not dialed from here.
+    let mut away = vm(b[1].addr.ip());
+    away["spec"]["network"] = json!("west-net");
+    st.apply(away).unwrap();
+    eventually_served_by(&gw, &catalog, &["pod"]).await;
+    let mut here = vm(b[1].addr.ip());
+    here["spec"]["network"] = json!("east-net");
+    st.apply(here).unwrap();
+    eventually_served_by(&gw, &catalog, &["pod", "vm"]).await;
+
+    // `/debug/routes` shows the VM as an endpoint like any other.
+    let (_, body) = http_get(gw.bound.admin_addr, "/debug/routes?host=catalog.").await;
+    assert!(body.contains(&b[1].addr.ip().to_string()), "{body}");
+
+    st.delete(WE.0, WE.1, Some(NS), "vm").unwrap();
+    eventually_served_by(&gw, &catalog, &["pod"]).await;
+}
+
+/// istiod's port rules for an entry (`serviceInstanceFromWorkloadInstance`): a named
+/// `targetPort` is the entry's port of that name, and an entry without it does not serve that
+/// Service port; a numeric one is overridden by the entry's port named as the Service port.
+#[tokio::test]
+async fn a_vm_serves_the_ports_its_entry_names() {
+    let api = api_server().await;
+    let (b, port) = backends(&["vm"]).await;
+    let st = api.store();
+    // Port 80 targets `web` by name; port 90 targets a closed port by number, which the
+    // entry's own `grpc` port overrides.
+    let closed = refused_port(b[0].addr.ip(), 0).await.port();
+    st.create(catalog_service(&[
+        ("http", 80, json!("web")),
+        ("grpc", 90, json!(closed)),
+    ]))
+    .unwrap();
+    let mut entry = vm(b[0].addr.ip());
+    entry["spec"]["ports"] = json!({"web": port, "grpc": port});
+    st.create(entry).unwrap();
+    let gw = kube_gateway(&api).await;
+    eventually_served_by(&gw, &sni(80, "", CATALOG), &["vm"]).await;
+    eventually_served_by(&gw, &sni(90, "", CATALOG), &["vm"]).await;
+
+    // Without `web`, port 80 has no endpoint; port 90 is still served.
+    let mut entry = vm(b[0].addr.ip());
+    entry["spec"]["ports"] = json!({"grpc": port});
+    st.apply(entry).unwrap();
+    eventually_served_by(&gw, &sni(80, "", CATALOG), &[]).await;
+    eventually_served_by(&gw, &sni(90, "", CATALOG), &["vm"]).await;
+}
+
+/// A headless Service gets no entries (istiod adds them only to client-side load-balanced
+/// Services), and neither does one without a selector.
+#[tokio::test]
+async fn headless_and_selectorless_services_get_no_vms() {
+    let api = api_server().await;
+    let (b, port) = backends(&["vm"]).await;
+    let st = api.store();
+    let mut headless = catalog_service(&[("http", 80, json!(port))]);
+    headless["spec"]["clusterIP"] = json!("None");
+    st.create(headless).unwrap();
+    let mut other = catalog_service(&[("http", 80, json!(port))]);
+    other["metadata"]["name"] = json!("orders");
+    other["spec"].as_object_mut().unwrap().remove("selector");
+    st.create(other).unwrap();
+    st.create(vm(b[0].addr.ip())).unwrap();
+    let gw = kube_gateway(&api).await;
+    let orders = sni(80, "", "orders.istioinaction.svc.cluster.local");
+    eventually_served_by(&gw, &sni(80, "", CATALOG), &[]).await;
+    eventually_served_by(&gw, &orders, &[]).await;
+    // The same Service with a cluster IP takes the VM.
+    st.delete("v1", "Service", Some(NS), "catalog").unwrap();
+    st.create(catalog_service(&[("http", 80, json!(port))]))
+        .unwrap();
+    eventually_served_by(&gw, &sni(80, "", CATALOG), &["vm"]).await;
+}
