@@ -36,12 +36,7 @@ async fn failing_watches_show_as_stale_within_seconds_while_the_last_table_serve
     api.store()
         .create(k8s::service(NS, "catalog", &[svc_port]))
         .unwrap();
-    let ep = k8s::Endpoint {
-        address: b[0].addr.ip(),
-        ready: true,
-        pod: "pa",
-    };
-    let slice = k8s::endpoint_slice(NS, "catalog-1", "catalog", ("http", port), "test", &[ep]);
+    let slice = k8s::one_endpoint_slice(NS, "catalog", ("http", port), b[0].addr.ip(), "pa");
     api.store().create(k8s::sidecar_pod(NS, "pa", &[])).unwrap();
     api.store().create(slice).unwrap();
 

@@ -164,30 +164,6 @@ fn destination_rule(name: &str, host: &str, subsets: &[(&str, &str)]) -> Value {
     k8s::destination_rule(NS, name, host, &subsets)
 }
 
-/// Who answers a call through the gateway ("a", "b", …), or `None` when it is refused.
-async fn who(gw: SocketAddr, sni: &str) -> Option<String> {
-    let line = call(gw, sni).await.ok()?;
-    Some(line.split(' ').next()?.to_string())
-}
-
-/// Waits until `n` calls in a row are answered by exactly the backends in `want`.
-async fn eventually_served_by(gw: SocketAddr, sni: &str, want: &[&str]) {
-    let what = format!("{sni} served by {want:?}");
-    eventually(&what, WAIT, || async move {
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..(want.len() * 6).max(4) {
-            match who(gw, sni).await {
-                Some(b) if want.contains(&b.as_str()) => {
-                    seen.insert(b);
-                }
-                _ => return false,
-            }
-        }
-        seen.len() == want.len()
-    })
-    .await;
-}
-
 async fn eventually_refused(gw: &KubeGw, sni: &str, reason: &str) {
     let (listen, admin) = (gw.listen, gw.admin);
     let what = format!("{sni} refused with {reason}");

@@ -81,20 +81,8 @@ async fn cluster(without: &str) -> (TestApiServer, Vec<Backend>, String) {
     };
     st.create(k8s::service(NS, "catalog", &[svc_port])).unwrap();
     st.create(k8s::sidecar_pod(NS, "pa", &[])).unwrap();
-    let ep = k8s::Endpoint {
-        address: b[0].addr.ip(),
-        ready: true,
-        pod: "pa",
-    };
-    st.create(k8s::endpoint_slice(
-        NS,
-        "catalog-1",
-        "catalog",
-        ("http", port),
-        "test",
-        &[ep],
-    ))
-    .unwrap();
+    let slice = k8s::one_endpoint_slice(NS, "catalog", ("http", port), b[0].addr.ip(), "pa");
+    st.create(slice).unwrap();
     let admin = testkit::kube_client::client_from_yaml(&api.kubeconfig("east")).await;
     let token =
         testkit::kube_client::service_account_token(&admin, SA.0, SA.1, &[], Some(3600)).await;
@@ -390,21 +378,9 @@ async fn a_rule_namespace_it_may_list_but_not_watch_is_left_out() {
     grant_rules(st, "Role", Some(SA.0), &["get", "list"]);
     subset_rule(st, NS, "all");
     st.create(reviews(json!({}))).unwrap();
-    let ep = k8s::Endpoint {
-        address: b[0].addr.ip(),
-        ready: true,
-        pod: "pa",
-    };
     let port = b[0].addr.port();
-    st.create(k8s::endpoint_slice(
-        NS,
-        "reviews-1",
-        "reviews",
-        ("http", port),
-        "test",
-        &[ep],
-    ))
-    .unwrap();
+    let slice = k8s::one_endpoint_slice(NS, "reviews", ("http", port), b[0].addr.ip(), "pa");
+    st.create(slice).unwrap();
     let reviews_host = format!("reviews.{NS}.svc.cluster.local");
     st.create(k8s::destination_rule(
         SA.0,

@@ -55,31 +55,6 @@ async fn kube_gateway(api: &TestApiServer) -> KubeGw {
     KubeGw { bound, _dir: dir }
 }
 
-/// Who answers a call through the gateway, or `None` when it is refused.
-async fn who(gw: &KubeGw, sni: &str) -> Option<String> {
-    let line = call(gw.bound.listen_addr, sni).await.ok()?;
-    Some(line.split(' ').next()?.to_string())
-}
-
-/// Waits until calls are answered by exactly the backends in `want` (none: refused).
-async fn eventually_served_by(gw: &KubeGw, sni: &str, want: &[&str]) {
-    let what = format!("{sni} served by {want:?}");
-    eventually(&what, WAIT, || async move {
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..(want.len() * 6).max(4) {
-            match who(gw, sni).await {
-                Some(b) if want.contains(&b.as_str()) => {
-                    seen.insert(b);
-                }
-                None if want.is_empty() => {}
-                _ => return false,
-            }
-        }
-        seen.len() == want.len()
-    })
-    .await;
-}
-
 /// The catalog Service (selector `app: catalog`) with `ports` (name, port, targetPort).
 fn catalog_service(ports: &[(&str, u16, Value)]) -> Value {
     let ports: Vec<Value> = ports
@@ -112,24 +87,12 @@ async fn a_service_that_selects_a_vm_is_served_by_its_pod_and_the_vm() {
         .unwrap();
     st.create(k8s::sidecar_pod(NS, "p", &[("app", "catalog")]))
         .unwrap();
-    let ep = k8s::Endpoint {
-        address: b[0].addr.ip(),
-        ready: true,
-        pod: "p",
-    };
-    st.create(k8s::endpoint_slice(
-        NS,
-        "catalog-1",
-        "catalog",
-        ("http", port),
-        "test",
-        &[ep],
-    ))
-    .unwrap();
+    let slice = k8s::one_endpoint_slice(NS, "catalog", ("http", port), b[0].addr.ip(), "p");
+    st.create(slice).unwrap();
     st.create(vm(b[1].addr.ip())).unwrap();
     let gw = kube_gateway(&api).await;
     let catalog = sni(80, "", CATALOG);
-    eventually_served_by(&gw, &catalog, &["pod", "vm"]).await;
+    eventually_served_by(gw.bound.listen_addr, &catalog, &["pod", "vm"]).await;
 
     // No service account and no TLS-mode label: not an mTLS endpoint.
     let mut plain = vm(b[1].addr.ip());
@@ -138,7 +101,7 @@ async fn a_service_that_selects_a_vm_is_served_by_its_pod_and_the_vm() {
         .unwrap()
         .remove("serviceAccount");
     st.apply(plain).unwrap();
-    eventually_served_by(&gw, &catalog, &["pod"]).await;
+    eventually_served_by(gw.bound.listen_addr, &catalog, &["pod"]).await;
     let mut labelled = vm(b[1].addr.ip());
     labelled["spec"]["labels"]["security.istio.io/tlsMode"] = json!("istio");
     labelled["spec"]
@@ -146,33 +109,33 @@ async fn a_service_that_selects_a_vm_is_served_by_its_pod_and_the_vm() {
         .unwrap()
         .remove("serviceAccount");
     st.apply(labelled).unwrap();
-    eventually_served_by(&gw, &catalog, &["pod", "vm"]).await;
+    eventually_served_by(gw.bound.listen_addr, &catalog, &["pod", "vm"]).await;
 
     // Health checks on: out until its agent reports it healthy.
     let mut checked = vm(b[1].addr.ip());
     checked["metadata"]["annotations"] = json!({"proxy.istio.io/health-checks-enabled": "true"});
     st.apply(checked.clone()).unwrap();
-    eventually_served_by(&gw, &catalog, &["pod"]).await;
+    eventually_served_by(gw.bound.listen_addr, &catalog, &["pod"]).await;
     checked["status"] = json!({"conditions": [{"type": "Healthy", "status": "True"}]});
     st.apply(checked).unwrap();
-    eventually_served_by(&gw, &catalog, &["pod", "vm"]).await;
+    eventually_served_by(gw.bound.listen_addr, &catalog, &["pod", "vm"]).await;
 
     // On another network than the cluster's (`east-net`): not dialed from here.
     let mut away = vm(b[1].addr.ip());
     away["spec"]["network"] = json!("west-net");
     st.apply(away).unwrap();
-    eventually_served_by(&gw, &catalog, &["pod"]).await;
+    eventually_served_by(gw.bound.listen_addr, &catalog, &["pod"]).await;
     let mut here = vm(b[1].addr.ip());
     here["spec"]["network"] = json!("east-net");
     st.apply(here).unwrap();
-    eventually_served_by(&gw, &catalog, &["pod", "vm"]).await;
+    eventually_served_by(gw.bound.listen_addr, &catalog, &["pod", "vm"]).await;
 
     // `/debug/routes` shows the VM as an endpoint like any other.
     let (_, body) = http_get(gw.bound.admin_addr, "/debug/routes?host=catalog.").await;
     assert!(body.contains(&b[1].addr.ip().to_string()), "{body}");
 
     st.delete(WE.0, WE.1, Some(NS), "vm").unwrap();
-    eventually_served_by(&gw, &catalog, &["pod"]).await;
+    eventually_served_by(gw.bound.listen_addr, &catalog, &["pod"]).await;
 }
 
 /// istiod's port rules for an entry (`serviceInstanceFromWorkloadInstance`): a named
@@ -195,15 +158,15 @@ async fn a_vm_serves_the_ports_its_entry_names() {
     entry["spec"]["ports"] = json!({"web": port, "grpc": port});
     st.create(entry).unwrap();
     let gw = kube_gateway(&api).await;
-    eventually_served_by(&gw, &sni(80, "", CATALOG), &["vm"]).await;
-    eventually_served_by(&gw, &sni(90, "", CATALOG), &["vm"]).await;
+    eventually_served_by(gw.bound.listen_addr, &sni(80, "", CATALOG), &["vm"]).await;
+    eventually_served_by(gw.bound.listen_addr, &sni(90, "", CATALOG), &["vm"]).await;
 
     // Without `web`, port 80 has no endpoint; port 90 is still served.
     let mut entry = vm(b[0].addr.ip());
     entry["spec"]["ports"] = json!({"grpc": port});
     st.apply(entry).unwrap();
-    eventually_served_by(&gw, &sni(80, "", CATALOG), &[]).await;
-    eventually_served_by(&gw, &sni(90, "", CATALOG), &["vm"]).await;
+    eventually_served_by(gw.bound.listen_addr, &sni(80, "", CATALOG), &[]).await;
+    eventually_served_by(gw.bound.listen_addr, &sni(90, "", CATALOG), &["vm"]).await;
 }
 
 /// A headless Service gets no entries (istiod adds them only to client-side load-balanced
@@ -223,11 +186,11 @@ async fn headless_and_selectorless_services_get_no_vms() {
     st.create(vm(b[0].addr.ip())).unwrap();
     let gw = kube_gateway(&api).await;
     let orders = sni(80, "", "orders.istioinaction.svc.cluster.local");
-    eventually_served_by(&gw, &sni(80, "", CATALOG), &[]).await;
-    eventually_served_by(&gw, &orders, &[]).await;
+    eventually_served_by(gw.bound.listen_addr, &sni(80, "", CATALOG), &[]).await;
+    eventually_served_by(gw.bound.listen_addr, &orders, &[]).await;
     // The same Service with a cluster IP takes the VM.
     st.delete("v1", "Service", Some(NS), "catalog").unwrap();
     st.create(catalog_service(&[("http", 80, json!(port))]))
         .unwrap();
-    eventually_served_by(&gw, &sni(80, "", CATALOG), &["vm"]).await;
+    eventually_served_by(gw.bound.listen_addr, &sni(80, "", CATALOG), &["vm"]).await;
 }

@@ -61,6 +61,24 @@ pub fn endpoint_slice(
            "endpoints": endpoints})
 }
 
+/// [`endpoint_slice`] `<service>-1` of `service` listing one ready endpoint, `address` of
+/// Pod `pod`.
+pub fn one_endpoint_slice(
+    namespace: &str,
+    service: &str,
+    port: (&str, u16),
+    address: IpAddr,
+    pod: &str,
+) -> Value {
+    let ep = Endpoint {
+        address,
+        ready: true,
+        pod,
+    };
+    let name = format!("{service}-1");
+    endpoint_slice(namespace, &name, service, port, "test", &[ep])
+}
+
 /// A Pod with these labels and one container.
 pub fn pod(namespace: &str, name: &str, labels: &[(&str, &str)]) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",

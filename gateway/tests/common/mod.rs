@@ -380,6 +380,32 @@ pub async fn served_by(gw: SocketAddr, sni: &str) -> String {
     greeting.split(' ').next().unwrap_or_default().to_string()
 }
 
+/// Who answers a call through the gateway ("a", "b", …), or `None` when it is refused.
+pub async fn who(gw: SocketAddr, sni: &str) -> Option<String> {
+    let line = call(gw, sni).await.ok()?;
+    Some(line.split(' ').next()?.to_string())
+}
+
+/// Waits (up to 10 s) until calls in a row are answered by exactly the backends in `want`,
+/// or, with `want` empty, all refused.
+pub async fn eventually_served_by(gw: SocketAddr, sni: &str, want: &[&str]) {
+    let what = format!("{sni} served by {want:?}");
+    testkit::wait::eventually(&what, Duration::from_secs(10), || async move {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..(want.len() * 6).max(4) {
+            match who(gw, sni).await {
+                Some(b) if want.contains(&b.as_str()) => {
+                    seen.insert(b);
+                }
+                None if want.is_empty() => {}
+                _ => return false,
+            }
+        }
+        seen.len() == want.len()
+    })
+    .await;
+}
+
 /// One `catalog-1` backend and a gateway routing the catalog service (subset v1) to it.
 pub async fn one_catalog(tweak: impl FnOnce(&mut Config)) -> (Vec<Backend>, Gw) {
     let (b, port) = backends(&["catalog-1"]).await;

@@ -1040,17 +1040,7 @@ mod tests {
             },
         );
         m.rules = Some(w);
-        let t = crate::routes::Routes::new().publish(&m.specs("cluster.local"));
-        let r = t.lookup("catalog.shop.svc.cluster.local", 80).unwrap();
-        let ips = |subset| -> Vec<String> {
-            r.candidates(subset)
-                .map(|c| {
-                    c.iter()
-                        .map(|&i| r.endpoints[i].state.addr.ip().to_string())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let ips = |subset| subset_ips(&m, subset);
         assert_eq!(ips("cluster-west"), ["10.0.0.1", "10.0.0.2", "10.0.0.4"]);
         assert!(ips("cluster-east").is_empty());
         assert_eq!(ips("zone-b"), ["10.0.0.4"]);
@@ -1625,6 +1615,20 @@ mod tests {
         );
     }
 
+    /// The addresses subset `subset` of the catalog's port 80 chooses from, in the published
+    /// table.
+    fn subset_ips(m: &Model, subset: &str) -> Vec<String> {
+        let t = crate::routes::Routes::new().publish(&m.specs("cluster.local"));
+        let r = t.lookup("catalog.shop.svc.cluster.local", 80).unwrap();
+        r.candidates(subset)
+            .map(|c| {
+                c.iter()
+                    .map(|&i| r.endpoints[i].state.addr.ip().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// A WorkloadEntry as a Service's endpoint: matched by subsets and PeerAuthentications
     /// with the labels istiod gives it (its own, its locality's, the cluster's), never in place
     /// of an address a slice lists, left out by `internalTrafficPolicy: Local` on a gateway
@@ -1671,18 +1675,7 @@ mod tests {
         assert!(vm.ready && vm.mtls && vm.hbone_port.is_none());
         assert_eq!(vm.zone.as_deref(), Some("eu-1"));
         assert!(eps[1].mtls, "the slice's pod, not the shadowing entry");
-        let t = crate::routes::Routes::new().publish(&specs);
-        let r = t.lookup("catalog.shop.svc.cluster.local", 80).unwrap();
-        let ips = |subset| -> Vec<String> {
-            r.candidates(subset)
-                .map(|c| {
-                    c.iter()
-                        .map(|&i| r.endpoints[i].state.addr.ip().to_string())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        assert_eq!(ips("v2"), ["10.0.0.2", "10.9.0.1"]);
+        assert_eq!(subset_ips(&m, "v2"), ["10.0.0.2", "10.9.0.1"]);
 
         // A PeerAuthentication selecting the VM by its locality's zone disables its port.
         let obj: kube::api::DynamicObject = serde_json::from_value(json!({
