@@ -28,6 +28,7 @@ fn rules(without: &str) -> Value {
         ("discovery.k8s.io", "endpointslices"),
         ("networking.istio.io", "destinationrules"),
         ("networking.istio.io", "workloadentries"),
+        ("networking.istio.io", "serviceentries"),
         ("security.istio.io", "peerauthentications"),
         ("gateway.networking.k8s.io", "gateways"),
         ("gateway.networking.k8s.io", "gatewayclasses"),
@@ -54,6 +55,7 @@ async fn cluster(without: &str) -> (TestApiServer, Vec<Backend>, String) {
     api.install_gateway_api_crds();
     api.install_peer_authentication_crd();
     api.install_workload_entry_crd();
+    api.install_service_entry_crd();
     let st = api.store();
     st.create(namespace_json(NS)).unwrap();
     st.create(namespace_json(SA.0)).unwrap();
@@ -467,6 +469,18 @@ async fn without_workload_entry_rights_routes_are_served_and_the_grant_named() {
     let (_api, _dir, _gw, text) = served_and_told("workloadentries", told).await;
     assert!(
         text.contains("grant get, list and watch on workloadentries.networking.istio.io"),
+        "{text}"
+    );
+}
+
+/// Without the ServiceEntry grant Services are served, and the log names what that means and
+/// the grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_service_entry_rights_routes_are_served_and_the_grant_named() {
+    let told = "may not read serviceentries.networking.istio.io (403 Forbidden): ServiceEntries cannot be seen";
+    let (_api, _dir, _gw, text) = served_and_told("serviceentries", told).await;
+    assert!(
+        text.contains("grant get, list and watch on serviceentries.networking.istio.io"),
         "{text}"
     );
 }

@@ -1,5 +1,5 @@
-//! WorkloadEntries (VMs) behind Kubernetes Services, through the in-process Kubernetes API
-//! TEST SERVER with Istio's WorkloadEntry CRD: the gateway runs in process (`app::build` on
+//! WorkloadEntries (VMs) behind Kubernetes Services, and ServiceEntries, through the
+//! in-process Kubernetes API TEST SERVER with Istio's WorkloadEntry and ServiceEntry CRDs: the gateway runs in process (`app::build` on
 //! 127.0.0.1:0), the pod and the "VM" are mTLS test backends on 127.0.0.x, and calls go
 //! through real sockets.
 
@@ -18,6 +18,8 @@ use testkit::wait::eventually;
 const NS: &str = testkit::mesh::NAMESPACE;
 const WAIT: Duration = Duration::from_secs(10);
 const WE: (&str, &str) = ("networking.istio.io/v1", "WorkloadEntry");
+const SE: (&str, &str) = ("networking.istio.io/v1", "ServiceEntry");
+const DB: &str = "db.mesh.local";
 
 struct KubeGw {
     bound: Bound,
@@ -32,6 +34,7 @@ async fn api_server() -> TestApiServer {
     opts.store.allow_loopback_endpoint_addresses = true;
     let api = TestApiServer::start_with(opts).await.unwrap();
     api.install_workload_entry_crd();
+    api.install_service_entry_crd();
     let st = api.store();
     st.create(namespace_json(NS)).unwrap();
     let mut root = namespace_json("istio-system");
@@ -193,4 +196,77 @@ async fn headless_and_selectorless_services_get_no_vms() {
     st.create(catalog_service(&[("http", 80, json!(port))]))
         .unwrap();
     eventually_served_by(gw.bound.listen_addr, &sni(80, "", CATALOG), &["vm"]).await;
+}
+
+/// ServiceEntry `db` in `NS` for [`DB`], port 5432 (`tcp-db`) targeting `port`, with one
+/// inline endpoint at `inline` and a selector for WorkloadEntries labelled `app: db`.
+fn db_entry(inline: IpAddr, port: u16, extra: Value) -> Value {
+    let mut spec = json!({"hosts": [DB], "location": "MESH_INTERNAL", "resolution": "STATIC",
+        "ports": [{"number": 5432, "name": "tcp-db", "protocol": "TCP", "targetPort": port}],
+        "endpoints": [{"address": inline.to_string(), "serviceAccount": "db"}],
+        "workloadSelector": {"labels": {"app": "db"}}});
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    json!({"apiVersion": SE.0, "kind": SE.1, "metadata": {"name": "db", "namespace": NS},
+        "spec": spec})
+}
+
+/// A `MESH_INTERNAL` ServiceEntry with static (or no) resolution is a route for each host,
+/// served by its inline endpoints and the WorkloadEntries it selects, as istiod gives its
+/// east-west gateway an SNI cluster for it; a `MESH_EXTERNAL` or DNS one, or one not exported
+/// to the gateway's namespace, is none. Before, ServiceEntries were not read (`no_route`).
+#[tokio::test]
+async fn a_mesh_internal_service_entry_is_served_by_its_endpoints_and_selected_vms() {
+    let api = api_server().await;
+    let (b, port) = backends(&["inline", "vm"]).await;
+    let st = api.store();
+    st.create(db_entry(b[0].addr.ip(), port, json!({})))
+        .unwrap();
+    let vm = k8s::workload_entry(NS, "db-vm", b[1].addr.ip(), &[("app", "db")], Some("db"));
+    st.create(vm).unwrap();
+    let gw = kube_gateway(&api).await;
+    let listen = gw.bound.listen_addr;
+    let db = sni(5432, "", DB);
+    eventually_served_by(listen, &db, &["inline", "vm"]).await;
+
+    for (why, extra) in [
+        ("outside the mesh", json!({"location": "MESH_EXTERNAL"})),
+        ("resolved by DNS", json!({"resolution": "DNS"})),
+        (
+            "exported to its own namespace only",
+            json!({"exportTo": ["."]}),
+        ),
+    ] {
+        st.apply(db_entry(b[0].addr.ip(), port, extra)).unwrap();
+        eventually_served_by(listen, &db, &[]).await;
+        println!("{why}: refused");
+        st.apply(db_entry(b[0].addr.ip(), port, json!({}))).unwrap();
+        eventually_served_by(listen, &db, &["inline", "vm"]).await;
+    }
+    let none = json!({"resolution": "NONE", "endpoints": []});
+    st.apply(db_entry(b[0].addr.ip(), port, none)).unwrap();
+    eventually_served_by(listen, &db, &["vm"]).await;
+    st.delete(SE.0, SE.1, Some(NS), "db").unwrap();
+    eventually_served_by(listen, &db, &[]).await;
+}
+
+/// A ServiceEntry naming a Kubernetes Service's host does not take it over: the Service's
+/// endpoints serve it.
+#[tokio::test]
+async fn a_service_entry_does_not_take_a_services_host() {
+    let api = api_server().await;
+    let (b, port) = backends(&["pod", "entry"]).await;
+    let st = api.store();
+    st.create(catalog_service(&[("http", 80, json!(port))]))
+        .unwrap();
+    st.create(k8s::sidecar_pod(NS, "p", &[("app", "catalog")]))
+        .unwrap();
+    let slice = k8s::one_endpoint_slice(NS, "catalog", ("http", port), b[0].addr.ip(), "p");
+    st.create(slice).unwrap();
+    let mut entry = db_entry(b[1].addr.ip(), port, json!({"hosts": [CATALOG]}));
+    entry["spec"]["ports"][0]["number"] = json!(80);
+    st.create(entry).unwrap();
+    let gw = kube_gateway(&api).await;
+    eventually_served_by(gw.bound.listen_addr, &sni(80, "", CATALOG), &["pod"]).await;
 }

@@ -589,6 +589,7 @@ async fn label_network_and_gateway_install() {
         "endpointslices",
         "destinationrules",
         "workloadentries",
+        "serviceentries",
         "peerauthentications",
         "gateways",
         "gatewayclasses",

@@ -1,5 +1,5 @@
 //! The CRDs the server can install on request: Istio's DestinationRule, PeerAuthentication,
-//! WorkloadEntry and Gateway, and Gateway API's Gateway.
+//! WorkloadEntry, ServiceEntry and Gateway, and Gateway API's Gateway.
 
 pub(crate) const DESTINATION_RULE_CRD: &str = r#"{
   "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
@@ -34,6 +34,20 @@ pub(crate) const WORKLOAD_ENTRY_CRD: &str = r#"{
   "metadata": {"name": "workloadentries.networking.istio.io", "labels": {"app": "istio-pilot", "chart": "istio"}},
   "spec": {"group": "networking.istio.io", "scope": "Namespaced",
     "names": {"plural": "workloadentries", "singular": "workloadentry", "kind": "WorkloadEntry", "listKind": "WorkloadEntryList", "shortNames": ["we"], "categories": ["istio-io", "networking-istio-io"]},
+    "versions": [
+      {"name": "v1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+      {"name": "v1alpha3", "served": true, "storage": true, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+      {"name": "v1beta1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}
+    ]}
+}"#;
+
+/// Istio's ServiceEntry (`networking.istio.io`), served at v1, v1alpha3 (stored) and v1beta1
+/// with a status subresource, as Istio 1.22 and later install it.
+pub(crate) const SERVICE_ENTRY_CRD: &str = r#"{
+  "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+  "metadata": {"name": "serviceentries.networking.istio.io", "labels": {"app": "istio-pilot", "chart": "istio"}},
+  "spec": {"group": "networking.istio.io", "scope": "Namespaced",
+    "names": {"plural": "serviceentries", "singular": "serviceentry", "kind": "ServiceEntry", "listKind": "ServiceEntryList", "shortNames": ["se"], "categories": ["istio-io", "networking-istio-io"]},
     "versions": [
       {"name": "v1", "served": true, "storage": false, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
       {"name": "v1alpha3", "served": true, "storage": true, "subresources": {"status": {}}, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},

@@ -235,6 +235,11 @@ impl TestApiServer {
         self.install_crd(crds::WORKLOAD_ENTRY_CRD);
     }
 
+    /// Makes Istio's `networking.istio.io` ServiceEntries (v1, v1alpha3, v1beta1) served.
+    pub fn install_service_entry_crd(&self) {
+        self.install_crd(crds::SERVICE_ENTRY_CRD);
+    }
+
     /// Makes Istio `networking.istio.io` Gateways served (their CRD).
     pub fn install_istio_gateway_crd(&self) {
         self.install_crd(crds::GATEWAY_CRD);

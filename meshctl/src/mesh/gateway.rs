@@ -55,13 +55,14 @@ pub async fn gateway_crd_served(c: &Cluster) -> Result<bool> {
 /// the API server whether the gateway's account may. (The role also grants `get`, which
 /// the gateway does not use today: kept, as every grant the gateway's own messages name is
 /// `get, list and watch`.)
-pub const GATEWAY_READS: [(&str, &str); 9] = [
+pub const GATEWAY_READS: [(&str, &str); 10] = [
     ("", "services"),
     ("", "pods"),
     ("", "namespaces"),
     ("discovery.k8s.io", "endpointslices"),
     (ISTIO_NETWORKING_GROUP, "destinationrules"),
     (ISTIO_NETWORKING_GROUP, "workloadentries"),
+    (ISTIO_NETWORKING_GROUP, "serviceentries"),
     (ISTIO_SECURITY_GROUP, "peerauthentications"),
     (GATEWAY_API_GROUP, "gateways"),
     (GATEWAY_API_GROUP, "gatewayclasses"),
@@ -75,8 +76,8 @@ pub fn gateway_rules() -> Value {
     json!([
         {"apiGroups": [""], "resources": ["services", "pods", "namespaces"], "verbs": verbs},
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": verbs},
-        // Subsets, and the VMs (WorkloadEntries) a Service selects.
-        {"apiGroups": [ISTIO_NETWORKING_GROUP], "resources": ["destinationrules", "workloadentries"], "verbs": verbs},
+        // Subsets, and VMs: WorkloadEntries a Service selects, ServiceEntries' hosts.
+        {"apiGroups": [ISTIO_NETWORKING_GROUP], "resources": ["destinationrules", "workloadentries", "serviceentries"], "verbs": verbs},
         // A sidecar whose mTLS a PeerAuthentication disables takes no 15443 connection.
         {"apiGroups": [ISTIO_SECURITY_GROUP], "resources": ["peerauthentications"], "verbs": verbs},
         // Waypoints: a Service bound to one sends its tunnels there.

@@ -1,7 +1,7 @@
 //! The life of an optional watched type, served only while its CRD is installed: Istio's
 //! DestinationRules (subsets) and PeerAuthentications (which sidecars take 15443), and Gateway
 //! API Gateways (waypoints) and GatewayClasses (their default traffic type), and Istio's
-//! WorkloadEntries (VMs behind Services). Each is found at start or
+//! WorkloadEntries and ServiceEntries (VMs). Each is found at start or
 //! by polling every `--crd-recheck` interval, watched while served, and let go when its CRD
 //! is deleted (its watch gets 404) or it may not be read (403): what it gave the table goes,
 //! staleness is not affected, and polling starts again. A type is started only while the
@@ -24,7 +24,7 @@ use super::probe::{Kind, Probe, WatchedApi, is_forbidden, list_and_watch, probes
 use super::project;
 use super::watch::{self, Msg, Watches, apis, dyn_apis, spawn_watches};
 use super::waypoints::{GatewayClassObject, GatewayObject, project_gateway, project_gateway_class};
-use super::workload_entry;
+use super::{service_entry, workload_entry};
 
 /// An optional type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,15 +34,17 @@ pub(super) enum Crd {
     Gateway,
     GatewayClass,
     WorkloadEntry,
+    ServiceEntry,
 }
 
 impl Crd {
-    pub const ALL: [Crd; 5] = [
+    pub const ALL: [Crd; 6] = [
         Crd::DestinationRule,
         Crd::PeerAuthentication,
         Crd::Gateway,
         Crd::GatewayClass,
         Crd::WorkloadEntry,
+        Crd::ServiceEntry,
     ];
 
     pub fn kind(self) -> Kind {
@@ -52,12 +54,13 @@ impl Crd {
             Crd::Gateway => Kind::Gateway,
             Crd::GatewayClass => Kind::GatewayClass,
             Crd::WorkloadEntry => Kind::WorkloadEntry,
+            Crd::ServiceEntry => Kind::ServiceEntry,
         }
     }
 
     fn group(self) -> &'static str {
         match self {
-            Crd::DestinationRule | Crd::WorkloadEntry => "networking.istio.io",
+            Crd::DestinationRule | Crd::WorkloadEntry | Crd::ServiceEntry => "networking.istio.io",
             Crd::PeerAuthentication => "security.istio.io",
             Crd::Gateway | Crd::GatewayClass => "gateway.networking.k8s.io",
         }
@@ -82,6 +85,9 @@ impl Crd {
             Crd::WorkloadEntry => {
                 "WorkloadEntries cannot be seen: Services that select VMs are served by their pods only"
             }
+            Crd::ServiceEntry => {
+                "ServiceEntries cannot be seen: their hosts are refused as no_route"
+            }
         }
     }
 
@@ -93,6 +99,7 @@ impl Crd {
             Crd::Gateway => "Gateways (gateway.networking.k8s.io/v1) for waypoints",
             Crd::GatewayClass => "GatewayClasses for their waypoints' traffic type",
             Crd::WorkloadEntry => "WorkloadEntries for the Services that select them",
+            Crd::ServiceEntry => "ServiceEntries (MESH_INTERNAL, STATIC or NONE) for their hosts",
         }
     }
 
@@ -108,6 +115,7 @@ impl Crd {
                 "waypoints take Service traffic unless their own istio.io/waypoint-for says otherwise (a class's label is not read)"
             }
             Crd::WorkloadEntry => "Services are served by their pods only",
+            Crd::ServiceEntry => "no ServiceEntry host is routed",
         }
     }
 }
@@ -179,6 +187,7 @@ pub(super) async fn served_or_why(client: &Client, crd: Crd) -> Served {
             .recommended_kind("PeerAuthentication")
             .map(|(ar, _)| ar),
         Crd::WorkloadEntry => group.recommended_kind("WorkloadEntry").map(|(ar, _)| ar),
+        Crd::ServiceEntry => group.recommended_kind("ServiceEntry").map(|(ar, _)| ar),
         Crd::Gateway | Crd::GatewayClass => {
             let kind = if crd == Crd::Gateway {
                 "Gateway"
@@ -228,8 +237,8 @@ impl CrdWatch {
         None
     }
 
-    /// The probes of the type's watches: Istio's rules in `rule_namespaces`, Gateways and
-    /// WorkloadEntries in `--namespace`, GatewayClasses cluster-wide (one watch of every class,
+    /// The probes of the type's watches: Istio's rules in `rule_namespaces`, Gateways,
+    /// WorkloadEntries and ServiceEntries in `--namespace`, GatewayClasses cluster-wide (one watch of every class,
     /// whatever `--namespace` says).
     fn probes(&self, ar: &ApiResource, rule_namespaces: &[String]) -> Vec<Probe> {
         let client = &self.client;
@@ -240,9 +249,12 @@ impl CrdWatch {
                     WatchedApi::Dynamic(kind, api)
                 })
             }
-            Crd::WorkloadEntry => probes(&dyn_apis(client, &self.namespaces, ar), |api| {
-                WatchedApi::Dynamic(Kind::WorkloadEntry, api)
-            }),
+            Crd::WorkloadEntry | Crd::ServiceEntry => {
+                let kind = self.crd.kind();
+                probes(&dyn_apis(client, &self.namespaces, ar), |api| {
+                    WatchedApi::Dynamic(kind, api)
+                })
+            }
             Crd::Gateway => probes(
                 &apis::<GatewayObject>(client, &self.namespaces),
                 WatchedApi::Gateway,
@@ -320,7 +332,9 @@ impl CrdWatch {
             Crd::DestinationRule | Crd::PeerAuthentication => {
                 self.readable_rule_namespaces(ar).await
             }
-            Crd::Gateway | Crd::GatewayClass | Crd::WorkloadEntry => (Vec::new(), Vec::new()),
+            Crd::Gateway | Crd::GatewayClass | Crd::WorkloadEntry | Crd::ServiceEntry => {
+                (Vec::new(), Vec::new())
+            }
         };
         let probes = self.probes(ar, &rule_namespaces);
         let (crd, domain, ar) = (self.crd, self.domain.clone(), ar.clone());
@@ -347,6 +361,17 @@ impl CrdWatch {
                         (0, watch::every(&dyn_apis(&client, &namespaces, &ar))),
                         workload_entry::project_workload_entry,
                         move |stream, update| Msg::WorkloadEntry(generation, stream, update),
+                        gone,
+                    );
+                }
+                Crd::ServiceEntry => {
+                    tracing::info!(version = %ar.version, "watching {}", crd.watched_for());
+                    spawn_watches(
+                        &watches,
+                        crd.kind(),
+                        (0, watch::every(&dyn_apis(&client, &namespaces, &ar))),
+                        service_entry::project_service_entry,
+                        move |stream, update| Msg::ServiceEntry(generation, stream, update),
                         gone,
                     );
                 }
@@ -518,6 +543,6 @@ fn spawn_rule_watches(
             move |stream, update| Msg::PeerAuth(generation, stream, update),
             gone,
         ),
-        Crd::Gateway | Crd::GatewayClass | Crd::WorkloadEntry => {}
+        Crd::Gateway | Crd::GatewayClass | Crd::WorkloadEntry | Crd::ServiceEntry => {}
     }
 }

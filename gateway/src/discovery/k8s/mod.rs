@@ -1,8 +1,8 @@
 //! Kubernetes discovery, wired: [`KubeSource::start`] connects, starts the watches and the
 //! rebuild task. Sources: Services, EndpointSlices, Pod and Namespace metadata (labels, and
 //! the sidecar annotation; `ambient` says why) and, when their CRDs are served, Istio's
-//! DestinationRules (subsets), PeerAuthentications (mTLS modes) and WorkloadEntries (VMs
-//! behind Services), and Gateway API Gateways and GatewayClasses (waypoints).
+//! DestinationRules (subsets), PeerAuthentications (mTLS modes), WorkloadEntries and
+//! ServiceEntries (VMs), and Gateway API Gateways and GatewayClasses (waypoints).
 //!
 //! One kube-runtime watcher per type (per namespace with `--namespace`) projects objects to
 //! the routing fields as they arrive (`project`) and sends them to one task that owns the
@@ -25,8 +25,8 @@
 //! - `waypoints`: Istio's rules for which waypoint a Service's tunnels go to (pure
 //!   functions), and the loosely typed Gateway they read;
 //! - `project`: objects reduced to routing fields; `cache`: a reflector store of them;
-//! - `workload_entry`: WorkloadEntries as endpoints of the Services selecting them (pure
-//!   functions);
+//! - `workload_entry`: WorkloadEntries as endpoints of the Services selecting them;
+//!   `service_entry`: the ServiceEntries a gateway serves (pure functions);
 //! - `retry`, `health`: what a failing watch does next, and when the table is stale;
 //! - `watch`: `spawn_watches::<K>`, one generic helper for every watched type;
 //! - `crd`: finding, watching and losing the optional CRDs (their detection and re-polling
@@ -48,6 +48,7 @@ mod peer_auth;
 mod probe;
 mod project;
 mod retry;
+mod service_entry;
 mod specs;
 mod task;
 mod watch;
@@ -141,7 +142,10 @@ impl KubeSource {
                 match watch.crd {
                     Crd::Gateway => model.gateways_forbidden = true,
                     Crd::GatewayClass => model.gateway_classes_forbidden = true,
-                    Crd::DestinationRule | Crd::PeerAuthentication | Crd::WorkloadEntry => {}
+                    Crd::DestinationRule
+                    | Crd::PeerAuthentication
+                    | Crd::WorkloadEntry
+                    | Crd::ServiceEntry => {}
                 }
                 tokio::spawn(watch.clone().poll(0, true));
                 continue;
@@ -158,6 +162,9 @@ impl KubeSource {
                         Crd::GatewayClass => model.gateway_classes = Some(Watched::new(p.len())),
                         Crd::WorkloadEntry => {
                             model.workload_entries = Some(Watched::new(p.len()));
+                        }
+                        Crd::ServiceEntry => {
+                            model.service_entries = Some(Watched::new(p.len()));
                         }
                     }
                     probes.extend(p);

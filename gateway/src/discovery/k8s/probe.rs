@@ -30,6 +30,7 @@ pub(super) enum Kind {
     Gateway,
     GatewayClass,
     WorkloadEntry,
+    ServiceEntry,
 }
 
 impl Kind {
@@ -45,6 +46,7 @@ impl Kind {
             Kind::Gateway => "gateways.gateway.networking.k8s.io",
             Kind::GatewayClass => "gatewayclasses.gateway.networking.k8s.io",
             Kind::WorkloadEntry => "workloadentries.networking.istio.io",
+            Kind::ServiceEntry => "serviceentries.networking.istio.io",
         }
     }
 
@@ -55,6 +57,7 @@ impl Kind {
             Kind::GatewayClass => Crd::GatewayClass.unreadable(),
             Kind::PeerAuthentication => Crd::PeerAuthentication.unreadable(),
             Kind::WorkloadEntry => Crd::WorkloadEntry.unreadable(),
+            Kind::ServiceEntry => Crd::ServiceEntry.unreadable(),
             _ => Crd::DestinationRule.unreadable(),
         }
     }
@@ -67,8 +70,7 @@ pub(super) enum WatchedApi {
     EndpointSlice(Api<EndpointSlice>),
     Pod(Api<PartialObjectMeta<Pod>>),
     Namespace(Api<PartialObjectMeta<Namespace>>),
-    /// A type known at run time (DestinationRules, PeerAuthentications, WorkloadEntries):
-    /// which one it is.
+    /// A type known at run time (Istio's): which one it is.
     Dynamic(Kind, Api<DynamicObject>),
     Gateway(Api<GatewayObject>),
     GatewayClass(Api<GatewayClassObject>),

@@ -78,20 +78,26 @@ impl SvcInfo {
     /// `*` (or no annotation) is everyone; else `~` is no one; `.` or its own namespace is
     /// that namespace only; any other entry is that namespace.
     pub fn visible_to(&self, ns: &str, gateway_ns: &str) -> bool {
-        let Some(to) = &self.export_to else {
-            return true;
-        };
-        if to.iter().any(|e| &**e == "*") {
-            return true;
-        }
-        if to.iter().any(|e| &**e == "~") {
-            return false;
-        }
-        to.iter().any(|e| match &**e {
-            "." => ns == gateway_ns,
-            other => other == gateway_ns,
-        })
+        exported_to(self.export_to.as_deref(), ns, gateway_ns)
     }
+}
+
+/// Whether an object in `ns` exported to `to` (`None`: everyone) is visible in `gateway_ns`,
+/// as [`SvcInfo::visible_to`] says; a ServiceEntry's `exportTo` reads the same.
+pub fn exported_to(to: Option<&[Box<str>]>, ns: &str, gateway_ns: &str) -> bool {
+    let Some(to) = to else {
+        return true;
+    };
+    if to.iter().any(|e| &**e == "*") {
+        return true;
+    }
+    if to.iter().any(|e| &**e == "~") {
+        return false;
+    }
+    to.iter().any(|e| match &**e {
+        "." => ns == gateway_ns,
+        other => other == gateway_ns,
+    })
 }
 
 /// What an EndpointSlice contributes.

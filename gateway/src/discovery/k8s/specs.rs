@@ -10,8 +10,10 @@ use super::cache::Watched;
 use super::dr_scope::DrScope;
 use super::peer_auth::{PaInfo, PeerAuths};
 use super::project::{
-    DRAINING_LABEL, DrInfo, ObjKey, PodInfo, SliceEndpoint, SliceInfo, SvcInfo, pod_label,
+    DRAINING_LABEL, DrInfo, ObjKey, PodInfo, SliceEndpoint, SliceInfo, SvcInfo, exported_to,
+    pod_label,
 };
+use super::service_entry::SeInfo;
 use super::waypoints::{self, ClassInfo, WaypointAddress, WaypointInfo};
 use super::workload_entry::WeInfo;
 use crate::dr_tls::DrTls;
@@ -66,6 +68,8 @@ pub struct Model {
     pub gateway_classes: Option<Watched<ClassInfo>>,
     /// WorkloadEntries; `None` while the CRD is not served (or may not be read).
     pub workload_entries: Option<Watched<WeInfo>>,
+    /// ServiceEntries the gateway serves; `None` while the CRD is not served (or readable).
+    pub service_entries: Option<Watched<SeInfo>>,
     /// The namespaces whose Gateways are watched (`--namespace`); empty for all.
     pub watched_namespaces: Vec<String>,
     /// Gateways may not be read (403): a waypoint binding cannot be resolved.
@@ -96,6 +100,7 @@ impl Model {
             waypoints: None,
             gateway_classes: None,
             workload_entries: None,
+            service_entries: None,
             watched_namespaces: Vec::new(),
             gateways_forbidden: false,
             gateway_classes_forbidden: false,
@@ -117,6 +122,7 @@ impl Model {
             && self.waypoints.as_ref().is_none_or(Watched::synced)
             && self.gateway_classes.as_ref().is_none_or(Watched::synced)
             && self.workload_entries.as_ref().is_none_or(Watched::synced)
+            && self.service_entries.as_ref().is_none_or(Watched::synced)
     }
 
     /// The host of the waypoint a global Service's tunnels go to, if it has one, and what
@@ -416,9 +422,7 @@ impl Model {
             network: self.network(),
         };
         let no_rules: MergedRules = Default::default();
-        let no_labels: Arc<Labels> = Arc::default();
-        let mut label_sets: HashMap<Vec<(&str, &str)>, Arc<Labels>> = HashMap::new();
-        let mut label_key: Vec<(&str, &str)> = Vec::new();
+        let mut share = LabelShare::default();
         let mut out = Vec::with_capacity(self.services.len());
         let by_ip = self.hosts_by_ip(domain);
         // Each namespace's WorkloadEntries in name order: which of two entries with one
@@ -537,17 +541,11 @@ impl Model {
                         })
                         .map(|_| ambient::HBONE_PORT);
                     let pod = pod.map(|p| &p.labels);
-                    label_key.clear();
-                    label_key.extend(
-                        wanted_keys
-                            .iter()
-                            .filter_map(|&k| Some((k, endpoint_label(k, pod, e, &augment)?))),
-                    );
-                    let labels = shared_labels(&mut label_sets, &label_key, &no_labels);
+                    let labels = share.of(&wanted_keys, |k| endpoint_label(k, pod, e, &augment));
                     let spec = eps.entry(e.address).or_insert_with(|| EndpointSpec {
                         address: e.address,
                         ports: BTreeMap::new(),
-                        labels: no_labels.clone(),
+                        labels: share.none.clone(),
                         ready: false,
                         hbone_port: None,
                         zone: None,
@@ -590,11 +588,7 @@ impl Model {
                 if !we.selected_by(selector, &augment) || eps.contains_key(&we.address) {
                     continue;
                 }
-                // On another network: istiod would send it to that network's gateway; this
-                // one dials only its own (`gateway/WORKLOAD_ENTRIES.md`).
-                if let (Some(theirs), Some(ours)) = (we.network.as_deref(), augment.network)
-                    && theirs != ours
-                {
+                if !on_our_network(we, &augment) {
                     continue;
                 }
                 // An entry has no node: with `internalTrafficPolicy: Local` it is kept only
@@ -613,42 +607,16 @@ impl Model {
                 if ports.is_empty() {
                     continue;
                 }
-                label_key.clear();
-                label_key.extend(
-                    wanted_keys
-                        .iter()
-                        .filter_map(|&k| Some((k, we.label(k, &augment)?))),
-                );
-                let labels = shared_labels(&mut label_sets, &label_key, &no_labels);
-                eps.insert(
-                    we.address,
-                    EndpointSpec {
-                        address: we.address,
-                        ports,
-                        labels,
-                        ready: true,
-                        hbone_port: None,
-                        zone: we.locality[1].clone(),
-                        mtls: we.mtls,
-                        mtls_disabled: Vec::new(),
-                    },
-                );
+                let labels = share.of(&wanted_keys, |k| we.label(k, &augment));
+                eps.insert(we.address, entry_endpoint(we, ports, labels));
                 if we.mtls && !peer_auths.is_empty() {
                     vms.push(we);
                 }
             }
             for we in vms {
-                let Some(spec) = eps.get_mut(&we.address) else {
-                    continue;
-                };
-                spec.mtls_disabled = spec
-                    .ports
-                    .iter()
-                    .filter(|&(_, &target)| {
-                        peer_auths.disables(ns, |k| we.label(k, &augment), target)
-                    })
-                    .map(|(&port, _)| port)
-                    .collect();
+                if let Some(spec) = eps.get_mut(&we.address) {
+                    spec.mtls_disabled = disabled_ports(spec, we, ns, &peer_auths, &augment);
+                }
             }
             // istiod asks for the endpoint's own (target) port (`checkMtlsEnabled`).
             for (address, pod, e) in sidecars {
@@ -674,30 +642,180 @@ impl Model {
                 tls: tls.clone(),
             });
         }
+        if let Some(entries) = &self.service_entries {
+            let from = EntryContext {
+                scope: &scope,
+                augment: &augment,
+                peer_auths: &peer_auths,
+                entries_by_ns: &entries_by_ns,
+            };
+            let served = self.service_entry_specs(entries, &out, &from);
+            out.extend(served);
+        }
         out
     }
 }
 
-/// The shared map of an endpoint's labels that subsets select on (`key`, sorted by key):
-/// endpoints with equal labels share one.
-fn shared_labels<'a>(
-    sets: &mut HashMap<Vec<(&'a str, &'a str)>, Arc<Labels>>,
-    key: &[(&'a str, &'a str)],
-    none: &Arc<Labels>,
-) -> Arc<Labels> {
-    if key.is_empty() {
-        return none.clone();
+/// What [`Model::specs`] has built that ServiceEntries' routes need too.
+struct EntryContext<'m, 'a> {
+    scope: &'m DrScope<'a>,
+    augment: &'m Augment<'a>,
+    peer_auths: &'m PeerAuths<'a>,
+    /// Each namespace's WorkloadEntries, in name order.
+    entries_by_ns: &'m HashMap<&'a str, Vec<&'a WeInfo>>,
+}
+
+impl Model {
+    /// The routes of the ServiceEntries the gateway serves (`service_entry`): one per host,
+    /// its endpoints the entry's own and the WorkloadEntries its selector selects, as for a
+    /// Service. A host a Kubernetes Service in `services` has stays the Service's, and of two
+    /// entries for one host the oldest (then by namespace and name) serves it.
+    fn service_entry_specs<'a>(
+        &'a self,
+        entries: &'a Watched<SeInfo>,
+        services: &[ServiceSpec],
+        from: &EntryContext<'_, 'a>,
+    ) -> Vec<ServiceSpec> {
+        let mut taken: HashSet<&str> = services.iter().map(|s| s.host.as_str()).collect();
+        let mut ordered: Vec<(&ObjKey, &SeInfo)> = entries.iter().collect();
+        ordered.sort_by(|a, b| (&a.1.created, a.0).cmp(&(&b.1.created, b.0)));
+        let mut out = Vec::new();
+        for ((ns, _), se) in ordered {
+            if !exported_to(se.export_to.as_deref(), ns, &self.gateway_namespace) {
+                continue;
+            }
+            let selected = (se.selector.as_deref())
+                .and_then(|sel| Some((sel, from.entries_by_ns.get(ns.as_ref())?)))
+                .into_iter()
+                .flat_map(|(sel, in_ns)| {
+                    in_ns
+                        .iter()
+                        .copied()
+                        .filter(move |we| we.selected_by(sel, from.augment))
+                });
+            let workloads: Vec<&WeInfo> = se
+                .endpoints
+                .iter()
+                .chain(selected)
+                .filter(|we| on_our_network(we, from.augment))
+                .collect();
+            let mut ports: Vec<u16> = se.ports.iter().map(|p| p.number).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            for host in &se.hosts {
+                if validate_host(host).is_err() || !taken.insert(host) {
+                    continue;
+                }
+                let (subsets, tls) = Self::merged_rules(from.scope, ns, host);
+                let mut wanted: Vec<&str> = subsets
+                    .values()
+                    .flat_map(|l| l.keys().map(String::as_str))
+                    .collect();
+                wanted.sort_unstable();
+                wanted.dedup();
+                let mut share = LabelShare::default();
+                let mut eps: BTreeMap<IpAddr, EndpointSpec> = BTreeMap::new();
+                for &we in &workloads {
+                    if eps.contains_key(&we.address) {
+                        continue;
+                    }
+                    let map = se.ports.iter().map(|p| (p.number, p.on(we))).collect();
+                    let labels = share.of(&wanted, |k| we.label(k, from.augment));
+                    let mut spec = entry_endpoint(we, map, labels);
+                    if we.mtls && !from.peer_auths.is_empty() {
+                        spec.mtls_disabled =
+                            disabled_ports(&spec, we, ns, from.peer_auths, from.augment);
+                    }
+                    eps.insert(we.address, spec);
+                }
+                out.push(ServiceSpec {
+                    host: host.to_string(),
+                    ports: ports.clone(),
+                    subsets: Arc::new(subsets),
+                    endpoints: eps.into_values().collect(),
+                    waypoint: None,
+                    canary: None,
+                    prefer_close: false,
+                    tls: Arc::new(tls),
+                });
+            }
+        }
+        out
     }
-    if let Some(shared) = sets.get(key) {
-        return shared.clone();
+}
+
+/// Endpoints' labels, as far as subsets select on them: endpoints with equal labels share one
+/// map, so the table holds a few maps rather than one per endpoint.
+#[derive(Default)]
+struct LabelShare<'a> {
+    sets: HashMap<Vec<(&'a str, &'a str)>, Arc<Labels>>,
+    key: Vec<(&'a str, &'a str)>,
+    /// The map of an endpoint with none of the wanted labels.
+    none: Arc<Labels>,
+}
+
+impl<'a> LabelShare<'a> {
+    /// The shared map of the `wanted` keys (sorted) that `label` gives a value.
+    fn of(
+        &mut self,
+        wanted: &[&'a str],
+        label: impl Fn(&'a str) -> Option<&'a str>,
+    ) -> Arc<Labels> {
+        self.key.clear();
+        (self.key).extend(wanted.iter().filter_map(|&k| Some((k, label(k)?))));
+        if self.key.is_empty() {
+            return self.none.clone();
+        }
+        if let Some(shared) = self.sets.get(&self.key) {
+            return shared.clone();
+        }
+        let new: Arc<Labels> = Arc::new(
+            (self.key.iter())
+                .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        );
+        self.sets.insert(self.key.clone(), new.clone());
+        new
     }
-    let new: Arc<Labels> = Arc::new(
-        key.iter()
-            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
-    );
-    sets.insert(key.to_vec(), new.clone());
-    new
+}
+
+/// Whether a WorkloadEntry (or a ServiceEntry's endpoint) is on the cluster's network: one
+/// on another would be reached through that network's gateway, and this one dials only its
+/// own (`gateway/WORKLOAD_ENTRIES.md`). Either unknown counts as the same.
+fn on_our_network(we: &WeInfo, augment: &Augment<'_>) -> bool {
+    match (we.network.as_deref(), augment.network) {
+        (Some(theirs), Some(ours)) => theirs == ours,
+        _ => true,
+    }
+}
+
+/// A WorkloadEntry's (or a ServiceEntry endpoint's) endpoint, serving `ports`.
+fn entry_endpoint(we: &WeInfo, ports: BTreeMap<u16, u16>, labels: Arc<Labels>) -> EndpointSpec {
+    EndpointSpec {
+        address: we.address,
+        ports,
+        labels,
+        ready: true,
+        hbone_port: None,
+        zone: we.locality[1].clone(),
+        mtls: we.mtls,
+        mtls_disabled: Vec::new(),
+    }
+}
+
+/// The Service ports of `spec` on which a PeerAuthentication in `ns` disables the mTLS of
+/// entry `we` (asked for the entry's own port, as istiod's `checkMtlsEnabled`).
+fn disabled_ports(
+    spec: &EndpointSpec,
+    we: &WeInfo,
+    ns: &str,
+    peer_auths: &PeerAuths<'_>,
+    augment: &Augment<'_>,
+) -> Vec<u16> {
+    (spec.ports.iter())
+        .filter(|&(_, &target)| peer_auths.disables(ns, |k| we.label(k, augment), target))
+        .map(|(&port, _)| port)
+        .collect()
 }
 
 /// The host of Service `name` in namespace `ns`, lower-cased as routes are keyed.
@@ -1749,5 +1867,98 @@ mod tests {
                 .iter()
                 .any(|e| e.address.to_string() == "10.9.0.1")
         );
+    }
+
+    /// ServiceEntries as routes: of two entries for one host the oldest serves it; subsets
+    /// select its endpoints by their labels; an endpoint on another network is left out; a
+    /// PeerAuthentication in its namespace disables an endpoint's port.
+    #[test]
+    fn service_entries_become_routes_for_their_hosts() {
+        let se = |name: &str, secs: u32, spec: serde_json::Value| {
+            let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+                "metadata": {"name": name, "namespace": "shop",
+                    "creationTimestamp": format!("2026-12-07T00:00:{secs:02}Z")},
+                "spec": spec}))
+            .unwrap();
+            super::super::service_entry::project_service_entry(&obj).unwrap()
+        };
+        let mut m = model_with(false);
+        let ns: PartialObjectMeta<Namespace> = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "istio-system",
+                "labels": {"topology.istio.io/network": "east-net"}}}))
+        .unwrap();
+        m.namespaces.streams[0]
+            .items
+            .insert(k("", "istio-system"), project_namespace(&ns).unwrap());
+        let ports = json!([{"number": 5432, "name": "pg", "targetPort": 6432}]);
+        let old = json!({"hosts": ["db.mesh.local"], "location": "MESH_INTERNAL",
+            "ports": ports, "endpoints": [
+                {"address": "10.3.0.1", "labels": {"version": "v1"}, "serviceAccount": "db"},
+                {"address": "10.3.0.2", "labels": {"version": "v2"}, "serviceAccount": "db",
+                 "ports": {"pg": 7000}},
+                {"address": "10.3.0.3", "network": "west-net", "serviceAccount": "db"}]});
+        let new = json!({"hosts": ["db.mesh.local"], "location": "MESH_INTERNAL",
+            "ports": ports, "endpoints": [{"address": "10.3.0.9"}]});
+        let mut w = Watched::new(1);
+        w.streams[0]
+            .items
+            .insert(k("shop", "b-old"), se("b-old", 1, old));
+        w.streams[0]
+            .items
+            .insert(k("shop", "a-new"), se("a-new", 2, new));
+        m.service_entries = Some(w);
+        let mut rules = Watched::new(1);
+        rules.streams[0].items.insert(
+            k("shop", "db"),
+            DrInfo {
+                namespace: "shop".into(),
+                host: "db.mesh.local".into(),
+                order: (None, "shop/db".into()),
+                subsets: vec![("v2".into(), Labels::from([("version".into(), "v2".into())]))],
+                ..Default::default()
+            },
+        );
+        m.rules = Some(rules);
+        let specs = m.specs("cluster.local");
+        let db = specs.iter().find(|s| s.host == "db.mesh.local").unwrap();
+        assert_eq!(db.ports, vec![5432]);
+        let eps: Vec<(String, u16, bool)> = db
+            .endpoints
+            .iter()
+            .map(|e| (e.address.to_string(), e.ports[&5432], e.mtls))
+            .collect();
+        assert_eq!(
+            eps,
+            [
+                ("10.3.0.1".into(), 6432, true),
+                ("10.3.0.2".into(), 7000, true)
+            ]
+        );
+        let t = crate::routes::Routes::new().publish(&specs);
+        let r = t.lookup("db.mesh.local", 5432).unwrap();
+        let v2: Vec<String> = r
+            .candidates("v2")
+            .unwrap()
+            .iter()
+            .map(|&i| r.endpoints[i].state.addr.ip().to_string())
+            .collect();
+        assert_eq!(v2, ["10.3.0.2"]);
+
+        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": {"name": "v1", "namespace": "shop"},
+            "spec": {"selector": {"matchLabels": {"version": "v1"}},
+                "portLevelMtls": {"6432": {"mode": "DISABLE"}}}}))
+        .unwrap();
+        let mut w = Watched::new(1);
+        let pa = super::super::peer_auth::project_peer_authentication(&obj).unwrap();
+        w.streams[0].items.insert(k("shop", "v1"), pa);
+        m.peer_auths = Some(w);
+        let specs = m.specs("cluster.local");
+        let db = specs.iter().find(|s| s.host == "db.mesh.local").unwrap();
+        let off: Vec<&[u16]> = db.endpoints.iter().map(|e| &*e.mtls_disabled).collect();
+        assert_eq!(off, [&[5432][..], &[][..]]);
     }
 }

@@ -198,6 +198,14 @@ impl ModelTask {
                 };
                 r
             }
+            Msg::ServiceEntry(g, i, u) => {
+                let current = g == self.generations[slot(Crd::ServiceEntry)];
+                let key = (Kind::ServiceEntry, i);
+                let Some(r) = apply_current(m.service_entries.as_mut(), current, h, key, u) else {
+                    return false;
+                };
+                r
+            }
             Msg::CrdStarted(crd, generation, probes) => {
                 if generation == self.generations[slot(crd)] {
                     match crd {
@@ -211,6 +219,9 @@ impl ModelTask {
                         }
                         Crd::WorkloadEntry => {
                             m.workload_entries = Some(Watched::new(probes.len()));
+                        }
+                        Crd::ServiceEntry => {
+                            m.service_entries = Some(Watched::new(probes.len()));
                         }
                     }
                     self.probes.extend(probes);
@@ -227,7 +238,10 @@ impl ModelTask {
                         Crd::PeerAuthentication => {
                             m.peer_auths.as_mut().map(|w| w.add_synced(probe.stream))
                         }
-                        Crd::Gateway | Crd::GatewayClass | Crd::WorkloadEntry => None,
+                        Crd::Gateway
+                        | Crd::GatewayClass
+                        | Crd::WorkloadEntry
+                        | Crd::ServiceEntry => None,
                     };
                     if added == Some(true) {
                         self.probes.push(probe);
@@ -262,10 +276,14 @@ impl ModelTask {
             Crd::Gateway => self.model.waypoints.take().is_some(),
             Crd::GatewayClass => self.model.gateway_classes.take().is_some(),
             Crd::WorkloadEntry => self.model.workload_entries.take().is_some(),
+            Crd::ServiceEntry => self.model.service_entries.take().is_some(),
         };
         let forbidden = why == Gone::Forbidden;
         let flag = match crd {
-            Crd::DestinationRule | Crd::PeerAuthentication | Crd::WorkloadEntry => None,
+            Crd::DestinationRule
+            | Crd::PeerAuthentication
+            | Crd::WorkloadEntry
+            | Crd::ServiceEntry => None,
             Crd::Gateway => Some(&mut self.model.gateways_forbidden),
             Crd::GatewayClass => Some(&mut self.model.gateway_classes_forbidden),
         };

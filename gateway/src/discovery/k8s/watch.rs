@@ -23,6 +23,7 @@ use super::peer_auth::PaInfo;
 use super::probe::{Kind, Probe};
 use super::project::{self, DrInfo, ObjKey, PodInfo, SliceInfo, SvcInfo};
 use super::retry::{self, Failure};
+use super::service_entry::SeInfo;
 use super::waypoints::{ClassInfo, WaypointInfo};
 use super::workload_entry::WeInfo;
 
@@ -43,6 +44,8 @@ pub(super) enum Msg {
     GatewayClass(u64, usize, Update<ClassInfo>),
     /// An update of the WorkloadEntries of one generation.
     WorkloadEntry(u64, usize, Update<WeInfo>),
+    /// An update of the ServiceEntries of one generation.
+    ServiceEntry(u64, usize, Update<SeInfo>),
     /// An optional type is served; its watches start after this message.
     CrdStarted(Crd, u64, Vec<Probe>),
     /// A rule namespace left out for a 403 may be read now: its watch (the probe's stream)

@@ -8,6 +8,7 @@
 //! cluster's is left out (the gateway dials only its own network; istiod would send it to that
 //! network's gateway), and a ServiceEntry's endpoints are not read yet.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -91,8 +92,6 @@ impl WeInfo {
 /// health checks are on and whose `Healthy` condition is not `True` (istiod's `isHealthy`
 /// drops it; a new entry counts as unhealthy until its first probe).
 pub fn project_workload_entry(we: &DynamicObject) -> Option<WeInfo> {
-    let spec = we.data.get("spec")?;
-    let address: IpAddr = spec.get("address")?.as_str()?.trim().parse().ok()?;
     let health_checked = we
         .metadata
         .annotations
@@ -102,6 +101,13 @@ pub fn project_workload_entry(we: &DynamicObject) -> Option<WeInfo> {
     if health_checked && !healthy(we.data.get("status")) {
         return None;
     }
+    workload(we.data.get("spec")?, we.metadata.labels.as_ref())
+}
+
+/// A WorkloadEntry's spec, or a ServiceEntry's inline endpoint (the same message), with
+/// `over` (the entry's metadata labels) over its labels; `None` unless its address is an IP.
+pub fn workload(spec: &Value, over: Option<&BTreeMap<String, String>>) -> Option<WeInfo> {
+    let address: IpAddr = spec.get("address")?.as_str()?.trim().parse().ok()?;
     let mut labels: Vec<(Arc<str>, Arc<str>)> = Vec::new();
     let spec_labels = spec.get("labels").and_then(Value::as_object).into_iter();
     for (k, v) in spec_labels.flatten() {
@@ -109,7 +115,7 @@ pub fn project_workload_entry(we: &DynamicObject) -> Option<WeInfo> {
             labels.push((k.as_str().into(), v.into()));
         }
     }
-    for (k, v) in we.metadata.labels.iter().flatten() {
+    for (k, v) in over.into_iter().flatten() {
         labels.retain(|(key, _)| **key != **k);
         labels.push((k.as_str().into(), v.as_str().into()));
     }
