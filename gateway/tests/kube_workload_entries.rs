@@ -71,6 +71,17 @@ fn catalog_service(ports: &[(&str, u16, Value)]) -> Value {
         "spec": {"ports": ports, "selector": {"app": "catalog"}}})
 }
 
+/// The catalog (port 80 targeting `port`) served by its injected Pod `p` at `ip`.
+fn pod_catalog(api: &TestApiServer, port: u16, ip: IpAddr) {
+    let st = api.store();
+    st.create(catalog_service(&[("http", 80, json!(port))]))
+        .unwrap();
+    st.create(k8s::sidecar_pod(NS, "p", &[("app", "catalog")]))
+        .unwrap();
+    let slice = k8s::one_endpoint_slice(NS, "catalog", ("http", port), ip, "p");
+    st.create(slice).unwrap();
+}
+
 /// The VM `vm` at `ip`, selected by the catalog, with a service account.
 fn vm(ip: IpAddr) -> Value {
     k8s::workload_entry(NS, "vm", ip, &[("app", "catalog")], Some("vm-sa"))
@@ -86,12 +97,7 @@ async fn a_service_that_selects_a_vm_is_served_by_its_pod_and_the_vm() {
     let api = api_server().await;
     let (b, port) = backends(&["pod", "vm"]).await;
     let st = api.store();
-    st.create(catalog_service(&[("http", 80, json!(port))]))
-        .unwrap();
-    st.create(k8s::sidecar_pod(NS, "p", &[("app", "catalog")]))
-        .unwrap();
-    let slice = k8s::one_endpoint_slice(NS, "catalog", ("http", port), b[0].addr.ip(), "p");
-    st.create(slice).unwrap();
+    pod_catalog(&api, port, b[0].addr.ip());
     st.create(vm(b[1].addr.ip())).unwrap();
     let gw = kube_gateway(&api).await;
     let catalog = sni(80, "", CATALOG);
@@ -258,12 +264,7 @@ async fn a_service_entry_does_not_take_a_services_host() {
     let api = api_server().await;
     let (b, port) = backends(&["pod", "entry"]).await;
     let st = api.store();
-    st.create(catalog_service(&[("http", 80, json!(port))]))
-        .unwrap();
-    st.create(k8s::sidecar_pod(NS, "p", &[("app", "catalog")]))
-        .unwrap();
-    let slice = k8s::one_endpoint_slice(NS, "catalog", ("http", port), b[0].addr.ip(), "p");
-    st.create(slice).unwrap();
+    pod_catalog(&api, port, b[0].addr.ip());
     let mut entry = db_entry(b[1].addr.ip(), port, json!({"hosts": [CATALOG]}));
     entry["spec"]["ports"][0]["number"] = json!(80);
     st.create(entry).unwrap();

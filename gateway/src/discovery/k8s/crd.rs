@@ -351,29 +351,12 @@ impl CrdWatch {
                     let namespaces = super::namespaces_field(&rule_namespaces);
                     tracing::info!(version = %ar.version, %namespaces, "watching {}", crd.watched_for());
                     let rules = (0, watch::every(&dyn_apis(&client, &rule_namespaces, &ar)));
-                    spawn_rule_watches(&watches, crd, generation, &domain, rules);
+                    spawn_istio_watches(&watches, crd, generation, &domain, rules);
                 }
-                Crd::WorkloadEntry => {
+                Crd::WorkloadEntry | Crd::ServiceEntry => {
                     tracing::info!(version = %ar.version, "watching {}", crd.watched_for());
-                    spawn_watches(
-                        &watches,
-                        crd.kind(),
-                        (0, watch::every(&dyn_apis(&client, &namespaces, &ar))),
-                        workload_entry::project_workload_entry,
-                        move |stream, update| Msg::WorkloadEntry(generation, stream, update),
-                        gone,
-                    );
-                }
-                Crd::ServiceEntry => {
-                    tracing::info!(version = %ar.version, "watching {}", crd.watched_for());
-                    spawn_watches(
-                        &watches,
-                        crd.kind(),
-                        (0, watch::every(&dyn_apis(&client, &namespaces, &ar))),
-                        service_entry::project_service_entry,
-                        move |stream, update| Msg::ServiceEntry(generation, stream, update),
-                        gone,
-                    );
+                    let entries = (0, watch::every(&dyn_apis(&client, &namespaces, &ar)));
+                    spawn_istio_watches(&watches, crd, generation, &domain, entries);
                 }
                 Crd::Gateway => {
                     tracing::info!("watching {}", crd.watched_for());
@@ -441,7 +424,7 @@ impl CrdWatch {
                     return;
                 }
                 tracing::info!(namespace = %ns, "namespace {ns} may be read now: watching {} there too", self.crd.watched_for());
-                spawn_rule_watches(
+                spawn_istio_watches(
                     &self.watches,
                     self.crd,
                     generation,
@@ -513,9 +496,9 @@ pub(super) fn warn_forbidden(kind: Kind, e: &dyn std::error::Error) {
     tracing::warn!(?kind, resource = kind.resource(), error = %error_chain(e), "the gateway may not read {0} (403 Forbidden): {1}; grant get, list and watch on {0} to its service account (`meshctl gateway install` creates that ClusterRole)", kind.resource(), kind.unreadable());
 }
 
-/// The watches of Istio's rules (DestinationRules or PeerAuthentications) of one generation,
-/// numbered from `first`.
-fn spawn_rule_watches(
+/// The watches of one of Istio's types (DestinationRules, PeerAuthentications,
+/// WorkloadEntries, ServiceEntries) of one generation, numbered from `first`.
+fn spawn_istio_watches(
     watches: &Watches,
     crd: Crd,
     generation: u64,
@@ -543,6 +526,22 @@ fn spawn_rule_watches(
             move |stream, update| Msg::PeerAuth(generation, stream, update),
             gone,
         ),
-        Crd::Gateway | Crd::GatewayClass | Crd::WorkloadEntry | Crd::ServiceEntry => {}
+        Crd::WorkloadEntry => spawn_watches(
+            watches,
+            crd.kind(),
+            rules,
+            workload_entry::project_workload_entry,
+            move |stream, update| Msg::WorkloadEntry(generation, stream, update),
+            gone,
+        ),
+        Crd::ServiceEntry => spawn_watches(
+            watches,
+            crd.kind(),
+            rules,
+            service_entry::project_service_entry,
+            move |stream, update| Msg::ServiceEntry(generation, stream, update),
+            gone,
+        ),
+        Crd::Gateway | Crd::GatewayClass => {}
     }
 }
