@@ -111,36 +111,11 @@ async fn gateway_env(
         rust_log.to_owned(),
         env.to_vec(),
     );
-    tokio::task::spawn_blocking(move || start(&dir, &kubeconfig, &rust_log, &env))
-        .await
-        .unwrap()
-}
-
-fn start(
-    dir: &std::path::Path,
-    kubeconfig: &str,
-    rust_log: &str,
-    env: &[(&str, &str)],
-) -> GatewayProcess {
-    let path = dir.join("kubeconfig");
-    std::fs::write(&path, kubeconfig).unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
-    cmd.args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .args([
-            "--hbone-listen",
-            "off",
-            "--log-format",
-            "json",
-            "--kubeconfig",
-        ])
-        .arg(&path)
-        .args(["--context", "east"])
-        .env("RUST_LOG", rust_log)
-        .envs(env.iter().copied())
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    GatewayProcess::spawn(cmd)
+    tokio::task::spawn_blocking(move || {
+        GatewayProcess::start_kube(&dir, &kubeconfig, &rust_log, &env)
+    })
+    .await
+    .unwrap()
 }
 
 /// The Service `reviews` in `NS` (port `http` 80 → 9080) with these labels.

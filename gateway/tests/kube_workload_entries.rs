@@ -271,3 +271,52 @@ async fn a_service_entry_does_not_take_a_services_host() {
     let gw = kube_gateway(&api).await;
     eventually_served_by(gw.bound.listen_addr, &sni(80, "", CATALOG), &["pod"]).await;
 }
+
+/// What the gateway leaves out is said once in its log: a mesh-internal ServiceEntry resolved
+/// by DNS (a warning: a sidecar may expect its hosts here) and a WorkloadEntry on another
+/// network (information: it is reached through that network's gateway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_left_out_is_named_once() {
+    let api = api_server().await;
+    let st = api.store();
+    let ip: IpAddr = [127, 0, 0, 9].into();
+    st.create(db_entry(ip, 5432, json!({"resolution": "DNS"})))
+        .unwrap();
+    let mut away = vm(ip);
+    away["spec"]["network"] = json!("west-net");
+    st.create(away).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig("east");
+    let path = dir.path().to_owned();
+    let gw = tokio::task::spawn_blocking(move || {
+        GatewayProcess::start_kube(&path, &kubeconfig, "warn,gateway=info", &[])
+    })
+    .await
+    .unwrap();
+    let said = |needle: &'static str| {
+        move |v: &Value| v["message"].as_str().is_some_and(|m| m.contains(needle))
+    };
+    let dns = "mesh-internal ServiceEntry is resolved by DNS";
+    let line = gw.wait_line(&said(dns));
+    assert_eq!(line["entry"], format!("{NS}/db"), "{line}");
+    assert_eq!(line["level"], "WARN", "{line}");
+    let elsewhere = "WorkloadEntry is on another network";
+    let line = gw.wait_line(&said(elsewhere));
+    assert_eq!(line["entry"], format!("{NS}/vm"), "{line}");
+    assert_eq!(line["network"], "west-net", "{line}");
+    // A change elsewhere rebuilds the table; neither is said again.
+    let db = sni(5432, "", DB);
+    let mut other = db_entry(ip, 5432, json!({}));
+    other["metadata"]["name"] = json!("other");
+    other["spec"]["hosts"] = json!(["other.mesh.local"]);
+    st.create(other).unwrap();
+    let admin = gw.admin;
+    eventually("the other entry routed", WAIT, || async move {
+        let (_, body) = http_get(admin, "/debug/routes?host=other.").await;
+        body.contains("other.mesh.local")
+    })
+    .await;
+    assert!(who(gw.listen, &db).await.is_none());
+    assert_eq!(gw.count_lines(&said(dns)), 1);
+    assert_eq!(gw.count_lines(&said(elsewhere)), 1);
+}

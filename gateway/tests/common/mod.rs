@@ -519,6 +519,35 @@ impl GatewayProcess {
         Self::spawn(cmd)
     }
 
+    /// The binary in Kubernetes mode on `kubeconfig` (written into `dir`), context `east`,
+    /// without the HBONE listener, with `env` besides; waits for it to report its addresses.
+    pub fn start_kube(
+        dir: &std::path::Path,
+        kubeconfig: &str,
+        rust_log: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let path = dir.join("kubeconfig");
+        std::fs::write(&path, kubeconfig).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"));
+        cmd.args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args([
+                "--hbone-listen",
+                "off",
+                "--log-format",
+                "json",
+                "--kubeconfig",
+            ])
+            .arg(&path)
+            .args(["--context", "east"])
+            .env("RUST_LOG", rust_log)
+            .envs(env.iter().copied())
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        Self::spawn(cmd)
+    }
+
     /// Runs `cmd` (a gateway with `--log-format json` and stderr piped) and waits for it to
     /// report its addresses.
     pub fn spawn(mut cmd: std::process::Command) -> Self {

@@ -7,7 +7,7 @@
 //!
 //! Left out, by decision (`gateway/WORKLOAD_ENTRIES.md`): `MESH_EXTERNAL` entries (istiod
 //! builds no SNI cluster for them on a gateway), DNS resolution (the gateway would resolve
-//! names it dials), wildcard hosts, and Pods a selector names (the gateway watches Pods'
+//! names it dials; such entries are kept, unrouted, for the log), wildcard hosts, and Pods a selector names (the gateway watches Pods'
 //! metadata only, without their addresses).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -31,6 +31,9 @@ pub struct SeInfo {
     pub export_to: Option<Box<[Box<str>]>>,
     /// `creationTimestamp`: of two entries for one host, the oldest serves it.
     pub created: Option<Time>,
+    /// Resolved by DNS (`DNS`, `DNS_ROUND_ROBIN`, `DYNAMIC_DNS`): kept only so the log can
+    /// say why its hosts get no route.
+    pub by_dns: bool,
 }
 
 /// A ServiceEntry port.
@@ -62,9 +65,11 @@ pub fn project_service_entry(se: &DynamicObject) -> Option<SeInfo> {
     if str_of("location") != "MESH_INTERNAL" {
         return None;
     }
-    if !matches!(str_of("resolution"), "" | "NONE" | "STATIC") {
-        return None;
-    }
+    let by_dns = match str_of("resolution") {
+        "" | "NONE" | "STATIC" => false,
+        "DNS" | "DNS_ROUND_ROBIN" | "DYNAMIC_DNS" => true,
+        _ => return None,
+    };
     let hosts: Box<[Box<str>]> = spec
         .get("hosts")
         .and_then(Value::as_array)
@@ -136,6 +141,7 @@ pub fn project_service_entry(se: &DynamicObject) -> Option<SeInfo> {
         selector,
         export_to,
         created: se.metadata.creation_timestamp.clone(),
+        by_dns,
     })
 }
 
@@ -175,7 +181,12 @@ mod tests {
         let mut external = internal(json!({}));
         external.as_object_mut().unwrap().remove("location");
         assert!(entry(external).is_none(), "MESH_EXTERNAL is the default");
-        assert!(entry(internal(json!({"resolution": "DNS"}))).is_none());
+        assert!(
+            entry(internal(json!({"resolution": "DNS"})))
+                .unwrap()
+                .by_dns
+        );
+        assert!(entry(internal(json!({"resolution": "SOMETHING"}))).is_none());
         assert!(entry(internal(json!({"resolution": "NONE"}))).is_some());
         assert!(entry(internal(json!({"hosts": ["*.local"]}))).is_none());
     }

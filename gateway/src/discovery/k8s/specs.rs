@@ -301,6 +301,18 @@ impl Model {
         out
     }
 
+    /// The mesh-internal ServiceEntries resolved by DNS, as `namespace/name`: their hosts get
+    /// no route, and the log says so.
+    pub fn entries_by_dns(&self) -> Vec<String> {
+        let mut out: Vec<String> = (self.service_entries.iter())
+            .flat_map(|w| w.iter())
+            .filter(|(_, se)| se.by_dns)
+            .map(|((ns, name), _)| format!("{ns}/{name}"))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The global Services bound to a waypoint the gateway cannot see, as `(service host,
     /// waypoint namespace/name, why)`: their tunnels are refused, and the log says why.
     pub fn unseen_waypoints(&self, domain: &str) -> Vec<(String, String, Blind)> {
@@ -681,7 +693,7 @@ impl Model {
         ordered.sort_by(|a, b| (&a.1.created, a.0).cmp(&(&b.1.created, b.0)));
         let mut out = Vec::new();
         for ((ns, _), se) in ordered {
-            if !exported_to(se.export_to.as_deref(), ns, &self.gateway_namespace) {
+            if se.by_dns || !exported_to(se.export_to.as_deref(), ns, &self.gateway_namespace) {
                 continue;
             }
             let selected = (se.selector.as_deref())

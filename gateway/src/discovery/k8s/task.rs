@@ -56,6 +56,8 @@ pub(super) struct ModelTask {
     unused_canaries: Vec<(String, String, CanaryUnused)>,
     /// WorkloadEntries on another network, as last told (`Model::entries_elsewhere`).
     entries_elsewhere: Vec<(String, Box<str>)>,
+    /// ServiceEntries resolved by DNS, as last told (`Model::entries_by_dns`).
+    entries_by_dns: Vec<String>,
 }
 
 impl ModelTask {
@@ -82,6 +84,7 @@ impl ModelTask {
             unseen: Vec::new(),
             unused_canaries: Vec::new(),
             entries_elsewhere: Vec::new(),
+            entries_by_dns: Vec::new(),
         }
     }
 
@@ -494,6 +497,8 @@ impl ModelTask {
 impl ModelTask {
     /// Tells of each WorkloadEntry newly seen on another network (up to [`UNSEEN_NAMED`] by
     /// name per table, then a count): it is no endpoint here, by design, so this is no warning.
+    /// Warns of each mesh-internal ServiceEntry newly seen resolved by DNS, whose hosts a
+    /// sidecar may expect this gateway to serve.
     fn tell_entries_elsewhere(&mut self) {
         let now = self.model.entries_elsewhere();
         let new = newly(&now, &self.entries_elsewhere);
@@ -513,6 +518,24 @@ impl ModelTask {
             );
         }
         self.entries_elsewhere = now;
+        let by_dns = self.model.entries_by_dns();
+        let new = newly(&by_dns, &self.entries_by_dns);
+        for entry in new.iter().take(UNSEEN_NAMED) {
+            tracing::warn!(
+                %entry,
+                "mesh-internal ServiceEntry is resolved by DNS, which the gateway does not \
+                 follow (it would resolve the names it dials): its hosts are refused \
+                 no_route here; give it STATIC resolution with endpoints, or a \
+                 workloadSelector, to route it through this gateway"
+            );
+        }
+        if new.len() > UNSEEN_NAMED {
+            tracing::warn!(
+                more = new.len() - UNSEEN_NAMED,
+                "more mesh-internal ServiceEntries are resolved by DNS (as above)"
+            );
+        }
+        self.entries_by_dns = by_dns;
     }
 }
 
