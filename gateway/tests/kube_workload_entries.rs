@@ -170,12 +170,18 @@ async fn a_vm_serves_the_ports_its_entry_names() {
     eventually_served_by(gw.bound.listen_addr, &sni(80, "", CATALOG), &["vm"]).await;
     eventually_served_by(gw.bound.listen_addr, &sni(90, "", CATALOG), &["vm"]).await;
 
+    let vm_at = format!("{}:{port}", b[0].addr.ip());
+    let vm_only = std::slice::from_ref(&vm_at);
+    assert_eq!(listed(gw.bound.admin_addr, CATALOG, 80).await, vm_only);
+    assert_eq!(listed(gw.bound.admin_addr, CATALOG, 90).await, vm_only);
     // Without `web`, port 80 has no endpoint; port 90 is still served.
     let mut entry = vm(b[0].addr.ip());
     entry["spec"]["ports"] = json!({"grpc": port});
     st.apply(entry).unwrap();
     eventually_served_by(gw.bound.listen_addr, &sni(80, "", CATALOG), &[]).await;
     eventually_served_by(gw.bound.listen_addr, &sni(90, "", CATALOG), &["vm"]).await;
+    assert!(listed(gw.bound.admin_addr, CATALOG, 80).await.is_empty());
+    assert_eq!(listed(gw.bound.admin_addr, CATALOG, 90).await, [vm_at]);
 }
 
 /// A headless Service gets no entries (istiod adds them only to client-side load-balanced
@@ -204,30 +210,44 @@ async fn headless_and_selectorless_services_get_no_vms() {
     eventually_served_by(gw.bound.listen_addr, &sni(80, "", CATALOG), &["vm"]).await;
 }
 
-/// ServiceEntry `db` in `NS` for [`DB`], port 5432 (`tcp-db`) targeting `port`, with one
-/// inline endpoint at `inline` and a selector for WorkloadEntries labelled `app: db`.
-fn db_entry(inline: IpAddr, port: u16, extra: Value) -> Value {
+/// ServiceEntry `name` in `NS` for [`DB`], port 5432 (`tcp-db`) targeting `port`, with
+/// `extra` over its spec.
+fn db_entry_named(name: &str, port: u16, extra: Value) -> Value {
     let mut spec = json!({"hosts": [DB], "location": "MESH_INTERNAL", "resolution": "STATIC",
-        "ports": [{"number": 5432, "name": "tcp-db", "protocol": "TCP", "targetPort": port}],
-        "endpoints": [{"address": inline.to_string(), "serviceAccount": "db"}],
-        "workloadSelector": {"labels": {"app": "db"}}});
+        "ports": [{"number": 5432, "name": "tcp-db", "protocol": "TCP", "targetPort": port}]});
     spec.as_object_mut()
         .unwrap()
         .extend(extra.as_object().unwrap().clone());
-    json!({"apiVersion": SE.0, "kind": SE.1, "metadata": {"name": "db", "namespace": NS},
+    json!({"apiVersion": SE.0, "kind": SE.1, "metadata": {"name": name, "namespace": NS},
         "spec": spec})
 }
 
+/// ServiceEntry `db` ([`db_entry_named`]) with one inline endpoint at `inline`, unless
+/// `extra` names its endpoints.
+fn db_entry(inline: IpAddr, port: u16, extra: Value) -> Value {
+    let mut entry = db_entry_named("db", port, extra.clone());
+    if extra.get("endpoints").is_none() {
+        let ep = json!([{"address": inline.to_string(), "serviceAccount": "db"}]);
+        entry["spec"]["endpoints"] = ep;
+    }
+    entry
+}
+
 /// A `MESH_INTERNAL` ServiceEntry with static (or no) resolution is a route for each host,
-/// served by its inline endpoints and the WorkloadEntries it selects, as istiod gives its
-/// east-west gateway an SNI cluster for it; a `MESH_EXTERNAL` or DNS one, or one not exported
-/// to the gateway's namespace, is none. Before, ServiceEntries were not read (`no_route`).
+/// as istiod gives its east-west gateway an SNI cluster for it: here two entries of one
+/// namespace for one host, one with an inline endpoint, one with a selector (its
+/// WorkloadEntries; an entry with both serves only those it selects), serve it together; a
+/// `MESH_EXTERNAL` or DNS one, or one not exported to the gateway's namespace, adds nothing.
+/// Before, ServiceEntries were not read (`no_route`).
 #[tokio::test]
 async fn a_mesh_internal_service_entry_is_served_by_its_endpoints_and_selected_vms() {
     let api = api_server().await;
     let (b, port) = backends(&["inline", "vm"]).await;
     let st = api.store();
     st.create(db_entry(b[0].addr.ip(), port, json!({})))
+        .unwrap();
+    let selector = json!({"workloadSelector": {"labels": {"app": "db"}}});
+    st.create(db_entry_named("db-vms", port, selector.clone()))
         .unwrap();
     let vm = k8s::workload_entry(NS, "db-vm", b[1].addr.ip(), &[("app", "db")], Some("db"));
     st.create(vm).unwrap();
@@ -245,31 +265,53 @@ async fn a_mesh_internal_service_entry_is_served_by_its_endpoints_and_selected_v
         ),
     ] {
         st.apply(db_entry(b[0].addr.ip(), port, extra)).unwrap();
-        eventually_served_by(listen, &db, &[]).await;
-        println!("{why}: refused");
+        eventually_served_by(listen, &db, &["vm"]).await;
+        println!("{why}: its endpoint left out");
         st.apply(db_entry(b[0].addr.ip(), port, json!({}))).unwrap();
         eventually_served_by(listen, &db, &["inline", "vm"]).await;
     }
-    let none = json!({"resolution": "NONE", "endpoints": []});
-    st.apply(db_entry(b[0].addr.ip(), port, none)).unwrap();
-    eventually_served_by(listen, &db, &["vm"]).await;
+    // With a selector too, the inline endpoint is not read.
+    let mut both = selector;
+    let ep = json!([{"address": b[0].addr.ip().to_string(), "serviceAccount": "db"}]);
+    both["endpoints"] = ep;
+    st.apply(db_entry_named("db-vms", port, both)).unwrap();
     st.delete(SE.0, SE.1, Some(NS), "db").unwrap();
+    eventually_served_by(listen, &db, &["vm"]).await;
+    st.delete(SE.0, SE.1, Some(NS), "db-vms").unwrap();
     eventually_served_by(listen, &db, &[]).await;
 }
 
-/// A ServiceEntry naming a Kubernetes Service's host does not take it over: the Service's
-/// endpoints serve it.
+/// A ServiceEntry in a Kubernetes Service's namespace naming its host adds its endpoints to
+/// the Service's route on the Service ports whose name it has, as istiod's endpoint builder
+/// reads every registry's endpoints of a host and namespace; it never replaces the Service.
 #[tokio::test]
-async fn a_service_entry_does_not_take_a_services_host() {
+async fn a_service_entry_adds_to_a_services_host_by_port_name() {
     let api = api_server().await;
     let (b, port) = backends(&["pod", "entry"]).await;
     let st = api.store();
     pod_catalog(&api, port, b[0].addr.ip());
     let mut entry = db_entry(b[1].addr.ip(), port, json!({"hosts": [CATALOG]}));
     entry["spec"]["ports"][0]["number"] = json!(80);
-    st.create(entry).unwrap();
+    st.create(entry.clone()).unwrap();
     let gw = kube_gateway(&api).await;
-    eventually_served_by(gw.bound.listen_addr, &sni(80, "", CATALOG), &["pod"]).await;
+    let catalog = sni(80, "", CATALOG);
+    // Its port is `tcp-db`, the Service's `http`: nothing added.
+    eventually_served_by(gw.bound.listen_addr, &catalog, &["pod"]).await;
+    entry["spec"]["ports"][0]["name"] = json!("http");
+    st.apply(entry).unwrap();
+    eventually_served_by(gw.bound.listen_addr, &catalog, &["pod", "entry"]).await;
+}
+
+/// The endpoints (`ip:port`) `/debug/routes` lists for `host`'s port `port`.
+async fn listed(admin: std::net::SocketAddr, host: &str, port: u16) -> Vec<String> {
+    let (_, body) = http_get(admin, &format!("/debug/routes?host={host}")).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let routes = v["routes"].as_array().cloned().unwrap_or_default();
+    (routes.iter())
+        .filter(|r| r["host"] == host && r["port"] == port)
+        .flat_map(|r| r["endpoints"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["address"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 /// What the gateway leaves out is said once in its log: a mesh-internal ServiceEntry resolved

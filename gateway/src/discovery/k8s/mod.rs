@@ -34,7 +34,8 @@
 //! - `dr_scope`: istiod's rules for which DestinationRules the gateway sees (pure functions);
 //! - `peer_auth`: istiod's PeerAuthentication composition, for which sidecars take 15443
 //!   (pure functions);
-//! - `specs`: the model turned into route specs; `task`: the rebuild task.
+//! - `specs`: the model turned into route specs, and `entry_routes` the ServiceEntries'
+//!   (an `impl Model` of its own); `task`: the rebuild task.
 
 mod ambient;
 mod augment;
@@ -42,6 +43,7 @@ mod cache;
 mod client;
 mod crd;
 mod dr_scope;
+mod entry_routes;
 mod health;
 mod overload;
 mod peer_auth;

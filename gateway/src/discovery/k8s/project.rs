@@ -181,7 +181,7 @@ pub const TRAFFIC_DISTRIBUTION_ANNOTATION: &str = "networking.istio.io/traffic-d
 
 /// Whether a Service asks to keep traffic close, as istiod reads it: `spec.trafficDistribution`
 /// when set, else Istio's annotation, compared ignoring case ([`PREFER_CLOSE_VALUES`]).
-fn prefers_close(field: Option<&str>, annotation: Option<&str>) -> bool {
+pub(super) fn prefers_close(field: Option<&str>, annotation: Option<&str>) -> bool {
     let close = PREFER_CLOSE_VALUES;
     match field {
         Some(f) => close.contains(&f),

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DynamicObject;
 use serde_json::Value;
 
-use super::project::Selector;
+use super::project::{Selector, TRAFFIC_DISTRIBUTION_ANNOTATION, prefers_close};
 use super::workload_entry::{WeInfo, workload};
 
 /// What a ServiceEntry contributes.
@@ -31,6 +31,9 @@ pub struct SeInfo {
     pub export_to: Option<Box<[Box<str>]>>,
     /// `creationTimestamp`: of two entries for one host, the oldest serves it.
     pub created: Option<Time>,
+    /// Istio's `networking.istio.io/traffic-distribution` annotation asks for the gateway's
+    /// zone first (`convertServices` reads it, as for a Service).
+    pub prefer_close: bool,
     /// Resolved by DNS (`DNS`, `DNS_ROUND_ROBIN`, `DYNAMIC_DNS`): kept only so the log can
     /// say why its hosts get no route.
     pub by_dns: bool,
@@ -129,6 +132,9 @@ pub fn project_service_entry(se: &DynamicObject) -> Option<SeInfo> {
             pairs.sort();
             pairs.into()
         });
+    let annotation = (se.metadata.annotations.as_ref())
+        .and_then(|a| a.get(TRAFFIC_DISTRIBUTION_ANNOTATION))
+        .map(String::as_str);
     let export_to = spec
         .get("exportTo")
         .and_then(Value::as_array)
@@ -141,6 +147,7 @@ pub fn project_service_entry(se: &DynamicObject) -> Option<SeInfo> {
         selector,
         export_to,
         created: se.metadata.creation_timestamp.clone(),
+        prefer_close: prefers_close(None, annotation),
         by_dns,
     })
 }

@@ -10,8 +10,7 @@ use super::cache::Watched;
 use super::dr_scope::DrScope;
 use super::peer_auth::{PaInfo, PeerAuths};
 use super::project::{
-    DRAINING_LABEL, DrInfo, ObjKey, PodInfo, SliceEndpoint, SliceInfo, SvcInfo, exported_to,
-    pod_label,
+    DRAINING_LABEL, DrInfo, ObjKey, PodInfo, SliceEndpoint, SliceInfo, SvcInfo, pod_label,
 };
 use super::service_entry::SeInfo;
 use super::waypoints::{self, ClassInfo, WaypointAddress, WaypointInfo};
@@ -347,7 +346,7 @@ impl Model {
     /// `trafficPolicy` gives the whole policy's TLS modes (a newer rule's `tls` is dropped
     /// even when the older policy sets none). Each subset's TLS is its own rule's. Subset
     /// names that cannot appear in an SNI name are dropped.
-    fn merged_rules(scope: &DrScope, svc_ns: &str, host: &str) -> (Subsets, DrTls) {
+    pub(super) fn merged_rules(scope: &DrScope, svc_ns: &str, host: &str) -> (Subsets, DrTls) {
         let mut subsets = Subsets::new();
         let mut tls = DrTls::default();
         let mut policy_taken = false;
@@ -475,15 +474,7 @@ impl Model {
             let (subs, tls) = rules_by_svc
                 .get(&(ns.as_ref(), svc_name.as_ref()))
                 .unwrap_or(&no_rules);
-            let wanted_keys: Vec<&str> = {
-                let mut k: Vec<&str> = subs
-                    .values()
-                    .flat_map(|l| l.keys().map(String::as_str))
-                    .collect();
-                k.sort();
-                k.dedup();
-                k
-            };
+            let wanted_keys = subset_keys(subs);
             let mut eps: BTreeMap<IpAddr, EndpointSpec> = BTreeMap::new();
             let svc_slices: Vec<(&SliceInfo, BTreeMap<u16, u16>)> = slices_by_svc
                 .get(&(ns.as_ref(), svc_name.as_ref()))
@@ -656,110 +647,32 @@ impl Model {
         }
         if let Some(entries) = &self.service_entries {
             let from = EntryContext {
+                domain,
                 scope: &scope,
                 augment: &augment,
                 peer_auths: &peer_auths,
                 entries_by_ns: &entries_by_ns,
             };
-            let served = self.service_entry_specs(entries, &out, &from);
-            out.extend(served);
+            self.service_entry_specs(entries, &mut out, &from);
         }
         out
     }
 }
 
-/// What [`Model::specs`] has built that ServiceEntries' routes need too.
-struct EntryContext<'m, 'a> {
-    scope: &'m DrScope<'a>,
-    augment: &'m Augment<'a>,
-    peer_auths: &'m PeerAuths<'a>,
+/// What [`Model::specs`] has built that ServiceEntries' routes need too (`entry_routes`).
+pub(super) struct EntryContext<'m, 'a> {
+    pub domain: &'m str,
+    pub scope: &'m DrScope<'a>,
+    pub augment: &'m Augment<'a>,
+    pub peer_auths: &'m PeerAuths<'a>,
     /// Each namespace's WorkloadEntries, in name order.
-    entries_by_ns: &'m HashMap<&'a str, Vec<&'a WeInfo>>,
-}
-
-impl Model {
-    /// The routes of the ServiceEntries the gateway serves (`service_entry`): one per host,
-    /// its endpoints the entry's own and the WorkloadEntries its selector selects, as for a
-    /// Service. A host a Kubernetes Service in `services` has stays the Service's, and of two
-    /// entries for one host the oldest (then by namespace and name) serves it.
-    fn service_entry_specs<'a>(
-        &'a self,
-        entries: &'a Watched<SeInfo>,
-        services: &[ServiceSpec],
-        from: &EntryContext<'_, 'a>,
-    ) -> Vec<ServiceSpec> {
-        let mut taken: HashSet<&str> = services.iter().map(|s| s.host.as_str()).collect();
-        let mut ordered: Vec<(&ObjKey, &SeInfo)> = entries.iter().collect();
-        ordered.sort_by(|a, b| (&a.1.created, a.0).cmp(&(&b.1.created, b.0)));
-        let mut out = Vec::new();
-        for ((ns, _), se) in ordered {
-            if se.by_dns || !exported_to(se.export_to.as_deref(), ns, &self.gateway_namespace) {
-                continue;
-            }
-            let selected = (se.selector.as_deref())
-                .and_then(|sel| Some((sel, from.entries_by_ns.get(ns.as_ref())?)))
-                .into_iter()
-                .flat_map(|(sel, in_ns)| {
-                    in_ns
-                        .iter()
-                        .copied()
-                        .filter(move |we| we.selected_by(sel, from.augment))
-                });
-            let workloads: Vec<&WeInfo> = se
-                .endpoints
-                .iter()
-                .chain(selected)
-                .filter(|we| on_our_network(we, from.augment))
-                .collect();
-            let mut ports: Vec<u16> = se.ports.iter().map(|p| p.number).collect();
-            ports.sort_unstable();
-            ports.dedup();
-            for host in &se.hosts {
-                if validate_host(host).is_err() || !taken.insert(host) {
-                    continue;
-                }
-                let (subsets, tls) = Self::merged_rules(from.scope, ns, host);
-                let mut wanted: Vec<&str> = subsets
-                    .values()
-                    .flat_map(|l| l.keys().map(String::as_str))
-                    .collect();
-                wanted.sort_unstable();
-                wanted.dedup();
-                let mut share = LabelShare::default();
-                let mut eps: BTreeMap<IpAddr, EndpointSpec> = BTreeMap::new();
-                for &we in &workloads {
-                    if eps.contains_key(&we.address) {
-                        continue;
-                    }
-                    let map = se.ports.iter().map(|p| (p.number, p.on(we))).collect();
-                    let labels = share.of(&wanted, |k| we.label(k, from.augment));
-                    let mut spec = entry_endpoint(we, map, labels);
-                    if we.mtls && !from.peer_auths.is_empty() {
-                        spec.mtls_disabled =
-                            disabled_ports(&spec, we, ns, from.peer_auths, from.augment);
-                    }
-                    eps.insert(we.address, spec);
-                }
-                out.push(ServiceSpec {
-                    host: host.to_string(),
-                    ports: ports.clone(),
-                    subsets: Arc::new(subsets),
-                    endpoints: eps.into_values().collect(),
-                    waypoint: None,
-                    canary: None,
-                    prefer_close: false,
-                    tls: Arc::new(tls),
-                });
-            }
-        }
-        out
-    }
+    pub entries_by_ns: &'m HashMap<&'a str, Vec<&'a WeInfo>>,
 }
 
 /// Endpoints' labels, as far as subsets select on them: endpoints with equal labels share one
 /// map, so the table holds a few maps rather than one per endpoint.
 #[derive(Default)]
-struct LabelShare<'a> {
+pub(super) struct LabelShare<'a> {
     sets: HashMap<Vec<(&'a str, &'a str)>, Arc<Labels>>,
     key: Vec<(&'a str, &'a str)>,
     /// The map of an endpoint with none of the wanted labels.
@@ -768,7 +681,7 @@ struct LabelShare<'a> {
 
 impl<'a> LabelShare<'a> {
     /// The shared map of the `wanted` keys (sorted) that `label` gives a value.
-    fn of(
+    pub fn of(
         &mut self,
         wanted: &[&'a str],
         label: impl Fn(&'a str) -> Option<&'a str>,
@@ -791,10 +704,20 @@ impl<'a> LabelShare<'a> {
     }
 }
 
+/// The label keys `subsets` select on, sorted: the only labels an endpoint's route keeps.
+pub(super) fn subset_keys(subsets: &Subsets) -> Vec<&str> {
+    let mut keys: Vec<&str> = (subsets.values())
+        .flat_map(|l| l.keys().map(String::as_str))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
 /// Whether a WorkloadEntry (or a ServiceEntry's endpoint) is on the cluster's network: one
 /// on another would be reached through that network's gateway, and this one dials only its
 /// own (`gateway/WORKLOAD_ENTRIES.md`). Either unknown counts as the same.
-fn on_our_network(we: &WeInfo, augment: &Augment<'_>) -> bool {
+pub(super) fn on_our_network(we: &WeInfo, augment: &Augment<'_>) -> bool {
     match (we.network.as_deref(), augment.network) {
         (Some(theirs), Some(ours)) => theirs == ours,
         _ => true,
@@ -802,7 +725,11 @@ fn on_our_network(we: &WeInfo, augment: &Augment<'_>) -> bool {
 }
 
 /// A WorkloadEntry's (or a ServiceEntry endpoint's) endpoint, serving `ports`.
-fn entry_endpoint(we: &WeInfo, ports: BTreeMap<u16, u16>, labels: Arc<Labels>) -> EndpointSpec {
+pub(super) fn entry_endpoint(
+    we: &WeInfo,
+    ports: BTreeMap<u16, u16>,
+    labels: Arc<Labels>,
+) -> EndpointSpec {
     EndpointSpec {
         address: we.address,
         ports,
@@ -817,7 +744,7 @@ fn entry_endpoint(we: &WeInfo, ports: BTreeMap<u16, u16>, labels: Arc<Labels>) -
 
 /// The Service ports of `spec` on which a PeerAuthentication in `ns` disables the mTLS of
 /// entry `we` (asked for the entry's own port, as istiod's `checkMtlsEnabled`).
-fn disabled_ports(
+pub(super) fn disabled_ports(
     spec: &EndpointSpec,
     we: &WeInfo,
     ns: &str,
@@ -831,7 +758,7 @@ fn disabled_ports(
 }
 
 /// The host of Service `name` in namespace `ns`, lower-cased as routes are keyed.
-fn service_host(name: &str, ns: &str, domain: &str) -> String {
+pub(super) fn service_host(name: &str, ns: &str, domain: &str) -> String {
     format!("{name}.{ns}.svc.{domain}").to_ascii_lowercase()
 }
 
@@ -1748,8 +1675,13 @@ mod tests {
     /// The addresses subset `subset` of the catalog's port 80 chooses from, in the published
     /// table.
     fn subset_ips(m: &Model, subset: &str) -> Vec<String> {
+        subset_ips_of(m, "catalog.shop.svc.cluster.local", 80, subset)
+    }
+
+    /// The addresses subset `subset` of `host`'s port `port` chooses from.
+    fn subset_ips_of(m: &Model, host: &str, port: u16, subset: &str) -> Vec<String> {
         let t = crate::routes::Routes::new().publish(&m.specs("cluster.local"));
-        let r = t.lookup("catalog.shop.svc.cluster.local", 80).unwrap();
+        let r = t.lookup(host, port).unwrap();
         r.candidates(subset)
             .map(|c| {
                 c.iter()
@@ -1881,20 +1813,34 @@ mod tests {
         );
     }
 
-    /// ServiceEntries as routes: of two entries for one host the oldest serves it; subsets
-    /// select its endpoints by their labels; an endpoint on another network is left out; a
-    /// PeerAuthentication in its namespace disables an endpoint's port.
+    /// A ServiceEntry of namespace `ns`, created `secs` seconds into the day.
+    fn service_entry(ns: &str, name: &str, secs: u32, spec: serde_json::Value) -> SeInfo {
+        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": name, "namespace": ns,
+                "creationTimestamp": format!("2026-12-07T00:00:{secs:02}Z")},
+            "spec": spec}))
+        .unwrap();
+        super::super::service_entry::project_service_entry(&obj).unwrap()
+    }
+
+    fn peer_authentication(ns: &str, name: &str, spec: serde_json::Value) -> PaInfo {
+        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec}))
+        .unwrap();
+        super::super::peer_auth::project_peer_authentication(&obj).unwrap()
+    }
+
+    /// ServiceEntries as routes, as istiod keys their instances by host and namespace: every
+    /// entry of the oldest entry's namespace naming a host serves it, an address in two
+    /// serving the ports of both; another namespace's entry for it does not; an entry with a
+    /// selector serves the WorkloadEntries it selects, not its inline endpoints; subsets select
+    /// endpoints by their labels; an endpoint on another network is left out; a namespace's
+    /// PeerAuthentication reaches selected WorkloadEntries but not inline endpoints (istiod
+    /// gives those no namespace), a mesh-wide one both.
     #[test]
     fn service_entries_become_routes_for_their_hosts() {
-        let se = |name: &str, secs: u32, spec: serde_json::Value| {
-            let obj: kube::api::DynamicObject = serde_json::from_value(json!({
-                "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
-                "metadata": {"name": name, "namespace": "shop",
-                    "creationTimestamp": format!("2026-12-07T00:00:{secs:02}Z")},
-                "spec": spec}))
-            .unwrap();
-            super::super::service_entry::project_service_entry(&obj).unwrap()
-        };
         let mut m = model_with(false);
         let ns: PartialObjectMeta<Namespace> = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "PartialObjectMetadata",
@@ -1905,22 +1851,45 @@ mod tests {
             .items
             .insert(k("", "istio-system"), project_namespace(&ns).unwrap());
         let ports = json!([{"number": 5432, "name": "pg", "targetPort": 6432}]);
-        let old = json!({"hosts": ["db.mesh.local"], "location": "MESH_INTERNAL",
-            "ports": ports, "endpoints": [
-                {"address": "10.3.0.1", "labels": {"version": "v1"}, "serviceAccount": "db"},
-                {"address": "10.3.0.2", "labels": {"version": "v2"}, "serviceAccount": "db",
-                 "ports": {"pg": 7000}},
-                {"address": "10.3.0.3", "network": "west-net", "serviceAccount": "db"}]});
-        let new = json!({"hosts": ["db.mesh.local"], "location": "MESH_INTERNAL",
-            "ports": ports, "endpoints": [{"address": "10.3.0.9"}]});
+        let host = json!(["db.mesh.local"]);
+        let internal = |extra: serde_json::Value| {
+            let mut spec = json!({"hosts": host, "location": "MESH_INTERNAL", "ports": ports});
+            spec.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            spec
+        };
+        let old = internal(json!({"endpoints": [
+            {"address": "10.3.0.1", "labels": {"version": "v1"}, "serviceAccount": "db"},
+            {"address": "10.3.0.2", "labels": {"version": "v2"}, "serviceAccount": "db",
+             "ports": {"pg": 7000}},
+            {"address": "10.3.0.3", "network": "west-net", "serviceAccount": "db"}]}));
+        let admin = json!({"hosts": host, "location": "MESH_INTERNAL",
+            "ports": [{"number": 9000, "name": "admin"}],
+            "endpoints": [{"address": "10.3.0.1"}, {"address": "10.3.0.9"}]});
+        let vms = internal(json!({"workloadSelector": {"labels": {"app": "db"}},
+            "endpoints": [{"address": "10.3.0.8", "serviceAccount": "db"}]}));
+        let elsewhere = internal(json!({"endpoints": [{"address": "10.3.0.7"}]}));
         let mut w = Watched::new(1);
-        w.streams[0]
-            .items
-            .insert(k("shop", "b-old"), se("b-old", 1, old));
-        w.streams[0]
-            .items
-            .insert(k("shop", "a-new"), se("a-new", 2, new));
+        let items = &mut w.streams[0].items;
+        items.insert(k("shop", "b-old"), service_entry("shop", "b-old", 1, old));
+        items.insert(
+            k("shop", "a-admin"),
+            service_entry("shop", "a-admin", 2, admin),
+        );
+        items.insert(k("shop", "c-vms"), service_entry("shop", "c-vms", 3, vms));
+        let other = service_entry("other", "db", 4, elsewhere);
+        items.insert(k("other", "db"), other);
         m.service_entries = Some(w);
+        let mut wes = Watched::new(1);
+        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+            "metadata": {"name": "db-vm", "namespace": "shop"},
+            "spec": {"address": "10.3.0.5", "labels": {"app": "db"}, "serviceAccount": "db"}}))
+        .unwrap();
+        let vm = super::super::workload_entry::project_workload_entry(&obj).unwrap();
+        wes.streams[0].items.insert(k("shop", "db-vm"), vm);
+        m.workload_entries = Some(wes);
         let mut rules = Watched::new(1);
         rules.streams[0].items.insert(
             k("shop", "db"),
@@ -1935,42 +1904,87 @@ mod tests {
         m.rules = Some(rules);
         let specs = m.specs("cluster.local");
         let db = specs.iter().find(|s| s.host == "db.mesh.local").unwrap();
-        assert_eq!(db.ports, vec![5432]);
-        let eps: Vec<(String, u16, bool)> = db
-            .endpoints
-            .iter()
-            .map(|e| (e.address.to_string(), e.ports[&5432], e.mtls))
+        assert_eq!(db.ports, vec![5432, 9000]);
+        type Seen = Vec<(String, Vec<(u16, u16)>, bool)>;
+        let eps: Seen = (db.endpoints.iter())
+            .map(|e| {
+                let ports = e.ports.iter().map(|(&p, &t)| (p, t)).collect();
+                (e.address.to_string(), ports, e.mtls)
+            })
             .collect();
-        assert_eq!(
-            eps,
-            [
-                ("10.3.0.1".into(), 6432, true),
-                ("10.3.0.2".into(), 7000, true)
-            ]
-        );
-        let t = crate::routes::Routes::new().publish(&specs);
-        let r = t.lookup("db.mesh.local", 5432).unwrap();
-        let v2: Vec<String> = r
-            .candidates("v2")
-            .unwrap()
-            .iter()
-            .map(|&i| r.endpoints[i].state.addr.ip().to_string())
-            .collect();
-        assert_eq!(v2, ["10.3.0.2"]);
+        let want: Seen = vec![
+            ("10.3.0.1".into(), vec![(5432, 6432), (9000, 9000)], true),
+            ("10.3.0.2".into(), vec![(5432, 7000)], true),
+            ("10.3.0.5".into(), vec![(5432, 6432)], true),
+            ("10.3.0.9".into(), vec![(9000, 9000)], false),
+        ];
+        assert_eq!(eps, want);
+        assert_eq!(subset_ips_of(&m, "db.mesh.local", 5432, "v2"), ["10.3.0.2"]);
 
-        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-            "metadata": {"name": "v1", "namespace": "shop"},
-            "spec": {"selector": {"matchLabels": {"version": "v1"}},
-                "portLevelMtls": {"6432": {"mode": "DISABLE"}}}}))
-        .unwrap();
         let mut w = Watched::new(1);
-        let pa = super::super::peer_auth::project_peer_authentication(&obj).unwrap();
-        w.streams[0].items.insert(k("shop", "v1"), pa);
+        let off = json!({"mtls": {"mode": "DISABLE"}});
+        let pa = peer_authentication("shop", "ns", off.clone());
+        w.streams[0].items.insert(k("shop", "ns"), pa);
         m.peer_auths = Some(w);
+        let disabled = |m: &Model| -> Vec<(String, Vec<u16>)> {
+            let specs = m.specs("cluster.local");
+            let db = specs.iter().find(|s| s.host == "db.mesh.local").unwrap();
+            (db.endpoints.iter())
+                .filter(|e| e.mtls)
+                .map(|e| (e.address.to_string(), e.mtls_disabled.clone()))
+                .collect()
+        };
+        let only_vm = vec![
+            ("10.3.0.1".to_string(), vec![]),
+            ("10.3.0.2".to_string(), vec![]),
+            ("10.3.0.5".to_string(), vec![5432]),
+        ];
+        assert_eq!(disabled(&m), only_vm);
+        let w = m.peer_auths.as_mut().unwrap();
+        let mesh = peer_authentication("istio-system", "mesh", off);
+        w.streams[0].items.insert(k("istio-system", "mesh"), mesh);
+        let all = vec![
+            ("10.3.0.1".to_string(), vec![5432, 9000]),
+            ("10.3.0.2".to_string(), vec![5432]),
+            ("10.3.0.5".to_string(), vec![5432]),
+        ];
+        assert_eq!(disabled(&m), all);
+    }
+
+    /// An entry in a Service's namespace naming its host adds endpoints to the Service's
+    /// route on the Service ports whose name it has (istiod's endpoint builder reads every
+    /// registry's shard of a host and namespace); one in another namespace adds none.
+    #[test]
+    fn a_service_entry_with_a_services_host_adds_to_it() {
+        let mut m = model_with(false);
+        let spec = |address: &str| {
+            json!({"hosts": ["catalog.shop.svc.cluster.local"], "location": "MESH_INTERNAL",
+                "ports": [{"number": 8080, "name": "http"}, {"number": 7070, "name": "other"}],
+                "endpoints": [{"address": address, "serviceAccount": "vm"}]})
+        };
+        let mut w = Watched::new(1);
+        let items = &mut w.streams[0].items;
+        items.insert(
+            k("shop", "vm"),
+            service_entry("shop", "vm", 1, spec("10.3.0.1")),
+        );
+        items.insert(
+            k("else", "vm"),
+            service_entry("else", "vm", 0, spec("10.3.0.2")),
+        );
+        m.service_entries = Some(w);
         let specs = m.specs("cluster.local");
-        let db = specs.iter().find(|s| s.host == "db.mesh.local").unwrap();
-        let off: Vec<&[u16]> = db.endpoints.iter().map(|e| &*e.mtls_disabled).collect();
-        assert_eq!(off, [&[5432][..], &[][..]]);
+        assert_eq!(specs.len(), 1);
+        let c = &specs[0];
+        assert_eq!(c.ports, vec![80, 90], "the Service's own ports");
+        let vm = (c.endpoints.iter())
+            .find(|e| e.address.to_string() == "10.3.0.1")
+            .unwrap();
+        assert_eq!(vm.ports, BTreeMap::from([(80, 8080)]));
+        assert!(
+            c.endpoints
+                .iter()
+                .all(|e| e.address.to_string() != "10.3.0.2")
+        );
     }
 }

@@ -136,8 +136,8 @@ pub fn workload(spec: &Value, over: Option<&BTreeMap<String, String>>) -> Option
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
     };
-    // istiod's `GetLocalityLabel` and `SanitizeLocalityLabel`: a label cannot hold `/`, so
-    // its parts are separated by dots.
+    // istiod's `GetLocalityLabel` (the new label when present, even empty, else the old)
+    // and `SanitizeLocalityLabel`: a label cannot hold `/`, so its parts are separated by dots.
     let locality: Option<String> = str_of("locality").map(str::to_owned).or_else(|| {
         pod_label(&labels, "topology.istio.io/locality")
             .or_else(|| pod_label(&labels, "istio-locality"))
