@@ -236,8 +236,7 @@ fn db_entry(inline: IpAddr, port: u16, extra: Value) -> Value {
 /// A `MESH_INTERNAL` ServiceEntry with static (or no) resolution is a route for each host,
 /// as istiod gives its east-west gateway an SNI cluster for it: here two entries of one
 /// namespace for one host, one with an inline endpoint, one with a selector (its
-/// WorkloadEntries; an entry with both serves only those it selects), serve it together; a
-/// `MESH_EXTERNAL` or DNS one, or one not exported to the gateway's namespace, adds nothing.
+/// WorkloadEntries; an entry with both serves only those it selects), serve it together.
 /// Before, ServiceEntries were not read (`no_route`).
 #[tokio::test]
 async fn a_mesh_internal_service_entry_is_served_by_its_endpoints_and_selected_vms() {
@@ -256,20 +255,36 @@ async fn a_mesh_internal_service_entry_is_served_by_its_endpoints_and_selected_v
     let db = sni(5432, "", DB);
     eventually_served_by(listen, &db, &["inline", "vm"]).await;
 
-    for (why, extra) in [
-        ("outside the mesh", json!({"location": "MESH_EXTERNAL"})),
-        ("resolved by DNS", json!({"resolution": "DNS"})),
+    // The older entry, `db`, owns the host: outside the mesh or resolved by DNS, the host has
+    // no route here, as istiod builds no SNI cluster for it. Not exported to the gateway's
+    // namespace, it leaves the host to `db-vms`, and its endpoint still serves (istiod keys
+    // endpoints by host and namespace, whatever each entry's `exportTo`).
+    let pod_and_vm: &[&str] = &["inline", "vm"];
+    for (why, extra, want) in [
         (
-            "exported to its own namespace only",
-            json!({"exportTo": ["."]}),
+            "outside the mesh",
+            json!({"location": "MESH_EXTERNAL"}),
+            &[][..],
         ),
+        ("resolved by DNS", json!({"resolution": "DNS"}), &[]),
+        ("not exported", json!({"exportTo": ["."]}), pod_and_vm),
     ] {
         st.apply(db_entry(b[0].addr.ip(), port, extra)).unwrap();
-        eventually_served_by(listen, &db, &["vm"]).await;
-        println!("{why}: its endpoint left out");
+        eventually_served_by(listen, &db, want).await;
+        println!("{why}: served by {want:?}");
         st.apply(db_entry(b[0].addr.ip(), port, json!({}))).unwrap();
-        eventually_served_by(listen, &db, &["inline", "vm"]).await;
+        eventually_served_by(listen, &db, pod_and_vm).await;
     }
+    // Neither exported to the gateway's namespace: no route.
+    let hidden = json!({"exportTo": ["."]});
+    st.apply(db_entry(b[0].addr.ip(), port, hidden.clone()))
+        .unwrap();
+    let mut vms_hidden = selector.clone();
+    vms_hidden["exportTo"] = json!(["."]);
+    st.apply(db_entry_named("db-vms", port, vms_hidden))
+        .unwrap();
+    eventually_served_by(listen, &db, &[]).await;
+    st.apply(db_entry(b[0].addr.ip(), port, json!({}))).unwrap();
     // With a selector too, the inline endpoint is not read.
     let mut both = selector;
     let ep = json!([{"address": b[0].addr.ip().to_string(), "serviceAccount": "db"}]);

@@ -1,14 +1,15 @@
 //! Istio's ServiceEntries, as far as an east-west gateway serves them: a `MESH_INTERNAL`
 //! entry with `STATIC` or `NONE` resolution is a service per host, in its namespace, whose
-//! endpoints are its inline `endpoints` or the WorkloadEntries its `workloadSelector` selects
-//! (`convertServices`, `convertServiceEntryToInstances` and
+//! endpoints are the WorkloadEntries its `workloadSelector` selects, else its inline
+//! `endpoints` (`convertServices`, `convertServiceEntryToInstances` and
 //! `convertWorkloadInstanceToInstances` in istiod's `serviceentry/conversion.go`). Pure
-//! functions of the projected objects; `specs` builds the routes.
+//! functions of the projected objects; `entry_routes` builds the routes.
 //!
-//! Left out, by decision (`gateway/WORKLOAD_ENTRIES.md`): `MESH_EXTERNAL` entries (istiod
-//! builds no SNI cluster for them on a gateway), DNS resolution (the gateway would resolve
-//! names it dials; such entries are kept, unrouted, for the log), wildcard hosts, and Pods a selector names (the gateway watches Pods'
-//! metadata only, without their addresses).
+//! Not served, by decision (`gateway/WORKLOAD_ENTRIES.md`): `MESH_EXTERNAL` entries (istiod
+//! builds no SNI cluster for them on a gateway) and DNS resolution (the gateway would resolve
+//! names it dials) are kept, as they can own a host (`entry_routes`) and the log names the
+//! latter; wildcard hosts and Pods a selector names (the gateway watches Pods' metadata only,
+//! without their addresses) are left out.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DynamicObject;
@@ -34,9 +35,27 @@ pub struct SeInfo {
     /// Istio's `networking.istio.io/traffic-distribution` annotation asks for the gateway's
     /// zone first (`convertServices` reads it, as for a Service).
     pub prefer_close: bool,
-    /// Resolved by DNS (`DNS`, `DNS_ROUND_ROBIN`, `DYNAMIC_DNS`): kept only so the log can
-    /// say why its hosts get no route.
-    pub by_dns: bool,
+    pub resolution: Resolution,
+    /// `location: MESH_EXTERNAL` (the default): kept, as such an entry can still own a host.
+    pub external: bool,
+}
+
+/// `spec.resolution`, as far as the gateway tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// `NONE` (the default).
+    None,
+    Static,
+    /// `DNS`, `DNS_ROUND_ROBIN`, `DYNAMIC_DNS`: the gateway does not resolve names it dials.
+    Dns,
+}
+
+impl SeInfo {
+    /// Whether the gateway serves the entry's hosts (when it owns them): mesh-internal, and
+    /// not resolved by DNS.
+    pub fn served(&self) -> bool {
+        !self.external && self.resolution != Resolution::Dns
+    }
 }
 
 /// A ServiceEntry port.
@@ -61,16 +80,22 @@ impl SePort {
     }
 }
 
-/// The entry as the gateway serves it, or `None` for one it does not (see the module).
+/// The entry as the gateway reads it, or `None` for one it cannot (no host it could route, no
+/// port, or a location or resolution istiod would refuse). Entries it does not serve
+/// ([`SeInfo::served`]) are kept: they still own their hosts, and their endpoints still join
+/// another entry's of their namespace and host.
 pub fn project_service_entry(se: &DynamicObject) -> Option<SeInfo> {
     let spec = se.data.get("spec")?;
     let str_of = |k: &str| spec.get(k).and_then(Value::as_str).unwrap_or_default();
-    if str_of("location") != "MESH_INTERNAL" {
-        return None;
-    }
-    let by_dns = match str_of("resolution") {
-        "" | "NONE" | "STATIC" => false,
-        "DNS" | "DNS_ROUND_ROBIN" | "DYNAMIC_DNS" => true,
+    let resolution = match str_of("resolution") {
+        "" | "NONE" => Resolution::None,
+        "STATIC" => Resolution::Static,
+        "DNS" | "DNS_ROUND_ROBIN" | "DYNAMIC_DNS" => Resolution::Dns,
+        _ => return None,
+    };
+    let external = match str_of("location") {
+        "" | "MESH_EXTERNAL" => true,
+        "MESH_INTERNAL" => false,
         _ => return None,
     };
     let hosts: Box<[Box<str>]> = spec
@@ -148,7 +173,8 @@ pub fn project_service_entry(se: &DynamicObject) -> Option<SeInfo> {
         export_to,
         created: se.metadata.creation_timestamp.clone(),
         prefer_close: prefers_close(None, annotation),
-        by_dns,
+        resolution,
+        external,
     })
 }
 
@@ -177,24 +203,30 @@ mod tests {
         spec
     }
 
-    /// Only mesh-internal entries with static or no resolution; wildcard hosts and UDP ports
-    /// are left out, and an entry left with no host or no port is none.
+    /// Mesh-internal entries with static or no resolution are served; external (the default
+    /// location) and DNS-resolved ones are kept but not served; wildcard hosts and UDP ports
+    /// are left out, and an entry left with no host or no port, or with a location or
+    /// resolution istiod refuses, is none.
     #[test]
-    fn only_what_a_gateway_serves_is_kept() {
+    fn what_a_gateway_serves_and_what_it_keeps() {
         let se = entry(internal(json!({}))).unwrap();
         assert_eq!(&*se.hosts, &[Box::from("db.mesh.local")]);
         assert_eq!(se.ports.len(), 1);
-        assert!(entry(internal(json!({"location": "MESH_EXTERNAL"}))).is_none());
-        let mut external = internal(json!({}));
-        external.as_object_mut().unwrap().remove("location");
-        assert!(entry(external).is_none(), "MESH_EXTERNAL is the default");
+        assert!(se.served());
+        let external = entry(internal(json!({"location": "MESH_EXTERNAL"}))).unwrap();
+        assert!(external.external && !external.served());
+        let mut default = internal(json!({}));
+        default.as_object_mut().unwrap().remove("location");
         assert!(
-            entry(internal(json!({"resolution": "DNS"})))
-                .unwrap()
-                .by_dns
+            !entry(default).unwrap().served(),
+            "MESH_EXTERNAL is the default"
         );
+        let dns = entry(internal(json!({"resolution": "DNS"}))).unwrap();
+        assert!(dns.resolution == Resolution::Dns && !dns.served());
         assert!(entry(internal(json!({"resolution": "SOMETHING"}))).is_none());
-        assert!(entry(internal(json!({"resolution": "NONE"}))).is_some());
+        assert!(entry(internal(json!({"location": "ELSEWHERE"}))).is_none());
+        let none = entry(internal(json!({"resolution": "NONE"}))).unwrap();
+        assert!(none.resolution == Resolution::None && none.served());
         assert!(entry(internal(json!({"hosts": ["*.local"]}))).is_none());
     }
 

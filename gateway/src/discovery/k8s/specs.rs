@@ -12,7 +12,7 @@ use super::peer_auth::{PaInfo, PeerAuths};
 use super::project::{
     DRAINING_LABEL, DrInfo, ObjKey, PodInfo, SliceEndpoint, SliceInfo, SvcInfo, pod_label,
 };
-use super::service_entry::SeInfo;
+use super::service_entry::{Resolution, SeInfo};
 use super::waypoints::{self, ClassInfo, WaypointAddress, WaypointInfo};
 use super::workload_entry::WeInfo;
 use crate::dr_tls::DrTls;
@@ -305,7 +305,7 @@ impl Model {
     pub fn entries_by_dns(&self) -> Vec<String> {
         let mut out: Vec<String> = (self.service_entries.iter())
             .flat_map(|w| w.iter())
-            .filter(|(_, se)| se.by_dns)
+            .filter(|(_, se)| !se.external && se.resolution == Resolution::Dns)
             .map(|((ns, name), _)| format!("{ns}/{name}"))
             .collect();
         out.sort();
@@ -1986,5 +1986,155 @@ mod tests {
                 .iter()
                 .all(|e| e.address.to_string() != "10.3.0.2")
         );
+        let pods: Vec<String> = (c.endpoints.iter())
+            .map(|e| e.address.to_string())
+            .filter(|a| a.starts_with("10.0.0."))
+            .collect();
+        assert_eq!(
+            pods,
+            ["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+            "the slices' stay"
+        );
+    }
+
+    /// An entry of the catalog's namespace with its host (the ports `extra` gives).
+    fn catalog_entry(ns: &str, name: &str, secs: u32, extra: serde_json::Value) -> SeInfo {
+        let mut spec = json!({"hosts": ["catalog.shop.svc.cluster.local"],
+            "location": "MESH_INTERNAL"});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        service_entry(ns, name, secs, spec)
+    }
+
+    /// Added to a Service: an address two entries list serves the ports of both (EDS reads
+    /// every instance of the host and namespace by port name); an address a slice lists keeps
+    /// the slice's ports only.
+    #[test]
+    fn entries_added_to_a_service_join_by_address() {
+        let mut m = model_with(false);
+        let mut w = Watched::new(1);
+        let items = &mut w.streams[0].items;
+        let http = json!({"ports": [{"number": 8080, "name": "http"}],
+            "endpoints": [{"address": "10.3.0.1"}, {"address": "10.0.0.1"}]});
+        items.insert(k("shop", "a"), catalog_entry("shop", "a", 1, http));
+        let grpc = json!({"ports": [{"number": 9090, "name": "grpc"}],
+            "endpoints": [{"address": "10.3.0.1"}, {"address": "10.0.0.1"}]});
+        items.insert(k("shop", "b"), catalog_entry("shop", "b", 2, grpc));
+        m.service_entries = Some(w);
+        let specs = m.specs("cluster.local");
+        let at = |ip: &str| {
+            (specs[0].endpoints.iter())
+                .find(|e| e.address.to_string() == ip)
+                .unwrap()
+                .ports
+                .clone()
+        };
+        assert_eq!(at("10.3.0.1"), BTreeMap::from([(80, 8080), (90, 9090)]));
+        assert_eq!(at("10.0.0.1"), BTreeMap::from([(80, 3000)]), "the slice's");
+    }
+
+    /// A Service hidden from the gateway (`exportTo`) is not in its scope, so an entry for its
+    /// host, from any namespace, gets the route, as in istiod.
+    #[test]
+    fn a_hidden_services_host_is_left_to_an_entry() {
+        let mut m = model_with(false);
+        let key = k("shop", "catalog");
+        let mut s = m.services.streams[0].items.get(&key).unwrap().clone();
+        s.export_to = Some(vec![Box::<str>::from(".")].into());
+        m.services.streams[0].items.insert(key, s);
+        let mut w = Watched::new(1);
+        let spec = json!({"ports": [{"number": 80, "name": "http"}],
+            "endpoints": [{"address": "10.3.0.1"}]});
+        w.streams[0]
+            .items
+            .insert(k("other", "a"), catalog_entry("other", "a", 1, spec));
+        m.service_entries = Some(w);
+        let specs = m.specs("cluster.local");
+        let c = specs
+            .iter()
+            .find(|s| s.host == "catalog.shop.svc.cluster.local");
+        let ips: Vec<String> = (c.unwrap().endpoints.iter())
+            .map(|e| e.address.to_string())
+            .collect();
+        assert_eq!(ips, ["10.3.0.1"]);
+    }
+
+    /// Who owns a host two namespaces define, in istiod's order for a gateway: exported to
+    /// the gateway's namespace by name before public, each oldest first; an owner the gateway
+    /// does not serve (`MESH_EXTERNAL`) leaves the host without a route. Entries istiod would
+    /// not merge (here one with a selector, one without) do not join their ports; the
+    /// traffic-distribution annotation asks for zone preference.
+    #[test]
+    fn a_hosts_owner_is_chosen_as_istiod_orders_a_gateways_services() {
+        let db = |ip: &str, extra: serde_json::Value| {
+            let mut s = json!({"hosts": ["db.mesh.local"], "location": "MESH_INTERNAL",
+                "ports": [{"number": 5432, "name": "pg"}], "endpoints": [{"address": ip}]});
+            s.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            s
+        };
+        let ips = |m: &Model| -> Option<Vec<String>> {
+            let specs = m.specs("cluster.local");
+            let db = specs.iter().find(|s| s.host == "db.mesh.local")?;
+            Some(db.endpoints.iter().map(|e| e.address.to_string()).collect())
+        };
+        let mut m = model_with(false);
+        let mut w = Watched::new(1);
+        let items = &mut w.streams[0].items;
+        items.insert(
+            k("a", "db"),
+            service_entry("a", "db", 1, db("10.3.0.1", json!({}))),
+        );
+        let named = json!({"exportTo": ["istio-system"]});
+        items.insert(
+            k("b", "db"),
+            service_entry("b", "db", 2, db("10.3.0.2", named)),
+        );
+        m.service_entries = Some(w);
+        assert_eq!(
+            ips(&m).unwrap(),
+            ["10.3.0.2"],
+            "exported to the gateway's namespace"
+        );
+        let w = m.service_entries.as_mut().unwrap();
+        w.streams[0].items.remove(&k("b", "db"));
+        let external = json!({"location": "MESH_EXTERNAL"});
+        let old = service_entry("c", "db", 0, db("10.3.0.3", external));
+        w.streams[0].items.insert(k("c", "db"), old);
+        assert_eq!(ips(&m), None, "owned by an external entry");
+
+        let mut m = model_with(false);
+        let mut w = Watched::new(1);
+        let items = &mut w.streams[0].items;
+        let mut first = db("10.3.0.1", json!({}));
+        first["ports"] = json!([{"number": 5432, "name": "pg"}, {"number": 9000, "name": "admin"}]);
+        items.insert(k("a", "db"), service_entry("a", "db", 1, first));
+        let vms = json!({"workloadSelector": {"labels": {"app": "db"}}, "endpoints": [],
+            "ports": [{"number": 5432, "name": "pg"}, {"number": 7000, "name": "metrics"}]});
+        items.insert(k("a", "vms"), service_entry("a", "vms", 2, db("", vms)));
+        m.service_entries = Some(w);
+        let specs = m.specs("cluster.local");
+        let route = specs.iter().find(|s| s.host == "db.mesh.local").unwrap();
+        assert_eq!(
+            route.ports,
+            vec![5432, 9000],
+            "not merged: another selector"
+        );
+        assert!(!route.prefer_close);
+        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "db", "namespace": "a",
+                "creationTimestamp": "2026-12-07T00:00:01Z",
+                "annotations": {"networking.istio.io/traffic-distribution": "PreferClose"}},
+            "spec": db("10.3.0.1", json!({}))}))
+        .unwrap();
+        let close = super::super::service_entry::project_service_entry(&obj).unwrap();
+        let w = m.service_entries.as_mut().unwrap();
+        w.streams[0].items.insert(k("a", "db"), close);
+        let specs = m.specs("cluster.local");
+        let route = specs.iter().find(|s| s.host == "db.mesh.local").unwrap();
+        assert!(route.prefer_close);
     }
 }
