@@ -15,7 +15,7 @@
 //!   not compared here).
 
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -97,6 +97,8 @@ enum Owner<'a> {
     Service { index: usize, svc: &'a SvcInfo },
     /// The first entry naming it.
     Entry(&'a SeInfo),
+    /// A Service without a route (no TCP port): the host has none.
+    Unrouted,
 }
 
 impl Model {
@@ -111,23 +113,29 @@ impl Model {
         let gateway_ns = &*self.gateway_namespace;
         let mut all: Vec<(&'a ObjKey, &'a SeInfo)> = entries.iter().collect();
         all.sort_by(|a, b| (&a.1.created, a.0).cmp(&(&b.1.created, b.0)));
-        let named: HashMap<&'a str, ()> = (all.iter())
-            .flat_map(|(_, se)| se.hosts.iter().map(|h| (&**h, ())))
-            .collect();
-        // The routed Services' hosts that entries name: `<name>.<namespace>.svc.<domain>`.
+        // Kubernetes Services' hosts that entries name (`<name>.<namespace>.svc.<domain>`): a
+        // Service visible to the gateway owns its host, routed or not (UDP only, say).
         let mut owner: HashMap<&'a str, (String, Owner<'a>)> = HashMap::new();
         let suffix = format!(".svc.{}", from.domain.to_ascii_lowercase());
-        for (index, route) in services.iter().enumerate() {
-            let Some((&host, ())) = named.get_key_value(route.host.as_str()) else {
-                continue;
-            };
+        let named: BTreeSet<&'a str> = (all.iter())
+            .flat_map(|(_, se)| se.hosts.iter().map(|h| &**h))
+            .collect();
+        for host in named {
             let Some((name, ns)) = host.strip_suffix(&suffix).and_then(|h| h.split_once('.'))
             else {
                 continue;
             };
-            if let Some(svc) = self.services.get(&(ns.into(), name.into())) {
-                owner.insert(host, (ns.to_string(), Owner::Service { index, svc }));
+            let Some(svc) = self.services.get(&(ns.into(), name.into())) else {
+                continue;
+            };
+            if !svc.visible_to(ns, gateway_ns) {
+                continue;
             }
+            let owned = match services.iter().position(|s| s.host == host) {
+                Some(index) => Owner::Service { index, svc },
+                None => Owner::Unrouted,
+            };
+            owner.insert(host, (ns.to_string(), owned));
         }
         let mut visible: Vec<&(&'a ObjKey, &'a SeInfo)> = (all.iter())
             .filter(|((ns, _), se)| exported_to(se.export_to.as_deref(), ns, gateway_ns))
@@ -161,7 +169,7 @@ impl Model {
                     routes.push(entry_route(host, ns, first, &group, from));
                 }
                 // Owned by an entry the gateway does not serve: no route, as in istiod.
-                Owner::Entry(_) => {}
+                Owner::Entry(_) | Owner::Unrouted => {}
             }
         }
         services.extend(routes);

@@ -164,7 +164,13 @@ pub fn project_service_entry(se: &DynamicObject) -> Option<SeInfo> {
         .get("exportTo")
         .and_then(Value::as_array)
         .filter(|e| !e.is_empty())
-        .map(|e| e.iter().filter_map(Value::as_str).map(Box::from).collect());
+        .map(|e| {
+            // A set, as istiod compares it (`canMergeServices`).
+            let mut to: Vec<Box<str>> = e.iter().filter_map(Value::as_str).map(Box::from).collect();
+            to.sort_unstable();
+            to.dedup();
+            to.into()
+        });
     Some(SeInfo {
         hosts,
         ports,

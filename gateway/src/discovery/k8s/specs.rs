@@ -300,8 +300,8 @@ impl Model {
         out
     }
 
-    /// The mesh-internal ServiceEntries resolved by DNS, as `namespace/name`: their hosts get
-    /// no route, and the log says so.
+    /// The mesh-internal ServiceEntries resolved by DNS, as `namespace/name`: the gateway
+    /// does not serve them (a host one owns gets no route), and the log says so.
     pub fn entries_by_dns(&self) -> Vec<String> {
         let mut out: Vec<String> = (self.service_entries.iter())
             .flat_map(|w| w.iter())
@@ -2136,5 +2136,58 @@ mod tests {
         let specs = m.specs("cluster.local");
         let route = specs.iter().find(|s| s.host == "db.mesh.local").unwrap();
         assert!(route.prefer_close);
+    }
+
+    /// `exportTo` is a set, as istiod compares it (`canMergeServices`): two entries listing
+    /// the same namespaces in another order merge their ports.
+    #[test]
+    fn export_to_order_does_not_stop_ports_merging() {
+        let mut m = model_with(false);
+        let mut w = Watched::new(1);
+        let items = &mut w.streams[0].items;
+        let a = json!({"hosts": ["db.mesh.local"], "location": "MESH_INTERNAL",
+            "exportTo": ["istio-system", "a"],
+            "ports": [{"number": 5432, "name": "pg"}], "endpoints": [{"address": "10.3.0.1"}]});
+        let b = json!({"hosts": ["db.mesh.local"], "location": "MESH_INTERNAL",
+            "exportTo": ["a", "istio-system", "a"],
+            "ports": [{"number": 9000, "name": "admin"}], "endpoints": [{"address": "10.3.0.2"}]});
+        items.insert(k("a", "db"), service_entry("a", "db", 1, a));
+        items.insert(k("a", "admin"), service_entry("a", "admin", 2, b));
+        m.service_entries = Some(w);
+        let specs = m.specs("cluster.local");
+        let route = specs.iter().find(|s| s.host == "db.mesh.local").unwrap();
+        assert_eq!(
+            route.ports,
+            vec![5432, 9000],
+            "same exportTo, another order"
+        );
+    }
+
+    /// A visible Service owns its host even when none of its ports is TCP (so it has no
+    /// route): an entry of another namespace naming the host gets none either.
+    #[test]
+    fn a_visible_service_without_a_route_still_owns_its_host() {
+        let mut m = model_with(false);
+        let udp = project_service(&svc(
+            json!([{"name": "dns", "port": 53, "protocol": "UDP"}]),
+        ))
+        .unwrap();
+        assert!(udp.ports.is_empty());
+        m.services.streams[0]
+            .items
+            .insert(k("shop", "catalog"), udp);
+        let mut w = Watched::new(1);
+        let spec = json!({"ports": [{"number": 80, "name": "http"}],
+            "endpoints": [{"address": "10.3.0.1"}]});
+        w.streams[0]
+            .items
+            .insert(k("other", "a"), catalog_entry("other", "a", 1, spec));
+        m.service_entries = Some(w);
+        let specs = m.specs("cluster.local");
+        assert!(
+            specs
+                .iter()
+                .all(|s| s.host != "catalog.shop.svc.cluster.local")
+        );
     }
 }
