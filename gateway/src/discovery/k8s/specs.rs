@@ -1198,20 +1198,25 @@ mod tests {
         );
     }
 
-    /// The cluster's network comes from the root namespace's label, so a PeerAuthentication
-    /// selecting on it applies (an audit found it did not).
-    #[test]
-    fn the_root_namespaces_network_reaches_peer_authentication_selectors() {
-        let mut m = model_with(false);
+    /// Labels the root namespace (`istio-system`) with the cluster's network.
+    fn set_network(m: &mut Model, network: &str) {
         let ns: PartialObjectMeta<Namespace> = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "PartialObjectMetadata",
             "metadata": {"name": "istio-system",
-                "labels": {"topology.istio.io/network": "west-network"}}}))
+                "labels": {"topology.istio.io/network": network}}}))
         .unwrap();
         let scope = project_namespace(&ns).unwrap();
         m.namespaces.streams[0]
             .items
             .insert(k("", "istio-system"), scope);
+    }
+
+    /// The cluster's network comes from the root namespace's label, so a PeerAuthentication
+    /// selecting on it applies (an audit found it did not).
+    #[test]
+    fn the_root_namespaces_network_reaches_peer_authentication_selectors() {
+        let mut m = model_with(false);
+        set_network(&mut m, "west-network");
         let obj: kube::api::DynamicObject = serde_json::from_value(json!({
             "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
             "metadata": {"name": "net", "namespace": "shop"},
@@ -1759,15 +1764,7 @@ mod tests {
             m.entries_elsewhere().is_empty(),
             "the cluster's network is unknown"
         );
-        let ns: PartialObjectMeta<Namespace> = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "PartialObjectMetadata",
-            "metadata": {"name": "istio-system",
-                "labels": {"topology.istio.io/network": "east-net"}}}))
-        .unwrap();
-        let scope = project_namespace(&ns).unwrap();
-        m.namespaces.streams[0]
-            .items
-            .insert(k("", "istio-system"), scope);
+        set_network(&mut m, "east-net");
         let away = json!({"address": "10.9.0.3", "labels": {"app": "catalog"},
             "serviceAccount": "vm", "network": "vm-net"});
         let w = m.workload_entries.as_mut().unwrap();
@@ -1842,14 +1839,7 @@ mod tests {
     #[test]
     fn service_entries_become_routes_for_their_hosts() {
         let mut m = model_with(false);
-        let ns: PartialObjectMeta<Namespace> = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "PartialObjectMetadata",
-            "metadata": {"name": "istio-system",
-                "labels": {"topology.istio.io/network": "east-net"}}}))
-        .unwrap();
-        m.namespaces.streams[0]
-            .items
-            .insert(k("", "istio-system"), project_namespace(&ns).unwrap());
+        set_network(&mut m, "east-net");
         let ports = json!([{"number": 5432, "name": "pg", "targetPort": 6432}]);
         let host = json!(["db.mesh.local"]);
         let internal = |extra: serde_json::Value| {
