@@ -72,7 +72,6 @@ pub use task::MIN_REBUILD_INTERVAL;
 
 use super::Publisher;
 use crate::config::KubeOptions;
-use cache::Watched;
 use client::client;
 use crd::{Crd, CrdWatch};
 use probe::{Kind, WatchedApi};
@@ -141,13 +140,8 @@ impl KubeSource {
             };
             if let Some(e) = forbidden {
                 crd::warn_forbidden(watch.crd.kind(), &e);
-                match watch.crd {
-                    Crd::Gateway => model.gateways_forbidden = true,
-                    Crd::GatewayClass => model.gateway_classes_forbidden = true,
-                    Crd::DestinationRule
-                    | Crd::PeerAuthentication
-                    | Crd::WorkloadEntry
-                    | Crd::ServiceEntry => {}
+                if let Some(flag) = model.forbidden_flag(watch.crd) {
+                    *flag = true;
                 }
                 tokio::spawn(watch.clone().poll(0, true));
                 continue;
@@ -155,20 +149,7 @@ impl KubeSource {
             match served {
                 Some(ar) => {
                     let p = watch.start(&ar, 0).await;
-                    match watch.crd {
-                        Crd::DestinationRule => model.rules = Some(Watched::new(p.len())),
-                        Crd::PeerAuthentication => {
-                            model.peer_auths = Some(Watched::new(p.len()));
-                        }
-                        Crd::Gateway => model.waypoints = Some(Watched::new(p.len())),
-                        Crd::GatewayClass => model.gateway_classes = Some(Watched::new(p.len())),
-                        Crd::WorkloadEntry => {
-                            model.workload_entries = Some(Watched::new(p.len()));
-                        }
-                        Crd::ServiceEntry => {
-                            model.service_entries = Some(Watched::new(p.len()));
-                        }
-                    }
+                    model.crd_started(watch.crd, p.len());
                     probes.extend(p);
                 }
                 None => {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::ambient::{self, NamespaceScope};
 use super::augment::{Augment, NETWORK_LABEL, endpoint_label};
 use super::cache::Watched;
+use super::crd::Crd;
 use super::dr_scope::DrScope;
 use super::peer_auth::{PaInfo, PeerAuths};
 use super::project::{
@@ -122,6 +123,44 @@ impl Model {
             && self.gateway_classes.as_ref().is_none_or(Watched::synced)
             && self.workload_entries.as_ref().is_none_or(Watched::synced)
             && self.service_entries.as_ref().is_none_or(Watched::synced)
+    }
+
+    /// An optional type's watches started, `streams` of them: its part of the model, empty
+    /// and waiting for their first lists.
+    pub fn crd_started(&mut self, crd: Crd, streams: usize) {
+        match crd {
+            Crd::DestinationRule => self.rules = Some(Watched::new(streams)),
+            Crd::PeerAuthentication => self.peer_auths = Some(Watched::new(streams)),
+            Crd::Gateway => self.waypoints = Some(Watched::new(streams)),
+            Crd::GatewayClass => self.gateway_classes = Some(Watched::new(streams)),
+            Crd::WorkloadEntry => self.workload_entries = Some(Watched::new(streams)),
+            Crd::ServiceEntry => self.service_entries = Some(Watched::new(streams)),
+        }
+    }
+
+    /// An optional type's part of the model dropped; whether it had one.
+    pub fn crd_lost(&mut self, crd: Crd) -> bool {
+        match crd {
+            Crd::DestinationRule => self.rules.take().is_some(),
+            Crd::PeerAuthentication => self.peer_auths.take().is_some(),
+            Crd::Gateway => self.waypoints.take().is_some(),
+            Crd::GatewayClass => self.gateway_classes.take().is_some(),
+            Crd::WorkloadEntry => self.workload_entries.take().is_some(),
+            Crd::ServiceEntry => self.service_entries.take().is_some(),
+        }
+    }
+
+    /// Whether the gateway may not read `crd`, for the types whose absence routing must tell
+    /// from their not being seen (waypoints); `None` for the others.
+    pub fn forbidden_flag(&mut self, crd: Crd) -> Option<&mut bool> {
+        match crd {
+            Crd::Gateway => Some(&mut self.gateways_forbidden),
+            Crd::GatewayClass => Some(&mut self.gateway_classes_forbidden),
+            Crd::DestinationRule
+            | Crd::PeerAuthentication
+            | Crd::WorkloadEntry
+            | Crd::ServiceEntry => None,
+        }
     }
 
     /// The host of the waypoint a global Service's tunnels go to, if it has one, and what

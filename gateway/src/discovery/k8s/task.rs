@@ -211,22 +211,7 @@ impl ModelTask {
             }
             Msg::CrdStarted(crd, generation, probes) => {
                 if generation == self.generations[slot(crd)] {
-                    match crd {
-                        Crd::DestinationRule => m.rules = Some(Watched::new(probes.len())),
-                        Crd::PeerAuthentication => {
-                            m.peer_auths = Some(Watched::new(probes.len()));
-                        }
-                        Crd::Gateway => m.waypoints = Some(Watched::new(probes.len())),
-                        Crd::GatewayClass => {
-                            m.gateway_classes = Some(Watched::new(probes.len()));
-                        }
-                        Crd::WorkloadEntry => {
-                            m.workload_entries = Some(Watched::new(probes.len()));
-                        }
-                        Crd::ServiceEntry => {
-                            m.service_entries = Some(Watched::new(probes.len()));
-                        }
-                    }
+                    m.crd_started(crd, probes.len());
                     self.probes.extend(probes);
                 }
                 return false;
@@ -273,23 +258,9 @@ impl ModelTask {
         if generation != self.generations[slot(crd)] {
             return false;
         }
-        let had = match crd {
-            Crd::DestinationRule => self.model.rules.take().is_some(),
-            Crd::PeerAuthentication => self.model.peer_auths.take().is_some(),
-            Crd::Gateway => self.model.waypoints.take().is_some(),
-            Crd::GatewayClass => self.model.gateway_classes.take().is_some(),
-            Crd::WorkloadEntry => self.model.workload_entries.take().is_some(),
-            Crd::ServiceEntry => self.model.service_entries.take().is_some(),
-        };
+        let had = self.model.crd_lost(crd);
         let forbidden = why == Gone::Forbidden;
-        let flag = match crd {
-            Crd::DestinationRule
-            | Crd::PeerAuthentication
-            | Crd::WorkloadEntry
-            | Crd::ServiceEntry => None,
-            Crd::Gateway => Some(&mut self.model.gateways_forbidden),
-            Crd::GatewayClass => Some(&mut self.model.gateway_classes_forbidden),
-        };
+        let flag = self.model.forbidden_flag(crd);
         let changed = had | flag.is_some_and(|f| std::mem::replace(f, forbidden) != forbidden);
         if !had {
             return changed;
