@@ -339,6 +339,7 @@ impl ModelTask {
         self.warn_unseen();
         self.warn_unused_canaries();
         self.tell_entries_elsewhere();
+        self.warn_entries_by_dns();
         if !self.synced.swap(true, Ordering::SeqCst) {
             tracing::info!(
                 services = self.model.services.len(),
@@ -388,9 +389,10 @@ impl ModelTask {
     /// [`UNSEEN_NAMED`] by name per table, then a count), once until it is seen again.
     fn warn_unseen(&mut self) {
         let unseen = self.model.unseen_waypoints(&self.domain);
-        let new = newly(&unseen, &self.unseen);
-        for (service, waypoint, why) in new.iter().take(UNSEEN_NAMED) {
-            match why {
+        let more = tell_newly(
+            &unseen,
+            &self.unseen,
+            |(service, waypoint, why)| match why {
                 Blind::NotWatched => tracing::warn!(
                     %service,
                     %waypoint,
@@ -416,11 +418,11 @@ impl ModelTask {
                      (503) rather than sent around the waypoint; grant get, list and watch on \
                      gateways to the gateway's service account"
                 ),
-            }
-        }
-        if new.len() > UNSEEN_NAMED {
+            },
+        );
+        if more > 0 {
             tracing::warn!(
-                more = new.len() - UNSEEN_NAMED,
+                more,
                 "more services are bound to waypoints the gateway cannot see (as above)"
             );
         }
@@ -431,8 +433,7 @@ impl ModelTask {
     /// [`UNSEEN_NAMED`] by name per table, then a count), once until that changes.
     fn warn_unused_canaries(&mut self) {
         let unused = self.model.unused_canaries(&self.domain);
-        let new = newly(&unused, &self.unused_canaries);
-        for (service, canary, why) in new.iter().take(UNSEEN_NAMED) {
+        let more = tell_newly(&unused, &self.unused_canaries, |(service, canary, why)| {
             let why = match why {
                 CanaryUnused::InvalidWeight(w) => format!(
                     "its istio.io/use-waypoint-canary-weight {:?} is not a whole number from 0 \
@@ -454,26 +455,21 @@ impl ModelTask {
                 "the service's canary waypoint takes none of its tunnels: {why}; all go to \
                  its waypoint, as Istio falls back"
             );
-        }
-        if new.len() > UNSEEN_NAMED {
+        });
+        if more > 0 {
             tracing::warn!(
-                more = new.len() - UNSEEN_NAMED,
+                more,
                 "more services have canary waypoints that take none of their tunnels"
             );
         }
         self.unused_canaries = unused;
     }
-}
 
-impl ModelTask {
     /// Tells of each WorkloadEntry newly seen on another network (up to [`UNSEEN_NAMED`] by
     /// name per table, then a count): it is no endpoint here, by design, so this is no warning.
-    /// Warns of each mesh-internal ServiceEntry newly seen resolved by DNS, whose hosts a
-    /// sidecar may expect this gateway to serve.
     fn tell_entries_elsewhere(&mut self) {
         let now = self.model.entries_elsewhere();
-        let new = newly(&now, &self.entries_elsewhere);
-        for (entry, network) in new.iter().take(UNSEEN_NAMED) {
+        let more = tell_newly(&now, &self.entries_elsewhere, |(entry, network)| {
             tracing::info!(
                 %entry,
                 %network,
@@ -481,17 +477,22 @@ impl ModelTask {
                  not dial it (sidecars on other networks reach it through its own network's \
                  gateway)"
             );
-        }
-        if new.len() > UNSEEN_NAMED {
+        });
+        if more > 0 {
             tracing::info!(
-                more = new.len() - UNSEEN_NAMED,
+                more,
                 "more WorkloadEntries are on other networks (as above)"
             );
         }
         self.entries_elsewhere = now;
+    }
+
+    /// Warns of each mesh-internal ServiceEntry newly seen resolved by DNS (up to
+    /// [`UNSEEN_NAMED`] by name per table, then a count): a sidecar may expect this gateway to
+    /// serve its hosts.
+    fn warn_entries_by_dns(&mut self) {
         let by_dns = self.model.entries_by_dns();
-        let new = newly(&by_dns, &self.entries_by_dns);
-        for entry in new.iter().take(UNSEEN_NAMED) {
+        let more = tell_newly(&by_dns, &self.entries_by_dns, |entry| {
             tracing::warn!(
                 %entry,
                 "mesh-internal ServiceEntry is resolved by DNS, which the gateway does not \
@@ -499,10 +500,10 @@ impl ModelTask {
                  no_route here; give it STATIC resolution with endpoints, or a \
                  workloadSelector, to route it through this gateway"
             );
-        }
-        if new.len() > UNSEEN_NAMED {
+        });
+        if more > 0 {
             tracing::warn!(
-                more = new.len() - UNSEEN_NAMED,
+                more,
                 "more mesh-internal ServiceEntries are resolved by DNS (as above)"
             );
         }
@@ -510,11 +511,12 @@ impl ModelTask {
     }
 }
 
-/// The entries of `now` that were not in `before` (sorted), for warning once.
-fn newly<'a, T: Ord>(now: &'a [T], before: &[T]) -> Vec<&'a T> {
-    (now.iter())
-        .filter(|u| before.binary_search(u).is_err())
-        .collect()
+/// Gives `tell` each entry of `now` (sorted) that was not in `before` (sorted), the first
+/// [`UNSEEN_NAMED`] of them, so that each is told once; returns how many more there were.
+fn tell_newly<T: Ord>(now: &[T], before: &[T], tell: impl FnMut(&T)) -> usize {
+    let mut new = (now.iter()).filter(|u| before.binary_search(u).is_err());
+    new.by_ref().take(UNSEEN_NAMED).for_each(tell);
+    new.count()
 }
 
 /// The index of `crd` in [`ModelTask::crds`] and its generations.
