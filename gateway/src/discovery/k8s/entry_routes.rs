@@ -52,7 +52,7 @@ fn workloads<'a>(se: &'a SeInfo, ns: &'a str, from: &EntryContext<'_, 'a>) -> Ve
             .collect(),
     };
     all.into_iter()
-        .filter(|w| on_our_network(w.we, from.augment))
+        .filter(|w| on_our_network(w.we, from.augment.network))
         .collect()
 }
 
@@ -115,7 +115,7 @@ impl Model {
         all.sort_by(|a, b| (&a.1.created, a.0).cmp(&(&b.1.created, b.0)));
         // Kubernetes Services' hosts that entries name (`<name>.<namespace>.svc.<domain>`): a
         // Service visible to the gateway owns its host, routed or not (UDP only, say).
-        let mut owner: HashMap<&'a str, (String, Owner<'a>)> = HashMap::new();
+        let mut owner: HashMap<&'a str, (&'a str, Owner<'a>)> = HashMap::new();
         let suffix = format!(".svc.{}", from.domain.to_ascii_lowercase());
         let named: BTreeSet<&'a str> = (all.iter())
             .flat_map(|(_, se)| se.hosts.iter().map(|h| &**h))
@@ -135,7 +135,7 @@ impl Model {
                 Some(index) => Owner::Service { index, svc },
                 None => Owner::Unrouted,
             };
-            owner.insert(host, (ns.to_string(), owned));
+            owner.insert(host, (ns, owned));
         }
         let mut visible: Vec<&(&'a ObjKey, &'a SeInfo)> = (all.iter())
             .filter(|((ns, _), se)| exported_to(se.export_to.as_deref(), ns, gateway_ns))
@@ -145,22 +145,22 @@ impl Model {
         for (key, se) in visible.into_iter().copied() {
             let ns = &*key.0;
             for host in se.hosts.iter().filter(|h| validate_host(h).is_ok()) {
-                (owner.entry(host)).or_insert_with(|| (ns.to_string(), Owner::Entry(se)));
+                (owner.entry(host)).or_insert((ns, Owner::Entry(se)));
             }
         }
         // Each owned host's entries in its owner's namespace, oldest first.
         let mut groups: BTreeMap<&'a str, Vec<&'a SeInfo>> = BTreeMap::new();
         for &(key, se) in &all {
             for host in se.hosts.iter() {
-                if owner.get(&**host).is_some_and(|(n, _)| *n == *key.0) {
+                if owner.get(&**host).is_some_and(|&(n, _)| n == &*key.0) {
                     groups.entry(host).or_default().push(se);
                 }
             }
         }
         let mut routes = Vec::new();
         for (host, group) in groups {
-            let (ns, first) = &owner[host];
-            match *first {
+            let (ns, first) = owner[host];
+            match first {
                 Owner::Service { index, svc } => {
                     let node_known = self.node_name.is_some();
                     add_to_service(&mut services[index], svc, node_known, ns, &group, from);

@@ -325,15 +325,11 @@ impl Model {
     /// The WorkloadEntries on another network than the cluster's, as `(namespace/name,
     /// network)`: never dialed from here ([`Model::specs`]), and the log says so.
     pub fn entries_elsewhere(&self) -> Vec<(String, Box<str>)> {
-        let (Some(ours), Some(entries)) = (self.network(), &self.workload_entries) else {
-            return Vec::new();
-        };
-        let mut out: Vec<(String, Box<str>)> = entries
-            .iter()
-            .filter_map(|((ns, name), we)| {
-                let theirs = we.network.as_ref().filter(|n| &***n != ours)?;
-                Some((format!("{ns}/{name}"), theirs.clone()))
-            })
+        let ours = self.network();
+        let mut out: Vec<(String, Box<str>)> = (self.workload_entries.iter())
+            .flat_map(|w| w.iter())
+            .filter(|(_, we)| !on_our_network(we, ours))
+            .filter_map(|((ns, name), we)| Some((format!("{ns}/{name}"), we.network.clone()?)))
             .collect();
         out.sort();
         out
@@ -621,7 +617,6 @@ impl Model {
             }
             // The WorkloadEntries it selects, after its slices' endpoints (istiod's
             // `collectWorkloadInstanceEndpoints`); an address a slice lists stays the slice's.
-            let mut vms: Vec<&WeInfo> = Vec::new();
             let selector = svc.entry_selector.as_deref().unwrap_or_default();
             let in_ns = entries_by_ns
                 .get(ns.as_ref())
@@ -630,7 +625,7 @@ impl Model {
                 if !we.selected_by(selector, &augment) || eps.contains_key(&we.address) {
                     continue;
                 }
-                if !on_our_network(we, &augment) {
+                if !on_our_network(we, augment.network) {
                     continue;
                 }
                 // An entry has no node: with `internalTrafficPolicy: Local` it is kept only
@@ -650,15 +645,11 @@ impl Model {
                     continue;
                 }
                 let labels = share.of(&wanted_keys, |k| we.label(k, &augment));
-                eps.insert(we.address, entry_endpoint(we, ports, labels));
+                let mut ep = entry_endpoint(we, ports, labels);
                 if we.mtls && !peer_auths.is_empty() {
-                    vms.push(we);
+                    ep.mtls_disabled = disabled_ports(&ep, we, ns, &peer_auths, &augment);
                 }
-            }
-            for we in vms {
-                if let Some(spec) = eps.get_mut(&we.address) {
-                    spec.mtls_disabled = disabled_ports(spec, we, ns, &peer_auths, &augment);
-                }
+                eps.insert(we.address, ep);
             }
             // istiod asks for the endpoint's own (target) port (`checkMtlsEnabled`).
             for (address, pod, e) in sidecars {
@@ -755,9 +746,10 @@ pub(super) fn subset_keys(subsets: &Subsets) -> Vec<&str> {
 
 /// Whether a WorkloadEntry (or a ServiceEntry's endpoint) is on the cluster's network: one
 /// on another would be reached through that network's gateway, and this one dials only its
-/// own (`gateway/WORKLOAD_ENTRIES.md`). Either unknown counts as the same.
-pub(super) fn on_our_network(we: &WeInfo, augment: &Augment<'_>) -> bool {
-    match (we.network.as_deref(), augment.network) {
+/// own (`gateway/WORKLOAD_ENTRIES.md`). `ours` is the cluster's; either unknown counts as the
+/// same.
+pub(super) fn on_our_network(we: &WeInfo, ours: Option<&str>) -> bool {
+    match (we.network.as_deref(), ours) {
         (Some(theirs), Some(ours)) => theirs == ours,
         _ => true,
     }
