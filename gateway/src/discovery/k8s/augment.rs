@@ -35,11 +35,8 @@ pub fn endpoint_label<'a>(
         };
     };
     let own = || pod_label(pod, key);
-    // istiod's `GetLocalityLabel`: the new label when present, else the old; an empty one
-    // falls back to the Node's locality (`getPodLocality`).
-    let locality = pod_label(pod, TOPOLOGY_LOCALITY_LABEL)
-        .or_else(|| pod_label(pod, LOCALITY_LABEL))
-        .filter(|l| !l.is_empty());
+    // An empty one falls back to the Node's locality (`getPodLocality`).
+    let locality = locality_label(pod);
     // `region.zone.subzone`; an empty part adds nothing.
     let part = |i: usize| {
         locality
@@ -56,6 +53,15 @@ pub fn endpoint_label<'a>(
         NETWORK_LABEL => own().filter(|n| !n.is_empty()).or(add.network),
         _ => own(),
     }
+}
+
+/// The locality a workload's labels give, `region.zone.subzone` (a label cannot hold `/`):
+/// istiod's `GetLocalityLabel`, the new label when present (even empty), else the old; `None`
+/// when empty.
+pub fn locality_label(labels: &PodLabels) -> Option<&str> {
+    pod_label(labels, TOPOLOGY_LOCALITY_LABEL)
+        .or_else(|| pod_label(labels, LOCALITY_LABEL))
+        .filter(|l| !l.is_empty())
 }
 
 pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";

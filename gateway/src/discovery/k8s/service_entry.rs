@@ -71,10 +71,7 @@ impl SePort {
     /// The port dialed on `w` for this port (`convertWorkloadInstanceToInstances`): the
     /// workload's port of this port's name, else the target port, else the number.
     pub fn on(&self, w: &WeInfo) -> u16 {
-        w.ports
-            .iter()
-            .find(|(n, _)| **n == *self.name)
-            .map(|&(_, p)| p)
+        (w.port_named(&self.name))
             .or(self.target)
             .unwrap_or(self.number)
     }

@@ -6,7 +6,8 @@
 //!
 //! Decided here (`gateway/WORKLOAD_ENTRIES.md`): an entry on another network than the
 //! cluster's is left out (the gateway dials only its own network; istiod would send it to that
-//! network's gateway), and a ServiceEntry's endpoints are not read yet.
+//! network's gateway). A ServiceEntry's inline endpoints are read as entries too
+//! ([`workload`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -16,7 +17,7 @@ use kube::api::DynamicObject;
 use serde_json::Value;
 
 use super::augment::{
-    Augment, CLUSTER_LABEL, NETWORK_LABEL, REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL,
+    Augment, CLUSTER_LABEL, NETWORK_LABEL, REGION_LABEL, SUBZONE_LABEL, ZONE_LABEL, locality_label,
 };
 use super::project::{PodLabels, TLS_MODE_LABEL, TargetPort, pod_label};
 
@@ -47,16 +48,21 @@ impl WeInfo {
     /// a named one is the entry's port of that name, and without it the entry does not serve
     /// that Service port (`None`).
     pub fn port_for(&self, svc_port_name: Option<&str>, target: &TargetPort) -> Option<u16> {
-        let named = |name: &str| {
-            self.ports
-                .iter()
-                .find(|(n, _)| &**n == name)
-                .map(|&(_, p)| p)
-        };
         match target {
-            TargetPort::Number(n) => Some(svc_port_name.and_then(named).unwrap_or(*n)),
-            TargetPort::Name(name) => named(name),
+            TargetPort::Number(n) => Some(
+                svc_port_name
+                    .and_then(|name| self.port_named(name))
+                    .unwrap_or(*n),
+            ),
+            TargetPort::Name(name) => self.port_named(name),
         }
+    }
+
+    /// The entry's port of this name (`spec.ports`).
+    pub fn port_named(&self, name: &str) -> Option<u16> {
+        (self.ports.iter())
+            .find(|(n, _)| &**n == name)
+            .map(|&(_, p)| p)
     }
 
     /// The entry's label as istiod matches Service selectors, subsets and PeerAuthentication
@@ -108,19 +114,19 @@ pub fn project_workload_entry(we: &DynamicObject) -> Option<WeInfo> {
 /// `over` (the entry's metadata labels) over its labels; `None` unless its address is an IP.
 pub fn workload(spec: &Value, over: Option<&BTreeMap<String, String>>) -> Option<WeInfo> {
     let address: IpAddr = spec.get("address")?.as_str()?.trim().parse().ok()?;
-    let mut labels: Vec<(Arc<str>, Arc<str>)> = Vec::new();
-    let spec_labels = spec.get("labels").and_then(Value::as_object).into_iter();
-    for (k, v) in spec_labels.flatten() {
-        if let Some(v) = v.as_str() {
-            labels.push((k.as_str().into(), v.into()));
-        }
-    }
-    for (k, v) in over.into_iter().flatten() {
-        labels.retain(|(key, _)| **key != **k);
-        labels.push((k.as_str().into(), v.as_str().into()));
-    }
-    labels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let labels: PodLabels = labels.into();
+    let mut merged: BTreeMap<&str, &str> = (spec.get("labels").and_then(Value::as_object))
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
+        .collect();
+    merged.extend(
+        over.into_iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    let labels: PodLabels = (merged.into_iter())
+        .map(|(k, v)| (Arc::from(k), Arc::from(v)))
+        .collect();
     let ports = spec
         .get("ports")
         .and_then(Value::as_object)
@@ -136,14 +142,10 @@ pub fn workload(spec: &Value, over: Option<&BTreeMap<String, String>>) -> Option
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
     };
-    // istiod's `GetLocalityLabel` (the new label when present, even empty, else the old)
-    // and `SanitizeLocalityLabel`: a label cannot hold `/`, so its parts are separated by dots.
-    let locality: Option<String> = str_of("locality").map(str::to_owned).or_else(|| {
-        pod_label(&labels, "topology.istio.io/locality")
-            .or_else(|| pod_label(&labels, "istio-locality"))
-            .filter(|l| !l.is_empty())
-            .map(|l| l.replace('.', "/"))
-    });
+    // istiod's `SanitizeLocalityLabel`: the label's parts are separated by dots.
+    let locality: Option<String> = str_of("locality")
+        .map(str::to_owned)
+        .or_else(|| locality_label(&labels).map(|l| l.replace('.', "/")));
     let mut parts = [None, None, None];
     if let Some(l) = locality {
         for (slot, part) in parts.iter_mut().zip(l.split('/')) {
