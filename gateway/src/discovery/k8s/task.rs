@@ -496,7 +496,7 @@ impl ModelTask {
             tracing::warn!(
                 %entry,
                 "mesh-internal ServiceEntry is resolved by DNS, which the gateway does not \
-                 follow (it would resolve the names it dials): its hosts are refused \
+                 follow (it would resolve the names it dials): a host it owns is refused \
                  no_route here; give it STATIC resolution with endpoints, or a \
                  workloadSelector, to route it through this gateway"
             );
