@@ -1175,13 +1175,7 @@ mod tests {
     /// its own (target) port takes no 15443 connection on the Service port that maps to it.
     #[test]
     fn a_peer_authentication_that_disables_a_port_takes_its_endpoints_out() {
-        let pa = |ns: &str, name: &str, spec: serde_json::Value| {
-            let obj: kube::api::DynamicObject = serde_json::from_value(json!({
-                "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-                "metadata": {"name": name, "namespace": ns}, "spec": spec}))
-            .unwrap();
-            super::super::peer_auth::project_peer_authentication(&obj).unwrap()
-        };
+        let pa = peer_authentication;
         let disabled = |m: &Model| -> Vec<(String, Vec<u16>)> {
             m.specs("cluster.local")[0]
                 .endpoints
@@ -1248,14 +1242,10 @@ mod tests {
     fn the_root_namespaces_network_reaches_peer_authentication_selectors() {
         let mut m = model_with(false);
         set_network(&mut m, "west-network");
-        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-            "metadata": {"name": "net", "namespace": "shop"},
-            "spec": {"selector": {"matchLabels": {"topology.istio.io/network": "west-network"}},
-                "mtls": {"mode": "DISABLE"}}}))
-        .unwrap();
+        let spec = json!({"selector": {"matchLabels": {"topology.istio.io/network": "west-network"}},
+            "mtls": {"mode": "DISABLE"}});
         let mut w = Watched::new(1);
-        let pa = super::super::peer_auth::project_peer_authentication(&obj).unwrap();
+        let pa = peer_authentication("shop", "net", spec);
         w.streams[0].items.insert(k("shop", "net"), pa);
         m.peer_auths = Some(w);
         assert!(classic_candidates(&m.specs("cluster.local")).is_empty());
@@ -1733,13 +1723,7 @@ mod tests {
     /// that knows its node, and of two entries at one address the first by name serves.
     #[test]
     fn workload_entries_join_the_services_that_select_them() {
-        let we = |name: &str, spec: serde_json::Value| {
-            let obj: kube::api::DynamicObject = serde_json::from_value(json!({
-                "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
-                "metadata": {"name": name, "namespace": "shop"}, "spec": spec}))
-            .unwrap();
-            super::super::workload_entry::project_workload_entry(&obj).unwrap()
-        };
+        let we = |name: &str, spec| workload_entry("shop", name, spec);
         let mut m = model_with(true);
         let mut s = project_service(&svc(json!([{"name": "http", "port": 80}]))).unwrap();
         s.entry_selector = Some(Box::new([("app".into(), "catalog".into())]));
@@ -1776,13 +1760,9 @@ mod tests {
         assert_eq!(subset_ips(&m, "v2"), ["10.0.0.2", "10.9.0.1"]);
 
         // A PeerAuthentication selecting the VM by its locality's zone disables its port.
-        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-            "metadata": {"name": "vms", "namespace": "shop"},
-            "spec": {"selector": {"matchLabels": {"topology.kubernetes.io/zone": "eu-1"}},
-                "portLevelMtls": {"8080": {"mode": "DISABLE"}}}}))
-        .unwrap();
-        let pa = super::super::peer_auth::project_peer_authentication(&obj).unwrap();
+        let spec = json!({"selector": {"matchLabels": {"topology.kubernetes.io/zone": "eu-1"}},
+            "portLevelMtls": {"8080": {"mode": "DISABLE"}}});
+        let pa = peer_authentication("shop", "vms", spec);
         let mut w = Watched::new(1);
         w.streams[0].items.insert(k("shop", "vms"), pa);
         m.peer_auths = Some(w);
@@ -1852,6 +1832,14 @@ mod tests {
         super::super::service_entry::project_service_entry(&obj).unwrap()
     }
 
+    fn workload_entry(ns: &str, name: &str, spec: serde_json::Value) -> WeInfo {
+        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec}))
+        .unwrap();
+        super::super::workload_entry::project_workload_entry(&obj).unwrap()
+    }
+
     fn peer_authentication(ns: &str, name: &str, spec: serde_json::Value) -> PaInfo {
         let obj: kube::api::DynamicObject = serde_json::from_value(json!({
             "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
@@ -1903,12 +1891,8 @@ mod tests {
         items.insert(k("other", "db"), other);
         m.service_entries = Some(w);
         let mut wes = Watched::new(1);
-        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
-            "metadata": {"name": "db-vm", "namespace": "shop"},
-            "spec": {"address": "10.3.0.5", "labels": {"app": "db"}, "serviceAccount": "db"}}))
-        .unwrap();
-        let vm = super::super::workload_entry::project_workload_entry(&obj).unwrap();
+        let spec = json!({"address": "10.3.0.5", "labels": {"app": "db"}, "serviceAccount": "db"});
+        let vm = workload_entry("shop", "db-vm", spec);
         wes.streams[0].items.insert(k("shop", "db-vm"), vm);
         m.workload_entries = Some(wes);
         let mut rules = Watched::new(1);
