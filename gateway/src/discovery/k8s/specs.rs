@@ -1821,30 +1821,35 @@ mod tests {
         );
     }
 
+    /// An object of Istio's as the API server sends it: `spec` under `metadata`.
+    fn istio_object(
+        api_version: &str,
+        kind: &str,
+        metadata: serde_json::Value,
+        spec: serde_json::Value,
+    ) -> kube::api::DynamicObject {
+        serde_json::from_value(json!({"apiVersion": api_version, "kind": kind,
+            "metadata": metadata, "spec": spec}))
+        .unwrap()
+    }
+
     /// A ServiceEntry of namespace `ns`, created `secs` seconds into the day.
     fn service_entry(ns: &str, name: &str, secs: u32, spec: serde_json::Value) -> SeInfo {
-        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
-            "metadata": {"name": name, "namespace": ns,
-                "creationTimestamp": format!("2026-12-07T00:00:{secs:02}Z")},
-            "spec": spec}))
-        .unwrap();
+        let meta = json!({"name": name, "namespace": ns,
+            "creationTimestamp": format!("2026-12-07T00:00:{secs:02}Z")});
+        let obj = istio_object("networking.istio.io/v1", "ServiceEntry", meta, spec);
         super::super::service_entry::project_service_entry(&obj).unwrap()
     }
 
     fn workload_entry(ns: &str, name: &str, spec: serde_json::Value) -> WeInfo {
-        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
-            "metadata": {"name": name, "namespace": ns}, "spec": spec}))
-        .unwrap();
+        let meta = json!({"name": name, "namespace": ns});
+        let obj = istio_object("networking.istio.io/v1", "WorkloadEntry", meta, spec);
         super::super::workload_entry::project_workload_entry(&obj).unwrap()
     }
 
     fn peer_authentication(ns: &str, name: &str, spec: serde_json::Value) -> PaInfo {
-        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-            "metadata": {"name": name, "namespace": ns}, "spec": spec}))
-        .unwrap();
+        let meta = json!({"name": name, "namespace": ns});
+        let obj = istio_object("security.istio.io/v1", "PeerAuthentication", meta, spec);
         super::super::peer_auth::project_peer_authentication(&obj).unwrap()
     }
 
@@ -2128,13 +2133,11 @@ mod tests {
             "not merged: another selector"
         );
         assert!(!route.prefer_close);
-        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
-            "metadata": {"name": "db", "namespace": "a",
-                "creationTimestamp": "2026-12-07T00:00:01Z",
-                "annotations": {"networking.istio.io/traffic-distribution": "PreferClose"}},
-            "spec": db("10.3.0.1", json!({}))}))
-        .unwrap();
+        let meta = json!({"name": "db", "namespace": "a",
+            "creationTimestamp": "2026-12-07T00:00:01Z",
+            "annotations": {"networking.istio.io/traffic-distribution": "PreferClose"}});
+        let spec = db("10.3.0.1", json!({}));
+        let obj = istio_object("networking.istio.io/v1", "ServiceEntry", meta, spec);
         let close = super::super::service_entry::project_service_entry(&obj).unwrap();
         let w = m.service_entries.as_mut().unwrap();
         w.streams[0].items.insert(k("a", "db"), close);
