@@ -222,39 +222,38 @@ impl TestApiServer {
     /// Makes `networking.istio.io` DestinationRules (v1, v1beta1, v1alpha3) served, by
     /// creating their CustomResourceDefinition, as installing Istio's CRDs does.
     pub fn install_destination_rule_crd(&self) {
-        self.install_crd(crds::DESTINATION_RULE_CRD);
+        self.install_crd(crds::destination_rule_crd());
     }
 
     /// Makes Istio's `security.istio.io` PeerAuthentications (v1, v1beta1) served.
     pub fn install_peer_authentication_crd(&self) {
-        self.install_crd(crds::PEER_AUTHENTICATION_CRD);
+        self.install_crd(crds::peer_authentication_crd());
     }
 
     /// Makes Istio's `networking.istio.io` WorkloadEntries (v1, v1alpha3, v1beta1) served.
     pub fn install_workload_entry_crd(&self) {
-        self.install_crd(crds::WORKLOAD_ENTRY_CRD);
+        self.install_crd(crds::workload_entry_crd());
     }
 
     /// Makes Istio's `networking.istio.io` ServiceEntries (v1, v1alpha3, v1beta1) served.
     pub fn install_service_entry_crd(&self) {
-        self.install_crd(crds::SERVICE_ENTRY_CRD);
+        self.install_crd(crds::service_entry_crd());
     }
 
     /// Makes Istio `networking.istio.io` Gateways served (their CRD).
     pub fn install_istio_gateway_crd(&self) {
-        self.install_crd(crds::GATEWAY_CRD);
+        self.install_crd(crds::gateway_crd());
     }
 
     /// Makes Gateway API `gateway.networking.k8s.io` Gateways and GatewayClasses (v1, v1beta1)
     /// served, as the standard channel's install does.
     pub fn install_gateway_api_crds(&self) {
-        self.install_crd(crds::GATEWAY_CLASS_CRD);
-        self.install_crd(crds::GATEWAY_API_CRD);
+        for text in [crds::GATEWAY_CLASS_CRD, crds::GATEWAY_API_CRD] {
+            self.install_crd(serde_json::from_str(text).expect("built-in CRD is valid JSON"));
+        }
     }
 
-    fn install_crd(&self, json_text: &str) {
-        let crd: serde_json::Value =
-            serde_json::from_str(json_text).expect("built-in CRD is valid JSON");
+    fn install_crd(&self, crd: serde_json::Value) {
         match self.store.create(crd) {
             Ok(_) => {}
             Err(e) if e.code == 409 => {}
