@@ -424,40 +424,39 @@ async fn a_forbidden_gateway_crd_deleted_lets_bound_services_go_straight() {
     .await;
 }
 
+/// Serves without the grant on `resource` of `group`, and checks the log says that `kind`
+/// cannot be seen and names the grant.
+async fn served_unseen_and_granted(resource: &str, group: &str, kind: &str) {
+    let told = format!("may not read {resource}.{group} (403 Forbidden): {kind} cannot be seen");
+    let (_api, _dir, _gw, text) = served_and_told(resource, &told).await;
+    let grant = format!("grant get, list and watch on {resource}.{group}");
+    assert!(text.contains(&grant), "{text}");
+}
+
 /// Without the PeerAuthentication grant routes are served as if no policy disabled mTLS
 /// anywhere, and the log names what that means and the grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_peer_authentication_rights_routes_are_served_and_the_grant_named() {
-    let told = "may not read peerauthentications.security.istio.io (403 Forbidden): PeerAuthentications cannot be seen";
-    let (_api, _dir, _gw, text) = served_and_told("peerauthentications", told).await;
-    assert!(
-        text.contains("grant get, list and watch on peerauthentications.security.istio.io"),
-        "{text}"
-    );
+    served_unseen_and_granted(
+        "peerauthentications",
+        "security.istio.io",
+        "PeerAuthentications",
+    )
+    .await;
 }
 
 /// Without the WorkloadEntry grant (a ClusterRole from before 2026-12-07) Services are served
 /// by their pods, and the log names what that means and the grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_workload_entry_rights_routes_are_served_and_the_grant_named() {
-    let told = "may not read workloadentries.networking.istio.io (403 Forbidden): WorkloadEntries cannot be seen";
-    let (_api, _dir, _gw, text) = served_and_told("workloadentries", told).await;
-    assert!(
-        text.contains("grant get, list and watch on workloadentries.networking.istio.io"),
-        "{text}"
-    );
+    served_unseen_and_granted("workloadentries", "networking.istio.io", "WorkloadEntries").await;
 }
 
 /// Without the ServiceEntry grant Services are served, and the log names what that means and
 /// the grant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_service_entry_rights_routes_are_served_and_the_grant_named() {
-    let told = "may not read serviceentries.networking.istio.io (403 Forbidden): ServiceEntries cannot be seen";
-    let (_api, _dir, _gw, text) = served_and_told("serviceentries", told).await;
-    assert!(
-        text.contains("grant get, list and watch on serviceentries.networking.istio.io"),
-        "{text}"
-    );
+    served_unseen_and_granted("serviceentries", "networking.istio.io", "ServiceEntries").await;
 }
 
 /// Without the Gateway grant the waypoints cannot be seen: routes are served, and a global
