@@ -104,6 +104,10 @@ pub struct EndpointSpec {
     /// Service ports on which the endpoint, though `mtls`, takes no classic connection: a
     /// PeerAuthentication disables mTLS on the port they map to (Kubernetes only).
     pub mtls_disabled: Vec<u16>,
+    /// Load-balancing weight, at least 1: a WorkloadEntry's or a ServiceEntry endpoint's
+    /// `weight` (istiod sends it as Envoy's `load_balancing_weight`, 1 when unset), 1 for
+    /// a Pod.
+    pub weight: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +122,8 @@ pub struct Endpoint {
     /// `mtls` is false because a PeerAuthentication disables mTLS on this port
     /// ([`EndpointSpec::mtls_disabled`]), not for want of the Pod's label.
     pub mtls_disabled: bool,
+    /// [`EndpointSpec::weight`].
+    pub weight: u32,
 }
 
 /// Everything reachable through one `(host, port)`.
@@ -142,6 +148,9 @@ pub struct Route {
     pub prefer_zone: Option<Arc<str>>,
     /// [`ServiceSpec::tls`], for a classic route.
     pub tls: Arc<DrTls>,
+    /// Its endpoints' weights differ: the pick weighs them (set at publish; with equal
+    /// weights the unweighted pick chooses alike and costs less).
+    pub weighted: bool,
 }
 
 /// The port a tunnel is sent to on a waypoint: its HBONE listener, which Istio hardcodes
@@ -442,6 +451,7 @@ impl Routes {
                         zone: ep.zone.clone(),
                         mtls: ep.mtls && !ep.mtls_disabled.contains(&port),
                         mtls_disabled: ep.mtls && ep.mtls_disabled.contains(&port),
+                        weight: ep.weight.max(1),
                     };
                     let classic = SocketAddr::new(ep.address, target);
                     if port == WAYPOINT_PORT && waypoint_hosts.contains(spec.host.as_str()) {
@@ -509,6 +519,15 @@ impl Routes {
         for route in others.chain(waypoints.values_mut()) {
             route.resolve_subsets(false);
         }
+        let every = routes.values_mut().chain(hbone.values_mut());
+        for route in every
+            .flat_map(|p| p.values_mut())
+            .chain(waypoints.values_mut())
+        {
+            let mut weights = route.endpoints.iter().map(|e| e.weight);
+            let first = weights.next();
+            route.weighted = weights.any(|w| Some(w) != first);
+        }
         if let Some(before) = self.current.load().as_deref() {
             carry_metrics(before, &routes);
         }
@@ -563,6 +582,7 @@ fn empty_route(host: &str, port: u16) -> Route {
         canary: None,
         prefer_zone: None,
         tls: Arc::default(),
+        weighted: false,
     }
 }
 
@@ -610,6 +630,7 @@ mod tests {
                     zone: None,
                     mtls: true,
                     mtls_disabled: Vec::new(),
+                    weight: 1,
                 })
                 .collect(),
             waypoint: None,

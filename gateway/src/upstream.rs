@@ -1,6 +1,7 @@
 //! Choosing and connecting to an upstream endpoint: least connections by power of two
-//! choices (among those in the gateway's zone first, for a service that prefers close
-//! endpoints), retries across endpoints, and the connect outcomes fed to outlier detection.
+//! choices, or by effective weight where endpoints' weights differ (among those in the
+//! gateway's zone first, for a service that prefers close endpoints), retries across
+//! endpoints, and the connect outcomes fed to outlier detection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::local_error;
 use crate::metrics::ProxyMetrics;
 use crate::outlier;
 use crate::reject::Reject;
-use crate::routes::{Candidates, LookupError, Route};
+use crate::routes::{Candidates, Endpoint, LookupError, Route};
 
 /// Connects to a ready endpoint of `route`'s `subset`, trying up to `connect_attempts`
 /// different endpoints (safe: nothing has been forwarded yet). Each attempt's outcome feeds
@@ -119,6 +120,9 @@ pub fn pick(
 ) -> Option<Arc<EndpointState>> {
     let now = std::cell::OnceCell::new();
     let now = || *now.get_or_init(clock::now_ms);
+    if route.weighted {
+        return pick_weighted(route, candidates, tried, now);
+    }
     let usable = || {
         candidates
             .iter()
@@ -137,6 +141,42 @@ pub fn pick(
         }
     };
     fewer_active(usable(), a, b).cloned()
+}
+
+/// [`pick`] for a route whose endpoints' weights differ, as Envoy's least-request balancer
+/// weighs hosts: each usable endpoint is chosen with a chance in proportion to its effective
+/// weight `weight / (active + 1)` (Envoy's, with its default bias of 1), where Envoy's
+/// scheduler takes them in that proportion in turn. With no connection active, an endpoint
+/// takes its weight's share; one holding more connections per unit of weight, less.
+fn pick_weighted(
+    route: &Route,
+    candidates: &[usize],
+    tried: &[SocketAddr],
+    now: impl Fn() -> u64 + Copy,
+) -> Option<Arc<EndpointState>> {
+    let usable = || {
+        candidates
+            .iter()
+            .map(|&i| &route.endpoints[i])
+            .filter(move |e| !e.state.health.is_ejected_at(now) && !tried.contains(&e.state.addr))
+    };
+    let effective = |e: &Endpoint| f64::from(e.weight) / (e.state.active() as f64 + 1.0);
+    let total: f64 = usable().map(effective).sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mut at = rand::rng().random::<f64>() * total;
+    let mut last = None;
+    for e in usable() {
+        at -= effective(e);
+        if at < 0.0 {
+            return Some(e.state.clone());
+        }
+        last = Some(e);
+    }
+    // Rounding, or connections that ended or an ejection by another worker between the two
+    // passes, left the draw past the end: the last usable one.
+    last.map(|e| e.state.clone())
 }
 
 /// Of the endpoints at positions `a` and `b` of `usable`, the one with fewer active
@@ -181,8 +221,17 @@ mod tests {
         prefer_close: bool,
         zone: Option<&str>,
     ) -> Arc<crate::routes::RouteTable> {
-        let routes = Routes::new();
-        let spec = ServiceSpec {
+        let spec = service(n, zone_of, prefer_close);
+        Routes::new().publish_in(&[spec], zone.map(Arc::from).as_ref())
+    }
+
+    /// `a.local:80` served by `n` endpoints 10.0.0.1.., each in `zone_of(i)`.
+    fn service(
+        n: u8,
+        zone_of: impl Fn(u8) -> Option<&'static str>,
+        prefer_close: bool,
+    ) -> ServiceSpec {
+        ServiceSpec {
             host: "a.local".into(),
             ports: vec![80],
             subsets: Default::default(),
@@ -200,10 +249,65 @@ mod tests {
                     zone: zone_of(i).map(Arc::from),
                     mtls: true,
                     mtls_disabled: Vec::new(),
+                    weight: 1,
                 })
                 .collect(),
-        };
-        routes.publish_in(&[spec], zone.map(Arc::from).as_ref())
+        }
+    }
+
+    /// Endpoints of weights 1, 3 and 6 take those shares of new connections while none is
+    /// active, and shares by `weight / (active + 1)` once some are (Envoy's least-request
+    /// with weights). Equal weights keep the unweighted pick.
+    #[test]
+    fn weights_share_connections_and_active_ones_count_per_unit_of_weight() {
+        let mut spec = service(3, |_| None, false);
+        for (e, w) in spec.endpoints.iter_mut().zip([1, 3, 6]) {
+            e.weight = w;
+        }
+        let t = Routes::new().publish(&[spec]);
+        let r = t.lookup("a.local", 80).unwrap();
+        assert!(r.weighted);
+        let c = r.candidates("").unwrap();
+        let n = 20_000;
+        let mut got = [0u32; 3];
+        for _ in 0..n {
+            let ep = pick(r, c, &[]).unwrap();
+            got[usize::from(ep.addr.ip().to_string().as_bytes()[7] - b'1')] += 1;
+        }
+        // Expected 2,000, 6,000 and 12,000; a binomial's deviation here is at most 71.
+        for (got, want) in got.iter().zip([2_000, 6_000, 12_000]) {
+            assert!(
+                got.abs_diff(want) < 600,
+                "{got} of {n}, expected about {want}"
+            );
+        }
+        // Effective weights `weight / (active + 1)`: weight 1 with 2 active 1/3, weight 3
+        // with none 3, weight 6 with 20 active 6/21; shares 0.092, 0.829 and 0.079.
+        let st = |i: usize| &r.endpoints[c[i]].state;
+        let _held: Vec<_> = (0..20)
+            .map(|_| st(2).track())
+            .chain((0..2).map(|_| st(0).track()))
+            .collect();
+        let mut got = [0u32; 3];
+        for _ in 0..n {
+            let ep = pick(r, c, &[]).unwrap();
+            got[usize::from(ep.addr.ip().to_string().as_bytes()[7] - b'1')] += 1;
+        }
+        for (got, want) in got.iter().zip([1_842, 16_579, 1_579]) {
+            assert!(
+                got.abs_diff(want) < 400,
+                "{got} of {n}, expected about {want}"
+            );
+        }
+        // Equal weights: the route is not weighted, and a tried or ejected one is skipped.
+        let t = Routes::new().publish(&[service(2, |_| None, false)]);
+        assert!(!t.lookup("a.local", 80).unwrap().weighted);
+        let tried = [st(1).addr, st(2).addr];
+        for _ in 0..20 {
+            assert_eq!(pick(r, c, &tried).unwrap().addr, st(0).addr);
+        }
+        st(0).health.eject(clock::now_ms(), 60_000, 60_000);
+        assert!(pick(r, c, &tried).is_none());
     }
 
     #[test]

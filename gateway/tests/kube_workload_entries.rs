@@ -147,6 +147,35 @@ async fn a_service_that_selects_a_vm_is_served_by_its_pod_and_the_vm() {
     eventually_served_by(gw.bound.listen_addr, &catalog, &["pod"]).await;
 }
 
+/// A VM's `weight` is its share of new connections against the pod's 1, as Envoy weighs
+/// hosts istiod sends with `load_balancing_weight`; `/debug/routes` shows it. Before, weights
+/// were not read and every endpoint took an equal share.
+#[tokio::test]
+async fn a_vms_weight_is_its_share_of_connections() {
+    let api = api_server().await;
+    let (b, port) = backends(&["pod", "vm"]).await;
+    let st = api.store();
+    pod_catalog(&api, port, b[0].addr.ip());
+    let mut heavy = vm(b[1].addr.ip());
+    heavy["spec"]["weight"] = json!(9);
+    st.create(heavy).unwrap();
+    let gw = kube_gateway(&api).await;
+    let catalog = sni(80, "", CATALOG);
+    eventually_served_by(gw.bound.listen_addr, &catalog, &["pod", "vm"]).await;
+    let (_, body) = http_get(gw.bound.admin_addr, "/debug/routes?host=catalog.").await;
+    assert!(body.contains(r#""weight": 9"#), "{body}");
+    // One connection at a time: 9 in 10 to the VM (expected 90 of 100, deviation 3).
+    let mut to_vm = 0;
+    for _ in 0..100 {
+        let by = who(gw.bound.listen_addr, &catalog).await;
+        to_vm += u32::from(by.as_deref() == Some("vm"));
+    }
+    assert!(
+        (75..101).contains(&to_vm),
+        "{to_vm} of 100 to the VM of weight 9"
+    );
+}
+
 /// istiod's port rules for an entry (`serviceInstanceFromWorkloadInstance`): a named
 /// `targetPort` is the entry's port of that name, and an entry without it does not serve that
 /// Service port; a numeric one is overridden by the entry's port named as the Service port.

@@ -37,6 +37,7 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
         mtls_off: None,
         labels: (*e.labels).clone(),
         zone: e.zone.as_deref().map(str::to_owned),
+        weight: e.weight,
         active_connections: e.state.active(),
         consecutive_failures: e.state.health.consecutive_failures(),
         ejected: e.state.health.is_ejected(now),
@@ -206,10 +207,17 @@ pub struct DebugEndpoint {
     pub labels: Labels,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
+    /// The load-balancing weight, shown when it is not 1.
+    #[serde(skip_serializing_if = "is_one")]
+    pub weight: u32,
     pub active_connections: usize,
     pub consecutive_failures: u32,
     pub ejected: bool,
     pub ejected_for_ms: u64,
+}
+
+fn is_one(w: &u32) -> bool {
+    *w == 1
 }
 
 /// Parses the `/debug/routes` query: `host=` (a substring of the host, any case) and
@@ -275,6 +283,7 @@ mod tests {
                 zone: None,
                 mtls: true,
                 mtls_disabled: Vec::new(),
+                weight: 1,
             }],
             prefer_close: false,
             tls: Default::default(),

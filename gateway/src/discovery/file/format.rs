@@ -124,6 +124,8 @@ struct FileEndpoint {
     hbone: Option<FileHbone>,
     /// The zone the endpoint runs in (as an EndpointSlice's `zone`).
     zone: Option<String>,
+    /// Load-balancing weight, 1 or more (a WorkloadEntry's `weight`); 1 when left out.
+    weight: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -302,6 +304,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                     )));
                 }
             };
+            if e.weight == Some(0) {
+                return Err(invalid(format!(
+                    "{at}: endpoints[{j}]: weight must be 1 or more (leave it out for 1; to \
+                     take the endpoint out of rotation, set `ready: false`)"
+                )));
+            }
             endpoints.push(EndpointSpec {
                 address,
                 ports: port_map.clone(),
@@ -315,6 +323,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
                 // The operator lists the file's endpoints: they are taken as mesh workloads.
                 mtls: true,
                 mtls_disabled: Vec::new(),
+                weight: e.weight.unwrap_or(1),
             });
         }
         if svc.waypoint_bound.is_some() {
@@ -552,6 +561,46 @@ services:
         }
     }
 
+    /// `weight` defaults to 1; zero, negative or past `u32` is refused with the fix.
+    #[test]
+    fn endpoint_weights() {
+        let specs = p(r#"
+services:
+  - host: a.local
+    ports: [{port: 80}]
+    endpoints:
+      - {address: 10.0.0.1, weight: 9}
+      - {address: 10.0.0.2}
+"#)
+        .unwrap();
+        let weights: Vec<u32> = specs[0].endpoints.iter().map(|e| e.weight).collect();
+        assert_eq!(weights, [9, 1]);
+        for (weight, want) in [
+            (
+                "0",
+                "services[0] (\"a.local\"): endpoints[0]: weight must be 1 or more (leave it out for 1; to take the endpoint out of rotation, set `ready: false`)",
+            ),
+            (
+                "-1",
+                "services[0].endpoints[0].weight: invalid type: integer, expected u32",
+            ),
+            (
+                "4294967296",
+                "services[0].endpoints[0].weight: invalid value: integer, expected u32",
+            ),
+            (
+                "heavy",
+                "services[0].endpoints[0].weight: invalid type: string, expected u32",
+            ),
+        ] {
+            let text = format!(
+                "services: [{{host: a.local, ports: [{{port: 80}}], endpoints: [{{address: 10.0.0.1, weight: {weight}}}]}}]"
+            );
+            let err = p(&text).unwrap_err().to_string();
+            assert!(err.contains(want), "{weight}: got {err:?}");
+        }
+    }
+
     #[test]
     fn traffic_distribution_and_zones() {
         let specs = p(r#"
@@ -728,7 +777,7 @@ services:
             ),
             (
                 format!("services: [{{host: a.local, ports: [{{port: 80}}], waypoint: wp.local, waypoint_canary: {{host: c.local}}}}, {wp}]"),
-                "services[0]: missing field",
+                "services[0].waypoint_canary: missing field `weight`",
             ),
         ] {
             let err = p(&doc).unwrap_err().to_string();

@@ -24,6 +24,11 @@ const FIELDS: &[&str] = &[
     "address",
     "ready",
     "hbone",
+    "zone",
+    "weight",
+    "waypoint",
+    "waypoint_canary",
+    "traffic_distribution",
 ];
 
 /// Texts serde_yaml may report that name no content (libyaml's syntax errors are its own

@@ -589,6 +589,7 @@ impl Model {
                         zone: None,
                         mtls: false,
                         mtls_disabled: Vec::new(),
+                        weight: 1,
                     });
                     if spec.zone.is_none() {
                         spec.zone = e.zone.clone();
@@ -770,6 +771,7 @@ pub(super) fn entry_endpoint(
         zone: we.locality[1].clone(),
         mtls: we.mtls,
         mtls_disabled: Vec::new(),
+        weight: we.weight,
     }
 }
 
@@ -1731,10 +1733,11 @@ mod tests {
         let mut w = Watched::new(1);
         let vm = json!({"address": "10.9.0.1", "serviceAccount": "vm",
             "labels": {"app": "catalog", "version": "v2"}, "locality": "eu/eu-1",
-            "ports": {"http": 8080}});
+            "ports": {"http": 8080}, "weight": 7});
         w.streams[0].items.insert(k("shop", "a-vm"), we("a-vm", vm));
-        // Same address, later name: not used.
-        let twin = json!({"address": "10.9.0.1", "labels": {"app": "catalog", "version": "v1"}});
+        // Same address, later name: not used (Envoy keeps the first host of an address).
+        let twin = json!({"address": "10.9.0.1", "labels": {"app": "catalog", "version": "v1"},
+            "weight": 3});
         w.streams[0]
             .items
             .insert(k("shop", "b-twin"), we("b-twin", twin));
@@ -1756,6 +1759,8 @@ mod tests {
         assert_eq!(vm.ports, BTreeMap::from([(80, 8080)]));
         assert!(vm.ready && vm.mtls && vm.hbone_port.is_none());
         assert_eq!(vm.zone.as_deref(), Some("eu-1"));
+        assert_eq!(vm.weight, 7);
+        assert!(eps[..3].iter().all(|e| e.weight == 1));
         assert!(eps[1].mtls, "the slice's pod, not the shadowing entry");
         assert_eq!(subset_ips(&m, "v2"), ["10.0.0.2", "10.9.0.1"]);
 
@@ -1876,7 +1881,7 @@ mod tests {
         let old = internal(json!({"endpoints": [
             {"address": "10.3.0.1", "labels": {"version": "v1"}, "serviceAccount": "db"},
             {"address": "10.3.0.2", "labels": {"version": "v2"}, "serviceAccount": "db",
-             "ports": {"pg": 7000}},
+             "ports": {"pg": 7000}, "weight": 4},
             {"address": "10.3.0.3", "network": "west-net", "serviceAccount": "db"}]}));
         let admin = json!({"hosts": host, "location": "MESH_INTERNAL",
             "ports": [{"number": 9000, "name": "admin"}],
@@ -1896,7 +1901,8 @@ mod tests {
         items.insert(k("other", "db"), other);
         m.service_entries = Some(w);
         let mut wes = Watched::new(1);
-        let spec = json!({"address": "10.3.0.5", "labels": {"app": "db"}, "serviceAccount": "db"});
+        let spec = json!({"address": "10.3.0.5", "labels": {"app": "db"}, "serviceAccount": "db",
+            "weight": 0});
         let vm = workload_entry("shop", "db-vm", spec);
         wes.streams[0].items.insert(k("shop", "db-vm"), vm);
         m.workload_entries = Some(wes);
@@ -1929,6 +1935,9 @@ mod tests {
             ("10.3.0.9".into(), vec![(9000, 9000)], false),
         ];
         assert_eq!(eps, want);
+        // Weights as written; zero (unset in istiod's eyes) is 1.
+        let weights: Vec<u32> = db.endpoints.iter().map(|e| e.weight).collect();
+        assert_eq!(weights, [1, 4, 1, 1]);
         assert_eq!(subset_ips_of(&m, "db.mesh.local", 5432, "v2"), ["10.3.0.2"]);
 
         let mut w = Watched::new(1);

@@ -40,6 +40,9 @@ pub struct WeInfo {
     pub locality: [Option<Arc<str>>; 3],
     /// Istio mTLS: the `security.istio.io/tlsMode` label, else `istio` with a service account.
     pub mtls: bool,
+    /// `spec.weight`, 1 when unset, zero or not a `uint32` (istiod's `GetLoadBalancingWeight`
+    /// reads zero as 1; the CRD's schema refuses the rest).
+    pub weight: u32,
 }
 
 impl WeInfo {
@@ -163,6 +166,10 @@ pub fn workload(spec: &Value, over: Option<&BTreeMap<String, String>>) -> Option
         ports,
         locality: parts,
         mtls,
+        weight: (spec.get("weight").and_then(Value::as_u64))
+            .and_then(|w| u32::try_from(w).ok())
+            .filter(|&w| w != 0)
+            .unwrap_or(1),
     })
 }
 
@@ -217,7 +224,7 @@ mod tests {
             json!({"labels": {"version": "v2"}}),
             json!({"address": "10.1.0.7", "labels": {"app": "vm", "version": "v1"},
                 "serviceAccount": "vm-sa", "locality": "eu/eu-1/rack-3",
-                "ports": {"http": 8080, "zero": 0, "huge": 70000}}),
+                "ports": {"http": 8080, "zero": 0, "huge": 70000}, "weight": 25}),
             json!({}),
         )
         .unwrap();
@@ -230,6 +237,7 @@ mod tests {
         assert_eq!(we.label(SUBZONE_LABEL, &ADD), Some("rack-3"));
         assert_eq!(we.label(CLUSTER_LABEL, &ADD), Some("c1"));
         assert_eq!(we.label(NETWORK_LABEL, &ADD), Some("net1"));
+        assert_eq!(we.weight, 25);
 
         let plain = entry(
             json!({}),
@@ -239,6 +247,15 @@ mod tests {
         )
         .unwrap();
         assert!(!plain.mtls, "no service account, no label: disabled");
+        assert_eq!(plain.weight, 1, "unset");
+        for weight in [json!(0), json!(-2), json!(4_294_967_296u64), json!("3")] {
+            let spec = json!({"address": "10.1.0.8", "weight": weight});
+            assert_eq!(
+                entry(json!({}), spec, json!({})).unwrap().weight,
+                1,
+                "{weight}"
+            );
+        }
         assert_eq!(plain.label(ZONE_LABEL, &ADD), Some("us-2"));
         assert_eq!(plain.label(NETWORK_LABEL, &ADD), Some("vpc"));
         let labelled = entry(
