@@ -747,6 +747,7 @@ impl Args {
                 base_ejection: self.outlier_base_ejection,
                 max_ejection: self.outlier_max_ejection,
                 max_ejection_percent: self.outlier_max_percent,
+                eject_one_regardless: true,
             },
             drain_grace: self.drain_grace,
             drain_timeout: self.drain_timeout,

@@ -6,7 +6,8 @@
 //! - [`proxy_protocol`] and [`client_hello`] parse the preamble (sans-IO);
 //! - [`sni_name`] decodes the Istio SNI name and holds Istio's contract (layout, ALPN values);
 //! - [`routes`] is the published table: (host, port) to endpoints, subsets resolved at publish
-//!   (with [`dr_tls`], the DestinationRule TLS modes that decide which take 15443);
+//!   (with [`dr_tls`], the DestinationRule TLS modes that decide which take 15443, and
+//!   [`dr_conn`], its connect timeout and outlier detection per port and subset);
 //! - [`upstream`] picks an endpoint and connects, retrying others;
 //! - [`endpoint`] (live connection count) and [`outlier`] (failure streak, ejection) keep each
 //!   endpoint's state across publishes;
@@ -34,6 +35,7 @@ pub mod client_hello;
 pub mod clock;
 pub mod config;
 pub mod discovery;
+pub mod dr_conn;
 pub mod dr_tls;
 pub mod drain;
 pub mod endpoint;

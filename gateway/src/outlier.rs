@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::clock;
 
 /// Passive outlier detection settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Outlier {
     /// Consecutive connect failures that eject an endpoint (0 disables ejection).
     pub consecutive_failures: u32,
@@ -18,6 +18,9 @@ pub struct Outlier {
     pub max_ejection: Duration,
     /// At most this share (percent) of a service's endpoints is ejected at once.
     pub max_ejection_percent: u8,
+    /// One endpoint may be ejected even where the share allows none (the `--outlier-*`
+    /// flags' rule; a DestinationRule's `outlierDetection` follows Envoy, which does not).
+    pub eject_one_regardless: bool,
 }
 
 impl Default for Outlier {
@@ -27,6 +30,7 @@ impl Default for Outlier {
             base_ejection: Duration::from_secs(30),
             max_ejection: Duration::from_secs(300),
             max_ejection_percent: 50,
+            eject_one_regardless: true,
         }
     }
 }
@@ -111,9 +115,14 @@ pub fn on_failure<'a>(
     }
     let total = service.len();
     let ejected = service.filter(|h| h.is_ejected(now)).count();
-    // Floor of the share, but at least one: a single bad endpoint of a small service still
-    // gets skipped instead of costing every caller a connect timeout.
-    let budget = (total * cfg.max_ejection_percent as usize / 100).max(1);
+    // Floor of the share, but (by the flags' rule) at least one: a single bad endpoint of a
+    // small service still gets skipped instead of costing every caller a connect timeout.
+    let share = total * cfg.max_ejection_percent as usize / 100;
+    let budget = if cfg.eject_one_regardless {
+        share.max(1)
+    } else {
+        share
+    };
     if cfg.max_ejection_percent == 0 || ejected >= budget {
         return None;
     }
@@ -151,6 +160,7 @@ mod tests {
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(60),
             max_ejection_percent: 50,
+            eject_one_regardless: true,
         };
         let fail = |i: usize| on_failure(&eps[i], eps.iter(), &cfg);
         assert!(fail(0).is_none());
@@ -161,6 +171,17 @@ mod tests {
         fail(2);
         assert!(fail(2).is_none());
         assert!(!eps[2].is_ejected(clock::now_ms()));
+        // 10 % of 4 is none: one anyway by the flags' rule, none as Envoy has it.
+        for (one_regardless, ejected) in [(true, true), (false, false)] {
+            let eps: Vec<Health> = (0..4).map(|_| Health::default()).collect();
+            let cfg = Outlier {
+                max_ejection_percent: 10,
+                eject_one_regardless: one_regardless,
+                ..cfg.clone()
+            };
+            on_failure(&eps[0], eps.iter(), &cfg);
+            assert_eq!(on_failure(&eps[0], eps.iter(), &cfg).is_some(), ejected);
+        }
     }
 
     /// Two workers whose connects fail at the same moment on the two endpoints of a service
@@ -174,6 +195,7 @@ mod tests {
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(60),
             max_ejection_percent: 50,
+            eject_one_regardless: true,
         };
         let services: Vec<[Health; 2]> = (0..ROUNDS).map(|_| Default::default()).collect();
         let start = std::sync::Barrier::new(2);

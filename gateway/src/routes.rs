@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use arc_swap::ArcSwapOption;
 
+use crate::dr_conn::{ConnSettings, DrConn};
 use crate::dr_tls::DrTls;
 use crate::endpoint::EndpointState;
 use crate::metrics::{ConnMetrics, ProxyMetrics};
@@ -60,6 +61,9 @@ pub struct ServiceSpec {
     /// The DestinationRule's TLS modes, which decide over the endpoints' own mark which take
     /// classic connections ([`DrTls`]). Shared, like the subsets.
     pub tls: Arc<DrTls>,
+    /// The DestinationRule's connect timeout and outlier detection by port and subset
+    /// ([`DrConn`]); empty leaves both to the gateway's flags. Shared, like the subsets.
+    pub conn: Arc<DrConn>,
 }
 
 /// Kubernetes' `trafficDistribution` values that ask to keep traffic close
@@ -148,6 +152,8 @@ pub struct Route {
     pub prefer_zone: Option<Arc<str>>,
     /// [`ServiceSpec::tls`], for a classic route.
     pub tls: Arc<DrTls>,
+    /// [`ServiceSpec::conn`], resolved per subset at publish.
+    pub conn: Arc<DrConn>,
     /// Its endpoints' weights differ: the pick weighs them (set at publish; with equal
     /// weights the unweighted pick chooses alike and costs less).
     pub weighted: bool,
@@ -168,6 +174,8 @@ pub struct Subset {
     near: Box<[usize]>,
     far: Box<[usize]>,
     metrics: OnceLock<Arc<ConnMetrics>>,
+    /// The DestinationRule's settings for this port and subset; `None` when it sets none.
+    conn: Option<Box<ConnSettings>>,
 }
 
 /// Indices into a route's `endpoints`: the ready ones, and for a service that prefers the
@@ -178,6 +186,8 @@ pub struct Candidates<'a> {
     pub near: &'a [usize],
     pub far: &'a [usize],
     pub all: &'a [usize],
+    /// The DestinationRule's connect timeout and outlier detection for them, if it sets any.
+    pub conn: Option<&'a ConnSettings>,
 }
 
 /// Why a route lookup found nothing to dial.
@@ -217,8 +227,15 @@ impl Route {
                 near: &c.near,
                 far: &c.far,
                 all: &c.ready,
+                conn: c.conn.as_deref(),
             }),
         }
+    }
+
+    /// The DestinationRule's connect timeout and outlier detection for `subset` ("" for the
+    /// whole route), where it sets any.
+    pub fn settings(&self, subset: &str) -> Option<&ConnSettings> {
+        self.by_subset.get(subset)?.conn.as_deref()
     }
 
     /// The metric handles of `subset` ("" for none), labelled with its SNI name
@@ -259,18 +276,22 @@ impl Route {
         };
         let mut by_subset =
             Map::with_capacity_and_hasher(self.subsets.len() + 1, Default::default());
-        let subset = |ready: Box<[usize]>| {
+        let subset = |name: &str, ready: Box<[usize]>| {
             let (near, far) = split(&ready);
+            let conn = Some(self.conn.for_route(self.port, name))
+                .filter(|c| *c != ConnSettings::default())
+                .map(Box::new);
             Subset {
                 ready,
                 near,
                 far,
                 metrics: OnceLock::new(),
+                conn,
             }
         };
-        by_subset.insert(String::new(), subset(ready("", None)));
+        by_subset.insert(String::new(), subset("", ready("", None)));
         for (name, labels) in self.subsets.iter() {
-            by_subset.insert(name.clone(), subset(ready(name, Some(labels))));
+            by_subset.insert(name.clone(), subset(name, ready(name, Some(labels))));
         }
         self.by_subset = by_subset;
     }
@@ -433,6 +454,9 @@ impl Routes {
                 if route.tls.is_empty() {
                     route.tls = spec.tls.clone();
                 }
+                if route.conn.is_empty() {
+                    route.conn = spec.conn.clone();
+                }
                 // Share the spec's map; copy only to merge a host listed twice.
                 if route.subsets.is_empty() {
                     route.subsets = spec.subsets.clone();
@@ -472,9 +496,11 @@ impl Routes {
                     // HBONE replays nothing: each hop terminates one TLS layer the client built.
                     if let Some(hp) = ep.hbone_port {
                         let tunnelled = endpoint(SocketAddr::new(ep.address, hp));
-                        route_at(&mut hbone, &spec.host, port)
-                            .endpoints
-                            .push(tunnelled);
+                        let to = route_at(&mut hbone, &spec.host, port);
+                        to.endpoints.push(tunnelled);
+                        if to.conn.is_empty() {
+                            to.conn = spec.conn.clone();
+                        }
                     }
                 }
                 // A bound service is reached through its waypoint even with no endpoint
@@ -582,6 +608,7 @@ fn empty_route(host: &str, port: u16) -> Route {
         canary: None,
         prefer_zone: None,
         tls: Arc::default(),
+        conn: Arc::default(),
         weighted: false,
     }
 }
@@ -637,6 +664,7 @@ mod tests {
             canary: None,
             prefer_close: false,
             tls: Arc::default(),
+            conn: Arc::default(),
         }
     }
 

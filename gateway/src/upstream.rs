@@ -36,6 +36,13 @@ pub async fn connect(
         Err(LookupError::NoRoute) => return Err(Reject::NoRoute),
         Err(LookupError::NoHealthyEndpoint) => return Err(Reject::NoHealthyEndpoint),
     };
+    // A DestinationRule's settings for the port and subset, else the gateway's flags.
+    let rule = candidates.conn;
+    let connect_timeout = rule.and_then(|c| c.connect_timeout);
+    let connect_timeout = connect_timeout.unwrap_or(cfg.connect_timeout);
+    let outlier = rule
+        .and_then(|c| c.outlier.as_ref())
+        .unwrap_or(&cfg.outlier);
     // On the stack for the usual few attempts: no allocation per connection.
     let mut tried: SmallVec<[SocketAddr; 4]> = SmallVec::new();
     let mut local = false;
@@ -49,7 +56,7 @@ pub async fn connect(
         }
         tried.push(ep.addr);
         let t = Instant::now();
-        match tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(ep.addr)).await {
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(ep.addr)).await {
             Ok(Ok(s)) => {
                 metrics.connect_seconds.observe(t.elapsed().as_secs_f64());
                 ep.health.on_success();
@@ -67,7 +74,7 @@ pub async fn connect(
         }
         metrics.connect_failures.inc();
         let service = route.endpoints.iter().map(|e| &e.state.health);
-        if let Some(d) = outlier::on_failure(&ep.health, service, &cfg.outlier) {
+        if let Some(d) = outlier::on_failure(&ep.health, service, outlier) {
             metrics.ejections.inc();
             warn!(upstream = %ep.addr, ejected_for = ?d, "endpoint ejected after consecutive connect failures");
         }
@@ -94,7 +101,7 @@ pub fn choose(
     tried: &[SocketAddr],
     last: bool,
 ) -> Option<(Arc<EndpointState>, bool)> {
-    let Candidates { near, far, all } = candidates;
+    let Candidates { near, far, all, .. } = candidates;
     if near.is_empty() && far.is_empty() {
         return pick(route, all, tried).map(|ep| (ep, false));
     }
@@ -239,6 +246,7 @@ mod tests {
             canary: None,
             prefer_close,
             tls: Default::default(),
+            conn: Default::default(),
             endpoints: (1..=n)
                 .map(|i| EndpointSpec {
                     address: format!("10.0.0.{i}").parse().unwrap(),

@@ -61,6 +61,16 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
                     weight: c.weight,
                 }),
             prefer_zone: r.prefer_zone.as_deref().map(str::to_owned),
+            connect_timeout_ms: (r.settings("").and_then(|c| c.connect_timeout))
+                .map(|d| d.as_millis() as u64),
+            outlier_detection: (r.settings("").and_then(|c| c.outlier.as_ref())).map(|o| {
+                DebugOutlier {
+                    consecutive_failures: o.consecutive_failures,
+                    base_ejection_ms: o.base_ejection.as_millis() as u64,
+                    max_ejection_ms: o.max_ejection.as_millis() as u64,
+                    max_ejection_percent: o.max_ejection_percent,
+                }
+            }),
             sni: SniName::new(r.port, "", r.host.as_str()).to_string(),
             host: r.host.clone(),
             port: r.port,
@@ -174,6 +184,22 @@ pub struct DebugRoute {
     /// dialed first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefer_zone: Option<String>,
+    /// The DestinationRule's connect timeout, for the whole route (a subset's may differ),
+    /// where it sets one; `--connect-timeout` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
+    /// The DestinationRule's outlier detection for the whole route, where it sets one; the
+    /// `--outlier-*` flags otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<DebugOutlier>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DebugOutlier {
+    pub consecutive_failures: u32,
+    pub base_ejection_ms: u64,
+    pub max_ejection_ms: u64,
+    pub max_ejection_percent: u8,
 }
 
 #[derive(Debug, Serialize)]
@@ -287,6 +313,7 @@ mod tests {
             }],
             prefer_close: false,
             tls: Default::default(),
+            conn: Default::default(),
         };
         let t = Routes::new().publish(&[spec("b.local"), spec("a.local")]);
         let v = view(&t, &DebugFilter::default());

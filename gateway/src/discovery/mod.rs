@@ -122,6 +122,7 @@ mod tests {
             endpoints: Vec::new(),
             prefer_close: false,
             tls: Arc::default(),
+            conn: Arc::default(),
         };
         let long = "a".repeat(240);
         let routes = Routes::new();

@@ -374,6 +374,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
             prefer_close,
             // The file marks each endpoint itself (every one an mTLS workload).
             tls: Default::default(),
+            conn: Default::default(),
         });
     }
     check_waypoints(&out).map_err(invalid)?;

@@ -278,7 +278,7 @@ fn entry_route<'a>(
             }
         }
     }
-    let (subsets, tls) = Model::merged_rules(from.scope, ns, host);
+    let (subsets, tls, conn) = Model::merged_rules(from.scope, ns, host);
     let wanted = subset_keys(&subsets);
     let mut share = LabelShare::default();
     let mut eps = BTreeMap::new();
@@ -308,5 +308,6 @@ fn entry_route<'a>(
         canary: None,
         prefer_close: first.prefer_close,
         tls: Arc::new(tls),
+        conn: Arc::new(conn),
     }
 }

@@ -146,6 +146,9 @@ pub struct DrInfo {
     /// The TLS modes of its `trafficPolicy` and of each subset's (`subsets` order).
     pub tls: crate::dr_tls::PolicyTls,
     pub subset_tls: Vec<crate::dr_tls::PolicyTls>,
+    /// The connection settings of its `trafficPolicy` and of each subset's.
+    pub conn: crate::dr_conn::PolicyConn,
+    pub subset_conn: Vec<crate::dr_conn::PolicyConn>,
 }
 
 fn nonempty(s: &Option<String>) -> Option<Box<str>> {
@@ -467,6 +470,7 @@ pub fn project_destination_rule(dr: &DynamicObject, domain: &str) -> Option<DrIn
     };
     let policy = spec.get("trafficPolicy").filter(|p| !p.is_null());
     let mut subset_tls = Vec::new();
+    let mut subset_conn = Vec::new();
     let subsets = spec
         .get("subsets")
         .and_then(|s| s.as_array())
@@ -475,6 +479,7 @@ pub fn project_destination_rule(dr: &DynamicObject, domain: &str) -> Option<DrIn
         .filter_map(|s| {
             let name = s.get("name")?.as_str()?.to_string();
             subset_tls.push(crate::dr_tls::policy_tls(s.get("trafficPolicy")));
+            subset_conn.push(crate::dr_conn::policy_conn(s.get("trafficPolicy")));
             Some((name, string_map(s.get("labels"))))
         })
         .collect();
@@ -491,6 +496,8 @@ pub fn project_destination_rule(dr: &DynamicObject, domain: &str) -> Option<DrIn
         has_policy: policy.is_some(),
         tls: crate::dr_tls::policy_tls(policy),
         subset_tls,
+        conn: crate::dr_conn::policy_conn(policy),
+        subset_conn,
     })
 }
 

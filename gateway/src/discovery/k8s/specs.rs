@@ -16,12 +16,13 @@ use super::project::{
 use super::service_entry::{Resolution, SeInfo};
 use super::waypoints::{self, ClassInfo, WaypointAddress, WaypointInfo};
 use super::workload_entry::WeInfo;
+use crate::dr_conn::DrConn;
 use crate::dr_tls::DrTls;
 use crate::routes::{Canary, EndpointSpec, Labels, ServiceSpec, Subsets};
 use crate::sni_name::{validate_host, validate_subset};
 
 /// A Service's DestinationRules merged: its subsets and TLS modes, shared between Services.
-type MergedRules = (Arc<Subsets>, Arc<DrTls>);
+type MergedRules = (Arc<Subsets>, Arc<DrTls>, Arc<DrConn>);
 
 /// Why a waypoint cannot be seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -375,19 +376,25 @@ impl Model {
         out
     }
 
-    /// The subsets and TLS modes of the rules istiod gives the gateway for `host`, a
-    /// Service's in `svc_ns` ([`DrScope`]), merged as `mergeDestinationRule` merges them:
-    /// the oldest rule wins a subset name defined twice, and the oldest rule with a
-    /// `trafficPolicy` gives the whole policy's TLS modes (a newer rule's `tls` is dropped
-    /// even when the older policy sets none). Each subset's TLS is its own rule's. Subset
-    /// names that cannot appear in an SNI name are dropped.
-    pub(super) fn merged_rules(scope: &DrScope, svc_ns: &str, host: &str) -> (Subsets, DrTls) {
+    /// The subsets, TLS modes and connection settings of the rules istiod gives the gateway
+    /// for `host`, a Service's in `svc_ns` ([`DrScope`]), merged as `mergeDestinationRule`
+    /// merges them: the oldest rule wins a subset name defined twice, and the oldest rule
+    /// with a `trafficPolicy` gives the whole policy (a newer rule's `tls` or
+    /// `outlierDetection` is dropped even when the older policy sets none). Each subset's
+    /// policy is its own rule's. Subset names that cannot appear in an SNI name are dropped.
+    pub(super) fn merged_rules(
+        scope: &DrScope,
+        svc_ns: &str,
+        host: &str,
+    ) -> (Subsets, DrTls, DrConn) {
         let mut subsets = Subsets::new();
         let mut tls = DrTls::default();
+        let mut conn = DrConn::default();
         let mut policy_taken = false;
         for r in scope.rules_for(svc_ns, host) {
             if r.has_policy && !policy_taken {
                 tls.service = r.tls.clone();
+                conn.service = r.conn.clone();
                 policy_taken = true;
             }
             for (i, (name, labels)) in r.subsets.iter().enumerate() {
@@ -403,11 +410,15 @@ impl Model {
                 if let std::collections::btree_map::Entry::Vacant(v) = subsets.entry(key) {
                     let subset_tls = r.subset_tls.get(i).cloned().unwrap_or_default();
                     tls.subsets.insert(v.key().clone(), subset_tls);
+                    let subset_conn = r.subset_conn.get(i).cloned().unwrap_or_default();
+                    if subset_conn != Default::default() {
+                        conn.subsets.insert(v.key().clone(), subset_conn);
+                    }
                     v.insert(labels.clone());
                 }
             }
         }
-        (subsets, tls)
+        (subsets, tls, conn)
     }
 
     /// The route table's input: one spec per Service with at least one TCP port.
@@ -441,11 +452,13 @@ impl Model {
         // often copies of each other, and a wildcard rule serves many Services).
         let mut shared: HashMap<Subsets, Arc<Subsets>> = HashMap::new();
         let mut shared_tls: HashMap<DrTls, Arc<DrTls>> = HashMap::new();
+        let mut shared_conn: HashMap<DrConn, Arc<DrConn>> = HashMap::new();
         let rules_by_svc: HashMap<(&str, &str), MergedRules> = self
             .services
             .iter()
             .map(|((ns, name), _)| {
-                let (subs, tls) = Self::merged_rules(&scope, ns, &service_host(name, ns, domain));
+                let host = service_host(name, ns, domain);
+                let (subs, tls, conn) = Self::merged_rules(&scope, ns, &host);
                 let subs = shared
                     .entry(subs)
                     .or_insert_with_key(|s| Arc::new(s.clone()))
@@ -454,7 +467,11 @@ impl Model {
                     .entry(tls)
                     .or_insert_with_key(|t| Arc::new(t.clone()))
                     .clone();
-                ((ns.as_ref(), name.as_ref()), (subs, tls))
+                let conn = shared_conn
+                    .entry(conn)
+                    .or_insert_with_key(|c| Arc::new(c.clone()))
+                    .clone();
+                ((ns.as_ref(), name.as_ref()), (subs, tls, conn))
             })
             .collect();
         let peer_auths = PeerAuths::new(
@@ -506,7 +523,7 @@ impl Model {
                 tracing::debug!(%host, "service host is not routable; skipped");
                 continue;
             }
-            let (subs, tls) = rules_by_svc
+            let (subs, tls, conn) = rules_by_svc
                 .get(&(ns.as_ref(), svc_name.as_ref()))
                 .unwrap_or(&no_rules);
             let wanted_keys = subset_keys(subs);
@@ -674,6 +691,7 @@ impl Model {
                 canary,
                 prefer_close: svc.prefer_close,
                 tls: tls.clone(),
+                conn: conn.clone(),
             });
         }
         if let Some(entries) = &self.service_entries {
@@ -1836,6 +1854,55 @@ mod tests {
         serde_json::from_value(json!({"apiVersion": api_version, "kind": kind,
             "metadata": metadata, "spec": spec}))
         .unwrap()
+    }
+
+    /// The connection settings merge as the TLS modes do: the oldest rule with a
+    /// `trafficPolicy` gives the whole policy (a newer rule's `outlierDetection` is dropped
+    /// though the older sets none), each subset keeps its own rule's, and the route's
+    /// subsets resolve them per port.
+    #[test]
+    fn a_rules_connection_settings_merge_as_its_tls_modes() {
+        let mut m = model_with(true);
+        let rule = |name: &str, secs: u32, spec: serde_json::Value| {
+            let meta = json!({"name": name, "namespace": "shop",
+                "creationTimestamp": format!("2026-12-07T00:00:{secs:02}Z")});
+            let obj = istio_object("networking.istio.io/v1", "DestinationRule", meta, spec);
+            super::super::project::project_destination_rule(&obj, "cluster.local").unwrap()
+        };
+        let old = rule(
+            "old",
+            1,
+            json!({"host": "catalog",
+            "trafficPolicy": {"connectionPool": {"tcp": {"connectTimeout": "2s"}}}}),
+        );
+        let new = rule(
+            "new",
+            2,
+            json!({"host": "catalog",
+            "trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 1}},
+            "subsets": [{"name": "v2", "labels": {"version": "v2"},
+                "trafficPolicy": {"outlierDetection": {"consecutiveGatewayErrors": 3}}}]}),
+        );
+        let rules = m.rules.as_mut().unwrap();
+        rules.streams[0].items.insert(k("shop", "old"), old);
+        rules.streams[0].items.insert(k("shop", "new"), new);
+        let spec = m.specs("cluster.local").remove(0);
+        let whole = spec.conn.for_route(80, "");
+        assert_eq!(
+            whole.connect_timeout,
+            Some(std::time::Duration::from_secs(2))
+        );
+        assert_eq!(
+            whole.outlier, None,
+            "the newer rule's policy is dropped whole"
+        );
+        let v2 = spec.conn.for_route(80, "v2");
+        assert_eq!(v2.connect_timeout, Some(std::time::Duration::from_secs(2)));
+        assert_eq!(v2.outlier.unwrap().consecutive_failures, 3);
+        let t = crate::routes::Routes::new().publish(&[spec]);
+        let route = t.lookup("catalog.shop.svc.cluster.local", 80).unwrap();
+        let v2 = route.candidates_near("v2").unwrap().conn.unwrap();
+        assert_eq!(v2.outlier.as_ref().unwrap().consecutive_failures, 3);
     }
 
     /// A ServiceEntry of namespace `ns`, created `secs` seconds into the day.

@@ -1,0 +1,244 @@
+//! A DestinationRule's connect timeout and outlier detection at the gateway, as istiod applies
+//! them to its passthrough gateway's SNI-DNAT clusters (`applyTrafficPolicy`), through the
+//! in-process Kubernetes API TEST SERVER with Istio's DestinationRule CRD: the gateway runs in
+//! process (`app::build` on 127.0.0.1:0), the catalog's endpoints are an mTLS test backend on
+//! 127.0.0.2, a closed port on 127.0.0.9, and a listener on 127.0.0.10 whose accept queue is
+//! full (the kernel drops the SYNs it gets, so a connect there hangs).
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::*;
+use gateway::app::{self, Bound};
+use gateway::config::Config;
+use k8s_test_server::{Options, TestApiServer, namespace_json};
+use serde_json::{Value, json};
+use testkit::k8s;
+use testkit::wait::eventually;
+
+const NS: &str = testkit::mesh::NAMESPACE;
+const WAIT: Duration = Duration::from_secs(10);
+const DR: (&str, &str) = ("networking.istio.io/v1", "DestinationRule");
+
+struct KubeGw {
+    bound: Bound,
+    _dir: tempfile::TempDir,
+}
+
+async fn api_server() -> TestApiServer {
+    init();
+    let mut opts = Options::new("east");
+    opts.destination_rule_crd = true;
+    // The endpoints are on 127.0.0.x; a real API server would refuse these slices.
+    opts.store.allow_loopback_endpoint_addresses = true;
+    let api = TestApiServer::start_with(opts).await.unwrap();
+    api.store().create(namespace_json(NS)).unwrap();
+    api
+}
+
+async fn kube_gateway(api: &TestApiServer, tweak: impl FnOnce(&mut Config)) -> KubeGw {
+    let (dir, mut cfg) = kube_test_config(&api.kubeconfig("east"), |_| {});
+    cfg.drain_grace = Duration::from_millis(50);
+    tweak(&mut cfg);
+    let bound = app::build(cfg).await.unwrap();
+    let admin = bound.admin_addr;
+    eventually("gateway ready", WAIT, || async move {
+        http_get(admin, "/healthz/ready").await.0 == 200
+    })
+    .await;
+    KubeGw { bound, _dir: dir }
+}
+
+/// The catalog (port `http` 80 targeting `port`), one injected Pod per endpoint.
+fn seed_catalog(api: &TestApiServer, port: u16, eps: &[(IpAddr, &str)]) {
+    let st = api.store();
+    let svc_port = k8s::ServicePort {
+        name: "http",
+        port: 80,
+        target_port: port,
+    };
+    st.create(k8s::service(NS, "catalog", &[svc_port])).unwrap();
+    for (_, pod) in eps {
+        st.create(k8s::sidecar_pod(NS, pod, &[("app", "catalog")]))
+            .unwrap();
+    }
+    let eps: Vec<k8s::Endpoint> = (eps.iter())
+        .map(|&(address, pod)| k8s::Endpoint {
+            address,
+            ready: true,
+            pod,
+        })
+        .collect();
+    let slice = k8s::endpoint_slice(NS, "catalog-1", "catalog", ("http", port), "test", &eps);
+    st.create(slice).unwrap();
+}
+
+/// The catalog's DestinationRule with this `trafficPolicy` and a subset `all`, by which a
+/// test sees that the gateway has read it.
+fn rule(policy: Value) -> Value {
+    json!({"apiVersion": DR.0, "kind": DR.1,
+        "metadata": {"name": "catalog", "namespace": NS},
+        "spec": {"host": "catalog", "trafficPolicy": policy,
+            "subsets": [{"name": "all", "labels": {}}]}})
+}
+
+/// The catalog's endpoints in `/debug/routes`, by address.
+async fn endpoints(gw: &KubeGw) -> Vec<Value> {
+    let (_, body) = http_get(gw.bound.admin_addr, "/debug/routes?host=catalog.").await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["routes"][0]["endpoints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn rule_seen(gw: &KubeGw) {
+    let admin = gw.bound.admin_addr;
+    eventually("the rule's subset routed", WAIT, || async move {
+        let (_, body) = http_get(admin, "/debug/routes?host=catalog.").await;
+        body.contains(r#""all""#)
+    })
+    .await;
+}
+
+/// A rule's `outlierDetection` ejects at its own count where the gateway's flags would not
+/// (here 1,000 failures), and without one the flags apply again. Before, only the flags
+/// counted.
+#[tokio::test]
+async fn a_rules_outlier_detection_ejects_at_its_own_count() {
+    let api = api_server().await;
+    let (b, port) = backends(&["a"]).await;
+    let dead: IpAddr = [127, 0, 0, 9].into();
+    seed_catalog(&api, port, &[(b[0].addr.ip(), "pa"), (dead, "pb")]);
+    let od = json!({"consecutive5xxErrors": 1, "maxEjectionPercent": 100,
+        "baseEjectionTime": "1h"});
+    api.store()
+        .create(rule(json!({"outlierDetection": od})))
+        .unwrap();
+    let gw = kube_gateway(&api, |c| c.outlier.consecutive_failures = 1_000).await;
+    rule_seen(&gw).await;
+    let catalog = sni(80, "", CATALOG);
+    // Every connection is answered: one that meets the closed port retries on "a".
+    for _ in 0..30 {
+        assert_eq!(
+            who(gw.bound.listen_addr, &catalog).await.as_deref(),
+            Some("a")
+        );
+    }
+    let eps = endpoints(&gw).await;
+    let at = |ip: IpAddr| {
+        let addr = SocketAddr::new(ip, port).to_string();
+        eps.iter()
+            .find(|e| e["address"] == addr.as_str())
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(at(dead)["ejected"], true, "{eps:?}");
+    // `/debug/routes` shows the rule's detection as Envoy would apply it.
+    let (_, body) = http_get(gw.bound.admin_addr, "/debug/routes?host=catalog.").await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let want = json!({"consecutive_failures": 1, "base_ejection_ms": 3_600_000,
+        "max_ejection_ms": 3_600_000, "max_ejection_percent": 100});
+    assert_eq!(v["routes"][0]["outlier_detection"], want, "{body}");
+    assert_eq!(at(b[0].addr.ip())["ejected"], false);
+
+    // Without the rule's detection a second closed port is never ejected: its failures add up.
+    let dead2: IpAddr = [127, 0, 0, 8].into();
+    let st = api.store();
+    st.apply(rule(json!({}))).unwrap();
+    st.create(k8s::sidecar_pod(NS, "pc", &[("app", "catalog")]))
+        .unwrap();
+    let eps3 = [(b[0].addr.ip(), "pa"), (dead, "pb"), (dead2, "pc")];
+    let eps3: Vec<k8s::Endpoint> = (eps3.iter())
+        .map(|&(address, pod)| k8s::Endpoint {
+            address,
+            ready: true,
+            pod,
+        })
+        .collect();
+    st.apply(k8s::endpoint_slice(
+        NS,
+        "catalog-1",
+        "catalog",
+        ("http", port),
+        "test",
+        &eps3,
+    ))
+    .unwrap();
+    let admin = gw.bound.admin_addr;
+    eventually("three endpoints listed", WAIT, || async move {
+        let (_, body) = http_get(admin, "/debug/routes?host=catalog.").await;
+        body.contains("127.0.0.8")
+    })
+    .await;
+    for _ in 0..30 {
+        assert_eq!(
+            who(gw.bound.listen_addr, &catalog).await.as_deref(),
+            Some("a")
+        );
+    }
+    let eps = endpoints(&gw).await;
+    let second = eps
+        .iter()
+        .find(|e| e["address"] == SocketAddr::new(dead2, port).to_string().as_str())
+        .unwrap();
+    assert_eq!(second["ejected"], false, "{eps:?}");
+    assert!(
+        second["consecutive_failures"].as_u64().unwrap() > 1,
+        "{eps:?}"
+    );
+}
+
+/// A rule's `connectionPool.tcp.connectTimeout` bounds each connect attempt of its routes in
+/// place of `--connect-timeout` (here 20 s): an endpoint that never answers the handshake is
+/// given up after the rule's 300 ms.
+#[tokio::test]
+async fn a_rules_connect_timeout_bounds_each_attempt() {
+    let api = api_server().await;
+    let silent = silent_listener([127, 0, 0, 10].into());
+    let port = silent.addr.port();
+    seed_catalog(&api, port, &[(silent.addr.ip(), "pa")]);
+    let pool = json!({"tcp": {"connectTimeout": "300ms"}});
+    api.store()
+        .create(rule(json!({"connectionPool": pool})))
+        .unwrap();
+    let gw = kube_gateway(&api, |c| c.connect_timeout = Duration::from_secs(20)).await;
+    rule_seen(&gw).await;
+    let (_, body) = http_get(gw.bound.admin_addr, "/debug/routes?host=catalog.").await;
+    assert!(body.contains(r#""connect_timeout_ms": 300"#), "{body}");
+    let started = Instant::now();
+    assert_eq!(who(gw.bound.listen_addr, &sni(80, "", CATALOG)).await, None);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "refused after {took:?}"
+    );
+}
+
+/// A listener whose accept queue is full: the kernel drops further SYNs, so a connect to it
+/// hangs until the caller gives up.
+struct Silent {
+    addr: SocketAddr,
+    _listener: socket2::Socket,
+    _queued: std::net::TcpStream,
+}
+
+fn silent_listener(ip: IpAddr) -> Silent {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener.bind(&SocketAddr::new(ip, 0).into()).unwrap();
+    // A backlog of 0 holds one connection; nothing accepts it.
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let queued = std::net::TcpStream::connect(addr).unwrap();
+    // The queue is full once a second connect hangs.
+    let probe = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+    assert!(probe.is_err(), "the accept queue of {addr} is not full");
+    Silent {
+        addr,
+        _listener: listener,
+        _queued: queued,
+    }
+}
