@@ -1,8 +1,10 @@
 //! The connection settings of a DestinationRule that istiod applies to the SNI-DNAT clusters
 //! of its passthrough gateway (`buildOutboundSniDnatClusters` in
 //! `pilot/pkg/networking/core/cluster.go`, then `applyTrafficPolicy`, which leaves out TLS
-//! there): `connectionPool.tcp.connectTimeout` and `outlierDetection`, per port and subset.
-//! Sans-IO: parsed from the rule's JSON, resolved per `(port, subset)` at publish.
+//! there): `connectionPool.tcp.connectTimeout` and `outlierDetection`, per port and subset,
+//! and the top-level `connectionPool.tcp.idleTimeout`, which its TCP proxies take
+//! (`buildOutboundNetworkFiltersWithSingleDestination`). Sans-IO: parsed from the rule's
+//! JSON, resolved per `(port, subset)` at publish.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,7 +21,14 @@ pub struct ConnSettings {
     pub connect_timeout: Option<Duration>,
     /// `outlierDetection` as Envoy reads what istiod writes; `None` without one.
     pub outlier: Option<Outlier>,
+    /// `connectionPool.tcp.idleTimeout` of the rule's top-level policy, whatever the port or
+    /// subset (istiod reads only that one for the TCP proxy); `0s` is [`NO_IDLE_TIMEOUT`].
+    pub idle_timeout: Option<Duration>,
 }
+
+/// Envoy's idle timeout of 0: none. A century stands for it, so the timer arithmetic stays
+/// plain (tokio caps a sleep that long at its wheel's reach and sleeps again).
+pub const NO_IDLE_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// A `trafficPolicy`: its own settings, and its `portLevelSettings` by port number.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -50,15 +59,23 @@ impl DrConn {
     /// replaces the rule's (for the port); else the rule's.
     pub fn for_route(&self, port: u16, subset: &str) -> ConnSettings {
         let rule = self.service.at(port);
+        let idle_timeout = self.service.base.idle_timeout;
         let Some(own) = self.subsets.get(subset).filter(|_| !subset.is_empty()) else {
-            return rule.clone();
+            return ConnSettings {
+                idle_timeout,
+                ..rule.clone()
+            };
         };
         if let Some(entry) = own.ports.get(&port) {
-            return entry.clone();
+            return ConnSettings {
+                idle_timeout,
+                ..entry.clone()
+            };
         }
         ConnSettings {
             connect_timeout: own.base.connect_timeout.or(rule.connect_timeout),
             outlier: own.base.outlier.clone().or_else(|| rule.outlier.clone()),
+            idle_timeout,
         }
     }
 
@@ -87,12 +104,18 @@ pub fn policy_conn(policy: Option<&Value>) -> PolicyConn {
 }
 
 fn settings(p: &Value) -> ConnSettings {
-    let connect_timeout = (p.get("connectionPool"))
-        .and_then(|c| c.get("tcp"))
-        .and_then(|t| t.get("connectTimeout"))
-        .and_then(Value::as_str)
-        .and_then(go_duration)
-        .filter(|d| *d >= Duration::from_millis(1));
+    let tcp = |k: &str| {
+        (p.get("connectionPool"))
+            .and_then(|c| c.get("tcp"))
+            .and_then(|t| t.get(k))
+            .and_then(Value::as_str)
+            .and_then(go_duration)
+    };
+    let connect_timeout = tcp("connectTimeout").filter(|d| *d >= Duration::from_millis(1));
+    let idle_timeout = tcp("idleTimeout").map(|d| match d {
+        Duration::ZERO => NO_IDLE_TIMEOUT,
+        d => d.min(NO_IDLE_TIMEOUT),
+    });
     let outlier = p
         .get("outlierDetection")
         .filter(|o| o.is_object())
@@ -100,6 +123,7 @@ fn settings(p: &Value) -> ConnSettings {
     ConnSettings {
         connect_timeout,
         outlier,
+        idle_timeout,
     }
 }
 
@@ -330,6 +354,26 @@ mod tests {
         // A subset without a policy, or an unknown one: the rule's.
         assert_eq!(at(80, "v2"), at(80, ""));
         assert_eq!(at(80, "v9"), at(80, ""));
+        // The idle timeout is the rule's top-level one on every port and subset.
+        let idle = DrConn {
+            service: policy_conn(Some(&json!({
+                "connectionPool": {"tcp": {"idleTimeout": "24h"}},
+                "portLevelSettings": [{"port": {"number": 9090},
+                    "connectionPool": {"tcp": {"idleTimeout": "1s"}}}]}))),
+            subsets: BTreeMap::from([(
+                "v1".into(),
+                policy_conn(Some(
+                    &json!({"connectionPool": {"tcp": {"idleTimeout": "2s"}}}),
+                )),
+            )]),
+        };
+        for (port, subset) in [(80, ""), (9090, ""), (80, "v1"), (9090, "v1")] {
+            assert_eq!(idle.for_route(port, subset).idle_timeout, secs(86_400));
+        }
+        let never = policy_conn(Some(
+            &json!({"connectionPool": {"tcp": {"idleTimeout": "0s"}}}),
+        ));
+        assert_eq!(never.base.idle_timeout, Some(NO_IDLE_TIMEOUT));
         // Too short a timeout is no timeout (Istio's validation: at least 1 ms).
         let short = policy_conn(Some(
             &json!({"connectionPool": {"tcp": {"connectTimeout": "0"}}}),

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
@@ -38,7 +38,19 @@ struct Decided<'a> {
     client_addr: SocketAddr,
     /// What was read before deciding (the hello and anything after it), to replay.
     replay: Vec<u8>,
+    /// The route's DestinationRule idle timeout, else `--idle-timeout`, in whole seconds (a
+    /// word less per connection than a `Duration`).
+    idle_secs: u32,
     _permit: Permit<'a>,
+}
+
+/// What routing decided: the connected upstream, its endpoint, the SNI name's metrics and
+/// the idle timeout to forward under.
+struct Routed {
+    upstream: TcpStream,
+    ep: Arc<EndpointState>,
+    metrics: Arc<ConnMetrics>,
+    idle_secs: u32,
 }
 
 /// One `--max-connections` place and the mark of the connection's hello among those in
@@ -199,7 +211,8 @@ impl Proxy {
             let end = match replayed {
                 Ok(n) => {
                     progress.add_sent(n);
-                    let (idle, splice) = (self.cfg.idle_timeout, self.cfg.splice);
+                    let idle = Duration::from_secs(u64::from(conn.idle_secs));
+                    let splice = self.cfg.splice;
                     let force = &self.drain.force_close;
                     forward::run(client, &conn.upstream, idle, splice, &progress, force).await
                 }
@@ -255,23 +268,26 @@ impl Proxy {
             return Err(Reject::ClientClosed);
         };
         record_on_conn_span("client", tracing::field::display(client_addr));
-        let (upstream, ep, metrics) = self.route_and_connect(hello).await?;
+        let Routed {
+            upstream,
+            ep,
+            metrics,
+            idle_secs,
+        } = self.route_and_connect(hello).await?;
         Ok(Decided {
             upstream,
             ep,
             metrics,
             client_addr,
             replay: buf,
+            idle_secs,
             _permit: permit,
         })
     }
 
     /// Decodes and checks the SNI (policy: allowed host, Istio ALPN), finds the route and
     /// connects to one of its endpoints.
-    async fn route_and_connect(
-        &self,
-        hello: ClientHello,
-    ) -> Result<(TcpStream, Arc<EndpointState>, Arc<ConnMetrics>), Reject> {
+    async fn route_and_connect(&self, hello: ClientHello) -> Result<Routed, Reject> {
         let Some(raw) = hello.sni else {
             return Err(Reject::NoSni);
         };
@@ -298,7 +314,18 @@ impl Proxy {
         let Some(metrics) = route.metrics(&target.subset, &self.metrics) else {
             return Err(Reject::NoRoute);
         };
-        Ok((upstream, ep, metrics))
+        let idle = (route.settings(&target.subset))
+            .and_then(|c| c.idle_timeout)
+            .unwrap_or(self.cfg.idle_timeout);
+        // Rounded up: a rule's `500ms` waits a second.
+        let idle_secs =
+            u32::try_from(idle.as_secs() + u64::from(idle.subsec_nanos() > 0)).unwrap_or(u32::MAX);
+        Ok(Routed {
+            upstream,
+            ep,
+            metrics,
+            idle_secs,
+        })
     }
 
     /// Reads an optional PROXY header (v1 or v2), then the ClientHello. Returns the hello and

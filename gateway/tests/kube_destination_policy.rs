@@ -1,9 +1,10 @@
-//! A DestinationRule's connect timeout and outlier detection at the gateway, as istiod applies
-//! them to its passthrough gateway's SNI-DNAT clusters (`applyTrafficPolicy`), through the
-//! in-process Kubernetes API TEST SERVER with Istio's DestinationRule CRD: the gateway runs in
-//! process (`app::build` on 127.0.0.1:0), the catalog's endpoints are an mTLS test backend on
-//! 127.0.0.2, a closed port on 127.0.0.9, and a listener on 127.0.0.10 whose accept queue is
-//! full (the kernel drops the SYNs it gets, so a connect there hangs).
+//! A DestinationRule's connect timeout, outlier detection and idle timeout at the gateway, as
+//! istiod applies them to its passthrough gateway (`applyTrafficPolicy` on the SNI-DNAT
+//! clusters, the TCP proxies' idle timeout), through the in-process Kubernetes API TEST SERVER
+//! with Istio's DestinationRule CRD: the gateway runs in process (`app::build` on
+//! 127.0.0.1:0), the catalog's endpoints are an mTLS test backend on 127.0.0.2, a closed port
+//! on 127.0.0.9, and a listener on 127.0.0.10 whose accept queue is full (the kernel drops the
+//! SYNs it gets, so a connect there hangs).
 
 mod common;
 
@@ -215,6 +216,44 @@ async fn a_rules_connect_timeout_bounds_each_attempt() {
         took >= Duration::from_millis(250) && took < Duration::from_secs(5),
         "refused after {took:?}"
     );
+}
+
+/// A rule's top-level `connectionPool.tcp.idleTimeout` ends its routes' quiet connections in
+/// place of `--idle-timeout` (here an hour), subsets included, as istiod gives it to every
+/// passthrough filter chain of the host.
+#[tokio::test]
+async fn a_rules_idle_timeout_ends_quiet_connections() {
+    use tokio::io::AsyncReadExt;
+    let api = api_server().await;
+    let (b, port) = backends(&["a"]).await;
+    seed_catalog(&api, port, &[(b[0].addr.ip(), "pa")]);
+    let pool = json!({"tcp": {"idleTimeout": "1s"}});
+    api.store()
+        .create(rule(json!({"connectionPool": pool})))
+        .unwrap();
+    let gw = kube_gateway(&api, |c| c.idle_timeout = Duration::from_secs(3600)).await;
+    rule_seen(&gw).await;
+    let (_, body) = http_get(gw.bound.admin_addr, "/debug/routes?host=catalog.").await;
+    assert!(body.contains(r#""idle_timeout_ms": 1000"#), "{body}");
+    for subset in ["", "all"] {
+        let (mut conn, line) = open(
+            gw.bound.listen_addr,
+            &sni(80, subset, CATALOG),
+            default_client(),
+        )
+        .await
+        .unwrap();
+        assert!(line.starts_with('a'), "{line}");
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "subset {subset:?}: still open after 10 s");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(800) && took < Duration::from_secs(5),
+            "subset {subset:?}: closed after {took:?}"
+        );
+    }
 }
 
 /// A listener whose accept queue is full: the kernel drops further SYNs, so a connect to it

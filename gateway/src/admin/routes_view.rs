@@ -63,6 +63,8 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
             prefer_zone: r.prefer_zone.as_deref().map(str::to_owned),
             connect_timeout_ms: (r.settings("").and_then(|c| c.connect_timeout))
                 .map(|d| d.as_millis() as u64),
+            idle_timeout_ms: (r.settings("").and_then(|c| c.idle_timeout))
+                .map(|d| d.as_millis() as u64),
             outlier_detection: (r.settings("").and_then(|c| c.outlier.as_ref())).map(|o| {
                 DebugOutlier {
                     consecutive_failures: o.consecutive_failures,
@@ -192,6 +194,9 @@ pub struct DebugRoute {
     /// `--outlier-*` flags otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<DebugOutlier>,
+    /// The DestinationRule's idle timeout where it sets one; `--idle-timeout` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
