@@ -19,6 +19,9 @@ pub struct ConnSettings {
     /// `connectionPool.tcp.connectTimeout`; `None` also when `connectionPool` is set without
     /// it (the gateway's `--connect-timeout` then, where istiod writes the mesh's default).
     pub connect_timeout: Option<Duration>,
+    /// The policy has a `connectionPool`: a subset's replaces the rule's whole, so the rule's
+    /// `connectTimeout` does not reach a subset that sets a pool without one.
+    pub pool: bool,
     /// `outlierDetection` as Envoy reads what istiod writes; `None` without one.
     pub outlier: Option<Outlier>,
     /// `connectionPool.tcp.idleTimeout` of the rule's top-level policy, whatever the port or
@@ -73,7 +76,11 @@ impl DrConn {
             };
         }
         ConnSettings {
-            connect_timeout: own.base.connect_timeout.or(rule.connect_timeout),
+            connect_timeout: match own.base.pool {
+                true => own.base.connect_timeout,
+                false => rule.connect_timeout,
+            },
+            pool: own.base.pool || rule.pool,
             outlier: own.base.outlier.clone().or_else(|| rule.outlier.clone()),
             idle_timeout,
         }
@@ -122,6 +129,7 @@ fn settings(p: &Value) -> ConnSettings {
         .map(outlier);
     ConnSettings {
         connect_timeout,
+        pool: p.get("connectionPool").is_some_and(Value::is_object),
         outlier,
         idle_timeout,
     }
@@ -346,6 +354,16 @@ mod tests {
         // v1 sets its own timeout and keeps the rule's outlier detection...
         assert_eq!(at(80, "v1").connect_timeout, secs(1));
         assert_eq!(at(80, "v1").outlier.unwrap().consecutive_failures, 2);
+        // A subset's `connectionPool` replaces the rule's whole: without a timeout, none.
+        let mut pooled = dr.clone();
+        pooled.subsets.insert(
+            "v3".into(),
+            policy_conn(Some(
+                &json!({"connectionPool": {"tcp": {"maxConnections": 9}}}),
+            )),
+        );
+        assert_eq!(pooled.for_route(80, "v3").connect_timeout, None);
+        assert_eq!(pooled.for_route(80, "v3").outlier, at(80, "").outlier);
         // ...over the rule's entry for 9090 too, which gives it no outlier detection there.
         assert_eq!(at(9090, "v1").connect_timeout, secs(1));
         assert_eq!(at(9090, "v1").outlier, None);
