@@ -276,19 +276,22 @@ mod tests {
         let r = t.lookup("a.local", 80).unwrap();
         assert!(r.weighted);
         let c = r.candidates("").unwrap();
-        let n = 20_000;
-        let mut got = [0u32; 3];
-        for _ in 0..n {
-            let ep = pick(r, c, &[]).unwrap();
-            got[usize::from(ep.addr.ip().to_string().as_bytes()[7] - b'1')] += 1;
-        }
-        // Expected 2,000, 6,000 and 12,000; a binomial's deviation here is at most 71.
-        for (got, want) in got.iter().zip([2_000, 6_000, 12_000]) {
-            assert!(
-                got.abs_diff(want) < 600,
-                "{got} of {n}, expected about {want}"
-            );
-        }
+        // Picks of each endpoint in 20,000, against the expected counts (within `margin`).
+        let shares = |want: [u32; 3], margin: u32| {
+            let mut got = [0u32; 3];
+            for _ in 0..20_000 {
+                let ep = pick(r, c, &[]).unwrap();
+                got[usize::from(ep.addr.ip().to_string().as_bytes()[7] - b'1')] += 1;
+            }
+            for (got, want) in got.iter().zip(want) {
+                assert!(
+                    got.abs_diff(want) < margin,
+                    "{got} of 20,000, expected about {want}"
+                );
+            }
+        };
+        // Weights 1, 3 and 6: a binomial's deviation here is at most 71.
+        shares([2_000, 6_000, 12_000], 600);
         // Effective weights `weight / (active + 1)`: weight 1 with 2 active 1/3, weight 3
         // with none 3, weight 6 with 20 active 6/21; shares 0.092, 0.829 and 0.079.
         let st = |i: usize| &r.endpoints[c[i]].state;
@@ -296,17 +299,7 @@ mod tests {
             .map(|_| st(2).track())
             .chain((0..2).map(|_| st(0).track()))
             .collect();
-        let mut got = [0u32; 3];
-        for _ in 0..n {
-            let ep = pick(r, c, &[]).unwrap();
-            got[usize::from(ep.addr.ip().to_string().as_bytes()[7] - b'1')] += 1;
-        }
-        for (got, want) in got.iter().zip([1_842, 16_579, 1_579]) {
-            assert!(
-                got.abs_diff(want) < 400,
-                "{got} of {n}, expected about {want}"
-            );
-        }
+        shares([1_842, 16_579, 1_579], 400);
         // Equal weights: the route is not weighted, and a tried or ejected one is skipped.
         let t = Routes::new().publish(&[service(2, |_| None, false)]);
         assert!(!t.lookup("a.local", 80).unwrap().weighted);

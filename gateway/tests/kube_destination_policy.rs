@@ -12,7 +12,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::*;
-use gateway::app::{self, Bound};
 use gateway::config::Config;
 use k8s_test_server::{Options, TestApiServer, namespace_json};
 use serde_json::{Value, json};
@@ -22,11 +21,6 @@ use testkit::wait::eventually;
 const NS: &str = testkit::mesh::NAMESPACE;
 const WAIT: Duration = Duration::from_secs(10);
 const DR: (&str, &str) = ("networking.istio.io/v1", "DestinationRule");
-
-struct KubeGw {
-    bound: Bound,
-    _dir: tempfile::TempDir,
-}
 
 async fn api_server() -> TestApiServer {
     init();
@@ -40,16 +34,7 @@ async fn api_server() -> TestApiServer {
 }
 
 async fn kube_gateway(api: &TestApiServer, tweak: impl FnOnce(&mut Config)) -> KubeGw {
-    let (dir, mut cfg) = kube_test_config(&api.kubeconfig("east"), |_| {});
-    cfg.drain_grace = Duration::from_millis(50);
-    tweak(&mut cfg);
-    let bound = app::build(cfg).await.unwrap();
-    let admin = bound.admin_addr;
-    eventually("gateway ready", WAIT, || async move {
-        http_get(admin, "/healthz/ready").await.0 == 200
-    })
-    .await;
-    KubeGw { bound, _dir: dir }
+    kube_gateway_ready(&api.kubeconfig("east"), tweak).await
 }
 
 /// The catalog (port `http` 80 targeting `port`), one injected Pod per endpoint.

@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use common::*;
-use gateway::app::{self, Bound};
 use k8s_test_server::{Options, TestApiServer, namespace_json};
 use serde_json::{Value, json};
 use testkit::k8s;
@@ -20,11 +19,6 @@ const WAIT: Duration = Duration::from_secs(10);
 const WE: (&str, &str) = ("networking.istio.io/v1", "WorkloadEntry");
 const SE: (&str, &str) = ("networking.istio.io/v1", "ServiceEntry");
 const DB: &str = "db.mesh.local";
-
-struct KubeGw {
-    bound: Bound,
-    _dir: tempfile::TempDir,
-}
 
 /// A server with the WorkloadEntry CRD, `NS`, and the root namespace on network `east-net`.
 async fn api_server() -> TestApiServer {
@@ -44,18 +38,7 @@ async fn api_server() -> TestApiServer {
 }
 
 async fn kube_gateway(api: &TestApiServer) -> KubeGw {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kubeconfig");
-    std::fs::write(&path, api.kubeconfig("east")).unwrap();
-    let mut cfg = kube_path_config(path, |_| {});
-    cfg.drain_grace = Duration::from_millis(50);
-    let bound = app::build(cfg).await.unwrap();
-    let admin = bound.admin_addr;
-    eventually("gateway ready", WAIT, || async move {
-        http_get(admin, "/healthz/ready").await.0 == 200
-    })
-    .await;
-    KubeGw { bound, _dir: dir }
+    kube_gateway_ready(&api.kubeconfig("east"), |_| {}).await
 }
 
 /// The catalog Service (selector `app: catalog`) with `ports` (name, port, targetPort).

@@ -295,6 +295,28 @@ pub fn kube_test_config(
     (dir, kube_path_config(path, tweak))
 }
 
+/// A gateway built in process on a Kubernetes API ([`kube_gateway_ready`]); the directory
+/// holds its kubeconfig file.
+pub struct KubeGw {
+    pub bound: Bound,
+    _dir: tempfile::TempDir,
+}
+
+/// A gateway on `kubeconfig` ([`kube_test_config`], a 50 ms drain grace, then `tweak`), built
+/// in process and returned once it reports ready.
+pub async fn kube_gateway_ready(kubeconfig: &str, tweak: impl FnOnce(&mut Config)) -> KubeGw {
+    let (dir, mut cfg) = kube_test_config(kubeconfig, |_| {});
+    cfg.drain_grace = Duration::from_millis(50);
+    tweak(&mut cfg);
+    let bound = app::build(cfg).await.unwrap();
+    let admin = bound.admin_addr;
+    testkit::wait::eventually("gateway ready", Duration::from_secs(10), || async move {
+        http_get(admin, "/healthz/ready").await.0 == 200
+    })
+    .await;
+    KubeGw { bound, _dir: dir }
+}
+
 /// [`kube_test_config`] for a kubeconfig file at `path` (which need not exist).
 pub fn kube_path_config(path: std::path::PathBuf, tweak: impl FnOnce(&mut KubeOptions)) -> Config {
     let mut opts = KubeOptions {
