@@ -73,7 +73,9 @@ pub async fn connect(
             Err(_) => debug!(upstream = %ep.addr, "connect timed out"),
         }
         metrics.connect_failures.inc();
-        let service = route.endpoints.iter().map(|e| &e.state.health);
+        // The budget's base is what Envoy's cluster holds: the route's (or subset's) ready
+        // endpoints that take the connection, not those it never dials.
+        let service = candidates.all.iter().map(|&i| &route.endpoints[i].state.health);
         if let Some(d) = outlier::on_failure(&ep.health, service, outlier) {
             metrics.ejections.inc();
             warn!(upstream = %ep.addr, ejected_for = ?d, "endpoint ejected after consecutive connect failures");
