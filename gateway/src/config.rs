@@ -748,6 +748,7 @@ impl Args {
                 max_ejection: self.outlier_max_ejection,
                 max_ejection_percent: self.outlier_max_percent,
                 eject_one_regardless: true,
+                min_health_percent: 0,
             },
             drain_grace: self.drain_grace,
             drain_timeout: self.drain_timeout,

@@ -148,7 +148,8 @@ const ENVOY_MAX_EJECTION_PERCENT: u8 = 10;
 /// turns it off) and `consecutiveGatewayErrors` (off unless above 0) count it, and the lower
 /// enabled one ejects. Ejections last `baseEjectionTime` (30 s) times the ejections in a row,
 /// up to 300 s or the base; `maxEjectionPercent` (10) bounds a service's ejected share with
-/// no host ejected past it (`DetectorImpl::ejectHost`).
+/// no host ejected past it (`DetectorImpl::ejectHost`); `minHealthPercent` (0, off) is the
+/// healthy share under which ejections are ignored (istiod's `healthy_panic_threshold`).
 fn outlier(o: &Value) -> Outlier {
     let count = |k: &str| {
         o.get(k)
@@ -182,6 +183,7 @@ fn outlier(o: &Value) -> Outlier {
         max_ejection: ENVOY_MAX_EJECTION.max(base_ejection),
         max_ejection_percent,
         eject_one_regardless: false,
+        min_health_percent: count("minHealthPercent").map_or(0, |v| v.min(100) as u8),
     }
 }
 
@@ -287,6 +289,7 @@ mod tests {
                 max_ejection: Duration::from_secs(300),
                 max_ejection_percent: 10,
                 eject_one_regardless: false,
+                min_health_percent: 0,
             }
         );
         let set = read(
@@ -305,6 +308,8 @@ mod tests {
             "at least the base"
         );
         assert_eq!(set.max_ejection_percent, 100);
+        let panic = read(json!({"minHealthPercent": 50})).unwrap();
+        assert_eq!(panic.min_health_percent, 50);
         let off = read(json!({"consecutive5xxErrors": 0})).unwrap();
         assert_eq!(
             off.consecutive_failures, 0,

@@ -21,6 +21,9 @@ pub struct Outlier {
     /// One endpoint may be ejected even where the share allows none (the `--outlier-*`
     /// flags' rule; a DestinationRule's `outlierDetection` follows Envoy, which does not).
     pub eject_one_regardless: bool,
+    /// Below this share (percent) of healthy (not ejected) endpoints, connections ignore
+    /// ejections (Envoy's panic mode, from a DestinationRule's `minHealthPercent`); 0 never.
+    pub min_health_percent: u8,
 }
 
 impl Default for Outlier {
@@ -31,6 +34,7 @@ impl Default for Outlier {
             max_ejection: Duration::from_secs(300),
             max_ejection_percent: 50,
             eject_one_regardless: true,
+            min_health_percent: 0,
         }
     }
 }
@@ -161,6 +165,7 @@ mod tests {
             max_ejection: Duration::from_secs(60),
             max_ejection_percent: 50,
             eject_one_regardless: true,
+            min_health_percent: 0,
         };
         let fail = |i: usize| on_failure(&eps[i], eps.iter(), &cfg);
         assert!(fail(0).is_none());
@@ -196,6 +201,7 @@ mod tests {
             max_ejection: Duration::from_secs(60),
             max_ejection_percent: 50,
             eject_one_regardless: true,
+            min_health_percent: 0,
         };
         let services: Vec<[Health; 2]> = (0..ROUNDS).map(|_| Default::default()).collect();
         let start = std::sync::Barrier::new(2);

@@ -43,12 +43,13 @@ pub async fn connect(
     let outlier = rule
         .and_then(|c| c.outlier.as_ref())
         .unwrap_or(&cfg.outlier);
+    let panic = outlier.min_health_percent > 0 && in_panic(route, candidates.all, outlier);
     // On the stack for the usual few attempts: no allocation per connection.
     let mut tried: SmallVec<[SocketAddr; 4]> = SmallVec::new();
     let mut local = false;
     for attempt in 1..=cfg.connect_attempts {
         let last = attempt == cfg.connect_attempts;
-        let Some((ep, near)) = choose(route, candidates, &tried, last) else {
+        let Some((ep, near)) = choose_with(route, candidates, &tried, last, panic) else {
             break;
         };
         if route.prefer_zone.is_some() && !near {
@@ -75,7 +76,10 @@ pub async fn connect(
         metrics.connect_failures.inc();
         // The budget's base is what Envoy's cluster holds: the route's (or subset's) ready
         // endpoints that take the connection, not those it never dials.
-        let service = candidates.all.iter().map(|&i| &route.endpoints[i].state.health);
+        let service = candidates
+            .all
+            .iter()
+            .map(|&i| &route.endpoints[i].state.health);
         if let Some(d) = outlier::on_failure(&ep.health, service, outlier) {
             metrics.ejections.inc();
             warn!(upstream = %ep.addr, ejected_for = ?d, "endpoint ejected after consecutive connect failures");
@@ -103,9 +107,32 @@ pub fn choose(
     tried: &[SocketAddr],
     last: bool,
 ) -> Option<(Arc<EndpointState>, bool)> {
+    choose_with(route, candidates, tried, last, false)
+}
+
+/// Whether fewer of `candidates` than a DestinationRule's `minHealthPercent` are healthy (not
+/// ejected): Envoy's panic mode (`healthy_panic_threshold`, which istiod sets from it), in
+/// which it balances across every host, ejected or not.
+fn in_panic(route: &Route, candidates: &[usize], outlier: &crate::outlier::Outlier) -> bool {
+    let now = clock::now_ms();
+    let healthy = (candidates.iter())
+        .filter(|&&i| !route.endpoints[i].state.health.is_ejected(now))
+        .count();
+    healthy * 100 < usize::from(outlier.min_health_percent) * candidates.len()
+}
+
+/// [`choose`], heeding ejections unless in `panic` ([`in_panic`]).
+fn choose_with(
+    route: &Route,
+    candidates: Candidates<'_>,
+    tried: &[SocketAddr],
+    last: bool,
+    panic: bool,
+) -> Option<(Arc<EndpointState>, bool)> {
+    let pick = |set: &[usize]| pick_heeding(route, set, tried, !panic);
     let Candidates { near, far, all, .. } = candidates;
     if near.is_empty() && far.is_empty() {
-        return pick(route, all, tried).map(|ep| (ep, false));
+        return pick(all).map(|ep| (ep, false));
     }
     let near_first = !last || tried.is_empty();
     let order = if near_first {
@@ -115,7 +142,7 @@ pub fn choose(
     };
     order
         .into_iter()
-        .find_map(|(set, in_zone)| Some((pick(route, set, tried)?, in_zone)))
+        .find_map(|(set, in_zone)| Some((pick(set)?, in_zone)))
 }
 
 /// Picks among `candidates` (indices into `route.endpoints`) one neither ejected nor in
@@ -127,16 +154,27 @@ pub fn pick(
     candidates: &[usize],
     tried: &[SocketAddr],
 ) -> Option<Arc<EndpointState>> {
+    pick_heeding(route, candidates, tried, true)
+}
+
+/// [`pick`], leaving ejected endpoints out only with `heed_ejections` (not in panic mode).
+fn pick_heeding(
+    route: &Route,
+    candidates: &[usize],
+    tried: &[SocketAddr],
+    heed_ejections: bool,
+) -> Option<Arc<EndpointState>> {
     let now = std::cell::OnceCell::new();
     let now = || *now.get_or_init(clock::now_ms);
+    let ejected = move |s: &EndpointState| heed_ejections && s.health.is_ejected_at(now);
     if route.weighted {
-        return pick_weighted(route, candidates, tried, now);
+        return pick_weighted(route, candidates, tried, ejected);
     }
     let usable = || {
         candidates
             .iter()
             .map(|&i| &route.endpoints[i].state)
-            .filter(move |s| !s.health.is_ejected_at(now) && !tried.contains(&s.addr))
+            .filter(move |s| !ejected(s) && !tried.contains(&s.addr))
     };
     let n = usable().count();
     let (a, b) = match n {
@@ -161,13 +199,13 @@ fn pick_weighted(
     route: &Route,
     candidates: &[usize],
     tried: &[SocketAddr],
-    now: impl Fn() -> u64 + Copy,
+    ejected: impl Fn(&EndpointState) -> bool + Copy,
 ) -> Option<Arc<EndpointState>> {
     let usable = || {
         candidates
             .iter()
             .map(|&i| &route.endpoints[i])
-            .filter(move |e| !e.state.health.is_ejected_at(now) && !tried.contains(&e.state.addr))
+            .filter(move |e| !ejected(&e.state) && !tried.contains(&e.state.addr))
     };
     let effective = |e: &Endpoint| f64::from(e.weight) / (e.state.active() as f64 + 1.0);
     let total: f64 = usable().map(effective).sum();
@@ -311,6 +349,37 @@ mod tests {
         }
         st(0).health.eject(clock::now_ms(), 60_000, 60_000);
         assert!(pick(r, c, &tried).is_none());
+    }
+
+    /// A DestinationRule's `minHealthPercent` (Envoy's panic threshold): with fewer of a
+    /// route's endpoints healthy than that share, ejected ones are chosen again; at or above
+    /// it (and with 0, the default), only the healthy.
+    #[test]
+    fn below_the_min_health_share_ejected_endpoints_are_chosen_again() {
+        let t = table(4);
+        let r = t.lookup("a.local", 80).unwrap();
+        let c = r.candidates_near("").unwrap();
+        let st = |i: usize| &r.endpoints[c.all[i]].state;
+        for i in 1..4 {
+            st(i).health.eject(clock::now_ms(), 60_000, 60_000);
+        }
+        let mut outlier = crate::outlier::Outlier {
+            min_health_percent: 50,
+            ..Default::default()
+        };
+        assert!(in_panic(r, c.all, &outlier), "1 of 4 healthy is under 50 %");
+        let seen: std::collections::BTreeSet<SocketAddr> = (0..200)
+            .map(|_| choose_with(r, c, &[], false, true).unwrap().0.addr)
+            .collect();
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        outlier.min_health_percent = 25;
+        assert!(!in_panic(r, c.all, &outlier), "25 % is not under 25 %");
+        for _ in 0..50 {
+            assert_eq!(
+                choose_with(r, c, &[], false, false).unwrap().0.addr,
+                st(0).addr
+            );
+        }
     }
 
     #[test]

@@ -126,7 +126,7 @@ async fn a_rules_outlier_detection_ejects_at_its_own_count() {
     let (_, body) = http_get(gw.bound.admin_addr, "/debug/routes?host=catalog.").await;
     let v: Value = serde_json::from_str(&body).unwrap();
     let want = json!({"consecutive_failures": 1, "base_ejection_ms": 3_600_000,
-        "max_ejection_ms": 3_600_000, "max_ejection_percent": 100});
+        "max_ejection_ms": 3_600_000, "max_ejection_percent": 100, "min_health_percent": 0});
     assert_eq!(v["routes"][0]["outlier_detection"], want, "{body}");
     assert_eq!(at(b[0].addr.ip())["ejected"], false);
 

@@ -71,6 +71,7 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
                     base_ejection_ms: o.base_ejection.as_millis() as u64,
                     max_ejection_ms: o.max_ejection.as_millis() as u64,
                     max_ejection_percent: o.max_ejection_percent,
+                    min_health_percent: o.min_health_percent,
                 }
             }),
             sni: SniName::new(r.port, "", r.host.as_str()).to_string(),
@@ -205,6 +206,7 @@ pub struct DebugOutlier {
     pub base_ejection_ms: u64,
     pub max_ejection_ms: u64,
     pub max_ejection_percent: u8,
+    pub min_health_percent: u8,
 }
 
 #[derive(Debug, Serialize)]
