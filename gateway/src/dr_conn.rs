@@ -24,20 +24,19 @@ pub struct ConnSettings {
     pub pool: bool,
     /// `outlierDetection` as Envoy reads what istiod writes; `None` without one.
     pub outlier: Option<Outlier>,
-    /// `connectionPool.tcp.idleTimeout` of the rule's top-level policy, whatever the port or
-    /// subset (istiod reads only that one for the TCP proxy); `0s` is [`NO_IDLE_TIMEOUT`].
-    pub idle_timeout: Option<Duration>,
 }
 
 /// Envoy's idle timeout of 0: none. A century stands for it, so the timer arithmetic stays
 /// plain (tokio caps a sleep that long at its wheel's reach and sleeps again).
 pub const NO_IDLE_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// A `trafficPolicy`: its own settings, and its `portLevelSettings` by port number.
+/// A `trafficPolicy`: its own settings, its `portLevelSettings` by port number, and its
+/// `connectionPool.tcp.idleTimeout` (`0s` is [`NO_IDLE_TIMEOUT`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct PolicyConn {
     pub base: ConnSettings,
     pub ports: BTreeMap<u16, ConnSettings>,
+    pub idle_timeout: Option<Duration>,
 }
 
 /// A host's merged DestinationRule: the rule's `trafficPolicy`, and each subset's own.
@@ -62,18 +61,11 @@ impl DrConn {
     /// replaces the rule's (for the port); else the rule's.
     pub fn for_route(&self, port: u16, subset: &str) -> ConnSettings {
         let rule = self.service.at(port);
-        let idle_timeout = self.service.base.idle_timeout;
         let Some(own) = self.subsets.get(subset).filter(|_| !subset.is_empty()) else {
-            return ConnSettings {
-                idle_timeout,
-                ..rule.clone()
-            };
+            return rule.clone();
         };
         if let Some(entry) = own.ports.get(&port) {
-            return ConnSettings {
-                idle_timeout,
-                ..entry.clone()
-            };
+            return entry.clone();
         }
         ConnSettings {
             connect_timeout: match own.base.pool {
@@ -82,8 +74,13 @@ impl DrConn {
             },
             pool: own.base.pool || rule.pool,
             outlier: own.base.outlier.clone().or_else(|| rule.outlier.clone()),
-            idle_timeout,
         }
+    }
+
+    /// The idle timeout of every port and subset of the host: the rule's top-level one, the
+    /// only one istiod gives the TCP proxy (`buildOutboundNetworkFiltersWithSingleDestination`).
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.service.idle_timeout
     }
 
     pub fn is_empty(&self) -> bool {
@@ -104,25 +101,29 @@ pub fn policy_conn(policy: Option<&Value>) -> PolicyConn {
             Some((u16::try_from(port).ok()?, settings(s)))
         })
         .collect();
-    PolicyConn {
-        base: settings(p),
-        ports,
-    }
-}
-
-fn settings(p: &Value) -> ConnSettings {
-    let tcp = |k: &str| {
-        (p.get("connectionPool"))
-            .and_then(|c| c.get("tcp"))
-            .and_then(|t| t.get(k))
-            .and_then(Value::as_str)
-            .and_then(go_duration)
-    };
-    let connect_timeout = tcp("connectTimeout").filter(|d| *d >= Duration::from_millis(1));
-    let idle_timeout = tcp("idleTimeout").map(|d| match d {
+    let idle_timeout = tcp_duration(p, "idleTimeout").map(|d| match d {
         Duration::ZERO => NO_IDLE_TIMEOUT,
         d => d.min(NO_IDLE_TIMEOUT),
     });
+    PolicyConn {
+        base: settings(p),
+        ports,
+        idle_timeout,
+    }
+}
+
+/// `connectionPool.tcp.<key>` of a policy, as a duration.
+fn tcp_duration(p: &Value, key: &str) -> Option<Duration> {
+    (p.get("connectionPool"))
+        .and_then(|c| c.get("tcp"))
+        .and_then(|t| t.get(key))
+        .and_then(Value::as_str)
+        .and_then(go_duration)
+}
+
+fn settings(p: &Value) -> ConnSettings {
+    let connect_timeout =
+        tcp_duration(p, "connectTimeout").filter(|d| *d >= Duration::from_millis(1));
     let outlier = p
         .get("outlierDetection")
         .filter(|o| o.is_object())
@@ -131,7 +132,6 @@ fn settings(p: &Value) -> ConnSettings {
         connect_timeout,
         pool: p.get("connectionPool").is_some_and(Value::is_object),
         outlier,
-        idle_timeout,
     }
 }
 
@@ -390,13 +390,15 @@ mod tests {
                 )),
             )]),
         };
+        // The port-level and subset settings above set other ones, which count nowhere.
+        assert_eq!(idle.idle_timeout(), secs(86_400));
         for (port, subset) in [(80, ""), (9090, ""), (80, "v1"), (9090, "v1")] {
-            assert_eq!(idle.for_route(port, subset).idle_timeout, secs(86_400));
+            assert_eq!(idle.for_route(port, subset).connect_timeout, None);
         }
         let never = policy_conn(Some(
             &json!({"connectionPool": {"tcp": {"idleTimeout": "0s"}}}),
         ));
-        assert_eq!(never.base.idle_timeout, Some(NO_IDLE_TIMEOUT));
+        assert_eq!(never.idle_timeout, Some(NO_IDLE_TIMEOUT));
         // Too short a timeout is no timeout (Istio's validation: at least 1 ms).
         let short = policy_conn(Some(
             &json!({"connectionPool": {"tcp": {"connectTimeout": "0"}}}),

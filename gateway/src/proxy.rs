@@ -314,9 +314,7 @@ impl Proxy {
         let Some(metrics) = route.metrics(&target.subset, &self.metrics) else {
             return Err(Reject::NoRoute);
         };
-        let idle = (route.settings(&target.subset))
-            .and_then(|c| c.idle_timeout)
-            .unwrap_or(self.cfg.idle_timeout);
+        let idle = route.conn.idle_timeout().unwrap_or(self.cfg.idle_timeout);
         // Rounded up: a rule's `500ms` waits a second.
         let idle_secs =
             u32::try_from(idle.as_secs() + u64::from(idle.subsec_nanos() > 0)).unwrap_or(u32::MAX);

@@ -63,8 +63,7 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
             prefer_zone: r.prefer_zone.as_deref().map(str::to_owned),
             connect_timeout_ms: (r.settings("").and_then(|c| c.connect_timeout))
                 .map(|d| d.as_millis() as u64),
-            idle_timeout_ms: (r.settings("").and_then(|c| c.idle_timeout))
-                .map(|d| d.as_millis() as u64),
+            idle_timeout_ms: (r.conn.idle_timeout()).map(|d| d.as_millis() as u64),
             outlier_detection: (r.settings("").and_then(|c| c.outlier.as_ref())).map(|o| {
                 DebugOutlier {
                     consecutive_failures: o.consecutive_failures,
