@@ -1,8 +1,9 @@
 //! The connection settings of a DestinationRule that istiod applies to the SNI-DNAT clusters
 //! of its passthrough gateway (`buildOutboundSniDnatClusters` in
 //! `pilot/pkg/networking/core/cluster.go`, then `applyTrafficPolicy`, which leaves out TLS
-//! there): `connectionPool.tcp.connectTimeout` and `outlierDetection`, per port and subset,
-//! and the top-level `connectionPool.tcp.idleTimeout`, which its TCP proxies take
+//! there): `connectionPool.tcp` (`connectTimeout`, `maxConnections`, `tcpKeepalive`),
+//! `outlierDetection` and `loadBalancer`, per port and subset, and the top-level
+//! `connectionPool.tcp.idleTimeout` and `maxConnectionDuration`, which its TCP proxies take
 //! (`buildOutboundNetworkFiltersWithSingleDestination`). Sans-IO: parsed from the rule's
 //! JSON, resolved per `(port, subset)` at publish.
 
@@ -14,16 +15,71 @@ use serde_json::Value;
 use crate::outlier::Outlier;
 
 /// One `trafficPolicy`'s (or one `portLevelSettings` entry's) settings the gateway applies.
+/// Each is a group istiod replaces whole when a subset sets it (`mergeTrafficPolicy`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ConnSettings {
-    /// `connectionPool.tcp.connectTimeout`; `None` also when `connectionPool` is set without
-    /// it (the gateway's `--connect-timeout` then, where istiod writes the mesh's default).
-    pub connect_timeout: Option<Duration>,
-    /// The policy has a `connectionPool`: a subset's replaces the rule's whole, so the rule's
-    /// `connectTimeout` does not reach a subset that sets a pool without one.
-    pub pool: bool,
+    /// `connectionPool`, when the policy has one.
+    pub pool: Option<Pool>,
     /// `outlierDetection` as Envoy reads what istiod writes; `None` without one.
     pub outlier: Option<Outlier>,
+    /// `loadBalancer`, when the policy has one.
+    pub lb: Option<Lb>,
+}
+
+/// A `connectionPool`'s TCP settings the gateway applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Pool {
+    /// `connectTimeout`; `None` where unset (the gateway's `--connect-timeout` then, where
+    /// istiod writes the mesh's default).
+    pub connect_timeout: Option<Duration>,
+    /// `maxConnections`: Envoy's circuit breaker on the cluster's upstream connections
+    /// (`applyConnectionPool`; unset or 0 is istiod's `math.MaxUint32`, no limit).
+    pub max_connections: Option<u32>,
+    /// `tcpKeepalive`, for the upstream sockets (`applyTCPKeepalive`).
+    pub keepalive: Option<Keepalive>,
+}
+
+/// `tcpKeepalive` as istiod writes it for Envoy: each field in whole seconds, set on the
+/// upstream socket only where given (Envoy's `buildTcpKeepaliveOptions`), with keepalive on
+/// either way. The gateway's own values (60 s, 10 s, the kernel's count) stand for unset
+/// ones where Envoy leaves the kernel's (7,200 s, 75 s, 9).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Keepalive {
+    pub time: Option<Duration>,
+    pub interval: Option<Duration>,
+    pub probes: Option<u32>,
+}
+
+/// `loadBalancer` as Envoy balances what istiod writes (`applyLoadBalancer`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Lb {
+    /// `LEAST_REQUEST`, `LEAST_CONN`, `UNSPECIFIED`, or a `loadBalancer` without `simple` or
+    /// `consistentHash` (istiod's default): the gateway's pick, by weight where weights
+    /// differ.
+    #[default]
+    LeastRequest,
+    /// `ROUND_ROBIN`: in turn, by weight where weights differ.
+    RoundRobin,
+    /// `RANDOM`: uniformly, weights ignored (Envoy's random balancer ignores them).
+    Random,
+    /// `consistentHash.useSourceIp`: the client's address picks the endpoint, so it keeps
+    /// the same one while the endpoints do (Envoy's ring hash with the TCP proxy's
+    /// `hash_policy.source_ip`; weights count).
+    SourceIpHash,
+}
+
+impl ConnSettings {
+    pub fn connect_timeout(&self) -> Option<Duration> {
+        self.pool.as_ref()?.connect_timeout
+    }
+
+    pub fn max_connections(&self) -> Option<u32> {
+        self.pool.as_ref()?.max_connections
+    }
+
+    pub fn keepalive(&self) -> Option<&Keepalive> {
+        self.pool.as_ref()?.keepalive.as_ref()
+    }
 }
 
 /// Envoy's idle timeout of 0: none. A century stands for it, so the timer arithmetic stays
@@ -31,12 +87,14 @@ pub struct ConnSettings {
 pub const NO_IDLE_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// A `trafficPolicy`: its own settings, its `portLevelSettings` by port number, and its
-/// `connectionPool.tcp.idleTimeout` (`0s` is [`NO_IDLE_TIMEOUT`]).
+/// `connectionPool.tcp.idleTimeout` (`0s` is [`NO_IDLE_TIMEOUT`]) and
+/// `maxConnectionDuration` (`0s` or unset: none).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct PolicyConn {
     pub base: ConnSettings,
     pub ports: BTreeMap<u16, ConnSettings>,
     pub idle_timeout: Option<Duration>,
+    pub max_duration: Option<Duration>,
 }
 
 /// A host's merged DestinationRule: the rule's `trafficPolicy`, and each subset's own.
@@ -67,13 +125,11 @@ impl DrConn {
         if let Some(entry) = own.ports.get(&port) {
             return entry.clone();
         }
+        let own = &own.base;
         ConnSettings {
-            connect_timeout: match own.base.pool {
-                true => own.base.connect_timeout,
-                false => rule.connect_timeout,
-            },
-            pool: own.base.pool || rule.pool,
-            outlier: own.base.outlier.clone().or_else(|| rule.outlier.clone()),
+            pool: own.pool.clone().or_else(|| rule.pool.clone()),
+            outlier: own.outlier.clone().or_else(|| rule.outlier.clone()),
+            lb: own.lb.or(rule.lb),
         }
     }
 
@@ -81,6 +137,13 @@ impl DrConn {
     /// only one istiod gives the TCP proxy (`buildOutboundNetworkFiltersWithSingleDestination`).
     pub fn idle_timeout(&self) -> Option<Duration> {
         self.service.idle_timeout
+    }
+
+    /// The longest a connection to any port and subset of the host lasts: the rule's
+    /// top-level `maxConnectionDuration`, the only one istiod gives the TCP proxy
+    /// (`MaxDownstreamConnectionDuration`), which closes both sides when it passes.
+    pub fn max_duration(&self) -> Option<Duration> {
+        self.service.max_duration
     }
 
     pub fn is_empty(&self) -> bool {
@@ -105,10 +168,12 @@ pub fn policy_conn(policy: Option<&Value>) -> PolicyConn {
         Duration::ZERO => NO_IDLE_TIMEOUT,
         d => d.min(NO_IDLE_TIMEOUT),
     });
+    let max_duration = tcp_duration(p, "maxConnectionDuration").filter(|d| !d.is_zero());
     PolicyConn {
         base: settings(p),
         ports,
         idle_timeout,
+        max_duration,
     }
 }
 
@@ -122,16 +187,63 @@ fn tcp_duration(p: &Value, key: &str) -> Option<Duration> {
 }
 
 fn settings(p: &Value) -> ConnSettings {
-    let connect_timeout =
-        tcp_duration(p, "connectTimeout").filter(|d| *d >= Duration::from_millis(1));
     let outlier = p
         .get("outlierDetection")
         .filter(|o| o.is_object())
         .map(outlier);
     ConnSettings {
-        connect_timeout,
-        pool: p.get("connectionPool").is_some_and(Value::is_object),
+        pool: p
+            .get("connectionPool")
+            .filter(|c| c.is_object())
+            .map(|_| pool(p)),
         outlier,
+        lb: p.get("loadBalancer").filter(|l| l.is_object()).map(lb),
+    }
+}
+
+fn pool(p: &Value) -> Pool {
+    let tcp = (p.get("connectionPool")).and_then(|c| c.get("tcp"));
+    let keepalive = tcp
+        .and_then(|t| t.get("tcpKeepalive"))
+        .filter(|k| k.is_object());
+    // Whole seconds, as istiod writes them; under a second would be 0, which the kernel
+    // refuses, so such a field is left unset.
+    let secs = |k: &Value, key: &str| {
+        let d = k.get(key).and_then(Value::as_str).and_then(go_duration)?;
+        Some(Duration::from_secs(d.as_secs().min(u64::from(u32::MAX)))).filter(|d| !d.is_zero())
+    };
+    let count = |v: Option<&Value>| {
+        v.and_then(Value::as_u64)
+            .filter(|&n| n > 0)
+            .map(|n| n.min(u64::from(u32::MAX)) as u32)
+    };
+    Pool {
+        connect_timeout: tcp_duration(p, "connectTimeout")
+            .filter(|d| *d >= Duration::from_millis(1)),
+        max_connections: count(tcp.and_then(|t| t.get("maxConnections"))),
+        keepalive: keepalive.map(|k| Keepalive {
+            time: secs(k, "time"),
+            interval: secs(k, "interval"),
+            probes: count(k.get("probes")),
+        }),
+    }
+}
+
+/// A `loadBalancer` object. `PASSTHROUGH` (Envoy's original destination, which behind a
+/// passthrough gateway names the gateway itself) is read as the default; a consistent hash
+/// on anything but the source address hashes nothing over TCP, where Envoy's ring then
+/// picks at random.
+fn lb(l: &Value) -> Lb {
+    if let Some(hash) = l.get("consistentHash").filter(|h| h.is_object()) {
+        return match hash.get("useSourceIp") {
+            Some(Value::Bool(true)) => Lb::SourceIpHash,
+            _ => Lb::Random,
+        };
+    }
+    match l.get("simple").and_then(Value::as_str) {
+        Some("ROUND_ROBIN") => Lb::RoundRobin,
+        Some("RANDOM") => Lb::Random,
+        _ => Lb::LeastRequest,
     }
 }
 
@@ -328,6 +440,63 @@ mod tests {
         assert_eq!(read(json!(null)), None);
     }
 
+    /// The pool's limit, keepalive and lifetime, and the balancer, as istiod writes them;
+    /// a subset that sets only `loadBalancer` keeps the rule's pool (groups replace whole).
+    #[test]
+    fn pool_limits_keepalive_lifetime_and_balancer_are_read_as_istiod_writes_them() {
+        let p = policy_conn(Some(&json!({
+            "connectionPool": {"tcp": {"maxConnections": 100, "maxConnectionDuration": "1h",
+                "tcpKeepalive": {"time": "90s", "interval": "1500ms", "probes": 0}}},
+            "loadBalancer": {"simple": "ROUND_ROBIN"}})));
+        let pool = p.base.pool.clone().unwrap();
+        assert_eq!(pool.max_connections, Some(100));
+        assert_eq!(pool.connect_timeout, None);
+        let k = pool.keepalive.unwrap();
+        assert_eq!(k.time, Some(Duration::from_secs(90)));
+        assert_eq!(k.interval, Some(Duration::from_secs(1)), "whole seconds");
+        assert_eq!(k.probes, None, "0 probes is unset");
+        assert_eq!(p.max_duration, Some(Duration::from_secs(3600)));
+        assert_eq!(p.base.lb, Some(Lb::RoundRobin));
+        // Under a second is 0 s, which the kernel refuses: unset. 0 connections: no limit.
+        let odd = policy_conn(Some(
+            &json!({"connectionPool": {"tcp": {"maxConnections": 0,
+            "maxConnectionDuration": "0s", "tcpKeepalive": {"time": "500ms"}}}}),
+        ));
+        assert_eq!(odd.base.max_connections(), None);
+        assert_eq!(odd.base.keepalive().unwrap().time, None);
+        assert_eq!(odd.max_duration, None);
+        let lb = |l: Value| policy_conn(Some(&json!({"loadBalancer": l}))).base.lb;
+        assert_eq!(lb(json!({"simple": "RANDOM"})), Some(Lb::Random));
+        assert_eq!(lb(json!({"simple": "LEAST_CONN"})), Some(Lb::LeastRequest));
+        assert_eq!(lb(json!({"simple": "PASSTHROUGH"})), Some(Lb::LeastRequest));
+        assert_eq!(lb(json!({"localityLbSetting": {}})), Some(Lb::LeastRequest));
+        let hash = |h: Value| lb(json!({"consistentHash": h}));
+        assert_eq!(hash(json!({"useSourceIp": true})), Some(Lb::SourceIpHash));
+        assert_eq!(hash(json!({"httpHeaderName": "x-user"})), Some(Lb::Random));
+        assert_eq!(policy_conn(Some(&json!({}))).base.lb, None);
+        // A subset with only a balancer keeps the rule's pool; one with a pool, its own.
+        let dr = DrConn {
+            service: p,
+            subsets: BTreeMap::from([
+                (
+                    "v1".into(),
+                    policy_conn(Some(&json!({"loadBalancer": {"simple": "RANDOM"}}))),
+                ),
+                (
+                    "v2".into(),
+                    policy_conn(Some(&json!({"connectionPool": {"http": {}}}))),
+                ),
+            ]),
+        };
+        let v1 = dr.for_route(80, "v1");
+        assert_eq!(v1.lb, Some(Lb::Random));
+        assert_eq!(v1.max_connections(), Some(100));
+        let v2 = dr.for_route(80, "v2");
+        assert_eq!(v2.lb, Some(Lb::RoundRobin));
+        assert_eq!(v2.max_connections(), None, "its pool has no tcp settings");
+        assert_eq!(dr.max_duration(), Some(Duration::from_secs(3600)));
+    }
+
     /// A subset's port-level entry replaces everything; a subset's field replaces the rule's
     /// for the port; the rule's port-level entry replaces its own settings whole.
     #[test]
@@ -351,13 +520,13 @@ mod tests {
             ]),
         };
         let at = |port, subset| dr.for_route(port, subset);
-        assert_eq!(at(80, "").connect_timeout, secs(5));
+        assert_eq!(at(80, "").connect_timeout(), secs(5));
         assert_eq!(at(80, "").outlier.unwrap().consecutive_failures, 2);
         // The rule's entry for 9090 replaces both its settings: no outlier detection there.
-        assert_eq!(at(9090, "").connect_timeout, secs(7));
+        assert_eq!(at(9090, "").connect_timeout(), secs(7));
         assert_eq!(at(9090, "").outlier, None);
         // v1 sets its own timeout and keeps the rule's outlier detection...
-        assert_eq!(at(80, "v1").connect_timeout, secs(1));
+        assert_eq!(at(80, "v1").connect_timeout(), secs(1));
         assert_eq!(at(80, "v1").outlier.unwrap().consecutive_failures, 2);
         // A subset's `connectionPool` replaces the rule's whole: without a timeout, none.
         let mut pooled = dr.clone();
@@ -367,10 +536,10 @@ mod tests {
                 &json!({"connectionPool": {"tcp": {"maxConnections": 9}}}),
             )),
         );
-        assert_eq!(pooled.for_route(80, "v3").connect_timeout, None);
+        assert_eq!(pooled.for_route(80, "v3").connect_timeout(), None);
         assert_eq!(pooled.for_route(80, "v3").outlier, at(80, "").outlier);
         // ...over the rule's entry for 9090 too, which gives it no outlier detection there.
-        assert_eq!(at(9090, "v1").connect_timeout, secs(1));
+        assert_eq!(at(9090, "v1").connect_timeout(), secs(1));
         assert_eq!(at(9090, "v1").outlier, None);
         // Its own empty entry for 8080 replaces everything.
         assert_eq!(at(8080, "v1"), ConnSettings::default());
@@ -393,7 +562,7 @@ mod tests {
         // The port-level and subset settings above set other ones, which count nowhere.
         assert_eq!(idle.idle_timeout(), secs(86_400));
         for (port, subset) in [(80, ""), (9090, ""), (80, "v1"), (9090, "v1")] {
-            assert_eq!(idle.for_route(port, subset).connect_timeout, None);
+            assert_eq!(idle.for_route(port, subset).connect_timeout(), None);
         }
         let never = policy_conn(Some(
             &json!({"connectionPool": {"tcp": {"idleTimeout": "0s"}}}),
@@ -403,6 +572,6 @@ mod tests {
         let short = policy_conn(Some(
             &json!({"connectionPool": {"tcp": {"connectTimeout": "0"}}}),
         ));
-        assert_eq!(short.base.connect_timeout, None);
+        assert_eq!(short.base.connect_timeout(), None);
     }
 }

@@ -56,16 +56,20 @@ pub enum End {
     Error(io::Error),
     /// Cut by the drain deadline (the caller decides this, not the forwarder).
     DrainDeadline,
+    /// Cut when the route's DestinationRule `maxConnectionDuration` passed (the caller
+    /// decides this too), as Envoy's TCP proxy closes both sides then.
+    MaxDuration,
 }
 
 impl End {
-    pub const OUTCOMES: [&'static str; 6] = [
+    pub const OUTCOMES: [&'static str; 7] = [
         "ok",
         "idle_timeout",
         "upstream_reset",
         "client_reset",
         "error",
         "drain_deadline",
+        "max_duration",
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -76,6 +80,7 @@ impl End {
             End::ClientReset => "client_reset",
             End::Error(_) => "error",
             End::DrainDeadline => "drain_deadline",
+            End::MaxDuration => "max_duration",
         }
     }
 

@@ -31,6 +31,7 @@ pub mod accept;
 pub mod admin;
 pub mod app;
 pub mod bounded_read;
+pub mod breaker;
 pub mod client_hello;
 pub mod clock;
 pub mod config;

@@ -1,7 +1,7 @@
 //! The passthrough listener: accept, read the preamble, decide (SNI policy and route), then
 //! forward. Connecting and endpoint health live in `upstream`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info};
 
 use crate::accept;
+use crate::breaker::Held;
 use crate::client_hello::{self, ClientHello, Detect};
 use crate::config::Config;
 use crate::drain::Drain;
@@ -28,11 +29,23 @@ use crate::sockets;
 use crate::undecided::{Ticket, Undecided};
 use crate::upstream;
 
+/// A duration in whole seconds, rounded up (a rule's `500ms` waits a second), at most
+/// `u32::MAX` (136 years).
+fn whole_secs(d: Duration) -> u32 {
+    u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(u32::MAX)
+}
+
+fn secs_of(secs: u32) -> Duration {
+    Duration::from_secs(u64::from(secs))
+}
+
 /// A decided, connected connection. Its fields are read in place, never moved out: the
 /// forwarding future keeps this one copy for the connection's life.
 struct Decided<'a> {
     upstream: TcpStream,
     ep: Arc<EndpointState>,
+    /// The place under the route's `maxConnections`, where its DestinationRule sets one.
+    _held: Option<Held>,
     metrics: Arc<ConnMetrics>,
     /// The original client (from a PROXY header, or the peer).
     client_addr: SocketAddr,
@@ -41,16 +54,20 @@ struct Decided<'a> {
     /// The route's DestinationRule idle timeout, else `--idle-timeout`, in whole seconds (a
     /// word less per connection than a `Duration`).
     idle_secs: u32,
+    /// Its `maxConnectionDuration` in whole seconds; 0: none.
+    max_secs: u32,
     _permit: Permit<'a>,
 }
 
 /// What routing decided: the connected upstream, its endpoint, the SNI name's metrics and
-/// the idle timeout to forward under.
+/// the idle timeout and lifetime to forward under.
 struct Routed {
     upstream: TcpStream,
     ep: Arc<EndpointState>,
+    held: Option<Held>,
     metrics: Arc<ConnMetrics>,
     idle_secs: u32,
+    max_secs: u32,
 }
 
 /// One `--max-connections` place and the mark of the connection's hello among those in
@@ -195,9 +212,9 @@ impl Proxy {
             // A `move` block captures only the fields it uses: the permit must be one of
             // them, or it would be given back as soon as this future is made.
             let _permit = &conn._permit;
+            let _held = &conn._held;
             record_on_conn_span("upstream", tracing::field::display(conn.ep.addr));
             let _active_ep = conn.ep.track();
-            sockets::set_options(&conn.upstream);
             conn.metrics.opened.inc();
             conn.metrics.active.inc();
             let progress = Progress::new(conn.metrics.sent.clone(), conn.metrics.received.clone());
@@ -211,10 +228,21 @@ impl Proxy {
             let end = match replayed {
                 Ok(n) => {
                     progress.add_sent(n);
-                    let idle = Duration::from_secs(u64::from(conn.idle_secs));
+                    let idle = secs_of(conn.idle_secs);
                     let splice = self.cfg.splice;
                     let force = &self.drain.force_close;
-                    forward::run(client, &conn.upstream, idle, splice, &progress, force).await
+                    let run = forward::run(client, &conn.upstream, idle, splice, &progress, force);
+                    match conn.max_secs {
+                        0 => run.await,
+                        // Boxed: only connections under a limit pay for its timer.
+                        // From the accept, as Envoy times it from the new connection.
+                        secs => Box::pin(tokio::time::timeout(
+                            secs_of(secs).saturating_sub(start.elapsed()),
+                            run,
+                        ))
+                        .await
+                        .unwrap_or(forward::End::MaxDuration),
+                    }
                 }
                 Err(e) => forward::End::from_error(e, true),
             };
@@ -271,23 +299,31 @@ impl Proxy {
         let Routed {
             upstream,
             ep,
+            held,
             metrics,
             idle_secs,
-        } = self.route_and_connect(hello).await?;
+            max_secs,
+        } = self.route_and_connect(hello, client_addr.ip()).await?;
         Ok(Decided {
             upstream,
             ep,
+            _held: held,
             metrics,
             client_addr,
             replay: buf,
             idle_secs,
+            max_secs,
             _permit: permit,
         })
     }
 
     /// Decodes and checks the SNI (policy: allowed host, Istio ALPN), finds the route and
     /// connects to one of its endpoints.
-    async fn route_and_connect(&self, hello: ClientHello) -> Result<Routed, Reject> {
+    async fn route_and_connect(
+        &self,
+        hello: ClientHello,
+        client: IpAddr,
+    ) -> Result<Routed, Reject> {
         let Some(raw) = hello.sni else {
             return Err(Reject::NoSni);
         };
@@ -307,22 +343,31 @@ impl Proxy {
         let Some(route) = table.lookup(&target.host, target.port) else {
             return Err(Reject::NoRoute);
         };
-        let (upstream, ep) =
-            upstream::connect(route, &target.subset, &self.cfg, &self.metrics).await?;
+        let connected = upstream::connect(
+            route,
+            &target.subset,
+            Some(client),
+            &self.cfg,
+            &self.metrics,
+        );
+        let upstream::Connected {
+            stream: upstream,
+            ep,
+            held,
+        } = connected.await?;
         // After the connect, so that only forwarded names get series. The subset is known:
         // the connect found its candidates.
         let Some(metrics) = route.metrics(&target.subset, &self.metrics) else {
             return Err(Reject::NoRoute);
         };
         let idle = route.conn.idle_timeout().unwrap_or(self.cfg.idle_timeout);
-        // Rounded up: a rule's `500ms` waits a second.
-        let idle_secs =
-            u32::try_from(idle.as_secs() + u64::from(idle.subsec_nanos() > 0)).unwrap_or(u32::MAX);
         Ok(Routed {
             upstream,
             ep,
+            held,
             metrics,
-            idle_secs,
+            idle_secs: whole_secs(idle),
+            max_secs: route.conn.max_duration().map_or(0, whole_secs),
         })
     }
 
@@ -463,6 +508,6 @@ mod tests {
         let handle_size = std::mem::size_of_val(&handle);
         eprintln!("future sizes: forward::run {run_size} B, handle {handle_size} B");
         assert!(run_size <= 320, "forward::run future is {run_size} bytes");
-        assert!(handle_size <= 660, "handle future is {handle_size} bytes");
+        assert!(handle_size <= 650, "handle future is {handle_size} bytes");
     }
 }

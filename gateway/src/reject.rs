@@ -35,10 +35,13 @@ pub enum Reject {
     /// The ClientHello of a connection this process is forwarding arrived again: it went
     /// round a routing loop through gateways (`loop_guard`).
     Loop,
+    /// The route's DestinationRule limits its connections (`maxConnections`) and that many
+    /// are open: Envoy's circuit breaker (`upstream_cx_overflow`).
+    UpstreamOverflow,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 17] = [
+    pub const ALL: [Reject; 18] = [
         Reject::Timeout,
         Reject::NotTls,
         Reject::NoSni,
@@ -56,6 +59,7 @@ impl Reject {
         Reject::DrainDeadline,
         Reject::Shed,
         Reject::Loop,
+        Reject::UpstreamOverflow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +81,7 @@ impl Reject {
             Reject::DrainDeadline => "drain_deadline",
             Reject::Shed => "shed",
             Reject::Loop => "loop",
+            Reject::UpstreamOverflow => "upstream_overflow",
         }
     }
 }

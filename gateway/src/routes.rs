@@ -14,12 +14,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use arc_swap::ArcSwapOption;
 
-use crate::dr_conn::{ConnSettings, DrConn};
+use crate::breaker::Open;
+use crate::dr_conn::{ConnSettings, DrConn, Lb};
 use crate::dr_tls::DrTls;
 use crate::endpoint::EndpointState;
 use crate::metrics::{ConnMetrics, ProxyMetrics};
@@ -176,6 +177,11 @@ pub struct Subset {
     metrics: OnceLock<Arc<ConnMetrics>>,
     /// The DestinationRule's settings for this port and subset; `None` when it sets none.
     conn: Option<Box<ConnSettings>>,
+    /// The connections open to it, where the rule limits them (`maxConnections`); carried
+    /// from table to table like the metric handles, so a publish does not forget them.
+    open: Option<Open>,
+    /// The next turn, where the rule balances round robin.
+    turn: Option<Arc<AtomicU32>>,
 }
 
 /// Indices into a route's `endpoints`: the ready ones, and for a service that prefers the
@@ -186,8 +192,12 @@ pub struct Candidates<'a> {
     pub near: &'a [usize],
     pub far: &'a [usize],
     pub all: &'a [usize],
-    /// The DestinationRule's connect timeout and outlier detection for them, if it sets any.
+    /// The DestinationRule's settings for them, if it sets any.
     pub conn: Option<&'a ConnSettings>,
+    /// Their connections, where the rule limits them ([`crate::breaker`]).
+    pub open: Option<&'a Open>,
+    /// The round-robin turn, where the rule balances so.
+    pub turn: Option<&'a AtomicU32>,
 }
 
 /// Why a route lookup found nothing to dial.
@@ -228,6 +238,8 @@ impl Route {
                 far: &c.far,
                 all: &c.ready,
                 conn: c.conn.as_deref(),
+                open: c.open.as_ref(),
+                turn: c.turn.as_deref(),
             }),
         }
     }
@@ -236,6 +248,12 @@ impl Route {
     /// whole route), where it sets any.
     pub fn settings(&self, subset: &str) -> Option<&ConnSettings> {
         self.by_subset.get(subset)?.conn.as_deref()
+    }
+
+    /// The connections counted against `subset`'s `maxConnections`, where its rule sets one.
+    pub fn open_connections(&self, subset: &str) -> Option<u32> {
+        let open = self.by_subset.get(subset)?.open.as_ref()?;
+        Some(open.load(Ordering::Relaxed))
     }
 
     /// The metric handles of `subset` ("" for none), labelled with its SNI name
@@ -281,12 +299,16 @@ impl Route {
             let conn = Some(self.conn.for_route(self.port, name))
                 .filter(|c| *c != ConnSettings::default())
                 .map(Box::new);
+            let limited = conn.as_ref().is_some_and(|c| c.max_connections().is_some());
+            let in_turn = conn.as_ref().is_some_and(|c| c.lb == Some(Lb::RoundRobin));
             Subset {
                 ready,
                 near,
                 far,
                 metrics: OnceLock::new(),
                 conn,
+                open: limited.then(Open::default),
+                turn: in_turn.then(Default::default),
             }
         };
         by_subset.insert(String::new(), subset("", ready("", None)));
@@ -555,7 +577,8 @@ impl Routes {
             route.weighted = weights.any(|w| Some(w) != first);
         }
         if let Some(before) = self.current.load().as_deref() {
-            carry_metrics(before, &routes);
+            carry_state(&before.routes, &mut routes);
+            carry_state(&before.hbone, &mut hbone);
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let table = Arc::new(RouteTable {
@@ -574,16 +597,25 @@ impl Routes {
 }
 
 /// Gives each route and subset of the new table the metric handles the same one had in
-/// `before`, so its series live on across tables instead of starting again at zero.
-fn carry_metrics(before: &RouteTable, routes: &Map<String, Map<u16, Route>>) {
-    for route in routes.values().flat_map(|by_port| by_port.values()) {
-        let Some(old) = before.lookup(&route.host, route.port) else {
+/// `before`, so its series live on across tables instead of starting again at zero, and
+/// the count of its open connections and its round-robin turn where both tables have one.
+fn carry_state(before: &Map<String, Map<u16, Route>>, routes: &mut Map<String, Map<u16, Route>>) {
+    for route in routes.values_mut().flat_map(|by_port| by_port.values_mut()) {
+        let Some(old) = before.get(&route.host).and_then(|p| p.get(&route.port)) else {
             continue;
         };
-        for (name, subset) in &route.by_subset {
-            let handles = old.by_subset.get(name).and_then(|o| o.metrics.get());
-            if let Some(h) = handles {
+        for (name, subset) in &mut route.by_subset {
+            let Some(was) = old.by_subset.get(name) else {
+                continue;
+            };
+            if let Some(h) = was.metrics.get() {
                 let _ = subset.metrics.set(h.clone());
+            }
+            if let (Some(open), Some(counted)) = (&mut subset.open, &was.open) {
+                *open = counted.clone();
+            }
+            if let (Some(turn), Some(was)) = (&mut subset.turn, &was.turn) {
+                *turn = was.clone();
             }
         }
     }
@@ -670,6 +702,50 @@ mod tests {
 
     /// Both data planes' routes of a service that prefers close endpoints try the gateway's
     /// zone first, every subset included.
+    /// A rule's `maxConnections` counts a route's (and each subset's) open connections; a
+    /// new table keeps counting the ones open before it, and a table without the limit
+    /// counts none.
+    #[test]
+    fn connection_counts_live_on_across_tables() {
+        let limited = |on: bool| {
+            let mut s = spec("a.local", &[("10.0.0.1", true, &[("version", "v1")])]);
+            if on {
+                let pool = serde_json::json!({"connectionPool": {"tcp": {"maxConnections": 5}}});
+                s.conn = Arc::new(DrConn {
+                    service: crate::dr_conn::policy_conn(Some(&pool)),
+                    ..Default::default()
+                });
+            }
+            s
+        };
+        let routes = Routes::new();
+        let t1 = routes.publish(&[limited(true)]);
+        let r1 = t1.lookup("a.local", 80).unwrap();
+        let c = r1.candidates_near("v1").unwrap();
+        let held = crate::breaker::Held::take(c.open.unwrap(), 5).unwrap();
+        assert_eq!(r1.open_connections("v1"), Some(1));
+        assert_eq!(
+            r1.open_connections(""),
+            Some(0),
+            "each subset its own cluster"
+        );
+        let t2 = routes.publish(&[limited(true)]);
+        assert_eq!(
+            t2.lookup("a.local", 80).unwrap().open_connections("v1"),
+            Some(1)
+        );
+        drop(held);
+        assert_eq!(
+            t2.lookup("a.local", 80).unwrap().open_connections("v1"),
+            Some(0)
+        );
+        let t3 = routes.publish(&[limited(false)]);
+        assert_eq!(
+            t3.lookup("a.local", 80).unwrap().open_connections("v1"),
+            None
+        );
+    }
+
     #[test]
     fn the_near_endpoints_are_resolved_per_subset_and_for_hbone() {
         let mut s = spec(

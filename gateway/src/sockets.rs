@@ -138,11 +138,27 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 /// and a peer that vanished is found within about 150 s (60 + 9 probes × 10) instead of
 /// the idle timeout. Best effort, as a failure changes no behaviour a peer relies on.
 pub fn set_options<S: AsFd>(socket: &S) {
+    set_options_probing(socket, None, None, None);
+}
+
+/// [`set_options`] with a DestinationRule's `tcpKeepalive` for an upstream socket: the
+/// time before the first probe, between probes, and the probes before the peer is given
+/// up, each where the rule sets it (else 60 s, 10 s and the kernel's count).
+pub fn set_options_probing<S: AsFd>(
+    socket: &S,
+    time: Option<Duration>,
+    interval: Option<Duration>,
+    probes: Option<u32>,
+) {
     let s = SockRef::from(socket);
     let _ = s.set_tcp_nodelay(true);
     let keepalive = TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10));
+        .with_time(time.unwrap_or(Duration::from_secs(60)))
+        .with_interval(interval.unwrap_or(Duration::from_secs(10)));
+    let keepalive = match probes {
+        Some(n) => keepalive.with_retries(n),
+        None => keepalive,
+    };
     let _ = s.set_tcp_keepalive(&keepalive);
 }
 

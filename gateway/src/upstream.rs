@@ -3,8 +3,10 @@
 //! gateway's zone first, for a service that prefers close endpoints), retries across
 //! endpoints, and the connect outcomes fed to outlier detection.
 
-use std::net::SocketAddr;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use rand::Rng;
@@ -12,25 +14,37 @@ use smallvec::SmallVec;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
+use crate::breaker::Held;
 use crate::clock;
 use crate::config::Config;
+use crate::dr_conn::{ConnSettings, Lb};
 use crate::endpoint::EndpointState;
 use crate::local_error;
 use crate::metrics::ProxyMetrics;
 use crate::outlier;
 use crate::reject::Reject;
 use crate::routes::{Candidates, Endpoint, LookupError, Route};
+use crate::sockets;
+
+/// A connected upstream: the socket, its endpoint, and its place under the cluster's
+/// connection limit where a DestinationRule sets one (held as long as the connection).
+pub struct Connected {
+    pub stream: TcpStream,
+    pub ep: Arc<EndpointState>,
+    pub held: Option<Held>,
+}
 
 /// Connects to a ready endpoint of `route`'s `subset`, trying up to `connect_attempts`
 /// different endpoints (safe: nothing has been forwarded yet). Each attempt's outcome feeds
 /// outlier detection, except failures of the gateway's own resources, which say nothing
-/// about the endpoint.
+/// about the endpoint. `client`: the address a source-IP hash balances by.
 pub async fn connect(
     route: &Route,
     subset: &str,
+    client: Option<IpAddr>,
     cfg: &Config,
     metrics: &ProxyMetrics,
-) -> Result<(TcpStream, Arc<EndpointState>), Reject> {
+) -> Result<Connected, Reject> {
     let candidates = match route.candidates_near(subset) {
         Ok(c) => c,
         Err(LookupError::NoRoute) => return Err(Reject::NoRoute),
@@ -38,18 +52,40 @@ pub async fn connect(
     };
     // A DestinationRule's settings for the port and subset, else the gateway's flags.
     let rule = candidates.conn;
-    let connect_timeout = rule.and_then(|c| c.connect_timeout);
+    // Envoy checks the limit before it picks an endpoint; over it the client is closed.
+    let held = match (
+        rule.and_then(ConnSettings::max_connections),
+        candidates.open,
+    ) {
+        (Some(max), Some(open)) => {
+            let held = Held::take(open, max);
+            if held.is_none() {
+                debug!(
+                    max,
+                    "the DestinationRule's maxConnections are open; closing"
+                );
+            }
+            Some(held.ok_or(Reject::UpstreamOverflow)?)
+        }
+        _ => None,
+    };
+    let connect_timeout = rule.and_then(|c| c.connect_timeout());
     let connect_timeout = connect_timeout.unwrap_or(cfg.connect_timeout);
     let outlier = rule
         .and_then(|c| c.outlier.as_ref())
         .unwrap_or(&cfg.outlier);
     let panic = outlier.min_health_percent > 0 && in_panic(route, candidates.all, outlier);
+    let way = Way {
+        lb: rule.and_then(|c| c.lb).unwrap_or_default(),
+        turn: candidates.turn,
+        client,
+    };
     // On the stack for the usual few attempts: no allocation per connection.
     let mut tried: SmallVec<[SocketAddr; 4]> = SmallVec::new();
     let mut local = false;
     for attempt in 1..=cfg.connect_attempts {
         let last = attempt == cfg.connect_attempts;
-        let Some((ep, near)) = choose_with(route, candidates, &tried, last, panic) else {
+        let Some((ep, near)) = choose_with(route, candidates, &tried, last, panic, way) else {
             break;
         };
         if route.prefer_zone.is_some() && !near {
@@ -58,10 +94,14 @@ pub async fn connect(
         tried.push(ep.addr);
         let t = Instant::now();
         match tokio::time::timeout(connect_timeout, TcpStream::connect(ep.addr)).await {
-            Ok(Ok(s)) => {
+            Ok(Ok(stream)) => {
                 metrics.connect_seconds.observe(t.elapsed().as_secs_f64());
                 ep.health.on_success();
-                return Ok((s, ep));
+                match rule.and_then(ConnSettings::keepalive) {
+                    None => sockets::set_options(&stream),
+                    Some(k) => sockets::set_options_probing(&stream, k.time, k.interval, k.probes),
+                }
+                return Ok(Connected { stream, ep, held });
             }
             Ok(Err(e)) if local_error::classify(&e).is_some() => {
                 // Not the endpoint's fault: no failure streak, no ejection. Debug only:
@@ -94,6 +134,15 @@ pub async fn connect(
     })
 }
 
+/// How a pick chooses among usable endpoints: the DestinationRule's balancer, the route's
+/// round-robin turn where it balances so, and the client's address for a source-IP hash.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Way<'a> {
+    pub lb: Lb,
+    pub turn: Option<&'a AtomicU32>,
+    pub client: Option<IpAddr>,
+}
+
 /// Picks an endpoint, and says whether it is in the gateway's zone. For a service that
 /// prefers the zone ([`Candidates`]), one there while any can be dialed (neither ejected nor
 /// tried), then another, as Istio's locality failover does; but the `last` attempt of a
@@ -107,7 +156,7 @@ pub fn choose(
     tried: &[SocketAddr],
     last: bool,
 ) -> Option<(Arc<EndpointState>, bool)> {
-    choose_with(route, candidates, tried, last, false)
+    choose_with(route, candidates, tried, last, false, Way::default())
 }
 
 /// Whether fewer of `candidates` than a DestinationRule's `minHealthPercent` are healthy (not
@@ -121,15 +170,16 @@ fn in_panic(route: &Route, candidates: &[usize], outlier: &crate::outlier::Outli
     healthy * 100 < usize::from(outlier.min_health_percent) * candidates.len()
 }
 
-/// [`choose`], heeding ejections unless in `panic` ([`in_panic`]).
+/// [`choose`], heeding ejections unless in `panic` ([`in_panic`]), the `way` it says.
 fn choose_with(
     route: &Route,
     candidates: Candidates<'_>,
     tried: &[SocketAddr],
     last: bool,
     panic: bool,
+    way: Way<'_>,
 ) -> Option<(Arc<EndpointState>, bool)> {
-    let pick = |set: &[usize]| pick_heeding(route, set, tried, !panic);
+    let pick = |set: &[usize]| pick_heeding(route, set, tried, !panic, way);
     let Candidates { near, far, all, .. } = candidates;
     if near.is_empty() && far.is_empty() {
         return pick(all).map(|ep| (ep, false));
@@ -154,28 +204,42 @@ pub fn pick(
     candidates: &[usize],
     tried: &[SocketAddr],
 ) -> Option<Arc<EndpointState>> {
-    pick_heeding(route, candidates, tried, true)
+    pick_heeding(route, candidates, tried, true, Way::default())
 }
 
-/// [`pick`], leaving ejected endpoints out only with `heed_ejections` (not in panic mode).
+/// [`pick`], leaving ejected endpoints out only with `heed_ejections` (not in panic mode),
+/// the `way` it says.
 fn pick_heeding(
     route: &Route,
     candidates: &[usize],
     tried: &[SocketAddr],
     heed_ejections: bool,
+    way: Way<'_>,
 ) -> Option<Arc<EndpointState>> {
     let now = std::cell::OnceCell::new();
     let now = || *now.get_or_init(clock::now_ms);
     let ejected = move |s: &EndpointState| heed_ejections && s.health.is_ejected_at(now);
-    if route.weighted {
-        return pick_weighted(route, candidates, tried, ejected);
-    }
     let usable = || {
         candidates
             .iter()
-            .map(|&i| &route.endpoints[i].state)
-            .filter(move |s| !ejected(s) && !tried.contains(&s.addr))
+            .map(|&i| &route.endpoints[i])
+            .filter(move |e| !ejected(&e.state) && !tried.contains(&e.state.addr))
     };
+    match way.lb {
+        Lb::LeastRequest if route.weighted => return pick_weighted(usable),
+        Lb::LeastRequest => {}
+        Lb::Random => {
+            let n = usable().count();
+            let at = (n > 0).then(|| rand::rng().random_range(0..n))?;
+            return nth_or_last(usable(), at);
+        }
+        Lb::RoundRobin => {
+            let turn = way.turn.map(|t| t.fetch_add(1, Ordering::Relaxed));
+            return in_turn(usable, route.weighted, turn.unwrap_or_else(rand::random));
+        }
+        Lb::SourceIpHash => return by_source(usable, way.client),
+    }
+    let usable = || usable().map(|e| &e.state);
     let n = usable().count();
     let (a, b) = match n {
         0 => return None,
@@ -190,23 +254,74 @@ fn pick_heeding(
     fewer_active(usable(), a, b).cloned()
 }
 
+/// The endpoint at position `at` of `usable`, or the last one where another worker's
+/// ejection between the count and this pass made the list shorter.
+fn nth_or_last<'a>(
+    usable: impl Iterator<Item = &'a Endpoint>,
+    at: usize,
+) -> Option<Arc<EndpointState>> {
+    usable.take(at + 1).last().map(|e| e.state.clone())
+}
+
+/// Round robin: the `turn`th usable endpoint, counting each `weight` times where weights
+/// differ (each takes its weight's share of every cycle, as Envoy's weighted round robin
+/// does, though in runs rather than interleaved).
+fn in_turn<'a, I: Iterator<Item = &'a Endpoint>>(
+    usable: impl Fn() -> I,
+    weighted: bool,
+    turn: u32,
+) -> Option<Arc<EndpointState>> {
+    let weight = |e: &Endpoint| if weighted { u64::from(e.weight) } else { 1 };
+    let total: u64 = usable().map(weight).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut at = u64::from(turn) % total;
+    let mut last = None;
+    for e in usable() {
+        match at.checked_sub(weight(e)) {
+            None => return Some(e.state.clone()),
+            Some(rest) => at = rest,
+        }
+        last = Some(e);
+    }
+    last.map(|e| e.state.clone())
+}
+
+/// A source-IP hash: the usable endpoint with the highest weighted rendezvous score for the
+/// client's address (a client keeps its endpoint while that one stays usable, and only the
+/// clients of an endpoint that goes move, as with Envoy's ring). Without an address, random.
+fn by_source<'a, I: Iterator<Item = &'a Endpoint>>(
+    usable: impl Fn() -> I,
+    client: Option<IpAddr>,
+) -> Option<Arc<EndpointState>> {
+    let Some(client) = client else {
+        let n = usable().count();
+        let at = (n > 0).then(|| rand::rng().random_range(0..n))?;
+        return nth_or_last(usable(), at);
+    };
+    let score = |e: &Endpoint| {
+        let mut h = std::hash::DefaultHasher::new();
+        (client, e.state.addr).hash(&mut h);
+        // A uniform draw in (0, 1) from the hash; weight / -ln(draw) is the weighted
+        // rendezvous score (the highest wins, in proportion to weight across clients).
+        let draw = ((h.finish() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        f64::from(e.weight) / -draw.ln()
+    };
+    usable()
+        .map(|e| (score(e), e))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, e)| e.state.clone())
+}
+
 /// [`pick`] for a route whose endpoints' weights differ, as Envoy's least-request balancer
 /// weighs hosts: each usable endpoint is chosen with a chance in proportion to its effective
 /// weight `weight / (active + 1)` (Envoy's, with its default bias of 1), where Envoy's
 /// scheduler takes them in that proportion in turn. With no connection active, an endpoint
 /// takes its weight's share; one holding more connections per unit of weight, less.
-fn pick_weighted(
-    route: &Route,
-    candidates: &[usize],
-    tried: &[SocketAddr],
-    ejected: impl Fn(&EndpointState) -> bool + Copy,
+fn pick_weighted<'a, I: Iterator<Item = &'a Endpoint>>(
+    usable: impl Fn() -> I,
 ) -> Option<Arc<EndpointState>> {
-    let usable = || {
-        candidates
-            .iter()
-            .map(|&i| &route.endpoints[i])
-            .filter(move |e| !ejected(&e.state) && !tried.contains(&e.state.addr))
-    };
     let effective = |e: &Endpoint| f64::from(e.weight) / (e.state.active() as f64 + 1.0);
     let total: f64 = usable().map(effective).sum();
     if total <= 0.0 {
@@ -351,6 +466,124 @@ mod tests {
         assert!(pick(r, c, &tried).is_none());
     }
 
+    /// A DestinationRule's balancers: round robin in turn (by weight where weights differ),
+    /// random uniformly (weights ignored, as Envoy's), a source-IP hash the same endpoint
+    /// for one client and spread across many; each skips tried endpoints.
+    #[test]
+    fn a_rules_balancers_pick_in_turn_at_random_or_by_the_client() {
+        let t = table(3);
+        let r = t.lookup("a.local", 80).unwrap();
+        let c = r.candidates("").unwrap();
+        let turn = AtomicU32::new(0);
+        let way = |lb, client| Way {
+            lb,
+            turn: Some(&turn),
+            client,
+        };
+        let nth =
+            |ep: Arc<EndpointState>| usize::from(ep.addr.ip().to_string().as_bytes()[7] - b'1');
+        let rr: Vec<usize> = (0..9)
+            .map(|_| nth(pick_heeding(r, c, &[], true, way(Lb::RoundRobin, None)).unwrap()))
+            .collect();
+        assert_eq!(rr, [0, 1, 2, 0, 1, 2, 0, 1, 2]);
+        let tried = [r.endpoints[c[1]].state.addr];
+        for _ in 0..6 {
+            let ep = pick_heeding(r, c, &tried, true, way(Lb::RoundRobin, None)).unwrap();
+            assert_ne!(nth(ep), 1, "a tried endpoint is skipped");
+        }
+        // Random: about a third each over 9,000 picks, even with one busy endpoint.
+        let _busy: Vec<_> = (0..50).map(|_| r.endpoints[c[0]].state.track()).collect();
+        let mut got = [0u32; 3];
+        for _ in 0..9_000 {
+            got[nth(pick_heeding(r, c, &[], true, way(Lb::Random, None)).unwrap())] += 1;
+        }
+        assert!(got.iter().all(|&n| n.abs_diff(3_000) < 300), "{got:?}");
+        // A source-IP hash: one client, one endpoint; 300 clients spread over all three.
+        let client = |i: u32| Some(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+        let by = |i| nth(pick_heeding(r, c, &[], true, way(Lb::SourceIpHash, client(i))).unwrap());
+        for i in 0..300 {
+            assert_eq!(by(i), by(i), "client {i}");
+        }
+        let mut spread = [0u32; 3];
+        (0..300).for_each(|i| spread[by(i)] += 1);
+        assert!(spread.iter().all(|&n| n > 60), "{spread:?}");
+        // Leaving one endpoint out moves only its clients.
+        let skip = [r.endpoints[c[2]].state.addr];
+        for i in 0..300 {
+            let ep =
+                nth(pick_heeding(r, c, &skip, true, way(Lb::SourceIpHash, client(i))).unwrap());
+            if by(i) != 2 {
+                assert_eq!(ep, by(i), "client {i} moved though its endpoint stayed");
+            }
+        }
+    }
+
+    /// Round robin by weight: weights 1, 2 and 3 take 1, 2 and 3 of every 6 turns.
+    #[test]
+    fn round_robin_weighs_each_turn_of_the_cycle() {
+        let mut spec = service(3, |_| None, false);
+        for (e, w) in spec.endpoints.iter_mut().zip([1, 2, 3]) {
+            e.weight = w;
+        }
+        let t = Routes::new().publish(&[spec]);
+        let r = t.lookup("a.local", 80).unwrap();
+        let c = r.candidates("").unwrap();
+        let turn = AtomicU32::new(0);
+        let way = Way {
+            lb: Lb::RoundRobin,
+            turn: Some(&turn),
+            client: None,
+        };
+        let mut got = [0u32; 3];
+        for _ in 0..60 {
+            let ep = pick_heeding(r, c, &[], true, way).unwrap();
+            got[usize::from(ep.addr.ip().to_string().as_bytes()[7] - b'1')] += 1;
+        }
+        assert_eq!(got, [10, 20, 30]);
+    }
+
+    /// `connect` applies a rule's `tcpKeepalive` to the upstream socket, the gateway's own
+    /// values where the rule leaves a field unset; and refuses past `maxConnections`.
+    #[tokio::test]
+    async fn connect_sets_the_rules_keepalive_and_heeds_its_limit() {
+        use crate::dr_conn::{DrConn, policy_conn};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut spec = service(1, |_| None, false);
+        spec.endpoints[0].address = addr.ip();
+        spec.endpoints[0].ports = [(80, addr.port())].into();
+        let pool = serde_json::json!({"connectionPool": {"tcp": {"maxConnections": 1,
+            "tcpKeepalive": {"time": "120s", "probes": 4}}}});
+        spec.conn = Arc::new(DrConn {
+            service: policy_conn(Some(&pool)),
+            ..Default::default()
+        });
+        let t = Routes::new().publish(&[spec]);
+        let r = t.lookup("a.local", 80).unwrap();
+        let cfg = Config::default();
+        let mut reg = prometheus_client::registry::Registry::default();
+        let m = ProxyMetrics::new(&mut reg);
+        let held = connect(r, "", None, &cfg, &m).await.unwrap();
+        let s = socket2::SockRef::from(&held.stream);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(
+            s.tcp_keepalive_time().unwrap(),
+            std::time::Duration::from_secs(120)
+        );
+        assert_eq!(
+            s.tcp_keepalive_interval().unwrap(),
+            std::time::Duration::from_secs(10)
+        );
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
+        assert!(s.tcp_nodelay().unwrap());
+        assert_eq!(r.open_connections(""), Some(1));
+        let over = connect(r, "", None, &cfg, &m).await.err();
+        assert_eq!(over, Some(Reject::UpstreamOverflow));
+        drop(held);
+        assert_eq!(r.open_connections(""), Some(0));
+        assert!(connect(r, "", None, &cfg, &m).await.is_ok());
+    }
+
     /// A DestinationRule's `minHealthPercent` (Envoy's panic threshold): with fewer of a
     /// route's endpoints healthy than that share, ejected ones are chosen again; at or above
     /// it (and with 0, the default), only the healthy.
@@ -369,14 +602,22 @@ mod tests {
         };
         assert!(in_panic(r, c.all, &outlier), "1 of 4 healthy is under 50 %");
         let seen: std::collections::BTreeSet<SocketAddr> = (0..200)
-            .map(|_| choose_with(r, c, &[], false, true).unwrap().0.addr)
+            .map(|_| {
+                choose_with(r, c, &[], false, true, Way::default())
+                    .unwrap()
+                    .0
+                    .addr
+            })
             .collect();
         assert_eq!(seen.len(), 4, "{seen:?}");
         outlier.min_health_percent = 25;
         assert!(!in_panic(r, c.all, &outlier), "25 % is not under 25 %");
         for _ in 0..50 {
             assert_eq!(
-                choose_with(r, c, &[], false, false).unwrap().0.addr,
+                choose_with(r, c, &[], false, false, Way::default())
+                    .unwrap()
+                    .0
+                    .addr,
                 st(0).addr
             );
         }

@@ -1,6 +1,7 @@
-//! A DestinationRule's connect timeout, outlier detection and idle timeout at the gateway, as
+//! A DestinationRule's connection pool (connect timeout, connection limit, TCP keepalive),
+//! outlier detection, load balancer, idle timeout and connection lifetime at the gateway, as
 //! istiod applies them to its passthrough gateway (`applyTrafficPolicy` on the SNI-DNAT
-//! clusters, the TCP proxies' idle timeout), through the in-process Kubernetes API TEST SERVER
+//! clusters, the TCP proxies' timeouts), through the in-process Kubernetes API TEST SERVER
 //! with Istio's DestinationRule CRD: the gateway runs in process (`app::build` on
 //! 127.0.0.1:0), the catalog's endpoints are an mTLS test backend on 127.0.0.2, a closed port
 //! on 127.0.0.9, and a listener on 127.0.0.10 whose accept queue is full (the kernel drops the
@@ -239,6 +240,198 @@ async fn a_rules_idle_timeout_ends_quiet_connections() {
             "subset {subset:?}: closed after {took:?}"
         );
     }
+}
+
+/// A rule's `maxConnections` is Envoy's circuit breaker on the cluster: past it a new
+/// connection is closed at once (`upstream_overflow`), and a place freed is taken again.
+#[tokio::test]
+async fn a_rules_max_connections_close_connections_past_them() {
+    let api = api_server().await;
+    let (b, port) = backends(&["a"]).await;
+    seed_catalog(&api, port, &[(b[0].addr.ip(), "pa")]);
+    let pool = json!({"tcp": {"maxConnections": 2}});
+    api.store()
+        .create(rule(json!({"connectionPool": pool})))
+        .unwrap();
+    let gw = kube_gateway(&api, |_| {}).await;
+    rule_seen(&gw).await;
+    let catalog = sni(80, "", CATALOG);
+    let (gw_addr, admin) = (gw.bound.listen_addr, gw.bound.admin_addr);
+    let first = open(gw_addr, &catalog, default_client()).await.unwrap();
+    let second = open(gw_addr, &catalog, default_client()).await.unwrap();
+    let (_, body) = http_get(admin, "/debug/routes?host=catalog.").await;
+    assert!(body.contains(r#""max_connections": 2"#), "{body}");
+    assert!(body.contains(r#""open_connections": 2"#), "{body}");
+    let started = Instant::now();
+    assert_eq!(who(gw_addr, &catalog).await, None, "a third is refused");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "at once, not after a timeout"
+    );
+    assert_eq!(rejected(admin, "upstream_overflow").await, 1.0);
+    // The subset is its own cluster with its own count (the rule's pool applies there too).
+    assert_eq!(
+        who(gw_addr, &sni(80, "all", CATALOG)).await.as_deref(),
+        Some("a")
+    );
+    drop(first);
+    eventually("a place freed", WAIT, || async {
+        who(gw_addr, &catalog).await.as_deref() == Some("a")
+    })
+    .await;
+    drop(second);
+    eventually("the count back to 0", WAIT, || async move {
+        let (_, body) = http_get(admin, "/debug/routes?host=catalog.").await;
+        body.contains(r#""open_connections": 0"#)
+    })
+    .await;
+}
+
+/// A rule's `maxConnectionDuration` closes a connection that long after it came, busy or
+/// not, as Envoy's TCP proxy does (`max_downstream_connection_duration`).
+#[tokio::test]
+async fn a_rules_max_connection_duration_cuts_a_busy_connection() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let api = api_server().await;
+    let (b, port) = backends(&["a"]).await;
+    seed_catalog(&api, port, &[(b[0].addr.ip(), "pa")]);
+    let pool = json!({"tcp": {"maxConnectionDuration": "1s"}});
+    api.store()
+        .create(rule(json!({"connectionPool": pool})))
+        .unwrap();
+    let gw = kube_gateway(&api, |c| c.idle_timeout = Duration::from_secs(3600)).await;
+    rule_seen(&gw).await;
+    let (_, body) = http_get(gw.bound.admin_addr, "/debug/routes?host=catalog.").await;
+    assert!(
+        body.contains(r#""max_connection_duration_ms": 1000"#),
+        "{body}"
+    );
+    let catalog = sni(80, "", CATALOG);
+    let started = Instant::now();
+    let (mut conn, line) = open(gw.bound.listen_addr, &catalog, default_client())
+        .await
+        .unwrap();
+    assert!(line.starts_with('a'), "{line}");
+    // An echo every 50 ms: never idle, yet cut at the rule's second.
+    let mut echoes = 0;
+    let ended = loop {
+        assert!(echoes < 200, "still open after {:?}", started.elapsed());
+        let mut back = String::new();
+        let echoed = async {
+            conn.get_mut().write_all(b"ping\n").await?;
+            conn.get_mut().flush().await?;
+            conn.read_line(&mut back).await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), echoed).await {
+            Ok(Ok(n)) if n > 0 => echoes += 1,
+            _ => break started.elapsed(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(echoes >= 5, "{echoes} echoes before the end");
+    assert!(
+        ended >= Duration::from_millis(900) && ended < Duration::from_secs(4),
+        "closed after {ended:?}"
+    );
+    let series =
+        format!("gateway_connections_closed_total{{sni=\"{catalog}\",outcome=\"max_duration\"}}");
+    let admin = gw.bound.admin_addr;
+    eventually("counted as max_duration", WAIT, || {
+        let series = series.clone();
+        async move {
+            let (_, body) = http_get(admin, "/metrics").await;
+            metric(&body, &series) == 1.0
+        }
+    })
+    .await;
+}
+
+/// A rule's `loadBalancer`: `ROUND_ROBIN` takes the endpoints in turn, and a
+/// `consistentHash` on the source address keeps a client on one endpoint.
+#[tokio::test]
+async fn a_rules_load_balancer_picks_in_turn_or_by_the_clients_address() {
+    let api = api_server().await;
+    let (b, port) = backends(&["a", "b", "c"]).await;
+    let eps: Vec<(IpAddr, &str)> = b
+        .iter()
+        .zip(["pa", "pb", "pc"])
+        .map(|(b, p)| (b.addr.ip(), p))
+        .collect();
+    seed_catalog(&api, port, &eps);
+    api.store()
+        .create(rule(json!({"loadBalancer": {"simple": "ROUND_ROBIN"}})))
+        .unwrap();
+    let gw = kube_gateway(&api, |_| {}).await;
+    rule_seen(&gw).await;
+    let (gw_addr, admin) = (gw.bound.listen_addr, gw.bound.admin_addr);
+    let (_, body) = http_get(admin, "/debug/routes?host=catalog.").await;
+    assert!(body.contains(r#""load_balancer": "ROUND_ROBIN""#), "{body}");
+    let catalog = sni(80, "", CATALOG);
+    let mut seen = Vec::new();
+    for _ in 0..9 {
+        seen.push(who(gw_addr, &catalog).await.unwrap());
+    }
+    // Each turn of three takes each endpoint once (the least-connections pick, with no
+    // connection open, would draw two at random each time).
+    for turn in seen.chunks(3) {
+        let mut names = turn.to_vec();
+        names.sort();
+        assert_eq!(names, ["a", "b", "c"], "{seen:?}");
+    }
+
+    let hash = json!({"consistentHash": {"useSourceIp": true}});
+    api.store()
+        .apply(rule(json!({"loadBalancer": hash})))
+        .unwrap();
+    eventually("the hash read", WAIT, || async move {
+        let (_, body) = http_get(admin, "/debug/routes?host=catalog.").await;
+        body.contains(r#""load_balancer": "SOURCE_IP_HASH""#)
+    })
+    .await;
+    let first = who(gw_addr, &catalog).await.unwrap();
+    for _ in 0..15 {
+        assert_eq!(who(gw_addr, &catalog).await.unwrap(), first);
+    }
+}
+
+/// A rule's `tcpKeepalive` is set on the gateway's sockets to the endpoints: here the first
+/// probe after 300 s of quiet where the gateway's own is 60 s.
+#[tokio::test]
+async fn a_rules_tcp_keepalive_is_set_on_upstream_sockets() {
+    let api = api_server().await;
+    let (b, port) = backends(&["a"]).await;
+    seed_catalog(&api, port, &[(b[0].addr.ip(), "pa")]);
+    let keepalive = json!({"time": "300s", "interval": "30s", "probes": 3});
+    let pool = json!({"tcp": {"tcpKeepalive": keepalive}});
+    api.store()
+        .create(rule(json!({"connectionPool": pool})))
+        .unwrap();
+    let gw = kube_gateway(&api, |_| {}).await;
+    rule_seen(&gw).await;
+    let (_, body) = http_get(gw.bound.admin_addr, "/debug/routes?host=catalog.").await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let want = json!({"time_s": 300, "interval_s": 30, "probes": 3});
+    assert_eq!(v["routes"][0]["tcp_keepalive"], want, "{body}");
+    let backend = b[0].addr;
+    let to_backend = move |_: SocketAddr, remote: SocketAddr| remote == backend;
+    let (_conn, line) = open(
+        gw.bound.listen_addr,
+        &sni(80, "", CATALOG),
+        default_client(),
+    )
+    .await
+    .unwrap();
+    assert!(line.starts_with('a'), "{line}");
+    wait_keepalive("the gateway's upstream socket", &to_backend, 1).await;
+    let due = keepalive_due(&to_backend);
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert!(
+        due[0] > Duration::from_secs(200),
+        "first probe in {:?}",
+        due[0]
+    );
+    // The subset without a rule of its own takes the rule's; a route without any rule
+    // would show the gateway's 60 s (`sockets.rs` tests the defaults).
 }
 
 /// A listener whose accept queue is full: the kernel drops further SYNs, so a connect to it

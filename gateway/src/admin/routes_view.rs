@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::clock;
+use crate::dr_conn::Lb;
 use crate::routes::{Labels, Route, RouteTable};
 use crate::sni_name::SniName;
 
@@ -61,9 +62,18 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
                     weight: c.weight,
                 }),
             prefer_zone: r.prefer_zone.as_deref().map(str::to_owned),
-            connect_timeout_ms: (r.settings("").and_then(|c| c.connect_timeout))
+            connect_timeout_ms: (r.settings("").and_then(|c| c.connect_timeout()))
                 .map(|d| d.as_millis() as u64),
             idle_timeout_ms: (r.conn.idle_timeout()).map(|d| d.as_millis() as u64),
+            max_connection_duration_ms: (r.conn.max_duration()).map(|d| d.as_millis() as u64),
+            max_connections: r.settings("").and_then(|c| c.max_connections()),
+            open_connections: r.open_connections(""),
+            tcp_keepalive: (r.settings("").and_then(|c| c.keepalive())).map(|k| DebugKeepalive {
+                time_s: k.time.map(|d| d.as_secs()),
+                interval_s: k.interval.map(|d| d.as_secs()),
+                probes: k.probes,
+            }),
+            load_balancer: (r.settings("").and_then(|c| c.lb)).map(lb_name),
             outlier_detection: (r.settings("").and_then(|c| c.outlier.as_ref())).map(|o| {
                 DebugOutlier {
                     consecutive_failures: o.consecutive_failures,
@@ -197,6 +207,42 @@ pub struct DebugRoute {
     /// The DestinationRule's idle timeout where it sets one; `--idle-timeout` otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout_ms: Option<u64>,
+    /// The DestinationRule's `maxConnectionDuration`, where it sets one: none otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connection_duration_ms: Option<u64>,
+    /// The DestinationRule's `maxConnections` for the whole route, where it sets one, and
+    /// the connections counted against it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_connections: Option<u32>,
+    /// The DestinationRule's `tcpKeepalive` for the whole route, where it sets one (unset
+    /// fields: the gateway's 60 s, 10 s and the kernel's count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<DebugKeepalive>,
+    /// The DestinationRule's balancer for the whole route, where it sets one
+    /// (`LEAST_REQUEST`, `ROUND_ROBIN`, `RANDOM`, `SOURCE_IP_HASH`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DebugKeepalive {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u32>,
+}
+
+fn lb_name(lb: Lb) -> &'static str {
+    match lb {
+        Lb::LeastRequest => "LEAST_REQUEST",
+        Lb::RoundRobin => "ROUND_ROBIN",
+        Lb::Random => "RANDOM",
+        Lb::SourceIpHash => "SOURCE_IP_HASH",
+    }
 }
 
 #[derive(Debug, Serialize)]

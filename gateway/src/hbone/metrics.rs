@@ -42,10 +42,12 @@ pub enum Refusal {
     ConnectionLimit,
     /// An outer connection closed because its PONG did not come in time (`--hbone-keepalive`).
     KeepaliveTimeout,
+    /// The route's DestinationRule `maxConnections` are open (answered 503).
+    UpstreamOverflow,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 14] = [
+    pub const ALL: [Refusal; 15] = [
         Refusal::BadClientCert,
         Refusal::TrustDomainNotAllowed,
         Refusal::BadRequest,
@@ -60,6 +62,7 @@ impl Refusal {
         Refusal::LocalResource,
         Refusal::ConnectionLimit,
         Refusal::KeepaliveTimeout,
+        Refusal::UpstreamOverflow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +81,7 @@ impl Refusal {
             Refusal::LocalResource => "local_resource",
             Refusal::ConnectionLimit => "connection_limit",
             Refusal::KeepaliveTimeout => "keepalive_timeout",
+            Refusal::UpstreamOverflow => "upstream_overflow",
         }
     }
 }

@@ -15,7 +15,6 @@
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -31,7 +30,6 @@ use super::metrics::{AuthorityLabels, Refusal, TunnelCloseLabels};
 use super::queued::Queue;
 use super::rapid_reset::ResetWatch;
 use super::splice::{self, End, Progress};
-use crate::endpoint::EndpointState;
 use crate::reject::Reject;
 use crate::routes::{Route, WAYPOINT_PORT};
 use crate::upstream;
@@ -68,10 +66,10 @@ impl Hbone {
                 debug!("client reset the stream before its answer");
                 return;
             }
-            d = self.decide(&req) => d,
+            d = self.decide(&req, client) => d,
             _ = force.cancelled() => return respond.send_reset(h2::Reason::CANCEL),
         };
-        let (auth, upstream, ep, waypoint, _permit) = match decided {
+        let (auth, connected, waypoint, _permit) = match decided {
             Ok(d) => d,
             Err((reason, status, authority)) => {
                 self.metrics.refuse(reason);
@@ -94,7 +92,11 @@ impl Hbone {
                 return;
             }
         };
-        crate::sockets::set_options(&upstream);
+        let upstream::Connected {
+            stream: upstream,
+            ep,
+            held: _held,
+        } = connected;
         let _active_ep = ep.track();
         let labels = AuthorityLabels {
             authority: auth.to_string(),
@@ -161,14 +163,9 @@ impl Hbone {
     async fn decide(
         &self,
         req: &Request<RecvStream>,
+        client: SocketAddr,
     ) -> Result<
-        (
-            Authority,
-            tokio::net::TcpStream,
-            Arc<EndpointState>,
-            Option<Box<str>>,
-            Permit<'_>,
-        ),
+        (Authority, upstream::Connected, Option<Box<str>>, Permit<'_>),
         (Refusal, StatusCode, String),
     > {
         let raw = req
@@ -217,17 +214,18 @@ impl Hbone {
             }
             _ => (route, None),
         };
-        let (upstream, ep) = upstream::connect(route, "", &self.cfg, &self.proxy_metrics)
-            .await
-            .map_err(|r| {
-                unavailable(match r {
-                    Reject::NoRoute => Refusal::NoRoute,
-                    Reject::NoHealthyEndpoint => Refusal::NoHealthyEndpoint,
-                    Reject::LocalResource => Refusal::LocalResource,
-                    _ => Refusal::ConnectFailed,
-                })
-            })?;
-        Ok((auth, upstream, ep, waypoint, permit))
+        let connected =
+            upstream::connect(route, "", Some(client.ip()), &self.cfg, &self.proxy_metrics);
+        let connected = connected.await.map_err(|r| {
+            unavailable(match r {
+                Reject::NoRoute => Refusal::NoRoute,
+                Reject::NoHealthyEndpoint => Refusal::NoHealthyEndpoint,
+                Reject::LocalResource => Refusal::LocalResource,
+                Reject::UpstreamOverflow => Refusal::UpstreamOverflow,
+                _ => Refusal::ConnectFailed,
+            })
+        })?;
+        Ok((auth, connected, waypoint, permit))
     }
 }
 

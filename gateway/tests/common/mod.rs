@@ -752,6 +752,24 @@ pub fn rustls_hello(cfg: Arc<ClientConfig>, name: &str) -> Vec<u8> {
 pub fn tcp_timers(
     pick: &dyn Fn(SocketAddr, SocketAddr) -> bool,
 ) -> Vec<(SocketAddr, SocketAddr, u8)> {
+    (established_rows(pick).into_iter())
+        .map(|(local, remote, timer, _)| (local, remote, timer))
+        .collect()
+}
+
+/// Established IPv4 sockets matching `pick` that run their keepalive timer, with the time
+/// until it fires (`tm->when` in /proc/net/tcp, in USER_HZ ticks of 10 ms).
+pub fn keepalive_due(pick: &dyn Fn(SocketAddr, SocketAddr) -> bool) -> Vec<Duration> {
+    (established_rows(pick).into_iter())
+        .filter(|&(_, _, timer, _)| timer == 2)
+        .map(|(_, _, _, when)| Duration::from_millis(when * 10))
+        .collect()
+}
+
+/// /proc/net/tcp's established rows matching `pick`: addresses, timer and its ticks to go.
+fn established_rows(
+    pick: &dyn Fn(SocketAddr, SocketAddr) -> bool,
+) -> Vec<(SocketAddr, SocketAddr, u8, u64)> {
     let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
     // Addresses are hex: the IPv4 address as the kernel stores it, printed as a native u32.
     let addr = |hex: &str| {
@@ -766,8 +784,10 @@ pub fn tcp_timers(
             let f: Vec<&str> = line.split_whitespace().collect();
             let (local, remote) = (addr(f.get(1)?)?, addr(f.get(2)?)?);
             let established = *f.get(3)? == "01";
-            let timer = u8::from_str_radix(f.get(5)?.split(':').next()?, 16).ok()?;
-            (established && pick(local, remote)).then_some((local, remote, timer))
+            let (timer, when) = f.get(5)?.split_once(':')?;
+            let timer = u8::from_str_radix(timer, 16).ok()?;
+            let when = u64::from_str_radix(when, 16).ok()?;
+            (established && pick(local, remote)).then_some((local, remote, timer, when))
         })
         .collect()
 }

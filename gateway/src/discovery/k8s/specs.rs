@@ -1889,7 +1889,7 @@ mod tests {
         let spec = m.specs("cluster.local").remove(0);
         let whole = spec.conn.for_route(80, "");
         assert_eq!(
-            whole.connect_timeout,
+            whole.connect_timeout(),
             Some(std::time::Duration::from_secs(2))
         );
         assert_eq!(
@@ -1897,7 +1897,10 @@ mod tests {
             "the newer rule's policy is dropped whole"
         );
         let v2 = spec.conn.for_route(80, "v2");
-        assert_eq!(v2.connect_timeout, Some(std::time::Duration::from_secs(2)));
+        assert_eq!(
+            v2.connect_timeout(),
+            Some(std::time::Duration::from_secs(2))
+        );
         assert_eq!(v2.outlier.unwrap().consecutive_failures, 3);
         let t = crate::routes::Routes::new().publish(&[spec]);
         let route = t.lookup("catalog.shop.svc.cluster.local", 80).unwrap();
