@@ -52,9 +52,8 @@ pub async fn gateway_crd_served(c: &Cluster) -> Result<bool> {
 }
 
 /// What the gateway's discovery lists and watches, by API group and resource: `check` asks
-/// the API server whether the gateway's account may. (The role also grants `get`, which
-/// the gateway does not use today: kept, as every grant the gateway's own messages name is
-/// `get, list and watch`.)
+/// the API server whether the gateway's account may. The role grants exactly these verbs
+/// on them (no `get`: the gateway never reads one object), as its messages name them.
 pub const GATEWAY_READS: [(&str, &str); 10] = [
     ("", "services"),
     ("", "pods"),
@@ -72,7 +71,8 @@ pub const GATEWAY_READ_VERBS: [&str; 2] = ["list", "watch"];
 
 /// The gateway's ClusterRole rules.
 pub fn gateway_rules() -> Value {
-    let verbs = json!(["get", "list", "watch"]);
+    // Only what its informers do: no `get` (a watch starts from a list, never a read).
+    let verbs = json!(GATEWAY_READ_VERBS);
     json!([
         {"apiGroups": [""], "resources": ["services", "pods", "namespaces"], "verbs": verbs},
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": verbs},

@@ -292,7 +292,7 @@ impl CrdWatch {
                         namespace = %ns,
                         resource = self.crd.kind().resource(),
                         recheck = ?self.recheck,
-                        "the gateway may not list or watch {} in namespace {ns} (403 Forbidden), where istiod reads rules for every proxy: they are not seen; grant get, list and watch on them there (checked again every recheck)",
+                        "the gateway may not list or watch {} in namespace {ns} (403 Forbidden), where istiod reads rules for every proxy: they are not seen; grant list and watch on them there (checked again every recheck)",
                         self.crd.kind().resource()
                     );
                     left_out.push(ns.clone());
@@ -493,7 +493,7 @@ impl CrdWatch {
 /// The warning for an optional type the gateway may not read: what the table lacks, and the
 /// grant.
 pub(super) fn warn_forbidden(kind: Kind, e: &dyn std::error::Error) {
-    tracing::warn!(?kind, resource = kind.resource(), error = %error_chain(e), "the gateway may not read {0} (403 Forbidden): {1}; grant get, list and watch on {0} to its service account (`meshctl gateway install` creates that ClusterRole)", kind.resource(), kind.unreadable());
+    tracing::warn!(?kind, resource = kind.resource(), error = %error_chain(e), "the gateway may not read {0} (403 Forbidden): {1}; grant list and watch on {0} to its service account (`meshctl gateway install` creates that ClusterRole)", kind.resource(), kind.unreadable());
 }
 
 /// The watches of one of Istio's types (DestinationRules, PeerAuthentications,

@@ -407,15 +407,15 @@ impl ModelTask {
                     "service is bound to a waypoint whose listeners refuse its namespace, but \
                      whose GatewayClass may name another listener, and the gateway may not \
                      read gatewayclasses.gateway.networking.k8s.io (403): its HBONE tunnels \
-                     are refused (503) rather than sent around the waypoint; grant get, list \
-                     and watch on gatewayclasses to the gateway's service account"
+                     are refused (503) rather than sent around the waypoint; grant list and \
+                     watch on gatewayclasses to the gateway's service account"
                 ),
                 Blind::Forbidden => tracing::warn!(
                     %service,
                     %waypoint,
                     "service is bound to a waypoint, and the gateway may not read \
                      gateways.gateway.networking.k8s.io (403): its HBONE tunnels are refused \
-                     (503) rather than sent around the waypoint; grant get, list and watch on \
+                     (503) rather than sent around the waypoint; grant list and watch on \
                      gateways to the gateway's service account"
                 ),
             },

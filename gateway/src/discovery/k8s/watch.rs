@@ -246,7 +246,7 @@ where
                 }
                 if failure == Failure::Forbidden && !told_forbidden {
                     told_forbidden = true;
-                    tracing::error!(?kind, stream, resource = kind.resource(), error = %error_chain(&e), "the gateway may not list or watch {} (403 Forbidden), so it cannot become ready: grant get, list and watch on it to the gateway's service account (`meshctl gateway install` creates that ClusterRole); retrying with back-off", kind.resource());
+                    tracing::error!(?kind, stream, resource = kind.resource(), error = %error_chain(&e), "the gateway may not list or watch {} (403 Forbidden), so it cannot become ready: grant list and watch on it to the gateway's service account (`meshctl gateway install` creates that ClusterRole); retrying with back-off", kind.resource());
                 }
                 // Registered before the task hears of the error, so no wake-up is missed; an
                 // answer left from an earlier failure's probes is dropped (one that lands
