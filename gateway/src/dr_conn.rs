@@ -24,6 +24,9 @@ pub struct ConnSettings {
     pub outlier: Option<Outlier>,
     /// `loadBalancer`, when the policy has one.
     pub lb: Option<Lb>,
+    /// Its `localityLbSetting.enabled: false`: no locality failover, which istiod otherwise
+    /// applies wherever the policy has `outlierDetection` (the mesh's default setting is on).
+    pub locality_off: bool,
 }
 
 /// A `connectionPool`'s TCP settings the gateway applies.
@@ -80,6 +83,13 @@ impl ConnSettings {
     pub fn keepalive(&self) -> Option<&Keepalive> {
         self.pool.as_ref()?.keepalive.as_ref()
     }
+
+    /// Whether Envoy would prefer the gateway's locality for this cluster: locality failover
+    /// is on (the mesh's default) and the policy has `outlierDetection`, without which
+    /// istiod applies none (`applyLocalityFailover`).
+    pub fn prefers_locality(&self) -> bool {
+        self.outlier.is_some() && !self.locality_off
+    }
 }
 
 /// Envoy's idle timeout of 0: none. A century stands for it, so the timer arithmetic stays
@@ -126,10 +136,13 @@ impl DrConn {
             return entry.clone();
         }
         let own = &own.base;
+        // `localityLbSetting` is part of the `loadBalancer` group.
+        let balancer = if own.lb.is_some() { own } else { rule };
         ConnSettings {
             pool: own.pool.clone().or_else(|| rule.pool.clone()),
             outlier: own.outlier.clone().or_else(|| rule.outlier.clone()),
-            lb: own.lb.or(rule.lb),
+            lb: balancer.lb,
+            locality_off: balancer.locality_off,
         }
     }
 
@@ -191,13 +204,16 @@ fn settings(p: &Value) -> ConnSettings {
         .get("outlierDetection")
         .filter(|o| o.is_object())
         .map(outlier);
+    let balancer = p.get("loadBalancer").filter(|l| l.is_object());
+    let locality = balancer.and_then(|l| l.get("localityLbSetting"));
     ConnSettings {
         pool: p
             .get("connectionPool")
             .filter(|c| c.is_object())
             .map(|_| pool(p)),
         outlier,
-        lb: p.get("loadBalancer").filter(|l| l.is_object()).map(lb),
+        lb: balancer.map(lb),
+        locality_off: locality.and_then(|l| l.get("enabled")) == Some(&Value::Bool(false)),
     }
 }
 

@@ -182,6 +182,10 @@ pub struct Subset {
     open: Option<Open>,
     /// The next turn, where the rule balances round robin.
     turn: Option<Arc<AtomicU32>>,
+    /// The zone `near` is in, if split.
+    zone: Option<Arc<str>>,
+    /// [`Candidates::spill`].
+    spill: bool,
 }
 
 /// Indices into a route's `endpoints`: the ready ones, and for a service that prefers the
@@ -198,6 +202,9 @@ pub struct Candidates<'a> {
     pub open: Option<&'a Open>,
     /// The round-robin turn, where the rule balances so.
     pub turn: Option<&'a AtomicU32>,
+    /// `near` is the gateway's zone by a DestinationRule's locality failover: a share of
+    /// connections leaves it as its healthy share falls, as Envoy's priority load does.
+    pub spill: bool,
 }
 
 /// Why a route lookup found nothing to dial.
@@ -240,6 +247,7 @@ impl Route {
                 conn: c.conn.as_deref(),
                 open: c.open.as_ref(),
                 turn: c.turn.as_deref(),
+                spill: c.spill,
             }),
         }
     }
@@ -248,6 +256,13 @@ impl Route {
     /// whole route), where it sets any.
     pub fn settings(&self, subset: &str) -> Option<&ConnSettings> {
         self.by_subset.get(subset)?.conn.as_deref()
+    }
+
+    /// The zone `subset`'s endpoints there are tried first in, if any, and whether by a
+    /// DestinationRule's locality failover (which spills a share).
+    pub fn preferred_zone(&self, subset: &str) -> Option<(&str, bool)> {
+        let s = self.by_subset.get(subset)?;
+        Some((s.zone.as_deref()?, s.spill))
     }
 
     /// The connections counted against `subset`'s `maxConnections`, where its rule sets one.
@@ -271,8 +286,10 @@ impl Route {
     /// Resolves `""` and every subset to the indices of its ready endpoints (with
     /// `mtls_only`, of those that terminate Istio mTLS, as the DestinationRule's TLS mode
     /// for the port and subset or else each endpoint's mark says: a classic route), and of
-    /// those in the preferred zone and not.
-    fn resolve_subsets(&mut self, mtls_only: bool) {
+    /// those in the preferred zone and not: the route's, for a service that prefers close
+    /// endpoints, else the gateway's `zone` where the subset's DestinationRule turns on
+    /// Istio's locality failover ([`ConnSettings::prefers_locality`]).
+    fn resolve_subsets(&mut self, mtls_only: bool, zone: Option<&Arc<str>>) {
         let ready = |name: &str, want: Option<&Labels>| -> Box<[usize]> {
             let matches = |e: &Endpoint| {
                 want.is_none_or(|w| w.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
@@ -284,8 +301,8 @@ impl Route {
                 .map(|(i, _)| i)
                 .collect()
         };
-        let split = |ready: &[usize]| -> (Box<[usize]>, Box<[usize]>) {
-            let Some(zone) = &self.prefer_zone else {
+        let split = |ready: &[usize], by: Option<&Arc<str>>| -> (Box<[usize]>, Box<[usize]>) {
+            let Some(zone) = by else {
                 return Default::default();
             };
             let in_zone = |i: &usize| self.endpoints[*i].zone.as_ref() == Some(zone);
@@ -295,10 +312,18 @@ impl Route {
         let mut by_subset =
             Map::with_capacity_and_hasher(self.subsets.len() + 1, Default::default());
         let subset = |name: &str, ready: Box<[usize]>| {
-            let (near, far) = split(&ready);
             let conn = Some(self.conn.for_route(self.port, name))
                 .filter(|c| *c != ConnSettings::default())
                 .map(Box::new);
+            // The service's own ask keeps every connection in the zone while one there can
+            // be dialed; a rule's failover spills a share as Envoy's priorities do.
+            let failover = conn.as_ref().is_some_and(|c| c.prefers_locality());
+            let (by, spill) = match (&self.prefer_zone, zone) {
+                (Some(z), _) => (Some(z), false),
+                (None, Some(z)) if failover => (Some(z), true),
+                _ => (None, false),
+            };
+            let (near, far) = split(&ready, by);
             let limited = conn.as_ref().is_some_and(|c| c.max_connections().is_some());
             let in_turn = conn.as_ref().is_some_and(|c| c.lb == Some(Lb::RoundRobin));
             Subset {
@@ -309,6 +334,8 @@ impl Route {
                 conn,
                 open: limited.then(Open::default),
                 turn: in_turn.then(Default::default),
+                zone: by.cloned(),
+                spill,
             }
         };
         by_subset.insert(String::new(), subset("", ready("", None)));
@@ -561,11 +588,11 @@ impl Routes {
             }
         }
         for route in routes.values_mut().flat_map(|p| p.values_mut()) {
-            route.resolve_subsets(true);
+            route.resolve_subsets(true, zone);
         }
         let others = hbone.values_mut().flat_map(|p| p.values_mut());
         for route in others.chain(waypoints.values_mut()) {
-            route.resolve_subsets(false);
+            route.resolve_subsets(false, zone);
         }
         let every = routes.values_mut().chain(hbone.values_mut());
         for route in every

@@ -79,7 +79,9 @@ pub async fn connect(
         lb: rule.and_then(|c| c.lb).unwrap_or_default(),
         turn: candidates.turn,
         client,
+        far_first: candidates.spill && !stays_near(route, candidates),
     };
+    let split = !(candidates.near.is_empty() && candidates.far.is_empty());
     // On the stack for the usual few attempts: no allocation per connection.
     let mut tried: SmallVec<[SocketAddr; 4]> = SmallVec::new();
     let mut local = false;
@@ -88,7 +90,7 @@ pub async fn connect(
         let Some((ep, near)) = choose_with(route, candidates, &tried, last, panic, way) else {
             break;
         };
-        if route.prefer_zone.is_some() && !near {
+        if split && !near {
             metrics.zone_spills.inc();
         }
         tried.push(ep.addr);
@@ -135,12 +137,41 @@ pub async fn connect(
 }
 
 /// How a pick chooses among usable endpoints: the DestinationRule's balancer, the route's
-/// round-robin turn where it balances so, and the client's address for a source-IP hash.
+/// round-robin turn where it balances so, the client's address for a source-IP hash, and
+/// whether this connection leaves the gateway's zone first ([`stays_near`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Way<'a> {
     pub lb: Lb,
     pub turn: Option<&'a AtomicU32>,
     pub client: Option<IpAddr>,
+    pub far_first: bool,
+}
+
+/// Whether a connection stays in the gateway's zone under a DestinationRule's locality
+/// failover, as Envoy shares load between the zone's priority level and the rest's
+/// (`recalculatePerPriorityState`, `distributeLoad`): a level's health is
+/// `min(100, 1.4 × its share of endpoints not ejected)` (the default overprovisioning factor,
+/// which istiod leaves), the zone takes its health in percent and the rest the remainder,
+/// both scaled up when their sum is under 100. So the zone keeps everything while at least 5
+/// of 7 of its endpoints are not ejected; with all ejected everywhere, the zone.
+fn stays_near(route: &Route, candidates: Candidates<'_>) -> bool {
+    let now = clock::now_ms();
+    let health = |set: &[usize]| {
+        let healthy = (set.iter())
+            .filter(|&&i| !route.endpoints[i].state.health.is_ejected(now))
+            .count();
+        (140 * healthy).checked_div(set.len()).unwrap_or(0).min(100)
+    };
+    let near = health(candidates.near);
+    if near == 100 {
+        return true;
+    }
+    let total = (near + health(candidates.far)).min(100);
+    let load = match total {
+        0 => 100,
+        total => near * 100 / total,
+    };
+    load >= 100 || rand::rng().random_range(0..100) < load
 }
 
 /// Picks an endpoint, and says whether it is in the gateway's zone. For a service that
@@ -184,7 +215,7 @@ fn choose_with(
     if near.is_empty() && far.is_empty() {
         return pick(all).map(|ep| (ep, false));
     }
-    let near_first = !last || tried.is_empty();
+    let near_first = (!last || tried.is_empty()) && !way.far_first;
     let order = if near_first {
         [(near, true), (far, false)]
     } else {
@@ -479,6 +510,7 @@ mod tests {
             lb,
             turn: Some(&turn),
             client,
+            far_first: false,
         };
         let nth =
             |ep: Arc<EndpointState>| usize::from(ep.addr.ip().to_string().as_bytes()[7] - b'1');
@@ -533,6 +565,7 @@ mod tests {
             lb: Lb::RoundRobin,
             turn: Some(&turn),
             client: None,
+            far_first: false,
         };
         let mut got = [0u32; 3];
         for _ in 0..60 {
@@ -582,6 +615,72 @@ mod tests {
         drop(held);
         assert_eq!(r.open_connections(""), Some(0));
         assert!(connect(r, "", None, &cfg, &m).await.is_ok());
+    }
+
+    /// A rule's `outlierDetection` turns on locality failover where the gateway knows its
+    /// zone (off with `localityLbSetting.enabled: false`; the service's own `PreferClose`
+    /// keeps its no-spill rule); the zone keeps the share Envoy's priority load gives it.
+    #[test]
+    fn a_rules_locality_failover_keeps_envoys_share_in_the_zone() {
+        use crate::dr_conn::{DrConn, policy_conn};
+        let with = |policy: serde_json::Value, prefer: bool, zone: Option<&str>| {
+            let mut spec = service(4, |i| Some(if i <= 3 { "a" } else { "b" }), prefer);
+            spec.conn = Arc::new(DrConn {
+                service: policy_conn(Some(&policy)),
+                ..Default::default()
+            });
+            Routes::new().publish_in(&[spec], zone.map(Arc::from).as_ref())
+        };
+        let od = serde_json::json!({"outlierDetection": {}});
+        let t = with(od.clone(), false, Some("a"));
+        let r = t.lookup("a.local", 80).unwrap();
+        assert_eq!(r.preferred_zone(""), Some(("a", true)));
+        let c = r.candidates_near("").unwrap();
+        assert!(c.spill);
+        assert_eq!((c.near.len(), c.far.len()), (3, 1));
+        let share = |n: u32| (0..n).filter(|_| stays_near(r, c)).count() as f64 / f64::from(n);
+        assert_eq!(share(1_000), 1.0, "all healthy: the zone keeps all");
+        // One of three ejected: 1.4 × 2/3 = 93 %.
+        r.endpoints[c.near[0]]
+            .state
+            .health
+            .eject(clock::now_ms(), 60_000, 60_000);
+        let kept = share(20_000);
+        assert!((kept - 0.93).abs() < 0.02, "{kept}");
+        // All three: the far one takes everything; with it ejected too, the zone again.
+        for &i in &c.near[1..] {
+            r.endpoints[i]
+                .state
+                .health
+                .eject(clock::now_ms(), 60_000, 60_000);
+        }
+        assert_eq!(share(1_000), 0.0);
+        r.endpoints[c.far[0]]
+            .state
+            .health
+            .eject(clock::now_ms(), 60_000, 60_000);
+        assert_eq!(share(1_000), 1.0);
+        // No detection, failover off, or no zone known: no preference.
+        let off = serde_json::json!({"outlierDetection": {},
+            "loadBalancer": {"localityLbSetting": {"enabled": false}}});
+        for (policy, zone) in [
+            (serde_json::json!({}), Some("a")),
+            (off, Some("a")),
+            (od.clone(), None),
+        ] {
+            let t = with(policy.clone(), false, zone);
+            assert_eq!(
+                t.lookup("a.local", 80).unwrap().preferred_zone(""),
+                None,
+                "{policy} {zone:?}"
+            );
+        }
+        // The service's own ask: the zone, without spilling.
+        let t = with(od, true, Some("a"));
+        assert_eq!(
+            t.lookup("a.local", 80).unwrap().preferred_zone(""),
+            Some(("a", false))
+        );
     }
 
     /// A DestinationRule's `minHealthPercent` (Envoy's panic threshold): with fewer of a

@@ -1,6 +1,8 @@
 //! Zone preference (`trafficDistribution: PreferClose`): a service that asks for it is served
 //! by its endpoints in the gateway's zone while one of them can be dialed, by the others only
-//! then. Through the endpoints file (`--zone`) and through the Kubernetes API TEST SERVER (the
+//! then; and a DestinationRule's locality failover (its `outlierDetection`), which keeps the
+//! zone's connections there while enough of its endpoints are healthy and spills a share as
+//! Envoy does. Through the endpoints file (`--zone`) and through the Kubernetes API TEST SERVER (the
 //! zone learned from the EndpointSlice that lists the gateway's own pod), with real mTLS
 //! backends on 127.0.0.x and real sockets.
 
@@ -321,4 +323,92 @@ async fn the_api_test_server_refuses_an_unknown_traffic_distribution() {
             .get("v1", "Service", Some("shop"), "catalog")
             .is_none()
     );
+}
+
+/// A DestinationRule with `outlierDetection` turns on Istio's locality failover (the mesh's
+/// default): the gateway's zone serves while its endpoints are healthy; with one of its two
+/// ejected, Envoy's priority load keeps 70 % there and sends 30 % to the other zone. With
+/// `localityLbSetting.enabled: false`, no zone is preferred.
+#[tokio::test]
+async fn a_rules_outlier_detection_turns_on_locality_failover() {
+    init();
+    let mut opts = Options::new("east");
+    opts.store.allow_loopback_endpoint_addresses = true;
+    opts.destination_rule_crd = true;
+    let api = TestApiServer::start_with(opts).await.unwrap();
+    let st = api.store();
+    st.create(namespace_json("shop")).unwrap();
+    for i in 0..3 {
+        st.create(k8s::sidecar_pod("shop", &format!("p{i}"), &[]))
+            .unwrap();
+    }
+    let (b, port) = backends(&["a1", "a2", "b1"]).await;
+    let svc_port = k8s::ServicePort {
+        name: "http",
+        port: 80,
+        target_port: port,
+    };
+    st.create(k8s::service("shop", "catalog", &[svc_port]))
+        .unwrap();
+    let eps = [
+        (b[0].addr.ip(), "zone-a"),
+        (b[1].addr.ip(), "zone-a"),
+        (b[2].addr.ip(), "zone-b"),
+    ];
+    st.create(zoned_slice("shop", "catalog-1", "catalog", port, &eps))
+        .unwrap();
+    let od =
+        json!({"consecutive5xxErrors": 1, "maxEjectionPercent": 100, "baseEjectionTime": "1h"});
+    let rule = |policy: Value| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "catalog", "namespace": "shop"},
+            "spec": {"host": "catalog", "trafficPolicy": policy}})
+    };
+    st.create(rule(json!({"outlierDetection": od}))).unwrap();
+    let (_dir, mut cfg) = kube_test_config(&api.kubeconfig("east"), |_| {});
+    cfg.zone = Some(Arc::from("zone-a"));
+    let bound = app::build(cfg).await.unwrap();
+    let (listen, admin) = (bound.listen_addr, bound.admin_addr);
+    let failover = || async move {
+        let (_, body) = http_get(admin, "/debug/routes?host=catalog.").await;
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        let r = &v["routes"][0];
+        (r["prefer_zone"].clone(), r["locality_failover"].clone())
+    };
+    eventually("the rule's failover applied", WAIT, || async move {
+        failover().await == (json!("zone-a"), json!(true))
+    })
+    .await;
+    let shop = sni(80, "", "catalog.shop.svc.cluster.local");
+    let mut first = BTreeSet::new();
+    for _ in 0..30 {
+        first.insert(served_by(listen, &shop).await);
+    }
+    assert_eq!(first, set(&["a1", "a2"]));
+
+    // a1 stops: ejected at its first failure, its connection retried. Zone-a's health is
+    // then 1.4 × 1/2 = 70 %: about 30 % of connections go to zone-b first.
+    b[0].stop();
+    let mut counts = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..100 {
+        let by = served_by(listen, &sni(80, "", "catalog.shop.svc.cluster.local")).await;
+        *counts.entry(by).or_default() += 1;
+    }
+    eprintln!("100 connections with a1 ejected: {counts:?}");
+    let to_b = counts.get("b1").copied().unwrap_or(0);
+    assert!(
+        (12..=50).contains(&to_b),
+        "{counts:?}: about 30 of 100 to zone-b"
+    );
+    assert_eq!(counts.get("a1").copied().unwrap_or(0), 0, "{counts:?}");
+
+    // Locality failover off: no zone preferred.
+    let off =
+        json!({"outlierDetection": od, "loadBalancer": {"localityLbSetting": {"enabled": false}}});
+    st.apply(rule(off)).unwrap();
+    eventually("the failover off", WAIT, || async move {
+        failover().await == (Value::Null, Value::Null)
+    })
+    .await;
+    drop(bound);
 }

@@ -61,7 +61,8 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
                     host: c.host.to_string(),
                     weight: c.weight,
                 }),
-            prefer_zone: r.prefer_zone.as_deref().map(str::to_owned),
+            prefer_zone: r.preferred_zone("").map(|(z, _)| z.to_owned()),
+            locality_failover: r.preferred_zone("").is_some_and(|(_, spill)| spill),
             connect_timeout_ms: (r.settings("").and_then(|c| c.connect_timeout()))
                 .map(|d| d.as_millis() as u64),
             idle_timeout_ms: (r.conn.idle_timeout()).map(|d| d.as_millis() as u64),
@@ -192,10 +193,14 @@ pub struct DebugRoute {
     /// The canary waypoint that takes `weight` percent of those tunnels.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<DebugCanary>,
-    /// The gateway's zone, when the service prefers close endpoints: those in it are
-    /// dialed first.
+    /// The gateway's zone, when the service prefers close endpoints or its DestinationRule
+    /// turns on locality failover: those in it are dialed first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefer_zone: Option<String>,
+    /// The zone is preferred by the rule's locality failover (a share spills as the zone's
+    /// healthy share falls), not by the service's `trafficDistribution`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub locality_failover: bool,
     /// The DestinationRule's connect timeout, for the whole route (a subset's may differ),
     /// where it sets one; `--connect-timeout` otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
