@@ -234,3 +234,41 @@ async fn wait_metric(admin: std::net::SocketAddr, series: &str, want: f64) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A service's `traffic_policy` in the file applies as a DestinationRule's would: round robin
+/// takes the endpoints in turn, and past `maxConnections` a connection is closed at once
+/// (`upstream_overflow`).
+#[tokio::test]
+async fn a_services_traffic_policy_applies_as_a_rules() {
+    let (b, port) = backends(&["a", "b"]).await;
+    let yaml = format!(
+        "services:\n  - host: {CATALOG}\n    ports: [{{port: 80, targetPort: {port}}}]\n    traffic_policy:\n      connectionPool: {{tcp: {{maxConnections: 2}}}}\n      loadBalancer: {{simple: ROUND_ROBIN}}\n    endpoints:\n      - {{address: {}}}\n      - {{address: {}}}\n",
+        b[0].addr.ip(),
+        b[1].addr.ip()
+    );
+    let gw = gateway(&yaml).await;
+    let catalog = sni(80, "", CATALOG);
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(who(gw.listen, &catalog).await.unwrap());
+    }
+    for turn in seen.chunks(2) {
+        let mut names = turn.to_vec();
+        names.sort();
+        assert_eq!(names, ["a", "b"], "{seen:?}");
+    }
+    let admin = gw.admin;
+    testkit::wait::eventually(
+        "earlier connections closed",
+        Duration::from_secs(10),
+        || async move {
+            let (_, body) = http_get(admin, "/debug/routes").await;
+            body.contains(r#""open_connections": 0"#)
+        },
+    )
+    .await;
+    let _one = open(gw.listen, &catalog, default_client()).await.unwrap();
+    let _two = open(gw.listen, &catalog, default_client()).await.unwrap();
+    assert_eq!(who(gw.listen, &catalog).await, None);
+    assert_eq!(rejected(gw.admin, "upstream_overflow").await, 1.0);
+}

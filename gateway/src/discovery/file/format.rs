@@ -9,8 +9,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::bounds::{self, EndpointList, HasEndpoints, Refused, ServiceList};
+use super::policy::FilePolicy;
 use super::{FileError, MAX_FILE_BYTES, yaml_error};
 use crate::bounded_read::{ReadRefused, read_regular};
+use crate::dr_conn::DrConn;
 use crate::routes::{
     Canary, EndpointSpec, Labels, PREFER_CLOSE_VALUES, ServiceSpec, WAYPOINT_PORT,
 };
@@ -48,6 +50,8 @@ struct FileService {
     /// Kubernetes' `trafficDistribution`: `PreferClose`, `PreferSameZone` or `PreferSameNode`
     /// send connections to endpoints in the gateway's zone (`--zone`) first.
     traffic_distribution: Option<String>,
+    /// A DestinationRule's `trafficPolicy`, as far as the gateway applies it ([`FilePolicy`]).
+    traffic_policy: Option<FilePolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +114,8 @@ struct FileSubset {
     name: String,
     #[serde(default)]
     labels: Labels,
+    /// The subset's own `trafficPolicy`, merged over the service's as istiod merges a rule's.
+    traffic_policy: Option<FilePolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,6 +248,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
         if !hosts.insert(host.clone()) {
             return Err(invalid(format!("{at}: host listed twice")));
         }
+        let mut conn = DrConn::default();
+        if let Some(p) = &svc.traffic_policy {
+            conn.service = p
+                .read(&format!("{at}: traffic_policy"), false)
+                .map_err(invalid)?;
+        }
         let mut subsets = BTreeMap::new();
         for (j, s) in svc.subsets.into_iter().enumerate() {
             if sni_name::validate_subset(&s.name).is_err() {
@@ -252,6 +264,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
             }
             // Kept lower-cased: SNI names are matched ignoring case (see `sni_name::parse`).
             let name = s.name.to_ascii_lowercase();
+            if let Some(p) = &s.traffic_policy {
+                let policy = p.read(&format!("{at}: subsets[{j}].traffic_policy"), true);
+                conn.subsets.insert(name.clone(), policy.map_err(invalid)?);
+            }
             if subsets.insert(name.clone(), s.labels).is_some() {
                 return Err(invalid(format!(
                     "{at}: subsets[{j}]: subset {name:?} listed twice (case is ignored, as \
@@ -374,7 +390,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<ServiceSpec>, FileError> {
             prefer_close,
             // The file marks each endpoint itself (every one an mTLS workload).
             tls: Default::default(),
-            conn: Default::default(),
+            conn: Arc::new(conn),
         });
     }
     check_waypoints(&out).map_err(invalid)?;
@@ -422,7 +438,7 @@ fn is_blank(text: &str) -> bool {
 
 /// `s` quoted and escaped (`"a\nb"`) and cut to 64 characters: enough to find the entry, and
 /// no control character or long run of someone else's text reaches a log line.
-fn excerpt(s: &str) -> String {
+pub(super) fn excerpt(s: &str) -> String {
     const MAX: usize = 64;
     match s.char_indices().nth(MAX) {
         None => format!("{s:?}"),
@@ -560,6 +576,61 @@ services:
             let err = p(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: got {err:?}, want {want:?}");
         }
+    }
+
+    /// A service's and a subset's `traffic_policy` reach the spec as a DestinationRule's
+    /// would; errors name their place, through serde's path too.
+    #[test]
+    fn traffic_policies() {
+        let specs = p(r#"
+services:
+  - host: a.local
+    ports: [{port: 80}]
+    traffic_policy:
+      connectionPool: {tcp: {maxConnections: 10, maxConnectionDuration: 1h}}
+      loadBalancer: {simple: ROUND_ROBIN}
+    subsets:
+      - name: v1
+        labels: {version: v1}
+        traffic_policy: {loadBalancer: {simple: RANDOM}}
+    endpoints: [{address: 10.0.0.1, labels: {version: v1}}]
+"#)
+        .unwrap();
+        let conn = &specs[0].conn;
+        assert_eq!(
+            conn.max_duration(),
+            Some(std::time::Duration::from_secs(3600))
+        );
+        let whole = conn.for_route(80, "");
+        assert_eq!(whole.max_connections(), Some(10));
+        assert_eq!(whole.lb, Some(crate::dr_conn::Lb::RoundRobin));
+        let v1 = conn.for_route(80, "v1");
+        assert_eq!(v1.lb, Some(crate::dr_conn::Lb::Random));
+        assert_eq!(v1.max_connections(), Some(10), "the service's pool");
+        assert!(
+            p("services: [{host: a.local, ports: [{port: 80}]}]").unwrap()[0]
+                .conn
+                .is_empty()
+        );
+        for (policy, want) in [
+            (
+                "{connectionPool: {http: {}}}",
+                "services[0].traffic_policy.connectionPool: unknown field, expected `tcp`",
+            ),
+            (
+                "{connectionPool: {tcp: {connectTimeout: soon}}}",
+                "services[0] (\"a.local\"): traffic_policy.connectionPool.tcp.connectTimeout: \"soon\" is not a duration",
+            ),
+        ] {
+            let text = format!(
+                "services: [{{host: a.local, ports: [{{port: 80}}], traffic_policy: {policy}}}]"
+            );
+            let err = p(&text).unwrap_err().to_string();
+            assert!(err.contains(want), "{policy}: got {err:?}");
+        }
+        let subset = "services: [{host: a.local, ports: [{port: 80}], subsets: [{name: v1, traffic_policy: {connectionPool: {tcp: {idleTimeout: 1s}}}}]}]";
+        let err = p(subset).unwrap_err().to_string();
+        assert!(err.contains("subsets[0].traffic_policy.connectionPool.tcp: idleTimeout and maxConnectionDuration apply to the whole service"), "{err}");
     }
 
     /// `weight` defaults to 1; zero, negative or past `u32` is refused with the fix.

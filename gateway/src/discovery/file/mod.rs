@@ -17,6 +17,7 @@
 
 pub mod bounds;
 pub mod format;
+mod policy;
 pub mod watch;
 mod yaml_error;
 
