@@ -7,8 +7,9 @@
 //! - [`sni_name`] decodes the Istio SNI name and holds Istio's contract (layout, ALPN values);
 //! - [`routes`] is the published table: (host, port) to endpoints, subsets resolved at publish
 //!   (with [`dr_tls`], the DestinationRule TLS modes that decide which take 15443, and
-//!   [`dr_conn`], its connect timeout and outlier detection per port and subset);
-//! - [`upstream`] picks an endpoint and connects, retrying others;
+//!   [`dr_conn`], its connection pool, outlier detection and balancer per port and subset);
+//! - [`upstream`] picks an endpoint (by the rule's balancer) and connects, retrying others,
+//!   under the rule's connection limit ([`breaker`]);
 //! - [`endpoint`] (live connection count) and [`outlier`] (failure streak, ejection) keep each
 //!   endpoint's state across publishes;
 //! - [`forward`] copies, then splices through [`pipes`] (capped), both directions;

@@ -8,8 +8,9 @@
 //! the first symlink on: [`watch`]); the set is worked out and every watch set again before
 //! every read, as links may have moved and directories come back. [`watch`] decides which
 //! events matter and when a change has settled; [`format`] reads the file's content,
-//! within the [`bounds`] on the work one file may cause, and [`yaml_error`] tells what is
-//! wrong with it without quoting it.
+//! within the [`bounds`] on the work one file may cause ([`policy`] its services'
+//! DestinationRule-style traffic policies), and [`yaml_error`] tells what is wrong with it
+//! without quoting it.
 //!
 //! Every read goes through [`read_regular`](crate::bounded_read::read_regular): whatever the
 //! path names (a FIFO, a device, a huge file), a read never blocks and never takes more than a
