@@ -269,11 +269,16 @@ async fn a_rules_max_connections_close_connections_past_them() {
         "at once, not after a timeout"
     );
     assert_eq!(rejected(admin, "upstream_overflow").await, 1.0);
-    // The subset is its own cluster with its own count (the rule's pool applies there too).
+    // The subset is its own cluster with its own count (the rule's pool applies there too),
+    // shown apart.
     assert_eq!(
         who(gw_addr, &sni(80, "all", CATALOG)).await.as_deref(),
         Some("a")
     );
+    let (_, body) = http_get(admin, "/debug/routes?host=catalog.").await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let all = &v["routes"][0]["subset_policies"]["all"];
+    assert_eq!(all["max_connections"], 2, "{body}");
     drop(first);
     eventually("a place freed", WAIT, || async {
         who(gw_addr, &catalog).await.as_deref() == Some("a")

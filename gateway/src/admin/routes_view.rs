@@ -61,29 +61,17 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
                     host: c.host.to_string(),
                     weight: c.weight,
                 }),
-            prefer_zone: r.preferred_zone("").map(|(z, _)| z.to_owned()),
-            locality_failover: r.preferred_zone("").is_some_and(|(_, spill)| spill),
-            connect_timeout_ms: (r.settings("").and_then(|c| c.connect_timeout()))
-                .map(|d| d.as_millis() as u64),
+            policy: policy(r, ""),
+            subset_policies: (r.subsets.keys())
+                .filter(|name| {
+                    r.settings(name) != r.settings("")
+                        || r.preferred_zone(name) != r.preferred_zone("")
+                        || r.open_connections(name).is_some()
+                })
+                .map(|name| (name.clone(), policy(r, name)))
+                .collect(),
             idle_timeout_ms: (r.conn.idle_timeout()).map(|d| d.as_millis() as u64),
             max_connection_duration_ms: (r.conn.max_duration()).map(|d| d.as_millis() as u64),
-            max_connections: r.settings("").and_then(|c| c.max_connections()),
-            open_connections: r.open_connections(""),
-            tcp_keepalive: (r.settings("").and_then(|c| c.keepalive())).map(|k| DebugKeepalive {
-                time_s: k.time.map(|d| d.as_secs()),
-                interval_s: k.interval.map(|d| d.as_secs()),
-                probes: k.probes,
-            }),
-            load_balancer: (r.settings("").and_then(|c| c.lb)).map(lb_name),
-            outlier_detection: (r.settings("").and_then(|c| c.outlier.as_ref())).map(|o| {
-                DebugOutlier {
-                    consecutive_failures: o.consecutive_failures,
-                    base_ejection_ms: o.base_ejection.as_millis() as u64,
-                    max_ejection_ms: o.max_ejection.as_millis() as u64,
-                    max_ejection_percent: o.max_ejection_percent,
-                    min_health_percent: o.min_health_percent,
-                }
-            }),
             sni: SniName::new(r.port, "", r.host.as_str()).to_string(),
             host: r.host.clone(),
             port: r.port,
@@ -193,6 +181,24 @@ pub struct DebugRoute {
     /// The canary waypoint that takes `weight` percent of those tunnels.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<DebugCanary>,
+    /// The whole route's settings (`""`), in place.
+    #[serde(flatten)]
+    pub policy: DebugPolicy,
+    /// Each subset's where they differ from the whole route's, or where it counts its own
+    /// connections against a limit.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub subset_policies: BTreeMap<String, DebugPolicy>,
+    /// The DestinationRule's idle timeout where it sets one; `--idle-timeout` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    /// The DestinationRule's `maxConnectionDuration`, where it sets one: none otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connection_duration_ms: Option<u64>,
+}
+
+/// A route's or a subset's zone preference and DestinationRule settings.
+#[derive(Debug, Serialize)]
+pub struct DebugPolicy {
     /// The gateway's zone, when the service prefers close endpoints or its DestinationRule
     /// turns on locality failover: those in it are dialed first.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -201,34 +207,54 @@ pub struct DebugRoute {
     /// healthy share falls), not by the service's `trafficDistribution`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub locality_failover: bool,
-    /// The DestinationRule's connect timeout, for the whole route (a subset's may differ),
-    /// where it sets one; `--connect-timeout` otherwise.
+    /// The DestinationRule's connect timeout where it sets one; `--connect-timeout`
+    /// otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_timeout_ms: Option<u64>,
-    /// The DestinationRule's outlier detection for the whole route, where it sets one; the
-    /// `--outlier-*` flags otherwise.
+    /// The DestinationRule's outlier detection where it sets one; the `--outlier-*` flags
+    /// otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<DebugOutlier>,
-    /// The DestinationRule's idle timeout where it sets one; `--idle-timeout` otherwise.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_timeout_ms: Option<u64>,
-    /// The DestinationRule's `maxConnectionDuration`, where it sets one: none otherwise.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connection_duration_ms: Option<u64>,
-    /// The DestinationRule's `maxConnections` for the whole route, where it sets one, and
-    /// the connections counted against it.
+    /// The DestinationRule's `maxConnections` where it sets one, and the connections
+    /// counted against it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub open_connections: Option<u32>,
-    /// The DestinationRule's `tcpKeepalive` for the whole route, where it sets one (unset
-    /// fields: the gateway's 60 s, 10 s and the kernel's count).
+    /// The DestinationRule's `tcpKeepalive` where it sets one (unset fields: the gateway's
+    /// 60 s, 10 s and the kernel's count).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp_keepalive: Option<DebugKeepalive>,
-    /// The DestinationRule's balancer for the whole route, where it sets one
-    /// (`LEAST_REQUEST`, `ROUND_ROBIN`, `RANDOM`, `SOURCE_IP_HASH`).
+    /// The DestinationRule's balancer where it sets one (`LEAST_REQUEST`, `ROUND_ROBIN`,
+    /// `RANDOM`, `SOURCE_IP_HASH`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<&'static str>,
+}
+
+/// `subset`'s (`""`: the whole route's) [`DebugPolicy`].
+fn policy(r: &Route, subset: &str) -> DebugPolicy {
+    let settings = r.settings(subset);
+    DebugPolicy {
+        prefer_zone: r.preferred_zone(subset).map(|(z, _)| z.to_owned()),
+        locality_failover: r.preferred_zone(subset).is_some_and(|(_, spill)| spill),
+        connect_timeout_ms: (settings.and_then(|c| c.connect_timeout()))
+            .map(|d| d.as_millis() as u64),
+        outlier_detection: (settings.and_then(|c| c.outlier.as_ref())).map(|o| DebugOutlier {
+            consecutive_failures: o.consecutive_failures,
+            base_ejection_ms: o.base_ejection.as_millis() as u64,
+            max_ejection_ms: o.max_ejection.as_millis() as u64,
+            max_ejection_percent: o.max_ejection_percent,
+            min_health_percent: o.min_health_percent,
+        }),
+        max_connections: settings.and_then(|c| c.max_connections()),
+        open_connections: r.open_connections(subset),
+        tcp_keepalive: (settings.and_then(|c| c.keepalive())).map(|k| DebugKeepalive {
+            time_s: k.time.map(|d| d.as_secs()),
+            interval_s: k.interval.map(|d| d.as_secs()),
+            probes: k.probes,
+        }),
+        load_balancer: (settings.and_then(|c| c.lb)).map(lb_name),
+    }
 }
 
 #[derive(Debug, Serialize)]
