@@ -82,10 +82,14 @@ async fn endpoints(gw: &KubeGw) -> Vec<Value> {
 }
 
 async fn rule_seen(gw: &KubeGw) {
-    let admin = gw.bound.admin_addr;
-    eventually("the rule's subset routed", WAIT, || async move {
+    routes_show(gw.bound.admin_addr, "the rule's subset routed", r#""all""#).await;
+}
+
+/// Waits until the catalog's `/debug/routes` shows `needle`.
+async fn routes_show(admin: SocketAddr, what: &str, needle: &'static str) {
+    eventually(what, WAIT, || async move {
         let (_, body) = http_get(admin, "/debug/routes?host=catalog.").await;
-        body.contains(r#""all""#)
+        body.contains(needle)
     })
     .await;
 }
@@ -155,11 +159,7 @@ async fn a_rules_outlier_detection_ejects_at_its_own_count() {
     ))
     .unwrap();
     let admin = gw.bound.admin_addr;
-    eventually("three endpoints listed", WAIT, || async move {
-        let (_, body) = http_get(admin, "/debug/routes?host=catalog.").await;
-        body.contains("127.0.0.8")
-    })
-    .await;
+    routes_show(admin, "three endpoints listed", "127.0.0.8").await;
     for _ in 0..30 {
         assert_eq!(
             who(gw.bound.listen_addr, &catalog).await.as_deref(),
@@ -285,11 +285,7 @@ async fn a_rules_max_connections_close_connections_past_them() {
     })
     .await;
     drop(second);
-    eventually("the count back to 0", WAIT, || async move {
-        let (_, body) = http_get(admin, "/debug/routes?host=catalog.").await;
-        body.contains(r#""open_connections": 0"#)
-    })
-    .await;
+    routes_show(admin, "the count back to 0", r#""open_connections": 0"#).await;
 }
 
 /// A rule's `maxConnectionDuration` closes a connection that long after it came, busy or
@@ -388,10 +384,11 @@ async fn a_rules_load_balancer_picks_in_turn_or_by_the_clients_address() {
     api.store()
         .apply(rule(json!({"loadBalancer": hash})))
         .unwrap();
-    eventually("the hash read", WAIT, || async move {
-        let (_, body) = http_get(admin, "/debug/routes?host=catalog.").await;
-        body.contains(r#""load_balancer": "SOURCE_IP_HASH""#)
-    })
+    routes_show(
+        admin,
+        "the hash read",
+        r#""load_balancer": "SOURCE_IP_HASH""#,
+    )
     .await;
     let first = who(gw_addr, &catalog).await.unwrap();
     for _ in 0..15 {
