@@ -194,7 +194,7 @@ pub async fn start_east(d: &mut Demo) -> Result<East> {
     println!("  simple-backend-west  {BACKEND_WEST_POD}  ({backend_id}, west-cluster CA)");
     let (catalog_host, backend_host) = (mesh::host(CATALOG), mesh::host(SIMPLE_BACKEND));
     let eps = format!(
-        "services:\n  - host: {catalog_host}\n    ports: [{{port: 80, targetPort: 3000}}]\n    endpoints: [{{address: 127.0.20.8, hbone: true}}]\n  - host: {backend_host}\n    ports: [{{port: 80, targetPort: 8080}}]\n    endpoints: [{{address: 127.0.20.9}}]\n"
+        "services:\n  - host: {catalog_host}\n    ports: [{{port: 80, targetPort: 3000}}]\n    endpoints: [{{address: 127.0.20.8, hbone: true}}]\n    traffic_policy: {{connectionPool: {{tcp: {{maxConnections: 1000}}}}, loadBalancer: {{simple: ROUND_ROBIN}}}}\n  - host: {backend_host}\n    ports: [{{port: 80, targetPort: 8080}}]\n    endpoints: [{{address: 127.0.20.9}}]\n"
     );
     std::fs::write(d.work.join("east-endpoints.yaml"), &eps)?;
     println!("  east gateway route table (east-endpoints.yaml):");
@@ -240,6 +240,17 @@ pub async fn start_east(d: &mut Demo) -> Result<East> {
     d.check(
         &format!("east gateway ready (GET {EAST_GW_ADMIN}/healthz/ready -> {ready})"),
         ready == 200,
+    );
+    // The file's DestinationRule-style policy is read as a rule's would be.
+    let routes = http_get(EAST_GW_ADMIN, &format!("/debug/routes?host={catalog_host}"))
+        .await
+        .map(|r| r.1)
+        .unwrap_or_default();
+    let applied = routes.contains(r#""max_connections": 1000"#)
+        && routes.contains(r#""load_balancer": "ROUND_ROBIN""#);
+    d.check(
+        "catalog's traffic_policy applied (GET /debug/routes: max_connections 1000, ROUND_ROBIN)",
+        applied,
     );
     Ok(East {
         catalog,
