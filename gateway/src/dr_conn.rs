@@ -71,6 +71,18 @@ pub enum Lb {
     SourceIpHash,
 }
 
+impl Lb {
+    /// Its name in `/debug/routes`: Istio's `simple` value, or `SOURCE_IP_HASH`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lb::LeastRequest => "LEAST_REQUEST",
+            Lb::RoundRobin => "ROUND_ROBIN",
+            Lb::Random => "RANDOM",
+            Lb::SourceIpHash => "SOURCE_IP_HASH",
+        }
+    }
+}
+
 impl ConnSettings {
     pub fn connect_timeout(&self) -> Option<Duration> {
         self.pool.as_ref()?.connect_timeout

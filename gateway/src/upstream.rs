@@ -157,9 +157,7 @@ pub struct Way<'a> {
 fn stays_near(route: &Route, candidates: Candidates<'_>) -> bool {
     let now = clock::now_ms();
     let health = |set: &[usize]| {
-        let healthy = (set.iter())
-            .filter(|&&i| !route.endpoints[i].state.health.is_ejected(now))
-            .count();
+        let healthy = healthy(route, set, now);
         (140 * healthy).checked_div(set.len()).unwrap_or(0).min(100)
     };
     let near = health(candidates.near);
@@ -194,11 +192,16 @@ pub fn choose(
 /// ejected): Envoy's panic mode (`healthy_panic_threshold`, which istiod sets from it), in
 /// which it balances across every host, ejected or not.
 fn in_panic(route: &Route, candidates: &[usize], outlier: &crate::outlier::Outlier) -> bool {
-    let now = clock::now_ms();
-    let healthy = (candidates.iter())
-        .filter(|&&i| !route.endpoints[i].state.health.is_ejected(now))
-        .count();
+    let healthy = healthy(route, candidates, clock::now_ms());
     healthy * 100 < usize::from(outlier.min_health_percent) * candidates.len()
+}
+
+/// How many of `set` (indices into `route.endpoints`) are not ejected at `now`: the healthy
+/// count behind Envoy's panic threshold and its priority load alike.
+fn healthy(route: &Route, set: &[usize], now: u64) -> usize {
+    (set.iter())
+        .filter(|&&i| !route.endpoints[i].state.health.is_ejected(now))
+        .count()
 }
 
 /// [`choose`], heeding ejections unless in `panic` ([`in_panic`]), the `way` it says.
@@ -259,11 +262,7 @@ fn pick_heeding(
     match way.lb {
         Lb::LeastRequest if route.weighted => return pick_weighted(usable),
         Lb::LeastRequest => {}
-        Lb::Random => {
-            let n = usable().count();
-            let at = (n > 0).then(|| rand::rng().random_range(0..n))?;
-            return nth_or_last(usable(), at);
-        }
+        Lb::Random => return at_random(usable),
         Lb::RoundRobin => {
             let turn = way.turn.map(|t| t.fetch_add(1, Ordering::Relaxed));
             return in_turn(usable, route.weighted, turn.unwrap_or_else(rand::random));
@@ -285,13 +284,14 @@ fn pick_heeding(
     fewer_active(usable(), a, b).cloned()
 }
 
-/// The endpoint at position `at` of `usable`, or the last one where another worker's
-/// ejection between the count and this pass made the list shorter.
-fn nth_or_last<'a>(
-    usable: impl Iterator<Item = &'a Endpoint>,
-    at: usize,
+/// A usable endpoint drawn uniformly: counted, then walked to; the last one where another
+/// worker's ejection between the count and the walk made the list shorter.
+fn at_random<'a, I: Iterator<Item = &'a Endpoint>>(
+    usable: impl Fn() -> I,
 ) -> Option<Arc<EndpointState>> {
-    usable.take(at + 1).last().map(|e| e.state.clone())
+    let n = usable().count();
+    let at = (n > 0).then(|| rand::rng().random_range(0..n))?;
+    usable().take(at + 1).last().map(|e| e.state.clone())
 }
 
 /// Round robin: the `turn`th usable endpoint, counting each `weight` times where weights
@@ -327,9 +327,7 @@ fn by_source<'a, I: Iterator<Item = &'a Endpoint>>(
     client: Option<IpAddr>,
 ) -> Option<Arc<EndpointState>> {
     let Some(client) = client else {
-        let n = usable().count();
-        let at = (n > 0).then(|| rand::rng().random_range(0..n))?;
-        return nth_or_last(usable(), at);
+        return at_random(usable);
     };
     let score = |e: &Endpoint| {
         let mut h = std::hash::DefaultHasher::new();

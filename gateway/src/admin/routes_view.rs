@@ -234,9 +234,10 @@ pub struct DebugPolicy {
 /// `subset`'s (`""`: the whole route's) [`DebugPolicy`].
 fn policy(r: &Route, subset: &str) -> DebugPolicy {
     let settings = r.settings(subset);
+    let zone = r.preferred_zone(subset);
     DebugPolicy {
-        prefer_zone: r.preferred_zone(subset).map(|(z, _)| z.to_owned()),
-        locality_failover: r.preferred_zone(subset).is_some_and(|(_, spill)| spill),
+        prefer_zone: zone.map(|(z, _)| z.to_owned()),
+        locality_failover: zone.is_some_and(|(_, spill)| spill),
         connect_timeout_ms: (settings.and_then(|c| c.connect_timeout()))
             .map(|d| d.as_millis() as u64),
         outlier_detection: (settings.and_then(|c| c.outlier.as_ref())).map(|o| DebugOutlier {
@@ -253,7 +254,7 @@ fn policy(r: &Route, subset: &str) -> DebugPolicy {
             interval_s: k.interval.map(|d| d.as_secs()),
             probes: k.probes,
         }),
-        load_balancer: (settings.and_then(|c| c.lb)).map(lb_name),
+        load_balancer: (settings.and_then(|c| c.lb)).map(Lb::as_str),
     }
 }
 
@@ -265,15 +266,6 @@ pub struct DebugKeepalive {
     pub interval_s: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probes: Option<u32>,
-}
-
-fn lb_name(lb: Lb) -> &'static str {
-    match lb {
-        Lb::LeastRequest => "LEAST_REQUEST",
-        Lb::RoundRobin => "ROUND_ROBIN",
-        Lb::Random => "RANDOM",
-        Lb::SourceIpHash => "SOURCE_IP_HASH",
-    }
 }
 
 #[derive(Debug, Serialize)]

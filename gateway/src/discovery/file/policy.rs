@@ -138,18 +138,19 @@ impl FilePolicy {
     /// names its place for errors; `subset`: a subset's, where the two per-service
     /// timeouts do not apply.
     pub fn read(&self, at: &str, subset: bool) -> Result<PolicyConn, String> {
-        self.check(at, subset, true)?;
+        self.check(at, subset)?;
         let json = serde_json::to_value(self).map_err(|e| format!("{at}: {e}"))?;
         Ok(dr_conn::policy_conn(Some(&json)))
     }
 
-    fn check(&self, at: &str, subset: bool, top: bool) -> Result<(), String> {
+    /// `subset`: the per-service timeouts are refused here too, as on every port entry.
+    fn check(&self, at: &str, subset: bool) -> Result<(), String> {
         check_parts(
             at,
             self.connection_pool.as_ref(),
             self.outlier_detection.as_ref(),
             self.load_balancer.as_ref(),
-            subset || !top,
+            subset,
         )?;
         let mut ports = std::collections::BTreeSet::new();
         for (i, p) in self.port_level_settings.iter().enumerate() {
