@@ -71,6 +71,21 @@ fn rule(policy: Value) -> Value {
             "subsets": [{"name": "all", "labels": {}}]}})
 }
 
+/// The catalog on one backend ("a"), its rule with `policy`, and a gateway (`tweak`ed) that
+/// has read the rule. The API server and backends live as long as the caller keeps them.
+async fn catalog_on_a(
+    policy: Value,
+    tweak: impl FnOnce(&mut Config),
+) -> (TestApiServer, Vec<Backend>, KubeGw) {
+    let api = api_server().await;
+    let (b, port) = backends(&["a"]).await;
+    seed_catalog(&api, port, &[(b[0].addr.ip(), "pa")]);
+    api.store().create(rule(policy)).unwrap();
+    let gw = kube_gateway(&api, tweak).await;
+    rule_seen(&gw).await;
+    (api, b, gw)
+}
+
 /// The catalog's endpoints in `/debug/routes`, by address.
 async fn endpoints(gw: &KubeGw) -> Vec<Value> {
     let (_, body) = http_get(gw.bound.admin_addr, "/debug/routes?host=catalog.").await;
@@ -210,15 +225,11 @@ async fn a_rules_connect_timeout_bounds_each_attempt() {
 #[tokio::test]
 async fn a_rules_idle_timeout_ends_quiet_connections() {
     use tokio::io::AsyncReadExt;
-    let api = api_server().await;
-    let (b, port) = backends(&["a"]).await;
-    seed_catalog(&api, port, &[(b[0].addr.ip(), "pa")]);
     let pool = json!({"tcp": {"idleTimeout": "1s"}});
-    api.store()
-        .create(rule(json!({"connectionPool": pool})))
-        .unwrap();
-    let gw = kube_gateway(&api, |c| c.idle_timeout = Duration::from_secs(3600)).await;
-    rule_seen(&gw).await;
+    let (_api, _b, gw) = catalog_on_a(json!({"connectionPool": pool}), |c| {
+        c.idle_timeout = Duration::from_secs(3600)
+    })
+    .await;
     let (_, body) = http_get(gw.bound.admin_addr, "/debug/routes?host=catalog.").await;
     assert!(body.contains(r#""idle_timeout_ms": 1000"#), "{body}");
     for subset in ["", "all"] {
@@ -246,15 +257,8 @@ async fn a_rules_idle_timeout_ends_quiet_connections() {
 /// connection is closed at once (`upstream_overflow`), and a place freed is taken again.
 #[tokio::test]
 async fn a_rules_max_connections_close_connections_past_them() {
-    let api = api_server().await;
-    let (b, port) = backends(&["a"]).await;
-    seed_catalog(&api, port, &[(b[0].addr.ip(), "pa")]);
     let pool = json!({"tcp": {"maxConnections": 2}});
-    api.store()
-        .create(rule(json!({"connectionPool": pool})))
-        .unwrap();
-    let gw = kube_gateway(&api, |_| {}).await;
-    rule_seen(&gw).await;
+    let (_api, _b, gw) = catalog_on_a(json!({"connectionPool": pool}), |_| {}).await;
     let catalog = sni(80, "", CATALOG);
     let (gw_addr, admin) = (gw.bound.listen_addr, gw.bound.admin_addr);
     let first = open(gw_addr, &catalog, default_client()).await.unwrap();
@@ -293,15 +297,11 @@ async fn a_rules_max_connections_close_connections_past_them() {
 #[tokio::test]
 async fn a_rules_max_connection_duration_cuts_a_busy_connection() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let api = api_server().await;
-    let (b, port) = backends(&["a"]).await;
-    seed_catalog(&api, port, &[(b[0].addr.ip(), "pa")]);
     let pool = json!({"tcp": {"maxConnectionDuration": "1s"}});
-    api.store()
-        .create(rule(json!({"connectionPool": pool})))
-        .unwrap();
-    let gw = kube_gateway(&api, |c| c.idle_timeout = Duration::from_secs(3600)).await;
-    rule_seen(&gw).await;
+    let (_api, _b, gw) = catalog_on_a(json!({"connectionPool": pool}), |c| {
+        c.idle_timeout = Duration::from_secs(3600)
+    })
+    .await;
     let (_, body) = http_get(gw.bound.admin_addr, "/debug/routes?host=catalog.").await;
     assert!(
         body.contains(r#""max_connection_duration_ms": 1000"#),
@@ -400,16 +400,9 @@ async fn a_rules_load_balancer_picks_in_turn_or_by_the_clients_address() {
 /// probe after 300 s of quiet where the gateway's own is 60 s.
 #[tokio::test]
 async fn a_rules_tcp_keepalive_is_set_on_upstream_sockets() {
-    let api = api_server().await;
-    let (b, port) = backends(&["a"]).await;
-    seed_catalog(&api, port, &[(b[0].addr.ip(), "pa")]);
     let keepalive = json!({"time": "300s", "interval": "30s", "probes": 3});
     let pool = json!({"tcp": {"tcpKeepalive": keepalive}});
-    api.store()
-        .create(rule(json!({"connectionPool": pool})))
-        .unwrap();
-    let gw = kube_gateway(&api, |_| {}).await;
-    rule_seen(&gw).await;
+    let (_api, b, gw) = catalog_on_a(json!({"connectionPool": pool}), |_| {}).await;
     let (_, body) = http_get(gw.bound.admin_addr, "/debug/routes?host=catalog.").await;
     let v: Value = serde_json::from_str(&body).unwrap();
     let want = json!({"time_s": 300, "interval_s": 30, "probes": 3});
