@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::outlier::Outlier;
+use crate::warmup::{self, Warmup};
 
 /// One `trafficPolicy`'s (or one `portLevelSettings` entry's) settings the gateway applies.
 /// Each is a group istiod replaces whole when a subset sets it (`mergeTrafficPolicy`).
@@ -27,6 +28,9 @@ pub struct ConnSettings {
     /// Its `localityLbSetting.enabled: false`: no locality failover, which istiod otherwise
     /// applies wherever the policy has `outlierDetection` (the mesh's default setting is on).
     pub locality_off: bool,
+    /// Its `warmup` (or `warmupDurationSecs`), where the balancer is one Envoy slows new
+    /// endpoints in for (round robin, least request).
+    pub warmup: Option<Warmup>,
 }
 
 /// A `connectionPool`'s TCP settings the gateway applies.
@@ -155,6 +159,7 @@ impl DrConn {
             outlier: own.outlier.clone().or_else(|| rule.outlier.clone()),
             lb: balancer.lb,
             locality_off: balancer.locality_off,
+            warmup: balancer.warmup,
         }
     }
 
@@ -226,7 +231,35 @@ fn settings(p: &Value) -> ConnSettings {
         outlier,
         lb: balancer.map(lb),
         locality_off: locality.and_then(|l| l.get("enabled")) == Some(&Value::Bool(false)),
+        warmup: balancer.and_then(warmup),
     }
+}
+
+/// A `loadBalancer`'s slow start as istiod writes it (`applyRoundRobinLoadBalancer`,
+/// `applyLeastRequestLoadBalancer`): `warmup` over `warmupDurationSecs`, Envoy's and Istio's
+/// defaults for the floor (10 %) and aggression (1); only for round robin and least request
+/// (the default), as `RANDOM` and the hashes have no slow start. `None` without a window of
+/// at least 1 ms.
+fn warmup(l: &Value) -> Option<Warmup> {
+    let passthrough = l.get("simple").and_then(Value::as_str) == Some("PASSTHROUGH");
+    if passthrough || !matches!(lb(l), Lb::RoundRobin | Lb::LeastRequest) {
+        return None;
+    }
+    let window = |v: &Value| v.as_str().and_then(go_duration);
+    if let Some(w) = l.get("warmup").filter(|w| w.is_object()) {
+        let number =
+            |key: &str, default: f64| w.get(key).and_then(Value::as_f64).unwrap_or(default);
+        return Warmup::new(
+            window(w.get("duration")?)?,
+            number("minimumPercent", warmup::MIN_PERCENT),
+            number("aggression", 1.0),
+        );
+    }
+    Warmup::new(
+        window(l.get("warmupDurationSecs")?)?,
+        warmup::MIN_PERCENT,
+        1.0,
+    )
 }
 
 fn pool(p: &Value) -> Pool {
@@ -523,6 +556,54 @@ mod tests {
         assert_eq!(v2.lb, Some(Lb::RoundRobin));
         assert_eq!(v2.max_connections(), None, "its pool has no tcp settings");
         assert_eq!(dr.max_duration(), Some(Duration::from_secs(3600)));
+    }
+
+    /// `warmup` over `warmupDurationSecs`, with Istio's defaults; none where the balancer
+    /// has no slow start; a subset's balancer brings its own (or none).
+    #[test]
+    fn warmup_is_read_as_istiod_writes_slow_start() {
+        let warm = |l: Value| policy_conn(Some(&json!({"loadBalancer": l}))).base.warmup;
+        let old = warm(json!({"warmupDurationSecs": "30s"})).unwrap();
+        assert_eq!(old.window(), Duration::from_secs(30));
+        assert_eq!((old.min_percent(), old.aggression()), (10.0, 1.0));
+        let new = warm(json!({"simple": "ROUND_ROBIN", "warmupDurationSecs": "30s",
+            "warmup": {"duration": "1m", "minimumPercent": 25.5, "aggression": 2}}))
+        .unwrap();
+        assert_eq!(new.window(), Duration::from_secs(60), "warmup wins");
+        assert_eq!((new.min_percent(), new.aggression()), (25.5, 2.0));
+        let bare = warm(json!({"simple": "LEAST_REQUEST", "warmup": {"duration": "10s"}}));
+        assert_eq!(bare.unwrap().min_percent(), 10.0);
+        for l in [
+            json!({"simple": "RANDOM", "warmupDurationSecs": "30s"}),
+            json!({"simple": "PASSTHROUGH", "warmupDurationSecs": "30s"}),
+            json!({"consistentHash": {"useSourceIp": true}, "warmupDurationSecs": "30s"}),
+            json!({"warmup": {"minimumPercent": 50}}),
+            json!({"warmup": {"duration": "500us"}}),
+            json!({"warmupDurationSecs": "soon"}),
+        ] {
+            assert_eq!(warm(l.clone()), None, "{l}");
+        }
+        let dr = DrConn {
+            service: policy_conn(Some(
+                &json!({"loadBalancer": {"warmupDurationSecs": "30s"}}),
+            )),
+            subsets: BTreeMap::from([
+                (
+                    "v1".into(),
+                    policy_conn(Some(&json!({"loadBalancer": {"simple": "ROUND_ROBIN"}}))),
+                ),
+                (
+                    "v2".into(),
+                    policy_conn(Some(&json!({"connectionPool": {}}))),
+                ),
+            ]),
+        };
+        assert_eq!(
+            dr.for_route(80, "v1").warmup,
+            None,
+            "the subset's balancer, whole"
+        );
+        assert_eq!(dr.for_route(80, "v2").warmup, Some(old));
     }
 
     /// A subset's port-level entry replaces everything; a subset's field replaces the rule's

@@ -59,3 +59,4 @@ pub mod sni_name;
 pub mod sockets;
 pub mod undecided;
 pub mod upstream;
+pub mod warmup;

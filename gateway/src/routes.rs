@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use arc_swap::ArcSwapOption;
 
 use crate::breaker::Open;
+use crate::clock;
 use crate::dr_conn::{ConnSettings, DrConn, Lb};
 use crate::dr_tls::DrTls;
 use crate::endpoint::EndpointState;
@@ -497,6 +498,8 @@ impl Routes {
             })
             .collect();
         let mut left_out = Vec::new();
+        // Addresses some route lists ready: stamped for a DestinationRule's warmup below.
+        let mut ready_now = std::collections::HashSet::new();
         for spec in specs {
             for &port in &spec.ports {
                 let route = route_at(&mut routes, &spec.host, port);
@@ -517,14 +520,11 @@ impl Routes {
                     let Some(&target) = ep.ports.get(&port) else {
                         continue;
                     };
-                    let mut endpoint = |addr| Endpoint {
-                        state: shared_state(&mut states, addr),
-                        labels: ep.labels.clone(),
-                        ready: ep.ready,
-                        zone: ep.zone.clone(),
-                        mtls: ep.mtls && !ep.mtls_disabled.contains(&port),
-                        mtls_disabled: ep.mtls && ep.mtls_disabled.contains(&port),
-                        weight: ep.weight.max(1),
+                    let mut endpoint = |addr| {
+                        if ep.ready {
+                            ready_now.insert(addr);
+                        }
+                        endpoint_at(&mut states, addr, ep, port)
                     };
                     let classic = SocketAddr::new(ep.address, target);
                     if port == WAYPOINT_PORT && waypoint_hosts.contains(spec.host.as_str()) {
@@ -607,6 +607,18 @@ impl Routes {
             carry_state(&before.routes, &mut routes);
             carry_state(&before.hbone, &mut hbone);
         }
+        // Stamped before the table is seen, so no connection weighs a new endpoint whole.
+        let now = clock::now_ms();
+        for (addr, state) in states.iter() {
+            let Some(state) = state.upgrade() else {
+                continue;
+            };
+            if ready_now.contains(addr) {
+                state.mark_ready(now);
+            } else {
+                state.mark_not_ready();
+            }
+        }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let table = Arc::new(RouteTable {
             generation,
@@ -669,6 +681,24 @@ fn empty_route(host: &str, port: u16) -> Route {
         tls: Arc::default(),
         conn: Arc::default(),
         weighted: false,
+    }
+}
+
+/// `ep`'s endpoint at `addr` for a route of `port`, with the state every table shares.
+fn endpoint_at(
+    states: &mut HashMap<SocketAddr, Weak<EndpointState>>,
+    addr: SocketAddr,
+    ep: &EndpointSpec,
+    port: u16,
+) -> Endpoint {
+    Endpoint {
+        state: shared_state(states, addr),
+        labels: ep.labels.clone(),
+        ready: ep.ready,
+        zone: ep.zone.clone(),
+        mtls: ep.mtls && !ep.mtls_disabled.contains(&port),
+        mtls_disabled: ep.mtls && ep.mtls_disabled.contains(&port),
+        weight: ep.weight.max(1),
     }
 }
 
@@ -983,6 +1013,33 @@ mod tests {
         let st2 = &t2.lookup("a.local", 80).unwrap().endpoints[0].state;
         assert!(Arc::ptr_eq(&st1, st2));
         assert_eq!(st2.active(), 1);
+    }
+
+    /// An address is stamped when a table first lists it ready and keeps the stamp across
+    /// tables; not ready, or listed by no route (though a connection still holds its
+    /// state), it loses it, so it warms up again when it is back.
+    #[test]
+    fn readiness_is_stamped_once_and_forgotten_when_gone() {
+        let routes = Routes::new();
+        let both = [("10.0.0.1", true, &[][..]), ("10.0.0.2", true, &[][..])];
+        let t1 = routes.publish(&[spec("a.local", &both)]);
+        let state =
+            |t: &RouteTable, i: usize| t.lookup("a.local", 80).unwrap().endpoints[i].state.clone();
+        let (one, two) = (state(&t1, 0), state(&t1, 1));
+        let stamp = one.ready_since();
+        assert!(stamp > 0 && two.ready_since() > 0);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        routes.publish(&[spec("a.local", &both)]);
+        assert_eq!(one.ready_since(), stamp, "kept while ready");
+        routes.publish(&[spec("a.local", &[both[0], ("10.0.0.2", false, &[])])]);
+        assert_eq!(two.ready_since(), 0, "not ready");
+        let _held = two.track();
+        routes.publish(&[spec("a.local", &both[..1])]);
+        assert_eq!(two.ready_since(), 0, "gone, though held");
+        let t = routes.publish(&[spec("a.local", &both)]);
+        assert!(Arc::ptr_eq(&state(&t, 1), &two));
+        assert!(two.ready_since() > stamp, "back: stamped anew");
+        assert_eq!(one.ready_since(), stamp);
     }
 
     /// HBONE endpoints get their own route keyed like the SNI one, dialed on the HBONE port,

@@ -25,6 +25,7 @@ use crate::outlier;
 use crate::reject::Reject;
 use crate::routes::{Candidates, Endpoint, LookupError, Route};
 use crate::sockets;
+use crate::warmup::Warmup;
 
 /// A connected upstream: the socket, its endpoint, and its place under the cluster's
 /// connection limit where a DestinationRule sets one (held as long as the connection).
@@ -80,6 +81,7 @@ pub async fn connect(
         turn: candidates.turn,
         client,
         far_first: candidates.spill && !stays_near(route, candidates),
+        warmup: rule.and_then(|c| c.warmup),
     };
     let split = !(candidates.near.is_empty() && candidates.far.is_empty());
     // On the stack for the usual few attempts: no allocation per connection.
@@ -145,6 +147,8 @@ pub struct Way<'a> {
     pub turn: Option<&'a AtomicU32>,
     pub client: Option<IpAddr>,
     pub far_first: bool,
+    /// The rule's slow start for new endpoints, if it sets one.
+    pub warmup: Option<Warmup>,
 }
 
 /// Whether a connection stays in the gateway's zone under a DestinationRule's locality
@@ -259,8 +263,23 @@ fn pick_heeding(
             .map(|&i| &route.endpoints[i])
             .filter(move |e| !ejected(&e.state) && !tried.contains(&e.state.addr))
     };
+    if let Some(w) = way.warmup {
+        let now = now();
+        if usable().any(|e| w.warming(e.state.ready_since(), now)) {
+            let per_active = way.lb == Lb::LeastRequest;
+            return pick_weighted(usable, |e| {
+                let weight = if route.weighted { e.weight } else { 1 };
+                let slowed = f64::from(weight) * w.factor(e.state.ready_since(), now);
+                if per_active {
+                    slowed / (e.state.active() as f64 + 1.0)
+                } else {
+                    slowed
+                }
+            });
+        }
+    }
     match way.lb {
-        Lb::LeastRequest if route.weighted => return pick_weighted(usable),
+        Lb::LeastRequest if route.weighted => return pick_weighted(usable, per_active_weight),
         Lb::LeastRequest => {}
         Lb::Random => return at_random(usable),
         Lb::RoundRobin => {
@@ -343,16 +362,22 @@ fn by_source<'a, I: Iterator<Item = &'a Endpoint>>(
         .map(|(_, e)| e.state.clone())
 }
 
-/// [`pick`] for a route whose endpoints' weights differ, as Envoy's least-request balancer
-/// weighs hosts: each usable endpoint is chosen with a chance in proportion to its effective
-/// weight `weight / (active + 1)` (Envoy's, with its default bias of 1), where Envoy's
-/// scheduler takes them in that proportion in turn. With no connection active, an endpoint
-/// takes its weight's share; one holding more connections per unit of weight, less.
+/// Envoy's least-request weight of a host, with its default bias of 1: `weight / (active +
+/// 1)`. With no connection active, an endpoint takes its weight's share; one holding more
+/// connections per unit of weight, less.
+fn per_active_weight(e: &Endpoint) -> f64 {
+    f64::from(e.weight) / (e.state.active() as f64 + 1.0)
+}
+
+/// A usable endpoint chosen with a chance in proportion to its `effective` weight, where
+/// Envoy's scheduler takes hosts in that proportion in turn: for a route whose endpoints'
+/// weights differ ([`per_active_weight`]), and while a rule's warmup slows new endpoints
+/// down ([`Warmup::factor`]: Envoy builds its weighted scheduler then, for round robin too).
 fn pick_weighted<'a, I: Iterator<Item = &'a Endpoint>>(
     usable: impl Fn() -> I,
+    effective: impl Fn(&Endpoint) -> f64,
 ) -> Option<Arc<EndpointState>> {
-    let effective = |e: &Endpoint| f64::from(e.weight) / (e.state.active() as f64 + 1.0);
-    let total: f64 = usable().map(effective).sum();
+    let total: f64 = usable().map(&effective).sum();
     if total <= 0.0 {
         return None;
     }
@@ -509,6 +534,7 @@ mod tests {
             turn: Some(&turn),
             client,
             far_first: false,
+            warmup: None,
         };
         let nth =
             |ep: Arc<EndpointState>| usize::from(ep.addr.ip().to_string().as_bytes()[7] - b'1');
@@ -564,6 +590,7 @@ mod tests {
             turn: Some(&turn),
             client: None,
             far_first: false,
+            warmup: None,
         };
         let mut got = [0u32; 3];
         for _ in 0..60 {
@@ -571,6 +598,53 @@ mod tests {
             got[usize::from(ep.addr.ip().to_string().as_bytes()[7] - b'1')] += 1;
         }
         assert_eq!(got, [10, 20, 30]);
+    }
+
+    /// A rule's warmup: an endpoint that has just become ready takes its weight times the
+    /// factor's floor (10 %) against the others' whole weight, by least request (where active
+    /// connections divide every weight) and by round robin; none warming, the usual picks.
+    #[test]
+    fn a_warming_endpoint_takes_a_slowed_share() {
+        let t = table(3);
+        let r = t.lookup("a.local", 80).unwrap();
+        let c = r.candidates("").unwrap();
+        // Two long ready (no stamp: whole weight), the third ready just now.
+        for &i in c {
+            r.endpoints[i].state.mark_not_ready();
+        }
+        let fresh = &r.endpoints[c[2]].state;
+        fresh.mark_ready(clock::now_ms());
+        let warmup = Warmup::new(std::time::Duration::from_secs(600), 10.0, 1.0);
+        let turn = AtomicU32::new(0);
+        let way = |lb, warmup| Way {
+            lb,
+            turn: Some(&turn),
+            warmup,
+            ..Way::default()
+        };
+        let share = |way: Way<'_>| {
+            let hits = (0..21_000)
+                .filter(|_| Arc::ptr_eq(&pick_heeding(r, c, &[], true, way).unwrap(), fresh))
+                .count();
+            hits as f64 / 21_000.0
+        };
+        // 0.1 / 2.1 of the picks, about 1,000.
+        for lb in [Lb::LeastRequest, Lb::RoundRobin] {
+            let got = share(way(lb, warmup));
+            assert!((0.035..0.065).contains(&got), "{lb:?}: {got}");
+        }
+        // Without the rule's warmup, a third.
+        for lb in [Lb::LeastRequest, Lb::RoundRobin] {
+            let got = share(way(lb, None));
+            assert!((0.30..0.37).contains(&got), "{lb:?}: {got}");
+        }
+        // Least request divides by active connections too: nine on each old endpoint make
+        // their weight 0.1, the fresh one's: a third each.
+        let _busy: Vec<_> = (c[..2].iter())
+            .flat_map(|&i| (0..9).map(move |_| r.endpoints[i].state.track()))
+            .collect();
+        let got = share(way(Lb::LeastRequest, warmup));
+        assert!((0.30..0.37).contains(&got), "{got}");
     }
 
     /// `connect` applies a rule's `tcpKeepalive` to the upstream socket, the gateway's own

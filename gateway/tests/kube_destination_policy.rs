@@ -454,3 +454,96 @@ fn silent_listener(ip: IpAddr) -> Silent {
         _queued: queued,
     }
 }
+
+/// A rule's `warmup` (Envoy's slow start): an endpoint that has just become ready takes a
+/// slowed share of new connections (its weight times a factor that grows from the floor,
+/// here 5 %, over the window), and its whole share once it has been ready longer than the
+/// window. Without the warmup the third endpoint would take a third from the start. The
+/// first two must be past their own window first: at the gateway's start every endpoint
+/// warms up at once, as in Envoy.
+#[tokio::test]
+async fn a_rules_warmup_slows_a_new_endpoint_in() {
+    let api = api_server().await;
+    let (b, port) = backends(&["a", "b", "c"]).await;
+    seed_catalog(
+        &api,
+        port,
+        &[(b[0].addr.ip(), "pa"), (b[1].addr.ip(), "pb")],
+    );
+    let warmup =
+        |d: &str| rule(json!({"loadBalancer": {"warmup": {"duration": d, "minimumPercent": 5}}}));
+    api.store().create(warmup("8s")).unwrap();
+    let gw = kube_gateway(&api, |_| {}).await;
+    rule_seen(&gw).await;
+    let (gw_addr, admin) = (gw.bound.listen_addr, gw.bound.admin_addr);
+    let (_, body) = http_get(admin, "/debug/routes?host=catalog.").await;
+    assert!(body.contains(r#""duration_ms": 8000"#), "{body}");
+    let ready_for = |eps: &[Value]| -> Vec<u64> {
+        eps.iter()
+            .filter_map(|e| e["ready_for_ms"].as_u64())
+            .collect()
+    };
+    eventually(
+        "a and b past the window",
+        Duration::from_secs(20),
+        || async {
+            let eps = endpoints(&gw).await;
+            ready_for(&eps).iter().filter(|&&ms| ms >= 8_000).count() == 2
+        },
+    )
+    .await;
+    // The third endpoint becomes ready in a slice of its own.
+    let st = api.store();
+    st.create(k8s::sidecar_pod(NS, "pc", &[("app", "catalog")]))
+        .unwrap();
+    let c = k8s::Endpoint {
+        address: b[2].addr.ip(),
+        ready: true,
+        pod: "pc",
+    };
+    let slice = k8s::endpoint_slice(NS, "catalog-2", "catalog", ("http", port), "test", &[c]);
+    st.create(slice).unwrap();
+    eventually("three ready endpoints", WAIT, || async {
+        ready_for(&endpoints(&gw).await).len() == 3
+    })
+    .await;
+    let catalog = sni(80, "", CATALOG);
+    let early = to_c(gw_addr, &catalog).await;
+    // c's age when the last of them was routed, by the gateway's clock.
+    let age = *ready_for(&endpoints(&gw).await).iter().min().unwrap();
+    eprintln!("c took {early} of 120 in its first {age} ms");
+    // Until 4 s its factor is at most a half, so its share at most a fifth (24), and on
+    // average far less; without the warmup a third (40).
+    assert!(
+        age < 4_000,
+        "the connections took too long to see the window ({age} ms)"
+    );
+    assert!(early <= 24, "c took {early} of 120 while warming up");
+    // With a window shorter than c has been ready for, a third.
+    api.store().apply(warmup("1s")).unwrap();
+    routes_show(admin, "the shorter window", r#""duration_ms": 1000"#).await;
+    let late = to_c(gw_addr, &catalog).await;
+    eprintln!("c took {late} of 120 after its warmup");
+    assert!(late >= 28, "c took {late} of 120 after its warmup");
+}
+
+/// How many of 120 connections to `catalog`, four at a time, backend "c" takes.
+async fn to_c(gw: SocketAddr, catalog: &str) -> usize {
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let catalog = catalog.to_owned();
+            tokio::spawn(async move {
+                let mut hits = 0;
+                for _ in 0..30 {
+                    hits += usize::from(who(gw, &catalog).await.unwrap() == "c");
+                }
+                hits
+            })
+        })
+        .collect();
+    let mut hits = 0;
+    for w in workers {
+        hits += w.await.unwrap();
+    }
+    hits
+}

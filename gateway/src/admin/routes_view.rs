@@ -39,6 +39,10 @@ pub fn view(table: &RouteTable, filter: &DebugFilter) -> DebugView {
         labels: (*e.labels).clone(),
         zone: e.zone.as_deref().map(str::to_owned),
         weight: e.weight,
+        ready_for_ms: match e.state.ready_since() {
+            0 => None,
+            since => Some(now.saturating_sub(since)),
+        },
         active_connections: e.state.active(),
         consecutive_failures: e.state.health.consecutive_failures(),
         ejected: e.state.health.is_ejected(now),
@@ -229,6 +233,16 @@ pub struct DebugPolicy {
     /// `RANDOM`, `SOURCE_IP_HASH`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<&'static str>,
+    /// The DestinationRule's slow start for endpoints that have just become ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<DebugWarmup>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DebugWarmup {
+    pub duration_ms: u64,
+    pub minimum_percent: f64,
+    pub aggression: f64,
 }
 
 /// `subset`'s (`""`: the whole route's) [`DebugPolicy`].
@@ -255,6 +269,11 @@ fn policy(r: &Route, subset: &str) -> DebugPolicy {
             probes: k.probes,
         }),
         load_balancer: (settings.and_then(|c| c.lb)).map(Lb::as_str),
+        warmup: (settings.and_then(|c| c.warmup)).map(|w| DebugWarmup {
+            duration_ms: w.window().as_millis() as u64,
+            minimum_percent: w.min_percent(),
+            aggression: w.aggression(),
+        }),
     }
 }
 
@@ -311,6 +330,9 @@ pub struct DebugEndpoint {
     /// The load-balancing weight, shown when it is not 1.
     #[serde(skip_serializing_if = "is_one")]
     pub weight: u32,
+    /// How long it has been ready, as a DestinationRule's warmup counts; absent while not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_for_ms: Option<u64>,
     pub active_connections: usize,
     pub consecutive_failures: u32,
     pub ejected: bool,

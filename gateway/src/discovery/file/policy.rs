@@ -110,6 +110,21 @@ struct FileLb {
     /// Only `enabled`.
     #[serde(skip_serializing_if = "Option::is_none")]
     locality_lb_setting: Option<FileLocality>,
+    /// The older form of `warmup`: only the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warmup_duration_secs: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warmup: Option<FileWarmup>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FileWarmup {
+    duration: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    minimum_percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aggression: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -225,6 +240,9 @@ fn check_parts(
             }
         }
     }
+    if let Some(l) = lb {
+        check_warmup(&format!("{at}.loadBalancer"), l)?;
+    }
     if let Some(simple) = lb.and_then(|l| l.simple.as_deref()) {
         if !SIMPLE.contains(&simple) {
             return Err(format!(
@@ -239,6 +257,52 @@ fn check_parts(
                 "{at}.loadBalancer: simple and consistentHash are exclusive, as in a rule"
             ));
         }
+    }
+    Ok(())
+}
+
+/// A balancer's warmup, as Istio's validation checks a rule's (a window of at least 1 ms,
+/// `minimumPercent` 0 to 100, `aggression` at least 1), and only where Envoy has a slow
+/// start (round robin, least request).
+fn check_warmup(at: &str, l: &FileLb) -> Result<(), String> {
+    let window = match (&l.warmup, &l.warmup_duration_secs) {
+        (None, None) => return Ok(()),
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "{at}: warmup and warmupDurationSecs both set; keep warmup (the older field \
+                 is its duration alone)"
+            ));
+        }
+        (Some(w), None) => ("warmup.duration", w.duration.as_str()),
+        (None, Some(d)) => ("warmupDurationSecs", d.as_str()),
+    };
+    let d = duration(at, window.0, Some(window.1))?;
+    if d.is_some_and(|d| d < std::time::Duration::from_millis(1)) {
+        return Err(format!("{at}.{}: at least 1ms", window.0));
+    }
+    if let Some(w) = &l.warmup {
+        if w.minimum_percent
+            .is_some_and(|p| !(0.0..=100.0).contains(&p))
+        {
+            return Err(format!(
+                "{at}.warmup.minimumPercent: a percentage, 0 to 100"
+            ));
+        }
+        if w.aggression.is_some_and(|a| !(a >= 1.0 && a.is_finite())) {
+            return Err(format!(
+                "{at}.warmup.aggression: at least 1 (1 is linear; more sends more sooner)"
+            ));
+        }
+    }
+    let slow_start = match l.simple.as_deref() {
+        None => l.consistent_hash.is_none(),
+        Some(s) => s != "RANDOM",
+    };
+    if !slow_start {
+        return Err(format!(
+            "{at}: a warmup applies to ROUND_ROBIN and LEAST_REQUEST (the default) only, as \
+             Envoy's slow start does; drop it or the other balancer"
+        ));
     }
     Ok(())
 }
@@ -286,6 +350,15 @@ mod tests {
         assert_eq!(p.base.outlier.as_ref().unwrap().consecutive_failures, 2);
         assert_eq!(p.base.lb, Some(dr_conn::Lb::RoundRobin));
         assert_eq!(p.ports[&9090].lb, Some(dr_conn::Lb::SourceIpHash));
+        let warm = |yaml: &str| read(yaml, true).unwrap().base.warmup.unwrap();
+        let w = warm("loadBalancer: {warmup: {duration: 45s, minimumPercent: 5, aggression: 1.5}}");
+        assert_eq!(w.window(), Duration::from_secs(45));
+        assert_eq!((w.min_percent(), w.aggression()), (5.0, 1.5));
+        let w = warm("loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 2m}");
+        assert_eq!(
+            (w.window(), w.min_percent()),
+            (Duration::from_secs(120), 10.0)
+        );
     }
 
     #[test]
@@ -347,6 +420,46 @@ mod tests {
                 "loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}",
                 false,
                 "exclusive",
+            ),
+            (
+                "loadBalancer: {warmup: {minimumPercent: 20}}",
+                false,
+                "missing field `duration`",
+            ),
+            (
+                "loadBalancer: {warmup: {duration: 500us}}",
+                false,
+                "loadBalancer.warmup.duration: at least 1ms",
+            ),
+            (
+                "loadBalancer: {warmupDurationSecs: soon}",
+                false,
+                "loadBalancer.warmupDurationSecs: \"soon\" is not a duration",
+            ),
+            (
+                "loadBalancer: {warmup: {duration: 1m, minimumPercent: 150}}",
+                false,
+                "minimumPercent: a percentage",
+            ),
+            (
+                "loadBalancer: {warmup: {duration: 1m, aggression: 0.5}}",
+                false,
+                "aggression: at least 1",
+            ),
+            (
+                "loadBalancer: {warmup: {duration: 1m}, warmupDurationSecs: 1m}",
+                false,
+                "both set",
+            ),
+            (
+                "loadBalancer: {simple: RANDOM, warmupDurationSecs: 1m}",
+                false,
+                "ROUND_ROBIN and LEAST_REQUEST (the default) only",
+            ),
+            (
+                "loadBalancer: {consistentHash: {useSourceIp: true}, warmup: {duration: 1m}}",
+                false,
+                "ROUND_ROBIN and LEAST_REQUEST (the default) only",
             ),
         ] {
             let err = read(yaml, subset).unwrap_err();

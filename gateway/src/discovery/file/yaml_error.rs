@@ -54,6 +54,11 @@ const FIELDS: &[&str] = &[
     "useSourceIp",
     "localityLbSetting",
     "enabled",
+    "warmupDurationSecs",
+    "warmup",
+    "duration",
+    "minimumPercent",
+    "aggression",
     "portLevelSettings",
     "number",
 ];

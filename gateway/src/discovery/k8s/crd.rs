@@ -514,7 +514,7 @@ fn spawn_istio_watches(
                 crd.kind(),
                 rules,
                 move |dr: &DynamicObject| project::project_destination_rule(dr, &domain),
-                move |stream, update| Msg::Rule(generation, stream, update),
+                move |stream, update| Msg::Rule(generation, stream, Box::new(update)),
                 gone,
             );
         }

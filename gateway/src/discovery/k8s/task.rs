@@ -157,7 +157,7 @@ impl ModelTask {
             Msg::Rule(g, i, u) => {
                 let current = g == self.generations[slot(Crd::DestinationRule)];
                 let Some(r) =
-                    apply_current(m.rules.as_mut(), current, h, (Kind::DestinationRule, i), u)
+                    apply_current(m.rules.as_mut(), current, h, (Kind::DestinationRule, i), *u)
                 else {
                     return false;
                 };

@@ -34,8 +34,9 @@ pub(super) enum Msg {
     Slice(usize, Update<SliceInfo>),
     Pod(usize, Update<PodInfo>),
     Namespace(usize, Update<NamespaceScope>),
-    /// An update of the rules of one generation (generations: see the `crd` module).
-    Rule(u64, usize, Update<DrInfo>),
+    /// An update of the rules of one generation (generations: see the `crd` module); boxed, as
+    /// a rule's settings would size every message.
+    Rule(u64, usize, Box<Update<DrInfo>>),
     /// An update of the PeerAuthentications of one generation.
     PeerAuth(u64, usize, Update<PaInfo>),
     /// An update of the waypoints (Gateways) of one generation.
