@@ -305,3 +305,52 @@ async fn quiet_tunnel_ends_after_the_idle_timeout() {
     )
     .await;
 }
+
+/// The service's DestinationRule (here the endpoints file's `traffic_policy`) times each
+/// tunnel, as istiod gives its top-level `idleTimeout` and `maxConnectionDuration` to the TCP
+/// proxy that takes a tunnel at Istio's east-west gateway: a quiet tunnel ends after the
+/// rule's 600 ms under an hour's `--idle-timeout`, and a busy one is cut after the rule's
+/// 1 s lifetime, reset, counted `max_duration`.
+#[tokio::test]
+async fn a_rules_timeouts_end_tunnels() {
+    let a = App::start("catalog-1", [127, 0, 0, 55].into(), 0, AppMode::Echo)
+        .await
+        .unwrap();
+    let yaml = hbone_yaml(&[(SVC, &[(a.addr.ip(), a.addr.port())])])
+        + "    traffic_policy: {connectionPool: {tcp: {idleTimeout: 600ms, maxConnectionDuration: 1500ms}}}\n";
+    let gw = hbone_support::gateway(&yaml, |c| c.idle_timeout = Duration::from_secs(3600)).await;
+    let closed = |outcome: &str| {
+        format!(
+            "gateway_hbone_tunnels_closed_total{{authority=\"{SVC}:80\",outcome=\"{outcome}\"}}"
+        )
+    };
+    // Quiet: ends 600 ms after the greeting, well before its lifetime.
+    let (_o, _tx, mut rx) = greeted_tunnel(gw.hbone).await;
+    let quiet = std::time::Instant::now();
+    let _ = tokio::time::timeout(TIMEOUT, read_to_end(&mut rx, 1))
+        .await
+        .expect("the gateway ends the quiet tunnel");
+    let waited = quiet.elapsed();
+    assert!(waited >= Duration::from_millis(450), "{waited:?}");
+    assert!(waited < Duration::from_millis(1_400), "{waited:?}");
+    gw.wait_metric(&closed("idle_timeout"), 1.0).await;
+    // Busy: a byte echoed every 100 ms until the lifetime cuts it.
+    let (_o, mut tx, mut rx) = greeted_tunnel(gw.hbone).await;
+    let born = std::time::Instant::now();
+    let cut = loop {
+        assert!(born.elapsed() < TIMEOUT, "the tunnel outlived its rule");
+        // A send to a stream already reset fails: the read below tells why.
+        let _ = tx.send_data(Bytes::from_static(b"x"), false);
+        let echoed = tokio::time::timeout(TIMEOUT, read_to_end(&mut rx, 1)).await;
+        match echoed.expect("an echo or the cut in time") {
+            Err(e) => break e,
+            Ok(got) => assert_eq!(got, b"x", "the tunnel ended without a reset"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let lived = born.elapsed();
+    assert!(cut.is_reset(), "{cut:?}");
+    assert!(lived >= Duration::from_millis(1_300), "{lived:?}");
+    assert!(lived < Duration::from_millis(3_500), "{lived:?}");
+    gw.wait_metric(&closed("max_duration"), 1.0).await;
+}

@@ -33,6 +33,8 @@ pub enum End {
     /// another code is a `client_error`.
     Reset(Reason),
     Idle,
+    /// The DestinationRule's `maxConnectionDuration` passed ([`run`]'s `deadline`).
+    MaxDuration,
     DrainDeadline,
     /// The client's connection failed, or a stream error.
     ClientError(h2::Error),
@@ -40,9 +42,10 @@ pub enum End {
 }
 
 impl End {
-    pub const OUTCOMES: [&'static str; 5] = [
+    pub const OUTCOMES: [&'static str; 6] = [
         "closed",
         "idle_timeout",
+        "max_duration",
         "drain_deadline",
         "client_error",
         "upstream_error",
@@ -54,6 +57,7 @@ impl End {
             End::Reset(r) if *r == Reason::CANCEL => "closed",
             End::Reset(_) => "client_error",
             End::Idle => "idle_timeout",
+            End::MaxDuration => "max_duration",
             End::DrainDeadline => "drain_deadline",
             End::ClientError(_) => "client_error",
             End::UpstreamError(_) => "upstream_error",
@@ -124,15 +128,17 @@ enum Fail {
     Upstream(std::io::Error),
 }
 
-/// Runs until both directions end, either side fails, or nothing moves for `idle`. A tunnel
-/// that ended cleanly waits for its last bytes to leave the connection's queue (or for the
-/// client to reset it); one that did not resets its stream, so what it queued is dropped and
-/// its budget given back either way.
+/// Runs until both directions end, either side fails, nothing moves for `idle`, or the
+/// `deadline` passes (a DestinationRule's `maxConnectionDuration`). A tunnel that ended
+/// cleanly waits for its last bytes to leave the connection's queue (or for the client to
+/// reset it); one that did not resets its stream, so what it queued is dropped and its
+/// budget given back either way.
 pub async fn run(
     recv: RecvStream,
     mut send: SendStream<Bytes>,
     upstream: TcpStream,
     idle: Duration,
+    deadline: Option<tokio::time::Instant>,
     p: &Progress,
     queue: &Queue,
 ) -> End {
@@ -150,6 +156,7 @@ pub async fn run(
                 Err(Fail::Upstream(e)) => End::UpstreamError(e),
             },
             _ = p.idle(idle) => End::Idle,
+            _ = until(deadline) => End::MaxDuration,
         }
     };
     if matches!(end, End::Closed) {
@@ -169,6 +176,14 @@ pub async fn run(
     // has queued (dropping `send` would not once both sides sent END_STREAM).
     send.send_reset(Reason::CANCEL);
     end
+}
+
+/// Passes at `deadline`, or never. Boxed: only tunnels under a limit pay for its timer.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => Box::pin(tokio::time::sleep_until(d)).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Gives the connection's budget back for whatever the tunnel still has queued when it ends,

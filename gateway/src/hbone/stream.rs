@@ -69,7 +69,14 @@ impl Hbone {
             d = self.decide(&req, client) => d,
             _ = force.cancelled() => return respond.send_reset(h2::Reason::CANCEL),
         };
-        let (auth, connected, waypoint, _permit) = match decided {
+        let Decided {
+            auth,
+            connected,
+            waypoint,
+            permit: _permit,
+            idle,
+            max_duration,
+        } = match decided {
             Ok(d) => d,
             Err((reason, status, authority)) => {
                 self.metrics.refuse(reason);
@@ -111,7 +118,7 @@ impl Hbone {
         );
         let recv = req.into_body();
         let end = tokio::select! {
-            e = splice::run(recv, send, upstream, self.cfg.idle_timeout, &progress, queue) => e,
+            e = splice::run(recv, send, upstream, idle, max_duration.map(|d| start + d).map(Into::into), &progress, queue) => e,
             _ = force.cancelled() => End::DrainDeadline,
         };
         // At the deadline the connection's task may close the client's side first: the
@@ -156,18 +163,13 @@ impl Hbone {
         );
     }
 
-    /// Checks the request, takes a tunnel place, routes and connects. On success also the
-    /// waypoint the tunnel was sent to, if any; on refusal: the reason, the status to answer
-    /// and the authority as received (for the log).
-    #[allow(clippy::type_complexity)]
+    /// Checks the request, takes a tunnel place, routes and connects ([`Decided`]); on
+    /// refusal: the reason, the status to answer and the authority as received (for the log).
     async fn decide(
         &self,
         req: &Request<RecvStream>,
         client: SocketAddr,
-    ) -> Result<
-        (Authority, upstream::Connected, Option<Box<str>>, Permit<'_>),
-        (Refusal, StatusCode, String),
-    > {
+    ) -> Result<Decided<'_>, (Refusal, StatusCode, String)> {
         let raw = req
             .uri()
             .authority()
@@ -193,6 +195,11 @@ impl Hbone {
         let route = table
             .lookup_hbone(&auth.host, auth.port)
             .ok_or_else(|| unavailable(Refusal::NoRoute))?;
+        // The service's rule times each tunnel, as istiod gives its top-level `idleTimeout`
+        // and `maxConnectionDuration` to the TCP proxy of Istio's east-west gateway that
+        // takes the tunnel (`buildWaypointNetworkFilters`), waypoint or not.
+        let idle = route.conn.idle_timeout().unwrap_or(self.cfg.idle_timeout);
+        let max_duration = route.conn.max_duration();
         // The waypoint's classic route: its pods dialed at their own 15008, as Istio's
         // gateway dials `inbound-vip|15008|tcp|<waypoint>` (no HBONE port override there).
         // A canary takes its share per tunnel, as ztunnel samples per connection; a waypoint
@@ -225,8 +232,27 @@ impl Hbone {
                 _ => Refusal::ConnectFailed,
             })
         })?;
-        Ok((auth, connected, waypoint, permit))
+        Ok(Decided {
+            auth,
+            connected,
+            waypoint,
+            permit,
+            idle,
+            max_duration,
+        })
     }
+}
+
+/// A tunnel ready to splice: its authority, the connected endpoint, the waypoint it was sent
+/// to (if any), its place under `--hbone-max-tunnels`, and how long it may stay quiet and
+/// live (the service's DestinationRule, else `--idle-timeout` and no limit).
+struct Decided<'a> {
+    auth: Authority,
+    connected: upstream::Connected,
+    waypoint: Option<Box<str>>,
+    permit: Permit<'a>,
+    idle: std::time::Duration,
+    max_duration: Option<std::time::Duration>,
 }
 
 /// A draw from 0 to 99 for a route with a canary; 0 (unused) otherwise.
