@@ -8,8 +8,9 @@
 //! - [`routes`] is the published table: (host, port) to endpoints, subsets resolved at publish
 //!   (with [`dr_tls`], the DestinationRule TLS modes that decide which take 15443, and
 //!   [`dr_conn`], its connection pool, outlier detection and balancer per port and subset);
-//! - [`upstream`] picks an endpoint (by the rule's balancer) and connects, retrying others,
-//!   under the rule's connection limit ([`breaker`]);
+//! - [`upstream`] connects, retrying other endpoints, the gateway's zone first, under the
+//!   rule's connection limit ([`breaker`]); [`balance`] picks within a set by the rule's
+//!   balancer, new endpoints slowed by its [`warmup`];
 //! - [`endpoint`] (live connection count) and [`outlier`] (failure streak, ejection) keep each
 //!   endpoint's state across publishes;
 //! - [`forward`] copies, then splices through [`pipes`] (capped), both directions;
@@ -31,6 +32,7 @@
 pub mod accept;
 pub mod admin;
 pub mod app;
+pub mod balance;
 pub mod bounded_read;
 pub mod breaker;
 pub mod client_hello;
