@@ -34,8 +34,9 @@
 //! - `dr_scope`: istiod's rules for which DestinationRules the gateway sees (pure functions);
 //! - `peer_auth`: istiod's PeerAuthentication composition, for which sidecars take 15443
 //!   (pure functions);
-//! - `specs`: the model turned into route specs, and `entry_routes` the ServiceEntries'
-//!   (an `impl Model` of its own); `task`: the rebuild task.
+//! - `specs`: the model turned into route specs (a Service's endpoints in `specs::endpoints`,
+//!   its waypoint in `specs::bindings`), and `entry_routes` the ServiceEntries' (each an
+//!   `impl Model` of its own); `task`: the rebuild task.
 
 mod ambient;
 mod augment;
