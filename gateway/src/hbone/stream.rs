@@ -117,8 +117,10 @@ impl Hbone {
             m.received_bytes.get_or_create(&labels).clone(),
         );
         let recv = req.into_body();
+        // From the CONNECT, as Envoy times the tunnel's connection from its creation.
+        let deadline = max_duration.map(|d| tokio::time::Instant::from_std(start + d));
         let end = tokio::select! {
-            e = splice::run(recv, send, upstream, idle, max_duration.map(|d| start + d).map(Into::into), &progress, queue) => e,
+            e = splice::run(recv, send, upstream, idle, deadline, &progress, queue) => e,
             _ = force.cancelled() => End::DrainDeadline,
         };
         // At the deadline the connection's task may close the client's side first: the
