@@ -410,7 +410,7 @@ fn host_pattern(s: &str) -> Result<HostPattern, String> {
 #[command(name = "gateway", version)]
 pub struct Args {
     /// Address of the passthrough listener. `:PORT` binds every address: IPv6 and IPv4 on one
-    /// socket, or IPv4 alone where the host has no IPv6; IP:PORT or [IPv6]:PORT binds that
+    /// socket, or IPv4 alone where the host has no IPv6; IP:PORT or `[IPv6]:PORT` binds that
     /// address only (0.0.0.0:PORT is IPv4 only).
     #[arg(long, env = "GATEWAY_LISTEN", default_value = ":15443")]
     pub listen: ListenAddr,

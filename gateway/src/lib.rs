@@ -1,4 +1,7 @@
 #![forbid(unsafe_code)]
+// The module docs link private items on purpose: they are the map of the code. Read them
+// with `cargo doc --document-private-items`, where every link resolves.
+#![allow(rustdoc::private_intra_doc_links)]
 //! East-west gateway library: SNI auto-passthrough on 15443 and HBONE on 15008 ([`hbone`]).
 //!
 //! One connection, top to bottom:

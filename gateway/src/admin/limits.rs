@@ -98,7 +98,7 @@ impl AdminMetrics {
 }
 
 /// One listener's open connections: the budget of 15443's undecided connections, without
-/// its byte limit. At `max`, a new connection sheds the oldest ([`Ticket::shed`] fires).
+/// its byte limit. At `max`, a new connection sheds the oldest ([`crate::undecided::Ticket::shed`] fires).
 pub fn conns(max: usize, listener: &'static str, metrics: &AdminMetrics) -> Arc<Undecided> {
     let open = metrics
         .open

@@ -7,7 +7,7 @@
 //! change could change what it names is watched (the file's, its parent, and every one from
 //! the first symlink on: [`watch`]); the set is worked out and every watch set again before
 //! every read, as links may have moved and directories come back. [`watch`] decides which
-//! events matter and when a change has settled; [`format`] reads the file's content,
+//! events matter and when a change has settled; [`format`](mod@format) reads the file's content,
 //! within the [`bounds`] on the work one file may cause ([`policy`] its services'
 //! DestinationRule-style traffic policies), and [`yaml_error`] tells what is wrong with it
 //! without quoting it.
