@@ -268,16 +268,22 @@ pub(crate) mod tests {
         }
     }
 
+    /// `a.local:80` served by endpoints 10.0.0.1.. of these weights.
+    fn weighted(weights: &[u32]) -> Arc<crate::routes::RouteTable> {
+        let n = u8::try_from(weights.len()).unwrap();
+        let mut spec = service(n, |_| None, false);
+        for (e, &w) in spec.endpoints.iter_mut().zip(weights) {
+            e.weight = w;
+        }
+        Routes::new().publish(&[spec])
+    }
+
     /// Endpoints of weights 1, 3 and 6 take those shares of new connections while none is
     /// active, and shares by `weight / (active + 1)` once some are (Envoy's least-request
     /// with weights). Equal weights keep the unweighted pick.
     #[test]
     fn weights_share_connections_and_active_ones_count_per_unit_of_weight() {
-        let mut spec = service(3, |_| None, false);
-        for (e, w) in spec.endpoints.iter_mut().zip([1, 3, 6]) {
-            e.weight = w;
-        }
-        let t = Routes::new().publish(&[spec]);
+        let t = weighted(&[1, 3, 6]);
         let r = t.lookup("a.local", 80).unwrap();
         assert!(r.weighted);
         let c = r.candidates("").unwrap();
@@ -373,11 +379,7 @@ pub(crate) mod tests {
     /// Round robin by weight: weights 1, 2 and 3 take 1, 2 and 3 of every 6 turns.
     #[test]
     fn round_robin_weighs_each_turn_of_the_cycle() {
-        let mut spec = service(3, |_| None, false);
-        for (e, w) in spec.endpoints.iter_mut().zip([1, 2, 3]) {
-            e.weight = w;
-        }
-        let t = Routes::new().publish(&[spec]);
+        let t = weighted(&[1, 2, 3]);
         let r = t.lookup("a.local", 80).unwrap();
         let c = r.candidates("").unwrap();
         let turn = AtomicU32::new(0);
