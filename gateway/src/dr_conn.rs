@@ -223,26 +223,39 @@ fn settings(p: &Value) -> ConnSettings {
         .map(outlier);
     let balancer = p.get("loadBalancer").filter(|l| l.is_object());
     let locality = balancer.and_then(|l| l.get("localityLbSetting"));
+    let read = balancer.map(|l| (l, lb(l)));
     ConnSettings {
         pool: p
             .get("connectionPool")
             .filter(|c| c.is_object())
             .map(|_| pool(p)),
         outlier,
-        lb: balancer.map(lb),
+        lb: read.map(|(_, lb)| lb),
         locality_off: locality.and_then(|l| l.get("enabled")) == Some(&Value::Bool(false)),
-        warmup: balancer.and_then(warmup),
+        warmup: read.and_then(|(l, lb)| warmup(l, lb)),
     }
+}
+
+/// Whether a `loadBalancer` (whose [`lb`] is `balancer`) has Envoy's slow start: round
+/// robin and least request do; `RANDOM`, the hashes and `PASSTHROUGH` (an original
+/// destination cluster) do not.
+fn slow_starts(l: &Value, balancer: Lb) -> bool {
+    let passthrough = l.get("simple").and_then(Value::as_str) == Some("PASSTHROUGH");
+    !passthrough && matches!(balancer, Lb::RoundRobin | Lb::LeastRequest)
+}
+
+/// [`slow_starts`] for a `loadBalancer` object read on its own (the endpoints file's check).
+pub fn has_slow_start(l: &Value) -> bool {
+    slow_starts(l, lb(l))
 }
 
 /// A `loadBalancer`'s slow start as istiod writes it (`applyRoundRobinLoadBalancer`,
 /// `applyLeastRequestLoadBalancer`): `warmup` over `warmupDurationSecs`, Envoy's and Istio's
 /// defaults for the floor (10 %) and aggression (1); only for round robin and least request
 /// (the default), as `RANDOM` and the hashes have no slow start. `None` without a window of
-/// at least 1 ms.
-fn warmup(l: &Value) -> Option<Warmup> {
-    let passthrough = l.get("simple").and_then(Value::as_str) == Some("PASSTHROUGH");
-    if passthrough || !matches!(lb(l), Lb::RoundRobin | Lb::LeastRequest) {
+/// at least 1 ms. `balancer`: the object's [`lb`].
+fn warmup(l: &Value, balancer: Lb) -> Option<Warmup> {
+    if !slow_starts(l, balancer) {
         return None;
     }
     let window = |v: &Value| v.as_str().and_then(go_duration);

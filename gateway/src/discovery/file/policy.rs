@@ -240,9 +240,6 @@ fn check_parts(
             }
         }
     }
-    if let Some(l) = lb {
-        check_warmup(&format!("{at}.loadBalancer"), l)?;
-    }
     if let Some(simple) = lb.and_then(|l| l.simple.as_deref()) {
         if !SIMPLE.contains(&simple) {
             return Err(format!(
@@ -257,6 +254,9 @@ fn check_parts(
                 "{at}.loadBalancer: simple and consistentHash are exclusive, as in a rule"
             ));
         }
+    }
+    if let Some(l) = lb {
+        check_warmup(&format!("{at}.loadBalancer"), l)?;
     }
     Ok(())
 }
@@ -294,11 +294,9 @@ fn check_warmup(at: &str, l: &FileLb) -> Result<(), String> {
             ));
         }
     }
-    let slow_start = match l.simple.as_deref() {
-        None => l.consistent_hash.is_none(),
-        Some(s) => s != "RANDOM",
-    };
-    if !slow_start {
+    // The balancer as a rule's is read: the same rule decides for both.
+    let json = serde_json::to_value(l).map_err(|e| format!("{at}: {e}"))?;
+    if !dr_conn::has_slow_start(&json) {
         return Err(format!(
             "{at}: a warmup applies to ROUND_ROBIN and LEAST_REQUEST (the default) only, as \
              Envoy's slow start does; drop it or the other balancer"
